@@ -1,0 +1,1 @@
+"""Loanwatch: loan servicing with early-warning alerts for POS installment loans."""

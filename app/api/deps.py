@@ -1,0 +1,49 @@
+"""The dependency vocabulary of the routes."""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Header
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal, hash_key
+from app.api.pagination import PageParams, page_params
+from app.api_keys.models import ApiKey, Role
+from app.db import database
+from app.errors import Unauthorized
+
+
+async def get_session() -> AsyncIterator[AsyncSession]:
+    """The request's transaction: committed when the route returns, rolled back on error."""
+    async with database.sessions() as session:
+        try:
+            yield session
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+
+
+async def get_principal(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send 'Authorization: Bearer <api key>'")
+    key = await session.scalar(
+        select(ApiKey).where(
+            ApiKey.key_hash == hash_key(token.strip()), ApiKey.revoked_at.is_(None)
+        )
+    )
+    if key is None:
+        raise Unauthorized("the API key is not valid")
+    return Principal(api_key_id=key.id, role=Role(key.role), merchant_id=key.merchant_id)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+PageDep = Annotated[PageParams, Depends(page_params)]

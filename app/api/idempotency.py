@@ -1,0 +1,247 @@
+"""Idempotency-Key on every POST (SPEC: conventions).
+
+Same key and same request → the stored response is replayed with ``Idempotent-Replayed: true``;
+same key, different request → 422 ``idempotency_key_reused``; same key while the first request
+is still running → 409 ``idempotency_request_in_progress``. Keys are scoped to the API key (by
+its hash) and kept ``idempotency_ttl_hours``.
+
+The record is claimed with an INSERT … ON CONFLICT DO NOTHING in its own transaction before the
+request runs, so two concurrent requests with one key cannot both run. If a process dies after
+the business commit but before the response is stored, the claim expires after
+``idempotency_lock_seconds`` and a retry runs again; the unique merchant order reference and
+payment external reference then refuse a second loan or payment (docs/idempotency.md).
+"""
+
+import hashlib
+import json
+from datetime import datetime, timedelta
+
+from sqlalchemy import LargeBinary, String, delete, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api.auth import hash_key
+from app.config import get_settings
+from app.db import Base, UTCDateTime, database, execute_counting, insert_for, utc_now
+from app.errors import problem
+
+HEADER = b"idempotency-key"
+MAX_KEY_LENGTH = 255
+# Responses worth replaying. A 5xx or a 401 is not stored: the retry should run again.
+UNSTORED_STATUSES = {401, 500, 502, 503, 504}
+SECRET_FIELDS = ("key", "secret")
+
+
+class IdempotencyRecord(Base):
+    __tablename__ = "idempotency_record"
+
+    scope: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(MAX_KEY_LENGTH), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int | None] = mapped_column()
+    content_type: Mapped[str | None] = mapped_column(String(100))
+    body: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, index=True)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotencyMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        key_bytes = headers.get(HEADER)
+        token = headers.get(b"authorization", b"").partition(b" ")[2].strip()
+        if key_bytes is None or not token:
+            await self.app(scope, receive, send)
+            return
+        key = key_bytes.decode("latin-1")
+        if not 0 < len(key) <= MAX_KEY_LENGTH:
+            response = problem(
+                422, "validation_error", "Invalid request",
+                f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} characters",
+                errors=[{"field": "Idempotency-Key", "message": "invalid length"}],
+            )  # fmt: skip
+            await response(scope, receive, send)
+            return
+
+        body = await _read_body(receive)
+        owner = hash_key(token.decode("latin-1"))
+        fingerprint = hashlib.sha256(
+            b"\n".join([scope["path"].encode(), scope.get("query_string", b""), canonical(body)])
+        ).hexdigest()
+
+        rejection = await _claim(owner, key, fingerprint)
+        if rejection is not None:
+            await _send_stored_or_problem(rejection, scope, receive, send)
+            return
+
+        captured: dict[str, object] = {
+            "status": 500, "content_type": None, "chunks": [], "no_store": False,
+        }  # fmt: skip
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["status"] = message["status"]
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"content-type":
+                        captured["content_type"] = value.decode("latin-1")
+                    if name.lower() == b"cache-control" and b"no-store" in value:
+                        captured["no_store"] = True
+            elif message["type"] == "http.response.body":
+                chunks = captured["chunks"]
+                assert isinstance(chunks, list)
+                chunks.append(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, _replay_body(body), capture)
+        finally:
+            status = captured["status"]
+            assert isinstance(status, int)
+            chunks = captured["chunks"]
+            assert isinstance(chunks, list)
+            content_type = captured["content_type"]
+            assert content_type is None or isinstance(content_type, str)
+            stored = b"".join(chunks)
+            if captured["no_store"]:
+                stored = without_secrets(stored)
+            await _finish(owner, key, status, content_type, stored)
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay_body(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | str | None:
+    """Claim the key for this request. None: go ahead. A record: replay it. A string: the
+    problem code to answer with."""
+    settings = get_settings()
+    now = utc_now()
+    lock = now + timedelta(seconds=settings.idempotency_lock_seconds)
+    record_of = (IdempotencyRecord.scope == owner, IdempotencyRecord.key == key)
+    async with database.sessions() as session, session.begin():
+        expired = now - timedelta(hours=settings.idempotency_ttl_hours)
+        await session.execute(
+            delete(IdempotencyRecord).where(*record_of, IdempotencyRecord.created_at < expired)
+        )
+        inserted = await execute_counting(
+            session,
+            insert_for(session, IdempotencyRecord)
+            .values(
+                scope=owner, key=key, fingerprint=fingerprint, created_at=now, locked_until=lock
+            )
+            .on_conflict_do_nothing(index_elements=["scope", "key"]),
+        )
+        if inserted == 1:
+            return None
+        record = await session.get(IdempotencyRecord, (owner, key))
+        if record is None:
+            return "idempotency_request_in_progress"
+        if record.fingerprint != fingerprint:
+            return "idempotency_key_reused"
+        if record.status_code is not None:
+            return record
+        assert record.locked_until is not None
+        if record.locked_until > now:
+            return "idempotency_request_in_progress"
+        # The request that claimed this key died without an answer: take the claim over.
+        taken = await execute_counting(
+            session,
+            update(IdempotencyRecord)
+            .where(*record_of, IdempotencyRecord.locked_until < now)
+            .values(locked_until=lock),
+        )
+        return None if taken == 1 else "idempotency_request_in_progress"
+
+
+async def _finish(owner: str, key: str, status: int, content_type: str | None, body: bytes) -> None:
+    where = (IdempotencyRecord.scope == owner, IdempotencyRecord.key == key)
+    async with database.sessions() as session, session.begin():
+        if status in UNSTORED_STATUSES:
+            await session.execute(delete(IdempotencyRecord).where(*where))
+        else:
+            await session.execute(
+                update(IdempotencyRecord)
+                .where(*where)
+                .values(status_code=status, content_type=content_type, body=body, locked_until=None)
+            )
+
+
+async def _send_stored_or_problem(
+    outcome: IdempotencyRecord | str, scope: Scope, receive: Receive, send: Send
+) -> None:
+    if isinstance(outcome, str):
+        if outcome == "idempotency_key_reused":
+            response = problem(
+                422, outcome, "Idempotency key reused",
+                "this Idempotency-Key was used with a different request",
+            )  # fmt: skip
+        else:
+            response = problem(
+                409, outcome, "Request in progress",
+                "a request with this Idempotency-Key is still being processed; retry later",
+            )  # fmt: skip
+        await response(scope, receive, send)
+        return
+    assert outcome.status_code is not None
+    headers = [(b"idempotent-replayed", b"true")]
+    if outcome.content_type:
+        headers.append((b"content-type", outcome.content_type.encode("latin-1")))
+    body = outcome.body or b""
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": outcome.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def without_secrets(body: bytes) -> bytes:
+    """A response marked ``Cache-Control: no-store`` shows a secret once; its replay shows the
+    rest of it with the secret left out."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return b""
+    if isinstance(document, dict):
+        for field in SECRET_FIELDS:
+            if field in document:
+                document[field] = None
+    return json.dumps(document).encode()
+
+
+def canonical(body: bytes) -> bytes:
+    """Bodies that differ only in key order or whitespace are the same request."""
+    try:
+        return json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except (ValueError, UnicodeDecodeError):
+        return body
+
+
+async def purge_expired(session: AsyncSession) -> int:
+    """Forget keys older than the retention period (run hourly by the scheduler)."""
+    cutoff = utc_now() - timedelta(hours=get_settings().idempotency_ttl_hours)
+    return await execute_counting(
+        session, delete(IdempotencyRecord).where(IdempotencyRecord.created_at < cutoff)
+    )

@@ -1,0 +1,56 @@
+"""Cursor pagination: lists are ordered by id (ids sort by creation), the cursor is the last
+id of the page, opaque to clients."""
+
+import base64
+import binascii
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+
+from app.errors import InvalidRequest
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+class PageParams(BaseModel):
+    limit: int
+    after_id: str | None
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequest.field("cursor", "is not a cursor this API returned") from None
+
+
+def page_params(
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> PageParams:
+    return PageParams(limit=limit, after_id=decode_cursor(cursor) if cursor else None)
+
+
+def page_of(
+    rows: Sequence[Any],
+    page: PageParams,
+    item: Callable[[Any], T],
+    key: Callable[[Any], str] = attrgetter("id"),
+) -> Page[T]:
+    """Shape the limit + 1 rows a service fetched into a page and its cursor."""
+    return Page[T](
+        items=[item(row) for row in rows[: page.limit]],
+        next_cursor=encode_cursor(key(rows[page.limit - 1])) if len(rows) > page.limit else None,
+    )

@@ -1,0 +1,28 @@
+from fastapi import APIRouter, Response
+
+from app.api.deps import CurrentPrincipal, SessionDep
+from app.api_keys import service
+from app.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
+
+router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+
+
+@router.post("", status_code=201, response_model=ApiKeyCreated)
+async def create_api_key(
+    body: ApiKeyCreate, session: SessionDep, principal: CurrentPrincipal, response: Response
+) -> ApiKeyCreated:
+    response.headers["Cache-Control"] = "no-store"
+    key, secret = await service.create_api_key(
+        session, principal, role=body.role, merchant_id=body.merchant_id,
+        description=body.description,
+    )  # fmt: skip
+    return ApiKeyCreated(
+        id=key.id, role=body.role, merchant_id=key.merchant_id, description=key.description,
+        created_at=key.created_at, key=secret,
+    )  # fmt: skip
+
+
+@router.delete("/{key_id}", status_code=204)
+async def revoke_api_key(key_id: str, session: SessionDep, principal: CurrentPrincipal) -> Response:
+    await service.revoke_api_key(session, principal, key_id=key_id)
+    return Response(status_code=204)

@@ -1,0 +1,75 @@
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal, generate_key, hash_key
+from app.api_keys.models import ApiKey, Role
+from app.db import utc_now
+from app.errors import InvalidRequest, NotFound
+from app.ids import new_id
+from app.merchants import service as merchants_service
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+
+
+async def issue_key(
+    session: AsyncSession,
+    *,
+    role: Role,
+    merchant_id: str | None = None,
+    description: str | None = None,
+) -> tuple[ApiKey, str]:
+    """A new key and its secret; only the hash is stored. Used by the API and the CLI."""
+    if role is Role.MERCHANT:
+        if merchant_id is None:
+            raise InvalidRequest.field("merchant_id", "a merchant key needs a merchant_id")
+        await merchants_service.get_merchant(session, merchant_id)
+    elif merchant_id is not None:
+        raise InvalidRequest.field("merchant_id", "only merchant keys are bound to a merchant")
+    secret = generate_key()
+    key = ApiKey(
+        id=new_id("key"),
+        key_hash=hash_key(secret),
+        role=role,
+        merchant_id=merchant_id,
+        description=description,
+        created_at=utc_now(),
+    )
+    session.add(key)
+    await session.flush()
+    return key, secret
+
+
+async def create_api_key(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    role: Role,
+    merchant_id: str | None,
+    description: str | None,
+) -> tuple[ApiKey, str]:
+    principal.require(Role.ADMIN)
+    if role is Role.MERCHANT and merchant_id is not None:
+        try:
+            await merchants_service.get_merchant(session, merchant_id)
+        except merchants_service.MerchantNotFound:
+            raise InvalidRequest.field("merchant_id", "no such merchant") from None
+    return await issue_key(session, role=role, merchant_id=merchant_id, description=description)
+
+
+async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id: str) -> None:
+    principal.require(Role.ADMIN)
+    key = await session.get(ApiKey, key_id)
+    if key is None or key.revoked_at is not None:
+        raise ApiKeyNotFound(f"API key {key_id} does not exist")
+    key.revoked_at = utc_now()
+
+
+async def has_admin_key(session: AsyncSession) -> bool:
+    count = await session.scalar(
+        select(func.count())
+        .select_from(ApiKey)
+        .where(ApiKey.role == Role.ADMIN, ApiKey.revoked_at.is_(None))
+    )
+    return bool(count)

@@ -1,0 +1,22 @@
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utc_now
+
+
+class Borrower(Base):
+    __tablename__ = "borrower"
+    __table_args__ = (UniqueConstraint("merchant_id", "external_id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchant.id"), index=True)
+    external_id: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(200))
+    phone: Mapped[str] = mapped_column(String(32))
+    currency: Mapped[str] = mapped_column(String(3))
+    monthly_income_minor: Mapped[int | None] = mapped_column(BigInteger)
+    credit_limit_minor: Mapped[int] = mapped_column(BigInteger)
+    risk_grade: Mapped[str] = mapped_column(String(1), default="A")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

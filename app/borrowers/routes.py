@@ -1,0 +1,50 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.pagination import Page, page_of
+from app.borrowers import service
+from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
+
+router = APIRouter(prefix="/v1/borrowers", tags=["borrowers"])
+
+
+@router.post("", status_code=201, response_model=BorrowerRead)
+async def create_borrower(
+    body: BorrowerCreate, session: SessionDep, principal: CurrentPrincipal
+) -> BorrowerRead:
+    view = await service.create_borrower(
+        session, principal, external_id=body.external_id, name=body.name, phone=body.phone,
+        monthly_income=body.monthly_income, merchant_id=body.merchant_id,
+    )  # fmt: skip
+    return BorrowerRead.from_view(view)
+
+
+@router.get("", response_model=Page[BorrowerRead])
+async def list_borrowers(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    page: PageDep,
+    external_id: Annotated[str | None, Query(max_length=100)] = None,
+) -> Page[BorrowerRead]:
+    views = await service.list_borrowers(session, principal, page=page, external_id=external_id)
+    return page_of(views, page, BorrowerRead.from_view, key=lambda v: v.borrower.id)
+
+
+@router.get("/{borrower_id}", response_model=BorrowerRead)
+async def get_borrower(
+    borrower_id: str, session: SessionDep, principal: CurrentPrincipal
+) -> BorrowerRead:
+    view = await service.view_borrower(session, principal, borrower_id=borrower_id)
+    return BorrowerRead.from_view(view)
+
+
+@router.patch("/{borrower_id}", response_model=BorrowerRead)
+async def update_borrower(
+    borrower_id: str, body: BorrowerUpdate, session: SessionDep, principal: CurrentPrincipal
+) -> BorrowerRead:
+    view = await service.set_credit_limit(
+        session, principal, borrower_id=borrower_id, credit_limit=body.credit_limit
+    )
+    return BorrowerRead.from_view(view)

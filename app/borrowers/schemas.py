@@ -1,0 +1,69 @@
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.fields import MoneyStr
+from app.money import format_minor
+
+if TYPE_CHECKING:
+    from app.borrowers.service import BorrowerView
+
+Phone = Annotated[str, Field(min_length=5, max_length=32, pattern=r"^\+?[0-9][0-9 ()-]{3,30}$")]
+
+
+class BorrowerCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str = Field(min_length=1, max_length=100)
+    name: str = Field(min_length=1, max_length=200)
+    phone: Phone
+    monthly_income: MoneyStr | None = None
+    merchant_id: str | None = Field(
+        default=None, max_length=40, description="Admin keys only; a merchant key implies its own."
+    )
+
+
+class BorrowerUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    credit_limit: MoneyStr
+
+
+class BorrowerRead(BaseModel):
+    id: str
+    merchant_id: str
+    external_id: str
+    name: str
+    phone: str
+    currency: str
+    monthly_income: str | None
+    credit_limit: str
+    exposure: str
+    available_limit: str
+    risk_grade: str
+    open_flags: list[dict[str, object]]
+    created_at: datetime
+
+    @classmethod
+    def from_view(cls, view: "BorrowerView") -> "BorrowerRead":
+        b = view.borrower
+        return cls(
+            id=b.id,
+            merchant_id=b.merchant_id,
+            external_id=b.external_id,
+            name=b.name,
+            phone=b.phone,
+            currency=b.currency,
+            monthly_income=(
+                None
+                if b.monthly_income_minor is None
+                else format_minor(b.monthly_income_minor, b.currency)
+            ),
+            credit_limit=format_minor(b.credit_limit_minor, b.currency),
+            exposure=format_minor(view.exposure_minor, b.currency),
+            available_limit=format_minor(view.available_minor, b.currency),
+            risk_grade=b.risk_grade,
+            open_flags=[],
+            created_at=b.created_at,
+        )

@@ -1,0 +1,198 @@
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.borrowers.limits import LimitPolicy, initial_credit_limit
+from app.borrowers.models import Borrower
+from app.config import get_settings
+from app.db import utc_now
+from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from app.events import service as events
+from app.ids import new_id
+from app.loans.models import OPEN_STATUSES, Loan
+from app.merchants import service as merchants_service
+from app.money import format_minor, parse_amount, to_minor
+
+
+class BorrowerNotFound(NotFound):
+    code = "borrower_not_found"
+
+
+class BorrowerExists(Conflict):
+    code = "borrower_exists"
+
+
+@dataclass(frozen=True)
+class BorrowerView:
+    borrower: Borrower
+    exposure_minor: int
+
+    @property
+    def available_minor(self) -> int:
+        return max(self.borrower.credit_limit_minor - self.exposure_minor, 0)
+
+
+def limit_policy(currency: str) -> LimitPolicy:
+    credit = get_settings().credit
+    return LimitPolicy(
+        income_multiple_permille=int(credit.income_multiple * 1000),
+        limit_without_income_minor=to_minor(str(credit.limit_without_income), currency),
+        max_limit_minor=to_minor(str(credit.max_limit), currency),
+    )
+
+
+async def create_borrower(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    external_id: str,
+    name: str,
+    phone: str,
+    monthly_income: str | None,
+    merchant_id: str | None,
+) -> BorrowerView:
+    principal.require(Role.MERCHANT)
+    merchant_id = await _merchant_for_new_borrower(session, principal, merchant_id)
+    currency = get_settings().default_currency
+    income = (
+        parse_amount("monthly_income", monthly_income, currency, allow_zero=True)
+        if monthly_income is not None
+        else None
+    )
+    borrower = Borrower(
+        id=new_id("bor"),
+        merchant_id=merchant_id,
+        external_id=external_id,
+        name=name,
+        phone=phone,
+        currency=currency,
+        monthly_income_minor=income,
+        credit_limit_minor=initial_credit_limit(limit_policy(currency), income),
+        risk_grade="A",
+        created_at=utc_now(),
+    )
+    existing = await _by_external_id(session, merchant_id, external_id)
+    if existing is None:
+        try:
+            async with session.begin_nested():
+                session.add(borrower)
+                await session.flush()
+        except IntegrityError:
+            existing = await _by_external_id(session, merchant_id, external_id)
+    if existing is not None:
+        raise BorrowerExists(
+            f"borrower {existing} already has external_id {external_id} at this merchant"
+        )
+    return BorrowerView(borrower, 0)
+
+
+async def _merchant_for_new_borrower(
+    session: AsyncSession, principal: Principal, merchant_id: str | None
+) -> str:
+    if principal.is_merchant:
+        assert principal.merchant_id is not None
+        if merchant_id is not None and merchant_id != principal.merchant_id:
+            raise Forbidden("a merchant key registers borrowers for its own merchant only")
+        return principal.merchant_id
+    if merchant_id is None:
+        raise InvalidRequest.field("merchant_id", "required when an admin registers a borrower")
+    try:
+        await merchants_service.get_merchant(session, merchant_id)
+    except merchants_service.MerchantNotFound:
+        raise InvalidRequest.field("merchant_id", "no such merchant") from None
+    return merchant_id
+
+
+async def _by_external_id(session: AsyncSession, merchant_id: str, external_id: str) -> str | None:
+    return await session.scalar(
+        select(Borrower.id).where(
+            Borrower.merchant_id == merchant_id, Borrower.external_id == external_id
+        )
+    )
+
+
+async def get_borrower(
+    session: AsyncSession, principal: Principal, *, borrower_id: str, for_update: bool = False
+) -> Borrower:
+    """The borrower if the caller may see it; another merchant's borrower does not exist."""
+    principal.require(Role.MERCHANT, Role.DASHBOARD)
+    query = select(Borrower).where(Borrower.id == borrower_id)
+    if for_update:
+        query = query.with_for_update()
+    borrower = await session.scalar(query)
+    if borrower is None or not principal.can_see_merchant(borrower.merchant_id):
+        raise BorrowerNotFound(f"borrower {borrower_id} does not exist")
+    return borrower
+
+
+async def exposure_minor(session: AsyncSession, borrower_id: str) -> int:
+    """Outstanding principal of the borrower's open loans."""
+    total = await session.scalar(
+        select(func.coalesce(func.sum(Loan.principal_outstanding_minor), 0)).where(
+            Loan.borrower_id == borrower_id, Loan.status.in_(OPEN_STATUSES)
+        )
+    )
+    return int(total or 0)
+
+
+async def view_borrower(
+    session: AsyncSession, principal: Principal, *, borrower_id: str
+) -> BorrowerView:
+    borrower = await get_borrower(session, principal, borrower_id=borrower_id)
+    return BorrowerView(borrower, await exposure_minor(session, borrower.id))
+
+
+async def list_borrowers(
+    session: AsyncSession, principal: Principal, *, page: PageParams, external_id: str | None
+) -> list[BorrowerView]:
+    principal.require(Role.MERCHANT, Role.DASHBOARD)
+    query = select(Borrower).order_by(Borrower.id).limit(page.limit + 1)
+    if principal.is_merchant:
+        query = query.where(Borrower.merchant_id == principal.merchant_id)
+    if external_id is not None:
+        query = query.where(Borrower.external_id == external_id)
+    if page.after_id:
+        query = query.where(Borrower.id > page.after_id)
+    borrowers = list(await session.scalars(query))
+    exposures = dict(
+        (
+            await session.execute(
+                select(Loan.borrower_id, func.sum(Loan.principal_outstanding_minor))
+                .where(
+                    Loan.borrower_id.in_([b.id for b in borrowers]),
+                    Loan.status.in_(OPEN_STATUSES),
+                )
+                .group_by(Loan.borrower_id)
+            )
+        ).tuples()
+    )
+    return [BorrowerView(b, int(exposures.get(b.id, 0))) for b in borrowers]
+
+
+async def set_credit_limit(
+    session: AsyncSession, principal: Principal, *, borrower_id: str, credit_limit: str
+) -> BorrowerView:
+    """An admin's override. It may go below the exposure: then nothing more can be lent."""
+    principal.require(Role.ADMIN)
+    borrower = await get_borrower(session, principal, borrower_id=borrower_id, for_update=True)
+    new_limit = parse_amount("credit_limit", credit_limit, borrower.currency, allow_zero=True)
+    old_limit = borrower.credit_limit_minor
+    if new_limit != old_limit:
+        borrower.credit_limit_minor = new_limit
+        await events.emit(
+            session,
+            "borrower.credit_limit_changed",
+            {
+                "borrower_id": borrower.id,
+                "merchant_id": borrower.merchant_id,
+                "previous_credit_limit": format_minor(old_limit, borrower.currency),
+                "credit_limit": format_minor(new_limit, borrower.currency),
+                "reason": "admin_override",
+            },
+        )
+    return BorrowerView(borrower, await exposure_minor(session, borrower.id))

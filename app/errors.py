@@ -1,0 +1,122 @@
+"""The root error and the one problem+json (RFC 9457) renderer."""
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_TYPE_BASE = "https://loanwatch.dev/problems/"
+
+
+class LoanwatchError(Exception):
+    """An expected failure with its HTTP status and machine-readable code."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class NotFound(LoanwatchError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class Conflict(LoanwatchError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class Unauthorized(LoanwatchError):
+    status = 401
+    code = "unauthorized"
+    title = "Unauthorized"
+
+
+class Forbidden(LoanwatchError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class InvalidRequest(LoanwatchError):
+    """Input that is well-formed JSON but not acceptable; names the fields at fault."""
+
+    status = 422
+    code = "validation_error"
+    title = "Invalid request"
+
+    @classmethod
+    def field(cls, field: str, message: str) -> "InvalidRequest":
+        return cls(f"{field}: {message}", errors=[{"field": field, "message": message}])
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(
+        body, status_code=status, media_type="application/problem+json", headers=headers
+    )
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or (str(loc[0]) if loc else "")
+
+
+async def _loanwatch_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LoanwatchError)
+    return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
+        for e in exc.errors()
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem(422, "validation_error", "Invalid request", detail, errors)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
+    code = codes.get(exc.status_code, "http_error")
+    return problem(
+        exc.status_code, code, code.replace("_", " ").capitalize(), str(exc.detail),
+        headers=dict(exc.headers) if exc.headers else None,
+    )  # fmt: skip
+
+
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    return problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(LoanwatchError, _loanwatch_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

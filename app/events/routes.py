@@ -1,0 +1,23 @@
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.pagination import Page, page_of
+from app.events import service
+from app.events.schemas import EventRead
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+@router.get("", response_model=Page[EventRead])
+async def list_events(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    page: PageDep,
+    type: Annotated[str | None, Query(max_length=64)] = None,
+    after: Annotated[datetime | None, Query(description="only events after this instant")] = None,
+) -> Page[EventRead]:
+    events = await service.list_events(session, principal, page=page, type_=type, after=after)
+    return page_of(events, page, EventRead.from_model)

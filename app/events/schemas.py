@@ -1,0 +1,17 @@
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class EventRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    type: str
+    timestamp: datetime
+    data: dict[str, Any]
+
+    @classmethod
+    def from_model(cls, event: Any) -> "EventRead":
+        return cls(id=event.id, type=event.type, timestamp=event.created_at, data=event.data)

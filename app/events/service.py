@@ -1,0 +1,57 @@
+"""The outbox: every event is inserted in the transaction of the change it reports."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.db import utc_now
+from app.events.models import Event
+from app.ids import new_id
+from app.loans.models import Loan
+
+
+async def emit(
+    session: AsyncSession, type_: str, data: dict[str, Any], *, loan: Loan | None = None
+) -> str:
+    """Write an event. A loan's events carry its next ``sequence`` (the caller holds the loan's
+    row lock), so receivers can discard an update older than one they already have."""
+    if loan is not None:
+        loan.event_sequence += 1
+        data = {**data, "sequence": loan.event_sequence}
+    event_id = new_id("evt")
+    await session.execute(
+        insert(Event).values(
+            id=event_id,
+            type=type_,
+            loan_id=loan.id if loan is not None else None,
+            data=data,
+            created_at=utc_now(),
+        )
+    )
+    return event_id
+
+
+async def list_events(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    page: PageParams,
+    type_: str | None = None,
+    after: datetime | None = None,
+) -> list[Event]:
+    principal.require(Role.DASHBOARD)
+    query = select(Event).order_by(Event.id).limit(page.limit + 1)
+    if type_:
+        query = query.where(Event.type == type_)
+    if after:
+        query = query.where(
+            Event.created_at > (after if after.tzinfo else after.replace(tzinfo=UTC))
+        )
+    if page.after_id:
+        query = query.where(Event.id > page.after_id)
+    return list(await session.scalars(query))

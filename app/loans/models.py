@@ -1,0 +1,91 @@
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Date, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, Rate, UTCDateTime, utc_now
+
+
+class LoanStatus(StrEnum):
+    ACTIVE = "active"
+    DELINQUENT = "delinquent"
+    DEFAULTED = "defaulted"
+    CHARGED_OFF = "charged_off"
+    PAID_OFF = "paid_off"
+    CANCELLED = "cancelled"
+    RESTRUCTURED = "restructured"
+
+
+# Statuses in which a loan still owes money and takes payments.
+OPEN_STATUSES = (
+    LoanStatus.ACTIVE,
+    LoanStatus.DELINQUENT,
+    LoanStatus.DEFAULTED,
+    LoanStatus.CHARGED_OFF,
+    LoanStatus.RESTRUCTURED,
+)
+
+
+class Loan(Base):
+    __tablename__ = "loan"
+    __table_args__ = (UniqueConstraint("merchant_id", "merchant_order_ref"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    borrower_id: Mapped[str] = mapped_column(ForeignKey("borrower.id"), index=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchant.id"), index=True)
+    product_code: Mapped[str] = mapped_column(ForeignKey("product.code"))
+    currency: Mapped[str] = mapped_column(String(3))
+    principal_minor: Mapped[int] = mapped_column(BigInteger)
+    annual_interest_rate: Mapped[Decimal] = mapped_column(Rate)
+    amortization: Mapped[str] = mapped_column(String(20))
+    rounding: Mapped[str] = mapped_column(String(10))
+    term: Mapped[int] = mapped_column(Integer)
+    disbursed_on: Mapped[date] = mapped_column(Date)
+    first_due_date: Mapped[date] = mapped_column(Date)
+    merchant_order_ref: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    # Derived from the ledger and kept in step with it in the same transaction, so portfolio
+    # reads and exposure never re-sum installments.
+    principal_outstanding_minor: Mapped[int] = mapped_column(BigInteger)
+    credit_balance_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    refund_due_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    days_past_due: Mapped[int] = mapped_column(Integer, default=0)
+    bucket: Mapped[str] = mapped_column(String(8), default="current")
+    delinquency_as_of: Mapped[date | None] = mapped_column(Date)
+    paid_off_on: Mapped[date | None] = mapped_column(Date)
+    cancelled_on: Mapped[date | None] = mapped_column(Date)
+    # Per-loan event counter: receivers drop any update older than one already seen.
+    event_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, onupdate=utc_now)
+
+
+class InstallmentStatus(StrEnum):
+    PENDING = "pending"
+    PARTIALLY_PAID = "partially_paid"
+    PAID = "paid"
+    OVERDUE = "overdue"
+
+
+class LoanInstallment(Base):
+    __tablename__ = "loan_installment"
+
+    loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    due_date: Mapped[date] = mapped_column(Date, index=True)
+    principal_minor: Mapped[int] = mapped_column(BigInteger)
+    interest_minor: Mapped[int] = mapped_column(BigInteger)
+    # Scheduled fees (an origination fee); late fees are assessed later, with their own date
+    # in the ledger, and summed here for reads and the set-based close.
+    fees_minor: Mapped[int] = mapped_column(BigInteger)
+    late_fees_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    paid_principal_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    paid_interest_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    paid_fees_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Interest of later periods forgiven when the loan is paid off early.
+    interest_waived_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    fees_waived_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    paid_on: Mapped[date | None] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(20))

@@ -1,0 +1,84 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.pagination import Page, page_of
+from app.loans import service
+from app.loans.models import LoanStatus
+from app.loans.schemas import (
+    LoanCancel,
+    LoanCreate,
+    LoanRead,
+    ScheduleRead,
+    loan_read,
+    schedule_read,
+)
+from app.loans.service import LoanView
+
+router = APIRouter(tags=["loans"])
+
+Bucket = Annotated[str | None, Query(pattern=r"^(current|1-30|31-60|61-90|90\+)$")]
+
+
+@router.post("/v1/loans", status_code=201, response_model=LoanRead)
+async def create_loan(
+    body: LoanCreate, session: SessionDep, principal: CurrentPrincipal
+) -> LoanRead:
+    view = await service.create_loan(
+        session, principal, borrower_id=body.borrower_id, product_code=body.product_code,
+        principal_amount=body.principal, term=body.term, disbursed_on=body.disbursed_on,
+        first_due_date=body.first_due_date, merchant_order_ref=body.merchant_order_ref,
+    )  # fmt: skip
+    return loan_read(view, with_schedule=True)
+
+
+@router.get("/v1/loans", response_model=Page[LoanRead])
+async def list_loans(
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    page: PageDep,
+    status: LoanStatus | None = None,
+    bucket: Bucket = None,
+    merchant_id: Annotated[str | None, Query(max_length=40)] = None,
+    borrower_id: Annotated[str | None, Query(max_length=40)] = None,
+) -> Page[LoanRead]:
+    views = await service.list_loans(
+        session, principal, page=page, status=status, bucket=bucket, merchant_id=merchant_id,
+        borrower_id=borrower_id,
+    )  # fmt: skip
+    return page_of(views, page, loan_read, key=_loan_id)
+
+
+@router.get("/v1/borrowers/{borrower_id}/loans", response_model=Page[LoanRead])
+async def list_borrower_loans(
+    borrower_id: str, session: SessionDep, principal: CurrentPrincipal, page: PageDep
+) -> Page[LoanRead]:
+    views = await service.list_loans(session, principal, page=page, borrower_id=borrower_id)
+    return page_of(views, page, loan_read, key=_loan_id)
+
+
+@router.get("/v1/loans/{loan_id}", response_model=LoanRead)
+async def get_loan(loan_id: str, session: SessionDep, principal: CurrentPrincipal) -> LoanRead:
+    return loan_read(await service.view_loan(session, principal, loan_id=loan_id))
+
+
+@router.get("/v1/loans/{loan_id}/schedule", response_model=ScheduleRead)
+async def get_schedule(
+    loan_id: str, session: SessionDep, principal: CurrentPrincipal
+) -> ScheduleRead:
+    return schedule_read(await service.view_loan(session, principal, loan_id=loan_id))
+
+
+@router.post("/v1/loans/{loan_id}/cancel", response_model=LoanRead)
+async def cancel_loan(
+    loan_id: str, session: SessionDep, principal: CurrentPrincipal, body: LoanCancel | None = None
+) -> LoanRead:
+    view = await service.cancel_loan(
+        session, principal, loan_id=loan_id, reason=body.reason if body else None
+    )
+    return loan_read(view)
+
+
+def _loan_id(view: LoanView) -> str:
+    return view.loan.id

@@ -1,0 +1,156 @@
+"""Repayment schedules: pure functions, no I/O.
+
+Monthly periods on a 30/360 basis: each period's interest is the annual rate / 12 on the
+principal outstanding. Amounts are rounded to the minor unit with the product's rounding mode,
+and the last installment absorbs every residual so the principal parts sum to the principal.
+"""
+
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+
+from dateutil.relativedelta import relativedelta
+
+from app.money import Rounding, floor_minor, round_minor, round_to_multiple
+
+
+class Amortization(StrEnum):
+    EQUAL_INSTALLMENT = "equal_installment"
+    EQUAL_PRINCIPAL = "equal_principal"
+    INTEREST_FREE = "interest_free"
+
+
+class FeeCollection(StrEnum):
+    UPFRONT = "upfront"
+    SPREAD = "spread"
+
+
+@dataclass(frozen=True)
+class ScheduleTerms:
+    principal_minor: int
+    annual_rate: Decimal
+    term: int
+    amortization: Amortization
+    rounding: Rounding = Rounding.HALF_EVEN
+    installment_multiple_of_minor: int | None = None
+    origination_fee_minor: int = 0
+    fee_collection: FeeCollection = FeeCollection.UPFRONT
+
+
+@dataclass(frozen=True)
+class ScheduledInstallment:
+    seq: int
+    due_date: date
+    principal_minor: int
+    interest_minor: int
+    fees_minor: int
+
+    @property
+    def total_minor(self) -> int:
+        return self.principal_minor + self.interest_minor + self.fees_minor
+
+
+def due_dates(first_due_date: date, term: int, anchor_day: int | None = None) -> list[date]:
+    """Monthly due dates keeping the anchor day of month, clamped at month end
+    (Jan 31 -> Feb 28/29 -> Mar 31)."""
+    day = anchor_day or first_due_date.day
+    return [first_due_date + relativedelta(months=k, day=day) for k in range(term)]
+
+
+def default_first_due_date(disbursed_on: date) -> date:
+    return disbursed_on + relativedelta(months=1)
+
+
+def monthly_rate(annual_rate: Decimal) -> Decimal:
+    return annual_rate / 12
+
+
+def annuity_payment(principal_minor: int, annual_rate: Decimal, term: int) -> Decimal:
+    """The exact level payment P*r / (1 - (1 + r)^-n), in minor units, unrounded."""
+    rate = monthly_rate(annual_rate)
+    if rate == 0:
+        return Decimal(principal_minor) / term
+    return principal_minor * rate / (1 - (1 + rate) ** -term)
+
+
+def build_schedule(
+    terms: ScheduleTerms, first_due_date: date, anchor_day: int | None = None
+) -> list[ScheduledInstallment]:
+    dates = due_dates(first_due_date, terms.term, anchor_day)
+    if terms.amortization is Amortization.EQUAL_INSTALLMENT:
+        parts = _equal_installment_parts(terms)
+    else:
+        parts = _equal_principal_parts(terms)
+    fees = _fee_parts(terms)
+    return [
+        ScheduledInstallment(seq, due, principal, interest, fee)
+        for seq, (due, (principal, interest), fee) in enumerate(
+            zip(dates, parts, fees, strict=True), start=1
+        )
+    ]
+
+
+def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
+    exact = annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
+    step = terms.installment_multiple_of_minor or 1
+    payment = round_minor(exact, terms.rounding)
+    if step > 1:
+        payment = round_to_multiple(payment, step, terms.rounding)
+    # Rounding up can pay a tiny loan off before its last period: then round the level payment
+    # down, so the last installment absorbs the shortfall instead.
+    floored = floor_minor(exact / step) * step
+    for level in (payment, floored):
+        parts = _level_payment_parts(terms, level, strict=True)
+        if parts is not None:
+            return parts
+    # Loans whose principal part is under one minor unit a period: keep every part >= 0.
+    parts = _level_payment_parts(terms, floored, strict=False)
+    assert parts is not None
+    return parts
+
+
+def _level_payment_parts(
+    terms: ScheduleTerms, payment: int, *, strict: bool
+) -> list[tuple[int, int]] | None:
+    rate = monthly_rate(terms.annual_rate)
+    outstanding = terms.principal_minor
+    parts = []
+    for seq in range(1, terms.term + 1):
+        interest = round_minor(outstanding * rate, terms.rounding)
+        principal = outstanding if seq == terms.term else payment - interest
+        if seq < terms.term and not 0 <= principal < outstanding:
+            if strict:
+                return None
+            principal = min(max(principal, 0), outstanding)
+        parts.append((principal, interest))
+        outstanding -= principal
+    return parts
+
+
+def _equal_principal_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
+    rate = monthly_rate(terms.annual_rate)
+    share = _even_share(terms.principal_minor, terms.term, terms.rounding)
+    outstanding = terms.principal_minor
+    parts = []
+    for seq in range(1, terms.term + 1):
+        principal = outstanding if seq == terms.term else share
+        parts.append((principal, round_minor(outstanding * rate, terms.rounding)))
+        outstanding -= principal
+    return parts
+
+
+def _fee_parts(terms: ScheduleTerms) -> list[int]:
+    fee = terms.origination_fee_minor
+    if terms.fee_collection is FeeCollection.UPFRONT or terms.term == 1:
+        return [fee] + [0] * (terms.term - 1)
+    share = _even_share(fee, terms.term, terms.rounding)
+    return [share] * (terms.term - 1) + [fee - share * (terms.term - 1)]
+
+
+def _even_share(total: int, count: int, rounding: Rounding) -> int:
+    """total / count rounded, but never so high that the last share would go negative."""
+    share = round_minor(Decimal(total) / count, rounding)
+    if share * (count - 1) > total:
+        share = total // count
+    return share

@@ -1,0 +1,158 @@
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.fields import MoneyStr, Reference
+from app.loans.models import InstallmentStatus, LoanStatus
+from app.money import format_minor, format_rate
+
+if TYPE_CHECKING:
+    from app.loans.service import LoanView
+
+Term = Annotated[int, Field(ge=1, le=60)]
+
+
+class LoanCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    borrower_id: str = Field(min_length=1, max_length=40)
+    product_code: str = Field(min_length=1, max_length=64)
+    principal: MoneyStr
+    term: Term
+    disbursed_on: date | None = Field(default=None, description="default: today")
+    first_due_date: date | None = Field(default=None, description="default: a month later")
+    merchant_order_ref: Reference
+
+
+class LoanCancel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=200)
+
+
+class InstallmentRead(BaseModel):
+    seq: int
+    due_date: date
+    principal: str
+    interest: str
+    fees: str
+    total: str
+    paid: str
+    status: InstallmentStatus
+    paid_on: date | None
+
+
+class ScheduleRead(BaseModel):
+    loan_id: str
+    currency: str
+    installments: list[InstallmentRead]
+
+
+class BalancesRead(BaseModel):
+    principal_outstanding: str
+    interest_outstanding: str
+    fees_outstanding: str
+    overdue_amount: str
+    payoff_amount: str
+    credit_balance: str
+    refund_due: str
+
+
+class LoanRead(BaseModel):
+    id: str
+    borrower_id: str
+    merchant_id: str
+    product_code: str
+    currency: str
+    principal: str
+    annual_interest_rate: str
+    amortization: str
+    term: int
+    disbursed_on: date
+    first_due_date: date
+    merchant_order_ref: str
+    status: LoanStatus
+    days_past_due: int
+    bucket: str
+    delinquency_as_of: date | None
+    balances_as_of: date
+    balances: BalancesRead
+    paid_off_on: date | None
+    cancelled_on: date | None
+    created_at: datetime
+    schedule: ScheduleRead | None = None
+
+
+def loan_read(view: "LoanView", *, with_schedule: bool = False) -> LoanRead:
+    loan, cur = view.loan, view.loan.currency
+    return LoanRead(
+        id=loan.id,
+        borrower_id=loan.borrower_id,
+        merchant_id=loan.merchant_id,
+        product_code=loan.product_code,
+        currency=cur,
+        principal=format_minor(loan.principal_minor, cur),
+        annual_interest_rate=format_rate(loan.annual_interest_rate),
+        amortization=loan.amortization,
+        term=loan.term,
+        disbursed_on=loan.disbursed_on,
+        first_due_date=loan.first_due_date,
+        merchant_order_ref=loan.merchant_order_ref,
+        status=LoanStatus(loan.status),
+        days_past_due=loan.days_past_due,
+        bucket=loan.bucket,
+        delinquency_as_of=loan.delinquency_as_of,
+        balances_as_of=view.as_of,
+        balances=balances_read(view),
+        paid_off_on=loan.paid_off_on,
+        cancelled_on=loan.cancelled_on,
+        created_at=loan.created_at,
+        schedule=schedule_read(view) if with_schedule else None,
+    )
+
+
+def balances_read(view: "LoanView") -> BalancesRead:
+    loan, position, cur = view.loan, view.position, view.loan.currency
+    closed = loan.status == LoanStatus.CANCELLED
+    return BalancesRead(
+        principal_outstanding=format_minor(loan.principal_outstanding_minor, cur),
+        interest_outstanding=format_minor(
+            0 if closed else sum(i.interest_left() for i in position.installments), cur
+        ),
+        fees_outstanding=format_minor(
+            0 if closed else sum(i.fees_left(view.as_of) for i in position.installments), cur
+        ),
+        overdue_amount=format_minor(0 if closed else position.overdue_minor(view.as_of), cur),
+        payoff_amount=format_minor(0 if closed else position.payoff_minor(view.as_of), cur),
+        credit_balance=format_minor(loan.credit_balance_minor, cur),
+        refund_due=format_minor(loan.refund_due_minor, cur),
+    )
+
+
+def schedule_read(view: "LoanView") -> ScheduleRead:
+    cur = view.loan.currency
+    return ScheduleRead(
+        loan_id=view.loan.id,
+        currency=cur,
+        installments=[
+            InstallmentRead(
+                seq=i.seq,
+                due_date=i.due_date,
+                principal=format_minor(i.principal_minor, cur),
+                interest=format_minor(i.interest_minor - i.interest_waived_minor, cur),
+                fees=format_minor(i.fees_minor + i.late_fees_minor - i.fees_waived_minor, cur),
+                total=format_minor(
+                    i.principal_minor + i.interest_minor - i.interest_waived_minor
+                    + i.fees_minor + i.late_fees_minor - i.fees_waived_minor,
+                    cur,
+                ),
+                paid=format_minor(
+                    i.paid_principal_minor + i.paid_interest_minor + i.paid_fees_minor, cur
+                ),
+                status=view.installment_status(i),
+                paid_on=i.paid_on,
+            )
+            for i in view.installments
+        ],
+    )  # fmt: skip

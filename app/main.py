@@ -1,0 +1,60 @@
+"""create_app(): routers, middleware and the one error handler."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.idempotency import IdempotencyMiddleware
+from app.api_keys.routes import router as api_keys_router
+from app.borrowers.routes import router as borrowers_router
+from app.config import get_settings
+from app.db import database
+from app.errors import install_error_handlers
+from app.events.routes import router as events_router
+from app.loans.routes import router as loans_router
+from app.merchants.routes import router as merchants_router
+from app.ops.routes import router as ops_router
+from app.payments.routes import router as payments_router
+from app.products.routes import router as products_router
+from app.scheduler import InProcessScheduler
+
+DESCRIPTION = """Loan servicing with early-warning alerts for point-of-sale installment loans.
+
+Authenticate with `Authorization: Bearer <api key>`. Every POST honours `Idempotency-Key`.
+Money is a decimal string in the currency's minor digits; errors are `application/problem+json`.
+"""
+
+
+@asynccontextmanager
+async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    scheduler = None if get_settings().uses_celery else InProcessScheduler()
+    if scheduler:
+        scheduler.start()
+    try:
+        yield
+    finally:
+        if scheduler:
+            await scheduler.stop()
+        await database.dispose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Loanwatch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(IdempotencyMiddleware)
+    for router in (
+        ops_router,
+        merchants_router,
+        api_keys_router,
+        products_router,
+        borrowers_router,
+        loans_router,
+        payments_router,
+        events_router,
+    ):
+        app.include_router(router)
+    return app
+
+
+app = create_app()

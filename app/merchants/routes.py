@@ -1,0 +1,24 @@
+from fastapi import APIRouter
+
+from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.pagination import Page, page_of
+from app.merchants import service
+from app.merchants.schemas import MerchantCreate, MerchantRead
+
+router = APIRouter(prefix="/v1/merchants", tags=["merchants"])
+
+
+@router.post("", status_code=201, response_model=MerchantRead)
+async def create_merchant(
+    body: MerchantCreate, session: SessionDep, principal: CurrentPrincipal
+) -> MerchantRead:
+    merchant = await service.create_merchant(session, principal, name=body.name)
+    return MerchantRead.model_validate(merchant)
+
+
+@router.get("", response_model=Page[MerchantRead])
+async def list_merchants(
+    session: SessionDep, principal: CurrentPrincipal, page: PageDep
+) -> Page[MerchantRead]:
+    merchants = await service.list_merchants(session, principal, page=page)
+    return page_of(merchants, page, MerchantRead.model_validate)

@@ -1,0 +1,27 @@
+"""Every table, imported in one place so Alembic and the tests see the whole schema."""
+
+from app.api.idempotency import IdempotencyRecord
+from app.api_keys.models import ApiKey
+from app.borrowers.models import Borrower
+from app.db import Base
+from app.events.models import Event
+from app.ledger.models import LedgerTransaction
+from app.loans.models import Loan, LoanInstallment
+from app.merchants.models import Merchant
+from app.payments.models import Payment, PaymentAllocation
+from app.products.models import Product
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "Borrower",
+    "Event",
+    "IdempotencyRecord",
+    "LedgerTransaction",
+    "Loan",
+    "LoanInstallment",
+    "Merchant",
+    "Payment",
+    "PaymentAllocation",
+    "Product",
+]

@@ -1,0 +1,102 @@
+"""Money: integer minor units inside, decimal strings at the edges. The only place that parses,
+rounds or formats amounts."""
+
+import re
+from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from enum import StrEnum
+
+# ISO 4217 minor units of the currencies we lend in; an unknown code is refused, not guessed.
+MINOR_DIGITS: dict[str, int] = {
+    "CNY": 2, "HKD": 2, "TWD": 2, "SGD": 2, "MYR": 2, "THB": 2, "PHP": 2, "INR": 2,
+    "USD": 2, "EUR": 2, "GBP": 2, "CHF": 2, "AUD": 2, "CAD": 2, "NZD": 2, "MXN": 2,
+    "BRL": 2, "ZAR": 2, "PLN": 2, "SEK": 2, "NOK": 2, "DKK": 2, "CZK": 2, "TRY": 2,
+    "JPY": 0, "KRW": 0, "VND": 0, "IDR": 2, "CLP": 0, "ISK": 0,
+    "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3,
+}  # fmt: skip
+
+MONEY_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,3})?$")
+RATE_PATTERN = re.compile(r"^(0|[1-9][0-9]?)(\.[0-9]{1,6})?$")
+
+
+class Rounding(StrEnum):
+    HALF_EVEN = "half_even"
+    HALF_UP = "half_up"
+
+    @property
+    def decimal_mode(self) -> str:
+        return ROUND_HALF_EVEN if self is Rounding.HALF_EVEN else ROUND_HALF_UP
+
+
+class MoneyError(ValueError):
+    """An amount that cannot be money in the given currency."""
+
+
+def minor_digits(currency: str) -> int:
+    try:
+        return MINOR_DIGITS[currency]
+    except KeyError:
+        raise MoneyError(f"unsupported currency {currency!r}") from None
+
+
+def to_minor(amount: str, currency: str) -> int:
+    """Parse a decimal string into minor units; more decimals than the currency has is an error."""
+    if not MONEY_PATTERN.match(amount):
+        raise MoneyError("must be a non-negative decimal string such as '1299.00'")
+    digits = minor_digits(currency)
+    value = Decimal(amount)
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if -exponent > digits:
+        raise MoneyError(f"{currency} amounts have at most {digits} decimal places")
+    return int(value.scaleb(digits))
+
+
+def to_decimal(minor: int, currency: str) -> Decimal:
+    return Decimal(minor).scaleb(-minor_digits(currency))
+
+
+def format_minor(minor: int, currency: str) -> str:
+    """Minor units to the decimal string the API returns: always exactly the minor digits."""
+    digits = minor_digits(currency)
+    return f"{to_decimal(minor, currency):.{digits}f}"
+
+
+def round_minor(value: Decimal, rounding: Rounding) -> int:
+    """Round an exact amount already expressed in minor units to a whole minor unit."""
+    return int(value.quantize(Decimal(1), rounding=rounding.decimal_mode))
+
+
+def floor_minor(value: Decimal) -> int:
+    return int(value.quantize(Decimal(1), rounding=ROUND_DOWN))
+
+
+def round_to_multiple(minor: int, multiple: int, rounding: Rounding) -> int:
+    """Round to the nearest multiple (e.g. whole yuan), ties by the product's rounding mode."""
+    return round_minor(Decimal(minor) / multiple, rounding) * multiple
+
+
+def parse_rate(rate: str) -> Decimal:
+    """An annual rate as a decimal string ('0.1299' = 12.99 %), at most six decimals."""
+    if not RATE_PATTERN.match(rate):
+        raise MoneyError("must be a decimal string such as '0.1299' with at most 6 decimals")
+    return Decimal(rate)
+
+
+def format_rate(rate: Decimal) -> str:
+    return f"{rate.normalize():f}" if rate else "0"
+
+
+def parse_amount(field: str, amount: str, currency: str, *, allow_zero: bool = False) -> int:
+    """A request's money field in minor units, or a 422 naming the field."""
+    from app.config import get_settings
+    from app.errors import InvalidRequest
+
+    try:
+        minor = to_minor(amount, currency)
+    except MoneyError as exc:
+        raise InvalidRequest.field(field, str(exc)) from None
+    if minor == 0 and not allow_zero:
+        raise InvalidRequest.field(field, "must be greater than zero")
+    if minor > to_minor(str(get_settings().max_amount), currency):
+        raise InvalidRequest.field(field, f"must not exceed {get_settings().max_amount}")
+    return minor

@@ -1,0 +1,40 @@
+"""Liveness and readiness for load balancers and orchestrators."""
+
+import redis.asyncio as redis
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.config import get_settings
+from app.db import database
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz() -> JSONResponse:
+    checks: dict[str, str] = {}
+    try:
+        async with database.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = f"unavailable: {type(exc).__name__}"
+    settings = get_settings()
+    if settings.uses_celery:
+        client = redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        try:
+            await client.ping()
+            checks["broker"] = "ok"
+        except Exception as exc:
+            checks["broker"] = f"unavailable: {type(exc).__name__}"
+        finally:
+            await client.aclose()
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
+                        status_code=200 if ready else 503)  # fmt: skip

@@ -1,0 +1,200 @@
+"""The allocation waterfall and the replay of a loan's payments: pure functions, no I/O.
+
+A payment received on day D pays, installment by installment, oldest due first: fees, then
+interest, then principal. What is left pays installments not yet due, in order — unless it
+covers the payoff, in which case the interest and fees of periods after the current one are
+forgiven and the loan is paid off. Anything beyond that is a credit balance.
+
+Balances are never patched in place: they are the result of replaying every applied payment in
+order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
+"""
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+
+@dataclass(frozen=True)
+class LateFee:
+    assessed_on: date
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class InstallmentTerms:
+    seq: int
+    due_date: date
+    principal_minor: int
+    interest_minor: int
+    fees_minor: int = 0
+    late_fees: tuple[LateFee, ...] = ()
+
+    def fees_charged_by(self, day: date) -> int:
+        return self.fees_minor + sum(f.amount_minor for f in self.late_fees if f.assessed_on <= day)
+
+
+@dataclass(frozen=True)
+class PaymentIn:
+    id: str
+    amount_minor: int
+    received_on: date
+
+
+@dataclass(frozen=True)
+class Allocation:
+    payment_id: str
+    installment_seq: int
+    fees_minor: int
+    interest_minor: int
+    principal_minor: int
+
+    @property
+    def total_minor(self) -> int:
+        return self.fees_minor + self.interest_minor + self.principal_minor
+
+
+@dataclass
+class InstallmentPosition:
+    terms: InstallmentTerms
+    paid_fees_minor: int = 0
+    paid_interest_minor: int = 0
+    paid_principal_minor: int = 0
+    interest_waived_minor: int = 0
+    fees_waived_minor: int = 0
+    paid_on: date | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.terms.seq
+
+    @property
+    def paid_minor(self) -> int:
+        return self.paid_fees_minor + self.paid_interest_minor + self.paid_principal_minor
+
+    def fees_left(self, day: date) -> int:
+        return self.terms.fees_charged_by(day) - self.paid_fees_minor - self.fees_waived_minor
+
+    def interest_left(self) -> int:
+        return self.terms.interest_minor - self.paid_interest_minor - self.interest_waived_minor
+
+    def principal_left(self) -> int:
+        return self.terms.principal_minor - self.paid_principal_minor
+
+    def left(self, day: date) -> int:
+        return self.fees_left(day) + self.interest_left() + self.principal_left()
+
+    def settled_by(self, day: date) -> bool:
+        return self.left(day) == 0
+
+
+@dataclass
+class LoanPosition:
+    installments: list[InstallmentPosition]
+    allocations: list[Allocation] = field(default_factory=list)
+    credit_balance_minor: int = 0
+    paid_off_on: date | None = None
+
+    @property
+    def principal_outstanding_minor(self) -> int:
+        return sum(i.principal_left() for i in self.installments)
+
+    @property
+    def repaid_minor(self) -> int:
+        return sum(i.paid_minor for i in self.installments)
+
+    def overdue_minor(self, as_of: date) -> int:
+        """Unpaid amounts of installments whose due date has passed."""
+        return sum(i.left(as_of) for i in self.installments if i.terms.due_date < as_of)
+
+    def payoff_minor(self, as_of: date) -> int:
+        """What settles the loan on ``as_of``: everything due, the current period in full, and
+        the principal of later periods (their interest is not owed on early payoff)."""
+        if self.paid_off_on is not None:
+            return 0
+        total = 0
+        current_seen = False
+        for inst in self.installments:
+            if inst.terms.due_date <= as_of or not current_seen:
+                total += inst.left(as_of)
+                current_seen = current_seen or inst.terms.due_date > as_of
+            else:
+                total += inst.principal_left()
+        return total
+
+    def allocations_of(self, payment_id: str) -> list[Allocation]:
+        return [a for a in self.allocations if a.payment_id == payment_id]
+
+
+def replay(installments: Sequence[InstallmentTerms], payments: Iterable[PaymentIn]) -> LoanPosition:
+    """The loan's position after applying ``payments`` (in the given order) to a fresh schedule."""
+    position = LoanPosition([InstallmentPosition(t) for t in installments])
+    for payment in payments:
+        apply_payment(position, payment)
+    return position
+
+
+def apply_payment(position: LoanPosition, payment: PaymentIn) -> None:
+    day = payment.received_on
+    if position.paid_off_on is not None:
+        position.credit_balance_minor += payment.amount_minor
+        return
+    remaining = payment.amount_minor
+    for inst in position.installments:
+        if inst.terms.due_date <= day and remaining:
+            remaining = _pay_installment(position, inst, payment, remaining)
+    if remaining and remaining >= position.payoff_minor(day):
+        remaining = _pay_off(position, payment, remaining)
+    for inst in position.installments:
+        if remaining:
+            remaining = _pay_installment(position, inst, payment, remaining)
+    position.credit_balance_minor += remaining
+    if position.paid_off_on is None and all(i.settled_by(day) for i in position.installments):
+        position.paid_off_on = day
+
+
+def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
+    day = payment.received_on
+    current_paid = False
+    for inst in position.installments:
+        if inst.terms.due_date > day and current_paid:
+            inst.interest_waived_minor += inst.interest_left()
+            inst.fees_waived_minor += inst.fees_left(day)
+        remaining = _pay_installment(position, inst, payment, remaining)
+        current_paid = current_paid or inst.terms.due_date > day
+    position.paid_off_on = day
+    return remaining
+
+
+def _pay_installment(
+    position: LoanPosition, inst: InstallmentPosition, payment: PaymentIn, remaining: int
+) -> int:
+    day = payment.received_on
+    fees = min(remaining, inst.fees_left(day))
+    interest = min(remaining - fees, inst.interest_left())
+    principal = min(remaining - fees - interest, inst.principal_left())
+    if fees or interest or principal:
+        inst.paid_fees_minor += fees
+        inst.paid_interest_minor += interest
+        inst.paid_principal_minor += principal
+        _record(position, Allocation(payment.id, inst.seq, fees, interest, principal))
+    if inst.paid_on is None and inst.settled_by(day):
+        inst.paid_on = day
+    return remaining - fees - interest - principal
+
+
+def _record(position: LoanPosition, allocation: Allocation) -> None:
+    """One allocation per payment and installment, however many passes paid it."""
+    last = position.allocations[-1] if position.allocations else None
+    if last and (last.payment_id, last.installment_seq) == (
+        allocation.payment_id,
+        allocation.installment_seq,
+    ):
+        position.allocations[-1] = Allocation(
+            allocation.payment_id,
+            allocation.installment_seq,
+            last.fees_minor + allocation.fees_minor,
+            last.interest_minor + allocation.interest_minor,
+            last.principal_minor + allocation.principal_minor,
+        )
+    else:
+        position.allocations.append(allocation)

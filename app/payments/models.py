@@ -1,0 +1,49 @@
+from datetime import date, datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Date, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utc_now
+
+
+class PaymentStatus(StrEnum):
+    APPLIED = "applied"
+    REVERSED = "reversed"
+
+
+class ReversalReason(StrEnum):
+    NSF = "nsf"
+    CHARGEBACK = "chargeback"
+    ERROR = "error"
+
+
+class Payment(Base):
+    __tablename__ = "payment"
+    # A payment reported twice (by the POS and by the gateway, or a retry without an
+    # Idempotency-Key) is caught by its external reference.
+    __table_args__ = (UniqueConstraint("loan_id", "external_ref"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    received_on: Mapped[date] = mapped_column(Date)
+    channel: Mapped[str] = mapped_column(String(32))
+    external_ref: Mapped[str | None] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(10))
+    reversal_reason: Mapped[str | None] = mapped_column(String(12))
+    reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+class PaymentAllocation(Base):
+    """How a payment is split over installments; rewritten when a reversal replays the loan."""
+
+    __tablename__ = "payment_allocation"
+
+    payment_id: Mapped[str] = mapped_column(ForeignKey("payment.id"), primary_key=True)
+    installment_seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), index=True)
+    fees_minor: Mapped[int] = mapped_column(BigInteger)
+    interest_minor: Mapped[int] = mapped_column(BigInteger)
+    principal_minor: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,51 @@
+from fastapi import APIRouter
+
+from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.pagination import Page, page_of
+from app.payments import service
+from app.payments.schemas import (
+    PaymentCreate,
+    PaymentRead,
+    PaymentReverse,
+    TransactionRead,
+    payment_read,
+    transaction_read,
+)
+
+router = APIRouter(tags=["payments"])
+
+
+@router.post("/v1/loans/{loan_id}/payments", status_code=201, response_model=PaymentRead)
+async def record_payment(
+    loan_id: str, body: PaymentCreate, session: SessionDep, principal: CurrentPrincipal
+) -> PaymentRead:
+    view = await service.record_payment(
+        session, principal, loan_id=loan_id, amount=body.amount, received_on=body.received_on,
+        channel=body.channel, external_ref=body.external_ref,
+    )  # fmt: skip
+    return payment_read(view)
+
+
+@router.post("/v1/payments/{payment_id}/reverse", response_model=PaymentRead)
+async def reverse_payment(
+    payment_id: str, body: PaymentReverse, session: SessionDep, principal: CurrentPrincipal
+) -> PaymentRead:
+    view = await service.reverse_payment(
+        session, principal, payment_id=payment_id, reason=body.reason
+    )
+    return payment_read(view)
+
+
+@router.get("/v1/payments/{payment_id}", response_model=PaymentRead)
+async def get_payment(
+    payment_id: str, session: SessionDep, principal: CurrentPrincipal
+) -> PaymentRead:
+    return payment_read(await service.get_payment(session, principal, payment_id=payment_id))
+
+
+@router.get("/v1/loans/{loan_id}/transactions", response_model=Page[TransactionRead])
+async def list_transactions(
+    loan_id: str, session: SessionDep, principal: CurrentPrincipal, page: PageDep
+) -> Page[TransactionRead]:
+    _, rows = await service.list_transactions(session, principal, loan_id=loan_id, page=page)
+    return page_of(rows, page, transaction_read, key=lambda t: str(t.id))

@@ -1,0 +1,328 @@
+"""Payments and reversals: every change replays the loan's applied payments from the start."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import clock
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.db import utc_now
+from app.errors import InvalidRequest
+from app.events import service as events
+from app.ids import new_id
+from app.ledger.models import LedgerTransaction, TransactionKind
+from app.loans import service as loans_service
+from app.loans.errors import LoanNotActive, LoanNotFound
+from app.loans.models import OPEN_STATUSES, InstallmentStatus, Loan, LoanInstallment, LoanStatus
+from app.loans.service import LoanView
+from app.money import format_minor, parse_amount
+from app.payments.allocation import (
+    Allocation,
+    InstallmentTerms,
+    LateFee,
+    LoanPosition,
+    PaymentIn,
+    replay,
+)
+from app.payments.errors import (
+    AmountExceedsPayoff,
+    PaymentAlreadyRecorded,
+    PaymentAlreadyReversed,
+    PaymentNotFound,
+)
+from app.payments.models import Payment, PaymentAllocation, PaymentStatus, ReversalReason
+
+
+@dataclass(frozen=True)
+class PaymentView:
+    payment: Payment
+    currency: str
+    allocations: list[Allocation]
+    loan: LoanView | None = None
+
+
+async def record_payment(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    loan_id: str,
+    amount: str,
+    received_on: date | None,
+    channel: str,
+    external_ref: str | None,
+) -> PaymentView:
+    principal.require(Role.MERCHANT)
+    loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
+    if loan.status not in OPEN_STATUSES:
+        raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no payments")
+    amount_minor = parse_amount("amount", amount, loan.currency)
+    today = clock.today()
+    received_on = received_on or today
+    if not loan.disbursed_on <= received_on <= today:
+        raise InvalidRequest.field(
+            "received_on", f"must be between disbursed_on ({loan.disbursed_on}) and today ({today})"
+        )
+    if external_ref is not None:
+        await _refuse_duplicate(session, loan.id, external_ref)
+
+    payment = Payment(
+        id=new_id("pay"),
+        loan_id=loan.id,
+        amount_minor=amount_minor,
+        received_on=received_on,
+        channel=channel,
+        external_ref=external_ref,
+        status=PaymentStatus.APPLIED,
+        created_at=utc_now(),
+    )
+    installments = await loans_service.load_installments(session, loan.id)
+    earlier = await _applied_payments(session, loan.id)
+    terms = await _terms(session, installments)
+    position = replay(terms, sorted([*earlier, _payment_in(payment)], key=_receipt_order))
+    if position.credit_balance_minor > loan.credit_balance_minor:
+        payoff = replay(terms, [p for p in earlier if p.received_on <= received_on])
+        raise AmountExceedsPayoff(
+            f"amount {amount} exceeds the payoff amount "
+            f"{format_minor(payoff.payoff_minor(received_on), loan.currency)} on {received_on}"
+        )
+
+    session.add(payment)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise PaymentAlreadyRecorded(
+            f"a payment with external_ref {external_ref} is already recorded on this loan"
+        ) from None
+    _ledger(session, loan, TransactionKind.PAYMENT, payment)
+    was_paid_off = loan.status == LoanStatus.PAID_OFF
+    await _store_position(session, loan, installments, position)
+    await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
+                      loan=loan)  # fmt: skip
+    if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
+        await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
+    return PaymentView(
+        payment, loan.currency, position.allocations_of(payment.id),
+        LoanView(loan, installments, today),
+    )  # fmt: skip
+
+
+async def _refuse_duplicate(session: AsyncSession, loan_id: str, external_ref: str) -> None:
+    existing = await session.scalar(
+        select(Payment.id).where(Payment.loan_id == loan_id, Payment.external_ref == external_ref)
+    )
+    if existing is not None:
+        raise PaymentAlreadyRecorded(
+            f"payment {existing} with external_ref {external_ref} is already recorded"
+        )
+
+
+async def reverse_payment(
+    session: AsyncSession, principal: Principal, *, payment_id: str, reason: ReversalReason
+) -> PaymentView:
+    """Undo a payment (bounced, charged back, or booked in error) and re-allocate every later
+    payment as if it had never been received."""
+    principal.require(Role.MERCHANT)
+    loan_id = await session.scalar(select(Payment.loan_id).where(Payment.id == payment_id))
+    if loan_id is None:
+        raise PaymentNotFound(f"payment {payment_id} does not exist")
+    try:
+        loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
+    except LoanNotFound:
+        raise PaymentNotFound(f"payment {payment_id} does not exist") from None
+    # Read under the loan's lock: a concurrent reversal of the same payment has finished.
+    payment = await session.scalar(
+        select(Payment).where(Payment.id == payment_id).execution_options(populate_existing=True)
+    )
+    assert payment is not None
+    if payment.status == PaymentStatus.REVERSED:
+        raise PaymentAlreadyReversed(f"payment {payment.id} was reversed already")
+    if loan.status not in (*OPEN_STATUSES, LoanStatus.PAID_OFF):
+        raise LoanNotActive(f"loan {loan.id} is {loan.status}")
+
+    payment.status = PaymentStatus.REVERSED
+    payment.reversal_reason = reason
+    payment.reversed_at = utc_now()
+    _ledger(session, loan, TransactionKind.REVERSAL, payment, note=reason)
+    installments = await loans_service.load_installments(session, loan.id)
+    remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
+    position = replay(await _terms(session, installments), remaining)
+    await _store_position(session, loan, installments, position)
+    await events.emit(
+        session,
+        "payment.reversed",
+        {**payment_event_data(loan, payment, position), "reason": reason},
+        loan=loan,
+    )
+    return PaymentView(payment, loan.currency, [], LoanView(loan, installments, clock.today()))
+
+
+async def get_payment(
+    session: AsyncSession, principal: Principal, *, payment_id: str
+) -> PaymentView:
+    payment = await session.get(Payment, payment_id)
+    if payment is None:
+        raise PaymentNotFound(f"payment {payment_id} does not exist")
+    try:
+        loan = await loans_service.get_loan(session, principal, loan_id=payment.loan_id)
+    except LoanNotFound:
+        raise PaymentNotFound(f"payment {payment_id} does not exist") from None
+    rows = await session.scalars(
+        select(PaymentAllocation)
+        .where(PaymentAllocation.payment_id == payment.id)
+        .order_by(PaymentAllocation.installment_seq)
+    )
+    allocations = [
+        Allocation(a.payment_id, a.installment_seq, a.fees_minor, a.interest_minor,
+                   a.principal_minor)
+        for a in rows
+    ]  # fmt: skip
+    return PaymentView(payment, loan.currency, allocations)
+
+
+async def list_transactions(
+    session: AsyncSession, principal: Principal, *, loan_id: str, page: PageParams
+) -> tuple[Loan, list[LedgerTransaction]]:
+    loan = await loans_service.get_loan(session, principal, loan_id=loan_id)
+    query = (
+        select(LedgerTransaction)
+        .where(LedgerTransaction.loan_id == loan.id)
+        .order_by(LedgerTransaction.id)
+        .limit(page.limit + 1)
+    )
+    if page.after_id:
+        if not page.after_id.isdigit():
+            raise InvalidRequest.field("cursor", "is not a cursor this API returned")
+        query = query.where(LedgerTransaction.id > int(page.after_id))
+    return loan, list(await session.scalars(query))
+
+
+def payment_event_data(loan: Loan, payment: Payment, position: LoanPosition) -> dict[str, object]:
+    return {
+        "payment_id": payment.id,
+        "loan_id": loan.id,
+        "borrower_id": loan.borrower_id,
+        "merchant_id": loan.merchant_id,
+        "amount": format_minor(payment.amount_minor, loan.currency),
+        "currency": loan.currency,
+        "received_on": payment.received_on.isoformat(),
+        "channel": payment.channel,
+        "external_ref": payment.external_ref,
+        "status": payment.status,
+        "loan_status": loan.status,
+        "principal_outstanding": format_minor(position.principal_outstanding_minor, loan.currency),
+    }
+
+
+def _payment_in(payment: Payment) -> PaymentIn:
+    return PaymentIn(payment.id, payment.amount_minor, payment.received_on)
+
+
+def _receipt_order(payment: PaymentIn) -> tuple[date, str]:
+    return payment.received_on, payment.id
+
+
+async def _applied_payments(session: AsyncSession, loan_id: str) -> list[PaymentIn]:
+    rows = await session.execute(
+        select(Payment.id, Payment.amount_minor, Payment.received_on)
+        .where(Payment.loan_id == loan_id, Payment.status == PaymentStatus.APPLIED)
+        .order_by(Payment.received_on, Payment.id)
+    )
+    return [PaymentIn(*row) for row in rows.tuples()]
+
+
+async def _terms(
+    session: AsyncSession, installments: list[LoanInstallment]
+) -> list[InstallmentTerms]:
+    """Each installment's amounts, with its late fees on the dates they were assessed."""
+    late_fees: dict[int, list[LateFee]] = defaultdict(list)
+    if installments and any(i.late_fees_minor for i in installments):
+        rows = await session.execute(
+            select(
+                LedgerTransaction.installment_seq,
+                LedgerTransaction.effective_on,
+                LedgerTransaction.amount_minor,
+            ).where(
+                LedgerTransaction.loan_id == installments[0].loan_id,
+                LedgerTransaction.kind == TransactionKind.LATE_FEE,
+            )
+        )
+        for seq, assessed_on, amount in rows.tuples():
+            assert seq is not None
+            late_fees[seq].append(LateFee(assessed_on, amount))
+    return [
+        InstallmentTerms(
+            seq=i.seq,
+            due_date=i.due_date,
+            principal_minor=i.principal_minor,
+            interest_minor=i.interest_minor,
+            fees_minor=i.fees_minor,
+            late_fees=tuple(late_fees[i.seq]),
+        )
+        for i in installments
+    ]
+
+
+async def _store_position(
+    session: AsyncSession, loan: Loan, installments: list[LoanInstallment], position: LoanPosition
+) -> None:
+    """Write a replayed position: installments, allocations and the loan's derived balances."""
+    for row, new in zip(installments, position.installments, strict=True):
+        row.paid_fees_minor = new.paid_fees_minor
+        row.paid_interest_minor = new.paid_interest_minor
+        row.paid_principal_minor = new.paid_principal_minor
+        row.interest_waived_minor = new.interest_waived_minor
+        row.fees_waived_minor = new.fees_waived_minor
+        row.paid_on = new.paid_on
+        if new.paid_on is not None:
+            row.status = InstallmentStatus.PAID
+        elif new.paid_minor:
+            row.status = InstallmentStatus.PARTIALLY_PAID
+        else:
+            row.status = InstallmentStatus.PENDING
+    await session.execute(delete(PaymentAllocation).where(PaymentAllocation.loan_id == loan.id))
+    if position.allocations:
+        await session.execute(
+            insert(PaymentAllocation),
+            [
+                {
+                    "payment_id": a.payment_id,
+                    "installment_seq": a.installment_seq,
+                    "loan_id": loan.id,
+                    "fees_minor": a.fees_minor,
+                    "interest_minor": a.interest_minor,
+                    "principal_minor": a.principal_minor,
+                }
+                for a in position.allocations
+            ],
+        )
+    loan.principal_outstanding_minor = position.principal_outstanding_minor
+    loan.credit_balance_minor = position.credit_balance_minor
+    if position.paid_off_on is not None:
+        loan.status = LoanStatus.PAID_OFF
+        loan.paid_off_on = position.paid_off_on
+    elif loan.status == LoanStatus.PAID_OFF:
+        loan.status = LoanStatus.ACTIVE
+        loan.paid_off_on = None
+
+
+def _ledger(
+    session: AsyncSession,
+    loan: Loan,
+    kind: TransactionKind,
+    payment: Payment,
+    note: str | None = None,
+) -> None:
+    session.add(
+        LedgerTransaction(
+            loan_id=loan.id, kind=kind, amount_minor=payment.amount_minor, currency=loan.currency,
+            effective_on=payment.received_on if kind is TransactionKind.PAYMENT else clock.today(),
+            payment_id=payment.id, note=note, created_at=utc_now(),
+        )
+    )  # fmt: skip

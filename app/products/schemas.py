@@ -1,0 +1,119 @@
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.api.fields import MoneyStr, RateStr
+from app.loans.schedule import Amortization, FeeCollection
+from app.money import Rounding, format_minor, format_rate
+from app.products.models import Product
+
+ProductCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+Term = Annotated[int, Field(ge=1, le=60)]
+
+
+class FeeKind(StrEnum):
+    FIXED = "fixed"
+    PERCENT = "percent"
+
+
+class _FeeAmount(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: FeeKind
+    amount: MoneyStr | None = None
+    percent: RateStr | None = Field(default=None, description="of the amount it applies to")
+
+    @model_validator(mode="after")
+    def _amount_matches_kind(self) -> Self:
+        if self.kind is FeeKind.FIXED and (self.amount is None or self.percent is not None):
+            raise ValueError("a fixed fee gives 'amount' and no 'percent'")
+        if self.kind is FeeKind.PERCENT and (self.percent is None or self.amount is not None):
+            raise ValueError("a percent fee gives 'percent' and no 'amount'")
+        return self
+
+
+class LateFeePolicy(_FeeAmount):
+    """Charged per overdue installment after the grace days, at most once per installment."""
+
+    cap_per_installment: MoneyStr | None = None
+
+
+class OriginationFee(_FeeAmount):
+    """Charged on the principal at origination: all with the first installment, or spread."""
+
+    collection: FeeCollection = FeeCollection.UPFRONT
+
+
+class ProductCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    code: ProductCode
+    name: str = Field(min_length=1, max_length=200)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    annual_interest_rate: RateStr
+    amortization: Amortization
+    term_options: list[Term] = Field(min_length=1, max_length=60)
+    rounding: Rounding = Rounding.HALF_EVEN
+    installment_multiple_of: MoneyStr | None = None
+    grace_days: int = Field(default=0, ge=0, le=90)
+    late_fee: LateFeePolicy | None = None
+    origination_fee: OriginationFee | None = None
+
+
+class ProductRead(BaseModel):
+    code: str
+    name: str
+    currency: str
+    annual_interest_rate: str
+    amortization: Amortization
+    term_options: list[int]
+    rounding: Rounding
+    installment_multiple_of: str | None
+    grace_days: int
+    late_fee: LateFeePolicy | None
+    origination_fee: OriginationFee | None
+    created_at: datetime
+
+    @classmethod
+    def from_model(cls, product: Product) -> "ProductRead":
+        def money(minor: int | None) -> str | None:
+            return None if minor is None else format_minor(minor, product.currency)
+
+        def rate(value: Decimal | None) -> str | None:
+            return None if value is None else format_rate(value)
+
+        late_fee = None
+        if product.late_fee_kind:
+            late_fee = LateFeePolicy(
+                kind=FeeKind(product.late_fee_kind),
+                amount=money(product.late_fee_amount_minor),
+                percent=rate(product.late_fee_percent),
+                cap_per_installment=money(product.late_fee_cap_minor),
+            )
+        origination_fee = None
+        if product.origination_fee_kind:
+            origination_fee = OriginationFee(
+                kind=FeeKind(product.origination_fee_kind),
+                amount=money(product.origination_fee_amount_minor),
+                percent=rate(product.origination_fee_percent),
+                collection=FeeCollection(
+                    product.origination_fee_collection or FeeCollection.UPFRONT
+                ),
+            )
+        return cls(
+            code=product.code,
+            name=product.name,
+            currency=product.currency,
+            annual_interest_rate=format_rate(product.annual_interest_rate),
+            amortization=Amortization(product.amortization),
+            term_options=product.term_options,
+            rounding=Rounding(product.rounding),
+            installment_multiple_of=money(product.installment_multiple_of_minor),
+            grace_days=product.grace_days,
+            late_fee=late_fee,
+            origination_fee=origination_fee,
+            created_at=product.created_at,
+        )

@@ -1,0 +1,120 @@
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.config import get_settings
+from app.errors import Conflict, InvalidRequest, NotFound
+from app.loans.schedule import Amortization
+from app.money import MINOR_DIGITS, Rounding, parse_amount, parse_rate, round_minor
+from app.products.models import Product
+from app.products.schemas import FeeKind, ProductCreate
+
+READERS = (Role.MERCHANT, Role.DASHBOARD)
+
+
+class ProductNotFound(NotFound):
+    code = "product_not_found"
+
+
+class ProductCodeTaken(Conflict):
+    code = "product_code_taken"
+
+
+async def create_product(
+    session: AsyncSession, principal: Principal, *, spec: ProductCreate
+) -> Product:
+    principal.require(Role.ADMIN)
+    currency = spec.currency or get_settings().default_currency
+    if currency not in MINOR_DIGITS:
+        raise InvalidRequest.field("currency", f"{currency} is not a supported currency")
+    rate = parse_rate(spec.annual_interest_rate)
+    if rate > 1:
+        raise InvalidRequest.field("annual_interest_rate", "must be at most 1 (100 % a year)")
+    if spec.amortization is Amortization.INTEREST_FREE and rate != 0:
+        raise InvalidRequest.field("annual_interest_rate", "an interest_free product has rate 0")
+    if len(set(spec.term_options)) != len(spec.term_options):
+        raise InvalidRequest.field("term_options", "must not repeat a term")
+    if await session.get(Product, spec.code) is not None:
+        raise ProductCodeTaken(f"a product with code {spec.code} exists")
+
+    product = Product(
+        code=spec.code,
+        name=spec.name,
+        currency=currency,
+        annual_interest_rate=rate,
+        amortization=spec.amortization,
+        term_options=sorted(spec.term_options),
+        rounding=spec.rounding,
+        installment_multiple_of_minor=(
+            parse_amount("installment_multiple_of", spec.installment_multiple_of, currency)
+            if spec.installment_multiple_of
+            else None
+        ),
+        grace_days=spec.grace_days,
+    )
+    if late := spec.late_fee:
+        product.late_fee_kind = late.kind
+        product.late_fee_amount_minor = _fee_amount("late_fee.amount", late.amount, currency)
+        product.late_fee_percent = _fee_percent("late_fee.percent", late.percent)
+        if late.cap_per_installment is not None:
+            product.late_fee_cap_minor = parse_amount(
+                "late_fee.cap_per_installment", late.cap_per_installment, currency
+            )
+    if origination := spec.origination_fee:
+        product.origination_fee_kind = origination.kind
+        product.origination_fee_amount_minor = _fee_amount(
+            "origination_fee.amount", origination.amount, currency
+        )
+        product.origination_fee_percent = _fee_percent(
+            "origination_fee.percent", origination.percent
+        )
+        product.origination_fee_collection = origination.collection
+    session.add(product)
+    await session.flush()
+    return product
+
+
+def _fee_amount(field: str, amount: str | None, currency: str) -> int | None:
+    return None if amount is None else parse_amount(field, amount, currency)
+
+
+def _fee_percent(field: str, percent: str | None) -> Decimal | None:
+    if percent is None:
+        return None
+    value = parse_rate(percent)
+    if not 0 < value <= 1:
+        raise InvalidRequest.field(field, "must be above 0 and at most 1 (100 %)")
+    return value
+
+
+def origination_fee_minor(product: Product, principal_minor: int) -> int:
+    if product.origination_fee_kind == FeeKind.FIXED:
+        return product.origination_fee_amount_minor or 0
+    if product.origination_fee_kind == FeeKind.PERCENT:
+        assert product.origination_fee_percent is not None
+        return round_minor(
+            principal_minor * product.origination_fee_percent, Rounding(product.rounding)
+        )
+    return 0
+
+
+async def get_product(session: AsyncSession, principal: Principal, *, code: str) -> Product:
+    principal.require(*READERS)
+    product = await session.get(Product, code)
+    if product is None:
+        raise ProductNotFound(f"product {code} does not exist")
+    return product
+
+
+async def list_products(
+    session: AsyncSession, principal: Principal, *, page: PageParams
+) -> list[Product]:
+    principal.require(*READERS)
+    query = select(Product).order_by(Product.code).limit(page.limit + 1)
+    if page.after_id:
+        query = query.where(Product.code > page.after_id)
+    return list(await session.scalars(query))

@@ -1,0 +1,37 @@
+"""The Celery application: Redis broker, settings from app/config.py, the beat schedule."""
+
+from typing import Any
+
+from celery import Celery
+from celery.schedules import crontab
+from celery.signals import worker_process_init
+
+from app.config import get_settings
+from workers import runtime
+
+settings = get_settings()
+
+celery = Celery("loanwatch", broker=settings.redis_url, include=["workers.tasks.maintenance"])
+celery.conf.update(
+    task_serializer="json",
+    accept_content=["json"],
+    result_serializer="json",
+    task_ignore_result=True,
+    # A task is acknowledged only when done, so a killed worker's task runs again.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    timezone=settings.timezone,
+    broker_connection_retry_on_startup=True,
+    beat_schedule={
+        "purge-idempotency-keys": {
+            "task": "maintenance.purge_idempotency_keys",
+            "schedule": crontab(minute="17"),
+        },
+    },
+)
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    runtime.reset_after_fork()
