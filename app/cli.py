@@ -58,6 +58,7 @@ def create_api_key(
     description: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
 ) -> None:
     """Create an API key and print the secret alone on stdout."""
+    migrations.upgrade()
     try:
         secret = asyncio.run(_create_key(role, merchant_id, description))
     except LoanwatchError as exc:

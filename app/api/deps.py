@@ -1,6 +1,6 @@
 """The dependency vocabulary of the routes."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header
@@ -25,7 +25,9 @@ async def get_session() -> AsyncIterator[AsyncSession]:
             raise
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
+# Function scope: commit (or fail) before the response is sent, never after the client was
+# told it succeeded.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 async def get_principal(
@@ -45,5 +47,27 @@ async def get_principal(
     return Principal(api_key_id=key.id, role=Role(key.role), merchant_id=key.merchant_id)
 
 
-CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+CurrentPrincipal = Annotated[Principal, Depends(get_principal, scope="function")]
 PageDep = Annotated[PageParams, Depends(page_params)]
+
+
+def _principal_with(*roles: Role) -> Callable[[Principal], Awaitable[Principal]]:
+    """Refuse the wrong role before the body is validated: a caller who may not use an
+    endpoint learns nothing about its input."""
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        principal.require(*roles)
+        return principal
+
+    return dependency
+
+
+# Admin keys pass every role check.
+AdminPrincipal = Annotated[Principal, Depends(_principal_with(), scope="function")]
+MerchantPrincipal = Annotated[Principal, Depends(_principal_with(Role.MERCHANT), scope="function")]
+DashboardPrincipal = Annotated[
+    Principal, Depends(_principal_with(Role.DASHBOARD), scope="function")
+]
+ReaderPrincipal = Annotated[
+    Principal, Depends(_principal_with(Role.MERCHANT, Role.DASHBOARD), scope="function")
+]

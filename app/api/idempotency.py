@@ -14,6 +14,7 @@ payment external reference then refuse a second loan or payment (docs/idempotenc
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import LargeBinary, String, delete, update
@@ -81,37 +82,54 @@ class IdempotencyMiddleware:
             await _send_stored_or_problem(rejection, scope, receive, send)
             return
 
-        captured: dict[str, object] = {
-            "status": 500, "content_type": None, "chunks": [], "no_store": False,
-        }  # fmt: skip
+        held = _HeldResponse()
 
-        async def capture(message: Message) -> None:
+        async def hold_until_stored(message: Message) -> None:
+            # The answer is stored before the client sees it, so a retry sent the moment the
+            # first response arrives is replayed rather than told "in progress".
             if message["type"] == "http.response.start":
-                captured["status"] = message["status"]
-                for name, value in message.get("headers", []):
-                    if name.lower() == b"content-type":
-                        captured["content_type"] = value.decode("latin-1")
-                    if name.lower() == b"cache-control" and b"no-store" in value:
-                        captured["no_store"] = True
-            elif message["type"] == "http.response.body":
-                chunks = captured["chunks"]
-                assert isinstance(chunks, list)
-                chunks.append(message.get("body", b""))
+                held.start = message
+                return
+            if message["type"] == "http.response.body":
+                held.chunks.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                await _finish(owner, key, held)
+                held.finished = True
+                assert held.start is not None
+                await send(held.start)
+                await send({"type": "http.response.body", "body": b"".join(held.chunks)})
+                return
             await send(message)
 
         try:
-            await self.app(scope, _replay_body(body), capture)
+            await self.app(scope, _replay_body(body), hold_until_stored)
         finally:
-            status = captured["status"]
-            assert isinstance(status, int)
-            chunks = captured["chunks"]
-            assert isinstance(chunks, list)
-            content_type = captured["content_type"]
-            assert content_type is None or isinstance(content_type, str)
-            stored = b"".join(chunks)
-            if captured["no_store"]:
-                stored = without_secrets(stored)
-            await _finish(owner, key, status, content_type, stored)
+            if not held.finished:
+                await _finish(owner, key, held)
+
+
+@dataclass
+class _HeldResponse:
+    start: Message | None = None
+    chunks: list[bytes] = field(default_factory=list)
+    finished: bool = False
+
+    @property
+    def status(self) -> int:
+        return int(self.start["status"]) if self.start else 500
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.start.get("headers", []) if self.start else []:
+            if key.lower() == name:
+                return bytes(value).decode("latin-1")
+        return None
+
+    def stored_body(self) -> bytes:
+        body = b"".join(self.chunks)
+        if "no-store" in (self.header(b"cache-control") or ""):
+            return without_secrets(body)
+        return body
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -178,16 +196,21 @@ async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | 
         return None if taken == 1 else "idempotency_request_in_progress"
 
 
-async def _finish(owner: str, key: str, status: int, content_type: str | None, body: bytes) -> None:
+async def _finish(owner: str, key: str, response: _HeldResponse) -> None:
     where = (IdempotencyRecord.scope == owner, IdempotencyRecord.key == key)
     async with database.sessions() as session, session.begin():
-        if status in UNSTORED_STATUSES:
+        if response.status in UNSTORED_STATUSES:
             await session.execute(delete(IdempotencyRecord).where(*where))
         else:
             await session.execute(
                 update(IdempotencyRecord)
                 .where(*where)
-                .values(status_code=status, content_type=content_type, body=body, locked_until=None)
+                .values(
+                    status_code=response.status,
+                    content_type=response.header(b"content-type"),
+                    body=response.stored_body(),
+                    locked_until=None,
+                )
             )
 
 

@@ -31,9 +31,13 @@ def encode_cursor(last_id: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        decoded = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidRequest.field("cursor", "is not a cursor this API returned") from None
+        decoded = ""
+    if not decoded or not decoded.isprintable():
+        raise InvalidRequest.field("cursor", "is not a cursor this API returned")
+    return decoded
 
 
 def page_params(

@@ -1,6 +1,6 @@
 from fastapi import APIRouter, Response
 
-from app.api.deps import CurrentPrincipal, SessionDep
+from app.api.deps import AdminPrincipal, SessionDep
 from app.api_keys import service
 from app.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
 
@@ -9,7 +9,7 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
 @router.post("", status_code=201, response_model=ApiKeyCreated)
 async def create_api_key(
-    body: ApiKeyCreate, session: SessionDep, principal: CurrentPrincipal, response: Response
+    body: ApiKeyCreate, session: SessionDep, principal: AdminPrincipal, response: Response
 ) -> ApiKeyCreated:
     response.headers["Cache-Control"] = "no-store"
     key, secret = await service.create_api_key(
@@ -23,6 +23,6 @@ async def create_api_key(
 
 
 @router.delete("/{key_id}", status_code=204)
-async def revoke_api_key(key_id: str, session: SessionDep, principal: CurrentPrincipal) -> Response:
+async def revoke_api_key(key_id: str, session: SessionDep, principal: AdminPrincipal) -> Response:
     await service.revoke_api_key(session, principal, key_id=key_id)
     return Response(status_code=204)

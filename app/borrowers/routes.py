@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
 from app.borrowers import service
 from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
@@ -12,7 +12,7 @@ router = APIRouter(prefix="/v1/borrowers", tags=["borrowers"])
 
 @router.post("", status_code=201, response_model=BorrowerRead)
 async def create_borrower(
-    body: BorrowerCreate, session: SessionDep, principal: CurrentPrincipal
+    body: BorrowerCreate, session: SessionDep, principal: MerchantPrincipal
 ) -> BorrowerRead:
     view = await service.create_borrower(
         session, principal, external_id=body.external_id, name=body.name, phone=body.phone,
@@ -24,7 +24,7 @@ async def create_borrower(
 @router.get("", response_model=Page[BorrowerRead])
 async def list_borrowers(
     session: SessionDep,
-    principal: CurrentPrincipal,
+    principal: ReaderPrincipal,
     page: PageDep,
     external_id: Annotated[str | None, Query(max_length=100)] = None,
 ) -> Page[BorrowerRead]:
@@ -34,7 +34,7 @@ async def list_borrowers(
 
 @router.get("/{borrower_id}", response_model=BorrowerRead)
 async def get_borrower(
-    borrower_id: str, session: SessionDep, principal: CurrentPrincipal
+    borrower_id: str, session: SessionDep, principal: ReaderPrincipal
 ) -> BorrowerRead:
     view = await service.view_borrower(session, principal, borrower_id=borrower_id)
     return BorrowerRead.from_view(view)
@@ -42,7 +42,7 @@ async def get_borrower(
 
 @router.patch("/{borrower_id}", response_model=BorrowerRead)
 async def update_borrower(
-    borrower_id: str, body: BorrowerUpdate, session: SessionDep, principal: CurrentPrincipal
+    borrower_id: str, body: BorrowerUpdate, session: SessionDep, principal: AdminPrincipal
 ) -> BorrowerRead:
     view = await service.set_credit_limit(
         session, principal, borrower_id=borrower_id, credit_limit=body.credit_limit

@@ -160,16 +160,14 @@ async def list_borrowers(
         query = query.where(Borrower.id > page.after_id)
     borrowers = list(await session.scalars(query))
     exposures = dict(
-        (
-            await session.execute(
-                select(Loan.borrower_id, func.sum(Loan.principal_outstanding_minor))
-                .where(
-                    Loan.borrower_id.in_([b.id for b in borrowers]),
-                    Loan.status.in_(OPEN_STATUSES),
-                )
-                .group_by(Loan.borrower_id)
+        await session.execute(
+            select(Loan.borrower_id, func.sum(Loan.principal_outstanding_minor))
+            .where(
+                Loan.borrower_id.in_([b.id for b in borrowers]),
+                Loan.status.in_(OPEN_STATUSES),
             )
-        ).tuples()
+            .group_by(Loan.borrower_id)
+        )
     )
     return [BorrowerView(b, int(exposures.get(b.id, 0))) for b in borrowers]
 

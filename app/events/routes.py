@@ -3,7 +3,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.deps import DashboardPrincipal, PageDep, SessionDep
 from app.api.pagination import Page, page_of
 from app.events import service
 from app.events.schemas import EventRead
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1/events", tags=["events"])
 @router.get("", response_model=Page[EventRead])
 async def list_events(
     session: SessionDep,
-    principal: CurrentPrincipal,
+    principal: DashboardPrincipal,
     page: PageDep,
     type: Annotated[str | None, Query(max_length=64)] = None,
     after: Annotated[datetime | None, Query(description="only events after this instant")] = None,

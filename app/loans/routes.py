@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
 from app.loans import service
 from app.loans.models import LoanStatus
@@ -23,7 +23,7 @@ Bucket = Annotated[str | None, Query(pattern=r"^(current|1-30|31-60|61-90|90\+)$
 
 @router.post("/v1/loans", status_code=201, response_model=LoanRead)
 async def create_loan(
-    body: LoanCreate, session: SessionDep, principal: CurrentPrincipal
+    body: LoanCreate, session: SessionDep, principal: MerchantPrincipal
 ) -> LoanRead:
     view = await service.create_loan(
         session, principal, borrower_id=body.borrower_id, product_code=body.product_code,
@@ -36,7 +36,7 @@ async def create_loan(
 @router.get("/v1/loans", response_model=Page[LoanRead])
 async def list_loans(
     session: SessionDep,
-    principal: CurrentPrincipal,
+    principal: ReaderPrincipal,
     page: PageDep,
     status: LoanStatus | None = None,
     bucket: Bucket = None,
@@ -52,27 +52,27 @@ async def list_loans(
 
 @router.get("/v1/borrowers/{borrower_id}/loans", response_model=Page[LoanRead])
 async def list_borrower_loans(
-    borrower_id: str, session: SessionDep, principal: CurrentPrincipal, page: PageDep
+    borrower_id: str, session: SessionDep, principal: ReaderPrincipal, page: PageDep
 ) -> Page[LoanRead]:
     views = await service.list_loans(session, principal, page=page, borrower_id=borrower_id)
     return page_of(views, page, loan_read, key=_loan_id)
 
 
 @router.get("/v1/loans/{loan_id}", response_model=LoanRead)
-async def get_loan(loan_id: str, session: SessionDep, principal: CurrentPrincipal) -> LoanRead:
+async def get_loan(loan_id: str, session: SessionDep, principal: ReaderPrincipal) -> LoanRead:
     return loan_read(await service.view_loan(session, principal, loan_id=loan_id))
 
 
 @router.get("/v1/loans/{loan_id}/schedule", response_model=ScheduleRead)
 async def get_schedule(
-    loan_id: str, session: SessionDep, principal: CurrentPrincipal
+    loan_id: str, session: SessionDep, principal: ReaderPrincipal
 ) -> ScheduleRead:
     return schedule_read(await service.view_loan(session, principal, loan_id=loan_id))
 
 
 @router.post("/v1/loans/{loan_id}/cancel", response_model=LoanRead)
 async def cancel_loan(
-    loan_id: str, session: SessionDep, principal: CurrentPrincipal, body: LoanCancel | None = None
+    loan_id: str, session: SessionDep, principal: MerchantPrincipal, body: LoanCancel | None = None
 ) -> LoanRead:
     view = await service.cancel_loan(
         session, principal, loan_id=loan_id, reason=body.reason if body else None

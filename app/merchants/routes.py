@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.pagination import Page, page_of
 from app.merchants import service
 from app.merchants.schemas import MerchantCreate, MerchantRead
@@ -10,7 +10,7 @@ router = APIRouter(prefix="/v1/merchants", tags=["merchants"])
 
 @router.post("", status_code=201, response_model=MerchantRead)
 async def create_merchant(
-    body: MerchantCreate, session: SessionDep, principal: CurrentPrincipal
+    body: MerchantCreate, session: SessionDep, principal: AdminPrincipal
 ) -> MerchantRead:
     merchant = await service.create_merchant(session, principal, name=body.name)
     return MerchantRead.model_validate(merchant)
@@ -18,7 +18,7 @@ async def create_merchant(
 
 @router.get("", response_model=Page[MerchantRead])
 async def list_merchants(
-    session: SessionDep, principal: CurrentPrincipal, page: PageDep
+    session: SessionDep, principal: DashboardPrincipal, page: PageDep
 ) -> Page[MerchantRead]:
     merchants = await service.list_merchants(session, principal, page=page)
     return page_of(merchants, page, MerchantRead.model_validate)

@@ -1,6 +1,6 @@
 from fastapi import APIRouter
 
-from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
 from app.payments import service
 from app.payments.schemas import (
@@ -17,7 +17,7 @@ router = APIRouter(tags=["payments"])
 
 @router.post("/v1/loans/{loan_id}/payments", status_code=201, response_model=PaymentRead)
 async def record_payment(
-    loan_id: str, body: PaymentCreate, session: SessionDep, principal: CurrentPrincipal
+    loan_id: str, body: PaymentCreate, session: SessionDep, principal: MerchantPrincipal
 ) -> PaymentRead:
     view = await service.record_payment(
         session, principal, loan_id=loan_id, amount=body.amount, received_on=body.received_on,
@@ -28,7 +28,7 @@ async def record_payment(
 
 @router.post("/v1/payments/{payment_id}/reverse", response_model=PaymentRead)
 async def reverse_payment(
-    payment_id: str, body: PaymentReverse, session: SessionDep, principal: CurrentPrincipal
+    payment_id: str, body: PaymentReverse, session: SessionDep, principal: MerchantPrincipal
 ) -> PaymentRead:
     view = await service.reverse_payment(
         session, principal, payment_id=payment_id, reason=body.reason
@@ -38,14 +38,14 @@ async def reverse_payment(
 
 @router.get("/v1/payments/{payment_id}", response_model=PaymentRead)
 async def get_payment(
-    payment_id: str, session: SessionDep, principal: CurrentPrincipal
+    payment_id: str, session: SessionDep, principal: ReaderPrincipal
 ) -> PaymentRead:
     return payment_read(await service.get_payment(session, principal, payment_id=payment_id))
 
 
 @router.get("/v1/loans/{loan_id}/transactions", response_model=Page[TransactionRead])
 async def list_transactions(
-    loan_id: str, session: SessionDep, principal: CurrentPrincipal, page: PageDep
+    loan_id: str, session: SessionDep, principal: ReaderPrincipal, page: PageDep
 ) -> Page[TransactionRead]:
     _, rows = await service.list_transactions(session, principal, loan_id=loan_id, page=page)
     return page_of(rows, page, transaction_read, key=lambda t: str(t.id))

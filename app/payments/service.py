@@ -234,7 +234,7 @@ async def _applied_payments(session: AsyncSession, loan_id: str) -> list[Payment
         .where(Payment.loan_id == loan_id, Payment.status == PaymentStatus.APPLIED)
         .order_by(Payment.received_on, Payment.id)
     )
-    return [PaymentIn(*row) for row in rows.tuples()]
+    return [PaymentIn(*row) for row in rows]
 
 
 async def _terms(
@@ -253,7 +253,7 @@ async def _terms(
                 LedgerTransaction.kind == TransactionKind.LATE_FEE,
             )
         )
-        for seq, assessed_on, amount in rows.tuples():
+        for seq, assessed_on, amount in rows:
             assert seq is not None
             late_fees[seq].append(LateFee(assessed_on, amount))
     return [

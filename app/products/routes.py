@@ -2,7 +2,7 @@ from operator import attrgetter
 
 from fastapi import APIRouter
 
-from app.api.deps import CurrentPrincipal, PageDep, SessionDep
+from app.api.deps import AdminPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
 from app.products import service
 from app.products.schemas import ProductCreate, ProductRead
@@ -12,7 +12,7 @@ router = APIRouter(prefix="/v1/products", tags=["products"])
 
 @router.post("", status_code=201, response_model=ProductRead)
 async def create_product(
-    body: ProductCreate, session: SessionDep, principal: CurrentPrincipal
+    body: ProductCreate, session: SessionDep, principal: AdminPrincipal
 ) -> ProductRead:
     product = await service.create_product(session, principal, spec=body)
     return ProductRead.from_model(product)
@@ -20,12 +20,12 @@ async def create_product(
 
 @router.get("", response_model=Page[ProductRead])
 async def list_products(
-    session: SessionDep, principal: CurrentPrincipal, page: PageDep
+    session: SessionDep, principal: ReaderPrincipal, page: PageDep
 ) -> Page[ProductRead]:
     products = await service.list_products(session, principal, page=page)
     return page_of(products, page, ProductRead.from_model, key=attrgetter("code"))
 
 
 @router.get("/{code}", response_model=ProductRead)
-async def get_product(code: str, session: SessionDep, principal: CurrentPrincipal) -> ProductRead:
+async def get_product(code: str, session: SessionDep, principal: ReaderPrincipal) -> ProductRead:
     return ProductRead.from_model(await service.get_product(session, principal, code=code))

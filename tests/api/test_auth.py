@@ -1,0 +1,141 @@
+"""401 / 403 / 404-for-another-merchant, per SPEC's role matrix."""
+
+import httpx
+import pytest
+
+from app.api_keys.models import Role
+from tests.factories import api_key, auth, world
+
+
+async def test_missing_or_invalid_key_is_401(client: httpx.AsyncClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic abc"}):
+        response = await client.get("/v1/loans", headers=headers)
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "unauthorized"
+
+
+async def test_revoked_key_is_401(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    created = await client.post("/v1/api-keys", json={"role": "dashboard"}, headers=w.admin)
+    assert created.status_code == 201
+    key = created.json()
+    assert key["key"].startswith("lw_")
+    assert (await client.get("/v1/loans", headers=auth(key["key"]))).status_code == 200
+    deleted = await client.delete(f"/v1/api-keys/{key['id']}", headers=w.admin)
+    assert deleted.status_code == 204
+    assert (await client.get("/v1/loans", headers=auth(key["key"]))).status_code == 401
+    assert (await client.delete(f"/v1/api-keys/{key['id']}", headers=w.admin)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("role", "method", "path", "body", "expected"),
+    [
+        ("merchant", "POST", "/v1/merchants", {"name": "x"}, 403),
+        ("merchant", "POST", "/v1/api-keys", {"role": "admin"}, 403),
+        ("merchant", "POST", "/v1/products", {}, 403),
+        ("dashboard", "POST", "/v1/borrowers", {}, 403),
+        ("dashboard", "POST", "/v1/merchants", {"name": "x"}, 403),
+        ("gateway", "GET", "/v1/loans", None, 403),
+        ("gateway", "GET", "/v1/products", None, 403),
+        ("dashboard", "GET", "/v1/loans", None, 200),
+        ("dashboard", "GET", "/v1/events", None, 200),
+        ("merchant", "GET", "/v1/events", None, 403),
+        ("merchant", "GET", "/v1/products", None, 200),
+        ("dashboard", "GET", "/v1/merchants", None, 200),
+    ],
+)
+async def test_role_matrix(
+    client: httpx.AsyncClient, role: str, method: str, path: str, body: object, expected: int
+) -> None:
+    w = await world(client)
+    key = await api_key(Role(role), w.merchant_id if role == "merchant" else None)
+    response = await client.request(method, path, json=body, headers=auth(key))
+    assert response.status_code == expected, response.text
+    if expected == 403:
+        assert response.json()["code"] == "forbidden"
+
+
+async def test_merchant_keys_cannot_see_other_merchants(client: httpx.AsyncClient) -> None:
+    ours = await world(client)
+    theirs = await world(client)
+    loan = await theirs.loan(principal="100.00", disbursed_on="2026-01-10")
+    payment = await theirs.pay(loan["id"], "10.00", "2026-01-20")
+    paths = [
+        f"/v1/loans/{loan['id']}",
+        f"/v1/loans/{loan['id']}/schedule",
+        f"/v1/loans/{loan['id']}/transactions",
+        f"/v1/borrowers/{loan['borrower_id']}",
+        f"/v1/borrowers/{loan['borrower_id']}/loans",
+        f"/v1/payments/{payment['id']}",
+    ]
+    for path in paths:
+        response = await client.get(path, headers=ours.merchant)
+        assert response.status_code == 404, path
+    writes = [
+        (f"/v1/loans/{loan['id']}/payments", {"amount": "1.00"}),
+        (f"/v1/loans/{loan['id']}/cancel", {}),
+        (f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}),
+        ("/v1/loans", {"borrower_id": loan["borrower_id"], "product_code": ours.product_code,
+                       "principal": "10.00", "term": 12, "merchant_order_ref": "steal"}),
+    ]  # fmt: skip
+    for path, body in writes:
+        response = await client.post(path, json=body, headers=ours.merchant)
+        assert response.status_code == 404, (path, response.text)
+    listed = await client.get("/v1/loans", headers=ours.merchant)
+    assert listed.json()["items"] == []
+    # The owner and the dashboard do see it.
+    assert (await client.get(f"/v1/loans/{loan['id']}", headers=theirs.merchant)).status_code == 200
+    dash = auth(await api_key(Role.DASHBOARD))
+    assert (await client.get(f"/v1/loans/{loan['id']}", headers=dash)).status_code == 200
+
+
+async def test_merchant_registers_borrowers_for_itself_only(client: httpx.AsyncClient) -> None:
+    ours = await world(client)
+    theirs = await world(client)
+    body = {"external_id": "c1", "name": "A", "phone": "+8613800138000"}
+    response = await client.post(
+        "/v1/borrowers", json={**body, "merchant_id": theirs.merchant_id}, headers=ours.merchant
+    )
+    assert response.status_code == 403
+    response = await client.post("/v1/borrowers", json=body, headers=ours.merchant)
+    assert response.status_code == 201
+    assert response.json()["merchant_id"] == ours.merchant_id
+    # An admin must name the merchant.
+    response = await client.post("/v1/borrowers", json=body, headers=ours.admin)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "merchant_id"
+    response = await client.post(
+        "/v1/borrowers", json={**body, "merchant_id": theirs.merchant_id}, headers=ours.admin
+    )
+    assert response.status_code == 201
+    duplicate = await client.post("/v1/borrowers", json=body, headers=ours.merchant)
+    assert duplicate.status_code == 409
+    assert duplicate.json()["code"] == "borrower_exists"
+
+
+async def test_admin_overrides_the_credit_limit(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    borrower = await w.borrower(monthly_income="1000.00")
+    assert borrower["credit_limit"] == "3000.00"
+    response = await client.patch(f"/v1/borrowers/{borrower['id']}",
+                                  json={"credit_limit": "500.00"}, headers=w.merchant)  # fmt: skip
+    assert response.status_code == 403
+    response = await client.patch(f"/v1/borrowers/{borrower['id']}",
+                                  json={"credit_limit": "500.00"}, headers=w.admin)  # fmt: skip
+    assert response.status_code == 200
+    assert response.json()["credit_limit"] == "500.00"
+    refused = await w.post("/v1/loans", {
+        "borrower_id": borrower["id"], "product_code": w.product_code, "principal": "500.01",
+        "term": 12, "merchant_order_ref": "o",
+    })  # fmt: skip
+    assert refused.json()["code"] == "credit_limit_exceeded"
+    events = (await client.get("/v1/events?type=borrower.credit_limit_changed",
+                               headers=w.admin)).json()["items"]  # fmt: skip
+    assert [e["data"]["credit_limit"] for e in events] == ["500.00"]
+
+
+async def test_unknown_route_is_a_problem(client: httpx.AsyncClient) -> None:
+    response = await client.get("/v1/nowhere")
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"

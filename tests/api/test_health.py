@@ -1,0 +1,34 @@
+import httpx
+import pytest
+
+from app.config import get_settings
+
+
+async def test_healthz(client: httpx.AsyncClient) -> None:
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+async def test_readyz_checks_database_and_redis(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_settings(), "in_process_scheduler", False)
+    response = await client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+async def test_readyz_reports_an_unreachable_broker(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_settings(), "redis_url", "redis://127.0.0.1:1/0")
+    response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"].startswith("unavailable")
+
+
+async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert "/v1/loans" in spec["paths"]
+    assert (await client.get("/docs")).status_code == 200

@@ -1,0 +1,123 @@
+"""Idempotency-Key: replay, reuse with another body, concurrency, scoping to the API key."""
+
+import asyncio
+
+import httpx
+from sqlalchemy import func, select
+
+from app.api_keys.models import Role
+from app.db import session_scope
+from app.events.models import Event
+from app.loans.models import Loan
+from app.payments.models import Payment
+from tests.factories import api_key, auth, world
+
+
+async def count(model: type) -> int:
+    async with session_scope() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_same_key_same_body_replays_the_stored_response(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    borrower = await w.borrower()
+    body = {"borrower_id": borrower["id"], "product_code": w.product_code, "principal": "500.00",
+            "term": 12, "merchant_order_ref": "ORD-9"}  # fmt: skip
+    headers = {**w.merchant, "Idempotency-Key": "checkout-9"}
+    first = await client.post("/v1/loans", json=body, headers=headers)
+    second = await client.post("/v1/loans", json=body, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert second.headers["idempotent-replayed"] == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert second.json() == first.json()
+    assert await count(Loan) == 1
+    assert await count(Event) == 1
+
+
+async def test_key_order_and_whitespace_do_not_make_another_request(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    headers = {**w.admin, "Idempotency-Key": "m-1", "content-type": "application/json"}
+    first = await client.post("/v1/merchants", content=b'{"name": "Acme"}', headers=headers)
+    second = await client.post("/v1/merchants", content=b'{ "name":"Acme" }', headers=headers)
+    assert second.headers.get("idempotent-replayed") == "true"
+    assert first.json()["id"] == second.json()["id"]
+
+
+async def test_same_key_different_body_is_422(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    loan = await w.loan(principal="500.00", disbursed_on="2026-01-10")
+    path = f"/v1/loans/{loan['id']}/payments"
+    headers = {**w.merchant, "Idempotency-Key": "pay-1"}
+    ok = await client.post(path, json={"amount": "10.00", "received_on": "2026-01-20"},
+                           headers=headers)  # fmt: skip
+    assert ok.status_code == 201
+    reused = await client.post(path, json={"amount": "11.00", "received_on": "2026-01-20"},
+                               headers=headers)  # fmt: skip
+    assert reused.status_code == 422
+    assert reused.json()["code"] == "idempotency_key_reused"
+    assert await count(Payment) == 1
+
+
+async def test_keys_are_scoped_to_the_api_key(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    other_admin = auth(await api_key(Role.ADMIN))
+    a = await client.post("/v1/merchants", json={"name": "A"},
+                          headers={**w.admin, "Idempotency-Key": "same"})  # fmt: skip
+    b = await client.post("/v1/merchants", json={"name": "A"},
+                          headers={**other_admin, "Idempotency-Key": "same"})  # fmt: skip
+    assert a.status_code == b.status_code == 201
+    assert a.json()["id"] != b.json()["id"]
+    assert "idempotent-replayed" not in b.headers
+
+
+async def test_errors_are_replayed_too(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    headers = {**w.merchant, "Idempotency-Key": "bad-1"}
+    body = {"borrower_id": "bor_missing", "product_code": w.product_code, "principal": "1.00",
+            "term": 12, "merchant_order_ref": "x"}  # fmt: skip
+    first = await client.post("/v1/loans", json=body, headers=headers)
+    second = await client.post("/v1/loans", json=body, headers=headers)
+    assert first.status_code == second.status_code == 404
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.headers["content-type"] == "application/problem+json"
+
+
+async def test_concurrent_requests_with_one_key_run_once(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    borrower = await w.borrower()
+    body = {"borrower_id": borrower["id"], "product_code": w.product_code, "principal": "500.00",
+            "term": 12, "merchant_order_ref": "ORD-race"}  # fmt: skip
+    headers = {**w.merchant, "Idempotency-Key": "race"}
+    responses = await asyncio.gather(
+        *[client.post("/v1/loans", json=body, headers=headers) for _ in range(8)]
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) >= 1
+    assert set(statuses) <= {201, 409}
+    for r in responses:
+        if r.status_code == 409:
+            assert r.json()["code"] == "idempotency_request_in_progress"
+    created = [r for r in responses if r.status_code == 201]
+    assert len({r.json()["id"] for r in created}) == 1
+    assert await count(Loan) == 1
+    assert await count(Event) == 1
+
+
+async def test_secret_is_not_kept_for_replays(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    headers = {**w.admin, "Idempotency-Key": "key-1"}
+    first = await client.post("/v1/api-keys", json={"role": "dashboard"}, headers=headers)
+    second = await client.post("/v1/api-keys", json={"role": "dashboard"}, headers=headers)
+    assert first.json()["key"].startswith("lw_")
+    assert second.headers["idempotent-replayed"] == "true"
+    assert second.json()["id"] == first.json()["id"]
+    assert second.json()["key"] is None
+
+
+async def test_overlong_key_is_422(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    response = await client.post("/v1/merchants", json={"name": "A"},
+                                 headers={**w.admin, "Idempotency-Key": "k" * 300})  # fmt: skip
+    assert response.status_code == 422

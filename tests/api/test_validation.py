@@ -1,0 +1,152 @@
+"""Malformed input: always a 422 problem naming the field, never a 500, never a partial write."""
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.models import Base
+from tests.factories import world
+
+
+async def row_counts() -> dict[str, int]:
+    async with session_scope() as session:
+        return {
+            table.name: int(await session.scalar(select(func.count()).select_from(table)) or 0)
+            for table in Base.metadata.sorted_tables
+            if table.name != "idempotency_record"
+        }
+
+
+LOAN_CASES: list[tuple[str, dict[str, Any], str]] = [
+    ("principal as a JSON number", {"principal": 1200.0}, "principal"),
+    ("principal as an integer", {"principal": 1200}, "principal"),
+    ("negative principal", {"principal": "-1.00"}, "principal"),
+    ("zero principal", {"principal": "0.00"}, "principal"),
+    ("three decimals for CNY", {"principal": "10.001"}, "principal"),
+    ("absurd principal", {"principal": "999999999999999"}, "principal"),
+    ("exponent notation", {"principal": "1e3"}, "principal"),
+    ("comma decimal", {"principal": "12,00"}, "principal"),
+    ("padded", {"principal": " 12.00"}, "principal"),
+    ("leading zeros", {"principal": "0012.00"}, "principal"),
+    ("NaN", {"principal": "NaN"}, "principal"),
+    ("term as a string", {"term": "twelve"}, "term"),
+    ("term zero", {"term": 0}, "term"),
+    ("term too long", {"term": 600}, "term"),
+    ("bad date", {"disbursed_on": "2026-02-30"}, "disbursed_on"),
+    ("future disbursement", {"disbursed_on": "2999-01-01"}, "disbursed_on"),
+    ("first due before disbursement", {"disbursed_on": "2026-01-10",
+                                       "first_due_date": "2026-01-09"}, "first_due_date"),
+    ("first due too far", {"disbursed_on": "2026-01-10",
+                           "first_due_date": "2026-09-01"}, "first_due_date"),
+    ("unknown field", {"colour": "red"}, "colour"),
+    ("missing order ref", {"merchant_order_ref": None}, "merchant_order_ref"),
+    ("empty order ref", {"merchant_order_ref": ""}, "merchant_order_ref"),
+    ("borrower as a number", {"borrower_id": 5}, "borrower_id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "override", "field"), LOAN_CASES, ids=[c[0] for c in LOAN_CASES])
+async def test_malformed_loans_are_refused(
+    client: httpx.AsyncClient, case: str, override: dict[str, Any], field: str
+) -> None:
+    w = await world(client)
+    borrower = await w.borrower()
+    before = await row_counts()
+    body = {"borrower_id": borrower["id"], "product_code": w.product_code, "principal": "100.00",
+            "term": 12, "merchant_order_ref": "ORD-1", **override}  # fmt: skip
+    response = await w.post("/v1/loans", body)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert response.headers["content-type"] == "application/problem+json"
+    assert problem["status"] == 422
+    assert problem["code"] == "validation_error"
+    assert field in [e["field"] for e in problem["errors"]], problem
+    assert await row_counts() == before
+
+
+PAYMENT_CASES: list[dict[str, Any]] = [
+    {"amount": 10},
+    {"amount": 10.5},
+    {"amount": "-5.00"},
+    {"amount": "0"},
+    {"amount": "1.234"},
+    {"amount": ""},
+    {"amount": None},
+    {},
+    {"amount": "10.00", "received_on": "yesterday"},
+    {"amount": "10.00", "channel": "POS TERMINAL!"},
+    {"amount": "10.00", "external_ref": ""},
+    {"amount": "10.00", "surprise": True},
+]
+
+
+@pytest.mark.parametrize("body", PAYMENT_CASES)
+async def test_malformed_payments_are_refused(
+    client: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    w = await world(client)
+    loan = await w.loan(principal="100.00", disbursed_on="2026-01-10")
+    before = await row_counts()
+    response = await w.post(f"/v1/loans/{loan['id']}/payments", body)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"]
+    assert await row_counts() == before
+
+
+async def test_non_json_and_wrong_shapes(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    before = await row_counts()
+    for content in (b"not json", b"[]", b"null", b'"string"', b"{"):
+        response = await client.post(
+            "/v1/borrowers", content=content,
+            headers={**w.merchant, "content-type": "application/json"},
+        )  # fmt: skip
+        assert response.status_code == 422, content
+    response = await w.post("/v1/payments/pay_x/reverse", {"reason": "bored"})
+    assert response.status_code == 422
+    assert await row_counts() == before
+
+
+BAD_PRODUCTS: list[tuple[dict[str, Any], str]] = [
+    ({"annual_interest_rate": 0.12}, "annual_interest_rate"),
+    ({"annual_interest_rate": "12%"}, "annual_interest_rate"),
+    ({"annual_interest_rate": "1.5"}, "annual_interest_rate"),
+    ({"amortization": "balloon"}, "amortization"),
+    ({"term_options": []}, "term_options"),
+    ({"term_options": [12, 12]}, "term_options"),
+    ({"currency": "XXX"}, "currency"),
+    ({"currency": "JPY", "installment_multiple_of": "1.50"}, "installment_multiple_of"),
+    ({"late_fee": {"kind": "fixed"}}, "late_fee"),
+    ({"late_fee": {"kind": "percent", "percent": "0"}}, "late_fee.percent"),
+    ({"amortization": "interest_free", "annual_interest_rate": "0.10"}, "annual_interest_rate"),
+    ({"code": "has space"}, "code"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), BAD_PRODUCTS)
+async def test_malformed_products_are_refused(
+    client: httpx.AsyncClient, override: dict[str, Any], field: str
+) -> None:
+    w = await world(client)
+    before = await row_counts()
+    body = {"code": "NEW", "name": "n", "annual_interest_rate": "0.12",
+            "amortization": "equal_installment", "term_options": [12], **override}  # fmt: skip
+    response = await client.post("/v1/products", json=body, headers=w.admin)
+    assert response.status_code == 422, response.text
+    fields = [e["field"] for e in response.json()["errors"]]
+    assert any(f.startswith(field) for f in fields), fields
+    assert await row_counts() == before
+
+
+async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    before = await row_counts()
+    good = {"external_id": "c", "name": "A", "phone": "+8613800138000"}
+    for override in ({"phone": "call me"}, {"monthly_income": 8000}, {"monthly_income": "-1"},
+                     {"external_id": ""}, {"name": "x" * 300}):  # fmt: skip
+        response = await w.post("/v1/borrowers", {**good, **override})
+        assert response.status_code == 422, (override, response.text)
+    assert await row_counts() == before

@@ -1,0 +1,70 @@
+"""Test set-up: a fresh PostgreSQL database per test session, built by the Alembic migrations,
+and a clean state (truncated tables) per test. The API is exercised over HTTP through httpx."""
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import text
+
+from app.config import get_settings
+from app.db import database
+from app.models import Base
+
+ADMIN_DSN = os.environ.get(
+    "LOANWATCH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+TEST_DB = f"loanwatch_test_{os.getpid()}"
+
+
+def _database_url() -> str:
+    host = ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{host}/{TEST_DB}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_database() -> Iterator[str]:
+    import asyncio
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{TEST_DB}"'))
+    asyncio.run(admin(f'CREATE DATABASE "{TEST_DB}"'))
+    url = _database_url()
+    os.environ["LOANWATCH_DATABASE_URL"] = url
+    os.environ["LOANWATCH_IN_PROCESS_SCHEDULER"] = "false"
+    get_settings.cache_clear()
+    from app import migrate
+
+    migrate.upgrade(url)
+    yield url
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
+
+
+@pytest.fixture(autouse=True)
+async def clean_database(postgres_database: str) -> AsyncIterator[None]:
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with database.engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    return
+
+
+@pytest.fixture(scope="session")
+def app(postgres_database: str):  # type: ignore[no-untyped-def]
+    from app.main import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://loanwatch.test") as c:
+        yield c

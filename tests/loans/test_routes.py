@@ -1,0 +1,210 @@
+"""Origination, reads, listing and cancellation over HTTP."""
+
+from datetime import date
+
+import httpx
+from sqlalchemy import func, select
+
+from app import clock
+from app.db import session_scope
+from app.events.models import Event
+from app.ledger.models import LedgerTransaction
+from app.loans.models import Loan, LoanInstallment
+from tests.factories import world
+
+
+async def count(model: type) -> int:
+    async with session_scope() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_originate_equal_installment_loan_with_schedule(client: httpx.AsyncClient) -> None:
+    w = await world(client, annual_interest_rate="0.1299", term_options=[12])
+    borrower = await w.borrower(monthly_income="8000.00")
+    loan = await w.loan(borrower["id"], principal="6000.00", term=12,
+                        disbursed_on="2026-01-31", merchant_order_ref="ORD-1")  # fmt: skip
+
+    assert loan["status"] == "active"
+    assert loan["principal"] == "6000.00"
+    assert loan["annual_interest_rate"] == "0.1299"
+    assert loan["first_due_date"] == "2026-02-28"
+    installments = loan["schedule"]["installments"]
+    assert [i["due_date"] for i in installments[:4]] == [
+        "2026-02-28", "2026-03-31", "2026-04-30", "2026-05-31",
+    ]  # fmt: skip
+    # 6000 * r / (1 - (1 + r)^-12) with r = 0.1299 / 12 = 535.8795… -> 535.88
+    assert {i["total"] for i in installments[:-1]} == {"535.88"}
+    assert installments[0]["interest"] == "64.95"  # 6000 * 0.010825
+    assert installments[0]["principal"] == "470.93"
+    principal_sum = sum(int(i["principal"].replace(".", "")) for i in installments)
+    assert principal_sum == 600000
+    assert all(i["status"] in ("pending", "overdue") for i in installments)
+
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["balances"]["principal_outstanding"] == "6000.00"
+    assert "schedule" not in got or got["schedule"] is None
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    assert schedule["installments"] == installments
+
+    b = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (b["credit_limit"], b["exposure"], b["available_limit"]) == (
+        "24000.00", "6000.00", "18000.00",
+    )  # fmt: skip
+
+
+async def test_origination_writes_ledger_and_outbox_in_one_go(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    loan = await w.loan(principal="1200.00")
+    async with session_scope() as session:
+        kinds = list(await session.scalars(select(LedgerTransaction.kind)))
+        events = list(await session.scalars(select(Event).where(Event.loan_id == loan["id"])))
+    assert kinds == ["disbursement"]
+    assert [e.type for e in events] == ["loan.created"]
+    assert events[0].data["sequence"] == 1
+    assert events[0].data["principal"] == "1200.00"
+    feed = await w.get("/v1/events?type=loan.created", headers=w.admin)
+    assert [e["data"]["loan_id"] for e in feed["items"]] == [loan["id"]]
+
+
+async def test_defaults_disbursed_today_and_first_due_a_month_later(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    loan = await w.loan()
+    today = clock.today()
+    assert loan["disbursed_on"] == today.isoformat()
+    assert date.fromisoformat(loan["first_due_date"]).day in {today.day, 28, 29, 30, 31}
+
+
+async def test_equal_principal_and_interest_free_products(client: httpx.AsyncClient) -> None:
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12")
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-15")
+    rows = loan["schedule"]["installments"]
+    assert [(r["principal"], r["interest"]) for r in rows] == [
+        ("400.00", "12.00"), ("400.00", "8.00"), ("400.00", "4.00"),
+    ]  # fmt: skip
+
+    w2 = await world(
+        client, amortization="interest_free", annual_interest_rate="0",
+        origination_fee={"kind": "fixed", "amount": "30.00", "collection": "spread"},
+    )  # fmt: skip
+    loan = await w2.loan(principal="1000.00", term=3, disbursed_on="2026-01-15")
+    rows = loan["schedule"]["installments"]
+    assert [(r["principal"], r["interest"], r["fees"]) for r in rows] == [
+        ("333.33", "0.00", "10.00"), ("333.33", "0.00", "10.00"), ("333.34", "0.00", "10.00"),
+    ]  # fmt: skip
+
+
+async def test_credit_limit_exceeded_states_the_numbers(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    borrower = await w.borrower(monthly_income="1000.00")  # limit 3000.00
+    await w.loan(borrower["id"], principal="2000.00")
+    response = await w.post("/v1/loans", {
+        "borrower_id": borrower["id"], "product_code": w.product_code, "principal": "1000.01",
+        "term": 12, "merchant_order_ref": "too-much",
+    })  # fmt: skip
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == "credit_limit_exceeded"
+    assert "1000.01" in problem["detail"]
+    assert "1000.00" in problem["detail"]
+    assert await count(Loan) == 1
+
+
+async def test_term_not_offered_and_unknown_product(client: httpx.AsyncClient) -> None:
+    w = await world(client, term_options=[6, 12])
+    borrower = await w.borrower()
+    base = {"borrower_id": borrower["id"], "product_code": w.product_code, "principal": "100.00",
+            "term": 9, "merchant_order_ref": "x"}  # fmt: skip
+    response = await w.post("/v1/loans", base)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "term"
+    response = await w.post("/v1/loans", {**base, "term": 6, "product_code": "NOPE"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "product_code"
+    assert await count(Loan) == 0
+
+
+async def test_duplicate_merchant_order_ref_is_refused(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    await w.loan(merchant_order_ref="ORD-7")
+    borrower = await w.borrower()
+    response = await w.post("/v1/loans", {
+        "borrower_id": borrower["id"], "product_code": w.product_code, "principal": "100.00",
+        "term": 12, "merchant_order_ref": "ORD-7",
+    })  # fmt: skip
+    assert response.status_code == 409
+    assert response.json()["code"] == "duplicate_merchant_order_ref"
+    assert await count(Loan) == 1
+
+
+async def test_cancel_before_any_payment(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    loan = await w.loan(principal="1200.00")
+    response = await w.post(f"/v1/loans/{loan['id']}/cancel", {"reason": "goods returned"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "cancelled"
+    assert body["balances"]["refund_due"] == "0.00"
+    assert body["balances"]["principal_outstanding"] == "0.00"
+    assert body["balances"]["payoff_amount"] == "0.00"
+    b = await w.get(f"/v1/borrowers/{loan['borrower_id']}")
+    assert b["exposure"] == "0.00"
+    again = await w.post(f"/v1/loans/{loan['id']}/cancel", {})
+    assert again.status_code == 409
+    assert again.json()["code"] == "loan_not_active"
+    pay = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "10.00"})
+    assert pay.status_code == 409
+    assert pay.json()["code"] == "loan_not_active"
+
+
+async def test_cancel_after_payments_states_the_refund(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    await w.pay(loan["id"], "150.00", "2026-02-10")
+    paid = await w.pay(loan["id"], "50.00", "2026-02-11")
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    body = (await w.post(f"/v1/loans/{loan['id']}/cancel", None, expect=200)).json()
+    assert body["status"] == "cancelled"
+    assert body["balances"]["refund_due"] == "150.00"
+    async with session_scope() as session:
+        refund = await session.scalar(
+            select(LedgerTransaction.amount_minor).where(LedgerTransaction.kind == "refund")
+        )
+        event = await session.scalar(select(Event).where(Event.type == "loan.cancelled"))
+    assert refund == 15000
+    assert event is not None
+    assert event.data["refund_due"] == "150.00"
+
+
+async def test_list_loans_filters_and_paginates(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    borrower = await w.borrower()
+    ids = [(await w.loan(borrower["id"], principal="100.00"))["id"] for _ in range(5)]
+    await w.post(f"/v1/loans/{ids[0]}/cancel", {}, expect=200)
+
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = "/v1/loans?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = await w.get(query)
+        seen += [loan["id"] for loan in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids
+    active = await w.get("/v1/loans?status=active")
+    assert [x["id"] for x in active["items"]] == ids[1:]
+    mine = await w.get(f"/v1/borrowers/{borrower['id']}/loans")
+    assert len(mine["items"]) == 5
+    bad = await client.get("/v1/loans?status=sleeping", headers=w.merchant)
+    assert bad.status_code == 422
+    bad = await client.get("/v1/loans?cursor=%%%", headers=w.merchant)
+    assert bad.status_code == 422
+
+
+async def test_installment_rows_are_stored_once(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    await w.loan(term=24)
+    assert await count(LoanInstallment) == 24

@@ -1,0 +1,191 @@
+"""Payments, allocation, payoff, reversal and concurrency over HTTP."""
+
+import asyncio
+
+import httpx
+from sqlalchemy import case, func, select
+
+from app.db import session_scope
+from app.events.models import Event
+from app.ledger.models import LedgerTransaction
+from app.loans.models import Loan, LoanInstallment
+from app.payments.models import Payment
+from tests.factories import World, world
+
+
+async def three_month_loan(client: httpx.AsyncClient) -> tuple[World, dict]:
+    """1200.00 at 12 % over 3 months, equal principal: 400 + 12 / 400 + 8 / 400 + 4."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-15")
+    return w, loan
+
+
+async def assert_ledger_invariant(loan_id: str) -> None:
+    """payments - reversals = principal + interest + fees repaid + credit balance."""
+    async with session_scope() as session:
+        net = await session.scalar(
+            select(func.coalesce(func.sum(case(
+                (LedgerTransaction.kind == "payment", LedgerTransaction.amount_minor),
+                (LedgerTransaction.kind == "reversal", -LedgerTransaction.amount_minor),
+                else_=0,
+            )), 0)).where(LedgerTransaction.loan_id == loan_id)
+        )  # fmt: skip
+        repaid = await session.scalar(
+            select(func.sum(
+                LoanInstallment.paid_principal_minor + LoanInstallment.paid_interest_minor
+                + LoanInstallment.paid_fees_minor
+            )).where(LoanInstallment.loan_id == loan_id)
+        )  # fmt: skip
+        loan = await session.get(Loan, loan_id)
+        assert loan is not None
+        assert net == repaid + loan.credit_balance_minor
+
+
+async def test_waterfall_oldest_due_first_then_future(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    # On 2026-03-20 two installments are due (412.00 and 408.00); 900.00 pays both and 80.00
+    # goes to installment 3: its interest (4.00) first, then principal.
+    payment = await w.pay(loan["id"], "900.00", "2026-03-20", external_ref="r-1")
+    assert payment["status"] == "applied"
+    assert payment["allocation"] == [
+        {"installment_seq": 1, "fees": "0.00", "interest": "12.00", "principal": "400.00"},
+        {"installment_seq": 2, "fees": "0.00", "interest": "8.00", "principal": "400.00"},
+        {"installment_seq": 3, "fees": "0.00", "interest": "4.00", "principal": "76.00"},
+    ]
+    balances = payment["loan"]["balances"]
+    assert balances["principal_outstanding"] == "324.00"
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    assert [i["status"] for i in schedule["installments"][:2]] == ["paid", "paid"]
+    assert schedule["installments"][2]["paid"] == "80.00"
+    await assert_ledger_invariant(loan["id"])
+
+
+async def test_partial_payment_pays_interest_before_principal(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    payment = await w.pay(loan["id"], "100.00", "2026-02-16")
+    assert payment["allocation"] == [
+        {"installment_seq": 1, "fees": "0.00", "interest": "12.00", "principal": "88.00"},
+    ]
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    assert schedule["installments"][0]["status"] == "overdue"  # past due, not fully paid
+    assert schedule["installments"][0]["paid"] == "100.00"
+
+
+async def test_payoff_waives_later_interest_and_pays_off(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    # Before the first due date, payoff = 1200 principal + the current period's 12.00 interest.
+    first = await w.post(f"/v1/loans/{loan['id']}/payments",
+                         {"amount": "1212.01", "received_on": "2026-02-01"})  # fmt: skip
+    assert first.status_code == 422
+    assert first.json()["code"] == "amount_exceeds_payoff"
+    assert "1212.00" in first.json()["detail"]
+    payment = await w.pay(loan["id"], "1212.00", "2026-02-01")
+    assert payment["loan"]["status"] == "paid_off"
+    assert payment["loan"]["balances"]["payoff_amount"] == "0.00"
+    assert payment["loan"]["balances"]["interest_outstanding"] == "0.00"
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["status"] == "paid_off"
+    assert got["paid_off_on"] == "2026-02-01"
+    async with session_scope() as session:
+        types = list(await session.scalars(
+            select(Event.type).where(Event.loan_id == loan["id"]).order_by(Event.id)
+        ))  # fmt: skip
+    assert types == ["loan.created", "payment.received", "loan.paid_off"]
+    late = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "1.00"})
+    assert late.status_code == 409
+    assert late.json()["code"] == "loan_not_active"
+    b = await w.get(f"/v1/borrowers/{loan['borrower_id']}")
+    assert b["exposure"] == "0.00"
+    await assert_ledger_invariant(loan["id"])
+
+
+async def test_reversal_replays_later_payments(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    first = await w.pay(loan["id"], "412.00", "2026-02-15", external_ref="a")
+    second = await w.pay(loan["id"], "408.00", "2026-03-15", external_ref="b")
+    assert second["allocation"][0]["installment_seq"] == 2
+
+    reversed_ = await w.post(f"/v1/payments/{first['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert reversed_.json()["status"] == "reversed"
+    assert reversed_.json()["reversal_reason"] == "nsf"
+    # The second payment (408.00) now goes to installment 1 (412.00, oldest due first).
+    again = await w.get(f"/v1/payments/{second['id']}")
+    assert again["allocation"] == [
+        {"installment_seq": 1, "fees": "0.00", "interest": "12.00", "principal": "396.00"},
+    ]
+    twice = await w.post(f"/v1/payments/{first['id']}/reverse", {"reason": "nsf"})
+    assert twice.status_code == 409
+    assert twice.json()["code"] == "payment_already_reversed"
+    await assert_ledger_invariant(loan["id"])
+
+
+async def test_reversing_the_payoff_reopens_the_loan(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    payoff = await w.pay(loan["id"], "1212.00", "2026-02-01")
+    assert payoff["loan"]["status"] == "paid_off"
+    body = (await w.post(f"/v1/payments/{payoff['id']}/reverse", {"reason": "chargeback"},
+                         expect=200)).json()  # fmt: skip
+    assert body["loan"]["status"] == "active"
+    assert body["loan"]["balances"]["principal_outstanding"] == "1200.00"
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["paid_off_on"] is None
+    assert {i["interest"] for i in (await w.get(f"/v1/loans/{loan['id']}/schedule"))[
+        "installments"]} == {"12.00", "8.00", "4.00"}  # fmt: skip
+
+
+async def test_duplicate_external_ref_is_refused(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    await w.pay(loan["id"], "10.00", "2026-02-01", external_ref="gw-1")
+    response = await w.post(f"/v1/loans/{loan['id']}/payments",
+                            {"amount": "10.00", "received_on": "2026-02-01",
+                             "external_ref": "gw-1"})  # fmt: skip
+    assert response.status_code == 409
+    assert response.json()["code"] == "payment_already_recorded"
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(Payment)) == 1
+
+
+async def test_received_on_outside_the_loan_life_is_refused(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    for day in ("2026-01-14", "2999-01-01"):
+        response = await w.post(f"/v1/loans/{loan['id']}/payments",
+                                {"amount": "10.00", "received_on": day})  # fmt: skip
+        assert response.status_code == 422
+        assert response.json()["errors"][0]["field"] == "received_on"
+
+
+async def test_transactions_list_the_ledger(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    p = await w.pay(loan["id"], "50.00", "2026-02-01")
+    await w.post(f"/v1/payments/{p['id']}/reverse", {"reason": "error"}, expect=200)
+    page = await w.get(f"/v1/loans/{loan['id']}/transactions?limit=2")
+    assert [t["kind"] for t in page["items"]] == ["disbursement", "payment"]
+    rest = await w.get(f"/v1/loans/{loan['id']}/transactions?cursor={page['next_cursor']}")
+    assert [(t["kind"], t["amount"]) for t in rest["items"]] == [("reversal", "50.00")]
+    assert rest["next_cursor"] is None
+
+
+async def test_parallel_payments_on_one_loan_all_count(client: httpx.AsyncClient) -> None:
+    w = await world(client, term_options=[12])
+    loan = await w.loan(principal="6000.00", term=12, disbursed_on="2026-01-10")
+    n = 12
+    responses = await asyncio.gather(*[
+        w.post(f"/v1/loans/{loan['id']}/payments",
+               {"amount": "37.13", "received_on": "2026-02-20", "external_ref": f"par-{i}"})
+        for i in range(n)
+    ])  # fmt: skip
+    assert [r.status_code for r in responses] == [201] * n, [r.text for r in responses]
+    async with session_scope() as session:
+        repaid = await session.scalar(
+            select(func.sum(
+                LoanInstallment.paid_principal_minor + LoanInstallment.paid_interest_minor
+                + LoanInstallment.paid_fees_minor
+            )).where(LoanInstallment.loan_id == loan["id"])
+        )  # fmt: skip
+        sequences = list(await session.scalars(
+            select(Event.data["sequence"].as_integer()).where(Event.loan_id == loan["id"])
+        ))  # fmt: skip
+    assert repaid == n * 3713
+    assert sorted(sequences) == list(range(1, n + 2))
+    await assert_ledger_invariant(loan["id"])

@@ -1,0 +1,115 @@
+"""The embedded default as a newcomer meets it: `loanwatch` with no configuration, a SQLite
+file in the working folder, a live server, plain HTTP."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+LOANWATCH = str(Path(sys.executable).with_name("loanwatch"))
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LOANWATCH_")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def embedded_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=tmp_path, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail(log.read_text())
+        match = re.search(r"\b(lw_[A-Za-z0-9_-]+)", log.read_text())
+        assert match, log.read_text()
+        yield base, match.group(1), tmp_path
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
+    env = clean_env()
+    subprocess.run([LOANWATCH, "migrate"], cwd=tmp_path, env=env, check=True)
+    result = subprocess.run(
+        [LOANWATCH, "api-keys", "create", "--role", "admin"],
+        cwd=tmp_path, env=env, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    assert re.fullmatch(r"lw_[A-Za-z0-9_-]{43}\n", result.stdout)
+    assert (tmp_path / "loanwatch.db").exists()
+    refused = subprocess.run(
+        [LOANWATCH, "api-keys", "create", "--role", "merchant"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert refused.stdout == ""
+
+
+def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Path]) -> None:
+    base, admin_key, folder = embedded_server
+    assert (folder / "loanwatch.db").exists()
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=base, timeout=10) as http:
+        assert http.get("/readyz").json()["checks"] == {"database": "ok"}
+        merchant = http.post("/v1/merchants", json={"name": "Acme"}, headers=admin).json()
+        key = http.post("/v1/api-keys", json={"role": "merchant", "merchant_id": merchant["id"]},
+                        headers=admin).json()["key"]  # fmt: skip
+        pos = {"Authorization": f"Bearer {key}"}
+        product = http.post("/v1/products", headers=admin, json={
+            "code": "TV12", "name": "TV", "annual_interest_rate": "0.1299",
+            "amortization": "equal_installment", "term_options": [12],
+        })  # fmt: skip
+        assert product.status_code == 201, product.text
+        borrower = http.post("/v1/borrowers", headers=pos, json={
+            "external_id": "c-1", "name": "Li Wei", "phone": "+8613800138000",
+            "monthly_income": "8000.00",
+        }).json()  # fmt: skip
+        loan_body = {"borrower_id": borrower["id"], "product_code": "TV12",
+                     "principal": "6000.00", "term": 12, "disbursed_on": "2026-01-31",
+                     "merchant_order_ref": "ORD-1"}  # fmt: skip
+        loan = http.post("/v1/loans", json=loan_body, headers={**pos, "Idempotency-Key": "o-1"})
+        assert loan.status_code == 201, loan.text
+        replay = http.post("/v1/loans", json=loan_body, headers={**pos, "Idempotency-Key": "o-1"})
+        assert replay.headers["idempotent-replayed"] == "true"
+        loan_id = loan.json()["id"]
+        payment = http.post(f"/v1/loans/{loan_id}/payments", headers=pos, json={
+            "amount": "535.88", "received_on": "2026-02-27", "channel": "pos",
+            "external_ref": "r-1",
+        })  # fmt: skip
+        assert payment.status_code == 201, payment.text
+        assert payment.json()["allocation"] == [
+            {"installment_seq": 1, "fees": "0.00", "interest": "64.95", "principal": "470.93"}
+        ]
+        reversed_ = http.post(f"/v1/payments/{payment.json()['id']}/reverse", headers=pos,
+                              json={"reason": "nsf"})  # fmt: skip
+        assert reversed_.status_code == 200
+        got = http.get(f"/v1/loans/{loan_id}", headers=pos).json()
+        assert got["balances"]["principal_outstanding"] == "6000.00"
+        events = http.get("/v1/events", headers=admin).json()["items"]
+        assert [e["type"] for e in events] == ["loan.created", "payment.received",
+                                               "payment.reversed"]  # fmt: skip
