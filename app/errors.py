@@ -5,6 +5,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_TYPE_BASE = "https://loanwatch.dev/problems/"
@@ -111,6 +112,15 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
+async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
+    # Services check uniqueness first; this answers the rare concurrent twin that slipped
+    # between the check and the insert, whose transaction has been rolled back.
+    return problem(
+        409, "conflict", "Conflict",
+        "a concurrent request changed the same resource; nothing was stored, retry the request",
+    )  # fmt: skip
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
 
@@ -119,4 +129,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LoanwatchError, _loanwatch_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(Exception, _unexpected_error)

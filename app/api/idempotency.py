@@ -162,21 +162,26 @@ async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | 
     lock = now + timedelta(seconds=settings.idempotency_lock_seconds)
     record_of = (IdempotencyRecord.scope == owner, IdempotencyRecord.key == key)
     async with database.sessions() as session, session.begin():
-        expired = now - timedelta(hours=settings.idempotency_ttl_hours)
-        await session.execute(
-            delete(IdempotencyRecord).where(*record_of, IdempotencyRecord.created_at < expired)
-        )
-        inserted = await execute_counting(
-            session,
+        claim = (
             insert_for(session, IdempotencyRecord)
             .values(
                 scope=owner, key=key, fingerprint=fingerprint, created_at=now, locked_until=lock
             )
-            .on_conflict_do_nothing(index_elements=["scope", "key"]),
+            .on_conflict_do_nothing(index_elements=["scope", "key"])
         )
-        if inserted == 1:
+        if await execute_counting(session, claim) == 1:
             return None
         record = await session.get(IdempotencyRecord, (owner, key))
+        expired = now - timedelta(hours=settings.idempotency_ttl_hours)
+        if record is not None and record.created_at < expired:
+            # Past retention (not yet purged): the key is free again.
+            await session.delete(record)
+            await session.flush()
+            return (
+                None
+                if await execute_counting(session, claim) == 1
+                else "idempotency_request_in_progress"
+            )
         if record is None:
             return "idempotency_request_in_progress"
         if record.fingerprint != fingerprint:

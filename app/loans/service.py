@@ -5,7 +5,6 @@ from datetime import date, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -222,13 +221,10 @@ async def create_loan(
         for s in schedule
     ]
     session.add(loan)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError:
-        raise DuplicateMerchantOrderRef(
-            f"merchant order {merchant_order_ref} already has a loan at this merchant"
-        ) from None
+    # The event first: its INSERT flushes the loan row already carrying sequence 1, so the
+    # loan is written once. A concurrent twin order slipping past the check above fails on
+    # the unique constraint at flush and is answered 409 by the IntegrityError handler.
+    await events.emit(session, "loan.created", event_data(loan), loan=loan)
     # Bulk inserts: the hot path of origination (DESIGN: per-row ORM flushes cost 5x).
     await session.execute(insert(LoanInstallment), [_row(i) for i in installments])
     await session.execute(
@@ -237,7 +233,6 @@ async def create_loan(
             currency=loan.currency, effective_on=disbursed_on, created_at=now,
         )
     )  # fmt: skip
-    await events.emit(session, "loan.created", event_data(loan), loan=loan)
     return LoanView(loan, installments, today)
 
 

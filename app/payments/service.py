@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from datetime import date
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -92,14 +91,9 @@ async def record_payment(
             f"{format_minor(payoff.payoff_minor(received_on), loan.currency)} on {received_on}"
         )
 
+    # No race on external_ref: the duplicate check above ran under the loan's row lock.
     session.add(payment)
-    try:
-        async with session.begin_nested():
-            await session.flush()
-    except IntegrityError:
-        raise PaymentAlreadyRecorded(
-            f"a payment with external_ref {external_ref} is already recorded on this loan"
-        ) from None
+    await session.flush()  # before the ledger row that references it
     _ledger(session, loan, TransactionKind.PAYMENT, payment)
     was_paid_off = loan.status == LoanStatus.PAID_OFF
     await _store_position(session, loan, installments, position)
