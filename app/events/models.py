@@ -1,18 +1,26 @@
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, String
+from sqlalchemy import JSON, BigInteger, Identity, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
 
 
 class Event(Base):
-    """The outbox: written in the same transaction as the change it reports."""
+    """The outbox: written in the same transaction as the change it reports.
+
+    ``position`` orders the feed and is the ``sequence`` receivers see: every write to a loan
+    holds the loan's row lock, so a loan's events get increasing positions in commit order.
+    """
 
     __tablename__ = "event"
 
-    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    # SQLite only auto-increments an INTEGER primary key.
+    position: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(40), unique=True)
     type: Mapped[str] = mapped_column(String(64), index=True)
     loan_id: Mapped[str | None] = mapped_column(String(40), index=True)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -20,4 +20,4 @@ async def list_events(
     after: Annotated[datetime | None, Query(description="only events after this instant")] = None,
 ) -> Page[EventRead]:
     events = await service.list_events(session, principal, page=page, type_=type, after=after)
-    return page_of(events, page, EventRead.from_model)
+    return page_of(events, page, EventRead.from_model, key=lambda e: str(e.position))

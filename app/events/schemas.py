@@ -14,4 +14,10 @@ class EventRead(BaseModel):
 
     @classmethod
     def from_model(cls, event: Any) -> "EventRead":
-        return cls(id=event.id, type=event.type, timestamp=event.created_at, data=event.data)
+        # The position is the per-loan sequence receivers use to drop stale updates.
+        return cls(
+            id=event.id,
+            type=event.type,
+            timestamp=event.created_at,
+            data={**event.data, "sequence": event.position},
+        )

@@ -10,6 +10,7 @@ from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.db import utc_now
+from app.errors import InvalidRequest
 from app.events.models import Event
 from app.ids import new_id
 from app.loans.models import Loan
@@ -18,11 +19,7 @@ from app.loans.models import Loan
 async def emit(
     session: AsyncSession, type_: str, data: dict[str, Any], *, loan: Loan | None = None
 ) -> str:
-    """Write an event. A loan's events carry its next ``sequence`` (the caller holds the loan's
-    row lock), so receivers can discard an update older than one they already have."""
-    if loan is not None:
-        loan.event_sequence += 1
-        data = {**data, "sequence": loan.event_sequence}
+    """Write an event to the outbox, in the caller's transaction."""
     event_id = new_id("evt")
     await session.execute(
         insert(Event).values(
@@ -45,7 +42,7 @@ async def list_events(
     after: datetime | None = None,
 ) -> list[Event]:
     principal.require(Role.DASHBOARD)
-    query = select(Event).order_by(Event.id).limit(page.limit + 1)
+    query = select(Event).order_by(Event.position).limit(page.limit + 1)
     if type_:
         query = query.where(Event.type == type_)
     if after:
@@ -53,5 +50,7 @@ async def list_events(
             Event.created_at > (after if after.tzinfo else after.replace(tzinfo=UTC))
         )
     if page.after_id:
-        query = query.where(Event.id > page.after_id)
+        if not page.after_id.isdigit():
+            raise InvalidRequest.field("cursor", "is not a cursor this API returned")
+        query = query.where(Event.position > int(page.after_id))
     return list(await session.scalars(query))

@@ -56,8 +56,6 @@ class Loan(Base):
     delinquency_as_of: Mapped[date | None] = mapped_column(Date)
     paid_off_on: Mapped[date | None] = mapped_column(Date)
     cancelled_on: Mapped[date | None] = mapped_column(Date)
-    # Per-loan event counter: receivers drop any update older than one already seen.
-    event_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, onupdate=utc_now)
 

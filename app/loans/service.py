@@ -197,7 +197,6 @@ async def create_loan(
         refund_due_minor=0,
         days_past_due=0,
         bucket="current",
-        event_sequence=0,
         created_at=now,
         updated_at=now,
     )
@@ -221,9 +220,8 @@ async def create_loan(
         for s in schedule
     ]
     session.add(loan)
-    # The event first: its INSERT flushes the loan row already carrying sequence 1, so the
-    # loan is written once. A concurrent twin order slipping past the check above fails on
-    # the unique constraint at flush and is answered 409 by the IntegrityError handler.
+    # A concurrent twin order slipping past the check above fails on the unique constraint
+    # at flush and is answered 409 by the IntegrityError handler.
     await events.emit(session, "loan.created", event_data(loan), loan=loan)
     # Bulk inserts: the hot path of origination (DESIGN: per-row ORM flushes cost 5x).
     await session.execute(insert(LoanInstallment), [_row(i) for i in installments])

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 02:55:22.122162
+Create Date: 2026-11-29 03:09:22.630604
 """
 
 from collections.abc import Sequence
@@ -19,12 +19,14 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.create_table('event',
+    sa.Column('position', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), sa.Identity(always=False), nullable=False),
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('type', sa.String(length=64), nullable=False),
     sa.Column('loan_id', sa.String(length=40), nullable=True),
     sa.Column('data', sa.JSON(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_event'))
+    sa.PrimaryKeyConstraint('position', name=op.f('pk_event')),
+    sa.UniqueConstraint('id', name=op.f('uq_event_id'))
     )
     with op.batch_alter_table('event', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_event_loan_id'), ['loan_id'], unique=False)
@@ -124,7 +126,6 @@ def upgrade() -> None:
     sa.Column('delinquency_as_of', sa.Date(), nullable=True),
     sa.Column('paid_off_on', sa.Date(), nullable=True),
     sa.Column('cancelled_on', sa.Date(), nullable=True),
-    sa.Column('event_sequence', sa.BigInteger(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['borrower_id'], ['borrower.id'], name=op.f('fk_loan_borrower_id_borrower')),

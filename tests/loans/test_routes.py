@@ -60,10 +60,10 @@ async def test_origination_writes_ledger_and_outbox_in_one_go(client: httpx.Asyn
         events = list(await session.scalars(select(Event).where(Event.loan_id == loan["id"])))
     assert kinds == ["disbursement"]
     assert [e.type for e in events] == ["loan.created"]
-    assert events[0].data["sequence"] == 1
     assert events[0].data["principal"] == "1200.00"
     feed = await w.get("/v1/events?type=loan.created", headers=w.admin)
     assert [e["data"]["loan_id"] for e in feed["items"]] == [loan["id"]]
+    assert feed["items"][0]["data"]["sequence"] == events[0].position
 
 
 async def test_defaults_disbursed_today_and_first_due_a_month_later(

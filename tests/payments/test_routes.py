@@ -89,7 +89,7 @@ async def test_payoff_waives_later_interest_and_pays_off(client: httpx.AsyncClie
     assert got["paid_off_on"] == "2026-02-01"
     async with session_scope() as session:
         types = list(await session.scalars(
-            select(Event.type).where(Event.loan_id == loan["id"]).order_by(Event.id)
+            select(Event.type).where(Event.loan_id == loan["id"]).order_by(Event.position)
         ))  # fmt: skip
     assert types == ["loan.created", "payment.received", "loan.paid_off"]
     late = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "1.00"})
@@ -184,8 +184,8 @@ async def test_parallel_payments_on_one_loan_all_count(client: httpx.AsyncClient
             )).where(LoanInstallment.loan_id == loan["id"])
         )  # fmt: skip
         sequences = list(await session.scalars(
-            select(Event.data["sequence"].as_integer()).where(Event.loan_id == loan["id"])
+            select(Event.position).where(Event.loan_id == loan["id"]).order_by(Event.position)
         ))  # fmt: skip
     assert repaid == n * 3713
-    assert sorted(sequences) == list(range(1, n + 2))
+    assert len(set(sequences)) == n + 1
     await assert_ledger_invariant(loan["id"])
