@@ -24,6 +24,21 @@ class CreditPolicy(BaseModel):
     max_limit: Decimal = Decimal("50000.00")
 
 
+class CloseSettings(BaseModel):
+    """The nightly close (docs/nightly-close.md)."""
+
+    # Local time (in ``Settings.timezone``) at which the day that just ended is closed.
+    time: str = Field(default="02:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    chunk_size: int = Field(default=20000, ge=1)
+    # installment.due_soon goes out this many days before the due date.
+    reminder_days: int = Field(default=3, ge=0)
+    # An installment counts as missed only when more than this is unpaid (major units).
+    arrears_tolerance: Decimal = Decimal("1.00")
+    charge_off_after_days: int = Field(default=180, ge=91)
+    # A run still "running" without a heartbeat for this long is taken to have crashed.
+    stale_after_minutes: int = Field(default=30, ge=1)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LOANWATCH_", env_nested_delimiter="__", extra="ignore"
@@ -35,6 +50,7 @@ class Settings(BaseSettings):
     timezone: str = "Asia/Shanghai"
     default_currency: str = "CNY"
     credit: CreditPolicy = Field(default_factory=CreditPolicy)
+    close: CloseSettings = Field(default_factory=CloseSettings)
     # Largest principal or payment the API accepts, in major units of any currency.
     max_amount: Decimal = Decimal("100000000")
     idempotency_ttl_hours: int = 48

@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from app.api.idempotency import IdempotencyMiddleware
 from app.api_keys.routes import router as api_keys_router
 from app.borrowers.routes import router as borrowers_router
+from app.close.routes import router as close_router
 from app.config import get_settings
 from app.db import database
 from app.errors import install_error_handlers
@@ -52,6 +53,7 @@ def create_app() -> FastAPI:
         loans_router,
         payments_router,
         events_router,
+        close_router,
     ):
         app.include_router(router)
     return app

@@ -3,6 +3,7 @@
 from app.api.idempotency import IdempotencyRecord
 from app.api_keys.models import ApiKey
 from app.borrowers.models import Borrower
+from app.close.models import CloseRun
 from app.db import Base
 from app.events.models import Event
 from app.ledger.models import LedgerTransaction
@@ -15,6 +16,7 @@ __all__ = [
     "ApiKey",
     "Base",
     "Borrower",
+    "CloseRun",
     "Event",
     "IdempotencyRecord",
     "LedgerTransaction",

@@ -39,7 +39,8 @@ def postgres_database() -> Iterator[str]:
     asyncio.run(admin(f'CREATE DATABASE "{TEST_DB}"'))
     url = _database_url()
     os.environ["LOANWATCH_DATABASE_URL"] = url
-    os.environ["LOANWATCH_IN_PROCESS_SCHEDULER"] = "false"
+    # Work runs inline (the in-process path); the Celery tests switch it per test.
+    os.environ["LOANWATCH_IN_PROCESS_SCHEDULER"] = "true"
     get_settings.cache_clear()
     from app import migrate
 

@@ -18,6 +18,14 @@ class LoanStatus(StrEnum):
     RESTRUCTURED = "restructured"
 
 
+# Statuses the delinquency rules move between.
+DELINQUENCY_STATUSES = (
+    LoanStatus.ACTIVE,
+    LoanStatus.DELINQUENT,
+    LoanStatus.DEFAULTED,
+    LoanStatus.CHARGED_OFF,
+)
+
 # Statuses in which a loan still owes money and takes payments.
 OPEN_STATUSES = (
     LoanStatus.ACTIVE,
@@ -87,3 +95,7 @@ class LoanInstallment(Base):
     fees_waived_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     paid_on: Mapped[date | None] = mapped_column(Date)
     status: Mapped[str] = mapped_column(String(20))
+    # Set once by the close that assessed this installment's late fee / sent its reminder:
+    # reruns and catch-ups never charge or remind twice.
+    late_fee_assessed_on: Mapped[date | None] = mapped_column(Date)
+    reminded_on: Mapped[date | None] = mapped_column(Date)

@@ -4,6 +4,7 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.fields import MoneyStr, Reference
+from app.delinquency.rules import Bucket
 from app.loans.models import InstallmentStatus, LoanStatus
 from app.money import format_minor, format_rate
 
@@ -75,6 +76,7 @@ class LoanRead(BaseModel):
     status: LoanStatus
     days_past_due: int
     bucket: str
+    bucket_label: str = Field(description="M0 (current), M1 (1-30), M2, M3, M3+ (90+)")
     delinquency_as_of: date | None
     balances_as_of: date
     balances: BalancesRead
@@ -102,8 +104,9 @@ def loan_read(view: "LoanView", *, with_schedule: bool = False) -> LoanRead:
         status=LoanStatus(loan.status),
         days_past_due=loan.days_past_due,
         bucket=loan.bucket,
-        delinquency_as_of=loan.delinquency_as_of,
-        balances_as_of=view.as_of,
+        bucket_label=Bucket(loan.bucket).label,
+        delinquency_as_of=view.delinquency_as_of,
+        balances_as_of=view.today,
         balances=balances_read(view),
         paid_off_on=loan.paid_off_on,
         cancelled_on=loan.cancelled_on,
@@ -121,10 +124,12 @@ def balances_read(view: "LoanView") -> BalancesRead:
             0 if closed else sum(i.interest_left() for i in position.installments), cur
         ),
         fees_outstanding=format_minor(
-            0 if closed else sum(i.fees_left(view.as_of) for i in position.installments), cur
+            0 if closed else sum(i.fees_left(view.today) for i in position.installments), cur
         ),
-        overdue_amount=format_minor(0 if closed else position.overdue_minor(view.as_of), cur),
-        payoff_amount=format_minor(0 if closed else position.payoff_minor(view.as_of), cur),
+        overdue_amount=format_minor(
+            0 if closed else position.overdue_minor(view.arrears_as_of), cur
+        ),
+        payoff_amount=format_minor(0 if closed else position.payoff_minor(view.today), cur),
         credit_balance=format_minor(loan.credit_balance_minor, cur),
         refund_due=format_minor(loan.refund_due_minor, cur),
     )

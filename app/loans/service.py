@@ -13,6 +13,7 @@ from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.borrowers import service as borrowers_service
 from app.db import utc_now
+from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.events import service as events
 from app.ids import new_id
@@ -44,20 +45,45 @@ MAX_FIRST_DUE_DAYS = 92
 
 @dataclass(frozen=True)
 class LoanView:
-    """A loan with its installments, and balances as of a date."""
+    """A loan with its installments. Arrears (overdue amounts, installment statuses) are shown
+    as of the same date as days past due — the business date; what it takes to pay the loan
+    off, as of today."""
 
     loan: Loan
     installments: list[LoanInstallment]
-    as_of: date
+    today: date
+    business_date: date | None
+
+    @property
+    def arrears_as_of(self) -> date:
+        return self.business_date or self.today
+
+    @property
+    def delinquency_as_of(self) -> date | None:
+        """Every close evaluates every open loan, so an open loan's delinquency is as of the
+        business date even where the close found nothing to change."""
+        stored = self.loan.delinquency_as_of
+        if self.business_date is None or self.loan.status not in OPEN_STATUSES:
+            return stored
+        return max(stored or self.business_date, self.business_date)
 
     @property
     def position(self) -> LoanPosition:
         return position_of(self.installments)
 
     def installment_status(self, installment: LoanInstallment) -> InstallmentStatus:
-        if installment.status != InstallmentStatus.PAID and installment.due_date < self.as_of:
+        overdue = installment.due_date < self.arrears_as_of
+        if installment.status != InstallmentStatus.PAID and overdue:
             return InstallmentStatus.OVERDUE
         return InstallmentStatus(installment.status)
+
+
+async def loan_view(
+    session: AsyncSession, loan: Loan, installments: list[LoanInstallment] | None = None
+) -> LoanView:
+    if installments is None:
+        installments = await load_installments(session, loan.id)
+    return LoanView(loan, installments, clock.today(), await delinquency.business_date(session))
 
 
 def position_of(installments: list[LoanInstallment]) -> LoanPosition:
@@ -231,7 +257,10 @@ async def create_loan(
             currency=loan.currency, effective_on=disbursed_on, created_at=now,
         )
     )  # fmt: skip
-    return LoanView(loan, installments, today)
+    await delinquency.refresh_loan(
+        session, loan, position_of(installments), await delinquency.delinquency_date(session)
+    )
+    return await loan_view(session, loan, installments)
 
 
 def _row(installment: LoanInstallment) -> dict[str, Any]:
@@ -272,7 +301,7 @@ async def load_installments(session: AsyncSession, loan_id: str) -> list[LoanIns
 
 async def view_loan(session: AsyncSession, principal: Principal, *, loan_id: str) -> LoanView:
     loan = await get_loan(session, principal, loan_id=loan_id)
-    return LoanView(loan, await load_installments(session, loan.id), clock.today())
+    return await loan_view(session, loan)
 
 
 async def list_loans(
@@ -308,8 +337,8 @@ async def list_loans(
         .order_by(LoanInstallment.loan_id, LoanInstallment.seq)
     ):
         installments[row.loan_id].append(row)
-    today = clock.today()
-    return [LoanView(loan, installments[loan.id], today) for loan in loans]
+    today, business = clock.today(), await delinquency.business_date(session)
+    return [LoanView(loan, installments[loan.id], today, business) for loan in loans]
 
 
 async def cancel_loan(
@@ -344,4 +373,4 @@ async def cancel_loan(
         },
         loan=loan,
     )
-    return LoanView(loan, await load_installments(session, loan.id), today)
+    return await loan_view(session, loan)

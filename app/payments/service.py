@@ -12,6 +12,7 @@ from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.db import utc_now
+from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.events import service as events
 from app.ids import new_id
@@ -19,7 +20,6 @@ from app.ledger.models import LedgerTransaction, TransactionKind
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive, LoanNotFound
 from app.loans.models import OPEN_STATUSES, InstallmentStatus, Loan, LoanInstallment, LoanStatus
-from app.loans.service import LoanView
 from app.money import format_minor, parse_amount
 from app.payments.allocation import (
     Allocation,
@@ -43,7 +43,7 @@ class PaymentView:
     payment: Payment
     currency: str
     allocations: list[Allocation]
-    loan: LoanView | None = None
+    loan: loans_service.LoanView | None = None
 
 
 async def record_payment(
@@ -103,7 +103,7 @@ async def record_payment(
         await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
     return PaymentView(
         payment, loan.currency, position.allocations_of(payment.id),
-        LoanView(loan, installments, today),
+        await loans_service.loan_view(session, loan, installments),
     )  # fmt: skip
 
 
@@ -154,7 +154,9 @@ async def reverse_payment(
         {**payment_event_data(loan, payment, position), "reason": reason},
         loan=loan,
     )
-    return PaymentView(payment, loan.currency, [], LoanView(loan, installments, clock.today()))
+    return PaymentView(
+        payment, loan.currency, [], await loans_service.loan_view(session, loan, installments)
+    )
 
 
 async def get_payment(
@@ -304,6 +306,10 @@ async def _store_position(
     elif loan.status == LoanStatus.PAID_OFF:
         loan.status = LoanStatus.ACTIVE
         loan.paid_off_on = None
+    # The same rules as the nightly close, at once, in this transaction.
+    await delinquency.refresh_loan(
+        session, loan, position, await delinquency.delinquency_date(session)
+    )
 
 
 def _ledger(

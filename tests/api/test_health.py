@@ -22,6 +22,7 @@ async def test_readyz_checks_database_and_redis(
 async def test_readyz_reports_an_unreachable_broker(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(get_settings(), "in_process_scheduler", False)
     monkeypatch.setattr(get_settings(), "redis_url", "redis://127.0.0.1:1/0")
     response = await client.get("/readyz")
     assert response.status_code == 503

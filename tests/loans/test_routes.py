@@ -24,7 +24,11 @@ async def test_originate_equal_installment_loan_with_schedule(client: httpx.Asyn
     loan = await w.loan(borrower["id"], principal="6000.00", term=12,
                         disbursed_on="2026-01-31", merchant_order_ref="ORD-1")  # fmt: skip
 
-    assert loan["status"] == "active"
+    # Back-dated, nothing paid: as late as the first due date says, at once.
+    dpd = (clock.today() - date(2026, 2, 28)).days
+    assert loan["days_past_due"] == dpd
+    assert loan["status"] == ("charged_off" if dpd > 180 else "defaulted" if dpd > 90 else
+                              "delinquent")  # fmt: skip
     assert loan["principal"] == "6000.00"
     assert loan["annual_interest_rate"] == "0.1299"
     assert loan["first_due_date"] == "2026-02-28"

@@ -1,0 +1,45 @@
+from datetime import date
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import AdminPrincipal, DashboardPrincipal, SessionDep
+from app.close import service
+from app.close.models import CloseStatus
+from app.close.schemas import BusinessDateRead, CloseRunCreate, CloseRunRead
+from app.delinquency import service as delinquency
+
+router = APIRouter(tags=["nightly close"])
+
+
+@router.post(
+    "/v1/close-runs",
+    status_code=201,
+    response_model=CloseRunRead,
+    responses={202: {"model": CloseRunRead, "description": "Handed to the Celery workers"}},
+)
+async def create_close_run(
+    body: CloseRunCreate, principal: AdminPrincipal, response: Response
+) -> CloseRunRead:
+    """Close ``as_of`` and, first, every date missed since the business date. On the embedded
+    default the close runs before the answer (201); with Celery it is queued (202): poll
+    ``GET /v1/close-runs/{as_of}``."""
+    run = await service.request_close(principal, as_of=body.as_of)
+    if run.status in (CloseStatus.PENDING, CloseStatus.RUNNING):
+        response.status_code = 202
+    return CloseRunRead.from_model(run)
+
+
+@router.get("/v1/close-runs/{as_of}", response_model=CloseRunRead)
+async def get_close_run(
+    as_of: date, session: SessionDep, principal: DashboardPrincipal
+) -> CloseRunRead:
+    return CloseRunRead.from_model(await service.get_run(session, principal, as_of=as_of))
+
+
+@router.get("/v1/business-date", response_model=BusinessDateRead)
+async def get_business_date(session: SessionDep, principal: DashboardPrincipal) -> BusinessDateRead:
+    run = await service.latest_run(session)
+    return BusinessDateRead(
+        business_date=await delinquency.business_date(session),
+        last_close_run=CloseRunRead.from_model(run) if run else None,
+    )

@@ -1,0 +1,36 @@
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from app.close.models import CloseRun, CloseStatus
+
+
+class CloseRunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: date
+
+
+class CloseRunRead(BaseModel):
+    as_of: date
+    status: CloseStatus
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    counts: dict[str, int]
+    steps: dict[str, Any]
+    error: str | None
+
+    @classmethod
+    def from_model(cls, run: CloseRun) -> "CloseRunRead":
+        return cls(
+            as_of=run.as_of, status=CloseStatus(run.status), started_at=run.started_at,
+            finished_at=run.finished_at, attempts=run.attempts, counts=run.counts or {},
+            steps=run.steps or {}, error=run.error,
+        )  # fmt: skip
+
+
+class BusinessDateRead(BaseModel):
+    business_date: date | None
+    last_close_run: CloseRunRead | None

@@ -1,0 +1,230 @@
+"""The nightly close: for a business date D, assess late fees, recompute delinquency and send
+reminders over every loan, chunk by chunk; catch up every missed date in order.
+
+Each step is idempotent (a fee is assessed once per installment, a reminder sent once, an event
+only on a change), and each chunk commits on its own, so a crashed close is simply run again.
+The same functions serve the in-process runner (embedded default, CLI) and the Celery tasks
+that fan chunks out across workers (workers/tasks/close.py).
+"""
+
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import clock
+from app.api.auth import Principal
+from app.api_keys.models import Role
+from app.close.errors import CloseDateInFuture, CloseDateInPast, CloseInProgress, CloseRunNotFound
+from app.close.models import CloseRun, CloseStatus
+from app.config import get_settings
+from app.db import session_scope, utc_now
+from app.delinquency import service as delinquency
+from app.loans.models import Loan
+
+log = logging.getLogger("loanwatch.close")
+
+StepFunction = Callable[[AsyncSession, date, str | None, str | None], Awaitable[dict[str, int]]]
+Chunk = tuple[str | None, str | None]
+
+# In order: fees first, so a fee assessed today counts in today's arrears.
+STEPS: dict[str, StepFunction] = {
+    "late_fees": delinquency.assess_late_fees,
+    "delinquency": delinquency.recompute_delinquency,
+    "reminders": delinquency.send_reminders,
+}
+
+
+async def request_close(principal: Principal, *, as_of: date) -> CloseRun:
+    """Close ``as_of`` (and every missed date before it): in this process on the embedded
+    default, on the Celery workers otherwise. Returns the run for ``as_of``."""
+    principal.require(Role.ADMIN)
+    async with session_scope() as session:
+        dates = await plan_close(session, as_of=as_of)
+    if get_settings().uses_celery:
+        enqueue(dates)
+    else:
+        try:
+            await run_dates_in_process(dates)
+        except Exception:
+            pass
+    async with session_scope() as session:
+        run = await session.get(CloseRun, as_of)
+        assert run is not None
+        return run
+
+
+async def close_yesterday() -> list[date]:
+    """The scheduled close: the day that just ended, after any day missed before it."""
+    as_of = clock.today() - timedelta(days=1)
+    async with session_scope() as session:
+        last = await delinquency.business_date(session)
+        if last is not None and last >= as_of:
+            return []
+        dates = await plan_close(session, as_of=as_of)
+    return dates
+
+
+def enqueue(dates: list[date]) -> None:
+    """Hand the dates to the Celery workers (after the caller's commit)."""
+    from workers.celery_app import celery
+
+    celery.send_task("close.run_dates", args=[[d.isoformat() for d in dates]])
+
+
+async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
+    """The dates a request to close ``as_of`` runs, oldest first: every date missed since the
+    business date, then ``as_of``. Marks their runs pending."""
+    today = clock.today()
+    if as_of > today:
+        raise CloseDateInFuture(f"{as_of} has not begun yet (today is {today})")
+    last = await delinquency.business_date(session)
+    if last is not None and as_of < last:
+        raise CloseDateInPast(f"the business date is already {last}; {as_of} cannot be closed")
+    await _refuse_concurrent(session)
+    if last is None or as_of == last:
+        dates = [as_of]
+    else:
+        dates = [last + timedelta(days=n) for n in range(1, (as_of - last).days + 1)]
+    for day in dates:
+        run = await session.get(CloseRun, day, with_for_update=True)
+        if run is None:
+            session.add(CloseRun(as_of=day, status=CloseStatus.PENDING, counts={}, steps={},
+                                 attempts=0))  # fmt: skip
+        else:
+            run.status, run.error, run.heartbeat_at = CloseStatus.PENDING, None, utc_now()
+    return dates
+
+
+async def _refuse_concurrent(session: AsyncSession) -> None:
+    stale = utc_now() - timedelta(minutes=get_settings().close.stale_after_minutes)
+    busy = await session.scalar(
+        select(CloseRun.as_of).where(
+            CloseRun.status.in_((CloseStatus.RUNNING, CloseStatus.PENDING)),
+            CloseRun.heartbeat_at > stale,
+        )
+    )
+    if busy is not None:
+        raise CloseInProgress(f"the close for {busy} is still running")
+
+
+async def get_run(session: AsyncSession, principal: Principal, *, as_of: date) -> CloseRun:
+    principal.require(Role.DASHBOARD)
+    run = await session.get(CloseRun, as_of)
+    if run is None:
+        raise CloseRunNotFound(f"no close has run for {as_of}")
+    return run
+
+
+async def latest_run(session: AsyncSession) -> CloseRun | None:
+    return await session.scalar(select(CloseRun).order_by(CloseRun.as_of.desc()).limit(1))
+
+
+# -- the pieces both runners compose -----------------------------------------------------
+
+
+async def chunks() -> list[Chunk]:
+    """Loan-id ranges of about ``chunk_size`` loans each; together they cover every loan."""
+    size = get_settings().close.chunk_size
+    numbered = select(Loan.id, func.row_number().over(order_by=Loan.id).label("n")).subquery()
+    async with session_scope() as session:
+        starts = list(
+            await session.scalars(
+                select(numbered.c.id).where((numbered.c.n - 1) % size == 0).order_by(numbered.c.id)
+            )
+        )
+    if not starts:
+        return [(None, None)]
+    ends: list[str | None] = [*starts[1:], None]
+    return [
+        (None if n == 0 else start, end)
+        for n, (start, end) in enumerate(zip(starts, ends, strict=True))
+    ]
+
+
+async def begin_run(as_of: date) -> None:
+    async with session_scope() as session:
+        run = await session.get(CloseRun, as_of, with_for_update=True)
+        assert run is not None
+        now = utc_now()
+        run.status, run.started_at, run.finished_at = CloseStatus.RUNNING, now, None
+        run.heartbeat_at, run.attempts, run.error = now, run.attempts + 1, None
+        run.counts, run.steps = {}, {}
+
+
+async def begin_step(as_of: date, step: str, chunk_count: int) -> None:
+    async with session_scope() as session:
+        run = await session.get(CloseRun, as_of, with_for_update=True)
+        assert run is not None
+        run.steps = {**run.steps, step: {"started_at": utc_now().isoformat(),
+                                         "chunks": chunk_count, "status": "running"}}  # fmt: skip
+        run.heartbeat_at = utc_now()
+
+
+async def run_chunk(step: str, as_of: date, low: str | None, high: str | None) -> dict[str, int]:
+    """One step over one loan-id range, in its own transaction."""
+    async with session_scope() as session:
+        await delinquency.lock_chunk(session, low, high)
+        counts = await STEPS[step](session, as_of, low, high)
+    async with session_scope() as session:
+        run = await session.get(CloseRun, as_of)
+        if run is not None:
+            run.heartbeat_at = utc_now()
+    return counts
+
+
+async def finish_step(as_of: date, step: str, results: list[dict[str, int]]) -> None:
+    totals: dict[str, int] = {}
+    for counts in results:
+        for name, value in counts.items():
+            totals[name] = totals.get(name, 0) + value
+    async with session_scope() as session:
+        run = await session.get(CloseRun, as_of, with_for_update=True)
+        assert run is not None
+        entry: dict[str, Any] = dict(run.steps.get(step, {}))
+        finished = utc_now()
+        started = entry.get("started_at")
+        entry.update(status="succeeded", finished_at=finished.isoformat(), counts=totals)
+        if started:
+            entry["seconds"] = round(
+                (finished - datetime.fromisoformat(started)).total_seconds(), 3
+            )
+        run.steps = {**run.steps, step: entry}
+        run.counts = {**run.counts, **totals}
+        run.heartbeat_at = finished
+
+
+async def finish_run(as_of: date) -> None:
+    async with session_scope() as session:
+        run = await session.get(CloseRun, as_of, with_for_update=True)
+        assert run is not None
+        run.status, run.finished_at, run.heartbeat_at = CloseStatus.SUCCEEDED, utc_now(), utc_now()
+
+
+async def fail_run(as_of: date, error: str) -> None:
+    async with session_scope() as session:
+        run = await session.get(CloseRun, as_of, with_for_update=True)
+        if run is not None:
+            run.status, run.error, run.finished_at = CloseStatus.FAILED, error[:2000], utc_now()
+
+
+# -- the in-process runner (embedded default, CLI, tests) --------------------------------
+
+
+async def run_dates_in_process(dates: list[date]) -> None:
+    """Close each date in order, every step over every chunk, in this process."""
+    for as_of in dates:
+        try:
+            await begin_run(as_of)
+            for step in STEPS:
+                bounds = await chunks()
+                await begin_step(as_of, step, len(bounds))
+                results = [await run_chunk(step, as_of, low, high) for low, high in bounds]
+                await finish_step(as_of, step, results)
+            await finish_run(as_of)
+        except Exception as exc:
+            await fail_run(as_of, f"{type(exc).__name__}: {exc}")
+            raise

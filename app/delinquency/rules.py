@@ -1,0 +1,106 @@
+"""Delinquency rules for one loan: pure functions, no I/O. The nightly close applies the same
+rules in SQL over millions of loans; tests hold the two to agreement.
+
+An installment is *missed* when its due date has passed and its unpaid part exceeds the arrears
+tolerance. Days past due count from the due date of the oldest missed installment.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+from enum import StrEnum
+
+
+class Bucket(StrEnum):
+    CURRENT = "current"
+    DPD_1_30 = "1-30"
+    DPD_31_60 = "31-60"
+    DPD_61_90 = "61-90"
+    DPD_90_PLUS = "90+"
+
+    @property
+    def label(self) -> str:
+        """The M0-M3+ label collections teams use beside the day ranges."""
+        return BUCKET_LABELS[self]
+
+    @property
+    def rank(self) -> int:
+        return list(Bucket).index(self)
+
+
+BUCKET_LABELS = {
+    Bucket.CURRENT: "M0",
+    Bucket.DPD_1_30: "M1",
+    Bucket.DPD_31_60: "M2",
+    Bucket.DPD_61_90: "M3",
+    Bucket.DPD_90_PLUS: "M3+",
+}
+
+
+@dataclass(frozen=True)
+class DueInstallment:
+    seq: int
+    due_date: date
+    unpaid_minor: int
+
+
+def days_past_due(as_of: date, installments: Iterable[DueInstallment], tolerance_minor: int) -> int:
+    missed = [
+        i.due_date for i in installments if i.due_date < as_of and i.unpaid_minor > tolerance_minor
+    ]
+    return (as_of - min(missed)).days if missed else 0
+
+
+def bucket_for(dpd: int) -> Bucket:
+    if dpd <= 0:
+        return Bucket.CURRENT
+    if dpd <= 30:
+        return Bucket.DPD_1_30
+    if dpd <= 60:
+        return Bucket.DPD_31_60
+    if dpd <= 90:
+        return Bucket.DPD_61_90
+    return Bucket.DPD_90_PLUS
+
+
+def status_for(dpd: int, charge_off_after_days: int) -> str:
+    """active (current), delinquent (1-90), defaulted (91 and more), charged_off (beyond the
+    charge-off threshold); a cured loan is active again."""
+    if dpd <= 0:
+        return "active"
+    if dpd <= 90:
+        return "delinquent"
+    if dpd <= charge_off_after_days:
+        return "defaulted"
+    return "charged_off"
+
+
+@dataclass(frozen=True)
+class LateFeePolicy:
+    grace_days: int
+    kind: str  # "fixed" or "percent"
+    amount_minor: int = 0
+    percent_ppm: int = 0  # parts per million: 50000 = 5 %
+    cap_minor: int | None = None
+
+
+def late_fee_due(as_of: date, due_date: date, grace_days: int) -> bool:
+    """A late fee is due once the installment is more than ``grace_days`` days late."""
+    return (as_of - due_date).days > grace_days
+
+
+def late_fee_minor(policy: LateFeePolicy, unpaid_minor: int) -> int:
+    """The fee for one overdue installment: fixed, or a percent of its unpaid part rounded
+    half up, capped per installment."""
+    if policy.kind == "fixed":
+        fee = policy.amount_minor
+    else:
+        fee = int(
+            (Decimal(unpaid_minor) * policy.percent_ppm / 1_000_000).quantize(
+                Decimal(1), rounding=ROUND_HALF_UP
+            )
+        )
+    if policy.cap_minor is not None:
+        fee = min(fee, policy.cap_minor)
+    return fee

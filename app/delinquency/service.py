@@ -1,0 +1,408 @@
+"""Delinquency: days past due, buckets, statuses and late fees.
+
+Two paths apply the rules of ``rules.py``: the per-loan path (a payment or reversal refreshes
+its loan in the same transaction) and the set-based steps of the nightly close, which are SQL
+over a range of loan ids. Tests hold both to the same answers.
+"""
+
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any, cast
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Date,
+    Table,
+    and_,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import clock
+from app.close.models import CloseRun, CloseStatus
+from app.config import get_settings
+from app.db import days_between, utc_now
+from app.delinquency.rules import (
+    Bucket,
+    DueInstallment,
+    bucket_for,
+    days_past_due,
+    status_for,
+)
+from app.events import service as events
+from app.events.models import Event
+from app.ids import new_id
+from app.ledger.models import LedgerTransaction, TransactionKind
+from app.loans.models import DELINQUENCY_STATUSES, OPEN_STATUSES, Loan, LoanInstallment, LoanStatus
+from app.money import MINOR_DIGITS, format_minor, to_minor
+from app.payments.allocation import LoanPosition
+from app.products.models import Product
+
+Counts = dict[str, int]
+
+_installment = cast(Table, LoanInstallment.__table__)
+_loan = cast(Table, Loan.__table__)
+_product = cast(Table, Product.__table__)
+
+
+async def business_date(session: AsyncSession) -> date | None:
+    """The as-of date of the last completed close."""
+    return await session.scalar(
+        select(func.max(CloseRun.as_of)).where(CloseRun.status == CloseStatus.SUCCEEDED)
+    )
+
+
+async def delinquency_date(session: AsyncSession) -> date:
+    """The date delinquency is reckoned as of: the business date, or today before any close."""
+    return await business_date(session) or clock.today()
+
+
+def tolerance_minor(currency: str) -> int:
+    return to_minor(str(get_settings().close.arrears_tolerance), currency)
+
+
+# -- the per-loan path -------------------------------------------------------------------
+
+
+async def refresh_loan(
+    session: AsyncSession, loan: Loan, position: LoanPosition, as_of: date
+) -> None:
+    """Recompute one loan's delinquency after a payment or reversal (caller holds the lock)."""
+    if loan.status in (LoanStatus.PAID_OFF, LoanStatus.CANCELLED):
+        dpd = 0
+    else:
+        dpd = days_past_due(
+            as_of,
+            [DueInstallment(i.seq, i.terms.due_date, i.left(as_of)) for i in position.installments],
+            tolerance_minor(loan.currency),
+        )
+    bucket = bucket_for(dpd)
+    status = loan.status
+    if status in DELINQUENCY_STATUSES:
+        status = status_for(dpd, get_settings().close.charge_off_after_days)
+    previous = (loan.bucket, loan.status, loan.days_past_due)
+    loan.days_past_due, loan.bucket, loan.status = dpd, bucket, status
+    loan.delinquency_as_of = as_of
+    if (previous[0], previous[1]) != (bucket, status):
+        await events.emit(
+            session,
+            "loan.delinquency_changed",
+            delinquency_event_data(loan, previous[0], previous[1], as_of),
+            loan=loan,
+        )
+
+
+def delinquency_event_data(
+    loan: Loan, previous_bucket: str, previous_status: str, as_of: date
+) -> dict[str, Any]:
+    return {
+        "loan_id": loan.id,
+        "borrower_id": loan.borrower_id,
+        "merchant_id": loan.merchant_id,
+        "as_of": as_of.isoformat(),
+        "days_past_due": loan.days_past_due,
+        "previous_bucket": previous_bucket,
+        "bucket": loan.bucket,
+        "bucket_label": Bucket(loan.bucket).label,
+        "previous_status": previous_status,
+        "status": loan.status,
+        "currency": loan.currency,
+        "principal_outstanding": format_minor(loan.principal_outstanding_minor, loan.currency),
+    }
+
+
+# -- the set-based steps of the close ----------------------------------------------------
+
+
+def _unpaid() -> ColumnElement[int]:
+    i = _installment.c
+    return (
+        i.principal_minor + i.interest_minor + i.fees_minor + i.late_fees_minor
+        - i.paid_principal_minor - i.paid_interest_minor - i.paid_fees_minor
+        - i.interest_waived_minor - i.fees_waived_minor
+    )  # fmt: skip
+
+
+def _tolerance_sql() -> ColumnElement[int]:
+    """The arrears tolerance in each loan's own minor units."""
+    tolerance = get_settings().close.arrears_tolerance
+    by_digits: dict[int, list[str]] = {}
+    for currency, digits in MINOR_DIGITS.items():
+        by_digits.setdefault(digits, []).append(currency)
+    return case(
+        *[
+            (_loan.c.currency.in_(codes), literal(int(tolerance.scaleb(digits))))
+            for digits, codes in sorted(by_digits.items())
+        ],
+        else_=literal(int(tolerance.scaleb(2))),
+    )
+
+
+def _in_range(column: Any, low: str | None, high: str | None) -> ColumnElement[bool]:
+    conditions = []
+    if low is not None:
+        conditions.append(column >= low)
+    if high is not None:
+        conditions.append(column < high)
+    return and_(*conditions) if conditions else literal(True)
+
+
+async def lock_chunk(session: AsyncSession, low: str | None, high: str | None) -> None:
+    """Lock the chunk's open loans so payments wait for the step instead of racing it."""
+    await session.execute(
+        select(_loan.c.id)
+        .where(_in_range(_loan.c.id, low, high), _loan.c.status.in_(OPEN_STATUSES))
+        .with_for_update()
+    )
+
+
+async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[str, Any]:
+    rows = await session.execute(
+        select(_loan.c.id, _loan.c.borrower_id, _loan.c.merchant_id, _loan.c.currency).where(
+            _loan.c.id.in_(sorted(set(loan_ids)))
+        )
+    )
+    return {row.id: row for row in rows}
+
+
+async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        now = utc_now()
+        await session.execute(
+            insert(Event),
+            [{"id": new_id("evt"), "created_at": now, **row} for row in rows],
+        )
+
+
+async def assess_late_fees(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> Counts:
+    """Charge each installment more than ``grace_days`` late its product's late fee, once."""
+    i, loan, product = _installment.c, _loan.c, _product.c
+    unpaid = _unpaid()
+    percent_fee = (unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000) / 1_000_000
+    fee = case((product.late_fee_kind == "fixed", product.late_fee_amount_minor), else_=percent_fee)
+    capped = case(
+        (and_(product.late_fee_cap_minor.is_not(None), product.late_fee_cap_minor < fee),
+         product.late_fee_cap_minor),
+        else_=fee,
+    )  # fmt: skip
+    as_of_sql = literal(as_of, Date)
+    assessed = await session.execute(
+        update(_installment)
+        .where(
+            i.loan_id == loan.id,
+            loan.product_code == product.code,
+            _in_range(i.loan_id, low, high),
+            loan.status.in_(OPEN_STATUSES),
+            i.late_fee_assessed_on.is_(None),
+            product.late_fee_kind.is_not(None),
+            days_between(as_of_sql, i.due_date) > product.grace_days,
+            unpaid > _tolerance_sql(),
+            capped > 0,
+        )
+        .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=as_of)
+        .returning(i.loan_id, i.seq, i.due_date, i.late_fees_minor)
+    )
+    fees = assessed.all()
+    if not fees:
+        return {"late_fees_assessed": 0}
+    facts = await _loan_facts(session, [f.loan_id for f in fees])
+    now = utc_now()
+    await session.execute(
+        insert(LedgerTransaction),
+        [
+            {
+                "loan_id": f.loan_id,
+                "kind": TransactionKind.LATE_FEE,
+                "amount_minor": f.late_fees_minor,
+                "currency": facts[f.loan_id].currency,
+                "effective_on": as_of,
+                "installment_seq": f.seq,
+                "note": None,
+                "payment_id": None,
+                "created_at": now,
+            }
+            for f in fees
+        ],
+    )
+    await _insert_events(
+        session,
+        [
+            {
+                "type": "loan.late_fee_assessed",
+                "loan_id": f.loan_id,
+                "data": {
+                    "loan_id": f.loan_id,
+                    "borrower_id": facts[f.loan_id].borrower_id,
+                    "merchant_id": facts[f.loan_id].merchant_id,
+                    "installment_seq": f.seq,
+                    "due_date": f.due_date.isoformat(),
+                    "amount": format_minor(f.late_fees_minor, facts[f.loan_id].currency),
+                    "currency": facts[f.loan_id].currency,
+                    "as_of": as_of.isoformat(),
+                },
+            }
+            for f in fees
+        ],
+    )
+    # The loans' balances now include the fees; their principal outstanding does not change.
+    return {
+        "late_fees_assessed": len(fees),
+        "late_fee_minor_total": sum(f.late_fees_minor for f in fees),
+    }
+
+
+def _delinquency_per_loan(as_of: date, low: str | None, high: str | None) -> Any:
+    i, loan = _installment.c, _loan.c
+    as_of_sql = literal(as_of, Date)
+    oldest_missed = func.min(
+        case((and_(i.due_date < as_of_sql, _unpaid() > _tolerance_sql()), i.due_date))
+    )
+    return (
+        select(i.loan_id.label("loan_id"), oldest_missed.label("oldest_missed"))
+        .select_from(_installment.join(_loan, loan.id == i.loan_id))
+        .where(_in_range(i.loan_id, low, high), loan.status.in_(OPEN_STATUSES))
+        .group_by(i.loan_id)
+        .subquery("per_loan")
+    )
+
+
+def _new_values(per_loan: Any, as_of: date) -> tuple[Any, Any, Any]:
+    dpd = func.coalesce(days_between(literal(as_of, Date), per_loan.c.oldest_missed), 0)
+    bucket = case(
+        (dpd <= 0, Bucket.CURRENT.value),
+        (dpd <= 30, Bucket.DPD_1_30.value),
+        (dpd <= 60, Bucket.DPD_31_60.value),
+        (dpd <= 90, Bucket.DPD_61_90.value),
+        else_=Bucket.DPD_90_PLUS.value,
+    )
+    charge_off = get_settings().close.charge_off_after_days
+    status = case(
+        (_loan.c.status.not_in(DELINQUENCY_STATUSES), _loan.c.status),
+        (dpd <= 0, LoanStatus.ACTIVE.value),
+        (dpd <= 90, LoanStatus.DELINQUENT.value),
+        (dpd <= charge_off, LoanStatus.DEFAULTED.value),
+        else_=LoanStatus.CHARGED_OFF.value,
+    )
+    return dpd, bucket, status
+
+
+async def recompute_delinquency(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> Counts:
+    """Days past due, bucket and status of every open loan in the range, as of ``as_of``;
+    ``loan.delinquency_changed`` for each loan whose bucket or status moves."""
+    loan = _loan.c
+    per_loan = _delinquency_per_loan(as_of, low, high)
+    dpd, bucket, status = _new_values(per_loan, as_of)
+    moved = or_(bucket != loan.bucket, status != loan.status)
+    changes = (
+        await session.execute(
+            select(
+                loan.id,
+                loan.borrower_id,
+                loan.merchant_id,
+                loan.currency,
+                loan.principal_outstanding_minor,
+                loan.bucket,
+                loan.status,
+                dpd.label("new_dpd"),
+                bucket.label("new_bucket"),
+                status.label("new_status"),
+            )
+            .select_from(_loan.join(per_loan, per_loan.c.loan_id == loan.id))
+            .where(moved)
+        )
+    ).all()
+    updated = await session.execute(
+        update(_loan)
+        .where(
+            loan.id == per_loan.c.loan_id,
+            or_(dpd != loan.days_past_due, moved),
+        )
+        .values(days_past_due=dpd, bucket=bucket, status=status, delinquency_as_of=as_of)
+    )
+    await _insert_events(
+        session,
+        [
+            {
+                "type": "loan.delinquency_changed",
+                "loan_id": c.id,
+                "data": {
+                    "loan_id": c.id,
+                    "borrower_id": c.borrower_id,
+                    "merchant_id": c.merchant_id,
+                    "as_of": as_of.isoformat(),
+                    "days_past_due": c.new_dpd,
+                    "previous_bucket": c.bucket,
+                    "bucket": c.new_bucket,
+                    "bucket_label": Bucket(c.new_bucket).label,
+                    "previous_status": c.status,
+                    "status": c.new_status,
+                    "currency": c.currency,
+                    "principal_outstanding": format_minor(
+                        c.principal_outstanding_minor, c.currency
+                    ),
+                },
+            }
+            for c in changes
+        ],
+    )
+    return {"loans_updated": updated.rowcount, "delinquency_changes": len(changes)}  # type: ignore[attr-defined]
+
+
+async def send_reminders(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> Counts:
+    """``installment.due_soon`` for installments due ``reminder_days`` after ``as_of``, once."""
+    i, loan = _installment.c, _loan.c
+    due_on = as_of + timedelta(days=get_settings().close.reminder_days)
+    unpaid = _unpaid()
+    reminded = (
+        await session.execute(
+            update(_installment)
+            .where(
+                i.loan_id == loan.id,
+                _in_range(i.loan_id, low, high),
+                loan.status.in_(OPEN_STATUSES),
+                i.due_date == due_on,
+                i.reminded_on.is_(None),
+                unpaid > 0,
+            )
+            .values(reminded_on=as_of)
+            .returning(i.loan_id, i.seq, i.due_date, unpaid.label("amount_due"))
+        )
+    ).all()
+    if not reminded:
+        return {"reminders_sent": 0}
+    facts = await _loan_facts(session, [r.loan_id for r in reminded])
+    await _insert_events(
+        session,
+        [
+            {
+                "type": "installment.due_soon",
+                "loan_id": r.loan_id,
+                "data": {
+                    "loan_id": r.loan_id,
+                    "borrower_id": facts[r.loan_id].borrower_id,
+                    "merchant_id": facts[r.loan_id].merchant_id,
+                    "installment_seq": r.seq,
+                    "due_date": r.due_date.isoformat(),
+                    "amount_due": format_minor(r.amount_due, facts[r.loan_id].currency),
+                    "currency": facts[r.loan_id].currency,
+                    "days_until_due": (r.due_date - as_of).days,
+                },
+            }
+            for r in reminded
+        ],
+    )
+    return {"reminders_sent": len(reminded)}
