@@ -1,13 +1,19 @@
 """The ``loanwatch`` command."""
 
 import asyncio
+import json
+from datetime import date, datetime
 from typing import Annotated
 
 import typer
 
 from app import migrate as migrations
+from app.api.auth import Principal
 from app.api_keys import service as api_keys_service
 from app.api_keys.models import Role
+from app.close import service as close_service
+from app.close.models import CloseRun
+from app.close.schemas import CloseRunRead
 from app.config import get_settings
 from app.db import database, session_scope
 from app.errors import LoanwatchError
@@ -51,6 +57,42 @@ def serve(
     )
 
 
+@cli.command()
+def close(
+    as_of: Annotated[
+        datetime, typer.Option("--as-of", formats=["%Y-%m-%d"], help="Business date to close.")
+    ],
+) -> None:
+    """Run the nightly close for a date (and every missed date before it), in this process."""
+    migrations.upgrade()
+    try:
+        run = asyncio.run(_close(as_of.date()))
+    except LoanwatchError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(CloseRunRead.from_model(run).model_dump(mode="json"), indent=2))
+    if run.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Run a Celery worker (close chunks, webhooks, housekeeping)."""
+    from workers.celery_app import celery
+
+    celery.worker_main(["worker", "--loglevel=info", f"--concurrency={concurrency}"])
+
+
+@cli.command()
+def beat() -> None:
+    """Run Celery beat: the nightly close and periodic jobs."""
+    from workers.celery_app import celery
+
+    celery.start(["beat", "--loglevel=info"])
+
+
 @api_keys.command("create")
 def create_api_key(
     role: Annotated[Role, typer.Option(help="admin, merchant, dashboard or gateway.")],
@@ -65,6 +107,24 @@ def create_api_key(
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
     print(secret)
+
+
+async def _close(as_of: date) -> CloseRun:
+    system = Principal(api_key_id="cli", role=Role.ADMIN)
+    try:
+        async with session_scope() as session:
+            dates = await close_service.plan_close(session, as_of=as_of)
+        await close_service.run_dates_in_process(dates)
+    except LoanwatchError:
+        raise
+    except Exception as exc:
+        # Also recorded on the failed run, printed below.
+        typer.echo(f"close failed: {type(exc).__name__}: {exc}", err=True)
+    try:
+        async with session_scope() as session:
+            return await close_service.get_run(session, system, as_of=as_of)
+    finally:
+        await database.dispose()
 
 
 async def _create_key(role: Role, merchant_id: str | None, description: str | None) -> str:

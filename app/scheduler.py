@@ -5,8 +5,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, time, timedelta
 
 from app.api import idempotency
+from app.close import service as close_service
+from app.config import get_settings
 from app.db import session_scope
 
 log = logging.getLogger("loanwatch.scheduler")
@@ -15,8 +18,21 @@ log = logging.getLogger("loanwatch.scheduler")
 @dataclass(frozen=True)
 class Job:
     name: str
-    every_seconds: float
     run: Callable[[], Awaitable[object]]
+    every_seconds: float | None = None
+    # Local wall-clock time (Settings.timezone) for a daily job.
+    daily_at: time | None = None
+
+    def seconds_until_next(self, now: datetime) -> float:
+        if self.daily_at is None:
+            assert self.every_seconds is not None
+            return self.every_seconds
+        next_run = now.replace(
+            hour=self.daily_at.hour, minute=self.daily_at.minute, second=0, microsecond=0
+        )
+        if next_run <= now:
+            next_run += timedelta(days=1)
+        return (next_run - now).total_seconds()
 
 
 async def _purge_idempotency_keys() -> object:
@@ -24,12 +40,23 @@ async def _purge_idempotency_keys() -> object:
         return await idempotency.purge_expired(session)
 
 
-JOBS = (Job("purge-idempotency-keys", 3600, _purge_idempotency_keys),)
+async def _nightly_close() -> object:
+    dates = await close_service.close_yesterday()
+    await close_service.run_dates_in_process(dates)
+    return dates
+
+
+def default_jobs() -> tuple[Job, ...]:
+    close_time = time.fromisoformat(get_settings().close.time)
+    return (
+        Job("purge-idempotency-keys", _purge_idempotency_keys, every_seconds=3600),
+        Job("nightly-close", _nightly_close, daily_at=close_time),
+    )
 
 
 class InProcessScheduler:
-    def __init__(self, jobs: tuple[Job, ...] = JOBS) -> None:
-        self._jobs = jobs
+    def __init__(self, jobs: tuple[Job, ...] | None = None) -> None:
+        self._jobs = jobs if jobs is not None else default_jobs()
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -42,10 +69,13 @@ class InProcessScheduler:
         self._tasks = []
 
     async def _loop(self, job: Job) -> None:
+        zone = get_settings().zone
+        if job.daily_at is not None:
+            await asyncio.sleep(job.seconds_until_next(datetime.now(zone)))
         while True:
             try:
                 await job.run()
             except Exception:
                 # A failed run is retried at the next tick; the scheduler itself keeps going.
                 log.exception("scheduled job %s failed", job.name)
-            await asyncio.sleep(job.every_seconds)
+            await asyncio.sleep(job.seconds_until_next(datetime.now(zone)))

@@ -110,6 +110,13 @@ def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Pa
         assert reversed_.status_code == 200
         got = http.get(f"/v1/loans/{loan_id}", headers=pos).json()
         assert got["balances"]["principal_outstanding"] == "6000.00"
+        run = http.post("/v1/close-runs", json={"as_of": "2026-03-10"}, headers=admin)
+        assert run.status_code == 201, run.text
+        assert run.json()["status"] == "succeeded"
+        got = http.get(f"/v1/loans/{loan_id}", headers=pos).json()
+        assert (got["days_past_due"], got["bucket"], got["status"]) == (10, "1-30", "delinquent")
+        assert got["delinquency_as_of"] == "2026-03-10"
+        assert http.get("/v1/business-date", headers=admin).json()["business_date"] == "2026-03-10"
         events = http.get("/v1/events", headers=admin).json()["items"]
         assert [e["type"] for e in events if e["type"] != "loan.delinquency_changed"] == [
             "loan.created", "payment.received", "payment.reversed",

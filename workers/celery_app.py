@@ -11,7 +11,14 @@ from workers import runtime
 
 settings = get_settings()
 
-celery = Celery("loanwatch", broker=settings.redis_url, include=["workers.tasks.maintenance"])
+celery = Celery(
+    "loanwatch",
+    broker=settings.redis_url,
+    # Chords (the close's fan-out) count finished chunks in the result backend.
+    backend=settings.redis_url,
+    include=["workers.tasks.maintenance", "workers.tasks.close"],
+)
+close_hour, close_minute = (int(part) for part in settings.close.time.split(":"))
 celery.conf.update(
     task_serializer="json",
     accept_content=["json"],
@@ -23,7 +30,12 @@ celery.conf.update(
     worker_prefetch_multiplier=1,
     timezone=settings.timezone,
     broker_connection_retry_on_startup=True,
+    result_expires=86400,
     beat_schedule={
+        "nightly-close": {
+            "task": "close.nightly",
+            "schedule": crontab(hour=close_hour, minute=close_minute),
+        },
         "purge-idempotency-keys": {
             "task": "maintenance.purge_idempotency_keys",
             "schedule": crontab(minute="17"),

@@ -31,17 +31,19 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
 async def get_principal(
-    session: SessionDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send 'Authorization: Bearer <api key>'")
-    key = await session.scalar(
-        select(ApiKey).where(
-            ApiKey.key_hash == hash_key(token.strip()), ApiKey.revoked_at.is_(None)
+    # Its own short session: a route that runs work in separate transactions (the close)
+    # must not find the embedded default's single SQLite connection held by authentication.
+    async with database.sessions() as session:
+        key = await session.scalar(
+            select(ApiKey).where(
+                ApiKey.key_hash == hash_key(token.strip()), ApiKey.revoked_at.is_(None)
+            )
         )
-    )
     if key is None:
         raise Unauthorized("the API key is not valid")
     return Principal(api_key_id=key.id, role=Role(key.role), merchant_id=key.merchant_id)

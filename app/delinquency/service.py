@@ -188,7 +188,10 @@ async def assess_late_fees(
     """Charge each installment more than ``grace_days`` late its product's late fee, once."""
     i, loan, product = _installment.c, _loan.c, _product.c
     unpaid = _unpaid()
-    percent_fee = (unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000) / 1_000_000
+    # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
+    percent_fee = (
+        unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000
+    ) // 1_000_000
     fee = case((product.late_fee_kind == "fixed", product.late_fee_amount_minor), else_=percent_fee)
     capped = case(
         (and_(product.late_fee_cap_minor.is_not(None), product.late_fee_cap_minor < fee),

@@ -1,0 +1,217 @@
+"""The nightly close over HTTP: fees, delinquency, reminders, idempotency, catch-up, crashes."""
+
+from collections import Counter
+from datetime import date
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.close import service as close_service
+from app.config import get_settings
+from app.db import session_scope
+from app.events.models import Event
+from app.ledger.models import LedgerTransaction
+from tests.factories import World, world
+
+
+async def close(w: World, as_of: str, expect: int = 201) -> dict[str, Any]:
+    response = await w.post("/v1/close-runs", {"as_of": as_of}, headers=w.admin, expect=expect)
+    return dict(response.json())
+
+
+async def event_types(loan_id: str | None = None) -> Counter[str]:
+    async with session_scope() as session:
+        query = select(Event.type)
+        if loan_id:
+            query = query.where(Event.loan_id == loan_id)
+        return Counter(await session.scalars(query))
+
+
+async def late_fee_rows() -> int:
+    async with session_scope() as session:
+        return int(
+            await session.scalar(
+                select(func.count()).where(LedgerTransaction.kind == "late_fee")
+            ) or 0
+        )  # fmt: skip
+
+
+async def late_world(client: httpx.AsyncClient) -> tuple[World, dict[str, Any]]:
+    """A loan of 1200.00 over 3 months from 2026-01-10 (due Feb 10, Mar 10, Apr 10), with a
+    20.00 late fee after 3 days' grace; the business date pinned at disbursement."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    await close(w, "2026-01-10")
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    return w, loan
+
+
+async def test_a_missed_installment_ages_through_the_buckets(client: httpx.AsyncClient) -> None:
+    w, loan = await late_world(client)
+    run = await close(w, "2026-02-13")  # catches up Jan 11 .. Feb 13
+    assert run["status"] == "succeeded"
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"], got["bucket_label"], got["status"]) == (
+        3, "1-30", "M1", "delinquent",
+    )  # fmt: skip
+    assert got["delinquency_as_of"] == "2026-02-13"
+    assert got["balances"]["overdue_amount"] == "412.00"
+    assert await late_fee_rows() == 0  # three days late: still in grace
+
+    await close(w, "2026-02-14")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["balances"]["overdue_amount"] == "432.00"
+    assert got["balances"]["fees_outstanding"] == "20.00"
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    assert schedule["installments"][0]["fees"] == "20.00"
+    assert schedule["installments"][0]["status"] == "overdue"
+    assert await late_fee_rows() == 1
+
+    await close(w, "2026-05-12")  # 91 days after Feb 10
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"], got["status"]) == (91, "90+", "defaulted")
+    assert await late_fee_rows() == 3  # one per installment, never twice
+    types = await event_types(loan["id"])
+    # current -> 1-30 -> 31-60 -> 61-90 -> 90+ (status delinquent -> defaulted with it)
+    assert types["loan.delinquency_changed"] == 4
+    assert types["loan.late_fee_assessed"] == 3
+    assert types["installment.due_soon"] == 3
+
+    await close(w, "2026-08-09")  # 180 days: still defaulted; 181: charged off
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["status"] == "defaulted"
+    await close(w, "2026-08-10")
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["status"] == "charged_off"
+
+
+async def test_a_payment_cures_at_once(client: httpx.AsyncClient) -> None:
+    w, loan = await late_world(client)
+    await close(w, "2026-02-20")
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["bucket"] == "1-30"
+    payment = await w.pay(loan["id"], "432.00", "2026-02-20")
+    assert payment["loan"]["status"] == "active"
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"], got["status"]) == (0, "current", "active")
+    events = (await client.get("/v1/events?type=loan.delinquency_changed",
+                               headers=w.admin)).json()["items"]  # fmt: skip
+    assert [(e["data"]["previous_bucket"], e["data"]["bucket"]) for e in events] == [
+        ("current", "1-30"), ("1-30", "current"),
+    ]  # fmt: skip
+    # A bounced cure makes the loan late again, at once.
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"]) == (10, "1-30")
+
+
+async def test_rerunning_a_date_changes_nothing(client: httpx.AsyncClient) -> None:
+    w, _ = await late_world(client)
+    await close(w, "2026-03-01")
+    before = (await event_types(), await late_fee_rows())
+    again = await close(w, "2026-03-01")
+    assert again["status"] == "succeeded"
+    assert again["attempts"] == 2
+    assert again["counts"]["late_fees_assessed"] == 0
+    assert again["counts"]["delinquency_changes"] == 0
+    assert (await event_types(), await late_fee_rows()) == before
+
+
+async def test_catch_up_closes_each_missed_date_in_order(client: httpx.AsyncClient) -> None:
+    w, loan = await late_world(client)
+    await close(w, "2026-02-05")
+    run = await close(w, "2026-02-08")  # Feb 6, 7 and 8 were missed
+    assert run["as_of"] == "2026-02-08"
+    for day in ("2026-02-06", "2026-02-07", "2026-02-08"):
+        missed = await w.get(f"/v1/close-runs/{day}", headers=w.admin)
+        assert missed["status"] == "succeeded"
+        assert set(missed["steps"]) == {"late_fees", "delinquency", "reminders"}
+    # The reminder for Feb 10 belongs to the close of Feb 7, which was caught up.
+    reminder = await w.get("/v1/close-runs/2026-02-07", headers=w.admin)
+    assert reminder["counts"]["reminders_sent"] == 1
+    business = await w.get("/v1/business-date", headers=w.admin)
+    assert business["business_date"] == "2026-02-08"
+    assert business["last_close_run"]["as_of"] == "2026-02-08"
+    events = (await client.get("/v1/events?type=installment.due_soon",
+                               headers=w.admin)).json()["items"]  # fmt: skip
+    assert [(e["data"]["due_date"], e["data"]["amount_due"]) for e in events] == [
+        ("2026-02-10", "412.00"),
+    ]
+
+
+async def test_dates_before_the_business_date_or_in_the_future_are_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    w, _ = await late_world(client)
+    await close(w, "2026-02-01")
+    past = await close(w, "2026-01-31", expect=409)
+    assert past["code"] == "close_date_in_past"
+    future = await close(w, "2999-01-01", expect=422)
+    assert future["code"] == "close_date_in_future"
+    refused = await w.post("/v1/close-runs", {"as_of": "2026-02-02"})  # a merchant key
+    assert refused.status_code == 403
+    missing = await client.get("/v1/close-runs/2020-01-01", headers=w.admin)
+    assert missing.status_code == 404 and missing.json()["code"] == "close_run_not_found"
+
+
+async def test_a_crashed_close_is_rerun_without_duplicates(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, _ = await late_world(client)
+    borrower = await w.borrower(monthly_income="20000.00")
+    for _ in range(4):
+        await w.loan(borrower["id"], principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await close(w, "2026-02-13")
+    monkeypatch.setattr(get_settings().close, "chunk_size", 2)  # three chunks of loans
+
+    calls = {"n": 0}
+    real = close_service.STEPS["delinquency"]
+
+    async def crash_on_second_chunk(*args: Any) -> dict[str, int]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("worker killed")
+        return await real(*args)
+
+    monkeypatch.setitem(close_service.STEPS, "delinquency", crash_on_second_chunk)
+    crashed = await close(w, "2026-02-14")
+    assert crashed["status"] == "failed"
+    assert "worker killed" in crashed["error"]
+    assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-02-13"
+    assert await late_fee_rows() == 5  # the fee step had finished
+
+    monkeypatch.setitem(close_service.STEPS, "delinquency", real)
+    rerun = await close(w, "2026-02-14")
+    assert rerun["status"] == "succeeded"
+    assert await late_fee_rows() == 5
+    types = await event_types()
+    assert types["loan.late_fee_assessed"] == 5
+    assert types["loan.delinquency_changed"] == 5  # each loan current -> 1-30, once
+    async with session_scope() as session:
+        per_installment = Counter(
+            (await session.execute(
+                select(LedgerTransaction.loan_id, LedgerTransaction.installment_seq)
+                .where(LedgerTransaction.kind == "late_fee")
+            )).all()
+        )  # fmt: skip
+    assert set(per_installment.values()) == {1}
+
+
+async def test_percent_fee_with_cap_and_tolerance(client: httpx.AsyncClient) -> None:
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=0, late_fee={"kind": "percent", "percent": "0.05",
+                                            "cap_per_installment": "15.00"})  # fmt: skip
+    await close(w, "2026-01-10")
+    capped = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    small = await w.loan(principal="60.00", term=3, disbursed_on="2026-01-10")
+    tolerated = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await w.pay(small["id"], "10.00", "2026-01-20")  # leaves 10.60 of 20.60 unpaid
+    await w.pay(tolerated["id"], "411.00", "2026-01-20")  # leaves 1.00: within tolerance
+    await close(w, "2026-02-11")
+    fees = {
+        loan["id"]: (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]["fees"]
+        for loan in (capped, small, tolerated)
+    }
+    # 5 % of 412.00 = 20.60, capped at 15.00; 5 % of 10.60 = 0.53; nothing within tolerance.
+    assert fees == {capped["id"]: "15.00", small["id"]: "0.53", tolerated["id"]: "0.00"}
+    got = await w.get(f"/v1/loans/{tolerated['id']}")
+    assert (got["days_past_due"], got["status"]) == (0, "active")
