@@ -1,7 +1,6 @@
 """The nightly close over HTTP: fees, delinquency, reminders, idempotency, catch-up, crashes."""
 
 from collections import Counter
-from datetime import date
 from typing import Any
 
 import httpx
@@ -117,7 +116,7 @@ async def test_rerunning_a_date_changes_nothing(client: httpx.AsyncClient) -> No
 
 
 async def test_catch_up_closes_each_missed_date_in_order(client: httpx.AsyncClient) -> None:
-    w, loan = await late_world(client)
+    w, _loan = await late_world(client)
     await close(w, "2026-02-05")
     run = await close(w, "2026-02-08")  # Feb 6, 7 and 8 were missed
     assert run["as_of"] == "2026-02-08"
@@ -150,7 +149,8 @@ async def test_dates_before_the_business_date_or_in_the_future_are_refused(
     refused = await w.post("/v1/close-runs", {"as_of": "2026-02-02"})  # a merchant key
     assert refused.status_code == 403
     missing = await client.get("/v1/close-runs/2020-01-01", headers=w.admin)
-    assert missing.status_code == 404 and missing.json()["code"] == "close_run_not_found"
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "close_run_not_found"
 
 
 async def test_a_crashed_close_is_rerun_without_duplicates(
