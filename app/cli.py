@@ -39,6 +39,11 @@ def serve(
     """Migrate, make sure an admin key exists, and serve the API."""
     import uvicorn
 
+    settings = get_settings()
+    if settings.is_sqlite and workers > 1:
+        # One SQLite writer and one in-process scheduler: more processes would race both.
+        typer.echo("error: the embedded default (SQLite) serves with one worker", err=True)
+        raise typer.Exit(2)
     migrations.upgrade()
     secret = asyncio.run(_first_admin_key())
     if secret is not None:
@@ -46,7 +51,6 @@ def serve(
             f"\nNo admin API key existed; created one. It is shown only now:\n\n    {secret}\n",
             err=True,
         )
-    settings = get_settings()
     uvicorn.run(
         "app.main:app",
         host=host,

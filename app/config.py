@@ -19,9 +19,9 @@ class CreditPolicy(BaseModel):
     See docs/credit-policy.md.
     """
 
-    income_multiple: Decimal = Decimal(3)
-    limit_without_income: Decimal = Decimal("3000.00")
-    max_limit: Decimal = Decimal("50000.00")
+    income_multiple: Decimal = Field(default=Decimal(3), ge=0)
+    limit_without_income: Decimal = Field(default=Decimal("3000.00"), ge=0)
+    max_limit: Decimal = Field(default=Decimal("50000.00"), ge=0)
 
 
 class CloseSettings(BaseModel):
@@ -33,7 +33,7 @@ class CloseSettings(BaseModel):
     # installment.due_soon goes out this many days before the due date.
     reminder_days: int = Field(default=3, ge=0)
     # An installment counts as missed only when more than this is unpaid (major units).
-    arrears_tolerance: Decimal = Decimal("1.00")
+    arrears_tolerance: Decimal = Field(default=Decimal("1.00"), ge=0)
     charge_off_after_days: int = Field(default=180, ge=91)
     # A run still "running" without a heartbeat for this long is taken to have crashed.
     stale_after_minutes: int = Field(default=30, ge=1)
@@ -48,11 +48,11 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Business dates ("today", the nightly close) are reckoned in this zone.
     timezone: str = "Asia/Shanghai"
-    default_currency: str = "CNY"
+    default_currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
     credit: CreditPolicy = Field(default_factory=CreditPolicy)
     close: CloseSettings = Field(default_factory=CloseSettings)
     # Largest principal or payment the API accepts, in major units of any currency.
-    max_amount: Decimal = Decimal("100000000")
+    max_amount: Decimal = Field(default=Decimal("100000000"), gt=0)
     idempotency_ttl_hours: int = 48
     # An idempotency record still "in progress" after this long belongs to a crashed request.
     idempotency_lock_seconds: int = 60

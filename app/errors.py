@@ -118,6 +118,7 @@ async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(
         409, "conflict", "Conflict",
         "a concurrent request changed the same resource; nothing was stored, retry the request",
+        headers={"Retry-After": "1"},
     )  # fmt: skip
 
 

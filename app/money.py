@@ -86,6 +86,12 @@ def format_rate(rate: Decimal) -> str:
     return f"{rate.normalize():f}" if rate else "0"
 
 
+def setting_to_minor(amount: Decimal, currency: str) -> int:
+    """A configured amount (any precision, e.g. 1.00 for JPY) in the currency's minor units,
+    rounded half up."""
+    return int(amount.scaleb(minor_digits(currency)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
 def parse_amount(field: str, amount: str, currency: str, *, allow_zero: bool = False) -> int:
     """A request's money field in minor units, or a 422 naming the field."""
     from app.config import get_settings
@@ -97,6 +103,6 @@ def parse_amount(field: str, amount: str, currency: str, *, allow_zero: bool = F
         raise InvalidRequest.field(field, str(exc)) from None
     if minor == 0 and not allow_zero:
         raise InvalidRequest.field(field, "must be greater than zero")
-    if minor > to_minor(str(get_settings().max_amount), currency):
+    if minor > setting_to_minor(get_settings().max_amount, currency):
         raise InvalidRequest.field(field, f"must not exceed {get_settings().max_amount}")
     return minor

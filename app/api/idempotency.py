@@ -9,7 +9,7 @@ The record is claimed with an INSERT … ON CONFLICT DO NOTHING in its own trans
 request runs, so two concurrent requests with one key cannot both run. If a process dies after
 the business commit but before the response is stored, the claim expires after
 ``idempotency_lock_seconds`` and a retry runs again; the unique merchant order reference and
-payment external reference then refuse a second loan or payment (docs/idempotency.md).
+payment external reference then refuse a second loan or payment (docs/decisions.md).
 """
 
 import hashlib
@@ -29,7 +29,8 @@ from app.errors import problem
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
-# Responses worth replaying. A 5xx or a 401 is not stored: the retry should run again.
+# Responses worth replaying. A 5xx, a 401 or anything with Retry-After (a transient
+# conflict) is not stored: the retry should run again.
 UNSTORED_STATUSES = {401, 500, 502, 503, 504}
 SECRET_FIELDS = ("key", "secret")
 
@@ -204,7 +205,7 @@ async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | 
 async def _finish(owner: str, key: str, response: _HeldResponse) -> None:
     where = (IdempotencyRecord.scope == owner, IdempotencyRecord.key == key)
     async with database.sessions() as session, session.begin():
-        if response.status in UNSTORED_STATUSES:
+        if response.status in UNSTORED_STATUSES or response.header(b"retry-after"):
             await session.execute(delete(IdempotencyRecord).where(*where))
         else:
             await session.execute(

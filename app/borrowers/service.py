@@ -16,7 +16,7 @@ from app.events import service as events
 from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan
 from app.merchants import service as merchants_service
-from app.money import format_minor, parse_amount, to_minor
+from app.money import format_minor, parse_amount, setting_to_minor
 
 
 class BorrowerNotFound(NotFound):
@@ -41,8 +41,8 @@ def limit_policy(currency: str) -> LimitPolicy:
     credit = get_settings().credit
     return LimitPolicy(
         income_multiple_permille=int(credit.income_multiple * 1000),
-        limit_without_income_minor=to_minor(str(credit.limit_without_income), currency),
-        max_limit_minor=to_minor(str(credit.max_limit), currency),
+        limit_without_income_minor=setting_to_minor(credit.limit_without_income, currency),
+        max_limit_minor=setting_to_minor(credit.max_limit, currency),
     )
 
 

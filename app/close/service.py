@@ -93,7 +93,7 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
         run = await session.get(CloseRun, day, with_for_update=True)
         if run is None:
             session.add(CloseRun(as_of=day, status=CloseStatus.PENDING, counts={}, steps={},
-                                 attempts=0))  # fmt: skip
+                                 attempts=0, heartbeat_at=utc_now()))  # fmt: skip
         else:
             run.status, run.error, run.heartbeat_at = CloseStatus.PENDING, None, utc_now()
     return dates

@@ -42,7 +42,7 @@ from app.events.models import Event
 from app.ids import new_id
 from app.ledger.models import LedgerTransaction, TransactionKind
 from app.loans.models import DELINQUENCY_STATUSES, OPEN_STATUSES, Loan, LoanInstallment, LoanStatus
-from app.money import MINOR_DIGITS, format_minor, to_minor
+from app.money import MINOR_DIGITS, format_minor, setting_to_minor
 from app.payments.allocation import LoanPosition
 from app.products.models import Product
 
@@ -66,7 +66,7 @@ async def delinquency_date(session: AsyncSession) -> date:
 
 
 def tolerance_minor(currency: str) -> int:
-    return to_minor(str(get_settings().close.arrears_tolerance), currency)
+    return setting_to_minor(get_settings().close.arrears_tolerance, currency)
 
 
 # -- the per-loan path -------------------------------------------------------------------
@@ -139,10 +139,10 @@ def _tolerance_sql() -> ColumnElement[int]:
         by_digits.setdefault(digits, []).append(currency)
     return case(
         *[
-            (_loan.c.currency.in_(codes), literal(int(tolerance.scaleb(digits))))
+            (_loan.c.currency.in_(codes), literal(setting_to_minor(tolerance, codes[0])))
             for digits, codes in sorted(by_digits.items())
         ],
-        else_=literal(int(tolerance.scaleb(2))),
+        else_=literal(setting_to_minor(tolerance, "CNY")),
     )
 
 

@@ -354,6 +354,8 @@ async def cancel_loan(
     refund = await ledger.net_payments_minor(session, loan.id)
     loan.status = LoanStatus.CANCELLED
     loan.cancelled_on = today
+    # A returned purchase owes nothing: it leaves every bucket and arrears view.
+    loan.days_past_due, loan.bucket = 0, "current"
     loan.principal_outstanding_minor = 0
     loan.refund_due_minor = refund
     if refund:

@@ -52,8 +52,9 @@ async def build(portfolio: list[dict[str, Any]]) -> None:
     async with session_scope() as session:
         merchant = await merchants_service.create_merchant(session, ADMIN, name="m")
         for code in POLICIES:
-            fee = ({"kind": "fixed", "amount": "25.00"} if code == "FIX" else
-                   {"kind": "percent", "percent": "0.05", "cap_per_installment": "15.00"})  # fmt: skip
+            fixed = {"kind": "fixed", "amount": "25.00"}
+            percent = {"kind": "percent", "percent": "0.05", "cap_per_installment": "15.00"}
+            fee = fixed if code == "FIX" else percent
             await products_service.create_product(session, ADMIN, spec=ProductCreate(
                 code=code, name=code, annual_interest_rate="0.18",
                 amortization="equal_installment", term_options=[3, 6, 12],
@@ -137,8 +138,10 @@ async def test_batch_close_agrees_with_the_per_loan_rules(
         for old, new in zip(rows, after[loan_id], strict=True):
             unpaid = loans_service.position_of([old]).installments[0].left(close_date)
             expected = 0
-            if open_ and rules.late_fee_due(close_date, old.due_date, policy.grace_days) and (
-                unpaid > tolerance
+            if (
+                open_
+                and rules.late_fee_due(close_date, old.due_date, policy.grace_days)
+                and (unpaid > tolerance)
             ):
                 expected = rules.late_fee_minor(policy, unpaid)
             assert new.late_fees_minor == expected, (loan_id, old.seq)

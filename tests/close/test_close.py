@@ -215,3 +215,33 @@ async def test_percent_fee_with_cap_and_tolerance(client: httpx.AsyncClient) -> 
     assert fees == {capped["id"]: "15.00", small["id"]: "0.53", tolerated["id"]: "0.00"}
     got = await w.get(f"/v1/loans/{tolerated['id']}")
     assert (got["days_past_due"], got["status"]) == (0, "active")
+
+
+async def test_a_cancelled_loan_leaves_the_buckets(client: httpx.AsyncClient) -> None:
+    w, loan = await late_world(client)
+    await close(w, "2026-03-01")
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["bucket"] == "1-30"
+    await w.post(f"/v1/loans/{loan['id']}/cancel", {}, expect=200)
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["status"], got["days_past_due"], got["bucket"]) == ("cancelled", 0, "current")
+    assert (await w.get("/v1/loans?bucket=1-30"))["items"] == []
+    await close(w, "2026-03-02")
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["bucket"] == "current"
+
+
+async def test_zero_decimal_currencies_use_their_own_minor_units(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_settings(), "default_currency", "JPY")
+    w = await world(client, currency="JPY", amortization="equal_principal",
+                    annual_interest_rate="0", grace_days=0,
+                    late_fee={"kind": "fixed", "amount": "500"})  # fmt: skip
+    borrower = await w.borrower(monthly_income="300000")
+    assert borrower["credit_limit"] == "50000"  # 3 x income, capped at 50000 (0 decimals)
+    await close(w, "2026-01-10")
+    loan = await w.loan(borrower["id"], principal="30000", term=3, disbursed_on="2026-01-10")
+    assert loan["schedule"]["installments"][0]["total"] == "10000"
+    await w.pay(loan["id"], "9999", "2026-02-09")  # leaves 1 yen: within the 1.00 tolerance
+    await close(w, "2026-02-12")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["balances"]["fees_outstanding"]) == (0, "0")
