@@ -17,6 +17,7 @@ ADMIN_DSN = os.environ.get(
     "LOANWATCH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 TEST_DB = f"loanwatch_test_{os.getpid()}"
+REDIS_URL = os.environ.get("LOANWATCH_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
 
 
 def _database_url() -> str:
@@ -39,6 +40,8 @@ def postgres_database() -> Iterator[str]:
     asyncio.run(admin(f'CREATE DATABASE "{TEST_DB}"'))
     url = _database_url()
     os.environ["LOANWATCH_DATABASE_URL"] = url
+    # A Redis database of the tests' own (the Celery tests flush it).
+    os.environ["LOANWATCH_REDIS_URL"] = REDIS_URL
     # Work runs inline (the in-process path); the Celery tests switch it per test.
     os.environ["LOANWATCH_IN_PROCESS_SCHEDULER"] = "true"
     get_settings.cache_clear()

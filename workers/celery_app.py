@@ -6,6 +6,7 @@ from celery import Celery
 from celery.schedules import crontab
 from celery.signals import worker_process_init
 
+import app.models  # noqa: F401 - every table mapped, as in the API process
 from app.config import get_settings
 from workers import runtime
 
