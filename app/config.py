@@ -57,6 +57,15 @@ class Settings(BaseSettings):
     # An idempotency record still "in progress" after this long belongs to a crashed request.
     idempotency_lock_seconds: int = 60
     db_pool_size: int = 10
+    # Webhooks: targets resolving to private, loopback or link-local addresses are refused
+    # unless this is set (tests, on-premises receivers).
+    webhook_allow_private_targets: bool = False
+    webhook_secret_overlap_hours: float = Field(default=24, ge=0)
+    webhook_disable_after_days: float = Field(default=5, gt=0)
+    webhook_timeout_seconds: float = Field(default=10, gt=0)
+    webhook_batch_size: int = Field(default=500, ge=1)
+    # Seconds between sweeps for due retries (and anything a lost wake-up missed).
+    webhook_sweep_seconds: float = Field(default=2, gt=0)
     # Scheduled work (nightly close, webhook dispatch) runs in the API process instead of on
     # Celery. Unset: in-process on SQLite (the embedded default), Celery on PostgreSQL.
     in_process_scheduler: bool | None = None

@@ -15,10 +15,13 @@ from app.errors import install_error_handlers
 from app.events.routes import router as events_router
 from app.loans.routes import router as loans_router
 from app.merchants.routes import router as merchants_router
+from app.ops import metrics
 from app.ops.routes import router as ops_router
 from app.payments.routes import router as payments_router
 from app.products.routes import router as products_router
 from app.scheduler import InProcessScheduler
+from app.webhooks.routes import router as webhooks_router
+from app.webhooks.wakeup import wakeup  # noqa: F401 - after-commit listeners
 
 DESCRIPTION = """Loan servicing with early-warning alerts for point-of-sale installment loans.
 
@@ -44,6 +47,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Loanwatch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
+    app.middleware("http")(metrics.observe_request)
     for router in (
         ops_router,
         merchants_router,
@@ -54,6 +58,7 @@ def create_app() -> FastAPI:
         payments_router,
         events_router,
         close_router,
+        webhooks_router,
     ):
         app.include_router(router)
     return app

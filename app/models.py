@@ -11,6 +11,12 @@ from app.loans.models import Loan, LoanInstallment
 from app.merchants.models import Merchant
 from app.payments.models import Payment, PaymentAllocation
 from app.products.models import Product
+from app.webhooks.models import (
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookSubscription,
+)
 
 __all__ = [
     "ApiKey",
@@ -26,4 +32,8 @@ __all__ = [
     "Payment",
     "PaymentAllocation",
     "Product",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookSubscription",
 ]

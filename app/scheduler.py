@@ -2,6 +2,7 @@
 trigger, run as asyncio tasks inside the API process (no Redis needed)."""
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +12,8 @@ from app.api import idempotency
 from app.close import service as close_service
 from app.config import get_settings
 from app.db import session_scope
+from app.webhooks import dispatcher
+from app.webhooks.wakeup import wakeup
 
 log = logging.getLogger("loanwatch.scheduler")
 
@@ -46,11 +49,26 @@ async def _nightly_close() -> object:
     return dates
 
 
+class WebhookDispatcher:
+    """Sleeps until a commit wrote deliveries (or the sweep interval passes), then drains."""
+
+    def __init__(self) -> None:
+        self.signal = asyncio.Event()
+        wakeup.attach(self.signal)
+
+    async def run_once(self) -> object:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.signal.wait(), get_settings().webhook_sweep_seconds)
+        self.signal.clear()
+        return await dispatcher.drain()
+
+
 def default_jobs() -> tuple[Job, ...]:
     close_time = time.fromisoformat(get_settings().close.time)
     return (
         Job("purge-idempotency-keys", _purge_idempotency_keys, every_seconds=3600),
         Job("nightly-close", _nightly_close, daily_at=close_time),
+        Job("webhook-dispatcher", WebhookDispatcher().run_once, every_seconds=0),
     )
 
 
@@ -67,6 +85,8 @@ class InProcessScheduler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        wakeup.detach()
+        await dispatcher.clients.close()
 
     async def _loop(self, job: Job) -> None:
         zone = get_settings().zone

@@ -8,6 +8,7 @@ from celery.signals import worker_process_init
 
 import app.models  # noqa: F401 - every table mapped, as in the API process
 from app.config import get_settings
+from app.webhooks import wakeup  # noqa: F401 - wakes the dispatcher after commits with events
 from workers import runtime
 
 settings = get_settings()
@@ -17,7 +18,7 @@ celery = Celery(
     broker=settings.redis_url,
     # Chords (the close's fan-out) count finished chunks in the result backend.
     backend=settings.redis_url,
-    include=["workers.tasks.maintenance", "workers.tasks.close"],
+    include=["workers.tasks.maintenance", "workers.tasks.close", "workers.tasks.webhooks"],
 )
 close_hour, close_minute = (int(part) for part in settings.close.time.split(":"))
 celery.conf.update(
@@ -36,6 +37,12 @@ celery.conf.update(
         "nightly-close": {
             "task": "close.nightly",
             "schedule": crontab(hour=close_hour, minute=close_minute),
+        },
+        "webhook-sweep": {
+            "task": "webhooks.dispatch",
+            "schedule": settings.webhook_sweep_seconds,
+            # A sweep still queued when the next is due is redundant.
+            "options": {"expires": settings.webhook_sweep_seconds},
         },
         "purge-idempotency-keys": {
             "task": "maintenance.purge_idempotency_keys",

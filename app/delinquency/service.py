@@ -38,8 +38,6 @@ from app.delinquency.rules import (
     status_for,
 )
 from app.events import service as events
-from app.events.models import Event
-from app.ids import new_id
 from app.ledger.models import LedgerTransaction, TransactionKind
 from app.loans.models import DELINQUENCY_STATUSES, OPEN_STATUSES, Loan, LoanInstallment, LoanStatus
 from app.money import MINOR_DIGITS, format_minor, setting_to_minor
@@ -173,15 +171,6 @@ async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[st
     return {row.id: row for row in rows}
 
 
-async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        now = utc_now()
-        await session.execute(
-            insert(Event),
-            [{"id": new_id("evt"), "created_at": now, **row} for row in rows],
-        )
-
-
 async def assess_late_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> Counts:
@@ -237,7 +226,7 @@ async def assess_late_fees(
             for f in fees
         ],
     )
-    await _insert_events(
+    await events.emit_many(
         session,
         [
             {
@@ -334,7 +323,7 @@ async def recompute_delinquency(
         )
         .values(days_past_due=dpd, bucket=bucket, status=status, delinquency_as_of=as_of)
     )
-    await _insert_events(
+    await events.emit_many(
         session,
         [
             {
@@ -388,7 +377,7 @@ async def send_reminders(
     if not reminded:
         return {"reminders_sent": 0}
     facts = await _loan_facts(session, [r.loan_id for r in reminded])
-    await _insert_events(
+    await events.emit_many(
         session,
         [
             {

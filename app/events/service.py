@@ -14,23 +14,50 @@ from app.errors import InvalidRequest
 from app.events.models import Event
 from app.ids import new_id
 from app.loans.models import Loan
+from app.webhooks import service as webhooks
 
 
 async def emit(
-    session: AsyncSession, type_: str, data: dict[str, Any], *, loan: Loan | None = None
+    session: AsyncSession,
+    type_: str,
+    data: dict[str, Any],
+    *,
+    loan: Loan | None = None,
+    fan_out: bool = True,
 ) -> str:
-    """Write an event to the outbox, in the caller's transaction."""
+    """Write an event to the outbox, and its deliveries to subscribed webhook endpoints, in the
+    caller's transaction."""
     event_id = new_id("evt")
-    await session.execute(
-        insert(Event).values(
+    position = await session.scalar(
+        insert(Event)
+        .values(
             id=event_id,
             type=type_,
             loan_id=loan.id if loan is not None else None,
             data=data,
             created_at=utc_now(),
         )
+        .returning(Event.position)
     )
+    assert position is not None
+    if fan_out:
+        await webhooks.fan_out(session, position, position)
     return event_id
+
+
+async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None:
+    """Write many events at once (the close's set-based steps): each a dict of ``type``,
+    ``loan_id`` and ``data``."""
+    if not events:
+        return
+    now = utc_now()
+    positions = list(
+        await session.scalars(
+            insert(Event).returning(Event.position),
+            [{"id": new_id("evt"), "created_at": now, **event} for event in events],
+        )
+    )
+    await webhooks.fan_out(session, min(positions), max(positions))
 
 
 async def list_events(

@@ -2,11 +2,12 @@
 
 import redis.asyncio as redis
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
 from app.config import get_settings
 from app.db import database
+from app.ops import metrics
 
 router = APIRouter(tags=["operations"])
 
@@ -14,6 +15,11 @@ router = APIRouter(tags=["operations"])
 @router.get("/healthz")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics_endpoint() -> Response:
+    return await metrics.render()
 
 
 @router.get("/readyz")

@@ -1,0 +1,30 @@
+"""Every event type Loanwatch writes (SPEC: Events)."""
+
+EVENT_TYPES = (
+    "loan.created",
+    "loan.cancelled",
+    "loan.paid_off",
+    "payment.received",
+    "payment.reversed",
+    "payment.debit_failed",
+    "installment.due_soon",
+    "loan.delinquency_changed",
+    "loan.late_fee_assessed",
+    "risk.flag_raised",
+    "risk.flag_cleared",
+    "risk.grade_changed",
+    "risk.segment_alert",
+    "borrower.credit_limit_changed",
+    "restructure.approved",
+    "promise.broken",
+    "webhook.test",
+)
+
+PREFIXES = sorted({t.split(".")[0] for t in EVENT_TYPES})
+
+
+def valid_pattern(pattern: str) -> bool:
+    """An exact type, ``<prefix>.*`` or ``*``."""
+    if pattern == "*" or pattern in EVENT_TYPES:
+        return True
+    return pattern.endswith(".*") and pattern[:-2] in PREFIXES

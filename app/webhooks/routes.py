@@ -1,0 +1,112 @@
+from datetime import UTC
+
+from fastapi import APIRouter, Response
+
+from app.api.deps import AdminPrincipal, PageDep, SessionDep
+from app.api.pagination import Page, page_of
+from app.events.schemas import EventRead
+from app.webhooks import service
+from app.webhooks.schemas import (
+    DeliveryRead,
+    EndpointCreate,
+    EndpointRead,
+    EndpointUpdate,
+    EndpointWithSecret,
+    Queued,
+    RecoverRequest,
+    RedeliverRequest,
+)
+
+router = APIRouter(tags=["webhooks"])
+PREFIX = "/v1/webhook-endpoints"
+
+
+@router.post(PREFIX, status_code=201, response_model=EndpointWithSecret)
+async def create_endpoint(
+    body: EndpointCreate, session: SessionDep, principal: AdminPrincipal, response: Response
+) -> EndpointWithSecret:
+    response.headers["Cache-Control"] = "no-store"
+    view = await service.create_endpoint(
+        session, principal, url=body.url, event_types=body.event_types,
+        description=body.description, enabled=body.enabled,
+    )  # fmt: skip
+    return EndpointWithSecret.with_secret(view)
+
+
+@router.get(PREFIX, response_model=Page[EndpointRead])
+async def list_endpoints(
+    session: SessionDep, principal: AdminPrincipal, page: PageDep
+) -> Page[EndpointRead]:
+    views = await service.list_endpoints(session, principal, page=page)
+    return page_of(views, page, EndpointRead.from_view, key=lambda v: v.endpoint.id)
+
+
+@router.get(PREFIX + "/{endpoint_id}", response_model=EndpointRead)
+async def get_endpoint(
+    endpoint_id: str, session: SessionDep, principal: AdminPrincipal
+) -> EndpointRead:
+    view = await service.get_endpoint(session, principal, endpoint_id=endpoint_id)
+    return EndpointRead.from_view(view)
+
+
+@router.patch(PREFIX + "/{endpoint_id}", response_model=EndpointRead)
+async def update_endpoint(
+    endpoint_id: str, body: EndpointUpdate, session: SessionDep, principal: AdminPrincipal
+) -> EndpointRead:
+    view = await service.update_endpoint(
+        session, principal, endpoint_id=endpoint_id, changes=body.model_dump(exclude_unset=True)
+    )
+    return EndpointRead.from_view(view)
+
+
+@router.delete(PREFIX + "/{endpoint_id}", status_code=204)
+async def delete_endpoint(
+    endpoint_id: str, session: SessionDep, principal: AdminPrincipal
+) -> Response:
+    await service.delete_endpoint(session, principal, endpoint_id=endpoint_id)
+    return Response(status_code=204)
+
+
+@router.post(PREFIX + "/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret)
+async def rotate_secret(
+    endpoint_id: str, session: SessionDep, principal: AdminPrincipal, response: Response
+) -> EndpointWithSecret:
+    response.headers["Cache-Control"] = "no-store"
+    view = await service.rotate_secret(session, principal, endpoint_id=endpoint_id)
+    return EndpointWithSecret.with_secret(view)
+
+
+@router.post(PREFIX + "/{endpoint_id}/test", status_code=202, response_model=EventRead)
+async def send_test(endpoint_id: str, session: SessionDep, principal: AdminPrincipal) -> EventRead:
+    event = await service.send_test_event(session, principal, endpoint_id=endpoint_id)
+    return EventRead.from_model(event)
+
+
+@router.get(PREFIX + "/{endpoint_id}/deliveries", response_model=Page[DeliveryRead])
+async def list_deliveries(
+    endpoint_id: str, session: SessionDep, principal: AdminPrincipal, page: PageDep
+) -> Page[DeliveryRead]:
+    views = await service.list_deliveries(session, principal, endpoint_id=endpoint_id, page=page)
+    return page_of(views, page, DeliveryRead.from_view, key=lambda v: str(v.delivery.id))
+
+
+@router.post(PREFIX + "/{endpoint_id}/recover", status_code=202, response_model=Queued)
+async def recover(
+    endpoint_id: str, body: RecoverRequest, session: SessionDep, principal: AdminPrincipal
+) -> Queued:
+    since = body.since if body.since.tzinfo else body.since.replace(tzinfo=UTC)
+    count = await service.recover(session, principal, endpoint_id=endpoint_id, since=since)
+    return Queued(deliveries=count)
+
+
+@router.post("/v1/events/{event_id}/redeliver", status_code=202, response_model=Queued)
+async def redeliver(
+    event_id: str,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    body: RedeliverRequest | None = None,
+) -> Queued:
+    count = await service.redeliver(
+        session, principal, event_id=event_id, endpoint_id=body.endpoint_id if body else None
+    )
+    return Queued(deliveries=count)

@@ -1,0 +1,113 @@
+from datetime import datetime
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.webhooks.service import DeliveryView, EndpointView
+
+EventPattern = Annotated[str, Field(min_length=1, max_length=64)]
+Url = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://")]
+
+
+class EndpointCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Url
+    event_types: list[EventPattern] = Field(
+        default_factory=lambda: ["*"], min_length=1, max_length=50,
+        description="Exact types, 'prefix.*' wildcards, or '*'",
+    )  # fmt: skip
+    description: str | None = Field(default=None, max_length=500)
+    enabled: bool = True
+
+
+class EndpointUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Url | None = None
+    event_types: list[EventPattern] | None = Field(default=None, min_length=1, max_length=50)
+    description: str | None = Field(default=None, max_length=500)
+    enabled: bool | None = None
+
+
+class EndpointRead(BaseModel):
+    id: str
+    url: str
+    event_types: list[str]
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None
+    previous_secret_expires_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_view(cls, view: EndpointView) -> "EndpointRead":
+        e = view.endpoint
+        return cls(
+            id=e.id, url=e.url, event_types=view.event_types, description=e.description,
+            enabled=e.enabled, disabled_reason=e.disabled_reason, failing_since=e.failing_since,
+            previous_secret_expires_at=e.previous_secret_expires_at, created_at=e.created_at,
+            updated_at=e.updated_at,
+        )  # fmt: skip
+
+
+class EndpointWithSecret(EndpointRead):
+    secret: str | None = Field(description="whsec_…, shown only in this response")
+
+    @classmethod
+    def with_secret(cls, view: EndpointView) -> "EndpointWithSecret":
+        return cls(**EndpointRead.from_view(view).model_dump(), secret=view.endpoint.secret)
+
+
+class AttemptRead(BaseModel):
+    attempted_at: datetime
+    status_code: int | None
+    latency_ms: int
+    response_excerpt: str | None
+    error: str | None
+
+
+class DeliveryRead(BaseModel):
+    id: str
+    event_id: str
+    event_type: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    created_at: datetime
+    attempt_log: list[AttemptRead]
+
+    @classmethod
+    def from_view(cls, view: DeliveryView) -> "DeliveryRead":
+        d = view.delivery
+        return cls(
+            id=str(d.id), event_id=view.event.id, event_type=view.event.type, status=d.status,
+            attempts=d.attempts,
+            next_attempt_at=d.next_attempt_at if d.status == "pending" else None,
+            delivered_at=d.delivered_at, created_at=d.created_at,
+            attempt_log=[
+                AttemptRead(attempted_at=a.attempted_at, status_code=a.status_code,
+                            latency_ms=a.latency_ms, response_excerpt=a.response_excerpt,
+                            error=a.error)
+                for a in view.attempts
+            ],
+        )  # fmt: skip
+
+
+class RecoverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: datetime
+
+
+class RedeliverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint_id: str | None = Field(default=None, max_length=40)
+
+
+class Queued(BaseModel):
+    deliveries: int

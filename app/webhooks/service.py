@@ -1,0 +1,329 @@
+"""Webhook endpoints, their subscriptions, and the outbox fan-out: every event gets one
+delivery row per subscribed endpoint, in the transaction that wrote the event."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, exists, func, literal, or_, select, true, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.config import get_settings
+from app.db import insert_for, utc_now
+from app.errors import InvalidRequest
+from app.events.models import Event
+from app.events.types import valid_pattern
+from app.ids import new_id
+from app.webhooks import signing, targets
+from app.webhooks.errors import EventNotFound, WebhookEndpointNotFound, WebhookUrlNotAllowed
+from app.webhooks.models import (
+    DeliveryStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookSubscription,
+)
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    endpoint: WebhookEndpoint
+    event_types: list[str]
+
+
+async def _check_url(url: str) -> None:
+    try:
+        await targets.check(
+            url, allow_private=get_settings().webhook_allow_private_targets, must_resolve=False
+        )
+    except targets.TargetNotAllowed as exc:
+        raise WebhookUrlNotAllowed(
+            f"url {exc}", errors=[{"field": "url", "message": str(exc)}]
+        ) from None
+
+
+def _patterns(event_types: Sequence[str]) -> list[str]:
+    bad = [p for p in event_types if not valid_pattern(p)]
+    if bad:
+        raise InvalidRequest.field(
+            "event_types", f"unknown event type or pattern: {', '.join(bad)}"
+        )
+    return sorted(set(event_types))
+
+
+async def create_endpoint(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    url: str,
+    event_types: Sequence[str],
+    description: str | None,
+    enabled: bool,
+) -> EndpointView:
+    principal.require(Role.ADMIN)
+    patterns = _patterns(event_types)
+    await _check_url(url)
+    now = utc_now()
+    endpoint = WebhookEndpoint(
+        id=new_id("we"), url=url, description=description, enabled=enabled,
+        secret=signing.generate_secret(), created_at=now, updated_at=now,
+    )  # fmt: skip
+    session.add(endpoint)
+    await session.flush()
+    session.add_all([WebhookSubscription(endpoint_id=endpoint.id, pattern=p) for p in patterns])
+    await session.flush()
+    return EndpointView(endpoint, patterns)
+
+
+async def _load(session: AsyncSession, endpoint_id: str, *, lock: bool = False) -> EndpointView:
+    query = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
+    if lock:
+        query = query.with_for_update()
+    endpoint = await session.scalar(query)
+    if endpoint is None:
+        raise WebhookEndpointNotFound(f"webhook endpoint {endpoint_id} does not exist")
+    patterns = await session.scalars(
+        select(WebhookSubscription.pattern)
+        .where(WebhookSubscription.endpoint_id == endpoint.id)
+        .order_by(WebhookSubscription.pattern)
+    )
+    return EndpointView(endpoint, list(patterns))
+
+
+async def get_endpoint(
+    session: AsyncSession, principal: Principal, *, endpoint_id: str
+) -> EndpointView:
+    principal.require(Role.ADMIN)
+    return await _load(session, endpoint_id)
+
+
+async def list_endpoints(
+    session: AsyncSession, principal: Principal, *, page: PageParams
+) -> list[EndpointView]:
+    principal.require(Role.ADMIN)
+    query = select(WebhookEndpoint).order_by(WebhookEndpoint.id).limit(page.limit + 1)
+    if page.after_id:
+        query = query.where(WebhookEndpoint.id > page.after_id)
+    endpoints = list(await session.scalars(query))
+    rows = await session.execute(
+        select(WebhookSubscription.endpoint_id, WebhookSubscription.pattern).where(
+            WebhookSubscription.endpoint_id.in_([e.id for e in endpoints])
+        )
+    )
+    patterns: dict[str, list[str]] = {}
+    for endpoint_id, pattern in rows:
+        patterns.setdefault(endpoint_id, []).append(pattern)
+    return [EndpointView(e, sorted(patterns.get(e.id, []))) for e in endpoints]
+
+
+async def update_endpoint(
+    session: AsyncSession, principal: Principal, *, endpoint_id: str, changes: dict[str, Any]
+) -> EndpointView:
+    principal.require(Role.ADMIN)
+    view = await _load(session, endpoint_id, lock=True)
+    endpoint = view.endpoint
+    if "url" in changes:
+        await _check_url(changes["url"])
+        endpoint.url = changes["url"]
+    if "description" in changes:
+        endpoint.description = changes["description"]
+    if "enabled" in changes and changes["enabled"] is not None:
+        endpoint.enabled = bool(changes["enabled"])
+        if endpoint.enabled:
+            # Re-enabled by a person: the failure window starts afresh.
+            endpoint.disabled_reason, endpoint.failing_since = None, None
+    patterns = view.event_types
+    if "event_types" in changes and changes["event_types"] is not None:
+        patterns = _patterns(changes["event_types"])
+        await session.execute(
+            delete(WebhookSubscription).where(WebhookSubscription.endpoint_id == endpoint.id)
+        )
+        session.add_all([WebhookSubscription(endpoint_id=endpoint.id, pattern=p) for p in patterns])
+    endpoint.updated_at = utc_now()
+    await session.flush()
+    return EndpointView(endpoint, patterns)
+
+
+async def delete_endpoint(session: AsyncSession, principal: Principal, *, endpoint_id: str) -> None:
+    principal.require(Role.ADMIN)
+    view = await _load(session, endpoint_id, lock=True)
+    await session.delete(view.endpoint)
+
+
+async def rotate_secret(
+    session: AsyncSession, principal: Principal, *, endpoint_id: str
+) -> EndpointView:
+    """A new secret; the old one keeps signing (beside the new) for the overlap period, so
+    receivers can switch without losing a delivery."""
+    principal.require(Role.ADMIN)
+    view = await _load(session, endpoint_id, lock=True)
+    endpoint = view.endpoint
+    now = utc_now()
+    endpoint.previous_secret = endpoint.secret
+    endpoint.previous_secret_expires_at = now + timedelta(
+        hours=get_settings().webhook_secret_overlap_hours
+    )
+    endpoint.secret = signing.generate_secret()
+    endpoint.updated_at = now
+    return view
+
+
+def _matches(event_type: Any, pattern: Any) -> Any:
+    """SQL: does the event type match the pattern (exact, ``prefix.*`` or ``*``)? In LIKE the
+    underscores of type names are escaped, so ``loan.late_fee_*`` cannot over-match."""
+    like = func.replace(func.replace(pattern, "_", "\\_"), "*", "%")
+    return or_(
+        pattern == "*",
+        pattern == event_type,
+        and_(pattern.like("%.*"), event_type.like(like, escape="\\")),
+    )
+
+
+async def fan_out(
+    session: AsyncSession,
+    low_position: int,
+    high_position: int,
+    *,
+    only_endpoint: str | None = None,
+) -> None:
+    """A pending delivery for each event in the position range and each enabled endpoint
+    subscribed to its type. Idempotent: an existing delivery is left as it is."""
+    e, w, s = Event.__table__.c, WebhookEndpoint.__table__.c, WebhookSubscription.__table__.c
+    subscribed = exists().where(s.endpoint_id == w.id, _matches(e.type, s.pattern))
+    now = utc_now()
+    pairs = (
+        select(
+            e.position,
+            w.id,
+            literal(DeliveryStatus.PENDING.value),
+            literal(0),
+            literal(now),
+            literal(now),
+        )
+        .select_from(Event.__table__.join(WebhookEndpoint.__table__, true()))
+        .where(e.position.between(low_position, high_position), w.enabled, subscribed)
+    )
+    if only_endpoint is not None:
+        pairs = pairs.where(w.id == only_endpoint)
+    await session.execute(
+        insert_for(session, WebhookDelivery)
+        .from_select(
+            [
+                "event_position",
+                "endpoint_id",
+                "status",
+                "attempts",
+                "next_attempt_at",
+                "created_at",
+            ],
+            pairs,
+        )
+        .on_conflict_do_nothing(index_elements=["event_position", "endpoint_id"])
+    )
+    session.info["outbox_written"] = True
+
+
+async def send_test_event(
+    session: AsyncSession, principal: Principal, *, endpoint_id: str
+) -> Event:
+    """A ``webhook.test`` event, delivered to this endpoint only."""
+    from app.events import service as events
+
+    principal.require(Role.ADMIN)
+    view = await _load(session, endpoint_id)
+    event_id = await events.emit(
+        session,
+        "webhook.test",
+        {"endpoint_id": view.endpoint.id, "message": "Loanwatch webhook test"},
+        fan_out=False,
+    )
+    event = await session.scalar(select(Event).where(Event.id == event_id))
+    assert event is not None
+    await fan_out(session, event.position, event.position, only_endpoint=view.endpoint.id)
+    return event
+
+
+async def redeliver(
+    session: AsyncSession, principal: Principal, *, event_id: str, endpoint_id: str | None
+) -> int:
+    """Send an event again (same webhook-id) to its subscribed endpoints, or to one."""
+    principal.require(Role.ADMIN)
+    event = await session.scalar(select(Event).where(Event.id == event_id))
+    if event is None:
+        raise EventNotFound(f"event {event_id} does not exist")
+    if endpoint_id is not None:
+        await _load(session, endpoint_id)
+    await fan_out(session, event.position, event.position, only_endpoint=endpoint_id)
+    query = update(WebhookDelivery).where(WebhookDelivery.event_position == event.position)
+    if endpoint_id is not None:
+        query = query.where(WebhookDelivery.endpoint_id == endpoint_id)
+    result = await session.execute(
+        query.values(status=DeliveryStatus.PENDING, next_attempt_at=utc_now())
+    )
+    session.info["outbox_written"] = True
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def recover(
+    session: AsyncSession, principal: Principal, *, endpoint_id: str, since: datetime
+) -> int:
+    """Re-send everything the endpoint should have had since ``since``: failed deliveries, and
+    events it never got (written while it was disabled)."""
+    principal.require(Role.ADMIN)
+    view = await _load(session, endpoint_id)
+    if not view.endpoint.enabled:
+        raise InvalidRequest.field("enabled", "enable the endpoint before recovering")
+    first = await session.scalar(select(Event.position).where(Event.created_at >= since)
+                                 .order_by(Event.position).limit(1))  # fmt: skip
+    last = await session.scalar(select(Event.position).order_by(Event.position.desc()).limit(1))
+    if first is None or last is None:
+        return 0
+    await fan_out(session, first, last, only_endpoint=endpoint_id)
+    result = await session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.event_position >= first,
+            WebhookDelivery.status.in_((DeliveryStatus.FAILED, DeliveryStatus.PENDING)),
+        )
+        .values(status=DeliveryStatus.PENDING, next_attempt_at=utc_now())
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    delivery: WebhookDelivery
+    event: Event
+    attempts: list[WebhookAttempt]
+
+
+async def list_deliveries(
+    session: AsyncSession, principal: Principal, *, endpoint_id: str, page: PageParams
+) -> list[DeliveryView]:
+    principal.require(Role.ADMIN)
+    await _load(session, endpoint_id)
+    query = (
+        select(WebhookDelivery, Event)
+        .join(Event, Event.position == WebhookDelivery.event_position)
+        .where(WebhookDelivery.endpoint_id == endpoint_id)
+        .order_by(WebhookDelivery.id)
+        .limit(page.limit + 1)
+    )
+    if page.after_id:
+        if not page.after_id.isdigit():
+            raise InvalidRequest.field("cursor", "is not a cursor this API returned")
+        query = query.where(WebhookDelivery.id > int(page.after_id))
+    rows = (await session.execute(query)).all()
+    attempts: dict[int, list[WebhookAttempt]] = {}
+    for attempt in await session.scalars(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.delivery_id.in_([d.id for d, _ in rows]))
+        .order_by(WebhookAttempt.id)
+    ):
+        attempts.setdefault(attempt.delivery_id, []).append(attempt)
+    return [DeliveryView(d, e, attempts.get(d.id, [])) for d, e in rows]

@@ -1,0 +1,54 @@
+"""Where webhooks may be sent: never to private, loopback, link-local or metadata addresses
+(an API key holder must not make Loanwatch probe the internal network), checked at
+registration and again at delivery time, since DNS can change in between (rebinding)."""
+
+import asyncio
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+
+class TargetNotAllowed(ValueError):
+    pass
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def parse(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise TargetNotAllowed("must be an http(s) URL with a host")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise TargetNotAllowed("has an invalid port") from None
+    return parts.hostname, port
+
+
+async def addresses(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    return sorted({str(info[4][0]) for info in infos})
+
+
+async def check(url: str, *, allow_private: bool, must_resolve: bool) -> None:
+    """Raise TargetNotAllowed for a URL that may not receive webhooks. A name that does not
+    resolve passes registration (``must_resolve=False``): delivery checks it again."""
+    host, port = parse(url)
+    if allow_private:
+        return
+    try:
+        found = await addresses(host, port)
+    except OSError:
+        if must_resolve:
+            raise TargetNotAllowed(f"{host} does not resolve") from None
+        return
+    blocked = [a for a in found if not _public(a)]
+    if blocked:
+        raise TargetNotAllowed(f"{host} resolves to a non-public address ({blocked[0]})")

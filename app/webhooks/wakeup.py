@@ -1,0 +1,73 @@
+"""Wake the dispatcher when a transaction that wrote deliveries commits, so a healthy receiver
+gets the event within about a second; the periodic sweep catches any wake-up that is lost
+(Redis down, process killed) — the deliveries themselves are already safe in the database."""
+
+import asyncio
+import logging
+from concurrent.futures import Future
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from app.config import get_settings
+
+log = logging.getLogger("loanwatch.webhooks")
+
+# Bursts of commits (a close chunk, a busy POS) coalesce into one wake-up per window.
+COALESCE_SECONDS = 0.05
+
+
+class Wakeup:
+    def __init__(self) -> None:
+        self._in_process: asyncio.Event | None = None
+        self._scheduled = False
+
+    def attach(self, signal: asyncio.Event) -> None:
+        """The in-process dispatcher of this process waits on ``signal``."""
+        self._in_process = signal
+
+    def detach(self) -> None:
+        self._in_process = None
+
+    def notify(self) -> None:
+        if self._in_process is not None:
+            self._in_process.set()
+            return
+        if not get_settings().uses_celery or self._scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._scheduled = True
+        loop.call_later(COALESCE_SECONDS, self._send, loop)
+
+    def _send(self, loop: asyncio.AbstractEventLoop) -> None:
+        future = loop.run_in_executor(None, _send_dispatch_task)
+        future.add_done_callback(self._sent)
+
+    def _sent(self, _: "Future[None] | asyncio.Future[None]") -> None:
+        self._scheduled = False
+
+
+def _send_dispatch_task() -> None:
+    from workers.celery_app import celery
+
+    try:
+        celery.send_task("webhooks.dispatch", retry=False)
+    except Exception as exc:  # the broker is down: the sweep will deliver
+        log.warning("could not wake the webhook dispatcher: %s", exc)
+
+
+wakeup = Wakeup()
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if session.info.pop("outbox_written", False):
+        wakeup.notify()
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop("outbox_written", None)
