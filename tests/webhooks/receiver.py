@@ -1,0 +1,81 @@
+"""A real HTTP receiver for webhook tests, on a loopback port in a thread: it records every
+request and answers from a script (status codes, hangs), then 200."""
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from standardwebhooks import Webhook
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.body))
+
+    def verified(self, secret: str) -> dict[str, Any]:
+        """Checked by the independent standardwebhooks package, as a subscriber would."""
+        return dict(Webhook(secret).verify(self.body, self.headers))
+
+
+@dataclass
+class Receiver:
+    port: int
+    received: list[Received] = field(default_factory=list)
+    # Each request takes the next answer: an HTTP status, or ("hang", seconds); then 200.
+    script: list[Any] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hooks"
+
+    def answer(self) -> Any:
+        with self.lock:
+            return self.script.pop(0) if self.script else 200
+
+
+def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            answer = receiver.answer()
+            if isinstance(answer, tuple):
+                time.sleep(answer[1])
+                answer = 200
+            with receiver.lock:
+                receiver.received.append(
+                    Received({k.lower(): v for k, v in self.headers.items()}, body)
+                )
+            self.send_response(answer)
+            self.send_header("content-type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"ok" if answer < 300 else b"nope")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    return Handler
+
+
+@contextmanager
+def receiving(port: int = 0) -> Iterator[Receiver]:
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(Receiver(0)))
+    receiver = Receiver(server.server_address[1])
+    server.RequestHandlerClass = _handler(receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,298 @@
+"""Outbound webhooks against a real local receiver, every delivery verified with the
+independent standardwebhooks package."""
+
+import asyncio
+import socket
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.config import get_settings
+from app.db import session_scope, utc_now
+from app.scheduler import InProcessScheduler, Job, WebhookDispatcher
+from app.webhooks import dispatcher
+from app.webhooks.models import WebhookAttempt, WebhookDelivery
+from tests.factories import World, world
+from tests.webhooks.receiver import receiving
+
+
+@pytest.fixture(autouse=True)
+def loopback_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", True)
+
+
+async def endpoint(w: World, url: str, event_types: list[str] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"url": url, "description": "collections"}
+    if event_types:
+        body["event_types"] = event_types
+    response = await w.post("/v1/webhook-endpoints", body, headers=w.admin, expect=201)
+    return dict(response.json())
+
+
+async def deliver(at: Any = None) -> int:
+    return await dispatcher.drain(now=at)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_private_targets_are_refused_unless_allowed(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = await world(client)
+    monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", False)
+    for url in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest", "http://10.1.2.3/h",
+                "http://localhost:8080/h", "http://[::1]/h"):  # fmt: skip
+        response = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
+        assert response.status_code == 422, url
+        assert response.json()["code"] == "webhook_url_not_allowed"
+    bad = await w.post("/v1/webhook-endpoints", {"url": "ftp://x.test/h"}, headers=w.admin)
+    assert bad.status_code == 422
+    unknown = await w.post("/v1/webhook-endpoints",
+                           {"url": "https://x.test/h", "event_types": ["loan.exploded"]},
+                           headers=w.admin)  # fmt: skip
+    assert unknown.status_code == 422
+    assert (await w.post("/v1/webhook-endpoints", {"url": "https://x.test/h"})).status_code == 403
+
+
+async def test_an_event_arrives_signed_with_its_sequence(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        assert hook["secret"].startswith("whsec_")
+        assert hook["event_types"] == ["*"]
+        loan = await w.loan()
+        assert await deliver() == 1
+        (request,) = receiver.received
+        payload = request.verified(hook["secret"])
+        assert payload["type"] == "loan.created"
+        assert payload["data"]["loan_id"] == loan["id"]
+        assert isinstance(payload["data"]["sequence"], int)
+        assert request.headers["webhook-id"].startswith("evt_")
+        listed = await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin)
+        assert "secret" not in listed
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        (delivery,) = log["items"]
+        assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
+        assert delivery["attempt_log"][0]["status_code"] == 200
+        assert await deliver() == 0  # nothing twice
+
+
+async def test_fails_three_times_then_succeeds(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [500, 503, 400]
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        now = utc_now()
+        assert await deliver(now) == 1
+        assert await deliver(now) == 0  # the retry is not due yet
+        for later in (timedelta(seconds=6), timedelta(minutes=6), timedelta(minutes=40)):
+            assert await deliver(now + later) == 1
+        ids = {r.headers["webhook-id"] for r in receiver.received}
+        assert len(receiver.received) == 4
+        assert len(ids) == 1
+        for request in receiver.received:
+            request.verified(hook["secret"])
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        (delivery,) = log["items"]
+        assert delivery["status"] == "delivered"
+        assert [a["status_code"] for a in delivery["attempt_log"]] == [500, 503, 400, 200]
+        assert await deliver(now + timedelta(days=3)) == 0
+
+
+async def test_a_receiver_down_then_up_gets_everything(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    port = free_port()
+    hook = await endpoint(w, f"http://127.0.0.1:{port}/hooks")
+    for _ in range(3):
+        await w.loan()
+    now = utc_now()
+    assert await deliver(now) == 3  # connection refused, three times
+    async with session_scope() as session:
+        errors = list(await session.scalars(select(WebhookAttempt.error)))
+    assert all(e and "Connect" in e for e in errors), errors
+    with receiving(port) as receiver:
+        assert await deliver(now + timedelta(seconds=10)) == 3
+        assert {r.verified(hook["secret"])["type"] for r in receiver.received} == {"loan.created"}
+        assert len({r.headers["webhook-id"] for r in receiver.received}) == 3
+
+
+async def test_an_endpoint_failing_for_days_is_disabled(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [500] * 50
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        now = utc_now()
+        elapsed = timedelta()
+        for step in (timedelta(0), timedelta(seconds=6), timedelta(minutes=6),
+                     timedelta(minutes=31), timedelta(hours=2, minutes=1),
+                     timedelta(hours=5, minutes=1), timedelta(hours=10, minutes=1),
+                     timedelta(hours=10, minutes=1), timedelta(hours=10, minutes=1),
+                     timedelta(hours=10, minutes=1), timedelta(hours=24, minutes=1)):  # fmt: skip
+            elapsed += step
+            await deliver(now + elapsed)
+        got = await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin)
+        assert elapsed < timedelta(days=5)
+        assert got["enabled"] is True
+        await w.loan()  # a fresh event, still failing, five days after the first failure
+        await deliver(now + timedelta(days=5, minutes=1))
+        got = await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin)
+        assert got["enabled"] is False
+        assert "every delivery failed since" in got["disabled_reason"]
+        # Nothing is sent to a disabled endpoint; re-enabling resumes what is pending.
+        await w.loan()
+        sent = len(receiver.received)
+        await deliver(now + timedelta(days=6))
+        assert len(receiver.received) == sent
+        receiver.script = []
+        patched = await client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                                     json={"enabled": True}, headers=w.admin)  # fmt: skip
+        assert patched.json()["disabled_reason"] is None
+        assert await deliver(now + timedelta(days=6)) >= 1
+
+
+async def test_410_gone_disables_at_once(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [410]
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        await deliver()
+        got = await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin)
+        assert got["enabled"] is False
+        assert "410" in got["disabled_reason"]
+
+
+async def test_secret_rotation_signs_with_both_during_the_overlap(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        rotated = (await w.post(f"/v1/webhook-endpoints/{hook['id']}/rotate-secret", {},
+                                headers=w.admin, expect=200)).json()  # fmt: skip
+        assert rotated["secret"] != hook["secret"]
+        await w.loan()
+        await deliver()
+        request = receiver.received[-1]
+        assert len(request.headers["webhook-signature"].split(" ")) == 2
+        request.verified(hook["secret"])
+        request.verified(rotated["secret"])
+        # After the overlap only the new secret signs.
+        await w.loan()
+        await deliver(utc_now() + timedelta(hours=25))
+        request = receiver.received[-1]
+        request.verified(rotated["secret"])
+        with pytest.raises(Exception, match="signature"):
+            request.verified(hook["secret"])
+
+
+async def test_event_type_filters(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        await endpoint(w, receiver.url, ["risk.*"])
+        loans_hook = await endpoint(w, receiver.url.replace("hooks", "loans"), ["loan.*"])
+        loan = await w.loan(disbursed_on="2026-01-10")
+        await w.pay(loan["id"], "10.00", "2026-01-20")
+        await deliver()
+        types = {r.verified(loans_hook["secret"])["type"] for r in receiver.received}
+        assert "loan.created" in types
+        assert "payment.received" not in types
+        assert all(t.startswith("loan.") for t in types)
+
+
+async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        sent = await w.post(f"/v1/webhook-endpoints/{hook['id']}/test", None, headers=w.admin,
+                            expect=202)  # fmt: skip
+        await deliver()
+        assert receiver.received[0].verified(hook["secret"])["type"] == "webhook.test"
+        again = await w.post(f"/v1/events/{sent.json()['id']}/redeliver", None,
+                             headers=w.admin, expect=202)  # fmt: skip
+        assert again.json()["deliveries"] == 1
+        await deliver()
+        assert [r.headers["webhook-id"] for r in receiver.received] == [sent.json()["id"]] * 2
+        since = utc_now().isoformat()
+        receiver.script = [500] * 20
+        await w.loan()
+        await deliver()
+        receiver.script = []
+        recovered = await w.post(f"/v1/webhook-endpoints/{hook['id']}/recover",
+                                 {"since": since}, headers=w.admin, expect=202)  # fmt: skip
+        assert recovered.json()["deliveries"] == 1
+        await deliver()
+        assert receiver.received[-1].verified(hook["secret"])["type"] == "loan.created"
+
+
+async def test_a_hanging_receiver_times_out_and_is_retried(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_settings(), "webhook_timeout_seconds", 0.3)
+    await dispatcher.clients.close()  # new clients with the short timeout
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [("hang", 1.0)]
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        await deliver()
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        assert log["items"][0]["attempt_log"][0]["error"] == "timed out"
+        assert log["items"][0]["status"] == "pending"
+    await dispatcher.clients.close()
+
+
+async def test_a_dispatcher_killed_mid_batch_loses_nothing(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        for _ in range(5):
+            await w.loan()
+        now = utc_now()
+        claimed = await dispatcher._claim(now, 3)  # claimed, then the process died
+        assert len(claimed) == 3
+        assert await deliver(now) == 2  # the others are leased, not lost
+        assert await deliver(now + dispatcher.LEASE + timedelta(seconds=1)) == 3
+        assert len({r.verified(hook["secret"])["data"]["loan_id"] for r in receiver.received}) == 5
+
+
+async def test_a_commit_wakes_the_in_process_dispatcher(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(get_settings(), "webhook_sweep_seconds", 60)  # no sweep in this test
+    scheduler = InProcessScheduler(
+        (Job("dispatch", WebhookDispatcher().run_once, every_seconds=0),)
+    )
+    w = await world(client)
+    with receiving() as receiver:
+        await endpoint(w, receiver.url)
+        scheduler.start()
+        try:
+            await w.loan()
+            for _ in range(100):
+                if receiver.received:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(receiver.received) == 1
+        finally:
+            await scheduler.stop()
+
+
+async def test_metrics_show_the_backlog(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    await endpoint(w, f"http://127.0.0.1:{free_port()}/hooks")
+    await w.loan()
+    text = (await client.get("/metrics")).text
+    assert "loanwatch_webhook_backlog 1.0" in text
+    assert "loanwatch_http_requests_total" in text
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(WebhookDelivery)) == 1
