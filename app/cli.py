@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from app import demo as demo_portfolio
 from app import migrate as migrations
 from app.api.auth import Principal
 from app.api_keys import service as api_keys_service
@@ -77,6 +78,28 @@ def close(
     typer.echo(json.dumps(CloseRunRead.from_model(run).model_dump(mode="json"), indent=2))
     if run.status != "succeeded":
         raise typer.Exit(1)
+
+
+@cli.command()
+def demo(
+    loans: Annotated[int, typer.Option(min=1, help="How many loans to generate.")] = 1000,
+    as_of: Annotated[
+        datetime | None,
+        typer.Option("--as-of", formats=["%Y-%m-%d"], help="Date the portfolio is as of [today]."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same loans.")] = 1,
+) -> None:
+    """Generate a synthetic portfolio (borrowers, loans, payments, ledger) for demos and
+    benchmarks."""
+    migrations.upgrade()
+    try:
+        summary = asyncio.run(
+            demo_portfolio.run_demo(loans, as_of=as_of.date() if as_of else None, seed=seed)
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(summary.describe())
 
 
 @cli.command()

@@ -13,6 +13,7 @@ from app.config import get_settings
 from app.db import database
 from app.errors import install_error_handlers
 from app.events.routes import router as events_router
+from app.gateways.routes import router as gateways_router
 from app.loans.routes import router as loans_router
 from app.merchants.routes import router as merchants_router
 from app.ops import metrics
@@ -59,6 +60,7 @@ def create_app() -> FastAPI:
         events_router,
         close_router,
         webhooks_router,
+        gateways_router,
     ):
         app.include_router(router)
     return app

@@ -6,6 +6,7 @@ from app.borrowers.models import Borrower
 from app.close.models import CloseRun
 from app.db import Base
 from app.events.models import Event
+from app.gateways.models import FailedDebit, Gateway, InboundNotification
 from app.ledger.models import LedgerTransaction
 from app.loans.models import Loan, LoanInstallment
 from app.merchants.models import Merchant
@@ -24,7 +25,10 @@ __all__ = [
     "Borrower",
     "CloseRun",
     "Event",
+    "FailedDebit",
+    "Gateway",
     "IdempotencyRecord",
+    "InboundNotification",
     "LedgerTransaction",
     "Loan",
     "LoanInstallment",

@@ -14,8 +14,9 @@ MINOR_DIGITS: dict[str, int] = {
     "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3,
 }  # fmt: skip
 
-MONEY_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,3})?$")
-RATE_PATTERN = re.compile(r"^(0|[1-9][0-9]?)(\.[0-9]{1,6})?$")
+# \Z, not $: "$" also matches before a trailing newline, and Decimal("1\n") is 1.
+MONEY_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,3})?\Z")
+RATE_PATTERN = re.compile(r"^(0|[1-9][0-9]?)(\.[0-9]{1,6})?\Z")
 
 
 class Rounding(StrEnum):

@@ -1,0 +1,45 @@
+from datetime import date, datetime
+
+from sqlalchemy import JSON, BigInteger, Date, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utc_now
+
+
+class Gateway(Base):
+    """A payment gateway that reports auto-debit results by signed webhooks."""
+
+    __tablename__ = "gateway"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Kept in clear: verifying an HMAC needs the key itself.
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+class InboundNotification(Base):
+    """A processed notification, written in the transaction of its effect: the same
+    ``webhook-id`` again changes nothing."""
+
+    __tablename__ = "inbound_notification"
+
+    gateway: Mapped[str] = mapped_column(ForeignKey("gateway.name"), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    result: Mapped[dict[str, object]] = mapped_column(JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+class FailedDebit(Base):
+    """An auto-debit the gateway could not collect: input to the ``failed_debits`` risk rule."""
+
+    __tablename__ = "failed_debit"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), index=True)
+    gateway: Mapped[str] = mapped_column(ForeignKey("gateway.name"))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    attempted_on: Mapped[date] = mapped_column(Date)
+    reason: Mapped[str | None] = mapped_column(String(200))
+    external_ref: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

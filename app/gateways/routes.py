@@ -1,0 +1,36 @@
+from fastapi import APIRouter, Request, Response
+
+from app.api.deps import AdminPrincipal, SessionDep
+from app.gateways import service
+from app.gateways.schemas import GatewayCreate, GatewayCreated, GatewayRead, NotificationResult
+
+router = APIRouter(tags=["payment gateways"])
+
+
+@router.post("/v1/gateways", status_code=201, response_model=GatewayCreated)
+async def register_gateway(
+    body: GatewayCreate, session: SessionDep, principal: AdminPrincipal, response: Response
+) -> GatewayCreated:
+    response.headers["Cache-Control"] = "no-store"
+    gateway = await service.register(session, principal, name=body.name)
+    return GatewayCreated(name=gateway.name, created_at=gateway.created_at, secret=gateway.secret)
+
+
+@router.get("/v1/gateways", response_model=list[GatewayRead])
+async def list_gateways(session: SessionDep, principal: AdminPrincipal) -> list[GatewayRead]:
+    gateways = await service.list_gateways(session, principal)
+    return [GatewayRead(name=g.name, created_at=g.created_at) for g in gateways]
+
+
+@router.post("/v1/inbound/gateways/{name}", response_model=NotificationResult)
+async def receive_notification(
+    name: str, request: Request, session: SessionDep
+) -> NotificationResult:
+    """A gateway's Standard Webhooks-signed notification: ``debit.succeeded``,
+    ``debit.failed`` or ``payment.charged_back``. The signature is the authentication; the
+    same ``webhook-id`` again answers 200 and changes nothing."""
+    status, type_, result = await service.receive(
+        session, gateway_name=name, body=await request.body(),
+        headers={k.lower(): v for k, v in request.headers.items()},
+    )  # fmt: skip
+    return NotificationResult(status=status, type=type_, result=result)

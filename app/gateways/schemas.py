@@ -1,0 +1,56 @@
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.fields import MoneyStr, Reference
+
+GatewayName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+
+
+class GatewayCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: GatewayName
+
+
+class GatewayRead(BaseModel):
+    name: str
+    created_at: datetime
+
+
+class GatewayCreated(GatewayRead):
+    secret: str | None = Field(description="whsec_…, shown only in this response")
+
+
+class NotificationType(StrEnum):
+    DEBIT_SUCCEEDED = "debit.succeeded"
+    DEBIT_FAILED = "debit.failed"
+    PAYMENT_CHARGED_BACK = "payment.charged_back"
+
+
+class NotificationData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    loan_id: str = Field(min_length=1, max_length=40)
+    amount: MoneyStr | None = None
+    received_on: date | None = None
+    external_ref: Reference
+    reason: str | None = Field(default=None, max_length=200)
+
+
+class Notification(BaseModel):
+    """``{type, timestamp, data}`` as the gateway signs it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: NotificationType
+    timestamp: datetime
+    data: NotificationData
+
+
+class NotificationResult(BaseModel):
+    status: str = Field(description="processed, or duplicate for a webhook-id seen before")
+    type: str
+    result: dict[str, object]

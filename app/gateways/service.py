@@ -1,0 +1,138 @@
+"""Payment gateways: registration, and their signed notifications (auto-debit results)."""
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from standardwebhooks import Webhook
+
+from app import clock
+from app.api.auth import Principal
+from app.api_keys.models import Role
+from app.db import utc_now
+from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from app.events import service as events
+from app.gateways.models import FailedDebit, Gateway, InboundNotification
+from app.gateways.schemas import Notification, NotificationType
+from app.ids import new_id
+from app.loans import service as loans_service
+from app.money import format_minor, parse_amount
+from app.payments import service as payments_service
+from app.payments.errors import PaymentNotFound
+from app.payments.models import Payment, ReversalReason
+from app.payments.schemas import payment_read
+from app.webhooks import signing
+
+
+class GatewayExists(Conflict):
+    code = "gateway_exists"
+
+
+class GatewayNotFound(NotFound):
+    code = "gateway_not_found"
+
+
+class InvalidSignature(Unauthorized):
+    code = "invalid_signature"
+
+
+async def register(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
+    principal.require(Role.ADMIN)
+    if await session.get(Gateway, name) is not None:
+        raise GatewayExists(f"a gateway named {name} exists")
+    gateway = Gateway(name=name, secret=signing.generate_secret(), created_at=utc_now())
+    session.add(gateway)
+    await session.flush()
+    return gateway
+
+
+async def list_gateways(session: AsyncSession, principal: Principal) -> list[Gateway]:
+    principal.require(Role.ADMIN)
+    return list(await session.scalars(select(Gateway).order_by(Gateway.name)))
+
+
+async def receive(
+    session: AsyncSession, *, gateway_name: str, body: bytes, headers: dict[str, str]
+) -> tuple[str, str, dict[str, Any]]:
+    """Verify, then apply a notification once. Returns (status, type, result)."""
+    gateway = await session.get(Gateway, gateway_name)
+    if gateway is None:
+        raise GatewayNotFound(f"no gateway named {gateway_name}")
+    try:
+        Webhook(gateway.secret).verify(body, headers, json_parse=False)
+    except Exception as exc:  # the library raises several kinds for malformed headers
+        raise InvalidSignature(f"the webhook signature does not verify: {exc}") from None
+    webhook_id = headers["webhook-id"]
+    seen = await session.get(InboundNotification, (gateway.name, webhook_id))
+    if seen is not None:
+        return "duplicate", seen.type, dict(seen.result)
+    try:
+        notification = Notification.model_validate(json.loads(body))
+    except (ValueError, ValidationError) as exc:
+        raise InvalidRequest(f"malformed notification: {exc}") from None
+
+    system = Principal(api_key_id=f"gateway:{gateway.name}", role=Role.ADMIN)
+    data = notification.data
+    result: dict[str, Any]
+    if notification.type is NotificationType.DEBIT_SUCCEEDED:
+        if data.amount is None:
+            raise InvalidRequest.field("data.amount", "required for debit.succeeded")
+        view = await payments_service.record_payment(
+            session, system, loan_id=data.loan_id, amount=data.amount,
+            received_on=data.received_on, channel="auto_debit", external_ref=data.external_ref,
+        )  # fmt: skip
+        result = payment_read(view).model_dump(mode="json")
+    elif notification.type is NotificationType.DEBIT_FAILED:
+        result = await _record_failed_debit(session, system, gateway.name, notification)
+    else:
+        payment_id = await session.scalar(
+            select(Payment.id).where(
+                Payment.loan_id == data.loan_id, Payment.external_ref == data.external_ref
+            )
+        )
+        if payment_id is None:
+            raise PaymentNotFound(
+                f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
+            )
+        view = await payments_service.reverse_payment(
+            session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK
+        )
+        result = payment_read(view).model_dump(mode="json")
+    session.add(
+        InboundNotification(
+            gateway=gateway.name, webhook_id=webhook_id, type=notification.type,
+            result=result, received_at=utc_now(),
+        )
+    )  # fmt: skip
+    return "processed", notification.type, result
+
+
+async def _record_failed_debit(
+    session: AsyncSession, system: Principal, gateway: str, notification: Notification
+) -> dict[str, Any]:
+    data = notification.data
+    loan = await loans_service.get_loan(session, system, loan_id=data.loan_id, for_update=True)
+    amount = parse_amount("data.amount", data.amount, loan.currency) if data.amount else 0
+    debit = FailedDebit(
+        id=new_id("fdb"), loan_id=loan.id, gateway=gateway, amount_minor=amount,
+        attempted_on=data.received_on or clock.today(), reason=data.reason,
+        external_ref=data.external_ref, created_at=utc_now(),
+    )  # fmt: skip
+    session.add(debit)
+    await session.flush()
+    result = {
+        "failed_debit_id": debit.id,
+        "loan_id": loan.id,
+        "borrower_id": loan.borrower_id,
+        "merchant_id": loan.merchant_id,
+        "amount": format_minor(amount, loan.currency),
+        "currency": loan.currency,
+        "attempted_on": debit.attempted_on.isoformat(),
+        "reason": debit.reason,
+        "external_ref": debit.external_ref,
+        "gateway": gateway,
+    }
+    await events.emit(session, "payment.debit_failed", result, loan=loan)
+    return result

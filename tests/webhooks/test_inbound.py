@@ -1,0 +1,144 @@
+"""Signed notifications from payment gateways: debit results and chargebacks."""
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+from standardwebhooks import Webhook
+
+from app.db import session_scope
+from app.gateways.models import FailedDebit, InboundNotification
+from app.payments.models import Payment
+from tests.factories import World, world
+
+
+async def gateway(w: World, name: str = "alipay") -> str:
+    response = await w.post("/v1/gateways", {"name": name}, headers=w.admin, expect=201)
+    secret = response.json()["secret"]
+    assert secret.startswith("whsec_")
+    return str(secret)
+
+
+def signed(secret: str, body: dict[str, Any], msg_id: str, at: float | None = None) -> tuple[
+    bytes, dict[str, str]
+]:  # fmt: skip
+    raw = json.dumps(body).encode()
+    timestamp = datetime.fromtimestamp(at or time.time())
+    signature = Webhook(secret).sign(msg_id, timestamp, raw.decode())
+    return raw, {"webhook-id": msg_id, "webhook-timestamp": str(int(timestamp.timestamp())),
+                 "webhook-signature": signature, "content-type": "application/json"}  # fmt: skip
+
+
+def notification(type_: str, loan_id: str, **data: Any) -> dict[str, Any]:
+    return {"type": type_, "timestamp": "2026-02-10T08:00:00Z",
+            "data": {"loan_id": loan_id, "external_ref": "dd-1", **data}}  # fmt: skip
+
+
+async def post(client: httpx.AsyncClient, raw: bytes, headers: dict[str, str]) -> httpx.Response:
+    return await client.post("/v1/inbound/gateways/alipay", content=raw, headers=headers)
+
+
+async def count(model: type) -> int:
+    async with session_scope() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_a_succeeded_debit_records_a_payment_once(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="106.62", received_on="2026-02-10")
+    raw, headers = signed(secret, body, "msg_1")
+    first = await post(client, raw, headers)
+    assert first.status_code == 200, first.text
+    assert first.json()["status"] == "processed"
+    assert first.json()["result"]["channel"] == "auto_debit"
+    again = await post(client, raw, headers)
+    assert again.status_code == 200
+    assert again.json()["status"] == "duplicate"
+    assert again.json()["result"]["id"] == first.json()["result"]["id"]
+    assert await count(Payment) == 1
+
+
+async def test_a_failed_debit_is_recorded_with_an_event(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    raw, headers = signed(secret, notification("debit.failed", loan["id"], amount="106.62",
+                                               received_on="2026-02-10",
+                                               reason="insufficient funds"), "msg_2")  # fmt: skip
+    response = await post(client, raw, headers)
+    assert response.status_code == 200, response.text
+    assert response.json()["result"]["reason"] == "insufficient funds"
+    assert await count(FailedDebit) == 1
+    events = (await client.get("/v1/events?type=payment.debit_failed",
+                               headers=w.admin)).json()["items"]  # fmt: skip
+    assert [e["data"]["loan_id"] for e in events] == [loan["id"]]
+
+
+async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    paid = await w.pay(loan["id"], "50.00", "2026-01-20", external_ref="dd-1")
+    raw, headers = signed(secret, notification("payment.charged_back", loan["id"]), "msg_3")
+    response = await post(client, raw, headers)
+    assert response.status_code == 200, response.text
+    got = await w.get(f"/v1/payments/{paid['id']}")
+    assert (got["status"], got["reversal_reason"]) == ("reversed", "chargeback")
+    raw, headers = signed(secret, notification("payment.charged_back", loan["id"],
+                                               external_ref="nope"), "msg_4")  # fmt: skip
+    missing = await post(client, raw, headers)
+    assert missing.status_code == 404
+    assert missing.json()["code"] == "payment_not_found"
+
+
+async def test_bad_signatures_and_stale_timestamps_record_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00")
+    raw, headers = signed(secret, body, "msg_5")
+    cases = [
+        (raw.replace(b"10.00", b"99.00"), headers),  # tampered body
+        (raw, {**headers, "webhook-signature": "v1,AAAA"}),
+        (raw, {**headers, "webhook-signature": "garbage"}),
+        (raw, {k: v for k, v in headers.items() if k != "webhook-id"}),
+        signed(secret, body, "msg_6", at=time.time() - 600),  # outside the 5-minute window
+        signed("whsec_" + "QUJD" * 8, body, "msg_7"),  # another secret
+    ]
+    for raw_body, hdrs in cases:
+        response = await post(client, raw_body, hdrs)
+        assert response.status_code == 401, response.text
+        assert response.json()["code"] == "invalid_signature"
+    assert await count(Payment) == 0
+    assert await count(InboundNotification) == 0
+    unknown = await client.post("/v1/inbound/gateways/nobody", content=raw, headers=headers)
+    assert unknown.status_code == 404
+
+
+async def test_unknown_loans_and_malformed_bodies(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    raw, headers = signed(secret, notification("debit.succeeded", "loan_nope", amount="1.00"),
+                          "msg_8")  # fmt: skip
+    response = await post(client, raw, headers)
+    assert response.status_code == 404
+    assert response.json()["code"] == "loan_not_found"
+    for i, body in enumerate([
+        {"type": "debit.exploded", "timestamp": "2026-02-10T08:00:00Z", "data": {}},
+        {"type": "debit.succeeded", "timestamp": "2026-02-10T08:00:00Z",
+         "data": {"loan_id": "x", "external_ref": "r", "amount": 10.5}},
+        {"nothing": True},
+    ]):  # fmt: skip
+        raw, headers = signed(secret, body, f"msg_bad_{i}")
+        assert (await post(client, raw, headers)).status_code == 422
+    assert await count(InboundNotification) == 0
+    again = await w.post("/v1/gateways", {"name": "alipay"}, headers=w.admin)
+    assert again.status_code == 409
+    assert (await w.post("/v1/gateways", {"name": "x"})).status_code == 403
