@@ -6,6 +6,7 @@ over a range of loan ids. Tests hold both to the same answers.
 """
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, cast
 
@@ -90,30 +91,68 @@ async def refresh_loan(
     loan.days_past_due, loan.bucket, loan.status = dpd, bucket, status
     loan.delinquency_as_of = as_of
     if (previous[0], previous[1]) != (bucket, status):
-        await events.emit(
-            session,
-            "loan.delinquency_changed",
-            delinquency_event_data(loan, previous[0], previous[1], as_of),
-            loan=loan,
-        )
+        change = DelinquencyChange(
+            loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
+            loan.principal_outstanding_minor, as_of, dpd, previous[0], bucket, previous[1], status,
+        )  # fmt: skip
+        event = change.event()
+        await events.emit(session, event["type"], event["data"], loan=loan)
 
 
-def delinquency_event_data(
-    loan: Loan, previous_bucket: str, previous_status: str, as_of: date
+@dataclass(frozen=True)
+class DelinquencyChange:
+    """A loan whose bucket or status moved: what ``loan.delinquency_changed`` carries."""
+
+    loan_id: str
+    borrower_id: str
+    merchant_id: str
+    currency: str
+    principal_outstanding_minor: int
+    as_of: date
+    days_past_due: int
+    previous_bucket: str
+    bucket: str
+    previous_status: str
+    status: str
+
+    def event(self) -> dict[str, Any]:
+        return {
+            "type": "loan.delinquency_changed",
+            "loan_id": self.loan_id,
+            "data": {
+                "loan_id": self.loan_id,
+                "borrower_id": self.borrower_id,
+                "merchant_id": self.merchant_id,
+                "as_of": self.as_of.isoformat(),
+                "days_past_due": self.days_past_due,
+                "previous_bucket": self.previous_bucket,
+                "bucket": self.bucket,
+                "bucket_label": Bucket(self.bucket).label,
+                "previous_status": self.previous_status,
+                "status": self.status,
+                "currency": self.currency,
+                "principal_outstanding": format_minor(
+                    self.principal_outstanding_minor, self.currency
+                ),
+            },
+        }
+
+
+def _installment_event(
+    type_: str, loan_id: str, seq: int, due_date: date, facts: Any, **fields: Any
 ) -> dict[str, Any]:
     return {
-        "loan_id": loan.id,
-        "borrower_id": loan.borrower_id,
-        "merchant_id": loan.merchant_id,
-        "as_of": as_of.isoformat(),
-        "days_past_due": loan.days_past_due,
-        "previous_bucket": previous_bucket,
-        "bucket": loan.bucket,
-        "bucket_label": Bucket(loan.bucket).label,
-        "previous_status": previous_status,
-        "status": loan.status,
-        "currency": loan.currency,
-        "principal_outstanding": format_minor(loan.principal_outstanding_minor, loan.currency),
+        "type": type_,
+        "loan_id": loan_id,
+        "data": {
+            "loan_id": loan_id,
+            "borrower_id": facts.borrower_id,
+            "merchant_id": facts.merchant_id,
+            "installment_seq": seq,
+            "due_date": due_date.isoformat(),
+            "currency": facts.currency,
+            **fields,
+        },
     }
 
 
@@ -229,20 +268,15 @@ async def assess_late_fees(
     await events.emit_many(
         session,
         [
-            {
-                "type": "loan.late_fee_assessed",
-                "loan_id": f.loan_id,
-                "data": {
-                    "loan_id": f.loan_id,
-                    "borrower_id": facts[f.loan_id].borrower_id,
-                    "merchant_id": facts[f.loan_id].merchant_id,
-                    "installment_seq": f.seq,
-                    "due_date": f.due_date.isoformat(),
-                    "amount": format_minor(f.late_fees_minor, facts[f.loan_id].currency),
-                    "currency": facts[f.loan_id].currency,
-                    "as_of": as_of.isoformat(),
-                },
-            }
+            _installment_event(
+                "loan.late_fee_assessed",
+                f.loan_id,
+                f.seq,
+                f.due_date,
+                facts[f.loan_id],
+                amount=format_minor(f.late_fees_minor, facts[f.loan_id].currency),
+                as_of=as_of.isoformat(),
+            )
             for f in fees
         ],
     )
@@ -326,26 +360,19 @@ async def recompute_delinquency(
     await events.emit_many(
         session,
         [
-            {
-                "type": "loan.delinquency_changed",
-                "loan_id": c.id,
-                "data": {
-                    "loan_id": c.id,
-                    "borrower_id": c.borrower_id,
-                    "merchant_id": c.merchant_id,
-                    "as_of": as_of.isoformat(),
-                    "days_past_due": c.new_dpd,
-                    "previous_bucket": c.bucket,
-                    "bucket": c.new_bucket,
-                    "bucket_label": Bucket(c.new_bucket).label,
-                    "previous_status": c.status,
-                    "status": c.new_status,
-                    "currency": c.currency,
-                    "principal_outstanding": format_minor(
-                        c.principal_outstanding_minor, c.currency
-                    ),
-                },
-            }
+            DelinquencyChange(
+                c.id,
+                c.borrower_id,
+                c.merchant_id,
+                c.currency,
+                c.principal_outstanding_minor,
+                as_of,
+                c.new_dpd,
+                c.bucket,
+                c.new_bucket,
+                c.status,
+                c.new_status,
+            ).event()
             for c in changes
         ],
     )
@@ -380,20 +407,15 @@ async def send_reminders(
     await events.emit_many(
         session,
         [
-            {
-                "type": "installment.due_soon",
-                "loan_id": r.loan_id,
-                "data": {
-                    "loan_id": r.loan_id,
-                    "borrower_id": facts[r.loan_id].borrower_id,
-                    "merchant_id": facts[r.loan_id].merchant_id,
-                    "installment_seq": r.seq,
-                    "due_date": r.due_date.isoformat(),
-                    "amount_due": format_minor(r.amount_due, facts[r.loan_id].currency),
-                    "currency": facts[r.loan_id].currency,
-                    "days_until_due": (r.due_date - as_of).days,
-                },
-            }
+            _installment_event(
+                "installment.due_soon",
+                r.loan_id,
+                r.seq,
+                r.due_date,
+                facts[r.loan_id],
+                amount_due=format_minor(r.amount_due, facts[r.loan_id].currency),
+                days_until_due=(r.due_date - as_of).days,
+            )
             for r in reminded
         ],
     )
