@@ -20,6 +20,7 @@ from app.ops import metrics
 from app.ops.routes import router as ops_router
 from app.payments.routes import router as payments_router
 from app.products.routes import router as products_router
+from app.risk.routes import router as risk_router
 from app.scheduler import InProcessScheduler
 from app.webhooks.routes import router as webhooks_router
 from app.webhooks.wakeup import wakeup  # noqa: F401 - after-commit listeners
@@ -61,6 +62,7 @@ def create_app() -> FastAPI:
         close_router,
         webhooks_router,
         gateways_router,
+        risk_router,
     ):
         app.include_router(router)
     return app

@@ -12,6 +12,7 @@ from app.loans.models import Loan, LoanInstallment
 from app.merchants.models import Merchant
 from app.payments.models import Payment, PaymentAllocation
 from app.products.models import Product
+from app.risk.models import RiskFlag, RiskRulesVersion
 from app.webhooks.models import (
     WebhookAttempt,
     WebhookDelivery,
@@ -36,6 +37,8 @@ __all__ = [
     "Payment",
     "PaymentAllocation",
     "Product",
+    "RiskFlag",
+    "RiskRulesVersion",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -24,16 +24,19 @@ from app.config import get_settings
 from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.loans.models import Loan
+from app.risk import service as risk
 
 log = logging.getLogger("loanwatch.close")
 
 StepFunction = Callable[[AsyncSession, date, str | None, str | None], Awaitable[dict[str, int]]]
 Chunk = tuple[str | None, str | None]
 
-# In order: fees first, so a fee assessed today counts in today's arrears.
+# In order: fees first, so a fee assessed today counts in today's arrears; the risk engine
+# after delinquency, so its rules see today's days past due.
 STEPS: dict[str, StepFunction] = {
     "late_fees": delinquency.assess_late_fees,
     "delinquency": delinquency.recompute_delinquency,
+    "risk": risk.evaluate_loans,
     "reminders": delinquency.send_reminders,
 }
 

@@ -88,6 +88,10 @@ async def refresh_loan(
     if status in DELINQUENCY_STATUSES:
         status = status_for(dpd, get_settings().close.charge_off_after_days)
     previous = (loan.bucket, loan.status, loan.days_past_due)
+    if bucket != loan.bucket:
+        loan.previous_bucket = loan.bucket
+        if bucket == Bucket.CURRENT:
+            loan.cured_on = as_of
     loan.days_past_due, loan.bucket, loan.status = dpd, bucket, status
     loan.delinquency_as_of = as_of
     if (previous[0], previous[1]) != (bucket, status):
@@ -159,7 +163,7 @@ def _installment_event(
 # -- the set-based steps of the close ----------------------------------------------------
 
 
-def _unpaid() -> ColumnElement[int]:
+def unpaid_sql() -> ColumnElement[int]:
     i = _installment.c
     return (
         i.principal_minor + i.interest_minor + i.fees_minor + i.late_fees_minor
@@ -168,7 +172,7 @@ def _unpaid() -> ColumnElement[int]:
     )  # fmt: skip
 
 
-def _tolerance_sql() -> ColumnElement[int]:
+def tolerance_sql() -> ColumnElement[int]:
     """The arrears tolerance in each loan's own minor units."""
     tolerance = get_settings().close.arrears_tolerance
     by_digits: dict[int, list[str]] = {}
@@ -183,7 +187,7 @@ def _tolerance_sql() -> ColumnElement[int]:
     )
 
 
-def _in_range(column: Any, low: str | None, high: str | None) -> ColumnElement[bool]:
+def in_range(column: Any, low: str | None, high: str | None) -> ColumnElement[bool]:
     conditions = []
     if low is not None:
         conditions.append(column >= low)
@@ -196,7 +200,7 @@ async def lock_chunk(session: AsyncSession, low: str | None, high: str | None) -
     """Lock the chunk's open loans so payments wait for the step instead of racing it."""
     await session.execute(
         select(_loan.c.id)
-        .where(_in_range(_loan.c.id, low, high), _loan.c.status.in_(OPEN_STATUSES))
+        .where(in_range(_loan.c.id, low, high), _loan.c.status.in_(OPEN_STATUSES))
         .with_for_update()
     )
 
@@ -215,7 +219,7 @@ async def assess_late_fees(
 ) -> Counts:
     """Charge each installment more than ``grace_days`` late its product's late fee, once."""
     i, loan, product = _installment.c, _loan.c, _product.c
-    unpaid = _unpaid()
+    unpaid = unpaid_sql()
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
     percent_fee = (
         unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000
@@ -232,12 +236,12 @@ async def assess_late_fees(
         .where(
             i.loan_id == loan.id,
             loan.product_code == product.code,
-            _in_range(i.loan_id, low, high),
+            in_range(i.loan_id, low, high),
             loan.status.in_(OPEN_STATUSES),
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
             days_between(as_of_sql, i.due_date) > product.grace_days,
-            unpaid > _tolerance_sql(),
+            unpaid > tolerance_sql(),
             capped > 0,
         )
         .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=as_of)
@@ -291,12 +295,12 @@ def _delinquency_per_loan(as_of: date, low: str | None, high: str | None) -> Any
     i, loan = _installment.c, _loan.c
     as_of_sql = literal(as_of, Date)
     oldest_missed = func.min(
-        case((and_(i.due_date < as_of_sql, _unpaid() > _tolerance_sql()), i.due_date))
+        case((and_(i.due_date < as_of_sql, unpaid_sql() > tolerance_sql()), i.due_date))
     )
     return (
         select(i.loan_id.label("loan_id"), oldest_missed.label("oldest_missed"))
         .select_from(_installment.join(_loan, loan.id == i.loan_id))
-        .where(_in_range(i.loan_id, low, high), loan.status.in_(OPEN_STATUSES))
+        .where(in_range(i.loan_id, low, high), loan.status.in_(OPEN_STATUSES))
         .group_by(i.loan_id)
         .subquery("per_loan")
     )
@@ -355,7 +359,18 @@ async def recompute_delinquency(
             loan.id == per_loan.c.loan_id,
             or_(dpd != loan.days_past_due, moved),
         )
-        .values(days_past_due=dpd, bucket=bucket, status=status, delinquency_as_of=as_of)
+        .values(
+            days_past_due=dpd,
+            bucket=bucket,
+            status=status,
+            delinquency_as_of=as_of,
+            # SET reads the row as it was: remember the bucket left and the day of a cure.
+            previous_bucket=case((bucket != loan.bucket, loan.bucket), else_=loan.previous_bucket),
+            cured_on=case(
+                (and_(bucket == Bucket.CURRENT.value, loan.bucket != Bucket.CURRENT.value), as_of),
+                else_=loan.cured_on,
+            ),
+        )
     )
     await events.emit_many(
         session,
@@ -385,13 +400,13 @@ async def send_reminders(
     """``installment.due_soon`` for installments due ``reminder_days`` after ``as_of``, once."""
     i, loan = _installment.c, _loan.c
     due_on = as_of + timedelta(days=get_settings().close.reminder_days)
-    unpaid = _unpaid()
+    unpaid = unpaid_sql()
     reminded = (
         await session.execute(
             update(_installment)
             .where(
                 i.loan_id == loan.id,
-                _in_range(i.loan_id, low, high),
+                in_range(i.loan_id, low, high),
                 loan.status.in_(OPEN_STATUSES),
                 i.due_date == due_on,
                 i.reminded_on.is_(None),

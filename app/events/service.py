@@ -23,6 +23,7 @@ async def emit(
     data: dict[str, Any],
     *,
     loan: Loan | None = None,
+    loan_id: str | None = None,
     fan_out: bool = True,
 ) -> str:
     """Write an event to the outbox, and its deliveries to subscribed webhook endpoints, in the
@@ -33,7 +34,7 @@ async def emit(
         .values(
             id=event_id,
             type=type_,
-            loan_id=loan.id if loan is not None else None,
+            loan_id=loan.id if loan is not None else loan_id,
             data=data,
             created_at=utc_now(),
         )

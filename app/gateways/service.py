@@ -23,6 +23,7 @@ from app.payments import service as payments_service
 from app.payments.errors import PaymentNotFound
 from app.payments.models import Payment, ReversalReason
 from app.payments.schemas import payment_read
+from app.risk import service as risk
 from app.webhooks import signing
 
 
@@ -135,4 +136,5 @@ async def _record_failed_debit(
         "gateway": gateway,
     }
     await events.emit(session, "payment.debit_failed", result, loan=loan)
+    await risk.refresh_loan(session, loan)
     return result

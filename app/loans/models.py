@@ -62,6 +62,10 @@ class Loan(Base):
     days_past_due: Mapped[int] = mapped_column(Integer, default=0)
     bucket: Mapped[str] = mapped_column(String(8), default="current")
     delinquency_as_of: Mapped[date | None] = mapped_column(Date)
+    # The bucket before the last change, and the day arrears were last cleared: the memory
+    # the dpd_roll_forward and cure_relapse rules need.
+    previous_bucket: Mapped[str] = mapped_column(String(8), default="current")
+    cured_on: Mapped[date | None] = mapped_column(Date)
     paid_off_on: Mapped[date | None] = mapped_column(Date)
     cancelled_on: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

@@ -100,6 +100,10 @@ def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
     # Rounding up can pay a tiny loan off before its last period: then round the level payment
     # down, so the last installment absorbs the shortfall instead.
     floored = floor_minor(exact / step) * step
+    if floored <= _interest(terms.principal_minor, terms):
+        # Rounded down, the payment would not even cover the interest: an interest-only loan with
+        # the whole principal due last. Keep the nearest multiple and let the loan finish early.
+        floored = payment
     for level in (payment, floored):
         parts = _level_payment_parts(terms, level, strict=True)
         if parts is not None:
@@ -113,11 +117,10 @@ def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
 def _level_payment_parts(
     terms: ScheduleTerms, payment: int, *, strict: bool
 ) -> list[tuple[int, int]] | None:
-    rate = monthly_rate(terms.annual_rate)
     outstanding = terms.principal_minor
     parts = []
     for seq in range(1, terms.term + 1):
-        interest = round_minor(outstanding * rate, terms.rounding)
+        interest = _interest(outstanding, terms)
         principal = outstanding if seq == terms.term else payment - interest
         if seq < terms.term and not 0 <= principal < outstanding:
             if strict:
@@ -129,15 +132,21 @@ def _level_payment_parts(
 
 
 def _equal_principal_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
-    rate = monthly_rate(terms.annual_rate)
     share = _even_share(terms.principal_minor, terms.term, terms.rounding)
     outstanding = terms.principal_minor
     parts = []
     for seq in range(1, terms.term + 1):
         principal = outstanding if seq == terms.term else share
-        parts.append((principal, round_minor(outstanding * rate, terms.rounding)))
+        parts.append((principal, _interest(outstanding, terms)))
         outstanding -= principal
     return parts
+
+
+def _interest(outstanding_minor: int, terms: ScheduleTerms) -> int:
+    """A month's interest on the outstanding principal. Multiplied before dividing by 12, so an
+    exact tie (0.30 at 20 % is 0.5 minor units) rounds by the product's mode, not by where the
+    28 digits of 0.20 / 12 happened to stop."""
+    return round_minor(outstanding_minor * terms.annual_rate / 12, terms.rounding)
 
 
 def _fee_parts(terms: ScheduleTerms) -> list[int]:

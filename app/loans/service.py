@@ -223,6 +223,7 @@ async def create_loan(
         refund_due_minor=0,
         days_past_due=0,
         bucket="current",
+        previous_bucket="current",
         created_at=now,
         updated_at=now,
     )

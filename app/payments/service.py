@@ -36,6 +36,7 @@ from app.payments.errors import (
     PaymentNotFound,
 )
 from app.payments.models import Payment, PaymentAllocation, PaymentStatus, ReversalReason
+from app.risk import service as risk
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,7 @@ async def _store_position(
     await delinquency.refresh_loan(
         session, loan, position, await delinquency.delinquency_date(session)
     )
+    await risk.refresh_loan(session, loan)
 
 
 def _ledger(

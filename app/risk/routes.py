@@ -1,0 +1,69 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.api.deps import (
+    AdminPrincipal,
+    DashboardPrincipal,
+    MerchantPrincipal,
+    PageDep,
+    ReaderPrincipal,
+    SessionDep,
+)
+from app.api.pagination import Page, page_of
+from app.risk import service
+from app.risk.models import FlagStatus
+from app.risk.rules import FlagCode, RiskRules, Severity
+from app.risk.schemas import Acknowledge, FlagRead, LoanRiskRead, RulesRead
+
+router = APIRouter(tags=["risk"])
+
+
+@router.get("/v1/risk/rules", response_model=RulesRead)
+async def get_rules(session: SessionDep, principal: DashboardPrincipal) -> RulesRead:
+    version, rules = await service.get_rules(session, principal)
+    return RulesRead(version=version, rules=rules)
+
+
+@router.put("/v1/risk/rules", response_model=RulesRead)
+async def put_rules(body: RiskRules, session: SessionDep, principal: AdminPrincipal) -> RulesRead:
+    version, rules = await service.put_rules(session, principal, rules=body)
+    return RulesRead(version=version, rules=rules)
+
+
+@router.get("/v1/risk/flags", response_model=Page[FlagRead])
+async def list_flags(
+    session: SessionDep,
+    principal: ReaderPrincipal,
+    page: PageDep,
+    status: FlagStatus | None = None,
+    code: FlagCode | None = None,
+    severity: Severity | None = None,
+    borrower_id: Annotated[str | None, Query(max_length=40)] = None,
+    loan_id: Annotated[str | None, Query(max_length=40)] = None,
+) -> Page[FlagRead]:
+    flags = await service.list_flags(
+        session, principal, page=page, status=status, code=code, severity=severity,
+        borrower_id=borrower_id, loan_id=loan_id,
+    )  # fmt: skip
+    return page_of(flags, page, FlagRead.from_model)
+
+
+@router.post("/v1/risk/flags/{flag_id}/acknowledge", response_model=FlagRead)
+async def acknowledge(
+    flag_id: str, session: SessionDep, principal: MerchantPrincipal, body: Acknowledge | None = None
+) -> FlagRead:
+    flag = await service.acknowledge(
+        session, principal, flag_id=flag_id, note=body.note if body else None
+    )
+    return FlagRead.from_model(flag)
+
+
+@router.get("/v1/loans/{loan_id}/risk", response_model=LoanRiskRead)
+async def loan_risk(loan_id: str, session: SessionDep, principal: ReaderPrincipal) -> LoanRiskRead:
+    as_of, score, flags = await service.loan_risk(session, principal, loan_id=loan_id)
+    return LoanRiskRead(
+        loan_id=loan_id, as_of=as_of, score=score.score, grade=score.grade, reasons=score.reasons,
+        flags=[FlagRead.from_model(f) for f in flags if f.status == FlagStatus.OPEN],
+        history=[FlagRead.from_model(f) for f in flags],
+    )  # fmt: skip

@@ -1,0 +1,155 @@
+"""The early-warning rules' thresholds (SPEC: Early-warning flags), adjustable at
+``PUT /v1/risk/rules``; defaults as in the spec."""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.delinquency.rules import Bucket
+
+
+class FlagCode(StrEnum):
+    FIRST_PAYMENT_DEFAULT = "first_payment_default"
+    NEVER_PAID = "never_paid"
+    EARLY_PAYMENT_DEFAULT = "early_payment_default"
+    CONSECUTIVE_MISSED = "consecutive_missed"
+    DPD_ROLL_FORWARD = "dpd_roll_forward"
+    PAYMENT_REVERSAL = "payment_reversal"
+    FAILED_DEBITS = "failed_debits"
+    CURE_RELAPSE = "cure_relapse"
+    MULTI_LOAN_DELINQUENCY = "multi_loan_delinquency"
+
+
+class Severity(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+# dpd_roll_forward's severity follows the bucket the loan rolled into.
+ROLL_FORWARD_SEVERITY = {
+    Bucket.DPD_1_30: Severity.LOW,
+    Bucket.DPD_31_60: Severity.MEDIUM,
+    Bucket.DPD_61_90: Severity.HIGH,
+    Bucket.DPD_90_PLUS: Severity.CRITICAL,
+}
+
+
+class RiskRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    first_payment_default_days: int = Field(default=10, ge=1, le=365)
+    first_payment_default_high_days: int = Field(default=30, ge=1, le=365)
+    never_paid_dpd: int = Field(default=30, ge=1, le=365)
+    early_payment_default_installments: int = Field(default=3, ge=1, le=12)
+    early_payment_default_days: int = Field(default=60, ge=1, le=365)
+    consecutive_missed_count: int = Field(default=2, ge=1, le=12)
+    consecutive_missed_critical_count: int = Field(default=3, ge=1, le=24)
+    payment_reversal_days: int = Field(default=60, ge=1, le=365)
+    payment_reversal_high_count: int = Field(default=2, ge=1, le=50)
+    failed_debits_count: int = Field(default=2, ge=1, le=50)
+    failed_debits_days: int = Field(default=30, ge=1, le=365)
+    cure_relapse_days: int = Field(default=60, ge=1, le=365)
+    multi_loan_count: int = Field(default=2, ge=2, le=20)
+
+    @model_validator(mode="after")
+    def _escalations_follow_their_threshold(self) -> "RiskRules":
+        if self.first_payment_default_high_days < self.first_payment_default_days:
+            raise ValueError(
+                "first_payment_default_high_days must be >= first_payment_default_days"
+            )
+        if self.consecutive_missed_critical_count < self.consecutive_missed_count:
+            raise ValueError(
+                "consecutive_missed_critical_count must be >= consecutive_missed_count"
+            )
+        return self
+
+
+class LoanFeatures(BaseModel):
+    """What the rules look at for one loan as of a business date (computed in SQL)."""
+
+    loan_id: str
+    borrower_id: str
+    days_past_due: int
+    bucket: str
+    previous_bucket: str
+    cured_on_days_ago: int | None  # days from the last cure to the as-of date
+    first_due_date: str | None
+    first_installment_days_late: int | None  # unpaid beyond tolerance; None when settled
+    first_installment_unpaid_minor: int
+    early_default_seq: int | None  # first of the early installments 60+ days late
+    latest_due_seq: int | None  # newest installment due past its grace
+    last_good_seq: int | None  # newest such installment not missed
+    settled_payments: int
+    reversals: int
+    failed_debits: int
+    borrower_delinquent_loans: int
+
+
+Evaluation = dict[FlagCode, tuple[Severity, dict[str, object]]]
+
+
+def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
+    """The flags whose conditions hold, each with severity and evidence: pure, no I/O."""
+    flags: Evaluation = {}
+    fpd = f.first_installment_days_late
+    if fpd is not None and fpd >= rules.first_payment_default_days:
+        high = fpd >= rules.first_payment_default_high_days
+        flags[FlagCode.FIRST_PAYMENT_DEFAULT] = (
+            Severity.HIGH if high else Severity.MEDIUM,
+            {"installment_seq": 1, "due_date": f.first_due_date, "days_late": fpd,
+             "unpaid_minor": f.first_installment_unpaid_minor},
+        )  # fmt: skip
+    if f.settled_payments == 0 and f.days_past_due >= rules.never_paid_dpd:
+        flags[FlagCode.NEVER_PAID] = (
+            Severity.CRITICAL,
+            {"days_past_due": f.days_past_due, "settled_payments": 0},
+        )
+    if f.early_default_seq is not None:
+        flags[FlagCode.EARLY_PAYMENT_DEFAULT] = (
+            Severity.HIGH,
+            {"installment_seq": f.early_default_seq, "days_past_due": f.days_past_due},
+        )
+    if f.latest_due_seq is not None:
+        run = f.latest_due_seq - (f.last_good_seq or 0)
+        if run >= rules.consecutive_missed_count:
+            critical = run >= rules.consecutive_missed_critical_count
+            flags[FlagCode.CONSECUTIVE_MISSED] = (
+                Severity.CRITICAL if critical else Severity.HIGH,
+                {"missed_installments": list(range(f.latest_due_seq - run + 1,
+                                                   f.latest_due_seq + 1))},
+            )  # fmt: skip
+    bucket, previous = Bucket(f.bucket), Bucket(f.previous_bucket)
+    if bucket.rank > previous.rank and bucket is not Bucket.CURRENT:
+        flags[FlagCode.DPD_ROLL_FORWARD] = (
+            ROLL_FORWARD_SEVERITY[bucket],
+            {"from_bucket": previous.value, "to_bucket": bucket.value,
+             "days_past_due": f.days_past_due},
+        )  # fmt: skip
+    if f.reversals >= 1:
+        high = f.reversals >= rules.payment_reversal_high_count
+        flags[FlagCode.PAYMENT_REVERSAL] = (
+            Severity.HIGH if high else Severity.MEDIUM,
+            {"reversals": f.reversals, "within_days": rules.payment_reversal_days},
+        )
+    if f.failed_debits >= rules.failed_debits_count:
+        flags[FlagCode.FAILED_DEBITS] = (
+            Severity.MEDIUM,
+            {"failed_debits": f.failed_debits, "within_days": rules.failed_debits_days},
+        )
+    relapse = f.cured_on_days_ago
+    if f.days_past_due > 0 and relapse is not None:
+        days_between_cure_and_relapse = relapse - f.days_past_due
+        if 0 <= days_between_cure_and_relapse <= rules.cure_relapse_days:
+            flags[FlagCode.CURE_RELAPSE] = (
+                Severity.MEDIUM,
+                {"cured_days_before_relapse": days_between_cure_and_relapse,
+                 "days_past_due": f.days_past_due},
+            )  # fmt: skip
+    if f.days_past_due > 0 and f.borrower_delinquent_loans >= rules.multi_loan_count:
+        flags[FlagCode.MULTI_LOAN_DELINQUENCY] = (
+            Severity.HIGH,
+            {"borrower_id": f.borrower_id, "delinquent_loans": f.borrower_delinquent_loans},
+        )
+    return flags

@@ -1,0 +1,54 @@
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.risk.models import RiskFlag
+from app.risk.rules import RiskRules
+
+
+class RulesRead(BaseModel):
+    version: int
+    rules: RiskRules
+
+
+class FlagRead(BaseModel):
+    id: str
+    loan_id: str
+    borrower_id: str
+    code: str
+    severity: str
+    status: str
+    acknowledged: bool
+    acknowledged_at: datetime | None
+    acknowledged_note: str | None
+    raised_on: date
+    cleared_on: date | None
+    evidence: dict[str, Any]
+    rules_version: int
+
+    @classmethod
+    def from_model(cls, flag: RiskFlag) -> "FlagRead":
+        return cls(
+            id=flag.id, loan_id=flag.loan_id, borrower_id=flag.borrower_id, code=flag.code,
+            severity=flag.severity, status=flag.status, acknowledged=flag.acknowledged,
+            acknowledged_at=flag.acknowledged_at, acknowledged_note=flag.acknowledged_note,
+            raised_on=flag.raised_on, cleared_on=flag.cleared_on, evidence=flag.evidence,
+            rules_version=flag.rules_version,
+        )  # fmt: skip
+
+
+class Acknowledge(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str | None = Field(default=None, max_length=500)
+
+
+class LoanRiskRead(BaseModel):
+    loan_id: str
+    as_of: date
+    score: int
+    grade: str
+    reasons: list[dict[str, Any]]
+    flags: list[FlagRead] = Field(description="open flags")
+    history: list[FlagRead] = Field(description="every flag of the loan, newest first")

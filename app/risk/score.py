@@ -1,0 +1,56 @@
+"""The explainable risk score (0-1000) and grade (A-E) of a loan: pure, no I/O.
+
+Start from 1000; subtract for days past due (3 points a day, at most 400) and for each open
+flag by severity (low 25, medium 75, high 150, critical 300). A flag cleared within the last
+six months still weighs, fading linearly to nothing. Grades: A >= 800, B >= 650, C >= 500,
+D >= 300, E below. Every deduction is a reason (docs/risk.md).
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+SEVERITY_POINTS = {"low": 25, "medium": 75, "high": 150, "critical": 300}
+DPD_POINTS_PER_DAY, DPD_POINTS_MAX = 3, 400
+FADE_DAYS = 182
+GRADES = ((800, "A"), (650, "B"), (500, "C"), (300, "D"))
+
+
+@dataclass(frozen=True)
+class FlagFact:
+    code: str
+    severity: str
+    cleared_on: date | None
+
+
+@dataclass(frozen=True)
+class Score:
+    score: int
+    grade: str
+    reasons: list[dict[str, object]]
+
+
+def grade_for(score: int) -> str:
+    return next((grade for floor, grade in GRADES if score >= floor), "E")
+
+
+def score_loan(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> Score:
+    reasons: list[dict[str, object]] = []
+    total = 1000
+    if days_past_due > 0:
+        points = min(days_past_due * DPD_POINTS_PER_DAY, DPD_POINTS_MAX)
+        total -= points
+        reasons.append({"code": "days_past_due", "days": days_past_due, "points": -points})
+    for flag in flags:
+        points = SEVERITY_POINTS.get(flag.severity, 0)
+        if flag.cleared_on is not None:
+            age = (as_of - flag.cleared_on).days
+            if age >= FADE_DAYS:
+                continue
+            points = round(points * (1 - age / FADE_DAYS))
+        if points:
+            total -= points
+            reasons.append({"code": flag.code, "severity": flag.severity,
+                            "cleared": flag.cleared_on is not None, "points": -points})  # fmt: skip
+    score = max(total, 0)
+    return Score(score, grade_for(score), reasons)

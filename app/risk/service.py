@@ -1,0 +1,344 @@
+"""The early-warning engine: per-loan features in SQL, the rules of ``rules.py`` over them,
+and flags raised once per episode and cleared when the condition ends — each an event.
+
+The nightly close runs it over loan-id chunks after delinquency; a payment, reversal or failed
+debit runs the very same code for its one loan, in its own transaction.
+"""
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import Date, and_, case, func, literal, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.db import days_between, utc_now
+from app.delinquency import service as delinquency
+from app.errors import InvalidRequest, NotFound
+from app.events import service as events
+from app.gateways.models import FailedDebit
+from app.ids import new_id
+from app.loans.models import OPEN_STATUSES, Loan, LoanInstallment
+from app.payments.models import Payment, PaymentStatus, ReversalReason
+from app.products.models import Product
+from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion
+from app.risk.rules import FlagCode, LoanFeatures, RiskRules, Severity, evaluate
+from app.risk.score import FlagFact, Score, score_loan
+
+
+class RiskFlagNotFound(NotFound):
+    code = "risk_flag_not_found"
+
+
+async def current_rules(session: AsyncSession) -> tuple[int, RiskRules]:
+    """The rules in force and their version (0: the defaults, never changed)."""
+    latest = await session.scalar(
+        select(RiskRulesVersion).order_by(RiskRulesVersion.version.desc()).limit(1)
+    )
+    if latest is None:
+        return 0, RiskRules()
+    return latest.version, RiskRules.model_validate(latest.rules)
+
+
+async def get_rules(session: AsyncSession, principal: Principal) -> tuple[int, RiskRules]:
+    principal.require(Role.DASHBOARD)
+    return await current_rules(session)
+
+
+async def put_rules(
+    session: AsyncSession, principal: Principal, *, rules: RiskRules
+) -> tuple[int, RiskRules]:
+    """A new version; it applies from the next evaluation (run, payment or close)."""
+    principal.require(Role.ADMIN)
+    version, _ = await current_rules(session)
+    session.add(
+        RiskRulesVersion(
+            version=version + 1, rules=rules.model_dump(), created_at=utc_now(),
+            created_by=principal.api_key_id,
+        )
+    )  # fmt: skip
+    await session.flush()
+    return version + 1, rules
+
+
+def _features_query(
+    as_of: date, rules: RiskRules, low: str | None, high: str | None, loan_id: str | None
+) -> Any:
+    i, loan, product = LoanInstallment.__table__.c, Loan.__table__.c, Product.__table__.c
+    unpaid = delinquency.unpaid_sql()
+    tolerance = delinquency.tolerance_sql()
+    as_of_sql = literal(as_of, Date)
+    late = days_between(as_of_sql, i.due_date)
+    missed = and_(i.due_date < as_of_sql, unpaid > tolerance)
+
+    def scope(column: Any) -> Any:
+        return column == loan_id if loan_id is not None else delinquency.in_range(column, low, high)
+
+    per_loan = (
+        select(
+            i.loan_id,
+            func.max(case((i.seq == 1, i.due_date))).label("first_due_date"),
+            func.max(case((and_(i.seq == 1, missed), late))).label("first_late"),
+            func.max(case((i.seq == 1, unpaid), else_=0)).label("first_unpaid"),
+            func.min(
+                case(
+                    (
+                        and_(
+                            i.seq <= rules.early_payment_default_installments,
+                            missed,
+                            late >= rules.early_payment_default_days,
+                        ),
+                        i.seq,
+                    )
+                )
+            ).label("early_default_seq"),
+            func.max(case((late > product.grace_days, i.seq))).label("latest_due_seq"),
+            func.max(case((and_(late > product.grace_days, unpaid <= tolerance), i.seq))).label(
+                "last_good_seq"
+            ),
+        )
+        .select_from(
+            LoanInstallment.__table__.join(Loan.__table__, loan.id == i.loan_id).join(
+                Product.__table__, product.code == loan.product_code
+            )
+        )
+        .where(scope(i.loan_id), loan.status.in_(OPEN_STATUSES))
+        .group_by(i.loan_id)
+        .subquery()
+    )
+    p = Payment.__table__.c
+    reversal_cutoff = datetime.combine(as_of - timedelta(days=rules.payment_reversal_days),
+                                       time(), UTC)  # fmt: skip
+    payments = (
+        select(
+            p.loan_id,
+            func.sum(case((p.status == PaymentStatus.APPLIED.value, 1), else_=0)).label("settled"),
+            func.sum(
+                case(
+                    (
+                        and_(
+                            p.status == PaymentStatus.REVERSED.value,
+                            p.reversal_reason.in_(
+                                (ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)
+                            ),
+                            p.reversed_at >= reversal_cutoff,
+                        ),
+                        1,
+                    ),
+                    else_=0,
+                )
+            ).label("reversals"),
+        )
+        .where(scope(p.loan_id))
+        .group_by(p.loan_id)
+        .subquery()
+    )
+    fd = FailedDebit.__table__.c
+    debits = (
+        select(fd.loan_id, func.count().label("failed"))
+        .where(
+            scope(fd.loan_id),
+            fd.attempted_on > as_of - timedelta(days=rules.failed_debits_days),
+            fd.attempted_on <= as_of,
+        )
+        .group_by(fd.loan_id)
+        .subquery()
+    )
+    other = Loan.__table__.alias("other")
+    borrowers_in_scope = select(loan.borrower_id).where(scope(loan.id))
+    delinquent = (
+        select(other.c.borrower_id, func.count().label("delinquent"))
+        .where(
+            other.c.borrower_id.in_(borrowers_in_scope),
+            other.c.days_past_due > 0,
+            other.c.status.in_(OPEN_STATUSES),
+        )
+        .group_by(other.c.borrower_id)
+        .subquery()
+    )
+    return (
+        select(
+            loan.id,
+            loan.borrower_id,
+            loan.days_past_due,
+            loan.bucket,
+            loan.previous_bucket,
+            case((loan.cured_on.is_not(None), days_between(as_of_sql, loan.cured_on))).label(
+                "cured_days_ago"
+            ),
+            per_loan.c.first_due_date,
+            per_loan.c.first_late,
+            per_loan.c.first_unpaid,
+            per_loan.c.early_default_seq,
+            per_loan.c.latest_due_seq,
+            per_loan.c.last_good_seq,
+            func.coalesce(payments.c.settled, 0).label("settled"),
+            func.coalesce(payments.c.reversals, 0).label("reversals"),
+            func.coalesce(debits.c.failed, 0).label("failed"),
+            func.coalesce(delinquent.c.delinquent, 0).label("delinquent"),
+        )
+        .select_from(
+            Loan.__table__.join(per_loan, per_loan.c.loan_id == loan.id)
+            .outerjoin(payments, payments.c.loan_id == loan.id)
+            .outerjoin(debits, debits.c.loan_id == loan.id)
+            .outerjoin(delinquent, delinquent.c.borrower_id == loan.borrower_id)
+        )
+        .where(scope(loan.id), loan.status.in_(OPEN_STATUSES))
+    )
+
+
+async def evaluate_loans(
+    session: AsyncSession,
+    as_of: date,
+    low: str | None = None,
+    high: str | None = None,
+    *,
+    loan_id: str | None = None,
+) -> dict[str, int]:
+    """Raise, escalate and clear the flags of the open loans in the range (or of one loan)."""
+    version, rules = await current_rules(session)
+    rows = (await session.execute(_features_query(as_of, rules, low, high, loan_id))).all()
+    wanted: dict[tuple[str, str], tuple[Severity, dict[str, object], str]] = {}
+    for row in rows:
+        features = LoanFeatures(
+            loan_id=row.id, borrower_id=row.borrower_id, days_past_due=row.days_past_due,
+            bucket=row.bucket, previous_bucket=row.previous_bucket,
+            cured_on_days_ago=row.cured_days_ago,
+            first_due_date=str(row.first_due_date) if row.first_due_date else None,
+            first_installment_days_late=row.first_late,
+            first_installment_unpaid_minor=row.first_unpaid or 0,
+            early_default_seq=row.early_default_seq, latest_due_seq=row.latest_due_seq,
+            last_good_seq=row.last_good_seq, settled_payments=row.settled,
+            reversals=row.reversals, failed_debits=row.failed,
+            borrower_delinquent_loans=row.delinquent,
+        )  # fmt: skip
+        for code, (severity, evidence) in evaluate(features, rules).items():
+            wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)
+    open_query = select(RiskFlag).where(RiskFlag.status == FlagStatus.OPEN)
+    if loan_id is not None:
+        open_query = open_query.where(RiskFlag.loan_id == loan_id)
+    else:
+        open_query = open_query.where(delinquency.in_range(RiskFlag.loan_id, low, high))
+    open_flags = {(f.loan_id, f.code): f for f in await session.scalars(open_query)}
+    raised = cleared = escalated = 0
+    for key, flag in open_flags.items():
+        if key not in wanted:
+            flag.status, flag.cleared_on = FlagStatus.CLEARED, as_of
+            await events.emit(session, "risk.flag_cleared", flag_event(flag), loan_id=flag.loan_id)
+            cleared += 1
+        elif wanted[key][0] != flag.severity:
+            flag.severity, flag.evidence = wanted[key][0], _evidence(wanted[key][1], as_of)
+            escalated += 1
+    for (loan, flag_code), (severity, evidence, borrower) in wanted.items():
+        if (loan, flag_code) in open_flags:
+            continue
+        flag = RiskFlag(
+            id=new_id("flag"), loan_id=loan, borrower_id=borrower, code=flag_code,
+            severity=severity,
+            status=FlagStatus.OPEN, raised_on=as_of, evidence=_evidence(evidence, as_of),
+            rules_version=version, acknowledged=False, created_at=utc_now(),
+        )  # fmt: skip
+        session.add(flag)
+        await events.emit(session, "risk.flag_raised", flag_event(flag), loan_id=flag.loan_id)
+        raised += 1
+    await session.flush()
+    return {"loans_evaluated": len(rows), "flags_raised": raised, "flags_cleared": cleared,
+            "flags_changed": escalated}  # fmt: skip
+
+
+def _evidence(evidence: dict[str, object], as_of: date) -> dict[str, object]:
+    return {**evidence, "as_of": as_of.isoformat()}
+
+
+def flag_event(flag: RiskFlag) -> dict[str, Any]:
+    return {
+        "flag_id": flag.id,
+        "loan_id": flag.loan_id,
+        "borrower_id": flag.borrower_id,
+        "code": flag.code,
+        "severity": flag.severity,
+        "status": flag.status,
+        "raised_on": flag.raised_on.isoformat(),
+        "cleared_on": flag.cleared_on.isoformat() if flag.cleared_on else None,
+        "evidence": flag.evidence,
+        "rules_version": flag.rules_version,
+    }
+
+
+async def refresh_loan(session: AsyncSession, loan: Loan) -> None:
+    """The real-time path: re-evaluate one loan after a payment, reversal or failed debit."""
+    await session.flush()
+    await evaluate_loans(session, await delinquency.delinquency_date(session), loan_id=loan.id)
+
+
+async def list_flags(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    page: PageParams,
+    status: FlagStatus | None,
+    code: FlagCode | None,
+    severity: Severity | None,
+    borrower_id: str | None,
+    loan_id: str | None = None,
+) -> list[RiskFlag]:
+    principal.require(Role.MERCHANT, Role.DASHBOARD)
+    query = select(RiskFlag).order_by(RiskFlag.id).limit(page.limit + 1)
+    if principal.is_merchant:
+        query = query.join(Loan, Loan.id == RiskFlag.loan_id).where(
+            Loan.merchant_id == principal.merchant_id
+        )
+    for column, value in (
+        (RiskFlag.status, status), (RiskFlag.code, code), (RiskFlag.severity, severity),
+        (RiskFlag.borrower_id, borrower_id), (RiskFlag.loan_id, loan_id),
+    ):  # fmt: skip
+        if value is not None:
+            query = query.where(column == value)
+    if page.after_id:
+        query = query.where(RiskFlag.id > page.after_id)
+    return list(await session.scalars(query))
+
+
+async def acknowledge(
+    session: AsyncSession, principal: Principal, *, flag_id: str, note: str | None
+) -> RiskFlag:
+    principal.require(Role.MERCHANT)
+    flag = await session.get(RiskFlag, flag_id, with_for_update=True)
+    if flag is None:
+        raise RiskFlagNotFound(f"risk flag {flag_id} does not exist")
+    if principal.is_merchant:
+        loan = await session.get(Loan, flag.loan_id)
+        if loan is None or loan.merchant_id != principal.merchant_id:
+            raise RiskFlagNotFound(f"risk flag {flag_id} does not exist")
+    if flag.acknowledged:
+        raise InvalidRequest.field("flag_id", "is acknowledged already")
+    flag.acknowledged, flag.acknowledged_at, flag.acknowledged_note = True, utc_now(), note
+    return flag
+
+
+async def open_flags_of(session: AsyncSession, *, loan_ids: list[str]) -> list[RiskFlag]:
+    return list(
+        await session.scalars(
+            select(RiskFlag)
+            .where(RiskFlag.loan_id.in_(loan_ids), RiskFlag.status == FlagStatus.OPEN)
+            .order_by(RiskFlag.id)
+        )
+    )
+
+
+async def loan_risk(
+    session: AsyncSession, principal: Principal, *, loan_id: str
+) -> tuple[date, Score, list[RiskFlag]]:
+    from app.loans import service as loans_service
+
+    loan = await loans_service.get_loan(session, principal, loan_id=loan_id)
+    as_of = await delinquency.delinquency_date(session)
+    flags = list(
+        await session.scalars(
+            select(RiskFlag).where(RiskFlag.loan_id == loan.id).order_by(RiskFlag.id.desc())
+        )
+    )
+    facts = [FlagFact(f.code, f.severity, f.cleared_on) for f in flags]
+    return as_of, score_loan(loan.days_past_due, facts, as_of), flags

@@ -1,0 +1,243 @@
+"""Each early-warning flag through the API: a scenario that raises it, one that narrowly does
+not, and one that clears it."""
+
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+from standardwebhooks import Webhook
+
+from tests.factories import World, world
+
+
+async def setup(client: httpx.AsyncClient, **product: Any) -> World:
+    """Loans of 1200.00 over 3 months from 2026-01-10 (due Feb 10, Mar 10, Apr 10; 412.00,
+    408.00, 404.00), 3 days' grace; the business date pinned at 2026-01-10."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, **product)  # fmt: skip
+    await close(w, "2026-01-10")
+    return w
+
+
+async def close(w: World, as_of: str) -> None:
+    await w.post("/v1/close-runs", {"as_of": as_of}, headers=w.admin, expect=201)
+
+
+async def loan(w: World, borrower_id: str | None = None) -> str:
+    made = await w.loan(borrower_id, principal="1200.00", term=3, disbursed_on="2026-01-10")
+    return str(made["id"])
+
+
+async def flags(w: World, loan_id: str, status: str = "open") -> dict[str, dict[str, Any]]:
+    page = await w.get(f"/v1/risk/flags?loan_id={loan_id}&status={status}", headers=w.admin)
+    return {f["code"]: f for f in page["items"]}
+
+
+async def test_first_payment_default(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-19")  # 9 days late
+    assert "first_payment_default" not in await flags(w, loan_id)
+    await close(w, "2026-02-20")  # 10 days late
+    flag = (await flags(w, loan_id))["first_payment_default"]
+    assert (flag["severity"], flag["raised_on"]) == ("medium", "2026-02-20")
+    assert flag["evidence"]["installment_seq"] == 1
+    assert flag["evidence"]["days_late"] == 10
+    assert flag["rules_version"] == 0
+    await close(w, "2026-03-12")  # 30 days: high, the same episode
+    flag = (await flags(w, loan_id))["first_payment_default"]
+    assert (flag["severity"], flag["raised_on"]) == ("high", "2026-02-20")
+    await w.pay(loan_id, "432.00", "2026-03-12")  # the first installment and its late fee
+    assert "first_payment_default" not in await flags(w, loan_id)
+    cleared = (await flags(w, loan_id, "cleared"))["first_payment_default"]
+    assert cleared["cleared_on"] == "2026-03-12"
+    events = (await client.get("/v1/events?type=risk.flag_raised", headers=w.admin)).json()
+    assert "first_payment_default" in {e["data"]["code"] for e in events["items"]}
+    events = (await client.get("/v1/events?type=risk.flag_cleared", headers=w.admin)).json()
+    assert "first_payment_default" in {e["data"]["code"] for e in events["items"]}
+
+
+async def test_never_paid(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-03-11")  # 29 days past due
+    assert "never_paid" not in await flags(w, loan_id)
+    await close(w, "2026-03-12")
+    assert (await flags(w, loan_id))["never_paid"]["severity"] == "critical"
+    await w.pay(loan_id, "5.00", "2026-03-12")
+    assert "never_paid" not in await flags(w, loan_id)
+
+
+async def test_early_payment_default(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-04-10")  # 59 days after Feb 10
+    assert "early_payment_default" not in await flags(w, loan_id)
+    await close(w, "2026-04-11")
+    assert (await flags(w, loan_id))["early_payment_default"]["severity"] == "high"
+    got = await w.get(f"/v1/loans/{loan_id}")
+    await w.pay(loan_id, got["balances"]["overdue_amount"], "2026-04-11")
+    assert "early_payment_default" not in await flags(w, loan_id)
+
+
+async def test_consecutive_missed(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-03-13")  # the second installment only 3 days late: in grace
+    assert "consecutive_missed" not in await flags(w, loan_id)
+    await close(w, "2026-03-14")
+    flag = (await flags(w, loan_id))["consecutive_missed"]
+    assert (flag["severity"], flag["evidence"]["missed_installments"]) == ("high", [1, 2])
+    await close(w, "2026-04-14")
+    assert (await flags(w, loan_id))["consecutive_missed"]["severity"] == "critical"
+    got = await w.get(f"/v1/loans/{loan_id}")
+    await w.pay(loan_id, got["balances"]["overdue_amount"], "2026-04-14")
+    assert "consecutive_missed" not in await flags(w, loan_id)
+
+
+async def test_dpd_roll_forward(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-10")
+    assert "dpd_roll_forward" not in await flags(w, loan_id)
+    await close(w, "2026-02-11")  # current -> 1-30
+    flag = (await flags(w, loan_id))["dpd_roll_forward"]
+    assert (flag["severity"], flag["evidence"]["to_bucket"]) == ("low", "1-30")
+    await close(w, "2026-03-13")  # 31 days: 31-60
+    assert (await flags(w, loan_id))["dpd_roll_forward"]["severity"] == "medium"
+    got = await w.get(f"/v1/loans/{loan_id}")
+    await w.pay(loan_id, got["balances"]["overdue_amount"], "2026-03-13")
+    assert "dpd_roll_forward" not in await flags(w, loan_id)
+
+
+async def test_payment_reversal(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    first = await w.pay(loan_id, "10.00", "2026-01-15")
+    await w.post(f"/v1/payments/{first['id']}/reverse", {"reason": "error"}, expect=200)
+    assert "payment_reversal" not in await flags(w, loan_id)  # a booking error is no signal
+    second = await w.pay(loan_id, "10.00", "2026-01-16")
+    await w.post(f"/v1/payments/{second['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "medium"
+    third = await w.pay(loan_id, "10.00", "2026-01-17")
+    await w.post(f"/v1/payments/{third['id']}/reverse", {"reason": "chargeback"}, expect=200)
+    assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "high"
+
+
+async def test_failed_debits(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    secret = (await w.post("/v1/gateways", {"name": "unionpay"}, headers=w.admin,
+                           expect=201)).json()["secret"]  # fmt: skip
+
+    async def failed_debit(n: int, day: str) -> None:
+        data = {"loan_id": loan_id, "amount": "412.00", "received_on": day,
+                "external_ref": f"dd-{n}", "reason": "nsf"}  # fmt: skip
+        body = json.dumps({"type": "debit.failed", "timestamp": "2026-01-20T00:00:00Z",
+                           "data": data}).encode()  # fmt: skip
+        now = datetime.fromtimestamp(time.time())
+        signature = Webhook(secret).sign(f"m{n}", now, body.decode())
+        headers = {"webhook-id": f"m{n}", "webhook-timestamp": str(int(now.timestamp())),
+                   "webhook-signature": signature}  # fmt: skip
+        response = await client.post("/v1/inbound/gateways/unionpay", content=body,
+                                     headers=headers)  # fmt: skip
+        assert response.status_code == 200, response.text
+
+    await failed_debit(1, "2026-01-10")
+    assert "failed_debits" not in await flags(w, loan_id)  # one failure is not a pattern
+    await failed_debit(2, "2026-01-10")
+    flag = (await flags(w, loan_id))["failed_debits"]
+    assert (flag["severity"], flag["evidence"]["failed_debits"]) == ("medium", 2)
+    await close(w, "2026-02-09")  # both now more than 30 days back
+    assert "failed_debits" not in await flags(w, loan_id)
+
+
+async def test_cure_relapse(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    await w.pay(loan_id, "432.00", "2026-02-20")  # cured on Feb 20
+    assert "cure_relapse" not in await flags(w, loan_id)
+    await close(w, "2026-03-14")  # late again 22 days after the cure
+    flag = (await flags(w, loan_id))["cure_relapse"]
+    assert flag["evidence"]["cured_days_before_relapse"] == 18  # Feb 20 -> Mar 10
+
+
+async def test_cure_relapse_outside_the_window(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    await w.post("/v1/close-runs", {"as_of": "2026-01-11"}, headers=w.admin, expect=201)
+    rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
+    rules["cure_relapse_days"] = 10
+    await client.put("/v1/risk/rules", json=rules, headers=w.admin)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    await w.pay(loan_id, "432.00", "2026-02-20")
+    await close(w, "2026-03-14")  # 18 days between cure and relapse: beyond 10
+    assert "cure_relapse" not in await flags(w, loan_id)
+
+
+async def test_multi_loan_delinquency(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    borrower = await w.borrower(monthly_income="20000.00")
+    first, second = await loan(w, borrower["id"]), await loan(w, borrower["id"])
+    await w.pay(second, "412.00", "2026-02-09")
+    await close(w, "2026-02-12")  # only the first is late
+    assert "multi_loan_delinquency" not in await flags(w, first)
+    await close(w, "2026-03-12")  # now both are
+    for loan_id in (first, second):
+        flag = (await flags(w, loan_id))["multi_loan_delinquency"]
+        assert (flag["severity"], flag["evidence"]["delinquent_loans"]) == ("high", 2)
+
+
+async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    current = await w.get("/v1/risk/rules", headers=w.admin)
+    assert current["version"] == 0
+    assert current["rules"]["first_payment_default_days"] == 10
+    rules = {**current["rules"], "first_payment_default_days": 5}
+    assert (await client.put("/v1/risk/rules", json=rules, headers=w.merchant)).status_code == 403
+    bad = await client.put("/v1/risk/rules", json={**rules, "first_payment_default_days": 0},
+                           headers=w.admin)  # fmt: skip
+    assert bad.status_code == 422
+    bad = await client.put("/v1/risk/rules", json={**rules, "first_payment_default_high_days": 4},
+                           headers=w.admin)  # fmt: skip
+    assert bad.status_code == 422
+    put = await client.put("/v1/risk/rules", json=rules, headers=w.admin)
+    assert put.json()["version"] == 1
+    await close(w, "2026-02-15")  # 5 days late
+    flag = (await flags(w, loan_id))["first_payment_default"]
+    assert flag["rules_version"] == 1
+
+
+async def test_acknowledging_a_flag_and_the_loan_risk(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-03-12")
+    flag = (await flags(w, loan_id))["never_paid"]
+    acked = await w.post(f"/v1/risk/flags/{flag['id']}/acknowledge", {"note": "called, no answer"},
+                         expect=200)  # fmt: skip
+    assert acked.json()["acknowledged"] is True
+    assert acked.json()["acknowledged_note"] == "called, no answer"
+    again = await w.post(f"/v1/risk/flags/{flag['id']}/acknowledge", {})
+    assert again.status_code == 422
+    risk = await w.get(f"/v1/loans/{loan_id}/risk")
+    open_codes = {f["code"] for f in risk["flags"]}
+    assert {"never_paid", "first_payment_default", "dpd_roll_forward"} <= open_codes
+    # 30 days past due (-90) and the open flags' severities.
+    points = {"low": 25, "medium": 75, "high": 150, "critical": 300}
+    expected = max(1000 - 90 - sum(points[f["severity"]] for f in risk["flags"]), 0)
+    assert risk["score"] == expected
+    bands = [(800, "A"), (650, "B"), (500, "C"), (300, "D")]
+    assert risk["grade"] == next((g for floor, g in bands if expected >= floor), "E")
+    assert {r["code"] for r in risk["reasons"]} >= {"days_past_due", "never_paid"}
+    other = await world(client)
+    assert (
+        await client.get(f"/v1/loans/{loan_id}/risk", headers=other.merchant)
+    ).status_code == 404
+    filtered = await w.get("/v1/risk/flags?code=never_paid&severity=critical", headers=w.admin)
+    assert [f["loan_id"] for f in filtered["items"]] == [loan_id]
+    bad = await client.get("/v1/risk/flags?code=made_up", headers=w.admin)
+    assert bad.status_code == 422
