@@ -64,6 +64,15 @@ class BorrowerRead(BaseModel):
             exposure=format_minor(view.exposure_minor, b.currency),
             available_limit=format_minor(view.available_minor, b.currency),
             risk_grade=b.risk_grade,
-            open_flags=[],
+            open_flags=[
+                {
+                    "id": f.id,
+                    "loan_id": f.loan_id,
+                    "code": f.code,
+                    "severity": f.severity,
+                    "raised_on": f.raised_on.isoformat(),
+                }
+                for f in view.open_flags
+            ],
             created_at=b.created_at,
         )

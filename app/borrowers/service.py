@@ -17,6 +17,7 @@ from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan
 from app.merchants import service as merchants_service
 from app.money import format_minor, parse_amount, setting_to_minor
+from app.risk.models import FlagStatus, RiskFlag
 
 
 class BorrowerNotFound(NotFound):
@@ -31,6 +32,7 @@ class BorrowerExists(Conflict):
 class BorrowerView:
     borrower: Borrower
     exposure_minor: int
+    open_flags: tuple[RiskFlag, ...] = ()
 
     @property
     def available_minor(self) -> int:
@@ -144,7 +146,12 @@ async def view_borrower(
     session: AsyncSession, principal: Principal, *, borrower_id: str
 ) -> BorrowerView:
     borrower = await get_borrower(session, principal, borrower_id=borrower_id)
-    return BorrowerView(borrower, await exposure_minor(session, borrower.id))
+    flags = await session.scalars(
+        select(RiskFlag)
+        .where(RiskFlag.borrower_id == borrower.id, RiskFlag.status == FlagStatus.OPEN)
+        .order_by(RiskFlag.id)
+    )
+    return BorrowerView(borrower, await exposure_minor(session, borrower.id), tuple(flags))
 
 
 async def list_borrowers(

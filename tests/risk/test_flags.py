@@ -241,3 +241,13 @@ async def test_acknowledging_a_flag_and_the_loan_risk(client: httpx.AsyncClient)
     assert [f["loan_id"] for f in filtered["items"]] == [loan_id]
     bad = await client.get("/v1/risk/flags?code=made_up", headers=w.admin)
     assert bad.status_code == 422
+
+
+async def test_the_borrower_shows_its_open_flags(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    borrower_id = (await w.get(f"/v1/loans/{loan_id}"))["borrower_id"]
+    borrower = await w.get(f"/v1/borrowers/{borrower_id}")
+    assert {f["code"] for f in borrower["open_flags"]} == set(await flags(w, loan_id))
+    assert borrower["open_flags"]
