@@ -35,6 +35,9 @@ class CloseSettings(BaseModel):
     # An installment counts as missed only when more than this is unpaid (major units).
     arrears_tolerance: Decimal = Field(default=Decimal("1.00"), ge=0)
     charge_off_after_days: int = Field(default=180, ge=91)
+    # One request closes at most this many dates (a first close this far back, or a catch-up
+    # after a long outage, goes in steps).
+    max_dates_per_request: int = Field(default=400, ge=1)
     # A run still "running" without a heartbeat for this long is taken to have crashed.
     stale_after_minutes: int = Field(default=30, ge=1)
 

@@ -306,7 +306,8 @@ class _LoanBuilder:
         """A payment of at most what ``inst`` owes, every earlier installment being settled: the
         waterfall puts all of it on ``inst``."""
         payment_id = self._payment(amount, day, rng)
-        assert self._allocate(payment_id, inst, amount, day) == 0
+        left = self._allocate(payment_id, inst, amount, day)
+        assert left == 0
 
     def bounce(self, amount: int, day: date, reversed_on: date, rng: random.Random) -> None:
         """A payment later reversed: a replay leaves no allocation of it."""

@@ -6,6 +6,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_TYPE_BASE = "https://loanwatch.dev/problems/"
@@ -122,6 +123,16 @@ async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
+async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
+    # No connection came free in time (a long close on the embedded default's one SQLite
+    # connection, or an exhausted pool): a retry will do, nothing was written.
+    return problem(
+        503, "service_busy", "Service busy",
+        "the database is busy; nothing was stored, retry the request shortly",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
 
@@ -131,4 +142,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_exception_handler(Exception, _unexpected_error)

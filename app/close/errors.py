@@ -16,3 +16,8 @@ class CloseInProgress(Conflict):
 
 class CloseRunNotFound(NotFound):
     code = "close_run_not_found"
+
+
+class CloseCatchUpTooLong(InvalidRequest):
+    code = "close_catch_up_too_long"
+    title = "Too many dates to close at once"

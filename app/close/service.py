@@ -18,7 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.api.auth import Principal
 from app.api_keys.models import Role
-from app.close.errors import CloseDateInFuture, CloseDateInPast, CloseInProgress, CloseRunNotFound
+from app.close.errors import (
+    CloseCatchUpTooLong,
+    CloseDateInFuture,
+    CloseDateInPast,
+    CloseInProgress,
+    CloseRunNotFound,
+)
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
 from app.db import session_scope, utc_now
@@ -92,6 +98,12 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
         dates = [as_of]
     else:
         dates = [last + timedelta(days=n) for n in range(1, (as_of - last).days + 1)]
+    limit = get_settings().close.max_dates_per_request
+    if len(dates) > limit:
+        raise CloseCatchUpTooLong(
+            f"closing {as_of} would close {len(dates)} dates from {dates[0]}; close at most "
+            f"{limit} at a time (first up to {dates[limit - 1]})"
+        )
     for day in dates:
         run = await session.get(CloseRun, day, with_for_update=True)
         if run is None:

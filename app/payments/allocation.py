@@ -142,7 +142,7 @@ def apply_payment(position: LoanPosition, payment: PaymentIn) -> None:
     for inst in position.installments:
         if inst.terms.due_date <= day and remaining:
             remaining = _pay_installment(position, inst, payment, remaining)
-    if remaining and remaining >= position.payoff_minor(day):
+    if remaining >= position.payoff_minor(day):
         remaining = _pay_off(position, payment, remaining)
     for inst in position.installments:
         if remaining:

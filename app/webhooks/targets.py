@@ -25,8 +25,9 @@ def parse(url: str) -> tuple[str, int]:
         raise TargetNotAllowed("must be an http(s) URL with a host")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise TargetNotAllowed("has an invalid port") from None
+        parts.hostname.encode("idna")
+    except (ValueError, UnicodeError):
+        raise TargetNotAllowed("has an invalid host or port") from None
     return parts.hostname, port
 
 
@@ -45,7 +46,7 @@ async def check(url: str, *, allow_private: bool, must_resolve: bool) -> None:
         return
     try:
         found = await addresses(host, port)
-    except OSError:
+    except (OSError, UnicodeError):
         if must_resolve:
             raise TargetNotAllowed(f"{host} does not resolve") from None
         return

@@ -245,3 +245,14 @@ async def test_zero_decimal_currencies_use_their_own_minor_units(
     await close(w, "2026-02-12")
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert (got["days_past_due"], got["balances"]["fees_outstanding"]) == (0, "0")
+
+
+async def test_a_catch_up_longer_than_the_limit_is_refused(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, _ = await late_world(client)  # business date 2026-01-10
+    monkeypatch.setattr(get_settings().close, "max_dates_per_request", 30)
+    too_far = await close(w, "2026-02-10", expect=422)  # 31 dates
+    assert too_far["code"] == "close_catch_up_too_long"
+    assert (await close(w, "2026-02-09"))["status"] == "succeeded"  # 30 dates
+    assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-02-09"
