@@ -12,7 +12,7 @@ from app.loans.models import Loan, LoanInstallment
 from app.merchants.models import Merchant
 from app.payments.models import Payment, PaymentAllocation
 from app.products.models import Product
-from app.risk.models import RiskFlag, RiskRulesVersion
+from app.risk.models import RiskFlag, RiskRulesVersion, RiskRun
 from app.webhooks.models import (
     WebhookAttempt,
     WebhookDelivery,
@@ -39,6 +39,7 @@ __all__ = [
     "Product",
     "RiskFlag",
     "RiskRulesVersion",
+    "RiskRun",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -18,7 +18,12 @@ celery = Celery(
     broker=settings.redis_url,
     # Chords (the close's fan-out) count finished chunks in the result backend.
     backend=settings.redis_url,
-    include=["workers.tasks.maintenance", "workers.tasks.close", "workers.tasks.webhooks"],
+    include=[
+        "workers.tasks.maintenance",
+        "workers.tasks.close",
+        "workers.tasks.webhooks",
+        "workers.tasks.risk",
+    ],
 )
 close_hour, close_minute = (int(part) for part in settings.close.time.split(":"))
 celery.conf.update(

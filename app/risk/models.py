@@ -57,3 +57,21 @@ class RiskFlag(Base):
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     acknowledged_note: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+
+
+class RiskRun(Base):
+    """An on-demand evaluation of every open loan as of a date (the close runs the same step)."""
+
+    __tablename__ = "risk_run"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    as_of: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(10))
+    rules_version: Mapped[int] = mapped_column(Integer)
+    counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
+    chunks: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column()
+    error: Mapped[str | None] = mapped_column(String(2000))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

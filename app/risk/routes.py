@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from app.api.deps import (
     AdminPrincipal,
@@ -11,10 +11,17 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.pagination import Page, page_of
-from app.risk import service
+from app.risk import runs, service
 from app.risk.models import FlagStatus
 from app.risk.rules import FlagCode, RiskRules, Severity
-from app.risk.schemas import Acknowledge, FlagRead, LoanRiskRead, RulesRead
+from app.risk.schemas import (
+    Acknowledge,
+    FlagRead,
+    LoanRiskRead,
+    RiskRunCreate,
+    RiskRunRead,
+    RulesRead,
+)
 
 router = APIRouter(tags=["risk"])
 
@@ -67,3 +74,23 @@ async def loan_risk(loan_id: str, session: SessionDep, principal: ReaderPrincipa
         flags=[FlagRead.from_model(f) for f in flags if f.status == FlagStatus.OPEN],
         history=[FlagRead.from_model(f) for f in flags],
     )  # fmt: skip
+
+
+@router.post(
+    "/v1/risk/runs",
+    status_code=201,
+    response_model=RiskRunRead,
+    responses={202: {"model": RiskRunRead, "description": "Handed to the Celery workers"}},
+)
+async def start_run(
+    body: RiskRunCreate, principal: AdminPrincipal, response: Response
+) -> RiskRunRead:
+    run = await runs.start_run(principal, as_of=body.as_of)
+    if run.status == "pending":
+        response.status_code = 202
+    return RiskRunRead.model_validate(run)
+
+
+@router.get("/v1/risk/runs/{run_id}", response_model=RiskRunRead)
+async def get_run(run_id: str, session: SessionDep, principal: DashboardPrincipal) -> RiskRunRead:
+    return RiskRunRead.model_validate(await runs.get_run(session, principal, run_id=run_id))

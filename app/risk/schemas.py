@@ -52,3 +52,24 @@ class LoanRiskRead(BaseModel):
     reasons: list[dict[str, Any]]
     flags: list[FlagRead] = Field(description="open flags")
     history: list[FlagRead] = Field(description="every flag of the loan, newest first")
+
+
+class RiskRunCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    as_of: date
+
+
+class RiskRunRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    as_of: date
+    status: str
+    rules_version: int
+    counts: dict[str, int]
+    chunks: int
+    seconds: float | None
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None

@@ -251,3 +251,26 @@ async def test_the_borrower_shows_its_open_flags(client: httpx.AsyncClient) -> N
     borrower = await w.get(f"/v1/borrowers/{borrower_id}")
     assert {f["code"] for f in borrower["open_flags"]} == set(await flags(w, loan_id))
     assert borrower["open_flags"]
+
+
+async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    run = (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"}, headers=w.admin,
+                        expect=201)).json()  # fmt: skip
+    assert run["status"] == "succeeded"
+    assert run["counts"]["loans_evaluated"] == 1
+    assert run["counts"]["flags_raised"] >= 1
+    assert "first_payment_default" in await flags(w, loan_id)
+    events_before = (await client.get("/v1/events?type=risk.flag_raised&limit=200",
+                                      headers=w.admin)).json()["items"]  # fmt: skip
+    again = (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"}, headers=w.admin,
+                          expect=201)).json()  # fmt: skip
+    assert again["counts"]["flags_raised"] == 0
+    events_after = (await client.get("/v1/events?type=risk.flag_raised&limit=200",
+                                     headers=w.admin)).json()["items"]  # fmt: skip
+    assert len(events_after) == len(events_before)
+    got = await w.get(f"/v1/risk/runs/{run['id']}", headers=w.admin)
+    assert got["id"] == run["id"]
+    assert (await client.get("/v1/risk/runs/rrun_x", headers=w.admin)).status_code == 404
+    assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
