@@ -1,6 +1,7 @@
 """The early-warning rules' thresholds (SPEC: Early-warning flags), adjustable at
 ``PUT /v1/risk/rules``; defaults as in the spec."""
 
+from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,6 +19,8 @@ class FlagCode(StrEnum):
     FAILED_DEBITS = "failed_debits"
     CURE_RELAPSE = "cure_relapse"
     MULTI_LOAN_DELINQUENCY = "multi_loan_delinquency"
+    PARTIAL_PAYMENTS = "partial_payments"
+    LATE_DRIFT = "late_drift"
 
 
 class Severity(StrEnum):
@@ -52,6 +55,11 @@ class RiskRules(BaseModel):
     failed_debits_days: int = Field(default=30, ge=1, le=365)
     cure_relapse_days: int = Field(default=60, ge=1, le=365)
     multi_loan_count: int = Field(default=2, ge=2, le=20)
+    partial_payment_ratio: Decimal = Field(default=Decimal("0.8"), gt=0, le=1)
+    partial_payment_periods: int = Field(default=3, ge=1, le=12)
+    partial_payment_min_periods: int = Field(default=2, ge=1, le=12)
+    late_drift_installments: int = Field(default=4, ge=2, le=12)
+    late_drift_days: int = Field(default=5, ge=1, le=365)
 
     @model_validator(mode="after")
     def _escalations_follow_their_threshold(self) -> "RiskRules":
@@ -59,6 +67,8 @@ class RiskRules(BaseModel):
             raise ValueError(
                 "first_payment_default_high_days must be >= first_payment_default_days"
             )
+        if self.partial_payment_min_periods > self.partial_payment_periods:
+            raise ValueError("partial_payment_min_periods must be <= partial_payment_periods")
         if self.consecutive_missed_critical_count < self.consecutive_missed_count:
             raise ValueError(
                 "consecutive_missed_critical_count must be >= consecutive_missed_count"
@@ -85,6 +95,9 @@ class LoanFeatures(BaseModel):
     reversals: int
     failed_debits: int
     borrower_delinquent_loans: int
+    last_settled_days_late: int | None = None  # the newest settled installment
+    drift_window_first_days_late: int | None = None  # the oldest of the last N settled
+    partial_periods: int = 0  # of the last N due periods, paid something but too little
 
 
 Evaluation = dict[FlagCode, tuple[Severity, dict[str, object]]]
@@ -152,4 +165,18 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
             Severity.HIGH,
             {"borrower_id": f.borrower_id, "delinquent_loans": f.borrower_delinquent_loans},
         )
+    if f.partial_periods >= rules.partial_payment_min_periods:
+        flags[FlagCode.PARTIAL_PAYMENTS] = (
+            Severity.MEDIUM,
+            {"partial_periods": f.partial_periods, "of_last": rules.partial_payment_periods,
+             "ratio": str(rules.partial_payment_ratio)},
+        )  # fmt: skip
+    last, first = f.last_settled_days_late, f.drift_window_first_days_late
+    if last is not None and first is not None and last > 0:
+        if last - first >= rules.late_drift_days:
+            flags[FlagCode.LATE_DRIFT] = (
+                Severity.LOW,
+                {"days_late_first": first, "days_late_last": last,
+                 "installments": rules.late_drift_installments},
+            )  # fmt: skip
     return flags

@@ -8,7 +8,7 @@ debit runs the very same code for its one loan, in its own transaction.
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Date, and_, case, func, literal, select
+from sqlalchemy import Date, and_, case, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
@@ -55,7 +55,7 @@ async def put_rules(
     version, _ = await current_rules(session)
     session.add(
         RiskRulesVersion(
-            version=version + 1, rules=rules.model_dump(), created_at=utc_now(),
+            version=version + 1, rules=rules.model_dump(mode="json"), created_at=utc_now(),
             created_by=principal.api_key_id,
         )
     )  # fmt: skip
@@ -146,6 +146,93 @@ def _features_query(
         .group_by(fd.loan_id)
         .subquery()
     )
+    # late_drift: lateness of the last N settled installments, newest first.
+    drift_window = rules.late_drift_installments
+    settled = (
+        select(
+            i.loan_id,
+            case(
+                (days_between(i.paid_on, i.due_date) > 0, days_between(i.paid_on, i.due_date)),
+                else_=0,
+            ).label("days_late"),
+            func.row_number().over(partition_by=i.loan_id, order_by=i.seq.desc()).label("newest"),
+        )
+        .where(scope(i.loan_id), i.paid_on.is_not(None))
+        .subquery()
+    )
+    drift = (
+        select(
+            settled.c.loan_id,
+            func.max(case((settled.c.newest == 1, settled.c.days_late))).label("last_late"),
+            func.max(case((settled.c.newest == drift_window, settled.c.days_late))).label(
+                "first_late_of_window"
+            ),
+        )
+        .where(settled.c.newest <= drift_window)
+        .group_by(settled.c.loan_id)
+        .subquery()
+    )
+    # partial_payments: what the borrower paid in each installment's period — after the
+    # previous installment's due date + grace, up to this one's — over the last N periods.
+    pay = Payment.__table__.c
+    prev = LoanInstallment.__table__.alias("prev")
+    in_period = (
+        select(i.loan_id, i.seq, func.sum(pay.amount_minor).label("paid"))
+        .select_from(
+            LoanInstallment.__table__.join(Loan.__table__, loan.id == i.loan_id)
+            .join(Product.__table__, product.code == loan.product_code)
+            .outerjoin(prev, and_(prev.c.loan_id == i.loan_id, prev.c.seq == i.seq - 1))
+            .join(Payment.__table__, pay.loan_id == i.loan_id)
+        )
+        .where(
+            scope(i.loan_id),
+            pay.status == PaymentStatus.APPLIED.value,
+            days_between(pay.received_on, i.due_date) <= product.grace_days,
+            or_(
+                prev.c.seq.is_(None),
+                days_between(pay.received_on, prev.c.due_date) > product.grace_days,
+            ),
+        )
+        .group_by(i.loan_id, i.seq)
+        .subquery()
+    )
+    recent = (
+        select(
+            i.loan_id,
+            i.seq,
+            (i.principal_minor + i.interest_minor + i.fees_minor).label("due_amount"),
+            func.coalesce(in_period.c.paid, 0).label("paid"),
+            func.row_number().over(partition_by=i.loan_id, order_by=i.seq.desc()).label("newest"),
+        )
+        .select_from(
+            LoanInstallment.__table__.join(Loan.__table__, loan.id == i.loan_id)
+            .join(Product.__table__, product.code == loan.product_code)
+            .outerjoin(in_period, and_(in_period.c.loan_id == i.loan_id, in_period.c.seq == i.seq))
+        )
+        .where(scope(i.loan_id), late > product.grace_days)
+        .subquery()
+    )
+    ratio_ppm = int(rules.partial_payment_ratio * 1_000_000)
+    partial = (
+        select(
+            recent.c.loan_id,
+            func.sum(
+                case(
+                    (
+                        and_(
+                            recent.c.paid > 0,
+                            recent.c.paid * 1_000_000 < recent.c.due_amount * ratio_ppm,
+                        ),
+                        1,
+                    ),
+                    else_=0,
+                )
+            ).label("partial_periods"),
+        )
+        .where(recent.c.newest <= rules.partial_payment_periods)
+        .group_by(recent.c.loan_id)
+        .subquery()
+    )
     other = Loan.__table__.alias("other")
     borrowers_in_scope = select(loan.borrower_id).where(scope(loan.id))
     delinquent = (
@@ -178,12 +265,17 @@ def _features_query(
             func.coalesce(payments.c.reversals, 0).label("reversals"),
             func.coalesce(debits.c.failed, 0).label("failed"),
             func.coalesce(delinquent.c.delinquent, 0).label("delinquent"),
+            drift.c.last_late,
+            drift.c.first_late_of_window,
+            func.coalesce(partial.c.partial_periods, 0).label("partial_periods"),
         )
         .select_from(
             Loan.__table__.join(per_loan, per_loan.c.loan_id == loan.id)
             .outerjoin(payments, payments.c.loan_id == loan.id)
             .outerjoin(debits, debits.c.loan_id == loan.id)
             .outerjoin(delinquent, delinquent.c.borrower_id == loan.borrower_id)
+            .outerjoin(drift, drift.c.loan_id == loan.id)
+            .outerjoin(partial, partial.c.loan_id == loan.id)
         )
         .where(scope(loan.id), loan.status.in_(OPEN_STATUSES))
     )
@@ -213,6 +305,9 @@ async def evaluate_loans(
             last_good_seq=row.last_good_seq, settled_payments=row.settled,
             reversals=row.reversals, failed_debits=row.failed,
             borrower_delinquent_loans=row.delinquent,
+            last_settled_days_late=row.last_late,
+            drift_window_first_days_late=row.first_late_of_window,
+            partial_periods=row.partial_periods,
         )  # fmt: skip
         for code, (severity, evidence) in evaluate(features, rules).items():
             wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)

@@ -274,3 +274,57 @@ async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient
     assert got["id"] == run["id"]
     assert (await client.get("/v1/risk/runs/rrun_x", headers=w.admin)).status_code == 404
     assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
+
+
+async def six_month_loan(w: World) -> str:
+    """1200.00 over 6 months: 212.00, 210.00, 208.00, 206.00, 204.00, 202.00, due on the 10th
+    from February."""
+    made = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    return str(made["id"])
+
+
+async def test_partial_payments(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await six_month_loan(w)
+    await w.pay(loan_id, "100.00", "2026-02-11")  # under 80 % of 212.00, within grace
+    await w.pay(loan_id, "100.00", "2026-03-12")  # under 80 % of 210.00
+    await close(w, "2026-03-14")
+    flag = (await flags(w, loan_id))["partial_payments"]
+    assert (flag["severity"], flag["evidence"]["partial_periods"]) == ("medium", 2)
+    await w.pay(loan_id, "430.00", "2026-04-12")  # catches up in full
+    await w.pay(loan_id, "206.00", "2026-05-12")
+    await close(w, "2026-05-14")  # the last three periods: one partial
+    assert "partial_payments" not in await flags(w, loan_id)
+
+
+async def test_partial_payments_narrowly_not(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await six_month_loan(w)
+    await w.pay(loan_id, "170.00", "2026-02-11")  # 80.2 % of 212.00: not partial
+    await w.pay(loan_id, "100.00", "2026-03-12")
+    await close(w, "2026-03-14")
+    assert "partial_payments" not in await flags(w, loan_id)
+
+
+async def test_late_drift(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await six_month_loan(w)
+    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-12"),
+                        ("208.00", "2026-04-14"), ("206.00", "2026-05-16")):  # fmt: skip
+        await w.pay(loan_id, amount, day)  # 0, 2, 4, 6 days late
+    await close(w, "2026-05-16")
+    flag = (await flags(w, loan_id))["late_drift"]
+    assert flag["severity"] == "low"
+    assert (flag["evidence"]["days_late_first"], flag["evidence"]["days_late_last"]) == (0, 6)
+    await w.pay(loan_id, "204.00", "2026-06-10")  # on time: the drift is broken
+    assert "late_drift" not in await flags(w, loan_id)
+
+
+async def test_late_drift_narrowly_not(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await six_month_loan(w)
+    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-12"),
+                        ("208.00", "2026-04-13"), ("206.00", "2026-05-14")):  # fmt: skip
+        await w.pay(loan_id, amount, day)  # 0, 2, 3, 4 days late: a rise of 4
+    await close(w, "2026-05-16")
+    assert "late_drift" not in await flags(w, loan_id)
