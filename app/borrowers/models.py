@@ -1,6 +1,6 @@
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import BigInteger, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Date, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
@@ -19,4 +19,9 @@ class Borrower(Base):
     monthly_income_minor: Mapped[int | None] = mapped_column(BigInteger)
     credit_limit_minor: Mapped[int] = mapped_column(BigInteger)
     risk_grade: Mapped[str] = mapped_column(String(1), default="A")
+    # The reason codes behind the grade, and the limit the policy restores towards after a
+    # cut (docs/risk.md, "Grades and credit limits").
+    risk_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    limit_before_cut_minor: Mapped[int | None] = mapped_column(BigInteger)
+    limit_changed_on: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

@@ -76,6 +76,7 @@ async def create_borrower(
         monthly_income_minor=income,
         credit_limit_minor=initial_credit_limit(limit_policy(currency), income),
         risk_grade="A",
+        risk_reasons=[],
         created_at=utc_now(),
     )
     existing = await _by_external_id(session, merchant_id, external_id)

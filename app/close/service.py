@@ -30,6 +30,7 @@ from app.config import get_settings
 from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.loans.models import Loan
+from app.risk import grades as risk_grades
 from app.risk import service as risk
 
 log = logging.getLogger("loanwatch.close")
@@ -43,6 +44,7 @@ STEPS: dict[str, StepFunction] = {
     "late_fees": delinquency.assess_late_fees,
     "delinquency": delinquency.recompute_delinquency,
     "risk": risk.evaluate_loans,
+    "grades": risk_grades.grade_borrowers,
     "reminders": delinquency.send_reminders,
 }
 

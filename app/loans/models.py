@@ -66,6 +66,9 @@ class Loan(Base):
     # the dpd_roll_forward and cure_relapse rules need.
     previous_bucket: Mapped[str] = mapped_column(String(8), default="current")
     cured_on: Mapped[date | None] = mapped_column(Date)
+    # Kept by the risk engine (app/risk/score.py) at each evaluation.
+    risk_score: Mapped[int] = mapped_column(Integer, default=1000)
+    risk_grade: Mapped[str] = mapped_column(String(1), default="A")
     paid_off_on: Mapped[date | None] = mapped_column(Date)
     cancelled_on: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

@@ -224,6 +224,8 @@ async def create_loan(
         days_past_due=0,
         bucket="current",
         previous_bucket="current",
+        risk_score=1000,
+        risk_grade="A",
         created_at=now,
         updated_at=now,
     )

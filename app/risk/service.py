@@ -23,6 +23,7 @@ from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan, LoanInstallment
 from app.payments.models import Payment, PaymentStatus, ReversalReason
 from app.products.models import Product
+from app.risk import grades
 from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion
 from app.risk.rules import FlagCode, LoanFeatures, RiskRules, Severity, evaluate
 from app.risk.score import FlagFact, Score, score_loan
@@ -339,6 +340,7 @@ async def evaluate_loans(
         await events.emit(session, "risk.flag_raised", flag_event(flag), loan_id=flag.loan_id)
         raised += 1
     await session.flush()
+    await grades.score_loans(session, as_of, [row.id for row in rows])
     return {"loans_evaluated": len(rows), "flags_raised": raised, "flags_cleared": cleared,
             "flags_changed": escalated}  # fmt: skip
 
@@ -363,9 +365,12 @@ def flag_event(flag: RiskFlag) -> dict[str, Any]:
 
 
 async def refresh_loan(session: AsyncSession, loan: Loan) -> None:
-    """The real-time path: re-evaluate one loan after a payment, reversal or failed debit."""
+    """The real-time path: re-evaluate one loan after a payment, reversal or failed debit, and
+    re-grade its borrower."""
     await session.flush()
-    await evaluate_loans(session, await delinquency.delinquency_date(session), loan_id=loan.id)
+    as_of = await delinquency.delinquency_date(session)
+    await evaluate_loans(session, as_of, loan_id=loan.id)
+    await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id)
 
 
 async def list_flags(

@@ -60,13 +60,15 @@ async def build(portfolio: list[dict[str, Any]]) -> None:
                 amortization="equal_installment", term_options=[3, 6, 12],
                 grace_days=POLICIES[code].grace_days, late_fee=fee,
             ))  # fmt: skip
-        borrower = await borrowers_service.create_borrower(
-            session, ADMIN, external_id="b", name="b", phone="+8613800138000",
-            monthly_income="100000.00", merchant_id=merchant.id,
-        )  # fmt: skip
     today = date.today()
     for n, spec in enumerate(portfolio):
         disbursed = START + timedelta(days=spec["disbursed"])
+        # A borrower per loan: a late one's grade cuts the limit for any next loan.
+        async with session_scope() as session:
+            borrower = await borrowers_service.create_borrower(
+                session, ADMIN, external_id=f"b{n}", name="b", phone="+8613800138000",
+                monthly_income="100000.00", merchant_id=merchant.id,
+            )  # fmt: skip
         async with session_scope() as session:
             view = await loans_service.create_loan(
                 session, ADMIN, borrower_id=borrower.borrower.id, product_code=spec["product"],

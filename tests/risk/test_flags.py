@@ -328,3 +328,36 @@ async def test_late_drift_narrowly_not(client: httpx.AsyncClient) -> None:
         await w.pay(loan_id, amount, day)  # 0, 2, 3, 4 days late: a rise of 4
     await close(w, "2026-05-16")
     assert "late_drift" not in await flags(w, loan_id)
+
+
+async def test_grades_move_the_credit_limit(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    borrower = await w.borrower(monthly_income="10000.00")  # limit 30000.00
+    loan_id = await loan(w, borrower["id"])
+    await close(w, "2026-03-12")  # 30 days late, never paid: grade D or E
+    got = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert got["risk_grade"] in ("D", "E")
+    assert (got["credit_limit"], got["exposure"], got["available_limit"]) == (
+        "1200.00", "1200.00", "0.00",
+    )  # fmt: skip
+    refused = await w.post("/v1/loans", {
+        "borrower_id": borrower["id"], "product_code": w.product_code, "principal": "10.00",
+        "term": 3, "merchant_order_ref": "more",
+    })  # fmt: skip
+    assert refused.json()["code"] == "credit_limit_exceeded"
+    changed = (await client.get("/v1/events?type=risk.grade_changed", headers=w.admin)).json()
+    (event,) = [e for e in changed["items"] if e["data"]["borrower_id"] == borrower["id"]]
+    assert event["data"]["previous_grade"] == "A"
+    assert "never_paid" in event["data"]["reasons"]
+    limits = (await client.get("/v1/events?type=borrower.credit_limit_changed",
+                               headers=w.admin)).json()["items"]  # fmt: skip
+    assert [(e["data"]["credit_limit"], e["data"]["reason"]) for e in limits] == [
+        ("1200.00", f"grade_{got['risk_grade']}"),
+    ]
+    # Everything paid: the grade recovers, and the limit climbs back a quarter at a time.
+    payoff = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["payoff_amount"]
+    await w.pay(loan_id, payoff, "2026-03-12")
+    await close(w, "2026-04-12")
+    got = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert got["risk_grade"] in ("A", "B")
+    assert got["credit_limit"] == "8700.00"  # 1200.00 + 30000.00 / 4

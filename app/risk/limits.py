@@ -1,0 +1,46 @@
+"""How a borrower's credit limit follows the grade: pure, no I/O (docs/risk.md).
+
+- Grade D or E: the limit is cut to the current exposure (nothing more can be lent, nothing
+  already lent is called in); the limit before the cut is remembered.
+- Back at A or B with nothing past due: the limit climbs back towards the remembered one by a
+  quarter of it at a time, at most once every 30 days.
+"""
+
+from dataclasses import dataclass
+from datetime import date
+
+RECOVERY_INTERVAL_DAYS = 30
+RECOVERY_STEPS = 4
+
+
+@dataclass(frozen=True)
+class LimitChange:
+    credit_limit_minor: int
+    limit_before_cut_minor: int | None
+    reason: str
+
+
+def next_limit(
+    *,
+    grade: str,
+    credit_limit_minor: int,
+    exposure_minor: int,
+    limit_before_cut_minor: int | None,
+    limit_changed_on: date | None,
+    any_past_due: bool,
+    as_of: date,
+) -> LimitChange | None:
+    if grade in ("D", "E"):
+        if credit_limit_minor <= exposure_minor:
+            return None
+        return LimitChange(
+            exposure_minor, limit_before_cut_minor or credit_limit_minor, f"grade_{grade}"
+        )
+    if grade not in ("A", "B") or limit_before_cut_minor is None or any_past_due:
+        return None
+    if limit_changed_on and (as_of - limit_changed_on).days < RECOVERY_INTERVAL_DAYS:
+        return None
+    step = max(limit_before_cut_minor // RECOVERY_STEPS, 1)
+    restored = min(limit_before_cut_minor, credit_limit_minor + step)
+    remembered = None if restored >= limit_before_cut_minor else limit_before_cut_minor
+    return LimitChange(restored, remembered, "recovery")

@@ -1,0 +1,622 @@
+"""Repayment schedules (app/loans/schedule.py): pure, so tested exhaustively without a database.
+
+Expected amounts are computed here with exact rational arithmetic (``fractions``), not with the
+module's own ``decimal`` code, so a test never just replays the implementation.
+"""
+
+from datetime import date
+from decimal import Decimal
+from fractions import Fraction
+
+import numpy_financial as npf
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from app.loans.schedule import (
+    Amortization,
+    FeeCollection,
+    ScheduledInstallment,
+    ScheduleTerms,
+    annuity_payment,
+    build_schedule,
+    default_first_due_date,
+    due_dates,
+    monthly_rate,
+)
+from app.money import Rounding
+
+# An equal-installment loan of a few yuan over many months repays a few minor units of
+# principal a month, and rounding its interest can repay it before the last month: the level
+# payment then stops early (see test_degenerate_tiny_loans). Searched exhaustively over terms
+# 1-60, both rounding modes, principals up to 12.00 and every rate 0-36 % with four decimals
+# (and every six-decimal rate near the boundary): the largest principal whose level payment
+# breaks is 8.25 (60 months at 0.72 %); the largest repaid before its last month, with a zero
+# last installment, is 8.85 (60 months at 0.67 %).
+LEVEL_HOLDS_FROM_MINOR = 826
+REPAID_IN_THE_LAST_MONTH_FROM_MINOR = 886
+
+FIRST_DUE = date(2025, 1, 31)
+EQUAL_INSTALLMENT = Amortization.EQUAL_INSTALLMENT
+
+
+@pytest.fixture(autouse=True)
+def clean_database() -> None:
+    """Pure calculation: nothing in the database to truncate (overrides the conftest fixture)."""
+
+
+def exact_round(value: Fraction, rounding: Rounding) -> int:
+    floor = value.numerator // value.denominator
+    rest = value - floor
+    if rest != Fraction(1, 2):
+        return floor + (rest > Fraction(1, 2))
+    return floor + 1 if rounding is Rounding.HALF_UP else floor + (floor % 2)
+
+
+def exact_annuity(principal: int, annual_rate: Decimal, term: int) -> Fraction:
+    rate = Fraction(annual_rate) / 12
+    if rate == 0:
+        return Fraction(principal, term)
+    return principal * rate / (1 - (1 + rate) ** -term)
+
+
+def schedule(
+    principal: int,
+    rate: str | Decimal,
+    term: int,
+    amortization: Amortization = Amortization.EQUAL_INSTALLMENT,
+    *,
+    rounding: Rounding = Rounding.HALF_EVEN,
+    installment_multiple_of_minor: int | None = None,
+    origination_fee_minor: int = 0,
+    fee_collection: FeeCollection = FeeCollection.UPFRONT,
+) -> list[ScheduledInstallment]:
+    terms = ScheduleTerms(
+        principal,
+        Decimal(rate),
+        term,
+        amortization,
+        rounding,
+        installment_multiple_of_minor,
+        origination_fee_minor,
+        fee_collection,
+    )
+    return build_schedule(terms, FIRST_DUE)
+
+
+def totals(installments: list[ScheduledInstallment]) -> list[int]:
+    """Principal + interest of each installment (fees are a separate matter)."""
+    return [i.principal_minor + i.interest_minor for i in installments]
+
+
+def assert_sound(installments: list[ScheduledInstallment], terms: ScheduleTerms) -> None:
+    """What holds for every schedule, however degenerate the loan."""
+    assert [i.seq for i in installments] == list(range(1, terms.term + 1))
+    assert sum(i.principal_minor for i in installments) == terms.principal_minor
+    assert sum(i.fees_minor for i in installments) == terms.origination_fee_minor
+    rate = Fraction(terms.annual_rate) / 12
+    outstanding = terms.principal_minor
+    for inst in installments:
+        assert inst.principal_minor >= 0
+        assert inst.interest_minor >= 0
+        assert inst.fees_minor >= 0
+        # Interest is the monthly rate on the principal outstanding, rounded to the minor unit.
+        assert inst.interest_minor == exact_round(outstanding * rate, terms.rounding)
+        outstanding -= inst.principal_minor
+    assert outstanding == 0
+
+
+principals = st.integers(100, 100_000_000)  # 1.00 to 1,000,000.00 CNY
+rates = st.one_of(
+    st.integers(0, 3600).map(lambda bp: Decimal(bp).scaleb(-4)),  # "0.1299"
+    st.integers(0, 360_000).map(lambda m: Decimal(m).scaleb(-6)),  # up to six decimals
+)
+term_lengths = st.integers(1, 60)
+roundings = st.sampled_from(list(Rounding))
+multiples = st.sampled_from([1, 5, 10, 50, 100, 500, 1000, 10_000])
+
+
+# --- the golden example ---------------------------------------------------------------------
+
+
+def test_golden_6000_at_12_99_percent_over_12_months() -> None:
+    rate = Fraction(1299, 10000) / 12
+    assert rate == Fraction("0.010825")
+    # P * r / (1 - (1 + r)^-n), exactly: 535.8755...
+    level = 600000 * rate / (1 - (1 + rate) ** -12)
+    assert Fraction(5358755, 100) < level < Fraction(5358756, 100)
+    assert 600000 * rate == 6495  # 6000.00 * 0.010825 = 64.95, no rounding needed
+
+    installments = schedule(600000, "0.1299", 12)
+
+    assert totals(installments)[:11] == [53588] * 11
+    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 47093, 6495, 0)
+    # 552,907 outstanding * 0.010825 = 5985.218... -> 59.85
+    assert installments[1] == ScheduledInstallment(2, date(2025, 2, 28), 47603, 5985, 0)
+    assert [i.interest_minor for i in installments] == [
+        6495, 5985, 5470, 4949, 4423, 3890, 3352, 2809, 2259, 1703, 1142, 574,
+    ]  # fmt: skip
+    # The last installment takes what is left: 530.09 of principal plus 5.74 of interest.
+    assert installments[-1] == ScheduledInstallment(12, date(2025, 12, 31), 53009, 574, 0)
+    assert sum(i.principal_minor for i in installments) == 600000
+    assert sum(i.interest_minor for i in installments) == 43051
+    assert float(npf.pmt(0.1299 / 12, 12, -6000)) == pytest.approx(535.8755, abs=1e-4)
+
+
+def test_golden_example_with_a_whole_yuan_installment() -> None:
+    installments = schedule(600000, "0.1299", 12, installment_multiple_of_minor=100)
+    assert totals(installments) == [53600] * 11 + [53443]
+    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 47105, 6495, 0)
+    assert sum(i.principal_minor for i in installments) == 600000
+
+
+def test_golden_example_in_equal_principal() -> None:
+    installments = schedule(600000, "0.1299", 12, Amortization.EQUAL_PRINCIPAL)
+    assert [i.principal_minor for i in installments] == [50000] * 12
+    # 6000.00, 5500.00, ... outstanding at 1.0825 % a month
+    assert [i.interest_minor for i in installments] == [
+        6495, 5954, 5412, 4871, 4330, 3789, 3248, 2706, 2165, 1624, 1082, 541,
+    ]  # fmt: skip
+
+
+# --- properties of every schedule -----------------------------------------------------------
+
+
+@given(
+    st.integers(1, 100_000_000),
+    rates,
+    term_lengths,
+    st.sampled_from(list(Amortization)),
+    roundings,
+    st.one_of(st.none(), multiples),
+    st.integers(0, 10_000_000),
+    st.sampled_from(list(FeeCollection)),
+)
+def test_every_schedule_sums_exactly_and_has_no_negative_amount(
+    principal: int,
+    rate: Decimal,
+    term: int,
+    amortization: Amortization,
+    rounding: Rounding,
+    multiple: int | None,
+    fee: int,
+    collection: FeeCollection,
+) -> None:
+    if amortization is Amortization.INTEREST_FREE:
+        rate = Decimal(0)
+    terms = ScheduleTerms(principal, rate, term, amortization, rounding, multiple, fee, collection)
+    installments = build_schedule(terms, FIRST_DUE)
+    assert_sound(installments, terms)
+    assert [i.due_date for i in installments] == due_dates(FIRST_DUE, term)
+
+
+@given(principals, rates, term_lengths, roundings)
+def test_level_payment_agrees_with_numpy_financial(
+    principal: int, rate: Decimal, term: int, rounding: Rounding
+) -> None:
+    installments = schedule(principal, rate, term, rounding=rounding)
+    level = totals(installments)[0]
+    expected = npf.pmt(float(rate) / 12, term, -principal)
+    assert abs(level - float(expected)) <= 1
+    assert abs(level - exact_annuity(principal, rate, term)) <= 1
+
+
+@given(st.integers(LEVEL_HOLDS_FROM_MINOR, 100_000_000), rates, term_lengths, roundings)
+def test_equal_installments_are_level_except_the_last(
+    principal: int, rate: Decimal, term: int, rounding: Rounding
+) -> None:
+    terms = ScheduleTerms(principal, rate, term, Amortization.EQUAL_INSTALLMENT, rounding)
+    installments = build_schedule(terms, FIRST_DUE)
+    assert_sound(installments, terms)
+    level = totals(installments)[0]
+    assert totals(installments)[:-1] == [level] * (term - 1)
+    # The rounded payment, or the floored one where rounding up would repay the loan early.
+    assert abs(level - exact_annuity(principal, rate, term)) < 1
+    if principal >= REPAID_IN_THE_LAST_MONTH_FROM_MINOR:
+        assert installments[-1].principal_minor > 0
+
+
+@given(
+    st.one_of(st.integers(1, LEVEL_HOLDS_FROM_MINOR), principals),
+    rates,
+    st.integers(2, 60),
+    roundings,
+    st.one_of(st.none(), multiples),
+)
+def test_the_level_holds_until_the_loan_is_repaid_then_nothing_is_due(
+    principal: int, rate: Decimal, term: int, rounding: Rounding, multiple: int | None
+) -> None:
+    """The shape of every equal-installment schedule, degenerate ones included: the level
+    payment, then (only if rounding repaid the loan early) one short installment and zeros."""
+    terms = ScheduleTerms(principal, rate, term, EQUAL_INSTALLMENT, rounding, multiple)
+    installments = build_schedule(terms, FIRST_DUE)
+    assert_sound(installments, terms)
+    *body, last = totals(installments)
+    level = body[0]
+    held = next((k for k, total in enumerate(body) if total != level), len(body))
+    if held < len(body):
+        short, *zeros = body[held:]
+        assert short < level
+        assert zeros == [0] * len(zeros)
+        assert last == 0  # the loan was repaid before its last month
+        assert principal < LEVEL_HOLDS_FROM_MINOR or multiple is not None
+    if multiple is None:
+        assert abs(level - exact_annuity(principal, rate, term)) <= 1
+
+
+def test_degenerate_tiny_loans() -> None:
+    """Loans of a few yuan over many months: the monthly principal part is a few minor units,
+    so rounding the interest can repay the loan before its last period. The installments then
+    stop early: the one that finishes the loan is short and the rest are zero. Still nothing is
+    negative and the principal parts still sum exactly."""
+    # 1.55 at 3.2306 % over 40 months: the level 0.04 holds for 38 months, then 0.03 and 0.00.
+    installments = schedule(155, "0.032306", 40)
+    assert_sound(installments, ScheduleTerms(155, Decimal("0.032306"), 40, EQUAL_INSTALLMENT))
+    assert totals(installments) == [4] * 38 + [3, 0]
+    # 6.44 at 1 % over 60 months: level 0.11, repaid exactly by month 59; the 60th is zero.
+    installments = schedule(644, "0.01", 60)
+    assert totals(installments) == [11] * 59 + [0]
+    assert installments[-1] == ScheduledInstallment(60, date(2029, 12, 31), 0, 0, 0)
+    # The boundaries: 8.25 at 0.72 % (and 8.85 at 0.67 %) over 60 months.
+    assert totals(schedule(825, "0.0072", 60)) == [14] * 58 + [13, 0]
+    assert totals(schedule(885, "0.0067", 60)) == [15] * 59 + [0]
+    assert totals(schedule(826, "0.0072", 60))[:-1] == [14] * 59
+    # 1.00 at 36 % over 60 months: 0.03 a month is the interest alone, so the level payment is
+    # the nearest 0.04 (not 0.03, which would leave the whole 1.00 to the last month).
+    installments = schedule(100, "0.36", 60)
+    assert totals(installments) == [4] * 49 + [0] * 11
+    assert [i.interest_minor for i in installments[:18]] == [3] * 17 + [2]
+
+
+# --- equal principal, interest free -----------------------------------------------------
+
+
+@given(st.integers(1, 100_000_000), rates, term_lengths, roundings)
+def test_equal_principal_parts_are_equal_except_the_last(
+    principal: int, rate: Decimal, term: int, rounding: Rounding
+) -> None:
+    terms = ScheduleTerms(principal, rate, term, Amortization.EQUAL_PRINCIPAL, rounding)
+    installments = build_schedule(terms, FIRST_DUE)
+    assert_sound(installments, terms)
+    share = installments[0].principal_minor
+    assert [i.principal_minor for i in installments[:-1]] == [share] * (term - 1)
+    nearest = exact_round(Fraction(principal, term), rounding)
+    # The rounded share, unless the last installment would go negative: then the floor.
+    assert share == (nearest if nearest * (term - 1) <= principal else principal // term)
+    assert principal // term <= share <= -(-principal // term)
+
+
+@pytest.mark.parametrize(
+    ("principal", "term", "rounding", "parts"),
+    [
+        (100, 3, Rounding.HALF_EVEN, [33, 33, 34]),
+        (200, 3, Rounding.HALF_EVEN, [67, 67, 66]),
+        (5, 2, Rounding.HALF_EVEN, [2, 3]),  # 2.5 -> 2
+        (5, 2, Rounding.HALF_UP, [3, 2]),  # 2.5 -> 3
+        (9, 6, Rounding.HALF_EVEN, [1, 1, 1, 1, 1, 4]),  # 1.5 -> 2 would leave -1 for the last
+        (7, 4, Rounding.HALF_EVEN, [2, 2, 2, 1]),
+        (1, 3, Rounding.HALF_UP, [0, 0, 1]),
+    ],
+)
+def test_equal_principal_examples(
+    principal: int, term: int, rounding: Rounding, parts: list[int]
+) -> None:
+    installments = schedule(principal, "0", term, Amortization.EQUAL_PRINCIPAL, rounding=rounding)
+    assert [i.principal_minor for i in installments] == parts
+
+
+@given(st.integers(1, 100_000_000), term_lengths, roundings, st.integers(0, 1_000_000))
+def test_interest_free_charges_no_interest(
+    principal: int, term: int, rounding: Rounding, fee: int
+) -> None:
+    terms = ScheduleTerms(
+        principal, Decimal(0), term, Amortization.INTEREST_FREE, rounding, None, fee
+    )
+    installments = build_schedule(terms, FIRST_DUE)
+    assert_sound(installments, terms)
+    assert [i.interest_minor for i in installments] == [0] * term
+    equal_principal = schedule(
+        principal, "0", term, Amortization.EQUAL_PRINCIPAL, rounding=rounding
+    )
+    assert [i.principal_minor for i in installments] == [i.principal_minor for i in equal_principal]
+
+
+def test_interest_free_example() -> None:
+    installments = schedule(299900, "0", 3, Amortization.INTEREST_FREE, origination_fee_minor=3000)
+    assert [(i.principal_minor, i.interest_minor, i.fees_minor) for i in installments] == [
+        (99967, 0, 3000),
+        (99967, 0, 0),
+        (99966, 0, 0),
+    ]
+    assert [i.total_minor for i in installments] == [102967, 99967, 99966]
+
+
+# --- origination fee ------------------------------------------------------------------------
+
+
+@given(
+    principals,
+    rates,
+    term_lengths,
+    st.sampled_from(list(Amortization)),
+    roundings,
+    st.integers(0, 10_000_000),
+)
+def test_upfront_fee_is_all_on_the_first_installment(
+    principal: int,
+    rate: Decimal,
+    term: int,
+    amortization: Amortization,
+    rounding: Rounding,
+    fee: int,
+) -> None:
+    if amortization is Amortization.INTEREST_FREE:
+        rate = Decimal(0)
+    with_fee = schedule(
+        principal, rate, term, amortization, rounding=rounding, origination_fee_minor=fee
+    )
+    assert [i.fees_minor for i in with_fee] == [fee] + [0] * (term - 1)
+    without = schedule(principal, rate, term, amortization, rounding=rounding)
+    assert totals(with_fee) == totals(without)  # the fee never moves principal or interest
+    assert [i.total_minor for i in with_fee] == [
+        t + (fee if k == 0 else 0) for k, t in enumerate(totals(without))
+    ]
+
+
+@given(principals, term_lengths, roundings, st.integers(0, 10_000_000))
+def test_spread_fee_is_equal_with_the_last_taking_the_residual(
+    principal: int, term: int, rounding: Rounding, fee: int
+) -> None:
+    installments = schedule(
+        principal,
+        "0.1299",
+        term,
+        rounding=rounding,
+        origination_fee_minor=fee,
+        fee_collection=FeeCollection.SPREAD,
+    )
+    fees = [i.fees_minor for i in installments]
+    assert sum(fees) == fee
+    assert min(fees) >= 0
+    assert fees[:-1] == [fees[0]] * (term - 1)
+    assert fees[-1] == fee - fees[0] * (term - 1)
+    nearest = exact_round(Fraction(fee, term), rounding)
+    assert fees[0] == (nearest if nearest * (term - 1) <= fee else fee // term)
+
+
+@pytest.mark.parametrize(
+    ("fee", "term", "rounding", "fees"),
+    [
+        (1000, 3, Rounding.HALF_EVEN, [333, 333, 334]),
+        (100, 12, Rounding.HALF_EVEN, [8] * 11 + [12]),
+        (5, 2, Rounding.HALF_EVEN, [2, 3]),
+        (5, 2, Rounding.HALF_UP, [3, 2]),
+        (9, 6, Rounding.HALF_UP, [1, 1, 1, 1, 1, 4]),
+        (3, 4, Rounding.HALF_EVEN, [1, 1, 1, 0]),
+        (12000, 1, Rounding.HALF_EVEN, [12000]),
+        (0, 4, Rounding.HALF_EVEN, [0, 0, 0, 0]),
+    ],
+)
+def test_spread_fee_examples(fee: int, term: int, rounding: Rounding, fees: list[int]) -> None:
+    installments = schedule(
+        600000,
+        "0.1299",
+        term,
+        rounding=rounding,
+        origination_fee_minor=fee,
+        fee_collection=FeeCollection.SPREAD,
+    )
+    assert [i.fees_minor for i in installments] == fees
+
+
+# --- installment_multiple_of ---------------------------------------------------------------
+
+
+@given(
+    st.integers(REPAID_IN_THE_LAST_MONTH_FROM_MINOR, 100_000_000),
+    rates,
+    st.integers(2, 60),
+    roundings,
+    multiples,
+)
+def test_level_payment_is_a_multiple(
+    principal: int, rate: Decimal, term: int, rounding: Rounding, multiple: int
+) -> None:
+    exact = exact_annuity(principal, rate, term)
+    # Where the payment's principal part is at least one multiple, rounding to a multiple can
+    # neither stop repaying the principal nor repay it before the last month.
+    assume(exact - principal * Fraction(rate) / 12 >= multiple)
+    terms = ScheduleTerms(principal, rate, term, Amortization.EQUAL_INSTALLMENT, rounding, multiple)
+    installments = build_schedule(terms, FIRST_DUE)
+    assert_sound(installments, terms)
+    level = totals(installments)[0]
+    assert level % multiple == 0
+    assert totals(installments)[:-1] == [level] * (term - 1)
+    assert abs(level - exact) < multiple + 1
+    assert installments[-1].principal_minor > 0
+
+
+def test_a_multiple_larger_than_the_principal_part_keeps_the_nearest_multiple() -> None:
+    """200.00 at 36 % over 36 months is 9.16 a month, 6.00 of it interest. Rounded down to a
+    multiple of 10.00 it would be 0.00 (an interest-only loan with 206.00 due last); the nearest
+    multiple, 10.00, repays the loan in 32 months and the last four installments are zero."""
+    installments = schedule(20000, "0.36", 36, installment_multiple_of_minor=1000)
+    assert totals(installments) == [1000] * 31 + [1, 0, 0, 0, 0]
+    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 400, 600, 0)
+    assert sum(i.principal_minor for i in installments) == 20000
+    # Interest free, 20.00 over 36 months in multiples of 1.00: 1.00 a month for 20 months.
+    installments = schedule(2000, "0", 36, installment_multiple_of_minor=100)
+    assert totals(installments) == [100] * 20 + [0] * 16
+
+
+def test_a_multiple_more_than_twice_the_payment_leaves_the_loan_interest_only() -> None:
+    """No multiple of 50.00 is near a 9.16 payment: the nearest is 0.00. Degenerate product
+    settings, kept sound: interest each month and the principal with the last."""
+    installments = schedule(20000, "0.36", 36, installment_multiple_of_minor=5000)
+    assert totals(installments) == [600] * 35 + [20600]
+
+
+# --- rounding modes -------------------------------------------------------------------------
+
+
+def test_half_even_and_half_up_differ_on_ties() -> None:
+    # 3.00 at 10 %: the first month's interest is 3.00 * 0.10 / 12 = 0.025, a tie.
+    even = schedule(300, "0.10", 2, Amortization.EQUAL_PRINCIPAL, rounding=Rounding.HALF_EVEN)
+    up = schedule(300, "0.10", 2, Amortization.EQUAL_PRINCIPAL, rounding=Rounding.HALF_UP)
+    assert [(i.principal_minor, i.interest_minor) for i in even] == [(150, 2), (150, 1)]
+    assert [(i.principal_minor, i.interest_minor) for i in up] == [(150, 3), (150, 1)]
+    # 0.30 at 20 % is 0.005 of interest for the month: 0.20 / 12 has no exact decimal, but the
+    # tie is still a tie. So is 3.75 at 1.6 %.
+    for principal, rate, even_interest, up_interest in [(30, "0.20", 0, 1), (375, "0.016", 0, 1)]:
+        for rounding, interest in [
+            (Rounding.HALF_EVEN, even_interest),
+            (Rounding.HALF_UP, up_interest),
+        ]:
+            for amortization in Amortization.EQUAL_INSTALLMENT, Amortization.EQUAL_PRINCIPAL:
+                [only] = schedule(principal, rate, 1, amortization, rounding=rounding)
+                assert (only.principal_minor, only.interest_minor) == (principal, interest)
+    # 0.05 interest free over two months: a level payment of 0.025.
+    even = schedule(5, "0", 2, rounding=Rounding.HALF_EVEN)
+    up = schedule(5, "0", 2, rounding=Rounding.HALF_UP)
+    assert totals(even) == [2, 3]
+    assert totals(up) == [3, 2]
+    # 6000.00 at 12 % (1 % a month) over 6 months: 1035.2906... a month, no tie; the interest
+    # of month 3, 4059.85... * 1 % = 40.5985, is no tie either: the modes agree.
+    assert totals(schedule(600000, "0.12", 6, rounding=Rounding.HALF_EVEN)) == totals(
+        schedule(600000, "0.12", 6, rounding=Rounding.HALF_UP)
+    )
+
+
+def test_half_up_rounds_a_tied_level_payment_to_a_multiple_up() -> None:
+    # 25.00 over 2 months interest free is 12.50 a month; in whole yuan: 12 (even) or 13 (up).
+    even = schedule(2500, "0", 2, rounding=Rounding.HALF_EVEN, installment_multiple_of_minor=100)
+    up = schedule(2500, "0", 2, rounding=Rounding.HALF_UP, installment_multiple_of_minor=100)
+    assert totals(even) == [1200, 1300]
+    assert totals(up) == [1300, 1200]
+
+
+# --- the annuity ----------------------------------------------------------------------------
+
+
+@given(principals, rates, term_lengths)
+def test_annuity_payment_is_the_exact_formula(principal: int, rate: Decimal, term: int) -> None:
+    exact = exact_annuity(principal, rate, term)
+    computed = Fraction(annuity_payment(principal, rate, term))
+    # 28 significant digits, less what 1 - (1 + r)^-n cancels for tiny rates: far below a
+    # rounding boundary, unless the exact payment sits on one (see the example below).
+    assert abs(computed - exact) < Fraction(1, 10**9)
+
+
+def test_annuity_payment_examples() -> None:
+    assert annuity_payment(600000, Decimal(0), 12) == 50000
+    assert annuity_payment(100, Decimal(0), 3) == Decimal(100) / 3
+    # Exactly 6064.95, computed a hair under: harmless, as the only installment of a one-month
+    # loan is the outstanding principal plus its interest, whatever the level payment.
+    assert annuity_payment(600000, Decimal("0.1299"), 1) == Decimal("606494.9999999999999999999976")
+    assert schedule(600000, "0.1299", 1) == [
+        ScheduledInstallment(1, date(2025, 1, 31), 600000, 6495, 0)
+    ]
+    assert monthly_rate(Decimal("0.1299")) == Decimal("0.010825")
+    assert round(annuity_payment(600000, Decimal("0.1299"), 12), 4) == Decimal("53587.5505")
+
+
+# --- due dates ------------------------------------------------------------------------------
+
+
+def test_due_dates_keep_the_anchor_day_clamped_at_month_end() -> None:
+    assert due_dates(date(2025, 1, 31), 4) == [
+        date(2025, 1, 31),
+        date(2025, 2, 28),
+        date(2025, 3, 31),
+        date(2025, 4, 30),
+    ]
+    assert due_dates(date(2024, 1, 31), 3) == [
+        date(2024, 1, 31),
+        date(2024, 2, 29),  # leap year
+        date(2024, 3, 31),
+    ]
+
+
+def test_due_dates_in_leap_years() -> None:
+    assert due_dates(date(2024, 2, 29), 13) == [
+        date(2024, 2, 29),
+        date(2024, 3, 29),
+        date(2024, 4, 29),
+        date(2024, 5, 29),
+        date(2024, 6, 29),
+        date(2024, 7, 29),
+        date(2024, 8, 29),
+        date(2024, 9, 29),
+        date(2024, 10, 29),
+        date(2024, 11, 29),
+        date(2024, 12, 29),
+        date(2025, 1, 29),
+        date(2025, 2, 28),
+    ]
+    assert due_dates(date(2027, 12, 30), 3) == [
+        date(2027, 12, 30),
+        date(2028, 1, 30),
+        date(2028, 2, 29),
+    ]
+    assert due_dates(date(2100, 1, 29), 2) == [date(2100, 1, 29), date(2100, 2, 28)]  # not leap
+    assert due_dates(date(2000, 1, 31), 2) == [date(2000, 1, 31), date(2000, 2, 29)]  # leap
+
+
+def test_due_dates_roll_over_the_year() -> None:
+    assert due_dates(date(2024, 12, 31), 3) == [
+        date(2024, 12, 31),
+        date(2025, 1, 31),
+        date(2025, 2, 28),
+    ]
+    assert due_dates(date(2025, 11, 15), 3) == [
+        date(2025, 11, 15),
+        date(2025, 12, 15),
+        date(2026, 1, 15),
+    ]
+
+
+def test_an_anchor_day_outlives_a_short_first_month() -> None:
+    # Disbursed on Jan 31: the first due date is Feb 29, but later ones return to the 31st.
+    first = default_first_due_date(date(2024, 1, 31))
+    assert first == date(2024, 2, 29)
+    assert due_dates(first, 4, anchor_day=31) == [
+        date(2024, 2, 29),
+        date(2024, 3, 31),
+        date(2024, 4, 30),
+        date(2024, 5, 31),
+    ]
+    assert due_dates(first, 2) == [date(2024, 2, 29), date(2024, 3, 29)]  # no anchor: the 29th
+    assert default_first_due_date(date(2025, 1, 31)) == date(2025, 2, 28)
+    assert default_first_due_date(date(2025, 12, 31)) == date(2026, 1, 31)
+    assert default_first_due_date(date(2025, 3, 15)) == date(2025, 4, 15)
+
+
+def test_build_schedule_uses_the_anchor_day() -> None:
+    installments = build_schedule(
+        ScheduleTerms(300000, Decimal("0.1299"), 3, Amortization.EQUAL_INSTALLMENT),
+        date(2025, 2, 28),
+        31,
+    )
+    assert [i.due_date for i in installments] == [
+        date(2025, 2, 28),
+        date(2025, 3, 31),
+        date(2025, 4, 30),
+    ]
+
+
+@given(
+    st.dates(min_value=date(2000, 1, 1), max_value=date(2095, 12, 31)),
+    term_lengths,
+    st.one_of(st.none(), st.integers(1, 31)),
+)
+def test_due_dates_are_monthly(first: date, term: int, anchor: int | None) -> None:
+    dates = due_dates(first, term, anchor)
+    day = anchor or first.day
+    assert len(dates) == term
+    for k, due in enumerate(dates):
+        month = first.month - 1 + k
+        assert (due.year, due.month) == (first.year + month // 12, month % 12 + 1)
+        next_month = date(due.year + due.month // 12, due.month % 12 + 1, 1)
+        days_in_month = (next_month - date(due.year, due.month, 1)).days
+        assert due.day == min(day, days_in_month)
+    assert dates == sorted(set(dates))

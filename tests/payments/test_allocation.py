@@ -1,0 +1,506 @@
+"""The allocation waterfall and the replay of payments (app/payments/allocation.py): pure."""
+
+import copy
+from datetime import date, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from app.loans.schedule import (
+    Amortization,
+    FeeCollection,
+    ScheduleTerms,
+    build_schedule,
+    due_dates,
+)
+from app.money import Rounding
+from app.payments.allocation import (
+    Allocation,
+    InstallmentPosition,
+    InstallmentTerms,
+    LateFee,
+    LoanPosition,
+    PaymentIn,
+    apply_payment,
+    replay,
+)
+
+D = date.fromisoformat
+
+
+@pytest.fixture(autouse=True)
+def clean_database() -> None:
+    """Pure calculation: nothing in the database to truncate (overrides the conftest fixture)."""
+
+
+def loan(*late_fees: LateFee) -> list[InstallmentTerms]:
+    """Three installments: 100.00 of principal each, 10.00 / 8.00 / 6.00 of interest, and a
+    5.00 fee on the first (an upfront origination fee), plus any late fees on the first."""
+    return [
+        InstallmentTerms(1, D("2025-01-31"), 10000, 1000, 500, late_fees),
+        InstallmentTerms(2, D("2025-02-28"), 10000, 800),
+        InstallmentTerms(3, D("2025-03-31"), 10000, 600),
+    ]
+
+
+def pay(payment_id: str, amount: int, received_on: str) -> PaymentIn:
+    return PaymentIn(payment_id, amount, D(received_on))
+
+
+def ledger_balances(position: LoanPosition, payments: list[PaymentIn]) -> None:
+    """Every minor unit received is in an installment or in the credit balance, exactly once."""
+    allocated = sum(a.total_minor for a in position.allocations)
+    assert allocated + position.credit_balance_minor == sum(p.amount_minor for p in payments)
+    assert allocated == position.repaid_minor
+    assert position.credit_balance_minor >= 0
+    for payment in payments:
+        allocations = position.allocations_of(payment.id)
+        seqs = [a.installment_seq for a in allocations]
+        assert seqs == sorted(set(seqs))  # one allocation per installment, oldest first
+        assert sum(a.total_minor for a in allocations) <= payment.amount_minor
+        for a in allocations:
+            assert min(a.fees_minor, a.interest_minor, a.principal_minor) >= 0
+            assert a.total_minor > 0
+    for inst in position.installments:
+        assert 0 <= inst.paid_principal_minor <= inst.terms.principal_minor
+        assert 0 <= inst.paid_interest_minor + inst.interest_waived_minor
+        assert inst.paid_interest_minor + inst.interest_waived_minor <= inst.terms.interest_minor
+        assert min(inst.paid_fees_minor, inst.fees_waived_minor) >= 0
+        assert inst.paid_fees_minor + inst.fees_waived_minor <= inst.terms.fees_charged_by(date.max)
+
+
+# --- the waterfall, by example --------------------------------------------------------------
+
+
+def test_fees_then_interest_then_principal() -> None:
+    position = replay(loan(), [pay("p1", 1200, "2025-01-31")])
+    assert position.allocations == [Allocation("p1", 1, 500, 700, 0)]
+    first = position.installments[0]
+    assert (first.fees_left(D("2025-01-31")), first.interest_left(), first.principal_left()) == (
+        0,
+        300,
+        10000,
+    )
+    assert first.paid_on is None
+    assert position.principal_outstanding_minor == 30000
+
+
+def test_oldest_due_first_then_the_next() -> None:
+    payments = [pay("p1", 1200, "2025-01-31"), pay("p2", 20000, "2025-02-28")]
+    position = replay(loan(), payments)
+    assert position.allocations_of("p2") == [
+        Allocation("p2", 1, 0, 300, 10000),
+        Allocation("p2", 2, 0, 800, 8900),
+    ]
+    assert position.installments[0].paid_on == D("2025-02-28")
+    assert position.installments[1].paid_on is None
+    assert position.installments[1].principal_left() == 1100
+    assert position.credit_balance_minor == 0
+    ledger_balances(position, payments)
+
+
+def test_money_beyond_what_is_due_pays_the_next_installments_in_order() -> None:
+    # 115.00 settles the first installment; the 8.50 left pays February's interest and then
+    # 0.50 of its principal, though February is not due yet.
+    position = replay(loan(), [pay("p1", 12350, "2025-01-31")])
+    assert position.allocations == [
+        Allocation("p1", 1, 500, 1000, 10000),
+        Allocation("p1", 2, 0, 800, 50),
+    ]
+    assert position.installments[0].paid_on == D("2025-01-31")
+    assert position.paid_off_on is None
+    assert position.credit_balance_minor == 0
+    assert [i.interest_waived_minor for i in position.installments] == [0, 0, 0]
+
+
+def test_a_payment_before_anything_is_due_prepays_the_first_installment() -> None:
+    position = replay(loan(), [pay("p1", 11600, "2025-01-05")])
+    assert position.allocations == [
+        Allocation("p1", 1, 500, 1000, 10000),
+        Allocation("p1", 2, 0, 100, 0),
+    ]
+    assert position.installments[0].paid_on == D("2025-01-05")
+    assert position.overdue_minor(D("2025-03-01")) == 10700  # February, less the 1.00 prepaid
+
+
+# --- payoff ---------------------------------------------------------------------------------
+
+
+def test_payoff_is_what_is_due_plus_the_current_period_plus_later_principal() -> None:
+    position = replay(loan(), [])
+    assert position.payoff_minor(D("2025-01-10")) == 11500 + 10000 + 10000
+    assert position.payoff_minor(D("2025-01-31")) == 11500 + 10800 + 10000  # Jan 31 is due
+    assert position.payoff_minor(D("2025-02-10")) == 11500 + 10800 + 10000
+    assert position.payoff_minor(D("2025-03-01")) == 11500 + 10800 + 10600
+    assert position.payoff_minor(D("2025-04-01")) == 11500 + 10800 + 10600
+
+
+def test_paying_exactly_the_payoff_pays_the_loan_off() -> None:
+    position = replay(loan(), [])
+    assert position.payoff_minor(D("2025-02-10")) == 32300
+    apply_payment(position, pay("p1", 32300, "2025-02-10"))
+    assert position.paid_off_on == D("2025-02-10")
+    assert position.credit_balance_minor == 0
+    assert position.allocations == [
+        Allocation("p1", 1, 500, 1000, 10000),
+        Allocation("p1", 2, 0, 800, 10000),  # the current period is paid in full
+        Allocation("p1", 3, 0, 0, 10000),  # March's interest is not owed
+    ]
+    assert [i.interest_waived_minor for i in position.installments] == [0, 0, 600]
+    assert [i.paid_on for i in position.installments] == [D("2025-02-10")] * 3
+    assert position.payoff_minor(D("2025-02-10")) == 0
+    assert position.principal_outstanding_minor == 0
+
+
+def test_paying_more_than_the_payoff_leaves_the_excess_as_credit() -> None:
+    position = replay(loan(), [pay("p1", 33000, "2025-01-10")])  # payoff 315.00
+    assert position.paid_off_on == D("2025-01-10")
+    assert position.credit_balance_minor == 1500
+    assert [i.interest_waived_minor for i in position.installments] == [0, 800, 600]
+    assert sum(a.total_minor for a in position.allocations) == 31500
+    # Once paid off, every later payment is credit.
+    apply_payment(position, pay("p2", 700, "2025-02-01"))
+    assert position.credit_balance_minor == 2200
+    assert position.allocations_of("p2") == []
+
+
+def test_one_unit_short_of_the_payoff_is_not_a_payoff() -> None:
+    position = replay(loan(), [pay("p1", 32299, "2025-02-10")])
+    assert position.paid_off_on is None
+    assert [i.interest_waived_minor for i in position.installments] == [0, 0, 0]
+    assert position.allocations_of("p1")[-1] == Allocation("p1", 3, 0, 600, 9399)
+    assert position.payoff_minor(D("2025-02-10")) == 601  # March's interest is prepaid
+
+
+def test_payoff_after_the_last_due_date_is_everything_left() -> None:
+    payments = [pay("p1", 5000, "2025-02-01"), pay("p2", 27900, "2025-04-15")]
+    position = replay(loan(), payments)
+    assert position.paid_off_on == D("2025-04-15")
+    assert position.credit_balance_minor == 0
+    assert [i.interest_waived_minor for i in position.installments] == [0, 0, 0]
+    ledger_balances(position, payments)
+
+
+def test_trailing_zero_installments_are_paid_on_the_payoff_date() -> None:
+    """A degenerate schedule ends in installments of nothing: paying off the loan marks them
+    paid too, even when the payment never needed to reach them."""
+    installments = [
+        InstallmentTerms(1, D("2025-01-31"), 150, 3),
+        InstallmentTerms(2, D("2025-02-28"), 50, 1),
+        InstallmentTerms(3, D("2025-03-31"), 0, 0),
+    ]
+    position = replay(installments, [pay("p1", 153, "2025-01-31"), pay("p2", 51, "2025-02-28")])
+    assert position.paid_off_on == D("2025-02-28")
+    assert [i.paid_on for i in position.installments] == [
+        D("2025-01-31"),
+        D("2025-02-28"),
+        D("2025-02-28"),
+    ]
+    assert position.allocations_of("p2") == [Allocation("p2", 2, 0, 1, 50)]
+
+
+# --- overdue and late fees ------------------------------------------------------------------
+
+
+def test_overdue_counts_only_installments_due_before_the_date() -> None:
+    position = replay(loan(), [])
+    assert position.overdue_minor(D("2025-01-31")) == 0  # due today is not overdue
+    assert position.overdue_minor(D("2025-02-01")) == 11500
+    assert position.overdue_minor(D("2025-02-28")) == 11500
+    assert position.overdue_minor(D("2025-03-01")) == 11500 + 10800
+    assert position.overdue_minor(D("2025-12-31")) == 11500 + 10800 + 10600
+    apply_payment(position, pay("p1", 2000, "2025-02-15"))
+    assert position.overdue_minor(D("2025-03-01")) == 11500 + 10800 - 2000
+
+
+def test_a_late_fee_is_payable_only_from_the_day_it_is_assessed() -> None:
+    installments = loan(LateFee(D("2025-02-10"), 300), LateFee(D("2025-03-10"), 300))
+    position = replay(installments, [])
+    assert position.overdue_minor(D("2025-02-09")) == 11500
+    assert position.overdue_minor(D("2025-02-10")) == 11800
+    assert position.overdue_minor(D("2025-03-10")) == 11800 + 300 + 10800
+    assert position.payoff_minor(D("2025-02-09")) == 32300
+    assert position.payoff_minor(D("2025-02-10")) == 32600
+
+    apply_payment(position, pay("p1", 600, "2025-02-09"))
+    assert position.allocations_of("p1") == [Allocation("p1", 1, 500, 100, 0)]
+    apply_payment(position, pay("p2", 600, "2025-02-10"))
+    assert position.allocations_of("p2") == [Allocation("p2", 1, 300, 300, 0)]
+    apply_payment(position, pay("p3", 400, "2025-03-10"))
+    assert position.allocations_of("p3") == [Allocation("p3", 1, 300, 100, 0)]
+    assert position.installments[0].paid_fees_minor == 1100
+
+
+def test_a_payoff_before_a_late_fee_is_assessed_does_not_pay_it() -> None:
+    installments = loan(LateFee(D("2025-02-10"), 300))
+    position = replay(installments, [pay("p1", 32300, "2025-02-09")])
+    assert position.paid_off_on == D("2025-02-09")
+    assert position.credit_balance_minor == 0
+    assert position.installments[0].paid_fees_minor == 500
+
+
+# --- properties -----------------------------------------------------------------------------
+
+
+@st.composite
+def installment_terms(draw: st.DrawFn) -> list[InstallmentTerms]:
+    """A loan's installments: from a real schedule, or arbitrary amounts (zeros included)."""
+    first = draw(st.dates(min_value=date(2024, 1, 1), max_value=date(2026, 12, 31)))
+    term = draw(st.integers(1, 8))
+    if draw(st.booleans()):
+        schedule = build_schedule(
+            ScheduleTerms(
+                draw(st.integers(1, 2_000_000)),
+                Decimal(draw(st.integers(0, 3600))).scaleb(-4),
+                term,
+                draw(
+                    st.sampled_from([Amortization.EQUAL_INSTALLMENT, Amortization.EQUAL_PRINCIPAL])
+                ),
+                draw(st.sampled_from(list(Rounding))),
+                draw(st.sampled_from([None, 100])),
+                draw(st.integers(0, 20_000)),
+                draw(st.sampled_from(list(FeeCollection))),
+            ),
+            first,
+        )
+        parts = [(s.principal_minor, s.interest_minor, s.fees_minor) for s in schedule]
+    else:
+        amounts = st.one_of(st.just(0), st.integers(1, 50_000))
+        parts = [
+            (draw(amounts), draw(st.one_of(st.just(0), st.integers(1, 5_000))), draw(amounts))
+            for _ in range(term)
+        ]
+    installments = []
+    for seq, (due, (principal, interest, fees)) in enumerate(
+        zip(due_dates(first, term), parts, strict=True), start=1
+    ):
+        late_fees = tuple(
+            LateFee(due + timedelta(days=draw(st.integers(1, 60))), draw(st.integers(1, 3_000)))
+            for _ in range(draw(st.integers(0, 2)))
+        )
+        installments.append(InstallmentTerms(seq, due, principal, interest, fees, late_fees))
+    return installments
+
+
+def owed(installments: list[InstallmentTerms]) -> int:
+    return sum(
+        i.principal_minor + i.interest_minor + i.fees_charged_by(date.max) for i in installments
+    )
+
+
+@st.composite
+def payment_lists(draw: st.DrawFn, installments: list[InstallmentTerms]) -> list[PaymentIn]:
+    """Payments of random amounts (a few beyond everything owed) on random days around the
+    schedule, in order of receipt: the order in which the service always replays them."""
+    earliest = installments[0].due_date - timedelta(days=40)
+    latest = installments[-1].due_date + timedelta(days=90)
+    ceiling = max(owed(installments), 1)
+    payments = [
+        PaymentIn(
+            f"pay_{k}",
+            draw(
+                st.one_of(
+                    st.integers(1, 2_000),
+                    st.integers(1, ceiling),
+                    st.integers(ceiling, 2 * ceiling),
+                )
+            ),
+            draw(st.dates(min_value=earliest, max_value=latest)),
+        )
+        for k in range(draw(st.integers(0, 8)))
+    ]
+    return sorted(payments, key=lambda p: (p.received_on, p.id))
+
+
+@st.composite
+def loans_with_payments(draw: st.DrawFn) -> tuple[list[InstallmentTerms], list[PaymentIn]]:
+    installments = draw(installment_terms())
+    return installments, draw(payment_lists(installments))
+
+
+@given(loans_with_payments())
+def test_the_ledger_balances_after_any_payments(
+    loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]],
+) -> None:
+    installments, payments = loan_and_payments
+    position = replay(installments, payments)
+    ledger_balances(position, payments)
+    if position.paid_off_on is not None:
+        assert all(i.paid_on is not None for i in position.installments)
+        assert position.principal_outstanding_minor == 0
+
+
+@given(loans_with_payments(), st.data())
+def test_replay_is_deterministic_and_a_reversal_is_a_fresh_replay(
+    loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]], data: st.DataObject
+) -> None:
+    installments, payments = loan_and_payments
+    pristine = copy.deepcopy(installments)
+    position = replay(installments, payments)
+    assert replay(installments, payments) == position
+    assert installments == pristine  # the schedule is never patched in place
+
+    incremental = replay(installments, [])
+    for payment in payments:
+        apply_payment(incremental, payment)
+    assert incremental == position
+
+    kept = [p for p in payments if data.draw(st.booleans(), label=f"keep {p.id}")]
+    reversed_ = replay(installments, kept)
+    assert reversed_ == replay(pristine, kept)
+    ledger_balances(reversed_, kept)
+    if payments:
+        # Reversing the last payment restores the position as it was before it.
+        before_last = replay(installments, [])
+        for payment in payments[:-1]:
+            apply_payment(before_last, payment)
+        assert replay(installments, payments[:-1]) == before_last
+
+
+@given(loans_with_payments())
+def test_waterfall_order_of_every_payment(
+    loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]],
+) -> None:
+    installments, payments = loan_and_payments
+    position = replay(installments, [])
+    for payment in payments:
+        before = copy.deepcopy(position)
+        apply_payment(position, payment)
+        day = payment.received_on
+        allocations = position.allocations_of(payment.id)
+        assert position.allocations[: len(before.allocations)] == before.allocations
+        assert position.allocations[len(before.allocations) :] == allocations
+        credited = position.credit_balance_minor - before.credit_balance_minor
+        assert sum(a.total_minor for a in allocations) + credited == payment.amount_minor
+        if before.paid_off_on is not None:
+            assert allocations == []
+            continue
+        by_seq = {i.seq: i for i in position.installments}
+        for a in allocations:
+            inst = by_seq[a.installment_seq]
+            if a.interest_minor or a.principal_minor:
+                assert inst.fees_left(day) == 0  # fees first
+            if a.principal_minor:
+                assert inst.interest_left() == 0  # then interest, then principal
+            # No fee is taken before it is assessed.
+            assert inst.paid_fees_minor <= inst.terms.fees_charged_by(day)
+        if allocations:
+            # Oldest first: every installment before the last one paid is settled.
+            last = allocations[-1].installment_seq
+            assert all(i.settled_by(day) for i in position.installments if i.seq < last)
+        if credited:
+            assert position.paid_off_on is not None
+            assert all(i.settled_by(day) for i in position.installments)
+        # Interest and fees are waived only by a payoff, and only after the current period.
+        waived = [
+            i.seq
+            for i, b in zip(position.installments, before.installments, strict=True)
+            if (i.interest_waived_minor, i.fees_waived_minor)
+            != (b.interest_waived_minor, b.fees_waived_minor)
+        ]
+        if waived:
+            assert position.paid_off_on == day
+            future = [i.seq for i in position.installments if i.terms.due_date > day]
+            assert set(waived) <= set(future[1:])
+
+
+@given(loans_with_payments(), st.data())
+def test_paying_the_payoff_pays_the_loan_off(
+    loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]], data: st.DataObject
+) -> None:
+    installments, payments = loan_and_payments
+    position = replay(installments, payments)
+    assume(position.paid_off_on is None)
+    earliest = (
+        payments[-1].received_on if payments else installments[0].due_date - timedelta(days=10)
+    )
+    latest = max(earliest, installments[-1].due_date) + timedelta(days=60)
+    day = data.draw(st.dates(min_value=earliest, max_value=latest))
+    payoff = position.payoff_minor(day)
+    assert payoff >= position.overdue_minor(day)
+    excess = data.draw(st.sampled_from([0, 0, 1, 12345]))
+    assume(payoff + excess > 0)  # the API takes no payment of nothing
+    before = copy.deepcopy(position)
+
+    apply_payment(position, PaymentIn("payoff", payoff + excess, day))
+
+    assert position.paid_off_on == day
+    assert position.credit_balance_minor == before.credit_balance_minor + excess
+    assert sum(a.total_minor for a in position.allocations_of("payoff")) == payoff
+    assert all(i.settled_by(day) for i in position.installments)
+    assert all(i.paid_on is not None and i.paid_on <= day for i in position.installments)
+    assert position.principal_outstanding_minor == 0
+    assert position.payoff_minor(day) == 0
+    future = [b for b in before.installments if b.terms.due_date > day]
+    later = {b.seq: b for b in future[1:]}  # after the current period
+    for inst, b in zip(position.installments, before.installments, strict=True):
+        if inst.seq in later:
+            # Whatever interest and fees of a later period were not prepaid are waived.
+            assert inst.interest_waived_minor == b.interest_left()
+            assert inst.fees_waived_minor == b.fees_left(day)
+            assert inst.paid_interest_minor == b.paid_interest_minor
+            assert inst.paid_fees_minor == b.paid_fees_minor
+        else:
+            assert (inst.interest_waived_minor, inst.fees_waived_minor) == (0, 0)
+    ledger_balances(position, [*payments, PaymentIn("payoff", payoff + excess, day)])
+
+
+@given(loans_with_payments(), st.data())
+def test_one_unit_less_than_the_payoff_leaves_the_loan_open(
+    loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]], data: st.DataObject
+) -> None:
+    installments, payments = loan_and_payments
+    position = replay(installments, payments)
+    assume(position.paid_off_on is None)
+    day = payments[-1].received_on if payments else installments[0].due_date
+    payoff = position.payoff_minor(day)
+    assume(payoff > 1)
+    credit = position.credit_balance_minor
+    apply_payment(position, PaymentIn("short", payoff - 1, day))
+    assert position.paid_off_on is None
+    assert position.credit_balance_minor == credit
+    assert all(i.interest_waived_minor == i.fees_waived_minor == 0 for i in position.installments)
+    assert position.payoff_minor(day) >= 1
+
+
+@given(loans_with_payments(), st.data())
+def test_overdue_is_what_is_left_of_installments_due_before_the_date(
+    loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]], data: st.DataObject
+) -> None:
+    installments, payments = loan_and_payments
+    position = replay(installments, payments)
+    # A position holds every payment replayed, so it is asked about no earlier day than the last.
+    earliest = max(
+        [installments[0].due_date - timedelta(days=5), *(p.received_on for p in payments)]
+    )
+    as_of = data.draw(st.dates(min_value=earliest, max_value=earliest + timedelta(days=400)))
+    expected = 0
+    for inst in position.installments:
+        if inst.terms.due_date < as_of:
+            expected += (
+                inst.terms.principal_minor
+                - inst.paid_principal_minor
+                + inst.terms.interest_minor
+                - inst.paid_interest_minor
+                - inst.interest_waived_minor
+                + inst.terms.fees_minor
+                + sum(f.amount_minor for f in inst.terms.late_fees if f.assessed_on <= as_of)
+                - inst.paid_fees_minor
+                - inst.fees_waived_minor
+            )
+    assert position.overdue_minor(as_of) == expected
+    if position.paid_off_on is None:
+        assert position.overdue_minor(as_of) <= position.payoff_minor(as_of)
+
+
+def test_installment_position_arithmetic() -> None:
+    terms = InstallmentTerms(1, D("2025-01-31"), 10000, 1000, 200, (LateFee(D("2025-02-05"), 50),))
+    position = InstallmentPosition(terms, paid_fees_minor=100, paid_interest_minor=400)
+    assert position.fees_left(D("2025-02-04")) == 100
+    assert position.fees_left(D("2025-02-05")) == 150
+    assert position.left(D("2025-02-05")) == 150 + 600 + 10000
+    assert position.paid_minor == 500
+    assert not position.settled_by(D("2025-02-05"))
+    assert terms.fees_charged_by(D("2025-01-01")) == 200

@@ -1,0 +1,430 @@
+"""app/money.py: parsing and formatting minor units, rounding, and the request-field parser."""
+
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from fractions import Fraction
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.config import get_settings
+from app.errors import InvalidRequest
+from app.money import (
+    MINOR_DIGITS,
+    MoneyError,
+    Rounding,
+    floor_minor,
+    format_minor,
+    format_rate,
+    minor_digits,
+    parse_amount,
+    parse_rate,
+    round_minor,
+    round_to_multiple,
+    setting_to_minor,
+    to_decimal,
+    to_minor,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_database() -> None:
+    """Pure calculation: nothing in the database to truncate (overrides the conftest fixture)."""
+
+
+def exact_round(value: Fraction, rounding: Rounding) -> int:
+    """Round a rational to an integer by hand, as a reference independent of ``decimal``."""
+    floor = value.numerator // value.denominator
+    rest = value - floor
+    if rest > Fraction(1, 2):
+        return floor + 1
+    if rest < Fraction(1, 2):
+        return floor
+    if rounding is Rounding.HALF_UP:
+        return floor + 1 if value > 0 else floor
+    return floor + (floor % 2)
+
+
+currencies = st.sampled_from(sorted(MINOR_DIGITS))
+
+# --- minor digits -------------------------------------------------------------------------
+
+
+def test_minor_digits_follow_iso_4217() -> None:
+    assert minor_digits("CNY") == 2
+    assert minor_digits("USD") == 2
+    assert minor_digits("JPY") == 0
+    assert minor_digits("KRW") == 0
+    assert minor_digits("KWD") == 3
+    assert minor_digits("BHD") == 3
+
+
+@pytest.mark.parametrize("code", ["XXX", "cny", "", "CNYY", "BTC"])
+def test_unknown_currency_is_refused_not_guessed(code: str) -> None:
+    with pytest.raises(MoneyError, match="unsupported currency"):
+        minor_digits(code)
+    with pytest.raises(MoneyError, match="unsupported currency"):
+        to_minor("1", code)
+    with pytest.raises(MoneyError, match="unsupported currency"):
+        format_minor(1, code)
+
+
+# --- to_minor -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "minor"),
+    [
+        ("1299.00", "CNY", 129900),
+        ("1299", "CNY", 129900),
+        ("1299.5", "CNY", 129950),
+        ("0.01", "CNY", 1),
+        ("0", "CNY", 0),
+        ("0.00", "CNY", 0),
+        ("999999999999999.99", "CNY", 99999999999999999),
+        ("1299", "JPY", 1299),
+        ("0", "JPY", 0),
+        ("1.234", "KWD", 1234),
+        ("1.2", "KWD", 1200),
+        ("0.001", "BHD", 1),
+    ],
+)
+def test_to_minor_parses_decimal_strings(amount: str, currency: str, minor: int) -> None:
+    assert to_minor(amount, currency) == minor
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        "",
+        "-1",
+        "-0.01",
+        "+1",
+        "1e3",
+        "1E3",
+        "NaN",
+        "Infinity",
+        "01",
+        "00",
+        "00.50",
+        "1.",
+        ".5",
+        " 1",
+        "1 ",
+        "1\n",  # a trailing newline once slipped through the pattern's '$'
+        "\n1",
+        "1,000",
+        "1_000",
+        "1.0000",  # more decimals than any currency has
+        "1000000000000000",  # sixteen integer digits
+        "\u0661",  # ARABIC-INDIC DIGIT ONE: str.isdigit() says yes, money says no
+        "0x10",
+    ],
+)
+def test_to_minor_refuses_anything_but_a_plain_decimal(amount: str) -> None:
+    with pytest.raises(MoneyError, match="non-negative decimal string"):
+        to_minor(amount, "KWD")
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "message"),
+    [
+        ("1.001", "CNY", "CNY amounts have at most 2 decimal places"),
+        ("0.000", "CNY", "CNY amounts have at most 2 decimal places"),
+        ("1.0", "JPY", "JPY amounts have at most 0 decimal places"),
+        ("1.00", "KRW", "KRW amounts have at most 0 decimal places"),
+    ],
+)
+def test_to_minor_refuses_more_decimals_than_the_currency_has(
+    amount: str, currency: str, message: str
+) -> None:
+    with pytest.raises(MoneyError) as caught:
+        to_minor(amount, currency)
+    assert str(caught.value) == message
+
+
+@given(currencies, st.integers(0, 10**15 - 1))
+def test_format_then_parse_round_trips(currency: str, minor: int) -> None:
+    text = format_minor(minor, currency)
+    assert to_minor(text, currency) == minor
+
+
+@given(currencies, st.integers(0, 10**15 - 1), st.integers(0, 3))
+def test_parse_reads_the_digits_as_written(currency: str, major: int, decimals: int) -> None:
+    digits = minor_digits(currency)
+    fraction = str(major % 10**decimals).zfill(decimals) if decimals else ""
+    text = f"{major}.{fraction}" if decimals else str(major)
+    if decimals > digits:
+        with pytest.raises(MoneyError, match="decimal places"):
+            to_minor(text, currency)
+    else:
+        expected = major * 10**digits + (int(fraction or 0) * 10 ** (digits - decimals))
+        assert to_minor(text, currency) == expected
+
+
+# --- format_minor / to_decimal ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("minor", "currency", "text"),
+    [
+        (129900, "CNY", "1299.00"),
+        (0, "CNY", "0.00"),
+        (5, "CNY", "0.05"),
+        (10, "CNY", "0.10"),
+        (99999999999999999, "CNY", "999999999999999.99"),
+        (10**20, "CNY", "1000000000000000000.00"),  # never scientific notation
+        (1299, "JPY", "1299"),
+        (0, "JPY", "0"),
+        (1234, "KWD", "1.234"),
+        (1, "KWD", "0.001"),
+        (-5, "CNY", "-0.05"),  # a negative balance (a credit) still formats
+    ],
+)
+def test_format_minor_always_has_exactly_the_minor_digits(
+    minor: int, currency: str, text: str
+) -> None:
+    assert format_minor(minor, currency) == text
+
+
+def test_to_decimal_is_exact() -> None:
+    assert to_decimal(129900, "CNY") == Decimal("1299.00")
+    assert to_decimal(1, "KWD") == Decimal("0.001")
+    assert to_decimal(7, "JPY") == Decimal(7)
+    assert to_decimal(10**17 + 1, "CNY") == Decimal("1000000000000000.01")
+
+
+# --- rounding -----------------------------------------------------------------------------
+
+
+def test_rounding_modes_map_to_decimal_modes() -> None:
+    assert Rounding.HALF_EVEN.decimal_mode == ROUND_HALF_EVEN
+    assert Rounding.HALF_UP.decimal_mode == ROUND_HALF_UP
+    assert Rounding("half_even") is Rounding.HALF_EVEN
+    assert Rounding("half_up") is Rounding.HALF_UP
+
+
+@pytest.mark.parametrize(
+    ("value", "half_even", "half_up"),
+    [
+        ("2.5", 2, 3),  # the tie: the two modes differ
+        ("3.5", 4, 4),  # ... but not when the even neighbour is above
+        ("0.5", 0, 1),
+        ("1.5", 2, 2),
+        ("2.4999999", 2, 2),
+        ("2.5000001", 3, 3),
+        ("2.6", 3, 3),
+        ("0", 0, 0),
+        ("-2.5", -2, -3),  # half up rounds away from zero
+        ("6495.0", 6495, 6495),
+        ("12345678901234567.5", 12345678901234568, 12345678901234568),
+    ],
+)
+def test_round_minor(value: str, half_even: int, half_up: int) -> None:
+    assert round_minor(Decimal(value), Rounding.HALF_EVEN) == half_even
+    assert round_minor(Decimal(value), Rounding.HALF_UP) == half_up
+
+
+@given(
+    st.integers(-(10**12), 10**12),
+    st.integers(1, 10**6),
+    st.sampled_from(list(Rounding)),
+)
+def test_round_minor_agrees_with_exact_rational_rounding(
+    numerator: int, denominator: int, rounding: Rounding
+) -> None:
+    value = Decimal(numerator) / Decimal(denominator)
+    # Decimal division is exact here unless the quotient needs more than 28 digits, and then
+    # it is never within a rounding error of a tie.
+    assert round_minor(value, rounding) == exact_round(Fraction(numerator, denominator), rounding)
+
+
+@pytest.mark.parametrize(
+    ("value", "floored"), [("2.999", 2), ("2", 2), ("0.5", 0), ("0", 0), ("535.88", 535)]
+)
+def test_floor_minor(value: str, floored: int) -> None:
+    assert floor_minor(Decimal(value)) == floored
+
+
+@pytest.mark.parametrize(
+    ("minor", "multiple", "half_even", "half_up"),
+    [
+        (12345, 100, 12300, 12300),
+        (12351, 100, 12400, 12400),
+        (12350, 100, 12400, 12400),  # 123.5 -> 124 (even)
+        (12250, 100, 12200, 12300),  # 122.5 -> 122 (even) or 123 (up)
+        (53588, 100, 53600, 53600),
+        (53588, 1000, 54000, 54000),
+        (49, 100, 0, 0),
+        (50, 100, 0, 100),
+        (150, 100, 200, 200),
+        (7, 1, 7, 7),
+        (0, 500, 0, 0),
+        (2500, 1000, 2000, 3000),
+    ],
+)
+def test_round_to_multiple(minor: int, multiple: int, half_even: int, half_up: int) -> None:
+    assert round_to_multiple(minor, multiple, Rounding.HALF_EVEN) == half_even
+    assert round_to_multiple(minor, multiple, Rounding.HALF_UP) == half_up
+
+
+@given(st.integers(0, 10**12), st.integers(1, 10**6), st.sampled_from(list(Rounding)))
+def test_round_to_multiple_is_the_nearest_multiple(
+    minor: int, multiple: int, rounding: Rounding
+) -> None:
+    rounded = round_to_multiple(minor, multiple, rounding)
+    assert rounded % multiple == 0
+    assert 2 * abs(rounded - minor) <= multiple
+    assert rounded == exact_round(Fraction(minor, multiple), rounding) * multiple
+    assert round_to_multiple(minor, 1, rounding) == minor
+
+
+# --- rates --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        ("0.1299", Decimal("0.1299")),
+        ("0", Decimal(0)),
+        ("1", Decimal(1)),
+        ("0.000001", Decimal("0.000001")),
+        ("99.999999", Decimal("99.999999")),
+        ("0.10", Decimal("0.1")),
+    ],
+)
+def test_parse_rate(text: str, rate: Decimal) -> None:
+    assert parse_rate(text) == rate
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "0.1234567",
+        "100",
+        "-0.1",
+        "1e-2",
+        ".5",
+        "00.1",
+        "0.",
+        "0.1\n",
+        " 0.1",
+        "12.99%",
+        "NaN",
+    ],
+)
+def test_parse_rate_refuses(text: str) -> None:
+    with pytest.raises(MoneyError, match="at most 6 decimals"):
+        parse_rate(text)
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"),
+    [
+        (Decimal("0.1299"), "0.1299"),
+        (Decimal("0.1000"), "0.1"),
+        (Decimal("0.120000"), "0.12"),
+        (Decimal(0), "0"),
+        (Decimal("0.000000"), "0"),
+        (Decimal("10.00"), "10"),
+        (Decimal("0.000001"), "0.000001"),
+    ],
+)
+def test_format_rate(rate: Decimal, text: str) -> None:
+    assert format_rate(rate) == text
+
+
+@given(st.integers(0, 99_999_999))
+def test_rate_round_trips(millionths: int) -> None:
+    rate = Decimal(millionths).scaleb(-6)
+    text = format_rate(rate)
+    assert "E" not in text
+    assert parse_rate(text) == rate
+    assert format_rate(parse_rate(text)) == text
+
+
+# --- configured amounts -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "minor"),
+    [
+        ("1.00", "CNY", 100),
+        ("1.00", "JPY", 1),
+        ("0.5", "JPY", 1),  # half up
+        ("1.5", "JPY", 2),
+        ("2.5", "JPY", 3),  # half up, not half even
+        ("0.005", "CNY", 1),
+        ("0.0049", "CNY", 0),
+        ("100000000", "CNY", 10_000_000_000),
+        ("100000000", "JPY", 100_000_000),
+        ("3000.00", "KWD", 3_000_000),
+    ],
+)
+def test_setting_to_minor_rounds_half_up(amount: str, currency: str, minor: int) -> None:
+    assert setting_to_minor(Decimal(amount), currency) == minor
+
+
+# --- parse_amount: a request field --------------------------------------------------------
+
+
+def _refusal(field: str, amount: str, currency: str, **kwargs: bool) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_amount(field, amount, currency, **kwargs)
+    return caught.value
+
+
+def test_parse_amount_returns_minor_units() -> None:
+    assert parse_amount("principal", "6000.00", "CNY") == 600000
+    assert parse_amount("principal", "6000", "JPY") == 6000
+    assert parse_amount("amount", "0.001", "KWD") == 1
+    assert parse_amount("amount", "0.00", "CNY", allow_zero=True) == 0
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "message"),
+    [
+        ("12.5.0", "CNY", "must be a non-negative decimal string such as '1299.00'"),
+        ("-1.00", "CNY", "must be a non-negative decimal string such as '1299.00'"),
+        ("1.00\n", "CNY", "must be a non-negative decimal string such as '1299.00'"),
+        ("1.001", "CNY", "CNY amounts have at most 2 decimal places"),
+        ("1.5", "JPY", "JPY amounts have at most 0 decimal places"),
+        ("1.00", "XXX", "unsupported currency 'XXX'"),
+        ("0", "CNY", "must be greater than zero"),
+        ("0.00", "CNY", "must be greater than zero"),
+        ("100000000.01", "CNY", "must not exceed 100000000"),
+        ("100000001", "JPY", "must not exceed 100000000"),
+    ],
+)
+def test_parse_amount_refusals_name_the_field(amount: str, currency: str, message: str) -> None:
+    assert get_settings().max_amount == Decimal(100000000)
+    refusal = _refusal("payment.amount", amount, currency)
+    assert refusal.status == 422
+    assert refusal.code == "validation_error"
+    assert refusal.errors == [{"field": "payment.amount", "message": message}]
+    assert refusal.detail == f"payment.amount: {message}"
+
+
+def test_parse_amount_accepts_exactly_the_maximum() -> None:
+    assert parse_amount("principal", "100000000.00", "CNY") == 10_000_000_000
+    assert parse_amount("principal", "100000000", "JPY") == 100_000_000
+    assert parse_amount("principal", "100000000.000", "KWD") == 100_000_000_000
+
+
+def test_parse_amount_follows_the_configured_maximum(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(get_settings(), "max_amount", Decimal("50.005"))
+    assert parse_amount("amount", "50.01", "CNY") == 5001  # the setting rounds half up
+    assert _refusal("amount", "50.02", "CNY").errors == [
+        {"field": "amount", "message": "must not exceed 50.005"}
+    ]
+    assert parse_amount("amount", "50", "JPY") == 50
+    assert _refusal("amount", "51", "JPY").errors == [
+        {"field": "amount", "message": "must not exceed 50.005"}
+    ]
+
+
+def test_allow_zero_still_refuses_bad_shapes() -> None:
+    assert _refusal("amount", "", "CNY", allow_zero=True).errors == [
+        {"field": "amount", "message": "must be a non-negative decimal string such as '1299.00'"}
+    ]
