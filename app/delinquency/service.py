@@ -237,6 +237,8 @@ async def assess_late_fees(
             i.loan_id == loan.id,
             loan.product_code == product.code,
             in_range(i.loan_id, low, high),
+            # The same range on the loan side, or PostgreSQL scans every loan per chunk.
+            in_range(loan.id, low, high),
             loan.status.in_(OPEN_STATUSES),
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
@@ -300,7 +302,11 @@ def _delinquency_per_loan(as_of: date, low: str | None, high: str | None) -> Any
     return (
         select(i.loan_id.label("loan_id"), oldest_missed.label("oldest_missed"))
         .select_from(_installment.join(_loan, loan.id == i.loan_id))
-        .where(in_range(i.loan_id, low, high), loan.status.in_(OPEN_STATUSES))
+        .where(
+            in_range(i.loan_id, low, high),
+            in_range(loan.id, low, high),
+            loan.status.in_(OPEN_STATUSES),
+        )
         .group_by(i.loan_id)
         .subquery("per_loan")
     )
@@ -350,13 +356,14 @@ async def recompute_delinquency(
                 status.label("new_status"),
             )
             .select_from(_loan.join(per_loan, per_loan.c.loan_id == loan.id))
-            .where(moved)
+            .where(moved, in_range(loan.id, low, high))
         )
     ).all()
     updated = await session.execute(
         update(_loan)
         .where(
             loan.id == per_loan.c.loan_id,
+            in_range(loan.id, low, high),
             or_(dpd != loan.days_past_due, moved),
         )
         .values(
