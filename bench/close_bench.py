@@ -84,11 +84,16 @@ def exists(database: str) -> bool:
 
 def build_base(loans: int, as_of: date, seed: int, out: Path, rebuild: bool) -> dict[str, Any]:
     base = f"{SCRATCH}_base_{loans}"
-    meta_file = out / f"base_{loans}.json"
-    if exists(base) and meta_file.exists() and not rebuild:
-        meta = json.loads(meta_file.read_text())
-        if meta["as_of"] == as_of.isoformat():
+    # What the base holds is kept on the database itself (its comment), whatever --out is.
+    if exists(base) and not rebuild:
+        comment = psql(
+            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+            f"WHERE datname = '{base}'"
+        )
+        meta = json.loads(comment) if comment.startswith("{") else {}
+        if meta.get("as_of") == as_of.isoformat() and meta.get("seed") == seed:
             print(f"reusing {base} (generated {meta['generated_at']})", flush=True)
+            (out / f"base_{loans}.json").write_text(json.dumps(meta, indent=2))
             return dict(meta)
     print(f"building {base}: {loans:,} loans as of {as_of}", flush=True)
     psql(f'DROP DATABASE IF EXISTS "{base}" WITH (FORCE)')
@@ -122,7 +127,9 @@ def build_base(loans: int, as_of: date, seed: int, out: Path, rebuild: bool) -> 
         "rows": {t: int(psql(f"SELECT count(*) FROM {t}", base)) for t in (
             "loan", "loan_installment", "payment", "payment_allocation", "ledger_transaction")},
     }  # fmt: skip
-    meta_file.write_text(json.dumps(meta, indent=2))
+    (out / f"base_{loans}.json").write_text(json.dumps(meta, indent=2))
+    quoted = json.dumps(meta).replace("'", "''")
+    psql(f"COMMENT ON DATABASE \"{base}\" IS '{quoted}'")
     return meta
 
 

@@ -8,14 +8,17 @@ One run, start to finish:
    borrowers whose credit limit an admin raises to 100,000,000.00 (limits never bind) and
    ``--loans`` loans for the payment and GET phases; then ``VACUUM ANALYZE``;
 3. serves the API on one uvicorn worker (``loanwatch serve``, log level warning) and runs each
-   phase with ``wrk -t2 -c32 -d15s --latency``, after a short unmeasured warm-up of the same
-   phase; every POST carries a unique Idempotency-Key and merchant_order_ref / external_ref;
+   phase with ``wrk -t2 -c32 -d15s --latency --timeout=10s``, after a short unmeasured
+   warm-up of the same phase and a ``CHECKPOINT``; every POST carries a unique
+   Idempotency-Key and merchant_order_ref / external_ref;
 4. serves ``bench/baseline_app.py`` (one uvicorn worker) and runs the same phases on it;
 5. prints a markdown table: requests/s, p50, p99, the API/baseline ratio, non-2xx responses
-   and socket errors (a phase with either is invalid), rows written, and the CPU each side
-   used. With ``--profile N``, an extra unmeasured run of each phase follows the API's
-   measured phases, with py-spy attached to the API process for N seconds, and the hottest
-   frames are summarised.
+   and socket errors (a phase with either is invalid), rows written, and the CPU (in cores)
+   used by the server, PostgreSQL (this database's backends and the shared background
+   processes), wrk and everything else on the machine ("other": other work skews a run).
+   With ``--profile N``, an extra unmeasured run of each phase follows the API's measured
+   phases, with py-spy attached to the API process for N seconds, and the hottest frames
+   are summarised.
 
 Needs wrk (``apt-get install -y wrk``) and PostgreSQL on 127.0.0.1:5432 (user postgres,
 trust auth). Raw wrk output, the py-spy profile and the report go to ``--out``.
@@ -91,6 +94,7 @@ class PhaseResult:
     cpu_server: float  # cores used on average during the phase
     cpu_postgres: float
     cpu_wrk: float
+    cpu_other: float  # everything else on the machine: other work skews the figures
 
 
 @dataclass
@@ -98,6 +102,7 @@ class Config:
     duration: int
     connections: int
     threads: int
+    timeout: int
     warmup: int
     borrowers: int
     loans: int
@@ -333,6 +338,7 @@ def wrk(config: Config, phase: Phase, fixture: Fixture, url: str, prefix: str, t
         seconds: int) -> WrkResult:  # fmt: skip
     command = [
         "wrk", f"-t{config.threads}", f"-c{config.connections}", f"-d{seconds}s", "--latency",
+        f"--timeout={config.timeout}s",
         "-s", str(WRK_SCRIPTS / phase.script), url,
         "--", fixture.merchant_key, prefix, str(fixture.ids_file(phase)), tag,
     ]  # fmt: skip
@@ -354,23 +360,34 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _postgres_cpu() -> dict[int, float]:
-    """CPU seconds of every PostgreSQL process (postmaster, backends, background workers)."""
+def _postgres_cpu(database: str) -> dict[int, float]:
+    """CPU seconds of the PostgreSQL processes serving ``database``: its backends and the
+    shared background processes (WAL writer, checkpointer...), not other databases' backends,
+    whose title reads ``postgres: 15/main: user db host(port) state``."""
     found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
-                    found[int(entry.name)] = _cpu_seconds(int(entry.name))
+                if (entry / "comm").read_text().strip() != "postgres":
+                    continue
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (FileNotFoundError, ProcessLookupError):
                 continue
+            if f" {database} " in title or "(" not in title:
+                found[int(entry.name)] = _cpu_seconds(int(entry.name))
     return found
 
 
-def _postgres_cpu_since(before: dict[int, float]) -> float:
+def _postgres_cpu_since(database: str, before: dict[int, float]) -> float:
     """CPU used since ``before`` by the processes alive now (a backend that exited in between
     is left out rather than counted negative)."""
-    return sum(now - before.get(pid, 0.0) for pid, now in _postgres_cpu().items())
+    return sum(now - before.get(pid, 0.0) for pid, now in _postgres_cpu(database).items())
+
+
+def _machine_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores; idle and iowait excluded)."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS
 
 
 def _children_cpu_seconds() -> float:
@@ -412,7 +429,7 @@ FASTAPI_STEPS = ("solve_dependencies ", "serialize_response ", "request_body_to_
 
 
 def summarise_profile(raw: str, seconds: int, top: int = 15) -> str:
-    """Markdown tables from py-spy's raw (collapsed-stack) output.
+    """Markdown tables from py-spy's raw (collapsed-stack) output, all threads together.
 
     SQLAlchemy runs the synchronous ORM inside greenlets; py-spy shows a greenlet's frames
     without the coroutine that started it, so the inclusive figures of ``app`` frames leave out
@@ -420,7 +437,7 @@ def summarise_profile(raw: str, seconds: int, top: int = 15) -> str:
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     by_package: Counter[str] = Counter()
-    total = detached = 0
+    total = detached = threads = 0
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -428,7 +445,9 @@ def summarise_profile(raw: str, seconds: int, top: int = 15) -> str:
         count = int(count_text)
         frames = [_frame_key(f) for f in stack.split(";")]
         total += count
-        if not frames[0].startswith("<module>"):
+        if frames[0].startswith("Thread._bootstrap"):
+            threads += count
+        elif not frames[0].startswith("<module>"):
             detached += count
         self_time[frames[-1]] += count
         by_package[_package(frames[-1])] += count
@@ -443,12 +462,13 @@ def summarise_profile(raw: str, seconds: int, top: int = 15) -> str:
         rows += [f"| `{k}` | {100 * n / total:.1f} |" for k, n in counts.most_common(top)]
         return [*rows, ""]
 
-    busy = 100 * total / (seconds * PROFILE_RATE)
+    busy = 100 * (total - threads) / (seconds * PROFILE_RATE)
     return "\n".join(
         [
-            f"{total} samples in {seconds} s at {PROFILE_RATE} Hz: the event loop's thread was "
-            f"busy (not waiting in epoll) {busy:.0f} % of the time; {100 * detached / total:.0f} "
-            "% of samples ran in SQLAlchemy greenlets, detached from their callers.",
+            f"{total} samples in {seconds} s at {PROFILE_RATE} Hz. The event loop's thread was "
+            f"busy (not waiting in epoll) {busy:.0f} % of the time; of all samples "
+            f"{100 * detached / total:.0f} % ran in SQLAlchemy greenlets (detached from their "
+            f"callers) and {100 * threads / total:.0f} % in other threads.",
             "",
             *table("package of the running frame (self time)", by_package),
             *table("function (self time)", self_time),
@@ -496,15 +516,19 @@ def run_phases(config: Config, fixture: Fixture, pid: int, target: str, url: str
             wrk(config, phase, fixture, url, prefix, f"{tag}w", config.warmup)
         asyncio.run(sql(config, "CHECKPOINT"))
         before_rows = asyncio.run(count_rows(config, phase.table)) if phase.table else 0
-        server0, pg0, wrk0 = _cpu_seconds(pid), _postgres_cpu(), _children_cpu_seconds()
+        server0, pg0, wrk0 = (
+            _cpu_seconds(pid),
+            _postgres_cpu(config.database),
+            _children_cpu_seconds(),
+        )
+        machine0 = _machine_cpu_seconds()
         started = time.monotonic()
         result = wrk(config, phase, fixture, url, prefix, tag, config.duration)
         elapsed = time.monotonic() - started
-        server1, pg_used, wrk1 = (
-            _cpu_seconds(pid),
-            _postgres_cpu_since(pg0),
-            _children_cpu_seconds(),
-        )
+        server = _cpu_seconds(pid) - server0
+        postgres = _postgres_cpu_since(config.database, pg0)
+        wrk_used = _children_cpu_seconds() - wrk0
+        other = _machine_cpu_seconds() - machine0 - server - postgres - wrk_used
         rows = None
         if phase.table:
             time.sleep(0.5)  # requests cut off by wrk's stop may still commit
@@ -512,9 +536,10 @@ def run_phases(config: Config, fixture: Fixture, pid: int, target: str, url: str
         results[phase.name] = PhaseResult(
             wrk=result,
             rows_written=rows,
-            cpu_server=(server1 - server0) / elapsed,
-            cpu_postgres=pg_used / elapsed,
-            cpu_wrk=(wrk1 - wrk0) / elapsed,
+            cpu_server=server / elapsed,
+            cpu_postgres=postgres / elapsed,
+            cpu_wrk=wrk_used / elapsed,
+            cpu_other=max(other, 0.0) / elapsed,
         )
         (config.out / f"wrk-{target}-{number}.txt").write_text(result.raw)
         print(
@@ -536,18 +561,23 @@ def report(config: Config, api: dict[str, PhaseResult], base: dict[str, PhaseRes
         return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
     lines = [
-        f"wrk -t{config.threads} -c{config.connections} -d{config.duration}s --latency, "
+        f"wrk -t{config.threads} -c{config.connections} -d{config.duration}s --latency "
+        f"--timeout={config.timeout}s, "
         f"loopback, one uvicorn worker each; {config.borrowers} borrowers, "
         f"{config.loans} pre-created loans; load average (1/5/15 min) before the API: "
         f"{loads['api']}, before the baseline: {loads['baseline']}.",
         "",
         "| endpoint | API req/s | API p50 ms | API p99 ms | baseline req/s | baseline p50 ms "
-        "| baseline p99 ms | ratio API/baseline | target |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| baseline p99 ms | ratio API/baseline | target | ratio per server CPU-second |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
     for phase in PHASES:
         a, b = api[phase.name].wrk, base[phase.name].wrk
         ratio = a.requests_per_s / b.requests_per_s if b.requests_per_s else 0.0
+        # Requests per CPU-second of the server process: less sensitive to other work on the
+        # machine than requests/s when both servers are CPU-bound.
+        a_cpu, b_cpu = api[phase.name].cpu_server, base[phase.name].cpu_server
+        per_cpu = ratio * b_cpu / a_cpu if a_cpu else 0.0
         target = "—"
         if phase.target_ratio is not None:
             met = "met" if ratio >= phase.target_ratio else "**missed**"
@@ -555,13 +585,13 @@ def report(config: Config, api: dict[str, PhaseResult], base: dict[str, PhaseRes
         lines.append(
             f"| `{phase.name}` | {a.requests_per_s:,.0f} | {ms(a.p50_ms)} | {ms(a.p99_ms)} "
             f"| {b.requests_per_s:,.0f} | {ms(b.p50_ms)} | {ms(b.p99_ms)} | {ratio:.2f} "
-            f"| {target} |"
+            f"| {target} | {per_cpu:.2f} |"
         )
     lines += [
         "",
         "| endpoint | target | requests | non-2xx | socket errors | rows written "
-        "| CPU server (cores) | CPU PostgreSQL | CPU wrk |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CPU server (cores) | CPU PostgreSQL | CPU wrk | CPU other |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for phase in PHASES:
         for target, results in (("API", api), ("baseline", base)):
@@ -570,7 +600,7 @@ def report(config: Config, api: dict[str, PhaseResult], base: dict[str, PhaseRes
             lines.append(
                 f"| `{phase.name}` | {target} | {r.wrk.requests:,} | {r.wrk.non_2xx} "
                 f"| {r.wrk.socket_errors} | {rows} | {r.cpu_server:.2f} | {r.cpu_postgres:.2f} "
-                f"| {r.cpu_wrk:.2f} |"
+                f"| {r.cpu_wrk:.2f} | {r.cpu_other:.2f} |"
             )
     invalid = [
         f"{target} {name}"
@@ -587,6 +617,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=15, help="seconds per measured phase")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--timeout", type=int, default=10,
+        help="seconds before wrk counts a request as a socket error (wrk's default is 2)",
+    )  # fmt: skip
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured seconds per phase")
     parser.add_argument("--borrowers", type=int, default=1000)
     parser.add_argument("--loans", type=int, default=2000, help="pre-created for GET/payments")
@@ -606,6 +640,7 @@ def main() -> int:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     config = Config(
         duration=args.duration, connections=args.connections, threads=args.threads,
+        timeout=args.timeout,
         warmup=args.warmup, borrowers=args.borrowers, loans=args.loans,
         admin_dsn=args.admin_dsn, database=args.database, api_port=args.api_port,
         baseline_port=args.baseline_port, profile=args.profile, out=args.out / stamp,

@@ -56,7 +56,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,6 +70,7 @@ EVENT_TYPE = "payment.received"
 BODY_BYTES = 1024
 # The dispatcher's concurrency model (app/webhooks/dispatcher.py, webhook_batch_size).
 CLIENTS, CONNECTIONS_PER_CLIENT, BATCH = 8, 6, 500
+LANES = 48  # the prototype's model: lanes of one client with one connection
 MODES = ("direct1", "direct2", "celery1", "celery2")
 
 
@@ -131,17 +132,22 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
-async def bare_loop(url: str, secret: str, n: int) -> dict[str, Any]:
+async def bare_loop(url: str, secret: str, n: int, model: str = "pool") -> dict[str, Any]:
     """The dispatcher's sending half without a database: same clients, pools, batches,
-    payload encoding and signing."""
+    payload encoding and signing. ``pool`` is app/webhooks/dispatcher.py today (8 clients x 6
+    connections, the batch gathered at once); ``lanes`` is the prototype the report suggests
+    (48 lanes, each a client with one connection sending one request at a time)."""
     import httpx
 
     key = base64.b64decode(secret.removeprefix("whsec_"))
     timeout = httpx.Timeout(10.0, connect=3.0)
-    limits = httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
+    if model == "lanes":
+        count, limits = LANES, httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    else:
+        count, limits = CLIENTS, httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
     clients = [
         httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
-        for _ in range(CLIENTS)
+        for _ in range(count)
     ]
     turn = itertools.count()
     pad = padding()
@@ -149,7 +155,7 @@ async def bare_loop(url: str, secret: str, n: int) -> dict[str, Any]:
     run = f"{time.time_ns():x}"
     failures = 0
 
-    async def send(i: int) -> int:
+    async def send(i: int, client: httpx.AsyncClient | None = None) -> int:
         msg_id = f"evt_bare_{run}_{i}"
         body = body_for(EVENT_TYPE, created_at, event_data(i, pad), i)
         timestamp = int(time.time())
@@ -160,22 +166,33 @@ async def bare_loop(url: str, secret: str, n: int) -> dict[str, Any]:
             "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(key, msg_id, timestamp, body),
         }
-        client = clients[next(turn) % len(clients)]
+        client = client or clients[next(turn) % len(clients)]
         response = await client.post(url, content=body, headers=headers)
         _ = response.text[:500]
         return response.status_code
+
+    async def lane(client: httpx.AsyncClient, queue: deque[int]) -> int:
+        failed = 0
+        while queue:
+            failed += await send(queue.popleft(), client) != 200
+        return failed
 
     # Warm the connections (not measured).
     await asyncio.gather(*(send(-1 - i) for i in range(CLIENTS * CONNECTIONS_PER_CLIENT)))
     started = time.perf_counter()
     cpu = time.process_time()
     for low in range(0, n, BATCH):
-        codes = await asyncio.gather(*(send(i) for i in range(low, min(n, low + BATCH))))
-        failures += sum(code != 200 for code in codes)
+        if model == "lanes":
+            queue = deque(range(low, min(n, low + BATCH)))
+            failures += sum(await asyncio.gather(*(lane(c, queue) for c in clients)))
+        else:
+            codes = await asyncio.gather(*(send(i) for i in range(low, min(n, low + BATCH))))
+            failures += sum(code != 200 for code in codes)
     seconds = time.perf_counter() - started
     cpu = time.process_time() - cpu
     await asyncio.gather(*(c.aclose() for c in clients))
     return {
+        "model": model,
         "deliveries": n,
         "seconds": seconds,
         "per_second": n / seconds,
@@ -338,11 +355,13 @@ def wrk_capacity(receiver: Receiver, secret: str, out: Path) -> dict[str, Any]:
     }
 
 
-def run_bare(receiver: Receiver, secret: str, n: int, out: Path) -> dict[str, Any]:
+def run_bare(
+    receiver: Receiver, secret: str, n: int, out: Path, model: str = "pool"
+) -> dict[str, Any]:
     receiver.reset(secret)
     done = subprocess.run(
         [sys.executable, __file__, "_bare", "--url", receiver.url, "--secret", secret,
-         "--n", str(n)],
+         "--n", str(n), "--model", model],
         capture_output=True, text=True, check=True, cwd=ROOT,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -702,11 +721,14 @@ def report(results: dict[str, Any]) -> str:
                      f"{wrk['requests_per_second']:,.0f} req/s.")  # fmt: skip
     bare = results.get("bare", [])
     if bare:
-        rates = [b["per_second"] for b in bare]
-        cpu = [b["cpu_seconds"] * 1000 / b["deliveries"] for b in bare]
-        lines.append(f"Bare httpx + HMAC loop: {', '.join(f'{r:,.0f}' for r in rates)}/s "
-                     f"(median {statistics.median(rates):,.0f}; CPU ms/delivery "
-                     f"{', '.join(f'{c:.2f}' for c in cpu)}).")  # fmt: skip
+        for model in sorted({b.get("model", "pool") for b in bare}):
+            runs = [b for b in bare if b.get("model", "pool") == model]
+            rates = [b["per_second"] for b in runs]
+            cpu = [b["cpu_seconds"] * 1000 / b["deliveries"] for b in runs]
+            lines.append(f"Bare httpx + HMAC loop ({model}): "
+                         f"{', '.join(f'{r:,.0f}' for r in rates)}/s (median "
+                         f"{statistics.median(rates):,.0f}; CPU ms/delivery "
+                         f"{', '.join(f'{c:.2f}' for c in cpu)}).")  # fmt: skip
     load = results.get("load")
     if load:
         lines.append(f"Backlog: {load['events']:,} events in {load['seconds']:.1f} s "
@@ -738,6 +760,9 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--bare-n", type=int, default=30_000)
     parser.add_argument("--bare-reps", type=int, default=2)
+    parser.add_argument(
+        "--bare-models", default="pool", help="pool (the dispatcher today), lanes, or both"
+    )
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--profile", type=int, default=0, help="py-spy seconds (0: none)")
@@ -786,10 +811,11 @@ def main() -> None:
 
         def bare() -> None:
             for _ in range(args.bare_reps):
-                wait_for_load(args.max_load)
-                b = run_bare(receiver, secret, args.bare_n, out)
-                log(f"bare loop: {b['per_second']:,.0f}/s (correct={b['correct']})")
-                results["bare"].append(b)
+                for model in args.bare_models.split(","):
+                    wait_for_load(args.max_load)
+                    b = run_bare(receiver, secret, args.bare_n, out, model)
+                    log(f"bare loop ({model}): {b['per_second']:,.0f}/s (correct={b['correct']})")
+                    results["bare"].append(b)
 
         bare()
         results["modes"] = []
@@ -815,7 +841,8 @@ if __name__ == "__main__":
         bare_parser.add_argument("--url", required=True)
         bare_parser.add_argument("--secret", required=True)
         bare_parser.add_argument("--n", type=int, required=True)
-        bare_args = bare_parser.parse_args(sys.argv[2:])
-        print(json.dumps(asyncio.run(bare_loop(bare_args.url, bare_args.secret, bare_args.n))))
+        bare_parser.add_argument("--model", choices=("pool", "lanes"), default="pool")
+        a = bare_parser.parse_args(sys.argv[2:])
+        print(json.dumps(asyncio.run(bare_loop(a.url, a.secret, a.n, a.model))))
     else:
         main()
