@@ -11,6 +11,18 @@ from app.ledger.models import LedgerTransaction
 from app.loans.models import Loan, LoanInstallment
 from app.merchants.models import Merchant
 from app.payments.models import Payment, PaymentAllocation
+from app.portfolio.models import (
+    LoanSnapshot,
+    PortfolioCollection,
+    PortfolioDelta,
+    PortfolioFlagCount,
+    PortfolioPosition,
+    RollRate,
+    RollRatePair,
+    SegmentAlert,
+    SegmentMetric,
+    VintageCount,
+)
 from app.products.models import Product
 from app.risk.models import RiskFlag, RiskRulesVersion, RiskRun
 from app.webhooks.models import (
@@ -33,13 +45,23 @@ __all__ = [
     "LedgerTransaction",
     "Loan",
     "LoanInstallment",
+    "LoanSnapshot",
     "Merchant",
     "Payment",
     "PaymentAllocation",
+    "PortfolioCollection",
+    "PortfolioDelta",
+    "PortfolioFlagCount",
+    "PortfolioPosition",
     "Product",
     "RiskFlag",
     "RiskRulesVersion",
     "RiskRun",
+    "RollRate",
+    "RollRatePair",
+    "SegmentAlert",
+    "SegmentMetric",
+    "VintageCount",
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",

@@ -66,6 +66,8 @@ class Loan(Base):
     # the dpd_roll_forward and cure_relapse rules need.
     previous_bucket: Mapped[str] = mapped_column(String(8), default="current")
     cured_on: Mapped[date | None] = mapped_column(Date)
+    # The day the loan first went past 30 days past due: its vintage curve's event.
+    ever_30_plus_on: Mapped[date | None] = mapped_column(Date)
     # Kept by the risk engine (app/risk/score.py) at each evaluation.
     risk_score: Mapped[int] = mapped_column(Integer, default=1000)
     risk_grade: Mapped[str] = mapped_column(String(1), default="A")
