@@ -49,7 +49,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Loanwatch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
-    app.middleware("http")(metrics.observe_request)
+    app.add_middleware(metrics.RequestMetrics)
     for router in (
         ops_router,
         merchants_router,

@@ -3,12 +3,11 @@ without custom code. Counters are per process; backlog gauges are read from the 
 scrape time, so every API replica reports the same numbers."""
 
 import time
-from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db import database, utc_now
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
@@ -28,16 +27,36 @@ WEBHOOK_OLDEST_PENDING = Gauge(
 )
 
 
-async def observe_request(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    path = getattr(route, "path", "unmatched")
-    HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
-    HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
-    return response
+class RequestMetrics:
+    """Counts and times every HTTP request by method, route template and status.
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``app.middleware("http")``)
+    runs the rest of the app in a task behind memory streams: about 0.4 ms of CPU per request
+    on GET /v1/loans/{id} (2.5 -> 2.1 ms, bench/http_load.py)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # an exception before the response started is answered 500 outside
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            # The router writes the matched route into this same scope.
+            path = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_REQUESTS.labels(scope["method"], path, str(status)).inc()
+            HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
 
 
 async def render() -> Response:
