@@ -2,6 +2,8 @@
 
 import hashlib
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.api_keys.models import Role
@@ -36,3 +38,42 @@ class Principal:
 
     def can_see_merchant(self, merchant_id: str) -> bool:
         return not self.is_merchant or self.merchant_id == merchant_id
+
+
+class PrincipalCache:
+    """Key hash -> principal for a few seconds, so a busy client does not cost a session, a
+    pool checkout and a SELECT on every request (bench/http_load.py). Only valid keys are
+    kept. A key revoked through this process is forgotten at once; another API process keeps
+    accepting it for at most ``ttl_seconds`` (docs/decisions.md)."""
+
+    def __init__(
+        self,
+        ttl_seconds: float,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl_seconds = ttl_seconds
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, key_hash: str) -> Principal | None:
+        entry = self._entries.get(key_hash)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            self._entries.pop(key_hash, None)
+            return None
+        return entry[1]
+
+    def put(self, key_hash: str, principal: Principal) -> None:
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[key_hash] = (self._clock() + self.ttl_seconds, principal)
+
+    def forget(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
+
+
+# Revocation reaches every API process within this many seconds (docs/decisions.md).
+principals = PrincipalCache(ttl_seconds=5.0)

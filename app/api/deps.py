@@ -7,7 +7,7 @@ from fastapi import Depends, Header
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.auth import Principal, hash_key
+from app.api.auth import Principal, hash_key, principals
 from app.api.pagination import PageParams, page_params
 from app.api_keys.models import ApiKey, Role
 from app.db import database
@@ -36,17 +36,21 @@ async def get_principal(
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send 'Authorization: Bearer <api key>'")
+    key_hash = hash_key(token.strip())
+    principal = principals.get(key_hash)
+    if principal is not None:
+        return principal
     # Its own short session: a route that runs work in separate transactions (the close)
     # must not find the embedded default's single SQLite connection held by authentication.
     async with database.sessions() as session:
         key = await session.scalar(
-            select(ApiKey).where(
-                ApiKey.key_hash == hash_key(token.strip()), ApiKey.revoked_at.is_(None)
-            )
+            select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
     if key is None:
         raise Unauthorized("the API key is not valid")
-    return Principal(api_key_id=key.id, role=Role(key.role), merchant_id=key.merchant_id)
+    principal = Principal(api_key_id=key.id, role=Role(key.role), merchant_id=key.merchant_id)
+    principals.put(key_hash, principal)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal, scope="function")]

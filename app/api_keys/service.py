@@ -1,7 +1,7 @@
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.auth import Principal, generate_key, hash_key
+from app.api.auth import Principal, generate_key, hash_key, principals
 from app.api_keys.models import ApiKey, Role
 from app.db import utc_now
 from app.errors import InvalidRequest, NotFound
@@ -64,6 +64,7 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id:
     if key is None or key.revoked_at is not None:
         raise ApiKeyNotFound(f"API key {key_id} does not exist")
     key.revoked_at = utc_now()
+    principals.forget(key.key_hash)
 
 
 async def has_admin_key(session: AsyncSession) -> bool:

@@ -3,6 +3,7 @@
 import httpx
 import pytest
 
+from app.api.auth import Principal, PrincipalCache
 from app.api_keys.models import Role
 from tests.factories import api_key, auth, world
 
@@ -139,3 +140,17 @@ async def test_unknown_route_is_a_problem(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/nowhere")
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
+
+
+def test_cached_principal_expires_and_is_forgotten() -> None:
+    now = [1000.0]
+    cache = PrincipalCache(ttl_seconds=5.0, clock=lambda: now[0])
+    principal = Principal(api_key_id="key_1", role=Role.DASHBOARD)
+    cache.put("hash", principal)
+    now[0] += 4.9
+    assert cache.get("hash") == principal
+    now[0] += 0.1
+    assert cache.get("hash") is None
+    cache.put("hash", principal)
+    cache.forget("hash")
+    assert cache.get("hash") is None
