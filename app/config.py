@@ -42,6 +42,22 @@ class CloseSettings(BaseModel):
     stale_after_minutes: int = Field(default=30, ge=1)
 
 
+class PortfolioSettings(BaseModel):
+    """Portfolio views and segment alerts (docs/portfolio.md)."""
+
+    # A segment alert: the metric above this multiple of its trailing mean...
+    alert_multiple: Decimal = Field(default=Decimal("1.5"), gt=1)
+    # ...over at least this many loans (the metric's denominator)...
+    alert_min_loans: int = Field(default=50, ge=1)
+    # ...the mean taken over this many months of earlier closes.
+    alert_trailing_months: int = Field(default=6, ge=1, le=24)
+    # First-payment default is measured on loans whose first installment became observable
+    # (due date + 10 or + 30 days) within this many days before the close.
+    fpd_cohort_days: int = Field(default=30, ge=1, le=365)
+    # Daily loan snapshots older than this are pruned; month-end snapshots are kept.
+    snapshot_retention_days: int = Field(default=400, ge=35)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LOANWATCH_", env_nested_delimiter="__", extra="ignore"
@@ -54,6 +70,7 @@ class Settings(BaseSettings):
     default_currency: str = Field(default="CNY", pattern=r"^[A-Z]{3}$")
     credit: CreditPolicy = Field(default_factory=CreditPolicy)
     close: CloseSettings = Field(default_factory=CloseSettings)
+    portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
     # Largest principal or payment the API accepts, in major units of any currency.
     max_amount: Decimal = Field(default=Decimal("100000000"), gt=0)
     idempotency_ttl_hours: int = 48

@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.types import Integer, TypeDecorator
+from sqlalchemy.types import Date, Integer, String, TypeDecorator
 
 from app.config import Settings, get_settings
 
@@ -87,6 +87,73 @@ def _days_between_sqlite(element: days_between, compiler: SQLCompiler, **kw: Any
     return (
         f"CAST(julianday({compiler.process(later, **kw)}) - "
         f"julianday({compiler.process(earlier, **kw)}) AS INTEGER)"
+    )
+
+
+class add_days(FunctionElement[date]):
+    """``day`` plus ``days`` whole days (DATE + INTEGER on PostgreSQL, date() on SQLite)."""
+
+    type = Date()
+    inherit_cache = True
+
+
+@compiles(add_days, "postgresql")
+def _add_days_pg(element: add_days, compiler: SQLCompiler, **kw: Any) -> str:
+    day, days = list(element.clauses)
+    return f"(CAST({compiler.process(day, **kw)} AS DATE) + {compiler.process(days, **kw)})"
+
+
+@compiles(add_days, "sqlite")
+def _add_days_sqlite(element: add_days, compiler: SQLCompiler, **kw: Any) -> str:
+    day, days = list(element.clauses)
+    return (
+        f"date({compiler.process(day, **kw)}, printf('%+d days', {compiler.process(days, **kw)}))"
+    )
+
+
+class month_of(FunctionElement[str]):
+    """A date's month as ``YYYY-MM``."""
+
+    type = String()
+    inherit_cache = True
+
+
+@compiles(month_of, "postgresql")
+def _month_of_pg(element: month_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"to_char({compiler.process(element.clauses, **kw)}, 'YYYY-MM')"
+
+
+@compiles(month_of, "sqlite")
+def _month_of_sqlite(element: month_of, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"strftime('%Y-%m', {compiler.process(element.clauses, **kw)})"
+
+
+class months_between(FunctionElement[int]):
+    """Whole months from ``earlier`` to ``later`` as PostgreSQL's age() counts them: a month
+    is complete when the day of the month comes round again (Jan 31 to Feb 28 is not one)."""
+
+    type = Integer()
+    inherit_cache = True
+
+
+@compiles(months_between, "postgresql")
+def _months_between_pg(element: months_between, compiler: SQLCompiler, **kw: Any) -> str:
+    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
+    age = f"age(CAST({later} AS DATE), CAST({earlier} AS DATE))"
+    return f"CAST(EXTRACT(YEAR FROM {age}) * 12 + EXTRACT(MONTH FROM {age}) AS INTEGER)"
+
+
+@compiles(months_between, "sqlite")
+def _months_between_sqlite(element: months_between, compiler: SQLCompiler, **kw: Any) -> str:
+    later, earlier = (compiler.process(c, **kw) for c in element.clauses)
+
+    def part(fmt: str, day: str) -> str:
+        return f"CAST(strftime('{fmt}', {day}) AS INTEGER)"
+
+    return (
+        f"(({part('%Y', later)} - {part('%Y', earlier)}) * 12 + {part('%m', later)} "
+        f"- {part('%m', earlier)} "
+        f"- (CASE WHEN {part('%d', later)} < {part('%d', earlier)} THEN 1 ELSE 0 END))"
     )
 
 

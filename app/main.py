@@ -19,6 +19,8 @@ from app.merchants.routes import router as merchants_router
 from app.ops import metrics
 from app.ops.routes import router as ops_router
 from app.payments.routes import router as payments_router
+from app.portfolio import positions  # noqa: F401 - before-flush listener keeping the counts
+from app.portfolio.routes import router as portfolio_router
 from app.products.routes import router as products_router
 from app.risk.routes import router as risk_router
 from app.scheduler import InProcessScheduler
@@ -63,6 +65,7 @@ def create_app() -> FastAPI:
         webhooks_router,
         gateways_router,
         risk_router,
+        portfolio_router,
     ):
         app.include_router(router)
     return app

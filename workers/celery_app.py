@@ -8,6 +8,7 @@ from celery.signals import worker_process_init
 
 import app.models  # noqa: F401 - every table mapped, as in the API process
 from app.config import get_settings
+from app.portfolio import positions  # noqa: F401 - before-flush listener keeping the counts
 from app.webhooks import wakeup  # noqa: F401 - wakes the dispatcher after commits with events
 from workers import runtime
 

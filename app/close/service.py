@@ -30,6 +30,7 @@ from app.config import get_settings
 from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.loans.models import Loan
+from app.portfolio import close as portfolio
 from app.risk import grades as risk_grades
 from app.risk import service as risk
 
@@ -46,7 +47,11 @@ STEPS: dict[str, StepFunction] = {
     "risk": risk.evaluate_loans,
     "grades": risk_grades.grade_borrowers,
     "reminders": delinquency.send_reminders,
+    "snapshot": portfolio.snapshot_loans,
+    "portfolio": portfolio.close_portfolio,
 }
+# Steps over the whole book at once, in one transaction and without locking the loans.
+WHOLE_BOOK_STEPS = frozenset({"portfolio"})
 
 
 async def request_close(principal: Principal, *, as_of: date) -> CloseRun:
@@ -143,8 +148,10 @@ async def latest_run(session: AsyncSession) -> CloseRun | None:
 # -- the pieces both runners compose -----------------------------------------------------
 
 
-async def chunks() -> list[Chunk]:
+async def chunks(step: str | None = None) -> list[Chunk]:
     """Loan-id ranges of about ``chunk_size`` loans each; together they cover every loan."""
+    if step in WHOLE_BOOK_STEPS:
+        return [(None, None)]
     size = get_settings().close.chunk_size
     numbered = select(Loan.id, func.row_number().over(order_by=Loan.id).label("n")).subquery()
     async with session_scope() as session:
@@ -184,7 +191,8 @@ async def begin_step(as_of: date, step: str, chunk_count: int) -> None:
 async def run_chunk(step: str, as_of: date, low: str | None, high: str | None) -> dict[str, int]:
     """One step over one loan-id range, in its own transaction."""
     async with session_scope() as session:
-        await delinquency.lock_chunk(session, low, high)
+        if step not in WHOLE_BOOK_STEPS:
+            await delinquency.lock_chunk(session, low, high)
         counts = await STEPS[step](session, as_of, low, high)
     async with session_scope() as session:
         run = await session.get(CloseRun, as_of)
@@ -237,7 +245,7 @@ async def run_dates_in_process(dates: list[date]) -> None:
         try:
             await begin_run(as_of)
             for step in STEPS:
-                bounds = await chunks()
+                bounds = await chunks(step)
                 await begin_step(as_of, step, len(bounds))
                 results = [await run_chunk(step, as_of, low, high) for low, high in bounds]
                 await finish_step(as_of, step, results)

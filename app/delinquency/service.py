@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
-from app.db import days_between, utc_now
+from app.db import add_days, days_between, utc_now
 from app.delinquency.rules import (
     Bucket,
     DueInstallment,
@@ -46,6 +46,9 @@ from app.payments.allocation import LoanPosition
 from app.products.models import Product
 
 Counts = dict[str, int]
+
+# "30+ days past due" is the buckets after 1-30: from the 31st day, as the vintage curves count.
+PAST_30_DAYS = 30
 
 _installment = cast(Table, LoanInstallment.__table__)
 _loan = cast(Table, Loan.__table__)
@@ -94,6 +97,8 @@ async def refresh_loan(
             loan.cured_on = as_of
     loan.days_past_due, loan.bucket, loan.status = dpd, bucket, status
     loan.delinquency_as_of = as_of
+    if loan.ever_30_plus_on is None and dpd > PAST_30_DAYS:
+        loan.ever_30_plus_on = as_of - timedelta(days=dpd - PAST_30_DAYS - 1)
     if (previous[0], previous[1]) != (bucket, status):
         change = DelinquencyChange(
             loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
@@ -341,6 +346,7 @@ async def recompute_delinquency(
     per_loan = _delinquency_per_loan(as_of, low, high)
     dpd, bucket, status = _new_values(per_loan, as_of)
     moved = or_(bucket != loan.bucket, status != loan.status)
+    first_past_30 = and_(loan.ever_30_plus_on.is_(None), dpd > PAST_30_DAYS)
     changes = (
         await session.execute(
             select(
@@ -364,7 +370,7 @@ async def recompute_delinquency(
         .where(
             loan.id == per_loan.c.loan_id,
             in_range(loan.id, low, high),
-            or_(dpd != loan.days_past_due, moved),
+            or_(dpd != loan.days_past_due, moved, first_past_30),
         )
         .values(
             days_past_due=dpd,
@@ -376,6 +382,12 @@ async def recompute_delinquency(
             cured_on=case(
                 (and_(bucket == Bucket.CURRENT.value, loan.bucket != Bucket.CURRENT.value), as_of),
                 else_=loan.cured_on,
+            ),
+            # The day it went past 30, wherever the close catches it (late loans booked with
+            # past dates, a missed close).
+            ever_30_plus_on=case(
+                (first_past_30, add_days(per_loan.c.oldest_missed, PAST_30_DAYS + 1)),
+                else_=loan.ever_30_plus_on,
             ),
         )
     )

@@ -60,7 +60,7 @@ def _start_date(dates: list[str]) -> None:
 
 def _start_step(dates: list[str], index: int) -> None:
     as_of, step = dates[0], STEP_NAMES[index]
-    bounds = runtime.run(close_service.chunks())
+    bounds = runtime.run(close_service.chunks(step))
     runtime.run(close_service.begin_step(date.fromisoformat(as_of), step, len(bounds)))
     header = [run_chunk.s(step, as_of, low, high) for low, high in bounds]
     chord(header)(step_done.s(dates, index).on_error(run_failed.s(as_of)))

@@ -1,0 +1,361 @@
+"""The portfolio's part of the nightly close: per chunk, snapshot each open loan's bucket and
+balance; once per date, rebase the live counts, recount vintages, store roll rates and
+segment metrics, and raise segment alerts."""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any, cast
+
+from dateutil.relativedelta import relativedelta
+from sqlalchemy import Table, and_, case, delete, func, insert, literal, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import clock
+from app.config import get_settings
+from app.db import (
+    days_between,
+    execute_counting,
+    insert_for,
+    month_of,
+    months_between,
+    utc_now,
+)
+from app.delinquency.rules import Bucket
+from app.delinquency.service import in_range, tolerance_sql, unpaid_sql
+from app.events import service as events
+from app.ids import new_id
+from app.loans.models import OPEN_STATUSES, Loan, LoanInstallment, LoanStatus
+from app.portfolio import positions
+from app.portfolio.models import (
+    LoanSnapshot,
+    RollRate,
+    RollRatePair,
+    SegmentAlert,
+    SegmentMetric,
+    VintageCount,
+)
+
+Counts = dict[str, int]
+
+_loan = cast(Table, Loan.__table__)
+_installment = cast(Table, LoanInstallment.__table__)
+_snapshot = cast(Table, LoanSnapshot.__table__)
+
+PAST_30_BUCKETS = (Bucket.DPD_31_60.value, Bucket.DPD_61_90.value, Bucket.DPD_90_PLUS.value)
+DIMENSIONS = ("merchant", "product", "vintage")
+FPD_DAYS = (10, 30)
+
+
+async def snapshot_loans(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> Counts:
+    """Each open loan of the range as the close leaves it (a rerun replaces its rows)."""
+    loan = _loan.c
+    await session.execute(
+        delete(LoanSnapshot).where(
+            LoanSnapshot.as_of == as_of, in_range(LoanSnapshot.loan_id, low, high)
+        )
+    )
+    written = await execute_counting(
+        session,
+        insert(LoanSnapshot).from_select(
+            ["as_of", "loan_id", "merchant_id", "product_code", "currency", "status", "bucket",
+             "days_past_due", "principal_minor"],
+            select(literal(as_of), loan.id, loan.merchant_id, loan.product_code, loan.currency,
+                   loan.status, loan.bucket, loan.days_past_due, loan.principal_outstanding_minor)
+            .where(in_range(loan.id, low, high), loan.status.in_(OPEN_STATUSES)),
+        ),
+    )  # fmt: skip
+    return {"loans_snapshotted": written}
+
+
+async def close_portfolio(
+    session: AsyncSession, as_of: date, _low: str | None = None, _high: str | None = None
+) -> Counts:
+    """The whole-book work of the close for ``as_of``, in one consistent snapshot."""
+    today = clock.today()
+    since = min(as_of, today).replace(day=1) - relativedelta(months=1)
+    await positions.rebase(session, collections_since=since)
+    vintages = await _recount_vintages(session)
+    pairs = await _store_day_and_month_roll_rates(session, as_of)
+    metrics = await _store_segment_metrics(session, as_of)
+    alerts = await _raise_segment_alerts(session, as_of, metrics)
+    pruned = await _prune_snapshots(session, as_of)
+    return {"vintage_rows": vintages, "roll_rate_pairs": pairs, "segment_rows": len(metrics),
+            "segment_alerts": alerts, "snapshots_pruned": pruned}  # fmt: skip
+
+
+# -- vintages ------------------------------------------------------------------------------
+
+
+async def _recount_vintages(session: AsyncSession) -> int:
+    loan = _loan.c
+    month = month_of(loan.disbursed_on)
+    months_to_30 = func.coalesce(months_between(loan.ever_30_plus_on, loan.disbursed_on), -1)
+    await session.execute(delete(VintageCount))
+    return await execute_counting(
+        session,
+        insert(VintageCount).from_select(
+            ["origination_month", "merchant_id", "product_code", "currency",
+             "months_on_book_at_30_plus", "loans", "principal_minor"],
+            select(month, loan.merchant_id, loan.product_code, loan.currency, months_to_30,
+                   func.count(), func.sum(loan.principal_minor))
+            # A returned purchase never had a chance to pay: it is not part of any vintage.
+            .where(loan.status != LoanStatus.CANCELLED)
+            .group_by(month, loan.merchant_id, loan.product_code, loan.currency, months_to_30),
+        ),
+    )  # fmt: skip
+
+
+# -- roll rates ----------------------------------------------------------------------------
+
+
+async def snapshot_dates(session: AsyncSession) -> list[date]:
+    return list(
+        await session.scalars(select(LoanSnapshot.as_of).distinct().order_by(LoanSnapshot.as_of))
+    )
+
+
+async def latest_snapshot_on_or_before(session: AsyncSession, day: date) -> date | None:
+    return await session.scalar(
+        select(func.max(LoanSnapshot.as_of)).where(LoanSnapshot.as_of <= day)
+    )
+
+
+async def store_roll_rates(session: AsyncSession, from_date: date, to_date: date) -> None:
+    """Bucket-to-bucket movements of the loans open at both closes, per merchant and product
+    (stored once: closed snapshots do not change)."""
+    start, end = _snapshot.alias("start"), _snapshot.alias("finish")
+    await session.execute(
+        insert_for(session, RollRate)
+        .from_select(
+            ["from_date", "to_date", "merchant_id", "product_code", "currency", "from_bucket",
+             "to_bucket", "loans", "principal_minor"],
+            select(literal(from_date), literal(to_date), start.c.merchant_id,
+                   start.c.product_code, start.c.currency, start.c.bucket, end.c.bucket,
+                   func.count(), func.sum(end.c.principal_minor))
+            .select_from(start.join(end, and_(end.c.loan_id == start.c.loan_id,
+                                              end.c.as_of == to_date)))
+            .where(start.c.as_of == from_date)
+            .group_by(start.c.merchant_id, start.c.product_code, start.c.currency,
+                      start.c.bucket, end.c.bucket),
+        )
+        .on_conflict_do_nothing()
+    )  # fmt: skip
+    await session.execute(
+        insert_for(session, RollRatePair)
+        .values(from_date=from_date, to_date=to_date, computed_at=utc_now())
+        .on_conflict_do_nothing()
+    )
+
+
+async def _store_day_and_month_roll_rates(session: AsyncSession, as_of: date) -> int:
+    """Roll rates from the previous close and from a month before, ready for dashboards.
+    Pairs ending on ``as_of`` are recomputed: a rerun of the close rewrote its snapshot."""
+    await session.execute(delete(RollRate).where(RollRate.to_date == as_of))
+    await session.execute(delete(RollRatePair).where(RollRatePair.to_date == as_of))
+    starts = {
+        await latest_snapshot_on_or_before(session, as_of - timedelta(days=1)),
+        await latest_snapshot_on_or_before(session, as_of - relativedelta(months=1)),
+    }
+    for start in sorted(d for d in starts if d is not None):
+        await store_roll_rates(session, start, as_of)
+    return len([d for d in starts if d is not None])
+
+
+async def _prune_snapshots(session: AsyncSession, as_of: date) -> int:
+    """Drop daily snapshots past the retention, keeping each month's last one."""
+    horizon = as_of - timedelta(days=get_settings().portfolio.snapshot_retention_days)
+    dates = [d for d in await snapshot_dates(session) if d < horizon]
+    month_ends: dict[tuple[int, int], date] = {}
+    for day in dates:
+        month_ends[(day.year, day.month)] = day
+    drop = [d for d in dates if d not in month_ends.values()]
+    if not drop:
+        return 0
+    return await execute_counting(session, delete(LoanSnapshot).where(LoanSnapshot.as_of.in_(drop)))
+
+
+# -- segments and their alerts -------------------------------------------------------------
+
+
+@dataclass
+class SegmentCounts:
+    loans: int = 0
+    principal_minor: int = 0
+    dpd_30_plus_loans: int = 0
+    dpd_90_plus_loans: int = 0
+    fpd: dict[int, list[int]] = field(default_factory=lambda: {n: [0, 0] for n in FPD_DAYS})
+    current_base: int = 0
+    current_to_30_loans: int = 0
+
+
+Cell = tuple[str, str, str, str]  # merchant, product, currency, origination month
+
+
+def _segments_of(cell: Cell) -> dict[str, str]:
+    merchant, product, _, month = cell
+    return {"merchant": merchant, "product": product, "vintage": month}
+
+
+async def _cells(session: AsyncSession, as_of: date) -> dict[Cell, SegmentCounts]:
+    """The finest grain (merchant, product, currency, origination month), rolled up later."""
+    loan, inst = _loan.c, _installment.c
+    month = month_of(loan.disbursed_on)
+    dims = (loan.merchant_id, loan.product_code, loan.currency, month)
+    cells: dict[Cell, SegmentCounts] = defaultdict(SegmentCounts)
+    open_rows = await session.execute(
+        select(*dims, func.count(), func.sum(loan.principal_outstanding_minor),
+               func.sum(case((loan.bucket.in_(PAST_30_BUCKETS), 1), else_=0)),
+               func.sum(case((loan.bucket == Bucket.DPD_90_PLUS.value, 1), else_=0)))
+        .where(loan.status.in_(OPEN_STATUSES))
+        .group_by(*dims)
+    )  # fmt: skip
+    for *cell, loans, principal, past_30, past_90 in open_rows:
+        counts = cells[cast(Cell, tuple(cell))]
+        counts.loans, counts.principal_minor = loans, int(principal or 0)
+        counts.dpd_30_plus_loans, counts.dpd_90_plus_loans = int(past_30), int(past_90)
+
+    window = get_settings().portfolio.fpd_cohort_days
+    as_of_sql = literal(as_of)
+    for days in FPD_DAYS:
+        age = days_between(as_of_sql, inst.due_date)
+        defaulted = or_(
+            and_(inst.paid_on.is_(None), unpaid_sql() > tolerance_sql()),
+            days_between(inst.paid_on, inst.due_date) > days,
+        )
+        rows = await session.execute(
+            select(*dims, func.count(), func.sum(case((defaulted, 1), else_=0)))
+            .select_from(_installment.join(_loan, loan.id == inst.loan_id))
+            .where(inst.seq == 1,
+                   inst.due_date <= as_of - timedelta(days=days),
+                   inst.due_date > as_of - timedelta(days=days + window),
+                   age >= days, loan.status != LoanStatus.CANCELLED)
+            .group_by(*dims)
+        )  # fmt: skip
+        for *cell, cohort, defaults in rows:
+            cells[cast(Cell, tuple(cell))].fpd[days] = [int(cohort), int(defaults or 0)]
+
+    month_ago = await latest_snapshot_on_or_before(session, as_of - relativedelta(months=1))
+    if month_ago is not None:
+        snap = _snapshot.c
+        now_delinquent = and_(loan.status.in_(OPEN_STATUSES), loan.bucket != Bucket.CURRENT.value)
+        rows = await session.execute(
+            select(*dims, func.count(), func.sum(case((now_delinquent, 1), else_=0)))
+            .select_from(_snapshot.join(_loan, loan.id == snap.loan_id))
+            .where(snap.as_of == month_ago, snap.bucket == Bucket.CURRENT.value)
+            .group_by(*dims)
+        )
+        for *cell, base, rolled in rows:
+            counts = cells[cast(Cell, tuple(cell))]
+            counts.current_base, counts.current_to_30_loans = int(base), int(rolled or 0)
+    return cells
+
+
+async def _store_segment_metrics(session: AsyncSession, as_of: date) -> list[dict[str, Any]]:
+    totals: dict[tuple[str, str, str], SegmentCounts] = defaultdict(SegmentCounts)
+    for cell, counts in (await _cells(session, as_of)).items():
+        for dimension, segment in _segments_of(cell).items():
+            total = totals[(dimension, segment, cell[2])]
+            total.loans += counts.loans
+            total.principal_minor += counts.principal_minor
+            total.dpd_30_plus_loans += counts.dpd_30_plus_loans
+            total.dpd_90_plus_loans += counts.dpd_90_plus_loans
+            for days in FPD_DAYS:
+                total.fpd[days][0] += counts.fpd[days][0]
+                total.fpd[days][1] += counts.fpd[days][1]
+            total.current_base += counts.current_base
+            total.current_to_30_loans += counts.current_to_30_loans
+    rows = [
+        {"as_of": as_of, "dimension": dimension, "segment": segment, "currency": currency,
+         "loans": t.loans, "principal_minor": t.principal_minor,
+         "dpd_30_plus_loans": t.dpd_30_plus_loans, "dpd_90_plus_loans": t.dpd_90_plus_loans,
+         "fpd_10_cohort": t.fpd[10][0], "fpd_10_loans": t.fpd[10][1],
+         "fpd_30_cohort": t.fpd[30][0], "fpd_30_loans": t.fpd[30][1],
+         "current_base": t.current_base, "current_to_30_loans": t.current_to_30_loans}
+        for (dimension, segment, currency), t in sorted(totals.items())
+    ]  # fmt: skip
+    await session.execute(delete(SegmentMetric).where(SegmentMetric.as_of == as_of))
+    if rows:
+        await session.execute(insert(SegmentMetric), rows)
+    return rows
+
+
+# The rates a segment alert watches: (name, numerator column, denominator column).
+ALERT_METRICS = (
+    ("fpd_10", "fpd_10_loans", "fpd_10_cohort"),
+    ("fpd_30", "fpd_30_loans", "fpd_30_cohort"),
+    ("current_to_30", "current_to_30_loans", "current_base"),
+)
+
+
+def rate(numerator: int, denominator: int) -> Decimal | None:
+    return None if denominator == 0 else Decimal(numerator) / Decimal(denominator)
+
+
+async def _raise_segment_alerts(
+    session: AsyncSession, as_of: date, metrics: list[dict[str, Any]]
+) -> int:
+    """``risk.segment_alert`` for each segment metric above ``alert_multiple`` times its mean
+    over the trailing months' closes, with at least ``alert_min_loans`` in its denominator.
+    Once per date, segment and metric, however often the close reruns."""
+    settings = get_settings().portfolio
+    start = as_of - relativedelta(months=settings.alert_trailing_months)
+    history: dict[tuple[str, str, str, str], list[Decimal]] = defaultdict(list)
+    for earlier in await session.scalars(
+        select(SegmentMetric).where(SegmentMetric.as_of >= start, SegmentMetric.as_of < as_of)
+    ):
+        for name, numerator, denominator in ALERT_METRICS:
+            value = rate(getattr(earlier, numerator), getattr(earlier, denominator))
+            if value is not None:
+                key = (earlier.dimension, earlier.segment, earlier.currency, name)
+                history[key].append(value)
+    existing = await session.execute(
+        select(SegmentAlert.dimension, SegmentAlert.segment, SegmentAlert.currency,
+               SegmentAlert.metric).where(SegmentAlert.as_of == as_of)
+    )  # fmt: skip
+    already = {tuple(row) for row in existing}
+    raised = 0
+    for row in metrics:
+        for name, numerator, denominator in ALERT_METRICS:
+            key = (row["dimension"], row["segment"], row["currency"], name)
+            value = rate(row[numerator], row[denominator])
+            past = history.get(key)
+            if value is None or not past or key in already:
+                continue
+            baseline = sum(past, Decimal(0)) / len(past)
+            if row[denominator] < settings.alert_min_loans or value <= 0:
+                continue
+            if value <= baseline * settings.alert_multiple:
+                continue
+            alert = SegmentAlert(
+                id=new_id("alert"), as_of=as_of, dimension=row["dimension"],
+                segment=row["segment"], currency=row["currency"], metric=name,
+                value=round(value, 6), baseline=round(baseline, 6),
+                multiple=settings.alert_multiple, loans=row[denominator],
+                details={"numerator": row[numerator], "denominator": row[denominator],
+                         "closes_in_baseline": len(past), "baseline_since": start.isoformat()},
+                created_at=utc_now(),
+            )  # fmt: skip
+            session.add(alert)
+            await events.emit(session, "risk.segment_alert", alert_event(alert))
+            raised += 1
+    return raised
+
+
+def alert_event(alert: SegmentAlert) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "as_of": alert.as_of.isoformat(),
+        "dimension": alert.dimension,
+        "segment": alert.segment,
+        "currency": alert.currency,
+        "metric": alert.metric,
+        "value": f"{Decimal(alert.value):.4f}",
+        "baseline": f"{Decimal(alert.baseline):.4f}",
+        "multiple": str(alert.multiple),
+        "loans": alert.loans,
+        "details": alert.details,
+    }

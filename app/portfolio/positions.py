@@ -1,0 +1,258 @@
+"""Live portfolio counts without scanning the book: base + deltas.
+
+Every write that moves a loan between (status, bucket) positions, changes its principal,
+opens or closes a risk flag, or receives or reverses a payment appends a delta row in its own
+transaction. The set-based steps of the close update loans in SQL, not through the ORM, so
+the close ends with a *rebase*: the base tables are recomputed from the loans, flags and
+payments, and the deltas they already include are deleted, in one snapshot of the database.
+A reader adds the base and the (few) deltas since.
+"""
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from sqlalchemy import Table, delete, event, func, insert, inspect, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, UOWTransaction
+
+from app.db import is_postgres
+from app.loans.models import Loan
+from app.payments.models import Payment, PaymentStatus
+from app.portfolio.models import (
+    PortfolioCollection,
+    PortfolioDelta,
+    PortfolioFlagCount,
+    PortfolioPosition,
+)
+from app.risk.models import FlagStatus, RiskFlag
+
+_NO_CHANGE: dict[str, Any] = {
+    "status": None, "bucket": None, "loans": 0, "principal_minor": 0,
+    "flag_code": None, "flags": 0, "received_on": None, "collected_minor": 0,
+}  # fmt: skip
+
+
+def _before(obj: Any, attribute: str) -> Any:
+    """The attribute's value as loaded from the database (or last flushed)."""
+    history = inspect(obj).attrs[attribute].history
+    if history.deleted:
+        return history.deleted[0]
+    return history.unchanged[0] if history.unchanged else getattr(obj, attribute)
+
+
+def _loan_deltas(loan: Loan, is_new: bool) -> list[dict[str, Any]]:
+    new = (loan.status, loan.bucket, loan.principal_outstanding_minor or 0)
+    if is_new:
+        return [_position(loan.id, *new, loans=1)]
+    old = (
+        _before(loan, "status"),
+        _before(loan, "bucket"),
+        _before(loan, "principal_outstanding_minor"),
+    )
+    if old == new:
+        return []
+    if old[:2] == new[:2]:
+        return [_position(loan.id, new[0], new[1], new[2] - old[2], loans=0)]
+    return [_position(loan.id, *old, loans=-1, sign=-1), _position(loan.id, *new, loans=1)]
+
+
+def _position(
+    loan_id: str, status: str, bucket: str, principal: int, *, loans: int, sign: int = 1
+) -> dict[str, Any]:
+    return {"loan_id": loan_id, "status": status, "bucket": bucket, "loans": loans,
+            "principal_minor": sign * principal}  # fmt: skip
+
+
+def _flag_delta(flag: RiskFlag, is_new: bool) -> list[dict[str, Any]]:
+    is_open = flag.status == FlagStatus.OPEN
+    was_open = False if is_new else _before(flag, "status") == FlagStatus.OPEN
+    if is_open == was_open:
+        return []
+    return [{"loan_id": flag.loan_id, "flag_code": flag.code, "flags": 1 if is_open else -1}]
+
+
+def _payment_delta(payment: Payment, is_new: bool) -> list[dict[str, Any]]:
+    applied = payment.status == PaymentStatus.APPLIED
+    was_applied = False if is_new else _before(payment, "status") == PaymentStatus.APPLIED
+    if applied == was_applied:
+        return []
+    amount = payment.amount_minor if applied else -payment.amount_minor
+    return [{"loan_id": payment.loan_id, "received_on": payment.received_on,
+             "collected_minor": amount}]  # fmt: skip
+
+
+@event.listens_for(Session, "before_flush")
+def _record_deltas(session: Session, _flush: UOWTransaction, _instances: object) -> None:
+    rows: list[dict[str, Any]] = []
+    for obj in session.new:
+        rows += _deltas(obj, is_new=True)
+    for obj in session.dirty:
+        if session.is_modified(obj, include_collections=False):
+            rows += _deltas(obj, is_new=False)
+    # Objects, not a bulk insert: the flush under way writes them with everything else.
+    session.add_all(PortfolioDelta(**{**_NO_CHANGE, **row}) for row in rows)
+
+
+def _deltas(obj: object, *, is_new: bool) -> list[dict[str, Any]]:
+    if isinstance(obj, Loan):
+        return _loan_deltas(obj, is_new)
+    if isinstance(obj, RiskFlag):
+        return _flag_delta(obj, is_new)
+    if isinstance(obj, Payment):
+        return _payment_delta(obj, is_new)
+    return []
+
+
+def track_new_loan(loan_id: str, status: str, bucket: str, principal_minor: int) -> dict[str, Any]:
+    """The delta row of a loan inserted without the ORM (bulk loaders)."""
+    return {**_NO_CHANGE, **_position(loan_id, status, bucket, principal_minor, loans=1)}
+
+
+# -- the rebase ----------------------------------------------------------------------------
+
+
+async def rebase(session: AsyncSession, *, collections_since: date) -> None:
+    """Recompute the base from the book and drop the deltas it now includes.
+
+    On PostgreSQL the transaction runs at REPEATABLE READ: every statement sees one snapshot,
+    so a delta committed after it is neither in the new base nor deleted. Must be the first
+    thing the session does."""
+    if is_postgres(session):
+        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    loan = _table(Loan)
+    await session.execute(delete(PortfolioPosition))
+    await session.execute(
+        insert(PortfolioPosition).from_select(
+            ["merchant_id", "product_code", "currency", "status", "bucket", "loans",
+             "principal_minor"],
+            select(loan.c.merchant_id, loan.c.product_code, loan.c.currency, loan.c.status,
+                   loan.c.bucket, func.count(), func.sum(loan.c.principal_outstanding_minor))
+            .group_by(loan.c.merchant_id, loan.c.product_code, loan.c.currency, loan.c.status,
+                      loan.c.bucket),
+        )
+    )  # fmt: skip
+    flag = _table(RiskFlag)
+    await session.execute(delete(PortfolioFlagCount))
+    await session.execute(
+        insert(PortfolioFlagCount).from_select(
+            ["merchant_id", "product_code", "code", "flags"],
+            select(loan.c.merchant_id, loan.c.product_code, flag.c.code, func.count())
+            .select_from(flag.join(loan, loan.c.id == flag.c.loan_id))
+            .where(flag.c.status == FlagStatus.OPEN)
+            .group_by(loan.c.merchant_id, loan.c.product_code, flag.c.code),
+        )
+    )
+    payment = _table(Payment)
+    await session.execute(
+        delete(PortfolioCollection).where(PortfolioCollection.received_on >= collections_since)
+    )
+    await session.execute(
+        insert(PortfolioCollection).from_select(
+            ["received_on", "merchant_id", "product_code", "currency", "amount_minor"],
+            select(payment.c.received_on, loan.c.merchant_id, loan.c.product_code,
+                   loan.c.currency, func.sum(payment.c.amount_minor))
+            .select_from(payment.join(loan, loan.c.id == payment.c.loan_id))
+            .where(payment.c.status == PaymentStatus.APPLIED,
+                   payment.c.received_on >= collections_since)
+            .group_by(payment.c.received_on, loan.c.merchant_id, loan.c.product_code,
+                      loan.c.currency),
+        )
+    )  # fmt: skip
+    await session.execute(delete(PortfolioDelta))
+
+
+def _table(model: type) -> Table:
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which part of the book a view covers."""
+
+    currency: str
+    merchant_id: str | None = None
+    product_code: str | None = None
+
+    def where(self, merchant: Any, product: Any, currency: Any | None) -> list[Any]:
+        conditions = [] if currency is None else [currency == self.currency]
+        if self.merchant_id is not None:
+            conditions.append(merchant == self.merchant_id)
+        if self.product_code is not None:
+            conditions.append(product == self.product_code)
+        return conditions
+
+
+@dataclass
+class Tally:
+    count: int = 0
+    principal_minor: int = 0
+
+
+async def positions(session: AsyncSession, scope: Scope) -> dict[tuple[str, str], Tally]:
+    """Loans and principal by (status, bucket) now."""
+    tallies: dict[tuple[str, str], Tally] = {}
+    base = PortfolioPosition
+    rows = await session.execute(
+        select(base.status, base.bucket, func.sum(base.loans), func.sum(base.principal_minor))
+        .where(*scope.where(base.merchant_id, base.product_code, base.currency))
+        .group_by(base.status, base.bucket)
+    )
+    loan, delta = _table(Loan), PortfolioDelta
+    changes = await session.execute(
+        select(delta.status, delta.bucket, func.sum(delta.loans), func.sum(delta.principal_minor))
+        .join(loan, loan.c.id == delta.loan_id)
+        .where(delta.status.is_not(None),
+               *scope.where(loan.c.merchant_id, loan.c.product_code, loan.c.currency))
+        .group_by(delta.status, delta.bucket)
+    )  # fmt: skip
+    for status, bucket, count, principal in [*rows, *changes]:
+        tally = tallies.setdefault((status, bucket), Tally())
+        tally.count += int(count or 0)
+        tally.principal_minor += int(principal or 0)
+    return {key: tally for key, tally in tallies.items() if tally.count}
+
+
+async def open_flags(session: AsyncSession, scope: Scope) -> dict[str, int]:
+    base = PortfolioFlagCount
+    rows = await session.execute(
+        select(base.code, func.sum(base.flags))
+        .where(*scope.where(base.merchant_id, base.product_code, None))
+        .group_by(base.code)
+    )
+    loan, delta = _table(Loan), PortfolioDelta
+    changes = await session.execute(
+        select(delta.flag_code, func.sum(delta.flags))
+        .join(loan, loan.c.id == delta.loan_id)
+        .where(delta.flag_code.is_not(None),
+               *scope.where(loan.c.merchant_id, loan.c.product_code, None))
+        .group_by(delta.flag_code)
+    )  # fmt: skip
+    counts: dict[str, int] = {}
+    for code, flags in [*rows, *changes]:
+        counts[code] = counts.get(code, 0) + int(flags or 0)
+    return {code: n for code, n in sorted(counts.items()) if n}
+
+
+async def collected(session: AsyncSession, scope: Scope, *, since: date, until: date) -> int:
+    """Payments received from ``since`` to ``until``, net of reversals."""
+    base = PortfolioCollection
+    total = await session.scalar(
+        select(func.coalesce(func.sum(base.amount_minor), 0)).where(
+            base.received_on >= since,
+            base.received_on <= until,
+            *scope.where(base.merchant_id, base.product_code, base.currency),
+        )
+    )
+    loan, delta = _table(Loan), PortfolioDelta
+    changes = await session.scalar(
+        select(func.coalesce(func.sum(delta.collected_minor), 0))
+        .join(loan, loan.c.id == delta.loan_id)
+        .where(delta.received_on >= since, delta.received_on <= until,
+               *scope.where(loan.c.merchant_id, loan.c.product_code, loan.c.currency))
+    )  # fmt: skip
+    return int(total or 0) + int(changes or 0)

@@ -1,0 +1,126 @@
+import hashlib
+import json
+from datetime import date
+from enum import StrEnum
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+
+from app.api.deps import DashboardPrincipal, PageDep, ReaderPrincipal, SessionDep
+from app.api.pagination import Page, page_of
+from app.portfolio import service
+from app.portfolio.close import alert_event
+
+router = APIRouter(tags=["portfolio"])
+
+MerchantFilter = Annotated[str | None, Query(max_length=40)]
+ProductFilter = Annotated[str | None, Query(max_length=40)]
+CurrencyFilter = Annotated[
+    str | None, Query(pattern=r"^[A-Z]{3}$", description="Default: the configured currency")
+]
+
+# Counts move with every write: revalidate each poll (a 304 costs two small queries).
+LIVE = "private, no-cache"
+# Roll rates, vintages and segments change only when a close completes.
+PER_CLOSE = "private, max-age=60"
+
+
+def cached(request: Request, body: dict[str, Any], cache_control: str) -> Response:
+    """The body with a strong ETag of its bytes; 304 when the client already has them."""
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    etag = f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
+    headers = {"ETag": etag, "Cache-Control": cache_control}
+    asked = request.headers.get("if-none-match", "")
+    known = {tag.strip().removeprefix("W/") for tag in asked.split(",")}
+    if etag in known or "*" in known:
+        return Response(status_code=304, headers=headers)
+    return Response(payload, media_type="application/json", headers=headers)
+
+
+@router.get("/v1/portfolio/summary", response_class=Response)
+async def summary(
+    request: Request,
+    session: SessionDep,
+    principal: ReaderPrincipal,
+    merchant_id: MerchantFilter = None,
+    product_code: ProductFilter = None,
+    currency: CurrencyFilter = None,
+) -> Response:
+    """Open loans and principal by status and bucket, 30+ and 90+ delinquency rates, open
+    flags by code, collections today and this month: live (base of the last close plus
+    every write since), delinquency as of the business date."""
+    scope = service.scope_for(
+        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
+    )
+    return cached(request, await service.summary(session, scope), LIVE)
+
+
+@router.get("/v1/portfolio/roll-rates", response_class=Response)
+async def roll_rates(
+    request: Request,
+    session: SessionDep,
+    principal: ReaderPrincipal,
+    from_date: Annotated[date | None, Query(alias="from")] = None,
+    to_date: Annotated[date | None, Query(alias="to")] = None,
+    merchant_id: MerchantFilter = None,
+    product_code: ProductFilter = None,
+    currency: CurrencyFilter = None,
+) -> Response:
+    """The bucket-to-bucket matrix (counts, principal at ``to``, row shares) of the loans
+    open at both closes. Defaults: the last close and the one before."""
+    scope = service.scope_for(
+        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
+    )
+    body = await service.roll_rates(session, scope, from_date=from_date, to_date=to_date)
+    return cached(request, body, PER_CLOSE)
+
+
+@router.get("/v1/portfolio/vintages", response_class=Response)
+async def vintages(
+    request: Request,
+    session: SessionDep,
+    principal: ReaderPrincipal,
+    merchant_id: MerchantFilter = None,
+    product_code: ProductFilter = None,
+    currency: CurrencyFilter = None,
+) -> Response:
+    """Per origination month, the share of loans (and principal) ever more than 30 days past
+    due by month on book."""
+    scope = service.scope_for(
+        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
+    )
+    return cached(request, await service.vintages(session, scope), PER_CLOSE)
+
+
+class SegmentDimension(StrEnum):
+    MERCHANT = "merchant"
+    PRODUCT = "product"
+    VINTAGE = "vintage"
+
+
+@router.get("/v1/portfolio/segments", response_class=Response)
+async def segments(
+    request: Request,
+    session: SessionDep,
+    principal: ReaderPrincipal,
+    by: SegmentDimension = SegmentDimension.MERCHANT,
+    merchant_id: MerchantFilter = None,
+    product_code: ProductFilter = None,
+    currency: CurrencyFilter = None,
+) -> Response:
+    """Per merchant, product or origination month, as of the last close: loans, principal,
+    first-payment default (10+ and 30+ DPD on the first installment, recent cohort),
+    current-to-30 roll rate over a month, 30+ and 90+ rates."""
+    scope = service.scope_for(
+        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
+    )
+    return cached(request, await service.segments(session, scope, by=by.value), PER_CLOSE)
+
+
+@router.get("/v1/portfolio/alerts", response_model=Page[dict[str, Any]])
+async def alerts(
+    session: SessionDep, principal: DashboardPrincipal, page: PageDep, since: date | None = None
+) -> Page[dict[str, Any]]:
+    """Segment alerts the closes raised (``risk.segment_alert``), oldest first."""
+    rows = await service.list_alerts(session, principal, page=page, since=since)
+    return page_of(rows, page, alert_event)

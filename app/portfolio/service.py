@@ -1,0 +1,262 @@
+"""The portfolio views dashboards poll: built from the aggregates the close and the writes
+keep (app/portfolio/positions.py, close.py), never from a scan of the loans."""
+
+from collections import defaultdict
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import false, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app import clock
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.config import get_settings
+from app.delinquency import service as delinquency
+from app.delinquency.rules import Bucket
+from app.errors import Forbidden, InvalidRequest
+from app.loans.models import LoanStatus
+from app.money import MINOR_DIGITS, format_minor
+from app.portfolio import close as portfolio_close
+from app.portfolio import positions
+from app.portfolio.models import (
+    RollRate,
+    RollRatePair,
+    SegmentAlert,
+    SegmentMetric,
+    VintageCount,
+)
+from app.portfolio.positions import Scope, Tally
+
+CLOSED_STATUSES = (LoanStatus.PAID_OFF.value, LoanStatus.CANCELLED.value)
+RATE_PLACES = Decimal("0.0001")
+
+
+def scope_for(
+    principal: Principal,
+    *,
+    merchant_id: str | None,
+    product_code: str | None,
+    currency: str | None,
+) -> Scope:
+    """A merchant key sees its own merchant's book only; the others see any or all."""
+    principal.require(Role.MERCHANT, Role.DASHBOARD)
+    if principal.is_merchant:
+        if merchant_id is not None and merchant_id != principal.merchant_id:
+            raise Forbidden("a merchant key sees its own merchant's portfolio only")
+        merchant_id = principal.merchant_id
+    currency = currency or get_settings().default_currency
+    if currency not in MINOR_DIGITS:
+        raise InvalidRequest.field("currency", f"{currency} is not a supported currency")
+    return Scope(currency=currency, merchant_id=merchant_id, product_code=product_code)
+
+
+def format_rate(numerator: int, denominator: int) -> str | None:
+    if denominator == 0:
+        return None
+    return str((Decimal(numerator) / Decimal(denominator)).quantize(RATE_PLACES, ROUND_HALF_UP))
+
+
+def _money(tally: Tally, currency: str) -> dict[str, Any]:
+    return {"count": tally.count,
+            "principal_outstanding": format_minor(tally.principal_minor, currency)}  # fmt: skip
+
+
+async def summary(session: AsyncSession, scope: Scope) -> dict[str, Any]:
+    by_position = await positions.positions(session, scope)
+    by_status: dict[str, Tally] = defaultdict(Tally)
+    by_bucket: dict[str, Tally] = {bucket.value: Tally() for bucket in Bucket}
+    book = Tally()
+    for (status, bucket), tally in by_position.items():
+        by_status[status].count += tally.count
+        by_status[status].principal_minor += tally.principal_minor
+        if status in CLOSED_STATUSES:
+            continue
+        by_bucket[bucket].count += tally.count
+        by_bucket[bucket].principal_minor += tally.principal_minor
+        book.count += tally.count
+        book.principal_minor += tally.principal_minor
+
+    def delinquency_rate(buckets: tuple[str, ...]) -> dict[str, str | None]:
+        count = sum(by_bucket[b].count for b in buckets)
+        balance = sum(by_bucket[b].principal_minor for b in buckets)
+        return {"by_count": format_rate(count, book.count),
+                "by_balance": format_rate(balance, book.principal_minor)}  # fmt: skip
+
+    today = clock.today()
+    collected_today = await positions.collected(session, scope, since=today, until=today)
+    month_to_date = await positions.collected(
+        session, scope, since=today.replace(day=1), until=today
+    )
+    as_of = await delinquency.business_date(session)
+    currency = scope.currency
+    return {
+        "as_of": as_of.isoformat() if as_of else None,
+        "today": today.isoformat(),
+        "currency": currency,
+        "merchant_id": scope.merchant_id,
+        "product_code": scope.product_code,
+        "loans": _money(book, currency),
+        "by_status": {status: _money(t, currency) for status, t in sorted(by_status.items())},
+        "by_bucket": {
+            bucket: {**_money(t, currency), "label": Bucket(bucket).label}
+            for bucket, t in by_bucket.items()
+        },
+        "delinquency_rate": {
+            "30_plus": delinquency_rate(portfolio_close.PAST_30_BUCKETS),
+            "90_plus": delinquency_rate((Bucket.DPD_90_PLUS.value,)),
+        },
+        "open_flags": await positions.open_flags(session, scope),
+        "collected": {
+            "today": format_minor(collected_today, currency),
+            "month_to_date": format_minor(month_to_date, currency),
+        },
+    }
+
+
+async def roll_rates(
+    session: AsyncSession, scope: Scope, *, from_date: date | None, to_date: date | None
+) -> dict[str, Any]:
+    """The bucket transition matrix between two closes, over the loans open at both. Without
+    dates: from the previous close to the last one."""
+    dates = await portfolio_close.snapshot_dates(session)
+    to_date = to_date or (dates[-1] if dates else None)
+    if to_date is None:
+        raise InvalidRequest.field("to", "no close has run yet: there is nothing to compare")
+    if from_date is None:
+        earlier = [d for d in dates if d < to_date]
+        if not earlier:
+            raise InvalidRequest.field("from", f"no close before {to_date} to compare with")
+        from_date = earlier[-1]
+    if from_date >= to_date:
+        raise InvalidRequest.field("from", "must be before to")
+    for name, day in (("from", from_date), ("to", to_date)):
+        if day not in dates:
+            raise InvalidRequest.field(name, f"no close snapshot for {day}")
+    if await session.get(RollRatePair, (from_date, to_date)) is None:
+        await portfolio_close.store_roll_rates(session, from_date, to_date)
+    rows = await session.execute(
+        select(RollRate.from_bucket, RollRate.to_bucket, func.sum(RollRate.loans),
+               func.sum(RollRate.principal_minor))
+        .where(RollRate.from_date == from_date, RollRate.to_date == to_date,
+               *scope.where(RollRate.merchant_id, RollRate.product_code, RollRate.currency))
+        .group_by(RollRate.from_bucket, RollRate.to_bucket)
+    )  # fmt: skip
+    cells: dict[tuple[str, str], Tally] = {}
+    for start, end, loans, principal in rows:
+        cells[(start, end)] = Tally(int(loans), int(principal or 0))
+    matrix: dict[str, dict[str, Any]] = {}
+    for start in Bucket:
+        row_total = sum(cells.get((start.value, end.value), Tally()).count for end in Bucket)
+        matrix[start.value] = {
+            end.value: {
+                **_money(cells.get((start.value, end.value), Tally()), scope.currency),
+                "rate": format_rate(cells.get((start.value, end.value), Tally()).count, row_total),
+            }
+            for end in Bucket
+        }
+    return {"from": from_date.isoformat(), "to": to_date.isoformat(),
+            "currency": scope.currency, "matrix": matrix}  # fmt: skip
+
+
+def months_between(later: date, earlier: date) -> int:
+    """Whole months, counted as app.db.months_between counts them in SQL."""
+    months = (later.year - earlier.year) * 12 + later.month - earlier.month
+    return months - 1 if later.day < earlier.day else months
+
+
+async def vintages(session: AsyncSession, scope: Scope) -> dict[str, Any]:
+    """For each origination month, the share of its loans (and principal) that have ever been
+    more than 30 days past due, by month on book, up to the months every loan of the vintage
+    has completed by the business date."""
+    as_of = await delinquency.business_date(session) or clock.today()
+    rows = await session.execute(
+        select(VintageCount.origination_month, VintageCount.months_on_book_at_30_plus,
+               func.sum(VintageCount.loans), func.sum(VintageCount.principal_minor))
+        .where(*scope.where(VintageCount.merchant_id, VintageCount.product_code,
+                            VintageCount.currency))
+        .group_by(VintageCount.origination_month, VintageCount.months_on_book_at_30_plus)
+    )  # fmt: skip
+    by_month: dict[str, dict[int, Tally]] = defaultdict(dict)
+    for month, months_to_30, loans, principal in rows:
+        by_month[month][int(months_to_30)] = Tally(int(loans), int(principal or 0))
+    result = []
+    for month in sorted(by_month):
+        counts = by_month[month]
+        loans = sum(t.count for t in counts.values())
+        principal = sum(t.principal_minor for t in counts.values())
+        first = date.fromisoformat(f"{month}-01")
+        last_day = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+        completed = months_between(as_of, last_day)
+        curve, ever, ever_principal = [], 0, 0
+        for months_on_book in range(max(completed, 0) + 1):
+            tally = counts.get(months_on_book, Tally())
+            ever, ever_principal = ever + tally.count, ever_principal + tally.principal_minor
+            curve.append({
+                "months_on_book": months_on_book,
+                "ever_30_plus_rate": format_rate(ever, loans),
+                "ever_30_plus_balance_rate": format_rate(ever_principal, principal),
+            })  # fmt: skip
+        principal_text = format_minor(principal, scope.currency)
+        result.append(
+            {"origination_month": month, "loans": loans, "principal": principal_text,
+             "curve": curve}
+        )  # fmt: skip
+    return {"as_of": as_of.isoformat(), "currency": scope.currency, "vintages": result}
+
+
+async def segments(session: AsyncSession, scope: Scope, *, by: str) -> dict[str, Any]:
+    """Per segment, as of the last close: size, first-payment default, current-to-30 roll
+    rate, 30+ and 90+ rates."""
+    as_of = await session.scalar(select(func.max(SegmentMetric.as_of)))
+    rows = []
+    if as_of is not None:
+        query = select(SegmentMetric).where(
+            SegmentMetric.as_of == as_of,
+            SegmentMetric.dimension == by,
+            SegmentMetric.currency == scope.currency,
+        )
+        if scope.merchant_id is not None and by == "merchant":
+            query = query.where(SegmentMetric.segment == scope.merchant_id)
+        elif scope.merchant_id is not None:
+            # Product and vintage segments span merchants: a merchant key sees none of them.
+            query = query.where(false())
+        if scope.product_code is not None and by == "product":
+            query = query.where(SegmentMetric.segment == scope.product_code)
+        rows = list(await session.scalars(query.order_by(SegmentMetric.segment)))
+    return {
+        "as_of": as_of.isoformat() if as_of else None,
+        "by": by,
+        "currency": scope.currency,
+        "segments": [segment_view(row) for row in rows],
+    }
+
+
+def segment_view(row: SegmentMetric) -> dict[str, Any]:
+    return {
+        "segment": row.segment,
+        "loans": row.loans,
+        "principal_outstanding": format_minor(row.principal_minor, row.currency),
+        "fpd_10": {"rate": format_rate(row.fpd_10_loans, row.fpd_10_cohort),
+                   "loans": row.fpd_10_loans, "cohort": row.fpd_10_cohort},
+        "fpd_30": {"rate": format_rate(row.fpd_30_loans, row.fpd_30_cohort),
+                   "loans": row.fpd_30_loans, "cohort": row.fpd_30_cohort},
+        "current_to_30": {"rate": format_rate(row.current_to_30_loans, row.current_base),
+                          "loans": row.current_to_30_loans, "base": row.current_base},
+        "dpd_30_plus_rate": format_rate(row.dpd_30_plus_loans, row.loans),
+        "dpd_90_plus_rate": format_rate(row.dpd_90_plus_loans, row.loans),
+    }  # fmt: skip
+
+
+async def list_alerts(
+    session: AsyncSession, principal: Principal, *, page: PageParams, since: date | None
+) -> list[SegmentAlert]:
+    principal.require(Role.DASHBOARD)
+    query = select(SegmentAlert).order_by(SegmentAlert.id).limit(page.limit + 1)
+    if page.after_id:
+        query = query.where(SegmentAlert.id > page.after_id)
+    if since is not None:
+        query = query.where(SegmentAlert.as_of >= since)
+    return list(await session.scalars(query))

@@ -1,0 +1,313 @@
+"""Portfolio views over HTTP, each number checked against an independent recomputation from
+the loans themselves (read through the API or straight SQL)."""
+
+from collections import Counter, defaultdict
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app import clock
+from app.api_keys.models import Role
+from app.config import get_settings
+from app.db import session_scope
+from app.events.models import Event
+from app.loans.models import Loan
+from app.payments.models import Payment
+from app.portfolio.models import PortfolioDelta
+from tests.factories import World, api_key, auth, world
+
+OPEN = ("active", "delinquent", "defaulted", "charged_off", "restructured")
+PAST_30 = ("31-60", "61-90", "90+")
+
+
+async def close(w: World, as_of: str) -> None:
+    response = await w.post("/v1/close-runs", {"as_of": as_of}, headers=w.admin, expect=201)
+    assert response.json()["status"] == "succeeded", response.text
+
+
+def money(minor: int) -> str:
+    return f"{Decimal(minor) / 100:.2f}"
+
+
+def rate(numerator: int, denominator: int) -> str | None:
+    return None if not denominator else f"{Decimal(numerator) / Decimal(denominator):.4f}"
+
+
+async def expected_summary(merchant_id: str | None = None) -> dict[str, Any]:
+    """The summary recomputed by straight SQL over the loans and payments."""
+    async with session_scope() as session:
+        query = select(Loan.status, Loan.bucket, Loan.principal_outstanding_minor)
+        if merchant_id:
+            query = query.where(Loan.merchant_id == merchant_id)
+        loans = (await session.execute(query)).all()
+        paid = select(Payment.received_on, Payment.amount_minor).join(
+            Loan, Loan.id == Payment.loan_id
+        ).where(Payment.status == "applied")  # fmt: skip
+        if merchant_id:
+            paid = paid.where(Loan.merchant_id == merchant_id)
+        payments = (await session.execute(paid)).all()
+    by_status: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    by_bucket: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for status, bucket, principal in loans:
+        by_status[status][0] += 1
+        by_status[status][1] += principal
+        if status in OPEN:
+            by_bucket[bucket][0] += 1
+            by_bucket[bucket][1] += principal
+    count = sum(c for c, _ in by_bucket.values())
+    balance = sum(p for _, p in by_bucket.values())
+    today = clock.today()
+
+    def delinquent(buckets: tuple[str, ...]) -> dict[str, str | None]:
+        return {"by_count": rate(sum(by_bucket[b][0] for b in buckets), count),
+                "by_balance": rate(sum(by_bucket[b][1] for b in buckets), balance)}  # fmt: skip
+
+    return {
+        "loans": {"count": count, "principal_outstanding": money(balance)},
+        "by_status": {s: {"count": c, "principal_outstanding": money(p)}
+                      for s, (c, p) in sorted(by_status.items())},
+        "by_bucket": {b: {"count": c, "principal_outstanding": money(p)}
+                      for b, (c, p) in by_bucket.items()},
+        "delinquency_rate": {"30_plus": delinquent(PAST_30), "90_plus": delinquent(("90+",))},
+        "collected": {
+            "today": money(sum(a for d, a in payments if d == today)),
+            "month_to_date": money(sum(a for d, a in payments if today.replace(day=1) <= d)),
+        },
+    }  # fmt: skip
+
+
+def comparable(summary: dict[str, Any]) -> dict[str, Any]:
+    by_bucket = {
+        bucket: {"count": v["count"], "principal_outstanding": v["principal_outstanding"]}
+        for bucket, v in summary["by_bucket"].items()
+        if v["count"]
+    }
+    keys = ("loans", "by_status", "delinquency_rate", "collected")
+    return {**{key: summary[key] for key in keys}, "by_bucket": by_bucket}
+
+
+async def book(client: httpx.AsyncClient) -> tuple[World, list[dict[str, Any]]]:
+    """Six loans from 2026-07-01 (first due 08-01): two never paid, one paid on time, one
+    cancelled, one paid off today, and one paid 150.00 today; closed as of 2026-09-15."""
+    w = await world(client)
+    await close(w, "2026-07-01")
+    loans = [await w.loan(principal="1200.00", term=12, disbursed_on="2026-07-01")
+             for _ in range(6)]  # fmt: skip
+    schedule = (await w.get(f"/v1/loans/{loans[2]['id']}/schedule"))["installments"]
+    first, second = schedule[0]["total"], schedule[1]["total"]
+    await w.pay(loans[2]["id"], first, "2026-08-01")
+    await w.pay(loans[2]["id"], second, "2026-09-01")
+    await w.post(f"/v1/loans/{loans[3]['id']}/cancel", {"reason": "returned"}, expect=200)
+    payoff = (await w.get(f"/v1/loans/{loans[4]['id']}"))["balances"]["payoff_amount"]
+    await w.pay(loans[4]["id"], payoff)  # today
+    await close(w, "2026-09-15")
+    await w.pay(loans[5]["id"], "150.00")  # today, after the close
+    return w, loans
+
+
+async def test_summary_adds_up_to_the_book_live_and_after_each_close(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loans = await book(client)
+    got = await w.get("/v1/portfolio/summary", headers=w.admin)
+    assert got["as_of"] == "2026-09-15"
+    assert got["currency"] == "CNY"
+    want = await expected_summary()
+    assert comparable(got) == want
+    assert got["loans"]["count"] == 4  # the cancelled and the paid-off loans are not open
+    assert got["by_bucket"]["31-60"]["count"] == 2  # never paid: 45 days past due
+    assert got["delinquency_rate"]["30_plus"]["by_count"] == "0.5000"
+    payoff = Decimal((await w.get(f"/v1/loans/{loans[4]['id']}"))["principal"]) + 150
+    assert Decimal(got["collected"]["today"]) > payoff  # the payoff carries interest too
+
+    # A write shows at once (a delta), and the next close's rebase changes nothing visible.
+    await w.loan(principal="800.00", term=6)
+    await w.pay(loans[0]["id"], "50.00")
+    got = await w.get("/v1/portfolio/summary", headers=w.admin)
+    assert comparable(got) == await expected_summary()
+    assert got["loans"]["count"] == 5
+    await close(w, "2026-09-16")
+    after = await w.get("/v1/portfolio/summary", headers=w.admin)
+    assert comparable(after) == await expected_summary()
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(PortfolioDelta)) == 0
+
+
+async def test_summary_etag_and_304(client: httpx.AsyncClient) -> None:
+    w, loans = await book(client)
+    first = await client.get("/v1/portfolio/summary", headers=w.admin)
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"] == "private, no-cache"
+    again = await client.get("/v1/portfolio/summary", headers={**w.admin, "If-None-Match": etag})
+    assert again.status_code == 304
+    assert again.content == b""
+    assert again.headers["etag"] == etag
+    await w.pay(loans[1]["id"], "10.00")
+    changed = await client.get("/v1/portfolio/summary", headers={**w.admin, "If-None-Match": etag})
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != etag
+    vintages = await client.get("/v1/portfolio/vintages", headers=w.admin)
+    cached = await client.get(
+        "/v1/portfolio/vintages", headers={**w.admin, "If-None-Match": vintages.headers["etag"]}
+    )
+    assert cached.status_code == 304
+    assert vintages.headers["cache-control"] == "private, max-age=60"
+
+
+async def test_merchants_see_their_own_portfolio_only(client: httpx.AsyncClient) -> None:
+    w, _ = await book(client)
+    other = await world(client)
+    await other.loan(principal="3000.00", term=6)
+    mine = await w.get("/v1/portfolio/summary")  # the merchant's key
+    assert comparable(mine) == await expected_summary(w.merchant_id)
+    assert mine["merchant_id"] == w.merchant_id
+    everything = await w.get("/v1/portfolio/summary", headers=w.admin)
+    assert everything["loans"]["count"] == mine["loans"]["count"] + 1
+    response = await client.get(
+        "/v1/portfolio/summary", params={"merchant_id": other.merchant_id}, headers=w.merchant
+    )
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    dashboard = auth(await api_key(Role.DASHBOARD))
+    theirs = await w.get(f"/v1/portfolio/summary?merchant_id={other.merchant_id}", dashboard)
+    assert theirs["loans"] == {"count": 1, "principal_outstanding": "3000.00"}
+    gateway = auth(await api_key(Role.GATEWAY))
+    assert (await client.get("/v1/portfolio/summary", headers=gateway)).status_code == 403
+    assert (await client.get("/v1/portfolio/summary")).status_code == 401
+    bad = await client.get("/v1/portfolio/summary?currency=cny", headers=w.admin)
+    assert bad.status_code == 422
+
+
+async def buckets_now(w: World, loans: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    views = [await w.get(f"/v1/loans/{loan['id']}") for loan in loans]
+    return {v["id"]: (v["bucket"], v["balances"]["principal_outstanding"]) for v in views
+            if v["status"] not in ("paid_off", "cancelled")}  # fmt: skip
+
+
+async def test_roll_rate_matrix_across_two_closes(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    await close(w, "2026-07-01")
+    loans = [await w.loan(principal="1200.00", term=12, disbursed_on="2026-07-01")
+             for _ in range(5)]  # fmt: skip
+    await close(w, "2026-08-20")
+    before = await buckets_now(w, loans)  # all 19 days past due
+    for loan in loans[:2]:  # two catch up, three roll on
+        payoff = (await w.get(f"/v1/loans/{loan['id']}"))["balances"]["overdue_amount"]
+        await w.pay(loan["id"], payoff, "2026-08-25")
+    await close(w, "2026-09-05")
+    after = await buckets_now(w, loans)
+    expected: Counter[tuple[str, str]] = Counter(
+        (before[loan_id][0], after[loan_id][0]) for loan_id in before if loan_id in after
+    )
+    got = await w.get("/v1/portfolio/roll-rates?from=2026-08-20&to=2026-09-05", w.admin)
+    assert (got["from"], got["to"]) == ("2026-08-20", "2026-09-05")
+    cells = {(start, end): cell["count"] for start, row in got["matrix"].items()
+             for end, cell in row.items() if cell["count"]}  # fmt: skip
+    assert cells == dict(expected)
+    # The two that caught up missed September 1st's installment: still 1-30.
+    assert cells == {("1-30", "1-30"): 2, ("1-30", "31-60"): 3}
+    rolled = got["matrix"]["1-30"]["31-60"]
+    principal = sum(Decimal(after[i][1]) for i in after if after[i][0] == "31-60")
+    assert rolled["principal_outstanding"] == f"{principal:.2f}"
+    assert rolled["rate"] == "0.6000"
+    # Defaults: the last close and the one before it.
+    latest = await w.get("/v1/portfolio/roll-rates", w.admin)
+    assert (latest["from"], latest["to"]) == ("2026-09-04", "2026-09-05")
+    missing = await client.get("/v1/portfolio/roll-rates?from=2026-01-01&to=2026-09-05",
+                               headers=w.admin)  # fmt: skip
+    assert missing.status_code == 422
+    assert missing.json()["errors"][0]["field"] == "from"
+
+
+def curve(vintage: dict[str, Any]) -> list[tuple[int, str]]:
+    return [(p["months_on_book"], p["ever_30_plus_rate"]) for p in vintage["curve"]]
+
+
+async def test_vintage_curve(client: httpx.AsyncClient) -> None:
+    """Loans of July 2026 (first due Aug 1) and August 2026 (first due Sep 10): which went past
+    30 days late, by month on book, recomputed from each loan's own dates."""
+    w = await world(client)
+    await close(w, "2026-07-01")
+    july = [await w.loan(principal="1000.00", term=6, disbursed_on="2026-07-01")
+            for _ in range(4)]  # fmt: skip
+    august = [await w.loan(principal="2000.00", term=6, disbursed_on="2026-08-10")
+              for _ in range(2)]  # fmt: skip
+    for loan in july[:2]:  # these pay every installment on time
+        schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+        for installment in schedule[:3]:
+            await w.pay(loan["id"], installment["total"], installment["due_date"])
+    await close(w, "2026-10-20")
+    got = await w.get("/v1/portfolio/vintages", w.admin)
+    assert got["as_of"] == "2026-10-20"
+    vintages = {v["origination_month"]: v for v in got["vintages"]}
+    assert set(vintages) == {"2026-07", "2026-08"}
+    # Independent: July's two unpaid loans went 31 days late on Sep 1 (MOB 2); August's two on
+    # Oct 11 (MOB 2). July has completed 2 months on book by Oct 20 (from Jul 31), August 1.
+    assert vintages["2026-07"]["loans"] == 4
+    assert vintages["2026-07"]["principal"] == "4000.00"
+    assert curve(vintages["2026-07"]) == [(0, "0.0000"), (1, "0.0000"), (2, "0.5000")]
+    assert curve(vintages["2026-08"]) == [(0, "0.0000"), (1, "0.0000")]
+    async with session_scope() as session:
+        ever = dict((await session.execute(select(Loan.id, Loan.ever_30_plus_on))).all())
+    assert {ever[loan["id"]] for loan in july[2:]} == {date(2026, 9, 1)}
+    assert {ever[loan["id"]] for loan in august} == {date(2026, 10, 11)}
+    assert {ever[loan["id"]] for loan in july[:2]} == {None}
+
+
+async def fpd_alerts(w: World) -> list[dict[str, Any]]:
+    alerts = (await w.get("/v1/portfolio/alerts?limit=200", w.admin))["items"]
+    return [a for a in alerts if a["metric"] == "fpd_10"]
+
+
+async def test_segments_and_a_first_payment_default_alert(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's first-payment defaults jump: 1 in 4 of January's loans missed their first
+    installment, then all 4 of February's; the close raises risk.segment_alert once."""
+    monkeypatch.setattr(get_settings().portfolio, "alert_min_loans", 4)
+    w = await world(client)
+    await close(w, "2026-01-10")
+    january = [await w.loan(principal="600.00", term=3, disbursed_on="2026-01-10")
+               for _ in range(4)]  # fmt: skip
+    for loan in january[1:]:  # these three pay every installment on time
+        schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+        for installment in schedule:
+            await w.pay(loan["id"], installment["total"], installment["due_date"])
+    await close(w, "2026-02-14")
+    for _ in range(4):
+        await w.loan(principal="600.00", term=3, disbursed_on="2026-02-14")
+    await close(w, "2026-03-10")
+    segments = await w.get("/v1/portfolio/segments?by=merchant", w.admin)
+    (store,) = segments["segments"]
+    assert store["fpd_10"] == {"rate": "0.2500", "loans": 1, "cohort": 4}  # January's cohort
+    await close(w, "2026-03-23")
+    assert await fpd_alerts(w) == []
+
+    await close(w, "2026-03-24")  # February's first installments (due Mar 14) 10 days late
+    segments = await w.get("/v1/portfolio/segments?by=merchant", w.admin)
+    (store,) = segments["segments"]
+    assert store["segment"] == w.merchant_id
+    assert store["fpd_10"] == {"rate": "1.0000", "loans": 4, "cohort": 4}
+    assert store["loans"] == 5  # three of January's loans are paid off
+    fpd = {(a["dimension"], a["metric"]): a for a in await fpd_alerts(w)}
+    assert set(fpd) == {("merchant", "fpd_10"), ("product", "fpd_10")}
+    assert fpd[("merchant", "fpd_10")]["value"] == "1.0000"
+    assert fpd[("merchant", "fpd_10")]["baseline"] == "0.2500"
+    await close(w, "2026-03-24")  # a rerun raises nothing twice
+    async with session_scope() as session:
+        events = list(
+            await session.scalars(select(Event).where(Event.type == "risk.segment_alert"))
+        )
+    fpd_events = [e for e in events if e.data["metric"] == "fpd_10"]
+    assert len(fpd_events) == 2
+    assert {e.data["segment"] for e in fpd_events} == {w.merchant_id, w.product_code}
+    assert len(events) == len((await w.get("/v1/portfolio/alerts", w.admin))["items"])
+    by_vintage = await w.get("/v1/portfolio/segments?by=vintage", w.admin)
+    assert [s["segment"] for s in by_vintage["segments"]] == ["2026-01", "2026-02"]
+    assert (
+        await client.get("/v1/portfolio/segments?by=colour", headers=w.admin)
+    ).status_code == 422
