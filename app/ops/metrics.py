@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db import database, utc_now
+from app.portfolio import metrics as portfolio_metrics
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 
 HTTP_REQUESTS = Counter(
@@ -68,6 +69,7 @@ async def render() -> Response:
                 )
             )
         ).one()
+        await portfolio_metrics.refresh(session)
     WEBHOOK_BACKLOG.set(backlog)
     WEBHOOK_OLDEST_PENDING.set((utc_now() - oldest).total_seconds() if oldest else 0)
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -311,3 +311,23 @@ async def test_segments_and_a_first_payment_default_alert(
     assert (
         await client.get("/v1/portfolio/segments?by=colour", headers=w.admin)
     ).status_code == 422
+
+
+async def test_metrics_expose_the_portfolio_and_the_close(client: httpx.AsyncClient) -> None:
+    w, _ = await book(client)
+    summary = await w.get("/v1/portfolio/summary", headers=w.admin)
+    text = (await client.get("/metrics")).text
+    lines = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    for bucket, tally in summary["by_bucket"].items():
+        if tally["count"]:
+            labels = f'{{bucket="{bucket}",currency="CNY"}}'
+            assert float(lines[f"loanwatch_portfolio_loans{labels}"]) == tally["count"]
+            assert float(lines[f"loanwatch_portfolio_principal_outstanding{labels}"]) == float(
+                tally["principal_outstanding"]
+            )
+    for code, count in summary["open_flags"].items():
+        assert float(lines[f'loanwatch_risk_open_flags{{code="{code}"}}']) == count
+    assert float(lines['loanwatch_close_step_seconds{step="portfolio"}']) >= 0
+    assert 'loanwatch_close_run_seconds{as_of="2026-09-15"}' in lines

@@ -1,0 +1,72 @@
+"""Portfolio and close gauges for /metrics, read from the same aggregates as the portfolio
+views at scrape time (a few small queries, never a scan of the loans)."""
+
+from prometheus_client import Gauge
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.close.models import CloseRun, CloseStatus
+from app.money import to_decimal
+from app.portfolio import positions
+from app.portfolio.models import PortfolioPosition
+from app.portfolio.service import CLOSED_STATUSES
+from app.risk.models import RiskRun
+
+PORTFOLIO_LOANS = Gauge("loanwatch_portfolio_loans", "Open loans by bucket", ["currency", "bucket"])
+PORTFOLIO_PRINCIPAL = Gauge(
+    "loanwatch_portfolio_principal_outstanding",
+    "Principal outstanding of open loans by bucket, in major units",
+    ["currency", "bucket"],
+)
+OPEN_FLAGS = Gauge("loanwatch_risk_open_flags", "Open early-warning flags by code", ["code"])
+CLOSE_SECONDS = Gauge(
+    "loanwatch_close_run_seconds", "Duration of the last succeeded close run", ["as_of"]
+)
+CLOSE_STEP_SECONDS = Gauge(
+    "loanwatch_close_step_seconds", "Duration of each step of the last succeeded close", ["step"]
+)
+RISK_RUN_SECONDS = Gauge(
+    "loanwatch_risk_run_seconds", "Duration of the last succeeded on-demand risk run"
+)
+
+
+async def refresh(session: AsyncSession) -> None:
+    currencies = list(await session.scalars(select(PortfolioPosition.currency).distinct()))
+    PORTFOLIO_LOANS.clear()
+    PORTFOLIO_PRINCIPAL.clear()
+    OPEN_FLAGS.clear()
+    for currency in currencies:
+        scope = positions.Scope(currency=currency)
+        for (status, bucket), tally in (await positions.positions(session, scope)).items():
+            if status in CLOSED_STATUSES:
+                continue
+            PORTFOLIO_LOANS.labels(currency, bucket).inc(tally.count)
+            PORTFOLIO_PRINCIPAL.labels(currency, bucket).inc(
+                float(to_decimal(tally.principal_minor, currency))
+            )
+    # Flags are counted over every currency: the scope's currency does not filter them.
+    flags = await positions.open_flags(session, positions.Scope(currency=""))
+    for code, count in flags.items():
+        OPEN_FLAGS.labels(code).set(count)
+
+    run = await session.scalar(
+        select(CloseRun)
+        .where(CloseRun.status == CloseStatus.SUCCEEDED)
+        .order_by(CloseRun.as_of.desc())
+        .limit(1)
+    )
+    CLOSE_SECONDS.clear()
+    CLOSE_STEP_SECONDS.clear()
+    if run is not None and run.started_at and run.finished_at:
+        seconds = (run.finished_at - run.started_at).total_seconds()
+        CLOSE_SECONDS.labels(run.as_of.isoformat()).set(seconds)
+        for step, entry in run.steps.items():
+            if "seconds" in entry:
+                CLOSE_STEP_SECONDS.labels(step).set(entry["seconds"])
+    risk_seconds = await session.scalar(
+        select(RiskRun.seconds)
+        .where(RiskRun.status == "succeeded")
+        .order_by(RiskRun.finished_at.desc())
+        .limit(1)
+    )
+    RISK_RUN_SECONDS.set(risk_seconds or 0)
