@@ -2,9 +2,11 @@ import hashlib
 import json
 from datetime import date
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import HTMLResponse
 
 from app.api.deps import DashboardPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
@@ -124,3 +126,12 @@ async def alerts(
     """Segment alerts the closes raised (``risk.segment_alert``), oldest first."""
     rows = await service.list_alerts(session, principal, page=page, since=since)
     return page_of(rows, page, alert_event)
+
+
+DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()
+
+
+@router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard() -> HTMLResponse:
+    """A page that polls the summary with a key the user types in (kept for the tab only)."""
+    return HTMLResponse(DASHBOARD)

@@ -331,3 +331,10 @@ async def test_metrics_expose_the_portfolio_and_the_close(client: httpx.AsyncCli
         assert float(lines[f'loanwatch_risk_open_flags{{code="{code}"}}']) == count
     assert float(lines['loanwatch_close_step_seconds{step="portfolio"}']) >= 0
     assert 'loanwatch_close_run_seconds{as_of="2026-09-15"}' in lines
+
+
+async def test_the_dashboard_page_reads_the_summary(client: httpx.AsyncClient) -> None:
+    page = await client.get("/dashboard")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert 'fetch("/v1/portfolio/summary"' in page.text
