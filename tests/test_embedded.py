@@ -119,6 +119,23 @@ def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Pa
         assert http.get("/v1/business-date", headers=admin).json()["business_date"] == "2026-03-10"
         risk = http.get(f"/v1/loans/{loan_id}/risk", headers=pos).json()
         assert "first_payment_default" in {f["code"] for f in risk["flags"]}
+        # The portfolio views on SQLite: the live summary, vintages, roll rates between two
+        # closes, segments.
+        summary = http.get("/v1/portfolio/summary", headers=pos)
+        assert summary.status_code == 200, summary.text
+        assert summary.json()["by_bucket"]["1-30"]["count"] == 1
+        assert summary.json()["open_flags"]["first_payment_default"] == 1
+        assert http.get("/v1/portfolio/summary", headers={
+            **pos, "If-None-Match": summary.headers["etag"]}).status_code == 304  # fmt: skip
+        assert http.post("/v1/close-runs", json={"as_of": "2026-03-11"},
+                         headers=admin).status_code == 201  # fmt: skip
+        roll = http.get("/v1/portfolio/roll-rates?from=2026-03-10&to=2026-03-11", headers=admin)
+        assert roll.status_code == 200, roll.text
+        assert roll.json()["matrix"]["1-30"]["1-30"]["count"] == 1
+        vintages = http.get("/v1/portfolio/vintages", headers=admin).json()["vintages"]
+        assert [(v["origination_month"], v["loans"]) for v in vintages] == [("2026-01", 1)]
+        segments = http.get("/v1/portfolio/segments?by=merchant", headers=admin).json()
+        assert segments["segments"][0]["loans"] == 1
         events = http.get("/v1/events", headers=admin).json()["items"]
         shown = {"loan.created", "payment.received", "payment.reversed"}
         assert [e["type"] for e in events if e["type"] in shown] == [
