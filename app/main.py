@@ -22,6 +22,7 @@ from app.payments.routes import router as payments_router
 from app.portfolio import positions  # noqa: F401 - before-flush listener keeping the counts
 from app.portfolio.routes import router as portfolio_router
 from app.products.routes import router as products_router
+from app.promises.routes import router as promises_router
 from app.risk.routes import router as risk_router
 from app.scheduler import InProcessScheduler
 from app.webhooks.routes import router as webhooks_router
@@ -60,6 +61,7 @@ def create_app() -> FastAPI:
         borrowers_router,
         loans_router,
         payments_router,
+        promises_router,
         events_router,
         close_router,
         webhooks_router,

@@ -24,6 +24,7 @@ from app.portfolio.models import (
     VintageCount,
 )
 from app.products.models import Product
+from app.promises.models import Promise
 from app.risk.models import RiskFlag, RiskRulesVersion, RiskRun
 from app.webhooks.models import (
     WebhookAttempt,
@@ -54,6 +55,7 @@ __all__ = [
     "PortfolioFlagCount",
     "PortfolioPosition",
     "Product",
+    "Promise",
     "RiskFlag",
     "RiskRulesVersion",
     "RiskRun",

@@ -31,6 +31,7 @@ from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.loans.models import Loan
 from app.portfolio import close as portfolio
+from app.promises import service as promises
 from app.risk import grades as risk_grades
 from app.risk import service as risk
 
@@ -44,6 +45,7 @@ Chunk = tuple[str | None, str | None]
 STEPS: dict[str, StepFunction] = {
     "late_fees": delinquency.assess_late_fees,
     "delinquency": delinquency.recompute_delinquency,
+    "promises": promises.close_promises,
     "risk": risk.evaluate_loans,
     "grades": risk_grades.grade_borrowers,
     "reminders": delinquency.send_reminders,

@@ -36,6 +36,7 @@ from app.payments.errors import (
     PaymentNotFound,
 )
 from app.payments.models import Payment, PaymentAllocation, PaymentStatus, ReversalReason
+from app.promises import service as promises
 from app.risk import service as risk
 
 
@@ -307,10 +308,11 @@ async def _store_position(
     elif loan.status == LoanStatus.PAID_OFF:
         loan.status = LoanStatus.ACTIVE
         loan.paid_off_on = None
-    # The same rules as the nightly close, at once, in this transaction.
-    await delinquency.refresh_loan(
-        session, loan, position, await delinquency.delinquency_date(session)
-    )
+    # The same rules as the nightly close, at once, in this transaction: promises before
+    # risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.
+    as_of = await delinquency.delinquency_date(session)
+    await delinquency.refresh_loan(session, loan, position, as_of)
+    await promises.refresh_loan(session, loan, as_of)
     await risk.refresh_loan(session, loan)
 
 

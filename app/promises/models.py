@@ -1,0 +1,51 @@
+from datetime import date, datetime
+from enum import StrEnum
+
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, String, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, UTCDateTime, utc_now
+
+
+class PromiseStatus(StrEnum):
+    OPEN = "open"
+    KEPT = "kept"
+    BROKEN = "broken"
+    CANCELLED = "cancelled"
+
+
+class Promise(Base):
+    """A borrower's promise to pay ``amount`` by ``due_on``, taken by collections or the POS.
+
+    Payments received from ``promised_on`` (the business date it was made) to ``due_on`` count
+    toward it; ``paid_minor`` is what they add up to, kept current by every payment and reversal.
+    """
+
+    __tablename__ = "promise"
+    __table_args__ = (
+        # One open promise per loan: a new promise replaces nothing, it waits for the old one.
+        Index(
+            "uq_promise_open",
+            "loan_id",
+            unique=True,
+            postgresql_where=text("status = 'open'"),
+            sqlite_where=text("status = 'open'"),
+        ),
+        # The close looks for open promises past their date.
+        Index("ix_promise_status_due_on", "status", "due_on"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), index=True)
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    paid_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    promised_on: Mapped[date] = mapped_column(Date)
+    due_on: Mapped[date] = mapped_column(Date)
+    status: Mapped[str] = mapped_column(String(10))
+    kept_on: Mapped[date | None] = mapped_column(Date)
+    broken_on: Mapped[date | None] = mapped_column(Date)
+    cancelled_on: Mapped[date | None] = mapped_column(Date)
+    note: Mapped[str | None] = mapped_column(String(500))
+    created_by: Mapped[str | None] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

@@ -1,0 +1,27 @@
+from fastapi import APIRouter
+
+from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
+from app.api.pagination import Page, page_of
+from app.promises import service
+from app.promises.schemas import PromiseCreate, PromiseRead
+
+router = APIRouter(tags=["promises"])
+
+
+@router.post("/v1/loans/{loan_id}/promises", status_code=201, response_model=PromiseRead)
+async def create_promise(
+    loan_id: str, body: PromiseCreate, session: SessionDep, principal: MerchantPrincipal
+) -> PromiseRead:
+    promise = await service.create_promise(
+        session, principal, loan_id=loan_id, amount=body.amount, due_on=body.due_on,
+        note=body.note,
+    )  # fmt: skip
+    return PromiseRead.from_model(promise)
+
+
+@router.get("/v1/loans/{loan_id}/promises", response_model=Page[PromiseRead])
+async def list_promises(
+    loan_id: str, session: SessionDep, principal: ReaderPrincipal, page: PageDep
+) -> Page[PromiseRead]:
+    promises = await service.list_promises(session, principal, loan_id=loan_id, page=page)
+    return page_of(promises, page, PromiseRead.from_model)

@@ -1,0 +1,282 @@
+"""Promises to pay: taken on an open loan, kept by the payments that follow, broken by the
+close of the first business date after their due date without them.
+
+The per-loan path (``refresh_loan``) runs in the transaction of every payment and reversal,
+under the loan's lock; the close's step (``close_promises``) is set-based SQL over a loan-id
+range. Both apply the windows of ``rules.py``; a break is the event ``promise.broken`` and,
+through the risk engine that runs after either, the flag ``broken_promise``.
+"""
+
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any, cast
+
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.config import get_settings
+from app.db import execute_counting, utc_now
+from app.delinquency import service as delinquency
+from app.errors import InvalidRequest
+from app.events import service as events
+from app.ids import new_id
+from app.loans import service as loans_service
+from app.loans.errors import LoanNotActive
+from app.loans.models import OPEN_STATUSES, Loan
+from app.money import format_minor, parse_amount
+from app.payments.errors import AmountExceedsPayoff
+from app.payments.models import Payment, PaymentStatus
+from app.promises.errors import PromiseAlreadyOpen
+from app.promises.models import Promise, PromiseStatus
+from app.promises.rules import Outcome, PromiseTerms, Receipt, assess
+
+Counts = dict[str, int]
+
+_promise = cast(Table, Promise.__table__)
+_payment = cast(Table, Payment.__table__)
+_loan = cast(Table, Loan.__table__)
+
+
+async def create_promise(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    loan_id: str,
+    amount: str,
+    due_on: date,
+    note: str | None = None,
+) -> Promise:
+    """Record a promise to pay ``amount`` by ``due_on`` on an open loan of the caller's."""
+    principal.require(Role.MERCHANT)
+    loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
+    if loan.status not in OPEN_STATUSES:
+        raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no promises")
+    amount_minor = parse_amount("amount", amount, loan.currency)
+    as_of = await delinquency.delinquency_date(session)
+    horizon = as_of + timedelta(days=get_settings().promise_max_days)
+    if not as_of <= due_on <= horizon:
+        raise InvalidRequest.field(
+            "due_on", f"must be between the business date ({as_of}) and {horizon}"
+        )
+    installments = await loans_service.load_installments(session, loan.id)
+    payoff = loans_service.position_of(installments).payoff_minor(as_of)
+    if amount_minor > payoff:
+        message = (
+            f"must not exceed the loan's payoff amount {format_minor(payoff, loan.currency)} "
+            f"on {as_of}"
+        )
+        raise AmountExceedsPayoff(
+            f"amount: {message}", errors=[{"field": "amount", "message": message}]
+        )
+    # Under the loan's lock: no concurrent promise on this loan can slip in after the check
+    # (and the partial unique index refuses one that tried).
+    existing = await session.scalar(
+        select(Promise.id).where(Promise.loan_id == loan.id, Promise.status == PromiseStatus.OPEN)
+    )
+    if existing is not None:
+        raise PromiseAlreadyOpen(
+            f"promise {existing} on loan {loan.id} is still open; it must be kept or broken "
+            "before another is taken"
+        )
+    promise = Promise(
+        id=new_id("prom"), loan_id=loan.id, amount_minor=amount_minor, currency=loan.currency,
+        paid_minor=0, promised_on=as_of, due_on=due_on, status=PromiseStatus.OPEN, note=note,
+        created_by=principal.api_key_id, created_at=utc_now(),
+    )  # fmt: skip
+    # Payments already received on the business date count toward it.
+    outcome = assess(_terms(promise), await _receipts(session, loan.id), as_of)
+    promise.paid_minor = outcome.paid_minor
+    if outcome.status is PromiseStatus.KEPT:
+        promise.status, promise.kept_on = PromiseStatus.KEPT, outcome.kept_on
+    session.add(promise)
+    await session.flush()
+    return promise
+
+
+async def list_promises(
+    session: AsyncSession, principal: Principal, *, loan_id: str, page: PageParams
+) -> list[Promise]:
+    loan = await loans_service.get_loan(session, principal, loan_id=loan_id)
+    query = (
+        select(Promise).where(Promise.loan_id == loan.id).order_by(Promise.id).limit(page.limit + 1)
+    )
+    if page.after_id:
+        query = query.where(Promise.id > page.after_id)
+    return list(await session.scalars(query))
+
+
+# -- the per-loan path -------------------------------------------------------------------
+
+
+async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
+    """Re-assess the loan's open and kept promises after a payment or reversal (the caller
+    holds the loan's lock): a payment keeps one, a reversal may take that back."""
+    promises = list(
+        await session.scalars(
+            select(Promise)
+            .where(
+                Promise.loan_id == loan.id,
+                Promise.status.in_((PromiseStatus.OPEN, PromiseStatus.KEPT)),
+            )
+            .order_by(Promise.id)
+        )
+    )
+    if not promises:
+        return
+    receipts = await _receipts(session, loan.id)
+    for promise in promises:
+        outcome = assess(_terms(promise), receipts, as_of)
+        promise.paid_minor = outcome.paid_minor
+        if outcome.status is PromiseStatus.KEPT:
+            promise.status, promise.kept_on = PromiseStatus.KEPT, outcome.kept_on
+        elif loan.status not in OPEN_STATUSES:
+            # Paid off (or otherwise closed) short of the promise: nothing is owed any more.
+            promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
+            promise.cancelled_on = as_of
+        elif outcome.status is PromiseStatus.BROKEN or _reopens_beside_another(promise, promises):
+            # A reversal took back the payment that kept it, and its date has passed (or a
+            # newer promise has replaced it): broken now.
+            await _break(session, loan, promise, outcome, as_of)
+        else:
+            promise.status, promise.kept_on = PromiseStatus.OPEN, None
+    await session.flush()
+
+
+def _reopens_beside_another(promise: Promise, promises: Sequence[Promise]) -> bool:
+    return promise.status == PromiseStatus.KEPT and any(
+        other is not promise and other.status == PromiseStatus.OPEN for other in promises
+    )
+
+
+async def _break(
+    session: AsyncSession, loan: Loan, promise: Promise, outcome: Outcome, as_of: date
+) -> None:
+    promise.status, promise.kept_on, promise.broken_on = PromiseStatus.BROKEN, None, as_of
+    promise.paid_minor = outcome.paid_minor
+    await events.emit(
+        session,
+        "promise.broken",
+        event_data(
+            promise_id=promise.id, loan_id=loan.id, borrower_id=loan.borrower_id,
+            merchant_id=loan.merchant_id, currency=promise.currency,
+            amount_minor=promise.amount_minor, paid_minor=promise.paid_minor,
+            promised_on=promise.promised_on, due_on=promise.due_on, broken_on=as_of,
+        ),
+        loan=loan,
+    )  # fmt: skip
+
+
+def _terms(promise: Promise) -> PromiseTerms:
+    return PromiseTerms(promise.amount_minor, promise.promised_on, promise.due_on)
+
+
+async def _receipts(session: AsyncSession, loan_id: str) -> list[Receipt]:
+    rows = await session.execute(
+        select(Payment.received_on, Payment.amount_minor).where(
+            Payment.loan_id == loan_id, Payment.status == PaymentStatus.APPLIED
+        )
+    )
+    return [Receipt(*row) for row in rows]
+
+
+def event_data(
+    *,
+    promise_id: str,
+    loan_id: str,
+    borrower_id: str,
+    merchant_id: str,
+    currency: str,
+    amount_minor: int,
+    paid_minor: int,
+    promised_on: date,
+    due_on: date,
+    broken_on: date,
+) -> dict[str, Any]:
+    """What ``promise.broken`` carries, from either path."""
+    return {
+        "promise_id": promise_id,
+        "loan_id": loan_id,
+        "borrower_id": borrower_id,
+        "merchant_id": merchant_id,
+        "currency": currency,
+        "amount": format_minor(amount_minor, currency),
+        "paid": format_minor(paid_minor, currency),
+        "shortfall": format_minor(amount_minor - paid_minor, currency),
+        "promised_on": promised_on.isoformat(),
+        "due_on": due_on.isoformat(),
+        "broken_on": broken_on.isoformat(),
+    }
+
+
+# -- the set-based step of the close -----------------------------------------------------
+
+
+async def close_promises(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> Counts:
+    """Break every open promise of the range's open loans whose due date is before ``as_of``
+    and whose window's payments fall short; cancel the open promises of loans that closed
+    (cancelled, paid off). A broken promise is never broken again: reruns emit nothing."""
+    pr, pay, loan = _promise.c, _payment.c, _loan.c
+    loans_in_range = select(loan.id).where(delinquency.in_range(loan.id, low, high))
+    cancelled = await execute_counting(
+        session,
+        update(_promise)
+        .where(
+            pr.status == PromiseStatus.OPEN.value,
+            delinquency.in_range(pr.loan_id, low, high),
+            pr.loan_id.in_(loans_in_range.where(loan.status.not_in(OPEN_STATUSES))),
+        )
+        .values(status=PromiseStatus.CANCELLED.value, cancelled_on=as_of),
+    )
+    paid = (
+        select(func.coalesce(func.sum(pay.amount_minor), 0))
+        .where(
+            pay.loan_id == pr.loan_id,
+            pay.status == PaymentStatus.APPLIED.value,
+            pay.received_on >= pr.promised_on,
+            pay.received_on <= pr.due_on,
+        )
+        .scalar_subquery()
+    )
+    broken = (
+        await session.execute(
+            update(_promise)
+            .where(
+                pr.status == PromiseStatus.OPEN.value,
+                pr.due_on < as_of,
+                delinquency.in_range(pr.loan_id, low, high),
+                pr.loan_id.in_(loans_in_range.where(loan.status.in_(OPEN_STATUSES))),
+                paid < pr.amount_minor,
+            )
+            .values(status=PromiseStatus.BROKEN.value, broken_on=as_of, paid_minor=paid)
+            .returning(
+                pr.id, pr.loan_id, pr.currency, pr.amount_minor, pr.paid_minor, pr.promised_on,
+                pr.due_on,
+            )
+        )
+    ).all()  # fmt: skip
+    if broken:
+        owners = {
+            row.id: row
+            for row in await session.execute(
+                select(loan.id, loan.borrower_id, loan.merchant_id).where(
+                    loan.id.in_(sorted({b.loan_id for b in broken}))
+                )
+            )
+        }
+        emitted = []
+        for b in sorted(broken, key=lambda b: b.id):
+            owner = owners[b.loan_id]
+            data = event_data(
+                promise_id=b.id, loan_id=b.loan_id, borrower_id=owner.borrower_id,
+                merchant_id=owner.merchant_id, currency=b.currency, amount_minor=b.amount_minor,
+                paid_minor=b.paid_minor, promised_on=b.promised_on, due_on=b.due_on,
+                broken_on=as_of,
+            )  # fmt: skip
+            emitted.append({"type": "promise.broken", "loan_id": b.loan_id, "data": data})
+        await events.emit_many(session, emitted)
+    return {"promises_broken": len(broken), "promises_cancelled": cancelled}
