@@ -7,6 +7,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.delinquency.rules import Bucket
+from app.money import format_minor
 
 
 class FlagCode(StrEnum):
@@ -21,6 +22,7 @@ class FlagCode(StrEnum):
     MULTI_LOAN_DELINQUENCY = "multi_loan_delinquency"
     PARTIAL_PAYMENTS = "partial_payments"
     LATE_DRIFT = "late_drift"
+    BROKEN_PROMISE = "broken_promise"
 
 
 class Severity(StrEnum):
@@ -60,6 +62,7 @@ class RiskRules(BaseModel):
     partial_payment_min_periods: int = Field(default=2, ge=1, le=12)
     late_drift_installments: int = Field(default=4, ge=2, le=12)
     late_drift_days: int = Field(default=5, ge=1, le=365)
+    broken_promise_days: int = Field(default=60, ge=1, le=365)
 
     @model_validator(mode="after")
     def _escalations_follow_their_threshold(self) -> "RiskRules":
@@ -74,6 +77,15 @@ class RiskRules(BaseModel):
                 "consecutive_missed_critical_count must be >= consecutive_missed_count"
             )
         return self
+
+
+class BrokenPromise(BaseModel):
+    promise_id: str
+    currency: str
+    amount_minor: int
+    paid_minor: int
+    due_on: str
+    broken_on: str
 
 
 class LoanFeatures(BaseModel):
@@ -98,6 +110,8 @@ class LoanFeatures(BaseModel):
     last_settled_days_late: int | None = None  # the newest settled installment
     drift_window_first_days_late: int | None = None  # the oldest of the last N settled
     partial_periods: int = 0  # of the last N due periods, paid something but too little
+    broken_promises: int = 0  # promises broken within broken_promise_days
+    broken_promise: BrokenPromise | None = None  # the latest of them
 
 
 Evaluation = dict[FlagCode, tuple[Severity, dict[str, object]]]
@@ -179,4 +193,17 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
                 {"days_late_first": first, "days_late_last": last,
                  "installments": rules.late_drift_installments},
             )  # fmt: skip
+    # A broken promise weighs while the arrears it was meant to settle remain: clearing them
+    # (or broken_promise_days passing) ends the episode.
+    promise = f.broken_promise
+    if promise is not None and f.days_past_due > 0:
+        flags[FlagCode.BROKEN_PROMISE] = (
+            Severity.HIGH,
+            {"promise_id": promise.promise_id, "currency": promise.currency,
+             "amount": format_minor(promise.amount_minor, promise.currency),
+             "paid": format_minor(promise.paid_minor, promise.currency),
+             "due_on": promise.due_on, "broken_on": promise.broken_on,
+             "broken_promises": f.broken_promises, "within_days": rules.broken_promise_days,
+             "days_past_due": f.days_past_due},
+        )  # fmt: skip
     return flags

@@ -23,9 +23,10 @@ from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan, LoanInstallment
 from app.payments.models import Payment, PaymentStatus, ReversalReason
 from app.products.models import Product
+from app.promises.models import Promise, PromiseStatus
 from app.risk import grades
 from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion
-from app.risk.rules import FlagCode, LoanFeatures, RiskRules, Severity, evaluate
+from app.risk.rules import BrokenPromise, FlagCode, LoanFeatures, RiskRules, Severity, evaluate
 from app.risk.score import FlagFact, Score, score_loan
 
 
@@ -234,6 +235,26 @@ def _features_query(
         .group_by(recent.c.loan_id)
         .subquery()
     )
+    # broken_promise: the promises broken within the window, the latest first.
+    pr = Promise.__table__.c
+    recently_broken = (
+        select(
+            pr.loan_id, pr.id, pr.currency, pr.amount_minor, pr.paid_minor, pr.due_on,
+            pr.broken_on,
+            func.row_number()
+            .over(partition_by=pr.loan_id, order_by=(pr.broken_on.desc(), pr.id.desc()))
+            .label("newest"),
+            func.count().over(partition_by=pr.loan_id).label("broken_count"),
+        )
+        .where(
+            scope(pr.loan_id),
+            pr.status == PromiseStatus.BROKEN.value,
+            pr.broken_on > as_of - timedelta(days=rules.broken_promise_days),
+            pr.broken_on <= as_of,
+        )
+        .subquery()
+    )  # fmt: skip
+    broken = select(recently_broken).where(recently_broken.c.newest == 1).subquery()
     other = Loan.__table__.alias("other")
     borrowers_in_scope = select(loan.borrower_id).where(scope(loan.id))
     delinquent = (
@@ -269,6 +290,13 @@ def _features_query(
             drift.c.last_late,
             drift.c.first_late_of_window,
             func.coalesce(partial.c.partial_periods, 0).label("partial_periods"),
+            func.coalesce(broken.c.broken_count, 0).label("broken_promises"),
+            broken.c.id.label("promise_id"),
+            broken.c.currency.label("promise_currency"),
+            broken.c.amount_minor.label("promise_amount"),
+            broken.c.paid_minor.label("promise_paid"),
+            broken.c.due_on.label("promise_due_on"),
+            broken.c.broken_on.label("promise_broken_on"),
         )
         .select_from(
             Loan.__table__.join(per_loan, per_loan.c.loan_id == loan.id)
@@ -277,6 +305,7 @@ def _features_query(
             .outerjoin(delinquent, delinquent.c.borrower_id == loan.borrower_id)
             .outerjoin(drift, drift.c.loan_id == loan.id)
             .outerjoin(partial, partial.c.loan_id == loan.id)
+            .outerjoin(broken, broken.c.loan_id == loan.id)
         )
         .where(scope(loan.id), loan.status.in_(OPEN_STATUSES))
     )
@@ -308,7 +337,8 @@ async def evaluate_loans(
             borrower_delinquent_loans=row.delinquent,
             last_settled_days_late=row.last_late,
             drift_window_first_days_late=row.first_late_of_window,
-            partial_periods=row.partial_periods,
+            partial_periods=row.partial_periods, broken_promises=row.broken_promises,
+            broken_promise=_broken_promise(row),
         )  # fmt: skip
         for code, (severity, evidence) in evaluate(features, rules).items():
             wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)
@@ -343,6 +373,16 @@ async def evaluate_loans(
     await grades.score_loans(session, as_of, [row.id for row in rows])
     return {"loans_evaluated": len(rows), "flags_raised": raised, "flags_cleared": cleared,
             "flags_changed": escalated}  # fmt: skip
+
+
+def _broken_promise(row: Any) -> BrokenPromise | None:
+    if row.promise_id is None:
+        return None
+    return BrokenPromise(
+        promise_id=row.promise_id, currency=row.promise_currency,
+        amount_minor=row.promise_amount, paid_minor=row.promise_paid,
+        due_on=str(row.promise_due_on), broken_on=str(row.promise_broken_on),
+    )  # fmt: skip
 
 
 def _evidence(evidence: dict[str, object], as_of: date) -> dict[str, object]:

@@ -1,0 +1,312 @@
+"""Promises to pay through the API: taken, listed and refused; kept by payments; broken by the
+close (once), which raises ``broken_promise``; and the flag's end."""
+
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.events.models import Event
+from app.promises.models import Promise
+from tests.factories import World, world
+
+
+async def setup(client: httpx.AsyncClient) -> tuple[World, str]:
+    """A loan of 1200.00 over 3 months from 2026-01-10 (412.00 due Feb 10, 408.00 Mar 10,
+    404.00 Apr 10), 3 days' grace, no late fee; the business date closed up to Feb 15, so the
+    loan is 5 days past due."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    await close(w, "2026-01-10")
+    made = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await close(w, "2026-02-15")
+    return w, str(made["id"])
+
+
+async def close(w: World, as_of: str) -> None:
+    await w.post("/v1/close-runs", {"as_of": as_of}, headers=w.admin, expect=201)
+
+
+async def promise(w: World, loan_id: str, amount: str = "412.00",
+                  due_on: str = "2026-02-20") -> dict[str, Any]:  # fmt: skip
+    body = {"amount": amount, "due_on": due_on}
+    return dict((await w.post(f"/v1/loans/{loan_id}/promises", body, expect=201)).json())
+
+
+async def promises(w: World, loan_id: str) -> list[dict[str, Any]]:
+    return list((await w.get(f"/v1/loans/{loan_id}/promises"))["items"])
+
+
+async def flags(w: World, loan_id: str, status: str = "open") -> dict[str, dict[str, Any]]:
+    page = await w.get(f"/v1/risk/flags?loan_id={loan_id}&status={status}", headers=w.admin)
+    return {f["code"]: f for f in page["items"]}
+
+
+async def broken_events(w: World) -> list[dict[str, Any]]:
+    page = await w.get("/v1/events?type=promise.broken", headers=w.admin)
+    return list(page["items"])
+
+
+async def stored() -> tuple[int, Counter[str]]:
+    async with session_scope() as session:
+        count = await session.scalar(select(func.count()).select_from(Promise))
+        return int(count or 0), Counter(await session.scalars(select(Event.type)))
+
+
+async def test_a_promise_is_taken_and_listed(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    body = {"amount": "412.00", "due_on": "2026-02-20", "note": "called, will pay on payday"}
+    made = (await w.post(f"/v1/loans/{loan_id}/promises", body, expect=201)).json()
+    assert made["id"].startswith("prom_")
+    assert {k: made[k] for k in ("loan_id", "amount", "currency", "paid", "promised_on",
+                                 "due_on", "status", "kept_on", "broken_on", "note")} == {
+        "loan_id": loan_id, "amount": "412.00", "currency": "CNY", "paid": "0.00",
+        "promised_on": "2026-02-15", "due_on": "2026-02-20", "status": "open", "kept_on": None,
+        "broken_on": None, "note": "called, will pay on payday",
+    }  # fmt: skip
+    assert made["created_by"]
+    assert await promises(w, loan_id) == [made]
+    assert [p["id"] for p in await promises(w, loan_id)] == [made["id"]]
+    dashboard = await w.get(f"/v1/loans/{loan_id}/promises", headers=w.admin)
+    assert dashboard["items"] == [made]
+
+
+async def test_one_open_promise_per_loan(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    first = await promise(w, loan_id)
+    before = await stored()
+    second = await w.post(f"/v1/loans/{loan_id}/promises",
+                          {"amount": "100.00", "due_on": "2026-02-25"})  # fmt: skip
+    assert second.status_code == 409
+    assert second.headers["content-type"] == "application/problem+json"
+    assert second.json()["code"] == "promise_already_open"
+    assert first["id"] in second.json()["detail"]
+    assert await stored() == before
+
+
+async def test_pages_of_promises(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    first = await promise(w, loan_id, "100.00")
+    await w.pay(loan_id, "100.00", "2026-02-16")  # kept: the next may be taken
+    second = await promise(w, loan_id, "50.00", "2026-02-28")
+    page = await w.get(f"/v1/loans/{loan_id}/promises?limit=1")
+    assert [p["id"] for p in page["items"]] == [first["id"]]
+    assert page["items"][0]["status"] == "kept"
+    rest = await w.get(f"/v1/loans/{loan_id}/promises?limit=1&cursor={page['next_cursor']}")
+    assert [p["id"] for p in rest["items"]] == [second["id"]]
+    assert rest["next_cursor"] is None
+
+
+async def test_other_merchants_and_roles(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    other = await world(client)
+    body = {"amount": "100.00", "due_on": "2026-02-20"}
+    refused = await client.post(f"/v1/loans/{loan_id}/promises", json=body,
+                                headers=other.merchant)  # fmt: skip
+    assert (refused.status_code, refused.json()["code"]) == (404, "loan_not_found")
+    listed = await client.get(f"/v1/loans/{loan_id}/promises", headers=other.merchant)
+    assert listed.status_code == 404
+    missing = await w.post("/v1/loans/loan_nope/promises", body)
+    assert missing.status_code == 404
+    from app.api_keys.models import Role
+    from tests.factories import api_key, auth
+
+    dashboard = auth(await api_key(Role.DASHBOARD))
+    assert (await w.post(f"/v1/loans/{loan_id}/promises", body, dashboard)).status_code == 403
+    assert (await client.get(f"/v1/loans/{loan_id}/promises", headers=dashboard)).is_success
+    assert (await w.post(f"/v1/loans/{loan_id}/promises", body, w.admin)).status_code == 201
+    assert (await stored())[0] == 1
+
+
+BAD_PROMISES: list[tuple[str, dict[str, Any], str]] = [
+    ("amount as a JSON number", {"amount": 412.0}, "amount"),
+    ("zero amount", {"amount": "0.00"}, "amount"),
+    ("negative amount", {"amount": "-1.00"}, "amount"),
+    ("three decimals for CNY", {"amount": "1.001"}, "amount"),
+    ("more than the payoff", {"amount": "1220.01"}, "amount"),
+    ("missing amount", {"amount": None}, "amount"),
+    ("due before the business date", {"due_on": "2026-02-14"}, "due_on"),
+    ("due beyond 90 days", {"due_on": "2026-05-17"}, "due_on"),
+    ("not a date", {"due_on": "2026-02-30"}, "due_on"),
+    ("missing due date", {"due_on": None}, "due_on"),
+    ("unknown field", {"colour": "red"}, "colour"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "override", "field"), BAD_PROMISES,
+                         ids=[c[0] for c in BAD_PROMISES])  # fmt: skip
+async def test_malformed_promises_are_refused(
+    client: httpx.AsyncClient, case: str, override: dict[str, Any], field: str
+) -> None:
+    w, loan_id = await setup(client)
+    before = await stored()
+    body = {k: v for k, v in {"amount": "412.00", "due_on": "2026-02-20", **override}.items()
+            if v is not None}  # fmt: skip
+    response = await w.post(f"/v1/loans/{loan_id}/promises", body)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert [e["field"] for e in problem["errors"]] == [field], problem
+    if case == "more than the payoff":
+        assert problem["code"] == "amount_exceeds_payoff"
+        assert "1220.00" in problem["detail"]  # 412.00 due, 408.00 current, 400.00 later
+    assert await stored() == before
+
+
+async def test_the_whole_payoff_and_the_horizon_are_accepted(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    made = await promise(w, loan_id, "1220.00", "2026-05-16")  # 90 days after Feb 15
+    assert made["status"] == "open"
+
+
+async def test_no_promise_on_a_paid_off_loan(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    payoff = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["payoff_amount"]
+    await w.pay(loan_id, payoff)  # today's payoff, received today
+    before = await stored()
+    refused = await w.post(f"/v1/loans/{loan_id}/promises",
+                           {"amount": "10.00", "due_on": "2026-02-20"})  # fmt: skip
+    assert (refused.status_code, refused.json()["code"]) == (409, "loan_not_active")
+    assert await stored() == before
+
+
+async def test_kept_by_payments_in_its_window(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    made = await promise(w, loan_id)
+    await w.pay(loan_id, "200.00", "2026-02-16")
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"]) == ("open", "200.00")
+    await w.pay(loan_id, "212.00", "2026-02-20")  # the due date itself still counts
+    (got,) = await promises(w, loan_id)
+    assert (got["id"], got["status"], got["paid"], got["kept_on"]) == (
+        made["id"], "kept", "412.00", "2026-02-20",
+    )  # fmt: skip
+    await close(w, "2026-02-22")
+    (got,) = await promises(w, loan_id)
+    assert got["status"] == "kept"
+    assert await broken_events(w) == []
+    assert "broken_promise" not in await flags(w, loan_id)
+    assert "broken_promise" not in await flags(w, loan_id, "cleared")
+
+
+async def test_broken_at_the_close_once(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    made = await promise(w, loan_id)
+    await w.pay(loan_id, "100.00", "2026-02-16")
+    await w.pay(loan_id, "300.00", "2026-02-21")  # after the due date: does not count
+    await close(w, "2026-02-20")  # the due date: still open
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"]) == ("open", "100.00")
+    assert "broken_promise" not in await flags(w, loan_id)
+
+    await close(w, "2026-02-21")
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"], got["broken_on"]) == ("broken", "100.00", "2026-02-21")
+    (event,) = await broken_events(w)
+    assert {k: v for k, v in event["data"].items() if k != "sequence"} == {
+        "promise_id": made["id"], "loan_id": loan_id, "borrower_id": made_borrower(event),
+        "merchant_id": w.merchant_id, "currency": "CNY", "amount": "412.00", "paid": "100.00",
+        "shortfall": "312.00", "promised_on": "2026-02-15", "due_on": "2026-02-20",
+        "broken_on": "2026-02-21",
+    }  # fmt: skip
+    flag = (await flags(w, loan_id))["broken_promise"]
+    assert (flag["severity"], flag["raised_on"]) == ("high", "2026-02-21")
+    evidence = flag["evidence"]
+    assert {k: evidence[k] for k in ("promise_id", "amount", "paid", "due_on", "broken_on")} == {
+        "promise_id": made["id"], "amount": "412.00", "paid": "100.00",
+        "due_on": "2026-02-20", "broken_on": "2026-02-21",
+    }  # fmt: skip
+    run = await w.get("/v1/close-runs/2026-02-21", headers=w.admin)
+    assert run["counts"]["promises_broken"] == 1
+
+    await close(w, "2026-02-21")  # rerun
+    await close(w, "2026-02-23")
+    assert len(await broken_events(w)) == 1
+    raised = (await client.get("/v1/events?type=risk.flag_raised", headers=w.admin)).json()
+    assert [e["data"]["code"] for e in raised["items"]].count("broken_promise") == 1
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["broken_on"]) == ("broken", "2026-02-21")
+    # A broken promise makes room for the next.
+    await promise(w, loan_id, "100.00", "2026-02-28")
+
+
+def made_borrower(event: dict[str, Any]) -> str:
+    borrower_id = event["data"]["borrower_id"]
+    assert borrower_id.startswith("bor")
+    return str(borrower_id)
+
+
+async def test_the_flag_clears_when_the_arrears_are_paid(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    await promise(w, loan_id)
+    await close(w, "2026-02-21")
+    assert "broken_promise" in await flags(w, loan_id)
+    overdue = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["overdue_amount"]
+    await w.pay(loan_id, overdue, "2026-02-22")  # at once, in the payment's transaction
+    assert "broken_promise" not in await flags(w, loan_id)
+    cleared = (await flags(w, loan_id, "cleared"))["broken_promise"]
+    assert cleared["cleared_on"] == "2026-02-21"  # the business date
+    (got,) = await promises(w, loan_id)
+    assert got["status"] == "broken"  # paying late does not mend a broken promise
+    await close(w, "2026-02-23")
+    assert "broken_promise" not in await flags(w, loan_id)
+
+
+async def test_the_flag_clears_after_the_window(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    await promise(w, loan_id)
+    await close(w, "2026-02-21")
+    await close(w, "2026-04-21")  # 59 days after the break, still past due
+    assert "broken_promise" in await flags(w, loan_id)
+    await close(w, "2026-04-22")  # 60 days
+    assert "broken_promise" not in await flags(w, loan_id)
+    assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] > 0
+
+
+async def test_the_window_is_a_rule(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
+    assert rules["broken_promise_days"] == 60
+    await client.put("/v1/risk/rules", json={**rules, "broken_promise_days": 2}, headers=w.admin)
+    await promise(w, loan_id)
+    await close(w, "2026-02-22")
+    assert "broken_promise" in await flags(w, loan_id)
+    await close(w, "2026-02-23")
+    assert "broken_promise" not in await flags(w, loan_id)
+
+
+async def test_a_reversal_breaks_a_kept_promise_past_its_date(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    await promise(w, loan_id)
+    payment = await w.pay(loan_id, "412.00", "2026-02-16")
+    await close(w, "2026-02-21")
+    (got,) = await promises(w, loan_id)
+    assert got["status"] == "kept"
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"], got["broken_on"]) == ("broken", "0.00", "2026-02-21")
+    assert len(await broken_events(w)) == 1
+    assert "broken_promise" in await flags(w, loan_id)
+
+
+async def test_a_reversal_before_the_date_reopens_it(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    await promise(w, loan_id)
+    payment = await w.pay(loan_id, "412.00", "2026-02-16")
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"], got["kept_on"]) == ("open", "0.00", None)
+    assert await broken_events(w) == []
+
+
+async def test_a_cancelled_loan_cancels_its_promise(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    await promise(w, loan_id)
+    await w.post(f"/v1/loans/{loan_id}/cancel", {"reason": "goods returned"}, expect=200)
+    await close(w, "2026-02-21")
+    (got,) = await promises(w, loan_id)
+    # Cancelled by the first close after the loan was (Feb 16, caught up on the way).
+    assert (got["status"], got["cancelled_on"]) == ("cancelled", "2026-02-16")
+    assert await broken_events(w) == []
