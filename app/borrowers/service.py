@@ -1,6 +1,6 @@
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,6 +18,14 @@ from app.loans.models import OPEN_STATUSES, Loan
 from app.merchants import service as merchants_service
 from app.money import format_minor, parse_amount, setting_to_minor
 from app.risk.models import FlagStatus, RiskFlag
+
+# Read on every origination and payment: built once (construction and cache key cost CPU on
+# each call).
+_BORROWER = select(Borrower).where(Borrower.id == bindparam("borrower_id"))
+_BORROWER_FOR_UPDATE = _BORROWER.with_for_update()
+_EXPOSURE = select(func.coalesce(func.sum(Loan.principal_outstanding_minor), 0)).where(
+    Loan.borrower_id == bindparam("borrower_id"), Loan.status.in_(OPEN_STATUSES)
+)
 
 
 class BorrowerNotFound(NotFound):
@@ -124,10 +132,8 @@ async def get_borrower(
 ) -> Borrower:
     """The borrower if the caller may see it; another merchant's borrower does not exist."""
     principal.require(Role.MERCHANT, Role.DASHBOARD)
-    query = select(Borrower).where(Borrower.id == borrower_id)
-    if for_update:
-        query = query.with_for_update()
-    borrower = await session.scalar(query)
+    query = _BORROWER_FOR_UPDATE if for_update else _BORROWER
+    borrower = await session.scalar(query, {"borrower_id": borrower_id})
     if borrower is None or not principal.can_see_merchant(borrower.merchant_id):
         raise BorrowerNotFound(f"borrower {borrower_id} does not exist")
     return borrower
@@ -135,11 +141,7 @@ async def get_borrower(
 
 async def exposure_minor(session: AsyncSession, borrower_id: str) -> int:
     """Outstanding principal of the borrower's open loans."""
-    total = await session.scalar(
-        select(func.coalesce(func.sum(Loan.principal_outstanding_minor), 0)).where(
-            Loan.borrower_id == borrower_id, Loan.status.in_(OPEN_STATUSES)
-        )
-    )
+    total = await session.scalar(_EXPOSURE, {"borrower_id": borrower_id})
     return int(total or 0)
 
 

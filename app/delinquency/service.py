@@ -26,6 +26,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from app import clock
 from app.close.models import CloseRun, CloseStatus
@@ -55,11 +56,18 @@ _loan = cast(Table, Loan.__table__)
 _product = cast(Table, Product.__table__)
 
 
+# Read on most requests: built once (construction and cache key cost CPU per call).
+_BUSINESS_DATE = select(func.max(CloseRun.as_of)).where(CloseRun.status == CloseStatus.SUCCEEDED)
+
+
+def business_date_column() -> ScalarSelect[date]:
+    """The business date as a column, to read it in the same round trip as other rows."""
+    return _BUSINESS_DATE.scalar_subquery()
+
+
 async def business_date(session: AsyncSession) -> date | None:
     """The as-of date of the last completed close."""
-    return await session.scalar(
-        select(func.max(CloseRun.as_of)).where(CloseRun.status == CloseStatus.SUCCEEDED)
-    )
+    return await session.scalar(_BUSINESS_DATE)
 
 
 async def delinquency_date(session: AsyncSession) -> date:
@@ -78,6 +86,17 @@ async def refresh_loan(
     session: AsyncSession, loan: Loan, position: LoanPosition, as_of: date
 ) -> None:
     """Recompute one loan's delinquency after a payment or reversal (caller holds the lock)."""
+    change = apply_delinquency(loan, position, as_of)
+    if change is not None:
+        event = change.event()
+        await events.emit(session, event["type"], event["data"], loan=loan)
+
+
+def apply_delinquency(
+    loan: Loan, position: LoanPosition, as_of: date
+) -> "DelinquencyChange | None":
+    """Set one loan's days past due, bucket and status as of ``as_of``; the change to report
+    when its bucket or status moved. No I/O: origination applies it before the loan's INSERT."""
     if loan.status in (LoanStatus.PAID_OFF, LoanStatus.CANCELLED):
         dpd = 0
     else:
@@ -99,13 +118,12 @@ async def refresh_loan(
     loan.delinquency_as_of = as_of
     if loan.ever_30_plus_on is None and dpd > PAST_30_DAYS:
         loan.ever_30_plus_on = as_of - timedelta(days=dpd - PAST_30_DAYS - 1)
-    if (previous[0], previous[1]) != (bucket, status):
-        change = DelinquencyChange(
-            loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
-            loan.principal_outstanding_minor, as_of, dpd, previous[0], bucket, previous[1], status,
-        )  # fmt: skip
-        event = change.event()
-        await events.emit(session, event["type"], event["data"], loan=loan)
+    if (previous[0], previous[1]) == (bucket, status):
+        return None
+    return DelinquencyChange(
+        loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
+        loan.principal_outstanding_minor, as_of, dpd, previous[0], bucket, previous[1], status,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

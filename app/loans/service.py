@@ -2,9 +2,9 @@
 
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert, select
+from sqlalchemy import Table, bindparam, exists, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -41,6 +41,31 @@ from app.products.models import Product
 
 # A first due date further out than this is a data-entry error, not a promotion.
 MAX_FIRST_DUE_DAYS = 92
+
+# The reads of every GET and origination, built once: a statement built per call is compiled
+# from the cache, but its construction and cache key cost CPU on each request.
+_INSTALLMENTS_OF_LOAN = (
+    select(LoanInstallment)
+    .where(LoanInstallment.loan_id == bindparam("loan_id"))
+    .order_by(LoanInstallment.seq)
+)
+# The loan, its installments and the business date in one round trip (a row per
+# installment): the busiest read.
+_LOAN_VIEW = (
+    select(Loan, LoanInstallment, delinquency.business_date_column())
+    .outerjoin(LoanInstallment, LoanInstallment.loan_id == Loan.id)
+    .where(Loan.id == bindparam("loan_id"))
+    .order_by(LoanInstallment.seq)
+)
+_INSERT_INSTALLMENT = insert(cast(Table, LoanInstallment.__table__))
+_INSERT_LEDGER = insert(cast(Table, LedgerTransaction.__table__))
+# Is the order reference taken, and the business date: one round trip of origination.
+_ORDER_REF_TAKEN_AND_BUSINESS_DATE = select(
+    exists().where(
+        Loan.merchant_id == bindparam("merchant_id"), Loan.merchant_order_ref == bindparam("ref")
+    ),
+    delinquency.business_date_column(),
+)
 
 
 @dataclass(frozen=True)
@@ -181,7 +206,13 @@ async def create_loan(
             f"{format_minor(borrower.credit_limit_minor, product.currency)}, exposure "
             f"{format_minor(exposure, product.currency)})"
         )
-    if await _order_ref_taken(session, borrower.merchant_id, merchant_order_ref):
+    taken, business_date = (
+        await session.execute(
+            _ORDER_REF_TAKEN_AND_BUSINESS_DATE,
+            {"merchant_id": borrower.merchant_id, "ref": merchant_order_ref},
+        )
+    ).one()
+    if taken:
         raise DuplicateMerchantOrderRef(
             f"merchant order {merchant_order_ref} already has a loan at this merchant"
         )
@@ -248,33 +279,32 @@ async def create_loan(
         )
         for s in schedule
     ]
+    # loan.created reports the loan as originated; a back-dated loan already in arrears then
+    # moves bucket. Both are set before the INSERT, so the new row is written once.
+    created = event_data(loan)
+    change = delinquency.apply_delinquency(loan, position_of(installments), business_date or today)
     session.add(loan)
     # A concurrent twin order slipping past the check above fails on the unique constraint
     # at flush and is answered 409 by the IntegrityError handler.
-    await events.emit(session, "loan.created", event_data(loan), loan=loan)
-    # Bulk inserts: the hot path of origination (DESIGN: per-row ORM flushes cost 5x).
-    await session.execute(insert(LoanInstallment), [_row(i) for i in installments])
+    await events.emit(session, "loan.created", created, loan=loan)
+    # Core bulk inserts on the tables: the hot path of origination (DESIGN: per-row ORM
+    # flushes cost 5x; ORM-enabled bulk INSERTs still add ORM steps per statement).
+    await session.execute(_INSERT_INSTALLMENT, [_row(i) for i in installments])
     await session.execute(
-        insert(LedgerTransaction).values(
-            loan_id=loan.id, kind=TransactionKind.DISBURSEMENT, amount_minor=amount,
-            currency=loan.currency, effective_on=disbursed_on, created_at=now,
-        )
+        _INSERT_LEDGER,
+        {
+            "loan_id": loan.id, "kind": TransactionKind.DISBURSEMENT, "amount_minor": amount,
+            "currency": loan.currency, "effective_on": disbursed_on, "created_at": now,
+        },
     )  # fmt: skip
-    await delinquency.refresh_loan(
-        session, loan, position_of(installments), await delinquency.delinquency_date(session)
-    )
-    return await loan_view(session, loan, installments)
+    if change is not None:
+        event = change.event()
+        await events.emit(session, event["type"], event["data"], loan=loan)
+    return LoanView(loan, installments, today, business_date)
 
 
 def _row(installment: LoanInstallment) -> dict[str, Any]:
     return {c.key: getattr(installment, c.key) for c in LoanInstallment.__table__.columns}
-
-
-async def _order_ref_taken(session: AsyncSession, merchant_id: str, ref: str) -> bool:
-    found = await session.scalar(
-        select(Loan.id).where(Loan.merchant_id == merchant_id, Loan.merchant_order_ref == ref)
-    )
-    return found is not None
 
 
 async def get_loan(
@@ -286,25 +316,25 @@ async def get_loan(
     query = select(Loan).where(Loan.id == loan_id)
     if for_update:
         query = query.with_for_update()
-    loan = await session.scalar(query)
+    return _visible(principal, await session.scalar(query), loan_id)
+
+
+def _visible(principal: Principal, loan: Loan | None, loan_id: str) -> Loan:
     if loan is None or not principal.can_see_merchant(loan.merchant_id):
         raise LoanNotFound(f"loan {loan_id} does not exist")
     return loan
 
 
 async def load_installments(session: AsyncSession, loan_id: str) -> list[LoanInstallment]:
-    return list(
-        await session.scalars(
-            select(LoanInstallment)
-            .where(LoanInstallment.loan_id == loan_id)
-            .order_by(LoanInstallment.seq)
-        )
-    )
+    return list(await session.scalars(_INSTALLMENTS_OF_LOAN, {"loan_id": loan_id}))
 
 
 async def view_loan(session: AsyncSession, principal: Principal, *, loan_id: str) -> LoanView:
-    loan = await get_loan(session, principal, loan_id=loan_id)
-    return await loan_view(session, loan)
+    principal.require(Role.MERCHANT, Role.DASHBOARD)
+    rows = (await session.execute(_LOAN_VIEW, {"loan_id": loan_id})).all()
+    loan = _visible(principal, rows[0][0] if rows else None, loan_id)
+    installments = [installment for _, installment, _ in rows if installment is not None]
+    return LoanView(loan, installments, clock.today(), rows[0][2])
 
 
 async def list_loans(
