@@ -16,15 +16,34 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import LargeBinary, String, delete, update
+from sqlalchemy import (
+    CursorResult,
+    Executable,
+    LargeBinary,
+    Result,
+    String,
+    Table,
+    bindparam,
+    delete,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import hash_key
 from app.config import get_settings
-from app.db import Base, UTCDateTime, database, execute_counting, insert_for, utc_now
+from app.db import (
+    Base,
+    UTCDateTime,
+    database,
+    execute_counting,
+    insert_for,
+    is_postgres,
+    utc_now,
+)
 from app.errors import problem
 
 HEADER = b"idempotency-key"
@@ -155,22 +174,44 @@ def _replay_body(body: bytes) -> Receive:
     return receive
 
 
+# Core statements on the table, built once: every POST claims and finishes a record, and
+# ORM-enabled DML built per call adds construction, cache-key and session synchronisation work
+# to each of them.
+_records = cast(Table, IdempotencyRecord.__table__)
+_RECORD = (_records.c.scope == bindparam("owner"), _records.c.key == bindparam("record_key"))
+_FORGET = delete(_records).where(*_RECORD)
+_STORE = update(_records).where(*_RECORD)  # SET: the columns given at execution
+_claims: dict[bool, Executable] = {}  # by dialect (is PostgreSQL)
+AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
+
+def _claim_statement(session: AsyncSession) -> Executable:
+    postgres = is_postgres(session)
+    statement = _claims.get(postgres)
+    if statement is None:
+        statement = _claims[postgres] = insert_for(session, _records).on_conflict_do_nothing(
+            index_elements=["scope", "key"]
+        )
+    return statement
+
+
 async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | str | None:
     """Claim the key for this request. None: go ahead. A record: replay it. A string: the
     problem code to answer with."""
     settings = get_settings()
     now = utc_now()
     lock = now + timedelta(seconds=settings.idempotency_lock_seconds)
-    record_of = (IdempotencyRecord.scope == owner, IdempotencyRecord.key == key)
+    record_of = (_records.c.scope == owner, _records.c.key == key)
     async with database.sessions() as session, session.begin():
-        claim = (
-            insert_for(session, IdempotencyRecord)
-            .values(
-                scope=owner, key=key, fingerprint=fingerprint, created_at=now, locked_until=lock
-            )
-            .on_conflict_do_nothing(index_elements=["scope", "key"])
-        )
-        if await execute_counting(session, claim) == 1:
+        # No transaction: the claim is one statement, and each statement of the slow paths
+        # is safe alone (ON CONFLICT, the takeover's WHERE). Saves BEGIN and COMMIT round trips.
+        await session.connection(execution_options=AUTOCOMMIT)
+        claim = _claim_statement(session)
+        row = {
+            "scope": owner, "key": key, "fingerprint": fingerprint, "created_at": now,
+            "locked_until": lock,
+        }  # fmt: skip
+        if _rowcount(await session.execute(claim, row)) == 1:
             return None
         record = await session.get(IdempotencyRecord, (owner, key))
         expired = now - timedelta(hours=settings.idempotency_ttl_hours)
@@ -180,7 +221,7 @@ async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | 
             await session.flush()
             return (
                 None
-                if await execute_counting(session, claim) == 1
+                if _rowcount(await session.execute(claim, row)) == 1
                 else "idempotency_request_in_progress"
             )
         if record is None:
@@ -195,28 +236,34 @@ async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | 
         # The request that claimed this key died without an answer: take the claim over.
         taken = await execute_counting(
             session,
-            update(IdempotencyRecord)
-            .where(*record_of, IdempotencyRecord.locked_until < now)
+            update(_records)
+            .where(*record_of, _records.c.locked_until < now)
             .values(locked_until=lock),
         )
         return None if taken == 1 else "idempotency_request_in_progress"
 
 
+def _rowcount(result: Result[Any]) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
 async def _finish(owner: str, key: str, response: _HeldResponse) -> None:
-    where = (IdempotencyRecord.scope == owner, IdempotencyRecord.key == key)
-    async with database.sessions() as session, session.begin():
+    record = {"owner": owner, "record_key": key}
+    async with database.engine.connect() as connection:
+        # One statement: no transaction, no BEGIN and COMMIT round trips.
+        await connection.execution_options(**AUTOCOMMIT)
         if response.status in UNSTORED_STATUSES or response.header(b"retry-after"):
-            await session.execute(delete(IdempotencyRecord).where(*where))
+            await connection.execute(_FORGET, record)
         else:
-            await session.execute(
-                update(IdempotencyRecord)
-                .where(*where)
-                .values(
-                    status_code=response.status,
-                    content_type=response.header(b"content-type"),
-                    body=response.stored_body(),
-                    locked_until=None,
-                )
+            await connection.execute(
+                _STORE,
+                {
+                    **record,
+                    "status_code": response.status,
+                    "content_type": response.header(b"content-type"),
+                    "body": response.stored_body(),
+                    "locked_until": None,
+                },
             )
 
 
