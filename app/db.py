@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from sqlalchemy import BigInteger, CursorResult, DateTime, Dialect, Executable, MetaData, event
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -176,12 +177,22 @@ def make_engine(settings: Settings) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_pool_size,
-        pool_pre_ping=True,
     )
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _replace_closed(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # Instead of pool_pre_ping, which on asyncpg is three round trips per checkout (BEGIN,
+        # a query, ROLLBACK: a tenth of an origination's CPU, bench/http_load.py): a connection
+        # the server closed (restart, idle timeout) is already known closed to asyncpg, and
+        # the pool replaces it without asking the server.
+        if record.driver_connection.is_closed():
+            raise DisconnectionError("the server closed this connection")
+
+    return engine
 
 
 class Database:
@@ -190,6 +201,7 @@ class Database:
     def __init__(self) -> None:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
+        self._read_sessions: async_sessionmaker[AsyncSession] | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -203,17 +215,30 @@ class Database:
             self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         return self._sessions
 
+    @property
+    def read_sessions(self) -> async_sessionmaker[AsyncSession]:
+        """Sessions without a transaction (AUTOCOMMIT: no BEGIN and COMMIT round trips), for
+        reads of one statement. Same pool; a connection is taken at the first statement."""
+        if self._read_sessions is None:
+            self._read_sessions = async_sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
+                expire_on_commit=False,
+            )
+        return self._read_sessions
+
     def forget(self) -> None:
         """Drop (without closing) an engine inherited across fork: its sockets are the
         parent's."""
         self._engine = None
         self._sessions = None
+        self._read_sessions = None
 
     async def dispose(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
         self._engine = None
         self._sessions = None
+        self._read_sessions = None
 
 
 database = Database()

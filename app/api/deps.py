@@ -30,6 +30,17 @@ async def get_session() -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 
+async def get_read_session() -> AsyncIterator[AsyncSession]:
+    """For a read of one statement: no transaction, so no BEGIN and COMMIT round trips (two of
+    the three of GET /v1/loans/{id}, bench/http_load.py). PostgreSQL's default READ COMMITTED
+    gives each statement its own snapshot either way."""
+    async with database.read_sessions() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session, scope="function")]
+
+
 async def get_principal(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:

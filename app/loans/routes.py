@@ -2,7 +2,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
+from app.api.deps import (
+    MerchantPrincipal,
+    PageDep,
+    ReaderPrincipal,
+    ReadSessionDep,
+    SessionDep,
+)
 from app.api.pagination import Page, page_of
 from app.loans import service
 from app.loans.models import LoanStatus
@@ -59,7 +65,7 @@ async def list_borrower_loans(
 
 
 @router.get("/v1/loans/{loan_id}", response_model=LoanRead)
-async def get_loan(loan_id: str, session: SessionDep, principal: ReaderPrincipal) -> LoanRead:
+async def get_loan(loan_id: str, session: ReadSessionDep, principal: ReaderPrincipal) -> LoanRead:
     return loan_read(await service.view_loan(session, principal, loan_id=loan_id))
 
 

@@ -1,0 +1,34 @@
+"""The engine's pool: connections the server closed are replaced, not handed to a request."""
+
+import asyncio
+
+import asyncpg
+from sqlalchemy import text
+
+from app.config import get_settings
+from app.db import make_engine
+from tests.conftest import ADMIN_DSN, TEST_DB
+
+
+async def test_a_connection_the_server_closed_is_replaced_on_checkout() -> None:
+    engine = make_engine(get_settings())
+    try:
+        async with engine.connect() as connection:
+            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            pooled = (await connection.get_raw_connection()).driver_connection
+        # The connection is idle in the pool; the server ends it (a restart, an idle timeout).
+        admin = await asyncpg.connect(f"{ADMIN_DSN.rsplit('/', 1)[0]}/{TEST_DB}")
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        for _ in range(200):  # until the event loop has read the server's goodbye
+            if pooled.is_closed():
+                break
+            await asyncio.sleep(0.05)
+        assert pooled.is_closed()
+        async with engine.connect() as connection:
+            again = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        assert again != pid
+    finally:
+        await engine.dispose()
