@@ -1,8 +1,10 @@
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.selectable import ScalarSelect
 
 from app.api.auth import Principal
 from app.api.pagination import PageParams
@@ -137,6 +139,12 @@ async def get_borrower(
     if borrower is None or not principal.can_see_merchant(borrower.merchant_id):
         raise BorrowerNotFound(f"borrower {borrower_id} does not exist")
     return borrower
+
+
+def exposure_column() -> ScalarSelect[Any]:
+    """Outstanding principal of the open loans of the borrower bound as ``borrower_id``, as a
+    column, to read it in the same round trip as other values."""
+    return _EXPOSURE.scalar_subquery()
 
 
 async def exposure_minor(session: AsyncSession, borrower_id: str) -> int:

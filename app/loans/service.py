@@ -59,8 +59,10 @@ _LOAN_VIEW = (
 )
 _INSERT_INSTALLMENT = insert(cast(Table, LoanInstallment.__table__))
 _INSERT_LEDGER = insert(cast(Table, LedgerTransaction.__table__))
-# Is the order reference taken, and the business date: one round trip of origination.
-_ORDER_REF_TAKEN_AND_BUSINESS_DATE = select(
+# The borrower's exposure, whether the order reference is taken, and the business date: one
+# round trip of origination.
+_ORIGINATION_CHECKS = select(
+    borrowers_service.exposure_column(),
     exists().where(
         Loan.merchant_id == bindparam("merchant_id"), Loan.merchant_order_ref == bindparam("ref")
     ),
@@ -197,7 +199,17 @@ async def create_loan(
             f"must be after disbursed_on and within {MAX_FIRST_DUE_DAYS} days of it",
         )
 
-    exposure = await borrowers_service.exposure_minor(session, borrower.id)
+    exposure_sum, taken, business_date = (
+        await session.execute(
+            _ORIGINATION_CHECKS,
+            {
+                "borrower_id": borrower.id,
+                "merchant_id": borrower.merchant_id,
+                "ref": merchant_order_ref,
+            },
+        )
+    ).one()
+    exposure = int(exposure_sum)
     available = max(borrower.credit_limit_minor - exposure, 0)
     if amount > available:
         raise CreditLimitExceeded(
@@ -206,12 +218,6 @@ async def create_loan(
             f"{format_minor(borrower.credit_limit_minor, product.currency)}, exposure "
             f"{format_minor(exposure, product.currency)})"
         )
-    taken, business_date = (
-        await session.execute(
-            _ORDER_REF_TAKEN_AND_BUSINESS_DATE,
-            {"merchant_id": borrower.merchant_id, "ref": merchant_order_ref},
-        )
-    ).one()
     if taken:
         raise DuplicateMerchantOrderRef(
             f"merchant order {merchant_order_ref} already has a loan at this merchant"
