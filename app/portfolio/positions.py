@@ -1,9 +1,10 @@
 """Live portfolio counts without scanning the book: base + deltas.
 
-Every write that moves a loan between (status, bucket) positions, changes its principal,
-opens or closes a risk flag, or receives or reverses a payment appends a delta row in its own
-transaction. The set-based steps of the close update loans in SQL, not through the ORM, so
-the close ends with a *rebase*: the base tables are recomputed from the loans, flags and
+Every write that moves a loan between (status, bucket) positions, changes its principal, or
+receives or reverses a payment appends a delta row in its own transaction (an ORM listener);
+the risk engine's bulk statements append the deltas of the flags they open and close. The
+set-based steps of the close update loans in SQL, not through the ORM, so the close ends
+with a *rebase*: the base tables are recomputed from the loans, flags and
 payments, and the deltas they already include are deleted, in one snapshot of the database.
 A reader adds the base and the (few) deltas since.
 """
@@ -64,14 +65,6 @@ def _position(
             "principal_minor": sign * principal}  # fmt: skip
 
 
-def _flag_delta(flag: RiskFlag, is_new: bool) -> list[dict[str, Any]]:
-    is_open = flag.status == FlagStatus.OPEN
-    was_open = False if is_new else _before(flag, "status") == FlagStatus.OPEN
-    if is_open == was_open:
-        return []
-    return [{"loan_id": flag.loan_id, "flag_code": flag.code, "flags": 1 if is_open else -1}]
-
-
 def _payment_delta(payment: Payment, is_new: bool) -> list[dict[str, Any]]:
     applied = payment.status == PaymentStatus.APPLIED
     was_applied = False if is_new else _before(payment, "status") == PaymentStatus.APPLIED
@@ -97,8 +90,6 @@ def _record_deltas(session: Session, _flush: UOWTransaction, _instances: object)
 def _deltas(obj: object, *, is_new: bool) -> list[dict[str, Any]]:
     if isinstance(obj, Loan):
         return _loan_deltas(obj, is_new)
-    if isinstance(obj, RiskFlag):
-        return _flag_delta(obj, is_new)
     if isinstance(obj, Payment):
         return _payment_delta(obj, is_new)
     return []
@@ -107,6 +98,18 @@ def _deltas(obj: object, *, is_new: bool) -> list[dict[str, Any]]:
 def track_new_loan(loan_id: str, status: str, bucket: str, principal_minor: int) -> dict[str, Any]:
     """The delta row of a loan inserted without the ORM (bulk loaders)."""
     return {**_NO_CHANGE, **_position(loan_id, status, bucket, principal_minor, loans=1)}
+
+
+async def record_flag_changes(
+    session: AsyncSession, *, opened: list[tuple[str, str]], closed: list[tuple[str, str]]
+) -> None:
+    """The deltas of flags opened and closed by bulk statements, which skip the ORM."""
+    rows = [{**_NO_CHANGE, "loan_id": loan_id, "flag_code": code, "flags": 1}
+            for loan_id, code in opened]  # fmt: skip
+    rows += [{**_NO_CHANGE, "loan_id": loan_id, "flag_code": code, "flags": -1}
+             for loan_id, code in closed]  # fmt: skip
+    if rows:
+        await session.execute(insert(PortfolioDelta), rows)
 
 
 # -- the rebase ----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from typing import Any, cast
 from sqlalchemy import Table, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.borrowers import service as borrowers_service
 from app.borrowers.models import Borrower
 from app.delinquency import service as delinquency
 from app.events import service as events
@@ -60,100 +59,130 @@ async def grade_borrowers(
     borrower_id: str | None = None,
 ) -> dict[str, int]:
     """Re-grade the borrowers of the loans in the range (or one borrower): their grade is their
-    worst open loan's; a change is an event and may move the credit limit."""
+    worst open loan's; a change is an event and may move the credit limit.
+
+    In bulk: a first close over a large book re-grades hundreds of thousands of borrowers."""
+    borrower, loan = cast(Table, Borrower.__table__), cast(Table, Loan.__table__)
     if borrower_id is not None:
-        scope = [borrower_id]
+        scope: Any = [borrower_id]
     else:
-        scope = list(
-            await session.scalars(
-                select(Loan.borrower_id).where(delinquency.in_range(Loan.id, low, high)).distinct()
-            )
-        )
-    if not scope:
-        return {"grades_changed": 0, "limits_changed": 0}
+        scope = select(loan.c.borrower_id).where(delinquency.in_range(loan.c.id, low, high))
+    # Locked in id order: chunks sharing a borrower wait for each other (no deadlock), and
+    # the second then reads the first's grade and does not repeat its events.
+    await session.execute(
+        select(borrower.c.id)
+        .where(borrower.c.id.in_(scope))
+        .order_by(borrower.c.id)
+        .with_for_update()
+    )
     worst = (
         select(
-            Loan.borrower_id,
-            func.max(Loan.risk_grade).label("grade"),
-            func.max(case((Loan.days_past_due > 0, 1), else_=0)).label("past_due"),
+            loan.c.borrower_id,
+            func.max(loan.c.risk_grade).label("grade"),
+            func.max(case((loan.c.days_past_due > 0, 1), else_=0)).label("past_due"),
+            func.sum(loan.c.principal_outstanding_minor).label("exposure"),
         )
-        .where(Loan.borrower_id.in_(scope), Loan.status.in_(OPEN_STATUSES))
-        .group_by(Loan.borrower_id)
+        .where(loan.c.borrower_id.in_(scope), loan.c.status.in_(OPEN_STATUSES))
+        .group_by(loan.c.borrower_id)
         .subquery()
     )
     new_grade = func.coalesce(worst.c.grade, "A")
     rows = (
         await session.execute(
             select(
-                Borrower.id,
-                new_grade.label("grade"),
+                borrower,
+                new_grade.label("new_grade"),
                 func.coalesce(worst.c.past_due, 0).label("past_due"),
+                func.coalesce(worst.c.exposure, 0).label("exposure"),
             )
-            .outerjoin(worst, worst.c.borrower_id == Borrower.id)
+            .select_from(borrower.outerjoin(worst, worst.c.borrower_id == borrower.c.id))
             .where(
-                Borrower.id.in_(scope),
-                (new_grade != Borrower.risk_grade)
-                | Borrower.limit_before_cut_minor.is_not(None)
+                borrower.c.id.in_(scope),
+                (new_grade != borrower.c.risk_grade)
+                | borrower.c.limit_before_cut_minor.is_not(None)
                 | new_grade.in_(("D", "E")),
             )
         )
     ).all()
-    grades = limits = 0
+    regraded = [row for row in rows if row.new_grade != row.risk_grade]
+    reasons = await _open_flag_codes(session, [row.id for row in regraded])
+    updates: dict[str, dict[str, Any]] = {}
+    grade_events: list[dict[str, Any]] = []
+    limit_events: list[dict[str, Any]] = []
     for row in rows:
-        borrower = await session.get(Borrower, row.id, with_for_update=True)
-        assert borrower is not None
-        if row.grade != borrower.risk_grade:
-            grades += 1
-            await _change_grade(session, borrower, row.grade, as_of)
-        if await _apply_limit_policy(session, borrower, bool(row.past_due), as_of):
-            limits += 1
-    return {"grades_changed": grades, "limits_changed": limits}
+        update_row = {"b_id": row.id, "b_grade": row.risk_grade, "b_reasons": row.risk_reasons,
+                      "b_limit": row.credit_limit_minor,
+                      "b_before_cut": row.limit_before_cut_minor,
+                      "b_changed_on": row.limit_changed_on}  # fmt: skip
+        if row.new_grade != row.risk_grade:
+            codes = reasons.get(row.id, [])
+            update_row.update(b_grade=row.new_grade, b_reasons=codes)
+            updates[row.id] = update_row
+            grade_events.append(_event("risk.grade_changed", {
+                "borrower_id": row.id, "merchant_id": row.merchant_id,
+                "previous_grade": row.risk_grade, "grade": row.new_grade, "reasons": codes,
+                "as_of": as_of.isoformat()}))  # fmt: skip
+        change = next_limit(
+            grade=row.new_grade, credit_limit_minor=row.credit_limit_minor,
+            exposure_minor=row.exposure, limit_before_cut_minor=row.limit_before_cut_minor,
+            limit_changed_on=row.limit_changed_on, any_past_due=bool(row.past_due), as_of=as_of,
+        )  # fmt: skip
+        if change is None or change.credit_limit_minor == row.credit_limit_minor:
+            continue
+        update_row.update(
+            b_limit=change.credit_limit_minor,
+            b_before_cut=change.limit_before_cut_minor,
+            b_changed_on=as_of,
+        )
+        updates[row.id] = update_row
+        limit_events.append(_event("borrower.credit_limit_changed", {
+            "borrower_id": row.id, "merchant_id": row.merchant_id,
+            "previous_credit_limit": format_minor(row.credit_limit_minor, row.currency),
+            "credit_limit": format_minor(change.credit_limit_minor, row.currency),
+            "reason": change.reason, "grade": row.new_grade,
+            "as_of": as_of.isoformat()}))  # fmt: skip
+    await _write(session, list(updates.values()))
+    # Grade changes first: a limit moves because of the grade it follows.
+    await events.emit_many(session, [*grade_events, *limit_events])
+    return {"grades_changed": len(grade_events), "limits_changed": len(limit_events)}
 
 
-async def _change_grade(session: AsyncSession, borrower: Borrower, grade: str, as_of: date) -> None:
-    reasons = sorted(
-        set(
-            await session.scalars(
-                select(RiskFlag.code).where(
-                    RiskFlag.borrower_id == borrower.id, RiskFlag.status == FlagStatus.OPEN
-                )
+def _event(type_: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": type_, "loan_id": None, "data": data}
+
+
+async def _open_flag_codes(session: AsyncSession, borrower_ids: list[str]) -> dict[str, list[str]]:
+    codes: dict[str, set[str]] = {}
+    for start in range(0, len(borrower_ids), 5000):
+        rows = await session.execute(
+            select(RiskFlag.borrower_id, RiskFlag.code).where(
+                RiskFlag.borrower_id.in_(borrower_ids[start : start + 5000]),
+                RiskFlag.status == FlagStatus.OPEN,
             )
         )
+        for borrower_id, code in rows:
+            codes.setdefault(borrower_id, set()).add(code)
+    return {borrower_id: sorted(found) for borrower_id, found in codes.items()}
+
+
+async def _write(session: AsyncSession, updates: list[dict[str, Any]]) -> None:
+    if not updates:
+        return
+    table = cast(Table, Borrower.__table__)
+    await session.execute(
+        update(table)
+        .where(table.c.id == bindparam("b_id"))
+        .values(
+            risk_grade=bindparam("b_grade"),
+            risk_reasons=bindparam("b_reasons"),
+            credit_limit_minor=bindparam("b_limit"),
+            limit_before_cut_minor=bindparam("b_before_cut"),
+            limit_changed_on=bindparam("b_changed_on"),
+        ),
+        updates,
     )
-    previous = borrower.risk_grade
-    borrower.risk_grade, borrower.risk_reasons = grade, reasons
-    await events.emit(
-        session,
-        "risk.grade_changed",
-        {"borrower_id": borrower.id, "merchant_id": borrower.merchant_id,
-         "previous_grade": previous, "grade": grade, "reasons": reasons,
-         "as_of": as_of.isoformat()},
-    )  # fmt: skip
-
-
-async def _apply_limit_policy(
-    session: AsyncSession, borrower: Borrower, past_due: bool, as_of: date
-) -> bool:
-    exposure = await borrowers_service.exposure_minor(session, borrower.id)
-    change = next_limit(
-        grade=borrower.risk_grade, credit_limit_minor=borrower.credit_limit_minor,
-        exposure_minor=exposure, limit_before_cut_minor=borrower.limit_before_cut_minor,
-        limit_changed_on=borrower.limit_changed_on, any_past_due=past_due, as_of=as_of,
-    )  # fmt: skip
-    if change is None or change.credit_limit_minor == borrower.credit_limit_minor:
-        return False
-    previous = borrower.credit_limit_minor
-    borrower.credit_limit_minor = change.credit_limit_minor
-    borrower.limit_before_cut_minor = change.limit_before_cut_minor
-    borrower.limit_changed_on = as_of
-    data: dict[str, Any] = {
-        "borrower_id": borrower.id,
-        "merchant_id": borrower.merchant_id,
-        "previous_credit_limit": format_minor(previous, borrower.currency),
-        "credit_limit": format_minor(change.credit_limit_minor, borrower.currency),
-        "reason": change.reason,
-        "grade": borrower.risk_grade,
-        "as_of": as_of.isoformat(),
-    }
-    await events.emit(session, "borrower.credit_limit_changed", data)
-    return True
+    # A borrower loaded in this session (the real-time path) must not keep stale values.
+    for row in updates:
+        cached = session.identity_map.get(session.identity_key(Borrower, row["b_id"]))
+        if cached is not None:
+            await session.refresh(cached)

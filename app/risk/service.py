@@ -5,10 +5,23 @@ The nightly close runs it over loan-id chunks after delinquency; a payment, reve
 debit runs the very same code for its one loan, in its own transaction.
 """
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Date, and_, case, func, literal, or_, select
+from sqlalchemy import (
+    Date,
+    Table,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
@@ -22,12 +35,13 @@ from app.gateways.models import FailedDebit
 from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan, LoanInstallment
 from app.payments.models import Payment, PaymentStatus, ReversalReason
+from app.portfolio import positions as portfolio
 from app.products.models import Product
 from app.promises.models import Promise, PromiseStatus
 from app.risk import grades
 from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion
 from app.risk.rules import BrokenPromise, FlagCode, LoanFeatures, RiskRules, Severity, evaluate
-from app.risk.score import FlagFact, Score, score_loan
+from app.risk.score import FADE_DAYS, FlagFact, Score, score_loan
 
 
 class RiskFlagNotFound(NotFound):
@@ -267,7 +281,7 @@ def _features_query(
         .group_by(other.c.borrower_id)
         .subquery()
     )
-    return (
+    query = (
         select(
             loan.id,
             loan.borrower_id,
@@ -309,6 +323,39 @@ def _features_query(
         )
         .where(scope(loan.id), loan.status.in_(OPEN_STATUSES))
     )
+    if loan_id is not None:
+        return query
+    # The batch skips loans no rule can flag and no score can move: nothing overdue, no
+    # reversal, failed debit, partial period, late payment or broken promise, no flag open or
+    # fading, and a perfect score already stored. The same rules on all the others;
+    # tests/close/test_batch_agrees.py holds the per-loan path (no filter) to the same flags.
+    rf = RiskFlag.__table__.c
+    flag_history = (
+        select(rf.loan_id)
+        .where(
+            rf.loan_id == loan.id,
+            or_(rf.status == FlagStatus.OPEN.value,
+                rf.cleared_on > as_of - timedelta(days=FADE_DAYS)),
+        )
+        .exists()
+    )  # fmt: skip
+    perfect = score_loan(0, [], as_of)
+    return query.where(
+        or_(
+            loan.days_past_due > 0,
+            per_loan.c.first_late.is_not(None),
+            per_loan.c.early_default_seq.is_not(None),
+            per_loan.c.latest_due_seq > func.coalesce(per_loan.c.last_good_seq, 0),
+            payments.c.reversals > 0,
+            debits.c.failed > 0,
+            partial.c.partial_periods > 0,
+            drift.c.last_late > 0,
+            broken.c.id.is_not(None),
+            loan.risk_score != perfect.score,
+            loan.risk_grade != perfect.grade,
+            flag_history,
+        )
+    )
 
 
 async def evaluate_loans(
@@ -342,37 +389,69 @@ async def evaluate_loans(
         )  # fmt: skip
         for code, (severity, evidence) in evaluate(features, rules).items():
             wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)
-    open_query = select(RiskFlag).where(RiskFlag.status == FlagStatus.OPEN)
+    flag = cast(Table, RiskFlag.__table__)
+    open_query = select(flag).where(flag.c.status == FlagStatus.OPEN.value)
     if loan_id is not None:
-        open_query = open_query.where(RiskFlag.loan_id == loan_id)
+        open_query = open_query.where(flag.c.loan_id == loan_id)
     else:
-        open_query = open_query.where(delinquency.in_range(RiskFlag.loan_id, low, high))
-    open_flags = {(f.loan_id, f.code): f for f in await session.scalars(open_query)}
-    raised = cleared = escalated = 0
-    for key, flag in open_flags.items():
-        if key not in wanted:
-            flag.status, flag.cleared_on = FlagStatus.CLEARED, as_of
-            await events.emit(session, "risk.flag_cleared", flag_event(flag), loan_id=flag.loan_id)
-            cleared += 1
-        elif wanted[key][0] != flag.severity:
-            flag.severity, flag.evidence = wanted[key][0], _evidence(wanted[key][1], as_of)
-            escalated += 1
-    for (loan, flag_code), (severity, evidence, borrower) in wanted.items():
-        if (loan, flag_code) in open_flags:
-            continue
-        flag = RiskFlag(
-            id=new_id("flag"), loan_id=loan, borrower_id=borrower, code=flag_code,
-            severity=severity,
-            status=FlagStatus.OPEN, raised_on=as_of, evidence=_evidence(evidence, as_of),
-            rules_version=version, acknowledged=False, created_at=utc_now(),
-        )  # fmt: skip
-        session.add(flag)
-        await events.emit(session, "risk.flag_raised", flag_event(flag), loan_id=flag.loan_id)
-        raised += 1
-    await session.flush()
+        open_query = open_query.where(delinquency.in_range(flag.c.loan_id, low, high))
+    open_flags = {(f.loan_id, f.code): f for f in await session.execute(open_query)}
+    # Bulk writes: a first close over a large book raises hundreds of thousands of flags.
+    cleared = [f for key, f in open_flags.items() if key not in wanted]
+    escalated = [
+        {"f_id": f.id, "f_severity": wanted[key][0].value,
+         "f_evidence": _evidence(wanted[key][1], as_of)}
+        for key, f in open_flags.items()
+        if key in wanted and wanted[key][0] != f.severity
+    ]  # fmt: skip
+    now = utc_now()
+    raised: list[dict[str, Any]] = [
+        {"id": new_id("flag"), "loan_id": loan, "borrower_id": borrower, "code": code,
+         "severity": severity.value, "status": FlagStatus.OPEN.value, "raised_on": as_of,
+         "cleared_on": None, "evidence": _evidence(evidence, as_of), "rules_version": version,
+         "acknowledged": False, "acknowledged_at": None, "acknowledged_note": None,
+         "created_at": now}
+        for (loan, code), (severity, evidence, borrower) in wanted.items()
+        if (loan, code) not in open_flags
+    ]  # fmt: skip
+    for ids in _batches([f.id for f in cleared]):
+        await session.execute(
+            update(flag)
+            .where(flag.c.id.in_(ids))
+            .values(status=FlagStatus.CLEARED.value, cleared_on=as_of)
+        )
+    if escalated:
+        await session.execute(
+            update(flag)
+            .where(flag.c.id == bindparam("f_id"))
+            .values(severity=bindparam("f_severity"), evidence=bindparam("f_evidence")),
+            escalated,
+        )
+    if raised:
+        await session.execute(insert(flag), raised)
+    await events.emit_many(
+        session,
+        [
+            *[{"type": "risk.flag_cleared", "loan_id": f.loan_id,
+               "data": flag_event_data({**f._mapping, "status": FlagStatus.CLEARED.value,
+                                        "cleared_on": as_of})} for f in cleared],
+            *[{"type": "risk.flag_raised", "loan_id": f["loan_id"], "data": flag_event_data(f)}
+              for f in raised],
+        ],
+    )  # fmt: skip
+    await portfolio.record_flag_changes(
+        session,
+        opened=[(f["loan_id"], f["code"]) for f in raised],
+        closed=[(f.loan_id, f.code) for f in cleared],
+    )
     await grades.score_loans(session, as_of, [row.id for row in rows])
-    return {"loans_evaluated": len(rows), "flags_raised": raised, "flags_cleared": cleared,
-            "flags_changed": escalated}  # fmt: skip
+    return {"loans_evaluated": len(rows), "flags_raised": len(raised),
+            "flags_cleared": len(cleared), "flags_changed": len(escalated)}  # fmt: skip
+
+
+def _batches(ids: list[str], size: int = 5000) -> list[list[str]]:
+    """Id lists short enough for one statement's parameters."""
+    return [ids[n : n + size] for n in range(0, len(ids), size)]
 
 
 def _broken_promise(row: Any) -> BrokenPromise | None:
@@ -389,18 +468,19 @@ def _evidence(evidence: dict[str, object], as_of: date) -> dict[str, object]:
     return {**evidence, "as_of": as_of.isoformat()}
 
 
-def flag_event(flag: RiskFlag) -> dict[str, Any]:
+def flag_event_data(flag: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``risk.flag_raised`` and ``risk.flag_cleared`` carry."""
     return {
-        "flag_id": flag.id,
-        "loan_id": flag.loan_id,
-        "borrower_id": flag.borrower_id,
-        "code": flag.code,
-        "severity": flag.severity,
-        "status": flag.status,
-        "raised_on": flag.raised_on.isoformat(),
-        "cleared_on": flag.cleared_on.isoformat() if flag.cleared_on else None,
-        "evidence": flag.evidence,
-        "rules_version": flag.rules_version,
+        "flag_id": flag["id"],
+        "loan_id": flag["loan_id"],
+        "borrower_id": flag["borrower_id"],
+        "code": flag["code"],
+        "severity": flag["severity"],
+        "status": flag["status"],
+        "raised_on": flag["raised_on"].isoformat(),
+        "cleared_on": flag["cleared_on"].isoformat() if flag["cleared_on"] else None,
+        "evidence": flag["evidence"],
+        "rules_version": flag["rules_version"],
     }
 
 

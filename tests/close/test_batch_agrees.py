@@ -1,5 +1,6 @@
 """The set-based close and the per-loan path (rules.py, used by payments) agree on every loan
-of randomized portfolios: the same days past due, bucket, status and late fees."""
+of randomized portfolios: the same days past due, bucket, status and late fees, and the same
+risk flags and scores (the batch evaluates only loans some rule could flag)."""
 
 from datetime import date, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from app.payments import service as payments_service
 from app.payments.errors import AmountExceedsPayoff
 from app.products import service as products_service
 from app.products.schemas import ProductCreate
+from app.risk import service as risk
 
 ADMIN = Principal(api_key_id="test", role=Role.ADMIN)
 START = date(2025, 6, 1)
@@ -155,4 +157,14 @@ async def test_batch_close_agrees_with_the_per_loan_rules(
             position = loans_service.position_of(after[loan.id])
             await delinquency.refresh_loan(session, loan, position, close_date)
             assert (loan.days_past_due, loan.bucket, loan.status) == batch, loan.id
+        await session.rollback()
+    # The risk engine's per-loan path (no filter) changes no flag and no score the batch left.
+    async with session_scope() as session:
+        scores = dict((await session.execute(select(Loan.id, Loan.risk_score))).all())
+        for loan_id in scores:
+            counts = await risk.evaluate_loans(session, close_date, loan_id=loan_id)
+            assert counts["flags_raised"] == counts["flags_cleared"] == 0, (loan_id, counts)
+            assert counts["flags_changed"] == 0, (loan_id, counts)
+        rescored = dict((await session.execute(select(Loan.id, Loan.risk_score))).all())
+        assert rescored == scores
         await session.rollback()
