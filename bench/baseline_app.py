@@ -37,7 +37,7 @@ from starlette.routing import Route
 
 from app.ids import new_id
 
-# The API's engine: pool_size 10 + max_overflow 10 (app/config.py, app/db.py).
+# The API's engine: up to 2 x db_pool_size (10) connections (app/config.py, app/db.py).
 POOL_MIN = 10
 POOL_MAX = 20
 
