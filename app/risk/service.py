@@ -120,7 +120,8 @@ def _features_query(
                 Product.__table__, product.code == loan.product_code
             )
         )
-        .where(scope(i.loan_id), loan.status.in_(OPEN_STATUSES))
+        # The range on the loan side too, or PostgreSQL scans every loan per chunk.
+        .where(scope(i.loan_id), scope(loan.id), loan.status.in_(OPEN_STATUSES))
         .group_by(i.loan_id)
         .subquery()
     )
@@ -190,26 +191,29 @@ def _features_query(
     )
     # partial_payments: what the borrower paid in each installment's period — after the
     # previous installment's due date + grace, up to this one's — over the last N periods.
+    # Each payment belongs to the first installment still open to it (received by its due
+    # date + grace): due dates increase, so that is the period after the previous one's.
     pay = Payment.__table__.c
-    prev = LoanInstallment.__table__.alias("prev")
-    in_period = (
-        select(i.loan_id, i.seq, func.sum(pay.amount_minor).label("paid"))
+    periods = (
+        select(pay.loan_id, pay.amount_minor, func.min(i.seq).label("seq"))
         .select_from(
-            LoanInstallment.__table__.join(Loan.__table__, loan.id == i.loan_id)
+            Payment.__table__.join(LoanInstallment.__table__, i.loan_id == pay.loan_id)
+            .join(Loan.__table__, loan.id == pay.loan_id)
             .join(Product.__table__, product.code == loan.product_code)
-            .outerjoin(prev, and_(prev.c.loan_id == i.loan_id, prev.c.seq == i.seq - 1))
-            .join(Payment.__table__, pay.loan_id == i.loan_id)
         )
         .where(
+            scope(pay.loan_id),
             scope(i.loan_id),
+            scope(loan.id),
             pay.status == PaymentStatus.APPLIED.value,
             days_between(pay.received_on, i.due_date) <= product.grace_days,
-            or_(
-                prev.c.seq.is_(None),
-                days_between(pay.received_on, prev.c.due_date) > product.grace_days,
-            ),
         )
-        .group_by(i.loan_id, i.seq)
+        .group_by(pay.id, pay.loan_id, pay.amount_minor)
+        .subquery()
+    )
+    in_period = (
+        select(periods.c.loan_id, periods.c.seq, func.sum(periods.c.amount_minor).label("paid"))
+        .group_by(periods.c.loan_id, periods.c.seq)
         .subquery()
     )
     recent = (
@@ -225,7 +229,7 @@ def _features_query(
             .join(Product.__table__, product.code == loan.product_code)
             .outerjoin(in_period, and_(in_period.c.loan_id == i.loan_id, in_period.c.seq == i.seq))
         )
-        .where(scope(i.loan_id), late > product.grace_days)
+        .where(scope(i.loan_id), scope(loan.id), late > product.grace_days)
         .subquery()
     )
     ratio_ppm = int(rules.partial_payment_ratio * 1_000_000)
@@ -334,6 +338,7 @@ def _features_query(
         select(rf.loan_id)
         .where(
             rf.loan_id == loan.id,
+            scope(rf.loan_id),
             or_(rf.status == FlagStatus.OPEN.value,
                 rf.cleared_on > as_of - timedelta(days=FADE_DAYS)),
         )
