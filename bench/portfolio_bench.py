@@ -45,13 +45,16 @@ def add_day_of_writes(database: str, payments: int) -> None:
     psql(
         f"""
         WITH paid AS (
-            SELECT id, status, bucket FROM loan
+            SELECT id, merchant_id, product_code, currency, status, bucket FROM loan
             WHERE status IN ('active', 'delinquent') ORDER BY random() LIMIT {payments})
-        INSERT INTO portfolio_delta (loan_id, status, bucket, loans, principal_minor, flags,
-                                     received_on, collected_minor)
-        SELECT id, status, bucket, 0, -8000, 0, NULL, 0 FROM paid
+        INSERT INTO portfolio_delta (loan_id, merchant_id, product_code, currency, status,
+                                     bucket, loans, principal_minor, flags, received_on,
+                                     collected_minor)
+        SELECT id, merchant_id, product_code, currency, status, bucket, 0, -8000, 0, NULL, 0
+        FROM paid
         UNION ALL
-        SELECT id, NULL, NULL, 0, 0, 0, CURRENT_DATE, 9000 FROM paid
+        SELECT id, merchant_id, product_code, currency, NULL, NULL, 0, 0, 0, CURRENT_DATE, 9000
+        FROM paid
         """,
         database,
     )

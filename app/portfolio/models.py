@@ -73,6 +73,10 @@ class PortfolioDelta(Base):
         BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True
     )
     loan_id: Mapped[str] = mapped_column(String(40))
+    # The loan's dimensions, copied so that a read filters the deltas without joining loans.
+    merchant_id: Mapped[str] = mapped_column(String(40))
+    product_code: Mapped[str] = mapped_column(String(40))
+    currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str | None] = mapped_column(String(20))
     bucket: Mapped[str | None] = mapped_column(String(8))
     loans: Mapped[int] = mapped_column(Integer, default=0)

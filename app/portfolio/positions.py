@@ -45,7 +45,7 @@ def _before(obj: Any, attribute: str) -> Any:
 def _loan_deltas(loan: Loan, is_new: bool) -> list[dict[str, Any]]:
     new = (loan.status, loan.bucket, loan.principal_outstanding_minor or 0)
     if is_new:
-        return [_position(loan.id, *new, loans=1)]
+        return [_position(loan, *new, loans=1)]
     old = (
         _before(loan, "status"),
         _before(loan, "bucket"),
@@ -54,62 +54,77 @@ def _loan_deltas(loan: Loan, is_new: bool) -> list[dict[str, Any]]:
     if old == new:
         return []
     if old[:2] == new[:2]:
-        return [_position(loan.id, new[0], new[1], new[2] - old[2], loans=0)]
-    return [_position(loan.id, *old, loans=-1, sign=-1), _position(loan.id, *new, loans=1)]
+        return [_position(loan, new[0], new[1], new[2] - old[2], loans=0)]
+    return [_position(loan, *old, loans=-1, sign=-1), _position(loan, *new, loans=1)]
 
 
 def _position(
-    loan_id: str, status: str, bucket: str, principal: int, *, loans: int, sign: int = 1
+    loan: Loan, status: str, bucket: str, principal: int, *, loans: int, sign: int = 1
 ) -> dict[str, Any]:
-    return {"loan_id": loan_id, "status": status, "bucket": bucket, "loans": loans,
+    return {**_dimensions(loan), "status": status, "bucket": bucket, "loans": loans,
             "principal_minor": sign * principal}  # fmt: skip
 
 
-def _payment_delta(payment: Payment, is_new: bool) -> list[dict[str, Any]]:
+def _dimensions(loan: Any) -> dict[str, str]:
+    return {"loan_id": loan.id, "merchant_id": loan.merchant_id,
+            "product_code": loan.product_code, "currency": loan.currency}  # fmt: skip
+
+
+def _payment_delta(session: Session, payment: Payment, is_new: bool) -> list[dict[str, Any]]:
     applied = payment.status == PaymentStatus.APPLIED
     was_applied = False if is_new else _before(payment, "status") == PaymentStatus.APPLIED
     if applied == was_applied:
         return []
     amount = payment.amount_minor if applied else -payment.amount_minor
-    return [{"loan_id": payment.loan_id, "received_on": payment.received_on,
-             "collected_minor": amount}]  # fmt: skip
+    # The payment's loan is in the session (every payment path locks it); get() reads it
+    # from the identity map.
+    loan = session.get(Loan, payment.loan_id)
+    return [{**_dimensions(loan), "received_on": payment.received_on, "collected_minor": amount}]
 
 
 @event.listens_for(Session, "before_flush")
 def _record_deltas(session: Session, _flush: UOWTransaction, _instances: object) -> None:
     rows: list[dict[str, Any]] = []
     for obj in session.new:
-        rows += _deltas(obj, is_new=True)
+        rows += _deltas(session, obj, is_new=True)
     for obj in session.dirty:
         if session.is_modified(obj, include_collections=False):
-            rows += _deltas(obj, is_new=False)
+            rows += _deltas(session, obj, is_new=False)
     # Objects, not a bulk insert: the flush under way writes them with everything else.
     session.add_all(PortfolioDelta(**{**_NO_CHANGE, **row}) for row in rows)
 
 
-def _deltas(obj: object, *, is_new: bool) -> list[dict[str, Any]]:
+def _deltas(session: Session, obj: object, *, is_new: bool) -> list[dict[str, Any]]:
     if isinstance(obj, Loan):
         return _loan_deltas(obj, is_new)
     if isinstance(obj, Payment):
-        return _payment_delta(obj, is_new)
+        return _payment_delta(session, obj, is_new)
     return []
-
-
-def track_new_loan(loan_id: str, status: str, bucket: str, principal_minor: int) -> dict[str, Any]:
-    """The delta row of a loan inserted without the ORM (bulk loaders)."""
-    return {**_NO_CHANGE, **_position(loan_id, status, bucket, principal_minor, loans=1)}
 
 
 async def record_flag_changes(
     session: AsyncSession, *, opened: list[tuple[str, str]], closed: list[tuple[str, str]]
 ) -> None:
     """The deltas of flags opened and closed by bulk statements, which skip the ORM."""
-    rows = [{**_NO_CHANGE, "loan_id": loan_id, "flag_code": code, "flags": 1}
-            for loan_id, code in opened]  # fmt: skip
-    rows += [{**_NO_CHANGE, "loan_id": loan_id, "flag_code": code, "flags": -1}
-             for loan_id, code in closed]  # fmt: skip
-    if rows:
-        await session.execute(insert(PortfolioDelta), rows)
+    changes = [(loan_id, code, 1) for loan_id, code in opened]
+    changes += [(loan_id, code, -1) for loan_id, code in closed]
+    if not changes:
+        return
+    loan = _table(Loan)
+    ids = sorted({loan_id for loan_id, _, _ in changes})
+    dimensions: dict[str, dict[str, str]] = {}
+    for start in range(0, len(ids), 5000):
+        rows = await session.execute(
+            select(loan.c.id, loan.c.merchant_id, loan.c.product_code, loan.c.currency).where(
+                loan.c.id.in_(ids[start : start + 5000])
+            )
+        )
+        dimensions.update({row.id: _dimensions(row) for row in rows})
+    await session.execute(
+        insert(PortfolioDelta),
+        [{**_NO_CHANGE, **dimensions[loan_id], "flag_code": code, "flags": flags}
+         for loan_id, code, flags in changes],
+    )  # fmt: skip
 
 
 # -- the rebase ----------------------------------------------------------------------------
@@ -205,12 +220,11 @@ async def positions(session: AsyncSession, scope: Scope) -> dict[tuple[str, str]
         .where(*scope.where(base.merchant_id, base.product_code, base.currency))
         .group_by(base.status, base.bucket)
     )
-    loan, delta = _table(Loan), PortfolioDelta
+    delta = PortfolioDelta
     changes = await session.execute(
         select(delta.status, delta.bucket, func.sum(delta.loans), func.sum(delta.principal_minor))
-        .join(loan, loan.c.id == delta.loan_id)
         .where(delta.status.is_not(None),
-               *scope.where(loan.c.merchant_id, loan.c.product_code, loan.c.currency))
+               *scope.where(delta.merchant_id, delta.product_code, delta.currency))
         .group_by(delta.status, delta.bucket)
     )  # fmt: skip
     for status, bucket, count, principal in [*rows, *changes]:
@@ -227,12 +241,11 @@ async def open_flags(session: AsyncSession, scope: Scope) -> dict[str, int]:
         .where(*scope.where(base.merchant_id, base.product_code, None))
         .group_by(base.code)
     )
-    loan, delta = _table(Loan), PortfolioDelta
+    delta = PortfolioDelta
     changes = await session.execute(
         select(delta.flag_code, func.sum(delta.flags))
-        .join(loan, loan.c.id == delta.loan_id)
         .where(delta.flag_code.is_not(None),
-               *scope.where(loan.c.merchant_id, loan.c.product_code, None))
+               *scope.where(delta.merchant_id, delta.product_code, None))
         .group_by(delta.flag_code)
     )  # fmt: skip
     counts: dict[str, int] = {}
@@ -251,11 +264,10 @@ async def collected(session: AsyncSession, scope: Scope, *, since: date, until: 
             *scope.where(base.merchant_id, base.product_code, base.currency),
         )
     )
-    loan, delta = _table(Loan), PortfolioDelta
+    delta = PortfolioDelta
     changes = await session.scalar(
         select(func.coalesce(func.sum(delta.collected_minor), 0))
-        .join(loan, loan.c.id == delta.loan_id)
         .where(delta.received_on >= since, delta.received_on <= until,
-               *scope.where(loan.c.merchant_id, loan.c.product_code, loan.c.currency))
+               *scope.where(delta.merchant_id, delta.product_code, delta.currency))
     )  # fmt: skip
     return int(total or 0) + int(changes or 0)
