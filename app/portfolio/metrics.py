@@ -37,7 +37,8 @@ async def refresh(session: AsyncSession) -> None:
     OPEN_FLAGS.clear()
     for currency in currencies:
         scope = positions.Scope(currency=currency)
-        for (status, bucket), tally in (await positions.positions(session, scope)).items():
+        deltas = await positions.pending_deltas(session, scope)
+        for (status, bucket), tally in (await positions.positions(session, scope, deltas)).items():
             if status in CLOSED_STATUSES:
                 continue
             PORTFOLIO_LOANS.labels(currency, bucket).inc(tally.count)
@@ -45,7 +46,10 @@ async def refresh(session: AsyncSession) -> None:
                 float(to_decimal(tally.principal_minor, currency))
             )
     # Flags are counted over every currency: the scope's currency does not filter them.
-    flags = await positions.open_flags(session, positions.Scope(currency=""))
+    every_currency = positions.Scope(currency="")
+    flags = await positions.open_flags(
+        session, every_currency, await positions.pending_deltas(session, every_currency)
+    )
     for code, count in flags.items():
         OPEN_FLAGS.labels(code).set(count)
 

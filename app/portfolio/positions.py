@@ -211,50 +211,74 @@ class Tally:
     principal_minor: int = 0
 
 
-async def positions(session: AsyncSession, scope: Scope) -> dict[tuple[str, str], Tally]:
+@dataclass
+class Deltas:
+    """The deltas since the last rebase, summed in one scan of ``portfolio_delta``."""
+
+    positions: dict[tuple[str, str], Tally]
+    flags: dict[str, int]
+    collected_by_day: dict[date, int]
+
+
+async def pending_deltas(session: AsyncSession, scope: Scope) -> Deltas:
+    delta = PortfolioDelta
+    rows = await session.execute(
+        select(delta.currency, delta.status, delta.bucket, delta.flag_code, delta.received_on,
+               func.sum(delta.loans), func.sum(delta.principal_minor), func.sum(delta.flags),
+               func.sum(delta.collected_minor))
+        .where(*scope.where(delta.merchant_id, delta.product_code, None))
+        .group_by(delta.currency, delta.status, delta.bucket, delta.flag_code,
+                  delta.received_on)
+    )  # fmt: skip
+    found = Deltas({}, {}, {})
+    for currency, status, bucket, code, day, loans, principal, flags, amount in rows:
+        if code is not None:  # flags count over every currency
+            found.flags[code] = found.flags.get(code, 0) + int(flags)
+        if currency != scope.currency:
+            continue
+        if status is not None and bucket is not None:
+            tally = found.positions.setdefault((status, bucket), Tally())
+            tally.count += int(loans)
+            tally.principal_minor += int(principal)
+        if day is not None:
+            found.collected_by_day[day] = found.collected_by_day.get(day, 0) + int(amount)
+    return found
+
+
+async def positions(
+    session: AsyncSession, scope: Scope, deltas: Deltas
+) -> dict[tuple[str, str], Tally]:
     """Loans and principal by (status, bucket) now."""
-    tallies: dict[tuple[str, str], Tally] = {}
     base = PortfolioPosition
     rows = await session.execute(
         select(base.status, base.bucket, func.sum(base.loans), func.sum(base.principal_minor))
         .where(*scope.where(base.merchant_id, base.product_code, base.currency))
         .group_by(base.status, base.bucket)
     )
-    delta = PortfolioDelta
-    changes = await session.execute(
-        select(delta.status, delta.bucket, func.sum(delta.loans), func.sum(delta.principal_minor))
-        .where(delta.status.is_not(None),
-               *scope.where(delta.merchant_id, delta.product_code, delta.currency))
-        .group_by(delta.status, delta.bucket)
-    )  # fmt: skip
-    for status, bucket, count, principal in [*rows, *changes]:
+    tallies = {key: Tally(t.count, t.principal_minor) for key, t in deltas.positions.items()}
+    for status, bucket, count, principal in rows:
         tally = tallies.setdefault((status, bucket), Tally())
         tally.count += int(count or 0)
         tally.principal_minor += int(principal or 0)
     return {key: tally for key, tally in tallies.items() if tally.count}
 
 
-async def open_flags(session: AsyncSession, scope: Scope) -> dict[str, int]:
+async def open_flags(session: AsyncSession, scope: Scope, deltas: Deltas) -> dict[str, int]:
     base = PortfolioFlagCount
     rows = await session.execute(
         select(base.code, func.sum(base.flags))
         .where(*scope.where(base.merchant_id, base.product_code, None))
         .group_by(base.code)
     )
-    delta = PortfolioDelta
-    changes = await session.execute(
-        select(delta.flag_code, func.sum(delta.flags))
-        .where(delta.flag_code.is_not(None),
-               *scope.where(delta.merchant_id, delta.product_code, None))
-        .group_by(delta.flag_code)
-    )  # fmt: skip
-    counts: dict[str, int] = {}
-    for code, flags in [*rows, *changes]:
+    counts = dict(deltas.flags)
+    for code, flags in rows:
         counts[code] = counts.get(code, 0) + int(flags or 0)
     return {code: n for code, n in sorted(counts.items()) if n}
 
 
-async def collected(session: AsyncSession, scope: Scope, *, since: date, until: date) -> int:
+async def collected(
+    session: AsyncSession, scope: Scope, deltas: Deltas, *, since: date, until: date
+) -> int:
     """Payments received from ``since`` to ``until``, net of reversals."""
     base = PortfolioCollection
     total = await session.scalar(
@@ -264,10 +288,5 @@ async def collected(session: AsyncSession, scope: Scope, *, since: date, until: 
             *scope.where(base.merchant_id, base.product_code, base.currency),
         )
     )
-    delta = PortfolioDelta
-    changes = await session.scalar(
-        select(func.coalesce(func.sum(delta.collected_minor), 0))
-        .where(delta.received_on >= since, delta.received_on <= until,
-               *scope.where(delta.merchant_id, delta.product_code, delta.currency))
-    )  # fmt: skip
-    return int(total or 0) + int(changes or 0)
+    recent = sum(v for day, v in deltas.collected_by_day.items() if since <= day <= until)
+    return int(total or 0) + recent

@@ -65,7 +65,8 @@ def _money(tally: Tally, currency: str) -> dict[str, Any]:
 
 
 async def summary(session: AsyncSession, scope: Scope) -> dict[str, Any]:
-    by_position = await positions.positions(session, scope)
+    deltas = await positions.pending_deltas(session, scope)
+    by_position = await positions.positions(session, scope, deltas)
     by_status: dict[str, Tally] = defaultdict(Tally)
     by_bucket: dict[str, Tally] = {bucket.value: Tally() for bucket in Bucket}
     book = Tally()
@@ -86,9 +87,9 @@ async def summary(session: AsyncSession, scope: Scope) -> dict[str, Any]:
                 "by_balance": format_rate(balance, book.principal_minor)}  # fmt: skip
 
     today = clock.today()
-    collected_today = await positions.collected(session, scope, since=today, until=today)
+    collected_today = await positions.collected(session, scope, deltas, since=today, until=today)
     month_to_date = await positions.collected(
-        session, scope, since=today.replace(day=1), until=today
+        session, scope, deltas, since=today.replace(day=1), until=today
     )
     as_of = await delinquency.business_date(session)
     currency = scope.currency
@@ -108,7 +109,7 @@ async def summary(session: AsyncSession, scope: Scope) -> dict[str, Any]:
             "30_plus": delinquency_rate(portfolio_close.PAST_30_BUCKETS),
             "90_plus": delinquency_rate((Bucket.DPD_90_PLUS.value,)),
         },
-        "open_flags": await positions.open_flags(session, scope),
+        "open_flags": await positions.open_flags(session, scope, deltas),
         "collected": {
             "today": format_minor(collected_today, currency),
             "month_to_date": format_minor(month_to_date, currency),
