@@ -5,21 +5,33 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import DashboardPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
 from app.portfolio import service
 from app.portfolio.close import alert_event
+from app.portfolio.positions import Scope
 
 router = APIRouter(tags=["portfolio"])
 
-MerchantFilter = Annotated[str | None, Query(max_length=40)]
-ProductFilter = Annotated[str | None, Query(max_length=40)]
-CurrencyFilter = Annotated[
-    str | None, Query(pattern=r"^[A-Z]{3}$", description="Default: the configured currency")
-]
+
+async def portfolio_scope(
+    principal: ReaderPrincipal,
+    merchant_id: Annotated[str | None, Query(max_length=40)] = None,
+    product_code: Annotated[str | None, Query(max_length=40)] = None,
+    currency: Annotated[
+        str | None, Query(pattern=r"^[A-Z]{3}$", description="Default: the configured currency")
+    ] = None,
+) -> Scope:
+    """The part of the book a view covers: the filters every portfolio view takes."""
+    return service.scope_for(
+        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
+    )
+
+
+ScopeDep = Annotated[Scope, Depends(portfolio_scope)]
 
 # Counts move with every write: revalidate each poll (a 304 costs two small queries).
 LIVE = "private, no-cache"
@@ -43,17 +55,11 @@ def cached(request: Request, body: dict[str, Any], cache_control: str) -> Respon
 async def summary(
     request: Request,
     session: SessionDep,
-    principal: ReaderPrincipal,
-    merchant_id: MerchantFilter = None,
-    product_code: ProductFilter = None,
-    currency: CurrencyFilter = None,
+    scope: ScopeDep,
 ) -> Response:
     """Open loans and principal by status and bucket, 30+ and 90+ delinquency rates, open
     flags by code, collections today and this month: live (base of the last close plus
     every write since), delinquency as of the business date."""
-    scope = service.scope_for(
-        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
-    )
     return cached(request, await service.summary(session, scope), LIVE)
 
 
@@ -61,18 +67,12 @@ async def summary(
 async def roll_rates(
     request: Request,
     session: SessionDep,
-    principal: ReaderPrincipal,
+    scope: ScopeDep,
     from_date: Annotated[date | None, Query(alias="from")] = None,
     to_date: Annotated[date | None, Query(alias="to")] = None,
-    merchant_id: MerchantFilter = None,
-    product_code: ProductFilter = None,
-    currency: CurrencyFilter = None,
 ) -> Response:
     """The bucket-to-bucket matrix (counts, principal at ``to``, row shares) of the loans
     open at both closes. Defaults: the last close and the one before."""
-    scope = service.scope_for(
-        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
-    )
     body = await service.roll_rates(session, scope, from_date=from_date, to_date=to_date)
     return cached(request, body, PER_CLOSE)
 
@@ -81,16 +81,10 @@ async def roll_rates(
 async def vintages(
     request: Request,
     session: SessionDep,
-    principal: ReaderPrincipal,
-    merchant_id: MerchantFilter = None,
-    product_code: ProductFilter = None,
-    currency: CurrencyFilter = None,
+    scope: ScopeDep,
 ) -> Response:
     """Per origination month, the share of loans (and principal) ever more than 30 days past
     due by month on book."""
-    scope = service.scope_for(
-        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
-    )
     return cached(request, await service.vintages(session, scope), PER_CLOSE)
 
 
@@ -104,18 +98,12 @@ class SegmentDimension(StrEnum):
 async def segments(
     request: Request,
     session: SessionDep,
-    principal: ReaderPrincipal,
+    scope: ScopeDep,
     by: SegmentDimension = SegmentDimension.MERCHANT,
-    merchant_id: MerchantFilter = None,
-    product_code: ProductFilter = None,
-    currency: CurrencyFilter = None,
 ) -> Response:
     """Per merchant, product or origination month, as of the last close: loans, principal,
     first-payment default (10+ and 30+ DPD on the first installment, recent cohort),
     current-to-30 roll rate over a month, 30+ and 90+ rates."""
-    scope = service.scope_for(
-        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
-    )
     return cached(request, await service.segments(session, scope, by=by.value), PER_CLOSE)
 
 
