@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, CursorResult, DateTime, Dialect, Executable, 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -205,7 +206,7 @@ class Database:
     def __init__(self) -> None:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
-        self._read_sessions: async_sessionmaker[AsyncSession] | None = None
+        self._read_engine: AsyncEngine | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -219,30 +220,26 @@ class Database:
             self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         return self._sessions
 
-    @property
-    def read_sessions(self) -> async_sessionmaker[AsyncSession]:
-        """Sessions without a transaction (AUTOCOMMIT: no BEGIN and COMMIT round trips), for
-        reads of one statement. Same pool; a connection is taken at the first statement."""
-        if self._read_sessions is None:
-            self._read_sessions = async_sessionmaker(
-                self.engine.execution_options(isolation_level="AUTOCOMMIT"),
-                expire_on_commit=False,
-            )
-        return self._read_sessions
+    def read_connection(self) -> AsyncConnection:
+        """A pooled connection without a transaction (AUTOCOMMIT: no BEGIN and COMMIT round
+        trips), for reads of one Core statement."""
+        if self._read_engine is None:
+            self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        return self._read_engine.connect()
 
     def forget(self) -> None:
         """Drop (without closing) an engine inherited across fork: its sockets are the
         parent's."""
         self._engine = None
         self._sessions = None
-        self._read_sessions = None
+        self._read_engine = None
 
     async def dispose(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
         self._engine = None
         self._sessions = None
-        self._read_sessions = None
+        self._read_engine = None
 
 
 database = Database()

@@ -1,11 +1,12 @@
 """Origination, reads and cancellation of loans."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Table, bindparam, exists, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import clock
 from app.api.auth import Principal
@@ -27,6 +28,7 @@ from app.loans.errors import (
     LoanNotFound,
 )
 from app.loans.models import OPEN_STATUSES, InstallmentStatus, Loan, LoanInstallment, LoanStatus
+from app.loans.records import InstallmentFields, InstallmentRecord, LoanFields, LoanRecord
 from app.loans.schedule import (
     Amortization,
     FeeCollection,
@@ -39,6 +41,8 @@ from app.payments.allocation import InstallmentPosition, InstallmentTerms, LateF
 from app.products import service as products_service
 from app.products.models import Product
 
+_L = TypeVar("_L", bound=LoanFields)
+
 # A first due date further out than this is a data-entry error, not a promotion.
 MAX_FIRST_DUE_DAYS = 92
 
@@ -49,14 +53,22 @@ _INSTALLMENTS_OF_LOAN = (
     .where(LoanInstallment.loan_id == bindparam("loan_id"))
     .order_by(LoanInstallment.seq)
 )
+_loans = cast(Table, Loan.__table__)
+_installments = cast(Table, LoanInstallment.__table__)
 # The loan, its installments and the business date in one round trip (a row per
-# installment): the busiest read.
-_LOAN_VIEW = (
-    select(Loan, LoanInstallment, delinquency.business_date_column())
-    .outerjoin(LoanInstallment, LoanInstallment.loan_id == Loan.id)
-    .where(Loan.id == bindparam("loan_id"))
-    .order_by(LoanInstallment.seq)
+# installment), as plain columns: the busiest read.
+_LOAN_READ = (
+    select(
+        *(_loans.c[name] for name in LoanRecord._fields),
+        *(_installments.c[name] for name in InstallmentRecord._fields),
+        delinquency.business_date_column(),
+    )
+    .select_from(_loans.outerjoin(_installments, _installments.c.loan_id == _loans.c.id))
+    .where(_loans.c.id == bindparam("loan_id"))
+    .order_by(_installments.c.seq)
 )
+_LOAN_END = len(LoanRecord._fields)
+_INSTALLMENT_END = _LOAN_END + len(InstallmentRecord._fields)
 _INSERT_INSTALLMENT = insert(cast(Table, LoanInstallment.__table__))
 _INSERT_LEDGER = insert(cast(Table, LedgerTransaction.__table__))
 # The borrower's exposure, whether the order reference is taken, and the business date: one
@@ -76,8 +88,8 @@ class LoanView:
     as of the same date as days past due — the business date; what it takes to pay the loan
     off, as of today."""
 
-    loan: Loan
-    installments: list[LoanInstallment]
+    loan: LoanFields
+    installments: Sequence[InstallmentFields]
     today: date
     business_date: date | None
 
@@ -98,7 +110,7 @@ class LoanView:
     def position(self) -> LoanPosition:
         return position_of(self.installments)
 
-    def installment_status(self, installment: LoanInstallment) -> InstallmentStatus:
+    def installment_status(self, installment: InstallmentFields) -> InstallmentStatus:
         overdue = installment.due_date < self.arrears_as_of
         if installment.status != InstallmentStatus.PAID and overdue:
             return InstallmentStatus.OVERDUE
@@ -113,7 +125,7 @@ async def loan_view(
     return LoanView(loan, installments, clock.today(), await delinquency.business_date(session))
 
 
-def position_of(installments: list[LoanInstallment]) -> LoanPosition:
+def position_of(installments: Sequence[InstallmentFields]) -> LoanPosition:
     """The stored position: late fees already assessed count as charged on any later date."""
     return LoanPosition(
         [
@@ -325,7 +337,7 @@ async def get_loan(
     return _visible(principal, await session.scalar(query), loan_id)
 
 
-def _visible(principal: Principal, loan: Loan | None, loan_id: str) -> Loan:
+def _visible(principal: Principal, loan: _L | None, loan_id: str) -> _L:
     if loan is None or not principal.can_see_merchant(loan.merchant_id):
         raise LoanNotFound(f"loan {loan_id} does not exist")
     return loan
@@ -335,12 +347,17 @@ async def load_installments(session: AsyncSession, loan_id: str) -> list[LoanIns
     return list(await session.scalars(_INSTALLMENTS_OF_LOAN, {"loan_id": loan_id}))
 
 
-async def view_loan(session: AsyncSession, principal: Principal, *, loan_id: str) -> LoanView:
+async def read_loan(connection: AsyncConnection, principal: Principal, *, loan_id: str) -> LoanView:
+    """The loan and its installments as plain rows (no ORM instances): GET's whole read."""
     principal.require(Role.MERCHANT, Role.DASHBOARD)
-    rows = (await session.execute(_LOAN_VIEW, {"loan_id": loan_id})).all()
-    loan = _visible(principal, rows[0][0] if rows else None, loan_id)
-    installments = [installment for _, installment, _ in rows if installment is not None]
-    return LoanView(loan, installments, clock.today(), rows[0][2])
+    rows = (await connection.execute(_LOAN_READ, {"loan_id": loan_id})).all()
+    loan = _visible(principal, LoanRecord._make(rows[0][:_LOAN_END]) if rows else None, loan_id)
+    installments = [
+        InstallmentRecord._make(row[_LOAN_END:_INSTALLMENT_END])
+        for row in rows
+        if row[_LOAN_END] is not None
+    ]
+    return LoanView(loan, installments, clock.today(), rows[0][_INSTALLMENT_END])
 
 
 async def list_loans(
