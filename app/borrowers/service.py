@@ -19,12 +19,22 @@ from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan
 from app.merchants import service as merchants_service
 from app.money import format_minor, parse_amount, setting_to_minor
+from app.products.models import Product
 from app.risk.models import FlagStatus, RiskFlag
 
 # Read on every origination and payment: built once (construction and cache key cost CPU on
 # each call).
 _BORROWER = select(Borrower).where(Borrower.id == bindparam("borrower_id"))
 _BORROWER_FOR_UPDATE = _BORROWER.with_for_update()
+# Origination's first statement: the borrower locked and the product read (not locked) in one
+# round trip. The exposure is read by a later statement, after the lock is held: a statement
+# that waits for a lock reads the other tables as of its start.
+_BORROWER_FOR_UPDATE_WITH_PRODUCT = (
+    select(Borrower, Product)
+    .outerjoin(Product, Product.code == bindparam("product_code"))
+    .where(Borrower.id == bindparam("borrower_id"))
+    .with_for_update(of=Borrower)
+)
 _EXPOSURE = select(func.coalesce(func.sum(Loan.principal_outstanding_minor), 0)).where(
     Loan.borrower_id == bindparam("borrower_id"), Loan.status.in_(OPEN_STATUSES)
 )
@@ -135,7 +145,29 @@ async def get_borrower(
     """The borrower if the caller may see it; another merchant's borrower does not exist."""
     principal.require(Role.MERCHANT, Role.DASHBOARD)
     query = _BORROWER_FOR_UPDATE if for_update else _BORROWER
-    borrower = await session.scalar(query, {"borrower_id": borrower_id})
+    return _visible(
+        principal, await session.scalar(query, {"borrower_id": borrower_id}), borrower_id
+    )
+
+
+async def lock_borrower_with_product(
+    session: AsyncSession, principal: Principal, *, borrower_id: str, product_code: str
+) -> tuple[Borrower, Product | None]:
+    """``get_borrower(..., for_update=True)`` and the product named ``product_code`` (None if
+    there is none) in one round trip."""
+    principal.require(Role.MERCHANT, Role.DASHBOARD)
+    row = (
+        await session.execute(
+            _BORROWER_FOR_UPDATE_WITH_PRODUCT,
+            {"borrower_id": borrower_id, "product_code": product_code},
+        )
+    ).one_or_none()
+    borrower = _visible(principal, row[0] if row else None, borrower_id)
+    assert row is not None
+    return borrower, row[1]
+
+
+def _visible(principal: Principal, borrower: Borrower | None, borrower_id: str) -> Borrower:
     if borrower is None or not principal.can_see_merchant(borrower.merchant_id):
         raise BorrowerNotFound(f"borrower {borrower_id} does not exist")
     return borrower

@@ -32,13 +32,13 @@ Bucket = Annotated[str | None, Query(pattern=r"^(current|1-30|31-60|61-90|90\+)$
 @router.post("/v1/loans", status_code=201, response_model=LoanRead)
 async def create_loan(
     body: LoanCreate, session: SessionDep, principal: MerchantPrincipal
-) -> LoanRead:
+) -> Response:
     view = await service.create_loan(
         session, principal, borrower_id=body.borrower_id, product_code=body.product_code,
         principal_amount=body.principal, term=body.term, disbursed_on=body.disbursed_on,
         first_due_date=body.first_due_date, merchant_order_ref=body.merchant_order_ref,
     )  # fmt: skip
-    return loan_read(view, with_schedule=True)
+    return json_response(loan_read(view, with_schedule=True), 201)
 
 
 @router.get("/v1/loans", response_model=Page[LoanRead])

@@ -38,8 +38,8 @@ from app.loans.schedule import (
 )
 from app.money import Rounding, format_minor, parse_amount
 from app.payments.allocation import InstallmentPosition, InstallmentTerms, LateFee, LoanPosition
+from app.portfolio import positions
 from app.products import service as products_service
-from app.products.models import Product
 
 _L = TypeVar("_L", bound=LoanFields)
 
@@ -69,7 +69,11 @@ _LOAN_READ = (
 )
 _LOAN_END = len(LoanRecord._fields)
 _INSTALLMENT_END = _LOAN_END + len(InstallmentRecord._fields)
-_INSERT_INSTALLMENT = insert(cast(Table, LoanInstallment.__table__))
+_INSERT_LOAN = insert(_loans)
+_LOAN_KEYS = tuple(column.key for column in _loans.columns)
+_INSERT_INSTALLMENT = insert(_installments)
+# The installment columns a new schedule leaves empty.
+_NO_INSTALLMENT_DATES = {"late_fee_assessed_on": None, "reminded_on": None}
 _INSERT_LEDGER = insert(cast(Table, LedgerTransaction.__table__))
 # The borrower's exposure, whether the order reference is taken, and the business date: one
 # round trip of origination.
@@ -182,10 +186,9 @@ async def create_loan(
     principal.require(Role.MERCHANT)
     today = clock.today()
     # The borrower's row lock serialises originations against the same credit limit.
-    borrower = await borrowers_service.get_borrower(
-        session, principal, borrower_id=borrower_id, for_update=True
+    borrower, product = await borrowers_service.lock_borrower_with_product(
+        session, principal, borrower_id=borrower_id, product_code=product_code
     )
-    product = await session.get(Product, product_code)
     if product is None:
         raise InvalidRequest.field("product_code", f"no product with code {product_code}")
     if term not in product.term_options:
@@ -279,8 +282,7 @@ async def create_loan(
         updated_at=now,
     )
     installments = [
-        LoanInstallment(
-            loan_id=loan.id,
+        InstallmentRecord(
             seq=s.seq,
             due_date=s.due_date,
             principal_minor=s.principal_minor,
@@ -301,13 +303,18 @@ async def create_loan(
     # moves bucket. Both are set before the INSERT, so the new row is written once.
     created = event_data(loan)
     change = delinquency.apply_delinquency(loan, position_of(installments), business_date or today)
-    session.add(loan)
-    # A concurrent twin order slipping past the check above fails on the unique constraint
-    # at flush and is answered 409 by the IntegrityError handler.
+    # Core INSERTs, and the loan object is never added to the session: the ORM flush of one
+    # loan (unit of work, the portfolio listener's delta object) cost more CPU than every
+    # other statement of origination (py-spy, bench/http_load.py); per-row ORM flushes of the
+    # installments 5x (DESIGN). A concurrent twin order slipping past the check above fails on
+    # the unique constraint here and is answered 409 by the IntegrityError handler.
+    await session.execute(_INSERT_LOAN, {key: getattr(loan, key) for key in _LOAN_KEYS})
+    await positions.record_new_loan(session, loan)
     await events.emit(session, "loan.created", created, loan=loan)
-    # Core bulk inserts on the tables: the hot path of origination (DESIGN: per-row ORM
-    # flushes cost 5x; ORM-enabled bulk INSERTs still add ORM steps per statement).
-    await session.execute(_INSERT_INSTALLMENT, [_row(i) for i in installments])
+    await session.execute(
+        _INSERT_INSTALLMENT,
+        [{**i._asdict(), **_NO_INSTALLMENT_DATES, "loan_id": loan.id} for i in installments],
+    )
     await session.execute(
         _INSERT_LEDGER,
         {
@@ -319,10 +326,6 @@ async def create_loan(
         event = change.event()
         await events.emit(session, event["type"], event["data"], loan=loan)
     return LoanView(loan, installments, today, business_date)
-
-
-def _row(installment: LoanInstallment) -> dict[str, Any]:
-    return {c.key: getattr(installment, c.key) for c in LoanInstallment.__table__.columns}
 
 
 async def get_loan(
