@@ -6,10 +6,13 @@ One run, start to finish:
 1. starts ``bench/webhook_receiver.py`` (raw asyncio, one process, HMAC-verifies every request
    and counts distinct ``webhook-id``) and measures its capacity alone with ``wrk`` (signed
    1 KB POSTs);
-2. the bare loop (``_bare``, its own process): the dispatcher's concurrency model without a
-   database — 8 ``httpx.AsyncClient`` x 6 connections used round-robin, batches of 500 sent
-   with ``asyncio.gather``, each body JSON-encoded and signed (hmac-sha256, Standard Webhooks
-   headers) — ``--bare-n`` deliveries, ``--bare-reps`` times, before and after the dispatcher;
+2. the bare loop (``_bare``, its own process), each body JSON-encoded and signed (hmac-sha256,
+   Standard Webhooks headers), ``--bare-n`` deliveries, ``--bare-reps`` times, before and after
+   the dispatcher, in batches of 500, with no database, in the models of ``--bare-models``:
+   ``pool`` is plain httpx (8 ``httpx.AsyncClient`` x 6 connections used round-robin, each
+   batch sent with ``asyncio.gather``: the dispatcher's earlier model); ``shared`` is the
+   dispatcher's sending half as it is now (its one client from ``app.webhooks.transport``,
+   ``dispatcher.IN_FLIGHT`` requests in flight);
 3. drops and creates ``loanwatch_hookbench``, ``loanwatch migrate``, one endpoint through
    ``app.webhooks.service.create_endpoint`` (admin principal, pattern ``*``, the receiver's
    URL), then ``--events`` events of ~1 KB (payload as sent) through
@@ -71,6 +74,7 @@ BODY_BYTES = 1024
 # The dispatcher's concurrency model (app/webhooks/dispatcher.py, webhook_batch_size).
 CLIENTS, CONNECTIONS_PER_CLIENT, BATCH = 8, 6, 500
 LANES = 48  # the prototype's model: lanes of one client with one connection
+WARMUP = 48  # requests before the clock starts (connections opened), in every model
 MODES = ("direct1", "direct2", "celery1", "celery2")
 
 
@@ -133,22 +137,36 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
 
 
 async def bare_loop(url: str, secret: str, n: int, model: str = "pool") -> dict[str, Any]:
-    """The dispatcher's sending half without a database: same clients, pools, batches,
-    payload encoding and signing. ``pool`` is app/webhooks/dispatcher.py today (8 clients x 6
-    connections, the batch gathered at once); ``lanes`` is the prototype the report suggests
-    (48 lanes, each a client with one connection sending one request at a time)."""
+    """Deliveries without a database: same batches, payload encoding and signing as the
+    dispatcher. ``pool``: plain httpx, 8 clients x 6 connections, the batch gathered at once
+    (the dispatcher's earlier model); ``shared``: the dispatcher's own client
+    (``app.webhooks.transport``) with ``dispatcher.IN_FLIGHT`` lanes; ``lanes``: 48 plain
+    clients of one connection, each sending one request at a time."""
     import httpx
 
     key = base64.b64decode(secret.removeprefix("whsec_"))
     timeout = httpx.Timeout(10.0, connect=3.0)
-    if model == "lanes":
-        count, limits = LANES, httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    lanes = LANES
+    if model == "shared":
+        from app.webhooks import dispatcher, transport
+
+        lanes = dispatcher.IN_FLIGHT
+        clients = [
+            transport.make_client(
+                timeout=10.0,
+                shards=dispatcher.SHARDS,
+                connections_per_shard=dispatcher.CONNECTIONS_PER_SHARD,
+            )
+        ]
     else:
-        count, limits = CLIENTS, httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
-    clients = [
-        httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
-        for _ in range(count)
-    ]
+        if model == "lanes":
+            count, limits = LANES, httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        else:
+            count, limits = CLIENTS, httpx.Limits(max_connections=CONNECTIONS_PER_CLIENT)
+        clients = [
+            httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+            for _ in range(count)
+        ]
     turn = itertools.count()
     pad = padding()
     created_at = datetime.now(UTC)
@@ -178,13 +196,16 @@ async def bare_loop(url: str, secret: str, n: int, model: str = "pool") -> dict[
         return failed
 
     # Warm the connections (not measured).
-    await asyncio.gather(*(send(-1 - i) for i in range(CLIENTS * CONNECTIONS_PER_CLIENT)))
+    await asyncio.gather(*(send(-1 - i) for i in range(WARMUP)))
     started = time.perf_counter()
     cpu = time.process_time()
     for low in range(0, n, BATCH):
         if model == "lanes":
             queue = deque(range(low, min(n, low + BATCH)))
             failures += sum(await asyncio.gather(*(lane(c, queue) for c in clients)))
+        elif model == "shared":
+            queue = deque(range(low, min(n, low + BATCH)))
+            failures += sum(await asyncio.gather(*(lane(clients[0], queue) for _ in range(lanes))))
         else:
             codes = await asyncio.gather(*(send(i) for i in range(low, min(n, low + BATCH))))
             failures += sum(code != 200 for code in codes)
@@ -366,7 +387,7 @@ def run_bare(
     )  # fmt: skip
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     stats = receiver.stats()
-    warmup = CLIENTS * CONNECTIONS_PER_CLIENT
+    warmup = WARMUP
     result["receiver"] = stats
     result["correct"] = (
         stats["requests"] == n + warmup
@@ -761,7 +782,9 @@ def main() -> None:
     parser.add_argument("--bare-n", type=int, default=30_000)
     parser.add_argument("--bare-reps", type=int, default=2)
     parser.add_argument(
-        "--bare-models", default="pool", help="pool (the dispatcher today), lanes, or both"
+        "--bare-models",
+        default="pool,shared",
+        help="pool (plain httpx), shared (the dispatcher's client), lanes; comma-separated",
     )
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--port", type=int, default=8765)
@@ -841,7 +864,7 @@ if __name__ == "__main__":
         bare_parser.add_argument("--url", required=True)
         bare_parser.add_argument("--secret", required=True)
         bare_parser.add_argument("--n", type=int, required=True)
-        bare_parser.add_argument("--model", choices=("pool", "lanes"), default="pool")
+        bare_parser.add_argument("--model", choices=("pool", "shared", "lanes"), default="pool")
         a = bare_parser.parse_args(sys.argv[2:])
         print(json.dumps(asyncio.run(bare_loop(a.url, a.secret, a.n, a.model))))
     else:

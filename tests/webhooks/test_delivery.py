@@ -299,3 +299,50 @@ async def test_metrics_show_the_backlog(client: httpx.AsyncClient) -> None:
     assert "loanwatch_http_requests_total" in text
     async with session_scope() as session:
         assert await session.scalar(select(func.count()).select_from(WebhookDelivery)) == 1
+
+
+async def test_a_drain_of_several_batches_sends_each_once(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Batches of 2: a batch's results are written while the next one is sent.
+    monkeypatch.setattr(get_settings(), "webhook_batch_size", 2)
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [500]
+        hook = await endpoint(w, receiver.url)
+        loans = [await w.loan() for _ in range(5)]
+        now = utc_now()
+        assert await deliver(now) == 5
+        assert len(receiver.received) == 5
+        assert {r.verified(hook["secret"])["data"]["loan_id"] for r in receiver.received} == {
+            loan["id"] for loan in loans
+        }
+        async with session_scope() as session:
+            statuses = sorted(
+                (d.status, d.attempts) for d in await session.scalars(select(WebhookDelivery))
+            )
+            attempts = sorted(a.status_code for a in await session.scalars(select(WebhookAttempt)))
+        assert statuses == [("delivered", 1)] * 4 + [("pending", 1)]
+        assert attempts == [200, 200, 200, 200, 500]
+        assert await deliver(now) == 0
+        assert await deliver(now + timedelta(seconds=6)) == 1
+
+
+async def test_the_target_is_checked_again_at_delivery(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)  # allowed while loopback is allowed
+        await w.loan()
+        monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", False)
+        assert await deliver() == 1
+        assert receiver.received == []
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        (delivery,) = log["items"]
+        assert delivery["status"] == "pending"
+        (attempt,) = delivery["attempt_log"]
+        assert attempt["status_code"] is None
+        assert attempt["error"] == (
+            "target not allowed: 127.0.0.1 resolves to a non-public address (127.0.0.1)"
+        )
