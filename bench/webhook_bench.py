@@ -638,7 +638,7 @@ def run_mode(
     reset = asyncio.run(reset_deliveries())
     assert reset == expected, (reset, expected)
     receiver.reset(secret)
-    load = wait_for_load(args.max_load)
+    load = wait_for_load(args.max_load, args.max_wait)
     log(f"{mode}: load {load:.2f}, {expected} pending")
     busy0, total0 = machine_cpu()
     receiver_cpu = receiver.cpu()
@@ -681,7 +681,7 @@ def profile(receiver: Receiver, secret: str, expected: int, args: argparse.Names
     out = Path(args.out)
     asyncio.run(reset_deliveries())
     receiver.reset(secret)
-    wait_for_load(args.max_load)
+    wait_for_load(args.max_load, args.max_wait)
     [p] = start_drainers(1, out, args.app_path, "profile")
     assert p.stdin is not None
     assert p.stdout is not None
@@ -787,6 +787,9 @@ def main() -> None:
         help="pool (plain httpx), shared (the dispatcher's client), lanes; comma-separated",
     )
     parser.add_argument("--max-load", type=float, default=1.5)
+    parser.add_argument(
+        "--max-wait", type=float, default=1800.0, help="seconds to wait for --max-load per step"
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--profile", type=int, default=0, help="py-spy seconds (0: none)")
     parser.add_argument(
@@ -819,7 +822,7 @@ def main() -> None:
             or not facts["url"].startswith(receiver.base)
         ):
             migrate()
-            wait_for_load(args.max_load)
+            wait_for_load(args.max_load, args.max_wait)
             log(f"loading {args.events} events")
             results["load"] = asyncio.run(load_backlog(receiver.url, args.events, args.batch))
             log(f"loaded in {results['load']['seconds']:.1f} s")
@@ -827,7 +830,7 @@ def main() -> None:
         results["backlog"] = {k: v for k, v in facts.items() if k != "secret"}
         secret = str(facts["secret"])
         if not args.skip_wrk:
-            wait_for_load(args.max_load)
+            wait_for_load(args.max_load, args.max_wait)
             results["wrk"] = wrk_capacity(receiver, secret, out)
             log(f"receiver alone: {results['wrk']['requests_per_second']:,.0f} req/s")
         results["bare"] = []
@@ -835,7 +838,7 @@ def main() -> None:
         def bare() -> None:
             for _ in range(args.bare_reps):
                 for model in args.bare_models.split(","):
-                    wait_for_load(args.max_load)
+                    wait_for_load(args.max_load, args.max_wait)
                     b = run_bare(receiver, secret, args.bare_n, out, model)
                     log(f"bare loop ({model}): {b['per_second']:,.0f}/s (correct={b['correct']})")
                     results["bare"].append(b)

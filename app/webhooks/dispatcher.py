@@ -48,6 +48,9 @@ class Target:
     id: str
     url: str
     keys: list[bytes]
+    # Parsed once per batch, not per request (httpx's URL parsing was ~3 % of a drain's CPU);
+    # None for a URL httpx refuses, which _send records as the attempt's error.
+    address: httpx.URL | None
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,7 @@ async def _claim(now: datetime, limit: int) -> list[Claimed]:
             )
         }
         endpoints = {
-            r.id: Target(r.id, r.url, [signing.key(s) for s in _secrets(r, now)])
+            r.id: Target(r.id, r.url, [signing.key(s) for s in _secrets(r, now)], _address(r.url))
             for r in await session.execute(
                 select(
                     w.id, w.secret, w.url, w.previous_secret, w.previous_secret_expires_at
@@ -213,6 +216,13 @@ async def _claim(now: datetime, limit: int) -> list[Claimed]:
         )
         for r in rows
     ]  # fmt: skip
+
+
+def _address(url: str) -> httpx.URL | None:
+    try:
+        return httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
 
 
 def _secrets(endpoint: Any, now: datetime) -> list[str]:
@@ -268,6 +278,9 @@ async def _send(client: httpx.AsyncClient, claimed: Claimed, refused: str | None
 
     if refused is not None:
         return outcome(None, None, refused)
+    address = claimed.endpoint.address
+    if address is None:
+        return outcome(None, None, "InvalidURL: httpx cannot send to this URL")
     body, event_id = claimed.body, claimed.event_id
     timestamp = int(time.time())
     headers = {
@@ -280,7 +293,7 @@ async def _send(client: httpx.AsyncClient, claimed: Claimed, refused: str | None
         ),
     }
     try:
-        response = await client.post(claimed.endpoint.url, content=body, headers=headers)
+        response = await client.post(address, content=body, headers=headers)
     except httpx.TimeoutException:
         return outcome(None, None, "timed out")
     except httpx.HTTPError as exc:
