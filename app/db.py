@@ -6,7 +6,19 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from sqlalchemy import BigInteger, CursorResult, DateTime, Dialect, Executable, MetaData, event
+from sqlalchemy import (
+    BigInteger,
+    CursorResult,
+    DateTime,
+    Dialect,
+    Executable,
+    MetaData,
+    Table,
+    bindparam,
+    event,
+    func,
+    select,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
@@ -186,6 +198,9 @@ def make_engine(settings: Settings) -> AsyncEngine:
         # 16 requests at 32 concurrent clients (bench/http_load.py).
         pool_size=2 * settings.db_pool_size,
         max_overflow=0,
+        # No JIT: it compiled each close chunk's statements afresh (about 0.4 s per risk
+        # chunk, bench/close_bench.py --explain) and never pays back on queries this size.
+        connect_args={"server_settings": {"jit": "off"}},
     )
 
     @event.listens_for(engine.sync_engine, "checkout")
@@ -262,6 +277,64 @@ def insert_for(session: AsyncSession, table: Any) -> postgresql.Insert | sqlite.
     if is_postgres(session):
         return postgresql.insert(table)
     return sqlite.insert(table)
+
+
+# (table, several rows?, keys) of each part -> the statement writing them all: built once, so
+# its construction and cache key cost nothing per call. Several rows go in as one array per
+# column (unnest): a multi-row VALUES is not cached by SQLAlchemy, it is compiled on every call.
+_combined_inserts: dict[tuple[tuple[str, bool, tuple[str, ...]], ...], Executable] = {}
+
+
+async def insert_together(
+    session: AsyncSession, *parts: tuple[Table, list[dict[str, Any]]]
+) -> None:
+    """Rows of several tables written in one round trip on PostgreSQL: the INSERTs after the
+    first are data-modifying CTEs of one statement (each statement is a socket write and a
+    read, kernel CPU charged to the API on loopback: bench/http_load.py). On SQLite, one INSERT
+    per table. All rows of one part have the same keys; foreign keys between the parts are
+    checked when the statement ends, so a parent may be written with its children."""
+    if not is_postgres(session):
+        for table, rows in parts:
+            await session.execute(table.insert(), rows if len(rows) > 1 else rows[0])
+        return
+    shape = tuple((table.name, len(rows) > 1, tuple(rows[0])) for table, rows in parts)
+    statement = _combined_inserts.get(shape)
+    if statement is None:
+        statement = _combined_inserts[shape] = _combined_insert(
+            [table for table, _ in parts], shape
+        )
+    params: dict[str, Any] = {}
+    for part, (_, rows) in enumerate(parts):
+        if len(rows) > 1:
+            params.update({f"p{part}_{key}": [row[key] for row in rows] for key in rows[0]})
+        else:
+            params.update({f"p{part}_{key}": value for key, value in rows[0].items()})
+    await session.execute(statement, params)
+
+
+def _combined_insert(
+    tables: list[Table], shape: tuple[tuple[str, bool, tuple[str, ...]], ...]
+) -> Executable:
+    def part_insert(part: int) -> postgresql.Insert:
+        table, (_, several, keys) = tables[part], shape[part]
+        if not several:
+            return postgresql.insert(table).values(
+                {key: bindparam(f"p{part}_{key}", type_=table.c[key].type) for key in keys}
+            )
+        arrays = (
+            func.unnest(
+                *(
+                    bindparam(f"p{part}_{key}", type_=postgresql.ARRAY(table.c[key].type))
+                    for key in keys
+                )
+            )
+            .table_valued(*keys)
+            .render_derived()
+        )
+        return postgresql.insert(table).from_select(list(keys), select(*arrays.c))
+
+    ctes = [part_insert(part).cte(f"insert_{part}") for part in range(1, len(tables))]
+    return part_insert(0).add_cte(*ctes)
 
 
 def is_postgres(session: AsyncSession) -> bool:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, exists, insert, select
+from sqlalchemy import Table, bindparam, exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import clock
@@ -13,7 +13,7 @@ from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.borrowers import service as borrowers_service
-from app.db import utc_now
+from app.db import insert_together, utc_now
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.events import service as events
@@ -69,12 +69,10 @@ _LOAN_READ = (
 )
 _LOAN_END = len(LoanRecord._fields)
 _INSTALLMENT_END = _LOAN_END + len(InstallmentRecord._fields)
-_INSERT_LOAN = insert(_loans)
 _LOAN_KEYS = tuple(column.key for column in _loans.columns)
-_INSERT_INSTALLMENT = insert(_installments)
+_ledger = cast(Table, LedgerTransaction.__table__)
 # The installment columns a new schedule leaves empty.
 _NO_INSTALLMENT_DATES = {"late_fee_assessed_on": None, "reminded_on": None}
-_INSERT_LEDGER = insert(cast(Table, LedgerTransaction.__table__))
 # The borrower's exposure, whether the order reference is taken, and the business date: one
 # round trip of origination.
 _ORIGINATION_CHECKS = select(
@@ -308,20 +306,23 @@ async def create_loan(
     # other statement of origination (py-spy, bench/http_load.py); per-row ORM flushes of the
     # installments 5x (DESIGN). A concurrent twin order slipping past the check above fails on
     # the unique constraint here and is answered 409 by the IntegrityError handler.
-    await session.execute(_INSERT_LOAN, {key: getattr(loan, key) for key in _LOAN_KEYS})
-    await positions.record_new_loan(session, loan)
-    await events.emit(session, "loan.created", created, loan=loan)
-    await session.execute(
-        _INSERT_INSTALLMENT,
-        [{**i._asdict(), **_NO_INSTALLMENT_DATES, "loan_id": loan.id} for i in installments],
-    )
-    await session.execute(
-        _INSERT_LEDGER,
-        {
-            "loan_id": loan.id, "kind": TransactionKind.DISBURSEMENT, "amount_minor": amount,
-            "currency": loan.currency, "effective_on": disbursed_on, "created_at": now,
-        },
+    await insert_together(
+        session,
+        (_loans, [{key: getattr(loan, key) for key in _LOAN_KEYS}]),
+        positions.new_loan_deltas(loan),
+        (
+            _installments,
+            [{**i._asdict(), **_NO_INSTALLMENT_DATES, "loan_id": loan.id} for i in installments],
+        ),
+        (
+            _ledger,
+            [{
+                "loan_id": loan.id, "kind": TransactionKind.DISBURSEMENT, "amount_minor": amount,
+                "currency": loan.currency, "effective_on": disbursed_on, "created_at": now,
+            }],
+        ),
     )  # fmt: skip
+    await events.emit(session, "loan.created", created, loan=loan)
     if change is not None:
         event = change.event()
         await events.emit(session, event["type"], event["data"], loan=loan)

@@ -94,11 +94,10 @@ def _record_deltas(session: Session, _flush: UOWTransaction, _instances: object)
     session.add_all(PortfolioDelta(**{**_NO_CHANGE, **row}) for row in rows)
 
 
-async def record_new_loan(session: AsyncSession, loan: Loan) -> None:
-    """The delta of a loan written by a Core INSERT (origination), which the flush listener
-    does not see: the same row the listener writes for a new loan."""
-    (row,) = _loan_deltas(loan, is_new=True)
-    await session.execute(_INSERT_DELTA, {**_NO_CHANGE, **row})
+def new_loan_deltas(loan: Loan) -> tuple[Table, list[dict[str, Any]]]:
+    """The deltas of a loan written by a Core INSERT (origination), which the flush listener
+    does not see: the table and the rows the listener writes for a new loan."""
+    return _table(PortfolioDelta), [{**_NO_CHANGE, **row} for row in _loan_deltas(loan, True)]
 
 
 def _deltas(session: Session, obj: object, *, is_new: bool) -> list[dict[str, Any]]:
@@ -190,9 +189,6 @@ async def rebase(session: AsyncSession, *, collections_since: date) -> None:
 def _table(model: type) -> Table:
     table: Table = model.__table__  # type: ignore[attr-defined]
     return table
-
-
-_INSERT_DELTA = insert(_table(PortfolioDelta))
 
 
 # -- reading -----------------------------------------------------------------------------
