@@ -31,7 +31,7 @@ from sqlalchemy.sql.selectable import ScalarSelect
 from app import clock
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
-from app.db import add_days, days_between, utc_now
+from app.db import add_days, days_between, execute_counting, is_postgres, utc_now
 from app.delinquency.rules import (
     Bucket,
     DueInstallment,
@@ -365,25 +365,7 @@ async def recompute_delinquency(
     dpd, bucket, status = _new_values(per_loan, as_of)
     moved = or_(bucket != loan.bucket, status != loan.status)
     first_past_30 = and_(loan.ever_30_plus_on.is_(None), dpd > PAST_30_DAYS)
-    changes = (
-        await session.execute(
-            select(
-                loan.id,
-                loan.borrower_id,
-                loan.merchant_id,
-                loan.currency,
-                loan.principal_outstanding_minor,
-                loan.bucket,
-                loan.status,
-                dpd.label("new_dpd"),
-                bucket.label("new_bucket"),
-                status.label("new_status"),
-            )
-            .select_from(_loan.join(per_loan, per_loan.c.loan_id == loan.id))
-            .where(moved, in_range(loan.id, low, high))
-        )
-    ).all()
-    updated = await session.execute(
+    update_loans = (
         update(_loan)
         .where(
             loan.id == per_loan.c.loan_id,
@@ -409,6 +391,48 @@ async def recompute_delinquency(
             ),
         )
     )
+    reported = (loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
+                loan.principal_outstanding_minor)  # fmt: skip
+    if is_postgres(session):
+        # One pass over the installments: RETURNING reads the old bucket and status from the
+        # row as the statement found it (a self-join), the new ones from the row written.
+        before = _loan.alias("before")
+        updated = (
+            await session.execute(
+                update_loans.where(
+                    before.c.id == loan.id, in_range(before.c.id, low, high)
+                ).returning(
+                    *reported,
+                    before.c.bucket,
+                    before.c.status,
+                    loan.days_past_due,
+                    loan.bucket.label("new_bucket"),
+                    loan.status.label("new_status"),
+                )
+            )
+        ).all()
+        changes: Sequence[Any] = [
+            row for row in updated
+            if (row.bucket, row.status) != (row.new_bucket, row.new_status)
+        ]  # fmt: skip
+        loans_updated = len(updated)
+    else:
+        # SQLite's RETURNING cannot read the FROM side: the changes first, then the update.
+        changes = (
+            await session.execute(
+                select(
+                    *reported,
+                    loan.bucket,
+                    loan.status,
+                    dpd.label("days_past_due"),
+                    bucket.label("new_bucket"),
+                    status.label("new_status"),
+                )
+                .select_from(_loan.join(per_loan, per_loan.c.loan_id == loan.id))
+                .where(moved, in_range(loan.id, low, high))
+            )
+        ).all()
+        loans_updated = await execute_counting(session, update_loans)
     await events.emit_many(
         session,
         [
@@ -419,7 +443,7 @@ async def recompute_delinquency(
                 c.currency,
                 c.principal_outstanding_minor,
                 as_of,
-                c.new_dpd,
+                c.days_past_due,
                 c.bucket,
                 c.new_bucket,
                 c.status,
@@ -428,7 +452,7 @@ async def recompute_delinquency(
             for c in changes
         ],
     )
-    return {"loans_updated": updated.rowcount, "delinquency_changes": len(changes)}  # type: ignore[attr-defined]
+    return {"loans_updated": loans_updated, "delinquency_changes": len(changes)}
 
 
 async def send_reminders(

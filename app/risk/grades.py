@@ -1,9 +1,10 @@
 """Borrower grades from their loans' grades, and the credit limit that follows them."""
 
+from collections.abc import Sequence
 from datetime import date
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, bindparam, case, func, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.borrowers.models import Borrower
@@ -13,33 +14,42 @@ from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor
 from app.risk.limits import next_limit
 from app.risk.models import FlagStatus, RiskFlag
-from app.risk.score import FlagFact, score_loan
+from app.risk.score import FADE_DAYS, FlagFact, score_loan
+from app.risk.versions import current_rules
 
 
-async def score_loans(session: AsyncSession, as_of: date, loan_ids: list[str]) -> None:
-    """Store each loan's score and grade from its days past due and its flags."""
-    if not loan_ids:
+class ScoredLoan(Protocol):
+    id: str
+    days_past_due: int
+    risk_score: int
+    risk_grade: str
+
+
+async def score_loans(
+    session: AsyncSession, as_of: date, loans: Sequence[ScoredLoan], flags_of: Any
+) -> None:
+    """Store each loan's score and grade from its days past due and its flags.
+
+    ``loans`` carry the stored score and grade (the features query read them), so only the
+    changed ones are written; ``flags_of`` narrows the flags read to these loans' (a loan-id
+    range or one id), cheaper than a list of tens of thousands of ids."""
+    if not loans:
         return
-    fading = as_of.toordinal() - 182
-    facts: dict[str, list[FlagFact]] = {loan_id: [] for loan_id in loan_ids}
-    for flag in await session.scalars(
-        select(RiskFlag).where(
-            RiskFlag.loan_id.in_(loan_ids),
-            (RiskFlag.status == FlagStatus.OPEN)
-            | (RiskFlag.cleared_on >= date.fromordinal(fading)),
+    fading = date.fromordinal(as_of.toordinal() - FADE_DAYS)
+    facts: dict[str, list[FlagFact]] = {loan.id: [] for loan in loans}
+    flag = cast(Table, RiskFlag.__table__)
+    for loan_id, code, severity, cleared_on in await session.execute(
+        select(flag.c.loan_id, flag.c.code, flag.c.severity, flag.c.cleared_on).where(
+            flags_of, (flag.c.status == FlagStatus.OPEN.value) | (flag.c.cleared_on > fading)
         )
     ):
-        facts[flag.loan_id].append(FlagFact(flag.code, flag.severity, flag.cleared_on))
-    rows = await session.execute(
-        select(Loan.id, Loan.days_past_due, Loan.risk_score, Loan.risk_grade).where(
-            Loan.id.in_(loan_ids)
-        )
-    )
+        if loan_id in facts:
+            facts[loan_id].append(FlagFact(code, severity, cleared_on))
     changed = []
-    for loan_id, dpd, old_score, old_grade in rows:
-        score = score_loan(dpd, facts[loan_id], as_of)
-        if (score.score, score.grade) != (old_score, old_grade):
-            changed.append({"l_id": loan_id, "score": score.score, "grade": score.grade})
+    for loan in loans:
+        score = score_loan(loan.days_past_due, facts[loan.id], as_of)
+        if (score.score, score.grade) != (loan.risk_score, loan.risk_grade):
+            changed.append({"l_id": loan.id, "score": score.score, "grade": score.grade})
     if changed:
         table = cast(Table, Loan.__table__)
         await session.execute(
@@ -63,26 +73,26 @@ async def grade_borrowers(
 
     In bulk: a first close over a large book re-grades hundreds of thousands of borrowers."""
     borrower, loan = cast(Table, Borrower.__table__), cast(Table, Loan.__table__)
+    _, rules = await current_rules(session)
     if borrower_id is not None:
         scope: Any = [borrower_id]
     else:
         scope = select(loan.c.borrower_id).where(delinquency.in_range(loan.c.id, low, high))
-    # Locked in id order: chunks sharing a borrower wait for each other (no deadlock), and
-    # the second then reads the first's grade and does not repeat its events.
-    await session.execute(
-        select(borrower.c.id)
-        .where(borrower.c.id.in_(scope))
-        .order_by(borrower.c.id)
-        .with_for_update()
-    )
+    is_open = loan.c.status.in_(OPEN_STATUSES)
+    # Over all the borrower's loans: the grade and exposure of the open ones, and the history
+    # (first disbursement, last cure) that says how long they have been without arrears.
     worst = (
         select(
             loan.c.borrower_id,
-            func.max(loan.c.risk_grade).label("grade"),
-            func.max(case((loan.c.days_past_due > 0, 1), else_=0)).label("past_due"),
-            func.sum(loan.c.principal_outstanding_minor).label("exposure"),
+            func.max(case((is_open, loan.c.risk_grade))).label("grade"),
+            func.max(case((and_(is_open, loan.c.days_past_due > 0), 1), else_=0)).label("past_due"),
+            func.sum(case((is_open, loan.c.principal_outstanding_minor), else_=0)).label(
+                "exposure"
+            ),
+            func.min(loan.c.disbursed_on).label("first_disbursed_on"),
+            func.max(loan.c.cured_on).label("last_cured_on"),
         )
-        .where(loan.c.borrower_id.in_(scope), loan.c.status.in_(OPEN_STATUSES))
+        .where(loan.c.borrower_id.in_(scope))
         .group_by(loan.c.borrower_id)
         .subquery()
     )
@@ -94,6 +104,8 @@ async def grade_borrowers(
                 new_grade.label("new_grade"),
                 func.coalesce(worst.c.past_due, 0).label("past_due"),
                 func.coalesce(worst.c.exposure, 0).label("exposure"),
+                worst.c.first_disbursed_on,
+                worst.c.last_cured_on,
             )
             .select_from(borrower.outerjoin(worst, worst.c.borrower_id == borrower.c.id))
             .where(
@@ -102,6 +114,12 @@ async def grade_borrowers(
                 | borrower.c.limit_before_cut_minor.is_not(None)
                 | new_grade.in_(("D", "E")),
             )
+            # Only the borrowers that may change are locked, in id order: chunks sharing one
+            # wait for each other (no deadlock), and the second re-reads the first's grade
+            # (PostgreSQL rechecks a locked row's condition) and does not repeat its events.
+            # Locking every borrower of a chunk cost a tuple write each, 1M per close.
+            .order_by(borrower.c.id)
+            .with_for_update(of=borrower)
         )
     ).all()
     regraded = [row for row in rows if row.new_grade != row.risk_grade]
@@ -125,7 +143,8 @@ async def grade_borrowers(
         change = next_limit(
             grade=row.new_grade, credit_limit_minor=row.credit_limit_minor,
             exposure_minor=row.exposure, limit_before_cut_minor=row.limit_before_cut_minor,
-            limit_changed_on=row.limit_changed_on, any_past_due=bool(row.past_due), as_of=as_of,
+            limit_changed_on=row.limit_changed_on, clean_since=_clean_since(row),
+            clean_days_required=rules.limit_recovery_clean_days, as_of=as_of,
         )  # fmt: skip
         if change is None or change.credit_limit_minor == row.credit_limit_minor:
             continue
@@ -145,6 +164,14 @@ async def grade_borrowers(
     # Grade changes first: a limit moves because of the grade it follows.
     await events.emit_many(session, [*grade_events, *limit_events])
     return {"grades_changed": len(grade_events), "limits_changed": len(limit_events)}
+
+
+def _clean_since(row: Any) -> date | None:
+    """Since when the borrower has had nothing past due: None while something is."""
+    if row.past_due or row.first_disbursed_on is None:
+        return None
+    first: date = row.first_disbursed_on
+    return max(first, row.last_cured_on or first)
 
 
 def _event(type_: str, data: dict[str, Any]) -> dict[str, Any]:

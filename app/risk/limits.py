@@ -2,8 +2,10 @@
 
 - Grade D or E: the limit is cut to the current exposure (nothing more can be lent, nothing
   already lent is called in); the limit before the cut is remembered.
-- Back at A or B with nothing past due: the limit climbs back towards the remembered one by a
-  quarter of it at a time, at most once every 30 days.
+- Back at A or B after sustained good behaviour — nothing past due for
+  ``limit_recovery_clean_days`` (default 182: six months on book without days past due) — the
+  limit climbs back towards the remembered one by a quarter of it at a time, at most once every
+  30 days.
 """
 
 from dataclasses import dataclass
@@ -27,16 +29,20 @@ def next_limit(
     exposure_minor: int,
     limit_before_cut_minor: int | None,
     limit_changed_on: date | None,
-    any_past_due: bool,
+    clean_since: date | None,
+    clean_days_required: int,
     as_of: date,
 ) -> LimitChange | None:
+    """``clean_since``: since when the borrower has had no days past due (None: past due now)."""
     if grade in ("D", "E"):
         if credit_limit_minor <= exposure_minor:
             return None
         return LimitChange(
             exposure_minor, limit_before_cut_minor or credit_limit_minor, f"grade_{grade}"
         )
-    if grade not in ("A", "B") or limit_before_cut_minor is None or any_past_due:
+    if grade not in ("A", "B") or limit_before_cut_minor is None or clean_since is None:
+        return None
+    if (as_of - clean_since).days < clean_days_required:
         return None
     if limit_changed_on and (as_of - limit_changed_on).days < RECOVERY_INTERVAL_DAYS:
         return None

@@ -63,6 +63,9 @@ class RiskRules(BaseModel):
     late_drift_installments: int = Field(default=4, ge=2, le=12)
     late_drift_days: int = Field(default=5, ge=1, le=365)
     broken_promise_days: int = Field(default=60, ge=1, le=365)
+    # Credit policy: a cut limit climbs back only after this long on book without days past
+    # due (counted from the first loan's disbursement or the last cure, whichever is later).
+    limit_recovery_clean_days: int = Field(default=182, ge=1, le=730)
 
     @model_validator(mode="after")
     def _escalations_follow_their_threshold(self) -> "RiskRules":

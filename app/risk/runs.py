@@ -17,6 +17,7 @@ from app.errors import InvalidRequest, NotFound
 from app.ids import new_id
 from app.risk import service as risk
 from app.risk.models import RiskRun
+from app.risk.versions import current_rules
 
 log = logging.getLogger("loanwatch.risk")
 
@@ -32,7 +33,7 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
     if as_of > clock.today():
         raise InvalidRequest.field("as_of", "must not be after today")
     async with session_scope() as session:
-        version, _ = await risk.current_rules(session)
+        version, _ = await current_rules(session)
         run = RiskRun(
             id=new_id("rrun"), as_of=as_of, status="pending", rules_version=version, counts={},
             chunks=0, created_at=utc_now(),

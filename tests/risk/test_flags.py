@@ -354,10 +354,17 @@ async def test_grades_move_the_credit_limit(client: httpx.AsyncClient) -> None:
     assert [(e["data"]["credit_limit"], e["data"]["reason"]) for e in limits] == [
         ("1200.00", f"grade_{got['risk_grade']}"),
     ]
-    # Everything paid: the grade recovers, and the limit climbs back a quarter at a time.
+    # Everything paid: the grade recovers at once, the limit only after sustained good
+    # behaviour (limit_recovery_clean_days without arrears), then a quarter at a time.
+    rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
+    rules["limit_recovery_clean_days"] = 31
+    await client.put("/v1/risk/rules", json=rules, headers=w.admin)
     payoff = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["payoff_amount"]
-    await w.pay(loan_id, payoff, "2026-03-12")
-    await close(w, "2026-04-12")
+    await w.pay(loan_id, payoff, "2026-03-12")  # cured on 2026-03-12
+    await close(w, "2026-04-11")  # 30 days without arrears: not yet
     got = await w.get(f"/v1/borrowers/{borrower['id']}")
     assert got["risk_grade"] in ("A", "B")
+    assert got["credit_limit"] == "1200.00"
+    await close(w, "2026-04-12")  # 31 days
+    got = await w.get(f"/v1/borrowers/{borrower['id']}")
     assert got["credit_limit"] == "8700.00"  # 1200.00 + 30000.00 / 4
