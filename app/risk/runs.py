@@ -2,7 +2,6 @@
 per as_of like the step itself: a second run raises nothing new and emits no event twice."""
 
 import logging
-import time
 from datetime import date
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,8 +10,10 @@ from app import clock
 from app.api.auth import Principal
 from app.api_keys.models import Role
 from app.close import service as close_service
+from app.close.service import Chunk
 from app.config import get_settings
 from app.db import session_scope, utc_now
+from app.delinquency import service as delinquency
 from app.errors import InvalidRequest, NotFound
 from app.ids import new_id
 from app.risk import service as risk
@@ -27,8 +28,9 @@ class RiskRunNotFound(NotFound):
 
 
 async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
-    """Record the run and execute it: in this process on the embedded default, on a Celery
-    worker otherwise (the answer is then 202 with status pending)."""
+    """Record the run and execute it: in this process on the embedded default, fanned out
+    over the Celery workers otherwise, one task per chunk (the answer is then 202 with status
+    pending)."""
     principal.require(Role.ADMIN)
     if as_of > clock.today():
         raise InvalidRequest.field("as_of", "must not be after today")
@@ -52,29 +54,46 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
 
 
 async def execute(run_id: str) -> None:
+    """The whole run in this process, chunk after chunk (the embedded default)."""
+    try:
+        as_of, bounds = await begin(run_id)
+        results = [await run_chunk(as_of, low, high) for low, high in bounds]
+    except Exception as exc:
+        log.exception("risk run %s failed", run_id)
+        await finish(run_id, [], error=f"{type(exc).__name__}: {exc}")
+        return
+    await finish(run_id, results)
+
+
+async def begin(run_id: str) -> tuple[date, list[Chunk]]:
+    """Mark the run running; its chunks are the close's loan-id ranges."""
     async with session_scope() as session:
         run = await session.get(RiskRun, run_id, with_for_update=True)
         assert run is not None
         run.status, run.started_at = "running", utc_now()
         as_of = run.as_of
-    started = time.perf_counter()
+    return as_of, await close_service.chunks("risk")
+
+
+async def run_chunk(as_of: date, low: str | None, high: str | None) -> dict[str, int]:
+    """One chunk, in its own transaction, its loans locked as in the close (payments wait)."""
+    async with session_scope() as session:
+        await delinquency.lock_chunk(session, low, high)
+        return await risk.evaluate_loans(session, as_of, low, high)
+
+
+async def finish(run_id: str, results: list[dict[str, int]], *, error: str | None = None) -> None:
     totals: dict[str, int] = {}
-    try:
-        bounds = await close_service.chunks()
-        for low, high in bounds:
-            async with session_scope() as session:
-                counts = await risk.evaluate_loans(session, as_of, low, high)
-            for name, value in counts.items():
-                totals[name] = totals.get(name, 0) + value
-        status, error = "succeeded", None
-    except Exception as exc:
-        log.exception("risk run %s failed", run_id)
-        status, error, bounds = "failed", f"{type(exc).__name__}: {exc}"[:2000], []
+    for counts in results:
+        for name, value in counts.items():
+            totals[name] = totals.get(name, 0) + value
     async with session_scope() as session:
         run = await session.get(RiskRun, run_id, with_for_update=True)
         assert run is not None
-        run.status, run.error, run.counts, run.chunks = status, error, totals, len(bounds)
-        run.finished_at, run.seconds = utc_now(), round(time.perf_counter() - started, 3)
+        run.status, run.error = ("failed", error[:2000]) if error else ("succeeded", None)
+        run.counts, run.chunks, run.finished_at = totals, len(results), utc_now()
+        if run.started_at is not None:
+            run.seconds = round((run.finished_at - run.started_at).total_seconds(), 3)
 
 
 async def get_run(session: AsyncSession, principal: Principal, *, run_id: str) -> RiskRun:

@@ -77,7 +77,21 @@ async def test_a_celery_worker_runs_the_close(
         got = await w.get(f"/v1/loans/{loan['id']}")
         assert (got["days_past_due"], got["bucket"]) == (4, "1-30")
         assert got["balances"]["fees_outstanding"] == "20.00"
+    # An on-demand risk run fans out the same way: one task per chunk, totals on the run.
+    started = await w.post("/v1/risk/runs", {"as_of": "2026-02-14"}, headers=w.admin,
+                           expect=202)  # fmt: skip
+    assert started.json()["status"] == "pending"
+    for _ in range(300):
+        risk_run = await w.get(f"/v1/risk/runs/{started.json()['id']}", headers=w.admin)
+        if risk_run["status"] in ("succeeded", "failed"):
+            break
+        await asyncio.sleep(0.1)
+    assert risk_run["status"] == "succeeded", risk_run
+    assert risk_run["chunks"] == 3
+    assert risk_run["counts"]["loans_evaluated"] == 3
     log = await asyncio.to_thread(celery_worker.read_text)
     assert "attached to a different loop" not in log
     assert "close.chunk" in log
     assert "close.step_done" in log
+    assert "risk.chunk" in log
+    assert "risk.run_done" in log
