@@ -203,11 +203,17 @@ async def run_chunk(step: str, as_of: date, low: str | None, high: str | None) -
     return counts
 
 
-async def finish_step(as_of: date, step: str, results: list[dict[str, int]]) -> None:
+def add_counts(results: list[dict[str, int]]) -> dict[str, int]:
+    """The chunks' counts added up by name."""
     totals: dict[str, int] = {}
     for counts in results:
         for name, value in counts.items():
             totals[name] = totals.get(name, 0) + value
+    return totals
+
+
+async def finish_step(as_of: date, step: str, results: list[dict[str, int]]) -> None:
+    totals = add_counts(results)
     async with session_scope() as session:
         run = await session.get(CloseRun, as_of, with_for_update=True)
         assert run is not None

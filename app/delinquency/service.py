@@ -210,7 +210,8 @@ def tolerance_sql() -> ColumnElement[int]:
     )
 
 
-def in_range(column: Any, low: str | None, high: str | None) -> ColumnElement[bool]:
+def in_range(column: Any, low: Any, high: Any) -> ColumnElement[bool]:
+    """``low <= column < high``, each bound left out when None (values or bound parameters)."""
     conditions = []
     if low is not None:
         conditions.append(column >= low)

@@ -83,10 +83,7 @@ async def run_chunk(as_of: date, low: str | None, high: str | None) -> dict[str,
 
 
 async def finish(run_id: str, results: list[dict[str, int]], *, error: str | None = None) -> None:
-    totals: dict[str, int] = {}
-    for counts in results:
-        for name, value in counts.items():
-            totals[name] = totals.get(name, 0) + value
+    totals = close_service.add_counts(results)
     async with session_scope() as session:
         run = await session.get(RiskRun, run_id, with_for_update=True)
         assert run is not None

@@ -19,7 +19,6 @@ from sqlalchemy import (
     case,
     func,
     insert,
-    literal,
     or_,
     select,
     text,
@@ -106,13 +105,13 @@ def _features_query(
     as_of_sql = bindparam("as_of", type_=Date)
     late = days_between(as_of_sql, i.due_date)
 
+    low: Any = bindparam("low") if has_low else None
+    high: Any = bindparam("high") if has_high else None
+
     def scope(column: Any) -> Any:
         if one_loan:
             return column == bindparam("loan_id")
-        bounds = [column >= bindparam("low")] if has_low else []
-        if has_high:
-            bounds.append(column < bindparam("high"))
-        return and_(*bounds) if bounds else literal(True)
+        return delinquency.in_range(column, low, high)
 
     # One pass over the chunk's installments, newest first: the per-loan aggregates below and
     # the recent periods partial_payments needs all read this stream (PostgreSQL materialises
@@ -411,11 +410,12 @@ async def evaluate_loans(
         for code, (severity, evidence) in evaluate(features, rules).items():
             wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)
     flag = cast(Table, RiskFlag.__table__)
-    open_query = select(flag).where(flag.c.status == FlagStatus.OPEN.value)
-    if loan_id is not None:
-        open_query = open_query.where(flag.c.loan_id == loan_id)
-    else:
-        open_query = open_query.where(delinquency.in_range(flag.c.loan_id, low, high))
+    flags_of = (
+        flag.c.loan_id == loan_id
+        if loan_id is not None
+        else delinquency.in_range(flag.c.loan_id, low, high)
+    )
+    open_query = select(flag).where(flags_of, flag.c.status == FlagStatus.OPEN.value)
     open_flags = {(f.loan_id, f.code): f for f in await session.execute(open_query)}
     # Bulk writes: a first close over a large book raises hundreds of thousands of flags.
     cleared = [f for key, f in open_flags.items() if key not in wanted]
@@ -464,11 +464,6 @@ async def evaluate_loans(
         session,
         opened=[(f["loan_id"], f["code"]) for f in raised],
         closed=[(f.loan_id, f.code) for f in cleared],
-    )
-    flags_of = (
-        flag.c.loan_id == loan_id
-        if loan_id is not None
-        else delinquency.in_range(flag.c.loan_id, low, high)
     )
     await grades.score_loans(session, as_of, rows, flags_of)
     return {"loans_evaluated": len(rows), "flags_raised": len(raised),
