@@ -18,7 +18,6 @@ from sqlalchemy import (
     and_,
     case,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -31,7 +30,14 @@ from sqlalchemy.sql.selectable import ScalarSelect
 from app import clock
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
-from app.db import add_days, days_between, execute_counting, is_postgres, utc_now
+from app.db import (
+    add_days,
+    days_between,
+    execute_counting,
+    insert_rows,
+    is_postgres,
+    utc_now,
+)
 from app.delinquency.rules import (
     Bucket,
     DueInstallment,
@@ -278,8 +284,9 @@ async def assess_late_fees(
         return {"late_fees_assessed": 0}
     facts = await _loan_facts(session, [f.loan_id for f in fees])
     now = utc_now()
-    await session.execute(
-        insert(LedgerTransaction),
+    await insert_rows(
+        session,
+        cast(Table, LedgerTransaction.__table__),
         [
             {
                 "loan_id": f.loan_id,

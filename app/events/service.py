@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
-from app.db import utc_now
+from app.db import insert_rows, utc_now
 from app.errors import InvalidRequest
 from app.events.models import Event
 from app.ids import new_id
@@ -56,12 +56,12 @@ async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None
     if not events:
         return
     now = utc_now()
-    positions = list(
-        await session.scalars(
-            insert(Event).returning(Event.position),
-            [{"id": new_id("evt"), "created_at": now, **event} for event in events],
-        )
-    )
+    rows = [
+        {"id": new_id("evt"), "type": event["type"], "loan_id": event.get("loan_id"),
+         "data": event["data"], "created_at": now}
+        for event in events
+    ]  # fmt: skip
+    positions = await insert_rows(session, _events, rows, returning="position")
     await webhooks.fan_out(session, min(positions), max(positions))
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Table, delete, event, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, UOWTransaction
 
-from app.db import is_postgres
+from app.db import insert_rows, is_postgres
 from app.loans.models import Loan
 from app.payments.models import Payment, PaymentStatus
 from app.portfolio.models import (
@@ -126,8 +126,9 @@ async def record_flag_changes(
             )
         )
         dimensions.update({row.id: _dimensions(row) for row in rows})
-    await session.execute(
-        insert(PortfolioDelta),
+    await insert_rows(
+        session,
+        _table(PortfolioDelta),
         [{**_NO_CHANGE, **dimensions[loan_id], "flag_code": code, "flags": flags}
          for loan_id, code, flags in changes],
     )  # fmt: skip

@@ -4,10 +4,11 @@ from collections.abc import Sequence
 from datetime import date
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, and_, bindparam, case, func, select, update
+from sqlalchemy import Table, and_, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.borrowers.models import Borrower
+from app.db import update_rows
 from app.delinquency import service as delinquency
 from app.events import service as events
 from app.loans.models import OPEN_STATUSES, Loan
@@ -49,15 +50,8 @@ async def score_loans(
     for loan in loans:
         score = score_loan(loan.days_past_due, facts[loan.id], as_of)
         if (score.score, score.grade) != (loan.risk_score, loan.risk_grade):
-            changed.append({"l_id": loan.id, "score": score.score, "grade": score.grade})
-    if changed:
-        table = cast(Table, Loan.__table__)
-        await session.execute(
-            update(table)
-            .where(table.c.id == bindparam("l_id"))
-            .values(risk_score=bindparam("score"), risk_grade=bindparam("grade")),
-            changed,
-        )
+            changed.append({"id": loan.id, "risk_score": score.score, "risk_grade": score.grade})
+    await update_rows(session, cast(Table, Loan.__table__), "id", changed)
 
 
 async def grade_borrowers(
@@ -196,18 +190,12 @@ async def _write(session: AsyncSession, updates: list[dict[str, Any]]) -> None:
     if not updates:
         return
     table = cast(Table, Borrower.__table__)
-    await session.execute(
-        update(table)
-        .where(table.c.id == bindparam("b_id"))
-        .values(
-            risk_grade=bindparam("b_grade"),
-            risk_reasons=bindparam("b_reasons"),
-            credit_limit_minor=bindparam("b_limit"),
-            limit_before_cut_minor=bindparam("b_before_cut"),
-            limit_changed_on=bindparam("b_changed_on"),
-        ),
-        updates,
-    )
+    await update_rows(session, table, "id", [
+        {"id": row["b_id"], "risk_grade": row["b_grade"], "risk_reasons": row["b_reasons"],
+         "credit_limit_minor": row["b_limit"], "limit_before_cut_minor": row["b_before_cut"],
+         "limit_changed_on": row["b_changed_on"]}
+        for row in updates
+    ])  # fmt: skip
     # A borrower loaded in this session (the real-time path) must not keep stale values.
     for row in updates:
         cached = session.identity_map.get(session.identity_key(Borrower, row["b_id"]))

@@ -1,6 +1,7 @@
 """The early-warning rules' thresholds (SPEC: Early-warning flags), adjustable at
 ``PUT /v1/risk/rules``; defaults as in the spec."""
 
+from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 
@@ -82,7 +83,8 @@ class RiskRules(BaseModel):
         return self
 
 
-class BrokenPromise(BaseModel):
+@dataclass(frozen=True, slots=True)
+class BrokenPromise:
     promise_id: str
     currency: str
     amount_minor: int
@@ -91,8 +93,10 @@ class BrokenPromise(BaseModel):
     broken_on: str
 
 
-class LoanFeatures(BaseModel):
-    """What the rules look at for one loan as of a business date (computed in SQL)."""
+@dataclass(frozen=True, slots=True)
+class LoanFeatures:
+    """What the rules look at for one loan as of a business date (computed in SQL; a plain
+    value, not a validated model: the close builds hundreds of thousands a night)."""
 
     loan_id: str
     borrower_id: str
