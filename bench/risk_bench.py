@@ -15,7 +15,16 @@ run (issue 4's benchmark).
    close's chunks. Recorded: wall seconds, loans/s, flags raised, peak RSS per process, and
    the ratio step / baseline.
 
+``--night first`` (the default) times the first close of the generated book: every flag its
+arrears deserve is raised at once, and no close before it, so every open loan is evaluated.
+``--night next`` times the night after: ``loanwatch_riskbench_next_<N>`` is the ready book
+on which the rest of D's close ran (risk, grades, reminders, snapshot, portfolio; D recorded
+as a succeeded close) and then the steps before risk for D + 1, so the step evaluates only the
+loans one night may have changed (``risk.service._may_change_overnight``). The baselines
+compute the features of every open loan either way.
+
     .venv/bin/python bench/risk_bench.py --loans 1000000
+    .venv/bin/python bench/risk_bench.py --loans 1000000 --night next
     .venv/bin/python bench/risk_bench.py --loans 100000 --workers 1
 
 Needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth).
@@ -157,19 +166,63 @@ def ready_database(loans: int) -> str:
     return f"{SCRATCH}_ready_{loans}"
 
 
+def next_night_database(loans: int) -> str:
+    return f"{SCRATCH}_next_{loans}"
+
+
+def _meta(database: str) -> dict[str, Any]:
+    comment = close_bench.psql(
+        f"SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+        f"WHERE datname = '{database}'"
+    )
+    return dict(json.loads(comment)) if comment.startswith("{") else {}
+
+
+def _describe(database: str, meta: dict[str, Any]) -> None:
+    quoted = json.dumps(meta).replace("'", "''")
+    close_bench.psql(f"COMMENT ON DATABASE \"{database}\" IS '{quoted}'")
+
+
+def prepare_next_night(loans: int, as_of: date, rebuild: bool) -> dict[str, Any]:
+    """The book as the risk step meets it in the close of D + 1, D closed the night before."""
+    night = next_night_database(loans)
+    tomorrow = as_of + timedelta(days=1)
+    if close_bench.exists(night) and not rebuild:
+        meta = _meta(night)
+        if meta.get("as_of") == tomorrow.isoformat():
+            print(f"reusing {night}", flush=True)
+            return meta
+    print(f"preparing {night}: the rest of {as_of}'s close, then {tomorrow}'s first steps")
+    close_bench.clone(ready_database(loans), night)
+    started = time.perf_counter()
+    for flag, day in (("--finish-close", as_of), ("--run-steps", tomorrow)):
+        subprocess.run(
+            [sys.executable, __file__, flag, day.isoformat()],
+            env=close_bench.env_for(night),
+            check=True,
+        )
+    steps_seconds = time.perf_counter() - started
+    close_bench.psql("VACUUM ANALYZE", night)
+    meta = {
+        "loans": loans,
+        "as_of": tomorrow.isoformat(),
+        "closed_before": as_of.isoformat(),
+        "steps_seconds": round(steps_seconds, 1),
+        "prepared_at": datetime.now().isoformat(timespec="seconds"),
+    }
+    _describe(night, meta)
+    return meta
+
+
 def prepare(loans: int, as_of: date, seed: int, out: Path, rebuild: bool) -> dict[str, Any]:
     """The book as the risk step meets it in the close of D (cached as a database)."""
     close_bench.build_base(loans, as_of, seed, out, rebuild=False)
     ready = ready_database(loans)
     if close_bench.exists(ready) and not rebuild:
-        comment = close_bench.psql(
-            f"SELECT shobj_description(oid, 'pg_database') FROM pg_database "
-            f"WHERE datname = '{ready}'"
-        )
-        meta = json.loads(comment) if comment.startswith("{") else {}
+        meta = _meta(ready)
         if meta.get("as_of") == as_of.isoformat():
             print(f"reusing {ready}", flush=True)
-            return dict(meta)
+            return meta
     print(f"preparing {ready}: steps {', '.join(STEPS_BEFORE_RISK)} for {as_of}", flush=True)
     close_bench.clone(f"{close_bench.SCRATCH}_base_{loans}", ready)
     started = time.perf_counter()
@@ -187,8 +240,7 @@ def prepare(loans: int, as_of: date, seed: int, out: Path, rebuild: bool) -> dic
         "steps_seconds": round(steps_seconds, 1),
         "prepared_at": datetime.now().isoformat(timespec="seconds"),
     }
-    quoted = json.dumps(meta).replace("'", "''")
-    close_bench.psql(f"COMMENT ON DATABASE \"{ready}\" IS '{quoted}'")
+    _describe(ready, meta)
     return meta
 
 
@@ -203,6 +255,24 @@ async def _run_steps(as_of: date, steps: tuple[str, ...], part: int, parts: int)
                 counts[name] = counts.get(name, 0) + value
     await database.dispose()
     return counts
+
+
+async def _finish_close(as_of: date) -> None:
+    """The steps of D's close after those ``prepare`` ran, and D recorded as closed."""
+    from app.close import service as close
+    from app.close.models import CloseRun, CloseStatus
+    from app.db import session_scope, utc_now
+
+    started = utc_now()
+    rest = tuple(step for step in close.STEPS if step not in STEPS_BEFORE_RISK)
+    counts = await _run_steps(as_of, rest, 0, 1)
+    async with session_scope() as session:
+        session.add(CloseRun(
+            as_of=as_of, status=CloseStatus.SUCCEEDED, started_at=started,
+            finished_at=utc_now(), heartbeat_at=utc_now(), attempts=1, counts=counts,
+            steps={"risk": {"started_at": started.isoformat(), "status": "succeeded"}},
+        ))  # fmt: skip
+    print(counts, flush=True)
 
 
 def baseline(as_of: date, database: str) -> dict[str, Any]:
@@ -263,13 +333,19 @@ def main() -> None:
     parser.add_argument("--max-wait", type=float, default=900, help="seconds, per timed run")
     parser.add_argument("--rebuild", action="store_true", help="re-prepare the ready database")
     parser.add_argument("--out", type=Path, default=Path("/tmp/riskbench"))
+    parser.add_argument("--night", choices=["first", "next"], default="first",
+                        help="the first close of the book, or the night after it")  # fmt: skip
     # Internal: the child processes.
     parser.add_argument("--run-steps", type=date.fromisoformat, help=argparse.SUPPRESS)
+    parser.add_argument("--finish-close", type=date.fromisoformat, help=argparse.SUPPRESS)
     parser.add_argument("--risk-part", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.chdir(ROOT)
     if args.run_steps:
         print(asyncio.run(_run_steps(args.run_steps, STEPS_BEFORE_RISK, 0, 1)), flush=True)
+        return
+    if args.finish_close:
+        asyncio.run(_finish_close(args.finish_close))
         return
     if args.risk_part:
         as_of, part, parts = args.risk_part
@@ -283,15 +359,20 @@ def main() -> None:
     zone = ZoneInfo(os.environ.get("LOANWATCH_TIMEZONE", "Asia/Shanghai"))
     as_of = args.as_of or datetime.now(zone).date() - timedelta(days=1)
     ready = prepare(args.loans, as_of, args.seed, args.out, args.rebuild)
+    book = ready_database(args.loans)
+    if args.night == "next":
+        ready = prepare_next_night(args.loans, as_of, args.rebuild)
+        book, as_of = next_night_database(args.loans), as_of + timedelta(days=1)
     results: dict[str, Any] = {
         "loans": args.loans,
         "as_of": as_of.isoformat(),
+        "night": args.night,
         "commit": close_bench.commit(),
         "ready": ready,
         "runs": [],
     }
     for workers in args.workers:
-        close_bench.clone(ready_database(args.loans), SCRATCH)
+        close_bench.clone(book, SCRATCH)
         load = close_bench.wait_for_quiet(args.max_load, args.max_wait)
         base = baseline(as_of, SCRATCH)
         print(f"  baseline: {base}", flush=True)
@@ -314,7 +395,8 @@ def main() -> None:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [
-        f"{results['loans']:,} loans, risk step for {results['as_of']} at commit "
+        f"{results['loans']:,} loans, risk step for {results['as_of']} "
+        f"({results.get('night', 'first')} night) at commit "
         f"{results['commit']}:",
         "",
         "| workers | open loans | baseline: same features (s) | issue's simpler statement (s) "

@@ -46,7 +46,7 @@ STEPS: dict[str, StepFunction] = {
     "late_fees": delinquency.assess_late_fees,
     "delinquency": delinquency.recompute_delinquency,
     "promises": promises.close_promises,
-    "risk": risk.evaluate_loans,
+    "risk": risk.evaluate_overnight,
     "grades": risk_grades.grade_borrowers,
     "reminders": delinquency.send_reminders,
     "snapshot": portfolio.snapshot_loans,

@@ -5,32 +5,43 @@ The nightly close runs it over loan-id chunks after delinquency; a payment, reve
 debit runs the very same code for its one loan, in its own transaction.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from sqlalchemy import (
     Date,
+    String,
     Table,
     and_,
+    any_,
     bindparam,
     case,
     func,
-    insert,
     or_,
     select,
     text,
+    true,
     update,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
+from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
-from app.db import days_between, is_postgres, utc_now
+from app.db import (
+    add_days,
+    days_between,
+    insert_rows,
+    is_postgres,
+    update_rows,
+    utc_now,
+)
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest, NotFound
 from app.events import service as events
@@ -90,13 +101,82 @@ def _features_params(
     }
 
 
+# How a features query picks its loans: one loan (the real-time path), a loan-id range (a
+# chunk), the ids listed by ``_may_change_overnight`` for a chunk (PostgreSQL), or that
+# selection as a subquery of the statement (SQLite).
+Scope = Literal["loan", "range", "listed", "changed"]
+
+
+def _scope(scope_kind: Scope, has_low: bool, has_high: bool) -> Callable[[Any], Any]:
+    """The condition on a loan-id column that keeps the loans in scope."""
+    if scope_kind == "loan":
+        return lambda column: column == bindparam("loan_id")
+    if scope_kind == "listed":
+        ids = bindparam("loan_ids", type_=postgresql.ARRAY(String))
+        return lambda column: column == any_(ids)
+    low: Any = bindparam("low") if has_low else None
+    high: Any = bindparam("high") if has_high else None
+    return lambda column: delinquency.in_range(column, low, high)
+
+
+@lru_cache(maxsize=8)
+def _changed_loans_query(has_low: bool, has_high: bool) -> Any:
+    return _may_change_overnight(_scope("range", has_low, has_high))
+
+
+def _flagged_loans(scope: Callable[[Any], Any]) -> Any:
+    """The loans in scope with a flag open, or one cleared recently enough to weigh in their
+    score. Uncorrelated, so PostgreSQL hashes it once rather than probing it per row."""
+    rf = RiskFlag.__table__.c
+    return select(rf.loan_id).where(
+        scope(rf.loan_id),
+        or_(rf.status == FlagStatus.OPEN.value,
+            rf.cleared_on > bindparam("fading_after", type_=Date)),
+    )  # fmt: skip
+
+
+def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
+    """The open loans whose flags or score may change between yesterday's close and today's
+    with no payment, reversal or failed debit between (those re-evaluate their loan at once):
+    a loan past due (days past due, cure relapse, rolls, the borrower's other late loans,
+    broken promises all need arrears), one with a flag open or fading or a score below
+    perfect (flags clear, windows run out, cleared flags fade), one whose installment ended
+    its grace today (the last periods partial_payments looks at move on) and one whose debit
+    failed today (counted from today). Every other loan's features are yesterday's, and so
+    are its flags (tests/close/test_overnight.py).
+    """
+    loan, product = Loan.__table__.c, Product.__table__.c
+    i, fd = LoanInstallment.__table__.c, FailedDebit.__table__.c
+    as_of = bindparam("as_of", type_=Date)
+    perfect = score_loan(0, [], date.min)
+    # Due the day before today's grace ended, for any product's grace: a few loans too many
+    # when products differ in grace costs nothing, one too few would miss a flag.
+    grace_ended_today = select(i.loan_id).where(
+        scope(i.loan_id), i.due_date.in_(select(add_days(as_of, -1 - product.grace_days)))
+    )
+    # A debit that failed today was evaluated as of yesterday, when it did not count yet.
+    debit_failed_today = select(fd.loan_id).where(scope(fd.loan_id), fd.attempted_on == as_of)
+    return select(loan.id).where(
+        scope(loan.id),
+        loan.status.in_(OPEN_STATUSES),
+        or_(
+            loan.days_past_due > 0,
+            loan.risk_score != perfect.score,
+            loan.risk_grade != perfect.grade,
+            loan.id.in_(_flagged_loans(scope)),
+            loan.id.in_(grace_ended_today),
+            loan.id.in_(debit_failed_today),
+        ),
+    )
+
+
 @lru_cache(maxsize=64)
 def _features_query(
-    rules_json: str, tolerance_setting: Decimal, one_loan: bool, has_low: bool, has_high: bool
+    rules_json: str, tolerance_setting: Decimal, scope_kind: Scope, has_low: bool, has_high: bool
 ) -> Any:
-    """The features of the open loans in a loan-id range (or of one loan), as of a date: built
-    once per rules version and scope shape, the dates and bounds bound at execution
-    (``_features_params``). Building it is most of a payment's CPU otherwise."""
+    """The features of the open loans in scope as of a date: built once per rules version and
+    scope shape, the dates, bounds and ids bound at execution (``_features_params``). Building
+    it is most of a payment's CPU otherwise."""
     del tolerance_setting  # only a part of the cache key: tolerance_sql() reads the setting
     rules = RiskRules.model_validate_json(rules_json)
     i, loan, product = LoanInstallment.__table__.c, Loan.__table__.c, Product.__table__.c
@@ -104,14 +184,9 @@ def _features_query(
     tolerance = delinquency.tolerance_sql()
     as_of_sql = bindparam("as_of", type_=Date)
     late = days_between(as_of_sql, i.due_date)
-
-    low: Any = bindparam("low") if has_low else None
-    high: Any = bindparam("high") if has_high else None
-
-    def scope(column: Any) -> Any:
-        if one_loan:
-            return column == bindparam("loan_id")
-        return delinquency.in_range(column, low, high)
+    one_loan = scope_kind == "loan"
+    scope = _scope(scope_kind, has_low, has_high)
+    changed = scope_kind == "changed"
 
     # One pass over the chunk's installments, newest first: the per-loan aggregates below and
     # the recent periods partial_payments needs all read this stream (PostgreSQL materialises
@@ -141,10 +216,20 @@ def _features_query(
             )
         )
         # The range on the loan side too, or PostgreSQL scans every loan per chunk.
-        .where(scope(i.loan_id), scope(loan.id), loan.status.in_(OPEN_STATUSES))
+        .where(
+            scope(i.loan_id),
+            scope(loan.id),
+            loan.status.in_(OPEN_STATUSES),
+            loan.id.in_(_may_change_overnight(scope)) if changed else true(),
+        )
         .cte("installments")
     )
     s = stream.c
+
+    def evaluated(column: Any) -> Any:
+        # A chunk's payments are read whole unless only some of its loans are evaluated.
+        return column.in_(select(s.loan_id)) if changed else true()
+
     first = s.seq == 1
     closed = s.late > s.grace_days
     missed = and_(s.late > 0, s.unpaid > s.tolerance)
@@ -226,7 +311,7 @@ def _features_query(
             func.sum(case((applied, p.amount_minor), else_=0)).label("paid"),
         )
         .select_from(Payment.__table__.outerjoin(recent, in_period))
-        .where(scope(p.loan_id))
+        .where(scope(p.loan_id), evaluated(p.loan_id))
         .group_by(p.loan_id, recent.c.seq, recent.c.due_amount)
         .subquery()
     )
@@ -340,17 +425,6 @@ def _features_query(
     # reversal, failed debit, partial period, late payment or broken promise, no flag open or
     # fading, and a perfect score already stored. The same rules on all the others;
     # tests/close/test_batch_agrees.py holds the per-loan path (no filter) to the same flags.
-    rf = RiskFlag.__table__.c
-    flag_history = (
-        select(rf.loan_id)
-        .where(
-            rf.loan_id == loan.id,
-            scope(rf.loan_id),
-            or_(rf.status == FlagStatus.OPEN.value,
-                rf.cleared_on > bindparam("fading_after", type_=Date)),
-        )
-        .exists()
-    )  # fmt: skip
     perfect = score_loan(0, [], date.min)
     return query.where(
         or_(
@@ -365,7 +439,7 @@ def _features_query(
             broken.c.id.is_not(None),
             loan.risk_score != perfect.score,
             loan.risk_grade != perfect.grade,
-            flag_history,
+            loan.id.in_(_flagged_loans(scope)),
         )
     )
 
@@ -377,15 +451,28 @@ async def evaluate_loans(
     high: str | None = None,
     *,
     loan_id: str | None = None,
+    changed_only: bool = False,
 ) -> dict[str, int]:
-    """Raise, escalate and clear the flags of the open loans in the range (or of one loan)."""
+    """Raise, escalate and clear the flags of the open loans in the range (or of one loan);
+    ``changed_only``: of those the night may have changed, the others' flags are yesterday's."""
     version, rules = await current_rules(session)
+    postgres = is_postgres(session)
+    params = _features_params(as_of, rules, low, high, loan_id)
+    scope_kind: Scope = "loan" if loan_id is not None else "range"
+    if changed_only and loan_id is None:
+        # On PostgreSQL the loans are listed first: inside the features statement the
+        # planner sorts the whole chunk's installments before it drops the other loans.
+        scope_kind = "listed" if postgres else "changed"
+        if postgres:
+            changed = _changed_loans_query(low is not None, high is not None)
+            params["loan_ids"] = list(await session.scalars(changed, params))
     query = _features_query(
-        rules.model_dump_json(), get_settings().close.arrears_tolerance, loan_id is not None,
+        rules.model_dump_json(), get_settings().close.arrears_tolerance, scope_kind,
         low is not None, high is not None,
     )  # fmt: skip
-    params = _features_params(as_of, rules, low, high, loan_id)
-    if loan_id is None and is_postgres(session):
+    if scope_kind == "listed" and not params["loan_ids"]:
+        rows: list[Any] = []
+    elif loan_id is None and postgres:
         rows = await _planned_for_a_chunk(session, query, params)
     else:
         rows = list((await session.execute(query, params)).all())
@@ -420,8 +507,8 @@ async def evaluate_loans(
     # Bulk writes: a first close over a large book raises hundreds of thousands of flags.
     cleared = [f for key, f in open_flags.items() if key not in wanted]
     escalated = [
-        {"f_id": f.id, "f_severity": wanted[key][0].value,
-         "f_evidence": _evidence(wanted[key][1], as_of)}
+        {"id": f.id, "severity": wanted[key][0].value,
+         "evidence": _evidence(wanted[key][1], as_of)}
         for key, f in open_flags.items()
         if key in wanted and wanted[key][0] != f.severity
     ]  # fmt: skip
@@ -441,15 +528,8 @@ async def evaluate_loans(
             .where(flag.c.id.in_(ids))
             .values(status=FlagStatus.CLEARED.value, cleared_on=as_of)
         )
-    if escalated:
-        await session.execute(
-            update(flag)
-            .where(flag.c.id == bindparam("f_id"))
-            .values(severity=bindparam("f_severity"), evidence=bindparam("f_evidence")),
-            escalated,
-        )
-    if raised:
-        await session.execute(insert(flag), raised)
+    await update_rows(session, flag, "id", escalated)
+    await insert_rows(session, flag, raised)
     await events.emit_many(
         session,
         [
@@ -468,6 +548,28 @@ async def evaluate_loans(
     await grades.score_loans(session, as_of, rows, flags_of)
     return {"loans_evaluated": len(rows), "flags_raised": len(raised),
             "flags_cleared": len(cleared), "flags_changed": len(escalated)}  # fmt: skip
+
+
+async def evaluate_overnight(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> dict[str, int]:
+    """The close's risk step: when yesterday's close evaluated every loan under the rules in
+    force, only the loans one day may have changed; otherwise (the first close, a close after
+    a gap or after new rules) every open loan."""
+    return await evaluate_loans(
+        session, as_of, low, high, changed_only=await _evaluated_yesterday(session, as_of)
+    )
+
+
+async def _evaluated_yesterday(session: AsyncSession, as_of: date) -> bool:
+    yesterday = await session.get(CloseRun, as_of - timedelta(days=1))
+    if yesterday is None or yesterday.status != CloseStatus.SUCCEEDED:
+        return False
+    risk_started = yesterday.steps.get("risk", {}).get("started_at")
+    if risk_started is None:
+        return False
+    rules_changed_at = await session.scalar(select(func.max(RiskRulesVersion.created_at)))
+    return rules_changed_at is None or rules_changed_at < datetime.fromisoformat(risk_started)
 
 
 async def _planned_for_a_chunk(

@@ -1,0 +1,195 @@
+"""The close after yesterday's evaluates only the loans the night may have changed
+(``risk.service._may_change_overnight``); the others keep yesterday's flags and scores. On
+randomized portfolios closed night after night, with payments, reversals and failed debits
+arriving between the closes as they do in production, the flags and scores the nights leave
+are exactly those of evaluating every loan from scratch."""
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from standardwebhooks import Webhook
+
+from app.close import service as close_service
+from app.db import session_scope
+from app.gateways import service as gateways_service
+from app.loans.errors import LoanNotActive
+from app.loans.models import Loan
+from app.payments import service as payments_service
+from app.payments.errors import AmountExceedsPayoff
+from app.payments.models import Payment, PaymentStatus
+from app.risk import service as risk
+from app.risk.models import RiskFlag
+from tests.close.test_batch_agrees import ADMIN, START, build, reset
+from tests.close.test_batch_agrees import loan as loan_spec
+from tests.risk.test_flags import close, flags, loan, setup, six_month_loan
+
+# (night, which loan, what happens, how much: percent of the principal / 12)
+happening = st.tuples(
+    st.integers(1, 20),
+    st.integers(0, 7),
+    st.sampled_from(["payment", "reversal", "failed_debit"]),
+    st.integers(1, 150),
+)
+
+
+async def close_in_process(as_of: date) -> None:
+    async with session_scope() as session:
+        dates = await close_service.plan_close(session, as_of=as_of)
+    await close_service.run_dates_in_process(dates)
+
+
+async def happen(
+    kind: str, loan_id: str, principal: int, percent: int, on: date, gateway_secret: str
+) -> None:
+    if kind == "payment":
+        try:
+            async with session_scope() as session:
+                await payments_service.record_payment(
+                    session, ADMIN, loan_id=loan_id, received_on=on, channel="pos",
+                    amount=f"{max(principal * percent // 1200, 1)}.00", external_ref=None,
+                )  # fmt: skip
+        except (AmountExceedsPayoff, LoanNotActive):
+            pass
+    elif kind == "reversal":
+        async with session_scope() as session:
+            payment_id = await session.scalar(
+                select(Payment.id)
+                .where(Payment.loan_id == loan_id, Payment.status == PaymentStatus.APPLIED)
+                .order_by(Payment.received_on.desc(), Payment.id.desc())
+                .limit(1)
+            )
+            if payment_id is not None:
+                await payments_service.reverse_payment(
+                    session, ADMIN, payment_id=payment_id, reason="nsf"
+                )
+    else:
+        body, headers = debit_failure(gateway_secret, loan_id, f"{on}-{percent}", on)
+        async with session_scope() as session:
+            await gateways_service.receive(session, gateway_name="bank", body=body, headers=headers)
+
+
+def debit_failure(secret: str, loan_id: str, ref: str, on: date) -> tuple[bytes, dict[str, str]]:
+    """A gateway's signed ``debit.failed`` notification."""
+    body = json.dumps({
+        "type": "debit.failed", "timestamp": datetime.now(UTC).isoformat(),
+        "data": {"loan_id": loan_id, "amount": "10.00", "received_on": on.isoformat(),
+                 "external_ref": f"d-{ref}", "reason": "nsf"},
+    })  # fmt: skip
+    message_id, now = f"msg_{loan_id}_{ref}", datetime.now(UTC)
+    headers = {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": Webhook(secret).sign(message_id, now, body),
+    }
+    return body.encode(), headers
+
+
+async def flags_and_scores() -> tuple[set[tuple[Any, ...]], dict[str, tuple[int, str]]]:
+    async with session_scope() as session:
+        flags = set(
+            (await session.execute(
+                select(RiskFlag.loan_id, RiskFlag.code, RiskFlag.severity, RiskFlag.status)
+            )).all()
+        )  # fmt: skip
+        scores = {
+            row.id: (row.risk_score, row.risk_grade)
+            for row in await session.execute(select(Loan.id, Loan.risk_score, Loan.risk_grade))
+        }
+    return flags, scores
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    portfolio=st.lists(loan_spec, min_size=1, max_size=6),
+    first_close=st.integers(20, 300),
+    nights=st.integers(1, 20),
+    happenings=st.lists(happening, max_size=10),
+)
+async def test_nights_after_the_first_leave_what_a_full_evaluation_finds(
+    portfolio: list[dict[str, Any]],
+    first_close: int,
+    nights: int,
+    happenings: list[tuple[int, int, str, int]],
+) -> None:
+    await reset()
+    await build(portfolio)
+    async with session_scope() as session:
+        gateway = await gateways_service.register(session, ADMIN, name="bank")
+        secret = gateway.secret
+        built = dict((await session.execute(select(Loan.merchant_order_ref, Loan.id))).all())
+    loan_ids = [built[f"o{n}"] for n in range(len(portfolio))]
+    first = START + timedelta(days=first_close)
+    await close_in_process(first)
+
+    for night in range(1, nights + 1):
+        today = first + timedelta(days=night)
+        for when, which, kind, percent in happenings:
+            n = which % len(loan_ids)
+            if when == night and today >= START + timedelta(days=portfolio[n]["disbursed"]):
+                principal = portfolio[n]["principal"]
+                await happen(kind, loan_ids[n], principal, percent, today, secret)
+        async with session_scope() as session:
+            assert await risk._evaluated_yesterday(session, today)
+        await close_in_process(today)
+
+    last = first + timedelta(days=nights)
+    flags, scores = await flags_and_scores()
+    # Every open loan evaluated afresh, in one batch and one by one: nothing to change.
+    async with session_scope() as session:
+        counts = await risk.evaluate_loans(session, last)
+        assert counts["flags_raised"] == counts["flags_cleared"] == 0, counts
+        assert counts["flags_changed"] == 0, counts
+        for loan_id in loan_ids:
+            counts = await risk.evaluate_loans(session, last, loan_id=loan_id)
+            assert counts["flags_raised"] == counts["flags_cleared"] == 0, (loan_id, counts)
+            assert counts["flags_changed"] == 0, (loan_id, counts)
+    assert await flags_and_scores() == (flags, scores)
+
+
+# What only the passing of the night reveals, through the API: the closes below run one date
+# after another (a request closes every date since the business date), so every close after
+# the first evaluates only the loans the night may have changed.
+
+
+async def test_a_partial_period_that_ends_its_grace_tonight_is_seen_tonight(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await setup(client)
+    loan_id = await six_month_loan(w)  # 212.00, 210.00, 208.00, 206.00, ... due on the 10th
+    # Paying ahead then little: never a day past due, but periods 2 and 4 each bring under
+    # 80 % of their installment.
+    for day, amount in [("02-05", "322.00"), ("03-05", "100.00"), ("04-05", "314.00"),
+                        ("05-05", "100.00")]:  # fmt: skip
+        await close(w, f"2026-{day}")
+        await w.pay(loan_id, amount, f"2026-{day}")
+    await close(w, "2026-05-13")  # period 4 still within its grace: one partial of 1, 2, 3
+    assert "partial_payments" not in await flags(w, loan_id)
+    assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] == 0
+    assert (await w.get(f"/v1/loans/{loan_id}/risk", headers=w.admin))["score"] == 1000
+    await close(w, "2026-05-14")  # periods 2, 3, 4: two partial, seen by tonight's close
+    flag = (await flags(w, loan_id))["partial_payments"]
+    assert (flag["raised_on"], flag["evidence"]["partial_periods"]) == ("2026-05-14", 2)
+
+
+async def test_debits_failing_after_the_business_date_count_from_their_night(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await setup(client)  # the business date is 2026-01-10
+    loan_id = await loan(w)
+    secret = (await w.post("/v1/gateways", {"name": "unionpay"}, headers=w.admin,
+                           expect=201)).json()["secret"]  # fmt: skip
+    for n in (1, 2):
+        body, headers = debit_failure(secret, loan_id, str(n), date(2026, 1, 11))
+        response = await client.post("/v1/inbound/gateways/unionpay", content=body,
+                                     headers=headers)  # fmt: skip
+        assert response.status_code == 200, response.text
+    # Evaluated at once as of the business date, when they had not happened yet.
+    assert "failed_debits" not in await flags(w, loan_id)
+    await close(w, "2026-01-11")
+    flag = (await flags(w, loan_id))["failed_debits"]
+    assert (flag["raised_on"], flag["evidence"]["failed_debits"]) == ("2026-01-11", 2)
