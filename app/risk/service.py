@@ -9,16 +9,19 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, Literal, cast
+from typing import Any, Literal
+from typing import cast as typing_cast
 
 from sqlalchemy import (
     Date,
+    Integer,
     String,
     Table,
     and_,
     any_,
     bindparam,
     case,
+    cast,
     func,
     or_,
     select,
@@ -105,6 +108,11 @@ def _features_params(
 # chunk), the ids listed by ``_may_change_overnight`` for a chunk (PostgreSQL), or that
 # selection as a subquery of the statement (SQLite).
 Scope = Literal["loan", "range", "listed", "changed"]
+
+
+def _whole(total: Any) -> Any:
+    """A sum of counts as an integer (PostgreSQL sums bigints into numerics), 0 for none."""
+    return cast(func.coalesce(total, 0), Integer)
 
 
 def _scope(scope_kind: Scope, has_low: bool, has_high: bool) -> Callable[[Any], Any]:
@@ -396,13 +404,13 @@ def _features_query(
             per_loan.c.early_default_seq,
             per_loan.c.latest_due_seq,
             per_loan.c.last_good_seq,
-            func.coalesce(payments.c.settled, 0).label("settled"),
-            func.coalesce(payments.c.reversals, 0).label("reversals"),
+            _whole(payments.c.settled).label("settled"),
+            _whole(payments.c.reversals).label("reversals"),
             func.coalesce(debits.c.failed, 0).label("failed"),
             delinquent.label("delinquent"),
             per_loan.c.last_late,
             per_loan.c.first_late_of_window,
-            func.coalesce(payments.c.partial_periods, 0).label("partial_periods"),
+            _whole(payments.c.partial_periods).label("partial_periods"),
             func.coalesce(broken.c.broken_count, 0).label("broken_promises"),
             broken.c.id.label("promise_id"),
             broken.c.currency.label("promise_currency"),
@@ -496,7 +504,7 @@ async def evaluate_loans(
         )  # fmt: skip
         for code, (severity, evidence) in evaluate(features, rules).items():
             wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)
-    flag = cast(Table, RiskFlag.__table__)
+    flag = typing_cast(Table, RiskFlag.__table__)
     flags_of = (
         flag.c.loan_id == loan_id
         if loan_id is not None
