@@ -510,10 +510,13 @@ async def evaluate_loans(
         if loan_id is not None
         else delinquency.in_range(flag.c.loan_id, low, high)
     )
-    open_query = select(flag).where(flags_of, flag.c.status == FlagStatus.OPEN.value)
+    # Only what the diff needs: evidence (JSON) is read back for the few flags cleared.
+    open_query = select(flag.c.id, flag.c.loan_id, flag.c.code, flag.c.severity).where(
+        flags_of, flag.c.status == FlagStatus.OPEN.value
+    )
     open_flags = {(f.loan_id, f.code): f for f in await session.execute(open_query)}
     # Bulk writes: a first close over a large book raises hundreds of thousands of flags.
-    cleared = [f for key, f in open_flags.items() if key not in wanted]
+    ending = [f.id for key, f in open_flags.items() if key not in wanted]
     escalated = [
         {"id": f.id, "severity": wanted[key][0].value,
          "evidence": _evidence(wanted[key][1], as_of)}
@@ -530,11 +533,13 @@ async def evaluate_loans(
         for (loan, code), (severity, evidence, borrower) in wanted.items()
         if (loan, code) not in open_flags
     ]  # fmt: skip
-    for ids in _batches([f.id for f in cleared]):
-        await session.execute(
+    cleared: list[Any] = []
+    for ids in _batches(ending):
+        cleared += await session.execute(
             update(flag)
             .where(flag.c.id.in_(ids))
             .values(status=FlagStatus.CLEARED.value, cleared_on=as_of)
+            .returning(*flag.c)
         )
     await update_rows(session, flag, "id", escalated)
     await insert_rows(session, flag, raised)
@@ -542,8 +547,7 @@ async def evaluate_loans(
         session,
         [
             *[{"type": "risk.flag_cleared", "loan_id": f.loan_id,
-               "data": flag_event_data({**f._mapping, "status": FlagStatus.CLEARED.value,
-                                        "cleared_on": as_of})} for f in cleared],
+               "data": flag_event_data(f._mapping)} for f in cleared],
             *[{"type": "risk.flag_raised", "loan_id": f["loan_id"], "data": flag_event_data(f)}
               for f in raised],
         ],
