@@ -30,7 +30,7 @@ from tests.risk.test_flags import close, flags, loan, setup, six_month_loan
 
 # (night, which loan, what happens, how much: percent of the principal / 12)
 happening = st.tuples(
-    st.integers(1, 20),
+    st.integers(1, 10),
     st.integers(0, 7),
     st.sampled_from(["payment", "reversal", "failed_debit"]),
     st.integers(1, 150),
@@ -103,12 +103,13 @@ async def flags_and_scores() -> tuple[set[tuple[Any, ...]], dict[str, tuple[int,
     return flags, scores
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+# Every night is a whole close: a few examples of up to ten nights keep the suite's time.
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     portfolio=st.lists(loan_spec, min_size=1, max_size=6),
     first_close=st.integers(20, 300),
-    nights=st.integers(1, 20),
-    happenings=st.lists(happening, max_size=10),
+    nights=st.integers(1, 10),
+    happenings=st.lists(happening, max_size=8),
 )
 async def test_nights_after_the_first_leave_what_a_full_evaluation_finds(
     portfolio: list[dict[str, Any]],
