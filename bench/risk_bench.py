@@ -193,25 +193,9 @@ def prepare_next_night(loans: int, as_of: date, rebuild: bool) -> dict[str, Any]
             print(f"reusing {night}", flush=True)
             return meta
     print(f"preparing {night}: the rest of {as_of}'s close, then {tomorrow}'s first steps")
-    close_bench.clone(ready_database(loans), night)
-    started = time.perf_counter()
-    for flag, day in (("--finish-close", as_of), ("--run-steps", tomorrow)):
-        subprocess.run(
-            [sys.executable, __file__, flag, day.isoformat()],
-            env=close_bench.env_for(night),
-            check=True,
-        )
-    steps_seconds = time.perf_counter() - started
-    close_bench.psql("VACUUM ANALYZE", night)
-    meta = {
-        "loans": loans,
-        "as_of": tomorrow.isoformat(),
-        "closed_before": as_of.isoformat(),
-        "steps_seconds": round(steps_seconds, 1),
-        "prepared_at": datetime.now().isoformat(timespec="seconds"),
-    }
-    _describe(night, meta)
-    return meta
+    steps = [("--finish-close", as_of), ("--run-steps", tomorrow)]
+    meta = {"loans": loans, "as_of": tomorrow.isoformat(), "closed_before": as_of.isoformat()}
+    return _derive(ready_database(loans), night, steps, meta)
 
 
 def prepare(loans: int, as_of: date, seed: int, out: Path, rebuild: bool) -> dict[str, Any]:
@@ -224,23 +208,31 @@ def prepare(loans: int, as_of: date, seed: int, out: Path, rebuild: bool) -> dic
             print(f"reusing {ready}", flush=True)
             return meta
     print(f"preparing {ready}: steps {', '.join(STEPS_BEFORE_RISK)} for {as_of}", flush=True)
-    close_bench.clone(f"{close_bench.SCRATCH}_base_{loans}", ready)
+    steps = [("--run-steps", as_of)]
+    meta = {"loans": loans, "as_of": as_of.isoformat(), "steps": list(STEPS_BEFORE_RISK)}
+    return _derive(f"{close_bench.SCRATCH}_base_{loans}", ready, steps, meta)
+
+
+def _derive(
+    source: str, target: str, steps: list[tuple[str, date]], meta: dict[str, Any]
+) -> dict[str, Any]:
+    """Clone ``source`` as ``target``, run the child-process ``steps`` on it, ``VACUUM
+    ANALYZE``, and describe it with ``meta`` (and how long the steps took)."""
+    close_bench.clone(source, target)
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, __file__, "--run-steps", as_of.isoformat()],
-        env=close_bench.env_for(ready),
-        check=True,
-    )
-    steps_seconds = time.perf_counter() - started
-    close_bench.psql("VACUUM ANALYZE", ready)
+    for flag, day in steps:
+        subprocess.run(
+            [sys.executable, __file__, flag, day.isoformat()],
+            env=close_bench.env_for(target),
+            check=True,
+        )
     meta = {
-        "loans": loans,
-        "as_of": as_of.isoformat(),
-        "steps": list(STEPS_BEFORE_RISK),
-        "steps_seconds": round(steps_seconds, 1),
+        **meta,
+        "steps_seconds": round(time.perf_counter() - started, 1),
         "prepared_at": datetime.now().isoformat(timespec="seconds"),
     }
-    _describe(ready, meta)
+    close_bench.psql("VACUUM ANALYZE", target)
+    _describe(target, meta)
     return meta
 
 
