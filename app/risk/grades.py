@@ -122,13 +122,14 @@ async def grade_borrowers(
     grade_events: list[dict[str, Any]] = []
     limit_events: list[dict[str, Any]] = []
     for row in rows:
-        update_row = {"b_id": row.id, "b_grade": row.risk_grade, "b_reasons": row.risk_reasons,
-                      "b_limit": row.credit_limit_minor,
-                      "b_before_cut": row.limit_before_cut_minor,
-                      "b_changed_on": row.limit_changed_on}  # fmt: skip
+        update_row = {"id": row.id, "risk_grade": row.risk_grade,
+                      "risk_reasons": row.risk_reasons,
+                      "credit_limit_minor": row.credit_limit_minor,
+                      "limit_before_cut_minor": row.limit_before_cut_minor,
+                      "limit_changed_on": row.limit_changed_on}  # fmt: skip
         if row.new_grade != row.risk_grade:
             codes = reasons.get(row.id, [])
-            update_row.update(b_grade=row.new_grade, b_reasons=codes)
+            update_row.update(risk_grade=row.new_grade, risk_reasons=codes)
             updates[row.id] = update_row
             grade_events.append(_event("risk.grade_changed", {
                 "borrower_id": row.id, "merchant_id": row.merchant_id,
@@ -143,9 +144,9 @@ async def grade_borrowers(
         if change is None or change.credit_limit_minor == row.credit_limit_minor:
             continue
         update_row.update(
-            b_limit=change.credit_limit_minor,
-            b_before_cut=change.limit_before_cut_minor,
-            b_changed_on=as_of,
+            credit_limit_minor=change.credit_limit_minor,
+            limit_before_cut_minor=change.limit_before_cut_minor,
+            limit_changed_on=as_of,
         )
         updates[row.id] = update_row
         limit_events.append(_event("borrower.credit_limit_changed", {
@@ -190,14 +191,9 @@ async def _write(session: AsyncSession, updates: list[dict[str, Any]]) -> None:
     if not updates:
         return
     table = cast(Table, Borrower.__table__)
-    await update_rows(session, table, "id", [
-        {"id": row["b_id"], "risk_grade": row["b_grade"], "risk_reasons": row["b_reasons"],
-         "credit_limit_minor": row["b_limit"], "limit_before_cut_minor": row["b_before_cut"],
-         "limit_changed_on": row["b_changed_on"]}
-        for row in updates
-    ])  # fmt: skip
+    await update_rows(session, table, "id", updates)
     # A borrower loaded in this session (the real-time path) must not keep stale values.
     for row in updates:
-        cached = session.identity_map.get(session.identity_key(Borrower, row["b_id"]))
+        cached = session.identity_map.get(session.identity_key(Borrower, row["id"]))
         if cached is not None:
             await session.refresh(cached)
