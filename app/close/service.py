@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -197,9 +197,9 @@ async def run_chunk(step: str, as_of: date, low: str | None, high: str | None) -
             await delinquency.lock_chunk(session, low, high)
         counts = await STEPS[step](session, as_of, low, high)
     async with session_scope() as session:
-        run = await session.get(CloseRun, as_of)
-        if run is not None:
-            run.heartbeat_at = utc_now()
+        await session.execute(
+            update(CloseRun).where(CloseRun.as_of == as_of).values(heartbeat_at=utc_now())
+        )
     return counts
 
 
@@ -252,8 +252,11 @@ async def run_dates_in_process(dates: list[date]) -> None:
     for as_of in dates:
         try:
             await begin_run(as_of)
+            # The ranges cover every loan id, whatever is originated meanwhile: one list serves
+            # every chunked step of the date.
+            loan_ranges = await chunks()
             for step in STEPS:
-                bounds = await chunks(step)
+                bounds = await chunks(step) if step in WHOLE_BOOK_STEPS else loan_ranges
                 await begin_step(as_of, step, len(bounds))
                 results = [await run_chunk(step, as_of, low, high) for low, high in bounds]
                 await finish_step(as_of, step, results)
