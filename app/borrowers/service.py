@@ -209,17 +209,13 @@ async def list_borrowers(
     if page.after_id:
         query = query.where(Borrower.id > page.after_id)
     borrowers = list(await session.scalars(query))
-    exposures = dict(
-        await session.execute(
-            select(Loan.borrower_id, func.sum(Loan.principal_outstanding_minor))
-            .where(
-                Loan.borrower_id.in_([b.id for b in borrowers]),
-                Loan.status.in_(OPEN_STATUSES),
-            )
-            .group_by(Loan.borrower_id)
-        )
+    rows = await session.execute(
+        select(Loan.borrower_id, func.sum(Loan.principal_outstanding_minor))
+        .where(Loan.borrower_id.in_([b.id for b in borrowers]), Loan.status.in_(OPEN_STATUSES))
+        .group_by(Loan.borrower_id)
     )
-    return [BorrowerView(b, int(exposures.get(b.id, 0))) for b in borrowers]
+    exposures = {borrower_id: int(total) for borrower_id, total in rows}
+    return [BorrowerView(b, exposures.get(b.id, 0)) for b in borrowers]
 
 
 async def set_credit_limit(

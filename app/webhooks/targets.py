@@ -20,7 +20,10 @@ def _public(address: str) -> bool:
 
 
 def parse(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)  # raises on a malformed IPv6 host such as "https://[x"
+    except ValueError:
+        raise TargetNotAllowed("is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TargetNotAllowed("must be an http(s) URL with a host")
     try:
