@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.idempotency import IdempotencyMiddleware
+from app.api.nul import RefuseNulCharacters
 from app.api_keys.routes import router as api_keys_router
 from app.borrowers.routes import router as borrowers_router
 from app.close.routes import router as close_router
@@ -52,6 +53,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Loanwatch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
+    app.add_middleware(RefuseNulCharacters)  # outside the idempotency claim: it writes
     app.add_middleware(metrics.RequestMetrics)
     for router in (
         ops_router,

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import hash_key
+from app.api.bodies import read_body, replay_body
 from app.config import get_settings
 from app.db import (
     Base,
@@ -90,7 +91,7 @@ class IdempotencyMiddleware:
             await response(scope, receive, send)
             return
 
-        body = await _read_body(receive)
+        body = await read_body(receive)
         owner = hash_key(token.decode("latin-1"))
         fingerprint = hashlib.sha256(
             b"\n".join([scope["path"].encode(), scope.get("query_string", b""), canonical(body)])
@@ -122,7 +123,7 @@ class IdempotencyMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, _replay_body(body), hold_until_stored)
+            await self.app(scope, replay_body(body), hold_until_stored)
         finally:
             if not held.finished:
                 await _finish(owner, key, held)
@@ -149,28 +150,6 @@ class _HeldResponse:
         if "no-store" in (self.header(b"cache-control") or ""):
             return without_secrets(body)
         return body
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay_body(body: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
 
 
 # Core statements on the table, built once: every POST claims and finishes a record, and

@@ -1,0 +1,58 @@
+"""U+0000 anywhere in a request: a 422 problem and nothing stored, on PostgreSQL as on SQLite
+(tests/test_embedded.py fuzzes the embedded server)."""
+
+import json
+
+import httpx
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import func, select
+
+from app.api.idempotency import IdempotencyRecord
+from app.api.nul import carries_nul
+from app.db import session_scope
+from tests.api.test_validation import row_counts
+from tests.factories import world
+
+
+@given(st.recursive(st.text() | st.integers() | st.none(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))  # fmt: skip
+def test_a_json_bodycarries_nul_exactly_when_one_of_its_strings_does(value: object) -> None:
+    def strings(v: object) -> list[str]:
+        if isinstance(v, str):
+            return [v]
+        if isinstance(v, list):
+            return [s for item in v for s in strings(item)]
+        if isinstance(v, dict):
+            return [s for key, item in v.items() for s in [key, *strings(item)]]
+        return []
+
+    expected = any("\x00" in s for s in strings(value))
+    for ensure_ascii in (True, False):
+        body = json.dumps(value, ensure_ascii=ensure_ascii).encode()
+        assert carries_nul(body) == expected, body
+
+
+async def test_nul_in_a_body_query_or_path_is_refused(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    before = await row_counts()
+    borrower = {"external_id": "c\u00001", "name": "Li Wei", "phone": "+8613800138000"}
+    for headers in (w.merchant, {**w.merchant, "Idempotency-Key": "nul-1"}):
+        response = await client.post("/v1/borrowers", json=borrower, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["errors"][0]["field"] == "body"
+    for path, where in (("/v1/borrowers?external_id=a%00b", "query"),
+                        ("/v1/loans/loan_%00x", "path")):  # fmt: skip
+        response = await client.get(path, headers=w.merchant)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == where
+    assert await row_counts() == before
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
+
+    # A backslash followed by "u0000" is ordinary text.
+    literal = {**borrower, "external_id": "c1", "name": "Li \\u0000 Wei"}
+    created = await client.post("/v1/borrowers", json=literal, headers=w.merchant)
+    assert created.status_code == 201, created.text
+    assert created.json()["name"] == "Li \\u0000 Wei"
