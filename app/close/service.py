@@ -29,6 +29,7 @@ from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
 from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
+from app.errors import InvalidRequest
 from app.loans.models import Loan
 from app.portfolio import close as portfolio
 from app.promises import service as promises
@@ -99,6 +100,8 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
     today = clock.today()
     if as_of > today:
         raise CloseDateInFuture(f"{as_of} has not begun yet (today is {today})")
+    if as_of < (earliest := clock.earliest()):
+        raise InvalidRequest.field("as_of", f"must not be before {earliest}")
     last = await delinquency.business_date(session)
     if last is not None and as_of < last:
         raise CloseDateInPast(f"the business date is already {last}; {as_of} cannot be closed")

@@ -205,6 +205,8 @@ async def create_loan(
     anchor_day = first_due_date.day if first_due_date else disbursed_on.day
     if disbursed_on > today:
         raise InvalidRequest.field("disbursed_on", f"must not be after today ({today})")
+    if disbursed_on < (earliest := clock.earliest()):
+        raise InvalidRequest.field("disbursed_on", f"must not be before {earliest}")
     first_due_date = first_due_date or default_first_due_date(disbursed_on)
     if not disbursed_on < first_due_date <= disbursed_on + timedelta(days=MAX_FIRST_DUE_DAYS):
         raise InvalidRequest.field(

@@ -34,6 +34,8 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
     principal.require(Role.ADMIN)
     if as_of > clock.today():
         raise InvalidRequest.field("as_of", "must not be after today")
+    if as_of < (earliest := clock.earliest()):
+        raise InvalidRequest.field("as_of", f"must not be before {earliest}")
     async with session_scope() as session:
         version, _ = await current_rules(session)
         run = RiskRun(

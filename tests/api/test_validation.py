@@ -37,6 +37,7 @@ LOAN_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("term too long", {"term": 600}, "term"),
     ("bad date", {"disbursed_on": "2026-02-30"}, "disbursed_on"),
     ("future disbursement", {"disbursed_on": "2999-01-01"}, "disbursed_on"),
+    ("disbursed in year 1", {"disbursed_on": "0001-01-01"}, "disbursed_on"),
     ("first due before disbursement", {"disbursed_on": "2026-01-10",
                                        "first_due_date": "2026-01-09"}, "first_due_date"),
     ("first due too far", {"disbursed_on": "2026-01-10",
@@ -149,4 +150,17 @@ async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> Non
                      {"external_id": ""}, {"name": "x" * 300}):  # fmt: skip
         response = await w.post("/v1/borrowers", {**good, **override})
         assert response.status_code == 422, (override, response.text)
+    assert await row_counts() == before
+
+
+async def test_dates_more_than_ten_years_back_are_refused(client: httpx.AsyncClient) -> None:
+    """Year 1 once reached the close and overflowed its date arithmetic: the first close ever
+    may be for any date, but not for one before any loan could have been disbursed."""
+    w = await world(client)
+    before = await row_counts()
+    for path in ("/v1/close-runs", "/v1/risk/runs"):
+        for as_of in ("0001-01-01", "1970-01-01"):
+            response = await w.post(path, {"as_of": as_of}, headers=w.admin)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["errors"][0]["field"] == "as_of"
     assert await row_counts() == before
