@@ -1,5 +1,3 @@
-from datetime import UTC
-
 from fastapi import APIRouter, Response
 
 from app.api.deps import AdminPrincipal, PageDep, SessionDep
@@ -94,8 +92,7 @@ async def list_deliveries(
 async def recover(
     endpoint_id: str, body: RecoverRequest, session: SessionDep, principal: AdminPrincipal
 ) -> Queued:
-    since = body.since if body.since.tzinfo else body.since.replace(tzinfo=UTC)
-    count = await service.recover(session, principal, endpoint_id=endpoint_id, since=since)
+    count = await service.recover(session, principal, endpoint_id=endpoint_id, since=body.since)
     return Queued(deliveries=count)
 
 

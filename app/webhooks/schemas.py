@@ -1,7 +1,7 @@
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.webhooks.service import DeliveryView, EndpointView
 
@@ -97,10 +97,18 @@ class DeliveryRead(BaseModel):
         )  # fmt: skip
 
 
+def _in_utc(value: datetime) -> datetime:
+    """A naive time is UTC. Near year 1 or 9999 an offset can push UTC off the calendar."""
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError("is out of the range of dates") from None
+
+
 class RecoverRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime
+    since: Annotated[datetime, AfterValidator(_in_utc)]
 
 
 class RedeliverRequest(BaseModel):

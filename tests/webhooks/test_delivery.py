@@ -236,6 +236,11 @@ async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> 
         assert recovered.json()["deliveries"] == 1
         await deliver()
         assert receiver.received[-1].verified(hook["secret"])["type"] == "loan.created"
+    # An offset that takes the time off the calendar in UTC is a 422, not a 500.
+    for bad in ("0001-01-01T00:00:00+14:00", "not a time"):
+        refused = await w.post(f"/v1/webhook-endpoints/{hook['id']}/recover", {"since": bad},
+                               headers=w.admin, expect=422)  # fmt: skip
+        assert refused.json()["errors"][0]["field"] == "since"
 
 
 async def test_a_hanging_receiver_times_out_and_is_retried(
