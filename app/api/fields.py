@@ -1,6 +1,7 @@
 """Field types shared by request schemas. The shape is checked here; the currency's minor
 digits are checked by the service, which knows the currency."""
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
@@ -27,3 +28,14 @@ RateStr = Annotated[str, Field(max_length=12, examples=["0.1299"]), AfterValidat
 Reference = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e][\x20-\x7e]*$")
 ]
+
+
+def _in_utc(value: datetime) -> datetime:
+    """A naive time is UTC. Near year 1 or 9999 an offset can push UTC off the calendar."""
+    try:
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    except OverflowError:
+        raise ValueError("is out of the range of dates once converted to UTC") from None
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]

@@ -1,9 +1,9 @@
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from app.api.deps import DashboardPrincipal, PageDep, SessionDep
+from app.api.fields import UtcDatetime
 from app.api.pagination import Page, page_of
 from app.events import service
 from app.events.schemas import EventRead
@@ -17,7 +17,9 @@ async def list_events(
     principal: DashboardPrincipal,
     page: PageDep,
     type: Annotated[str | None, Query(max_length=64)] = None,
-    after: Annotated[datetime | None, Query(description="only events after this instant")] = None,
+    after: Annotated[
+        UtcDatetime | None, Query(description="only events after this instant")
+    ] = None,
 ) -> Page[EventRead]:
     events = await service.list_events(session, principal, page=page, type_=type, after=after)
     return page_of(events, page, EventRead.from_model, key=lambda e: str(e.position))

@@ -1,6 +1,6 @@
 """The outbox: every event is inserted in the transaction of the change it reports."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, insert, select
@@ -78,9 +78,7 @@ async def list_events(
     if type_:
         query = query.where(Event.type == type_)
     if after:
-        query = query.where(
-            Event.created_at > (after if after.tzinfo else after.replace(tzinfo=UTC))
-        )
+        query = query.where(Event.created_at > after)  # aware: the request schema made it UTC
     if page.after_id:
         if not page.after_id.isdigit():
             raise InvalidRequest.field("cursor", "is not a cursor this API returned")

@@ -1,8 +1,9 @@
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.fields import UtcDatetime
 from app.webhooks.service import DeliveryView, EndpointView
 
 EventPattern = Annotated[str, Field(min_length=1, max_length=64)]
@@ -97,18 +98,10 @@ class DeliveryRead(BaseModel):
         )  # fmt: skip
 
 
-def _in_utc(value: datetime) -> datetime:
-    """A naive time is UTC. Near year 1 or 9999 an offset can push UTC off the calendar."""
-    try:
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-    except OverflowError:
-        raise ValueError("is out of the range of dates") from None
-
-
 class RecoverRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: Annotated[datetime, AfterValidator(_in_utc)]
+    since: UtcDatetime
 
 
 class RedeliverRequest(BaseModel):
