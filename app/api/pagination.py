@@ -3,6 +3,7 @@ id of the page, opaque to clients."""
 
 import base64
 import binascii
+import re
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Annotated, Any, Generic, TypeVar
@@ -38,6 +39,18 @@ def decode_cursor(cursor: str) -> str:
     if not decoded or not decoded.isprintable():
         raise InvalidRequest.field("cursor", "is not a cursor this API returned")
     return decoded
+
+
+_INTEGER_KEY = re.compile(r"[0-9]{1,18}")  # ASCII digits, within a BIGINT
+
+
+def after_integer(page: PageParams) -> int | None:
+    """The cursor of a list keyed by an integer (event positions, ledger and delivery ids)."""
+    if page.after_id is None:
+        return None
+    if not _INTEGER_KEY.fullmatch(page.after_id):
+        raise InvalidRequest.field("cursor", "is not a cursor this API returned")
+    return int(page.after_id)
 
 
 def page_params(

@@ -7,10 +7,9 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
-from app.api.pagination import PageParams
+from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
 from app.db import insert_rows, utc_now
-from app.errors import InvalidRequest
 from app.events.models import Event
 from app.ids import new_id
 from app.loans.models import Loan
@@ -79,8 +78,6 @@ async def list_events(
         query = query.where(Event.type == type_)
     if after:
         query = query.where(Event.created_at > after)  # aware: the request schema made it UTC
-    if page.after_id:
-        if not page.after_id.isdigit():
-            raise InvalidRequest.field("cursor", "is not a cursor this API returned")
-        query = query.where(Event.position > int(page.after_id))
+    if (last := after_integer(page)) is not None:
+        query = query.where(Event.position > last)
     return list(await session.scalars(query))

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
 from app.api.auth import Principal
-from app.api.pagination import PageParams
+from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
 from app.db import utc_now
 from app.delinquency import service as delinquency
@@ -194,10 +194,8 @@ async def list_transactions(
         .order_by(LedgerTransaction.id)
         .limit(page.limit + 1)
     )
-    if page.after_id:
-        if not page.after_id.isdigit():
-            raise InvalidRequest.field("cursor", "is not a cursor this API returned")
-        query = query.where(LedgerTransaction.id > int(page.after_id))
+    if (last := after_integer(page)) is not None:
+        query = query.where(LedgerTransaction.id > last)
     return loan, list(await session.scalars(query))
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
-from app.api.pagination import PageParams
+from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
 from app.config import get_settings
 from app.db import UTCDateTime, insert_for, is_postgres, utc_now
@@ -347,10 +347,8 @@ async def list_deliveries(
         .order_by(WebhookDelivery.id)
         .limit(page.limit + 1)
     )
-    if page.after_id:
-        if not page.after_id.isdigit():
-            raise InvalidRequest.field("cursor", "is not a cursor this API returned")
-        query = query.where(WebhookDelivery.id > int(page.after_id))
+    if (last := after_integer(page)) is not None:
+        query = query.where(WebhookDelivery.id > last)
     rows = (await session.execute(query)).all()
     attempts: dict[int, list[WebhookAttempt]] = {}
     for attempt in await session.scalars(

@@ -1,5 +1,6 @@
 """The events feed's `after`: an instant, naive meaning UTC, any offset; off-calendar is a 422."""
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -32,3 +33,23 @@ async def test_events_after_an_instant(client: httpx.AsyncClient) -> None:
         response = await client.get(f"/v1/events?after={quote(bad)}", headers=w.admin)
         assert response.status_code == 422, response.text
         assert response.json()["errors"][0]["field"] == "after"
+
+
+async def test_integer_cursors_outside_the_keys_are_refused(client: httpx.AsyncClient) -> None:
+    """Lists keyed by integers (events, ledger transactions, deliveries) read their cursor as
+    ASCII digits within a BIGINT: a larger one once reached PostgreSQL and answered 500."""
+    w = await world(client)
+    loan = await w.loan()
+    hook = await w.post("/v1/webhook-endpoints", {"url": "https://hooks.example.com/h"},
+                        headers=w.admin, expect=201)  # fmt: skip
+    lists = ("/v1/events", f"/v1/loans/{loan['id']}/transactions",
+             f"/v1/webhook-endpoints/{hook.json()['id']}/deliveries")  # fmt: skip
+    for path in lists:
+        # A real cursor (the largest key there could be) still reads: an empty page.
+        top = base64.urlsafe_b64encode(b"999999999999999999").decode().rstrip("=")
+        assert (await w.get(f"{path}?cursor={top}", headers=w.admin))["items"] == []
+        for key in ("99999999999999999999999", "\u0663", "-5", "1.5"):
+            cursor = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+            response = await client.get(f"{path}?cursor={cursor}", headers=w.admin)
+            assert response.status_code == 422, (path, key, response.text)
+            assert response.json()["errors"][0]["field"] == "cursor"
