@@ -23,6 +23,7 @@ from app.loans.schemas import (
     schedule_read,
 )
 from app.loans.service import LoanView
+from app.risk.rules import FlagCode
 
 router = APIRouter(tags=["loans"])
 
@@ -50,10 +51,11 @@ async def list_loans(
     bucket: Bucket = None,
     merchant_id: Annotated[str | None, Query(max_length=40)] = None,
     borrower_id: Annotated[str | None, Query(max_length=40)] = None,
+    flag: Annotated[FlagCode | None, Query(description="loans with this flag open")] = None,
 ) -> Page[LoanRead]:
     views = await service.list_loans(
         session, principal, page=page, status=status, bucket=bucket, merchant_id=merchant_id,
-        borrower_id=borrower_id,
+        borrower_id=borrower_id, flag=flag,
     )  # fmt: skip
     return page_of(views, page, loan_read, key=_loan_id)
 

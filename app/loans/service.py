@@ -40,6 +40,7 @@ from app.money import Rounding, format_minor, parse_amount
 from app.payments.allocation import InstallmentPosition, InstallmentTerms, LateFee, LoanPosition
 from app.portfolio import positions
 from app.products import service as products_service
+from app.risk.models import FlagStatus, RiskFlag
 
 _L = TypeVar("_L", bound=LoanFields)
 
@@ -375,6 +376,7 @@ async def list_loans(
     bucket: str | None = None,
     merchant_id: str | None = None,
     borrower_id: str | None = None,
+    flag: str | None = None,
 ) -> list[LoanView]:
     principal.require(Role.MERCHANT, Role.DASHBOARD)
     query = select(Loan).order_by(Loan.id).limit(page.limit + 1)
@@ -389,6 +391,14 @@ async def list_loans(
         query = query.where(Loan.status == status)
     if bucket is not None:
         query = query.where(Loan.bucket == bucket)
+    if flag is not None:
+        query = query.where(
+            Loan.id.in_(
+                select(RiskFlag.loan_id).where(
+                    RiskFlag.status == FlagStatus.OPEN, RiskFlag.code == flag
+                )
+            )
+        )
     if page.after_id:
         query = query.where(Loan.id > page.after_id)
     loans = list(await session.scalars(query))

@@ -368,3 +368,21 @@ async def test_grades_move_the_credit_limit(client: httpx.AsyncClient) -> None:
     await close(w, "2026-04-12")  # 31 days
     got = await w.get(f"/v1/borrowers/{borrower['id']}")
     assert got["credit_limit"] == "8700.00"  # 1200.00 + 30000.00 / 4
+
+
+async def test_loans_listed_by_open_flag(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    late, on_time = await loan(w), await loan(w)
+    await w.pay(on_time, "412.00", "2026-02-10")
+    await close(w, "2026-02-20")  # the first installment 10 days late on one loan
+    listed = await w.get("/v1/loans?flag=first_payment_default")
+    assert [x["id"] for x in listed["items"]] == [late]
+    both = await w.get("/v1/loans?flag=first_payment_default&status=delinquent&bucket=1-30")
+    assert [x["id"] for x in both["items"]] == [late]
+    assert (await w.get("/v1/loans?flag=never_paid"))["items"] == []
+    other = await world(client)  # another merchant sees none of them
+    assert (await other.get("/v1/loans?flag=first_payment_default"))["items"] == []
+    bad = await client.get("/v1/loans?flag=sleepy", headers=w.merchant)
+    assert (bad.status_code, bad.json()["errors"][0]["field"]) == (422, "flag")
+    await w.pay(late, "412.00", "2026-02-20")  # cleared: no longer listed
+    assert (await w.get("/v1/loans?flag=first_payment_default"))["items"] == []
