@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     max_amount: Decimal = Field(default=Decimal("100000000"), gt=0)
     # A promise to pay falls due at most this many days after the business date it is made on.
     promise_max_days: int = Field(default=90, ge=1, le=366)
+    # How far ahead a repayment plan's last installment may fall.
+    repayment_plan_max_days: int = Field(default=366, ge=1, le=1830)
     idempotency_ttl_hours: int = 48
     # An idempotency record still "in progress" after this long belongs to a crashed request.
     idempotency_lock_seconds: int = 60

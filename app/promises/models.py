@@ -1,7 +1,7 @@
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, String, text
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
@@ -19,17 +19,22 @@ class Promise(Base):
 
     Payments received from ``promised_on`` (the business date it was made) to ``due_on`` count
     toward it; ``paid_minor`` is what they add up to, kept current by every payment and reversal.
+
+    An approved repayment plan is a series of promises (``restructure_id``, ``plan_seq``) made
+    on its approval date, each for what the plan asks *in total* by its due date: a borrower
+    who pays ahead is ahead on every later installment, and a shortfall on one date breaks it.
     """
 
     __tablename__ = "promise"
     __table_args__ = (
-        # One open promise per loan: a new promise replaces nothing, it waits for the old one.
+        # One open promise per loan (a plan's installments aside): a new promise replaces
+        # nothing, it waits for the old one.
         Index(
             "uq_promise_open",
             "loan_id",
             unique=True,
-            postgresql_where=text("status = 'open'"),
-            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open' AND restructure_id IS NULL"),
+            sqlite_where=text("status = 'open' AND restructure_id IS NULL"),
         ),
         # The close looks for open promises past their date.
         Index("ix_promise_status_due_on", "status", "due_on"),
@@ -49,3 +54,5 @@ class Promise(Base):
     note: Mapped[str | None] = mapped_column(String(500))
     created_by: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
+    restructure_id: Mapped[str | None] = mapped_column(ForeignKey("restructure.id"), index=True)
+    plan_seq: Mapped[int | None] = mapped_column(Integer)

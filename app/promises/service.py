@@ -74,7 +74,11 @@ async def create_promise(
     # Under the loan's lock: no concurrent promise on this loan can slip in after the check
     # (and the partial unique index refuses one that tried).
     existing = await session.scalar(
-        select(Promise.id).where(Promise.loan_id == loan.id, Promise.status == PromiseStatus.OPEN)
+        select(Promise.id).where(
+            Promise.loan_id == loan.id,
+            Promise.status == PromiseStatus.OPEN,
+            Promise.restructure_id.is_(None),
+        )
     )
     if existing is not None:
         raise PromiseAlreadyOpen(
@@ -100,8 +104,12 @@ async def list_promises(
     session: AsyncSession, principal: Principal, *, loan_id: str, page: PageParams
 ) -> list[Promise]:
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id)
+    # A repayment plan's installments are shown with their plan (/restructures).
     query = (
-        select(Promise).where(Promise.loan_id == loan.id).order_by(Promise.id).limit(page.limit + 1)
+        select(Promise)
+        .where(Promise.loan_id == loan.id, Promise.restructure_id.is_(None))
+        .order_by(Promise.id)
+        .limit(page.limit + 1)
     )
     if page.after_id:
         query = query.where(Promise.id > page.after_id)
@@ -113,7 +121,8 @@ async def list_promises(
 
 async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     """Re-assess the loan's open and kept promises after a payment or reversal (the caller
-    holds the loan's lock): a payment keeps one, a reversal may take that back."""
+    holds the loan's lock): a payment keeps one, a reversal may take that back. A plan's
+    installments are assessed in order; the first that breaks ends its plan."""
     promises = list(
         await session.scalars(
             select(Promise)
@@ -121,13 +130,18 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
                 Promise.loan_id == loan.id,
                 Promise.status.in_((PromiseStatus.OPEN, PromiseStatus.KEPT)),
             )
-            .order_by(Promise.id)
+            .order_by(Promise.restructure_id, Promise.plan_seq, Promise.id)
         )
     )
     if not promises:
         return
     receipts = await _receipts(session, loan.id)
+    broken_plans: set[str] = set()
     for promise in promises:
+        if promise.restructure_id in broken_plans:
+            promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
+            promise.cancelled_on = as_of
+            continue
         outcome = assess(_terms(promise), receipts, as_of)
         promise.paid_minor = outcome.paid_minor
         if outcome.status is PromiseStatus.KEPT:
@@ -140,14 +154,25 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
             # A reversal took back the payment that kept it, and its date has passed (or a
             # newer promise has replaced it): broken now.
             await _break(session, loan, promise, outcome, as_of)
+            if promise.restructure_id is not None:
+                broken_plans.add(promise.restructure_id)
         else:
             promise.status, promise.kept_on = PromiseStatus.OPEN, None
     await session.flush()
 
 
 def _reopens_beside_another(promise: Promise, promises: Sequence[Promise]) -> bool:
-    return promise.status == PromiseStatus.KEPT and any(
-        other is not promise and other.status == PromiseStatus.OPEN for other in promises
+    """A kept promise taken one at a time whose keeping a reversal undid, while a newer one of
+    those is open (a plan's installments are all open at once: not a replacement)."""
+    return (
+        promise.restructure_id is None
+        and promise.status == PromiseStatus.KEPT
+        and any(
+            other is not promise
+            and other.restructure_id is None
+            and other.status == PromiseStatus.OPEN
+            for other in promises
+        )
     )
 
 
@@ -164,6 +189,7 @@ async def _break(
             merchant_id=loan.merchant_id, currency=promise.currency,
             amount_minor=promise.amount_minor, paid_minor=promise.paid_minor,
             promised_on=promise.promised_on, due_on=promise.due_on, broken_on=as_of,
+            restructure_id=promise.restructure_id, plan_seq=promise.plan_seq,
         ),
         loan=loan,
     )  # fmt: skip
@@ -194,10 +220,16 @@ def event_data(
     promised_on: date,
     due_on: date,
     broken_on: date,
+    restructure_id: str | None,
+    plan_seq: int | None,
 ) -> dict[str, Any]:
-    """What ``promise.broken`` carries, from either path."""
+    """What ``promise.broken`` carries, from either path. For a repayment plan's installment
+    ``amount`` is what the plan asked in total by ``due_on``; ``restructure_id`` and
+    ``plan_installment`` name the plan and the installment (null for a promise)."""
     return {
         "promise_id": promise_id,
+        "restructure_id": restructure_id,
+        "plan_installment": plan_seq,
         "loan_id": loan_id,
         "borrower_id": borrower_id,
         "merchant_id": merchant_id,
@@ -218,8 +250,9 @@ async def close_promises(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> Counts:
     """Break every open promise of the range's open loans whose due date is before ``as_of``
-    and whose window's payments fall short; cancel the open promises of loans that closed
-    (cancelled, paid off). A broken promise is never broken again: reruns emit nothing."""
+    and whose window's payments fall short, and with a plan's installment the rest of its plan;
+    cancel the open promises of loans that closed (cancelled, paid off). A broken promise is
+    never broken again: reruns emit nothing."""
     pr, pay, loan = _promise.c, _payment.c, _loan.c
     loans_in_range = select(loan.id).where(delinquency.in_range(loan.id, low, high))
     cancelled = await execute_counting(
@@ -255,10 +288,20 @@ async def close_promises(
             .values(status=PromiseStatus.BROKEN.value, broken_on=as_of, paid_minor=paid)
             .returning(
                 pr.id, pr.loan_id, pr.currency, pr.amount_minor, pr.paid_minor, pr.promised_on,
-                pr.due_on,
+                pr.due_on, pr.restructure_id, pr.plan_seq,
             )
         )
     ).all()  # fmt: skip
+    # A plan ends with its first broken installment (the close runs every date, so no later
+    # installment of it can have fallen due yet).
+    broken_plans = sorted({b.restructure_id for b in broken if b.restructure_id is not None})
+    if broken_plans:
+        cancelled += await execute_counting(
+            session,
+            update(_promise)
+            .where(pr.restructure_id.in_(broken_plans), pr.status == PromiseStatus.OPEN.value)
+            .values(status=PromiseStatus.CANCELLED.value, cancelled_on=as_of),
+        )
     if broken:
         owners = {
             row.id: row
@@ -275,7 +318,7 @@ async def close_promises(
                 promise_id=b.id, loan_id=b.loan_id, borrower_id=owner.borrower_id,
                 merchant_id=owner.merchant_id, currency=b.currency, amount_minor=b.amount_minor,
                 paid_minor=b.paid_minor, promised_on=b.promised_on, due_on=b.due_on,
-                broken_on=as_of,
+                broken_on=as_of, restructure_id=b.restructure_id, plan_seq=b.plan_seq,
             )  # fmt: skip
             emitted.append({"type": "promise.broken", "loan_id": b.loan_id, "data": data})
         await events.emit_many(session, emitted)

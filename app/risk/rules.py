@@ -91,6 +91,8 @@ class BrokenPromise:
     paid_minor: int
     due_on: str
     broken_on: str
+    restructure_id: str | None = None  # an installment of this repayment plan
+    plan_seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +121,7 @@ class LoanFeatures:
     partial_periods: int = 0  # of the last N due periods, paid something but too little
     broken_promises: int = 0  # promises broken within broken_promise_days
     broken_promise: BrokenPromise | None = None  # the latest of them
+    plan_running: bool = False  # an approved repayment plan has an installment still open
 
 
 Evaluation = dict[FlagCode, tuple[Severity, dict[str, object]]]
@@ -186,7 +189,8 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
             Severity.HIGH,
             {"borrower_id": f.borrower_id, "delinquent_loans": f.borrower_delinquent_loans},
         )
-    if f.partial_periods >= rules.partial_payment_min_periods:
+    # Paying less than the schedule is what an agreed plan allows: not a warning while it runs.
+    if f.partial_periods >= rules.partial_payment_min_periods and not f.plan_running:
         flags[FlagCode.PARTIAL_PAYMENTS] = (
             Severity.MEDIUM,
             {"partial_periods": f.partial_periods, "of_last": rules.partial_payment_periods,
@@ -206,7 +210,8 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
     if promise is not None and f.days_past_due > 0:
         flags[FlagCode.BROKEN_PROMISE] = (
             Severity.HIGH,
-            {"promise_id": promise.promise_id, "currency": promise.currency,
+            {"promise_id": promise.promise_id, "restructure_id": promise.restructure_id,
+             "plan_installment": promise.plan_seq, "currency": promise.currency,
              "amount": format_minor(promise.amount_minor, promise.currency),
              "paid": format_minor(promise.paid_minor, promise.currency),
              "due_on": promise.due_on, "broken_on": promise.broken_on,

@@ -149,9 +149,10 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
     a loan past due (days past due, cure relapse, rolls, the borrower's other late loans,
     broken promises all need arrears), one with a flag open or fading or a score below
     perfect (flags clear, windows run out, cleared flags fade), one whose installment ended
-    its grace today (the last periods partial_payments looks at move on) and one whose debit
-    failed today (counted from today). Every other loan's features are yesterday's, and so
-    are its flags (tests/close/test_overnight.py).
+    its grace today (the last periods partial_payments looks at move on), one whose debit
+    failed today (counted from today) and one whose promise or repayment plan broke today.
+    Every other loan's features are yesterday's, and so are its flags
+    (tests/close/test_overnight.py).
     """
     loan, product = Loan.__table__.c, Product.__table__.c
     i, fd = LoanInstallment.__table__.c, FailedDebit.__table__.c
@@ -164,6 +165,9 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
     )
     # A debit that failed today was evaluated as of yesterday, when it did not count yet.
     debit_failed_today = select(fd.loan_id).where(scope(fd.loan_id), fd.attempted_on == as_of)
+    # A promise the close broke today: broken_promise, and partial_payments once its plan ends.
+    pr = Promise.__table__.c
+    promise_broken_today = select(pr.loan_id).where(scope(pr.loan_id), pr.broken_on == as_of)
     return select(loan.id).where(
         scope(loan.id),
         loan.status.in_(OPEN_STATUSES),
@@ -174,6 +178,7 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
             loan.id.in_(_flagged_loans(scope)),
             loan.id.in_(grace_ended_today),
             loan.id.in_(debit_failed_today),
+            loan.id.in_(promise_broken_today),
         ),
     )
 
@@ -355,7 +360,7 @@ def _features_query(
     recently_broken = (
         select(
             pr.loan_id, pr.id, pr.currency, pr.amount_minor, pr.paid_minor, pr.due_on,
-            pr.broken_on,
+            pr.broken_on, pr.restructure_id, pr.plan_seq,
             func.row_number()
             .over(partition_by=pr.loan_id, order_by=(pr.broken_on.desc(), pr.id.desc()))
             .label("newest"),
@@ -370,6 +375,17 @@ def _features_query(
         .subquery()
     )  # fmt: skip
     broken = select(recently_broken).where(recently_broken.c.newest == 1).subquery()
+    # partial_payments rests while an approved repayment plan runs.
+    running_plans = (
+        select(pr.loan_id)
+        .where(
+            scope(pr.loan_id),
+            pr.restructure_id.is_not(None),
+            pr.status == PromiseStatus.OPEN.value,
+        )
+        .group_by(pr.loan_id)
+        .subquery()
+    )
     # multi_loan_delinquency looks at a borrower's other loans only when this one is late: a
     # lookup by borrower for those rows, whatever the planner thinks of the chunk's size.
     other = Loan.__table__.alias("other")
@@ -418,12 +434,16 @@ def _features_query(
             broken.c.paid_minor.label("promise_paid"),
             broken.c.due_on.label("promise_due_on"),
             broken.c.broken_on.label("promise_broken_on"),
+            broken.c.restructure_id.label("promise_restructure_id"),
+            broken.c.plan_seq.label("promise_plan_seq"),
+            running_plans.c.loan_id.is_not(None).label("plan_running"),
         )
         .select_from(
             Loan.__table__.join(per_loan, per_loan.c.loan_id == loan.id)
             .outerjoin(payments, payments.c.loan_id == loan.id)
             .outerjoin(debits, debits.c.loan_id == loan.id)
             .outerjoin(broken, broken.c.loan_id == loan.id)
+            .outerjoin(running_plans, running_plans.c.loan_id == loan.id)
         )
         .where(scope(loan.id), loan.status.in_(OPEN_STATUSES))
     )
@@ -500,7 +520,7 @@ async def evaluate_loans(
             last_settled_days_late=row.last_late,
             drift_window_first_days_late=row.first_late_of_window,
             partial_periods=row.partial_periods, broken_promises=row.broken_promises,
-            broken_promise=_broken_promise(row),
+            broken_promise=_broken_promise(row), plan_running=bool(row.plan_running),
         )  # fmt: skip
         for code, (severity, evidence) in evaluate(features, rules).items():
             wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)
@@ -614,6 +634,7 @@ def _broken_promise(row: Any) -> BrokenPromise | None:
         promise_id=row.promise_id, currency=row.promise_currency,
         amount_minor=row.promise_amount, paid_minor=row.promise_paid,
         due_on=str(row.promise_due_on), broken_on=str(row.promise_broken_on),
+        restructure_id=row.promise_restructure_id, plan_seq=row.promise_plan_seq,
     )  # fmt: skip
 
 

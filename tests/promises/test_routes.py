@@ -209,7 +209,7 @@ async def test_broken_at_the_close_once(client: httpx.AsyncClient) -> None:
         "promise_id": made["id"], "loan_id": loan_id, "borrower_id": made_borrower(event),
         "merchant_id": w.merchant_id, "currency": "CNY", "amount": "412.00", "paid": "100.00",
         "shortfall": "312.00", "promised_on": "2026-02-15", "due_on": "2026-02-20",
-        "broken_on": "2026-02-21",
+        "broken_on": "2026-02-21", "restructure_id": None, "plan_installment": None,
     }  # fmt: skip
     flag = (await flags(w, loan_id))["broken_promise"]
     assert (flag["severity"], flag["raised_on"]) == ("high", "2026-02-21")

@@ -1,0 +1,18 @@
+from app.errors import Conflict, NotFound
+
+
+class RestructureNotFound(NotFound):
+    code = "restructure_not_found"
+
+
+class RestructureNotPending(Conflict):
+    code = "restructure_not_pending"
+    title = "The restructure has been decided"
+
+
+class RestructureExpired(Conflict):
+    """A plan whose first date has passed by the time it is approved: it must be asked again
+    with dates the borrower can still meet."""
+
+    code = "restructure_expired"
+    title = "The restructure's dates have passed"

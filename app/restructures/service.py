@@ -1,0 +1,268 @@
+"""Relief on a loan: a restructure is requested (by the loan's merchant or an admin) and then
+approved or rejected by an admin.
+
+Of the four kinds the contract names, repayment plans are built: an approved plan becomes a
+series of promises (``app/promises``), so the payments that keep it, the close that breaks it,
+``promise.broken`` and the ``broken_promise`` flag are the promises' own. Term extensions,
+payment holidays and fee waivers change the schedule or the ledger and are not built yet; the
+request schema refuses them with a 422 naming the kind (docs/relief.md).
+"""
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import date, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.auth import Principal
+from app.api.pagination import PageParams
+from app.api_keys.models import Role
+from app.config import get_settings
+from app.db import utc_now
+from app.delinquency import service as delinquency
+from app.errors import InvalidRequest
+from app.events import service as events
+from app.ids import new_id
+from app.loans import service as loans_service
+from app.loans.errors import LoanNotActive, LoanNotFound
+from app.loans.models import OPEN_STATUSES, Loan
+from app.money import format_minor, parse_amount
+from app.payments.errors import AmountExceedsPayoff
+from app.promises import service as promises
+from app.promises.models import Promise, PromiseStatus
+from app.restructures.errors import RestructureExpired, RestructureNotFound, RestructureNotPending
+from app.restructures.models import Restructure, RestructureKind, RestructureStatus
+from app.restructures.plans import PlanInstallment, cumulative, installments_of, terms_of
+from app.risk import service as risk
+
+
+async def request_repayment_plan(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    loan_id: str,
+    reason: str,
+    installments: Sequence[tuple[date, str]],
+) -> Restructure:
+    """A pending request; nothing about the loan changes until an admin approves it."""
+    principal.require(Role.MERCHANT)
+    loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
+    if loan.status not in OPEN_STATUSES:
+        raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no restructures")
+    as_of = await delinquency.delinquency_date(session)
+    plan = _parse_plan(installments, loan.currency)
+    _check_dates(plan, as_of)
+    await _check_total(session, loan, plan, as_of)
+    restructure = Restructure(
+        id=new_id("rst"), loan_id=loan.id, kind=RestructureKind.REPAYMENT_PLAN,
+        status=RestructureStatus.PENDING, currency=loan.currency, terms=terms_of(plan),
+        reason=reason, requested_by=principal.api_key_id, requested_on=as_of,
+        requested_at=utc_now(),
+    )  # fmt: skip
+    session.add(restructure)
+    await session.flush()
+    return restructure
+
+
+async def approve(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    restructure_id: str,
+    loan_id: str | None,
+    note: str | None,
+) -> Restructure:
+    """Put a pending plan into force from the business date: its installments become promises
+    (a plan still running on the loan is replaced: its open installments are cancelled), the
+    payments of the business date already count, and the loan's flags are re-evaluated."""
+    principal.require()
+    restructure, loan = await _pending(session, principal, restructure_id, loan_id)
+    if loan.status not in OPEN_STATUSES:
+        raise LoanNotActive(f"loan {loan.id} is {loan.status}; restructure cannot be approved")
+    as_of = await delinquency.delinquency_date(session)
+    plan = installments_of(restructure.terms)
+    if plan[0].due_on < as_of:
+        raise RestructureExpired(
+            f"restructure {restructure.id}: its first installment was due {plan[0].due_on}, "
+            f"before the business date {as_of}; request a plan with dates still ahead"
+        )
+    await _check_total(session, loan, plan, as_of)
+    await session.execute(
+        update(Promise)
+        .where(
+            Promise.loan_id == loan.id,
+            Promise.restructure_id.is_not(None),
+            Promise.status == PromiseStatus.OPEN,
+        )
+        .values(status=PromiseStatus.CANCELLED, cancelled_on=as_of)
+    )
+    now = utc_now()
+    session.add_all(
+        Promise(
+            id=new_id("prom"),
+            loan_id=loan.id,
+            amount_minor=total,
+            currency=loan.currency,
+            paid_minor=0,
+            promised_on=as_of,
+            due_on=installment.due_on,
+            status=PromiseStatus.OPEN,
+            note=f"repayment plan {restructure.id}",
+            created_by=principal.api_key_id,
+            created_at=now,
+            restructure_id=restructure.id,
+            plan_seq=seq,
+        )
+        for seq, (installment, total) in enumerate(zip(plan, cumulative(plan), strict=True), 1)
+    )
+    restructure.status = RestructureStatus.APPROVED
+    restructure.decided_by, restructure.decided_on, restructure.decided_at = (
+        principal.api_key_id, as_of, now,
+    )  # fmt: skip
+    restructure.decision_note = note
+    await session.flush()
+    await promises.refresh_loan(session, loan, as_of)  # what was paid today counts already
+    await events.emit(session, "restructure.approved", approved_event(restructure, loan), loan=loan)
+    await risk.refresh_loan(session, loan)  # partial_payments rests while the plan runs
+    return restructure
+
+
+async def reject(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    restructure_id: str,
+    loan_id: str | None,
+    note: str | None,
+) -> Restructure:
+    principal.require()
+    restructure, _ = await _pending(session, principal, restructure_id, loan_id)
+    restructure.status = RestructureStatus.REJECTED
+    restructure.decided_by, restructure.decided_at = principal.api_key_id, utc_now()
+    restructure.decided_on = await delinquency.delinquency_date(session)
+    restructure.decision_note = note
+    await session.flush()
+    return restructure
+
+
+async def get_restructure(
+    session: AsyncSession, principal: Principal, *, restructure_id: str, loan_id: str | None
+) -> Restructure:
+    restructure = await session.get(Restructure, restructure_id)
+    if restructure is None or (loan_id is not None and restructure.loan_id != loan_id):
+        raise RestructureNotFound(f"restructure {restructure_id} does not exist")
+    try:
+        await loans_service.get_loan(session, principal, loan_id=restructure.loan_id)
+    except LoanNotFound:  # another merchant's loan: its restructures do not exist either
+        raise RestructureNotFound(f"restructure {restructure_id} does not exist") from None
+    return restructure
+
+
+async def list_restructures(
+    session: AsyncSession, principal: Principal, *, loan_id: str, page: PageParams
+) -> list[Restructure]:
+    loan = await loans_service.get_loan(session, principal, loan_id=loan_id)
+    query = (
+        select(Restructure)
+        .where(Restructure.loan_id == loan.id)
+        .order_by(Restructure.id)
+        .limit(page.limit + 1)
+    )
+    if page.after_id:
+        query = query.where(Restructure.id > page.after_id)
+    return list(await session.scalars(query))
+
+
+async def plan_promises(
+    session: AsyncSession, restructure_ids: Sequence[str]
+) -> dict[str, list[Promise]]:
+    """The promises carrying each approved plan, in installment order."""
+    carried: dict[str, list[Promise]] = defaultdict(list)
+    if restructure_ids:
+        for promise in await session.scalars(
+            select(Promise)
+            .where(Promise.restructure_id.in_(restructure_ids))
+            .order_by(Promise.restructure_id, Promise.plan_seq)
+        ):
+            carried[str(promise.restructure_id)].append(promise)
+    return carried
+
+
+def approved_event(restructure: Restructure, loan: Loan) -> dict[str, Any]:
+    plan = installments_of(restructure.terms)
+    currency = restructure.currency
+    return {
+        "restructure_id": restructure.id,
+        "kind": restructure.kind,
+        "loan_id": loan.id,
+        "borrower_id": loan.borrower_id,
+        "merchant_id": loan.merchant_id,
+        "currency": currency,
+        "reason": restructure.reason,
+        "approved_on": str(restructure.decided_on),
+        "installments": [
+            {
+                "seq": n,
+                "due_on": i.due_on.isoformat(),
+                "amount": format_minor(i.amount_minor, currency),
+            }
+            for n, i in enumerate(plan, start=1)
+        ],
+        "total": format_minor(sum(i.amount_minor for i in plan), currency),
+    }
+
+
+async def _pending(
+    session: AsyncSession, principal: Principal, restructure_id: str, loan_id: str | None
+) -> tuple[Restructure, Loan]:
+    """The restructure, under its loan's lock (taken first, as every write to a loan does)."""
+    found = await get_restructure(
+        session, principal, restructure_id=restructure_id, loan_id=loan_id
+    )
+    loan = await loans_service.get_loan(session, principal, loan_id=found.loan_id, for_update=True)
+    await session.refresh(found, with_for_update=True)
+    if found.status != RestructureStatus.PENDING:
+        raise RestructureNotPending(
+            f"restructure {found.id} was {found.status} on {found.decided_on}"
+        )
+    return found, loan
+
+
+def _parse_plan(installments: Sequence[tuple[date, str]], currency: str) -> list[PlanInstallment]:
+    if not installments:
+        raise InvalidRequest.field("installments", "a repayment_plan needs its installments")
+    return [
+        PlanInstallment(due_on, parse_amount(f"installments.{n}.amount", amount, currency))
+        for n, (due_on, amount) in enumerate(installments)
+    ]
+
+
+def _check_dates(plan: Sequence[PlanInstallment], as_of: date) -> None:
+    horizon = as_of + timedelta(days=get_settings().repayment_plan_max_days)
+    for n, installment in enumerate(plan):
+        field = f"installments.{n}.due_on"
+        if n and installment.due_on <= plan[n - 1].due_on:
+            raise InvalidRequest.field(field, "must be after the previous installment's")
+        if not as_of <= installment.due_on <= horizon:
+            raise InvalidRequest.field(
+                field, f"must be between the business date ({as_of}) and {horizon}"
+            )
+
+
+async def _check_total(
+    session: AsyncSession, loan: Loan, plan: Sequence[PlanInstallment], as_of: date
+) -> None:
+    """A plan asks for no more than the loan would take to pay off today."""
+    total = sum(i.amount_minor for i in plan)
+    installments = await loans_service.load_installments(session, loan.id)
+    payoff = loans_service.position_of(installments).payoff_minor(as_of)
+    if total > payoff:
+        message = (
+            f"add up to {format_minor(total, loan.currency)}, more than the loan's payoff "
+            f"amount {format_minor(payoff, loan.currency)} on {as_of}"
+        )
+        raise AmountExceedsPayoff(
+            f"installments: {message}", errors=[{"field": "installments", "message": message}]
+        )
