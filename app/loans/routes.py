@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from app.api.deps import (
@@ -10,7 +10,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.pagination import Page, page_of
-from app.api.responses import json_response
+from app.api.responses import cached, json_response
 from app.db import database
 from app.loans import service
 from app.loans.models import LoanStatus
@@ -44,6 +44,7 @@ async def create_loan(
 
 @router.get("/v1/loans", response_model=Page[LoanRead])
 async def list_loans(
+    request: Request,
     session: SessionDep,
     principal: ReaderPrincipal,
     page: PageDep,
@@ -52,12 +53,13 @@ async def list_loans(
     merchant_id: Annotated[str | None, Query(max_length=40)] = None,
     borrower_id: Annotated[str | None, Query(max_length=40)] = None,
     flag: Annotated[FlagCode | None, Query(description="loans with this flag open")] = None,
-) -> Page[LoanRead]:
+) -> Response:
+    """Dashboards poll this by bucket or flag: ``ETag``, and 304 on ``If-None-Match``."""
     views = await service.list_loans(
         session, principal, page=page, status=status, bucket=bucket, merchant_id=merchant_id,
         borrower_id=borrower_id, flag=flag,
     )  # fmt: skip
-    return page_of(views, page, loan_read, key=_loan_id)
+    return cached(request, page_of(views, page, loan_read, key=_loan_id))
 
 
 @router.get("/v1/borrowers/{borrower_id}/loans", response_model=Page[LoanRead])

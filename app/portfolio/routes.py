@@ -1,5 +1,3 @@
-import hashlib
-import json
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
@@ -10,6 +8,7 @@ from fastapi.responses import HTMLResponse
 
 from app.api.deps import DashboardPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.responses import LIVE, cached
 from app.portfolio import service
 from app.portfolio.close import alert_event
 from app.portfolio.positions import Scope
@@ -33,22 +32,8 @@ async def portfolio_scope(
 
 ScopeDep = Annotated[Scope, Depends(portfolio_scope)]
 
-# Counts move with every write: revalidate each poll (a 304 costs two small queries).
-LIVE = "private, no-cache"
 # Roll rates, vintages and segments change only when a close completes.
 PER_CLOSE = "private, max-age=60"
-
-
-def cached(request: Request, body: dict[str, Any], cache_control: str) -> Response:
-    """The body with a strong ETag of its bytes; 304 when the client already has them."""
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    etag = f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
-    headers = {"ETag": etag, "Cache-Control": cache_control}
-    asked = request.headers.get("if-none-match", "")
-    known = {tag.strip().removeprefix("W/") for tag in asked.split(",")}
-    if etag in known or "*" in known:
-        return Response(status_code=304, headers=headers)
-    return Response(payload, media_type="application/json", headers=headers)
 
 
 @router.get("/v1/portfolio/summary", response_class=Response)

@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import (
     AdminPrincipal,
@@ -11,6 +11,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.pagination import Page, page_of
+from app.api.responses import cached
 from app.risk import runs, service
 from app.risk.models import FlagStatus
 from app.risk.rules import FlagCode, RiskRules, Severity
@@ -40,6 +41,7 @@ async def put_rules(body: RiskRules, session: SessionDep, principal: AdminPrinci
 
 @router.get("/v1/risk/flags", response_model=Page[FlagRead])
 async def list_flags(
+    request: Request,
     session: SessionDep,
     principal: ReaderPrincipal,
     page: PageDep,
@@ -48,12 +50,13 @@ async def list_flags(
     severity: Severity | None = None,
     borrower_id: Annotated[str | None, Query(max_length=40)] = None,
     loan_id: Annotated[str | None, Query(max_length=40)] = None,
-) -> Page[FlagRead]:
+) -> Response:
+    """Dashboards and collections poll this: ``ETag``, and 304 on ``If-None-Match``."""
     flags = await service.list_flags(
         session, principal, page=page, status=status, code=code, severity=severity,
         borrower_id=borrower_id, loan_id=loan_id,
     )  # fmt: skip
-    return page_of(flags, page, FlagRead.from_model)
+    return cached(request, page_of(flags, page, FlagRead.from_model))
 
 
 @router.post("/v1/risk/flags/{flag_id}/acknowledge", response_model=FlagRead)

@@ -386,3 +386,21 @@ async def test_loans_listed_by_open_flag(client: httpx.AsyncClient) -> None:
     assert (bad.status_code, bad.json()["errors"][0]["field"]) == (422, "flag")
     await w.pay(late, "412.00", "2026-02-20")  # cleared: no longer listed
     assert (await w.get("/v1/loans?flag=first_payment_default"))["items"] == []
+
+
+async def test_polled_lists_answer_304_until_they_change(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    for path in ("/v1/risk/flags?status=open", "/v1/loans?flag=first_payment_default"):
+        first = await client.get(path, headers=w.admin)
+        etag = first.headers["etag"]
+        assert first.headers["cache-control"] == "private, no-cache"
+        again = await client.get(path, headers={**w.admin, "If-None-Match": etag})
+        assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", etag)
+    flags_tag = (await client.get("/v1/risk/flags?status=open", headers=w.admin)).headers["etag"]
+    await w.pay(loan_id, "412.00", "2026-02-20")  # clears the flag: the list changes
+    changed = await client.get("/v1/risk/flags?status=open",
+                               headers={**w.admin, "If-None-Match": flags_tag})  # fmt: skip
+    assert changed.status_code == 200
+    assert changed.headers["etag"] != flags_tag
