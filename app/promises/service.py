@@ -138,13 +138,12 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     receipts = await _receipts(session, loan.id)
     broken_plans: set[str] = set()
     for promise in promises:
+        outcome = assess(_terms(promise), receipts, as_of)
+        promise.paid_minor = outcome.paid_minor
         if promise.restructure_id in broken_plans:
             promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
             promise.cancelled_on = as_of
-            continue
-        outcome = assess(_terms(promise), receipts, as_of)
-        promise.paid_minor = outcome.paid_minor
-        if outcome.status is PromiseStatus.KEPT:
+        elif outcome.status is PromiseStatus.KEPT:
             promise.status, promise.kept_on = PromiseStatus.KEPT, outcome.kept_on
         elif loan.status not in OPEN_STATUSES:
             # Paid off (or otherwise closed) short of the promise: nothing is owed any more.

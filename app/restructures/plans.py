@@ -62,7 +62,7 @@ class InstallmentProgress:
     seq: int
     due_on: date
     amount_minor: int
-    paid_minor: int  # this installment's share of what the plan's window has received
+    paid_minor: int  # its share of what the plan's window received, paid in order
     status: str  # proposed, or the promise's: open, kept, broken, cancelled
     kept_on: date | None = None
     broken_on: date | None = None
@@ -78,13 +78,16 @@ def progress(
             InstallmentProgress(n, i.due_on, i.amount_minor, 0, PlanStatus.PROPOSED.value)
             for n, i in enumerate(installments, start=1)
         ]
+    # What the plan's window has received pays its installments in order; whether each was
+    # paid in time is its promise's status.
+    received = max((p.paid_minor for p in promises), default=0)
     due_before = [0, *cumulative(installments)]
     rows = [
         InstallmentProgress(
             seq=n,
             due_on=i.due_on,
             amount_minor=i.amount_minor,
-            paid_minor=min(i.amount_minor, max(0, p.paid_minor - due_before[n - 1])),
+            paid_minor=min(i.amount_minor, max(0, received - due_before[n - 1])),
             status=p.status,
             kept_on=p.kept_on,
             broken_on=p.broken_on,
