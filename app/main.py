@@ -24,7 +24,7 @@ from app.portfolio import positions  # noqa: F401 - before-flush listener keepin
 from app.portfolio.routes import router as portfolio_router
 from app.products.routes import router as products_router
 from app.promises.routes import router as promises_router
-from app.restructures.routes import router as restructures_router
+from app.relief.routes import router as relief_router
 from app.risk.routes import router as risk_router
 from app.scheduler import InProcessScheduler
 from app.webhooks.routes import router as webhooks_router
@@ -65,7 +65,7 @@ def create_app() -> FastAPI:
         loans_router,
         payments_router,
         promises_router,
-        restructures_router,
+        relief_router,
         events_router,
         close_router,
         webhooks_router,

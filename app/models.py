@@ -25,7 +25,7 @@ from app.portfolio.models import (
 )
 from app.products.models import Product
 from app.promises.models import Promise
-from app.restructures.models import Restructure
+from app.relief.models import Restructure
 from app.risk.models import RiskFlag, RiskRulesVersion, RiskRun
 from app.webhooks.models import (
     WebhookAttempt,

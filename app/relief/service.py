@@ -32,9 +32,9 @@ from app.money import format_minor, parse_amount
 from app.payments.errors import AmountExceedsPayoff
 from app.promises import service as promises
 from app.promises.models import Promise, PromiseStatus
-from app.restructures.errors import RestructureExpired, RestructureNotFound, RestructureNotPending
-from app.restructures.models import Restructure, RestructureKind, RestructureStatus
-from app.restructures.plans import PlanInstallment, cumulative, installments_of, terms_of
+from app.relief.errors import RestructureExpired, RestructureNotFound, RestructureNotPending
+from app.relief.models import Restructure, RestructureKind, RestructureStatus
+from app.relief.plans import PlanInstallment, cumulative, installments_of, terms_of
 from app.risk import service as risk
 
 

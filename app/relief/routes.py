@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.restructures import service
-from app.restructures.models import Restructure
-from app.restructures.schemas import RestructureCreate, RestructureDecision, RestructureRead
+from app.relief import service
+from app.relief.models import Restructure
+from app.relief.schemas import RestructureCreate, RestructureDecision, RestructureRead
 
 router = APIRouter(tags=["relief"])
 

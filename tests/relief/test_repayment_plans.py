@@ -13,7 +13,7 @@ from app.api_keys.models import Role
 from app.db import session_scope
 from app.events.models import Event
 from app.promises.models import Promise
-from app.restructures.models import Restructure
+from app.relief.models import Restructure
 from tests.factories import World, api_key, auth, world
 
 PLAN = [{"due_on": "2026-02-20", "amount": "200.00"},

@@ -5,8 +5,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from app.api.fields import MoneyStr
 from app.money import format_minor
 from app.promises.models import Promise
-from app.restructures.models import Restructure, RestructureKind, RestructureStatus
-from app.restructures.plans import PlanStatus, PromiseState, installments_of, progress
+from app.relief.models import Restructure, RestructureKind, RestructureStatus
+from app.relief.plans import PlanStatus, PromiseState, installments_of, progress
 
 MAX_PLAN_INSTALLMENTS = 24
 BUILT_KINDS = (RestructureKind.REPAYMENT_PLAN,)

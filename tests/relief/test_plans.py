@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from app.promises.models import PromiseStatus
 from app.promises.rules import PromiseTerms, Receipt, assess
-from app.restructures.plans import (
+from app.relief.plans import (
     PlanInstallment,
     PlanStatus,
     PromiseState,
