@@ -10,7 +10,7 @@ order of receipt, so a reversal (or a back-dated payment) re-allocates everythin
 """
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 
 
@@ -31,6 +31,18 @@ class InstallmentTerms:
 
     def fees_charged_by(self, day: date) -> int:
         return self.fees_minor + sum(f.amount_minor for f in self.late_fees if f.assessed_on <= day)
+
+    def without_fees(self, waived_minor: int) -> "InstallmentTerms":
+        """These terms with ``waived_minor`` of their fees forgiven, as if never charged: late
+        fees first, oldest first, then the scheduled fee."""
+        late_fees = []
+        for fee in self.late_fees:
+            forgiven = min(waived_minor, fee.amount_minor)
+            waived_minor -= forgiven
+            if fee.amount_minor > forgiven:
+                late_fees.append(LateFee(fee.assessed_on, fee.amount_minor - forgiven))
+        fees = self.fees_minor - min(waived_minor, self.fees_minor)
+        return replace(self, fees_minor=fees, late_fees=tuple(late_fees))
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,21 @@ class LoanPosition:
 
     def allocations_of(self, payment_id: str) -> list[Allocation]:
         return [a for a in self.allocations if a.payment_id == payment_id]
+
+
+def fees_to_waive(position: LoanPosition, day: date, cap_minor: int | None) -> dict[int, int]:
+    """What a fee waiver on ``day`` forgives on each installment: the fees left on those due by
+    then, oldest first, up to ``cap_minor`` (all of them when None)."""
+    waived: dict[int, int] = {}
+    left = cap_minor
+    for inst in position.installments:
+        if inst.terms.due_date > day or left == 0:
+            continue
+        amount = inst.fees_left(day) if left is None else min(left, inst.fees_left(day))
+        if amount > 0:
+            waived[inst.seq] = amount
+            left = None if left is None else left - amount
+    return waived
 
 
 def replay(installments: Sequence[InstallmentTerms], payments: Iterable[PaymentIn]) -> LoanPosition:

@@ -27,6 +27,7 @@ from app.payments.allocation import (
     LateFee,
     LoanPosition,
     PaymentIn,
+    fees_to_waive,
     replay,
 )
 from app.payments.errors import (
@@ -84,7 +85,7 @@ async def record_payment(
     )
     installments = await loans_service.load_installments(session, loan.id)
     earlier = await _applied_payments(session, loan.id)
-    terms = await _terms(session, installments)
+    terms, waived = await _terms(session, installments)
     position = replay(terms, sorted([*earlier, _payment_in(payment)], key=_receipt_order))
     if position.credit_balance_minor > loan.credit_balance_minor:
         payoff = replay(terms, [p for p in earlier if p.received_on <= received_on])
@@ -98,7 +99,7 @@ async def record_payment(
     await session.flush()  # before the ledger row that references it
     _ledger(session, loan, TransactionKind.PAYMENT, payment)
     was_paid_off = loan.status == LoanStatus.PAID_OFF
-    await _store_position(session, loan, installments, position)
+    await _store_position(session, loan, installments, position, waived)
     await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
                       loan=loan)  # fmt: skip
     if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
@@ -148,8 +149,9 @@ async def reverse_payment(
     _ledger(session, loan, TransactionKind.REVERSAL, payment, note=reason)
     installments = await loans_service.load_installments(session, loan.id)
     remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
-    position = replay(await _terms(session, installments), remaining)
-    await _store_position(session, loan, installments, position)
+    terms, waived = await _terms(session, installments)
+    position = replay(terms, remaining)
+    await _store_position(session, loan, installments, position, waived)
     await events.emit(
         session,
         "payment.reversed",
@@ -233,26 +235,63 @@ async def _applied_payments(session: AsyncSession, loan_id: str) -> list[Payment
     return [PaymentIn(*row) for row in rows]
 
 
+async def waive_fees(session: AsyncSession, loan: Loan, *, cap_minor: int | None, note: str) -> int:
+    """Forgive the fees due on the loan (locked by the caller) on the business date, oldest
+    installment first, up to ``cap_minor`` (all of them when None): one ``fee_waiver`` ledger
+    row per installment, then the loan's payments replayed with those fees never charged, as a
+    reversal replays them. Returns what was forgiven (0: nothing was due)."""
+    as_of = await delinquency.delinquency_date(session)
+    installments = await loans_service.load_installments(session, loan.id)
+    terms, waived = await _terms(session, installments)
+    payments = await _applied_payments(session, loan.id)
+    forgiven = fees_to_waive(replay(terms, payments), as_of, cap_minor)
+    if not forgiven:
+        return 0
+    now = utc_now()
+    for seq, amount in forgiven.items():
+        session.add(
+            LedgerTransaction(
+                loan_id=loan.id, kind=TransactionKind.FEE_WAIVER, amount_minor=amount,
+                currency=loan.currency, effective_on=as_of, installment_seq=seq, note=note,
+                created_at=now,
+            )
+        )  # fmt: skip
+        waived[seq] = waived.get(seq, 0) + amount
+    # The waterfall pays an installment's fees first, so what is forgiven never settles one.
+    terms = [t.without_fees(forgiven[t.seq]) if t.seq in forgiven else t for t in terms]
+    await _store_position(session, loan, installments, replay(terms, payments), waived)
+    return sum(forgiven.values())
+
+
 async def _terms(
     session: AsyncSession, installments: list[LoanInstallment]
-) -> list[InstallmentTerms]:
-    """Each installment's amounts, with its late fees on the dates they were assessed."""
+) -> tuple[list[InstallmentTerms], dict[int, int]]:
+    """Each installment's amounts, with its late fees on the dates they were assessed and the
+    fees waived on it forgiven as if never charged; and what was waived, by installment. Both
+    from the ledger, read only when the loan has fees at all."""
     late_fees: dict[int, list[LateFee]] = defaultdict(list)
-    if installments and any(i.late_fees_minor for i in installments):
+    waived: dict[int, int] = defaultdict(int)
+    if installments and any(i.late_fees_minor or i.fees_minor for i in installments):
         rows = await session.execute(
             select(
+                LedgerTransaction.kind,
                 LedgerTransaction.installment_seq,
                 LedgerTransaction.effective_on,
                 LedgerTransaction.amount_minor,
-            ).where(
-                LedgerTransaction.loan_id == installments[0].loan_id,
-                LedgerTransaction.kind == TransactionKind.LATE_FEE,
             )
+            .where(
+                LedgerTransaction.loan_id == installments[0].loan_id,
+                LedgerTransaction.kind.in_((TransactionKind.LATE_FEE, TransactionKind.FEE_WAIVER)),
+            )
+            .order_by(LedgerTransaction.id)
         )
-        for seq, assessed_on, amount in rows:
+        for kind, seq, effective_on, amount in rows:
             assert seq is not None
-            late_fees[seq].append(LateFee(assessed_on, amount))
-    return [
+            if kind == TransactionKind.FEE_WAIVER:
+                waived[seq] += amount
+            else:
+                late_fees[seq].append(LateFee(effective_on, amount))
+    terms = [
         InstallmentTerms(
             seq=i.seq,
             due_date=i.due_date,
@@ -260,21 +299,28 @@ async def _terms(
             interest_minor=i.interest_minor,
             fees_minor=i.fees_minor,
             late_fees=tuple(late_fees[i.seq]),
-        )
+        ).without_fees(waived[i.seq])
         for i in installments
     ]
+    return terms, dict(waived)
 
 
 async def _store_position(
-    session: AsyncSession, loan: Loan, installments: list[LoanInstallment], position: LoanPosition
+    session: AsyncSession,
+    loan: Loan,
+    installments: list[LoanInstallment],
+    position: LoanPosition,
+    fees_waived: dict[int, int],
 ) -> None:
-    """Write a replayed position: installments, allocations and the loan's derived balances."""
+    """Write a replayed position: installments, allocations and the loan's derived balances.
+    ``fees_waived``: fee waivers by installment, which the replay saw as fees never charged
+    and the rows (charged as assessed) count as waived."""
     for row, new in zip(installments, position.installments, strict=True):
         row.paid_fees_minor = new.paid_fees_minor
         row.paid_interest_minor = new.paid_interest_minor
         row.paid_principal_minor = new.paid_principal_minor
         row.interest_waived_minor = new.interest_waived_minor
-        row.fees_waived_minor = new.fees_waived_minor
+        row.fees_waived_minor = new.fees_waived_minor + fees_waived.get(row.seq, 0)
         row.paid_on = new.paid_on
         if new.paid_on is not None:
             row.status = InstallmentStatus.PAID

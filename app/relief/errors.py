@@ -16,3 +16,8 @@ class RestructureExpired(Conflict):
 
     code = "restructure_expired"
     title = "The restructure's dates have passed"
+
+
+class NoFeesToWaive(Conflict):
+    code = "no_fees_to_waive"
+    title = "No fees are due"

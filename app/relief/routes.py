@@ -25,9 +25,11 @@ async def _read(session: AsyncSession, restructure: Restructure) -> RestructureR
 async def request_restructure(
     loan_id: str, body: RestructureCreate, session: SessionDep, principal: MerchantPrincipal
 ) -> RestructureRead:
-    restructure = await service.request_repayment_plan(
-        session, principal, loan_id=loan_id, reason=body.reason,
-        installments=[(i.due_on, i.amount) for i in body.installments or []],
+    installments = body.installments
+    restructure = await service.request_restructure(
+        session, principal, loan_id=loan_id, kind=body.kind, reason=body.reason,
+        installments=None if installments is None else [(i.due_on, i.amount) for i in installments],
+        amount=body.amount,
     )  # fmt: skip
     return await _read(session, restructure)
 

@@ -9,7 +9,7 @@ from app.relief.models import Restructure, RestructureKind, RestructureStatus
 from app.relief.plans import PlanStatus, PromiseState, installments_of, progress
 
 MAX_PLAN_INSTALLMENTS = 24
-BUILT_KINDS = (RestructureKind.REPAYMENT_PLAN,)
+BUILT_KINDS = (RestructureKind.REPAYMENT_PLAN, RestructureKind.FEE_WAIVER)
 
 
 class PlanInstallmentCreate(BaseModel):
@@ -30,12 +30,15 @@ class RestructureCreate(BaseModel):
         max_length=MAX_PLAN_INSTALLMENTS,
         description="repayment_plan: what the borrower pays by each date, dates ascending",
     )
+    amount: MoneyStr | None = Field(
+        default=None, description="fee_waiver: the most to forgive (default: every fee due)"
+    )
 
     @field_validator("kind")
     @classmethod
     def _built(cls, kind: RestructureKind) -> RestructureKind:
         if kind not in BUILT_KINDS:
-            raise ValueError(f"{kind.value} is not offered yet; repayment_plan is")
+            raise ValueError(f"{kind.value} is not offered yet; repayment_plan and fee_waiver are")
         return kind
 
 
@@ -63,6 +66,11 @@ class PlanRead(BaseModel):
     installments: list[PlanInstallmentRead]
 
 
+class WaiverRead(BaseModel):
+    requested: str | None = Field(description="the most to forgive; null: every fee due")
+    waived: str | None = Field(description="what was forgiven on approval")
+
+
 class RestructureRead(BaseModel):
     id: str
     loan_id: str
@@ -77,50 +85,63 @@ class RestructureRead(BaseModel):
     decided_on: date | None
     decided_at: datetime | None
     decision_note: str | None
-    plan: PlanRead
+    plan: PlanRead | None = Field(description="a repayment_plan's installments and progress")
+    waiver: WaiverRead | None = Field(description="a fee_waiver's amounts")
 
     @classmethod
     def from_model(cls, r: Restructure, carried: list[Promise] | None) -> "RestructureRead":
-        """``carried``: the approved plan's promises in installment order (None before)."""
-        money = r.currency
-        terms = installments_of(r.terms)
-        states = (
-            None
-            if r.status != RestructureStatus.APPROVED
-            else [
-                PromiseState(p.status, p.paid_minor, p.kept_on, p.broken_on) for p in carried or []
-            ]
-        )
-        plan_status, rows = progress(terms, states)
-        if plan_status is None:
-            plan_status = (
-                PlanStatus.REJECTED
-                if r.status == RestructureStatus.REJECTED
-                else PlanStatus.PROPOSED
-            )
-        installments = [
-            PlanInstallmentRead(
-                seq=row.seq,
-                due_on=row.due_on,
-                amount=format_minor(row.amount_minor, money),
-                paid=format_minor(row.paid_minor, money),
-                status=row.status,
-                kept_on=row.kept_on,
-                broken_on=row.broken_on,
-            )
-            for row in rows
-        ]
-        plan = PlanRead(
-            status=plan_status,
-            starts_on=r.decided_on if r.status == RestructureStatus.APPROVED else None,
-            total=format_minor(sum(i.amount_minor for i in terms), money),
-            paid=format_minor(sum(row.paid_minor for row in rows), money),
-            installments=installments,
-        )
+        """``carried``: an approved plan's promises in installment order (None before)."""
+        plan = waiver = None
+        if r.kind == RestructureKind.FEE_WAIVER:
+            waiver = _waiver(r)
+        else:
+            plan = _plan(r, carried)
         return cls(
             id=r.id, loan_id=r.loan_id, kind=RestructureKind(r.kind),
-            status=RestructureStatus(r.status), currency=money, reason=r.reason,
+            status=RestructureStatus(r.status), currency=r.currency, reason=r.reason,
             requested_by=r.requested_by, requested_on=r.requested_on,
             requested_at=r.requested_at, decided_by=r.decided_by, decided_on=r.decided_on,
-            decided_at=r.decided_at, decision_note=r.decision_note, plan=plan,
+            decided_at=r.decided_at, decision_note=r.decision_note, plan=plan, waiver=waiver,
         )  # fmt: skip
+
+
+def _waiver(r: Restructure) -> WaiverRead:
+    requested, waived = r.terms.get("amount_minor"), r.terms.get("waived_minor")
+    return WaiverRead(
+        requested=None if requested is None else format_minor(requested, r.currency),
+        waived=None if waived is None else format_minor(waived, r.currency),
+    )
+
+
+def _plan(r: Restructure, carried: list[Promise] | None) -> PlanRead:
+    money = r.currency
+    terms = installments_of(r.terms)
+    approved = r.status == RestructureStatus.APPROVED
+    states = (
+        [PromiseState(p.status, p.paid_minor, p.kept_on, p.broken_on) for p in carried or []]
+        if approved
+        else None
+    )
+    plan_status, rows = progress(terms, states)
+    if plan_status is None:
+        rejected = r.status == RestructureStatus.REJECTED
+        plan_status = PlanStatus.REJECTED if rejected else PlanStatus.PROPOSED
+    installments = [
+        PlanInstallmentRead(
+            seq=row.seq,
+            due_on=row.due_on,
+            amount=format_minor(row.amount_minor, money),
+            paid=format_minor(row.paid_minor, money),
+            status=row.status,
+            kept_on=row.kept_on,
+            broken_on=row.broken_on,
+        )
+        for row in rows
+    ]
+    return PlanRead(
+        status=plan_status,
+        starts_on=r.decided_on if approved else None,
+        total=format_minor(sum(i.amount_minor for i in terms), money),
+        paid=format_minor(sum(row.paid_minor for row in rows), money),
+        installments=installments,
+    )

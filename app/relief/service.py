@@ -1,11 +1,12 @@
 """Relief on a loan: a restructure is requested (by the loan's merchant or an admin) and then
 approved or rejected by an admin.
 
-Of the four kinds the contract names, repayment plans are built: an approved plan becomes a
+Of the four kinds the contract names, two are built. An approved repayment plan becomes a
 series of promises (``app/promises``), so the payments that keep it, the close that breaks it,
-``promise.broken`` and the ``broken_promise`` flag are the promises' own. Term extensions,
-payment holidays and fee waivers change the schedule or the ledger and are not built yet; the
-request schema refuses them with a 422 naming the kind (docs/relief.md).
+``promise.broken`` and the ``broken_promise`` flag are the promises' own. An approved fee
+waiver is a ``fee_waiver`` ledger row that the loan's replay applies (``app/payments``). Term
+extensions and payment holidays change the schedule and are not built yet; the request schema
+refuses them with a 422 naming the kind (docs/relief.md).
 """
 
 from collections import defaultdict
@@ -29,22 +30,31 @@ from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive, LoanNotFound
 from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor, parse_amount
+from app.payments import service as payments
+from app.payments.allocation import fees_to_waive
 from app.payments.errors import AmountExceedsPayoff
 from app.promises import service as promises
 from app.promises.models import Promise, PromiseStatus
-from app.relief.errors import RestructureExpired, RestructureNotFound, RestructureNotPending
+from app.relief.errors import (
+    NoFeesToWaive,
+    RestructureExpired,
+    RestructureNotFound,
+    RestructureNotPending,
+)
 from app.relief.models import Restructure, RestructureKind, RestructureStatus
 from app.relief.plans import PlanInstallment, cumulative, installments_of, terms_of
 from app.risk import service as risk
 
 
-async def request_repayment_plan(
+async def request_restructure(
     session: AsyncSession,
     principal: Principal,
     *,
     loan_id: str,
+    kind: RestructureKind,
     reason: str,
-    installments: Sequence[tuple[date, str]],
+    installments: Sequence[tuple[date, str]] | None,
+    amount: str | None,
 ) -> Restructure:
     """A pending request; nothing about the loan changes until an admin approves it."""
     principal.require(Role.MERCHANT)
@@ -52,14 +62,21 @@ async def request_repayment_plan(
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no restructures")
     as_of = await delinquency.delinquency_date(session)
-    plan = _parse_plan(installments, loan.currency)
-    _check_dates(plan, as_of)
-    await _check_total(session, loan, plan, as_of)
+    if kind is RestructureKind.REPAYMENT_PLAN:
+        if amount is not None:
+            raise InvalidRequest.field("amount", "is for a fee_waiver; a plan has installments")
+        plan = _parse_plan(installments or [], loan.currency)
+        _check_dates(plan, as_of)
+        await _check_total(session, loan, plan, as_of)
+        terms = terms_of(plan)
+    else:
+        if installments is not None:
+            raise InvalidRequest.field("installments", "are for a repayment_plan")
+        terms = {"amount_minor": await _waiver_amount(session, loan, amount, as_of)}
     restructure = Restructure(
-        id=new_id("rst"), loan_id=loan.id, kind=RestructureKind.REPAYMENT_PLAN,
-        status=RestructureStatus.PENDING, currency=loan.currency, terms=terms_of(plan),
-        reason=reason, requested_by=principal.api_key_id, requested_on=as_of,
-        requested_at=utc_now(),
+        id=new_id("rst"), loan_id=loan.id, kind=kind, status=RestructureStatus.PENDING,
+        currency=loan.currency, terms=terms, reason=reason, requested_by=principal.api_key_id,
+        requested_on=as_of, requested_at=utc_now(),
     )  # fmt: skip
     session.add(restructure)
     await session.flush()
@@ -74,14 +91,39 @@ async def approve(
     loan_id: str | None,
     note: str | None,
 ) -> Restructure:
-    """Put a pending plan into force from the business date: its installments become promises
-    (a plan still running on the loan is replaced: its open installments are cancelled), the
-    payments of the business date already count, and the loan's flags are re-evaluated."""
+    """Put a pending restructure into force on the business date, and re-evaluate the loan's
+    flags: a plan's installments become promises, a fee waiver forgives the fees due."""
     principal.require()
     restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status}; restructure cannot be approved")
     as_of = await delinquency.delinquency_date(session)
+    if restructure.kind == RestructureKind.REPAYMENT_PLAN:
+        await _start_plan(session, principal, restructure, loan, as_of)
+    else:
+        waived = await payments.waive_fees(
+            session, loan, cap_minor=restructure.terms["amount_minor"],
+            note=f"restructure {restructure.id}",
+        )  # fmt: skip
+        if waived == 0:
+            raise NoFeesToWaive(f"loan {loan.id} has no fees due on {as_of}")
+        restructure.terms = {**restructure.terms, "waived_minor": waived}
+    restructure.status = RestructureStatus.APPROVED
+    restructure.decided_by, restructure.decided_on, restructure.decided_at = (
+        principal.api_key_id, as_of, utc_now(),
+    )  # fmt: skip
+    restructure.decision_note = note
+    await session.flush()
+    await events.emit(session, "restructure.approved", approved_event(restructure, loan), loan=loan)
+    await risk.refresh_loan(session, loan)  # partial_payments rests while a plan runs
+    return restructure
+
+
+async def _start_plan(
+    session: AsyncSession, principal: Principal, restructure: Restructure, loan: Loan, as_of: date
+) -> None:
+    """The plan's installments become promises from ``as_of`` (a plan still running on the
+    loan is replaced: its open installments are cancelled); today's payments count already."""
     plan = installments_of(restructure.terms)
     if plan[0].due_on < as_of:
         raise RestructureExpired(
@@ -117,16 +159,27 @@ async def approve(
         )
         for seq, (installment, total) in enumerate(zip(plan, cumulative(plan), strict=True), 1)
     )
-    restructure.status = RestructureStatus.APPROVED
-    restructure.decided_by, restructure.decided_on, restructure.decided_at = (
-        principal.api_key_id, as_of, now,
-    )  # fmt: skip
-    restructure.decision_note = note
     await session.flush()
-    await promises.refresh_loan(session, loan, as_of)  # what was paid today counts already
-    await events.emit(session, "restructure.approved", approved_event(restructure, loan), loan=loan)
-    await risk.refresh_loan(session, loan)  # partial_payments rests while the plan runs
-    return restructure
+    await promises.refresh_loan(session, loan, as_of)
+
+
+async def _waiver_amount(
+    session: AsyncSession, loan: Loan, amount: str | None, as_of: date
+) -> int | None:
+    """A fee waiver's cap (None: every fee due when it is approved), checked against the fees
+    due on ``as_of``."""
+    installments = await loans_service.load_installments(session, loan.id)
+    due = sum(fees_to_waive(loans_service.position_of(installments), as_of, None).values())
+    if due == 0:
+        raise NoFeesToWaive(f"loan {loan.id} has no fees due on {as_of}")
+    if amount is None:
+        return None
+    amount_minor = parse_amount("amount", amount, loan.currency)
+    if amount_minor > due:
+        raise InvalidRequest.field(
+            "amount", f"must not exceed the fees due on {as_of}: {format_minor(due, loan.currency)}"
+        )
+    return amount_minor
 
 
 async def reject(
@@ -191,9 +244,8 @@ async def plan_promises(
 
 
 def approved_event(restructure: Restructure, loan: Loan) -> dict[str, Any]:
-    plan = installments_of(restructure.terms)
     currency = restructure.currency
-    return {
+    data: dict[str, Any] = {
         "restructure_id": restructure.id,
         "kind": restructure.kind,
         "loan_id": loan.id,
@@ -202,6 +254,12 @@ def approved_event(restructure: Restructure, loan: Loan) -> dict[str, Any]:
         "currency": currency,
         "reason": restructure.reason,
         "approved_on": str(restructure.decided_on),
+    }
+    if restructure.kind == RestructureKind.FEE_WAIVER:
+        return {**data, "waived": format_minor(restructure.terms["waived_minor"], currency)}
+    plan = installments_of(restructure.terms)
+    return {
+        **data,
         "installments": [
             {
                 "seq": n,

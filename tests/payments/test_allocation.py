@@ -24,6 +24,7 @@ from app.payments.allocation import (
     LoanPosition,
     PaymentIn,
     apply_payment,
+    fees_to_waive,
     replay,
 )
 
@@ -516,3 +517,36 @@ def test_installment_position_arithmetic() -> None:
     assert position.paid_minor == 500
     assert not position.settled_by(D("2025-02-05"))
     assert terms.fees_charged_by(D("2025-01-01")) == 200
+
+
+@given(loans_with_payments(), st.data())
+def test_a_fee_waiver_forgives_exactly_what_it_names(
+    loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]], data: st.DataObject
+) -> None:
+    """A waiver on a day forgives, oldest first and up to its cap, only fees still left on the
+    installments due by then; replayed with those fees never charged, the payments still
+    balance and every installment owes exactly that much less."""
+    installments, payments = loan_and_payments
+    before = replay(installments, payments)
+    day = data.draw(st.sampled_from([i.due_date for i in installments]))
+    day += timedelta(days=data.draw(st.integers(0, 90)))
+    cap = data.draw(st.one_of(st.none(), st.integers(1, 10_000)))
+    forgiven = fees_to_waive(before, day, cap)
+    for inst in before.installments:
+        amount = forgiven.get(inst.seq, 0)
+        assert 0 <= amount <= max(inst.fees_left(day), 0)
+        if amount:
+            assert inst.terms.due_date <= day
+    assert all(amount > 0 for amount in forgiven.values())
+    if cap is not None:
+        assert sum(forgiven.values()) <= cap
+    waived = [i.without_fees(forgiven.get(i.seq, 0)) for i in installments]
+    for old, new in zip(installments, waived, strict=True):
+        assert new.fees_charged_by(date.max) == old.fees_charged_by(date.max) - forgiven.get(
+            old.seq, 0
+        )
+        assert new.fees_minor >= 0
+        assert all(f.amount_minor > 0 for f in new.late_fees)
+    after = replay(waived, payments)
+    ledger_balances(after, payments)
+    assert owed(waived) == owed(installments) - sum(forgiven.values())
