@@ -2,6 +2,7 @@
 by the close (which raises ``broken_promise``), replaced by a newer plan; and
 ``partial_payments`` resting while one runs."""
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -409,3 +410,34 @@ async def test_the_whole_payoff_and_a_year_ahead_are_accepted(client: httpx.Asyn
     w, loan_id = await setup(client)
     made = await request(w, loan_id, [PLAN[0], {"due_on": "2027-02-16", "amount": "1020.00"}])
     assert made["plan"]["total"] == "1220.00"
+
+
+async def test_concurrent_decisions_one_wins(client: httpx.AsyncClient) -> None:
+    """Approvals and rejections of one restructure racing each other, with a payment on the
+    loan between them: one decision lands, the others are 409, one event, one set of plan
+    installments."""
+    w, loan_id = await setup(client)
+    made = await request(w, loan_id)
+    path = f"/v1/restructures/{made['id']}"
+    responses = await asyncio.gather(
+        *[w.post(f"{path}/approve", {}, w.admin) for _ in range(3)],
+        *[w.post(f"{path}/reject", {}, w.admin) for _ in range(2)],
+        w.post(f"/v1/loans/{loan_id}/payments", {"amount": "50.00", "received_on": "2026-02-15"}),
+    )
+    decisions = sorted(r.status_code for r in responses[:5])
+    assert decisions == [200, 409, 409, 409, 409], [r.text for r in responses]
+    assert all(r.json()["code"] == "restructure_not_pending"
+               for r in responses[:5] if r.status_code == 409)  # fmt: skip
+    assert responses[5].status_code == 201
+    final = await w.get(path)
+    approvals = await events(w, "restructure.approved")
+    if final["status"] == "approved":
+        assert len(approvals) == 1
+        assert states(final["plan"]) == [("open", "50.00"), ("open", "0.00")]
+    else:
+        assert (final["status"], approvals) == ("rejected", [])
+    async with session_scope() as session:
+        carried = await session.scalar(
+            select(func.count()).where(Promise.restructure_id == made["id"])
+        )
+    assert carried == (2 if final["status"] == "approved" else 0)
