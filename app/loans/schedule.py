@@ -58,6 +58,14 @@ def due_dates(first_due_date: date, term: int, anchor_day: int | None = None) ->
     return [first_due_date + relativedelta(months=k, day=day) for k in range(term)]
 
 
+def deferred(due: list[date], after: date, months: int) -> list[date]:
+    """The due dates after a payment holiday of ``months`` from ``after``: those still ahead
+    move that many months later on the schedule's anchor day (the largest day of month it
+    uses: Feb 28 of a loan anchored on the 31st moves to Mar 31 or Apr 30), the rest stay."""
+    anchor = max(d.day for d in due)
+    return [d + relativedelta(months=months, day=anchor) if d > after else d for d in due]
+
+
 def default_first_due_date(disbursed_on: date) -> date:
     return disbursed_on + relativedelta(months=1)
 

@@ -20,6 +20,7 @@ from app.ledger.models import LedgerTransaction, TransactionKind
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive, LoanNotFound
 from app.loans.models import OPEN_STATUSES, InstallmentStatus, Loan, LoanInstallment, LoanStatus
+from app.loans.schedule import deferred
 from app.money import format_minor, parse_amount
 from app.payments.allocation import (
     Allocation,
@@ -261,6 +262,32 @@ async def waive_fees(session: AsyncSession, loan: Loan, *, cap_minor: int | None
     terms = [t.without_fees(forgiven[t.seq]) if t.seq in forgiven else t for t in terms]
     await _store_position(session, loan, installments, replay(terms, payments), waived)
     return sum(forgiven.values())
+
+
+async def defer_installments(
+    session: AsyncSession, loan: Loan, *, months: int
+) -> list[tuple[int, date, date]]:
+    """A payment holiday on the loan (locked by the caller): the installments not yet due on
+    the business date fall due ``months`` later, with the same amounts (no interest for the
+    holiday), and the payments are replayed on the new dates. Returns each moved installment's
+    (seq, old due date, new due date); none when nothing is still ahead."""
+    as_of = await delinquency.delinquency_date(session)
+    installments = await loans_service.load_installments(session, loan.id)
+    new_dates = deferred([i.due_date for i in installments], as_of, months)
+    moved = [
+        (i.seq, i.due_date, new)
+        for i, new in zip(installments, new_dates, strict=True)
+        if new != i.due_date
+    ]
+    if not moved:
+        return []
+    for row, new in zip(installments, new_dates, strict=True):
+        if new != row.due_date:
+            row.due_date, row.reminded_on = new, None  # remind again before the new date
+    terms, waived = await _terms(session, installments)
+    position = replay(terms, await _applied_payments(session, loan.id))
+    await _store_position(session, loan, installments, position, waived)
+    return moved
 
 
 async def _terms(

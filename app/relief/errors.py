@@ -21,3 +21,8 @@ class RestructureExpired(Conflict):
 class NoFeesToWaive(Conflict):
     code = "no_fees_to_waive"
     title = "No fees are due"
+
+
+class NothingToDefer(Conflict):
+    code = "nothing_to_defer"
+    title = "No installment is still ahead"

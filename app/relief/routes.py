@@ -29,7 +29,7 @@ async def request_restructure(
     restructure = await service.request_restructure(
         session, principal, loan_id=loan_id, kind=body.kind, reason=body.reason,
         installments=None if installments is None else [(i.due_on, i.amount) for i in installments],
-        amount=body.amount,
+        amount=body.amount, months=body.months,
     )  # fmt: skip
     return await _read(session, restructure)
 

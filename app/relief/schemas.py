@@ -9,7 +9,12 @@ from app.relief.models import Restructure, RestructureKind, RestructureStatus
 from app.relief.plans import PlanStatus, PromiseState, installments_of, progress
 
 MAX_PLAN_INSTALLMENTS = 24
-BUILT_KINDS = (RestructureKind.REPAYMENT_PLAN, RestructureKind.FEE_WAIVER)
+BUILT_KINDS = (
+    RestructureKind.REPAYMENT_PLAN,
+    RestructureKind.FEE_WAIVER,
+    RestructureKind.PAYMENT_HOLIDAY,
+)
+MAX_HOLIDAY_MONTHS = 3
 
 
 class PlanInstallmentCreate(BaseModel):
@@ -33,12 +38,21 @@ class RestructureCreate(BaseModel):
     amount: MoneyStr | None = Field(
         default=None, description="fee_waiver: the most to forgive (default: every fee due)"
     )
+    months: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_HOLIDAY_MONTHS,
+        description="payment_holiday: how many months the installments not yet due move",
+    )
 
     @field_validator("kind")
     @classmethod
     def _built(cls, kind: RestructureKind) -> RestructureKind:
         if kind not in BUILT_KINDS:
-            raise ValueError(f"{kind.value} is not offered yet; repayment_plan and fee_waiver are")
+            raise ValueError(
+                f"{kind.value} is not offered yet; repayment_plan, fee_waiver and "
+                "payment_holiday are"
+            )
         return kind
 
 
@@ -71,6 +85,17 @@ class WaiverRead(BaseModel):
     waived: str | None = Field(description="what was forgiven on approval")
 
 
+class MovedInstallment(BaseModel):
+    seq: int
+    due_date_was: date
+    due_date: date
+
+
+class HolidayRead(BaseModel):
+    months: int
+    moved: list[MovedInstallment] | None = Field(description="on approval: the new due dates")
+
+
 class RestructureRead(BaseModel):
     id: str
     loan_id: str
@@ -87,13 +112,16 @@ class RestructureRead(BaseModel):
     decision_note: str | None
     plan: PlanRead | None = Field(description="a repayment_plan's installments and progress")
     waiver: WaiverRead | None = Field(description="a fee_waiver's amounts")
+    holiday: HolidayRead | None = Field(description="a payment_holiday's months and moves")
 
     @classmethod
     def from_model(cls, r: Restructure, carried: list[Promise] | None) -> "RestructureRead":
         """``carried``: an approved plan's promises in installment order (None before)."""
-        plan = waiver = None
+        plan = waiver = holiday = None
         if r.kind == RestructureKind.FEE_WAIVER:
             waiver = _waiver(r)
+        elif r.kind == RestructureKind.PAYMENT_HOLIDAY:
+            holiday = HolidayRead.model_validate(r.terms)
         else:
             plan = _plan(r, carried)
         return cls(
@@ -102,6 +130,7 @@ class RestructureRead(BaseModel):
             requested_by=r.requested_by, requested_on=r.requested_on,
             requested_at=r.requested_at, decided_by=r.decided_by, decided_on=r.decided_on,
             decided_at=r.decided_at, decision_note=r.decision_note, plan=plan, waiver=waiver,
+            holiday=holiday,
         )  # fmt: skip
 
 

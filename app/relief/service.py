@@ -1,12 +1,13 @@
 """Relief on a loan: a restructure is requested (by the loan's merchant or an admin) and then
 approved or rejected by an admin.
 
-Of the four kinds the contract names, two are built. An approved repayment plan becomes a
+Of the four kinds the contract names, three are built. An approved repayment plan becomes a
 series of promises (``app/promises``), so the payments that keep it, the close that breaks it,
 ``promise.broken`` and the ``broken_promise`` flag are the promises' own. An approved fee
-waiver is a ``fee_waiver`` ledger row that the loan's replay applies (``app/payments``). Term
-extensions and payment holidays change the schedule and are not built yet; the request schema
-refuses them with a 422 naming the kind (docs/relief.md).
+waiver is a ``fee_waiver`` ledger row that the loan's replay applies, and a payment holiday
+moves the installments still ahead and replays the payments (``app/payments``). Term
+extensions re-amortise the loan and are not built yet; the request schema refuses them with a
+422 naming the kind (docs/relief.md).
 """
 
 from collections import defaultdict
@@ -37,6 +38,7 @@ from app.promises import service as promises
 from app.promises.models import Promise, PromiseStatus
 from app.relief.errors import (
     NoFeesToWaive,
+    NothingToDefer,
     RestructureExpired,
     RestructureNotFound,
     RestructureNotPending,
@@ -55,24 +57,37 @@ async def request_restructure(
     reason: str,
     installments: Sequence[tuple[date, str]] | None,
     amount: str | None,
+    months: int | None = None,
 ) -> Restructure:
-    """A pending request; nothing about the loan changes until an admin approves it."""
+    """A pending request; nothing about the loan changes until an admin approves it. Each
+    kind takes its own fields and refuses the others'."""
     principal.require(Role.MERCHANT)
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no restructures")
     as_of = await delinquency.delinquency_date(session)
+    given = {"installments": installments, "amount": amount, "months": months}
+    wanted = {
+        RestructureKind.REPAYMENT_PLAN: "installments",
+        RestructureKind.FEE_WAIVER: "amount",
+        RestructureKind.PAYMENT_HOLIDAY: "months",
+    }[kind]
+    for field, value in given.items():
+        if value is not None and field != wanted:
+            raise InvalidRequest.field(field, f"is not a field of a {kind.value}")
+    terms: dict[str, Any]
     if kind is RestructureKind.REPAYMENT_PLAN:
-        if amount is not None:
-            raise InvalidRequest.field("amount", "is for a fee_waiver; a plan has installments")
         plan = _parse_plan(installments or [], loan.currency)
         _check_dates(plan, as_of)
         await _check_total(session, loan, plan, as_of)
         terms = terms_of(plan)
-    else:
-        if installments is not None:
-            raise InvalidRequest.field("installments", "are for a repayment_plan")
+    elif kind is RestructureKind.FEE_WAIVER:
         terms = {"amount_minor": await _waiver_amount(session, loan, amount, as_of)}
+    else:
+        if months is None:
+            raise InvalidRequest.field("months", "a payment_holiday needs its months")
+        await _check_something_ahead(session, loan, as_of)
+        terms = {"months": months, "moved": None}
     restructure = Restructure(
         id=new_id("rst"), loan_id=loan.id, kind=kind, status=RestructureStatus.PENDING,
         currency=loan.currency, terms=terms, reason=reason, requested_by=principal.api_key_id,
@@ -100,6 +115,17 @@ async def approve(
     as_of = await delinquency.delinquency_date(session)
     if restructure.kind == RestructureKind.REPAYMENT_PLAN:
         await _start_plan(session, principal, restructure, loan, as_of)
+    elif restructure.kind == RestructureKind.PAYMENT_HOLIDAY:
+        moved = await payments.defer_installments(session, loan, months=restructure.terms["months"])
+        if not moved:
+            raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
+        restructure.terms = {
+            **restructure.terms,
+            "moved": [
+                {"seq": seq, "due_date_was": was.isoformat(), "due_date": now.isoformat()}
+                for seq, was, now in moved
+            ],
+        }
     else:
         waived = await payments.waive_fees(
             session, loan, cap_minor=restructure.terms["amount_minor"],
@@ -161,6 +187,12 @@ async def _start_plan(
     )
     await session.flush()
     await promises.refresh_loan(session, loan, as_of)
+
+
+async def _check_something_ahead(session: AsyncSession, loan: Loan, as_of: date) -> None:
+    installments = await loans_service.load_installments(session, loan.id)
+    if all(i.due_date <= as_of for i in installments):
+        raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
 
 
 async def _waiver_amount(
@@ -257,6 +289,8 @@ def approved_event(restructure: Restructure, loan: Loan) -> dict[str, Any]:
     }
     if restructure.kind == RestructureKind.FEE_WAIVER:
         return {**data, "waived": format_minor(restructure.terms["waived_minor"], currency)}
+    if restructure.kind == RestructureKind.PAYMENT_HOLIDAY:
+        return {**data, "months": restructure.terms["months"], "moved": restructure.terms["moved"]}
     plan = installments_of(restructure.terms)
     return {
         **data,

@@ -4,7 +4,7 @@ Expected amounts are computed here with exact rational arithmetic (``fractions``
 module's own ``decimal`` code, so a test never just replays the implementation.
 """
 
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from fractions import Fraction
 
@@ -21,6 +21,7 @@ from app.loans.schedule import (
     annuity_payment,
     build_schedule,
     default_first_due_date,
+    deferred,
     due_dates,
     monthly_rate,
 )
@@ -620,3 +621,33 @@ def test_due_dates_are_monthly(first: date, term: int, anchor: int | None) -> No
         days_in_month = (next_month - date(due.year, due.month, 1)).days
         assert due.day == min(day, days_in_month)
     assert dates == sorted(set(dates))
+
+
+def test_a_holiday_keeps_the_anchor_day_through_short_months() -> None:
+    schedule = due_dates(date(2026, 1, 31), 4)  # Jan 31, Feb 28, Mar 31, Apr 30
+    assert deferred(schedule, date(2026, 2, 1), 1) == [
+        date(2026, 1, 31), date(2026, 3, 31), date(2026, 4, 30), date(2026, 5, 31),
+    ]  # fmt: skip
+
+
+@given(
+    st.dates(date(2020, 1, 1), date(2030, 12, 31)),
+    st.integers(1, 36),
+    st.integers(0, 1200),
+    st.integers(1, 3),
+)
+def test_a_holiday_moves_only_what_is_ahead(first: date, term: int, days: int, months: int) -> None:
+    schedule = due_dates(first, term)
+    after = first + timedelta(days=days)
+    moved = deferred(schedule, after, months)
+    assert moved == sorted(moved)  # still in order, and still a monthly schedule
+    assert len(set(moved)) == term
+    for old, new in zip(schedule, moved, strict=True):
+        if old <= after:
+            assert new == old
+        else:
+            assert new > after
+            assert (new.year - old.year) * 12 + new.month - old.month == months
+    ahead = [d for d in schedule if d > after]
+    if ahead:
+        assert moved[-len(ahead) :] == due_dates(first, term + months)[-len(ahead) :]

@@ -1,0 +1,133 @@
+"""Payment holidays through the API: the installments not yet due move, the overdue ones stay,
+the payments follow the new dates, and nothing is charged or reminded on the old ones."""
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.loans.models import LoanInstallment
+from app.relief.models import Restructure
+from tests.factories import World, world
+
+
+async def setup(client: httpx.AsyncClient) -> tuple[World, str]:
+    """1200.00 over 3 months from 2026-01-10 (412.00 due Feb 10, 408.00 Mar 10, 404.00 Apr
+    10), 3 days' grace, a late fee of 25.00; closed up to Feb 15: the first is 5 days late."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "25.00"})  # fmt: skip
+    await close(w, "2026-01-10")
+    made = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await close(w, "2026-02-15")
+    return w, str(made["id"])
+
+
+async def close(w: World, as_of: str) -> None:
+    await w.post("/v1/close-runs", {"as_of": as_of}, headers=w.admin, expect=201)
+
+
+async def holiday(w: World, loan_id: str, months: int = 2) -> dict[str, Any]:
+    body = {"kind": "payment_holiday", "reason": "hospital stay", "months": months}
+    made = (await w.post(f"/v1/loans/{loan_id}/restructures", body, expect=201)).json()
+    return dict((await w.post(f"/v1/restructures/{made['id']}/approve", {}, w.admin, 200)).json())
+
+
+async def due_dates(w: World, loan_id: str) -> list[tuple[str, str]]:
+    schedule = await w.get(f"/v1/loans/{loan_id}/schedule")
+    return [(i["due_date"], i["status"]) for i in schedule["installments"]]
+
+
+async def stored() -> tuple[int, list[Any]]:
+    async with session_scope() as session:
+        count = await session.scalar(select(func.count()).select_from(Restructure))
+        dates = list(await session.scalars(select(LoanInstallment.due_date)
+                                           .order_by(LoanInstallment.loan_id,
+                                                     LoanInstallment.seq)))  # fmt: skip
+        return int(count or 0), dates
+
+
+async def test_the_installments_ahead_move(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    body = {"kind": "payment_holiday", "reason": "hospital stay", "months": 2}
+    pending = (await w.post(f"/v1/loans/{loan_id}/restructures", body, expect=201)).json()
+    assert pending["holiday"] == {"months": 2, "moved": None}
+    assert (pending["plan"], pending["waiver"]) == (None, None)
+    approved = (await w.post(f"/v1/restructures/{pending['id']}/approve", {}, w.admin)).json()
+    assert approved["holiday"] == {"months": 2, "moved": [
+        {"seq": 2, "due_date_was": "2026-03-10", "due_date": "2026-05-10"},
+        {"seq": 3, "due_date_was": "2026-04-10", "due_date": "2026-06-10"},
+    ]}  # fmt: skip
+    assert await due_dates(w, loan_id) == [
+        ("2026-02-10", "overdue"), ("2026-05-10", "pending"), ("2026-06-10", "pending"),
+    ]  # fmt: skip
+    loan = await w.get(f"/v1/loans/{loan_id}")
+    assert loan["days_past_due"] == 5  # what was overdue stays overdue
+    assert loan["balances"]["overdue_amount"] == "437.00"
+    (event,) = (await w.get("/v1/events?type=restructure.approved", w.admin))["items"]
+    assert (event["data"]["kind"], event["data"]["months"]) == ("payment_holiday", 2)
+    # No late fee and no missed installment on the old date; the new one counts as usual.
+    await w.pay(loan_id, "437.00", "2026-02-16")
+    await close(w, "2026-03-20")
+    loan = await w.get(f"/v1/loans/{loan_id}")
+    assert (loan["days_past_due"], loan["balances"]["fees_outstanding"]) == (0, "0.00")
+    await close(w, "2026-05-14")
+    loan = await w.get(f"/v1/loans/{loan_id}")
+    assert (loan["days_past_due"], loan["balances"]["fees_outstanding"]) == (4, "25.00")
+
+
+async def test_payments_follow_the_new_dates(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    prepaid = await w.pay(loan_id, "500.00", "2026-02-15")  # 437.00 due, 63.00 ahead
+    assert prepaid["allocation"][-1]["installment_seq"] == 2
+    await holiday(w, loan_id, months=1)
+    assert await due_dates(w, loan_id) == [
+        ("2026-02-10", "paid"), ("2026-04-10", "partially_paid"), ("2026-05-10", "pending"),
+    ]  # fmt: skip
+    await w.post(f"/v1/payments/{prepaid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert (await due_dates(w, loan_id))[1] == ("2026-04-10", "pending")  # the new date stays
+
+
+async def test_reminders_come_again_before_the_new_date(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    await w.pay(loan_id, "437.00", "2026-02-15")
+    await close(w, "2026-03-07")  # three days before Mar 10: reminded
+    await holiday(w, loan_id, months=1)
+    await close(w, "2026-04-07")  # three days before the new date, Apr 10
+    reminders = (await w.get("/v1/events?type=installment.due_soon", w.admin))["items"]
+    seq2 = [e["data"]["due_date"] for e in reminders if e["data"]["installment_seq"] == 2]
+    assert seq2 == ["2026-03-10", "2026-04-10"]
+
+
+async def test_nothing_ahead_to_defer(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    await close(w, "2026-04-11")  # every installment due
+    before = await stored()
+    body = {"kind": "payment_holiday", "reason": "r", "months": 1}
+    refused = await w.post(f"/v1/loans/{loan_id}/restructures", body)
+    assert (refused.status_code, refused.json()["code"]) == (409, "nothing_to_defer")
+    assert await stored() == before
+
+
+BAD_HOLIDAYS: list[tuple[dict[str, Any], str]] = [
+    ({"months": None}, "months"),
+    ({"months": 0}, "months"),
+    ({"months": 4}, "months"),
+    ({"months": "two"}, "months"),
+    ({"amount": "1.00"}, "amount"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), BAD_HOLIDAYS)
+async def test_malformed_holidays_are_refused(
+    client: httpx.AsyncClient, override: dict[str, Any], field: str
+) -> None:
+    w, loan_id = await setup(client)
+    before = await stored()
+    body = {k: v for k, v in {"kind": "payment_holiday", "reason": "r", "months": 1,
+                              **override}.items() if v is not None}  # fmt: skip
+    response = await w.post(f"/v1/loans/{loan_id}/restructures", body)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert await stored() == before
