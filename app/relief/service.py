@@ -57,7 +57,7 @@ async def request_restructure(
     reason: str,
     installments: Sequence[tuple[date, str]] | None,
     amount: str | None,
-    months: int | None = None,
+    months: int | None,
 ) -> Restructure:
     """A pending request; nothing about the loan changes until an admin approves it. Each
     kind takes its own fields and refuses the others'."""
@@ -107,7 +107,8 @@ async def approve(
     note: str | None,
 ) -> Restructure:
     """Put a pending restructure into force on the business date, and re-evaluate the loan's
-    flags: a plan's installments become promises, a fee waiver forgives the fees due."""
+    flags: a plan's installments become promises, a fee waiver forgives the fees due, a
+    payment holiday moves the installments still ahead."""
     principal.require()
     restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     if loan.status not in OPEN_STATUSES:
