@@ -10,22 +10,12 @@ from sqlalchemy import func, select
 from app.db import session_scope
 from app.loans.models import LoanInstallment
 from app.relief.models import Restructure
-from tests.factories import World, world
+from tests.factories import World
+from tests.relief.books import LATE_FEE, close, late_loan
 
 
 async def setup(client: httpx.AsyncClient) -> tuple[World, str]:
-    """1200.00 over 3 months from 2026-01-10 (412.00 due Feb 10, 408.00 Mar 10, 404.00 Apr
-    10), 3 days' grace, a late fee of 25.00; closed up to Feb 15: the first is 5 days late."""
-    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
-                    grace_days=3, late_fee={"kind": "fixed", "amount": "25.00"})  # fmt: skip
-    await close(w, "2026-01-10")
-    made = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
-    await close(w, "2026-02-15")
-    return w, str(made["id"])
-
-
-async def close(w: World, as_of: str) -> None:
-    await w.post("/v1/close-runs", {"as_of": as_of}, headers=w.admin, expect=201)
+    return await late_loan(client, late_fee=LATE_FEE)
 
 
 async def holiday(w: World, loan_id: str, months: int = 2) -> dict[str, Any]:

@@ -16,24 +16,14 @@ from app.events.models import Event
 from app.promises.models import Promise
 from app.relief.models import Restructure
 from tests.factories import World, api_key, auth, world
+from tests.relief.books import close, late_loan
 
 PLAN = [{"due_on": "2026-02-20", "amount": "200.00"},
         {"due_on": "2026-03-05", "amount": "212.00"}]  # fmt: skip
 
 
 async def setup(client: httpx.AsyncClient) -> tuple[World, str]:
-    """A loan of 1200.00 over 3 months from 2026-01-10 (412.00 due Feb 10, 408.00 Mar 10,
-    404.00 Apr 10), 3 days' grace, no late fee; closed up to Feb 15: 5 days past due."""
-    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
-                    grace_days=3)  # fmt: skip
-    await close(w, "2026-01-10")
-    made = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
-    await close(w, "2026-02-15")
-    return w, str(made["id"])
-
-
-async def close(w: World, as_of: str) -> None:
-    await w.post("/v1/close-runs", {"as_of": as_of}, headers=w.admin, expect=201)
+    return await late_loan(client)
 
 
 async def request(w: World, loan_id: str, plan: list[dict[str, str]] = PLAN) -> dict[str, Any]:
