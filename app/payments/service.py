@@ -150,9 +150,7 @@ async def reverse_payment(
     _ledger(session, loan, TransactionKind.REVERSAL, payment, note=reason)
     installments = await loans_service.load_installments(session, loan.id)
     remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
-    terms, waived = await _terms(session, installments)
-    position = replay(terms, remaining)
-    await _store_position(session, loan, installments, position, waived)
+    position = await _replay_and_store(session, loan, installments, remaining)
     await events.emit(
         session,
         "payment.reversed",
@@ -243,24 +241,22 @@ async def waive_fees(session: AsyncSession, loan: Loan, *, cap_minor: int | None
     reversal replays them. Returns what was forgiven (0: nothing was due)."""
     as_of = await delinquency.delinquency_date(session)
     installments = await loans_service.load_installments(session, loan.id)
-    terms, waived = await _terms(session, installments)
+    terms, _ = await _terms(session, installments)
     payments = await _applied_payments(session, loan.id)
     forgiven = fees_to_waive(replay(terms, payments), as_of, cap_minor)
-    if not forgiven:
-        return 0
     now = utc_now()
-    for seq, amount in forgiven.items():
-        session.add(
-            LedgerTransaction(
-                loan_id=loan.id, kind=TransactionKind.FEE_WAIVER, amount_minor=amount,
-                currency=loan.currency, effective_on=as_of, installment_seq=seq, note=note,
-                created_at=now,
-            )
-        )  # fmt: skip
-        waived[seq] = waived.get(seq, 0) + amount
-    # The waterfall pays an installment's fees first, so what is forgiven never settles one.
-    terms = [t.without_fees(forgiven[t.seq]) if t.seq in forgiven else t for t in terms]
-    await _store_position(session, loan, installments, replay(terms, payments), waived)
+    session.add_all(
+        LedgerTransaction(
+            loan_id=loan.id, kind=TransactionKind.FEE_WAIVER, amount_minor=amount,
+            currency=loan.currency, effective_on=as_of, installment_seq=seq, note=note,
+            created_at=now,
+        )
+        for seq, amount in forgiven.items()
+    )  # fmt: skip
+    if forgiven:
+        await session.flush()  # the replay reads the waivers back with the late fees
+        # The waterfall pays an installment's fees first, so what is forgiven never settles one.
+        await _replay_and_store(session, loan, installments, payments)
     return sum(forgiven.values())
 
 
@@ -274,20 +270,29 @@ async def defer_installments(
     as_of = await delinquency.delinquency_date(session)
     installments = await loans_service.load_installments(session, loan.id)
     new_dates = deferred([i.due_date for i in installments], as_of, months)
-    moved = [
-        (i.seq, i.due_date, new)
-        for i, new in zip(installments, new_dates, strict=True)
-        if new != i.due_date
-    ]
-    if not moved:
-        return []
+    moved = []
     for row, new in zip(installments, new_dates, strict=True):
         if new != row.due_date:
+            moved.append((row.seq, row.due_date, new))
             row.due_date, row.reminded_on = new, None  # remind again before the new date
-    terms, waived = await _terms(session, installments)
-    position = replay(terms, await _applied_payments(session, loan.id))
-    await _store_position(session, loan, installments, position, waived)
+    if moved:
+        await _replay_and_store(
+            session, loan, installments, await _applied_payments(session, loan.id)
+        )
     return moved
+
+
+async def _replay_and_store(
+    session: AsyncSession,
+    loan: Loan,
+    installments: list[LoanInstallment],
+    payments: list[PaymentIn],
+) -> LoanPosition:
+    """Replay ``payments`` on the installments' terms as the ledger now has them, and store."""
+    terms, waived = await _terms(session, installments)
+    position = replay(terms, payments)
+    await _store_position(session, loan, installments, position, waived)
+    return position
 
 
 async def _terms(

@@ -68,9 +68,7 @@ async def create_promise(
             f"must not exceed the loan's payoff amount {format_minor(payoff, loan.currency)} "
             f"on {as_of}"
         )
-        raise AmountExceedsPayoff(
-            f"amount: {message}", errors=[{"field": "amount", "message": message}]
-        )
+        raise AmountExceedsPayoff.field("amount", message)
     # Under the loan's lock: no concurrent promise on this loan can slip in after the check
     # (and the partial unique index refuses one that tried).
     existing = await session.scalar(

@@ -106,9 +106,9 @@ async def approve(
     loan_id: str | None,
     note: str | None,
 ) -> Restructure:
-    """Put a pending restructure into force on the business date, and re-evaluate the loan's
-    flags: a plan's installments become promises, a fee waiver forgives the fees due, a
-    payment holiday moves the installments still ahead."""
+    """Put a pending restructure into force on the business date (the loan's flags are
+    re-evaluated in the same transaction): a plan's installments become promises, a fee
+    waiver forgives the fees due, a payment holiday moves the installments still ahead."""
     principal.require()
     restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     if loan.status not in OPEN_STATUSES:
@@ -142,7 +142,6 @@ async def approve(
     restructure.decision_note = note
     await session.flush()
     await events.emit(session, "restructure.approved", approved_event(restructure, loan), loan=loan)
-    await risk.refresh_loan(session, loan)  # partial_payments rests while a plan runs
     return restructure
 
 
@@ -188,6 +187,9 @@ async def _start_plan(
     )
     await session.flush()
     await promises.refresh_loan(session, loan, as_of)
+    # partial_payments rests while the plan runs. (A waiver or a holiday replays the loan,
+    # which re-evaluates it.)
+    await risk.refresh_loan(session, loan)
 
 
 async def _check_something_ahead(session: AsyncSession, loan: Loan, as_of: date) -> None:
@@ -356,6 +358,4 @@ async def _check_total(
             f"add up to {format_minor(total, loan.currency)}, more than the loan's payoff "
             f"amount {format_minor(payoff, loan.currency)} on {as_of}"
         )
-        raise AmountExceedsPayoff(
-            f"installments: {message}", errors=[{"field": "installments", "message": message}]
-        )
+        raise AmountExceedsPayoff.field("installments", message)
