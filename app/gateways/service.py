@@ -12,6 +12,7 @@ from app import clock
 from app.api.auth import Principal
 from app.api_keys.models import Role
 from app.db import utc_now
+from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.events import service as events
 from app.gateways.models import FailedDebit, Gateway, InboundNotification
@@ -136,5 +137,5 @@ async def _record_failed_debit(
         "gateway": gateway,
     }
     await events.emit(session, "payment.debit_failed", result, loan=loan)
-    await risk.refresh_loan(session, loan)
+    await risk.refresh_loan(session, loan, await delinquency.delinquency_date(session))
     return result

@@ -3,15 +3,16 @@
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
+from typing import cast
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Table, bindparam, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
 from app.api.auth import Principal
 from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
-from app.db import utc_now
+from app.db import insert_rows, utc_now
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.events import service as events
@@ -40,6 +41,10 @@ from app.payments.errors import (
 from app.payments.models import Payment, PaymentAllocation, PaymentStatus, ReversalReason
 from app.promises import service as promises
 from app.risk import service as risk
+
+# Core, built once: every payment, reversal, waiver and holiday rewrites the loan's allocations.
+_allocations = cast(Table, PaymentAllocation.__table__)
+_DELETE_ALLOCATIONS = delete(_allocations).where(_allocations.c.loan_id == bindparam("loan_id"))
 
 
 @dataclass(frozen=True)
@@ -100,14 +105,17 @@ async def record_payment(
     await session.flush()  # before the ledger row that references it
     _ledger(session, loan, TransactionKind.PAYMENT, payment)
     was_paid_off = loan.status == LoanStatus.PAID_OFF
-    await _store_position(session, loan, installments, position, waived)
+    business_date = await delinquency.business_date(session)
+    await _store_position(
+        session, loan, installments, position, waived, as_of=business_date or today
+    )
     await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
                       loan=loan)  # fmt: skip
     if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
         await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
     return PaymentView(
         payment, loan.currency, position.allocations_of(payment.id),
-        await loans_service.loan_view(session, loan, installments),
+        loans_service.LoanView(loan, installments, today, business_date),
     )  # fmt: skip
 
 
@@ -150,7 +158,10 @@ async def reverse_payment(
     _ledger(session, loan, TransactionKind.REVERSAL, payment, note=reason)
     installments = await loans_service.load_installments(session, loan.id)
     remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
-    position = await _replay_and_store(session, loan, installments, remaining)
+    today, business_date = clock.today(), await delinquency.business_date(session)
+    position = await _replay_and_store(
+        session, loan, installments, remaining, as_of=business_date or today
+    )
     await events.emit(
         session,
         "payment.reversed",
@@ -158,7 +169,7 @@ async def reverse_payment(
         loan=loan,
     )
     return PaymentView(
-        payment, loan.currency, [], await loans_service.loan_view(session, loan, installments)
+        payment, loan.currency, [], loans_service.LoanView(loan, installments, today, business_date)
     )
 
 
@@ -256,7 +267,7 @@ async def waive_fees(session: AsyncSession, loan: Loan, *, cap_minor: int | None
     if forgiven:
         await session.flush()  # the replay reads the waivers back with the late fees
         # The waterfall pays an installment's fees first, so what is forgiven never settles one.
-        await _replay_and_store(session, loan, installments, payments)
+        await _replay_and_store(session, loan, installments, payments, as_of=as_of)
     return sum(forgiven.values())
 
 
@@ -276,9 +287,8 @@ async def defer_installments(
             moved.append((row.seq, row.due_date, new))
             row.due_date, row.reminded_on = new, None  # remind again before the new date
     if moved:
-        await _replay_and_store(
-            session, loan, installments, await _applied_payments(session, loan.id)
-        )
+        payments = await _applied_payments(session, loan.id)
+        await _replay_and_store(session, loan, installments, payments, as_of=as_of)
     return moved
 
 
@@ -287,11 +297,13 @@ async def _replay_and_store(
     loan: Loan,
     installments: list[LoanInstallment],
     payments: list[PaymentIn],
+    *,
+    as_of: date,
 ) -> LoanPosition:
     """Replay ``payments`` on the installments' terms as the ledger now has them, and store."""
     terms, waived = await _terms(session, installments)
     position = replay(terms, payments)
-    await _store_position(session, loan, installments, position, waived)
+    await _store_position(session, loan, installments, position, waived, as_of=as_of)
     return position
 
 
@@ -343,10 +355,12 @@ async def _store_position(
     installments: list[LoanInstallment],
     position: LoanPosition,
     fees_waived: dict[int, int],
+    *,
+    as_of: date,
 ) -> None:
     """Write a replayed position: installments, allocations and the loan's derived balances.
     ``fees_waived``: fee waivers by installment, which the replay saw as fees never charged
-    and the rows (charged as assessed) count as waived."""
+    and the rows (charged as assessed) count as waived. ``as_of``: the delinquency date."""
     for row, new in zip(installments, position.installments, strict=True):
         row.paid_fees_minor = new.paid_fees_minor
         row.paid_interest_minor = new.paid_interest_minor
@@ -360,22 +374,17 @@ async def _store_position(
             row.status = InstallmentStatus.PARTIALLY_PAID
         else:
             row.status = InstallmentStatus.PENDING
-    await session.execute(delete(PaymentAllocation).where(PaymentAllocation.loan_id == loan.id))
-    if position.allocations:
-        await session.execute(
-            insert(PaymentAllocation),
-            [
-                {
-                    "payment_id": a.payment_id,
-                    "installment_seq": a.installment_seq,
-                    "loan_id": loan.id,
-                    "fees_minor": a.fees_minor,
-                    "interest_minor": a.interest_minor,
-                    "principal_minor": a.principal_minor,
-                }
-                for a in position.allocations
-            ],
-        )
+    await session.execute(_DELETE_ALLOCATIONS, {"loan_id": loan.id})
+    await insert_rows(
+        session,
+        _allocations,
+        [
+            {"payment_id": a.payment_id, "installment_seq": a.installment_seq, "loan_id": loan.id,
+             "fees_minor": a.fees_minor, "interest_minor": a.interest_minor,
+             "principal_minor": a.principal_minor}
+            for a in position.allocations
+        ],
+    )  # fmt: skip
     loan.principal_outstanding_minor = position.principal_outstanding_minor
     loan.credit_balance_minor = position.credit_balance_minor
     if position.paid_off_on is not None:
@@ -386,10 +395,9 @@ async def _store_position(
         loan.paid_off_on = None
     # The same rules as the nightly close, at once, in this transaction: promises before
     # risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.
-    as_of = await delinquency.delinquency_date(session)
     await delinquency.refresh_loan(session, loan, position, as_of)
     await promises.refresh_loan(session, loan, as_of)
-    await risk.refresh_loan(session, loan)
+    await risk.refresh_loan(session, loan, as_of)
 
 
 def _ledger(

@@ -189,7 +189,7 @@ async def _start_plan(
     await promises.refresh_loan(session, loan, as_of)
     # partial_payments rests while the plan runs. (A waiver or a holiday replays the loan,
     # which re-evaluates it.)
-    await risk.refresh_loan(session, loan)
+    await risk.refresh_loan(session, loan, as_of)
 
 
 async def _check_something_ahead(session: AsyncSession, loan: Loan, as_of: date) -> None:

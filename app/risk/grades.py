@@ -2,9 +2,10 @@
 
 from collections.abc import Sequence
 from datetime import date
+from functools import lru_cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, and_, case, func, select
+from sqlalchemy import Table, and_, bindparam, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.borrowers.models import Borrower
@@ -15,6 +16,7 @@ from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor
 from app.risk.limits import next_limit
 from app.risk.models import FlagStatus, RiskFlag
+from app.risk.rules import RiskRules
 from app.risk.score import FADE_DAYS, FlagFact, score_loan
 from app.risk.versions import current_rules
 
@@ -61,61 +63,19 @@ async def grade_borrowers(
     high: str | None = None,
     *,
     borrower_id: str | None = None,
+    rules: RiskRules | None = None,
 ) -> dict[str, int]:
     """Re-grade the borrowers of the loans in the range (or one borrower): their grade is their
-    worst open loan's; a change is an event and may move the credit limit.
+    worst open loan's; a change is an event and may move the credit limit. ``rules``: the
+    thresholds in force, when the caller has read them already.
 
     In bulk: a first close over a large book re-grades hundreds of thousands of borrowers."""
-    borrower, loan = cast(Table, Borrower.__table__), cast(Table, Loan.__table__)
-    _, rules = await current_rules(session)
-    if borrower_id is not None:
-        scope: Any = [borrower_id]
-    else:
-        scope = select(loan.c.borrower_id).where(delinquency.in_range(loan.c.id, low, high))
-    is_open = loan.c.status.in_(OPEN_STATUSES)
-    # Over all the borrower's loans: the grade and exposure of the open ones, and the history
-    # (first disbursement, last cure) that says how long they have been without arrears.
-    worst = (
-        select(
-            loan.c.borrower_id,
-            func.max(case((is_open, loan.c.risk_grade))).label("grade"),
-            func.max(case((and_(is_open, loan.c.days_past_due > 0), 1), else_=0)).label("past_due"),
-            func.sum(case((is_open, loan.c.principal_outstanding_minor), else_=0)).label(
-                "exposure"
-            ),
-            func.min(loan.c.disbursed_on).label("first_disbursed_on"),
-            func.max(loan.c.cured_on).label("last_cured_on"),
-        )
-        .where(loan.c.borrower_id.in_(scope))
-        .group_by(loan.c.borrower_id)
-        .subquery()
-    )
-    new_grade = func.coalesce(worst.c.grade, "A")
-    rows = (
-        await session.execute(
-            select(
-                borrower,
-                new_grade.label("new_grade"),
-                func.coalesce(worst.c.past_due, 0).label("past_due"),
-                func.coalesce(worst.c.exposure, 0).label("exposure"),
-                worst.c.first_disbursed_on,
-                worst.c.last_cured_on,
-            )
-            .select_from(borrower.outerjoin(worst, worst.c.borrower_id == borrower.c.id))
-            .where(
-                borrower.c.id.in_(scope),
-                (new_grade != borrower.c.risk_grade)
-                | borrower.c.limit_before_cut_minor.is_not(None)
-                | new_grade.in_(("D", "E")),
-            )
-            # Only the borrowers that may change are locked, in id order: chunks sharing one
-            # wait for each other (no deadlock), and the second re-reads the first's grade
-            # (PostgreSQL rechecks a locked row's condition) and does not repeat its events.
-            # Locking every borrower of a chunk cost a tuple write each, 1M per close.
-            .order_by(borrower.c.id)
-            .with_for_update(of=borrower)
-        )
-    ).all()
+    if rules is None:
+        _, rules = await current_rules(session)
+    bounds = {"borrower_id": borrower_id, "low": low, "high": high}
+    params = {name: value for name, value in bounds.items() if value is not None}
+    statement = _grading_statement(borrower_id is not None, low is not None, high is not None)
+    rows = (await session.execute(statement, params)).all()
     regraded = [row for row in rows if row.new_grade != row.risk_grade]
     reasons = await _open_flag_codes(session, [row.id for row in regraded])
     updates: dict[str, dict[str, Any]] = {}
@@ -159,6 +119,63 @@ async def grade_borrowers(
     # Grade changes first: a limit moves because of the grade it follows.
     await events.emit_many(session, [*grade_events, *limit_events])
     return {"grades_changed": len(grade_events), "limits_changed": len(limit_events)}
+
+
+@lru_cache(maxsize=8)
+def _grading_statement(one_borrower: bool, has_low: bool, has_high: bool) -> Any:
+    """The borrowers in scope that may change, with their loans' worst grade, exposure and
+    history, locked: built once per scope shape (building it was a sixth of a payment's CPU),
+    the borrower id or the loan-id bounds bound at execution."""
+    borrower, loan = cast(Table, Borrower.__table__), cast(Table, Loan.__table__)
+    scope: Any
+    if one_borrower:
+        scope = [bindparam("borrower_id")]
+    else:
+        low: Any = bindparam("low") if has_low else None
+        high: Any = bindparam("high") if has_high else None
+        scope = select(loan.c.borrower_id).where(delinquency.in_range(loan.c.id, low, high))
+    is_open = loan.c.status.in_(OPEN_STATUSES)
+    # Over all the borrower's loans: the grade and exposure of the open ones, and the history
+    # (first disbursement, last cure) that says how long they have been without arrears.
+    worst = (
+        select(
+            loan.c.borrower_id,
+            func.max(case((is_open, loan.c.risk_grade))).label("grade"),
+            func.max(case((and_(is_open, loan.c.days_past_due > 0), 1), else_=0)).label("past_due"),
+            func.sum(case((is_open, loan.c.principal_outstanding_minor), else_=0)).label(
+                "exposure"
+            ),
+            func.min(loan.c.disbursed_on).label("first_disbursed_on"),
+            func.max(loan.c.cured_on).label("last_cured_on"),
+        )
+        .where(loan.c.borrower_id.in_(scope))
+        .group_by(loan.c.borrower_id)
+        .subquery()
+    )
+    new_grade = func.coalesce(worst.c.grade, "A")
+    return (
+        select(
+            borrower,
+            new_grade.label("new_grade"),
+            func.coalesce(worst.c.past_due, 0).label("past_due"),
+            func.coalesce(worst.c.exposure, 0).label("exposure"),
+            worst.c.first_disbursed_on,
+            worst.c.last_cured_on,
+        )
+        .select_from(borrower.outerjoin(worst, worst.c.borrower_id == borrower.c.id))
+        .where(
+            borrower.c.id.in_(scope),
+            (new_grade != borrower.c.risk_grade)
+            | borrower.c.limit_before_cut_minor.is_not(None)
+            | new_grade.in_(("D", "E")),
+        )
+        # Only the borrowers that may change are locked, in id order: chunks sharing one
+        # wait for each other (no deadlock), and the second re-reads the first's grade
+        # (PostgreSQL rechecks a locked row's condition) and does not repeat its events.
+        # Locking every borrower of a chunk cost a tuple write each, 1M per close.
+        .order_by(borrower.c.id)
+        .with_for_update(of=borrower)
+    )
 
 
 def _clean_since(row: Any) -> date | None:

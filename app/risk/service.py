@@ -480,10 +480,12 @@ async def evaluate_loans(
     *,
     loan_id: str | None = None,
     changed_only: bool = False,
+    in_force: tuple[int, RiskRules] | None = None,
 ) -> dict[str, int]:
     """Raise, escalate and clear the flags of the open loans in the range (or of one loan);
-    ``changed_only``: of those the night may have changed, the others' flags are yesterday's."""
-    version, rules = await current_rules(session)
+    ``changed_only``: of those the night may have changed, the others' flags are yesterday's.
+    ``in_force``: the rules' version and thresholds, when the caller has read them already."""
+    version, rules = in_force or await current_rules(session)
     postgres = is_postgres(session)
     params = _features_params(as_of, rules, low, high, loan_id)
     scope_kind: Scope = "loan" if loan_id is not None else "range"
@@ -658,13 +660,13 @@ def flag_event_data(flag: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-async def refresh_loan(session: AsyncSession, loan: Loan) -> None:
+async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     """The real-time path: re-evaluate one loan after a payment, reversal or failed debit, and
-    re-grade its borrower."""
+    re-grade its borrower, as of the caller's delinquency date."""
     await session.flush()
-    as_of = await delinquency.delinquency_date(session)
-    await evaluate_loans(session, as_of, loan_id=loan.id)
-    await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id)
+    in_force = await current_rules(session)
+    await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force)
+    await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id, rules=in_force[1])
 
 
 async def list_flags(
