@@ -46,7 +46,7 @@ from app.db import (
     utc_now,
 )
 from app.delinquency import service as delinquency
-from app.errors import InvalidRequest, NotFound
+from app.errors import Conflict, NotFound
 from app.events import service as events
 from app.gateways.models import FailedDebit
 from app.ids import new_id
@@ -64,6 +64,10 @@ from app.risk.versions import current_rules
 
 class RiskFlagNotFound(NotFound):
     code = "risk_flag_not_found"
+
+
+class RiskFlagAlreadyAcknowledged(Conflict):
+    code = "risk_flag_already_acknowledged"
 
 
 async def get_rules(session: AsyncSession, principal: Principal) -> tuple[int, RiskRules]:
@@ -709,7 +713,8 @@ async def acknowledge(
         if loan is None or loan.merchant_id != principal.merchant_id:
             raise RiskFlagNotFound(f"risk flag {flag_id} does not exist")
     if flag.acknowledged:
-        raise InvalidRequest.field("flag_id", "is acknowledged already")
+        # The first acknowledgement and its note stand: a second is a conflict, not new input.
+        raise RiskFlagAlreadyAcknowledged(f"risk flag {flag_id} is acknowledged already")
     flag.acknowledged, flag.acknowledged_at, flag.acknowledged_note = True, utc_now(), note
     return flag
 

@@ -221,8 +221,11 @@ async def test_acknowledging_a_flag_and_the_loan_risk(client: httpx.AsyncClient)
                          expect=200)  # fmt: skip
     assert acked.json()["acknowledged"] is True
     assert acked.json()["acknowledged_note"] == "called, no answer"
-    again = await w.post(f"/v1/risk/flags/{flag['id']}/acknowledge", {})
-    assert again.status_code == 422
+    again = await w.post(f"/v1/risk/flags/{flag['id']}/acknowledge", {"note": "second try"})
+    assert again.status_code == 409
+    assert again.json()["code"] == "risk_flag_already_acknowledged"
+    listed = await w.get(f"/v1/risk/flags?code=never_paid&borrower_id={flag['borrower_id']}")
+    assert [f["acknowledged_note"] for f in listed["items"]] == ["called, no answer"]
     risk = await w.get(f"/v1/loans/{loan_id}/risk")
     open_codes = {f["code"] for f in risk["flags"]}
     assert {"never_paid", "first_payment_default", "dpd_roll_forward"} <= open_codes
