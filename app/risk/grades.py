@@ -124,7 +124,7 @@ async def grade_borrowers(
 @lru_cache(maxsize=8)
 def _grading_statement(one_borrower: bool, has_low: bool, has_high: bool) -> Any:
     """The borrowers in scope that may change, with their loans' worst grade, exposure and
-    history, locked: built once per scope shape (building it was a sixth of a payment's CPU),
+    history, locked: built once per scope shape (building it was an eighth of a payment's CPU),
     the borrower id or the loan-id bounds bound at execution."""
     borrower, loan = cast(Table, Borrower.__table__), cast(Table, Loan.__table__)
     scope: Any
