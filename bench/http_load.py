@@ -47,6 +47,9 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped]
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import close_bench  # a sibling script, not a package: the commit benchmarked
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 VENV_BIN = Path(sys.executable).parent
@@ -561,6 +564,7 @@ def report(config: Config, api: dict[str, PhaseResult], base: dict[str, PhaseRes
         return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
     lines = [
+        f"At commit {close_bench.commit()}: "
         f"wrk -t{config.threads} -c{config.connections} -d{config.duration}s --latency "
         f"--timeout={config.timeout}s, "
         f"loopback, one uvicorn worker each; {config.borrowers} borrowers, "
@@ -678,6 +682,7 @@ def main() -> int:
     (config.out / "results.json").write_text(
         json.dumps(
             {
+                "commit": close_bench.commit(),
                 "config": {k: str(v) for k, v in asdict(config).items()},
                 "load_average": loads,
                 "api": {k: asdict(v) for k, v in api.items()},
