@@ -105,18 +105,17 @@ async def record_payment(
     await session.flush()  # before the ledger row that references it
     _ledger(session, loan, TransactionKind.PAYMENT, payment)
     was_paid_off = loan.status == LoanStatus.PAID_OFF
-    business_date = await delinquency.business_date(session)
-    await _store_position(
-        session, loan, installments, position, waived, as_of=business_date or today
+    # The response's view reads the loan as it is after the store; its arrears date is the
+    # delinquency date the store reckons with.
+    view = loans_service.LoanView(
+        loan, installments, today, await delinquency.business_date(session)
     )
+    await _store_position(session, loan, installments, position, waived, as_of=view.arrears_as_of)
     await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
                       loan=loan)  # fmt: skip
     if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
         await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
-    return PaymentView(
-        payment, loan.currency, position.allocations_of(payment.id),
-        loans_service.LoanView(loan, installments, today, business_date),
-    )  # fmt: skip
+    return PaymentView(payment, loan.currency, position.allocations_of(payment.id), view)
 
 
 async def _refuse_duplicate(session: AsyncSession, loan_id: str, external_ref: str) -> None:
@@ -158,9 +157,10 @@ async def reverse_payment(
     _ledger(session, loan, TransactionKind.REVERSAL, payment, note=reason)
     installments = await loans_service.load_installments(session, loan.id)
     remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
-    today, business_date = clock.today(), await delinquency.business_date(session)
+    business_date = await delinquency.business_date(session)
+    view = loans_service.LoanView(loan, installments, clock.today(), business_date)
     position = await _replay_and_store(
-        session, loan, installments, remaining, as_of=business_date or today
+        session, loan, installments, remaining, as_of=view.arrears_as_of
     )
     await events.emit(
         session,
@@ -168,9 +168,7 @@ async def reverse_payment(
         {**payment_event_data(loan, payment, position), "reason": reason},
         loan=loan,
     )
-    return PaymentView(
-        payment, loan.currency, [], loans_service.LoanView(loan, installments, today, business_date)
-    )
+    return PaymentView(payment, loan.currency, [], view)
 
 
 async def get_payment(
