@@ -1,0 +1,160 @@
+"""Where a payment's and a GET's time goes, in-process, on the book bench/http_load.py leaves
+behind: the app driven by httpx on its ASGI interface, one request at a time, with each service
+step of a payment timed (wall ms per payment, nested steps included in their callers), then a
+`GET /v1/loans/{id}`'s read taken apart (CPU ms per read: the pooled connection, the read through
+SQLAlchemy, the same SQL through the asyncpg connection, and the rendering).
+
+    .venv/bin/python bench/http_load.py --duration 10          # once: the bench book
+    .venv/bin/python bench/request_profile.py [--payments 600] [--reads 3000]
+
+Each run adds its payments to the book; compare runs against each other, not across books.
+"""
+
+import argparse
+import asyncio
+import functools
+import os
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+DSN = "postgresql+asyncpg://postgres@127.0.0.1:5432/loanwatch_bench"
+
+
+def timed(totals: Counter[str], module: Any, name: str) -> None:
+    """Replace ``module.name`` (a coroutine function) by one adding its wall time to totals."""
+    original = getattr(module, name)
+
+    @functools.wraps(original)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            totals[f"{module.__name__}.{name}"] += time.perf_counter() - started
+
+    setattr(module, name, wrapper)
+
+
+async def profile_payments(key: str, loan_ids: list[str], count: int) -> None:
+    import httpx
+
+    from app.db import database
+    from app.delinquency import service as delinquency
+    from app.loans import service as loans
+    from app.main import app
+    from app.payments import service as payments
+    from app.promises import service as promises
+    from app.risk import grades
+    from app.risk import service as risk
+
+    totals: Counter[str] = Counter()
+    for module, names in (
+        (payments, ["record_payment", "_store_position", "_applied_payments"]),
+        (loans, ["get_loan", "load_installments"]),
+        (delinquency, ["business_date"]),
+        (promises, ["refresh_loan"]),
+        (risk, ["refresh_loan", "evaluate_loans"]),
+        (grades, ["grade_borrowers", "score_loans"]),
+    ):
+        for name in names:
+            timed(totals, module, name)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+
+        async def pay() -> None:
+            ref = uuid.uuid4().hex
+            answer = await c.post(
+                f"/v1/loans/{random.choice(loan_ids)}/payments",
+                json={"amount": "1.00", "external_ref": ref},
+                headers={**headers, "Idempotency-Key": ref},
+            )
+            assert answer.status_code == 201, answer.text
+
+        for _ in range(20):  # warm: statement caches, pool
+            await pay()
+        totals.clear()
+        started, cpu = time.perf_counter(), time.process_time()
+        for _ in range(count):
+            await pay()
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(f"{count} payments: {wall / count * 1000:.2f} ms wall, {cpu / count * 1000:.2f} ms CPU "
+          "each (the client's included)")  # fmt: skip
+    for step, seconds in totals.most_common():
+        print(f"  {step:45s} {seconds / count * 1000:6.2f} ms")
+    await database.dispose()  # the reads run in another event loop
+
+
+async def profile_reads(key: str, loan_ids: list[str], count: int) -> None:
+    from app.api.deps import authenticate
+    from app.api.responses import json_response
+    from app.db import database
+    from app.loans import service as loans
+    from app.loans.schemas import loan_read
+
+    principal = await authenticate(f"Bearer {key}")
+
+    async def per_read(step: Any) -> float:
+        started = time.process_time()
+        for _ in range(count):
+            await step()
+        return (time.process_time() - started) / count * 1000
+
+    async def checkout() -> None:
+        async with database.read_connection():
+            pass
+
+    async def read() -> None:
+        async with database.read_connection() as connection:
+            await loans.read_loan(connection, principal, loan_id=random.choice(loan_ids))
+
+    async def read_and_render() -> None:
+        async with database.read_connection() as connection:
+            view = await loans.read_loan(connection, principal, loan_id=random.choice(loan_ids))
+        json_response(loan_read(view))
+
+    async with database.read_connection() as connection:
+        compiled = loans._LOAN_READ.compile(dialect=connection.dialect)
+        values = {name: compiled.binds[name].value for name in compiled.positiontup or ()}
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert driver is not None
+
+        async def driver_read() -> None:
+            arguments = {**values, "loan_id": random.choice(loan_ids)}
+            await driver.fetch(str(compiled), *(arguments[n] for n in compiled.positiontup or ()))
+
+        driver_ms = await per_read(driver_read)
+    print(f"GET /v1/loans/{{id}}'s read, CPU per read over {count}:")
+    print(f"  pooled connection alone          {await per_read(checkout):.3f} ms")
+    print(f"  read through SQLAlchemy Core     {await per_read(read):.3f} ms")
+    print(f"  the same SQL through asyncpg     {driver_ms:.3f} ms (connection held)")
+    print(f"  read and render                  {await per_read(read_and_render):.3f} ms")
+    await database.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--payments", type=int, default=600)
+    parser.add_argument("--reads", type=int, default=3000)
+    parser.add_argument("--results", type=Path, help="an http_load results folder [the latest]")
+    args = parser.parse_args()
+    results = args.results or max((BENCH / "results").iterdir())
+    loan_ids = (results / "loans.txt").read_text().split()
+    os.environ["LOANWATCH_DATABASE_URL"] = DSN
+    os.environ.setdefault("LOANWATCH_LOG_LEVEL", "warning")
+    key = subprocess.run(
+        [str(Path(sys.executable).parent / "loanwatch"), "api-keys", "create", "--role", "admin"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()[-1]  # fmt: skip
+    asyncio.run(profile_payments(key, loan_ids, args.payments))
+    asyncio.run(profile_reads(key, loan_ids, args.reads))
+
+
+if __name__ == "__main__":
+    main()
