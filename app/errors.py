@@ -93,18 +93,33 @@ async def _loanwatch_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"field": _field_path(tuple(e["loc"])), "message": e["msg"], "type": e["type"]}
-        for e in exc.errors()
-    ]
+def _field_error(error: Any) -> dict[str, Any]:
+    if error["type"] == "json_invalid":
+        # FastAPI puts the character position where a field name would be.
+        position = error["loc"][-1]
+        return {"field": "body", "message": f"not valid JSON (at character {position})",
+                "type": "json_invalid"}  # fmt: skip
+    return {"field": _field_path(tuple(error["loc"])), "message": error["msg"],
+            "type": error["type"]}  # fmt: skip
+
+
+def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem(422, "validation_error", "Invalid request", detail, errors)
 
 
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return _invalid([_field_error(e) for e in exc.errors()])
+
+
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a JSON body it cannot even decode (bytes that are not text):
+        # the same 422 as any other body that is not JSON.
+        return _invalid([{"field": "body", "message": "not valid JSON (undecodable bytes)",
+                          "type": "json_invalid"}])  # fmt: skip
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
     code = codes.get(exc.status_code, "http_error")
     return problem(

@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api import openapi
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.nul import RefuseNulCharacters
 from app.api_keys.routes import router as api_keys_router
@@ -74,6 +75,7 @@ def create_app() -> FastAPI:
         portfolio_router,
     ):
         app.include_router(router)
+    openapi.install(app)
     return app
 
 

@@ -147,11 +147,18 @@ def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Pa
         ]  # fmt: skip
 
 
+CHECKS = ",".join((
+    "not_a_server_error", "status_code_conformance", "content_type_conformance",
+    "response_headers_conformance", "response_schema_conformance",
+))  # fmt: skip
+
+
 @pytest.mark.parametrize("role", ["admin", "merchant"])
 def test_no_request_gets_a_server_error(embedded_server: tuple[str, str, Path], role: str) -> None:
     """Schemathesis sends every operation in the OpenAPI document examples, boundary values,
-    malformed and random inputs, and sequences linked by the ids they return; any 5xx fails.
-    The seed is fixed so that a failure reproduces (and CI does not flake)."""
+    malformed and random inputs, and sequences linked by the ids they return; any 5xx fails,
+    and so does any answer the document does not describe (status, content type, headers,
+    body). The seed is fixed so that a failure reproduces (and CI does not flake)."""
     base, key, folder = embedded_server
     if role == "merchant":
         headers = {"Authorization": f"Bearer {key}"}
@@ -166,7 +173,7 @@ def test_no_request_gets_a_server_error(embedded_server: tuple[str, str, Path], 
         ).stdout.strip()  # fmt: skip
     result = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "run", f"{base}/openapi.json",
-         "--header", f"Authorization: Bearer {key}", "--checks", "not_a_server_error",
+         "--header", f"Authorization: Bearer {key}", "--checks", CHECKS,
          "--max-examples", "15", "--seed", "20261129", "--workers", "1"],
         cwd=folder, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

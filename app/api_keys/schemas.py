@@ -24,4 +24,6 @@ class ApiKeyRead(BaseModel):
 
 
 class ApiKeyCreated(ApiKeyRead):
-    key: str = Field(description="The secret, shown only in this response.")
+    key: str | None = Field(
+        description="The secret, shown only in this response (null in an idempotent replay)"
+    )

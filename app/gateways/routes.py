@@ -1,10 +1,41 @@
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, SessionDep
+from app.api.openapi import inlined_schema
 from app.gateways import service
-from app.gateways.schemas import GatewayCreate, GatewayCreated, GatewayRead, NotificationResult
+from app.gateways.schemas import (
+    GatewayCreate,
+    GatewayCreated,
+    GatewayRead,
+    Notification,
+    NotificationResult,
+)
 
 router = APIRouter(tags=["payment gateways"])
+
+
+def _signature_header(name: str, description: str) -> dict[str, object]:
+    return {"name": name, "in": "header", "required": True, "schema": {"type": "string"},
+            "description": description}  # fmt: skip
+
+
+# The body is read raw, its signature checked before it is parsed: FastAPI cannot see it.
+SIGNED_NOTIFICATION = {
+    "parameters": [
+        _signature_header("webhook-id", "The notification's unique id: a repeat changes nothing"),
+        _signature_header(
+            "webhook-timestamp", "Unix seconds, within 5 minutes of the server's clock"
+        ),
+        _signature_header(
+            "webhook-signature",
+            "`v1,<base64 HMAC-SHA256>` with the gateway's secret, per Standard Webhooks",
+        ),
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": inlined_schema(Notification)}},
+    },
+}
 
 
 @router.post("/v1/gateways", status_code=201, response_model=GatewayCreated)
@@ -22,7 +53,11 @@ async def list_gateways(session: SessionDep, principal: AdminPrincipal) -> list[
     return [GatewayRead(name=g.name, created_at=g.created_at) for g in gateways]
 
 
-@router.post("/v1/inbound/gateways/{name}", response_model=NotificationResult)
+@router.post(
+    "/v1/inbound/gateways/{name}",
+    response_model=NotificationResult,
+    openapi_extra=SIGNED_NOTIFICATION,
+)
 async def receive_notification(
     name: str, request: Request, session: SessionDep
 ) -> NotificationResult:

@@ -21,7 +21,9 @@ class GatewayRead(BaseModel):
 
 
 class GatewayCreated(GatewayRead):
-    secret: str | None = Field(description="whsec_…, shown only in this response")
+    secret: str | None = Field(
+        description="whsec_…, shown only in this response (null in an idempotent replay)"
+    )
 
 
 class NotificationType(StrEnum):

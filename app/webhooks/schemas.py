@@ -55,7 +55,9 @@ class EndpointRead(BaseModel):
 
 
 class EndpointWithSecret(EndpointRead):
-    secret: str | None = Field(description="whsec_…, shown only in this response")
+    secret: str | None = Field(
+        description="whsec_…, shown only in this response (null in an idempotent replay)"
+    )
 
     @classmethod
     def with_secret(cls, view: EndpointView) -> "EndpointWithSecret":

@@ -1,0 +1,163 @@
+"""The OpenAPI document: FastAPI's, plus what it cannot see in the route signatures. The
+principal dependencies read the `Authorization` header themselves and the idempotency and NUL
+layers are middleware, so without this the document would offer no way to authenticate in
+`/docs`, say nothing of `Idempotency-Key`, and describe errors as FastAPI's
+`application/json` validation list instead of the problem+json every error really is."""
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+from app.api.idempotency import MAX_KEY_LENGTH
+
+API_KEY = "apiKey"
+# Signed with the gateway's secret instead of an API key (docs/webhooks.md).
+SIGNATURE_AUTHENTICATED = ("/v1/inbound/",)
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="The body field (`late_fee.cap`), query parameter or header")
+    message: str
+    type: str | None = Field(default=None, description="The kind of violation, when known")
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details with a machine-readable `code`."""
+
+    type: str = Field(examples=["https://loanwatch.dev/problems/credit_limit_exceeded"])
+    title: str
+    status: int
+    detail: str
+    code: str = Field(examples=["credit_limit_exceeded"])
+    errors: list[FieldError] | None = Field(
+        default=None, description="Each invalid field, on validation errors"
+    )
+
+
+ERRORS = {
+    "401": "No API key, or not a valid one (`unauthorized`); for a gateway, a bad signature",
+    "403": "The key's role may not do this (`forbidden`)",
+    "404": "No such object, or one of another merchant (`not_found` or a more precise code)",
+    "409": "The object's state does not allow it (e.g. `loan_not_active`), or a request with "
+    "the same `Idempotency-Key` is still running (`idempotency_request_in_progress`)",
+    "422": "Invalid input; `errors` names each field (`validation_error`, or a domain code "
+    "such as `credit_limit_exceeded`, `amount_exceeds_payoff`, `idempotency_key_reused`)",
+    "503": "The database is busy; nothing was stored, retry after `Retry-After` (`service_busy`)",
+}
+
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+    "description": "Scoped to the API key, kept at least 24 h: the same key and body again "
+    "replays the stored response (header `Idempotent-Replayed: true`); the same key with "
+    "another body is 422 `idempotency_key_reused`; while the first is still running, 409.",
+}
+
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored response to an earlier request with "
+        "the same `Idempotency-Key`",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
+
+def install(app: FastAPI) -> None:
+    """Have ``app`` serve the completed document (built once, on first request)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete(generate())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def complete(document: dict[str, Any]) -> dict[str, Any]:
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    # Every 422 is replaced below, so FastAPI's validation shapes are left unreferenced.
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    problem = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(problem.pop("$defs"))
+    schemas["Problem"] = problem
+    components["securitySchemes"] = {
+        API_KEY: {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key: `Authorization: Bearer <key>`",
+        }
+    }
+    for path, operations in document["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        by_api_key = not path.startswith(SIGNATURE_AUTHENTICATED)
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            for status in _errors_of(document, path, method, operation, by_api_key):
+                responses[status] = {
+                    "description": ERRORS[status],
+                    "content": {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    },
+                }
+            if not by_api_key:  # a gateway's webhook-id is its idempotency key
+                continue
+            operation["security"] = [{API_KEY: []}]
+            if method == "post":
+                operation.setdefault("parameters", []).append(IDEMPOTENCY_KEY)
+                for status, response in responses.items():
+                    if status.startswith("2"):
+                        response.setdefault("headers", {}).update(REPLAYED)
+    return document
+
+
+def _errors_of(
+    document: dict[str, Any], path: str, method: str, operation: dict[str, Any], by_api_key: bool
+) -> list[str]:
+    """The error statuses an operation can answer: any may meet a bad key or input and a busy
+    database; only one naming an object can miss it, only a write can conflict."""
+    statuses = ["401", "403"] if by_api_key else ["401"]
+    if _names_an_object(document, path, operation):
+        statuses.append("404")
+    if method != "get":
+        statuses.append("409")
+    return [*statuses, "422", "503"]
+
+
+def _names_an_object(document: dict[str, Any], path: str, operation: dict[str, Any]) -> bool:
+    if "{" in path:
+        return True
+    names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+    schema = body.get("schema", {})
+    if "$ref" in schema:
+        schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    names += schema.get("properties", {})
+    return any(name.endswith("_id") or name == "product_code" for name in names)
+
+
+def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its definitions written in place, for a body FastAPI does
+    not parse (a route's ``openapi_extra`` cannot add components). Not for recursive models."""
+    schema = model.model_json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    inlined: dict[str, Any] = resolve(schema)
+    return inlined

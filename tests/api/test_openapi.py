@@ -1,0 +1,95 @@
+"""The OpenAPI document says what the API really does: how to authenticate, the
+Idempotency-Key, and errors as problem+json (tests/test_embedded.py holds live responses to it
+with Schemathesis)."""
+
+from typing import Any
+
+import httpx
+
+from tests.factories import world
+
+PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+def operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (path, method, operation)
+        for path, methods in document["paths"].items()
+        if path.startswith("/v1/")
+        for method, operation in methods.items()
+    ]
+
+
+async def test_every_operation_documents_its_key_and_problem_errors(
+    client: httpx.AsyncClient,
+) -> None:
+    document = (await client.get("/openapi.json")).json()
+    assert document["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key: `Authorization: Bearer <key>`",
+    }  # fmt: skip
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    assert set(document["components"]["schemas"]["Problem"]["required"]) == {
+        "type", "title", "status", "detail", "code",
+    }  # fmt: skip
+    for path, method, operation in operations(document):
+        where = f"{method.upper()} {path}"
+        errors = {s: r for s, r in operation["responses"].items() if s[0] in "45"}
+        assert {"401", "422", "503"} <= set(errors), where
+        assert all(r["content"] == PROBLEM for r in errors.values()), where
+        if path.startswith("/v1/inbound/"):
+            assert "security" not in operation, where
+            continue
+        assert operation["security"] == [{"apiKey": []}], where
+        assert "403" in errors, where
+        if method == "post":
+            headers = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+            assert "Idempotency-Key" in headers, where
+            successes = [r for s, r in operation["responses"].items() if s[0] == "2"]
+            assert all("Idempotent-Replayed" in r["headers"] for r in successes), where
+
+
+async def test_only_operations_naming_an_object_document_404(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert "404" in paths["/v1/loans/{loan_id}"]["get"]["responses"]
+    assert "404" in paths["/v1/loans"]["get"]["responses"]  # ?borrower_id=
+    assert "404" in paths["/v1/loans"]["post"]["responses"]  # borrower_id, product_code
+    assert "404" not in paths["/v1/merchants"]["get"]["responses"]
+    assert "404" not in paths["/v1/merchants"]["post"]["responses"]
+    assert "409" in paths["/v1/loans"]["post"]["responses"]
+    assert "409" not in paths["/v1/loans"]["get"]["responses"]
+
+
+async def test_the_gateway_notification_documents_its_signed_body(
+    client: httpx.AsyncClient,
+) -> None:
+    operation = (await client.get("/openapi.json")).json()["paths"]["/v1/inbound/gateways/{name}"][
+        "post"
+    ]
+    headers = {p["name"]: p["required"] for p in operation["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id": True, "webhook-timestamp": True, "webhook-signature": True}
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["required"] == ["type", "timestamp", "data"]
+    assert schema["properties"]["type"]["enum"] == [
+        "debit.succeeded", "debit.failed", "payment.charged_back",
+    ]  # fmt: skip
+    assert "loan_id" in schema["properties"]["data"]["properties"]
+    assert "$ref" not in str(schema)  # written in place: nothing outside it to resolve
+
+
+async def test_errors_have_the_documented_shape(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    document = (await client.get("/openapi.json")).json()
+    documented = set(document["components"]["schemas"]["Problem"]["properties"])
+    answers = [
+        await client.get("/v1/loans/loan_missing", headers=w.merchant),
+        await client.get("/v1/loans"),
+        await client.post("/v1/merchants", json={"name": "x"}, headers=w.merchant),
+        await w.post("/v1/loans", {"borrower_id": "bor_x", "principal": 12}),
+    ]
+    assert [a.status_code for a in answers] == [404, 401, 403, 422]
+    for answer in answers:
+        assert answer.headers["content-type"] == "application/problem+json"
+        body = answer.json()
+        assert {"type", "title", "status", "detail", "code"} <= set(body) <= documented
+        assert body["status"] == answer.status_code
