@@ -10,7 +10,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.pagination import Page, page_of
-from app.api.responses import cached, json_response
+from app.api.responses import POLLED, cached, json_response
 from app.db import database
 from app.loans import service
 from app.loans.models import LoanStatus
@@ -42,7 +42,7 @@ async def create_loan(
     return json_response(loan_read(view, with_schedule=True), 201)
 
 
-@router.get("/v1/loans", response_model=Page[LoanRead])
+@router.get("/v1/loans", response_model=Page[LoanRead], responses=POLLED)
 async def list_loans(
     request: Request,
     session: SessionDep,

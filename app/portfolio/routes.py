@@ -1,17 +1,18 @@
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import DashboardPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import LIVE, cached
+from app.api.responses import LIVE, POLLED, cached
 from app.portfolio import service
 from app.portfolio.close import alert_event
 from app.portfolio.positions import Scope
+from app.portfolio.schemas import AlertRead, RollRatesRead, SegmentsRead, SummaryRead, VintagesRead
 
 router = APIRouter(tags=["portfolio"])
 
@@ -36,7 +37,7 @@ ScopeDep = Annotated[Scope, Depends(portfolio_scope)]
 PER_CLOSE = "private, max-age=60"
 
 
-@router.get("/v1/portfolio/summary", response_class=Response)
+@router.get("/v1/portfolio/summary", response_model=SummaryRead, responses=POLLED)
 async def summary(
     request: Request,
     session: SessionDep,
@@ -48,7 +49,7 @@ async def summary(
     return cached(request, await service.summary(session, scope), LIVE)
 
 
-@router.get("/v1/portfolio/roll-rates", response_class=Response)
+@router.get("/v1/portfolio/roll-rates", response_model=RollRatesRead, responses=POLLED)
 async def roll_rates(
     request: Request,
     session: SessionDep,
@@ -62,7 +63,7 @@ async def roll_rates(
     return cached(request, body, PER_CLOSE)
 
 
-@router.get("/v1/portfolio/vintages", response_class=Response)
+@router.get("/v1/portfolio/vintages", response_model=VintagesRead, responses=POLLED)
 async def vintages(
     request: Request,
     session: SessionDep,
@@ -79,7 +80,7 @@ class SegmentDimension(StrEnum):
     VINTAGE = "vintage"
 
 
-@router.get("/v1/portfolio/segments", response_class=Response)
+@router.get("/v1/portfolio/segments", response_model=SegmentsRead, responses=POLLED)
 async def segments(
     request: Request,
     session: SessionDep,
@@ -92,13 +93,13 @@ async def segments(
     return cached(request, await service.segments(session, scope, by=by.value), PER_CLOSE)
 
 
-@router.get("/v1/portfolio/alerts", response_model=Page[dict[str, Any]])
+@router.get("/v1/portfolio/alerts", response_model=Page[AlertRead])
 async def alerts(
     session: SessionDep, principal: DashboardPrincipal, page: PageDep, since: date | None = None
-) -> Page[dict[str, Any]]:
+) -> Page[AlertRead]:
     """Segment alerts the closes raised (``risk.segment_alert``), oldest first."""
     rows = await service.list_alerts(session, principal, page=page, since=since)
-    return page_of(rows, page, alert_event)
+    return page_of(rows, page, lambda alert: AlertRead.model_validate(alert_event(alert)))
 
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()

@@ -4,7 +4,6 @@ keep (app/portfolio/positions.py, close.py), never from a scan of the loans."""
 from collections import defaultdict
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
 
 from sqlalchemy import false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,6 +28,23 @@ from app.portfolio.models import (
     VintageCount,
 )
 from app.portfolio.positions import Scope, Tally
+from app.portfolio.schemas import (
+    BucketPosition,
+    CohortRate,
+    Collected,
+    DelinquencyRate,
+    DelinquencyRates,
+    LoansAndPrincipal,
+    RollCell,
+    RollFromCurrent,
+    RollRatesRead,
+    Segment,
+    SegmentsRead,
+    SummaryRead,
+    Vintage,
+    VintagePoint,
+    VintagesRead,
+)
 
 CLOSED_STATUSES = (LoanStatus.PAID_OFF.value, LoanStatus.CANCELLED.value)
 RATE_PLACES = Decimal("0.0001")
@@ -59,12 +75,13 @@ def format_rate(numerator: int, denominator: int) -> str | None:
     return str((Decimal(numerator) / Decimal(denominator)).quantize(RATE_PLACES, ROUND_HALF_UP))
 
 
-def _money(tally: Tally, currency: str) -> dict[str, Any]:
-    return {"count": tally.count,
-            "principal_outstanding": format_minor(tally.principal_minor, currency)}  # fmt: skip
+def _money(tally: Tally, currency: str) -> LoansAndPrincipal:
+    return LoansAndPrincipal(
+        count=tally.count, principal_outstanding=format_minor(tally.principal_minor, currency)
+    )
 
 
-async def summary(session: AsyncSession, scope: Scope) -> dict[str, Any]:
+async def summary(session: AsyncSession, scope: Scope) -> SummaryRead:
     deltas = await positions.pending_deltas(session, scope)
     by_position = await positions.positions(session, scope, deltas)
     by_status: dict[str, Tally] = defaultdict(Tally)
@@ -80,11 +97,13 @@ async def summary(session: AsyncSession, scope: Scope) -> dict[str, Any]:
         book.count += tally.count
         book.principal_minor += tally.principal_minor
 
-    def delinquency_rate(buckets: tuple[str, ...]) -> dict[str, str | None]:
+    def delinquency_rate(buckets: tuple[str, ...]) -> DelinquencyRate:
         count = sum(by_bucket[b].count for b in buckets)
         balance = sum(by_bucket[b].principal_minor for b in buckets)
-        return {"by_count": format_rate(count, book.count),
-                "by_balance": format_rate(balance, book.principal_minor)}  # fmt: skip
+        return DelinquencyRate(
+            by_count=format_rate(count, book.count),
+            by_balance=format_rate(balance, book.principal_minor),
+        )
 
     today = clock.today()
     collected_today = await positions.collected(session, scope, deltas, since=today, until=today)
@@ -93,33 +112,33 @@ async def summary(session: AsyncSession, scope: Scope) -> dict[str, Any]:
     )
     as_of = await delinquency.business_date(session)
     currency = scope.currency
-    return {
-        "as_of": as_of.isoformat() if as_of else None,
-        "today": today.isoformat(),
-        "currency": currency,
-        "merchant_id": scope.merchant_id,
-        "product_code": scope.product_code,
-        "loans": _money(book, currency),
-        "by_status": {status: _money(t, currency) for status, t in sorted(by_status.items())},
-        "by_bucket": {
-            bucket: {**_money(t, currency), "label": Bucket(bucket).label}
+    return SummaryRead(
+        as_of=as_of,
+        today=today,
+        currency=currency,
+        merchant_id=scope.merchant_id,
+        product_code=scope.product_code,
+        loans=_money(book, currency),
+        by_status={status: _money(t, currency) for status, t in sorted(by_status.items())},
+        by_bucket={
+            bucket: BucketPosition(**_money(t, currency).model_dump(), label=Bucket(bucket).label)
             for bucket, t in by_bucket.items()
         },
-        "delinquency_rate": {
-            "30_plus": delinquency_rate(portfolio_close.PAST_30_BUCKETS),
-            "90_plus": delinquency_rate((Bucket.DPD_90_PLUS.value,)),
-        },
-        "open_flags": await positions.open_flags(session, scope, deltas),
-        "collected": {
-            "today": format_minor(collected_today, currency),
-            "month_to_date": format_minor(month_to_date, currency),
-        },
-    }
+        delinquency_rate=DelinquencyRates(
+            past_30=delinquency_rate(portfolio_close.PAST_30_BUCKETS),
+            past_90=delinquency_rate((Bucket.DPD_90_PLUS.value,)),
+        ),
+        open_flags=await positions.open_flags(session, scope, deltas),
+        collected=Collected(
+            today=format_minor(collected_today, currency),
+            month_to_date=format_minor(month_to_date, currency),
+        ),
+    )
 
 
 async def roll_rates(
     session: AsyncSession, scope: Scope, *, from_date: date | None, to_date: date | None
-) -> dict[str, Any]:
+) -> RollRatesRead:
     """The bucket transition matrix between two closes, over the loans open at both. Without
     dates: from the previous close to the last one."""
     dates = await portfolio_close.snapshot_dates(session)
@@ -148,18 +167,18 @@ async def roll_rates(
     cells: dict[tuple[str, str], Tally] = {}
     for start, end, loans, principal in rows:
         cells[(start, end)] = Tally(int(loans), int(principal or 0))
-    matrix: dict[str, dict[str, Any]] = {}
+    matrix: dict[str, dict[str, RollCell]] = {}
     for start in Bucket:
         row_total = sum(cells.get((start.value, end.value), Tally()).count for end in Bucket)
-        matrix[start.value] = {
-            end.value: {
-                **_money(cells.get((start.value, end.value), Tally()), scope.currency),
-                "rate": format_rate(cells.get((start.value, end.value), Tally()).count, row_total),
-            }
-            for end in Bucket
-        }
-    return {"from": from_date.isoformat(), "to": to_date.isoformat(),
-            "currency": scope.currency, "matrix": matrix}  # fmt: skip
+        matrix[start.value] = {}
+        for end in Bucket:
+            cell = cells.get((start.value, end.value), Tally())
+            matrix[start.value][end.value] = RollCell(
+                **_money(cell, scope.currency).model_dump(), rate=format_rate(cell.count, row_total)
+            )
+    return RollRatesRead(
+        from_date=from_date, to_date=to_date, currency=scope.currency, matrix=matrix
+    )
 
 
 def months_between(later: date, earlier: date) -> int:
@@ -168,7 +187,7 @@ def months_between(later: date, earlier: date) -> int:
     return months - 1 if later.day < earlier.day else months
 
 
-async def vintages(session: AsyncSession, scope: Scope) -> dict[str, Any]:
+async def vintages(session: AsyncSession, scope: Scope) -> VintagesRead:
     """For each origination month, the share of its loans (and principal) that have ever been
     more than 30 days past due, by month on book, up to the months every loan of the vintage
     has completed by the business date."""
@@ -195,20 +214,19 @@ async def vintages(session: AsyncSession, scope: Scope) -> dict[str, Any]:
         for months_on_book in range(max(completed, 0) + 1):
             tally = counts.get(months_on_book, Tally())
             ever, ever_principal = ever + tally.count, ever_principal + tally.principal_minor
-            curve.append({
-                "months_on_book": months_on_book,
-                "ever_30_plus_rate": format_rate(ever, loans),
-                "ever_30_plus_balance_rate": format_rate(ever_principal, principal),
-            })  # fmt: skip
+            curve.append(VintagePoint(
+                months_on_book=months_on_book,
+                ever_30_plus_rate=format_rate(ever, loans),
+                ever_30_plus_balance_rate=format_rate(ever_principal, principal),
+            ))  # fmt: skip
         principal_text = format_minor(principal, scope.currency)
         result.append(
-            {"origination_month": month, "loans": loans, "principal": principal_text,
-             "curve": curve}
-        )  # fmt: skip
-    return {"as_of": as_of.isoformat(), "currency": scope.currency, "vintages": result}
+            Vintage(origination_month=month, loans=loans, principal=principal_text, curve=curve)
+        )
+    return VintagesRead(as_of=as_of, currency=scope.currency, vintages=result)
 
 
-async def segments(session: AsyncSession, scope: Scope, *, by: str) -> dict[str, Any]:
+async def segments(session: AsyncSession, scope: Scope, *, by: str) -> SegmentsRead:
     """Per segment, as of the last close: size, first-payment default, current-to-30 roll
     rate, 30+ and 90+ rates."""
     as_of = await session.scalar(select(func.max(SegmentMetric.as_of)))
@@ -227,28 +245,30 @@ async def segments(session: AsyncSession, scope: Scope, *, by: str) -> dict[str,
         if scope.product_code is not None and by == "product":
             query = query.where(SegmentMetric.segment == scope.product_code)
         rows = list(await session.scalars(query.order_by(SegmentMetric.segment)))
-    return {
-        "as_of": as_of.isoformat() if as_of else None,
-        "by": by,
-        "currency": scope.currency,
-        "segments": [segment_view(row) for row in rows],
-    }
+    return SegmentsRead(
+        as_of=as_of,
+        by=by,
+        currency=scope.currency,
+        segments=[segment_view(row) for row in rows],
+    )
 
 
-def segment_view(row: SegmentMetric) -> dict[str, Any]:
-    return {
-        "segment": row.segment,
-        "loans": row.loans,
-        "principal_outstanding": format_minor(row.principal_minor, row.currency),
-        "fpd_10": {"rate": format_rate(row.fpd_10_loans, row.fpd_10_cohort),
-                   "loans": row.fpd_10_loans, "cohort": row.fpd_10_cohort},
-        "fpd_30": {"rate": format_rate(row.fpd_30_loans, row.fpd_30_cohort),
-                   "loans": row.fpd_30_loans, "cohort": row.fpd_30_cohort},
-        "current_to_30": {"rate": format_rate(row.current_to_30_loans, row.current_base),
-                          "loans": row.current_to_30_loans, "base": row.current_base},
-        "dpd_30_plus_rate": format_rate(row.dpd_30_plus_loans, row.loans),
-        "dpd_90_plus_rate": format_rate(row.dpd_90_plus_loans, row.loans),
-    }  # fmt: skip
+def segment_view(row: SegmentMetric) -> Segment:
+    return Segment(
+        segment=row.segment,
+        loans=row.loans,
+        principal_outstanding=format_minor(row.principal_minor, row.currency),
+        fpd_10=CohortRate(rate=format_rate(row.fpd_10_loans, row.fpd_10_cohort),
+                          loans=row.fpd_10_loans, cohort=row.fpd_10_cohort),
+        fpd_30=CohortRate(rate=format_rate(row.fpd_30_loans, row.fpd_30_cohort),
+                          loans=row.fpd_30_loans, cohort=row.fpd_30_cohort),
+        current_to_30=RollFromCurrent(
+            rate=format_rate(row.current_to_30_loans, row.current_base),
+            loans=row.current_to_30_loans, base=row.current_base,
+        ),
+        dpd_30_plus_rate=format_rate(row.dpd_30_plus_loans, row.loans),
+        dpd_90_plus_rate=format_rate(row.dpd_90_plus_loans, row.loans),
+    )  # fmt: skip
 
 
 async def list_alerts(

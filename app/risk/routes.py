@@ -11,7 +11,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.pagination import Page, page_of
-from app.api.responses import cached
+from app.api.responses import POLLED, cached
 from app.risk import runs, service
 from app.risk.models import FlagStatus
 from app.risk.rules import FlagCode, RiskRules, Severity
@@ -39,7 +39,7 @@ async def put_rules(body: RiskRules, session: SessionDep, principal: AdminPrinci
     return RulesRead(version=version, rules=rules)
 
 
-@router.get("/v1/risk/flags", response_model=Page[FlagRead])
+@router.get("/v1/risk/flags", response_model=Page[FlagRead], responses=POLLED)
 async def list_flags(
     request: Request,
     session: SessionDep,

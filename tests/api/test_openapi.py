@@ -93,3 +93,16 @@ async def test_errors_have_the_documented_shape(client: httpx.AsyncClient) -> No
         body = answer.json()
         assert {"type", "title", "status", "detail", "code"} <= set(body) <= documented
         assert body["status"] == answer.status_code
+
+
+async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    polled = ["/v1/loans", "/v1/risk/flags", *(f"/v1/portfolio/{view}" for view in
+              ("summary", "roll-rates", "vintages", "segments"))]  # fmt: skip
+    for path in polled:
+        responses = document["paths"][path]["get"]["responses"]
+        assert "304" in responses, path
+        assert "$ref" in responses["200"]["content"]["application/json"]["schema"], path
+    schemas = document["components"]["schemas"]
+    assert set(schemas["DelinquencyRates"]["properties"]) == {"30_plus", "90_plus"}
+    assert set(schemas["RollRatesRead"]["properties"]) == {"from", "to", "currency", "matrix"}
