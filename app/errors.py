@@ -1,5 +1,6 @@
 """The root error and the one problem+json (RFC 9457) renderer."""
 
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -8,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 PROBLEM_TYPE_BASE = "https://loanwatch.dev/problems/"
 
@@ -113,7 +115,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _invalid([_field_error(e) for e in exc.errors()])
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # FastAPI's answer to a JSON body it cannot even decode (bytes that are not text):
@@ -122,10 +124,33 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
                           "type": "json_invalid"}])  # fmt: skip
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
     code = codes.get(exc.status_code, "http_error")
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     return problem(
         exc.status_code, code, code.replace("_", " ").capitalize(), str(exc.detail),
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )  # fmt: skip
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method of the path: Starlette names only the first route's, and FastAPI has a
+    route per method (RFC 9110 asks a 405 for all of them)."""
+    methods: set[str] = set()
+    for route in _routes(request.app.routes):
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+def _routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+    # FastAPI keeps an included router whole, as one route (tests/api/test_openapi.py).
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        else:
+            yield route
 
 
 async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:

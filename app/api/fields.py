@@ -1,10 +1,11 @@
 """Field types shared by request schemas. The shape is checked here; the currency's minor
 digits are checked by the service, which knows the currency."""
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, date, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field, JsonValue
 
 from app.money import MONEY_PATTERN, RATE_PATTERN
 
@@ -23,11 +24,39 @@ def _rate_shape(value: str) -> str:
     return value
 
 
-MoneyStr = Annotated[str, Field(max_length=20, examples=["1299.00"]), AfterValidator(_money_shape)]
-RateStr = Annotated[str, Field(max_length=12, examples=["0.1299"]), AfterValidator(_rate_shape)]
+def _documented(pattern: re.Pattern[str]) -> dict[str, JsonValue]:
+    """The shape in the OpenAPI document (ECMA regex: ``$`` for Python's ``\\Z``), while the
+    validators above keep their plainer messages."""
+    return {"pattern": pattern.pattern.replace(r"\Z", "$")}
+
+
+MoneyStr = Annotated[
+    str,
+    Field(max_length=20, examples=["1299.00"], json_schema_extra=_documented(MONEY_PATTERN)),
+    AfterValidator(_money_shape),
+]
+RateStr = Annotated[
+    str,
+    Field(max_length=12, examples=["0.1299"], json_schema_extra=_documented(RATE_PATTERN)),
+    AfterValidator(_rate_shape),
+]
 Reference = Annotated[
     str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e][\x20-\x7e]*$")
 ]
+
+
+# Pydantic takes a number, or a string of digits, for seconds since 1970: a POS sending
+# 20261203 would book 1970-08-23. Dates and instants arrive as text, per SPEC.md.
+_DATE_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _date_text(value: object) -> object:
+    if isinstance(value, date) or (isinstance(value, str) and _DATE_TEXT.match(value)):
+        return value
+    raise ValueError("must be a date string YYYY-MM-DD (RFC 3339 for an instant)")
+
+
+IsoDate = Annotated[date, BeforeValidator(_date_text)]
 
 
 def _in_utc(value: datetime) -> datetime:
@@ -38,4 +67,4 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("is out of the range of dates once converted to UTC") from None
 
 
-UtcDatetime = Annotated[datetime, AfterValidator(_in_utc)]
+UtcDatetime = Annotated[datetime, BeforeValidator(_date_text), AfterValidator(_in_utc)]

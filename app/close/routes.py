@@ -1,8 +1,7 @@
-from datetime import date
-
 from fastapi import APIRouter, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, SessionDep
+from app.api.fields import IsoDate
 from app.close import service
 from app.close.models import CloseStatus
 from app.close.schemas import BusinessDateRead, CloseRunCreate, CloseRunRead
@@ -31,7 +30,7 @@ async def create_close_run(
 
 @router.get("/v1/close-runs/{as_of}", response_model=CloseRunRead)
 async def get_close_run(
-    as_of: date, session: SessionDep, principal: DashboardPrincipal
+    as_of: IsoDate, session: SessionDep, principal: DashboardPrincipal
 ) -> CloseRunRead:
     return CloseRunRead.from_model(await service.get_run(session, principal, as_of=as_of))
 

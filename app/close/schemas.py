@@ -3,13 +3,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from app.api.fields import IsoDate
 from app.close.models import CloseRun, CloseStatus
 
 
 class CloseRunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    as_of: date
+    as_of: IsoDate
 
 
 class CloseRunRead(BaseModel):

@@ -1,10 +1,10 @@
-from datetime import date, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import MoneyStr, Reference
+from app.api.fields import IsoDate, MoneyStr, Reference
 
 GatewayName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 
@@ -37,7 +37,7 @@ class NotificationData(BaseModel):
 
     loan_id: str = Field(min_length=1, max_length=40)
     amount: MoneyStr | None = None
-    received_on: date | None = None
+    received_on: IsoDate | None = None
     external_ref: Reference
     reason: str | None = Field(default=None, max_length=200)
 

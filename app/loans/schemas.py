@@ -3,7 +3,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import MoneyStr, Reference
+from app.api.fields import IsoDate, MoneyStr, Reference
 from app.delinquency.rules import Bucket
 from app.loans.models import InstallmentStatus, LoanStatus
 from app.money import format_minor, format_rate
@@ -21,8 +21,8 @@ class LoanCreate(BaseModel):
     product_code: str = Field(min_length=1, max_length=64)
     principal: MoneyStr
     term: Term
-    disbursed_on: date | None = Field(default=None, description="default: today")
-    first_due_date: date | None = Field(default=None, description="default: a month later")
+    disbursed_on: IsoDate | None = Field(default=None, description="default: today")
+    first_due_date: IsoDate | None = Field(default=None, description="default: a month later")
     merchant_order_ref: Reference
 
 

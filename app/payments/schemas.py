@@ -3,7 +3,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import MoneyStr, Reference
+from app.api.fields import IsoDate, MoneyStr, Reference
 from app.ledger.models import LedgerTransaction
 from app.loans.models import LoanStatus
 from app.loans.schemas import BalancesRead, balances_read
@@ -20,7 +20,7 @@ class PaymentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     amount: MoneyStr
-    received_on: date | None = Field(default=None, description="default: today")
+    received_on: IsoDate | None = Field(default=None, description="default: today")
     channel: Channel = "pos"
     external_ref: Reference | None = None
 

@@ -1,4 +1,3 @@
-from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -7,6 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import DashboardPrincipal, PageDep, ReaderPrincipal, SessionDep
+from app.api.fields import IsoDate
 from app.api.pagination import Page, page_of
 from app.api.responses import LIVE, POLLED, cached
 from app.portfolio import service
@@ -54,8 +54,8 @@ async def roll_rates(
     request: Request,
     session: SessionDep,
     scope: ScopeDep,
-    from_date: Annotated[date | None, Query(alias="from")] = None,
-    to_date: Annotated[date | None, Query(alias="to")] = None,
+    from_date: Annotated[IsoDate | None, Query(alias="from")] = None,
+    to_date: Annotated[IsoDate | None, Query(alias="to")] = None,
 ) -> Response:
     """The bucket-to-bucket matrix (counts, principal at ``to``, row shares) of the loans
     open at both closes. Defaults: the last close and the one before."""
@@ -95,7 +95,7 @@ async def segments(
 
 @router.get("/v1/portfolio/alerts", response_model=Page[AlertRead])
 async def alerts(
-    session: SessionDep, principal: DashboardPrincipal, page: PageDep, since: date | None = None
+    session: SessionDep, principal: DashboardPrincipal, page: PageDep, since: IsoDate | None = None
 ) -> Page[AlertRead]:
     """Segment alerts the closes raised (``risk.segment_alert``), oldest first."""
     rows = await service.list_alerts(session, principal, page=page, since=since)

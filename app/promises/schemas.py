@@ -2,7 +2,7 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import MoneyStr
+from app.api.fields import IsoDate, MoneyStr
 from app.money import format_minor
 from app.promises.models import Promise, PromiseStatus
 
@@ -11,7 +11,7 @@ class PromiseCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     amount: MoneyStr
-    due_on: date
+    due_on: IsoDate
     note: str | None = Field(default=None, max_length=500)
 
 

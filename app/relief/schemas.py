@@ -2,7 +2,7 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.api.fields import MoneyStr
+from app.api.fields import IsoDate, MoneyStr
 from app.money import format_minor
 from app.promises.models import Promise
 from app.relief.models import Restructure, RestructureKind, RestructureStatus
@@ -20,7 +20,7 @@ MAX_HOLIDAY_MONTHS = 3
 class PlanInstallmentCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    due_on: date
+    due_on: IsoDate
     amount: MoneyStr
 
 

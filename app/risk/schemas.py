@@ -3,6 +3,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.fields import IsoDate
 from app.risk.models import RiskFlag
 from app.risk.rules import RiskRules
 
@@ -57,7 +58,7 @@ class LoanRiskRead(BaseModel):
 class RiskRunCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    as_of: date
+    as_of: IsoDate
 
 
 class RiskRunRead(BaseModel):

@@ -106,3 +106,15 @@ async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClien
     schemas = document["components"]["schemas"]
     assert set(schemas["DelinquencyRates"]["properties"]) == {"30_plus", "90_plus"}
     assert set(schemas["RollRatesRead"]["properties"]) == {"from", "to", "currency", "matrix"}
+
+
+async def test_a_405_allows_every_method_of_the_path(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    document = (await client.get("/openapi.json")).json()
+    for path, concrete in (("/v1/loans", "/v1/loans"),
+                           ("/v1/borrowers/{borrower_id}", "/v1/borrowers/bor_x")):  # fmt: skip
+        answer = await client.request("PUT", concrete, headers=w.admin)
+        assert answer.status_code == 405
+        assert answer.json()["code"] == "method_not_allowed"
+        documented = {method.upper() for method in document["paths"][path]}
+        assert set(answer.headers["allow"].split(", ")) - {"HEAD"} == documented

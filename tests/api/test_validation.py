@@ -38,6 +38,9 @@ LOAN_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("bad date", {"disbursed_on": "2026-02-30"}, "disbursed_on"),
     ("future disbursement", {"disbursed_on": "2999-01-01"}, "disbursed_on"),
     ("disbursed in year 1", {"disbursed_on": "0001-01-01"}, "disbursed_on"),
+    # Pydantic would read a number as seconds since 1970: 2025-12-02 here.
+    ("disbursement as a number", {"disbursed_on": 1764633600}, "disbursed_on"),
+    ("first due as digits", {"first_due_date": "1764633600"}, "first_due_date"),
     ("first due before disbursement", {"disbursed_on": "2026-01-10",
                                        "first_due_date": "2026-01-09"}, "first_due_date"),
     ("first due too far", {"disbursed_on": "2026-01-10",
@@ -78,6 +81,7 @@ PAYMENT_CASES: list[dict[str, Any]] = [
     {"amount": None},
     {},
     {"amount": "10.00", "received_on": "yesterday"},
+    {"amount": "10.00", "received_on": 1764633600},
     {"amount": "10.00", "channel": "POS TERMINAL!"},
     {"amount": "10.00", "external_ref": ""},
     {"amount": "10.00", "surprise": True},
@@ -174,3 +178,19 @@ async def test_dates_more_than_ten_years_back_are_refused(client: httpx.AsyncCli
             assert response.status_code == 422, (path, response.text)
             assert response.json()["errors"][0]["field"] == "as_of"
     assert await row_counts() == before
+
+
+async def test_dates_in_queries_and_paths_are_text(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    for path, field in (
+        ("/v1/portfolio/alerts?since=0", "since"),
+        ("/v1/portfolio/roll-rates?from=1764633600", "from"),
+        ("/v1/events?after=1764633600", "after"),
+        ("/v1/close-runs/1764633600", "as_of"),
+    ):
+        response = await client.get(path, headers=w.admin)
+        assert response.status_code == 422, path
+        assert [e["field"] for e in response.json()["errors"]] == [field], path
+    response = await w.post("/v1/close-runs", {"as_of": 1764633600}, headers=w.admin)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "as_of"
