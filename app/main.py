@@ -28,6 +28,7 @@ from app.promises.routes import router as promises_router
 from app.relief.routes import router as relief_router
 from app.risk.routes import router as risk_router
 from app.scheduler import InProcessScheduler
+from app.webhooks.routes import describe_deliveries
 from app.webhooks.routes import router as webhooks_router
 from app.webhooks.wakeup import wakeup  # noqa: F401 - after-commit listeners
 
@@ -75,6 +76,7 @@ def create_app() -> FastAPI:
         portfolio_router,
     ):
         app.include_router(router)
+    describe_deliveries(app)
     openapi.install(app)
     return app
 

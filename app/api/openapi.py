@@ -93,6 +93,12 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             "description": "An API key: `Authorization: Bearer <key>`",
         }
     }
+    for operations in document.get("webhooks", {}).values():
+        for operation in operations.values():
+            # What a subscriber answers: FastAPI's default 200 and 422 do not apply.
+            operation["responses"] = {
+                "2XX": {"description": "Received; any other answer or none is retried"}
+            }
     for path, operations in document["paths"].items():
         if not path.startswith("/v1/"):
             continue
@@ -142,6 +148,12 @@ def _names_an_object(document: dict[str, Any], path: str, operation: dict[str, A
         schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
     names += schema.get("properties", {})
     return any(name.endswith("_id") or name == "product_code" for name in names)
+
+
+def required_header(name: str, description: str) -> dict[str, object]:
+    """A header parameter for a route's ``openapi_extra`` (the signature headers)."""
+    return {"name": name, "in": "header", "required": True, "schema": {"type": "string"},
+            "description": description}  # fmt: skip
 
 
 def inlined_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, SessionDep
-from app.api.openapi import inlined_schema
+from app.api.openapi import inlined_schema, required_header
 from app.gateways import service
 from app.gateways.schemas import (
     GatewayCreate,
@@ -14,19 +14,14 @@ from app.gateways.schemas import (
 router = APIRouter(tags=["payment gateways"])
 
 
-def _signature_header(name: str, description: str) -> dict[str, object]:
-    return {"name": name, "in": "header", "required": True, "schema": {"type": "string"},
-            "description": description}  # fmt: skip
-
-
 # The body is read raw, its signature checked before it is parsed: FastAPI cannot see it.
 SIGNED_NOTIFICATION = {
     "parameters": [
-        _signature_header("webhook-id", "The notification's unique id: a repeat changes nothing"),
-        _signature_header(
+        required_header("webhook-id", "The notification's unique id: a repeat changes nothing"),
+        required_header(
             "webhook-timestamp", "Unix seconds, within 5 minutes of the server's clock"
         ),
-        _signature_header(
+        required_header(
             "webhook-signature",
             "`v1,<base64 HMAC-SHA256>` with the gateway's secret, per Standard Webhooks",
         ),

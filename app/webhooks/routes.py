@@ -1,6 +1,7 @@
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, FastAPI, Response
 
 from app.api.deps import AdminPrincipal, PageDep, SessionDep
+from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
 from app.events.schemas import EventRead
 from app.webhooks import service
@@ -13,6 +14,7 @@ from app.webhooks.schemas import (
     Queued,
     RecoverRequest,
     RedeliverRequest,
+    WebhookPayload,
 )
 
 router = APIRouter(tags=["webhooks"])
@@ -107,3 +109,22 @@ async def redeliver(
         session, principal, event_id=event_id, endpoint_id=body.endpoint_id if body else None
     )
     return Queued(deliveries=count)
+
+
+def describe_deliveries(app: FastAPI) -> None:
+    """What subscribers receive, in the OpenAPI document's ``webhooks``."""
+
+    @app.webhooks.post(
+        "event",
+        openapi_extra={"parameters": [
+            required_header("webhook-id", "The event's id: the same on every retry"),
+            required_header("webhook-timestamp", "Unix seconds of this attempt"),
+            required_header("webhook-signature", "`v1,<base64 HMAC-SHA256>` with the "
+                              "endpoint's secret (and its previous one, after a rotation)"),
+        ]},
+    )  # fmt: skip
+    def event(body: WebhookPayload) -> None:
+        """Each event, POSTed to every enabled endpoint subscribed to its type and signed per
+        Standard Webhooks. Answer 2xx within the delivery timeout (10 s by default); anything
+        else is retried for about four days (5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, 10 h,
+        24 h, 24 h)."""

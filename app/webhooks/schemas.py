@@ -1,9 +1,10 @@
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.fields import UtcDatetime
+from app.events.types import EVENT_TYPES
 from app.webhooks.service import DeliveryView, EndpointView
 
 EventPattern = Annotated[str, Field(min_length=1, max_length=64)]
@@ -114,3 +115,14 @@ class RedeliverRequest(BaseModel):
 
 class Queued(BaseModel):
     deliveries: int
+
+
+class WebhookPayload(BaseModel):
+    """The body of a delivery (``app.webhooks.dispatcher.payload``)."""
+
+    type: str = Field(json_schema_extra={"enum": list(EVENT_TYPES)})
+    timestamp: datetime = Field(description="When the event was written, UTC")
+    data: dict[str, Any] = Field(
+        description="The event's fields (docs/webhooks.md) and `sequence`, which increases per "
+        "loan: drop an update whose sequence is lower than one you have applied"
+    )

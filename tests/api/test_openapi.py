@@ -2,10 +2,15 @@
 Idempotency-Key, and errors as problem+json (tests/test_embedded.py holds live responses to it
 with Schemathesis)."""
 
+import json
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+from app.events.types import EVENT_TYPES
+from app.webhooks.dispatcher import payload as payload_bytes
+from app.webhooks.schemas import WebhookPayload
 from tests.factories import world
 
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
@@ -118,3 +123,19 @@ async def test_a_405_allows_every_method_of_the_path(client: httpx.AsyncClient) 
         assert answer.json()["code"] == "method_not_allowed"
         documented = {method.upper() for method in document["paths"][path]}
         assert set(answer.headers["allow"].split(", ")) - {"HEAD"} == documented
+
+
+async def test_the_document_describes_what_subscribers_receive(client: httpx.AsyncClient) -> None:
+    document = (await client.get("/openapi.json")).json()
+    operation = document["webhooks"]["event"]["post"]
+    headers = {p["name"] for p in operation["parameters"] if p["in"] == "header"}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/WebhookPayload"}
+    payload = document["components"]["schemas"]["WebhookPayload"]
+    assert payload["properties"]["type"]["enum"] == list(EVENT_TYPES)
+    # The dispatcher's bytes are an instance of the documented body.
+    sent = payload_bytes("risk.flag_raised", datetime(2026, 12, 3, tzinfo=UTC), {"x": 1}, 9)
+    received = WebhookPayload.model_validate_json(sent)
+    assert set(json.loads(sent)) == set(payload["required"]) == {"type", "timestamp", "data"}
+    assert received.data == {"x": 1, "sequence": 9}
