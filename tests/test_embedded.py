@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -153,14 +154,55 @@ CHECKS = ",".join((
 ))  # fmt: skip
 
 
-@pytest.mark.parametrize("role", ["admin", "merchant"])
-def test_no_request_gets_a_server_error(embedded_server: tuple[str, str, Path], role: str) -> None:
+def a_book(base: str, key: str) -> dict[str, str]:
+    """A merchant, product, borrower, loan with a payment, a pending payment holiday, a webhook
+    endpoint: real ids for every path parameter and body reference, so the fuzz reaches the
+    business logic behind them instead of a 404."""
+    http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"})
+
+    def created(path: str, body: dict[str, Any]) -> dict[str, Any]:
+        answer = http.post(path, json=body)
+        assert answer.status_code == 201, answer.text
+        return dict(answer.json())
+
+    merchant = created("/v1/merchants", {"name": "Book"})["id"]
+    product = {"code": "B12", "name": "Book 12", "annual_interest_rate": "0.12",
+               "amortization": "equal_installment", "term_options": [3, 12],
+               "late_fee": {"kind": "fixed", "amount": "25.00"}}  # fmt: skip
+    created("/v1/products", product)
+    borrower = created("/v1/borrowers", {
+        "merchant_id": merchant, "external_id": "B-1", "name": "Book",
+        "phone": "+8613800000000", "monthly_income": "20000.00",
+    })["id"]  # fmt: skip
+    loan = created("/v1/loans", {
+        "borrower_id": borrower, "product_code": "B12", "principal": "3000.00", "term": 12,
+        "disbursed_on": "2026-06-01", "merchant_order_ref": "B-1",
+    })["id"]  # fmt: skip
+    paid = {"amount": "100.00", "received_on": "2026-07-01"}
+    payment = created(f"/v1/loans/{loan}/payments", paid)["id"]
+    holiday = {"kind": "payment_holiday", "months": 1, "reason": "fuzz"}
+    restructure = created(f"/v1/loans/{loan}/restructures", holiday)["id"]
+    hooks = {"url": "https://example.com/hooks", "event_types": ["*"]}
+    endpoint = created("/v1/webhook-endpoints", hooks)["id"]
+    event = http.get("/v1/events").json()["items"][0]["id"]
+    return {"loan_id": loan, "borrower_id": borrower, "payment_id": payment,
+            "restructure_id": restructure, "endpoint_id": endpoint, "event_id": event,
+            "code": "B12", "body.borrower_id": borrower, "body.product_code": "B12",
+            "body.merchant_id": merchant}  # fmt: skip
+
+
+@pytest.mark.parametrize("caller", ["admin", "merchant", "admin, on a book"])
+def test_no_request_gets_a_server_error(
+    embedded_server: tuple[str, str, Path], caller: str
+) -> None:
     """Schemathesis sends every operation in the OpenAPI document examples, boundary values,
     malformed and random inputs, and sequences linked by the ids they return; any 5xx fails,
     and so does any answer the document does not describe (status, content type, headers,
-    body). The seed is fixed so that a failure reproduces (and CI does not flake)."""
+    body). On a book, every id it sends is a real one. The seed is fixed so that a failure
+    reproduces (and CI does not flake)."""
     base, key, folder = embedded_server
-    if role == "merchant":
+    config: list[str] = []
+    if caller == "merchant":
         headers = {"Authorization": f"Bearer {key}"}
         merchant = httpx.post(f"{base}/v1/merchants", json={"name": "Fuzz"}, headers=headers)
         product = {"code": "F12", "name": "Fuzz 12", "annual_interest_rate": "0.12",
@@ -171,11 +213,22 @@ def test_no_request_gets_a_server_error(embedded_server: tuple[str, str, Path], 
              "--merchant-id", merchant.json()["id"]],
             cwd=folder, env=clean_env(), check=True, capture_output=True, text=True,
         ).stdout.strip()  # fmt: skip
+    book: dict[str, str] = {}
+    if caller == "admin, on a book":
+        toml = folder / "schemathesis.toml"
+        book = a_book(base, key)
+        lines = ["[parameters]", *(f'"{k}" = "{v}"' for k, v in book.items())]
+        toml.write_text("\n".join(lines) + "\n")
+        config = ["--config-file", str(toml)]
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("schemathesis")), "run", f"{base}/openapi.json",
-         "--header", f"Authorization: Bearer {key}", "--checks", CHECKS,
+        [str(Path(sys.executable).with_name("schemathesis")), *config, "run",
+         f"{base}/openapi.json", "--header", f"Authorization: Bearer {key}", "--checks", CHECKS,
          "--max-examples", "15", "--seed", "20261129", "--workers", "1"],
         cwd=folder, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:]
     assert "passed" in result.stdout
+    if book:  # the fuzz did use the book's ids
+        assert (
+            f'GET /v1/loans/{book["loan_id"]} HTTP/1.1" 200' in (folder / "serve.log").read_text()
+        )
