@@ -17,7 +17,7 @@ SIGNATURE_AUTHENTICATED = ("/v1/inbound/",)
 
 
 class FieldError(BaseModel):
-    field: str = Field(description="The body field (`late_fee.cap`), query parameter or header")
+    field: str = Field(description="The body field (`late_fee.amount`), query parameter or header")
     message: str
     type: str | None = Field(default=None, description="The kind of violation, when known")
 
