@@ -5,7 +5,8 @@ principal outstanding. Amounts are rounded to the minor unit with the product's 
 and the last installment absorbs every residual so the principal parts sum to the principal.
 """
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
@@ -13,6 +14,9 @@ from enum import StrEnum
 from dateutil.relativedelta import relativedelta
 
 from app.money import Rounding, floor_minor, round_minor, round_to_multiple
+
+# The longest schedule, in months: at origination, and after term extensions.
+MAX_TERM = 60
 
 
 class Amortization(StrEnum):
@@ -64,6 +68,27 @@ def deferred(due: list[date], after: date, months: int) -> list[date]:
     uses: Feb 28 of a loan anchored on the 31st moves to Mar 31 or Apr 30), the rest stay."""
     anchor = max(d.day for d in due)
     return [d + relativedelta(months=months, day=anchor) if d > after else d for d in due]
+
+
+def extended(
+    ahead: Sequence[ScheduledInstallment], months: int, terms: ScheduleTerms, anchor_day: int
+) -> list[ScheduledInstallment]:
+    """A term extension: the principal and fees of the installments still ahead (``ahead``,
+    in seq order) re-amortised over as many installments and ``months`` more, on the loan's
+    rate, amortization, rounding and fee collection (``terms``), monthly from the first one's
+    due date on the schedule's anchor day; the seqs continue from the first one's. What is
+    already due is not part of it: arrears stay due as they were."""
+    first = ahead[0]
+    again = replace(
+        terms,
+        principal_minor=sum(i.principal_minor for i in ahead),
+        term=len(ahead) + months,
+        origination_fee_minor=sum(i.fees_minor for i in ahead),
+    )
+    return [
+        replace(i, seq=first.seq + i.seq - 1)
+        for i in build_schedule(again, first.due_date, anchor_day)
+    ]
 
 
 def default_first_due_date(disbursed_on: date) -> date:

@@ -6,12 +6,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.fields import IsoDate, MoneyStr, Reference
 from app.delinquency.rules import Bucket
 from app.loans.models import InstallmentStatus, LoanStatus
+from app.loans.schedule import MAX_TERM
 from app.money import format_minor, format_rate
 
 if TYPE_CHECKING:
     from app.loans.service import LoanView
 
-Term = Annotated[int, Field(ge=1, le=60)]
+Term = Annotated[int, Field(ge=1, le=MAX_TERM)]
 
 
 class LoanCreate(BaseModel):

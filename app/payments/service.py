@@ -21,8 +21,15 @@ from app.ledger.models import LedgerTransaction, TransactionKind
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive, LoanNotFound
 from app.loans.models import OPEN_STATUSES, InstallmentStatus, Loan, LoanInstallment, LoanStatus
-from app.loans.schedule import deferred
-from app.money import format_minor, parse_amount
+from app.loans.schedule import (
+    Amortization,
+    FeeCollection,
+    ScheduledInstallment,
+    ScheduleTerms,
+    deferred,
+    extended,
+)
+from app.money import Rounding, format_minor, parse_amount
 from app.payments.allocation import (
     Allocation,
     InstallmentTerms,
@@ -39,6 +46,7 @@ from app.payments.errors import (
     PaymentNotFound,
 )
 from app.payments.models import Payment, PaymentAllocation, PaymentStatus, ReversalReason
+from app.products.models import Product
 from app.promises import service as promises
 from app.risk import service as risk
 
@@ -288,6 +296,62 @@ async def defer_installments(
         payments = await _applied_payments(session, loan.id)
         await _replay_and_store(session, loan, installments, payments, as_of=as_of)
     return moved
+
+
+@dataclass(frozen=True)
+class Extension:
+    term_was: int
+    installment_was: int
+    installment: int
+
+
+async def extend_term(session: AsyncSession, loan: Loan, *, months: int) -> Extension | None:
+    """A term extension on the loan (locked by the caller): the installments not yet due on
+    the business date are re-amortised over as many and ``months`` more (``extended``), the
+    loan's term grows by ``months`` and the payments are replayed on the new schedule. Returns
+    the term before and the next installment's amount before and after; None when nothing is
+    still ahead."""
+    as_of = await delinquency.delinquency_date(session)
+    installments = await loans_service.load_installments(session, loan.id)
+    ahead = [i for i in installments if i.due_date > as_of]
+    if not ahead:
+        return None
+    product = await session.get_one(Product, loan.product_code)
+    terms = ScheduleTerms(
+        principal_minor=loan.principal_minor,  # replaced by what is ahead
+        annual_rate=loan.annual_interest_rate,
+        term=loan.term,
+        amortization=Amortization(loan.amortization),
+        rounding=Rounding(loan.rounding),
+        installment_multiple_of_minor=product.installment_multiple_of_minor,
+        fee_collection=FeeCollection(product.origination_fee_collection or FeeCollection.UPFRONT),
+    )
+    scheduled = [
+        ScheduledInstallment(i.seq, i.due_date, i.principal_minor, i.interest_minor, i.fees_minor)
+        for i in ahead
+    ]
+    anchor = max(i.due_date.day for i in installments)
+    new = extended(scheduled, months, terms, anchor)
+    was = scheduled[0].total_minor
+    for row, planned in zip(ahead, new, strict=False):
+        row.due_date, row.principal_minor = planned.due_date, planned.principal_minor
+        row.interest_minor, row.fees_minor = planned.interest_minor, planned.fees_minor
+        row.reminded_on = None  # remind again of the new amount
+    added = [
+        LoanInstallment(
+            loan_id=loan.id, seq=planned.seq, due_date=planned.due_date,
+            principal_minor=planned.principal_minor, interest_minor=planned.interest_minor,
+            fees_minor=planned.fees_minor, late_fees_minor=0, paid_principal_minor=0,
+            paid_interest_minor=0, paid_fees_minor=0, interest_waived_minor=0,
+            fees_waived_minor=0, paid_on=None, status=InstallmentStatus.PENDING,
+        )
+        for planned in new[len(ahead) :]
+    ]  # fmt: skip
+    session.add_all(added)
+    term_was, loan.term = loan.term, loan.term + months
+    payments = await _applied_payments(session, loan.id)
+    await _replay_and_store(session, loan, [*installments, *added], payments, as_of=as_of)
+    return Extension(term_was=term_was, installment_was=was, installment=new[0].total_minor)
 
 
 async def _replay_and_store(

@@ -6,12 +6,12 @@ from typing import Annotated, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.fields import MoneyStr, RateStr
-from app.loans.schedule import Amortization, FeeCollection
+from app.loans.schedule import MAX_TERM, Amortization, FeeCollection
 from app.money import Rounding, format_minor, format_rate
 from app.products.models import Product
 
 ProductCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Term = Annotated[int, Field(ge=1, le=60)]
+Term = Annotated[int, Field(ge=1, le=MAX_TERM)]
 
 
 class FeeKind(StrEnum):

@@ -26,3 +26,10 @@ class NoFeesToWaive(Conflict):
 class NothingToDefer(Conflict):
     code = "nothing_to_defer"
     title = "No installment is still ahead"
+
+
+class TermTooLong(Conflict):
+    """Approving an extension after another one was approved would pass the longest term."""
+
+    code = "term_too_long"
+    title = "The term would be too long"

@@ -1,6 +1,6 @@
 from datetime import date, datetime
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.fields import IsoDate, MoneyStr
 from app.money import format_minor
@@ -9,12 +9,8 @@ from app.relief.models import Restructure, RestructureKind, RestructureStatus
 from app.relief.plans import PlanStatus, PromiseState, installments_of, progress
 
 MAX_PLAN_INSTALLMENTS = 24
-BUILT_KINDS = (
-    RestructureKind.REPAYMENT_PLAN,
-    RestructureKind.FEE_WAIVER,
-    RestructureKind.PAYMENT_HOLIDAY,
-)
 MAX_HOLIDAY_MONTHS = 3
+MAX_EXTENSION_MONTHS = 24
 
 
 class PlanInstallmentCreate(BaseModel):
@@ -41,19 +37,10 @@ class RestructureCreate(BaseModel):
     months: int | None = Field(
         default=None,
         ge=1,
-        le=MAX_HOLIDAY_MONTHS,
-        description="payment_holiday: how many months the installments not yet due move",
+        le=MAX_EXTENSION_MONTHS,
+        description=f"payment_holiday: how many months (at most {MAX_HOLIDAY_MONTHS}) the "
+        "installments not yet due move; term_extension: how many installments the loan gains",
     )
-
-    @field_validator("kind")
-    @classmethod
-    def _built(cls, kind: RestructureKind) -> RestructureKind:
-        if kind not in BUILT_KINDS:
-            raise ValueError(
-                f"{kind.value} is not offered yet; repayment_plan, fee_waiver and "
-                "payment_holiday are"
-            )
-        return kind
 
 
 class RestructureDecision(BaseModel):
@@ -96,6 +83,16 @@ class HolidayRead(BaseModel):
     moved: list[MovedInstallment] | None = Field(description="on approval: the new due dates")
 
 
+class ExtensionRead(BaseModel):
+    months: int
+    term_was: int | None = Field(description="on approval: the loan's term before")
+    term: int | None = Field(description="on approval: the loan's term after")
+    installment_was: str | None = Field(
+        description="on approval: the next installment's amount before"
+    )
+    installment: str | None = Field(description="on approval: the next installment's amount")
+
+
 class RestructureRead(BaseModel):
     id: str
     loan_id: str
@@ -113,15 +110,18 @@ class RestructureRead(BaseModel):
     plan: PlanRead | None = Field(description="a repayment_plan's installments and progress")
     waiver: WaiverRead | None = Field(description="a fee_waiver's amounts")
     holiday: HolidayRead | None = Field(description="a payment_holiday's months and moves")
+    extension: ExtensionRead | None = Field(description="a term_extension's months and effect")
 
     @classmethod
     def from_model(cls, r: Restructure, carried: list[Promise] | None) -> "RestructureRead":
         """``carried``: an approved plan's promises in installment order (None before)."""
-        plan = waiver = holiday = None
+        plan = waiver = holiday = extension = None
         if r.kind == RestructureKind.FEE_WAIVER:
             waiver = _waiver(r)
         elif r.kind == RestructureKind.PAYMENT_HOLIDAY:
             holiday = HolidayRead.model_validate(r.terms)
+        elif r.kind == RestructureKind.TERM_EXTENSION:
+            extension = _extension(r)
         else:
             plan = _plan(r, carried)
         return cls(
@@ -130,7 +130,7 @@ class RestructureRead(BaseModel):
             requested_by=r.requested_by, requested_on=r.requested_on,
             requested_at=r.requested_at, decided_by=r.decided_by, decided_on=r.decided_on,
             decided_at=r.decided_at, decision_note=r.decision_note, plan=plan, waiver=waiver,
-            holiday=holiday,
+            holiday=holiday, extension=extension,
         )  # fmt: skip
 
 
@@ -140,6 +140,17 @@ def _waiver(r: Restructure) -> WaiverRead:
         requested=None if requested is None else format_minor(requested, r.currency),
         waived=None if waived is None else format_minor(waived, r.currency),
     )
+
+
+def _extension(r: Restructure) -> ExtensionRead:
+    def money(key: str) -> str | None:
+        minor = r.terms.get(key)
+        return None if minor is None else format_minor(minor, r.currency)
+
+    return ExtensionRead(
+        months=r.terms["months"], term_was=r.terms.get("term_was"), term=r.terms.get("term"),
+        installment_was=money("installment_was_minor"), installment=money("installment_minor"),
+    )  # fmt: skip
 
 
 def _plan(r: Restructure, carried: list[Promise] | None) -> PlanRead:

@@ -1,13 +1,11 @@
 """Relief on a loan: a restructure is requested (by the loan's merchant or an admin) and then
 approved or rejected by an admin.
 
-Of the four kinds the contract names, three are built. An approved repayment plan becomes a
-series of promises (``app/promises``), so the payments that keep it, the close that breaks it,
-``promise.broken`` and the ``broken_promise`` flag are the promises' own. An approved fee
-waiver is a ``fee_waiver`` ledger row that the loan's replay applies, and a payment holiday
-moves the installments still ahead and replays the payments (``app/payments``). Term
-extensions re-amortise the loan and are not built yet; the request schema refuses them with a
-422 naming the kind (docs/relief.md).
+An approved repayment plan becomes a series of promises (``app/promises``), so the payments
+that keep it, the close that breaks it, ``promise.broken`` and the ``broken_promise`` flag are
+the promises' own. An approved fee waiver is a ``fee_waiver`` ledger row that the loan's replay
+applies; a payment holiday moves the installments still ahead and a term extension
+re-amortises them over more months, and both replay the payments (``app/payments``).
 """
 
 from collections import defaultdict
@@ -30,6 +28,7 @@ from app.ids import new_id
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive, LoanNotFound
 from app.loans.models import OPEN_STATUSES, Loan
+from app.loans.schedule import MAX_TERM
 from app.money import format_minor, parse_amount
 from app.payments import service as payments
 from app.payments.allocation import fees_to_waive
@@ -42,9 +41,11 @@ from app.relief.errors import (
     RestructureExpired,
     RestructureNotFound,
     RestructureNotPending,
+    TermTooLong,
 )
 from app.relief.models import Restructure, RestructureKind, RestructureStatus
 from app.relief.plans import PlanInstallment, cumulative, installments_of, terms_of
+from app.relief.schemas import MAX_HOLIDAY_MONTHS
 from app.risk import service as risk
 
 
@@ -71,6 +72,7 @@ async def request_restructure(
         RestructureKind.REPAYMENT_PLAN: "installments",
         RestructureKind.FEE_WAIVER: "amount",
         RestructureKind.PAYMENT_HOLIDAY: "months",
+        RestructureKind.TERM_EXTENSION: "months",
     }[kind]
     for field, value in given.items():
         if value is not None and field != wanted:
@@ -83,11 +85,22 @@ async def request_restructure(
         terms = terms_of(plan)
     elif kind is RestructureKind.FEE_WAIVER:
         terms = {"amount_minor": await _waiver_amount(session, loan, amount, as_of)}
-    else:
+    elif kind is RestructureKind.PAYMENT_HOLIDAY:
         if months is None:
             raise InvalidRequest.field("months", "a payment_holiday needs its months")
+        if months > MAX_HOLIDAY_MONTHS:
+            raise InvalidRequest.field("months", f"a payment_holiday is {MAX_HOLIDAY_MONTHS} "
+                                       "months at most")  # fmt: skip
         await _check_something_ahead(session, loan, as_of)
         terms = {"months": months, "moved": None}
+    else:
+        if months is None:
+            raise InvalidRequest.field("months", "a term_extension needs its months")
+        if loan.term + months > MAX_TERM:
+            raise InvalidRequest.field("months", f"the term would be {loan.term + months} "
+                                       f"months, beyond {MAX_TERM}")  # fmt: skip
+        await _check_something_ahead(session, loan, as_of)
+        terms = {"months": months}
     restructure = Restructure(
         id=new_id("rst"), loan_id=loan.id, kind=kind, status=RestructureStatus.PENDING,
         currency=loan.currency, terms=terms, reason=reason, requested_by=principal.api_key_id,
@@ -108,7 +121,8 @@ async def approve(
 ) -> Restructure:
     """Put a pending restructure into force on the business date (the loan's flags are
     re-evaluated in the same transaction): a plan's installments become promises, a fee
-    waiver forgives the fees due, a payment holiday moves the installments still ahead."""
+    waiver forgives the fees due, a payment holiday moves the installments still ahead and a
+    term extension re-amortises them over more months."""
     principal.require()
     restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     if loan.status not in OPEN_STATUSES:
@@ -116,6 +130,19 @@ async def approve(
     as_of = await delinquency.delinquency_date(session)
     if restructure.kind == RestructureKind.REPAYMENT_PLAN:
         await _start_plan(session, principal, restructure, loan, as_of)
+    elif restructure.kind == RestructureKind.TERM_EXTENSION:
+        months = restructure.terms["months"]
+        if loan.term + months > MAX_TERM:  # another extension came first
+            raise TermTooLong(f"loan {loan.id}: the term would be {loan.term + months} months, "
+                              f"beyond {MAX_TERM}")  # fmt: skip
+        extension = await payments.extend_term(session, loan, months=months)
+        if extension is None:
+            raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
+        restructure.terms = {
+            **restructure.terms, "term_was": extension.term_was, "term": loan.term,
+            "installment_was_minor": extension.installment_was,
+            "installment_minor": extension.installment,
+        }  # fmt: skip
     elif restructure.kind == RestructureKind.PAYMENT_HOLIDAY:
         moved = await payments.defer_installments(session, loan, months=restructure.terms["months"])
         if not moved:
@@ -294,6 +321,14 @@ def approved_event(restructure: Restructure, loan: Loan) -> dict[str, Any]:
         return {**data, "waived": format_minor(restructure.terms["waived_minor"], currency)}
     if restructure.kind == RestructureKind.PAYMENT_HOLIDAY:
         return {**data, "months": restructure.terms["months"], "moved": restructure.terms["moved"]}
+    if restructure.kind == RestructureKind.TERM_EXTENSION:
+        terms = restructure.terms
+        return {
+            **data, "months": terms["months"], "term_was": terms["term_was"],
+            "term": terms["term"],
+            "installment_was": format_minor(terms["installment_was_minor"], currency),
+            "installment": format_minor(terms["installment_minor"], currency),
+        }  # fmt: skip
     plan = installments_of(restructure.terms)
     return {
         **data,

@@ -4,6 +4,7 @@ Expected amounts are computed here with exact rational arithmetic (``fractions``
 module's own ``decimal`` code, so a test never just replays the implementation.
 """
 
+from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -23,6 +24,7 @@ from app.loans.schedule import (
     default_first_due_date,
     deferred,
     due_dates,
+    extended,
     monthly_rate,
 )
 from app.money import Rounding
@@ -651,3 +653,46 @@ def test_a_holiday_moves_only_what_is_ahead(first: date, term: int, days: int, m
     ahead = [d for d in schedule if d > after]
     if ahead:
         assert moved[-len(ahead) :] == due_dates(first, term + months)[-len(ahead) :]
+
+
+@given(
+    principals,
+    rates,
+    st.integers(1, 36),
+    st.sampled_from(list(Amortization)),
+    roundings,
+    st.integers(0, 1_000_000),
+    st.sampled_from(list(FeeCollection)),
+    st.data(),
+)
+def test_an_extension_reamortises_exactly_what_is_ahead(
+    principal: int,
+    rate: Decimal,
+    term: int,
+    amortization: Amortization,
+    rounding: Rounding,
+    fee: int,
+    collection: FeeCollection,
+    data: st.DataObject,
+) -> None:
+    if amortization is Amortization.INTEREST_FREE:
+        rate = Decimal(0)
+    terms = ScheduleTerms(principal, rate, term, amortization, rounding, None, fee, collection)
+    schedule = build_schedule(terms, FIRST_DUE)
+    due = data.draw(st.integers(0, term - 1), label="installments already due")
+    months = data.draw(st.integers(1, 24), label="months")
+    ahead = schedule[due:]
+    new = extended(ahead, months, terms, anchor_day=FIRST_DUE.day)
+    assert [i.seq for i in new] == list(range(due + 1, term + months + 1))
+    # The principal and fees still ahead, all of it and nothing more, over the longer term.
+    assert sum(i.principal_minor for i in new) == sum(i.principal_minor for i in ahead)
+    assert sum(i.fees_minor for i in new) == sum(i.fees_minor for i in ahead)
+    # A schedule of its own: sound, on the old dates and then monthly on the anchor day.
+    again = ScheduleTerms(
+        sum(i.principal_minor for i in ahead), rate, len(ahead) + months, amortization, rounding,
+        None, sum(i.fees_minor for i in ahead), collection,
+    )  # fmt: skip
+    assert_sound([replace(i, seq=i.seq - due) for i in new], again)
+    assert [i.due_date for i in new] == due_dates(FIRST_DUE, term + months)[due:]
+    # The first period's interest is the one the old schedule charged for it.
+    assert new[0].interest_minor == ahead[0].interest_minor

@@ -1,0 +1,162 @@
+"""Term extensions through the API: the installments not yet due are re-amortised over more
+months, the overdue ones stay as they were, nothing owed changes, and the payments follow."""
+
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.relief.models import Restructure
+from tests.relief.books import LATE_FEE, close, late_loan
+
+
+async def extend(w: Any, loan_id: str, months: int = 3) -> dict[str, Any]:
+    body = {"kind": "term_extension", "reason": "lower installments", "months": months}
+    made = (await w.post(f"/v1/loans/{loan_id}/restructures", body, expect=201)).json()
+    return dict((await w.post(f"/v1/restructures/{made['id']}/approve", {}, w.admin, 200)).json())
+
+
+async def schedule(w: Any, loan_id: str) -> list[tuple[int, str, str, str, str, str]]:
+    rows = (await w.get(f"/v1/loans/{loan_id}/schedule"))["installments"]
+    return [(i["seq"], i["due_date"], i["principal"], i["interest"], i["total"], i["status"])
+            for i in rows]  # fmt: skip
+
+
+async def restructures() -> int:
+    async with session_scope() as session:
+        return int(await session.scalar(select(func.count()).select_from(Restructure)) or 0)
+
+
+async def test_the_installments_ahead_are_reamortised(client: httpx.AsyncClient) -> None:
+    # 1200.00 over 3 months at 12 %, equal principal; on Feb 15 the first (412.00, Feb 10) is
+    # 5 days late and carries a 25.00 late fee; 800.00 of principal is still ahead.
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    before = await w.get(f"/v1/loans/{loan_id}")
+    body = {"kind": "term_extension", "reason": "lower installments", "months": 3}
+    pending = (await w.post(f"/v1/loans/{loan_id}/restructures", body, expect=201)).json()
+    assert pending["extension"] == {"months": 3, "term_was": None, "term": None,
+                                    "installment_was": None, "installment": None}  # fmt: skip
+    assert await schedule(w, loan_id) == [
+        (1, "2026-02-10", "400.00", "12.00", "437.00", "overdue"),
+        (2, "2026-03-10", "400.00", "8.00", "408.00", "pending"),
+        (3, "2026-04-10", "400.00", "4.00", "404.00", "pending"),
+    ]  # nothing changes before approval
+    approved = (await w.post(f"/v1/restructures/{pending['id']}/approve", {}, w.admin)).json()
+    assert approved["extension"] == {
+        "months": 3, "term_was": 3, "term": 6, "installment_was": "408.00", "installment": "168.00",
+    }  # fmt: skip
+    # 800.00 over five months: 160.00 of principal each, 1 % a month on what is left.
+    assert await schedule(w, loan_id) == [
+        (1, "2026-02-10", "400.00", "12.00", "437.00", "overdue"),
+        (2, "2026-03-10", "160.00", "8.00", "168.00", "pending"),
+        (3, "2026-04-10", "160.00", "6.40", "166.40", "pending"),
+        (4, "2026-05-10", "160.00", "4.80", "164.80", "pending"),
+        (5, "2026-06-10", "160.00", "3.20", "163.20", "pending"),
+        (6, "2026-07-10", "160.00", "1.60", "161.60", "pending"),
+    ]
+    after = await w.get(f"/v1/loans/{loan_id}")
+    assert after["term"] == 6
+    # The principal and the arrears do not move. (Interest and payoff are as of today, in
+    # this test months after the last due date: the longer loan has accrued more interest.)
+    owed = ("principal_outstanding", "fees_outstanding", "overdue_amount")
+    assert [after["balances"][k] for k in owed] == [before["balances"][k] for k in owed]
+    assert after["balances"]["interest_outstanding"] == "36.00"  # 12.00 + 8.00 + ... + 1.60
+    assert (after["days_past_due"], after["status"]) == (before["days_past_due"], "delinquent")
+    (event,) = (await w.get("/v1/events?type=restructure.approved", w.admin))["items"]
+    assert {k: event["data"][k] for k in ("kind", "months", "term_was", "term", "installment_was",
+                                          "installment")} == {
+        "kind": "term_extension", "months": 3, "term_was": 3, "term": 6,
+        "installment_was": "408.00", "installment": "168.00",
+    }  # fmt: skip
+
+
+async def test_payments_follow_the_new_schedule(client: httpx.AsyncClient) -> None:
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    prepaid = await w.pay(loan_id, "500.00", "2026-02-15")  # 437.00 due, 63.00 ahead
+    await extend(w, loan_id)
+    rows = await schedule(w, loan_id)
+    assert [r[5] for r in rows] == ["paid", "partially_paid", *["pending"] * 4]
+    loan = await w.get(f"/v1/loans/{loan_id}")
+    assert loan["balances"]["principal_outstanding"] == "745.00"  # 800.00 - 55.00 (8.00 interest)
+    # Reversing the payment replays the loan on the schedule as it now stands.
+    await w.post(f"/v1/payments/{prepaid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    rows = await schedule(w, loan_id)
+    assert [r[5] for r in rows] == ["overdue", *["pending"] * 5]
+    assert [r[4] for r in rows][1] == "168.00"
+    loan = await w.get(f"/v1/loans/{loan_id}")
+    assert loan["balances"]["principal_outstanding"] == "1200.00"
+    # The payoff (as of today, like the balances) pays the extended loan off.
+    await w.pay(loan_id, loan["balances"]["payoff_amount"])
+    assert (await w.get(f"/v1/loans/{loan_id}"))["status"] == "paid_off"
+
+
+async def test_the_close_follows_the_new_dates(client: httpx.AsyncClient) -> None:
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    await w.pay(loan_id, "437.00", "2026-02-16")
+    await extend(w, loan_id, months=1)
+    second = (await schedule(w, loan_id))[1]
+    assert (second[1], second[5]) == ("2026-03-10", "pending")
+    await close(w, "2026-03-20")  # the new second installment is late like any other
+    loan = await w.get(f"/v1/loans/{loan_id}")
+    assert loan["days_past_due"] == 10
+    assert Decimal(loan["balances"]["overdue_amount"]) == Decimal(second[4]) + Decimal("25.00")
+
+
+async def test_a_term_beyond_sixty_months_is_refused(client: httpx.AsyncClient) -> None:
+    w, _ = await late_loan(client, late_fee=LATE_FEE, term_options=[3, 40])
+    loan = await w.loan(principal="4000.00", term=40, disbursed_on="2026-02-01")
+    before = await restructures()
+    body = {"kind": "term_extension", "reason": "r", "months": 21}
+    refused = await w.post(f"/v1/loans/{loan['id']}/restructures", body)
+    assert refused.status_code == 422
+    assert refused.json()["errors"] == [
+        {"field": "months", "message": "the term would be 61 months, beyond 60"}
+    ]
+    assert await restructures() == before
+    # Two requests that each fit, approved one after the other: the second would not.
+    body["months"] = 20
+    first, second = [
+        (await w.post(f"/v1/loans/{loan['id']}/restructures", body, expect=201)).json()["id"]
+        for _ in range(2)
+    ]
+    await w.post(f"/v1/restructures/{first}/approve", {}, w.admin, 200)
+    refused = await w.post(f"/v1/restructures/{second}/approve", {}, w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "term_too_long")
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["term"] == 60
+
+
+async def test_nothing_ahead_is_nothing_to_extend(client: httpx.AsyncClient) -> None:
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    await close(w, "2026-04-11")  # every installment is due
+    before = await restructures()
+    body = {"kind": "term_extension", "reason": "r", "months": 2}
+    refused = await w.post(f"/v1/loans/{loan_id}/restructures", body)
+    assert (refused.status_code, refused.json()["code"]) == (409, "nothing_to_defer")
+    assert await restructures() == before
+
+
+BAD_EXTENSIONS: list[tuple[dict[str, Any], str]] = [
+    ({"months": None}, "months"),
+    ({"months": 0}, "months"),
+    ({"months": 25}, "months"),
+    ({"months": 2.5}, "months"),
+    ({"amount": "1.00"}, "amount"),
+    ({"installments": [{"due_on": "2026-03-01", "amount": "1.00"}]}, "installments"),
+]
+
+
+@pytest.mark.parametrize(("override", "field"), BAD_EXTENSIONS)
+async def test_malformed_extensions_are_refused(
+    client: httpx.AsyncClient, override: dict[str, Any], field: str
+) -> None:
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    before = await restructures()
+    body = {k: v for k, v in {"kind": "term_extension", "reason": "r", "months": 1,
+                              **override}.items() if v is not None}  # fmt: skip
+    response = await w.post(f"/v1/loans/{loan_id}/restructures", body)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert await restructures() == before
