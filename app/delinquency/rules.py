@@ -64,11 +64,12 @@ def bucket_for(dpd: int) -> Bucket:
     return Bucket.DPD_90_PLUS
 
 
-def status_for(dpd: int, charge_off_after_days: int) -> str:
-    """active (current), delinquent (1-90), defaulted (91 and more), charged_off (beyond the
-    charge-off threshold); a cured loan is active again."""
+def status_for(dpd: int, charge_off_after_days: int, restructured: bool = False) -> str:
+    """active (current; restructured when current after a term extension), delinquent (1-90),
+    defaulted (91 and more), charged_off (beyond the charge-off threshold); a cured loan is
+    active (or restructured) again."""
     if dpd <= 0:
-        return "active"
+        return "restructured" if restructured else "active"
     if dpd <= 90:
         return "delinquent"
     if dpd <= charge_off_after_days:

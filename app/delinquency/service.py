@@ -114,7 +114,8 @@ def apply_delinquency(
     bucket = bucket_for(dpd)
     status = loan.status
     if status in DELINQUENCY_STATUSES:
-        status = status_for(dpd, get_settings().close.charge_off_after_days)
+        charge_off = get_settings().close.charge_off_after_days
+        status = status_for(dpd, charge_off, restructured=loan.restructured_on is not None)
     previous = (loan.bucket, loan.status, loan.days_past_due)
     if bucket != loan.bucket:
         loan.previous_bucket = loan.bucket
@@ -355,7 +356,13 @@ def _new_values(per_loan: Any, as_of: date) -> tuple[Any, Any, Any]:
     charge_off = get_settings().close.charge_off_after_days
     status = case(
         (_loan.c.status.not_in(DELINQUENCY_STATUSES), _loan.c.status),
-        (dpd <= 0, LoanStatus.ACTIVE.value),
+        (
+            dpd <= 0,
+            case(
+                (_loan.c.restructured_on.is_not(None), LoanStatus.RESTRUCTURED.value),
+                else_=LoanStatus.ACTIVE.value,
+            ),
+        ),
         (dpd <= 90, LoanStatus.DELINQUENT.value),
         (dpd <= charge_off, LoanStatus.DEFAULTED.value),
         else_=LoanStatus.CHARGED_OFF.value,

@@ -21,6 +21,7 @@ class LoanStatus(StrEnum):
 # Statuses the delinquency rules move between.
 DELINQUENCY_STATUSES = (
     LoanStatus.ACTIVE,
+    LoanStatus.RESTRUCTURED,
     LoanStatus.DELINQUENT,
     LoanStatus.DEFAULTED,
     LoanStatus.CHARGED_OFF,
@@ -73,6 +74,9 @@ class Loan(Base):
     risk_grade: Mapped[str] = mapped_column(String(1), default="A")
     paid_off_on: Mapped[date | None] = mapped_column(Date)
     cancelled_on: Mapped[date | None] = mapped_column(Date)
+    # The business date of the last approved term extension: such a loan is `restructured`
+    # while current (docs/relief.md).
+    restructured_on: Mapped[date | None] = mapped_column(Date)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, onupdate=utc_now)
 

@@ -59,6 +59,8 @@ class LoanFields(Protocol):
     @property
     def cancelled_on(self) -> date | None: ...
     @property
+    def restructured_on(self) -> date | None: ...
+    @property
     def created_at(self) -> datetime: ...
 
 
@@ -117,6 +119,7 @@ class LoanRecord(NamedTuple):
     delinquency_as_of: date | None
     paid_off_on: date | None
     cancelled_on: date | None
+    restructured_on: date | None
     created_at: datetime
 
 

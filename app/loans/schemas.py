@@ -83,6 +83,10 @@ class LoanRead(BaseModel):
     balances: BalancesRead
     paid_off_on: date | None
     cancelled_on: date | None
+    restructured_on: date | None = Field(
+        description="the business date of the last approved term extension; the loan shows "
+        "`restructured` while current"
+    )
     created_at: datetime
     schedule: ScheduleRead | None = None
 
@@ -111,6 +115,7 @@ def loan_read(view: "LoanView", *, with_schedule: bool = False) -> LoanRead:
         balances=balances_read(view),
         paid_off_on=loan.paid_off_on,
         cancelled_on=loan.cancelled_on,
+        restructured_on=loan.restructured_on,
         created_at=loan.created_at,
         schedule=schedule_read(view) if with_schedule else None,
     )

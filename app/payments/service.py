@@ -349,6 +349,7 @@ async def extend_term(session: AsyncSession, loan: Loan, *, months: int) -> Exte
     ]  # fmt: skip
     session.add_all(added)
     term_was, loan.term = loan.term, loan.term + months
+    loan.restructured_on = as_of  # the replay's delinquency makes it `restructured` if current
     payments = await _applied_payments(session, loan.id)
     await _replay_and_store(session, loan, [*installments, *added], payments, as_of=as_of)
     return Extension(term_was=term_was, installment_was=was, installment=new[0].total_minor)
@@ -453,7 +454,8 @@ async def _store_position(
         loan.status = LoanStatus.PAID_OFF
         loan.paid_off_on = position.paid_off_on
     elif loan.status == LoanStatus.PAID_OFF:
-        loan.status = LoanStatus.ACTIVE
+        restructured = loan.restructured_on is not None
+        loan.status = LoanStatus.RESTRUCTURED if restructured else LoanStatus.ACTIVE
         loan.paid_off_on = None
     # The same rules as the nightly close, at once, in this transaction: promises before
     # risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.

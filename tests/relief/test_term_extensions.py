@@ -64,7 +64,9 @@ async def test_the_installments_ahead_are_reamortised(client: httpx.AsyncClient)
     owed = ("principal_outstanding", "fees_outstanding", "overdue_amount")
     assert [after["balances"][k] for k in owed] == [before["balances"][k] for k in owed]
     assert after["balances"]["interest_outstanding"] == "36.00"  # 12.00 + 8.00 + ... + 1.60
+    # Still late, so still delinquent; an extended loan shows `restructured` once current.
     assert (after["days_past_due"], after["status"]) == (before["days_past_due"], "delinquent")
+    assert after["restructured_on"] == "2026-02-15"
     (event,) = (await w.get("/v1/events?type=restructure.approved", w.admin))["items"]
     assert {k: event["data"][k] for k in ("kind", "months", "term_was", "term", "installment_was",
                                           "installment")} == {
@@ -89,8 +91,27 @@ async def test_payments_follow_the_new_schedule(client: httpx.AsyncClient) -> No
     loan = await w.get(f"/v1/loans/{loan_id}")
     assert loan["balances"]["principal_outstanding"] == "1200.00"
     # The payoff (as of today, like the balances) pays the extended loan off.
-    await w.pay(loan_id, loan["balances"]["payoff_amount"])
+    payoff = await w.pay(loan_id, loan["balances"]["payoff_amount"])
     assert (await w.get(f"/v1/loans/{loan_id}"))["status"] == "paid_off"
+    # Reversed, the loan is open again: restructured if current, here late.
+    await w.post(f"/v1/payments/{payoff['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert (await w.get(f"/v1/loans/{loan_id}"))["status"] == "delinquent"
+
+
+async def test_an_extended_loan_is_restructured_while_current(client: httpx.AsyncClient) -> None:
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    await extend(w, loan_id, months=2)
+    cured = await w.pay(loan_id, "437.00", "2026-02-15")  # the arrears: current at once
+    assert cured["loan"]["status"] == "restructured"
+    listed = (await w.get("/v1/loans?status=restructured", w.admin))["items"]
+    assert [loan["id"] for loan in listed] == [loan_id]
+    await close(w, "2026-03-20")  # the close's set-based step: late again, so delinquent
+    loan = await w.get(f"/v1/loans/{loan_id}")
+    assert (loan["status"], loan["days_past_due"]) == ("delinquent", 10)
+    second = (await w.get(f"/v1/loans/{loan_id}/schedule"))["installments"][1]
+    await w.pay(loan_id, second["total"], "2026-03-21")
+    await close(w, "2026-03-22")
+    assert (await w.get(f"/v1/loans/{loan_id}"))["status"] == "restructured"
 
 
 async def test_the_close_follows_the_new_dates(client: httpx.AsyncClient) -> None:
