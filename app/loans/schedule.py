@@ -62,21 +62,27 @@ def due_dates(first_due_date: date, term: int, anchor_day: int | None = None) ->
     return [first_due_date + relativedelta(months=k, day=day) for k in range(term)]
 
 
+def anchor_day(due: Sequence[date]) -> int:
+    """A schedule's anchor day: the largest day of month it uses (a loan anchored on the 31st
+    falls due on Feb 28, then Mar 31)."""
+    return max(d.day for d in due)
+
+
 def deferred(due: list[date], after: date, months: int) -> list[date]:
     """The due dates after a payment holiday of ``months`` from ``after``: those still ahead
-    move that many months later on the schedule's anchor day (the largest day of month it
-    uses: Feb 28 of a loan anchored on the 31st moves to Mar 31 or Apr 30), the rest stay."""
-    anchor = max(d.day for d in due)
+    move that many months later on the schedule's anchor day (Feb 28 of a loan anchored on the
+    31st moves to Mar 31 or Apr 30), the rest stay."""
+    anchor = anchor_day(due)
     return [d + relativedelta(months=months, day=anchor) if d > after else d for d in due]
 
 
 def extended(
-    ahead: Sequence[ScheduledInstallment], months: int, terms: ScheduleTerms, anchor_day: int
+    ahead: Sequence[ScheduledInstallment], months: int, terms: ScheduleTerms, anchor: int
 ) -> list[ScheduledInstallment]:
     """A term extension: the principal and fees of the installments still ahead (``ahead``,
     in seq order) re-amortised over as many installments and ``months`` more, on the loan's
     rate, amortization, rounding and fee collection (``terms``), monthly from the first one's
-    due date on the schedule's anchor day; the seqs continue from the first one's. What is
+    due date on the schedule's ``anchor`` day; the seqs continue from the first one's. What is
     already due is not part of it: arrears stay due as they were."""
     first = ahead[0]
     again = replace(
@@ -86,8 +92,7 @@ def extended(
         origination_fee_minor=sum(i.fees_minor for i in ahead),
     )
     return [
-        replace(i, seq=first.seq + i.seq - 1)
-        for i in build_schedule(again, first.due_date, anchor_day)
+        replace(i, seq=first.seq + i.seq - 1) for i in build_schedule(again, first.due_date, anchor)
     ]
 
 

@@ -26,6 +26,7 @@ from app.loans.schedule import (
     FeeCollection,
     ScheduledInstallment,
     ScheduleTerms,
+    anchor_day,
     deferred,
     extended,
 )
@@ -251,12 +252,13 @@ async def _applied_payments(session: AsyncSession, loan_id: str) -> list[Payment
     return [PaymentIn(*row) for row in rows]
 
 
-async def waive_fees(session: AsyncSession, loan: Loan, *, cap_minor: int | None, note: str) -> int:
-    """Forgive the fees due on the loan (locked by the caller) on the business date, oldest
-    installment first, up to ``cap_minor`` (all of them when None): one ``fee_waiver`` ledger
-    row per installment, then the loan's payments replayed with those fees never charged, as a
-    reversal replays them. Returns what was forgiven (0: nothing was due)."""
-    as_of = await delinquency.delinquency_date(session)
+async def waive_fees(
+    session: AsyncSession, loan: Loan, *, cap_minor: int | None, note: str, as_of: date
+) -> int:
+    """Forgive the fees due on the loan (locked by the caller) on the business date ``as_of``,
+    oldest installment first, up to ``cap_minor`` (all of them when None): one ``fee_waiver``
+    ledger row per installment, then the loan's payments replayed with those fees never
+    charged, as a reversal replays them. Returns what was forgiven (0: nothing was due)."""
     installments = await loans_service.load_installments(session, loan.id)
     terms, _ = await _terms(session, installments)
     payments = await _applied_payments(session, loan.id)
@@ -278,13 +280,12 @@ async def waive_fees(session: AsyncSession, loan: Loan, *, cap_minor: int | None
 
 
 async def defer_installments(
-    session: AsyncSession, loan: Loan, *, months: int
+    session: AsyncSession, loan: Loan, *, months: int, as_of: date
 ) -> list[tuple[int, date, date]]:
     """A payment holiday on the loan (locked by the caller): the installments not yet due on
-    the business date fall due ``months`` later, with the same amounts (no interest for the
-    holiday), and the payments are replayed on the new dates. Returns each moved installment's
-    (seq, old due date, new due date); none when nothing is still ahead."""
-    as_of = await delinquency.delinquency_date(session)
+    the business date ``as_of`` fall due ``months`` later, with the same amounts (no interest
+    for the holiday), and the payments are replayed on the new dates. Returns each moved
+    installment's (seq, old due date, new due date); none when nothing is still ahead."""
     installments = await loans_service.load_installments(session, loan.id)
     new_dates = deferred([i.due_date for i in installments], as_of, months)
     moved = []
@@ -305,13 +306,14 @@ class Extension:
     installment: int
 
 
-async def extend_term(session: AsyncSession, loan: Loan, *, months: int) -> Extension | None:
+async def extend_term(
+    session: AsyncSession, loan: Loan, *, months: int, as_of: date
+) -> Extension | None:
     """A term extension on the loan (locked by the caller): the installments not yet due on
-    the business date are re-amortised over as many and ``months`` more (``extended``), the
-    loan's term grows by ``months`` and the payments are replayed on the new schedule. Returns
-    the term before and the next installment's amount before and after; None when nothing is
-    still ahead."""
-    as_of = await delinquency.delinquency_date(session)
+    the business date ``as_of`` are re-amortised over as many and ``months`` more
+    (``extended``), the loan's term grows by ``months`` and the payments are replayed on the
+    new schedule. Returns the term before and the next installment's amount before and after;
+    None when nothing is still ahead."""
     installments = await loans_service.load_installments(session, loan.id)
     ahead = [i for i in installments if i.due_date > as_of]
     if not ahead:
@@ -330,10 +332,9 @@ async def extend_term(session: AsyncSession, loan: Loan, *, months: int) -> Exte
         ScheduledInstallment(i.seq, i.due_date, i.principal_minor, i.interest_minor, i.fees_minor)
         for i in ahead
     ]
-    anchor = max(i.due_date.day for i in installments)
-    new = extended(scheduled, months, terms, anchor)
+    new = extended(scheduled, months, terms, anchor_day([i.due_date for i in installments]))
     was = scheduled[0].total_minor
-    for row, planned in zip(ahead, new, strict=False):
+    for row, planned in zip(ahead, new[: len(ahead)], strict=True):
         row.due_date, row.principal_minor = planned.due_date, planned.principal_minor
         row.interest_minor, row.fees_minor = planned.interest_minor, planned.fees_minor
         row.reminded_on = None  # remind again of the new amount

@@ -135,7 +135,7 @@ async def approve(
         if loan.term + months > MAX_TERM:  # another extension came first
             raise TermTooLong(f"loan {loan.id}: the term would be {loan.term + months} months, "
                               f"beyond {MAX_TERM}")  # fmt: skip
-        extension = await payments.extend_term(session, loan, months=months)
+        extension = await payments.extend_term(session, loan, months=months, as_of=as_of)
         if extension is None:
             raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
         restructure.terms = {
@@ -144,7 +144,8 @@ async def approve(
             "installment_minor": extension.installment,
         }  # fmt: skip
     elif restructure.kind == RestructureKind.PAYMENT_HOLIDAY:
-        moved = await payments.defer_installments(session, loan, months=restructure.terms["months"])
+        months = restructure.terms["months"]
+        moved = await payments.defer_installments(session, loan, months=months, as_of=as_of)
         if not moved:
             raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
         restructure.terms = {
@@ -157,7 +158,7 @@ async def approve(
     else:
         waived = await payments.waive_fees(
             session, loan, cap_minor=restructure.terms["amount_minor"],
-            note=f"restructure {restructure.id}",
+            note=f"restructure {restructure.id}", as_of=as_of,
         )  # fmt: skip
         if waived == 0:
             raise NoFeesToWaive(f"loan {loan.id} has no fees due on {as_of}")

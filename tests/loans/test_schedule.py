@@ -682,7 +682,7 @@ def test_an_extension_reamortises_exactly_what_is_ahead(
     due = data.draw(st.integers(0, term - 1), label="installments already due")
     months = data.draw(st.integers(1, 24), label="months")
     ahead = schedule[due:]
-    new = extended(ahead, months, terms, anchor_day=FIRST_DUE.day)
+    new = extended(ahead, months, terms, anchor=FIRST_DUE.day)
     assert [i.seq for i in new] == list(range(due + 1, term + months + 1))
     # The principal and fees still ahead, all of it and nothing more, over the longer term.
     assert sum(i.principal_minor for i in new) == sum(i.principal_minor for i in ahead)

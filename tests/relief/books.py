@@ -3,7 +3,11 @@
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
+from app.db import session_scope
+from app.loans.models import LoanInstallment
+from app.relief.models import Restructure
 from tests.factories import World, world
 
 LATE_FEE = {"kind": "fixed", "amount": "25.00"}
@@ -23,3 +27,28 @@ async def late_loan(client: httpx.AsyncClient, **product: Any) -> tuple[World, s
     made = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
     await close(w, "2026-02-15")
     return w, str(made["id"])
+
+
+async def stored() -> tuple[int, list[Any]]:
+    """The restructures and every installment's terms: a refused request changes neither."""
+    async with session_scope() as session:
+        count = await session.scalar(select(func.count()).select_from(Restructure))
+        rows = await session.execute(
+            select(LoanInstallment.due_date, LoanInstallment.principal_minor,
+                   LoanInstallment.interest_minor, LoanInstallment.fees_minor)
+            .order_by(LoanInstallment.loan_id, LoanInstallment.seq)
+        )  # fmt: skip
+        return int(count or 0), [tuple(row) for row in rows]
+
+
+async def assert_refused(
+    w: World, loan_id: str, body: dict[str, Any], override: dict[str, Any], field: str
+) -> None:
+    """``body`` with ``override`` (None drops a field) is a 422 naming ``field`` alone, and
+    nothing is stored."""
+    before = await stored()
+    sent = {k: v for k, v in {**body, **override}.items() if v is not None}
+    response = await w.post(f"/v1/loans/{loan_id}/restructures", sent)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+    assert await stored() == before
