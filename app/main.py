@@ -39,6 +39,29 @@ Money is a decimal string in the currency's minor digits; errors are `applicatio
 """
 
 
+# In the order of their traffic: a request is matched against the routes one by one, about
+# 1.5 us each (bench/framework_floor.py), so the POS's and the gateways' calls come first. No
+# two routes match the same path and method (tests/api/test_routing.py), so the order decides
+# nothing else.
+ROUTERS = (
+    loans_router,
+    payments_router,
+    gateways_router,
+    borrowers_router,
+    promises_router,
+    relief_router,
+    risk_router,
+    portfolio_router,
+    events_router,
+    webhooks_router,
+    products_router,
+    merchants_router,
+    api_keys_router,
+    close_router,
+    ops_router,
+)
+
+
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     scheduler = None if get_settings().uses_celery else InProcessScheduler()
@@ -58,24 +81,12 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RefuseNulCharacters)  # outside the idempotency claim: it writes
     app.add_middleware(metrics.RequestMetrics)
-    for router in (
-        ops_router,
-        merchants_router,
-        api_keys_router,
-        products_router,
-        borrowers_router,
-        loans_router,
-        payments_router,
-        promises_router,
-        relief_router,
-        events_router,
-        close_router,
-        webhooks_router,
-        gateways_router,
-        risk_router,
-        portfolio_router,
-    ):
-        app.include_router(router)
+    for router in ROUTERS:
+        # The routes themselves, not app.include_router(router): FastAPI matches an included
+        # router's routes through a wrapper per router and per route, which cost a request
+        # routed to the last router about 115 us of CPU against 1-2 us for a plain route
+        # (bench/framework_floor.py). The OpenAPI document is the same either way (tested).
+        app.router.routes.extend(router.routes)
     describe_deliveries(app)
     openapi.install(app)
     return app

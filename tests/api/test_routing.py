@@ -1,0 +1,47 @@
+"""The app adds its routers' routes as plain routes, in the order of their traffic
+(app/main.py): that must neither change the OpenAPI document nor which route answers."""
+
+import re
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from app.main import ROUTERS, app
+
+
+def test_no_two_routes_answer_the_same_path_and_method() -> None:
+    routes = [route for route in app.routes if isinstance(route, APIRoute)]
+    assert len(routes) == sum(len(router.routes) for router in ROUTERS)
+    for route in routes:
+        # Parameters as a word no static segment uses: a route that matched it as well could
+        # shadow this one, or be shadowed by it, depending on the order.
+        concrete = re.sub(r"\{[^}]+\}", "x1", route.path)
+        shadowing = [
+            (other.path, sorted(other.methods & route.methods))
+            for other in routes
+            if other is not route
+            and other.methods & route.methods
+            and other.path_regex.match(concrete)
+        ]
+        assert not shadowing, f"{route.path} is also matched by {shadowing}"
+
+
+def test_the_document_is_the_one_include_router_would_give() -> None:
+    included = FastAPI(title=app.title, version=app.version, description=app.description)
+    for router in ROUTERS:
+        included.include_router(router)
+    ours = app.openapi()
+    theirs = included.openapi()
+    assert ours["paths"].keys() == theirs["paths"].keys()
+    for path, methods in theirs["paths"].items():
+        for method, operation in methods.items():
+            mine = ours["paths"][path][method]
+            # What app/api/openapi.py adds on top (security, headers, problem responses)
+            # aside, FastAPI describes each operation the same way.
+            assert mine["tags"] == operation["tags"], (path, method)
+            assert mine["operationId"] == operation["operationId"], (path, method)
+            assert mine.get("requestBody") == operation.get("requestBody"), (path, method)
+            assert mine["responses"].keys() >= operation["responses"].keys() - {"422"}
+            assert mine.get("parameters", [])[: len(operation.get("parameters", []))] == (
+                operation.get("parameters", [])
+            ), (path, method)
