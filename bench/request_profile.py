@@ -7,6 +7,8 @@ SQLAlchemy, the same SQL through the asyncpg connection, and the rendering).
     .venv/bin/python bench/http_load.py --duration 10          # once: the bench book
     .venv/bin/python bench/request_profile.py [--payments 600] [--reads 3000]
 
+``--payments 0`` profiles the reads only.
+
 Each run adds its payments to the book; compare runs against each other, not across books.
 """
 
@@ -135,7 +137,42 @@ async def profile_reads(key: str, loan_ids: list[str], count: int) -> None:
     print(f"  read through SQLAlchemy Core     {await per_read(read):.3f} ms")
     print(f"  the same SQL through asyncpg     {driver_ms:.3f} ms (connection held)")
     print(f"  read and render                  {await per_read(read_and_render):.3f} ms")
+    print(f"  the whole request, 32 at a time  {await whole_requests(key, loan_ids, count):.3f} ms")
     await database.dispose()
+
+
+async def whole_requests(key: str, loan_ids: list[str], count: int) -> float:
+    """CPU per ``GET /v1/loans/{id}`` through the app's ASGI interface (routing, middleware,
+    authentication, read, rendering; no HTTP parsing), 32 in flight as wrk's connections."""
+    from app.main import app
+
+    headers = [(b"authorization", f"Bearer {key}".encode()), (b"host", b"bench")]
+    statuses: Counter[int] = Counter()
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses[message["status"]] += 1
+
+    async def connection(requests: int) -> None:
+        for _ in range(requests):
+            path = f"/v1/loans/{random.choice(loan_ids)}"
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+                "query_string": b"", "root_path": "", "headers": headers,
+                "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
+            }  # fmt: skip
+            await app(scope, receive, send)
+
+    await connection(300)  # warm
+    started = time.process_time()
+    await asyncio.gather(*(connection(count // 32) for _ in range(32)))
+    spent = time.process_time() - started
+    assert set(statuses) == {200}, statuses
+    return spent / (count // 32 * 32) * 1000
 
 
 def main() -> None:
@@ -152,7 +189,8 @@ def main() -> None:
         [str(Path(sys.executable).parent / "loanwatch"), "api-keys", "create", "--role", "admin"],
         capture_output=True, text=True, check=True,
     ).stdout.split()[-1]  # fmt: skip
-    asyncio.run(profile_payments(key, loan_ids, args.payments))
+    if args.payments:
+        asyncio.run(profile_payments(key, loan_ids, args.payments))
     asyncio.run(profile_reads(key, loan_ids, args.reads))
 
 
