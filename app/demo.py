@@ -302,9 +302,14 @@ class _LoanBuilder:
             inst.paid_on = day
         return amount - fees - interest - principal
 
+    def period_start(self, inst: _Installment) -> date:
+        """The first day on which ``inst`` is the current period's installment: a payment
+        before it would pay only its principal (the waterfall's rule for periods not begun)."""
+        return self.installments[inst.seq - 2].due_date if inst.seq > 1 else self.disbursed_on
+
     def pay(self, inst: _Installment, amount: int, day: date, rng: random.Random) -> None:
-        """A payment of at most what ``inst`` owes, every earlier installment being settled: the
-        waterfall puts all of it on ``inst``."""
+        """A payment of at most what ``inst`` owes, every earlier installment being settled and
+        ``inst`` due or the current period's: the waterfall puts all of it on ``inst``."""
         payment_id = self._payment(amount, day, rng)
         left = self._allocate(payment_id, inst, amount, day)
         assert left == 0
@@ -490,7 +495,8 @@ class PortfolioPlan:
         upcoming = installments[len(due)] if len(due) < len(installments) else None
         if upcoming is not None and rng.random() < mix.prepaid_part:
             earliest = max(loan.last_received or loan.disbursed_on, as_of - timedelta(days=20),
-                           loan.disbursed_on + timedelta(days=1))  # fmt: skip
+                           loan.disbursed_on + timedelta(days=1),
+                           loan.period_start(upcoming))  # fmt: skip
             day = earliest + timedelta(days=rng.randrange((as_of - earliest).days + 1))
             part = upcoming.left * rng.randint(20, 80) // 100
             if part > 0:
@@ -503,7 +509,8 @@ class PortfolioPlan:
     def _on_time_day(self, loan: _LoanBuilder, inst: _Installment, rng: random.Random,
                      latest: date | None = None) -> date:  # fmt: skip
         day = inst.due_date - _EARLY[int(rng.random() * len(_EARLY))]
-        floor = max(loan.last_received or loan.disbursed_on, loan.disbursed_on + timedelta(1))
+        floor = max(loan.last_received or loan.disbursed_on, loan.disbursed_on + timedelta(1),
+                    loan.period_start(inst))  # fmt: skip
         return min(max(day, floor), latest or day)
 
     def _pay_on_time(self, loan: _LoanBuilder, inst: _Installment, rng: random.Random,

@@ -1,9 +1,11 @@
 """The allocation waterfall and the replay of a loan's payments: pure functions, no I/O.
 
 A payment received on day D pays, installment by installment, oldest due first: fees, then
-interest, then principal. What is left pays installments not yet due, in order — unless it
-covers the payoff, in which case the interest and fees of periods after the current one are
-forgiven and the loan is paid off. Anything beyond that is a credit balance.
+interest, then principal. If what is left covers the payoff, the interest and fees of periods
+after the current one are forgiven and the loan is paid off; anything beyond that is a credit
+balance. Otherwise it pays the current period's installment the same way, then the principal
+of later ones, in order: their interest and fees are not owed yet (a payoff would forgive
+them), so paying ahead lowers the payoff by exactly what was paid.
 
 Balances are never patched in place: they are the result of replaying every applied payment in
 order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
@@ -171,9 +173,8 @@ def apply_payment(position: LoanPosition, payment: PaymentIn) -> None:
             remaining = _pay_installment(position, inst, payment, remaining)
     if remaining >= position.payoff_minor(day):
         remaining = _pay_off(position, payment, remaining)
-    for inst in position.installments:
-        if remaining:
-            remaining = _pay_installment(position, inst, payment, remaining)
+    else:
+        remaining = _pay_ahead(position, payment, remaining)
     position.credit_balance_minor += remaining
     if position.paid_off_on is None and all(i.settled_by(day) for i in position.installments):
         position.paid_off_on = day
@@ -192,12 +193,31 @@ def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
     return remaining
 
 
+def _pay_ahead(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
+    """Less than the payoff, after everything due: the current period's installment in full
+    order, then only the principal of the periods not yet begun."""
+    current_paid = False
+    for inst in position.installments:
+        if inst.terms.due_date <= payment.received_on or not remaining:
+            continue
+        remaining = _pay_installment(
+            position, inst, payment, remaining, principal_only=current_paid
+        )
+        current_paid = True
+    return remaining
+
+
 def _pay_installment(
-    position: LoanPosition, inst: InstallmentPosition, payment: PaymentIn, remaining: int
+    position: LoanPosition,
+    inst: InstallmentPosition,
+    payment: PaymentIn,
+    remaining: int,
+    *,
+    principal_only: bool = False,
 ) -> int:
     day = payment.received_on
-    fees = min(remaining, inst.fees_left(day))
-    interest = min(remaining - fees, inst.interest_left())
+    fees = 0 if principal_only else min(remaining, inst.fees_left(day))
+    interest = 0 if principal_only else min(remaining - fees, inst.interest_left())
     principal = min(remaining - fees - interest, inst.principal_left())
     if fees or interest or principal:
         inst.paid_fees_minor += fees

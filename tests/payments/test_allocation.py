@@ -117,13 +117,28 @@ def test_money_beyond_what_is_due_pays_the_next_installments_in_order() -> None:
 
 
 def test_a_payment_before_anything_is_due_prepays_the_first_installment() -> None:
+    # January is the current period, paid whole; February's has not begun, so the 1.00 left
+    # pays its principal: its interest is not owed yet.
     position = replay(loan(), [pay("p1", 11600, "2025-01-05")])
     assert position.allocations == [
         Allocation("p1", 1, 500, 1000, 10000),
-        Allocation("p1", 2, 0, 100, 0),
+        Allocation("p1", 2, 0, 0, 100),
     ]
     assert position.installments[0].paid_on == D("2025-01-05")
     assert position.overdue_minor(D("2025-03-01")) == 10700  # February, less the 1.00 prepaid
+
+
+def test_paying_ahead_in_pieces_costs_what_paying_off_at_once_does() -> None:
+    at_once = replay(loan(), []).payoff_minor(D("2025-01-05"))  # 115.00 + 100.00 + 100.00
+    position = replay(loan(), [pay("p1", 15000, "2025-01-05")])
+    assert position.allocations == [
+        Allocation("p1", 1, 500, 1000, 10000),
+        Allocation("p1", 2, 0, 0, 3500),
+    ]
+    assert position.payoff_minor(D("2025-01-05")) == at_once - 15000
+    apply_payment(position, pay("p2", at_once - 15000, "2025-01-05"))
+    assert position.paid_off_on == D("2025-01-05")
+    assert position.credit_balance_minor == 0
 
 
 # --- payoff ---------------------------------------------------------------------------------
@@ -171,8 +186,9 @@ def test_one_unit_short_of_the_payoff_is_not_a_payoff() -> None:
     position = replay(loan(), [pay("p1", 32299, "2025-02-10")])
     assert position.paid_off_on is None
     assert [i.interest_waived_minor for i in position.installments] == [0, 0, 0]
-    assert position.allocations_of("p1")[-1] == Allocation("p1", 3, 0, 600, 9399)
-    assert position.payoff_minor(D("2025-02-10")) == 601  # March's interest is prepaid
+    # March's period has not begun: its interest is not owed, so the 99.99 is principal.
+    assert position.allocations_of("p1")[-1] == Allocation("p1", 3, 0, 0, 9999)
+    assert position.payoff_minor(D("2025-02-10")) == 1
 
 
 def test_payoff_after_the_last_due_date_is_everything_left() -> None:
@@ -393,8 +409,13 @@ def test_waterfall_order_of_every_payment(
             assert allocations == []
             continue
         by_seq = {i.seq: i for i in position.installments}
+        not_begun = [i.seq for i in position.installments if i.terms.due_date > day][1:]
         for a in allocations:
             inst = by_seq[a.installment_seq]
+            if a.installment_seq in not_begun and position.paid_off_on is None:
+                # A period not begun owes no interest or fees yet: paying ahead is principal.
+                assert a.fees_minor == a.interest_minor == 0
+                continue
             if a.interest_minor or a.principal_minor:
                 assert inst.fees_left(day) == 0  # fees first
             if a.principal_minor:
@@ -404,7 +425,11 @@ def test_waterfall_order_of_every_payment(
         if allocations:
             # Oldest first: every installment before the last one paid is settled.
             last = allocations[-1].installment_seq
-            assert all(i.settled_by(day) for i in position.installments if i.seq < last)
+            for i in position.installments:
+                if i.seq < last and i.seq in not_begun and position.paid_off_on is None:
+                    assert i.principal_left() == 0
+                elif i.seq < last:
+                    assert i.settled_by(day)
         if credited:
             assert position.paid_off_on is not None
             assert all(i.settled_by(day) for i in position.installments)
@@ -459,6 +484,28 @@ def test_paying_the_payoff_pays_the_loan_off(
         else:
             assert (inst.interest_waived_minor, inst.fees_waived_minor) == (0, 0)
     ledger_balances(position, [*payments, PaymentIn("payoff", payoff + excess, day)])
+
+
+@given(loans_with_payments(), st.data())
+def test_paying_ahead_lowers_the_payoff_by_exactly_the_amount(
+    loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]], data: st.DataObject
+) -> None:
+    """So paying in pieces on one day never costs more than paying off at once."""
+    installments = loan_and_payments[0]
+    position, payments = still_open(*loan_and_payments)
+    earliest = (
+        payments[-1].received_on if payments else installments[0].due_date - timedelta(days=40)
+    )
+    day = data.draw(st.dates(min_value=earliest, max_value=earliest + timedelta(days=400)))
+    payoff = position.payoff_minor(day)
+    assume(payoff > 1)
+    amount = data.draw(st.integers(min_value=1, max_value=payoff - 1))
+    apply_payment(position, PaymentIn("ahead", amount, day))
+    assert position.paid_off_on is None
+    assert position.payoff_minor(day) == payoff - amount
+    apply_payment(position, PaymentIn("rest", payoff - amount, day))
+    assert position.paid_off_on == day
+    assert position.credit_balance_minor == 0
 
 
 @given(loans_with_payments(), st.data())
