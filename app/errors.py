@@ -6,6 +6,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -62,6 +63,12 @@ class InvalidRequest(LoanwatchError):
     def field(cls, field: str, message: str) -> "InvalidRequest":
         return cls(f"{field}: {message}", errors=[{"field": field, "message": message}])
 
+    @classmethod
+    def of(cls, exc: ValidationError) -> "InvalidRequest":
+        """A body validated by hand (not by FastAPI), its errors named as FastAPI's are."""
+        errors = [_field_error(error) for error in exc.errors()]
+        return cls(_summary(errors), errors=errors)
+
 
 def problem(
     status: int,
@@ -97,17 +104,20 @@ async def _loanwatch_error(_: Request, exc: Exception) -> JSONResponse:
 
 def _field_error(error: Any) -> dict[str, Any]:
     if error["type"] == "json_invalid":
-        # FastAPI puts the character position where a field name would be.
-        position = error["loc"][-1]
-        return {"field": "body", "message": f"not valid JSON (at character {position})",
-                "type": "json_invalid"}  # fmt: skip
-    return {"field": _field_path(tuple(error["loc"])), "message": error["msg"],
+        # FastAPI puts the character position where a field name would be; Pydantic's own
+        # JSON parsing gives none.
+        at = f" (at character {error['loc'][-1]})" if len(error["loc"]) > 1 else ""
+        return {"field": "body", "message": f"not valid JSON{at}", "type": "json_invalid"}
+    return {"field": _field_path(tuple(error["loc"])) or "body", "message": error["msg"],
             "type": error["type"]}  # fmt: skip
 
 
+def _summary(errors: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+
+
 def _invalid(errors: list[dict[str, Any]]) -> JSONResponse:
-    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return problem(422, "validation_error", "Invalid request", detail, errors)
+    return problem(422, "validation_error", "Invalid request", _summary(errors), errors)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:

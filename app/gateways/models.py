@@ -19,7 +19,8 @@ class Gateway(Base):
 
 class InboundNotification(Base):
     """A processed notification, written in the transaction of its effect: the same
-    ``webhook-id`` again changes nothing."""
+    ``webhook-id`` again changes nothing. ``body_sha256`` tells a retry (the same body) from
+    an id reused for another notification (refused); None for rows older than it."""
 
     __tablename__ = "inbound_notification"
 
@@ -27,6 +28,7 @@ class InboundNotification(Base):
     webhook_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     type: Mapped[str] = mapped_column(String(40))
     result: Mapped[dict[str, object]] = mapped_column(JSON)
+    body_sha256: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 

@@ -1,6 +1,6 @@
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AdminPrincipal, SessionDep
+from app.api.deps import AdminPrincipal, DashboardPrincipal, SessionDep
 from app.api.openapi import inlined_schema, required_header
 from app.gateways import service
 from app.gateways.schemas import (
@@ -43,7 +43,7 @@ async def register_gateway(
 
 
 @router.get("/v1/gateways", response_model=list[GatewayRead])
-async def list_gateways(session: SessionDep, principal: AdminPrincipal) -> list[GatewayRead]:
+async def list_gateways(session: SessionDep, principal: DashboardPrincipal) -> list[GatewayRead]:
     gateways = await service.list_gateways(session, principal)
     return [GatewayRead(name=g.name, created_at=g.created_at) for g in gateways]
 

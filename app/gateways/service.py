@@ -1,6 +1,6 @@
 """Payment gateways: registration, and their signed notifications (auto-debit results)."""
 
-import json
+import hashlib
 from typing import Any
 
 from pydantic import ValidationError
@@ -40,6 +40,11 @@ class InvalidSignature(Unauthorized):
     code = "invalid_signature"
 
 
+class WebhookIdReused(InvalidRequest):
+    code = "webhook_id_reused"
+    title = "Webhook id reused"
+
+
 async def register(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
     principal.require(Role.ADMIN)
     if await session.get(Gateway, name) is not None:
@@ -51,7 +56,7 @@ async def register(session: AsyncSession, principal: Principal, *, name: str) ->
 
 
 async def list_gateways(session: AsyncSession, principal: Principal) -> list[Gateway]:
-    principal.require(Role.ADMIN)
+    principal.require(Role.DASHBOARD)
     return list(await session.scalars(select(Gateway).order_by(Gateway.name)))
 
 
@@ -67,13 +72,21 @@ async def receive(
     except Exception as exc:  # the library raises several kinds for malformed headers
         raise InvalidSignature(f"the webhook signature does not verify: {exc}") from None
     webhook_id = headers["webhook-id"]
+    digest = hashlib.sha256(body).hexdigest()
     seen = await session.get(InboundNotification, (gateway.name, webhook_id))
     if seen is not None:
+        # A retry carries the same body; another notification under a processed id would
+        # otherwise be answered "duplicate" and its debit silently lost.
+        if seen.body_sha256 not in (None, digest):
+            raise WebhookIdReused(
+                f"webhook-id {webhook_id} was processed with another body: send each "
+                "notification under its own id"
+            )
         return "duplicate", seen.type, dict(seen.result)
     try:
-        notification = Notification.model_validate(json.loads(body))
-    except (ValueError, ValidationError) as exc:
-        raise InvalidRequest(f"malformed notification: {exc}") from None
+        notification = Notification.model_validate_json(body)
+    except ValidationError as exc:
+        raise InvalidRequest.of(exc) from None
 
     system = Principal(api_key_id=f"gateway:{gateway.name}", role=Role.ADMIN)
     data = notification.data
@@ -105,7 +118,7 @@ async def receive(
     session.add(
         InboundNotification(
             gateway=gateway.name, webhook_id=webhook_id, type=notification.type,
-            result=result, received_at=utc_now(),
+            result=result, body_sha256=digest, received_at=utc_now(),
         )
     )  # fmt: skip
     return "processed", notification.type, result
@@ -117,9 +130,18 @@ async def _record_failed_debit(
     data = notification.data
     loan = await loans_service.get_loan(session, system, loan_id=data.loan_id, for_update=True)
     amount = parse_amount("data.amount", data.amount, loan.currency) if data.amount else 0
+    today = clock.today()
+    attempted_on = data.received_on or today
+    if not loan.disbursed_on <= attempted_on <= today:
+        # It counts toward the failed_debits rule's window: a date outside the loan's life
+        # would raise or hold a flag on nothing that happened.
+        raise InvalidRequest.field(
+            "data.received_on",
+            f"must be between disbursed_on ({loan.disbursed_on}) and today ({today})",
+        )
     debit = FailedDebit(
         id=new_id("fdb"), loan_id=loan.id, gateway=gateway, amount_minor=amount,
-        attempted_on=data.received_on or clock.today(), reason=data.reason,
+        attempted_on=attempted_on, reason=data.reason,
         external_ref=data.external_ref, created_at=utc_now(),
     )  # fmt: skip
     session.add(debit)

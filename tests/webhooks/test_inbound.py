@@ -22,10 +22,15 @@ async def gateway(w: World, name: str = "alipay") -> str:
     return str(secret)
 
 
-def signed(secret: str, body: dict[str, Any], msg_id: str, at: float | None = None) -> tuple[
+def signed(secret: str, body: Any, msg_id: str, at: float | None = None) -> tuple[
     bytes, dict[str, str]
 ]:  # fmt: skip
-    raw = json.dumps(body).encode()
+    return signed_raw(secret, json.dumps(body).encode(), msg_id, at)
+
+
+def signed_raw(secret: str, raw: bytes, msg_id: str, at: float | None = None) -> tuple[
+    bytes, dict[str, str]
+]:  # fmt: skip
     timestamp = datetime.fromtimestamp(at or time.time())
     signature = Webhook(secret).sign(msg_id, timestamp, raw.decode())
     return raw, {"webhook-id": msg_id, "webhook-timestamp": str(int(timestamp.timestamp())),
@@ -130,15 +135,64 @@ async def test_unknown_loans_and_malformed_bodies(client: httpx.AsyncClient) -> 
     response = await post(client, raw, headers)
     assert response.status_code == 404
     assert response.json()["code"] == "loan_not_found"
-    for i, body in enumerate([
-        {"type": "debit.exploded", "timestamp": "2026-02-10T08:00:00Z", "data": {}},
-        {"type": "debit.succeeded", "timestamp": "2026-02-10T08:00:00Z",
-         "data": {"loan_id": "x", "external_ref": "r", "amount": 10.5}},
-        {"nothing": True},
+    for i, (body, fields) in enumerate([
+        ({"type": "debit.exploded", "timestamp": "2026-02-10T08:00:00Z", "data": {}},
+         {"type", "data.loan_id", "data.external_ref"}),
+        ({"type": "debit.succeeded", "timestamp": "2026-02-10T08:00:00Z",
+          "data": {"loan_id": "x", "external_ref": "r", "amount": 10.5}}, {"data.amount"}),
+        ({"type": "debit.failed", "timestamp": "yesterday",
+          "data": {"loan_id": "x", "external_ref": "r", "amount": "-1.00"}},
+         {"timestamp", "data.amount"}),
+        ({"nothing": True}, {"type", "timestamp", "data"}),
+        ([], {"body"}),
     ]):  # fmt: skip
         raw, headers = signed(secret, body, f"msg_bad_{i}")
-        assert (await post(client, raw, headers)).status_code == 422
+        response = await post(client, raw, headers)
+        assert response.status_code == 422, response.text
+        problem = response.json()
+        assert problem["code"] == "validation_error"
+        assert {e["field"] for e in problem["errors"]} == fields, problem
+        assert "pydantic" not in problem["detail"]
+    response = await post(client, *signed_raw(secret, b"{not json", "msg_not_json"))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "body"
     assert await count(InboundNotification) == 0
     again = await w.post("/v1/gateways", {"name": "alipay"}, headers=w.admin)
     assert again.status_code == 409
     assert (await w.post("/v1/gateways", {"name": "x"})).status_code == 403
+
+
+async def test_a_webhook_id_reused_for_another_body_is_refused(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    first = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    assert (await post(client, *signed(secret, first, "msg_same"))).status_code == 200
+    other = notification("debit.succeeded", loan["id"], amount="25.00", received_on="2026-02-11")
+    other["data"]["external_ref"] = "dd-2"
+    response = await post(client, *signed(secret, other, "msg_same"))
+    assert response.status_code == 422
+    assert response.json()["code"] == "webhook_id_reused"
+    assert await count(Payment) == 1
+    # The gateway's retry of the first notification is still a duplicate, and the second
+    # notification goes through under its own id.
+    again = await post(client, *signed(secret, first, "msg_same"))
+    assert again.json()["status"] == "duplicate"
+    assert (await post(client, *signed(secret, other, "msg_other"))).json()["status"] == (
+        "processed"
+    )
+    assert await count(Payment) == 2
+
+
+async def test_a_failed_debit_must_fall_within_the_loans_life(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    for i, day in enumerate(["2026-01-09", "2099-01-01"]):
+        body = notification("debit.failed", loan["id"], amount="106.62", received_on=day)
+        response = await post(client, *signed(secret, body, f"msg_day_{i}"))
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "data.received_on"
+    body = notification("debit.failed", loan["id"], amount="106.62", received_on="2026-01-10")
+    assert (await post(client, *signed(secret, body, "msg_day_ok"))).status_code == 200
+    assert await count(FailedDebit) == 1
