@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from app.api import openapi
 from app.api.idempotency import IdempotencyMiddleware
-from app.api.nul import RefuseNulCharacters
+from app.api.unambiguous import RefuseAmbiguousInput
 from app.api_keys.routes import router as api_keys_router
 from app.borrowers.routes import router as borrowers_router
 from app.close.routes import router as close_router
@@ -79,7 +79,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="Loanwatch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
-    app.add_middleware(RefuseNulCharacters)  # outside the idempotency claim: it writes
+    app.add_middleware(RefuseAmbiguousInput)  # outside the idempotency claim: it writes
     app.add_middleware(metrics.RequestMetrics)
     for router in ROUTERS:
         # The routes themselves, not app.include_router(router): FastAPI matches an included

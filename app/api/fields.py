@@ -47,16 +47,24 @@ Reference = Annotated[
 
 # Pydantic takes a number, or a string of digits, for seconds since 1970: a POS sending
 # 20261203 would book 1970-08-23. Dates and instants arrive as text, per SPEC.md.
+# A business date is the date alone: Pydantic would also take "2026-12-01T00:00:00-05:00".
 _DATE_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 
 def _date_text(value: object) -> object:
-    if isinstance(value, date) or (isinstance(value, str) and _DATE_TEXT.match(value)):
+    if isinstance(value, datetime) or (isinstance(value, str) and _DATE_TEXT.match(value)):
         return value
-    raise ValueError("must be a date string YYYY-MM-DD (RFC 3339 for an instant)")
+    raise ValueError("must be an RFC 3339 date-time string")
 
 
-IsoDate = Annotated[date, BeforeValidator(_date_text)]
+def _date_only(value: object) -> object:
+    if isinstance(value, date) or (isinstance(value, str) and _DATE_ONLY.match(value)):
+        return value
+    raise ValueError("must be a date string YYYY-MM-DD")
+
+
+IsoDate = Annotated[date, BeforeValidator(_date_only)]
 
 
 def _in_utc(value: datetime) -> datetime:

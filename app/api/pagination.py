@@ -1,5 +1,6 @@
 """Cursor pagination: lists are ordered by id (ids sort by creation), the cursor is the last
-id of the page, opaque to clients."""
+id of the page with the list's path, opaque to clients: a cursor is good only on the list
+that returned it."""
 
 import base64
 import binascii
@@ -8,7 +9,7 @@ from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Annotated, Any, Generic, TypeVar
 
-from fastapi import Query
+from fastapi import Query, Request
 from pydantic import BaseModel
 
 from app.errors import InvalidRequest
@@ -24,21 +25,23 @@ class Page(BaseModel, Generic[T]):
 class PageParams(BaseModel):
     limit: int
     after_id: str | None
+    list_path: str
 
 
-def encode_cursor(last_id: str) -> str:
-    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+def encode_cursor(list_path: str, last_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{list_path}\n{last_id}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> str:
+def decode_cursor(list_path: str, cursor: str) -> str:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         decoded = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         decoded = ""
-    if not decoded or not decoded.isprintable():
-        raise InvalidRequest.field("cursor", "is not a cursor this API returned")
-    return decoded
+    path, _, last_id = decoded.partition("\n")
+    if path != list_path or not last_id or not last_id.isprintable():
+        raise InvalidRequest.field("cursor", "is not a cursor this list returned")
+    return last_id
 
 
 _INTEGER_KEY = re.compile(r"[0-9]{1,18}")  # ASCII digits, within a BIGINT
@@ -49,15 +52,18 @@ def after_integer(page: PageParams) -> int | None:
     if page.after_id is None:
         return None
     if not _INTEGER_KEY.fullmatch(page.after_id):
-        raise InvalidRequest.field("cursor", "is not a cursor this API returned")
+        raise InvalidRequest.field("cursor", "is not a cursor this list returned")
     return int(page.after_id)
 
 
 def page_params(
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> PageParams:
-    return PageParams(limit=limit, after_id=decode_cursor(cursor) if cursor else None)
+    path = request.url.path
+    after_id = decode_cursor(path, cursor) if cursor else None
+    return PageParams(limit=limit, after_id=after_id, list_path=path)
 
 
 def page_of(
@@ -69,5 +75,9 @@ def page_of(
     """Shape the limit + 1 rows a service fetched into a page and its cursor."""
     return Page[T](
         items=[item(row) for row in rows[: page.limit]],
-        next_cursor=encode_cursor(key(rows[page.limit - 1])) if len(rows) > page.limit else None,
+        next_cursor=(
+            encode_cursor(page.list_path, key(rows[page.limit - 1]))
+            if len(rows) > page.limit
+            else None
+        ),
     )

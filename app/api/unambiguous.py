@@ -1,8 +1,15 @@
-"""U+0000 is refused in every request, on both databases alike: PostgreSQL text cannot hold it
-(the INSERT or even a look-up by it fails), SQLite would store it. Checked before anything
-else runs, so a refused request has written nothing, not even an idempotency claim."""
+"""Input no field can hold unambiguously, refused before anything else runs, so a refused
+request has written nothing, not even an idempotency claim:
 
+* U+0000 anywhere, on both databases alike: PostgreSQL text cannot hold it (the INSERT or even
+  a look-up by it fails), SQLite would store it;
+* a JSON body naming a key twice in one object: parsers disagree on which one counts (ours
+  takes the last), and ``{"amount": "1.00", "amount": "2.00"}`` is not a payment of either.
+"""
+
+import json
 import re
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -18,7 +25,30 @@ def carries_nul(body: bytes) -> bool:
     return b"\x00" in body or (b"\\u0000" in body and _ESCAPED_NUL.search(body) is not None)
 
 
-class RefuseNulCharacters:
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise _DuplicateKey(next(n for n in names if names.count(n) > 1))
+    return dict(pairs)
+
+
+def duplicate_key(body: bytes) -> str | None:
+    """A key some object of the JSON body names twice, if any (a body that is not JSON is
+    left to the route's own validation)."""
+    try:
+        json.loads(body, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as exc:
+        return str(exc)
+    except ValueError:
+        return None
+    return None
+
+
+class RefuseAmbiguousInput:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -26,7 +56,7 @@ class RefuseNulCharacters:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        where = None
+        where, duplicate = None, None
         if "\x00" in scope["path"]:
             where = "path"
         elif b"%00" in scope["query_string"]:
@@ -35,13 +65,23 @@ class RefuseNulCharacters:
             body = await read_body(receive)
             if carries_nul(body):
                 where = "body"
+            else:
+                duplicate = duplicate_key(body)
             receive = replay_body(body)
-        if where is None:
+        if where is not None:
+            response = problem(
+                422, "validation_error", "Invalid request",
+                f"the request's {where} contains the NUL character (U+0000), which no field "
+                "accepts",
+                errors=[{"field": where, "message": "contains U+0000", "type": "nul_character"}],
+            )  # fmt: skip
+        elif duplicate is not None:
+            response = problem(
+                422, "validation_error", "Invalid request",
+                f"the body names the key {duplicate!r} twice in one object",
+                errors=[{"field": duplicate, "message": "given twice", "type": "duplicate_key"}],
+            )  # fmt: skip
+        else:
             await self.app(scope, receive, send)
             return
-        response = problem(
-            422, "validation_error", "Invalid request",
-            f"the request's {where} contains the NUL character (U+0000), which no field accepts",
-            errors=[{"field": where, "message": "contains U+0000", "type": "nul_character"}],
-        )  # fmt: skip
         await response(scope, receive, send)

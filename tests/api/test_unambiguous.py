@@ -1,5 +1,6 @@
-"""U+0000 anywhere in a request: a 422 problem and nothing stored, on PostgreSQL as on SQLite
-(tests/test_embedded.py fuzzes the embedded server)."""
+"""U+0000 anywhere in a request, or a key named twice in one object of its body: a 422 problem
+and nothing stored, on PostgreSQL as on SQLite (tests/test_embedded.py fuzzes the embedded
+server)."""
 
 import json
 
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 
 from app.api.idempotency import IdempotencyRecord
-from app.api.nul import carries_nul
+from app.api.unambiguous import carries_nul, duplicate_key
 from app.db import session_scope
 from tests.api.test_validation import row_counts
 from tests.factories import world
@@ -56,3 +57,31 @@ async def test_nul_in_a_body_query_or_path_is_refused(client: httpx.AsyncClient)
     created = await client.post("/v1/borrowers", json=literal, headers=w.merchant)
     assert created.status_code == 201, created.text
     assert created.json()["name"] == "Li \\u0000 Wei"
+
+
+@given(st.recursive(st.text() | st.integers() | st.none(),
+                    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))  # fmt: skip
+def test_a_body_has_a_duplicate_key_only_when_an_object_repeats_one(value: object) -> None:
+    body = json.dumps(value)
+    assert duplicate_key(body.encode()) is None
+    # The same object once more, inside an object that names "k" twice.
+    repeated = f'{{"k": {body}, "other": 1, "k": {body}}}'
+    assert duplicate_key(repeated.encode()) == "k"
+
+
+async def test_a_key_given_twice_is_refused(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    loan = await w.loan()
+    before = await row_counts()
+    nested = '{"amount": "1.00", "x": {"a": 1, "a": 2}}'
+    for body in ('{"amount": "1.00", "amount": "2.00"}', nested):
+        for headers in (w.merchant, {**w.merchant, "Idempotency-Key": "twice-1"}):
+            response = await client.post(
+                f"/v1/loans/{loan['id']}/payments", content=body,
+                headers={**headers, "content-type": "application/json"},
+            )  # fmt: skip
+            assert response.status_code == 422, response.text
+            assert response.json()["errors"][0]["type"] == "duplicate_key"
+    assert await row_counts() == before
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0

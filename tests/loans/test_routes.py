@@ -1,5 +1,6 @@
 """Origination, reads, listing and cancellation over HTTP."""
 
+import base64
 from datetime import date
 
 import httpx
@@ -206,6 +207,13 @@ async def test_list_loans_filters_and_paginates(client: httpx.AsyncClient) -> No
     assert bad.status_code == 422
     bad = await client.get("/v1/loans?cursor=%%%", headers=w.merchant)
     assert bad.status_code == 422
+    # A cursor is good only on the list that gave it, and made-up text is no cursor.
+    other = (await w.get(f"/v1/borrowers/{borrower['id']}/loans?limit=2"))["next_cursor"]
+    made_up = base64.urlsafe_b64encode(b"zzz").decode()
+    for cursor in (other, made_up):
+        bad = await client.get(f"/v1/loans?cursor={cursor}", headers=w.merchant)
+        assert bad.status_code == 422, cursor
+        assert bad.json()["errors"][0]["field"] == "cursor"
 
 
 async def test_installment_rows_are_stored_once(client: httpx.AsyncClient) -> None:
