@@ -91,6 +91,14 @@ WITH installments AS (
                               AND pay.reversal_reason IN ('nsf', 'chargeback')
                               AND pay.reversed_at >= TIMESTAMPTZ '{reversal_cutoff}')
              AS reversals,
+           max(pay.id) FILTER (WHERE pay.status = 'reversed'
+                                 AND pay.reversal_reason IN ('nsf', 'chargeback')
+                                 AND pay.reversed_at >= TIMESTAMPTZ '{reversal_cutoff}')
+             AS last_reversed_id,
+           max(pay.reversed_at) FILTER (WHERE pay.status = 'reversed'
+                                          AND pay.reversal_reason IN ('nsf', 'chargeback')
+                                          AND pay.reversed_at >= TIMESTAMPTZ '{reversal_cutoff}')
+             AS last_reversed_at,
            coalesce(sum(pay.amount_minor) FILTER (WHERE pay.status = 'applied'), 0) AS paid
     FROM payment pay
     LEFT JOIN installments r
@@ -100,11 +108,15 @@ WITH installments AS (
     GROUP BY pay.loan_id, r.seq, r.due_amount
 ), payments AS (
     SELECT loan_id, sum(settled) AS settled, sum(reversals) AS reversals,
+           max(last_reversed_id) AS last_reversed_id, max(last_reversed_at) AS last_reversed_at,
            count(*) FILTER (WHERE seq IS NOT NULL AND paid > 0
-                              AND paid * 10 < due_amount * 8) AS partial_periods
+                              AND paid * 10 < due_amount * 8) AS partial_periods,
+           max(seq) FILTER (WHERE seq IS NOT NULL AND paid > 0
+                              AND paid * 10 < due_amount * 8) AS last_partial_seq
     FROM periods GROUP BY loan_id
 ), debits AS (
-    SELECT loan_id, count(*) AS failed FROM failed_debit
+    SELECT loan_id, count(*) AS failed, max(id) AS last_failed_id,
+           max(attempted_on) AS last_failed_on FROM failed_debit
     WHERE attempted_on > DATE '{as_of}' - 30 AND attempted_on <= DATE '{as_of}'
     GROUP BY loan_id
 ), delinquent AS (
@@ -114,10 +126,12 @@ WITH installments AS (
     GROUP BY borrower_id
 )
 SELECT l.id, l.borrower_id, l.days_past_due, l.bucket, l.previous_bucket,
-       DATE '{as_of}' - l.cured_on AS cured_days_ago, per_loan.*,
+       DATE '{as_of}' - l.cured_on AS cured_days_ago, l.cured_on, per_loan.*,
        coalesce(payments.settled, 0) AS settled, coalesce(payments.reversals, 0) AS reversals,
-       coalesce(payments.partial_periods, 0) AS partial_periods,
-       coalesce(debits.failed, 0) AS failed, coalesce(delinquent.delinquent, 0) AS delinquent
+       payments.last_reversed_id, payments.last_reversed_at,
+       coalesce(payments.partial_periods, 0) AS partial_periods, payments.last_partial_seq,
+       coalesce(debits.failed, 0) AS failed, debits.last_failed_id, debits.last_failed_on,
+       coalesce(delinquent.delinquent, 0) AS delinquent
 FROM loan l
 JOIN per_loan ON per_loan.loan_id = l.id
 LEFT JOIN payments ON payments.loan_id = l.id

@@ -117,7 +117,11 @@ def apply_delinquency(
         charge_off = get_settings().close.charge_off_after_days
         status = status_for(dpd, charge_off, restructured=loan.restructured_on is not None)
     previous = (loan.bucket, loan.status, loan.days_past_due)
-    if bucket != loan.bucket:
+    # Stored as of a later date (a loan booked before the first close, which may be for an
+    # earlier date): this is the same loan seen earlier, not a move in time, so no cure and
+    # no bucket left behind.
+    onwards = loan.delinquency_as_of is None or loan.delinquency_as_of <= as_of
+    if bucket != loan.bucket and onwards:
         loan.previous_bucket = loan.bucket
         if bucket == Bucket.CURRENT:
             loan.cured_on = as_of
@@ -379,6 +383,7 @@ async def recompute_delinquency(
     per_loan = _delinquency_per_loan(as_of, low, high)
     dpd, bucket, status = _new_values(per_loan, as_of)
     moved = or_(bucket != loan.bucket, status != loan.status)
+    onwards = or_(loan.delinquency_as_of.is_(None), loan.delinquency_as_of <= as_of)
     first_past_30 = and_(loan.ever_30_plus_on.is_(None), dpd > PAST_30_DAYS)
     update_loans = (
         update(_loan)
@@ -392,10 +397,20 @@ async def recompute_delinquency(
             bucket=bucket,
             status=status,
             delinquency_as_of=as_of,
-            # SET reads the row as it was: remember the bucket left and the day of a cure.
-            previous_bucket=case((bucket != loan.bucket, loan.bucket), else_=loan.previous_bucket),
+            # SET reads the row as it was: remember the bucket left and the day of a cure
+            # (not when the row was evaluated as of a later date: see apply_delinquency).
+            previous_bucket=case(
+                (and_(bucket != loan.bucket, onwards), loan.bucket), else_=loan.previous_bucket
+            ),
             cured_on=case(
-                (and_(bucket == Bucket.CURRENT.value, loan.bucket != Bucket.CURRENT.value), as_of),
+                (
+                    and_(
+                        bucket == Bucket.CURRENT.value,
+                        loan.bucket != Bucket.CURRENT.value,
+                        onwards,
+                    ),
+                    as_of,
+                ),
                 else_=loan.cured_on,
             ),
             # The day it went past 30, wherever the close catches it (late loans booked with

@@ -40,6 +40,7 @@ from app.money import Rounding, format_minor, parse_amount
 from app.payments.allocation import InstallmentPosition, InstallmentTerms, LateFee, LoanPosition
 from app.portfolio import positions
 from app.products import service as products_service
+from app.risk import service as risk
 from app.risk.models import FlagStatus, RiskFlag
 
 _L = TypeVar("_L", bound=LoanFields)
@@ -114,10 +115,25 @@ class LoanView:
         return position_of(self.installments)
 
     def installment_status(self, installment: InstallmentFields) -> InstallmentStatus:
-        overdue = installment.due_date < self.arrears_as_of
-        if installment.status != InstallmentStatus.PAID and overdue:
+        stored = InstallmentStatus(installment.status)
+        # A late fee assessed after the installment was settled (a back-dated payment) leaves
+        # it owing again: paid only while nothing is left.
+        paid = stored is InstallmentStatus.PAID and _left_minor(installment) == 0
+        if not paid and installment.due_date < self.arrears_as_of:
             return InstallmentStatus.OVERDUE
-        return InstallmentStatus(installment.status)
+        return (
+            InstallmentStatus.PARTIALLY_PAID
+            if stored is InstallmentStatus.PAID and not paid
+            else stored
+        )
+
+
+def _left_minor(i: InstallmentFields) -> int:
+    owed = (
+        i.principal_minor + i.interest_minor - i.interest_waived_minor
+        + i.fees_minor + i.late_fees_minor - i.fees_waived_minor
+    )  # fmt: skip
+    return owed - i.paid_principal_minor - i.paid_interest_minor - i.paid_fees_minor
 
 
 async def loan_view(
@@ -447,4 +463,7 @@ async def cancel_loan(
         },
         loan=loan,
     )
+    # Its flags end with it (a payoff clears them the same way), and its borrower's grade
+    # no longer counts them.
+    await risk.refresh_loan(session, loan, await delinquency.delinquency_date(session))
     return await loan_view(session, loan)

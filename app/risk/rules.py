@@ -4,8 +4,9 @@
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 
 from app.delinquency.rules import Bucket
 from app.money import format_minor
@@ -42,31 +43,42 @@ ROLL_FORWARD_SEVERITY = {
 }
 
 
+def _decimal_text(value: object) -> object:
+    if isinstance(value, str | Decimal):
+        return value
+    raise ValueError("must be a decimal string such as '0.8' (JSON numbers are refused)")
+
+
+# Strict: a JSON true is not a threshold of 1, nor "10" a count.
+Threshold = Annotated[int, Strict()]
+Ratio = Annotated[Decimal, BeforeValidator(_decimal_text)]
+
+
 class RiskRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    first_payment_default_days: int = Field(default=10, ge=1, le=365)
-    first_payment_default_high_days: int = Field(default=30, ge=1, le=365)
-    never_paid_dpd: int = Field(default=30, ge=1, le=365)
-    early_payment_default_installments: int = Field(default=3, ge=1, le=12)
-    early_payment_default_days: int = Field(default=60, ge=1, le=365)
-    consecutive_missed_count: int = Field(default=2, ge=1, le=12)
-    consecutive_missed_critical_count: int = Field(default=3, ge=1, le=24)
-    payment_reversal_days: int = Field(default=60, ge=1, le=365)
-    payment_reversal_high_count: int = Field(default=2, ge=1, le=50)
-    failed_debits_count: int = Field(default=2, ge=1, le=50)
-    failed_debits_days: int = Field(default=30, ge=1, le=365)
-    cure_relapse_days: int = Field(default=60, ge=1, le=365)
-    multi_loan_count: int = Field(default=2, ge=2, le=20)
-    partial_payment_ratio: Decimal = Field(default=Decimal("0.8"), gt=0, le=1)
-    partial_payment_periods: int = Field(default=3, ge=1, le=12)
-    partial_payment_min_periods: int = Field(default=2, ge=1, le=12)
-    late_drift_installments: int = Field(default=4, ge=2, le=12)
-    late_drift_days: int = Field(default=5, ge=1, le=365)
-    broken_promise_days: int = Field(default=60, ge=1, le=365)
+    first_payment_default_days: Threshold = Field(default=10, ge=1, le=365)
+    first_payment_default_high_days: Threshold = Field(default=30, ge=1, le=365)
+    never_paid_dpd: Threshold = Field(default=30, ge=1, le=365)
+    early_payment_default_installments: Threshold = Field(default=3, ge=1, le=12)
+    early_payment_default_days: Threshold = Field(default=60, ge=1, le=365)
+    consecutive_missed_count: Threshold = Field(default=2, ge=1, le=12)
+    consecutive_missed_critical_count: Threshold = Field(default=3, ge=1, le=24)
+    payment_reversal_days: Threshold = Field(default=60, ge=1, le=365)
+    payment_reversal_high_count: Threshold = Field(default=2, ge=1, le=50)
+    failed_debits_count: Threshold = Field(default=2, ge=1, le=50)
+    failed_debits_days: Threshold = Field(default=30, ge=1, le=365)
+    cure_relapse_days: Threshold = Field(default=60, ge=1, le=365)
+    multi_loan_count: Threshold = Field(default=2, ge=2, le=20)
+    partial_payment_ratio: Ratio = Field(default=Decimal("0.8"), gt=0, le=1)
+    partial_payment_periods: Threshold = Field(default=3, ge=1, le=12)
+    partial_payment_min_periods: Threshold = Field(default=2, ge=1, le=12)
+    late_drift_installments: Threshold = Field(default=4, ge=2, le=12)
+    late_drift_days: Threshold = Field(default=5, ge=1, le=365)
+    broken_promise_days: Threshold = Field(default=60, ge=1, le=365)
     # Credit policy: a cut limit climbs back only after this long on book without days past
     # due (counted from the first loan's disbursement or the last cure, whichever is later).
-    limit_recovery_clean_days: int = Field(default=182, ge=1, le=730)
+    limit_recovery_clean_days: Threshold = Field(default=182, ge=1, le=730)
 
     @model_validator(mode="after")
     def _escalations_follow_their_threshold(self) -> "RiskRules":
@@ -122,6 +134,13 @@ class LoanFeatures:
     broken_promises: int = 0  # promises broken within broken_promise_days
     broken_promise: BrokenPromise | None = None  # the latest of them
     plan_running: bool = False  # an approved repayment plan has an installment still open
+    # For the evidence: what lies behind the counts above.
+    cured_on: str | None = None  # the last cure
+    last_reversed_payment_id: str | None = None  # the latest of the reversals counted
+    last_reversed_on: str | None = None
+    last_failed_debit_id: str | None = None  # the latest of the failed debits counted
+    last_failed_on: str | None = None
+    last_partial_seq: int | None = None  # the newest of the partial periods
 
 
 Evaluation = dict[FlagCode, tuple[Severity, dict[str, object]]]
@@ -141,8 +160,9 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
     if f.settled_payments == 0 and f.days_past_due >= rules.never_paid_dpd:
         flags[FlagCode.NEVER_PAID] = (
             Severity.CRITICAL,
-            {"days_past_due": f.days_past_due, "settled_payments": 0},
-        )
+            {"days_past_due": f.days_past_due, "settled_payments": 0,
+             "first_due_date": f.first_due_date},
+        )  # fmt: skip
     if f.early_default_seq is not None:
         flags[FlagCode.EARLY_PAYMENT_DEFAULT] = (
             Severity.HIGH,
@@ -168,13 +188,17 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
         high = f.reversals >= rules.payment_reversal_high_count
         flags[FlagCode.PAYMENT_REVERSAL] = (
             Severity.HIGH if high else Severity.MEDIUM,
-            {"reversals": f.reversals, "within_days": rules.payment_reversal_days},
-        )
+            {"reversals": f.reversals, "within_days": rules.payment_reversal_days,
+             "latest_payment_id": f.last_reversed_payment_id,
+             "latest_reversed_on": f.last_reversed_on},
+        )  # fmt: skip
     if f.failed_debits >= rules.failed_debits_count:
         flags[FlagCode.FAILED_DEBITS] = (
             Severity.MEDIUM,
-            {"failed_debits": f.failed_debits, "within_days": rules.failed_debits_days},
-        )
+            {"failed_debits": f.failed_debits, "within_days": rules.failed_debits_days,
+             "latest_failed_debit_id": f.last_failed_debit_id,
+             "latest_attempted_on": f.last_failed_on},
+        )  # fmt: skip
     relapse = f.cured_on_days_ago
     if f.days_past_due > 0 and relapse is not None:
         days_between_cure_and_relapse = relapse - f.days_past_due
@@ -182,7 +206,7 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
             flags[FlagCode.CURE_RELAPSE] = (
                 Severity.MEDIUM,
                 {"cured_days_before_relapse": days_between_cure_and_relapse,
-                 "days_past_due": f.days_past_due},
+                 "cured_on": f.cured_on, "days_past_due": f.days_past_due},
             )  # fmt: skip
     if f.days_past_due > 0 and f.borrower_delinquent_loans >= rules.multi_loan_count:
         flags[FlagCode.MULTI_LOAN_DELINQUENCY] = (
@@ -194,7 +218,8 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
         flags[FlagCode.PARTIAL_PAYMENTS] = (
             Severity.MEDIUM,
             {"partial_periods": f.partial_periods, "of_last": rules.partial_payment_periods,
-             "ratio": str(rules.partial_payment_ratio)},
+             "ratio": str(rules.partial_payment_ratio),
+             "latest_installment_seq": f.last_partial_seq},
         )  # fmt: skip
     last, first = f.last_settled_days_late, f.drift_window_first_days_late
     if last is not None and first is not None and last > 0:

@@ -1,5 +1,6 @@
-"""On-demand risk runs: the close's risk step over every chunk, for a chosen date. Idempotent
-per as_of like the step itself: a second run raises nothing new and emits no event twice."""
+"""On-demand risk runs: the close's risk step over every chunk, as of the business date (after
+new rules, say). Idempotent like the step itself: a second run raises nothing new and emits no
+event twice."""
 
 import logging
 from datetime import date
@@ -14,7 +15,7 @@ from app.close.service import Chunk
 from app.config import get_settings
 from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
-from app.errors import InvalidRequest, NotFound
+from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
 from app.risk import service as risk
 from app.risk.models import RiskRun
@@ -27,6 +28,10 @@ class RiskRunNotFound(NotFound):
     code = "risk_run_not_found"
 
 
+class NotTheBusinessDate(Conflict):
+    code = "as_of_not_business_date"
+
+
 async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
     """Record the run and execute it: in this process on the embedded default, fanned out
     over the Celery workers otherwise, one task per chunk (the answer is then 202 with status
@@ -37,6 +42,15 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
     if as_of < (earliest := clock.earliest()):
         raise InvalidRequest.field("as_of", f"must not be before {earliest}")
     async with session_scope() as session:
+        # The flags are live: evaluated as of any other date than the one the loans' days
+        # past due stand at, they would clear on loans still in arrears, or raise for days
+        # the close has not reached.
+        business_date = await delinquency.delinquency_date(session)
+        if as_of != business_date:
+            raise NotTheBusinessDate(
+                f"risk runs are as of the business date, {business_date}; close a later date "
+                "to move it"
+            )
         version, _ = await current_rules(session)
         run = RiskRun(
             id=new_id("rrun"), as_of=as_of, status="pending", rules_version=version, counts={},

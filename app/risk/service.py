@@ -304,27 +304,21 @@ def _features_query(
             days_between(p.received_on, recent.c.previous_due_date) > recent.c.grace_days,
         ),
     )
+    reversed_lately = and_(
+        p.status == PaymentStatus.REVERSED.value,
+        p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
+        p.reversed_at >= bindparam("reversals_from", type_=p.reversed_at.type),
+    )
     per_period = (
         select(
             p.loan_id,
             recent.c.seq,
             recent.c.due_amount,
             func.sum(case((applied, 1), else_=0)).label("settled"),
-            func.sum(
-                case(
-                    (
-                        and_(
-                            p.status == PaymentStatus.REVERSED.value,
-                            p.reversal_reason.in_(
-                                (ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)
-                            ),
-                            p.reversed_at >= bindparam("reversals_from", type_=p.reversed_at.type),
-                        ),
-                        1,
-                    ),
-                    else_=0,
-                )
-            ).label("reversals"),
+            func.sum(case((reversed_lately, 1), else_=0)).label("reversals"),
+            # The evidence's latest reversal (ids sort by creation).
+            func.max(case((reversed_lately, p.id))).label("last_reversed_id"),
+            func.max(case((reversed_lately, p.reversed_at))).label("last_reversed_at"),
             func.sum(case((applied, p.amount_minor), else_=0)).label("paid"),
         )
         .select_from(Payment.__table__.outerjoin(recent, in_period))
@@ -343,14 +337,22 @@ def _features_query(
             per_period.c.loan_id,
             func.sum(per_period.c.settled).label("settled"),
             func.sum(per_period.c.reversals).label("reversals"),
+            func.max(per_period.c.last_reversed_id).label("last_reversed_id"),
+            func.max(per_period.c.last_reversed_at).label("last_reversed_at"),
             func.sum(case((too_little, 1), else_=0)).label("partial_periods"),
+            func.max(case((too_little, per_period.c.seq))).label("last_partial_seq"),
         )
         .group_by(per_period.c.loan_id)
         .subquery()
     )
     fd = FailedDebit.__table__.c
     debits = (
-        select(fd.loan_id, func.count().label("failed"))
+        select(
+            fd.loan_id,
+            func.count().label("failed"),
+            func.max(fd.id).label("last_failed_id"),
+            func.max(fd.attempted_on).label("last_failed_on"),
+        )
         .where(
             scope(fd.loan_id),
             fd.attempted_on > bindparam("debits_after", type_=Date),
@@ -418,6 +420,7 @@ def _features_query(
             case((loan.cured_on.is_not(None), days_between(as_of_sql, loan.cured_on))).label(
                 "cured_days_ago"
             ),
+            loan.cured_on,
             per_loan.c.first_due_date,
             per_loan.c.first_late,
             per_loan.c.first_unpaid,
@@ -426,11 +429,16 @@ def _features_query(
             per_loan.c.last_good_seq,
             _whole(payments.c.settled).label("settled"),
             _whole(payments.c.reversals).label("reversals"),
+            payments.c.last_reversed_id,
+            payments.c.last_reversed_at,
             func.coalesce(debits.c.failed, 0).label("failed"),
+            debits.c.last_failed_id,
+            debits.c.last_failed_on,
             delinquent.label("delinquent"),
             per_loan.c.last_late,
             per_loan.c.first_late_of_window,
             _whole(payments.c.partial_periods).label("partial_periods"),
+            payments.c.last_partial_seq,
             func.coalesce(broken.c.broken_count, 0).label("broken_promises"),
             broken.c.id.label("promise_id"),
             broken.c.currency.label("promise_currency"),
@@ -527,6 +535,10 @@ async def evaluate_loans(
             drift_window_first_days_late=row.first_late_of_window,
             partial_periods=row.partial_periods, broken_promises=row.broken_promises,
             broken_promise=_broken_promise(row), plan_running=bool(row.plan_running),
+            cured_on=_day(row.cured_on), last_reversed_payment_id=row.last_reversed_id,
+            last_reversed_on=_day(row.last_reversed_at),
+            last_failed_debit_id=row.last_failed_id, last_failed_on=_day(row.last_failed_on),
+            last_partial_seq=row.last_partial_seq,
         )  # fmt: skip
         for code, (severity, evidence) in evaluate(features, rules).items():
             wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)
@@ -642,6 +654,15 @@ def _broken_promise(row: Any) -> BrokenPromise | None:
         due_on=str(row.promise_due_on), broken_on=str(row.promise_broken_on),
         restructure_id=row.promise_restructure_id, plan_seq=row.promise_plan_seq,
     )  # fmt: skip
+
+
+def _day(value: date | str | None) -> str | None:
+    """A date for the evidence, from a date, an instant, or SQLite's text of either."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return (value.astimezone(UTC) if value.tzinfo else value).date().isoformat()
+    return value.isoformat() if isinstance(value, date) else value[:10]
 
 
 def _evidence(evidence: dict[str, object], as_of: date) -> dict[str, object]:

@@ -3,7 +3,7 @@ not, and one that clears it."""
 
 import json
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -65,7 +65,9 @@ async def test_never_paid(client: httpx.AsyncClient) -> None:
     await close(w, "2026-03-11")  # 29 days past due
     assert "never_paid" not in await flags(w, loan_id)
     await close(w, "2026-03-12")
-    assert (await flags(w, loan_id))["never_paid"]["severity"] == "critical"
+    flag = (await flags(w, loan_id))["never_paid"]
+    assert flag["severity"] == "critical"
+    assert flag["evidence"]["first_due_date"] == "2026-02-10"
     await w.pay(loan_id, "5.00", "2026-03-12")
     assert "never_paid" not in await flags(w, loan_id)
 
@@ -123,7 +125,11 @@ async def test_payment_reversal(client: httpx.AsyncClient) -> None:
     assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "medium"
     third = await w.pay(loan_id, "10.00", "2026-01-17")
     await w.post(f"/v1/payments/{third['id']}/reverse", {"reason": "chargeback"}, expect=200)
-    assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "high"
+    flag = (await flags(w, loan_id))["payment_reversal"]
+    assert flag["severity"] == "high"
+    # The evidence names the latest reversal, re-stated with the escalation.
+    assert flag["evidence"]["latest_payment_id"] == third["id"]
+    assert flag["evidence"]["latest_reversed_on"] == datetime.now(UTC).date().isoformat()
 
 
 async def test_failed_debits(client: httpx.AsyncClient) -> None:
@@ -150,6 +156,8 @@ async def test_failed_debits(client: httpx.AsyncClient) -> None:
     await failed_debit(2, "2026-01-10")
     flag = (await flags(w, loan_id))["failed_debits"]
     assert (flag["severity"], flag["evidence"]["failed_debits"]) == ("medium", 2)
+    assert flag["evidence"]["latest_failed_debit_id"].startswith("fdb_")
+    assert flag["evidence"]["latest_attempted_on"] == "2026-01-10"
     await close(w, "2026-02-09")  # both now more than 30 days back
     assert "failed_debits" not in await flags(w, loan_id)
 
@@ -163,6 +171,22 @@ async def test_cure_relapse(client: httpx.AsyncClient) -> None:
     await close(w, "2026-03-14")  # late again 22 days after the cure
     flag = (await flags(w, loan_id))["cure_relapse"]
     assert flag["evidence"]["cured_days_before_relapse"] == 18  # Feb 20 -> Mar 10
+    assert flag["evidence"]["cured_on"] == "2026-02-20"
+
+
+async def test_a_first_close_before_the_booking_date_is_no_cure(client: httpx.AsyncClient) -> None:
+    """A loan booked before the first close is reckoned as of today; a first close for an
+    earlier date sees it earlier, not cured: no cure_relapse when it falls late."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    loan_id = await loan(w)  # due Feb 10, Mar 10, Apr 10; today it is long past due
+    assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] > 30
+    await close(w, "2026-01-20")
+    assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] == 0
+    await close(w, "2026-02-20")
+    raised = await flags(w, loan_id)
+    assert "cure_relapse" not in raised
+    assert raised["dpd_roll_forward"]["evidence"]["from_bucket"] == "current"
 
 
 async def test_cure_relapse_outside_the_window(client: httpx.AsyncClient) -> None:
@@ -205,6 +229,13 @@ async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) 
     bad = await client.put("/v1/risk/rules", json={**rules, "first_payment_default_high_days": 4},
                            headers=w.admin)  # fmt: skip
     assert bad.status_code == 422
+    # A JSON true is no threshold of 1, a count no string, and the ratio no JSON number.
+    for field, value in (("first_payment_default_days", True), ("never_paid_dpd", "30"),
+                         ("partial_payment_ratio", 0.75)):  # fmt: skip
+        bad = await client.put("/v1/risk/rules", json={**rules, field: value}, headers=w.admin)
+        assert bad.status_code == 422, (field, bad.text)
+        assert bad.json()["errors"][0]["field"] == field
+    assert (await w.get("/v1/risk/rules", headers=w.admin))["version"] == 0
     put = await client.put("/v1/risk/rules", json=rules, headers=w.admin)
     assert put.json()["version"] == 1
     await close(w, "2026-02-15")  # 5 days late
@@ -259,11 +290,18 @@ async def test_the_borrower_shows_its_open_flags(client: httpx.AsyncClient) -> N
 async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     loan_id = await loan(w)
+    # The close of Feb 20 under a laxer rule; the run applies the default rule at once.
+    lax = await client.put("/v1/risk/rules", json={"first_payment_default_days": 15},
+                           headers=w.admin)  # fmt: skip
+    assert lax.status_code == 200, lax.text
+    await close(w, "2026-02-20")
+    assert "first_payment_default" not in await flags(w, loan_id)
+    assert (await client.put("/v1/risk/rules", json={}, headers=w.admin)).status_code == 200
     run = (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"}, headers=w.admin,
                         expect=201)).json()  # fmt: skip
     assert run["status"] == "succeeded"
     assert run["counts"]["loans_evaluated"] == 1
-    assert run["counts"]["flags_raised"] >= 1
+    assert run["counts"]["flags_raised"] == 1
     assert "first_payment_default" in await flags(w, loan_id)
     events_before = (await client.get("/v1/events?type=risk.flag_raised&limit=200",
                                       headers=w.admin)).json()["items"]  # fmt: skip
@@ -277,6 +315,22 @@ async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient
     assert got["id"] == run["id"]
     assert (await client.get("/v1/risk/runs/rrun_x", headers=w.admin)).status_code == 404
     assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
+
+
+async def test_an_on_demand_run_is_as_of_the_business_date(client: httpx.AsyncClient) -> None:
+    """A run for another date would re-evaluate the live flags against arrears the loans do
+    not stand at: clearing flags of loans still late, or raising them for days not closed."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-03-20")
+    raised = await flags(w, loan_id)
+    assert raised
+    for as_of in ("2026-02-01", "2026-03-21"):
+        response = await w.post("/v1/risk/runs", {"as_of": as_of}, headers=w.admin)
+        assert response.status_code == 409, response.text
+        assert response.json()["code"] == "as_of_not_business_date"
+        assert "2026-03-20" in response.json()["detail"]
+    assert await flags(w, loan_id) == raised
 
 
 async def six_month_loan(w: World) -> str:
@@ -294,6 +348,7 @@ async def test_partial_payments(client: httpx.AsyncClient) -> None:
     await close(w, "2026-03-14")
     flag = (await flags(w, loan_id))["partial_payments"]
     assert (flag["severity"], flag["evidence"]["partial_periods"]) == ("medium", 2)
+    assert flag["evidence"]["latest_installment_seq"] == 2
     await w.pay(loan_id, "430.00", "2026-04-12")  # catches up in full
     await w.pay(loan_id, "206.00", "2026-05-12")
     await close(w, "2026-05-14")  # the last three periods: one partial
@@ -407,3 +462,18 @@ async def test_polled_lists_answer_304_until_they_change(client: httpx.AsyncClie
                                headers={**w.admin, "If-None-Match": flags_tag})  # fmt: skip
     assert changed.status_code == 200
     assert changed.headers["etag"] != flags_tag
+
+
+async def test_cancelling_a_loan_clears_its_flags(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-03-20")
+    raised = await flags(w, loan_id)
+    assert raised
+    await w.post(f"/v1/loans/{loan_id}/cancel", {"reason": "goods returned"}, expect=200)
+    assert await flags(w, loan_id) == {}
+    assert set(await flags(w, loan_id, "cleared")) == set(raised)
+    cleared = await w.get("/v1/events?type=risk.flag_cleared&limit=200", headers=w.admin)
+    assert {e["data"]["code"] for e in cleared["items"]} == set(raised)
+    borrower_id = (await w.get(f"/v1/loans/{loan_id}"))["borrower_id"]
+    assert (await w.get(f"/v1/borrowers/{borrower_id}"))["open_flags"] == []
