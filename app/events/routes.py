@@ -3,7 +3,6 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import DashboardPrincipal, PageDep, SessionDep
-from app.api.fields import UtcDatetime
 from app.api.pagination import Page, page_of
 from app.events import service
 from app.events.schemas import EventRead
@@ -18,7 +17,12 @@ async def list_events(
     page: PageDep,
     type: Annotated[str | None, Query(max_length=64)] = None,
     after: Annotated[
-        UtcDatetime | None, Query(description="only events after this instant")
+        str | None,
+        Query(
+            max_length=64,
+            description="only events after this one: an event id (evt_…, the webhook-id of "
+            "the last delivery received) or an RFC 3339 instant",
+        ),
     ] = None,
 ) -> Page[EventRead]:
     events = await service.list_events(session, principal, page=page, type_=type, after=after)

@@ -1,15 +1,17 @@
 """The outbox: every event is inserted in the transaction of the change it reports."""
 
-from datetime import datetime
 from typing import Any, cast
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
+from app.api.fields import UtcDatetime
 from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
 from app.db import insert_rows, utc_now
+from app.errors import InvalidRequest
 from app.events.models import Event
 from app.ids import new_id
 from app.loans.models import Loan
@@ -70,14 +72,34 @@ async def list_events(
     *,
     page: PageParams,
     type_: str | None = None,
-    after: datetime | None = None,
+    after: str | None = None,
 ) -> list[Event]:
     principal.require(Role.DASHBOARD)
     query = select(Event).order_by(Event.position).limit(page.limit + 1)
     if type_:
         query = query.where(Event.type == type_)
-    if after:
-        query = query.where(Event.created_at > after)  # aware: the request schema made it UTC
+    if after is not None:
+        query = query.where(await _after(session, after))
     if (last := after_integer(page)) is not None:
         query = query.where(Event.position > last)
     return list(await session.scalars(query))
+
+
+_INSTANT = TypeAdapter(UtcDatetime)
+
+
+async def _after(session: AsyncSession, after: str) -> Any:
+    """Events after an event (by its id: a subscriber resumes from the last one it received,
+    even among events written in one transaction at one instant) or after an instant."""
+    if after.startswith("evt_"):
+        position = await session.scalar(select(Event.position).where(Event.id == after))
+        if position is None:
+            raise InvalidRequest.field("after", f"no event {after}")
+        return Event.position > position
+    try:
+        instant = _INSTANT.validate_python(after)
+    except ValidationError:
+        raise InvalidRequest.field(
+            "after", "must be an event id (evt_...) or an RFC 3339 instant"
+        ) from None
+    return Event.created_at > instant  # aware: UtcDatetime makes it UTC

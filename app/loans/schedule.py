@@ -116,7 +116,13 @@ def build_schedule(
     terms: ScheduleTerms, first_due_date: date, anchor_day: int | None = None
 ) -> list[ScheduledInstallment]:
     dates = due_dates(first_due_date, terms.term, anchor_day)
-    if terms.amortization is Amortization.EQUAL_INSTALLMENT:
+    # An interest-free loan's installments are level either way; rounding them to a
+    # multiple is the level payment's rule.
+    level = terms.amortization is Amortization.EQUAL_INSTALLMENT or (
+        terms.amortization is Amortization.INTEREST_FREE
+        and bool(terms.installment_multiple_of_minor)
+    )
+    if level:
         parts = _equal_installment_parts(terms)
     else:
         parts = _equal_principal_parts(terms)
@@ -134,7 +140,10 @@ def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
     step = terms.installment_multiple_of_minor or 1
     payment = round_minor(exact, terms.rounding)
     if step > 1:
-        payment = round_to_multiple(payment, step, terms.rounding)
+        # At least one multiple: a nearest multiple of 0.00 would make an installment plan an
+        # interest-only loan with the whole principal due last (payment shock); one multiple
+        # repays it early instead.
+        payment = max(round_to_multiple(payment, step, terms.rounding), step)
     # Rounding up can pay a tiny loan off before its last period: then round the level payment
     # down, so the last installment absorbs the shortfall instead.
     floored = floor_minor(exact / step) * step

@@ -1,6 +1,8 @@
 """Portfolio and close gauges for /metrics, read from the same aggregates as the portfolio
 views at scrape time (a few small queries, never a scan of the loans)."""
 
+from datetime import UTC, datetime, time
+
 from prometheus_client import Gauge
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,8 +21,11 @@ PORTFOLIO_PRINCIPAL = Gauge(
     ["currency", "bucket"],
 )
 OPEN_FLAGS = Gauge("loanwatch_risk_open_flags", "Open early-warning flags by code", ["code"])
-CLOSE_SECONDS = Gauge(
-    "loanwatch_close_run_seconds", "Duration of the last succeeded close run", ["as_of"]
+# The business date is a value, not a label: a label would start a new series every night.
+CLOSE_SECONDS = Gauge("loanwatch_close_run_seconds", "Duration of the last succeeded close run")
+BUSINESS_DATE = Gauge(
+    "loanwatch_business_date_timestamp_seconds",
+    "The business date (the last succeeded close's as_of), as Unix seconds at its UTC midnight",
 )
 CLOSE_STEP_SECONDS = Gauge(
     "loanwatch_close_step_seconds", "Duration of each step of the last succeeded close", ["step"]
@@ -59,11 +64,14 @@ async def refresh(session: AsyncSession) -> None:
         .order_by(CloseRun.as_of.desc())
         .limit(1)
     )
-    CLOSE_SECONDS.clear()
     CLOSE_STEP_SECONDS.clear()
+    CLOSE_SECONDS.set(0)
+    BUSINESS_DATE.set(0)
+    if run is not None:
+        midnight = datetime.combine(run.as_of, time(), tzinfo=UTC)
+        BUSINESS_DATE.set(midnight.timestamp())
     if run is not None and run.started_at and run.finished_at:
-        seconds = (run.finished_at - run.started_at).total_seconds()
-        CLOSE_SECONDS.labels(run.as_of.isoformat()).set(seconds)
+        CLOSE_SECONDS.set((run.finished_at - run.started_at).total_seconds())
         for step, entry in run.steps.items():
             if "seconds" in entry:
                 CLOSE_STEP_SECONDS.labels(step).set(entry["seconds"])

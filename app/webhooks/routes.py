@@ -1,6 +1,6 @@
 from fastapi import APIRouter, FastAPI, Response
 
-from app.api.deps import AdminPrincipal, PageDep, SessionDep
+from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
 from app.events.schemas import EventRead
@@ -35,7 +35,7 @@ async def create_endpoint(
 
 @router.get(PREFIX, response_model=Page[EndpointRead])
 async def list_endpoints(
-    session: SessionDep, principal: AdminPrincipal, page: PageDep
+    session: SessionDep, principal: DashboardPrincipal, page: PageDep
 ) -> Page[EndpointRead]:
     views = await service.list_endpoints(session, principal, page=page)
     return page_of(views, page, EndpointRead.from_view, key=lambda v: v.endpoint.id)
@@ -43,7 +43,7 @@ async def list_endpoints(
 
 @router.get(PREFIX + "/{endpoint_id}", response_model=EndpointRead)
 async def get_endpoint(
-    endpoint_id: str, session: SessionDep, principal: AdminPrincipal
+    endpoint_id: str, session: SessionDep, principal: DashboardPrincipal
 ) -> EndpointRead:
     view = await service.get_endpoint(session, principal, endpoint_id=endpoint_id)
     return EndpointRead.from_view(view)
@@ -84,7 +84,7 @@ async def send_test(endpoint_id: str, session: SessionDep, principal: AdminPrinc
 
 @router.get(PREFIX + "/{endpoint_id}/deliveries", response_model=Page[DeliveryRead])
 async def list_deliveries(
-    endpoint_id: str, session: SessionDep, principal: AdminPrincipal, page: PageDep
+    endpoint_id: str, session: SessionDep, principal: DashboardPrincipal, page: PageDep
 ) -> Page[DeliveryRead]:
     views = await service.list_deliveries(session, principal, endpoint_id=endpoint_id, page=page)
     return page_of(views, page, DeliveryRead.from_view, key=lambda v: str(v.delivery.id))

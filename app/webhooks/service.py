@@ -110,14 +110,14 @@ async def _load(session: AsyncSession, endpoint_id: str, *, lock: bool = False) 
 async def get_endpoint(
     session: AsyncSession, principal: Principal, *, endpoint_id: str
 ) -> EndpointView:
-    principal.require(Role.ADMIN)
+    principal.require(Role.DASHBOARD)
     return await _load(session, endpoint_id)
 
 
 async def list_endpoints(
     session: AsyncSession, principal: Principal, *, page: PageParams
 ) -> list[EndpointView]:
-    principal.require(Role.ADMIN)
+    principal.require(Role.DASHBOARD)
     query = select(WebhookEndpoint).order_by(WebhookEndpoint.id).limit(page.limit + 1)
     if page.after_id:
         query = query.where(WebhookEndpoint.id > page.after_id)
@@ -338,7 +338,7 @@ class DeliveryView:
 async def list_deliveries(
     session: AsyncSession, principal: Principal, *, endpoint_id: str, page: PageParams
 ) -> list[DeliveryView]:
-    principal.require(Role.ADMIN)
+    principal.require(Role.DASHBOARD)
     await _load(session, endpoint_id)
     query = (
         select(WebhookDelivery, Event)

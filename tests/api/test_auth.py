@@ -2,9 +2,11 @@
 
 import httpx
 import pytest
+from fastapi.routing import APIRoute
 
 from app.api.auth import Principal, PrincipalCache
 from app.api_keys.models import Role
+from app.main import app
 from tests.factories import api_key, auth, world
 
 
@@ -55,6 +57,30 @@ async def test_role_matrix(
     assert response.status_code == expected, response.text
     if expected == 403:
         assert response.json()["code"] == "forbidden"
+
+
+async def test_the_dashboard_reads_everything(client: httpx.AsyncClient) -> None:
+    """SPEC: dashboard is "read-only, everything": every GET of the API, lists and one
+    webhook endpoint with its deliveries alike."""
+    w = await world(client)
+    await w.loan()
+    hook = await w.post("/v1/webhook-endpoints", {"url": "https://hooks.example.com/h"},
+                        headers=w.admin, expect=201)  # fmt: skip
+    key = auth(await api_key(Role.DASHBOARD))
+    lists = [
+        route.path
+        for route in app.routes
+        if isinstance(route, APIRoute) and "GET" in route.methods
+        and route.path.startswith("/v1/") and "{" not in route.path
+    ]  # fmt: skip
+    endpoint = f"/v1/webhook-endpoints/{hook.json()['id']}"
+    assert {"/v1/gateways", "/v1/webhook-endpoints"} <= set(lists)
+    for path in [*lists, endpoint, f"{endpoint}/deliveries"]:
+        response = await client.get(path, headers=key)
+        # Roll rates answer 422 before any close: what matters is that no read is refused.
+        assert response.status_code == 200 or (
+            path == "/v1/portfolio/roll-rates" and response.status_code == 422
+        ), (path, response.text)
 
 
 async def test_merchant_keys_cannot_see_other_merchants(client: httpx.AsyncClient) -> None:

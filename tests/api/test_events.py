@@ -1,4 +1,5 @@
-"""The events feed's `after`: an instant, naive meaning UTC, any offset; off-calendar is a 422."""
+"""The events feed's `after`: an event id, or an instant (naive meaning UTC, any offset;
+off-calendar is a 422)."""
 
 import base64
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,11 @@ async def test_events_after_an_instant(client: httpx.AsyncClient) -> None:
         assert response.json()["errors"][0]["field"] == "after"
 
 
+def cursor_of(path: str, key: str) -> str:
+    """A cursor as the API writes one (app/api/pagination.py), for a key of our choosing."""
+    return base64.urlsafe_b64encode(f"{path}\n{key}".encode()).decode().rstrip("=")
+
+
 async def test_integer_cursors_outside_the_keys_are_refused(client: httpx.AsyncClient) -> None:
     """Lists keyed by integers (events, ledger transactions, deliveries) read their cursor as
     ASCII digits within a BIGINT: a larger one once reached PostgreSQL and answered 500."""
@@ -46,10 +52,27 @@ async def test_integer_cursors_outside_the_keys_are_refused(client: httpx.AsyncC
              f"/v1/webhook-endpoints/{hook.json()['id']}/deliveries")  # fmt: skip
     for path in lists:
         # A real cursor (the largest key there could be) still reads: an empty page.
-        top = base64.urlsafe_b64encode(b"999999999999999999").decode().rstrip("=")
+        top = cursor_of(path, "999999999999999999")
         assert (await w.get(f"{path}?cursor={top}", headers=w.admin))["items"] == []
         for key in ("99999999999999999999999", "\u0663", "-5", "1.5"):
-            cursor = base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+            cursor = cursor_of(path, key)
             response = await client.get(f"{path}?cursor={cursor}", headers=w.admin)
             assert response.status_code == 422, (path, key, response.text)
             assert response.json()["errors"][0]["field"] == "cursor"
+
+
+async def test_events_after_an_event(client: httpx.AsyncClient) -> None:
+    """A subscriber resumes from the last event it received (its webhook-id), even among
+    events one transaction wrote at one instant, which `after=<instant>` would skip."""
+    w = await world(client)
+    await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    await w.post("/v1/close-runs", {"as_of": "2026-03-20"}, headers=w.admin, expect=201)
+    feed = (await w.get("/v1/events?limit=200", headers=w.admin))["items"]
+    stamps = [e["timestamp"] for e in feed]
+    assert len(set(stamps)) < len(stamps)  # some events share their instant
+    for n, event in enumerate(feed):
+        page = await w.get(f"/v1/events?limit=200&after={event['id']}", headers=w.admin)
+        assert [e["id"] for e in page["items"]] == [e["id"] for e in feed[n + 1 :]]
+    unknown = await client.get("/v1/events?after=evt_nope", headers=w.admin)
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["field"] == "after"

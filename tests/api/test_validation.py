@@ -137,6 +137,11 @@ BAD_PRODUCTS: list[tuple[dict[str, Any], str]] = [
     ({"late_fee": {"kind": "fixed"}}, "late_fee"),
     ({"late_fee": {"kind": "percent", "percent": "0"}}, "late_fee.percent"),
     ({"amortization": "interest_free", "annual_interest_rate": "0.10"}, "annual_interest_rate"),
+    # Equal principal has no level installment to round: the setting would be ignored.
+    (
+        {"amortization": "equal_principal", "installment_multiple_of": "10.00"},
+        "installment_multiple_of",
+    ),
     ({"code": "has space"}, "code"),
 ]
 

@@ -452,11 +452,23 @@ def test_a_multiple_larger_than_the_principal_part_keeps_the_nearest_multiple() 
     assert totals(installments) == [100] * 20 + [0] * 16
 
 
-def test_a_multiple_more_than_twice_the_payment_leaves_the_loan_interest_only() -> None:
-    """No multiple of 50.00 is near a 9.16 payment: the nearest is 0.00. Degenerate product
-    settings, kept sound: interest each month and the principal with the last."""
+def test_a_multiple_more_than_twice_the_payment_repays_early_rather_than_last() -> None:
+    """No multiple of 50.00 is near a 9.16 payment: the nearest is 0.00, which would leave
+    interest each month and the whole principal due last. One multiple a month repays it in
+    five months instead."""
     installments = schedule(20000, "0.36", 36, installment_multiple_of_minor=5000)
-    assert totals(installments) == [600] * 35 + [20600]
+    assert totals(installments) == [5000] * 4 + [1640] + [0] * 31
+    assert sum(i.principal_minor for i in installments) == 20000
+
+
+def test_an_interest_free_installment_is_rounded_to_the_multiple() -> None:
+    installments = schedule(100000, "0", 3, Amortization.INTEREST_FREE,
+                            installment_multiple_of_minor=500)  # fmt: skip
+    assert [(i.principal_minor, i.interest_minor) for i in installments] == [
+        (33500, 0), (33500, 0), (33000, 0),
+    ]  # fmt: skip
+    unrounded = schedule(100000, "0", 3, Amortization.INTEREST_FREE)
+    assert [i.principal_minor for i in unrounded] == [33333, 33333, 33334]
 
 
 # --- rounding modes -------------------------------------------------------------------------

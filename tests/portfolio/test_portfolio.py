@@ -2,7 +2,7 @@
 the loans themselves (read through the API or straight SQL)."""
 
 from collections import Counter, defaultdict
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -330,7 +330,9 @@ async def test_metrics_expose_the_portfolio_and_the_close(client: httpx.AsyncCli
     for code, count in summary["open_flags"].items():
         assert float(lines[f'loanwatch_risk_open_flags{{code="{code}"}}']) == count
     assert float(lines['loanwatch_close_step_seconds{step="portfolio"}']) >= 0
-    assert 'loanwatch_close_run_seconds{as_of="2026-09-15"}' in lines
+    assert float(lines["loanwatch_close_run_seconds"]) > 0
+    business_date = float(lines["loanwatch_business_date_timestamp_seconds"])
+    assert datetime.fromtimestamp(business_date, UTC).date() == date(2026, 9, 15)
 
 
 async def test_the_dashboard_page_reads_the_summary(client: httpx.AsyncClient) -> None:
