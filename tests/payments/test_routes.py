@@ -195,3 +195,18 @@ async def test_parallel_payments_on_one_loan_all_count(client: httpx.AsyncClient
     assert repaid == n * 3713
     assert len(set(sequences)) == n
     await assert_ledger_invariant(loan["id"])
+
+
+async def test_an_installment_owing_a_later_late_fee_is_not_shown_paid(
+    client: httpx.AsyncClient,
+) -> None:
+    """The close charged a late fee on installment 1; a payment booked afterwards, dated on
+    the due date, settles its principal and interest but not the fee charged after it."""
+    w, loan = await three_month_loan(client)
+    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
+    await w.pay(loan["id"], "412.00", "2026-02-15")
+    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+    assert (first["fees"], first["paid"]) == ("20.00", "412.00")
+    assert first["status"] == "overdue"  # due Feb 15, 20.00 still owed on Mar 1
+    balances = (await w.get(f"/v1/loans/{loan['id']}"))["balances"]
+    assert balances["fees_outstanding"] == "20.00"
