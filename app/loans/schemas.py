@@ -1,7 +1,7 @@
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from app.api.fields import IsoDate, MoneyStr, Reference
 from app.delinquency.rules import Bucket
@@ -12,7 +12,7 @@ from app.money import format_minor, format_rate
 if TYPE_CHECKING:
     from app.loans.service import LoanView
 
-Term = Annotated[int, Field(ge=1, le=MAX_TERM)]
+Term = Annotated[int, Strict(), Field(ge=1, le=MAX_TERM)]  # a JSON true is no term of 1
 
 
 class LoanCreate(BaseModel):

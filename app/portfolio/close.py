@@ -355,7 +355,9 @@ def alert_event(alert: SegmentAlert) -> dict[str, Any]:
         "metric": alert.metric,
         "value": f"{Decimal(alert.value):.4f}",
         "baseline": f"{Decimal(alert.baseline):.4f}",
-        "multiple": str(alert.multiple),
+        # Formatted, not str(): the setting is 1.5 in memory and 1.5000 once stored, and the
+        # event and GET /v1/portfolio/alerts must say the same.
+        "multiple": f"{Decimal(alert.multiple):.4f}",
         "loans": alert.loans,
         "details": alert.details,
     }

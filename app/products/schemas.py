@@ -3,7 +3,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
 from app.api.fields import MoneyStr, RateStr
 from app.loans.schedule import MAX_TERM, Amortization, FeeCollection
@@ -11,7 +11,8 @@ from app.money import Rounding, format_minor, format_rate
 from app.products.models import Product
 
 ProductCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-Term = Annotated[int, Field(ge=1, le=MAX_TERM)]
+# Strict, as every count in a body: a JSON true is no term of 1, nor "12" a number.
+Term = Annotated[int, Strict(), Field(ge=1, le=MAX_TERM)]
 
 
 class FeeKind(StrEnum):
@@ -58,7 +59,7 @@ class ProductCreate(BaseModel):
     term_options: list[Term] = Field(min_length=1, max_length=60)
     rounding: Rounding = Rounding.HALF_EVEN
     installment_multiple_of: MoneyStr | None = None
-    grace_days: int = Field(default=0, ge=0, le=90)
+    grace_days: Annotated[int, Strict()] = Field(default=0, ge=0, le=90)
     late_fee: LateFeePolicy | None = None
     origination_fee: OriginationFee | None = None
 

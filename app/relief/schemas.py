@@ -1,6 +1,7 @@
 from datetime import date, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from app.api.fields import IsoDate, MoneyStr
 from app.money import format_minor
@@ -34,7 +35,7 @@ class RestructureCreate(BaseModel):
     amount: MoneyStr | None = Field(
         default=None, description="fee_waiver: the most to forgive (default: every fee due)"
     )
-    months: int | None = Field(
+    months: Annotated[int, Strict()] | None = Field(
         default=None,
         ge=1,
         le=MAX_EXTENSION_MONTHS,

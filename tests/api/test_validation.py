@@ -49,6 +49,8 @@ LOAN_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("missing order ref", {"merchant_order_ref": None}, "merchant_order_ref"),
     ("empty order ref", {"merchant_order_ref": ""}, "merchant_order_ref"),
     ("borrower as a number", {"borrower_id": 5}, "borrower_id"),
+    ("term as JSON true", {"term": True}, "term"),
+    ("term as a string", {"term": "12"}, "term"),
 ]  # fmt: skip
 
 
@@ -82,6 +84,7 @@ PAYMENT_CASES: list[dict[str, Any]] = [
     {},
     {"amount": "10.00", "received_on": "yesterday"},
     {"amount": "10.00", "received_on": 1764633600},
+    {"amount": "10.00", "received_on": "2026-01-10T00:00:00Z"},
     {"amount": "10.00", "channel": "POS TERMINAL!"},
     {"amount": "10.00", "external_ref": ""},
     {"amount": "10.00", "surprise": True},
@@ -143,6 +146,9 @@ BAD_PRODUCTS: list[tuple[dict[str, Any], str]] = [
         "installment_multiple_of",
     ),
     ({"code": "has space"}, "code"),
+    ({"term_options": ["12"]}, "term_options"),
+    ({"grace_days": "3"}, "grace_days"),
+    ({"grace_days": True}, "grace_days"),
 ]
 
 

@@ -305,7 +305,10 @@ async def test_segments_and_a_first_payment_default_alert(
     fpd_events = [e for e in events if e.data["metric"] == "fpd_10"]
     assert len(fpd_events) == 2
     assert {e.data["segment"] for e in fpd_events} == {w.merchant_id, w.product_code}
-    assert len(events) == len((await w.get("/v1/portfolio/alerts", w.admin))["items"])
+    listed = (await w.get("/v1/portfolio/alerts", w.admin))["items"]
+    assert len(events) == len(listed)
+    # The event says what the list says, to the digit.
+    assert {e.data["id"]: e.data for e in events} == {a["id"]: a for a in listed}
     by_vintage = await w.get("/v1/portfolio/segments?by=vintage", w.admin)
     assert [s["segment"] for s in by_vintage["segments"]] == ["2026-01", "2026-02"]
     assert (

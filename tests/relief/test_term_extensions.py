@@ -156,6 +156,8 @@ BAD_EXTENSIONS: list[tuple[dict[str, Any], str]] = [
     ({"months": 0}, "months"),
     ({"months": 25}, "months"),
     ({"months": 2.5}, "months"),
+    ({"months": True}, "months"),
+    ({"months": "6"}, "months"),
     ({"amount": "1.00"}, "amount"),
     ({"installments": [{"due_on": "2026-03-01", "amount": "1.00"}]}, "installments"),
 ]
