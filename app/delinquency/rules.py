@@ -7,7 +7,7 @@ tolerance. Days past due count from the due date of the oldest missed installmen
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 
@@ -50,6 +50,23 @@ def days_past_due(as_of: date, installments: Iterable[DueInstallment], tolerance
         i.due_date for i in installments if i.due_date < as_of and i.unpaid_minor > tolerance_minor
     ]
     return (as_of - min(missed)).days if missed else 0
+
+
+def first_past_30(
+    as_of: date, installments: Iterable[tuple[DueInstallment, date | None]], tolerance_minor: int
+) -> date | None:
+    """The first day the loan was more than 30 days past due, from each installment's due
+    date and the day it was settled (None: not yet); None if it never was by ``as_of``."""
+    days: list[date] = []
+    for installment, settled_on in installments:
+        past_30 = installment.due_date + timedelta(days=31)
+        if past_30 > as_of:
+            continue
+        if settled_on is None and installment.unpaid_minor > tolerance_minor:
+            days.append(past_30)
+        elif settled_on is not None and settled_on > past_30:
+            days.append(past_30)
+    return min(days, default=None)
 
 
 def bucket_for(dpd: int) -> Bucket:

@@ -43,6 +43,7 @@ from app.delinquency.rules import (
     DueInstallment,
     bucket_for,
     days_past_due,
+    first_past_30,
     status_for,
 )
 from app.events import service as events
@@ -103,14 +104,15 @@ def apply_delinquency(
 ) -> "DelinquencyChange | None":
     """Set one loan's days past due, bucket and status as of ``as_of``; the change to report
     when its bucket or status moved. No I/O: origination applies it before the loan's INSERT."""
+    due = [
+        (DueInstallment(i.seq, i.terms.due_date, i.left(as_of)), i.paid_on)
+        for i in position.installments
+    ]
+    tolerance = tolerance_minor(loan.currency)
     if loan.status in (LoanStatus.PAID_OFF, LoanStatus.CANCELLED):
         dpd = 0
     else:
-        dpd = days_past_due(
-            as_of,
-            [DueInstallment(i.seq, i.terms.due_date, i.left(as_of)) for i in position.installments],
-            tolerance_minor(loan.currency),
-        )
+        dpd = days_past_due(as_of, [installment for installment, _ in due], tolerance)
     bucket = bucket_for(dpd)
     status = loan.status
     if status in DELINQUENCY_STATUSES:
@@ -127,8 +129,9 @@ def apply_delinquency(
             loan.cured_on = as_of
     loan.days_past_due, loan.bucket, loan.status = dpd, bucket, status
     loan.delinquency_as_of = as_of
-    if loan.ever_30_plus_on is None and dpd > PAST_30_DAYS:
-        loan.ever_30_plus_on = as_of - timedelta(days=dpd - PAST_30_DAYS - 1)
+    # From the replayed history, not kept once set: payments booked back-dated after the loan
+    # (a migration) or a reversal rewrite when it first went past 30 days (vintages).
+    loan.ever_30_plus_on = first_past_30(as_of, due, tolerance)
     if (previous[0], previous[1]) == (bucket, status):
         return None
     return DelinquencyChange(
@@ -384,13 +387,13 @@ async def recompute_delinquency(
     dpd, bucket, status = _new_values(per_loan, as_of)
     moved = or_(bucket != loan.bucket, status != loan.status)
     onwards = or_(loan.delinquency_as_of.is_(None), loan.delinquency_as_of <= as_of)
-    first_past_30 = and_(loan.ever_30_plus_on.is_(None), dpd > PAST_30_DAYS)
+    newly_past_30 = and_(loan.ever_30_plus_on.is_(None), dpd > PAST_30_DAYS)
     update_loans = (
         update(_loan)
         .where(
             loan.id == per_loan.c.loan_id,
             in_range(loan.id, low, high),
-            or_(dpd != loan.days_past_due, moved, first_past_30),
+            or_(dpd != loan.days_past_due, moved, newly_past_30),
         )
         .values(
             days_past_due=dpd,
@@ -416,7 +419,7 @@ async def recompute_delinquency(
             # The day it went past 30, wherever the close catches it (late loans booked with
             # past dates, a missed close).
             ever_30_plus_on=case(
-                (first_past_30, add_days(per_loan.c.oldest_missed, PAST_30_DAYS + 1)),
+                (newly_past_30, add_days(per_loan.c.oldest_missed, PAST_30_DAYS + 1)),
                 else_=loan.ever_30_plus_on,
             ),
         )

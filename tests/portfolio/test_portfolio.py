@@ -258,6 +258,33 @@ async def test_vintage_curve(client: httpx.AsyncClient) -> None:
     assert {ever[loan["id"]] for loan in july[:2]} == {None}
 
 
+async def test_a_migrated_history_is_not_a_30_plus_vintage(client: httpx.AsyncClient) -> None:
+    """A book moved from another system: the loan first (as of today long past due), then its
+    payment history, every installment paid on its due date. It never went 30 days late, and
+    a reversal that leaves one unpaid puts it back."""
+    w = await world(client)
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-05-10")
+    schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+
+    async def ever_30_plus() -> date | None:
+        async with session_scope() as session:
+            found = await session.get(Loan, loan["id"])
+            assert found is not None
+            return found.ever_30_plus_on
+
+    assert await ever_30_plus() == date(2026, 7, 11)  # as booked: nothing paid yet
+    payments = [await w.pay(loan["id"], i["total"], i["due_date"]) for i in schedule[:-1]]
+    assert await ever_30_plus() is None
+    await close(w, schedule[-2]["due_date"])
+    got = await w.get("/v1/portfolio/vintages", w.admin)
+    assert {r for _, r in curve(got["vintages"][0])} == {"0.0000"}
+    # Two payments bounce: the Sep 10 payment now settles July's installment, 62 days late,
+    # so the loan went past 30 days on Aug 10.
+    for payment in payments[1:3]:
+        await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert await ever_30_plus() == date(2026, 8, 10)
+
+
 async def fpd_alerts(w: World) -> list[dict[str, Any]]:
     alerts = (await w.get("/v1/portfolio/alerts?limit=200", w.admin))["items"]
     return [a for a in alerts if a["metric"] == "fpd_10"]
