@@ -49,9 +49,19 @@ def fastapi_route() -> BaseRoute:
     return app.router.routes[-1]
 
 
-async def cpu_per_request(app: ASGIApp, requests: int) -> float:
-    """Microseconds of this process's CPU per request, after a warm-up."""
+async def cpu_per_request(
+    app: ASGIApp,
+    requests: int,
+    *,
+    path: Callable[[], str] = lambda: "/floor/abc",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    in_flight: int = 1,
+) -> float:
+    """Microseconds of this process's CPU per GET of ``path()`` through ``app``'s ASGI
+    interface (no HTTP parsing), ``in_flight`` at a time, after a warm-up; every answer must
+    be a 200. Also bench/request_profile.py's driver."""
     statuses: list[int] = []
+    sent_headers = headers or [(b"host", b"bench")]
 
     async def receive() -> Message:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -60,24 +70,25 @@ async def cpu_per_request(app: ASGIApp, requests: int) -> float:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
 
-    async def one() -> None:
-        scope: dict[str, Any] = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-            "method": "GET", "scheme": "http", "path": "/floor/abc", "raw_path": b"/floor/abc",
-            "query_string": b"", "root_path": "", "headers": [(b"host", b"bench")],
-            "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
-        }  # fmt: skip
-        await app(scope, receive, send)
+    async def connection(count: int) -> None:
+        for _ in range(count):
+            url = path()
+            scope: dict[str, Any] = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "method": "GET", "scheme": "http", "path": url, "raw_path": url.encode(),
+                "query_string": b"", "root_path": "", "headers": sent_headers,
+                "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
+            }  # fmt: skip
+            await app(scope, receive, send)
 
-    for _ in range(500):
-        await one()
+    await connection(500)
+    each = requests // in_flight
     started = time.process_time()
-    for _ in range(requests):
-        await one()
+    await asyncio.gather(*(connection(each) for _ in range(in_flight)))
     spent = time.process_time() - started
     if set(statuses) != {200}:
-        raise SystemExit(f"the trivial route answered {sorted(set(statuses))}")
-    return spent / requests * 1e6
+        raise SystemExit(f"the route answered {sorted(set(statuses))}")
+    return spent / (each * in_flight) * 1e6
 
 
 def with_routers(add: Callable[[FastAPI, Any], None]) -> FastAPI:

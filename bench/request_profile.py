@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+import framework_floor  # noqa: E402 - a sibling script, not a package
+
 DSN = "postgresql+asyncpg://postgres@127.0.0.1:5432/loanwatch_bench"
 
 
@@ -142,37 +145,16 @@ async def profile_reads(key: str, loan_ids: list[str], count: int) -> None:
 
 
 async def whole_requests(key: str, loan_ids: list[str], count: int) -> float:
-    """CPU per ``GET /v1/loans/{id}`` through the app's ASGI interface (routing, middleware,
+    """CPU ms per ``GET /v1/loans/{id}`` through the app's ASGI interface (routing, middleware,
     authentication, read, rendering; no HTTP parsing), 32 in flight as wrk's connections."""
     from app.main import app
 
     headers = [(b"authorization", f"Bearer {key}".encode()), (b"host", b"bench")]
-    statuses: Counter[int] = Counter()
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            statuses[message["status"]] += 1
-
-    async def connection(requests: int) -> None:
-        for _ in range(requests):
-            path = f"/v1/loans/{random.choice(loan_ids)}"
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
-                "query_string": b"", "root_path": "", "headers": headers,
-                "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {},
-            }  # fmt: skip
-            await app(scope, receive, send)
-
-    await connection(300)  # warm
-    started = time.process_time()
-    await asyncio.gather(*(connection(count // 32) for _ in range(32)))
-    spent = time.process_time() - started
-    assert set(statuses) == {200}, statuses
-    return spent / (count // 32 * 32) * 1000
+    micros = await framework_floor.cpu_per_request(
+        app, count, path=lambda: f"/v1/loans/{random.choice(loan_ids)}", headers=headers,
+        in_flight=32,
+    )  # fmt: skip
+    return micros / 1000
 
 
 def main() -> None:

@@ -95,6 +95,19 @@ class InstallmentFields(Protocol):
     def status(self) -> str: ...
 
 
+def owed_minor(i: InstallmentFields) -> int:
+    """What the installment asks in all: principal, interest and every fee charged, less
+    what was waived."""
+    return (
+        i.principal_minor + i.interest_minor - i.interest_waived_minor
+        + i.fees_minor + i.late_fees_minor - i.fees_waived_minor
+    )  # fmt: skip
+
+
+def paid_minor(i: InstallmentFields) -> int:
+    return i.paid_principal_minor + i.paid_interest_minor + i.paid_fees_minor
+
+
 class LoanRecord(NamedTuple):
     """A ``loan`` row's rendered columns, in the order the read selects them."""
 

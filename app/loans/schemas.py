@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict
 from app.api.fields import IsoDate, MoneyStr, Reference
 from app.delinquency.rules import Bucket
 from app.loans.models import InstallmentStatus, LoanStatus
+from app.loans.records import owed_minor, paid_minor
 from app.loans.schedule import MAX_TERM
 from app.money import format_minor, format_rate
 
@@ -153,14 +154,8 @@ def schedule_read(view: "LoanView") -> ScheduleRead:
                 principal=format_minor(i.principal_minor, cur),
                 interest=format_minor(i.interest_minor - i.interest_waived_minor, cur),
                 fees=format_minor(i.fees_minor + i.late_fees_minor - i.fees_waived_minor, cur),
-                total=format_minor(
-                    i.principal_minor + i.interest_minor - i.interest_waived_minor
-                    + i.fees_minor + i.late_fees_minor - i.fees_waived_minor,
-                    cur,
-                ),
-                paid=format_minor(
-                    i.paid_principal_minor + i.paid_interest_minor + i.paid_fees_minor, cur
-                ),
+                total=format_minor(owed_minor(i), cur),
+                paid=format_minor(paid_minor(i), cur),
                 status=view.installment_status(i),
                 paid_on=i.paid_on,
             )

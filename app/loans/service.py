@@ -28,7 +28,14 @@ from app.loans.errors import (
     LoanNotFound,
 )
 from app.loans.models import OPEN_STATUSES, InstallmentStatus, Loan, LoanInstallment, LoanStatus
-from app.loans.records import InstallmentFields, InstallmentRecord, LoanFields, LoanRecord
+from app.loans.records import (
+    InstallmentFields,
+    InstallmentRecord,
+    LoanFields,
+    LoanRecord,
+    owed_minor,
+    paid_minor,
+)
 from app.loans.schedule import (
     Amortization,
     FeeCollection,
@@ -118,22 +125,11 @@ class LoanView:
         stored = InstallmentStatus(installment.status)
         # A late fee assessed after the installment was settled (a back-dated payment) leaves
         # it owing again: paid only while nothing is left.
-        paid = stored is InstallmentStatus.PAID and _left_minor(installment) == 0
-        if not paid and installment.due_date < self.arrears_as_of:
+        if stored is InstallmentStatus.PAID and owed_minor(installment) == paid_minor(installment):
+            return stored
+        if installment.due_date < self.arrears_as_of:
             return InstallmentStatus.OVERDUE
-        return (
-            InstallmentStatus.PARTIALLY_PAID
-            if stored is InstallmentStatus.PAID and not paid
-            else stored
-        )
-
-
-def _left_minor(i: InstallmentFields) -> int:
-    owed = (
-        i.principal_minor + i.interest_minor - i.interest_waived_minor
-        + i.fees_minor + i.late_fees_minor - i.fees_waived_minor
-    )  # fmt: skip
-    return owed - i.paid_principal_minor - i.paid_interest_minor - i.paid_fees_minor
+        return InstallmentStatus.PARTIALLY_PAID if stored is InstallmentStatus.PAID else stored
 
 
 async def loan_view(
