@@ -42,15 +42,7 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
     if as_of < (earliest := clock.earliest()):
         raise InvalidRequest.field("as_of", f"must not be before {earliest}")
     async with session_scope() as session:
-        # The flags are live: evaluated as of any other date than the one the loans' days
-        # past due stand at, they would clear on loans still in arrears, or raise for days
-        # the close has not reached.
-        business_date = await delinquency.delinquency_date(session)
-        if as_of != business_date:
-            raise NotTheBusinessDate(
-                f"risk runs are as of the business date, {business_date}; close a later date "
-                "to move it"
-            )
+        await _require_business_date(session, as_of)
         version, _ = await current_rules(session)
         run = RiskRun(
             id=new_id("rrun"), as_of=as_of, status="pending", rules_version=version, counts={},
@@ -92,10 +84,25 @@ async def begin(run_id: str) -> tuple[date, list[Chunk]]:
 
 
 async def run_chunk(as_of: date, low: str | None, high: str | None) -> dict[str, int]:
-    """One chunk, in its own transaction, its loans locked as in the close (payments wait)."""
+    """One chunk, in its own transaction, its loans locked as in the close (payments wait).
+    A close may have moved the business date since the run was asked for (a queued Celery
+    run, or one chunk after another): the chunk then fails rather than re-evaluate the live
+    flags as of a date the loans no longer stand at."""
     async with session_scope() as session:
         await delinquency.lock_chunk(session, low, high)
+        await _require_business_date(session, as_of)
         return await risk.evaluate_loans(session, as_of, low, high)
+
+
+async def _require_business_date(session: AsyncSession, as_of: date) -> None:
+    # The flags are live: evaluated as of any other date than the one the loans' days past
+    # due stand at, they would clear on loans still in arrears, or raise for days the close
+    # has not reached.
+    business_date = await delinquency.delinquency_date(session)
+    if as_of != business_date:
+        raise NotTheBusinessDate(
+            f"risk runs are as of the business date, {business_date}; close a later date to move it"
+        )
 
 
 async def finish(run_id: str, results: list[dict[str, int]], *, error: str | None = None) -> None:

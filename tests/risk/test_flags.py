@@ -3,12 +3,16 @@ not, and one that clears it."""
 
 import json
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
 from standardwebhooks import Webhook
 
+from app.db import session_scope, utc_now
+from app.ids import new_id
+from app.risk import runs
+from app.risk.models import RiskRun
 from tests.factories import World, world
 
 
@@ -330,6 +334,28 @@ async def test_an_on_demand_run_is_as_of_the_business_date(client: httpx.AsyncCl
         assert response.status_code == 409, response.text
         assert response.json()["code"] == "as_of_not_business_date"
         assert "2026-03-20" in response.json()["detail"]
+    assert await flags(w, loan_id) == raised
+
+
+async def test_a_run_the_close_overtook_fails_and_leaves_the_flags(
+    client: httpx.AsyncClient,
+) -> None:
+    """Asked for as of the business date, but queued until a close moved it: run as of the old
+    date it would clear flags of loans still late, so it fails instead."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-03-20")
+    async with session_scope() as session:
+        run = RiskRun(id=new_id("rrun"), as_of=date(2026, 3, 20), status="pending",
+                      rules_version=1, counts={}, chunks=0, created_at=utc_now())  # fmt: skip
+        session.add(run)
+    await close(w, "2026-03-21")
+    raised = await flags(w, loan_id)
+    assert raised
+    await runs.execute(run.id)
+    got = await w.get(f"/v1/risk/runs/{run.id}", headers=w.admin)
+    assert got["status"] == "failed"
+    assert "business date, 2026-03-21" in got["error"]
     assert await flags(w, loan_id) == raised
 
 

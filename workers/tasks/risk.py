@@ -12,7 +12,11 @@ from workers.celery_app import celery
 
 @celery.task(name="risk.run", acks_late=True)
 def run(run_id: str) -> None:
-    as_of, bounds = runtime.run(runs.begin(run_id))
+    try:
+        as_of, bounds = runtime.run(runs.begin(run_id))
+    except Exception as exc:
+        runtime.run(runs.finish(run_id, [], error=f"{type(exc).__name__}: {exc}"))
+        raise
     header = [run_chunk.s(as_of.isoformat(), low, high) for low, high in bounds]
     chord(header)(run_done.s(run_id).on_error(run_failed.s(run_id)))
 
