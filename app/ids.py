@@ -1,6 +1,8 @@
 """Opaque, time-ordered identifiers (ULID layout: 48-bit milliseconds + 80 random bits) with a
 type prefix, so ids sort by creation and cursor pagination can order by id alone."""
 
+import base64
+import os
 import secrets
 import time
 
@@ -9,6 +11,8 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 # and events makes a million ids).
 _DIGIT_PAIRS = [high + low for high in _CROCKFORD for low in _CROCKFORD]
 _SHIFTS = tuple(range(120, -1, -10))
+# RFC 4648's base32 digits are Crockford's in the same order of value.
+_FROM_RFC4648 = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
 
 
 def encode(value: int) -> str:
@@ -19,3 +23,13 @@ def encode(value: int) -> str:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{encode((time.time_ns() // 1_000_000) << 80 | secrets.randbits(80))}"
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """``count`` ids of one instant: the random parts from one read of the system's random
+    source rather than one each, encoded together (a first close raises half a million flags
+    and events, and an id at a time was a fifth of the risk step's Python)."""
+    instant = f"{prefix}_{encode((time.time_ns() // 1_000_000) << 80)[:10]}"
+    # 80 random bits are the last 16 digits, whole: base32 of 10 bytes, no padding.
+    digits = base64.b32encode(os.urandom(10 * count)).decode().translate(_FROM_RFC4648)
+    return [instant + digits[n : n + 16] for n in range(0, 16 * count, 16)]

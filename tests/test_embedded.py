@@ -119,7 +119,14 @@ def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Pa
         assert got["delinquency_as_of"] == "2026-03-10"
         assert http.get("/v1/business-date", headers=admin).json()["business_date"] == "2026-03-10"
         risk = http.get(f"/v1/loans/{loan_id}/risk", headers=pos).json()
-        assert "first_payment_default" in {f["code"] for f in risk["flags"]}
+        [flag] = [f for f in risk["flags"] if f["code"] == "first_payment_default"]
+        raised = http.get("/v1/events?type=risk.flag_raised", headers=admin).json()["items"]
+        [data] = [e["data"] for e in raised if e["data"]["flag_id"] == flag["id"]]
+        # Raised by the reversal as of today, before the first close: the close since has
+        # rewritten its severity and evidence as of its own date.
+        shown = ("loan_id", "borrower_id", "code", "status", "raised_on", "cleared_on")
+        assert {k: data[k] for k in shown} == {k: flag[k] for k in shown}
+        assert data["evidence"].keys() == flag["evidence"].keys()
         # The portfolio views on SQLite: the live summary, vintages, roll rates between two
         # closes, segments.
         summary = http.get("/v1/portfolio/summary", headers=pos)

@@ -1,9 +1,11 @@
 """Identifiers: Crockford base32 of a 128-bit ULID value, sorting as the values do."""
 
+import time
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.ids import encode, new_id
+from app.ids import encode, new_id, new_ids
 
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 VALUES = st.integers(min_value=0, max_value=2**128 - 1)
@@ -30,3 +32,23 @@ def test_ids_carry_their_prefix_and_sort_by_creation() -> None:
     assert len(set(ids)) == 1000
     milliseconds = [i[5:15] for i in ids]  # the first 10 digits: 48 bits of time, and 2 zero
     assert milliseconds == sorted(milliseconds)
+
+
+def test_ids_made_together_are_distinct_and_of_one_instant() -> None:
+    ids = new_ids("flag", 5000)
+    assert len(set(ids)) == 5000
+    assert all(i.startswith("flag_") and len(i) == 31 for i in ids)
+    assert len({i[5:15] for i in ids}) == 1
+    assert ids[0][5:15] <= new_id("flag")[5:15]
+    assert new_ids("evt", 0) == []
+
+
+def test_ids_made_together_are_ulids_of_their_instant() -> None:
+    before = time.time_ns() // 1_000_000
+    made = new_ids("evt", 300)
+    after = time.time_ns() // 1_000_000
+    values = [sum(CROCKFORD.index(d) << (5 * n) for n, d in enumerate(reversed(i[4:])))
+              for i in made]  # fmt: skip
+    assert [encode(value) for value in values] == [i[4:] for i in made]
+    assert all(before <= value >> 80 <= after for value in values)
+    assert len({value & (2**80 - 1) for value in values}) == 300

@@ -26,9 +26,11 @@ class Bucket(StrEnum):
 
     @property
     def rank(self) -> int:
-        return list(Bucket).index(self)
+        """Worse buckets rank higher (the risk step compares two per evaluated loan)."""
+        return BUCKET_RANKS[self]
 
 
+BUCKET_RANKS = {bucket: rank for rank, bucket in enumerate(Bucket)}
 BUCKET_LABELS = {
     Bucket.CURRENT: "M0",
     Bucket.DPD_1_30: "M1",

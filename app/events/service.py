@@ -13,7 +13,7 @@ from app.api_keys.models import Role
 from app.db import insert_rows, utc_now
 from app.errors import InvalidRequest
 from app.events.models import Event
-from app.ids import new_id
+from app.ids import new_id, new_ids
 from app.loans.models import Loan
 from app.webhooks import service as webhooks
 
@@ -58,9 +58,9 @@ async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None
         return
     now = utc_now()
     rows = [
-        {"id": new_id("evt"), "type": event["type"], "loan_id": event.get("loan_id"),
+        {"id": event_id, "type": event["type"], "loan_id": event.get("loan_id"),
          "data": event["data"], "created_at": now}
-        for event in events
+        for event_id, event in zip(new_ids("evt", len(events)), events, strict=True)
     ]  # fmt: skip
     positions = await insert_rows(session, _events, rows, returning="position")
     await webhooks.fan_out(session, min(positions), max(positions))

@@ -72,7 +72,8 @@ class PortfolioDelta(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True
     )
-    loan_id: Mapped[str] = mapped_column(String(40))
+    # The loan that moved; none on the flag deltas, which are summed per segment and code.
+    loan_id: Mapped[str | None] = mapped_column(String(40))
     # The loan's dimensions, copied so that a read filters the deltas without joining loans.
     merchant_id: Mapped[str] = mapped_column(String(40))
     product_code: Mapped[str] = mapped_column(String(40))

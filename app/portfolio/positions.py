@@ -9,6 +9,7 @@ payments, and the deltas they already include are deleted, in one snapshot of th
 A reader adds the base and the (few) deltas since.
 """
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -32,6 +33,9 @@ _NO_CHANGE: dict[str, Any] = {
     "status": None, "bucket": None, "loans": 0, "principal_minor": 0,
     "flag_code": None, "flags": 0, "received_on": None, "collected_minor": 0,
 }  # fmt: skip
+
+
+_NO_FLAGS_CHANGE = {k: v for k, v in _NO_CHANGE.items() if k not in ("flag_code", "flags")}
 
 
 def _before(obj: Any, attribute: str) -> Any:
@@ -109,28 +113,38 @@ def _deltas(session: Session, obj: object, *, is_new: bool) -> list[dict[str, An
 
 
 async def record_flag_changes(
-    session: AsyncSession, *, opened: list[tuple[str, str]], closed: list[tuple[str, str]]
+    session: AsyncSession,
+    *,
+    opened: list[tuple[str, str]],
+    closed: list[tuple[str, str]],
+    segments: dict[str, tuple[str, str, str]],
 ) -> None:
-    """The deltas of flags opened and closed by bulk statements, which skip the ORM."""
+    """The deltas of flags opened and closed by bulk statements, which skip the ORM: one per
+    segment and code (a first close opens hundreds of thousands of flags). ``segments``: the
+    (merchant, product, currency) of the loans the caller has read; the others are read."""
     changes = [(loan_id, code, 1) for loan_id, code in opened]
     changes += [(loan_id, code, -1) for loan_id, code in closed]
     if not changes:
         return
     loan = _table(Loan)
-    ids = sorted({loan_id for loan_id, _, _ in changes})
-    dimensions: dict[str, dict[str, str]] = {}
-    for start in range(0, len(ids), 5000):
+    unknown = sorted({loan_id for loan_id, _, _ in changes} - segments.keys())
+    for start in range(0, len(unknown), 5000):
         rows = await session.execute(
             select(loan.c.id, loan.c.merchant_id, loan.c.product_code, loan.c.currency).where(
-                loan.c.id.in_(ids[start : start + 5000])
+                loan.c.id.in_(unknown[start : start + 5000])
             )
         )
-        dimensions.update({row.id: _dimensions(row) for row in rows})
+        segments = {**segments, **{row.id: (row[1], row[2], row[3]) for row in rows}}
+    flags: Counter[tuple[tuple[str, str, str], str]] = Counter()
+    for loan_id, code, change in changes:
+        flags[(segments[loan_id], code)] += change
     await insert_rows(
         session,
         _table(PortfolioDelta),
-        [{**_NO_CHANGE, **dimensions[loan_id], "flag_code": code, "flags": flags}
-         for loan_id, code, flags in changes],
+        [{"merchant_id": merchant, "product_code": product, "currency": currency,
+          "flag_code": code, "flags": count}
+         for ((merchant, product, currency), code), count in flags.items() if count],
+        same={**_NO_FLAGS_CHANGE, "loan_id": None},
     )  # fmt: skip
 
 

@@ -1,6 +1,6 @@
 """Borrower grades from their loans' grades, and the credit limit that follows them."""
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date
 from functools import lru_cache
 from typing import Any, Protocol, cast
@@ -17,7 +17,7 @@ from app.money import format_minor
 from app.risk.limits import next_limit
 from app.risk.models import FlagStatus, RiskFlag
 from app.risk.rules import RiskRules
-from app.risk.score import FADE_DAYS, FlagFact, score_loan
+from app.risk.score import FADE_DAYS, FlagFact, grade_for, score_value
 from app.risk.versions import current_rules
 
 
@@ -29,30 +29,39 @@ class ScoredLoan(Protocol):
 
 
 async def score_loans(
-    session: AsyncSession, as_of: date, loans: Sequence[ScoredLoan], flags_of: Any
+    session: AsyncSession,
+    as_of: date,
+    loans: Sequence[ScoredLoan],
+    open_flags: Iterable[tuple[str, str, str]],
+    flags_of: Any,
 ) -> None:
     """Store each loan's score and grade from its days past due and its flags.
 
     ``loans`` carry the stored score and grade (the features query read them), so only the
-    changed ones are written; ``flags_of`` narrows the flags read to these loans' (a loan-id
-    range or one id), cheaper than a list of tens of thousands of ids."""
+    changed ones are written. ``open_flags`` (loan id, code, severity) are these loans' open
+    flags, as the caller just left them; the flags cleared recently enough to still weigh
+    are read, ``flags_of`` narrowing them to these loans' (a loan-id range or one id, cheaper
+    than a list of tens of thousands of ids)."""
     if not loans:
         return
     fading = date.fromordinal(as_of.toordinal() - FADE_DAYS)
     facts: dict[str, list[FlagFact]] = {loan.id: [] for loan in loans}
+    for loan_id, code, severity in open_flags:
+        facts[loan_id].append(FlagFact(code, severity, None))
     flag = cast(Table, RiskFlag.__table__)
     for loan_id, code, severity, cleared_on in await session.execute(
         select(flag.c.loan_id, flag.c.code, flag.c.severity, flag.c.cleared_on).where(
-            flags_of, (flag.c.status == FlagStatus.OPEN.value) | (flag.c.cleared_on > fading)
+            flags_of, flag.c.status == FlagStatus.CLEARED.value, flag.c.cleared_on > fading
         )
     ):
         if loan_id in facts:
             facts[loan_id].append(FlagFact(code, severity, cleared_on))
     changed = []
     for loan in loans:
-        score = score_loan(loan.days_past_due, facts[loan.id], as_of)
-        if (score.score, score.grade) != (loan.risk_score, loan.risk_grade):
-            changed.append({"id": loan.id, "risk_score": score.score, "risk_grade": score.grade})
+        score = score_value(loan.days_past_due, facts[loan.id], as_of)
+        grade = grade_for(score)
+        if (score, grade) != (loan.risk_score, loan.risk_grade):
+            changed.append({"id": loan.id, "risk_score": score, "risk_grade": grade})
     await update_rows(session, cast(Table, Loan.__table__), "id", changed)
 
 

@@ -45,7 +45,9 @@ class RiskFlag(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), index=True)
-    borrower_id: Mapped[str] = mapped_column(ForeignKey("borrower.id"), index=True)
+    # The loan's borrower, copied for the borrower's views; no key of its own: the loan's
+    # guarantees it, and a second check per row was a quarter of a first close's flag writes.
+    borrower_id: Mapped[str] = mapped_column(String(40), index=True)
     code: Mapped[str] = mapped_column(String(40))
     severity: Mapped[str] = mapped_column(String(10))
     status: Mapped[str] = mapped_column(String(10))

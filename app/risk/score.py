@@ -31,24 +31,40 @@ class Score:
 
 
 def grade_for(score: int) -> str:
-    return next((grade for floor, grade in GRADES if score >= floor), "E")
+    for floor, grade in GRADES:
+        if score >= floor:
+            return grade
+    return "E"
+
+
+def _days_past_due_points(days_past_due: int) -> int:
+    return min(days_past_due * DPD_POINTS_PER_DAY, DPD_POINTS_MAX) if days_past_due > 0 else 0
+
+
+def _flag_points(flag: FlagFact, as_of: date) -> int:
+    points = SEVERITY_POINTS.get(flag.severity, 0)
+    if flag.cleared_on is None:
+        return points
+    age = (as_of - flag.cleared_on).days
+    return round(points * (1 - age / FADE_DAYS)) if age < FADE_DAYS else 0
+
+
+def score_value(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> int:
+    """The score alone: the close scores every loan it evaluates, and needs no reasons."""
+    deducted = _days_past_due_points(days_past_due)
+    for flag in flags:
+        deducted += _flag_points(flag, as_of)
+    return max(1000 - deducted, 0)
 
 
 def score_loan(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> Score:
     reasons: list[dict[str, object]] = []
     total = 1000
-    if days_past_due > 0:
-        points = min(days_past_due * DPD_POINTS_PER_DAY, DPD_POINTS_MAX)
+    if points := _days_past_due_points(days_past_due):
         total -= points
         reasons.append({"code": "days_past_due", "days": days_past_due, "points": -points})
     for flag in flags:
-        points = SEVERITY_POINTS.get(flag.severity, 0)
-        if flag.cleared_on is not None:
-            age = (as_of - flag.cleared_on).days
-            if age >= FADE_DAYS:
-                continue
-            points = round(points * (1 - age / FADE_DAYS))
-        if points:
+        if points := _flag_points(flag, as_of):
             total -= points
             reasons.append({"code": flag.code, "severity": flag.severity,
                             "cleared": flag.cleared_on is not None, "points": -points})  # fmt: skip

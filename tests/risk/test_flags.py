@@ -57,10 +57,27 @@ async def test_first_payment_default(client: httpx.AsyncClient) -> None:
     assert "first_payment_default" not in await flags(w, loan_id)
     cleared = (await flags(w, loan_id, "cleared"))["first_payment_default"]
     assert cleared["cleared_on"] == "2026-03-12"
-    events = (await client.get("/v1/events?type=risk.flag_raised", headers=w.admin)).json()
-    assert "first_payment_default" in {e["data"]["code"] for e in events["items"]}
-    events = (await client.get("/v1/events?type=risk.flag_cleared", headers=w.admin)).json()
-    assert "first_payment_default" in {e["data"]["code"] for e in events["items"]}
+    # Each event carries the flag as it stood when raised, and as cleared.
+    shown = ("loan_id", "borrower_id", "code", "status", "raised_on", "cleared_on",
+             "rules_version")  # fmt: skip
+    raised_events = await w.get("/v1/events?type=risk.flag_raised", headers=w.admin)
+    [raised] = [e["data"] for e in raised_events["items"]
+                if e["data"]["code"] == "first_payment_default"]  # fmt: skip
+    raised_event_sequence = raised.pop("sequence")
+    assert raised == {
+        "flag_id": cleared["id"], **{k: flag[k] for k in shown}, "status": "open",
+        "severity": "medium", "cleared_on": None,
+        "evidence": {"installment_seq": 1, "due_date": "2026-02-10", "days_late": 10,
+                     "unpaid_minor": 41200, "as_of": "2026-02-20"},
+    }  # fmt: skip
+    cleared_events = await w.get("/v1/events?type=risk.flag_cleared", headers=w.admin)
+    [cleared_event] = [e for e in cleared_events["items"]
+                       if e["data"]["code"] == "first_payment_default"]  # fmt: skip
+    assert cleared_event["data"].pop("sequence") > raised_event_sequence
+    assert cleared_event["data"] == {
+        "flag_id": cleared["id"],
+        **{k: cleared[k] for k in (*shown, "severity", "evidence")},
+    }
 
 
 async def test_never_paid(client: httpx.AsyncClient) -> None:

@@ -1,0 +1,37 @@
+"""The score: the close's score alone agrees with the explained score, whose reasons add up."""
+
+from datetime import date, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.risk.score import FADE_DAYS, FlagFact, grade_for, score_loan, score_value
+
+AS_OF = date(2026, 12, 3)
+FLAGS = st.lists(
+    st.builds(
+        FlagFact,
+        code=st.sampled_from(["never_paid", "late_drift", "payment_reversal"]),
+        severity=st.sampled_from(["low", "medium", "high", "critical"]),
+        cleared_on=st.none() | st.integers(0, 2 * FADE_DAYS).map(lambda d: AS_OF - timedelta(d)),
+    ),
+    max_size=8,
+)
+
+
+@given(st.integers(0, 400), FLAGS)
+def test_the_score_alone_is_the_explained_score(days_past_due: int, flags: list[FlagFact]) -> None:
+    explained = score_loan(days_past_due, flags, AS_OF)
+    assert score_value(days_past_due, flags, AS_OF) == explained.score
+    assert explained.grade == grade_for(explained.score)
+    deducted = -sum(int(str(reason["points"])) for reason in explained.reasons)
+    assert explained.score == max(1000 - deducted, 0)
+
+
+def test_a_flag_cleared_half_the_fade_ago_weighs_half() -> None:
+    half = FlagFact("never_paid", "critical", AS_OF - timedelta(FADE_DAYS // 2))
+    gone = FlagFact("never_paid", "critical", AS_OF - timedelta(FADE_DAYS))
+    assert score_value(0, [half, gone], AS_OF) == 850
+    assert score_value(10, [], AS_OF) == 970
+    assert score_value(200, [], AS_OF) == 600
+    assert [grade_for(s) for s in (1000, 800, 799, 650, 500, 300, 299, 0)] == list("AABBCDEE")
