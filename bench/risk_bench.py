@@ -370,6 +370,9 @@ def main() -> None:
         asyncio.run(_finish_close(args.finish_close))
         return
     if args.risk_part:
+        from workers import runtime
+
+        runtime.settle_garbage_collector()  # as a Celery worker process does after its fork
         as_of, part, parts = args.risk_part
         counts = asyncio.run(
             _run_steps(date.fromisoformat(as_of), ("risk",), int(part), int(parts))

@@ -30,6 +30,9 @@ async def profile(as_of: date, slowest: float) -> None:
     from app.db import database
     from app.delinquency import service as delinquency
     from app.risk import service as risk
+    from workers import runtime
+
+    runtime.settle_garbage_collector()  # as a Celery worker process does after its fork
 
     timings: list[tuple[float, str]] = []
 
@@ -54,7 +57,8 @@ async def profile(as_of: date, slowest: float) -> None:
             await session.rollback()
         in_sql = sum(t for t, _ in timings)
         print(f"chunk {n} of {len(bounds)}: {seconds:.2f} s, {counts}; {len(timings)} statements "
-              f"{in_sql:.2f} s, Python {seconds - in_sql:.2f} s, this process's CPU {cpu:.2f} s")  # fmt: skip
+              f"{in_sql:.2f} s, Python {seconds - in_sql:.2f} s, "
+              f"this process's CPU {cpu:.2f} s")  # fmt: skip
         for spent, statement in timings:
             if spent >= slowest:
                 print(f"  {spent:6.3f} s  {statement[:100]}")

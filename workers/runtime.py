@@ -7,6 +7,7 @@ on that same loop, so pooled connections stay bound to the loop that opened them
 """
 
 import asyncio
+import gc
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -35,3 +36,14 @@ def reset_after_fork() -> None:
     global _loop
     _loop = None
     database.forget()
+    settle_garbage_collector()
+
+
+def settle_garbage_collector() -> None:
+    """A close chunk makes hundreds of thousands of short-lived rows, dicts and tuples. With
+    CPython's defaults (a collection every 700 of them) the collector kept walking the heap,
+    every imported module included: a quarter of the risk step's CPU in this process on a
+    first night (bench/risk_chunk_profile.py). What the process holds before its first task
+    is frozen out of collection, and the youngest generation is collected less often."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
