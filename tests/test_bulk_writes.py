@@ -24,18 +24,25 @@ events = cast(Table, Event.__table__)
 
 def rows_of(data: list[Any]) -> list[dict[str, Any]]:
     return [
-        {"id": f"evt_{n}", "type": "test", "loan_id": None if n % 2 else f"loan_{n}",
-         "data": value, "created_at": utc_now()}
+        {"id": f"evt_{n}", "loan_id": None if n % 2 else f"loan_{n}", "data": value}
         for n, value in enumerate(data)
     ]  # fmt: skip
 
 
 async def written_and_read(session: AsyncSession, data: list[Any], changed: list[Any]) -> None:
     rows = rows_of(data)
-    positions = await insert_rows(session, events, rows, returning="position")
+    # What every row shares is bound once: each row reads it back all the same.
+    now = utc_now()
+    shared = {"type": "test", "created_at": now}
+    positions = await insert_rows(session, events, rows, same=shared, returning="position")
     assert len(positions) == len(rows)
-    got = (await session.execute(select(events.c.id, events.c.loan_id, events.c.data))).all()
-    assert sorted(got) == sorted((r["id"], r["loan_id"], r["data"]) for r in rows)
+    got = (
+        await session.execute(
+            select(events.c.id, events.c.loan_id, events.c.data, events.c.type,
+                   events.c.created_at)
+        )
+    ).all()  # fmt: skip
+    assert sorted(got) == sorted((r["id"], r["loan_id"], r["data"], "test", now) for r in rows)
     await update_rows(session, events, "id", [
         {"id": row["id"], "data": value} for row, value in zip(rows, changed, strict=True)
     ])  # fmt: skip
