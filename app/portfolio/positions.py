@@ -127,17 +127,18 @@ async def record_flag_changes(
     if not changes:
         return
     loan = _table(Loan)
-    unknown = sorted({loan_id for loan_id, _, _ in changes} - segments.keys())
+    known = dict(segments)
+    unknown = sorted({loan_id for loan_id, _, _ in changes} - known.keys())
     for start in range(0, len(unknown), 5000):
         rows = await session.execute(
             select(loan.c.id, loan.c.merchant_id, loan.c.product_code, loan.c.currency).where(
                 loan.c.id.in_(unknown[start : start + 5000])
             )
         )
-        segments = {**segments, **{row.id: (row[1], row[2], row[3]) for row in rows}}
+        known.update((row[0], (row[1], row[2], row[3])) for row in rows)
     flags: Counter[tuple[tuple[str, str, str], str]] = Counter()
     for loan_id, code, change in changes:
-        flags[(segments[loan_id], code)] += change
+        flags[(known[loan_id], code)] += change
     await insert_rows(
         session,
         _table(PortfolioDelta),

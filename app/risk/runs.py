@@ -68,7 +68,7 @@ async def execute(run_id: str) -> None:
         results = [await run_chunk(as_of, low, high) for low, high in bounds]
     except Exception as exc:
         log.exception("risk run %s failed", run_id)
-        await finish(run_id, [], error=f"{type(exc).__name__}: {exc}")
+        await fail(run_id, exc)
         return
     await finish(run_id, results)
 
@@ -114,6 +114,11 @@ async def finish(run_id: str, results: list[dict[str, int]], *, error: str | Non
         run.counts, run.chunks, run.finished_at = totals, len(results), utc_now()
         if run.started_at is not None:
             run.seconds = round((run.finished_at - run.started_at).total_seconds(), 3)
+
+
+async def fail(run_id: str, exc: BaseException) -> None:
+    """Record the run as failed, with what stopped it."""
+    await finish(run_id, [], error=f"{type(exc).__name__}: {exc}")
 
 
 async def get_run(session: AsyncSession, principal: Principal, *, run_id: str) -> RiskRun:

@@ -15,7 +15,7 @@ def run(run_id: str) -> None:
     try:
         as_of, bounds = runtime.run(runs.begin(run_id))
     except Exception as exc:
-        runtime.run(runs.finish(run_id, [], error=f"{type(exc).__name__}: {exc}"))
+        runtime.run(runs.fail(run_id, exc))
         raise
     header = [run_chunk.s(as_of.isoformat(), low, high) for low, high in bounds]
     chord(header)(run_done.s(run_id).on_error(run_failed.s(run_id)))
@@ -33,4 +33,4 @@ def run_done(results: list[dict[str, int]], run_id: str) -> None:
 
 @celery.task(name="risk.run_failed")
 def run_failed(request: object, exc: BaseException, traceback: object, run_id: str) -> None:
-    runtime.run(runs.finish(run_id, [], error=f"{type(exc).__name__}: {exc}"))
+    runtime.run(runs.fail(run_id, exc))
