@@ -14,7 +14,7 @@ from app.api.pagination import Page, page_of
 from app.api.responses import POLLED, cached
 from app.risk import runs, service
 from app.risk.models import FlagStatus
-from app.risk.rules import FlagCode, RiskRules, Severity
+from app.risk.rules import FlagCode, Severity
 from app.risk.schemas import (
     Acknowledge,
     FlagRead,
@@ -22,6 +22,7 @@ from app.risk.schemas import (
     RiskRunCreate,
     RiskRunRead,
     RulesRead,
+    RulesUpdate,
 )
 
 router = APIRouter(tags=["risk"])
@@ -34,8 +35,10 @@ async def get_rules(session: SessionDep, principal: DashboardPrincipal) -> Rules
 
 
 @router.put("/v1/risk/rules", response_model=RulesRead)
-async def put_rules(body: RiskRules, session: SessionDep, principal: AdminPrincipal) -> RulesRead:
-    version, rules = await service.put_rules(session, principal, rules=body)
+async def put_rules(body: RulesUpdate, session: SessionDep, principal: AdminPrincipal) -> RulesRead:
+    version, rules = await service.put_rules(
+        session, principal, rules=body.rules, made_from=body.version
+    )
     return RulesRead(version=version, rules=rules)
 
 

@@ -1,7 +1,7 @@
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, model_validator
 
 from app.api.fields import IsoDate
 from app.risk.models import RiskFlag
@@ -11,6 +11,32 @@ from app.risk.rules import RiskRules
 class RulesRead(BaseModel):
     version: int
     rules: RiskRules
+
+
+class RulesUpdate(BaseModel):
+    """The body of ``PUT /v1/risk/rules``: what ``GET`` returned, changed (``version`` then
+    guards against a change made since), or the thresholds alone. A threshold left out takes
+    its default: a PUT replaces the whole set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(
+        default=None,
+        strict=True,
+        description="the version the change was made from; 409 if another came since",
+    )
+    rules: RiskRules
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _thresholds_alone(
+        cls, data: Any, handler: ModelWrapValidatorHandler["RulesUpdate"]
+    ) -> "RulesUpdate":
+        # Validated as the thresholds themselves, so their errors name the threshold, not
+        # ``rules.<threshold>``.
+        if isinstance(data, dict) and not data.keys() & {"rules", "version"}:
+            return cls.model_construct(rules=RiskRules.model_validate(data))
+        return handler(data)
 
 
 class FlagRead(BaseModel):

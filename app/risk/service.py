@@ -73,17 +73,29 @@ class RiskFlagAlreadyAcknowledged(Conflict):
     code = "risk_flag_already_acknowledged"
 
 
+class RulesVersionConflict(Conflict):
+    code = "rules_version_conflict"
+
+
 async def get_rules(session: AsyncSession, principal: Principal) -> tuple[int, RiskRules]:
     principal.require(Role.DASHBOARD)
     return await current_rules(session)
 
 
 async def put_rules(
-    session: AsyncSession, principal: Principal, *, rules: RiskRules
+    session: AsyncSession, principal: Principal, *, rules: RiskRules, made_from: int | None = None
 ) -> tuple[int, RiskRules]:
-    """A new version; it applies from the next evaluation (run, payment or close)."""
+    """A new version; it applies from the next evaluation (run, payment or close).
+
+    ``made_from``, when given, is the version the caller read and changed: if another change
+    came since, storing this one would silently undo it."""
     principal.require(Role.ADMIN)
     version, _ = await current_rules(session)
+    if made_from is not None and made_from != version:
+        raise RulesVersionConflict(
+            f"the rules were changed since version {made_from}; the current version is "
+            f"{version}: read them again and apply the change to those"
+        )
     session.add(
         RiskRulesVersion(
             version=version + 1, rules=rules.model_dump(mode="json"), created_at=utc_now(),

@@ -264,6 +264,32 @@ async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) 
     assert flag["rules_version"] == 1
 
 
+async def test_the_rules_read_can_be_changed_and_put_back(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    read = await w.get("/v1/risk/rules", headers=w.admin)
+    changed = {**read, "rules": {**read["rules"], "consecutive_missed_count": 3}}
+    put = await client.put("/v1/risk/rules", json=changed, headers=w.admin)
+    assert put.status_code == 200, put.text
+    assert put.json() == {"version": 1, "rules": changed["rules"]}
+    # The same change made from version 0 again would undo whatever came since: refused.
+    stale = await client.put("/v1/risk/rules", json=changed, headers=w.admin)
+    assert (stale.status_code, stale.json()["code"]) == (409, "rules_version_conflict")
+    for body, field in (
+        ({**changed, "version": 1, "rules": {**changed["rules"], "never_paid_dpd": 0}},
+         "rules.never_paid_dpd"),
+        ({**changed, "version": "1"}, "version"),
+        ({**changed, "version": 1, "note": "tighter"}, "note"),
+        ({"version": 1}, "rules"),
+    ):  # fmt: skip
+        bad = await client.put("/v1/risk/rules", json=body, headers=w.admin)
+        assert bad.status_code == 422, (body, bad.text)
+        assert [e["field"] for e in bad.json()["errors"]] == [field]
+    assert await w.get("/v1/risk/rules", headers=w.admin) == put.json()
+    # Without a version the change applies to whatever is current.
+    bare = await client.put("/v1/risk/rules", json={"rules": read["rules"]}, headers=w.admin)
+    assert bare.json() == {"version": 2, "rules": read["rules"]}
+
+
 async def test_acknowledging_a_flag_and_the_loan_risk(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     loan_id = await loan(w)
