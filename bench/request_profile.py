@@ -7,7 +7,7 @@ SQLAlchemy, the same SQL through the asyncpg connection, and the rendering).
     .venv/bin/python bench/http_load.py --duration 10          # once: the bench book
     .venv/bin/python bench/request_profile.py [--payments 600] [--reads 3000]
 
-``--payments 0`` profiles the reads only.
+``--payments 0`` profiles the reads only, ``--reads 0`` the payments only.
 
 Each run adds its payments to the book; compare runs against each other, not across books.
 """
@@ -173,7 +173,8 @@ def main() -> None:
     ).stdout.split()[-1]  # fmt: skip
     if args.payments:
         asyncio.run(profile_payments(key, loan_ids, args.payments))
-    asyncio.run(profile_reads(key, loan_ids, args.reads))
+    if args.reads:
+        asyncio.run(profile_reads(key, loan_ids, args.reads))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ EVENT_TYPES = (
     "loan.late_fee_assessed",
     "risk.flag_raised",
     "risk.flag_cleared",
+    # Beyond SPEC's list: a flag whose severity moved while it stayed open (SPEC's "medium →
+    # high", "high → critical"); collections act on the severity, not only on the raise.
+    "risk.flag_severity_changed",
     "risk.grade_changed",
     "risk.segment_alert",
     "borrower.credit_limit_changed",

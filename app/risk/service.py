@@ -579,6 +579,7 @@ async def evaluate_loans(
         for key, f in open_flags.items()
         if key in wanted and wanted[key][0] != f.severity
     ]  # fmt: skip
+    previous_severity = {f.id: f.severity for f in open_flags.values()}
     # What every flag raised now shares is bound once, not per flag.
     opened = {"status": FlagStatus.OPEN.value, "raised_on": as_of, "cleared_on": None,
               "rules_version": version, "acknowledged": False, "acknowledged_at": None,
@@ -605,6 +606,7 @@ async def evaluate_loans(
         [*[("risk.flag_cleared", f._mapping) for f in cleared],
          *[("risk.flag_raised", ChainMap(f, opened)) for f in raised]],
     )  # fmt: skip
+    await _emit_severity_changes(session, [f["id"] for f in escalated], previous_severity)
     await portfolio.record_flag_changes(
         session,
         opened=[(f["loan_id"], f["code"]) for f in raised],
@@ -737,8 +739,28 @@ async def _emit_flag_events(
     await webhooks.fan_out(session, min(positions), max(positions))
 
 
+async def _emit_severity_changes(
+    session: AsyncSession, flag_ids: list[str], previous_severity: Mapping[str, str]
+) -> None:
+    """``risk.flag_severity_changed`` for each flag whose severity moved while it stayed open:
+    the flag as ``flag_event_data`` and the severity it had. A few thousand on a night, not the
+    first night's hundreds of thousands of raises, so built in Python on either database."""
+    flag = typing_cast(Table, RiskFlag.__table__)
+    changed = []
+    for ids in _batches(flag_ids):
+        for row in await session.execute(select(flag).where(flag.c.id.in_(ids))):
+            data = {
+                **flag_event_data(row._asdict()),
+                "previous_severity": previous_severity[row.id],
+            }
+            changed.append({"type": "risk.flag_severity_changed", "loan_id": row.loan_id,
+                            "data": data})  # fmt: skip
+    await events.emit_many(session, changed)
+
+
 def flag_event_data(flag: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``risk.flag_raised`` and ``risk.flag_cleared`` carry."""
+    """What ``risk.flag_raised``, ``risk.flag_cleared`` and ``risk.flag_severity_changed``
+    carry."""
     return {
         "flag_id": flag["id"],
         "loan_id": flag["loan_id"],

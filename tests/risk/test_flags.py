@@ -73,10 +73,22 @@ async def test_first_payment_default(client: httpx.AsyncClient) -> None:
     cleared_events = await w.get("/v1/events?type=risk.flag_cleared", headers=w.admin)
     [cleared_event] = [e for e in cleared_events["items"]
                        if e["data"]["code"] == "first_payment_default"]  # fmt: skip
-    assert cleared_event["data"].pop("sequence") > raised_event_sequence
+    cleared_event_sequence = cleared_event["data"].pop("sequence")
+    assert cleared_event_sequence > raised_event_sequence
     assert cleared_event["data"] == {
         "flag_id": cleared["id"],
         **{k: cleared[k] for k in (*shown, "severity", "evidence")},
+    }
+    # Between them, the escalation of March 12: the flag as it then stood, and what it was.
+    changed_events = await w.get("/v1/events?type=risk.flag_severity_changed", headers=w.admin)
+    [changed] = [e["data"] for e in changed_events["items"]
+                 if e["data"]["code"] == "first_payment_default"]  # fmt: skip
+    assert raised_event_sequence < changed.pop("sequence") < cleared_event_sequence
+    assert changed == {
+        **raised,
+        "severity": "high",
+        "previous_severity": "medium",
+        "evidence": {**raised["evidence"], "days_late": 30, "as_of": "2026-03-12"},
     }
 
 
@@ -148,6 +160,10 @@ async def test_payment_reversal(client: httpx.AsyncClient) -> None:
     await w.post(f"/v1/payments/{third['id']}/reverse", {"reason": "chargeback"}, expect=200)
     flag = (await flags(w, loan_id))["payment_reversal"]
     assert flag["severity"] == "high"
+    # Escalated by the reversal itself, in its transaction: one event says so.
+    changed = await w.get("/v1/events?type=risk.flag_severity_changed", headers=w.admin)
+    assert [(e["data"]["flag_id"], e["data"]["previous_severity"], e["data"]["severity"])
+            for e in changed["items"]] == [(flag["id"], "medium", "high")]  # fmt: skip
     # The evidence names the latest reversal, re-stated with the escalation.
     assert flag["evidence"]["latest_payment_id"] == third["id"]
     assert flag["evidence"]["latest_reversed_on"] == datetime.now(UTC).date().isoformat()
