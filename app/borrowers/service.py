@@ -1,3 +1,4 @@
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ class BorrowerExists(Conflict):
 class BorrowerView:
     borrower: Borrower
     exposure_minor: int
-    open_flags: tuple[RiskFlag, ...] = ()
+    open_flags: tuple[RiskFlag, ...]
 
     @property
     def available_minor(self) -> int:
@@ -111,7 +112,7 @@ async def create_borrower(
         raise BorrowerExists(
             f"borrower {existing} already has external_id {external_id} at this merchant"
         )
-    return BorrowerView(borrower, 0)
+    return BorrowerView(borrower, 0, ())
 
 
 async def _merchant_for_new_borrower(
@@ -189,12 +190,22 @@ async def view_borrower(
     session: AsyncSession, principal: Principal, *, borrower_id: str
 ) -> BorrowerView:
     borrower = await get_borrower(session, principal, borrower_id=borrower_id)
-    flags = await session.scalars(
+    flags = await _open_flags(session, [borrower.id])
+    return BorrowerView(borrower, await exposure_minor(session, borrower.id), flags[borrower.id])
+
+
+async def _open_flags(
+    session: AsyncSession, borrower_ids: list[str]
+) -> defaultdict[str, tuple[RiskFlag, ...]]:
+    """The open flags of each borrower, oldest first."""
+    flags: defaultdict[str, tuple[RiskFlag, ...]] = defaultdict(tuple)
+    for flag in await session.scalars(
         select(RiskFlag)
-        .where(RiskFlag.borrower_id == borrower.id, RiskFlag.status == FlagStatus.OPEN)
+        .where(RiskFlag.borrower_id.in_(borrower_ids), RiskFlag.status == FlagStatus.OPEN)
         .order_by(RiskFlag.id)
-    )
-    return BorrowerView(borrower, await exposure_minor(session, borrower.id), tuple(flags))
+    ):
+        flags[flag.borrower_id] += (flag,)
+    return flags
 
 
 async def list_borrowers(
@@ -215,7 +226,8 @@ async def list_borrowers(
         .group_by(Loan.borrower_id)
     )
     exposures = {borrower_id: int(total) for borrower_id, total in rows}
-    return [BorrowerView(b, exposures.get(b.id, 0)) for b in borrowers]
+    flags = await _open_flags(session, [b.id for b in borrowers])
+    return [BorrowerView(b, exposures.get(b.id, 0), flags[b.id]) for b in borrowers]
 
 
 async def set_credit_limit(
@@ -239,4 +251,5 @@ async def set_credit_limit(
                 "reason": "admin_override",
             },
         )
-    return BorrowerView(borrower, await exposure_minor(session, borrower.id))
+    flags = await _open_flags(session, [borrower.id])
+    return BorrowerView(borrower, await exposure_minor(session, borrower.id), flags[borrower.id])

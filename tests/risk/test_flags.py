@@ -348,6 +348,14 @@ async def test_the_borrower_shows_its_open_flags(client: httpx.AsyncClient) -> N
     borrower = await w.get(f"/v1/borrowers/{borrower_id}")
     assert {f["code"] for f in borrower["open_flags"]} == set(await flags(w, loan_id))
     assert borrower["open_flags"]
+    # The same flags in the list and in the answer to an admin's change of the limit.
+    listed = await w.get("/v1/borrowers")
+    assert [b["open_flags"] for b in listed["items"] if b["id"] == borrower_id] == [
+        borrower["open_flags"]
+    ]
+    patched = await client.patch(f"/v1/borrowers/{borrower_id}", json={"credit_limit": "100.00"},
+                                 headers=w.admin)  # fmt: skip
+    assert patched.json()["open_flags"] == borrower["open_flags"]
 
 
 async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient) -> None:
