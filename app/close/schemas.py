@@ -1,7 +1,7 @@
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.fields import IsoDate
 from app.close.models import CloseRun, CloseStatus
@@ -15,7 +15,12 @@ class CloseRunCreate(BaseModel):
 
 class CloseRunRead(BaseModel):
     as_of: date
-    status: CloseStatus
+    status: Literal["running", "succeeded", "failed"] = Field(
+        description="SPEC's three; a date no worker has started yet is running and queued"
+    )
+    queued: bool = Field(
+        description="not started yet: waiting for a worker, or for an earlier date of a catch-up"
+    )
     started_at: datetime | None
     finished_at: datetime | None
     attempts: int
@@ -25,8 +30,11 @@ class CloseRunRead(BaseModel):
 
     @classmethod
     def from_model(cls, run: CloseRun) -> "CloseRunRead":
+        queued = run.status == CloseStatus.PENDING
         return cls(
-            as_of=run.as_of, status=CloseStatus(run.status), started_at=run.started_at,
+            as_of=run.as_of,
+            status="running" if queued else CloseStatus(run.status).value,
+            queued=queued, started_at=run.started_at,
             finished_at=run.finished_at, attempts=run.attempts, counts=run.counts or {},
             steps=run.steps or {}, error=run.error,
         )  # fmt: skip
