@@ -1,6 +1,6 @@
 from datetime import date, datetime
 
-from sqlalchemy import JSON, BigInteger, Date, ForeignKey, String
+from sqlalchemy import JSON, BigInteger, Date, ForeignKey, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
@@ -36,6 +36,9 @@ class FailedDebit(Base):
     """An auto-debit the gateway could not collect: input to the ``failed_debits`` risk rule."""
 
     __tablename__ = "failed_debit"
+    # One failure per attempt: a notification resent under a new webhook-id must not count
+    # twice toward the failed_debits rule.
+    __table_args__ = (UniqueConstraint("loan_id", "external_ref"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), index=True)

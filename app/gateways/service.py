@@ -19,6 +19,8 @@ from app.gateways.models import FailedDebit, Gateway, InboundNotification
 from app.gateways.schemas import Notification, NotificationType
 from app.ids import new_id
 from app.loans import service as loans_service
+from app.loans.errors import LoanNotActive
+from app.loans.models import OPEN_STATUSES
 from app.money import format_minor, parse_amount
 from app.payments import service as payments_service
 from app.payments.errors import PaymentNotFound
@@ -43,6 +45,10 @@ class InvalidSignature(Unauthorized):
 class WebhookIdReused(InvalidRequest):
     code = "webhook_id_reused"
     title = "Webhook id reused"
+
+
+class FailedDebitAlreadyRecorded(Conflict):
+    code = "failed_debit_already_recorded"
 
 
 async def register(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
@@ -129,6 +135,18 @@ async def _record_failed_debit(
 ) -> dict[str, Any]:
     data = notification.data
     loan = await loans_service.get_loan(session, system, loan_id=data.loan_id, for_update=True)
+    if loan.status not in OPEN_STATUSES:
+        # As debit.succeeded: nothing is owed, so no failure to count toward a flag.
+        raise LoanNotActive(f"loan {loan.id} is {loan.status} and owes no debit")
+    recorded = await session.scalar(
+        select(FailedDebit.id).where(
+            FailedDebit.loan_id == loan.id, FailedDebit.external_ref == data.external_ref
+        )
+    )
+    if recorded is not None:
+        raise FailedDebitAlreadyRecorded(
+            f"failed debit {recorded} with external_ref {data.external_ref} is already recorded"
+        )
     amount = parse_amount("data.amount", data.amount, loan.currency) if data.amount else 0
     today = clock.today()
     attempted_on = data.received_on or today

@@ -84,6 +84,27 @@ async def test_a_failed_debit_is_recorded_with_an_event(client: httpx.AsyncClien
     assert [e["data"]["loan_id"] for e in events] == [loan["id"]]
 
 
+async def test_a_failed_debit_resent_under_another_id_counts_once(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.failed", loan["id"], amount="106.62", received_on="2026-02-10")
+    assert (await post(client, *signed(secret, body, "msg_first"))).status_code == 200
+    resent = await post(client, *signed(secret, body, "msg_resent"))
+    assert (resent.status_code, resent.json()["code"]) == (409, "failed_debit_already_recorded")
+    assert await count(FailedDebit) == 1
+    # Nothing is owed on a cancelled loan, so no failure to count either.
+    cancelled = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    await w.post(f"/v1/loans/{cancelled['id']}/cancel", {}, expect=200)
+    body = notification("debit.failed", cancelled["id"], amount="106.62", received_on="2026-02-10")
+    refused = await post(client, *signed(secret, body, "msg_cancelled"))
+    assert (refused.status_code, refused.json()["code"]) == (409, "loan_not_active")
+    assert await count(FailedDebit) == 1
+    assert await count(InboundNotification) == 1
+
+
 async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient) -> None:
     w = await world(client)
     secret = await gateway(w)
