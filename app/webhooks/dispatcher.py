@@ -319,6 +319,31 @@ def _retry_after(response: httpx.Response) -> timedelta | None:
 
 
 async def _record(outcomes: Sequence[Outcome], now: datetime) -> None:
+    async with session_scope() as session:
+        # An endpoint deleted while its deliveries were in flight took them with it: their
+        # attempts have nothing to belong to, and must not fail the batch's other records.
+        # The endpoints are locked first, as a delete locks them (and in one order, as other
+        # dispatchers do): a delete waits until these are written. NO KEY UPDATE, so events
+        # fanned out to these endpoints meanwhile are not held up.
+        existing = set(
+            await session.scalars(
+                select(WebhookEndpoint.id)
+                .where(WebhookEndpoint.id.in_({o.claimed.endpoint.id for o in outcomes}))
+                .order_by(WebhookEndpoint.id)
+                .with_for_update(key_share=True)
+            )
+        )
+        await _record_existing(
+            session, [o for o in outcomes if o.claimed.endpoint.id in existing], now
+        )
+    _count(outcomes)
+
+
+async def _record_existing(
+    session: AsyncSession, outcomes: Sequence[Outcome], now: datetime
+) -> None:
+    if not outcomes:
+        return
     settings = get_settings()
     delivered: list[dict[str, Any]] = []
     retried: list[dict[str, Any]] = []
@@ -339,35 +364,29 @@ async def _record(outcomes: Sequence[Outcome], now: datetime) -> None:
             failed.append(row)
         else:
             retried.append({**row, "next": now + delay})
-    async with session_scope() as session:
-        await session.execute(
-            insert(WebhookAttempt),
-            [
-                {"delivery_id": o.claimed.delivery_id, "attempted_at": o.attempted_at,
-                 "status_code": o.status_code, "latency_ms": o.latency_ms,
-                 "response_excerpt": o.excerpt, "error": o.error}
-                for o in outcomes
-            ],
-        )  # fmt: skip
-        table = _deliveries
-        for rows, values in (
-            (delivered, {"status": DeliveryStatus.DELIVERED, "delivered_at": bindparam("at")}),
-            (retried, {"next_attempt_at": bindparam("next")}),
-            (failed, {"status": DeliveryStatus.FAILED}),
-        ):
-            if rows:
-                await session.execute(
-                    update(table)
-                    .where(table.c.id == bindparam("d_id"))
-                    .values(
-                        attempts=bindparam("attempts"), last_attempt_at=bindparam("at"), **values
-                    ),
-                    rows,
-                )
-        await _track_endpoint_health(
-            session, outcomes, gone, now, settings.webhook_disable_after_days
-        )
-    _count(outcomes)
+    await session.execute(
+        insert(WebhookAttempt),
+        [
+            {"delivery_id": o.claimed.delivery_id, "attempted_at": o.attempted_at,
+             "status_code": o.status_code, "latency_ms": o.latency_ms,
+             "response_excerpt": o.excerpt, "error": o.error}
+            for o in outcomes
+        ],
+    )  # fmt: skip
+    table = _deliveries
+    for rows, values in (
+        (delivered, {"status": DeliveryStatus.DELIVERED, "delivered_at": bindparam("at")}),
+        (retried, {"next_attempt_at": bindparam("next")}),
+        (failed, {"status": DeliveryStatus.FAILED}),
+    ):
+        if rows:
+            await session.execute(
+                update(table)
+                .where(table.c.id == bindparam("d_id"))
+                .values(attempts=bindparam("attempts"), last_attempt_at=bindparam("at"), **values),
+                rows,
+            )
+    await _track_endpoint_health(session, outcomes, gone, now, settings.webhook_disable_after_days)
 
 
 async def _track_endpoint_health(

@@ -86,6 +86,27 @@ async def test_an_event_arrives_signed_with_its_sequence(client: httpx.AsyncClie
         assert await deliver() == 0  # nothing twice
 
 
+async def test_an_endpoint_deleted_mid_delivery_leaves_the_others_recorded(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    with receiving() as slow, receiving() as quick:
+        slow.script = [("hang", 1.0)]
+        doomed = await endpoint(w, slow.url)
+        kept = await endpoint(w, quick.url)
+        await w.loan()
+        in_flight = asyncio.create_task(deliver())
+        while slow.script:  # until the slow receiver has taken its request
+            await asyncio.sleep(0.01)
+        deleted = await client.delete(f"/v1/webhook-endpoints/{doomed['id']}", headers=w.admin)
+        assert deleted.status_code == 204
+        assert await in_flight == 2
+        log = await w.get(f"/v1/webhook-endpoints/{kept['id']}/deliveries", headers=w.admin)
+        (delivery,) = log["items"]
+        assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
+        assert await deliver() == 0
+
+
 async def test_fails_three_times_then_succeeds(client: httpx.AsyncClient) -> None:
     w = await world(client)
     with receiving() as receiver:
