@@ -127,7 +127,9 @@ class LoanView:
         # it owing again: paid only while nothing is left.
         if stored is InstallmentStatus.PAID and owed_minor(installment) == paid_minor(installment):
             return stored
-        if installment.due_date < self.arrears_as_of:
+        # A cancelled loan owes nothing: what it had not paid is not overdue, only unpaid.
+        cancelled = self.loan.status == LoanStatus.CANCELLED
+        if installment.due_date < self.arrears_as_of and not cancelled:
             return InstallmentStatus.OVERDUE
         return InstallmentStatus.PARTIALLY_PAID if stored is InstallmentStatus.PAID else stored
 

@@ -173,6 +173,10 @@ async def test_cancel_after_payments_states_the_refund(client: httpx.AsyncClient
     body = (await w.post(f"/v1/loans/{loan['id']}/cancel", None, expect=200)).json()
     assert body["status"] == "cancelled"
     assert body["balances"]["refund_due"] == "150.00"
+    # Its installments fell due long ago, but a cancelled loan owes none of them.
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    statuses = [i["status"] for i in schedule["installments"]]
+    assert statuses == ["paid", "partially_paid", *["pending"] * 10], statuses
     async with session_scope() as session:
         refund = await session.scalar(
             select(LedgerTransaction.amount_minor).where(LedgerTransaction.kind == "refund")
