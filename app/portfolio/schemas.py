@@ -57,8 +57,10 @@ class RollCell(LoansAndPrincipal):
 class RollRatesRead(BaseModel):
     model_config = ConfigDict(serialize_by_alias=True, validate_by_name=True)
 
-    from_date: date = Field(alias="from")
-    to_date: date = Field(alias="to")
+    from_date: date | None = Field(
+        alias="from", description="null by default until a second close: nothing rolled yet"
+    )
+    to_date: date | None = Field(alias="to", description="null by default before any close")
     currency: str
     matrix: dict[str, dict[str, RollCell]] = Field(description="From bucket, to bucket")
 

@@ -142,11 +142,15 @@ async def roll_rates(
     """The bucket transition matrix between two closes, over the loans open at both. Without
     dates: from the previous close to the last one."""
     dates = await portfolio_close.snapshot_dates(session)
+    defaults = from_date is None and to_date is None
     to_date = to_date or (dates[-1] if dates else None)
+    earlier = [d for d in dates if to_date is not None and d < to_date]
+    if defaults and not earlier:
+        # A dashboard's default poll before the second close: nothing has rolled yet.
+        return _roll_matrix(None, to_date, scope.currency, {})
     if to_date is None:
         raise InvalidRequest.field("to", "no close has run yet: there is nothing to compare")
     if from_date is None:
-        earlier = [d for d in dates if d < to_date]
         if not earlier:
             raise InvalidRequest.field("from", f"no close before {to_date} to compare with")
         from_date = earlier[-1]
@@ -164,9 +168,18 @@ async def roll_rates(
                *scope.where(RollRate.merchant_id, RollRate.product_code, RollRate.currency))
         .group_by(RollRate.from_bucket, RollRate.to_bucket)
     )  # fmt: skip
-    cells: dict[tuple[str, str], Tally] = {}
-    for start, end, loans, principal in rows:
-        cells[(start, end)] = Tally(int(loans), int(principal or 0))
+    cells = {(start, end): Tally(int(loans), int(principal or 0))
+             for start, end, loans, principal in rows}  # fmt: skip
+    return _roll_matrix(from_date, to_date, scope.currency, cells)
+
+
+def _roll_matrix(
+    from_date: date | None,
+    to_date: date | None,
+    currency: str,
+    cells: dict[tuple[str, str], Tally],
+) -> RollRatesRead:
+    """Every bucket to every bucket: the loans that rolled, their principal and row share."""
     matrix: dict[str, dict[str, RollCell]] = {}
     for start in Bucket:
         row_total = sum(cells.get((start.value, end.value), Tally()).count for end in Bucket)
@@ -174,11 +187,9 @@ async def roll_rates(
         for end in Bucket:
             cell = cells.get((start.value, end.value), Tally())
             matrix[start.value][end.value] = RollCell(
-                **_money(cell, scope.currency).model_dump(), rate=format_rate(cell.count, row_total)
+                **_money(cell, currency).model_dump(), rate=format_rate(cell.count, row_total)
             )
-    return RollRatesRead(
-        from_date=from_date, to_date=to_date, currency=scope.currency, matrix=matrix
-    )
+    return RollRatesRead(from_date=from_date, to_date=to_date, currency=currency, matrix=matrix)
 
 
 def months_between(later: date, earlier: date) -> int:

@@ -190,6 +190,10 @@ async def buckets_now(w: World, loans: list[dict[str, Any]]) -> dict[str, tuple[
 
 async def test_roll_rate_matrix_across_two_closes(client: httpx.AsyncClient) -> None:
     w = await world(client)
+    # A dashboard's default poll before there is anything to compare: nothing rolled yet.
+    empty = await w.get("/v1/portfolio/roll-rates", w.admin)
+    assert (empty["from"], empty["to"]) == (None, None)
+    assert {c["count"] for row in empty["matrix"].values() for c in row.values()} == {0}
     await close(w, "2026-07-01")
     loans = [await w.loan(principal="1200.00", term=12, disbursed_on="2026-07-01")
              for _ in range(5)]  # fmt: skip
