@@ -1,21 +1,29 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import DashboardPrincipal, PageDep, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.responses import POLLED, cached
 from app.events import service
 from app.events.schemas import EventRead
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
 
-@router.get("", response_model=Page[EventRead])
+@router.get("", response_model=Page[EventRead], responses=POLLED)
 async def list_events(
+    request: Request,
     session: SessionDep,
     principal: DashboardPrincipal,
     page: PageDep,
-    type: Annotated[str | None, Query(max_length=64)] = None,
+    type: Annotated[
+        str | None,
+        Query(
+            max_length=500,
+            description="event types or patterns, comma-separated: loan.created,risk.*",
+        ),
+    ] = None,
     after: Annotated[
         str | None,
         Query(
@@ -24,6 +32,9 @@ async def list_events(
             "the last delivery received) or an RFC 3339 instant",
         ),
     ] = None,
-) -> Page[EventRead]:
+) -> Response:
+    """The fallback feed for missed webhooks, polled: ``ETag``, and 304 on ``If-None-Match``."""
     events = await service.list_events(session, principal, page=page, type_=type, after=after)
-    return page_of(events, page, EventRead.from_model, key=lambda e: str(e.position))
+    return cached(
+        request, page_of(events, page, EventRead.from_model, key=lambda e: str(e.position))
+    )

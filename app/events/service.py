@@ -12,6 +12,7 @@ from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
 from app.db import insert_rows, utc_now
 from app.errors import InvalidRequest
+from app.events import types
 from app.events.models import Event
 from app.ids import new_id, new_ids
 from app.loans.models import Loan
@@ -74,10 +75,18 @@ async def list_events(
     type_: str | None = None,
     after: str | None = None,
 ) -> list[Event]:
+    """``type_``: comma-separated types or patterns, as endpoints subscribe (``loan.*``)."""
     principal.require(Role.DASHBOARD)
     query = select(Event).order_by(Event.position).limit(page.limit + 1)
     if type_:
-        query = query.where(Event.type == type_)
+        patterns = [p.strip() for p in type_.split(",")]
+        unknown = [p for p in patterns if not types.valid_pattern(p)]
+        if unknown:
+            raise InvalidRequest.field(
+                "type", f"no event type matches {', '.join(unknown)}: give types or patterns "
+                "such as loan.created, loan.* or *, separated by commas",
+            )  # fmt: skip
+        query = query.where(Event.type.in_(types.matching(patterns)))
     if after is not None:
         query = query.where(await _after(session, after))
     if (last := after_integer(page)) is not None:

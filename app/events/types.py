@@ -31,3 +31,11 @@ def valid_pattern(pattern: str) -> bool:
     if pattern == "*" or pattern in EVENT_TYPES:
         return True
     return pattern.endswith(".*") and pattern[:-2] in PREFIXES
+
+
+def matching(patterns: list[str]) -> list[str]:
+    """The event types any of the patterns (each as ``valid_pattern`` takes) matches."""
+    return [
+        t for t in EVENT_TYPES
+        if any(p in ("*", t) or (p.endswith(".*") and t.startswith(p[:-1])) for p in patterns)
+    ]  # fmt: skip

@@ -76,3 +76,38 @@ async def test_events_after_an_event(client: httpx.AsyncClient) -> None:
     unknown = await client.get("/v1/events?after=evt_nope", headers=w.admin)
     assert unknown.status_code == 422
     assert unknown.json()["errors"][0]["field"] == "after"
+
+
+async def test_events_by_type_and_pattern_as_endpoints_subscribe(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    await w.pay(loan["id"], "50.00", "2026-01-20")
+    feed = (await w.get("/v1/events?limit=200", headers=w.admin))["items"]
+
+    async def types(query: str) -> list[str]:
+        page = await w.get(f"/v1/events?limit=200&type={query}", headers=w.admin)
+        return [e["type"] for e in page["items"]]
+
+    assert await types("loan.created") == ["loan.created"]
+    assert await types("payment.*") == [e["type"] for e in feed if e["type"].startswith("pay")]
+    assert await types("loan.created,payment.received") == [
+        e["type"] for e in feed if e["type"] in ("loan.created", "payment.received")
+    ]
+    assert await types("*") == [e["type"] for e in feed]
+    for bad in ("bogus", "loan.created,nope.*", "loan"):
+        refused = await client.get(f"/v1/events?type={bad}", headers=w.admin)
+        assert refused.status_code == 422, bad
+        assert refused.json()["errors"][0]["field"] == "type"
+
+
+async def test_the_event_feed_is_polled_with_an_etag(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    await w.loan(principal="1200.00")
+    first = await client.get("/v1/events", headers=w.admin)
+    etag = first.headers["etag"]
+    same = await client.get("/v1/events", headers={**w.admin, "If-None-Match": etag})
+    assert same.status_code == 304
+    await w.loan(principal="1200.00")
+    moved = await client.get("/v1/events", headers={**w.admin, "If-None-Match": etag})
+    assert moved.status_code == 200
+    assert len(moved.json()["items"]) == len(first.json()["items"]) + 1
