@@ -53,11 +53,14 @@ async def list_loans(
     merchant_id: Annotated[str | None, Query(max_length=40)] = None,
     borrower_id: Annotated[str | None, Query(max_length=40)] = None,
     flag: Annotated[FlagCode | None, Query(description="loans with this flag open")] = None,
+    merchant_order_ref: Annotated[
+        str | None, Query(max_length=100, description="the POS's order: its loan, if any")
+    ] = None,
 ) -> Response:
     """Dashboards poll this by bucket or flag: ``ETag``, and 304 on ``If-None-Match``."""
     views = await service.list_loans(
         session, principal, page=page, status=status, bucket=bucket, merchant_id=merchant_id,
-        borrower_id=borrower_id, flag=flag,
+        borrower_id=borrower_id, flag=flag, merchant_order_ref=merchant_order_ref,
     )  # fmt: skip
     return cached(request, page_of(views, page, loan_read, key=_loan_id))
 

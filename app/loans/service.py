@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Table, bindparam, exists, select
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app import clock
@@ -86,9 +86,11 @@ _NO_INSTALLMENT_DATES = {"late_fee_assessed_on": None, "reminded_on": None}
 # round trip of origination.
 _ORIGINATION_CHECKS = select(
     borrowers_service.exposure_column(),
-    exists().where(
+    select(Loan.id)
+    .where(
         Loan.merchant_id == bindparam("merchant_id"), Loan.merchant_order_ref == bindparam("ref")
-    ),
+    )
+    .scalar_subquery(),
     delinquency.business_date_column(),
 )
 
@@ -248,9 +250,11 @@ async def create_loan(
             f"{format_minor(borrower.credit_limit_minor, product.currency)}, exposure "
             f"{format_minor(exposure, product.currency)})"
         )
-    if taken:
+    if taken is not None:
+        # The POS whose answer was lost finds its loan here, or by the same filter on the list.
         raise DuplicateMerchantOrderRef(
-            f"merchant order {merchant_order_ref} already has a loan at this merchant"
+            f"merchant order {merchant_order_ref} already has loan {taken} at this merchant "
+            f"(GET /v1/loans?merchant_order_ref={merchant_order_ref})"
         )
 
     schedule = build_schedule(
@@ -391,6 +395,7 @@ async def list_loans(
     merchant_id: str | None = None,
     borrower_id: str | None = None,
     flag: str | None = None,
+    merchant_order_ref: str | None = None,
 ) -> list[LoanView]:
     principal.require(Role.MERCHANT, Role.DASHBOARD)
     query = select(Loan).order_by(Loan.id).limit(page.limit + 1)
@@ -401,6 +406,8 @@ async def list_loans(
         query = query.where(Loan.borrower_id == borrower_id)
     if merchant_id is not None:
         query = query.where(Loan.merchant_id == merchant_id)
+    if merchant_order_ref is not None:
+        query = query.where(Loan.merchant_order_ref == merchant_order_ref)
     if status is not None:
         query = query.where(Loan.status == status)
     if bucket is not None:

@@ -133,7 +133,8 @@ async def test_term_not_offered_and_unknown_product(client: httpx.AsyncClient) -
 
 async def test_duplicate_merchant_order_ref_is_refused(client: httpx.AsyncClient) -> None:
     w = await world(client)
-    await w.loan(merchant_order_ref="ORD-7")
+    first = await w.loan(merchant_order_ref="ORD-7")
+    await w.loan(merchant_order_ref="ORD-8")
     borrower = await w.borrower()
     response = await w.post("/v1/loans", {
         "borrower_id": borrower["id"], "product_code": w.product_code, "principal": "100.00",
@@ -141,7 +142,13 @@ async def test_duplicate_merchant_order_ref_is_refused(client: httpx.AsyncClient
     })  # fmt: skip
     assert response.status_code == 409
     assert response.json()["code"] == "duplicate_merchant_order_ref"
-    assert await count(Loan) == 1
+    assert first["id"] in response.json()["detail"]
+    assert await count(Loan) == 2
+    # A POS whose answer was lost finds the loan of its order.
+    found = await w.get("/v1/loans?merchant_order_ref=ORD-7")
+    assert [loan["id"] for loan in found["items"]] == [first["id"]]
+    other = await world(client)
+    assert (await other.get("/v1/loans?merchant_order_ref=ORD-7"))["items"] == []
 
 
 async def test_cancel_before_any_payment(client: httpx.AsyncClient) -> None:
