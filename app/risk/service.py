@@ -566,20 +566,24 @@ async def evaluate_loans(
         if loan_id is not None
         else delinquency.in_range(flag.c.loan_id, low, high)
     )
-    # Only what the diff needs: evidence (JSON) is read back for the few flags cleared.
-    open_query = select(flag.c.id, flag.c.loan_id, flag.c.code, flag.c.severity).where(
-        flags_of, flag.c.status == FlagStatus.OPEN.value
-    )
+    # Only what the diff needs (the rest is read back for the flags cleared).
+    open_query = select(
+        flag.c.id, flag.c.loan_id, flag.c.code, flag.c.severity, flag.c.evidence
+    ).where(flags_of, flag.c.status == FlagStatus.OPEN.value)
     open_flags = {(f.loan_id, f.code): f for f in await session.execute(open_query)}
     # Bulk writes: a first close over a large book raises hundreds of thousands of flags.
     ending = [f.id for key, f in open_flags.items() if key not in wanted]
-    escalated = [
+    # A flag still open is restated when its severity or its evidence's facts moved (a third
+    # failed debit, one delinquent loan fewer), not for a day's more lateness.
+    restated = [
         {"id": f.id, "severity": wanted[key][0].value,
          "evidence": _evidence(wanted[key][1], as_of)}
         for key, f in open_flags.items()
-        if key in wanted and wanted[key][0] != f.severity
+        if key in wanted and (wanted[key][0] != f.severity
+                              or _facts(wanted[key][1]) != _facts(f.evidence))
     ]  # fmt: skip
     previous_severity = {f.id: f.severity for f in open_flags.values()}
+    escalated = [f["id"] for f in restated if f["severity"] != previous_severity[f["id"]]]
     # What every flag raised now shares is bound once, not per flag.
     opened = {"status": FlagStatus.OPEN.value, "raised_on": as_of, "cleared_on": None,
               "rules_version": version, "acknowledged": False, "acknowledged_at": None,
@@ -599,14 +603,14 @@ async def evaluate_loans(
             .values(status=FlagStatus.CLEARED.value, cleared_on=as_of)
             .returning(*flag.c)
         )
-    await update_rows(session, flag, "id", escalated)
+    await update_rows(session, flag, "id", restated)
     await insert_rows(session, flag, raised, same=opened)
     await _emit_flag_events(
         session,
         [*[("risk.flag_cleared", f._mapping) for f in cleared],
          *[("risk.flag_raised", ChainMap(f, opened)) for f in raised]],
     )  # fmt: skip
-    await _emit_severity_changes(session, [f["id"] for f in escalated], previous_severity)
+    await _emit_severity_changes(session, escalated, previous_severity)
     await portfolio.record_flag_changes(
         session,
         opened=[(f["loan_id"], f["code"]) for f in raised],
@@ -617,7 +621,7 @@ async def evaluate_loans(
     open_now = [(loan, code, severity.value) for (loan, code), (severity, _, _) in wanted.items()]
     await grades.score_loans(session, as_of, rows, open_now, flags_of)
     return {"loans_evaluated": len(rows), "flags_raised": len(raised),
-            "flags_cleared": len(cleared), "flags_changed": len(escalated)}  # fmt: skip
+            "flags_cleared": len(cleared), "flags_changed": len(restated)}  # fmt: skip
 
 
 async def evaluate_overnight(
@@ -687,6 +691,15 @@ def _day(value: date | str | None) -> str | None:
 
 def _evidence(evidence: dict[str, object], as_of: date) -> dict[str, object]:
     return {**evidence, "as_of": as_of.isoformat()}
+
+
+# Evidence that grows by itself every day the condition holds.
+_DAILY = frozenset({"as_of", "days_late", "days_past_due"})
+
+
+def _facts(evidence: Mapping[str, object]) -> dict[str, object]:
+    """The evidence but for what changes every day: what a restatement is worth writing for."""
+    return {key: value for key, value in evidence.items() if key not in _DAILY}
 
 
 # PostgreSQL builds a flag's event from its row: a first close emits hundreds of thousands,

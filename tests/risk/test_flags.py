@@ -195,7 +195,16 @@ async def test_failed_debits(client: httpx.AsyncClient) -> None:
     assert (flag["severity"], flag["evidence"]["failed_debits"]) == ("medium", 2)
     assert flag["evidence"]["latest_failed_debit_id"].startswith("fdb_")
     assert flag["evidence"]["latest_attempted_on"] == "2026-01-10"
-    await close(w, "2026-02-09")  # both now more than 30 days back
+    await failed_debit(3, "2026-01-10")  # the same flag, its facts restated
+    third = (await flags(w, loan_id))["failed_debits"]
+    assert (third["id"], third["severity"], third["raised_on"]) == (
+        flag["id"],
+        "medium",
+        flag["raised_on"],
+    )
+    assert third["evidence"]["failed_debits"] == 3
+    assert third["evidence"]["latest_failed_debit_id"] > flag["evidence"]["latest_failed_debit_id"]
+    await close(w, "2026-02-09")  # all three now more than 30 days back
     assert "failed_debits" not in await flags(w, loan_id)
 
 
