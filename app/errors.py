@@ -1,7 +1,7 @@
 """The root error and the one problem+json (RFC 9457) renderer."""
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,6 +21,7 @@ class LoanwatchError(Exception):
     status: int = 400
     code: str = "bad_request"
     title: str = "Bad request"
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
@@ -44,6 +45,8 @@ class Unauthorized(LoanwatchError):
     status = 401
     code = "unauthorized"
     title = "Unauthorized"
+    # RFC 9110: a 401 names the scheme it wants (RFC 6750 for bearer tokens).
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": 'Bearer realm="loanwatch"'}
 
 
 class Forbidden(LoanwatchError):
@@ -99,7 +102,7 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
 async def _loanwatch_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, LoanwatchError)
-    return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors)
+    return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors, exc.headers)
 
 
 def _field_error(error: Any) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.responses import POLLED, cached
 from app.borrowers import service
 from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
 
@@ -32,12 +33,13 @@ async def list_borrowers(
     return page_of(views, page, BorrowerRead.from_view, key=lambda v: v.borrower.id)
 
 
-@router.get("/{borrower_id}", response_model=BorrowerRead)
+@router.get("/{borrower_id}", response_model=BorrowerRead, responses=POLLED)
 async def get_borrower(
-    borrower_id: str, session: SessionDep, principal: ReaderPrincipal
-) -> BorrowerRead:
+    borrower_id: str, request: Request, session: SessionDep, principal: ReaderPrincipal
+) -> Response:
+    """Collections poll a borrower's flags and limit: ``ETag``, and 304 on ``If-None-Match``."""
     view = await service.view_borrower(session, principal, borrower_id=borrower_id)
-    return BorrowerRead.from_view(view)
+    return cached(request, BorrowerRead.from_view(view))
 
 
 @router.patch("/{borrower_id}", response_model=BorrowerRead)

@@ -1,7 +1,8 @@
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, SessionDep
 from app.api.fields import IsoDate
+from app.api.responses import POLLED, cached
 from app.close import service
 from app.close.models import CloseStatus
 from app.close.schemas import BusinessDateRead, CloseRunCreate, CloseRunRead
@@ -28,17 +29,25 @@ async def create_close_run(
     return CloseRunRead.from_model(run)
 
 
-@router.get("/v1/close-runs/{as_of}", response_model=CloseRunRead)
+@router.get("/v1/close-runs/{as_of}", response_model=CloseRunRead, responses=POLLED)
 async def get_close_run(
-    as_of: IsoDate, session: SessionDep, principal: DashboardPrincipal
-) -> CloseRunRead:
-    return CloseRunRead.from_model(await service.get_run(session, principal, as_of=as_of))
+    as_of: IsoDate, request: Request, session: SessionDep, principal: DashboardPrincipal
+) -> Response:
+    """Polled while the close runs: ``ETag``, and 304 on ``If-None-Match``."""
+    run = await service.get_run(session, principal, as_of=as_of)
+    return cached(request, CloseRunRead.from_model(run))
 
 
-@router.get("/v1/business-date", response_model=BusinessDateRead)
-async def get_business_date(session: SessionDep, principal: DashboardPrincipal) -> BusinessDateRead:
+@router.get("/v1/business-date", response_model=BusinessDateRead, responses=POLLED)
+async def get_business_date(
+    request: Request, session: SessionDep, principal: DashboardPrincipal
+) -> Response:
+    """Dashboards poll this for the night's close: ``ETag``, and 304 on ``If-None-Match``."""
     run = await service.latest_run(session)
-    return BusinessDateRead(
-        business_date=await delinquency.business_date(session),
-        last_close_run=CloseRunRead.from_model(run) if run else None,
+    return cached(
+        request,
+        BusinessDateRead(
+            business_date=await delinquency.business_date(session),
+            last_close_run=CloseRunRead.from_model(run) if run else None,
+        ),
     )

@@ -1,7 +1,8 @@
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AdminPrincipal, DashboardPrincipal, SessionDep
+from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.openapi import inlined_schema, required_header
+from app.api.pagination import Page, page_of
 from app.gateways import service
 from app.gateways.schemas import (
     GatewayCreate,
@@ -42,10 +43,15 @@ async def register_gateway(
     return GatewayCreated(name=gateway.name, created_at=gateway.created_at, secret=gateway.secret)
 
 
-@router.get("/v1/gateways", response_model=list[GatewayRead])
-async def list_gateways(session: SessionDep, principal: DashboardPrincipal) -> list[GatewayRead]:
-    gateways = await service.list_gateways(session, principal)
-    return [GatewayRead(name=g.name, created_at=g.created_at) for g in gateways]
+@router.get("/v1/gateways", response_model=Page[GatewayRead])
+async def list_gateways(
+    session: SessionDep, principal: DashboardPrincipal, page: PageDep
+) -> Page[GatewayRead]:
+    gateways = await service.list_gateways(session, principal, page=page)
+    return page_of(
+        gateways, page, lambda g: GatewayRead(name=g.name, created_at=g.created_at),
+        key=lambda g: g.name,
+    )  # fmt: skip
 
 
 @router.post(

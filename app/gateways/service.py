@@ -10,6 +10,7 @@ from standardwebhooks import Webhook
 
 from app import clock
 from app.api.auth import Principal
+from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.db import utc_now
 from app.delinquency import service as delinquency
@@ -40,6 +41,7 @@ class GatewayNotFound(NotFound):
 
 class InvalidSignature(Unauthorized):
     code = "invalid_signature"
+    headers = None  # a signature, not a bearer token: no scheme to name
 
 
 class WebhookIdReused(InvalidRequest):
@@ -61,9 +63,14 @@ async def register(session: AsyncSession, principal: Principal, *, name: str) ->
     return gateway
 
 
-async def list_gateways(session: AsyncSession, principal: Principal) -> list[Gateway]:
+async def list_gateways(
+    session: AsyncSession, principal: Principal, *, page: PageParams
+) -> list[Gateway]:
     principal.require(Role.DASHBOARD)
-    return list(await session.scalars(select(Gateway).order_by(Gateway.name)))
+    query = select(Gateway).order_by(Gateway.name).limit(page.limit + 1)
+    if page.after_id:
+        query = query.where(Gateway.name > page.after_id)
+    return list(await session.scalars(query))
 
 
 async def receive(

@@ -73,21 +73,21 @@ async def list_borrower_loans(
     return page_of(views, page, loan_read, key=_loan_id)
 
 
-@router.get("/v1/loans/{loan_id}", response_model=LoanRead)
-async def get_loan(loan_id: str, principal: ReaderPrincipal) -> Response:
+@router.get("/v1/loans/{loan_id}", response_model=LoanRead, responses=POLLED)
+async def get_loan(loan_id: str, request: Request, principal: ReaderPrincipal) -> Response:
     # The read's connection is opened here rather than by a dependency: a generator
     # dependency's exit stack was a tenth of this route's CPU (bench/http_load.py), and the
     # connection goes back to the pool before the response is rendered.
     async with database.read_connection() as connection:
         view = await service.read_loan(connection, principal, loan_id=loan_id)
-    return json_response(loan_read(view))
+    return cached(request, loan_read(view))
 
 
-@router.get("/v1/loans/{loan_id}/schedule", response_model=ScheduleRead)
-async def get_schedule(loan_id: str, principal: ReaderPrincipal) -> Response:
+@router.get("/v1/loans/{loan_id}/schedule", response_model=ScheduleRead, responses=POLLED)
+async def get_schedule(loan_id: str, request: Request, principal: ReaderPrincipal) -> Response:
     async with database.read_connection() as connection:
         view = await service.read_loan(connection, principal, loan_id=loan_id)
-    return json_response(schedule_read(view))
+    return cached(request, schedule_read(view))
 
 
 @router.post("/v1/loans/{loan_id}/cancel", response_model=LoanRead)

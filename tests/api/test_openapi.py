@@ -102,8 +102,11 @@ async def test_errors_have_the_documented_shape(client: httpx.AsyncClient) -> No
 
 async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClient) -> None:
     document = (await client.get("/openapi.json")).json()
-    polled = ["/v1/loans", "/v1/risk/flags", *(f"/v1/portfolio/{view}" for view in
-              ("summary", "roll-rates", "vintages", "segments"))]  # fmt: skip
+    polled = ["/v1/loans", "/v1/risk/flags", "/v1/loans/{loan_id}", "/v1/loans/{loan_id}/schedule",
+              "/v1/borrowers/{borrower_id}", "/v1/events", "/v1/business-date",
+              "/v1/close-runs/{as_of}",
+              *(f"/v1/portfolio/{view}" for view in
+                ("summary", "roll-rates", "vintages", "segments"))]  # fmt: skip
     for path in polled:
         responses = document["paths"][path]["get"]["responses"]
         assert "304" in responses, path

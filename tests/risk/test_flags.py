@@ -552,7 +552,11 @@ async def test_polled_lists_answer_304_until_they_change(client: httpx.AsyncClie
     w = await setup(client)
     loan_id = await loan(w)
     await close(w, "2026-02-20")
-    for path in ("/v1/risk/flags?status=open", "/v1/loans?flag=first_payment_default"):
+    borrower_id = (await w.get(f"/v1/loans/{loan_id}"))["borrower_id"]
+    for path in ("/v1/risk/flags?status=open", "/v1/loans?flag=first_payment_default",
+                 f"/v1/loans/{loan_id}", f"/v1/loans/{loan_id}/schedule",
+                 f"/v1/borrowers/{borrower_id}", "/v1/business-date",
+                 "/v1/close-runs/2026-02-20"):  # fmt: skip
         first = await client.get(path, headers=w.admin)
         etag = first.headers["etag"]
         assert first.headers["cache-control"] == "private, no-cache"
@@ -564,6 +568,11 @@ async def test_polled_lists_answer_304_until_they_change(client: httpx.AsyncClie
                                headers={**w.admin, "If-None-Match": flags_tag})  # fmt: skip
     assert changed.status_code == 200
     assert changed.headers["etag"] != flags_tag
+    # The paid loan reads anew.
+    loan_tag = (await client.get(f"/v1/loans/{loan_id}", headers=w.admin)).headers["etag"]
+    await w.pay(loan_id, "10.00", "2026-02-20")
+    paid = await client.get(f"/v1/loans/{loan_id}", headers={**w.admin, "If-None-Match": loan_tag})
+    assert paid.status_code == 200
 
 
 async def test_cancelling_a_loan_clears_its_flags(client: httpx.AsyncClient) -> None:

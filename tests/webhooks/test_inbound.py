@@ -51,6 +51,17 @@ async def count(model: type) -> int:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 
+async def test_gateways_are_listed_a_page_at_a_time(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    for name in ("wechat", "alipay", "unionpay"):
+        await gateway(w, name)
+    first = await w.get("/v1/gateways?limit=2", headers=w.admin)
+    assert [g["name"] for g in first["items"]] == ["alipay", "unionpay"]
+    assert "secret" not in first["items"][0]
+    rest = await w.get(f"/v1/gateways?limit=2&cursor={first['next_cursor']}", headers=w.admin)
+    assert ([g["name"] for g in rest["items"]], rest["next_cursor"]) == (["wechat"], None)
+
+
 async def test_a_succeeded_debit_records_a_payment_once(client: httpx.AsyncClient) -> None:
     w = await world(client)
     secret = await gateway(w)
