@@ -273,6 +273,15 @@ async def create_loan(
         first_due_date,
         anchor_day,
     )
+    # An installment of 0.00 is no promise to pay: it would be "paid" on its due date by
+    # nothing, and count as a settled period to the risk rules.
+    empty = [s.seq for s in schedule if s.principal_minor + s.interest_minor + s.fees_minor == 0]
+    if empty:
+        raise InvalidRequest.field(
+            "principal",
+            f"{principal_amount} over {term} installments leaves installment {empty[0]} with "
+            "nothing to pay: lend more, or over fewer installments",
+        )
     now = utc_now()
     loan = Loan(
         id=new_id("loan"),

@@ -128,7 +128,12 @@ async def test_term_not_offered_and_unknown_product(client: httpx.AsyncClient) -
     response = await w.post("/v1/loans", {**base, "term": 6, "product_code": "NOPE"})
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "product_code"
+    # Too little to spread: some installment would ask for 0.00.
+    response = await w.post("/v1/loans", {**base, "term": 12, "principal": "0.11"})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "principal"
     assert await count(Loan) == 0
+    assert (await w.post("/v1/loans", {**base, "term": 12, "principal": "0.12"})).status_code == 201
 
 
 async def test_duplicate_merchant_order_ref_is_refused(client: httpx.AsyncClient) -> None:
