@@ -1,7 +1,7 @@
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
@@ -33,6 +33,10 @@ class Payment(Base):
     status: Mapped[str] = mapped_column(String(10))
     reversal_reason: Mapped[str | None] = mapped_column(String(12))
     reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # How the payment stood applied when it was reversed (installment_seq and the minor units
+    # of fees, interest, principal): the replay rewrites the allocations, reconciliation
+    # still needs to see where the bounced money had gone.
+    allocation_at_reversal: Mapped[list[dict[str, int]] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 

@@ -55,6 +55,9 @@ class PaymentRead(BaseModel):
     reversal_reason: ReversalReason | None
     reversed_at: datetime | None
     allocation: list[AllocationRead]
+    reversed_allocation: list[AllocationRead] | None = Field(
+        description="a reversed payment: how it stood applied when it was reversed"
+    )
     loan: LoanAfterPayment | None = None
     created_at: datetime
 
@@ -86,14 +89,15 @@ def payment_read(view: "PaymentView") -> PaymentRead:
         reversal_reason=ReversalReason(p.reversal_reason) if p.reversal_reason else None,
         reversed_at=p.reversed_at,
         allocation=[
-            AllocationRead(
-                installment_seq=a.installment_seq,
-                fees=format_minor(a.fees_minor, cur),
-                interest=format_minor(a.interest_minor, cur),
-                principal=format_minor(a.principal_minor, cur),
-            )
+            _allocation_read(a.installment_seq, a.fees_minor, a.interest_minor,
+                             a.principal_minor, cur)
             for a in view.allocations
         ],
+        reversed_allocation=(
+            [_allocation_read(**a, currency=cur) for a in p.allocation_at_reversal]
+            if p.allocation_at_reversal is not None
+            else None
+        ),
         loan=(
             LoanAfterPayment(status=LoanStatus(view.loan.loan.status),
                              balances=balances_read(view.loan))
@@ -110,4 +114,18 @@ def transaction_read(t: LedgerTransaction) -> TransactionRead:
         amount=format_minor(t.amount_minor, t.currency), currency=t.currency,
         effective_on=t.effective_on, payment_id=t.payment_id, installment_seq=t.installment_seq,
         note=t.note, created_at=t.created_at,
+    )  # fmt: skip
+
+
+def _allocation_read(
+    installment_seq: int,
+    fees_minor: int,
+    interest_minor: int,
+    principal_minor: int,
+    currency: str,
+) -> AllocationRead:
+    return AllocationRead(
+        installment_seq=installment_seq, fees=format_minor(fees_minor, currency),
+        interest=format_minor(interest_minor, currency),
+        principal=format_minor(principal_minor, currency),
     )  # fmt: skip

@@ -163,6 +163,15 @@ async def reverse_payment(
     payment.status = PaymentStatus.REVERSED
     payment.reversal_reason = reason
     payment.reversed_at = utc_now()
+    payment.allocation_at_reversal = [
+        {"installment_seq": a.installment_seq, "fees_minor": a.fees_minor,
+         "interest_minor": a.interest_minor, "principal_minor": a.principal_minor}
+        for a in await session.scalars(
+            select(PaymentAllocation)
+            .where(PaymentAllocation.payment_id == payment.id)
+            .order_by(PaymentAllocation.installment_seq)
+        )
+    ]  # fmt: skip
     _ledger(session, loan, TransactionKind.REVERSAL, payment, note=reason)
     installments = await loans_service.load_installments(session, loan.id)
     remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]

@@ -114,6 +114,10 @@ async def test_reversal_replays_later_payments(client: httpx.AsyncClient) -> Non
     reversed_ = await w.post(f"/v1/payments/{first['id']}/reverse", {"reason": "nsf"}, expect=200)
     assert reversed_.json()["status"] == "reversed"
     assert reversed_.json()["reversal_reason"] == "nsf"
+    # Nothing of it is applied now; where it had gone stays on record for reconciliation.
+    for shown in (reversed_.json(), await w.get(f"/v1/payments/{first['id']}")):
+        assert (shown["allocation"], shown["reversed_allocation"]) == ([], first["allocation"])
+    assert second["reversed_allocation"] is None
     # The second payment (408.00) now goes to installment 1 (412.00, oldest due first).
     again = await w.get(f"/v1/payments/{second['id']}")
     assert again["allocation"] == [
