@@ -17,7 +17,7 @@ async def create_borrower(
 ) -> BorrowerRead:
     view = await service.create_borrower(
         session, principal, external_id=body.external_id, name=body.name, phone=body.phone,
-        monthly_income=body.monthly_income, merchant_id=body.merchant_id,
+        monthly_income=body.monthly_income, merchant_id=body.merchant_id, currency=body.currency,
     )  # fmt: skip
     return BorrowerRead.from_view(view)
 

@@ -22,6 +22,10 @@ class BorrowerCreate(BaseModel):
     merchant_id: str | None = Field(
         default=None, max_length=40, description="Admin keys only; a merchant key implies its own."
     )
+    currency: str | None = Field(
+        default=None, pattern=r"^[A-Z]{3}$",
+        description="ISO 4217, of the limit, the income and every loan (default: the service's)",
+    )  # fmt: skip
 
 
 class BorrowerUpdate(BaseModel):

@@ -59,3 +59,23 @@ async def test_bad_list_parameters_are_refused(client: httpx.AsyncClient) -> Non
         response = await client.get(f"/v1/borrowers?{query}", headers=w.merchant)
         assert response.status_code == 422, query
         assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_a_borrower_borrows_in_their_own_currency(client: httpx.AsyncClient) -> None:
+    w = await world(client, currency="JPY", late_fee={"kind": "fixed", "amount": "500"})
+    yen = await w.borrower(currency="JPY", monthly_income="300000")
+    assert (yen["currency"], yen["credit_limit"]) == ("JPY", "50000")
+    loan = await w.loan(yen["id"], principal="12000")
+    assert (loan["currency"], loan["principal"]) == ("JPY", "12000")
+    assert (await w.get(f"/v1/borrowers/{yen['id']}"))["exposure"] == "12000"
+    # A borrower in the service's currency cannot take a loan in another.
+    yuan = await w.borrower()
+    mismatch = await w.post("/v1/loans", {"borrower_id": yuan["id"], "product_code": w.product_code,
+                                          "principal": "12000", "term": 12,
+                                          "merchant_order_ref": "jpy-1"})  # fmt: skip
+    assert (mismatch.status_code, mismatch.json()["code"]) == (422, "currency_mismatch")
+    for currency, field in (("XXX", "currency"), ("jpy", "currency")):
+        bad = await w.post("/v1/borrowers", {"external_id": "c-x", "name": "Sato",
+                                             "phone": "+819012345678", "currency": currency})  # fmt: skip
+        assert bad.status_code == 422, currency
+        assert bad.json()["errors"][0]["field"] == field
