@@ -238,8 +238,11 @@ async def test_event_type_filters(client: httpx.AsyncClient) -> None:
 
 async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> None:
     w = await world(client)
-    with receiving() as receiver:
+    with receiving() as receiver, receiving() as bystander:
         hook = await endpoint(w, receiver.url)
+        # Subscribed to everything, yet no other endpoint's test is ever its to receive.
+        other = await endpoint(w, bystander.url)
+        before_test = utc_now().isoformat()
         sent = await w.post(f"/v1/webhook-endpoints/{hook['id']}/test", None, headers=w.admin,
                             expect=202)  # fmt: skip
         await deliver()
@@ -259,6 +262,10 @@ async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> 
         assert recovered.json()["deliveries"] == 1
         await deliver()
         assert receiver.received[-1].verified(hook["secret"])["type"] == "loan.created"
+        await w.post(f"/v1/webhook-endpoints/{other['id']}/recover", {"since": before_test},
+                     headers=w.admin, expect=202)  # fmt: skip
+        await deliver()
+        assert {r.verified(other["secret"])["type"] for r in bystander.received} == {"loan.created"}
     # An offset that takes the time off the calendar in UTC is a 422, not a 500.
     for bad in ("0001-01-01T00:00:00+14:00", "not a time"):
         refused = await w.post(f"/v1/webhook-endpoints/{hook['id']}/recover", {"since": bad},
