@@ -111,7 +111,9 @@ def _field_error(error: Any) -> dict[str, Any]:
         # JSON parsing gives none.
         at = f" (at character {error['loc'][-1]})" if len(error["loc"]) > 1 else ""
         return {"field": "body", "message": f"not valid JSON{at}", "type": "json_invalid"}
-    return {"field": _field_path(tuple(error["loc"])) or "body", "message": error["msg"],
+    # Our own validators' messages are written for the client: without Pydantic's prefix.
+    message = error["msg"].removeprefix("Value error, ")
+    return {"field": _field_path(tuple(error["loc"])) or "body", "message": message,
             "type": error["type"]}  # fmt: skip
 
 

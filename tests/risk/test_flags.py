@@ -275,6 +275,9 @@ async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) 
     bad = await client.put("/v1/risk/rules", json={**rules, "first_payment_default_high_days": 4},
                            headers=w.admin)  # fmt: skip
     assert bad.status_code == 422
+    assert bad.json()["errors"][0]["message"] == (
+        "first_payment_default_high_days must be >= first_payment_default_days"
+    )
     # A JSON true is no threshold of 1, a count no string, and the ratio no JSON number.
     for field, value in (("first_payment_default_days", True), ("never_paid_dpd", "30"),
                          ("partial_payment_ratio", 0.75)):  # fmt: skip
