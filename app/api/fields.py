@@ -45,6 +45,16 @@ Reference = Annotated[
 ]
 
 
+def _named(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must name something: not only spaces")
+    return value
+
+
+# A merchant's, a borrower's or a product's name, shown to people: blank is no name.
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_named)]
+
+
 # Pydantic takes a number, or a string of digits, for seconds since 1970: a POS sending
 # 20261203 would book 1970-08-23. Dates and instants arrive as text, per SPEC.md.
 # A business date is the date alone: Pydantic would also take "2026-12-01T00:00:00-05:00".

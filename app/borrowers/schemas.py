@@ -3,7 +3,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import MoneyStr
+from app.api.fields import MoneyStr, Name
 from app.money import format_minor
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ class BorrowerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     external_id: str = Field(min_length=1, max_length=100)
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     phone: Phone
     monthly_income: MoneyStr | None = None
     merchant_id: str | None = Field(

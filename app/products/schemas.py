@@ -5,7 +5,7 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from app.api.fields import MoneyStr, RateStr
+from app.api.fields import MoneyStr, Name, RateStr
 from app.loans.schedule import MAX_TERM, Amortization, FeeCollection
 from app.money import Rounding, format_minor, format_rate
 from app.products.models import Product
@@ -52,7 +52,7 @@ class ProductCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     code: ProductCode
-    name: str = Field(min_length=1, max_length=200)
+    name: Name
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     annual_interest_rate: RateStr
     amortization: Amortization

@@ -146,6 +146,7 @@ BAD_PRODUCTS: list[tuple[dict[str, Any], str]] = [
         "installment_multiple_of",
     ),
     ({"code": "has space"}, "code"),
+    ({"name": "   "}, "name"),
     ({"term_options": ["12"]}, "term_options"),
     ({"grace_days": "3"}, "grace_days"),
     ({"grace_days": True}, "grace_days"),
@@ -172,9 +173,11 @@ async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> Non
     before = await row_counts()
     good = {"external_id": "c", "name": "A", "phone": "+8613800138000"}
     for override in ({"phone": "call me"}, {"monthly_income": 8000}, {"monthly_income": "-1"},
-                     {"external_id": ""}, {"name": "x" * 300}):  # fmt: skip
+                     {"external_id": ""}, {"name": "x" * 300}, {"name": " \t "}):  # fmt: skip
         response = await w.post("/v1/borrowers", {**good, **override})
         assert response.status_code == 422, (override, response.text)
+    blank = await w.post("/v1/merchants", {"name": "  "}, headers=w.admin)
+    assert (blank.status_code, blank.json()["errors"][0]["field"]) == (422, "name")
     assert await row_counts() == before
 
 
