@@ -275,6 +275,9 @@ async def send_test_event(
 
     principal.require(Role.ADMIN)
     view = await _load(session, endpoint_id)
+    if not view.endpoint.enabled:
+        # Nothing is sent to a disabled endpoint: a test accepted now would never arrive.
+        raise InvalidRequest.field("enabled", "enable the endpoint before testing it")
     event_id = await events.emit(
         session,
         "webhook.test",

@@ -194,6 +194,9 @@ async def test_410_gone_disables_at_once(client: httpx.AsyncClient) -> None:
         got = await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin)
         assert got["enabled"] is False
         assert "410" in got["disabled_reason"]
+        # A test sent now would never arrive: refused, rather than accepted and lost.
+        test = await client.post(f"/v1/webhook-endpoints/{hook['id']}/test", headers=w.admin)
+        assert (test.status_code, test.json()["errors"][0]["field"]) == (422, "enabled")
 
 
 async def test_secret_rotation_signs_with_both_during_the_overlap(
