@@ -342,6 +342,8 @@ async def _record(outcomes: Sequence[Outcome], now: datetime) -> None:
 async def _record_existing(
     session: AsyncSession, outcomes: Sequence[Outcome], now: datetime
 ) -> None:
+    """Each attempt, each delivery's next state (delivered, retried later, failed) and its
+    endpoint's health, for endpoints that still exist and are locked by the caller."""
     if not outcomes:
         return
     settings = get_settings()
