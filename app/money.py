@@ -93,6 +93,18 @@ def setting_to_minor(amount: Decimal, currency: str) -> int:
     return int(amount.scaleb(minor_digits(currency)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
+def request_currency(currency: str | None) -> str:
+    """A request's currency, the service's default when it names none, or a 422 on
+    ``currency`` when Loanwatch does not support it."""
+    from app.config import get_settings
+    from app.errors import InvalidRequest
+
+    currency = currency or get_settings().default_currency
+    if currency not in MINOR_DIGITS:
+        raise InvalidRequest.field("currency", f"{currency} is not a supported currency")
+    return currency
+
+
 def parse_amount(field: str, amount: str, currency: str, *, allow_zero: bool = False) -> int:
     """A request's money field in minor units, or a 422 naming the field."""
     from app.config import get_settings

@@ -19,7 +19,7 @@ from app.events import service as events
 from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan
 from app.merchants import service as merchants_service
-from app.money import MINOR_DIGITS, format_minor, parse_amount, setting_to_minor
+from app.money import format_minor, parse_amount, request_currency, setting_to_minor
 from app.products.models import Product
 from app.risk.models import FlagStatus, RiskFlag
 
@@ -84,9 +84,7 @@ async def create_borrower(
     service's); a borrower borrows in one currency."""
     principal.require(Role.MERCHANT)
     merchant_id = await _merchant_for_new_borrower(session, principal, merchant_id)
-    currency = currency or get_settings().default_currency
-    if currency not in MINOR_DIGITS:
-        raise InvalidRequest.field("currency", f"{currency} is not a supported currency")
+    currency = request_currency(currency)
     income = (
         parse_amount("monthly_income", monthly_income, currency, allow_zero=True)
         if monthly_income is not None

@@ -23,19 +23,15 @@ EVENT_TYPES = (
     "webhook.test",
 )
 
-PREFIXES = sorted({t.split(".")[0] for t in EVENT_TYPES})
-
-
-def valid_pattern(pattern: str) -> bool:
-    """An exact type, ``<prefix>.*`` or ``*``."""
-    if pattern == "*" or pattern in EVENT_TYPES:
-        return True
-    return pattern.endswith(".*") and pattern[:-2] in PREFIXES
-
 
 def matching(patterns: list[str]) -> list[str]:
-    """The event types any of the patterns (each as ``valid_pattern`` takes) matches."""
+    """The event types any of the patterns matches: an exact type, ``<prefix>.*`` or ``*``."""
     return [
         t for t in EVENT_TYPES
         if any(p in ("*", t) or (p.endswith(".*") and t.startswith(p[:-1])) for p in patterns)
     ]  # fmt: skip
+
+
+def valid_pattern(pattern: str) -> bool:
+    """A pattern that matches some event type."""
+    return bool(matching([pattern]))

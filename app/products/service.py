@@ -6,10 +6,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
-from app.config import get_settings
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.loans.schedule import Amortization
-from app.money import MINOR_DIGITS, Rounding, parse_amount, parse_rate, round_minor
+from app.money import Rounding, parse_amount, parse_rate, request_currency, round_minor
 from app.products.models import Product
 from app.products.schemas import FeeKind, ProductCreate
 
@@ -28,9 +27,7 @@ async def create_product(
     session: AsyncSession, principal: Principal, *, spec: ProductCreate
 ) -> Product:
     principal.require(Role.ADMIN)
-    currency = spec.currency or get_settings().default_currency
-    if currency not in MINOR_DIGITS:
-        raise InvalidRequest.field("currency", f"{currency} is not a supported currency")
+    currency = request_currency(spec.currency)
     rate = parse_rate(spec.annual_interest_rate)
     if rate > 1:
         raise InvalidRequest.field("annual_interest_rate", "must be at most 1 (100 % a year)")

@@ -582,8 +582,9 @@ async def evaluate_loans(
         if key in wanted and (wanted[key][0] != f.severity
                               or _facts(wanted[key][1]) != _facts(f.evidence))
     ]  # fmt: skip
-    previous_severity = {f.id: f.severity for f in open_flags.values()}
-    escalated = [f["id"] for f in restated if f["severity"] != previous_severity[f["id"]]]
+    # The severity each flag whose severity moved had: its event says so.
+    escalated = {f.id: f.severity for key, f in open_flags.items()
+                 if key in wanted and wanted[key][0] != f.severity}  # fmt: skip
     # What every flag raised now shares is bound once, not per flag.
     opened = {"status": FlagStatus.OPEN.value, "raised_on": as_of, "cleared_on": None,
               "rules_version": version, "acknowledged": False, "acknowledged_at": None,
@@ -610,7 +611,7 @@ async def evaluate_loans(
         [*[("risk.flag_cleared", f._mapping) for f in cleared],
          *[("risk.flag_raised", ChainMap(f, opened)) for f in raised]],
     )  # fmt: skip
-    await _emit_severity_changes(session, escalated, previous_severity)
+    await _emit_severity_changes(session, escalated)
     await portfolio.record_flag_changes(
         session,
         opened=[(f["loan_id"], f["code"]) for f in raised],
@@ -753,14 +754,14 @@ async def _emit_flag_events(
 
 
 async def _emit_severity_changes(
-    session: AsyncSession, flag_ids: list[str], previous_severity: Mapping[str, str]
+    session: AsyncSession, previous_severity: Mapping[str, str]
 ) -> None:
     """``risk.flag_severity_changed`` for each flag whose severity moved while it stayed open:
     the flag as ``flag_event_data`` and the severity it had. A few thousand on a night, not the
     first night's hundreds of thousands of raises, so built in Python on either database."""
     flag = typing_cast(Table, RiskFlag.__table__)
     changed = []
-    for ids in _batches(flag_ids):
+    for ids in _batches(list(previous_severity)):
         for row in await session.execute(select(flag).where(flag.c.id.in_(ids))):
             data = {
                 **flag_event_data(row._asdict()),
