@@ -145,7 +145,7 @@ INSTALLMENT_COLUMNS = tuple(
 PAYMENT_COLUMNS = tuple(
     (
         "id loan_id amount_minor received_on channel external_ref status reversal_reason "
-        "reversed_at created_at"
+        "reversed_at reversed_on created_at"
     ).split()
 )
 ALLOCATION_COLUMNS = tuple(
@@ -274,7 +274,7 @@ class _LoanBuilder:
             payment_id, self.loan_id, amount, received_on,
             _CHANNELS[int(rng.random() * len(_CHANNELS))], f"rcpt-{payment_id[4:]}",
             PaymentStatus.APPLIED if reversed_on is None else PaymentStatus.REVERSED,
-            None if reversed_on is None else ReversalReason.NSF, reversed_at, created,
+            None if reversed_on is None else ReversalReason.NSF, reversed_at, reversed_on, created,
         ))  # fmt: skip
         self.batch.ledger.append((self.loan_id, TransactionKind.PAYMENT, amount, CURRENCY,
                                   received_on, payment_id, None, None, created))  # fmt: skip

@@ -89,16 +89,16 @@ WITH installments AS (
            count(*) FILTER (WHERE pay.status = 'applied') AS settled,
            count(*) FILTER (WHERE pay.status = 'reversed'
                               AND pay.reversal_reason IN ('nsf', 'chargeback')
-                              AND pay.reversed_at >= TIMESTAMPTZ '{reversal_cutoff}')
+                              AND pay.reversed_on >= DATE '{as_of}' - 60)
              AS reversals,
            max(pay.id) FILTER (WHERE pay.status = 'reversed'
                                  AND pay.reversal_reason IN ('nsf', 'chargeback')
-                                 AND pay.reversed_at >= TIMESTAMPTZ '{reversal_cutoff}')
+                                 AND pay.reversed_on >= DATE '{as_of}' - 60)
              AS last_reversed_id,
-           max(pay.reversed_at) FILTER (WHERE pay.status = 'reversed'
+           max(pay.reversed_on) FILTER (WHERE pay.status = 'reversed'
                                           AND pay.reversal_reason IN ('nsf', 'chargeback')
-                                          AND pay.reversed_at >= TIMESTAMPTZ '{reversal_cutoff}')
-             AS last_reversed_at,
+                                          AND pay.reversed_on >= DATE '{as_of}' - 60)
+             AS last_reversed_on,
            coalesce(sum(pay.amount_minor) FILTER (WHERE pay.status = 'applied'), 0) AS paid
     FROM payment pay
     LEFT JOIN installments r
@@ -108,7 +108,7 @@ WITH installments AS (
     GROUP BY pay.loan_id, r.seq, r.due_amount
 ), payments AS (
     SELECT loan_id, sum(settled) AS settled, sum(reversals) AS reversals,
-           max(last_reversed_id) AS last_reversed_id, max(last_reversed_at) AS last_reversed_at,
+           max(last_reversed_id) AS last_reversed_id, max(last_reversed_on) AS last_reversed_on,
            count(*) FILTER (WHERE seq IS NOT NULL AND paid > 0
                               AND paid * 10 < due_amount * 8) AS partial_periods,
            max(seq) FILTER (WHERE seq IS NOT NULL AND paid > 0
@@ -128,7 +128,7 @@ WITH installments AS (
 SELECT l.id, l.borrower_id, l.days_past_due, l.bucket, l.previous_bucket,
        DATE '{as_of}' - l.cured_on AS cured_days_ago, l.cured_on, per_loan.*,
        coalesce(payments.settled, 0) AS settled, coalesce(payments.reversals, 0) AS reversals,
-       payments.last_reversed_id, payments.last_reversed_at,
+       payments.last_reversed_id, payments.last_reversed_on,
        coalesce(payments.partial_periods, 0) AS partial_periods, payments.last_partial_seq,
        coalesce(debits.failed, 0) AS failed, debits.last_failed_id, debits.last_failed_on,
        coalesce(delinquent.delinquent, 0) AS delinquent
@@ -282,8 +282,7 @@ async def _finish_close(as_of: date) -> None:
 
 
 def baseline(as_of: date, database: str) -> dict[str, Any]:
-    reversal_cutoff = f"{as_of - timedelta(days=60)} 00:00:00+00"
-    sql = BASELINE.format(as_of=as_of, reversal_cutoff=reversal_cutoff)
+    sql = BASELINE.format(as_of=as_of)
     close_bench.psql("DROP TABLE IF EXISTS risk_features_baseline", database)
     # The risk step's planner settings (no nested loops, no JIT), with more memory for a
     # statement over the whole book: without them PostgreSQL joins the per-loan aggregates

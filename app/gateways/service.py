@@ -125,8 +125,9 @@ async def receive(
                 f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
             )
         view = await payments_service.reverse_payment(
-            session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK
-        )
+            session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK,
+            reversed_on=data.received_on, date_field="data.received_on",
+        )  # fmt: skip
         result = payment_read(view).model_dump(mode="json")
     session.add(
         InboundNotification(

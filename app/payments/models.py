@@ -33,6 +33,9 @@ class Payment(Base):
     status: Mapped[str] = mapped_column(String(10))
     reversal_reason: Mapped[str | None] = mapped_column(String(12))
     reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The business date the reversal counts from (the payment_reversal window, the ledger's
+    # effective date): given by the client or the gateway, today by default.
+    reversed_on: Mapped[date | None] = mapped_column(Date)
     # How the payment stood applied when it was reversed (installment_seq and the minor units
     # of fees, interest, principal): the replay rewrites the allocations, reconciliation
     # still needs to see where the bounced money had gone.

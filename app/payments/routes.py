@@ -31,7 +31,11 @@ async def reverse_payment(
     payment_id: str, body: PaymentReverse, session: SessionDep, principal: MerchantPrincipal
 ) -> PaymentRead:
     view = await service.reverse_payment(
-        session, principal, payment_id=payment_id, reason=body.reason
+        session,
+        principal,
+        payment_id=payment_id,
+        reason=body.reason,
+        reversed_on=body.reversed_on,
     )
     return payment_read(view)
 

@@ -29,6 +29,11 @@ class PaymentReverse(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: ReversalReason
+    reversed_on: IsoDate | None = Field(
+        default=None,
+        description="the business date the reversal counts from (the payment_reversal flag's "
+        "window, the ledger): between the payment's received_on and today; default: today",
+    )
 
 
 class AllocationRead(BaseModel):
@@ -54,6 +59,7 @@ class PaymentRead(BaseModel):
     status: PaymentStatus
     reversal_reason: ReversalReason | None
     reversed_at: datetime | None
+    reversed_on: date | None
     allocation: list[AllocationRead]
     reversed_allocation: list[AllocationRead] | None = Field(
         description="a reversed payment: how it stood applied when it was reversed"
@@ -88,6 +94,7 @@ def payment_read(view: "PaymentView") -> PaymentRead:
         status=PaymentStatus(p.status),
         reversal_reason=ReversalReason(p.reversal_reason) if p.reversal_reason else None,
         reversed_at=p.reversed_at,
+        reversed_on=p.reversed_on,
         allocation=[
             _allocation_read(a.installment_seq, a.fees_minor, a.interest_minor,
                              a.principal_minor, cur)

@@ -112,7 +112,7 @@ async def record_payment(
     # No race on external_ref: the duplicate check above ran under the loan's row lock.
     session.add(payment)
     await session.flush()  # before the ledger row that references it
-    _ledger(session, loan, TransactionKind.PAYMENT, payment)
+    _ledger(session, loan, TransactionKind.PAYMENT, payment, payment.received_on)
     was_paid_off = loan.status == LoanStatus.PAID_OFF
     # The response's view reads the loan as it is after the store; its arrears date is the
     # delinquency date the store reckons with.
@@ -138,10 +138,17 @@ async def _refuse_duplicate(session: AsyncSession, loan_id: str, external_ref: s
 
 
 async def reverse_payment(
-    session: AsyncSession, principal: Principal, *, payment_id: str, reason: ReversalReason
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    payment_id: str,
+    reason: ReversalReason,
+    reversed_on: date | None = None,
+    date_field: str = "reversed_on",
 ) -> PaymentView:
     """Undo a payment (bounced, charged back, or booked in error) and re-allocate every later
-    payment as if it had never been received."""
+    payment as if it had never been received. ``reversed_on`` (default today) is the business
+    date the reversal counts from; ``date_field`` names it in an error."""
     principal.require(Role.MERCHANT)
     loan_id = await session.scalar(select(Payment.loan_id).where(Payment.id == payment_id))
     if loan_id is None:
@@ -159,10 +166,21 @@ async def reverse_payment(
         raise PaymentAlreadyReversed(f"payment {payment.id} was reversed already")
     if loan.status not in (*OPEN_STATUSES, LoanStatus.PAID_OFF):
         raise LoanNotActive(f"loan {loan.id} is {loan.status}")
+    today = clock.today()
+    reversed_on = reversed_on or today
+    if not payment.received_on <= reversed_on <= today:
+        # It dates the payment_reversal window: a reversal before its payment was received,
+        # or one still to come, would hold a flag on nothing that happened.
+        raise InvalidRequest.field(
+            date_field,
+            f"must be between the payment's received_on ({payment.received_on}) "
+            f"and today ({today})",
+        )
 
     payment.status = PaymentStatus.REVERSED
     payment.reversal_reason = reason
     payment.reversed_at = utc_now()
+    payment.reversed_on = reversed_on
     payment.allocation_at_reversal = [
         {"installment_seq": a.installment_seq, "fees_minor": a.fees_minor,
          "interest_minor": a.interest_minor, "principal_minor": a.principal_minor}
@@ -172,18 +190,22 @@ async def reverse_payment(
             .order_by(PaymentAllocation.installment_seq)
         )
     ]  # fmt: skip
-    _ledger(session, loan, TransactionKind.REVERSAL, payment, note=reason)
+    _ledger(session, loan, TransactionKind.REVERSAL, payment, reversed_on, note=reason)
     installments = await loans_service.load_installments(session, loan.id)
     remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
     business_date = await delinquency.business_date(session)
-    view = loans_service.LoanView(loan, installments, clock.today(), business_date)
+    view = loans_service.LoanView(loan, installments, today, business_date)
     position = await _replay_and_store(
         session, loan, installments, remaining, as_of=view.arrears_as_of
     )
     await events.emit(
         session,
         "payment.reversed",
-        {**payment_event_data(loan, payment, position), "reason": reason},
+        {
+            **payment_event_data(loan, payment, position),
+            "reason": reason,
+            "reversed_on": reversed_on.isoformat(),
+        },
         loan=loan,
     )
     return PaymentView(payment, loan.currency, [], view)
@@ -479,12 +501,12 @@ def _ledger(
     loan: Loan,
     kind: TransactionKind,
     payment: Payment,
+    effective_on: date,
     note: str | None = None,
 ) -> None:
     session.add(
         LedgerTransaction(
             loan_id=loan.id, kind=kind, amount_minor=payment.amount_minor, currency=loan.currency,
-            effective_on=payment.received_on if kind is TransactionKind.PAYMENT else clock.today(),
-            payment_id=payment.id, note=note, created_at=utc_now(),
+            effective_on=effective_on, payment_id=payment.id, note=note, created_at=utc_now(),
         )
     )  # fmt: skip

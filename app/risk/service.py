@@ -7,7 +7,7 @@ debit runs the very same code for its one loan, in its own transaction.
 
 from collections import ChainMap
 from collections.abc import Callable, Mapping
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
 from typing import Any, Literal
@@ -110,10 +110,9 @@ def _features_params(
     as_of: date, rules: RiskRules, low: str | None, high: str | None, loan_id: str | None
 ) -> dict[str, Any]:
     """The values ``_features_query`` binds: the dates its windows start from, and its scope."""
-    reversal_cutoff = as_of - timedelta(days=rules.payment_reversal_days)
     return {
         "as_of": as_of,
-        "reversals_from": datetime.combine(reversal_cutoff, time(), UTC),
+        "reversals_from": as_of - timedelta(days=rules.payment_reversal_days),
         "debits_after": as_of - timedelta(days=rules.failed_debits_days),
         "broken_after": as_of - timedelta(days=rules.broken_promise_days),
         "fading_after": as_of - timedelta(days=FADE_DAYS),
@@ -322,7 +321,7 @@ def _features_query(
     reversed_lately = and_(
         p.status == PaymentStatus.REVERSED.value,
         p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
-        p.reversed_at >= bindparam("reversals_from", type_=p.reversed_at.type),
+        p.reversed_on >= bindparam("reversals_from", type_=Date),
     )
     per_period = (
         select(
@@ -333,7 +332,7 @@ def _features_query(
             func.sum(case((reversed_lately, 1), else_=0)).label("reversals"),
             # The evidence's latest reversal (ids sort by creation).
             func.max(case((reversed_lately, p.id))).label("last_reversed_id"),
-            func.max(case((reversed_lately, p.reversed_at))).label("last_reversed_at"),
+            func.max(case((reversed_lately, p.reversed_on))).label("last_reversed_on"),
             func.sum(case((applied, p.amount_minor), else_=0)).label("paid"),
         )
         .select_from(Payment.__table__.outerjoin(recent, in_period))
@@ -353,7 +352,7 @@ def _features_query(
             func.sum(per_period.c.settled).label("settled"),
             func.sum(per_period.c.reversals).label("reversals"),
             func.max(per_period.c.last_reversed_id).label("last_reversed_id"),
-            func.max(per_period.c.last_reversed_at).label("last_reversed_at"),
+            func.max(per_period.c.last_reversed_on).label("last_reversed_on"),
             func.sum(case((too_little, 1), else_=0)).label("partial_periods"),
             func.max(case((too_little, per_period.c.seq))).label("last_partial_seq"),
         )
@@ -448,7 +447,7 @@ def _features_query(
             _whole(payments.c.settled).label("settled"),
             _whole(payments.c.reversals).label("reversals"),
             payments.c.last_reversed_id,
-            payments.c.last_reversed_at,
+            payments.c.last_reversed_on,
             func.coalesce(debits.c.failed, 0).label("failed"),
             debits.c.last_failed_id,
             debits.c.last_failed_on,
@@ -554,7 +553,7 @@ async def evaluate_loans(
             partial_periods=row.partial_periods, broken_promises=row.broken_promises,
             broken_promise=_broken_promise(row), plan_running=bool(row.plan_running),
             cured_on=_day(row.cured_on), last_reversed_payment_id=row.last_reversed_id,
-            last_reversed_on=_day(row.last_reversed_at),
+            last_reversed_on=_day(row.last_reversed_on),
             last_failed_debit_id=row.last_failed_id, last_failed_on=_day(row.last_failed_on),
             last_partial_seq=row.last_partial_seq,
         )  # fmt: skip
@@ -682,11 +681,9 @@ def _broken_promise(row: Any) -> BrokenPromise | None:
 
 
 def _day(value: date | str | None) -> str | None:
-    """A date for the evidence, from a date, an instant, or SQLite's text of either."""
+    """A date for the evidence, from a date or SQLite's text of one."""
     if value is None:
         return None
-    if isinstance(value, datetime):
-        return (value.astimezone(UTC) if value.tzinfo else value).date().isoformat()
     return value.isoformat() if isinstance(value, date) else value[:10]
 
 

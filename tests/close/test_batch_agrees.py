@@ -91,8 +91,9 @@ async def build(portfolio: list[dict[str, Any]]) -> None:
             if reverse:
                 async with session_scope() as session:
                     await payments_service.reverse_payment(
-                        session, ADMIN, payment_id=paid.payment.id, reason="nsf"
-                    )
+                        session, ADMIN, payment_id=paid.payment.id, reason="nsf",
+                        reversed_on=received,
+                    )  # fmt: skip
 
 
 async def installments_by_loan() -> dict[str, list[LoanInstallment]]:

@@ -59,13 +59,18 @@ async def happen(
         async with session_scope() as session:
             payment_id = await session.scalar(
                 select(Payment.id)
-                .where(Payment.loan_id == loan_id, Payment.status == PaymentStatus.APPLIED)
+                .where(
+                    Payment.loan_id == loan_id,
+                    Payment.status == PaymentStatus.APPLIED,
+                    Payment.received_on <= on,
+                )
                 .order_by(Payment.received_on.desc(), Payment.id.desc())
                 .limit(1)
             )
             if payment_id is not None:
+                # Dated in the simulation: its payment_reversal window runs out nights later.
                 await payments_service.reverse_payment(
-                    session, ADMIN, payment_id=payment_id, reason="nsf"
+                    session, ADMIN, payment_id=payment_id, reason="nsf", reversed_on=on
                 )
     else:
         body, headers = debit_failure(gateway_secret, loan_id, f"{on}-{percent}", on)

@@ -150,23 +150,59 @@ async def test_dpd_roll_forward(client: httpx.AsyncClient) -> None:
 async def test_payment_reversal(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     loan_id = await loan(w)
-    first = await w.pay(loan_id, "10.00", "2026-01-15")
-    await w.post(f"/v1/payments/{first['id']}/reverse", {"reason": "error"}, expect=200)
+
+    async def bounced(amount: str, received_on: str, reversed_on: str, reason: str) -> str:
+        paid = await w.pay(loan_id, amount, received_on)
+        await w.post(f"/v1/payments/{paid['id']}/reverse",
+                     {"reason": reason, "reversed_on": reversed_on}, expect=200)  # fmt: skip
+        return str(paid["id"])
+
+    await bounced("10.00", "2026-01-15", "2026-01-15", "error")
     assert "payment_reversal" not in await flags(w, loan_id)  # a booking error is no signal
-    second = await w.pay(loan_id, "10.00", "2026-01-16")
-    await w.post(f"/v1/payments/{second['id']}/reverse", {"reason": "nsf"}, expect=200)
+    await bounced("10.00", "2026-01-16", "2026-01-16", "nsf")
     assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "medium"
-    third = await w.pay(loan_id, "10.00", "2026-01-17")
-    await w.post(f"/v1/payments/{third['id']}/reverse", {"reason": "chargeback"}, expect=200)
+    third = await bounced("10.00", "2026-01-17", "2026-01-19", "chargeback")
     flag = (await flags(w, loan_id))["payment_reversal"]
     assert flag["severity"] == "high"
     # Escalated by the reversal itself, in its transaction: one event says so.
     changed = await w.get("/v1/events?type=risk.flag_severity_changed", headers=w.admin)
     assert [(e["data"]["flag_id"], e["data"]["previous_severity"], e["data"]["severity"])
             for e in changed["items"]] == [(flag["id"], "medium", "high")]  # fmt: skip
-    # The evidence names the latest reversal, re-stated with the escalation.
-    assert flag["evidence"]["latest_payment_id"] == third["id"]
-    assert flag["evidence"]["latest_reversed_on"] == datetime.now(UTC).date().isoformat()
+    # The evidence names the latest reversal and the date it counts from.
+    assert flag["evidence"]["latest_payment_id"] == third
+    assert flag["evidence"]["latest_reversed_on"] == "2026-01-19"
+    # The window is 60 days of business dates: Jan 16's reversal counts until Mar 17.
+    await close(w, "2026-03-17")
+    assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "high"
+    await close(w, "2026-03-18")
+    assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "medium"
+    await close(w, "2026-03-20")  # Jan 19's, on its last day
+    assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "medium"
+    await close(w, "2026-03-21")
+    assert "payment_reversal" not in await flags(w, loan_id)
+    assert (await flags(w, loan_id, "cleared"))["payment_reversal"]["cleared_on"] == "2026-03-21"
+
+
+async def test_a_reversal_is_dated_within_its_payments_life(client: httpx.AsyncClient) -> None:
+    w = await setup(client)
+    loan_id = await loan(w)
+    paid = await w.pay(loan_id, "10.00", "2026-01-15")
+    reverse = f"/v1/payments/{paid['id']}/reverse"
+    tomorrow = date.fromordinal(datetime.now(UTC).date().toordinal() + 2).isoformat()
+    for reversed_on in ("2026-01-14", tomorrow):  # before it was received, or still to come
+        refused = await w.post(reverse, {"reason": "nsf", "reversed_on": reversed_on}, expect=422)
+        assert refused.json()["errors"][0]["field"] == "reversed_on"
+    assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "applied"
+    done = await w.post(reverse, {"reason": "nsf", "reversed_on": "2026-01-15"}, expect=200)
+    reversed_ = done.json()
+    assert (reversed_["reversed_on"], reversed_["status"]) == ("2026-01-15", "reversed")
+    ledger = await w.get(f"/v1/loans/{loan_id}/transactions")
+    assert [(t["kind"], t["effective_on"]) for t in ledger["items"] if t["payment_id"]] == [
+        ("payment", "2026-01-15"),
+        ("reversal", "2026-01-15"),
+    ]
+    event = (await w.get("/v1/events?type=payment.reversed", headers=w.admin))["items"][0]
+    assert event["data"]["reversed_on"] == "2026-01-15"
 
 
 async def test_failed_debits(client: httpx.AsyncClient) -> None:

@@ -121,11 +121,17 @@ async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient
     secret = await gateway(w)
     loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
     paid = await w.pay(loan["id"], "50.00", "2026-01-20", external_ref="dd-1")
-    raw, headers = signed(secret, notification("payment.charged_back", loan["id"]), "msg_3")
-    response = await post(client, raw, headers)
+    # The chargeback's date is its received_on: not before the payment it takes back.
+    early = notification("payment.charged_back", loan["id"], received_on="2026-01-19")
+    refused = await post(client, *signed(secret, early, "msg_early"))
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "data.received_on"
+    body = notification("payment.charged_back", loan["id"], received_on="2026-02-03")
+    response = await post(client, *signed(secret, body, "msg_3"))
     assert response.status_code == 200, response.text
     got = await w.get(f"/v1/payments/{paid['id']}")
     assert (got["status"], got["reversal_reason"]) == ("reversed", "chargeback")
+    assert got["reversed_on"] == "2026-02-03"
     raw, headers = signed(secret, notification("payment.charged_back", loan["id"],
                                                external_ref="nope"), "msg_4")  # fmt: skip
     missing = await post(client, raw, headers)
