@@ -7,6 +7,11 @@ balance. Otherwise it pays the current period's installment the same way, then t
 of later ones, in order: their interest and fees are not owed yet (a payoff would forgive
 them), so paying ahead lowers the payoff by exactly what was paid.
 
+A late fee counts from the date the close charged it, so a payment dated earlier does not pay
+it, except a payoff: a loan is paid off only when nothing it was charged is left. The payoff on
+D therefore includes the late fees charged after D on installments due by D (a back-dated
+payoff reported after a close charged them), and forgives those on installments not yet due.
+
 Balances are never patched in place: they are the result of replaying every applied payment in
 order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
 """
@@ -86,7 +91,9 @@ class InstallmentPosition:
         return self.paid_fees_minor + self.paid_interest_minor + self.paid_principal_minor
 
     def fees_left(self, day: date) -> int:
-        return self.terms.fees_charged_by(day) - self.paid_fees_minor - self.fees_waived_minor
+        # None as of a day before a late fee a payoff settled or forgave was charged.
+        charged = self.terms.fees_charged_by(day)
+        return max(charged - self.paid_fees_minor - self.fees_waived_minor, 0)
 
     def interest_left(self) -> int:
         return self.terms.interest_minor - self.paid_interest_minor - self.interest_waived_minor
@@ -99,6 +106,14 @@ class InstallmentPosition:
 
     def settled_by(self, day: date) -> bool:
         return self.left(day) == 0
+
+    def fees_left_at_payoff(self, day: date) -> int:
+        """The fees a payoff on ``day`` settles: once the installment was due, every fee
+        charged, late fees a close charged after ``day`` included."""
+        return self.fees_left(date.max if self.terms.due_date <= day else day)
+
+    def left_at_payoff(self, day: date) -> int:
+        return self.fees_left_at_payoff(day) + self.interest_left() + self.principal_left()
 
 
 @dataclass
@@ -129,7 +144,7 @@ class LoanPosition:
         current_seen = False
         for inst in self.installments:
             if inst.terms.due_date <= as_of or not current_seen:
-                total += inst.left(as_of)
+                total += inst.left_at_payoff(as_of)
                 current_seen = current_seen or inst.terms.due_date > as_of
             else:
                 total += inst.principal_left()
@@ -168,15 +183,17 @@ def apply_payment(position: LoanPosition, payment: PaymentIn) -> None:
         position.credit_balance_minor += payment.amount_minor
         return
     remaining = payment.amount_minor
-    for inst in position.installments:
-        if inst.terms.due_date <= day and remaining:
-            remaining = _pay_installment(position, inst, payment, remaining)
     if remaining >= position.payoff_minor(day):
         remaining = _pay_off(position, payment, remaining)
     else:
+        for inst in position.installments:
+            if inst.terms.due_date <= day and remaining:
+                remaining = _pay_installment(position, inst, payment, remaining)
         remaining = _pay_ahead(position, payment, remaining)
     position.credit_balance_minor += remaining
-    if position.paid_off_on is None and all(i.settled_by(day) for i in position.installments):
+    if position.paid_off_on is None and all(
+        i.left_at_payoff(day) == 0 for i in position.installments
+    ):
         position.paid_off_on = day
 
 
@@ -187,7 +204,10 @@ def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
         if inst.terms.due_date > day and current_paid:
             inst.interest_waived_minor += inst.interest_left()
             inst.fees_waived_minor += inst.fees_left(day)
-        remaining = _pay_installment(position, inst, payment, remaining)
+        remaining = _pay_installment(position, inst, payment, remaining, payoff=True)
+        if inst.terms.due_date > day:
+            # Not due at the payoff, so never late: a late fee charged since is forgiven.
+            inst.fees_waived_minor += inst.fees_left(date.max)
         current_paid = current_paid or inst.terms.due_date > day
     position.paid_off_on = day
     return remaining
@@ -195,15 +215,21 @@ def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
 
 def _pay_ahead(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
     """Less than the payoff, after everything due: the current period's installment in full
-    order, then only the principal of the periods not yet begun."""
+    order, then only the principal of the periods not yet begun, and last the late fees a
+    close charged after the payment's date on installments already due by then (the payoff
+    includes them, so paying ahead lowers it by exactly what was paid)."""
+    day = payment.received_on
     current_paid = False
     for inst in position.installments:
-        if inst.terms.due_date <= payment.received_on or not remaining:
+        if inst.terms.due_date <= day or not remaining:
             continue
         remaining = _pay_installment(
             position, inst, payment, remaining, principal_only=current_paid
         )
         current_paid = True
+    for inst in position.installments:
+        if inst.terms.due_date <= day and remaining:
+            remaining = _pay_installment(position, inst, payment, remaining, payoff=True)
     return remaining
 
 
@@ -214,9 +240,11 @@ def _pay_installment(
     remaining: int,
     *,
     principal_only: bool = False,
+    payoff: bool = False,
 ) -> int:
     day = payment.received_on
-    fees = 0 if principal_only else min(remaining, inst.fees_left(day))
+    fees_left = inst.fees_left_at_payoff(day) if payoff else inst.fees_left(day)
+    fees = 0 if principal_only else min(remaining, fees_left)
     interest = 0 if principal_only else min(remaining - fees, inst.interest_left())
     principal = min(remaining - fees - interest, inst.principal_left())
     if fees or interest or principal:
@@ -231,17 +259,18 @@ def _pay_installment(
 
 def _record(position: LoanPosition, allocation: Allocation) -> None:
     """One allocation per payment and installment, however many passes paid it."""
-    last = position.allocations[-1] if position.allocations else None
-    if last and (last.payment_id, last.installment_seq) == (
-        allocation.payment_id,
-        allocation.installment_seq,
-    ):
-        position.allocations[-1] = Allocation(
-            allocation.payment_id,
-            allocation.installment_seq,
-            last.fees_minor + allocation.fees_minor,
-            last.interest_minor + allocation.interest_minor,
-            last.principal_minor + allocation.principal_minor,
-        )
-    else:
-        position.allocations.append(allocation)
+    key = (allocation.payment_id, allocation.installment_seq)
+    for n in range(len(position.allocations) - 1, -1, -1):
+        earlier = position.allocations[n]
+        if earlier.payment_id != allocation.payment_id:
+            break  # a payment's allocations are recorded together
+        if (earlier.payment_id, earlier.installment_seq) == key:
+            position.allocations[n] = Allocation(
+                allocation.payment_id,
+                allocation.installment_seq,
+                earlier.fees_minor + allocation.fees_minor,
+                earlier.interest_minor + allocation.interest_minor,
+                earlier.principal_minor + allocation.principal_minor,
+            )
+            return
+    position.allocations.append(allocation)

@@ -103,11 +103,21 @@ async def record_payment(
     terms, waived = await _terms(session, installments)
     position = replay(terms, sorted([*earlier, _payment_in(payment)], key=_receipt_order))
     if position.credit_balance_minor > loan.credit_balance_minor:
-        payoff = replay(terms, [p for p in earlier if p.received_on <= received_on])
-        raise AmountExceedsPayoff(
-            f"amount {amount} exceeds the payoff amount "
-            f"{format_minor(payoff.payoff_minor(received_on), loan.currency)} on {received_on}"
-        )
+        then = replay(terms, [p for p in earlier if p.received_on <= received_on])
+        payoff = then.payoff_minor(received_on)
+        if amount_minor > payoff:
+            detail = (
+                f"amount {amount} exceeds the payoff amount "
+                f"{format_minor(payoff, loan.currency)} on {received_on}"
+            )
+        else:  # within the payoff on its date, but the payments received after it replay
+            excess = position.credit_balance_minor - loan.credit_balance_minor
+            detail = (
+                f"amount {amount} on {received_on} would overpay the loan by "
+                f"{format_minor(excess, loan.currency)}: the payments received after it "
+                "already pay the rest"
+            )
+        raise AmountExceedsPayoff(detail)
 
     # No race on external_ref: the duplicate check above ran under the loan's row lock.
     session.add(payment)

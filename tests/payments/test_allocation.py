@@ -1,6 +1,7 @@
 """The allocation waterfall and the replay of payments (app/payments/allocation.py): pure."""
 
 import copy
+from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -238,8 +239,9 @@ def test_a_late_fee_is_payable_only_from_the_day_it_is_assessed() -> None:
     assert position.overdue_minor(D("2025-02-09")) == 11500
     assert position.overdue_minor(D("2025-02-10")) == 11800
     assert position.overdue_minor(D("2025-03-10")) == 11800 + 300 + 10800
-    assert position.payoff_minor(D("2025-02-09")) == 32300
-    assert position.payoff_minor(D("2025-02-10")) == 32600
+    # A payoff settles every fee charged, whenever the close charged it (below).
+    assert position.payoff_minor(D("2025-02-09")) == 32900
+    assert position.payoff_minor(D("2025-02-10")) == 32900
 
     apply_payment(position, pay("p1", 600, "2025-02-09"))
     assert position.allocations_of("p1") == [Allocation("p1", 1, 500, 100, 0)]
@@ -250,12 +252,30 @@ def test_a_late_fee_is_payable_only_from_the_day_it_is_assessed() -> None:
     assert position.installments[0].paid_fees_minor == 1100
 
 
-def test_a_payoff_before_a_late_fee_is_assessed_does_not_pay_it() -> None:
+def test_a_payoff_dated_before_a_late_fee_was_charged_must_pay_it() -> None:
+    """A back-dated payoff reported after the close charged a late installment's fee: the
+    loan is not paid off while the fee is left, and never paid off owing it."""
     installments = loan(LateFee(D("2025-02-10"), 300))
-    position = replay(installments, [pay("p1", 32300, "2025-02-09")])
+    short = replay(installments, [pay("p1", 32300, "2025-02-09")])
+    assert short.paid_off_on is None
+    assert short.payoff_minor(D("2025-02-11")) == 300
+    assert short.installments[0].fees_left(D("2025-02-11")) == 300
+    position = replay(installments, [pay("p1", 32600, "2025-02-09")])
     assert position.paid_off_on == D("2025-02-09")
     assert position.credit_balance_minor == 0
-    assert position.installments[0].paid_fees_minor == 500
+    assert position.installments[0].paid_fees_minor == 800
+    assert all(i.left(date.max) == 0 for i in position.installments)
+
+
+def test_a_payoff_forgives_late_fees_of_installments_not_yet_due() -> None:
+    """Paid off before its due date, an installment cannot have been late: a late fee the
+    close charged it since (the payoff reported late) is forgiven with the period."""
+    first, second, third = loan()
+    installments = [first, replace(second, late_fees=(LateFee(D("2025-03-10"), 300),)), third]
+    position = replay(installments, [pay("p1", 32300, "2025-02-20")])
+    assert position.paid_off_on == D("2025-02-20")
+    assert position.installments[1].fees_waived_minor == 300
+    assert all(i.left(date.max) == 0 for i in position.installments)
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -390,6 +410,12 @@ def test_replay_is_deterministic_and_a_reversal_is_a_fresh_replay(
         assert replay(installments, payments[:-1]) == before_last
 
 
+def fees_payable(inst: InstallmentPosition, day: date) -> int:
+    """The fees a payment on ``day`` may take from an installment: those charged by then and,
+    once it was due, late fees a close charged later (the payoff includes them)."""
+    return inst.terms.fees_charged_by(date.max if inst.terms.due_date <= day else day)
+
+
 @given(loans_with_payments())
 def test_waterfall_order_of_every_payment(
     loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]],
@@ -410,9 +436,10 @@ def test_waterfall_order_of_every_payment(
             continue
         by_seq = {i.seq: i for i in position.installments}
         not_begun = [i.seq for i in position.installments if i.terms.due_date > day][1:]
+        paid_off = position.paid_off_on is not None  # by this payment
         for a in allocations:
             inst = by_seq[a.installment_seq]
-            if a.installment_seq in not_begun and position.paid_off_on is None:
+            if a.installment_seq in not_begun and not paid_off:
                 # A period not begun owes no interest or fees yet: paying ahead is principal.
                 assert a.fees_minor == a.interest_minor == 0
                 continue
@@ -420,30 +447,38 @@ def test_waterfall_order_of_every_payment(
                 assert inst.fees_left(day) == 0  # fees first
             if a.principal_minor:
                 assert inst.interest_left() == 0  # then interest, then principal
-            # No fee is taken before it is assessed.
-            assert inst.paid_fees_minor <= inst.terms.fees_charged_by(day)
+            # No fee is taken before it is assessed, but for an installment already due.
+            assert inst.paid_fees_minor <= fees_payable(inst, day)
         if allocations:
             # Oldest first: every installment before the last one paid is settled.
             last = allocations[-1].installment_seq
             for i in position.installments:
-                if i.seq < last and i.seq in not_begun and position.paid_off_on is None:
+                if i.seq < last and i.seq in not_begun and not paid_off:
                     assert i.principal_left() == 0
                 elif i.seq < last:
                     assert i.settled_by(day)
+        if paid_off:  # nothing charged is left, a late fee charged after the payoff included
+            assert all(i.left(date.max) == 0 for i in position.installments)
         if credited:
-            assert position.paid_off_on is not None
-            assert all(i.settled_by(day) for i in position.installments)
-        # Interest and fees are waived only by a payoff, and only after the current period.
-        waived = [
-            i.seq
+            assert paid_off
+        # Interest and fees are waived only by a payoff, and only after the current period, but
+        # for the current period's late fees charged after the payoff (it was never late).
+        waived = {
+            i.seq: (i.interest_waived_minor - b.interest_waived_minor,
+                    i.fees_waived_minor - b.fees_waived_minor)
             for i, b in zip(position.installments, before.installments, strict=True)
             if (i.interest_waived_minor, i.fees_waived_minor)
             != (b.interest_waived_minor, b.fees_waived_minor)
-        ]
+        }  # fmt: skip
         if waived:
             assert position.paid_off_on == day
-            future = [i.seq for i in position.installments if i.terms.due_date > day]
-            assert set(waived) <= set(future[1:])
+            future = [i for i in position.installments if i.terms.due_date > day]
+            assert set(waived) <= {i.seq for i in future}
+            current = future[0]
+            if current.seq in waived:
+                late_after = sum(f.amount_minor for f in current.terms.late_fees
+                                 if f.assessed_on > day)  # fmt: skip
+                assert waived[current.seq] == (0, late_after)
 
 
 @given(loans_with_payments(), st.data())
@@ -468,7 +503,7 @@ def test_paying_the_payoff_pays_the_loan_off(
     assert position.paid_off_on == day
     assert position.credit_balance_minor == before.credit_balance_minor + excess
     assert sum(a.total_minor for a in position.allocations_of("payoff")) == payoff
-    assert all(i.settled_by(day) for i in position.installments)
+    assert all(i.left(date.max) == 0 for i in position.installments)  # nothing left, ever
     assert all(i.paid_on is not None and i.paid_on <= day for i in position.installments)
     assert position.principal_outstanding_minor == 0
     assert position.payoff_minor(day) == 0
@@ -476,11 +511,16 @@ def test_paying_the_payoff_pays_the_loan_off(
     later = {b.seq: b for b in future[1:]}  # after the current period
     for inst, b in zip(position.installments, before.installments, strict=True):
         if inst.seq in later:
-            # Whatever interest and fees of a later period were not prepaid are waived.
+            # Whatever interest and fees of a later period were not prepaid are waived, late
+            # fees a close charged after the payoff included.
             assert inst.interest_waived_minor == b.interest_left()
-            assert inst.fees_waived_minor == b.fees_left(day)
+            assert inst.fees_waived_minor == b.fees_left(date.max)
             assert inst.paid_interest_minor == b.paid_interest_minor
             assert inst.paid_fees_minor == b.paid_fees_minor
+        elif future and inst.seq == future[0].seq:
+            # The current period is paid, but the late fees charged after the payoff.
+            late_after = sum(f.amount_minor for f in b.terms.late_fees if f.assessed_on > day)
+            assert (inst.interest_waived_minor, inst.fees_waived_minor) == (0, late_after)
         else:
             assert (inst.interest_waived_minor, inst.fees_waived_minor) == (0, 0)
     ledger_balances(position, [*payments, PaymentIn("payoff", payoff + excess, day)])
@@ -539,16 +579,17 @@ def test_overdue_is_what_is_left_of_installments_due_before_the_date(
     expected = 0
     for inst in position.installments:
         if inst.terms.due_date < as_of:
+            charged = inst.terms.fees_minor + sum(
+                f.amount_minor for f in inst.terms.late_fees if f.assessed_on <= as_of
+            )
             expected += (
                 inst.terms.principal_minor
                 - inst.paid_principal_minor
                 + inst.terms.interest_minor
                 - inst.paid_interest_minor
                 - inst.interest_waived_minor
-                + inst.terms.fees_minor
-                + sum(f.amount_minor for f in inst.terms.late_fees if f.assessed_on <= as_of)
-                - inst.paid_fees_minor
-                - inst.fees_waived_minor
+                # None before a late fee that a payoff, dated earlier, settled or forgave.
+                + max(charged - inst.paid_fees_minor - inst.fees_waived_minor, 0)
             )
     assert position.overdue_minor(as_of) == expected
     if position.paid_off_on is None:

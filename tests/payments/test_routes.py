@@ -201,6 +201,46 @@ async def test_parallel_payments_on_one_loan_all_count(client: httpx.AsyncClient
     await assert_ledger_invariant(loan["id"])
 
 
+async def test_a_payoff_dated_before_a_late_fee_was_charged_still_owes_the_fee(
+    client: httpx.AsyncClient,
+) -> None:
+    """Reported after the close charged installment 1's late fee, a payment dated on its due
+    date of what the payoff was before the fee does not pay the loan off owing the fee."""
+    w, loan = await three_month_loan(client)
+    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
+    # 412.00 due Feb 15, 408.00 of the current period, 400.00 of principal after it.
+    await w.pay(loan["id"], "1220.00", "2026-02-15")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["status"] != "paid_off"
+    assert got["balances"]["fees_outstanding"] == "20.00"
+    # Paid on Mar 1, the fee pays the loan off; by today, installment 3's 4.00 is due too.
+    assert got["balances"]["payoff_amount"] == "24.00"
+    payments = f"/v1/loans/{loan['id']}/payments"
+    refused = await w.post(payments, {"amount": "20.01", "received_on": "2026-03-01"}, expect=422)
+    assert refused.json()["code"] == "amount_exceeds_payoff"
+    await w.pay(loan["id"], "20.00", "2026-03-01")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["status"], got["balances"]["payoff_amount"]) == ("paid_off", "0.00")
+    assert got["balances"]["fees_outstanding"] == "0.00"
+    await assert_ledger_invariant(loan["id"])
+
+
+async def test_a_payment_refused_for_what_later_payments_paid_says_so(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loan = await three_month_loan(client)
+    await w.pay(loan["id"], "1100.00", "2026-02-20")  # the payoff is 1220.00 on Feb 20
+    payments = f"/v1/loans/{loan['id']}/payments"
+    # Within the payoff on Jan 16 (1212.00), but Feb 20's payment, replayed after it, would
+    # then pay 1.00 more than the loan owes.
+    refused = await w.post(payments, {"amount": "121.00", "received_on": "2026-01-16"}, expect=422)
+    assert refused.json()["code"] == "amount_exceeds_payoff"
+    assert refused.json()["detail"] == (
+        "amount 121.00 on 2026-01-16 would overpay the loan by 1.00: the payments received "
+        "after it already pay the rest"
+    )
+
+
 async def test_an_installment_owing_a_later_late_fee_is_not_shown_paid(
     client: httpx.AsyncClient,
 ) -> None:
