@@ -4,7 +4,9 @@ request has written nothing, not even an idempotency claim:
 * U+0000 anywhere, on both databases alike: PostgreSQL text cannot hold it (the INSERT or even
   a look-up by it fails), SQLite would store it;
 * a JSON body naming a key twice in one object: parsers disagree on which one counts (ours
-  takes the last), and ``{"amount": "1.00", "amount": "2.00"}`` is not a payment of either.
+  takes the last), and ``{"amount": "1.00", "amount": "2.00"}`` is not a payment of either;
+* a JSON body nested deeper than Python's parser recurses (about a thousand levels; no field
+  nests more than three): every later parse of it would fail with a RecursionError.
 """
 
 import json
@@ -36,15 +38,21 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
+class TooDeeplyNested(ValueError):
+    pass
+
+
 def duplicate_key(body: bytes) -> str | None:
     """A key some object of the JSON body names twice, if any (a body that is not JSON is
-    left to the route's own validation)."""
+    left to the route's own validation); ``TooDeeplyNested`` if it cannot be parsed at all."""
     try:
         json.loads(body, object_pairs_hook=_refuse_duplicates)
     except _DuplicateKey as exc:
         return str(exc)
     except ValueError:
         return None
+    except RecursionError:
+        raise TooDeeplyNested from None
     return None
 
 
@@ -56,7 +64,7 @@ class RefuseAmbiguousInput:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        where, duplicate = None, None
+        where, duplicate, too_deep = None, None, False
         if "\x00" in scope["path"]:
             where = "path"
         elif b"%00" in scope["query_string"]:
@@ -66,7 +74,10 @@ class RefuseAmbiguousInput:
             if carries_nul(body):
                 where = "body"
             else:
-                duplicate = duplicate_key(body)
+                try:
+                    duplicate = duplicate_key(body)
+                except TooDeeplyNested:
+                    too_deep = True
             receive = replay_body(body)
         if where is not None:
             response = problem(
@@ -74,6 +85,12 @@ class RefuseAmbiguousInput:
                 f"the request's {where} contains the NUL character (U+0000), which no field "
                 "accepts",
                 errors=[{"field": where, "message": "contains U+0000", "type": "nul_character"}],
+            )  # fmt: skip
+        elif too_deep:
+            response = problem(
+                422, "validation_error", "Invalid request",
+                "the body nests arrays or objects too deeply to be read",
+                errors=[{"field": "body", "message": "nested too deeply", "type": "too_deep"}],
             )  # fmt: skip
         elif duplicate is not None:
             response = problem(

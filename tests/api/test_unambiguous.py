@@ -85,3 +85,23 @@ async def test_a_key_given_twice_is_refused(client: httpx.AsyncClient) -> None:
     assert await row_counts() == before
     async with session_scope() as session:
         assert await session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
+
+
+async def test_a_body_nested_too_deeply_to_parse_is_refused(client: httpx.AsyncClient) -> None:
+    """Python's parser recurses once per level: a body nested a few thousand deep would fail
+    every later parse of it (a 500), with or without a key."""
+    w = await world(client)
+    before = await row_counts()
+    body = '{"name": ' + "[" * 5000 + "]" * 5000 + "}"
+    for path, headers in (
+        ("/v1/merchants", {}),
+        ("/v1/merchants", w.admin),
+        ("/v1/merchants", {**w.admin, "Idempotency-Key": "deep-1"}),
+        ("/v1/inbound/gateways/nobody", {}),
+    ):
+        response = await client.post(
+            path, content=body, headers={**headers, "content-type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["type"] == "too_deep"
+    assert await row_counts() == before
