@@ -1,6 +1,7 @@
 """On-demand risk runs: the close's risk step over every chunk, as of the business date (after
-new rules, say). Idempotent like the step itself: a second run raises nothing new and emits no
-event twice."""
+new rules, say), then its grades step over every chunk, so borrowers' grades and credit limits
+follow their loans' new flags at once. Idempotent like the steps themselves: a second run raises
+nothing new and emits no event twice."""
 
 import logging
 from datetime import date
@@ -17,6 +18,7 @@ from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
+from app.risk import grades
 from app.risk import service as risk
 from app.risk.models import RiskRun
 from app.risk.versions import current_rules
@@ -66,11 +68,12 @@ async def execute(run_id: str) -> None:
     try:
         as_of, bounds = await begin(run_id)
         results = [await run_chunk(as_of, low, high) for low, high in bounds]
+        results += [await grade_chunk(as_of, low, high) for low, high in bounds]
     except Exception as exc:
         log.exception("risk run %s failed", run_id)
         await fail(run_id, exc)
         return
-    await finish(run_id, results)
+    await finish(run_id, results, chunks=len(bounds))
 
 
 async def begin(run_id: str) -> tuple[date, list[Chunk]]:
@@ -94,6 +97,15 @@ async def run_chunk(as_of: date, low: str | None, high: str | None) -> dict[str,
         return await risk.evaluate_loans(session, as_of, low, high)
 
 
+async def grade_chunk(as_of: date, low: str | None, high: str | None) -> dict[str, int]:
+    """Re-grade the borrowers of one chunk's loans, once every chunk's flags are in: a
+    borrower's grade is their worst loan's, and their loans may lie in other chunks."""
+    async with session_scope() as session:
+        await delinquency.lock_chunk(session, low, high)
+        await _require_business_date(session, as_of)
+        return await grades.grade_borrowers(session, as_of, low, high)
+
+
 async def _require_business_date(session: AsyncSession, as_of: date) -> None:
     # The flags are live: evaluated as of any other date than the one the loans' days past
     # due stand at, they would clear on loans still in arrears, or raise for days the close
@@ -105,20 +117,23 @@ async def _require_business_date(session: AsyncSession, as_of: date) -> None:
         )
 
 
-async def finish(run_id: str, results: list[dict[str, int]], *, error: str | None = None) -> None:
+async def finish(
+    run_id: str, results: list[dict[str, int]], *, chunks: int, error: str | None = None
+) -> None:
+    """Record the run's end: ``results`` holds the counts of every chunk of both passes."""
     totals = close_service.add_counts(results)
     async with session_scope() as session:
         run = await session.get(RiskRun, run_id, with_for_update=True)
         assert run is not None
         run.status, run.error = ("failed", error[:2000]) if error else ("succeeded", None)
-        run.counts, run.chunks, run.finished_at = totals, len(results), utc_now()
+        run.counts, run.chunks, run.finished_at = totals, chunks, utc_now()
         if run.started_at is not None:
             run.seconds = round((run.finished_at - run.started_at).total_seconds(), 3)
 
 
 async def fail(run_id: str, exc: BaseException) -> None:
     """Record the run as failed, with what stopped it."""
-    await finish(run_id, [], error=f"{type(exc).__name__}: {exc}")
+    await finish(run_id, [], chunks=0, error=f"{type(exc).__name__}: {exc}")
 
 
 async def get_run(session: AsyncSession, principal: Principal, *, run_id: str) -> RiskRun:

@@ -89,9 +89,11 @@ async def test_a_celery_worker_runs_the_close(
     assert risk_run["status"] == "succeeded", risk_run
     assert risk_run["chunks"] == 3
     assert risk_run["counts"]["loans_evaluated"] == 3
+    assert "grades_changed" in risk_run["counts"]  # the second pass ran, over the workers
     log = await asyncio.to_thread(celery_worker.read_text)
     assert "attached to a different loop" not in log
     assert "close.chunk" in log
     assert "close.step_done" in log
     assert "risk.chunk" in log
+    assert "risk.grade_chunk" in log
     assert "risk.run_done" in log

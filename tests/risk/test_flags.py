@@ -436,6 +436,41 @@ async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient
     assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
 
 
+async def test_an_on_demand_run_regrades_the_borrowers_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """A flag raised by the run (under rules put since the close) moves its borrower's grade
+    in the same run, not at the next close."""
+    w = await setup(client)
+    lax = {"first_payment_default_days": 40, "first_payment_default_high_days": 60,
+           "never_paid_dpd": 60}  # fmt: skip
+    assert (await client.put("/v1/risk/rules", json=lax, headers=w.admin)).status_code == 200
+    loan_id = await loan(w)
+    await close(w, "2026-03-12")  # 30 days past due, never paid: no flag under the lax rules
+    borrower_id = (await w.get(f"/v1/loans/{loan_id}"))["borrower_id"]
+    assert not {"first_payment_default", "never_paid"} & set(await flags(w, loan_id))
+    before = await w.get(f"/v1/borrowers/{borrower_id}")
+    assert before["risk_grade"] == (await w.get(f"/v1/loans/{loan_id}/risk"))["grade"]
+    graded = await w.get("/v1/events?type=risk.grade_changed", headers=w.admin)
+    assert (await client.put("/v1/risk/rules", json={}, headers=w.admin)).status_code == 200
+    run = (await w.post("/v1/risk/runs", {"as_of": "2026-03-12"}, headers=w.admin,
+                        expect=201)).json()  # fmt: skip
+    risk = await w.get(f"/v1/loans/{loan_id}/risk")
+    assert {"first_payment_default", "never_paid"} <= {f["code"] for f in risk["flags"]}
+    after = await w.get(f"/v1/borrowers/{borrower_id}")
+    assert after["risk_grade"] == risk["grade"] != before["risk_grade"]
+    assert run["counts"]["grades_changed"] == 1
+    changed = await w.get("/v1/events?type=risk.grade_changed", headers=w.admin)
+    assert [(e["data"]["borrower_id"], e["data"]["previous_grade"], e["data"]["grade"])
+            for e in changed["items"][len(graded["items"]):]] == [
+        (borrower_id, before["risk_grade"], risk["grade"])
+    ]  # fmt: skip
+    again = (await w.post("/v1/risk/runs", {"as_of": "2026-03-12"}, headers=w.admin,
+                          expect=201)).json()  # fmt: skip
+    assert again["counts"]["grades_changed"] == 0
+    assert again["chunks"] == run["chunks"]
+
+
 async def test_an_on_demand_run_is_as_of_the_business_date(client: httpx.AsyncClient) -> None:
     """A run for another date would re-evaluate the live flags against arrears the loans do
     not stand at: clearing flags of loans still late, or raising them for days not closed."""
