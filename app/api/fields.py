@@ -5,8 +5,9 @@ import re
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field, JsonValue
+from pydantic import AfterValidator, BeforeValidator, Field, JsonValue, Strict
 
+from app.loans.schedule import OFFERED_TERMS
 from app.money import MONEY_PATTERN, RATE_PATTERN
 
 
@@ -86,3 +87,6 @@ def _in_utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, BeforeValidator(_date_text), AfterValidator(_in_utc)]
+
+# Strict, as every count in a body: a JSON true is no term of 1, nor "12" a number.
+Term = Annotated[int, Strict(), Field(ge=OFFERED_TERMS.start, le=OFFERED_TERMS.stop - 1)]

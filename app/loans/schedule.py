@@ -15,7 +15,10 @@ from dateutil.relativedelta import relativedelta
 
 from app.money import Rounding, floor_minor, round_minor, round_to_multiple
 
-# The longest schedule, in months: at origination, and after term extensions.
+# The terms a product may offer, in months: "a buyer pays in 3 to 36 monthly installments"
+# (SPEC). A term extension may take a schedule beyond them, up to MAX_TERM.
+OFFERED_TERMS = range(3, 37)
+# The longest schedule, in months, after term extensions.
 MAX_TERM = 60
 
 

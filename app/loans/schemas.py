@@ -1,19 +1,16 @@
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import IsoDate, MoneyStr, Reference
+from app.api.fields import IsoDate, MoneyStr, Reference, Term
 from app.delinquency.rules import Bucket
 from app.loans.models import InstallmentStatus, LoanStatus
 from app.loans.records import owed_minor, paid_minor
-from app.loans.schedule import MAX_TERM
 from app.money import format_minor, format_rate
 
 if TYPE_CHECKING:
     from app.loans.service import LoanView
-
-Term = Annotated[int, Strict(), Field(ge=1, le=MAX_TERM)]  # a JSON true is no term of 1
 
 
 class LoanCreate(BaseModel):

@@ -5,14 +5,12 @@ from typing import Annotated, Self
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 
-from app.api.fields import MoneyStr, Name, RateStr
-from app.loans.schedule import MAX_TERM, Amortization, FeeCollection
+from app.api.fields import MoneyStr, Name, RateStr, Term
+from app.loans.schedule import OFFERED_TERMS, Amortization, FeeCollection
 from app.money import Rounding, format_minor, format_rate
 from app.products.models import Product
 
 ProductCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
-# Strict, as every count in a body: a JSON true is no term of 1, nor "12" a number.
-Term = Annotated[int, Strict(), Field(ge=1, le=MAX_TERM)]
 
 
 class FeeKind(StrEnum):
@@ -56,7 +54,7 @@ class ProductCreate(BaseModel):
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     annual_interest_rate: RateStr
     amortization: Amortization
-    term_options: list[Term] = Field(min_length=1, max_length=60)
+    term_options: list[Term] = Field(min_length=1, max_length=len(OFFERED_TERMS))
     rounding: Rounding = Rounding.HALF_EVEN
     installment_multiple_of: MoneyStr | None = None
     grace_days: Annotated[int, Strict()] = Field(default=0, ge=0, le=90)

@@ -35,6 +35,8 @@ LOAN_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("term as a string", {"term": "twelve"}, "term"),
     ("term zero", {"term": 0}, "term"),
     ("term too long", {"term": 600}, "term"),
+    ("term under three months", {"term": 2}, "term"),  # SPEC: 3 to 36 monthly installments
+    ("term over three years", {"term": 37}, "term"),
     ("bad date", {"disbursed_on": "2026-02-30"}, "disbursed_on"),
     ("future disbursement", {"disbursed_on": "2999-01-01"}, "disbursed_on"),
     ("disbursed in year 1", {"disbursed_on": "0001-01-01"}, "disbursed_on"),
@@ -135,6 +137,8 @@ BAD_PRODUCTS: list[tuple[dict[str, Any], str]] = [
     ({"amortization": "balloon"}, "amortization"),
     ({"term_options": []}, "term_options"),
     ({"term_options": [12, 12]}, "term_options"),
+    ({"term_options": [2, 12]}, "term_options"),  # SPEC: 3 to 36 monthly installments
+    ({"term_options": [12, 37]}, "term_options"),
     ({"currency": "XXX"}, "currency"),
     ({"currency": "JPY", "installment_multiple_of": "1.50"}, "installment_multiple_of"),
     ({"late_fee": {"kind": "fixed"}}, "late_fee"),

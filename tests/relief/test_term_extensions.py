@@ -119,26 +119,24 @@ async def test_the_close_follows_the_new_dates(client: httpx.AsyncClient) -> Non
 
 
 async def test_a_term_beyond_sixty_months_is_refused(client: httpx.AsyncClient) -> None:
-    w, _ = await late_loan(client, late_fee=LATE_FEE, term_options=[3, 40])
-    loan = await w.loan(principal="4000.00", term=40, disbursed_on="2026-02-01")
+    w, _ = await late_loan(client, late_fee=LATE_FEE, term_options=[3, 36])
+    loan = await w.loan(principal="3600.00", term=36, disbursed_on="2026-02-01")
+    restructures = f"/v1/loans/{loan['id']}/restructures"
+    # Two requests that each fit, approved one after the other: the second would not.
+    body = {"kind": "term_extension", "reason": "r", "months": 13}
+    first, second = [(await w.post(restructures, body, expect=201)).json()["id"] for _ in range(2)]
+    await w.post(f"/v1/restructures/{first}/approve", {}, w.admin, 200)
+    refused = await w.post(f"/v1/restructures/{second}/approve", {}, w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "term_too_long")
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["term"] == 49
     before = await stored()
-    body = {"kind": "term_extension", "reason": "r", "months": 21}
-    refused = await w.post(f"/v1/loans/{loan['id']}/restructures", body)
+    body["months"] = 12
+    refused = await w.post(restructures, body)
     assert refused.status_code == 422
     assert refused.json()["errors"] == [
         {"field": "months", "message": "the term would be 61 months, beyond 60"}
     ]
     assert await stored() == before
-    # Two requests that each fit, approved one after the other: the second would not.
-    body["months"] = 20
-    first, second = [
-        (await w.post(f"/v1/loans/{loan['id']}/restructures", body, expect=201)).json()["id"]
-        for _ in range(2)
-    ]
-    await w.post(f"/v1/restructures/{first}/approve", {}, w.admin, 200)
-    refused = await w.post(f"/v1/restructures/{second}/approve", {}, w.admin)
-    assert (refused.status_code, refused.json()["code"]) == (409, "term_too_long")
-    assert (await w.get(f"/v1/loans/{loan['id']}"))["term"] == 60
 
 
 async def test_nothing_ahead_is_nothing_to_extend(client: httpx.AsyncClient) -> None:
