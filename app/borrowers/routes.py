@@ -22,15 +22,20 @@ async def create_borrower(
     return BorrowerRead.from_view(view)
 
 
-@router.get("", response_model=Page[BorrowerRead])
+@router.get("", response_model=Page[BorrowerRead], responses=POLLED)
 async def list_borrowers(
+    request: Request,
     session: SessionDep,
     principal: ReaderPrincipal,
     page: PageDep,
     external_id: Annotated[str | None, Query(max_length=100)] = None,
-) -> Page[BorrowerRead]:
+) -> Response:
+    """Collections poll their borrowers' grades and flags: ``ETag``, and 304 on
+    ``If-None-Match``."""
     views = await service.list_borrowers(session, principal, page=page, external_id=external_id)
-    return page_of(views, page, BorrowerRead.from_view, key=lambda v: v.borrower.id)
+    return cached(
+        request, page_of(views, page, BorrowerRead.from_view, key=lambda v: v.borrower.id)
+    )
 
 
 @router.get("/{borrower_id}", response_model=BorrowerRead, responses=POLLED)

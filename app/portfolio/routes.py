@@ -93,13 +93,20 @@ async def segments(
     return cached(request, await service.segments(session, scope, by=by.value), PER_CLOSE)
 
 
-@router.get("/v1/portfolio/alerts", response_model=Page[AlertRead])
+@router.get("/v1/portfolio/alerts", response_model=Page[AlertRead], responses=POLLED)
 async def alerts(
-    session: SessionDep, principal: DashboardPrincipal, page: PageDep, since: IsoDate | None = None
-) -> Page[AlertRead]:
-    """Segment alerts the closes raised (``risk.segment_alert``), oldest first."""
+    request: Request,
+    session: SessionDep,
+    principal: DashboardPrincipal,
+    page: PageDep,
+    since: IsoDate | None = None,
+) -> Response:
+    """Segment alerts the closes raised (``risk.segment_alert``), oldest first. Polled:
+    ``ETag``, and 304 on ``If-None-Match``."""
     rows = await service.list_alerts(session, principal, page=page, since=since)
-    return page_of(rows, page, lambda alert: AlertRead.model_validate(alert_event(alert)))
+    return cached(
+        request, page_of(rows, page, lambda alert: AlertRead.model_validate(alert_event(alert)))
+    )
 
 
 DASHBOARD = (Path(__file__).parent / "dashboard.html").read_text()

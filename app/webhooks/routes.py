@@ -1,8 +1,9 @@
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
+from app.api.responses import POLLED, cached
 from app.events.schemas import EventRead
 from app.webhooks import service
 from app.webhooks.schemas import (
@@ -82,12 +83,22 @@ async def send_test(endpoint_id: str, session: SessionDep, principal: AdminPrinc
     return EventRead.from_model(event)
 
 
-@router.get(PREFIX + "/{endpoint_id}/deliveries", response_model=Page[DeliveryRead])
+@router.get(
+    PREFIX + "/{endpoint_id}/deliveries", response_model=Page[DeliveryRead], responses=POLLED
+)
 async def list_deliveries(
-    endpoint_id: str, session: SessionDep, principal: DashboardPrincipal, page: PageDep
-) -> Page[DeliveryRead]:
+    endpoint_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: DashboardPrincipal,
+    page: PageDep,
+) -> Response:
+    """The endpoint's delivery log, polled by operators: ``ETag``, and 304 on
+    ``If-None-Match``."""
     views = await service.list_deliveries(session, principal, endpoint_id=endpoint_id, page=page)
-    return page_of(views, page, DeliveryRead.from_view, key=lambda v: str(v.delivery.id))
+    return cached(
+        request, page_of(views, page, DeliveryRead.from_view, key=lambda v: str(v.delivery.id))
+    )
 
 
 @router.post(PREFIX + "/{endpoint_id}/recover", status_code=202, response_model=Queued)

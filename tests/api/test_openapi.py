@@ -104,9 +104,10 @@ async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClien
     document = (await client.get("/openapi.json")).json()
     polled = ["/v1/loans", "/v1/risk/flags", "/v1/loans/{loan_id}", "/v1/loans/{loan_id}/schedule",
               "/v1/borrowers/{borrower_id}", "/v1/events", "/v1/business-date",
-              "/v1/close-runs/{as_of}",
+              "/v1/close-runs/{as_of}", "/v1/borrowers",
+              "/v1/webhook-endpoints/{endpoint_id}/deliveries",
               *(f"/v1/portfolio/{view}" for view in
-                ("summary", "roll-rates", "vintages", "segments"))]  # fmt: skip
+                ("summary", "roll-rates", "vintages", "segments", "alerts"))]  # fmt: skip
     for path in polled:
         responses = document["paths"][path]["get"]["responses"]
         assert "304" in responses, path

@@ -79,11 +79,16 @@ async def test_an_event_arrives_signed_with_its_sequence(client: httpx.AsyncClie
         assert request.headers["webhook-id"].startswith("evt_")
         listed = await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin)
         assert "secret" not in listed
-        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        deliveries = f"/v1/webhook-endpoints/{hook['id']}/deliveries"
+        log = await w.get(deliveries, headers=w.admin)
         (delivery,) = log["items"]
         assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
         assert delivery["attempt_log"][0]["status_code"] == 200
         assert await deliver() == 0  # nothing twice
+        # Operators poll the log: 304 while nothing was delivered since.
+        etag = (await client.get(deliveries, headers=w.admin)).headers["etag"]
+        again = await client.get(deliveries, headers={**w.admin, "If-None-Match": etag})
+        assert again.status_code == 304
 
 
 async def test_an_endpoint_deleted_mid_delivery_leaves_the_others_recorded(
