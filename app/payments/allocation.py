@@ -183,13 +183,15 @@ def apply_payment(position: LoanPosition, payment: PaymentIn) -> None:
         position.credit_balance_minor += payment.amount_minor
         return
     remaining = payment.amount_minor
+    first = len(position.allocations)
     if remaining >= position.payoff_minor(day):
         remaining = _pay_off(position, payment, remaining)
     else:
-        for inst in position.installments:
-            if inst.terms.due_date <= day and remaining:
-                remaining = _pay_installment(position, inst, payment, remaining)
         remaining = _pay_ahead(position, payment, remaining)
+    # In installment order, though a late fee charged after the payment's date is paid last.
+    position.allocations[first:] = sorted(
+        position.allocations[first:], key=lambda a: a.installment_seq
+    )
     position.credit_balance_minor += remaining
     if position.paid_off_on is None and all(
         i.left_at_payoff(day) == 0 for i in position.installments
@@ -214,21 +216,25 @@ def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
 
 
 def _pay_ahead(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
-    """Less than the payoff, after everything due: the current period's installment in full
-    order, then only the principal of the periods not yet begun, and last the late fees a
-    close charged after the payment's date on installments already due by then (the payoff
-    includes them, so paying ahead lowers it by exactly what was paid)."""
+    """Less than the payoff: everything due, oldest first; then the current period's
+    installment in full order; then only the principal of the periods not yet begun; and last
+    the late fees a close charged after the payment's date on installments already due by
+    then (the payoff includes them, so paying ahead lowers it by exactly what was paid)."""
+    # Each pass stops where the money does: an installment it does not reach keeps no paid_on.
     day = payment.received_on
+    due = [inst for inst in position.installments if inst.terms.due_date <= day]
+    for inst in due:
+        if remaining:
+            remaining = _pay_installment(position, inst, payment, remaining)
     current_paid = False
-    for inst in position.installments:
-        if inst.terms.due_date <= day or not remaining:
-            continue
-        remaining = _pay_installment(
-            position, inst, payment, remaining, principal_only=current_paid
-        )
-        current_paid = True
-    for inst in position.installments:
-        if inst.terms.due_date <= day and remaining:
+    for inst in position.installments[len(due) :]:
+        if remaining:
+            remaining = _pay_installment(
+                position, inst, payment, remaining, principal_only=current_paid
+            )
+            current_paid = True
+    for inst in due:
+        if remaining:
             remaining = _pay_installment(position, inst, payment, remaining, payoff=True)
     return remaining
 
