@@ -82,6 +82,24 @@ async def delinquency_date(session: AsyncSession) -> date:
     return await business_date(session) or clock.today()
 
 
+_CLOSING = select(func.max(CloseRun.as_of)).where(
+    CloseRun.status.in_((CloseStatus.SUCCEEDED, CloseStatus.RUNNING))
+)
+
+
+async def closing_date(session: AsyncSession) -> date | None:
+    """The date of a close in progress, else the business date; None before any close."""
+    return await session.scalar(_CLOSING)
+
+
+async def reckoning_date(session: AsyncSession) -> date:
+    """The date a payment, reversal, failed debit or approved relief reckons its loan as of.
+    While a close runs, that close's date: its steps may have reckoned the loan as of it
+    already, and the business date before would set the loan back a day after the close has
+    moved on. Otherwise the business date, or today before any close."""
+    return await closing_date(session) or clock.today()
+
+
 def tolerance_minor(currency: str) -> int:
     return setting_to_minor(get_settings().close.arrears_tolerance, currency)
 
@@ -90,20 +108,23 @@ def tolerance_minor(currency: str) -> int:
 
 
 async def refresh_loan(
-    session: AsyncSession, loan: Loan, position: LoanPosition, as_of: date
+    session: AsyncSession, loan: Loan, position: LoanPosition, as_of: date, status_before: str
 ) -> None:
-    """Recompute one loan's delinquency after a payment or reversal (caller holds the lock)."""
-    change = apply_delinquency(loan, position, as_of)
+    """Recompute one loan's delinquency after a payment or reversal (caller holds the lock).
+    ``status_before``: the loan's status before the change, which may have paid it off or
+    reopened it already."""
+    change = apply_delinquency(loan, position, as_of, status_before)
     if change is not None:
         event = change.event()
         await events.emit(session, event["type"], event["data"], loan=loan)
 
 
 def apply_delinquency(
-    loan: Loan, position: LoanPosition, as_of: date
+    loan: Loan, position: LoanPosition, as_of: date, status_before: str | None = None
 ) -> "DelinquencyChange | None":
     """Set one loan's days past due, bucket and status as of ``as_of``; the change to report
-    when its bucket or status moved. No I/O: origination applies it before the loan's INSERT."""
+    when its bucket or status moved (from ``status_before``, the loan's status by default).
+    No I/O: origination applies it before the loan's INSERT."""
     due = [
         (DueInstallment(i.seq, i.terms.due_date, i.left(as_of)), i.paid_on)
         for i in position.installments
@@ -118,7 +139,7 @@ def apply_delinquency(
     if status in DELINQUENCY_STATUSES:
         charge_off = get_settings().close.charge_off_after_days
         status = status_for(dpd, charge_off, restructured=loan.restructured_on is not None)
-    previous = (loan.bucket, loan.status, loan.days_past_due)
+    previous = (loan.bucket, status_before or loan.status, loan.days_past_due)
     # Stored as of a later date (a loan booked before the first close, which may be for an
     # earlier date): this is the same loan seen earlier, not a move in time, so no cure and
     # no bucket left behind.

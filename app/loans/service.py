@@ -479,5 +479,5 @@ async def cancel_loan(
     )
     # Its flags end with it (a payoff clears them the same way), and its borrower's grade
     # no longer counts them.
-    await risk.refresh_loan(session, loan, await delinquency.delinquency_date(session))
+    await risk.refresh_loan(session, loan, await delinquency.reckoning_date(session))
     return await loan_view(session, loan)

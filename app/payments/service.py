@@ -124,12 +124,12 @@ async def record_payment(
     await session.flush()  # before the ledger row that references it
     _ledger(session, loan, TransactionKind.PAYMENT, payment, payment.received_on)
     was_paid_off = loan.status == LoanStatus.PAID_OFF
-    # The response's view reads the loan as it is after the store; its arrears date is the
-    # delinquency date the store reckons with.
+    # The response's view reads the loan as it is after the store.
     view = loans_service.LoanView(
         loan, installments, today, await delinquency.business_date(session)
     )
-    await _store_position(session, loan, installments, position, waived, as_of=view.arrears_as_of)
+    as_of = await delinquency.reckoning_date(session)
+    await _store_position(session, loan, installments, position, waived, as_of=as_of)
     await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
                       loan=loan)  # fmt: skip
     if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
@@ -206,7 +206,7 @@ async def reverse_payment(
     business_date = await delinquency.business_date(session)
     view = loans_service.LoanView(loan, installments, today, business_date)
     position = await _replay_and_store(
-        session, loan, installments, remaining, as_of=view.arrears_as_of
+        session, loan, installments, remaining, as_of=await delinquency.reckoning_date(session)
     )
     await events.emit(
         session,
@@ -492,6 +492,7 @@ async def _store_position(
     )  # fmt: skip
     loan.principal_outstanding_minor = position.principal_outstanding_minor
     loan.credit_balance_minor = position.credit_balance_minor
+    status_before = loan.status
     if position.paid_off_on is not None:
         loan.status = LoanStatus.PAID_OFF
         loan.paid_off_on = position.paid_off_on
@@ -501,7 +502,7 @@ async def _store_position(
         loan.paid_off_on = None
     # The same rules as the nightly close, at once, in this transaction: promises before
     # risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.
-    await delinquency.refresh_loan(session, loan, position, as_of)
+    await delinquency.refresh_loan(session, loan, position, as_of, status_before)
     await promises.refresh_loan(session, loan, as_of)
     await risk.refresh_loan(session, loan, as_of)
 

@@ -127,7 +127,7 @@ async def approve(
     restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status}; restructure cannot be approved")
-    as_of = await delinquency.delinquency_date(session)
+    as_of = await delinquency.reckoning_date(session)
     if restructure.kind == RestructureKind.REPAYMENT_PLAN:
         await _start_plan(session, principal, restructure, loan, as_of)
     elif restructure.kind == RestructureKind.TERM_EXTENSION:

@@ -788,7 +788,13 @@ def flag_event_data(flag: Mapping[str, Any]) -> dict[str, Any]:
 
 async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     """The real-time path: re-evaluate one loan after a payment, reversal or failed debit, and
-    re-grade its borrower, as of the caller's delinquency date."""
+    re-grade its borrower, as of the caller's reckoning date.
+
+    Not before the first close: flags are raised on business dates, and the first close may
+    be for a date before today, when flags raised as of today would be cleared on a day before
+    they were raised. The first close (or an on-demand run) evaluates every open loan."""
+    if await delinquency.closing_date(session) is None:
+        return
     await session.flush()
     in_force = await current_rules(session)
     await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force)

@@ -1,11 +1,14 @@
 """Payments, allocation, payoff, reversal and concurrency over HTTP."""
 
 import asyncio
+from datetime import date
 
 import httpx
 from sqlalchemy import case, func, select
 
-from app.db import session_scope
+from app.close import service as close_service
+from app.close.models import CloseRun, CloseStatus
+from app.db import session_scope, utc_now
 from app.events.models import Event
 from app.ledger.models import LedgerTransaction
 from app.loans.models import Loan, LoanInstallment
@@ -223,6 +226,45 @@ async def test_a_payoff_dated_before_a_late_fee_was_charged_still_owes_the_fee(
     assert (got["status"], got["balances"]["payoff_amount"]) == ("paid_off", "0.00")
     assert got["balances"]["fees_outstanding"] == "0.00"
     await assert_ledger_invariant(loan["id"])
+
+
+async def test_a_payoff_and_its_reversal_report_the_status_they_leave(
+    client: httpx.AsyncClient,
+) -> None:
+    """loan.delinquency_changed names the status a loan had before: delinquent before the
+    payoff, paid off before the payoff is reversed."""
+    w, loan = await three_month_loan(client)
+    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["status"] == "delinquent"
+    # 412.00 and its 20.00 late fee, 408.00 for the current period, 400.00 principal ahead.
+    paid = await w.pay(loan["id"], "1240.00", "2026-03-01")
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    changes = await w.get("/v1/events?type=loan.delinquency_changed", headers=w.admin)
+    assert [(e["data"]["previous_status"], e["data"]["status"]) for e in changes["items"]] == [
+        ("active", "delinquent"),  # the close of Mar 1
+        ("delinquent", "paid_off"),
+        ("paid_off", "delinquent"),
+    ]
+
+
+async def test_a_payment_during_a_close_reckons_as_of_the_date_being_closed(
+    client: httpx.AsyncClient,
+) -> None:
+    """The close of Mar 2 has reckoned the loan as of Mar 2 but not finished, so the business
+    date is still Mar 1: a payment then must not set the loan back to Mar 1's arrears, which
+    the rest of the close would leave in place."""
+    w, loan = await three_month_loan(client)
+    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["days_past_due"] == 14  # due Feb 15
+    async with session_scope() as session:
+        session.add(CloseRun(as_of=date(2026, 3, 2), status=CloseStatus.RUNNING, counts={},
+                             steps={}, attempts=1, heartbeat_at=utc_now()))  # fmt: skip
+    for step in ("late_fees", "delinquency"):
+        await close_service.run_chunk(step, date(2026, 3, 2), None, None)
+    await w.pay(loan["id"], "1.00", "2026-03-02")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"]) == (15, "1-30")
 
 
 async def test_a_payment_refused_for_what_later_payments_paid_says_so(

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from standardwebhooks import Webhook
 
+from app import clock
 from app.db import session_scope, utc_now
 from app.ids import new_id
 from app.risk import runs
@@ -434,6 +435,37 @@ async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient
     assert got["id"] == run["id"]
     assert (await client.get("/v1/risk/runs/rrun_x", headers=w.admin)).status_code == 404
     assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
+
+
+async def test_before_the_first_close_flags_wait_for_it(client: httpx.AsyncClient) -> None:
+    """Flags are raised on business dates. A payment before any close raises none (it would
+    raise them as of today), so a first close for an earlier date finds none to clear on a day
+    before they were raised, and dates each flag it raises."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-01"))["id"]
+    await w.pay(loan_id, "50.00", "2026-09-01")  # far behind as of today
+    assert await flags(w, loan_id) == {}
+    await close(w, "2026-09-15")  # 14 days past the Sep 1 installment
+    raised = await flags(w, loan_id)
+    assert "first_payment_default" in raised
+    assert {f["raised_on"] for f in raised.values()} == {"2026-09-15"}
+    assert await flags(w, loan_id, "cleared") == {}
+
+
+async def test_a_first_close_before_a_run_that_raised_flags_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-01"))["id"]
+    today = clock.today().isoformat()
+    await w.post("/v1/risk/runs", {"as_of": today}, headers=w.admin, expect=201)
+    assert {f["raised_on"] for f in (await flags(w, loan_id)).values()} == {today}
+    refused = await w.post("/v1/close-runs", {"as_of": "2026-09-15"}, headers=w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "close_date_in_past")
+    assert today in refused.json()["detail"]
+    assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] is None
 
 
 async def test_an_on_demand_run_regrades_the_borrowers_at_once(
