@@ -228,6 +228,11 @@ _fan_out_statements: dict[tuple[bool, bool], Executable] = {}
 def _fan_out_statement(session: AsyncSession, one_endpoint: bool) -> Executable:
     e, w, s = Event.__table__.c, WebhookEndpoint.__table__.c, WebhookSubscription.__table__.c
     subscribed = exists().where(s.endpoint_id == w.id, _matches(e.type, s.pattern))
+    # A test event is one endpoint's, whatever it subscribes to (the test asks whether it is
+    # reachable and checks signatures), and whatever a recovery's range or a redelivery
+    # catches it in.
+    test = e.type == "webhook.test"
+    addressed = or_(and_(~test, subscribed), and_(test, e.data["endpoint_id"].as_string() == w.id))
     now = bindparam("now", type_=UTCDateTime())
     pairs = (
         select(
@@ -242,10 +247,7 @@ def _fan_out_statement(session: AsyncSession, one_endpoint: bool) -> Executable:
         .where(
             e.position.between(bindparam("low"), bindparam("high")),
             w.enabled,
-            subscribed,
-            # A test event is one endpoint's, whatever a recovery's range or a redelivery
-            # catches it in.
-            or_(e.type != "webhook.test", e.data["endpoint_id"].as_string() == w.id),
+            addressed,
         )
     )
     if one_endpoint:

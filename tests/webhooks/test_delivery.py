@@ -244,6 +244,24 @@ async def test_event_type_filters(client: httpx.AsyncClient) -> None:
         assert all(t.startswith("risk.") for t in risk_types)
 
 
+async def test_a_test_event_reaches_an_endpoint_whatever_it_subscribes_to(
+    client: httpx.AsyncClient,
+) -> None:
+    """An endpoint of promise.broken alone is tested with webhook.test all the same: the test
+    asks whether the endpoint is reachable and its signatures check, not what it filters."""
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url, ["promise.broken"])
+        sent = await w.post(f"/v1/webhook-endpoints/{hook['id']}/test", None, headers=w.admin,
+                            expect=202)  # fmt: skip
+        assert await deliver() == 1
+        (request,) = receiver.received
+        assert request.verified(hook["secret"])["type"] == "webhook.test"
+        assert request.headers["webhook-id"] == sent.json()["id"]
+        await w.loan()  # loan.created: not what it subscribes to
+        assert await deliver() == 0
+
+
 async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> None:
     w = await world(client)
     with receiving() as receiver, receiving() as bystander:
