@@ -1,7 +1,7 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 from app.api.fields import UtcDatetime
 from app.events.types import EVENT_TYPES
@@ -20,7 +20,7 @@ class EndpointCreate(BaseModel):
         description="Exact types, 'prefix.*' wildcards, or '*'",
     )  # fmt: skip
     description: str | None = Field(default=None, max_length=500)
-    enabled: bool = True
+    enabled: Annotated[bool, Strict()] = True
 
 
 class EndpointUpdate(BaseModel):
@@ -28,8 +28,16 @@ class EndpointUpdate(BaseModel):
 
     url: Url | None = None
     event_types: list[EventPattern] | None = Field(default=None, min_length=1, max_length=50)
-    description: str | None = Field(default=None, max_length=500)
-    enabled: bool | None = None
+    description: str | None = Field(default=None, max_length=500, description="null clears it")
+    enabled: Annotated[bool, Strict()] | None = None
+
+    @field_validator("url", "event_types", "enabled", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        # Left out keeps the field; a null would read as "clear it", which none of these can.
+        if value is None:
+            raise ValueError("must not be null; leave it out to keep it")
+        return value
 
 
 class EndpointRead(BaseModel):

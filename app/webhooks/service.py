@@ -144,13 +144,13 @@ async def update_endpoint(
         endpoint.url = changes["url"]
     if "description" in changes:
         endpoint.description = changes["description"]
-    if "enabled" in changes and changes["enabled"] is not None:
-        endpoint.enabled = bool(changes["enabled"])
+    if "enabled" in changes:
+        endpoint.enabled = changes["enabled"]
         if endpoint.enabled:
             # Re-enabled by a person: the failure window starts afresh.
             endpoint.disabled_reason, endpoint.failing_since = None, None
     patterns = view.event_types
-    if "event_types" in changes and changes["event_types"] is not None:
+    if "event_types" in changes:
         patterns = _patterns(changes["event_types"])
         await session.execute(
             delete(WebhookSubscription).where(WebhookSubscription.endpoint_id == endpoint.id)

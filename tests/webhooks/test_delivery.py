@@ -233,8 +233,9 @@ async def test_event_type_filters(client: httpx.AsyncClient) -> None:
     with receiving() as risk_receiver, receiving() as loans_receiver:
         risk_hook = await endpoint(w, risk_receiver.url, ["risk.*"])
         loans_hook = await endpoint(w, loans_receiver.url, ["loan.*"])
-        loan = await w.loan(disbursed_on="2026-01-10")  # long past due: flags are raised
-        await w.pay(loan["id"], "10.00", "2026-01-20")
+        await w.loan(disbursed_on="2026-01-10")
+        # Long past due by then: the close raises flags.
+        await w.post("/v1/close-runs", {"as_of": "2026-03-20"}, headers=w.admin, expect=201)
         await deliver()
         loan_types = {r.verified(loans_hook["secret"])["type"] for r in loans_receiver.received}
         assert "loan.created" in loan_types
@@ -408,3 +409,21 @@ async def test_the_target_is_checked_again_at_delivery(
         assert attempt["error"] == (
             "target not allowed: 127.0.0.1 resolves to a non-public address (127.0.0.1)"
         )
+
+
+async def test_an_endpoint_patch_takes_booleans_and_no_nulls(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    hook = await endpoint(w, "http://127.0.0.1:9/hook", ["loan.*"])
+    path = f"/v1/webhook-endpoints/{hook['id']}"
+    for body, field in (({"enabled": "no"}, "enabled"), ({"enabled": 1}, "enabled"),
+                        ({"enabled": None}, "enabled"), ({"event_types": None}, "event_types"),
+                        ({"url": None}, "url")):  # fmt: skip
+        refused = await client.patch(path, json=body, headers=w.admin)
+        assert refused.status_code == 422, (body, refused.text)
+        assert refused.json()["errors"][0]["field"] == field
+    got = await w.get(path, headers=w.admin)
+    assert (got["enabled"], got["event_types"], got["url"]) == (
+        True, ["loan.*"], "http://127.0.0.1:9/hook",
+    )  # fmt: skip
+    cleared = await client.patch(path, json={"description": None}, headers=w.admin)
+    assert (cleared.status_code, cleared.json()["description"]) == (200, None)
