@@ -89,15 +89,15 @@ WITH installments AS (
            count(*) FILTER (WHERE pay.status = 'applied') AS settled,
            count(*) FILTER (WHERE pay.status = 'reversed'
                               AND pay.reversal_reason IN ('nsf', 'chargeback')
-                              AND pay.reversed_on >= DATE '{as_of}' - 60)
+                              AND pay.reversed_on > DATE '{as_of}' - 60)
              AS reversals,
            max(pay.id) FILTER (WHERE pay.status = 'reversed'
                                  AND pay.reversal_reason IN ('nsf', 'chargeback')
-                                 AND pay.reversed_on >= DATE '{as_of}' - 60)
+                                 AND pay.reversed_on > DATE '{as_of}' - 60)
              AS last_reversed_id,
            max(pay.reversed_on) FILTER (WHERE pay.status = 'reversed'
                                           AND pay.reversal_reason IN ('nsf', 'chargeback')
-                                          AND pay.reversed_on >= DATE '{as_of}' - 60)
+                                          AND pay.reversed_on > DATE '{as_of}' - 60)
              AS last_reversed_on,
            coalesce(sum(pay.amount_minor) FILTER (WHERE pay.status = 'applied'), 0) AS paid
     FROM payment pay

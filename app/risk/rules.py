@@ -201,8 +201,9 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
         )  # fmt: skip
     relapse = f.cured_on_days_ago
     if f.days_past_due > 0 and relapse is not None:
-        days_between_cure_and_relapse = relapse - f.days_past_due
-        if 0 <= days_between_cure_and_relapse <= rules.cure_relapse_days:
+        # Past due again from the day after the missed due date, the first with 1 day past due.
+        days_between_cure_and_relapse = relapse - f.days_past_due + 1
+        if 0 < days_between_cure_and_relapse <= rules.cure_relapse_days:
             flags[FlagCode.CURE_RELAPSE] = (
                 Severity.MEDIUM,
                 {"cured_days_before_relapse": days_between_cure_and_relapse,

@@ -112,7 +112,7 @@ def _features_params(
     """The values ``_features_query`` binds: the dates its windows start from, and its scope."""
     return {
         "as_of": as_of,
-        "reversals_from": as_of - timedelta(days=rules.payment_reversal_days),
+        "reversals_after": as_of - timedelta(days=rules.payment_reversal_days),
         "debits_after": as_of - timedelta(days=rules.failed_debits_days),
         "broken_after": as_of - timedelta(days=rules.broken_promise_days),
         "fading_after": as_of - timedelta(days=FADE_DAYS),
@@ -321,7 +321,7 @@ def _features_query(
     reversed_lately = and_(
         p.status == PaymentStatus.REVERSED.value,
         p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
-        p.reversed_on >= bindparam("reversals_from", type_=Date),
+        p.reversed_on > bindparam("reversals_after", type_=Date),
     )
     per_period = (
         select(

@@ -172,16 +172,17 @@ async def test_payment_reversal(client: httpx.AsyncClient) -> None:
     # The evidence names the latest reversal and the date it counts from.
     assert flag["evidence"]["latest_payment_id"] == third
     assert flag["evidence"]["latest_reversed_on"] == "2026-01-19"
-    # The window is 60 days of business dates: Jan 16's reversal counts until Mar 17.
-    await close(w, "2026-03-17")
+    # The last 60 days, as of each business date, as failed_debits' 30: Jan 16's reversal
+    # counts up to Mar 16, its 60th day.
+    await close(w, "2026-03-16")
     assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "high"
-    await close(w, "2026-03-18")
+    await close(w, "2026-03-17")
     assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "medium"
-    await close(w, "2026-03-20")  # Jan 19's, on its last day
+    await close(w, "2026-03-19")  # Jan 19's, on its last day
     assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "medium"
-    await close(w, "2026-03-21")
+    await close(w, "2026-03-20")
     assert "payment_reversal" not in await flags(w, loan_id)
-    assert (await flags(w, loan_id, "cleared"))["payment_reversal"]["cleared_on"] == "2026-03-21"
+    assert (await flags(w, loan_id, "cleared"))["payment_reversal"]["cleared_on"] == "2026-03-20"
 
 
 async def test_a_reversal_is_dated_within_its_payments_life(client: httpx.AsyncClient) -> None:
@@ -253,7 +254,8 @@ async def test_cure_relapse(client: httpx.AsyncClient) -> None:
     assert "cure_relapse" not in await flags(w, loan_id)
     await close(w, "2026-03-14")  # late again 22 days after the cure
     flag = (await flags(w, loan_id))["cure_relapse"]
-    assert flag["evidence"]["cured_days_before_relapse"] == 18  # Feb 20 -> Mar 10
+    # Feb 20 -> Mar 11, the first day past the Mar 10 installment.
+    assert flag["evidence"]["cured_days_before_relapse"] == 19
     assert flag["evidence"]["cured_on"] == "2026-02-20"
 
 
@@ -276,12 +278,12 @@ async def test_cure_relapse_outside_the_window(client: httpx.AsyncClient) -> Non
     w = await setup(client)
     await w.post("/v1/close-runs", {"as_of": "2026-01-11"}, headers=w.admin, expect=201)
     rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
-    rules["cure_relapse_days"] = 10
+    rules["cure_relapse_days"] = 18
     await client.put("/v1/risk/rules", json=rules, headers=w.admin)
     loan_id = await loan(w)
     await close(w, "2026-02-20")
     await w.pay(loan_id, "432.00", "2026-02-20")
-    await close(w, "2026-03-14")  # 18 days between cure and relapse: beyond 10
+    await close(w, "2026-03-14")  # past due again on Mar 11, 19 days after the cure
     assert "cure_relapse" not in await flags(w, loan_id)
 
 
