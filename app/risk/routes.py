@@ -72,14 +72,17 @@ async def acknowledge(
     return FlagRead.from_model(flag)
 
 
-@router.get("/v1/loans/{loan_id}/risk", response_model=LoanRiskRead)
-async def loan_risk(loan_id: str, session: SessionDep, principal: ReaderPrincipal) -> LoanRiskRead:
+@router.get("/v1/loans/{loan_id}/risk", response_model=LoanRiskRead, responses=POLLED)
+async def loan_risk(
+    loan_id: str, request: Request, session: SessionDep, principal: ReaderPrincipal
+) -> Response:
+    """Collections poll a loan's score and flags: ``ETag``, and 304 on ``If-None-Match``."""
     as_of, score, flags = await service.loan_risk(session, principal, loan_id=loan_id)
-    return LoanRiskRead(
+    return cached(request, LoanRiskRead(
         loan_id=loan_id, as_of=as_of, score=score.score, grade=score.grade, reasons=score.reasons,
         flags=[FlagRead.from_model(f) for f in flags if f.status == FlagStatus.OPEN],
         history=[FlagRead.from_model(f) for f in flags],
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 @router.post(

@@ -103,6 +103,7 @@ async def test_errors_have_the_documented_shape(client: httpx.AsyncClient) -> No
 async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClient) -> None:
     document = (await client.get("/openapi.json")).json()
     polled = ["/v1/loans", "/v1/risk/flags", "/v1/loans/{loan_id}", "/v1/loans/{loan_id}/schedule",
+              "/v1/loans/{loan_id}/risk",
               "/v1/borrowers/{borrower_id}", "/v1/events", "/v1/business-date",
               "/v1/close-runs/{as_of}", "/v1/borrowers",
               "/v1/webhook-endpoints/{endpoint_id}/deliveries",

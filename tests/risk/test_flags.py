@@ -663,6 +663,7 @@ async def test_polled_lists_answer_304_until_they_change(client: httpx.AsyncClie
     borrower_id = (await w.get(f"/v1/loans/{loan_id}"))["borrower_id"]
     for path in ("/v1/risk/flags?status=open", "/v1/loans?flag=first_payment_default",
                  f"/v1/loans/{loan_id}", f"/v1/loans/{loan_id}/schedule",
+                 f"/v1/loans/{loan_id}/risk",
                  f"/v1/borrowers/{borrower_id}", "/v1/business-date",
                  "/v1/close-runs/2026-02-20", "/v1/borrowers", "/v1/portfolio/alerts"):  # fmt: skip
         first = await client.get(path, headers=w.admin)
