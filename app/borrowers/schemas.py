@@ -46,6 +46,8 @@ class BorrowerRead(BaseModel):
     exposure: str
     available_limit: str
     risk_grade: str
+    risk_score: int = Field(description="the worst open loan's score, as the grade is its grade")
+    risk_reasons: list[str] = Field(description="the open flag codes behind the grade")
     open_flags: list[dict[str, object]]
     created_at: datetime
 
@@ -68,6 +70,8 @@ class BorrowerRead(BaseModel):
             exposure=format_minor(view.exposure_minor, b.currency),
             available_limit=format_minor(view.available_minor, b.currency),
             risk_grade=b.risk_grade,
+            risk_score=view.risk_score,
+            risk_reasons=list(b.risk_reasons or []),
             open_flags=[
                 {
                     "id": f.id,

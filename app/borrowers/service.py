@@ -22,6 +22,7 @@ from app.merchants import service as merchants_service
 from app.money import format_minor, parse_amount, request_currency, setting_to_minor
 from app.products.models import Product
 from app.risk.models import FlagStatus, RiskFlag
+from app.risk.score import PERFECT
 
 # Read on every origination and payment: built once (construction and cache key cost CPU on
 # each call).
@@ -39,6 +40,10 @@ _BORROWER_FOR_UPDATE_WITH_PRODUCT = (
 _EXPOSURE = select(func.coalesce(func.sum(Loan.principal_outstanding_minor), 0)).where(
     Loan.borrower_id == bindparam("borrower_id"), Loan.status.in_(OPEN_STATUSES)
 )
+# A borrower's exposure and score (their worst open loan's, as their grade is) in one read.
+_STANDING = select(
+    func.coalesce(func.sum(Loan.principal_outstanding_minor), 0), func.min(Loan.risk_score)
+).where(Loan.borrower_id == bindparam("borrower_id"), Loan.status.in_(OPEN_STATUSES))
 
 
 class BorrowerNotFound(NotFound):
@@ -54,6 +59,7 @@ class BorrowerView:
     borrower: Borrower
     exposure_minor: int
     open_flags: tuple[RiskFlag, ...]
+    risk_score: int = PERFECT
 
     @property
     def available_minor(self) -> int:
@@ -183,18 +189,21 @@ def exposure_column() -> ScalarSelect[Any]:
     return _EXPOSURE.scalar_subquery()
 
 
-async def exposure_minor(session: AsyncSession, borrower_id: str) -> int:
-    """Outstanding principal of the borrower's open loans."""
-    total = await session.scalar(_EXPOSURE, {"borrower_id": borrower_id})
-    return int(total or 0)
-
-
 async def view_borrower(
     session: AsyncSession, principal: Principal, *, borrower_id: str
 ) -> BorrowerView:
     borrower = await get_borrower(session, principal, borrower_id=borrower_id)
+    return await _view(session, borrower)
+
+
+async def _view(session: AsyncSession, borrower: Borrower) -> BorrowerView:
+    exposure, worst_score = (await session.execute(_STANDING, {"borrower_id": borrower.id})).one()
     flags = await _open_flags(session, [borrower.id])
-    return BorrowerView(borrower, await exposure_minor(session, borrower.id), flags[borrower.id])
+    return BorrowerView(borrower, int(exposure), flags[borrower.id], _score(worst_score))
+
+
+def _score(worst_loan_score: int | None) -> int:
+    return PERFECT if worst_loan_score is None else int(worst_loan_score)
 
 
 async def _open_flags(
@@ -224,13 +233,19 @@ async def list_borrowers(
         query = query.where(Borrower.id > page.after_id)
     borrowers = list(await session.scalars(query))
     rows = await session.execute(
-        select(Loan.borrower_id, func.sum(Loan.principal_outstanding_minor))
+        select(
+            Loan.borrower_id, func.sum(Loan.principal_outstanding_minor), func.min(Loan.risk_score)
+        )
         .where(Loan.borrower_id.in_([b.id for b in borrowers]), Loan.status.in_(OPEN_STATUSES))
         .group_by(Loan.borrower_id)
     )
-    exposures = {borrower_id: int(total) for borrower_id, total in rows}
+    standing = {borrower_id: (int(total), score) for borrower_id, total, score in rows}
     flags = await _open_flags(session, [b.id for b in borrowers])
-    return [BorrowerView(b, exposures.get(b.id, 0), flags[b.id]) for b in borrowers]
+    return [
+        BorrowerView(b, standing.get(b.id, (0, None))[0], flags[b.id],
+                     _score(standing.get(b.id, (0, None))[1]))
+        for b in borrowers
+    ]  # fmt: skip
 
 
 async def set_credit_limit(
@@ -254,5 +269,4 @@ async def set_credit_limit(
                 "reason": "admin_override",
             },
         )
-    flags = await _open_flags(session, [borrower.id])
-    return BorrowerView(borrower, await exposure_minor(session, borrower.id), flags[borrower.id])
+    return await _view(session, borrower)

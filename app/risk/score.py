@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
+PERFECT = 1000  # a loan with nothing against it, and a borrower with no open loan
 SEVERITY_POINTS = {"low": 25, "medium": 75, "high": 150, "critical": 300}
 DPD_POINTS_PER_DAY, DPD_POINTS_MAX = 3, 400
 FADE_DAYS = 182
@@ -54,12 +55,12 @@ def score_value(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> i
     deducted = _days_past_due_points(days_past_due)
     for flag in flags:
         deducted += _flag_points(flag, as_of)
-    return max(1000 - deducted, 0)
+    return max(PERFECT - deducted, 0)
 
 
 def score_loan(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> Score:
     reasons: list[dict[str, object]] = []
-    total = 1000
+    total = PERFECT
     if points := _days_past_due_points(days_past_due):
         total -= points
         reasons.append({"code": "days_past_due", "days": days_past_due, "points": -points})

@@ -493,6 +493,12 @@ async def test_an_on_demand_run_regrades_the_borrowers_at_once(
     assert {"first_payment_default", "never_paid"} <= {f["code"] for f in risk["flags"]}
     after = await w.get(f"/v1/borrowers/{borrower_id}")
     assert after["risk_grade"] == risk["grade"] != before["risk_grade"]
+    # The borrower's score is their worst loan's; the grade keeps the flags it came from.
+    assert after["risk_score"] == risk["score"] < before["risk_score"]
+    assert set(after["risk_reasons"]) == {f["code"] for f in risk["flags"]}
+    listed = await w.get(f"/v1/borrowers?external_id={after['external_id']}")
+    assert listed["items"][0]["risk_score"] == risk["score"]
+    assert (await w.borrower())["risk_score"] == 1000  # no loan: nothing against them
     assert run["counts"]["grades_changed"] == 1
     changed = await w.get("/v1/events?type=risk.grade_changed", headers=w.admin)
     assert [(e["data"]["borrower_id"], e["data"]["previous_grade"], e["data"]["grade"])
