@@ -108,11 +108,15 @@ def tolerance_minor(currency: str) -> int:
 
 
 async def refresh_loan(
-    session: AsyncSession, loan: Loan, position: LoanPosition, as_of: date, status_before: str
+    session: AsyncSession,
+    loan: Loan,
+    position: LoanPosition,
+    as_of: date,
+    status_before: str | None = None,
 ) -> None:
     """Recompute one loan's delinquency after a payment or reversal (caller holds the lock).
-    ``status_before``: the loan's status before the change, which may have paid it off or
-    reopened it already."""
+    ``status_before``: the loan's status before the change, when the change has paid it off
+    or reopened it already."""
     change = apply_delinquency(loan, position, as_of, status_before)
     if change is not None:
         event = change.event()
