@@ -91,6 +91,10 @@ WITH installments AS (
                               AND pay.reversal_reason IN ('nsf', 'chargeback')
                               AND pay.reversed_on > DATE '{as_of}' - 60)
              AS reversals,
+           string_agg(pay.id, ',') FILTER (WHERE pay.status = 'reversed'
+                                 AND pay.reversal_reason IN ('nsf', 'chargeback')
+                                 AND pay.reversed_on > DATE '{as_of}' - 60)
+             AS reversed_ids,
            max(pay.id) FILTER (WHERE pay.status = 'reversed'
                                  AND pay.reversal_reason IN ('nsf', 'chargeback')
                                  AND pay.reversed_on > DATE '{as_of}' - 60)
@@ -108,19 +112,22 @@ WITH installments AS (
     GROUP BY pay.loan_id, r.seq, r.due_amount
 ), payments AS (
     SELECT loan_id, sum(settled) AS settled, sum(reversals) AS reversals,
+           string_agg(reversed_ids, ',') AS reversed_ids,
            max(last_reversed_id) AS last_reversed_id, max(last_reversed_on) AS last_reversed_on,
+           string_agg(seq::text, ',') FILTER (WHERE seq IS NOT NULL AND paid > 0
+                              AND paid * 10 < due_amount * 8) AS partial_seqs,
            count(*) FILTER (WHERE seq IS NOT NULL AND paid > 0
                               AND paid * 10 < due_amount * 8) AS partial_periods,
            max(seq) FILTER (WHERE seq IS NOT NULL AND paid > 0
                               AND paid * 10 < due_amount * 8) AS last_partial_seq
     FROM periods GROUP BY loan_id
 ), debits AS (
-    SELECT loan_id, count(*) AS failed, max(id) AS last_failed_id,
-           max(attempted_on) AS last_failed_on FROM failed_debit
+    SELECT loan_id, count(*) AS failed, string_agg(id, ',') AS failed_ids,
+           max(id) AS last_failed_id, max(attempted_on) AS last_failed_on FROM failed_debit
     WHERE attempted_on > DATE '{as_of}' - 30 AND attempted_on <= DATE '{as_of}'
     GROUP BY loan_id
 ), delinquent AS (
-    SELECT borrower_id, count(*) AS delinquent FROM loan
+    SELECT borrower_id, count(*) AS delinquent, string_agg(id, ',') AS delinquent_ids FROM loan
     WHERE days_past_due > 0
       AND status IN ('active', 'delinquent', 'defaulted', 'charged_off', 'restructured')
     GROUP BY borrower_id
@@ -128,10 +135,12 @@ WITH installments AS (
 SELECT l.id, l.borrower_id, l.days_past_due, l.bucket, l.previous_bucket,
        DATE '{as_of}' - l.cured_on AS cured_days_ago, l.cured_on, per_loan.*,
        coalesce(payments.settled, 0) AS settled, coalesce(payments.reversals, 0) AS reversals,
-       payments.last_reversed_id, payments.last_reversed_on,
-       coalesce(payments.partial_periods, 0) AS partial_periods, payments.last_partial_seq,
-       coalesce(debits.failed, 0) AS failed, debits.last_failed_id, debits.last_failed_on,
-       coalesce(delinquent.delinquent, 0) AS delinquent
+       payments.reversed_ids, payments.last_reversed_id, payments.last_reversed_on,
+       coalesce(payments.partial_periods, 0) AS partial_periods, payments.partial_seqs,
+       payments.last_partial_seq,
+       coalesce(debits.failed, 0) AS failed, debits.failed_ids, debits.last_failed_id,
+       debits.last_failed_on,
+       coalesce(delinquent.delinquent, 0) AS delinquent, delinquent.delinquent_ids
 FROM loan l
 JOIN per_loan ON per_loan.loan_id = l.id
 LEFT JOIN payments ON payments.loan_id = l.id

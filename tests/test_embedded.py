@@ -122,8 +122,8 @@ def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Pa
         [flag] = [f for f in risk["flags"] if f["code"] == "first_payment_default"]
         raised = http.get("/v1/events?type=risk.flag_raised", headers=admin).json()["items"]
         [data] = [e["data"] for e in raised if e["data"]["flag_id"] == flag["id"]]
-        # Raised by the reversal as of today, before the first close: the close since has
-        # rewritten its severity and evidence as of its own date.
+        # Raised by the first close, as of its date (before any close, the reversal raised
+        # none): its event carries the flag as raised.
         shown = ("loan_id", "borrower_id", "code", "status", "raised_on", "cleared_on")
         assert {k: data[k] for k in shown} == {k: flag[k] for k in shown}
         assert data["evidence"].keys() == flag["evidence"].keys()

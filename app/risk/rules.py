@@ -141,6 +141,10 @@ class LoanFeatures:
     last_failed_debit_id: str | None = None  # the latest of the failed debits counted
     last_failed_on: str | None = None
     last_partial_seq: int | None = None  # the newest of the partial periods
+    reversed_payment_ids: tuple[str, ...] = ()  # every reversal counted
+    failed_debit_ids: tuple[str, ...] = ()  # every failed debit counted
+    partial_seqs: tuple[int, ...] = ()  # the installments of the partial periods
+    delinquent_loan_ids: tuple[str, ...] = ()  # the borrower's loans past due, this one too
 
 
 Evaluation = dict[FlagCode, tuple[Severity, dict[str, object]]]
@@ -189,6 +193,7 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
         flags[FlagCode.PAYMENT_REVERSAL] = (
             Severity.HIGH if high else Severity.MEDIUM,
             {"reversals": f.reversals, "within_days": rules.payment_reversal_days,
+             "payment_ids": list(f.reversed_payment_ids),
              "latest_payment_id": f.last_reversed_payment_id,
              "latest_reversed_on": f.last_reversed_on},
         )  # fmt: skip
@@ -196,6 +201,7 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
         flags[FlagCode.FAILED_DEBITS] = (
             Severity.MEDIUM,
             {"failed_debits": f.failed_debits, "within_days": rules.failed_debits_days,
+             "failed_debit_ids": list(f.failed_debit_ids),
              "latest_failed_debit_id": f.last_failed_debit_id,
              "latest_attempted_on": f.last_failed_on},
         )  # fmt: skip
@@ -212,14 +218,16 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
     if f.days_past_due > 0 and f.borrower_delinquent_loans >= rules.multi_loan_count:
         flags[FlagCode.MULTI_LOAN_DELINQUENCY] = (
             Severity.HIGH,
-            {"borrower_id": f.borrower_id, "delinquent_loans": f.borrower_delinquent_loans},
-        )
+            {"borrower_id": f.borrower_id, "delinquent_loans": f.borrower_delinquent_loans,
+             "loan_ids": list(f.delinquent_loan_ids)},
+        )  # fmt: skip
     # Paying less than the schedule is what an agreed plan allows: not a warning while it runs.
     if f.partial_periods >= rules.partial_payment_min_periods and not f.plan_running:
         flags[FlagCode.PARTIAL_PAYMENTS] = (
             Severity.MEDIUM,
             {"partial_periods": f.partial_periods, "of_last": rules.partial_payment_periods,
              "ratio": str(rules.partial_payment_ratio),
+             "installment_seqs": list(f.partial_seqs),
              "latest_installment_seq": f.last_partial_seq},
         )  # fmt: skip
     last, first = f.last_settled_days_late, f.drift_window_first_days_late

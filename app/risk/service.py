@@ -330,7 +330,8 @@ def _features_query(
             recent.c.due_amount,
             func.sum(case((applied, 1), else_=0)).label("settled"),
             func.sum(case((reversed_lately, 1), else_=0)).label("reversals"),
-            # The evidence's latest reversal (ids sort by creation).
+            # The evidence: every reversal counted, and the latest (ids sort by creation).
+            func.aggregate_strings(case((reversed_lately, p.id)), ",").label("reversed_ids"),
             func.max(case((reversed_lately, p.id))).label("last_reversed_id"),
             func.max(case((reversed_lately, p.reversed_on))).label("last_reversed_on"),
             func.sum(case((applied, p.amount_minor), else_=0)).label("paid"),
@@ -351,9 +352,13 @@ def _features_query(
             per_period.c.loan_id,
             func.sum(per_period.c.settled).label("settled"),
             func.sum(per_period.c.reversals).label("reversals"),
+            func.aggregate_strings(per_period.c.reversed_ids, ",").label("reversed_ids"),
             func.max(per_period.c.last_reversed_id).label("last_reversed_id"),
             func.max(per_period.c.last_reversed_on).label("last_reversed_on"),
             func.sum(case((too_little, 1), else_=0)).label("partial_periods"),
+            func.aggregate_strings(case((too_little, cast(per_period.c.seq, String))), ",").label(
+                "partial_seqs"
+            ),
             func.max(case((too_little, per_period.c.seq))).label("last_partial_seq"),
         )
         .group_by(per_period.c.loan_id)
@@ -364,6 +369,7 @@ def _features_query(
         select(
             fd.loan_id,
             func.count().label("failed"),
+            func.aggregate_strings(fd.id, ",").label("failed_ids"),
             func.max(fd.id).label("last_failed_id"),
             func.max(fd.attempted_on).label("last_failed_on"),
         )
@@ -407,12 +413,13 @@ def _features_query(
         .subquery()
     )
     # multi_loan_delinquency looks at a borrower's other loans only when this one is late: a
-    # lookup by borrower for those rows, whatever the planner thinks of the chunk's size.
+    # lookup by borrower for those rows, whatever the planner thinks of the chunk's size. The
+    # ids, not a count: the evidence names them.
     other = Loan.__table__.alias("other")
     delinquent = case(
         (
             loan.days_past_due > 0,
-            select(func.count())
+            select(func.aggregate_strings(other.c.id, ","))
             .where(
                 other.c.borrower_id == loan.borrower_id,
                 other.c.days_past_due > 0,
@@ -420,7 +427,6 @@ def _features_query(
             )
             .scalar_subquery(),
         ),
-        else_=0,
     )
     query = (
         select(
@@ -446,15 +452,18 @@ def _features_query(
             per_loan.c.last_good_seq,
             _whole(payments.c.settled).label("settled"),
             _whole(payments.c.reversals).label("reversals"),
+            payments.c.reversed_ids,
             payments.c.last_reversed_id,
             payments.c.last_reversed_on,
             func.coalesce(debits.c.failed, 0).label("failed"),
+            debits.c.failed_ids,
             debits.c.last_failed_id,
             debits.c.last_failed_on,
-            delinquent.label("delinquent"),
+            delinquent.label("delinquent_ids"),
             per_loan.c.last_late,
             per_loan.c.first_late_of_window,
             _whole(payments.c.partial_periods).label("partial_periods"),
+            payments.c.partial_seqs,
             payments.c.last_partial_seq,
             func.coalesce(broken.c.broken_count, 0).label("broken_promises"),
             broken.c.id.label("promise_id"),
@@ -537,6 +546,7 @@ async def evaluate_loans(
         rows = list((await session.execute(query, params)).all())
     wanted: dict[tuple[str, str], tuple[Severity, dict[str, object], str]] = {}
     for row in rows:
+        delinquent_ids = _ids(row.delinquent_ids)
         features = LoanFeatures(
             loan_id=row.id, borrower_id=row.borrower_id, days_past_due=row.days_past_due,
             bucket=row.bucket, previous_bucket=row.previous_bucket,
@@ -547,7 +557,7 @@ async def evaluate_loans(
             early_default_seq=row.early_default_seq, latest_due_seq=row.latest_due_seq,
             last_good_seq=row.last_good_seq, settled_payments=row.settled,
             reversals=row.reversals, failed_debits=row.failed,
-            borrower_delinquent_loans=row.delinquent,
+            borrower_delinquent_loans=len(delinquent_ids),
             last_settled_days_late=row.last_late,
             drift_window_first_days_late=row.first_late_of_window,
             partial_periods=row.partial_periods, broken_promises=row.broken_promises,
@@ -556,6 +566,9 @@ async def evaluate_loans(
             last_reversed_on=_day(row.last_reversed_on),
             last_failed_debit_id=row.last_failed_id, last_failed_on=_day(row.last_failed_on),
             last_partial_seq=row.last_partial_seq,
+            reversed_payment_ids=_ids(row.reversed_ids), failed_debit_ids=_ids(row.failed_ids),
+            partial_seqs=tuple(sorted(int(seq) for seq in _ids(row.partial_seqs))),
+            delinquent_loan_ids=delinquent_ids,
         )  # fmt: skip
         for code, (severity, evidence) in evaluate(features, rules).items():
             wanted[(row.id, code.value)] = (severity, evidence, row.borrower_id)
@@ -678,6 +691,11 @@ def _broken_promise(row: Any) -> BrokenPromise | None:
         due_on=str(row.promise_due_on), broken_on=str(row.promise_broken_on),
         restructure_id=row.promise_restructure_id, plan_seq=row.promise_plan_seq,
     )  # fmt: skip
+
+
+def _ids(joined: str | None) -> tuple[str, ...]:
+    """The values a string aggregate joined with commas, sorted (neither engine orders them)."""
+    return tuple(sorted(joined.split(","))) if joined else ()
 
 
 def _day(value: date | str | None) -> str | None:

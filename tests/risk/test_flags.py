@@ -160,7 +160,7 @@ async def test_payment_reversal(client: httpx.AsyncClient) -> None:
 
     await bounced("10.00", "2026-01-15", "2026-01-15", "error")
     assert "payment_reversal" not in await flags(w, loan_id)  # a booking error is no signal
-    await bounced("10.00", "2026-01-16", "2026-01-16", "nsf")
+    second = await bounced("10.00", "2026-01-16", "2026-01-16", "nsf")
     assert (await flags(w, loan_id))["payment_reversal"]["severity"] == "medium"
     third = await bounced("10.00", "2026-01-17", "2026-01-19", "chargeback")
     flag = (await flags(w, loan_id))["payment_reversal"]
@@ -169,7 +169,8 @@ async def test_payment_reversal(client: httpx.AsyncClient) -> None:
     changed = await w.get("/v1/events?type=risk.flag_severity_changed", headers=w.admin)
     assert [(e["data"]["flag_id"], e["data"]["previous_severity"], e["data"]["severity"])
             for e in changed["items"]] == [(flag["id"], "medium", "high")]  # fmt: skip
-    # The evidence names the latest reversal and the date it counts from.
+    # The evidence names every reversal counted, and the latest with the date it counts from.
+    assert flag["evidence"]["payment_ids"] == sorted([second, third])
     assert flag["evidence"]["latest_payment_id"] == third
     assert flag["evidence"]["latest_reversed_on"] == "2026-01-19"
     # The last 60 days, as of each business date, as failed_debits' 30: Jan 16's reversal
@@ -241,6 +242,9 @@ async def test_failed_debits(client: httpx.AsyncClient) -> None:
         flag["raised_on"],
     )
     assert third["evidence"]["failed_debits"] == 3
+    assert len(set(third["evidence"]["failed_debit_ids"])) == 3
+    assert flag["evidence"]["failed_debit_ids"] == sorted(flag["evidence"]["failed_debit_ids"])
+    assert set(flag["evidence"]["failed_debit_ids"]) < set(third["evidence"]["failed_debit_ids"])
     assert third["evidence"]["latest_failed_debit_id"] > flag["evidence"]["latest_failed_debit_id"]
     await close(w, "2026-02-09")  # all three now more than 30 days back
     assert "failed_debits" not in await flags(w, loan_id)
@@ -298,6 +302,7 @@ async def test_multi_loan_delinquency(client: httpx.AsyncClient) -> None:
     for loan_id in (first, second):
         flag = (await flags(w, loan_id))["multi_loan_delinquency"]
         assert (flag["severity"], flag["evidence"]["delinquent_loans"]) == ("high", 2)
+        assert flag["evidence"]["loan_ids"] == sorted([first, second])  # SPEC: names them
 
 
 async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) -> None:
@@ -565,6 +570,7 @@ async def test_partial_payments(client: httpx.AsyncClient) -> None:
     flag = (await flags(w, loan_id))["partial_payments"]
     assert (flag["severity"], flag["evidence"]["partial_periods"]) == ("medium", 2)
     assert flag["evidence"]["latest_installment_seq"] == 2
+    assert flag["evidence"]["installment_seqs"] == [1, 2]
     await w.pay(loan_id, "430.00", "2026-04-12")  # catches up in full
     await w.pay(loan_id, "206.00", "2026-05-12")
     await close(w, "2026-05-14")  # the last three periods: one partial
