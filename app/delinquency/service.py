@@ -143,7 +143,7 @@ def apply_delinquency(
     if status in DELINQUENCY_STATUSES:
         charge_off = get_settings().close.charge_off_after_days
         status = status_for(dpd, charge_off, restructured=loan.restructured_on is not None)
-    previous = (loan.bucket, status_before or loan.status, loan.days_past_due)
+    previous = (loan.bucket, loan.status, loan.days_past_due)
     # Stored as of a later date (a loan booked before the first close, which may be for an
     # earlier date): this is the same loan seen earlier, not a move in time, so no cure and
     # no bucket left behind.
@@ -157,11 +157,14 @@ def apply_delinquency(
     # From the replayed history, not kept once set: payments booked back-dated after the loan
     # (a migration) or a reversal rewrite when it first went past 30 days (vintages).
     loan.ever_30_plus_on = first_past_30(as_of, due, tolerance)
+    # A payoff or its reversal, set by the caller, is not a delinquency change by itself (it
+    # has its own events), but one that moves the bucket reports the status it came from.
     if (previous[0], previous[1]) == (bucket, status):
         return None
     return DelinquencyChange(
         loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
-        loan.principal_outstanding_minor, as_of, dpd, previous[0], bucket, previous[1], status,
+        loan.principal_outstanding_minor, as_of, dpd, previous[0], bucket,
+        status_before or previous[1], status,
     )  # fmt: skip
 
 
