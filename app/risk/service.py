@@ -116,6 +116,7 @@ def _features_params(
         "debits_after": as_of - timedelta(days=rules.failed_debits_days),
         "broken_after": as_of - timedelta(days=rules.broken_promise_days),
         "fading_after": as_of - timedelta(days=FADE_DAYS),
+        "partial_ratio_ppm": int(rules.partial_payment_ratio * 1_000_000),
         "low": low,
         "high": high,
         "loan_id": loan_id,
@@ -148,6 +149,11 @@ def _scope(scope_kind: Scope, has_low: bool, has_high: bool) -> Callable[[Any], 
 @lru_cache(maxsize=8)
 def _changed_loans_query(has_low: bool, has_high: bool) -> Any:
     return _may_change_overnight(_scope("range", has_low, has_high))
+
+
+@lru_cache(maxsize=8)
+def _candidates_query(has_low: bool, has_high: bool) -> Any:
+    return _may_be_flagged(_scope("range", has_low, has_high))
 
 
 def _flagged_loans(scope: Callable[[Any], Any]) -> Any:
@@ -197,6 +203,82 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
             loan.id.in_(grace_ended_today),
             loan.id.in_(debit_failed_today),
             loan.id.in_(promise_broken_today),
+        ),
+    )
+
+
+def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
+    """The open loans in scope some rule could flag or whose score could move, from facts an
+    index or a plain scan finds, without the features query's windows: a superset of the
+    loans that query keeps (its last filter). What a first close, or a close under new rules,
+    evaluates: in a large book most loans are paid on time, and sorting their installments
+    was most of that close's risk step.
+    """
+    loan, i, p = Loan.__table__.c, LoanInstallment.__table__.c, Payment.__table__.c
+    fd, pr = FailedDebit.__table__.c, Promise.__table__.c
+    as_of = bindparam("as_of", type_=Date)
+    perfect = score_loan(0, [], date.min)
+    # Missed installments (first payment default, early payment default, consecutive misses)
+    # have more than the tolerance unpaid after their due date, so more than nothing.
+    in_arrears = select(i.loan_id).where(
+        scope(i.loan_id), i.due_date < as_of, delinquency.unpaid_sql() > 0
+    )
+    # late_drift and the lateness of the newest settled installment.
+    paid_late = select(i.loan_id).where(scope(i.loan_id), i.paid_on > i.due_date)
+    reversed_lately = select(p.loan_id).where(
+        scope(p.loan_id),
+        p.status == PaymentStatus.REVERSED.value,
+        p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
+        p.reversed_on > bindparam("reversals_after", type_=Date),
+    )
+    failed_lately = select(fd.loan_id).where(
+        scope(fd.loan_id),
+        fd.attempted_on > bindparam("debits_after", type_=Date),
+        fd.attempted_on <= as_of,
+    )
+    broken_lately = select(pr.loan_id).where(
+        scope(pr.loan_id),
+        pr.status == PromiseStatus.BROKEN.value,
+        pr.broken_on > bindparam("broken_after", type_=Date),
+        pr.broken_on <= as_of,
+    )
+    # partial_payments: a period paid in part but under the ratio of its installment holds
+    # only payments under that ratio, so under the ratio of the loan's largest installment.
+    due = i.principal_minor + i.interest_minor + i.fees_minor
+    largest = (
+        select(i.loan_id, func.max(due).label("due"))
+        .where(scope(i.loan_id))
+        .group_by(i.loan_id)
+        .subquery()
+    )
+    smallest = (
+        select(p.loan_id, func.min(p.amount_minor).label("paid"))
+        .where(scope(p.loan_id), p.status == PaymentStatus.APPLIED.value)
+        .group_by(p.loan_id)
+        .subquery()
+    )
+    paid_in_part = (
+        select(smallest.c.loan_id)
+        .join(largest, largest.c.loan_id == smallest.c.loan_id)
+        .where(
+            smallest.c.paid * 1_000_000
+            < largest.c.due * bindparam("partial_ratio_ppm", type_=Integer)
+        )
+    )
+    return select(loan.id).where(
+        scope(loan.id),
+        loan.status.in_(OPEN_STATUSES),
+        or_(
+            loan.days_past_due > 0,
+            loan.risk_score != perfect.score,
+            loan.risk_grade != perfect.grade,
+            loan.id.in_(_flagged_loans(scope)),
+            loan.id.in_(in_arrears),
+            loan.id.in_(paid_late),
+            loan.id.in_(reversed_lately),
+            loan.id.in_(failed_lately),
+            loan.id.in_(broken_lately),
+            loan.id.in_(paid_in_part),
         ),
     )
 
@@ -527,13 +609,16 @@ async def evaluate_loans(
     postgres = is_postgres(session)
     params = _features_params(as_of, rules, low, high, loan_id)
     scope_kind: Scope = "loan" if loan_id is not None else "range"
-    if changed_only and loan_id is None:
-        # On PostgreSQL the loans are listed first: inside the features statement the
-        # planner sorts the whole chunk's installments before it drops the other loans.
-        scope_kind = "listed" if postgres else "changed"
-        if postgres:
-            changed = _changed_loans_query(low is not None, high is not None)
-            params["loan_ids"] = list(await session.scalars(changed, params))
+    if loan_id is None and postgres:
+        # The loans are listed first: inside the features statement the planner sorts the
+        # whole chunk's installments before it drops the others.
+        scope_kind = "listed"
+        listing = _changed_loans_query if changed_only else _candidates_query
+        params["loan_ids"] = list(
+            await session.scalars(listing(low is not None, high is not None), params)
+        )
+    elif changed_only and loan_id is None:
+        scope_kind = "changed"
     query = _features_query(
         rules.model_dump_json(), get_settings().close.arrears_tolerance, scope_kind,
         low is not None, high is not None,

@@ -610,6 +610,29 @@ async def test_late_drift_narrowly_not(client: httpx.AsyncClient) -> None:
     assert "late_drift" not in await flags(w, loan_id)
 
 
+async def test_a_first_close_flags_loans_current_at_it(client: httpx.AsyncClient) -> None:
+    """The first close evaluates only the loans cheap facts say a rule could flag: among them
+    a loan paid in full, on time or ahead, whose periods were paid in part, and a current
+    loan that drifts late. Before it no payment raised anything (docs/risk.md)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    ahead = await six_month_loan(w)
+    # The first two installments and 108.00 of the third, then under 80 % of the installment
+    # in each period, each paid by its due date.
+    for amount, day in (("530.00", "2026-02-10"), ("100.00", "2026-03-10"),
+                        ("100.00", "2026-04-10"), ("106.00", "2026-05-10")):  # fmt: skip
+        await w.pay(ahead, amount, day)
+    drifting = await six_month_loan(w)
+    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-12"),
+                        ("208.00", "2026-04-14"), ("206.00", "2026-05-16")):  # fmt: skip
+        await w.pay(drifting, amount, day)  # 0, 2, 4, 6 days late
+    await close(w, "2026-05-16")
+    for loan_id in (ahead, drifting):
+        assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] == 0
+    assert (await flags(w, ahead)).keys() == {"partial_payments"}
+    assert (await flags(w, drifting)).keys() == {"late_drift"}
+
+
 async def test_grades_move_the_credit_limit(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     borrower = await w.borrower(monthly_income="10000.00")  # limit 30000.00
