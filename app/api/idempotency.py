@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import hash_key
 from app.api.bodies import read_body, replay_body
+from app.api.deps import authenticate
 from app.config import get_settings
 from app.db import (
     Base,
@@ -44,7 +45,7 @@ from app.db import (
     execute_counting,
     utc_now,
 )
-from app.errors import problem
+from app.errors import Unauthorized, problem
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
@@ -92,6 +93,12 @@ class IdempotencyMiddleware:
             return
 
         body = await read_body(receive)
+        try:
+            # A revoked or unknown key gets its 401 from the route, never a stored answer.
+            await authenticate(headers[b"authorization"].decode("latin-1"))
+        except Unauthorized:
+            await self.app(scope, replay_body(body), send)
+            return
         owner = hash_key(token.decode("latin-1"))
         fingerprint = hashlib.sha256(
             b"\n".join([scope["path"].encode(), scope.get("query_string", b""), canonical(body)])

@@ -121,3 +121,20 @@ async def test_overlong_key_is_422(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/merchants", json={"name": "A"},
                                  headers={**w.admin, "Idempotency-Key": "k" * 300})  # fmt: skip
     assert response.status_code == 422
+
+
+async def test_a_revoked_key_gets_401_not_its_stored_answers(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    created = await client.post(
+        "/v1/api-keys", json={"role": "merchant", "merchant_id": w.merchant_id}, headers=w.admin
+    )
+    pos = {"Authorization": f"Bearer {created.json()['key']}", "Idempotency-Key": "b-1"}
+    body = {"external_id": "c-1", "name": "Li Lei", "phone": "+8613800138000"}
+    assert (await client.post("/v1/borrowers", json=body, headers=pos)).status_code == 201
+    revoked = await client.delete(f"/v1/api-keys/{created.json()['id']}", headers=w.admin)
+    assert revoked.status_code == 204
+    replay = await client.post("/v1/borrowers", json=body, headers=pos)
+    assert replay.status_code == 401, replay.text
+    assert "idempotent-replayed" not in replay.headers
+    other = await client.post("/v1/borrowers", json={**body, "name": "Han"}, headers=pos)
+    assert other.status_code == 401
