@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api import openapi
+from app.api.head import AnswerHeadAsGet
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.unambiguous import RefuseAmbiguousInput
 from app.api_keys.routes import router as api_keys_router
@@ -81,6 +82,7 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RefuseAmbiguousInput)  # outside the idempotency claim: it writes
     app.add_middleware(metrics.RequestMetrics)
+    app.add_middleware(AnswerHeadAsGet)
     for router in ROUTERS:
         # The routes themselves, not app.include_router(router): FastAPI matches an included
         # router's routes through a wrapper per router and per route, which cost a request

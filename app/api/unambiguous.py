@@ -6,12 +6,15 @@ request has written nothing, not even an idempotency claim:
 * a JSON body naming a key twice in one object: parsers disagree on which one counts (ours
   takes the last), and ``{"amount": "1.00", "amount": "2.00"}`` is not a payment of either;
 * a JSON body nested deeper than Python's parser recurses (about a thousand levels; no field
-  nests more than three): every later parse of it would fail with a RecursionError.
+  nests more than three): every later parse of it would fail with a RecursionError;
+* a query parameter given twice (``?status=active&status=delinquent``): no filter takes a
+  list, and keeping the last value answered a different question than the one asked.
 """
 
 import json
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,6 +45,12 @@ class TooDeeplyNested(ValueError):
     pass
 
 
+def repeated_parameter(query_string: bytes) -> str | None:
+    """A query parameter the query string names twice, if any."""
+    names = [name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)]
+    return next((name for name in names if names.count(name) > 1), None)
+
+
 def duplicate_key(body: bytes) -> str | None:
     """A key some object of the JSON body names twice, if any (a body that is not JSON is
     left to the route's own validation); ``TooDeeplyNested`` if it cannot be parsed at all."""
@@ -65,11 +74,13 @@ class RefuseAmbiguousInput:
             await self.app(scope, receive, send)
             return
         where, duplicate, too_deep = None, None, False
+        query = scope["query_string"]
+        repeated = repeated_parameter(query) if b"&" in query else None
         if "\x00" in scope["path"]:
             where = "path"
-        elif b"%00" in scope["query_string"]:
+        elif b"%00" in query:
             where = "query"
-        elif scope["method"] in _WITH_BODY:
+        elif repeated is None and scope["method"] in _WITH_BODY:
             body = await read_body(receive)
             if carries_nul(body):
                 where = "body"
@@ -91,6 +102,12 @@ class RefuseAmbiguousInput:
                 422, "validation_error", "Invalid request",
                 "the body nests arrays or objects too deeply to be read",
                 errors=[{"field": "body", "message": "nested too deeply", "type": "too_deep"}],
+            )  # fmt: skip
+        elif repeated is not None:
+            response = problem(
+                422, "validation_error", "Invalid request",
+                f"the query names the parameter {repeated!r} more than once; it takes one value",
+                errors=[{"field": repeated, "message": "given twice", "type": "repeated"}],
             )  # fmt: skip
         elif duplicate is not None:
             response = problem(

@@ -1,12 +1,15 @@
 """The app adds its routers' routes as plain routes, in the order of their traffic
-(app/main.py): that must neither change the OpenAPI document nor which route answers."""
+(app/main.py): that must neither change the OpenAPI document nor which route answers. HEAD
+is answered by the GET route."""
 
 import re
 
+import httpx
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from app.main import ROUTERS, app
+from tests.factories import world
 
 
 def test_no_two_routes_answer_the_same_path_and_method() -> None:
@@ -45,3 +48,16 @@ def test_the_document_is_the_one_include_router_would_give() -> None:
             assert mine.get("parameters", [])[: len(operation.get("parameters", []))] == (
                 operation.get("parameters", [])
             ), (path, method)
+
+
+async def test_head_answers_as_get_without_the_body(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    got = await client.get("/v1/portfolio/summary", headers=w.admin)
+    head = await client.head("/v1/portfolio/summary", headers=w.admin)
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["etag"] == got.headers["etag"]
+    assert head.headers["content-length"] == str(len(got.content))
+    cached = {**w.admin, "If-None-Match": got.headers["etag"]}
+    assert (await client.head("/v1/portfolio/summary", headers=cached)).status_code == 304
+    assert (await client.head("/v1/portfolio/summary")).status_code == 401

@@ -105,3 +105,19 @@ async def test_a_body_nested_too_deeply_to_parse_is_refused(client: httpx.AsyncC
         assert response.status_code == 422, response.text
         assert response.json()["errors"][0]["type"] == "too_deep"
     assert await row_counts() == before
+
+
+async def test_a_query_parameter_given_twice_is_refused(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    got = await client.get("/v1/loans?status=active&status=delinquent", headers=w.admin)
+    assert got.status_code == 422, got.text
+    assert got.json()["errors"] == [
+        {"field": "status", "message": "given twice", "type": "repeated"}
+    ]
+    before = await row_counts()
+    borrower = {"external_id": "c-1", "name": "Li Wei", "phone": "+8613800138000"}
+    posted = await client.post("/v1/borrowers?x=1&x=2", json=borrower, headers=w.merchant)
+    assert posted.status_code == 422
+    assert await row_counts() == before
+    ok = await client.get("/v1/loans?status=active&limit=5", headers=w.admin)
+    assert ok.status_code == 200
