@@ -1,6 +1,7 @@
 """Portfolio and close gauges for /metrics, read from the same aggregates as the portfolio
 views at scrape time (a few small queries, never a scan of the loans)."""
 
+from collections import Counter
 from datetime import UTC, datetime, time
 
 from prometheus_client import Gauge
@@ -40,9 +41,11 @@ async def refresh(session: AsyncSession) -> None:
     PORTFOLIO_LOANS.clear()
     PORTFOLIO_PRINCIPAL.clear()
     OPEN_FLAGS.clear()
+    flags: Counter[str] = Counter()  # over every currency
     for currency in currencies:
         scope = positions.Scope(currency=currency)
         deltas = await positions.pending_deltas(session, scope)
+        flags.update(await positions.open_flags(session, scope, deltas))
         for (status, bucket), tally in (await positions.positions(session, scope, deltas)).items():
             if status in CLOSED_STATUSES:
                 continue
@@ -50,11 +53,6 @@ async def refresh(session: AsyncSession) -> None:
             PORTFOLIO_PRINCIPAL.labels(currency, bucket).inc(
                 float(to_decimal(tally.principal_minor, currency))
             )
-    # Flags are counted over every currency: the scope's currency does not filter them.
-    every_currency = positions.Scope(currency="")
-    flags = await positions.open_flags(
-        session, every_currency, await positions.pending_deltas(session, every_currency)
-    )
     for code, count in flags.items():
         OPEN_FLAGS.labels(code).set(count)
 

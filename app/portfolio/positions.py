@@ -27,6 +27,7 @@ from app.portfolio.models import (
     PortfolioFlagCount,
     PortfolioPosition,
 )
+from app.products.models import Product
 from app.risk.models import FlagStatus, RiskFlag
 
 _NO_CHANGE: dict[str, Any] = {
@@ -254,10 +255,10 @@ async def pending_deltas(session: AsyncSession, scope: Scope) -> Deltas:
     )  # fmt: skip
     found = Deltas({}, {}, {})
     for currency, status, bucket, code, day, loans, principal, flags, amount in rows:
-        if code is not None:  # flags count over every currency
-            found.flags[code] = found.flags.get(code, 0) + int(flags)
         if currency != scope.currency:
             continue
+        if code is not None:
+            found.flags[code] = found.flags.get(code, 0) + int(flags)
         if status is not None and bucket is not None:
             tally = found.positions.setdefault((status, bucket), Tally())
             tally.count += int(loans)
@@ -287,9 +288,14 @@ async def positions(
 
 async def open_flags(session: AsyncSession, scope: Scope, deltas: Deltas) -> dict[str, int]:
     base = PortfolioFlagCount
+    # A product lends in one currency: its code says which view its flags belong to.
+    in_currency = select(Product.code).where(Product.currency == scope.currency)
     rows = await session.execute(
         select(base.code, func.sum(base.flags))
-        .where(*scope.where(base.merchant_id, base.product_code, None))
+        .where(
+            *scope.where(base.merchant_id, base.product_code, None),
+            base.product_code.in_(in_currency),
+        )
         .group_by(base.code)
     )
     counts = dict(deltas.flags)

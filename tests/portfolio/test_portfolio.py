@@ -137,6 +137,19 @@ async def test_summary_adds_up_to_the_book_live_and_after_each_close(
         assert await session.scalar(select(func.count()).select_from(PortfolioDelta)) == 0
 
 
+async def test_a_currency_view_counts_only_its_own_flags(client: httpx.AsyncClient) -> None:
+    w, loans = await book(client)  # a CNY book with flags open, rebased at the close
+    cny = await w.get("/v1/portfolio/summary", headers=w.admin)
+    assert cny["open_flags"]
+    await w.pay(loans[1]["id"], "5.00")  # never_paid clears: a delta
+    for view in ("USD", "JPY"):
+        other = await w.get(f"/v1/portfolio/summary?currency={view}", headers=w.admin)
+        assert other["loans"]["count"] == 0
+        assert other["open_flags"] == {}, view
+    cny = await w.get("/v1/portfolio/summary", headers=w.admin)
+    assert comparable(cny) == await expected_summary()
+
+
 async def test_summary_etag_and_304(client: httpx.AsyncClient) -> None:
     w, loans = await book(client)
     first = await client.get("/v1/portfolio/summary", headers=w.admin)
