@@ -29,6 +29,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -218,13 +219,6 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
     fd, pr = FailedDebit.__table__.c, Promise.__table__.c
     as_of = bindparam("as_of", type_=Date)
     perfect = score_loan(0, [], date.min)
-    # Missed installments (first payment default, early payment default, consecutive misses)
-    # have more than the tolerance unpaid after their due date, so more than nothing.
-    in_arrears = select(i.loan_id).where(
-        scope(i.loan_id), i.due_date < as_of, delinquency.unpaid_sql() > 0
-    )
-    # late_drift and the lateness of the newest settled installment.
-    paid_late = select(i.loan_id).where(scope(i.loan_id), i.paid_on > i.due_date)
     reversed_lately = select(p.loan_id).where(
         scope(p.loan_id),
         p.status == PaymentStatus.REVERSED.value,
@@ -242,11 +236,21 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
         pr.broken_on > bindparam("broken_after", type_=Date),
         pr.broken_on <= as_of,
     )
-    # partial_payments: a period paid in part but under the ratio of its installment holds
-    # only payments under that ratio, so under the ratio of the loan's largest installment.
-    due = i.principal_minor + i.interest_minor + i.fees_minor
-    largest = (
-        select(i.loan_id, func.max(due).label("due"))
+    # One pass over the chunk's installments. Missed installments (first payment default,
+    # early payment default, consecutive misses) have more than the tolerance unpaid after
+    # their due date, so more than nothing; late settlement is what late_drift and the newest
+    # settled installment's lateness need. partial_payments: a period paid in part but under
+    # the ratio of its installment holds only payments under that ratio, so under the ratio
+    # of the loan's largest installment.
+    missed_or_paid_late = or_(
+        and_(i.due_date < as_of, delinquency.unpaid_sql() > 0), i.paid_on > i.due_date
+    )
+    installments = (
+        select(
+            i.loan_id,
+            func.max(case((missed_or_paid_late, 1), else_=0)).label("behind"),
+            func.max(i.principal_minor + i.interest_minor + i.fees_minor).label("largest_due"),
+        )
         .where(scope(i.loan_id))
         .group_by(i.loan_id)
         .subquery()
@@ -257,29 +261,35 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
         .group_by(p.loan_id)
         .subquery()
     )
-    paid_in_part = (
-        select(smallest.c.loan_id)
-        .join(largest, largest.c.loan_id == smallest.c.loan_id)
+    behind_or_paid_in_part = (
+        select(installments.c.loan_id)
+        .outerjoin(smallest, smallest.c.loan_id == installments.c.loan_id)
         .where(
-            smallest.c.paid * 1_000_000
-            < largest.c.due * bindparam("partial_ratio_ppm", type_=Integer)
+            or_(
+                installments.c.behind == 1,
+                smallest.c.paid * 1_000_000
+                < installments.c.largest_due * bindparam("partial_ratio_ppm", type_=Integer),
+            )
         )
     )
-    return select(loan.id).where(
+    behind_or_scored = select(loan.id).where(
         scope(loan.id),
-        loan.status.in_(OPEN_STATUSES),
         or_(
             loan.days_past_due > 0,
             loan.risk_score != perfect.score,
             loan.risk_grade != perfect.grade,
-            loan.id.in_(_flagged_loans(scope)),
-            loan.id.in_(in_arrears),
-            loan.id.in_(paid_late),
-            loan.id.in_(reversed_lately),
-            loan.id.in_(failed_lately),
-            loan.id.in_(broken_lately),
-            loan.id.in_(paid_in_part),
         ),
+    )
+    # One union of cheap scans, each run once: as ORed subqueries PostgreSQL probed some of
+    # them per loan, and listing took longer than the features it saved.
+    candidates = union(
+        behind_or_scored, _flagged_loans(scope), behind_or_paid_in_part, reversed_lately,
+        failed_lately, broken_lately,
+    ).subquery()  # fmt: skip
+    return (
+        select(loan.id)
+        .join(candidates, candidates.c.id == loan.id)
+        .where(scope(loan.id), loan.status.in_(OPEN_STATUSES))
     )
 
 
@@ -613,10 +623,12 @@ async def evaluate_loans(
         # The loans are listed first: inside the features statement the planner sorts the
         # whole chunk's installments before it drops the others.
         scope_kind = "listed"
-        listing = _changed_loans_query if changed_only else _candidates_query
-        params["loan_ids"] = list(
-            await session.scalars(listing(low is not None, high is not None), params)
-        )
+        bounds = (low is not None, high is not None)
+        if changed_only:
+            listed = (await session.execute(_changed_loans_query(*bounds), params)).all()
+        else:
+            listed = await _planned_for_a_chunk(session, _candidates_query(*bounds), params)
+        params["loan_ids"] = [row[0] for row in listed]
     elif changed_only and loan_id is None:
         scope_kind = "changed"
     query = _features_query(
@@ -747,7 +759,8 @@ async def _evaluated_yesterday(session: AsyncSession, as_of: date) -> bool:
 async def _planned_for_a_chunk(
     session: AsyncSession, query: Any, params: dict[str, Any]
 ) -> list[Any]:
-    """Run a chunk's features query with hash joins and room to sort in memory.
+    """Run a chunk's features query, or the query listing its loans, with hash joins and room
+    to sort in memory.
 
     PostgreSQL cannot estimate the windowed stream's rows (it guesses a few hundred for tens
     of thousands) and then joins the per-loan aggregates by nested loop, rescanning one side
