@@ -5,6 +5,7 @@ its loan in the same transaction) and the set-based steps of the nightly close, 
 over a range of loan ids. Tests hold both to the same answers.
 """
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -354,10 +355,11 @@ async def assess_late_fees(
         ],
     )
     # The loans' balances now include the fees; their principal outstanding does not change.
-    return {
-        "late_fees_assessed": len(fees),
-        "late_fee_minor_total": sum(f.late_fees_minor for f in fees),
-    }
+    # Summed per currency: minor units of two currencies do not add up.
+    charged: Counter[str] = Counter()
+    for f in fees:
+        charged[f"late_fees_minor_{facts[f.loan_id].currency}"] += f.late_fees_minor
+    return {"late_fees_assessed": len(fees), **charged}
 
 
 def _delinquency_per_loan(as_of: date, low: str | None, high: str | None) -> Any:

@@ -59,7 +59,8 @@ async def test_a_missed_installment_ages_through_the_buckets(client: httpx.Async
     assert got["balances"]["overdue_amount"] == "412.00"
     assert await late_fee_rows() == 0  # three days late: still in grace
 
-    await close(w, "2026-02-14")
+    run = await close(w, "2026-02-14")
+    assert (run["counts"]["late_fees_assessed"], run["counts"]["late_fees_minor_CNY"]) == (1, 2000)
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert got["balances"]["overdue_amount"] == "432.00"
     assert got["balances"]["fees_outstanding"] == "20.00"
