@@ -5,6 +5,7 @@ principal outstanding. Amounts are rounded to the minor unit with the product's 
 and the last installment absorbs every residual so the principal parts sum to the principal.
 """
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -13,7 +14,7 @@ from enum import StrEnum
 
 from dateutil.relativedelta import relativedelta
 
-from app.money import Rounding, floor_minor, round_minor, round_to_multiple
+from app.money import Rounding, ceil_to_multiple, floor_minor, round_minor
 
 # The terms a product may offer, in months: "a buyer pays in 3 to 36 monthly installments"
 # (SPEC). A term extension may take a schedule beyond them, up to MAX_TERM.
@@ -115,9 +116,17 @@ def annuity_payment(principal_minor: int, annual_rate: Decimal, term: int) -> De
     return principal_minor * rate / (1 - (1 + rate) ** -term)
 
 
+class InstallmentsDoNotFit(ValueError):
+    """No installments in whole multiples fit the loan: with each at least one multiple and
+    none larger than the one before, every run repays it before its last installment or leaves
+    the last larger than the one before. The multiple is too large for the loan."""
+
+
 def build_schedule(
     terms: ScheduleTerms, first_due_date: date, anchor_day: int | None = None
 ) -> list[ScheduledInstallment]:
+    """The loan's installments; InstallmentsDoNotFit when its installment multiple is too
+    large for it."""
     dates = due_dates(first_due_date, terms.term, anchor_day)
     # An interest-free loan's installments are level either way; rounding them to a
     # multiple is the level payment's rule.
@@ -125,7 +134,10 @@ def build_schedule(
         terms.amortization is Amortization.INTEREST_FREE
         and bool(terms.installment_multiple_of_minor)
     )
-    if level:
+    step = terms.installment_multiple_of_minor or 1
+    if level and step > 1:
+        parts = _multiple_parts(terms, step)
+    elif level:
         parts = _equal_installment_parts(terms)
     else:
         parts = _equal_principal_parts(terms)
@@ -140,19 +152,13 @@ def build_schedule(
 
 def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
     exact = annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
-    step = terms.installment_multiple_of_minor or 1
     payment = round_minor(exact, terms.rounding)
-    if step > 1:
-        # At least one multiple: a nearest multiple of 0.00 would make an installment plan an
-        # interest-only loan with the whole principal due last (payment shock); one multiple
-        # repays it early instead.
-        payment = max(round_to_multiple(payment, step, terms.rounding), step)
     # Rounding up can pay a tiny loan off before its last period: then round the level payment
     # down, so the last installment absorbs the shortfall instead.
-    floored = floor_minor(exact / step) * step
+    floored = floor_minor(exact)
     if floored <= _interest(terms.principal_minor, terms):
         # Rounded down, the payment would not even cover the interest: an interest-only loan with
-        # the whole principal due last. Keep the nearest multiple and let the loan finish early.
+        # the whole principal due last. Keep the nearest payment and let the loan finish early.
         floored = payment
     for level in (payment, floored):
         parts = _level_payment_parts(terms, level, strict=True)
@@ -162,6 +168,100 @@ def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
     parts = _level_payment_parts(terms, floored, strict=False)
     assert parts is not None
     return parts
+
+
+def _multiple_parts(terms: ScheduleTerms, step: int) -> list[tuple[int, int]]:
+    """Installments in whole multiples of ``step`` (a product's installment_multiple_of), the
+    last one the residual: see _installments_in_multiples."""
+    installments = _installments_in_multiples(terms, step)
+    if installments is None:
+        raise InstallmentsDoNotFit()
+    outstanding = terms.principal_minor
+    parts = []
+    for installment in installments:
+        interest = _interest(outstanding, terms)
+        principal = installment - interest
+        assert 0 <= principal < outstanding
+        parts.append((principal, interest))
+        outstanding -= principal
+    parts.append((outstanding, _interest(outstanding, terms)))
+    return parts
+
+
+# How many partial runs of installments _installments_in_multiples tries before it gives up:
+# over 40,000 random loans (terms 3-60, multiples 0.05-100.00) it tried at most about 200 at
+# rates up to 36 %, 802 near 90 %; the bound keeps a crafted loan from holding origination.
+_MOST_RUNS_TRIED = 2_000
+
+
+def _installments_in_multiples(terms: ScheduleTerms, step: int) -> list[int] | None:
+    """Installments 1 to the last but one in whole multiples of ``step``, or None if none fit.
+    They fit when each is at least one multiple and none larger than the one before, no
+    installment is left with nothing to pay and the last, the residual, is no larger than the
+    one before it: no payment shock at the end, and no empty promise to pay.
+
+    Each is the smallest multiple with which the ones after it can still fit. That is nearly
+    always the level payment of what is left, rounded up to the multiple: paying at least that
+    keeps it from rising, so the next one is the same or a multiple less. Only a multiple that
+    is a large part of the installment needs more: where one multiple less repays the loan
+    early and one more leaves the last too large, an earlier installment is one multiple more.
+    """
+    runs_tried = itertools.count()
+
+    def rest_from(seq: int, outstanding: int, ceiling: int | None) -> list[int] | None:
+        if seq == terms.term:
+            return []
+        if next(runs_tried) >= _MOST_RUNS_TRIED:
+            return None
+        if _last_installment(terms, seq, outstanding, step) <= 0:
+            return None  # one multiple on each installment left repays the loan early
+        if ceiling is not None and _last_installment(terms, seq, outstanding, ceiling) > ceiling:
+            return None  # as much as the one before on each leaves the last larger
+        guess = ceiling or max(step, ceil_to_multiple(_level_payment(terms), step))
+        installment = _smallest_installment(terms, step, seq, outstanding, guess)
+        interest = _interest(outstanding, terms)
+        while (ceiling is None or installment <= ceiling) and installment - interest < outstanding:
+            rest = rest_from(seq + 1, outstanding - (installment - interest), installment)
+            if rest is not None:
+                return [installment, *rest]
+            installment += step
+        return None
+
+    return rest_from(1, terms.principal_minor, None)
+
+
+def _level_payment(terms: ScheduleTerms) -> Decimal:
+    """Where the search for installments in multiples starts: the exact level payment."""
+    return annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
+
+
+def _smallest_installment(
+    terms: ScheduleTerms, step: int, seq: int, outstanding: int, guess: int
+) -> int:
+    """The smallest multiple of ``step``, at least one, that paid on installments ``seq`` to
+    the last but one leaves the last no larger than itself; any smaller one leaves the last
+    larger than every installment that could come before it. Searched from ``guess``, the
+    exact level payment rounded up or the installment before, both close to it."""
+    installment = guess
+    # Each period's interest is rounded, so the exact level payment can fall a minor unit short.
+    while _last_installment(terms, seq, outstanding, installment) > installment:
+        installment += step
+    while installment > step and (
+        _last_installment(terms, seq, outstanding, installment - step) <= installment - step
+    ):
+        installment -= step
+    return installment
+
+
+def _last_installment(terms: ScheduleTerms, seq: int, outstanding: int, installment: int) -> int:
+    """The last installment when ``installment`` is paid on installments ``seq`` to the last but
+    one of a loan with ``outstanding`` principal before ``seq``; at most 0 if that repays it
+    before the last."""
+    for _ in range(seq, terms.term):
+        outstanding -= installment - _interest(outstanding, terms)
+        if outstanding <= 0:
+            return outstanding
+    return outstanding + _interest(outstanding, terms)
 
 
 def _level_payment_parts(

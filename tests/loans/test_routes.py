@@ -2,6 +2,7 @@
 
 import base64
 from datetime import date
+from decimal import Decimal
 
 import httpx
 from sqlalchemy import func, select
@@ -134,6 +135,46 @@ async def test_term_not_offered_and_unknown_product(client: httpx.AsyncClient) -
     assert response.json()["errors"][0]["field"] == "principal"
     assert await count(Loan) == 0
     assert (await w.post("/v1/loans", {**base, "term": 12, "principal": "0.12"})).status_code == 201
+
+
+async def test_installments_in_multiples_leave_no_payment_shock(
+    client: httpx.AsyncClient,
+) -> None:
+    # 1000.00 at 12.99 % over 12 months is 89.31 a month. In multiples of 50.00 it was eleven
+    # installments of 50.00 and 550.87 last; 100.00 a month would repay it in eleven.
+    w = await world(client, annual_interest_rate="0.1299", installment_multiple_of="50.00")
+    loan = await w.loan(principal="1000.00", term=12, disbursed_on="2026-01-31")
+    rows = loan["schedule"]["installments"]
+    assert [r["total"] for r in rows] == ["100.00"] * 10 + ["50.00", "14.35"]
+    assert (rows[0]["principal"], rows[0]["interest"]) == ("89.18", "10.82")
+    assert sum(Decimal(r["principal"]) for r in rows) == Decimal("1000.00")
+    # Interest free, 27.78 a month over 24 months, in multiples of 5.00: 35 of 25.00 and
+    # 125.00 last before.
+    w2 = await world(client, amortization="interest_free", annual_interest_rate="0",
+                     installment_multiple_of="5.00", term_options=[24, 36])  # fmt: skip
+    loan = await w2.loan(principal="1000.00", term=36, disbursed_on="2026-01-31")
+    rows = loan["schedule"]["installments"]
+    assert [r["total"] for r in rows] == ["30.00"] * 20 + ["25.00"] * 16
+
+
+async def test_a_multiple_too_large_for_the_loan_is_refused(client: httpx.AsyncClient) -> None:
+    w = await world(client, annual_interest_rate="0.1299", installment_multiple_of="50.00")
+    borrower = await w.borrower()
+    before = (await count(Loan), await count(LoanInstallment), await count(Event))
+    # 47.53 a month over 24 months: 23 installments of at least 50.00 repay it early.
+    response = await w.post("/v1/loans", {
+        "borrower_id": borrower["id"], "product_code": w.product_code, "principal": "1000.00",
+        "term": 24, "merchant_order_ref": "too-round",
+    })  # fmt: skip
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["errors"] == [{
+        "field": "principal",
+        "message": "1000.00 over 24 installments does not fit installments in multiples of "
+        "50.00: they would repay it before the last installment or leave the last larger than "
+        "the one before; lend more, or over fewer installments",
+    }]  # fmt: skip
+    assert (await count(Loan), await count(LoanInstallment), await count(Event)) == before
 
 
 async def test_duplicate_merchant_order_ref_is_refused(client: httpx.AsyncClient) -> None:

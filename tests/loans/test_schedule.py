@@ -4,6 +4,8 @@ Expected amounts are computed here with exact rational arithmetic (``fractions``
 module's own ``decimal`` code, so a test never just replays the implementation.
 """
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
@@ -11,12 +13,13 @@ from fractions import Fraction
 
 import numpy_financial as npf
 import pytest
-from hypothesis import assume, given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.loans.schedule import (
     Amortization,
     FeeCollection,
+    InstallmentsDoNotFit,
     ScheduledInstallment,
     ScheduleTerms,
     annuity_payment,
@@ -90,6 +93,14 @@ def schedule(
 def totals(installments: list[ScheduledInstallment]) -> list[int]:
     """Principal + interest of each installment (fees are a separate matter)."""
     return [i.principal_minor + i.interest_minor for i in installments]
+
+
+def schedule_or_refusal(terms: ScheduleTerms) -> list[ScheduledInstallment] | None:
+    """The schedule, or None where installments in its multiples do not fit the loan."""
+    try:
+        return build_schedule(terms, FIRST_DUE)
+    except InstallmentsDoNotFit:
+        return None
 
 
 def assert_sound(installments: list[ScheduledInstallment], terms: ScheduleTerms) -> None:
@@ -188,7 +199,12 @@ def test_every_schedule_sums_exactly_and_has_no_negative_amount(
     if amortization is Amortization.INTEREST_FREE:
         rate = Decimal(0)
     terms = ScheduleTerms(principal, rate, term, amortization, rounding, multiple, fee, collection)
-    installments = build_schedule(terms, FIRST_DUE)
+    installments = schedule_or_refusal(terms)
+    if installments is None:
+        # Only a multiple can be too large for a loan (test_a_multiple_too_large_...).
+        assert (multiple or 1) > 1
+        assert amortization is not Amortization.EQUAL_PRINCIPAL
+        return
     assert_sound(installments, terms)
     assert [i.due_date for i in installments] == due_dates(FIRST_DUE, term)
 
@@ -224,13 +240,15 @@ def test_equal_installments_are_level_except_the_last(
     rates,
     st.integers(2, 60),
     roundings,
-    st.one_of(st.none(), multiples),
+    st.sampled_from([None, 1]),
 )
 def test_the_level_holds_until_the_loan_is_repaid_then_nothing_is_due(
     principal: int, rate: Decimal, term: int, rounding: Rounding, multiple: int | None
 ) -> None:
-    """The shape of every equal-installment schedule, degenerate ones included: the level
-    payment, then (only if rounding repaid the loan early) one short installment and zeros."""
+    """The shape of every equal-installment schedule without a multiple (a multiple of one
+    minor unit rounds nothing), degenerate ones included: the level payment, then (only if
+    rounding repaid the loan early) one short installment and zeros. Origination refuses
+    the zeros."""
     terms = ScheduleTerms(principal, rate, term, EQUAL_INSTALLMENT, rounding, multiple)
     installments = build_schedule(terms, FIRST_DUE)
     assert_sound(installments, terms)
@@ -242,9 +260,8 @@ def test_the_level_holds_until_the_loan_is_repaid_then_nothing_is_due(
         assert short < level
         assert zeros == [0] * len(zeros)
         assert last == 0  # the loan was repaid before its last month
-        assert principal < LEVEL_HOLDS_FROM_MINOR or multiple is not None
-    if multiple is None:
-        assert abs(level - exact_annuity(principal, rate, term)) <= 1
+        assert principal < LEVEL_HOLDS_FROM_MINOR
+    assert abs(level - exact_annuity(principal, rate, term)) <= 1
 
 
 def test_degenerate_tiny_loans() -> None:
@@ -415,50 +432,143 @@ def test_spread_fee_examples(fee: int, term: int, rounding: Rounding, fees: list
 # --- installment_multiple_of ---------------------------------------------------------------
 
 
+def installments_fit(
+    principal: int, rate: Decimal, rounding: Rounding, installments: Sequence[int]
+) -> bool:
+    """Whether paying ``installments`` (all but the last) leaves something due at each, no
+    principal part negative, and the last more than 0 and no larger than the one before."""
+    monthly = Fraction(rate) / 12
+    outstanding = principal
+    for installment in installments:
+        principal_part = installment - exact_round(outstanding * monthly, rounding)
+        if not 0 <= principal_part < outstanding:
+            return False
+        outstanding -= principal_part
+    last = outstanding + exact_round(outstanding * monthly, rounding)
+    return 0 < last <= installments[-1]
+
+
 @given(
-    st.integers(REPAID_IN_THE_LAST_MONTH_FROM_MINOR, 100_000_000),
+    st.integers(100, 100_000_000),
     rates,
-    st.integers(2, 60),
+    st.integers(3, 36),
     roundings,
-    multiples,
+    st.sampled_from([5, 10, 50, 100, 500, 1000, 5000, 10_000]),
+    st.sampled_from([Amortization.EQUAL_INSTALLMENT, Amortization.INTEREST_FREE]),
 )
-def test_level_payment_is_a_multiple(
-    principal: int, rate: Decimal, term: int, rounding: Rounding, multiple: int
+def test_installments_in_multiples_end_in_no_payment_shock(
+    principal: int,
+    rate: Decimal,
+    term: int,
+    rounding: Rounding,
+    multiple: int,
+    amortization: Amortization,
 ) -> None:
-    exact = exact_annuity(principal, rate, term)
-    # Where the payment's principal part is at least one multiple, rounding to a multiple can
-    # neither stop repaying the principal nor repay it before the last month.
-    assume(exact - principal * Fraction(rate) / 12 >= multiple)
-    terms = ScheduleTerms(principal, rate, term, Amortization.EQUAL_INSTALLMENT, rounding, multiple)
-    installments = build_schedule(terms, FIRST_DUE)
+    """Every installment but the last is a whole multiple, at least one, none larger than the
+    one before it; the last is the residual, more than 0 and no larger than the one before:
+    no installment is empty and the principal is not left to the end."""
+    if amortization is Amortization.INTEREST_FREE:
+        rate = Decimal(0)
+    terms = ScheduleTerms(principal, rate, term, amortization, rounding, multiple)
+    installments = schedule_or_refusal(terms)
+    level = exact_annuity(principal, rate, term)
+    if installments is None:
+        # Refused only where one multiple is most of the level payment (measured: under 1.3
+        # of it at rates to 36 %, 1.9 to 100 %), where one multiple on every installment nearly
+        # repays the loan before its last month.
+        assert level < 2 * multiple
+        return
     assert_sound(installments, terms)
-    level = totals(installments)[0]
-    assert level % multiple == 0
-    assert totals(installments)[:-1] == [level] * (term - 1)
-    assert abs(level - exact) < multiple + 1
-    assert installments[-1].principal_minor > 0
+    *body, last = totals(installments)
+    assert all(total % multiple == 0 for total in body)
+    assert body[-1] >= multiple
+    assert body == sorted(body, reverse=True)
+    assert 0 < last <= body[-1]
+    # The first is the level payment rounded up to the multiple, give or take the few minor
+    # units that rounding each period's interest moves it; more only where the multiple is so
+    # large a part of it that early installments must take more to fit.
+    drift = term
+    assert body[0] > level - drift
+    assert body[0] < level + multiple + drift or level < 3 * multiple
 
 
-def test_a_multiple_larger_than_the_principal_part_keeps_the_nearest_multiple() -> None:
-    """200.00 at 36 % over 36 months is 9.16 a month, 6.00 of it interest. Rounded down to a
-    multiple of 10.00 it would be 0.00 (an interest-only loan with 206.00 due last); the nearest
-    multiple, 10.00, repays the loan in 32 months and the last four installments are zero."""
-    installments = schedule(20000, "0.36", 36, installment_multiple_of_minor=1000)
-    assert totals(installments) == [1000] * 31 + [1, 0, 0, 0, 0]
-    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 400, 600, 0)
-    assert sum(i.principal_minor for i in installments) == 20000
-    # Interest free, 20.00 over 36 months in multiples of 1.00: 1.00 a month for 20 months.
-    installments = schedule(2000, "0", 36, installment_multiple_of_minor=100)
-    assert totals(installments) == [100] * 20 + [0] * 16
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(3, 5),
+    st.sampled_from([5, 10, 50, 100]),
+    st.data(),
+    rates,
+    roundings,
+)
+def test_installments_in_multiples_are_the_smallest_that_fit(
+    term: int, multiple: int, data: st.DataObject, rate: Decimal, rounding: Rounding
+) -> None:
+    """Against every run of multiples, each at least one and none larger than the one before:
+    refused exactly when none fits, and otherwise the first of the fitting runs in order
+    (each installment the smallest with which the ones after it can still fit)."""
+    principal = data.draw(st.integers(multiple, multiple * 3 * term), label="principal")
+    largest = principal + exact_round(principal * Fraction(rate) / 12, rounding)
+    candidates = range(-(-largest // multiple) * multiple, 0, -multiple)
+    fitting = [
+        run
+        for run in itertools.combinations_with_replacement(candidates, term - 1)
+        if installments_fit(principal, rate, rounding, run)
+    ]
+    terms = ScheduleTerms(principal, rate, term, EQUAL_INSTALLMENT, rounding, multiple)
+    installments = schedule_or_refusal(terms)
+    if installments is None:
+        assert fitting == []
+    else:
+        assert tuple(totals(installments)[:-1]) == min(fitting)
 
 
-def test_a_multiple_more_than_twice_the_payment_repays_early_rather_than_last() -> None:
-    """No multiple of 50.00 is near a 9.16 payment: the nearest is 0.00, which would leave
-    interest each month and the whole principal due last. One multiple a month repays it in
-    five months instead."""
-    installments = schedule(20000, "0.36", 36, installment_multiple_of_minor=5000)
-    assert totals(installments) == [5000] * 4 + [1640] + [0] * 31
-    assert sum(i.principal_minor for i in installments) == 20000
+def test_a_multiple_larger_than_the_level_payment_needs_smaller_installments_at_the_end() -> None:
+    """1000.00 at 12.99 % over 12 months is 89.31 a month. In multiples of 50.00 the nearest,
+    100.00, repays the loan in 11 months, and 50.00 leaves 550.87 to the last (a payment
+    shock): ten of 100.00, then 50.00, then the 14.35 left."""
+    installments = schedule(100000, "0.1299", 12, installment_multiple_of_minor=5000)
+    assert totals(installments) == [10000] * 10 + [5000, 1435]
+    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 8918, 1082, 0)
+    # 47.53 a month over 24 months, in multiples of 10.00: not 23 of 40.00 and 245.30.
+    installments = schedule(100000, "0.1299", 24, installment_multiple_of_minor=1000)
+    assert totals(installments) == [5000] * 18 + [4000] * 5 + [3455]
+    # Interest free, 27.78 a month over 36 months in multiples of 5.00: not 35 of 25.00 and
+    # 125.00, nor 30.00 a month done in 34 months.
+    installments = schedule(
+        100000, "0", 36, Amortization.INTEREST_FREE, installment_multiple_of_minor=500
+    )
+    assert totals(installments) == [3000] * 20 + [2500] * 16
+
+
+@pytest.mark.parametrize(
+    ("principal", "rate", "term", "multiple"),
+    [
+        # 47.53 a month: 23 installments of at least 50.00 repay 1000.00 by the 23rd.
+        (100000, "0.1299", 24, 5000),
+        # 8.93 a month, under one multiple of 10.00.
+        (9999, "0.1299", 12, 1000),
+        # 9.16 a month at 36 %, in multiples of 10.00 or 50.00.
+        (20000, "0.36", 36, 1000),
+        (20000, "0.36", 36, 5000),
+        # Interest free, 20.00 over 36 months in multiples of 1.00.
+        (2000, "0", 36, 100),
+    ],
+)
+def test_a_multiple_too_large_for_the_loan_is_refused(
+    principal: int, rate: str, term: int, multiple: int
+) -> None:
+    """Before, the installments after the loan was repaid were 0.00 (which origination then
+    refused), or the principal was left to the last installment."""
+    with pytest.raises(InstallmentsDoNotFit):
+        schedule(principal, rate, term, installment_multiple_of_minor=multiple)
+
+
+def test_an_early_installment_takes_one_multiple_more_where_the_level_cannot_fit() -> None:
+    """1653.42 at 16.54 % over 23 months is 84.41 a month. In multiples of 50.00, fifteen of
+    100.00 and then 50.00 leave 50.29 last, more than the 50.00 before it; sixteen repay the loan
+    before its last month. 150.00 first, then thirteen of 100.00, leaves 38.53."""
+    installments = schedule(165342, "0.1654", 23, installment_multiple_of_minor=5000)
+    assert totals(installments) == [15000] + [10000] * 13 + [5000] * 8 + [3853]
 
 
 def test_an_interest_free_installment_is_rounded_to_the_multiple() -> None:
@@ -502,12 +612,12 @@ def test_half_even_and_half_up_differ_on_ties() -> None:
     )
 
 
-def test_half_up_rounds_a_tied_level_payment_to_a_multiple_up() -> None:
-    # 25.00 over 2 months interest free is 12.50 a month; in whole yuan: 12 (even) or 13 (up).
-    even = schedule(2500, "0", 2, rounding=Rounding.HALF_EVEN, installment_multiple_of_minor=100)
-    up = schedule(2500, "0", 2, rounding=Rounding.HALF_UP, installment_multiple_of_minor=100)
-    assert totals(even) == [1200, 1300]
-    assert totals(up) == [1300, 1200]
+def test_a_level_payment_is_rounded_up_to_a_multiple_in_either_mode() -> None:
+    # 25.00 over 2 months interest free is 12.50 a month; in whole yuan 13, then 12: rounded
+    # to 12 (the nearest, half even) the last would be 13, larger than the first.
+    for rounding in Rounding:
+        installments = schedule(2500, "0", 2, rounding=rounding, installment_multiple_of_minor=100)
+        assert totals(installments) == [1300, 1200]
 
 
 # --- the annuity ----------------------------------------------------------------------------
