@@ -1,8 +1,9 @@
 """Repayment schedules: pure functions, no I/O.
 
 Monthly periods on a 30/360 basis: each period's interest is the annual rate / 12 on the
-principal outstanding. Amounts are rounded to the minor unit with the product's rounding mode,
-and the last installment absorbs every residual so the principal parts sum to the principal.
+principal outstanding, the first period's by its length (first_period_days). Amounts are
+rounded to the minor unit with the product's rounding mode, and the last installment absorbs
+every residual so the principal parts sum to the principal.
 """
 
 import itertools
@@ -21,6 +22,8 @@ from app.money import Rounding, ceil_to_multiple, floor_minor, round_minor
 OFFERED_TERMS = range(3, 37)
 # The longest schedule, in months, after term extensions.
 MAX_TERM = 60
+# Interest counts days on a 30/360 basis: 30 to a month, 360 to a year.
+DAYS_IN_MONTH = 30
 
 
 class Amortization(StrEnum):
@@ -44,6 +47,9 @@ class ScheduleTerms:
     installment_multiple_of_minor: int | None = None
     origination_fee_minor: int = 0
     fee_collection: FeeCollection = FeeCollection.UPFRONT
+    # From the disbursement to the first due date, in 30/360 days (first_period_days): a
+    # month unless the loan names its own first due date.
+    first_period_days: int = DAYS_IN_MONTH
 
 
 @dataclass(frozen=True)
@@ -87,13 +93,15 @@ def extended(
     in seq order) re-amortised over as many installments and ``months`` more, on the loan's
     rate, amortization, rounding and fee collection (``terms``), monthly from the first one's
     due date on the schedule's ``anchor`` day; the seqs continue from the first one's. What is
-    already due is not part of it: arrears stay due as they were."""
+    already due is not part of it: arrears stay due as they were. The first one's period is the
+    loan's first period (``terms.first_period_days``) if nothing is due yet, else a month."""
     first = ahead[0]
     again = replace(
         terms,
         principal_minor=sum(i.principal_minor for i in ahead),
         term=len(ahead) + months,
         origination_fee_minor=sum(i.fees_minor for i in ahead),
+        first_period_days=terms.first_period_days if first.seq == 1 else DAYS_IN_MONTH,
     )
     return [
         replace(i, seq=first.seq + i.seq - 1) for i in build_schedule(again, first.due_date, anchor)
@@ -102,6 +110,18 @@ def extended(
 
 def default_first_due_date(disbursed_on: date) -> date:
     return disbursed_on + relativedelta(months=1)
+
+
+def first_period_days(disbursed_on: date, first_due_date: date) -> int:
+    """The first period in 30/360 days: 30 for each whole month stepped from the disbursement
+    by the schedule's own month arithmetic (its day of month kept, clamped at month end) without
+    passing the first due date, and the days left over. The default first due date, a month
+    after the disbursement, is exactly 30."""
+    months = 0
+    while disbursed_on + relativedelta(months=months + 1) <= first_due_date:
+        months += 1
+    stepped = disbursed_on + relativedelta(months=months)
+    return DAYS_IN_MONTH * months + (first_due_date - stepped).days
 
 
 def monthly_rate(annual_rate: Decimal) -> Decimal:
@@ -178,13 +198,13 @@ def _multiple_parts(terms: ScheduleTerms, step: int) -> list[tuple[int, int]]:
         raise InstallmentsDoNotFit()
     outstanding = terms.principal_minor
     parts = []
-    for installment in installments:
-        interest = _interest(outstanding, terms)
-        principal = installment - interest
+    for seq, installment in enumerate(installments, start=1):
+        interest = _period_interest(outstanding, terms, seq)
+        principal = _principal_part(installment, interest, seq)
         assert 0 <= principal < outstanding
         parts.append((principal, interest))
         outstanding -= principal
-    parts.append((outstanding, _interest(outstanding, terms)))
+    parts.append((outstanding, _period_interest(outstanding, terms, terms.term)))
     return parts
 
 
@@ -203,8 +223,9 @@ def _installments_in_multiples(terms: ScheduleTerms, step: int) -> list[int] | N
     Each is the smallest multiple with which the ones after it can still fit. That is nearly
     always the level payment of what is left, rounded up to the multiple: paying at least that
     keeps it from rising, so the next one is the same or a multiple less. Only a multiple that
-    is a large part of the installment needs more: where one multiple less repays the loan
-    early and one more leaves the last too large, an earlier installment is one multiple more.
+    is a large part of the installment needs more: where stepping down a multiple one
+    installment later repays the loan early and one earlier leaves the last too large, earlier
+    installments take a multiple more.
     """
     runs_tried = itertools.count()
 
@@ -213,15 +234,18 @@ def _installments_in_multiples(terms: ScheduleTerms, step: int) -> list[int] | N
             return []
         if next(runs_tried) >= _MOST_RUNS_TRIED:
             return None
-        if _last_installment(terms, seq, outstanding, step) <= 0:
+        # One multiple on each installment left repays at most that many multiples.
+        few_left = outstanding <= (terms.term - seq) * step
+        if few_left and _last_installment(terms, seq, outstanding, step) <= 0:
             return None  # one multiple on each installment left repays the loan early
-        if ceiling is not None and _last_installment(terms, seq, outstanding, ceiling) > ceiling:
-            return None  # as much as the one before on each leaves the last larger
+        # The one before (the ceiling) was chosen so that paying it on each installment left
+        # leaves the last no larger: the search below starts there, one step from its end.
         guess = ceiling or max(step, ceil_to_multiple(_level_payment(terms), step))
         installment = _smallest_installment(terms, step, seq, outstanding, guess)
-        interest = _interest(outstanding, terms)
+        interest = _period_interest(outstanding, terms, seq)
         while (ceiling is None or installment <= ceiling) and installment - interest < outstanding:
-            rest = rest_from(seq + 1, outstanding - (installment - interest), installment)
+            repaid = _principal_part(installment, interest, seq)
+            rest = rest_from(seq + 1, outstanding - repaid, installment)
             if rest is not None:
                 return [installment, *rest]
             installment += step
@@ -231,8 +255,18 @@ def _installments_in_multiples(terms: ScheduleTerms, step: int) -> list[int] | N
 
 
 def _level_payment(terms: ScheduleTerms) -> Decimal:
-    """Where the search for installments in multiples starts: the exact level payment."""
-    return annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
+    """Where the search for installments in multiples starts: the exact level payment that
+    repays the loan, its first period's length included. Over a first period of f months it
+    solves P (1 + r f) - X = X a(n - 1) (a: the annuity factor), so X is the usual level
+    payment times (1 + r f) / (1 + r); unless the first period's interest alone is more than
+    that, when the first installment is the interest and the rest repay P over n - 1."""
+    rate = monthly_rate(terms.annual_rate)
+    first_months = Decimal(terms.first_period_days) / DAYS_IN_MONTH
+    level = annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
+    level = level * (1 + rate * first_months) / (1 + rate)
+    if terms.term > 1 and terms.principal_minor * rate * first_months > level:
+        return annuity_payment(terms.principal_minor, terms.annual_rate, terms.term - 1)
+    return level
 
 
 def _smallest_installment(
@@ -257,11 +291,12 @@ def _last_installment(terms: ScheduleTerms, seq: int, outstanding: int, installm
     """The last installment when ``installment`` is paid on installments ``seq`` to the last but
     one of a loan with ``outstanding`` principal before ``seq``; at most 0 if that repays it
     before the last."""
-    for _ in range(seq, terms.term):
-        outstanding -= installment - _interest(outstanding, terms)
+    for paying in range(seq, terms.term):
+        interest = _period_interest(outstanding, terms, paying)
+        outstanding -= _principal_part(installment, interest, paying)
         if outstanding <= 0:
             return outstanding
-    return outstanding + _interest(outstanding, terms)
+    return outstanding + _period_interest(outstanding, terms, terms.term)
 
 
 def _level_payment_parts(
@@ -270,8 +305,8 @@ def _level_payment_parts(
     outstanding = terms.principal_minor
     parts = []
     for seq in range(1, terms.term + 1):
-        interest = _interest(outstanding, terms)
-        principal = outstanding if seq == terms.term else payment - interest
+        interest = _period_interest(outstanding, terms, seq)
+        principal = outstanding if seq == terms.term else _principal_part(payment, interest, seq)
         if seq < terms.term and not 0 <= principal < outstanding:
             if strict:
                 return None
@@ -287,16 +322,31 @@ def _equal_principal_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
     parts = []
     for seq in range(1, terms.term + 1):
         principal = outstanding if seq == terms.term else share
-        parts.append((principal, _interest(outstanding, terms)))
+        parts.append((principal, _period_interest(outstanding, terms, seq)))
         outstanding -= principal
     return parts
 
 
-def _interest(outstanding_minor: int, terms: ScheduleTerms) -> int:
-    """A month's interest on the outstanding principal. Multiplied before dividing by 12, so an
-    exact tie (0.30 at 20 % is 0.5 minor units) rounds by the product's mode, not by where the
-    28 digits of 0.20 / 12 happened to stop."""
-    return round_minor(outstanding_minor * terms.annual_rate / 12, terms.rounding)
+def _period_interest(outstanding_minor: int, terms: ScheduleTerms, seq: int) -> int:
+    """Installment ``seq``'s interest: a month's, or the first period's for the first."""
+    days = terms.first_period_days if seq == 1 else DAYS_IN_MONTH
+    return _interest(outstanding_minor, terms, days)
+
+
+def _principal_part(installment: int, interest: int, seq: int) -> int:
+    """What an installment repays of the principal. A first period longer than a month can owe
+    more interest than the level installment: then the first installment is that interest and
+    repays nothing, rather than adding the rest to the principal."""
+    principal = installment - interest
+    return max(principal, 0) if seq == 1 else principal
+
+
+def _interest(outstanding_minor: int, terms: ScheduleTerms, days: int = DAYS_IN_MONTH) -> int:
+    """``days`` (30/360) of interest on the outstanding principal: a month's by default.
+    Multiplied before dividing, so an exact tie (0.30 at 20 % is 0.5 minor units a month) rounds
+    by the product's mode, not by where the 28 digits of 0.20 / 12 happened to stop; a month is
+    * 30 / 360, the same quotient as / 12."""
+    return round_minor(outstanding_minor * terms.annual_rate * days / 360, terms.rounding)
 
 
 def _fee_parts(terms: ScheduleTerms) -> list[int]:

@@ -43,6 +43,7 @@ from app.loans.schedule import (
     ScheduleTerms,
     build_schedule,
     default_first_due_date,
+    first_period_days,
 )
 from app.money import Rounding, format_minor, parse_amount
 from app.payments.allocation import InstallmentPosition, InstallmentTerms, LateFee, LoanPosition
@@ -267,6 +268,7 @@ async def create_loan(
         installment_multiple_of_minor=product.installment_multiple_of_minor,
         origination_fee_minor=products_service.origination_fee_minor(product, amount),
         fee_collection=FeeCollection(product.origination_fee_collection or FeeCollection.UPFRONT),
+        first_period_days=first_period_days(disbursed_on, first_due_date),
     )
     try:
         schedule = build_schedule(terms, first_due_date, anchor_day)

@@ -1,7 +1,7 @@
 """Origination, reads, listing and cancellation over HTTP."""
 
 import base64
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import httpx
@@ -80,6 +80,50 @@ async def test_defaults_disbursed_today_and_first_due_a_month_later(
     today = clock.today()
     assert loan["disbursed_on"] == today.isoformat()
     assert date.fromisoformat(loan["first_due_date"]).day in {today.day, 28, 29, 30, 31}
+
+
+async def test_the_first_period_is_charged_for_its_length(client: httpx.AsyncClient) -> None:
+    # 12000.00 at 12.99 % was charged 129.90 for the first period, a day or 92 days long.
+    w = await world(client, annual_interest_rate="0.1299", term_options=[12])
+    loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
+                        first_due_date="2026-01-02")  # fmt: skip
+    rows = loan["schedule"]["installments"]
+    # A day: 12000.00 * 0.1299 / 360. The level installment stays 1071.75.
+    assert [rows[0][k] for k in ("principal", "interest", "total")] == [
+        "1067.42", "4.33", "1071.75",
+    ]  # fmt: skip
+    assert {r["total"] for r in rows[:-1]} == {"1071.75"}
+    assert rows[-1]["total"] == "930.39"
+    loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
+                        first_due_date="2026-04-03")  # fmt: skip
+    rows = loan["schedule"]["installments"]
+    # Three months and two days: 92/30 of a month's 129.90.
+    assert [rows[0][k] for k in ("principal", "interest", "total")] == [
+        "673.39", "398.36", "1071.75",
+    ]  # fmt: skip
+    assert rows[-1]["total"] == "1373.96"
+    assert sum(Decimal(r["principal"]) for r in rows) == Decimal("12000.00")
+    w2 = await world(client, amortization="equal_principal", annual_interest_rate="0.1299",
+                     term_options=[12])  # fmt: skip
+    loan = await w2.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
+                         first_due_date="2026-04-03")  # fmt: skip
+    rows = loan["schedule"]["installments"]
+    assert [(r["principal"], r["interest"]) for r in rows[:2]] == [
+        ("1000.00", "398.36"), ("1000.00", "119.08"),
+    ]  # fmt: skip
+
+
+async def test_the_payoff_owes_the_current_first_period_as_charged(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client, annual_interest_rate="0.1299", term_options=[12])
+    today = clock.today()
+    tomorrow = await w.loan(principal="12000.00", term=12,
+                            first_due_date=(today + timedelta(days=1)).isoformat())  # fmt: skip
+    # Paid off today: the principal and the first period's interest, a day's.
+    assert tomorrow["balances"]["payoff_amount"] == "12004.33"
+    a_month = await w.loan(principal="12000.00", term=12)
+    assert a_month["balances"]["payoff_amount"] == "12129.90"
 
 
 async def test_equal_principal_and_interest_free_products(client: httpx.AsyncClient) -> None:

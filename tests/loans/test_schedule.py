@@ -4,6 +4,7 @@ Expected amounts are computed here with exact rational arithmetic (``fractions``
 module's own ``decimal`` code, so a test never just replays the implementation.
 """
 
+import calendar
 import itertools
 from collections.abc import Sequence
 from dataclasses import replace
@@ -28,6 +29,7 @@ from app.loans.schedule import (
     deferred,
     due_dates,
     extended,
+    first_period_days,
     monthly_rate,
 )
 from app.money import Rounding
@@ -114,13 +116,17 @@ def assert_sound(installments: list[ScheduledInstallment], terms: ScheduleTerms)
         assert inst.principal_minor >= 0
         assert inst.interest_minor >= 0
         assert inst.fees_minor >= 0
-        # Interest is the monthly rate on the principal outstanding, rounded to the minor unit.
-        assert inst.interest_minor == exact_round(outstanding * rate, terms.rounding)
+        # Interest is the monthly rate on the principal outstanding, rounded to the minor unit;
+        # the first period's for its length in 30-day months.
+        months = Fraction(terms.first_period_days, 30) if inst.seq == 1 else 1
+        assert inst.interest_minor == exact_round(outstanding * rate * months, terms.rounding)
         outstanding -= inst.principal_minor
     assert outstanding == 0
 
 
 principals = st.integers(100, 100_000_000)  # 1.00 to 1,000,000.00 CNY
+# A first period of 1 to 92 calendar days is 1 to 93 days of 30/360 (Jan 31 to Mar 1 is 31).
+first_periods = st.integers(1, 93)
 rates = st.one_of(
     st.integers(0, 3600).map(lambda bp: Decimal(bp).scaleb(-4)),  # "0.1299"
     st.integers(0, 360_000).map(lambda m: Decimal(m).scaleb(-6)),  # up to six decimals
@@ -286,6 +292,129 @@ def test_degenerate_tiny_loans() -> None:
     installments = schedule(100, "0.36", 60)
     assert totals(installments) == [4] * 49 + [0] * 11
     assert [i.interest_minor for i in installments[:18]] == [3] * 17 + [2]
+
+
+# --- the first period ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("disbursed_on", "first_due_date", "days"),
+    [
+        (date(2026, 1, 15), date(2026, 2, 15), 30),  # the default: a month
+        (date(2026, 1, 1), date(2026, 1, 2), 1),
+        (date(2026, 1, 1), date(2026, 1, 31), 30),  # 30 days, not yet a month
+        (date(2026, 1, 1), date(2026, 2, 1), 30),
+        (date(2026, 1, 1), date(2026, 4, 3), 92),  # three months and two days: 92 calendar days
+        (date(2026, 2, 1), date(2026, 3, 1), 30),  # a month of 28 days
+        (date(2026, 1, 31), date(2026, 2, 28), 30),  # the default: clamped at month end
+        (date(2026, 1, 31), date(2026, 3, 1), 31),
+        (date(2026, 1, 31), date(2026, 3, 31), 60),  # the day kept: Mar 31, not Mar 28
+        (date(2026, 1, 31), date(2026, 2, 27), 27),
+        (date(2024, 1, 31), date(2024, 2, 29), 30),  # leap year
+        (date(2026, 2, 28), date(2026, 3, 31), 33),
+        (date(2026, 11, 20), date(2027, 1, 5), 46),  # over the year end: a month and 16 days
+    ],
+)
+def test_first_period_days(disbursed_on: date, first_due_date: date, days: int) -> None:
+    assert first_period_days(disbursed_on, first_due_date) == days
+
+
+def add_months(day: date, months: int) -> date:
+    """The calendar's month arithmetic, the day of month kept and clamped at month end."""
+    year, month = divmod(day.month - 1 + months, 12)
+    year, month = day.year + year, month + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+@given(st.dates(date(2000, 1, 1), date(2095, 12, 31)), st.integers(1, 92))
+def test_first_period_days_are_whole_months_and_the_days_left(
+    start: date, calendar_days: int
+) -> None:
+    first_due = start + timedelta(days=calendar_days)
+    days = first_period_days(start, first_due)
+    months = max(k for k in range(4) if add_months(start, k) <= first_due)
+    assert days == 30 * months + (first_due - add_months(start, months)).days
+    assert 1 <= days <= 93
+    assert first_period_days(start, default_first_due_date(start)) == 30
+    later = first_period_days(start, first_due + timedelta(days=1))
+    assert later > days or add_months(start, months + 1) == first_due + timedelta(days=1)
+
+
+def test_the_first_period_is_charged_for_its_length() -> None:
+    """12000.00 at 12.99 % charged 129.90 for the first period whether it lasted a day or 92.
+    A day is 1/30 of a month's interest, 92 days (three months and two) 92/30 of it; an equal
+    installment keeps its level, so the principal it repays takes the difference and the last
+    installment the residual."""
+    month = schedule(1200000, "0.1299", 12)
+    assert [i.total_minor for i in month[:-1]] == [107175] * 11
+    assert month[0] == ScheduledInstallment(1, date(2025, 1, 31), 94185, 12990, 0)
+    day = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
+                                       first_period_days=1), FIRST_DUE)  # fmt: skip
+    assert day[0] == ScheduledInstallment(1, date(2025, 1, 31), 106742, 433, 0)  # 12000 * r / 360
+    assert [i.total_minor for i in day[:-1]] == [107175] * 11
+    assert day[-1].total_minor == 93039
+    quarter = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
+                                           first_period_days=92), FIRST_DUE)  # fmt: skip
+    assert quarter[0] == ScheduledInstallment(1, date(2025, 1, 31), 67339, 39836, 0)
+    assert [i.total_minor for i in quarter[:-1]] == [107175] * 11
+    assert quarter[-1].total_minor == 137396
+    # In whole yuan the extra interest is spread over the installments, not left to the last.
+    rounded = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
+                                           installment_multiple_of_minor=100,
+                                           first_period_days=92), FIRST_DUE)  # fmt: skip
+    assert totals(rounded) == [109600] * 6 + [109500] * 5 + [109443]
+    # Equal principal: the same principal, the first period's interest.
+    quarter = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12,
+                                           Amortization.EQUAL_PRINCIPAL,
+                                           first_period_days=92), FIRST_DUE)  # fmt: skip
+    assert [(i.principal_minor, i.interest_minor) for i in quarter[:2]] == [
+        (100000, 39836), (100000, 11908),
+    ]  # fmt: skip
+
+
+def test_a_first_period_longer_than_the_installment_pays_is_its_interest() -> None:
+    """12000.00 at 36 % over 36 months is 549.65 a month; 93 days of interest are 1116.00.
+    The first installment is that interest, repaying nothing, never a negative principal."""
+    installments = build_schedule(ScheduleTerms(1200000, Decimal("0.36"), 36, EQUAL_INSTALLMENT,
+                                                 first_period_days=93), FIRST_DUE)  # fmt: skip
+    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 0, 111600, 0)
+    assert (installments[1].principal_minor, installments[1].interest_minor) == (18965, 36000)
+
+
+@given(
+    principals,
+    rates,
+    st.integers(1, 60),
+    st.sampled_from(list(Amortization)),
+    roundings,
+    first_periods,
+)
+def test_every_first_period_keeps_the_schedule_sound(
+    principal: int,
+    rate: Decimal,
+    term: int,
+    amortization: Amortization,
+    rounding: Rounding,
+    first_period: int,
+) -> None:
+    if amortization is Amortization.INTEREST_FREE:
+        rate = Decimal(0)
+    terms = ScheduleTerms(principal, rate, term, amortization, rounding)
+    a_month = build_schedule(terms, FIRST_DUE)
+    assert build_schedule(replace(terms, first_period_days=30), FIRST_DUE) == a_month
+    other = replace(terms, first_period_days=first_period)
+    installments = build_schedule(other, FIRST_DUE)
+    assert_sound(installments, other)
+    if amortization is Amortization.EQUAL_PRINCIPAL:
+        # Only the first installment's interest changes.
+        assert [i.principal_minor for i in installments] == [i.principal_minor for i in a_month]
+        assert installments[1:] == a_month[1:]
+    elif principal >= LEVEL_HOLDS_FROM_MINOR and term > 1:
+        # The level installment stays; the first repays what its interest leaves of it.
+        level = totals(a_month)[0]
+        first = installments[0]
+        assert first.total_minor == max(level, first.interest_minor)
+        assert totals(installments)[1:-1] == [level] * (term - 2)
 
 
 # --- equal principal, interest free -----------------------------------------------------
@@ -455,6 +584,7 @@ def installments_fit(
     roundings,
     st.sampled_from([5, 10, 50, 100, 500, 1000, 5000, 10_000]),
     st.sampled_from([Amortization.EQUAL_INSTALLMENT, Amortization.INTEREST_FREE]),
+    st.one_of(st.just(30), first_periods),
 )
 def test_installments_in_multiples_end_in_no_payment_shock(
     principal: int,
@@ -463,15 +593,21 @@ def test_installments_in_multiples_end_in_no_payment_shock(
     rounding: Rounding,
     multiple: int,
     amortization: Amortization,
+    first_period: int,
 ) -> None:
     """Every installment but the last is a whole multiple, at least one, none larger than the
     one before it; the last is the residual, more than 0 and no larger than the one before:
-    no installment is empty and the principal is not left to the end."""
+    no installment is empty and the principal is not left to the end. The first period may be
+    longer or shorter than a month (test_the_first_period_is_charged_for_its_length)."""
     if amortization is Amortization.INTEREST_FREE:
         rate = Decimal(0)
-    terms = ScheduleTerms(principal, rate, term, amortization, rounding, multiple)
+    terms = ScheduleTerms(
+        principal, rate, term, amortization, rounding, multiple, first_period_days=first_period
+    )
     installments = schedule_or_refusal(terms)
-    level = exact_annuity(principal, rate, term)
+    # The level payment that repays the loan, its first period's length included.
+    level = exact_annuity(principal, rate, term) * (1 + Fraction(rate) * first_period / 360)
+    level /= 1 + Fraction(rate) / 12
     if installments is None:
         # Refused only where one multiple is most of the level payment (measured: under 1.3
         # of it at rates to 36 %, 1.9 to 100 %), where one multiple on every installment nearly
@@ -480,6 +616,12 @@ def test_installments_in_multiples_end_in_no_payment_shock(
         return
     assert_sound(installments, terms)
     *body, last = totals(installments)
+    first_interest = installments[0].interest_minor
+    if first_interest > body[0]:
+        # A first period so long its interest is more than the installment: that interest.
+        assert installments[0].principal_minor == 0
+        assert level < first_interest
+        return
     assert all(total % multiple == 0 for total in body)
     assert body[-1] >= multiple
     assert body == sorted(body, reverse=True)
@@ -799,7 +941,10 @@ def test_an_extension_reamortises_exactly_what_is_ahead(
 ) -> None:
     if amortization is Amortization.INTEREST_FREE:
         rate = Decimal(0)
-    terms = ScheduleTerms(principal, rate, term, amortization, rounding, None, fee, collection)
+    first_period = data.draw(first_periods, label="first period days")
+    terms = ScheduleTerms(
+        principal, rate, term, amortization, rounding, None, fee, collection, first_period
+    )
     schedule = build_schedule(terms, FIRST_DUE)
     due = data.draw(st.integers(0, term - 1), label="installments already due")
     months = data.draw(st.integers(1, 24), label="months")
@@ -812,7 +957,7 @@ def test_an_extension_reamortises_exactly_what_is_ahead(
     # A schedule of its own: sound, on the old dates and then monthly on the anchor day.
     again = ScheduleTerms(
         sum(i.principal_minor for i in ahead), rate, len(ahead) + months, amortization, rounding,
-        None, sum(i.fees_minor for i in ahead), collection,
+        None, sum(i.fees_minor for i in ahead), collection, first_period if due == 0 else 30,
     )  # fmt: skip
     assert_sound([replace(i, seq=i.seq - due) for i in new], again)
     assert [i.due_date for i in new] == due_dates(FIRST_DUE, term + months)[due:]

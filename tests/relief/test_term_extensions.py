@@ -170,6 +170,24 @@ async def test_an_extension_too_small_for_the_multiple_is_refused(
     assert 0 < totals[-1] <= totals[-2]
 
 
+async def test_an_extension_before_a_long_first_period_ends_keeps_its_interest(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client, annual_interest_rate="0.1299", term_options=[12])
+    await close(w, "2026-01-01")
+    loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
+                        first_due_date="2026-04-03")  # fmt: skip
+    first = (await schedule(w, loan["id"]))[0]
+    assert first[2:4] == ("673.39", "398.36")  # 92 days of interest
+    await extend(w, loan["id"], months=6)
+    rows = await schedule(w, loan["id"])
+    assert len(rows) == 18
+    # The same principal over the same first period owes the same interest; a month's would be
+    # 129.90.
+    assert rows[0][1:4] == ("2026-04-03", "338.96", "398.36")
+    assert sum(Decimal(r[2]) for r in rows) == Decimal("12000.00")
+
+
 async def test_nothing_ahead_is_nothing_to_extend(client: httpx.AsyncClient) -> None:
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     await close(w, "2026-04-11")  # every installment is due
