@@ -2,7 +2,7 @@
 rounds or formats amounts."""
 
 import re
-from decimal import ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 
 # ISO 4217 minor units of the currencies we lend in; an unknown code is refused, not guessed.
@@ -71,9 +71,9 @@ def floor_minor(value: Decimal) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_DOWN))
 
 
-def round_to_multiple(minor: int, multiple: int, rounding: Rounding) -> int:
-    """Round to the nearest multiple (e.g. whole yuan), ties by the product's rounding mode."""
-    return round_minor(Decimal(minor) / multiple, rounding) * multiple
+def ceil_to_multiple(value: Decimal, multiple: int) -> int:
+    """An exact amount in minor units rounded up to a whole multiple (e.g. whole yuan)."""
+    return int((value / multiple).to_integral_value(rounding=ROUND_CEILING)) * multiple
 
 
 def parse_rate(rate: str) -> Decimal:

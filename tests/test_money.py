@@ -13,6 +13,7 @@ from app.money import (
     MINOR_DIGITS,
     MoneyError,
     Rounding,
+    ceil_to_multiple,
     floor_minor,
     format_minor,
     format_rate,
@@ -20,7 +21,6 @@ from app.money import (
     parse_amount,
     parse_rate,
     round_minor,
-    round_to_multiple,
     setting_to_minor,
     to_decimal,
     to_minor,
@@ -247,36 +247,30 @@ def test_floor_minor(value: str, floored: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("minor", "multiple", "half_even", "half_up"),
+    ("value", "multiple", "ceiled"),
     [
-        (12345, 100, 12300, 12300),
-        (12351, 100, 12400, 12400),
-        (12350, 100, 12400, 12400),  # 123.5 -> 124 (even)
-        (12250, 100, 12200, 12300),  # 122.5 -> 122 (even) or 123 (up)
-        (53588, 100, 53600, 53600),
-        (53588, 1000, 54000, 54000),
-        (49, 100, 0, 0),
-        (50, 100, 0, 100),
-        (150, 100, 200, 200),
-        (7, 1, 7, 7),
-        (0, 500, 0, 0),
-        (2500, 1000, 2000, 3000),
+        ("12300", 100, 12300),
+        ("12300.0001", 100, 12400),
+        ("12399.9999", 100, 12400),
+        ("53587.5505", 100, 53600),
+        ("53587.5505", 1000, 54000),
+        ("49", 100, 100),
+        ("0", 500, 0),
+        ("8.5", 1, 9),
     ],
 )
-def test_round_to_multiple(minor: int, multiple: int, half_even: int, half_up: int) -> None:
-    assert round_to_multiple(minor, multiple, Rounding.HALF_EVEN) == half_even
-    assert round_to_multiple(minor, multiple, Rounding.HALF_UP) == half_up
+def test_ceil_to_multiple(value: str, multiple: int, ceiled: int) -> None:
+    assert ceil_to_multiple(Decimal(value), multiple) == ceiled
 
 
-@given(st.integers(0, 10**12), st.integers(1, 10**6), st.sampled_from(list(Rounding)))
-def test_round_to_multiple_is_the_nearest_multiple(
-    minor: int, multiple: int, rounding: Rounding
+@given(st.integers(0, 10**12), st.integers(0, 9999), st.integers(1, 10**6))
+def test_ceil_to_multiple_is_the_smallest_multiple_not_below(
+    minor: int, fraction: int, multiple: int
 ) -> None:
-    rounded = round_to_multiple(minor, multiple, rounding)
-    assert rounded % multiple == 0
-    assert 2 * abs(rounded - minor) <= multiple
-    assert rounded == exact_round(Fraction(minor, multiple), rounding) * multiple
-    assert round_to_multiple(minor, 1, rounding) == minor
+    value = Decimal(minor) + Decimal(fraction).scaleb(-4)
+    ceiled = ceil_to_multiple(value, multiple)
+    assert ceiled % multiple == 0
+    assert value <= ceiled < value + multiple
 
 
 # --- rates --------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Repayment schedules: pure functions, no I/O.
 
 Monthly periods on a 30/360 basis: each period's interest is the annual rate / 12 on the
-principal outstanding. Amounts are rounded to the minor unit with the product's rounding mode,
-and the last installment absorbs every residual so the principal parts sum to the principal.
+principal outstanding, the first period's by its length (first_period_days). Amounts are
+rounded to the minor unit with the product's rounding mode, and the last installment absorbs
+every residual so the principal parts sum to the principal.
 """
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import date
@@ -13,13 +15,15 @@ from enum import StrEnum
 
 from dateutil.relativedelta import relativedelta
 
-from app.money import Rounding, floor_minor, round_minor, round_to_multiple
+from app.money import Rounding, ceil_to_multiple, floor_minor, round_minor
 
 # The terms a product may offer, in months: "a buyer pays in 3 to 36 monthly installments"
 # (SPEC). A term extension may take a schedule beyond them, up to MAX_TERM.
 OFFERED_TERMS = range(3, 37)
 # The longest schedule, in months, after term extensions.
 MAX_TERM = 60
+# Interest counts days on a 30/360 basis: 30 to a month, 360 to a year.
+DAYS_IN_MONTH = 30
 
 
 class Amortization(StrEnum):
@@ -43,6 +47,9 @@ class ScheduleTerms:
     installment_multiple_of_minor: int | None = None
     origination_fee_minor: int = 0
     fee_collection: FeeCollection = FeeCollection.UPFRONT
+    # From the disbursement to the first due date, in 30/360 days (first_period_days): a
+    # month unless the loan names its own first due date.
+    first_period_days: int = DAYS_IN_MONTH
 
 
 @dataclass(frozen=True)
@@ -86,13 +93,15 @@ def extended(
     in seq order) re-amortised over as many installments and ``months`` more, on the loan's
     rate, amortization, rounding and fee collection (``terms``), monthly from the first one's
     due date on the schedule's ``anchor`` day; the seqs continue from the first one's. What is
-    already due is not part of it: arrears stay due as they were."""
+    already due is not part of it: arrears stay due as they were. The first one's period is the
+    loan's first period (``terms.first_period_days``) if nothing is due yet, else a month."""
     first = ahead[0]
     again = replace(
         terms,
         principal_minor=sum(i.principal_minor for i in ahead),
         term=len(ahead) + months,
         origination_fee_minor=sum(i.fees_minor for i in ahead),
+        first_period_days=terms.first_period_days if first.seq == 1 else DAYS_IN_MONTH,
     )
     return [
         replace(i, seq=first.seq + i.seq - 1) for i in build_schedule(again, first.due_date, anchor)
@@ -101,6 +110,18 @@ def extended(
 
 def default_first_due_date(disbursed_on: date) -> date:
     return disbursed_on + relativedelta(months=1)
+
+
+def first_period_days(disbursed_on: date, first_due_date: date) -> int:
+    """The first period in 30/360 days: 30 for each whole month stepped from the disbursement
+    by the schedule's own month arithmetic (its day of month kept, clamped at month end) without
+    passing the first due date, and the days left over. The default first due date, a month
+    after the disbursement, is exactly 30."""
+    months = 0
+    while disbursed_on + relativedelta(months=months + 1) <= first_due_date:
+        months += 1
+    stepped = disbursed_on + relativedelta(months=months)
+    return DAYS_IN_MONTH * months + (first_due_date - stepped).days
 
 
 def monthly_rate(annual_rate: Decimal) -> Decimal:
@@ -115,9 +136,17 @@ def annuity_payment(principal_minor: int, annual_rate: Decimal, term: int) -> De
     return principal_minor * rate / (1 - (1 + rate) ** -term)
 
 
+class InstallmentsDoNotFit(ValueError):
+    """No installments in whole multiples fit the loan: with each at least one multiple and
+    none larger than the one before, every run repays it before its last installment or leaves
+    the last larger than the one before. The multiple is too large for the loan."""
+
+
 def build_schedule(
     terms: ScheduleTerms, first_due_date: date, anchor_day: int | None = None
 ) -> list[ScheduledInstallment]:
+    """The loan's installments; InstallmentsDoNotFit when its installment multiple is too
+    large for it."""
     dates = due_dates(first_due_date, terms.term, anchor_day)
     # An interest-free loan's installments are level either way; rounding them to a
     # multiple is the level payment's rule.
@@ -125,7 +154,10 @@ def build_schedule(
         terms.amortization is Amortization.INTEREST_FREE
         and bool(terms.installment_multiple_of_minor)
     )
-    if level:
+    step = terms.installment_multiple_of_minor or 1
+    if level and step > 1:
+        parts = _multiple_parts(terms, step)
+    elif level:
         parts = _equal_installment_parts(terms)
     else:
         parts = _equal_principal_parts(terms)
@@ -140,19 +172,13 @@ def build_schedule(
 
 def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
     exact = annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
-    step = terms.installment_multiple_of_minor or 1
     payment = round_minor(exact, terms.rounding)
-    if step > 1:
-        # At least one multiple: a nearest multiple of 0.00 would make an installment plan an
-        # interest-only loan with the whole principal due last (payment shock); one multiple
-        # repays it early instead.
-        payment = max(round_to_multiple(payment, step, terms.rounding), step)
     # Rounding up can pay a tiny loan off before its last period: then round the level payment
     # down, so the last installment absorbs the shortfall instead.
-    floored = floor_minor(exact / step) * step
+    floored = floor_minor(exact)
     if floored <= _interest(terms.principal_minor, terms):
         # Rounded down, the payment would not even cover the interest: an interest-only loan with
-        # the whole principal due last. Keep the nearest multiple and let the loan finish early.
+        # the whole principal due last. Keep the nearest payment and let the loan finish early.
         floored = payment
     for level in (payment, floored):
         parts = _level_payment_parts(terms, level, strict=True)
@@ -164,14 +190,123 @@ def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
     return parts
 
 
+def _multiple_parts(terms: ScheduleTerms, step: int) -> list[tuple[int, int]]:
+    """Installments in whole multiples of ``step`` (a product's installment_multiple_of), the
+    last one the residual: see _installments_in_multiples."""
+    installments = _installments_in_multiples(terms, step)
+    if installments is None:
+        raise InstallmentsDoNotFit()
+    outstanding = terms.principal_minor
+    parts = []
+    for seq, installment in enumerate(installments, start=1):
+        interest = _period_interest(outstanding, terms, seq)
+        principal = _principal_part(installment, interest, seq)
+        assert 0 <= principal < outstanding
+        parts.append((principal, interest))
+        outstanding -= principal
+    parts.append((outstanding, _period_interest(outstanding, terms, terms.term)))
+    return parts
+
+
+# How many partial runs of installments _installments_in_multiples tries before it gives up:
+# over 40,000 random loans (terms 3-60, multiples 0.05-100.00) it tried at most about 200 at
+# rates up to 36 %, 802 near 90 %; the bound keeps a crafted loan from holding origination.
+_MOST_RUNS_TRIED = 2_000
+
+
+def _installments_in_multiples(terms: ScheduleTerms, step: int) -> list[int] | None:
+    """Installments 1 to the last but one in whole multiples of ``step``, or None if none fit.
+    They fit when each is at least one multiple and none larger than the one before, no
+    installment is left with nothing to pay and the last, the residual, is no larger than the
+    one before it: no payment shock at the end, and no empty promise to pay.
+
+    Each is the smallest multiple with which the ones after it can still fit. That is nearly
+    always the level payment of what is left, rounded up to the multiple: paying at least that
+    keeps it from rising, so the next one is the same or a multiple less. Only a multiple that
+    is a large part of the installment needs more: where stepping down a multiple one
+    installment later repays the loan early and one earlier leaves the last too large, earlier
+    installments take a multiple more.
+    """
+    runs_tried = itertools.count()
+
+    def rest_from(seq: int, outstanding: int, ceiling: int | None) -> list[int] | None:
+        if seq == terms.term:
+            return []
+        if next(runs_tried) >= _MOST_RUNS_TRIED:
+            return None
+        # One multiple on each installment left repays at most that many multiples.
+        few_left = outstanding <= (terms.term - seq) * step
+        if few_left and _last_installment(terms, seq, outstanding, step) <= 0:
+            return None  # one multiple on each installment left repays the loan early
+        # The one before (the ceiling) was chosen so that paying it on each installment left
+        # leaves the last no larger: the search below starts there, one step from its end.
+        guess = ceiling or max(step, ceil_to_multiple(_level_payment(terms), step))
+        installment = _smallest_installment(terms, step, seq, outstanding, guess)
+        interest = _period_interest(outstanding, terms, seq)
+        while (ceiling is None or installment <= ceiling) and installment - interest < outstanding:
+            repaid = _principal_part(installment, interest, seq)
+            rest = rest_from(seq + 1, outstanding - repaid, installment)
+            if rest is not None:
+                return [installment, *rest]
+            installment += step
+        return None
+
+    return rest_from(1, terms.principal_minor, None)
+
+
+def _level_payment(terms: ScheduleTerms) -> Decimal:
+    """Where the search for installments in multiples starts: the exact level payment that
+    repays the loan, its first period's length included. Over a first period of f months it
+    solves P (1 + r f) - X = X a(n - 1) (a: the annuity factor), so X is the usual level
+    payment times (1 + r f) / (1 + r); unless the first period's interest alone is more than
+    that, when the first installment is the interest and the rest repay P over n - 1."""
+    rate = monthly_rate(terms.annual_rate)
+    first_months = Decimal(terms.first_period_days) / DAYS_IN_MONTH
+    level = annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
+    level = level * (1 + rate * first_months) / (1 + rate)
+    if terms.term > 1 and terms.principal_minor * rate * first_months > level:
+        return annuity_payment(terms.principal_minor, terms.annual_rate, terms.term - 1)
+    return level
+
+
+def _smallest_installment(
+    terms: ScheduleTerms, step: int, seq: int, outstanding: int, guess: int
+) -> int:
+    """The smallest multiple of ``step``, at least one, that paid on installments ``seq`` to
+    the last but one leaves the last no larger than itself; any smaller one leaves the last
+    larger than every installment that could come before it. Searched from ``guess``, the
+    exact level payment rounded up or the installment before, both close to it."""
+    installment = guess
+    # Each period's interest is rounded, so the exact level payment can fall a minor unit short.
+    while _last_installment(terms, seq, outstanding, installment) > installment:
+        installment += step
+    while installment > step and (
+        _last_installment(terms, seq, outstanding, installment - step) <= installment - step
+    ):
+        installment -= step
+    return installment
+
+
+def _last_installment(terms: ScheduleTerms, seq: int, outstanding: int, installment: int) -> int:
+    """The last installment when ``installment`` is paid on installments ``seq`` to the last but
+    one of a loan with ``outstanding`` principal before ``seq``; at most 0 if that repays it
+    before the last."""
+    for paying in range(seq, terms.term):
+        interest = _period_interest(outstanding, terms, paying)
+        outstanding -= _principal_part(installment, interest, paying)
+        if outstanding <= 0:
+            return outstanding
+    return outstanding + _period_interest(outstanding, terms, terms.term)
+
+
 def _level_payment_parts(
     terms: ScheduleTerms, payment: int, *, strict: bool
 ) -> list[tuple[int, int]] | None:
     outstanding = terms.principal_minor
     parts = []
     for seq in range(1, terms.term + 1):
-        interest = _interest(outstanding, terms)
-        principal = outstanding if seq == terms.term else payment - interest
+        interest = _period_interest(outstanding, terms, seq)
+        principal = outstanding if seq == terms.term else _principal_part(payment, interest, seq)
         if seq < terms.term and not 0 <= principal < outstanding:
             if strict:
                 return None
@@ -187,16 +322,31 @@ def _equal_principal_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
     parts = []
     for seq in range(1, terms.term + 1):
         principal = outstanding if seq == terms.term else share
-        parts.append((principal, _interest(outstanding, terms)))
+        parts.append((principal, _period_interest(outstanding, terms, seq)))
         outstanding -= principal
     return parts
 
 
-def _interest(outstanding_minor: int, terms: ScheduleTerms) -> int:
-    """A month's interest on the outstanding principal. Multiplied before dividing by 12, so an
-    exact tie (0.30 at 20 % is 0.5 minor units) rounds by the product's mode, not by where the
-    28 digits of 0.20 / 12 happened to stop."""
-    return round_minor(outstanding_minor * terms.annual_rate / 12, terms.rounding)
+def _period_interest(outstanding_minor: int, terms: ScheduleTerms, seq: int) -> int:
+    """Installment ``seq``'s interest: a month's, or the first period's for the first."""
+    days = terms.first_period_days if seq == 1 else DAYS_IN_MONTH
+    return _interest(outstanding_minor, terms, days)
+
+
+def _principal_part(installment: int, interest: int, seq: int) -> int:
+    """What an installment repays of the principal. A first period longer than a month can owe
+    more interest than the level installment: then the first installment is that interest and
+    repays nothing, rather than adding the rest to the principal."""
+    principal = installment - interest
+    return max(principal, 0) if seq == 1 else principal
+
+
+def _interest(outstanding_minor: int, terms: ScheduleTerms, days: int = DAYS_IN_MONTH) -> int:
+    """``days`` (30/360) of interest on the outstanding principal: a month's by default.
+    Multiplied before dividing, so an exact tie (0.30 at 20 % is 0.5 minor units a month) rounds
+    by the product's mode, not by where the 28 digits of 0.20 / 12 happened to stop; a month is
+    * 30 / 360, the same quotient as / 12."""
+    return round_minor(outstanding_minor * terms.annual_rate * days / 360, terms.rounding)
 
 
 def _fee_parts(terms: ScheduleTerms) -> list[int]:

@@ -39,9 +39,11 @@ from app.loans.records import (
 from app.loans.schedule import (
     Amortization,
     FeeCollection,
+    InstallmentsDoNotFit,
     ScheduleTerms,
     build_schedule,
     default_first_due_date,
+    first_period_days,
 )
 from app.money import Rounding, format_minor, parse_amount
 from app.payments.allocation import InstallmentPosition, InstallmentTerms, LateFee, LoanPosition
@@ -257,22 +259,28 @@ async def create_loan(
             f"(GET /v1/loans?merchant_order_ref={merchant_order_ref})"
         )
 
-    schedule = build_schedule(
-        ScheduleTerms(
-            principal_minor=amount,
-            annual_rate=product.annual_interest_rate,
-            term=term,
-            amortization=Amortization(product.amortization),
-            rounding=Rounding(product.rounding),
-            installment_multiple_of_minor=product.installment_multiple_of_minor,
-            origination_fee_minor=products_service.origination_fee_minor(product, amount),
-            fee_collection=FeeCollection(
-                product.origination_fee_collection or FeeCollection.UPFRONT
-            ),
-        ),
-        first_due_date,
-        anchor_day,
+    terms = ScheduleTerms(
+        principal_minor=amount,
+        annual_rate=product.annual_interest_rate,
+        term=term,
+        amortization=Amortization(product.amortization),
+        rounding=Rounding(product.rounding),
+        installment_multiple_of_minor=product.installment_multiple_of_minor,
+        origination_fee_minor=products_service.origination_fee_minor(product, amount),
+        fee_collection=FeeCollection(product.origination_fee_collection or FeeCollection.UPFRONT),
+        first_period_days=first_period_days(disbursed_on, first_due_date),
     )
+    try:
+        schedule = build_schedule(terms, first_due_date, anchor_day)
+    except InstallmentsDoNotFit:
+        multiple = format_minor(product.installment_multiple_of_minor or 0, product.currency)
+        raise InvalidRequest.field(
+            "principal",
+            f"{format_minor(amount, product.currency)} over {term} installments does not fit "
+            f"installments in multiples of {multiple}: they would repay it before the last "
+            "installment or leave the last larger than the one before; lend more, or over "
+            "fewer installments",
+        ) from None
     # An installment of 0.00 is no promise to pay: it would be "paid" on its due date by
     # nothing, and count as a settled period to the risk rules.
     empty = [s.seq for s in schedule if s.principal_minor + s.interest_minor + s.fees_minor == 0]

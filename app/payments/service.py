@@ -29,6 +29,7 @@ from app.loans.schedule import (
     anchor_day,
     deferred,
     extended,
+    first_period_days,
 )
 from app.money import Rounding, format_minor, parse_amount
 from app.payments.allocation import (
@@ -368,6 +369,9 @@ async def extend_term(
         rounding=Rounding(loan.rounding),
         installment_multiple_of_minor=product.installment_multiple_of_minor,
         fee_collection=FeeCollection(product.origination_fee_collection or FeeCollection.UPFRONT),
+        # A payment holiday moves the first due date but charges nothing for it: the first
+        # period is the one the loan was originated with.
+        first_period_days=first_period_days(loan.disbursed_on, loan.first_due_date),
     )
     scheduled = [
         ScheduledInstallment(i.seq, i.due_date, i.principal_minor, i.interest_minor, i.fees_minor)

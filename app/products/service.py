@@ -8,7 +8,14 @@ from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.loans.schedule import Amortization
-from app.money import Rounding, parse_amount, parse_rate, request_currency, round_minor
+from app.money import (
+    Rounding,
+    format_minor,
+    parse_amount,
+    parse_rate,
+    request_currency,
+    round_minor,
+)
 from app.products.models import Product
 from app.products.schemas import FeeKind, ProductCreate
 
@@ -66,6 +73,7 @@ async def create_product(
             product.late_fee_cap_minor = parse_amount(
                 "late_fee.cap_per_installment", late.cap_per_installment, currency
             )
+        _check_late_fee_cap(product)
     if origination := spec.origination_fee:
         product.origination_fee_kind = origination.kind
         product.origination_fee_amount_minor = _fee_amount(
@@ -78,6 +86,20 @@ async def create_product(
     session.add(product)
     await session.flush()
     return product
+
+
+def _check_late_fee_cap(product: Product) -> None:
+    """A fixed late fee is charged at most once per installment, so its cap can only ever lower
+    it: a cap below the amount would charge a fee other than the one the product states."""
+    cap, amount = product.late_fee_cap_minor, product.late_fee_amount_minor
+    if product.late_fee_kind != FeeKind.FIXED or cap is None or amount is None or cap >= amount:
+        return
+    raise InvalidRequest.field(
+        "late_fee.cap_per_installment",
+        f"a fixed fee is charged at most once per installment, so a cap of "
+        f"{format_minor(cap, product.currency)} below its amount "
+        f"{format_minor(amount, product.currency)} would silently lower it",
+    )
 
 
 def _fee_amount(field: str, amount: str | None, currency: str) -> int | None:

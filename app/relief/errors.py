@@ -33,3 +33,11 @@ class TermTooLong(Conflict):
 
     code = "term_too_long"
     title = "The term would be too long"
+
+
+class ExtensionDoesNotFit(Conflict):
+    """The product's installment multiple is too large for what is left over the longer term:
+    the installments would repay it early and leave the later ones with nothing to pay."""
+
+    code = "extension_does_not_fit"
+    title = "The extended installments do not fit the product's multiple"

@@ -28,7 +28,7 @@ from app.ids import new_id
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive, LoanNotFound
 from app.loans.models import OPEN_STATUSES, Loan
-from app.loans.schedule import MAX_TERM
+from app.loans.schedule import MAX_TERM, InstallmentsDoNotFit
 from app.money import format_minor, parse_amount
 from app.payments import service as payments
 from app.payments.allocation import fees_to_waive
@@ -36,6 +36,7 @@ from app.payments.errors import AmountExceedsPayoff
 from app.promises import service as promises
 from app.promises.models import Promise, PromiseStatus
 from app.relief.errors import (
+    ExtensionDoesNotFit,
     NoFeesToWaive,
     NothingToDefer,
     RestructureExpired,
@@ -135,7 +136,14 @@ async def approve(
         if loan.term + months > MAX_TERM:  # another extension came first
             raise TermTooLong(f"loan {loan.id}: the term would be {loan.term + months} months, "
                               f"beyond {MAX_TERM}")  # fmt: skip
-        extension = await payments.extend_term(session, loan, months=months, as_of=as_of)
+        try:
+            extension = await payments.extend_term(session, loan, months=months, as_of=as_of)
+        except InstallmentsDoNotFit:
+            raise ExtensionDoesNotFit(
+                f"loan {loan.id}: what is left over {months} more months does not fit the "
+                "product's installment multiple: the installments would repay it before the "
+                "last or leave the last larger than the one before; extend by fewer months"
+            ) from None
         if extension is None:
             raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
         restructure.terms = {

@@ -1,7 +1,8 @@
 """Origination, reads, listing and cancellation over HTTP."""
 
 import base64
-from datetime import date
+from datetime import date, timedelta
+from decimal import Decimal
 
 import httpx
 from sqlalchemy import func, select
@@ -81,6 +82,50 @@ async def test_defaults_disbursed_today_and_first_due_a_month_later(
     assert date.fromisoformat(loan["first_due_date"]).day in {today.day, 28, 29, 30, 31}
 
 
+async def test_the_first_period_is_charged_for_its_length(client: httpx.AsyncClient) -> None:
+    # 12000.00 at 12.99 % was charged 129.90 for the first period, a day or 92 days long.
+    w = await world(client, annual_interest_rate="0.1299", term_options=[12])
+    loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
+                        first_due_date="2026-01-02")  # fmt: skip
+    rows = loan["schedule"]["installments"]
+    # A day: 12000.00 * 0.1299 / 360. The level installment stays 1071.75.
+    assert [rows[0][k] for k in ("principal", "interest", "total")] == [
+        "1067.42", "4.33", "1071.75",
+    ]  # fmt: skip
+    assert {r["total"] for r in rows[:-1]} == {"1071.75"}
+    assert rows[-1]["total"] == "930.39"
+    loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
+                        first_due_date="2026-04-03")  # fmt: skip
+    rows = loan["schedule"]["installments"]
+    # Three months and two days: 92/30 of a month's 129.90.
+    assert [rows[0][k] for k in ("principal", "interest", "total")] == [
+        "673.39", "398.36", "1071.75",
+    ]  # fmt: skip
+    assert rows[-1]["total"] == "1373.96"
+    assert sum(Decimal(r["principal"]) for r in rows) == Decimal("12000.00")
+    w2 = await world(client, amortization="equal_principal", annual_interest_rate="0.1299",
+                     term_options=[12])  # fmt: skip
+    loan = await w2.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
+                         first_due_date="2026-04-03")  # fmt: skip
+    rows = loan["schedule"]["installments"]
+    assert [(r["principal"], r["interest"]) for r in rows[:2]] == [
+        ("1000.00", "398.36"), ("1000.00", "119.08"),
+    ]  # fmt: skip
+
+
+async def test_the_payoff_owes_the_current_first_period_as_charged(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client, annual_interest_rate="0.1299", term_options=[12])
+    today = clock.today()
+    tomorrow = await w.loan(principal="12000.00", term=12,
+                            first_due_date=(today + timedelta(days=1)).isoformat())  # fmt: skip
+    # Paid off today: the principal and the first period's interest, a day's.
+    assert tomorrow["balances"]["payoff_amount"] == "12004.33"
+    a_month = await w.loan(principal="12000.00", term=12)
+    assert a_month["balances"]["payoff_amount"] == "12129.90"
+
+
 async def test_equal_principal_and_interest_free_products(client: httpx.AsyncClient) -> None:
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12")
     loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-15")
@@ -134,6 +179,46 @@ async def test_term_not_offered_and_unknown_product(client: httpx.AsyncClient) -
     assert response.json()["errors"][0]["field"] == "principal"
     assert await count(Loan) == 0
     assert (await w.post("/v1/loans", {**base, "term": 12, "principal": "0.12"})).status_code == 201
+
+
+async def test_installments_in_multiples_leave_no_payment_shock(
+    client: httpx.AsyncClient,
+) -> None:
+    # 1000.00 at 12.99 % over 12 months is 89.31 a month. In multiples of 50.00 it was eleven
+    # installments of 50.00 and 550.87 last; 100.00 a month would repay it in eleven.
+    w = await world(client, annual_interest_rate="0.1299", installment_multiple_of="50.00")
+    loan = await w.loan(principal="1000.00", term=12, disbursed_on="2026-01-31")
+    rows = loan["schedule"]["installments"]
+    assert [r["total"] for r in rows] == ["100.00"] * 10 + ["50.00", "14.35"]
+    assert (rows[0]["principal"], rows[0]["interest"]) == ("89.18", "10.82")
+    assert sum(Decimal(r["principal"]) for r in rows) == Decimal("1000.00")
+    # Interest free, 27.78 a month over 24 months, in multiples of 5.00: 35 of 25.00 and
+    # 125.00 last before.
+    w2 = await world(client, amortization="interest_free", annual_interest_rate="0",
+                     installment_multiple_of="5.00", term_options=[24, 36])  # fmt: skip
+    loan = await w2.loan(principal="1000.00", term=36, disbursed_on="2026-01-31")
+    rows = loan["schedule"]["installments"]
+    assert [r["total"] for r in rows] == ["30.00"] * 20 + ["25.00"] * 16
+
+
+async def test_a_multiple_too_large_for_the_loan_is_refused(client: httpx.AsyncClient) -> None:
+    w = await world(client, annual_interest_rate="0.1299", installment_multiple_of="50.00")
+    borrower = await w.borrower()
+    before = (await count(Loan), await count(LoanInstallment), await count(Event))
+    # 47.53 a month over 24 months: 23 installments of at least 50.00 repay it early.
+    response = await w.post("/v1/loans", {
+        "borrower_id": borrower["id"], "product_code": w.product_code, "principal": "1000.00",
+        "term": 24, "merchant_order_ref": "too-round",
+    })  # fmt: skip
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["errors"] == [{
+        "field": "principal",
+        "message": "1000.00 over 24 installments does not fit installments in multiples of "
+        "50.00: they would repay it before the last installment or leave the last larger than "
+        "the one before; lend more, or over fewer installments",
+    }]  # fmt: skip
+    assert (await count(Loan), await count(LoanInstallment), await count(Event)) == before
 
 
 async def test_duplicate_merchant_order_ref_is_refused(client: httpx.AsyncClient) -> None:

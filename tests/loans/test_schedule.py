@@ -4,6 +4,9 @@ Expected amounts are computed here with exact rational arithmetic (``fractions``
 module's own ``decimal`` code, so a test never just replays the implementation.
 """
 
+import calendar
+import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
@@ -11,12 +14,13 @@ from fractions import Fraction
 
 import numpy_financial as npf
 import pytest
-from hypothesis import assume, given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.loans.schedule import (
     Amortization,
     FeeCollection,
+    InstallmentsDoNotFit,
     ScheduledInstallment,
     ScheduleTerms,
     annuity_payment,
@@ -25,6 +29,7 @@ from app.loans.schedule import (
     deferred,
     due_dates,
     extended,
+    first_period_days,
     monthly_rate,
 )
 from app.money import Rounding
@@ -92,6 +97,14 @@ def totals(installments: list[ScheduledInstallment]) -> list[int]:
     return [i.principal_minor + i.interest_minor for i in installments]
 
 
+def schedule_or_refusal(terms: ScheduleTerms) -> list[ScheduledInstallment] | None:
+    """The schedule, or None where installments in its multiples do not fit the loan."""
+    try:
+        return build_schedule(terms, FIRST_DUE)
+    except InstallmentsDoNotFit:
+        return None
+
+
 def assert_sound(installments: list[ScheduledInstallment], terms: ScheduleTerms) -> None:
     """What holds for every schedule, however degenerate the loan."""
     assert [i.seq for i in installments] == list(range(1, terms.term + 1))
@@ -103,13 +116,17 @@ def assert_sound(installments: list[ScheduledInstallment], terms: ScheduleTerms)
         assert inst.principal_minor >= 0
         assert inst.interest_minor >= 0
         assert inst.fees_minor >= 0
-        # Interest is the monthly rate on the principal outstanding, rounded to the minor unit.
-        assert inst.interest_minor == exact_round(outstanding * rate, terms.rounding)
+        # Interest is the monthly rate on the principal outstanding, rounded to the minor unit;
+        # the first period's for its length in 30-day months.
+        months = Fraction(terms.first_period_days, 30) if inst.seq == 1 else 1
+        assert inst.interest_minor == exact_round(outstanding * rate * months, terms.rounding)
         outstanding -= inst.principal_minor
     assert outstanding == 0
 
 
 principals = st.integers(100, 100_000_000)  # 1.00 to 1,000,000.00 CNY
+# A first period of 1 to 92 calendar days is 1 to 93 days of 30/360 (Jan 31 to Mar 1 is 31).
+first_periods = st.integers(1, 93)
 rates = st.one_of(
     st.integers(0, 3600).map(lambda bp: Decimal(bp).scaleb(-4)),  # "0.1299"
     st.integers(0, 360_000).map(lambda m: Decimal(m).scaleb(-6)),  # up to six decimals
@@ -188,7 +205,12 @@ def test_every_schedule_sums_exactly_and_has_no_negative_amount(
     if amortization is Amortization.INTEREST_FREE:
         rate = Decimal(0)
     terms = ScheduleTerms(principal, rate, term, amortization, rounding, multiple, fee, collection)
-    installments = build_schedule(terms, FIRST_DUE)
+    installments = schedule_or_refusal(terms)
+    if installments is None:
+        # Only a multiple can be too large for a loan (test_a_multiple_too_large_...).
+        assert (multiple or 1) > 1
+        assert amortization is not Amortization.EQUAL_PRINCIPAL
+        return
     assert_sound(installments, terms)
     assert [i.due_date for i in installments] == due_dates(FIRST_DUE, term)
 
@@ -224,13 +246,15 @@ def test_equal_installments_are_level_except_the_last(
     rates,
     st.integers(2, 60),
     roundings,
-    st.one_of(st.none(), multiples),
+    st.sampled_from([None, 1]),
 )
 def test_the_level_holds_until_the_loan_is_repaid_then_nothing_is_due(
     principal: int, rate: Decimal, term: int, rounding: Rounding, multiple: int | None
 ) -> None:
-    """The shape of every equal-installment schedule, degenerate ones included: the level
-    payment, then (only if rounding repaid the loan early) one short installment and zeros."""
+    """The shape of every equal-installment schedule without a multiple (a multiple of one
+    minor unit rounds nothing), degenerate ones included: the level payment, then (only if
+    rounding repaid the loan early) one short installment and zeros. Origination refuses
+    the zeros."""
     terms = ScheduleTerms(principal, rate, term, EQUAL_INSTALLMENT, rounding, multiple)
     installments = build_schedule(terms, FIRST_DUE)
     assert_sound(installments, terms)
@@ -242,9 +266,8 @@ def test_the_level_holds_until_the_loan_is_repaid_then_nothing_is_due(
         assert short < level
         assert zeros == [0] * len(zeros)
         assert last == 0  # the loan was repaid before its last month
-        assert principal < LEVEL_HOLDS_FROM_MINOR or multiple is not None
-    if multiple is None:
-        assert abs(level - exact_annuity(principal, rate, term)) <= 1
+        assert principal < LEVEL_HOLDS_FROM_MINOR
+    assert abs(level - exact_annuity(principal, rate, term)) <= 1
 
 
 def test_degenerate_tiny_loans() -> None:
@@ -269,6 +292,129 @@ def test_degenerate_tiny_loans() -> None:
     installments = schedule(100, "0.36", 60)
     assert totals(installments) == [4] * 49 + [0] * 11
     assert [i.interest_minor for i in installments[:18]] == [3] * 17 + [2]
+
+
+# --- the first period ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("disbursed_on", "first_due_date", "days"),
+    [
+        (date(2026, 1, 15), date(2026, 2, 15), 30),  # the default: a month
+        (date(2026, 1, 1), date(2026, 1, 2), 1),
+        (date(2026, 1, 1), date(2026, 1, 31), 30),  # 30 days, not yet a month
+        (date(2026, 1, 1), date(2026, 2, 1), 30),
+        (date(2026, 1, 1), date(2026, 4, 3), 92),  # three months and two days: 92 calendar days
+        (date(2026, 2, 1), date(2026, 3, 1), 30),  # a month of 28 days
+        (date(2026, 1, 31), date(2026, 2, 28), 30),  # the default: clamped at month end
+        (date(2026, 1, 31), date(2026, 3, 1), 31),
+        (date(2026, 1, 31), date(2026, 3, 31), 60),  # the day kept: Mar 31, not Mar 28
+        (date(2026, 1, 31), date(2026, 2, 27), 27),
+        (date(2024, 1, 31), date(2024, 2, 29), 30),  # leap year
+        (date(2026, 2, 28), date(2026, 3, 31), 33),
+        (date(2026, 11, 20), date(2027, 1, 5), 46),  # over the year end: a month and 16 days
+    ],
+)
+def test_first_period_days(disbursed_on: date, first_due_date: date, days: int) -> None:
+    assert first_period_days(disbursed_on, first_due_date) == days
+
+
+def add_months(day: date, months: int) -> date:
+    """The calendar's month arithmetic, the day of month kept and clamped at month end."""
+    year, month = divmod(day.month - 1 + months, 12)
+    year, month = day.year + year, month + 1
+    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+
+
+@given(st.dates(date(2000, 1, 1), date(2095, 12, 31)), st.integers(1, 92))
+def test_first_period_days_are_whole_months_and_the_days_left(
+    start: date, calendar_days: int
+) -> None:
+    first_due = start + timedelta(days=calendar_days)
+    days = first_period_days(start, first_due)
+    months = max(k for k in range(4) if add_months(start, k) <= first_due)
+    assert days == 30 * months + (first_due - add_months(start, months)).days
+    assert 1 <= days <= 93
+    assert first_period_days(start, default_first_due_date(start)) == 30
+    later = first_period_days(start, first_due + timedelta(days=1))
+    assert later > days or add_months(start, months + 1) == first_due + timedelta(days=1)
+
+
+def test_the_first_period_is_charged_for_its_length() -> None:
+    """12000.00 at 12.99 % charged 129.90 for the first period whether it lasted a day or 92.
+    A day is 1/30 of a month's interest, 92 days (three months and two) 92/30 of it; an equal
+    installment keeps its level, so the principal it repays takes the difference and the last
+    installment the residual."""
+    month = schedule(1200000, "0.1299", 12)
+    assert [i.total_minor for i in month[:-1]] == [107175] * 11
+    assert month[0] == ScheduledInstallment(1, date(2025, 1, 31), 94185, 12990, 0)
+    day = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
+                                       first_period_days=1), FIRST_DUE)  # fmt: skip
+    assert day[0] == ScheduledInstallment(1, date(2025, 1, 31), 106742, 433, 0)  # 12000 * r / 360
+    assert [i.total_minor for i in day[:-1]] == [107175] * 11
+    assert day[-1].total_minor == 93039
+    quarter = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
+                                           first_period_days=92), FIRST_DUE)  # fmt: skip
+    assert quarter[0] == ScheduledInstallment(1, date(2025, 1, 31), 67339, 39836, 0)
+    assert [i.total_minor for i in quarter[:-1]] == [107175] * 11
+    assert quarter[-1].total_minor == 137396
+    # In whole yuan the extra interest is spread over the installments, not left to the last.
+    rounded = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
+                                           installment_multiple_of_minor=100,
+                                           first_period_days=92), FIRST_DUE)  # fmt: skip
+    assert totals(rounded) == [109600] * 6 + [109500] * 5 + [109443]
+    # Equal principal: the same principal, the first period's interest.
+    quarter = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12,
+                                           Amortization.EQUAL_PRINCIPAL,
+                                           first_period_days=92), FIRST_DUE)  # fmt: skip
+    assert [(i.principal_minor, i.interest_minor) for i in quarter[:2]] == [
+        (100000, 39836), (100000, 11908),
+    ]  # fmt: skip
+
+
+def test_a_first_period_longer_than_the_installment_pays_is_its_interest() -> None:
+    """12000.00 at 36 % over 36 months is 549.65 a month; 93 days of interest are 1116.00.
+    The first installment is that interest, repaying nothing, never a negative principal."""
+    installments = build_schedule(ScheduleTerms(1200000, Decimal("0.36"), 36, EQUAL_INSTALLMENT,
+                                                 first_period_days=93), FIRST_DUE)  # fmt: skip
+    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 0, 111600, 0)
+    assert (installments[1].principal_minor, installments[1].interest_minor) == (18965, 36000)
+
+
+@given(
+    principals,
+    rates,
+    st.integers(1, 60),
+    st.sampled_from(list(Amortization)),
+    roundings,
+    first_periods,
+)
+def test_every_first_period_keeps_the_schedule_sound(
+    principal: int,
+    rate: Decimal,
+    term: int,
+    amortization: Amortization,
+    rounding: Rounding,
+    first_period: int,
+) -> None:
+    if amortization is Amortization.INTEREST_FREE:
+        rate = Decimal(0)
+    terms = ScheduleTerms(principal, rate, term, amortization, rounding)
+    a_month = build_schedule(terms, FIRST_DUE)
+    assert build_schedule(replace(terms, first_period_days=30), FIRST_DUE) == a_month
+    other = replace(terms, first_period_days=first_period)
+    installments = build_schedule(other, FIRST_DUE)
+    assert_sound(installments, other)
+    if amortization is Amortization.EQUAL_PRINCIPAL:
+        # Only the first installment's interest changes.
+        assert [i.principal_minor for i in installments] == [i.principal_minor for i in a_month]
+        assert installments[1:] == a_month[1:]
+    elif principal >= LEVEL_HOLDS_FROM_MINOR and term > 1:
+        # The level installment stays; the first repays what its interest leaves of it.
+        level = totals(a_month)[0]
+        first = installments[0]
+        assert first.total_minor == max(level, first.interest_minor)
+        assert totals(installments)[1:-1] == [level] * (term - 2)
 
 
 # --- equal principal, interest free -----------------------------------------------------
@@ -415,50 +561,156 @@ def test_spread_fee_examples(fee: int, term: int, rounding: Rounding, fees: list
 # --- installment_multiple_of ---------------------------------------------------------------
 
 
+def installments_fit(
+    principal: int, rate: Decimal, rounding: Rounding, installments: Sequence[int]
+) -> bool:
+    """Whether paying ``installments`` (all but the last) leaves something due at each, no
+    principal part negative, and the last more than 0 and no larger than the one before."""
+    monthly = Fraction(rate) / 12
+    outstanding = principal
+    for installment in installments:
+        principal_part = installment - exact_round(outstanding * monthly, rounding)
+        if not 0 <= principal_part < outstanding:
+            return False
+        outstanding -= principal_part
+    last = outstanding + exact_round(outstanding * monthly, rounding)
+    return 0 < last <= installments[-1]
+
+
 @given(
-    st.integers(REPAID_IN_THE_LAST_MONTH_FROM_MINOR, 100_000_000),
+    st.integers(100, 100_000_000),
     rates,
-    st.integers(2, 60),
+    st.integers(3, 36),
     roundings,
-    multiples,
+    st.sampled_from([5, 10, 50, 100, 500, 1000, 5000, 10_000]),
+    st.sampled_from([Amortization.EQUAL_INSTALLMENT, Amortization.INTEREST_FREE]),
+    st.one_of(st.just(30), first_periods),
 )
-def test_level_payment_is_a_multiple(
-    principal: int, rate: Decimal, term: int, rounding: Rounding, multiple: int
+def test_installments_in_multiples_end_in_no_payment_shock(
+    principal: int,
+    rate: Decimal,
+    term: int,
+    rounding: Rounding,
+    multiple: int,
+    amortization: Amortization,
+    first_period: int,
 ) -> None:
-    exact = exact_annuity(principal, rate, term)
-    # Where the payment's principal part is at least one multiple, rounding to a multiple can
-    # neither stop repaying the principal nor repay it before the last month.
-    assume(exact - principal * Fraction(rate) / 12 >= multiple)
-    terms = ScheduleTerms(principal, rate, term, Amortization.EQUAL_INSTALLMENT, rounding, multiple)
-    installments = build_schedule(terms, FIRST_DUE)
+    """Every installment but the last is a whole multiple, at least one, none larger than the
+    one before it; the last is the residual, more than 0 and no larger than the one before:
+    no installment is empty and the principal is not left to the end. The first period may be
+    longer or shorter than a month (test_the_first_period_is_charged_for_its_length)."""
+    if amortization is Amortization.INTEREST_FREE:
+        rate = Decimal(0)
+    terms = ScheduleTerms(
+        principal, rate, term, amortization, rounding, multiple, first_period_days=first_period
+    )
+    installments = schedule_or_refusal(terms)
+    # The level payment that repays the loan, its first period's length included.
+    level = exact_annuity(principal, rate, term) * (1 + Fraction(rate) * first_period / 360)
+    level /= 1 + Fraction(rate) / 12
+    if installments is None:
+        # Refused only where one multiple is most of the level payment (measured: under 1.3
+        # of it at rates to 36 %, 1.9 to 100 %), where one multiple on every installment nearly
+        # repays the loan before its last month.
+        assert level < 2 * multiple
+        return
     assert_sound(installments, terms)
-    level = totals(installments)[0]
-    assert level % multiple == 0
-    assert totals(installments)[:-1] == [level] * (term - 1)
-    assert abs(level - exact) < multiple + 1
-    assert installments[-1].principal_minor > 0
+    *body, last = totals(installments)
+    first_interest = installments[0].interest_minor
+    if first_interest > body[0]:
+        # A first period so long its interest is more than the installment: that interest.
+        assert installments[0].principal_minor == 0
+        assert level < first_interest
+        return
+    assert all(total % multiple == 0 for total in body)
+    assert body[-1] >= multiple
+    assert body == sorted(body, reverse=True)
+    assert 0 < last <= body[-1]
+    # The first is the level payment rounded up to the multiple, give or take the few minor
+    # units that rounding each period's interest moves it; more only where the multiple is so
+    # large a part of it that early installments must take more to fit.
+    drift = term
+    assert body[0] > level - drift
+    assert body[0] < level + multiple + drift or level < 3 * multiple
 
 
-def test_a_multiple_larger_than_the_principal_part_keeps_the_nearest_multiple() -> None:
-    """200.00 at 36 % over 36 months is 9.16 a month, 6.00 of it interest. Rounded down to a
-    multiple of 10.00 it would be 0.00 (an interest-only loan with 206.00 due last); the nearest
-    multiple, 10.00, repays the loan in 32 months and the last four installments are zero."""
-    installments = schedule(20000, "0.36", 36, installment_multiple_of_minor=1000)
-    assert totals(installments) == [1000] * 31 + [1, 0, 0, 0, 0]
-    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 400, 600, 0)
-    assert sum(i.principal_minor for i in installments) == 20000
-    # Interest free, 20.00 over 36 months in multiples of 1.00: 1.00 a month for 20 months.
-    installments = schedule(2000, "0", 36, installment_multiple_of_minor=100)
-    assert totals(installments) == [100] * 20 + [0] * 16
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(3, 5),
+    st.sampled_from([5, 10, 50, 100]),
+    st.data(),
+    rates,
+    roundings,
+)
+def test_installments_in_multiples_are_the_smallest_that_fit(
+    term: int, multiple: int, data: st.DataObject, rate: Decimal, rounding: Rounding
+) -> None:
+    """Against every run of multiples, each at least one and none larger than the one before:
+    refused exactly when none fits, and otherwise the first of the fitting runs in order
+    (each installment the smallest with which the ones after it can still fit)."""
+    principal = data.draw(st.integers(multiple, multiple * 3 * term), label="principal")
+    largest = principal + exact_round(principal * Fraction(rate) / 12, rounding)
+    candidates = range(-(-largest // multiple) * multiple, 0, -multiple)
+    fitting = [
+        run
+        for run in itertools.combinations_with_replacement(candidates, term - 1)
+        if installments_fit(principal, rate, rounding, run)
+    ]
+    terms = ScheduleTerms(principal, rate, term, EQUAL_INSTALLMENT, rounding, multiple)
+    installments = schedule_or_refusal(terms)
+    if installments is None:
+        assert fitting == []
+    else:
+        assert tuple(totals(installments)[:-1]) == min(fitting)
 
 
-def test_a_multiple_more_than_twice_the_payment_repays_early_rather_than_last() -> None:
-    """No multiple of 50.00 is near a 9.16 payment: the nearest is 0.00, which would leave
-    interest each month and the whole principal due last. One multiple a month repays it in
-    five months instead."""
-    installments = schedule(20000, "0.36", 36, installment_multiple_of_minor=5000)
-    assert totals(installments) == [5000] * 4 + [1640] + [0] * 31
-    assert sum(i.principal_minor for i in installments) == 20000
+def test_a_multiple_larger_than_the_level_payment_needs_smaller_installments_at_the_end() -> None:
+    """1000.00 at 12.99 % over 12 months is 89.31 a month. In multiples of 50.00 the nearest,
+    100.00, repays the loan in 11 months, and 50.00 leaves 550.87 to the last (a payment
+    shock): ten of 100.00, then 50.00, then the 14.35 left."""
+    installments = schedule(100000, "0.1299", 12, installment_multiple_of_minor=5000)
+    assert totals(installments) == [10000] * 10 + [5000, 1435]
+    assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 8918, 1082, 0)
+    # 47.53 a month over 24 months, in multiples of 10.00: not 23 of 40.00 and 245.30.
+    installments = schedule(100000, "0.1299", 24, installment_multiple_of_minor=1000)
+    assert totals(installments) == [5000] * 18 + [4000] * 5 + [3455]
+    # Interest free, 27.78 a month over 36 months in multiples of 5.00: not 35 of 25.00 and
+    # 125.00, nor 30.00 a month done in 34 months.
+    installments = schedule(
+        100000, "0", 36, Amortization.INTEREST_FREE, installment_multiple_of_minor=500
+    )
+    assert totals(installments) == [3000] * 20 + [2500] * 16
+
+
+@pytest.mark.parametrize(
+    ("principal", "rate", "term", "multiple"),
+    [
+        # 47.53 a month: 23 installments of at least 50.00 repay 1000.00 by the 23rd.
+        (100000, "0.1299", 24, 5000),
+        # 8.93 a month, under one multiple of 10.00.
+        (9999, "0.1299", 12, 1000),
+        # 9.16 a month at 36 %, in multiples of 10.00 or 50.00.
+        (20000, "0.36", 36, 1000),
+        (20000, "0.36", 36, 5000),
+        # Interest free, 20.00 over 36 months in multiples of 1.00.
+        (2000, "0", 36, 100),
+    ],
+)
+def test_a_multiple_too_large_for_the_loan_is_refused(
+    principal: int, rate: str, term: int, multiple: int
+) -> None:
+    """Before, the installments after the loan was repaid were 0.00 (which origination then
+    refused), or the principal was left to the last installment."""
+    with pytest.raises(InstallmentsDoNotFit):
+        schedule(principal, rate, term, installment_multiple_of_minor=multiple)
+
+
+def test_an_early_installment_takes_one_multiple_more_where_the_level_cannot_fit() -> None:
+    """1653.42 at 16.54 % over 23 months is 84.41 a month. In multiples of 50.00, fifteen of
+    100.00 and then 50.00 leave 50.29 last, more than the 50.00 before it; sixteen repay the loan
+    before its last month. 150.00 first, then thirteen of 100.00, leaves 38.53."""
+    installments = schedule(165342, "0.1654", 23, installment_multiple_of_minor=5000)
+    assert totals(installments) == [15000] + [10000] * 13 + [5000] * 8 + [3853]
 
 
 def test_an_interest_free_installment_is_rounded_to_the_multiple() -> None:
@@ -502,12 +754,12 @@ def test_half_even_and_half_up_differ_on_ties() -> None:
     )
 
 
-def test_half_up_rounds_a_tied_level_payment_to_a_multiple_up() -> None:
-    # 25.00 over 2 months interest free is 12.50 a month; in whole yuan: 12 (even) or 13 (up).
-    even = schedule(2500, "0", 2, rounding=Rounding.HALF_EVEN, installment_multiple_of_minor=100)
-    up = schedule(2500, "0", 2, rounding=Rounding.HALF_UP, installment_multiple_of_minor=100)
-    assert totals(even) == [1200, 1300]
-    assert totals(up) == [1300, 1200]
+def test_a_level_payment_is_rounded_up_to_a_multiple_in_either_mode() -> None:
+    # 25.00 over 2 months interest free is 12.50 a month; in whole yuan 13, then 12: rounded
+    # to 12 (the nearest, half even) the last would be 13, larger than the first.
+    for rounding in Rounding:
+        installments = schedule(2500, "0", 2, rounding=rounding, installment_multiple_of_minor=100)
+        assert totals(installments) == [1300, 1200]
 
 
 # --- the annuity ----------------------------------------------------------------------------
@@ -689,7 +941,10 @@ def test_an_extension_reamortises_exactly_what_is_ahead(
 ) -> None:
     if amortization is Amortization.INTEREST_FREE:
         rate = Decimal(0)
-    terms = ScheduleTerms(principal, rate, term, amortization, rounding, None, fee, collection)
+    first_period = data.draw(first_periods, label="first period days")
+    terms = ScheduleTerms(
+        principal, rate, term, amortization, rounding, None, fee, collection, first_period
+    )
     schedule = build_schedule(terms, FIRST_DUE)
     due = data.draw(st.integers(0, term - 1), label="installments already due")
     months = data.draw(st.integers(1, 24), label="months")
@@ -702,7 +957,7 @@ def test_an_extension_reamortises_exactly_what_is_ahead(
     # A schedule of its own: sound, on the old dates and then monthly on the anchor day.
     again = ScheduleTerms(
         sum(i.principal_minor for i in ahead), rate, len(ahead) + months, amortization, rounding,
-        None, sum(i.fees_minor for i in ahead), collection,
+        None, sum(i.fees_minor for i in ahead), collection, first_period if due == 0 else 30,
     )  # fmt: skip
     assert_sound([replace(i, seq=i.seq - due) for i in new], again)
     assert [i.due_date for i in new] == due_dates(FIRST_DUE, term + months)[due:]

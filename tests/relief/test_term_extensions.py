@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.factories import world
 from tests.relief.books import LATE_FEE, assert_refused, close, late_loan, stored
 
 
@@ -137,6 +138,54 @@ async def test_a_term_beyond_sixty_months_is_refused(client: httpx.AsyncClient) 
         {"field": "months", "message": "the term would be 61 months, beyond 60"}
     ]
     assert await stored() == before
+
+
+async def test_an_extension_too_small_for_the_multiple_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    # 1000.00 at 12.99 % over 12 months in multiples of 50.00: 100.00 ten times, 50.00, 14.35.
+    w = await world(client, annual_interest_rate="0.1299", installment_multiple_of="50.00")
+    await close(w, "2026-01-10")
+    loan = await w.loan(principal="1000.00", term=12, disbursed_on="2026-01-10")
+    await close(w, "2026-02-15")
+    # What is left, about 910.00, over 35 months would be about 31.00 a month: 34 of at least
+    # 50.00 repay it long before the 35th.
+    body = {"kind": "term_extension", "reason": "r", "months": 24}
+    made = (await w.post(f"/v1/loans/{loan['id']}/restructures", body, expect=201)).json()
+    before = await stored()
+    refused = await w.post(f"/v1/restructures/{made['id']}/approve", {}, w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "extension_does_not_fit")
+    assert await stored() == before
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["term"] == 12
+    restructure = await w.get(f"/v1/restructures/{made['id']}", w.admin)
+    assert restructure["status"] == "pending"
+    # Over fewer months it fits: about 910.00 over 12 months is 79.00 or so a month.
+    body["months"] = 1
+    made = (await w.post(f"/v1/loans/{loan['id']}/restructures", body, expect=201)).json()
+    await w.post(f"/v1/restructures/{made['id']}/approve", {}, w.admin, 200)
+    rows = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+    totals = [Decimal(r["total"]) for r in rows[1:]]
+    assert all(t % 50 == 0 for t in totals[:-1])
+    assert totals[:-1] == sorted(totals[:-1], reverse=True)
+    assert 0 < totals[-1] <= totals[-2]
+
+
+async def test_an_extension_before_a_long_first_period_ends_keeps_its_interest(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client, annual_interest_rate="0.1299", term_options=[12])
+    await close(w, "2026-01-01")
+    loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
+                        first_due_date="2026-04-03")  # fmt: skip
+    first = (await schedule(w, loan["id"]))[0]
+    assert first[2:4] == ("673.39", "398.36")  # 92 days of interest
+    await extend(w, loan["id"], months=6)
+    rows = await schedule(w, loan["id"])
+    assert len(rows) == 18
+    # The same principal over the same first period owes the same interest; a month's would be
+    # 129.90.
+    assert rows[0][1:4] == ("2026-04-03", "338.96", "398.36")
+    assert sum(Decimal(r[2]) for r in rows) == Decimal("12000.00")
 
 
 async def test_nothing_ahead_is_nothing_to_extend(client: httpx.AsyncClient) -> None:

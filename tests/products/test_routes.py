@@ -1,0 +1,56 @@
+"""Products over HTTP: what a product's policy may say."""
+
+from typing import Any
+
+import httpx
+from sqlalchemy import func, select
+
+from app.db import session_scope
+from app.products.models import Product
+from tests.factories import world
+
+
+async def product_count() -> int:
+    async with session_scope() as session:
+        return int(await session.scalar(select(func.count()).select_from(Product)) or 0)
+
+
+def body(**fields: Any) -> dict[str, Any]:
+    return {"code": "LATE", "name": "n", "annual_interest_rate": "0.12",
+            "amortization": "equal_installment", "term_options": [12], **fields}  # fmt: skip
+
+
+async def test_a_fixed_late_fee_capped_below_its_amount_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    before = await product_count()
+    late_fee = {"kind": "fixed", "amount": "20.00", "cap_per_installment": "15.00"}
+    response = await client.post("/v1/products", json=body(late_fee=late_fee), headers=w.admin)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "validation_error"
+    assert [e["field"] for e in problem["errors"]] == ["late_fee.cap_per_installment"]
+    assert problem["detail"] == (
+        "late_fee.cap_per_installment: a fixed fee is charged at most once per installment, "
+        "so a cap of 15.00 below its amount 20.00 would silently lower it"
+    )
+    assert await product_count() == before
+
+
+async def test_a_late_fee_cap_that_can_bind_is_accepted(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    for code, late_fee in [
+        # A cap equal to the fixed fee changes nothing, but says nothing false either.
+        ("FIXED", {"kind": "fixed", "amount": "20.00", "cap_per_installment": "20.00"}),
+        ("ABOVE", {"kind": "fixed", "amount": "20.00", "cap_per_installment": "25.00"}),
+        # A percent fee grows with the unpaid part: there the cap is what limits it.
+        ("PERCENT", {"kind": "percent", "percent": "0.05", "cap_per_installment": "15.00"}),
+    ]:
+        response = await client.post(
+            "/v1/products", json=body(code=code, late_fee=late_fee), headers=w.admin
+        )
+        assert response.status_code == 201, response.text
+        assert response.json()["late_fee"] == {**late_fee, **{
+            "amount": late_fee.get("amount"), "percent": late_fee.get("percent"),
+        }}  # fmt: skip
