@@ -110,6 +110,7 @@ async def receive(
         view = await payments_service.record_payment(
             session, system, loan_id=data.loan_id, amount=data.amount,
             received_on=data.received_on, channel="auto_debit", external_ref=data.external_ref,
+            field_prefix="data.",
         )  # fmt: skip
         result = payment_read(view).model_dump(mode="json")
     elif notification.type is NotificationType.DEBIT_FAILED:

@@ -234,3 +234,25 @@ async def test_a_failed_debit_must_fall_within_the_loans_life(client: httpx.Asyn
     body = notification("debit.failed", loan["id"], amount="106.62", received_on="2026-01-10")
     assert (await post(client, *signed(secret, body, "msg_day_ok"))).status_code == 200
     assert await count(FailedDebit) == 1
+
+
+async def test_every_error_names_the_field_where_the_body_has_it(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    for i, (type_, data, field) in enumerate([
+        ("debit.succeeded", {"amount": "1.005", "received_on": "2026-02-10"}, "data.amount"),
+        ("debit.succeeded", {"amount": "0.00", "received_on": "2026-02-10"}, "data.amount"),
+        ("debit.succeeded", {"amount": "10.00", "received_on": "2026-01-09"}, "data.received_on"),
+        ("debit.failed", {"amount": "1.005", "received_on": "2026-02-10"}, "data.amount"),
+        ("debit.failed", {"amount": "10.00", "received_on": "2026-01-09"}, "data.received_on"),
+    ]):  # fmt: skip
+        response = await post(client, *signed(secret, notification(type_, loan["id"], **data),
+                                              f"msg_field_{i}"))  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field], (type_, data)
+    assert await count(Payment) == 0
+    assert await count(FailedDebit) == 0
+    assert await count(InboundNotification) == 0
