@@ -256,3 +256,19 @@ async def test_every_error_names_the_field_where_the_body_has_it(
     assert await count(Payment) == 0
     assert await count(FailedDebit) == 0
     assert await count(InboundNotification) == 0
+
+
+async def test_the_timestamp_is_an_rfc_3339_string(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    debit = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    for i, timestamp in enumerate([1764633600, "20261203", "1764633600", True]):
+        body = {**debit, "timestamp": timestamp}
+        response = await post(client, *signed(secret, body, f"msg_ts_{i}"))
+        assert response.status_code == 422, (timestamp, response.text)
+        assert [e["field"] for e in response.json()["errors"]] == ["timestamp"]
+    assert await count(Payment) == 0
+    body = {**debit, "timestamp": "2026-02-10T16:00:00+08:00"}
+    response = await post(client, *signed(secret, body, "msg_ts_ok"))
+    assert response.status_code == 200, response.text
