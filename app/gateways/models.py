@@ -17,6 +17,11 @@ class Gateway(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 
+# A gateway's webhook-id is at most this long: a longer one is refused before anything is
+# written (PostgreSQL would fail the insert of the key below).
+WEBHOOK_ID_MAX_LENGTH = 255
+
+
 class InboundNotification(Base):
     """A processed notification, written in the transaction of its effect: the same
     ``webhook-id`` again changes nothing. ``body_sha256`` tells a retry (the same body) from
@@ -25,7 +30,7 @@ class InboundNotification(Base):
     __tablename__ = "inbound_notification"
 
     gateway: Mapped[str] = mapped_column(ForeignKey("gateway.name"), primary_key=True)
-    webhook_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    webhook_id: Mapped[str] = mapped_column(String(WEBHOOK_ID_MAX_LENGTH), primary_key=True)
     type: Mapped[str] = mapped_column(String(40))
     result: Mapped[dict[str, object]] = mapped_column(JSON)
     body_sha256: Mapped[str | None] = mapped_column(String(64))

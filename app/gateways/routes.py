@@ -4,6 +4,7 @@ from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.openapi import inlined_schema, required_header
 from app.api.pagination import Page, page_of
 from app.gateways import service
+from app.gateways.models import WEBHOOK_ID_MAX_LENGTH
 from app.gateways.schemas import (
     GatewayCreate,
     GatewayCreated,
@@ -18,7 +19,11 @@ router = APIRouter(tags=["payment gateways"])
 # The body is read raw, its signature checked before it is parsed: FastAPI cannot see it.
 SIGNED_NOTIFICATION = {
     "parameters": [
-        required_header("webhook-id", "The notification's unique id: a repeat changes nothing"),
+        required_header(
+            "webhook-id",
+            "The notification's unique id: a repeat changes nothing",
+            max_length=WEBHOOK_ID_MAX_LENGTH,
+        ),
         required_header(
             "webhook-timestamp", "Unix seconds, within 5 minutes of the server's clock"
         ),

@@ -16,7 +16,12 @@ from app.db import utc_now
 from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.events import service as events
-from app.gateways.models import FailedDebit, Gateway, InboundNotification
+from app.gateways.models import (
+    WEBHOOK_ID_MAX_LENGTH,
+    FailedDebit,
+    Gateway,
+    InboundNotification,
+)
 from app.gateways.schemas import Notification, NotificationType
 from app.ids import new_id
 from app.loans import service as loans_service
@@ -85,6 +90,10 @@ async def receive(
     except Exception as exc:  # the library raises several kinds for malformed headers
         raise InvalidSignature(f"the webhook signature does not verify: {exc}") from None
     webhook_id = headers["webhook-id"]
+    if len(webhook_id) > WEBHOOK_ID_MAX_LENGTH:
+        raise InvalidRequest.field(
+            "webhook-id", f"must be at most {WEBHOOK_ID_MAX_LENGTH} characters"
+        )
     digest = hashlib.sha256(body).hexdigest()
     seen = await session.get(InboundNotification, (gateway.name, webhook_id))
     if seen is not None:

@@ -272,3 +272,19 @@ async def test_the_timestamp_is_an_rfc_3339_string(client: httpx.AsyncClient) ->
     body = {**debit, "timestamp": "2026-02-10T16:00:00+08:00"}
     response = await post(client, *signed(secret, body, "msg_ts_ok"))
     assert response.status_code == 200, response.text
+
+
+async def test_an_overlong_webhook_id_is_refused_before_anything_is_written(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    response = await post(client, *signed(secret, body, "m" * 256))
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["webhook-id"]
+    assert await count(Payment) == 0
+    assert await count(InboundNotification) == 0
+    longest = await post(client, *signed(secret, body, "m" * 255))
+    assert longest.status_code == 200, longest.text
