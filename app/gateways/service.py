@@ -26,7 +26,7 @@ from app.gateways.schemas import Notification, NotificationType
 from app.ids import new_id
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive
-from app.loans.models import OPEN_STATUSES
+from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor, parse_amount
 from app.payments import service as payments_service
 from app.payments.errors import PaymentNotFound
@@ -56,6 +56,11 @@ class WebhookIdReused(InvalidRequest):
 
 class FailedDebitAlreadyRecorded(Conflict):
     code = "failed_debit_already_recorded"
+
+
+class ChargebackAmountMismatch(InvalidRequest):
+    code = "chargeback_amount_mismatch"
+    title = "Chargeback amount mismatch"
 
 
 async def register(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
@@ -125,20 +130,7 @@ async def receive(
     elif notification.type is NotificationType.DEBIT_FAILED:
         result = await _record_failed_debit(session, system, gateway.name, notification)
     else:
-        payment_id = await session.scalar(
-            select(Payment.id).where(
-                Payment.loan_id == data.loan_id, Payment.external_ref == data.external_ref
-            )
-        )
-        if payment_id is None:
-            raise PaymentNotFound(
-                f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
-            )
-        view = await payments_service.reverse_payment(
-            session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK,
-            reversed_on=data.received_on, date_field="data.received_on",
-        )  # fmt: skip
-        result = payment_read(view).model_dump(mode="json")
+        result = await _charge_back(session, system, notification)
     session.add(
         InboundNotification(
             gateway=gateway.name, webhook_id=webhook_id, type=notification.type,
@@ -146,6 +138,40 @@ async def receive(
         )
     )  # fmt: skip
     return "processed", notification.type, result
+
+
+async def _charge_back(
+    session: AsyncSession, system: Principal, notification: Notification
+) -> dict[str, Any]:
+    data = notification.data
+    found = (
+        await session.execute(
+            select(Payment.id, Payment.amount_minor, Loan.currency)
+            .join(Loan, Loan.id == Payment.loan_id)
+            .where(Payment.loan_id == data.loan_id, Payment.external_ref == data.external_ref)
+        )
+    ).first()
+    if found is None:
+        raise PaymentNotFound(
+            f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
+        )
+    payment_id, payment_minor, currency = found
+    if data.amount is not None:
+        # A reversal takes back the whole payment: reversing 535.88 for a chargeback of 100.00
+        # would take 435.88 from the borrower that nobody charged back.
+        amount = parse_amount("data.amount", data.amount, currency)
+        if amount != payment_minor:
+            raise ChargebackAmountMismatch.field(
+                "data.amount",
+                f"is {format_minor(amount, currency)} but payment {payment_id} is "
+                f"{format_minor(payment_minor, currency)}: partial chargebacks are not "
+                "supported, a chargeback reverses the whole payment",
+            )
+    view = await payments_service.reverse_payment(
+        session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK,
+        reversed_on=data.received_on, date_field="data.received_on",
+    )  # fmt: skip
+    return payment_read(view).model_dump(mode="json")
 
 
 async def _record_failed_debit(

@@ -288,3 +288,35 @@ async def test_an_overlong_webhook_id_is_refused_before_anything_is_written(
     assert await count(InboundNotification) == 0
     longest = await post(client, *signed(secret, body, "m" * 255))
     assert longest.status_code == 200, longest.text
+
+
+async def test_a_chargeback_takes_back_the_whole_payment_or_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    paid = await w.pay(loan["id"], "50.00", "2026-01-20", external_ref="dd-1")
+    for i, (amount, code) in enumerate([
+        ("10.00", "chargeback_amount_mismatch"),
+        ("50.01", "chargeback_amount_mismatch"),
+        ("1.005", "validation_error"),
+        ("0.00", "validation_error"),
+    ]):  # fmt: skip
+        body = notification("payment.charged_back", loan["id"], amount=amount,
+                            received_on="2026-02-03")  # fmt: skip
+        refused = await post(client, *signed(secret, body, f"msg_cb_{i}"))
+        assert refused.status_code == 422, refused.text
+        problem = refused.json()
+        assert (problem["code"], problem["errors"][0]["field"]) == (code, "data.amount")
+        if code == "chargeback_amount_mismatch":
+            assert f"is {amount} but payment {paid['id']} is 50.00" in problem["detail"]
+            assert "partial chargebacks are not supported" in problem["detail"]
+    got = await w.get(f"/v1/payments/{paid['id']}")
+    assert (got["status"], got["reversed_on"]) == ("applied", None)
+    assert (await w.get("/v1/events?type=payment.reversed", headers=w.admin))["items"] == []
+    assert await count(InboundNotification) == 0
+    body = notification("payment.charged_back", loan["id"], amount="50", received_on="2026-02-03")
+    response = await post(client, *signed(secret, body, "msg_cb_whole"))
+    assert response.status_code == 200, response.text
+    assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "reversed"
