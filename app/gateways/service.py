@@ -124,13 +124,13 @@ async def receive(
         view = await payments_service.record_payment(
             session, system, loan_id=data.loan_id, amount=data.amount,
             received_on=data.received_on, channel="auto_debit", external_ref=data.external_ref,
-            field_prefix="data.",
+            gateway=gateway.name, field_prefix="data.",
         )  # fmt: skip
         result = payment_read(view).model_dump(mode="json")
     elif notification.type is NotificationType.DEBIT_FAILED:
         result = await _record_failed_debit(session, system, gateway.name, notification)
     else:
-        result = await _charge_back(session, system, notification)
+        result = await _charge_back(session, system, gateway.name, notification)
     session.add(
         InboundNotification(
             gateway=gateway.name, webhook_id=webhook_id, type=notification.type,
@@ -141,14 +141,20 @@ async def receive(
 
 
 async def _charge_back(
-    session: AsyncSession, system: Principal, notification: Notification
+    session: AsyncSession, system: Principal, gateway: str, notification: Notification
 ) -> dict[str, Any]:
     data = notification.data
+    # Only a payment this gateway collected: another's, or the POS's, is not its to take back,
+    # and is answered as if it did not exist.
     found = (
         await session.execute(
             select(Payment.id, Payment.amount_minor, Loan.currency)
             .join(Loan, Loan.id == Payment.loan_id)
-            .where(Payment.loan_id == data.loan_id, Payment.external_ref == data.external_ref)
+            .where(
+                Payment.loan_id == data.loan_id,
+                Payment.external_ref == data.external_ref,
+                Payment.gateway == gateway,
+            )
         )
     ).first()
     if found is None:

@@ -73,9 +73,11 @@ async def record_payment(
     received_on: date | None,
     channel: str,
     external_ref: str | None,
+    gateway: str | None = None,
     field_prefix: str = "",
 ) -> PaymentView:
-    """``field_prefix`` is where the body carries the fields, to name them in an error
+    """``gateway`` names the gateway reporting the payment (it alone may charge it back);
+    ``field_prefix`` is where the body carries the fields, to name them in an error
     (``data.`` in a gateway's notification)."""
     principal.require(Role.MERCHANT)
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
@@ -99,6 +101,7 @@ async def record_payment(
         received_on=received_on,
         channel=channel,
         external_ref=external_ref,
+        gateway=gateway,
         status=PaymentStatus.APPLIED,
         created_at=utc_now(),
     )

@@ -42,8 +42,21 @@ def notification(type_: str, loan_id: str, **data: Any) -> dict[str, Any]:
             "data": {"loan_id": loan_id, "external_ref": "dd-1", **data}}  # fmt: skip
 
 
-async def post(client: httpx.AsyncClient, raw: bytes, headers: dict[str, str]) -> httpx.Response:
-    return await client.post("/v1/inbound/gateways/alipay", content=raw, headers=headers)
+async def post(client: httpx.AsyncClient, raw: bytes, headers: dict[str, str],
+               to: str = "alipay") -> httpx.Response:  # fmt: skip
+    return await client.post(f"/v1/inbound/gateways/{to}", content=raw, headers=headers)
+
+
+async def debited(client: httpx.AsyncClient, secret: str, loan_id: str, amount: str,
+                  received_on: str, external_ref: str = "dd-1",
+                  to: str = "alipay") -> dict[str, Any]:  # fmt: skip
+    """A payment the gateway collected (debit.succeeded)."""
+    body = notification("debit.succeeded", loan_id, amount=amount, received_on=received_on,
+                        external_ref=external_ref)  # fmt: skip
+    raw, headers = signed(secret, body, f"msg_debit_{loan_id}_{external_ref}")
+    response = await post(client, raw, headers, to)
+    assert response.status_code == 200, response.text
+    return dict(response.json()["result"])
 
 
 async def count(model: type) -> int:
@@ -120,7 +133,7 @@ async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient
     w = await world(client)
     secret = await gateway(w)
     loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
-    paid = await w.pay(loan["id"], "50.00", "2026-01-20", external_ref="dd-1")
+    paid = await debited(client, secret, loan["id"], "50.00", "2026-01-20")
     # The chargeback's date is its received_on: not before the payment it takes back.
     early = notification("payment.charged_back", loan["id"], received_on="2026-01-19")
     refused = await post(client, *signed(secret, early, "msg_early"))
@@ -296,7 +309,7 @@ async def test_a_chargeback_takes_back_the_whole_payment_or_nothing(
     w = await world(client)
     secret = await gateway(w)
     loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
-    paid = await w.pay(loan["id"], "50.00", "2026-01-20", external_ref="dd-1")
+    paid = await debited(client, secret, loan["id"], "50.00", "2026-01-20")
     for i, (amount, code) in enumerate([
         ("10.00", "chargeback_amount_mismatch"),
         ("50.01", "chargeback_amount_mismatch"),
@@ -315,8 +328,36 @@ async def test_a_chargeback_takes_back_the_whole_payment_or_nothing(
     got = await w.get(f"/v1/payments/{paid['id']}")
     assert (got["status"], got["reversed_on"]) == ("applied", None)
     assert (await w.get("/v1/events?type=payment.reversed", headers=w.admin))["items"] == []
-    assert await count(InboundNotification) == 0
+    assert await count(InboundNotification) == 1  # the debit's
     body = notification("payment.charged_back", loan["id"], amount="50", received_on="2026-02-03")
     response = await post(client, *signed(secret, body, "msg_cb_whole"))
     assert response.status_code == 200, response.text
     assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "reversed"
+
+
+async def test_a_gateway_charges_back_only_the_payments_it_collected(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    other = await gateway(w, "wechat")
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    at_the_till = await w.pay(loan["id"], "40.00", "2026-01-20", external_ref="pos-1")
+    by_wechat = await debited(client, other, loan["id"], "50.00", "2026-01-21", "wx-1", "wechat")
+    for i, (ref, amount) in enumerate([("pos-1", "40.00"), ("wx-1", "50.00")]):
+        body = notification("payment.charged_back", loan["id"], external_ref=ref,
+                            amount=amount, received_on="2026-02-03")  # fmt: skip
+        refused = await post(client, *signed(secret, body, f"msg_not_mine_{i}"))
+        assert refused.status_code == 404, refused.text
+        problem = refused.json()
+        assert (problem["code"], problem["detail"]) == (
+            "payment_not_found",
+            f"no payment with external_ref {ref} on loan {loan['id']}",
+        )  # as for a payment that does not exist: nothing said of whose it is
+    for paid in (at_the_till, by_wechat):
+        assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "applied"
+    body = notification("payment.charged_back", loan["id"], external_ref="wx-1",
+                        amount="50.00", received_on="2026-02-03")  # fmt: skip
+    response = await post(client, *signed(other, body, "msg_mine"), to="wechat")
+    assert response.status_code == 200, response.text
+    assert (await w.get(f"/v1/payments/{by_wechat['id']}"))["status"] == "reversed"
