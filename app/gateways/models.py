@@ -24,8 +24,10 @@ WEBHOOK_ID_MAX_LENGTH = 255
 
 class InboundNotification(Base):
     """A processed notification, written in the transaction of its effect: the same
-    ``webhook-id`` again changes nothing. ``body_sha256`` tells a retry (the same body) from
-    an id reused for another notification (refused); None for rows older than it."""
+    ``webhook-id`` again changes nothing. ``body_sha256`` (of the canonical JSON, as an
+    Idempotency-Key's body is compared; older rows hold the raw bytes') tells a retry (the
+    same notification) from an id reused for another notification (refused); None for rows
+    older than it."""
 
     __tablename__ = "inbound_notification"
 

@@ -10,6 +10,7 @@ from standardwebhooks import Webhook
 
 from app import clock
 from app.api.auth import Principal
+from app.api.idempotency import canonical
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.db import utc_now
@@ -99,12 +100,16 @@ async def receive(
         raise InvalidRequest.field(
             "webhook-id", f"must be at most {WEBHOOK_ID_MAX_LENGTH} characters"
         )
-    digest = hashlib.sha256(body).hexdigest()
+    # The JSON as parsed, as an Idempotency-Key's body is compared: a sender that serialises
+    # the same notification again (spacing, key order) is retrying it, not sending another.
+    digest = hashlib.sha256(canonical(body)).hexdigest()
+    # Rows written before the digest was canonical hold the raw body's.
+    digests = (digest, hashlib.sha256(body).hexdigest())
     seen = await session.get(InboundNotification, (gateway.name, webhook_id))
     if seen is not None:
         # A retry carries the same body; another notification under a processed id would
         # otherwise be answered "duplicate" and its debit silently lost.
-        if seen.body_sha256 not in (None, digest):
+        if seen.body_sha256 is not None and seen.body_sha256 not in digests:
             raise WebhookIdReused(
                 f"webhook-id {webhook_id} was processed with another body: send each "
                 "notification under its own id"

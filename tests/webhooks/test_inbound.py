@@ -361,3 +361,22 @@ async def test_a_gateway_charges_back_only_the_payments_it_collected(
     response = await post(client, *signed(other, body, "msg_mine"), to="wechat")
     assert response.status_code == 200, response.text
     assert (await w.get(f"/v1/payments/{by_wechat['id']}"))["status"] == "reversed"
+
+
+async def test_the_same_notification_serialised_again_is_a_duplicate(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    first = await post(client, *signed(secret, body, "msg_json"))
+    assert first.json()["status"] == "processed", first.text
+    reserialised = json.dumps(
+        {"data": dict(reversed(body["data"].items())), "timestamp": body["timestamp"],
+         "type": body["type"]}, indent=2,
+    ).encode()  # fmt: skip
+    again = await post(client, *signed_raw(secret, reserialised, "msg_json"))
+    assert again.status_code == 200, again.text
+    assert (again.json()["status"], again.json()["result"]) == ("duplicate", first.json()["result"])
+    assert await count(Payment) == 1
