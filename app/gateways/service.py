@@ -1,10 +1,10 @@
 """Payment gateways: registration, and their signed notifications (auto-debit results)."""
 
 import hashlib
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
 
@@ -13,7 +13,7 @@ from app.api.auth import Principal
 from app.api.idempotency import canonical
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
-from app.db import utc_now
+from app.db import execute_counting, insert_for, utc_now
 from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.events import service as events
@@ -57,6 +57,11 @@ class WebhookIdReused(InvalidRequest):
 
 class FailedDebitAlreadyRecorded(Conflict):
     code = "failed_debit_already_recorded"
+
+
+class NotificationInProgress(Conflict):
+    code = "notification_in_progress"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
 
 
 class ChargebackAmountMismatch(InvalidRequest):
@@ -105,20 +110,20 @@ async def receive(
     digest = hashlib.sha256(canonical(body)).hexdigest()
     # Rows written before the digest was canonical hold the raw body's.
     digests = (digest, hashlib.sha256(body).hexdigest())
-    seen = await session.get(InboundNotification, (gateway.name, webhook_id))
+    key = (gateway.name, webhook_id)
+    seen = await session.get(InboundNotification, key)
     if seen is not None:
-        # A retry carries the same body; another notification under a processed id would
-        # otherwise be answered "duplicate" and its debit silently lost.
-        if seen.body_sha256 is not None and seen.body_sha256 not in digests:
-            raise WebhookIdReused(
-                f"webhook-id {webhook_id} was processed with another body: send each "
-                "notification under its own id"
-            )
-        return "duplicate", seen.type, dict(seen.result)
+        return _repeated(seen, digests)
     try:
         notification = Notification.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidRequest.of(exc) from None
+    if not await _claim(session, gateway.name, webhook_id, notification.type, digest):
+        # A twin sent at the same time was being applied: its transaction has committed.
+        seen = await session.get(InboundNotification, key, populate_existing=True)
+        if seen is None:  # committed, yet not in this transaction's snapshot: ask again
+            raise NotificationInProgress(f"webhook-id {webhook_id} is being processed")
+        return _repeated(seen, digests)
 
     system = Principal(api_key_id=f"gateway:{gateway.name}", role=Role.ADMIN)
     data = notification.data
@@ -136,13 +141,43 @@ async def receive(
         result = await _record_failed_debit(session, system, gateway.name, notification)
     else:
         result = await _charge_back(session, system, gateway.name, notification)
-    session.add(
-        InboundNotification(
-            gateway=gateway.name, webhook_id=webhook_id, type=notification.type,
-            result=result, body_sha256=digest, received_at=utc_now(),
-        )
+    await session.execute(
+        update(InboundNotification)
+        .where(InboundNotification.gateway == gateway.name,
+               InboundNotification.webhook_id == webhook_id)
+        .values(result=result)
     )  # fmt: skip
     return "processed", notification.type, result
+
+
+async def _claim(
+    session: AsyncSession, gateway: str, webhook_id: str, type_: str, digest: str
+) -> bool:
+    """Write the notification's row before applying it. A twin delivered at the same time
+    (a sender retrying on a timeout) waits here for this transaction, then finds the id
+    taken and answers "duplicate" instead of meeting the payment it recorded as a 409.
+    False: the id was taken."""
+    claimed = await execute_counting(
+        session,
+        insert_for(session, InboundNotification)
+        .values(gateway=gateway, webhook_id=webhook_id, type=type_, result={},
+                body_sha256=digest, received_at=utc_now())
+        .on_conflict_do_nothing(index_elements=["gateway", "webhook_id"]),
+    )  # fmt: skip
+    return claimed == 1
+
+
+def _repeated(
+    seen: InboundNotification, digests: tuple[str, str]
+) -> tuple[str, str, dict[str, Any]]:
+    # A retry carries the same body; another notification under a processed id would
+    # otherwise be answered "duplicate" and its debit silently lost.
+    if seen.body_sha256 is not None and seen.body_sha256 not in digests:
+        raise WebhookIdReused(
+            f"webhook-id {seen.webhook_id} was processed with another body: send each "
+            "notification under its own id"
+        )
+    return "duplicate", seen.type, dict(seen.result)
 
 
 async def _charge_back(

@@ -1,5 +1,6 @@
 """Signed notifications from payment gateways: debit results and chargebacks."""
 
+import asyncio
 import json
 import time
 from datetime import datetime
@@ -380,3 +381,22 @@ async def test_the_same_notification_serialised_again_is_a_duplicate(
     assert again.status_code == 200, again.text
     assert (again.json()["status"], again.json()["result"]) == ("duplicate", first.json()["result"])
     assert await count(Payment) == 1
+
+
+async def test_concurrent_deliveries_of_one_notification_apply_it_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """A sender that timed out retries at once: the twins are duplicates, not conflicts (a
+    Standard Webhooks sender would take a 409 for a failure and keep retrying)."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    raw, headers = signed(secret, body, "msg_twins")
+    responses = await asyncio.gather(*[post(client, raw, headers) for _ in range(10)])
+    assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses]
+    statuses = sorted(r.json()["status"] for r in responses)
+    assert statuses == ["duplicate"] * 9 + ["processed"]
+    assert {r.json()["result"]["id"] for r in responses} == {responses[0].json()["result"]["id"]}
+    assert await count(Payment) == 1
+    assert await count(InboundNotification) == 1
