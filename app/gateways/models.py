@@ -14,6 +14,10 @@ class Gateway(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     # Kept in clear: verifying an HMAC needs the key itself.
     secret: Mapped[str] = mapped_column(String(100))
+    # After a rotation the old secret still verifies until it expires, so the gateway can
+    # switch without a notification refused meanwhile.
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 

@@ -7,8 +7,8 @@ from app.gateways import service
 from app.gateways.models import WEBHOOK_ID_MAX_LENGTH
 from app.gateways.schemas import (
     GatewayCreate,
-    GatewayCreated,
     GatewayRead,
+    GatewayWithSecret,
     Notification,
     NotificationResult,
 )
@@ -39,13 +39,13 @@ SIGNED_NOTIFICATION = {
 }
 
 
-@router.post("/v1/gateways", status_code=201, response_model=GatewayCreated)
+@router.post("/v1/gateways", status_code=201, response_model=GatewayWithSecret)
 async def register_gateway(
     body: GatewayCreate, session: SessionDep, principal: AdminPrincipal, response: Response
-) -> GatewayCreated:
+) -> GatewayWithSecret:
     response.headers["Cache-Control"] = "no-store"
     gateway = await service.register(session, principal, name=body.name)
-    return GatewayCreated(name=gateway.name, created_at=gateway.created_at, secret=gateway.secret)
+    return GatewayWithSecret.with_secret(gateway)
 
 
 @router.get("/v1/gateways", response_model=Page[GatewayRead])
@@ -53,10 +53,18 @@ async def list_gateways(
     session: SessionDep, principal: DashboardPrincipal, page: PageDep
 ) -> Page[GatewayRead]:
     gateways = await service.list_gateways(session, principal, page=page)
-    return page_of(
-        gateways, page, lambda g: GatewayRead(name=g.name, created_at=g.created_at),
-        key=lambda g: g.name,
-    )  # fmt: skip
+    return page_of(gateways, page, GatewayRead.from_model, key=lambda g: g.name)
+
+
+@router.post("/v1/gateways/{name}/rotate-secret", response_model=GatewayWithSecret)
+async def rotate_secret(
+    name: str, session: SessionDep, principal: AdminPrincipal, response: Response
+) -> GatewayWithSecret:
+    """A new secret, shown once; the old one keeps verifying beside it for
+    ``LOANWATCH_WEBHOOK_SECRET_OVERLAP_HOURS``, as an endpoint's keeps signing."""
+    response.headers["Cache-Control"] = "no-store"
+    gateway = await service.rotate_secret(session, principal, name=name)
+    return GatewayWithSecret.with_secret(gateway)
 
 
 @router.post(

@@ -5,6 +5,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.fields import IsoDate, MoneyStr, Reference, UtcDatetime
+from app.gateways.models import Gateway
 
 GatewayName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 
@@ -18,12 +19,26 @@ class GatewayCreate(BaseModel):
 class GatewayRead(BaseModel):
     name: str
     created_at: datetime
+    previous_secret_expires_at: datetime | None = Field(
+        description="after a rotation, until when the previous secret still verifies"
+    )
+
+    @classmethod
+    def from_model(cls, gateway: Gateway) -> "GatewayRead":
+        return cls(
+            name=gateway.name, created_at=gateway.created_at,
+            previous_secret_expires_at=gateway.previous_secret_expires_at,
+        )  # fmt: skip
 
 
-class GatewayCreated(GatewayRead):
+class GatewayWithSecret(GatewayRead):
     secret: str | None = Field(
         description="whsec_…, shown only in this response (null in an idempotent replay)"
     )
+
+    @classmethod
+    def with_secret(cls, gateway: Gateway) -> "GatewayWithSecret":
+        return cls(**GatewayRead.from_model(gateway).model_dump(), secret=gateway.secret)
 
 
 class NotificationType(StrEnum):

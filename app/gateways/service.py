@@ -1,6 +1,7 @@
 """Payment gateways: registration, and their signed notifications (auto-debit results)."""
 
 import hashlib
+from datetime import timedelta
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
@@ -13,6 +14,7 @@ from app.api.auth import Principal
 from app.api.idempotency import canonical
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
+from app.config import get_settings
 from app.db import execute_counting, insert_for, utc_now
 from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
@@ -79,6 +81,24 @@ async def register(session: AsyncSession, principal: Principal, *, name: str) ->
     return gateway
 
 
+async def rotate_secret(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
+    """A new secret; the old one keeps verifying (beside the new) for the overlap period, so
+    the gateway can switch without a notification refused. The same period as an endpoint's
+    rotation: one setting for both directions."""
+    principal.require(Role.ADMIN)
+    gateway = await session.get(Gateway, name, with_for_update=True)
+    if gateway is None:
+        raise GatewayNotFound(f"no gateway named {name}")
+    now = utc_now()
+    gateway.previous_secret = gateway.secret
+    gateway.previous_secret_expires_at = now + timedelta(
+        hours=get_settings().webhook_secret_overlap_hours
+    )
+    gateway.secret = signing.generate_secret()
+    await session.flush()
+    return gateway
+
+
 async def list_gateways(
     session: AsyncSession, principal: Principal, *, page: PageParams
 ) -> list[Gateway]:
@@ -96,10 +116,7 @@ async def receive(
     gateway = await session.get(Gateway, gateway_name)
     if gateway is None:
         raise GatewayNotFound(f"no gateway named {gateway_name}")
-    try:
-        Webhook(gateway.secret).verify(body, headers, json_parse=False)
-    except Exception as exc:  # the library raises several kinds for malformed headers
-        raise InvalidSignature(f"the webhook signature does not verify: {exc}") from None
+    _verify(gateway, body, headers)
     webhook_id = headers["webhook-id"]
     if len(webhook_id) > WEBHOOK_ID_MAX_LENGTH:
         raise InvalidRequest.field(
@@ -165,6 +182,22 @@ async def _claim(
         .on_conflict_do_nothing(index_elements=["gateway", "webhook_id"]),
     )  # fmt: skip
     return claimed == 1
+
+
+def _verify(gateway: Gateway, body: bytes, headers: dict[str, str]) -> None:
+    """A signature by the gateway's secret, or by the previous one until it expires."""
+    in_force = [gateway.secret]
+    expires = gateway.previous_secret_expires_at
+    if gateway.previous_secret and expires and expires > utc_now():
+        in_force.append(gateway.previous_secret)
+    failure: Exception | None = None
+    for secret in in_force:
+        try:
+            Webhook(secret).verify(body, headers, json_parse=False)
+            return
+        except Exception as exc:  # the library raises several kinds for malformed headers
+            failure = failure or exc
+    raise InvalidSignature(f"the webhook signature does not verify: {failure}")
 
 
 def _repeated(

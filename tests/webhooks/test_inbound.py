@@ -3,15 +3,15 @@
 import asyncio
 import json
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
-from app.db import session_scope
-from app.gateways.models import FailedDebit, InboundNotification
+from app.db import session_scope, utc_now
+from app.gateways.models import FailedDebit, Gateway, InboundNotification
 from app.payments.models import Payment
 from tests.factories import World, world
 
@@ -400,3 +400,41 @@ async def test_concurrent_deliveries_of_one_notification_apply_it_once(
     assert {r.json()["result"]["id"] for r in responses} == {responses[0].json()["result"]["id"]}
     assert await count(Payment) == 1
     assert await count(InboundNotification) == 1
+
+
+async def test_a_rotated_secret_replaces_the_old_one_after_the_overlap(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    old = await gateway(w)
+    rotated = await client.post("/v1/gateways/alipay/rotate-secret", headers=w.admin)
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.headers["cache-control"] == "no-store"
+    new = rotated.json()["secret"]
+    assert new.startswith("whsec_")
+    assert new != old
+    assert rotated.json()["previous_secret_expires_at"] is not None
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+
+    def debit(n: int) -> dict[str, Any]:
+        return notification("debit.succeeded", loan["id"], amount="10.00",
+                            received_on="2026-02-10", external_ref=f"dd-rot-{n}")  # fmt: skip
+
+    # During the overlap the gateway may sign with either while it switches.
+    for n, secret in enumerate((new, old)):
+        response = await post(client, *signed(secret, debit(n), f"msg_rot_{n}"))
+        assert response.status_code == 200, response.text
+    async with session_scope() as session:  # the overlap runs out
+        await session.execute(
+            update(Gateway).values(previous_secret_expires_at=utc_now() - timedelta(seconds=1))
+        )
+    refused = await post(client, *signed(old, debit(2), "msg_rot_2"))
+    assert (refused.status_code, refused.json()["code"]) == (401, "invalid_signature")
+    assert (await post(client, *signed(new, debit(2), "msg_rot_2"))).status_code == 200
+    assert await count(Payment) == 3
+    listed = (await w.get("/v1/gateways", headers=w.admin))["items"]
+    assert [sorted(g) for g in listed] == [["created_at", "name", "previous_secret_expires_at"]]
+    missing = await client.post("/v1/gateways/nobody/rotate-secret", headers=w.admin)
+    assert (missing.status_code, missing.json()["code"]) == (404, "gateway_not_found")
+    forbidden = await client.post("/v1/gateways/alipay/rotate-secret", headers=w.merchant)
+    assert forbidden.status_code == 403
