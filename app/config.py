@@ -84,6 +84,7 @@ class Settings(BaseSettings):
     # Webhooks: targets resolving to private, loopback or link-local addresses are refused
     # unless this is set (tests, on-premises receivers).
     webhook_allow_private_targets: bool = False
+    # After a rotation the old secret still signs (an endpoint's) or verifies (a gateway's).
     webhook_secret_overlap_hours: float = Field(default=24, ge=0)
     webhook_disable_after_days: float = Field(default=5, gt=0)
     webhook_timeout_seconds: float = Field(default=10, gt=0)

@@ -1,6 +1,7 @@
 """The embedded default as a newcomer meets it: `loanwatch` with no configuration, a SQLite
 file in the working folder, a live server, plain HTTP."""
 
+import json
 import os
 import re
 import socket
@@ -8,11 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 LOANWATCH = str(Path(sys.executable).with_name("loanwatch"))
 
@@ -153,6 +156,49 @@ def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Pa
         assert [e["type"] for e in events if e["type"] in shown] == [
             "loan.created", "payment.received", "payment.reversed",
         ]  # fmt: skip
+
+
+def test_gateway_notifications_on_the_embedded_default(
+    embedded_server: tuple[str, str, Path],
+) -> None:
+    """What PostgreSQL's tests cannot show of SQLite: the claim of a notification's row (its
+    ON CONFLICT), the length of its webhook-id, a chargeback of the gateway's own payment."""
+    base, admin_key, _ = embedded_server
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    with httpx.Client(base_url=base, timeout=10) as http:
+        merchant = http.post("/v1/merchants", json={"name": "Acme"}, headers=admin).json()
+        product = {"code": "TV12", "name": "TV", "annual_interest_rate": "0.1299",
+                   "amortization": "equal_installment", "term_options": [12]}  # fmt: skip
+        assert http.post("/v1/products", json=product, headers=admin).status_code == 201
+        borrower = http.post("/v1/borrowers", headers=admin, json={
+            "merchant_id": merchant["id"], "external_id": "c-1", "name": "Li Wei",
+            "phone": "+8613800138000", "monthly_income": "8000.00",
+        }).json()  # fmt: skip
+        loan = http.post("/v1/loans", headers=admin, json={
+            "borrower_id": borrower["id"], "product_code": "TV12", "principal": "6000.00",
+            "term": 12, "disbursed_on": "2026-01-31", "merchant_order_ref": "ORD-1",
+        }).json()  # fmt: skip
+        secret = http.post("/v1/gateways", json={"name": "alipay"}, headers=admin).json()["secret"]
+
+        def notify(type_: str, msg_id: str, **data: str) -> httpx.Response:
+            body = json.dumps({"type": type_, "timestamp": "2026-02-27T08:00:00Z", "data": {
+                "loan_id": loan["id"], "external_ref": "dd-1", "received_on": "2026-02-27",
+                **data}})  # fmt: skip
+            now = datetime.now(UTC)
+            headers = {"webhook-id": msg_id, "webhook-timestamp": str(int(now.timestamp())),
+                       "webhook-signature": Webhook(secret).sign(msg_id, now, body),
+                       "content-type": "application/json"}  # fmt: skip
+            return http.post("/v1/inbound/gateways/alipay", content=body, headers=headers)
+
+        assert notify("debit.succeeded", "m" * 256, amount="535.88").status_code == 422
+        first = notify("debit.succeeded", "m-1", amount="535.88")
+        assert first.json()["status"] == "processed", first.text
+        again = notify("debit.succeeded", "m-1", amount="535.88")
+        assert again.json()["status"] == "duplicate", again.text
+        partial = notify("payment.charged_back", "m-2", amount="100.00")
+        assert (partial.status_code, partial.json()["code"]) == (422, "chargeback_amount_mismatch")
+        whole = notify("payment.charged_back", "m-3", amount="535.88")
+        assert whole.json()["result"]["status"] == "reversed", whole.text
 
 
 CHECKS = ",".join((

@@ -63,6 +63,8 @@ class IdempotencyRecord(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int | None] = mapped_column()
     content_type: Mapped[str | None] = mapped_column(String(100))
+    # Replayed as sent: a response that showed a secret says no-store again on its replay.
+    cache_control: Mapped[str | None] = mapped_column(String(100))
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, index=True)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -265,6 +267,7 @@ async def _finish(owner: str, key: str, response: _HeldResponse) -> None:
                     **record,
                     "status_code": response.status,
                     "content_type": response.header(b"content-type"),
+                    "cache_control": response.header(b"cache-control"),
                     "body": response.stored_body(),
                     "locked_until": None,
                 },
@@ -291,6 +294,8 @@ async def _send_stored_or_problem(
     headers = [(b"idempotent-replayed", b"true")]
     if outcome.content_type:
         headers.append((b"content-type", outcome.content_type.encode("latin-1")))
+    if outcome.cache_control:
+        headers.append((b"cache-control", outcome.cache_control.encode("latin-1")))
     body = outcome.body or b""
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": outcome.status_code, "headers": headers})

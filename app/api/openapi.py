@@ -150,9 +150,14 @@ def _names_an_object(document: dict[str, Any], path: str, operation: dict[str, A
     return any(name.endswith("_id") or name == "product_code" for name in names)
 
 
-def required_header(name: str, description: str) -> dict[str, object]:
+def required_header(
+    name: str, description: str, *, max_length: int | None = None
+) -> dict[str, object]:
     """A header parameter for a route's ``openapi_extra`` (the signature headers)."""
-    return {"name": name, "in": "header", "required": True, "schema": {"type": "string"},
+    schema: dict[str, object] = {"type": "string"}
+    if max_length is not None:
+        schema["maxLength"] = max_length
+    return {"name": name, "in": "header", "required": True, "schema": schema,
             "description": description}  # fmt: skip
 
 

@@ -4,10 +4,11 @@ from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.openapi import inlined_schema, required_header
 from app.api.pagination import Page, page_of
 from app.gateways import service
+from app.gateways.models import WEBHOOK_ID_MAX_LENGTH
 from app.gateways.schemas import (
     GatewayCreate,
-    GatewayCreated,
     GatewayRead,
+    GatewayWithSecret,
     Notification,
     NotificationResult,
 )
@@ -18,7 +19,11 @@ router = APIRouter(tags=["payment gateways"])
 # The body is read raw, its signature checked before it is parsed: FastAPI cannot see it.
 SIGNED_NOTIFICATION = {
     "parameters": [
-        required_header("webhook-id", "The notification's unique id: a repeat changes nothing"),
+        required_header(
+            "webhook-id",
+            "The notification's unique id: a repeat changes nothing",
+            max_length=WEBHOOK_ID_MAX_LENGTH,
+        ),
         required_header(
             "webhook-timestamp", "Unix seconds, within 5 minutes of the server's clock"
         ),
@@ -34,13 +39,13 @@ SIGNED_NOTIFICATION = {
 }
 
 
-@router.post("/v1/gateways", status_code=201, response_model=GatewayCreated)
+@router.post("/v1/gateways", status_code=201, response_model=GatewayWithSecret)
 async def register_gateway(
     body: GatewayCreate, session: SessionDep, principal: AdminPrincipal, response: Response
-) -> GatewayCreated:
+) -> GatewayWithSecret:
     response.headers["Cache-Control"] = "no-store"
     gateway = await service.register(session, principal, name=body.name)
-    return GatewayCreated(name=gateway.name, created_at=gateway.created_at, secret=gateway.secret)
+    return GatewayWithSecret.with_secret(gateway)
 
 
 @router.get("/v1/gateways", response_model=Page[GatewayRead])
@@ -48,10 +53,18 @@ async def list_gateways(
     session: SessionDep, principal: DashboardPrincipal, page: PageDep
 ) -> Page[GatewayRead]:
     gateways = await service.list_gateways(session, principal, page=page)
-    return page_of(
-        gateways, page, lambda g: GatewayRead(name=g.name, created_at=g.created_at),
-        key=lambda g: g.name,
-    )  # fmt: skip
+    return page_of(gateways, page, GatewayRead.from_model, key=lambda g: g.name)
+
+
+@router.post("/v1/gateways/{name}/rotate-secret", response_model=GatewayWithSecret)
+async def rotate_secret(
+    name: str, session: SessionDep, principal: AdminPrincipal, response: Response
+) -> GatewayWithSecret:
+    """A new secret, shown once; the old one keeps verifying beside it for
+    ``LOANWATCH_WEBHOOK_SECRET_OVERLAP_HOURS``, as an endpoint's keeps signing."""
+    response.headers["Cache-Control"] = "no-store"
+    gateway = await service.rotate_secret(session, principal, name=name)
+    return GatewayWithSecret.with_secret(gateway)
 
 
 @router.post(

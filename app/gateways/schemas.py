@@ -4,7 +4,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import IsoDate, MoneyStr, Reference
+from app.api.fields import IsoDate, MoneyStr, Reference, UtcDatetime
+from app.gateways.models import Gateway
 
 GatewayName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
 
@@ -18,12 +19,26 @@ class GatewayCreate(BaseModel):
 class GatewayRead(BaseModel):
     name: str
     created_at: datetime
+    previous_secret_expires_at: datetime | None = Field(
+        description="after a rotation, until when the previous secret still verifies"
+    )
+
+    @classmethod
+    def from_model(cls, gateway: Gateway) -> "GatewayRead":
+        return cls(
+            name=gateway.name, created_at=gateway.created_at,
+            previous_secret_expires_at=gateway.previous_secret_expires_at,
+        )  # fmt: skip
 
 
-class GatewayCreated(GatewayRead):
+class GatewayWithSecret(GatewayRead):
     secret: str | None = Field(
         description="whsec_…, shown only in this response (null in an idempotent replay)"
     )
+
+    @classmethod
+    def with_secret(cls, gateway: Gateway) -> "GatewayWithSecret":
+        return cls(**GatewayRead.from_model(gateway).model_dump(), secret=gateway.secret)
 
 
 class NotificationType(StrEnum):
@@ -48,7 +63,9 @@ class Notification(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: NotificationType
-    timestamp: datetime
+    # An RFC 3339 string, as every instant (docs/decisions.md, "Dates"): a number or "20261203"
+    # would be read as seconds since 1970.
+    timestamp: UtcDatetime
     data: NotificationData
 
 

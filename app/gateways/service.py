@@ -1,27 +1,35 @@
 """Payment gateways: registration, and their signed notifications (auto-debit results)."""
 
 import hashlib
-from typing import Any
+from datetime import timedelta
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
 
 from app import clock
 from app.api.auth import Principal
+from app.api.idempotency import canonical
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
-from app.db import utc_now
+from app.config import get_settings
+from app.db import execute_counting, insert_for, utc_now
 from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.events import service as events
-from app.gateways.models import FailedDebit, Gateway, InboundNotification
+from app.gateways.models import (
+    WEBHOOK_ID_MAX_LENGTH,
+    FailedDebit,
+    Gateway,
+    InboundNotification,
+)
 from app.gateways.schemas import Notification, NotificationType
 from app.ids import new_id
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive
-from app.loans.models import OPEN_STATUSES
+from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor, parse_amount
 from app.payments import service as payments_service
 from app.payments.errors import PaymentNotFound
@@ -53,12 +61,40 @@ class FailedDebitAlreadyRecorded(Conflict):
     code = "failed_debit_already_recorded"
 
 
+class NotificationInProgress(Conflict):
+    code = "notification_in_progress"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "1"}
+
+
+class ChargebackAmountMismatch(InvalidRequest):
+    code = "chargeback_amount_mismatch"
+    title = "Chargeback amount mismatch"
+
+
 async def register(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
     principal.require(Role.ADMIN)
     if await session.get(Gateway, name) is not None:
         raise GatewayExists(f"a gateway named {name} exists")
     gateway = Gateway(name=name, secret=signing.generate_secret(), created_at=utc_now())
     session.add(gateway)
+    await session.flush()
+    return gateway
+
+
+async def rotate_secret(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
+    """A new secret; the old one keeps verifying (beside the new) for the overlap period, so
+    the gateway can switch without a notification refused. The same period as an endpoint's
+    rotation: one setting for both directions."""
+    principal.require(Role.ADMIN)
+    gateway = await session.get(Gateway, name, with_for_update=True)
+    if gateway is None:
+        raise GatewayNotFound(f"no gateway named {name}")
+    now = utc_now()
+    gateway.previous_secret = gateway.secret
+    gateway.previous_secret_expires_at = now + timedelta(
+        hours=get_settings().webhook_secret_overlap_hours
+    )
+    gateway.secret = signing.generate_secret()
     await session.flush()
     return gateway
 
@@ -80,26 +116,31 @@ async def receive(
     gateway = await session.get(Gateway, gateway_name)
     if gateway is None:
         raise GatewayNotFound(f"no gateway named {gateway_name}")
-    try:
-        Webhook(gateway.secret).verify(body, headers, json_parse=False)
-    except Exception as exc:  # the library raises several kinds for malformed headers
-        raise InvalidSignature(f"the webhook signature does not verify: {exc}") from None
+    _verify(gateway, body, headers)
     webhook_id = headers["webhook-id"]
-    digest = hashlib.sha256(body).hexdigest()
-    seen = await session.get(InboundNotification, (gateway.name, webhook_id))
+    if len(webhook_id) > WEBHOOK_ID_MAX_LENGTH:
+        raise InvalidRequest.field(
+            "webhook-id", f"must be at most {WEBHOOK_ID_MAX_LENGTH} characters"
+        )
+    # The JSON as parsed, as an Idempotency-Key's body is compared: a sender that serialises
+    # the same notification again (spacing, key order) is retrying it, not sending another.
+    digest = hashlib.sha256(canonical(body)).hexdigest()
+    # Rows written before the digest was canonical hold the raw body's.
+    digests = (digest, hashlib.sha256(body).hexdigest())
+    key = (gateway.name, webhook_id)
+    seen = await session.get(InboundNotification, key)
     if seen is not None:
-        # A retry carries the same body; another notification under a processed id would
-        # otherwise be answered "duplicate" and its debit silently lost.
-        if seen.body_sha256 not in (None, digest):
-            raise WebhookIdReused(
-                f"webhook-id {webhook_id} was processed with another body: send each "
-                "notification under its own id"
-            )
-        return "duplicate", seen.type, dict(seen.result)
+        return _repeated(seen, digests)
     try:
         notification = Notification.model_validate_json(body)
     except ValidationError as exc:
         raise InvalidRequest.of(exc) from None
+    if not await _claim(session, gateway.name, webhook_id, notification.type, digest):
+        # A twin sent at the same time was being applied: its transaction has committed.
+        seen = await session.get(InboundNotification, key, populate_existing=True)
+        if seen is None:  # committed, yet not in this transaction's snapshot: ask again
+            raise NotificationInProgress(f"webhook-id {webhook_id} is being processed")
+        return _repeated(seen, digests)
 
     system = Principal(api_key_id=f"gateway:{gateway.name}", role=Role.ADMIN)
     data = notification.data
@@ -110,32 +151,106 @@ async def receive(
         view = await payments_service.record_payment(
             session, system, loan_id=data.loan_id, amount=data.amount,
             received_on=data.received_on, channel="auto_debit", external_ref=data.external_ref,
+            gateway=gateway.name, field_prefix="data.",
         )  # fmt: skip
         result = payment_read(view).model_dump(mode="json")
     elif notification.type is NotificationType.DEBIT_FAILED:
         result = await _record_failed_debit(session, system, gateway.name, notification)
     else:
-        payment_id = await session.scalar(
-            select(Payment.id).where(
-                Payment.loan_id == data.loan_id, Payment.external_ref == data.external_ref
-            )
-        )
-        if payment_id is None:
-            raise PaymentNotFound(
-                f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
-            )
-        view = await payments_service.reverse_payment(
-            session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK,
-            reversed_on=data.received_on, date_field="data.received_on",
-        )  # fmt: skip
-        result = payment_read(view).model_dump(mode="json")
-    session.add(
-        InboundNotification(
-            gateway=gateway.name, webhook_id=webhook_id, type=notification.type,
-            result=result, body_sha256=digest, received_at=utc_now(),
-        )
+        result = await _charge_back(session, system, gateway.name, notification)
+    await session.execute(
+        update(InboundNotification)
+        .where(InboundNotification.gateway == gateway.name,
+               InboundNotification.webhook_id == webhook_id)
+        .values(result=result)
     )  # fmt: skip
     return "processed", notification.type, result
+
+
+async def _claim(
+    session: AsyncSession, gateway: str, webhook_id: str, type_: str, digest: str
+) -> bool:
+    """Write the notification's row before applying it. A twin delivered at the same time
+    (a sender retrying on a timeout) waits here for this transaction, then finds the id
+    taken and answers "duplicate" instead of meeting the payment it recorded as a 409.
+    False: the id was taken."""
+    claimed = await execute_counting(
+        session,
+        insert_for(session, InboundNotification)
+        .values(gateway=gateway, webhook_id=webhook_id, type=type_, result={},
+                body_sha256=digest, received_at=utc_now())
+        .on_conflict_do_nothing(index_elements=["gateway", "webhook_id"]),
+    )  # fmt: skip
+    return claimed == 1
+
+
+def _verify(gateway: Gateway, body: bytes, headers: dict[str, str]) -> None:
+    """A signature by the gateway's secret, or by the previous one until it expires."""
+    in_force = [gateway.secret]
+    expires = gateway.previous_secret_expires_at
+    if gateway.previous_secret and expires and expires > utc_now():
+        in_force.append(gateway.previous_secret)
+    failure: Exception | None = None
+    for secret in in_force:
+        try:
+            Webhook(secret).verify(body, headers, json_parse=False)
+            return
+        except Exception as exc:  # the library raises several kinds for malformed headers
+            failure = failure or exc
+    raise InvalidSignature(f"the webhook signature does not verify: {failure}")
+
+
+def _repeated(
+    seen: InboundNotification, digests: tuple[str, str]
+) -> tuple[str, str, dict[str, Any]]:
+    # A retry carries the same body; another notification under a processed id would
+    # otherwise be answered "duplicate" and its debit silently lost.
+    if seen.body_sha256 is not None and seen.body_sha256 not in digests:
+        raise WebhookIdReused(
+            f"webhook-id {seen.webhook_id} was processed with another body: send each "
+            "notification under its own id"
+        )
+    return "duplicate", seen.type, dict(seen.result)
+
+
+async def _charge_back(
+    session: AsyncSession, system: Principal, gateway: str, notification: Notification
+) -> dict[str, Any]:
+    data = notification.data
+    # Only a payment this gateway collected: another's, or the POS's, is not its to take back,
+    # and is answered as if it did not exist.
+    found = (
+        await session.execute(
+            select(Payment.id, Payment.amount_minor, Loan.currency)
+            .join(Loan, Loan.id == Payment.loan_id)
+            .where(
+                Payment.loan_id == data.loan_id,
+                Payment.external_ref == data.external_ref,
+                Payment.gateway == gateway,
+            )
+        )
+    ).first()
+    if found is None:
+        raise PaymentNotFound(
+            f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
+        )
+    payment_id, payment_minor, currency = found
+    if data.amount is not None:
+        # A reversal takes back the whole payment: reversing 535.88 for a chargeback of 100.00
+        # would take 435.88 from the borrower that nobody charged back.
+        amount = parse_amount("data.amount", data.amount, currency)
+        if amount != payment_minor:
+            raise ChargebackAmountMismatch.field(
+                "data.amount",
+                f"is {format_minor(amount, currency)} but payment {payment_id} is "
+                f"{format_minor(payment_minor, currency)}: partial chargebacks are not "
+                "supported, a chargeback reverses the whole payment",
+            )
+    view = await payments_service.reverse_payment(
+        session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK,
+        reversed_on=data.received_on, date_field="data.received_on",
+    )  # fmt: skip
+    return payment_read(view).model_dump(mode="json")
 
 
 async def _record_failed_debit(

@@ -30,6 +30,9 @@ class Payment(Base):
     received_on: Mapped[date] = mapped_column(Date)
     channel: Mapped[str] = mapped_column(String(32))
     external_ref: Mapped[str | None] = mapped_column(String(100))
+    # The gateway whose debit.succeeded recorded it (None: the POS or an admin did): only
+    # that gateway may charge it back.
+    gateway: Mapped[str | None] = mapped_column(ForeignKey("gateway.name"))
     status: Mapped[str] = mapped_column(String(10))
     reversal_reason: Mapped[str | None] = mapped_column(String(12))
     reversed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -74,17 +74,23 @@ async def record_payment(
     received_on: date | None,
     channel: str,
     external_ref: str | None,
+    gateway: str | None = None,
+    field_prefix: str = "",
 ) -> PaymentView:
+    """``gateway`` names the gateway reporting the payment (it alone may charge it back);
+    ``field_prefix`` is where the body carries the fields, to name them in an error
+    (``data.`` in a gateway's notification)."""
     principal.require(Role.MERCHANT)
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no payments")
-    amount_minor = parse_amount("amount", amount, loan.currency)
+    amount_minor = parse_amount(f"{field_prefix}amount", amount, loan.currency)
     today = clock.today()
     received_on = received_on or today
     if not loan.disbursed_on <= received_on <= today:
         raise InvalidRequest.field(
-            "received_on", f"must be between disbursed_on ({loan.disbursed_on}) and today ({today})"
+            f"{field_prefix}received_on",
+            f"must be between disbursed_on ({loan.disbursed_on}) and today ({today})",
         )
     if external_ref is not None:
         await _refuse_duplicate(session, loan.id, external_ref)
@@ -96,6 +102,7 @@ async def record_payment(
         received_on=received_on,
         channel=channel,
         external_ref=external_ref,
+        gateway=gateway,
         status=PaymentStatus.APPLIED,
         created_at=utc_now(),
     )

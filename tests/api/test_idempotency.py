@@ -138,3 +138,27 @@ async def test_a_revoked_key_gets_401_not_its_stored_answers(client: httpx.Async
     assert "idempotent-replayed" not in replay.headers
     other = await client.post("/v1/borrowers", json={**body, "name": "Han"}, headers=pos)
     assert other.status_code == 401
+
+
+async def test_a_replay_of_a_secret_says_no_store_again(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    gateway = await client.post("/v1/gateways", json={"name": "alipay"},
+                                headers={**w.admin, "Idempotency-Key": "gw"})  # fmt: skip
+    for path, body in [
+        ("/v1/api-keys", {"role": "dashboard"}),
+        ("/v1/gateways", {"name": "unionpay"}),
+        ("/v1/webhook-endpoints", {"url": "https://hooks.example.com/loanwatch"}),
+        ("/v1/gateways/alipay/rotate-secret", None),
+    ]:  # fmt: skip
+        headers = {**w.admin, "Idempotency-Key": f"secret-{path}"}
+        first = await client.post(path, json=body, headers=headers)
+        second = await client.post(path, json=body, headers=headers)
+        assert first.status_code < 300, first.text
+        assert second.headers["idempotent-replayed"] == "true"
+        assert first.headers["cache-control"] == second.headers["cache-control"] == "no-store"
+    assert gateway.status_code == 201
+    plain = {**w.admin, "Idempotency-Key": "no-secret"}
+    await client.post("/v1/merchants", json={"name": "B"}, headers=plain)
+    replayed = await client.post("/v1/merchants", json={"name": "B"}, headers=plain)
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert "cache-control" not in replayed.headers

@@ -1,16 +1,17 @@
 """Signed notifications from payment gateways: debit results and chargebacks."""
 
+import asyncio
 import json
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
-from app.db import session_scope
-from app.gateways.models import FailedDebit, InboundNotification
+from app.db import session_scope, utc_now
+from app.gateways.models import FailedDebit, Gateway, InboundNotification
 from app.payments.models import Payment
 from tests.factories import World, world
 
@@ -42,8 +43,21 @@ def notification(type_: str, loan_id: str, **data: Any) -> dict[str, Any]:
             "data": {"loan_id": loan_id, "external_ref": "dd-1", **data}}  # fmt: skip
 
 
-async def post(client: httpx.AsyncClient, raw: bytes, headers: dict[str, str]) -> httpx.Response:
-    return await client.post("/v1/inbound/gateways/alipay", content=raw, headers=headers)
+async def post(client: httpx.AsyncClient, raw: bytes, headers: dict[str, str],
+               to: str = "alipay") -> httpx.Response:  # fmt: skip
+    return await client.post(f"/v1/inbound/gateways/{to}", content=raw, headers=headers)
+
+
+async def debited(client: httpx.AsyncClient, secret: str, loan_id: str, amount: str,
+                  received_on: str, external_ref: str = "dd-1",
+                  to: str = "alipay") -> dict[str, Any]:  # fmt: skip
+    """A payment the gateway collected (debit.succeeded)."""
+    body = notification("debit.succeeded", loan_id, amount=amount, received_on=received_on,
+                        external_ref=external_ref)  # fmt: skip
+    raw, headers = signed(secret, body, f"msg_debit_{loan_id}_{external_ref}")
+    response = await post(client, raw, headers, to)
+    assert response.status_code == 200, response.text
+    return dict(response.json()["result"])
 
 
 async def count(model: type) -> int:
@@ -120,7 +134,7 @@ async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient
     w = await world(client)
     secret = await gateway(w)
     loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
-    paid = await w.pay(loan["id"], "50.00", "2026-01-20", external_ref="dd-1")
+    paid = await debited(client, secret, loan["id"], "50.00", "2026-01-20")
     # The chargeback's date is its received_on: not before the payment it takes back.
     early = notification("payment.charged_back", loan["id"], received_on="2026-01-19")
     refused = await post(client, *signed(secret, early, "msg_early"))
@@ -234,3 +248,193 @@ async def test_a_failed_debit_must_fall_within_the_loans_life(client: httpx.Asyn
     body = notification("debit.failed", loan["id"], amount="106.62", received_on="2026-01-10")
     assert (await post(client, *signed(secret, body, "msg_day_ok"))).status_code == 200
     assert await count(FailedDebit) == 1
+
+
+async def test_every_error_names_the_field_where_the_body_has_it(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    for i, (type_, data, field) in enumerate([
+        ("debit.succeeded", {"amount": "1.005", "received_on": "2026-02-10"}, "data.amount"),
+        ("debit.succeeded", {"amount": "0.00", "received_on": "2026-02-10"}, "data.amount"),
+        ("debit.succeeded", {"amount": "10.00", "received_on": "2026-01-09"}, "data.received_on"),
+        ("debit.failed", {"amount": "1.005", "received_on": "2026-02-10"}, "data.amount"),
+        ("debit.failed", {"amount": "10.00", "received_on": "2026-01-09"}, "data.received_on"),
+    ]):  # fmt: skip
+        response = await post(client, *signed(secret, notification(type_, loan["id"], **data),
+                                              f"msg_field_{i}"))  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == [field], (type_, data)
+    assert await count(Payment) == 0
+    assert await count(FailedDebit) == 0
+    assert await count(InboundNotification) == 0
+
+
+async def test_the_timestamp_is_an_rfc_3339_string(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    debit = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    for i, timestamp in enumerate([1764633600, "20261203", "1764633600", True]):
+        body = {**debit, "timestamp": timestamp}
+        response = await post(client, *signed(secret, body, f"msg_ts_{i}"))
+        assert response.status_code == 422, (timestamp, response.text)
+        assert [e["field"] for e in response.json()["errors"]] == ["timestamp"]
+    assert await count(Payment) == 0
+    body = {**debit, "timestamp": "2026-02-10T16:00:00+08:00"}
+    response = await post(client, *signed(secret, body, "msg_ts_ok"))
+    assert response.status_code == 200, response.text
+
+
+async def test_an_overlong_webhook_id_is_refused_before_anything_is_written(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    response = await post(client, *signed(secret, body, "m" * 256))
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["webhook-id"]
+    assert await count(Payment) == 0
+    assert await count(InboundNotification) == 0
+    longest = await post(client, *signed(secret, body, "m" * 255))
+    assert longest.status_code == 200, longest.text
+
+
+async def test_a_chargeback_takes_back_the_whole_payment_or_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    paid = await debited(client, secret, loan["id"], "50.00", "2026-01-20")
+    for i, (amount, code) in enumerate([
+        ("10.00", "chargeback_amount_mismatch"),
+        ("50.01", "chargeback_amount_mismatch"),
+        ("1.005", "validation_error"),
+        ("0.00", "validation_error"),
+    ]):  # fmt: skip
+        body = notification("payment.charged_back", loan["id"], amount=amount,
+                            received_on="2026-02-03")  # fmt: skip
+        refused = await post(client, *signed(secret, body, f"msg_cb_{i}"))
+        assert refused.status_code == 422, refused.text
+        problem = refused.json()
+        assert (problem["code"], problem["errors"][0]["field"]) == (code, "data.amount")
+        if code == "chargeback_amount_mismatch":
+            assert f"is {amount} but payment {paid['id']} is 50.00" in problem["detail"]
+            assert "partial chargebacks are not supported" in problem["detail"]
+    got = await w.get(f"/v1/payments/{paid['id']}")
+    assert (got["status"], got["reversed_on"]) == ("applied", None)
+    assert (await w.get("/v1/events?type=payment.reversed", headers=w.admin))["items"] == []
+    assert await count(InboundNotification) == 1  # the debit's
+    body = notification("payment.charged_back", loan["id"], amount="50", received_on="2026-02-03")
+    response = await post(client, *signed(secret, body, "msg_cb_whole"))
+    assert response.status_code == 200, response.text
+    assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "reversed"
+
+
+async def test_a_gateway_charges_back_only_the_payments_it_collected(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    other = await gateway(w, "wechat")
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    at_the_till = await w.pay(loan["id"], "40.00", "2026-01-20", external_ref="pos-1")
+    by_wechat = await debited(client, other, loan["id"], "50.00", "2026-01-21", "wx-1", "wechat")
+    for i, (ref, amount) in enumerate([("pos-1", "40.00"), ("wx-1", "50.00")]):
+        body = notification("payment.charged_back", loan["id"], external_ref=ref,
+                            amount=amount, received_on="2026-02-03")  # fmt: skip
+        refused = await post(client, *signed(secret, body, f"msg_not_mine_{i}"))
+        assert refused.status_code == 404, refused.text
+        problem = refused.json()
+        assert (problem["code"], problem["detail"]) == (
+            "payment_not_found",
+            f"no payment with external_ref {ref} on loan {loan['id']}",
+        )  # as for a payment that does not exist: nothing said of whose it is
+    for paid in (at_the_till, by_wechat):
+        assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "applied"
+    body = notification("payment.charged_back", loan["id"], external_ref="wx-1",
+                        amount="50.00", received_on="2026-02-03")  # fmt: skip
+    response = await post(client, *signed(other, body, "msg_mine"), to="wechat")
+    assert response.status_code == 200, response.text
+    assert (await w.get(f"/v1/payments/{by_wechat['id']}"))["status"] == "reversed"
+
+
+async def test_the_same_notification_serialised_again_is_a_duplicate(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    first = await post(client, *signed(secret, body, "msg_json"))
+    assert first.json()["status"] == "processed", first.text
+    reserialised = json.dumps(
+        {"data": dict(reversed(body["data"].items())), "timestamp": body["timestamp"],
+         "type": body["type"]}, indent=2,
+    ).encode()  # fmt: skip
+    again = await post(client, *signed_raw(secret, reserialised, "msg_json"))
+    assert again.status_code == 200, again.text
+    assert (again.json()["status"], again.json()["result"]) == ("duplicate", first.json()["result"])
+    assert await count(Payment) == 1
+
+
+async def test_concurrent_deliveries_of_one_notification_apply_it_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """A sender that timed out retries at once: the twins are duplicates, not conflicts (a
+    Standard Webhooks sender would take a 409 for a failure and keep retrying)."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    raw, headers = signed(secret, body, "msg_twins")
+    responses = await asyncio.gather(*[post(client, raw, headers) for _ in range(10)])
+    assert [r.status_code for r in responses] == [200] * 10, [r.text for r in responses]
+    statuses = sorted(r.json()["status"] for r in responses)
+    assert statuses == ["duplicate"] * 9 + ["processed"]
+    assert {r.json()["result"]["id"] for r in responses} == {responses[0].json()["result"]["id"]}
+    assert await count(Payment) == 1
+    assert await count(InboundNotification) == 1
+
+
+async def test_a_rotated_secret_replaces_the_old_one_after_the_overlap(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    old = await gateway(w)
+    rotated = await client.post("/v1/gateways/alipay/rotate-secret", headers=w.admin)
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.headers["cache-control"] == "no-store"
+    new = rotated.json()["secret"]
+    assert new.startswith("whsec_")
+    assert new != old
+    assert rotated.json()["previous_secret_expires_at"] is not None
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+
+    def debit(n: int) -> dict[str, Any]:
+        return notification("debit.succeeded", loan["id"], amount="10.00",
+                            received_on="2026-02-10", external_ref=f"dd-rot-{n}")  # fmt: skip
+
+    # During the overlap the gateway may sign with either while it switches.
+    for n, secret in enumerate((new, old)):
+        response = await post(client, *signed(secret, debit(n), f"msg_rot_{n}"))
+        assert response.status_code == 200, response.text
+    async with session_scope() as session:  # the overlap runs out
+        await session.execute(
+            update(Gateway).values(previous_secret_expires_at=utc_now() - timedelta(seconds=1))
+        )
+    refused = await post(client, *signed(old, debit(2), "msg_rot_2"))
+    assert (refused.status_code, refused.json()["code"]) == (401, "invalid_signature")
+    assert (await post(client, *signed(new, debit(2), "msg_rot_2"))).status_code == 200
+    assert await count(Payment) == 3
+    listed = (await w.get("/v1/gateways", headers=w.admin))["items"]
+    assert [sorted(g) for g in listed] == [["created_at", "name", "previous_secret_expires_at"]]
+    missing = await client.post("/v1/gateways/nobody/rotate-secret", headers=w.admin)
+    assert (missing.status_code, missing.json()["code"]) == (404, "gateway_not_found")
+    forbidden = await client.post("/v1/gateways/alipay/rotate-secret", headers=w.merchant)
+    assert forbidden.status_code == 403
