@@ -310,3 +310,63 @@ async def test_a_cancelled_loan_cancels_its_promise(client: httpx.AsyncClient) -
     # Cancelled by the first close after the loan was (Feb 16, caught up on the way).
     assert (got["status"], got["cancelled_on"]) == ("cancelled", "2026-02-16")
     assert await broken_events(w) == []
+
+
+# -- money counts toward one promise at most ---------------------------------------------------
+
+
+async def tv_loan(client: httpx.AsyncClient) -> tuple[World, str]:
+    """A television's loan as the black-box tester had it (the TV12 product at 12.99 %):
+    3000.00 over 6 months from 2026-10-20, the first installment due Nov 20; closed up to
+    Nov 3, nothing due yet."""
+    w = await world(client, annual_interest_rate="0.1299")
+    await close(w, "2026-10-20")
+    made = await w.loan(principal="3000.00", term=6, disbursed_on="2026-10-20")
+    await close(w, "2026-11-03")
+    return w, str(made["id"])
+
+
+def by_id(items: list[dict[str, Any]]) -> dict[str, tuple[str, str, str | None, str | None]]:
+    return {p["id"]: (p["status"], p["paid"], p["kept_on"], p["broken_on"]) for p in items}
+
+
+async def test_a_payment_keeps_one_promise_not_the_next(client: httpx.AsyncClient) -> None:
+    w, loan_id = await tv_loan(client)
+    first = await promise(w, loan_id, "100.00", "2026-11-10")
+    await w.pay(loan_id, "100.00", "2026-11-03")
+    second = await promise(w, loan_id, "100.00", "2026-11-25")
+    # The 100.00 went to the first promise: the second waits for money of its own.
+    assert (second["status"], second["paid"], second["kept_on"]) == ("open", "0.00", None)
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("kept", "100.00", "2026-11-03", None),
+        second["id"]: ("open", "0.00", None, None),
+    }
+    # Open, it holds the line: no third promise on the same money.
+    third = await w.post(f"/v1/loans/{loan_id}/promises",
+                         {"amount": "100.00", "due_on": "2026-11-30"})  # fmt: skip
+    assert (third.status_code, third.json()["code"]) == (409, "promise_already_open")
+
+    await close(w, "2026-11-26")  # the close reckons the second as the payments did
+    assert by_id(await promises(w, loan_id))[second["id"]] == (
+        "broken", "0.00", None, "2026-11-26",
+    )  # fmt: skip
+    (event,) = await broken_events(w)
+    assert {k: event["data"][k] for k in ("promise_id", "amount", "paid", "shortfall")} == {
+        "promise_id": second["id"], "amount": "100.00", "paid": "0.00", "shortfall": "100.00",
+    }  # fmt: skip
+
+
+async def test_new_money_keeps_the_next_promise(client: httpx.AsyncClient) -> None:
+    w, loan_id = await tv_loan(client)
+    first = await promise(w, loan_id, "100.00", "2026-11-10")
+    await w.pay(loan_id, "100.00", "2026-11-03")
+    second = await promise(w, loan_id, "100.00", "2026-11-25")
+    await w.pay(loan_id, "60.00", "2026-11-12")
+    assert by_id(await promises(w, loan_id))[second["id"]] == ("open", "60.00", None, None)
+    await w.pay(loan_id, "40.00", "2026-11-20")
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("kept", "100.00", "2026-11-03", None),
+        second["id"]: ("kept", "100.00", "2026-11-20", None),
+    }
+    await close(w, "2026-11-26")
+    assert await broken_events(w) == []
