@@ -1,7 +1,7 @@
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, String, text
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
@@ -30,15 +30,6 @@ class Promise(Base):
 
     __tablename__ = "promise"
     __table_args__ = (
-        # One open promise per loan (a plan's installments aside): a new promise replaces
-        # nothing, it waits for the old one.
-        Index(
-            "uq_promise_open",
-            "loan_id",
-            unique=True,
-            postgresql_where=text("status = 'open' AND restructure_id IS NULL"),
-            sqlite_where=text("status = 'open' AND restructure_id IS NULL"),
-        ),
         # The close looks for open promises past their date.
         Index("ix_promise_status_due_on", "status", "due_on"),
     )

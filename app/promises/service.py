@@ -70,8 +70,8 @@ async def create_promise(
             f"on {as_of}"
         )
         raise AmountExceedsPayoff.field("amount", message)
-    # Under the loan's lock: no concurrent promise on this loan can slip in after the check
-    # (and the partial unique index refuses one that tried).
+    # Under the loan's lock: no concurrent promise on this loan can slip in after the check.
+    # (Two may be open later: a reversal can reopen a kept promise beside a newer one.)
     existing = await session.scalar(
         select(Promise.id).where(
             Promise.loan_id == loan.id,
@@ -140,15 +140,14 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
             # Paid off (or otherwise closed) short of the promise: nothing is owed any more.
             promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
             promise.cancelled_on = as_of
-        elif outcome.status is PromiseStatus.BROKEN or _reopens_beside_another(
-            promise, [p for p, _ in assessed]
-        ):
-            # A reversal took back the payment that kept it, and its date has passed (or a
-            # newer promise has replaced it): broken now.
+        elif outcome.status is PromiseStatus.BROKEN:
+            # Short after its date: a reversal took back the payment that kept it.
             await _break(session, loan, promise, outcome, as_of)
             if promise.restructure_id is not None:
                 broken_plans.add(promise.restructure_id)
         else:
+            # Reopened even beside a newer promise taken while it was kept: the older counts
+            # the money first, and neither is broken before its date.
             promise.status, promise.kept_on = PromiseStatus.OPEN, None
     await session.flush()
 
@@ -190,21 +189,6 @@ def _commitments(promises: Sequence[Promise]) -> list[list[Promise]]:
     for installments in plans.values():
         installments.sort(key=lambda p: p.plan_seq or 0)
     return commitments
-
-
-def _reopens_beside_another(promise: Promise, promises: Sequence[Promise]) -> bool:
-    """A kept promise taken one at a time whose keeping a reversal undid, while a newer one of
-    those is open (a plan's installments are all open at once: not a replacement)."""
-    return (
-        promise.restructure_id is None
-        and promise.status == PromiseStatus.KEPT
-        and any(
-            other is not promise
-            and other.restructure_id is None
-            and other.status == PromiseStatus.OPEN
-            for other in promises
-        )
-    )
 
 
 async def _break(

@@ -370,3 +370,78 @@ async def test_new_money_keeps_the_next_promise(client: httpx.AsyncClient) -> No
     }
     await close(w, "2026-11-26")
     assert await broken_events(w) == []
+
+
+async def test_a_reversal_reopens_a_promise_beside_the_newer_one(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loan_id = await tv_loan(client)
+    first = await promise(w, loan_id, "100.00", "2026-11-10")
+    payment = await w.pay(loan_id, "100.00", "2026-11-03")
+    second = await promise(w, loan_id, "100.00", "2026-11-25")
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    # Neither date has passed: nothing is broken. The first is open again beside the second,
+    # and counts the money first.
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("open", "0.00", None, None),
+        second["id"]: ("open", "0.00", None, None),
+    }
+    assert await broken_events(w) == []
+
+    await w.pay(loan_id, "150.00", "2026-11-05")
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("kept", "100.00", "2026-11-05", None),
+        second["id"]: ("open", "50.00", None, None),
+    }
+    # Each is broken only after its own date, by what it counted.
+    await close(w, "2026-11-25")
+    assert await broken_events(w) == []
+    await close(w, "2026-11-26")
+    assert by_id(await promises(w, loan_id))[second["id"]] == (
+        "broken", "50.00", None, "2026-11-26",
+    )  # fmt: skip
+    (event,) = await broken_events(w)
+    assert (event["data"]["promise_id"], event["data"]["shortfall"]) == (second["id"], "50.00")
+
+
+async def test_reopened_side_by_side_each_breaks_on_its_own_date(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loan_id = await tv_loan(client)
+    first = await promise(w, loan_id, "100.00", "2026-11-10")
+    payment = await w.pay(loan_id, "100.00", "2026-11-03")
+    second = await promise(w, loan_id, "100.00", "2026-11-25")
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    await close(w, "2026-11-11")
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("broken", "0.00", None, "2026-11-11"),
+        second["id"]: ("open", "0.00", None, None),
+    }
+    await w.pay(loan_id, "100.00", "2026-11-20")  # after the first's date: the second's
+    assert by_id(await promises(w, loan_id))[second["id"]] == (
+        "kept", "100.00", "2026-11-20", None,
+    )  # fmt: skip
+    await close(w, "2026-11-26")
+    assert [e["data"]["promise_id"] for e in await broken_events(w)] == [first["id"]]
+
+
+async def test_a_reversal_on_a_past_due_loan_raises_no_flag_early(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loan_id = await setup(client)  # 5 days past due on Feb 15
+    first = await promise(w, loan_id, "100.00", "2026-02-20")
+    payment = await w.pay(loan_id, "100.00", "2026-02-15")
+    second = await promise(w, loan_id, "100.00", "2026-02-28")
+    assert (second["status"], second["paid"]) == ("open", "0.00")
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("open", "0.00", None, None),
+        second["id"]: ("open", "0.00", None, None),
+    }
+    assert await broken_events(w) == []
+    assert "broken_promise" not in await flags(w, loan_id)
+    assert "broken_promise" not in await flags(w, loan_id, "cleared")
+
+    await close(w, "2026-02-21")  # the first's date has passed: its flag, naming it
+    evidence = (await flags(w, loan_id))["broken_promise"]["evidence"]
+    assert (evidence["promise_id"], evidence["due_on"]) == (first["id"], "2026-02-20")
