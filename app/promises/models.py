@@ -1,7 +1,7 @@
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, String, text
+from sqlalchemy import BigInteger, Date, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
@@ -17,25 +17,19 @@ class PromiseStatus(StrEnum):
 class Promise(Base):
     """A borrower's promise to pay ``amount`` by ``due_on``, taken by collections or the POS.
 
-    Payments received from ``promised_on`` (the business date it was made) to ``due_on`` count
-    toward it; ``paid_minor`` is what they add up to, kept current by every payment and reversal.
+    The applied payments received from ``promised_on`` (the business date it was made) to
+    ``due_on`` count toward it, as far as an earlier promise of the loan did not count them:
+    money counts toward one promise at most (``rules.py``). ``paid_minor`` is what it counts,
+    kept current by every payment and reversal, and kept as it stood once broken or cancelled.
 
     An approved repayment plan is a series of promises (``restructure_id``, ``plan_seq``) made
     on its approval date, each for what the plan asks *in total* by its due date: a borrower
     who pays ahead is ahead on every later installment, and a shortfall on one date breaks it.
+    The installments share the plan's money.
     """
 
     __tablename__ = "promise"
     __table_args__ = (
-        # One open promise per loan (a plan's installments aside): a new promise replaces
-        # nothing, it waits for the old one.
-        Index(
-            "uq_promise_open",
-            "loan_id",
-            unique=True,
-            postgresql_where=text("status = 'open' AND restructure_id IS NULL"),
-            sqlite_where=text("status = 'open' AND restructure_id IS NULL"),
-        ),
         # The close looks for open promises past their date.
         Index("ix_promise_status_due_on", "status", "due_on"),
     )

@@ -1,12 +1,24 @@
 """When a promise to pay is kept or broken: pure functions, no I/O.
 
-A promise of ``amount`` made on ``promised_on`` and due on ``due_on`` is **kept** on the day the
-applied payments received from ``promised_on`` to ``due_on`` (inclusive) first add up to the
-amount, and **broken** once a business date after ``due_on`` finds them short. The close's
-set-based step (``service.close_promises``) applies the same windows in SQL.
+A promise of ``amount`` made on ``promised_on`` and due on ``due_on`` counts the applied payments
+received from ``promised_on`` to ``due_on`` (inclusive), but **money counts toward at most one
+promise**: the loan's promises take it in the order they were taken, each the earliest money in
+its window that no earlier promise counted, up to its amount, and what a payment has left over
+goes on to the next. A promise is **kept** on the day the money it counts first adds up to the
+amount, and **broken** once a business date after ``due_on`` finds it short.
+
+Promises take money in the order they were taken, not by due date, so that taking a promise
+never takes money from one taken before it (a promise already kept stays kept). A promise that
+is broken or cancelled keeps what it had counted: settling it moves no money to another, so
+the close, which breaks promises without replaying payments, leaves every other promise as the
+last payment or reversal assessed it.
+
+A repayment plan is one commitment of several promises (its installments, each for the plan's
+running total by its date, all made on the approval date): they share the plan's money, which
+they take together, the plan's place in the order being its approval.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -18,6 +30,8 @@ class PromiseTerms:
     amount_minor: int
     promised_on: date
     due_on: date
+    # A promise broken or cancelled: the money it had counted, which stays counted toward it.
+    settled_paid_minor: int | None = None
 
 
 @dataclass(frozen=True)
@@ -33,20 +47,56 @@ class Outcome:
     kept_on: date | None = None
 
 
-def counts_toward(terms: PromiseTerms, receipt: Receipt) -> bool:
-    return terms.promised_on <= receipt.received_on <= terms.due_on
+# A promise taken on its own, or a repayment plan's installments in order: what takes money as one.
+Commitment = Sequence[PromiseTerms]
 
 
 def assess(terms: PromiseTerms, receipts: Iterable[Receipt], as_of: date) -> Outcome:
-    """The promise's state as of the business date ``as_of``, from the loan's applied payments."""
+    """A promise's state as of the business date ``as_of``, the loan's only one."""
+    ((outcome,),) = assess_in_order([[terms]], receipts, as_of)
+    return outcome
+
+
+def assess_in_order(
+    commitments: Sequence[Commitment], receipts: Iterable[Receipt], as_of: date
+) -> list[list[Outcome]]:
+    """Each promise's state as of the business date ``as_of``, from the loan's applied payments
+    in the order received (a day's in the order recorded) and its ``commitments`` in the order
+    taken. A settled promise's outcome is what its money would be; the caller keeps its state."""
+    ordered = sorted(receipts, key=lambda r: r.received_on)  # stable: a day's stay in order
+    uncounted = [r.amount_minor for r in ordered]
+    outcomes = []
+    for commitment in commitments:
+        starts_on = min(p.promised_on for p in commitment)
+        ends_on = max(p.due_on for p in commitment)
+        wanted = max(
+            p.amount_minor if p.settled_paid_minor is None else p.settled_paid_minor
+            for p in commitment
+        )
+        counted: list[tuple[date, int]] = []  # (received_on, the running total counted)
+        total = 0
+        for n, receipt in enumerate(ordered):
+            if total == wanted:
+                break
+            if uncounted[n] and starts_on <= receipt.received_on <= ends_on:
+                taken = min(uncounted[n], wanted - total)
+                uncounted[n] -= taken
+                total += taken
+                counted.append((receipt.received_on, total))
+        outcomes.append([_outcome(p, counted, as_of) for p in commitment])
+    return outcomes
+
+
+def _outcome(terms: PromiseTerms, counted: Sequence[tuple[date, int]], as_of: date) -> Outcome:
+    """A promise from the money its commitment counted: what came by its due date."""
     paid = 0
     kept_on = None
-    for receipt in sorted(
-        (r for r in receipts if counts_toward(terms, r)), key=lambda r: r.received_on
-    ):
-        paid += receipt.amount_minor
+    for received_on, total in counted:
+        if received_on > terms.due_on:
+            break
+        paid = total
         if kept_on is None and paid >= terms.amount_minor:
-            kept_on = receipt.received_on
+            kept_on = received_on
     if kept_on is not None:
         return Outcome(PromiseStatus.KEPT, paid, kept_on)
     if terms.due_on < as_of:

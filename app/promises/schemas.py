@@ -20,7 +20,10 @@ class PromiseRead(BaseModel):
     loan_id: str
     amount: str
     currency: str
-    paid: str = Field(description="payments received from promised_on to due_on")
+    paid: str = Field(
+        description="what the payments received from promised_on to due_on count toward it: "
+        "money counts toward one promise at most, the earlier promise first"
+    )
     promised_on: date = Field(description="the business date the promise was made on")
     due_on: date
     status: PromiseStatus

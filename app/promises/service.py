@@ -2,16 +2,18 @@
 close of the first business date after their due date without them.
 
 The per-loan path (``refresh_loan``) runs in the transaction of every payment and reversal,
-under the loan's lock; the close's step (``close_promises``) is set-based SQL over a loan-id
-range. Both apply the windows of ``rules.py``; a break is the event ``promise.broken`` and,
-through the risk engine that runs after either, the flag ``broken_promise``.
+under the loan's lock, and counts the loan's payments toward its promises by ``rules.py``
+(money toward one promise at most, the promises in the order taken); the close's step
+(``close_promises``) is set-based SQL over a loan-id range that breaks the promises still
+short after their date by what that path counted. A break is the event ``promise.broken``
+and, through the risk engine that runs after either, the flag ``broken_promise``.
 """
 
 from collections.abc import Sequence
 from datetime import date, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
@@ -31,12 +33,11 @@ from app.payments.errors import AmountExceedsPayoff
 from app.payments.models import Payment, PaymentStatus
 from app.promises.errors import PromiseAlreadyOpen
 from app.promises.models import Promise, PromiseStatus
-from app.promises.rules import Outcome, PromiseTerms, Receipt, assess
+from app.promises.rules import Outcome, PromiseTerms, Receipt, assess_in_order
 
 Counts = dict[str, int]
 
 _promise = cast(Table, Promise.__table__)
-_payment = cast(Table, Payment.__table__)
 _loan = cast(Table, Loan.__table__)
 
 
@@ -69,8 +70,8 @@ async def create_promise(
             f"on {as_of}"
         )
         raise AmountExceedsPayoff.field("amount", message)
-    # Under the loan's lock: no concurrent promise on this loan can slip in after the check
-    # (and the partial unique index refuses one that tried).
+    # Under the loan's lock: no concurrent promise on this loan can slip in after the check.
+    # (Two may be open later: a reversal can reopen a kept promise beside a newer one.)
     existing = await session.scalar(
         select(Promise.id).where(
             Promise.loan_id == loan.id,
@@ -88,12 +89,14 @@ async def create_promise(
         paid_minor=0, promised_on=as_of, due_on=due_on, status=PromiseStatus.OPEN, note=note,
         created_by=principal.api_key_id, created_at=utc_now(),
     )  # fmt: skip
-    # Payments already received on the business date count toward it.
-    outcome = assess(_terms(promise), await _receipts(session, loan.id), as_of)
+    session.add(promise)
+    await session.flush()
+    # The business date's payments count toward it, as far as no earlier promise counted them
+    # (taken last, it takes nothing from those: their states stand).
+    outcome = dict(await _assess_loan(session, loan.id, as_of))[promise]
     promise.paid_minor = outcome.paid_minor
     if outcome.status is PromiseStatus.KEPT:
         promise.status, promise.kept_on = PromiseStatus.KEPT, outcome.kept_on
-    session.add(promise)
     await session.flush()
     return promise
 
@@ -119,24 +122,14 @@ async def list_promises(
 
 async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     """Re-assess the loan's open and kept promises after a payment or reversal (the caller
-    holds the loan's lock): a payment keeps one, a reversal may take that back. A plan's
-    installments are assessed in order; the first that breaks ends its plan."""
-    promises = list(
-        await session.scalars(
-            select(Promise)
-            .where(
-                Promise.loan_id == loan.id,
-                Promise.status.in_((PromiseStatus.OPEN, PromiseStatus.KEPT)),
-            )
-            .order_by(Promise.restructure_id, Promise.plan_seq, Promise.id)
-        )
-    )
-    if not promises:
-        return
-    receipts = await _receipts(session, loan.id)
+    holds the loan's lock), counting its payments toward them afresh: a payment keeps one, a
+    reversal may take that back. A promise left short reopens, or breaks at once if its date
+    has passed; the first installment of a plan that breaks ends its plan."""
+    assessed = await _assess_loan(session, loan.id, as_of)
     broken_plans: set[str] = set()
-    for promise in promises:
-        outcome = assess(_terms(promise), receipts, as_of)
+    for promise, outcome in assessed:
+        if promise.status not in (PromiseStatus.OPEN, PromiseStatus.KEPT):
+            continue  # broken and cancelled are final
         promise.paid_minor = outcome.paid_minor
         if promise.restructure_id in broken_plans:
             promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
@@ -147,30 +140,55 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
             # Paid off (or otherwise closed) short of the promise: nothing is owed any more.
             promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
             promise.cancelled_on = as_of
-        elif outcome.status is PromiseStatus.BROKEN or _reopens_beside_another(promise, promises):
-            # A reversal took back the payment that kept it, and its date has passed (or a
-            # newer promise has replaced it): broken now.
+        elif outcome.status is PromiseStatus.BROKEN:
+            # Short after its date: a reversal took back the payment that kept it.
             await _break(session, loan, promise, outcome, as_of)
             if promise.restructure_id is not None:
                 broken_plans.add(promise.restructure_id)
         else:
+            # Reopened even beside a newer promise taken while it was kept: the older counts
+            # the money first, and neither is broken before its date.
             promise.status, promise.kept_on = PromiseStatus.OPEN, None
     await session.flush()
 
 
-def _reopens_beside_another(promise: Promise, promises: Sequence[Promise]) -> bool:
-    """A kept promise taken one at a time whose keeping a reversal undid, while a newer one of
-    those is open (a plan's installments are all open at once: not a replacement)."""
-    return (
-        promise.restructure_id is None
-        and promise.status == PromiseStatus.KEPT
-        and any(
-            other is not promise
-            and other.restructure_id is None
-            and other.status == PromiseStatus.OPEN
-            for other in promises
-        )
+async def _assess_loan(
+    session: AsyncSession, loan_id: str, as_of: date
+) -> list[tuple[Promise, Outcome]]:
+    """Every promise of the loan with its outcome from the loan's applied payments, in the
+    order they take money (``rules.assess_in_order``); none when none is open or kept."""
+    promises = list(await session.scalars(select(Promise).where(Promise.loan_id == loan_id)))
+    if not any(p.status in (PromiseStatus.OPEN, PromiseStatus.KEPT) for p in promises):
+        return []
+    commitments = _commitments(promises)
+    outcomes = assess_in_order(
+        [[_terms(p) for p in commitment] for commitment in commitments],
+        await _receipts(session, loan_id),
+        as_of,
     )
+    return [
+        (promise, outcome)
+        for commitment, assessed in zip(commitments, outcomes, strict=True)
+        for promise, outcome in zip(commitment, assessed, strict=True)
+    ]
+
+
+def _commitments(promises: Sequence[Promise]) -> list[list[Promise]]:
+    """The loan's promises in the order they were taken, a plan's installments together (in
+    their order) at the place of its approval."""
+    plans: dict[str, list[Promise]] = {}
+    commitments: list[list[Promise]] = []
+    for promise in sorted(promises, key=lambda p: (p.created_at, p.id)):
+        if promise.restructure_id is None:
+            commitments.append([promise])
+        elif promise.restructure_id in plans:
+            plans[promise.restructure_id].append(promise)
+        else:
+            plans[promise.restructure_id] = [promise]
+            commitments.append(plans[promise.restructure_id])
+    for installments in plans.values():
+        installments.sort(key=lambda p: p.plan_seq or 0)
+    return commitments
 
 
 async def _break(
@@ -193,14 +211,19 @@ async def _break(
 
 
 def _terms(promise: Promise) -> PromiseTerms:
-    return PromiseTerms(promise.amount_minor, promise.promised_on, promise.due_on)
+    settled = promise.status in (PromiseStatus.BROKEN, PromiseStatus.CANCELLED)
+    return PromiseTerms(
+        promise.amount_minor, promise.promised_on, promise.due_on,
+        settled_paid_minor=promise.paid_minor if settled else None,
+    )  # fmt: skip
 
 
 async def _receipts(session: AsyncSession, loan_id: str) -> list[Receipt]:
     rows = await session.execute(
-        select(Payment.received_on, Payment.amount_minor).where(
-            Payment.loan_id == loan_id, Payment.status == PaymentStatus.APPLIED
-        )
+        select(Payment.received_on, Payment.amount_minor)
+        .where(Payment.loan_id == loan_id, Payment.status == PaymentStatus.APPLIED)
+        # A day's payments in the order recorded (ids sort by creation), as the loan's replay.
+        .order_by(Payment.received_on, Payment.id)
     )
     return [Receipt(*row) for row in rows]
 
@@ -246,11 +269,15 @@ def event_data(
 async def close_promises(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> Counts:
-    """Break every open promise of the range's open loans whose due date is before ``as_of``
-    and whose window's payments fall short, and with a plan's installment the rest of its plan;
-    cancel the open promises of loans that closed (cancelled, paid off). A broken promise is
-    never broken again: reruns emit nothing."""
-    pr, pay, loan = _promise.c, _payment.c, _loan.c
+    """Break every open promise of the range's open loans whose due date is before ``as_of``,
+    and with a plan's installment the rest of its plan; cancel the open promises of loans that
+    closed (cancelled, paid off). A broken promise is never broken again: reruns emit nothing.
+
+    What a promise has counted is the stored ``paid_minor``: every payment and reversal
+    re-assesses its loan's promises under the loan's lock (``refresh_loan``), which is where
+    money is counted toward one promise at most, and breaking or cancelling one moves no
+    money to another. An open promise is short (a promise that adds up is kept at once)."""
+    pr, loan = _promise.c, _loan.c
     loans_in_range = select(loan.id).where(delinquency.in_range(loan.id, low, high))
     cancelled = await execute_counting(
         session,
@@ -262,16 +289,6 @@ async def close_promises(
         )
         .values(status=PromiseStatus.CANCELLED.value, cancelled_on=as_of),
     )
-    paid = (
-        select(func.coalesce(func.sum(pay.amount_minor), 0))
-        .where(
-            pay.loan_id == pr.loan_id,
-            pay.status == PaymentStatus.APPLIED.value,
-            pay.received_on >= pr.promised_on,
-            pay.received_on <= pr.due_on,
-        )
-        .scalar_subquery()
-    )
     broken = (
         await session.execute(
             update(_promise)
@@ -280,9 +297,9 @@ async def close_promises(
                 pr.due_on < as_of,
                 delinquency.in_range(pr.loan_id, low, high),
                 pr.loan_id.in_(loans_in_range.where(loan.status.in_(OPEN_STATUSES))),
-                paid < pr.amount_minor,
+                pr.paid_minor < pr.amount_minor,
             )
-            .values(status=PromiseStatus.BROKEN.value, broken_on=as_of, paid_minor=paid)
+            .values(status=PromiseStatus.BROKEN.value, broken_on=as_of)
             .returning(
                 pr.id, pr.loan_id, pr.currency, pr.amount_minor, pr.paid_minor, pr.promised_on,
                 pr.due_on, pr.restructure_id, pr.plan_seq,

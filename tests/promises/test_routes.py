@@ -310,3 +310,138 @@ async def test_a_cancelled_loan_cancels_its_promise(client: httpx.AsyncClient) -
     # Cancelled by the first close after the loan was (Feb 16, caught up on the way).
     assert (got["status"], got["cancelled_on"]) == ("cancelled", "2026-02-16")
     assert await broken_events(w) == []
+
+
+# -- money counts toward one promise at most ---------------------------------------------------
+
+
+async def tv_loan(client: httpx.AsyncClient) -> tuple[World, str]:
+    """A television's loan as the black-box tester had it (the TV12 product at 12.99 %):
+    3000.00 over 6 months from 2026-10-20, the first installment due Nov 20; closed up to
+    Nov 3, nothing due yet."""
+    w = await world(client, annual_interest_rate="0.1299")
+    await close(w, "2026-10-20")
+    made = await w.loan(principal="3000.00", term=6, disbursed_on="2026-10-20")
+    await close(w, "2026-11-03")
+    return w, str(made["id"])
+
+
+def by_id(items: list[dict[str, Any]]) -> dict[str, tuple[str, str, str | None, str | None]]:
+    return {p["id"]: (p["status"], p["paid"], p["kept_on"], p["broken_on"]) for p in items}
+
+
+async def test_a_payment_keeps_one_promise_not_the_next(client: httpx.AsyncClient) -> None:
+    w, loan_id = await tv_loan(client)
+    first = await promise(w, loan_id, "100.00", "2026-11-10")
+    await w.pay(loan_id, "100.00", "2026-11-03")
+    second = await promise(w, loan_id, "100.00", "2026-11-25")
+    # The 100.00 went to the first promise: the second waits for money of its own.
+    assert (second["status"], second["paid"], second["kept_on"]) == ("open", "0.00", None)
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("kept", "100.00", "2026-11-03", None),
+        second["id"]: ("open", "0.00", None, None),
+    }
+    # Open, it holds the line: no third promise on the same money.
+    third = await w.post(f"/v1/loans/{loan_id}/promises",
+                         {"amount": "100.00", "due_on": "2026-11-30"})  # fmt: skip
+    assert (third.status_code, third.json()["code"]) == (409, "promise_already_open")
+
+    await close(w, "2026-11-26")  # the close reckons the second as the payments did
+    assert by_id(await promises(w, loan_id))[second["id"]] == (
+        "broken", "0.00", None, "2026-11-26",
+    )  # fmt: skip
+    (event,) = await broken_events(w)
+    assert {k: event["data"][k] for k in ("promise_id", "amount", "paid", "shortfall")} == {
+        "promise_id": second["id"], "amount": "100.00", "paid": "0.00", "shortfall": "100.00",
+    }  # fmt: skip
+
+
+async def test_new_money_keeps_the_next_promise(client: httpx.AsyncClient) -> None:
+    w, loan_id = await tv_loan(client)
+    first = await promise(w, loan_id, "100.00", "2026-11-10")
+    await w.pay(loan_id, "100.00", "2026-11-03")
+    second = await promise(w, loan_id, "100.00", "2026-11-25")
+    await w.pay(loan_id, "60.00", "2026-11-12")
+    assert by_id(await promises(w, loan_id))[second["id"]] == ("open", "60.00", None, None)
+    await w.pay(loan_id, "40.00", "2026-11-20")
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("kept", "100.00", "2026-11-03", None),
+        second["id"]: ("kept", "100.00", "2026-11-20", None),
+    }
+    await close(w, "2026-11-26")
+    assert await broken_events(w) == []
+
+
+async def test_a_reversal_reopens_a_promise_beside_the_newer_one(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loan_id = await tv_loan(client)
+    first = await promise(w, loan_id, "100.00", "2026-11-10")
+    payment = await w.pay(loan_id, "100.00", "2026-11-03")
+    second = await promise(w, loan_id, "100.00", "2026-11-25")
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    # Neither date has passed: nothing is broken. The first is open again beside the second,
+    # and counts the money first.
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("open", "0.00", None, None),
+        second["id"]: ("open", "0.00", None, None),
+    }
+    assert await broken_events(w) == []
+
+    await w.pay(loan_id, "150.00", "2026-11-05")
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("kept", "100.00", "2026-11-05", None),
+        second["id"]: ("open", "50.00", None, None),
+    }
+    # Each is broken only after its own date, by what it counted.
+    await close(w, "2026-11-25")
+    assert await broken_events(w) == []
+    await close(w, "2026-11-26")
+    assert by_id(await promises(w, loan_id))[second["id"]] == (
+        "broken", "50.00", None, "2026-11-26",
+    )  # fmt: skip
+    (event,) = await broken_events(w)
+    assert (event["data"]["promise_id"], event["data"]["shortfall"]) == (second["id"], "50.00")
+
+
+async def test_reopened_side_by_side_each_breaks_on_its_own_date(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loan_id = await tv_loan(client)
+    first = await promise(w, loan_id, "100.00", "2026-11-10")
+    payment = await w.pay(loan_id, "100.00", "2026-11-03")
+    second = await promise(w, loan_id, "100.00", "2026-11-25")
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    await close(w, "2026-11-11")
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("broken", "0.00", None, "2026-11-11"),
+        second["id"]: ("open", "0.00", None, None),
+    }
+    await w.pay(loan_id, "100.00", "2026-11-20")  # after the first's date: the second's
+    assert by_id(await promises(w, loan_id))[second["id"]] == (
+        "kept", "100.00", "2026-11-20", None,
+    )  # fmt: skip
+    await close(w, "2026-11-26")
+    assert [e["data"]["promise_id"] for e in await broken_events(w)] == [first["id"]]
+
+
+async def test_a_reversal_on_a_past_due_loan_raises_no_flag_early(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loan_id = await setup(client)  # 5 days past due on Feb 15
+    first = await promise(w, loan_id, "100.00", "2026-02-20")
+    payment = await w.pay(loan_id, "100.00", "2026-02-15")
+    second = await promise(w, loan_id, "100.00", "2026-02-28")
+    assert (second["status"], second["paid"]) == ("open", "0.00")
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert by_id(await promises(w, loan_id)) == {
+        first["id"]: ("open", "0.00", None, None),
+        second["id"]: ("open", "0.00", None, None),
+    }
+    assert await broken_events(w) == []
+    assert "broken_promise" not in await flags(w, loan_id)
+    assert "broken_promise" not in await flags(w, loan_id, "cleared")
+
+    await close(w, "2026-02-21")  # the first's date has passed: its flag, naming it
+    evidence = (await flags(w, loan_id))["broken_promise"]["evidence"]
+    assert (evidence["promise_id"], evidence["due_on"]) == (first["id"], "2026-02-20")

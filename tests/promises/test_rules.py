@@ -1,9 +1,13 @@
-"""When a promise is kept or broken, from the payments in its window: the pure rules."""
+"""When a promise is kept or broken, from the payments in its window that no earlier promise
+counted: the pure rules."""
 
-from datetime import date
+from datetime import date, timedelta
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.promises.models import PromiseStatus
-from app.promises.rules import Outcome, PromiseTerms, Receipt, assess
+from app.promises.rules import Outcome, PromiseTerms, Receipt, assess, assess_in_order
 
 TERMS = PromiseTerms(amount_minor=41200, promised_on=date(2026, 2, 15), due_on=date(2026, 2, 20))
 
@@ -29,3 +33,94 @@ def test_short_by_one_minor_unit_is_broken_only_after_the_due_date() -> None:
     receipts = [Receipt(date(2026, 2, 16), 41199)]
     assert assess(TERMS, receipts, date(2026, 2, 20)) == Outcome(PromiseStatus.OPEN, 41199)
     assert assess(TERMS, receipts, date(2026, 2, 21)) == Outcome(PromiseStatus.BROKEN, 41199)
+
+
+# -- money counts toward one promise at most ----------------------------------------------------
+
+NOV = date(2026, 11, 3)
+FIRST = PromiseTerms(10000, NOV, date(2026, 11, 10))
+SECOND = PromiseTerms(10000, NOV, date(2026, 11, 25))
+
+
+def test_a_payment_counts_toward_the_promise_taken_first() -> None:
+    receipts = [Receipt(NOV, 10000)]
+    assert assess_in_order([[FIRST], [SECOND]], receipts, NOV) == [
+        [Outcome(PromiseStatus.KEPT, 10000, NOV)],
+        [Outcome(PromiseStatus.OPEN, 0)],
+    ]
+
+
+def test_what_a_payment_leaves_over_goes_to_the_next() -> None:
+    receipts = [Receipt(NOV, 13000), Receipt(date(2026, 11, 12), 7000)]
+    assert assess_in_order([[FIRST], [SECOND]], receipts, NOV) == [
+        [Outcome(PromiseStatus.KEPT, 10000, NOV)],
+        [Outcome(PromiseStatus.KEPT, 10000, date(2026, 11, 12))],
+    ]
+
+
+def test_the_older_promise_counts_first_whatever_the_dates() -> None:
+    # Taken later but due sooner: it gets what the older one does not need.
+    sooner = PromiseTerms(10000, NOV, date(2026, 11, 8))
+    receipts = [Receipt(date(2026, 11, 5), 10000)]
+    assert assess_in_order([[SECOND], [sooner]], receipts, date(2026, 11, 9)) == [
+        [Outcome(PromiseStatus.KEPT, 10000, date(2026, 11, 5))],
+        [Outcome(PromiseStatus.BROKEN, 0)],
+    ]
+
+
+def test_a_broken_promise_keeps_what_it_counted() -> None:
+    broken = PromiseTerms(10000, NOV, date(2026, 11, 10), settled_paid_minor=4000)
+    receipts = [Receipt(date(2026, 11, 5), 4000), Receipt(date(2026, 11, 6), 3000)]
+    (_,), (second,) = assess_in_order([[broken], [SECOND]], receipts, date(2026, 11, 12))
+    assert second == Outcome(PromiseStatus.OPEN, 3000)
+
+
+def test_a_plans_installments_share_its_money() -> None:
+    plan = [PromiseTerms(20000, NOV, date(2026, 11, 20)),
+            PromiseTerms(41200, NOV, date(2026, 12, 5))]  # fmt: skip
+    receipts = [Receipt(date(2026, 11, 4), 45000), Receipt(date(2026, 11, 30), 5000)]
+    assert assess_in_order([plan, [SECOND]], receipts, date(2026, 11, 21)) == [
+        [Outcome(PromiseStatus.KEPT, 41200, date(2026, 11, 4)),
+         Outcome(PromiseStatus.KEPT, 41200, date(2026, 11, 4))],
+        [Outcome(PromiseStatus.OPEN, 3800)],  # what the plan's total left
+    ]  # fmt: skip
+
+
+commitments = st.lists(
+    st.builds(
+        lambda start, days, amount: [PromiseTerms(amount, start, start + timedelta(days=days))],
+        st.dates(NOV, NOV + timedelta(days=30)),
+        st.integers(0, 40),
+        st.integers(1, 50_000),
+    ),
+    min_size=1,
+    max_size=5,
+)
+receipts = st.lists(
+    st.builds(
+        Receipt, st.dates(NOV - timedelta(days=3), NOV + timedelta(days=80)), st.integers(1, 30_000)
+    ),
+    max_size=10,
+)
+
+
+@given(commitments, receipts, st.integers(0, 80))
+def test_no_money_counts_twice(
+    taken: list[list[PromiseTerms]], paid: list[Receipt], days: int
+) -> None:
+    outcomes = assess_in_order(taken, paid, NOV + timedelta(days=days))
+    counted = sum(o.paid_minor for (o,) in outcomes)
+    assert counted <= sum(r.amount_minor for r in paid)
+    for (terms,), (outcome,) in zip(taken, outcomes, strict=True):
+        in_window = sum(r.amount_minor for r in paid
+                        if terms.promised_on <= r.received_on <= terms.due_on)  # fmt: skip
+        assert outcome.paid_minor <= min(terms.amount_minor, in_window)
+        assert (outcome.status is PromiseStatus.KEPT) == (outcome.paid_minor == terms.amount_minor)
+
+
+@given(commitments, receipts, st.integers(0, 80))
+def test_taking_a_promise_changes_none_taken_before(
+    taken: list[list[PromiseTerms]], paid: list[Receipt], days: int
+) -> None:
+    as_of = NOV + timedelta(days=days)
+    assert assess_in_order(taken, paid, as_of)[:-1] == assess_in_order(taken[:-1], paid, as_of)

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.promises.models import PromiseStatus
-from app.promises.rules import PromiseTerms, Receipt, assess
+from app.promises.rules import PromiseTerms, Receipt, assess_in_order
 from app.relief.plans import (
     PlanInstallment,
     PlanStatus,
@@ -40,10 +40,15 @@ receipts = st.lists(
 
 
 def carried(plan: list[PlanInstallment], paid: list[Receipt], as_of: date) -> list[PromiseState]:
-    """What the service keeps on each installment's promise: assessed for the running total."""
+    """What the service keeps on each installment's promise: assessed for the running total,
+    the installments sharing the plan's money."""
+    terms = [
+        PromiseTerms(total, START, i.due_on)
+        for i, total in zip(plan, cumulative(plan), strict=True)
+    ]
+    (outcomes,) = assess_in_order([terms], paid, as_of)
     states = []
-    for installment, total in zip(plan, cumulative(plan), strict=True):
-        outcome = assess(PromiseTerms(total, START, installment.due_on), paid, as_of)
+    for outcome in outcomes:
         broken_on = as_of if outcome.status is PromiseStatus.BROKEN else None
         states.append(PromiseState(outcome.status.value, outcome.paid_minor, outcome.kept_on,
                                    broken_on))  # fmt: skip

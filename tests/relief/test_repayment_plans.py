@@ -222,7 +222,8 @@ async def test_a_newer_plan_replaces_the_running_one(client: httpx.AsyncClient) 
     await w.pay(loan_id, "200.00", "2026-02-16")
     second = await request(w, loan_id, [{"due_on": "2026-03-01", "amount": "300.00"}])
     second = await approve(w, second)
-    assert states(second["plan"]) == [("open", "200.00")]
+    # The 200.00 kept the first plan's installment: it counts toward no other promise.
+    assert states(second["plan"]) == [("open", "0.00")]
     got = await plan(w, first["id"])
     assert got["status"] == "cancelled"
     assert states(got) == [("kept", "200.00"), ("cancelled", "0.00")]
@@ -240,6 +241,22 @@ async def test_a_plan_and_a_promise_side_by_side(client: httpx.AsyncClient) -> N
     assert [p["id"] for p in (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]] == [
         promise["id"]
     ]
+
+
+async def test_a_plan_and_a_promise_count_different_money(client: httpx.AsyncClient) -> None:
+    w, loan_id = await setup(client)
+    made = await approve(w, await request(w, loan_id))  # 200.00 by Feb 20, 412.00 by Mar 5
+    body = {"amount": "50.00", "due_on": "2026-02-25"}
+    promise = (await w.post(f"/v1/loans/{loan_id}/promises", body, expect=201)).json()
+    await w.pay(loan_id, "450.00", "2026-02-16")  # the plan, approved first, counts first
+    got = await plan(w, made["id"])
+    assert (got["status"], got["paid"]) == ("completed", "412.00")
+    (taken,) = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
+    assert (taken["id"], taken["status"], taken["paid"]) == (promise["id"], "open", "38.00")
+    await w.pay(loan_id, "12.00", "2026-02-17")
+    (taken,) = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
+    assert (taken["status"], taken["paid"], taken["kept_on"]) == ("kept", "50.00", "2026-02-17")
+    assert (await plan(w, made["id"]))["paid"] == "412.00"
 
 
 async def test_partial_payments_rests_while_a_plan_runs(client: httpx.AsyncClient) -> None:
