@@ -89,12 +89,8 @@ async def rotate_secret(session: AsyncSession, principal: Principal, *, name: st
     gateway = await session.get(Gateway, name, with_for_update=True)
     if gateway is None:
         raise GatewayNotFound(f"no gateway named {name}")
-    now = utc_now()
-    gateway.previous_secret = gateway.secret
-    gateway.previous_secret_expires_at = now + timedelta(
-        hours=get_settings().webhook_secret_overlap_hours
-    )
-    gateway.secret = signing.generate_secret()
+    overlap = timedelta(hours=get_settings().webhook_secret_overlap_hours)
+    signing.rotate(gateway, utc_now(), overlap)
     await session.flush()
     return gateway
 

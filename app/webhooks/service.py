@@ -176,11 +176,7 @@ async def rotate_secret(
     view = await _load(session, endpoint_id, lock=True)
     endpoint = view.endpoint
     now = utc_now()
-    endpoint.previous_secret = endpoint.secret
-    endpoint.previous_secret_expires_at = now + timedelta(
-        hours=get_settings().webhook_secret_overlap_hours
-    )
-    endpoint.secret = signing.generate_secret()
+    signing.rotate(endpoint, now, timedelta(hours=get_settings().webhook_secret_overlap_hours))
     endpoint.updated_at = now
     return view
 

@@ -8,12 +8,28 @@ break every stock verifier.
 import base64
 import hmac
 import secrets
+from datetime import datetime, timedelta
+from typing import Protocol
 
 SECRET_PREFIX = "whsec_"
 
 
 def generate_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+class HoldsSecret(Protocol):
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: datetime | None
+
+
+def rotate(holder: HoldsSecret, now: datetime, overlap: timedelta) -> None:
+    """A new secret for a webhook endpoint or a gateway; the old one stays in force beside it
+    for ``overlap``, so the other side can switch without a message refused."""
+    holder.previous_secret = holder.secret
+    holder.previous_secret_expires_at = now + overlap
+    holder.secret = generate_secret()
 
 
 def key(secret: str) -> bytes:
