@@ -171,7 +171,10 @@ def build_schedule(
 
 
 def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
-    exact = annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
+    # Level over the first period's own length: a long first period's extra interest is
+    # spread over every installment rather than left to the last (a payment shock), and a
+    # short one's saving likewise.
+    exact = _level_payment(terms)
     payment = round_minor(exact, terms.rounding)
     # Rounding up can pay a tiny loan off before its last period: then round the level payment
     # down, so the last installment absorbs the shortfall instead.
@@ -255,14 +258,16 @@ def _installments_in_multiples(terms: ScheduleTerms, step: int) -> list[int] | N
 
 
 def _level_payment(terms: ScheduleTerms) -> Decimal:
-    """Where the search for installments in multiples starts: the exact level payment that
-    repays the loan, its first period's length included. Over a first period of f months it
-    solves P (1 + r f) - X = X a(n - 1) (a: the annuity factor), so X is the usual level
-    payment times (1 + r f) / (1 + r); unless the first period's interest alone is more than
-    that, when the first installment is the interest and the rest repay P over n - 1."""
+    """The exact level payment that repays the loan, its first period's length included: over
+    a first period of f months it solves P (1 + r f) - X = X a(n - 1) (a: the annuity factor),
+    so X is the usual level payment times (1 + r f) / (1 + r); unless the first period's
+    interest alone is more than that, when the first installment is the interest and the rest
+    repay P over n - 1."""
+    level = annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
+    if terms.first_period_days == DAYS_IN_MONTH:
+        return level
     rate = monthly_rate(terms.annual_rate)
     first_months = Decimal(terms.first_period_days) / DAYS_IN_MONTH
-    level = annuity_payment(terms.principal_minor, terms.annual_rate, terms.term)
     level = level * (1 + rate * first_months) / (1 + rate)
     if terms.term > 1 and terms.principal_minor * rate * first_months > level:
         return annuity_payment(terms.principal_minor, terms.annual_rate, terms.term - 1)

@@ -88,20 +88,23 @@ async def test_the_first_period_is_charged_for_its_length(client: httpx.AsyncCli
     loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
                         first_due_date="2026-01-02")  # fmt: skip
     rows = loan["schedule"]["installments"]
-    # A day: 12000.00 * 0.1299 / 360. The level installment stays 1071.75.
+    # A day: 12000.00 * 0.1299 / 360. Level over that first period: 1060.66, not a month's
+    # 1071.75 with the saving left to the last (930.39).
     assert [rows[0][k] for k in ("principal", "interest", "total")] == [
-        "1067.42", "4.33", "1071.75",
+        "1056.33", "4.33", "1060.66",
     ]  # fmt: skip
-    assert {r["total"] for r in rows[:-1]} == {"1071.75"}
-    assert rows[-1]["total"] == "930.39"
+    assert {r["total"] for r in rows[:-1]} == {"1060.66"}
+    assert rows[-1]["total"] == "1060.63"
     loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
                         first_due_date="2026-04-03")  # fmt: skip
     rows = loan["schedule"]["installments"]
-    # Three months and two days: 92/30 of a month's 129.90.
+    # Three months and two days: 92/30 of a month's 129.90, spread over every installment
+    # rather than left to the last (1373.96 after eleven of 1071.75).
     assert [rows[0][k] for k in ("principal", "interest", "total")] == [
-        "673.39", "398.36", "1071.75",
+        "697.11", "398.36", "1095.47",
     ]  # fmt: skip
-    assert rows[-1]["total"] == "1373.96"
+    assert {r["total"] for r in rows[:-1]} == {"1095.47"}
+    assert rows[-1]["total"] == "1095.48"
     assert sum(Decimal(r["principal"]) for r in rows) == Decimal("12000.00")
     w2 = await world(client, amortization="equal_principal", annual_interest_rate="0.1299",
                      term_options=[12])  # fmt: skip

@@ -92,6 +92,18 @@ def schedule(
     return build_schedule(terms, FIRST_DUE)
 
 
+def exact_level(principal: int, annual_rate: Decimal, term: int, first_days: int) -> Fraction:
+    """The level payment over a first period of ``first_days`` (30/360): the principal grown by
+    the first period's interest is the payment plus the annuity of the other ``term - 1``
+    payments. If the first period's interest alone is more, the first installment is that
+    interest and the other ``term - 1`` repay the principal."""
+    rate, first = Fraction(annual_rate) / 12, Fraction(first_days, 30)
+    level = exact_annuity(principal, annual_rate, term) * (1 + rate * first) / (1 + rate)
+    if principal * rate * first > level:
+        return exact_annuity(principal, annual_rate, term - 1)
+    return level
+
+
 def totals(installments: list[ScheduledInstallment]) -> list[int]:
     """Principal + interest of each installment (fees are a separate matter)."""
     return [i.principal_minor + i.interest_minor for i in installments]
@@ -342,22 +354,21 @@ def test_first_period_days_are_whole_months_and_the_days_left(
 
 def test_the_first_period_is_charged_for_its_length() -> None:
     """12000.00 at 12.99 % charged 129.90 for the first period whether it lasted a day or 92.
-    A day is 1/30 of a month's interest, 92 days (three months and two) 92/30 of it; an equal
-    installment keeps its level, so the principal it repays takes the difference and the last
-    installment the residual."""
+    A day is 1/30 of a month's interest, 92 days (three months and two) 92/30 of it. The
+    installment stays level over the first period's own length: a long first period's extra
+    interest is spread over every installment, not left to the last (it was 1373.96 after
+    eleven of 1071.75), and a short one's saving likewise (the last was 930.39)."""
     month = schedule(1200000, "0.1299", 12)
     assert [i.total_minor for i in month[:-1]] == [107175] * 11
     assert month[0] == ScheduledInstallment(1, date(2025, 1, 31), 94185, 12990, 0)
     day = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
                                        first_period_days=1), FIRST_DUE)  # fmt: skip
-    assert day[0] == ScheduledInstallment(1, date(2025, 1, 31), 106742, 433, 0)  # 12000 * r / 360
-    assert [i.total_minor for i in day[:-1]] == [107175] * 11
-    assert day[-1].total_minor == 93039
+    assert day[0] == ScheduledInstallment(1, date(2025, 1, 31), 105633, 433, 0)  # 12000 * r / 360
+    assert totals(day) == [106066] * 11 + [106063]
     quarter = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
                                            first_period_days=92), FIRST_DUE)  # fmt: skip
-    assert quarter[0] == ScheduledInstallment(1, date(2025, 1, 31), 67339, 39836, 0)
-    assert [i.total_minor for i in quarter[:-1]] == [107175] * 11
-    assert quarter[-1].total_minor == 137396
+    assert quarter[0] == ScheduledInstallment(1, date(2025, 1, 31), 69711, 39836, 0)
+    assert totals(quarter) == [109547] * 11 + [109548]
     # In whole yuan the extra interest is spread over the installments, not left to the last.
     rounded = build_schedule(ScheduleTerms(1200000, Decimal("0.1299"), 12, EQUAL_INSTALLMENT,
                                            installment_multiple_of_minor=100,
@@ -374,11 +385,13 @@ def test_the_first_period_is_charged_for_its_length() -> None:
 
 def test_a_first_period_longer_than_the_installment_pays_is_its_interest() -> None:
     """12000.00 at 36 % over 36 months is 549.65 a month; 93 days of interest are 1116.00.
-    The first installment is that interest, repaying nothing, never a negative principal."""
+    The first installment is that interest, repaying nothing, never a negative principal; the
+    other 35 repay the 12000.00 level, 558.47 each."""
     installments = build_schedule(ScheduleTerms(1200000, Decimal("0.36"), 36, EQUAL_INSTALLMENT,
                                                  first_period_days=93), FIRST_DUE)  # fmt: skip
     assert installments[0] == ScheduledInstallment(1, date(2025, 1, 31), 0, 111600, 0)
-    assert (installments[1].principal_minor, installments[1].interest_minor) == (18965, 36000)
+    assert (installments[1].principal_minor, installments[1].interest_minor) == (19847, 36000)
+    assert totals(installments)[1:] == [55847] * 34 + [55855]
 
 
 @given(
@@ -409,12 +422,16 @@ def test_every_first_period_keeps_the_schedule_sound(
         # Only the first installment's interest changes.
         assert [i.principal_minor for i in installments] == [i.principal_minor for i in a_month]
         assert installments[1:] == a_month[1:]
-    elif principal >= LEVEL_HOLDS_FROM_MINOR and term > 1:
-        # The level installment stays; the first repays what its interest leaves of it.
-        level = totals(a_month)[0]
-        first = installments[0]
-        assert first.total_minor == max(level, first.interest_minor)
-        assert totals(installments)[1:-1] == [level] * (term - 2)
+    elif principal >= LEVEL_HOLDS_FROM_MINOR and term > 2:
+        # Level over the first period's length: the first repays what its interest leaves of
+        # the level, or (its interest alone more than the level) nothing, and the others repay
+        # the principal level. The last differs by the rounding of the installments alone.
+        first, *body, last = totals(installments)
+        level = body[0]
+        assert body == [level] * (term - 2)
+        assert first == max(level, installments[0].interest_minor)
+        assert abs(level - exact_level(principal, rate, term, first_period)) <= 1
+        assert abs(last - level) <= 2 * term
 
 
 # --- equal principal, interest free -----------------------------------------------------

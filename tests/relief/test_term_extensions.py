@@ -178,13 +178,13 @@ async def test_an_extension_before_a_long_first_period_ends_keeps_its_interest(
     loan = await w.loan(principal="12000.00", term=12, disbursed_on="2026-01-01",
                         first_due_date="2026-04-03")  # fmt: skip
     first = (await schedule(w, loan["id"]))[0]
-    assert first[2:4] == ("673.39", "398.36")  # 92 days of interest
+    assert first[2:4] == ("697.11", "398.36")  # 92 days of interest
     await extend(w, loan["id"], months=6)
     rows = await schedule(w, loan["id"])
     assert len(rows) == 18
     # The same principal over the same first period owes the same interest; a month's would be
     # 129.90.
-    assert rows[0][1:4] == ("2026-04-03", "338.96", "398.36")
+    assert rows[0][1:4] == ("2026-04-03", "355.27", "398.36")
     assert sum(Decimal(r[2]) for r in rows) == Decimal("12000.00")
 
 
