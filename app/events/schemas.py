@@ -14,7 +14,7 @@ class EventRead(BaseModel):
 
     @classmethod
     def from_model(cls, event: Any) -> "EventRead":
-        # The position is the per-loan sequence receivers use to drop stale updates.
+        # The position is the per-loan sequence receivers order a loan's events by.
         return cls(
             id=event.id,
             type=event.type,

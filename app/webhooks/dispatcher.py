@@ -60,6 +60,9 @@ class Claimed:
     event_id: str
     body: bytes
     endpoint: Target
+    # The event's sequence and loan: one loan's events reach an endpoint in sequence order.
+    position: int
+    loan_id: str | None
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,7 @@ clients = SharedClient()
 
 
 def payload(event_type: str, created_at: datetime, data: dict[str, Any], position: int) -> bytes:
-    """``{type, timestamp, data}``; ``data.sequence`` lets receivers drop stale updates."""
+    """``{type, timestamp, data}``; ``data.sequence`` orders a loan's events for receivers."""
     body = {
         "type": event_type,
         "timestamp": created_at.isoformat().replace("+00:00", "Z"),
@@ -174,7 +177,7 @@ async def _claim(now: datetime, limit: int) -> list[Claimed]:
             select(d.id)
             .join(_endpoints, w.id == d.endpoint_id)
             .where(d.status == DeliveryStatus.PENDING, d.next_attempt_at <= now, w.enabled)
-            .order_by(d.next_attempt_at)
+            .order_by(d.next_attempt_at, d.event_position)
             .limit(limit)
             .with_for_update(of=_deliveries, skip_locked=True)
         )
@@ -191,7 +194,7 @@ async def _claim(now: datetime, limit: int) -> list[Claimed]:
         events = {
             r.position: r
             for r in await session.execute(
-                select(e.position, e.id, e.type, e.created_at, e.data).where(
+                select(e.position, e.id, e.loan_id, e.type, e.created_at, e.data).where(
                     e.position.in_({r.event_position for r in rows})
                 )
             )
@@ -212,7 +215,7 @@ async def _claim(now: datetime, limit: int) -> list[Claimed]:
     return [
         Claimed(
             r.id, r.attempts, events[r.event_position].id, bodies[r.event_position],
-            endpoints[r.endpoint_id],
+            endpoints[r.endpoint_id], r.event_position, events[r.event_position].loan_id,
         )
         for r in rows
     ]  # fmt: skip
@@ -252,18 +255,24 @@ async def _refused_targets(urls: set[str]) -> dict[str, str]:
 
 
 async def _send_all(claimed: Sequence[Claimed]) -> list[Outcome]:
-    """Every claimed delivery sent once, at most IN_FLIGHT at a time."""
+    """Every claimed delivery sent once, at most IN_FLIGHT at a time. One loan's events to one
+    endpoint go one after another in sequence order (a lane sends them together), so a
+    healthy endpoint sees a loan's history in the order it happened; other deliveries run
+    side by side."""
     refused = await _refused_targets({c.endpoint.url for c in claimed})
     client = clients.client()
-    queue = deque(claimed)
+    together: dict[tuple[str, str], list[Claimed]] = {}
+    for c in sorted(claimed, key=lambda c: c.position):
+        together.setdefault((c.endpoint.id, c.loan_id or c.event_id), []).append(c)
+    queue = deque(together.values())
     outcomes: list[Outcome] = []
 
     async def lane() -> None:
         while queue:
-            c = queue.popleft()
-            outcomes.append(await _send(client, c, refused.get(c.endpoint.url)))
+            for c in queue.popleft():
+                outcomes.append(await _send(client, c, refused.get(c.endpoint.url)))
 
-    await asyncio.gather(*(lane() for _ in range(min(IN_FLIGHT, len(claimed)))))
+    await asyncio.gather(*(lane() for _ in range(min(IN_FLIGHT, len(queue)))))
     return outcomes
 
 

@@ -132,5 +132,6 @@ class WebhookPayload(BaseModel):
     timestamp: datetime = Field(description="When the event was written, UTC")
     data: dict[str, Any] = Field(
         description="The event's fields (docs/webhooks.md) and `sequence`, which increases per "
-        "loan: drop an update whose sequence is lower than one you have applied"
+        "loan: keep a loan's state from the event with the highest sequence, but handle every "
+        "event once by its webhook-id, whatever its sequence (a retry can arrive late)"
     )

@@ -391,6 +391,30 @@ async def test_a_drain_of_several_batches_sends_each_once(
         assert await deliver(now + timedelta(seconds=6)) == 1
 
 
+async def test_a_loans_events_reach_an_endpoint_in_sequence_order(
+    client: httpx.AsyncClient,
+) -> None:
+    """The receiver is slow on the first request (the loan's creation): the loan's payments,
+    sent beside it, arrived first, and a subscriber told to drop updates older than one it
+    applied dropped the creation. Another loan's events still go side by side."""
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [("hang", 0.5)]
+        hook = await endpoint(w, receiver.url)
+        loan = await w.loan(principal="900.00", term=3)
+        for _ in range(4):
+            await w.pay(loan["id"], "10.00")
+        other = await w.loan()
+        assert await deliver() == 6
+        arrived = [r.verified(hook["secret"]) for r in receiver.received]
+        ours = [p for p in arrived if p["data"]["loan_id"] == loan["id"]]
+        assert [p["type"] for p in ours] == ["loan.created"] + ["payment.received"] * 4
+        sequences = [p["data"]["sequence"] for p in ours]
+        assert sequences == sorted(sequences)
+        # The other loan's creation did not wait behind the slow one.
+        assert arrived[0]["data"]["loan_id"] == other["id"]
+
+
 async def test_the_target_is_checked_again_at_delivery(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
