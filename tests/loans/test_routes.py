@@ -8,9 +8,10 @@ import httpx
 from sqlalchemy import func, select
 
 from app import clock
-from app.db import session_scope
+from app.db import database, driver_rows, session_scope
 from app.events.models import Event
 from app.ledger.models import LedgerTransaction
+from app.loans import service as loans
 from app.loans.models import Loan, LoanInstallment
 from tests.factories import world
 
@@ -324,3 +325,26 @@ async def test_installment_rows_are_stored_once(client: httpx.AsyncClient) -> No
     w = await world(client)
     await w.loan(term=24)
     assert await count(LoanInstallment) == 24
+
+
+async def test_the_loan_read_on_the_driver_is_sqlalchemys(client: httpx.AsyncClient) -> None:
+    """GET /v1/loans/{id} reads on asyncpg itself (db.driver_rows), skipping SQLAlchemy's
+    result processing: the same rows, value for value and type for type, with every date set
+    (a close's business date and delinquency date, an installment paid, a rate in ppm)."""
+    w = await world(client, annual_interest_rate="0.1299")
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-15")
+    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
+    await w.pay(loan["id"], "500.00")
+    async with database.read_connection() as connection:
+        on_driver = await driver_rows(connection, loans._LOAN_READ, {"loan_id": loan["id"]})
+        through = (await connection.execute(loans._LOAN_READ, {"loan_id": loan["id"]})).all()
+    assert len(on_driver) == 3
+    assert [tuple(row) for row in on_driver] == [tuple(row) for row in through]
+    assert [list(map(type, row)) for row in on_driver] == [list(map(type, row)) for row in through]
+    assert None not in (
+        on_driver[0][-1],
+        on_driver[0][loans.LoanRecord._fields.index("delinquency_as_of")],
+    )
+    read = await w.get(f"/v1/loans/{loan['id']}")
+    assert read["annual_interest_rate"] == "0.1299"
+    assert read["balances"]["principal_outstanding"] != "1200.00"
