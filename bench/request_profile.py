@@ -1,8 +1,9 @@
 """Where a payment's and a GET's time goes, in-process, on the book bench/http_load.py leaves
 behind: the app driven by httpx on its ASGI interface, one request at a time, with each service
 step of a payment timed (wall ms per payment, nested steps included in their callers), then a
-`GET /v1/loans/{id}`'s read taken apart (CPU ms per read: the pooled connection, the read through
-SQLAlchemy, the same SQL through the asyncpg connection, and the rendering).
+`GET /v1/loans/{id}`'s read taken apart (CPU ms per read: the pooled connection, the service's
+read with its checkout (on asyncpg itself since the fourteenth session, db.driver_rows), the
+same SQL on a connection held, and the rendering).
 
     .venv/bin/python bench/http_load.py --duration 10          # once: the bench book
     .venv/bin/python bench/request_profile.py [--payments 600] [--reads 3000]
@@ -137,7 +138,7 @@ async def profile_reads(key: str, loan_ids: list[str], count: int) -> None:
         driver_ms = await per_read(driver_read)
     print(f"GET /v1/loans/{{id}}'s read, CPU per read over {count}:")
     print(f"  pooled connection alone          {await per_read(checkout):.3f} ms")
-    print(f"  read through SQLAlchemy Core     {await per_read(read):.3f} ms")
+    print(f"  loans.read_loan, pooled          {await per_read(read):.3f} ms")
     print(f"  the same SQL through asyncpg     {driver_ms:.3f} ms (connection held)")
     print(f"  read and render                  {await per_read(read_and_render):.3f} ms")
     print(f"  the whole request, 32 at a time  {await whole_requests(key, loan_ids, count):.3f} ms")
