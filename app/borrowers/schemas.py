@@ -3,7 +3,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import MoneyStr, Name
+from app.api.fields import MoneyStr, Name, Reference
 from app.money import format_minor
 
 if TYPE_CHECKING:
@@ -15,7 +15,9 @@ Phone = Annotated[str, Field(min_length=5, max_length=32, pattern=r"^\+?[0-9][0-
 class BorrowerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    external_id: str = Field(min_length=1, max_length=100)
+    # The merchant's own reference for its customer, as merchant_order_ref for its order: a
+    # blank or space-led one would be a second customer to a look-up by it.
+    external_id: Reference
     name: Name
     phone: Phone
     monthly_income: MoneyStr | None = None

@@ -177,7 +177,8 @@ async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> Non
     before = await row_counts()
     good = {"external_id": "c", "name": "A", "phone": "+8613800138000"}
     for override in ({"phone": "call me"}, {"monthly_income": 8000}, {"monthly_income": "-1"},
-                     {"external_id": ""}, {"name": "x" * 300}, {"name": " \t "}):  # fmt: skip
+                     {"external_id": ""}, {"external_id": "  "}, {"external_id": " c-1"},
+                     {"name": "x" * 300}, {"name": " \t "}):  # fmt: skip
         response = await w.post("/v1/borrowers", {**good, **override})
         assert response.status_code == 422, (override, response.text)
     blank = await w.post("/v1/merchants", {"name": "  "}, headers=w.admin)
