@@ -133,10 +133,12 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
-        # FastAPI's answer to a JSON body it cannot even decode (bytes that are not text):
-        # the same 422 as any other body that is not JSON.
-        return _invalid([{"field": "body", "message": "not valid JSON (undecodable bytes)",
-                          "type": "json_invalid"}])  # fmt: skip
+        # FastAPI's answer to a JSON body its parser failed on other than as a syntax error:
+        # the same 422 as any other body that is not JSON. Bytes that are not text, since
+        # app/api/unambiguous.py refuses the rest first; the reason said only when it is that.
+        undecodable = isinstance(exc.__cause__, UnicodeDecodeError)
+        message = "not valid JSON (undecodable bytes)" if undecodable else "not valid JSON"
+        return _invalid([{"field": "body", "message": message, "type": "json_invalid"}])
     codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
     code = codes.get(exc.status_code, "http_error")
     headers = dict(exc.headers) if exc.headers else {}

@@ -7,12 +7,15 @@ request has written nothing, not even an idempotency claim:
   takes the last), and ``{"amount": "1.00", "amount": "2.00"}`` is not a payment of either;
 * a JSON body nested deeper than Python's parser recurses (about a thousand levels; no field
   nests more than three): every later parse of it would fail with a RecursionError;
+* a JSON body holding an integer of more digits than Python reads (4300): every later parse
+  of it would fail with a ValueError, which FastAPI took for bytes that are not text;
 * a query parameter given twice (``?status=active&status=delinquent``): no filter takes a
   list, and keeping the last value answered a different question than the one asked.
 """
 
 import json
 import re
+import sys
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -65,6 +68,42 @@ def duplicate_key(body: bytes) -> str | None:
     return None
 
 
+class _TooLong:
+    pass
+
+
+def _read_int(digits: str) -> object:
+    try:
+        return int(digits)
+    except ValueError:  # more digits than sys.get_int_max_str_digits()
+        return _TooLong()
+
+
+def too_long_number(body: bytes) -> str | None:
+    """The path (``channel``, ``items.0.amount``; ``body`` at the top) of an integer in the
+    JSON body with too many digits to read, if any."""
+    limit = sys.get_int_max_str_digits()
+    # A scan of the bytes first: most bodies have no digits to speak of, and need no parse.
+    # Only from the start of a run of digits, or a body of long runs takes quadratic time.
+    if not limit or re.search(rb"(?<![0-9])[0-9]{%d}" % (limit + 1), body) is None:
+        return None
+    try:
+        document = json.loads(body, parse_int=_read_int)
+    except (ValueError, RecursionError):
+        return None
+    # Iteratively: the body may nest almost as deeply as the parser recurses.
+    stack: list[tuple[tuple[str, ...], Any]] = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, _TooLong):
+            return ".".join(path) or "body"
+        if isinstance(value, dict):
+            stack.extend(((*path, key), item) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*path, str(i)), item) for i, item in reversed(list(enumerate(value))))
+    return None  # the digits were in a string
+
+
 class RefuseAmbiguousInput:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -73,7 +112,7 @@ class RefuseAmbiguousInput:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        where, duplicate, too_deep = None, None, False
+        where, duplicate, too_long, too_deep = None, None, None, False
         query = scope["query_string"]
         repeated = repeated_parameter(query) if b"&" in query else None
         if "\x00" in scope["path"]:
@@ -89,6 +128,8 @@ class RefuseAmbiguousInput:
                     duplicate = duplicate_key(body)
                 except TooDeeplyNested:
                     too_deep = True
+                if duplicate is None and not too_deep:
+                    too_long = too_long_number(body)
             receive = replay_body(body)
         if where is not None:
             response = problem(
@@ -114,6 +155,14 @@ class RefuseAmbiguousInput:
                 422, "validation_error", "Invalid request",
                 f"the body names the key {duplicate!r} twice in one object",
                 errors=[{"field": duplicate, "message": "given twice", "type": "duplicate_key"}],
+            )  # fmt: skip
+        elif too_long is not None:
+            response = problem(
+                422, "validation_error", "Invalid request",
+                f"the body's {too_long!r} holds a number too long to read (more than "
+                f"{sys.get_int_max_str_digits()} digits)",
+                errors=[{"field": too_long, "message": "a number too long to read",
+                         "type": "number_too_long"}],
             )  # fmt: skip
         else:
             await self.app(scope, receive, send)

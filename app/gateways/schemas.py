@@ -48,11 +48,15 @@ class NotificationType(StrEnum):
 
 
 class NotificationData(BaseModel):
+    # Gateways add fields of their own: those are ignored, not refused.
     model_config = ConfigDict(extra="ignore")
 
     loan_id: str = Field(min_length=1, max_length=40)
-    amount: MoneyStr | None = None
-    received_on: IsoDate | None = None
+    # Required for every type, as SPEC.md's payload has them: without them a failed debit was
+    # stored as 0.00 (and counted toward failed_debits), and a notification delivered late was
+    # dated the day it arrived.
+    amount: MoneyStr
+    received_on: IsoDate
     external_ref: Reference
     reason: str | None = Field(default=None, max_length=200)
 

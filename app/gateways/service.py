@@ -142,8 +142,6 @@ async def receive(
     data = notification.data
     result: dict[str, Any]
     if notification.type is NotificationType.DEBIT_SUCCEEDED:
-        if data.amount is None:
-            raise InvalidRequest.field("data.amount", "required for debit.succeeded")
         view = await payments_service.record_payment(
             session, system, loan_id=data.loan_id, amount=data.amount,
             received_on=data.received_on, channel="auto_debit", external_ref=data.external_ref,
@@ -231,17 +229,16 @@ async def _charge_back(
             f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
         )
     payment_id, payment_minor, currency = found
-    if data.amount is not None:
-        # A reversal takes back the whole payment: reversing 535.88 for a chargeback of 100.00
-        # would take 435.88 from the borrower that nobody charged back.
-        amount = parse_amount("data.amount", data.amount, currency)
-        if amount != payment_minor:
-            raise ChargebackAmountMismatch.field(
-                "data.amount",
-                f"is {format_minor(amount, currency)} but payment {payment_id} is "
-                f"{format_minor(payment_minor, currency)}: partial chargebacks are not "
-                "supported, a chargeback reverses the whole payment",
-            )
+    # A reversal takes back the whole payment: reversing 535.88 for a chargeback of 100.00
+    # would take 435.88 from the borrower that nobody charged back.
+    amount = parse_amount("data.amount", data.amount, currency)
+    if amount != payment_minor:
+        raise ChargebackAmountMismatch.field(
+            "data.amount",
+            f"is {format_minor(amount, currency)} but payment {payment_id} is "
+            f"{format_minor(payment_minor, currency)}: partial chargebacks are not "
+            "supported, a chargeback reverses the whole payment",
+        )
     view = await payments_service.reverse_payment(
         session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK,
         reversed_on=data.received_on, date_field="data.received_on",
@@ -266,9 +263,9 @@ async def _record_failed_debit(
         raise FailedDebitAlreadyRecorded(
             f"failed debit {recorded} with external_ref {data.external_ref} is already recorded"
         )
-    amount = parse_amount("data.amount", data.amount, loan.currency) if data.amount else 0
+    amount = parse_amount("data.amount", data.amount, loan.currency)
     today = clock.today()
-    attempted_on = data.received_on or today
+    attempted_on = data.received_on
     if not loan.disbursed_on <= attempted_on <= today:
         # It counts toward the failed_debits rule's window: a date outside the loan's life
         # would raise or hold a flag on nothing that happened.

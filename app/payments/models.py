@@ -1,7 +1,17 @@
 from datetime import date, datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, BigInteger, Date, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
@@ -22,7 +32,18 @@ class Payment(Base):
     __tablename__ = "payment"
     # A payment reported twice (by the POS and by the gateway, or a retry without an
     # Idempotency-Key) is caught by its external reference.
-    __table_args__ = (UniqueConstraint("loan_id", "external_ref"),)
+    __table_args__ = (
+        UniqueConstraint("loan_id", "external_ref"),
+        # The loans with a reversal dated on the close's date, which each close re-evaluates
+        # (app/risk/service.py, _may_change_overnight): reversals are few, the payments of a
+        # chunk's loans many.
+        Index(
+            "ix_payment_reversed_on",
+            "reversed_on",
+            postgresql_where=text("reversed_on IS NOT NULL"),
+            sqlite_where=text("reversed_on IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), index=True)

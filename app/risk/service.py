@@ -175,12 +175,13 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
     broken promises all need arrears), one with a flag open or fading or a score below
     perfect (flags clear, windows run out, cleared flags fade), one whose installment ended
     its grace today (the last periods partial_payments looks at move on), one whose debit
-    failed today (counted from today) and one whose promise or repayment plan broke today.
+    failed or payment was reversed today (counted from today) and one whose promise or
+    repayment plan broke today.
     Every other loan's features are yesterday's, and so are its flags
     (tests/close/test_overnight.py).
     """
     loan, product = Loan.__table__.c, Product.__table__.c
-    i, fd = LoanInstallment.__table__.c, FailedDebit.__table__.c
+    i, fd, p = LoanInstallment.__table__.c, FailedDebit.__table__.c, Payment.__table__.c
     as_of = bindparam("as_of", type_=Date)
     perfect = score_loan(0, [], date.min)
     # Due the day before today's grace ended, for any product's grace: a few loans too many
@@ -190,6 +191,8 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
     )
     # A debit that failed today was evaluated as of yesterday, when it did not count yet.
     debit_failed_today = select(fd.loan_id).where(scope(fd.loan_id), fd.attempted_on == as_of)
+    # So was a payment reversed as of today (dated after the business date it was made on).
+    reversed_today = select(p.loan_id).where(scope(p.loan_id), p.reversed_on == as_of)
     # A promise the close broke today: broken_promise, and partial_payments once its plan ends.
     pr = Promise.__table__.c
     promise_broken_today = select(pr.loan_id).where(scope(pr.loan_id), pr.broken_on == as_of)
@@ -203,6 +206,7 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
             loan.id.in_(_flagged_loans(scope)),
             loan.id.in_(grace_ended_today),
             loan.id.in_(debit_failed_today),
+            loan.id.in_(reversed_today),
             loan.id.in_(promise_broken_today),
         ),
     )
@@ -224,6 +228,7 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
         p.status == PaymentStatus.REVERSED.value,
         p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
         p.reversed_on > bindparam("reversals_after", type_=Date),
+        p.reversed_on <= as_of,
     )
     failed_lately = select(fd.loan_id).where(
         scope(fd.loan_id),
@@ -410,10 +415,13 @@ def _features_query(
             days_between(p.received_on, recent.c.previous_due_date) > recent.c.grace_days,
         ),
     )
+    # Not after the date evaluated, as failed debits: a reversal dated after the business date
+    # counts from the close of its date (``_may_change_overnight``), not before it happened.
     reversed_lately = and_(
         p.status == PaymentStatus.REVERSED.value,
         p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
         p.reversed_on > bindparam("reversals_after", type_=Date),
+        p.reversed_on <= as_of_sql,
     )
     per_period = (
         select(

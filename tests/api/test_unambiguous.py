@@ -107,6 +107,55 @@ async def test_a_body_nested_too_deeply_to_parse_is_refused(client: httpx.AsyncC
     assert await row_counts() == before
 
 
+async def test_a_number_too_long_to_read_is_refused_by_its_field(
+    client: httpx.AsyncClient,
+) -> None:
+    """Python reads no integer of more than 4300 digits: such a body is valid JSON, yet was
+    answered as bytes that are not text."""
+    w = await world(client)
+    loan = await w.loan()
+    before = await row_counts()
+    long = "9" * 5000
+    for body, field in (
+        (f'{{"amount": "1.00", "external_ref": "bi", "channel": {long}}}', "channel"),
+        (f'{{"amount": "1.00", "x": {{"y": [1, -{long}]}}}}', "x.y.1"),
+        (long, "body"),
+    ):  # fmt: skip
+        for headers in (w.merchant, {**w.merchant, "Idempotency-Key": "long-1"}):
+            response = await client.post(
+                f"/v1/loans/{loan['id']}/payments", content=body,
+                headers={**headers, "content-type": "application/json"},
+            )  # fmt: skip
+            assert response.status_code == 422, response.text
+            assert response.json()["errors"] == [
+                {"field": field, "message": "a number too long to read", "type": "number_too_long"}
+            ]
+    unsigned = await client.post(
+        "/v1/inbound/gateways/nobody", content=f'{{"type": {long}}}',
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    assert unsigned.json()["errors"][0]["type"] == "number_too_long", unsigned.text
+    assert await row_counts() == before
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
+    # As many digits as Python reads is a number like any other; in a string, text.
+    for body in (f'{{"amount": "1.00", "channel": {"9" * 4300}}}',
+                 f'{{"amount": "1.00", "channel": "{long}"}}'):  # fmt: skip
+        response = await client.post(
+            f"/v1/loans/{loan['id']}/payments", content=body,
+            headers={**w.merchant, "content-type": "application/json"},
+        )  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert {e["field"] for e in response.json()["errors"]} == {"channel"}
+        assert response.json()["errors"][0]["type"] != "number_too_long"
+    # Bytes that are not text still say so.
+    response = await client.post(
+        "/v1/borrowers", content=b"\x80\x81",
+        headers={**w.merchant, "content-type": "application/json"},
+    )  # fmt: skip
+    assert response.json()["errors"][0]["message"] == "not valid JSON (undecodable bytes)"
+
+
 async def test_a_query_parameter_given_twice_is_refused(client: httpx.AsyncClient) -> None:
     w = await world(client)
     got = await client.get("/v1/loans?status=active&status=delinquent", headers=w.admin)

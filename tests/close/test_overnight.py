@@ -26,6 +26,7 @@ from app.risk import service as risk
 from app.risk.models import RiskFlag
 from tests.close.test_batch_agrees import ADMIN, START, build, reset
 from tests.close.test_batch_agrees import loan as loan_spec
+from tests.factories import world
 from tests.risk.test_flags import close, flags, loan, setup, six_month_loan
 
 # (night, which loan, what happens, how much: percent of the principal / 12)
@@ -204,3 +205,25 @@ async def test_debits_failing_after_the_business_date_count_from_their_night(
     await close(w, "2026-01-11")
     flag = (await flags(w, loan_id))["failed_debits"]
     assert (flag["raised_on"], flag["evidence"]["failed_debits"]) == ("2026-01-11", 2)
+
+
+async def test_reversals_dated_after_the_business_date_count_from_their_night(
+    client: httpx.AsyncClient,
+) -> None:
+    """As a failed debit: the 60 days end on the date evaluated, so a reversal dated the day
+    after the business date raised a flag dated before it happened."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-15"))["id"]
+    await close(w, "2026-09-10")
+    paid = await w.pay(loan_id, "100.00", "2026-09-05")
+    await w.post(f"/v1/payments/{paid['id']}/reverse",
+                 {"reason": "nsf", "reversed_on": "2026-09-11"}, expect=200)  # fmt: skip
+    assert "payment_reversal" not in await flags(w, loan_id)
+    # Nor does the set-based path count it as of the business date.
+    await w.post("/v1/risk/runs", {"as_of": "2026-09-10"}, headers=w.admin, expect=201)
+    assert "payment_reversal" not in await flags(w, loan_id)
+    await close(w, "2026-09-11")
+    flag = (await flags(w, loan_id))["payment_reversal"]
+    assert (flag["raised_on"], flag["severity"]) == ("2026-09-11", "medium")
+    assert flag["evidence"]["latest_reversed_on"] == "2026-09-11"

@@ -151,6 +151,7 @@ async def test_dpd_roll_forward(client: httpx.AsyncClient) -> None:
 async def test_payment_reversal(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     loan_id = await loan(w)
+    await close(w, "2026-01-19")  # every reversal below dated by then: each counts at once
 
     async def bounced(amount: str, received_on: str, reversed_on: str, reason: str) -> str:
         paid = await w.pay(loan_id, amount, received_on)

@@ -136,18 +136,21 @@ async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient
     loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
     paid = await debited(client, secret, loan["id"], "50.00", "2026-01-20")
     # The chargeback's date is its received_on: not before the payment it takes back.
-    early = notification("payment.charged_back", loan["id"], received_on="2026-01-19")
+    early = notification("payment.charged_back", loan["id"], amount="50.00",
+                         received_on="2026-01-19")  # fmt: skip
     refused = await post(client, *signed(secret, early, "msg_early"))
     assert refused.status_code == 422, refused.text
     assert refused.json()["errors"][0]["field"] == "data.received_on"
-    body = notification("payment.charged_back", loan["id"], received_on="2026-02-03")
+    body = notification("payment.charged_back", loan["id"], amount="50.00",
+                        received_on="2026-02-03")  # fmt: skip
     response = await post(client, *signed(secret, body, "msg_3"))
     assert response.status_code == 200, response.text
     got = await w.get(f"/v1/payments/{paid['id']}")
     assert (got["status"], got["reversal_reason"]) == ("reversed", "chargeback")
     assert got["reversed_on"] == "2026-02-03"
     raw, headers = signed(secret, notification("payment.charged_back", loan["id"],
-                                               external_ref="nope"), "msg_4")  # fmt: skip
+                                               external_ref="nope", amount="50.00",
+                                               received_on="2026-02-03"), "msg_4")  # fmt: skip
     missing = await post(client, raw, headers)
     assert missing.status_code == 404
     assert missing.json()["code"] == "payment_not_found"
@@ -182,19 +185,20 @@ async def test_bad_signatures_and_stale_timestamps_record_nothing(
 async def test_unknown_loans_and_malformed_bodies(client: httpx.AsyncClient) -> None:
     w = await world(client)
     secret = await gateway(w)
-    raw, headers = signed(secret, notification("debit.succeeded", "loan_nope", amount="1.00"),
-                          "msg_8")  # fmt: skip
+    raw, headers = signed(secret, notification("debit.succeeded", "loan_nope", amount="1.00",
+                                               received_on="2026-02-10"), "msg_8")  # fmt: skip
     response = await post(client, raw, headers)
     assert response.status_code == 404
     assert response.json()["code"] == "loan_not_found"
     for i, (body, fields) in enumerate([
         ({"type": "debit.exploded", "timestamp": "2026-02-10T08:00:00Z", "data": {}},
-         {"type", "data.loan_id", "data.external_ref"}),
+         {"type", "data.loan_id", "data.amount", "data.received_on", "data.external_ref"}),
         ({"type": "debit.succeeded", "timestamp": "2026-02-10T08:00:00Z",
-          "data": {"loan_id": "x", "external_ref": "r", "amount": 10.5}}, {"data.amount"}),
+          "data": {"loan_id": "x", "external_ref": "r", "amount": 10.5,
+                   "received_on": "2026-02-10"}}, {"data.amount"}),
         ({"type": "debit.failed", "timestamp": "yesterday",
           "data": {"loan_id": "x", "external_ref": "r", "amount": "-1.00"}},
-         {"timestamp", "data.amount"}),
+         {"timestamp", "data.amount", "data.received_on"}),
         ({"nothing": True}, {"type", "timestamp", "data"}),
         ([], {"body"}),
     ]):  # fmt: skip
@@ -270,6 +274,41 @@ async def test_every_error_names_the_field_where_the_body_has_it(
     assert await count(Payment) == 0
     assert await count(FailedDebit) == 0
     assert await count(InboundNotification) == 0
+
+
+async def test_every_field_but_the_reason_is_required_whatever_the_type(
+    client: httpx.AsyncClient,
+) -> None:
+    """A debit.failed without its amount was stored as a failed debit of 0.00, dated today,
+    and counted toward the failed_debits flag. Each type needs SPEC.md's whole payload, and a
+    refused notification is not recorded: corrected, it goes through."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    paid = await debited(client, secret, loan["id"], "50.00", "2026-01-20", "dd-paid")
+    whole = {"amount": "50.00", "received_on": "2026-02-03", "external_ref": "dd-paid"}
+    for type_ in ("debit.failed", "debit.succeeded", "payment.charged_back"):
+        for field in ("loan_id", "amount", "received_on", "external_ref"):
+            body = notification(type_, loan["id"], **whole)
+            del body["data"][field]
+            response = await post(client, *signed(secret, body, f"msg_{type_}_{field}"))
+            assert response.status_code == 422, (type_, field, response.text)
+            problem = response.json()
+            assert problem["code"] == "validation_error"
+            assert [e["field"] for e in problem["errors"]] == [f"data.{field}"], (type_, field)
+    assert await count(Payment) == 1
+    assert await count(FailedDebit) == 0
+    assert await count(InboundNotification) == 1  # the debit's
+    assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "applied"
+    # Corrected, under a new webhook-id (a field the gateway adds of its own is ignored).
+    body = notification("debit.failed", loan["id"], amount="106.62", received_on="2026-02-10",
+                        external_ref="f2", gateway_txn="tx-9")  # fmt: skip
+    response = await post(client, *signed(secret, body, "msg_failed_corrected"))
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "processed"
+    result = response.json()["result"]
+    assert (result["amount"], result["attempted_on"]) == ("106.62", "2026-02-10")
+    assert await count(FailedDebit) == 1
 
 
 async def test_the_timestamp_is_an_rfc_3339_string(client: httpx.AsyncClient) -> None:
