@@ -105,7 +105,8 @@ async def grade_borrowers(
                 "previous_grade": row.risk_grade, "grade": row.new_grade, "reasons": codes,
                 "as_of": as_of.isoformat()}))  # fmt: skip
         change = next_limit(
-            grade=row.new_grade, credit_limit_minor=row.credit_limit_minor,
+            previous_grade=row.risk_grade, grade=row.new_grade,
+            credit_limit_minor=row.credit_limit_minor,
             exposure_minor=row.exposure, limit_before_cut_minor=row.limit_before_cut_minor,
             limit_changed_on=row.limit_changed_on, clean_since=_clean_since(row),
             clean_days_required=rules.limit_recovery_clean_days, as_of=as_of,
@@ -174,9 +175,7 @@ def _grading_statement(one_borrower: bool, has_low: bool, has_high: bool) -> Any
         .select_from(borrower.outerjoin(worst, worst.c.borrower_id == borrower.c.id))
         .where(
             borrower.c.id.in_(scope),
-            (new_grade != borrower.c.risk_grade)
-            | borrower.c.limit_before_cut_minor.is_not(None)
-            | new_grade.in_(("D", "E")),
+            (new_grade != borrower.c.risk_grade) | borrower.c.limit_before_cut_minor.is_not(None),
         )
         # Only the borrowers that may change are locked, in id order: chunks sharing one
         # wait for each other (no deadlock), and the second re-reads the first's grade
