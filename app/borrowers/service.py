@@ -251,13 +251,18 @@ async def list_borrowers(
 async def set_credit_limit(
     session: AsyncSession, principal: Principal, *, borrower_id: str, credit_limit: str
 ) -> BorrowerView:
-    """An admin's override. It may go below the exposure: then nothing more can be lent."""
+    """An admin's override. It may go below the exposure: then nothing more can be lent. It
+    stands until the grade next falls to D or E; recovery after a cut climbs on from it, and
+    an override at or above the limit the cut remembered leaves nothing to restore."""
     principal.require(Role.ADMIN)
     borrower = await get_borrower(session, principal, borrower_id=borrower_id, for_update=True)
     new_limit = parse_amount("credit_limit", credit_limit, borrower.currency, allow_zero=True)
     old_limit = borrower.credit_limit_minor
     if new_limit != old_limit:
         borrower.credit_limit_minor = new_limit
+        remembered = borrower.limit_before_cut_minor
+        if remembered is not None and new_limit >= remembered:
+            borrower.limit_before_cut_minor = None
         await events.emit(
             session,
             "borrower.credit_limit_changed",

@@ -5,7 +5,7 @@ from datetime import date
 from functools import lru_cache
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, and_, bindparam, case, func, select
+from sqlalchemy import Date, Table, and_, bindparam, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.borrowers.models import Borrower
@@ -75,8 +75,10 @@ async def grade_borrowers(
     rules: RiskRules | None = None,
 ) -> dict[str, int]:
     """Re-grade the borrowers of the loans in the range (or one borrower): their grade is their
-    worst open loan's; a change is an event and may move the credit limit. ``rules``: the
-    thresholds in force, when the caller has read them already.
+    worst open loan's, its reasons their open flags' codes; a change of grade is an event and
+    may move the credit limit, a change of reasons alone is written without one (the flags'
+    own events announced it). ``rules``: the thresholds in force, when the caller has read
+    them already.
 
     In bulk: a first close over a large book re-grades hundreds of thousands of borrowers."""
     if rules is None:
@@ -84,9 +86,8 @@ async def grade_borrowers(
     bounds = {"borrower_id": borrower_id, "low": low, "high": high}
     params = {name: value for name, value in bounds.items() if value is not None}
     statement = _grading_statement(borrower_id is not None, low is not None, high is not None)
-    rows = (await session.execute(statement, params)).all()
-    regraded = [row for row in rows if row.new_grade != row.risk_grade]
-    reasons = await _open_flag_codes(session, [row.id for row in regraded])
+    rows = (await session.execute(statement, {**params, "as_of": as_of})).all()
+    reasons = await _open_flag_codes(session, [row.id for row in rows])
     updates: dict[str, dict[str, Any]] = {}
     grade_events: list[dict[str, Any]] = []
     limit_events: list[dict[str, Any]] = []
@@ -96,17 +97,21 @@ async def grade_borrowers(
                       "credit_limit_minor": row.credit_limit_minor,
                       "limit_before_cut_minor": row.limit_before_cut_minor,
                       "limit_changed_on": row.limit_changed_on}  # fmt: skip
+        codes = reasons.get(row.id, [])
+        if codes != list(row.risk_reasons or []):
+            update_row.update(risk_reasons=codes)
+            updates[row.id] = update_row
         if row.new_grade != row.risk_grade:
-            codes = reasons.get(row.id, [])
-            update_row.update(risk_grade=row.new_grade, risk_reasons=codes)
+            update_row.update(risk_grade=row.new_grade)
             updates[row.id] = update_row
             grade_events.append(_event("risk.grade_changed", {
                 "borrower_id": row.id, "merchant_id": row.merchant_id,
                 "previous_grade": row.risk_grade, "grade": row.new_grade, "reasons": codes,
                 "as_of": as_of.isoformat()}))  # fmt: skip
         change = next_limit(
-            grade=row.new_grade, credit_limit_minor=row.credit_limit_minor,
-            exposure_minor=row.exposure, limit_before_cut_minor=row.limit_before_cut_minor,
+            previous_grade=row.risk_grade, grade=row.new_grade,
+            credit_limit_minor=row.credit_limit_minor, exposure_minor=row.exposure,
+            limit_before_cut_minor=row.limit_before_cut_minor,
             limit_changed_on=row.limit_changed_on, clean_since=_clean_since(row),
             clean_days_required=rules.limit_recovery_clean_days, as_of=as_of,
         )  # fmt: skip
@@ -134,15 +139,28 @@ async def grade_borrowers(
 def _grading_statement(one_borrower: bool, has_low: bool, has_high: bool) -> Any:
     """The borrowers in scope that may change, with their loans' worst grade, exposure and
     history, locked: built once per scope shape (building it was an eighth of a payment's CPU),
-    the borrower id or the loan-id bounds bound at execution."""
+    the borrower id or the loan-id bounds, and the date graded, bound at execution.
+
+    May change: the grade moves, a cut limit may recover, or a flag was raised or cleared on
+    the date graded (the reasons may move; every evaluation dates its flags with the date the
+    grading that follows it is for)."""
     borrower, loan = cast(Table, Borrower.__table__), cast(Table, Loan.__table__)
+    flag = cast(Table, RiskFlag.__table__)
     scope: Any
+    flags_in_scope: Any
     if one_borrower:
         scope = [bindparam("borrower_id")]
+        flags_in_scope = flag.c.borrower_id == bindparam("borrower_id")
     else:
         low: Any = bindparam("low") if has_low else None
         high: Any = bindparam("high") if has_high else None
         scope = select(loan.c.borrower_id).where(delinquency.in_range(loan.c.id, low, high))
+        # Each flag is its loan's chunk's to find, its borrower being in that chunk's scope.
+        flags_in_scope = delinquency.in_range(flag.c.loan_id, low, high)
+    as_of = bindparam("as_of", type_=Date)
+    flags_moved = select(flag.c.borrower_id).where(
+        flags_in_scope, or_(flag.c.raised_on == as_of, flag.c.cleared_on == as_of)
+    )
     is_open = loan.c.status.in_(OPEN_STATUSES)
     # Over all the borrower's loans: the grade and exposure of the open ones, and the history
     # (first disbursement, last cure) that says how long they have been without arrears.
@@ -176,7 +194,7 @@ def _grading_statement(one_borrower: bool, has_low: bool, has_high: bool) -> Any
             borrower.c.id.in_(scope),
             (new_grade != borrower.c.risk_grade)
             | borrower.c.limit_before_cut_minor.is_not(None)
-            | new_grade.in_(("D", "E")),
+            | borrower.c.id.in_(flags_moved),
         )
         # Only the borrowers that may change are locked, in id order: chunks sharing one
         # wait for each other (no deadlock), and the second re-reads the first's grade

@@ -1,7 +1,9 @@
 """How a borrower's credit limit follows the grade: pure, no I/O (docs/risk.md).
 
-- Grade D or E: the limit is cut to the current exposure (nothing more can be lent, nothing
-  already lent is called in); the limit before the cut is remembered.
+- A fall to grade D or E (from a better grade, or from D to E): the limit is cut to the
+  current exposure (nothing more can be lent, nothing already lent is called in); the limit
+  before the cut is remembered. Only the fall cuts: while the grade stays, the limit stays
+  (an admin's override stands, repayments free headroom under the cut limit).
 - Back at A or B after sustained good behaviour — nothing past due for
   ``limit_recovery_clean_days`` (default 182: six months on book without days past due) — the
   limit climbs back towards the remembered one by a quarter of it at a time, at most once every
@@ -24,6 +26,7 @@ class LimitChange:
 
 def next_limit(
     *,
+    previous_grade: str,
     grade: str,
     credit_limit_minor: int,
     exposure_minor: int,
@@ -33,14 +36,19 @@ def next_limit(
     clean_days_required: int,
     as_of: date,
 ) -> LimitChange | None:
-    """``clean_since``: since when the borrower has had no days past due (None: past due now)."""
+    """``clean_since``: since when the borrower has had no days past due (None: past due now).
+    ``previous_grade``: the borrower's grade before this grading (``grade`` when unchanged)."""
     if grade in ("D", "E"):
-        if credit_limit_minor <= exposure_minor:
+        # Grades are letters, worse later: E to D is a recovery, not a reason to cut again.
+        if grade <= previous_grade or credit_limit_minor <= exposure_minor:
             return None
         return LimitChange(
             exposure_minor, limit_before_cut_minor or credit_limit_minor, f"grade_{grade}"
         )
     if grade not in ("A", "B") or limit_before_cut_minor is None or clean_since is None:
+        return None
+    # An admin's override at or above the remembered limit: recovery would lower it.
+    if credit_limit_minor >= limit_before_cut_minor:
         return None
     if (as_of - clean_since).days < clean_days_required:
         return None

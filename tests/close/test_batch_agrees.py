@@ -1,23 +1,25 @@
 """The set-based close and the per-loan path (rules.py, used by payments) agree on every loan
 of randomized portfolios: the same days past due, bucket, status and late fees, and the same
-risk flags and scores (the batch evaluates only loans some rule could flag)."""
+risk flags and scores (the batch evaluates only loans some rule could flag); and on every
+borrower: the same grade, reasons and credit limit."""
 
 from datetime import date, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from app.api.auth import Principal
 from app.api_keys.models import Role
 from app.borrowers import service as borrowers_service
+from app.borrowers.models import Borrower
 from app.close import service as close_service
 from app.db import session_scope
 from app.delinquency import rules
 from app.delinquency import service as delinquency
 from app.loans import service as loans_service
-from app.loans.models import Loan, LoanInstallment
+from app.loans.models import OPEN_STATUSES, Loan, LoanInstallment
 from app.loans.schedule import default_first_due_date
 from app.merchants import service as merchants_service
 from app.models import Base
@@ -25,7 +27,9 @@ from app.payments import service as payments_service
 from app.payments.errors import AmountExceedsPayoff
 from app.products import service as products_service
 from app.products.schemas import ProductCreate
+from app.risk import grades
 from app.risk import service as risk
+from app.risk.models import FlagStatus, RiskFlag
 
 ADMIN = Principal(api_key_id="test", role=Role.ADMIN)
 START = date(2025, 6, 1)
@@ -94,6 +98,39 @@ async def build(portfolio: list[dict[str, Any]]) -> None:
                         session, ADMIN, payment_id=paid.payment.id, reason="nsf",
                         reversed_on=received,
                     )  # fmt: skip
+
+
+async def borrowers_agree(as_of: date) -> None:
+    """Every borrower's grade is their worst open loan's, their reasons their open flags'
+    codes; re-grading them as of the date they were graded, in bulk and one by one, changes
+    no grade, reason or limit."""
+    async with session_scope() as session:
+        borrowers = select(
+            Borrower.id, Borrower.risk_grade, Borrower.risk_reasons, Borrower.credit_limit_minor,
+            Borrower.limit_before_cut_minor,
+        )  # fmt: skip
+        stored = {row.id: tuple(row) for row in await session.execute(borrowers)}
+        worst = dict(
+            (await session.execute(
+                select(Loan.borrower_id, func.max(Loan.risk_grade))
+                .where(Loan.status.in_(OPEN_STATUSES)).group_by(Loan.borrower_id)
+            )).all()
+        )  # fmt: skip
+        codes: dict[str, set[str]] = {}
+        for borrower_id, code in await session.execute(
+            select(RiskFlag.borrower_id, RiskFlag.code).where(RiskFlag.status == FlagStatus.OPEN)
+        ):
+            codes.setdefault(borrower_id, set()).add(code)
+        for borrower_id, (_, grade, reasons, _, _) in stored.items():
+            assert grade == worst.get(borrower_id, "A"), borrower_id
+            assert reasons == sorted(codes.get(borrower_id, ())), borrower_id
+        unchanged = {"grades_changed": 0, "limits_changed": 0}
+        assert await grades.grade_borrowers(session, as_of) == unchanged
+        for borrower_id in stored:
+            counts = await grades.grade_borrowers(session, as_of, borrower_id=borrower_id)
+            assert counts == unchanged, borrower_id
+        assert {row.id: tuple(row) for row in await session.execute(borrowers)} == stored
+        await session.rollback()
 
 
 async def installments_by_loan() -> dict[str, list[LoanInstallment]]:
@@ -169,3 +206,4 @@ async def test_batch_close_agrees_with_the_per_loan_rules(
         rescored = dict((await session.execute(select(Loan.id, Loan.risk_score))).all())
         assert rescored == scores
         await session.rollback()
+    await borrowers_agree(close_date)

@@ -24,7 +24,7 @@ from app.payments.errors import AmountExceedsPayoff
 from app.payments.models import Payment, PaymentStatus
 from app.risk import service as risk
 from app.risk.models import RiskFlag
-from tests.close.test_batch_agrees import ADMIN, START, build, reset
+from tests.close.test_batch_agrees import ADMIN, START, borrowers_agree, build, reset
 from tests.close.test_batch_agrees import loan as loan_spec
 from tests.factories import world
 from tests.risk.test_flags import close, flags, loan, setup, six_month_loan
@@ -161,6 +161,8 @@ async def test_nights_after_the_first_leave_what_a_full_evaluation_finds(
             assert counts["flags_raised"] == counts["flags_cleared"] == 0, (loan_id, counts)
             assert counts["flags_changed"] == 0, (loan_id, counts)
     assert await flags_and_scores() == (flags, scores)
+    # The borrowers the nights and the payments between them graded: as a full re-grade finds.
+    await borrowers_agree(last)
 
 
 # What only the passing of the night reveals, through the API: the closes below run one date

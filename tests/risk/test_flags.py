@@ -674,6 +674,84 @@ async def test_grades_move_the_credit_limit(client: httpx.AsyncClient) -> None:
     assert got["credit_limit"] == "8700.00"  # 1200.00 + 30000.00 / 4
 
 
+async def limit_events(w: World, borrower_id: str) -> list[tuple[str, str]]:
+    page = await w.get("/v1/events?type=borrower.credit_limit_changed&limit=200", headers=w.admin)
+    return [(e["data"]["credit_limit"], e["data"]["reason"]) for e in page["items"]
+            if e["data"]["borrower_id"] == borrower_id]  # fmt: skip
+
+
+async def test_an_admin_override_stands_until_the_next_grade_change(
+    client: httpx.AsyncClient,
+) -> None:
+    """The cut to the exposure comes with the fall to D or E, not with every payment after it:
+    a limit an admin sets then holds while the grade does, and the next fall cuts it again."""
+    w = await setup(client)
+    borrower = await w.borrower(monthly_income="10000.00")  # limit 30000.00
+    loan_id = await loan(w, borrower["id"])
+    await close(w, "2026-03-12")  # 30 days late, never paid: grade D
+    graded = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (graded["risk_grade"], graded["credit_limit"]) == ("D", "1200.00")
+    patched = await client.patch(f"/v1/borrowers/{borrower['id']}",
+                                 json={"credit_limit": "20000.00"}, headers=w.admin)  # fmt: skip
+    assert (patched.status_code, patched.json()["credit_limit"]) == (200, "20000.00")
+    # Interest, then principal: payments that move no grade move no limit.
+    for _ in range(2):
+        await w.pay(loan_id, "10.00", "2026-03-12")
+        got = await w.get(f"/v1/borrowers/{borrower['id']}")
+        assert (got["risk_grade"], got["credit_limit"]) == ("D", "20000.00")
+    assert got["exposure"] == "1192.00"
+    assert got["available_limit"] == "18808.00"
+    assert await limit_events(w, borrower["id"]) == [
+        ("1200.00", "grade_D"), ("20000.00", "admin_override"),
+    ]  # fmt: skip
+    await close(w, "2026-04-14")  # three installments missed: E, and the override is cut
+    got = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (got["risk_grade"], got["credit_limit"]) == ("E", "1192.00")
+    assert (await limit_events(w, borrower["id"]))[2:] == [("1192.00", "grade_E")]
+
+
+async def test_recovery_never_lowers_an_admin_override(client: httpx.AsyncClient) -> None:
+    """An override at or above the limit the cut remembered leaves nothing to restore."""
+    w = await setup(client)
+    borrower = await w.borrower(monthly_income="10000.00")  # limit 30000.00
+    loan_id = await loan(w, borrower["id"])
+    await close(w, "2026-03-12")  # grade D: cut to 1200.00, 30000.00 remembered
+    rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
+    rules["limit_recovery_clean_days"] = 31
+    await client.put("/v1/risk/rules", json=rules, headers=w.admin)
+    payoff = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["payoff_amount"]
+    await w.pay(loan_id, payoff, "2026-03-12")
+    patched = await client.patch(f"/v1/borrowers/{borrower['id']}",
+                                 json={"credit_limit": "40000.00"}, headers=w.admin)  # fmt: skip
+    assert patched.status_code == 200, patched.text
+    await close(w, "2026-05-12")  # long past the clean days, at grade A
+    got = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (got["risk_grade"], got["credit_limit"]) == ("A", "40000.00")
+    assert [reason for _, reason in await limit_events(w, borrower["id"])] == [
+        "grade_D", "admin_override",
+    ]  # fmt: skip
+
+
+async def test_the_reasons_follow_the_open_flags_without_a_grade_change(
+    client: httpx.AsyncClient,
+) -> None:
+    """The close raises flags that leave the grade at A, a payment clears them: each time the
+    borrower's reasons are their open flags, and no grade change is announced."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    borrower_id = (await w.get(f"/v1/loans/{loan_id}"))["borrower_id"]
+    await close(w, "2026-02-20")  # 10 days late: first_payment_default, dpd_roll_forward
+    got = await w.get(f"/v1/borrowers/{borrower_id}")
+    assert got["risk_grade"] == "A"
+    assert got["risk_reasons"] == ["dpd_roll_forward", "first_payment_default"]
+    assert got["risk_reasons"] == sorted(f["code"] for f in got["open_flags"])
+    await w.pay(loan_id, "412.00", "2026-02-20")  # the installment: both cleared
+    got = await w.get(f"/v1/borrowers/{borrower_id}")
+    assert (got["risk_grade"], got["risk_reasons"], got["open_flags"]) == ("A", [], [])
+    changed = await w.get("/v1/events?type=risk.grade_changed", headers=w.admin)
+    assert changed["items"] == []
+
+
 async def test_loans_listed_by_open_flag(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     late, on_time = await loan(w), await loan(w)

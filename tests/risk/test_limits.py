@@ -9,7 +9,7 @@ AS_OF = date(2026, 9, 30)
 
 def move(**overrides: object) -> tuple[int, int | None, str] | None:
     given: dict[str, object] = {
-        "grade": "A", "credit_limit_minor": 1_000, "exposure_minor": 500,
+        "previous_grade": "A", "grade": "A", "credit_limit_minor": 1_000, "exposure_minor": 500,
         "limit_before_cut_minor": 10_000, "limit_changed_on": date(2026, 1, 1),
         "clean_since": date(2026, 3, 1), "clean_days_required": 182, "as_of": AS_OF,
     }  # fmt: skip
@@ -23,6 +23,16 @@ def test_grade_d_or_e_cuts_to_exposure_and_remembers_the_limit() -> None:
         500, 8_000, "grade_D",
     )  # fmt: skip
     assert move(grade="E", credit_limit_minor=500) is None  # nothing left to cut
+    assert move(previous_grade="D", grade="E", credit_limit_minor=8_000) == (
+        500, 10_000, "grade_E",
+    )  # fmt: skip
+
+
+def test_only_the_fall_to_d_or_e_cuts() -> None:
+    # The grade held: the limit (an admin's override, say) stays whatever the exposure.
+    assert move(previous_grade="D", grade="D", credit_limit_minor=8_000) is None
+    assert move(previous_grade="E", grade="E", credit_limit_minor=8_000) is None
+    assert move(previous_grade="E", grade="D", credit_limit_minor=8_000) is None  # better
 
 
 def test_recovery_waits_for_sustained_good_behaviour() -> None:
@@ -37,3 +47,4 @@ def test_recovery_is_monthly_gradual_and_stops_at_the_remembered_limit() -> None
     assert move(credit_limit_minor=9_000) == (10_000, None, "recovery")
     assert move(grade="C") is None
     assert move(limit_before_cut_minor=None) is None  # never cut: nothing to restore
+    assert move(credit_limit_minor=12_000) is None  # an override above it: never lowered
