@@ -14,6 +14,10 @@ class TransactionKind(StrEnum):
     REFUND = "refund"
     LATE_FEE = "late_fee"
     FEE_WAIVER = "fee_waiver"
+    # A replay's doing, never read back into one: a back-dated payoff shows an installment was
+    # never late, so its late fee is taken back; a reversal of that payoff owes it again.
+    LATE_FEE_FORGIVEN = "late_fee_forgiven"
+    LATE_FEE_REINSTATED = "late_fee_reinstated"
 
 
 class LedgerTransaction(Base):

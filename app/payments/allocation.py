@@ -14,6 +14,8 @@ payoff reported after a close charged them), and forgives those on installments 
 
 Balances are never patched in place: they are the result of replaying every applied payment in
 order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
+A late fee is never re-dated: a replay only forgives it (a payoff before its installment was
+due) or, when the payoff is gone or later, owes it again; the ledger records either change.
 """
 
 from collections.abc import Iterable, Sequence
@@ -167,6 +169,28 @@ def fees_to_waive(position: LoanPosition, day: date, cap_minor: int | None) -> d
             waived[inst.seq] = amount
             left = None if left is None else left - amount
     return waived
+
+
+def late_fees_forgiven(position: LoanPosition) -> dict[int, int]:
+    """The late fees the replay forgave, by installment (a payoff before it was due). Of the
+    fees an installment had waived, late fees count first: charged after its scheduled fee,
+    they are what payments, paying the oldest charge first, reached last."""
+    forgiven = {
+        inst.seq: min(inst.fees_waived_minor, sum(f.amount_minor for f in inst.terms.late_fees))
+        for inst in position.installments
+    }
+    return {seq: amount for seq, amount in forgiven.items() if amount}
+
+
+def late_fee_changes(position: LoanPosition, recorded: dict[int, int]) -> dict[int, int]:
+    """What the ledger must add, by installment, to agree with the replayed ``position`` when it
+    has ``recorded`` so much forgiven: more forgiven (> 0) or owed again (< 0)."""
+    forgiven = late_fees_forgiven(position)
+    changes = {
+        seq: forgiven.get(seq, 0) - recorded.get(seq, 0)
+        for seq in sorted(forgiven.keys() | recorded.keys())
+    }
+    return {seq: change for seq, change in changes.items() if change}
 
 
 def replay(installments: Sequence[InstallmentTerms], payments: Iterable[PaymentIn]) -> LoanPosition:

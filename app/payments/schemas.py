@@ -71,7 +71,12 @@ class PaymentRead(BaseModel):
 class TransactionRead(BaseModel):
     id: str
     loan_id: str
-    kind: str
+    kind: str = Field(
+        description="disbursement, payment, reversal, refund, late_fee, fee_waiver, "
+        "late_fee_forgiven (a payoff dated before the installment was due: never late), "
+        "late_fee_reinstated (that payoff reversed); amounts are positive, the kind says "
+        "which way they count"
+    )
     amount: str
     currency: str
     effective_on: date

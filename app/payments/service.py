@@ -39,6 +39,7 @@ from app.payments.allocation import (
     LoanPosition,
     PaymentIn,
     fees_to_waive,
+    late_fee_changes,
     replay,
 )
 from app.payments.errors import (
@@ -51,6 +52,14 @@ from app.payments.models import Payment, PaymentAllocation, PaymentStatus, Rever
 from app.products.models import Product
 from app.promises import service as promises
 from app.risk import service as risk
+
+# The ledger's rows on an installment's fees, which the replay reads.
+_FEE_KINDS = (
+    TransactionKind.LATE_FEE,
+    TransactionKind.FEE_WAIVER,
+    TransactionKind.LATE_FEE_FORGIVEN,
+    TransactionKind.LATE_FEE_REINSTATED,
+)
 
 # Core, built once: every payment, reversal, waiver and holiday rewrites the loan's allocations.
 _allocations = cast(Table, PaymentAllocation.__table__)
@@ -108,7 +117,7 @@ async def record_payment(
     )
     installments = await loans_service.load_installments(session, loan.id)
     earlier = await _applied_payments(session, loan.id)
-    terms, waived = await _terms(session, installments)
+    terms, fee_rows = await _terms(session, installments)
     position = replay(terms, sorted([*earlier, _payment_in(payment)], key=_receipt_order))
     if position.credit_balance_minor > loan.credit_balance_minor:
         then = replay(terms, [p for p in earlier if p.received_on <= received_on])
@@ -137,7 +146,9 @@ async def record_payment(
         loan, installments, today, await delinquency.business_date(session)
     )
     as_of = await delinquency.reckoning_date(session)
-    await _store_position(session, loan, installments, position, waived, as_of=as_of)
+    await _store_position(
+        session, loan, installments, position, fee_rows, as_of=as_of, changed_on=received_on
+    )
     await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
                       loan=loan)  # fmt: skip
     if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
@@ -214,7 +225,12 @@ async def reverse_payment(
     business_date = await delinquency.business_date(session)
     view = loans_service.LoanView(loan, installments, today, business_date)
     position = await _replay_and_store(
-        session, loan, installments, remaining, as_of=await delinquency.reckoning_date(session)
+        session,
+        loan,
+        installments,
+        remaining,
+        as_of=await delinquency.reckoning_date(session),
+        changed_on=reversed_on,
     )
     await events.emit(
         session,
@@ -415,22 +431,38 @@ async def _replay_and_store(
     payments: list[PaymentIn],
     *,
     as_of: date,
+    changed_on: date | None = None,
 ) -> LoanPosition:
-    """Replay ``payments`` on the installments' terms as the ledger now has them, and store."""
-    terms, waived = await _terms(session, installments)
+    """Replay ``payments`` on the installments' terms as the ledger now has them, and store.
+    ``changed_on``: the date of the change (``as_of`` by default), for the ledger."""
+    terms, fee_rows = await _terms(session, installments)
     position = replay(terms, payments)
-    await _store_position(session, loan, installments, position, waived, as_of=as_of)
+    await _store_position(
+        session, loan, installments, position, fee_rows, as_of=as_of,
+        changed_on=changed_on or as_of,
+    )  # fmt: skip
     return position
+
+
+@dataclass(frozen=True)
+class _FeeRows:
+    """A loan's ledger rows on its fees besides the charges, summed by installment."""
+
+    # fee_waiver: the replay sees those fees as never charged, the installment counts them waived
+    waived: dict[int, int]
+    # late fees a replay forgave (late_fee_forgiven), less those owed again since (reinstated)
+    forgiven: dict[int, int]
 
 
 async def _terms(
     session: AsyncSession, installments: list[LoanInstallment]
-) -> tuple[list[InstallmentTerms], dict[int, int]]:
+) -> tuple[list[InstallmentTerms], _FeeRows]:
     """Each installment's amounts, with its late fees on the dates they were assessed and the
-    fees waived on it forgiven as if never charged; and what was waived, by installment. Both
-    from the ledger, read only when the loan has fees at all."""
+    fees waived on it forgiven as if never charged; and the ledger's other fee rows. All from
+    the ledger, read only when the loan has fees at all."""
     late_fees: dict[int, list[LateFee]] = defaultdict(list)
     waived: dict[int, int] = defaultdict(int)
+    forgiven: dict[int, int] = defaultdict(int)
     if installments and any(i.late_fees_minor or i.fees_minor for i in installments):
         rows = await session.execute(
             select(
@@ -441,7 +473,7 @@ async def _terms(
             )
             .where(
                 LedgerTransaction.loan_id == installments[0].loan_id,
-                LedgerTransaction.kind.in_((TransactionKind.LATE_FEE, TransactionKind.FEE_WAIVER)),
+                LedgerTransaction.kind.in_(_FEE_KINDS),
             )
             .order_by(LedgerTransaction.id)
         )
@@ -449,6 +481,10 @@ async def _terms(
             assert seq is not None
             if kind == TransactionKind.FEE_WAIVER:
                 waived[seq] += amount
+            elif kind == TransactionKind.LATE_FEE_FORGIVEN:
+                forgiven[seq] += amount
+            elif kind == TransactionKind.LATE_FEE_REINSTATED:
+                forgiven[seq] -= amount
             else:
                 late_fees[seq].append(LateFee(effective_on, amount))
     terms = [
@@ -462,7 +498,7 @@ async def _terms(
         ).without_fees(waived[i.seq])
         for i in installments
     ]
-    return terms, dict(waived)
+    return terms, _FeeRows(dict(waived), dict(forgiven))
 
 
 async def _store_position(
@@ -470,19 +506,21 @@ async def _store_position(
     loan: Loan,
     installments: list[LoanInstallment],
     position: LoanPosition,
-    fees_waived: dict[int, int],
+    fee_rows: _FeeRows,
     *,
     as_of: date,
+    changed_on: date,
 ) -> None:
     """Write a replayed position: installments, allocations and the loan's derived balances.
-    ``fees_waived``: fee waivers by installment, which the replay saw as fees never charged
-    and the rows (charged as assessed) count as waived. ``as_of``: the delinquency date."""
+    ``fee_rows``: the fee waivers by installment, which the replay saw as fees never charged
+    and the rows (charged as assessed) count as waived; and the late fees forgiven so far.
+    ``as_of``: the delinquency date; ``changed_on``: the date of the change, for the ledger."""
     for row, new in zip(installments, position.installments, strict=True):
         row.paid_fees_minor = new.paid_fees_minor
         row.paid_interest_minor = new.paid_interest_minor
         row.paid_principal_minor = new.paid_principal_minor
         row.interest_waived_minor = new.interest_waived_minor
-        row.fees_waived_minor = new.fees_waived_minor + fees_waived.get(row.seq, 0)
+        row.fees_waived_minor = new.fees_waived_minor + fee_rows.waived.get(row.seq, 0)
         row.paid_on = new.paid_on
         if new.paid_on is not None:
             row.status = InstallmentStatus.PAID
@@ -490,6 +528,7 @@ async def _store_position(
             row.status = InstallmentStatus.PARTIALLY_PAID
         else:
             row.status = InstallmentStatus.PENDING
+    _ledger_late_fees_forgiven(session, loan, position, fee_rows.forgiven, changed_on)
     await session.execute(_DELETE_ALLOCATIONS, {"loan_id": loan.id})
     await insert_rows(
         session,
@@ -516,6 +555,32 @@ async def _store_position(
     await delinquency.refresh_loan(session, loan, position, as_of, status_before)
     await promises.refresh_loan(session, loan, as_of)
     await risk.refresh_loan(session, loan, as_of)
+
+
+def _ledger_late_fees_forgiven(
+    session: AsyncSession,
+    loan: Loan,
+    position: LoanPosition,
+    recorded: dict[int, int],
+    changed_on: date,
+) -> None:
+    """Bring the ledger to the late fees the replay forgives (DESIGN decision 2: a charge
+    taken back is a row too, or the ledger's late fees outrun the balances): forgiven since
+    the last replay on the payoff's date; owed again, on the date of the change that undid
+    the payoff."""
+    now = utc_now()
+    for seq, change in late_fee_changes(position, recorded).items():
+        if change > 0:
+            kind, effective_on = TransactionKind.LATE_FEE_FORGIVEN, position.paid_off_on
+        else:
+            kind, effective_on = TransactionKind.LATE_FEE_REINSTATED, changed_on
+        assert effective_on is not None  # only a payoff forgives
+        session.add(
+            LedgerTransaction(
+                loan_id=loan.id, kind=kind, amount_minor=abs(change), currency=loan.currency,
+                effective_on=effective_on, installment_seq=seq, created_at=now,
+            )
+        )  # fmt: skip
 
 
 def _ledger(

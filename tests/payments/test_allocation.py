@@ -27,6 +27,8 @@ from app.payments.allocation import (
     PaymentIn,
     apply_payment,
     fees_to_waive,
+    late_fee_changes,
+    late_fees_forgiven,
     replay,
 )
 
@@ -72,6 +74,16 @@ def ledger_balances(position: LoanPosition, payments: list[PaymentIn]) -> None:
         assert inst.paid_interest_minor + inst.interest_waived_minor <= inst.terms.interest_minor
         assert min(inst.paid_fees_minor, inst.fees_waived_minor) >= 0
         assert inst.paid_fees_minor + inst.fees_waived_minor <= inst.terms.fees_charged_by(date.max)
+    # The late fees the ledger takes back: only a payoff's, only of an installment not due by
+    # then, never more than it was charged; the rest of what was waived is its scheduled fee.
+    forgiven = late_fees_forgiven(position)
+    for inst in position.installments:
+        amount = forgiven.get(inst.seq, 0)
+        assert 0 <= amount <= sum(f.amount_minor for f in inst.terms.late_fees)
+        assert 0 <= inst.fees_waived_minor - amount <= inst.terms.fees_minor
+        if amount:
+            assert position.paid_off_on is not None
+            assert inst.terms.due_date > position.paid_off_on
 
 
 # --- the waterfall, by example --------------------------------------------------------------
@@ -638,3 +650,53 @@ def test_a_fee_waiver_forgives_exactly_what_it_names(
     after = replay(waived, payments)
     ledger_balances(after, payments)
     assert owed(waived) == owed(installments) - sum(forgiven.values())
+
+
+@given(installment_terms(), st.data())
+def test_the_ledger_follows_the_late_fees_through_any_payments_reversals_and_waivers(
+    installments: list[InstallmentTerms], data: st.DataObject
+) -> None:
+    """The service's bookkeeping, step by step: after each change (a payment on any day, so
+    back-dated ones; a reversal of any applied payment; a fee waiver) the rows of
+    ``late_fee_changes`` bring the ledger to what the replay forgives, and the ledger's fee
+    rows (late_fee, fee_waiver, late_fee_forgiven, late_fee_reinstated) net to the fees the
+    installments show, but for the two amounts the ledger has no row for: the scheduled fee,
+    and what a payoff forgave of it."""
+    earliest = installments[0].due_date - timedelta(days=40)
+    latest = installments[-1].due_date + timedelta(days=90)
+    ceiling = max(owed(installments), 1)
+    applied: list[PaymentIn] = []
+    waived: dict[int, int] = {}  # fee_waiver rows
+    recorded: dict[int, int] = {}  # late_fee_forgiven less late_fee_reinstated rows
+    ledger = {i.seq: sum(f.amount_minor for f in i.late_fees) for i in installments}
+    for step in range(data.draw(st.integers(1, 10), label="steps")):
+        terms = [i.without_fees(waived.get(i.seq, 0)) for i in installments]
+        action = data.draw(st.sampled_from(["pay", "pay", "reverse", "waive"]))
+        if action == "reverse" and applied:
+            applied.remove(data.draw(st.sampled_from(applied)))
+        elif action == "waive":
+            day = data.draw(st.dates(min_value=earliest, max_value=latest))
+            cap = data.draw(st.one_of(st.none(), st.integers(1, 10_000)))
+            for seq, amount in fees_to_waive(replay(terms, applied), day, cap).items():
+                waived[seq] = waived.get(seq, 0) + amount
+                ledger[seq] -= amount
+            terms = [i.without_fees(waived.get(i.seq, 0)) for i in installments]
+        else:
+            amount = data.draw(st.one_of(st.integers(1, 2_000), st.integers(1, ceiling)))
+            day = data.draw(st.dates(min_value=earliest, max_value=latest))
+            applied = sorted([*applied, PaymentIn(f"pay_{step}", amount, day)],
+                             key=lambda p: (p.received_on, p.id))  # fmt: skip
+        position = replay(terms, applied)
+        for seq, change in late_fee_changes(position, recorded).items():
+            recorded[seq] = recorded.get(seq, 0) + change
+            ledger[seq] -= change
+        assert late_fee_changes(position, recorded) == {}  # nothing written twice
+        assert {seq: n for seq, n in recorded.items() if n} == late_fees_forgiven(position)
+        ledger_balances(position, applied)
+        for inst, charged in zip(position.installments, installments, strict=True):
+            shown = (charged.fees_charged_by(date.max) - waived.get(inst.seq, 0)
+                     - inst.fees_waived_minor)  # fmt: skip
+            scheduled_forgiven = inst.fees_waived_minor - recorded.get(inst.seq, 0)
+            assert ledger[inst.seq] + charged.fees_minor == shown + scheduled_forgiven
+            if charged.fees_minor == 0:
+                assert ledger[inst.seq] == shown

@@ -2,6 +2,7 @@
 
 import asyncio
 from datetime import date
+from decimal import Decimal
 
 import httpx
 from sqlalchemy import case, func, select
@@ -45,6 +46,35 @@ async def assert_ledger_invariant(loan_id: str) -> None:
         loan = await session.get(Loan, loan_id)
         assert loan is not None
         assert net == repaid + loan.credit_balance_minor
+        # The fees too, where the ledger holds every fee (no scheduled fee: it has no row).
+        fee_rows = dict((await session.execute(
+            select(LedgerTransaction.installment_seq, func.sum(case(
+                (LedgerTransaction.kind.in_(("late_fee", "late_fee_reinstated")),
+                 LedgerTransaction.amount_minor),
+                (LedgerTransaction.kind.in_(("fee_waiver", "late_fee_forgiven")),
+                 -LedgerTransaction.amount_minor),
+                else_=0,
+            ))).where(LedgerTransaction.loan_id == loan_id)
+            .group_by(LedgerTransaction.installment_seq)
+        )).all())  # fmt: skip
+        for i in await session.scalars(
+            select(LoanInstallment).where(LoanInstallment.loan_id == loan_id)
+        ):
+            if i.fees_minor == 0:
+                assert fee_rows.get(i.seq, 0) == i.late_fees_minor - i.fees_waived_minor, i.seq
+
+
+async def fees_by_installment(w: World, loan_id: str) -> tuple[dict[int, str], dict[int, str]]:
+    """The fees each installment shows, and what the ledger nets to for it, as a reconciler
+    reads them: charged and owed again, less waived and forgiven."""
+    schedule = await w.get(f"/v1/loans/{loan_id}/schedule")
+    shown = {i["seq"]: i["fees"] for i in schedule["installments"]}
+    signs = {"late_fee": 1, "late_fee_reinstated": 1, "fee_waiver": -1, "late_fee_forgiven": -1}
+    net = dict.fromkeys(shown, Decimal(0))
+    for t in (await w.get(f"/v1/loans/{loan_id}/transactions?limit=200"))["items"]:
+        if t["kind"] in signs:
+            net[t["installment_seq"]] += signs[t["kind"]] * Decimal(t["amount"])
+    return shown, {seq: f"{amount:.2f}" for seq, amount in net.items()}
 
 
 async def test_waterfall_oldest_due_first_then_future(client: httpx.AsyncClient) -> None:
@@ -296,3 +326,74 @@ async def test_an_installment_owing_a_later_late_fee_is_not_shown_paid(
     assert first["status"] == "overdue"  # due Feb 15, 20.00 still owed on Mar 1
     balances = (await w.get(f"/v1/loans/{loan['id']}"))["balances"]
     assert balances["fees_outstanding"] == "20.00"
+
+
+async def test_a_back_dated_payoff_takes_back_the_late_fees_it_forgives_in_the_ledger(
+    client: httpx.AsyncClient,
+) -> None:
+    """The close charged installments 1 and 2 their late fees; a payoff reported afterwards,
+    dated before either was due, shows they were never late: the replay forgives the fees and
+    the ledger says so. Reversing the payoff owes them again, in the ledger too."""
+    w = await world(client, grace_days=3, late_fee={"kind": "fixed", "amount": "25.00"})
+    loan = await w.loan(principal="1000.00", term=3, disbursed_on="2026-09-15")
+    await w.post("/v1/close-runs", {"as_of": "2026-12-03"}, headers=w.admin, expect=201)
+    assert await fees_by_installment(w, loan["id"]) == (
+        {1: "25.00", 2: "25.00", 3: "0.00"}, {1: "25.00", 2: "25.00", 3: "0.00"},
+    )  # fmt: skip
+    # 1000.00 of principal and the current period's 10.00 of interest.
+    payoff = await w.pay(loan["id"], "1010.00", "2026-10-01")
+    assert payoff["loan"]["status"] == "paid_off"
+    shown, ledger = await fees_by_installment(w, loan["id"])
+    assert shown == ledger == {1: "0.00", 2: "0.00", 3: "0.00"}
+    items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [(t["kind"], t["amount"], t["installment_seq"], t["effective_on"]) for t in items
+            if t["kind"] == "late_fee_forgiven"] == [
+        ("late_fee_forgiven", "25.00", 1, "2026-10-01"),
+        ("late_fee_forgiven", "25.00", 2, "2026-10-01"),
+    ]  # fmt: skip
+    await assert_ledger_invariant(loan["id"])
+
+    await w.post(f"/v1/payments/{payoff['id']}/reverse",
+                 {"reason": "chargeback", "reversed_on": "2026-12-02"}, expect=200)  # fmt: skip
+    shown, ledger = await fees_by_installment(w, loan["id"])
+    assert shown == ledger == {1: "25.00", 2: "25.00", 3: "0.00"}
+    items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [(t["kind"], t["amount"], t["installment_seq"], t["effective_on"]) for t in items
+            if t["kind"] == "late_fee_reinstated"] == [
+        ("late_fee_reinstated", "25.00", 1, "2026-12-02"),
+        ("late_fee_reinstated", "25.00", 2, "2026-12-02"),
+    ]  # fmt: skip
+    await assert_ledger_invariant(loan["id"])
+    # Replaying again changes nothing: no row is written twice.
+    await w.pay(loan["id"], "1.00", "2026-12-03")
+    assert len((await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]) == len(items) + 1
+    await assert_ledger_invariant(loan["id"])
+
+
+async def test_a_reversed_payoff_owes_only_the_late_fees_a_close_charges_after_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """The close passes over a paid-off loan, so a reversal cannot bring back a fee that was
+    never charged: the installments late all along are charged by the next close, once, each
+    with its late_fee row; nothing is forgiven or owed again."""
+    w = await world(client, grace_days=3, late_fee={"kind": "fixed", "amount": "25.00"})
+    await w.post("/v1/close-runs", {"as_of": "2026-09-15"}, headers=w.admin, expect=201)
+    loan = await w.loan(principal="1000.00", term=3, disbursed_on="2026-09-15")
+    payoff = await w.pay(loan["id"], "1010.00", "2026-10-01")
+    # Catches up every date to Dec 2 with the loan paid off: no fee.
+    await w.post("/v1/close-runs", {"as_of": "2026-12-02"}, headers=w.admin, expect=201)
+    await w.post(f"/v1/payments/{payoff['id']}/reverse",
+                 {"reason": "nsf", "reversed_on": "2026-12-02"}, expect=200)  # fmt: skip
+    assert await fees_by_installment(w, loan["id"]) == ({1: "0.00", 2: "0.00", 3: "0.00"},) * 2
+    await w.post("/v1/close-runs", {"as_of": "2026-12-03"}, headers=w.admin, expect=201)
+    items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [(t["kind"], t["installment_seq"], t["effective_on"]) for t in items] == [
+        ("disbursement", None, "2026-09-15"),
+        ("payment", None, "2026-10-01"),
+        ("reversal", None, "2026-12-02"),
+        ("late_fee", 1, "2026-12-03"),
+        ("late_fee", 2, "2026-12-03"),
+    ]
+    shown, ledger = await fees_by_installment(w, loan["id"])
+    assert shown == ledger == {1: "25.00", 2: "25.00", 3: "0.00"}
+    await assert_ledger_invariant(loan["id"])
