@@ -32,6 +32,7 @@ from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.loans.models import Loan
+from app.payments import service as payments
 from app.portfolio import close as portfolio
 from app.promises import service as promises
 from app.risk import grades as risk_grades
@@ -43,10 +44,20 @@ log = logging.getLogger("loanwatch.close")
 StepFunction = Callable[[AsyncSession, date, str | None, str | None], Awaitable[dict[str, int]]]
 Chunk = tuple[str | None, str | None]
 
+
+async def assess_late_fees(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> dict[str, int]:
+    counts = await delinquency.assess_late_fees(session, as_of, low, high)
+    if counts["late_fees_assessed"]:
+        await payments.replay_paid_after_fees(session, as_of, low, high)
+    return counts
+
+
 # In order: fees first, so a fee assessed today counts in today's arrears; the risk engine
 # after delinquency, so its rules see today's days past due.
 STEPS: dict[str, StepFunction] = {
-    "late_fees": delinquency.assess_late_fees,
+    "late_fees": assess_late_fees,
     "delinquency": delinquency.recompute_delinquency,
     "promises": promises.close_promises,
     "risk": risk.evaluate_overnight,
