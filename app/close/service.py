@@ -212,7 +212,8 @@ async def begin_run(as_of: date) -> None:
         now = utc_now()
         run.status, run.started_at, run.finished_at = CloseStatus.RUNNING, now, None
         run.heartbeat_at, run.attempts, run.error = now, run.attempts + 1, None
-        run.counts, run.steps = {}, {}
+        # The steps' timings are this attempt's; the counts stay the date's (finish_step).
+        run.steps = {}
 
 
 async def begin_step(as_of: date, step: str, chunk_count: int) -> None:
@@ -260,7 +261,10 @@ async def finish_step(as_of: date, step: str, results: list[dict[str, int]]) -> 
                 (finished - datetime.fromisoformat(started)).total_seconds(), 3
             )
         run.steps = {**run.steps, step: entry}
-        run.counts = {**run.counts, **totals}
+        # Added to what earlier attempts counted, as the chunks' are: a rerun that changes
+        # nothing adds zeros instead of erasing the record of what the date's close did, and
+        # one after a crash keeps what the crashed attempt's finished steps did.
+        run.counts = add_counts([run.counts, totals])
         run.heartbeat_at = finished
 
 

@@ -111,9 +111,30 @@ async def test_rerunning_a_date_changes_nothing(client: httpx.AsyncClient) -> No
     again = await close(w, "2026-03-01")
     assert again["status"] == "succeeded"
     assert again["attempts"] == 2
-    assert again["counts"]["late_fees_assessed"] == 0
-    assert again["counts"]["delinquency_changes"] == 0
     assert (await event_types(), await late_fee_rows()) == before
+
+
+async def test_a_rerun_keeps_what_the_date_counted(client: httpx.AsyncClient) -> None:
+    w, _ = await late_world(client)
+    await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await close(w, "2026-02-10")
+    first = await close(w, "2026-02-11")  # both loans current -> 1-30
+    assert first["counts"]["delinquency_changes"] == 2
+    await close(w, "2026-02-11")
+    again = await w.get("/v1/close-runs/2026-02-11", headers=w.admin)
+    assert (again["attempts"], again["counts"]["delinquency_changes"]) == (2, 2)
+
+    await close(w, "2026-02-13")
+    first = await close(w, "2026-02-14")  # both loans' fees, after 3 days' grace
+    counted = {"late_fees_assessed": 2, "late_fees_minor_CNY": 4000, "delinquency_changes": 0}
+    assert {key: first["counts"].get(key) for key in counted} == counted
+    await close(w, "2026-02-14")
+    third = await close(w, "2026-02-14")
+    assert third["attempts"] == 3
+    assert {key: third["counts"].get(key) for key in counted} == counted
+    got = await w.get("/v1/close-runs/2026-02-14", headers=w.admin)
+    assert {key: got["counts"].get(key) for key in counted} == counted
+    assert got["steps"]["late_fees"]["counts"]["late_fees_assessed"] == 0  # this attempt's
 
 
 async def test_a_catch_up_counts_only_payments_received_by_each_date(
