@@ -32,6 +32,7 @@ from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.loans.models import Loan
+from app.payments import service as payments
 from app.portfolio import close as portfolio
 from app.promises import service as promises
 from app.risk import grades as risk_grades
@@ -43,10 +44,20 @@ log = logging.getLogger("loanwatch.close")
 StepFunction = Callable[[AsyncSession, date, str | None, str | None], Awaitable[dict[str, int]]]
 Chunk = tuple[str | None, str | None]
 
+
+async def assess_late_fees(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> dict[str, int]:
+    counts = await delinquency.assess_late_fees(session, as_of, low, high)
+    if counts["late_fees_assessed"]:
+        await payments.replay_paid_after_fees(session, as_of, low, high)
+    return counts
+
+
 # In order: fees first, so a fee assessed today counts in today's arrears; the risk engine
 # after delinquency, so its rules see today's days past due.
 STEPS: dict[str, StepFunction] = {
-    "late_fees": delinquency.assess_late_fees,
+    "late_fees": assess_late_fees,
     "delinquency": delinquency.recompute_delinquency,
     "promises": promises.close_promises,
     "risk": risk.evaluate_overnight,
@@ -201,7 +212,8 @@ async def begin_run(as_of: date) -> None:
         now = utc_now()
         run.status, run.started_at, run.finished_at = CloseStatus.RUNNING, now, None
         run.heartbeat_at, run.attempts, run.error = now, run.attempts + 1, None
-        run.counts, run.steps = {}, {}
+        # The steps' timings are this attempt's; the counts stay the date's (finish_step).
+        run.steps = {}
 
 
 async def begin_step(as_of: date, step: str, chunk_count: int) -> None:
@@ -249,7 +261,10 @@ async def finish_step(as_of: date, step: str, results: list[dict[str, int]]) -> 
                 (finished - datetime.fromisoformat(started)).total_seconds(), 3
             )
         run.steps = {**run.steps, step: entry}
-        run.counts = {**run.counts, **totals}
+        # Added to what earlier attempts counted, as the chunks' are: a rerun that changes
+        # nothing adds zeros instead of erasing the record of what the date's close did, and
+        # one after a crash keeps what the crashed attempt's finished steps did.
+        run.counts = add_counts([run.counts, totals])
         run.heartbeat_at = finished
 
 

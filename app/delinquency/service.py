@@ -25,6 +25,7 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.selectable import ScalarSelect
 
@@ -52,6 +53,7 @@ from app.ledger.models import LedgerTransaction, TransactionKind
 from app.loans.models import DELINQUENCY_STATUSES, OPEN_STATUSES, Loan, LoanInstallment, LoanStatus
 from app.money import MINOR_DIGITS, format_minor, setting_to_minor
 from app.payments.allocation import LoanPosition
+from app.payments.models import Payment, PaymentAllocation, PaymentStatus
 from app.products.models import Product
 
 Counts = dict[str, int]
@@ -62,6 +64,8 @@ PAST_30_DAYS = 30
 _installment = cast(Table, LoanInstallment.__table__)
 _loan = cast(Table, Loan.__table__)
 _product = cast(Table, Product.__table__)
+_payment = cast(Table, Payment.__table__)
+_allocation = cast(Table, PaymentAllocation.__table__)
 
 
 # Read on most requests: built once (construction and cache key cost CPU per call).
@@ -229,13 +233,50 @@ def _installment_event(
 # -- the set-based steps of the close ----------------------------------------------------
 
 
-def unpaid_sql() -> ColumnElement[int]:
+def unpaid_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
+    """What is unpaid on each installment as of the date ``as_of`` (a bound date or column).
+
+    The paid columns add up every applied payment, also those received after ``as_of``: a
+    catch-up closes days before payments already recorded, and the nightly close meets today's
+    payments when it closes yesterday. Their allocations are added back, looked up only for
+    the installments of loans with such a payment (few: a day or so of payments, found by the
+    index on ``received_on``), so the rest of the book costs one hashed set probe a row."""
     i = _installment.c
     return (
         i.principal_minor + i.interest_minor + i.fees_minor + i.late_fees_minor
         - i.paid_principal_minor - i.paid_interest_minor - i.paid_fees_minor
         - i.interest_waived_minor - i.fees_waived_minor
+        + paid_after_sql(as_of)
     )  # fmt: skip
+
+
+def paid_after_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
+    """What applied payments received after ``as_of`` paid on each installment."""
+    i = _installment.c
+    payment, allocation = _payment.alias("paid_later"), _allocation.alias("paid_later_to")
+    later = and_(payment.c.received_on > as_of, payment.c.status == PaymentStatus.APPLIED.value)
+    payers = select(payment.c.loan_id).where(later).correlate(None)
+    paid = (
+        select(
+            # PostgreSQL sums BIGINTs into NUMERIC: the unpaid amounts stay whole minor units.
+            sql_cast(
+                func.coalesce(
+                    func.sum(
+                        allocation.c.fees_minor
+                        + allocation.c.interest_minor
+                        + allocation.c.principal_minor
+                    ),
+                    0,
+                ),
+                BigInteger,
+            )
+        )
+        .select_from(allocation.join(payment, payment.c.id == allocation.c.payment_id))
+        .where(allocation.c.loan_id == i.loan_id, allocation.c.installment_seq == i.seq, later)
+        .correlate(_installment)
+        .scalar_subquery()
+    )
+    return case((i.loan_id.in_(payers), paid), else_=0)
 
 
 def tolerance_sql() -> ColumnElement[int]:
@@ -286,7 +327,8 @@ async def assess_late_fees(
 ) -> Counts:
     """Charge each installment more than ``grace_days`` late its product's late fee, once."""
     i, loan, product = _installment.c, _loan.c, _product.c
-    unpaid = unpaid_sql()
+    as_of_sql = literal(as_of, Date)
+    unpaid = unpaid_sql(as_of_sql)
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
     percent_fee = (
         unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000
@@ -297,7 +339,6 @@ async def assess_late_fees(
          product.late_fee_cap_minor),
         else_=fee,
     )  # fmt: skip
-    as_of_sql = literal(as_of, Date)
     assessed = await session.execute(
         update(_installment)
         .where(
@@ -366,7 +407,7 @@ def _delinquency_per_loan(as_of: date, low: str | None, high: str | None) -> Any
     i, loan = _installment.c, _loan.c
     as_of_sql = literal(as_of, Date)
     oldest_missed = func.min(
-        case((and_(i.due_date < as_of_sql, unpaid_sql() > tolerance_sql()), i.due_date))
+        case((and_(i.due_date < as_of_sql, unpaid_sql(as_of_sql) > tolerance_sql()), i.due_date))
     )
     return (
         select(i.loan_id.label("loan_id"), oldest_missed.label("oldest_missed"))
@@ -524,7 +565,7 @@ async def send_reminders(
     """``installment.due_soon`` for installments due ``reminder_days`` after ``as_of``, once."""
     i, loan = _installment.c, _loan.c
     due_on = as_of + timedelta(days=get_settings().close.reminder_days)
-    unpaid = unpaid_sql()
+    unpaid = unpaid_sql(literal(as_of, Date))
     reminded = (
         await session.execute(
             update(_installment)
@@ -537,11 +578,19 @@ async def send_reminders(
                 unpaid > 0,
             )
             .values(reminded_on=as_of)
-            .returning(i.loan_id, i.seq, i.due_date, unpaid.label("amount_due"))
+            .returning(i.loan_id, i.seq, i.due_date)
         )
     ).all()
     if not reminded:
         return {"reminders_sent": 0}
+    # Read apart: SQLite's RETURNING drops the table from column names, and the subquery of
+    # the payments received later then compares its own columns.
+    amounts = await session.execute(
+        select(i.loan_id, i.seq, unpaid).where(
+            in_range(i.loan_id, low, high), i.due_date == due_on, i.reminded_on == as_of
+        )
+    )
+    amount_due = {(loan_id, seq): amount for loan_id, seq, amount in amounts}
     facts = await _loan_facts(session, [r.loan_id for r in reminded])
     await events.emit_many(
         session,
@@ -552,7 +601,7 @@ async def send_reminders(
                 r.seq,
                 r.due_date,
                 facts[r.loan_id],
-                amount_due=format_minor(r.amount_due, facts[r.loan_id].currency),
+                amount_due=format_minor(amount_due[r.loan_id, r.seq], facts[r.loan_id].currency),
                 days_until_due=(r.due_date - as_of).days,
             )
             for r in reminded

@@ -48,7 +48,8 @@ class Payment(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     loan_id: Mapped[str] = mapped_column(ForeignKey("loan.id"), index=True)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
-    received_on: Mapped[date] = mapped_column(Date)
+    # Indexed: the close looks up the payments received after the date it closes.
+    received_on: Mapped[date] = mapped_column(Date, index=True)
     channel: Mapped[str] = mapped_column(String(32))
     external_ref: Mapped[str | None] = mapped_column(String(100))
     # The gateway whose debit.succeeded recorded it (None: the POS or an admin did): only

@@ -118,7 +118,8 @@ async def record_payment(
     installments = await loans_service.load_installments(session, loan.id)
     earlier = await _applied_payments(session, loan.id)
     terms, fee_rows = await _terms(session, installments)
-    position = replay(terms, sorted([*earlier, _payment_in(payment)], key=_receipt_order))
+    payments = sorted([*earlier, _payment_in(payment)], key=_receipt_order)
+    position = replay(terms, payments)
     if position.credit_balance_minor > loan.credit_balance_minor:
         then = replay(terms, [p for p in earlier if p.received_on <= received_on])
         payoff = then.payoff_minor(received_on)
@@ -146,9 +147,11 @@ async def record_payment(
         loan, installments, today, await delinquency.business_date(session)
     )
     as_of = await delinquency.reckoning_date(session)
+    reckoned = _position_on(as_of, terms, payments, position)
     await _store_position(
-        session, loan, installments, position, fee_rows, as_of=as_of, changed_on=received_on
-    )
+        session, loan, installments, position, reckoned, fee_rows, as_of=as_of,
+        changed_on=received_on,
+    )  # fmt: skip
     await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
                       loan=loan)  # fmt: skip
     if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
@@ -424,6 +427,38 @@ async def extend_term(
     return Extension(term_was=term_was, installment_was=was, installment=new[0].total_minor)
 
 
+async def replay_paid_after_fees(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> None:
+    """Replay the loans of the range the close charged a late fee as of ``as_of`` and that have
+    a payment received on or after that date (a catch-up, or today's when yesterday is
+    closed): the fee counts from ``as_of``, so that payment pays it first, as any later replay
+    would, where the stored allocations put the money elsewhere. The chunk holds the loans'
+    locks."""
+    i, p = LoanInstallment.__table__.c, Payment.__table__.c
+    loan_ids = await session.scalars(
+        select(i.loan_id)
+        .distinct()
+        .join(Payment, p.loan_id == i.loan_id)
+        .where(
+            delinquency.in_range(i.loan_id, low, high),
+            i.late_fee_assessed_on == as_of,
+            p.received_on >= as_of,
+            p.status == PaymentStatus.APPLIED.value,
+        )
+        .order_by(i.loan_id)
+    )
+    for loan_id in list(loan_ids):
+        loan = await session.get_one(Loan, loan_id)
+        installments = await loans_service.load_installments(session, loan_id)
+        terms, fee_rows = await _terms(session, installments)
+        position = replay(terms, await _applied_payments(session, loan_id))
+        # The close's next steps reckon the loan as of the date, and count what moves.
+        await _store_position(
+            session, loan, installments, position, None, fee_rows, as_of=as_of, changed_on=as_of
+        )
+
+
 async def _replay_and_store(
     session: AsyncSession,
     loan: Loan,
@@ -437,11 +472,24 @@ async def _replay_and_store(
     ``changed_on``: the date of the change (``as_of`` by default), for the ledger."""
     terms, fee_rows = await _terms(session, installments)
     position = replay(terms, payments)
+    reckoned = _position_on(as_of, terms, payments, position)
     await _store_position(
-        session, loan, installments, position, fee_rows, as_of=as_of,
+        session, loan, installments, position, reckoned, fee_rows, as_of=as_of,
         changed_on=changed_on or as_of,
     )  # fmt: skip
     return position
+
+
+def _position_on(
+    as_of: date, terms: list[InstallmentTerms], payments: list[PaymentIn], position: LoanPosition
+) -> LoanPosition:
+    """The loan as it stood on ``as_of``, ``position`` being it after all of ``payments``: a
+    payment received after the date delinquency is reckoned as of does not count yet, as in
+    the close (``delinquency.unpaid_sql``), which would otherwise set the loan back a day
+    later."""
+    if all(p.received_on <= as_of for p in payments):
+        return position
+    return replay(terms, [p for p in payments if p.received_on <= as_of])
 
 
 @dataclass(frozen=True)
@@ -506,15 +554,18 @@ async def _store_position(
     loan: Loan,
     installments: list[LoanInstallment],
     position: LoanPosition,
+    reckoned: LoanPosition | None,
     fee_rows: _FeeRows,
     *,
     as_of: date,
     changed_on: date,
 ) -> None:
     """Write a replayed position: installments, allocations and the loan's derived balances.
-    ``fee_rows``: the fee waivers by installment, which the replay saw as fees never charged
-    and the rows (charged as assessed) count as waived; and the late fees forgiven so far.
-    ``as_of``: the delinquency date; ``changed_on``: the date of the change, for the ledger."""
+    ``reckoned``: the position on ``as_of``, the delinquency date (without the payments
+    received after it), to reckon the loan's delinquency, promises and risk from; None leaves
+    them to the caller. ``fee_rows``: the fee waivers by installment, which the replay saw as
+    fees never charged and the rows (charged as assessed) count as waived; and the late fees
+    forgiven so far. ``changed_on``: the date of the change, for the ledger."""
     for row, new in zip(installments, position.installments, strict=True):
         row.paid_fees_minor = new.paid_fees_minor
         row.paid_interest_minor = new.paid_interest_minor
@@ -550,9 +601,11 @@ async def _store_position(
         restructured = loan.restructured_on is not None
         loan.status = LoanStatus.RESTRUCTURED if restructured else LoanStatus.ACTIVE
         loan.paid_off_on = None
+    if reckoned is None:
+        return
     # The same rules as the nightly close, at once, in this transaction: promises before
     # risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.
-    await delinquency.refresh_loan(session, loan, position, as_of, status_before)
+    await delinquency.refresh_loan(session, loan, reckoned, as_of, status_before)
     await promises.refresh_loan(session, loan, as_of)
     await risk.refresh_loan(session, loan, as_of)
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, cast
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import Table, and_, case, delete, func, insert, literal, or_, select
+from sqlalchemy import Date, Table, and_, case, delete, func, insert, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -223,7 +223,7 @@ async def _cells(session: AsyncSession, as_of: date) -> dict[Cell, SegmentCounts
     for days in FPD_DAYS:
         age = days_between(as_of_sql, inst.due_date)
         defaulted = or_(
-            and_(inst.paid_on.is_(None), unpaid_sql() > tolerance_sql()),
+            and_(inst.paid_on.is_(None), unpaid_sql(literal(as_of, Date)) > tolerance_sql()),
             days_between(inst.paid_on, inst.due_date) > days,
         )
         rows = await session.execute(

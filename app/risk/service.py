@@ -175,8 +175,9 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
     broken promises all need arrears), one with a flag open or fading or a score below
     perfect (flags clear, windows run out, cleared flags fade), one whose installment ended
     its grace today (the last periods partial_payments looks at move on), one whose debit
-    failed or payment was reversed today (counted from today) and one whose promise or
-    repayment plan broke today.
+    failed or payment was reversed today (counted from today), one whose promise or repayment
+    plan broke today and one with a payment received today (it counts from its date, whenever
+    it was recorded).
     Every other loan's features are yesterday's, and so are its flags
     (tests/close/test_overnight.py).
     """
@@ -196,6 +197,12 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
     # A promise the close broke today: broken_promise, and partial_payments once its plan ends.
     pr = Promise.__table__.c
     promise_broken_today = select(pr.loan_id).where(scope(pr.loan_id), pr.broken_on == as_of)
+    # A payment received today was recorded before, maybe days before in a catch-up, but counts
+    # only from today (what it settled, how late).
+    p = Payment.__table__.c
+    paid_today = select(p.loan_id).where(
+        scope(p.loan_id), p.received_on == as_of, p.status == PaymentStatus.APPLIED.value
+    )
     return select(loan.id).where(
         scope(loan.id),
         loan.status.in_(OPEN_STATUSES),
@@ -208,6 +215,7 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
             loan.id.in_(debit_failed_today),
             loan.id.in_(reversed_today),
             loan.id.in_(promise_broken_today),
+            loan.id.in_(paid_today),
         ),
     )
 
@@ -248,7 +256,7 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
     # the ratio of its installment holds only payments under that ratio, so under the ratio
     # of the loan's largest installment.
     missed_or_paid_late = or_(
-        and_(i.due_date < as_of, delinquency.unpaid_sql() > 0), i.paid_on > i.due_date
+        and_(i.due_date < as_of, delinquency.unpaid_sql(as_of) > 0), i.paid_on > i.due_date
     )
     installments = (
         select(
@@ -308,9 +316,12 @@ def _features_query(
     del tolerance_setting  # only a part of the cache key: tolerance_sql() reads the setting
     rules = RiskRules.model_validate_json(rules_json)
     i, loan, product = LoanInstallment.__table__.c, Loan.__table__.c, Product.__table__.c
-    unpaid = delinquency.unpaid_sql()
-    tolerance = delinquency.tolerance_sql()
     as_of_sql = bindparam("as_of", type_=Date)
+    unpaid = delinquency.unpaid_sql(as_of_sql)
+    tolerance = delinquency.tolerance_sql()
+    # Settled as of the date evaluated: a payment received after it (a catch-up, or today's
+    # when yesterday is closed) has not settled anything yet.
+    paid_on = case((i.paid_on <= as_of_sql, i.paid_on))
     late = days_between(as_of_sql, i.due_date)
     one_loan = scope_kind == "loan"
     scope = _scope(scope_kind, has_low, has_high)
@@ -327,14 +338,14 @@ def _features_query(
             i.loan_id,
             i.seq,
             i.due_date,
-            i.paid_on,
+            paid_on.label("paid_on"),
             grace.label("grace_days"),
             late.label("late"),
             unpaid.label("unpaid"),
             tolerance.label("tolerance"),
             (i.principal_minor + i.interest_minor + i.fees_minor).label("due_amount"),
             # Rank among the settled installments, and among those past their grace.
-            func.count(i.paid_on).over(**newest_first).label("settled_rank"),
+            func.count(paid_on).over(**newest_first).label("settled_rank"),
             func.sum(case((late > grace, 1), else_=0)).over(**newest_first).label("closed_rank"),
             func.lead(i.due_date).over(**newest_first).label("previous_due_date"),
         )
@@ -405,7 +416,7 @@ def _features_query(
         .subquery()
     )
     p = Payment.__table__.c
-    applied = p.status == PaymentStatus.APPLIED.value
+    applied = and_(p.status == PaymentStatus.APPLIED.value, p.received_on <= as_of_sql)
     # Periods are disjoint, so each payment meets at most one recent installment.
     in_period = and_(
         recent.c.loan_id == p.loan_id,

@@ -1,7 +1,9 @@
 """The set-based close and the per-loan path (rules.py, used by payments) agree on every loan
 of randomized portfolios: the same days past due, bucket, status and late fees, and the same
 risk flags and scores (the batch evaluates only loans some rule could flag); and on every
-borrower: the same grade, reasons and credit limit."""
+borrower: the same grade, reasons and credit limit. Payments may be received after the date
+closed (recorded before the close): neither path counts them, and the close leaves each loan
+as a replay of its payments over the fees it charged would."""
 
 from datetime import date, timedelta
 from typing import Any
@@ -24,6 +26,7 @@ from app.loans.schedule import default_first_due_date
 from app.merchants import service as merchants_service
 from app.models import Base
 from app.payments import service as payments_service
+from app.payments.allocation import LoanPosition, replay
 from app.payments.errors import AmountExceedsPayoff
 from app.products import service as products_service
 from app.products.schemas import ProductCreate
@@ -133,6 +136,21 @@ async def borrowers_agree(as_of: date) -> None:
         await session.rollback()
 
 
+async def positions_on(
+    day: date, installments: dict[str, list[LoanInstallment]]
+) -> tuple[dict[str, LoanPosition], dict[str, LoanPosition]]:
+    """Each loan's replay over the ledger's fees: with the payments received by ``day``, and
+    with all of them."""
+    on_day, replayed = {}, {}
+    async with session_scope() as session:
+        for loan_id, rows in installments.items():
+            terms, _ = await payments_service._terms(session, rows)
+            payments = await payments_service._applied_payments(session, loan_id)
+            on_day[loan_id] = replay(terms, [p for p in payments if p.received_on <= day])
+            replayed[loan_id] = replay(terms, payments)
+    return on_day, replayed
+
+
 async def installments_by_loan() -> dict[str, list[LoanInstallment]]:
     async with session_scope() as session:
         rows = list(
@@ -164,6 +182,7 @@ async def test_batch_close_agrees_with_the_per_loan_rules(
     first_due = default_first_due_date(disbursed)
     close_date = min(first_due + timedelta(days=lateness), date.today())
     before = await installments_by_loan()
+    unpaid_on, _ = await positions_on(close_date, before)
     async with session_scope() as session:
         products = {loan.id: loan.product_code for loan in await session.scalars(select(Loan))}
         statuses = {loan.id: loan.status for loan in await session.scalars(select(Loan))}
@@ -177,8 +196,8 @@ async def test_batch_close_agrees_with_the_per_loan_rules(
     for loan_id, rows in before.items():
         policy = POLICIES[products[loan_id]]
         open_ = statuses[loan_id] not in ("paid_off", "cancelled")
-        for old, new in zip(rows, after[loan_id], strict=True):
-            unpaid = loans_service.position_of([old]).installments[0].left(close_date)
+        for n, (old, new) in enumerate(zip(rows, after[loan_id], strict=True)):
+            unpaid = unpaid_on[loan_id].installments[n].left(close_date)
             expected = 0
             if (
                 open_
@@ -188,12 +207,21 @@ async def test_batch_close_agrees_with_the_per_loan_rules(
                 expected = rules.late_fee_minor(policy, unpaid)
             assert new.late_fees_minor == expected, (loan_id, old.seq)
 
-    # The per-loan path, replayed on the closed loans, finds nothing to change.
+    # The stored installments are what a replay over the fees charged gives: a fee is paid
+    # first by a payment received after it.
+    on_close_date, replayed = await positions_on(close_date, after)
+    for loan_id, rows in after.items():
+        stored = [(r.paid_fees_minor, r.paid_interest_minor, r.paid_principal_minor) for r in rows]
+        assert stored == [
+            (i.paid_fees_minor, i.paid_interest_minor, i.paid_principal_minor)
+            for i in replayed[loan_id].installments
+        ], loan_id
+
+    # The per-loan path, on the closed loans as of the date closed, finds nothing to change.
     async with session_scope() as session:
         for loan in list(await session.scalars(select(Loan))):
             batch = (loan.days_past_due, loan.bucket, loan.status)
-            position = loans_service.position_of(after[loan.id])
-            await delinquency.refresh_loan(session, loan, position, close_date)
+            await delinquency.refresh_loan(session, loan, on_close_date[loan.id], close_date)
             assert (loan.days_past_due, loan.bucket, loan.status) == batch, loan.id
         await session.rollback()
     # The risk engine's per-loan path (no filter) changes no flag and no score the batch left.

@@ -111,9 +111,68 @@ async def test_rerunning_a_date_changes_nothing(client: httpx.AsyncClient) -> No
     again = await close(w, "2026-03-01")
     assert again["status"] == "succeeded"
     assert again["attempts"] == 2
-    assert again["counts"]["late_fees_assessed"] == 0
-    assert again["counts"]["delinquency_changes"] == 0
     assert (await event_types(), await late_fee_rows()) == before
+
+
+async def test_a_rerun_keeps_what_the_date_counted(client: httpx.AsyncClient) -> None:
+    w, _ = await late_world(client)
+    await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await close(w, "2026-02-10")
+    first = await close(w, "2026-02-11")  # both loans current -> 1-30
+    assert first["counts"]["delinquency_changes"] == 2
+    await close(w, "2026-02-11")
+    again = await w.get("/v1/close-runs/2026-02-11", headers=w.admin)
+    assert (again["attempts"], again["counts"]["delinquency_changes"]) == (2, 2)
+
+    await close(w, "2026-02-13")
+    first = await close(w, "2026-02-14")  # both loans' fees, after 3 days' grace
+    counted = {"late_fees_assessed": 2, "late_fees_minor_CNY": 4000, "delinquency_changes": 0}
+    assert {key: first["counts"].get(key) for key in counted} == counted
+    await close(w, "2026-02-14")
+    third = await close(w, "2026-02-14")
+    assert third["attempts"] == 3
+    assert {key: third["counts"].get(key) for key in counted} == counted
+    got = await w.get("/v1/close-runs/2026-02-14", headers=w.admin)
+    assert {key: got["counts"].get(key) for key in counted} == counted
+    assert got["steps"]["late_fees"]["counts"]["late_fees_assessed"] == 0  # this attempt's
+
+
+async def test_a_catch_up_counts_only_payments_received_by_each_date(
+    client: httpx.AsyncClient,
+) -> None:
+    """Two loans alike, 500.00 due 2026-10-01 without grace; B pays it on 10-05, recorded before
+    the catch-up closes 09-13 .. 10-10: each date sees B as it stood then, as it sees A."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0",
+                    grace_days=0, late_fee={"kind": "percent", "percent": "0.05",
+                                            "cap_per_installment": "30.00"})  # fmt: skip
+    await close(w, "2026-09-01")
+    a = await w.loan(principal="3000.00", term=6, disbursed_on="2026-09-01")
+    b = await w.loan(principal="3000.00", term=6, disbursed_on="2026-09-01")
+    assert b["schedule"]["installments"][0]["due_date"] == "2026-10-01"
+    await close(w, "2026-09-12")
+    payment = await w.pay(b["id"], "500.00", "2026-10-05")
+    await close(w, "2026-10-10")
+
+    for loan in (a, b):
+        types = await event_types(loan["id"])
+        assert (types["installment.due_soon"], types["loan.late_fee_assessed"]) == (1, 1)
+        assert types["loan.delinquency_changed"] == 1  # current -> 1-30 on 10-02
+    fees = (await w.get("/v1/events?type=loan.late_fee_assessed", headers=w.admin))["items"]
+    assert {(e["data"]["loan_id"], e["data"]["as_of"], e["data"]["amount"]) for e in fees} == {
+        (a["id"], "2026-10-02", "25.00"), (b["id"], "2026-10-02", "25.00"),
+    }  # fmt: skip
+    counts = (await w.get("/v1/close-runs/2026-10-02", headers=w.admin))["counts"]
+    assert (counts["late_fees_assessed"], counts["delinquency_changes"]) == (2, 2)
+    # B's payment came after the fee, so pays it first (as a replay would): 25.00 of the
+    # installment is still unpaid and B stays late, 9 days on 10-10 like A.
+    got = await w.get(f"/v1/payments/{payment['id']}")
+    assert got["allocation"] == [
+        {"installment_seq": 1, "fees": "25.00", "interest": "0.00", "principal": "475.00"}
+    ]
+    for loan, overdue in ((a, "525.00"), (b, "25.00")):
+        got = await w.get(f"/v1/loans/{loan['id']}")
+        assert (got["days_past_due"], got["bucket"], got["status"]) == (9, "1-30", "delinquent")
+        assert got["balances"]["overdue_amount"] == overdue
 
 
 async def test_catch_up_closes_each_missed_date_in_order(client: httpx.AsyncClient) -> None:

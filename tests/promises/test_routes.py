@@ -244,7 +244,7 @@ async def test_the_flag_clears_when_the_arrears_are_paid(client: httpx.AsyncClie
     await close(w, "2026-02-21")
     assert "broken_promise" in await flags(w, loan_id)
     overdue = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["overdue_amount"]
-    await w.pay(loan_id, overdue, "2026-02-22")  # at once, in the payment's transaction
+    await w.pay(loan_id, overdue, "2026-02-21")  # at once, in the payment's transaction
     assert "broken_promise" not in await flags(w, loan_id)
     cleared = (await flags(w, loan_id, "cleared"))["broken_promise"]
     assert cleared["cleared_on"] == "2026-02-21"  # the business date

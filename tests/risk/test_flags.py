@@ -598,6 +598,8 @@ async def test_late_drift(client: httpx.AsyncClient) -> None:
     assert flag["severity"] == "low"
     assert (flag["evidence"]["days_late_first"], flag["evidence"]["days_late_last"]) == (0, 6)
     await w.pay(loan_id, "204.00", "2026-06-10")  # on time: the drift is broken
+    assert "late_drift" in await flags(w, loan_id)  # from its date, not as of May 16
+    await close(w, "2026-06-10")
     assert "late_drift" not in await flags(w, loan_id)
 
 
