@@ -484,9 +484,9 @@ def _position_on(
     as_of: date, terms: list[InstallmentTerms], payments: list[PaymentIn], position: LoanPosition
 ) -> LoanPosition:
     """The loan as it stood on ``as_of``, ``position`` being it after all of ``payments``: a
-    payment received after the date delinquency is reckoned as of does not count yet, as in
-    the close (``delinquency.unpaid_sql``), which would otherwise set the loan back a day
-    later."""
+    payment received after the date delinquency is reckoned as of counts from its own date, as
+    in the close (``delinquency.unpaid_sql``), or the close of a date before it would move the
+    loan back."""
     if all(p.received_on <= as_of for p in payments):
         return position
     return replay(terms, [p for p in payments if p.received_on <= as_of])
