@@ -48,6 +48,8 @@ Chunk = tuple[str | None, str | None]
 async def assess_late_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> dict[str, int]:
+    """The fee step: the fees of the date, then the replay of the loans a payment received on
+    or after it has already paid, so that payment pays the new fee first."""
     counts = await delinquency.assess_late_fees(session, as_of, low, high)
     if counts["late_fees_assessed"]:
         await payments.replay_paid_after_fees(session, as_of, low, high)
