@@ -16,9 +16,11 @@ request has written nothing, not even an idempotency claim:
 import json
 import re
 import sys
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.bodies import read_body, replay_body
@@ -104,6 +106,66 @@ def too_long_number(body: bytes) -> str | None:
     return None  # the digits were in a string
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    detail: str
+    field: str
+    message: str
+    type: str
+
+    def response(self) -> Response:
+        return problem(
+            422, "validation_error", "Invalid request", self.detail,
+            errors=[{"field": self.field, "message": self.message, "type": self.type}],
+        )  # fmt: skip
+
+
+def _nul_in(where: str) -> _Refusal:
+    return _Refusal(
+        f"the request's {where} contains the NUL character (U+0000), which no field accepts",
+        where, "contains U+0000", "nul_character",
+    )  # fmt: skip
+
+
+def _refusal_of_url(path: str, query: bytes) -> _Refusal | None:
+    if "\x00" in path:
+        return _nul_in("path")
+    if b"%00" in query:
+        return _nul_in("query")
+    repeated = repeated_parameter(query) if b"&" in query else None
+    if repeated is not None:
+        return _Refusal(
+            f"the query names the parameter {repeated!r} more than once; it takes one value",
+            repeated, "given twice", "repeated",
+        )  # fmt: skip
+    return None
+
+
+def _refusal_of_body(body: bytes) -> _Refusal | None:
+    if carries_nul(body):
+        return _nul_in("body")
+    try:
+        duplicate = duplicate_key(body)
+    except TooDeeplyNested:
+        return _Refusal(
+            "the body nests arrays or objects too deeply to be read",
+            "body", "nested too deeply", "too_deep",
+        )  # fmt: skip
+    if duplicate is not None:
+        return _Refusal(
+            f"the body names the key {duplicate!r} twice in one object",
+            duplicate, "given twice", "duplicate_key",
+        )  # fmt: skip
+    too_long = too_long_number(body)
+    if too_long is not None:
+        return _Refusal(
+            f"the body's {too_long!r} holds a number too long to read (more than "
+            f"{sys.get_int_max_str_digits()} digits)",
+            too_long, "a number too long to read", "number_too_long",
+        )  # fmt: skip
+    return None
+
+
 class RefuseAmbiguousInput:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -112,59 +174,12 @@ class RefuseAmbiguousInput:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        where, duplicate, too_long, too_deep = None, None, None, False
-        query = scope["query_string"]
-        repeated = repeated_parameter(query) if b"&" in query else None
-        if "\x00" in scope["path"]:
-            where = "path"
-        elif b"%00" in query:
-            where = "query"
-        elif repeated is None and scope["method"] in _WITH_BODY:
+        refusal = _refusal_of_url(scope["path"], scope["query_string"])
+        if refusal is None and scope["method"] in _WITH_BODY:
             body = await read_body(receive)
-            if carries_nul(body):
-                where = "body"
-            else:
-                try:
-                    duplicate = duplicate_key(body)
-                except TooDeeplyNested:
-                    too_deep = True
-                if duplicate is None and not too_deep:
-                    too_long = too_long_number(body)
+            refusal = _refusal_of_body(body)
             receive = replay_body(body)
-        if where is not None:
-            response = problem(
-                422, "validation_error", "Invalid request",
-                f"the request's {where} contains the NUL character (U+0000), which no field "
-                "accepts",
-                errors=[{"field": where, "message": "contains U+0000", "type": "nul_character"}],
-            )  # fmt: skip
-        elif too_deep:
-            response = problem(
-                422, "validation_error", "Invalid request",
-                "the body nests arrays or objects too deeply to be read",
-                errors=[{"field": "body", "message": "nested too deeply", "type": "too_deep"}],
-            )  # fmt: skip
-        elif repeated is not None:
-            response = problem(
-                422, "validation_error", "Invalid request",
-                f"the query names the parameter {repeated!r} more than once; it takes one value",
-                errors=[{"field": repeated, "message": "given twice", "type": "repeated"}],
-            )  # fmt: skip
-        elif duplicate is not None:
-            response = problem(
-                422, "validation_error", "Invalid request",
-                f"the body names the key {duplicate!r} twice in one object",
-                errors=[{"field": duplicate, "message": "given twice", "type": "duplicate_key"}],
-            )  # fmt: skip
-        elif too_long is not None:
-            response = problem(
-                422, "validation_error", "Invalid request",
-                f"the body's {too_long!r} holds a number too long to read (more than "
-                f"{sys.get_int_max_str_digits()} digits)",
-                errors=[{"field": too_long, "message": "a number too long to read",
-                         "type": "number_too_long"}],
-            )  # fmt: skip
-        else:
+        if refusal is None:
             await self.app(scope, receive, send)
-            return
-        await response(scope, receive, send)
+        else:
+            await refusal.response()(scope, receive, send)
