@@ -220,6 +220,25 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
     )
 
 
+def _counted_reversal(p: Any, as_of: Any) -> Any:
+    """A reversal payment_reversal counts on ``as_of``: NSF or chargeback, within the window
+    (``reversals_after``), and not dated after the date evaluated: one dated after the business
+    date counts from the close of its own date (``_may_change_overnight``), not before it
+    happened."""
+    return and_(
+        p.status == PaymentStatus.REVERSED.value,
+        p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
+        p.reversed_on > bindparam("reversals_after", type_=Date),
+        p.reversed_on <= as_of,
+    )
+
+
+def _counted_failed_debit(fd: Any, as_of: Any) -> Any:
+    """A failed debit failed_debits counts on ``as_of``: within the window (``debits_after``)
+    and, like a reversal, not dated after the date evaluated."""
+    return and_(fd.attempted_on > bindparam("debits_after", type_=Date), fd.attempted_on <= as_of)
+
+
 def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
     """The open loans in scope some rule could flag or whose score could move, from facts an
     index or a plain scan finds, without the features query's windows: a superset of the
@@ -231,18 +250,8 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
     fd, pr = FailedDebit.__table__.c, Promise.__table__.c
     as_of = bindparam("as_of", type_=Date)
     perfect = score_loan(0, [], date.min)
-    reversed_lately = select(p.loan_id).where(
-        scope(p.loan_id),
-        p.status == PaymentStatus.REVERSED.value,
-        p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
-        p.reversed_on > bindparam("reversals_after", type_=Date),
-        p.reversed_on <= as_of,
-    )
-    failed_lately = select(fd.loan_id).where(
-        scope(fd.loan_id),
-        fd.attempted_on > bindparam("debits_after", type_=Date),
-        fd.attempted_on <= as_of,
-    )
+    reversed_lately = select(p.loan_id).where(scope(p.loan_id), _counted_reversal(p, as_of))
+    failed_lately = select(fd.loan_id).where(scope(fd.loan_id), _counted_failed_debit(fd, as_of))
     broken_lately = select(pr.loan_id).where(
         scope(pr.loan_id),
         pr.status == PromiseStatus.BROKEN.value,
@@ -426,14 +435,7 @@ def _features_query(
             days_between(p.received_on, recent.c.previous_due_date) > recent.c.grace_days,
         ),
     )
-    # Not after the date evaluated, as failed debits: a reversal dated after the business date
-    # counts from the close of its date (``_may_change_overnight``), not before it happened.
-    reversed_lately = and_(
-        p.status == PaymentStatus.REVERSED.value,
-        p.reversal_reason.in_((ReversalReason.NSF.value, ReversalReason.CHARGEBACK.value)),
-        p.reversed_on > bindparam("reversals_after", type_=Date),
-        p.reversed_on <= as_of_sql,
-    )
+    reversed_lately = _counted_reversal(p, as_of_sql)
     per_period = (
         select(
             p.loan_id,
@@ -484,11 +486,7 @@ def _features_query(
             func.max(fd.id).label("last_failed_id"),
             func.max(fd.attempted_on).label("last_failed_on"),
         )
-        .where(
-            scope(fd.loan_id),
-            fd.attempted_on > bindparam("debits_after", type_=Date),
-            fd.attempted_on <= as_of_sql,
-        )
+        .where(scope(fd.loan_id), _counted_failed_debit(fd, as_of_sql))
         .group_by(fd.loan_id)
         .subquery()
     )
