@@ -27,7 +27,14 @@ from app.risk.rules import FlagCode
 
 router = APIRouter(tags=["loans"])
 
-Bucket = Annotated[str | None, Query(pattern=r"^(current|1-30|31-60|61-90|90\+)$")]
+Bucket = Annotated[
+    str | None,
+    Query(
+        pattern=r"^(current|1-30|31-60|61-90|90\+)$",
+        description="open loans in this bucket, as the portfolio summary's `by_bucket` counts "
+        "them: paid-off and cancelled loans keep the bucket they closed in and are left out",
+    ),
+]
 
 
 @router.post("/v1/loans", status_code=201, response_model=LoanRead)
@@ -57,7 +64,9 @@ async def list_loans(
         str | None, Query(max_length=100, description="the POS's order: its loan, if any")
     ] = None,
 ) -> Response:
-    """Dashboards poll this by bucket or flag: ``ETag``, and 304 on ``If-None-Match``."""
+    """Dashboards poll this by bucket or flag: ``ETag``, and 304 on ``If-None-Match``.
+    ``bucket`` selects open loans only, the ones the portfolio summary's buckets count, so a
+    dashboard drills down from a bucket's count to the same loans."""
     views = await service.list_loans(
         session, principal, page=page, status=status, bucket=bucket, merchant_id=merchant_id,
         borrower_id=borrower_id, flag=flag, merchant_order_ref=merchant_order_ref,

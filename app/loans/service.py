@@ -437,7 +437,9 @@ async def list_loans(
     if status is not None:
         query = query.where(Loan.status == status)
     if bucket is not None:
-        query = query.where(Loan.bucket == bucket)
+        # Closed loans keep the bucket they closed in; the portfolio summary's buckets count
+        # open loans only, and a dashboard drills down from them to this list.
+        query = query.where(Loan.bucket == bucket, Loan.status.in_(OPEN_STATUSES))
     if flag is not None:
         query = query.where(
             Loan.id.in_(

@@ -321,6 +321,28 @@ async def test_list_loans_filters_and_paginates(client: httpx.AsyncClient) -> No
         assert bad.json()["errors"][0]["field"] == "cursor"
 
 
+async def test_the_bucket_filter_lists_the_open_loans_the_summary_counts(
+    client: httpx.AsyncClient,
+) -> None:
+    """Closed loans keep the bucket they closed in (`current`); the summary's buckets count
+    open loans only, and a dashboard drills down from a bucket's count to the list."""
+    w = await world(client)
+    ids = [(await w.loan(principal="100.00"))["id"] for _ in range(4)]
+    await w.post(f"/v1/loans/{ids[0]}/cancel", {}, expect=200)
+    payoff = (await w.get(f"/v1/loans/{ids[1]}"))["balances"]["payoff_amount"]
+    await w.pay(ids[1], payoff)
+    assert (await w.get(f"/v1/loans/{ids[1]}"))["status"] == "paid_off"
+
+    current = await w.get("/v1/loans?bucket=current")
+    assert [loan["id"] for loan in current["items"]] == ids[2:]
+    summary = await w.get("/v1/portfolio/summary")
+    assert summary["by_bucket"]["current"]["count"] == len(current["items"]) == 2
+    # The closed loans are still listed by status, bucket and all.
+    cancelled = (await w.get("/v1/loans?status=cancelled"))["items"]
+    assert [(loan["id"], loan["bucket"]) for loan in cancelled] == [(ids[0], "current")]
+    assert (await w.get("/v1/loans?status=paid_off&bucket=current"))["items"] == []
+
+
 async def test_installment_rows_are_stored_once(client: httpx.AsyncClient) -> None:
     w = await world(client)
     await w.loan(term=24)
