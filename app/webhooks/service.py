@@ -29,7 +29,7 @@ from app.config import get_settings
 from app.db import UTCDateTime, insert_for, is_postgres, utc_now
 from app.errors import InvalidRequest
 from app.events.models import Event
-from app.events.types import valid_pattern
+from app.events.types import matching, valid_pattern
 from app.ids import new_id
 from app.webhooks import signing, targets
 from app.webhooks.errors import EventNotFound, WebhookEndpointNotFound, WebhookUrlNotAllowed
@@ -291,22 +291,52 @@ async def send_test_event(
 async def redeliver(
     session: AsyncSession, principal: Principal, *, event_id: str, endpoint_id: str | None
 ) -> int:
-    """Send an event again (same webhook-id) to its subscribed endpoints, or to one."""
+    """Send an event again (same webhook-id) to its enabled subscribed endpoints, or to one,
+    which must be enabled and subscribed to it: anything else would be accepted and never
+    sent."""
     principal.require(Role.ADMIN)
     event = await session.scalar(select(Event).where(Event.id == event_id))
     if event is None:
         raise EventNotFound(f"event {event_id} does not exist")
     if endpoint_id is not None:
-        await _load(session, endpoint_id)
+        view = await _load(session, endpoint_id)
+        if not view.endpoint.enabled:
+            # As for a test: a disabled endpoint is sent nothing, so the delivery would wait
+            # until it is enabled again (when `recover` sends what it missed).
+            raise InvalidRequest.field("enabled", "enable the endpoint before redelivering to it")
+        _check_addressed(event, view)
     await fan_out(session, event.position, event.position, only_endpoint=endpoint_id)
     query = update(WebhookDelivery).where(WebhookDelivery.event_position == event.position)
     if endpoint_id is not None:
         query = query.where(WebhookDelivery.endpoint_id == endpoint_id)
+    else:
+        # Not the delivery of an endpoint disabled since: it is sent nothing.
+        query = query.where(
+            WebhookDelivery.endpoint_id.in_(
+                select(WebhookEndpoint.id).where(WebhookEndpoint.enabled)
+            )
+        )
     result = await session.execute(
         query.values(status=DeliveryStatus.PENDING, next_attempt_at=utc_now())
     )
     session.info["outbox_written"] = True
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _check_addressed(event: Event, view: EndpointView) -> None:
+    """The event is one ``fan_out`` sends the endpoint: of a type it subscribes to, or the
+    test sent to it."""
+    endpoint_id = view.endpoint.id
+    if event.type == "webhook.test":
+        if event.data.get("endpoint_id") != endpoint_id:
+            raise InvalidRequest.field(
+                "endpoint_id", f"the test event {event.id} was sent to another endpoint"
+            )
+    elif event.type not in matching(view.event_types):
+        raise InvalidRequest.field(
+            "endpoint_id",
+            f"webhook endpoint {endpoint_id} does not subscribe to {event.type} events",
+        )
 
 
 async def recover(

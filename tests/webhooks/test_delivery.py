@@ -277,6 +277,11 @@ async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> 
         again = await w.post(f"/v1/events/{sent.json()['id']}/redeliver", None,
                              headers=w.admin, expect=202)  # fmt: skip
         assert again.json()["deliveries"] == 1
+        # A test is its endpoint's alone: redelivered to another, nothing would be sent.
+        elsewhere = await w.post(f"/v1/events/{sent.json()['id']}/redeliver",
+                                 {"endpoint_id": other["id"]}, headers=w.admin,
+                                 expect=422)  # fmt: skip
+        assert elsewhere.json()["errors"][0]["field"] == "endpoint_id"
         await deliver()
         assert [r.headers["webhook-id"] for r in receiver.received] == [sent.json()["id"]] * 2
         since = utc_now().isoformat()
@@ -298,6 +303,57 @@ async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> 
         refused = await w.post(f"/v1/webhook-endpoints/{hook['id']}/recover", {"since": bad},
                                headers=w.admin, expect=422)  # fmt: skip
         assert refused.json()["errors"][0]["field"] == "since"
+
+
+async def test_a_redelivery_is_accepted_only_where_it_will_be_sent(
+    client: httpx.AsyncClient,
+) -> None:
+    """Redelivery to a named endpoint that is disabled is refused as its test is, and to one
+    that does not subscribe to the event's type too, rather than 202 and nothing sent; to
+    every endpoint, it goes to the enabled ones."""
+    w = await world(client)
+    with receiving() as receiver, receiving() as paused_receiver, receiving() as risk_receiver:
+        hook = await endpoint(w, receiver.url)
+        paused = await endpoint(w, paused_receiver.url)
+        risk = await endpoint(w, risk_receiver.url, ["risk.*"])
+        await w.loan()
+        assert await deliver() == 2
+        event_id = (await w.get("/v1/events?type=loan.created", headers=w.admin))["items"][0]["id"]
+        redeliver = f"/v1/events/{event_id}/redeliver"
+        disable = await client.patch(f"/v1/webhook-endpoints/{paused['id']}",
+                                     json={"enabled": False}, headers=w.admin)  # fmt: skip
+        assert disable.status_code == 200, disable.text
+
+        tested = await w.post(f"/v1/webhook-endpoints/{paused['id']}/test", None,
+                              headers=w.admin, expect=422)  # fmt: skip
+        refused = await w.post(redeliver, {"endpoint_id": paused["id"]}, headers=w.admin,
+                               expect=422)  # fmt: skip
+        assert refused.json()["code"] == tested.json()["code"] == "validation_error"
+        assert refused.json()["errors"] == [
+            {"field": "enabled", "message": "enable the endpoint before redelivering to it"}
+        ]
+        unsubscribed = await w.post(redeliver, {"endpoint_id": risk["id"]}, headers=w.admin,
+                                    expect=422)  # fmt: skip
+        assert unsubscribed.json()["errors"] == [{
+            "field": "endpoint_id",
+            "message": f"webhook endpoint {risk['id']} does not subscribe to loan.created events",
+        }]  # fmt: skip
+        assert await deliver() == 0
+
+        everyone = await w.post(redeliver, None, headers=w.admin, expect=202)
+        assert everyone.json() == {"deliveries": 1}
+        assert await deliver() == 1
+        # Enabled again, the endpoint is owed nothing the redelivery to every endpoint queued.
+        enable = await client.patch(f"/v1/webhook-endpoints/{paused['id']}",
+                                    json={"enabled": True}, headers=w.admin)  # fmt: skip
+        assert enable.status_code == 200, enable.text
+        assert await deliver() == 0
+        named = await w.post(redeliver, {"endpoint_id": paused["id"]}, headers=w.admin,
+                             expect=202)  # fmt: skip
+        assert named.json() == {"deliveries": 1}
+        assert await deliver() == 1
+        assert [len(r.received) for r in (receiver, paused_receiver, risk_receiver)] == [2, 2, 0]
+        assert {r.verified(hook["secret"])["type"] for r in receiver.received} == {"loan.created"}
 
 
 async def test_a_hanging_receiver_times_out_and_is_retried(
