@@ -2,7 +2,8 @@
 trivial route (a path parameter, a fixed two-byte JSON answer), driven in-process on the ASGI
 interface, one request at a time, no network and no database:
 
-* bare Starlette and bare FastAPI (no middleware), the route alone;
+* bare Starlette and bare FastAPI (no middleware), the route alone, as FastAPI's own route
+  and as Loanwatch's (``app.api.routing.StrictRoute``, which checks the query's parameters);
 * FastAPI with Loanwatch's routers (no middleware), the route after all of them, once with the
   routers added as plain routes (as ``app.main.create_app`` does) and once through
   ``include_router``;
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -47,6 +48,14 @@ def fastapi_route() -> BaseRoute:
     app = FastAPI()
     app.get(PATH)(fastapi_endpoint)
     return app.router.routes[-1]
+
+
+def strict_route() -> BaseRoute:
+    from app.api.routing import StrictRoute
+
+    router = APIRouter(route_class=StrictRoute)
+    router.get(PATH)(fastapi_endpoint)
+    return router.routes[-1]
 
 
 async def cpu_per_request(
@@ -117,6 +126,7 @@ async def main(requests: int) -> None:
     cases: list[tuple[str, ASGIApp]] = [
         ("Starlette, the route alone", Starlette(routes=[Route(PATH, starlette_endpoint)])),
         ("FastAPI, the route alone", FastAPI(routes=[fastapi_route()])),
+        ("FastAPI, the route alone as a StrictRoute", FastAPI(routes=[strict_route()])),
         (
             "FastAPI, after Loanwatch's routes added as plain routes",
             with_routers(lambda app, router: app.router.routes.extend(router.routes)),

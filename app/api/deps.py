@@ -61,6 +61,12 @@ async def get_principal(request: Request) -> Principal:
     return await authenticate(request.headers.get("authorization"))
 
 
+# The dependencies that name the caller. app/api/routing.py calls a route's when it refuses a
+# request before FastAPI reached them (a query parameter the route does not take), so a
+# caller without a valid key or role hears 401 or 403 first.
+PRINCIPAL_DEPENDENCIES: set[Callable[[Request], Awaitable[Principal]]] = {get_principal}
+
+
 CurrentPrincipal = Annotated[Principal, Depends(get_principal, scope="function")]
 PageDep = Annotated[PageParams, Depends(page_params)]
 
@@ -74,6 +80,7 @@ def _principal_with(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
         principal.require(*roles)
         return principal
 
+    PRINCIPAL_DEPENDENCIES.add(dependency)
     return dependency
 
 

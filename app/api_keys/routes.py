@@ -1,10 +1,11 @@
 from fastapi import APIRouter, Response
 
 from app.api.deps import AdminPrincipal, SessionDep
+from app.api.routing import StrictRoute
 from app.api_keys import service
 from app.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
 
-router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
+router = APIRouter(prefix="/v1/api-keys", tags=["api keys"], route_class=StrictRoute)
 
 
 @router.post("", status_code=201, response_model=ApiKeyCreated)

@@ -5,10 +5,11 @@ from fastapi import APIRouter, Query, Request, Response
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
 from app.api.responses import POLLED, cached
+from app.api.routing import StrictRoute
 from app.borrowers import service
 from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
 
-router = APIRouter(prefix="/v1/borrowers", tags=["borrowers"])
+router = APIRouter(prefix="/v1/borrowers", tags=["borrowers"], route_class=StrictRoute)
 
 
 @router.post("", status_code=201, response_model=BorrowerRead)

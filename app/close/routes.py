@@ -3,12 +3,13 @@ from fastapi import APIRouter, Request, Response
 from app.api.deps import AdminPrincipal, DashboardPrincipal, SessionDep
 from app.api.fields import IsoDate
 from app.api.responses import POLLED, cached
+from app.api.routing import StrictRoute
 from app.close import service
 from app.close.models import CloseStatus
 from app.close.schemas import BusinessDateRead, CloseRunCreate, CloseRunRead
 from app.delinquency import service as delinquency
 
-router = APIRouter(tags=["nightly close"])
+router = APIRouter(tags=["nightly close"], route_class=StrictRoute)
 
 
 @router.post(

@@ -5,10 +5,11 @@ from fastapi import APIRouter, Query, Request, Response
 from app.api.deps import DashboardPrincipal, PageDep, SessionDep
 from app.api.pagination import Page, page_of
 from app.api.responses import POLLED, cached
+from app.api.routing import StrictRoute
 from app.events import service
 from app.events.schemas import EventRead
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
+router = APIRouter(prefix="/v1/events", tags=["events"], route_class=StrictRoute)
 
 
 @router.get("", response_model=Page[EventRead], responses=POLLED)

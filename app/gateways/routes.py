@@ -3,6 +3,7 @@ from fastapi import APIRouter, Request, Response
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.openapi import inlined_schema, required_header
 from app.api.pagination import Page, page_of
+from app.api.routing import StrictRoute
 from app.gateways import service
 from app.gateways.models import WEBHOOK_ID_MAX_LENGTH
 from app.gateways.schemas import (
@@ -13,7 +14,7 @@ from app.gateways.schemas import (
     NotificationResult,
 )
 
-router = APIRouter(tags=["payment gateways"])
+router = APIRouter(tags=["payment gateways"], route_class=StrictRoute)
 
 
 # The body is read raw, its signature checked before it is parsed: FastAPI cannot see it.

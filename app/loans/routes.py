@@ -11,6 +11,7 @@ from app.api.deps import (
 )
 from app.api.pagination import Page, page_of
 from app.api.responses import POLLED, cached, json_response
+from app.api.routing import StrictRoute
 from app.db import database
 from app.loans import service
 from app.loans.models import LoanStatus
@@ -25,7 +26,7 @@ from app.loans.schemas import (
 from app.loans.service import LoanView
 from app.risk.rules import FlagCode
 
-router = APIRouter(tags=["loans"])
+router = APIRouter(tags=["loans"], route_class=StrictRoute)
 
 Bucket = Annotated[
     str | None,

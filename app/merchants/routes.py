@@ -2,10 +2,11 @@ from fastapi import APIRouter
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.routing import StrictRoute
 from app.merchants import service
 from app.merchants.schemas import MerchantCreate, MerchantRead
 
-router = APIRouter(prefix="/v1/merchants", tags=["merchants"])
+router = APIRouter(prefix="/v1/merchants", tags=["merchants"], route_class=StrictRoute)
 
 
 @router.post("", status_code=201, response_model=MerchantRead)

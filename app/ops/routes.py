@@ -5,11 +5,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
+from app.api.routing import StrictRoute
 from app.config import get_settings
 from app.db import database
 from app.ops import metrics
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=StrictRoute)
 
 
 @router.get("/healthz")

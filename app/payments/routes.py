@@ -2,6 +2,7 @@ from fastapi import APIRouter
 
 from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.routing import StrictRoute
 from app.payments import service
 from app.payments.schemas import (
     PaymentCreate,
@@ -12,7 +13,7 @@ from app.payments.schemas import (
     transaction_read,
 )
 
-router = APIRouter(tags=["payments"])
+router = APIRouter(tags=["payments"], route_class=StrictRoute)
 
 
 @router.post("/v1/loans/{loan_id}/payments", status_code=201, response_model=PaymentRead)

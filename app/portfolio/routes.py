@@ -9,12 +9,13 @@ from app.api.deps import DashboardPrincipal, PageDep, ReaderPrincipal, SessionDe
 from app.api.fields import IsoDate
 from app.api.pagination import Page, page_of
 from app.api.responses import LIVE, POLLED, cached
+from app.api.routing import StrictRoute
 from app.portfolio import service
 from app.portfolio.close import alert_event
 from app.portfolio.positions import Scope
 from app.portfolio.schemas import AlertRead, RollRatesRead, SegmentsRead, SummaryRead, VintagesRead
 
-router = APIRouter(tags=["portfolio"])
+router = APIRouter(tags=["portfolio"], route_class=StrictRoute)
 
 
 async def portfolio_scope(

@@ -4,10 +4,11 @@ from fastapi import APIRouter
 
 from app.api.deps import AdminPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.routing import StrictRoute
 from app.products import service
 from app.products.schemas import ProductCreate, ProductRead
 
-router = APIRouter(prefix="/v1/products", tags=["products"])
+router = APIRouter(prefix="/v1/products", tags=["products"], route_class=StrictRoute)
 
 
 @router.post("", status_code=201, response_model=ProductRead)

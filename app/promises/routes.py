@@ -2,10 +2,11 @@ from fastapi import APIRouter
 
 from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.routing import StrictRoute
 from app.promises import service
 from app.promises.schemas import PromiseCreate, PromiseRead
 
-router = APIRouter(tags=["promises"])
+router = APIRouter(tags=["promises"], route_class=StrictRoute)
 
 
 @router.post("/v1/loans/{loan_id}/promises", status_code=201, response_model=PromiseRead)

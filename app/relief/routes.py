@@ -9,11 +9,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.routing import StrictRoute
 from app.relief import service
 from app.relief.models import Restructure
 from app.relief.schemas import RestructureCreate, RestructureDecision, RestructureRead
 
-router = APIRouter(tags=["relief"])
+router = APIRouter(tags=["relief"], route_class=StrictRoute)
 
 
 async def _read(session: AsyncSession, restructure: Restructure) -> RestructureRead:

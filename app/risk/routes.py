@@ -12,6 +12,7 @@ from app.api.deps import (
 )
 from app.api.pagination import Page, page_of
 from app.api.responses import POLLED, cached
+from app.api.routing import StrictRoute
 from app.risk import runs, service
 from app.risk.models import FlagStatus
 from app.risk.rules import FlagCode, Severity
@@ -25,7 +26,7 @@ from app.risk.schemas import (
     RulesUpdate,
 )
 
-router = APIRouter(tags=["risk"])
+router = APIRouter(tags=["risk"], route_class=StrictRoute)
 
 
 @router.get("/v1/risk/rules", response_model=RulesRead)

@@ -4,6 +4,7 @@ from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
 from app.api.responses import POLLED, cached
+from app.api.routing import StrictRoute
 from app.events.schemas import EventRead
 from app.webhooks import service
 from app.webhooks.schemas import (
@@ -18,7 +19,7 @@ from app.webhooks.schemas import (
     WebhookPayload,
 )
 
-router = APIRouter(tags=["webhooks"])
+router = APIRouter(tags=["webhooks"], route_class=StrictRoute)
 PREFIX = "/v1/webhook-endpoints"
 
 
