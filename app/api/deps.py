@@ -61,9 +61,9 @@ async def get_principal(request: Request) -> Principal:
     return await authenticate(request.headers.get("authorization"))
 
 
-# The dependencies that name the caller. app/api/routing.py calls a route's when it refuses a
-# request before FastAPI reached them (a query parameter the route does not take), so a
-# caller without a valid key or role hears 401 or 403 first.
+# The dependencies that name the caller. app/api/routing.py calls a route's itself before it
+# answers a refusal that came before FastAPI ran them (a body that is not JSON, a query
+# parameter the route does not take), so a caller without a valid key or role hears 401 or 403.
 PRINCIPAL_DEPENDENCIES: set[Callable[[Request], Awaitable[Principal]]] = {get_principal}
 
 

@@ -1,5 +1,7 @@
 """401 / 403 / 404-for-another-merchant, per SPEC's role matrix."""
 
+import re
+
 import httpx
 import pytest
 from fastapi.routing import APIRoute
@@ -158,6 +160,48 @@ async def test_admin_overrides_the_credit_limit(client: httpx.AsyncClient) -> No
     events = (await client.get("/v1/events?type=borrower.credit_limit_changed",
                                headers=w.admin)).json()["items"]  # fmt: skip
     assert [e["data"]["credit_limit"] for e in events] == ["500.00"]
+
+
+async def test_the_caller_is_checked_before_the_body(client: httpx.AsyncClient) -> None:
+    """SPEC: a missing or invalid key is 401, a wrong role 403. FastAPI reads a JSON body
+    before any dependency runs, so a body that is not JSON was a 422 to anyone."""
+    w = await world(client)
+    dashboard = auth(await api_key(Role.DASHBOARD))
+    bogus = {"Authorization": "Bearer bogus"}
+    cases = [
+        ({}, 401, "unauthorized"),
+        (bogus, 401, "unauthorized"),
+        ({**bogus, "Idempotency-Key": "bogus"}, 401, "unauthorized"),
+        (dashboard, 403, "forbidden"),
+        ({**dashboard, "Idempotency-Key": "dashboard"}, 403, "forbidden"),
+        (w.merchant, 422, "validation_error"),
+    ]
+    for content in (b"{not json", b"\x80\x81"):
+        for headers, status, code in cases:
+            if "Idempotency-Key" in headers:  # one key per body
+                headers = {
+                    **headers,
+                    "Idempotency-Key": f"{headers['Idempotency-Key']}-{content!r}",
+                }
+            response = await client.post(
+                "/v1/loans", content=content,
+                headers={**headers, "content-type": "application/json"},
+            )  # fmt: skip
+            assert response.status_code == status, (content, headers, response.text)
+            assert response.json()["code"] == code
+    # Every route that reads a body, whatever role it asks for (none takes a gateway key).
+    gateway = auth(await api_key(Role.GATEWAY))
+    for route in app.routes:
+        if not isinstance(route, APIRoute) or route.body_field is None:
+            continue
+        path = re.sub(r"\{[^}]+\}", "x1", route.path)
+        for method in route.methods:
+            for headers, status in (({}, 401), (gateway, 403)):
+                response = await client.request(
+                    method, path, content=b"{not json",
+                    headers={**headers, "content-type": "application/json"},
+                )  # fmt: skip
+                assert response.status_code == status, (method, route.path, response.text)
 
 
 async def test_unknown_route_is_a_problem(client: httpx.AsyncClient) -> None:
