@@ -105,7 +105,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
         by_api_key = not path.startswith(SIGNATURE_AUTHENTICATED)
         for method, operation in operations.items():
             responses = operation["responses"]
-            for status in _errors_of(document, path, method, operation, by_api_key):
+            for status in _errors_of(document, path, method, operation):
                 responses[status] = {
                     "description": ERRORS[status],
                     "content": {
@@ -126,11 +126,12 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
 
 
 def _errors_of(
-    document: dict[str, Any], path: str, method: str, operation: dict[str, Any], by_api_key: bool
+    document: dict[str, Any], path: str, method: str, operation: dict[str, Any]
 ) -> list[str]:
     """The error statuses an operation can answer: any may meet a bad key or input and a busy
     database; only one naming an object can miss it, only a write can conflict."""
-    statuses = ["401", "403"] if by_api_key else ["401"]
+    # A gateway may send an API key beside its signature, and then one of the gateway role.
+    statuses = ["401", "403"]
     if _names_an_object(document, path, operation):
         statuses.append("404")
     if method != "get":

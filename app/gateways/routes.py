@@ -1,9 +1,10 @@
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
+from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep, authenticate
 from app.api.openapi import inlined_schema, required_header
 from app.api.pagination import Page, page_of
 from app.api.routing import StrictRoute
+from app.api_keys.models import Role
 from app.gateways import service
 from app.gateways.models import WEBHOOK_ID_MAX_LENGTH
 from app.gateways.schemas import (
@@ -78,7 +79,10 @@ async def receive_notification(
 ) -> NotificationResult:
     """A gateway's Standard Webhooks-signed notification: ``debit.succeeded``,
     ``debit.failed`` or ``payment.charged_back``. The signature is the authentication; the
-    same ``webhook-id`` again answers 200 and changes nothing."""
+    same ``webhook-id`` again answers 200 and changes nothing. A gateway that can also send
+    `Authorization: Bearer <api key>` must send a valid key of the `gateway` role (401, 403)."""
+    if (authorization := request.headers.get("authorization")) is not None:
+        (await authenticate(authorization)).require(Role.GATEWAY)
     status, type_, result = await service.receive(
         session, gateway_name=name, body=await request.body(),
         headers={k.lower(): v for k, v in request.headers.items()},

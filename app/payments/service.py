@@ -146,11 +146,9 @@ async def record_payment(
     view = loans_service.LoanView(
         loan, installments, today, await delinquency.business_date(session)
     )
-    as_of = await delinquency.reckoning_date(session)
-    reckoned = _position_on(as_of, terms, payments, position)
     await _store_position(
-        session, loan, installments, position, reckoned, fee_rows, as_of=as_of,
-        changed_on=received_on,
+        session, loan, installments, position, fee_rows,
+        as_of=await delinquency.reckoning_date(session), changed_on=received_on,
     )  # fmt: skip
     await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
                       loan=loan)  # fmt: skip
@@ -455,8 +453,9 @@ async def replay_paid_after_fees(
         position = replay(terms, await _applied_payments(session, loan_id))
         # The close's next steps reckon the loan as of the date, and count what moves.
         await _store_position(
-            session, loan, installments, position, None, fee_rows, as_of=as_of, changed_on=as_of
-        )
+            session, loan, installments, position, fee_rows, as_of=as_of, changed_on=as_of,
+            reckon=False,
+        )  # fmt: skip
 
 
 async def _replay_and_store(
@@ -472,24 +471,11 @@ async def _replay_and_store(
     ``changed_on``: the date of the change (``as_of`` by default), for the ledger."""
     terms, fee_rows = await _terms(session, installments)
     position = replay(terms, payments)
-    reckoned = _position_on(as_of, terms, payments, position)
     await _store_position(
-        session, loan, installments, position, reckoned, fee_rows, as_of=as_of,
+        session, loan, installments, position, fee_rows, as_of=as_of,
         changed_on=changed_on or as_of,
     )  # fmt: skip
     return position
-
-
-def _position_on(
-    as_of: date, terms: list[InstallmentTerms], payments: list[PaymentIn], position: LoanPosition
-) -> LoanPosition:
-    """The loan as it stood on ``as_of``, ``position`` being it after all of ``payments``: a
-    payment received after the date delinquency is reckoned as of counts from its own date, as
-    in the close (``delinquency.unpaid_sql``), or the close of a date before it would move the
-    loan back."""
-    if all(p.received_on <= as_of for p in payments):
-        return position
-    return replay(terms, [p for p in payments if p.received_on <= as_of])
 
 
 @dataclass(frozen=True)
@@ -554,16 +540,18 @@ async def _store_position(
     loan: Loan,
     installments: list[LoanInstallment],
     position: LoanPosition,
-    reckoned: LoanPosition | None,
     fee_rows: _FeeRows,
     *,
     as_of: date,
     changed_on: date,
+    reckon: bool = True,
 ) -> None:
-    """Write a replayed position: installments, allocations and the loan's derived balances.
-    ``reckoned``: the position on ``as_of``, the delinquency date (without the payments
-    received after it), to reckon the loan's delinquency, promises and risk from; None leaves
-    them to the caller. ``fee_rows``: the fee waivers by installment, which the replay saw as
+    """Write a replayed position: installments, allocations and the loan's derived balances,
+    and with ``reckon`` the loan's delinquency, promises and risk as of ``as_of``, the
+    delinquency date. Delinquency counts every payment recorded, those received after
+    ``as_of`` included: a borrower who pays their arrears today is current at once, not after
+    tonight's close (the close of an earlier date, a catch-up, reckons that date without
+    them). ``fee_rows``: the fee waivers by installment, which the replay saw as
     fees never charged and the rows (charged as assessed) count as waived; and the late fees
     forgiven so far. ``changed_on``: the date of the change, for the ledger."""
     for row, new in zip(installments, position.installments, strict=True):
@@ -601,11 +589,11 @@ async def _store_position(
         restructured = loan.restructured_on is not None
         loan.status = LoanStatus.RESTRUCTURED if restructured else LoanStatus.ACTIVE
         loan.paid_off_on = None
-    if reckoned is None:
+    if not reckon:
         return
     # The same rules as the nightly close, at once, in this transaction: promises before
     # risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.
-    await delinquency.refresh_loan(session, loan, reckoned, as_of, status_before)
+    await delinquency.refresh_loan(session, loan, position, as_of, status_before)
     await promises.refresh_loan(session, loan, as_of)
     await risk.refresh_loan(session, loan, as_of)
 

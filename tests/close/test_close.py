@@ -104,6 +104,24 @@ async def test_a_payment_cures_at_once(client: httpx.AsyncClient) -> None:
     assert (got["days_past_due"], got["bucket"]) == (10, "1-30")
 
 
+async def test_a_payment_dated_after_the_business_date_cures_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """The normal case during the day: the business date is yesterday's close and the payment
+    is today's. The loan is current at once, its days past due and bucket agreeing with its
+    overdue amount; tonight's close finds nothing more to move."""
+    w, loan = await late_world(client)
+    await close(w, "2026-02-20")
+    await w.pay(loan["id"], "432.00", "2026-02-21")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"], got["status"]) == (0, "current", "active")
+    assert (got["delinquency_as_of"], got["balances"]["overdue_amount"]) == ("2026-02-20", "0.00")
+    assert (await event_types(loan["id"]))["loan.delinquency_changed"] == 2  # in and out
+    run = await close(w, "2026-02-21")
+    assert run["counts"]["delinquency_changes"] == 0
+    assert (await event_types(loan["id"]))["loan.delinquency_changed"] == 2
+
+
 async def test_rerunning_a_date_changes_nothing(client: httpx.AsyncClient) -> None:
     w, _ = await late_world(client)
     await close(w, "2026-03-01")

@@ -92,8 +92,8 @@ def comparable(summary: dict[str, Any]) -> dict[str, Any]:
 
 async def book(client: httpx.AsyncClient) -> tuple[World, list[dict[str, Any]]]:
     """Six loans from 2026-07-01 (first due 08-01): two never paid, one paid on time, one
-    cancelled, one paid off today, and one paid 150.00 today, after the close as of
-    2026-09-15."""
+    cancelled, one paid off today, and one paid 150.00 today (which cures it at once), after
+    the close as of 2026-09-15."""
     w = await world(client)
     await close(w, "2026-07-01")
     loans = [await w.loan(principal="1200.00", term=12, disbursed_on="2026-07-01")
@@ -120,10 +120,9 @@ async def test_summary_adds_up_to_the_book_live_and_after_each_close(
     want = await expected_summary()
     assert comparable(got) == want
     assert got["loans"]["count"] == 4  # the cancelled and the paid-off loans are not open
-    # Unpaid by the business date: 45 days past due (the 150.00 paid today counts from the
-    # close of today).
-    assert got["by_bucket"]["31-60"]["count"] == 3
-    assert got["delinquency_rate"]["30_plus"]["by_count"] == "0.7500"
+    # Never paid: 45 days past due. The 150.00 paid today cured its loan at once.
+    assert got["by_bucket"]["31-60"]["count"] == 2
+    assert got["delinquency_rate"]["30_plus"]["by_count"] == "0.5000"
     payoff = Decimal((await w.get(f"/v1/loans/{loans[4]['id']}"))["principal"]) + 150
     assert Decimal(got["collected"]["today"]) > payoff  # the payoff carries interest too
 

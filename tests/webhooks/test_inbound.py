@@ -477,3 +477,23 @@ async def test_a_rotated_secret_replaces_the_old_one_after_the_overlap(
     assert (missing.status_code, missing.json()["code"]) == (404, "gateway_not_found")
     forbidden = await client.post("/v1/gateways/alipay/rotate-secret", headers=w.merchant)
     assert forbidden.status_code == 403
+
+
+async def test_an_api_key_sent_beside_the_signature_must_be_a_gateway_key(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    gateway_key = (
+        await w.post("/v1/api-keys", {"role": "gateway"}, headers=w.admin, expect=201)
+    ).json()["key"]
+    keys = [("Bearer lw_not_a_key", 401), (w.merchant["Authorization"], 403),
+            (f"Bearer {gateway_key}", 200)]  # fmt: skip
+    for n, (authorization, status) in enumerate(keys):
+        body = notification("debit.failed", loan["id"], amount="106.62",
+                            received_on="2026-02-10", external_ref=f"f{n}")  # fmt: skip
+        raw, headers = signed(secret, body, f"msg_key_{n}")
+        response = await post(client, raw, {**headers, "Authorization": authorization})
+        assert response.status_code == status, response.text
+    assert await count(FailedDebit) == 1  # the refused left nothing
