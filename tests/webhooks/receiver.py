@@ -4,7 +4,7 @@ request and answers from a script (status codes, hangs), then 200."""
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +33,9 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     # Each request takes the next answer: an HTTP status, or ("hang", seconds); then 200.
     script: list[Any] = field(default_factory=list)
+    # Seconds to wait before answering one particular request, whenever it arrives: a script
+    # answers requests in arrival order, which concurrent deliveries do not fix.
+    delay: Callable[[Received], float] = lambda _: 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -48,14 +51,14 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            request = Received({k.lower(): v for k, v in self.headers.items()}, body)
+            time.sleep(receiver.delay(request))
             answer = receiver.answer()
             if isinstance(answer, tuple):
                 time.sleep(answer[1])
                 answer = 200
             with receiver.lock:
-                receiver.received.append(
-                    Received({k.lower(): v for k, v in self.headers.items()}, body)
-                )
+                receiver.received.append(request)
             self.send_response(answer)
             self.send_header("content-type", "text/plain")
             self.end_headers()
