@@ -244,14 +244,13 @@ class _Installment:
     paid_interest: int = 0
     paid_fees: int = 0
     interest_waived: int = 0
-    fees_waived: int = 0
     paid_on: date | None = None
 
     @property
     def left(self) -> int:
         return (
             self.principal + self.interest + self.fees - self.paid_principal
-            - self.paid_interest - self.paid_fees - self.interest_waived - self.fees_waived
+            - self.paid_interest - self.paid_fees - self.interest_waived
         )  # fmt: skip
 
 
@@ -288,7 +287,7 @@ class _LoanBuilder:
 
     def _allocate(self, payment_id: str, inst: _Installment, amount: int, day: date) -> int:
         """Fees, then interest, then principal of one installment; returns what is left."""
-        fees = min(amount, inst.fees - inst.paid_fees - inst.fees_waived)
+        fees = min(amount, inst.fees - inst.paid_fees)
         interest = min(amount - fees, inst.interest - inst.paid_interest - inst.interest_waived)
         principal = min(amount - fees - interest, inst.principal - inst.paid_principal)
         if fees or interest or principal:
@@ -320,14 +319,13 @@ class _LoanBuilder:
 
     def pay_off(self, day: date, rng: random.Random) -> None:
         """The payoff on ``day`` (every installment due by then settled): the current period in
-        full, the principal of later ones, their interest and fees waived."""
+        full, the scheduled fee and principal of later ones, their interest waived."""
         current = next(i for i in self.installments if i.due_date > day)
         later = [i for i in self.installments if i.seq > current.seq]
-        amount = current.left + sum(i.principal - i.paid_principal for i in later)
-        payment_id = self._payment(amount, day, rng)
         for inst in later:
             inst.interest_waived = inst.interest - inst.paid_interest
-            inst.fees_waived = inst.fees - inst.paid_fees
+        amount = current.left + sum(i.left for i in later)
+        payment_id = self._payment(amount, day, rng)
         for inst in [current, *later]:
             amount = self._allocate(payment_id, inst, amount, day)
         assert amount == 0
@@ -429,7 +427,7 @@ class PortfolioPlan:
             )  # fmt: skip
             batch.installments.append((
                 loan_id, i.seq, i.due_date, i.principal, i.interest, i.fees, 0, i.paid_principal,
-                i.paid_interest, i.paid_fees, i.interest_waived, i.fees_waived, i.paid_on, status,
+                i.paid_interest, i.paid_fees, i.interest_waived, 0, i.paid_on, status,
                 None, None,
             ))  # fmt: skip
         batch.loans.append((

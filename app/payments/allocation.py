@@ -1,11 +1,15 @@
 """The allocation waterfall and the replay of a loan's payments: pure functions, no I/O.
 
 A payment received on day D pays, installment by installment, oldest due first: fees, then
-interest, then principal. If what is left covers the payoff, the interest and fees of periods
-after the current one are forgiven and the loan is paid off; anything beyond that is a credit
-balance. Otherwise it pays the current period's installment the same way, then the principal
-of later ones, in order: their interest and fees are not owed yet (a payoff would forgive
-them), so paying ahead lowers the payoff by exactly what was paid.
+interest, then principal. If what is left covers the payoff, the interest of periods after
+the current one is forgiven and the loan is paid off; anything beyond that is a credit
+balance. Otherwise it pays the current period's installment the same way, then the scheduled
+fee and principal of later ones, in order: their interest is not owed yet (a payoff would
+forgive it), so paying ahead lowers the payoff by exactly what was paid.
+
+A scheduled fee (the origination fee, spread over the installments) is the price of the loan,
+not of time: a payoff owes what is left of it on every installment, where the interest of
+later periods is forgiven.
 
 A late fee counts from the date the close charged it, so a payment dated earlier does not pay
 it, except a payoff: a loan is paid off only when nothing it was charged is left. The payoff on
@@ -117,6 +121,11 @@ class InstallmentPosition:
     def left_at_payoff(self, day: date) -> int:
         return self.fees_left_at_payoff(day) + self.interest_left() + self.principal_left()
 
+    def owed_ahead_at_payoff(self, day: date) -> int:
+        """What a payoff on ``day`` settles of an installment whose period has not begun: its
+        principal and its scheduled fee, not its interest."""
+        return self.fees_left(day) + self.principal_left()
+
 
 @dataclass
 class LoanPosition:
@@ -139,7 +148,8 @@ class LoanPosition:
 
     def payoff_minor(self, as_of: date) -> int:
         """What settles the loan on ``as_of``: everything due, the current period in full, and
-        the principal of later periods (their interest is not owed on early payoff)."""
+        the principal and scheduled fees of later periods (their interest is not owed on early
+        payoff)."""
         if self.paid_off_on is not None:
             return 0
         total = 0
@@ -149,7 +159,7 @@ class LoanPosition:
                 total += inst.left_at_payoff(as_of)
                 current_seen = current_seen or inst.terms.due_date > as_of
             else:
-                total += inst.principal_left()
+                total += inst.owed_ahead_at_payoff(as_of)
         return total
 
     def allocations_of(self, payment_id: str) -> list[Allocation]:
@@ -229,7 +239,6 @@ def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
     for inst in position.installments:
         if inst.terms.due_date > day and current_paid:
             inst.interest_waived_minor += inst.interest_left()
-            inst.fees_waived_minor += inst.fees_left(day)
         remaining = _pay_installment(position, inst, payment, remaining, payoff=True)
         if inst.terms.due_date > day:
             # Not due at the payoff, so never late: a late fee charged since is forgiven.
@@ -241,7 +250,7 @@ def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
 
 def _pay_ahead(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
     """Less than the payoff: everything due, oldest first; then the current period's
-    installment in full order; then only the principal of the periods not yet begun; and last
+    installment in full order; then the fee and principal of the periods not yet begun; and last
     the late fees a close charged after the payment's date on installments already due by
     then (the payoff includes them, so paying ahead lowers it by exactly what was paid)."""
     # Each pass stops where the money does: an installment it does not reach keeps no paid_on.
@@ -253,9 +262,7 @@ def _pay_ahead(position: LoanPosition, payment: PaymentIn, remaining: int) -> in
     current_paid = False
     for inst in position.installments[len(due) :]:
         if remaining:
-            remaining = _pay_installment(
-                position, inst, payment, remaining, principal_only=current_paid
-            )
+            remaining = _pay_installment(position, inst, payment, remaining, not_begun=current_paid)
             current_paid = True
     for inst in due:
         if remaining:
@@ -269,13 +276,14 @@ def _pay_installment(
     payment: PaymentIn,
     remaining: int,
     *,
-    principal_only: bool = False,
+    not_begun: bool = False,
     payoff: bool = False,
 ) -> int:
     day = payment.received_on
     fees_left = inst.fees_left_at_payoff(day) if payoff else inst.fees_left(day)
-    fees = 0 if principal_only else min(remaining, fees_left)
-    interest = 0 if principal_only else min(remaining - fees, inst.interest_left())
+    fees = min(remaining, fees_left)
+    # A period not begun owes no interest: a payoff would forgive it.
+    interest = 0 if not_begun else min(remaining - fees, inst.interest_left())
     principal = min(remaining - fees - interest, inst.principal_left())
     if fees or interest or principal:
         inst.paid_fees_minor += fees

@@ -452,8 +452,10 @@ def test_waterfall_order_of_every_payment(
         for a in allocations:
             inst = by_seq[a.installment_seq]
             if a.installment_seq in not_begun and not paid_off:
-                # A period not begun owes no interest or fees yet: paying ahead is principal.
-                assert a.fees_minor == a.interest_minor == 0
+                # A period not begun owes no interest yet: paying ahead is fee, then principal.
+                assert a.interest_minor == 0
+                if a.principal_minor:
+                    assert inst.fees_left(day) == 0
                 continue
             if a.interest_minor or a.principal_minor:
                 assert inst.fees_left(day) == 0  # fees first
@@ -523,12 +525,12 @@ def test_paying_the_payoff_pays_the_loan_off(
     later = {b.seq: b for b in future[1:]}  # after the current period
     for inst, b in zip(position.installments, before.installments, strict=True):
         if inst.seq in later:
-            # Whatever interest and fees of a later period were not prepaid are waived, late
-            # fees a close charged after the payoff included.
+            # Whatever interest of a later period was not prepaid is waived, and the late fees
+            # a close charged after the payoff; its scheduled fee is paid.
             assert inst.interest_waived_minor == b.interest_left()
-            assert inst.fees_waived_minor == b.fees_left(date.max)
+            assert inst.fees_waived_minor == b.fees_left(date.max) - b.fees_left(day)
             assert inst.paid_interest_minor == b.paid_interest_minor
-            assert inst.paid_fees_minor == b.paid_fees_minor
+            assert inst.paid_fees_minor == b.paid_fees_minor + b.fees_left(day)
         elif future and inst.seq == future[0].seq:
             # The current period is paid, but the late fees charged after the payoff.
             late_after = sum(f.amount_minor for f in b.terms.late_fees if f.assessed_on > day)

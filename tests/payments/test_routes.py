@@ -162,6 +162,25 @@ async def test_reversal_replays_later_payments(client: httpx.AsyncClient) -> Non
     await assert_ledger_invariant(loan["id"])
 
 
+async def test_a_payoff_owes_the_whole_spread_origination_fee(client: httpx.AsyncClient) -> None:
+    """The fee is the loan's price, spread for convenience: paying off after the first month
+    does not shed the eleven shares still ahead, as it sheds their interest."""
+    w = await world(
+        client, amortization="interest_free", annual_interest_rate="0", term_options=[12],
+        origination_fee={"kind": "fixed", "amount": "60.00", "collection": "spread"},
+    )  # fmt: skip
+    loan = await w.loan(principal="1200.00", term=12, disbursed_on="2026-01-15")
+    await w.pay(loan["id"], "105.00", "2026-02-15")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["balances"]["payoff_amount"] == "1155.00"  # 1100.00 principal + 11 x 5.00
+    ahead = await w.pay(loan["id"], "1100.01", "2026-02-16")
+    assert ahead["loan"]["status"] == "active"  # the old payoff, now only paid ahead
+    payoff = await w.pay(loan["id"], "54.99", "2026-02-16")
+    assert payoff["loan"]["status"] == "paid_off"
+    installments = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+    assert {(i["fees"], i["paid"]) for i in installments[1:]} == {("5.00", "105.00")}
+
+
 async def test_reversing_the_payoff_reopens_the_loan(client: httpx.AsyncClient) -> None:
     w, loan = await three_month_loan(client)
     payoff = await w.pay(loan["id"], "1212.00", "2026-02-01")
