@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     promise_max_days: int = Field(default=90, ge=1, le=366)
     # How far ahead a repayment plan's last installment may fall.
     repayment_plan_max_days: int = Field(default=366, ge=1, le=1830)
+    # Largest request body the API reads: its largest, a repayment plan, is a few kilobytes.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
     idempotency_ttl_hours: int = 48
     # An idempotency record still "in progress" after this long belongs to a crashed request.
     idempotency_lock_seconds: int = 60

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api import openapi
+from app.api.bodies import LimitBodySize
 from app.api.head import AnswerHeadAsGet
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.unambiguous import RefuseAmbiguousInput
@@ -81,6 +82,7 @@ def create_app() -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RefuseAmbiguousInput)  # outside the idempotency claim: it writes
+    app.add_middleware(LimitBodySize)  # before anything reads a whole body
     app.add_middleware(metrics.RequestMetrics)
     app.add_middleware(AnswerHeadAsGet)
     for router in ROUTERS:

@@ -41,6 +41,7 @@ ERRORS = {
     "404": "No such object, or one of another merchant (`not_found` or a more precise code)",
     "409": "The object's state does not allow it (e.g. `loan_not_active`), or a request with "
     "the same `Idempotency-Key` is still running (`idempotency_request_in_progress`)",
+    "413": "The body is larger than `LOANWATCH_MAX_BODY_BYTES` (1 MiB; `payload_too_large`)",
     "422": "Invalid input; `errors` names each field (`validation_error`, or a domain code "
     "such as `credit_limit_exceeded`, `amount_exceeds_payoff`, `idempotency_key_reused`)",
     "503": "The database is busy; nothing was stored, retry after `Retry-After` (`service_busy`)",
@@ -129,13 +130,14 @@ def _errors_of(
     document: dict[str, Any], path: str, method: str, operation: dict[str, Any]
 ) -> list[str]:
     """The error statuses an operation can answer: any may meet a bad key or input and a busy
-    database; only one naming an object can miss it, only a write can conflict."""
+    database; only one naming an object can miss it, only a write can conflict or carry a body
+    too large."""
     # A gateway may send an API key beside its signature, and then one of the gateway role.
     statuses = ["401", "403"]
     if _names_an_object(document, path, operation):
         statuses.append("404")
     if method != "get":
-        statuses.append("409")
+        statuses += ["409", "413"]
     return [*statuses, "422", "503"]
 
 
