@@ -46,14 +46,16 @@ Reference = Annotated[
 ]
 
 
-def _named(value: str) -> str:
+def _not_blank(value: str) -> str:
     if not value.strip():
-        raise ValueError("must name something: not only spaces")
+        raise ValueError("must say something: not only spaces")
     return value
 
 
 # A merchant's, a borrower's or a product's name, shown to people: blank is no name.
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_named)]
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
+# Why relief was offered, kept with it for audit: blank is no reason.
+Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_not_blank)]
 
 
 # Pydantic takes a number, or a string of digits, for seconds since 1970: a POS sending

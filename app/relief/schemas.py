@@ -3,7 +3,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
-from app.api.fields import IsoDate, MoneyStr
+from app.api.fields import IsoDate, MoneyStr, Reason
 from app.money import format_minor
 from app.promises.models import Promise
 from app.relief.models import Restructure, RestructureKind, RestructureStatus
@@ -25,7 +25,7 @@ class RestructureCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: RestructureKind
-    reason: str = Field(min_length=1, max_length=500)
+    reason: Reason
     installments: list[PlanInstallmentCreate] | None = Field(
         default=None,
         min_length=1,

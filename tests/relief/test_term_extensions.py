@@ -207,6 +207,8 @@ BAD_EXTENSIONS: list[tuple[dict[str, Any], str]] = [
     ({"months": "6"}, "months"),
     ({"amount": "1.00"}, "amount"),
     ({"installments": [{"due_on": "2026-03-01", "amount": "1.00"}]}, "installments"),
+    ({"reason": ""}, "reason"),
+    ({"reason": "   "}, "reason"),  # relief is audited: blank gives no reason
 ]
 
 
