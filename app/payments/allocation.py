@@ -11,15 +11,19 @@ A scheduled fee (the origination fee, spread over the installments) is the price
 not of time: a payoff owes what is left of it on every installment, where the interest of
 later periods is forgiven.
 
-A late fee counts from the date the close charged it, so a payment dated earlier does not pay
-it, except a payoff: a loan is paid off only when nothing it was charged is left. The payoff on
-D therefore includes the late fees charged after D on installments due by D (a back-dated
-payoff reported after a close charged them), and forgives those on installments not yet due.
+A late fee counts from the night the close charged it. When the payments received by then,
+some reported after the close, leave its installment owing no more than the arrears tolerance,
+the close would not have charged it had it known them: the replay withdraws it as never due (a
+back-dated payment that paid in time, or a payoff). Otherwise a payment dated before it does
+not pay it, except a payoff: a loan is paid off only when nothing it was charged is left. The
+payoff on D therefore includes the late fees charged after D on installments due by D, and
+forgives those on installments not yet due.
 
 Balances are never patched in place: they are the result of replaying every applied payment in
 order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
-A late fee is never re-dated: a replay only forgives it (a payoff before its installment was
-due) or, when the payoff is gone or later, owes it again; the ledger records either change.
+A late fee is never re-dated: a replay only forgives it (withdrawn, or a payoff before its
+installment was due) or, when what forgave it is gone, owes it again; the ledger records
+either change.
 """
 
 from collections.abc import Iterable, Sequence
@@ -87,6 +91,8 @@ class InstallmentPosition:
     interest_waived_minor: int = 0
     fees_waived_minor: int = 0
     paid_on: date | None = None
+    # Late fees charged too soon (the installment was settled by their date): not in ``terms``.
+    late_fees_withdrawn: tuple[LateFee, ...] = ()
 
     @property
     def seq(self) -> int:
@@ -182,11 +188,13 @@ def fees_to_waive(position: LoanPosition, day: date, cap_minor: int | None) -> d
 
 
 def late_fees_forgiven(position: LoanPosition) -> dict[int, int]:
-    """The late fees the replay forgave, by installment (a payoff before it was due). Of the
-    fees an installment had waived, late fees count first: charged after its scheduled fee,
-    they are what payments, paying the oldest charge first, reached last."""
+    """The late fees the replay forgave, by installment: withdrawn as charged too soon, or
+    waived by a payoff before the installment was due. Of the fees an installment had waived,
+    late fees count first: charged after its scheduled fee, they are what payments, paying the
+    oldest charge first, reached last."""
     forgiven = {
-        inst.seq: min(inst.fees_waived_minor, sum(f.amount_minor for f in inst.terms.late_fees))
+        inst.seq: sum(f.amount_minor for f in inst.late_fees_withdrawn)
+        + min(inst.fees_waived_minor, sum(f.amount_minor for f in inst.terms.late_fees))
         for inst in position.installments
     }
     return {seq: amount for seq, amount in forgiven.items() if amount}
@@ -203,12 +211,66 @@ def late_fee_changes(position: LoanPosition, recorded: dict[int, int]) -> dict[i
     return {seq: change for seq, change in changes.items() if change}
 
 
-def replay(installments: Sequence[InstallmentTerms], payments: Iterable[PaymentIn]) -> LoanPosition:
-    """The loan's position after applying ``payments`` (in the given order) to a fresh schedule."""
-    position = LoanPosition([InstallmentPosition(t) for t in installments])
+def forgiven_on(position: LoanPosition, seq: int) -> date:
+    """The date a late fee the replay forgives on installment ``seq`` is taken back: a fee
+    charged too soon on the date it was charged, as if never charged; a payoff's on the
+    payoff's date."""
+    withdrawn = next(i for i in position.installments if i.seq == seq).late_fees_withdrawn
+    if withdrawn:
+        return withdrawn[-1].assessed_on
+    assert position.paid_off_on is not None  # else nothing is forgiven
+    return position.paid_off_on
+
+
+def replay(
+    installments: Sequence[InstallmentTerms],
+    payments: Iterable[PaymentIn],
+    *,
+    arrears_tolerance_minor: int = 0,
+) -> LoanPosition:
+    """The loan's position after applying ``payments`` (in the given order) to a fresh schedule,
+    without the late fees charged too soon (``arrears_tolerance_minor``: what an installment may
+    still owe and not be late, as the close reckons it)."""
+    payments = list(payments)
+    withdrawn = _late_fees_charged_too_soon(installments, payments, arrears_tolerance_minor)
+    position = LoanPosition([
+        InstallmentPosition(
+            replace(t, late_fees=tuple(f for f in t.late_fees if f not in withdrawn[t.seq])),
+            late_fees_withdrawn=withdrawn[t.seq],
+        )
+        for t in installments
+    ])  # fmt: skip
     for payment in payments:
         apply_payment(position, payment)
     return position
+
+
+def _late_fees_charged_too_soon(
+    installments: Sequence[InstallmentTerms], payments: list[PaymentIn], tolerance_minor: int
+) -> dict[int, tuple[LateFee, ...]]:
+    """The late fees a close would not have charged had it known every payment received by the
+    date it charged them: each replayed as that night saw it, the fees of earlier nights that
+    stand and the payments received by then, in the order the nights ran."""
+    withdrawn: dict[int, tuple[LateFee, ...]] = {t.seq: () for t in installments}
+    charged = sorted(
+        ((fee.assessed_on, t.seq, fee) for t in installments for fee in t.late_fees),
+        key=lambda night: night[:2],
+    )
+    for night, seq, fee in charged:
+        that_night = [
+            replace(t, late_fees=tuple(
+                f for f in t.late_fees if f.assessed_on < night and f not in withdrawn[t.seq]
+            ))
+            for t in installments
+        ]  # fmt: skip
+        seen = LoanPosition([InstallmentPosition(t) for t in that_night])
+        for payment in payments:
+            if payment.received_on <= night:
+                apply_payment(seen, payment)
+        installment = next(i for i in seen.installments if i.seq == seq)
+        if installment.left(night) <= tolerance_minor:
+            withdrawn[seq] = (*withdrawn[seq], fee)
+    return withdrawn
 
 
 def apply_payment(position: LoanPosition, payment: PaymentIn) -> None:

@@ -39,6 +39,7 @@ from app.payments.allocation import (
     LoanPosition,
     PaymentIn,
     fees_to_waive,
+    forgiven_on,
     late_fee_changes,
     replay,
 )
@@ -119,9 +120,9 @@ async def record_payment(
     earlier = await _applied_payments(session, loan.id)
     terms, fee_rows = await _terms(session, installments)
     payments = sorted([*earlier, _payment_in(payment)], key=_receipt_order)
-    position = replay(terms, payments)
+    position = _replay(loan, terms, payments)
     if position.credit_balance_minor > loan.credit_balance_minor:
-        then = replay(terms, [p for p in earlier if p.received_on <= received_on])
+        then = _replay(loan, terms, [p for p in earlier if p.received_on <= received_on])
         payoff = then.payoff_minor(received_on)
         if amount_minor > payoff:
             detail = (
@@ -328,7 +329,7 @@ async def waive_fees(
     installments = await loans_service.load_installments(session, loan.id)
     terms, _ = await _terms(session, installments)
     payments = await _applied_payments(session, loan.id)
-    forgiven = fees_to_waive(replay(terms, payments), as_of, cap_minor)
+    forgiven = fees_to_waive(_replay(loan, terms, payments), as_of, cap_minor)
     now = utc_now()
     session.add_all(
         LedgerTransaction(
@@ -450,7 +451,7 @@ async def replay_paid_after_fees(
         loan = await session.get_one(Loan, loan_id)
         installments = await loans_service.load_installments(session, loan_id)
         terms, fee_rows = await _terms(session, installments)
-        position = replay(terms, await _applied_payments(session, loan_id))
+        position = _replay(loan, terms, await _applied_payments(session, loan_id))
         # The close's next steps reckon the loan as of the date, and count what moves.
         await _store_position(
             session, loan, installments, position, fee_rows, as_of=as_of, changed_on=as_of,
@@ -470,12 +471,19 @@ async def _replay_and_store(
     """Replay ``payments`` on the installments' terms as the ledger now has them, and store.
     ``changed_on``: the date of the change (``as_of`` by default), for the ledger."""
     terms, fee_rows = await _terms(session, installments)
-    position = replay(terms, payments)
+    position = _replay(loan, terms, payments)
     await _store_position(
         session, loan, installments, position, fee_rows, as_of=as_of,
         changed_on=changed_on or as_of,
     )  # fmt: skip
     return position
+
+
+def _replay(loan: Loan, terms: list[InstallmentTerms], payments: list[PaymentIn]) -> LoanPosition:
+    """``payments`` replayed on ``terms``, a late fee charged too soon withdrawn at the arrears
+    tolerance the close charges by."""
+    tolerance = delinquency.tolerance_minor(loan.currency)
+    return replay(terms, payments, arrears_tolerance_minor=tolerance)
 
 
 @dataclass(frozen=True)
@@ -559,7 +567,11 @@ async def _store_position(
         row.paid_interest_minor = new.paid_interest_minor
         row.paid_principal_minor = new.paid_principal_minor
         row.interest_waived_minor = new.interest_waived_minor
-        row.fees_waived_minor = new.fees_waived_minor + fee_rows.waived.get(row.seq, 0)
+        row.fees_waived_minor = (
+            new.fees_waived_minor
+            + sum(f.amount_minor for f in new.late_fees_withdrawn)
+            + fee_rows.waived.get(row.seq, 0)
+        )
         row.paid_on = new.paid_on
         if new.paid_on is not None:
             row.status = InstallmentStatus.PAID
@@ -607,15 +619,14 @@ def _ledger_late_fees_forgiven(
 ) -> None:
     """Bring the ledger to the late fees the replay forgives (DESIGN decision 2: a charge
     taken back is a row too, or the ledger's late fees outrun the balances): forgiven since
-    the last replay on the payoff's date; owed again, on the date of the change that undid
-    the payoff."""
+    the last replay, on the date ``forgiven_on`` gives; owed again, on the date of the change
+    that undid the payoff or the payment that settled the installment in time."""
     now = utc_now()
     for seq, change in late_fee_changes(position, recorded).items():
         if change > 0:
-            kind, effective_on = TransactionKind.LATE_FEE_FORGIVEN, position.paid_off_on
+            kind, effective_on = TransactionKind.LATE_FEE_FORGIVEN, forgiven_on(position, seq)
         else:
             kind, effective_on = TransactionKind.LATE_FEE_REINSTATED, changed_on
-        assert effective_on is not None  # only a payoff forgives
         session.add(
             LedgerTransaction(
                 loan_id=loan.id, kind=kind, amount_minor=abs(change), currency=loan.currency,

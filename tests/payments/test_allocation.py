@@ -27,6 +27,7 @@ from app.payments.allocation import (
     PaymentIn,
     apply_payment,
     fees_to_waive,
+    forgiven_on,
     late_fee_changes,
     late_fees_forgiven,
     replay,
@@ -74,14 +75,16 @@ def ledger_balances(position: LoanPosition, payments: list[PaymentIn]) -> None:
         assert inst.paid_interest_minor + inst.interest_waived_minor <= inst.terms.interest_minor
         assert min(inst.paid_fees_minor, inst.fees_waived_minor) >= 0
         assert inst.paid_fees_minor + inst.fees_waived_minor <= inst.terms.fees_charged_by(date.max)
-    # The late fees the ledger takes back: only a payoff's, only of an installment not due by
-    # then, never more than it was charged; the rest of what was waived is its scheduled fee.
+    # The late fees the ledger takes back: those withdrawn as charged too soon, and a payoff's,
+    # only of an installment not due by then, never more than it was charged; the rest of what
+    # was waived is its scheduled fee.
     forgiven = late_fees_forgiven(position)
     for inst in position.installments:
-        amount = forgiven.get(inst.seq, 0)
-        assert 0 <= amount <= sum(f.amount_minor for f in inst.terms.late_fees)
-        assert 0 <= inst.fees_waived_minor - amount <= inst.terms.fees_minor
-        if amount:
+        withdrawn = sum(f.amount_minor for f in inst.late_fees_withdrawn)
+        by_payoff = forgiven.get(inst.seq, 0) - withdrawn
+        assert 0 <= by_payoff <= sum(f.amount_minor for f in inst.terms.late_fees)
+        assert 0 <= inst.fees_waived_minor - by_payoff <= inst.terms.fees_minor
+        if by_payoff:
             assert position.paid_off_on is not None
             assert inst.terms.due_date > position.paid_off_on
 
@@ -265,15 +268,78 @@ def test_a_late_fee_is_payable_only_from_the_day_it_is_assessed() -> None:
     assert position.installments[0].paid_fees_minor == 1100
 
 
-def test_a_payoff_dated_before_a_late_fee_was_charged_must_pay_it() -> None:
-    """A back-dated payoff reported after the close charged a late installment's fee: the
-    loan is not paid off while the fee is left, and never paid off owing it."""
+def test_a_late_fee_the_payments_received_by_its_night_make_too_soon_is_withdrawn() -> None:
+    """A payment in time, reported after the close charged the fee: had the close known it,
+    it would not have charged it. The replay withdraws it, as never charged."""
+    fee = LateFee(D("2025-02-10"), 300)
+    for paid_on in ["2025-02-05", "2025-02-10"]:  # the close of Feb 10 counts Feb 10's payments
+        position = replay(loan(fee), [pay("p1", 11500, paid_on)])
+        first = position.installments[0]
+        assert (first.late_fees_withdrawn, first.terms.late_fees) == ((fee,), ())
+        assert first.left(date.max) == 0
+        assert late_fees_forgiven(position) == {1: 300}
+        assert forgiven_on(position, 1) == D("2025-02-10")
+    late = replay(loan(fee), [pay("p1", 11500, "2025-02-11")])
+    assert late.installments[0].late_fees_withdrawn == ()
+    assert late.installments[0].left(date.max) == 300  # the fee, charged first
+    assert late_fees_forgiven(late) == {}
+
+
+def test_an_installment_short_by_no_more_than_the_tolerance_was_not_late() -> None:
+    fee = LateFee(D("2025-02-10"), 300)
+    short = [pay("p1", 11400, "2025-02-05")]
+    kept = replay(loan(fee), short, arrears_tolerance_minor=99)
+    assert (kept.installments[0].late_fees_withdrawn, kept.installments[0].left(date.max)) == (
+        (),
+        400,
+    )
+    withdrawn = replay(loan(fee), short, arrears_tolerance_minor=100)
+    assert withdrawn.installments[0].late_fees_withdrawn == (fee,)
+    assert withdrawn.installments[0].left(date.max) == 100  # still owed, not late
+
+
+def test_a_reversal_of_the_payment_in_time_owes_the_fee_again() -> None:
+    fee = LateFee(D("2025-02-10"), 300)
+    paid = replay(loan(fee), [pay("p1", 11500, "2025-02-05")])
+    recorded = late_fee_changes(paid, {})
+    assert recorded == {1: 300}
+    reversed_ = replay(loan(fee), [])
+    assert late_fee_changes(reversed_, recorded) == {1: -300}
+
+
+def test_a_later_nights_fee_is_judged_without_an_earlier_one_withdrawn() -> None:
+    """The close of Mar 10 saw installment 1's fee of Feb 10 withdrawn: a payment dated Feb 5
+    settled it; installment 2, unpaid, was charged rightly."""
+    first, second, third = loan(LateFee(D("2025-02-10"), 300))
+    second = replace(second, late_fees=(LateFee(D("2025-03-10"), 300),))
+    position = replay([first, second, third], [pay("p1", 11500, "2025-02-05")])
+    assert [len(i.late_fees_withdrawn) for i in position.installments] == [1, 0, 0]
+
+
+def test_a_payoff_dated_before_a_late_fee_was_charged_withdraws_it() -> None:
+    """A back-dated payoff reported after the close charged a late installment's fee: the loan
+    was settled on the night the fee was charged."""
+    fee = LateFee(D("2025-02-10"), 300)
+    position = replay(loan(fee), [pay("p1", 32300, "2025-02-09")])
+    assert position.paid_off_on == D("2025-02-09")
+    assert position.installments[0].late_fees_withdrawn == (fee,)
+    assert all(i.left(date.max) == 0 for i in position.installments)
+    over = replay(loan(fee), [pay("p1", 32600, "2025-02-09")])
+    assert over.credit_balance_minor == 300
+
+
+def test_the_waterfall_alone_makes_a_payoff_pay_a_fee_charged_after_it() -> None:
+    """``apply_payment`` on terms holding a fee a later night charged on an installment due by
+    the payoff (the replay withdraws such a fee first): the loan is not paid off while the fee
+    is left, and never paid off owing it."""
     installments = loan(LateFee(D("2025-02-10"), 300))
-    short = replay(installments, [pay("p1", 32300, "2025-02-09")])
+    short = LoanPosition([InstallmentPosition(t) for t in installments])
+    apply_payment(short, pay("p1", 32300, "2025-02-09"))
     assert short.paid_off_on is None
     assert short.payoff_minor(D("2025-02-11")) == 300
     assert short.installments[0].fees_left(D("2025-02-11")) == 300
-    position = replay(installments, [pay("p1", 32600, "2025-02-09")])
+    position = LoanPosition([InstallmentPosition(t) for t in installments])
+    apply_payment(position, pay("p1", 32600, "2025-02-09"))
     assert position.paid_off_on == D("2025-02-09")
     assert position.credit_balance_minor == 0
     assert position.installments[0].paid_fees_minor == 800
@@ -281,13 +347,17 @@ def test_a_payoff_dated_before_a_late_fee_was_charged_must_pay_it() -> None:
 
 
 def test_a_payoff_forgives_late_fees_of_installments_not_yet_due() -> None:
-    """Paid off before its due date, an installment cannot have been late: a late fee the
-    close charged it since (the payoff reported late) is forgiven with the period."""
+    """Paid off before its due date, an installment cannot have been late: ``apply_payment``
+    forgives a late fee its terms hold from a later night (the replay withdraws such a fee
+    first, as charged too soon) with the period."""
     first, second, third = loan()
     installments = [first, replace(second, late_fees=(LateFee(D("2025-03-10"), 300),)), third]
-    position = replay(installments, [pay("p1", 32300, "2025-02-20")])
+    position = LoanPosition([InstallmentPosition(t) for t in installments])
+    apply_payment(position, pay("p1", 32300, "2025-02-20"))
     assert position.paid_off_on == D("2025-02-20")
     assert position.installments[1].fees_waived_minor == 300
+    assert late_fees_forgiven(position) == {2: 300}
+    assert forgiven_on(position, 2) == D("2025-02-20")
     assert all(i.left(date.max) == 0 for i in position.installments)
 
 
@@ -405,10 +475,8 @@ def test_replay_is_deterministic_and_a_reversal_is_a_fresh_replay(
     assert replay(installments, payments) == position
     assert installments == pristine  # the schedule is never patched in place
 
-    incremental = replay(installments, [])
-    for payment in payments:
-        apply_payment(incremental, payment)
-    assert incremental == position
+    # The waterfall, one payment after another, on the terms less the fees charged too soon.
+    assert paid_one_by_one(position, payments) == position
 
     kept = [p for p in payments if data.draw(st.booleans(), label=f"keep {p.id}")]
     reversed_ = replay(installments, kept)
@@ -416,10 +484,19 @@ def test_replay_is_deterministic_and_a_reversal_is_a_fresh_replay(
     ledger_balances(reversed_, kept)
     if payments:
         # Reversing the last payment restores the position as it was before it.
-        before_last = replay(installments, [])
-        for payment in payments[:-1]:
-            apply_payment(before_last, payment)
-        assert replay(installments, payments[:-1]) == before_last
+        before_last = replay(installments, payments[:-1])
+        assert paid_one_by_one(before_last, payments[:-1]) == before_last
+
+
+def paid_one_by_one(position: LoanPosition, payments: list[PaymentIn]) -> LoanPosition:
+    """``payments`` applied in turn to a fresh position on ``position``'s terms."""
+    fresh = LoanPosition([
+        InstallmentPosition(i.terms, late_fees_withdrawn=i.late_fees_withdrawn)
+        for i in position.installments
+    ])  # fmt: skip
+    for payment in payments:
+        apply_payment(fresh, payment)
+    return fresh
 
 
 def fees_payable(inst: InstallmentPosition, day: date) -> int:
@@ -696,9 +773,10 @@ def test_the_ledger_follows_the_late_fees_through_any_payments_reversals_and_wai
         assert {seq: n for seq, n in recorded.items() if n} == late_fees_forgiven(position)
         ledger_balances(position, applied)
         for inst, charged in zip(position.installments, installments, strict=True):
+            withdrawn = sum(f.amount_minor for f in inst.late_fees_withdrawn)
             shown = (charged.fees_charged_by(date.max) - waived.get(inst.seq, 0)
-                     - inst.fees_waived_minor)  # fmt: skip
-            scheduled_forgiven = inst.fees_waived_minor - recorded.get(inst.seq, 0)
+                     - inst.fees_waived_minor - withdrawn)  # fmt: skip
+            scheduled_forgiven = inst.fees_waived_minor - (recorded.get(inst.seq, 0) - withdrawn)
             assert ledger[inst.seq] + charged.fees_minor == shown + scheduled_forgiven
             if charged.fees_minor == 0:
                 assert ledger[inst.seq] == shown

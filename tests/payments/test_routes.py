@@ -253,27 +253,51 @@ async def test_parallel_payments_on_one_loan_all_count(client: httpx.AsyncClient
     await assert_ledger_invariant(loan["id"])
 
 
-async def test_a_payoff_dated_before_a_late_fee_was_charged_still_owes_the_fee(
+async def test_a_payment_in_time_reported_after_the_close_withdraws_the_late_fee(
     client: httpx.AsyncClient,
 ) -> None:
     """Reported after the close charged installment 1's late fee, a payment dated on its due
-    date of what the payoff was before the fee does not pay the loan off owing the fee."""
+    date shows it was never late: the fee is withdrawn, in the ledger too, on the night it was
+    charged. Reversing the payment owes it again."""
     w, loan = await three_month_loan(client)
     await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
     # 412.00 due Feb 15, 408.00 of the current period, 400.00 of principal after it.
-    await w.pay(loan["id"], "1220.00", "2026-02-15")
+    payoff = await w.pay(loan["id"], "1220.00", "2026-02-15")
+    assert payoff["loan"]["status"] == "paid_off"
+    assert payoff["loan"]["balances"]["fees_outstanding"] == "0.00"
+    items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [(t["kind"], t["amount"], t["installment_seq"], t["effective_on"]) for t in items
+            if t["kind"].startswith("late_fee")] == [
+        ("late_fee", "20.00", 1, "2026-02-19"),  # 3 days' grace, the catch-up's first night
+        ("late_fee_forgiven", "20.00", 1, "2026-02-19"),
+    ]  # fmt: skip
+    await assert_ledger_invariant(loan["id"])
+    await w.post(f"/v1/payments/{payoff['id']}/reverse", {"reason": "nsf"}, expect=200)
     got = await w.get(f"/v1/loans/{loan['id']}")
-    assert got["status"] != "paid_off"
     assert got["balances"]["fees_outstanding"] == "20.00"
-    # Paid on Mar 1, the fee pays the loan off; by today, installment 3's 4.00 is due too.
-    assert got["balances"]["payoff_amount"] == "24.00"
+    await assert_ledger_invariant(loan["id"])
+
+
+async def test_a_payment_short_by_more_than_the_tolerance_keeps_the_late_fee(
+    client: httpx.AsyncClient,
+) -> None:
+    """Installment 1 (412.00) paid 410.00 on its due date, reported after the close charged
+    its fee: 2.00 unpaid is more than the arrears tolerance of 1.00, so it was late. The fee
+    stands, and the payoff includes it."""
+    w, loan = await three_month_loan(client)
+    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
+    await w.pay(loan["id"], "410.00", "2026-02-15")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["balances"]["fees_outstanding"] == "20.00"
+    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+    assert (first["fees"], first["paid"], first["status"]) == ("20.00", "410.00", "overdue")
+    # The fee and 2.00 of installment 1, 408.00 of the current period, 400.00 ahead.
     payments = f"/v1/loans/{loan['id']}/payments"
-    refused = await w.post(payments, {"amount": "20.01", "received_on": "2026-03-01"}, expect=422)
+    refused = await w.post(payments, {"amount": "830.01", "received_on": "2026-02-20"}, expect=422)
     assert refused.json()["code"] == "amount_exceeds_payoff"
-    await w.pay(loan["id"], "20.00", "2026-03-01")
+    await w.pay(loan["id"], "830.00", "2026-02-20")
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert (got["status"], got["balances"]["payoff_amount"]) == ("paid_off", "0.00")
-    assert got["balances"]["fees_outstanding"] == "0.00"
     await assert_ledger_invariant(loan["id"])
 
 
@@ -287,7 +311,7 @@ async def test_a_payoff_and_its_reversal_report_the_status_they_leave(
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert got["status"] == "delinquent"
     # 412.00 and its 20.00 late fee, 408.00 for the current period, 400.00 principal ahead.
-    paid = await w.pay(loan["id"], "1240.00", "2026-03-01")
+    paid = await w.pay(loan["id"], "1240.00", "2026-03-02")
     await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
     changes = await w.get("/v1/events?type=loan.delinquency_changed", headers=w.admin)
     assert [(e["data"]["previous_status"], e["data"]["status"]) for e in changes["items"]] == [
@@ -332,27 +356,13 @@ async def test_a_payment_refused_for_what_later_payments_paid_says_so(
     )
 
 
-async def test_an_installment_owing_a_later_late_fee_is_not_shown_paid(
-    client: httpx.AsyncClient,
-) -> None:
-    """The close charged a late fee on installment 1; a payment booked afterwards, dated on
-    the due date, settles its principal and interest but not the fee charged after it."""
-    w, loan = await three_month_loan(client)
-    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
-    await w.pay(loan["id"], "412.00", "2026-02-15")
-    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
-    assert (first["fees"], first["paid"]) == ("20.00", "412.00")
-    assert first["status"] == "overdue"  # due Feb 15, 20.00 still owed on Mar 1
-    balances = (await w.get(f"/v1/loans/{loan['id']}"))["balances"]
-    assert balances["fees_outstanding"] == "20.00"
-
-
 async def test_a_back_dated_payoff_takes_back_the_late_fees_it_forgives_in_the_ledger(
     client: httpx.AsyncClient,
 ) -> None:
     """The close charged installments 1 and 2 their late fees; a payoff reported afterwards,
-    dated before either was due, shows they were never late: the replay forgives the fees and
-    the ledger says so. Reversing the payoff owes them again, in the ledger too."""
+    dated before either was due, shows they were never late: the replay withdraws the fees, on
+    the night they were charged, and the ledger says so. Reversing the payoff owes them again,
+    in the ledger too."""
     w = await world(client, grace_days=3, late_fee={"kind": "fixed", "amount": "25.00"})
     loan = await w.loan(principal="1000.00", term=3, disbursed_on="2026-09-15")
     await w.post("/v1/close-runs", {"as_of": "2026-12-03"}, headers=w.admin, expect=201)
@@ -367,8 +377,8 @@ async def test_a_back_dated_payoff_takes_back_the_late_fees_it_forgives_in_the_l
     items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
     assert [(t["kind"], t["amount"], t["installment_seq"], t["effective_on"]) for t in items
             if t["kind"] == "late_fee_forgiven"] == [
-        ("late_fee_forgiven", "25.00", 1, "2026-10-01"),
-        ("late_fee_forgiven", "25.00", 2, "2026-10-01"),
+        ("late_fee_forgiven", "25.00", 1, "2026-12-03"),
+        ("late_fee_forgiven", "25.00", 2, "2026-12-03"),
     ]  # fmt: skip
     await assert_ledger_invariant(loan["id"])
 
