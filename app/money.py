@@ -40,15 +40,18 @@ def minor_digits(currency: str) -> int:
 
 
 def to_minor(amount: str, currency: str) -> int:
-    """Parse a decimal string into minor units; more decimals than the currency has is an error."""
+    """Parse a decimal string with exactly the currency's minor digits into minor units."""
     if not MONEY_PATTERN.match(amount):
         raise MoneyError("must be a non-negative decimal string such as '1299.00'")
     digits = minor_digits(currency)
     value = Decimal(amount)
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
-    if -exponent > digits:
-        raise MoneyError(f"{currency} amounts have at most {digits} decimal places")
+    if -exponent != digits:
+        example = format_minor(1299 * 10**digits, currency)
+        raise MoneyError(
+            f"{currency} amounts have exactly {digits} decimal places, such as '{example}'"
+        )
     return int(value.scaleb(digits))
 
 

@@ -76,16 +76,14 @@ def test_unknown_currency_is_refused_not_guessed(code: str) -> None:
     ("amount", "currency", "minor"),
     [
         ("1299.00", "CNY", 129900),
-        ("1299", "CNY", 129900),
-        ("1299.5", "CNY", 129950),
+        ("1299.50", "CNY", 129950),
         ("0.01", "CNY", 1),
-        ("0", "CNY", 0),
         ("0.00", "CNY", 0),
         ("999999999999999.99", "CNY", 99999999999999999),
         ("1299", "JPY", 1299),
         ("0", "JPY", 0),
         ("1.234", "KWD", 1234),
-        ("1.2", "KWD", 1200),
+        ("1.200", "KWD", 1200),
         ("0.001", "BHD", 1),
     ],
 )
@@ -129,13 +127,17 @@ def test_to_minor_refuses_anything_but_a_plain_decimal(amount: str) -> None:
 @pytest.mark.parametrize(
     ("amount", "currency", "message"),
     [
-        ("1.001", "CNY", "CNY amounts have at most 2 decimal places"),
-        ("0.000", "CNY", "CNY amounts have at most 2 decimal places"),
-        ("1.0", "JPY", "JPY amounts have at most 0 decimal places"),
-        ("1.00", "KRW", "KRW amounts have at most 0 decimal places"),
+        ("1.001", "CNY", "CNY amounts have exactly 2 decimal places, such as '1299.00'"),
+        ("0.000", "CNY", "CNY amounts have exactly 2 decimal places, such as '1299.00'"),
+        ("1299", "CNY", "CNY amounts have exactly 2 decimal places, such as '1299.00'"),
+        ("1299.5", "CNY", "CNY amounts have exactly 2 decimal places, such as '1299.00'"),
+        ("0", "CNY", "CNY amounts have exactly 2 decimal places, such as '1299.00'"),
+        ("1.0", "JPY", "JPY amounts have exactly 0 decimal places, such as '1299'"),
+        ("1.00", "KRW", "KRW amounts have exactly 0 decimal places, such as '1299'"),
+        ("1.2", "KWD", "KWD amounts have exactly 3 decimal places, such as '1299.000'"),
     ],
 )
-def test_to_minor_refuses_more_decimals_than_the_currency_has(
+def test_to_minor_refuses_other_than_the_currencys_minor_digits(
     amount: str, currency: str, message: str
 ) -> None:
     with pytest.raises(MoneyError) as caught:
@@ -154,12 +156,11 @@ def test_parse_reads_the_digits_as_written(currency: str, major: int, decimals: 
     digits = minor_digits(currency)
     fraction = str(major % 10**decimals).zfill(decimals) if decimals else ""
     text = f"{major}.{fraction}" if decimals else str(major)
-    if decimals > digits:
+    if decimals != digits:  # SPEC.md: exactly the currency's minor digits
         with pytest.raises(MoneyError, match="decimal places"):
             to_minor(text, currency)
     else:
-        expected = major * 10**digits + (int(fraction or 0) * 10 ** (digits - decimals))
-        assert to_minor(text, currency) == expected
+        assert to_minor(text, currency) == major * 10**digits + int(fraction or 0)
 
 
 # --- format_minor / to_decimal ------------------------------------------------------------
@@ -382,10 +383,10 @@ def test_parse_amount_returns_minor_units() -> None:
         ("12.5.0", "CNY", "must be a non-negative decimal string such as '1299.00'"),
         ("-1.00", "CNY", "must be a non-negative decimal string such as '1299.00'"),
         ("1.00\n", "CNY", "must be a non-negative decimal string such as '1299.00'"),
-        ("1.001", "CNY", "CNY amounts have at most 2 decimal places"),
-        ("1.5", "JPY", "JPY amounts have at most 0 decimal places"),
+        ("1.001", "CNY", "CNY amounts have exactly 2 decimal places, such as '1299.00'"),
+        ("1.5", "JPY", "JPY amounts have exactly 0 decimal places, such as '1299'"),
         ("1.00", "XXX", "unsupported currency 'XXX'"),
-        ("0", "CNY", "must be greater than zero"),
+        ("0", "JPY", "must be greater than zero"),
         ("0.00", "CNY", "must be greater than zero"),
         ("100000000.01", "CNY", "must not exceed 100000000"),
         ("100000001", "JPY", "must not exceed 100000000"),

@@ -26,6 +26,8 @@ LOAN_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("negative principal", {"principal": "-1.00"}, "principal"),
     ("zero principal", {"principal": "0.00"}, "principal"),
     ("three decimals for CNY", {"principal": "10.001"}, "principal"),
+    ("one decimal for CNY", {"principal": "1200.5"}, "principal"),
+    ("no decimals for CNY", {"principal": "1200"}, "principal"),
     ("absurd principal", {"principal": "999999999999999"}, "principal"),
     ("exponent notation", {"principal": "1e3"}, "principal"),
     ("comma decimal", {"principal": "12,00"}, "principal"),

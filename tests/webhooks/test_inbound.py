@@ -369,7 +369,9 @@ async def test_a_chargeback_takes_back_the_whole_payment_or_nothing(
     assert (got["status"], got["reversed_on"]) == ("applied", None)
     assert (await w.get("/v1/events?type=payment.reversed", headers=w.admin))["items"] == []
     assert await count(InboundNotification) == 1  # the debit's
-    body = notification("payment.charged_back", loan["id"], amount="50", received_on="2026-02-03")
+    body = notification(
+        "payment.charged_back", loan["id"], amount="50.00", received_on="2026-02-03"
+    )
     response = await post(client, *signed(secret, body, "msg_cb_whole"))
     assert response.status_code == 200, response.text
     assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "reversed"
