@@ -8,11 +8,19 @@ from app.config import get_settings
 from app.errors import problem
 
 
-async def read_body(receive: Receive) -> bytes:
-    chunks = []
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(receive: Receive, limit: int | None = None) -> bytes:
+    """The whole body; ``BodyTooLarge`` as soon as it passes ``limit`` bytes."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if limit is not None and size > limit:
+            raise BodyTooLarge
         if not message.get("more_body", False):
             return b"".join(chunks)
 
@@ -50,17 +58,11 @@ class LimitBodySize:
             await _too_large(limit)(scope, receive, send)
             return
         if chunked:  # no length declared: count it as it arrives
-            chunks, size = [], 0
-            while True:
-                message = await receive()
-                chunks.append(message.get("body", b""))
-                size += len(chunks[-1])
-                if size > limit:
-                    await _too_large(limit)(scope, receive, send)
-                    return
-                if not message.get("more_body", False):
-                    break
-            receive = replay_body(b"".join(chunks))
+            try:
+                receive = replay_body(await read_body(receive, limit))
+            except BodyTooLarge:
+                await _too_large(limit)(scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
 
