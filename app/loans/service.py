@@ -150,7 +150,8 @@ async def loan_view(
 
 
 def position_of(installments: Sequence[InstallmentFields]) -> LoanPosition:
-    """The stored position: late fees already assessed count as charged on any later date."""
+    """The stored position: late fees already assessed count as charged on any later date,
+    less the fees waived or withdrawn, as never charged."""
     return LoanPosition(
         [
             InstallmentPosition(
@@ -161,12 +162,11 @@ def position_of(installments: Sequence[InstallmentFields]) -> LoanPosition:
                     interest_minor=i.interest_minor,
                     fees_minor=i.fees_minor,
                     late_fees=(LateFee(date.min, i.late_fees_minor),) if i.late_fees_minor else (),
-                ),
+                ).without_fees(i.fees_waived_minor),
                 paid_fees_minor=i.paid_fees_minor,
                 paid_interest_minor=i.paid_interest_minor,
                 paid_principal_minor=i.paid_principal_minor,
                 interest_waived_minor=i.interest_waived_minor,
-                fees_waived_minor=i.fees_waived_minor,
                 paid_on=i.paid_on,
             )
             for i in installments

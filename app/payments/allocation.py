@@ -11,19 +11,16 @@ A scheduled fee (the origination fee, spread over the installments) is the price
 not of time: a payoff owes what is left of it on every installment, where the interest of
 later periods is forgiven.
 
-A late fee counts from the night the close charged it. When the payments received by then,
-some reported after the close, leave its installment owing no more than the arrears tolerance,
-the close would not have charged it had it known them: the replay withdraws it as never due (a
-back-dated payment that paid in time, or a payoff). Otherwise a payment dated before it does
-not pay it, except a payoff: a loan is paid off only when nothing it was charged is left. The
-payoff on D therefore includes the late fees charged after D on installments due by D, and
-forgives those on installments not yet due.
+A late fee counts from the night the close charged it: a payment dated earlier does not pay
+it. When the payments received by that night, some reported after the close, leave its
+installment owing no more than the arrears tolerance, the close would not have charged it had
+it known them, and the replay withdraws it as never charged: a back-dated payment that paid in
+time, or any payoff dated before it. So a replayed loan is never paid off owing a late fee.
 
 Balances are never patched in place: they are the result of replaying every applied payment in
 order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
-A late fee is never re-dated: a replay only forgives it (withdrawn, or a payoff before its
-installment was due) or, when what forgave it is gone, owes it again; the ledger records
-either change.
+A late fee is never re-dated: a replay only withdraws it or, when the payment that showed it
+too soon is gone, owes it again; the ledger records either change.
 """
 
 from collections.abc import Iterable, Sequence
@@ -89,7 +86,6 @@ class InstallmentPosition:
     paid_interest_minor: int = 0
     paid_principal_minor: int = 0
     interest_waived_minor: int = 0
-    fees_waived_minor: int = 0
     paid_on: date | None = None
     # Late fees charged too soon (the installment was settled by their date): not in ``terms``.
     late_fees_withdrawn: tuple[LateFee, ...] = ()
@@ -103,9 +99,8 @@ class InstallmentPosition:
         return self.paid_fees_minor + self.paid_interest_minor + self.paid_principal_minor
 
     def fees_left(self, day: date) -> int:
-        # None as of a day before a late fee a payoff settled or forgave was charged.
-        charged = self.terms.fees_charged_by(day)
-        return max(charged - self.paid_fees_minor - self.fees_waived_minor, 0)
+        # None as of a day before a late fee paid since was charged.
+        return max(self.terms.fees_charged_by(day) - self.paid_fees_minor, 0)
 
     def interest_left(self) -> int:
         return self.terms.interest_minor - self.paid_interest_minor - self.interest_waived_minor
@@ -118,14 +113,6 @@ class InstallmentPosition:
 
     def settled_by(self, day: date) -> bool:
         return self.left(day) == 0
-
-    def fees_left_at_payoff(self, day: date) -> int:
-        """The fees a payoff on ``day`` settles: once the installment was due, every fee
-        charged, late fees a close charged after ``day`` included."""
-        return self.fees_left(date.max if self.terms.due_date <= day else day)
-
-    def left_at_payoff(self, day: date) -> int:
-        return self.fees_left_at_payoff(day) + self.interest_left() + self.principal_left()
 
     def owed_ahead_at_payoff(self, day: date) -> int:
         """What a payoff on ``day`` settles of an installment whose period has not begun: its
@@ -162,7 +149,7 @@ class LoanPosition:
         current_seen = False
         for inst in self.installments:
             if inst.terms.due_date <= as_of or not current_seen:
-                total += inst.left_at_payoff(as_of)
+                total += inst.left(as_of)
                 current_seen = current_seen or inst.terms.due_date > as_of
             else:
                 total += inst.owed_ahead_at_payoff(as_of)
@@ -188,13 +175,9 @@ def fees_to_waive(position: LoanPosition, day: date, cap_minor: int | None) -> d
 
 
 def late_fees_forgiven(position: LoanPosition) -> dict[int, int]:
-    """The late fees the replay forgave, by installment: withdrawn as charged too soon, or
-    waived by a payoff before the installment was due. Of the fees an installment had waived,
-    late fees count first: charged after its scheduled fee, they are what payments, paying the
-    oldest charge first, reached last."""
+    """The late fees the replay withdrew as charged too soon, by installment."""
     forgiven = {
         inst.seq: sum(f.amount_minor for f in inst.late_fees_withdrawn)
-        + min(inst.fees_waived_minor, sum(f.amount_minor for f in inst.terms.late_fees))
         for inst in position.installments
     }
     return {seq: amount for seq, amount in forgiven.items() if amount}
@@ -212,14 +195,10 @@ def late_fee_changes(position: LoanPosition, recorded: dict[int, int]) -> dict[i
 
 
 def forgiven_on(position: LoanPosition, seq: int) -> date:
-    """The date a late fee the replay forgives on installment ``seq`` is taken back: a fee
-    charged too soon on the date it was charged, as if never charged; a payoff's on the
-    payoff's date."""
+    """The date the late fee the replay withdraws on installment ``seq`` is taken back: the
+    night it was charged, as if never charged (the last one's, should it have more)."""
     withdrawn = next(i for i in position.installments if i.seq == seq).late_fees_withdrawn
-    if withdrawn:
-        return withdrawn[-1].assessed_on
-    assert position.paid_off_on is not None  # else nothing is forgiven
-    return position.paid_off_on
+    return withdrawn[-1].assessed_on
 
 
 def replay(
@@ -279,20 +258,11 @@ def apply_payment(position: LoanPosition, payment: PaymentIn) -> None:
         position.credit_balance_minor += payment.amount_minor
         return
     remaining = payment.amount_minor
-    first = len(position.allocations)
     if remaining >= position.payoff_minor(day):
         remaining = _pay_off(position, payment, remaining)
     else:
         remaining = _pay_ahead(position, payment, remaining)
-    # In installment order, though a late fee charged after the payment's date is paid last.
-    position.allocations[first:] = sorted(
-        position.allocations[first:], key=lambda a: a.installment_seq
-    )
     position.credit_balance_minor += remaining
-    if position.paid_off_on is None and all(
-        i.left_at_payoff(day) == 0 for i in position.installments
-    ):
-        position.paid_off_on = day
 
 
 def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
@@ -301,10 +271,7 @@ def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
     for inst in position.installments:
         if inst.terms.due_date > day and current_paid:
             inst.interest_waived_minor += inst.interest_left()
-        remaining = _pay_installment(position, inst, payment, remaining, payoff=True)
-        if inst.terms.due_date > day:
-            # Not due at the payoff, so never late: a late fee charged since is forgiven.
-            inst.fees_waived_minor += inst.fees_left(date.max)
+        remaining = _pay_installment(position, inst, payment, remaining)
         current_paid = current_paid or inst.terms.due_date > day
     position.paid_off_on = day
     return remaining
@@ -312,23 +279,17 @@ def _pay_off(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
 
 def _pay_ahead(position: LoanPosition, payment: PaymentIn, remaining: int) -> int:
     """Less than the payoff: everything due, oldest first; then the current period's
-    installment in full order; then the fee and principal of the periods not yet begun; and last
-    the late fees a close charged after the payment's date on installments already due by
-    then (the payoff includes them, so paying ahead lowers it by exactly what was paid)."""
-    # Each pass stops where the money does: an installment it does not reach keeps no paid_on.
+    installment in full order; then the fee and principal of the periods not yet begun (the
+    payoff owes those, so paying ahead lowers it by exactly what was paid)."""
+    # Each installment stops where the money does: one it does not reach keeps no paid_on.
     day = payment.received_on
-    due = [inst for inst in position.installments if inst.terms.due_date <= day]
-    for inst in due:
-        if remaining:
-            remaining = _pay_installment(position, inst, payment, remaining)
-    current_paid = False
-    for inst in position.installments[len(due) :]:
-        if remaining:
-            remaining = _pay_installment(position, inst, payment, remaining, not_begun=current_paid)
-            current_paid = True
-    for inst in due:
-        if remaining:
-            remaining = _pay_installment(position, inst, payment, remaining, payoff=True)
+    current_seen = False
+    for inst in position.installments:
+        if not remaining:
+            break
+        not_begun = inst.terms.due_date > day and current_seen
+        remaining = _pay_installment(position, inst, payment, remaining, not_begun=not_begun)
+        current_seen = current_seen or inst.terms.due_date > day
     return remaining
 
 
@@ -339,11 +300,9 @@ def _pay_installment(
     remaining: int,
     *,
     not_begun: bool = False,
-    payoff: bool = False,
 ) -> int:
     day = payment.received_on
-    fees_left = inst.fees_left_at_payoff(day) if payoff else inst.fees_left(day)
-    fees = min(remaining, fees_left)
+    fees = min(remaining, inst.fees_left(day))
     # A period not begun owes no interest: a payoff would forgive it.
     interest = 0 if not_begun else min(remaining - fees, inst.interest_left())
     principal = min(remaining - fees - interest, inst.principal_left())
@@ -351,26 +310,7 @@ def _pay_installment(
         inst.paid_fees_minor += fees
         inst.paid_interest_minor += interest
         inst.paid_principal_minor += principal
-        _record(position, Allocation(payment.id, inst.seq, fees, interest, principal))
+        position.allocations.append(Allocation(payment.id, inst.seq, fees, interest, principal))
     if inst.paid_on is None and inst.settled_by(day):
         inst.paid_on = day
     return remaining - fees - interest - principal
-
-
-def _record(position: LoanPosition, allocation: Allocation) -> None:
-    """One allocation per payment and installment, however many passes paid it."""
-    key = (allocation.payment_id, allocation.installment_seq)
-    for n in range(len(position.allocations) - 1, -1, -1):
-        earlier = position.allocations[n]
-        if earlier.payment_id != allocation.payment_id:
-            break  # a payment's allocations are recorded together
-        if (earlier.payment_id, earlier.installment_seq) == key:
-            position.allocations[n] = Allocation(
-                allocation.payment_id,
-                allocation.installment_seq,
-                earlier.fees_minor + allocation.fees_minor,
-                earlier.interest_minor + allocation.interest_minor,
-                earlier.principal_minor + allocation.principal_minor,
-            )
-            return
-    position.allocations.append(allocation)

@@ -492,7 +492,7 @@ class _FeeRows:
 
     # fee_waiver: the replay sees those fees as never charged, the installment counts them waived
     waived: dict[int, int]
-    # late fees a replay forgave (late_fee_forgiven), less those owed again since (reinstated)
+    # late fees a replay withdrew (late_fee_forgiven), less those owed again since (reinstated)
     forgiven: dict[int, int]
 
 
@@ -567,11 +567,9 @@ async def _store_position(
         row.paid_interest_minor = new.paid_interest_minor
         row.paid_principal_minor = new.paid_principal_minor
         row.interest_waived_minor = new.interest_waived_minor
-        row.fees_waived_minor = (
-            new.fees_waived_minor
-            + sum(f.amount_minor for f in new.late_fees_withdrawn)
-            + fee_rows.waived.get(row.seq, 0)
-        )
+        row.fees_waived_minor = sum(
+            f.amount_minor for f in new.late_fees_withdrawn
+        ) + fee_rows.waived.get(row.seq, 0)
         row.paid_on = new.paid_on
         if new.paid_on is not None:
             row.status = InstallmentStatus.PAID
@@ -617,10 +615,10 @@ def _ledger_late_fees_forgiven(
     recorded: dict[int, int],
     changed_on: date,
 ) -> None:
-    """Bring the ledger to the late fees the replay forgives (DESIGN decision 2: a charge
-    taken back is a row too, or the ledger's late fees outrun the balances): forgiven since
-    the last replay, on the date ``forgiven_on`` gives; owed again, on the date of the change
-    that undid the payoff or the payment that settled the installment in time."""
+    """Bring the ledger to the late fees the replay withdraws (DESIGN decision 2: a charge
+    taken back is a row too, or the ledger's late fees outrun the balances): withdrawn since
+    the last replay, on the night each was charged; owed again, on the date of the change that
+    took back the payment that had settled the installment in time."""
     now = utc_now()
     for seq, change in late_fee_changes(position, recorded).items():
         if change > 0:

@@ -73,20 +73,9 @@ def ledger_balances(position: LoanPosition, payments: list[PaymentIn]) -> None:
         assert 0 <= inst.paid_principal_minor <= inst.terms.principal_minor
         assert 0 <= inst.paid_interest_minor + inst.interest_waived_minor
         assert inst.paid_interest_minor + inst.interest_waived_minor <= inst.terms.interest_minor
-        assert min(inst.paid_fees_minor, inst.fees_waived_minor) >= 0
-        assert inst.paid_fees_minor + inst.fees_waived_minor <= inst.terms.fees_charged_by(date.max)
-    # The late fees the ledger takes back: those withdrawn as charged too soon, and a payoff's,
-    # only of an installment not due by then, never more than it was charged; the rest of what
-    # was waived is its scheduled fee.
-    forgiven = late_fees_forgiven(position)
-    for inst in position.installments:
-        withdrawn = sum(f.amount_minor for f in inst.late_fees_withdrawn)
-        by_payoff = forgiven.get(inst.seq, 0) - withdrawn
-        assert 0 <= by_payoff <= sum(f.amount_minor for f in inst.terms.late_fees)
-        assert 0 <= inst.fees_waived_minor - by_payoff <= inst.terms.fees_minor
-        if by_payoff:
-            assert position.paid_off_on is not None
-            assert inst.terms.due_date > position.paid_off_on
+        assert 0 <= inst.paid_fees_minor <= inst.terms.fees_charged_by(date.max)
+        # A withdrawn late fee is no longer charged: the ledger takes back exactly those.
+        assert not set(inst.late_fees_withdrawn) & set(inst.terms.late_fees)
 
 
 # --- the waterfall, by example --------------------------------------------------------------
@@ -255,9 +244,8 @@ def test_a_late_fee_is_payable_only_from_the_day_it_is_assessed() -> None:
     assert position.overdue_minor(D("2025-02-09")) == 11500
     assert position.overdue_minor(D("2025-02-10")) == 11800
     assert position.overdue_minor(D("2025-03-10")) == 11800 + 300 + 10800
-    # A payoff settles every fee charged, whenever the close charged it (below).
-    assert position.payoff_minor(D("2025-02-09")) == 32900
-    assert position.payoff_minor(D("2025-02-10")) == 32900
+    assert position.payoff_minor(D("2025-02-09")) == 32300
+    assert position.payoff_minor(D("2025-02-10")) == 32600
 
     apply_payment(position, pay("p1", 600, "2025-02-09"))
     assert position.allocations_of("p1") == [Allocation("p1", 1, 500, 100, 0)]
@@ -326,39 +314,6 @@ def test_a_payoff_dated_before_a_late_fee_was_charged_withdraws_it() -> None:
     assert all(i.left(date.max) == 0 for i in position.installments)
     over = replay(loan(fee), [pay("p1", 32600, "2025-02-09")])
     assert over.credit_balance_minor == 300
-
-
-def test_the_waterfall_alone_makes_a_payoff_pay_a_fee_charged_after_it() -> None:
-    """``apply_payment`` on terms holding a fee a later night charged on an installment due by
-    the payoff (the replay withdraws such a fee first): the loan is not paid off while the fee
-    is left, and never paid off owing it."""
-    installments = loan(LateFee(D("2025-02-10"), 300))
-    short = LoanPosition([InstallmentPosition(t) for t in installments])
-    apply_payment(short, pay("p1", 32300, "2025-02-09"))
-    assert short.paid_off_on is None
-    assert short.payoff_minor(D("2025-02-11")) == 300
-    assert short.installments[0].fees_left(D("2025-02-11")) == 300
-    position = LoanPosition([InstallmentPosition(t) for t in installments])
-    apply_payment(position, pay("p1", 32600, "2025-02-09"))
-    assert position.paid_off_on == D("2025-02-09")
-    assert position.credit_balance_minor == 0
-    assert position.installments[0].paid_fees_minor == 800
-    assert all(i.left(date.max) == 0 for i in position.installments)
-
-
-def test_a_payoff_forgives_late_fees_of_installments_not_yet_due() -> None:
-    """Paid off before its due date, an installment cannot have been late: ``apply_payment``
-    forgives a late fee its terms hold from a later night (the replay withdraws such a fee
-    first, as charged too soon) with the period."""
-    first, second, third = loan()
-    installments = [first, replace(second, late_fees=(LateFee(D("2025-03-10"), 300),)), third]
-    position = LoanPosition([InstallmentPosition(t) for t in installments])
-    apply_payment(position, pay("p1", 32300, "2025-02-20"))
-    assert position.paid_off_on == D("2025-02-20")
-    assert position.installments[1].fees_waived_minor == 300
-    assert late_fees_forgiven(position) == {2: 300}
-    assert forgiven_on(position, 2) == D("2025-02-20")
-    assert all(i.left(date.max) == 0 for i in position.installments)
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -499,12 +454,6 @@ def paid_one_by_one(position: LoanPosition, payments: list[PaymentIn]) -> LoanPo
     return fresh
 
 
-def fees_payable(inst: InstallmentPosition, day: date) -> int:
-    """The fees a payment on ``day`` may take from an installment: those charged by then and,
-    once it was due, late fees a close charged later (the payoff includes them)."""
-    return inst.terms.fees_charged_by(date.max if inst.terms.due_date <= day else day)
-
-
 @given(loans_with_payments())
 def test_waterfall_order_of_every_payment(
     loan_and_payments: tuple[list[InstallmentTerms], list[PaymentIn]],
@@ -538,8 +487,8 @@ def test_waterfall_order_of_every_payment(
                 assert inst.fees_left(day) == 0  # fees first
             if a.principal_minor:
                 assert inst.interest_left() == 0  # then interest, then principal
-            # No fee is taken before it is assessed, but for an installment already due.
-            assert inst.paid_fees_minor <= fees_payable(inst, day)
+            # No fee is taken before it is assessed.
+            assert inst.paid_fees_minor <= inst.terms.fees_charged_by(day)
         if allocations:
             # Oldest first: every installment before the last one paid is settled.
             last = allocations[-1].installment_seq
@@ -548,28 +497,19 @@ def test_waterfall_order_of_every_payment(
                     assert i.principal_left() == 0
                 elif i.seq < last:
                     assert i.settled_by(day)
-        if paid_off:  # nothing charged is left, a late fee charged after the payoff included
-            assert all(i.left(date.max) == 0 for i in position.installments)
+        if paid_off:  # nothing charged by then is left
+            assert all(i.left(day) == 0 for i in position.installments)
         if credited:
             assert paid_off
-        # Interest and fees are waived only by a payoff, and only after the current period, but
-        # for the current period's late fees charged after the payoff (it was never late).
+        # Interest is waived only by a payoff, and only after the current period.
         waived = {
-            i.seq: (i.interest_waived_minor - b.interest_waived_minor,
-                    i.fees_waived_minor - b.fees_waived_minor)
+            i.seq
             for i, b in zip(position.installments, before.installments, strict=True)
-            if (i.interest_waived_minor, i.fees_waived_minor)
-            != (b.interest_waived_minor, b.fees_waived_minor)
-        }  # fmt: skip
+            if i.interest_waived_minor != b.interest_waived_minor
+        }
         if waived:
             assert position.paid_off_on == day
-            future = [i for i in position.installments if i.terms.due_date > day]
-            assert set(waived) <= {i.seq for i in future}
-            current = future[0]
-            if current.seq in waived:
-                late_after = sum(f.amount_minor for f in current.terms.late_fees
-                                 if f.assessed_on > day)  # fmt: skip
-                assert waived[current.seq] == (0, late_after)
+            assert waived <= set(not_begun)
 
 
 @given(loans_with_payments(), st.data())
@@ -594,7 +534,7 @@ def test_paying_the_payoff_pays_the_loan_off(
     assert position.paid_off_on == day
     assert position.credit_balance_minor == before.credit_balance_minor + excess
     assert sum(a.total_minor for a in position.allocations_of("payoff")) == payoff
-    assert all(i.left(date.max) == 0 for i in position.installments)  # nothing left, ever
+    assert all(i.left(day) == 0 for i in position.installments)
     assert all(i.paid_on is not None and i.paid_on <= day for i in position.installments)
     assert position.principal_outstanding_minor == 0
     assert position.payoff_minor(day) == 0
@@ -602,19 +542,20 @@ def test_paying_the_payoff_pays_the_loan_off(
     later = {b.seq: b for b in future[1:]}  # after the current period
     for inst, b in zip(position.installments, before.installments, strict=True):
         if inst.seq in later:
-            # Whatever interest of a later period was not prepaid is waived, and the late fees
-            # a close charged after the payoff; its scheduled fee is paid.
+            # Whatever interest of a later period was not prepaid is waived; its scheduled fee
+            # is paid.
             assert inst.interest_waived_minor == b.interest_left()
-            assert inst.fees_waived_minor == b.fees_left(date.max) - b.fees_left(day)
             assert inst.paid_interest_minor == b.paid_interest_minor
             assert inst.paid_fees_minor == b.paid_fees_minor + b.fees_left(day)
-        elif future and inst.seq == future[0].seq:
-            # The current period is paid, but the late fees charged after the payoff.
-            late_after = sum(f.amount_minor for f in b.terms.late_fees if f.assessed_on > day)
-            assert (inst.interest_waived_minor, inst.fees_waived_minor) == (0, late_after)
         else:
-            assert (inst.interest_waived_minor, inst.fees_waived_minor) == (0, 0)
-    ledger_balances(position, [*payments, PaymentIn("payoff", payoff + excess, day)])
+            assert inst.interest_waived_minor == 0
+    paid = [*payments, PaymentIn("payoff", payoff + excess, day)]
+    ledger_balances(position, paid)
+    # Replayed, the payoff withdraws the late fees charged since (it settled their
+    # installments by then): nothing is left, ever.
+    replayed = replay(installments, paid)
+    assert replayed.paid_off_on == day
+    assert all(i.left(date.max) == 0 for i in replayed.installments)
 
 
 @given(loans_with_payments(), st.data())
@@ -652,7 +593,7 @@ def test_one_unit_less_than_the_payoff_leaves_the_loan_open(
     apply_payment(position, PaymentIn("short", payoff - 1, day))
     assert position.paid_off_on is None
     assert position.credit_balance_minor == credit
-    assert all(i.interest_waived_minor == i.fees_waived_minor == 0 for i in position.installments)
+    assert all(i.interest_waived_minor == 0 for i in position.installments)
     assert position.payoff_minor(day) >= 1
 
 
@@ -679,8 +620,8 @@ def test_overdue_is_what_is_left_of_installments_due_before_the_date(
                 + inst.terms.interest_minor
                 - inst.paid_interest_minor
                 - inst.interest_waived_minor
-                # None before a late fee that a payoff, dated earlier, settled or forgave.
-                + max(charged - inst.paid_fees_minor - inst.fees_waived_minor, 0)
+                # None before a late fee paid since was charged.
+                + max(charged - inst.paid_fees_minor, 0)
             )
     assert position.overdue_minor(as_of) == expected
     if position.paid_off_on is None:
@@ -739,8 +680,7 @@ def test_the_ledger_follows_the_late_fees_through_any_payments_reversals_and_wai
     back-dated ones; a reversal of any applied payment; a fee waiver) the rows of
     ``late_fee_changes`` bring the ledger to what the replay forgives, and the ledger's fee
     rows (late_fee, fee_waiver, late_fee_forgiven, late_fee_reinstated) net to the fees the
-    installments show, but for the two amounts the ledger has no row for: the scheduled fee,
-    and what a payoff forgave of it."""
+    installments show, but for the scheduled fee, which the ledger has no row for."""
     earliest = installments[0].due_date - timedelta(days=40)
     latest = installments[-1].due_date + timedelta(days=90)
     ceiling = max(owed(installments), 1)
@@ -774,9 +714,5 @@ def test_the_ledger_follows_the_late_fees_through_any_payments_reversals_and_wai
         ledger_balances(position, applied)
         for inst, charged in zip(position.installments, installments, strict=True):
             withdrawn = sum(f.amount_minor for f in inst.late_fees_withdrawn)
-            shown = (charged.fees_charged_by(date.max) - waived.get(inst.seq, 0)
-                     - inst.fees_waived_minor - withdrawn)  # fmt: skip
-            scheduled_forgiven = inst.fees_waived_minor - (recorded.get(inst.seq, 0) - withdrawn)
-            assert ledger[inst.seq] + charged.fees_minor == shown + scheduled_forgiven
-            if charged.fees_minor == 0:
-                assert ledger[inst.seq] == shown
+            shown = charged.fees_charged_by(date.max) - waived.get(inst.seq, 0) - withdrawn
+            assert ledger[inst.seq] + charged.fees_minor == shown
