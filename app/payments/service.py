@@ -122,15 +122,20 @@ async def record_payment(
     payments = sorted([*earlier, _payment_in(payment)], key=_receipt_order)
     position = _replay(loan, terms, payments)
     if position.credit_balance_minor > loan.credit_balance_minor:
-        then = _replay(loan, terms, [p for p in earlier if p.received_on <= received_on])
-        payoff = then.payoff_minor(received_on)
+        excess = position.credit_balance_minor - loan.credit_balance_minor
+        if all(p.received_on <= received_on for p in earlier):
+            # What the replay took as the payoff, less a late fee this payment shows was
+            # charged too soon (one charged on its own date).
+            payoff = amount_minor - excess
+        else:
+            then = _replay(loan, terms, [p for p in earlier if p.received_on <= received_on])
+            payoff = then.payoff_minor(received_on)
         if amount_minor > payoff:
             detail = (
                 f"amount {amount} exceeds the payoff amount "
                 f"{format_minor(payoff, loan.currency)} on {received_on}"
             )
         else:  # within the payoff on its date, but the payments received after it replay
-            excess = position.credit_balance_minor - loan.credit_balance_minor
             detail = (
                 f"amount {amount} on {received_on} would overpay the loan by "
                 f"{format_minor(excess, loan.currency)}: the payments received after it "

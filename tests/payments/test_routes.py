@@ -278,6 +278,26 @@ async def test_a_payment_in_time_reported_after_the_close_withdraws_the_late_fee
     await assert_ledger_invariant(loan["id"])
 
 
+async def test_a_payoff_dated_on_the_night_of_a_late_fee_is_told_the_payoff_without_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """The close of Feb 19 charged installment 1's fee; a payoff dated Feb 19, reported after,
+    shows it was never late (that close counts Feb 19's payments): the payoff it is told is
+    the one that pays the loan off, without the fee."""
+    w, loan = await three_month_loan(client)
+    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
+    payments = f"/v1/loans/{loan['id']}/payments"
+    refused = await w.post(payments, {"amount": "1240.00", "received_on": "2026-02-19"}, expect=422)
+    assert refused.json()["code"] == "amount_exceeds_payoff"
+    assert "the payoff amount 1220.00 on 2026-02-19" in refused.json()["detail"]
+    paid = await w.pay(loan["id"], "1220.00", "2026-02-19")
+    assert (paid["loan"]["status"], paid["loan"]["balances"]["fees_outstanding"]) == (
+        "paid_off",
+        "0.00",
+    )
+    await assert_ledger_invariant(loan["id"])
+
+
 async def test_a_payment_short_by_more_than_the_tolerance_keeps_the_late_fee(
     client: httpx.AsyncClient,
 ) -> None:
