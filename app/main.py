@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api import openapi
-from app.api.bodies import LimitBodySize
+from app.api.bodies import LimitBodySize, RequireJson
 from app.api.head import AnswerHeadAsGet
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.unambiguous import RefuseAmbiguousInput
@@ -83,6 +83,7 @@ def create_app() -> FastAPI:
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RefuseAmbiguousInput)  # outside the idempotency claim: it writes
     app.add_middleware(LimitBodySize)  # before anything reads a whole body
+    app.add_middleware(RequireJson)
     app.add_middleware(metrics.RequestMetrics)
     app.add_middleware(AnswerHeadAsGet)
     for router in ROUTERS:

@@ -1,5 +1,5 @@
-"""Request bodies in plain ASGI middleware: read one whole, then hand it on unchanged; and
-the one limit on their size."""
+"""Request bodies in plain ASGI middleware: read one whole, then hand it on unchanged; the
+one limit on their size; and the one media type they come in."""
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,6 +64,52 @@ class LimitBodySize:
                 await _too_large(limit)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class RequireJson:
+    """415 ``unsupported_media_type`` for a body declared as anything but JSON, before anything
+    reads it. FastAPI leaves such a body unparsed (also one of no declared type), so a form
+    post or ``text/plain`` was a 422 saying the body is no object, though it was one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _has_body(scope):
+            media_type = _media_type(scope)
+            if not _is_json(media_type):
+                await _not_json(scope["method"], media_type)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def _has_body(scope: Scope) -> bool:
+    declared, chunked = _framing(scope)
+    return chunked or bool(declared)
+
+
+def _media_type(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return bytes(value).decode("latin-1").partition(";")[0].strip().lower()
+    return ""
+
+
+def _is_json(media_type: str) -> bool:
+    # application/json, and the structured +json types (RFC 6839), e.g. merge-patch+json.
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _not_json(method: str, media_type: str) -> Response:
+    # RFC 9110 §15.5.16: say which media type the resource takes (Accept-Post, Accept-Patch).
+    accept = {"POST": "Accept-Post", "PATCH": "Accept-Patch"}.get(method)
+    return problem(
+        415, "unsupported_media_type", "Unsupported media type",
+        f"the request body is {media_type or 'of no media type'}; send it as "
+        "application/json (Content-Type: application/json)",
+        headers={accept: "application/json"} if accept else None,
+    )  # fmt: skip
 
 
 def _framing(scope: Scope) -> tuple[int | None, bool]:

@@ -42,6 +42,7 @@ ERRORS = {
     "409": "The object's state does not allow it (e.g. `loan_not_active`), or a request with "
     "the same `Idempotency-Key` is still running (`idempotency_request_in_progress`)",
     "413": "The body is larger than `LOANWATCH_MAX_BODY_BYTES` (1 MiB; `payload_too_large`)",
+    "415": "The body is declared as something other than JSON (`unsupported_media_type`)",
     "422": "Invalid input; `errors` names each field (`validation_error`, or a domain code "
     "such as `credit_limit_exceeded`, `amount_exceeds_payoff`, `idempotency_key_reused`)",
     "503": "The database is busy; nothing was stored, retry after `Retry-After` (`service_busy`)",
@@ -137,7 +138,7 @@ def _errors_of(
     if _names_an_object(document, path, operation):
         statuses.append("404")
     if method != "get":
-        statuses += ["409", "413"]
+        statuses += ["409", "413", "415"]
     return [*statuses, "422", "503"]
 
 

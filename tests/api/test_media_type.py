@@ -1,0 +1,80 @@
+"""A body declared as anything but JSON, or not declared at all, is refused with 415 before
+anything reads it (app/api/bodies.py); JSON and its +json forms are read."""
+
+import httpx
+import pytest
+
+from tests.api.test_validation import row_counts
+from tests.factories import world
+
+BORROWER = b'{"external_id": "c-1", "name": "Li Wei", "phone": "+8613800138000"}'
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
+     "application/xml", "text/json", "application/jsonp", "", None],
+)  # fmt: skip
+async def test_a_body_not_declared_json_is_refused(
+    client: httpx.AsyncClient, content_type: str | None
+) -> None:
+    w = await world(client)
+    before = await row_counts()
+    declared = {} if content_type is None else {"content-type": content_type}
+    headers = {**w.merchant, **declared, "idempotency-key": "k-1"}
+    response = await client.post("/v1/borrowers", content=BORROWER, headers=headers)
+    assert response.request.headers.get("content-type") == content_type
+    assert response.status_code == 415, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["accept-post"] == "application/json"
+    problem = response.json()
+    assert problem["code"] == "unsupported_media_type"
+    assert "application/json" in problem["detail"]
+    assert await row_counts() == before
+    # Nothing was claimed either: the same key with a JSON body is a first request.
+    retried = await client.post("/v1/borrowers", content=BORROWER,
+                                headers={**w.merchant, "content-type": "application/json",
+                                         "idempotency-key": "k-1"})  # fmt: skip
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers
+
+
+async def test_a_patch_not_declared_json_names_what_it_takes(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    borrower = await w.borrower()
+    response = await client.patch(f"/v1/borrowers/{borrower['id']}", content=b"credit_limit=1",
+                                  headers={**w.admin, "content-type": "text/plain"})  # fmt: skip
+    assert response.status_code == 415
+    assert response.headers["accept-patch"] == "application/json"
+    assert (await w.get(f"/v1/borrowers/{borrower['id']}"))["credit_limit"] == borrower[
+        "credit_limit"
+    ]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "Application/JSON",
+     "application/merge-patch+json"],
+)  # fmt: skip
+async def test_json_in_any_of_its_forms_is_read(
+    client: httpx.AsyncClient, content_type: str
+) -> None:
+    w = await world(client)
+    headers = {**w.merchant, "content-type": content_type}
+    response = await client.post("/v1/borrowers", content=BORROWER, headers=headers)
+    assert response.status_code == 201, response.text
+
+
+async def test_a_post_without_a_body_needs_no_media_type(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    loan = await w.loan()
+    response = await client.post(f"/v1/loans/{loan['id']}/cancel",
+                                 headers={**w.merchant, "content-type": "text/plain"})  # fmt: skip
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "cancelled"
+
+
+async def test_every_write_documents_415(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert "415" in paths["/v1/loans"]["post"]["responses"]
+    assert "415" not in paths["/v1/loans"]["get"]["responses"]
