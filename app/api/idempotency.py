@@ -65,6 +65,8 @@ class IdempotencyRecord(Base):
     content_type: Mapped[str | None] = mapped_column(String(100))
     # Replayed as sent: a response that showed a secret says no-store again on its replay.
     cache_control: Mapped[str | None] = mapped_column(String(100))
+    # A 201's Location: the replay names the object the first answer created.
+    location: Mapped[str | None] = mapped_column(String(300))
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, index=True)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -268,6 +270,7 @@ async def _finish(owner: str, key: str, response: _HeldResponse) -> None:
                     "status_code": response.status,
                     "content_type": response.header(b"content-type"),
                     "cache_control": response.header(b"cache-control"),
+                    "location": response.header(b"location"),
                     "body": response.stored_body(),
                     "locked_until": None,
                 },
@@ -296,6 +299,8 @@ async def _send_stored_or_problem(
         headers.append((b"content-type", outcome.content_type.encode("latin-1")))
     if outcome.cache_control:
         headers.append((b"cache-control", outcome.cache_control.encode("latin-1")))
+    if outcome.location:
+        headers.append((b"location", outcome.location.encode("latin-1")))
     body = outcome.body or b""
     headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": outcome.status_code, "headers": headers})

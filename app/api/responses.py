@@ -13,6 +13,10 @@ LIVE = "private, no-cache"
 POLLED: dict[int | str, dict[str, Any]] = {
     304: {"description": "Not modified: the `If-None-Match` ETag is still current"}
 }
+# For the OpenAPI document of a route whose 201 names the object created, as RFC 9110 asks.
+LOCATION = {"Location": {"description": "The path of the object created (GET it there)",
+                         "schema": {"type": "string"}}}  # fmt: skip
+CREATED: dict[int | str, dict[str, Any]] = {201: {"headers": LOCATION}}
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:

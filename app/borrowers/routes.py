@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import POLLED, cached
+from app.api.responses import CREATED, POLLED, cached
 from app.api.routing import StrictRoute
 from app.borrowers import service
 from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
@@ -12,14 +12,15 @@ from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
 router = APIRouter(prefix="/v1/borrowers", tags=["borrowers"], route_class=StrictRoute)
 
 
-@router.post("", status_code=201, response_model=BorrowerRead)
+@router.post("", status_code=201, response_model=BorrowerRead, responses=CREATED)
 async def create_borrower(
-    body: BorrowerCreate, session: SessionDep, principal: MerchantPrincipal
+    body: BorrowerCreate, session: SessionDep, principal: MerchantPrincipal, response: Response
 ) -> BorrowerRead:
     view = await service.create_borrower(
         session, principal, external_id=body.external_id, name=body.name, phone=body.phone,
         monthly_income=body.monthly_income, merchant_id=body.merchant_id, currency=body.currency,
     )  # fmt: skip
+    response.headers["Location"] = f"/v1/borrowers/{view.borrower.id}"
     return BorrowerRead.from_view(view)
 
 

@@ -2,7 +2,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, SessionDep
 from app.api.fields import IsoDate
-from app.api.responses import POLLED, cached
+from app.api.responses import CREATED, LOCATION, POLLED, cached
 from app.api.routing import StrictRoute
 from app.close import service
 from app.close.models import CloseStatus
@@ -16,7 +16,14 @@ router = APIRouter(tags=["nightly close"], route_class=StrictRoute)
     "/v1/close-runs",
     status_code=201,
     response_model=CloseRunRead,
-    responses={202: {"model": CloseRunRead, "description": "Handed to the Celery workers"}},
+    responses={
+        **CREATED,
+        202: {
+            "model": CloseRunRead,
+            "description": "Handed to the Celery workers",
+            "headers": LOCATION,
+        },
+    },
 )
 async def create_close_run(
     body: CloseRunCreate, principal: AdminPrincipal, response: Response
@@ -25,6 +32,7 @@ async def create_close_run(
     default the close runs before the answer (201); with Celery it is queued (202): poll
     ``GET /v1/close-runs/{as_of}``."""
     run = await service.request_close(principal, as_of=body.as_of)
+    response.headers["Location"] = f"/v1/close-runs/{run.as_of.isoformat()}"
     if run.status in (CloseStatus.PENDING, CloseStatus.RUNNING):
         response.status_code = 202
     return CloseRunRead.from_model(run)

@@ -10,7 +10,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.pagination import Page, page_of
-from app.api.responses import POLLED, cached, json_response
+from app.api.responses import CREATED, POLLED, cached, json_response
 from app.api.routing import StrictRoute
 from app.db import database
 from app.loans import service
@@ -38,7 +38,7 @@ Bucket = Annotated[
 ]
 
 
-@router.post("/v1/loans", status_code=201, response_model=LoanRead)
+@router.post("/v1/loans", status_code=201, response_model=LoanRead, responses=CREATED)
 async def create_loan(
     body: LoanCreate, session: SessionDep, principal: MerchantPrincipal
 ) -> Response:
@@ -47,7 +47,9 @@ async def create_loan(
         principal_amount=body.principal, term=body.term, disbursed_on=body.disbursed_on,
         first_due_date=body.first_due_date, merchant_order_ref=body.merchant_order_ref,
     )  # fmt: skip
-    return json_response(loan_read(view, with_schedule=True), 201)
+    created = json_response(loan_read(view, with_schedule=True), 201)
+    created.headers["Location"] = f"/v1/loans/{view.loan.id}"
+    return created
 
 
 @router.get("/v1/loans", response_model=Page[LoanRead], responses=POLLED)

@@ -1,7 +1,8 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.responses import CREATED
 from app.api.routing import StrictRoute
 from app.payments import service
 from app.payments.schemas import (
@@ -16,14 +17,21 @@ from app.payments.schemas import (
 router = APIRouter(tags=["payments"], route_class=StrictRoute)
 
 
-@router.post("/v1/loans/{loan_id}/payments", status_code=201, response_model=PaymentRead)
+@router.post(
+    "/v1/loans/{loan_id}/payments", status_code=201, response_model=PaymentRead, responses=CREATED
+)
 async def record_payment(
-    loan_id: str, body: PaymentCreate, session: SessionDep, principal: MerchantPrincipal
+    loan_id: str,
+    body: PaymentCreate,
+    session: SessionDep,
+    principal: MerchantPrincipal,
+    response: Response,
 ) -> PaymentRead:
     view = await service.record_payment(
         session, principal, loan_id=loan_id, amount=body.amount, received_on=body.received_on,
         channel=body.channel, external_ref=body.external_ref,
     )  # fmt: skip
+    response.headers["Location"] = f"/v1/payments/{view.payment.id}"
     return payment_read(view)
 
 

@@ -1,9 +1,10 @@
 from operator import attrgetter
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.api.deps import AdminPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.responses import CREATED
 from app.api.routing import StrictRoute
 from app.products import service
 from app.products.schemas import ProductCreate, ProductRead
@@ -11,11 +12,12 @@ from app.products.schemas import ProductCreate, ProductRead
 router = APIRouter(prefix="/v1/products", tags=["products"], route_class=StrictRoute)
 
 
-@router.post("", status_code=201, response_model=ProductRead)
+@router.post("", status_code=201, response_model=ProductRead, responses=CREATED)
 async def create_product(
-    body: ProductCreate, session: SessionDep, principal: AdminPrincipal
+    body: ProductCreate, session: SessionDep, principal: AdminPrincipal, response: Response
 ) -> ProductRead:
     product = await service.create_product(session, principal, spec=body)
+    response.headers["Location"] = f"/v1/products/{product.code}"  # codes are URL-safe
     return ProductRead.from_model(product)
 
 

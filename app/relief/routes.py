@@ -3,12 +3,13 @@ holds only the restructure's id, the same reads and decisions at ``/v1/restructu
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.responses import CREATED
 from app.api.routing import StrictRoute
 from app.relief import service
 from app.relief.models import Restructure
@@ -22,9 +23,18 @@ async def _read(session: AsyncSession, restructure: Restructure) -> RestructureR
     return RestructureRead.from_model(restructure, carried.get(restructure.id))
 
 
-@router.post("/v1/loans/{loan_id}/restructures", status_code=201, response_model=RestructureRead)
+@router.post(
+    "/v1/loans/{loan_id}/restructures",
+    status_code=201,
+    response_model=RestructureRead,
+    responses=CREATED,
+)
 async def request_restructure(
-    loan_id: str, body: RestructureCreate, session: SessionDep, principal: MerchantPrincipal
+    loan_id: str,
+    body: RestructureCreate,
+    session: SessionDep,
+    principal: MerchantPrincipal,
+    response: Response,
 ) -> RestructureRead:
     installments = body.installments
     restructure = await service.request_restructure(
@@ -32,6 +42,7 @@ async def request_restructure(
         installments=None if installments is None else [(i.due_on, i.amount) for i in installments],
         amount=body.amount, months=body.months,
     )  # fmt: skip
+    response.headers["Location"] = f"/v1/restructures/{restructure.id}"
     return await _read(session, restructure)
 
 

@@ -11,7 +11,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.pagination import Page, page_of
-from app.api.responses import POLLED, cached
+from app.api.responses import CREATED, LOCATION, POLLED, cached
 from app.api.routing import StrictRoute
 from app.risk import runs, service
 from app.risk.models import FlagStatus
@@ -90,12 +90,20 @@ async def loan_risk(
     "/v1/risk/runs",
     status_code=201,
     response_model=RiskRunRead,
-    responses={202: {"model": RiskRunRead, "description": "Handed to the Celery workers"}},
+    responses={
+        **CREATED,
+        202: {
+            "model": RiskRunRead,
+            "description": "Handed to the Celery workers",
+            "headers": LOCATION,
+        },
+    },
 )
 async def start_run(
     body: RiskRunCreate, principal: AdminPrincipal, response: Response
 ) -> RiskRunRead:
     run = await runs.start_run(principal, as_of=body.as_of)
+    response.headers["Location"] = f"/v1/risk/runs/{run.id}"
     if run.status == "pending":
         response.status_code = 202
     return RiskRunRead.model_validate(run)

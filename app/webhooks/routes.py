@@ -3,7 +3,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
-from app.api.responses import POLLED, cached
+from app.api.responses import CREATED, POLLED, cached
 from app.api.routing import StrictRoute
 from app.events.schemas import EventRead
 from app.webhooks import service
@@ -23,7 +23,7 @@ router = APIRouter(tags=["webhooks"], route_class=StrictRoute)
 PREFIX = "/v1/webhook-endpoints"
 
 
-@router.post(PREFIX, status_code=201, response_model=EndpointWithSecret)
+@router.post(PREFIX, status_code=201, response_model=EndpointWithSecret, responses=CREATED)
 async def create_endpoint(
     body: EndpointCreate, session: SessionDep, principal: AdminPrincipal, response: Response
 ) -> EndpointWithSecret:
@@ -32,6 +32,7 @@ async def create_endpoint(
         session, principal, url=body.url, event_types=body.event_types,
         description=body.description, enabled=body.enabled,
     )  # fmt: skip
+    response.headers["Location"] = f"{PREFIX}/{view.endpoint.id}"
     return EndpointWithSecret.with_secret(view)
 
 
