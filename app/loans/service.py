@@ -472,9 +472,14 @@ async def cancel_loan(
     if loan.status not in (*OPEN_STATUSES, LoanStatus.PAID_OFF):
         raise LoanNotActive(f"loan {loan.id} is {loan.status}")
     today = clock.today()
+    reckoned = await delinquency.reckoning_date(session)
     refund = await ledger.net_payments_minor(session, loan.id)
     loan.status = LoanStatus.CANCELLED
     loan.cancelled_on = today
+    if loan.days_past_due > 0:
+        # Its arrears end today as a cure's would: the borrower's time without arrears, which
+        # a limit recovery waits for (docs/risk.md), starts now, not at the disbursement.
+        loan.cured_on = reckoned
     # A returned purchase owes nothing: it leaves every bucket and arrears view.
     loan.days_past_due, loan.bucket = 0, "current"
     loan.principal_outstanding_minor = 0
@@ -498,5 +503,5 @@ async def cancel_loan(
     )
     # Its flags end with it (a payoff clears them the same way), and its borrower's grade
     # no longer counts them.
-    await risk.refresh_loan(session, loan, await delinquency.reckoning_date(session))
+    await risk.refresh_loan(session, loan, reckoned)
     return await loan_view(session, loan)

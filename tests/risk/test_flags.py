@@ -682,6 +682,30 @@ async def limit_events(w: World, borrower_id: str) -> list[tuple[str, str]]:
             if e["data"]["borrower_id"] == borrower_id]  # fmt: skip
 
 
+async def test_a_cancelled_delinquent_loan_starts_the_clean_time_over(
+    client: httpx.AsyncClient,
+) -> None:
+    """Goods returned after months of arrears end them as a cure would: the limit the fall
+    to D cut comes back only after limit_recovery_clean_days from the cancellation, not
+    from the disbursement the arrears followed."""
+    w = await setup(client)
+    borrower = await w.borrower(monthly_income="10000.00")  # limit 30000.00
+    loan_id = await loan(w, borrower["id"])
+    rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
+    rules["limit_recovery_clean_days"] = 31
+    await client.put("/v1/risk/rules", json=rules, headers=w.admin)
+    await close(w, "2026-03-12")  # 30 days late, never paid: grade D, cut to 1200.00
+    await close(w, "2026-04-14")  # 63 days on book, all of them since Feb 10 past due
+    cancelled = await w.post(f"/v1/loans/{loan_id}/cancel", {"reason": "goods returned"})
+    assert cancelled.json()["status"] == "cancelled"
+    got = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (got["risk_grade"], got["credit_limit"]) == ("A", "1200.00")
+    await close(w, "2026-05-14")  # 30 days since the cancellation
+    assert [r for _, r in await limit_events(w, borrower["id"])] == ["grade_D"]
+    await close(w, "2026-05-15")  # 31 days
+    assert (await limit_events(w, borrower["id"]))[1:] == [("8700.00", "recovery")]
+
+
 async def test_an_admin_override_stands_until_the_next_grade_change(
     client: httpx.AsyncClient,
 ) -> None:
