@@ -53,6 +53,7 @@ async def _check_url(url: str) -> None:
         await targets.check(
             url, allow_private=get_settings().webhook_allow_private_targets, must_resolve=False
         )
+        targets.refuse_credentials(url)
     except targets.TargetNotAllowed as exc:
         raise WebhookUrlNotAllowed(
             f"url {exc}", errors=[{"field": "url", "message": str(exc)}]

@@ -34,6 +34,17 @@ def parse(url: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
+def refuse_credentials(url: str) -> None:
+    """At registration: a URL may not carry a user or password. Every reader of the endpoint,
+    a dashboard key included, sees its URL; deliveries are authenticated by their signature."""
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise TargetNotAllowed(
+            "must not carry credentials (user:password@): every reader of the endpoint sees "
+            "its URL, and each delivery is signed with the endpoint's secret instead"
+        )
+
+
 async def addresses(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP

@@ -56,6 +56,12 @@ async def test_private_targets_are_refused_unless_allowed(
                 "http://[::1/h"):  # fmt: skip
         bad = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert bad.status_code == 422, url
+    for url in ("https://user:pw@x.test/h", "https://token@x.test/h", "https://:pw@x.test/h"):
+        secret = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
+        assert (secret.status_code, secret.json()["code"]) == (422, "webhook_url_not_allowed")
+        assert "credentials" in secret.json()["errors"][0]["message"]
+    listed = await w.get("/v1/webhook-endpoints", headers=w.admin)
+    assert listed["items"] == []
     unknown = await w.post("/v1/webhook-endpoints",
                            {"url": "https://x.test/h", "event_types": ["loan.exploded"]},
                            headers=w.admin)  # fmt: skip
