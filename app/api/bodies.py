@@ -69,18 +69,26 @@ class LimitBodySize:
 class RequireJson:
     """415 ``unsupported_media_type`` for a body declared as anything but JSON, before anything
     reads it. FastAPI leaves such a body unparsed (also one of no declared type), so a form
-    post or ``text/plain`` was a 422 saying the body is no object, though it was one."""
+    post or ``text/plain`` was a 422 saying the body is no object, though it was one.
+
+    Gateways' notifications are exempt: the route reads their bytes as JSON, whatever they
+    are declared as, once their signature is checked, and a debit result must not be lost
+    to a sender that leaves the header out."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _has_body(scope):
+        if scope["type"] == "http" and _has_body(scope) and not _is_inbound(scope["path"]):
             media_type = _media_type(scope)
             if not _is_json(media_type):
                 await _not_json(scope["method"], media_type)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _is_inbound(path: str) -> bool:
+    return path.startswith("/v1/inbound/")
 
 
 def _has_body(scope: Scope) -> bool:

@@ -93,6 +93,28 @@ async def test_a_succeeded_debit_records_a_payment_once(client: httpx.AsyncClien
     assert await count(Payment) == 1
 
 
+async def test_a_signed_debit_is_read_whatever_its_declared_media_type(
+    client: httpx.AsyncClient,
+) -> None:
+    """The API's other bodies must be declared JSON (415 otherwise); a gateway's signed
+    notification is read as JSON regardless: a payment must not be lost to a header."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    for n, declared in enumerate((None, "text/plain")):
+        body = notification("debit.succeeded", loan["id"], amount="10.00",
+                            received_on="2026-02-10", external_ref=f"dd-{n}")  # fmt: skip
+        raw, headers = signed(secret, body, f"msg_{n}")
+        del headers["content-type"]
+        request = client.build_request("POST", "/v1/inbound/gateways/alipay", content=raw,
+                                       headers=headers if declared is None
+                                       else {**headers, "content-type": declared})  # fmt: skip
+        assert request.headers.get("content-type") == declared
+        response = await client.send(request)
+        assert (response.status_code, response.json()["status"]) == (200, "processed")
+    assert await count(Payment) == 2
+
+
 async def test_a_failed_debit_is_recorded_with_an_event(client: httpx.AsyncClient) -> None:
     w = await world(client)
     secret = await gateway(w)
