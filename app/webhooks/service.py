@@ -344,11 +344,13 @@ async def recover(
     session: AsyncSession, principal: Principal, *, endpoint_id: str, since: datetime
 ) -> int:
     """Re-send everything the endpoint should have had since ``since``: failed deliveries, and
-    events it never got (written while it was disabled)."""
+    events it never got (written while it was disabled). Not events from before it existed:
+    it never subscribed to them (the feed, ``GET /v1/events``, has the whole history)."""
     principal.require(Role.ADMIN)
     view = await _load(session, endpoint_id)
     if not view.endpoint.enabled:
         raise InvalidRequest.field("enabled", "enable the endpoint before recovering")
+    since = max(since, view.endpoint.created_at)
     first = await session.scalar(select(Event.position).where(Event.created_at >= since)
                                  .order_by(Event.position).limit(1))  # fmt: skip
     last = await session.scalar(select(Event.position).order_by(Event.position.desc()).limit(1))

@@ -304,6 +304,15 @@ async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> 
                      headers=w.admin, expect=202)  # fmt: skip
         await deliver()
         assert {r.verified(other["secret"])["type"] for r in bystander.received} == {"loan.created"}
+    # Nothing from before an endpoint existed: it never subscribed to it.
+    with receiving() as newcomer:
+        late = await endpoint(w, newcomer.url)
+        recovered = await w.post(f"/v1/webhook-endpoints/{late['id']}/recover",
+                                 {"since": before_test}, headers=w.admin, expect=202)  # fmt: skip
+        assert recovered.json()["deliveries"] == 0
+        await w.loan()
+        await deliver()
+        assert [r.verified(late["secret"])["type"] for r in newcomer.received] == ["loan.created"]
     # An offset that takes the time off the calendar in UTC is a 422, not a 500.
     for bad in ("0001-01-01T00:00:00+14:00", "not a time"):
         refused = await w.post(f"/v1/webhook-endpoints/{hook['id']}/recover", {"since": bad},
