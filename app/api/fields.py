@@ -90,5 +90,21 @@ def _in_utc(value: datetime) -> datetime:
 
 UtcDatetime = Annotated[datetime, BeforeValidator(_date_text), AfterValidator(_in_utc)]
 
+# An instant a caller asks from (events after it, deliveries since it) has its time of day: a
+# date alone names a day, and which midnight it meant is a guess. A gateway's notification
+# keeps UtcDatetime: its timestamp moves no money, and refusing it could lose a payment.
+_INSTANT_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
+
+
+def _instant_text(value: object) -> object:
+    if isinstance(value, datetime) or (isinstance(value, str) and _INSTANT_TEXT.match(value)):
+        return value
+    raise ValueError(
+        "must be an RFC 3339 date-time string with a time, such as 2026-12-01T00:00:00Z"
+    )
+
+
+Instant = Annotated[datetime, BeforeValidator(_instant_text), AfterValidator(_in_utc)]
+
 # Strict, as every count in a body: a JSON true is no term of 1, nor "12" a number.
 Term = Annotated[int, Strict(), Field(ge=OFFERED_TERMS.start, le=OFFERED_TERMS.stop - 1)]

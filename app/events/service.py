@@ -7,7 +7,7 @@ from sqlalchemy import Table, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
-from app.api.fields import UtcDatetime
+from app.api.fields import Instant
 from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
 from app.db import insert_rows, utc_now
@@ -94,7 +94,7 @@ async def list_events(
     return list(await session.scalars(query))
 
 
-_INSTANT = TypeAdapter(UtcDatetime)
+_INSTANT = TypeAdapter(Instant)
 
 
 async def _after(session: AsyncSession, after: str) -> Any:
@@ -109,6 +109,6 @@ async def _after(session: AsyncSession, after: str) -> Any:
         instant = _INSTANT.validate_python(after)
     except ValidationError:
         raise InvalidRequest.field(
-            "after", "must be an event id (evt_...) or an RFC 3339 instant"
+            "after", "must be an event id (evt_...) or an RFC 3339 instant with its time of day"
         ) from None
-    return Event.created_at > instant  # aware: UtcDatetime makes it UTC
+    return Event.created_at > instant  # aware: Instant makes it UTC

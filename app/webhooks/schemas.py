@@ -3,7 +3,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
-from app.api.fields import UtcDatetime
+from app.api.fields import Instant
 from app.events.types import EVENT_TYPES
 from app.webhooks.service import DeliveryView, EndpointView
 
@@ -112,7 +112,7 @@ class DeliveryRead(BaseModel):
 class RecoverRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: UtcDatetime
+    since: Instant
 
 
 class RedeliverRequest(BaseModel):
