@@ -15,15 +15,17 @@ A late fee counts from the night the close charged it: a payment dated earlier d
 it. When the payments received by that night, some reported after the close, leave its
 installment owing no more than the arrears tolerance, the close would not have charged it had
 it known them, and the replay withdraws it as never charged: a back-dated payment that paid in
-time, or any payoff dated before it. So a replayed loan is never paid off owing a late fee.
+time, or any payoff dated before it. So a replayed loan is never paid off owing a late fee. A
+fee that is a percent of the unpaid part is lowered, the same way, to what the close would
+have charged on what they left unpaid (never raised above what it charged).
 
 Balances are never patched in place: they are the result of replaying every applied payment in
 order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
-A late fee is never re-dated: a replay only withdraws it or, when the payment that showed it
-too soon is gone, owes it again; the ledger records either change.
+A late fee is never re-dated: a replay only withdraws it (or part of it) or, when the payment
+that showed it too soon is gone, owes it again; the ledger records either change.
 """
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 
@@ -87,7 +89,8 @@ class InstallmentPosition:
     paid_principal_minor: int = 0
     interest_waived_minor: int = 0
     paid_on: date | None = None
-    # Late fees charged too soon (the installment was settled by their date): not in ``terms``.
+    # What the replay withdrew of the late fees charged too soon (the installment was settled
+    # by their night) or charged on more than was unpaid (a percent fee): not in ``terms``.
     late_fees_withdrawn: tuple[LateFee, ...] = ()
 
     @property
@@ -206,17 +209,17 @@ def replay(
     payments: Iterable[PaymentIn],
     *,
     arrears_tolerance_minor: int = 0,
+    late_fee_for: Callable[[int], int] | None = None,
 ) -> LoanPosition:
     """The loan's position after applying ``payments`` (in the given order) to a fresh schedule,
     without the late fees charged too soon (``arrears_tolerance_minor``: what an installment may
-    still owe and not be late, as the close reckons it)."""
+    still owe and not be late, as the close reckons it) and with a percent fee no more than the
+    product charges on what its night left unpaid (``late_fee_for``: that fee, given the unpaid
+    amount; None for a fixed fee, which does not depend on it)."""
     payments = list(payments)
-    withdrawn = _late_fees_charged_too_soon(installments, payments, arrears_tolerance_minor)
+    withdrawn = _late_fees_withdrawn(installments, payments, arrears_tolerance_minor, late_fee_for)
     position = LoanPosition([
-        InstallmentPosition(
-            replace(t, late_fees=tuple(f for f in t.late_fees if f not in withdrawn[t.seq])),
-            late_fees_withdrawn=withdrawn[t.seq],
-        )
+        InstallmentPosition(_less(t, withdrawn[t.seq]), late_fees_withdrawn=withdrawn[t.seq])
         for t in installments
     ])  # fmt: skip
     for payment in payments:
@@ -224,12 +227,17 @@ def replay(
     return position
 
 
-def _late_fees_charged_too_soon(
-    installments: Sequence[InstallmentTerms], payments: list[PaymentIn], tolerance_minor: int
+def _late_fees_withdrawn(
+    installments: Sequence[InstallmentTerms],
+    payments: list[PaymentIn],
+    tolerance_minor: int,
+    late_fee_for: Callable[[int], int] | None,
 ) -> dict[int, tuple[LateFee, ...]]:
-    """The late fees a close would not have charged had it known every payment received by the
-    date it charged them: each replayed as that night saw it, the fees of earlier nights that
-    stand and the payments received by then, in the order the nights ran."""
+    """What of each late fee a close would not have charged had it known every payment received
+    by the date it charged it: each replayed as that night saw it, the fees of earlier nights as
+    they stand and the payments received by then, in the order the nights ran. The whole fee
+    when the installment then owed no more than the tolerance; of a percent fee, what it
+    charged beyond the fee on what was unpaid."""
     withdrawn: dict[int, tuple[LateFee, ...]] = {t.seq: () for t in installments}
     charged = sorted(
         ((fee.assessed_on, t.seq, fee) for t in installments for fee in t.late_fees),
@@ -237,19 +245,37 @@ def _late_fees_charged_too_soon(
     )
     for night, seq, fee in charged:
         that_night = [
-            replace(t, late_fees=tuple(
-                f for f in t.late_fees if f.assessed_on < night and f not in withdrawn[t.seq]
-            ))
+            replace(_less(t, withdrawn[t.seq]),
+                    late_fees=tuple(f for f in _less(t, withdrawn[t.seq]).late_fees
+                                    if f.assessed_on < night))
             for t in installments
         ]  # fmt: skip
         seen = LoanPosition([InstallmentPosition(t) for t in that_night])
         for payment in payments:
             if payment.received_on <= night:
                 apply_payment(seen, payment)
-        installment = next(i for i in seen.installments if i.seq == seq)
-        if installment.left(night) <= tolerance_minor:
-            withdrawn[seq] = (*withdrawn[seq], fee)
+        unpaid = next(i for i in seen.installments if i.seq == seq).left(night)
+        if unpaid <= tolerance_minor:
+            due = 0
+        elif late_fee_for is not None:
+            due = min(fee.amount_minor, late_fee_for(unpaid))
+        else:
+            due = fee.amount_minor
+        if due < fee.amount_minor:
+            withdrawn[seq] = (*withdrawn[seq], LateFee(night, fee.amount_minor - due))
     return withdrawn
+
+
+def _less(terms: InstallmentTerms, withdrawn: tuple[LateFee, ...]) -> InstallmentTerms:
+    """The terms with what was withdrawn of each late fee (by its night) taken off it."""
+    if not withdrawn:
+        return terms
+    late_fees = []
+    for fee in terms.late_fees:
+        taken = sum(w.amount_minor for w in withdrawn if w.assessed_on == fee.assessed_on)
+        if fee.amount_minor > taken:
+            late_fees.append(LateFee(fee.assessed_on, fee.amount_minor - taken))
+    return replace(terms, late_fees=tuple(late_fees))
 
 
 def apply_payment(position: LoanPosition, payment: PaymentIn) -> None:

@@ -3,6 +3,7 @@
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
+from functools import partial
 from typing import cast
 
 from sqlalchemy import Table, bindparam, delete, select
@@ -14,6 +15,7 @@ from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
 from app.db import insert_rows, utc_now
 from app.delinquency import service as delinquency
+from app.delinquency.rules import late_fee_minor
 from app.errors import InvalidRequest
 from app.events import service as events
 from app.ids import new_id
@@ -50,6 +52,7 @@ from app.payments.errors import (
     PaymentNotFound,
 )
 from app.payments.models import Payment, PaymentAllocation, PaymentStatus, ReversalReason
+from app.products import service as products
 from app.products.models import Product
 from app.promises import service as promises
 from app.risk import service as risk
@@ -120,7 +123,7 @@ async def record_payment(
     earlier = await _applied_payments(session, loan.id)
     terms, fee_rows = await _terms(session, installments)
     payments = sorted([*earlier, _payment_in(payment)], key=_receipt_order)
-    position = _replay(loan, terms, payments)
+    position = await _replay(session, loan, terms, payments)
     if position.credit_balance_minor > loan.credit_balance_minor:
         excess = position.credit_balance_minor - loan.credit_balance_minor
         if all(p.received_on <= received_on for p in earlier):
@@ -128,7 +131,9 @@ async def record_payment(
             # charged too soon (one charged on its own date).
             payoff = amount_minor - excess
         else:
-            then = _replay(loan, terms, [p for p in earlier if p.received_on <= received_on])
+            then = await _replay(
+                session, loan, terms, [p for p in earlier if p.received_on <= received_on]
+            )
             payoff = then.payoff_minor(received_on)
         if amount_minor > payoff:
             detail = (
@@ -334,7 +339,7 @@ async def waive_fees(
     installments = await loans_service.load_installments(session, loan.id)
     terms, _ = await _terms(session, installments)
     payments = await _applied_payments(session, loan.id)
-    forgiven = fees_to_waive(_replay(loan, terms, payments), as_of, cap_minor)
+    forgiven = fees_to_waive(await _replay(session, loan, terms, payments), as_of, cap_minor)
     now = utc_now()
     session.add_all(
         LedgerTransaction(
@@ -456,7 +461,7 @@ async def replay_paid_after_fees(
         loan = await session.get_one(Loan, loan_id)
         installments = await loans_service.load_installments(session, loan_id)
         terms, fee_rows = await _terms(session, installments)
-        position = _replay(loan, terms, await _applied_payments(session, loan_id))
+        position = await _replay(session, loan, terms, await _applied_payments(session, loan_id))
         # The close's next steps reckon the loan as of the date, and count what moves.
         await _store_position(
             session, loan, installments, position, fee_rows, as_of=as_of, changed_on=as_of,
@@ -476,7 +481,7 @@ async def _replay_and_store(
     """Replay ``payments`` on the installments' terms as the ledger now has them, and store.
     ``changed_on``: the date of the change (``as_of`` by default), for the ledger."""
     terms, fee_rows = await _terms(session, installments)
-    position = _replay(loan, terms, payments)
+    position = await _replay(session, loan, terms, payments)
     await _store_position(
         session, loan, installments, position, fee_rows, as_of=as_of,
         changed_on=changed_on or as_of,
@@ -484,11 +489,20 @@ async def _replay_and_store(
     return position
 
 
-def _replay(loan: Loan, terms: list[InstallmentTerms], payments: list[PaymentIn]) -> LoanPosition:
+async def _replay(
+    session: AsyncSession, loan: Loan, terms: list[InstallmentTerms], payments: list[PaymentIn]
+) -> LoanPosition:
     """``payments`` replayed on ``terms``, a late fee charged too soon withdrawn at the arrears
-    tolerance the close charges by."""
+    tolerance the close charges by, and a percent one lowered to the product's fee on what its
+    night left unpaid."""
     tolerance = delinquency.tolerance_minor(loan.currency)
-    return replay(terms, payments, arrears_tolerance_minor=tolerance)
+    late_fee_for = None
+    if any(t.late_fees for t in terms):  # the product only matters to a loan charged one
+        product = await session.get_one(Product, loan.product_code)
+        policy = products.late_fee_policy(product)
+        if policy is not None and policy.kind == "percent":
+            late_fee_for = partial(late_fee_minor, policy)
+    return replay(terms, payments, arrears_tolerance_minor=tolerance, late_fee_for=late_fee_for)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
+from app.db import Rate
+from app.delinquency.rules import LateFeePolicy
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.loans.schedule import Amortization
 from app.money import (
@@ -113,6 +115,19 @@ def _fee_percent(field: str, percent: str | None) -> Decimal | None:
     if not 0 < value <= 1:
         raise InvalidRequest.field(field, "must be above 0 and at most 1 (100 %)")
     return value
+
+
+def late_fee_policy(product: Product) -> LateFeePolicy | None:
+    """The product's late-fee policy, as the close charges it (None: it charges none)."""
+    if product.late_fee_kind is None:
+        return None
+    return LateFeePolicy(
+        grace_days=product.grace_days,
+        kind=product.late_fee_kind,
+        amount_minor=product.late_fee_amount_minor or 0,
+        percent_ppm=int((product.late_fee_percent or 0) * Rate.SCALE),
+        cap_minor=product.late_fee_cap_minor,
+    )
 
 
 def origination_fee_minor(product: Product, principal_minor: int) -> int:

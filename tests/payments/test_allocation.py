@@ -74,8 +74,8 @@ def ledger_balances(position: LoanPosition, payments: list[PaymentIn]) -> None:
         assert 0 <= inst.paid_interest_minor + inst.interest_waived_minor
         assert inst.paid_interest_minor + inst.interest_waived_minor <= inst.terms.interest_minor
         assert 0 <= inst.paid_fees_minor <= inst.terms.fees_charged_by(date.max)
-        # A withdrawn late fee is no longer charged: the ledger takes back exactly those.
-        assert not set(inst.late_fees_withdrawn) & set(inst.terms.late_fees)
+        # What is withdrawn of a late fee is no longer charged: the ledger takes back that.
+        assert all(f.amount_minor > 0 for f in inst.late_fees_withdrawn)
 
 
 # --- the waterfall, by example --------------------------------------------------------------
@@ -302,6 +302,30 @@ def test_a_later_nights_fee_is_judged_without_an_earlier_one_withdrawn() -> None
     second = replace(second, late_fees=(LateFee(D("2025-03-10"), 300),))
     position = replay([first, second, third], [pay("p1", 11500, "2025-02-05")])
     assert [len(i.late_fees_withdrawn) for i in position.installments] == [1, 0, 0]
+
+
+def five_percent(unpaid_minor: int) -> int:
+    return (unpaid_minor * 5 + 50) // 100
+
+
+def test_a_percent_late_fee_is_lowered_to_the_fee_on_what_its_night_left_unpaid() -> None:
+    """Charged 3.00 on installment 1; a payment dated before its night leaves 5.00 unpaid, on
+    which the fee is 0.25: the other 2.75 is withdrawn on that night. Never raised: with no
+    payment, 5 % of 115.00 would be 5.75, and the fee charged stands."""
+    fee = LateFee(D("2025-02-10"), 300)
+    position = replay(loan(fee), [pay("p1", 11000, "2025-02-05")], late_fee_for=five_percent)
+    first = position.installments[0]
+    assert first.terms.late_fees == (LateFee(D("2025-02-10"), 25),)
+    assert first.late_fees_withdrawn == (LateFee(D("2025-02-10"), 275),)
+    assert first.left(date.max) == 525
+    assert late_fees_forgiven(position) == {1: 275}
+    assert forgiven_on(position, 1) == D("2025-02-10")
+    unpaid = replay(loan(fee), [], late_fee_for=five_percent)
+    assert unpaid.installments[0].terms.late_fees == (fee,)
+    assert late_fee_changes(unpaid, late_fees_forgiven(position)) == {1: -275}  # reinstated
+    # Paid after its night: the fee was charged on all of it.
+    late = replay(loan(fee), [pay("p1", 11000, "2025-02-11")], late_fee_for=five_percent)
+    assert late.installments[0].late_fees_withdrawn == ()
 
 
 def test_a_payoff_dated_before_a_late_fee_was_charged_withdraws_it() -> None:
@@ -688,6 +712,7 @@ def test_the_ledger_follows_the_late_fees_through_any_payments_reversals_and_wai
     waived: dict[int, int] = {}  # fee_waiver rows
     recorded: dict[int, int] = {}  # late_fee_forgiven less late_fee_reinstated rows
     ledger = {i.seq: sum(f.amount_minor for f in i.late_fees) for i in installments}
+    late_fee_for = data.draw(st.sampled_from([None, five_percent]), label="percent fees")
     for step in range(data.draw(st.integers(1, 10), label="steps")):
         terms = [i.without_fees(waived.get(i.seq, 0)) for i in installments]
         action = data.draw(st.sampled_from(["pay", "pay", "reverse", "waive"]))
@@ -696,7 +721,8 @@ def test_the_ledger_follows_the_late_fees_through_any_payments_reversals_and_wai
         elif action == "waive":
             day = data.draw(st.dates(min_value=earliest, max_value=latest))
             cap = data.draw(st.one_of(st.none(), st.integers(1, 10_000)))
-            for seq, amount in fees_to_waive(replay(terms, applied), day, cap).items():
+            waivable = replay(terms, applied, late_fee_for=late_fee_for)
+            for seq, amount in fees_to_waive(waivable, day, cap).items():
                 waived[seq] = waived.get(seq, 0) + amount
                 ledger[seq] -= amount
             terms = [i.without_fees(waived.get(i.seq, 0)) for i in installments]
@@ -705,7 +731,7 @@ def test_the_ledger_follows_the_late_fees_through_any_payments_reversals_and_wai
             day = data.draw(st.dates(min_value=earliest, max_value=latest))
             applied = sorted([*applied, PaymentIn(f"pay_{step}", amount, day)],
                              key=lambda p: (p.received_on, p.id))  # fmt: skip
-        position = replay(terms, applied)
+        position = replay(terms, applied, late_fee_for=late_fee_for)
         for seq, change in late_fee_changes(position, recorded).items():
             recorded[seq] = recorded.get(seq, 0) + change
             ledger[seq] -= change

@@ -321,6 +321,37 @@ async def test_a_payment_short_by_more_than_the_tolerance_keeps_the_late_fee(
     await assert_ledger_invariant(loan["id"])
 
 
+async def test_a_percent_late_fee_is_lowered_to_the_fee_on_what_its_night_left_unpaid(
+    client: httpx.AsyncClient,
+) -> None:
+    """A 5 % late fee charged on all of installment 1 (412.00: 20.60), then a payment of 400.00
+    dated on its due date reported: the night of the fee left 12.00 unpaid, the fee on which is
+    0.60. 20.00 is withdrawn on that night, in the ledger too; reversing the payment owes it
+    again."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    late_fee={"kind": "percent", "percent": "0.05"})  # fmt: skip
+    await w.post("/v1/close-runs", {"as_of": "2026-01-15"}, headers=w.admin, expect=201)
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-15")
+    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
+    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+    assert first["fees"] == "20.60"
+    paid = await w.pay(loan["id"], "400.00", "2026-02-15")
+    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+    assert (first["fees"], first["paid"], first["status"]) == ("0.60", "400.00", "overdue")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["balances"]["fees_outstanding"] == "0.60"
+    items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [(t["kind"], t["amount"], t["effective_on"]) for t in items
+            if t["kind"].startswith("late_fee")] == [
+        ("late_fee", "20.60", "2026-02-19"), ("late_fee_forgiven", "20.00", "2026-02-19"),
+    ]  # fmt: skip
+    await assert_ledger_invariant(loan["id"])
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["balances"]["fees_outstanding"] == "20.60"
+    await assert_ledger_invariant(loan["id"])
+
+
 async def test_a_payoff_and_its_reversal_report_the_status_they_leave(
     client: httpx.AsyncClient,
 ) -> None:
