@@ -340,6 +340,20 @@ def test_a_payoff_dated_before_a_late_fee_was_charged_withdraws_it() -> None:
     assert over.credit_balance_minor == 300
 
 
+def test_a_withdrawn_fee_can_make_an_earlier_payment_the_payoff() -> None:
+    """Hypothesis found it: a payment on a fee's night pays everything but that fee, so the fee
+    was charged too soon; withdrawn, that payment was the payoff, and a later one is credit."""
+    fee = LateFee(D("2025-05-06"), 100)
+    installments = [
+        InstallmentTerms(1, D("2025-01-31"), 100, 0),
+        InstallmentTerms(2, D("2025-02-28"), 100, 0, late_fees=(fee,)),
+    ]
+    position = replay(installments, [pay("p1", 200, "2025-05-06"), pay("p2", 100, "2025-05-07")])
+    assert position.paid_off_on == D("2025-05-06")
+    assert position.installments[1].late_fees_withdrawn == (fee,)
+    assert position.credit_balance_minor == 100
+
+
 # --- properties -----------------------------------------------------------------------------
 
 
@@ -576,10 +590,15 @@ def test_paying_the_payoff_pays_the_loan_off(
     paid = [*payments, PaymentIn("payoff", payoff + excess, day)]
     ledger_balances(position, paid)
     # Replayed, the payoff withdraws the late fees charged since (it settled their
-    # installments by then): nothing is left, ever.
+    # installments by then): nothing is left, ever. Paid off on its day or before: a fee the
+    # replay withdraws may show that an earlier payment had settled the loan already, the rest
+    # being credit (a payment on a fee's night paying everything but that fee).
     replayed = replay(installments, paid)
-    assert replayed.paid_off_on == day
+    assert replayed.paid_off_on is not None
+    assert replayed.paid_off_on <= day
     assert all(i.left(date.max) == 0 for i in replayed.installments)
+    assert replayed.credit_balance_minor >= excess
+    ledger_balances(replayed, paid)
 
 
 @given(loans_with_payments(), st.data())
