@@ -60,24 +60,22 @@ Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_not
 
 # Pydantic takes a number, or a string of digits, for seconds since 1970: a POS sending
 # 20261203 would book 1970-08-23. Dates and instants arrive as text, per SPEC.md.
+def _text_like(kind: type, pattern: str, message: str) -> BeforeValidator:
+    """Take a ``kind`` object, or text that ``pattern`` matches at its start; refuse the rest."""
+    compiled = re.compile(pattern)
+
+    def check(value: object) -> object:
+        if isinstance(value, kind) or (isinstance(value, str) and compiled.match(value)):
+            return value
+        raise ValueError(message)
+
+    return BeforeValidator(check)
+
+
+_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_date_text = _text_like(datetime, _DATE, "must be an RFC 3339 date-time string")
 # A business date is the date alone: Pydantic would also take "2026-12-01T00:00:00-05:00".
-_DATE_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
-
-
-def _date_text(value: object) -> object:
-    if isinstance(value, datetime) or (isinstance(value, str) and _DATE_TEXT.match(value)):
-        return value
-    raise ValueError("must be an RFC 3339 date-time string")
-
-
-def _date_only(value: object) -> object:
-    if isinstance(value, date) or (isinstance(value, str) and _DATE_ONLY.match(value)):
-        return value
-    raise ValueError("must be a date string YYYY-MM-DD")
-
-
-IsoDate = Annotated[date, BeforeValidator(_date_only)]
+IsoDate = Annotated[date, _text_like(date, _DATE + r"\Z", "must be a date string YYYY-MM-DD")]
 
 
 def _in_utc(value: datetime) -> datetime:
@@ -88,23 +86,16 @@ def _in_utc(value: datetime) -> datetime:
         raise ValueError("is out of the range of dates once converted to UTC") from None
 
 
-UtcDatetime = Annotated[datetime, BeforeValidator(_date_text), AfterValidator(_in_utc)]
+UtcDatetime = Annotated[datetime, _date_text, AfterValidator(_in_utc)]
 
 # An instant a caller asks from (events after it, deliveries since it) has its time of day: a
 # date alone names a day, and which midnight it meant is a guess. A gateway's notification
 # keeps UtcDatetime: its timestamp moves no money, and refusing it could lose a payment.
-_INSTANT_TEXT = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}")
-
-
-def _instant_text(value: object) -> object:
-    if isinstance(value, datetime) or (isinstance(value, str) and _INSTANT_TEXT.match(value)):
-        return value
-    raise ValueError(
-        "must be an RFC 3339 date-time string with a time, such as 2026-12-01T00:00:00Z"
-    )
-
-
-Instant = Annotated[datetime, BeforeValidator(_instant_text), AfterValidator(_in_utc)]
+_instant_text = _text_like(
+    datetime, _DATE + r"[Tt ][0-9]{2}:[0-9]{2}",
+    "must be an RFC 3339 date-time string with a time, such as 2026-12-01T00:00:00Z",
+)  # fmt: skip
+Instant = Annotated[datetime, _instant_text, AfterValidator(_in_utc)]
 
 # Strict, as every count in a body: a JSON true is no term of 1, nor "12" a number.
 Term = Annotated[int, Strict(), Field(ge=OFFERED_TERMS.start, le=OFFERED_TERMS.stop - 1)]

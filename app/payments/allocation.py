@@ -101,6 +101,10 @@ class InstallmentPosition:
     def paid_minor(self) -> int:
         return self.paid_fees_minor + self.paid_interest_minor + self.paid_principal_minor
 
+    @property
+    def late_fees_withdrawn_minor(self) -> int:
+        return sum(f.amount_minor for f in self.late_fees_withdrawn)
+
     def fees_left(self, day: date) -> int:
         # None as of a day before a late fee paid since was charged.
         return max(self.terms.fees_charged_by(day) - self.paid_fees_minor, 0)
@@ -179,11 +183,8 @@ def fees_to_waive(position: LoanPosition, day: date, cap_minor: int | None) -> d
 
 def late_fees_forgiven(position: LoanPosition) -> dict[int, int]:
     """The late fees the replay withdrew as charged too soon, by installment."""
-    forgiven = {
-        inst.seq: sum(f.amount_minor for f in inst.late_fees_withdrawn)
-        for inst in position.installments
-    }
-    return {seq: amount for seq, amount in forgiven.items() if amount}
+    return {i.seq: i.late_fees_withdrawn_minor for i in position.installments
+            if i.late_fees_withdrawn_minor}  # fmt: skip
 
 
 def late_fee_changes(position: LoanPosition, recorded: dict[int, int]) -> dict[int, int]:
@@ -244,13 +245,13 @@ def _late_fees_withdrawn(
         key=lambda night: night[:2],
     )
     for night, seq, fee in charged:
-        that_night = [
-            replace(_less(t, withdrawn[t.seq]),
-                    late_fees=tuple(f for f in _less(t, withdrawn[t.seq]).late_fees
-                                    if f.assessed_on < night))
-            for t in installments
-        ]  # fmt: skip
-        seen = LoanPosition([InstallmentPosition(t) for t in that_night])
+        standing = [_less(t, withdrawn[t.seq]) for t in installments]
+        seen = LoanPosition([
+            InstallmentPosition(replace(t, late_fees=tuple(
+                f for f in t.late_fees if f.assessed_on < night
+            )))
+            for t in standing
+        ])  # fmt: skip
         for payment in payments:
             if payment.received_on <= night:
                 apply_payment(seen, payment)

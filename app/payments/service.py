@@ -586,9 +586,7 @@ async def _store_position(
         row.paid_interest_minor = new.paid_interest_minor
         row.paid_principal_minor = new.paid_principal_minor
         row.interest_waived_minor = new.interest_waived_minor
-        row.fees_waived_minor = sum(
-            f.amount_minor for f in new.late_fees_withdrawn
-        ) + fee_rows.waived.get(row.seq, 0)
+        row.fees_waived_minor = new.late_fees_withdrawn_minor + fee_rows.waived.get(row.seq, 0)
         row.paid_on = new.paid_on
         if new.paid_on is not None:
             row.status = InstallmentStatus.PAID
