@@ -196,14 +196,15 @@ def _equal_installment_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
 def _multiple_parts(terms: ScheduleTerms, step: int) -> list[tuple[int, int]]:
     """Installments in whole multiples of ``step`` (a product's installment_multiple_of), the
     last one the residual: see _installments_in_multiples."""
-    installments = _installments_in_multiples(terms, step)
+    fees = _fees_in_multiples(terms)
+    installments = _installments_in_multiples(terms, step, fees)
     if installments is None:
         raise InstallmentsDoNotFit()
     outstanding = terms.principal_minor
     parts = []
     for seq, installment in enumerate(installments, start=1):
         interest = _period_interest(outstanding, terms, seq)
-        principal = _principal_part(installment, interest, seq)
+        principal = _principal_part(installment - fees[seq - 1], interest, seq)
         assert 0 <= principal < outstanding
         parts.append((principal, interest))
         outstanding -= principal
@@ -217,8 +218,20 @@ def _multiple_parts(terms: ScheduleTerms, step: int) -> list[tuple[int, int]]:
 _MOST_RUNS_TRIED = 2_000
 
 
-def _installments_in_multiples(terms: ScheduleTerms, step: int) -> list[int] | None:
+def _fees_in_multiples(terms: ScheduleTerms) -> list[int]:
+    """Each installment's share of a spread origination fee, which its multiple includes: the
+    borrower pays a round sum each month. An upfront fee is due on top of the first."""
+    if terms.fee_collection is FeeCollection.SPREAD:
+        return _fee_parts(terms)
+    return [0] * terms.term
+
+
+def _installments_in_multiples(
+    terms: ScheduleTerms, step: int, fees: Sequence[int]
+) -> list[int] | None:
     """Installments 1 to the last but one in whole multiples of ``step``, or None if none fit.
+    An installment here is what the borrower pays: its principal, interest and share of a
+    spread fee (``fees``, by seq).
     They fit when each is at least one multiple and none larger than the one before, no
     installment is left with nothing to pay and the last, the residual, is no larger than the
     one before it: no payment shock at the end, and no empty promise to pay.
@@ -239,15 +252,17 @@ def _installments_in_multiples(terms: ScheduleTerms, step: int) -> list[int] | N
             return None
         # One multiple on each installment left repays at most that many multiples.
         few_left = outstanding <= (terms.term - seq) * step
-        if few_left and _last_installment(terms, seq, outstanding, step) <= 0:
+        if few_left and _last_installment(terms, fees, seq, outstanding, step) <= 0:
             return None  # one multiple on each installment left repays the loan early
         # The one before (the ceiling) was chosen so that paying it on each installment left
         # leaves the last no larger: the search below starts there, one step from its end.
-        guess = ceiling or max(step, ceil_to_multiple(_level_payment(terms), step))
-        installment = _smallest_installment(terms, step, seq, outstanding, guess)
-        interest = _period_interest(outstanding, terms, seq)
-        while (ceiling is None or installment <= ceiling) and installment - interest < outstanding:
-            repaid = _principal_part(installment, interest, seq)
+        guess = ceiling or max(step, ceil_to_multiple(_level_payment(terms) + fees[0], step))
+        installment = _smallest_installment(terms, fees, step, seq, outstanding, guess)
+        interest, fee = _period_interest(outstanding, terms, seq), fees[seq - 1]
+        while (ceiling is None or installment <= ceiling) and (
+            installment - fee - interest < outstanding
+        ):
+            repaid = _principal_part(installment - fee, interest, seq)
             rest = rest_from(seq + 1, outstanding - repaid, installment)
             if rest is not None:
                 return [installment, *rest]
@@ -275,7 +290,7 @@ def _level_payment(terms: ScheduleTerms) -> Decimal:
 
 
 def _smallest_installment(
-    terms: ScheduleTerms, step: int, seq: int, outstanding: int, guess: int
+    terms: ScheduleTerms, fees: Sequence[int], step: int, seq: int, outstanding: int, guess: int
 ) -> int:
     """The smallest multiple of ``step``, at least one, that paid on installments ``seq`` to
     the last but one leaves the last no larger than itself; any smaller one leaves the last
@@ -283,25 +298,27 @@ def _smallest_installment(
     exact level payment rounded up or the installment before, both close to it."""
     installment = guess
     # Each period's interest is rounded, so the exact level payment can fall a minor unit short.
-    while _last_installment(terms, seq, outstanding, installment) > installment:
+    while _last_installment(terms, fees, seq, outstanding, installment) > installment:
         installment += step
     while installment > step and (
-        _last_installment(terms, seq, outstanding, installment - step) <= installment - step
+        _last_installment(terms, fees, seq, outstanding, installment - step) <= installment - step
     ):
         installment -= step
     return installment
 
 
-def _last_installment(terms: ScheduleTerms, seq: int, outstanding: int, installment: int) -> int:
-    """The last installment when ``installment`` is paid on installments ``seq`` to the last but
-    one of a loan with ``outstanding`` principal before ``seq``; at most 0 if that repays it
-    before the last."""
+def _last_installment(
+    terms: ScheduleTerms, fees: Sequence[int], seq: int, outstanding: int, installment: int
+) -> int:
+    """The last installment, its fee share included, when ``installment`` is paid on
+    installments ``seq`` to the last but one of a loan with ``outstanding`` principal before
+    ``seq``; at most 0 if that repays the principal before the last."""
     for paying in range(seq, terms.term):
         interest = _period_interest(outstanding, terms, paying)
-        outstanding -= _principal_part(installment, interest, paying)
+        outstanding -= _principal_part(installment - fees[paying - 1], interest, paying)
         if outstanding <= 0:
             return outstanding
-    return outstanding + _period_interest(outstanding, terms, terms.term)
+    return outstanding + _period_interest(outstanding, terms, terms.term) + fees[-1]
 
 
 def _level_payment_parts(

@@ -602,6 +602,7 @@ def installments_fit(
     st.sampled_from([5, 10, 50, 100, 500, 1000, 5000, 10_000]),
     st.sampled_from([Amortization.EQUAL_INSTALLMENT, Amortization.INTEREST_FREE]),
     st.one_of(st.just(30), first_periods),
+    st.one_of(st.just(Fraction(0)), st.fractions(0, Fraction(1, 10))),
 )
 def test_installments_in_multiples_end_in_no_payment_shock(
     principal: int,
@@ -611,30 +612,37 @@ def test_installments_in_multiples_end_in_no_payment_shock(
     multiple: int,
     amortization: Amortization,
     first_period: int,
+    fee_part: Fraction,
 ) -> None:
     """Every installment but the last is a whole multiple, at least one, none larger than the
     one before it; the last is the residual, more than 0 and no larger than the one before:
     no installment is empty and the principal is not left to the end. The first period may be
-    longer or shorter than a month (test_the_first_period_is_charged_for_its_length)."""
+    longer or shorter than a month (test_the_first_period_is_charged_for_its_length). A spread
+    origination fee's share is part of each installment: the borrower pays round sums."""
     if amortization is Amortization.INTEREST_FREE:
         rate = Decimal(0)
+    fee = int(principal * fee_part)
     terms = ScheduleTerms(
-        principal, rate, term, amortization, rounding, multiple, first_period_days=first_period
-    )
+        principal, rate, term, amortization, rounding, multiple, fee, FeeCollection.SPREAD,
+        first_period_days=first_period,
+    )  # fmt: skip
     installments = schedule_or_refusal(terms)
-    # The level payment that repays the loan, its first period's length included.
+    # The level payment that repays the loan, its first period's length included, and the
+    # fee's share.
     level = exact_annuity(principal, rate, term) * (1 + Fraction(rate) * first_period / 360)
     level /= 1 + Fraction(rate) / 12
+    level += Fraction(fee, term)
     if installments is None:
         # Refused only where one multiple is most of the level payment (measured: under 1.3
         # of it at rates to 36 %, 1.9 to 100 %), where one multiple on every installment nearly
-        # repays the loan before its last month.
-        assert level < 2 * multiple
+        # repays the loan before its last month. A fee too small to spread evenly leaves up
+        # to ``term`` minor units more to the last.
+        assert level < 2 * multiple + fee % term
         return
     assert_sound(installments, terms)
-    *body, last = totals(installments)
+    *body, last = [i.total_minor for i in installments]
     first_interest = installments[0].interest_minor
-    if first_interest >= body[0]:
+    if first_interest + installments[0].fees_minor >= body[0]:
         # A first period so long its interest is at least the installment: that interest.
         assert installments[0].principal_minor == 0
         assert level < first_interest
@@ -697,6 +705,22 @@ def test_a_multiple_larger_than_the_level_payment_needs_smaller_installments_at_
         100000, "0", 36, Amortization.INTEREST_FREE, installment_multiple_of_minor=500
     )
     assert totals(installments) == [3000] * 20 + [2500] * 16
+
+
+def test_a_spread_fee_is_inside_the_multiple_and_an_upfront_one_on_top() -> None:
+    """The borrower pays round sums: a spread fee's share is part of each installment's
+    multiple (before, 1,000.00 interest free with 30.00 spread in whole yuan was 86.50 a month).
+    An upfront fee is due with the first installment, on top of its multiple."""
+    spread = schedule(
+        100000, "0", 12, Amortization.INTEREST_FREE, installment_multiple_of_minor=100,
+        origination_fee_minor=3000, fee_collection=FeeCollection.SPREAD,
+    )  # fmt: skip
+    assert [i.total_minor for i in spread] == [8600] * 10 + [8500] * 2
+    assert [i.fees_minor for i in spread] == [250] * 12
+    upfront = schedule(
+        600000, "0.1299", 12, installment_multiple_of_minor=100, origination_fee_minor=12000,
+    )  # fmt: skip
+    assert [i.total_minor for i in upfront] == [65600] + [53600] * 10 + [53443]
 
 
 @pytest.mark.parametrize(
