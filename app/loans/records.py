@@ -90,6 +90,8 @@ class InstallmentFields(Protocol):
     @property
     def fees_waived_minor(self) -> int: ...
     @property
+    def late_fee_assessed_on(self) -> date | None: ...
+    @property
     def paid_on(self) -> date | None: ...
     @property
     def status(self) -> str: ...
@@ -150,5 +152,6 @@ class InstallmentRecord(NamedTuple):
     paid_fees_minor: int
     interest_waived_minor: int
     fees_waived_minor: int
+    late_fee_assessed_on: date | None
     paid_on: date | None
     status: str

@@ -122,6 +122,7 @@ def loan_read(view: "LoanView", *, with_schedule: bool = False) -> LoanRead:
 def balances_read(view: "LoanView") -> BalancesRead:
     loan, position, cur = view.loan, view.position, view.loan.currency
     closed = loan.status == LoanStatus.CANCELLED
+    today_fees = view.late_fees_of_today_minor
     return BalancesRead(
         principal_outstanding=format_minor(loan.principal_outstanding_minor, cur),
         interest_outstanding=format_minor(
@@ -131,9 +132,11 @@ def balances_read(view: "LoanView") -> BalancesRead:
             0 if closed else sum(i.fees_left(view.today) for i in position.installments), cur
         ),
         overdue_amount=format_minor(
-            0 if closed else position.overdue_minor(view.arrears_as_of), cur
+            0 if closed else position.overdue_minor(view.arrears_as_of) - today_fees, cur
         ),
-        payoff_amount=format_minor(0 if closed else position.payoff_minor(view.today), cur),
+        payoff_amount=format_minor(
+            0 if closed else position.payoff_minor(view.today) - today_fees, cur
+        ),
         credit_balance=format_minor(loan.credit_balance_minor, cur),
         refund_due=format_minor(loan.refund_due_minor, cur),
     )

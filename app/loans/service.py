@@ -85,8 +85,8 @@ _LOAN_END = len(LoanRecord._fields)
 _INSTALLMENT_END = _LOAN_END + len(InstallmentRecord._fields)
 _LOAN_KEYS = tuple(column.key for column in _loans.columns)
 _ledger = cast(Table, LedgerTransaction.__table__)
-# The installment columns a new schedule leaves empty.
-_NO_INSTALLMENT_DATES = {"late_fee_assessed_on": None, "reminded_on": None}
+# The installment column a new schedule leaves empty that no rendering reads.
+_NOT_REMINDED = {"reminded_on": None}
 # The borrower's exposure, whether the order reference is taken, and the business date: one
 # round trip of origination.
 _ORIGINATION_CHECKS = select(
@@ -127,6 +127,18 @@ class LoanView:
     @property
     def position(self) -> LoanPosition:
         return position_of(self.installments)
+
+    @property
+    def late_fees_of_today_minor(self) -> int:
+        """The late fees a close of today's date charged (today is closed). A payment dated
+        today counts as received by that close, so one that settles an installment withdraws
+        its fee: what it takes to pay the loan off, or clear its arrears, today leaves them out
+        (the payment would otherwise be refused as more than the payoff)."""
+        return sum(
+            max(i.late_fees_minor - i.fees_waived_minor, 0)
+            for i in self.installments
+            if i.late_fee_assessed_on == self.today
+        )
 
     def installment_status(self, installment: InstallmentFields) -> InstallmentStatus:
         stored = InstallmentStatus(installment.status)
@@ -333,6 +345,7 @@ async def create_loan(
             paid_fees_minor=0,
             interest_waived_minor=0,
             fees_waived_minor=0,
+            late_fee_assessed_on=None,
             paid_on=None,
             status=InstallmentStatus.PENDING,
         )
@@ -353,7 +366,7 @@ async def create_loan(
         positions.new_loan_deltas(loan),
         (
             _installments,
-            [{**i._asdict(), **_NO_INSTALLMENT_DATES, "loan_id": loan.id} for i in installments],
+            [{**i._asdict(), **_NOT_REMINDED, "loan_id": loan.id} for i in installments],
         ),
         (
             _ledger,

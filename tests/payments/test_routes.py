@@ -1,12 +1,14 @@
 """Payments, allocation, payoff, reversal and concurrency over HTTP."""
 
 import asyncio
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import httpx
+from dateutil.relativedelta import relativedelta
 from sqlalchemy import case, func, select
 
+from app import clock
 from app.close import service as close_service
 from app.close.models import CloseRun, CloseStatus
 from app.db import session_scope, utc_now
@@ -295,6 +297,42 @@ async def test_a_payoff_dated_on_the_night_of_a_late_fee_is_told_the_payoff_with
         "paid_off",
         "0.00",
     )
+    await assert_ledger_invariant(loan["id"])
+
+
+async def test_when_today_is_closed_the_quotes_leave_out_the_fee_a_payment_today_withdraws(
+    client: httpx.AsyncClient,
+) -> None:
+    """A close of today's date charged installment 1's fee. A payment dated today counts as
+    received by that close, so one that settles the installment withdraws the fee: the overdue
+    amount and the payoff the loan quotes must be what a payment today pays (the payoff with
+    the fee was refused as more than the payoff)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    today = clock.today()
+    first_due = today - timedelta(days=4)  # the fourth day late, past 3 days' grace
+    loan = await w.loan(principal="1200.00", term=3, first_due_date=str(first_due),
+                        disbursed_on=str(first_due - relativedelta(months=1)))  # fmt: skip
+    await w.post("/v1/close-runs", {"as_of": str(today)}, headers=w.admin, expect=201)
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+    assert (got["balances"]["fees_outstanding"], first["fees"]) == ("20.00", "20.00")
+    overdue = got["balances"]["overdue_amount"]
+    assert Decimal(overdue) == Decimal(first["total"]) - Decimal("20.00")
+    payoff = Decimal(got["balances"]["payoff_amount"])
+
+    paid = await w.pay(loan["id"], overdue)
+    assert paid["allocation"] == [
+        {"installment_seq": 1, "fees": "0.00", "interest": first["interest"],
+         "principal": first["principal"]},
+    ]  # fmt: skip
+    after = await w.get(f"/v1/loans/{loan['id']}")
+    assert (after["balances"]["fees_outstanding"], after["balances"]["overdue_amount"]) == (
+        "0.00", "0.00",
+    )  # fmt: skip
+    assert Decimal(after["balances"]["payoff_amount"]) == payoff - Decimal(overdue)
+    paid_off = await w.pay(loan["id"], after["balances"]["payoff_amount"])
+    assert paid_off["loan"]["status"] == "paid_off"
     await assert_ledger_invariant(loan["id"])
 
 
