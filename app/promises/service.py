@@ -16,6 +16,7 @@ from typing import Any, cast
 from sqlalchemy import Table, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app import clock
 from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
@@ -41,6 +42,19 @@ _promise = cast(Table, Promise.__table__)
 _loan = cast(Table, Loan.__table__)
 
 
+EARLIEST_DUE_ON = "the first date not closed, and not before the disbursement"
+
+
+async def earliest_due_on(session: AsyncSession, loan: Loan) -> date:
+    """The first date a promise, or a plan's installment, may fall due: the day after the
+    date closed or being closed, whose close has judged that date's promises already (today
+    before any close), and not before the loan's disbursement, which no payment precedes. A
+    promise due on a closed date could be kept only by a payment back-dated to it."""
+    closed = await delinquency.closing_date(session)
+    first_open = closed + timedelta(days=1) if closed else clock.today()
+    return max(first_open, loan.disbursed_on)
+
+
 async def create_promise(
     session: AsyncSession,
     principal: Principal,
@@ -57,10 +71,11 @@ async def create_promise(
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no promises")
     amount_minor = parse_amount("amount", amount, loan.currency)
     as_of = await delinquency.delinquency_date(session)
+    earliest = await earliest_due_on(session, loan)
     horizon = as_of + timedelta(days=get_settings().promise_max_days)
-    if not as_of <= due_on <= horizon:
+    if not earliest <= due_on <= horizon:
         raise InvalidRequest.field(
-            "due_on", f"must be between the business date ({as_of}) and {horizon}"
+            "due_on", f"must be between {earliest} ({EARLIEST_DUE_ON}) and {horizon}"
         )
     installments = await loans_service.load_installments(session, loan.id)
     payoff = loans_service.position_of(installments).payoff_minor(as_of)

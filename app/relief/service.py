@@ -81,7 +81,7 @@ async def request_restructure(
     terms: dict[str, Any]
     if kind is RestructureKind.REPAYMENT_PLAN:
         plan = _parse_plan(installments or [], loan.currency)
-        _check_dates(plan, as_of)
+        _check_dates(plan, await promises.earliest_due_on(session, loan), as_of)
         await _check_total(session, loan, plan, as_of)
         terms = terms_of(plan)
     elif kind is RestructureKind.FEE_WAIVER:
@@ -187,10 +187,12 @@ async def _start_plan(
     """The plan's installments become promises from ``as_of`` (a plan still running on the
     loan is replaced: its open installments are cancelled); today's payments count already."""
     plan = installments_of(restructure.terms)
-    if plan[0].due_on < as_of:
+    earliest = await promises.earliest_due_on(session, loan)
+    if plan[0].due_on < earliest:
         raise RestructureExpired(
             f"restructure {restructure.id}: its first installment was due {plan[0].due_on}, "
-            f"before the business date {as_of}; request a plan with dates still ahead"
+            f"before {earliest} ({promises.EARLIEST_DUE_ON}); request a plan with dates "
+            "still ahead"
         )
     await _check_total(session, loan, plan, as_of)
     await session.execute(
@@ -378,15 +380,15 @@ def _parse_plan(installments: Sequence[tuple[date, str]], currency: str) -> list
     ]
 
 
-def _check_dates(plan: Sequence[PlanInstallment], as_of: date) -> None:
+def _check_dates(plan: Sequence[PlanInstallment], earliest: date, as_of: date) -> None:
     horizon = as_of + timedelta(days=get_settings().repayment_plan_max_days)
     for n, installment in enumerate(plan):
         field = f"installments.{n}.due_on"
         if n and installment.due_on <= plan[n - 1].due_on:
             raise InvalidRequest.field(field, "must be after the previous installment's")
-        if not as_of <= installment.due_on <= horizon:
+        if not earliest <= installment.due_on <= horizon:
             raise InvalidRequest.field(
-                field, f"must be between the business date ({as_of}) and {horizon}"
+                field, f"must be between {earliest} ({promises.EARLIEST_DUE_ON}) and {horizon}"
             )
 
 

@@ -129,6 +129,8 @@ BAD_PROMISES: list[tuple[str, dict[str, Any], str]] = [
     ("more than the payoff", {"amount": "1220.01"}, "amount"),
     ("missing amount", {"amount": None}, "amount"),
     ("due before the business date", {"due_on": "2026-02-14"}, "due_on"),
+    # Its close has run: only a payment back-dated to it could keep the promise.
+    ("due on the business date", {"due_on": "2026-02-15"}, "due_on"),
     ("due beyond 90 days", {"due_on": "2026-05-17"}, "due_on"),
     ("not a date", {"due_on": "2026-02-30"}, "due_on"),
     ("missing due date", {"due_on": None}, "due_on"),
@@ -159,6 +161,22 @@ async def test_the_whole_payoff_and_the_horizon_are_accepted(client: httpx.Async
     w, loan_id = await setup(client)
     made = await promise(w, loan_id, "1220.00", "2026-05-16")  # 90 days after Feb 15
     assert made["status"] == "open"
+
+
+async def test_a_promise_falls_due_after_the_closed_dates_and_the_disbursement(
+    client: httpx.AsyncClient,
+) -> None:
+    """The first date not closed is the earliest due date; on a loan disbursed after it, the
+    disbursement is (no payment can precede it, so an earlier promise could only break)."""
+    w, loan_id = await setup(client)
+    assert (await promise(w, loan_id, "100.00", "2026-02-16"))["status"] == "open"
+    later = await w.loan(principal="600.00", term=3, disbursed_on="2026-02-20")
+    refused = await w.post(f"/v1/loans/{later['id']}/promises",
+                           {"amount": "50.00", "due_on": "2026-02-19"})  # fmt: skip
+    assert refused.status_code == 422, refused.text
+    assert [e["field"] for e in refused.json()["errors"]] == ["due_on"]
+    assert "2026-02-20" in refused.json()["errors"][0]["message"]
+    assert (await promise(w, later["id"], "50.00", "2026-02-20"))["status"] == "open"
 
 
 async def test_no_promise_on_a_paid_off_loan(client: httpx.AsyncClient) -> None:

@@ -288,7 +288,8 @@ async def test_partial_payments_rests_while_a_plan_runs(client: httpx.AsyncClien
 async def test_an_expired_request_is_refused_then_rejected(client: httpx.AsyncClient) -> None:
     w, loan_id = await setup(client)
     made = await request(w, loan_id)
-    await close(w, "2026-02-21")  # past the first installment's date
+    # The first installment's date is closed: its close has judged it.
+    await close(w, "2026-02-20")
     before = await stored()
     refused = await w.post(f"/v1/restructures/{made['id']}/approve", {}, w.admin)
     assert (refused.status_code, refused.json()["code"]) == (409, "restructure_expired")
@@ -297,7 +298,7 @@ async def test_an_expired_request_is_refused_then_rejected(client: httpx.AsyncCl
     path = f"/v1/loans/{loan_id}/restructures/{made['id']}/reject"
     rejected = (await w.post(path, {"note": "dates passed"}, w.admin, 200)).json()
     assert (rejected["status"], rejected["decided_on"], rejected["decision_note"]) == (
-        "rejected", "2026-02-21", "dates passed",
+        "rejected", "2026-02-20", "dates passed",
     )  # fmt: skip
     assert rejected["plan"]["status"] == "rejected"
     assert await events(w, "restructure.approved") == []
@@ -380,6 +381,8 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
      {"installments": [PLAN[0], PLAN[0]]}, "installments.1.due_on"),
     ("due before the business date",
      {"installments": [{"due_on": "2026-02-14", "amount": "1.00"}]}, "installments.0.due_on"),
+    ("due on the business date, closed",
+     {"installments": [{"due_on": "2026-02-15", "amount": "1.00"}]}, "installments.0.due_on"),
     ("due beyond a year",
      {"installments": [PLAN[0], {"due_on": "2027-02-17", "amount": "1.00"}]},
      "installments.1.due_on"),
