@@ -479,14 +479,16 @@ async def cancel_loan(
     session: AsyncSession, principal: Principal, *, loan_id: str, reason: str | None
 ) -> LoanView:
     """Goods returned: the loan ends. What the borrower paid (net of reversals) is owed back
-    to them and stated as ``refund_due``; the borrower's exposure is released."""
+    to them: ``refund_due``, and any credit balance; the borrower's exposure is released."""
     principal.require(Role.MERCHANT)
     loan = await get_loan(session, principal, loan_id=loan_id, for_update=True)
     if loan.status not in (*OPEN_STATUSES, LoanStatus.PAID_OFF):
         raise LoanNotActive(f"loan {loan.id} is {loan.status}")
     today = clock.today()
     reckoned = await delinquency.reckoning_date(session)
-    refund = await ledger.net_payments_minor(session, loan.id)
+    # What the loan never took (a gateway's debit beyond a payoff) stays its credit balance,
+    # owed back beside the refund: both together are every net payment.
+    refund = await ledger.net_payments_minor(session, loan.id) - loan.credit_balance_minor
     loan.status = LoanStatus.CANCELLED
     loan.cancelled_on = today
     if loan.days_past_due > 0:
@@ -510,6 +512,7 @@ async def cancel_loan(
         {
             **event_data(loan),
             "refund_due": format_minor(refund, loan.currency),
+            "credit_balance": format_minor(loan.credit_balance_minor, loan.currency),
             "reason": reason,
         },
         loan=loan,

@@ -92,10 +92,17 @@ async def record_payment(
 ) -> PaymentView:
     """``gateway`` names the gateway reporting the payment (it alone may charge it back);
     ``field_prefix`` is where the body carries the fields, to name them in an error
-    (``data.`` in a gateway's notification)."""
+    (``data.`` in a gateway's notification).
+
+    A POS offers money and is refused what the loan does not owe. A gateway reports money it
+    has collected already (an auto-debit racing a payoff at the till): a paid-off loan takes
+    it, and what the loan does not owe is kept as its credit balance, owed back to the
+    borrower, rather than lost from the books while the gateway retries for days."""
     principal.require(Role.MERCHANT)
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
-    if loan.status not in OPEN_STATUSES:
+    collected = gateway is not None
+    takes_payments = (*OPEN_STATUSES, LoanStatus.PAID_OFF) if collected else OPEN_STATUSES
+    if loan.status not in takes_payments:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no payments")
     amount_minor = parse_amount(f"{field_prefix}amount", amount, loan.currency)
     today = clock.today()
@@ -124,7 +131,7 @@ async def record_payment(
     terms, fee_rows = await _terms(session, installments)
     payments = sorted([*earlier, _payment_in(payment)], key=_receipt_order)
     position = await _replay(session, loan, terms, payments)
-    if position.credit_balance_minor > loan.credit_balance_minor:
+    if position.credit_balance_minor > loan.credit_balance_minor and not collected:
         excess = position.credit_balance_minor - loan.credit_balance_minor
         if all(p.received_on <= received_on for p in earlier):
             # What the replay took as the payoff, less a late fee this payment shows was
@@ -309,6 +316,7 @@ def payment_event_data(loan: Loan, payment: Payment, position: LoanPosition) -> 
         "status": payment.status,
         "loan_status": loan.status,
         "principal_outstanding": format_minor(position.principal_outstanding_minor, loan.currency),
+        "credit_balance": format_minor(position.credit_balance_minor, loan.currency),
     }
 
 

@@ -4,16 +4,19 @@ import asyncio
 import json
 import time
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 from sqlalchemy import func, select, update
 from standardwebhooks import Webhook
 
+from app import clock
 from app.db import session_scope, utc_now
 from app.gateways.models import FailedDebit, Gateway, InboundNotification
 from app.payments.models import Payment
 from tests.factories import World, world
+from tests.payments.test_routes import assert_ledger_invariant
 
 
 async def gateway(w: World, name: str = "alipay") -> str:
@@ -150,6 +153,59 @@ async def test_a_failed_debit_resent_under_another_id_counts_once(
     assert (refused.status_code, refused.json()["code"]) == (409, "loan_not_active")
     assert await count(FailedDebit) == 1
     assert await count(InboundNotification) == 1
+
+
+async def test_money_a_gateway_collected_beyond_the_payoff_is_the_loans_credit_balance(
+    client: httpx.AsyncClient,
+) -> None:
+    """An auto-debit races a payoff at the till: the gateway has the money, so the book takes
+    it. What the loan does not owe is its credit balance, owed back to the borrower (a POS is
+    still refused it); a chargeback takes it back, and a cancellation refunds the rest."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    quote = (await w.get(f"/v1/loans/{loan['id']}"))["balances"]["payoff_amount"]
+    await w.pay(loan["id"], quote)
+    # Dated before the payoff, it pays installment 1; the payoff's money then overpays.
+    late = await debited(client, secret, loan["id"], "106.62", "2026-02-10", "dd-late")
+    assert late["loan"]["status"] == "paid_off"
+    assert late["loan"]["balances"]["credit_balance"] == "106.62"
+    event = (await w.get("/v1/events?type=payment.received", headers=w.admin))["items"][-1]
+    assert (event["data"]["payment_id"], event["data"]["credit_balance"]) == (late["id"], "106.62")
+    await assert_ledger_invariant(loan["id"])
+    refused = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "1.00"})
+    assert (refused.status_code, refused.json()["code"]) == (409, "loan_not_active")
+
+    # On an open loan, the debit beyond the payoff pays it off and leaves the excess.
+    other = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    quote = (await w.get(f"/v1/loans/{other['id']}"))["balances"]["payoff_amount"]
+    over = str(Decimal(quote) + Decimal("10.00"))
+    refused = await w.post(f"/v1/loans/{other['id']}/payments", {"amount": over})
+    assert (refused.status_code, refused.json()["code"]) == (422, "amount_exceeds_payoff")
+    paid = await debited(client, secret, other["id"], over, str(clock.today()), "dd-over")
+    assert (paid["loan"]["status"], paid["loan"]["balances"]["credit_balance"]) == (
+        "paid_off", "10.00",
+    )  # fmt: skip
+    await assert_ledger_invariant(other["id"])
+    back = notification("payment.charged_back", other["id"], amount=over,
+                        received_on=str(clock.today()), external_ref="dd-over")  # fmt: skip
+    assert (await post(client, *signed(secret, back, "msg_back"))).status_code == 200
+    got = await w.get(f"/v1/loans/{other['id']}")  # owing everything again, long past due
+    assert (got["balances"]["payoff_amount"], got["balances"]["credit_balance"]) == (quote, "0.00")
+    assert got["status"] != "paid_off"
+    await assert_ledger_invariant(other["id"])
+
+    # Cancelled, the first loan owes back every net payment: its refund and its credit.
+    cancelled = (await w.post(f"/v1/loans/{loan['id']}/cancel", {}, expect=200)).json()
+    owed = Decimal(cancelled["balances"]["refund_due"])
+    owed += Decimal(cancelled["balances"]["credit_balance"])
+    assert (owed, cancelled["balances"]["credit_balance"]) == (
+        Decimal(quote) + Decimal("106.62"), "106.62",
+    )  # fmt: skip
+    event = (await w.get("/v1/events?type=loan.cancelled", headers=w.admin))["items"][-1]
+    assert (event["data"]["refund_due"], event["data"]["credit_balance"]) == (
+        cancelled["balances"]["refund_due"], "106.62",
+    )  # fmt: skip
 
 
 async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient) -> None:
