@@ -50,6 +50,7 @@ from app.money import Rounding, format_minor, parse_amount
 from app.payments.allocation import InstallmentPosition, InstallmentTerms, LateFee, LoanPosition
 from app.portfolio import positions
 from app.products import service as products_service
+from app.promises import service as promises
 from app.risk import service as risk
 from app.risk.models import FlagStatus, RiskFlag
 
@@ -517,7 +518,8 @@ async def cancel_loan(
         },
         loan=loan,
     )
-    # Its flags end with it (a payoff clears them the same way), and its borrower's grade
-    # no longer counts them.
+    # Its promises and plan end with it, as a payoff's do, and its flags (a payoff clears
+    # them the same way); its borrower's grade no longer counts them.
+    await promises.refresh_loan(session, loan, reckoned)
     await risk.refresh_loan(session, loan, reckoned)
     return await loan_view(session, loan)

@@ -323,10 +323,11 @@ async def test_a_cancelled_loan_cancels_its_promise(client: httpx.AsyncClient) -
     w, loan_id = await setup(client)
     await promise(w, loan_id)
     await w.post(f"/v1/loans/{loan_id}/cancel", {"reason": "goods returned"}, expect=200)
-    await close(w, "2026-02-21")
+    # At once, on the business date, as a payoff would (it stayed open until the next close).
     (got,) = await promises(w, loan_id)
-    # Cancelled by the first close after the loan was (Feb 16, caught up on the way).
-    assert (got["status"], got["cancelled_on"]) == ("cancelled", "2026-02-16")
+    assert (got["status"], got["cancelled_on"]) == ("cancelled", "2026-02-15")
+    await close(w, "2026-02-21")
+    assert await promises(w, loan_id) == [got]
     assert await broken_events(w) == []
 
 

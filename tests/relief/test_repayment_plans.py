@@ -233,6 +233,22 @@ async def test_a_newer_plan_replaces_the_running_one(client: httpx.AsyncClient) 
     ]
 
 
+async def test_a_cancelled_loan_ends_its_plan_at_once(client: httpx.AsyncClient) -> None:
+    """Goods returned: nothing is owed, so the plan's open installments are cancelled with
+    the loan, not left open until the next close."""
+    w, loan_id = await setup(client)
+    approved = await approve(w, await request(w, loan_id))
+    await w.pay(loan_id, "200.00", "2026-02-16")
+    await w.post(f"/v1/loans/{loan_id}/cancel", {"reason": "goods returned"}, expect=200)
+    got = await plan(w, approved["id"])
+    assert (got["status"], states(got)) == (
+        "cancelled",
+        [("kept", "200.00"), ("cancelled", "0.00")],
+    )
+    await close(w, "2026-03-06")  # the second date passes: nothing breaks
+    assert await events(w, "promise.broken") == []
+
+
 async def test_a_plan_and_a_promise_side_by_side(client: httpx.AsyncClient) -> None:
     w, loan_id = await setup(client)
     await approve(w, await request(w, loan_id))
