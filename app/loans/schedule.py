@@ -259,6 +259,10 @@ def _installments_in_multiples(
         guess = ceiling or max(step, ceil_to_multiple(_level_payment(terms) + fees[0], step))
         installment = _smallest_installment(terms, fees, step, seq, outstanding, guess)
         interest, fee = _period_interest(outstanding, terms, seq), fees[seq - 1]
+        if seq == 1:
+            # A first period so long its interest is more than the level installment: the
+            # first pays that interest, rounded up to the multiple (the rest to principal).
+            installment = max(installment, ceil_to_multiple(Decimal(interest + fee), step))
         while (ceiling is None or installment <= ceiling) and (
             installment - fee - interest < outstanding
         ):

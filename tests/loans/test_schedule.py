@@ -641,20 +641,20 @@ def test_installments_in_multiples_end_in_no_payment_shock(
         return
     assert_sound(installments, terms)
     *body, last = [i.total_minor for i in installments]
-    first_interest = installments[0].interest_minor
-    if first_interest + installments[0].fees_minor >= body[0]:
-        # A first period so long its interest is at least the installment: that interest.
-        assert installments[0].principal_minor == 0
-        assert level < first_interest
-        return
     assert all(total % multiple == 0 for total in body)
     assert body[-1] >= multiple
     assert body == sorted(body, reverse=True)
     assert 0 < last <= body[-1]
+    drift = term
+    first_owed = installments[0].interest_minor + installments[0].fees_minor
+    if body[0] - multiple < first_owed:
+        # A first period so long its interest is more than the level installment: the first
+        # is that interest (and fee), rounded up to the multiple.
+        assert level < first_owed + multiple + drift
+        return
     # The first is the level payment rounded up to the multiple, give or take the few minor
     # units that rounding each period's interest moves it; more only where the multiple is so
     # large a part of it that early installments must take more to fit.
-    drift = term
     assert body[0] > level - drift
     assert body[0] < level + multiple + drift or level < 3 * multiple
 
@@ -705,6 +705,18 @@ def test_a_multiple_larger_than_the_level_payment_needs_smaller_installments_at_
         100000, "0", 36, Amortization.INTEREST_FREE, installment_multiple_of_minor=500
     )
     assert totals(installments) == [3000] * 20 + [2500] * 16
+
+
+def test_a_first_installment_of_interest_is_rounded_up_to_the_multiple() -> None:
+    """12,345.67 at 36 % over 36 months, first due after 92 days (30/360): that period's
+    interest, 1,135.80, is more than the level installment; in whole yuan the first is 1,136.00
+    (0.20 of principal), not 1,135.80."""
+    terms = ScheduleTerms(1234567, Decimal("0.36"), 36, EQUAL_INSTALLMENT,
+                          installment_multiple_of_minor=100, first_period_days=92)  # fmt: skip
+    installments = build_schedule(terms, FIRST_DUE)
+    assert installments[0] == ScheduledInstallment(1, FIRST_DUE, 20, 113580, 0)
+    assert [i.total_minor for i in installments[1:4]] == [57500] * 3
+    assert_sound(installments, terms)
 
 
 def test_a_spread_fee_is_inside_the_multiple_and_an_upfront_one_on_top() -> None:
