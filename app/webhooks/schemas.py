@@ -8,7 +8,9 @@ from app.events.types import EVENT_TYPES
 from app.webhooks.service import DeliveryView, EndpointView
 
 EventPattern = Annotated[str, Field(min_length=1, max_length=64)]
-Url = Annotated[str, Field(min_length=8, max_length=2000, pattern=r"^https?://")]
+# No min_length: a short URL of another scheme ("ftp://x") was told it needs 8 characters,
+# not that it needs http(s). The service refuses an http(s) URL without a valid host.
+Url = Annotated[str, Field(max_length=2000, pattern=r"^https?://")]
 
 
 class EndpointCreate(BaseModel):

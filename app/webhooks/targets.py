@@ -4,8 +4,14 @@ registration and again at delivery time, since DNS can change in between (rebind
 
 import asyncio
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit
+
+# A label of a host name (RFC 1123: letters, digits, hyphens between), "_" too, which DNS
+# serves and receivers use; a space or any other character never resolves, so a delivery to
+# it would retry for days.
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\Z")
 
 
 class TargetNotAllowed(ValueError):
@@ -20,6 +26,10 @@ def _public(address: str) -> bool:
 
 
 def parse(url: str) -> tuple[str, int]:
+    # urlsplit drops tabs and line breaks ("http://ex\tample.test" is example.test to it),
+    # while httpx refuses such a URL at every delivery.
+    if any(c < " " or c == "\x7f" for c in url):
+        raise TargetNotAllowed("must not contain control characters such as tabs or newlines")
     try:
         parts = urlsplit(url)  # raises on a malformed IPv6 host such as "https://[x"
     except ValueError:
@@ -28,10 +38,22 @@ def parse(url: str) -> tuple[str, int]:
         raise TargetNotAllowed("must be an http(s) URL with a host")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        parts.hostname.encode("idna")
+        ascii_host = parts.hostname.encode("idna").decode("ascii")
     except (ValueError, UnicodeError):
         raise TargetNotAllowed("has an invalid host or port") from None
+    if not _host_name(ascii_host):
+        raise TargetNotAllowed("has an invalid host name")
     return parts.hostname, port
+
+
+def _host_name(host: str) -> bool:
+    """An IP address (an IPv6 one as urlsplit gives it: unbracketed, maybe with a zone) or a
+    host name of valid labels, the root's trailing dot allowed."""
+    try:
+        ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return all(_LABEL.match(label) for label in host.removesuffix(".").split("."))
+    return True
 
 
 def refuse_credentials(url: str) -> None:

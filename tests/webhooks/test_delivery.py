@@ -526,3 +526,40 @@ async def test_an_endpoint_patch_takes_booleans_and_no_nulls(client: httpx.Async
     )  # fmt: skip
     cleared = await client.patch(path, json={"description": None}, headers=w.admin)
     assert (cleared.status_code, cleared.json()["description"]) == (200, None)
+
+
+async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
+    client: httpx.AsyncClient,
+) -> None:
+    """A host with a space was registered, and its deliveries retried for days; "ftp://x" was
+    told it needs 8 characters when what it needs is http(s)."""
+    w = await world(client)
+    host = "has an invalid host name"
+    control = "must not contain control characters such as tabs or newlines"
+    for url, message in (("http://exa mple.com/", host), ("http://exa%20mple.test/h", host),
+                         ("http://-edge.test/h", host), ("http://edge-.test/h", host),
+                         ("http://a!b.test/h", host), ("http://ex\tample.test/h", control),
+                         ("http://hooks.test/a\nb", control)):  # fmt: skip
+        refused = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
+        assert (refused.status_code, refused.json()["code"]) == (422, "webhook_url_not_allowed")
+        assert refused.json()["errors"] == [{"field": "url", "message": message}], url
+    for url in ("https://xn--9ca.test/h", "https://\u00e9.test/h", "https://hooks_1.a-b.test./h",
+                "http://[::1]:8080/h", "http://10.0.0.1/h"):  # fmt: skip
+        await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin, expect=201)
+    hook = await endpoint(w, "https://hooks.test/h")
+    scheme = "String should match pattern '^https?://'"
+    for url in ("ftp://x", "ftp://example.com/hook", ""):
+        for sent in (w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin),
+                     client.patch(f"/v1/webhook-endpoints/{hook['id']}", json={"url": url},
+                                  headers=w.admin)):  # fmt: skip
+            refused = await sent
+            assert refused.status_code == 422, url
+            assert [(e["field"], e["message"]) for e in refused.json()["errors"]] == [
+                ("url", scheme)
+            ], url
+    patched = await client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                                 json={"url": "http://exa mple.com/"}, headers=w.admin)  # fmt: skip
+    assert (patched.status_code, patched.json()["code"]) == (422, "webhook_url_not_allowed")
+    assert (await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin))["url"] == (
+        "https://hooks.test/h"
+    )
