@@ -5,7 +5,15 @@ import re
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field, JsonValue, Strict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    Strict,
+)
 
 from app.loans.schedule import OFFERED_TERMS
 from app.money import MONEY_PATTERN, RATE_PATTERN
@@ -99,3 +107,10 @@ Instant = Annotated[datetime, _instant_text, AfterValidator(_in_utc)]
 
 # Strict, as every count in a body: a JSON true is no term of 1, nor "12" a number.
 Term = Annotated[int, Strict(), Field(ge=OFFERED_TERMS.start, le=OFFERED_TERMS.stop - 1)]
+
+
+class NoFields(BaseModel):
+    """The body of an action that takes no fields: none, ``{}`` or ``null``. An unknown field
+    is refused as on every other body; ignored, it would read as applied."""
+
+    model_config = ConfigDict(extra="forbid")

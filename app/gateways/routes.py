@@ -1,6 +1,7 @@
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep, authenticate
+from app.api.fields import NoFields
 from app.api.openapi import inlined_schema, required_header
 from app.api.pagination import Page, page_of
 from app.api.routing import StrictRoute
@@ -60,7 +61,11 @@ async def list_gateways(
 
 @router.post("/v1/gateways/{name}/rotate-secret", response_model=GatewayWithSecret)
 async def rotate_secret(
-    name: str, session: SessionDep, principal: AdminPrincipal, response: Response
+    name: str,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    response: Response,
+    body: NoFields | None = None,
 ) -> GatewayWithSecret:
     """A new secret, shown once; the old one keeps verifying beside it for
     ``LOANWATCH_WEBHOOK_SECRET_OVERLAP_HOURS``, as an endpoint's keeps signing."""

@@ -1,6 +1,7 @@
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
+from app.api.fields import NoFields
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
 from app.api.responses import CREATED, POLLED, cached
@@ -72,7 +73,11 @@ async def delete_endpoint(
 
 @router.post(PREFIX + "/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret)
 async def rotate_secret(
-    endpoint_id: str, session: SessionDep, principal: AdminPrincipal, response: Response
+    endpoint_id: str,
+    session: SessionDep,
+    principal: AdminPrincipal,
+    response: Response,
+    body: NoFields | None = None,
 ) -> EndpointWithSecret:
     response.headers["Cache-Control"] = "no-store"
     view = await service.rotate_secret(session, principal, endpoint_id=endpoint_id)
@@ -80,7 +85,9 @@ async def rotate_secret(
 
 
 @router.post(PREFIX + "/{endpoint_id}/test", status_code=202, response_model=EventRead)
-async def send_test(endpoint_id: str, session: SessionDep, principal: AdminPrincipal) -> EventRead:
+async def send_test(
+    endpoint_id: str, session: SessionDep, principal: AdminPrincipal, body: NoFields | None = None
+) -> EventRead:
     event = await service.send_test_event(session, principal, endpoint_id=endpoint_id)
     return EventRead.from_model(event)
 

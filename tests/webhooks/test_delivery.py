@@ -563,3 +563,29 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
     assert (await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin))["url"] == (
         "https://hooks.test/h"
     )
+
+
+async def test_the_actions_without_fields_refuse_unknown_ones(client: httpx.AsyncClient) -> None:
+    """`/test` and `/rotate-secret` take no fields: {"x": 1} was accepted (and acted on) where
+    every other body refuses a field it does not know."""
+    w = await world(client)
+    hook = await endpoint(w, "https://hooks.test/h")
+    for action in ("test", "rotate-secret"):
+        path = f"/v1/webhook-endpoints/{hook['id']}/{action}"
+        refused = await w.post(path, {"x": 1}, headers=w.admin, expect=422)
+        assert refused.json()["code"] == "validation_error"
+        assert [(e["field"], e["type"]) for e in refused.json()["errors"]] == [
+            ("x", "extra_forbidden")
+        ]
+        assert (await w.post(path, {"x": 1})).status_code == 403  # the caller first
+    got = await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin)
+    assert got["previous_secret_expires_at"] is None  # not rotated
+    events = await w.get("/v1/events?type=webhook.test", headers=w.admin)
+    assert events["items"] == []  # no test sent
+    # No body, an empty one and null all still do.
+    json = {**w.admin, "content-type": "application/json"}
+    for body in (b"", b"{}", b"null"):
+        for action, status in (("test", 202), ("rotate-secret", 200)):
+            done = await client.post(f"/v1/webhook-endpoints/{hook['id']}/{action}",
+                                     content=body, headers=json if body else w.admin)  # fmt: skip
+            assert done.status_code == status, (action, body, done.text)

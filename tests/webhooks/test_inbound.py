@@ -557,6 +557,12 @@ async def test_a_rotated_secret_replaces_the_old_one_after_the_overlap(
     assert (missing.status_code, missing.json()["code"]) == (404, "gateway_not_found")
     forbidden = await client.post("/v1/gateways/alipay/rotate-secret", headers=w.merchant)
     assert forbidden.status_code == 403
+    # It takes no fields: an unknown one is refused, as on every body, and nothing rotates.
+    unknown = await w.post("/v1/gateways/alipay/rotate-secret", {"x": 1}, headers=w.admin)
+    assert (unknown.status_code, unknown.json()["errors"][0]["type"]) == (422, "extra_forbidden")
+    assert (await post(client, *signed(new, debit(3), "msg_rot_3"))).status_code == 200
+    empty = await w.post("/v1/gateways/alipay/rotate-secret", {}, headers=w.admin, expect=200)
+    assert empty.json()["secret"] != new
 
 
 async def test_an_api_key_sent_beside_the_signature_must_be_a_gateway_key(
