@@ -49,8 +49,12 @@ RateStr = Annotated[
     Field(max_length=12, examples=["0.1299"], json_schema_extra=_documented(RATE_PATTERN)),
     AfterValidator(_rate_shape),
 ]
+# A caller's own reference (external_id, merchant_order_ref, external_ref): printable ASCII
+# with no space at either end, since "dup-1 " would be a second customer, order or payment
+# beside "dup-1" to a look-up by it.
 Reference = Annotated[
-    str, Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e][\x20-\x7e]*$")
+    str,
+    Field(min_length=1, max_length=100, pattern=r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"),
 ]
 
 

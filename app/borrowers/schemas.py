@@ -16,7 +16,7 @@ class BorrowerCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # The merchant's own reference for its customer, as merchant_order_ref for its order: a
-    # blank or space-led one would be a second customer to a look-up by it.
+    # blank one, or one led or trailed by a space, would be a second customer to a look-up by it.
     external_id: Reference
     name: Name
     phone: Phone

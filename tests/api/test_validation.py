@@ -188,6 +188,31 @@ async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> Non
     assert await row_counts() == before
 
 
+async def test_references_have_no_space_at_either_end(client: httpx.AsyncClient) -> None:
+    """A borrower "dup-1 " was a second one beside "dup-1", as " dup-1" never could be; an
+    order's and a payment's reference are the caller's references too."""
+    w = await world(client)
+    borrower = await w.borrower(external_id="dup-1")
+    loan = await w.loan(borrower["id"], merchant_order_ref="ord-1")
+    before = await row_counts()
+    for path, body, field in (
+        ("/v1/borrowers", {"external_id": "dup-1 ", "name": "A", "phone": "+8613800138000"},
+         "external_id"),
+        ("/v1/loans", {"borrower_id": borrower["id"], "product_code": w.product_code,
+                       "principal": "1200.00", "term": 12, "merchant_order_ref": "ord-1 "},
+         "merchant_order_ref"),
+        (f"/v1/loans/{loan['id']}/payments", {"amount": "10.00", "external_ref": "pay-1 "},
+         "external_ref"),
+    ):  # fmt: skip
+        for value in (body[field], f" {body[field].strip()}"):
+            response = await w.post(path, {**body, field: value})
+            assert response.status_code == 422, (path, value, response.text)
+            assert [e["field"] for e in response.json()["errors"]] == [field], value
+    assert await row_counts() == before
+    inner = await w.borrower(external_id="dup 1")  # a space inside is part of the name
+    assert inner["external_id"] == "dup 1"
+
+
 async def test_dates_more_than_ten_years_back_are_refused(client: httpx.AsyncClient) -> None:
     """Year 1 once reached the close and overflowed its date arithmetic: the first close ever
     may be for any date, but not for one before any loan could have been disbursed."""
