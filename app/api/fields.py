@@ -15,16 +15,26 @@ from pydantic import (
     Strict,
 )
 
+from app.config import get_settings
 from app.loans.schedule import OFFERED_TERMS
 from app.money import MONEY_PATTERN, RATE_PATTERN
 
+# An amount MONEY_PATTERN refuses only for its sign or its length (more whole digits than any
+# amount up to the maximum has): told that, not that it is no decimal string at all.
+_SIGNED_OR_LONG = re.compile(r"^(-?)(0|[1-9][0-9]*)(\.[0-9]{1,3})?\Z")
+
 
 def _money_shape(value: str) -> str:
-    if not MONEY_PATTERN.match(value):
-        raise ValueError(
-            "must be a non-negative decimal string such as '1299.00' (JSON numbers are refused)"
-        )
-    return value
+    if MONEY_PATTERN.match(value):
+        return value
+    amount = _SIGNED_OR_LONG.match(value)
+    if amount and amount[1]:
+        raise ValueError("must not be negative")
+    if amount:  # the message app.money.parse_amount gives an amount of fewer digits above it
+        raise ValueError(f"must not exceed {get_settings().max_amount}")
+    raise ValueError(
+        "must be a non-negative decimal string such as '1299.00' (JSON numbers are refused)"
+    )
 
 
 def _rate_shape(value: str) -> str:

@@ -296,6 +296,37 @@ async def test_unknown_loans_and_malformed_bodies(client: httpx.AsyncClient) -> 
     assert (await w.post("/v1/gateways", {"name": "x"})).status_code == 403
 
 
+async def test_a_negative_or_too_large_amount_is_told_so_as_the_pos_is(
+    client: httpx.AsyncClient,
+) -> None:
+    """Above the maximum by more digits than an amount has, or below zero, the amount was told
+    it must be a decimal string "(JSON numbers are refused)", which it was; the POS's payment
+    endpoint, which shares the field, had the same message."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    for i, (amount, message) in enumerate([
+        ("99999999999999999.00", "must not exceed 100000000"),
+        ("100000000.01", "must not exceed 100000000"),  # as it was: parse_amount's maximum
+        ("-5.00", "must not be negative"),
+        ("-9999999999999999.00", "must not be negative"),
+        ("5,00", "must be a non-negative decimal string such as '1299.00' "
+                 "(JSON numbers are refused)"),
+    ]):  # fmt: skip
+        body = notification("debit.succeeded", loan["id"], amount=amount, received_on="2026-02-10")
+        response = await post(client, *signed(secret, body, f"msg_amount_{i}"))
+        assert response.status_code == 422, response.text
+        assert [(e["field"], e["message"]) for e in response.json()["errors"]] == [
+            ("data.amount", message)
+        ], amount
+        pos = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": amount})
+        assert [(e["field"], e["message"]) for e in pos.json()["errors"]] == [
+            ("amount", message)
+        ], amount
+    assert await count(Payment) == 0
+    assert await count(InboundNotification) == 0
+
+
 async def test_a_webhook_id_reused_for_another_body_is_refused(client: httpx.AsyncClient) -> None:
     w = await world(client)
     secret = await gateway(w)
