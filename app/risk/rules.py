@@ -121,6 +121,7 @@ class LoanFeatures:
     first_due_date: str | None
     first_installment_days_late: int | None  # unpaid beyond tolerance; None when settled
     first_installment_unpaid_minor: int
+    currency: str  # the loan's: money in the evidence is a decimal string, as everywhere
     early_default_seq: int | None  # first of the early installments 60+ days late
     latest_due_seq: int | None  # newest installment due past its grace
     last_good_seq: int | None  # newest such installment not missed
@@ -159,7 +160,7 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
         flags[FlagCode.FIRST_PAYMENT_DEFAULT] = (
             Severity.HIGH if high else Severity.MEDIUM,
             {"installment_seq": 1, "due_date": f.first_due_date, "days_late": fpd,
-             "unpaid_minor": f.first_installment_unpaid_minor},
+             "unpaid": format_minor(f.first_installment_unpaid_minor, f.currency)},
         )  # fmt: skip
     if f.settled_payments == 0 and f.days_past_due >= rules.never_paid_dpd:
         flags[FlagCode.NEVER_PAID] = (

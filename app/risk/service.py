@@ -667,7 +667,7 @@ async def evaluate_loans(
             cured_on_days_ago=row.cured_days_ago,
             first_due_date=str(row.first_due_date) if row.first_due_date else None,
             first_installment_days_late=row.first_late,
-            first_installment_unpaid_minor=row.first_unpaid or 0,
+            first_installment_unpaid_minor=row.first_unpaid or 0, currency=row.currency,
             early_default_seq=row.early_default_seq, latest_due_seq=row.latest_due_seq,
             last_good_seq=row.last_good_seq, settled_payments=row.settled,
             reversals=row.reversals, failed_debits=row.failed,

@@ -69,7 +69,7 @@ async def test_first_payment_default(client: httpx.AsyncClient) -> None:
         "flag_id": cleared["id"], **{k: flag[k] for k in shown}, "status": "open",
         "severity": "medium", "cleared_on": None,
         "evidence": {"installment_seq": 1, "due_date": "2026-02-10", "days_late": 10,
-                     "unpaid_minor": 41200, "as_of": "2026-02-20"},
+                     "unpaid": "412.00", "as_of": "2026-02-20"},
     }  # fmt: skip
     cleared_events = await w.get("/v1/events?type=risk.flag_cleared", headers=w.admin)
     [cleared_event] = [e for e in cleared_events["items"]
