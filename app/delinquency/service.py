@@ -241,12 +241,16 @@ def unpaid_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
     payments when it closes yesterday. Their allocations are added back, looked up only for
     the installments of loans with such a payment (few: a day or so of payments, found by the
     index on ``received_on``), so the rest of the book costs one hashed set probe a row."""
+    return unpaid_now_sql() + paid_after_sql(as_of)
+
+
+def unpaid_now_sql() -> ColumnElement[int]:
+    """What is unpaid on each installment after every applied payment, whatever its date."""
     i = _installment.c
     return (
         i.principal_minor + i.interest_minor + i.fees_minor + i.late_fees_minor
         - i.paid_principal_minor - i.paid_interest_minor - i.paid_fees_minor
         - i.interest_waived_minor - i.fees_waived_minor
-        + paid_after_sql(as_of)
     )  # fmt: skip
 
 

@@ -317,20 +317,29 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
 
 @lru_cache(maxsize=64)
 def _features_query(
-    rules_json: str, tolerance_setting: Decimal, scope_kind: Scope, has_low: bool, has_high: bool
+    rules_json: str,
+    tolerance_setting: Decimal,
+    scope_kind: Scope,
+    has_low: bool,
+    has_high: bool,
+    every_payment: bool = False,
 ) -> Any:
     """The features of the open loans in scope as of a date: built once per rules version and
     scope shape, the dates, bounds and ids bound at execution (``_features_params``). Building
-    it is most of a payment's CPU otherwise."""
+    it is most of a payment's CPU otherwise. ``every_payment``: payments received after the
+    date count too (the real-time path, as delinquency's)."""
     del tolerance_setting  # only a part of the cache key: tolerance_sql() reads the setting
     rules = RiskRules.model_validate_json(rules_json)
     i, loan, product = LoanInstallment.__table__.c, Loan.__table__.c, Product.__table__.c
     as_of_sql = bindparam("as_of", type_=Date)
-    unpaid = delinquency.unpaid_sql(as_of_sql)
     tolerance = delinquency.tolerance_sql()
-    # Settled as of the date evaluated: a payment received after it (a catch-up, or today's
-    # when yesterday is closed) has not settled anything yet.
-    paid_on = case((i.paid_on <= as_of_sql, i.paid_on))
+    # A close settles as of the date evaluated: a payment received after it (a catch-up, or
+    # today's when yesterday is closed) has not settled anything yet. Counting every payment,
+    # it has settled what was due by then too (arrears paid today), not an installment due
+    # later.
+    unpaid = delinquency.unpaid_now_sql() if every_payment else delinquency.unpaid_sql(as_of_sql)
+    settled = i.paid_on <= as_of_sql
+    paid_on = case((or_(settled, i.due_date <= as_of_sql) if every_payment else settled, i.paid_on))
     late = days_between(as_of_sql, i.due_date)
     one_loan = scope_kind == "loan"
     scope = _scope(scope_kind, has_low, has_high)
@@ -425,7 +434,10 @@ def _features_query(
         .subquery()
     )
     p = Payment.__table__.c
-    applied = and_(p.status == PaymentStatus.APPLIED.value, p.received_on <= as_of_sql)
+    applied = and_(
+        p.status == PaymentStatus.APPLIED.value,
+        true() if every_payment else p.received_on <= as_of_sql,
+    )
     # Periods are disjoint, so each payment meets at most one recent installment.
     in_period = and_(
         recent.c.loan_id == p.loan_id,
@@ -628,10 +640,12 @@ async def evaluate_loans(
     loan_id: str | None = None,
     changed_only: bool = False,
     in_force: tuple[int, RiskRules] | None = None,
+    every_payment: bool = False,
 ) -> dict[str, int]:
     """Raise, escalate and clear the flags of the open loans in the range (or of one loan);
     ``changed_only``: of those the night may have changed, the others' flags are yesterday's.
-    ``in_force``: the rules' version and thresholds, when the caller has read them already."""
+    ``in_force``: the rules' version and thresholds, when the caller has read them already.
+    ``every_payment``: count the payments received after ``as_of`` too."""
     version, rules = in_force or await current_rules(session)
     postgres = is_postgres(session)
     params = _features_params(as_of, rules, low, high, loan_id)
@@ -650,7 +664,7 @@ async def evaluate_loans(
         scope_kind = "changed"
     query = _features_query(
         rules.model_dump_json(), get_settings().close.arrears_tolerance, scope_kind,
-        low is not None, high is not None,
+        low is not None, high is not None, every_payment,
     )  # fmt: skip
     if scope_kind == "listed" and not params["loan_ids"]:
         rows: list[Any] = []
@@ -921,7 +935,9 @@ def flag_event_data(flag: Mapping[str, Any]) -> dict[str, Any]:
 
 async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     """The real-time path: re-evaluate one loan after a payment, reversal or failed debit, and
-    re-grade its borrower, as of the caller's reckoning date.
+    re-grade its borrower, as of the caller's reckoning date, counting every payment recorded
+    as its delinquency does: a borrower who paid today is not flagged, re-graded or cut on
+    arrears their payment ended (tonight's close counts it the same way).
 
     Not before the first close: flags are raised on business dates, and the first close may
     be for a date before today, when flags raised as of today would be cleared on a day before
@@ -930,7 +946,7 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
         return
     await session.flush()
     in_force = await current_rules(session)
-    await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force)
+    await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force, every_payment=True)
     await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id, rules=in_force[1])
 
 

@@ -118,6 +118,27 @@ async def test_early_payment_default(client: httpx.AsyncClient) -> None:
     assert "early_payment_default" not in await flags(w, loan_id)
 
 
+async def test_a_payment_dated_after_the_business_date_counts_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """The real-time path reckons as of the business date and counts every payment recorded,
+    as the loan's delinquency does: arrears paid today, when yesterday is closed, leave the
+    loan flagged on them until tonight (the flags' evidence said 0 days past due beside an
+    early payment default, and graded the borrower on flags their payment had ended)."""
+    w = await setup(client)
+    made = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    await close(w, "2026-04-11")  # installment 1 is 60 days late, 2 is late, 3 in its grace
+    assert {"early_payment_default", "consecutive_missed", "never_paid"} <= set(
+        await flags(w, made["id"])
+    )
+    overdue = (await w.get(f"/v1/loans/{made['id']}"))["balances"]["overdue_amount"]
+    paid = await w.pay(made["id"], overdue, "2026-04-13")
+    assert paid["loan"]["status"] == "active"
+    got = await w.get(f"/v1/loans/{made['id']}")
+    assert (got["days_past_due"], got["balances"]["overdue_amount"]) == (0, "0.00")
+    assert await flags(w, made["id"]) == {}
+
+
 async def test_consecutive_missed(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     loan_id = await loan(w)
