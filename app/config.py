@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     # After a rotation the old secret still signs (an endpoint's) or verifies (a gateway's).
     webhook_secret_overlap_hours: float = Field(default=24, ge=0)
     webhook_disable_after_days: float = Field(default=5, gt=0)
-    webhook_timeout_seconds: float = Field(default=10, gt=0)
+    # An attempt starts only while its delivery's 60 s lease (app/webhooks/dispatcher.py) has
+    # a timeout's worth left: a longer timeout would leave deliveries waiting out leases.
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=30)
     webhook_batch_size: int = Field(default=500, ge=1)
     # Seconds between sweeps for due retries (and anything a lost wake-up missed).
     webhook_sweep_seconds: float = Field(default=2, gt=0)

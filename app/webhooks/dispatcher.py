@@ -38,6 +38,9 @@ LEASE = timedelta(seconds=60)
 SHARDS, CONNECTIONS_PER_SHARD = 24, 2
 IN_FLIGHT = SHARDS * CONNECTIONS_PER_SHARD
 EXCERPT = 500
+# While an attempt is pending, a drain records what ended and claims what fell due at least
+# this often: a new delivery waits no longer than this for another endpoint's slow attempt.
+TICK_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -123,46 +126,154 @@ def payload(event_type: str, created_at: datetime, data: dict[str, Any], positio
 async def dispatch_due(*, now: datetime | None = None, limit: int | None = None) -> int:
     """Send one batch of due deliveries; the number sent (0: nothing was due)."""
     now = now or utc_now()
-    claimed = await _claim(now, limit or get_settings().webhook_batch_size)
-    if not claimed:
-        return 0
-    outcomes = await _send_all(claimed)
-    await _record(outcomes, now)
-    return len(claimed)
+    lanes = _Lanes()
+    try:
+        await lanes.claim(now, limit or get_settings().webhook_batch_size)
+        await lanes.finish()
+    finally:
+        await lanes.stop()
+    return await lanes.record(now)
 
 
 async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) -> int:
-    """Send batches until nothing is due or the time budget is spent.
+    """Send what is due until nothing is or the time budget is spent, then what is in flight.
 
-    The database work of one batch overlaps the sending of another: while batch N is sent,
-    one task records batch N-1's attempts and then claims batch N+1 (a drain keeps an idle
-    network otherwise, two round trips per batch). Database statements stay one at a time,
-    as SQLite's single connection needs. A failure leaves claimed deliveries to their lease.
+    A pipeline rather than batch after batch: while attempts are pending, the drain records
+    those that ended and claims what fell due (when a sender runs out of lanes, else every
+    TICK_SECONDS), so an endpoint that hangs until its timeout holds up only its own lane,
+    never another endpoint's deliveries. Only this loop touches the database, so statements
+    stay one at a time, as SQLite's single connection needs. A failure stops every lane and
+    leaves what it claimed to the lease.
     """
     started = time.monotonic()
     limit = get_settings().webhook_batch_size
+    lanes, sent = _Lanes(), 0
+    try:
+        while True:
+            sent += await lanes.record(now or utc_now())
+            # A batch while less than one is held: the lanes never run dry while the
+            # database works, and no more than two batches are leased by one drain.
+            if lanes.held < limit and time.monotonic() - started < budget_seconds:
+                await lanes.claim(now or utc_now(), limit)
+            if not lanes.held:
+                return sent
+            await lanes.wait(TICK_SECONDS)
+    finally:
+        await lanes.stop()
 
-    async def record_then_claim(outcomes: list[Outcome] | None) -> list[Claimed]:
+
+# A lane: (endpoint id, loan id, or the event id of an event of no loan).
+LaneKey = tuple[str, str]
+
+
+class _Lanes:
+    """The deliveries one drain holds, from their claim to the record of their attempt.
+
+    One loan's events to one endpoint form a lane and go one after another in sequence order,
+    so a healthy endpoint sees a loan's history in the order it happened; a delivery claimed
+    while its lane is still being sent joins the lane's end, never overtakes it. Lanes run
+    side by side, at most IN_FLIGHT requests at a time.
+    """
+
+    def __init__(self) -> None:
+        self.client = clients.client()
+        self.timeout = get_settings().webhook_timeout_seconds
+        self.lanes: dict[LaneKey, deque[Claimed]] = {}
+        self.ready: deque[LaneKey] = deque()  # lanes waiting for a sender
+        self.senders: set[asyncio.Task[None]] = set()
+        # Claimed and not yet recorded: delivery id -> when its lease ends (monotonic).
+        self.leases: dict[int, float] = {}
+        self.refusals: dict[str, str | None] = {}
+        self.sent: list[Outcome] = []  # not yet recorded
+
+    @property
+    def held(self) -> int:
+        return len(self.leases)
+
+    async def claim(self, now: datetime, limit: int) -> None:
+        lease_ends = time.monotonic() + LEASE.total_seconds()
+        claimed = await _claim(now, limit)
+        # The latest check of a URL is the one in force, for deliveries queued earlier too.
+        self.refusals.update(await _refusals({c.endpoint.url for c in claimed}))
+        for c in sorted(claimed, key=lambda c: c.position):
+            held = c.delivery_id in self.leases
+            self.leases[c.delivery_id] = lease_ends
+            # Claimed again after its lease ran out while it waited here: the claim only
+            # renewed the lease; it is sent once, from its place in its lane.
+            if not held:
+                self._enqueue(c)
+        for _ in range(min(IN_FLIGHT - len(self.senders), len(self.ready))):
+            self.senders.add(asyncio.create_task(self._send_lanes()))
+
+    async def record(self, now: datetime) -> int:
+        """Records the attempts that ended; how many."""
+        outcomes, self.sent = self.sent, []
         if outcomes:
-            await _record(outcomes, now or utc_now())
-        if time.monotonic() - started >= budget_seconds:
-            return []
-        return await _claim(now or utc_now(), limit)
+            await _record(outcomes, now)
+        for o in outcomes:
+            del self.leases[o.claimed.delivery_id]
+        return len(outcomes)
 
-    sent, outcomes = 0, None
-    batch = await record_then_claim(None)
-    while batch:
-        database = asyncio.ensure_future(record_then_claim(outcomes))
-        try:
-            outcomes = await _send_all(batch)
-        except BaseException:
-            await asyncio.gather(database, return_exceptions=True)
-            raise
-        sent += len(batch)
-        batch = await database
-    if outcomes:
-        await _record(outcomes, now or utc_now())
-    return sent
+    async def wait(self, seconds: float) -> None:
+        """Until a sender runs out of lanes or ``seconds`` pass; a sender's failure is raised."""
+        if not self.senders:
+            return
+        done, self.senders = await asyncio.wait(
+            self.senders, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            task.result()
+
+    async def finish(self) -> None:
+        while self.senders:
+            await self.wait(self.timeout)
+
+    async def stop(self) -> None:
+        """Cancels the senders left (a failure's): what they held stays leased, sent again
+        once the lease runs out."""
+        for task in self.senders:
+            task.cancel()
+        await asyncio.gather(*self.senders, return_exceptions=True)
+        self.senders.clear()
+
+    def _enqueue(self, claimed: Claimed) -> None:
+        key = (claimed.endpoint.id, claimed.loan_id or claimed.event_id)
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = deque()
+            self.ready.append(key)
+        lane.append(claimed)
+
+    async def _send_lanes(self) -> None:
+        while self.ready:
+            key = self.ready.popleft()
+            await self._send_lane(self.lanes[key])
+            # Nothing is awaited between the lane's last look and this: no claim can join a
+            # lane nobody would send.
+            del self.lanes[key]
+
+    async def _send_lane(self, lane: deque[Claimed]) -> None:
+        while lane:
+            claimed = lane.popleft()
+            # Sent this late, the attempt could outlive the lease, and another dispatcher
+            # send the delivery beside it: the rest of the lane goes back to its leases, due
+            # again in this order.
+            if self.leases[claimed.delivery_id] - time.monotonic() < self.timeout:
+                self._release([claimed, *lane])
+                lane.clear()
+                return
+            outcome = await _send(self.client, claimed, self.refusals[claimed.endpoint.url])
+            # Looked up after the send: a record meanwhile took the list it replaced.
+            self.sent.append(outcome)
+
+    def _release(self, claimed: Sequence[Claimed]) -> None:
+        for c in claimed:
+            del self.leases[c.delivery_id]
+        log.warning(
+            "%d deliveries to webhook endpoint %s waited out their lease: left to be claimed again",
+            len(claimed),
+            claimed[0].endpoint.id,
+        )
 
 
 _deliveries = cast(Table, WebhookDelivery.__table__)
@@ -236,10 +347,10 @@ def _secrets(endpoint: Any, now: datetime) -> list[str]:
     return in_force
 
 
-async def _refused_targets(urls: set[str]) -> dict[str, str]:
-    """The batch's URLs that may not be sent to now, with the reason. Checked once per batch
-    and URL rather than per delivery: a name is resolved again for every batch (DNS
-    rebinding), but not 500 times for one, each a getaddrinfo in a thread."""
+async def _refusals(urls: set[str]) -> dict[str, str | None]:
+    """Each URL's reason not to be sent to now, or None. Checked once per claim and URL
+    rather than per delivery: a name is resolved again for every claim (DNS rebinding), but
+    not 500 times for one, each a getaddrinfo in a thread."""
     allow_private = get_settings().webhook_allow_private_targets
 
     async def refusal(url: str) -> str | None:
@@ -251,29 +362,7 @@ async def _refused_targets(urls: set[str]) -> dict[str, str]:
 
     ordered = sorted(urls)
     reasons = await asyncio.gather(*(refusal(url) for url in ordered))
-    return {url: reason for url, reason in zip(ordered, reasons, strict=True) if reason}
-
-
-async def _send_all(claimed: Sequence[Claimed]) -> list[Outcome]:
-    """Every claimed delivery sent once, at most IN_FLIGHT at a time. One loan's events to one
-    endpoint go one after another in sequence order (a lane sends them together), so a
-    healthy endpoint sees a loan's history in the order it happened; other deliveries run
-    side by side."""
-    refused = await _refused_targets({c.endpoint.url for c in claimed})
-    client = clients.client()
-    together: dict[tuple[str, str], list[Claimed]] = {}
-    for c in sorted(claimed, key=lambda c: c.position):
-        together.setdefault((c.endpoint.id, c.loan_id or c.event_id), []).append(c)
-    queue = deque(together.values())
-    outcomes: list[Outcome] = []
-
-    async def lane() -> None:
-        while queue:
-            for c in queue.popleft():
-                outcomes.append(await _send(client, c, refused.get(c.endpoint.url)))
-
-    await asyncio.gather(*(lane() for _ in range(min(IN_FLIGHT, len(queue)))))
-    return outcomes
+    return dict(zip(ordered, reasons, strict=True))
 
 
 async def _send(client: httpx.AsyncClient, claimed: Claimed, refused: str | None) -> Outcome:

@@ -36,7 +36,15 @@ class Receiver:
     # Seconds to wait before answering one particular request, whenever it arrives: a script
     # answers requests in arrival order, which concurrent deliveries do not fix.
     delay: Callable[[Received], float] = lambda _: 0.0
+    # Cleared, every request waits until it is set again (and at the latest when the
+    # receiver closes): a receiver hanging for as long as a test needs.
+    gate: threading.Event = field(default_factory=threading.Event)
+    # Every request as it comes in, answered or not (``received`` has the answered ones).
+    arrived: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.gate.set()
 
     @property
     def url(self) -> str:
@@ -52,6 +60,9 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             request = Received({k.lower(): v for k, v in self.headers.items()}, body)
+            with receiver.lock:
+                receiver.arrived.append(request)
+            receiver.gate.wait()
             time.sleep(receiver.delay(request))
             answer = receiver.answer()
             if isinstance(answer, tuple):
@@ -80,5 +91,6 @@ def receiving(port: int = 0) -> Iterator[Receiver]:
     try:
         yield receiver
     finally:
+        receiver.gate.set()
         server.shutdown()
         server.server_close()

@@ -3,6 +3,7 @@ independent standardwebhooks package."""
 
 import asyncio
 import socket
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -34,6 +35,15 @@ async def endpoint(w: World, url: str, event_types: list[str] | None = None) -> 
 
 async def deliver(at: Any = None) -> int:
     return await dispatcher.drain(now=at)
+
+
+async def until(condition: Callable[[], object], seconds: float = 5.0) -> None:
+    """Waits, a bounded time, for a drain running in the background to make this true."""
+    for _ in range(int(seconds * 100)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    assert condition()
 
 
 def free_port() -> int:
@@ -488,6 +498,82 @@ async def test_a_loans_events_reach_an_endpoint_in_sequence_order(
         assert sequences == sorted(sequences)
         # The other loan's creation did not wait behind the slow one.
         assert arrived[0]["data"]["loan_id"] == other["id"]
+
+
+async def test_a_hanging_endpoint_holds_up_neither_others_nor_its_loans_order(
+    client: httpx.AsyncClient,
+) -> None:
+    """A receiver hangs on a loan's creation. A payment of the loan committed meanwhile reaches
+    another endpoint at once, not when the hanging attempt ends (a drain sent batch after
+    batch, each waiting for its slowest attempt: up to the 10 s timeout), and waits behind
+    the creation in the hanging endpoint's lane rather than overtake it."""
+    w = await world(client)
+    with receiving() as stuck, receiving() as healthy:
+        stuck.gate.clear()
+        stuck_hook = await endpoint(w, stuck.url)
+        healthy_hook = await endpoint(w, healthy.url)
+        loan = await w.loan()
+        in_flight = asyncio.create_task(deliver())
+        try:
+            await until(lambda: stuck.arrived and healthy.received)
+            await w.pay(loan["id"], "10.00")
+            await until(lambda: len(healthy.received) == 2)
+            # The payment's delivery to the hanging endpoint was claimed with this one: time
+            # to overtake the creation, had it been sent beside it.
+            await asyncio.sleep(0.3)
+            assert len(stuck.arrived) == 1
+            assert not in_flight.done()
+        finally:
+            stuck.gate.set()
+            sent = await in_flight
+        assert sent == 4
+    for receiver, hook in ((healthy, healthy_hook), (stuck, stuck_hook)):
+        arrived = [r.verified(hook["secret"]) for r in receiver.arrived]
+        assert [p["type"] for p in arrived] == ["loan.created", "payment.received"]
+        assert arrived[0]["data"]["sequence"] < arrived[1]["data"]["sequence"]
+    async with session_scope() as session:
+        deliveries = [
+            (d.status, d.attempts) for d in await session.scalars(select(WebhookDelivery))
+        ]
+    assert deliveries == [("delivered", 1)] * 4
+
+
+async def test_a_delivery_that_waited_out_its_lease_is_left_to_the_next_claim(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payment waits in its loan's lane behind a slow creation until less of its lease is
+    left than an attempt may take: sent then, another dispatcher could claim it and send it
+    beside. It is left unsent, to be claimed again when the lease ends, still after the
+    creation."""
+    monkeypatch.setattr(dispatcher, "LEASE", timedelta(seconds=1.5))
+    monkeypatch.setattr(get_settings(), "webhook_timeout_seconds", 1.0)
+    await dispatcher.clients.close()  # new clients with the short timeout
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.delay = lambda r: 0.7 if r.json["type"] == "loan.created" else 0
+        hook = await endpoint(w, receiver.url)
+        loan = await w.loan()
+        await w.pay(loan["id"], "10.00")
+        assert await deliver() == 1
+        assert [r.json["type"] for r in receiver.received] == ["loan.created"]
+        async with session_scope() as session:
+            attempts = sorted(d.attempts for d in await session.scalars(select(WebhookDelivery)))
+        assert attempts == [0, 1]
+        assert await deliver(utc_now() + timedelta(seconds=2)) == 1
+        arrived = [r.verified(hook["secret"]) for r in receiver.received]
+        assert [p["type"] for p in arrived] == ["loan.created", "payment.received"]
+    await dispatcher.clients.close()
+
+
+async def test_dispatch_due_sends_one_batch(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        loans = [await w.loan() for _ in range(3)]
+        assert [await dispatcher.dispatch_due(limit=2) for _ in range(3)] == [2, 1, 0]
+        assert {r.verified(hook["secret"])["data"]["loan_id"] for r in receiver.received} == {
+            loan["id"] for loan in loans
+        }
 
 
 async def test_the_target_is_checked_again_at_delivery(
