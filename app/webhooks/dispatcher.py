@@ -202,7 +202,9 @@ class _Lanes:
             # renewed the lease; it is sent once, from its place in its lane.
             if not held:
                 self._enqueue(c)
-        for _ in range(min(IN_FLIGHT - len(self.senders), len(self.ready))):
+        # A sender that ran out of lanes during this claim is over, though only wait() drops it.
+        running = sum(not task.done() for task in self.senders)
+        for _ in range(min(IN_FLIGHT - running, len(self.ready))):
             self.senders.add(asyncio.create_task(self._send_lanes()))
 
     async def record(self, now: datetime) -> int:
