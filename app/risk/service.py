@@ -854,13 +854,15 @@ _FLAG_EVENTS = text(
     INSERT INTO event (id, type, loan_id, data, created_at)
     SELECT v.event_id, v.type, f.loan_id,
            json_build_object('flag_id', f.id, 'loan_id', f.loan_id,
-                             'borrower_id', f.borrower_id, 'code', f.code,
+                             'borrower_id', f.borrower_id, 'merchant_id', l.merchant_id,
+                             'code', f.code,
                              'severity', f.severity, 'status', f.status,
                              'raised_on', f.raised_on, 'cleared_on', f.cleared_on,
                              'evidence', f.evidence, 'rules_version', f.rules_version),
            :created_at
     FROM unnest(:event_ids, :types, :flag_ids) WITH ORDINALITY AS v(event_id, type, flag_id, n)
     JOIN risk_flag AS f ON f.id = v.flag_id
+    JOIN loan AS l ON l.id = f.loan_id
     ORDER BY v.n
     RETURNING position
     """
@@ -880,9 +882,11 @@ async def _emit_flag_events(
     if not changes:
         return
     if not is_postgres(session):
+        merchants = await _merchants_of(session, {flag["loan_id"] for _, flag in changes})
         await events.emit_many(
             session,
-            [{"type": type_, "loan_id": flag["loan_id"], "data": flag_event_data(flag)}
+            [{"type": type_, "loan_id": flag["loan_id"],
+              "data": flag_event_data(flag, merchants[flag["loan_id"]])}
              for type_, flag in changes],
         )  # fmt: skip
         return
@@ -906,9 +910,14 @@ async def _emit_severity_changes(
     flag = typing_cast(Table, RiskFlag.__table__)
     changed = []
     for ids in _batches(list(previous_severity)):
-        for row in await session.execute(select(flag).where(flag.c.id.in_(ids))):
+        rows = await session.execute(
+            select(flag, Loan.merchant_id)
+            .join(Loan, Loan.id == flag.c.loan_id)
+            .where(flag.c.id.in_(ids))
+        )
+        for row in rows:
             data = {
-                **flag_event_data(row._asdict()),
+                **flag_event_data(row._asdict(), row.merchant_id),
                 "previous_severity": previous_severity[row.id],
             }
             changed.append({"type": "risk.flag_severity_changed", "loan_id": row.loan_id,
@@ -916,13 +925,26 @@ async def _emit_severity_changes(
     await events.emit_many(session, changed)
 
 
-def flag_event_data(flag: Mapping[str, Any]) -> dict[str, Any]:
+async def _merchants_of(session: AsyncSession, loan_ids: set[str]) -> dict[str, str]:
+    merchants: dict[str, str] = {}
+    for ids in _batches(sorted(loan_ids)):
+        merchants.update(
+            (await session.execute(select(Loan.id, Loan.merchant_id).where(Loan.id.in_(ids))))
+            .tuples()
+            .all()
+        )
+    return merchants
+
+
+def flag_event_data(flag: Mapping[str, Any], merchant_id: str) -> dict[str, Any]:
     """What ``risk.flag_raised``, ``risk.flag_cleared`` and ``risk.flag_severity_changed``
-    carry."""
+    carry: the flag and its loan's merchant, as every loan event has it (a collections
+    system routes by merchant without a call back)."""
     return {
         "flag_id": flag["id"],
         "loan_id": flag["loan_id"],
         "borrower_id": flag["borrower_id"],
+        "merchant_id": merchant_id,
         "code": flag["code"],
         "severity": flag["severity"],
         "status": flag["status"],

@@ -67,6 +67,7 @@ async def test_first_payment_default(client: httpx.AsyncClient) -> None:
     raised_event_sequence = raised.pop("sequence")
     assert raised == {
         "flag_id": cleared["id"], **{k: flag[k] for k in shown}, "status": "open",
+        "merchant_id": w.merchant_id,
         "severity": "medium", "cleared_on": None,
         "evidence": {"installment_seq": 1, "due_date": "2026-02-10", "days_late": 10,
                      "unpaid": "412.00", "as_of": "2026-02-20"},
@@ -77,9 +78,9 @@ async def test_first_payment_default(client: httpx.AsyncClient) -> None:
     cleared_event_sequence = cleared_event["data"].pop("sequence")
     assert cleared_event_sequence > raised_event_sequence
     assert cleared_event["data"] == {
-        "flag_id": cleared["id"],
+        "flag_id": cleared["id"], "merchant_id": w.merchant_id,
         **{k: cleared[k] for k in (*shown, "severity", "evidence")},
-    }
+    }  # fmt: skip
     # Between them, the escalation of March 12: the flag as it then stood, and what it was.
     changed_events = await w.get("/v1/events?type=risk.flag_severity_changed", headers=w.admin)
     [changed] = [e["data"] for e in changed_events["items"]
