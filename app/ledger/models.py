@@ -18,6 +18,8 @@ class TransactionKind(StrEnum):
     # never late, so its late fee is taken back; a reversal of that payoff owes it again.
     LATE_FEE_FORGIVEN = "late_fee_forgiven"
     LATE_FEE_REINSTATED = "late_fee_reinstated"
+    # A reversal on a cancelled loan: the refund owed back shrinks by what the payment paid.
+    REFUND_REDUCED = "refund_reduced"
 
 
 class LedgerTransaction(Base):

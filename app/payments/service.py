@@ -23,6 +23,7 @@ from app.ledger.models import LedgerTransaction, TransactionKind
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive, LoanNotFound
 from app.loans.models import OPEN_STATUSES, InstallmentStatus, Loan, LoanInstallment, LoanStatus
+from app.loans.records import paid_minor
 from app.loans.schedule import (
     Amortization,
     FeeCollection,
@@ -68,6 +69,11 @@ _FEE_KINDS = (
 # Core, built once: every payment, reversal, waiver and holiday rewrites the loan's allocations.
 _allocations = cast(Table, PaymentAllocation.__table__)
 _DELETE_ALLOCATIONS = delete(_allocations).where(_allocations.c.loan_id == bindparam("loan_id"))
+_DELETE_PAYMENT_ALLOCATIONS = delete(_allocations).where(
+    _allocations.c.payment_id == bindparam("payment_id")
+)
+# A gateway reports money already taken: a paid-off or cancelled loan takes it as credit.
+_SETTLED = (LoanStatus.PAID_OFF, LoanStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -97,11 +103,12 @@ async def record_payment(
     A POS offers money and is refused what the loan does not owe. A gateway reports money it
     has collected already (an auto-debit racing a payoff at the till): a paid-off loan takes
     it, and what the loan does not owe is kept as its credit balance, owed back to the
-    borrower, rather than lost from the books while the gateway retries for days."""
+    borrower, rather than lost from the books while the gateway retries for days. A cancelled
+    loan owes nothing: all of it is credit balance."""
     principal.require(Role.MERCHANT)
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
     collected = gateway is not None
-    takes_payments = (*OPEN_STATUSES, LoanStatus.PAID_OFF) if collected else OPEN_STATUSES
+    takes_payments = (*OPEN_STATUSES, *_SETTLED) if collected else OPEN_STATUSES
     if loan.status not in takes_payments:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no payments")
     amount_minor = parse_amount(f"{field_prefix}amount", amount, loan.currency)
@@ -114,6 +121,10 @@ async def record_payment(
         )
     if external_ref is not None:
         await _refuse_duplicate(session, loan.id, external_ref)
+    if loan.status == LoanStatus.CANCELLED:
+        return await _credit_cancelled_loan(
+            session, loan, amount_minor, received_on, channel, external_ref, gateway
+        )
 
     payment = Payment(
         id=new_id("pay"),
@@ -168,8 +179,7 @@ async def record_payment(
         session, loan, installments, position, fee_rows,
         as_of=await delinquency.reckoning_date(session), changed_on=received_on,
     )  # fmt: skip
-    await events.emit(session, "payment.received", payment_event_data(loan, payment, position),
-                      loan=loan)  # fmt: skip
+    await events.emit(session, "payment.received", payment_event_data(loan, payment), loan=loan)
     if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
         await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
     return PaymentView(payment, loan.currency, position.allocations_of(payment.id), view)
@@ -212,8 +222,6 @@ async def reverse_payment(
     assert payment is not None
     if payment.status == PaymentStatus.REVERSED:
         raise PaymentAlreadyReversed(f"payment {payment.id} was reversed already")
-    if loan.status not in (*OPEN_STATUSES, LoanStatus.PAID_OFF):
-        raise LoanNotActive(f"loan {loan.id} is {loan.status}")
     today = clock.today()
     reversed_on = reversed_on or today
     if not payment.received_on <= reversed_on <= today:
@@ -240,22 +248,26 @@ async def reverse_payment(
     ]  # fmt: skip
     _ledger(session, loan, TransactionKind.REVERSAL, payment, reversed_on, note=reason)
     installments = await loans_service.load_installments(session, loan.id)
-    remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
     business_date = await delinquency.business_date(session)
     view = loans_service.LoanView(loan, installments, today, business_date)
-    position = await _replay_and_store(
-        session,
-        loan,
-        installments,
-        remaining,
-        as_of=await delinquency.reckoning_date(session),
-        changed_on=reversed_on,
-    )
+    if loan.status == LoanStatus.CANCELLED:
+        _take_back_from_refund(session, loan, payment, installments, reversed_on)
+        await session.execute(_DELETE_PAYMENT_ALLOCATIONS, {"payment_id": payment.id})
+    else:
+        remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
+        await _replay_and_store(
+            session,
+            loan,
+            installments,
+            remaining,
+            as_of=await delinquency.reckoning_date(session),
+            changed_on=reversed_on,
+        )
     await events.emit(
         session,
         "payment.reversed",
         {
-            **payment_event_data(loan, payment, position),
+            **payment_event_data(loan, payment),
             "reason": reason,
             "reversed_on": reversed_on.isoformat(),
         },
@@ -302,7 +314,8 @@ async def list_transactions(
     return loan, list(await session.scalars(query))
 
 
-def payment_event_data(loan: Loan, payment: Payment, position: LoanPosition) -> dict[str, object]:
+def payment_event_data(loan: Loan, payment: Payment) -> dict[str, object]:
+    """The payment and the loan's balances after it (the caller has stored them)."""
     return {
         "payment_id": payment.id,
         "loan_id": loan.id,
@@ -315,9 +328,72 @@ def payment_event_data(loan: Loan, payment: Payment, position: LoanPosition) -> 
         "external_ref": payment.external_ref,
         "status": payment.status,
         "loan_status": loan.status,
-        "principal_outstanding": format_minor(position.principal_outstanding_minor, loan.currency),
-        "credit_balance": format_minor(position.credit_balance_minor, loan.currency),
+        "principal_outstanding": format_minor(loan.principal_outstanding_minor, loan.currency),
+        "credit_balance": format_minor(loan.credit_balance_minor, loan.currency),
+        "refund_due": format_minor(loan.refund_due_minor, loan.currency),
     }
+
+
+async def _credit_cancelled_loan(
+    session: AsyncSession,
+    loan: Loan,
+    amount_minor: int,
+    received_on: date,
+    channel: str,
+    external_ref: str | None,
+    gateway: str | None,
+) -> PaymentView:
+    """A gateway's debit on a returned purchase: money taken that nothing is owed for. It pays
+    no installment (the refund stated at cancellation stands) and all of it is credit
+    balance, owed back beside the refund."""
+    payment = Payment(
+        id=new_id("pay"), loan_id=loan.id, amount_minor=amount_minor, received_on=received_on,
+        channel=channel, external_ref=external_ref, gateway=gateway,
+        status=PaymentStatus.APPLIED, created_at=utc_now(),
+    )  # fmt: skip
+    session.add(payment)
+    await session.flush()  # before the ledger row that references it
+    _ledger(session, loan, TransactionKind.PAYMENT, payment, received_on)
+    loan.credit_balance_minor += amount_minor
+    await events.emit(session, "payment.received", payment_event_data(loan, payment), loan=loan)
+    return PaymentView(payment, loan.currency, [], await loans_service.loan_view(session, loan))
+
+
+def _take_back_from_refund(
+    session: AsyncSession,
+    loan: Loan,
+    payment: Payment,
+    installments: list[LoanInstallment],
+    reversed_on: date,
+) -> None:
+    """A reversal on a cancelled loan: the borrower is owed back only money that stands. What
+    the payment paid leaves its installments and the refund due (a ``refund_reduced`` row);
+    the rest of it leaves the credit balance. No replay: a cancelled loan owes nothing, so
+    the other payments stay where they were when the refund was stated."""
+    by_seq = {i.seq: i for i in installments}
+    allocated = 0
+    for part in payment.allocation_at_reversal or ():
+        installment = by_seq[part["installment_seq"]]
+        installment.paid_fees_minor -= part["fees_minor"]
+        installment.paid_interest_minor -= part["interest_minor"]
+        installment.paid_principal_minor -= part["principal_minor"]
+        installment.paid_on = None
+        installment.status = (
+            InstallmentStatus.PARTIALLY_PAID
+            if paid_minor(installment)
+            else InstallmentStatus.PENDING
+        )
+        allocated += part["fees_minor"] + part["interest_minor"] + part["principal_minor"]
+    loan.credit_balance_minor -= payment.amount_minor - allocated
+    loan.refund_due_minor -= allocated
+    if allocated:
+        session.add(
+            LedgerTransaction(
+                loan_id=loan.id, kind=TransactionKind.REFUND_REDUCED, amount_minor=allocated,
+                currency=loan.currency, effective_on=reversed_on, payment_id=payment.id,
+                created_at=utc_now(),
+            )
+        )  # fmt: skip
 
 
 def _payment_in(payment: Payment) -> PaymentIn:

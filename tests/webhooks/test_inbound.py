@@ -208,6 +208,66 @@ async def test_money_a_gateway_collected_beyond_the_payoff_is_the_loans_credit_b
     )  # fmt: skip
 
 
+async def test_a_cancelled_loan_owes_back_only_money_that_stands(
+    client: httpx.AsyncClient,
+) -> None:
+    """Goods returned: the refund stated at cancellation is every net payment. A gateway's
+    debit after it is money taken that nothing is owed for, so it is credit balance (refused,
+    the gateway would retry it for days and the book would not know of it); a chargeback or a
+    bounce after it takes back what the payment paid from the refund (else the lender pays
+    that money back twice: to the card network and to the borrower)."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    cash = await w.pay(loan["id"], "200.00", received_on="2026-02-05")
+    await debited(client, secret, loan["id"], "150.00", "2026-02-10", "dd-before")
+    cancelled = (await w.post(f"/v1/loans/{loan['id']}/cancel", {}, expect=200)).json()
+    assert (cancelled["balances"]["refund_due"], cancelled["balances"]["credit_balance"]) == (
+        "350.00", "0.00",
+    )  # fmt: skip
+
+    after = await debited(client, secret, loan["id"], "106.62", str(clock.today()), "dd-after")
+    assert (after["status"], after["allocation"]) == ("applied", [])
+    assert after["loan"]["status"] == "cancelled"
+    assert (after["loan"]["balances"]["refund_due"], after["loan"]["balances"]["credit_balance"]) \
+        == ("350.00", "106.62")  # fmt: skip
+    event = (await w.get("/v1/events?type=payment.received", headers=w.admin))["items"][-1]
+    assert (event["data"]["loan_status"], event["data"]["credit_balance"],
+            event["data"]["refund_due"]) == ("cancelled", "106.62", "350.00")  # fmt: skip
+    await assert_ledger_invariant(loan["id"])
+    refused = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "1.00"})
+    assert (refused.status_code, refused.json()["code"]) == (409, "loan_not_active")
+
+    # The chargeback of a debit the refund counted takes its part of the refund back.
+    back = notification("payment.charged_back", loan["id"], amount="150.00",
+                        received_on=str(clock.today()), external_ref="dd-before")  # fmt: skip
+    response = await post(client, *signed(secret, back, "msg_back_before"))
+    assert response.status_code == 200, response.text
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    balances = got["balances"]
+    assert (got["status"], balances["refund_due"], balances["credit_balance"],
+            balances["payoff_amount"]) == ("cancelled", "200.00", "106.62", "0.00")  # fmt: skip
+    await assert_ledger_invariant(loan["id"])
+    # The debit after the cancellation, charged back, leaves the credit balance.
+    back = notification("payment.charged_back", loan["id"], amount="106.62",
+                        received_on=str(clock.today()), external_ref="dd-after")  # fmt: skip
+    assert (await post(client, *signed(secret, back, "msg_back_after"))).status_code == 200
+    # The POS's own payment, bounced, leaves nothing owed back.
+    await w.post(f"/v1/payments/{cash['id']}/reverse", {"reason": "nsf"}, expect=200)
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["balances"]["refund_due"], got["balances"]["credit_balance"]) == ("0.00", "0.00")
+    await assert_ledger_invariant(loan["id"])
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    assert {(i["paid"], i["status"]) for i in schedule["installments"]} == {("0.00", "pending")}
+    event = (await w.get("/v1/events?type=payment.reversed", headers=w.admin))["items"][-1]
+    assert (event["data"]["payment_id"], event["data"]["refund_due"]) == (cash["id"], "0.00")
+    # The refund's ledger rows net to what is owed back: stated, then taken back.
+    kinds: dict[str, Decimal] = {}
+    for t in (await w.get(f"/v1/loans/{loan['id']}/transactions?limit=200"))["items"]:
+        kinds[t["kind"]] = kinds.get(t["kind"], Decimal(0)) + Decimal(t["amount"])
+    assert (kinds["refund"], kinds["refund_reduced"]) == (Decimal("350.00"), Decimal("350.00"))
+
+
 async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient) -> None:
     w = await world(client)
     secret = await gateway(w)
