@@ -352,10 +352,10 @@ async def create_loan(
         )
         for s in schedule
     ]
-    # loan.created reports the loan as originated; a back-dated loan already in arrears then
-    # moves bucket. Both are set before the INSERT, so the new row is written once.
-    created = event_data(loan)
-    change = delinquency.apply_delinquency(loan, position_of(installments), business_date or today)
+    # A back-dated loan is booked with its arrears, set before the INSERT so the row is written
+    # once. loan.created tells them as committed: a loan that never was current reports no
+    # move out of current (a collections system reads the bucket it was booked in).
+    delinquency.apply_delinquency(loan, position_of(installments), business_date or today)
     # Core INSERTs, and the loan object is never added to the session: the ORM flush of one
     # loan (unit of work, the portfolio listener's delta object) cost more CPU than every
     # other statement of origination (py-spy, bench/http_load.py); per-row ORM flushes of the
@@ -377,10 +377,7 @@ async def create_loan(
             }],
         ),
     )  # fmt: skip
-    await events.emit(session, "loan.created", created, loan=loan)
-    if change is not None:
-        event = change.event()
-        await events.emit(session, event["type"], event["data"], loan=loan)
+    await events.emit(session, "loan.created", event_data(loan), loan=loan)
     return LoanView(loan, installments, today, business_date)
 
 

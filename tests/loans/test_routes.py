@@ -32,6 +32,12 @@ async def test_originate_equal_installment_loan_with_schedule(client: httpx.Asyn
     assert loan["days_past_due"] == dpd
     assert loan["status"] == ("charged_off" if dpd > 180 else "defaulted" if dpd > 90 else
                               "delinquent")  # fmt: skip
+    # Its event tells the loan as committed, and no move out of a current it never was in.
+    feed = (await w.get("/v1/events?limit=200", headers=w.admin))["items"]
+    mine = [e for e in feed if e["data"].get("loan_id") == loan["id"]]
+    assert [e["type"] for e in mine] == ["loan.created"]
+    assert (mine[0]["data"]["status"], mine[0]["data"]["days_past_due"],
+            mine[0]["data"]["bucket"]) == (loan["status"], dpd, loan["bucket"])  # fmt: skip
     assert loan["principal"] == "6000.00"
     assert loan["annual_interest_rate"] == "0.1299"
     assert loan["first_due_date"] == "2026-02-28"
