@@ -95,29 +95,27 @@ def _text_like(kind: type, pattern: str, message: str) -> BeforeValidator:
 
 
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}"
-_date_text = _text_like(datetime, _DATE, "must be an RFC 3339 date-time string")
 # A business date is the date alone: Pydantic would also take "2026-12-01T00:00:00-05:00".
 IsoDate = Annotated[date, _text_like(date, _DATE + r"\Z", "must be a date string YYYY-MM-DD")]
 
 
 def _in_utc(value: datetime) -> datetime:
-    """A naive time is UTC. Near year 1 or 9999 an offset can push UTC off the calendar."""
+    """Near year 1 or 9999 an offset can push UTC off the calendar."""
     try:
-        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
     except OverflowError:
         raise ValueError("is out of the range of dates once converted to UTC") from None
 
 
-UtcDatetime = Annotated[datetime, _date_text, AfterValidator(_in_utc)]
-
-# An instant a caller asks from (events after it, deliveries since it) has its time of day: a
-# date alone names a day, and which midnight it meant is a guess. A gateway's notification
-# keeps UtcDatetime: its timestamp moves no money, and refusing it could lose a payment.
-_instant_text = _text_like(
-    datetime, _DATE + r"[Tt ][0-9]{2}:[0-9]{2}",
-    "must be an RFC 3339 date-time string with a time, such as 2026-12-01T00:00:00Z",
-)  # fmt: skip
-Instant = Annotated[datetime, _instant_text, AfterValidator(_in_utc)]
+# An instant is RFC 3339 in full (SPEC.md): Pydantic would also take a date alone, a time
+# without seconds, or one without an offset, and which midnight or which zone was meant is a
+# guess (a gateway in Beijing sending its local time would be read 8 hours off).
+_rfc3339_text = _text_like(
+    datetime,
+    _DATE + r"[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})\Z",
+    "must be an RFC 3339 date-time string with seconds and an offset, such as 2026-12-01T00:00:00Z",
+)
+Instant = Annotated[datetime, _rfc3339_text, AfterValidator(_in_utc)]
 
 # Strict, as every count in a body: a JSON true is no term of 1, nor "12" a number.
 Term = Annotated[int, Strict(), Field(ge=OFFERED_TERMS.start, le=OFFERED_TERMS.stop - 1)]

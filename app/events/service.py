@@ -109,6 +109,8 @@ async def _after(session: AsyncSession, after: str) -> Any:
         instant = _INSTANT.validate_python(after)
     except ValidationError:
         raise InvalidRequest.field(
-            "after", "must be an event id (evt_...) or an RFC 3339 instant with its time of day"
+            "after",
+            "must be an event id (evt_...) or an RFC 3339 instant with seconds and an offset, "
+            "such as 2026-12-01T00:00:00Z",
         ) from None
     return Event.created_at > instant  # aware: Instant makes it UTC

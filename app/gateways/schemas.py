@@ -4,7 +4,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import IsoDate, MoneyStr, Reference, UtcDatetime
+from app.api.fields import Instant, IsoDate, MoneyStr, Reference
 from app.gateways.models import Gateway
 
 GatewayName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
@@ -69,7 +69,7 @@ class Notification(BaseModel):
     type: NotificationType
     # An RFC 3339 string, as every instant (docs/decisions.md, "Dates"): a number or "20261203"
     # would be read as seconds since 1970.
-    timestamp: UtcDatetime
+    timestamp: Instant
     data: NotificationData
 
 

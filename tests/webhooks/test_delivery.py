@@ -324,7 +324,7 @@ async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> 
         await deliver()
         assert [r.verified(late["secret"])["type"] for r in newcomer.received] == ["loan.created"]
     # An offset that takes the time off the calendar in UTC is a 422, not a 500.
-    for bad in ("0001-01-01T00:00:00+14:00", "not a time", "2026-12-04"):
+    for bad in ("0001-01-01T00:00:00+14:00", "not a time", "2026-12-04", "2026-12-04T20:00:00"):
         refused = await w.post(f"/v1/webhook-endpoints/{hook['id']}/recover", {"since": bad},
                                headers=w.admin, expect=422)  # fmt: skip
         assert refused.json()["errors"][0]["field"] == "since"
