@@ -457,13 +457,14 @@ async def _record_existing(
         if o.ok:
             delivered.append(row)
             continue
-        if o.status_code == 410:
-            gone.add(o.claimed.endpoint.id)
-            failed.append(row)
-            continue
         delay = retry.next_delay(attempts, o.retry_after)
         if delay is None:
             failed.append(row)
+        elif o.status_code == 410:
+            # The endpoint is disabled below; the delivery waits with the rest of its
+            # deliveries, and goes at once when an admin enables the endpoint again.
+            gone.add(o.claimed.endpoint.id)
+            retried.append({**row, "next": now})
         else:
             retried.append({**row, "next": now + delay})
     await session.execute(

@@ -218,6 +218,19 @@ async def test_410_gone_disables_at_once(client: httpx.AsyncClient) -> None:
         # A test sent now would never arrive: refused, rather than accepted and lost.
         test = await client.post(f"/v1/webhook-endpoints/{hook['id']}/test", headers=w.admin)
         assert (test.status_code, test.json()["errors"][0]["field"]) == (422, "enabled")
+        # The event it answered 410 to waits; enabled again, it goes at once.
+        assert await deliver(utc_now() + timedelta(days=1)) == 0
+        enabled = await client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                                     json={"enabled": True}, headers=w.admin)  # fmt: skip
+        assert enabled.status_code == 200, enabled.text
+        assert await deliver() == 1
+        assert [r.verified(hook["secret"])["type"] for r in receiver.received] == [
+            "loan.created", "loan.created",
+        ]  # fmt: skip
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        (delivery,) = log["items"]
+        assert delivery["status"] == "delivered"
+        assert [a["status_code"] for a in delivery["attempt_log"]] == [410, 200]
 
 
 async def test_secret_rotation_signs_with_both_during_the_overlap(
