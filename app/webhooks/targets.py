@@ -37,13 +37,15 @@ def parse(url: str) -> tuple[str, int]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TargetNotAllowed("must be an http(s) URL with a host")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
         ascii_host = parts.hostname.encode("idna").decode("ascii")
     except (ValueError, UnicodeError):
         raise TargetNotAllowed("has an invalid host or port") from None
+    if port == 0:  # nothing listens there: every delivery would fail, for days
+        raise TargetNotAllowed("has an invalid host or port")
     if not _host_name(ascii_host):
         raise TargetNotAllowed("has an invalid host name")
-    return parts.hostname, port
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
 def _host_name(host: str) -> bool:
