@@ -468,7 +468,10 @@ async def recompute_delinquency(
         .where(
             loan.id == per_loan.c.loan_id,
             in_range(loan.id, low, high),
-            or_(dpd != loan.days_past_due, moved, newly_past_30),
+            # A loan stored as of a later date (booked before the first close, which may be
+            # for an earlier date) takes the close's date even when nothing moved: its next
+            # move is then one in time (a roll, a cure), not the same loan seen earlier.
+            or_(dpd != loan.days_past_due, moved, newly_past_30, loan.delinquency_as_of > as_of),
         )
         .values(
             days_past_due=dpd,

@@ -301,6 +301,27 @@ async def test_a_first_close_before_the_booking_date_is_no_cure(client: httpx.As
     assert raised["dpd_roll_forward"]["evidence"]["from_bucket"] == "current"
 
 
+async def test_a_first_close_before_the_booking_date_sees_the_next_roll(
+    client: httpx.AsyncClient,
+) -> None:
+    """Booked before the first close and brought current by back-dated payments, the loan is
+    stored as of today; the first close, for an earlier date, finds nothing to change. Its
+    roll a few nights later is still a roll: the loan stands as of the close's date."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    made = await w.loan(principal="1200.00", term=12, disbursed_on="2026-06-01")
+    due = [i for i in made["schedule"]["installments"] if i["due_date"] <= str(clock.today())]
+    for i in due:  # every one on its date but the first (due Jul 1)
+        await w.pay(made["id"], i["total"], "2026-07-05" if i["seq"] == 1 else i["due_date"])
+    assert (await w.get(f"/v1/loans/{made['id']}"))["bucket"] == "current"
+    await close(w, "2026-06-30")
+    assert (await w.get(f"/v1/loans/{made['id']}"))["delinquency_as_of"] == "2026-06-30"
+    await close(w, "2026-07-02")  # Jul 1 unpaid by then: current -> 1-30
+    flag = (await flags(w, made["id"]))["dpd_roll_forward"]
+    assert (flag["raised_on"], flag["evidence"]["from_bucket"], flag["evidence"]["to_bucket"]) \
+        == ("2026-07-02", "current", "1-30")  # fmt: skip
+
+
 async def test_cure_relapse_outside_the_window(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     await w.post("/v1/close-runs", {"as_of": "2026-01-11"}, headers=w.admin, expect=201)
