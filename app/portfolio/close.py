@@ -65,7 +65,9 @@ async def snapshot_loans(
              "days_past_due", "principal_minor"],
             select(literal(as_of), loan.id, loan.merchant_id, loan.product_code, loan.currency,
                    loan.status, loan.bucket, loan.days_past_due, loan.principal_outstanding_minor)
-            .where(in_range(loan.id, low, high), loan.status.in_(OPEN_STATUSES)),
+            # A loan booked back-dated to after the date (a catch-up) was not on the book yet.
+            .where(in_range(loan.id, low, high), loan.status.in_(OPEN_STATUSES),
+                   loan.disbursed_on <= as_of),
         ),
     )  # fmt: skip
     return {"loans_snapshotted": written}
@@ -210,7 +212,7 @@ async def _cells(session: AsyncSession, as_of: date) -> dict[Cell, SegmentCounts
         select(*dims, func.count(), func.sum(loan.principal_outstanding_minor),
                func.sum(case((loan.bucket.in_(PAST_30_BUCKETS), 1), else_=0)),
                func.sum(case((loan.bucket == Bucket.DPD_90_PLUS.value, 1), else_=0)))
-        .where(loan.status.in_(OPEN_STATUSES))
+        .where(loan.status.in_(OPEN_STATUSES), loan.disbursed_on <= as_of)
         .group_by(*dims)
     )  # fmt: skip
     for *cell, loans, principal, past_30, past_90 in open_rows:

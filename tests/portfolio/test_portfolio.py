@@ -212,6 +212,8 @@ async def test_roll_rate_matrix_across_two_closes(client: httpx.AsyncClient) -> 
     await close(w, "2026-07-01")
     loans = [await w.loan(principal="1200.00", term=12, disbursed_on="2026-07-01")
              for _ in range(5)]  # fmt: skip
+    # Booked now, back-dated to after the next close's date: not on the book at it.
+    await w.loan(principal="1200.00", term=12, disbursed_on="2026-08-25")
     await close(w, "2026-08-20")
     before = await buckets_now(w, loans)  # all 19 days past due
     for loan in loans[:2]:  # two catch up, three roll on
