@@ -142,6 +142,10 @@ class LoanFeatures:
     last_failed_debit_id: str | None = None  # the latest of the failed debits counted
     last_failed_on: str | None = None
     last_partial_seq: int | None = None  # the newest of the partial periods
+    last_settled_seq: int | None = None  # the newest settled installment, and when
+    last_settled_on: str | None = None
+    drift_window_first_seq: int | None = None  # the oldest of the last N settled, and when
+    drift_window_first_settled_on: str | None = None
     reversed_payment_ids: tuple[str, ...] = ()  # every reversal counted
     failed_debit_ids: tuple[str, ...] = ()  # every failed debit counted
     partial_seqs: tuple[int, ...] = ()  # the installments of the partial periods
@@ -237,7 +241,11 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
             flags[FlagCode.LATE_DRIFT] = (
                 Severity.LOW,
                 {"days_late_first": first, "days_late_last": last,
-                 "installments": rules.late_drift_installments},
+                 "installments": rules.late_drift_installments,
+                 "first_installment_seq": f.drift_window_first_seq,
+                 "first_settled_on": f.drift_window_first_settled_on,
+                 "last_installment_seq": f.last_settled_seq,
+                 "last_settled_on": f.last_settled_on},
             )  # fmt: skip
     # A broken promise weighs while the arrears it was meant to settle remain: clearing them
     # (or broken_promise_days passing) ends the episode.

@@ -421,6 +421,11 @@ def _features_query(
             func.max(case((and_(closed, s.unpaid <= s.tolerance), s.seq))).label("last_good_seq"),
             func.max(days_late_if(s.settled_rank == 1)).label("last_late"),
             func.max(days_late_if(s.settled_rank == drift_window)).label("first_late_of_window"),
+            # The installments at both ends of the window and when each was settled.
+            func.max(case((s.settled_rank == 1, s.seq))).label("last_settled_seq"),
+            func.max(case((s.settled_rank == 1, s.paid_on))).label("last_settled_on"),
+            func.max(case((s.settled_rank == drift_window, s.seq))).label("window_first_seq"),
+            func.max(case((s.settled_rank == drift_window, s.paid_on))).label("window_first_on"),
         )
         .group_by(s.loan_id)
         .subquery()
@@ -583,6 +588,10 @@ def _features_query(
             delinquent.label("delinquent_ids"),
             per_loan.c.last_late,
             per_loan.c.first_late_of_window,
+            per_loan.c.last_settled_seq,
+            per_loan.c.last_settled_on,
+            per_loan.c.window_first_seq,
+            per_loan.c.window_first_on,
             _whole(payments.c.partial_periods).label("partial_periods"),
             payments.c.partial_seqs,
             payments.c.last_partial_seq,
@@ -688,6 +697,9 @@ async def evaluate_loans(
             borrower_delinquent_loans=len(delinquent_ids),
             last_settled_days_late=row.last_late,
             drift_window_first_days_late=row.first_late_of_window,
+            last_settled_seq=row.last_settled_seq, last_settled_on=_day(row.last_settled_on),
+            drift_window_first_seq=row.window_first_seq,
+            drift_window_first_settled_on=_day(row.window_first_on),
             partial_periods=row.partial_periods, broken_promises=row.broken_promises,
             broken_promise=_broken_promise(row), plan_running=bool(row.plan_running),
             cured_on=_day(row.cured_on), last_reversed_payment_id=row.last_reversed_id,

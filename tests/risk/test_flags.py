@@ -639,7 +639,13 @@ async def test_late_drift(client: httpx.AsyncClient) -> None:
     await close(w, "2026-05-16")
     flag = (await flags(w, loan_id))["late_drift"]
     assert flag["severity"] == "low"
-    assert (flag["evidence"]["days_late_first"], flag["evidence"]["days_late_last"]) == (0, 6)
+    evidence = flag["evidence"]
+    assert (evidence["days_late_first"], evidence["days_late_last"]) == (0, 6)
+    # The installments at both ends of the window, and when each was settled.
+    assert (evidence["first_installment_seq"], evidence["first_settled_on"],
+            evidence["last_installment_seq"], evidence["last_settled_on"]) == (
+        1, "2026-02-10", 4, "2026-05-16",
+    )  # fmt: skip
     await w.pay(loan_id, "204.00", "2026-06-10")  # on time: the drift is broken
     assert "late_drift" in await flags(w, loan_id)  # from its date, not as of May 16
     await close(w, "2026-06-10")
