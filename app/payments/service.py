@@ -170,18 +170,20 @@ async def record_payment(
     session.add(payment)
     await session.flush()  # before the ledger row that references it
     _ledger(session, loan, TransactionKind.PAYMENT, payment, payment.received_on)
-    was_paid_off = loan.status == LoanStatus.PAID_OFF
+    status_before = loan.status
     # The response's view reads the loan as it is after the store.
     view = loans_service.LoanView(
         loan, installments, today, await delinquency.business_date(session)
     )
+    as_of = await delinquency.reckoning_date(session)
     await _store_position(
-        session, loan, installments, position, fee_rows,
-        as_of=await delinquency.reckoning_date(session), changed_on=received_on,
+        session, loan, installments, position, fee_rows, as_of=as_of, changed_on=received_on,
+        reckon=False,
     )  # fmt: skip
     await events.emit(session, "payment.received", payment_event_data(loan, payment), loan=loan)
-    if loan.status == LoanStatus.PAID_OFF and not was_paid_off:
+    if loan.status == LoanStatus.PAID_OFF and status_before != LoanStatus.PAID_OFF:
         await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
+    await _reckon(session, loan, position, as_of, status_before)
     return PaymentView(payment, loan.currency, position.allocations_of(payment.id), view)
 
 
@@ -250,19 +252,17 @@ async def reverse_payment(
     installments = await loans_service.load_installments(session, loan.id)
     business_date = await delinquency.business_date(session)
     view = loans_service.LoanView(loan, installments, today, business_date)
+    status_before, as_of = loan.status, await delinquency.reckoning_date(session)
+    position = None
     if loan.status == LoanStatus.CANCELLED:
         _take_back_from_refund(session, loan, payment, installments, reversed_on)
         await session.execute(_DELETE_PAYMENT_ALLOCATIONS, {"payment_id": payment.id})
     else:
         remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
-        await _replay_and_store(
-            session,
-            loan,
-            installments,
-            remaining,
-            as_of=await delinquency.reckoning_date(session),
-            changed_on=reversed_on,
-        )
+        position = await _replay_and_store(
+            session, loan, installments, remaining, as_of=as_of, changed_on=reversed_on,
+            reckon=False,
+        )  # fmt: skip
     await events.emit(
         session,
         "payment.reversed",
@@ -273,6 +273,8 @@ async def reverse_payment(
         },
         loan=loan,
     )
+    if position is not None:  # what it leads to comes after it in the feed
+        await _reckon(session, loan, position, as_of, status_before)
     return PaymentView(payment, loan.currency, [], view)
 
 
@@ -561,6 +563,7 @@ async def _replay_and_store(
     *,
     as_of: date,
     changed_on: date | None = None,
+    reckon: bool = True,
 ) -> LoanPosition:
     """Replay ``payments`` on the installments' terms as the ledger now has them, and store.
     ``changed_on``: the date of the change (``as_of`` by default), for the ledger."""
@@ -568,7 +571,7 @@ async def _replay_and_store(
     position = await _replay(session, loan, terms, payments)
     await _store_position(
         session, loan, installments, position, fee_rows, as_of=as_of,
-        changed_on=changed_on or as_of,
+        changed_on=changed_on or as_of, reckon=reckon,
     )  # fmt: skip
     return position
 
@@ -700,10 +703,16 @@ async def _store_position(
         restructured = loan.restructured_on is not None
         loan.status = LoanStatus.RESTRUCTURED if restructured else LoanStatus.ACTIVE
         loan.paid_off_on = None
-    if not reckon:
-        return
-    # The same rules as the nightly close, at once, in this transaction: promises before
-    # risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.
+    if reckon:
+        await _reckon(session, loan, position, as_of, status_before)
+
+
+async def _reckon(
+    session: AsyncSession, loan: Loan, position: LoanPosition, as_of: date, status_before: str
+) -> None:
+    """The same rules as the nightly close, at once, in this transaction: promises before
+    risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.
+    ``status_before``: the loan's status before the change."""
     await delinquency.refresh_loan(session, loan, position, as_of, status_before)
     await promises.refresh_loan(session, loan, as_of)
     await risk.refresh_loan(session, loan, as_of)

@@ -102,6 +102,13 @@ async def test_a_payment_cures_at_once(client: httpx.AsyncClient) -> None:
     await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert (got["days_past_due"], got["bucket"]) == (10, "1-30")
+    # The feed tells the money first, then what it led to.
+    feed = (await w.get("/v1/events?limit=200", headers=w.admin))["items"]
+    mine = [e["type"] for e in feed if e["data"].get("loan_id") == loan["id"]]
+    assert [t for t in mine if not t.startswith("risk.")][-4:] == [
+        "payment.received", "loan.delinquency_changed",
+        "payment.reversed", "loan.delinquency_changed",
+    ]  # fmt: skip
 
 
 async def test_a_payment_dated_after_the_business_date_cures_at_once(
