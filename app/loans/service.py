@@ -198,9 +198,15 @@ def event_data(loan: Loan) -> dict[str, Any]:
         "currency": loan.currency,
         "principal": format_minor(loan.principal_minor, loan.currency),
         "principal_outstanding": format_minor(loan.principal_outstanding_minor, loan.currency),
+        "term": loan.term,
+        "disbursed_on": loan.disbursed_on.isoformat(),
+        "first_due_date": loan.first_due_date.isoformat(),
         "status": loan.status,
         "days_past_due": loan.days_past_due,
         "bucket": loan.bucket,
+        # A back-dated payoff or a late-reported return: the date it counts from.
+        "paid_off_on": loan.paid_off_on.isoformat() if loan.paid_off_on else None,
+        "cancelled_on": loan.cancelled_on.isoformat() if loan.cancelled_on else None,
     }
 
 

@@ -130,6 +130,9 @@ async def test_payoff_waives_later_interest_and_pays_off(client: httpx.AsyncClie
             select(Event.type).where(Event.loan_id == loan["id"]).order_by(Event.position)
         ))  # fmt: skip
     assert types == ["loan.created", "payment.received", "loan.paid_off"]
+    paid_off = (await w.get("/v1/events?type=loan.paid_off", headers=w.admin))["items"][-1]
+    assert (paid_off["data"]["paid_off_on"], paid_off["data"]["disbursed_on"],
+            paid_off["data"]["term"]) == ("2026-02-01", "2026-01-15", 3)  # fmt: skip
     assert got["days_past_due"] == 0
     assert got["bucket"] == "current"
     late = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "1.00"})
