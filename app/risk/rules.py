@@ -9,7 +9,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 
 from app.delinquency.rules import Bucket
-from app.money import format_minor
+from app.money import RATE_PATTERN, format_minor
 
 
 class FlagCode(StrEnum):
@@ -44,9 +44,12 @@ ROLL_FORWARD_SEVERITY = {
 
 
 def _decimal_text(value: object) -> object:
-    if isinstance(value, str | Decimal):
+    # Written as every rate of the API: "1E-30" or 23 decimals is no ratio anyone meant.
+    if isinstance(value, Decimal) or (isinstance(value, str) and RATE_PATTERN.match(value)):
         return value
-    raise ValueError("must be a decimal string such as '0.8' (JSON numbers are refused)")
+    raise ValueError(
+        "must be a decimal string such as '0.8' with at most 6 decimals (JSON numbers are refused)"
+    )
 
 
 # Strict: a JSON true is not a threshold of 1, nor "10" a count.

@@ -23,6 +23,7 @@ class RulesUpdate(BaseModel):
     version: int | None = Field(
         default=None,
         strict=True,
+        ge=0,
         description="the version the change was made from; 409 if another came since",
     )
     rules: RiskRules

@@ -49,7 +49,7 @@ from app.db import (
     utc_now,
 )
 from app.delinquency import service as delinquency
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, InvalidRequest, NotFound
 from app.events import service as events
 from app.gateways.models import FailedDebit
 from app.ids import new_ids
@@ -92,6 +92,10 @@ async def put_rules(
     came since, storing this one would silently undo it."""
     principal.require(Role.ADMIN)
     version, _ = await current_rules(session)
+    if made_from is not None and made_from > version:
+        raise InvalidRequest.field(
+            "version", f"there is no version {made_from}: the current version is {version}"
+        )
     if made_from is not None and made_from != version:
         raise RulesVersionConflict(
             f"the rules were changed since version {made_from}; the current version is "

@@ -368,7 +368,8 @@ async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) 
     )
     # A JSON true is no threshold of 1, a count no string, and the ratio no JSON number.
     for field, value in (("first_payment_default_days", True), ("never_paid_dpd", "30"),
-                         ("partial_payment_ratio", 0.75)):  # fmt: skip
+                         ("partial_payment_ratio", 0.75), ("partial_payment_ratio", "1E-30"),
+                         ("partial_payment_ratio", "0.75000000000000000000001")):  # fmt: skip
         bad = await client.put("/v1/risk/rules", json={**rules, field: value}, headers=w.admin)
         assert bad.status_code == 422, (field, bad.text)
         assert bad.json()["errors"][0]["field"] == field
@@ -394,6 +395,8 @@ async def test_the_rules_read_can_be_changed_and_put_back(client: httpx.AsyncCli
         ({**changed, "version": 1, "rules": {**changed["rules"], "never_paid_dpd": 0}},
          "rules.never_paid_dpd"),
         ({**changed, "version": "1"}, "version"),
+        ({**changed, "version": -1}, "version"),
+        ({**changed, "version": 999}, "version"),  # no such version: no conflict to resolve
         ({**changed, "version": 1, "note": "tighter"}, "note"),
         ({"version": 1}, "rules"),
     ):  # fmt: skip
