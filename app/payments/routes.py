@@ -1,8 +1,8 @@
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED
+from app.api.responses import CREATED, POLLED, cached
 from app.api.routing import StrictRoute
 from app.payments import service
 from app.payments.schemas import (
@@ -49,16 +49,21 @@ async def reverse_payment(
     return payment_read(view)
 
 
-@router.get("/v1/payments/{payment_id}", response_model=PaymentRead)
+@router.get("/v1/payments/{payment_id}", response_model=PaymentRead, responses=POLLED)
 async def get_payment(
-    payment_id: str, session: SessionDep, principal: ReaderPrincipal
-) -> PaymentRead:
-    return payment_read(await service.get_payment(session, principal, payment_id=payment_id))
+    payment_id: str, request: Request, session: SessionDep, principal: ReaderPrincipal
+) -> Response:
+    """A reconciler polls a payment for its reversal: ``ETag``, and 304 on ``If-None-Match``."""
+    view = await service.get_payment(session, principal, payment_id=payment_id)
+    return cached(request, payment_read(view))
 
 
-@router.get("/v1/loans/{loan_id}/transactions", response_model=Page[TransactionRead])
+@router.get(
+    "/v1/loans/{loan_id}/transactions", response_model=Page[TransactionRead], responses=POLLED
+)
 async def list_transactions(
-    loan_id: str, session: SessionDep, principal: ReaderPrincipal, page: PageDep
-) -> Page[TransactionRead]:
+    loan_id: str, request: Request, session: SessionDep, principal: ReaderPrincipal, page: PageDep
+) -> Response:
+    """A reconciler polls the ledger: ``ETag``, and 304 on ``If-None-Match``."""
     _, rows = await service.list_transactions(session, principal, loan_id=loan_id, page=page)
-    return page_of(rows, page, transaction_read, key=lambda t: str(t.id))
+    return cached(request, page_of(rows, page, transaction_read, key=lambda t: str(t.id)))

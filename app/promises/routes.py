@@ -1,7 +1,8 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.responses import POLLED, cached
 from app.api.routing import StrictRoute
 from app.promises import service
 from app.promises.schemas import PromiseCreate, PromiseRead
@@ -20,9 +21,10 @@ async def create_promise(
     return PromiseRead.from_model(promise)
 
 
-@router.get("/v1/loans/{loan_id}/promises", response_model=Page[PromiseRead])
+@router.get("/v1/loans/{loan_id}/promises", response_model=Page[PromiseRead], responses=POLLED)
 async def list_promises(
-    loan_id: str, session: SessionDep, principal: ReaderPrincipal, page: PageDep
-) -> Page[PromiseRead]:
+    loan_id: str, request: Request, session: SessionDep, principal: ReaderPrincipal, page: PageDep
+) -> Response:
+    """Collections poll a loan's promises: ``ETag``, and 304 on ``If-None-Match``."""
     promises = await service.list_promises(session, principal, loan_id=loan_id, page=page)
-    return page_of(promises, page, PromiseRead.from_model)
+    return cached(request, page_of(promises, page, PromiseRead.from_model))

@@ -3,13 +3,13 @@ holds only the restructure's id, the same reads and decisions at ``/v1/restructu
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED
+from app.api.responses import CREATED, POLLED, cached
 from app.api.routing import StrictRoute
 from app.relief import service
 from app.relief.models import Restructure
@@ -46,13 +46,18 @@ async def request_restructure(
     return await _read(session, restructure)
 
 
-@router.get("/v1/loans/{loan_id}/restructures", response_model=Page[RestructureRead])
+@router.get(
+    "/v1/loans/{loan_id}/restructures", response_model=Page[RestructureRead], responses=POLLED
+)
 async def list_restructures(
-    loan_id: str, session: SessionDep, principal: ReaderPrincipal, page: PageDep
-) -> Page[RestructureRead]:
+    loan_id: str, request: Request, session: SessionDep, principal: ReaderPrincipal, page: PageDep
+) -> Response:
+    """Collections poll a loan's relief and its plan: ``ETag``, and 304 on ``If-None-Match``."""
     found = await service.list_restructures(session, principal, loan_id=loan_id, page=page)
     carried = await service.plan_promises(session, [r.id for r in found[: page.limit]])
-    return page_of(found, page, lambda r: RestructureRead.from_model(r, carried.get(r.id)))
+    return cached(
+        request, page_of(found, page, lambda r: RestructureRead.from_model(r, carried.get(r.id)))
+    )
 
 
 async def _get(

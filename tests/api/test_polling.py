@@ -1,0 +1,42 @@
+"""The reads collections and reconcilers poll carry an ETag and answer 304 while nothing
+changed (SPEC.md, Polling)."""
+
+import httpx
+
+from tests.factories import World, world
+
+
+async def assert_polled(client: httpx.AsyncClient, w: World, path: str) -> str:
+    first = await client.get(path, headers=w.merchant)
+    assert first.status_code == 200, (path, first.text)
+    etag = first.headers["etag"]
+    again = await client.get(path, headers={**w.merchant, "If-None-Match": etag})
+    assert (again.status_code, again.content) == (304, b""), path
+    return etag
+
+
+async def test_a_loans_ledger_payments_relief_and_promises_are_polled(
+    client: httpx.AsyncClient,
+) -> None:
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    await w.post("/v1/close-runs", {"as_of": "2026-01-10"}, headers=w.admin, expect=201)
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await w.post("/v1/close-runs", {"as_of": "2026-02-15"}, headers=w.admin, expect=201)
+    paid = await w.pay(loan["id"], "100.00", "2026-02-15")
+    await w.post(f"/v1/loans/{loan['id']}/promises", {"amount": "312.00", "due_on": "2026-02-20"},
+                 expect=201)  # fmt: skip
+    await w.post(f"/v1/loans/{loan['id']}/restructures",
+                 {"kind": "term_extension", "months": 2, "reason": "income shock"},
+                 expect=201)  # fmt: skip
+    of_loan = f"/v1/loans/{loan['id']}"
+    paths = [f"{of_loan}/transactions", f"/v1/payments/{paid['id']}",
+             f"{of_loan}/restructures", f"{of_loan}/promises"]  # fmt: skip
+    before = {path: await assert_polled(client, w, path) for path in paths}
+    # A reversal moves the ledger, the payment and the promise it had counted toward: their
+    # tags change; the pending relief's stays.
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    after = {path: await assert_polled(client, w, path) for path in paths}
+    assert [path for path in paths if after[path] != before[path]] == [
+        paths[0], paths[1], paths[3],
+    ]  # fmt: skip
