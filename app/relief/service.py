@@ -67,7 +67,7 @@ async def request_restructure(
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no restructures")
-    as_of = await delinquency.delinquency_date(session)
+    as_of = max(await delinquency.delinquency_date(session), loan.disbursed_on)  # as approve's
     given = {"installments": installments, "amount": amount, "months": months}
     wanted = {
         RestructureKind.REPAYMENT_PLAN: "installments",
@@ -128,7 +128,9 @@ async def approve(
     restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status}; restructure cannot be approved")
-    as_of = await delinquency.reckoning_date(session)
+    # Not before the loan existed: a loan booked back-dated after the business date (the
+    # closes behind) gets its relief from its disbursement, as a payment could not precede it.
+    as_of = max(await delinquency.reckoning_date(session), loan.disbursed_on)
     if restructure.kind == RestructureKind.REPAYMENT_PLAN:
         await _start_plan(session, principal, restructure, loan, as_of)
     elif restructure.kind == RestructureKind.TERM_EXTENSION:

@@ -188,6 +188,26 @@ async def test_an_extension_before_a_long_first_period_ends_keeps_its_interest(
     assert sum(Decimal(r[2]) for r in rows) == Decimal("12000.00")
 
 
+async def test_relief_on_a_loan_booked_after_the_business_date_counts_from_its_disbursement(
+    client: httpx.AsyncClient,
+) -> None:
+    """The closes are behind (business date Jan 10) and the loan is booked back-dated to
+    Mar 1: its relief cannot be decided on a day before it existed."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    await close(w, "2026-01-10")
+    made = await w.loan(principal="1200.00", term=3, disbursed_on="2026-03-01")
+    approved = await extend(w, made["id"], months=3)
+    assert approved["decided_on"] == "2026-03-01"
+    assert (await w.get(f"/v1/loans/{made['id']}"))["restructured_on"] == "2026-03-01"
+    # 1200.00 over six months from the disbursement: 200.00 of principal each.
+    assert [r[1:4] for r in await schedule(w, made["id"])] == [
+        ("2026-04-01", "200.00", "12.00"), ("2026-05-01", "200.00", "10.00"),
+        ("2026-06-01", "200.00", "8.00"), ("2026-07-01", "200.00", "6.00"),
+        ("2026-08-01", "200.00", "4.00"), ("2026-09-01", "200.00", "2.00"),
+    ]  # fmt: skip
+
+
 async def test_nothing_ahead_is_nothing_to_extend(client: httpx.AsyncClient) -> None:
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     await close(w, "2026-04-11")  # every installment is due
