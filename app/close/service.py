@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -28,13 +28,14 @@ from app.close.errors import (
 )
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
-from app.db import session_scope, utc_now
+from app.db import is_postgres, session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.loans.models import Loan
 from app.payments import service as payments
 from app.portfolio import close as portfolio
 from app.promises import service as promises
+from app.queueing import require_broker, send
 from app.risk import grades as risk_grades
 from app.risk import service as risk
 from app.risk.models import RiskFlag
@@ -76,10 +77,18 @@ async def request_close(principal: Principal, *, as_of: date) -> CloseRun:
     """Close ``as_of`` (and every missed date before it): in this process on the embedded
     default, on the Celery workers otherwise. Returns the run for ``as_of``."""
     principal.require(Role.ADMIN)
+    celery = get_settings().uses_celery
+    if celery:
+        await require_broker()
     async with session_scope() as session:
         dates = await plan_close(session, as_of=as_of)
-    if get_settings().uses_celery:
-        enqueue(dates)
+    if celery:
+        try:
+            enqueue(dates)
+        except Exception as exc:  # the broker went away since the ping: nothing will run them
+            for day in dates:
+                await fail_run(day, f"not queued: {type(exc).__name__}: {exc}")
+            raise
     else:
         try:
             await run_dates_in_process(dates)
@@ -104,9 +113,7 @@ async def close_yesterday() -> list[date]:
 
 def enqueue(dates: list[date]) -> None:
     """Hand the dates to the Celery workers (after the caller's commit)."""
-    from workers.celery_app import celery
-
-    celery.send_task("close.run_dates", args=[[d.isoformat() for d in dates]])
+    send("close.run_dates", [[d.isoformat() for d in dates]])
 
 
 async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
@@ -117,12 +124,13 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
         raise CloseDateInFuture(f"{as_of} has not begun yet (today is {today})")
     if as_of < (earliest := clock.earliest()):
         raise InvalidRequest.field("as_of", f"must not be before {earliest}")
+    await serialize_close_requests(session)
     last = await delinquency.business_date(session)
     if last is not None and as_of < last:
         raise CloseDateInPast(f"the business date is already {last}; {as_of} cannot be closed")
     if last is None:
         await _refuse_closing_before_evaluated(session, as_of)
-    await _refuse_concurrent(session)
+    await refuse_concurrent(session)
     if last is None or as_of == last:
         dates = [as_of]
     else:
@@ -159,7 +167,20 @@ async def _refuse_closing_before_evaluated(session: AsyncSession, as_of: date) -
         )
 
 
-async def _refuse_concurrent(session: AsyncSession) -> None:
+# Requests to close (and risk runs, which must not meet a close) take this lock in turn, so
+# each sees what the one before it stored: two that both found no close in progress each
+# queued one, whose steps collided, failed the close and set the business date back a day.
+_CLOSE_REQUESTS_LOCK = text("SELECT pg_advisory_xact_lock(7411263)")
+
+
+async def serialize_close_requests(session: AsyncSession) -> None:
+    """Until the caller's transaction ends (SQLite writes one transaction at a time)."""
+    if is_postgres(session):
+        await session.execute(_CLOSE_REQUESTS_LOCK)
+
+
+async def refuse_concurrent(session: AsyncSession) -> None:
+    """409 while a close is pending or running, unless it stopped beating (a dead worker)."""
     stale = utc_now() - timedelta(minutes=get_settings().close.stale_after_minutes)
     busy = await session.scalar(
         select(CloseRun.as_of).where(
@@ -207,29 +228,56 @@ async def chunks(step: str | None = None) -> list[Chunk]:
     ]
 
 
-async def begin_run(as_of: date) -> None:
+async def begin_run(as_of: date) -> int | None:
+    """Start a pending run: its new attempt number, which every later piece of the attempt
+    carries. None when the run is not pending (a start the broker redelivered after a
+    worker died, for a date closed since or started by another): nothing to do."""
     async with session_scope() as session:
         run = await session.get(CloseRun, as_of, with_for_update=True)
-        assert run is not None
+        if run is None or run.status != CloseStatus.PENDING:
+            log.warning("close %s is %s: not started again", as_of, run and run.status)
+            return None
         now = utc_now()
         run.status, run.started_at, run.finished_at = CloseStatus.RUNNING, now, None
         run.heartbeat_at, run.attempts, run.error = now, run.attempts + 1, None
         # The steps' timings are this attempt's; the counts stay the date's (finish_step).
         run.steps = {}
+        return run.attempts
 
 
-async def begin_step(as_of: date, step: str, chunk_count: int) -> None:
+async def _current(session: AsyncSession, as_of: date, attempt: int, *, share: bool) -> bool:
+    """Whether ``attempt`` is the run's running attempt, its row locked against a new start
+    (shared, for a chunk, so chunks and heartbeats go on beside each other). A piece of an
+    attempt since replaced (a rerun after the run went stale, and the broker redelivering
+    the dead attempt's tasks an hour later) does nothing: run again, it would close its date
+    over a book that later dates have moved on."""
+    query = select(CloseRun.attempts, CloseRun.status).where(CloseRun.as_of == as_of)
+    found = (await session.execute(query.with_for_update(read=share, key_share=share))).first()
+    current = found is not None and found == (attempt, CloseStatus.RUNNING)
+    if not current:
+        log.warning("close %s attempt %s is over: skipped", as_of, attempt)
+    return current
+
+
+async def begin_step(as_of: date, step: str, chunk_count: int, attempt: int) -> bool:
     async with session_scope() as session:
-        run = await session.get(CloseRun, as_of, with_for_update=True)
-        assert run is not None
+        if not await _current(session, as_of, attempt, share=False):
+            return False
+        run = await session.get_one(CloseRun, as_of)
         run.steps = {**run.steps, step: {"started_at": utc_now().isoformat(),
                                          "chunks": chunk_count, "status": "running"}}  # fmt: skip
         run.heartbeat_at = utc_now()
+    return True
 
 
-async def run_chunk(step: str, as_of: date, low: str | None, high: str | None) -> dict[str, int]:
-    """One step over one loan-id range, in its own transaction."""
+async def run_chunk(
+    step: str, as_of: date, low: str | None, high: str | None, attempt: int | None = None
+) -> dict[str, int]:
+    """One step over one loan-id range, in its own transaction; of ``attempt`` of the run
+    (None: unchecked, a caller that holds the run itself)."""
     async with session_scope() as session:
+        if attempt is not None and not await _current(session, as_of, attempt, share=True):
+            return {}
         if step not in WHOLE_BOOK_STEPS:
             await delinquency.lock_chunk(session, low, high)
         counts = await STEPS[step](session, as_of, low, high)
@@ -249,11 +297,13 @@ def add_counts(results: list[dict[str, int]]) -> dict[str, int]:
     return totals
 
 
-async def finish_step(as_of: date, step: str, results: list[dict[str, int]]) -> None:
+async def finish_step(as_of: date, step: str, results: list[dict[str, int]], attempt: int) -> bool:
+    """Record the step; False when ``attempt`` is over (its next step must not start)."""
     totals = add_counts(results)
     async with session_scope() as session:
-        run = await session.get(CloseRun, as_of, with_for_update=True)
-        assert run is not None
+        if not await _current(session, as_of, attempt, share=False):
+            return False
+        run = await session.get_one(CloseRun, as_of)
         entry: dict[str, Any] = dict(run.steps.get(step, {}))
         finished = utc_now()
         started = entry.get("started_at")
@@ -268,17 +318,25 @@ async def finish_step(as_of: date, step: str, results: list[dict[str, int]]) -> 
         # one after a crash keeps what the crashed attempt's finished steps did.
         run.counts = add_counts([run.counts, totals])
         run.heartbeat_at = finished
+    return True
 
 
-async def finish_run(as_of: date) -> None:
+async def finish_run(as_of: date, attempt: int) -> bool:
+    """Mark the run succeeded; False when ``attempt`` is over."""
     async with session_scope() as session:
-        run = await session.get(CloseRun, as_of, with_for_update=True)
-        assert run is not None
+        if not await _current(session, as_of, attempt, share=False):
+            return False
+        run = await session.get_one(CloseRun, as_of)
         run.status, run.finished_at, run.heartbeat_at = CloseStatus.SUCCEEDED, utc_now(), utc_now()
+    return True
 
 
-async def fail_run(as_of: date, error: str) -> None:
+async def fail_run(as_of: date, error: str, attempt: int | None = None) -> None:
+    """Mark the run failed: the attempt's, or (None) whatever the run is doing, as when the
+    request that planned it could not queue it."""
     async with session_scope() as session:
+        if attempt is not None and not await _current(session, as_of, attempt, share=False):
+            return
         run = await session.get(CloseRun, as_of, with_for_update=True)
         if run is not None:
             run.status, run.error, run.finished_at = CloseStatus.FAILED, error[:2000], utc_now()
@@ -290,17 +348,22 @@ async def fail_run(as_of: date, error: str) -> None:
 async def run_dates_in_process(dates: list[date]) -> None:
     """Close each date in order, every step over every chunk, in this process."""
     for as_of in dates:
+        attempt = await begin_run(as_of)
+        if attempt is None:
+            raise CloseInProgress(f"the close for {as_of} was started by another")
         try:
-            await begin_run(as_of)
             # The ranges cover every loan id, whatever is originated meanwhile: one list serves
             # every chunked step of the date.
             loan_ranges = await chunks()
             for step in STEPS:
                 bounds = await chunks(step) if step in WHOLE_BOOK_STEPS else loan_ranges
-                await begin_step(as_of, step, len(bounds))
+                if not await begin_step(as_of, step, len(bounds), attempt):
+                    raise CloseInProgress(f"the close for {as_of} was taken over")
                 results = [await run_chunk(step, as_of, low, high) for low, high in bounds]
-                await finish_step(as_of, step, results)
-            await finish_run(as_of)
+                if not await finish_step(as_of, step, results, attempt):
+                    raise CloseInProgress(f"the close for {as_of} was taken over")
+            if not await finish_run(as_of, attempt):
+                raise CloseInProgress(f"the close for {as_of} was taken over")
         except Exception as exc:
-            await fail_run(as_of, f"{type(exc).__name__}: {exc}")
+            await fail_run(as_of, f"{type(exc).__name__}: {exc}", attempt)
             raise

@@ -18,6 +18,7 @@ from app.db import session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.ids import new_id
+from app.queueing import require_broker, send
 from app.risk import grades
 from app.risk import service as risk
 from app.risk.models import RiskRun
@@ -43,7 +44,14 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
         raise InvalidRequest.field("as_of", "must not be after today")
     if as_of < (earliest := clock.earliest()):
         raise InvalidRequest.field("as_of", f"must not be before {earliest}")
+    celery = get_settings().uses_celery
+    if celery:
+        await require_broker()
     async with session_scope() as session:
+        # Not beside a close: queued behind one, the run would find the business date moved
+        # and fail in the workers.
+        await close_service.serialize_close_requests(session)
+        await close_service.refuse_concurrent(session)
         await _require_business_date(session, as_of)
         version, _ = await current_rules(session)
         run = RiskRun(
@@ -51,10 +59,12 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
             chunks=0, created_at=utc_now(),
         )  # fmt: skip
         session.add(run)
-    if get_settings().uses_celery:
-        from workers.celery_app import celery
-
-        celery.send_task("risk.run", args=[run.id])
+    if celery:
+        try:
+            send("risk.run", [run.id])
+        except Exception as exc:  # the broker went away since the ping
+            await fail(run.id, exc)
+            raise
         return run
     await execute(run.id)
     async with session_scope() as session:

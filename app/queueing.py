@@ -1,0 +1,39 @@
+"""Handing work from a request to the Celery workers. A request finds the broker down at once,
+before it stores anything, and is answered 503 rather than a 500 after kombu's reconnect
+attempts (about 19 s) with a run left pending that nothing will ever pick up."""
+
+from typing import Any, ClassVar
+
+import redis.asyncio as redis
+
+from app.config import get_settings
+from app.errors import LoanwatchError
+
+
+class BrokerUnavailable(LoanwatchError):
+    status = 503
+    code = "service_busy"
+    title = "Service busy"
+    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "30"}
+
+
+async def require_broker() -> None:
+    """Refuse the request while the broker does not answer a ping within a second."""
+    client = redis.from_url(get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        await client.ping()
+    except Exception as exc:  # any failure to reach it: refused, connection, timeout, auth
+        raise BrokerUnavailable(
+            f"the task queue is unreachable ({type(exc).__name__}); nothing was stored, "
+            "retry the request when it is back"
+        ) from None
+    finally:
+        await client.aclose()
+
+
+def send(task: str, args: list[Any]) -> None:
+    """Queue ``task`` without waiting for a result (the caller polls the database), so the
+    result store is not touched."""
+    from workers.celery_app import celery
+
+    celery.send_task(task, args=args, ignore_result=True)

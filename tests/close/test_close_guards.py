@@ -1,0 +1,88 @@
+"""A close is run by one attempt at a time: concurrent requests are refused, a piece of an
+attempt since replaced does nothing, and a request the task queue cannot take stores nothing."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from app.close import service as close_service
+from app.close.models import CloseRun
+from app.config import get_settings
+from app.db import session_scope
+from app.risk.models import RiskRun
+from tests.close.test_close import close, late_world
+
+
+async def test_concurrent_requests_close_a_date_once(client: httpx.AsyncClient) -> None:
+    w, loan = await late_world(client)
+    body = {"as_of": "2026-02-14"}
+    answers = await asyncio.gather(
+        *(client.post("/v1/close-runs", json=body, headers=w.admin) for _ in range(4))
+    )
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [201, 409, 409, 409], [a.text for a in answers]
+    assert {a.json()["code"] for a in answers if a.status_code == 409} == {"close_in_progress"}
+    run = await w.get("/v1/close-runs/2026-02-14", headers=w.admin)
+    assert (run["status"], run["attempts"]) == ("succeeded", 1)
+    assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-02-14"
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["days_past_due"] == 4
+
+
+async def test_an_attempt_replaced_does_nothing_when_its_tasks_come_back(
+    client: httpx.AsyncClient,
+) -> None:
+    """The broker hands a dead worker's tasks back an hour later, after a rerun has closed
+    the date and later ones: they must not close their date again over the moved book."""
+    w, loan = await late_world(client)
+    await close(w, "2026-02-14")
+    await close(w, "2026-02-20")
+    before = await w.get(f"/v1/loans/{loan['id']}")
+    run = await w.get("/v1/close-runs/2026-02-14", headers=w.admin)
+    stale = run["attempts"]  # the attempt that closed it: no longer running
+    assert await close_service.begin_run(close_service.date(2026, 2, 14)) is None
+    day = close_service.date(2026, 2, 14)
+    assert await close_service.run_chunk("delinquency", day, None, None, stale) == {}
+    assert not await close_service.begin_step(day, "delinquency", 1, stale)
+    assert not await close_service.finish_step(day, "delinquency", [{"loans_updated": 1}], stale)
+    assert not await close_service.finish_run(day, stale)
+    await close_service.fail_run(day, "a stale failure", stale)
+    after = await w.get(f"/v1/loans/{loan['id']}")
+    assert (after["days_past_due"], after["delinquency_as_of"]) == (
+        before["days_past_due"], "2026-02-20",
+    )  # fmt: skip
+    assert await w.get("/v1/close-runs/2026-02-14", headers=w.admin) == run
+    assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-02-20"
+
+
+async def count(model: type) -> int:
+    async with session_scope() as session:
+        return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def test_without_the_task_queue_a_close_or_risk_run_stores_nothing(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, _ = await late_world(client)
+    runs = await count(CloseRun)
+    monkeypatch.setattr(get_settings(), "in_process_scheduler", False)
+    monkeypatch.setattr(get_settings(), "redis_url", "redis://127.0.0.1:9/0")  # nothing there
+    started = time.monotonic()
+    for path, body in (("/v1/close-runs", {"as_of": "2026-02-14"}),
+                       ("/v1/risk/runs", {"as_of": "2026-01-10"})):  # fmt: skip
+        refused = await client.post(path, json=body, headers=w.admin)
+        assert (refused.status_code, refused.json()["code"]) == (503, "service_busy"), path
+        assert refused.headers["retry-after"] == "30"
+    assert time.monotonic() - started < 10
+    assert (await count(CloseRun), await count(RiskRun)) == (runs, 0)
+
+
+async def test_a_risk_run_waits_for_the_close(client: httpx.AsyncClient) -> None:
+    w, _ = await late_world(client)
+    async with session_scope() as session:  # a close queued for the workers
+        await close_service.plan_close(session, as_of=close_service.date(2026, 1, 11))
+    refused = await client.post("/v1/risk/runs", json={"as_of": "2026-01-10"}, headers=w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "close_in_progress")
+    assert await count(RiskRun) == 0
