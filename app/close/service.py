@@ -147,7 +147,9 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
             session.add(CloseRun(as_of=day, status=CloseStatus.PENDING, counts={}, steps={},
                                  attempts=0, heartbeat_at=utc_now()))  # fmt: skip
         else:
+            # Queued again: the last attempt's end and timings no longer describe it.
             run.status, run.error, run.heartbeat_at = CloseStatus.PENDING, None, utc_now()
+            run.finished_at, run.steps = None, {}
     return dates
 
 
