@@ -72,10 +72,12 @@ class TransactionRead(BaseModel):
     id: str
     loan_id: str
     kind: str = Field(
-        description="disbursement, payment, reversal, refund, late_fee, fee_waiver, "
-        "late_fee_forgiven (a payoff dated before the installment was due: never late), "
-        "late_fee_reinstated (that payoff reversed); amounts are positive, the kind says "
-        "which way they count"
+        description="disbursement, payment, reversal, refund (a cancellation: what the "
+        "borrower is owed back), refund_reduced (a reversal on a cancelled loan: owed back "
+        "no more), late_fee, fee_waiver, late_fee_forgiven (a replay found the fee charged "
+        "too soon: the payments received by its night had settled the installment), "
+        "late_fee_reinstated (owed again: such a payment reversed); amounts are positive, "
+        "the kind says which way they count"
     )
     amount: str
     currency: str

@@ -181,9 +181,10 @@ async def record_payment(
         reckon=False,
     )  # fmt: skip
     await events.emit(session, "payment.received", payment_event_data(loan, payment), loan=loan)
-    if loan.status == LoanStatus.PAID_OFF and status_before != LoanStatus.PAID_OFF:
-        await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
     await _reckon(session, loan, position, as_of, status_before)
+    if loan.status == LoanStatus.PAID_OFF and status_before != LoanStatus.PAID_OFF:
+        # After the reckoning: it tells the loan as it ends, out of every bucket.
+        await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
     return PaymentView(payment, loan.currency, position.allocations_of(payment.id), view)
 
 
@@ -389,10 +390,13 @@ def _take_back_from_refund(
     loan.credit_balance_minor -= payment.amount_minor - allocated
     loan.refund_due_minor -= allocated
     if allocated:
+        loan.paid_off_on = None  # its installments are no longer all paid
+        # The refund it reduces was owed from the cancellation, whenever the payment bounced.
+        effective_on = max(reversed_on, loan.cancelled_on or reversed_on)
         session.add(
             LedgerTransaction(
                 loan_id=loan.id, kind=TransactionKind.REFUND_REDUCED, amount_minor=allocated,
-                currency=loan.currency, effective_on=reversed_on, payment_id=payment.id,
+                currency=loan.currency, effective_on=effective_on, payment_id=payment.id,
                 created_at=utc_now(),
             )
         )  # fmt: skip

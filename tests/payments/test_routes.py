@@ -110,6 +110,22 @@ async def test_partial_payment_pays_interest_before_principal(client: httpx.Asyn
     assert schedule["installments"][0]["paid"] == "100.00"
 
 
+async def test_a_late_loan_paid_off_ends_out_of_every_bucket(client: httpx.AsyncClient) -> None:
+    w, loan = await three_month_loan(client)
+    await w.post("/v1/close-runs", {"as_of": "2026-02-25"}, headers=w.admin, expect=201)
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["bucket"] == "1-30"
+    payoff = (await w.get(f"/v1/loans/{loan['id']}"))["balances"]["payoff_amount"]
+    await w.pay(loan["id"], payoff)  # today: the payoff quoted is as of today
+    feed = (await w.get("/v1/events?limit=200", headers=w.admin))["items"]
+    mine = [e for e in feed if e["data"].get("loan_id") == loan["id"]]
+    types = [e["type"] for e in mine if not e["type"].startswith("risk.")]
+    assert types[-3:] == ["payment.received", "loan.delinquency_changed", "loan.paid_off"]
+    paid_off = next(e["data"] for e in mine if e["type"] == "loan.paid_off")
+    assert (paid_off["status"], paid_off["days_past_due"], paid_off["bucket"]) == (
+        "paid_off", 0, "current",
+    )  # fmt: skip
+
+
 async def test_payoff_waives_later_interest_and_pays_off(client: httpx.AsyncClient) -> None:
     w, loan = await three_month_loan(client)
     # Before the first due date, payoff = 1200 principal + the current period's 12.00 interest.

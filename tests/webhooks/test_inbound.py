@@ -253,7 +253,8 @@ async def test_a_cancelled_loan_owes_back_only_money_that_stands(
                         received_on=str(clock.today()), external_ref="dd-after")  # fmt: skip
     assert (await post(client, *signed(secret, back, "msg_back_after"))).status_code == 200
     # The POS's own payment, bounced, leaves nothing owed back.
-    await w.post(f"/v1/payments/{cash['id']}/reverse", {"reason": "nsf"}, expect=200)
+    await w.post(f"/v1/payments/{cash['id']}/reverse",
+                 {"reason": "nsf", "reversed_on": "2026-02-06"}, expect=200)  # fmt: skip
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert (got["balances"]["refund_due"], got["balances"]["credit_balance"]) == ("0.00", "0.00")
     await assert_ledger_invariant(loan["id"])
@@ -266,6 +267,11 @@ async def test_a_cancelled_loan_owes_back_only_money_that_stands(
     for t in (await w.get(f"/v1/loans/{loan['id']}/transactions?limit=200"))["items"]:
         kinds[t["kind"]] = kinds.get(t["kind"], Decimal(0)) + Decimal(t["amount"])
     assert (kinds["refund"], kinds["refund_reduced"]) == (Decimal("350.00"), Decimal("350.00"))
+    # Dated from the cancellation at the earliest: the refund was not owed before it.
+    rows = (await w.get(f"/v1/loans/{loan['id']}/transactions?limit=200"))["items"]
+    assert {t["effective_on"] for t in rows if t["kind"] == "refund_reduced"} == {
+        cancelled["cancelled_on"],
+    }  # fmt: skip
 
 
 async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient) -> None:
