@@ -78,10 +78,10 @@ async def request_close(principal: Principal, *, as_of: date) -> CloseRun:
     default, on the Celery workers otherwise. Returns the run for ``as_of``."""
     principal.require(Role.ADMIN)
     celery = get_settings().uses_celery
-    if celery:
-        await require_broker()
     async with session_scope() as session:
         dates = await plan_close(session, as_of=as_of)
+        if celery:  # after the request's own checks; unreachable, the plan rolls back
+            await require_broker()
     if celery:
         try:
             enqueue(dates)

@@ -45,14 +45,14 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
     if as_of < (earliest := clock.earliest()):
         raise InvalidRequest.field("as_of", f"must not be before {earliest}")
     celery = get_settings().uses_celery
-    if celery:
-        await require_broker()
     async with session_scope() as session:
         # Not beside a close: queued behind one, the run would find the business date moved
         # and fail in the workers.
         await close_service.serialize_close_requests(session)
         await close_service.refuse_concurrent(session)
         await _require_business_date(session, as_of)
+        if celery:  # after the request's own checks; unreachable, nothing is stored
+            await require_broker()
         version, _ = await current_rules(session)
         run = RiskRun(
             id=new_id("rrun"), as_of=as_of, status="pending", rules_version=version, counts={},

@@ -77,6 +77,9 @@ async def test_without_the_task_queue_a_close_or_risk_run_stores_nothing(
         assert refused.headers["retry-after"] == "30"
     assert time.monotonic() - started < 10
     assert (await count(CloseRun), await count(RiskRun)) == (runs, 0)
+    # Bad input is told so first, whatever the queue.
+    future = await client.post("/v1/close-runs", json={"as_of": "2999-01-01"}, headers=w.admin)
+    assert (future.status_code, future.json()["code"]) == (422, "close_date_in_future")
 
 
 async def test_a_risk_run_waits_for_the_close(client: httpx.AsyncClient) -> None:
