@@ -17,18 +17,25 @@ class BrokerUnavailable(LoanwatchError):
     headers: ClassVar[dict[str, str] | None] = {"Retry-After": "30"}
 
 
-async def require_broker() -> None:
-    """Refuse the request while the broker does not answer a ping within a second."""
+async def broker_failure() -> str | None:
+    """Why the broker does not answer a ping within a second (the exception's name), or None."""
     client = redis.from_url(get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1)
     try:
         await client.ping()
     except Exception as exc:  # any failure to reach it: refused, connection, timeout, auth
-        raise BrokerUnavailable(
-            f"the task queue is unreachable ({type(exc).__name__}); nothing was stored, "
-            "retry the request when it is back"
-        ) from None
+        return type(exc).__name__
     finally:
         await client.aclose()
+    return None
+
+
+async def require_broker() -> None:
+    """Refuse the request while the broker is unreachable."""
+    if (failure := await broker_failure()) is not None:
+        raise BrokerUnavailable(
+            f"the task queue is unreachable ({failure}); nothing was stored, "
+            "retry the request when it is back"
+        )
 
 
 def send(task: str, args: list[Any]) -> None:

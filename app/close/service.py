@@ -247,25 +247,27 @@ async def begin_run(as_of: date) -> int | None:
         return run.attempts
 
 
-async def _current(session: AsyncSession, as_of: date, attempt: int, *, share: bool) -> bool:
-    """Whether ``attempt`` is the run's running attempt, its row locked against a new start
+async def _current(
+    session: AsyncSession, as_of: date, attempt: int, *, share: bool
+) -> CloseRun | None:
+    """The run, if ``attempt`` is its running attempt, its row locked against a new start
     (shared, for a chunk, so chunks and heartbeats go on beside each other). A piece of an
     attempt since replaced (a rerun after the run went stale, and the broker redelivering
     the dead attempt's tasks an hour later) does nothing: run again, it would close its date
     over a book that later dates have moved on."""
-    query = select(CloseRun.attempts, CloseRun.status).where(CloseRun.as_of == as_of)
-    found = (await session.execute(query.with_for_update(read=share, key_share=share))).first()
-    current = found is not None and found == (attempt, CloseStatus.RUNNING)
-    if not current:
+    run = await session.scalar(
+        select(CloseRun).where(CloseRun.as_of == as_of).with_for_update(read=share, key_share=share)
+    )
+    if run is None or (run.attempts, run.status) != (attempt, CloseStatus.RUNNING):
         log.warning("close %s attempt %s is over: skipped", as_of, attempt)
-    return current
+        return None
+    return run
 
 
 async def begin_step(as_of: date, step: str, chunk_count: int, attempt: int) -> bool:
     async with session_scope() as session:
-        if not await _current(session, as_of, attempt, share=False):
+        if (run := await _current(session, as_of, attempt, share=False)) is None:
             return False
-        run = await session.get_one(CloseRun, as_of)
         run.steps = {**run.steps, step: {"started_at": utc_now().isoformat(),
                                          "chunks": chunk_count, "status": "running"}}  # fmt: skip
         run.heartbeat_at = utc_now()
@@ -278,7 +280,7 @@ async def run_chunk(
     """One step over one loan-id range, in its own transaction; of ``attempt`` of the run
     (None: unchecked, a caller that holds the run itself)."""
     async with session_scope() as session:
-        if attempt is not None and not await _current(session, as_of, attempt, share=True):
+        if attempt is not None and await _current(session, as_of, attempt, share=True) is None:
             return {}
         if step not in WHOLE_BOOK_STEPS:
             await delinquency.lock_chunk(session, low, high)
@@ -303,9 +305,8 @@ async def finish_step(as_of: date, step: str, results: list[dict[str, int]], att
     """Record the step; False when ``attempt`` is over (its next step must not start)."""
     totals = add_counts(results)
     async with session_scope() as session:
-        if not await _current(session, as_of, attempt, share=False):
+        if (run := await _current(session, as_of, attempt, share=False)) is None:
             return False
-        run = await session.get_one(CloseRun, as_of)
         entry: dict[str, Any] = dict(run.steps.get(step, {}))
         finished = utc_now()
         started = entry.get("started_at")
@@ -326,9 +327,8 @@ async def finish_step(as_of: date, step: str, results: list[dict[str, int]], att
 async def finish_run(as_of: date, attempt: int) -> bool:
     """Mark the run succeeded; False when ``attempt`` is over."""
     async with session_scope() as session:
-        if not await _current(session, as_of, attempt, share=False):
+        if (run := await _current(session, as_of, attempt, share=False)) is None:
             return False
-        run = await session.get_one(CloseRun, as_of)
         run.status, run.finished_at, run.heartbeat_at = CloseStatus.SUCCEEDED, utc_now(), utc_now()
     return True
 
@@ -337,9 +337,10 @@ async def fail_run(as_of: date, error: str, attempt: int | None = None) -> None:
     """Mark the run failed: the attempt's, or (None) whatever the run is doing, as when the
     request that planned it could not queue it."""
     async with session_scope() as session:
-        if attempt is not None and not await _current(session, as_of, attempt, share=False):
-            return
-        run = await session.get(CloseRun, as_of, with_for_update=True)
+        if attempt is None:
+            run = await session.get(CloseRun, as_of, with_for_update=True)
+        else:
+            run = await _current(session, as_of, attempt, share=False)
         if run is not None:
             run.status, run.error, run.finished_at = CloseStatus.FAILED, error[:2000], utc_now()
 

@@ -1,6 +1,5 @@
 """Liveness and readiness for load balancers and orchestrators."""
 
-import redis.asyncio as redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
@@ -9,6 +8,7 @@ from app.api.routing import StrictRoute
 from app.config import get_settings
 from app.db import database
 from app.ops import metrics
+from app.queueing import broker_failure
 
 router = APIRouter(tags=["operations"], route_class=StrictRoute)
 
@@ -34,14 +34,8 @@ async def readyz() -> JSONResponse:
         checks["database"] = f"unavailable: {type(exc).__name__}"
     settings = get_settings()
     if settings.uses_celery:
-        client = redis.from_url(settings.redis_url, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            await client.ping()
-            checks["broker"] = "ok"
-        except Exception as exc:
-            checks["broker"] = f"unavailable: {type(exc).__name__}"
-        finally:
-            await client.aclose()
+        failure = await broker_failure()
+        checks["broker"] = "ok" if failure is None else f"unavailable: {failure}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
                         status_code=200 if ready else 503)  # fmt: skip

@@ -121,11 +121,6 @@ async def record_payment(
         )
     if external_ref is not None:
         await _refuse_duplicate(session, loan.id, external_ref)
-    if loan.status == LoanStatus.CANCELLED:
-        return await _credit_cancelled_loan(
-            session, loan, amount_minor, received_on, channel, external_ref, gateway
-        )
-
     payment = Payment(
         id=new_id("pay"),
         loan_id=loan.id,
@@ -137,6 +132,8 @@ async def record_payment(
         status=PaymentStatus.APPLIED,
         created_at=utc_now(),
     )
+    if loan.status == LoanStatus.CANCELLED:
+        return await _credit_cancelled_loan(session, loan, payment)
     installments = await loans_service.load_installments(session, loan.id)
     earlier = await _applied_payments(session, loan.id)
     terms, fee_rows = await _terms(session, installments)
@@ -338,26 +335,15 @@ def payment_event_data(loan: Loan, payment: Payment) -> dict[str, object]:
 
 
 async def _credit_cancelled_loan(
-    session: AsyncSession,
-    loan: Loan,
-    amount_minor: int,
-    received_on: date,
-    channel: str,
-    external_ref: str | None,
-    gateway: str | None,
+    session: AsyncSession, loan: Loan, payment: Payment
 ) -> PaymentView:
     """A gateway's debit on a returned purchase: money taken that nothing is owed for. It pays
     no installment (the refund stated at cancellation stands) and all of it is credit
     balance, owed back beside the refund."""
-    payment = Payment(
-        id=new_id("pay"), loan_id=loan.id, amount_minor=amount_minor, received_on=received_on,
-        channel=channel, external_ref=external_ref, gateway=gateway,
-        status=PaymentStatus.APPLIED, created_at=utc_now(),
-    )  # fmt: skip
     session.add(payment)
     await session.flush()  # before the ledger row that references it
-    _ledger(session, loan, TransactionKind.PAYMENT, payment, received_on)
-    loan.credit_balance_minor += amount_minor
+    _ledger(session, loan, TransactionKind.PAYMENT, payment, payment.received_on)
+    loan.credit_balance_minor += payment.amount_minor
     await events.emit(session, "payment.received", payment_event_data(loan, payment), loan=loan)
     return PaymentView(payment, loan.currency, [], await loans_service.loan_view(session, loan))
 
