@@ -35,7 +35,7 @@ from app.loans.models import Loan
 from app.payments import service as payments
 from app.portfolio import close as portfolio
 from app.promises import service as promises
-from app.queueing import require_broker, send
+from app.queueing import BrokerUnavailable, require_broker, send
 from app.risk import grades as risk_grades
 from app.risk import service as risk
 from app.risk.models import RiskFlag
@@ -82,14 +82,17 @@ async def request_close(principal: Principal, *, as_of: date) -> CloseRun:
         dates = await plan_close(session, as_of=as_of)
         if celery:  # after the request's own checks; unreachable, the plan rolls back
             await require_broker()
-    if celery:
-        try:
-            enqueue(dates)
-        except Exception as exc:  # the broker went away since the ping: nothing will run them
-            for day in dates:
-                await fail_run(day, f"not queued: {type(exc).__name__}: {exc}")
-            raise
-    else:
+            # Queued before the plan commits, so a failed send leaves every run as it was
+            # (a rerun of the business date marked failed would set the date back a day);
+            # a worker that takes the task first waits for the commit in begin_run.
+            try:
+                enqueue(dates)
+            except Exception as exc:  # the broker went away since the ping
+                raise BrokerUnavailable(
+                    f"the task queue refused the close ({type(exc).__name__}); nothing was "
+                    "stored, retry the request"
+                ) from exc
+    if not celery:
         try:
             await run_dates_in_process(dates)
         except Exception:
@@ -235,6 +238,8 @@ async def begin_run(as_of: date) -> int | None:
     carries. None when the run is not pending (a start the broker redelivered after a
     worker died, for a date closed since or started by another): nothing to do."""
     async with session_scope() as session:
+        # The request that queued the task may not have committed its plan yet.
+        await serialize_close_requests(session)
         run = await session.get(CloseRun, as_of, with_for_update=True)
         if run is None or run.status != CloseStatus.PENDING:
             log.warning("close %s is %s: not started again", as_of, run and run.status)
@@ -333,15 +338,10 @@ async def finish_run(as_of: date, attempt: int) -> bool:
     return True
 
 
-async def fail_run(as_of: date, error: str, attempt: int | None = None) -> None:
-    """Mark the run failed: the attempt's, or (None) whatever the run is doing, as when the
-    request that planned it could not queue it."""
+async def fail_run(as_of: date, error: str, attempt: int) -> None:
+    """Mark the attempt failed, unless it has been replaced."""
     async with session_scope() as session:
-        if attempt is None:
-            run = await session.get(CloseRun, as_of, with_for_update=True)
-        else:
-            run = await _current(session, as_of, attempt, share=False)
-        if run is not None:
+        if (run := await _current(session, as_of, attempt, share=False)) is not None:
             run.status, run.error, run.finished_at = CloseStatus.FAILED, error[:2000], utc_now()
 
 

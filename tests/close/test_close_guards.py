@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+from celery import Celery
 from sqlalchemy import func, select
 
 from app.close import service as close_service
@@ -80,6 +81,45 @@ async def test_without_the_task_queue_a_close_or_risk_run_stores_nothing(
     # Bad input is told so first, whatever the queue.
     future = await client.post("/v1/close-runs", json={"as_of": "2999-01-01"}, headers=w.admin)
     assert (future.status_code, future.json()["code"]) == (422, "close_date_in_future")
+
+
+async def test_a_close_the_queue_refuses_after_the_ping_changes_no_run(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker answers the ping, then goes away before the close is queued: a rerun of
+    the business date stays succeeded (marked failed, it set the business date back a day)
+    and a new date is not stored."""
+    w, _ = await late_world(client)
+    await close(w, "2026-02-14")
+    before = await w.get("/v1/close-runs/2026-02-14", headers=w.admin)
+    runs = await count(CloseRun)
+    import workers.celery_app  # after the tests' settings are in place (its broker is theirs)
+
+    monkeypatch.setattr(get_settings(), "in_process_scheduler", False)
+    gone = Celery("gone", broker="redis://127.0.0.1:9/0")  # the ping still reaches Redis
+    gone.conf.update(task_publish_retry=False, broker_connection_timeout=1)
+    monkeypatch.setattr(workers.celery_app, "celery", gone)
+    for as_of in ("2026-02-14", "2026-02-15"):
+        refused = await client.post("/v1/close-runs", json={"as_of": as_of}, headers=w.admin)
+        assert (refused.status_code, refused.json()["code"]) == (503, "service_busy"), as_of
+    assert await w.get("/v1/close-runs/2026-02-14", headers=w.admin) == before
+    assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-02-14"
+    assert await count(CloseRun) == runs
+
+
+async def test_a_worker_starts_a_close_only_once_its_request_committed(
+    client: httpx.AsyncClient,
+) -> None:
+    """The task is queued inside the request's transaction: a worker quick to take it must
+    find the run pending, not the state before the request."""
+    await late_world(client)
+    day = close_service.date(2026, 2, 14)
+    async with session_scope() as session:
+        await close_service.plan_close(session, as_of=day)
+        start = asyncio.create_task(close_service.begin_run(day))
+        await asyncio.sleep(0.5)
+        assert not start.done()  # waiting for the plan, not skipping a run it cannot see
+    assert await start == 1
 
 
 async def test_a_risk_run_waits_for_the_close(client: httpx.AsyncClient) -> None:
