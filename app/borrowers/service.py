@@ -27,7 +27,11 @@ from app.risk.score import PERFECT
 # Read on every origination and payment: built once (construction and cache key cost CPU on
 # each call).
 _BORROWER = select(Borrower).where(Borrower.id == bindparam("borrower_id"))
-_BORROWER_FOR_UPDATE = _BORROWER.with_for_update()
+# A borrower's row is locked FOR NO KEY UPDATE (PostgreSQL): that does not wait for the key
+# share a write to one of their loans takes on it (the loan's foreign key, checked again when
+# a transaction updates its loan twice), so payments on two of a borrower's loans, each then
+# re-grading the borrower, do not deadlock. It still serialises the writers of the borrower.
+_BORROWER_FOR_UPDATE = _BORROWER.with_for_update(key_share=True)
 # Origination's first statement: the borrower locked and the product read (not locked) in one
 # round trip. The exposure is read by a later statement, after the lock is held: a statement
 # that waits for a lock reads the other tables as of its start.
@@ -35,7 +39,7 @@ _BORROWER_FOR_UPDATE_WITH_PRODUCT = (
     select(Borrower, Product)
     .outerjoin(Product, Product.code == bindparam("product_code"))
     .where(Borrower.id == bindparam("borrower_id"))
-    .with_for_update(of=Borrower)
+    .with_for_update(of=Borrower, key_share=True)
 )
 _EXPOSURE = select(func.coalesce(func.sum(Loan.principal_outstanding_minor), 0)).where(
     Loan.borrower_id == bindparam("borrower_id"), Loan.status.in_(OPEN_STATUSES)
