@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -457,6 +457,19 @@ async def update_rows(
         await session.execute(bulk, _as_arrays(table, rows, "a_"))
     else:
         await session.execute(bulk, [{f"a_{c}": row[c] for c in columns} for row in rows])
+
+
+async def insert_unless_taken(session: AsyncSession, row: object) -> bool:
+    """Insert ``row`` (a table whose only constraint is its primary key); False when a
+    concurrent twin took the key between the caller's check and this insert: its savepoint
+    is rolled back and the caller answers as for a key taken before."""
+    try:
+        async with session.begin_nested():
+            session.add(row)
+            await session.flush()
+    except IntegrityError:
+        return False
+    return True
 
 
 def is_postgres(session: AsyncSession) -> bool:

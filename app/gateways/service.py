@@ -15,7 +15,7 @@ from app.api.idempotency import canonical
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.config import get_settings
-from app.db import execute_counting, insert_for, utc_now
+from app.db import execute_counting, insert_for, insert_unless_taken, utc_now
 from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from app.events import service as events
@@ -76,8 +76,8 @@ async def register(session: AsyncSession, principal: Principal, *, name: str) ->
     if await session.get(Gateway, name) is not None:
         raise GatewayExists(f"a gateway named {name} exists")
     gateway = Gateway(name=name, secret=signing.generate_secret(), created_at=utc_now())
-    session.add(gateway)
-    await session.flush()
+    if not await insert_unless_taken(session, gateway):
+        raise GatewayExists(f"a gateway named {name} exists")
     return gateway
 
 

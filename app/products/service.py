@@ -6,7 +6,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
-from app.db import Rate
+from app.db import Rate, insert_unless_taken
 from app.delinquency.rules import LateFeePolicy
 from app.errors import Conflict, InvalidRequest, NotFound
 from app.loans.schedule import Amortization
@@ -85,8 +85,8 @@ async def create_product(
             "origination_fee.percent", origination.percent
         )
         product.origination_fee_collection = origination.collection
-    session.add(product)
-    await session.flush()
+    if not await insert_unless_taken(session, product):
+        raise ProductCodeTaken(f"a product with code {spec.code} exists")
     return product
 
 

@@ -1,5 +1,6 @@
 """Products over HTTP: what a product's policy may say."""
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -54,3 +55,18 @@ async def test_a_late_fee_cap_that_can_bind_is_accepted(client: httpx.AsyncClien
         assert response.json()["late_fee"] == {**late_fee, **{
             "amount": late_fee.get("amount"), "percent": late_fee.get("percent"),
         }}  # fmt: skip
+
+
+async def test_twins_created_at_once_are_told_the_code_is_taken(client: httpx.AsyncClient) -> None:
+    """The uniqueness check and the insert are apart: a concurrent twin that passed the check
+    is told what a later one is, not a generic conflict."""
+    w = await world(client)
+    for path, twin, code in (
+        ("/v1/products", body(code="TWIN"), "product_code_taken"),
+        ("/v1/gateways", {"name": "twinpay"}, "gateway_exists"),
+    ):
+        answers = await asyncio.gather(
+            *(client.post(path, json=twin, headers=w.admin) for _ in range(4))
+        )
+        assert sorted(a.status_code for a in answers) == [201, 409, 409, 409], path
+        assert {a.json()["code"] for a in answers if a.status_code == 409} == {code}, path
