@@ -71,6 +71,21 @@ def first_past_30(
     return min(days, default=None)
 
 
+def cure_date(as_of: date, installments: Iterable[tuple[DueInstallment, date | None]]) -> date:
+    """The day a loan found current as of ``as_of`` left its arrears: ``as_of``, or the later
+    day on which a payment received after it (today's, counted while yesterday is the
+    business date) settled the last installment that was past due, as tonight's close and
+    a catch-up date it."""
+    return max(
+        (
+            settled_on
+            for installment, settled_on in installments
+            if settled_on is not None and installment.due_date < as_of < settled_on
+        ),
+        default=as_of,
+    )
+
+
 def bucket_for(dpd: int) -> Bucket:
     if dpd <= 0:
         return Bucket.CURRENT

@@ -44,6 +44,7 @@ from app.delinquency.rules import (
     Bucket,
     DueInstallment,
     bucket_for,
+    cure_date,
     days_past_due,
     first_past_30,
     status_for,
@@ -156,7 +157,7 @@ def apply_delinquency(
     if bucket != loan.bucket and onwards:
         loan.previous_bucket = loan.bucket
         if bucket == Bucket.CURRENT:
-            loan.cured_on = as_of
+            loan.cured_on = cure_date(as_of, due)
     loan.days_past_due, loan.bucket, loan.status = dpd, bucket, status
     loan.delinquency_as_of = as_of
     # From the replayed history, not kept once set: payments booked back-dated after the loan

@@ -339,11 +339,11 @@ def _features_query(
     tolerance = delinquency.tolerance_sql()
     # A close settles as of the date evaluated: a payment received after it (a catch-up, or
     # today's when yesterday is closed) has not settled anything yet. Counting every payment,
-    # it has settled what was due by then too (arrears paid today), not an installment due
-    # later.
+    # arrears paid today are no longer unpaid (the flags they raised clear), but how late an
+    # installment was settled counts from the settlement's date (late_drift is raised on it,
+    # not the day before, as tonight's close and a catch-up raise it).
     unpaid = delinquency.unpaid_now_sql() if every_payment else delinquency.unpaid_sql(as_of_sql)
-    settled = i.paid_on <= as_of_sql
-    paid_on = case((or_(settled, i.due_date <= as_of_sql) if every_payment else settled, i.paid_on))
+    paid_on = case((i.paid_on <= as_of_sql, i.paid_on))
     late = days_between(as_of_sql, i.due_date)
     one_loan = scope_kind == "loan"
     scope = _scope(scope_kind, has_low, has_high)

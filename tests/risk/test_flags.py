@@ -286,6 +286,22 @@ async def test_cure_relapse(client: httpx.AsyncClient) -> None:
     assert flag["evidence"]["cured_on"] == "2026-02-20"
 
 
+async def test_a_cure_paid_after_the_business_date_dates_from_its_payment(
+    client: httpx.AsyncClient,
+) -> None:
+    """Today's payment, recorded while yesterday is the business date, ends the arrears
+    today: the cure is dated as tonight's close (or a catch-up) would date it."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    await w.pay(loan_id, "432.00", "2026-02-21")
+    await close(w, "2026-03-14")
+    flag = (await flags(w, loan_id))["cure_relapse"]
+    assert (flag["evidence"]["cured_on"], flag["evidence"]["cured_days_before_relapse"]) == (
+        "2026-02-21", 18,
+    )  # fmt: skip
+
+
 async def test_a_first_close_before_the_booking_date_is_no_cure(client: httpx.AsyncClient) -> None:
     """A loan booked before the first close is reckoned as of today; a first close for an
     earlier date sees it earlier, not cured: no cure_relapse when it falls late."""
@@ -653,6 +669,25 @@ async def test_late_drift(client: httpx.AsyncClient) -> None:
     assert "late_drift" in await flags(w, loan_id)  # from its date, not as of May 16
     await close(w, "2026-06-10")
     assert "late_drift" not in await flags(w, loan_id)
+
+
+async def test_late_drift_paid_after_the_business_date_is_raised_on_its_date(
+    client: httpx.AsyncClient,
+) -> None:
+    """Today's late payment, recorded while yesterday is the business date, counts how late
+    it settled from today: the flag is raised by tonight's close, not dated the day before
+    the settlement its evidence names."""
+    w = await setup(client)
+    loan_id = await six_month_loan(w)
+    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-12"),
+                        ("208.00", "2026-04-14")):  # fmt: skip
+        await w.pay(loan_id, amount, day)  # 0, 2, 4 days late
+    await close(w, "2026-05-15")
+    await w.pay(loan_id, "206.00", "2026-05-16")  # 6 days late
+    assert "late_drift" not in await flags(w, loan_id)
+    await close(w, "2026-05-16")
+    flag = (await flags(w, loan_id))["late_drift"]
+    assert (flag["raised_on"], flag["evidence"]["last_settled_on"]) == ("2026-05-16", "2026-05-16")
 
 
 async def test_late_drift_narrowly_not(client: httpx.AsyncClient) -> None:
