@@ -6,7 +6,15 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    field_validator,
+)
 
 from app.delinquency.rules import Bucket
 from app.money import RATE_PATTERN, format_minor
@@ -57,6 +65,14 @@ Threshold = Annotated[int, Strict()]
 Ratio = Annotated[Decimal, BeforeValidator(_decimal_text)]
 
 
+# An escalation's threshold and the one it follows (declared before it).
+_FOLLOWS = {
+    "first_payment_default_high_days": ("first_payment_default_days", ">="),
+    "consecutive_missed_critical_count": ("consecutive_missed_count", ">="),
+    "partial_payment_min_periods": ("partial_payment_periods", "<="),
+}
+
+
 class RiskRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -83,19 +99,16 @@ class RiskRules(BaseModel):
     # due (counted from the first loan's disbursement or the last cure, whichever is later).
     limit_recovery_clean_days: Threshold = Field(default=182, ge=1, le=730)
 
-    @model_validator(mode="after")
-    def _escalations_follow_their_threshold(self) -> "RiskRules":
-        if self.first_payment_default_high_days < self.first_payment_default_days:
-            raise ValueError(
-                "first_payment_default_high_days must be >= first_payment_default_days"
-            )
-        if self.partial_payment_min_periods > self.partial_payment_periods:
-            raise ValueError("partial_payment_min_periods must be <= partial_payment_periods")
-        if self.consecutive_missed_critical_count < self.consecutive_missed_count:
-            raise ValueError(
-                "consecutive_missed_critical_count must be >= consecutive_missed_count"
-            )
-        return self
+    @field_validator(*_FOLLOWS)
+    @classmethod
+    def _follows_its_threshold(cls, value: int, info: ValidationInfo) -> int:
+        # A field check, not a model one, so the error names the field (fields validate in
+        # order: the threshold it follows is in ``info.data`` unless it failed itself).
+        other, relation = _FOLLOWS[str(info.field_name)]
+        bound = info.data.get(other)
+        if bound is not None and (value < bound if relation == ">=" else value > bound):
+            raise ValueError(f"must be {relation} {other} ({bound})")
+        return value
 
 
 @dataclass(frozen=True, slots=True)

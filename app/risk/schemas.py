@@ -13,12 +13,24 @@ class RulesRead(BaseModel):
     rules: RiskRules
 
 
+def _either_form(schema: dict[str, Any]) -> None:
+    """The document describes both bodies the route takes: this object, or the thresholds
+    alone (the ``rules`` object's schema)."""
+    wrapped = dict(schema)
+    schema.clear()
+    schema.update(
+        title=wrapped.pop("title", "RulesUpdate"),
+        description=wrapped.pop("description", ""),
+        anyOf=[wrapped, wrapped["properties"]["rules"]],
+    )
+
+
 class RulesUpdate(BaseModel):
     """The body of ``PUT /v1/risk/rules``: what ``GET`` returned, changed (``version`` then
     guards against a change made since), or the thresholds alone. A threshold left out takes
     its default: a PUT replaces the whole set."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_either_form)
 
     version: int | None = Field(
         default=None,

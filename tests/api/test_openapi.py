@@ -144,3 +144,19 @@ async def test_the_document_describes_what_subscribers_receive(client: httpx.Asy
     received = WebhookPayload.model_validate_json(sent)
     assert set(json.loads(sent)) == set(payload["required"]) == {"type", "timestamp", "data"}
     assert received.data == {"x": 1, "sequence": 9}
+
+
+async def test_the_rules_put_documents_both_bodies_it_takes(client: httpx.AsyncClient) -> None:
+    """GET's answer changed (version and rules), or the thresholds alone (docs/risk.md): a
+    bare ``{}`` puts the defaults, so the document must describe it too."""
+    document = (await client.get("/openapi.json")).json()
+    body = document["paths"]["/v1/risk/rules"]["put"]["requestBody"]["content"]
+    update = document["components"]["schemas"][body["application/json"]["schema"]["$ref"][21:]]
+    wrapped, bare = update["anyOf"]
+    assert (wrapped["required"], wrapped["additionalProperties"]) == (["rules"], False)
+    assert bare == wrapped["properties"]["rules"]
+    thresholds = document["components"]["schemas"][bare["$ref"][21:]]
+    assert "required" not in thresholds  # every threshold has its default
+    w = await world(client)
+    answer = await client.put("/v1/risk/rules", json={}, headers=w.admin)
+    assert answer.status_code == 200, answer.text

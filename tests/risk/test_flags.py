@@ -379,9 +379,22 @@ async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) 
     bad = await client.put("/v1/risk/rules", json={**rules, "first_payment_default_high_days": 4},
                            headers=w.admin)  # fmt: skip
     assert bad.status_code == 422
-    assert bad.json()["errors"][0]["message"] == (
-        "first_payment_default_high_days must be >= first_payment_default_days"
-    )
+    assert bad.json()["errors"] == [{
+        "field": "first_payment_default_high_days",
+        "message": "must be >= first_payment_default_days (5)",
+        "type": "value_error",
+    }]  # fmt: skip
+    # The field named whichever of the two was changed, as SPEC asks of every error.
+    for field, value, named in (
+        ("first_payment_default_days", 40, "first_payment_default_high_days"),
+        ("consecutive_missed_count", 5, "consecutive_missed_critical_count"),
+        ("partial_payment_min_periods", 4, "partial_payment_min_periods"),
+    ):
+        bad = await client.put("/v1/risk/rules", json={**rules, field: value}, headers=w.admin)
+        assert [e["field"] for e in bad.json()["errors"]] == [named], bad.text
+        wrapped = await client.put("/v1/risk/rules", json={"rules": {**rules, field: value}},
+                                   headers=w.admin)  # fmt: skip
+        assert [e["field"] for e in wrapped.json()["errors"]] == [f"rules.{named}"], wrapped.text
     # A JSON true is no threshold of 1, a count no string, and the ratio no JSON number.
     for field, value in (("first_payment_default_days", True), ("never_paid_dpd", "30"),
                          ("partial_payment_ratio", 0.75), ("partial_payment_ratio", "1E-30"),
