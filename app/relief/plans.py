@@ -62,7 +62,7 @@ class InstallmentProgress:
     seq: int
     due_on: date
     amount_minor: int
-    paid_minor: int  # its share of what the plan's window received, paid in order
+    paid_minor: int  # its share of what the plan received by its due date, paid in order
     status: str  # proposed, or the promise's: open, kept, broken, cancelled
     kept_on: date | None = None
     broken_on: date | None = None
@@ -78,22 +78,20 @@ def progress(
             InstallmentProgress(n, i.due_on, i.amount_minor, 0, PlanStatus.PROPOSED.value)
             for n, i in enumerate(installments, start=1)
         ]
-    # What the plan's window has received pays its installments in order; whether each was
-    # paid in time is its promise's status.
-    received = max((p.paid_minor for p in promises), default=0)
-    due_before = [0, *cumulative(installments)]
-    rows = [
-        InstallmentProgress(
-            seq=n,
-            due_on=i.due_on,
-            amount_minor=i.amount_minor,
-            paid_minor=min(i.amount_minor, max(0, received - due_before[n - 1])),
-            status=p.status,
-            kept_on=p.kept_on,
-            broken_on=p.broken_on,
-        )
-        for n, (i, p) in enumerate(zip(installments, promises, strict=True), start=1)
-    ]
+    # Each installment's promise counts the plan's money received by its due date: what of
+    # that the installments before it did not take is its share. Money received after an
+    # installment's date is no part of it (a payment after a missed date shows on the next
+    # installment, not as paid on the one its promise.broken said was short).
+    rows, taken = [], 0
+    for n, (i, p) in enumerate(zip(installments, promises, strict=True), start=1):
+        share = min(i.amount_minor, max(0, p.paid_minor - taken))
+        taken += share
+        rows.append(
+            InstallmentProgress(
+                seq=n, due_on=i.due_on, amount_minor=i.amount_minor, paid_minor=share,
+                status=p.status, kept_on=p.kept_on, broken_on=p.broken_on,
+            )
+        )  # fmt: skip
     statuses = {p.status for p in promises}
     if PromiseStatus.BROKEN in statuses:
         return PlanStatus.BROKEN, rows

@@ -70,8 +70,21 @@ def test_shares_of_the_payments_add_up(
     for row, installment in zip(rows, plan, strict=True):
         assert 0 <= row.paid_minor <= installment.amount_minor
         assert (row.status == PromiseStatus.KEPT) == (row.kept_on is not None)
-    in_window = sum(r.amount_minor for r in paid if START <= r.received_on <= plan[-1].due_on)
-    assert sum(row.paid_minor for row in rows) == min(total, in_window)
+    # Each payment pays the first installment still open to it (due on or after the day it
+    # came) with room left, up to the plan's total.
+    room, counted = [i.amount_minor for i in plan], 0
+    for receipt in sorted(paid, key=lambda r: r.received_on):
+        if not START <= receipt.received_on <= plan[-1].due_on:
+            continue
+        left = min(receipt.amount_minor, total - counted)
+        counted += left
+        for n, installment in enumerate(plan):
+            if installment.due_on >= receipt.received_on:
+                take = min(room[n], left)
+                room[n], left = room[n] - take, left - take
+    assert [row.paid_minor for row in rows] == [
+        i.amount_minor - r for i, r in zip(plan, room, strict=True)
+    ]
     # Kept installment by installment, the whole plan is completed, and then every share full.
     if status is PlanStatus.COMPLETED:
         assert [row.paid_minor for row in rows] == [i.amount_minor for i in plan]

@@ -189,6 +189,23 @@ async def test_broken_by_the_close_once(client: httpx.AsyncClient) -> None:
     assert (await plan(w, made["id"]))["status"] == "broken"  # paying late mends nothing
 
 
+async def test_money_after_an_installments_date_is_no_part_of_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """Paid after the first date (recorded before that night's close): the first installment
+    shows nothing paid, as its promise.broken says, and the money shows on the second."""
+    w, loan_id = await setup(client)
+    made = await approve(w, await request(w, loan_id))
+    await w.pay(loan_id, "150.00", "2026-02-25")
+    assert states(await plan(w, made["id"])) == [("open", "0.00"), ("open", "150.00")]
+    await close(w, "2026-02-21")
+    got = await plan(w, made["id"])
+    assert states(got) == [("broken", "0.00"), ("cancelled", "150.00")]
+    assert got["paid"] == "150.00"
+    (event,) = await events(w, "promise.broken")
+    assert (event["data"]["paid"], event["data"]["shortfall"]) == ("0.00", "200.00")
+
+
 async def test_narrowly_kept(client: httpx.AsyncClient) -> None:
     w, loan_id = await setup(client)
     made = await approve(w, await request(w, loan_id))
