@@ -243,13 +243,14 @@ async def _waiver_amount(
 ) -> int | None:
     """A fee waiver's cap (None: every fee due when it is approved), checked against the fees
     due on ``as_of``."""
+    # A malformed amount is told so whatever the loan owes (422 before the loan's 409).
+    amount_minor = None if amount is None else parse_amount("amount", amount, loan.currency)
     installments = await loans_service.load_installments(session, loan.id)
     due = sum(fees_to_waive(loans_service.position_of(installments), as_of, None).values())
     if due == 0:
         raise NoFeesToWaive(f"loan {loan.id} has no fees due on {as_of}")
-    if amount is None:
+    if amount_minor is None:
         return None
-    amount_minor = parse_amount("amount", amount, loan.currency)
     if amount_minor > due:
         raise InvalidRequest.field(
             "amount", f"must not exceed the fees due on {as_of}: {format_minor(due, loan.currency)}"

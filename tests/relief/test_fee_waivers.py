@@ -115,6 +115,12 @@ async def test_nothing_to_waive(client: httpx.AsyncClient) -> None:
     refused = await w.post(f"/v1/loans/{loan_id}/restructures",
                            {"kind": "fee_waiver", "reason": "r"})  # fmt: skip
     assert (refused.status_code, refused.json()["code"]) == (409, "no_fees_to_waive")
+    # A malformed amount is told so first, as on a loan with fees.
+    for amount in ("1.0", "0.00"):
+        refused = await w.post(f"/v1/loans/{loan_id}/restructures",
+                               {"kind": "fee_waiver", "reason": "r", "amount": amount})  # fmt: skip
+        assert refused.status_code == 422, amount
+        assert [e["field"] for e in refused.json()["errors"]] == ["amount"], amount
     assert await stored() == before
 
 
