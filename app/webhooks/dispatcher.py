@@ -512,7 +512,11 @@ async def _track_endpoint_health(
     for endpoint_id, o in last_error.items():
         if endpoint_id in succeeded:
             continue
-        endpoint = await session.get(WebhookEndpoint, endpoint_id, with_for_update=True)
+        # NO KEY UPDATE, as above: FOR UPDATE waited for the key-share locks of requests
+        # fanning events out to this endpoint, and deadlocked with them (a payment's 500).
+        endpoint = await session.get(
+            WebhookEndpoint, endpoint_id, with_for_update={"key_share": True}
+        )
         if endpoint is None or not endpoint.enabled:
             continue
         endpoint.failing_since = endpoint.failing_since or now

@@ -96,7 +96,9 @@ async def create_endpoint(
 async def _load(session: AsyncSession, endpoint_id: str, *, lock: bool = False) -> EndpointView:
     query = select(WebhookEndpoint).where(WebhookEndpoint.id == endpoint_id)
     if lock:
-        query = query.with_for_update()
+        # NO KEY UPDATE: requests fanning events out to the endpoint (a key-share lock, the
+        # delivery's foreign key) go on; a delete upgrades it and waits for them.
+        query = query.with_for_update(key_share=True)
     endpoint = await session.scalar(query)
     if endpoint is None:
         raise WebhookEndpointNotFound(f"webhook endpoint {endpoint_id} does not exist")
@@ -146,10 +148,13 @@ async def update_endpoint(
     if "description" in changes:
         endpoint.description = changes["description"]
     if "enabled" in changes:
+        resumed = changes["enabled"] and not endpoint.enabled
         endpoint.enabled = changes["enabled"]
-        if endpoint.enabled:
-            # Re-enabled by a person: the failure window starts afresh.
+        if resumed:
+            # Re-enabled by a person: the failure window starts afresh, and every delivery
+            # that waited is due now, not at the retry time its last failure set (hours).
             endpoint.disabled_reason, endpoint.failing_since = None, None
+            await _resume_deliveries(session, endpoint.id)
     patterns = view.event_types
     if "event_types" in changes:
         patterns = _patterns(changes["event_types"])
@@ -160,6 +165,21 @@ async def update_endpoint(
     endpoint.updated_at = utc_now()
     await session.flush()
     return EndpointView(endpoint, patterns)
+
+
+async def _resume_deliveries(session: AsyncSession, endpoint_id: str) -> None:
+    now = utc_now()
+    resumed = await session.execute(
+        update(WebhookDelivery)
+        .where(
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.status == DeliveryStatus.PENDING,
+            WebhookDelivery.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+    )
+    if cast(CursorResult[Any], resumed).rowcount:
+        session.info["outbox_written"] = True  # wakes the dispatcher after the commit
 
 
 async def delete_endpoint(session: AsyncSession, principal: Principal, *, endpoint_id: str) -> None:

@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 
 from app.config import get_settings
 from app.db import session_scope, utc_now
+from app.events.models import Event
 from app.scheduler import InProcessScheduler, Job, WebhookDispatcher
 from app.webhooks import dispatcher
 from app.webhooks.models import WebhookAttempt, WebhookDelivery
@@ -231,6 +232,56 @@ async def test_410_gone_disables_at_once(client: httpx.AsyncClient) -> None:
         (delivery,) = log["items"]
         assert delivery["status"] == "delivered"
         assert [a["status_code"] for a in delivery["attempt_log"]] == [410, 200]
+
+
+async def test_enabled_again_every_waiting_delivery_goes_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """Not only the one answered 410: a delivery whose retry was set minutes or hours ahead
+    by failures before the endpoint was disabled goes too."""
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [500, 500, 410]
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        now = utc_now()
+        assert await deliver(now) == 1  # 500: again in 5 s
+        assert await deliver(now + timedelta(seconds=6)) == 1  # 500: again in 5 min
+        await w.loan()
+        assert await deliver(now + timedelta(seconds=6)) == 1  # 410: disabled
+        assert (await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin))[
+            "enabled"
+        ] is False
+        enabled = await client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                                     json={"enabled": True}, headers=w.admin)  # fmt: skip
+        assert enabled.status_code == 200, enabled.text
+        assert await deliver() == 2
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        assert {d["status"] for d in log["items"]} == {"delivered"}
+
+
+async def test_a_patch_does_not_wait_for_events_being_fanned_out_to_the_endpoint(
+    client: httpx.AsyncClient,
+) -> None:
+    """A transaction that wrote a delivery holds a key-share lock on its endpoint (the
+    foreign key) until it commits: the endpoint's own writes must not wait for it, or the
+    dispatcher recording a failure and a payment fanning out deadlock (a payment's 500)."""
+    w = await world(client)
+    await w.loan()  # an event from before the endpoint: nothing owed to it yet
+    hook = await endpoint(w, "http://127.0.0.1:9/hooks")
+    async with session_scope() as session:  # a request's transaction, not yet committed
+        position = await session.scalar(select(func.max(Event.position)))
+        owed = WebhookDelivery(endpoint_id=hook["id"], event_position=position,
+                               status="pending", attempts=0, next_attempt_at=utc_now())  # fmt: skip
+        session.add(owed)
+        await session.flush()
+        patched = await asyncio.wait_for(
+            client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                         json={"description": "moved"}, headers=w.admin),
+            timeout=5,
+        )  # fmt: skip
+        assert patched.status_code == 200, patched.text
+        await session.rollback()
 
 
 async def test_secret_rotation_signs_with_both_during_the_overlap(
