@@ -123,3 +123,22 @@ async def test_events_written_while_the_broker_is_down_are_delivered(
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_wake_ups_from_many_processes_queue_one_drain() -> None:
+    """Five API processes commit events while no drain has started: one wake-up is queued
+    (they piled up by the hundred under load, each a drain of up to a minute, and the close
+    waited behind them); once a drain starts, the next commit queues another."""
+    from app.webhooks import wakeup
+
+    broker = redis.Redis.from_url(REDIS_URL)
+    broker.flushdb()
+    try:
+        for _ in range(5):
+            wakeup._send_dispatch_task()  # what each process does after its commit
+        assert broker.llen("celery") == 1
+        wakeup.dispatch_started()
+        wakeup._send_dispatch_task()
+        assert broker.llen("celery") == 2
+    finally:
+        broker.flushdb()
