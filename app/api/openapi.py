@@ -58,6 +58,22 @@ IDEMPOTENCY_KEY = {
     "another body is 422 `idempotency_key_reused`; while the first is still running, 409.",
 }
 
+# A polled read (one documenting 304): the tag it sends and the header that asks with it.
+IF_NONE_MATCH = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The `ETag` of the body you hold: 304 with no body while it is current",
+}
+ETAG = {
+    "ETag": {
+        "description": "A strong tag of this body, for `If-None-Match` on the next poll",
+        "schema": {"type": "string"},
+    },
+    "Cache-Control": {"description": "How long the body stays fresh", "schema": {"type": "string"}},
+}
+
 REPLAYED = {
     "Idempotent-Replayed": {
         "description": "`true` when this is the stored response to an earlier request with "
@@ -116,6 +132,10 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
                         }
                     },
                 }
+            if "304" in responses:
+                operation.setdefault("parameters", []).append(IF_NONE_MATCH)
+                responses["200"].setdefault("headers", {}).update(ETAG)
+                responses["304"].setdefault("headers", {}).update(ETAG)
             if not by_api_key:  # a gateway's webhook-id is its idempotency key
                 continue
             operation["security"] = [{API_KEY: []}]

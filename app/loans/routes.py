@@ -77,12 +77,17 @@ async def list_loans(
     return cached(request, page_of(views, page, loan_read, key=_loan_id))
 
 
-@router.get("/v1/borrowers/{borrower_id}/loans", response_model=Page[LoanRead])
+@router.get("/v1/borrowers/{borrower_id}/loans", response_model=Page[LoanRead], responses=POLLED)
 async def list_borrower_loans(
-    borrower_id: str, session: SessionDep, principal: ReaderPrincipal, page: PageDep
-) -> Page[LoanRead]:
+    borrower_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: ReaderPrincipal,
+    page: PageDep,
+) -> Response:
+    """``GET /v1/loans?borrower_id=``'s list, polled the same way."""
     views = await service.list_loans(session, principal, page=page, borrower_id=borrower_id)
-    return page_of(views, page, loan_read, key=_loan_id)
+    return cached(request, page_of(views, page, loan_read, key=_loan_id))
 
 
 @router.get("/v1/loans/{loan_id}", response_model=LoanRead, responses=POLLED)

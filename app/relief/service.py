@@ -267,10 +267,11 @@ async def reject(
     note: str | None,
 ) -> Restructure:
     principal.require()
-    restructure, _ = await _pending(session, principal, restructure_id, loan_id)
+    restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     restructure.status = RestructureStatus.REJECTED
     restructure.decided_by, restructure.decided_at = principal.api_key_id, utc_now()
-    restructure.decided_on = await delinquency.delinquency_date(session)
+    # Not before the loan existed, as an approval (a loan booked after the business date).
+    restructure.decided_on = max(await delinquency.delinquency_date(session), loan.disbursed_on)
     restructure.decision_note = note
     await session.flush()
     return restructure

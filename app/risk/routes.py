@@ -109,6 +109,10 @@ async def start_run(
     return RiskRunRead.model_validate(run)
 
 
-@router.get("/v1/risk/runs/{run_id}", response_model=RiskRunRead)
-async def get_run(run_id: str, session: SessionDep, principal: DashboardPrincipal) -> RiskRunRead:
-    return RiskRunRead.model_validate(await runs.get_run(session, principal, run_id=run_id))
+@router.get("/v1/risk/runs/{run_id}", response_model=RiskRunRead, responses=POLLED)
+async def get_run(
+    run_id: str, request: Request, session: SessionDep, principal: DashboardPrincipal
+) -> Response:
+    """Polled until it ends, as a close run is."""
+    run = await runs.get_run(session, principal, run_id=run_id)
+    return cached(request, RiskRunRead.model_validate(run))

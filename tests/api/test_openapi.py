@@ -105,14 +105,19 @@ async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClien
     polled = ["/v1/loans", "/v1/risk/flags", "/v1/loans/{loan_id}", "/v1/loans/{loan_id}/schedule",
               "/v1/loans/{loan_id}/risk",
               "/v1/borrowers/{borrower_id}", "/v1/events", "/v1/business-date",
-              "/v1/close-runs/{as_of}", "/v1/borrowers",
+              "/v1/close-runs/{as_of}", "/v1/borrowers", "/v1/borrowers/{borrower_id}/loans",
+              "/v1/risk/runs/{run_id}",
               "/v1/webhook-endpoints/{endpoint_id}/deliveries",
               *(f"/v1/portfolio/{view}" for view in
                 ("summary", "roll-rates", "vintages", "segments", "alerts"))]  # fmt: skip
     for path in polled:
-        responses = document["paths"][path]["get"]["responses"]
+        operation = document["paths"][path]["get"]
+        responses = operation["responses"]
         assert "304" in responses, path
         assert "$ref" in responses["200"]["content"]["application/json"]["schema"], path
+        # How to ask: the tag the 200 sends, and the header that sends it back.
+        assert "ETag" in responses["200"]["headers"], path
+        assert "If-None-Match" in {p["name"] for p in operation["parameters"]}, path
     schemas = document["components"]["schemas"]
     assert set(schemas["DelinquencyRates"]["properties"]) == {"30_plus", "90_plus"}
     assert set(schemas["RollRatesRead"]["properties"]) == {"from", "to", "currency", "matrix"}

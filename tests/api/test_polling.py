@@ -40,3 +40,20 @@ async def test_a_loans_ledger_payments_relief_and_promises_are_polled(
     assert [path for path in paths if after[path] != before[path]] == [
         paths[0], paths[1], paths[3],
     ]  # fmt: skip
+
+
+async def test_a_borrowers_loans_and_a_risk_run_are_polled(client: httpx.AsyncClient) -> None:
+    """As ``/v1/loans?borrower_id=`` and a close run are (an auditor found them without)."""
+    w = await world(client)
+    loan = await w.loan()
+    of_borrower = f"/v1/borrowers/{loan['borrower_id']}/loans"
+    before = await assert_polled(client, w, of_borrower)
+    await w.pay(loan["id"], "10.00")
+    assert await assert_polled(client, w, of_borrower) != before
+    await w.post("/v1/close-runs", {"as_of": loan["disbursed_on"]}, headers=w.admin, expect=201)
+    run = await w.post("/v1/risk/runs", {"as_of": loan["disbursed_on"]}, headers=w.admin,
+                       expect=201)  # fmt: skip
+    path = f"/v1/risk/runs/{run.json()['id']}"
+    first = await client.get(path, headers=w.admin)
+    again = await client.get(path, headers={**w.admin, "If-None-Match": first.headers["etag"]})
+    assert (again.status_code, again.content) == (304, b"")

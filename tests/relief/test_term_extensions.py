@@ -206,6 +206,12 @@ async def test_relief_on_a_loan_booked_after_the_business_date_counts_from_its_d
         ("2026-06-01", "200.00", "8.00"), ("2026-07-01", "200.00", "6.00"),
         ("2026-08-01", "200.00", "4.00"), ("2026-09-01", "200.00", "2.00"),
     ]  # fmt: skip
+    # A rejection too.
+    other = await w.loan(principal="1200.00", term=3, disbursed_on="2026-03-01")
+    body = {"kind": "term_extension", "reason": "r", "months": 2}
+    asked = (await w.post(f"/v1/loans/{other['id']}/restructures", body, expect=201)).json()
+    rejected = await w.post(f"/v1/restructures/{asked['id']}/reject", {}, w.admin, 200)
+    assert rejected.json()["decided_on"] == "2026-03-01"
 
 
 async def test_nothing_ahead_is_nothing_to_extend(client: httpx.AsyncClient) -> None:
