@@ -285,6 +285,10 @@ async def run_chunk(
     """One step over one loan-id range, in its own transaction; of ``attempt`` of the run
     (None: unchecked, a caller that holds the run itself)."""
     async with session_scope() as session:
+        if step in WHOLE_BOOK_STEPS and is_postgres(session):
+            # One snapshot of the whole book (portfolio.positions.rebase): set before the
+            # transaction's first statement, the attempt check's included, or it is ignored.
+            await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
         if attempt is not None and await _current(session, as_of, attempt, share=True) is None:
             return {}
         if step not in WHOLE_BOOK_STEPS:

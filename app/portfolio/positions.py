@@ -18,7 +18,7 @@ from sqlalchemy import Table, delete, event, func, insert, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, UOWTransaction
 
-from app.db import insert_rows, is_postgres
+from app.db import insert_rows
 from app.loans.models import Loan
 from app.payments.models import Payment, PaymentStatus
 from app.portfolio.models import (
@@ -156,11 +156,9 @@ async def record_flag_changes(
 async def rebase(session: AsyncSession, *, collections_since: date) -> None:
     """Recompute the base from the book and drop the deltas it now includes.
 
-    On PostgreSQL the transaction runs at REPEATABLE READ: every statement sees one snapshot,
-    so a delta committed after it is neither in the new base nor deleted. Must be the first
-    thing the session does."""
-    if is_postgres(session):
-        await session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+    On PostgreSQL the caller's transaction runs at REPEATABLE READ (the close's whole-book
+    step sets it, app/close/service.py: run_chunk): every statement sees one snapshot, so a
+    delta committed after it is neither in the new base nor deleted."""
     loan = _table(Loan)
     await session.execute(delete(PortfolioPosition))
     await session.execute(

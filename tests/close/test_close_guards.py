@@ -3,11 +3,13 @@ attempt since replaced does nothing, and a request the task queue cannot take st
 
 import asyncio
 import time
+import warnings
 
 import httpx
 import pytest
 from celery import Celery
 from sqlalchemy import func, select
+from sqlalchemy.exc import SAWarning
 
 from app.close import service as close_service
 from app.close.models import CloseRun
@@ -129,3 +131,21 @@ async def test_a_risk_run_waits_for_the_close(client: httpx.AsyncClient) -> None
     refused = await client.post("/v1/risk/runs", json={"as_of": "2026-01-10"}, headers=w.admin)
     assert (refused.status_code, refused.json()["code"]) == (409, "close_in_progress")
     assert await count(RiskRun) == 0
+
+
+async def test_the_portfolio_step_of_an_attempt_reads_one_snapshot(
+    client: httpx.AsyncClient,
+) -> None:
+    """On the workers every chunk checks its attempt first: the whole-book step's REPEATABLE
+    READ must be set before that read, or SQLAlchemy ignores it (a warning) and the rebase
+    could drop deltas committed while it recounts."""
+    await late_world(client)
+    day = close_service.date(2026, 1, 11)
+    async with session_scope() as session:
+        await close_service.plan_close(session, as_of=day)
+    attempt = await close_service.begin_run(day)
+    assert attempt is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SAWarning)
+        await close_service.run_chunk("portfolio", day, None, None, attempt)
+    await close_service.fail_run(day, "the test's own run", attempt)
