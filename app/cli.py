@@ -105,11 +105,17 @@ def demo(
 @cli.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    queues: Annotated[
+        str,
+        typer.Option(help="celery (the close, housekeeping), webhooks (delivery), or both."),
+    ] = "celery,webhooks",
 ) -> None:
     """Run a Celery worker (close chunks, webhooks, housekeeping)."""
     from workers.celery_app import celery
 
-    celery.worker_main(["worker", "--loglevel=info", f"--concurrency={concurrency}"])
+    celery.worker_main(
+        ["worker", "--loglevel=info", f"--concurrency={concurrency}", f"--queues={queues}"]
+    )
 
 
 @cli.command()
