@@ -460,9 +460,9 @@ async def update_rows(
 
 
 async def insert_unless_taken(session: AsyncSession, row: object) -> bool:
-    """Insert ``row`` (a table whose only constraint is its primary key); False when a
-    concurrent twin took the key between the caller's check and this insert: its savepoint
-    is rolled back and the caller answers as for a key taken before."""
+    """Insert ``row`` (a table whose only constraint is its primary key); False when its key
+    is taken, by an earlier insert or a concurrent twin: its savepoint is rolled back and the
+    transaction goes on."""
     try:
         async with session.begin_nested():
             session.add(row)

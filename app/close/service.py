@@ -115,7 +115,8 @@ async def close_yesterday() -> list[date]:
 
 
 def enqueue(dates: list[date]) -> None:
-    """Hand the dates to the Celery workers (after the caller's commit)."""
+    """Hand the dates to the Celery workers (inside the planning transaction: begin_run
+    waits for its commit)."""
     send("close.run_dates", [[d.isoformat() for d in dates]])
 
 

@@ -88,6 +88,15 @@ async def delinquency_date(session: AsyncSession) -> date:
     return await business_date(session) or clock.today()
 
 
+async def loan_date(session: AsyncSession, loan: Loan, *, reckoning: bool = False) -> date:
+    """The date a decision on ``loan`` is made as of (relief asked, approved or rejected, a
+    promise taken): the delinquency date, or with ``reckoning`` the date a change to the
+    loan reckons it as of; never before the loan existed (a loan booked back-dated while the
+    closes are behind)."""
+    day = await reckoning_date(session) if reckoning else await delinquency_date(session)
+    return max(day, loan.disbursed_on)
+
+
 _CLOSING = select(func.max(CloseRun.as_of)).where(
     CloseRun.status.in_((CloseStatus.SUCCEEDED, CloseStatus.RUNNING))
 )

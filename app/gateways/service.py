@@ -73,8 +73,6 @@ class ChargebackAmountMismatch(InvalidRequest):
 
 async def register(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
     principal.require(Role.ADMIN)
-    if await session.get(Gateway, name) is not None:
-        raise GatewayExists(f"a gateway named {name} exists")
     gateway = Gateway(name=name, secret=signing.generate_secret(), created_at=utc_now())
     if not await insert_unless_taken(session, gateway):
         raise GatewayExists(f"a gateway named {name} exists")

@@ -49,9 +49,6 @@ async def create_product(
         )
     if len(set(spec.term_options)) != len(spec.term_options):
         raise InvalidRequest.field("term_options", "must not repeat a term")
-    if await session.get(Product, spec.code) is not None:
-        raise ProductCodeTaken(f"a product with code {spec.code} exists")
-
     product = Product(
         code=spec.code,
         name=spec.name,

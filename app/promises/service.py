@@ -70,8 +70,7 @@ async def create_promise(
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no promises")
     amount_minor = parse_amount("amount", amount, loan.currency)
-    # Not before the loan existed (booked back-dated while the closes are behind), as relief.
-    as_of = max(await delinquency.delinquency_date(session), loan.disbursed_on)
+    as_of = await delinquency.loan_date(session, loan)
     earliest = await earliest_due_on(session, loan)
     horizon = as_of + timedelta(days=get_settings().promise_max_days)
     if not earliest <= due_on <= horizon:

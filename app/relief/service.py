@@ -67,7 +67,7 @@ async def request_restructure(
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id, for_update=True)
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no restructures")
-    as_of = max(await delinquency.delinquency_date(session), loan.disbursed_on)  # as approve's
+    as_of = await delinquency.loan_date(session, loan)
     given = {"installments": installments, "amount": amount, "months": months}
     wanted = {
         RestructureKind.REPAYMENT_PLAN: "installments",
@@ -128,9 +128,7 @@ async def approve(
     restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status}; restructure cannot be approved")
-    # Not before the loan existed: a loan booked back-dated after the business date (the
-    # closes behind) gets its relief from its disbursement, as a payment could not precede it.
-    as_of = max(await delinquency.reckoning_date(session), loan.disbursed_on)
+    as_of = await delinquency.loan_date(session, loan, reckoning=True)
     if restructure.kind == RestructureKind.REPAYMENT_PLAN:
         await _start_plan(session, principal, restructure, loan, as_of)
     elif restructure.kind == RestructureKind.TERM_EXTENSION:
@@ -270,8 +268,7 @@ async def reject(
     restructure, loan = await _pending(session, principal, restructure_id, loan_id)
     restructure.status = RestructureStatus.REJECTED
     restructure.decided_by, restructure.decided_at = principal.api_key_id, utc_now()
-    # Not before the loan existed, as an approval (a loan booked after the business date).
-    restructure.decided_on = max(await delinquency.delinquency_date(session), loan.disbursed_on)
+    restructure.decided_on = await delinquency.loan_date(session, loan)
     restructure.decision_note = note
     await session.flush()
     return restructure

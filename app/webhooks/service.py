@@ -26,7 +26,7 @@ from app.api.auth import Principal
 from app.api.pagination import PageParams, after_integer
 from app.api_keys.models import Role
 from app.config import get_settings
-from app.db import UTCDateTime, insert_for, is_postgres, utc_now
+from app.db import UTCDateTime, execute_counting, insert_for, is_postgres, utc_now
 from app.errors import InvalidRequest
 from app.events.models import Event
 from app.events.types import matching, valid_pattern
@@ -169,16 +169,17 @@ async def update_endpoint(
 
 async def _resume_deliveries(session: AsyncSession, endpoint_id: str) -> None:
     now = utc_now()
-    resumed = await session.execute(
+    resumed = await execute_counting(
+        session,
         update(WebhookDelivery)
         .where(
             WebhookDelivery.endpoint_id == endpoint_id,
             WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.next_attempt_at > now,
         )
-        .values(next_attempt_at=now)
+        .values(next_attempt_at=now),
     )
-    if cast(CursorResult[Any], resumed).rowcount:
+    if resumed:
         session.info["outbox_written"] = True  # wakes the dispatcher after the commit
 
 
