@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app.api import openapi
 from app.api.bodies import LimitBodySize, RequireJson
@@ -78,7 +79,13 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Loanwatch", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPIOffline(
+        title="Loanwatch",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        static_url="/docs/assets",
+    )
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(RefuseAmbiguousInput)  # outside the idempotency claim: it writes

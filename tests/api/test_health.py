@@ -1,3 +1,5 @@
+import re
+
 import httpx
 import pytest
 
@@ -32,4 +34,15 @@ async def test_readyz_reports_an_unreachable_broker(
 async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     assert "/v1/loans" in spec["paths"]
-    assert (await client.get("/docs")).status_code == 200
+    for page in ("/docs", "/redoc"):
+        html = await client.get(page)
+        assert html.status_code == 200
+        # Every script and style sheet the page loads comes from the API itself: a lender's
+        # internal network cannot reach a CDN.
+        assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+        assert assets
+        assert all(asset.startswith("/docs/assets/") for asset in assets), assets
+        for asset in assets:
+            served = await client.get(asset)
+            assert served.status_code == 200, asset
+            assert served.content
