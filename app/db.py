@@ -26,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DisconnectionError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -179,6 +179,21 @@ def _months_between_sqlite(element: months_between, compiler: SQLCompiler, **kw:
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+# PostgreSQL's deadlock_detected, serialization_failure and lock_not_available: the
+# transaction lost a race to another one, and was rolled back.
+_LOST_RACE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that running the whole transaction again can resolve: it lost a race
+    for rows or, on SQLite, another process held the file past the busy timeout."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) in _LOST_RACE_SQLSTATES:
+        return True
+    return isinstance(exc, OperationalError) and "database is locked" in str(exc.orig)
 
 
 def make_engine(settings: Settings) -> AsyncEngine:

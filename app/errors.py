@@ -1,5 +1,6 @@
 """The root error and the one problem+json (RFC 9457) renderer."""
 
+import logging
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -7,10 +8,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
+
+from app.db import is_transient
+
+log = logging.getLogger(__name__)
 
 PROBLEM_TYPE_BASE = "https://loanwatch.dev/problems/"
 
@@ -190,6 +195,24 @@ async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if not is_transient(exc):
+        raise exc  # to the 500 below, logged with its traceback
+    # Lock orders keep these away (docs/architecture.md); should one come anyway, the request
+    # lost a race whose transaction was rolled back, and a retry will do.
+    log.warning(
+        "%s %s lost a race in the database: %s",
+        request.method,
+        request.url.path,
+        getattr(exc, "orig", exc),
+    )
+    return problem(
+        503, "service_busy", "Service busy",
+        "a concurrent request held the same records; nothing was stored, retry the request",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
 
@@ -200,4 +223,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(PoolTimeout, _database_busy)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -17,6 +17,7 @@ ADMIN_DSN = os.environ.get(
     "LOANWATCH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 TEST_DB = f"loanwatch_test_{os.getpid()}"
+TEST_DSN = f"{ADMIN_DSN.rsplit('/', 1)[0]}/{TEST_DB}"
 # Each pytest-xdist worker has a Redis database of its own (gw0 → 14, gw1 → 13, …).
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 REDIS_URL = os.environ.get("LOANWATCH_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{14 - _WORKER}")
@@ -76,3 +77,18 @@ async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-un
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://loanwatch.test") as c:
         yield c
+
+
+@pytest.fixture
+async def impatient_database() -> AsyncIterator[None]:
+    """The app's new connections give up waiting for a lock after 300 ms (PostgreSQL's
+    lock_timeout): a lost race in the database, on demand."""
+    admin = await asyncpg.connect(TEST_DSN)
+    try:
+        await admin.execute(f"ALTER DATABASE \"{TEST_DB}\" SET lock_timeout = '300ms'")
+        await database.dispose()
+        yield
+    finally:
+        await admin.execute(f'ALTER DATABASE "{TEST_DB}" RESET lock_timeout')
+        await admin.close()
+        await database.dispose()

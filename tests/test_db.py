@@ -1,12 +1,15 @@
 """The engine's pool: connections the server closed are replaced, not handed to a request."""
 
 import asyncio
+from pathlib import Path
 
 import asyncpg
-from sqlalchemy import text
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from app.config import get_settings
-from app.db import make_engine
+from app.db import is_transient, make_engine
 from tests.conftest import ADMIN_DSN, TEST_DB
 
 
@@ -32,3 +35,21 @@ async def test_a_connection_the_server_closed_is_replaced_on_checkout() -> None:
         assert again != pid
     finally:
         await engine.dispose()
+
+
+def test_sqlite_held_by_another_process_is_a_transient_error(tmp_path: Path) -> None:
+    """Two server processes on one embedded file: the second writer gives up after the busy
+    timeout, and that is a lost race (503 service_busy), not a 500."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'shared.db'}", connect_args={"timeout": 0})
+    try:
+        with engine.connect() as holder, engine.connect() as writer:
+            holder.exec_driver_sql("BEGIN IMMEDIATE")
+            with pytest.raises(OperationalError) as lost:
+                writer.exec_driver_sql("BEGIN IMMEDIATE")
+            holder.exec_driver_sql("ROLLBACK")
+        assert is_transient(lost.value)
+        with engine.connect() as connection, pytest.raises(OperationalError) as broken:
+            connection.exec_driver_sql("SELECT * FROM no_such_table")
+        assert not is_transient(broken.value)
+    finally:
+        engine.dispose()

@@ -1,0 +1,39 @@
+"""A request whose transaction loses a race in the database (here: a lock not granted in time)
+is rolled back whole and answered 503 `service_busy`, never 500, and its Idempotency-Key is
+free for the retry (docs/architecture.md, "The request path")."""
+
+import asyncpg
+import httpx
+
+from tests.conftest import TEST_DSN
+from tests.factories import world
+
+
+async def test_a_payment_that_cannot_get_its_loans_lock_is_503_and_its_retry_succeeds(
+    client: httpx.AsyncClient, impatient_database: None
+) -> None:
+    w = await world(client)
+    loan = await w.loan()
+    payments = f"/v1/loans/{loan['id']}/payments"
+    body = {"amount": "100.00", "external_ref": "till-7"}
+    headers = {**w.merchant, "Idempotency-Key": "pay-once"}
+    holder = await asyncpg.connect(TEST_DSN)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM loan WHERE id = $1 FOR UPDATE", loan["id"])
+            busy = await client.post(payments, json=body, headers=headers)
+    finally:
+        await holder.close()
+    assert busy.status_code == 503, busy.text
+    assert busy.headers["content-type"] == "application/problem+json"
+    assert busy.json()["code"] == "service_busy"
+    assert busy.headers["retry-after"] == "1"
+    ledger = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [t["kind"] for t in ledger] == ["disbursement"]
+
+    retried = await client.post(payments, json=body, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["balances"]["principal_outstanding"] != (
+        loan["balances"]["principal_outstanding"]
+    )
