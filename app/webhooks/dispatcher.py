@@ -20,9 +20,11 @@ from typing import Any, cast
 import httpx
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from tenacity import retry as retrying
+from tenacity import retry_if_exception, stop_after_attempt, wait_exponential
 
 from app.config import get_settings
-from app.db import session_scope, utc_now
+from app.db import is_transient, session_scope, utc_now
 from app.events.models import Event
 from app.webhooks import retry, signing, targets, transport
 from app.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -418,6 +420,15 @@ def _retry_after(response: httpx.Response) -> timedelta | None:
         return None
 
 
+# Sent deliveries whose record is lost are sent again once their lease runs out, and the
+# attempt log misses the first attempt: a record that lost a race in the database (a deadlock,
+# a lock not granted in time) is written again in a new transaction instead.
+@retrying(
+    retry=retry_if_exception(is_transient),
+    stop=stop_after_attempt(4),
+    wait=wait_exponential(multiplier=0.1, max=1.0),
+    reraise=True,
+)
 async def _record(outcomes: Sequence[Outcome], now: datetime) -> None:
     async with session_scope() as session:
         # An endpoint deleted while its deliveries were in flight took them with it: their

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -17,6 +18,7 @@ from app.events.models import Event
 from app.scheduler import InProcessScheduler, Job, WebhookDispatcher
 from app.webhooks import dispatcher
 from app.webhooks.models import WebhookAttempt, WebhookDelivery
+from tests.conftest import TEST_DSN
 from tests.factories import World, world
 from tests.webhooks.receiver import receiving
 
@@ -282,6 +284,50 @@ async def test_a_patch_does_not_wait_for_events_being_fanned_out_to_the_endpoint
         )  # fmt: skip
         assert patched.status_code == 200, patched.text
         await session.rollback()
+
+
+async def test_an_attempt_whose_record_loses_a_race_is_recorded_not_sent_again(
+    client: httpx.AsyncClient, impatient_database: None
+) -> None:
+    """Recording the attempts locks their endpoints; a record that gives up on that lock (or
+    deadlocks) is written again, not left to the lease, which would send the delivery a second
+    time and lose the first attempt from the log."""
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        holder = await asyncpg.connect(TEST_DSN)
+        try:
+            async with holder.transaction():
+                await holder.execute(
+                    "SELECT 1 FROM webhook_endpoint WHERE id = $1 FOR UPDATE", hook["id"]
+                )
+                drained = asyncio.create_task(deliver())
+                # The first record waits for the endpoint, then gives up (lock_timeout).
+                await until_lock_waits(holder, present=True)
+                await until_lock_waits(holder, present=False)
+            assert await asyncio.wait_for(drained, timeout=10) == 1
+        finally:
+            await holder.close()
+        assert len(receiver.received) == 1
+    log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+    [delivery] = log["items"]
+    assert (delivery["status"], delivery["attempts"]) == ("delivered", 1)
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(WebhookAttempt)) == 1
+
+
+async def until_lock_waits(connection: asyncpg.Connection, *, present: bool) -> None:
+    """Until another backend of this database is (or is no longer) waiting for a lock."""
+    waiting = (
+        "SELECT count(*) > 0 FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    for _ in range(1000):
+        if await connection.fetchval(waiting) is present:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no backend {'began' if present else 'stopped'} waiting for a lock")
 
 
 async def test_secret_rotation_signs_with_both_during_the_overlap(
