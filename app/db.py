@@ -17,6 +17,7 @@ from sqlalchemy import (
     MetaData,
     Select,
     Table,
+    Connection,
     Text,
     bindparam,
     event,
@@ -204,11 +205,24 @@ def make_engine(settings: Settings) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # The driver's own transactions begin at the first write, so what a transaction
+            # read before it (a loan's payments, a borrower's exposure) another process could
+            # change meanwhile: a second `serve`, or `loanwatch close`, on the same file lost
+            # payments. Transactions are begun by _begin_immediate instead.
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin_immediate(connection: Connection) -> None:
+            # Takes the file's write lock at once, as row locks would on PostgreSQL: processes
+            # sharing the file run their transactions one after another, from their first read.
+            # Reads on read_connection() (AUTOCOMMIT) take no lock and begin nothing.
+            if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     engine = create_async_engine(

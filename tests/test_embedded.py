@@ -1,6 +1,7 @@
 """The embedded default as a newcomer meets it: `loanwatch` with no configuration, a SQLite
 file in the working folder, a live server, plain HTTP."""
 
+import asyncio
 import json
 import os
 import re
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +33,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def embedded_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+@contextmanager
+def serving(folder: Path) -> Iterator[str]:
+    """`loanwatch serve` in ``folder`` (its SQLite file) until the block ends; its base URL."""
     port = free_port()
-    log = tmp_path / "serve.log"
+    log = folder / f"serve-{port}.log"
     with log.open("w") as out:
         process = subprocess.Popen(
             [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=folder, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -49,12 +53,19 @@ def embedded_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
                 time.sleep(0.1)
         else:
             pytest.fail(log.read_text())
-        match = re.search(r"\b(lw_[A-Za-z0-9_-]+)", log.read_text())
-        assert match, log.read_text()
-        yield base, match.group(1), tmp_path
+        yield base
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.fixture
+def embedded_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
+    with serving(tmp_path) as base:
+        log = next(tmp_path.glob("serve-*.log")).read_text()
+        match = re.search(r"\b(lw_[A-Za-z0-9_-]+)", log)
+        assert match, log
+        yield base, match.group(1), tmp_path
 
 
 def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
@@ -285,3 +296,68 @@ def test_no_request_gets_a_server_error(
         assert (
             f'GET /v1/loans/{book["loan_id"]} HTTP/1.1" 200' in (folder / "serve.log").read_text()
         )
+
+
+async def test_two_servers_on_one_file_take_turns(embedded_server: tuple[str, str, Path]) -> None:
+    """A second `loanwatch serve` (or `loanwatch close`) on the same SQLite file: each
+    transaction holds the file from its first read, so neither process acts on what the other
+    is changing. Payments raced through both were each allocated in full, and a borrower's
+    limit held against originations through both (they were lost, and the limit exceeded,
+    when transactions began at their first write)."""
+    first, key, folder = embedded_server
+    with serving(folder) as second:
+        admin = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(headers=admin, timeout=60) as http:
+
+            async def created(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                answer = await http.post(f"{first}{path}", json=body)
+                assert answer.status_code == 201, answer.text
+                return dict(answer.json())
+
+            merchant = (await created("/v1/merchants", {"name": "Two tills"}))["id"]
+            product = {"code": "T12", "name": "Twelve", "annual_interest_rate": "0.12",
+                       "amortization": "equal_installment", "term_options": [12]}  # fmt: skip
+            await created("/v1/products", product)
+
+            async def borrower(number: int) -> str:
+                body = {"merchant_id": merchant, "external_id": f"T-{number}", "name": "Li",
+                        "phone": "+8613800000000", "monthly_income": "50000.00"}  # fmt: skip
+                return str((await created("/v1/borrowers", body))["id"])
+
+            def loan(borrower_id: str, ref: str, principal: str = "1200.00") -> dict[str, Any]:
+                return {"borrower_id": borrower_id, "product_code": "T12", "term": 12,
+                        "principal": principal, "merchant_order_ref": ref}  # fmt: skip
+
+            loans = [(await created("/v1/loans", loan(await borrower(n), f"L-{n}")))["id"]
+                     for n in range(30)]  # fmt: skip
+            paid = await asyncio.gather(*(
+                http.post(f"{(first, second)[n % 2]}/v1/loans/{loan_id}/payments",
+                          json={"amount": "10.00", "external_ref": f"P-{loan_id}-{n}"})
+                for loan_id in loans for n in range(4)
+            ))  # fmt: skip
+            assert {answer.status_code for answer in paid} == {201}, [a.text for a in paid]
+            for loan_id in loans:
+                schedule = (await http.get(f"{first}/v1/loans/{loan_id}/schedule")).json()
+                assert sum(Decimal(i["paid"]) for i in schedule["installments"]) == 40, loan_id
+            for payment in paid:
+                allocated = sum(
+                    Decimal(part[kind])
+                    for part in (await http.get(f"{second}/v1/payments/{payment.json()['id']}"))
+                    .json()["allocation"]
+                    for kind in ("fees", "interest", "principal")
+                )  # fmt: skip
+                assert allocated == Decimal("10.00"), payment.json()["id"]
+
+            for round_ in range(4):
+                limited = await borrower(100 + round_)
+                patched = await http.patch(f"{first}/v1/borrowers/{limited}",
+                                           json={"credit_limit": "3000.00"})  # fmt: skip
+                assert patched.status_code == 200, patched.text
+                originated = await asyncio.gather(*(
+                    http.post(f"{(first, second)[n % 2]}/v1/loans",
+                              json=loan(limited, f"R-{round_}-{n}", "1000.00"))
+                    for n in range(8)
+                ))  # fmt: skip
+                assert sorted(a.status_code for a in originated) == [201] * 3 + [422] * 5
+                exposure = (await http.get(f"{second}/v1/borrowers/{limited}")).json()["exposure"]
+                assert exposure == "3000.00"
