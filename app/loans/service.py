@@ -104,8 +104,9 @@ _ORIGINATION_CHECKS = select(
 @dataclass(frozen=True)
 class LoanView:
     """A loan with its installments. Arrears (overdue amounts, installment statuses) are shown
-    as of the same date as days past due — the business date; what it takes to pay the loan
-    off, as of today."""
+    as of the same date as days past due — the business date, or the later date a payment
+    received after it reckoned the loan as of; what it takes to pay the loan off, as of
+    today."""
 
     loan: LoanFields
     installments: Sequence[InstallmentFields]
@@ -114,7 +115,9 @@ class LoanView:
 
     @property
     def arrears_as_of(self) -> date:
-        return self.business_date or self.today
+        reckoned = self.loan.delinquency_as_of
+        now = self.business_date or self.today
+        return max(now, reckoned) if reckoned else now
 
     @property
     def delinquency_as_of(self) -> date | None:

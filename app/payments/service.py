@@ -172,7 +172,11 @@ async def record_payment(
     view = loans_service.LoanView(
         loan, installments, today, await delinquency.business_date(session)
     )
-    as_of = await delinquency.reckoning_date(session)
+    # A payment received after the business date (today's, once yesterday is closed) reckons
+    # the loan as of its own date, as tonight's close will: as of the business date it would
+    # show a day that never was (yesterday, with today's money), and tonight's close would move
+    # the loan back a bucket it never left.
+    as_of = max(await delinquency.reckoning_date(session), received_on)
     await _store_position(
         session, loan, installments, position, fee_rows, as_of=as_of, changed_on=received_on,
         reckon=False,

@@ -1,6 +1,7 @@
 """The nightly close over HTTP: fees, delinquency, reminders, idempotency, catch-up, crashes."""
 
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -122,11 +123,47 @@ async def test_a_payment_dated_after_the_business_date_cures_at_once(
     await w.pay(loan["id"], "432.00", "2026-02-21")
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert (got["days_past_due"], got["bucket"], got["status"]) == (0, "current", "active")
-    assert (got["delinquency_as_of"], got["balances"]["overdue_amount"]) == ("2026-02-20", "0.00")
+    assert (got["delinquency_as_of"], got["balances"]["overdue_amount"]) == ("2026-02-21", "0.00")
     assert (await event_types(loan["id"]))["loan.delinquency_changed"] == 2  # in and out
     run = await close(w, "2026-02-21")
     assert run["counts"]["delinquency_changes"] == 0
     assert (await event_types(loan["id"]))["loan.delinquency_changed"] == 2
+
+
+async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_date(
+    client: httpx.AsyncClient,
+) -> None:
+    """Sixty days late on the business date (11-04), the borrower pays the oldest installment
+    on 11-05: on that date the next one is 31 days late, still 31-60. Reckoned as of 11-04 with
+    11-05's money, the loan showed 30 days (1-30), a day that never was, and tonight's close
+    moved it back to 31-60, raising dpd_roll_forward anew (a tester's repro)."""
+    w = await world(client, grace_days=3, late_fee={"kind": "fixed", "amount": "25.00"})
+    loan = await w.loan(principal="3000.00", term=6, disbursed_on="2026-08-05",
+                        first_due_date="2026-09-05")  # fmt: skip
+    await close(w, "2026-11-04")
+    late = await w.get(f"/v1/loans/{loan['id']}")
+    assert (late["days_past_due"], late["bucket"]) == (60, "31-60")
+    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+    events_before = await event_types(loan["id"])
+
+    owed = Decimal(first["total"]) - Decimal(first["paid"])
+    await w.pay(loan["id"], str(owed), "2026-11-05")
+    paid = await w.get(f"/v1/loans/{loan['id']}")
+    assert (paid["days_past_due"], paid["bucket"]) == (31, "31-60")
+    assert paid["delinquency_as_of"] == "2026-11-05"
+    second = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][1]
+    assert second["status"] == "overdue"
+    assert Decimal(paid["balances"]["overdue_amount"]) >= Decimal(second["total"])
+    moved = await event_types(loan["id"])
+    assert moved["loan.delinquency_changed"] == events_before["loan.delinquency_changed"]
+
+    run = await close(w, "2026-11-05")
+    assert run["counts"]["delinquency_changes"] == 0
+    closed = await w.get(f"/v1/loans/{loan['id']}")
+    assert (closed["days_past_due"], closed["bucket"]) == (31, "31-60")
+    after = await event_types(loan["id"])
+    assert after["loan.delinquency_changed"] == events_before["loan.delinquency_changed"]
+    assert after["risk.flag_raised"] == moved["risk.flag_raised"]
 
 
 async def test_rerunning_a_date_changes_nothing(client: httpx.AsyncClient) -> None:
