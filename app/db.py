@@ -10,6 +10,7 @@ from typing import Any, cast
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Connection,
     CursorResult,
     DateTime,
     Dialect,
@@ -17,7 +18,6 @@ from sqlalchemy import (
     MetaData,
     Select,
     Table,
-    Connection,
     Text,
     bindparam,
     event,
