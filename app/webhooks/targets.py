@@ -1,6 +1,8 @@
 """Where webhooks may be sent: never to private, loopback, link-local or metadata addresses
 (an API key holder must not make Loanwatch probe the internal network), checked at
-registration and again at delivery time, since DNS can change in between (rebinding)."""
+registration and again at delivery time, since DNS can change in between (rebinding): the
+dispatcher checks each URL per claim, and the connection goes to the very addresses its own
+look-up checked (transport.AsyncioBackend)."""
 
 import asyncio
 import ipaddress
@@ -18,11 +20,23 @@ class TargetNotAllowed(ValueError):
     pass
 
 
-def _public(address: str) -> bool:
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits, which a network that
+# translates them (NAT64, as on IPv6-only clouds) connects to: 64:ff9b::10.0.0.1 reaches
+# 10.0.0.1. IPv4-mapped (::ffff:0:0/96) and 6to4 (2002::/16) addresses ipaddress unwraps.
+_CARRY_IPV4 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("::/96"))
+
+
+def public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    reached: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            reached = [ip.ipv4_mapped]
+        elif ip.sixtofour:
+            reached.append(ip.sixtofour)
+        elif any(ip in prefix for prefix in _CARRY_IPV4):
+            reached.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return all(a.is_global and not a.is_multicast for a in reached)
 
 
 def parse(url: str) -> tuple[str, int]:
@@ -73,7 +87,8 @@ async def addresses(host: str, port: int) -> list[str]:
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
-    return sorted({str(info[4][0]) for info in infos})
+    # In the resolver's order of preference, which connecting follows.
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 async def check(url: str, *, allow_private: bool, must_resolve: bool) -> None:
@@ -88,6 +103,10 @@ async def check(url: str, *, allow_private: bool, must_resolve: bool) -> None:
         if must_resolve:
             raise TargetNotAllowed(f"{host} does not resolve") from None
         return
-    blocked = [a for a in found if not _public(a)]
+    refuse_private(host, found)
+
+
+def refuse_private(host: str, found: list[str]) -> None:
+    blocked = [a for a in found if not public(a)]
     if blocked:
         raise TargetNotAllowed(f"{host} resolves to a non-public address ({blocked[0]})")

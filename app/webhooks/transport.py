@@ -31,6 +31,9 @@ from typing import Any
 import httpcore
 import httpx
 
+from app.config import get_settings
+from app.webhooks import targets
+
 log = logging.getLogger("loanwatch.webhooks")
 
 # Written bytes are sent at the latest when this many are held.
@@ -197,6 +200,20 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         return self._transport.get_extra_info(names[info]) if info in names else None
 
 
+async def _connect_first(
+    loop: asyncio.AbstractEventLoop, addresses: list[str], port: int, local: Any
+) -> tuple[asyncio.Transport, _Connection]:
+    """A connection to the first of ``addresses`` that accepts one, as create_connection
+    tries a name's addresses in turn."""
+    failure: OSError = OSError(f"no address to connect to on port {port}")
+    for address in addresses:
+        try:
+            return await loop.create_connection(_Connection, address, port, local_addr=local)
+        except OSError as exc:
+            failure = exc
+    raise failure
+
+
 class AsyncioBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(
         self,
@@ -207,15 +224,22 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         loop = asyncio.get_running_loop()
+        local = (local_address, 0) if local_address else None
         try:
             async with asyncio.timeout(timeout):
-                local = (local_address, 0) if local_address else None
-                transport, connection = await loop.create_connection(
-                    _Connection, host, port, local_addr=local
-                )
+                # The name is resolved here and the connection made to the addresses checked,
+                # not resolved again by create_connection: a name that answered a public
+                # address to the dispatcher's check could answer a private one to a second
+                # look-up (DNS rebinding). TLS still verifies the name (httpcore's start_tls).
+                found = await targets.addresses(host, port)
+                if not get_settings().webhook_allow_private_targets:
+                    targets.refuse_private(host, found)
+                transport, connection = await _connect_first(loop, found, port, local)
         except TimeoutError:
             raise httpcore.ConnectTimeout("connect timed out") from None
-        except OSError as exc:
+        except targets.TargetNotAllowed as exc:
+            raise httpcore.ConnectError(f"target not allowed: {exc}") from None
+        except (OSError, UnicodeError) as exc:
             raise httpcore.ConnectError(str(exc)) from exc
         # asyncio sets TCP_NODELAY itself, as anyio does.
         sock = transport.get_extra_info("socket")

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import asyncpg
+import httpcore
 import httpx
 import pytest
 from sqlalchemy import func, select
@@ -16,7 +17,7 @@ from app.config import get_settings
 from app.db import session_scope, utc_now
 from app.events.models import Event
 from app.scheduler import InProcessScheduler, Job, WebhookDispatcher
-from app.webhooks import dispatcher
+from app.webhooks import dispatcher, transport
 from app.webhooks.models import WebhookAttempt, WebhookDelivery
 from tests.conftest import TEST_DSN
 from tests.factories import World, world
@@ -60,8 +61,12 @@ async def test_private_targets_are_refused_unless_allowed(
 ) -> None:
     w = await world(client)
     monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", False)
+    # The last six carry a private IPv4 address that NAT64, IPv4-compatible and 6to4
+    # addresses reach on networks that translate them.
     for url in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest", "http://10.1.2.3/h",
-                "http://localhost:8080/h", "http://[::1]/h"):  # fmt: skip
+                "http://localhost:8080/h", "http://[::1]/h", "http://[64:ff9b::a9fe:a9fe]/m",
+                "http://[64:ff9b::a00:1]/h", "http://[::a9fe:a9fe]/h", "http://[::127.0.0.1]/h",
+                "http://[2002:a9fe:a9fe::]/h", "http://[2002:7f00:1::]/h"):  # fmt: skip
         response = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert response.status_code == 422, url
         assert response.json()["code"] == "webhook_url_not_allowed"
@@ -328,6 +333,24 @@ async def until_lock_waits(connection: asyncpg.Connection, *, present: bool) -> 
             return
         await asyncio.sleep(0.005)
     raise AssertionError(f"no backend {'began' if present else 'stopped'} waiting for a lock")
+
+
+async def test_a_delivery_connects_only_to_addresses_its_own_look_up_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: a name that answered a public address to the dispatcher's check may
+    answer a private one to the next look-up. The connection resolves the name once, checks
+    what it found and connects to exactly that."""
+    backend = transport.AsyncioBackend()
+    with receiving() as receiver:
+        monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", False)
+        for host in ("localhost", "127.0.0.1"):
+            with pytest.raises(httpcore.ConnectError, match="target not allowed"):
+                await backend.connect_tcp(host, receiver.port, timeout=3)
+        monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", True)
+        stream = await backend.connect_tcp("localhost", receiver.port, timeout=3)
+        assert stream.get_extra_info("server_addr")[1] == receiver.port
+        await stream.aclose()
 
 
 async def test_secret_rotation_signs_with_both_during_the_overlap(
