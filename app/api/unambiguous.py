@@ -10,7 +10,11 @@ request has written nothing, not even an idempotency claim:
 * a JSON body holding an integer of more digits than Python reads (4300): every later parse
   of it would fail with a ValueError, which FastAPI took for bytes that are not text;
 * a query parameter given twice (``?status=active&status=delinquent``): no filter takes a
-  list, and keeping the last value answered a different question than the one asked.
+  list, and keeping the last value answered a different question than the one asked;
+* a header that holds one value given twice (``Authorization``, ``Idempotency-Key``,
+  ``Content-Type``): the framework took the first Authorization and the last Idempotency-Key,
+  and a proxy in front may take the other, so a request could be authorised, or told apart
+  from its retries, by a header other than the one a reader of it sees.
 """
 
 import json
@@ -127,7 +131,22 @@ def _nul_in(where: str) -> _Refusal:
     )  # fmt: skip
 
 
-def _refusal_of_url(path: str, query: bytes) -> _Refusal | None:
+# Lower-case, as ASGI gives them, with the spelling errors name them by.
+_SINGLE_VALUED = {b"authorization": "Authorization", b"idempotency-key": "Idempotency-Key",
+                  b"content-type": "Content-Type"}  # fmt: skip
+
+
+def _refusal_of_head(
+    path: str, query: bytes, headers: list[tuple[bytes, bytes]]
+) -> _Refusal | None:
+    names = [name for name, _ in headers if name in _SINGLE_VALUED]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        header = _SINGLE_VALUED[repeated]
+        return _Refusal(
+            f"the request gives the header {header} more than once; it takes one value",
+            header, "given twice", "repeated",
+        )  # fmt: skip
     if "\x00" in path:
         return _nul_in("path")
     if b"%00" in query:
@@ -174,7 +193,7 @@ class RefuseAmbiguousInput:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = _refusal_of_url(scope["path"], scope["query_string"])
+        refusal = _refusal_of_head(scope["path"], scope["query_string"], scope["headers"])
         if refusal is None and scope["method"] in _WITH_BODY:
             body = await read_body(receive)
             refusal = _refusal_of_body(body)

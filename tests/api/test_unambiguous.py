@@ -170,3 +170,33 @@ async def test_a_query_parameter_given_twice_is_refused(client: httpx.AsyncClien
     assert await row_counts() == before
     ok = await client.get("/v1/loans?status=active&limit=5", headers=w.admin)
     assert ok.status_code == 200
+
+
+async def test_a_single_valued_header_given_twice_is_refused(client: httpx.AsyncClient) -> None:
+    """Two Authorization headers were read as the first, two Idempotency-Keys as the last: a
+    retry sending the key its client thought it sent created a second merchant (a tester's
+    repro). Neither is guessed at now, and nothing is claimed or stored."""
+    w = await world(client)
+    admin, merchant = w.admin["Authorization"], w.merchant["Authorization"]
+    two_keys = httpx.Headers([("Authorization", admin), ("Authorization", merchant)])
+    got = await client.get("/v1/merchants", headers=two_keys)
+    assert got.status_code == 422, got.text
+    assert got.json()["errors"] == [
+        {"field": "Authorization", "message": "given twice", "type": "repeated"}
+    ]
+    before = await row_counts()
+    json_body = ("Content-Type", "application/json")
+    twice = (("Idempotency-Key", ("X-A", "X-B"), [json_body]),
+             ("Content-Type", ("application/json", "text/plain"), []))  # fmt: skip
+    for name, values, more in twice:
+        headers = httpx.Headers(
+            [("Authorization", admin), *more, *((name, value) for value in values)]
+        )
+        posted = await client.post("/v1/merchants", content=b'{"name": "dup"}', headers=headers)
+        assert posted.status_code == 422, posted.text
+        assert posted.json()["errors"][0]["field"] == name
+    assert await row_counts() == before
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
+    once = {"Authorization": admin, "Idempotency-Key": "X-A"}
+    assert (await client.post("/v1/merchants", json={"name": "one"}, headers=once)).is_success
