@@ -80,9 +80,15 @@ class RequireJson:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _has_body(scope) and not _is_inbound(scope["path"]):
-            media_type = _media_type(scope)
+            media_type, charset = _content_type(scope)
             if not _is_json(media_type):
                 await _not_json(scope["method"], media_type)(scope, receive, send)
+                return
+            if charset not in (None, "utf-8", "utf8"):
+                # JSON is UTF-8 (RFC 8259 §8.1), and the body is read as such: a body declared
+                # in another encoding was read as UTF-8 all the same (a tester's repro).
+                declared = f"{media_type}; charset={charset}"
+                await _not_json(scope["method"], declared)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -96,11 +102,18 @@ def _has_body(scope: Scope) -> bool:
     return chunked or bool(declared)
 
 
-def _media_type(scope: Scope) -> str:
+def _content_type(scope: Scope) -> tuple[str, str | None]:
+    """The declared media type (lower case, "" if none) and its charset parameter, if any."""
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return bytes(value).decode("latin-1").partition(";")[0].strip().lower()
-    return ""
+            media_type, *parameters = bytes(value).decode("latin-1").lower().split(";")
+            charset = None
+            for parameter in parameters:
+                key, _, given = parameter.partition("=")
+                if key.strip() == "charset":
+                    charset = given.strip().strip('"')
+            return media_type.strip(), charset
+    return "", None
 
 
 def _is_json(media_type: str) -> bool:

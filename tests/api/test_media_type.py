@@ -13,7 +13,10 @@ BORROWER = b'{"external_id": "c-1", "name": "Li Wei", "phone": "+8613800138000"}
 @pytest.mark.parametrize(
     "content_type",
     ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-     "application/xml", "text/json", "application/jsonp", "", None],
+     "application/xml", "text/json", "application/jsonp", "", None,
+     # JSON is UTF-8 (RFC 8259): a body declared in another encoding was read as UTF-8.
+     "application/json; charset=UTF-16", "application/json;charset=latin-1",
+     'application/json; charset="iso-8859-1"'],
 )  # fmt: skip
 async def test_a_body_not_declared_json_is_refused(
     client: httpx.AsyncClient, content_type: str | None
@@ -54,7 +57,8 @@ async def test_a_patch_not_declared_json_names_what_it_takes(client: httpx.Async
 @pytest.mark.parametrize(
     "content_type",
     ["application/json", "application/json; charset=utf-8", "Application/JSON",
-     "application/merge-patch+json"],
+     "application/merge-patch+json", 'application/json; charset="UTF-8"',
+     "application/json;charset=utf8"],
 )  # fmt: skip
 async def test_json_in_any_of_its_forms_is_read(
     client: httpx.AsyncClient, content_type: str
