@@ -10,7 +10,11 @@ from app.loans.schedule import OFFERED_TERMS, Amortization, FeeCollection
 from app.money import Rounding, format_minor, format_rate
 from app.products.models import Product
 
-ProductCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+# A letter or digit first: a code of dots alone ("..") is a path segment every client
+# normalises away, so its Location (/v1/products/..) would never reach it.
+ProductCode = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
 
 
 class FeeKind(StrEnum):

@@ -152,6 +152,9 @@ BAD_PRODUCTS: list[tuple[dict[str, Any], str]] = [
         "installment_multiple_of",
     ),
     ({"code": "has space"}, "code"),
+    # Dot segments: clients normalise /v1/products/.. to /v1/, so the product is unreachable.
+    ({"code": ".."}, "code"),
+    ({"code": "."}, "code"),
     ({"name": "   "}, "name"),
     ({"term_options": ["12"]}, "term_options"),
     ({"grace_days": "3"}, "grace_days"),
