@@ -140,9 +140,9 @@ def _refusal_of_head(
     path: str, query: bytes, headers: list[tuple[bytes, bytes]]
 ) -> _Refusal | None:
     names = [name for name, _ in headers if name in _SINGLE_VALUED]
-    repeated = next((name for name in names if names.count(name) > 1), None)
-    if repeated is not None:
-        header = _SINGLE_VALUED[repeated]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        header = _SINGLE_VALUED[twice]
         return _Refusal(
             f"the request gives the header {header} more than once; it takes one value",
             header, "given twice", "repeated",
