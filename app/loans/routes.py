@@ -13,6 +13,7 @@ from app.api.pagination import Page, page_of
 from app.api.responses import CREATED, POLLED, cached, json_response
 from app.api.routing import StrictRoute
 from app.db import database
+from app.delinquency.rules import Bucket
 from app.loans import service
 from app.loans.models import LoanStatus
 from app.loans.schemas import (
@@ -28,14 +29,17 @@ from app.risk.rules import FlagCode
 
 router = APIRouter(tags=["loans"], route_class=StrictRoute)
 
-Bucket = Annotated[
+BucketQuery = Annotated[
     str | None,
     Query(
-        pattern=r"^(current|1-30|31-60|61-90|90\+)$",
-        description="open loans in this bucket, as the portfolio summary's `by_bucket` counts "
-        "them: paid-off and cancelled loans keep the bucket they closed in and are left out",
+        pattern=r"^(current|1-30|31-60|61-90|90\+|M0|M1|M2|M3|M3\+)$",
+        description="open loans in this bucket, by its days (`current`, `1-30`, `31-60`, "
+        "`61-90`, `90+`) or its label (`M0` to `M3+`; a `+` is `%2B` in a URL), as the "
+        "portfolio summary's `by_bucket` counts them: paid-off and cancelled loans keep the "
+        "bucket they closed in and are left out",
     ),
 ]
+_BY_LABEL = {bucket.label: bucket.value for bucket in Bucket}
 
 
 @router.post("/v1/loans", status_code=201, response_model=LoanRead, responses=CREATED)
@@ -59,7 +63,7 @@ async def list_loans(
     principal: ReaderPrincipal,
     page: PageDep,
     status: LoanStatus | None = None,
-    bucket: Bucket = None,
+    bucket: BucketQuery = None,
     merchant_id: Annotated[str | None, Query(max_length=40)] = None,
     borrower_id: Annotated[str | None, Query(max_length=40)] = None,
     flag: Annotated[FlagCode | None, Query(description="loans with this flag open")] = None,
@@ -70,6 +74,7 @@ async def list_loans(
     """Dashboards poll this by bucket or flag: ``ETag``, and 304 on ``If-None-Match``.
     ``bucket`` selects open loans only, the ones the portfolio summary's buckets count, so a
     dashboard drills down from a bucket's count to the same loans."""
+    bucket = _BY_LABEL.get(bucket, bucket) if bucket else None
     views = await service.list_loans(
         session, principal, page=page, status=status, bucket=bucket, merchant_id=merchant_id,
         borrower_id=borrower_id, flag=flag, merchant_order_ref=merchant_order_ref,

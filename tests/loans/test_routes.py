@@ -341,6 +341,11 @@ async def test_the_bucket_filter_lists_the_open_loans_the_summary_counts(
 
     current = await w.get("/v1/loans?bucket=current")
     assert [loan["id"] for loan in current["items"]] == ids[2:]
+    # By its label as well (SPEC: M0-M3+), "+" escaped as a URL needs it.
+    assert (await w.get("/v1/loans?bucket=M0"))["items"] == current["items"]
+    assert (await w.get("/v1/loans?bucket=M3%2B"))["items"] == []
+    unknown = await client.get("/v1/loans?bucket=M4", headers=w.merchant)
+    assert unknown.status_code == 422
     summary = await w.get("/v1/portfolio/summary")
     assert summary["by_bucket"]["current"]["count"] == len(current["items"]) == 2
     # The closed loans are still listed by status, bucket and all.
