@@ -1,6 +1,6 @@
 from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AdminPrincipal, DashboardPrincipal, SessionDep
+from app.api.deps import AdminPrincipal, DashboardPrincipal, ReaderPrincipal, SessionDep
 from app.api.fields import IsoDate
 from app.api.responses import CREATED, LOCATION, POLLED, cached
 from app.api.routing import StrictRoute
@@ -49,10 +49,12 @@ async def get_close_run(
 
 @router.get("/v1/business-date", response_model=BusinessDateRead, responses=POLLED)
 async def get_business_date(
-    request: Request, session: SessionDep, principal: DashboardPrincipal
+    request: Request, session: SessionDep, principal: ReaderPrincipal
 ) -> Response:
-    """Dashboards poll this for the night's close: ``ETag``, and 304 on ``If-None-Match``."""
-    run = await service.latest_run(session)
+    """Dashboards poll this for the night's close: ``ETag``, and 304 on ``If-None-Match``.
+    A POS reads the date its promises and plans count from (a merchant key sees the date
+    alone)."""
+    run = None if principal.is_merchant else await service.latest_run(session)
     return cached(
         request,
         BusinessDateRead(

@@ -42,4 +42,8 @@ class CloseRunRead(BaseModel):
 
 class BusinessDateRead(BaseModel):
     business_date: date | None
-    last_close_run: CloseRunRead | None
+    # Null for a merchant key: the run's counts are the whole book's, every merchant's.
+    last_close_run: CloseRunRead | None = Field(
+        description="the latest close run (null before any, and for a merchant key, which "
+        "sees the business date alone: a run's counts are the whole book's)"
+    )
