@@ -34,10 +34,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(folder: Path) -> Iterator[str]:
-    """`loanwatch serve` in ``folder`` (its SQLite file) until the block ends; its base URL."""
+def serving(folder: Path, log_name: str = "serve.log") -> Iterator[str]:
+    """`loanwatch serve` in ``folder`` (its SQLite file) until the block ends; its base URL.
+    Its output goes to ``folder / log_name``."""
     port = free_port()
-    log = folder / f"serve-{port}.log"
+    log = folder / log_name
     with log.open("w") as out:
         process = subprocess.Popen(
             [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -62,7 +63,7 @@ def serving(folder: Path) -> Iterator[str]:
 @pytest.fixture
 def embedded_server(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     with serving(tmp_path) as base:
-        log = next(tmp_path.glob("serve-*.log")).read_text()
+        log = (tmp_path / "serve.log").read_text()
         match = re.search(r"\b(lw_[A-Za-z0-9_-]+)", log)
         assert match, log
         yield base, match.group(1), tmp_path
@@ -305,7 +306,7 @@ async def test_two_servers_on_one_file_take_turns(embedded_server: tuple[str, st
     limit held against originations through both (they were lost, and the limit exceeded,
     when transactions began at their first write)."""
     first, key, folder = embedded_server
-    with serving(folder) as second:
+    with serving(folder, "second.log") as second:
         admin = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(headers=admin, timeout=60) as http:
 

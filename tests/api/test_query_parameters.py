@@ -66,7 +66,9 @@ async def test_every_route_refuses_a_parameter_it_does_not_take(
     w = await world(client)
     before = await row_counts()
     for route in app.routes:
-        if not isinstance(route, APIRoute):
+        # The documentation pages are FastAPI's (fastapi-offline's): Swagger UI's own links
+        # may carry parameters of its own.
+        if not isinstance(route, APIRoute) or route.path.startswith(("/docs", "/redoc")):
             continue
         path = re.sub(r"\{[^}]+\}", "x1", route.path) + "?not_a_parameter=1"
         for method in sorted(route.methods):
