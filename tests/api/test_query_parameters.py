@@ -60,16 +60,21 @@ async def test_a_filter_that_does_not_exist_is_refused(client: httpx.AsyncClient
     assert await row_counts() == before
 
 
+def api_routes() -> list[APIRoute]:
+    """Every route but the documentation pages (fastapi-offline's, not ours: Swagger UI's
+    links may carry parameters of their own)."""
+    return [
+        route for route in app.routes
+        if isinstance(route, APIRoute) and not route.path.startswith(("/docs", "/redoc"))
+    ]  # fmt: skip
+
+
 async def test_every_route_refuses_a_parameter_it_does_not_take(
     client: httpx.AsyncClient,
 ) -> None:
     w = await world(client)
     before = await row_counts()
-    for route in app.routes:
-        # The documentation pages are FastAPI's (fastapi-offline's): Swagger UI's own links
-        # may carry parameters of its own.
-        if not isinstance(route, APIRoute) or route.path.startswith(("/docs", "/redoc")):
-            continue
+    for route in api_routes():
         path = re.sub(r"\{[^}]+\}", "x1", route.path) + "?not_a_parameter=1"
         for method in sorted(route.methods):
             response = await client.request(method, path, headers=w.admin)
@@ -85,9 +90,7 @@ def test_every_route_takes_exactly_the_query_parameters_it_documents() -> None:
     documented parameter is refused (tests/test_embedded.py fuzzes them)."""
     document = app.openapi()
     checked = 0
-    for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue
+    for route in api_routes():
         assert isinstance(route, StrictRoute), route.path
         for method in route.methods:
             operation = document["paths"].get(route.path, {}).get(method.lower())
