@@ -175,8 +175,13 @@ async def record_payment(
     # A payment received after the business date (today's, once yesterday is closed) reckons
     # the loan as of its own date, as tonight's close will: as of the business date it would
     # show a day that never was (yesterday, with today's money), and tonight's close would move
-    # the loan back a bucket it never left.
-    as_of = max(await delinquency.reckoning_date(session), received_on)
+    # the loan back a bucket it never left. Nor does a later payment, dated earlier, take the
+    # loan back to a date before the one it is reckoned as of.
+    as_of = max(
+        await delinquency.reckoning_date(session),
+        received_on,
+        min(loan.delinquency_as_of or received_on, today),
+    )
     await _store_position(
         session, loan, installments, position, fee_rows, as_of=as_of, changed_on=received_on,
         reckon=False,

@@ -156,6 +156,10 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     assert Decimal(paid["balances"]["overdue_amount"]) >= Decimal(second["total"])
     moved = await event_types(loan["id"])
     assert moved["loan.delinquency_changed"] == events_before["loan.delinquency_changed"]
+    # A payment dated the business date, recorded after: the loan stays reckoned as of 11-05.
+    await w.pay(loan["id"], "10.00", "2026-11-04")
+    again = await w.get(f"/v1/loans/{loan['id']}")
+    assert (again["days_past_due"], again["delinquency_as_of"]) == (31, "2026-11-05")
 
     run = await close(w, "2026-11-05")
     assert run["counts"]["delinquency_changes"] == 0
