@@ -472,7 +472,13 @@ async def recompute_delinquency(
     dpd, bucket, status = _new_values(per_loan, as_of)
     moved = or_(bucket != loan.bucket, status != loan.status)
     onwards = or_(loan.delinquency_as_of.is_(None), loan.delinquency_as_of <= as_of)
-    newly_past_30 = and_(loan.ever_30_plus_on.is_(None), dpd > PAST_30_DAYS)
+    went_past_30 = add_days(per_loan.c.oldest_missed, PAST_30_DAYS + 1)
+    # An earlier day than the one stored, too: a payment recorded before the close that
+    # charged a fee it then paid first reckoned the loan settled at the time (vintages).
+    newly_past_30 = and_(
+        dpd > PAST_30_DAYS,
+        or_(loan.ever_30_plus_on.is_(None), loan.ever_30_plus_on > went_past_30),
+    )
     update_loans = (
         update(_loan)
         .where(
@@ -507,7 +513,7 @@ async def recompute_delinquency(
             # The day it went past 30, wherever the close catches it (late loans booked with
             # past dates, a missed close).
             ever_30_plus_on=case(
-                (newly_past_30, add_days(per_loan.c.oldest_missed, PAST_30_DAYS + 1)),
+                (newly_past_30, went_past_30),
                 else_=loan.ever_30_plus_on,
             ),
         )

@@ -306,6 +306,31 @@ async def test_a_migrated_history_is_not_a_30_plus_vintage(client: httpx.AsyncCl
     assert await ever_30_plus() == date(2026, 8, 10)
 
 
+async def test_when_a_payment_was_recorded_does_not_change_the_vintage(
+    client: httpx.AsyncClient,
+) -> None:
+    """Two loans alike, each paying 200.00 on Oct 30 for the installment due Sep 30, whose 10 %
+    late fee (capped at 15.00) the close of Oct 1 charges first: the installment stays 15.00
+    short, and the loan goes past 30 days on Oct 31. One payment is recorded before the
+    closes, one between them; both loans have the same history, so the same day (a tester
+    found 0 % and 100 % at month on book 2)."""
+    w = await world(client, amortization="interest_free", annual_interest_rate="0",
+                    grace_days=0, late_fee={"kind": "percent", "percent": "0.10",
+                                            "cap_per_installment": "15.00"})  # fmt: skip
+    early = await w.loan(principal="1200.00", term=6, disbursed_on="2026-08-31")
+    late = await w.loan(principal="1200.00", term=6, disbursed_on="2026-08-31")
+    await w.pay(early["id"], "200.00", "2026-10-30")  # before any close
+    await close(w, "2026-09-30")
+    await close(w, "2026-10-29")
+    await w.pay(late["id"], "200.00", "2026-10-30")
+    await close(w, "2026-11-05")
+    async with session_scope() as session:
+        ever = dict((await session.execute(select(Loan.id, Loan.ever_30_plus_on))).all())
+    assert ever[early["id"]] == ever[late["id"]] == date(2026, 10, 31)
+    got = await w.get("/v1/portfolio/vintages", w.admin)
+    assert curve(got["vintages"][0])[2] == (2, "1.0000")
+
+
 async def fpd_alerts(w: World) -> list[dict[str, Any]]:
     alerts = (await w.get("/v1/portfolio/alerts?limit=200", w.admin))["items"]
     return [a for a in alerts if a["metric"] == "fpd_10"]
