@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from app.config import get_settings
 from app.webhooks import transport
+
+
+@pytest.fixture(autouse=True)
+def loopback_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servers here listen on loopback, which deliveries refuse by default."""
+    monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", True)
 
 
 @dataclass
