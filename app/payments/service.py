@@ -2,7 +2,7 @@
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from functools import partial
 from typing import cast
 
@@ -172,16 +172,15 @@ async def record_payment(
     view = loans_service.LoanView(
         loan, installments, today, await delinquency.business_date(session)
     )
-    # A payment received after the business date (today's, once yesterday is closed) reckons
-    # the loan as of its own date, as tonight's close will: as of the business date it would
-    # show a day that never was (yesterday, with today's money), and tonight's close would move
-    # the loan back a bucket it never left. Nor does a later payment, dated earlier, take the
-    # loan back to a date before the one it is reckoned as of.
-    as_of = max(
-        await delinquency.reckoning_date(session),
-        received_on,
-        min(loan.delinquency_as_of or received_on, today),
-    )
+    # A payment received the day after the business date (today's, once yesterday is closed)
+    # reckons the loan as of that day, the one tonight's close will close: as of the business
+    # date it would show a day that never was (yesterday, with today's money), and tonight's
+    # close would move the loan back a bucket it never left. Nor does a later payment, dated
+    # earlier, take the loan back a day. Never further ahead: while closes are behind (a
+    # catch-up to come), flags, promises and events are dated on the dates closed in order.
+    reckoning = await delinquency.reckoning_date(session)
+    reckoned = max(received_on, loan.delinquency_as_of or received_on)
+    as_of = max(reckoning, min(reckoned, reckoning + timedelta(days=1), today))
     await _store_position(
         session, loan, installments, position, fee_rows, as_of=as_of, changed_on=received_on,
         reckon=False,

@@ -687,9 +687,9 @@ async def test_late_drift(client: httpx.AsyncClient) -> None:
 async def test_late_drift_paid_after_the_business_date_is_raised_on_its_date(
     client: httpx.AsyncClient,
 ) -> None:
-    """Today's late payment, recorded while yesterday is the business date, counts how late
-    it settled from today: the flag is raised by tonight's close, not dated the day before
-    the settlement its evidence names."""
+    """Today's late payment, recorded while yesterday is the business date, reckons the loan
+    as of today, the date tonight's close closes: the flag is raised at once, dated today, not
+    the day before the settlement its evidence names; tonight's close keeps it."""
     w = await setup(client)
     loan_id = await six_month_loan(w)
     for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-12"),
@@ -697,10 +697,10 @@ async def test_late_drift_paid_after_the_business_date_is_raised_on_its_date(
         await w.pay(loan_id, amount, day)  # 0, 2, 4 days late
     await close(w, "2026-05-15")
     await w.pay(loan_id, "206.00", "2026-05-16")  # 6 days late
-    assert "late_drift" not in await flags(w, loan_id)
-    await close(w, "2026-05-16")
     flag = (await flags(w, loan_id))["late_drift"]
     assert (flag["raised_on"], flag["evidence"]["last_settled_on"]) == ("2026-05-16", "2026-05-16")
+    await close(w, "2026-05-16")
+    assert (await flags(w, loan_id))["late_drift"] == flag
 
 
 async def test_late_drift_narrowly_not(client: httpx.AsyncClient) -> None:
