@@ -170,6 +170,23 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     assert after["risk.flag_raised"] == moved["risk.flag_raised"]
 
 
+async def test_while_closes_are_behind_a_payment_reckons_no_further_than_the_next_date(
+    client: httpx.AsyncClient,
+) -> None:
+    """The business date is 09-01 and a payment dated 10-15 comes in (a book loaded before its
+    catch-up): the loan is reckoned as of 09-02 at most, so no event or flag is dated on a day
+    the closes have not reached, to be undone by the catch-up (a re-verifier's repro)."""
+    w = await world(client, grace_days=0, late_fee={"kind": "fixed", "amount": "25.00"})
+    await close(w, "2026-09-01")
+    loan = await w.loan(principal="3000.00", term=6, disbursed_on="2026-07-01")
+    await w.pay(loan["id"], "100.00", "2026-10-15")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["delinquency_as_of"] == "2026-09-02"
+    feed = (await w.get("/v1/events?limit=200", headers=w.admin))["items"]
+    dated = [e["data"].get("as_of") or e["data"].get("raised_on") for e in feed]
+    assert max(day for day in dated if day) <= "2026-09-02"
+
+
 async def test_rerunning_a_date_changes_nothing(client: httpx.AsyncClient) -> None:
     w, _ = await late_world(client)
     await close(w, "2026-03-01")
