@@ -157,9 +157,13 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     moved = await event_types(loan["id"])
     assert moved["loan.delinquency_changed"] == events_before["loan.delinquency_changed"]
     # A payment dated the business date, recorded after: the loan stays reckoned as of 11-05.
-    await w.pay(loan["id"], "10.00", "2026-11-04")
+    small = await w.pay(loan["id"], "10.00", "2026-11-04")
     again = await w.get(f"/v1/loans/{loan['id']}")
     assert (again["days_past_due"], again["delinquency_as_of"]) == (31, "2026-11-05")
+    # Nor does a reversal (a re-verifier's: it took the loan back to 11-04, its event dated so).
+    await w.post(f"/v1/payments/{small['id']}/reverse", {"reason": "error"}, expect=200)
+    reversed_ = await w.get(f"/v1/loans/{loan['id']}")
+    assert (reversed_["days_past_due"], reversed_["delinquency_as_of"]) == (31, "2026-11-05")
 
     run = await close(w, "2026-11-05")
     assert run["counts"]["delinquency_changes"] == 0
