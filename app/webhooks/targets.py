@@ -24,6 +24,8 @@ class TargetNotAllowed(ValueError):
 # translates them (NAT64, as on IPv6-only clouds) connects to: 64:ff9b::10.0.0.1 reaches
 # 10.0.0.1. IPv4-mapped (::ffff:0:0/96) and 6to4 (2002::/16) addresses ipaddress unwraps.
 _CARRY_IPV4 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("::/96"))
+# Local-use NAT64 (RFC 8215): a site's own translator, which reaches its own IPv4 network.
+_LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 def public(address: str) -> bool:
@@ -34,6 +36,8 @@ def public(address: str) -> bool:
             reached = [ip.ipv4_mapped]
         elif ip.sixtofour:
             reached.append(ip.sixtofour)
+        elif ip in _LOCAL_NAT64:
+            return False
         elif any(ip in prefix for prefix in _CARRY_IPV4):
             reached.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     return all(a.is_global and not a.is_multicast for a in reached)
