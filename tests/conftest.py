@@ -7,11 +7,17 @@ from collections.abc import AsyncIterator, Iterator
 import asyncpg
 import httpx
 import pytest
+from hypothesis import settings
 from sqlalchemy import text
 
 from app.config import get_settings
 from app.db import database
 from app.models import Base
+
+# Speed is measured by the benchmarks under bench/, never by the suite: Hypothesis's deadline
+# (200 ms an example) only failed a schedule property on a busy machine.
+settings.register_profile("loanwatch", deadline=None)
+settings.load_profile("loanwatch")
 
 ADMIN_DSN = os.environ.get(
     "LOANWATCH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
