@@ -291,5 +291,5 @@ async def _record_failed_debit(
         "gateway": gateway,
     }
     await events.emit(session, "payment.debit_failed", result, loan=loan)
-    await risk.refresh_loan(session, loan, await delinquency.reckoning_date(session))
+    await risk.refresh_loan(session, loan, await delinquency.change_date(session, loan))
     return result

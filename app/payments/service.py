@@ -2,7 +2,7 @@
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from functools import partial
 from typing import cast
 
@@ -172,7 +172,7 @@ async def record_payment(
     view = loans_service.LoanView(
         loan, installments, today, await delinquency.business_date(session)
     )
-    as_of = await _reckoning_date(session, loan, today, received_on)
+    as_of = await delinquency.change_date(session, loan, received_on)
     await _store_position(
         session, loan, installments, position, fee_rows, as_of=as_of, changed_on=received_on,
         reckon=False,
@@ -250,7 +250,7 @@ async def reverse_payment(
     installments = await loans_service.load_installments(session, loan.id)
     business_date = await delinquency.business_date(session)
     view = loans_service.LoanView(loan, installments, today, business_date)
-    status_before, as_of = loan.status, await _reckoning_date(session, loan, today)
+    status_before, as_of = loan.status, await delinquency.change_date(session, loan)
     position = None
     if loan.status == LoanStatus.CANCELLED:
         _take_back_from_refund(session, loan, payment, installments, reversed_on)
@@ -695,22 +695,6 @@ async def _store_position(
         loan.paid_off_on = None
     if reckon:
         await _reckon(session, loan, position, as_of, status_before)
-
-
-async def _reckoning_date(
-    session: AsyncSession, loan: Loan, today: date, received_on: date | None = None
-) -> date:
-    """The date a payment (received on ``received_on``) or a reversal reckons ``loan`` as of:
-    the reckoning date, or for a payment received after it (today's, once yesterday is closed)
-    the next date to close, the one tonight's close will close: as of the business date it
-    would show a day that never was (yesterday, with today's money), and tonight's close would
-    move the loan back a bucket it never left. Never before the date the loan is reckoned as of
-    already (a payment today came first), and never beyond the next date to close: while closes
-    are behind (a catch-up to come), flags, promises and events are dated on the dates closed,
-    in order."""
-    reckoning = await delinquency.reckoning_date(session)
-    later = max(received_on or reckoning, loan.delinquency_as_of or reckoning)
-    return max(reckoning, min(later, reckoning + timedelta(days=1), today))
 
 
 async def _reckon(
