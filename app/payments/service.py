@@ -406,12 +406,19 @@ async def _applied_payments(session: AsyncSession, loan_id: str) -> list[Payment
 
 
 async def waive_fees(
-    session: AsyncSession, loan: Loan, *, cap_minor: int | None, note: str, as_of: date
+    session: AsyncSession,
+    loan: Loan,
+    *,
+    cap_minor: int | None,
+    note: str,
+    as_of: date,
+    reckon_on: date,
 ) -> int:
     """Forgive the fees due on the loan (locked by the caller) on the business date ``as_of``,
     oldest installment first, up to ``cap_minor`` (all of them when None): one ``fee_waiver``
     ledger row per installment, then the loan's payments replayed with those fees never
-    charged, as a reversal replays them. Returns what was forgiven (0: nothing was due)."""
+    charged, as a reversal replays them, and the loan reckoned as of ``reckon_on``. Returns
+    what was forgiven (0: nothing was due)."""
     installments = await loans_service.load_installments(session, loan.id)
     terms, _ = await _terms(session, installments)
     payments = await _applied_payments(session, loan.id)
@@ -428,16 +435,19 @@ async def waive_fees(
     if forgiven:
         await session.flush()  # the replay reads the waivers back with the late fees
         # The waterfall pays an installment's fees first, so what is forgiven never settles one.
-        await _replay_and_store(session, loan, installments, payments, as_of=as_of)
+        await _replay_and_store(
+            session, loan, installments, payments, as_of=reckon_on, changed_on=as_of
+        )
     return sum(forgiven.values())
 
 
 async def defer_installments(
-    session: AsyncSession, loan: Loan, *, months: int, as_of: date
+    session: AsyncSession, loan: Loan, *, months: int, as_of: date, reckon_on: date
 ) -> list[tuple[int, date, date]]:
     """A payment holiday on the loan (locked by the caller): the installments not yet due on
     the business date ``as_of`` fall due ``months`` later, with the same amounts (no interest
-    for the holiday), and the payments are replayed on the new dates. Returns each moved
+    for the holiday), and the payments are replayed on the new dates, the loan reckoned as of
+    ``reckon_on``. Returns each moved
     installment's (seq, old due date, new due date); none when nothing is still ahead."""
     installments = await loans_service.load_installments(session, loan.id)
     new_dates = deferred([i.due_date for i in installments], as_of, months)
@@ -448,7 +458,9 @@ async def defer_installments(
             row.due_date, row.reminded_on = new, None  # remind again before the new date
     if moved:
         payments = await _applied_payments(session, loan.id)
-        await _replay_and_store(session, loan, installments, payments, as_of=as_of)
+        await _replay_and_store(
+            session, loan, installments, payments, as_of=reckon_on, changed_on=as_of
+        )
     return moved
 
 
@@ -460,13 +472,13 @@ class Extension:
 
 
 async def extend_term(
-    session: AsyncSession, loan: Loan, *, months: int, as_of: date
+    session: AsyncSession, loan: Loan, *, months: int, as_of: date, reckon_on: date
 ) -> Extension | None:
     """A term extension on the loan (locked by the caller): the installments not yet due on
     the business date ``as_of`` are re-amortised over as many and ``months`` more
     (``extended``), the loan's term grows by ``months`` and the payments are replayed on the
-    new schedule. Returns the term before and the next installment's amount before and after;
-    None when nothing is still ahead."""
+    new schedule, the loan reckoned as of ``reckon_on``. Returns the term before and the next
+    installment's amount before and after; None when nothing is still ahead."""
     installments = await loans_service.load_installments(session, loan.id)
     ahead = [i for i in installments if i.due_date > as_of]
     if not ahead:
@@ -508,7 +520,9 @@ async def extend_term(
     term_was, loan.term = loan.term, loan.term + months
     loan.restructured_on = as_of  # the replay's delinquency makes it `restructured` if current
     payments = await _applied_payments(session, loan.id)
-    await _replay_and_store(session, loan, [*installments, *added], payments, as_of=as_of)
+    await _replay_and_store(
+        session, loan, [*installments, *added], payments, as_of=reckon_on, changed_on=as_of
+    )
     return Extension(term_was=term_was, installment_was=was, installment=new[0].total_minor)
 
 

@@ -129,15 +129,20 @@ async def approve(
     if loan.status not in OPEN_STATUSES:
         raise LoanNotActive(f"loan {loan.id} is {loan.status}; restructure cannot be approved")
     as_of = await delinquency.loan_date(session, loan, reckoning=True)
+    # Decided as of the business date, the loan reckoned as a payment would: after today's
+    # payment, as of today still, not taken back a day.
+    reckon_on = max(as_of, await delinquency.change_date(session, loan))
     if restructure.kind == RestructureKind.REPAYMENT_PLAN:
-        await _start_plan(session, principal, restructure, loan, as_of)
+        await _start_plan(session, principal, restructure, loan, as_of, reckon_on)
     elif restructure.kind == RestructureKind.TERM_EXTENSION:
         months = restructure.terms["months"]
         if loan.term + months > MAX_TERM:  # another extension came first
             raise TermTooLong(f"loan {loan.id}: the term would be {loan.term + months} months, "
                               f"beyond {MAX_TERM}")  # fmt: skip
         try:
-            extension = await payments.extend_term(session, loan, months=months, as_of=as_of)
+            extension = await payments.extend_term(
+                session, loan, months=months, as_of=as_of, reckon_on=reckon_on
+            )
         except InstallmentsDoNotFit:
             raise ExtensionDoesNotFit(
                 f"loan {loan.id}: what is left over {months} more months does not fit the "
@@ -153,7 +158,9 @@ async def approve(
         }  # fmt: skip
     elif restructure.kind == RestructureKind.PAYMENT_HOLIDAY:
         months = restructure.terms["months"]
-        moved = await payments.defer_installments(session, loan, months=months, as_of=as_of)
+        moved = await payments.defer_installments(
+            session, loan, months=months, as_of=as_of, reckon_on=reckon_on
+        )
         if not moved:
             raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
         restructure.terms = {
@@ -166,7 +173,7 @@ async def approve(
     else:
         waived = await payments.waive_fees(
             session, loan, cap_minor=restructure.terms["amount_minor"],
-            note=f"restructure {restructure.id}", as_of=as_of,
+            note=f"restructure {restructure.id}", as_of=as_of, reckon_on=reckon_on,
         )  # fmt: skip
         if waived == 0:
             raise NoFeesToWaive(f"loan {loan.id} has no fees due on {as_of}")
@@ -182,10 +189,16 @@ async def approve(
 
 
 async def _start_plan(
-    session: AsyncSession, principal: Principal, restructure: Restructure, loan: Loan, as_of: date
+    session: AsyncSession,
+    principal: Principal,
+    restructure: Restructure,
+    loan: Loan,
+    as_of: date,
+    reckon_on: date,
 ) -> None:
     """The plan's installments become promises from ``as_of`` (a plan still running on the
-    loan is replaced: its open installments are cancelled); today's payments count already."""
+    loan is replaced: its open installments are cancelled), the loan's promises and flags
+    reckoned as of ``reckon_on``; today's payments count already."""
     plan = installments_of(restructure.terms)
     earliest = await promises.earliest_due_on(session, loan)
     if plan[0].due_on < earliest:
@@ -224,10 +237,10 @@ async def _start_plan(
         for seq, (installment, total) in enumerate(zip(plan, cumulative(plan), strict=True), 1)
     )
     await session.flush()
-    await promises.refresh_loan(session, loan, as_of)
+    await promises.refresh_loan(session, loan, reckon_on)
     # partial_payments rests while the plan runs. (A waiver or a holiday replays the loan,
     # which re-evaluates it.)
-    await risk.refresh_loan(session, loan, as_of)
+    await risk.refresh_loan(session, loan, reckon_on)
 
 
 async def _check_something_ahead(session: AsyncSession, loan: Loan, as_of: date) -> None:

@@ -164,6 +164,14 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     await w.post(f"/v1/payments/{small['id']}/reverse", {"reason": "error"}, expect=200)
     reversed_ = await w.get(f"/v1/loans/{loan['id']}")
     assert (reversed_["days_past_due"], reversed_["delinquency_as_of"]) == (31, "2026-11-05")
+    # Nor does relief approved after it, decided on the business date (it reckoned the loan
+    # as of that date, the day before).
+    asked = await w.post(f"/v1/loans/{loan['id']}/restructures",
+                         {"kind": "fee_waiver", "reason": "goodwill"}, expect=201)  # fmt: skip
+    approved = await w.post(f"/v1/restructures/{asked.json()['id']}/approve", {}, w.admin, 200)
+    assert approved.json()["decided_on"] == "2026-11-04"
+    waived = await w.get(f"/v1/loans/{loan['id']}")
+    assert (waived["days_past_due"], waived["delinquency_as_of"]) == (31, "2026-11-05")
 
     run = await close(w, "2026-11-05")
     assert run["counts"]["delinquency_changes"] == 0
