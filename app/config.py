@@ -40,6 +40,10 @@ class CloseSettings(BaseModel):
     max_dates_per_request: int = Field(default=400, ge=1)
     # A run still "running" without a heartbeat for this long is taken to have crashed.
     stale_after_minutes: int = Field(default=30, ge=1)
+    # The scheduled close meeting one already running (a manual close) tries again this often,
+    # this many times (3 hours by default); after that the next night catches the date up.
+    nightly_retry_seconds: float = Field(default=300, gt=0)
+    nightly_retries: int = Field(default=36, ge=0)
 
 
 class PortfolioSettings(BaseModel):

@@ -8,8 +8,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_fixed,
+)
+
 from app.api import idempotency
 from app.close import service as close_service
+from app.close.errors import CloseInProgress
 from app.config import get_settings
 from app.db import session_scope
 from app.webhooks import dispatcher
@@ -43,8 +52,23 @@ async def _purge_idempotency_keys() -> object:
         return await idempotency.purge_expired(session)
 
 
-async def _nightly_close() -> object:
-    dates = await close_service.close_yesterday()
+def _log_wait(state: RetryCallState) -> None:
+    log.info("nightly close waits: %s", state.outcome and state.outcome.exception())
+
+
+async def nightly_close() -> object:
+    """Close the day that just ended; while a manual close runs, try again until it is done
+    (as the Celery task does): tomorrow's close would catch the date up, a day late."""
+    settings = get_settings().close
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(CloseInProgress),
+        wait=wait_fixed(settings.nightly_retry_seconds),
+        stop=stop_after_attempt(settings.nightly_retries + 1),
+        before_sleep=_log_wait,
+        reraise=True,
+    ):
+        with attempt:
+            dates = await close_service.close_yesterday()
     await close_service.run_dates_in_process(dates)
     return dates
 
@@ -67,7 +91,7 @@ def default_jobs() -> tuple[Job, ...]:
     close_time = time.fromisoformat(get_settings().close.time)
     return (
         Job("purge-idempotency-keys", _purge_idempotency_keys, every_seconds=3600),
-        Job("nightly-close", _nightly_close, daily_at=close_time),
+        Job("nightly-close", nightly_close, daily_at=close_time),
         Job("webhook-dispatcher", WebhookDispatcher().run_once, every_seconds=0),
     )
 

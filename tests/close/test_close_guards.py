@@ -2,8 +2,10 @@
 attempt since replaced does nothing, and a request the task queue cannot take stores nothing."""
 
 import asyncio
+import logging
 import time
 import warnings
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -11,12 +13,15 @@ from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.exc import SAWarning
 
+from app import clock, scheduler
 from app.close import service as close_service
+from app.close.errors import CloseInProgress
 from app.close.models import CloseRun
 from app.config import get_settings
 from app.db import session_scope
 from app.risk.models import RiskRun
 from tests.close.test_close import close, late_world
+from tests.factories import world
 
 
 async def test_concurrent_requests_close_a_date_once(client: httpx.AsyncClient) -> None:
@@ -149,3 +154,42 @@ async def test_the_portfolio_step_of_an_attempt_reads_one_snapshot(
         warnings.simplefilter("error", SAWarning)
         await close_service.run_chunk("portfolio", day, None, None, attempt)
     await close_service.fail_run(day, "the test's own run", attempt)
+
+
+async def test_the_nightly_close_waits_for_a_manual_one(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A manual close still running when the scheduled one fires: the nightly close tries
+    again until it is done, then closes yesterday (it used to wait for the next night)."""
+    w = await world(client)
+    yesterday = clock.today() - timedelta(days=1)
+    monkeypatch.setattr(get_settings().close, "nightly_retry_seconds", 0.05)
+    caplog.set_level(logging.INFO, logger="loanwatch.scheduler")
+    async with session_scope() as session:  # the manual close, queued
+        await close_service.plan_close(session, as_of=yesterday - timedelta(days=1))
+    nightly = asyncio.create_task(scheduler.nightly_close())
+    for _ in range(200):  # a bound on a loaded machine, not a speed check
+        if sum("nightly close waits" in r.getMessage() for r in caplog.records) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert not nightly.done()
+    await close_service.run_dates_in_process([yesterday - timedelta(days=1)])
+    assert await asyncio.wait_for(nightly, 60) == [yesterday]
+    run = await w.get(f"/v1/close-runs/{yesterday}", headers=w.admin)
+    assert (run["status"], run["attempts"]) == ("succeeded", 1)
+    business = await w.get("/v1/business-date", headers=w.admin)
+    assert business["business_date"] == yesterday.isoformat()
+
+
+async def test_the_nightly_close_gives_up_after_its_retries(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await world(client)
+    yesterday = clock.today() - timedelta(days=1)
+    monkeypatch.setattr(get_settings().close, "nightly_retry_seconds", 0.01)
+    monkeypatch.setattr(get_settings().close, "nightly_retries", 2)
+    async with session_scope() as session:
+        await close_service.plan_close(session, as_of=yesterday - timedelta(days=1))
+    with pytest.raises(CloseInProgress):
+        await scheduler.nightly_close()
+    assert await count(CloseRun) == 1  # only the manual one: tomorrow's close catches up

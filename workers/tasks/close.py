@@ -15,24 +15,27 @@ from celery import chord
 
 from app.close import service as close_service
 from app.close.errors import CloseInProgress
+from app.config import get_settings
 from workers import runtime
 from workers.celery_app import celery
 
 STEP_NAMES = list(close_service.STEPS)
-# A manual close running when the scheduled one fires: try again until it is done.
-NIGHTLY_RETRY_SECONDS, NIGHTLY_RETRIES = 300, 36
 
 log = logging.getLogger("loanwatch.close")
 
 
-@celery.task(name="close.nightly", acks_late=True, bind=True, max_retries=NIGHTLY_RETRIES)
+@celery.task(name="close.nightly", acks_late=True, bind=True)
 def nightly(self: Any) -> list[str]:
-    """Close the day that just ended (beat, at the configured local time)."""
+    """Close the day that just ended (beat, at the configured local time); while a manual
+    close runs, try again until it is done."""
     try:
         dates = [d.isoformat() for d in runtime.run(close_service.close_yesterday())]
     except CloseInProgress as exc:
+        settings = get_settings().close
         log.info("nightly close waits: %s", exc)
-        raise self.retry(countdown=NIGHTLY_RETRY_SECONDS) from None
+        raise self.retry(
+            countdown=settings.nightly_retry_seconds, max_retries=settings.nightly_retries
+        ) from None
     if dates:
         _start_date(dates)
     return dates
