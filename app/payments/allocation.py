@@ -17,7 +17,8 @@ installment owing no more than the arrears tolerance, the close would not have c
 it known them, and the replay withdraws it as never charged: a back-dated payment that paid in
 time, or any payoff dated before it. So a replayed loan is never paid off owing a late fee. A
 fee that is a percent of the unpaid part is lowered, the same way, to what the close would
-have charged on what they left unpaid (never raised above what it charged).
+have charged on what they left unpaid (never raised above what it charged); a fee waiver
+already granted on it is taken off the lowered fee, down to nothing.
 
 Balances are never patched in place: they are the result of replaying every applied payment in
 order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
@@ -34,6 +35,8 @@ from datetime import date
 class LateFee:
     assessed_on: date
     amount_minor: int
+    # What a fee waiver forgave of the fee as the close charged it (not in ``amount_minor``).
+    waived_minor: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,7 @@ class InstallmentTerms:
             forgiven = min(waived_minor, fee.amount_minor)
             waived_minor -= forgiven
             if fee.amount_minor > forgiven:
-                late_fees.append(LateFee(fee.assessed_on, fee.amount_minor - forgiven))
+                late_fees.append(LateFee(fee.assessed_on, fee.amount_minor - forgiven, forgiven))
         fees = self.fees_minor - min(waived_minor, self.fees_minor)
         return replace(self, fees_minor=fees, late_fees=tuple(late_fees))
 
@@ -238,7 +241,8 @@ def _late_fees_withdrawn(
     by the date it charged it: each replayed as that night saw it, the fees of earlier nights as
     they stand and the payments received by then, in the order the nights ran. The whole fee
     when the installment then owed no more than the tolerance; of a percent fee, what it
-    charged beyond the fee on what was unpaid."""
+    charged beyond the fee on what was unpaid, what a waiver forgave of it already counting
+    against that fee."""
     withdrawn: dict[int, tuple[LateFee, ...]] = {t.seq: () for t in installments}
     charged = sorted(
         ((fee.assessed_on, t.seq, fee) for t in installments for fee in t.late_fees),
@@ -259,7 +263,9 @@ def _late_fees_withdrawn(
         if unpaid <= tolerance_minor:
             due = 0
         elif late_fee_for is not None:
-            due = min(fee.amount_minor, late_fee_for(unpaid))
+            # A waiver is a concession on the fee owed: lowered, the fee still takes it off.
+            charged = fee.amount_minor + fee.waived_minor
+            due = max(0, min(charged, late_fee_for(unpaid)) - fee.waived_minor)
         else:
             due = fee.amount_minor
         if due < fee.amount_minor:
@@ -275,7 +281,7 @@ def _less(terms: InstallmentTerms, withdrawn: tuple[LateFee, ...]) -> Installmen
     for fee in terms.late_fees:
         taken = sum(w.amount_minor for w in withdrawn if w.assessed_on == fee.assessed_on)
         if fee.amount_minor > taken:
-            late_fees.append(LateFee(fee.assessed_on, fee.amount_minor - taken))
+            late_fees.append(replace(fee, amount_minor=fee.amount_minor - taken))
     return replace(terms, late_fees=tuple(late_fees))
 
 

@@ -159,3 +159,23 @@ async def test_malformed_waivers_are_refused(
     if case == "more than the fees due":
         assert "25.00" in response.json()["detail"]
     assert await stored() == before
+
+
+async def test_a_waiver_still_counts_when_a_back_dated_payment_lowers_the_fee(
+    client: httpx.AsyncClient,
+) -> None:
+    """5 % of 412.00 unpaid is a fee of 20.60, 10.00 of it waived; then 400.00 paid on the due
+    date comes in: the fee should have been 5 % of 12.00, 0.60, and the waiver takes that off
+    too. It left 0.60 owed, as if no waiver had been granted, while the waiver still said
+    10.00 (a tester's)."""
+    w, loan_id = await late_loan(client, late_fee={"kind": "percent", "percent": "0.05"})
+    assert (await balances(w, loan_id))["fees_outstanding"] == "20.60"
+    assert (await waive(w, loan_id, amount="10.00"))["waiver"]["waived"] == "10.00"
+    await w.pay(loan_id, "400.00", "2026-02-10")
+    after = await balances(w, loan_id)
+    assert (after["fees_outstanding"], after["overdue_amount"]) == ("0.00", "12.00")
+    page = await w.get(f"/v1/loans/{loan_id}/transactions?limit=200")
+    fees = {t["kind"]: t["amount"] for t in page["items"] if t["installment_seq"] == 1}
+    assert (fees["late_fee"], fees["fee_waiver"], fees["late_fee_forgiven"]) == (
+        "20.60", "10.00", "10.60",
+    )  # fmt: skip
