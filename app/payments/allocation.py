@@ -264,8 +264,8 @@ def _late_fees_withdrawn(
             due = 0
         elif late_fee_for is not None:
             # A waiver is a concession on the fee owed: lowered, the fee still takes it off.
-            charged = fee.amount_minor + fee.waived_minor
-            due = max(0, min(charged, late_fee_for(unpaid)) - fee.waived_minor)
+            as_charged = fee.amount_minor + fee.waived_minor
+            due = max(0, min(as_charged, late_fee_for(unpaid)) - fee.waived_minor)
         else:
             due = fee.amount_minor
         if due < fee.amount_minor:
