@@ -444,6 +444,9 @@ def _delinquency_per_loan(as_of: date, low: str | None, high: str | None) -> Any
             in_range(i.loan_id, low, high),
             in_range(loan.id, low, high),
             loan.status.in_(OPEN_STATUSES),
+            # Not a loan disbursed after the date (booked back-dated while the closes are
+            # behind): as of a day before it existed it has no delinquency to report.
+            loan.disbursed_on <= as_of_sql,
         )
         .group_by(i.loan_id)
         .subquery("per_loan")

@@ -617,7 +617,9 @@ def _features_query(
             .outerjoin(broken, broken.c.loan_id == loan.id)
             .outerjoin(running_plans, running_plans.c.loan_id == loan.id)
         )
-        .where(scope(loan.id), loan.status.in_(OPEN_STATUSES))
+        # A loan disbursed after the date (booked back-dated while the closes are behind) is
+        # not evaluated as of a day before it existed.
+        .where(scope(loan.id), loan.status.in_(OPEN_STATUSES), loan.disbursed_on <= as_of_sql)
     )
     if one_loan:
         return query
@@ -724,22 +726,26 @@ async def evaluate_loans(
     )
     # Only what the diff needs (the rest is read back for the flags cleared).
     open_query = select(
-        flag.c.id, flag.c.loan_id, flag.c.code, flag.c.severity, flag.c.evidence
+        flag.c.id, flag.c.loan_id, flag.c.code, flag.c.severity, flag.c.evidence, flag.c.raised_on
     ).where(flags_of, flag.c.status == FlagStatus.OPEN.value)
     open_flags = {(f.loan_id, f.code): f for f in await session.execute(open_query)}
+    # A flag raised on a later date (a payment today reckoned its loan as of today, before the
+    # close of yesterday ran) is that date's: evaluated as of an earlier one it is neither
+    # cleared, before it was raised, nor restated; the close of its own date decides.
+    settled = {key: f for key, f in open_flags.items() if f.raised_on <= as_of}
     # Bulk writes: a first close over a large book raises hundreds of thousands of flags.
-    ending = [f.id for key, f in open_flags.items() if key not in wanted]
+    ending = [f.id for key, f in settled.items() if key not in wanted]
     # A flag still open is restated when its severity or its evidence's facts moved (a third
     # failed debit, one delinquent loan fewer), not for a day's more lateness.
     restated = [
         {"id": f.id, "severity": wanted[key][0].value,
          "evidence": _evidence(wanted[key][1], as_of)}
-        for key, f in open_flags.items()
+        for key, f in settled.items()
         if key in wanted and (wanted[key][0] != f.severity
                               or _facts(wanted[key][1]) != _facts(f.evidence))
     ]  # fmt: skip
     # The severity each flag whose severity moved had: its event says so.
-    escalated = {f.id: f.severity for key, f in open_flags.items()
+    escalated = {f.id: f.severity for key, f in settled.items()
                  if key in wanted and wanted[key][0] != f.severity}  # fmt: skip
     # What every flag raised now shares is bound once, not per flag.
     opened = {"status": FlagStatus.OPEN.value, "raised_on": as_of, "cleared_on": None,

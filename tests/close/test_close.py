@@ -199,6 +199,30 @@ async def test_while_closes_are_behind_a_payment_reckons_no_further_than_the_nex
     assert max(day for day in dated if day) <= "2026-09-02"
 
 
+async def test_a_close_before_a_loan_was_disbursed_leaves_it_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    """A loan booked back-dated before the first close is reckoned as of today; a first close
+    for a date before its disbursement (a migrated book's catch-up) announced it back to
+    current on a day it did not exist. The closes leave it alone until its disbursement."""
+    w = await world(client, grace_days=3)
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-03-01")
+    booked = await w.get(f"/v1/loans/{loan['id']}")
+    assert booked["days_past_due"] > 90
+    events_before = await event_types(loan["id"])
+    await close(w, "2026-02-01")
+    untouched = await w.get(f"/v1/loans/{loan['id']}")
+    fields = ("days_past_due", "bucket", "status", "delinquency_as_of")
+    assert [untouched[k] for k in fields] == [booked[k] for k in fields]
+    assert await event_types(loan["id"]) == events_before
+    await close(w, "2026-03-01")  # its disbursement: seen as it stood then
+    seen = await w.get(f"/v1/loans/{loan['id']}")
+    assert (seen["days_past_due"], seen["delinquency_as_of"]) == (0, "2026-03-01")
+    feed = (await w.get("/v1/events?type=loan.delinquency_changed&limit=200", w.admin))["items"]
+    dated = [e["data"]["as_of"] for e in feed if e["data"]["loan_id"] == loan["id"]]
+    assert min(dated) >= "2026-03-01", dated
+
+
 async def test_rerunning_a_date_changes_nothing(client: httpx.AsyncClient) -> None:
     w, _ = await late_world(client)
     await close(w, "2026-03-01")

@@ -699,6 +699,10 @@ async def test_late_drift_paid_after_the_business_date_is_raised_on_its_date(
     await w.pay(loan_id, "206.00", "2026-05-16")  # 6 days late
     flag = (await flags(w, loan_id))["late_drift"]
     assert (flag["raised_on"], flag["evidence"]["last_settled_on"]) == ("2026-05-16", "2026-05-16")
+    # A rerun of the business date does not clear it on the day before it was raised.
+    await close(w, "2026-05-15")
+    assert (await flags(w, loan_id))["late_drift"] == flag
+    assert "late_drift" not in await flags(w, loan_id, "cleared")
     await close(w, "2026-05-16")
     assert (await flags(w, loan_id))["late_drift"] == flag
 
@@ -937,3 +941,29 @@ async def test_cancelling_a_loan_clears_its_flags(client: httpx.AsyncClient) -> 
     assert {e["data"]["code"] for e in cleared["items"]} == set(raised)
     borrower_id = (await w.get(f"/v1/loans/{loan_id}"))["borrower_id"]
     assert (await w.get(f"/v1/borrowers/{borrower_id}"))["open_flags"] == []
+
+
+async def test_a_risk_run_for_the_business_date_leaves_todays_flag_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    """A payment received today and reversed raises payment_reversal dated today; a risk run
+    for the business date (yesterday), which counts the reversal only from today, cleared it
+    on the day before it was raised, and tonight's close raised it a second time (a
+    tester's)."""
+    w = await setup(client)
+    today = clock.today()
+    yesterday, disbursed = (date.fromordinal(today.toordinal() - n) for n in (1, 15))
+    made = await w.loan(principal="1200.00", term=3, disbursed_on=disbursed.isoformat())
+    await close(w, yesterday.isoformat())
+    paid = await w.pay(made["id"], "100.00", today.isoformat())
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    raised = (await flags(w, made["id"]))["payment_reversal"]
+    assert raised["raised_on"] == today.isoformat()
+    run = await w.post("/v1/risk/runs", {"as_of": yesterday.isoformat()}, w.admin, 201)
+    assert run.json()["status"] == "succeeded"
+    assert (await flags(w, made["id"]))["payment_reversal"] == raised
+    await close(w, today.isoformat())
+    assert (await flags(w, made["id"]))["payment_reversal"] == raised
+    assert "payment_reversal" not in await flags(w, made["id"], "cleared")
+    feed = (await w.get("/v1/events?type=risk.flag_raised&limit=200", w.admin))["items"]
+    assert [e["data"]["code"] for e in feed].count("payment_reversal") == 1
