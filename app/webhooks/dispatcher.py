@@ -138,14 +138,19 @@ async def dispatch_due(*, now: datetime | None = None, limit: int | None = None)
 
 
 async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) -> int:
-    """Send what is due until nothing is or the time budget is spent, then what is in flight.
+    """Send what is due until nothing is or the time budget is spent, then end the attempts
+    in flight and hand back the rest.
 
     A pipeline rather than batch after batch: while attempts are pending, the drain records
     those that ended and claims what fell due (when a sender runs out of lanes, else every
     TICK_SECONDS), so an endpoint that hangs until its timeout holds up only its own lane,
-    never another endpoint's deliveries. Only this loop touches the database, so statements
-    stay one at a time, as SQLite's single connection needs. A failure stops every lane and
-    leaves what it claimed to the lease.
+    never another endpoint's deliveries. Once the budget is spent, the deliveries claimed and
+    not yet started are due again at once, for the next drain to claim with whatever fell
+    due meanwhile: a slow endpoint's lane, sent to its end, kept this drain (and on the
+    embedded default every other endpoint's new events) for as long as the lane took (a
+    tester's). Only this loop touches the database, so statements stay one at a time, as
+    SQLite's single connection needs. A failure stops every lane and leaves what it claimed
+    to the lease.
     """
     started = time.monotonic()
     limit = get_settings().webhook_batch_size
@@ -153,9 +158,11 @@ async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) ->
     try:
         while True:
             sent += await lanes.record(now or utc_now())
+            if time.monotonic() - started >= budget_seconds:
+                await lanes.hand_back(now or utc_now())
             # A batch while less than one is held: the lanes never run dry while the
             # database works, and no more than two batches are leased by one drain.
-            if lanes.held < limit and time.monotonic() - started < budget_seconds:
+            elif lanes.held < limit:
                 await lanes.claim(now or utc_now(), limit)
             if not lanes.held:
                 return sent
@@ -240,6 +247,23 @@ class _Lanes:
         await asyncio.gather(*self.senders, return_exceptions=True)
         self.senders.clear()
 
+    async def hand_back(self, now: datetime) -> None:
+        """The deliveries claimed and not yet started are due again at once, in their order;
+        the lanes end with the attempts in flight."""
+        waiting = [c.delivery_id for lane in self.lanes.values() for c in lane]
+        for lane in self.lanes.values():
+            lane.clear()
+        self.ready.clear()
+        # One whose lease ran out while it waited may be another dispatcher's now.
+        leased = [d for d in waiting if self.leases.pop(d) > time.monotonic()]
+        if leased:
+            async with session_scope() as session:
+                await session.execute(
+                    update(_deliveries)
+                    .where(_deliveries.c.id.in_(leased))
+                    .values(next_attempt_at=now)
+                )
+
     def _enqueue(self, claimed: Claimed) -> None:
         key = (claimed.endpoint.id, claimed.loan_id or claimed.event_id)
         lane = self.lanes.get(key)
@@ -266,7 +290,9 @@ class _Lanes:
                 self._release([claimed, *lane])
                 lane.clear()
                 return
-            outcome = await _send(self.client, claimed, self.refusals[claimed.endpoint.url])
+            outcome = await _send(
+                self.client, claimed, self.refusals[claimed.endpoint.url], self.timeout
+            )
             # Looked up after the send: a record meanwhile took the list it replaced.
             self.sent.append(outcome)
 
@@ -369,7 +395,13 @@ async def _refusals(urls: set[str]) -> dict[str, str | None]:
     return dict(zip(ordered, reasons, strict=True))
 
 
-async def _send(client: httpx.AsyncClient, claimed: Claimed, refused: str | None) -> Outcome:
+async def _send(
+    client: httpx.AsyncClient, claimed: Claimed, refused: str | None, seconds: float
+) -> Outcome:
+    """One attempt, over within ``seconds`` whatever the receiver does: the client's timeout
+    bounds each read, and a receiver trickling its answer a byte at a time held an attempt
+    for minutes, past its lease (another dispatcher sent the delivery beside it) and, on the
+    embedded default, every other endpoint's deliveries behind it (a tester's)."""
     started = time.perf_counter()
     attempted_at = utc_now()
 
@@ -395,17 +427,30 @@ async def _send(client: httpx.AsyncClient, claimed: Claimed, refused: str | None
         ),
     }
     try:
-        response = await client.post(address, content=body, headers=headers)
-    except httpx.TimeoutException:
+        async with asyncio.timeout(seconds):
+            async with client.stream("POST", address, content=body, headers=headers) as response:
+                excerpt = await _excerpt(response)
+    except (httpx.TimeoutException, TimeoutError):
         return outcome(None, None, "timed out")
     except httpx.HTTPError as exc:
         return outcome(None, None, f"{type(exc).__name__}: {exc}"[:500])
     return outcome(
         response.status_code,
-        response.text[:EXCERPT],
+        excerpt,
         None,
         _retry_after(response) if response.status_code in (429, 503) else None,
     )
+
+
+async def _excerpt(response: httpx.Response) -> str:
+    """The start of the answer, for the attempt log: no more of it is read (a 30 MB answer was
+    read whole to keep its first 500 characters)."""
+    head = bytearray()
+    async for chunk in response.aiter_bytes():
+        head += chunk
+        if len(head) >= 4 * EXCERPT:  # EXCERPT characters of UTF-8 at most
+            break
+    return head.decode(response.encoding or "utf-8", errors="replace")[:EXCERPT]
 
 
 def _retry_after(response: httpx.Response) -> timedelta | None:

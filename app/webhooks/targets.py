@@ -8,6 +8,7 @@ import asyncio
 import ipaddress
 import re
 import socket
+import unicodedata
 from urllib.parse import urlsplit
 
 # A label of a host name (RFC 1123: letters, digits, hyphens between), "_" too, which DNS
@@ -46,7 +47,7 @@ def public(address: str) -> bool:
 def parse(url: str) -> tuple[str, int]:
     # urlsplit drops tabs and line breaks ("http://ex\tample.test" is example.test to it),
     # while httpx refuses such a URL at every delivery.
-    if any(c < " " or c == "\x7f" for c in url):
+    if any(unicodedata.category(c) == "Cc" for c in url):  # C0, DEL and C1 (U+0085)
         raise TargetNotAllowed("must not contain control characters such as tabs or newlines")
     try:
         parts = urlsplit(url)  # raises on a malformed IPv6 host such as "https://[x"
@@ -61,7 +62,10 @@ def parse(url: str) -> tuple[str, int]:
         raise TargetNotAllowed("has an invalid host or port") from None
     if port == 0:  # nothing listens there: every delivery would fail, for days
         raise TargetNotAllowed("has an invalid host or port")
-    if not _host_name(ascii_host):
+    # In brackets only an IPv6 address: urlsplit gives "[v1.x]" (an IPvFuture literal no
+    # client connects to) as the host name "v1.x".
+    bracketed = parts.netloc.rpartition("@")[2].startswith("[")
+    if not _host_name(ascii_host) or (bracketed and not _ipv6(ascii_host)):
         raise TargetNotAllowed("has an invalid host name")
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
@@ -73,6 +77,14 @@ def _host_name(host: str) -> bool:
         ipaddress.ip_address(host.split("%")[0])
     except ValueError:
         return all(_LABEL.match(label) for label in host.removesuffix(".").split("."))
+    return True
+
+
+def _ipv6(host: str) -> bool:
+    try:
+        ipaddress.IPv6Address(host.split("%")[0])
+    except ValueError:
+        return False
     return True
 
 

@@ -31,8 +31,12 @@ class Received:
 class Receiver:
     port: int
     received: list[Received] = field(default_factory=list)
-    # Each request takes the next answer: an HTTP status, or ("hang", seconds); then 200.
+    # Each request takes the next answer: an HTTP status, ("hang", seconds), ("trickle",
+    # seconds, n) (200 and n bytes, one every so many seconds) or ("big", n) (200 and n
+    # bytes at once); then 200.
     script: list[Any] = field(default_factory=list)
+    # Of the bytes of each "trickle" or "big" answer, how many the client took.
+    written: list[int] = field(default_factory=list)
     # Seconds to wait before answering one particular request, whenever it arrives: a script
     # answers requests in arrival order, which concurrent deliveries do not fix.
     delay: Callable[[Received], float] = lambda _: 0.0
@@ -65,6 +69,9 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             receiver.gate.wait()
             time.sleep(receiver.delay(request))
             answer = receiver.answer()
+            if isinstance(answer, tuple) and answer[0] in ("trickle", "big"):
+                self._answer_slowly(*answer)
+                return
             if isinstance(answer, tuple):
                 time.sleep(answer[1])
                 answer = 200
@@ -74,6 +81,24 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.send_header("content-type", "text/plain")
             self.end_headers()
             self.wfile.write(b"ok" if answer < 300 else b"nope")
+
+        def _answer_slowly(self, kind: str, *how: Any) -> None:
+            pause, length = (how[0], how[1]) if kind == "trickle" else (0.0, how[0])
+            piece = 1 if kind == "trickle" else 65536
+            self.send_response(200)
+            self.send_header("content-length", str(length))
+            self.end_headers()
+            written = 0
+            try:
+                while written < length:
+                    self.wfile.write(b"x" * min(piece, length - written))
+                    self.wfile.flush()
+                    written += min(piece, length - written)
+                    time.sleep(pause)
+            except OSError:  # the client hung up
+                pass
+            with receiver.lock:
+                receiver.written.append(written)
 
         def log_message(self, *args: Any) -> None:
             pass

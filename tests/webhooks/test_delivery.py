@@ -532,6 +532,73 @@ async def test_a_hanging_receiver_times_out_and_is_retried(
     await dispatcher.clients.close()
 
 
+async def test_a_receiver_trickling_its_answer_is_timed_out_as_a_whole(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 at once, then a byte every 0.2 s: each read comes within the timeout, so only a
+    deadline on the whole attempt ends it (it took minutes and held every other delivery of
+    the embedded default behind it: a tester's)."""
+    monkeypatch.setattr(get_settings(), "webhook_timeout_seconds", 0.5)
+    await dispatcher.clients.close()  # new clients with the short timeout
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [("trickle", 0.2, 40)]
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        await deliver()
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        assert log["items"][0]["attempt_log"][0]["error"] == "timed out"
+        assert log["items"][0]["status"] == "pending"
+    await dispatcher.clients.close()
+
+
+async def test_only_the_start_of_a_large_answer_is_read(client: httpx.AsyncClient) -> None:
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [("big", 64 * 1024 * 1024)]
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        await deliver()
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        (attempt,) = log["items"][0]["attempt_log"]
+        assert (attempt["status_code"], attempt["response_excerpt"]) == (200, "x" * 500)
+        await until(lambda: receiver.written)
+        assert receiver.written[0] < 64 * 1024 * 1024  # the client hung up
+
+
+async def test_a_drain_past_its_budget_hands_back_what_it_has_not_started(
+    client: httpx.AsyncClient,
+) -> None:
+    """A slow endpoint's lane of seven events: the drain sends what its budget allows and
+    hands the rest back, due at once, rather than keep every other endpoint's new events
+    waiting while it sends the lane to its end (a tester's). The next drains send the rest,
+    still in the loan's order."""
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.delay = lambda _: 0.3
+        hook = await endpoint(w, receiver.url)
+        loan = await w.loan()
+        for _ in range(6):
+            await w.pay(loan["id"], "10.00")
+        first = await dispatcher.drain(budget_seconds=0.4)
+        assert 1 <= first < 7
+        async with session_scope() as session:
+            waiting = list(await session.scalars(
+                select(WebhookDelivery.next_attempt_at).where(WebhookDelivery.status == "pending")
+            ))  # fmt: skip
+        assert len(waiting) == 7 - first
+        assert all(due <= utc_now() for due in waiting)  # not left to their lease
+        total = first
+        for _ in range(20):
+            if total == 7:
+                break
+            total += await dispatcher.drain(budget_seconds=0.4)
+        arrived = [r.verified(hook["secret"]) for r in receiver.received]
+        assert [p["type"] for p in arrived] == ["loan.created"] + ["payment.received"] * 6
+        sequences = [p["data"]["sequence"] for p in arrived]
+        assert sequences == sorted(sequences)
+
+
 async def test_a_dispatcher_killed_mid_batch_loses_nothing(client: httpx.AsyncClient) -> None:
     w = await world(client)
     with receiving() as receiver:
@@ -759,7 +826,10 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
     for url, message in (("http://exa mple.com/", host), ("http://exa%20mple.test/h", host),
                          ("http://-edge.test/h", host), ("http://edge-.test/h", host),
                          ("http://a!b.test/h", host), ("http://ex\tample.test/h", control),
-                         ("http://hooks.test/a\nb", control)):  # fmt: skip
+                         ("http://hooks.test/a\nb", control),
+                         # IPvFuture literals and a C1 control (a tester's)
+                         ("http://[v1.x]/", host), ("http://[v7.127.0.0.1]/h", host),
+                         ("http://hooks.test/\u0085x", control)):  # fmt: skip
         refused = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert (refused.status_code, refused.json()["code"]) == (422, "webhook_url_not_allowed")
         assert refused.json()["errors"] == [{"field": "url", "message": message}], url
