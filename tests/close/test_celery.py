@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,10 @@ import httpx
 import pytest
 import redis
 
+from app import clock
+from app.close import service as close_service
 from app.config import get_settings
+from app.db import session_scope
 from tests.conftest import REDIS_URL
 from tests.factories import World, world
 
@@ -25,7 +29,8 @@ def celery_worker(postgres_database: str, tmp_path: Path) -> Iterator[Path]:
     redis.Redis.from_url(REDIS_URL).flushdb()
     log = tmp_path / "worker.log"
     env = {**os.environ, "LOANWATCH_DATABASE_URL": postgres_database,
-           "LOANWATCH_REDIS_URL": REDIS_URL, "LOANWATCH_CLOSE__CHUNK_SIZE": "1"}  # fmt: skip
+           "LOANWATCH_REDIS_URL": REDIS_URL, "LOANWATCH_CLOSE__CHUNK_SIZE": "1",
+           "LOANWATCH_CLOSE__NIGHTLY_RETRY_SECONDS": "0.2"}  # fmt: skip
     with log.open("w") as out:
         process = subprocess.Popen(
             [CELERY, "-A", "workers.celery_app:celery", "worker", "--concurrency=1",
@@ -97,3 +102,30 @@ async def test_a_celery_worker_runs_the_close(
     assert "risk.chunk" in log
     assert "risk.grade_chunk" in log
     assert "risk.run_done" in log
+
+
+async def test_the_nightly_task_waits_for_a_manual_close(
+    client: httpx.AsyncClient, celery_worker: Path
+) -> None:
+    """Beat's close meets a manual close still running: the task retries until it is done,
+    then closes yesterday."""
+    from workers.celery_app import celery
+
+    w = await world(client)
+    yesterday = clock.today() - timedelta(days=1)
+    async with session_scope() as session:  # the manual close, queued
+        await close_service.plan_close(session, as_of=yesterday - timedelta(days=1))
+    celery.send_task("close.nightly")
+    for _ in range(600):  # a bound on a loaded machine, not a speed check
+        log = await asyncio.to_thread(celery_worker.read_text)
+        if log.count("nightly close waits") >= 2:
+            break
+        await asyncio.sleep(0.1)
+    assert log.count("nightly close waits") >= 2, log
+    await close_service.run_dates_in_process([yesterday - timedelta(days=1)])
+    for _ in range(1200):
+        run = (await client.get(f"/v1/close-runs/{yesterday}", headers=w.admin)).json()
+        if run.get("status") in ("succeeded", "failed"):
+            break
+        await asyncio.sleep(0.1)
+    assert (run["status"], run["attempts"]) == ("succeeded", 1), run
