@@ -617,9 +617,15 @@ def _features_query(
             .outerjoin(broken, broken.c.loan_id == loan.id)
             .outerjoin(running_plans, running_plans.c.loan_id == loan.id)
         )
-        # A loan disbursed after the date (booked back-dated while the closes are behind) is
-        # not evaluated as of a day before it existed.
-        .where(scope(loan.id), loan.status.in_(OPEN_STATUSES), loan.disbursed_on <= as_of_sql)
+        # Not a loan disbursed after the date (booked back-dated while the closes are behind),
+        # nor one reckoned as of a later date (today's payment, and a risk run or a rerun of
+        # the business date): that date's close decides its flags.
+        .where(
+            scope(loan.id),
+            loan.status.in_(OPEN_STATUSES),
+            loan.disbursed_on <= as_of_sql,
+            or_(loan.delinquency_as_of.is_(None), loan.delinquency_as_of <= as_of_sql),
+        )
     )
     if one_loan:
         return query
@@ -728,7 +734,17 @@ async def evaluate_loans(
     open_query = select(
         flag.c.id, flag.c.loan_id, flag.c.code, flag.c.severity, flag.c.evidence, flag.c.raised_on
     ).where(flags_of, flag.c.status == FlagStatus.OPEN.value)
-    open_flags = {(f.loan_id, f.code): f for f in await session.execute(open_query)}
+    # The flags of loans reckoned as of a later date are that date's, as the loans are.
+    later = set() if loan_id is not None else set(
+        await session.scalars(
+            select(Loan.id).where(
+                delinquency.in_range(Loan.id, low, high), Loan.delinquency_as_of > as_of
+            )
+        )
+    )  # fmt: skip
+    open_flags = {
+        (f.loan_id, f.code): f for f in await session.execute(open_query) if f.loan_id not in later
+    }
     # A flag raised on a later date (a payment today reckoned its loan as of today, before the
     # close of yesterday ran) is that date's: evaluated as of an earlier one it is neither
     # cleared, before it was raised, nor restated; the close of its own date decides.
@@ -988,6 +1004,9 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     they were raised. The first close (or an on-demand run) evaluates every open loan."""
     if await delinquency.closing_date(session) is None:
         return
+    # Never as of a day before the loan is reckoned as of (a cancellation or a promise after
+    # today's payment): its flags would be cleared, or raised again, on the day before.
+    as_of = max(as_of, loan.delinquency_as_of or as_of)
     await session.flush()
     in_force = await current_rules(session)
     await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force, every_payment=True)

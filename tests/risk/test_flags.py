@@ -967,3 +967,32 @@ async def test_a_risk_run_for_the_business_date_leaves_todays_flag_alone(
     assert "payment_reversal" not in await flags(w, made["id"], "cleared")
     feed = (await w.get("/v1/events?type=risk.flag_raised&limit=200", w.admin))["items"]
     assert [e["data"]["code"] for e in feed].count("payment_reversal") == 1
+
+
+async def test_a_risk_run_for_the_business_date_leaves_a_loan_cured_today_alone(
+    client: httpx.AsyncClient,
+) -> None:
+    """Two months behind, the borrower pays every arrear today: the loan is current as of
+    today and its flags are cleared. A risk run for the business date raised them again,
+    dated yesterday, and tonight's close cleared them again, each with its event (a
+    re-verifier's)."""
+    w = await setup(client)
+    today = clock.today()
+    yesterday, disbursed = (date.fromordinal(today.toordinal() - n) for n in (1, 93))
+    made = await w.loan(principal="1200.00", term=6, disbursed_on=disbursed.isoformat())
+    await close(w, yesterday.isoformat())
+    assert await flags(w, made["id"])
+    overdue = (await w.get(f"/v1/loans/{made['id']}"))["balances"]["overdue_amount"]
+    await w.pay(made["id"], overdue, today.isoformat())
+    cured = await w.get(f"/v1/loans/{made['id']}")
+    assert (cured["days_past_due"], cured["delinquency_as_of"]) == (0, today.isoformat())
+    assert await flags(w, made["id"]) == {}
+    feed_before = (await w.get("/v1/events?limit=200", w.admin))["items"]
+    run = await w.post("/v1/risk/runs", {"as_of": yesterday.isoformat()}, w.admin, 201)
+    assert run.json()["status"] == "succeeded"
+    assert await flags(w, made["id"]) == {}
+    await close(w, today.isoformat())
+    feed = (await w.get("/v1/events?limit=200", w.admin))["items"]
+    assert [e for e in feed if e["data"].get("loan_id") == made["id"]] == [
+        e for e in feed_before if e["data"].get("loan_id") == made["id"]
+    ]
