@@ -1,6 +1,7 @@
 """The dependency vocabulary of the routes."""
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -13,12 +14,20 @@ from app.api_keys.models import ApiKey, Role
 from app.db import database
 from app.errors import Unauthorized
 
+# What the request's transaction writes last, before it commits: its Idempotency-Key marked
+# applied (app/api/idempotency.py), so the mark commits with the change or not at all.
+before_commit: ContextVar[Callable[[AsyncSession], Awaitable[None]] | None] = ContextVar(
+    "before_commit", default=None
+)
+
 
 async def get_session() -> AsyncIterator[AsyncSession]:
     """The request's transaction: committed when the route returns, rolled back on error."""
     async with database.sessions() as session:
         try:
             yield session
+            if (last := before_commit.get()) is not None:
+                await last(session)
             await session.commit()
         except BaseException:
             await session.rollback()

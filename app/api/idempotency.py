@@ -6,10 +6,12 @@ is still running → 409 ``idempotency_request_in_progress``. Keys are scoped to
 its hash) and kept ``idempotency_ttl_hours``.
 
 The record is claimed with an INSERT … ON CONFLICT DO NOTHING in its own transaction before the
-request runs, so two concurrent requests with one key cannot both run. If a process dies after
-the business commit but before the response is stored, the claim expires after
-``idempotency_lock_seconds`` and a retry runs again; the unique merchant order reference and
-payment external reference then refuse a second loan or payment (docs/decisions.md).
+request runs, so two concurrent requests with one key cannot both run. The request's own
+transaction marks the record applied as it commits (``before_commit``). If a process dies, or
+the database goes away, after that commit but before the response is stored, a retry after the
+claim expires (``idempotency_lock_seconds``) is not run again: it is told the request was
+applied and its answer lost (409 ``idempotency_answer_lost``). One that rolled back, or never
+reached its commit, runs again.
 """
 
 import hashlib
@@ -36,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import hash_key
 from app.api.bodies import read_body, replay_body
-from app.api.deps import authenticate
+from app.api.deps import authenticate, before_commit
 from app.config import get_settings
 from app.db import (
     Base,
@@ -70,6 +72,8 @@ class IdempotencyRecord(Base):
     body: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, index=True)
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Set by the request's own transaction: the change it made committed.
+    applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class IdempotencyMiddleware:
@@ -114,6 +118,11 @@ class IdempotencyMiddleware:
             return
 
         held = _HeldResponse()
+
+        async def mark_applied(session: AsyncSession) -> None:
+            await session.execute(_APPLIED, {"owner": owner, "record_key": key, "at": utc_now()})
+
+        before_commit.set(mark_applied)
 
         async def hold_until_stored(message: Message) -> None:
             # The answer is stored before the client sees it, so a retry sent the moment the
@@ -168,8 +177,12 @@ class _HeldResponse:
 # to each of them.
 _records = cast(Table, IdempotencyRecord.__table__)
 _RECORD = (_records.c.scope == bindparam("owner"), _records.c.key == bindparam("record_key"))
-_FORGET = delete(_records).where(*_RECORD)
+# A request that failed forgets its key, unless its change committed (then failed to answer):
+# a retry is told so at once rather than run again.
+_FORGET = delete(_records).where(*_RECORD, _records.c.applied_at.is_(None))
+_ANSWER_LOST = update(_records).where(*_RECORD).values(locked_until=bindparam("now"))
 _STORE = update(_records).where(*_RECORD)  # SET: the columns given at execution
+_APPLIED = update(_records).where(*_RECORD).values(applied_at=bindparam("at"))
 _claims: dict[bool, Executable] = {}  # by dialect (is PostgreSQL)
 AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
@@ -241,7 +254,10 @@ async def _claim_taken(
         assert record.locked_until is not None
         if record.locked_until > now:
             return "idempotency_request_in_progress"
-        # The request that claimed this key died without an answer: take the claim over.
+        if record.applied_at is not None:
+            return "idempotency_answer_lost"
+        # The request that claimed this key died without an answer and without committing
+        # its change: take the claim over.
         taken = await execute_counting(
             session,
             update(_records)
@@ -261,7 +277,8 @@ async def _finish(owner: str, key: str, response: _HeldResponse) -> None:
         # One statement: no transaction, no BEGIN and COMMIT round trips.
         await connection.execution_options(**AUTOCOMMIT)
         if response.status in UNSTORED_STATUSES or response.header(b"retry-after"):
-            await connection.execute(_FORGET, record)
+            if _rowcount(await connection.execute(_FORGET, record)) == 0:
+                await connection.execute(_ANSWER_LOST, {**record, "now": utc_now()})
         else:
             await connection.execute(
                 _STORE,
@@ -285,6 +302,13 @@ async def _send_stored_or_problem(
             response = problem(
                 422, outcome, "Idempotency key reused",
                 "this Idempotency-Key was used with a different request",
+            )  # fmt: skip
+        elif outcome == "idempotency_answer_lost":
+            response = problem(
+                409, outcome, "Request applied, answer lost",
+                "the request with this Idempotency-Key was applied, but its answer was lost "
+                "(the service failed as it answered); it is not run again: look up what it "
+                "created or changed (GET) instead of retrying",
             )  # fmt: skip
         else:
             response = problem(

@@ -40,7 +40,8 @@ ERRORS = {
     "403": "The key's role may not do this (`forbidden`)",
     "404": "No such object, or one of another merchant (`not_found` or a more precise code)",
     "409": "The object's state does not allow it (e.g. `loan_not_active`), or a request with "
-    "the same `Idempotency-Key` is still running (`idempotency_request_in_progress`)",
+    "the same `Idempotency-Key` is still running (`idempotency_request_in_progress`) or was "
+    "applied and its answer lost (`idempotency_answer_lost`)",
     "413": "The body is larger than `LOANWATCH_MAX_BODY_BYTES` (1 MiB; `payload_too_large`)",
     "415": "The body is declared as something other than JSON (`unsupported_media_type`)",
     "422": "Invalid input; `errors` names each field (`validation_error`, or a domain code "

@@ -1,15 +1,20 @@
 """Idempotency-Key: replay, reuse with another body, concurrency, scoping to the API key."""
 
 import asyncio
+from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 from sqlalchemy import func, select
 
 from app.api_keys.models import Role
+from app.config import get_settings
 from app.db import session_scope
 from app.events.models import Event
 from app.loans.models import Loan
 from app.payments.models import Payment
+from tests.conftest import TEST_DSN
 from tests.factories import api_key, auth, world
 
 
@@ -162,3 +167,46 @@ async def test_a_replay_of_a_secret_says_no_store_again(client: httpx.AsyncClien
     replayed = await client.post("/v1/merchants", json={"name": "B"}, headers=plain)
     assert replayed.headers["idempotent-replayed"] == "true"
     assert "cache-control" not in replayed.headers
+
+
+FAIL_STORING_ANSWERS = """
+CREATE FUNCTION fail_storing_answers() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.status_code IS NOT NULL THEN
+        RAISE EXCEPTION 'the database went away as the answer was stored';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER fail_storing_answers BEFORE UPDATE ON idempotency_record
+    FOR EACH ROW EXECUTE FUNCTION fail_storing_answers();
+"""
+
+
+async def test_a_change_whose_answer_was_lost_is_not_made_again(
+    app: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The payment commits, then storing its answer fails (the database went away: a
+    tester's proxy cut it there): the client gets a 500, and its retry after the claim's lock
+    ran out recorded the payment a second time, nothing else stopping it (no external_ref).
+    The payment's own transaction marks the key applied, so the retry is told instead."""
+    monkeypatch.setattr(get_settings(), "idempotency_lock_seconds", 1)
+    w = await world(client)
+    loan = await w.loan()
+    path, body = f"/v1/loans/{loan['id']}/payments", {"amount": "10.00", "channel": "pos"}
+    headers = {**w.merchant, "Idempotency-Key": "pay-once"}
+    admin = await asyncpg.connect(TEST_DSN)
+    try:
+        await admin.execute(FAIL_STORING_ANSWERS)
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://loanwatch.test") as raw:
+            first = await raw.post(path, json=body, headers=headers)
+        assert first.status_code == 500
+    finally:
+        await admin.execute("DROP TRIGGER fail_storing_answers ON idempotency_record")
+        await admin.execute("DROP FUNCTION fail_storing_answers()")
+        await admin.close()
+    assert await count(Payment) == 1
+    await asyncio.sleep(1.2)  # the claim's lock runs out
+    retry = await client.post(path, json=body, headers=headers)
+    assert (retry.status_code, retry.json()["code"]) == (409, "idempotency_answer_lost")
+    assert await count(Payment) == 1
