@@ -187,6 +187,21 @@ def utc_now() -> datetime:
 _LOST_RACE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 
 
+# The server ended the session (terminated, shutting down) or the connection failed.
+_CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", "08003",
+                                   "08004", "08006"})  # fmt: skip
+
+
+def is_connection_lost(exc: BaseException) -> bool:
+    """The database went away under the request: whether its transaction committed is not
+    known if it went away at the commit."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or (
+        getattr(exc.orig, "sqlstate", None) in _CONNECTION_SQLSTATES
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """A database error that running the whole transaction again can resolve: it lost a race
     for rows or, on SQLite, another process held the file past the busy timeout."""

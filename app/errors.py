@@ -13,7 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
-from app.db import is_transient
+from app.db import is_connection_lost, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,16 @@ async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_connection_lost(exc):
+        log.warning("%s %s lost its database connection: %s", request.method,
+                    request.url.path, getattr(exc, "orig", exc))  # fmt: skip
+        return problem(
+            503, "database_unavailable", "Database unavailable",
+            "the connection to the database was lost; had it been lost as the request "
+            "committed, the request may have been applied: retry it with the same "
+            "Idempotency-Key, which runs it only if it was not",
+            headers={"Retry-After": "5"},
+        )  # fmt: skip
     if not is_transient(exc):
         raise exc  # to the 500 below, logged with its traceback
     # Lock orders keep these away (docs/architecture.md); should one come anyway, the request

@@ -16,6 +16,7 @@ reached its commit, runs again.
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -32,6 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,9 +47,13 @@ from app.db import (
     UTCDateTime,
     database,
     execute_counting,
+    is_connection_lost,
+    is_transient,
     utc_now,
 )
 from app.errors import Unauthorized, problem
+
+log = logging.getLogger("loanwatch.idempotency")
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
@@ -112,7 +118,18 @@ class IdempotencyMiddleware:
             b"\n".join([scope["path"].encode(), scope.get("query_string", b""), canonical(body)])
         ).hexdigest()
 
-        rejection = await _claim(owner, key, fingerprint)
+        try:
+            rejection = await _claim(owner, key, fingerprint)
+        except DBAPIError as exc:
+            if not (is_connection_lost(exc) or is_transient(exc)):
+                raise
+            # Nothing ran: the retry runs (the error handlers' answer for the same faults).
+            await problem(
+                503, "database_unavailable", "Database unavailable",
+                "the database could not be reached; nothing was done, retry the request",
+                headers={"Retry-After": "5"},
+            )(scope, receive, send)  # fmt: skip
+            return
         if rejection is not None:
             await _send_stored_or_problem(rejection, scope, receive, send)
             return
@@ -134,7 +151,14 @@ class IdempotencyMiddleware:
                 held.chunks.append(message.get("body", b""))
                 if message.get("more_body", False):
                     return
-                await _finish(owner, key, held)
+                try:
+                    await _finish(owner, key, held)
+                except DBAPIError as exc:
+                    if not (is_connection_lost(exc) or is_transient(exc)):
+                        raise
+                    # The answer is known, only not kept: the client gets it (a retry is
+                    # told the request was applied, 409 idempotency_answer_lost).
+                    log.warning("the answer to Idempotency-Key %r was not stored: %s", key, exc)
                 held.finished = True
                 assert held.start is not None
                 await send(held.start)

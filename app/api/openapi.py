@@ -46,7 +46,8 @@ ERRORS = {
     "415": "The body is declared as something other than JSON (`unsupported_media_type`)",
     "422": "Invalid input; `errors` names each field (`validation_error`, or a domain code "
     "such as `credit_limit_exceeded`, `amount_exceeds_payoff`, `idempotency_key_reused`)",
-    "503": "The database is busy; nothing was stored, retry after `Retry-After` (`service_busy`)",
+    "503": "The database is busy (`service_busy`: nothing was stored) or unreachable "
+    "(`database_unavailable`); retry after `Retry-After`, with the same `Idempotency-Key`",
 }
 
 IDEMPOTENCY_KEY = {

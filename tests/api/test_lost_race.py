@@ -1,6 +1,9 @@
 """A request whose transaction loses a race in the database (here: a lock not granted in time)
 is rolled back whole and answered 503 `service_busy`, never 500, and its Idempotency-Key is
-free for the retry (docs/architecture.md, "The request path")."""
+free for the retry (docs/architecture.md, "The request path"); one whose connection is lost,
+503 `database_unavailable`."""
+
+import asyncio
 
 import asyncpg
 import httpx
@@ -37,3 +40,40 @@ async def test_a_payment_that_cannot_get_its_loans_lock_is_503_and_its_retry_suc
     assert (await w.get(f"/v1/loans/{loan['id']}"))["balances"]["principal_outstanding"] != (
         loan["balances"]["principal_outstanding"]
     )
+
+
+async def test_a_request_whose_database_connection_is_lost_is_503(
+    client: httpx.AsyncClient,
+) -> None:
+    """The database ends the session of a payment waiting for its loan's lock (an operator's
+    pg_terminate_backend, a failover): 503 database_unavailable with Retry-After, not a 500
+    (a tester's), and the retry with the same key runs, the first having stored nothing."""
+    w = await world(client)
+    loan = await w.loan()
+    payments = f"/v1/loans/{loan['id']}/payments"
+    body = {"amount": "100.00"}
+    headers = {**w.merchant, "Idempotency-Key": "pay-through-a-failover"}
+    holder = await asyncpg.connect(TEST_DSN)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM loan WHERE id = $1 FOR UPDATE", loan["id"])
+            paying = asyncio.create_task(client.post(payments, json=body, headers=headers))
+            for _ in range(500):  # until the payment waits for the lock
+                waiting = await holder.fetch(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            for row in waiting:
+                await holder.execute("SELECT pg_terminate_backend($1)", row["pid"])
+            lost = await paying
+    finally:
+        await holder.close()
+    assert lost.status_code == 503, lost.text
+    assert (lost.json()["code"], lost.headers["retry-after"]) == ("database_unavailable", "5")
+    retried = await client.post(payments, json=body, headers=headers)
+    assert retried.status_code == 201, retried.text
+    ledger = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [t["kind"] for t in ledger] == ["disbursement", "payment"]
