@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, cast
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -190,15 +191,30 @@ _LOST_RACE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 # The server ended the session (terminated, shutting down) or the connection failed.
 _CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", "08003",
                                    "08004", "08006"})  # fmt: skip
+# A refused or broken socket; asyncpg's own words for a connection that went away (its
+# protocol left in a state it cannot continue from: "cannot switch to state").
+_LOST_CONNECTION_ERRORS = (
+    ConnectionError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InternalClientError,
+)
 
 
 def is_connection_lost(exc: BaseException) -> bool:
-    """The database went away under the request: whether its transaction committed is not
-    known if it went away at the commit."""
-    if not isinstance(exc, DBAPIError):
-        return False
-    return exc.connection_invalidated or (
-        getattr(exc.orig, "sqlstate", None) in _CONNECTION_SQLSTATES
+    """The database went away under the request, or could not be reached: whether a
+    transaction committed is not known if it went away at the commit. Through SQLAlchemy
+    (which marks a disconnect) or straight from the driver (``driver_rows``, a refused
+    connection)."""
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig if exc.orig is not None else exc
+    cause = exc.__cause__
+    return (
+        isinstance(exc, _LOST_CONNECTION_ERRORS)
+        or isinstance(cause, _LOST_CONNECTION_ERRORS)
+        or getattr(exc, "sqlstate", None) in _CONNECTION_SQLSTATES
+        or getattr(cause, "sqlstate", None) in _CONNECTION_SQLSTATES
     )
 
 

@@ -195,17 +195,21 @@ async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
+def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s %s lost its database connection: %s", request.method, request.url.path,
+                getattr(exc, "orig", exc))  # fmt: skip
+    return problem(
+        503, "database_unavailable", "Database unavailable",
+        "the connection to the database was lost or refused; had it been lost as the request "
+        "committed, the request may have been applied: retry it with the same "
+        "Idempotency-Key, which runs it only if it was not",
+        headers={"Retry-After": "5"},
+    )  # fmt: skip
+
+
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     if is_connection_lost(exc):
-        log.warning("%s %s lost its database connection: %s", request.method,
-                    request.url.path, getattr(exc, "orig", exc))  # fmt: skip
-        return problem(
-            503, "database_unavailable", "Database unavailable",
-            "the connection to the database was lost; had it been lost as the request "
-            "committed, the request may have been applied: retry it with the same "
-            "Idempotency-Key, which runs it only if it was not",
-            headers={"Retry-After": "5"},
-        )  # fmt: skip
+        return database_unavailable(request, exc)
     if not is_transient(exc):
         raise exc  # to the 500 below, logged with its traceback
     # Lock orders keep these away (docs/architecture.md); should one come anyway, the request
@@ -223,7 +227,11 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    # The driver's own errors (a read straight from asyncpg) and a refused connection are not
+    # SQLAlchemy's, and reach this handler from the middleware too.
+    if is_connection_lost(exc):
+        return database_unavailable(request, exc)
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
 
 

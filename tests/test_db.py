@@ -6,11 +6,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.config import get_settings
-from app.db import is_transient, make_engine
-from tests.conftest import ADMIN_DSN, TEST_DB
+from app.db import is_connection_lost, is_transient, make_engine
+from tests.conftest import ADMIN_DSN, TEST_DB, TEST_DSN
 
 
 async def test_a_connection_the_server_closed_is_replaced_on_checkout() -> None:
@@ -53,3 +53,35 @@ def test_sqlite_held_by_another_process_is_a_transient_error(tmp_path: Path) -> 
         assert not is_transient(broken.value)
     finally:
         engine.dispose()
+
+
+async def test_a_session_the_server_ends_mid_statement_is_a_lost_connection() -> None:
+    """What the driver raises when an operator or a failover ends the session, straight from
+    asyncpg (as ``driver_rows`` reads) and through SQLAlchemy, is a lost connection (503
+    database_unavailable), and a statement's own error is not."""
+    engine = make_engine(get_settings())
+    victim = await asyncpg.connect(TEST_DSN)
+    admin = await asyncpg.connect(TEST_DSN)
+    try:
+        pid = await victim.fetchval("SELECT pg_backend_pid()")
+        sleeping = asyncio.create_task(victim.fetchval("SELECT pg_sleep(5)"))
+        await asyncio.sleep(0.2)
+        await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(asyncpg.PostgresError) as raw:
+            await sleeping
+        assert is_connection_lost(raw.value), repr(raw.value)
+        async with engine.connect() as connection:
+            own = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+            await admin.execute("SELECT pg_terminate_backend($1)", own)
+            with pytest.raises(DBAPIError) as wrapped:
+                await connection.execute(text("SELECT 1"))
+        assert is_connection_lost(wrapped.value), repr(wrapped.value)
+        async with engine.connect() as connection:
+            with pytest.raises(DBAPIError) as mistaken:
+                await connection.execute(text("SELECT 1 / 0"))
+        assert not is_connection_lost(mistaken.value)
+    finally:
+        await victim.close()
+        await admin.close()
+        await engine.dispose()
+    assert is_connection_lost(ConnectionRefusedError())

@@ -33,7 +33,6 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -120,7 +119,7 @@ class IdempotencyMiddleware:
 
         try:
             rejection = await _claim(owner, key, fingerprint)
-        except DBAPIError as exc:
+        except Exception as exc:
             if not (is_connection_lost(exc) or is_transient(exc)):
                 raise
             # Nothing ran: the retry runs (the error handlers' answer for the same faults).
@@ -153,7 +152,7 @@ class IdempotencyMiddleware:
                     return
                 try:
                     await _finish(owner, key, held)
-                except DBAPIError as exc:
+                except Exception as exc:
                     if not (is_connection_lost(exc) or is_transient(exc)):
                         raise
                     # The answer is known, only not kept: the client gets it (a retry is

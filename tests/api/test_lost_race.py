@@ -4,10 +4,14 @@ free for the retry (docs/architecture.md, "The request path"); one whose connect
 503 `database_unavailable`."""
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
+from app.config import get_settings
+from app.db import database
 from tests.conftest import TEST_DSN
 from tests.factories import world
 
@@ -77,3 +81,35 @@ async def test_a_request_whose_database_connection_is_lost_is_503(
     assert retried.status_code == 201, retried.text
     ledger = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
     assert [t["kind"] for t in ledger] == ["disbursement", "payment"]
+
+
+async def test_a_database_that_refuses_connections_is_503_on_every_route(
+    app: Any, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens where the database was (a failover in progress): a read straight from
+    the driver, a payment with an Idempotency-Key (its claim) and one without were each a 500
+    (a re-verifier's)."""
+    w = await world(client)
+    loan = await w.loan()
+    monkeypatch.setattr(
+        get_settings(), "database_url", "postgresql+asyncpg://postgres@127.0.0.1:9/gone"
+    )
+    await database.dispose()
+    try:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://loanwatch.test") as raw:
+            pay = {"amount": "1.00"}
+            for response in (
+                await raw.get(f"/v1/loans/{loan['id']}", headers=w.merchant),
+                await raw.get(f"/v1/loans/{loan['id']}/schedule", headers=w.merchant),
+                await raw.post(f"/v1/loans/{loan['id']}/payments", json=pay,
+                               headers={**w.merchant, "Idempotency-Key": "k"}),
+                await raw.post(f"/v1/loans/{loan['id']}/payments", json=pay, headers=w.merchant),
+            ):  # fmt: skip
+                assert response.status_code == 503, response.text
+                assert response.json()["code"] == "database_unavailable"
+                assert response.headers["retry-after"] == "5"
+    finally:
+        monkeypatch.undo()
+        await database.dispose()
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["balances"] == loan["balances"]
