@@ -198,6 +198,8 @@ _LOST_CONNECTION_ERRORS = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InternalClientError,
 )
+# The driver's errors that may say so, by class (the session ended by the server, 57P01..).
+DRIVER_CONNECTION_ERRORS = (*_LOST_CONNECTION_ERRORS, asyncpg.exceptions.OperatorInterventionError)
 
 
 def is_connection_lost(exc: BaseException) -> bool:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
-from app.db import is_connection_lost, is_transient
+from app.db import DRIVER_CONNECTION_ERRORS, is_connection_lost, is_transient
 
 log = logging.getLogger(__name__)
 
@@ -227,9 +227,17 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
+async def _driver_error(request: Request, exc: Exception) -> JSONResponse:
+    """The driver's own errors (a read straight from asyncpg) and a refused connection are
+    not SQLAlchemy's. Answered here rather than by the last resort below, which closes the
+    client's connection after it answers (a re-verifier's reads then failed on it)."""
+    if not is_connection_lost(exc):
+        raise exc  # to the 500 below, logged with its traceback
+    return database_unavailable(request, exc)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    # The driver's own errors (a read straight from asyncpg) and a refused connection are not
-    # SQLAlchemy's, and reach this handler from the middleware too.
+    # Raised in a middleware, outside the handlers above (an answer that cannot be stored).
     if is_connection_lost(exc):
         return database_unavailable(request, exc)
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
@@ -242,4 +250,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IntegrityError, _integrity_error)
     app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_exception_handler(DBAPIError, _database_error)
+    for driver_error in DRIVER_CONNECTION_ERRORS:
+        app.add_exception_handler(driver_error, _driver_error)
     app.add_exception_handler(Exception, _unexpected_error)
