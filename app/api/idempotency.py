@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import hash_key
@@ -50,7 +51,7 @@ from app.db import (
     is_transient,
     utc_now,
 )
-from app.errors import Unauthorized, problem
+from app.errors import Unauthorized, database_unavailable, problem
 
 log = logging.getLogger("loanwatch.idempotency")
 
@@ -120,14 +121,10 @@ class IdempotencyMiddleware:
         try:
             rejection = await _claim(owner, key, fingerprint)
         except Exception as exc:
-            if not (is_connection_lost(exc) or is_transient(exc)):
+            if not _unreachable(exc):
                 raise
-            # Nothing ran: the retry runs (the error handlers' answer for the same faults).
-            await problem(
-                503, "database_unavailable", "Database unavailable",
-                "the database could not be reached; nothing was done, retry the request",
-                headers={"Retry-After": "5"},
-            )(scope, receive, send)  # fmt: skip
+            # Nothing ran: the retry runs.
+            await database_unavailable(Request(scope), exc)(scope, receive, send)
             return
         if rejection is not None:
             await _send_stored_or_problem(rejection, scope, receive, send)
@@ -153,7 +150,7 @@ class IdempotencyMiddleware:
                 try:
                     await _finish(owner, key, held)
                 except Exception as exc:
-                    if not (is_connection_lost(exc) or is_transient(exc)):
+                    if not _unreachable(exc):
                         raise
                     # The answer is known, only not kept: the client gets it (a retry is
                     # told the request was applied, 409 idempotency_answer_lost).
@@ -170,6 +167,11 @@ class IdempotencyMiddleware:
         finally:
             if not held.finished:
                 await _finish(owner, key, held)
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The key's record could not be read or written: the database went away or was busy."""
+    return is_connection_lost(exc) or is_transient(exc)
 
 
 @dataclass
