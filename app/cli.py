@@ -3,9 +3,11 @@
 import asyncio
 import json
 from datetime import date, datetime
-from typing import Annotated
+from functools import partial
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from prometheus_client import start_http_server
 
 from app import demo as demo_portfolio
 from app import migrate as migrations
@@ -18,6 +20,10 @@ from app.close.schemas import CloseRunRead
 from app.config import get_settings
 from app.db import database, session_scope
 from app.errors import LoanwatchError
+from app.ops import metrics
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 cli = typer.Typer(help="Loanwatch: loan servicing with early-warning alerts.", no_args_is_help=True)
 api_keys = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -52,7 +58,8 @@ def serve(
             f"\nNo admin API key existed; created one. It is shown only now:\n\n    {secret}\n",
             err=True,
         )
-    uvicorn.run(
+    serving = partial(
+        uvicorn.run,
         "app.main:app",
         host=host,
         port=port,
@@ -60,6 +67,12 @@ def serve(
         log_level=settings.log_level,
         proxy_headers=True,
     )
+    if workers == 1 and metrics.shared_folder() is None:
+        serving()
+        return
+    # The workers are new interpreters started inside the block: each inherits the folder.
+    with metrics.counts_shared_between_processes():
+        serving()
 
 
 @cli.command()
@@ -109,10 +122,38 @@ def worker(
         str,
         typer.Option(help="celery (the close, housekeeping), webhooks (delivery), or both."),
     ] = "celery,webhooks",
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Serve the worker's counters (webhook attempts) for Prometheus on this port; "
+            "needs PROMETHEUS_MULTIPROC_DIR. 0: not served.",
+            min=0,
+            max=65535,
+        ),
+    ] = 0,
+    metrics_host: Annotated[str, typer.Option(help="Interface of --metrics-port.")] = "127.0.0.1",
 ) -> None:
     """Run a Celery worker (close chunks, webhooks, housekeeping)."""
     from workers.celery_app import celery
 
+    if metrics_port:
+        # The pool's processes are forks of this one, which imported prometheus_client
+        # already: only a folder set before this process started reaches them.
+        if metrics.shared_folder() is None:
+            typer.echo(
+                f"error: --metrics-port needs {metrics.MULTIPROCESS_DIR} set to a folder of "
+                "this worker's own when it starts",
+                err=True,
+            )
+            raise typer.Exit(2)
+        with metrics.counts_shared_between_processes():
+            start_http_server(metrics_port, addr=metrics_host, registry=metrics.counts())
+            _run_worker(celery, concurrency, queues)
+        return
+    _run_worker(celery, concurrency, queues)
+
+
+def _run_worker(celery: "Celery", concurrency: int, queues: str) -> None:
     celery.worker_main(
         ["worker", "--loglevel=info", f"--concurrency={concurrency}", f"--queues={queues}"]
     )

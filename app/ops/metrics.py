@@ -1,10 +1,36 @@
 """Prometheus metrics (text format at /metrics), so an existing Grafana charts Loanwatch
-without custom code. Counters are per process; backlog gauges are read from the database at
-scrape time, so every API replica reports the same numbers."""
+without custom code.
 
+Two kinds, kept apart:
+
+* counts of what a process did (HTTP requests and their latency, webhook attempts) live in the
+  process, or, with ``PROMETHEUS_MULTIPROC_DIR`` set, in files every process of the host
+  writes beside the others and a scrape sums (prometheus_client's multiprocess mode).
+  ``loanwatch serve --workers N`` sets it, so a scrape that reaches any of the N workers sees
+  all of their requests; ``loanwatch worker --metrics-port`` serves the Celery worker's;
+* gauges of the book (webhook backlog, portfolio, close) are read from the database by each
+  scrape and built for it alone, so every replica reports the same numbers and two scrapes
+  at once never add into one another's values."""
+
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -12,6 +38,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.db import database, utc_now
 from app.portfolio import metrics as portfolio_metrics
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 HTTP_REQUESTS = Counter(
     "loanwatch_http_requests_total", "HTTP requests", ["method", "route", "status"]
@@ -21,10 +49,6 @@ HTTP_LATENCY = Histogram(
 )
 WEBHOOK_ATTEMPTS = Counter(
     "loanwatch_webhook_attempts_total", "Webhook delivery attempts", ["outcome"]
-)
-WEBHOOK_BACKLOG = Gauge("loanwatch_webhook_backlog", "Webhook deliveries not yet delivered")
-WEBHOOK_OLDEST_PENDING = Gauge(
-    "loanwatch_webhook_oldest_pending_seconds", "Age of the oldest pending webhook delivery"
 )
 
 
@@ -60,6 +84,53 @@ class RequestMetrics:
             HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
 
 
+def shared_folder() -> Path | None:
+    folder = os.environ.get(MULTIPROCESS_DIR)
+    return Path(folder) if folder else None
+
+
+@contextmanager
+def counts_shared_between_processes() -> Iterator[Path]:
+    """For the processes started inside the block: a folder they share their counts in,
+    ``$PROMETHEUS_MULTIPROC_DIR`` emptied (counts of an earlier start would be summed in) or a
+    temporary one, set in the environment they inherit and removed after them. Each process
+    picks its storage when it imports prometheus_client, so they must start inside."""
+    folder = shared_folder()
+    made = folder is None
+    if folder is None:
+        folder = Path(tempfile.mkdtemp(prefix="loanwatch-metrics-"))
+        os.environ[MULTIPROCESS_DIR] = str(folder)
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+    try:
+        yield folder
+    finally:
+        if made:
+            os.environ.pop(MULTIPROCESS_DIR, None)
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def counts() -> Collector:
+    """The counts: this process's, or every process's of the shared folder."""
+    if shared_folder() is None:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+class _Snapshot:
+    """Gauges read for one scrape."""
+
+    def __init__(self, metrics: Iterable[Metric]) -> None:
+        self.metrics = list(metrics)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.metrics)
+
+
 async def render() -> Response:
     async with database.sessions() as session:
         backlog, oldest = (
@@ -69,7 +140,17 @@ async def render() -> Response:
                 )
             )
         ).one()
-        await portfolio_metrics.refresh(session)
-    WEBHOOK_BACKLOG.set(backlog)
-    WEBHOOK_OLDEST_PENDING.set((utc_now() - oldest).total_seconds() if oldest else 0)
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        book = await portfolio_metrics.read(session)
+    gauges = [
+        GaugeMetricFamily(
+            "loanwatch_webhook_backlog", "Webhook deliveries not yet delivered", value=backlog
+        ),
+        GaugeMetricFamily(
+            "loanwatch_webhook_oldest_pending_seconds",
+            "Age of the oldest pending webhook delivery",
+            value=(utc_now() - oldest).total_seconds() if oldest else 0,
+        ),
+        *book,
+    ]
+    body = generate_latest(counts()) + generate_latest(_Snapshot(gauges))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

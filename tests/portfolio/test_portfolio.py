@@ -1,6 +1,7 @@
 """Portfolio views over HTTP, each number checked against an independent recomputation from
 the loans themselves (read through the API or straight SQL)."""
 
+import asyncio
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -392,10 +393,16 @@ async def test_segments_and_a_first_payment_default_alert(
 async def test_metrics_expose_the_portfolio_and_the_close(client: httpx.AsyncClient) -> None:
     w, _ = await book(client)
     summary = await w.get("/v1/portfolio/summary", headers=w.admin)
-    text = (await client.get("/metrics")).text
-    lines = dict(
-        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
-    )
+    # Scrapes at once (two Prometheus servers) each read the book for themselves.
+    scrapes = await asyncio.gather(*(client.get("/metrics") for _ in range(3)))
+    read = [
+        dict(line.rsplit(" ", 1) for line in s.text.splitlines() if line and line[0] != "#")
+        for s in scrapes
+    ]
+    gauges = [{k: v for k, v in r.items() if k.startswith("loanwatch_portfolio")} for r in read]
+    assert gauges[0]
+    assert gauges[0] == gauges[1] == gauges[2]
+    lines = read[0]
     for bucket, tally in summary["by_bucket"].items():
         if tally["count"]:
             labels = f'{{bucket="{bucket}",currency="CNY"}}'

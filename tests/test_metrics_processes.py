@@ -1,0 +1,161 @@
+"""/metrics across processes: `loanwatch serve --workers N` answers a scrape with every
+worker's counts, and a Celery worker started with --metrics-port serves the webhook attempts
+its pool made. Real processes on the test database, as an operator runs them."""
+
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.config import get_settings
+from tests.conftest import REDIS_URL
+from tests.factories import world
+from tests.webhooks.receiver import receiving
+
+LOANWATCH = str(Path(sys.executable).with_name("loanwatch"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def environment(database_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOANWATCH_")}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return {**env, "LOANWATCH_DATABASE_URL": database_url, "LOANWATCH_REDIS_URL": REDIS_URL,
+            "LOANWATCH_LOG_LEVEL": "warning", **extra}  # fmt: skip
+
+
+@contextmanager
+def started(command: list[str], env: dict[str, str], log: Path) -> Iterator[None]:
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def wait_until_up(url: str, log: Path) -> None:
+    for _ in range(600):  # a bound on a loaded machine, not a speed check
+        try:
+            if httpx.get(url).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(log.read_text())
+
+
+def metrics_folders() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("loanwatch-metrics-*"))
+
+
+def counter_files(folder: Path) -> int:
+    return len(list(folder.glob("counter_*.db")))
+
+
+def sample(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def test_a_scrape_counts_the_requests_of_every_worker(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    port, log = free_port(), tmp_path / "serve.log"
+    command = [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    base = f"http://127.0.0.1:{port}"
+    healthz = 'loanwatch_http_requests_total{method="GET",route="/healthz",status="200"}'
+    before = metrics_folders()
+    with started(command, environment(postgres_database), log):
+        await asyncio.to_thread(wait_until_up, f"{base}/healthz", log)
+        (folder,) = metrics_folders() - before
+        sent = 1
+        # Until both workers have served some: requests at once, on connections of their own.
+        for _ in range(100):
+            async with httpx.AsyncClient(base_url=base) as c:
+                answers = await asyncio.gather(*(c.get("/healthz") for _ in range(20)))
+            assert {a.status_code for a in answers} == {200}
+            sent += len(answers)
+            if counter_files(folder) == 2:
+                break
+        else:
+            pytest.fail("one worker served every request")
+        async with httpx.AsyncClient(base_url=base) as c:
+            scrapes = [(await c.get("/metrics")).text for _ in range(6)]
+        assert [sample(text, healthz) for text in scrapes] == [sent] * 6
+    assert not folder.exists()  # made up for the workers, it goes with them
+
+
+def test_a_named_folder_is_emptied_of_an_earlier_start(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    folder = tmp_path / "metrics"
+    folder.mkdir()
+    (folder / "counter_1.db").write_bytes(b"left by a process of an earlier start")
+    port, log = free_port(), tmp_path / "serve.log"
+    command = [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+    env = environment(postgres_database, PROMETHEUS_MULTIPROC_DIR=str(folder))
+    with started(command, env, log):
+        wait_until_up(f"http://127.0.0.1:{port}/healthz", log)
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+        assert not (folder / "counter_1.db").exists()
+    assert folder.is_dir()  # the operator's folder stays
+
+
+def test_a_worker_metrics_port_needs_a_shared_folder(
+    postgres_database: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [LOANWATCH, "worker", "--metrics-port", str(free_port())],
+        env=environment(postgres_database), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "PROMETHEUS_MULTIPROC_DIR" in done.stderr
+
+
+async def test_a_celery_worker_serves_its_webhook_attempts(
+    client: httpx.AsyncClient,
+    postgres_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(get_settings(), "in_process_scheduler", False)
+    monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", True)
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    port, log = free_port(), tmp_path / "worker.log"
+    command = [LOANWATCH, "worker", "--concurrency", "2", "--queues", "webhooks",
+               "--metrics-port", str(port)]  # fmt: skip
+    env = environment(postgres_database, PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+                      LOANWATCH_WEBHOOK_ALLOW_PRIVATE_TARGETS="true")  # fmt: skip
+    (tmp_path / "metrics").mkdir()
+    delivered = 'loanwatch_webhook_attempts_total{outcome="delivered"}'
+    w = await world(client)
+    with receiving() as receiver, started(command, env, log):
+        await asyncio.to_thread(wait_until_up, f"http://127.0.0.1:{port}/metrics", log)
+        await w.post("/v1/webhook-endpoints", {"url": receiver.url}, headers=w.admin, expect=201)
+        for _ in range(3):
+            await w.loan()  # each commit wakes the worker
+        for _ in range(600):  # a bound on a loaded machine, not a speed check
+            if len(receiver.received) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len(receiver.received) == 3, log.read_text()
+        # The attempts were made in the pool's processes, not in the one serving the port.
+        async with httpx.AsyncClient() as c:
+            text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert sample(text, delivered) == 3.0, text
