@@ -20,6 +20,7 @@ from app.portfolio.models import (
     RollRate,
     RollRatePair,
     SegmentAlert,
+    SegmentCell,
     SegmentMetric,
     VintageCount,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "RollRate",
     "RollRatePair",
     "SegmentAlert",
+    "SegmentCell",
     "SegmentMetric",
     "VintageCount",
     "WebhookAttempt",

@@ -33,6 +33,7 @@ from app.portfolio.models import (
     RollRate,
     RollRatePair,
     SegmentAlert,
+    SegmentCell,
     SegmentMetric,
     VintageCount,
 )
@@ -193,6 +194,27 @@ class SegmentCounts:
     current_base: int = 0
     current_to_30_loans: int = 0
 
+    def add(self, other: "SegmentCounts") -> None:
+        self.loans += other.loans
+        self.principal_minor += other.principal_minor
+        self.dpd_30_plus_loans += other.dpd_30_plus_loans
+        self.dpd_90_plus_loans += other.dpd_90_plus_loans
+        for days in FPD_DAYS:
+            self.fpd[days][0] += other.fpd[days][0]
+            self.fpd[days][1] += other.fpd[days][1]
+        self.current_base += other.current_base
+        self.current_to_30_loans += other.current_to_30_loans
+
+    def columns(self) -> dict[str, int]:
+        """As the columns of models.SegmentColumns."""
+        return {"loans": self.loans, "principal_minor": self.principal_minor,
+                "dpd_30_plus_loans": self.dpd_30_plus_loans,
+                "dpd_90_plus_loans": self.dpd_90_plus_loans,
+                "fpd_10_cohort": self.fpd[10][0], "fpd_10_loans": self.fpd[10][1],
+                "fpd_30_cohort": self.fpd[30][0], "fpd_30_loans": self.fpd[30][1],
+                "current_base": self.current_base,
+                "current_to_30_loans": self.current_to_30_loans}  # fmt: skip
+
 
 Cell = tuple[str, str, str, str]  # merchant, product, currency, origination month
 
@@ -257,31 +279,27 @@ async def _cells(session: AsyncSession, as_of: date) -> dict[Cell, SegmentCounts
 
 
 async def _store_segment_metrics(session: AsyncSession, as_of: date) -> list[dict[str, Any]]:
+    cells = await _cells(session, as_of)
     totals: dict[tuple[str, str, str], SegmentCounts] = defaultdict(SegmentCounts)
-    for cell, counts in (await _cells(session, as_of)).items():
+    for cell, counts in cells.items():
         for dimension, segment in _segments_of(cell).items():
-            total = totals[(dimension, segment, cell[2])]
-            total.loans += counts.loans
-            total.principal_minor += counts.principal_minor
-            total.dpd_30_plus_loans += counts.dpd_30_plus_loans
-            total.dpd_90_plus_loans += counts.dpd_90_plus_loans
-            for days in FPD_DAYS:
-                total.fpd[days][0] += counts.fpd[days][0]
-                total.fpd[days][1] += counts.fpd[days][1]
-            total.current_base += counts.current_base
-            total.current_to_30_loans += counts.current_to_30_loans
+            totals[(dimension, segment, cell[2])].add(counts)
     rows = [
         {"as_of": as_of, "dimension": dimension, "segment": segment, "currency": currency,
-         "loans": t.loans, "principal_minor": t.principal_minor,
-         "dpd_30_plus_loans": t.dpd_30_plus_loans, "dpd_90_plus_loans": t.dpd_90_plus_loans,
-         "fpd_10_cohort": t.fpd[10][0], "fpd_10_loans": t.fpd[10][1],
-         "fpd_30_cohort": t.fpd[30][0], "fpd_30_loans": t.fpd[30][1],
-         "current_base": t.current_base, "current_to_30_loans": t.current_to_30_loans}
+         **t.columns()}
         for (dimension, segment, currency), t in sorted(totals.items())
     ]  # fmt: skip
     await session.execute(delete(SegmentMetric).where(SegmentMetric.as_of == as_of))
     if rows:
         await session.execute(insert(SegmentMetric), rows)
+    await session.execute(delete(SegmentCell))
+    cell_rows = [
+        {"as_of": as_of, "merchant_id": merchant, "product_code": product, "currency": currency,
+         "month": month, **counts.columns()}
+        for (merchant, product, currency, month), counts in sorted(cells.items())
+    ]  # fmt: skip
+    if cell_rows:
+        await session.execute(insert(SegmentCell), cell_rows)
     return rows
 
 

@@ -147,17 +147,9 @@ class VintageCount(Base):
     principal_minor: Mapped[int] = mapped_column(BigInteger)
 
 
-class SegmentMetric(Base):
-    """One segment's health at one close: the numbers /v1/portfolio/segments shows and the
-    history its alerts compare against."""
+class SegmentColumns:
+    """What a segment is measured by, at a close."""
 
-    __tablename__ = "portfolio_segment"
-    __table_args__ = (Index("ix_portfolio_segment_dimension_segment", "dimension", "segment"),)
-
-    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
-    dimension: Mapped[str] = mapped_column(String(10), primary_key=True)
-    segment: Mapped[str] = mapped_column(String(40), primary_key=True)
-    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
     loans: Mapped[int] = mapped_column(BigInteger)
     principal_minor: Mapped[int] = mapped_column(BigInteger)
     dpd_30_plus_loans: Mapped[int] = mapped_column(BigInteger)
@@ -172,6 +164,33 @@ class SegmentMetric(Base):
     # of them are delinquent now.
     current_base: Mapped[int] = mapped_column(BigInteger)
     current_to_30_loans: Mapped[int] = mapped_column(BigInteger)
+
+
+class SegmentMetric(SegmentColumns, Base):
+    """One segment's health at one close: the history its alerts compare against."""
+
+    __tablename__ = "portfolio_segment"
+    __table_args__ = (Index("ix_portfolio_segment_dimension_segment", "dimension", "segment"),)
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+    dimension: Mapped[str] = mapped_column(String(10), primary_key=True)
+    segment: Mapped[str] = mapped_column(String(40), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+
+
+class SegmentCell(SegmentColumns, Base):
+    """The last close's segments at their finest grain: /v1/portfolio/segments sums them by
+    its dimension within any scope (a merchant's products, one product's stores), which the
+    per-dimension totals cannot answer. Only the last close's are kept."""
+
+    __tablename__ = "portfolio_segment_cell"
+
+    as_of: Mapped[date] = mapped_column(Date)
+    merchant_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    product_code: Mapped[str] = mapped_column(String(40), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    # The origination month, YYYY-MM.
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)
 
 
 class SegmentAlert(Base):

@@ -2,10 +2,12 @@
 keep (app/portfolio/positions.py, close.py), never from a scan of the loans."""
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
-from sqlalchemy import false, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -24,7 +26,7 @@ from app.portfolio.models import (
     RollRate,
     RollRatePair,
     SegmentAlert,
-    SegmentMetric,
+    SegmentCell,
     VintageCount,
 )
 from app.portfolio.positions import Scope, Tally
@@ -237,48 +239,48 @@ async def vintages(session: AsyncSession, scope: Scope) -> VintagesRead:
     return VintagesRead(as_of=as_of, currency=scope.currency, vintages=result)
 
 
+# A segment's measures: every one a count, so a segment sums its cells.
+_MEASURES = tuple(c.name for c in SegmentCell.__table__.columns if c.type.python_type is int)
+
+
 async def segments(session: AsyncSession, scope: Scope, *, by: str) -> SegmentsRead:
     """Per segment, as of the last close: size, first-payment default, current-to-30 roll
-    rate, 30+ and 90+ rates."""
-    as_of = await session.scalar(select(func.max(SegmentMetric.as_of)))
-    rows = []
-    if as_of is not None:
-        query = select(SegmentMetric).where(
-            SegmentMetric.as_of == as_of,
-            SegmentMetric.dimension == by,
-            SegmentMetric.currency == scope.currency,
-        )
-        if scope.merchant_id is not None and by == "merchant":
-            query = query.where(SegmentMetric.segment == scope.merchant_id)
-        elif scope.merchant_id is not None:
-            # Product and vintage segments span merchants: a merchant key sees none of them.
-            query = query.where(false())
-        if scope.product_code is not None and by == "product":
-            query = query.where(SegmentMetric.segment == scope.product_code)
-        rows = list(await session.scalars(query.order_by(SegmentMetric.segment)))
+    rate, 30+ and 90+ rates; within the scope (a merchant key sees its own store)."""
+    cell = SegmentCell.__table__.c
+    as_of = await session.scalar(select(func.max(SegmentCell.as_of)))
+    segment = {"merchant": cell.merchant_id, "product": cell.product_code,
+               "vintage": cell.month}[by]  # fmt: skip
+    rows = await session.execute(
+        select(segment, *(func.sum(cell[name]).label(name) for name in _MEASURES))
+        .where(cell.currency == scope.currency,
+               *scope.where(cell.merchant_id, cell.product_code, None))
+        .group_by(segment)
+        .order_by(segment)
+    )  # fmt: skip
     return SegmentsRead(
         as_of=as_of,
         by=by,
         currency=scope.currency,
-        segments=[segment_view(row) for row in rows],
+        segments=[segment_view(row[0], scope.currency, row._asdict()) for row in rows],
     )
 
 
-def segment_view(row: SegmentMetric) -> Segment:
+def segment_view(segment: str, currency: str, sums: Mapping[str, Any]) -> Segment:
+    counts = {name: int(sums[name]) for name in _MEASURES}
     return Segment(
-        segment=row.segment,
-        loans=row.loans,
-        principal_outstanding=format_minor(row.principal_minor, row.currency),
-        fpd_10=CohortRate(rate=format_rate(row.fpd_10_loans, row.fpd_10_cohort),
-                          loans=row.fpd_10_loans, cohort=row.fpd_10_cohort),
-        fpd_30=CohortRate(rate=format_rate(row.fpd_30_loans, row.fpd_30_cohort),
-                          loans=row.fpd_30_loans, cohort=row.fpd_30_cohort),
+        segment=segment,
+        loans=counts["loans"],
+        principal_outstanding=format_minor(counts["principal_minor"], currency),
+        fpd_10=CohortRate(rate=format_rate(counts["fpd_10_loans"], counts["fpd_10_cohort"]),
+                          loans=counts["fpd_10_loans"], cohort=counts["fpd_10_cohort"]),
+        fpd_30=CohortRate(rate=format_rate(counts["fpd_30_loans"], counts["fpd_30_cohort"]),
+                          loans=counts["fpd_30_loans"], cohort=counts["fpd_30_cohort"]),
         current_to_30=RollFromCurrent(
-            rate=format_rate(row.current_to_30_loans, row.current_base),
-            loans=row.current_to_30_loans, base=row.current_base,
+            rate=format_rate(counts["current_to_30_loans"], counts["current_base"]),
+            loans=counts["current_to_30_loans"], base=counts["current_base"],
         ),
-        dpd_30_plus_rate=format_rate(row.dpd_30_plus_loans, row.loans),
-        dpd_90_plus_rate=format_rate(row.dpd_90_plus_loans, row.loans),
+        dpd_30_plus_rate=format_rate(counts["dpd_30_plus_loans"], counts["loans"]),
+        dpd_90_plus_rate=format_rate(counts["dpd_90_plus_loans"], counts["loans"]),
     )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from app.events.models import Event
 from app.loans.models import Loan
 from app.payments.models import Payment
 from app.portfolio.models import PortfolioDelta
-from tests.factories import World, api_key, auth, world
+from tests.factories import World, api_key, auth, product, world
 
 OPEN = ("active", "delinquent", "defaulted", "charged_off", "restructured")
 PAST_30 = ("31-60", "61-90", "90+")
@@ -388,6 +388,58 @@ async def test_segments_and_a_first_payment_default_alert(
     assert (
         await client.get("/v1/portfolio/segments?by=colour", headers=w.admin)
     ).status_code == 422
+
+
+async def test_segments_within_a_merchant_or_a_product(client: httpx.AsyncClient) -> None:
+    """Two stores selling two products, booked in two months: each filter narrows the
+    segments to the loans it names, and a store's key sees its own products and months."""
+    w = await world(client)
+    other_code = (await product(client, w.admin))["code"]
+    response = await client.post("/v1/merchants", json={"name": "Bolt"}, headers=w.admin)
+    bolt_id = response.json()["id"]
+    bolt = World(client, w.admin, bolt_id, auth(await api_key(Role.MERCHANT, bolt_id)),
+                 w.product_code)  # fmt: skip
+    booked = {  # (merchant, product, month): loans
+        (w.merchant_id, w.product_code, "2026-07"): 1, (w.merchant_id, other_code, "2026-07"): 2,
+        (w.merchant_id, other_code, "2026-08"): 1, (bolt_id, w.product_code, "2026-08"): 3,
+    }  # fmt: skip
+    await close(w, "2026-07-01")
+    for (merchant_id, code, month), count in booked.items():
+        store = w if merchant_id == w.merchant_id else bolt
+        for _ in range(count):
+            await store.loan(product_code=code, disbursed_on=f"{month}-01", principal="600.00")
+    await close(w, "2026-08-20")
+
+    async def loans_by_segment(query: str, key: dict[str, str]) -> dict[str, int]:
+        got = await w.get(f"/v1/portfolio/segments?{query}", key)
+        assert got["as_of"] == "2026-08-20"
+        return {s["segment"]: s["loans"] for s in got["segments"]}
+
+    def expected(by: int, **only: str) -> dict[str, int]:
+        wanted: Counter[str] = Counter()
+        for cell, count in booked.items():
+            named = dict(zip(("merchant", "product", "month"), cell, strict=True))
+            if all(named[k] == v for k, v in only.items()):
+                wanted[cell[by]] += count
+        return dict(wanted)
+
+    acme, code = w.merchant_id, w.product_code
+    assert await loans_by_segment("by=merchant", w.admin) == expected(0)
+    assert await loans_by_segment(f"by=product&merchant_id={acme}", w.admin) == expected(
+        1, merchant=acme
+    )
+    assert await loans_by_segment(f"by=merchant&product_code={code}", w.admin) == expected(
+        0, product=code
+    )
+    assert await loans_by_segment(f"by=vintage&product_code={other_code}", w.admin) == expected(
+        2, product=other_code
+    )
+    query = f"by=vintage&merchant_id={acme}&product_code={other_code}"
+    assert await loans_by_segment(query, w.admin) == {"2026-07": 2, "2026-08": 1}
+    # A store's key: its own products and months, never the other store's.
+    assert await loans_by_segment("by=product", bolt.merchant) == {code: 3}
+    assert await loans_by_segment("by=vintage", w.merchant) == expected(2, merchant=acme)
+    assert await loans_by_segment("by=merchant", w.merchant) == {acme: 4}
 
 
 async def test_metrics_expose_the_portfolio_and_the_close(client: httpx.AsyncClient) -> None:
