@@ -33,8 +33,11 @@ def cached(request: Request, body: BaseModel, cache_control: str = LIVE) -> Resp
     parsing, not the query."""
     payload = body.model_dump_json().encode()
     etag = f'"{hashlib.sha256(payload).hexdigest()[:32]}"'
-    headers = {"ETag": etag, "Cache-Control": cache_control}
-    asked = request.headers.get("if-none-match", "")
+    # The body depends on the caller's key (a merchant sees its own): a browser switching
+    # keys must not reuse the other key's copy, even while it is fresh.
+    headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Authorization"}
+    # A list header: several field lines are one list (RFC 9110, section 5.3).
+    asked = ",".join(request.headers.getlist("if-none-match"))
     known = {tag.strip().removeprefix("W/") for tag in asked.split(",")}
     if etag in known or "*" in known:
         return Response(status_code=304, headers=headers)

@@ -57,3 +57,18 @@ async def test_a_borrowers_loans_and_a_risk_run_are_polled(client: httpx.AsyncCl
     first = await client.get(path, headers=w.admin)
     again = await client.get(path, headers={**w.admin, "If-None-Match": first.headers["etag"]})
     assert (again.status_code, again.content) == (304, b"")
+
+
+async def test_if_none_match_on_several_lines_and_a_vary_on_the_key(
+    client: httpx.AsyncClient,
+) -> None:
+    """Several If-None-Match lines are one list (RFC 9110); the body depends on the key, so
+    a cache must key its copy by it."""
+    w = await world(client)
+    loan = await w.loan()
+    path = f"/v1/loans/{loan['id']}"
+    first = await client.get(path, headers=w.merchant)
+    assert first.headers["vary"] == "Authorization"
+    lines = [("If-None-Match", '"stale"'), ("If-None-Match", first.headers["etag"])]
+    again = await client.get(path, headers=[*w.merchant.items(), *lines])
+    assert (again.status_code, again.headers["vary"]) == (304, "Authorization")
