@@ -13,6 +13,7 @@ from pydantic import (
     Field,
     Strict,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
 )
 
@@ -62,7 +63,14 @@ def _decimal_text(value: object) -> object:
 
 # Strict: a JSON true is not a threshold of 1, nor "10" a count.
 Threshold = Annotated[int, Strict()]
-Ratio = Annotated[Decimal, BeforeValidator(_decimal_text)]
+# Documented as what it takes, a string: a Decimal's own schema offers a number too, which
+# generated clients would send and be refused.
+Ratio = Annotated[
+    Decimal,
+    BeforeValidator(_decimal_text),
+    WithJsonSchema({"type": "string", "pattern": RATE_PATTERN.pattern.replace(r"\Z", "$"),
+                    "examples": ["0.8"], "description": "a share: above 0, at most 1"}),
+]  # fmt: skip
 
 
 # An escalation's threshold and the one it follows (declared before it).

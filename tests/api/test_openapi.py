@@ -162,6 +162,9 @@ async def test_the_rules_put_documents_both_bodies_it_takes(client: httpx.AsyncC
     assert bare == wrapped["properties"]["rules"]
     thresholds = document["components"]["schemas"][bare["$ref"][21:]]
     assert "required" not in thresholds  # every threshold has its default
+    # A ratio is a decimal string: a number, which a Decimal's schema offers, is refused.
+    ratio = thresholds["properties"]["partial_payment_ratio"]
+    assert (ratio["type"], "anyOf" in ratio) == ("string", False)
     w = await world(client)
     answer = await client.put("/v1/risk/rules", json={}, headers=w.admin)
     assert answer.status_code == 200, answer.text
