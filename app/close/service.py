@@ -50,11 +50,13 @@ async def assess_late_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> dict[str, int]:
     """The fee step: the fees of the date, then the replay of the loans a payment received on
-    or after it has already paid, so that payment pays the new fee first."""
-    counts = await delinquency.assess_late_fees(session, as_of, low, high)
-    if counts["late_fees_assessed"]:
+    or after it has already paid, so that payment pays the new fee first; then the fees'
+    events, with the principal the replay left."""
+    fees = await delinquency.charge_late_fees(session, as_of, low, high)
+    if fees:
         await payments.replay_paid_after_fees(session, as_of, low, high)
-    return counts
+        await session.flush()
+    return await delinquency.announce_late_fees(session, fees, as_of)
 
 
 # In order: fees first, so a fee assessed today counts in today's arrears; the risk engine

@@ -343,17 +343,22 @@ async def lock_chunk(session: AsyncSession, low: str | None, high: str | None) -
 
 async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[str, Any]:
     rows = await session.execute(
-        select(_loan.c.id, _loan.c.borrower_id, _loan.c.merchant_id, _loan.c.currency).where(
-            _loan.c.id.in_(sorted(set(loan_ids)))
-        )
+        select(
+            _loan.c.id,
+            _loan.c.borrower_id,
+            _loan.c.merchant_id,
+            _loan.c.currency,
+            _loan.c.principal_outstanding_minor,
+        ).where(_loan.c.id.in_(sorted(set(loan_ids))))
     )
     return {row.id: row for row in rows}
 
 
-async def assess_late_fees(
+async def charge_late_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
-) -> Counts:
-    """Charge each installment more than ``grace_days`` late its product's late fee, once."""
+) -> list[Any]:
+    """Charge each installment more than ``grace_days`` late its product's late fee, once:
+    the fees charged (loan_id, seq, due_date, late_fees_minor)."""
     i, loan, product = _installment.c, _loan.c, _product.c
     as_of_sql = literal(as_of, Date)
     unpaid = unpaid_sql(as_of_sql)
@@ -385,10 +390,12 @@ async def assess_late_fees(
         .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=as_of)
         .returning(i.loan_id, i.seq, i.due_date, i.late_fees_minor)
     )
-    fees = assessed.all()
+    fees = list(assessed.all())
     if not fees:
-        return {"late_fees_assessed": 0}
-    facts = await _loan_facts(session, [f.loan_id for f in fees])
+        return []
+    currency = {row.id: row.currency for row in await session.execute(
+        select(_loan.c.id, _loan.c.currency).where(_loan.c.id.in_({f.loan_id for f in fees}))
+    )}  # fmt: skip
     now = utc_now()
     await insert_rows(
         session,
@@ -398,7 +405,7 @@ async def assess_late_fees(
                 "loan_id": f.loan_id,
                 "kind": TransactionKind.LATE_FEE,
                 "amount_minor": f.late_fees_minor,
-                "currency": facts[f.loan_id].currency,
+                "currency": currency[f.loan_id],
                 "effective_on": as_of,
                 "installment_seq": f.seq,
                 "note": None,
@@ -408,6 +415,16 @@ async def assess_late_fees(
             for f in fees
         ],
     )
+    return fees
+
+
+async def announce_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: date) -> Counts:
+    """``loan.late_fee_assessed`` for each fee charge_late_fees charged, with the loan's
+    principal outstanding as the close leaves it: a payment already received on the fee's
+    date pays the fee first when replayed, so less of it is left for principal."""
+    if not fees:
+        return {"late_fees_assessed": 0}
+    facts = await _loan_facts(session, [f.loan_id for f in fees])
     await events.emit_many(
         session,
         [
@@ -419,11 +436,13 @@ async def assess_late_fees(
                 facts[f.loan_id],
                 amount=format_minor(f.late_fees_minor, facts[f.loan_id].currency),
                 as_of=as_of.isoformat(),
+                principal_outstanding=format_minor(
+                    facts[f.loan_id].principal_outstanding_minor, facts[f.loan_id].currency
+                ),
             )
             for f in fees
         ],
     )
-    # The loans' balances now include the fees; their principal outstanding does not change.
     # Summed per currency: minor units of two currencies do not add up.
     charged: Counter[str] = Counter()
     for f in fees:

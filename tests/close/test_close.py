@@ -292,6 +292,12 @@ async def test_a_catch_up_counts_only_payments_received_by_each_date(
         got = await w.get(f"/v1/loans/{loan['id']}")
         assert (got["days_past_due"], got["bucket"], got["status"]) == (9, "1-30", "delinquent")
         assert got["balances"]["overdue_amount"] == overdue
+    # So B owes 25.00 more principal than its payment.received said: the fee's event says so.
+    received = (await w.get("/v1/events?type=payment.received", headers=w.admin))["items"]
+    assert received[0]["data"]["principal_outstanding"] == "2500.00"
+    announced = {e["data"]["loan_id"]: e["data"]["principal_outstanding"] for e in fees}
+    assert announced == {a["id"]: "3000.00", b["id"]: "2525.00"}
+    assert (await w.get(f"/v1/loans/{b['id']}"))["balances"]["principal_outstanding"] == "2525.00"
 
 
 async def test_catch_up_closes_each_missed_date_in_order(client: httpx.AsyncClient) -> None:
