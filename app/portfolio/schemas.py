@@ -79,7 +79,7 @@ class Vintage(BaseModel):
 
 
 class VintagesRead(BaseModel):
-    as_of: date
+    as_of: date | None = Field(description="The business date, null before the first close")
     currency: str
     vintages: list[Vintage]
 

@@ -203,8 +203,10 @@ def months_between(later: date, earlier: date) -> int:
 async def vintages(session: AsyncSession, scope: Scope) -> VintagesRead:
     """For each origination month, the share of its loans (and principal) that have ever been
     more than 30 days past due, by month on book, up to the months every loan of the vintage
-    has completed by the business date."""
-    as_of = await delinquency.business_date(session) or clock.today()
+    has completed by the business date: none of a month not over yet."""
+    as_of = await delinquency.business_date(session)
+    if as_of is None:  # the vintages are counted by the close
+        return VintagesRead(as_of=None, currency=scope.currency, vintages=[])
     rows = await session.execute(
         select(VintageCount.origination_month, VintageCount.months_on_book_at_30_plus,
                func.sum(VintageCount.loans), func.sum(VintageCount.principal_minor))
@@ -224,7 +226,7 @@ async def vintages(session: AsyncSession, scope: Scope) -> VintagesRead:
         last_day = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
         completed = months_between(as_of, last_day)
         curve, ever, ever_principal = [], 0, 0
-        for months_on_book in range(max(completed, 0) + 1):
+        for months_on_book in range(completed + 1):
             tally = counts.get(months_on_book, Tally())
             ever, ever_principal = ever + tally.count, ever_principal + tally.principal_minor
             curve.append(VintagePoint(

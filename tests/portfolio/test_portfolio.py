@@ -253,6 +253,8 @@ async def test_vintage_curve(client: httpx.AsyncClient) -> None:
     """Loans of July 2026 (first due Aug 1) and August 2026 (first due Sep 10): which went past
     30 days late, by month on book, recomputed from each loan's own dates."""
     w = await world(client)
+    before = await w.get("/v1/portfolio/vintages", w.admin)
+    assert (before["as_of"], before["vintages"]) == (None, [])  # as every per-close view
     await close(w, "2026-07-01")
     july = [await w.loan(principal="1000.00", term=6, disbursed_on="2026-07-01")
             for _ in range(4)]  # fmt: skip
@@ -273,6 +275,11 @@ async def test_vintage_curve(client: httpx.AsyncClient) -> None:
     assert vintages["2026-07"]["principal"] == "4000.00"
     assert curve(vintages["2026-07"]) == [(0, "0.0000"), (1, "0.0000"), (2, "0.5000")]
     assert curve(vintages["2026-08"]) == [(0, "0.0000"), (1, "0.0000")]
+    # October's loan has no month on book yet: its month is not over.
+    await w.loan(principal="500.00", term=6, disbursed_on="2026-10-15")
+    await close(w, "2026-10-21")
+    got = await w.get("/v1/portfolio/vintages", w.admin)
+    assert [(v["origination_month"], curve(v)) for v in got["vintages"]][2] == ("2026-10", [])
     async with session_scope() as session:
         ever = dict((await session.execute(select(Loan.id, Loan.ever_30_plus_on))).all())
     assert {ever[loan["id"]] for loan in july[2:]} == {date(2026, 9, 1)}
