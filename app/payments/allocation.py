@@ -54,6 +54,8 @@ class InstallmentTerms:
     def without_fees(self, waived_minor: int) -> "InstallmentTerms":
         """These terms with ``waived_minor`` of their fees forgiven, as if never charged: late
         fees first, oldest first, then the scheduled fee."""
+        if not waived_minor:  # nearly always: every loan read builds each installment's terms
+            return self
         late_fees = []
         for fee in self.late_fees:
             forgiven = min(waived_minor, fee.amount_minor)
