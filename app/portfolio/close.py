@@ -81,7 +81,7 @@ async def close_portfolio(
     today = clock.today()
     since = min(as_of, today).replace(day=1) - relativedelta(months=1)
     await positions.rebase(session, collections_since=since)
-    vintages = await _recount_vintages(session)
+    vintages = await _recount_vintages(session, as_of)
     pairs = await _store_day_and_month_roll_rates(session, as_of)
     metrics = await _store_segment_metrics(session, as_of)
     alerts = await _raise_segment_alerts(session, as_of, metrics)
@@ -93,10 +93,15 @@ async def close_portfolio(
 # -- vintages ------------------------------------------------------------------------------
 
 
-async def _recount_vintages(session: AsyncSession) -> int:
+async def _recount_vintages(session: AsyncSession, as_of: date) -> int:
+    """The book as of the date closed: not a loan booked back-dated to after it (a catch-up
+    still behind), nor a fall past 30 days later than it (a history brought in ahead)."""
     loan = _loan.c
     month = month_of(loan.disbursed_on)
-    months_to_30 = func.coalesce(months_between(loan.ever_30_plus_on, loan.disbursed_on), -1)
+    months_to_30 = case(
+        (loan.ever_30_plus_on <= as_of, months_between(loan.ever_30_plus_on, loan.disbursed_on)),
+        else_=-1,
+    )
     await session.execute(delete(VintageCount))
     return await execute_counting(
         session,
@@ -106,7 +111,7 @@ async def _recount_vintages(session: AsyncSession) -> int:
             select(month, loan.merchant_id, loan.product_code, loan.currency, months_to_30,
                    func.count(), func.sum(loan.principal_minor))
             # A returned purchase never had a chance to pay: it is not part of any vintage.
-            .where(loan.status != LoanStatus.CANCELLED)
+            .where(loan.status != LoanStatus.CANCELLED, loan.disbursed_on <= as_of)
             .group_by(month, loan.merchant_id, loan.product_code, loan.currency, months_to_30),
         ),
     )  # fmt: skip

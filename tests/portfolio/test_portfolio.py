@@ -275,6 +275,11 @@ async def test_vintage_curve(client: httpx.AsyncClient) -> None:
     assert vintages["2026-07"]["principal"] == "4000.00"
     assert curve(vintages["2026-07"]) == [(0, "0.0000"), (1, "0.0000"), (2, "0.5000")]
     assert curve(vintages["2026-08"]) == [(0, "0.0000"), (1, "0.0000")]
+    # A loan booked back-dated to after the business date is not in it yet, as in segments.
+    await w.loan(principal="500.00", term=6, disbursed_on="2026-10-21")
+    await close(w, "2026-10-20")  # a rerun
+    got = await w.get("/v1/portfolio/vintages", w.admin)
+    assert [v["origination_month"] for v in got["vintages"]] == ["2026-07", "2026-08"]
     # October's loan has no month on book yet: its month is not over.
     await w.loan(principal="500.00", term=6, disbursed_on="2026-10-15")
     await close(w, "2026-10-21")
