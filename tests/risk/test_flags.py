@@ -950,7 +950,9 @@ async def test_a_risk_run_for_the_business_date_leaves_todays_flag_alone(
     for the business date (yesterday), which counts the reversal only from today, cleared it
     on the day before it was raised, and tonight's close raised it a second time (a
     tester's)."""
-    w = await setup(client)
+    w = await world(
+        client, amortization="equal_principal", annual_interest_rate="0.12", grace_days=3
+    )  # no first close: closing yesterday closes that date only
     today = clock.today()
     yesterday, disbursed = (date.fromordinal(today.toordinal() - n) for n in (1, 15))
     made = await w.loan(principal="1200.00", term=3, disbursed_on=disbursed.isoformat())
@@ -976,7 +978,9 @@ async def test_a_risk_run_for_the_business_date_leaves_a_loan_cured_today_alone(
     today and its flags are cleared. A risk run for the business date raised them again,
     dated yesterday, and tonight's close cleared them again, each with its event (a
     re-verifier's)."""
-    w = await setup(client)
+    w = await world(
+        client, amortization="equal_principal", annual_interest_rate="0.12", grace_days=3
+    )  # no first close: closing yesterday closes that date only
     today = clock.today()
     yesterday, disbursed = (date.fromordinal(today.toordinal() - n) for n in (1, 93))
     made = await w.loan(principal="1200.00", term=6, disbursed_on=disbursed.isoformat())
