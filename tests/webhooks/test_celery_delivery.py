@@ -45,7 +45,7 @@ def celery_worker(
     with log.open("w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        for _ in range(100):
+        for _ in range(1200):  # a bound on a loaded machine (10 s was too short), not a speed check
             if "ready." in log.read_text():
                 break
             time.sleep(0.1)
