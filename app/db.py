@@ -538,7 +538,9 @@ def is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-async def execute_counting(session: AsyncSession, statement: Executable) -> int:
+async def execute_counting(
+    session: AsyncSession, statement: Executable, params: dict[str, Any] | None = None
+) -> int:
     """Execute a DML statement and return how many rows it touched."""
-    result = await session.execute(statement)
+    result = await session.execute(statement, params)
     return cast(CursorResult[Any], result).rowcount

@@ -10,9 +10,9 @@ that fan chunks out across workers (workers/tasks/close.py).
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import Row, Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -255,30 +255,46 @@ async def begin_run(as_of: date) -> int | None:
         return run.attempts
 
 
+# The run's row in the steps of an attempt, read and written in Core: loading and flushing the
+# ORM object was a large part of the CPU of closing a date of a small book.
+_run = cast(Table, CloseRun.__table__)
+# Not "as_of": a column's name is reserved for the values of an update.
+_THIS_RUN = _run.c.as_of == bindparam("run_as_of")
+
+
 async def _current(
     session: AsyncSession, as_of: date, attempt: int, *, share: bool
-) -> CloseRun | None:
-    """The run, if ``attempt`` is its running attempt, its row locked against a new start
-    (shared, for a chunk, so chunks and heartbeats go on beside each other). A piece of an
-    attempt since replaced (a rerun after the run went stale, and the broker redelivering
-    the dead attempt's tasks an hour later) does nothing: run again, it would close its date
-    over a book that later dates have moved on."""
-    run = await session.scalar(
-        select(CloseRun).where(CloseRun.as_of == as_of).with_for_update(read=share, key_share=share)
-    )
+) -> Row[Any, Any, Any, Any] | None:
+    """The run's steps and counts, if ``attempt`` is its running attempt, its row locked
+    against a new start (shared, for a chunk, so chunks and heartbeats go on beside each
+    other). A piece of an attempt since replaced (a rerun after the run went stale, and the
+    broker redelivering the dead attempt's tasks an hour later) does nothing: run again, it
+    would close its date over a book that later dates have moved on."""
+    run = (
+        await session.execute(
+            select(_run.c.attempts, _run.c.status, _run.c.steps, _run.c.counts)
+            .where(_THIS_RUN)
+            .with_for_update(read=share, key_share=share),
+            {"run_as_of": as_of},
+        )
+    ).first()
     if run is None or (run.attempts, run.status) != (attempt, CloseStatus.RUNNING):
         log.warning("close %s attempt %s is over: skipped", as_of, attempt)
         return None
     return run
 
 
+async def _update_run(session: AsyncSession, as_of: date, **values: Any) -> None:
+    await session.execute(update(_run).where(_THIS_RUN).values(**values), {"run_as_of": as_of})
+
+
 async def begin_step(as_of: date, step: str, chunk_count: int, attempt: int) -> bool:
     async with session_scope() as session:
         if (run := await _current(session, as_of, attempt, share=False)) is None:
             return False
-        run.steps = {**run.steps, step: {"started_at": utc_now().isoformat(),
-                                         "chunks": chunk_count, "status": "running"}}  # fmt: skip
-        run.heartbeat_at = utc_now()
+        now = utc_now()
+        started = {"started_at": now.isoformat(), "chunks": chunk_count, "status": "running"}
+        await _update_run(session, as_of, steps={**run.steps, step: started}, heartbeat_at=now)
     return True
 
 
@@ -327,29 +343,32 @@ async def finish_step(as_of: date, step: str, results: list[dict[str, int]], att
             entry["seconds"] = round(
                 (finished - datetime.fromisoformat(started)).total_seconds(), 3
             )
-        run.steps = {**run.steps, step: entry}
         # Added to what earlier attempts counted, as the chunks' are: a rerun that changes
         # nothing adds zeros instead of erasing the record of what the date's close did, and
         # one after a crash keeps what the crashed attempt's finished steps did.
-        run.counts = add_counts([run.counts, totals])
-        run.heartbeat_at = finished
+        counts = add_counts([run.counts, totals])
+        await _update_run(session, as_of, steps={**run.steps, step: entry}, counts=counts,
+                          heartbeat_at=finished)  # fmt: skip
     return True
 
 
 async def finish_run(as_of: date, attempt: int) -> bool:
     """Mark the run succeeded; False when ``attempt`` is over."""
     async with session_scope() as session:
-        if (run := await _current(session, as_of, attempt, share=False)) is None:
+        if await _current(session, as_of, attempt, share=False) is None:
             return False
-        run.status, run.finished_at, run.heartbeat_at = CloseStatus.SUCCEEDED, utc_now(), utc_now()
+        now = utc_now()
+        await _update_run(session, as_of, status=CloseStatus.SUCCEEDED, finished_at=now,
+                          heartbeat_at=now)  # fmt: skip
     return True
 
 
 async def fail_run(as_of: date, error: str, attempt: int) -> None:
     """Mark the attempt failed, unless it has been replaced."""
     async with session_scope() as session:
-        if (run := await _current(session, as_of, attempt, share=False)) is not None:
-            run.status, run.error, run.finished_at = CloseStatus.FAILED, error[:2000], utc_now()
+        if await _current(session, as_of, attempt, share=False) is not None:
+            await _update_run(session, as_of, status=CloseStatus.FAILED, error=error[:2000],
+                              finished_at=utc_now())  # fmt: skip
 
 
 # -- the in-process runner (embedded default, CLI, tests) --------------------------------

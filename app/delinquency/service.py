@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
+from decimal import Decimal
+from functools import cache, lru_cache
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -17,6 +19,7 @@ from sqlalchemy import (
     Date,
     Table,
     and_,
+    bindparam,
     case,
     func,
     literal,
@@ -67,6 +70,12 @@ _loan = cast(Table, Loan.__table__)
 _product = cast(Table, Product.__table__)
 _payment = cast(Table, Payment.__table__)
 _allocation = cast(Table, PaymentAllocation.__table__)
+_paid_later, _paid_later_to = _payment.alias("paid_later"), _allocation.alias("paid_later_to")
+
+# The close's statements are built once per shape (which bounds a chunk has, the settings
+# they read), the date and the loan-id range bound at execution (``chunk_params``): built for
+# each chunk of each date, constructing them was most of the CPU of closing a small book.
+AS_OF = bindparam("as_of", type_=Date)
 
 
 # Read on most requests: built once (construction and cache key cost CPU per call).
@@ -268,6 +277,13 @@ def unpaid_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
     return unpaid_now_sql() + paid_after_sql(as_of)
 
 
+@cache
+def unpaid_as_of_sql() -> ColumnElement[int]:
+    """``unpaid_sql`` as of the bound parameter ``as_of`` (``AS_OF``)."""
+    return unpaid_sql(AS_OF)
+
+
+@cache
 def unpaid_now_sql() -> ColumnElement[int]:
     """What is unpaid on each installment after every applied payment, whatever its date."""
     i = _installment.c
@@ -281,7 +297,7 @@ def unpaid_now_sql() -> ColumnElement[int]:
 def paid_after_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
     """What applied payments received after ``as_of`` paid on each installment."""
     i = _installment.c
-    payment, allocation = _payment.alias("paid_later"), _allocation.alias("paid_later_to")
+    payment, allocation = _paid_later, _paid_later_to
     later = and_(payment.c.received_on > as_of, payment.c.status == PaymentStatus.APPLIED.value)
     payers = select(payment.c.loan_id).where(later).correlate(None)
     paid = (
@@ -309,7 +325,11 @@ def paid_after_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
 
 def tolerance_sql() -> ColumnElement[int]:
     """The arrears tolerance in each loan's own minor units."""
-    tolerance = get_settings().close.arrears_tolerance
+    return _tolerance_sql(get_settings().close.arrears_tolerance)
+
+
+@lru_cache(maxsize=8)
+def _tolerance_sql(tolerance: Decimal) -> ColumnElement[int]:
     by_digits: dict[int, list[str]] = {}
     for currency, digits in MINOR_DIGITS.items():
         by_digits.setdefault(digits, []).append(currency)
@@ -320,6 +340,17 @@ def tolerance_sql() -> ColumnElement[int]:
         ],
         else_=literal(setting_to_minor(tolerance, "CNY")),
     )
+
+
+def chunk_params(as_of: date, low: str | None, high: str | None) -> dict[str, Any]:
+    """The parameters of a statement built with ``AS_OF`` and ``in_chunk``."""
+    return {"as_of": as_of, "low": low, "high": high}
+
+
+def in_chunk(column: Any, has_low: bool, has_high: bool) -> ColumnElement[bool]:
+    """``in_range`` over the bound parameters ``low`` and ``high`` (``chunk_params``)."""
+    return in_range(column, bindparam("low") if has_low else None,
+                    bindparam("high") if has_high else None)  # fmt: skip
 
 
 def in_range(column: Any, low: Any, high: Any) -> ColumnElement[bool]:
@@ -354,14 +385,12 @@ async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[st
     return {row.id: row for row in rows}
 
 
-async def charge_late_fees(
-    session: AsyncSession, as_of: date, low: str | None, high: str | None
-) -> list[Any]:
-    """Charge each installment more than ``grace_days`` late its product's late fee, once:
-    the fees charged (loan_id, seq, due_date, late_fees_minor)."""
+@lru_cache(maxsize=16)
+def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> Any:
+    """The update charging the fees (``tolerance``: only a part of the cache key)."""
+    del tolerance
     i, loan, product = _installment.c, _loan.c, _product.c
-    as_of_sql = literal(as_of, Date)
-    unpaid = unpaid_sql(as_of_sql)
+    unpaid = unpaid_as_of_sql()
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
     percent_fee = (
         unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000
@@ -372,25 +401,35 @@ async def charge_late_fees(
          product.late_fee_cap_minor),
         else_=fee,
     )  # fmt: skip
-    assessed = await session.execute(
+    return (
         update(_installment)
         .where(
             i.loan_id == loan.id,
             loan.product_code == product.code,
-            in_range(i.loan_id, low, high),
+            in_chunk(i.loan_id, has_low, has_high),
             # The same range on the loan side, or PostgreSQL scans every loan per chunk.
-            in_range(loan.id, low, high),
+            in_chunk(loan.id, has_low, has_high),
             loan.status.in_(OPEN_STATUSES),
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
-            days_between(as_of_sql, i.due_date) > product.grace_days,
+            days_between(AS_OF, i.due_date) > product.grace_days,
             unpaid > tolerance_sql(),
             capped > 0,
         )
-        .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=as_of)
+        .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=AS_OF)
         .returning(i.loan_id, i.seq, i.due_date, i.late_fees_minor)
     )
-    fees = list(assessed.all())
+
+
+async def charge_late_fees(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> list[Any]:
+    """Charge each installment more than ``grace_days`` late its product's late fee, once:
+    the fees charged (loan_id, seq, due_date, late_fees_minor)."""
+    statement = _late_fees_statement(
+        low is not None, high is not None, get_settings().close.arrears_tolerance
+    )
+    fees = list((await session.execute(statement, chunk_params(as_of, low, high))).all())
     if not fees:
         return []
     currency = {row.id: row.currency for row in await session.execute(
@@ -450,30 +489,29 @@ async def announce_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: 
     return {"late_fees_assessed": len(fees), **charged}
 
 
-def _delinquency_per_loan(as_of: date, low: str | None, high: str | None) -> Any:
+def _delinquency_per_loan(has_low: bool, has_high: bool) -> Any:
     i, loan = _installment.c, _loan.c
-    as_of_sql = literal(as_of, Date)
     oldest_missed = func.min(
-        case((and_(i.due_date < as_of_sql, unpaid_sql(as_of_sql) > tolerance_sql()), i.due_date))
+        case((and_(i.due_date < AS_OF, unpaid_as_of_sql() > tolerance_sql()), i.due_date))
     )
     return (
         select(i.loan_id.label("loan_id"), oldest_missed.label("oldest_missed"))
         .select_from(_installment.join(_loan, loan.id == i.loan_id))
         .where(
-            in_range(i.loan_id, low, high),
-            in_range(loan.id, low, high),
+            in_chunk(i.loan_id, has_low, has_high),
+            in_chunk(loan.id, has_low, has_high),
             loan.status.in_(OPEN_STATUSES),
             # Not a loan disbursed after the date (booked back-dated while the closes are
             # behind): as of a day before it existed it has no delinquency to report.
-            loan.disbursed_on <= as_of_sql,
+            loan.disbursed_on <= AS_OF,
         )
         .group_by(i.loan_id)
         .subquery("per_loan")
     )
 
 
-def _new_values(per_loan: Any, as_of: date) -> tuple[Any, Any, Any]:
-    dpd = func.coalesce(days_between(literal(as_of, Date), per_loan.c.oldest_missed), 0)
+def _new_values(per_loan: Any, charge_off: int) -> tuple[Any, Any, Any]:
+    dpd = func.coalesce(days_between(AS_OF, per_loan.c.oldest_missed), 0)
     bucket = case(
         (dpd <= 0, Bucket.CURRENT.value),
         (dpd <= 30, Bucket.DPD_1_30.value),
@@ -481,7 +519,6 @@ def _new_values(per_loan: Any, as_of: date) -> tuple[Any, Any, Any]:
         (dpd <= 90, Bucket.DPD_61_90.value),
         else_=Bucket.DPD_90_PLUS.value,
     )
-    charge_off = get_settings().close.charge_off_after_days
     status = case(
         (_loan.c.status.not_in(DELINQUENCY_STATUSES), _loan.c.status),
         (
@@ -498,16 +535,18 @@ def _new_values(per_loan: Any, as_of: date) -> tuple[Any, Any, Any]:
     return dpd, bucket, status
 
 
-async def recompute_delinquency(
-    session: AsyncSession, as_of: date, low: str | None, high: str | None
-) -> Counts:
-    """Days past due, bucket and status of every open loan in the range, as of ``as_of``;
-    ``loan.delinquency_changed`` for each loan whose bucket or status moves."""
+@lru_cache(maxsize=32)
+def _delinquency_statements(
+    has_low: bool, has_high: bool, postgres: bool, charge_off: int, tolerance: Decimal
+) -> tuple[Any, Any | None]:
+    """The update of the chunk's loans, and on SQLite the select of their changes to run
+    before it (``tolerance``: only a part of the cache key)."""
+    del tolerance
     loan = _loan.c
-    per_loan = _delinquency_per_loan(as_of, low, high)
-    dpd, bucket, status = _new_values(per_loan, as_of)
+    per_loan = _delinquency_per_loan(has_low, has_high)
+    dpd, bucket, status = _new_values(per_loan, charge_off)
     moved = or_(bucket != loan.bucket, status != loan.status)
-    onwards = or_(loan.delinquency_as_of.is_(None), loan.delinquency_as_of <= as_of)
+    onwards = or_(loan.delinquency_as_of.is_(None), loan.delinquency_as_of <= AS_OF)
     went_past_30 = add_days(per_loan.c.oldest_missed, PAST_30_DAYS + 1)
     # An earlier day than the one stored, too: a payment recorded before the close that
     # charged a fee it then paid first reckoned the loan settled at the time (vintages).
@@ -519,17 +558,17 @@ async def recompute_delinquency(
         update(_loan)
         .where(
             loan.id == per_loan.c.loan_id,
-            in_range(loan.id, low, high),
+            in_chunk(loan.id, has_low, has_high),
             # A loan stored as of a later date (booked before the first close, which may be
             # for an earlier date) takes the close's date even when nothing moved: its next
             # move is then one in time (a roll, a cure), not the same loan seen earlier.
-            or_(dpd != loan.days_past_due, moved, newly_past_30, loan.delinquency_as_of > as_of),
+            or_(dpd != loan.days_past_due, moved, newly_past_30, loan.delinquency_as_of > AS_OF),
         )
         .values(
             days_past_due=dpd,
             bucket=bucket,
             status=status,
-            delinquency_as_of=as_of,
+            delinquency_as_of=AS_OF,
             # SET reads the row as it was: remember the bucket left and the day of a cure
             # (not when the row was evaluated as of a later date: see apply_delinquency).
             previous_bucket=case(
@@ -542,7 +581,7 @@ async def recompute_delinquency(
                         loan.bucket != Bucket.CURRENT.value,
                         onwards,
                     ),
-                    as_of,
+                    AS_OF,
                 ),
                 else_=loan.cured_on,
             ),
@@ -556,46 +595,58 @@ async def recompute_delinquency(
     )
     reported = (loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
                 loan.principal_outstanding_minor)  # fmt: skip
-    if is_postgres(session):
+    if postgres:
         # One pass over the installments: RETURNING reads the old bucket and status from the
         # row as the statement found it (a self-join), the new ones from the row written.
         before = _loan.alias("before")
-        updated = (
-            await session.execute(
-                update_loans.where(
-                    before.c.id == loan.id, in_range(before.c.id, low, high)
-                ).returning(
-                    *reported,
-                    before.c.bucket,
-                    before.c.status,
-                    loan.days_past_due,
-                    loan.bucket.label("new_bucket"),
-                    loan.status.label("new_status"),
-                )
-            )
-        ).all()
+        returning = update_loans.where(
+            before.c.id == loan.id, in_chunk(before.c.id, has_low, has_high)
+        ).returning(
+            *reported,
+            before.c.bucket,
+            before.c.status,
+            loan.days_past_due,
+            loan.bucket.label("new_bucket"),
+            loan.status.label("new_status"),
+        )
+        return returning, None
+    # SQLite's RETURNING cannot read the FROM side: the changes first, then the update.
+    changes = (
+        select(
+            *reported,
+            loan.bucket,
+            loan.status,
+            dpd.label("days_past_due"),
+            bucket.label("new_bucket"),
+            status.label("new_status"),
+        )
+        .select_from(_loan.join(per_loan, per_loan.c.loan_id == loan.id))
+        .where(moved, in_chunk(loan.id, has_low, has_high))
+    )
+    return update_loans, changes
+
+
+async def recompute_delinquency(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> Counts:
+    """Days past due, bucket and status of every open loan in the range, as of ``as_of``;
+    ``loan.delinquency_changed`` for each loan whose bucket or status moves."""
+    settings = get_settings().close
+    update_loans, select_changes = _delinquency_statements(
+        low is not None, high is not None, is_postgres(session),
+        settings.charge_off_after_days, settings.arrears_tolerance,
+    )  # fmt: skip
+    params = chunk_params(as_of, low, high)
+    if select_changes is None:
+        updated = (await session.execute(update_loans, params)).all()
         changes: Sequence[Any] = [
             row for row in updated
             if (row.bucket, row.status) != (row.new_bucket, row.new_status)
         ]  # fmt: skip
         loans_updated = len(updated)
     else:
-        # SQLite's RETURNING cannot read the FROM side: the changes first, then the update.
-        changes = (
-            await session.execute(
-                select(
-                    *reported,
-                    loan.bucket,
-                    loan.status,
-                    dpd.label("days_past_due"),
-                    bucket.label("new_bucket"),
-                    status.label("new_status"),
-                )
-                .select_from(_loan.join(per_loan, per_loan.c.loan_id == loan.id))
-                .where(moved, in_range(loan.id, low, high))
-            )
-        ).all()
-        loans_updated = await execute_counting(session, update_loans)
+        changes = (await session.execute(select_changes, params)).all()
+        loans_updated = await execute_counting(session, update_loans, params)
     await events.emit_many(
         session,
         [
@@ -618,37 +669,45 @@ async def recompute_delinquency(
     return {"loans_updated": loans_updated, "delinquency_changes": len(changes)}
 
 
+@lru_cache(maxsize=8)
+def _reminder_statements(has_low: bool, has_high: bool) -> tuple[Any, Any]:
+    """Mark the installments due on ``due_on`` reminded as of ``as_of``; then read what is
+    due on them."""
+    i, loan = _installment.c, _loan.c
+    due_on = bindparam("due_on", type_=Date)
+    unpaid = unpaid_as_of_sql()
+    remind = (
+        update(_installment)
+        .where(
+            i.loan_id == loan.id,
+            in_chunk(i.loan_id, has_low, has_high),
+            loan.status.in_(OPEN_STATUSES),
+            i.due_date == due_on,
+            i.reminded_on.is_(None),
+            unpaid > 0,
+        )
+        .values(reminded_on=AS_OF)
+        .returning(i.loan_id, i.seq, i.due_date)
+    )
+    # Read apart: SQLite's RETURNING drops the table from column names, and the subquery of
+    # the payments received later then compares its own columns.
+    amounts = select(i.loan_id, i.seq, unpaid).where(
+        in_chunk(i.loan_id, has_low, has_high), i.due_date == due_on, i.reminded_on == AS_OF
+    )
+    return remind, amounts
+
+
 async def send_reminders(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> Counts:
     """``installment.due_soon`` for installments due ``reminder_days`` after ``as_of``, once."""
-    i, loan = _installment.c, _loan.c
+    remind, amounts_due = _reminder_statements(low is not None, high is not None)
     due_on = as_of + timedelta(days=get_settings().close.reminder_days)
-    unpaid = unpaid_sql(literal(as_of, Date))
-    reminded = (
-        await session.execute(
-            update(_installment)
-            .where(
-                i.loan_id == loan.id,
-                in_range(i.loan_id, low, high),
-                loan.status.in_(OPEN_STATUSES),
-                i.due_date == due_on,
-                i.reminded_on.is_(None),
-                unpaid > 0,
-            )
-            .values(reminded_on=as_of)
-            .returning(i.loan_id, i.seq, i.due_date)
-        )
-    ).all()
+    params = {**chunk_params(as_of, low, high), "due_on": due_on}
+    reminded = (await session.execute(remind, params)).all()
     if not reminded:
         return {"reminders_sent": 0}
-    # Read apart: SQLite's RETURNING drops the table from column names, and the subquery of
-    # the payments received later then compares its own columns.
-    amounts = await session.execute(
-        select(i.loan_id, i.seq, unpaid).where(
-            in_range(i.loan_id, low, high), i.due_date == due_on, i.reminded_on == as_of
-        )
-    )
+    amounts = await session.execute(amounts_due, params)
     amount_due = {(loan_id, seq): amount for loan_id, seq, amount in amounts}
     facts = await _loan_facts(session, [r.loan_id for r in reminded])
     await events.emit_many(

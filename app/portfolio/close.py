@@ -6,10 +6,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
+from functools import cache, lru_cache
 from typing import Any, cast
 
 from dateutil.relativedelta import relativedelta
-from sqlalchemy import Date, Table, and_, case, delete, func, insert, literal, or_, select
+from sqlalchemy import Date, Table, and_, bindparam, case, delete, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -17,13 +19,18 @@ from app.config import get_settings
 from app.db import (
     days_between,
     execute_counting,
-    insert_for,
     month_of,
     months_between,
     utc_now,
 )
 from app.delinquency.rules import Bucket
-from app.delinquency.service import in_range, tolerance_sql, unpaid_sql
+from app.delinquency.service import (
+    AS_OF,
+    chunk_params,
+    in_chunk,
+    tolerance_sql,
+    unpaid_as_of_sql,
+)
 from app.events import service as events
 from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan, LoanInstallment, LoanStatus
@@ -43,35 +50,40 @@ Counts = dict[str, int]
 _loan = cast(Table, Loan.__table__)
 _installment = cast(Table, LoanInstallment.__table__)
 _snapshot = cast(Table, LoanSnapshot.__table__)
+_vintage_count = cast(Table, VintageCount.__table__)
+_roll_rate = cast(Table, RollRate.__table__)
+_roll_rate_pair = cast(Table, RollRatePair.__table__)
 
 PAST_30_BUCKETS = (Bucket.DPD_31_60.value, Bucket.DPD_61_90.value, Bucket.DPD_90_PLUS.value)
 DIMENSIONS = ("merchant", "product", "vintage")
 FPD_DAYS = (10, 30)
 
 
+@lru_cache(maxsize=8)
+def _snapshot_statements(has_low: bool, has_high: bool) -> tuple[Any, Any]:
+    """Drop the range's snapshot of the date (a rerun), then take it again."""
+    loan, snap = _loan.c, _snapshot.c
+    drop = delete(_snapshot).where(snap.as_of == AS_OF, in_chunk(snap.loan_id, has_low, has_high))
+    take = insert(_snapshot).from_select(
+        ["as_of", "loan_id", "merchant_id", "product_code", "currency", "status", "bucket",
+         "days_past_due", "principal_minor"],
+        select(AS_OF, loan.id, loan.merchant_id, loan.product_code, loan.currency,
+               loan.status, loan.bucket, loan.days_past_due, loan.principal_outstanding_minor)
+        # A loan booked back-dated to after the date (a catch-up) was not on the book yet.
+        .where(in_chunk(loan.id, has_low, has_high), loan.status.in_(OPEN_STATUSES),
+               loan.disbursed_on <= AS_OF),
+    )  # fmt: skip
+    return drop, take
+
+
 async def snapshot_loans(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> Counts:
     """Each open loan of the range as the close leaves it (a rerun replaces its rows)."""
-    loan = _loan.c
-    await session.execute(
-        delete(LoanSnapshot).where(
-            LoanSnapshot.as_of == as_of, in_range(LoanSnapshot.loan_id, low, high)
-        )
-    )
-    written = await execute_counting(
-        session,
-        insert(LoanSnapshot).from_select(
-            ["as_of", "loan_id", "merchant_id", "product_code", "currency", "status", "bucket",
-             "days_past_due", "principal_minor"],
-            select(literal(as_of), loan.id, loan.merchant_id, loan.product_code, loan.currency,
-                   loan.status, loan.bucket, loan.days_past_due, loan.principal_outstanding_minor)
-            # A loan booked back-dated to after the date (a catch-up) was not on the book yet.
-            .where(in_range(loan.id, low, high), loan.status.in_(OPEN_STATUSES),
-                   loan.disbursed_on <= as_of),
-        ),
-    )  # fmt: skip
-    return {"loans_snapshotted": written}
+    drop, take = _snapshot_statements(low is not None, high is not None)
+    params = chunk_params(as_of, low, high)
+    await session.execute(drop, params)
+    return {"loans_snapshotted": await execute_counting(session, take, params)}
 
 
 async def close_portfolio(
@@ -93,28 +105,30 @@ async def close_portfolio(
 # -- vintages ------------------------------------------------------------------------------
 
 
-async def _recount_vintages(session: AsyncSession, as_of: date) -> int:
+@cache
+def _vintages_statement() -> Any:
     """The book as of the date closed: not a loan booked back-dated to after it (a catch-up
     still behind), nor a fall past 30 days later than it (a history brought in ahead)."""
     loan = _loan.c
     month = month_of(loan.disbursed_on)
     months_to_30 = case(
-        (loan.ever_30_plus_on <= as_of, months_between(loan.ever_30_plus_on, loan.disbursed_on)),
+        (loan.ever_30_plus_on <= AS_OF, months_between(loan.ever_30_plus_on, loan.disbursed_on)),
         else_=-1,
     )
-    await session.execute(delete(VintageCount))
-    return await execute_counting(
-        session,
-        insert(VintageCount).from_select(
-            ["origination_month", "merchant_id", "product_code", "currency",
-             "months_on_book_at_30_plus", "loans", "principal_minor"],
-            select(month, loan.merchant_id, loan.product_code, loan.currency, months_to_30,
-                   func.count(), func.sum(loan.principal_minor))
-            # A returned purchase never had a chance to pay: it is not part of any vintage.
-            .where(loan.status != LoanStatus.CANCELLED, loan.disbursed_on <= as_of)
-            .group_by(month, loan.merchant_id, loan.product_code, loan.currency, months_to_30),
-        ),
+    return insert(_vintage_count).from_select(
+        ["origination_month", "merchant_id", "product_code", "currency",
+         "months_on_book_at_30_plus", "loans", "principal_minor"],
+        select(month, loan.merchant_id, loan.product_code, loan.currency, months_to_30,
+               func.count(), func.sum(loan.principal_minor))
+        # A returned purchase never had a chance to pay: it is not part of any vintage.
+        .where(loan.status != LoanStatus.CANCELLED, loan.disbursed_on <= AS_OF)
+        .group_by(month, loan.merchant_id, loan.product_code, loan.currency, months_to_30),
     )  # fmt: skip
+
+
+async def _recount_vintages(session: AsyncSession, as_of: date) -> int:
+    await session.execute(delete(VintageCount))
+    return await execute_counting(session, _vintages_statement(), {"as_of": as_of})
 
 
 # -- roll rates ----------------------------------------------------------------------------
@@ -132,16 +146,19 @@ async def latest_snapshot_on_or_before(session: AsyncSession, day: date) -> date
     )
 
 
-async def store_roll_rates(session: AsyncSession, from_date: date, to_date: date) -> None:
-    """Bucket-to-bucket movements of the loans open at both closes, per merchant and product
-    (stored once: closed snapshots do not change)."""
+@lru_cache(maxsize=4)
+def _roll_rate_statements(dialect: str) -> tuple[Any, Any]:
+    """The movements between the closes ``from_date`` and ``to_date``, and their pair."""
     start, end = _snapshot.alias("start"), _snapshot.alias("finish")
-    await session.execute(
-        insert_for(session, RollRate)
+    # Not the columns' names: those are reserved for the VALUES of an insert.
+    from_date, to_date = bindparam("rolled_from", type_=Date), bindparam("rolled_to", type_=Date)
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    movements = (
+        insert_(_roll_rate)
         .from_select(
             ["from_date", "to_date", "merchant_id", "product_code", "currency", "from_bucket",
              "to_bucket", "loans", "principal_minor"],
-            select(literal(from_date), literal(to_date), start.c.merchant_id,
+            select(from_date, to_date, start.c.merchant_id,
                    start.c.product_code, start.c.currency, start.c.bucket, end.c.bucket,
                    func.count(), func.sum(end.c.principal_minor))
             .select_from(start.join(end, and_(end.c.loan_id == start.c.loan_id,
@@ -152,11 +169,21 @@ async def store_roll_rates(session: AsyncSession, from_date: date, to_date: date
         )
         .on_conflict_do_nothing()
     )  # fmt: skip
-    await session.execute(
-        insert_for(session, RollRatePair)
-        .values(from_date=from_date, to_date=to_date, computed_at=utc_now())
+    pair = (
+        insert_(_roll_rate_pair)
+        .values(from_date=from_date, to_date=to_date, computed_at=bindparam("now"))
         .on_conflict_do_nothing()
     )
+    return movements, pair
+
+
+async def store_roll_rates(session: AsyncSession, from_date: date, to_date: date) -> None:
+    """Bucket-to-bucket movements of the loans open at both closes, per merchant and product
+    (stored once: closed snapshots do not change)."""
+    movements, pair = _roll_rate_statements(session.get_bind().dialect.name)
+    params = {"rolled_from": from_date, "rolled_to": to_date, "now": utc_now()}
+    await session.execute(movements, params)
+    await session.execute(pair, params)
 
 
 async def _store_day_and_month_roll_rates(session: AsyncSession, as_of: date) -> int:
@@ -229,54 +256,86 @@ def _segments_of(cell: Cell) -> dict[str, str]:
     return {"merchant": merchant, "product": product, "vintage": month}
 
 
-async def _cells(session: AsyncSession, as_of: date) -> dict[Cell, SegmentCounts]:
-    """The finest grain (merchant, product, currency, origination month), rolled up later."""
-    loan, inst = _loan.c, _installment.c
-    month = month_of(loan.disbursed_on)
-    dims = (loan.merchant_id, loan.product_code, loan.currency, month)
-    cells: dict[Cell, SegmentCounts] = defaultdict(SegmentCounts)
-    open_rows = await session.execute(
+def _dims() -> tuple[Any, ...]:
+    loan = _loan.c
+    return (loan.merchant_id, loan.product_code, loan.currency, month_of(loan.disbursed_on))
+
+
+@cache
+def _open_cells_statement() -> Any:
+    loan = _loan.c
+    dims = _dims()
+    return (
         select(*dims, func.count(), func.sum(loan.principal_outstanding_minor),
                func.sum(case((loan.bucket.in_(PAST_30_BUCKETS), 1), else_=0)),
                func.sum(case((loan.bucket == Bucket.DPD_90_PLUS.value, 1), else_=0)))
-        .where(loan.status.in_(OPEN_STATUSES), loan.disbursed_on <= as_of)
+        .where(loan.status.in_(OPEN_STATUSES), loan.disbursed_on <= AS_OF)
         .group_by(*dims)
     )  # fmt: skip
-    for *cell, loans, principal, past_30, past_90 in open_rows:
+
+
+@lru_cache(maxsize=16)
+def _first_payment_default_statement(days: int, tolerance: Decimal) -> Any:
+    """The cohort of first installments due in the window ``[due_after, due_by)`` at least
+    ``days`` ago, and how many of them were ``days`` late (``tolerance``: a cache key)."""
+    del tolerance
+    loan, inst = _loan.c, _installment.c
+    dims = _dims()
+    defaulted = or_(
+        and_(inst.paid_on.is_(None), unpaid_as_of_sql() > tolerance_sql()),
+        days_between(inst.paid_on, inst.due_date) > days,
+    )
+    return (
+        select(*dims, func.count(), func.sum(case((defaulted, 1), else_=0)))
+        .select_from(_installment.join(_loan, loan.id == inst.loan_id))
+        .where(inst.seq == 1,
+               inst.due_date <= bindparam("due_by", type_=Date),
+               inst.due_date > bindparam("due_after", type_=Date),
+               days_between(AS_OF, inst.due_date) >= days,
+               loan.status != LoanStatus.CANCELLED)
+        .group_by(*dims)
+    )  # fmt: skip
+
+
+@cache
+def _current_cells_statement() -> Any:
+    """The loans current at the close ``month_ago``, and how many are delinquent now."""
+    loan, snap = _loan.c, _snapshot.c
+    dims = _dims()
+    now_delinquent = and_(loan.status.in_(OPEN_STATUSES), loan.bucket != Bucket.CURRENT.value)
+    return (
+        select(*dims, func.count(), func.sum(case((now_delinquent, 1), else_=0)))
+        .select_from(_snapshot.join(_loan, loan.id == snap.loan_id))
+        .where(snap.as_of == bindparam("month_ago", type_=Date),
+               snap.bucket == Bucket.CURRENT.value)
+        .group_by(*dims)
+    )  # fmt: skip
+
+
+async def _cells(session: AsyncSession, as_of: date) -> dict[Cell, SegmentCounts]:
+    """The finest grain (merchant, product, currency, origination month), rolled up later."""
+    cells: dict[Cell, SegmentCounts] = defaultdict(SegmentCounts)
+    for *cell, loans, principal, past_30, past_90 in await session.execute(
+        _open_cells_statement(), {"as_of": as_of}
+    ):
         counts = cells[cast(Cell, tuple(cell))]
         counts.loans, counts.principal_minor = loans, int(principal or 0)
         counts.dpd_30_plus_loans, counts.dpd_90_plus_loans = int(past_30), int(past_90)
 
     window = get_settings().portfolio.fpd_cohort_days
-    as_of_sql = literal(as_of)
+    tolerance = get_settings().close.arrears_tolerance
     for days in FPD_DAYS:
-        age = days_between(as_of_sql, inst.due_date)
-        defaulted = or_(
-            and_(inst.paid_on.is_(None), unpaid_sql(literal(as_of, Date)) > tolerance_sql()),
-            days_between(inst.paid_on, inst.due_date) > days,
-        )
         rows = await session.execute(
-            select(*dims, func.count(), func.sum(case((defaulted, 1), else_=0)))
-            .select_from(_installment.join(_loan, loan.id == inst.loan_id))
-            .where(inst.seq == 1,
-                   inst.due_date <= as_of - timedelta(days=days),
-                   inst.due_date > as_of - timedelta(days=days + window),
-                   age >= days, loan.status != LoanStatus.CANCELLED)
-            .group_by(*dims)
+            _first_payment_default_statement(days, tolerance),
+            {"as_of": as_of, "due_by": as_of - timedelta(days=days),
+             "due_after": as_of - timedelta(days=days + window)},
         )  # fmt: skip
         for *cell, cohort, defaults in rows:
             cells[cast(Cell, tuple(cell))].fpd[days] = [int(cohort), int(defaults or 0)]
 
     month_ago = await latest_snapshot_on_or_before(session, as_of - relativedelta(months=1))
     if month_ago is not None:
-        snap = _snapshot.c
-        now_delinquent = and_(loan.status.in_(OPEN_STATUSES), loan.bucket != Bucket.CURRENT.value)
-        rows = await session.execute(
-            select(*dims, func.count(), func.sum(case((now_delinquent, 1), else_=0)))
-            .select_from(_snapshot.join(_loan, loan.id == snap.loan_id))
-            .where(snap.as_of == month_ago, snap.bucket == Bucket.CURRENT.value)
-            .group_by(*dims)
-        )
+        rows = await session.execute(_current_cells_statement(), {"month_ago": month_ago})
         for *cell, base, rolled in rows:
             counts = cells[cast(Cell, tuple(cell))]
             counts.current_base, counts.current_to_30_loans = int(base), int(rolled or 0)
