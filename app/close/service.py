@@ -10,9 +10,10 @@ that fan chunks out across workers (workers/tasks/close.py).
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, func, select, text, update
+from sqlalchemy import Integer, Row, Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -215,17 +216,21 @@ async def latest_run(session: AsyncSession) -> CloseRun | None:
 # -- the pieces both runners compose -----------------------------------------------------
 
 
+_numbered = select(Loan.id, func.row_number().over(order_by=Loan.id).label("n")).subquery()
+_CHUNK_STARTS = (
+    select(_numbered.c.id)
+    .where((_numbered.c.n - 1) % bindparam("chunk_size", type_=Integer) == 0)
+    .order_by(_numbered.c.id)
+)
+
+
 async def chunks(step: str | None = None) -> list[Chunk]:
     """Loan-id ranges of about ``chunk_size`` loans each; together they cover every loan."""
     if step in WHOLE_BOOK_STEPS:
         return [(None, None)]
-    size = get_settings().close.chunk_size
-    numbered = select(Loan.id, func.row_number().over(order_by=Loan.id).label("n")).subquery()
     async with session_scope() as session:
         starts = list(
-            await session.scalars(
-                select(numbered.c.id).where((numbered.c.n - 1) % size == 0).order_by(numbered.c.id)
-            )
+            await session.scalars(_CHUNK_STARTS, {"chunk_size": get_settings().close.chunk_size})
         )
     if not starts:
         return [(None, None)]
@@ -260,6 +265,11 @@ async def begin_run(as_of: date) -> int | None:
 _run = cast(Table, CloseRun.__table__)
 # Not "as_of": a column's name is reserved for the values of an update.
 _THIS_RUN = _run.c.as_of == bindparam("run_as_of")
+_RUN_ROW = select(_run.c.attempts, _run.c.status, _run.c.steps, _run.c.counts).where(_THIS_RUN)
+_RUN_LOCKED, _RUN_SHARED = (
+    _RUN_ROW.with_for_update(),
+    _RUN_ROW.with_for_update(read=True, key_share=True),
+)
 
 
 async def _current(
@@ -271,12 +281,7 @@ async def _current(
     broker redelivering the dead attempt's tasks an hour later) does nothing: run again, it
     would close its date over a book that later dates have moved on."""
     run = (
-        await session.execute(
-            select(_run.c.attempts, _run.c.status, _run.c.steps, _run.c.counts)
-            .where(_THIS_RUN)
-            .with_for_update(read=share, key_share=share),
-            {"run_as_of": as_of},
-        )
+        await session.execute(_RUN_SHARED if share else _RUN_LOCKED, {"run_as_of": as_of})
     ).first()
     if run is None or (run.attempts, run.status) != (attempt, CloseStatus.RUNNING):
         log.warning("close %s attempt %s is over: skipped", as_of, attempt)
@@ -284,8 +289,14 @@ async def _current(
     return run
 
 
+@lru_cache(maxsize=16)
+def _run_update(columns: tuple[str, ...]) -> Any:
+    return update(_run).where(_THIS_RUN).values({c: bindparam(f"new_{c}") for c in columns})
+
+
 async def _update_run(session: AsyncSession, as_of: date, **values: Any) -> None:
-    await session.execute(update(_run).where(_THIS_RUN).values(**values), {"run_as_of": as_of})
+    params = {f"new_{column}": value for column, value in values.items()}
+    await session.execute(_run_update(tuple(values)), {"run_as_of": as_of, **params})
 
 
 async def begin_step(as_of: date, step: str, chunk_count: int, attempt: int) -> bool:

@@ -363,12 +363,19 @@ def in_range(column: Any, low: Any, high: Any) -> ColumnElement[bool]:
     return and_(*conditions) if conditions else literal(True)
 
 
+@lru_cache(maxsize=4)
+def _lock_statement(has_low: bool, has_high: bool) -> Any:
+    return (
+        select(_loan.c.id)
+        .where(in_chunk(_loan.c.id, has_low, has_high), _loan.c.status.in_(OPEN_STATUSES))
+        .with_for_update()
+    )
+
+
 async def lock_chunk(session: AsyncSession, low: str | None, high: str | None) -> None:
     """Lock the chunk's open loans so payments wait for the step instead of racing it."""
     await session.execute(
-        select(_loan.c.id)
-        .where(in_range(_loan.c.id, low, high), _loan.c.status.in_(OPEN_STATUSES))
-        .with_for_update()
+        _lock_statement(low is not None, high is not None), {"low": low, "high": high}
     )
 
 

@@ -375,6 +375,16 @@ ALERT_METRICS = (
 )
 
 
+# The earlier closes' rates of each segment, the baseline its rate today is held against.
+_ALERT_HISTORY = select(
+    SegmentMetric.dimension, SegmentMetric.segment, SegmentMetric.currency,
+    SegmentMetric.fpd_10_loans, SegmentMetric.fpd_10_cohort, SegmentMetric.fpd_30_loans,
+    SegmentMetric.fpd_30_cohort, SegmentMetric.current_to_30_loans, SegmentMetric.current_base,
+).where(
+    SegmentMetric.as_of >= bindparam("since"), SegmentMetric.as_of < bindparam("before")
+)  # fmt: skip
+
+
 def rate(numerator: int, denominator: int) -> Decimal | None:
     return None if denominator == 0 else Decimal(numerator) / Decimal(denominator)
 
@@ -388,9 +398,7 @@ async def _raise_segment_alerts(
     settings = get_settings().portfolio
     start = as_of - relativedelta(months=settings.alert_trailing_months)
     history: dict[tuple[str, str, str, str], list[Decimal]] = defaultdict(list)
-    for earlier in await session.scalars(
-        select(SegmentMetric).where(SegmentMetric.as_of >= start, SegmentMetric.as_of < as_of)
-    ):
+    for earlier in await session.execute(_ALERT_HISTORY, {"since": start, "before": as_of}):
         for name, numerator, denominator in ALERT_METRICS:
             value = rate(getattr(earlier, numerator), getattr(earlier, denominator))
             if value is not None:
