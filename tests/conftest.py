@@ -8,7 +8,6 @@ import asyncpg
 import httpx
 import pytest
 from hypothesis import settings
-from sqlalchemy import text
 
 from app.config import get_settings
 from app.db import database
@@ -63,11 +62,41 @@ def postgres_database() -> Iterator[str]:
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
 
 
+# The sequences TRUNCATE ... RESTART IDENTITY would restart: those of the tables' columns.
+_OWNED_SEQUENCES = """
+SELECT quote_ident(n.nspname) || '.' || quote_ident(s.relname)
+FROM pg_class s
+JOIN pg_depend d ON d.objid = s.oid AND d.classid = 'pg_class'::regclass
+    AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+JOIN pg_namespace n ON n.oid = s.relnamespace
+WHERE s.relkind = 'S'
+"""
+
+
+@pytest.fixture(scope="session")
+def clean_state(postgres_database: str) -> str:
+    """Empty every table, children first, and restart their identities: on tables of a few
+    rows, DELETE takes a few milliseconds where TRUNCATE of 35 tables took about 70 (a
+    minute of the suite)."""
+    import asyncio
+
+    async def owned_sequences() -> list[str]:
+        connection = await asyncpg.connect(TEST_DSN)
+        try:
+            return [row[0] for row in await connection.fetch(_OWNED_SEQUENCES)]
+        finally:
+            await connection.close()
+
+    deletes = [f'DELETE FROM "{t.name}"' for t in reversed(Base.metadata.sorted_tables)]
+    restarts = [f"ALTER SEQUENCE {name} RESTART" for name in asyncio.run(owned_sequences())]
+    return "; ".join([*deletes, *restarts])
+
+
 @pytest.fixture(autouse=True)
-async def clean_database(postgres_database: str) -> AsyncIterator[None]:
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with database.engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+async def clean_database(clean_state: str) -> AsyncIterator[None]:
+    async with database.engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.execute(clean_state)  # several statements: no parameters
     return
 
 
