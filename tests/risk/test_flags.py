@@ -17,12 +17,15 @@ from app.risk.models import RiskRun
 from tests.factories import World, world
 
 
-async def setup(client: httpx.AsyncClient, **product: Any) -> World:
+async def setup(
+    client: httpx.AsyncClient, first_close: str = "2026-02-09", **product: Any
+) -> World:
     """Loans of 1200.00 over 3 months from 2026-01-10 (due Feb 10, Mar 10, Apr 10; 412.00,
-    408.00, 404.00), 3 days' grace; the business date pinned at 2026-01-10."""
+    408.00, 404.00), 3 days' grace; the business date pinned at ``first_close``: by default
+    the day before the first due date, the month before it holds nothing a rule looks at."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3, **product)  # fmt: skip
-    await close(w, "2026-01-10")
+    await close(w, first_close)
     return w
 
 
@@ -171,7 +174,7 @@ async def test_dpd_roll_forward(client: httpx.AsyncClient) -> None:
 
 
 async def test_payment_reversal(client: httpx.AsyncClient) -> None:
-    w = await setup(client)
+    w = await setup(client, first_close="2026-01-10")
     loan_id = await loan(w)
     await close(w, "2026-01-19")  # every reversal below dated by then: each counts at once
 
@@ -232,7 +235,7 @@ async def test_a_reversal_is_dated_within_its_payments_life(client: httpx.AsyncC
 
 
 async def test_failed_debits(client: httpx.AsyncClient) -> None:
-    w = await setup(client)
+    w = await setup(client, first_close="2026-01-10")
     loan_id = await loan(w)
     secret = (await w.post("/v1/gateways", {"name": "unionpay"}, headers=w.admin,
                            expect=201)).json()["secret"]  # fmt: skip
@@ -339,7 +342,7 @@ async def test_a_first_close_before_the_booking_date_sees_the_next_roll(
 
 
 async def test_cure_relapse_outside_the_window(client: httpx.AsyncClient) -> None:
-    w = await setup(client)
+    w = await setup(client, first_close="2026-01-10")
     await w.post("/v1/close-runs", {"as_of": "2026-01-11"}, headers=w.admin, expect=201)
     rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
     rules["cure_relapse_days"] = 18
