@@ -173,7 +173,7 @@ async def test_nights_after_the_first_leave_what_a_full_evaluation_finds(
 async def test_a_partial_period_that_ends_its_grace_tonight_is_seen_tonight(
     client: httpx.AsyncClient,
 ) -> None:
-    w = await setup(client)
+    w = await setup(client, first_close="2026-02-04")
     loan_id = await six_month_loan(w)  # 212.00, 210.00, 208.00, 206.00, ... due on the 10th
     # Paying ahead then little: never a day past due, but periods 2 and 4 each bring under
     # 80 % of their installment.
@@ -193,7 +193,7 @@ async def test_a_partial_period_that_ends_its_grace_tonight_is_seen_tonight(
 async def test_debits_failing_after_the_business_date_count_from_their_night(
     client: httpx.AsyncClient,
 ) -> None:
-    w = await setup(client)  # the business date is 2026-01-10
+    w = await setup(client, first_close="2026-01-10")
     loan_id = await loan(w)
     secret = (await w.post("/v1/gateways", {"name": "unionpay"}, headers=w.admin,
                            expect=201)).json()["secret"]  # fmt: skip
