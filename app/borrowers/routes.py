@@ -30,7 +30,7 @@ async def list_borrowers(
     session: SessionDep,
     principal: ReaderPrincipal,
     page: PageDep,
-    external_id: Annotated[str | None, Query(max_length=100)] = None,
+    external_id: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
 ) -> Response:
     """Collections poll their borrowers' grades and flags: ``ETag``, and 304 on
     ``If-None-Match``."""

@@ -21,6 +21,7 @@ async def list_events(
     type: Annotated[
         str | None,
         Query(
+            min_length=1,
             max_length=500,
             description="event types or patterns, comma-separated: loan.created,risk.*",
         ),
@@ -28,6 +29,7 @@ async def list_events(
     after: Annotated[
         str | None,
         Query(
+            min_length=1,
             max_length=64,
             description="only events after this one: an event id (evt_…, the webhook-id of "
             "the last delivery received) or an RFC 3339 instant",

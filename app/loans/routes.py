@@ -64,11 +64,12 @@ async def list_loans(
     page: PageDep,
     status: LoanStatus | None = None,
     bucket: BucketQuery = None,
-    merchant_id: Annotated[str | None, Query(max_length=40)] = None,
-    borrower_id: Annotated[str | None, Query(max_length=40)] = None,
+    merchant_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    borrower_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
     flag: Annotated[FlagCode | None, Query(description="loans with this flag open")] = None,
     merchant_order_ref: Annotated[
-        str | None, Query(max_length=100, description="the POS's order: its loan, if any")
+        str | None,
+        Query(min_length=1, max_length=100, description="the POS's order: its loan, if any"),
     ] = None,
 ) -> Response:
     """Dashboards poll this by bucket or flag: ``ETag``, and 304 on ``If-None-Match``.

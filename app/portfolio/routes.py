@@ -20,8 +20,8 @@ router = APIRouter(tags=["portfolio"], route_class=StrictRoute)
 
 async def portfolio_scope(
     principal: ReaderPrincipal,
-    merchant_id: Annotated[str | None, Query(max_length=40)] = None,
-    product_code: Annotated[str | None, Query(max_length=40)] = None,
+    merchant_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    product_code: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
     currency: Annotated[
         str | None, Query(pattern=r"^[A-Z]{3}$", description="Default: the configured currency")
     ] = None,

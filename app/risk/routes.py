@@ -52,8 +52,8 @@ async def list_flags(
     status: FlagStatus | None = None,
     code: FlagCode | None = None,
     severity: Severity | None = None,
-    borrower_id: Annotated[str | None, Query(max_length=40)] = None,
-    loan_id: Annotated[str | None, Query(max_length=40)] = None,
+    borrower_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    loan_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
 ) -> Response:
     """Dashboards and collections poll this: ``ETag``, and 304 on ``If-None-Match``."""
     flags = await service.list_flags(

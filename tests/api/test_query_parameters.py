@@ -60,6 +60,30 @@ async def test_a_filter_that_does_not_exist_is_refused(client: httpx.AsyncClient
     assert await row_counts() == before
 
 
+async def test_an_empty_filter_is_refused(client: httpx.AsyncClient) -> None:
+    """``?type=`` listed every event and ``?merchant_id=`` on the portfolio no segments: an
+    empty value is a mistake in the caller's query, not a filter to apply literally."""
+    w = await world(client)
+    segments = "/v1/portfolio/segments?by=product&product_code="
+    for path, name in (("/v1/events?type=", "type"), ("/v1/events?after=", "after"),
+                       ("/v1/loans?merchant_id=", "merchant_id"),
+                       ("/v1/loans?borrower_id=", "borrower_id"),
+                       ("/v1/loans?merchant_order_ref=", "merchant_order_ref"),
+                       ("/v1/borrowers?external_id=", "external_id"),
+                       ("/v1/risk/flags?loan_id=", "loan_id"),
+                       ("/v1/risk/flags?borrower_id=", "borrower_id"),
+                       ("/v1/portfolio/summary?merchant_id=", "merchant_id"),
+                       (segments, "product_code")):  # fmt: skip
+        response = await client.get(path, headers=w.admin)
+        assert response.status_code == 422, path
+        assert response.headers["content-type"] == PROBLEM
+        assert [(e["field"], e["type"]) for e in response.json()["errors"]] == [
+            (name, "string_too_short")
+        ], path
+    # A cursor left empty is the first page, as clients that always send one expect.
+    assert (await client.get("/v1/loans?cursor=", headers=w.admin)).status_code == 200
+
+
 def api_routes() -> list[APIRoute]:
     """Every route but the documentation pages (fastapi-offline's, not ours: Swagger UI's
     links may carry parameters of their own)."""
