@@ -38,7 +38,8 @@ def cached(request: Request, body: BaseModel, cache_control: str = LIVE) -> Resp
     headers = {"ETag": etag, "Cache-Control": cache_control, "Vary": "Authorization"}
     # A list header: several field lines are one list (RFC 9110, section 5.3).
     asked = ",".join(request.headers.getlist("if-none-match"))
-    known = {tag.strip().removeprefix("W/") for tag in asked.split(",")}
-    if etag in known or "*" in known:
+    tags = [tag.strip() for tag in asked.split(",")]
+    # "*" is the whole field or nothing (RFC 9110, section 13.1.2); "W/*" is no tag.
+    if tags == ["*"] or etag in {tag.removeprefix("W/") for tag in tags}:
         return Response(status_code=304, headers=headers)
     return Response(payload, media_type="application/json", headers=headers)

@@ -72,3 +72,15 @@ async def test_if_none_match_on_several_lines_and_a_vary_on_the_key(
     lines = [("If-None-Match", '"stale"'), ("If-None-Match", first.headers["etag"])]
     again = await client.get(path, headers=[*w.merchant.items(), *lines])
     assert (again.status_code, again.headers["vary"]) == (304, "Authorization")
+
+
+async def test_if_none_match_star_stands_alone(client: httpx.AsyncClient) -> None:
+    """``*`` matches any current body only as the whole field (RFC 9110, section 13.1.2):
+    ``W/*`` is no entity tag, and was taken as ``*``."""
+    w = await world(client)
+    path = f"/v1/loans/{(await w.loan())['id']}"
+    answers = {}
+    for value in ("*", " * ", "W/*", '"stale", W/*'):
+        response = await client.get(path, headers={**w.merchant, "If-None-Match": value})
+        answers[value] = response.status_code
+    assert answers == {"*": 304, " * ": 304, "W/*": 200, '"stale", W/*': 200}
