@@ -310,10 +310,18 @@ async def begin_step(as_of: date, step: str, chunk_count: int, attempt: int) -> 
 
 
 async def run_chunk(
-    step: str, as_of: date, low: str | None, high: str | None, attempt: int | None = None
+    step: str,
+    as_of: date,
+    low: str | None,
+    high: str | None,
+    attempt: int | None = None,
+    *,
+    beat: bool = True,
 ) -> dict[str, int]:
     """One step over one loan-id range, in its own transaction; of ``attempt`` of the run
-    (None: unchecked, a caller that holds the run itself)."""
+    (None: unchecked, a caller that holds the run itself). Then the run's heartbeat, unless
+    ``beat`` is False: a caller that records the run at once (the step's last chunk in
+    process) beats then."""
     async with session_scope() as session:
         if step in WHOLE_BOOK_STEPS and is_postgres(session):
             # One snapshot of the whole book (portfolio.positions.rebase): set before the
@@ -324,10 +332,9 @@ async def run_chunk(
         if step not in WHOLE_BOOK_STEPS:
             await delinquency.lock_chunk(session, low, high)
         counts = await STEPS[step](session, as_of, low, high)
-    async with session_scope() as session:
-        await session.execute(
-            update(CloseRun).where(CloseRun.as_of == as_of).values(heartbeat_at=utc_now())
-        )
+    if beat:
+        async with session_scope() as session:
+            await _update_run(session, as_of, heartbeat_at=utc_now())
     return counts
 
 
@@ -399,7 +406,11 @@ async def run_dates_in_process(dates: list[date]) -> None:
                 bounds = await chunks(step) if step in WHOLE_BOOK_STEPS else loan_ranges
                 if not await begin_step(as_of, step, len(bounds), attempt):
                     raise CloseInProgress(f"the close for {as_of} was taken over")
-                results = [await run_chunk(step, as_of, low, high) for low, high in bounds]
+                last = len(bounds) - 1
+                results = [
+                    await run_chunk(step, as_of, low, high, beat=n < last)
+                    for n, (low, high) in enumerate(bounds)
+                ]
                 if not await finish_step(as_of, step, results, attempt):
                     raise CloseInProgress(f"the close for {as_of} was taken over")
             if not await finish_run(as_of, attempt):
