@@ -370,9 +370,12 @@ async def session_scope() -> AsyncIterator[AsyncSession]:
 
 def insert_for(session: AsyncSession, table: Any) -> postgresql.Insert | sqlite.Insert:
     """An INSERT that supports ``on_conflict_do_nothing`` on the session's dialect."""
-    if is_postgres(session):
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return dialect_insert(is_postgres(session), table)
+
+
+def dialect_insert(postgres: bool, table: Any) -> postgresql.Insert | sqlite.Insert:
+    """``insert_for`` without a session: for a statement built once per dialect."""
+    return postgresql.insert(table) if postgres else sqlite.insert(table)
 
 
 # (table, several rows?, keys) of each part -> the statement writing them all: built once, so

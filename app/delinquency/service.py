@@ -323,9 +323,12 @@ def paid_after_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
     return case((i.loan_id.in_(payers), paid), else_=0)
 
 
-def tolerance_sql() -> ColumnElement[int]:
-    """The arrears tolerance in each loan's own minor units."""
-    return _tolerance_sql(get_settings().close.arrears_tolerance)
+def tolerance_sql(tolerance: Decimal | None = None) -> ColumnElement[int]:
+    """The arrears tolerance (the setting's, unless given: a statement built once takes it as
+    part of its cache key) in each loan's own minor units."""
+    return _tolerance_sql(
+        get_settings().close.arrears_tolerance if tolerance is None else tolerance
+    )
 
 
 @lru_cache(maxsize=8)
@@ -394,8 +397,7 @@ async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[st
 
 @lru_cache(maxsize=16)
 def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> Any:
-    """The update charging the fees (``tolerance``: only a part of the cache key)."""
-    del tolerance
+    """The update charging the fees."""
     i, loan, product = _installment.c, _loan.c, _product.c
     unpaid = unpaid_as_of_sql()
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
@@ -420,7 +422,7 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
             days_between(AS_OF, i.due_date) > product.grace_days,
-            unpaid > tolerance_sql(),
+            unpaid > tolerance_sql(tolerance),
             capped > 0,
         )
         .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=AS_OF)
@@ -496,10 +498,10 @@ async def announce_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: 
     return {"late_fees_assessed": len(fees), **charged}
 
 
-def _delinquency_per_loan(has_low: bool, has_high: bool) -> Any:
+def _delinquency_per_loan(has_low: bool, has_high: bool, tolerance: Decimal) -> Any:
     i, loan = _installment.c, _loan.c
     oldest_missed = func.min(
-        case((and_(i.due_date < AS_OF, unpaid_as_of_sql() > tolerance_sql()), i.due_date))
+        case((and_(i.due_date < AS_OF, unpaid_as_of_sql() > tolerance_sql(tolerance)), i.due_date))
     )
     return (
         select(i.loan_id.label("loan_id"), oldest_missed.label("oldest_missed"))
@@ -547,10 +549,9 @@ def _delinquency_statements(
     has_low: bool, has_high: bool, postgres: bool, charge_off: int, tolerance: Decimal
 ) -> tuple[Any, Any | None]:
     """The update of the chunk's loans, and on SQLite the select of their changes to run
-    before it (``tolerance``: only a part of the cache key)."""
-    del tolerance
+    before it."""
     loan = _loan.c
-    per_loan = _delinquency_per_loan(has_low, has_high)
+    per_loan = _delinquency_per_loan(has_low, has_high, tolerance)
     dpd, bucket, status = _new_values(per_loan, charge_off)
     moved = or_(bucket != loan.bucket, status != loan.status)
     onwards = or_(loan.delinquency_as_of.is_(None), loan.delinquency_as_of <= AS_OF)

@@ -11,14 +11,15 @@ from typing import Any, cast
 
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import Date, Table, and_, bindparam, case, delete, func, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
 from app.config import get_settings
 from app.db import (
     days_between,
+    dialect_insert,
     execute_counting,
+    is_postgres,
     month_of,
     months_between,
     utc_now,
@@ -146,15 +147,14 @@ async def latest_snapshot_on_or_before(session: AsyncSession, day: date) -> date
     )
 
 
-@lru_cache(maxsize=4)
-def _roll_rate_statements(dialect: str) -> tuple[Any, Any]:
+@lru_cache(maxsize=2)
+def _roll_rate_statements(postgres: bool) -> tuple[Any, Any]:
     """The movements between the closes ``from_date`` and ``to_date``, and their pair."""
     start, end = _snapshot.alias("start"), _snapshot.alias("finish")
     # Not the columns' names: those are reserved for the VALUES of an insert.
     from_date, to_date = bindparam("rolled_from", type_=Date), bindparam("rolled_to", type_=Date)
-    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
     movements = (
-        insert_(_roll_rate)
+        dialect_insert(postgres, _roll_rate)
         .from_select(
             ["from_date", "to_date", "merchant_id", "product_code", "currency", "from_bucket",
              "to_bucket", "loans", "principal_minor"],
@@ -170,7 +170,7 @@ def _roll_rate_statements(dialect: str) -> tuple[Any, Any]:
         .on_conflict_do_nothing()
     )  # fmt: skip
     pair = (
-        insert_(_roll_rate_pair)
+        dialect_insert(postgres, _roll_rate_pair)
         .values(from_date=from_date, to_date=to_date, computed_at=bindparam("now"))
         .on_conflict_do_nothing()
     )
@@ -180,7 +180,7 @@ def _roll_rate_statements(dialect: str) -> tuple[Any, Any]:
 async def store_roll_rates(session: AsyncSession, from_date: date, to_date: date) -> None:
     """Bucket-to-bucket movements of the loans open at both closes, per merchant and product
     (stored once: closed snapshots do not change)."""
-    movements, pair = _roll_rate_statements(session.get_bind().dialect.name)
+    movements, pair = _roll_rate_statements(is_postgres(session))
     params = {"rolled_from": from_date, "rolled_to": to_date, "now": utc_now()}
     await session.execute(movements, params)
     await session.execute(pair, params)
@@ -276,13 +276,12 @@ def _open_cells_statement() -> Any:
 
 @lru_cache(maxsize=16)
 def _first_payment_default_statement(days: int, tolerance: Decimal) -> Any:
-    """The cohort of first installments due in the window ``[due_after, due_by)`` at least
-    ``days`` ago, and how many of them were ``days`` late (``tolerance``: a cache key)."""
-    del tolerance
+    """The cohort of first installments due after ``due_after`` and by ``due_by`` (at least
+    ``days`` ago), and how many of them were more than ``days`` late."""
     loan, inst = _loan.c, _installment.c
     dims = _dims()
     defaulted = or_(
-        and_(inst.paid_on.is_(None), unpaid_as_of_sql() > tolerance_sql()),
+        and_(inst.paid_on.is_(None), unpaid_as_of_sql() > tolerance_sql(tolerance)),
         days_between(inst.paid_on, inst.due_date) > days,
     )
     return (

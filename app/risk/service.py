@@ -332,11 +332,10 @@ def _features_query(
     scope shape, the dates, bounds and ids bound at execution (``_features_params``). Building
     it is most of a payment's CPU otherwise. ``every_payment``: payments received after the
     date count too (the real-time path, as delinquency's)."""
-    del tolerance_setting  # only a part of the cache key: tolerance_sql() reads the setting
     rules = RiskRules.model_validate_json(rules_json)
     i, loan, product = LoanInstallment.__table__.c, Loan.__table__.c, Product.__table__.c
     as_of_sql = bindparam("as_of", type_=Date)
-    tolerance = delinquency.tolerance_sql()
+    tolerance = delinquency.tolerance_sql(tolerance_setting)
     # A close settles as of the date evaluated: a payment received after it (a catch-up, or
     # today's when yesterday is closed) has not settled anything yet. Counting every payment,
     # arrears paid today are no longer unpaid (the flags they raised clear), but how late an

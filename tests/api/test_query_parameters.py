@@ -127,6 +127,25 @@ def test_every_route_takes_exactly_the_query_parameters_it_documents() -> None:
     assert checked == sum(len(methods) for methods in document["paths"].values())
 
 
+def test_every_free_text_filter_refuses_an_empty_value() -> None:
+    """A string filter without an enum, format or pattern (which refuse "" already) declares
+    ``minLength`` 1, so a filter added later cannot take an empty value literally again; only
+    ``cursor`` may be empty (the first page)."""
+    free_text = []
+    for path, operations in app.openapi()["paths"].items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                schemas = parameter["schema"].get("anyOf", [parameter["schema"]])
+                strings = [s for s in schemas if s.get("type") == "string"]
+                if parameter["in"] != "query" or parameter["name"] == "cursor" or not strings:
+                    continue
+                if any({"enum", "format", "pattern"} & set(s) for s in strings):
+                    continue
+                free_text.append((path, parameter["name"]))
+                assert all(s.get("minLength", 0) >= 1 for s in strings), (path, parameter)
+    assert ("/v1/events", "type") in free_text  # the check sees the filters it guards
+
+
 async def test_the_caller_is_checked_before_the_query(client: httpx.AsyncClient) -> None:
     """SPEC: a missing or invalid key is 401, a wrong role 403, whatever the request."""
     w = await world(client)
