@@ -80,11 +80,15 @@ def _payment_delta(session: Session, payment: Payment, is_new: bool) -> list[dic
     was_applied = False if is_new else _before(payment, "status") == PaymentStatus.APPLIED
     if applied == was_applied:
         return []
-    amount = payment.amount_minor if applied else -payment.amount_minor
     # The payment's loan is in the session (every payment path locks it); get() reads it
     # from the identity map.
-    loan = session.get(Loan, payment.loan_id)
-    return [{**_dimensions(loan), "received_on": payment.received_on, "collected_minor": amount}]
+    loan = session.get_one(Loan, payment.loan_id)
+    return [_collected(loan, payment, applied=applied)]
+
+
+def _collected(loan: Loan, payment: Payment, *, applied: bool) -> dict[str, Any]:
+    amount = payment.amount_minor if applied else -payment.amount_minor
+    return {**_dimensions(loan), "received_on": payment.received_on, "collected_minor": amount}
 
 
 @event.listens_for(Session, "before_flush")
@@ -103,6 +107,12 @@ def new_loan_deltas(loan: Loan) -> tuple[Table, list[dict[str, Any]]]:
     """The deltas of a loan written by a Core INSERT (origination), which the flush listener
     does not see: the table and the rows the listener writes for a new loan."""
     return _table(PortfolioDelta), [{**_NO_CHANGE, **row} for row in _loan_deltas(loan, True)]
+
+
+def new_payment_deltas(loan: Loan, payment: Payment) -> tuple[Table, list[dict[str, Any]]]:
+    """The delta of a payment written by a Core INSERT (``record_payment``), which the flush
+    listener does not see: the table and the row the listener writes for a new payment."""
+    return _table(PortfolioDelta), [{**_NO_CHANGE, **_collected(loan, payment, applied=True)}]
 
 
 def _deltas(session: Session, obj: object, *, is_new: bool) -> list[dict[str, Any]]:
