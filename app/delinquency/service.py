@@ -124,17 +124,18 @@ async def reckoning_date(session: AsyncSession) -> date:
     return await closing_date(session) or clock.today()
 
 
-async def change_date(session: AsyncSession, loan: Loan, received_on: date | None = None) -> date:
-    """The date a payment (received on ``received_on``), a reversal or a failed debit reckons
-    ``loan`` as of: the reckoning date, or for a payment received after it (today's, once
-    yesterday is closed) the next date to close, the one tonight's close will close: as of the
-    business date it would show a day that never was (yesterday, with today's money), and
-    tonight's close would move the loan back a bucket it never left. Never before the date the
+async def change_date(session: AsyncSession, loan: Loan, happened_on: date | None = None) -> date:
+    """The date a payment, a reversal or a failed debit (on ``happened_on``) reckons ``loan``
+    as of: the reckoning date, or for one after it (today's, once yesterday is closed) the
+    next date to close, the one tonight's close will close: as of the business date it would
+    show a day that never was (yesterday, with today's money or today's bounce, while the flag
+    of the bounce is dated today), and tonight's close would move the loan back a bucket it
+    never left, or report the move a day early. Never before the date the
     loan is reckoned as of already (a payment today came first), and never beyond the next date
     to close: while closes are behind (a catch-up to come), flags, promises and events are
     dated on the dates closed, in order."""
     reckoning = await reckoning_date(session)
-    later = max(received_on or reckoning, loan.delinquency_as_of or reckoning)
+    later = max(happened_on or reckoning, loan.delinquency_as_of or reckoning)
     return max(reckoning, min(later, reckoning + timedelta(days=1), clock.today()))
 
 

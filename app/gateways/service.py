@@ -291,5 +291,7 @@ async def _record_failed_debit(
         "gateway": gateway,
     }
     await events.emit(session, "payment.debit_failed", result, loan=loan)
-    await risk.refresh_loan(session, loan, await delinquency.change_date(session, loan))
+    await risk.refresh_loan(
+        session, loan, await delinquency.change_date(session, loan, attempted_on)
+    )
     return result

@@ -244,7 +244,7 @@ async def reverse_payment(
     installments = await loans_service.load_installments(session, loan.id)
     business_date = await delinquency.business_date(session)
     view = loans_service.LoanView(loan, installments, today, business_date)
-    status_before, as_of = loan.status, await delinquency.change_date(session, loan)
+    status_before, as_of = loan.status, await delinquency.change_date(session, loan, reversed_on)
     position = None
     if loan.status == LoanStatus.CANCELLED:
         _take_back_from_refund(session, loan, payment, installments, reversed_on)

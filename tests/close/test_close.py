@@ -99,10 +99,13 @@ async def test_a_payment_cures_at_once(client: httpx.AsyncClient) -> None:
     assert [(e["data"]["previous_bucket"], e["data"]["bucket"]) for e in events] == [
         ("current", "1-30"), ("1-30", "current"),
     ]  # fmt: skip
-    # A bounced cure makes the loan late again, at once.
+    # A bounced cure makes the loan late again, at once: as of the next date to close, the
+    # bounce being today's, after the business date.
     await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
     got = await w.get(f"/v1/loans/{loan['id']}")
-    assert (got["days_past_due"], got["bucket"]) == (10, "1-30")
+    assert (got["days_past_due"], got["bucket"], got["delinquency_as_of"]) == (
+        11, "1-30", "2026-02-21",
+    )  # fmt: skip
     # The feed tells the money first, then what it led to.
     feed = (await w.get("/v1/events?limit=200", headers=w.admin))["items"]
     mine = [e["type"] for e in feed if e["data"].get("loan_id") == loan["id"]]

@@ -202,18 +202,21 @@ async def test_debits_failing_after_the_business_date_count_from_their_night(
         response = await client.post("/v1/inbound/gateways/unionpay", content=body,
                                      headers=headers)  # fmt: skip
         assert response.status_code == 200, response.text
-    # Evaluated at once as of the business date, when they had not happened yet.
-    assert "failed_debits" not in await flags(w, loan_id)
-    await close(w, "2026-01-11")
+    # Evaluated at once as of their date, the next to close, not the business date before it.
     flag = (await flags(w, loan_id))["failed_debits"]
     assert (flag["raised_on"], flag["evidence"]["failed_debits"]) == ("2026-01-11", 2)
+    await close(w, "2026-01-11")
+    assert (await flags(w, loan_id))["failed_debits"] == flag
+    raised = await w.get("/v1/events?type=risk.flag_raised", headers=w.admin)
+    assert [e["data"]["code"] for e in raised["items"]] == ["failed_debits"]
 
 
 async def test_reversals_dated_after_the_business_date_count_from_their_night(
     client: httpx.AsyncClient,
 ) -> None:
-    """As a failed debit: the 60 days end on the date evaluated, so a reversal dated the day
-    after the business date raised a flag dated before it happened."""
+    """As a failed debit: a reversal dated the day after the business date is evaluated at
+    once as of that day, not the business date before it, when it had not happened (its
+    payment_reversal flag, and the arrears it leaves, would be dated a day early)."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3)  # fmt: skip
     loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-15"))["id"]
@@ -221,11 +224,13 @@ async def test_reversals_dated_after_the_business_date_count_from_their_night(
     paid = await w.pay(loan_id, "100.00", "2026-09-05")
     await w.post(f"/v1/payments/{paid['id']}/reverse",
                  {"reason": "nsf", "reversed_on": "2026-09-11"}, expect=200)  # fmt: skip
-    assert "payment_reversal" not in await flags(w, loan_id)
-    # Nor does the set-based path count it as of the business date.
-    await w.post("/v1/risk/runs", {"as_of": "2026-09-10"}, headers=w.admin, expect=201)
-    assert "payment_reversal" not in await flags(w, loan_id)
-    await close(w, "2026-09-11")
     flag = (await flags(w, loan_id))["payment_reversal"]
     assert (flag["raised_on"], flag["severity"]) == ("2026-09-11", "medium")
     assert flag["evidence"]["latest_reversed_on"] == "2026-09-11"
+    loan = await w.get(f"/v1/loans/{loan_id}")
+    assert loan["delinquency_as_of"] == "2026-09-11"
+    # A risk run of the business date leaves the flag to its own date's close.
+    await w.post("/v1/risk/runs", {"as_of": "2026-09-10"}, headers=w.admin, expect=201)
+    assert (await flags(w, loan_id))["payment_reversal"] == flag
+    await close(w, "2026-09-11")
+    assert (await flags(w, loan_id))["payment_reversal"] == flag

@@ -303,7 +303,8 @@ async def test_a_reversal_breaks_a_kept_promise_past_its_date(client: httpx.Asyn
     assert got["status"] == "kept"
     await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
     (got,) = await promises(w, loan_id)
-    assert (got["status"], got["paid"], got["broken_on"]) == ("broken", "0.00", "2026-02-21")
+    # At once, dated the next date to close: the bounce is today's, after the business date.
+    assert (got["status"], got["paid"], got["broken_on"]) == ("broken", "0.00", "2026-02-22")
     assert len(await broken_events(w)) == 1
     assert "broken_promise" in await flags(w, loan_id)
 

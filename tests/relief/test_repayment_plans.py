@@ -227,7 +227,8 @@ async def test_a_reversal_breaks_an_installment_whose_date_passed(
     await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
     got = await plan(w, made["id"])
     assert states(got) == [("broken", "0.00"), ("cancelled", "0.00")]
-    assert got["installments"][0]["broken_on"] == "2026-02-22"  # at once, the business date
+    # At once, dated the next date to close: the bounce is today's, after the business date.
+    assert got["installments"][0]["broken_on"] == "2026-02-23"
     (event,) = await events(w, "promise.broken")
     assert (event["data"]["restructure_id"], event["data"]["plan_installment"]) == (made["id"], 1)
     assert "broken_promise" in await flags(w, loan_id)
