@@ -87,25 +87,42 @@ def deferred(due: list[date], after: date, months: int) -> list[date]:
 
 
 def extended(
-    ahead: Sequence[ScheduledInstallment], months: int, terms: ScheduleTerms, anchor: int
+    ahead: Sequence[ScheduledInstallment],
+    months: int,
+    terms: ScheduleTerms,
+    anchor: int,
+    principal_paid_minor: int = 0,
 ) -> list[ScheduledInstallment]:
-    """A term extension: the principal and fees of the installments still ahead (``ahead``,
-    in seq order) re-amortised over as many installments and ``months`` more, on the loan's
-    rate, amortization, rounding and fee collection (``terms``), monthly from the first one's
-    due date on the schedule's ``anchor`` day; the seqs continue from the first one's. What is
-    already due is not part of it: arrears stay due as they were. The first one's period is the
-    loan's first period (``terms.first_period_days``) if nothing is due yet, else a month."""
+    """A term extension: the principal still owed and the fees of the installments still
+    ahead (``ahead``, in seq order) re-amortised over as many installments and ``months`` more,
+    on the loan's rate, amortization, rounding and fee collection (``terms``), monthly from the
+    first one's due date on the schedule's ``anchor`` day; the seqs continue from the first
+    one's. What is already due is not part of it: arrears stay due as they were. The first
+    one's period is the loan's first period (``terms.first_period_days``) if nothing is due
+    yet, else a month.
+
+    ``principal_paid_minor``, the principal already paid on the installments ahead (money paid
+    before it was due), bears no interest over the longer term: it is not re-amortised but
+    stays in the first installment, whose interest is what it was (the current period's,
+    owed on the schedule as a payoff owes it), and where the loan's payments, replayed, pay
+    it again."""
     first = ahead[0]
     again = replace(
         terms,
-        principal_minor=sum(i.principal_minor for i in ahead),
+        principal_minor=sum(i.principal_minor for i in ahead) - principal_paid_minor,
         term=len(ahead) + months,
         origination_fee_minor=sum(i.fees_minor for i in ahead),
         first_period_days=terms.first_period_days if first.seq == 1 else DAYS_IN_MONTH,
     )
-    return [
-        replace(i, seq=first.seq + i.seq - 1) for i in build_schedule(again, first.due_date, anchor)
-    ]
+    schedule = build_schedule(again, first.due_date, anchor)
+    if principal_paid_minor:
+        head = schedule[0]
+        schedule[0] = replace(
+            head,
+            principal_minor=head.principal_minor + principal_paid_minor,
+            interest_minor=first.interest_minor,
+        )
+    return [replace(i, seq=first.seq + i.seq - 1) for i in schedule]
 
 
 def default_first_due_date(disbursed_on: date) -> date:

@@ -515,8 +515,10 @@ async def extend_term(
     """A term extension on the loan (locked by the caller): the installments not yet due on
     the business date ``as_of`` are re-amortised over as many and ``months`` more
     (``extended``), the loan's term grows by ``months`` and the payments are replayed on the
-    new schedule, the loan reckoned as of ``reckon_on``. Returns the term before and the next
-    installment's amount before and after; None when nothing is still ahead."""
+    new schedule, the loan reckoned as of ``reckon_on``. Returns the term before and what the
+    next installment asks (less what is paid on it) before and after; None when nothing is
+    still ahead. (Some principal is still owed on what is ahead: all of it paid, the loan is
+    paid off.)"""
     installments = await loans_service.load_installments(session, loan.id)
     ahead = [i for i in installments if i.due_date > as_of]
     if not ahead:
@@ -538,8 +540,9 @@ async def extend_term(
         ScheduledInstallment(i.seq, i.due_date, i.principal_minor, i.interest_minor, i.fees_minor)
         for i in ahead
     ]
-    new = extended(scheduled, months, terms, anchor_day([i.due_date for i in installments]))
-    was = scheduled[0].total_minor
+    anchor = anchor_day([i.due_date for i in installments])
+    new = extended(scheduled, months, terms, anchor, sum(i.paid_principal_minor for i in ahead))
+    was = _asked(ahead[0])
     for row, planned in zip(ahead, new[: len(ahead)], strict=True):
         row.due_date, row.principal_minor = planned.due_date, planned.principal_minor
         row.interest_minor, row.fees_minor = planned.interest_minor, planned.fees_minor
@@ -561,7 +564,16 @@ async def extend_term(
     await _replay_and_store(
         session, loan, [*installments, *added], payments, as_of=reckon_on, changed_on=as_of
     )
-    return Extension(term_was=term_was, installment_was=was, installment=new[0].total_minor)
+    return Extension(term_was=term_was, installment_was=was, installment=_asked(ahead[0]))
+
+
+def _asked(installment: LoanInstallment) -> int:
+    """What an installment still asks: its amount less what is paid or waived on it."""
+    return (
+        installment.principal_minor + installment.interest_minor + installment.fees_minor
+        + installment.late_fees_minor - paid_minor(installment)
+        - installment.interest_waived_minor - installment.fees_waived_minor
+    )  # fmt: skip
 
 
 async def replay_paid_after_fees(

@@ -89,9 +89,13 @@ class ExtensionRead(BaseModel):
     term_was: int | None = Field(description="on approval: the loan's term before")
     term: int | None = Field(description="on approval: the loan's term after")
     installment_was: str | None = Field(
-        description="on approval: the next installment's amount before"
+        description="on approval: what the next installment asked before (its amount less "
+        "what was paid on it)"
     )
-    installment: str | None = Field(description="on approval: the next installment's amount")
+    installment: str | None = Field(
+        description="on approval: what the next installment asks (its amount less what is "
+        "paid on it)"
+    )
 
 
 class RestructureRead(BaseModel):

@@ -1042,3 +1042,15 @@ def test_an_extension_reamortises_exactly_what_is_ahead(
     assert [i.due_date for i in new] == due_dates(FIRST_DUE, term + months)[due:]
     # The first period's interest is the one the old schedule charged for it.
     assert new[0].interest_minor == ahead[0].interest_minor
+    # Principal paid ahead bears no interest over the longer term: only what is still owed is
+    # re-amortised; the paid part stays in the first installment, at the period's interest.
+    owed = data.draw(st.integers(1, sum(i.principal_minor for i in ahead)), label="owed")
+    paid = sum(i.principal_minor for i in ahead) - owed
+    prepaid = extended(ahead, months, terms, anchor=FIRST_DUE.day, principal_paid_minor=paid)
+    of_owed = build_schedule(replace(again, principal_minor=owed), ahead[0].due_date, FIRST_DUE.day)
+    assert sum(i.principal_minor for i in prepaid) == sum(i.principal_minor for i in ahead)
+    assert prepaid[1:] == [replace(i, seq=i.seq + due) for i in of_owed[1:]]
+    assert prepaid[0] == replace(
+        of_owed[0], seq=due + 1, principal_minor=of_owed[0].principal_minor + paid,
+        interest_minor=ahead[0].interest_minor,
+    )  # fmt: skip

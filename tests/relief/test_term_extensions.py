@@ -80,7 +80,9 @@ async def test_payments_follow_the_new_schedule(client: httpx.AsyncClient) -> No
     await w.post(f"/v1/payments/{prepaid['id']}/reverse", {"reason": "nsf"}, expect=200)
     rows = await schedule(w, loan_id)
     assert [r[5] for r in rows] == ["overdue", *["pending"] * 5]
-    assert [r[4] for r in rows][1] == "168.00"
+    # 745.00 was re-amortised (149.00 a month); the 55.00 paid ahead stayed in the first
+    # installment ahead, owed there again now that its payment bounced.
+    assert [r[4] for r in rows][1:3] == ["212.00", "154.96"]
     loan = await w.get(f"/v1/loans/{loan_id}")
     assert loan["balances"]["principal_outstanding"] == "1200.00"
     # The payoff (as of today, like the balances) pays the extended loan off.
@@ -89,6 +91,36 @@ async def test_payments_follow_the_new_schedule(client: httpx.AsyncClient) -> No
     # Reversed, the loan is open again: restructured if current, here late.
     await w.post(f"/v1/payments/{payoff['id']}/reverse", {"reason": "nsf"}, expect=200)
     assert (await w.get(f"/v1/loans/{loan_id}"))["status"] == "delinquent"
+
+
+async def test_principal_paid_ahead_bears_no_interest_over_the_longer_term(
+    client: httpx.AsyncClient,
+) -> None:
+    """Money paid ahead paid 592.00 of the 800.00 of principal ahead: the extension charges
+    interest on the 208.00 still owed, not on what was repaid (a black-box tester's: a loan
+    prepaid to a sixth was charged interest on all of it over the longer term)."""
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    await w.pay(loan_id, "437.00", "2026-02-15")  # the arrears
+    await w.pay(loan_id, "600.00", "2026-02-15")  # the 408.00 of March, 192.00 of April's
+    before = (await w.get(f"/v1/loans/{loan_id}"))["balances"]
+    assert before["principal_outstanding"] == "208.00"
+    approved = await extend(w, loan_id)
+    assert approved["extension"] == {
+        "months": 3, "term_was": 3, "term": 6, "installment_was": "0.00", "installment": "41.60",
+    }  # fmt: skip
+    # 208.00 over five months, 41.60 each at 1 % a month on what is left; the first keeps its
+    # interest (8.00, paid) and the 592.00 paid ahead, which the replay pays again.
+    assert await schedule(w, loan_id) == [
+        (1, "2026-02-10", "400.00", "12.00", "437.00", "paid"),
+        (2, "2026-03-10", "633.60", "8.00", "641.60", "partially_paid"),
+        (3, "2026-04-10", "41.60", "1.66", "43.26", "pending"),
+        (4, "2026-05-10", "41.60", "1.25", "42.85", "pending"),
+        (5, "2026-06-10", "41.60", "0.83", "42.43", "pending"),
+        (6, "2026-07-10", "41.60", "0.42", "42.02", "pending"),
+    ]
+    after = (await w.get(f"/v1/loans/{loan_id}"))["balances"]
+    assert after["principal_outstanding"] == "208.00"
+    assert after["interest_outstanding"] == "4.16"  # 1.66 + 1.25 + 0.83 + 0.42
 
 
 async def test_an_extended_loan_is_restructured_while_current(client: httpx.AsyncClient) -> None:
