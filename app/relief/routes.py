@@ -87,11 +87,20 @@ async def _decide(
     return await _read(session, restructure)
 
 
-@router.get("/v1/loans/{loan_id}/restructures/{restructure_id}", response_model=RestructureRead)
+@router.get(
+    "/v1/loans/{loan_id}/restructures/{restructure_id}",
+    response_model=RestructureRead,
+    responses=POLLED,
+)
 async def get_loan_restructure(
-    loan_id: str, restructure_id: str, session: SessionDep, principal: ReaderPrincipal
-) -> RestructureRead:
-    return await _get(session, principal, restructure_id, loan_id)
+    loan_id: str,
+    restructure_id: str,
+    request: Request,
+    session: SessionDep,
+    principal: ReaderPrincipal,
+) -> Response:
+    """A plan's progress, polled as the list is: ``ETag``, and 304 on ``If-None-Match``."""
+    return cached(request, await _get(session, principal, restructure_id, loan_id))
 
 
 @router.post(
@@ -120,11 +129,11 @@ async def reject_loan_restructure(
     return await _decide(service.reject, session, principal, restructure_id, loan_id, body)
 
 
-@router.get("/v1/restructures/{restructure_id}", response_model=RestructureRead)
+@router.get("/v1/restructures/{restructure_id}", response_model=RestructureRead, responses=POLLED)
 async def get_restructure(
-    restructure_id: str, session: SessionDep, principal: ReaderPrincipal
-) -> RestructureRead:
-    return await _get(session, principal, restructure_id, None)
+    restructure_id: str, request: Request, session: SessionDep, principal: ReaderPrincipal
+) -> Response:
+    return cached(request, await _get(session, principal, restructure_id, None))
 
 
 @router.post("/v1/restructures/{restructure_id}/approve", response_model=RestructureRead)

@@ -26,20 +26,25 @@ async def test_a_loans_ledger_payments_relief_and_promises_are_polled(
     paid = await w.pay(loan["id"], "100.00", "2026-02-15")
     await w.post(f"/v1/loans/{loan['id']}/promises", {"amount": "312.00", "due_on": "2026-02-20"},
                  expect=201)  # fmt: skip
-    await w.post(f"/v1/loans/{loan['id']}/restructures",
-                 {"kind": "term_extension", "months": 2, "reason": "income shock"},
-                 expect=201)  # fmt: skip
+    relief = (await w.post(f"/v1/loans/{loan['id']}/restructures",
+                           {"kind": "term_extension", "months": 2, "reason": "income shock"},
+                           expect=201)).json()  # fmt: skip
     of_loan = f"/v1/loans/{loan['id']}"
     paths = [f"{of_loan}/transactions", f"/v1/payments/{paid['id']}",
-             f"{of_loan}/restructures", f"{of_loan}/promises"]  # fmt: skip
+             f"{of_loan}/restructures", f"{of_loan}/promises",
+             f"{of_loan}/restructures/{relief['id']}",
+             f"/v1/restructures/{relief['id']}"]  # fmt: skip
     before = {path: await assert_polled(client, w, path) for path in paths}
     # A reversal moves the ledger, the payment and the promise it had counted toward: their
-    # tags change; the pending relief's stays.
+    # tags change; the pending relief's stay.
     await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
     after = {path: await assert_polled(client, w, path) for path in paths}
     assert [path for path in paths if after[path] != before[path]] == [
         paths[0], paths[1], paths[3],
     ]  # fmt: skip
+    # Approved, the relief's own tag changes.
+    await w.post(f"/v1/restructures/{relief['id']}/approve", {}, headers=w.admin, expect=200)
+    assert await assert_polled(client, w, paths[5]) != after[paths[5]]
 
 
 async def test_a_borrowers_loans_and_a_risk_run_are_polled(client: httpx.AsyncClient) -> None:
