@@ -196,9 +196,11 @@ async def _start_plan(
     as_of: date,
     reckon_on: date,
 ) -> None:
-    """The plan's installments become promises from ``as_of`` (a plan still running on the
-    loan is replaced: its open installments are cancelled), the loan's promises and flags
-    reckoned as of ``reckon_on``; today's payments count already."""
+    """The plan's installments become promises from ``as_of``, the loan's promises and flags
+    reckoned as of ``reckon_on``; today's payments count already. The plan replaces every open
+    commitment on the loan: a plan still running (its open installments) and the open
+    promises to pay are cancelled. Kept first, a promise taken before would claim the money
+    that meets the plan, which would break on its first date although the borrower paid."""
     plan = installments_of(restructure.terms)
     earliest = await promises.earliest_due_on(session, loan)
     if plan[0].due_on < earliest:
@@ -210,11 +212,7 @@ async def _start_plan(
     await _check_total(session, loan, plan, as_of)
     await session.execute(
         update(Promise)
-        .where(
-            Promise.loan_id == loan.id,
-            Promise.restructure_id.is_not(None),
-            Promise.status == PromiseStatus.OPEN,
-        )
+        .where(Promise.loan_id == loan.id, Promise.status == PromiseStatus.OPEN)
         .values(status=PromiseStatus.CANCELLED, cancelled_on=as_of)
     )
     now = utc_now()

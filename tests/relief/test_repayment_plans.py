@@ -251,6 +251,23 @@ async def test_a_newer_plan_replaces_the_running_one(client: httpx.AsyncClient) 
     ]
 
 
+async def test_a_plan_replaces_an_open_promise(client: httpx.AsyncClient) -> None:
+    """A promise taken before the plan would count the money first and break the plan on its
+    first date although the borrower paid in time (a black-box tester's)."""
+    w, loan_id = await setup(client)
+    promised = {"amount": "100.00", "due_on": "2026-02-25"}
+    taken = (await w.post(f"/v1/loans/{loan_id}/promises", promised, expect=201)).json()
+    approved = await approve(w, await request(w, loan_id))
+    (promise,) = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
+    assert (promise["id"], promise["status"], promise["cancelled_on"]) == (
+        taken["id"], "cancelled", "2026-02-15",
+    )  # fmt: skip
+    await w.pay(loan_id, "200.00", "2026-02-18")
+    await close(w, "2026-02-26")  # past both dates
+    assert states(await plan(w, approved["id"])) == [("kept", "200.00"), ("open", "0.00")]
+    assert await events(w, "promise.broken") == []
+
+
 async def test_a_cancelled_loan_ends_its_plan_at_once(client: httpx.AsyncClient) -> None:
     """Goods returned: nothing is owed, so the plan's open installments are cancelled with
     the loan, not left open until the next close."""
