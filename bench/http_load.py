@@ -6,7 +6,10 @@ One run, start to finish:
    and creates an admin key with ``loanwatch api-keys create --role admin``;
 2. through the API: a merchant, its key, product ``BENCH12`` (12 months), ``--borrowers``
    borrowers whose credit limit an admin raises to 100,000,000.00 (limits never bind) and
-   ``--loans`` loans for the payment and GET phases; then ``VACUUM ANALYZE``;
+   ``--loans`` loans for the payment and GET phases; then the close of yesterday
+   (``loanwatch close``), so that a payment runs what it runs on a live book (its loan's
+   delinquency, promises and risk evaluated at once: before any close the risk step returns
+   early), and ``VACUUM ANALYZE``;
 3. serves the API on one uvicorn worker (``loanwatch serve``, log level warning) and runs each
    phase with ``wrk -t2 -c32 -d15s --latency --timeout=10s``, after a short unmeasured
    warm-up of the same phase and a ``CHECKPOINT``; every POST carries a unique
@@ -41,7 +44,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
@@ -658,6 +661,7 @@ def main() -> int:
     started = time.monotonic()
     with serving(*serve_api(config), config.api_port):
         fixture = asyncio.run(create_fixture(config, admin_key))
+    loanwatch(config, "close", "--as-of", (date.today() - timedelta(days=1)).isoformat())
     asyncio.run(sql(config, "VACUUM ANALYZE"))
     print(f"fixture ready in {time.monotonic() - started:.0f} s", flush=True)
 
