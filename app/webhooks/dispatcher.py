@@ -434,12 +434,8 @@ async def _send(
         return outcome(None, None, "timed out")
     except httpx.HTTPError as exc:
         return outcome(None, None, f"{type(exc).__name__}: {exc}"[:500])
-    return outcome(
-        response.status_code,
-        excerpt,
-        None,
-        _retry_after(response) if response.status_code in (429, 503) else None,
-    )
+    status = response.status_code
+    return outcome(status, excerpt, None, _retry_after(response) if status in (429, 503) else None)
 
 
 async def _excerpt(response: httpx.Response) -> str:
@@ -454,14 +450,16 @@ async def _excerpt(response: httpx.Response) -> str:
 
 
 def _retry_after(response: httpx.Response) -> timedelta | None:
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    if value.isdigit():
-        return timedelta(seconds=int(value))
+    """The receiver's ``Retry-After`` (seconds, or an HTTP date), at most the longest wait the
+    retries honour; None when there is none that reads. Whatever the receiver sends: a number
+    too large for a timedelta, or a digit that is not ASCII, raised in the drain, which then
+    recorded no attempt and sent every endpoint's deliveries again (a tester's)."""
+    value = response.headers.get("retry-after", "").strip()
+    if value.isascii() and value.isdigit():
+        return timedelta(seconds=min(int(value), retry.LONGEST_WAIT_SECONDS))
     try:
-        return parsedate_to_datetime(value) - utc_now()
-    except (TypeError, ValueError):
+        return min(parsedate_to_datetime(value) - utc_now(), retry.LONGEST_WAIT)
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
@@ -586,6 +584,7 @@ async def _track_endpoint_health(
             )
         if reason:
             endpoint.enabled, endpoint.disabled_reason = False, reason
+            endpoint.updated_at = now
             log.warning("webhook endpoint %s disabled: %s", endpoint_id, reason)
 
 

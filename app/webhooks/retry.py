@@ -9,6 +9,9 @@ BACKOFF = tuple(
     timedelta(seconds=s) for s in (5, 300, 1800, 7200, 18000, 36000, 36000, 36000, 86400, 86400)
 )
 MAX_ATTEMPTS = len(BACKOFF) + 1
+# The longest a receiver's Retry-After holds a delivery back.
+LONGEST_WAIT = timedelta(days=1)
+LONGEST_WAIT_SECONDS = int(LONGEST_WAIT.total_seconds())
 
 
 def next_delay(
@@ -23,5 +26,5 @@ def next_delay(
     jitter = base * ((rng or random).random() * 0.1)
     delay = base + jitter
     if retry_after is not None and retry_after > delay:
-        delay = min(retry_after, timedelta(days=1))
+        delay = min(retry_after, LONGEST_WAIT)
     return delay

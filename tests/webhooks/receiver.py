@@ -32,8 +32,8 @@ class Receiver:
     port: int
     received: list[Received] = field(default_factory=list)
     # Each request takes the next answer: an HTTP status, ("hang", seconds), ("trickle",
-    # seconds, n) (200 and n bytes, one every so many seconds) or ("big", n) (200 and n
-    # bytes at once); then 200.
+    # seconds, n) (200 and n bytes, one every so many seconds), ("big", n) (200 and n
+    # bytes at once) or ("headers", status, {name: value}); then 200.
     script: list[Any] = field(default_factory=list)
     # Of the bytes of each "trickle" or "big" answer, how many the client took.
     written: list[int] = field(default_factory=list)
@@ -72,13 +72,18 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             if isinstance(answer, tuple) and answer[0] in ("trickle", "big"):
                 self._answer_slowly(*answer)
                 return
-            if isinstance(answer, tuple):
+            headers: dict[str, str] = {}
+            if isinstance(answer, tuple) and answer[0] == "headers":
+                answer, headers = answer[1], answer[2]
+            elif isinstance(answer, tuple):
                 time.sleep(answer[1])
                 answer = 200
             with receiver.lock:
                 receiver.received.append(request)
             self.send_response(answer)
             self.send_header("content-type", "text/plain")
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(b"ok" if answer < 300 else b"nope")
 

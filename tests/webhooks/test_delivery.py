@@ -4,7 +4,7 @@ independent standardwebhooks package."""
 import asyncio
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -162,6 +162,42 @@ async def test_fails_three_times_then_succeeds(client: httpx.AsyncClient) -> Non
         assert await deliver(now + timedelta(days=3)) == 0
 
 
+@pytest.mark.parametrize(
+    "retry_after",
+    ["99999999999999999999", "\u00b2", "Fri, 31 Dec 9999 23:59:59 GMT", "Wed, 21 Oct 2015 07:28:00",
+     "soon", "-5"],
+)  # fmt: skip
+async def test_a_receivers_retry_after_never_stops_the_drain(
+    client: httpx.AsyncClient, retry_after: str
+) -> None:
+    """Whatever a receiver answers in Retry-After, its attempt is recorded and retried within
+    a day, and the other endpoints' deliveries are recorded as delivered, not sent again (a
+    number too large for a timedelta, or a non-ASCII digit, raised in the drain: a tester's)."""
+    w = await world(client)
+    with receiving() as unwell, receiving() as well:
+        unwell.script = [("headers", 503, {"retry-after": retry_after.encode().decode("latin-1")})]
+        sick, healthy = await endpoint(w, unwell.url), await endpoint(w, well.url)
+        await w.loan()
+        now = utc_now()
+        assert await deliver(now) == 2
+        logs = [
+            (await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin))
+            for hook in (sick, healthy)
+        ]
+        (retried,), (delivered,) = (log["items"] for log in logs)
+        assert [a["status_code"] for a in retried["attempt_log"]] == [503]
+        assert retried["status"] == "pending"
+        assert (
+            now
+            < datetime.fromisoformat(retried["next_attempt_at"])
+            <= now + timedelta(days=1, seconds=1)
+        )
+        assert delivered["status"] == "delivered"
+        # A day on, the unwell endpoint's retry alone is sent.
+        assert await deliver(now + timedelta(days=1, seconds=2)) == 1
+        assert (len(unwell.received), len(well.received)) == (2, 1)
+
+
 async def test_a_receiver_down_then_up_gets_everything(client: httpx.AsyncClient) -> None:
     w = await world(client)
     port = free_port()
@@ -202,6 +238,8 @@ async def test_an_endpoint_failing_for_days_is_disabled(client: httpx.AsyncClien
         got = await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin)
         assert got["enabled"] is False
         assert "every delivery failed since" in got["disabled_reason"]
+        # Changed when the dispatcher disabled it (a tester's: it kept its creation time).
+        assert datetime.fromisoformat(got["updated_at"]) == now + timedelta(days=5, minutes=1)
         # Nothing is sent to a disabled endpoint; re-enabling resumes what is pending.
         await w.loan()
         sent = len(receiver.received)
