@@ -5,7 +5,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,17 +19,13 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
+from tests.ports import free_port
+
 LOANWATCH = str(Path(sys.executable).with_name("loanwatch"))
 
 
 def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LOANWATCH_")}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -20,8 +20,8 @@ import redis
 from app.config import get_settings
 from tests.conftest import REDIS_URL
 from tests.factories import world
-from tests.webhooks.receiver import receiving
-from tests.webhooks.test_celery_delivery import free_port, wait_for
+from tests.ports import free_port
+from tests.webhooks.receiver import receiving, wait_for
 
 LOANWATCH = str(Path(sys.executable).with_name("loanwatch"))
 

@@ -1,6 +1,7 @@
 """A real HTTP receiver for webhook tests, on a loopback port in a thread: it records every
 request and answers from a script (status codes, hangs), then 200."""
 
+import asyncio
 import json
 import threading
 import time
@@ -124,3 +125,12 @@ def receiving(port: int = 0) -> Iterator[Receiver]:
         receiver.gate.set()
         server.shutdown()
         server.server_close()
+
+
+async def wait_for(receiver: Receiver, count: int, seconds: float) -> None:
+    """Until ``count`` requests were answered, within a bound (not a speed check)."""
+    for _ in range(int(seconds * 20)):
+        if len(receiver.received) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{len(receiver.received)} of {count} deliveries arrived")

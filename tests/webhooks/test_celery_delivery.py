@@ -4,7 +4,6 @@ the broker is down."""
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ import redis
 from app.config import get_settings
 from tests.conftest import REDIS_URL
 from tests.factories import world
-from tests.webhooks.receiver import Receiver, receiving
+from tests.ports import free_port
+from tests.webhooks.receiver import receiving, wait_for
 
 CELERY = str(Path(sys.executable).with_name("celery"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
@@ -62,14 +56,6 @@ def start_redis(port: int) -> "subprocess.Popen[bytes]":
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                "--appendonly", "no"]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.DEVNULL)
-
-
-async def wait_for(receiver: Receiver, count: int, seconds: float) -> None:
-    for _ in range(int(seconds * 20)):
-        if len(receiver.received) >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{len(receiver.received)} of {count} deliveries arrived")
 
 
 async def test_a_commit_wakes_a_celery_worker(

@@ -2,7 +2,6 @@
 independent standardwebhooks package."""
 
 import asyncio
-import socket
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from app.webhooks import dispatcher, transport
 from app.webhooks.models import WebhookAttempt, WebhookDelivery
 from tests.conftest import TEST_DSN
 from tests.factories import World, world
+from tests.ports import free_port
 from tests.webhooks.receiver import receiving
 
 
@@ -48,12 +48,6 @@ async def until(condition: Callable[[], object], seconds: float = 5.0) -> None:
             return
         await asyncio.sleep(0.01)
     assert condition()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_private_targets_are_refused_unless_allowed(
