@@ -85,6 +85,9 @@ def create_app() -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         static_url="/docs/assets",
+        # A path with a trailing slash is not found, not redirected: a 307 to the other form
+        # (absolute, http even behind TLS) was answered before authentication.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.add_middleware(IdempotencyMiddleware)

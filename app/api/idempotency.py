@@ -148,7 +148,7 @@ class IdempotencyMiddleware:
                 if message.get("more_body", False):
                     return
                 try:
-                    await _finish(owner, key, held)
+                    await _finish(owner, key, held, routed=_routed(scope, held.status))
                 except Exception as exc:
                     if not _unreachable(exc):
                         raise
@@ -166,7 +166,14 @@ class IdempotencyMiddleware:
             await self.app(scope, replay_body(body), hold_until_stored)
         finally:
             if not held.finished:
-                await _finish(owner, key, held)
+                await _finish(owner, key, held, routed=_routed(scope, held.status))
+
+
+def _routed(scope: Scope, status: int) -> bool:
+    """Whether a route answered, not the routing: a path no route has (404) or a method its
+    route does not take (405) is no answer to the request the key is for. Stored, it refused
+    the corrected request as a reuse of the key (a tester's, with ``POST /v1/loans/``)."""
+    return "route" in scope and status != 405
 
 
 def _unreachable(exc: Exception) -> bool:
@@ -296,12 +303,13 @@ def _rowcount(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-async def _finish(owner: str, key: str, response: _HeldResponse) -> None:
+async def _finish(owner: str, key: str, response: _HeldResponse, *, routed: bool) -> None:
     record = {"owner": owner, "record_key": key}
     async with database.engine.connect() as connection:
         # One statement: no transaction, no BEGIN and COMMIT round trips.
         await connection.execution_options(**AUTOCOMMIT)
-        if response.status in UNSTORED_STATUSES or response.header(b"retry-after"):
+        unstored = response.status in UNSTORED_STATUSES or response.header(b"retry-after")
+        if unstored or not routed:
             if _rowcount(await connection.execute(_FORGET, record)) == 0:
                 await connection.execute(_ANSWER_LOST, {**record, "now": utc_now()})
         else:

@@ -89,6 +89,31 @@ async def test_errors_are_replayed_too(client: httpx.AsyncClient) -> None:
     assert second.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize(
+    "wrong_path",
+    ["/v1/loans/", "/v1/loan", "/v1/loans/schedule"],  # a slash, a typo, a GET-only path
+)
+async def test_a_path_no_route_answers_leaves_the_key_free(
+    client: httpx.AsyncClient, wrong_path: str
+) -> None:
+    """The routing's 404 or 405 is no answer to the request the key is for: stored, it
+    refused the corrected request as a reuse of the key (a tester's: a POS posting to
+    /v1/loans/ could never originate with that key). No redirect either: the 307 to the other
+    form was answered before authentication, to an absolute http:// URL."""
+    w = await world(client)
+    borrower = await w.borrower()
+    body = {"borrower_id": borrower["id"], "product_code": w.product_code, "principal": "500.00",
+            "term": 12, "merchant_order_ref": "ORD-10"}  # fmt: skip
+    headers = {**w.merchant, "Idempotency-Key": "checkout-10"}
+    wrong = await client.post(wrong_path, json=body, headers=headers)
+    assert wrong.status_code in (404, 405), wrong.text
+    assert wrong.headers["content-type"] == "application/problem+json"
+    assert "location" not in wrong.headers
+    right = await client.post("/v1/loans", json=body, headers=headers)
+    assert right.status_code == 201, right.text
+    assert await count(Loan) == 1
+
+
 async def test_concurrent_requests_with_one_key_run_once(client: httpx.AsyncClient) -> None:
     w = await world(client)
     borrower = await w.borrower()
