@@ -2,12 +2,16 @@
 
 import asyncio
 import json
+import socket
 from datetime import date, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from prometheus_client import start_http_server
+from pydantic import ValidationError
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from app import demo as demo_portfolio
 from app import migrate as migrations
@@ -98,7 +102,9 @@ def demo(
     loans: Annotated[int, typer.Option(min=1, help="How many loans to generate.")] = 1000,
     as_of: Annotated[
         datetime | None,
-        typer.Option("--as-of", formats=["%Y-%m-%d"], help="Date the portfolio is as of [today]."),
+        typer.Option(
+            "--as-of", formats=["%Y-%m-%d"], help="Date the portfolio is as of (default: today)."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same loans.")] = 1,
 ) -> None:
@@ -226,4 +232,21 @@ async def _first_admin_key() -> str | None:
 
 
 def main() -> None:
-    cli()
+    """The command, with a configuration or a database it cannot use told in a line or two
+    rather than a traceback of hundreds."""
+    try:
+        cli()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "LOANWATCH_" + "__".join(str(part) for part in error["loc"]).upper()
+            message = error["msg"].removeprefix("Value error, ")
+            typer.echo(f"error: {name}: {message}", err=True)
+        raise SystemExit(2) from None
+    except ArgumentError as exc:
+        typer.echo(f"error: LOANWATCH_DATABASE_URL: {exc}", err=True)
+        raise SystemExit(2) from None
+    except (DBAPIError, ConnectionError, socket.gaierror) as exc:
+        reason = str(exc.orig) if isinstance(exc, DBAPIError) else f"{type(exc).__name__}: {exc}"
+        url = make_url(get_settings().database_url).render_as_string(hide_password=True)
+        typer.echo(f"error: the database at {url}: {reason.splitlines()[0]}", err=True)
+        raise SystemExit(1) from None

@@ -7,10 +7,16 @@ folder and the scheduled work in-process. Nested groups use ``__``, e.g.
 
 from decimal import Decimal
 from functools import lru_cache
-from zoneinfo import ZoneInfo
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.money import MINOR_DIGITS
+
+# uvicorn's levels, which the API logs at.
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
 class CreditPolicy(BaseModel):
@@ -83,10 +89,11 @@ class Settings(BaseSettings):
     repayment_plan_max_days: int = Field(default=366, ge=1, le=1830)
     # Largest request body the API reads: its largest, a repayment plan, is a few kilobytes.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    idempotency_ttl_hours: int = 48
+    # SPEC: keys are kept at least 24 hours.
+    idempotency_ttl_hours: int = Field(default=48, ge=24)
     # An idempotency record still "in progress" after this long belongs to a crashed request.
-    idempotency_lock_seconds: int = 60
-    db_pool_size: int = 10
+    idempotency_lock_seconds: int = Field(default=60, ge=1)
+    db_pool_size: int = Field(default=10, ge=1)
     # Webhooks: targets resolving to private, loopback or link-local addresses are refused
     # unless this is set (tests, on-premises receivers).
     webhook_allow_private_targets: bool = False
@@ -102,7 +109,32 @@ class Settings(BaseSettings):
     # Scheduled work (nightly close, webhook dispatch) runs in the API process instead of on
     # Celery. Unset: in-process on SQLite (the embedded default), Celery on PostgreSQL.
     in_process_scheduler: bool | None = None
-    log_level: str = "info"
+    log_level: LogLevel = "info"
+
+    # Checked at start: an unknown zone or currency was a 500 on the first request that needed
+    # it, and the in-process scheduler's loop died silently (a tester's).
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name such as 'Asia/Shanghai')"
+            ) from None
+        return value
+
+    @field_validator("default_currency")
+    @classmethod
+    def _known_currency(cls, value: str) -> str:
+        if value not in MINOR_DIGITS:
+            raise ValueError(f"unsupported currency {value!r}: one of {', '.join(MINOR_DIGITS)}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_case_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @property
     def is_sqlite(self) -> bool:

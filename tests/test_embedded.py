@@ -3,7 +3,6 @@ file in the working folder, a live server, plain HTTP."""
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -19,13 +18,7 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from tests.ports import free_port
-
-LOANWATCH = str(Path(sys.executable).with_name("loanwatch"))
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("LOANWATCH_")}
+from tests.processes import LOANWATCH, clean_env, free_port
 
 
 @contextmanager

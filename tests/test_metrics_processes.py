@@ -3,10 +3,8 @@ worker's counts, and a Celery worker started with --metrics-port serves the webh
 its pool made. Real processes on the test database, as an operator runs them."""
 
 import asyncio
-import os
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -20,14 +18,12 @@ import redis
 from app.config import get_settings
 from tests.conftest import REDIS_URL
 from tests.factories import world
-from tests.ports import free_port
+from tests.processes import LOANWATCH, clean_env, free_port
 from tests.webhooks.receiver import receiving, wait_for
-
-LOANWATCH = str(Path(sys.executable).with_name("loanwatch"))
 
 
 def environment(database_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOANWATCH_")}
+    env = clean_env()
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return {**env, "LOANWATCH_DATABASE_URL": database_url, "LOANWATCH_REDIS_URL": REDIS_URL,
             "LOANWATCH_LOG_LEVEL": "warning", **extra}  # fmt: skip

@@ -1,5 +1,6 @@
 """The Celery application: Redis broker, settings from app/config.py, the beat schedule."""
 
+import logging
 from typing import Any
 
 from celery import Celery
@@ -14,6 +15,14 @@ from app.webhooks import wakeup  # noqa: F401 - wakes the dispatcher after commi
 from workers import runtime
 
 settings = get_settings()
+if settings.is_sqlite:
+    # A worker started without the API's LOANWATCH_DATABASE_URL closes a file of its own while
+    # the API's close waits, running, for ever (a tester's, following the README).
+    logging.getLogger(__name__).warning(
+        "this worker uses the SQLite database %s (LOANWATCH_DATABASE_URL): an API on another "
+        "database never sees its work",
+        settings.database_url,
+    )
 
 celery = Celery(
     "loanwatch",

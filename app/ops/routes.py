@@ -1,7 +1,10 @@
 """Liveness and readiness for load balancers and orchestrators."""
 
+from typing import Literal
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from app.api.routing import StrictRoute
@@ -23,8 +26,22 @@ async def metrics_endpoint() -> Response:
     return await metrics.render()
 
 
-@router.get("/readyz")
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(
+        description="`database` always; `broker` when the scheduled work runs on Celery (not "
+        "on the embedded default): `ok`, or `unavailable: <reason>`"
+    )
+
+
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "a check failed"}},
+)
 async def readyz() -> JSONResponse:
+    """Ready when the database answers, and the broker too when Celery runs the scheduled
+    work: 503 with the failing check otherwise."""
     checks: dict[str, str] = {}
     try:
         async with database.engine.connect() as connection:

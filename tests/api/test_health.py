@@ -29,6 +29,9 @@ async def test_readyz_reports_an_unreachable_broker(
     response = await client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["broker"].startswith("unavailable")
+    # An answer the document describes, as every other (a tester's: it listed 200 alone).
+    described = (await client.get("/openapi.json")).json()["paths"]["/readyz"]["get"]
+    assert set(described["responses"]) == {"200", "503"}
 
 
 async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:

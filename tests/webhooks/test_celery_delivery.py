@@ -18,7 +18,7 @@ import redis
 from app.config import get_settings
 from tests.conftest import REDIS_URL
 from tests.factories import world
-from tests.ports import free_port
+from tests.processes import free_port
 from tests.webhooks.receiver import receiving, wait_for
 
 CELERY = str(Path(sys.executable).with_name("celery"))

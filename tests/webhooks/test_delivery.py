@@ -20,7 +20,7 @@ from app.webhooks import dispatcher, transport
 from app.webhooks.models import WebhookAttempt, WebhookDelivery
 from tests.conftest import TEST_DSN
 from tests.factories import World, world
-from tests.ports import free_port
+from tests.processes import free_port
 from tests.webhooks.receiver import receiving
 
 

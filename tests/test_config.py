@@ -1,0 +1,65 @@
+"""Settings are checked at start, and the command tells a configuration or a database it
+cannot use in a line, not a traceback (a tester's: an unknown time zone started the service,
+then answered 500)."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from app.config import Settings
+from tests.processes import LOANWATCH, clean_env
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timezone", "Mars/Olympus"),
+        ("default_currency", "XYZ"),
+        ("db_pool_size", -3),
+        ("idempotency_ttl_hours", 1),  # SPEC: kept at least 24 h
+        ("idempotency_lock_seconds", 0),
+        ("log_level", "loud"),
+    ],
+)
+def test_a_setting_out_of_bounds_is_refused(field: str, value: object) -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(**{field: value})
+    assert [error["loc"] for error in refused.value.errors()] == [(field,)]
+
+
+def test_a_log_level_in_capitals_is_taken() -> None:
+    assert Settings(log_level="WARNING").log_level == "warning"
+
+
+def run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LOANWATCH, "migrate"], cwd=tmp_path, env={**clean_env(), **env},
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_the_command_names_the_setting_it_cannot_use(tmp_path: Path) -> None:
+    done = run(tmp_path, LOANWATCH_TIMEZONE="Mars/Olympus", LOANWATCH_CLOSE__CHUNK_SIZE="-5")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: LOANWATCH_TIMEZONE: unknown time zone 'Mars/Olympus' (an IANA name such as "
+        "'Asia/Shanghai')",
+        "error: LOANWATCH_CLOSE__CHUNK_SIZE: Input should be greater than or equal to 1",
+    ]
+    assert not (tmp_path / "loanwatch.db").exists()
+
+
+def test_the_command_names_the_database_it_cannot_use(tmp_path: Path) -> None:
+    url = "postgresql+asyncpg://postgres:secret@127.0.0.1:5432/loanwatch_no_such_database"
+    done = run(tmp_path, LOANWATCH_DATABASE_URL=url)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: the database at postgresql+asyncpg://postgres:***@127.0.0.1:5432/"
+        'loanwatch_no_such_database: database "loanwatch_no_such_database" does not exist'
+    ]
+    done = run(tmp_path, LOANWATCH_DATABASE_URL="not a url")
+    assert (done.returncode, done.stderr.splitlines()) == (
+        2, ["error: LOANWATCH_DATABASE_URL: Could not parse SQLAlchemy URL from given URL string"],
+    )  # fmt: skip
