@@ -6,7 +6,7 @@ from app.api.responses import CREATED, LOCATION, POLLED, cached
 from app.api.routing import StrictRoute
 from app.close import service
 from app.close.models import CloseStatus
-from app.close.schemas import BusinessDateRead, CloseRunCreate, CloseRunRead
+from app.close.schemas import BusinessDateRead, CloseRequestRead, CloseRunCreate, CloseRunRead
 from app.delinquency import service as delinquency
 
 router = APIRouter(tags=["nightly close"], route_class=StrictRoute)
@@ -15,11 +15,11 @@ router = APIRouter(tags=["nightly close"], route_class=StrictRoute)
 @router.post(
     "/v1/close-runs",
     status_code=201,
-    response_model=CloseRunRead,
+    response_model=CloseRequestRead,
     responses={
         **CREATED,
         202: {
-            "model": CloseRunRead,
+            "model": CloseRequestRead,
             "description": "Handed to the Celery workers",
             "headers": LOCATION,
         },
@@ -27,15 +27,15 @@ router = APIRouter(tags=["nightly close"], route_class=StrictRoute)
 )
 async def create_close_run(
     body: CloseRunCreate, principal: AdminPrincipal, response: Response
-) -> CloseRunRead:
-    """Close ``as_of`` and, first, every date missed since the business date. On the embedded
-    default the close runs before the answer (201); with Celery it is queued (202): poll
-    ``GET /v1/close-runs/{as_of}``."""
-    run = await service.request_close(principal, as_of=body.as_of)
+) -> CloseRequestRead:
+    """Close ``as_of`` and, first, every date missed since the business date (``dates``). On
+    the embedded default the close runs before the answer (201); with Celery it is queued
+    (202): poll ``GET /v1/close-runs/{as_of}``."""
+    run, dates = await service.request_close(principal, as_of=body.as_of)
     response.headers["Location"] = f"/v1/close-runs/{run.as_of.isoformat()}"
     if run.status in (CloseStatus.PENDING, CloseStatus.RUNNING):
         response.status_code = 202
-    return CloseRunRead.from_model(run)
+    return CloseRequestRead(**CloseRunRead.from_model(run).model_dump(), dates=dates)
 
 
 @router.get("/v1/close-runs/{as_of}", response_model=CloseRunRead, responses=POLLED)

@@ -40,6 +40,16 @@ class CloseRunRead(BaseModel):
         )  # fmt: skip
 
 
+class CloseRequestRead(CloseRunRead):
+    """A request's answer: the run of ``as_of``, and every date the request closes."""
+
+    dates: list[date] = Field(
+        description="the dates this request closes, oldest first: those missed since the "
+        "business date, then as_of; each has its own run (GET /v1/close-runs/{date}) with its "
+        "counts, and counts here are as_of's"
+    )
+
+
 class BusinessDateRead(BaseModel):
     business_date: date | None
     # Null for a merchant key: the run's counts are the whole book's, every merchant's.

@@ -76,9 +76,10 @@ STEPS: dict[str, StepFunction] = {
 WHOLE_BOOK_STEPS = frozenset({"portfolio"})
 
 
-async def request_close(principal: Principal, *, as_of: date) -> CloseRun:
+async def request_close(principal: Principal, *, as_of: date) -> tuple[CloseRun, list[date]]:
     """Close ``as_of`` (and every missed date before it): in this process on the embedded
-    default, on the Celery workers otherwise. Returns the run for ``as_of``."""
+    default, on the Celery workers otherwise. Returns the run for ``as_of`` and the dates
+    the request closes, oldest first."""
     principal.require(Role.ADMIN)
     celery = get_settings().uses_celery
     async with session_scope() as session:
@@ -103,7 +104,7 @@ async def request_close(principal: Principal, *, as_of: date) -> CloseRun:
     async with session_scope() as session:
         run = await session.get(CloseRun, as_of)
         assert run is not None
-        return run
+        return run, dates
 
 
 async def close_yesterday() -> list[date]:

@@ -308,6 +308,8 @@ async def test_catch_up_closes_each_missed_date_in_order(client: httpx.AsyncClie
     await close(w, "2026-02-05")
     run = await close(w, "2026-02-08")  # Feb 6, 7 and 8 were missed
     assert run["as_of"] == "2026-02-08"
+    # The answer says which dates the request closed: each has its own run and counts.
+    assert run["dates"] == ["2026-02-06", "2026-02-07", "2026-02-08"]
     for day in ("2026-02-06", "2026-02-07", "2026-02-08"):
         missed = await w.get(f"/v1/close-runs/{day}", headers=w.admin)
         assert missed["status"] == "succeeded"
