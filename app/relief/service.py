@@ -199,8 +199,9 @@ async def _start_plan(
     """The plan's installments become promises from ``as_of``, the loan's promises and flags
     reckoned as of ``reckon_on``; today's payments count already. The plan replaces every open
     commitment on the loan: a plan still running (its open installments) and the open
-    promises to pay are cancelled. Kept first, a promise taken before would claim the money
-    that meets the plan, which would break on its first date although the borrower paid."""
+    promises to pay are cancelled, and release what they had counted to it. Kept, a promise
+    taken before would claim the money that meets the plan, which would break on its first
+    date although the borrower paid."""
     plan = installments_of(restructure.terms)
     earliest = await promises.earliest_due_on(session, loan)
     if plan[0].due_on < earliest:
@@ -213,7 +214,9 @@ async def _start_plan(
     await session.execute(
         update(Promise)
         .where(Promise.loan_id == loan.id, Promise.status == PromiseStatus.OPEN)
-        .values(status=PromiseStatus.CANCELLED, cancelled_on=as_of)
+        # What they had counted is the plan's to count (a re-verifier's: a promise cancelled
+        # with 250.00 counted kept it from the plan, whose first installment it would meet).
+        .values(status=PromiseStatus.CANCELLED, cancelled_on=as_of, paid_minor=0)
     )
     now = utc_now()
     session.add_all(

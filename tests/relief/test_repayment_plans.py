@@ -268,6 +268,24 @@ async def test_a_plan_replaces_an_open_promise(client: httpx.AsyncClient) -> Non
     assert await events(w, "promise.broken") == []
 
 
+async def test_a_replaced_promise_releases_its_money_to_the_plan(
+    client: httpx.AsyncClient,
+) -> None:
+    """Paid 200.00 toward a 300.00 promise on the plan's first day: cancelled, the promise
+    keeps nothing, and the plan's first installment is kept by that money (a re-verifier's:
+    the cancelled promise kept it counted, and the plan would have broken)."""
+    w, loan_id = await setup(client)
+    promised = {"amount": "300.00", "due_on": "2026-02-25"}
+    await w.post(f"/v1/loans/{loan_id}/promises", promised, expect=201)
+    await w.pay(loan_id, "200.00", "2026-02-15")
+    (promise,) = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
+    assert (promise["status"], promise["paid"]) == ("open", "200.00")
+    approved = await approve(w, await request(w, loan_id))
+    (promise,) = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
+    assert (promise["status"], promise["paid"]) == ("cancelled", "0.00")
+    assert states(approved["plan"]) == [("kept", "200.00"), ("open", "0.00")]
+
+
 async def test_a_cancelled_loan_ends_its_plan_at_once(client: httpx.AsyncClient) -> None:
     """Goods returned: nothing is owed, so the plan's open installments are cancelled with
     the loan, not left open until the next close."""
