@@ -290,9 +290,17 @@ class _Lanes:
                 self._release([claimed, *lane])
                 lane.clear()
                 return
-            outcome = await _send(
-                self.client, claimed, self.refusals[claimed.endpoint.url], self.timeout
-            )
+            try:
+                outcome = await _send(
+                    self.client, claimed, self.refusals[claimed.endpoint.url], self.timeout
+                )
+            except Exception as exc:
+                # Whatever a receiver answers must not stop the drain: raised here, no attempt
+                # of the batch was recorded, and every endpoint's deliveries were sent again
+                # when their leases ran out (a Retry-After too long for int(), twice). The
+                # attempt is recorded as failed and retried on the schedule.
+                log.exception("webhook delivery %s: the attempt failed", claimed.delivery_id)
+                outcome = Outcome(claimed, utc_now(), None, 0, None, f"{type(exc).__name__}")
             # Looked up after the send: a record meanwhile took the list it replaced.
             self.sent.append(outcome)
 
@@ -456,7 +464,10 @@ def _retry_after(response: httpx.Response) -> timedelta | None:
     recorded no attempt and sent every endpoint's deliveries again (a tester's)."""
     value = response.headers.get("retry-after", "").strip()
     if value.isascii() and value.isdigit():
-        return timedelta(seconds=min(int(value), retry.LONGEST_WAIT_SECONDS))
+        # Python refuses to read an int of more than 4,300 digits; any of more than 9 is
+        # beyond the longest wait anyway.
+        seconds = int(value) if len(value) <= 9 else retry.LONGEST_WAIT_SECONDS
+        return timedelta(seconds=min(seconds, retry.LONGEST_WAIT_SECONDS))
     try:
         return min(parsedate_to_datetime(value) - utc_now(), retry.LONGEST_WAIT)
     except (TypeError, ValueError, OverflowError):

@@ -158,8 +158,8 @@ async def test_fails_three_times_then_succeeds(client: httpx.AsyncClient) -> Non
 
 @pytest.mark.parametrize(
     "retry_after",
-    ["99999999999999999999", "\u00b2", "Fri, 31 Dec 9999 23:59:59 GMT", "Wed, 21 Oct 2015 07:28:00",
-     "soon", "-5"],
+    ["99999999999999999999", "9" * 5000, "\u00b2", "Fri, 31 Dec 9999 23:59:59 GMT",
+     "Wed, 21 Oct 2015 07:28:00", "soon", "-5"],
 )  # fmt: skip
 async def test_a_receivers_retry_after_never_stops_the_drain(
     client: httpx.AsyncClient, retry_after: str
@@ -189,6 +189,35 @@ async def test_a_receivers_retry_after_never_stops_the_drain(
         assert delivered["status"] == "delivered"
         # A day on, the unwell endpoint's retry alone is sent.
         assert await deliver(now + timedelta(days=1, seconds=2)) == 1
+        assert (len(unwell.received), len(well.received)) == (2, 1)
+
+
+async def test_an_attempt_that_fails_in_the_dispatcher_is_recorded_and_retried(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever raises while an answer is read is that attempt's failure, not the drain's:
+    the batch's other attempts are recorded, and nothing is sent twice."""
+    w = await world(client)
+
+    def unreadable(response: httpx.Response) -> None:
+        raise RuntimeError("an answer nobody foresaw")
+
+    monkeypatch.setattr(dispatcher, "_retry_after", unreadable)
+    with receiving() as unwell, receiving() as well:
+        unwell.script = [503]
+        sick, healthy = await endpoint(w, unwell.url), await endpoint(w, well.url)
+        await w.loan()
+        now = utc_now()
+        assert await deliver(now) == 2
+        (failed,) = (await w.get(f"/v1/webhook-endpoints/{sick['id']}/deliveries",
+                                 headers=w.admin))["items"]  # fmt: skip
+        (delivered,) = (await w.get(f"/v1/webhook-endpoints/{healthy['id']}/deliveries",
+                                    headers=w.admin))["items"]  # fmt: skip
+        assert [(a["status_code"], a["error"]) for a in failed["attempt_log"]] == [
+            (None, "RuntimeError")
+        ]
+        assert (failed["status"], delivered["status"]) == ("pending", "delivered")
+        assert await deliver(now + timedelta(seconds=6)) == 1  # the retry, alone
         assert (len(unwell.received), len(well.received)) == (2, 1)
 
 
