@@ -123,6 +123,27 @@ async def test_principal_paid_ahead_bears_no_interest_over_the_longer_term(
     assert after["interest_outstanding"] == "4.16"  # 1.66 + 1.25 + 0.83 + 0.42
 
 
+async def test_a_bounced_prepayment_is_spread_by_extending_again(
+    client: httpx.AsyncClient,
+) -> None:
+    """The principal paid ahead stays in the first installment ahead: if that payment
+    bounces, the installment asks for it whole (a re-verifier's). Another extension spreads it,
+    as it spreads any principal owed ahead."""
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    await w.pay(loan_id, "437.00", "2026-02-15")
+    ahead = await w.pay(loan_id, "600.00", "2026-02-15")
+    await extend(w, loan_id)
+    await w.post(f"/v1/payments/{ahead['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert (await schedule(w, loan_id))[1][4] == "641.60"  # 633.60 + 8.00, nothing paid
+    again = await extend(w, loan_id, months=1)
+    assert (again["extension"]["installment_was"], again["extension"]["installment"]) == (
+        "641.60", "141.33",
+    )  # fmt: skip
+    rows = await schedule(w, loan_id)
+    assert len(rows) == 7
+    assert sum(Decimal(r[2]) for r in rows[1:]) == Decimal("800.00")  # all of it, spread
+
+
 async def test_an_extended_loan_is_restructured_while_current(client: httpx.AsyncClient) -> None:
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     await extend(w, loan_id, months=2)
