@@ -11,7 +11,7 @@ import typer
 from prometheus_client import start_http_server
 from pydantic import ValidationError
 from sqlalchemy import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import DBAPIError
 
 from app import demo as demo_portfolio
 from app import migrate as migrations
@@ -241,9 +241,6 @@ def main() -> None:
             name = "LOANWATCH_" + "__".join(str(part) for part in error["loc"]).upper()
             message = error["msg"].removeprefix("Value error, ")
             typer.echo(f"error: {name}: {message}", err=True)
-        raise SystemExit(2) from None
-    except ArgumentError as exc:
-        typer.echo(f"error: LOANWATCH_DATABASE_URL: {exc}", err=True)
         raise SystemExit(2) from None
     except (DBAPIError, ConnectionError, socket.gaierror) as exc:
         reason = str(exc.orig) if isinstance(exc, DBAPIError) else f"{type(exc).__name__}: {exc}"

@@ -12,8 +12,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy import make_url
+from sqlalchemy.exc import ArgumentError
 
 from app.money import MINOR_DIGITS
+
+_ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
+}  # fmt: skip
 
 # uvicorn's levels, which the API logs at.
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -113,6 +121,24 @@ class Settings(BaseSettings):
 
     # Checked at start: an unknown zone or currency was a 500 on the first request that needed
     # it, and the in-process scheduler's loop died silently (a tester's).
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        """The URL with the driver the service runs on: ``postgresql://`` (and Heroku's
+        ``postgres://``) means asyncpg, ``sqlite://`` aiosqlite. Another driver was a traceback
+        of 160 lines about a module not installed (a re-verifier's)."""
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL") from None
+        driver = _ASYNC_DRIVERS.get(url.drivername)
+        if driver is None:
+            raise ValueError(
+                f"{url.drivername}: the service runs on PostgreSQL "
+                "(postgresql+asyncpg://user@host/database) or SQLite (sqlite+aiosqlite:///file)"
+            )
+        return url.set(drivername=driver).render_as_string(hide_password=False)
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

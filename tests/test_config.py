@@ -61,5 +61,24 @@ def test_the_command_names_the_database_it_cannot_use(tmp_path: Path) -> None:
     ]
     done = run(tmp_path, LOANWATCH_DATABASE_URL="not a url")
     assert (done.returncode, done.stderr.splitlines()) == (
-        2, ["error: LOANWATCH_DATABASE_URL: Could not parse SQLAlchemy URL from given URL string"],
+        2, ["error: LOANWATCH_DATABASE_URL: not a database URL"],
     )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("given", "taken"),
+    [
+        ("postgresql://u:pw@db:5432/book", "postgresql+asyncpg://u:pw@db:5432/book"),
+        ("postgres://u@db/book", "postgresql+asyncpg://u@db/book"),
+        ("sqlite:///./book.db", "sqlite+aiosqlite:///./book.db"),
+        ("postgresql+asyncpg://u@db/book", "postgresql+asyncpg://u@db/book"),
+    ],
+)
+def test_a_database_url_gets_the_driver_the_service_runs_on(given: str, taken: str) -> None:
+    """A URL without the async driver was a traceback about a module not installed."""
+    assert Settings(database_url=given).database_url == taken
+
+
+def test_a_database_the_service_does_not_run_on_is_refused() -> None:
+    with pytest.raises(ValidationError, match="mysql: the service runs on PostgreSQL"):
+        Settings(database_url="mysql://u@db/book")
