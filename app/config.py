@@ -119,8 +119,6 @@ class Settings(BaseSettings):
     in_process_scheduler: bool | None = None
     log_level: LogLevel = "info"
 
-    # Checked at start: an unknown zone or currency was a 500 on the first request that needed
-    # it, and the in-process scheduler's loop died silently (a tester's).
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
@@ -139,6 +137,8 @@ class Settings(BaseSettings):
             )
         return url.set(drivername=driver).render_as_string(hide_password=False)
 
+    # Checked at start: an unknown zone or currency was a 500 on the first request that needed
+    # it, and the in-process scheduler's loop died silently (a tester's).
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:

@@ -172,7 +172,8 @@ class IdempotencyMiddleware:
 def _routed(scope: Scope, status: int) -> bool:
     """Whether a route answered, not the routing: a path no route has (404) or a method its
     route does not take (405) is no answer to the request the key is for. Stored, it refused
-    the corrected request as a reuse of the key (a tester's, with ``POST /v1/loans/``)."""
+    the corrected request as a reuse of the key (a tester's, with ``POST /v1/loans/``).
+    Starlette's router puts the matched route in the scope, this middleware's own."""
     return "route" in scope and status != 405
 
 
