@@ -189,16 +189,25 @@ async def serialize_close_requests(session: AsyncSession) -> None:
         await session.execute(_CLOSE_REQUESTS_LOCK)
 
 
+_IN_PROGRESS = select(
+    select(func.min(CloseRun.as_of))
+    .where(CloseRun.status.in_((CloseStatus.RUNNING, CloseStatus.PENDING)))
+    .scalar_subquery(),
+    select(func.max(CloseRun.heartbeat_at)).scalar_subquery(),
+)
+
+
 async def refuse_concurrent(session: AsyncSession) -> None:
-    """409 while a close is pending or running, unless it stopped beating (a dead worker)."""
+    """409 while a close is pending or running, unless it stopped beating (a dead worker).
+    A catch-up beats as a whole: its dates still queued keep the beat of their planning, and
+    between one date's end and the next one's start no date runs, so the freshest beat of any
+    date tells whether it is alive (a tester's: a request during a catch-up longer than the
+    stale time found its queued dates stale, planned them again beside it, and the two
+    collided)."""
+    busy, last_beat = (await session.execute(_IN_PROGRESS)).one()
     stale = utc_now() - timedelta(minutes=get_settings().close.stale_after_minutes)
-    busy = await session.scalar(
-        select(CloseRun.as_of).where(
-            CloseRun.status.in_((CloseStatus.RUNNING, CloseStatus.PENDING)),
-            CloseRun.heartbeat_at > stale,
-        )
-    )
-    if busy is not None:
+    if busy is not None and last_beat is not None and last_beat > stale:
+        # The oldest, the date running or next to run.
         raise CloseInProgress(f"the close for {busy} is still running")
 
 
@@ -382,12 +391,27 @@ async def finish_run(as_of: date, attempt: int) -> bool:
     return True
 
 
+_LATER_PENDING = (
+    update(_run)
+    .where(_run.c.as_of > bindparam("run_as_of"), _run.c.status == CloseStatus.PENDING)
+    .values(status=CloseStatus.FAILED, error=bindparam("later_error"), finished_at=bindparam("at"))
+)
+
+
 async def fail_run(as_of: date, error: str, attempt: int) -> None:
-    """Mark the attempt failed, unless it has been replaced."""
+    """Mark the attempt failed, unless it has been replaced; and the later dates of its
+    catch-up, which will not start: left pending, they answered every request to close 409
+    until they went stale, 30 minutes on (a tester's, after a broker outage of 20 s)."""
     async with session_scope() as session:
         if await _current(session, as_of, attempt, share=False) is not None:
+            now = utc_now()
             await _update_run(session, as_of, status=CloseStatus.FAILED, error=error[:2000],
-                              finished_at=utc_now())  # fmt: skip
+                              finished_at=now)  # fmt: skip
+            await session.execute(
+                _LATER_PENDING,
+                {"run_as_of": as_of, "at": now,
+                 "later_error": f"not started: the close of {as_of}, before it, failed"},
+            )  # fmt: skip
 
 
 # -- the in-process runner (embedded default, CLI, tests) --------------------------------

@@ -10,7 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from celery import Celery
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import SAWarning
 
 from app import clock, scheduler
@@ -18,7 +18,7 @@ from app.close import service as close_service
 from app.close.errors import CloseInProgress
 from app.close.models import CloseRun
 from app.config import get_settings
-from app.db import session_scope
+from app.db import session_scope, utc_now
 from app.risk.models import RiskRun
 from tests.close.test_close import close, late_world
 from tests.factories import world
@@ -193,3 +193,55 @@ async def test_the_nightly_close_gives_up_after_its_retries(
     with pytest.raises(CloseInProgress):
         await scheduler.nightly_close()
     assert await count(CloseRun) == 1  # only the manual one: tomorrow's close catches up
+
+
+async def age_beats(minutes: int, *, status: str | None = None) -> None:
+    """The runs' heartbeats as they would be ``minutes`` later (time passing for a worker)."""
+    async with session_scope() as session:
+        stale = update(CloseRun).values(heartbeat_at=utc_now() - timedelta(minutes=minutes))
+        await session.execute(stale if status is None else stale.where(CloseRun.status == status))
+
+
+async def test_a_catch_up_longer_than_the_stale_time_is_still_in_progress(
+    client: httpx.AsyncClient,
+) -> None:
+    """Its queued dates keep the beat of their planning: a request found them stale, planned
+    them again beside the running catch-up, and the two collided (a tester's, on Celery)."""
+    w, _loan = await late_world(client)
+    await close(w, "2026-02-05")
+    async with session_scope() as session:
+        dates = await close_service.plan_close(session, as_of=close_service.date(2026, 2, 8))
+    await age_beats(get_settings().close.stale_after_minutes + 1)
+    await close_service.run_dates_in_process(dates[:1])  # 02-06 done, just now
+    refused = await close(w, "2026-02-08", expect=409)
+    assert (refused["code"], refused["detail"]) == (
+        "close_in_progress", "the close for 2026-02-07 is still running",
+    )  # fmt: skip
+    await age_beats(get_settings().close.stale_after_minutes + 1)  # the catch-up died
+    taken_over = await close(w, "2026-02-08")
+    assert (taken_over["status"], taken_over["dates"]) == (
+        "succeeded", ["2026-02-07", "2026-02-08"],
+    )  # fmt: skip
+
+
+async def test_a_failed_date_does_not_leave_its_catch_up_queued(
+    client: httpx.AsyncClient,
+) -> None:
+    """Its later dates will not start: left pending, they refused every request to close for
+    the stale time (a tester's: a broker outage of 20 s failed a date, then 30 minutes of
+    409)."""
+    w, _loan = await late_world(client)
+    await close(w, "2026-02-05")
+    async with session_scope() as session:
+        await close_service.plan_close(session, as_of=close_service.date(2026, 2, 8))
+    attempt = await close_service.begin_run(close_service.date(2026, 2, 6))
+    assert attempt is not None
+    await close_service.fail_run(close_service.date(2026, 2, 6), "ConnectionError", attempt)
+    later = await w.get("/v1/close-runs/2026-02-07", headers=w.admin)
+    assert (later["status"], later["error"]) == (
+        "failed", "not started: the close of 2026-02-06, before it, failed",
+    )  # fmt: skip
+    again = await close(w, "2026-02-08")
+    assert (again["status"], again["dates"]) == (
+        "succeeded", ["2026-02-06", "2026-02-07", "2026-02-08"],
+    )  # fmt: skip
