@@ -6,9 +6,11 @@ read with its checkout (on asyncpg itself since the fourteenth session, db.drive
 same SQL on a connection held, and the rendering).
 
     .venv/bin/python bench/http_load.py --duration 10          # once: the bench book
-    .venv/bin/python bench/request_profile.py [--payments 600] [--reads 3000]
+    .venv/bin/python bench/request_profile.py [--originations 0] [--payments 600] [--reads 3000]
 
-``--payments 0`` profiles the reads only, ``--reads 0`` the payments only.
+``--payments 0`` profiles the reads only, ``--reads 0`` the payments only; ``--originations N``
+times N ``POST /v1/loans`` first (CPU and statements each: run it under ``py-spy record`` for
+where the CPU goes). Payments and originations also count their SQL statements.
 
 Each run adds its payments to the book; compare runs against each other, not across books.
 """
@@ -23,12 +25,15 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 import framework_floor  # noqa: E402 - a sibling script, not a package
+import http_load  # noqa: E402 - likewise
 
 DSN = "postgresql+asyncpg://postgres@127.0.0.1:5432/loanwatch_bench"
 
@@ -46,6 +51,61 @@ def timed(totals: Counter[str], module: Any, name: str) -> None:
             totals[f"{module.__name__}.{name}"] += time.perf_counter() - started
 
     setattr(module, name, wrapper)
+
+
+@contextmanager
+def counting_statements() -> Iterator[Counter[str]]:
+    """The SQL statements the engine sends inside the block (``total``), through SQLAlchemy;
+    GET's read, sent to asyncpg itself, is not among them."""
+    from sqlalchemy import event
+
+    from app.db import database
+
+    sent: Counter[str] = Counter()
+
+    def count(*_: Any) -> None:
+        sent["total"] += 1
+
+    engine = database.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+
+
+async def profile_originations(key: str, borrower_ids: list[str], count: int) -> None:
+    """``POST /v1/loans`` as wrk's phase sends it, one at a time: CPU and statements each.
+    Run under ``py-spy record`` for where the CPU goes."""
+    import httpx
+
+    from app.db import database
+    from app.main import app
+
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+
+        async def originate() -> None:
+            ref = uuid.uuid4().hex
+            answer = await c.post(
+                "/v1/loans",
+                json={"borrower_id": random.choice(borrower_ids), "term": 12,
+                      "product_code": http_load.PRODUCT_CODE, "principal": "1000.00",
+                      "merchant_order_ref": ref},
+                headers={**headers, "Idempotency-Key": ref},
+            )  # fmt: skip
+            assert answer.status_code == 201, answer.text
+
+        for _ in range(20):  # warm: statement caches, pool
+            await originate()
+        with counting_statements() as sent:
+            cpu = time.process_time()
+            for _ in range(count):
+                await originate()
+            cpu = time.process_time() - cpu
+    print(f"{count} originations: {cpu / count * 1000:.2f} ms CPU each (the client's included), "
+          f"{sent['total'] / count:.1f} statements each")  # fmt: skip
+    await database.dispose()  # the next profile runs in another event loop
 
 
 async def profile_payments(key: str, loan_ids: list[str], count: int) -> None:
@@ -86,12 +146,13 @@ async def profile_payments(key: str, loan_ids: list[str], count: int) -> None:
         for _ in range(20):  # warm: statement caches, pool
             await pay()
         totals.clear()
-        started, cpu = time.perf_counter(), time.process_time()
-        for _ in range(count):
-            await pay()
-        wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+        with counting_statements() as sent:
+            started, cpu = time.perf_counter(), time.process_time()
+            for _ in range(count):
+                await pay()
+            wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     print(f"{count} payments: {wall / count * 1000:.2f} ms wall, {cpu / count * 1000:.2f} ms CPU "
-          "each (the client's included)")  # fmt: skip
+          f"each (the client's included), {sent['total'] / count:.1f} statements each")  # fmt: skip
     for step, seconds in totals.most_common():
         print(f"  {step:45s} {seconds / count * 1000:6.2f} ms")
     await database.dispose()  # the reads run in another event loop
@@ -160,6 +221,7 @@ async def whole_requests(key: str, loan_ids: list[str], count: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--originations", type=int, default=0)
     parser.add_argument("--payments", type=int, default=600)
     parser.add_argument("--reads", type=int, default=3000)
     parser.add_argument("--results", type=Path, help="an http_load results folder [the latest]")
@@ -172,6 +234,9 @@ def main() -> None:
         [str(Path(sys.executable).parent / "loanwatch"), "api-keys", "create", "--role", "admin"],
         capture_output=True, text=True, check=True,
     ).stdout.split()[-1]  # fmt: skip
+    if args.originations:
+        borrower_ids = (results / "borrowers.txt").read_text().split()
+        asyncio.run(profile_originations(key, borrower_ids, args.originations))
     if args.payments:
         asyncio.run(profile_payments(key, loan_ids, args.payments))
     if args.reads:
