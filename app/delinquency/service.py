@@ -680,8 +680,8 @@ async def recompute_delinquency(
 
 @lru_cache(maxsize=8)
 def _reminder_statements(has_low: bool, has_high: bool) -> tuple[Any, Any]:
-    """Mark the installments due on ``due_on`` reminded as of ``as_of``; then read what is
-    due on them."""
+    """Mark the installments due after ``as_of`` up to ``due_on`` and not yet reminded
+    reminded as of ``as_of``; then read what is due on them."""
     i, loan = _installment.c, _loan.c
     due_on = bindparam("due_on", type_=Date)
     unpaid = unpaid_as_of_sql()
@@ -691,7 +691,11 @@ def _reminder_statements(has_low: bool, has_high: bool) -> tuple[Any, Any]:
             i.loan_id == loan.id,
             in_chunk(i.loan_id, has_low, has_high),
             loan.status.in_(OPEN_STATUSES),
-            i.due_date == due_on,
+            # A window, not the one day ``reminder_days`` ahead: an installment a loan already
+            # had inside it when it first met a close (booked with a near first due date, or
+            # a book's first close) is reminded at that close rather than never.
+            i.due_date > AS_OF,
+            i.due_date <= due_on,
             i.reminded_on.is_(None),
             unpaid > 0,
         )
@@ -701,7 +705,10 @@ def _reminder_statements(has_low: bool, has_high: bool) -> tuple[Any, Any]:
     # Read apart: SQLite's RETURNING drops the table from column names, and the subquery of
     # the payments received later then compares its own columns.
     amounts = select(i.loan_id, i.seq, unpaid).where(
-        in_chunk(i.loan_id, has_low, has_high), i.due_date == due_on, i.reminded_on == AS_OF
+        in_chunk(i.loan_id, has_low, has_high),
+        i.due_date > AS_OF,
+        i.due_date <= due_on,
+        i.reminded_on == AS_OF,
     )
     return remind, amounts
 
@@ -709,7 +716,8 @@ def _reminder_statements(has_low: bool, has_high: bool) -> tuple[Any, Any]:
 async def send_reminders(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> Counts:
-    """``installment.due_soon`` for installments due ``reminder_days`` after ``as_of``, once."""
+    """``installment.due_soon`` for installments due within ``reminder_days`` after ``as_of``,
+    once each."""
     remind, amounts_due = _reminder_statements(low is not None, high is not None)
     due_on = as_of + timedelta(days=get_settings().close.reminder_days)
     params = {**chunk_params(as_of, low, high), "due_on": due_on}

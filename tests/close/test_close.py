@@ -331,6 +331,23 @@ async def test_catch_up_closes_each_missed_date_in_order(client: httpx.AsyncClie
     ]
 
 
+async def test_an_installment_already_inside_the_reminder_window_is_reminded_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """Booked after the close of Jan 10 with its first installment due Jan 12, two days on:
+    the reminder is the next close's, a day ahead, and no later close's."""
+    w, _ = await late_world(client)  # its loan's first reminder is the close of Feb 7's
+    near = await w.loan(principal="300.00", term=3, disbursed_on="2026-01-10",
+                        first_due_date="2026-01-12")  # fmt: skip
+    first = await close(w, "2026-01-11")
+    assert first["counts"]["reminders_sent"] == 1
+    await close(w, "2026-01-12")
+    events = (await client.get("/v1/events?type=installment.due_soon",
+                               headers=w.admin)).json()["items"]  # fmt: skip
+    assert [(e["data"]["loan_id"], e["data"]["due_date"], e["data"]["days_until_due"])
+            for e in events] == [(near["id"], "2026-01-12", 1)]  # fmt: skip
+
+
 async def test_dates_before_the_business_date_or_in_the_future_are_refused(
     client: httpx.AsyncClient,
 ) -> None:
