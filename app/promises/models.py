@@ -20,7 +20,8 @@ class Promise(Base):
     The applied payments received from ``promised_on`` (the business date it was made) to
     ``due_on`` count toward it, as far as an earlier promise of the loan did not count them:
     money counts toward one promise at most (``rules.py``). ``paid_minor`` is what it counts,
-    kept current by every payment and reversal, and kept as it stood once broken or cancelled.
+    kept current by every payment and reversal (a broken promise's too: a payment in its
+    window recorded after the break may yet keep it), and kept as it stood once cancelled.
 
     An approved repayment plan is a series of promises (``restructure_id``, ``plan_seq``) made
     on its approval date, each for what the plan asks *in total* by its due date: a borrower

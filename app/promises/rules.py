@@ -8,10 +8,11 @@ goes on to the next. A promise is **kept** on the day the money it counts first 
 amount, and **broken** once a business date after ``due_on`` finds it short.
 
 Promises take money in the order they were taken, not by due date, so that taking a promise
-never takes money from one taken before it (a promise already kept stays kept). A promise that
-is broken or cancelled keeps what it had counted: settling it moves no money to another, so
-the close, which breaks promises without replaying payments, leaves every other promise as the
-last payment or reversal assessed it.
+never takes money from one taken before it (a promise already kept stays kept). Breaking a
+promise moves no money to another, so the close, which breaks promises without replaying
+payments, leaves every other promise as the last payment or reversal assessed it. A broken
+promise goes on counting its window's money up to its amount, so a payment received in time
+but recorded after the break keeps it; a cancelled one keeps what it had counted.
 
 A repayment plan is one commitment of several promises (its installments, each for the plan's
 running total by its date, all made on the approval date): they share the plan's money, which
@@ -30,7 +31,7 @@ class PromiseTerms:
     amount_minor: int
     promised_on: date
     due_on: date
-    # A promise broken or cancelled: the money it had counted, which stays counted toward it.
+    # A cancelled promise: the money it had counted, which stays counted toward it.
     settled_paid_minor: int | None = None
 
 

@@ -136,16 +136,26 @@ async def list_promises(
 
 
 async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
-    """Re-assess the loan's open and kept promises after a payment or reversal (the caller
-    holds the loan's lock), counting its payments toward them afresh: a payment keeps one, a
-    reversal may take that back. A promise left short reopens, or breaks at once if its date
-    has passed; the first installment of a plan that breaks ends its plan."""
+    """Re-assess the loan's promises after a payment or reversal (the caller holds the loan's
+    lock), counting its payments toward them afresh: a payment keeps one, a reversal may take
+    that back. A promise left short reopens, or breaks at once if its date has passed; the
+    first installment of a plan that breaks ends its plan. A broken promise that a payment
+    received in its window, but recorded after the break, now keeps is mended: kept, and its
+    plan runs on."""
     assessed = await _assess_loan(session, loan.id, as_of)
     broken_plans: set[str] = set()
+    mended_plans: set[str] = set()
     for promise, outcome in assessed:
-        if promise.status not in (PromiseStatus.OPEN, PromiseStatus.KEPT):
-            continue  # broken and cancelled are final
+        if promise.status == PromiseStatus.CANCELLED:
+            continue  # final: it keeps what it had counted
         promise.paid_minor = outcome.paid_minor
+        if promise.status == PromiseStatus.BROKEN:
+            if outcome.status is PromiseStatus.KEPT:
+                promise.status, promise.kept_on = PromiseStatus.KEPT, outcome.kept_on
+                promise.broken_on = None
+                if promise.restructure_id is not None:
+                    mended_plans.add(promise.restructure_id)
+            continue  # still short: broken stays broken, a late payment does not mend it
         if promise.restructure_id in broken_plans:
             promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
             promise.cancelled_on = as_of
@@ -165,15 +175,38 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
             # the money first, and neither is broken before its date.
             promise.status, promise.kept_on = PromiseStatus.OPEN, None
     await session.flush()
+    if mended_plans and loan.status in OPEN_STATUSES and _resume(assessed, mended_plans):
+        await refresh_loan(session, loan, as_of)  # the resumed installments' own outcomes
+
+
+def _resume(assessed: Sequence[tuple[Promise, Outcome]], mended_plans: set[str]) -> bool:
+    """Reopen the installments the break of a now mended plan cancelled, unless a promise or
+    plan was taken on the loan after it, which replaced it; whether any reopened."""
+    taken = [promise for promise, _ in assessed]
+    resumed = False
+    for plan_id in mended_plans:
+        installments = [p for p in taken if p.restructure_id == plan_id]
+        if any(p.status == PromiseStatus.BROKEN for p in installments):
+            continue  # another installment of it is still short
+        approved = max((p.created_at, p.id) for p in installments)
+        if any((p.created_at, p.id) > approved for p in taken if p.restructure_id != plan_id):
+            continue
+        for p in installments:
+            if p.status == PromiseStatus.CANCELLED:
+                # A broken plan has no installment left open for a payoff or a newer plan to
+                # cancel: its cancelled installments are the break's.
+                p.status, p.cancelled_on = PromiseStatus.OPEN, None
+                resumed = True
+    return resumed
 
 
 async def _assess_loan(
     session: AsyncSession, loan_id: str, as_of: date
 ) -> list[tuple[Promise, Outcome]]:
     """Every promise of the loan with its outcome from the loan's applied payments, in the
-    order they take money (``rules.assess_in_order``); none when none is open or kept."""
+    order they take money (``rules.assess_in_order``); none when all are cancelled."""
     promises = list(await session.scalars(select(Promise).where(Promise.loan_id == loan_id)))
-    if not any(p.status in (PromiseStatus.OPEN, PromiseStatus.KEPT) for p in promises):
+    if all(p.status == PromiseStatus.CANCELLED for p in promises):
         return []
     commitments = _commitments(promises)
     outcomes = assess_in_order(
@@ -226,7 +259,9 @@ async def _break(
 
 
 def _terms(promise: Promise) -> PromiseTerms:
-    settled = promise.status in (PromiseStatus.BROKEN, PromiseStatus.CANCELLED)
+    # A broken promise still counts its window's money up to its amount: a payment received
+    # in time but recorded after the break keeps it.
+    settled = promise.status == PromiseStatus.CANCELLED
     return PromiseTerms(
         promise.amount_minor, promise.promised_on, promise.due_on,
         settled_paid_minor=promise.paid_minor if settled else None,

@@ -271,6 +271,38 @@ async def test_the_flag_clears_when_the_arrears_are_paid(client: httpx.AsyncClie
     assert "broken_promise" not in await flags(w, loan_id)
 
 
+async def test_a_payment_in_time_recorded_after_the_break_mends_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """A gateway slow to report: the money came in the promise's window, so the promise was
+    kept, as a late fee is withdrawn for such a payment (a black-box tester's)."""
+    w, loan_id = await setup(client)
+    made = await promise(w, loan_id)
+    await close(w, "2026-02-21")
+    assert "broken_promise" in await flags(w, loan_id)
+    await w.pay(loan_id, "100.00", "2026-02-18")
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"], got["broken_on"]) == ("broken", "100.00", "2026-02-21")
+
+    mending = await w.pay(loan_id, "312.00", "2026-02-19")
+    (got,) = await promises(w, loan_id)
+    assert (got["id"], got["status"], got["paid"], got["kept_on"], got["broken_on"]) == (
+        made["id"], "kept", "412.00", "2026-02-19", None,
+    )  # fmt: skip
+    assert "broken_promise" not in await flags(w, loan_id)
+    assert "broken_promise" in await flags(w, loan_id, "cleared")
+    await close(w, "2026-02-23")
+    (got,) = await promises(w, loan_id)
+    assert got["status"] == "kept"
+    assert len(await broken_events(w)) == 1
+
+    # Bounced, the money never kept it: broken again at once, and announced again.
+    await w.post(f"/v1/payments/{mending['id']}/reverse", {"reason": "nsf"}, expect=200)
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"], got["broken_on"]) == ("broken", "100.00", "2026-02-24")
+    assert [e["data"]["paid"] for e in await broken_events(w)] == ["0.00", "100.00"]
+
+
 async def test_the_flag_clears_after_the_window(client: httpx.AsyncClient) -> None:
     w, loan_id = await setup(client)
     await promise(w, loan_id)

@@ -68,10 +68,10 @@ def test_the_older_promise_counts_first_whatever_the_dates() -> None:
     ]
 
 
-def test_a_broken_promise_keeps_what_it_counted() -> None:
-    broken = PromiseTerms(10000, NOV, date(2026, 11, 10), settled_paid_minor=4000)
+def test_a_cancelled_promise_keeps_what_it_counted() -> None:
+    cancelled = PromiseTerms(10000, NOV, date(2026, 11, 10), settled_paid_minor=4000)
     receipts = [Receipt(date(2026, 11, 5), 4000), Receipt(date(2026, 11, 6), 3000)]
-    (_,), (second,) = assess_in_order([[broken], [SECOND]], receipts, date(2026, 11, 12))
+    (_,), (second,) = assess_in_order([[cancelled], [SECOND]], receipts, date(2026, 11, 12))
     assert second == Outcome(PromiseStatus.OPEN, 3000)
 
 

@@ -189,6 +189,48 @@ async def test_broken_by_the_close_once(client: httpx.AsyncClient) -> None:
     assert (await plan(w, made["id"]))["status"] == "broken"  # paying late mends nothing
 
 
+async def test_a_payment_in_time_recorded_after_the_break_resumes_the_plan(
+    client: httpx.AsyncClient,
+) -> None:
+    """The first installment's money came on Feb 19 but was reported after the close of Feb 21
+    broke it: the installment was kept, and the plan runs on to its second date."""
+    w, loan_id = await setup(client)
+    made = await approve(w, await request(w, loan_id))
+    await close(w, "2026-02-21")
+    assert states(await plan(w, made["id"])) == [("broken", "0.00"), ("cancelled", "0.00")]
+    await w.pay(loan_id, "200.00", "2026-02-19")
+    got = await plan(w, made["id"])
+    assert got["status"] == "active"
+    assert states(got) == [("kept", "200.00"), ("open", "0.00")]
+    assert (got["installments"][0]["kept_on"], got["installments"][0]["broken_on"]) == (
+        "2026-02-19", None,
+    )  # fmt: skip
+    assert "broken_promise" not in await flags(w, loan_id)
+
+    await close(w, "2026-03-06")  # the second date passes short: the plan breaks there
+    got = await plan(w, made["id"])
+    assert states(got) == [("kept", "200.00"), ("broken", "0.00")]
+    assert [e["data"]["plan_installment"] for e in await events(w, "promise.broken")] == [1, 2]
+
+
+async def test_a_plan_mended_after_a_newer_promise_stays_ended(
+    client: httpx.AsyncClient,
+) -> None:
+    """Once a promise was taken after the broken plan, the plan's rest is not revived beside
+    it: the installment reads kept, the plan cancelled."""
+    w, loan_id = await setup(client)
+    made = await approve(w, await request(w, loan_id))
+    await close(w, "2026-02-21")
+    body = {"amount": "100.00", "due_on": "2026-02-28"}
+    await w.post(f"/v1/loans/{loan_id}/promises", body, expect=201)
+    await w.pay(loan_id, "200.00", "2026-02-19")
+    got = await plan(w, made["id"])
+    assert got["status"] == "cancelled"
+    assert states(got) == [("kept", "200.00"), ("cancelled", "0.00")]
+    (taken,) = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
+    assert (taken["status"], taken["paid"]) == ("open", "0.00")  # Feb 19 is before its window
+
+
 async def test_money_after_an_installments_date_is_no_part_of_it(
     client: httpx.AsyncClient,
 ) -> None:
