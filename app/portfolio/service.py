@@ -224,9 +224,11 @@ async def vintages(session: AsyncSession, scope: Scope) -> VintagesRead:
         principal = sum(t.principal_minor for t in counts.values())
         first = date.fromisoformat(f"{month}-01")
         last_day = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+        # Month on book k is a loan's (k+1)-th month: its point is whole once the vintage's
+        # last loan has completed k+1 months.
         completed = months_between(as_of, last_day)
         curve, ever, ever_principal = [], 0, 0
-        for months_on_book in range(completed + 1):
+        for months_on_book in range(completed):
             tally = counts.get(months_on_book, Tally())
             ever, ever_principal = ever + tally.count, ever_principal + tally.principal_minor
             curve.append(VintagePoint(
