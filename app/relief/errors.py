@@ -41,3 +41,11 @@ class ExtensionDoesNotFit(Conflict):
 
     code = "extension_does_not_fit"
     title = "The extended installments do not fit the product's multiple"
+
+
+class PlanExceedsPayoff(Conflict):
+    """A plan that fitted the loan when requested asks more than its payoff amount by the time
+    it is approved: the loan was paid down since."""
+
+    code = "plan_exceeds_payoff"
+    title = "The plan asks more than the loan's payoff"

@@ -39,6 +39,7 @@ from app.relief.errors import (
     ExtensionDoesNotFit,
     NoFeesToWaive,
     NothingToDefer,
+    PlanExceedsPayoff,
     RestructureExpired,
     RestructureNotFound,
     RestructureNotPending,
@@ -210,7 +211,14 @@ async def _start_plan(
             f"before {earliest} ({promises.EARLIEST_DUE_ON}); request a plan with dates "
             "still ahead"
         )
-    await _check_total(session, loan, plan, as_of)
+    total, payoff = await _total_and_payoff(session, loan, plan, as_of)
+    if total > payoff:
+        # The loan was paid down since the request: a conflict with its state, not bad input.
+        raise PlanExceedsPayoff(
+            f"restructure {restructure.id}: its installments add up to "
+            f"{format_minor(total, loan.currency)}, more than the loan's payoff amount "
+            f"{format_minor(payoff, loan.currency)} on {as_of}; request a plan within it"
+        )
     await session.execute(
         update(Promise)
         .where(Promise.loan_id == loan.id, Promise.status == PromiseStatus.OPEN)
@@ -407,13 +415,20 @@ def _check_dates(plan: Sequence[PlanInstallment], earliest: date, as_of: date) -
             )
 
 
+async def _total_and_payoff(
+    session: AsyncSession, loan: Loan, plan: Sequence[PlanInstallment], as_of: date
+) -> tuple[int, int]:
+    """What the plan asks in all, and what the loan would take to pay off on ``as_of``."""
+    installments = await loans_service.load_installments(session, loan.id)
+    payoff = loans_service.position_of(installments).payoff_minor(as_of)
+    return sum(i.amount_minor for i in plan), payoff
+
+
 async def _check_total(
     session: AsyncSession, loan: Loan, plan: Sequence[PlanInstallment], as_of: date
 ) -> None:
     """A plan asks for no more than the loan would take to pay off today."""
-    total = sum(i.amount_minor for i in plan)
-    installments = await loans_service.load_installments(session, loan.id)
-    payoff = loans_service.position_of(installments).payoff_minor(as_of)
+    total, payoff = await _total_and_payoff(session, loan, plan, as_of)
     if total > payoff:
         message = (
             f"add up to {format_minor(total, loan.currency)}, more than the loan's payoff "

@@ -471,6 +471,23 @@ async def test_no_plan_on_a_paid_off_loan(client: httpx.AsyncClient) -> None:
     assert await stored() == before
 
 
+async def test_a_plan_the_loan_was_paid_down_below_is_a_conflict(
+    client: httpx.AsyncClient,
+) -> None:
+    """Asked for the whole payoff (1220.00), then 100.00 paid: the approval's body is not at
+    fault, the loan moved (a tester saw 422 naming `installments`, a field it has not)."""
+    w, loan_id = await setup(client)
+    pending = await request(w, loan_id, [PLAN[0], {"due_on": "2026-03-05", "amount": "1020.00"}])
+    await w.pay(loan_id, "100.00")
+    before = await stored()
+    refused = await w.post(f"/v1/restructures/{pending['id']}/approve", {}, w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "plan_exceeds_payoff")
+    assert "1220.00, more than the loan's payoff amount 1120.00" in refused.json()["detail"]
+    assert await stored() == before
+    got = await w.get(f"/v1/restructures/{pending['id']}")
+    assert (got["status"], got["plan"]["status"]) == ("pending", "proposed")
+
+
 TWENTY_FIVE = [{"due_on": f"2026-03-{d:02d}", "amount": "1.00"} for d in range(1, 26)]
 BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
     ("a term extension with a plan's fields", {"kind": "term_extension"}, "installments"),
