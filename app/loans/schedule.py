@@ -97,15 +97,14 @@ def extended(
     ahead (``ahead``, in seq order) re-amortised over as many installments and ``months`` more,
     on the loan's rate, amortization, rounding and fee collection (``terms``), monthly from the
     first one's due date on the schedule's ``anchor`` day; the seqs continue from the first
-    one's. What is already due is not part of it: arrears stay due as they were. The first
-    one's period is the loan's first period (``terms.first_period_days``) if nothing is due
-    yet, else a month.
+    one's. What is already due is not part of it: arrears stay due as they were (nor, by the
+    caller's choice, what is paid in full ahead). The first one's period is the loan's first
+    period (``terms.first_period_days``) if it is the first installment, else a month.
 
     ``principal_paid_minor``, the principal already paid on the installments ahead (money paid
     before it was due), bears no interest over the longer term: it is not re-amortised but
-    stays in the first installment, whose interest is what it was (the current period's,
-    owed on the schedule as a payoff owes it), and where the loan's payments, replayed, pay
-    it again."""
+    stays in the first installment, whose interest is what it was (its period's, as the
+    schedule had it), and where the loan's payments, replayed, pay it again."""
     first = ahead[0]
     again = replace(
         terms,

@@ -513,14 +513,19 @@ async def extend_term(
     session: AsyncSession, loan: Loan, *, months: int, as_of: date, reckon_on: date
 ) -> Extension | None:
     """A term extension on the loan (locked by the caller): the installments not yet due on
-    the business date ``as_of`` are re-amortised over as many and ``months`` more
-    (``extended``), the loan's term grows by ``months`` and the payments are replayed on the
-    new schedule, the loan reckoned as of ``reckon_on``. Returns the term before and what the
-    next installment asks (less what is paid on it) before and after; None when nothing is
-    still ahead. (Some principal is still owed on what is ahead: all of it paid, the loan is
-    paid off.)"""
+    the business date ``as_of`` and not paid in full ahead are re-amortised over as many and
+    ``months`` more (``extended``), the loan's term grows by ``months`` and the payments are
+    replayed on the new schedule, the loan reckoned as of ``reckon_on``. Returns the term
+    before and what the first re-amortised installment asks (less what is paid on it) before
+    and after; None when nothing ahead is left to pay.
+
+    Installments paid in full ahead stay as they are, paid by the replayed money: relief must
+    not ask for money on a date the borrower had already covered (a tester's: a loan prepaid
+    through its next date owed 276.62 on it after the extension)."""
     installments = await loans_service.load_installments(session, loan.id)
     ahead = [i for i in installments if i.due_date > as_of]
+    while ahead and _asked(ahead[0]) <= 0:
+        ahead.pop(0)
     if not ahead:
         return None
     product = await session.get_one(Product, loan.product_code)

@@ -151,7 +151,7 @@ async def approve(
                 "last or leave the last larger than the one before; extend by fewer months"
             ) from None
         if extension is None:
-            raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
+            raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of} left to pay")
         restructure.terms = {
             **restructure.terms, "term_was": extension.term_was, "term": loan.term,
             "installment_was_minor": extension.installment_was,

@@ -96,48 +96,51 @@ async def test_payments_follow_the_new_schedule(client: httpx.AsyncClient) -> No
 async def test_principal_paid_ahead_bears_no_interest_over_the_longer_term(
     client: httpx.AsyncClient,
 ) -> None:
-    """Money paid ahead paid 592.00 of the 800.00 of principal ahead: the extension charges
-    interest on the 208.00 still owed, not on what was repaid (a black-box tester's: a loan
-    prepaid to a sixth was charged interest on all of it over the longer term)."""
+    """Money paid ahead paid March's installment whole and 192.00 of April's principal: the
+    extension leaves March paid, and charges interest on the 208.00 still owed, not on what
+    was repaid (a black-box tester's: a loan prepaid to a sixth was charged interest on all of
+    it over the longer term; another's: a loan paid through its next date owed on it after)."""
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     await w.pay(loan_id, "437.00", "2026-02-15")  # the arrears
     await w.pay(loan_id, "600.00", "2026-02-15")  # the 408.00 of March, 192.00 of April's
     before = (await w.get(f"/v1/loans/{loan_id}"))["balances"]
     assert before["principal_outstanding"] == "208.00"
     approved = await extend(w, loan_id)
+    # April asked 404.00 - 192.00; now 52.00 of the spread principal and its 4.00 of interest.
     assert approved["extension"] == {
-        "months": 3, "term_was": 3, "term": 6, "installment_was": "0.00", "installment": "41.60",
+        "months": 3, "term_was": 3, "term": 6, "installment_was": "212.00", "installment": "56.00",
     }  # fmt: skip
-    # 208.00 over five months, 41.60 each at 1 % a month on what is left; the first keeps its
-    # interest (8.00, paid) and the 592.00 paid ahead, which the replay pays again.
+    # 208.00 over four months from April, 52.00 each at 1 % a month on what is left; April
+    # keeps its interest (4.00) and the 192.00 paid ahead, which the replay pays again.
     assert await schedule(w, loan_id) == [
         (1, "2026-02-10", "400.00", "12.00", "437.00", "paid"),
-        (2, "2026-03-10", "633.60", "8.00", "641.60", "partially_paid"),
-        (3, "2026-04-10", "41.60", "1.66", "43.26", "pending"),
-        (4, "2026-05-10", "41.60", "1.25", "42.85", "pending"),
-        (5, "2026-06-10", "41.60", "0.83", "42.43", "pending"),
-        (6, "2026-07-10", "41.60", "0.42", "42.02", "pending"),
+        (2, "2026-03-10", "400.00", "8.00", "408.00", "paid"),
+        (3, "2026-04-10", "244.00", "4.00", "248.00", "partially_paid"),
+        (4, "2026-05-10", "52.00", "1.56", "53.56", "pending"),
+        (5, "2026-06-10", "52.00", "1.04", "53.04", "pending"),
+        (6, "2026-07-10", "52.00", "0.52", "52.52", "pending"),
     ]
     after = (await w.get(f"/v1/loans/{loan_id}"))["balances"]
     assert after["principal_outstanding"] == "208.00"
-    assert after["interest_outstanding"] == "4.16"  # 1.66 + 1.25 + 0.83 + 0.42
+    assert after["interest_outstanding"] == "7.12"  # 4.00 + 1.56 + 1.04 + 0.52
 
 
 async def test_a_bounced_prepayment_is_spread_by_extending_again(
     client: httpx.AsyncClient,
 ) -> None:
-    """The principal paid ahead stays in the first installment ahead: if that payment
-    bounces, the installment asks for it whole (a re-verifier's). Another extension spreads it,
-    as it spreads any principal owed ahead."""
+    """The principal paid ahead on the first installment re-amortised stays in it: if that
+    payment bounces, the installments it had paid ask for it again (a re-verifier's). Another
+    extension spreads it, as it spreads any principal owed ahead."""
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     await w.pay(loan_id, "437.00", "2026-02-15")
     ahead = await w.pay(loan_id, "600.00", "2026-02-15")
     await extend(w, loan_id)
     await w.post(f"/v1/payments/{ahead['id']}/reverse", {"reason": "nsf"}, expect=200)
-    assert (await schedule(w, loan_id))[1][4] == "641.60"  # 633.60 + 8.00, nothing paid
+    # March as it was scheduled; April with the 192.00 it had been paid ahead.
+    assert [r[4] for r in await schedule(w, loan_id)][1:3] == ["408.00", "248.00"]
     again = await extend(w, loan_id, months=1)
     assert (again["extension"]["installment_was"], again["extension"]["installment"]) == (
-        "641.60", "141.33",
+        "408.00", "141.33",
     )  # fmt: skip
     rows = await schedule(w, loan_id)
     assert len(rows) == 7
