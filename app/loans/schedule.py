@@ -93,35 +93,38 @@ def extended(
     anchor: int,
     principal_paid_minor: int = 0,
 ) -> list[ScheduledInstallment]:
-    """A term extension: the principal still owed and the fees of the installments still
-    ahead (``ahead``, in seq order) re-amortised over as many installments and ``months`` more,
-    on the loan's rate, amortization, rounding and fee collection (``terms``), monthly from the
+    """A term extension: the principal and the fees of the installments still ahead
+    (``ahead``, in seq order) re-amortised over as many installments and ``months`` more, on
+    the loan's rate, amortization, rounding and fee collection (``terms``), monthly from the
     first one's due date on the schedule's ``anchor`` day; the seqs continue from the first
     one's. What is already due is not part of it: arrears stay due as they were (nor, by the
-    caller's choice, what is paid in full ahead). The first one's period is the loan's first
-    period (``terms.first_period_days``) if it is the first installment, else a month.
+    caller's choice, installments whose principal was paid ahead). The first one's period is
+    the loan's first period (``terms.first_period_days``) if it is the first installment,
+    else a month; its interest is the one the old schedule charged for it.
 
-    ``principal_paid_minor``, the principal already paid on the installments ahead (money paid
-    before it was due), bears no interest over the longer term: it is not re-amortised but
-    stays in the first installment, whose interest is what it was (its period's, as the
-    schedule had it), and where the loan's payments, replayed, pay it again."""
+    ``principal_paid_minor``: the principal already paid on the first one (money paid before
+    it was due). It is re-amortised with the rest and the loan's payments, replayed, pay it
+    again, so the first installment asks its new amount less it, never more than before.
+    Unless it is more than the first installment's new principal: the excess, repaid, would
+    bear interest over the longer term. Then the first installment keeps its terms with what
+    was paid as its principal, and the principal still owed is re-amortised from the next
+    date over the installments after it."""
     first = ahead[0]
-    again = replace(
-        terms,
-        principal_minor=sum(i.principal_minor for i in ahead) - principal_paid_minor,
-        term=len(ahead) + months,
-        origination_fee_minor=sum(i.fees_minor for i in ahead),
-        first_period_days=terms.first_period_days if first.seq == 1 else DAYS_IN_MONTH,
-    )
-    schedule = build_schedule(again, first.due_date, anchor)
-    if principal_paid_minor:
-        head = schedule[0]
-        schedule[0] = replace(
-            head,
-            principal_minor=head.principal_minor + principal_paid_minor,
-            interest_minor=first.interest_minor,
-        )
-    return [replace(i, seq=first.seq + i.seq - 1) for i in schedule]
+    principal = sum(i.principal_minor for i in ahead)
+    fees = sum(i.fees_minor for i in ahead)
+    count = len(ahead) + months
+    first_period = terms.first_period_days if first.seq == 1 else DAYS_IN_MONTH
+    again = replace(terms, principal_minor=principal, term=count, origination_fee_minor=fees,
+                    first_period_days=first_period)  # fmt: skip
+    whole = build_schedule(again, first.due_date, anchor)
+    if principal_paid_minor > whole[0].principal_minor:
+        rest = replace(again, principal_minor=principal - principal_paid_minor, term=count - 1,
+                       origination_fee_minor=fees - first.fees_minor,
+                       first_period_days=DAYS_IN_MONTH)  # fmt: skip
+        after = due_dates(first.due_date, 2, anchor)[1]
+        kept = replace(first, seq=1, principal_minor=principal_paid_minor)
+        whole = [kept, *(replace(i, seq=i.seq + 1) for i in build_schedule(rest, after, anchor))]
+    return [replace(i, seq=first.seq + i.seq - 1) for i in whole]
 
 
 def default_first_due_date(disbursed_on: date) -> date:

@@ -183,9 +183,6 @@ async def record_payment(
     )  # fmt: skip
     await events.emit(session, "payment.received", payment_event_data(loan, payment), loan=loan)
     await _reckon(session, loan, position, as_of, status_before)
-    if loan.status == LoanStatus.PAID_OFF and status_before != LoanStatus.PAID_OFF:
-        # After the reckoning: it tells the loan as it ends, out of every bucket.
-        await events.emit(session, "loan.paid_off", loans_service.event_data(loan), loan=loan)
     return PaymentView(payment, loan.currency, position.allocations_of(payment.id), view)
 
 
@@ -483,12 +480,21 @@ async def defer_installments(
     session: AsyncSession, loan: Loan, *, months: int, as_of: date, reckon_on: date
 ) -> list[tuple[int, date, date]]:
     """A payment holiday on the loan (locked by the caller): the installments not yet due on
-    the business date ``as_of`` fall due ``months`` later, with the same amounts (no interest
-    for the holiday), and the payments are replayed on the new dates, the loan reckoned as of
-    ``reckon_on``. Returns each moved
-    installment's (seq, old due date, new due date); none when nothing is still ahead."""
+    the business date ``as_of``, from the first not paid in full, fall due ``months`` later,
+    with the same amounts (no interest for the holiday), and the payments are replayed on the
+    new dates, the loan reckoned as of ``reckon_on``. Returns each moved installment's (seq,
+    old due date, new due date); none when nothing ahead is left to pay."""
     installments = await loans_service.load_installments(session, loan.id)
-    new_dates = deferred([i.due_date for i in installments], as_of, months)
+    # Installments ahead paid in full stay: moved, a paid installment of a later period no
+    # longer owes its interest at payoff, which would hand the borrower's money back as a
+    # credit (a tester's: a holiday paid a loan off with 5.60 over).
+    paid_through = as_of
+    for row in installments:
+        if row.due_date > as_of:
+            if _asked(row) > 0:
+                break
+            paid_through = row.due_date
+    new_dates = deferred([i.due_date for i in installments], paid_through, months)
     moved = []
     for row, new in zip(installments, new_dates, strict=True):
         if new != row.due_date:
@@ -513,18 +519,20 @@ async def extend_term(
     session: AsyncSession, loan: Loan, *, months: int, as_of: date, reckon_on: date
 ) -> Extension | None:
     """A term extension on the loan (locked by the caller): the installments not yet due on
-    the business date ``as_of`` and not paid in full ahead are re-amortised over as many and
-    ``months`` more (``extended``), the loan's term grows by ``months`` and the payments are
-    replayed on the new schedule, the loan reckoned as of ``reckon_on``. Returns the term
-    before and what the first re-amortised installment asks (less what is paid on it) before
-    and after; None when nothing ahead is left to pay.
+    the business date ``as_of``, from the first whose principal is still owed, are
+    re-amortised over as many and ``months`` more (``extended``), the loan's term grows by
+    ``months`` and the payments are replayed on the new schedule, the loan reckoned as of
+    ``reckon_on``. Returns the term before and what the first re-amortised installment asks
+    (less what is paid on it) before and after; None when no principal ahead is owed.
 
-    Installments paid in full ahead stay as they are, paid by the replayed money: relief must
-    not ask for money on a date the borrower had already covered (a tester's: a loan prepaid
-    through its next date owed 276.62 on it after the extension)."""
+    Installments whose principal money paid ahead already paid stay as they are, their
+    interest owed on their dates as before: re-amortised, the principal still owed later
+    would fall due on them, and relief would ask for money on dates the borrower had covered
+    (testers': a loan paid through its next date owed 276.62 on it; one prepaid by 4,000.00
+    owed 133.64 a month where it had owed only interest)."""
     installments = await loans_service.load_installments(session, loan.id)
     ahead = [i for i in installments if i.due_date > as_of]
-    while ahead and _asked(ahead[0]) <= 0:
+    while ahead and ahead[0].paid_principal_minor >= ahead[0].principal_minor:
         ahead.pop(0)
     if not ahead:
         return None
@@ -546,7 +554,7 @@ async def extend_term(
         for i in ahead
     ]
     anchor = anchor_day([i.due_date for i in installments])
-    new = extended(scheduled, months, terms, anchor, sum(i.paid_principal_minor for i in ahead))
+    new = extended(scheduled, months, terms, anchor, ahead[0].paid_principal_minor)
     was = _asked(ahead[0])
     for row, planned in zip(ahead, new[: len(ahead)], strict=True):
         row.due_date, row.principal_minor = planned.due_date, planned.principal_minor
@@ -770,11 +778,20 @@ async def _reckon(
     session: AsyncSession, loan: Loan, position: LoanPosition, as_of: date, status_before: str
 ) -> None:
     """The same rules as the nightly close, at once, in this transaction: promises before
-    risk, so a promise this payment keeps (or a reversal breaks) counts in the flags.
+    risk, so a promise this payment keeps (or a reversal breaks) counts in the flags; then
+    ``loan.paid_off`` if the change paid the loan off, a payment or a relief's replay alike.
     ``status_before``: the loan's status before the change."""
     await delinquency.refresh_loan(session, loan, position, as_of, status_before)
     await promises.refresh_loan(session, loan, as_of)
     await risk.refresh_loan(session, loan, as_of)
+    if loan.status == LoanStatus.PAID_OFF and status_before != LoanStatus.PAID_OFF:
+        # After the reckoning: it tells the loan as it ends, out of every bucket, and what
+        # it holds of the borrower's beyond the payoff (a gateway's debit, a relief's replay).
+        data = {
+            **loans_service.event_data(loan),
+            "credit_balance": format_minor(loan.credit_balance_minor, loan.currency),
+        }
+        await events.emit(session, "loan.paid_off", data, loan=loan)
 
 
 def _ledger_late_fees_forgiven(

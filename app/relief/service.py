@@ -163,7 +163,7 @@ async def approve(
             session, loan, months=months, as_of=as_of, reckon_on=reckon_on
         )
         if not moved:
-            raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of}")
+            raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of} left to pay")
         restructure.terms = {
             **restructure.terms,
             "moved": [

@@ -1042,15 +1042,25 @@ def test_an_extension_reamortises_exactly_what_is_ahead(
     assert [i.due_date for i in new] == due_dates(FIRST_DUE, term + months)[due:]
     # The first period's interest is the one the old schedule charged for it.
     assert new[0].interest_minor == ahead[0].interest_minor
-    # Principal paid ahead bears no interest over the longer term: only what is still owed is
-    # re-amortised; the paid part stays in the first installment, at the period's interest.
-    owed = data.draw(st.integers(1, sum(i.principal_minor for i in ahead)), label="owed")
-    paid = sum(i.principal_minor for i in ahead) - owed
+    # Principal paid ahead on the first installment: re-amortised with the rest while the
+    # first installment's new principal covers it, so that installment asks less than before;
+    # beyond it, the first keeps its terms with what was paid as its principal and only the
+    # principal still owed is spread from the next date, bearing interest on itself alone.
+    if ahead[0].principal_minor == 0:
+        return
+    paid = data.draw(st.integers(1, ahead[0].principal_minor), label="paid on the first")
     prepaid = extended(ahead, months, terms, anchor=FIRST_DUE.day, principal_paid_minor=paid)
-    of_owed = build_schedule(replace(again, principal_minor=owed), ahead[0].due_date, FIRST_DUE.day)
     assert sum(i.principal_minor for i in prepaid) == sum(i.principal_minor for i in ahead)
-    assert prepaid[1:] == [replace(i, seq=i.seq + due) for i in of_owed[1:]]
-    assert prepaid[0] == replace(
-        of_owed[0], seq=due + 1, principal_minor=of_owed[0].principal_minor + paid,
-        interest_minor=ahead[0].interest_minor,
+    assert sum(i.fees_minor for i in prepaid) == sum(i.fees_minor for i in ahead)
+    assert [(i.seq, i.due_date) for i in prepaid] == [(i.seq, i.due_date) for i in new]
+    if paid <= new[0].principal_minor:
+        assert prepaid == new
+        return
+    assert prepaid[0] == replace(ahead[0], principal_minor=paid)
+    owed = replace(
+        again, principal_minor=again.principal_minor - paid, term=again.term - 1,
+        origination_fee_minor=again.origination_fee_minor - ahead[0].fees_minor,
+        first_period_days=30,
     )  # fmt: skip
+    rest = build_schedule(owed, new[1].due_date, FIRST_DUE.day)
+    assert prepaid[1:] == [replace(i, seq=i.seq + due + 1) for i in rest]

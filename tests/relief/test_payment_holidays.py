@@ -1,12 +1,15 @@
 """Payment holidays through the API: the installments not yet due move, the overdue ones stay,
 the payments follow the new dates, and nothing is charged or reminded on the old ones."""
 
+from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.factories import World
+from app import clock
+from tests.factories import World, world
 from tests.relief.books import LATE_FEE, assert_refused, close, late_loan, stored
 
 
@@ -64,6 +67,29 @@ async def test_payments_follow_the_new_dates(client: httpx.AsyncClient) -> None:
     ]  # fmt: skip
     await w.post(f"/v1/payments/{prepaid['id']}/reverse", {"reason": "nsf"}, expect=200)
     assert (await due_dates(w, loan_id))[1] == ("2026-04-10", "pending")  # the new date stays
+
+
+async def test_installments_paid_in_full_ahead_stay(client: httpx.AsyncClient) -> None:
+    """Yesterday closed; today the first installment falls due and the borrower pays all but
+    1.00. The first two are paid whole (today's, and the current period's with its interest),
+    the rest only in principal. Moved, the second's period would come later and its paid
+    interest would no longer be owed: the holiday paid the loan off, the borrower 5.60 over,
+    and nothing said so (a tester's)."""
+    today = clock.today()
+    w = await world(client, annual_interest_rate="0.1299", grace_days=3)
+    await close(w, str(today - timedelta(days=1)))
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on=str(today - timedelta(days=30)),
+                        first_due_date=str(today))  # fmt: skip
+    payoff = Decimal((await w.get(f"/v1/loans/{loan['id']}"))["balances"]["payoff_amount"])
+    await w.pay(loan["id"], str(payoff - 1))
+    approved = await holiday(w, loan["id"], months=1)
+    assert [m["seq"] for m in approved["holiday"]["moved"]] == [3, 4, 5, 6]
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["status"], got["balances"]["principal_outstanding"]) == ("active", "1.00")
+    assert (got["balances"]["credit_balance"], got["balances"]["payoff_amount"]) == (
+        "0.00", "1.00",
+    )  # fmt: skip
+    assert [d[1] for d in await due_dates(w, loan["id"])][:2] == ["paid", "paid"]
 
 
 async def test_reminders_come_again_before_the_new_date(client: httpx.AsyncClient) -> None:

@@ -80,9 +80,9 @@ async def test_payments_follow_the_new_schedule(client: httpx.AsyncClient) -> No
     await w.post(f"/v1/payments/{prepaid['id']}/reverse", {"reason": "nsf"}, expect=200)
     rows = await schedule(w, loan_id)
     assert [r[5] for r in rows] == ["overdue", *["pending"] * 5]
-    # 745.00 was re-amortised (149.00 a month); the 55.00 paid ahead stayed in the first
-    # installment ahead, owed there again now that its payment bounced.
-    assert [r[4] for r in rows][1:3] == ["212.00", "154.96"]
+    # The 800.00 ahead was re-amortised (160.00 a month, 55.00 of March's paid ahead): March
+    # asks its 168.00 whole again now that the payment bounced.
+    assert [r[4] for r in rows][1:3] == ["168.00", "166.40"]
     loan = await w.get(f"/v1/loans/{loan_id}")
     assert loan["balances"]["principal_outstanding"] == "1200.00"
     # The payoff (as of today, like the balances) pays the extended loan off.
@@ -96,49 +96,53 @@ async def test_payments_follow_the_new_schedule(client: httpx.AsyncClient) -> No
 async def test_principal_paid_ahead_bears_no_interest_over_the_longer_term(
     client: httpx.AsyncClient,
 ) -> None:
-    """Money paid ahead paid March's installment whole and 192.00 of April's principal: the
-    extension leaves March paid, and charges interest on the 208.00 still owed, not on what
-    was repaid (a black-box tester's: a loan prepaid to a sixth was charged interest on all of
-    it over the longer term; another's: a loan paid through its next date owed on it after)."""
+    """Money paid ahead paid March's installment whole and 192.00 of April's principal: March
+    stays paid, April keeps the 192.00 as its principal, and the 208.00 still owed is spread
+    from May, bearing interest only on itself (black-box testers': a loan prepaid to a sixth
+    was charged interest on all of it over the longer term; a loan paid through its next date
+    owed on it after; a bounced prepayment asked for all of it on one date)."""
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     await w.pay(loan_id, "437.00", "2026-02-15")  # the arrears
-    await w.pay(loan_id, "600.00", "2026-02-15")  # the 408.00 of March, 192.00 of April's
+    ahead = await w.pay(loan_id, "600.00", "2026-02-15")  # the 408.00 of March, 192.00 of April
     before = (await w.get(f"/v1/loans/{loan_id}"))["balances"]
     assert before["principal_outstanding"] == "208.00"
     approved = await extend(w, loan_id)
-    # April asked 404.00 - 192.00; now 52.00 of the spread principal and its 4.00 of interest.
+    # April asked 404.00 - 192.00; now its interest alone. Spread from April, its principal
+    # would have been 100.00, less than the 192.00 paid on it.
     assert approved["extension"] == {
-        "months": 3, "term_was": 3, "term": 6, "installment_was": "212.00", "installment": "56.00",
+        "months": 3, "term_was": 3, "term": 6, "installment_was": "212.00", "installment": "4.00",
     }  # fmt: skip
-    # 208.00 over four months from April, 52.00 each at 1 % a month on what is left; April
-    # keeps its interest (4.00) and the 192.00 paid ahead, which the replay pays again.
+    # 208.00 over three months from May, 69.33 each (the last 69.34) at 1 % a month on what
+    # is left: every date asks less than before.
     assert await schedule(w, loan_id) == [
         (1, "2026-02-10", "400.00", "12.00", "437.00", "paid"),
         (2, "2026-03-10", "400.00", "8.00", "408.00", "paid"),
-        (3, "2026-04-10", "244.00", "4.00", "248.00", "partially_paid"),
-        (4, "2026-05-10", "52.00", "1.56", "53.56", "pending"),
-        (5, "2026-06-10", "52.00", "1.04", "53.04", "pending"),
-        (6, "2026-07-10", "52.00", "0.52", "52.52", "pending"),
+        (3, "2026-04-10", "192.00", "4.00", "196.00", "partially_paid"),
+        (4, "2026-05-10", "69.33", "2.08", "71.41", "pending"),
+        (5, "2026-06-10", "69.33", "1.39", "70.72", "pending"),
+        (6, "2026-07-10", "69.34", "0.69", "70.03", "pending"),
     ]
     after = (await w.get(f"/v1/loans/{loan_id}"))["balances"]
     assert after["principal_outstanding"] == "208.00"
-    assert after["interest_outstanding"] == "7.12"  # 4.00 + 1.56 + 1.04 + 0.52
+    assert after["interest_outstanding"] == "8.16"  # 4.00 + 2.08 + 1.39 + 0.69
+
+    # Bounced, the prepayment is owed where it was paid: March whole, April's 192.00.
+    await w.post(f"/v1/payments/{ahead['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert [r[4] for r in await schedule(w, loan_id)][1:4] == ["408.00", "196.00", "71.41"]
 
 
 async def test_a_bounced_prepayment_is_spread_by_extending_again(
     client: httpx.AsyncClient,
 ) -> None:
-    """The principal paid ahead on the first installment re-amortised stays in it: if that
-    payment bounces, the installments it had paid ask for it again (a re-verifier's). Another
-    extension spreads it, as it spreads any principal owed ahead."""
+    """After a bounced prepayment the installments it had paid ask for it again (a
+    re-verifier's); another extension spreads what is owed ahead, as always."""
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     await w.pay(loan_id, "437.00", "2026-02-15")
     ahead = await w.pay(loan_id, "600.00", "2026-02-15")
     await extend(w, loan_id)
     await w.post(f"/v1/payments/{ahead['id']}/reverse", {"reason": "nsf"}, expect=200)
-    # March as it was scheduled; April with the 192.00 it had been paid ahead.
-    assert [r[4] for r in await schedule(w, loan_id)][1:3] == ["408.00", "248.00"]
     again = await extend(w, loan_id, months=1)
+    # 800.00 of principal from March over six months: 133.33 and March's 8.00 of interest.
     assert (again["extension"]["installment_was"], again["extension"]["installment"]) == (
         "408.00", "141.33",
     )  # fmt: skip
