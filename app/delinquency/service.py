@@ -691,6 +691,7 @@ def _reminder_statements(has_low: bool, has_high: bool) -> tuple[Any, Any]:
             i.loan_id == loan.id,
             in_chunk(i.loan_id, has_low, has_high),
             loan.status.in_(OPEN_STATUSES),
+            loan.disbursed_on <= AS_OF,  # a date before the loan is none of its business
             # A window, not the one day ``reminder_days`` ahead: an installment a loan already
             # had inside it when it first met a close (booked with a near first due date, or
             # a book's first close) is reminded at that close rather than never.

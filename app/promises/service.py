@@ -175,7 +175,9 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
             # the money first, and neither is broken before its date.
             promise.status, promise.kept_on = PromiseStatus.OPEN, None
     await session.flush()
-    if mended_plans and loan.status in OPEN_STATUSES and _resume(assessed, mended_plans):
+    # A loan paid off since runs the resumed installments' assessment too: the payoff's money
+    # keeps them, or they are cancelled as the payoff cancels any open one.
+    if mended_plans and _resume(assessed, mended_plans):
         await refresh_loan(session, loan, as_of)  # the resumed installments' own outcomes
 
 

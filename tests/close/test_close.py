@@ -348,6 +348,18 @@ async def test_an_installment_already_inside_the_reminder_window_is_reminded_at_
             for e in events] == [(near["id"], "2026-01-12", 1)]  # fmt: skip
 
 
+async def test_no_reminder_from_a_date_before_the_disbursement(client: httpx.AsyncClient) -> None:
+    """Booked for Jan 13, due Jan 15, before a catch-up from Jan 11: the close of Jan 12 had
+    it inside its window but no loan yet; the close of Jan 13 reminds it (a re-verifier's)."""
+    w, _ = await late_world(client)
+    await w.loan(principal="300.00", term=3, disbursed_on="2026-01-13",
+                 first_due_date="2026-01-15")  # fmt: skip
+    await close(w, "2026-01-14")
+    sent = [(await w.get(f"/v1/close-runs/2026-01-{day}", headers=w.admin))["counts"]
+            ["reminders_sent"] for day in (11, 12, 13, 14)]  # fmt: skip
+    assert sent == [0, 0, 1, 0]
+
+
 async def test_dates_before_the_business_date_or_in_the_future_are_refused(
     client: httpx.AsyncClient,
 ) -> None:

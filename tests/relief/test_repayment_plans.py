@@ -213,6 +213,21 @@ async def test_a_payment_in_time_recorded_after_the_break_resumes_the_plan(
     assert [e["data"]["plan_installment"] for e in await events(w, "promise.broken")] == [1, 2]
 
 
+async def test_a_back_dated_payoff_completes_the_broken_plan(client: httpx.AsyncClient) -> None:
+    """Paid off on Feb 19 but reported after the close of Feb 21: the plan was kept to the
+    end, as it reads when the payoff is reported in time (a re-verifier saw `cancelled`)."""
+    w, loan_id = await setup(client)
+    made = await approve(w, await request(w, loan_id))
+    await close(w, "2026-02-21")
+    await w.pay(loan_id, "1220.00", "2026-02-19")  # the payoff on that date
+    assert (await w.get(f"/v1/loans/{loan_id}"))["status"] == "paid_off"
+    got = await plan(w, made["id"])
+    assert (got["status"], got["paid"]) == ("completed", "412.00")
+    assert [(i["status"], i["kept_on"]) for i in got["installments"]] == [
+        ("kept", "2026-02-19"), ("kept", "2026-02-19"),
+    ]  # fmt: skip
+
+
 async def test_a_plan_mended_after_a_newer_promise_stays_ended(
     client: httpx.AsyncClient,
 ) -> None:
