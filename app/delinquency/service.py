@@ -680,8 +680,8 @@ async def recompute_delinquency(
 
 @lru_cache(maxsize=8)
 def _reminder_statements(has_low: bool, has_high: bool) -> tuple[Any, Any]:
-    """Mark the installments due after ``as_of`` up to ``due_on`` and not yet reminded
-    reminded as of ``as_of``; then read what is due on them."""
+    """Mark reminded as of ``as_of`` the installments due after it, up to ``due_on``, that no
+    close has reminded yet; then read what is due on them."""
     i, loan = _installment.c, _loan.c
     due_on = bindparam("due_on", type_=Date)
     unpaid = unpaid_as_of_sql()

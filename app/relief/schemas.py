@@ -89,8 +89,8 @@ class ExtensionRead(BaseModel):
     term_was: int | None = Field(description="on approval: the loan's term before")
     term: int | None = Field(description="on approval: the loan's term after")
     installment_was: str | None = Field(
-        description="on approval: what the first installment re-amortised (the next one not "
-        "paid in full ahead) asked before, its amount less what was paid on it"
+        description="on approval: what the first installment re-amortised (the next one "
+        "whose principal is still owed) asked before, its amount less what was paid on it"
     )
     installment: str | None = Field(
         description="on approval: what that installment asks after, its amount less what is "
