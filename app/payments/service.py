@@ -27,6 +27,7 @@ from app.loans.records import paid_minor
 from app.loans.schedule import (
     Amortization,
     FeeCollection,
+    InstallmentsDoNotFit,
     ScheduledInstallment,
     ScheduleTerms,
     anchor_day,
@@ -524,6 +525,8 @@ async def extend_term(
     ``months`` and the payments are replayed on the new schedule, the loan reckoned as of
     ``reckon_on``. Returns the term before and what the first re-amortised installment asks
     (less what is paid on it) before and after; None when no principal ahead is owed.
+    InstallmentsDoNotFit when the product's multiple does not fit what is left, or an
+    installment would ask nothing.
 
     Installments whose principal money paid ahead already paid stay as they are, their
     interest owed on their dates as before: re-amortised, the principal still owed later
@@ -555,6 +558,10 @@ async def extend_term(
     ]
     anchor = anchor_day([i.due_date for i in installments])
     new = extended(scheduled, months, terms, anchor, ahead[0].paid_principal_minor)
+    if any(i.principal_minor + i.interest_minor + i.fees_minor == 0 for i in new):
+        # A few cents over many months: an installment of 0.00 is no promise to pay, as at
+        # origination (a tester saw two such installments `pending` for ever).
+        raise InstallmentsDoNotFit(f"loan {loan.id}: an installment would ask nothing")
     was = _asked(ahead[0])
     for row, planned in zip(ahead, new[: len(ahead)], strict=True):
         row.due_date, row.principal_minor = planned.due_date, planned.principal_minor

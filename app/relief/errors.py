@@ -36,11 +36,12 @@ class TermTooLong(Conflict):
 
 
 class ExtensionDoesNotFit(Conflict):
-    """The product's installment multiple is too large for what is left over the longer term:
-    the installments would repay it early and leave the later ones with nothing to pay."""
+    """What is left is too little for the longer term: a few cents over many months, or, with
+    the product's installment multiple, installments that would repay it early and leave the
+    later ones with nothing to pay."""
 
     code = "extension_does_not_fit"
-    title = "The extended installments do not fit the product's multiple"
+    title = "The extended installments do not fit what is left"
 
 
 class PlanExceedsPayoff(Conflict):

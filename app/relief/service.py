@@ -146,9 +146,10 @@ async def approve(
             )
         except InstallmentsDoNotFit:
             raise ExtensionDoesNotFit(
-                f"loan {loan.id}: what is left over {months} more months does not fit the "
-                "product's installment multiple: the installments would repay it before the "
-                "last or leave the last larger than the one before; extend by fewer months"
+                f"loan {loan.id}: what is left does not spread over {months} more months: an "
+                "installment would ask nothing, or in the product's installment multiple "
+                "repay it before the last or leave the last larger than the one before; "
+                "extend by fewer months"
             ) from None
         if extension is None:
             raise NothingToDefer(f"loan {loan.id} has no installment due after {as_of} left to pay")

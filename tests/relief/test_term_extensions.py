@@ -230,6 +230,21 @@ async def test_an_extension_too_small_for_the_multiple_is_refused(
     assert 0 < totals[-1] <= totals[-2]
 
 
+async def test_an_extension_of_a_few_cents_is_refused(client: httpx.AsyncClient) -> None:
+    """0.01 left, over three installments: two would ask 0.00, no promise to pay (a tester
+    saw them `pending` for ever); refused as origination refuses them."""
+    w, loan_id = await late_loan(client)
+    await w.pay(loan_id, "1219.99", "2026-02-15")  # the payoff that day, 1220.00, less 0.01
+    body = {"kind": "term_extension", "reason": "r", "months": 3}
+    made = (await w.post(f"/v1/loans/{loan_id}/restructures", body, expect=201)).json()
+    before = await stored()
+    refused = await w.post(f"/v1/restructures/{made['id']}/approve", {}, w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "extension_does_not_fit")
+    assert "ask nothing" in refused.json()["detail"]
+    assert await stored() == before
+    assert (await w.get(f"/v1/restructures/{made['id']}", w.admin))["status"] == "pending"
+
+
 async def test_an_extension_before_a_long_first_period_ends_keeps_its_interest(
     client: httpx.AsyncClient,
 ) -> None:
