@@ -3,7 +3,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
 from app.api.fields import MoneyStr, Name, RateStr, Term
 from app.loans.schedule import OFFERED_TERMS, Amortization, FeeCollection
@@ -14,6 +14,25 @@ from app.products.models import Product
 # normalises away, so its Location (/v1/products/..) would never reach it.
 ProductCode = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+]
+
+
+def _at_most_one(rate: str) -> str:
+    if Decimal(rate) > 1:
+        raise ValueError("must be at most 1 (100 % a year)")
+    return rate
+
+
+def _distinct(terms: list[int]) -> list[int]:
+    if len(set(terms)) != len(terms):
+        raise ValueError("must not repeat a term")
+    return terms
+
+
+# Checked with the body's other fields, so one answer names every field at fault.
+AnnualRate = Annotated[RateStr, AfterValidator(_at_most_one)]
+TermOptions = Annotated[
+    list[Term], Field(min_length=1, max_length=len(OFFERED_TERMS)), AfterValidator(_distinct)
 ]
 
 
@@ -56,9 +75,9 @@ class ProductCreate(BaseModel):
     code: ProductCode
     name: Name
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-    annual_interest_rate: RateStr
+    annual_interest_rate: AnnualRate
     amortization: Amortization
-    term_options: list[Term] = Field(min_length=1, max_length=len(OFFERED_TERMS))
+    term_options: TermOptions
     rounding: Rounding = Rounding.HALF_EVEN
     installment_multiple_of: MoneyStr | None = None
     grace_days: Annotated[int, Strict()] = Field(default=0, ge=0, le=90)

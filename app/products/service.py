@@ -38,8 +38,6 @@ async def create_product(
     principal.require(Role.ADMIN)
     currency = request_currency(spec.currency)
     rate = parse_rate(spec.annual_interest_rate)
-    if rate > 1:
-        raise InvalidRequest.field("annual_interest_rate", "must be at most 1 (100 % a year)")
     if spec.amortization is Amortization.INTEREST_FREE and rate != 0:
         raise InvalidRequest.field("annual_interest_rate", "an interest_free product has rate 0")
     if spec.installment_multiple_of and spec.amortization is Amortization.EQUAL_PRINCIPAL:
@@ -47,8 +45,6 @@ async def create_product(
             "installment_multiple_of",
             "rounds a level installment: equal_installment and interest_free only",
         )
-    if len(set(spec.term_options)) != len(spec.term_options):
-        raise InvalidRequest.field("term_options", "must not repeat a term")
     product = Product(
         code=spec.code,
         name=spec.name,

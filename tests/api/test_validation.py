@@ -177,6 +177,19 @@ async def test_malformed_products_are_refused(
     assert await row_counts() == before
 
 
+async def test_one_answer_names_every_field_at_fault(client: httpx.AsyncClient) -> None:
+    """A rate above 100 % and a repeated term were told only once the other fields were
+    right, one request at a time (a tester's)."""
+    w = await world(client)
+    body = {"code": "", "name": "n", "annual_interest_rate": "2",
+            "amortization": "equal_installment", "term_options": [12, 12]}  # fmt: skip
+    response = await client.post("/v1/products", json=body, headers=w.admin)
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == [
+        "code", "annual_interest_rate", "term_options",
+    ]  # fmt: skip
+
+
 async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> None:
     w = await world(client)
     before = await row_counts()
