@@ -268,6 +268,14 @@ async def create_loan(
             },
         )
     ).one()
+    if taken is not None:
+        # The POS whose answer was lost finds its loan here, or by the same filter on the list;
+        # before the limit, which that loan may have used up (a tester's retry was told the
+        # limit was exceeded, as if the sale had been refused).
+        raise DuplicateMerchantOrderRef(
+            f"merchant order {merchant_order_ref} already has loan {taken} at this merchant "
+            f"(GET /v1/loans?merchant_order_ref={merchant_order_ref})"
+        )
     exposure = int(exposure_sum)
     available = max(borrower.credit_limit_minor - exposure, 0)
     if amount > available:
@@ -276,12 +284,6 @@ async def create_loan(
             f"{format_minor(available, product.currency)} (credit limit "
             f"{format_minor(borrower.credit_limit_minor, product.currency)}, exposure "
             f"{format_minor(exposure, product.currency)})"
-        )
-    if taken is not None:
-        # The POS whose answer was lost finds its loan here, or by the same filter on the list.
-        raise DuplicateMerchantOrderRef(
-            f"merchant order {merchant_order_ref} already has loan {taken} at this merchant "
-            f"(GET /v1/loans?merchant_order_ref={merchant_order_ref})"
         )
 
     terms = ScheduleTerms(

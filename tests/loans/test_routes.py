@@ -251,6 +251,24 @@ async def test_duplicate_merchant_order_ref_is_refused(client: httpx.AsyncClient
     assert (await other.get("/v1/loans?merchant_order_ref=ORD-7"))["items"] == []
 
 
+async def test_a_retried_order_is_told_its_loan_even_with_the_limit_used_up(
+    client: httpx.AsyncClient,
+) -> None:
+    """The retry of a checkout whose answer was lost: the loan it made took the whole limit,
+    and the retry was told `credit_limit_exceeded`, as if the sale had been refused (a
+    tester's)."""
+    w = await world(client)
+    borrower = await w.borrower()
+    await client.patch(f"/v1/borrowers/{borrower['id']}", json={"credit_limit": "1200.00"},
+                       headers=w.admin)  # fmt: skip
+    body = {"borrower_id": borrower["id"], "product_code": w.product_code,
+            "principal": "1200.00", "term": 12, "merchant_order_ref": "ORD-9"}  # fmt: skip
+    first = (await w.post("/v1/loans", body, expect=201)).json()
+    retried = await w.post("/v1/loans", body)
+    assert (retried.status_code, retried.json()["code"]) == (409, "duplicate_merchant_order_ref")
+    assert first["id"] in retried.json()["detail"]
+
+
 async def test_cancel_before_any_payment(client: httpx.AsyncClient) -> None:
     w = await world(client)
     loan = await w.loan(principal="1200.00")
