@@ -612,6 +612,7 @@ def _delinquency_statements(
             before.c.id == loan.id, in_chunk(before.c.id, has_low, has_high)
         ).returning(
             *reported,
+            before.c.delinquency_as_of,
             before.c.bucket,
             before.c.status,
             loan.days_past_due,
@@ -623,6 +624,7 @@ def _delinquency_statements(
     changes = (
         select(
             *reported,
+            loan.delinquency_as_of,
             loan.bucket,
             loan.status,
             dpd.label("days_past_due"),
@@ -656,6 +658,11 @@ async def recompute_delinquency(
     else:
         changes = (await session.execute(select_changes, params)).all()
         loans_updated = await execute_counting(session, update_loans, params)
+    # A loan reckoned as of a later date (booked before the first close, which may be for an
+    # earlier date) is seen as it stood then, but that is no move in time: no event, or
+    # subscribers heard a delinquent loan cure, a charged-off one default again, for a day
+    # (a tester's); its moves from there on are announced.
+    changes = [c for c in changes if c.delinquency_as_of is None or c.delinquency_as_of <= as_of]
     await events.emit_many(
         session,
         [
