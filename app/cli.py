@@ -2,8 +2,9 @@
 
 import asyncio
 import json
+import re
 import socket
-from datetime import date, datetime
+from datetime import date
 from functools import partial
 from typing import TYPE_CHECKING, Annotated
 
@@ -79,16 +80,29 @@ def serve(
         serving()
 
 
+def _iso_date(text: str) -> date:
+    """A date as the API takes one, YYYY-MM-DD exactly (strptime took 2018-1-10 too)."""
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+        raise typer.BadParameter("must be a date YYYY-MM-DD")
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise typer.BadParameter(f"must be a date YYYY-MM-DD ({exc})") from None
+
+
 @cli.command()
 def close(
     as_of: Annotated[
-        datetime, typer.Option("--as-of", formats=["%Y-%m-%d"], help="Business date to close.")
+        date,
+        typer.Option(
+            "--as-of", parser=_iso_date, metavar="YYYY-MM-DD", help="Business date to close."
+        ),
     ],
 ) -> None:
     """Run the nightly close for a date (and every missed date before it), in this process."""
     migrations.upgrade()
     try:
-        run = asyncio.run(_close(as_of.date()))
+        run = asyncio.run(_close(as_of))
     except LoanwatchError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
@@ -101,9 +115,12 @@ def close(
 def demo(
     loans: Annotated[int, typer.Option(min=1, help="How many loans to generate.")] = 1000,
     as_of: Annotated[
-        datetime | None,
+        date | None,
         typer.Option(
-            "--as-of", formats=["%Y-%m-%d"], help="Date the portfolio is as of (default: today)."
+            "--as-of",
+            parser=_iso_date,
+            metavar="YYYY-MM-DD",
+            help="Date the portfolio is as of (default: today).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same loans.")] = 1,
@@ -112,9 +129,7 @@ def demo(
     benchmarks."""
     migrations.upgrade()
     try:
-        summary = asyncio.run(
-            demo_portfolio.run_demo(loans, as_of=as_of.date() if as_of else None, seed=seed)
-        )
+        summary = asyncio.run(demo_portfolio.run_demo(loans, as_of=as_of, seed=seed))
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -238,6 +238,20 @@ def test_demo_on_the_embedded_default(tmp_path: Path) -> None:
     assert '"status": "succeeded"' in closed.stdout
 
 
+def test_the_commands_take_dates_as_the_api_does(tmp_path: Path) -> None:
+    """YYYY-MM-DD exactly: `close --as-of 2018-1-10` closed that date, which the API refuses
+    (a tester's)."""
+    loanwatch = str(Path(sys.executable).with_name("loanwatch"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOANWATCH_")}
+    for command in ("close", "demo"):
+        for as_of in ("2018-1-10", "20180110", "2018-02-30"):
+            refused = subprocess.run([loanwatch, command, "--as-of", as_of], cwd=tmp_path,
+                                     env=env, capture_output=True, text=True)  # fmt: skip
+            assert refused.returncode == 2, (command, as_of, refused.stdout)
+            assert "must be a date YYYY-MM-DD" in refused.stderr
+    assert not (tmp_path / "loanwatch.db").exists()
+
+
 async def test_demo_refuses_a_date_after_today() -> None:
     with pytest.raises(ValueError, match="after today"):
         await demo.generate(3, as_of=date(2999, 1, 1))
