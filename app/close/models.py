@@ -16,7 +16,8 @@ class CloseStatus(StrEnum):
 
 
 class CloseRun(Base):
-    """One business date's close. The business date is the latest succeeded run."""
+    """One business date's close. The business date is the latest date whose close has
+    succeeded (``succeeded_at``), whatever a rerun of it is doing now."""
 
     __tablename__ = "close_run"
 
@@ -29,3 +30,7 @@ class CloseRun(Base):
     counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     steps: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
+    # When the close last succeeded: kept while a rerun runs or after it fails, which closed
+    # nothing the date's close had not (a failed rerun set the business date back a day, and
+    # the day before could then be closed again over the later book: a tester's).
+    succeeded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -387,7 +387,7 @@ async def finish_run(as_of: date, attempt: int) -> bool:
             return False
         now = utc_now()
         await _update_run(session, as_of, status=CloseStatus.SUCCEEDED, finished_at=now,
-                          heartbeat_at=now)  # fmt: skip
+                          heartbeat_at=now, succeeded_at=now)  # fmt: skip
     return True
 
 

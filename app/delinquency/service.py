@@ -79,7 +79,7 @@ AS_OF = bindparam("as_of", type_=Date)
 
 
 # Read on most requests: built once (construction and cache key cost CPU per call).
-_BUSINESS_DATE = select(func.max(CloseRun.as_of)).where(CloseRun.status == CloseStatus.SUCCEEDED)
+_BUSINESS_DATE = select(func.max(CloseRun.as_of)).where(CloseRun.succeeded_at.is_not(None))
 
 
 def business_date_column() -> ScalarSelect[date]:
@@ -107,7 +107,7 @@ async def loan_date(session: AsyncSession, loan: Loan, *, reckoning: bool = Fals
 
 
 _CLOSING = select(func.max(CloseRun.as_of)).where(
-    CloseRun.status.in_((CloseStatus.SUCCEEDED, CloseStatus.RUNNING))
+    or_(CloseRun.succeeded_at.is_not(None), CloseRun.status == CloseStatus.RUNNING)
 )
 
 

@@ -425,6 +425,29 @@ async def test_a_crashed_close_is_rerun_without_duplicates(
     assert set(per_installment.values()) == {1}
 
 
+async def test_a_failed_rerun_keeps_the_business_date(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The business date closed, then closed again and a step fails (a lost connection): the
+    date stays closed, so the day before cannot be closed again over the later book (a tester
+    saw days past due set back and a bucket move announced twice)."""
+    w, _ = await late_world(client)
+    await close(w, "2026-02-14")
+
+    async def lost_connection(*args: Any) -> dict[str, int]:
+        raise RuntimeError("connection was closed in the middle of operation")
+
+    monkeypatch.setitem(close_service.STEPS, "risk", lost_connection)
+    failed = await close(w, "2026-02-14")
+    assert (failed["status"], failed["attempts"]) == ("failed", 2)
+    business = await w.get("/v1/business-date", headers=w.admin)
+    assert business["business_date"] == "2026-02-14"
+    refused = await close(w, "2026-02-13", expect=409)
+    assert refused["code"] == "close_date_in_past"
+    monkeypatch.undo()
+    assert (await close(w, "2026-02-14"))["status"] == "succeeded"
+
+
 async def test_percent_fee_with_cap_and_tolerance(client: httpx.AsyncClient) -> None:
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=0, late_fee={"kind": "percent", "percent": "0.05",
