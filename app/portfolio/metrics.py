@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.close.models import CloseRun, CloseStatus
+from app.delinquency import service as delinquency
 from app.money import to_decimal
 from app.portfolio import positions
 from app.portfolio.models import PortfolioPosition
@@ -55,7 +56,8 @@ async def _runs(session: AsyncSession) -> list[Metric]:
     # The business date is a value, not a label: a label would start a new series every night.
     business_date = GaugeMetricFamily(
         "loanwatch_business_date_timestamp_seconds",
-        "The business date (the last succeeded close's as_of), as Unix seconds at its UTC midnight",
+        "The business date (the latest date whose close succeeded), as Unix seconds at its UTC "
+        "midnight",
     )
     close_seconds = GaugeMetricFamily(
         "loanwatch_close_run_seconds", "Duration of the last succeeded close run"
@@ -71,7 +73,9 @@ async def _runs(session: AsyncSession) -> list[Metric]:
         .order_by(CloseRun.as_of.desc())
         .limit(1)
     )
-    midnight = datetime.combine(run.as_of, time(), tzinfo=UTC) if run is not None else None
+    # As the API has it: a rerun of the date that failed leaves it the business date.
+    closed = await delinquency.business_date(session)
+    midnight = datetime.combine(closed, time(), tzinfo=UTC) if closed is not None else None
     business_date.add_metric([], midnight.timestamp() if midnight else 0)
     if run is not None and run.started_at and run.finished_at:
         close_seconds.add_metric([], (run.finished_at - run.started_at).total_seconds())

@@ -1,6 +1,7 @@
 """The nightly close over HTTP: fees, delinquency, reminders, idempotency, catch-up, crashes."""
 
 from collections import Counter
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -442,6 +443,10 @@ async def test_a_failed_rerun_keeps_the_business_date(
     assert (failed["status"], failed["attempts"]) == ("failed", 2)
     business = await w.get("/v1/business-date", headers=w.admin)
     assert business["business_date"] == "2026-02-14"
+    scraped = (await client.get("/metrics")).text
+    (gauge,) = [line.split()[-1] for line in scraped.splitlines()
+                if line.startswith("loanwatch_business_date_timestamp_seconds ")]  # fmt: skip
+    assert datetime.fromtimestamp(float(gauge), UTC).date() == date(2026, 2, 14)
     refused = await close(w, "2026-02-13", expect=409)
     assert refused["code"] == "close_date_in_past"
     monkeypatch.undo()
