@@ -196,9 +196,12 @@ def apply_delinquency(
     # From the replayed history, not kept once set: payments booked back-dated after the loan
     # (a migration) or a reversal rewrite when it first went past 30 days (vintages).
     loan.ever_30_plus_on = first_past_30(as_of, due, tolerance)
-    # A payoff or its reversal, set by the caller, is not a delinquency change by itself (it
-    # has its own events), but one that moves the bucket reports the status it came from.
-    if (previous[0], previous[1]) == (bucket, status):
+    # A payoff, set by the caller, is not a delinquency change by itself (`loan.paid_off`
+    # tells it), but one that moves the bucket reports the status it came from. Its reversal
+    # is: nothing else tells subscribers the loan is open again (a tester's followed its state
+    # by these events and kept a reopened, current loan paid off).
+    reopened = status_before == LoanStatus.PAID_OFF and status != LoanStatus.PAID_OFF
+    if (previous[0], previous[1]) == (bucket, status) and not reopened:
         return None
     return DelinquencyChange(
         loan.id, loan.borrower_id, loan.merchant_id, loan.currency,

@@ -212,6 +212,14 @@ async def test_reversing_the_payoff_reopens_the_loan(client: httpx.AsyncClient) 
     assert body["loan"]["balances"]["principal_outstanding"] == "1200.00"
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert got["paid_off_on"] is None
+    # Open again, current as before: said, or a subscriber following the loan's state by its
+    # events keeps it paid off (a tester's).
+    feed = (await w.get("/v1/events?type=loan.delinquency_changed", headers=w.admin))["items"]
+    (reopened,) = [e["data"] for e in feed if e["data"]["loan_id"] == loan["id"]]
+    assert {k: reopened[k] for k in ("previous_status", "status", "previous_bucket", "bucket")} == {
+        "previous_status": "paid_off", "status": "active",
+        "previous_bucket": "current", "bucket": "current",
+    }  # fmt: skip
     assert {i["interest"] for i in (await w.get(f"/v1/loans/{loan['id']}/schedule"))[
         "installments"]} == {"12.00", "8.00", "4.00"}  # fmt: skip
 
