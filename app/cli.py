@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import re
 import socket
 from datetime import date
 from functools import partial
@@ -10,13 +9,14 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from prometheus_client import start_http_server
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from app import demo as demo_portfolio
 from app import migrate as migrations
 from app.api.auth import Principal
+from app.api.fields import IsoDate
 from app.api_keys import service as api_keys_service
 from app.api_keys.models import Role
 from app.close import service as close_service
@@ -80,14 +80,15 @@ def serve(
         serving()
 
 
+_ISO_DATE: TypeAdapter[date] = TypeAdapter(IsoDate)
+
+
 def _iso_date(text: str) -> date:
-    """A date as the API takes one, YYYY-MM-DD exactly (strptime took 2018-1-10 too)."""
-    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
-        raise typer.BadParameter("must be a date YYYY-MM-DD")
+    """A date as the API takes one, by the API's own rule (strptime took 2018-1-10 too)."""
     try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise typer.BadParameter(f"must be a date YYYY-MM-DD ({exc})") from None
+        return _ISO_DATE.validate_python(text)
+    except ValidationError as exc:
+        raise typer.BadParameter(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 @cli.command()

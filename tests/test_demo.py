@@ -248,7 +248,7 @@ def test_the_commands_take_dates_as_the_api_does(tmp_path: Path) -> None:
             refused = subprocess.run([loanwatch, command, "--as-of", as_of], cwd=tmp_path,
                                      env=env, capture_output=True, text=True)  # fmt: skip
             assert refused.returncode == 2, (command, as_of, refused.stdout)
-            assert "must be a date YYYY-MM-DD" in refused.stderr
+            assert "Invalid value for '--as-of'" in refused.stderr
     assert not (tmp_path / "loanwatch.db").exists()
 
 
