@@ -38,6 +38,4 @@ async def list_events(
 ) -> Response:
     """The fallback feed for missed webhooks, polled: ``ETag``, and 304 on ``If-None-Match``."""
     events = await service.list_events(session, principal, page=page, type_=type, after=after)
-    return cached(
-        request, page_of(events, page, EventRead.from_model, key=lambda e: str(e.position))
-    )
+    return cached(request, page_of(events, page, EventRead.from_model, key=service.feed_key))

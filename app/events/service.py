@@ -1,16 +1,17 @@
 """The outbox: every event is inserted in the transaction of the change it reports."""
 
+import re
 from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import Table, insert, select
+from sqlalchemy import ColumnClause, Table, insert, literal_column, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
 from app.api.fields import Instant
-from app.api.pagination import PageParams, after_integer
+from app.api.pagination import PageParams
 from app.api_keys.models import Role
-from app.db import insert_rows, utc_now
+from app.db import insert_rows, is_postgres, utc_now
 from app.errors import InvalidRequest
 from app.events import types
 from app.events.models import Event
@@ -67,6 +68,23 @@ async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None
     await webhooks.fan_out(session, min(positions), max(positions))
 
 
+# On PostgreSQL a position is drawn when its event is inserted and seen when it commits: a
+# reader resuming after position 170 never saw a 158 that committed after it (a tester's, 5 of
+# 900 events under 8 writers). So the feed is in commit order: by writing transaction, and
+# only transactions older than every one still running in this database, whose events can
+# no longer appear behind the reader. (A transaction in another database cannot write here.)
+_ENDED_TRANSACTIONS: ColumnClause[int] = literal_column(
+    """(SELECT least(pg_snapshot_xmax(s)::text::bigint, (
+          SELECT min(x::text::bigint) FROM pg_snapshot_xip(s) AS x
+          WHERE xid(x) <> ALL (SELECT backend_xid FROM pg_stat_activity
+                               WHERE datname <> current_database()
+                                 AND backend_xid IS NOT NULL)))
+        FROM pg_current_snapshot() AS s)"""
+)
+_FEED_ORDER = tuple_(Event.transaction_id, Event.position)
+_FEED_KEY = re.compile(r"([0-9]{1,18})\.([0-9]{1,18})")
+
+
 async def list_events(
     session: AsyncSession,
     principal: Principal,
@@ -77,7 +95,9 @@ async def list_events(
 ) -> list[Event]:
     """``type_``: comma-separated types or patterns, as endpoints subscribe (``loan.*``)."""
     principal.require(Role.DASHBOARD)
-    query = select(Event).order_by(Event.position).limit(page.limit + 1)
+    query = select(Event).order_by(Event.transaction_id, Event.position).limit(page.limit + 1)
+    if is_postgres(session):
+        query = query.where(Event.transaction_id < _ENDED_TRANSACTIONS)
     if type_:
         patterns = [p.strip() for p in type_.split(",")]
         unknown = [p for p in patterns if not types.valid_pattern(p)]
@@ -89,9 +109,16 @@ async def list_events(
         query = query.where(Event.type.in_(types.matching(patterns)))
     if after is not None:
         query = query.where(await _after(session, after))
-    if (last := after_integer(page)) is not None:
-        query = query.where(Event.position > last)
+    if page.after_id is not None:
+        if not (key := _FEED_KEY.fullmatch(page.after_id)):
+            raise InvalidRequest.field("cursor", "is not a cursor this list returned")
+        query = query.where(_FEED_ORDER > tuple_(int(key[1]), int(key[2])))
     return list(await session.scalars(query))
+
+
+def feed_key(event: Event) -> str:
+    """The events list's cursor: the event's place in the feed."""
+    return f"{event.transaction_id}.{event.position}"
 
 
 _INSTANT = TypeAdapter(Instant)
@@ -101,10 +128,14 @@ async def _after(session: AsyncSession, after: str) -> Any:
     """Events after an event (by its id: a subscriber resumes from the last one it received,
     even among events written in one transaction at one instant) or after an instant."""
     if after.startswith("evt_"):
-        position = await session.scalar(select(Event.position).where(Event.id == after))
-        if position is None:
+        place = (
+            await session.execute(
+                select(Event.transaction_id, Event.position).where(Event.id == after)
+            )
+        ).first()
+        if place is None:
             raise InvalidRequest.field("after", f"no event {after}")
-        return Event.position > position
+        return _FEED_ORDER > tuple_(*place)
     try:
         instant = _INSTANT.validate_python(after)
     except ValidationError:
