@@ -138,7 +138,10 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
                 operation.setdefault("parameters", []).append(IF_NONE_MATCH)
                 responses["200"].setdefault("headers", {}).update(ETAG)
                 responses["304"].setdefault("headers", {}).update(ETAG)
-            if not by_api_key:  # a gateway's webhook-id is its idempotency key
+            if not by_api_key:
+                # The signature authenticates; an API key beside it is optional (a gateway
+                # key's). The webhook-id is the idempotency key: Idempotency-Key is ignored.
+                operation["security"] = [{}, {API_KEY: []}]
                 continue
             operation["security"] = [{API_KEY: []}]
             if method == "post":

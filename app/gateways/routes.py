@@ -84,7 +84,8 @@ async def receive_notification(
 ) -> NotificationResult:
     """A gateway's Standard Webhooks-signed notification: ``debit.succeeded``,
     ``debit.failed`` or ``payment.charged_back``. The signature is the authentication; the
-    same ``webhook-id`` again answers 200 and changes nothing. A gateway that can also send
+    same ``webhook-id`` again answers 200 and changes nothing: it is the idempotency key, and
+    an ``Idempotency-Key`` header is ignored here. A gateway that can also send
     `Authorization: Bearer <api key>` must send a valid key of the `gateway` role (401, 403)."""
     if (authorization := request.headers.get("authorization")) is not None:
         (await authenticate(authorization)).require(Role.GATEWAY)

@@ -43,7 +43,11 @@ async def test_every_operation_documents_its_key_and_problem_errors(
         assert {"401", "422", "503"} <= set(errors), where
         assert all(r["content"] == PROBLEM for r in errors.values()), where
         if path.startswith("/v1/inbound/"):
-            assert "security" not in operation, where
+            # Signed: an API key is optional, and the webhook-id is the idempotency key.
+            assert operation["security"] == [{}, {"apiKey": []}], where
+            headers = [p["name"] for p in operation["parameters"] if p["in"] == "header"]
+            assert "webhook-id" in headers, where
+            assert "Idempotency-Key" not in headers, where
             continue
         assert operation["security"] == [{"apiKey": []}], where
         assert "403" in errors, where

@@ -681,3 +681,32 @@ async def test_an_api_key_sent_beside_the_signature_must_be_a_gateway_key(
         response = await post(client, raw, {**headers, "Authorization": authorization})
         assert response.status_code == status, response.text
     assert await count(FailedDebit) == 1  # the refused left nothing
+
+
+async def test_a_chargeback_before_its_debit_is_applied_when_resent_with_an_idempotency_key(
+    client: httpx.AsyncClient,
+) -> None:
+    """The webhook-id is a notification's idempotency key. An Idempotency-Key beside a gateway
+    key stored the chargeback's 404 (its debit not yet arrived) and replayed it to every
+    retry, so the money stayed counted as paid (a tester's)."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    gateway_key = (
+        await w.post("/v1/api-keys", {"role": "gateway"}, headers=w.admin, expect=201)
+    ).json()["key"]
+    with_keys = {"Authorization": f"Bearer {gateway_key}", "Idempotency-Key": "cb-1"}
+    chargeback = notification("payment.charged_back", loan["id"], amount="50.00",
+                              received_on="2026-01-20")  # fmt: skip
+    raw, headers = signed(secret, chargeback, "msg_cb_early")
+    early = await post(client, raw, {**headers, **with_keys})
+    assert (early.status_code, early.json()["code"]) == (404, "payment_not_found")
+    paid = await debited(client, secret, loan["id"], "50.00", "2026-01-20")
+    raw, headers = signed(secret, chargeback, "msg_cb_early")  # the gateway's retry
+    retried = await post(client, raw, {**headers, **with_keys})
+    assert retried.status_code == 200, retried.text
+    assert "idempotent-replayed" not in retried.headers
+    assert (await w.get(f"/v1/payments/{paid['id']}"))["status"] == "reversed"
+    # Nor does a stored answer stand in for a signature.
+    forged = await post(client, raw, {**headers, **with_keys, "webhook-signature": "v1,AAAA"})
+    assert forged.status_code == 401, forged.text
