@@ -436,9 +436,36 @@ def _features_query(
     # partial_payments: what the borrower paid in each of the last N periods past their
     # grace. A period runs from the previous installment's due date + grace (exclusive) to
     # this one's (inclusive): each payment belongs to the first installment still open to it.
+    # A completed repayment plan settled the arrears it was agreed for: the periods that
+    # closed before it completed are no longer partial (the flag came back for them the day
+    # the plan was completed: a tester's). A broken plan leaves them counting.
+    pr = Promise.__table__.c
+    completed_plans = (
+        select(pr.loan_id, func.max(pr.kept_on).label("completed_on"))
+        .where(scope(pr.loan_id), pr.restructure_id.is_not(None))
+        .group_by(pr.loan_id, pr.restructure_id)
+        .having(func.sum(case((pr.status != PromiseStatus.KEPT.value, 1), else_=0)) == 0)
+        .subquery()
+    )
+    plans_completed = (
+        select(
+            completed_plans.c.loan_id,
+            func.max(completed_plans.c.completed_on).label("completed_on"),
+        )
+        .group_by(completed_plans.c.loan_id)
+        .subquery()
+    )
     recent = (
         select(s.loan_id, s.seq, s.due_date, s.previous_due_date, s.grace_days, s.due_amount)
-        .where(closed, s.closed_rank <= rules.partial_payment_periods)
+        .select_from(stream.outerjoin(plans_completed, plans_completed.c.loan_id == s.loan_id))
+        .where(
+            closed,
+            s.closed_rank <= rules.partial_payment_periods,
+            or_(
+                plans_completed.c.completed_on.is_(None),
+                days_between(plans_completed.c.completed_on, s.due_date) < s.grace_days,
+            ),
+        )
         .subquery()
     )
     p = Payment.__table__.c
@@ -511,7 +538,6 @@ def _features_query(
         .subquery()
     )
     # broken_promise: the promises broken within the window, the latest first.
-    pr = Promise.__table__.c
     recently_broken = (
         select(
             pr.loan_id, pr.id, pr.currency, pr.amount_minor, pr.paid_minor, pr.due_on,

@@ -411,6 +411,34 @@ async def test_partial_payments_rests_while_a_plan_runs(client: httpx.AsyncClien
     assert now["partial_payments"]["raised_on"] == "2026-03-21"
 
 
+async def test_a_completed_plan_has_settled_the_partial_periods_before_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """The day a plan was completed, partial_payments came back for the very periods the plan
+    had been agreed to settle (a tester's): a fresh medium flag on a borrower who had kept
+    every promise."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    await close(w, "2026-01-10")
+    loan_id = str((await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10"))["id"])
+    await w.pay(loan_id, "100.00", "2026-02-11")  # under 80 % of 212.00
+    await w.pay(loan_id, "100.00", "2026-03-12")  # under 80 % of 210.00
+    await close(w, "2026-03-14")
+    assert "partial_payments" in await flags(w, loan_id)
+    agreed = await request(w, loan_id, [{"due_on": "2026-03-20", "amount": "100.00"},
+                                        {"due_on": "2026-04-05", "amount": "100.00"}])  # fmt: skip
+    await approve(w, agreed)
+    await w.pay(loan_id, "100.00", "2026-03-20")
+    await close(w, "2026-03-20")
+    await w.pay(loan_id, "100.00", "2026-04-05")
+    assert (await plan(w, agreed["id"]))["status"] == "completed"
+    for day in ("2026-04-05", "2026-04-06"):
+        await close(w, day)
+        assert "partial_payments" not in await flags(w, loan_id), day
+    raised = await events(w, "risk.flag_raised")
+    assert [e["data"]["code"] for e in raised].count("partial_payments") == 1
+
+
 async def test_an_expired_request_is_refused_then_rejected(client: httpx.AsyncClient) -> None:
     w, loan_id = await setup(client)
     made = await request(w, loan_id)
