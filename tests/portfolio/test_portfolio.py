@@ -493,4 +493,6 @@ async def test_the_dashboard_page_reads_the_summary(client: httpx.AsyncClient) -
     page = await client.get("/dashboard")
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert 'fetch("/v1/portfolio/summary"' in page.text
+    assert "fetch(`/v1/portfolio/summary${query}`" in page.text
+    # A book in several currencies is summed per currency: the page asks for the one chosen.
+    assert "?currency=${encodeURIComponent(currency)}" in page.text
