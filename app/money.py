@@ -42,7 +42,10 @@ def minor_digits(currency: str) -> int:
 def to_minor(amount: str, currency: str) -> int:
     """Parse a decimal string with exactly the currency's minor digits into minor units."""
     if not MONEY_PATTERN.match(amount):
-        raise MoneyError("must be a non-negative decimal string such as '1299.00'")
+        raise MoneyError(
+            "must be a non-negative decimal string with the currency's decimal places, "
+            "such as '1299.00'"
+        )
     digits = minor_digits(currency)
     value = Decimal(amount)
     exponent = value.as_tuple().exponent
@@ -108,8 +111,16 @@ def request_currency(currency: str | None) -> str:
     return currency
 
 
-def parse_amount(field: str, amount: str, currency: str, *, allow_zero: bool = False) -> int:
-    """A request's money field in minor units, or a 422 naming the field."""
+def parse_amount(
+    field: str,
+    amount: str,
+    currency: str,
+    *,
+    allow_zero: bool = False,
+    ceiling: Decimal | None = None,
+) -> int:
+    """A request's money field in minor units, or a 422 naming the field. ``ceiling``: the
+    largest amount in major units, ``LOANWATCH_MAX_AMOUNT`` unless given."""
     from app.config import get_settings
     from app.errors import InvalidRequest
 
@@ -119,6 +130,17 @@ def parse_amount(field: str, amount: str, currency: str, *, allow_zero: bool = F
         raise InvalidRequest.field(field, str(exc)) from None
     if minor == 0 and not allow_zero:
         raise InvalidRequest.field(field, "must be greater than zero")
-    if minor > setting_to_minor(get_settings().max_amount, currency):
-        raise InvalidRequest.field(field, f"must not exceed {get_settings().max_amount}")
+    ceiling = get_settings().max_amount if ceiling is None else ceiling
+    if minor > setting_to_minor(ceiling, currency):
+        raise InvalidRequest.field(field, f"must not exceed {ceiling}")
     return minor
+
+
+def payment_ceiling() -> Decimal:
+    """The largest payment (or a gateway's failed debit or chargeback): a loan owes more than
+    its principal (interest, fees), and a payoff of a principal at ``LOANWATCH_MAX_AMOUNT``
+    was over it, so could not be paid at once. Ten times the maximum covers 100 % a year
+    over 36 months with every late fee, and keeps sums of such amounts within a BIGINT."""
+    from app.config import get_settings
+
+    return get_settings().max_amount * 10

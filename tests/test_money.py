@@ -26,6 +26,10 @@ from app.money import (
     to_minor,
 )
 
+NOT_MONEY = (
+    "must be a non-negative decimal string with the currency's decimal places, such as '1299.00'"
+)
+
 
 @pytest.fixture(autouse=True)
 def clean_database() -> None:
@@ -380,9 +384,9 @@ def test_parse_amount_returns_minor_units() -> None:
 @pytest.mark.parametrize(
     ("amount", "currency", "message"),
     [
-        ("12.5.0", "CNY", "must be a non-negative decimal string such as '1299.00'"),
-        ("-1.00", "CNY", "must be a non-negative decimal string such as '1299.00'"),
-        ("1.00\n", "CNY", "must be a non-negative decimal string such as '1299.00'"),
+        ("12.5.0", "CNY", NOT_MONEY),
+        ("-1.00", "CNY", NOT_MONEY),
+        ("1.00\n", "CNY", NOT_MONEY),
         ("1.001", "CNY", "CNY amounts have exactly 2 decimal places, such as '1299.00'"),
         ("1.5", "JPY", "JPY amounts have exactly 0 decimal places, such as '1299'"),
         ("1.00", "XXX", "unsupported currency 'XXX'"),
@@ -421,5 +425,5 @@ def test_parse_amount_follows_the_configured_maximum(monkeypatch: pytest.MonkeyP
 
 def test_allow_zero_still_refuses_bad_shapes() -> None:
     assert _refusal("amount", "", "CNY", allow_zero=True).errors == [
-        {"field": "amount", "message": "must be a non-negative decimal string such as '1299.00'"}
+        {"field": "amount", "message": NOT_MONEY}
     ]

@@ -30,7 +30,7 @@ from app.ids import new_id
 from app.loans import service as loans_service
 from app.loans.errors import LoanNotActive
 from app.loans.models import OPEN_STATUSES, Loan
-from app.money import format_minor, parse_amount
+from app.money import format_minor, parse_amount, payment_ceiling
 from app.payments import service as payments_service
 from app.payments.errors import PaymentNotFound
 from app.payments.models import Payment, ReversalReason
@@ -229,7 +229,7 @@ async def _charge_back(
     payment_id, payment_minor, currency = found
     # A reversal takes back the whole payment: reversing 535.88 for a chargeback of 100.00
     # would take 435.88 from the borrower that nobody charged back.
-    amount = parse_amount("data.amount", data.amount, currency)
+    amount = parse_amount("data.amount", data.amount, currency, ceiling=payment_ceiling())
     if amount != payment_minor:
         raise ChargebackAmountMismatch.field(
             "data.amount",
@@ -261,7 +261,7 @@ async def _record_failed_debit(
         raise FailedDebitAlreadyRecorded(
             f"failed debit {recorded} with external_ref {data.external_ref} is already recorded"
         )
-    amount = parse_amount("data.amount", data.amount, loan.currency)
+    amount = parse_amount("data.amount", data.amount, loan.currency, ceiling=payment_ceiling())
     today = clock.today()
     attempted_on = data.received_on
     if not loan.disbursed_on <= attempted_on <= today:

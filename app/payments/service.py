@@ -35,7 +35,7 @@ from app.loans.schedule import (
     extended,
     first_period_days,
 )
-from app.money import Rounding, format_minor, parse_amount
+from app.money import Rounding, format_minor, parse_amount, payment_ceiling
 from app.payments.allocation import (
     Allocation,
     InstallmentTerms,
@@ -120,7 +120,9 @@ async def record_payment(
     takes_payments = (*OPEN_STATUSES, *_SETTLED) if collected else OPEN_STATUSES
     if loan.status not in takes_payments:
         raise LoanNotActive(f"loan {loan.id} is {loan.status} and takes no payments")
-    amount_minor = parse_amount(f"{field_prefix}amount", amount, loan.currency)
+    amount_minor = parse_amount(
+        f"{field_prefix}amount", amount, loan.currency, ceiling=payment_ceiling()
+    )
     today = clock.today()
     received_on = received_on or today
     if not loan.disbursed_on <= received_on <= today:

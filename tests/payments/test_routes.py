@@ -542,3 +542,26 @@ async def test_a_reversed_payoff_owes_only_the_late_fees_a_close_charges_after_i
     shown, ledger = await fees_by_installment(w, loan["id"])
     assert shown == ledger == {1: "25.00", 2: "25.00", 3: "0.00"}
     await assert_ledger_invariant(loan["id"])
+
+
+async def test_a_payoff_above_the_largest_principal_is_paid_in_one_payment(
+    client: httpx.AsyncClient,
+) -> None:
+    """A loan owes more than its principal: the payoff of 99,000,000.00 lent at 36 % over 36
+    months, booked three years back, was quoted at 162,852,344.36 and refused as a payment
+    above the 100,000,000 maximum (a tester's)."""
+    w = await world(client, annual_interest_rate="0.36", term_options=[36])
+    borrower = await w.borrower()
+    await w.client.patch(f"/v1/borrowers/{borrower['id']}", json={"credit_limit": "99000000.00"},
+                         headers=w.admin)  # fmt: skip
+    disbursed = clock.today() - relativedelta(years=3)
+    loan = await w.loan(borrower["id"], principal="99000000.00", term=36,
+                        disbursed_on=str(disbursed))  # fmt: skip
+    payoff = loan["balances"]["payoff_amount"]
+    assert Decimal(payoff) > Decimal("100000000.00")
+    # Still bounded: ten times the largest principal.
+    over = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "1000000000.01"})
+    assert over.json()["errors"] == [{"field": "amount", "message": "must not exceed 1000000000"}]
+    paid = await w.pay(loan["id"], payoff)
+    assert paid["amount"] == payoff
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["status"] == "paid_off"

@@ -372,12 +372,15 @@ async def test_a_negative_or_too_large_amount_is_told_so_as_the_pos_is(
     secret = await gateway(w)
     loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
     for i, (amount, message) in enumerate([
-        ("99999999999999999.00", "must not exceed 100000000"),
-        ("100000000.01", "must not exceed 100000000"),  # as it was: parse_amount's maximum
+        ("99999999999999999.00", "is too large: more whole digits than any amount has "
+                                 "(at most 15)"),
+        # A payment may be ten times the largest principal: a payoff can be above it.
+        ("1000000000.01", "must not exceed 1000000000"),
         ("-5.00", "must not be negative"),
         ("-9999999999999999.00", "must not be negative"),
-        ("5,00", "must be a non-negative decimal string such as '1299.00' "
-                 "(JSON numbers are refused)"),
+        ("5,00", "must be a non-negative decimal string with the currency's decimal places, "
+                 "such as '1299.00' (JSON numbers are refused)"),
+        ("5.0001", "has more decimal places than any currency: at most 3, as '1299.000'"),
     ]):  # fmt: skip
         body = notification("debit.succeeded", loan["id"], amount=amount, received_on="2026-02-10")
         response = await post(client, *signed(secret, body, f"msg_amount_{i}"))
