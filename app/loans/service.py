@@ -58,6 +58,10 @@ _L = TypeVar("_L", bound=LoanFields)
 
 # A first due date further out than this is a data-entry error, not a promotion.
 MAX_FIRST_DUE_DAYS = 92
+# Principal a loan lends per installment at least, in minor units (1.00 CNY, 100 JPY, 0.100
+# KWD): below it rounding leaves installments that repay nothing (0.25 over 35 months paid
+# only a spread fee for 34 of them) or repay the loan before its last one.
+MIN_PRINCIPAL_PER_INSTALLMENT = 100
 
 # The reads of every GET and origination, built once: a statement built per call is compiled
 # from the cache, but its construction and cache key cost CPU on each request.
@@ -243,6 +247,12 @@ async def create_loan(
             f"{borrower.currency}"
         )
     amount = parse_amount("principal", principal_amount, product.currency)
+    if amount < MIN_PRINCIPAL_PER_INSTALLMENT * term:
+        least = format_minor(MIN_PRINCIPAL_PER_INSTALLMENT * term, product.currency)
+        each = format_minor(MIN_PRINCIPAL_PER_INSTALLMENT, product.currency)
+        raise InvalidRequest.field(
+            "principal", f"must be at least {least} for {term} installments ({each} each)"
+        )
     disbursed_on = disbursed_on or today
     # An omitted first due date keeps the disbursement's day of month (Jan 31 -> Feb 28 ->
     # Mar 31); a given one sets the day itself.

@@ -183,12 +183,17 @@ async def test_term_not_offered_and_unknown_product(client: httpx.AsyncClient) -
     response = await w.post("/v1/loans", {**base, "term": 6, "product_code": "NOPE"})
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "product_code"
-    # Too little to spread: some installment would ask for 0.00.
-    response = await w.post("/v1/loans", {**base, "term": 12, "principal": "0.11"})
+    # Too little to spread: at least 1.00 of principal an installment (0.25 over 35 months
+    # with a spread fee repaid principal in one installment and only fee in the others).
+    response = await w.post("/v1/loans", {**base, "term": 12, "principal": "11.99"})
     assert response.status_code == 422
-    assert response.json()["errors"][0]["field"] == "principal"
+    assert response.json()["errors"] == [{
+        "field": "principal", "message": "must be at least 12.00 for 12 installments (1.00 each)"
+    }]  # fmt: skip
     assert await count(Loan) == 0
-    assert (await w.post("/v1/loans", {**base, "term": 12, "principal": "0.12"})).status_code == 201
+    assert (
+        await w.post("/v1/loans", {**base, "term": 12, "principal": "12.00"})
+    ).status_code == 201
 
 
 async def test_installments_in_multiples_leave_no_payment_shock(
