@@ -10,7 +10,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -39,6 +39,11 @@ LEASE = timedelta(seconds=60)
 # request where 8 x 6 cost ~1.3-1.5 (a bare loop on the loaded machine, 8,000 requests).
 SHARDS, CONNECTIONS_PER_SHARD = 24, 2
 IN_FLIGHT = SHARDS * CONNECTIONS_PER_SHARD
+# One endpoint's lanes are sent by at most this many senders at a time: the others are kept for
+# the other endpoints. A hanging endpoint with more lanes than IN_FLIGHT took every sender,
+# and a healthy one's deliveries waited behind its timeouts, up to their lease (60 s; a
+# tester's, with 150 loans).
+PER_ENDPOINT = IN_FLIGHT // 2
 EXCERPT = 500
 # While an attempt is pending, a drain records what ended and claims what fell due at least
 # this often: a new delivery waits no longer than this for another endpoint's slow attempt.
@@ -165,6 +170,7 @@ async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) ->
             elif lanes.held < limit:
                 await lanes.claim(now or utc_now(), limit)
             if not lanes.held:
+                await lanes.record(now or utc_now())  # what was left unsent meanwhile
                 return sent
             await lanes.wait(TICK_SECONDS)
     finally:
@@ -181,17 +187,22 @@ class _Lanes:
     One loan's events to one endpoint form a lane and go one after another in sequence order,
     so a healthy endpoint sees a loan's history in the order it happened; a delivery claimed
     while its lane is still being sent joins the lane's end, never overtakes it. Lanes run
-    side by side, at most IN_FLIGHT requests at a time.
+    side by side, at most IN_FLIGHT requests at a time and PER_ENDPOINT to one endpoint,
+    the endpoints taking turns.
     """
 
     def __init__(self) -> None:
         self.client = clients.client()
         self.timeout = get_settings().webhook_timeout_seconds
         self.lanes: dict[LaneKey, deque[Claimed]] = {}
-        self.ready: deque[LaneKey] = deque()  # lanes waiting for a sender
+        # Lanes waiting for a sender, by endpoint in turn (the next to be served first).
+        self.ready: dict[str, deque[LaneKey]] = {}
+        self.busy: Counter[str] = Counter()  # senders on each endpoint's lanes
         self.senders: set[asyncio.Task[None]] = set()
         # Claimed and not yet recorded: delivery id -> when its lease ends (monotonic).
         self.leases: dict[int, float] = {}
+        # Left unsent with some lease to spare: due again at the next record.
+        self.released: list[tuple[int, float]] = []
         self.refusals: dict[str, str | None] = {}
         self.sent: list[Outcome] = []  # not yet recorded
 
@@ -211,18 +222,36 @@ class _Lanes:
             # renewed the lease; it is sent once, from its place in its lane.
             if not held:
                 self._enqueue(c)
-        # A sender that ran out of lanes during this claim is over, though only wait() drops it.
+        self._start_senders()
+
+    def _start_senders(self) -> None:
+        # A sender that ran out of lanes is over, though only wait() drops it.
         running = sum(not task.done() for task in self.senders)
-        for _ in range(min(IN_FLIGHT - running, len(self.ready))):
+        startable = sum(
+            min(len(lanes), PER_ENDPOINT - self.busy[endpoint_id])
+            for endpoint_id, lanes in self.ready.items()
+        )
+        for _ in range(min(IN_FLIGHT - running, startable)):
             self.senders.add(asyncio.create_task(self._send_lanes()))
 
     async def record(self, now: datetime) -> int:
-        """Records the attempts that ended; how many."""
+        """Records the attempts that ended; how many. Makes due again what was left unsent
+        while its lease still had a second to spare (after that it may be another
+        dispatcher's)."""
         outcomes, self.sent = self.sent, []
         if outcomes:
             await _record(outcomes, now)
         for o in outcomes:
             del self.leases[o.claimed.delivery_id]
+        released, self.released = self.released, []
+        spared = [d for d, lease_ends in released if lease_ends - time.monotonic() > 1.0]
+        if spared:
+            async with session_scope() as session:
+                await session.execute(
+                    update(_deliveries)
+                    .where(_deliveries.c.id.in_(spared))
+                    .values(next_attempt_at=now, leased_until=None)
+                )
         return len(outcomes)
 
     async def wait(self, seconds: float) -> None:
@@ -234,6 +263,8 @@ class _Lanes:
         )
         for task in done:
             task.result()
+        # Lanes of an endpoint that had all its senders may be sendable now.
+        self._start_senders()
 
     async def finish(self) -> None:
         while self.senders:
@@ -261,7 +292,7 @@ class _Lanes:
                 await session.execute(
                     update(_deliveries)
                     .where(_deliveries.c.id.in_(leased))
-                    .values(next_attempt_at=now)
+                    .values(next_attempt_at=now, leased_until=None)
                 )
 
     def _enqueue(self, claimed: Claimed) -> None:
@@ -269,13 +300,28 @@ class _Lanes:
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = deque()
-            self.ready.append(key)
+            self.ready.setdefault(key[0], deque()).append(key)
         lane.append(claimed)
 
+    def _next_lane(self) -> LaneKey | None:
+        """The first ready lane of the first endpoint in turn with a sender to spare; that
+        endpoint's turn moves to the end."""
+        for endpoint_id, lanes in self.ready.items():
+            if self.busy[endpoint_id] < PER_ENDPOINT:
+                key = lanes.popleft()
+                del self.ready[endpoint_id]
+                if lanes:
+                    self.ready[endpoint_id] = lanes
+                return key
+        return None
+
     async def _send_lanes(self) -> None:
-        while self.ready:
-            key = self.ready.popleft()
-            await self._send_lane(self.lanes[key])
+        while (key := self._next_lane()) is not None:
+            self.busy[key[0]] += 1
+            try:
+                await self._send_lane(self.lanes[key])
+            finally:
+                self.busy[key[0]] -= 1
             # Nothing is awaited between the lane's last look and this: no claim can join a
             # lane nobody would send.
             del self.lanes[key]
@@ -306,7 +352,7 @@ class _Lanes:
 
     def _release(self, claimed: Sequence[Claimed]) -> None:
         for c in claimed:
-            del self.leases[c.delivery_id]
+            self.released.append((c.delivery_id, self.leases.pop(c.delivery_id)))
         log.warning(
             "%d deliveries to webhook endpoint %s waited out their lease: left to be claimed again",
             len(claimed),
@@ -334,7 +380,7 @@ async def _claim(now: datetime, limit: int) -> list[Claimed]:
             await session.execute(
                 update(_deliveries)
                 .where(d.id.in_(due.scalar_subquery()))
-                .values(next_attempt_at=now + LEASE)
+                .values(next_attempt_at=now + LEASE, leased_until=now + LEASE)
                 .returning(d.id, d.attempts, d.event_position, d.endpoint_id)
             )
         ).all()
@@ -551,9 +597,12 @@ async def _record_existing(
             await session.execute(
                 update(table)
                 .where(table.c.id == bindparam("d_id"))
-                .values(attempts=bindparam("attempts"), last_attempt_at=bindparam("at"), **values),
+                .values(
+                    attempts=bindparam("attempts"), last_attempt_at=bindparam("at"),
+                    leased_until=None, **values,
+                ),
                 rows,
-            )
+            )  # fmt: skip
     await _track_endpoint_health(session, outcomes, gone, now, settings.webhook_disable_after_days)
 
 

@@ -167,6 +167,11 @@ async def update_endpoint(
     return EndpointView(endpoint, patterns)
 
 
+def not_leased(now: datetime) -> Any:
+    """A delivery no dispatcher holds: none claimed it, or its lease ran out."""
+    return or_(WebhookDelivery.leased_until.is_(None), WebhookDelivery.leased_until <= now)
+
+
 async def _resume_deliveries(session: AsyncSession, endpoint_id: str) -> None:
     now = utc_now()
     resumed = await execute_counting(
@@ -176,6 +181,9 @@ async def _resume_deliveries(session: AsyncSession, endpoint_id: str) -> None:
             WebhookDelivery.endpoint_id == endpoint_id,
             WebhookDelivery.status == DeliveryStatus.PENDING,
             WebhookDelivery.next_attempt_at > now,
+            # One being sent is left to its attempt: made due, it was claimed and sent again
+            # beside it (a tester's, toggling enabled while a receiver took 2 s to answer).
+            not_leased(now),
         )
         .values(next_attempt_at=now),
     )
@@ -384,6 +392,7 @@ async def recover(
             WebhookDelivery.endpoint_id == endpoint_id,
             WebhookDelivery.event_position >= first,
             WebhookDelivery.status.in_((DeliveryStatus.FAILED, DeliveryStatus.PENDING)),
+            not_leased(utc_now()),
         )
         .values(status=DeliveryStatus.PENDING, next_attempt_at=utc_now())
     )

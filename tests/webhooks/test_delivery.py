@@ -928,3 +928,60 @@ async def test_the_actions_without_fields_refuse_unknown_ones(client: httpx.Asyn
             done = await client.post(f"/v1/webhook-endpoints/{hook['id']}/{action}",
                                      content=body, headers=json if body else w.admin)  # fmt: skip
             assert done.status_code == status, (action, body, done.text)
+
+
+async def test_a_hanging_endpoint_with_many_loans_leaves_senders_for_the_others(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More loans' lanes to a hanging endpoint than the drain has senders: they took every
+    sender, and a healthy endpoint's deliveries waited behind the timeouts, up to their lease
+    (60 s, a tester's with 150 loans). One endpoint gets at most half of the senders."""
+    monkeypatch.setattr(dispatcher, "IN_FLIGHT", 4)
+    monkeypatch.setattr(dispatcher, "PER_ENDPOINT", 2, raising=False)
+    w = await world(client)
+    with receiving() as stuck, receiving() as healthy:
+        stuck.gate.clear()
+        await endpoint(w, stuck.url)
+        await endpoint(w, healthy.url)
+        for _ in range(6):
+            await w.loan()
+        in_flight = asyncio.create_task(deliver())
+        try:
+            await until(lambda: len(healthy.received) == 6, seconds=3)
+            assert len(stuck.arrived) <= 2
+        finally:
+            stuck.gate.set()
+            sent = await in_flight
+        assert sent == 12
+    assert len(stuck.received) == 6
+
+
+async def test_an_endpoint_enabled_again_leaves_a_delivery_in_flight_to_its_attempt(
+    client: httpx.AsyncClient,
+) -> None:
+    """Enabling makes the endpoint's waiting deliveries due at once; one being sent was made
+    due too, and another dispatcher claimed and sent it beside the first attempt (a tester's:
+    each event twice, two attempts logged under `attempts: 1`)."""
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.gate.clear()
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        first = asyncio.create_task(deliver())
+        try:
+            await until(lambda: receiver.arrived)
+            path = f"/v1/webhook-endpoints/{hook['id']}"
+            for enabled in (False, True):
+                toggled = await client.patch(path, json={"enabled": enabled}, headers=w.admin)
+                assert toggled.status_code == 200, toggled.text
+            second = asyncio.create_task(dispatcher.dispatch_due())
+            await asyncio.sleep(0.3)
+            assert len(receiver.arrived) == 1
+        finally:
+            receiver.gate.set()
+            sent = await first + await second
+        assert sent == 1
+    async with session_scope() as session:
+        (delivery,) = await session.scalars(select(WebhookDelivery))
+        attempts = await session.scalar(select(func.count()).select_from(WebhookAttempt))
+    assert (delivery.status, delivery.attempts, attempts) == ("delivered", 1, 1)
