@@ -7,9 +7,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from app.close import service as close_service
+from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
 from app.db import session_scope
 from app.events.models import Event
@@ -184,6 +185,35 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     after = await event_types(loan["id"])
     assert after["loan.delinquency_changed"] == events_before["loan.delinquency_changed"]
     assert after["risk.flag_raised"] == moved["risk.flag_raised"]
+
+
+async def test_a_payment_during_the_close_that_the_close_sets_back_is_announced(
+    client: httpx.AsyncClient,
+) -> None:
+    """Tonight's close of yesterday runs; a payment dated today comes in meanwhile and cures
+    the loan as of today. The close, reckoning yesterday without it, sets the loan back: that
+    move is announced, as when the payment came before the close. It was silent, and a
+    subscriber following the loan by its events kept it current (a tester's, on PostgreSQL)."""
+    w, loan = await late_world(client)
+    await close(w, "2026-02-20")
+    async with session_scope() as session:  # the close of 02-21 has started
+        session.add(CloseRun(as_of=date(2026, 2, 21), status=CloseStatus.RUNNING))
+    await w.pay(loan["id"], "432.00", "2026-02-22")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["bucket"], got["delinquency_as_of"]) == ("current", "2026-02-22")
+    async with session_scope() as session:  # ... and reaches its delinquency step
+        await session.execute(delete(CloseRun).where(CloseRun.as_of == date(2026, 2, 21)))
+    await close(w, "2026-02-21")
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    moves = [
+        (e["data"]["previous_bucket"], e["data"]["bucket"], e["data"]["as_of"])
+        for e in (await w.get("/v1/events?type=loan.delinquency_changed", w.admin))["items"]
+    ]
+    assert moves[-2:] == [("1-30", "current", "2026-02-22"), ("current", "1-30", "2026-02-21")]
+    assert got["bucket"] == "1-30"
+    await close(w, "2026-02-22")  # and the payment cures it again
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert got["bucket"] == "current"
 
 
 async def test_while_closes_are_behind_a_payment_reckons_no_further_than_the_next_date(
