@@ -21,7 +21,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    exists,
     func,
     literal,
     or_,
@@ -607,7 +606,7 @@ def _delinquency_statements(
         )
     )
     reported = (loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
-                loan.principal_outstanding_minor)  # fmt: skip
+                loan.principal_outstanding_minor, loan.disbursed_on)  # fmt: skip
     if postgres:
         # One pass over the installments: RETURNING reads the old bucket and status from the
         # row as the statement found it (a self-join), the new ones from the row written.
@@ -641,8 +640,10 @@ def _delinquency_statements(
     return update_loans, changes
 
 
-_NO_CLOSE_BEFORE = select(
-    ~exists().where(CloseRun.succeeded_at.is_not(None), CloseRun.as_of < bindparam("as_of"))
+# Closes run date after date, so a loan disbursed on or before the latest date closed before
+# this one has been reckoned by a close.
+_LAST_CLOSED_BEFORE = select(func.max(CloseRun.as_of)).where(
+    CloseRun.succeeded_at.is_not(None), CloseRun.as_of < bindparam("as_of", type_=Date)
 )
 
 
@@ -667,17 +668,20 @@ async def recompute_delinquency(
     else:
         changes = (await session.execute(select_changes, params)).all()
         loans_updated = await execute_counting(session, update_loans, params)
-    # A loan booked before the first close, which may be for an earlier date, is reckoned as
-    # of a later date and seen here as it stood then: no move in time, so no event, or
-    # subscribers heard a delinquent loan cure, a charged-off one default again, for a day (a
-    # tester's); its moves from there on are announced. Once a close has succeeded, a loan
+    # A loan no close has reckoned yet (booked before the first close, which may be for an
+    # earlier date, or disbursed after the dates closed so far) is reckoned as of a later
+    # date and seen here as it stood then: no move in time, so no event, or subscribers heard
+    # a delinquent loan cure, a charged-off one default again, for a day (a tester's); its
+    # moves from there on are announced. A loan an earlier close reckoned and that is
     # reckoned as of a later date was moved there by a payment during this close (or the
     # catch-up it is part of): set back to this date, that is announced, as it is when the
     # payment came before the close (it was silent: a tester's, on PostgreSQL).
-    if await session.scalar(_NO_CLOSE_BEFORE, {"as_of": as_of}):
-        changes = [
-            c for c in changes if c.delinquency_as_of is None or c.delinquency_as_of <= as_of
-        ]
+    last_closed = await session.scalar(_LAST_CLOSED_BEFORE, {"as_of": as_of})
+    changes = [
+        c for c in changes
+        if c.delinquency_as_of is None or c.delinquency_as_of <= as_of
+        or (last_closed is not None and last_closed >= c.disbursed_on)
+    ]  # fmt: skip
     await events.emit_many(
         session,
         [
