@@ -67,8 +67,15 @@ class PortfolioSettings(BaseModel):
     alert_multiple: Decimal = Field(default=Decimal("1.5"), gt=1)
     # ...over at least this many loans (the metric's denominator)...
     alert_min_loans: int = Field(default=50, ge=1)
-    # ...the mean taken over this many months of earlier closes.
+    # ...the mean taken over this many months of earlier closes, and at least this many of
+    # them (a new segment has no norm yet)...
     alert_trailing_months: int = Field(default=6, ge=1, le=24)
+    alert_min_closes: int = Field(default=7, ge=1)
+    # ...and at least this much above it (a single default against a zero norm is no jump)...
+    alert_min_increase: Decimal = Field(default=Decimal("0.02"), ge=0, lt=1)
+    # ...once in this many days per segment and metric: one alert per episode, not one a night
+    # while the rate stays up.
+    alert_quiet_days: int = Field(default=30, ge=1, le=366)
     # First-payment default is measured on loans whose first installment became observable
     # (due date + 10 or + 30 days) within this many days before the close.
     fpd_cohort_days: int = Field(default=30, ge=1, le=365)

@@ -392,8 +392,11 @@ async def _raise_segment_alerts(
     session: AsyncSession, as_of: date, metrics: list[dict[str, Any]]
 ) -> int:
     """``risk.segment_alert`` for each segment metric above ``alert_multiple`` times its mean
-    over the trailing months' closes, with at least ``alert_min_loans`` in its denominator.
-    Once per date, segment and metric, however often the close reruns."""
+    over the trailing months' closes (``alert_min_closes`` of them at least) and at least
+    ``alert_min_increase`` above it, with at least ``alert_min_loans`` in its denominator.
+    Once in ``alert_quiet_days`` per segment and metric, however often the close reruns: a
+    bad batch of loans alerted its merchant, product and vintage every night for a month,
+    254 alerts (a tester's)."""
     settings = get_settings().portfolio
     start = as_of - relativedelta(months=settings.alert_trailing_months)
     history: dict[tuple[str, str, str, str], list[Decimal]] = defaultdict(list)
@@ -405,7 +408,9 @@ async def _raise_segment_alerts(
                 history[key].append(value)
     existing = await session.execute(
         select(SegmentAlert.dimension, SegmentAlert.segment, SegmentAlert.currency,
-               SegmentAlert.metric).where(SegmentAlert.as_of == as_of)
+               SegmentAlert.metric)
+        .where(SegmentAlert.as_of > as_of - timedelta(days=settings.alert_quiet_days),
+               SegmentAlert.as_of <= as_of)
     )  # fmt: skip
     already = {tuple(row) for row in existing}
     raised = 0
@@ -414,12 +419,16 @@ async def _raise_segment_alerts(
             key = (row["dimension"], row["segment"], row["currency"], name)
             value = rate(row[numerator], row[denominator])
             past = history.get(key)
-            if value is None or not past or key in already:
+            if value is None or past is None or key in already:
+                continue
+            if len(past) < settings.alert_min_closes:
                 continue
             baseline = sum(past, Decimal(0)) / len(past)
-            if row[denominator] < settings.alert_min_loans or value <= 0:
+            if row[denominator] < settings.alert_min_loans:
                 continue
             if value <= baseline * settings.alert_multiple:
+                continue
+            if value - baseline < settings.alert_min_increase:
                 continue
             alert = SegmentAlert(
                 id=new_id("alert"), as_of=as_of, dimension=row["dimension"],

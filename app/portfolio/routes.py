@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
-from app.api.deps import DashboardPrincipal, PageDep, ReaderPrincipal, SessionDep
+from app.api.deps import PageDep, ReaderPrincipal, SessionDep
 from app.api.fields import IsoDate
 from app.api.pagination import Page, page_of
 from app.api.responses import LIVE, POLLED, cached
@@ -98,13 +98,20 @@ async def segments(
 async def alerts(
     request: Request,
     session: SessionDep,
-    principal: DashboardPrincipal,
+    principal: ReaderPrincipal,
     page: PageDep,
     since: IsoDate | None = None,
+    merchant_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    product_code: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
 ) -> Response:
-    """Segment alerts the closes raised (``risk.segment_alert``), oldest first. Polled:
-    ``ETag``, and 304 on ``If-None-Match``."""
-    rows = await service.list_alerts(session, principal, page=page, since=since)
+    """Segment alerts the closes raised (``risk.segment_alert``), oldest first: a merchant's
+    (its own only, for a merchant key) or a product's with ``merchant_id`` or
+    ``product_code``. Polled: ``ETag``, and 304 on ``If-None-Match``."""
+    rows = await service.list_alerts(
+        session, principal, page=page, since=since, merchant_id=merchant_id,
+        product_code=product_code, currency=currency,
+    )  # fmt: skip
     return cached(
         request, page_of(rows, page, lambda alert: AlertRead.model_validate(alert_event(alert)))
     )

@@ -289,10 +289,28 @@ def segment_view(segment: str, currency: str, sums: Mapping[str, Any]) -> Segmen
 
 
 async def list_alerts(
-    session: AsyncSession, principal: Principal, *, page: PageParams, since: date | None
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    page: PageParams,
+    since: date | None,
+    merchant_id: str | None = None,
+    product_code: str | None = None,
+    currency: str | None = None,
 ) -> list[SegmentAlert]:
-    principal.require(Role.DASHBOARD)
+    """An alert is about one segment: a merchant key sees its merchant's; ``merchant_id`` and
+    ``product_code`` pick a merchant's or a product's (both: none is about both)."""
+    scope = scope_for(
+        principal, merchant_id=merchant_id, product_code=product_code, currency=currency
+    )
     query = select(SegmentAlert).order_by(SegmentAlert.id).limit(page.limit + 1)
+    if currency is not None:
+        query = query.where(SegmentAlert.currency == scope.currency)
+    for dimension, segment in (("merchant", scope.merchant_id), ("product", scope.product_code)):
+        if segment is not None:
+            query = query.where(
+                SegmentAlert.dimension == dimension, SegmentAlert.segment == segment
+            )
     if page.after_id:
         query = query.where(SegmentAlert.id > page.after_id)
     if since is not None:

@@ -402,6 +402,15 @@ async def test_segments_and_a_first_payment_default_alert(
     assert len(events) == len(listed)
     # The event says what the list says, to the digit.
     assert {e.data["id"]: e.data for e in events} == {a["id"]: a for a in listed}
+    # The rate stays up the next night: one alert an episode, not one a night (a tester had
+    # 254 over a month from one bad batch).
+    await close(w, "2026-03-25")
+    assert len(await fpd_alerts(w)) == 2
+    # A store sees its own alerts; a dashboard picks a merchant's or a product's.
+    own = (await w.get("/v1/portfolio/alerts"))["items"]  # the merchant's key
+    assert {(a["dimension"], a["segment"]) for a in own} == {("merchant", w.merchant_id)}
+    product = await w.get(f"/v1/portfolio/alerts?product_code={w.product_code}", w.admin)
+    assert {a["dimension"] for a in product["items"]} == {"product"}
     by_vintage = await w.get("/v1/portfolio/segments?by=vintage", w.admin)
     assert [s["segment"] for s in by_vintage["segments"]] == ["2026-01", "2026-02"]
     assert (
