@@ -46,7 +46,9 @@ def _flag_points(flag: FlagFact, as_of: date) -> int:
     points = SEVERITY_POINTS.get(flag.severity, 0)
     if flag.cleared_on is None:
         return points
-    age = (as_of - flag.cleared_on).days
+    # Not below 0: a flag cleared after the date scored (by a payment dated after the business
+    # date) weighed more than open, 302 for a critical one (a tester's).
+    age = max((as_of - flag.cleared_on).days, 0)
     return round(points * (1 - age / FADE_DAYS)) if age < FADE_DAYS else 0
 
 

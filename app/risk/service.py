@@ -1100,7 +1100,9 @@ async def loan_risk(
     from app.loans import service as loans_service
 
     loan = await loans_service.get_loan(session, principal, loan_id=loan_id)
-    as_of = await delinquency.delinquency_date(session)
+    # As of the date the loan is reckoned as of, when a payment dated after the business date
+    # moved it there: the date its stored score and its flags' clearing are from.
+    as_of = max(await delinquency.delinquency_date(session), loan.delinquency_as_of or date.min)
     flags = list(
         await session.scalars(
             select(RiskFlag).where(RiskFlag.loan_id == loan.id).order_by(RiskFlag.id.desc())

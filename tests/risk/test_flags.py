@@ -595,6 +595,27 @@ async def test_an_on_demand_run_regrades_the_borrowers_at_once(
     assert again["chunks"] == run["chunks"]
 
 
+async def test_a_loan_cured_after_the_business_date_is_scored_as_stored(
+    client: httpx.AsyncClient,
+) -> None:
+    """A payment dated the day after the business date clears the flags as of that day; the
+    loan's risk was explained as of the business date, a day before they cleared, and its
+    cleared flags weighed more than open ones (321 against the stored 325: a tester's)."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-03-12")
+    before = await w.get(f"/v1/loans/{loan_id}")
+    assert set(await flags(w, loan_id))
+    await w.pay(loan_id, before["balances"]["overdue_amount"], "2026-03-13")
+    risk = await w.get(f"/v1/loans/{loan_id}/risk")
+    borrower = await w.get(f"/v1/borrowers/{before['borrower_id']}")
+    assert risk["as_of"] == "2026-03-13"
+    assert risk["score"] == borrower["risk_score"]
+    assert risk["flags"] == []
+    weights = {"low": 25, "medium": 75, "high": 150, "critical": 300}
+    assert all(-r["points"] == weights[r["severity"]] for r in risk["reasons"] if r["cleared"])
+
+
 async def test_an_on_demand_run_is_as_of_the_business_date(client: httpx.AsyncClient) -> None:
     """A run for another date would re-evaluate the live flags against arrears the loans do
     not stand at: clearing flags of loans still late, or raising them for days not closed."""

@@ -35,3 +35,26 @@ def test_a_flag_cleared_half_the_fade_ago_weighs_half() -> None:
     assert score_value(10, [], AS_OF) == 970
     assert score_value(200, [], AS_OF) == 600
     assert [grade_for(s) for s in (1000, 800, 799, 650, 500, 300, 299, 0)] == list("AABBCDEE")
+
+
+# Cleared about the date scored, the day after it included.
+LATELY_CLEARED = st.lists(
+    st.builds(
+        FlagFact,
+        code=st.just("never_paid"),
+        severity=st.sampled_from(["low", "medium", "high", "critical"]),
+        cleared_on=st.integers(-3, 3).map(lambda d: AS_OF - timedelta(d)),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@given(st.integers(0, 400), LATELY_CLEARED)
+def test_a_cleared_flag_never_weighs_more_than_an_open_one(
+    days_past_due: int, flags: list[FlagFact]
+) -> None:
+    """Not even one cleared after the date scored (a payment dated after the business date
+    cleared it): a critical one weighed 302 (a tester's)."""
+    opened = [FlagFact(f.code, f.severity, None) for f in flags]
+    assert score_value(days_past_due, flags, AS_OF) >= score_value(days_past_due, opened, AS_OF)
