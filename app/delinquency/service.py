@@ -196,12 +196,12 @@ def apply_delinquency(
     # From the replayed history, not kept once set: payments booked back-dated after the loan
     # (a migration) or a reversal rewrite when it first went past 30 days (vintages).
     loan.ever_30_plus_on = first_past_30(as_of, due, tolerance)
-    # A payoff, set by the caller, is not a delinquency change by itself (`loan.paid_off`
-    # tells it), but one that moves the bucket reports the status it came from. Its reversal
-    # is: nothing else tells subscribers the loan is open again (a tester's followed its state
-    # by these events and kept a reopened, current loan paid off).
-    reopened = status_before == LoanStatus.PAID_OFF and status != LoanStatus.PAID_OFF
-    if (previous[0], previous[1]) == (bucket, status) and not reopened:
+    # A payoff (the caller set it) and its reversal move the status: both are announced, from
+    # the status the loan had, whether or not the bucket moves. A subscriber following the
+    # loan by these events kept a reopened, current loan paid off (a tester's), and then saw
+    # it reopened from a paid_off its chain never reached, when a current loan was paid off.
+    settled_or_reopened = status_before is not None and status_before != status
+    if (previous[0], previous[1]) == (bucket, status) and not settled_or_reopened:
         return None
     return DelinquencyChange(
         loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
