@@ -11,14 +11,14 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
 import httpx
-from sqlalchemy import Table, bindparam, insert, select, update
+from sqlalchemy import Table, bindparam, insert, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from tenacity import retry as retrying
 from tenacity import retry_if_exception, stop_after_attempt, wait_exponential
@@ -39,15 +39,13 @@ LEASE = timedelta(seconds=60)
 # request where 8 x 6 cost ~1.3-1.5 (a bare loop on the loaded machine, 8,000 requests).
 SHARDS, CONNECTIONS_PER_SHARD = 24, 2
 IN_FLIGHT = SHARDS * CONNECTIONS_PER_SHARD
-# One endpoint's lanes are sent by at most this many senders at a time: the others are kept for
-# the other endpoints. A hanging endpoint with more lanes than IN_FLIGHT took every sender,
-# and a healthy one's deliveries waited behind its timeouts, up to their lease (60 s; a
-# tester's, with 150 loans).
-PER_ENDPOINT = IN_FLIGHT // 2
 EXCERPT = 500
 # While an attempt is pending, a drain records what ended and claims what fell due at least
 # this often: a new delivery waits no longer than this for another endpoint's slow attempt.
 TICK_SECONDS = 0.1
+# An endpoint with an attempt pending this long is slow: once it has every sender it may have,
+# its waiting deliveries go back rather than hold up the drain's claims.
+SLOW_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -165,10 +163,13 @@ async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) ->
             sent += await lanes.record(now or utc_now())
             if time.monotonic() - started >= budget_seconds:
                 await lanes.hand_back(now or utc_now())
-            # A batch while less than one is held: the lanes never run dry while the
-            # database works, and no more than two batches are leased by one drain.
-            elif lanes.held < limit:
-                await lanes.claim(now or utc_now(), limit)
+            else:
+                full = await lanes.hand_back_full(now or utc_now())
+                # A batch while less than one is held (but for slow attempts, which may take
+                # a timeout): the lanes never run dry while the database works, and no more
+                # than two batches are leased by one drain beside the slow attempts.
+                if lanes.held - lanes.slow_attempts() < limit:
+                    await lanes.claim(now or utc_now(), limit, excluding=full)
             if not lanes.held:
                 await lanes.record(now or utc_now())  # what was left unsent meanwhile
                 return sent
@@ -187,8 +188,8 @@ class _Lanes:
     One loan's events to one endpoint form a lane and go one after another in sequence order,
     so a healthy endpoint sees a loan's history in the order it happened; a delivery claimed
     while its lane is still being sent joins the lane's end, never overtakes it. Lanes run
-    side by side, at most IN_FLIGHT requests at a time and PER_ENDPOINT to one endpoint,
-    the endpoints taking turns.
+    side by side, at most IN_FLIGHT requests at a time, the endpoints taking turns, each
+    with at most its share of them (``cap``).
     """
 
     def __init__(self) -> None:
@@ -198,6 +199,8 @@ class _Lanes:
         # Lanes waiting for a sender, by endpoint in turn (the next to be served first).
         self.ready: dict[str, deque[LaneKey]] = {}
         self.busy: Counter[str] = Counter()  # senders on each endpoint's lanes
+        # Attempts being sent: delivery id -> (endpoint id, when it started, monotonic).
+        self.sending: dict[int, tuple[str, float]] = {}
         self.senders: set[asyncio.Task[None]] = set()
         # Claimed and not yet recorded: delivery id -> when its lease ends (monotonic).
         self.leases: dict[int, float] = {}
@@ -210,9 +213,11 @@ class _Lanes:
     def held(self) -> int:
         return len(self.leases)
 
-    async def claim(self, now: datetime, limit: int) -> None:
+    async def claim(self, now: datetime, limit: int, excluding: Collection[str] = ()) -> None:
+        """``excluding``: endpoints whose deliveries are not claimed (every sender they may
+        have is taken)."""
         lease_ends = time.monotonic() + LEASE.total_seconds()
-        claimed = await _claim(now, limit)
+        claimed = await _claim(now, limit, excluding)
         # The latest check of a URL is the one in force, for deliveries queued earlier too.
         self.refusals.update(await _refusals({c.endpoint.url for c in claimed}))
         for c in sorted(claimed, key=lambda c: c.position):
@@ -224,11 +229,51 @@ class _Lanes:
                 self._enqueue(c)
         self._start_senders()
 
+    def cap(self) -> int:
+        """The senders one endpoint may have: an equal share, with one share kept back for an
+        endpoint that has none yet. Hanging endpoints with more loans' lanes than there are
+        senders took every one, and a healthy endpoint's deliveries waited behind their
+        timeouts, up to their lease (60 s; a tester's, with 150 loans; then with two hanging
+        endpoints each taking half)."""
+        active = self.ready.keys() | {e for e, n in self.busy.items() if n}
+        return max(1, IN_FLIGHT // (len(active) + 1))
+
+    def _slow(self) -> list[str]:
+        """The endpoint of each attempt pending for SLOW_SECONDS or more."""
+        since = time.monotonic() - SLOW_SECONDS
+        return [endpoint_id for endpoint_id, started in self.sending.values() if started < since]
+
+    def slow_attempts(self) -> int:
+        return len(self._slow())
+
+    async def hand_back_full(self, now: datetime) -> set[str]:
+        """The endpoints with every sender they may have taken: their lanes not started are due
+        again at once, and they are left out of the next claim, so that what a hanging
+        endpoint holds never keeps the drain from claiming the others' deliveries (600 loans'
+        lanes to one held back a healthy endpoint's new events by up to a timeout)."""
+        cap = self.cap()
+        full = {e for e in self._slow() if self.busy[e] >= cap}
+        waiting: list[int] = []
+        for endpoint_id in full & self.ready.keys():
+            for key in self.ready.pop(endpoint_id):
+                waiting.extend(c.delivery_id for c in self.lanes.pop(key))
+        # One whose lease ran out while it waited may be another dispatcher's now.
+        leased = [d for d in waiting if self.leases.pop(d) > time.monotonic()]
+        if leased:
+            async with session_scope() as session:
+                await session.execute(
+                    update(_deliveries)
+                    .where(_deliveries.c.id.in_(leased))
+                    .values(next_attempt_at=now, leased_until=None)
+                )
+        return full
+
     def _start_senders(self) -> None:
         # A sender that ran out of lanes is over, though only wait() drops it.
         running = sum(not task.done() for task in self.senders)
+        cap = self.cap()
         startable = sum(
-            min(len(lanes), PER_ENDPOINT - self.busy[endpoint_id])
+            min(len(lanes), cap - self.busy[endpoint_id])
             for endpoint_id, lanes in self.ready.items()
         )
         for _ in range(min(IN_FLIGHT - running, startable)):
@@ -306,8 +351,9 @@ class _Lanes:
     def _next_lane(self) -> LaneKey | None:
         """The first ready lane of the first endpoint in turn with a sender to spare; that
         endpoint's turn moves to the end."""
+        cap = self.cap()
         for endpoint_id, lanes in self.ready.items():
-            if self.busy[endpoint_id] < PER_ENDPOINT:
+            if self.busy[endpoint_id] < cap:
                 key = lanes.popleft()
                 del self.ready[endpoint_id]
                 if lanes:
@@ -336,6 +382,7 @@ class _Lanes:
                 self._release([claimed, *lane])
                 lane.clear()
                 return
+            self.sending[claimed.delivery_id] = (claimed.endpoint.id, time.monotonic())
             try:
                 outcome = await _send(
                     self.client, claimed, self.refusals[claimed.endpoint.url], self.timeout
@@ -347,6 +394,8 @@ class _Lanes:
                 # attempt is recorded as failed and retried on the schedule.
                 log.exception("webhook delivery %s: the attempt failed", claimed.delivery_id)
                 outcome = Outcome(claimed, utc_now(), None, 0, None, f"{type(exc).__name__}")
+            finally:
+                del self.sending[claimed.delivery_id]
             # Looked up after the send: a record meanwhile took the list it replaced.
             self.sent.append(outcome)
 
@@ -365,13 +414,14 @@ _events = cast(Table, Event.__table__)
 _endpoints = cast(Table, WebhookEndpoint.__table__)
 
 
-async def _claim(now: datetime, limit: int) -> list[Claimed]:
+async def _claim(now: datetime, limit: int, excluding: Collection[str]) -> list[Claimed]:
     d, w, e = _deliveries.c, _endpoints.c, _events.c
     async with session_scope() as session:
         due = (
             select(d.id)
             .join(_endpoints, w.id == d.endpoint_id)
             .where(d.status == DeliveryStatus.PENDING, d.next_attempt_at <= now, w.enabled)
+            .where(d.endpoint_id.not_in(excluding) if excluding else true())
             .order_by(d.next_attempt_at, d.event_position)
             .limit(limit)
             .with_for_update(of=_deliveries, skip_locked=True)

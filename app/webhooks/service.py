@@ -336,7 +336,11 @@ async def redeliver(
             raise InvalidRequest.field("enabled", "enable the endpoint before redelivering to it")
         _check_addressed(event, view)
     await fan_out(session, event.position, event.position, only_endpoint=endpoint_id)
-    query = update(WebhookDelivery).where(WebhookDelivery.event_position == event.position)
+    # One being sent at this moment is that redelivery: made due too, its attempt's record
+    # set it delivered again and the count said 1 for a send never made (a re-verifier's).
+    query = update(WebhookDelivery).where(
+        WebhookDelivery.event_position == event.position, not_leased(utc_now())
+    )
     if endpoint_id is not None:
         query = query.where(WebhookDelivery.endpoint_id == endpoint_id)
     else:

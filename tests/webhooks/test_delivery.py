@@ -655,7 +655,7 @@ async def test_a_dispatcher_killed_mid_batch_loses_nothing(client: httpx.AsyncCl
         for _ in range(5):
             await w.loan()
         now = utc_now()
-        claimed = await dispatcher._claim(now, 3)  # claimed, then the process died
+        claimed = await dispatcher._claim(now, 3, ())  # claimed, then the process died
         assert len(claimed) == 3
         assert await deliver(now) == 2  # the others are leased, not lost
         assert await deliver(now + dispatcher.LEASE + timedelta(seconds=1)) == 3
@@ -930,30 +930,59 @@ async def test_the_actions_without_fields_refuse_unknown_ones(client: httpx.Asyn
             assert done.status_code == status, (action, body, done.text)
 
 
-async def test_a_hanging_endpoint_with_many_loans_leaves_senders_for_the_others(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("hanging", [1, 2])
+async def test_hanging_endpoints_with_many_loans_leave_senders_for_the_others(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, hanging: int
 ) -> None:
-    """More loans' lanes to a hanging endpoint than the drain has senders: they took every
+    """More loans' lanes to hanging endpoints than the drain has senders: they took every
     sender, and a healthy endpoint's deliveries waited behind the timeouts, up to their lease
-    (60 s, a tester's with 150 loans). One endpoint gets at most half of the senders."""
+    (60 s, a tester's with 150 loans; then with two hanging endpoints, each taking half).
+    Each endpoint gets a share, one share kept back for an endpoint with none."""
     monkeypatch.setattr(dispatcher, "IN_FLIGHT", 4)
-    monkeypatch.setattr(dispatcher, "PER_ENDPOINT", 2, raising=False)
     w = await world(client)
     with receiving() as stuck, receiving() as healthy:
         stuck.gate.clear()
-        await endpoint(w, stuck.url)
+        for n in range(hanging):
+            await endpoint(w, f"{stuck.url}{n}")
         await endpoint(w, healthy.url)
         for _ in range(6):
             await w.loan()
         in_flight = asyncio.create_task(deliver())
         try:
             await until(lambda: len(healthy.received) == 6, seconds=3)
-            assert len(stuck.arrived) <= 2
         finally:
             stuck.gate.set()
             sent = await in_flight
-        assert sent == 12
-    assert len(stuck.received) == 6
+        assert sent == 6 * (hanging + 1)
+    assert len(stuck.received) == 6 * hanging
+
+
+async def test_what_a_hanging_endpoint_holds_does_not_stop_the_claims(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain claims a batch while it holds less than one: a hanging endpoint's deliveries
+    waiting for a sender filled it, and a healthy endpoint's new events were not claimed until
+    the timeouts ended (600 loans: up to 9 s, in waves). Once the slow endpoint has every
+    sender it may have, its waiting deliveries go back and the claims leave it out."""
+    monkeypatch.setattr(get_settings(), "webhook_batch_size", 4)
+    monkeypatch.setattr(dispatcher, "SLOW_SECONDS", 0.2, raising=False)
+    w = await world(client)
+    with receiving() as stuck, receiving() as healthy:
+        stuck.gate.clear()
+        await endpoint(w, stuck.url)
+        for _ in range(8):
+            await w.loan()
+        await endpoint(w, healthy.url)  # after the stuck endpoint's backlog
+        for _ in range(4):
+            await w.loan()
+        in_flight = asyncio.create_task(deliver())
+        try:
+            await until(lambda: len(healthy.received) == 4, seconds=3)
+        finally:
+            stuck.gate.set()
+            sent = await in_flight
+        assert sent == 16
+    assert len(stuck.received) == 12
 
 
 async def test_an_endpoint_enabled_again_leaves_a_delivery_in_flight_to_its_attempt(
@@ -985,3 +1014,28 @@ async def test_an_endpoint_enabled_again_leaves_a_delivery_in_flight_to_its_atte
         (delivery,) = await session.scalars(select(WebhookDelivery))
         attempts = await session.scalar(select(func.count()).select_from(WebhookAttempt))
     assert (delivery.status, delivery.attempts, attempts) == ("delivered", 1, 1)
+
+
+async def test_a_redelivery_of_a_delivery_being_sent_counts_no_second_send(
+    client: httpx.AsyncClient,
+) -> None:
+    """Its attempt in flight is the redelivery: the answer said one delivery would be sent,
+    and none more was (a re-verifier's)."""
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.gate.clear()
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        (event,) = (await w.get("/v1/events?type=loan.created", headers=w.admin))["items"]
+        in_flight = asyncio.create_task(deliver())
+        try:
+            await until(lambda: receiver.arrived)
+            again = await w.post(f"/v1/events/{event['id']}/redeliver",
+                                 {"endpoint_id": hook["id"]}, headers=w.admin)  # fmt: skip
+            assert again.status_code == 202, again.text
+            assert again.json()["deliveries"] == 0
+        finally:
+            receiver.gate.set()
+            await in_flight
+        assert await deliver() == 0
+        assert len(receiver.arrived) == 1
