@@ -16,6 +16,10 @@ MINOR_DIGITS: dict[str, int] = {
 
 # \Z, not $: "$" also matches before a trailing newline, and Decimal("1\n") is 1.
 MONEY_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]{1,3})?\Z")
+# A decimal string of any number of decimals: which number the currency wants is told once the
+# currency is known, in its own form (a 4-decimal CNY amount told "at most 3, as '1299.000'"
+# was then refused for 3: a re-verifier's).
+DECIMAL_STRING = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]+)?\Z")
 RATE_PATTERN = re.compile(r"^(0|[1-9][0-9]?)(\.[0-9]{1,6})?\Z")
 
 
@@ -41,10 +45,10 @@ def minor_digits(currency: str) -> int:
 
 def to_minor(amount: str, currency: str) -> int:
     """Parse a decimal string with exactly the currency's minor digits into minor units."""
-    if not MONEY_PATTERN.match(amount):
+    if not DECIMAL_STRING.match(amount):
         raise MoneyError(
-            "must be a non-negative decimal string with the currency's decimal places, "
-            "such as '1299.00'"
+            f"must be a non-negative decimal string such as "
+            f"'{format_minor(1299 * 10 ** minor_digits(currency), currency)}'"
         )
     digits = minor_digits(currency)
     value = Decimal(amount)

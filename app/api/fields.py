@@ -16,27 +16,25 @@ from pydantic import (
 )
 
 from app.loans.schedule import OFFERED_TERMS
-from app.money import MONEY_PATTERN, RATE_PATTERN
+from app.money import DECIMAL_STRING, MONEY_PATTERN, RATE_PATTERN
 
-# An amount MONEY_PATTERN refuses only for its sign, its decimals or its length (more whole
+# An amount DECIMAL_STRING refuses only for its sign or its length (more whole
 # digits than any amount up to the maximum has): told that, not that it is no decimal string.
 _SIGNED_OR_LONG = re.compile(r"^(-?)(0|[1-9][0-9]*)(\.[0-9]+)?\Z")
 
 
 def _money_shape(value: str) -> str:
-    if MONEY_PATTERN.match(value):
+    if DECIMAL_STRING.match(value):  # its decimals are read against the currency later
         return value
     amount = _SIGNED_OR_LONG.match(value)
     if amount and amount[1]:
         raise ValueError("must not be negative")
-    if amount and amount[3] and len(amount[3]) > 4:
-        # The currency is not known yet: the most any has is KWD's three.
-        raise ValueError("has more decimal places than any currency: at most 3, as '1299.000'")
     if amount:  # parse_amount tells an amount of fewer digits the field's own maximum
         raise ValueError("is too large: more whole digits than any amount has (at most 15)")
+    # The currency is not known yet: no example, which would be another currency's form.
     raise ValueError(
-        "must be a non-negative decimal string with the currency's decimal places, such as "
-        "'1299.00' (JSON numbers are refused)"
+        "must be a non-negative decimal string with the currency's decimal places (JSON "
+        "numbers are refused)"
     )
 
 

@@ -378,9 +378,10 @@ async def test_a_negative_or_too_large_amount_is_told_so_as_the_pos_is(
         ("1000000000.01", "must not exceed 1000000000"),
         ("-5.00", "must not be negative"),
         ("-9999999999999999.00", "must not be negative"),
-        ("5,00", "must be a non-negative decimal string with the currency's decimal places, "
-                 "such as '1299.00' (JSON numbers are refused)"),
-        ("5.0001", "has more decimal places than any currency: at most 3, as '1299.000'"),
+        ("5,00", "must be a non-negative decimal string with the currency's decimal places "
+                 "(JSON numbers are refused)"),
+        # Told in the loan's currency's own form, not another's.
+        ("5.0001", "CNY amounts have exactly 2 decimal places, such as '1299.00'"),
     ]):  # fmt: skip
         body = notification("debit.succeeded", loan["id"], amount=amount, received_on="2026-02-10")
         response = await post(client, *signed(secret, body, f"msg_amount_{i}"))
