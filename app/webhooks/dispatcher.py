@@ -258,14 +258,7 @@ class _Lanes:
             for key in self.ready.pop(endpoint_id):
                 waiting.extend(c.delivery_id for c in self.lanes.pop(key))
         # One whose lease ran out while it waited may be another dispatcher's now.
-        leased = [d for d in waiting if self.leases.pop(d) > time.monotonic()]
-        if leased:
-            async with session_scope() as session:
-                await session.execute(
-                    update(_deliveries)
-                    .where(_deliveries.c.id.in_(leased))
-                    .values(next_attempt_at=now, leased_until=None)
-                )
+        await _due_at_once([d for d in waiting if self.leases.pop(d) > time.monotonic()], now)
         return full
 
     def _start_senders(self) -> None:
@@ -289,14 +282,9 @@ class _Lanes:
         for o in outcomes:
             del self.leases[o.claimed.delivery_id]
         released, self.released = self.released, []
-        spared = [d for d, lease_ends in released if lease_ends - time.monotonic() > 1.0]
-        if spared:
-            async with session_scope() as session:
-                await session.execute(
-                    update(_deliveries)
-                    .where(_deliveries.c.id.in_(spared))
-                    .values(next_attempt_at=now, leased_until=None)
-                )
+        await _due_at_once(
+            [d for d, lease_ends in released if lease_ends - time.monotonic() > 1.0], now
+        )
         return len(outcomes)
 
     async def wait(self, seconds: float) -> None:
@@ -331,14 +319,7 @@ class _Lanes:
             lane.clear()
         self.ready.clear()
         # One whose lease ran out while it waited may be another dispatcher's now.
-        leased = [d for d in waiting if self.leases.pop(d) > time.monotonic()]
-        if leased:
-            async with session_scope() as session:
-                await session.execute(
-                    update(_deliveries)
-                    .where(_deliveries.c.id.in_(leased))
-                    .values(next_attempt_at=now, leased_until=None)
-                )
+        await _due_at_once([d for d in waiting if self.leases.pop(d) > time.monotonic()], now)
 
     def _enqueue(self, claimed: Claimed) -> None:
         key = (claimed.endpoint.id, claimed.loan_id or claimed.event_id)
@@ -412,6 +393,17 @@ class _Lanes:
 _deliveries = cast(Table, WebhookDelivery.__table__)
 _events = cast(Table, Event.__table__)
 _endpoints = cast(Table, WebhookEndpoint.__table__)
+
+
+async def _due_at_once(delivery_ids: list[int], now: datetime) -> None:
+    """Deliveries this drain held and leaves unsent, for the next claim."""
+    if delivery_ids:
+        async with session_scope() as session:
+            await session.execute(
+                update(_deliveries)
+                .where(_deliveries.c.id.in_(delivery_ids))
+                .values(next_attempt_at=now, leased_until=None)
+            )
 
 
 async def _claim(now: datetime, limit: int, excluding: Collection[str]) -> list[Claimed]:

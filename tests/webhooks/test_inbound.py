@@ -667,15 +667,23 @@ async def test_a_rotated_secret_replaces_the_old_one_after_the_overlap(
     assert empty.json()["secret"] != new
 
 
-async def test_an_api_key_sent_beside_the_signature_must_be_a_gateway_key(
+async def with_a_gateway_key(
     client: httpx.AsyncClient,
-) -> None:
+) -> tuple[World, str, dict[str, Any], str]:
+    """A world, its gateway's secret, a loan of 1200.00 from Jan 10, and a gateway API key."""
     w = await world(client)
     secret = await gateway(w)
     loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
     gateway_key = (
         await w.post("/v1/api-keys", {"role": "gateway"}, headers=w.admin, expect=201)
     ).json()["key"]
+    return w, secret, loan, str(gateway_key)
+
+
+async def test_an_api_key_sent_beside_the_signature_must_be_a_gateway_key(
+    client: httpx.AsyncClient,
+) -> None:
+    w, secret, loan, gateway_key = await with_a_gateway_key(client)
     keys = [("Bearer lw_not_a_key", 401), (w.merchant["Authorization"], 403),
             (f"Bearer {gateway_key}", 200)]  # fmt: skip
     for n, (authorization, status) in enumerate(keys):
@@ -693,12 +701,7 @@ async def test_a_chargeback_before_its_debit_is_applied_when_resent_with_an_idem
     """The webhook-id is a notification's idempotency key. An Idempotency-Key beside a gateway
     key stored the chargeback's 404 (its debit not yet arrived) and replayed it to every
     retry, so the money stayed counted as paid (a tester's)."""
-    w = await world(client)
-    secret = await gateway(w)
-    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
-    gateway_key = (
-        await w.post("/v1/api-keys", {"role": "gateway"}, headers=w.admin, expect=201)
-    ).json()["key"]
+    w, secret, loan, gateway_key = await with_a_gateway_key(client)
     with_keys = {"Authorization": f"Bearer {gateway_key}", "Idempotency-Key": "cb-1"}
     chargeback = notification("payment.charged_back", loan["id"], amount="50.00",
                               received_on="2026-01-20")  # fmt: skip
