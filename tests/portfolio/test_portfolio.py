@@ -356,17 +356,14 @@ async def fpd_alerts(w: World) -> list[dict[str, Any]]:
     return [a for a in alerts if a["metric"] == "fpd_10"]
 
 
-async def test_segments_and_a_first_payment_default_alert(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A store's first-payment defaults jump: 1 in 4 of January's loans missed their first
-    installment, then all 4 of February's; the close raises risk.segment_alert once."""
-    monkeypatch.setattr(get_settings().portfolio, "alert_min_loans", 4)
+async def a_store_with_a_bad_february(client: httpx.AsyncClient) -> World:
+    """1 in 4 of January's loans misses its first installment (the others pay on time), then
+    all 4 of February's will (due Mar 14); closed to Mar 10."""
     w = await world(client)
     await close(w, "2026-01-10")
     january = [await w.loan(principal="600.00", term=3, disbursed_on="2026-01-10")
                for _ in range(4)]  # fmt: skip
-    for loan in january[1:]:  # these three pay every installment on time
+    for loan in january[1:]:
         schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
         for installment in schedule:
             await w.pay(loan["id"], installment["total"], installment["due_date"])
@@ -374,6 +371,33 @@ async def test_segments_and_a_first_payment_default_alert(
     for _ in range(4):
         await w.loan(principal="600.00", term=3, disbursed_on="2026-02-14")
     await close(w, "2026-03-10")
+    return w
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("alert_min_increase", Decimal("0.80")), ("alert_min_closes", 200)],
+)
+async def test_no_segment_alert_for_a_small_rise_or_a_short_norm(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, setting: str, value: object
+) -> None:
+    """The jump from 0.25 to 1.00 is 0.75: under a required rise of 0.80 it is no alert, nor
+    against a norm of fewer closes than required (a single default in 60 against a zero
+    norm, or a norm of one close, alerted a healthy store every night: a tester's)."""
+    monkeypatch.setattr(get_settings().portfolio, "alert_min_loans", 4)
+    monkeypatch.setattr(get_settings().portfolio, setting, value)
+    w = await a_store_with_a_bad_february(client)
+    await close(w, "2026-03-24")
+    assert await fpd_alerts(w) == []
+
+
+async def test_segments_and_a_first_payment_default_alert(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store's first-payment defaults jump: 1 in 4 of January's loans missed their first
+    installment, then all 4 of February's; the close raises risk.segment_alert once."""
+    monkeypatch.setattr(get_settings().portfolio, "alert_min_loans", 4)
+    w = await a_store_with_a_bad_february(client)
     segments = await w.get("/v1/portfolio/segments?by=merchant", w.admin)
     (store,) = segments["segments"]
     assert store["fpd_10"] == {"rate": "0.2500", "loans": 1, "cohort": 4}  # January's cohort
