@@ -46,6 +46,8 @@ TICK_SECONDS = 0.1
 # An endpoint with an attempt pending this long is slow: once it has every sender it may have,
 # its waiting deliveries go back rather than hold up the drain's claims.
 SLOW_SECONDS = 1.0
+# An endpoint whose attempt took that long, or failed without an answer, stays slow this long.
+SLOW_MEMORY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -155,21 +157,33 @@ async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) ->
     SQLite's single connection needs. A failure stops every lane and leaves what it claimed
     to the lease.
     """
-    started = time.monotonic()
     limit = get_settings().webhook_batch_size
     lanes, sent = _Lanes(), 0
+    started = time.monotonic()  # after the client is made: the first one takes a while
     try:
         while True:
             sent += await lanes.record(now or utc_now())
-            if time.monotonic() - started >= budget_seconds:
+            over = time.monotonic() - started >= budget_seconds
+            slow = lanes.slow_endpoints()
+            if over and not lanes.waiting_on_slow():
                 await lanes.hand_back(now or utc_now())
             else:
-                full = await lanes.hand_back_full(now or utc_now())
-                # A batch while less than one is held (but for slow attempts, which may take
-                # a timeout): the lanes never run dry while the database works, and no more
-                # than two batches are leased by one drain beside the slow attempts.
-                if lanes.held - lanes.slow_attempts() < limit:
-                    await lanes.claim(now or utc_now(), limit, excluding=full)
+                # Past its budget the drain only waits out the slow attempts: none starts,
+                # and meanwhile the other endpoints' deliveries go on (the embedded default,
+                # one drain at a time, held them back by a timeout every 20 s: a
+                # re-verifier's). Before, only slow endpoints with every sender they may have.
+                leave_out = slow if over else lanes.full()
+                await lanes.hand_back_lanes(leave_out, now or utc_now())
+                # Nor are more claimed for a slow endpoint with attempts pending: claimed
+                # first (they fell due first), a slow endpoint's backlog filled every batch,
+                # and a healthy endpoint's new event waited behind it for a minute and more
+                # (a tester's, on Celery, 4,000 deliveries behind).
+                leave_out |= {e for e in slow if lanes.busy[e]}
+                # A batch while less than one is held (but for slow endpoints, whose attempts
+                # may take a timeout): the lanes never run dry while the database works, and
+                # no more than two batches are leased by one drain beside the slow ones.
+                if lanes.held - lanes.held_by(slow) < limit:
+                    await lanes.claim(now or utc_now(), limit, excluding=leave_out)
             if not lanes.held:
                 await lanes.record(now or utc_now())  # what was left unsent meanwhile
                 return sent
@@ -201,6 +215,8 @@ class _Lanes:
         self.busy: Counter[str] = Counter()  # senders on each endpoint's lanes
         # Attempts being sent: delivery id -> (endpoint id, when it started, monotonic).
         self.sending: dict[int, tuple[str, float]] = {}
+        # Endpoints an attempt found slow -> until when they count as slow (monotonic).
+        self.slow_marks: dict[str, float] = {}
         self.senders: set[asyncio.Task[None]] = set()
         # Claimed and not yet recorded: delivery id -> when its lease ends (monotonic).
         self.leases: dict[int, float] = {}
@@ -243,23 +259,36 @@ class _Lanes:
         since = time.monotonic() - SLOW_SECONDS
         return [endpoint_id for endpoint_id, started in self.sending.values() if started < since]
 
-    def slow_attempts(self) -> int:
-        return len(self._slow())
+    def waiting_on_slow(self) -> bool:
+        """An attempt has been pending for SLOW_SECONDS."""
+        return bool(self._slow())
 
-    async def hand_back_full(self, now: datetime) -> set[str]:
-        """The endpoints with every sender they may have taken: their lanes not started are due
-        again at once, and they are left out of the next claim, so that what a hanging
-        endpoint holds never keeps the drain from claiming the others' deliveries (600 loans'
-        lanes to one held back a healthy endpoint's new events by up to a timeout)."""
+    def slow_endpoints(self) -> set[str]:
+        """Those with an attempt pending for SLOW_SECONDS, or found slow lately."""
+        now = time.monotonic()
+        return set(self._slow()) | {e for e, until in self.slow_marks.items() if until > now}
+
+    def held_by(self, endpoints: set[str]) -> int:
+        """The deliveries this drain holds for ``endpoints``: waiting or being sent."""
+        waiting = sum(len(lane) for key, lane in self.lanes.items() if key[0] in endpoints)
+        return waiting + sum(1 for e, _ in self.sending.values() if e in endpoints)
+
+    def full(self) -> set[str]:
+        """The slow endpoints with every sender they may have: what they hold is handed back
+        and they are left out of claims, so that a hanging endpoint never keeps the drain
+        from claiming the others' deliveries (600 loans' lanes to one held back a healthy
+        endpoint's new events by up to a timeout)."""
         cap = self.cap()
-        full = {e for e in self._slow() if self.busy[e] >= cap}
+        return {e for e in self._slow() if self.busy[e] >= cap}
+
+    async def hand_back_lanes(self, endpoints: set[str], now: datetime) -> None:
+        """The lanes of ``endpoints`` not started: due again at once."""
         waiting: list[int] = []
-        for endpoint_id in full & self.ready.keys():
+        for endpoint_id in endpoints & self.ready.keys():
             for key in self.ready.pop(endpoint_id):
                 waiting.extend(c.delivery_id for c in self.lanes.pop(key))
         # One whose lease ran out while it waited may be another dispatcher's now.
         await _due_at_once([d for d in waiting if self.leases.pop(d) > time.monotonic()], now)
-        return full
 
     def _start_senders(self) -> None:
         # A sender that ran out of lanes is over, though only wait() drops it.
@@ -377,6 +406,8 @@ class _Lanes:
                 outcome = Outcome(claimed, utc_now(), None, 0, None, f"{type(exc).__name__}")
             finally:
                 del self.sending[claimed.delivery_id]
+            if outcome.status_code is None or outcome.latency_ms >= SLOW_SECONDS * 1000:
+                self.slow_marks[claimed.endpoint.id] = time.monotonic() + SLOW_MEMORY_SECONDS
             # Looked up after the send: a record meanwhile took the list it replaced.
             self.sent.append(outcome)
 

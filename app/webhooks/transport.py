@@ -25,7 +25,7 @@ own; ``network_backend`` is httpcore's extension point for the socket layer.
 import asyncio
 import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import httpcore
@@ -281,19 +281,44 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         return [getattr(getattr(s, "_pool", None), "_network_backend", None) for s in self._shards]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        # Busy until the response head arrives: the dispatcher reads each (short) body at
-        # once, so counting until the body is closed would cost a wrapper per response for
-        # the same choice of pool.
+        # Busy until the response is closed, not when its head arrives: a receiver trickling
+        # its body holds the connection for up to the timeout, and a healthy endpoint's
+        # requests sent to that pool as if it were free waited there until they timed out,
+        # then went again after later events of their loans (a re-verifier's).
         busy = self._busy
         index = busy.index(min(busy))
         busy[index] += 1
         try:
-            return await self._shards[index].handle_async_request(request)
-        finally:
+            response = await self._shards[index].handle_async_request(request)
+        except BaseException:
             busy[index] -= 1
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Releasing(response.stream, busy, index)
+        return response
 
     async def aclose(self) -> None:
         await asyncio.gather(*(shard.aclose() for shard in self._shards))
+
+
+class _Releasing(httpx.AsyncByteStream):
+    """A response body that frees its pool's place in ``busy`` once, when closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, busy: list[int], index: int) -> None:
+        self._stream, self._busy, self._index = stream, busy, index
+        self._open = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            if self._open:
+                self._open = False
+                self._busy[self._index] -= 1
 
 
 class _NoCookies(httpx.Cookies):

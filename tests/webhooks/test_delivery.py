@@ -1039,3 +1039,28 @@ async def test_a_redelivery_of_a_delivery_being_sent_counts_no_second_send(
             await in_flight
         assert await deliver() == 0
         assert len(receiver.arrived) == 1
+
+
+async def test_past_its_budget_a_drain_waiting_on_a_slow_attempt_still_sends_the_others(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain past its budget ended with its attempts in flight, claiming nothing: on the
+    embedded default, one drain at a time, a healthy endpoint's new events waited out a
+    hanging attempt's timeout every 20 s (a re-verifier's)."""
+    monkeypatch.setattr(dispatcher, "SLOW_SECONDS", 0.2)
+    w = await world(client)
+    with receiving() as stuck, receiving() as healthy:
+        stuck.gate.clear()
+        await endpoint(w, stuck.url)
+        await endpoint(w, healthy.url)
+        await w.loan()
+        in_flight = asyncio.create_task(dispatcher.drain(budget_seconds=0.3))
+        try:
+            await until(lambda: stuck.arrived and healthy.received)
+            await asyncio.sleep(0.5)  # past the budget, the stuck attempt slow
+            await w.loan()
+            await until(lambda: len(healthy.received) == 2, seconds=3)
+            assert not in_flight.done()
+        finally:
+            stuck.gate.set()
+            await in_flight

@@ -125,3 +125,36 @@ async def test_a_slow_answer_times_out_and_a_closed_port_fails_to_connect() -> N
     async with client() as c:
         with pytest.raises(httpx.ConnectError):
             await c.post(f"http://127.0.0.1:{port}/hooks", content=b"x")
+
+
+async def test_a_pool_is_busy_until_its_answer_is_closed_not_until_its_head() -> None:
+    """A receiver trickling its body holds its connection: counted free once the head had
+    arrived, its pool took the next request, which waited for the connection until it timed
+    out (a re-verifier's: a healthy endpoint's deliveries logged as timed out, then sent again
+    after later events of their loans)."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n")
+        try:
+            for _ in range(1000):
+                writer.write(b"x")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    slow = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    slow_url = f"http://127.0.0.1:{slow.sockets[0].getsockname()[1]}/hooks"
+    c = transport.make_client(timeout=3.0, shards=2, connections_per_shard=1)
+    try:
+        async with serving(Server()) as healthy, c.stream("POST", slow_url, content=b"{}") as held:
+            assert held.status_code == 200  # the head is in; the body trickles
+            # Sent to the held pool, it waits for the connection and times out (3 s).
+            answer = await c.post(healthy.url, content=b"{}")
+            assert answer.status_code == 200
+    finally:
+        await c.aclose()
+        slow.close()
