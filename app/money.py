@@ -45,17 +45,14 @@ def minor_digits(currency: str) -> int:
 
 def to_minor(amount: str, currency: str) -> int:
     """Parse a decimal string with exactly the currency's minor digits into minor units."""
-    if not DECIMAL_STRING.match(amount):
-        raise MoneyError(
-            f"must be a non-negative decimal string such as "
-            f"'{format_minor(1299 * 10 ** minor_digits(currency), currency)}'"
-        )
     digits = minor_digits(currency)
+    example = format_minor(1299 * 10**digits, currency)
+    if not DECIMAL_STRING.match(amount):
+        raise MoneyError(f"must be a non-negative decimal string such as '{example}'")
     value = Decimal(amount)
     exponent = value.as_tuple().exponent
     assert isinstance(exponent, int)
     if -exponent != digits:
-        example = format_minor(1299 * 10**digits, currency)
         raise MoneyError(
             f"{currency} amounts have exactly {digits} decimal places, such as '{example}'"
         )

@@ -676,12 +676,13 @@ async def recompute_delinquency(
     # reckoned as of a later date was moved there by a payment during this close (or the
     # catch-up it is part of): set back to this date, that is announced, as it is when the
     # payment came before the close (it was silent: a tester's, on PostgreSQL).
-    last_closed = await session.scalar(_LAST_CLOSED_BEFORE, {"as_of": as_of})
-    changes = [
-        c for c in changes
-        if c.delinquency_as_of is None or c.delinquency_as_of <= as_of
-        or (last_closed is not None and last_closed >= c.disbursed_on)
-    ]  # fmt: skip
+    seen_later = {c.id for c in changes if c.delinquency_as_of and c.delinquency_as_of > as_of}
+    if seen_later:  # nearly never: no query on an ordinary night
+        last_closed = await session.scalar(_LAST_CLOSED_BEFORE, {"as_of": as_of})
+        changes = [
+            c for c in changes
+            if c.id not in seen_later or (last_closed is not None and last_closed >= c.disbursed_on)
+        ]  # fmt: skip
     await events.emit_many(
         session,
         [

@@ -230,8 +230,8 @@ class _Lanes:
         return len(self.leases)
 
     async def claim(self, now: datetime, limit: int, excluding: Collection[str] = ()) -> None:
-        """``excluding``: endpoints whose deliveries are not claimed (every sender they may
-        have is taken)."""
+        """``excluding``: endpoints whose deliveries are not claimed (slow ones with attempts
+        pending: see ``drain``)."""
         lease_ends = time.monotonic() + LEASE.total_seconds()
         claimed = await _claim(now, limit, excluding)
         # The latest check of a URL is the one in force, for deliveries queued earlier too.
