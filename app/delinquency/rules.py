@@ -121,8 +121,14 @@ class LateFeePolicy:
 
 
 def late_fee_due(as_of: date, due_date: date, grace_days: int) -> bool:
-    """A late fee is due once the installment is more than ``grace_days`` days late."""
-    return (as_of - due_date).days > grace_days
+    """The close of ``as_of`` may charge the installment's late fee: its grace is over."""
+    return as_of > late_fee_judged_on(due_date, grace_days)
+
+
+def late_fee_judged_on(due_date: date, grace_days: int) -> date:
+    """The last day of grace: an installment owing more than the arrears tolerance after the
+    payments received by then is late, and owes the fee (one paid the day after is late)."""
+    return due_date + timedelta(days=grace_days)
 
 
 def late_fee_minor(policy: LateFeePolicy, unpaid_minor: int) -> int:

@@ -299,12 +299,22 @@ def unpaid_now_sql() -> ColumnElement[int]:
 
 
 def paid_after_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
-    """What applied payments received after ``as_of`` paid on each installment."""
+    """What applied payments received after ``as_of`` (a bound date) paid on each
+    installment."""
+    i = _installment.c
+    payment = _paid_later
+    later = and_(payment.c.received_on > as_of, payment.c.status == PaymentStatus.APPLIED.value)
+    payers = select(payment.c.loan_id).where(later).correlate(None)
+    return case((i.loan_id.in_(payers), _paid_after_each(as_of)), else_=0)
+
+
+def _paid_after_each(as_of: ColumnElement[date]) -> ScalarSelect[int]:
+    """``paid_after_sql`` looked up for each installment, ``as_of`` a date or an expression
+    over the columns of the statement it is in (the installment's, its product's)."""
     i = _installment.c
     payment, allocation = _paid_later, _paid_later_to
     later = and_(payment.c.received_on > as_of, payment.c.status == PaymentStatus.APPLIED.value)
-    payers = select(payment.c.loan_id).where(later).correlate(None)
-    paid = (
+    return (
         select(
             # PostgreSQL sums BIGINTs into NUMERIC: the unpaid amounts stay whole minor units.
             sql_cast(
@@ -321,10 +331,9 @@ def paid_after_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
         )
         .select_from(allocation.join(payment, payment.c.id == allocation.c.payment_id))
         .where(allocation.c.loan_id == i.loan_id, allocation.c.installment_seq == i.seq, later)
-        .correlate(_installment)
+        .correlate_except(payment, allocation)
         .scalar_subquery()
     )
-    return case((i.loan_id.in_(payers), paid), else_=0)
 
 
 def tolerance_sql(tolerance: Decimal | None = None) -> ColumnElement[int]:
@@ -403,7 +412,13 @@ async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[st
 def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> Any:
     """The update charging the fees."""
     i, loan, product = _installment.c, _loan.c, _product.c
-    unpaid = unpaid_as_of_sql()
+    # Judged on the last day of grace: a payment received the day after is late (before the
+    # twenty-seventh session the close counted its own date's payments, so a fee came only a
+    # day past grace + 1). An installment settled by then needs no look-up; the others (due
+    # today past grace, or settled late and never charged: a back-dated booking) are few.
+    judged_on = add_days(i.due_date, product.grace_days)
+    settled_in_time = and_(i.paid_on.is_not(None), i.paid_on <= judged_on)
+    unpaid = case((settled_in_time, 0), else_=unpaid_now_sql() + _paid_after_each(judged_on))
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
     percent_fee = (
         unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000
@@ -437,8 +452,9 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
 async def charge_late_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> list[Any]:
-    """Charge each installment more than ``grace_days`` late its product's late fee, once:
-    the fees charged (loan_id, seq, due_date, late_fees_minor)."""
+    """Charge each installment that owed more than the arrears tolerance after its last day of
+    grace (``rules.late_fee_judged_on``) its product's late fee, once, at the first close
+    after that day: the fees charged (loan_id, seq, due_date, late_fees_minor)."""
     statement = _late_fees_statement(
         low is not None, high is not None, get_settings().close.arrears_tolerance
     )

@@ -132,7 +132,7 @@ def balances_read(view: "LoanView") -> BalancesRead:
             0 if closed else sum(i.fees_left(view.today) for i in position.installments), cur
         ),
         overdue_amount=format_minor(
-            0 if closed else position.overdue_minor(view.arrears_as_of) - today_fees, cur
+            0 if closed else position.overdue_minor(view.arrears_as_of), cur
         ),
         payoff_amount=format_minor(
             0 if closed else position.payoff_minor(view.today) - today_fees, cur

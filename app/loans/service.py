@@ -139,9 +139,10 @@ class LoanView:
     @property
     def late_fees_of_today_minor(self) -> int:
         """The late fees a close of today's date charged (today is closed). A payment dated
-        today counts as received by that close, so one that settles an installment withdraws
-        its fee: what it takes to pay the loan off, or clear its arrears, today leaves them out
-        (the payment would otherwise be refused as more than the payoff)."""
+        today counts as received by that close, which charges no paid-off loan, so a payoff
+        today withdraws them: what it takes to pay the loan off today leaves them out (the
+        payment would otherwise be refused as more than the payoff). Paying the arrears today
+        does not: the installments were late by the last day of their grace."""
         return sum(
             max(i.late_fees_minor - i.fees_waived_minor, 0)
             for i in self.installments

@@ -12,13 +12,15 @@ not of time: a payoff owes what is left of it on every installment, where the in
 later periods is forgiven.
 
 A late fee counts from the night the close charged it: a payment dated earlier does not pay
-it. When the payments received by that night, some reported after the close, leave its
-installment owing no more than the arrears tolerance, the close would not have charged it had
-it known them, and the replay withdraws it as never charged: a back-dated payment that paid in
-time, or any payoff dated before it. So a replayed loan is never paid off owing a late fee. A
-fee that is a percent of the unpaid part is lowered, the same way, to what the close would
-have charged on what they left unpaid (never raised above what it charged); a fee waiver
-already granted on it is taken off the lowered fee, down to nothing.
+it. The close charges an installment that owed more than the arrears tolerance after the
+payments received by its last day of grace. When those payments, some reported after the
+close, leave it owing no more than that, the close would not have charged the fee had it known
+them, and the replay withdraws it as never charged: a back-dated payment that paid in time. So
+does a payoff dated by the fee's night (the close charges no paid-off loan), so a replayed
+loan is never paid off owing a late fee. A fee that is a percent of the unpaid part is
+lowered, the same way, to what the close would have charged on what they left unpaid (never
+raised above what it charged); a fee waiver already granted on it is taken off the lowered
+fee, down to nothing.
 
 Balances are never patched in place: they are the result of replaying every applied payment in
 order of receipt, so a reversal (or a back-dated payment) re-allocates everything after it.
@@ -28,7 +30,7 @@ that showed it too soon is gone, owes it again; the ledger records either change
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, timedelta
 
 
 @dataclass(frozen=True)
@@ -216,14 +218,18 @@ def replay(
     *,
     arrears_tolerance_minor: int = 0,
     late_fee_for: Callable[[int], int] | None = None,
+    grace_days: int = 0,
 ) -> LoanPosition:
     """The loan's position after applying ``payments`` (in the given order) to a fresh schedule,
-    without the late fees charged too soon (``arrears_tolerance_minor``: what an installment may
+    without the late fees charged on an installment settled by its last day of grace
+    (``grace_days`` after its due date; ``arrears_tolerance_minor``: what an installment may
     still owe and not be late, as the close reckons it) and with a percent fee no more than the
-    product charges on what its night left unpaid (``late_fee_for``: that fee, given the unpaid
+    product charges on what that day left unpaid (``late_fee_for``: that fee, given the unpaid
     amount; None for a fixed fee, which does not depend on it)."""
     payments = list(payments)
-    withdrawn = _late_fees_withdrawn(installments, payments, arrears_tolerance_minor, late_fee_for)
+    withdrawn = _late_fees_withdrawn(
+        installments, payments, arrears_tolerance_minor, late_fee_for, grace_days
+    )
     position = LoanPosition([
         InstallmentPosition(_less(t, withdrawn[t.seq]), late_fees_withdrawn=withdrawn[t.seq])
         for t in installments
@@ -238,19 +244,24 @@ def _late_fees_withdrawn(
     payments: list[PaymentIn],
     tolerance_minor: int,
     late_fee_for: Callable[[int], int] | None,
+    grace_days: int,
 ) -> dict[int, tuple[LateFee, ...]]:
     """What of each late fee a close would not have charged had it known every payment received
-    by the date it charged it: each replayed as that night saw it, the fees of earlier nights as
-    they stand and the payments received by then, in the order the nights ran. The whole fee
-    when the installment then owed no more than the tolerance; of a percent fee, what it
-    charged beyond the fee on what was unpaid, what a waiver forgave of it already counting
-    against that fee."""
+    by its installment's last day of grace: each replayed as that night saw it, the fees of
+    earlier nights as they stand and the payments received by that day, in the order the nights
+    ran. The whole fee when the installment then owed no more than the tolerance; of a percent
+    fee, what it charged beyond the fee on what was unpaid, what a waiver forgave of it already
+    counting against that fee."""
     withdrawn: dict[int, tuple[LateFee, ...]] = {t.seq: () for t in installments}
     charged = sorted(
         ((fee.assessed_on, t.seq, fee) for t in installments for fee in t.late_fees),
         key=lambda night: night[:2],
     )
+    due_dates = {t.seq: t.due_date for t in installments}
     for night, seq, fee in charged:
+        # Never after its night: should relief have moved the installment's due date since,
+        # the fee is judged as that night saw it.
+        judged_on = min(due_dates[seq] + timedelta(days=grace_days), night)
         standing = [_less(t, withdrawn[t.seq]) for t in installments]
         seen = LoanPosition([
             InstallmentPosition(replace(t, late_fees=tuple(
@@ -259,10 +270,15 @@ def _late_fees_withdrawn(
             for t in standing
         ])  # fmt: skip
         for payment in payments:
-            if payment.received_on <= night:
+            if payment.received_on <= judged_on:
                 apply_payment(seen, payment)
         unpaid = next(i for i in seen.installments if i.seq == seq).left(night)
-        if unpaid <= tolerance_minor:
+        late = [p for p in payments if judged_on < p.received_on <= night]
+        if unpaid > tolerance_minor and late:
+            for payment in late:
+                apply_payment(seen, payment)
+        if unpaid <= tolerance_minor or seen.paid_off_on is not None:
+            # Settled in its grace; or paid off by the night, when the close charges nothing.
             due = 0
         elif late_fee_for is not None:
             # A waiver is a concession on the fee owed: lowered, the fee still takes it off.

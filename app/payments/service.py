@@ -655,17 +655,21 @@ async def _replay_and_store(
 async def _replay(
     session: AsyncSession, loan: Loan, terms: list[InstallmentTerms], payments: list[PaymentIn]
 ) -> LoanPosition:
-    """``payments`` replayed on ``terms``, a late fee charged too soon withdrawn at the arrears
-    tolerance the close charges by, and a percent one lowered to the product's fee on what its
-    night left unpaid."""
+    """``payments`` replayed on ``terms``, a late fee on an installment settled in its grace
+    withdrawn at the arrears tolerance the close charges by, and a percent one lowered to the
+    product's fee on what the grace left unpaid."""
     tolerance = delinquency.tolerance_minor(loan.currency)
-    late_fee_for = None
+    late_fee_for, grace_days = None, 0
     if any(t.late_fees for t in terms):  # the product only matters to a loan charged one
         product = await session.get_one(Product, loan.product_code)
+        grace_days = product.grace_days
         policy = products.late_fee_policy(product)
         if policy is not None and policy.kind == "percent":
             late_fee_for = partial(late_fee_minor, policy)
-    return replay(terms, payments, arrears_tolerance_minor=tolerance, late_fee_for=late_fee_for)
+    return replay(
+        terms, payments, arrears_tolerance_minor=tolerance, late_fee_for=late_fee_for,
+        grace_days=grace_days,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

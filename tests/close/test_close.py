@@ -88,6 +88,35 @@ async def test_a_missed_installment_ages_through_the_buckets(client: httpx.Async
     assert (await w.get(f"/v1/loans/{loan['id']}"))["status"] == "charged_off"
 
 
+async def test_a_payment_the_day_after_grace_is_late_and_pays_the_fee(
+    client: httpx.AsyncClient,
+) -> None:
+    """Due Feb 10 with 3 days' grace: paid Feb 14, the first day after it, the installment was
+    late, whether the payment reached us before the close of Feb 14 or after it. Before the
+    twenty-seventh session that close counted its own date's payments, so a fee came only on
+    day 5 (a tester's: grace 0 let a payment one day late go free). Paid Feb 13, in grace,
+    there is no fee."""
+    w, before_close = await late_world(client)
+    after_close = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    in_grace = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await close(w, "2026-02-13")
+    await w.pay(before_close["id"], "412.00", "2026-02-14")
+    await w.pay(in_grace["id"], "412.00", "2026-02-13")
+    run = await close(w, "2026-02-14")
+    assert run["counts"]["late_fees_assessed"] == 2
+    await w.pay(after_close["id"], "412.00", "2026-02-14")
+    for loan in (before_close, after_close):
+        got = await w.get(f"/v1/loans/{loan['id']}")
+        first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+        # The fee is owed; the payment of Feb 14, received on the fee's night, paid it first.
+        assert (first["fees"], first["paid"], first["status"]) == ("20.00", "412.00", "overdue")
+        assert got["balances"]["fees_outstanding"] == "0.00"
+        assert got["balances"]["overdue_amount"] == "20.00"
+    assert (await w.get(f"/v1/loans/{in_grace['id']}"))["balances"]["overdue_amount"] == "0.00"
+    assert await late_fee_rows() == 2
+    assert (await event_types())["loan.late_fee_assessed"] == 2
+
+
 async def test_a_payment_cures_at_once(client: httpx.AsyncClient) -> None:
     w, loan = await late_world(client)
     await close(w, "2026-02-20")

@@ -256,42 +256,49 @@ def test_a_late_fee_is_payable_only_from_the_day_it_is_assessed() -> None:
     assert position.installments[0].paid_fees_minor == 1100
 
 
-def test_a_late_fee_the_payments_received_by_its_night_make_too_soon_is_withdrawn() -> None:
+# Installment 1 is due Jan 31: with 9 days of grace its last day of grace is Feb 9, and the
+# close of Feb 10 charges its fee.
+GRACE = 9
+
+
+def test_a_late_fee_the_payments_received_in_grace_make_too_soon_is_withdrawn() -> None:
     """A payment in time, reported after the close charged the fee: had the close known it,
     it would not have charged it. The replay withdraws it, as never charged."""
     fee = LateFee(D("2025-02-10"), 300)
-    for paid_on in ["2025-02-05", "2025-02-10"]:  # the close of Feb 10 counts Feb 10's payments
-        position = replay(loan(fee), [pay("p1", 11500, paid_on)])
+    for paid_on in ["2025-02-05", "2025-02-09"]:
+        position = replay(loan(fee), [pay("p1", 11500, paid_on)], grace_days=GRACE)
         first = position.installments[0]
         assert (first.late_fees_withdrawn, first.terms.late_fees) == ((fee,), ())
         assert first.left(date.max) == 0
         assert late_fees_forgiven(position) == {1: 300}
         assert forgiven_on(position, 1) == D("2025-02-10")
-    late = replay(loan(fee), [pay("p1", 11500, "2025-02-11")])
-    assert late.installments[0].late_fees_withdrawn == ()
-    assert late.installments[0].left(date.max) == 300  # the fee, charged first
-    assert late_fees_forgiven(late) == {}
+    # The day after its grace it was late, even on the fee's night: the fee stays.
+    for paid_on in ["2025-02-10", "2025-02-11"]:
+        late = replay(loan(fee), [pay("p1", 11500, paid_on)], grace_days=GRACE)
+        assert late.installments[0].late_fees_withdrawn == ()
+        assert late.installments[0].left(date.max) == 300
+        assert late_fees_forgiven(late) == {}
 
 
 def test_an_installment_short_by_no_more_than_the_tolerance_was_not_late() -> None:
     fee = LateFee(D("2025-02-10"), 300)
     short = [pay("p1", 11400, "2025-02-05")]
-    kept = replay(loan(fee), short, arrears_tolerance_minor=99)
+    kept = replay(loan(fee), short, arrears_tolerance_minor=99, grace_days=GRACE)
     assert (kept.installments[0].late_fees_withdrawn, kept.installments[0].left(date.max)) == (
         (),
         400,
     )
-    withdrawn = replay(loan(fee), short, arrears_tolerance_minor=100)
+    withdrawn = replay(loan(fee), short, arrears_tolerance_minor=100, grace_days=GRACE)
     assert withdrawn.installments[0].late_fees_withdrawn == (fee,)
     assert withdrawn.installments[0].left(date.max) == 100  # still owed, not late
 
 
 def test_a_reversal_of_the_payment_in_time_owes_the_fee_again() -> None:
     fee = LateFee(D("2025-02-10"), 300)
-    paid = replay(loan(fee), [pay("p1", 11500, "2025-02-05")])
+    paid = replay(loan(fee), [pay("p1", 11500, "2025-02-05")], grace_days=GRACE)
     recorded = late_fee_changes(paid, {})
     assert recorded == {1: 300}
-    reversed_ = replay(loan(fee), [])
+    reversed_ = replay(loan(fee), [], grace_days=GRACE)
     assert late_fee_changes(reversed_, recorded) == {1: -300}
 
 
@@ -300,7 +307,7 @@ def test_a_later_nights_fee_is_judged_without_an_earlier_one_withdrawn() -> None
     settled it; installment 2, unpaid, was charged rightly."""
     first, second, third = loan(LateFee(D("2025-02-10"), 300))
     second = replace(second, late_fees=(LateFee(D("2025-03-10"), 300),))
-    position = replay([first, second, third], [pay("p1", 11500, "2025-02-05")])
+    position = replay([first, second, third], [pay("p1", 11500, "2025-02-05")], grace_days=GRACE)
     assert [len(i.late_fees_withdrawn) for i in position.installments] == [1, 0, 0]
 
 
@@ -308,23 +315,27 @@ def five_percent(unpaid_minor: int) -> int:
     return (unpaid_minor * 5 + 50) // 100
 
 
-def test_a_percent_late_fee_is_lowered_to_the_fee_on_what_its_night_left_unpaid() -> None:
-    """Charged 3.00 on installment 1; a payment dated before its night leaves 5.00 unpaid, on
-    which the fee is 0.25: the other 2.75 is withdrawn on that night. Never raised: with no
-    payment, 5 % of 115.00 would be 5.75, and the fee charged stands."""
+def test_a_percent_late_fee_is_lowered_to_the_fee_on_what_its_grace_left_unpaid() -> None:
+    """Charged 3.00 on installment 1; a payment dated in its grace leaves 5.00 unpaid, on
+    which the fee is 0.25: the other 2.75 is withdrawn on the fee's night. Never raised: with
+    no payment, 5 % of 115.00 would be 5.75, and the fee charged stands."""
     fee = LateFee(D("2025-02-10"), 300)
-    position = replay(loan(fee), [pay("p1", 11000, "2025-02-05")], late_fee_for=five_percent)
+    position = replay(
+        loan(fee), [pay("p1", 11000, "2025-02-05")], late_fee_for=five_percent, grace_days=GRACE
+    )
     first = position.installments[0]
     assert first.terms.late_fees == (LateFee(D("2025-02-10"), 25),)
     assert first.late_fees_withdrawn == (LateFee(D("2025-02-10"), 275),)
     assert first.left(date.max) == 525
     assert late_fees_forgiven(position) == {1: 275}
     assert forgiven_on(position, 1) == D("2025-02-10")
-    unpaid = replay(loan(fee), [], late_fee_for=five_percent)
+    unpaid = replay(loan(fee), [], late_fee_for=five_percent, grace_days=GRACE)
     assert unpaid.installments[0].terms.late_fees == (fee,)
     assert late_fee_changes(unpaid, late_fees_forgiven(position)) == {1: -275}  # reinstated
-    # Paid after its night: the fee was charged on all of it.
-    late = replay(loan(fee), [pay("p1", 11000, "2025-02-11")], late_fee_for=five_percent)
+    # Paid after its grace: the fee was charged on all of it.
+    late = replay(
+        loan(fee), [pay("p1", 11000, "2025-02-10")], late_fee_for=five_percent, grace_days=GRACE
+    )
     assert late.installments[0].late_fees_withdrawn == ()
 
 
@@ -333,20 +344,23 @@ def test_a_percent_late_fee_is_lowered_to_the_fee_on_what_its_night_left_unpaid(
     [(100, 0), (10, 15), (25, 0), (300, 0)],
 )
 def test_a_waiver_counts_against_the_lowered_percent_fee(waived: int, owed: int) -> None:
-    """Charged 3.00, of which ``waived`` was waived; a payment dated before its night shows
+    """Charged 3.00, of which ``waived`` was waived; a payment dated in its grace shows
     the fee should have been 0.25. The waiver comes off the 0.25: a waiver of 1.00 leaves
     nothing owed (it used to leave the 0.25, as if never granted: a tester's)."""
     fee = LateFee(D("2025-02-10"), 300)
     first, *rest = loan(fee)
     terms = [first.without_fees(waived), *rest]
-    position = replay(terms, [pay("p1", 11000, "2025-02-05")], late_fee_for=five_percent)
+    position = replay(
+        terms, [pay("p1", 11000, "2025-02-05")], late_fee_for=five_percent, grace_days=GRACE
+    )
     assert position.installments[0].left(date.max) == 500 + owed
     assert late_fees_forgiven(position).get(1, 0) == 300 - waived - owed
 
 
 def test_a_payoff_dated_before_a_late_fee_was_charged_withdraws_it() -> None:
     """A back-dated payoff reported after the close charged a late installment's fee: the loan
-    was settled on the night the fee was charged."""
+    was settled on the night the fee was charged, and the close charges no paid-off loan. (It
+    was paid after its grace: a payment of the installment alone keeps the fee.)"""
     fee = LateFee(D("2025-02-10"), 300)
     position = replay(loan(fee), [pay("p1", 32300, "2025-02-09")])
     assert position.paid_off_on == D("2025-02-09")
@@ -354,6 +368,11 @@ def test_a_payoff_dated_before_a_late_fee_was_charged_withdraws_it() -> None:
     assert all(i.left(date.max) == 0 for i in position.installments)
     over = replay(loan(fee), [pay("p1", 32600, "2025-02-09")])
     assert over.credit_balance_minor == 300
+    on_the_night = replay(loan(fee), [pay("p1", 32300, "2025-02-10")])
+    assert on_the_night.paid_off_on == D("2025-02-10")
+    alone = replay(loan(fee), [pay("p1", 11500, "2025-02-09")])
+    assert alone.installments[0].late_fees_withdrawn == ()
+    assert alone.installments[0].left(date.max) == 300
 
 
 def test_a_withdrawn_fee_can_make_an_earlier_payment_the_payoff() -> None:

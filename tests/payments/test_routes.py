@@ -332,40 +332,46 @@ async def test_a_payoff_dated_on_the_night_of_a_late_fee_is_told_the_payoff_with
     await assert_ledger_invariant(loan["id"])
 
 
-async def test_when_today_is_closed_the_quotes_leave_out_the_fee_a_payment_today_withdraws(
+async def test_when_today_is_closed_the_payoff_leaves_out_the_fee_a_payoff_today_withdraws(
     client: httpx.AsyncClient,
 ) -> None:
-    """A close of today's date charged installment 1's fee. A payment dated today counts as
-    received by that close, so one that settles the installment withdraws the fee: the overdue
-    amount and the payoff the loan quotes must be what a payment today pays (the payoff with
-    the fee was refused as more than the payoff)."""
+    """A close of today's date charged installment 1's fee: it was unpaid after its last day
+    of grace, so a payment today pays the fee first and the overdue amount quotes it. A
+    payoff today counts as received by that close, which charges no paid-off loan: the payoff
+    quoted leaves the fee out (with it, the payment was refused as more than the payoff)."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
     today = clock.today()
     first_due = today - timedelta(days=4)  # the fourth day late, past 3 days' grace
-    loan = await w.loan(principal="1200.00", term=3, first_due_date=str(first_due),
-                        disbursed_on=str(first_due - relativedelta(months=1)))  # fmt: skip
+    terms = {"principal": "1200.00", "term": 3, "first_due_date": str(first_due),
+             "disbursed_on": str(first_due - relativedelta(months=1))}  # fmt: skip
+    in_arrears, paying_off = await w.loan(**terms), await w.loan(**terms)
     await w.post("/v1/close-runs", {"as_of": str(today)}, headers=w.admin, expect=201)
-    got = await w.get(f"/v1/loans/{loan['id']}")
-    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+    got = await w.get(f"/v1/loans/{in_arrears['id']}")
+    first = (await w.get(f"/v1/loans/{in_arrears['id']}/schedule"))["installments"][0]
     assert (got["balances"]["fees_outstanding"], first["fees"]) == ("20.00", "20.00")
-    overdue = got["balances"]["overdue_amount"]
-    assert Decimal(overdue) == Decimal(first["total"]) - Decimal("20.00")
-    payoff = Decimal(got["balances"]["payoff_amount"])
+    assert got["balances"]["overdue_amount"] == first["total"]
 
-    paid = await w.pay(loan["id"], overdue)
+    paid = await w.pay(in_arrears["id"], got["balances"]["overdue_amount"])
     assert paid["allocation"] == [
-        {"installment_seq": 1, "fees": "0.00", "interest": first["interest"],
+        {"installment_seq": 1, "fees": "20.00", "interest": first["interest"],
          "principal": first["principal"]},
     ]  # fmt: skip
-    after = await w.get(f"/v1/loans/{loan['id']}")
+    after = await w.get(f"/v1/loans/{in_arrears['id']}")
     assert (after["balances"]["fees_outstanding"], after["balances"]["overdue_amount"]) == (
         "0.00", "0.00",
     )  # fmt: skip
-    assert Decimal(after["balances"]["payoff_amount"]) == payoff - Decimal(overdue)
-    paid_off = await w.pay(loan["id"], after["balances"]["payoff_amount"])
+    await assert_ledger_invariant(in_arrears["id"])
+
+    quoted = await w.get(f"/v1/loans/{paying_off['id']}")
+    assert quoted["balances"]["fees_outstanding"] == "20.00"
+    payoff = Decimal(quoted["balances"]["payoff_amount"])
+    assert payoff == Decimal(got["balances"]["payoff_amount"])
+    paid_off = await w.pay(paying_off["id"], str(payoff))
     assert paid_off["loan"]["status"] == "paid_off"
-    await assert_ledger_invariant(loan["id"])
+    assert paid_off["loan"]["balances"]["credit_balance"] == "0.00"
+    assert paid_off["loan"]["balances"]["fees_outstanding"] == "0.00"
+    await assert_ledger_invariant(paying_off["id"])
 
 
 async def test_a_payment_short_by_more_than_the_tolerance_keeps_the_late_fee(
