@@ -43,8 +43,8 @@ class Principal:
 class PrincipalCache:
     """Key hash -> principal for a few seconds, so a busy client does not cost a session, a
     pool checkout and a SELECT on every request (bench/http_load.py). Only valid keys are
-    kept. A key revoked through this process is forgotten at once; another API process keeps
-    accepting it for at most ``ttl_seconds`` (docs/decisions.md)."""
+    kept. A key revoked through this process is refused by it at once, for good; another API
+    process keeps accepting it for at most ``ttl_seconds`` (docs/decisions.md)."""
 
     def __init__(
         self,
@@ -56,6 +56,9 @@ class PrincipalCache:
         self.max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, tuple[float, Principal]] = {}
+        # Never put back: a look-up that read the key before the revocation committed would
+        # otherwise keep it accepted for ttl_seconds after the 204 (a tester's, on PostgreSQL).
+        self._revoked: set[str] = set()
 
     def get(self, key_hash: str) -> Principal | None:
         entry = self._entries.get(key_hash)
@@ -67,12 +70,19 @@ class PrincipalCache:
         return entry[1]
 
     def put(self, key_hash: str, principal: Principal) -> None:
+        if key_hash in self._revoked:
+            return
         if len(self._entries) >= self.max_entries:
             self._entries.clear()
         self._entries[key_hash] = (self._clock() + self.ttl_seconds, principal)
 
-    def forget(self, key_hash: str) -> None:
+    def revoke(self, key_hash: str) -> None:
+        """Refuse the key from now on, whatever a look-up running meanwhile read."""
+        self._revoked.add(key_hash)
         self._entries.pop(key_hash, None)
+
+    def revoked(self, key_hash: str) -> bool:
+        return key_hash in self._revoked
 
 
 # Revocation reaches every API process within this many seconds (docs/decisions.md).

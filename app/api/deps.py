@@ -54,7 +54,7 @@ async def authenticate(authorization: str | None) -> Principal:
         key = await session.scalar(
             select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
-    if key is None:
+    if key is None or principals.revoked(key_hash):
         raise Unauthorized("the API key is not valid")
     principal = Principal(api_key_id=key.id, role=Role(key.role), merchant_id=key.merchant_id)
     principals.put(key_hash, principal)

@@ -64,7 +64,7 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id:
     if key is None or key.revoked_at is not None:
         raise ApiKeyNotFound(f"API key {key_id} does not exist")
     key.revoked_at = utc_now()
-    principals.forget(key.key_hash)
+    principals.revoke(key.key_hash)
 
 
 async def has_admin_key(session: AsyncSession) -> bool:
