@@ -14,7 +14,7 @@ from app.borrowers.limits import LimitPolicy, initial_credit_limit
 from app.borrowers.models import Borrower
 from app.config import get_settings
 from app.db import utc_now
-from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from app.errors import Conflict, FieldErrors, Forbidden, NotFound
 from app.events import service as events
 from app.ids import new_id
 from app.loans.models import OPEN_STATUSES, Loan
@@ -93,13 +93,18 @@ async def create_borrower(
     """``currency``: of the borrower's credit limit, income and loans (default: the
     service's); a borrower borrows in one currency."""
     principal.require(Role.MERCHANT)
-    merchant_id = await _merchant_for_new_borrower(session, principal, merchant_id)
-    currency = request_currency(currency)
-    income = (
-        parse_amount("monthly_income", monthly_income, currency, allow_zero=True)
-        if monthly_income is not None
-        else None
-    )
+    errors = FieldErrors()
+    merchant = await _merchant_for_new_borrower(session, principal, merchant_id, errors)
+    valid_currency = errors.check(lambda: request_currency(currency))
+    income = None
+    if monthly_income is not None and valid_currency is not None:
+        income = errors.check(
+            lambda: parse_amount("monthly_income", monthly_income, valid_currency, allow_zero=True)
+        )
+    errors.raise_any()  # none left: both were found
+    assert merchant is not None
+    assert valid_currency is not None
+    merchant_id, currency = merchant, valid_currency
     borrower = Borrower(
         id=new_id("bor"),
         merchant_id=merchant_id,
@@ -129,19 +134,22 @@ async def create_borrower(
 
 
 async def _merchant_for_new_borrower(
-    session: AsyncSession, principal: Principal, merchant_id: str | None
-) -> str:
+    session: AsyncSession, principal: Principal, merchant_id: str | None, errors: FieldErrors
+) -> str | None:
+    """The new borrower's merchant, or None with the error kept in ``errors``."""
     if principal.is_merchant:
         assert principal.merchant_id is not None
         if merchant_id is not None and merchant_id != principal.merchant_id:
             raise Forbidden("a merchant key registers borrowers for its own merchant only")
         return principal.merchant_id
     if merchant_id is None:
-        raise InvalidRequest.field("merchant_id", "required when an admin registers a borrower")
+        errors.add("merchant_id", "required when an admin registers a borrower")
+        return None
     try:
         await merchants_service.get_merchant(session, merchant_id)
     except merchants_service.MerchantNotFound:
-        raise InvalidRequest.field("merchant_id", "no such merchant") from None
+        errors.add("merchant_id", "no such merchant")
+        return None
     return merchant_id
 
 

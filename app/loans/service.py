@@ -16,7 +16,7 @@ from app.api_keys.models import Role
 from app.borrowers import service as borrowers_service
 from app.db import Rate, driver_rows, insert_together, utc_now
 from app.delinquency import service as delinquency
-from app.errors import InvalidRequest
+from app.errors import FieldErrors, InvalidRequest
 from app.events import service as events
 from app.ids import new_id
 from app.ledger import service as ledger
@@ -236,38 +236,43 @@ async def create_loan(
     borrower, product = await borrowers_service.lock_borrower_with_product(
         session, principal, borrower_id=borrower_id, product_code=product_code
     )
-    if product is None:
-        raise InvalidRequest.field("product_code", f"no product with code {product_code}")
-    if term not in product.term_options:
-        raise InvalidRequest.field(
-            "term", f"product {product.code} offers terms {product.term_options}"
-        )
-    if product.currency != borrower.currency:
+    if product is not None and product.currency != borrower.currency:
         raise CurrencyMismatch(
             f"product {product.code} lends in {product.currency}; the borrower's limit is in "
             f"{borrower.currency}"
         )
-    amount = parse_amount("principal", principal_amount, product.currency)
-    if amount < MIN_PRINCIPAL_PER_INSTALLMENT * term:
-        least = format_minor(MIN_PRINCIPAL_PER_INSTALLMENT * term, product.currency)
-        each = format_minor(MIN_PRINCIPAL_PER_INSTALLMENT, product.currency)
-        raise InvalidRequest.field(
-            "principal", f"must be at least {least} for {term} installments ({each} each)"
-        )
+    errors = FieldErrors()
+    amount = None
+    if product is None:
+        errors.add("product_code", f"no product with code {product_code}")
+    else:
+        if term not in product.term_options:
+            errors.add("term", f"product {product.code} offers terms {product.term_options}")
+        currency = product.currency
+        amount = errors.check(lambda: parse_amount("principal", principal_amount, currency))
+        if amount is not None and amount < MIN_PRINCIPAL_PER_INSTALLMENT * term:
+            least = format_minor(MIN_PRINCIPAL_PER_INSTALLMENT * term, currency)
+            each = format_minor(MIN_PRINCIPAL_PER_INSTALLMENT, currency)
+            errors.add(
+                "principal", f"must be at least {least} for {term} installments ({each} each)"
+            )
     disbursed_on = disbursed_on or today
     # An omitted first due date keeps the disbursement's day of month (Jan 31 -> Feb 28 ->
     # Mar 31); a given one sets the day itself.
     anchor_day = first_due_date.day if first_due_date else disbursed_on.day
     if disbursed_on > today:
-        raise InvalidRequest.field("disbursed_on", f"must not be after today ({today})")
+        errors.add("disbursed_on", f"must not be after today ({today})")
     if disbursed_on < (earliest := clock.earliest()):
-        raise InvalidRequest.field("disbursed_on", f"must not be before {earliest}")
+        errors.add("disbursed_on", f"must not be before {earliest}")
     first_due_date = first_due_date or default_first_due_date(disbursed_on)
     if not disbursed_on < first_due_date <= disbursed_on + timedelta(days=MAX_FIRST_DUE_DAYS):
-        raise InvalidRequest.field(
+        errors.add(
             "first_due_date",
             f"must be after disbursed_on and within {MAX_FIRST_DUE_DAYS} days of it",
         )
+    errors.raise_any()  # none left: both were found
+    assert product is not None
+    assert amount is not None
 
     exposure_sum, taken, business_date = (
         await session.execute(

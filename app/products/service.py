@@ -8,7 +8,7 @@ from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.db import Rate, insert_unless_taken
 from app.delinquency.rules import LateFeePolicy
-from app.errors import Conflict, InvalidRequest, NotFound
+from app.errors import Conflict, FieldErrors, InvalidRequest, NotFound
 from app.loans.schedule import Amortization
 from app.money import (
     Rounding,
@@ -36,15 +36,25 @@ async def create_product(
     session: AsyncSession, principal: Principal, *, spec: ProductCreate
 ) -> Product:
     principal.require(Role.ADMIN)
-    currency = request_currency(spec.currency)
+    errors = FieldErrors()
+    currency = errors.check(lambda: request_currency(spec.currency))
     rate = parse_rate(spec.annual_interest_rate)
+
+    def amount(field: str, value: str | None) -> int | None:
+        if value is None or currency is None:
+            return None
+        return errors.check(lambda: parse_amount(field, value, currency))
+
     if spec.amortization is Amortization.INTEREST_FREE and rate != 0:
-        raise InvalidRequest.field("annual_interest_rate", "an interest_free product has rate 0")
+        errors.add("annual_interest_rate", "an interest_free product has rate 0")
+    multiple = None
     if spec.installment_multiple_of and spec.amortization is Amortization.EQUAL_PRINCIPAL:
-        raise InvalidRequest.field(
+        errors.add(
             "installment_multiple_of",
             "rounds a level installment: equal_installment and interest_free only",
         )
+    elif spec.installment_multiple_of:
+        multiple = amount("installment_multiple_of", spec.installment_multiple_of)
     product = Product(
         code=spec.code,
         name=spec.name,
@@ -53,31 +63,27 @@ async def create_product(
         amortization=spec.amortization,
         term_options=sorted(spec.term_options),
         rounding=spec.rounding,
-        installment_multiple_of_minor=(
-            parse_amount("installment_multiple_of", spec.installment_multiple_of, currency)
-            if spec.installment_multiple_of
-            else None
-        ),
+        installment_multiple_of_minor=multiple,
         grace_days=spec.grace_days,
     )
     if late := spec.late_fee:
         product.late_fee_kind = late.kind
-        product.late_fee_amount_minor = _fee_amount("late_fee.amount", late.amount, currency)
-        product.late_fee_percent = _fee_percent("late_fee.percent", late.percent)
-        if late.cap_per_installment is not None:
-            product.late_fee_cap_minor = parse_amount(
-                "late_fee.cap_per_installment", late.cap_per_installment, currency
-            )
-        _check_late_fee_cap(product)
+        product.late_fee_amount_minor = amount("late_fee.amount", late.amount)
+        product.late_fee_percent = errors.check(
+            lambda: _fee_percent("late_fee.percent", late.percent)
+        )
+        product.late_fee_cap_minor = amount(
+            "late_fee.cap_per_installment", late.cap_per_installment
+        )
+        errors.check(lambda: _check_late_fee_cap(product))
     if origination := spec.origination_fee:
         product.origination_fee_kind = origination.kind
-        product.origination_fee_amount_minor = _fee_amount(
-            "origination_fee.amount", origination.amount, currency
-        )
-        product.origination_fee_percent = _fee_percent(
-            "origination_fee.percent", origination.percent
+        product.origination_fee_amount_minor = amount("origination_fee.amount", origination.amount)
+        product.origination_fee_percent = errors.check(
+            lambda: _fee_percent("origination_fee.percent", origination.percent)
         )
         product.origination_fee_collection = origination.collection
+    errors.raise_any()
     if not await insert_unless_taken(session, product):
         raise ProductCodeTaken(f"a product with code {spec.code} exists")
     return product
@@ -95,10 +101,6 @@ def _check_late_fee_cap(product: Product) -> None:
         f"{format_minor(cap, product.currency)} below its amount "
         f"{format_minor(amount, product.currency)} would silently lower it",
     )
-
-
-def _fee_amount(field: str, amount: str | None, currency: str) -> int | None:
-    return None if amount is None else parse_amount(field, amount, currency)
 
 
 def _fee_percent(field: str, percent: str | None) -> Decimal | None:

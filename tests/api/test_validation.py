@@ -190,6 +190,44 @@ async def test_one_answer_names_every_field_at_fault(client: httpx.AsyncClient) 
     ]  # fmt: skip
 
 
+async def test_one_answer_names_every_field_the_service_finds_at_fault(
+    client: httpx.AsyncClient,
+) -> None:
+    """Well-shaped bodies whose amounts, dates and references are wrong for their currency,
+    product or merchant: the checks after the body's shape stopped at the first, so a POS
+    fixed one field per round trip (a tester's)."""
+    w = await world(client)
+    before = await row_counts()
+    product = {"code": "MF1", "name": "x", "annual_interest_rate": "0.1",
+               "amortization": "equal_installment", "term_options": [3],
+               "installment_multiple_of": "1", "late_fee": {"kind": "fixed", "amount": "1"},
+               "origination_fee": {"kind": "fixed", "amount": "3"}}  # fmt: skip
+    response = await client.post("/v1/products", json=product, headers=w.admin)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [
+        "installment_multiple_of", "late_fee.amount", "origination_fee.amount",
+    ]  # fmt: skip
+
+    borrower_id = (await w.borrower())["id"]
+    before = await row_counts()
+    response = await w.post("/v1/loans", {
+        "borrower_id": borrower_id, "product_code": w.product_code, "principal": "5.5",
+        "term": 5, "disbursed_on": "2099-01-01", "first_due_date": "2000-01-01",
+        "merchant_order_ref": "mf",
+    })  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [
+        "term", "principal", "disbursed_on", "first_due_date",
+    ]  # fmt: skip
+
+    borrower = {"external_id": "e", "name": "n", "phone": "+8613800138000",
+                "merchant_id": "mer_nope", "monthly_income": "1.5"}  # fmt: skip
+    response = await client.post("/v1/borrowers", json=borrower, headers=w.admin)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == ["merchant_id", "monthly_income"]
+    assert await row_counts() == before
+
+
 async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> None:
     w = await world(client)
     before = await row_counts()
