@@ -514,6 +514,7 @@ async def cancel_loan(
     # What the loan never took (a gateway's debit beyond a payoff) stays its credit balance,
     # owed back beside the refund: both together are every net payment.
     refund = await ledger.net_payments_minor(session, loan.id) - loan.credit_balance_minor
+    bucket_before, status_before = loan.bucket, loan.status
     loan.status = LoanStatus.CANCELLED
     loan.cancelled_on = today
     if loan.days_past_due > 0:
@@ -531,6 +532,13 @@ async def cancel_loan(
                 currency=loan.currency, effective_on=today, note=reason, created_at=utc_now(),
             )
         )  # fmt: skip
+    # Its status moves, from a bucket maybe: announced as a payoff is, before the loan's end
+    # (a collections system following these events kept a returned loan in its 90+ queue).
+    change = delinquency.DelinquencyChange(
+        loan.id, loan.borrower_id, loan.merchant_id, loan.currency, 0, reckoned, 0,
+        bucket_before, loan.bucket, status_before, loan.status,
+    ).event()  # fmt: skip
+    await events.emit(session, change["type"], change["data"], loan=loan)
     await events.emit(
         session,
         "loan.cancelled",

@@ -541,6 +541,18 @@ async def test_a_cancelled_loan_leaves_the_buckets(client: httpx.AsyncClient) ->
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert (got["status"], got["days_past_due"], got["bucket"]) == ("cancelled", 0, "current")
     assert (await w.get("/v1/loans?bucket=1-30"))["items"] == []
+    # Announced, as a payoff is, before the loan's end (a returned loan stayed in a
+    # subscriber's 1-30 queue: a tester's).
+    async with session_scope() as session:
+        events = list(await session.execute(
+            select(Event.type, Event.data).where(Event.loan_id == loan["id"])
+            .order_by(Event.position)
+        ))  # fmt: skip
+    types = [type_ for type_, _ in events]
+    changed, data = events[types.index("loan.cancelled") - 1]
+    assert changed == "loan.delinquency_changed"
+    assert (data["previous_bucket"], data["previous_status"]) == ("1-30", "delinquent")
+    assert (data["bucket"], data["status"], data["days_past_due"]) == ("current", "cancelled", 0)
     await close(w, "2026-03-02")
     assert (await w.get(f"/v1/loans/{loan['id']}"))["bucket"] == "current"
 
