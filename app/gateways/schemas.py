@@ -74,6 +74,9 @@ class Notification(BaseModel):
 
 
 class NotificationResult(BaseModel):
-    status: str = Field(description="processed, or duplicate for a webhook-id seen before")
+    status: str = Field(
+        description="processed; ignored (a debit.failed on a loan that owes nothing: paid off "
+        "or cancelled); or duplicate for a webhook-id seen before"
+    )
     type: str
     result: dict[str, object]
