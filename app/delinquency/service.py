@@ -225,6 +225,9 @@ class DelinquencyChange:
     bucket: str
     previous_status: str
     status: str
+    # The loan seen as of an earlier date than it was shown at (booked before the first close
+    # or after the dates closed so far): no move in time, a cure nobody paid for.
+    restated: bool = False
 
     def event(self) -> dict[str, Any]:
         return {
@@ -235,6 +238,7 @@ class DelinquencyChange:
                 "borrower_id": self.borrower_id,
                 "merchant_id": self.merchant_id,
                 "as_of": self.as_of.isoformat(),
+                "restated": self.restated,
                 "days_past_due": self.days_past_due,
                 "previous_bucket": self.previous_bucket,
                 "bucket": self.bucket,
@@ -686,19 +690,20 @@ async def recompute_delinquency(
         loans_updated = await execute_counting(session, update_loans, params)
     # A loan no close has reckoned yet (booked before the first close, which may be for an
     # earlier date, or disbursed after the dates closed so far) is reckoned as of a later
-    # date and seen here as it stood then: no move in time, so no event, or subscribers heard
-    # a delinquent loan cure, a charged-off one default again, for a day (a tester's); its
-    # moves from there on are announced. A loan an earlier close reckoned and that is
-    # reckoned as of a later date was moved there by a payment during this close (or the
-    # catch-up it is part of): set back to this date, that is announced, as it is when the
-    # payment came before the close (it was silent: a tester's, on PostgreSQL).
+    # date and seen here as it stood then: no move in time, announced as ``restated`` (a
+    # tester heard a delinquent loan cure, a charged-off one default again; kept silent, the
+    # next event named a previous status no event had told: two testers'). A loan an earlier
+    # close reckoned and that is reckoned as of a later date was moved there by a payment
+    # during this close (or the catch-up it is part of): set back to this date, that is a
+    # move, as when the payment came before the close.
+    restated: set[str] = set()
     seen_later = {c.id for c in changes if c.delinquency_as_of and c.delinquency_as_of > as_of}
     if seen_later:  # nearly never: no query on an ordinary night
         last_closed = await session.scalar(_LAST_CLOSED_BEFORE, {"as_of": as_of})
-        changes = [
-            c for c in changes
-            if c.id not in seen_later or (last_closed is not None and last_closed >= c.disbursed_on)
-        ]  # fmt: skip
+        restated = {
+            c.id for c in changes
+            if c.id in seen_later and (last_closed is None or last_closed < c.disbursed_on)
+        }  # fmt: skip
     await events.emit_many(
         session,
         [
@@ -714,6 +719,7 @@ async def recompute_delinquency(
                 c.new_bucket,
                 c.status,
                 c.new_status,
+                restated=c.id in restated,
             ).event()
             for c in changes
         ],
