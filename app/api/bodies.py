@@ -1,11 +1,13 @@
 """Request bodies in plain ASGI middleware: read one whole, then hand it on unchanged; the
 one limit on their size; and the one media type they come in."""
 
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import get_settings
-from app.errors import problem
+from app.errors import LoanwatchError, problem
 
 
 class BodyTooLarge(Exception):
@@ -81,16 +83,34 @@ class RequireJson:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _has_body(scope) and not _is_inbound(scope["path"]):
             media_type, charset = _content_type(scope)
-            if not _is_json(media_type):
-                await _not_json(scope["method"], media_type)(scope, receive, send)
-                return
+            declared = media_type
             if charset not in (None, "utf-8", "utf8"):
                 # JSON is UTF-8 (RFC 8259 §8.1), and the body is read as such: a body declared
                 # in another encoding was read as UTF-8 all the same (a tester's repro).
                 declared = f"{media_type}; charset={charset}"
-                await _not_json(scope["method"], declared)(scope, receive, send)
+            if not _is_json(media_type) or declared != media_type:
+                refusal = await _caller_refused(scope) or _not_json(scope["method"], declared)
+                await refusal(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+async def _caller_refused(scope: Scope) -> Response | None:
+    """401 or 403 for a caller the route refuses, as for any other input it refuses
+    (docs/decisions.md: the caller before the body): a 415 told a caller with no key the
+    media type the endpoint takes (a tester's)."""
+    for route in scope["app"].router.routes:
+        if route.matches(scope)[0] is Match.FULL:
+            check_caller = getattr(route, "check_caller", None)
+            if check_caller is None:
+                return None
+            try:
+                await check_caller(Request(scope))
+            except LoanwatchError as exc:
+                return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors,
+                               exc.headers)  # fmt: skip
+            return None
+    return None
 
 
 def _is_inbound(path: str) -> bool:

@@ -46,6 +46,9 @@ class StrictRoute(APIRoute):
             for principal in principals:
                 await principal(request)
 
+        # Also asked by RequireJson before it refuses a body's media type.
+        self.check_caller = check_caller
+
         async def handler(request: Request) -> Response:
             if request.scope["query_string"]:
                 unknown = [name for name in request.query_params if name not in takes]

@@ -4,8 +4,9 @@ anything reads it (app/api/bodies.py); JSON and its +json forms are read."""
 import httpx
 import pytest
 
+from app.api_keys.models import Role
 from tests.api.test_validation import row_counts
-from tests.factories import world
+from tests.factories import api_key, auth, world
 
 BORROWER = b'{"external_id": "c-1", "name": "Li Wei", "phone": "+8613800138000"}'
 
@@ -40,6 +41,21 @@ async def test_a_body_not_declared_json_is_refused(
                                          "idempotency-key": "k-1"})  # fmt: skip
     assert retried.status_code == 201, retried.text
     assert "idempotent-replayed" not in retried.headers
+
+
+async def test_the_caller_is_checked_before_the_media_type(client: httpx.AsyncClient) -> None:
+    """A caller with no key, or of a role the route refuses, is told so (401, 403), not which
+    media type the endpoint takes (it was 415: a tester's)."""
+    w = await world(client)
+    plain = {"content-type": "text/plain"}
+    for headers, status in (({}, 401), ({"Authorization": "Bearer nope"}, 401),
+                            (auth(await api_key(Role.DASHBOARD)), 403), (w.merchant, 403),
+                            (w.admin, 415)):  # fmt: skip
+        response = await client.post("/v1/merchants", content=b"x", headers={**headers, **plain})
+        assert response.status_code == status, (headers, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    unknown = await client.post("/v1/nowhere", content=b"x", headers=plain)
+    assert unknown.status_code == 415  # no route to ask: nothing to tell
 
 
 async def test_a_patch_not_declared_json_names_what_it_takes(client: httpx.AsyncClient) -> None:
