@@ -86,6 +86,21 @@ def cure_date(as_of: date, installments: Iterable[tuple[DueInstallment, date | N
     )
 
 
+def relapse(
+    first_day_past_due: date,
+    cured_on: date | None,
+    relapsed_on: date | None,
+    relapse_cured_on: date | None,
+) -> tuple[date | None, date | None]:
+    """A current loan going past due from ``first_day_past_due``: its spell's first day and
+    the cure before it (``relapsed_on``, ``relapse_cured_on``). Past due from before its last
+    cure (a reversal took back the payment that cured it), the spell that cure ended goes on,
+    and so do its dates."""
+    if cured_on is not None and first_day_past_due <= cured_on:
+        return relapsed_on, relapse_cured_on
+    return first_day_past_due, cured_on
+
+
 def bucket_for(dpd: int) -> Bucket:
     if dpd <= 0:
         return Bucket.CURRENT

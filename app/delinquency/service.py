@@ -50,6 +50,7 @@ from app.delinquency.rules import (
     cure_date,
     days_past_due,
     first_past_30,
+    relapse,
     status_for,
 )
 from app.events import service as events
@@ -188,9 +189,14 @@ def apply_delinquency(
     # no bucket left behind.
     onwards = loan.delinquency_as_of is None or loan.delinquency_as_of <= as_of
     if bucket != loan.bucket and onwards:
-        loan.previous_bucket = loan.bucket
         if bucket == Bucket.CURRENT:
             loan.cured_on = cure_date(as_of, due)
+        elif loan.bucket == Bucket.CURRENT:
+            loan.relapsed_on, loan.relapse_cured_on = relapse(
+                as_of - timedelta(days=dpd - 1), loan.cured_on, loan.relapsed_on,
+                loan.relapse_cured_on,
+            )  # fmt: skip
+        loan.previous_bucket = loan.bucket
     loan.days_past_due, loan.bucket, loan.status = dpd, bucket, status
     loan.delinquency_as_of = as_of
     # From the replayed history, not kept once set: payments booked back-dated after the loan
@@ -580,6 +586,13 @@ def _delinquency_statements(
     moved = or_(bucket != loan.bucket, status != loan.status)
     onwards = or_(loan.delinquency_as_of.is_(None), loan.delinquency_as_of <= AS_OF)
     went_past_30 = add_days(per_loan.c.oldest_missed, PAST_30_DAYS + 1)
+    first_day_past_due = add_days(per_loan.c.oldest_missed, 1)
+    relapses = and_(
+        bucket != Bucket.CURRENT.value,
+        loan.bucket == Bucket.CURRENT.value,
+        onwards,
+        or_(loan.cured_on.is_(None), first_day_past_due > loan.cured_on),
+    )
     # An earlier day than the one stored, too: a payment recorded before the close that
     # charged a fee it then paid first reckoned the loan settled at the time (vintages).
     newly_past_30 = and_(
@@ -617,6 +630,10 @@ def _delinquency_statements(
                 ),
                 else_=loan.cured_on,
             ),
+            # As rules.relapse: a spell from before the last cure (a payment recorded during
+            # the close, set back) goes on with its dates.
+            relapsed_on=case((relapses, first_day_past_due), else_=loan.relapsed_on),
+            relapse_cured_on=case((relapses, loan.cured_on), else_=loan.relapse_cured_on),
             # The day it went past 30, wherever the close catches it (late loans booked with
             # past dates, a missed close).
             ever_30_plus_on=case(

@@ -141,7 +141,8 @@ class LoanFeatures:
     days_past_due: int
     bucket: str
     previous_bucket: str
-    cured_on_days_ago: int | None  # days from the last cure to the as-of date
+    # From the cure to the first day of the spell past due after it (None: no such spell).
+    cured_days_before_relapse: int | None
     first_due_date: str | None
     first_installment_days_late: int | None  # unpaid beyond tolerance; None when settled
     first_installment_unpaid_minor: int
@@ -160,7 +161,8 @@ class LoanFeatures:
     broken_promise: BrokenPromise | None = None  # the latest of them
     plan_running: bool = False  # an approved repayment plan has an installment still open
     # For the evidence: what lies behind the counts above.
-    cured_on: str | None = None  # the last cure
+    cured_on: str | None = None  # the cure before the spell, and the spell's first day
+    relapsed_on: str | None = None
     last_reversed_payment_id: str | None = None  # the latest of the reversals counted
     last_reversed_on: str | None = None
     last_failed_debit_id: str | None = None  # the latest of the failed debits counted
@@ -234,16 +236,16 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
              "latest_failed_debit_id": f.last_failed_debit_id,
              "latest_attempted_on": f.last_failed_on},
         )  # fmt: skip
-    relapse = f.cured_on_days_ago
-    if f.days_past_due > 0 and relapse is not None:
-        # Past due again from the day after the missed due date, the first with 1 day past due.
-        days_between_cure_and_relapse = relapse - f.days_past_due + 1
-        if 0 < days_between_cure_and_relapse <= rules.cure_relapse_days:
-            flags[FlagCode.CURE_RELAPSE] = (
-                Severity.MEDIUM,
-                {"cured_days_before_relapse": days_between_cure_and_relapse,
-                 "cured_on": f.cured_on, "days_past_due": f.days_past_due},
-            )  # fmt: skip
+    # The spell is the loan's latest (it is past due): from its first day, whichever
+    # installment is the oldest missed now (paying an older one moved it, when it was worked
+    # out from today's days past due: a tester's).
+    relapse = f.cured_days_before_relapse
+    if f.days_past_due > 0 and relapse is not None and 0 < relapse <= rules.cure_relapse_days:
+        flags[FlagCode.CURE_RELAPSE] = (
+            Severity.MEDIUM,
+            {"cured_days_before_relapse": relapse, "cured_on": f.cured_on,
+             "relapsed_on": f.relapsed_on, "days_past_due": f.days_past_due},
+        )  # fmt: skip
     if f.days_past_due > 0 and f.borrower_delinquent_loans >= rules.multi_loan_count:
         flags[FlagCode.MULTI_LOAN_DELINQUENCY] = (
             Severity.HIGH,

@@ -595,10 +595,9 @@ def _features_query(
             loan.previous_bucket,
             loan.risk_score,
             loan.risk_grade,
-            case((loan.cured_on.is_not(None), days_between(as_of_sql, loan.cured_on))).label(
-                "cured_days_ago"
-            ),
-            loan.cured_on,
+            days_between(loan.relapsed_on, loan.relapse_cured_on).label("relapse_days"),
+            loan.relapse_cured_on,
+            loan.relapsed_on,
             per_loan.c.first_due_date,
             per_loan.c.first_late,
             per_loan.c.first_unpaid,
@@ -724,7 +723,7 @@ async def evaluate_loans(
         features = LoanFeatures(
             loan_id=row.id, borrower_id=row.borrower_id, days_past_due=row.days_past_due,
             bucket=row.bucket, previous_bucket=row.previous_bucket,
-            cured_on_days_ago=row.cured_days_ago,
+            cured_days_before_relapse=row.relapse_days,
             first_due_date=str(row.first_due_date) if row.first_due_date else None,
             first_installment_days_late=row.first_late,
             first_installment_unpaid_minor=row.first_unpaid or 0, currency=row.currency,
@@ -739,7 +738,8 @@ async def evaluate_loans(
             drift_window_first_settled_on=_day(row.window_first_on),
             partial_periods=row.partial_periods, broken_promises=row.broken_promises,
             broken_promise=_broken_promise(row), plan_running=bool(row.plan_running),
-            cured_on=_day(row.cured_on), last_reversed_payment_id=row.last_reversed_id,
+            cured_on=_day(row.relapse_cured_on), relapsed_on=_day(row.relapsed_on),
+            last_reversed_payment_id=row.last_reversed_id,
             last_reversed_on=_day(row.last_reversed_on),
             last_failed_debit_id=row.last_failed_id, last_failed_on=_day(row.last_failed_on),
             last_partial_seq=row.last_partial_seq,

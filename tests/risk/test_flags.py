@@ -289,6 +289,58 @@ async def test_cure_relapse(client: httpx.AsyncClient) -> None:
     assert flag["evidence"]["cured_on"] == "2026-02-20"
 
 
+async def test_a_relapse_keeps_its_first_day_while_the_loan_stays_past_due(
+    client: httpx.AsyncClient,
+) -> None:
+    """Past due again from Mar 11, 19 days after the Feb 20 cure, then two installments
+    behind; paying the older leaves the loan past due, from the Apr 10 installment. The relapse
+    still began on Mar 11: worked out from today's days past due, it moved to Apr 11, 50 days
+    after the cure, and a window of 30 cleared the flag (a tester's)."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    await w.pay(loan_id, "432.00", "2026-02-20")
+    await close(w, "2026-03-14")
+    await close(w, "2026-04-14")
+    second = (await w.get(f"/v1/loans/{loan_id}/schedule"))["installments"][1]
+    await w.pay(loan_id, second["total"], "2026-04-14")
+    assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] == 4
+    rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
+    await client.put("/v1/risk/rules", json={**rules, "cure_relapse_days": 30}, headers=w.admin)
+    await close(w, "2026-04-15")
+    flag = (await flags(w, loan_id))["cure_relapse"]
+    assert (flag["raised_on"], flag["evidence"]["cured_on"], flag["evidence"]["relapsed_on"],
+            flag["evidence"]["cured_days_before_relapse"]) == (
+        "2026-03-11", "2026-02-20", "2026-03-11", 19,
+    )  # fmt: skip
+
+
+async def test_a_bounced_cure_leaves_the_relapse_it_ended(client: httpx.AsyncClient) -> None:
+    """Relapsed on Mar 11, 19 days after the Feb 20 cure; a payment on Mar 14 cures it again
+    and bounces on Mar 20. The loan has been past due since Mar 11: the relapse stands. The
+    stored cure stayed on the bounced payment's Mar 14, after the loan went past due, and no
+    cure_relapse was raised (a tester's)."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    await w.pay(loan_id, "432.00", "2026-02-20")
+    await close(w, "2026-03-14")
+    assert "cure_relapse" in await flags(w, loan_id)
+    overdue = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["overdue_amount"]
+    bounced = await w.pay(loan_id, overdue, "2026-03-14")
+    assert "cure_relapse" not in await flags(w, loan_id)
+    await close(w, "2026-03-20")
+    await w.post(f"/v1/payments/{bounced['id']}/reverse",
+                 {"reason": "nsf", "reversed_on": "2026-03-20"}, expect=200)  # fmt: skip
+    assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] == 10
+    flag = (await flags(w, loan_id))["cure_relapse"]
+    assert (
+        flag["evidence"]["cured_on"],
+        flag["evidence"]["relapsed_on"],
+        flag["evidence"]["cured_days_before_relapse"],
+    ) == ("2026-02-20", "2026-03-11", 19)
+
+
 async def test_a_cure_paid_after_the_business_date_dates_from_its_payment(
     client: httpx.AsyncClient,
 ) -> None:
