@@ -136,8 +136,10 @@ class LateFeePolicy:
 
 
 def late_fee_due(as_of: date, due_date: date, grace_days: int) -> bool:
-    """The close of ``as_of`` may charge the installment's late fee: its grace is over."""
-    return as_of > late_fee_judged_on(due_date, grace_days)
+    """The close of ``as_of`` may charge the installment's late fee: its grace ends that day
+    (the close of the last day of grace charges it, so the next morning's quotes include it)
+    or has ended."""
+    return as_of >= late_fee_judged_on(due_date, grace_days)
 
 
 def late_fee_judged_on(due_date: date, grace_days: int) -> date:

@@ -422,10 +422,11 @@ async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[st
 def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> Any:
     """The update charging the fees."""
     i, loan, product = _installment.c, _loan.c, _product.c
-    # Judged on the last day of grace: a payment received the day after is late (before the
-    # twenty-seventh session the close counted its own date's payments, so a fee came only a
-    # day past grace + 1). An installment settled by then needs no look-up; the others (due
-    # today past grace, or settled late and never charged: a back-dated booking) are few.
+    # Judged on the last day of grace, by the close of that day: a payment received the day
+    # after is late (before the twenty-seventh session the close of the day after charged it,
+    # counting that day's payments, so a fee came only a day past grace + 1). An installment
+    # settled by then needs no look-up; the others (whose grace ends today, or settled late and
+    # never charged: a back-dated booking) are few.
     judged_on = add_days(i.due_date, product.grace_days)
     settled_in_time = and_(i.paid_on.is_not(None), i.paid_on <= judged_on)
     unpaid = case((settled_in_time, 0), else_=unpaid_now_sql() + _paid_after_each(judged_on))
@@ -450,7 +451,7 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
             loan.status.in_(OPEN_STATUSES),
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
-            days_between(AS_OF, i.due_date) > product.grace_days,
+            days_between(AS_OF, i.due_date) >= product.grace_days,
             unpaid > tolerance_sql(tolerance),
             capped > 0,
         )
@@ -463,8 +464,8 @@ async def charge_late_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> list[Any]:
     """Charge each installment that owed more than the arrears tolerance after its last day of
-    grace (``rules.late_fee_judged_on``) its product's late fee, once, at the first close
-    after that day: the fees charged (loan_id, seq, due_date, late_fees_minor)."""
+    grace (``rules.late_fee_judged_on``) its product's late fee, once, at the close of that
+    day (or the first after it): the fees charged (loan_id, seq, due_date, late_fees_minor)."""
     statement = _late_fees_statement(
         low is not None, high is not None, get_settings().close.arrears_tolerance
     )

@@ -141,8 +141,10 @@ class LoanView:
         """The late fees a close of today's date charged (today is closed). A payment dated
         today counts as received by that close, which charges no paid-off loan, so a payoff
         today withdraws them: what it takes to pay the loan off today leaves them out (the
-        payment would otherwise be refused as more than the payoff). Paying the arrears today
-        does not: the installments were late by the last day of their grace."""
+        payment would otherwise be refused as more than the payoff). The arrears quoted keep
+        them: a payment today withdraws a fee only when today was its installment's last day
+        of grace (a fee charged later, on a loan booked back-dated, stays), and paying a fee
+        it then withdraws pays ahead, where leaving it out left the loan past due."""
         return sum(
             max(i.late_fees_minor - i.fees_waived_minor, 0)
             for i in self.installments
@@ -535,7 +537,7 @@ async def cancel_loan(
     # Its status moves, from a bucket maybe: announced as a payoff is, before the loan's end
     # (a collections system following these events kept a returned loan in its 90+ queue).
     change = delinquency.DelinquencyChange(
-        loan.id, loan.borrower_id, loan.merchant_id, loan.currency, 0, reckoned, 0,
+        loan.id, loan.borrower_id, loan.merchant_id, loan.currency, 0, today, 0,
         bucket_before, loan.bucket, status_before, loan.status,
     ).event()  # fmt: skip
     await events.emit(session, change["type"], change["data"], loan=loan)

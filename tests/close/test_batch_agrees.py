@@ -5,6 +5,7 @@ borrower: the same grade, reasons and credit limit. Payments may be received aft
 closed (recorded before the close): neither path counts them, and the close leaves each loan
 as a replay of its payments over the fees it charged would."""
 
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
@@ -164,8 +165,13 @@ async def unpaid_after_grace(
             payments = await payments_service._applied_payments(session, loan_id)
             for n, row in enumerate(rows):
                 judged_on = rules.late_fee_judged_on(row.due_date, grace_days[loan_id])
+                # The night's own fees come after: its close judges before charging them.
+                before = [
+                    replace(t, late_fees=tuple(f for f in t.late_fees if f.assessed_on < judged_on))
+                    for t in terms
+                ]
                 position = await payments_service._replay(
-                    session, loan, terms, [p for p in payments if p.received_on <= judged_on]
+                    session, loan, before, [p for p in payments if p.received_on <= judged_on]
                 )
                 unpaid[(loan_id, row.seq)] = position.installments[n].left(judged_on)
     return unpaid

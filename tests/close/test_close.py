@@ -9,6 +9,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, func, select
 
+from app import clock
 from app.close import service as close_service
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
@@ -52,17 +53,19 @@ async def late_world(client: httpx.AsyncClient) -> tuple[World, dict[str, Any]]:
 
 async def test_a_missed_installment_ages_through_the_buckets(client: httpx.AsyncClient) -> None:
     w, loan = await late_world(client)
-    run = await close(w, "2026-02-13")  # catches up Jan 11 .. Feb 13
+    run = await close(w, "2026-02-12")  # catches up Jan 11 .. Feb 12
     assert run["status"] == "succeeded"
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert (got["days_past_due"], got["bucket"], got["bucket_label"], got["status"]) == (
-        3, "1-30", "M1", "delinquent",
+        2, "1-30", "M1", "delinquent",
     )  # fmt: skip
-    assert got["delinquency_as_of"] == "2026-02-13"
+    assert got["delinquency_as_of"] == "2026-02-12"
     assert got["balances"]["overdue_amount"] == "412.00"
-    assert await late_fee_rows() == 0  # three days late: still in grace
+    assert await late_fee_rows() == 0  # two days late: still in grace
 
-    run = await close(w, "2026-02-14")
+    # Feb 13, the last day of grace, ends unpaid: its close charges the fee, so the next
+    # morning's quotes include it.
+    run = await close(w, "2026-02-13")
     assert (run["counts"]["late_fees_assessed"], run["counts"]["late_fees_minor_CNY"]) == (1, 2000)
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert got["balances"]["overdue_amount"] == "432.00"
@@ -92,29 +95,34 @@ async def test_a_payment_the_day_after_grace_is_late_and_pays_the_fee(
     client: httpx.AsyncClient,
 ) -> None:
     """Due Feb 10 with 3 days' grace: paid Feb 14, the first day after it, the installment was
-    late, whether the payment reached us before the close of Feb 14 or after it. Before the
-    twenty-seventh session that close counted its own date's payments, so a fee came only on
-    day 5 (a tester's: grace 0 let a payment one day late go free). Paid Feb 13, in grace,
-    there is no fee."""
+    late, whether the payment reached us before the close of Feb 13, the last day of grace, or
+    after it. Before the twenty-seventh session the close of Feb 14 charged the fee, counting
+    Feb 14's payments, so a fee came only on day 5 (a tester's: grace 0 let a payment one day
+    late go free). Paid Feb 13, in grace, there is no fee, even reported after that close."""
     w, before_close = await late_world(client)
     after_close = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
     in_grace = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
-    await close(w, "2026-02-13")
+    await close(w, "2026-02-12")
     await w.pay(before_close["id"], "412.00", "2026-02-14")
-    await w.pay(in_grace["id"], "412.00", "2026-02-13")
-    run = await close(w, "2026-02-14")
-    assert run["counts"]["late_fees_assessed"] == 2
-    await w.pay(after_close["id"], "412.00", "2026-02-14")
+    run = await close(w, "2026-02-13")
+    assert run["counts"]["late_fees_assessed"] == 3
+    await w.pay(after_close["id"], "432.00", "2026-02-14")  # quoted the next morning
+    await w.pay(in_grace["id"], "412.00", "2026-02-13")  # reported late: the fee is withdrawn
+    assert (await w.get(f"/v1/loans/{before_close['id']}"))["balances"]["overdue_amount"] == (
+        "20.00"  # its 412.00, received after the fee's night, paid the fee first
+    )
     for loan in (before_close, after_close):
-        got = await w.get(f"/v1/loans/{loan['id']}")
         first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
-        # The fee is owed; the payment of Feb 14, received on the fee's night, paid it first.
-        assert (first["fees"], first["paid"], first["status"]) == ("20.00", "412.00", "overdue")
-        assert got["balances"]["fees_outstanding"] == "0.00"
-        assert got["balances"]["overdue_amount"] == "20.00"
-    assert (await w.get(f"/v1/loans/{in_grace['id']}"))["balances"]["overdue_amount"] == "0.00"
-    assert await late_fee_rows() == 2
-    assert (await event_types())["loan.late_fee_assessed"] == 2
+        assert (first["fees"], first["status"]) == ("20.00", "paid" if loan is after_close
+                                                    else "overdue")  # fmt: skip
+    after = await w.get(f"/v1/loans/{after_close['id']}")
+    assert (after["balances"]["overdue_amount"], after["days_past_due"]) == ("0.00", 0)
+    got = await w.get(f"/v1/loans/{in_grace['id']}")
+    assert (got["balances"]["overdue_amount"], got["balances"]["fees_outstanding"]) == (
+        "0.00", "0.00",
+    )  # fmt: skip
+    assert await late_fee_rows() == 3
+    assert (await event_types())["loan.late_fee_assessed"] == 3
 
 
 async def test_a_payment_cures_at_once(client: httpx.AsyncClient) -> None:
@@ -318,15 +326,15 @@ async def test_a_rerun_keeps_what_the_date_counted(client: httpx.AsyncClient) ->
     again = await w.get("/v1/close-runs/2026-02-11", headers=w.admin)
     assert (again["attempts"], again["counts"]["delinquency_changes"]) == (2, 2)
 
-    await close(w, "2026-02-13")
-    first = await close(w, "2026-02-14")  # both loans' fees, after 3 days' grace
+    await close(w, "2026-02-12")
+    first = await close(w, "2026-02-13")  # both loans' fees, their 3 days' grace over
     counted = {"late_fees_assessed": 2, "late_fees_minor_CNY": 4000, "delinquency_changes": 0}
     assert {key: first["counts"].get(key) for key in counted} == counted
-    await close(w, "2026-02-14")
-    third = await close(w, "2026-02-14")
+    await close(w, "2026-02-13")
+    third = await close(w, "2026-02-13")
     assert third["attempts"] == 3
     assert {key: third["counts"].get(key) for key in counted} == counted
-    got = await w.get("/v1/close-runs/2026-02-14", headers=w.admin)
+    got = await w.get("/v1/close-runs/2026-02-13", headers=w.admin)
     assert {key: got["counts"].get(key) for key in counted} == counted
     assert got["steps"]["late_fees"]["counts"]["late_fees_assessed"] == 0  # this attempt's
 
@@ -352,11 +360,14 @@ async def test_a_catch_up_counts_only_payments_received_by_each_date(
         assert (types["installment.due_soon"], types["loan.late_fee_assessed"]) == (1, 1)
         assert types["loan.delinquency_changed"] == 1  # current -> 1-30 on 10-02
     fees = (await w.get("/v1/events?type=loan.late_fee_assessed", headers=w.admin))["items"]
+    # Without grace, the due date is the last day to pay: its close charges the fee.
     assert {(e["data"]["loan_id"], e["data"]["as_of"], e["data"]["amount"]) for e in fees} == {
-        (a["id"], "2026-10-02", "25.00"), (b["id"], "2026-10-02", "25.00"),
+        (a["id"], "2026-10-01", "25.00"), (b["id"], "2026-10-01", "25.00"),
     }  # fmt: skip
+    counts = (await w.get("/v1/close-runs/2026-10-01", headers=w.admin))["counts"]
+    assert counts["late_fees_assessed"] == 2
     counts = (await w.get("/v1/close-runs/2026-10-02", headers=w.admin))["counts"]
-    assert (counts["late_fees_assessed"], counts["delinquency_changes"]) == (2, 2)
+    assert counts["delinquency_changes"] == 2
     # B's payment came after the fee, so pays it first (as a replay would): 25.00 of the
     # installment is still unpaid and B stays late, 9 days on 10-10 like A.
     got = await w.get(f"/v1/payments/{payment['id']}")
@@ -559,6 +570,8 @@ async def test_a_cancelled_loan_leaves_the_buckets(client: httpx.AsyncClient) ->
     assert changed == "loan.delinquency_changed"
     assert (data["previous_bucket"], data["previous_status"]) == ("1-30", "delinquent")
     assert (data["bucket"], data["status"], data["days_past_due"]) == ("current", "cancelled", 0)
+    # Dated as the loan's cancelled_on, never before an event it follows (a re-verifier's).
+    assert data["as_of"] == str(clock.today())
     await close(w, "2026-03-02")
     assert (await w.get(f"/v1/loans/{loan['id']}"))["bucket"] == "current"
 

@@ -13,6 +13,7 @@ from app.delinquency.rules import (
     bucket_for,
     days_past_due,
     late_fee_due,
+    late_fee_judged_on,
     late_fee_minor,
     status_for,
 )
@@ -75,11 +76,15 @@ def test_charge_off_threshold_is_configurable() -> None:
 
 
 def test_late_fee_waits_for_the_grace_days() -> None:
+    """Charged by the close of the last day of grace, judged on the payments received by it:
+    a payment the day after is late."""
     due = date(2026, 1, 31)
-    assert not late_fee_due(date(2026, 2, 3), due, grace_days=3)  # 3 days late: in grace
+    assert late_fee_judged_on(due, grace_days=3) == date(2026, 2, 3)
+    assert not late_fee_due(date(2026, 2, 2), due, grace_days=3)  # 2 days late: in grace
+    assert late_fee_due(date(2026, 2, 3), due, grace_days=3)
     assert late_fee_due(date(2026, 2, 4), due, grace_days=3)
-    assert late_fee_due(date(2026, 2, 1), due, grace_days=0)
-    assert not late_fee_due(due, due, grace_days=0)
+    assert late_fee_due(due, due, grace_days=0)  # no grace: the due date is the last day
+    assert not late_fee_due(date(2026, 1, 30), due, grace_days=0)
 
 
 def test_fixed_and_percent_fees_with_caps() -> None:

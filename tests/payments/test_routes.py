@@ -302,8 +302,8 @@ async def test_a_payment_in_time_reported_after_the_close_withdraws_the_late_fee
     items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
     assert [(t["kind"], t["amount"], t["installment_seq"], t["effective_on"]) for t in items
             if t["kind"].startswith("late_fee")] == [
-        ("late_fee", "20.00", 1, "2026-02-19"),  # 3 days' grace, the catch-up's first night
-        ("late_fee_forgiven", "20.00", 1, "2026-02-19"),
+        ("late_fee", "20.00", 1, "2026-02-18"),  # the close of the last of 3 days' grace
+        ("late_fee_forgiven", "20.00", 1, "2026-02-18"),
     ]  # fmt: skip
     await assert_ledger_invariant(loan["id"])
     await w.post(f"/v1/payments/{payoff['id']}/reverse", {"reason": "nsf"}, expect=200)
@@ -315,16 +315,16 @@ async def test_a_payment_in_time_reported_after_the_close_withdraws_the_late_fee
 async def test_a_payoff_dated_on_the_night_of_a_late_fee_is_told_the_payoff_without_it(
     client: httpx.AsyncClient,
 ) -> None:
-    """The close of Feb 19 charged installment 1's fee; a payoff dated Feb 19, reported after,
-    shows it was never late (that close counts Feb 19's payments): the payoff it is told is
-    the one that pays the loan off, without the fee."""
+    """The close of Feb 18 charged installment 1's fee; a payoff dated Feb 18, reported after,
+    shows it was never late (that close counts Feb 18's payments, the last day of grace): the
+    payoff it is told is the one that pays the loan off, without the fee."""
     w, loan = await three_month_loan(client)
     await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
     payments = f"/v1/loans/{loan['id']}/payments"
-    refused = await w.post(payments, {"amount": "1240.00", "received_on": "2026-02-19"}, expect=422)
+    refused = await w.post(payments, {"amount": "1240.00", "received_on": "2026-02-18"}, expect=422)
     assert refused.json()["code"] == "amount_exceeds_payoff"
-    assert "the payoff amount 1220.00 on 2026-02-19" in refused.json()["detail"]
-    paid = await w.pay(loan["id"], "1220.00", "2026-02-19")
+    assert "the payoff amount 1220.00 on 2026-02-18" in refused.json()["detail"]
+    paid = await w.pay(loan["id"], "1220.00", "2026-02-18")
     assert (paid["loan"]["status"], paid["loan"]["balances"]["fees_outstanding"]) == (
         "paid_off",
         "0.00",
@@ -419,7 +419,7 @@ async def test_a_percent_late_fee_is_lowered_to_the_fee_on_what_its_night_left_u
     items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
     assert [(t["kind"], t["amount"], t["effective_on"]) for t in items
             if t["kind"].startswith("late_fee")] == [
-        ("late_fee", "20.60", "2026-02-19"), ("late_fee_forgiven", "20.00", "2026-02-19"),
+        ("late_fee", "20.60", "2026-02-18"), ("late_fee_forgiven", "20.00", "2026-02-18"),
     ]  # fmt: skip
     await assert_ledger_invariant(loan["id"])
     await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
