@@ -31,3 +31,7 @@ class Event(Base):
     # The writing transaction's id on PostgreSQL (migration 0028's default); 0 on SQLite, whose
     # writers take turns, so that positions there are already in commit order.
     transaction_id: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The oldest transaction still running when it was written (migration 0032's default on
+    # PostgreSQL; null on SQLite and before): any event that commits after this one without
+    # a later transaction id is of a transaction from there on (``list_events``' ``after``).
+    oldest_running_transaction_id: Mapped[int | None] = mapped_column(BigInteger)

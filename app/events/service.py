@@ -4,7 +4,7 @@ import re
 from typing import Any, cast
 
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import ColumnClause, Table, insert, literal_column, select, tuple_
+from sqlalchemy import ColumnClause, Table, and_, insert, literal_column, not_, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal
@@ -130,12 +130,23 @@ async def _after(session: AsyncSession, after: str) -> Any:
     if after.startswith("evt_"):
         place = (
             await session.execute(
-                select(Event.transaction_id, Event.position).where(Event.id == after)
+                select(
+                    Event.transaction_id, Event.position, Event.oldest_running_transaction_id
+                ).where(Event.id == after)
             )
         ).first()
         if place is None:
             raise InvalidRequest.field("after", f"no event {after}")
-        return _FEED_ORDER > tuple_(*place)
+        transaction_id, position, oldest_running = place
+        # Not only what follows it in the feed: a transaction running when it was written,
+        # with a lower id, may have committed after it, and a webhook brings an event before
+        # the feed lists it. Those are listed again (the rest of them a repeat, delivery
+        # being at least once); a resume after the event missed them for good (a tester's).
+        since = transaction_id if oldest_running is None else oldest_running
+        return and_(
+            Event.transaction_id >= since,
+            not_(and_(Event.transaction_id == transaction_id, Event.position <= position)),
+        )
     try:
         instant = _INSTANT.validate_python(after)
     except ValidationError:

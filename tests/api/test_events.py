@@ -7,8 +7,10 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from sqlalchemy import select, text
 
 from app.db import session_scope
+from app.events.models import Event
 from app.events.service import emit
 from tests.factories import world
 
@@ -142,3 +144,26 @@ async def test_the_feed_does_not_pass_an_event_still_being_written(
     after = (await w.get(f"/v1/events?limit=200{resumed}", headers=w.admin))["items"]
     assert after[0]["id"] == slow_id
     assert "loan.created" in [e["type"] for e in after[1:]]
+
+
+async def test_a_resume_after_a_delivered_event_lists_an_older_transaction_committed_later(
+    client: httpx.AsyncClient,
+) -> None:
+    """A transaction that took its id first commits after another's event was delivered: the
+    feed lists it before that event, and a subscriber resuming after the webhook's event (as
+    docs/webhooks.md tells it to) never saw it (a tester's, on PostgreSQL under load)."""
+    w = await world(client)
+    async with session_scope() as slow:
+        # Stands for a payment waiting for its loan's lock, its id taken by a first write.
+        await slow.execute(text("SELECT pg_current_xact_id()"))
+        delivered = await w.loan()  # commits loan.created, which a webhook brings at once
+        async with session_scope() as dispatcher:  # the feed waits for the slow one; not it
+            resumed = await dispatcher.scalar(
+                select(Event.id).where(Event.type == "loan.created",
+                                       Event.loan_id == delivered["id"])
+            )  # fmt: skip
+        slow_id = await emit(slow, "payment.received", {"loan_id": "loan_x"}, fan_out=False)
+        await slow.commit()
+    after = (await w.get(f"/v1/events?limit=200&after={resumed}", headers=w.admin))["items"]
+    assert slow_id in [e["id"] for e in after]
+    assert resumed not in [e["id"] for e in after]
