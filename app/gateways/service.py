@@ -259,11 +259,20 @@ async def _record_failed_debit(
     """``processed`` and the failure recorded; or ``ignored``, on a loan that owes nothing."""
     data = notification.data
     loan = await loans_service.get_loan(session, system, loan_id=data.loan_id, for_update=True)
+    amount = parse_amount("data.amount", data.amount, loan.currency, ceiling=payment_ceiling())
+    today = clock.today()
+    attempted_on = data.received_on
+    if not loan.disbursed_on <= attempted_on <= today:
+        # It counts toward the failed_debits rule's window: a date outside the loan's life
+        # would raise or hold a flag on nothing that happened.
+        raise InvalidRequest.field(
+            "data.received_on",
+            f"must be between disbursed_on ({loan.disbursed_on}) and today ({today})",
+        )
     if loan.status not in OPEN_STATUSES:
         # Nothing is owed (an auto-debit scheduled before a payoff or a return), so no
         # failure to count toward a flag; answered 200, as a 409 was until the twenty-seventh
         # session, which the gateway took for a failure and retried for days (a tester's).
-        parse_amount("data.amount", data.amount, loan.currency, ceiling=payment_ceiling())
         return "ignored", {
             "loan_id": loan.id,
             "loan_status": loan.status,
@@ -277,16 +286,6 @@ async def _record_failed_debit(
     if recorded is not None:
         raise FailedDebitAlreadyRecorded(
             f"failed debit {recorded} with external_ref {data.external_ref} is already recorded"
-        )
-    amount = parse_amount("data.amount", data.amount, loan.currency, ceiling=payment_ceiling())
-    today = clock.today()
-    attempted_on = data.received_on
-    if not loan.disbursed_on <= attempted_on <= today:
-        # It counts toward the failed_debits rule's window: a date outside the loan's life
-        # would raise or hold a flag on nothing that happened.
-        raise InvalidRequest.field(
-            "data.received_on",
-            f"must be between disbursed_on ({loan.disbursed_on}) and today ({today})",
         )
     debit = FailedDebit(
         id=new_id("fdb"), loan_id=loan.id, gateway=gateway, amount_minor=amount,

@@ -344,10 +344,19 @@ async def redeliver(
     if endpoint_id is not None:
         query = query.where(WebhookDelivery.endpoint_id == endpoint_id)
     else:
-        # Not the delivery of an endpoint disabled since: it is sent nothing.
+        # Not the delivery of an endpoint disabled since, nor of one no longer subscribed to
+        # the event's type (it was sent it again: a tester's): neither is sent it now.
+        s = WebhookSubscription.__table__.c
+        addressed = (
+            WebhookEndpoint.id == str(event.data.get("endpoint_id"))
+            if event.type == "webhook.test"
+            else exists().where(
+                s.endpoint_id == WebhookEndpoint.id, _matches(literal(event.type), s.pattern)
+            )
+        )
         query = query.where(
             WebhookDelivery.endpoint_id.in_(
-                select(WebhookEndpoint.id).where(WebhookEndpoint.enabled)
+                select(WebhookEndpoint.id).where(WebhookEndpoint.enabled, addressed)
             )
         )
     result = await session.execute(

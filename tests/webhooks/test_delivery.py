@@ -574,6 +574,16 @@ async def test_a_redelivery_is_accepted_only_where_it_will_be_sent(
         assert await deliver() == 1
         assert [len(r.received) for r in (receiver, paused_receiver, risk_receiver)] == [2, 2, 0]
         assert {r.verified(hook["secret"])["type"] for r in receiver.received} == {"loan.created"}
+        # Unsubscribed since, an endpoint is sent it no more (it was: a tester's).
+        moved = await client.patch(
+            f"/v1/webhook-endpoints/{hook['id']}", json={"event_types": ["payment.*"]},
+            headers=w.admin,
+        )  # fmt: skip
+        assert moved.status_code == 200, moved.text
+        everyone = await w.post(redeliver, None, headers=w.admin, expect=202)
+        assert everyone.json() == {"deliveries": 1}
+        assert await deliver() == 1
+        assert [len(r.received) for r in (receiver, paused_receiver, risk_receiver)] == [2, 3, 0]
 
 
 @pytest.mark.parametrize(

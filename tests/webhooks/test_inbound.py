@@ -163,6 +163,10 @@ async def test_a_failed_debit_resent_under_another_id_counts_once(
     assert await count(InboundNotification) == 2
     debit_failed = await w.get("/v1/events?type=payment.debit_failed", headers=w.admin)
     assert len(debit_failed["items"]) == 1
+    # Its date is still checked: an impossible one is the gateway's error to hear of.
+    body = notification("debit.failed", cancelled["id"], amount="106.62", received_on="2031-01-01")
+    dated = await post(client, *signed(secret, body, "msg_cancelled_future"))
+    assert (dated.status_code, dated.json()["errors"][0]["field"]) == (422, "data.received_on")
 
 
 async def test_money_a_gateway_collected_beyond_the_payoff_is_the_loans_credit_balance(
