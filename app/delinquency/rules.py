@@ -86,19 +86,37 @@ def cure_date(as_of: date, installments: Iterable[tuple[DueInstallment, date | N
     )
 
 
-def relapse(
-    first_day_past_due: date,
-    cured_on: date | None,
-    relapsed_on: date | None,
-    relapse_cured_on: date | None,
+def spell_past_due(
+    as_of: date, installments: Iterable[tuple[DueInstallment, date | None]], tolerance_minor: int
 ) -> tuple[date | None, date | None]:
-    """A current loan going past due from ``first_day_past_due``: its spell's first day and
-    the cure before it (``relapsed_on``, ``relapse_cured_on``). Past due from before its last
-    cure (a reversal took back the payment that cured it), the spell that cure ended goes on,
-    and so do its dates."""
-    if cured_on is not None and first_day_past_due <= cured_on:
-        return relapsed_on, relapse_cured_on
-    return first_day_past_due, cured_on
+    """From each installment's due date and the day it was settled (None: not yet), the first
+    day of the loan's spell past due on ``as_of`` and the cure before it (the first day after
+    the spell before; None if there was none): the history a payment or reversal rewrites.
+    An installment still unpaid by no more than the tolerance counts as never missed (when it
+    came within it is not kept)."""
+    spells: list[tuple[date, date]] = []
+    for installment, settled_on in installments:
+        if installment.due_date >= as_of:
+            continue
+        first = installment.due_date + timedelta(days=1)
+        if settled_on is not None:
+            last = min(settled_on - timedelta(days=1), as_of)
+        elif installment.unpaid_minor > tolerance_minor:
+            last = as_of
+        else:
+            continue
+        if first <= last:
+            spells.append((first, last))
+    merged: list[tuple[date, date]] = []
+    for first, last in sorted(spells):
+        if merged and first <= merged[-1][1] + timedelta(days=1):
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    if not merged or merged[-1][1] < as_of:
+        return None, None
+    cured_on = merged[-2][1] + timedelta(days=1) if len(merged) > 1 else None
+    return merged[-1][0], cured_on
 
 
 def bucket_for(dpd: int) -> Bucket:

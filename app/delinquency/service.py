@@ -50,7 +50,7 @@ from app.delinquency.rules import (
     cure_date,
     days_past_due,
     first_past_30,
-    relapse,
+    spell_past_due,
     status_for,
 )
 from app.events import service as events
@@ -189,14 +189,14 @@ def apply_delinquency(
     # no bucket left behind.
     onwards = loan.delinquency_as_of is None or loan.delinquency_as_of <= as_of
     if bucket != loan.bucket and onwards:
+        loan.previous_bucket = loan.bucket
         if bucket == Bucket.CURRENT:
             loan.cured_on = cure_date(as_of, due)
-        elif loan.bucket == Bucket.CURRENT:
-            loan.relapsed_on, loan.relapse_cured_on = relapse(
-                as_of - timedelta(days=dpd - 1), loan.cured_on, loan.relapsed_on,
-                loan.relapse_cured_on,
-            )  # fmt: skip
-        loan.previous_bucket = loan.bucket
+    if dpd > 0 and onwards:
+        # From the history, which a payment or reversal may rewrite: a back-dated payment in
+        # time erases a spell, a bounced one joins two (the close, which rewrites none, keeps
+        # the spell as it moves: _delinquency_statements).
+        loan.relapsed_on, loan.relapse_cured_on = spell_past_due(as_of, due, tolerance)
     loan.days_past_due, loan.bucket, loan.status = dpd, bucket, status
     loan.delinquency_as_of = as_of
     # From the replayed history, not kept once set: payments booked back-dated after the loan
@@ -425,11 +425,16 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
     # Judged on the last day of grace, by the close of that day: a payment received the day
     # after is late (before the twenty-seventh session the close of the day after charged it,
     # counting that day's payments, so a fee came only a day past grace + 1). An installment
-    # settled by then needs no look-up; the others (whose grace ends today, or settled late and
-    # never charged: a back-dated booking) are few.
+    # settled by then needs no look-up; one whose grace ends on the date closed is judged as
+    # the other steps judge that date (a set probe for the loans paid since); the rest (an
+    # older grace: a back-dated booking, a residual within the tolerance) one by one.
     judged_on = add_days(i.due_date, product.grace_days)
     settled_in_time = and_(i.paid_on.is_not(None), i.paid_on <= judged_on)
-    unpaid = case((settled_in_time, 0), else_=unpaid_now_sql() + _paid_after_each(judged_on))
+    unpaid = case(
+        (settled_in_time, 0),
+        (days_between(AS_OF, i.due_date) == product.grace_days, unpaid_as_of_sql()),
+        else_=unpaid_now_sql() + _paid_after_each(judged_on),
+    )
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
     percent_fee = (
         unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000
@@ -631,8 +636,9 @@ def _delinquency_statements(
                 ),
                 else_=loan.cured_on,
             ),
-            # As rules.relapse: a spell from before the last cure (a payment recorded during
-            # the close, set back) goes on with its dates.
+            # A current loan past due again starts a spell after its last cure; one past due
+            # from before that cure (a payment recorded during the close, set back) goes on
+            # with the spell it had (rules.spell_past_due reads the same from the history).
             relapsed_on=case((relapses, first_day_past_due), else_=loan.relapsed_on),
             relapse_cured_on=case((relapses, loan.cured_on), else_=loan.relapse_cured_on),
             # The day it went past 30, wherever the close catches it (late loans booked with

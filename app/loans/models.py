@@ -70,9 +70,9 @@ class Loan(Base):
     # the dpd_roll_forward and cure_relapse rules need.
     previous_bucket: Mapped[str] = mapped_column(String(8), default="current")
     cured_on: Mapped[date | None] = mapped_column(Date)
-    # The first day of the loan's latest spell past due after a cure, and that cure: set when
-    # it goes past due again, kept while it stays past due (whichever installment is then the
-    # oldest missed) and when a reversal undoes a cure within the spell (cure_relapse).
+    # The first day of the loan's spell past due and the cure before it (cure_relapse): kept
+    # while it stays past due, whichever installment is then the oldest missed; read again
+    # from the history when a payment or reversal rewrites it.
     relapsed_on: Mapped[date | None] = mapped_column(Date)
     relapse_cured_on: Mapped[date | None] = mapped_column(Date)
     # The day the loan first went past 30 days past due: its vintage curve's event.

@@ -15,6 +15,7 @@ from app.delinquency.rules import (
     late_fee_due,
     late_fee_judged_on,
     late_fee_minor,
+    spell_past_due,
     status_for,
 )
 
@@ -116,3 +117,32 @@ def test_days_past_due_properties(unpaid: list[int], as_of_offset: int, toleranc
     # Paying anything down never makes a loan later.
     paid_down = [DueInstallment(i.seq, i.due_date, i.unpaid_minor // 2) for i in schedule]
     assert days_past_due(as_of, paid_down, tolerance) <= dpd
+
+
+def test_the_spell_past_due_and_the_cure_before_it_come_from_the_history() -> None:
+    """Spells join when an installment falls due unpaid while another is still late; a
+    payment ends one the day it settles the last late installment."""
+    feb, mar, apr = date(2026, 2, 10), date(2026, 3, 10), date(2026, 4, 10)
+
+    def due(seq: int, on: date, unpaid: int = 10_000) -> DueInstallment:
+        return DueInstallment(seq, on, unpaid)
+
+    # Feb paid late on Feb 20 (cured), Mar unpaid, Apr unpaid: past due since Mar 11.
+    history = [(due(1, feb, 0), date(2026, 2, 20)), (due(2, mar), None), (due(3, apr), None)]
+    assert spell_past_due(date(2026, 4, 14), history, 100) == (
+        date(2026, 3, 11), date(2026, 2, 20),
+    )  # fmt: skip
+    # Mar paid on Apr 14, after Apr fell due: one spell from Mar 11 still.
+    history[1] = (due(2, mar, 0), date(2026, 4, 14))
+    assert spell_past_due(date(2026, 4, 15), history, 100)[0] == date(2026, 3, 11)
+    # Mar paid on its due date: never past due in March; the spell is Apr's.
+    history[1] = (due(2, mar, 0), mar)
+    assert spell_past_due(date(2026, 4, 15), history, 100) == (
+        date(2026, 4, 11), date(2026, 2, 20),
+    )  # fmt: skip
+    # Within the tolerance, an unpaid installment is not missed; current: no spell.
+    assert spell_past_due(date(2026, 4, 15), [(due(1, feb, 100), None)], 100) == (None, None)
+    # The first spell: no cure before it.
+    assert spell_past_due(date(2026, 2, 15), [(due(1, feb), None)], 100) == (
+        date(2026, 2, 11), None,
+    )  # fmt: skip

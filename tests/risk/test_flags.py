@@ -341,6 +341,31 @@ async def test_a_bounced_cure_leaves_the_relapse_it_ended(client: httpx.AsyncCli
     ) == ("2026-02-20", "2026-03-11", 19)
 
 
+async def test_a_payment_in_time_reported_late_moves_the_relapse_it_erased(
+    client: httpx.AsyncClient,
+) -> None:
+    """Past due from Mar 11, 19 days after the Feb 20 cure; then the Mar 10 installment is
+    reported paid on its due date. The loan was never past due in March: its spell began on
+    Apr 11, 50 days after the cure, and a window of 30 clears the flag. The spell kept since
+    Mar 11 held it open (a re-verifier's)."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    await w.pay(loan_id, "432.00", "2026-02-20")
+    await close(w, "2026-04-14")
+    assert (await flags(w, loan_id))["cure_relapse"]["evidence"]["relapsed_on"] == "2026-03-11"
+    second = (await w.get(f"/v1/loans/{loan_id}/schedule"))["installments"][1]
+    await w.pay(loan_id, second["total"], "2026-03-10")
+    flag = (await flags(w, loan_id))["cure_relapse"]
+    assert (flag["evidence"]["relapsed_on"], flag["evidence"]["cured_days_before_relapse"]) == (
+        "2026-04-11", 50,
+    )  # fmt: skip
+    rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
+    await client.put("/v1/risk/rules", json={**rules, "cure_relapse_days": 30}, headers=w.admin)
+    await close(w, "2026-04-15")
+    assert "cure_relapse" not in await flags(w, loan_id)
+
+
 async def test_a_cure_paid_after_the_business_date_dates_from_its_payment(
     client: httpx.AsyncClient,
 ) -> None:
