@@ -3,7 +3,7 @@ one limit on their size; and the one media type they come in."""
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import get_settings
@@ -89,27 +89,31 @@ class RequireJson:
                 # in another encoding was read as UTF-8 all the same (a tester's repro).
                 declared = f"{media_type}; charset={charset}"
             if not _is_json(media_type) or declared != media_type:
-                refusal = await _caller_refused(scope) or _not_json(scope["method"], declared)
-                await refusal(scope, receive, send)
+                route = _route(scope)
+                if route is None:  # no such route: its 404 (or 405), not the body's media type
+                    await self.app(scope, receive, send)
+                    return
+                refusal = await _caller_refused(route, scope)
+                await (refusal or _not_json(scope["method"], declared))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-async def _caller_refused(scope: Scope) -> Response | None:
+def _route(scope: Scope) -> BaseRoute | None:
+    return next((r for r in scope["app"].router.routes if r.matches(scope)[0] is Match.FULL), None)
+
+
+async def _caller_refused(route: BaseRoute, scope: Scope) -> Response | None:
     """401 or 403 for a caller the route refuses, as for any other input it refuses
     (docs/decisions.md: the caller before the body): a 415 told a caller with no key the
     media type the endpoint takes (a tester's)."""
-    for route in scope["app"].router.routes:
-        if route.matches(scope)[0] is Match.FULL:
-            check_caller = getattr(route, "check_caller", None)
-            if check_caller is None:
-                return None
-            try:
-                await check_caller(Request(scope))
-            except LoanwatchError as exc:
-                return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors,
-                               exc.headers)  # fmt: skip
-            return None
+    check_caller = getattr(route, "check_caller", None)
+    if check_caller is None:
+        return None
+    try:
+        await check_caller(Request(scope))
+    except LoanwatchError as exc:
+        return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors, exc.headers)
     return None
 
 

@@ -55,7 +55,7 @@ async def test_the_caller_is_checked_before_the_media_type(client: httpx.AsyncCl
         assert response.status_code == status, (headers, response.text)
         assert response.headers["content-type"] == "application/problem+json"
     unknown = await client.post("/v1/nowhere", content=b"x", headers=plain)
-    assert unknown.status_code == 415  # no route to ask: nothing to tell
+    assert unknown.status_code == 404  # no route: its body is nobody's (a re-verifier's)
 
 
 async def test_a_patch_not_declared_json_names_what_it_takes(client: httpx.AsyncClient) -> None:
