@@ -138,6 +138,7 @@ async def receive(
     system = Principal(api_key_id=f"gateway:{gateway.name}", role=Role.ADMIN)
     data = notification.data
     result: dict[str, Any]
+    status = "processed"
     if notification.type is NotificationType.DEBIT_SUCCEEDED:
         view = await payments_service.record_payment(
             session, system, loan_id=data.loan_id, amount=data.amount,
@@ -147,25 +148,15 @@ async def receive(
         result = payment_read(view).model_dump(mode="json")
     elif notification.type is NotificationType.DEBIT_FAILED:
         status, result = await _record_failed_debit(session, system, gateway.name, notification)
-        if status == "ignored":
-            await _store_result(session, gateway.name, webhook_id, result)
-            return status, notification.type, result
     else:
         result = await _charge_back(session, system, gateway.name, notification)
-    await _store_result(session, gateway.name, webhook_id, result)
-    return "processed", notification.type, result
-
-
-async def _store_result(
-    session: AsyncSession, gateway: str, webhook_id: str, result: dict[str, Any]
-) -> None:
-    """The answer a retry of the notification gets."""
     await session.execute(
         update(InboundNotification)
-        .where(InboundNotification.gateway == gateway,
+        .where(InboundNotification.gateway == gateway.name,
                InboundNotification.webhook_id == webhook_id)
         .values(result=result)
     )  # fmt: skip
+    return status, notification.type, result
 
 
 async def _claim(

@@ -251,14 +251,19 @@ async def fan_out(
 _fan_out_statements: dict[tuple[bool, bool], Executable] = {}
 
 
+def _addressed(event_type: Any, tested_endpoint_id: Any, endpoint_id: Any) -> Any:
+    """SQL: is the event one ``fan_out`` sends the endpoint? Of a type it subscribes to; a
+    test event is one endpoint's, whatever it subscribes to (the test asks whether it is
+    reachable and checks signatures), and whatever a recovery's range or a redelivery catches
+    it in."""
+    s = WebhookSubscription.__table__.c
+    subscribed = exists().where(s.endpoint_id == endpoint_id, _matches(event_type, s.pattern))
+    test = event_type == "webhook.test"
+    return or_(and_(~test, subscribed), and_(test, tested_endpoint_id == endpoint_id))
+
+
 def _fan_out_statement(session: AsyncSession, one_endpoint: bool) -> Executable:
-    e, w, s = Event.__table__.c, WebhookEndpoint.__table__.c, WebhookSubscription.__table__.c
-    subscribed = exists().where(s.endpoint_id == w.id, _matches(e.type, s.pattern))
-    # A test event is one endpoint's, whatever it subscribes to (the test asks whether it is
-    # reachable and checks signatures), and whatever a recovery's range or a redelivery
-    # catches it in.
-    test = e.type == "webhook.test"
-    addressed = or_(and_(~test, subscribed), and_(test, e.data["endpoint_id"].as_string() == w.id))
+    e, w = Event.__table__.c, WebhookEndpoint.__table__.c
     now = bindparam("now", type_=UTCDateTime())
     pairs = (
         select(
@@ -273,7 +278,7 @@ def _fan_out_statement(session: AsyncSession, one_endpoint: bool) -> Executable:
         .where(
             e.position.between(bindparam("low"), bindparam("high")),
             w.enabled,
-            addressed,
+            _addressed(e.type, e.data["endpoint_id"].as_string(), w.id),
         )
     )
     if one_endpoint:
@@ -346,13 +351,8 @@ async def redeliver(
     else:
         # Not the delivery of an endpoint disabled since, nor of one no longer subscribed to
         # the event's type (it was sent it again: a tester's): neither is sent it now.
-        s = WebhookSubscription.__table__.c
-        addressed = (
-            WebhookEndpoint.id == str(event.data.get("endpoint_id"))
-            if event.type == "webhook.test"
-            else exists().where(
-                s.endpoint_id == WebhookEndpoint.id, _matches(literal(event.type), s.pattern)
-            )
+        addressed = _addressed(
+            literal(event.type), literal(event.data.get("endpoint_id")), WebhookEndpoint.id
         )
         query = query.where(
             WebhookDelivery.endpoint_id.in_(
