@@ -264,17 +264,20 @@ async def create_loan(
     anchor_day = first_due_date.day if first_due_date else disbursed_on.day
     if disbursed_on > today:
         errors.add("disbursed_on", f"must not be after today ({today})")
-    if disbursed_on < (earliest := clock.earliest()):
-        errors.add("disbursed_on", f"must not be before {earliest}")
-    first_due_date = first_due_date or default_first_due_date(disbursed_on)
-    if not disbursed_on < first_due_date <= disbursed_on + timedelta(days=MAX_FIRST_DUE_DAYS):
-        errors.add(
-            "first_due_date",
-            f"must be after disbursed_on and within {MAX_FIRST_DUE_DAYS} days of it",
-        )
+        # Nothing is measured from it: a month past 9999-12-01 is no date at all.
+    else:
+        if disbursed_on < (earliest := clock.earliest()):
+            errors.add("disbursed_on", f"must not be before {earliest}")
+        first_due_date = first_due_date or default_first_due_date(disbursed_on)
+        if not disbursed_on < first_due_date <= disbursed_on + timedelta(days=MAX_FIRST_DUE_DAYS):
+            errors.add(
+                "first_due_date",
+                f"must be after disbursed_on and within {MAX_FIRST_DUE_DAYS} days of it",
+            )
     errors.raise_any()  # none left: both were found
     assert product is not None
     assert amount is not None
+    assert first_due_date is not None
 
     exposure_sum, taken, business_date = (
         await session.execute(

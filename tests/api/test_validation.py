@@ -41,6 +41,10 @@ LOAN_CASES: list[tuple[str, dict[str, Any], str]] = [
     ("term over three years", {"term": 37}, "term"),
     ("bad date", {"disbursed_on": "2026-02-30"}, "disbursed_on"),
     ("future disbursement", {"disbursed_on": "2999-01-01"}, "disbursed_on"),
+    # A month (and the longest first period) after it is past the last date there is.
+    ("disbursed in the last month", {"disbursed_on": "9999-12-31"}, "disbursed_on"),
+    ("due in the last month", {"disbursed_on": "9999-11-01", "first_due_date": "9999-12-01"},
+     "disbursed_on"),
     ("disbursed in year 1", {"disbursed_on": "0001-01-01"}, "disbursed_on"),
     # Pydantic would read a number as seconds since 1970: 2025-12-02 here.
     ("disbursement as a number", {"disbursed_on": 1764633600}, "disbursed_on"),
