@@ -12,11 +12,16 @@ the database goes away, after that commit but before the response is stored, a r
 claim expires (``idempotency_lock_seconds``) is not run again: it is told the request was
 applied and its answer lost (409 ``idempotency_answer_lost``). One that rolled back, or never
 reached its commit, runs again.
+
+Each claim has a token of its own (``claim``), and the request's commit and its stored answer
+name it: a request still running when a retry took its claim over (slow, not dead: a lock wait
+past the expiry) can commit nothing and store nothing, so one key never makes two changes.
 """
 
 import hashlib
 import json
 import logging
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -51,7 +56,7 @@ from app.db import (
     is_transient,
     utc_now,
 )
-from app.errors import Unauthorized, database_unavailable, problem
+from app.errors import Conflict, Unauthorized, database_unavailable, problem
 
 log = logging.getLogger("loanwatch.idempotency")
 
@@ -86,6 +91,16 @@ class IdempotencyRecord(Base):
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Set by the request's own transaction: the change it made committed.
     applied_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The token of the request holding the key, new at each takeover.
+    claim: Mapped[str | None] = mapped_column(String(32))
+
+
+class ClaimTakenOver(Conflict):
+    """The request ran past its claim's lock and a retry with its key took it over: its change
+    is rolled back, the retry's stands."""
+
+    code = "idempotency_request_in_progress"
+    title = "Request in progress"
 
 
 class IdempotencyMiddleware:
@@ -124,8 +139,9 @@ class IdempotencyMiddleware:
             b"\n".join([scope["path"].encode(), scope.get("query_string", b""), canonical(body)])
         ).hexdigest()
 
+        claim = secrets.token_hex(16)
         try:
-            rejection = await _claim(owner, key, fingerprint)
+            rejection = await _claim(owner, key, fingerprint, claim)
         except Exception as exc:
             if not _unreachable(exc):
                 raise
@@ -139,7 +155,17 @@ class IdempotencyMiddleware:
         held = _HeldResponse()
 
         async def mark_applied(session: AsyncSession) -> None:
-            await session.execute(_APPLIED, {"owner": owner, "record_key": key, "at": utc_now()})
+            marked = await execute_counting(
+                session,
+                _APPLIED,
+                {"owner": owner, "record_key": key, "held_claim": claim, "at": utc_now()},
+            )
+            if marked == 0:
+                raise ClaimTakenOver(
+                    f"this request ran past the Idempotency-Key's lock "
+                    f"({get_settings().idempotency_lock_seconds} s) and a retry with the key took "
+                    "it over; nothing of this request was applied: retry for the retry's answer"
+                )
 
         before_commit.set(mark_applied)
 
@@ -154,7 +180,7 @@ class IdempotencyMiddleware:
                 if message.get("more_body", False):
                     return
                 try:
-                    await _finish(owner, key, held, routed=_routed(scope, held.status))
+                    await _finish(owner, key, claim, held, routed=_routed(scope, held.status))
                 except Exception as exc:
                     if not _unreachable(exc):
                         raise
@@ -172,7 +198,7 @@ class IdempotencyMiddleware:
             await self.app(scope, replay_body(body), hold_until_stored)
         finally:
             if not held.finished:
-                await _finish(owner, key, held, routed=_routed(scope, held.status))
+                await _finish(owner, key, claim, held, routed=_routed(scope, held.status))
 
 
 def _routed(scope: Scope, status: int) -> bool:
@@ -215,13 +241,18 @@ class _HeldResponse:
 # ORM-enabled DML built per call adds construction, cache-key and session synchronisation work
 # to each of them.
 _records = cast(Table, IdempotencyRecord.__table__)
-_RECORD = (_records.c.scope == bindparam("owner"), _records.c.key == bindparam("record_key"))
+# The record while this request's claim holds it: once taken over, the request touches it no more.
+_CLAIMED = (
+    _records.c.scope == bindparam("owner"),
+    _records.c.key == bindparam("record_key"),
+    _records.c.claim == bindparam("held_claim"),
+)
 # A request that failed forgets its key, unless its change committed (then failed to answer):
 # a retry is told so at once rather than run again.
-_FORGET = delete(_records).where(*_RECORD, _records.c.applied_at.is_(None))
-_ANSWER_LOST = update(_records).where(*_RECORD).values(locked_until=bindparam("now"))
-_STORE = update(_records).where(*_RECORD)  # SET: the columns given at execution
-_APPLIED = update(_records).where(*_RECORD).values(applied_at=bindparam("at"))
+_FORGET = delete(_records).where(*_CLAIMED, _records.c.applied_at.is_(None))
+_ANSWER_LOST = update(_records).where(*_CLAIMED).values(locked_until=bindparam("now"))
+_STORE = update(_records).where(*_CLAIMED)  # SET: the columns given at execution
+_APPLIED = update(_records).where(*_CLAIMED).values(applied_at=bindparam("at"))
 _claims: dict[bool, Executable] = {}  # by dialect (is PostgreSQL)
 AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
 
@@ -236,7 +267,9 @@ def _claim_statement(postgres: bool) -> Executable:
     return statement
 
 
-async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | str | None:
+async def _claim(
+    owner: str, key: str, fingerprint: str, claim: str
+) -> IdempotencyRecord | str | None:
     """Claim the key for this request. None: go ahead. A record: replay it. A string: the
     problem code to answer with."""
     settings = get_settings()
@@ -244,17 +277,17 @@ async def _claim(owner: str, key: str, fingerprint: str) -> IdempotencyRecord | 
     lock = now + timedelta(seconds=settings.idempotency_lock_seconds)
     row = {
         "scope": owner, "key": key, "fingerprint": fingerprint, "created_at": now,
-        "locked_until": lock,
+        "locked_until": lock, "claim": claim,
     }  # fmt: skip
     # The first request with a key (nearly every one): one statement on a bare connection. No
     # transaction (saves BEGIN and COMMIT round trips) and no ORM session (its set-up was
     # about a twentieth of an origination's CPU, bench/http_load.py).
     async with database.engine.connect() as connection:
         await connection.execution_options(**AUTOCOMMIT)
-        claim = _claim_statement(connection.dialect.name == "postgresql")
-        if _rowcount(await connection.execute(claim, row)) == 1:
+        insert = _claim_statement(connection.dialect.name == "postgresql")
+        if _rowcount(await connection.execute(insert, row)) == 1:
             return None
-    return await _claim_taken(owner, key, fingerprint, claim, row, now, lock)
+    return await _claim_taken(owner, key, fingerprint, insert, row, now, lock)
 
 
 async def _claim_taken(
@@ -295,13 +328,15 @@ async def _claim_taken(
             return "idempotency_request_in_progress"
         if record.applied_at is not None:
             return "idempotency_answer_lost"
-        # The request that claimed this key died without an answer and without committing
-        # its change: take the claim over.
+        # The request that claimed this key died, or is slow, without an answer and without
+        # committing its change: take the claim over (a slow one then commits nothing). Not
+        # one that committed since it was read: PostgreSQL checks the WHERE again after the
+        # row lock its commit held.
         taken = await execute_counting(
             session,
             update(_records)
-            .where(*record_of, _records.c.locked_until < now)
-            .values(locked_until=lock),
+            .where(*record_of, _records.c.locked_until < now, _records.c.applied_at.is_(None))
+            .values(locked_until=lock, claim=row["claim"]),
         )
         return None if taken == 1 else "idempotency_request_in_progress"
 
@@ -310,8 +345,10 @@ def _rowcount(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-async def _finish(owner: str, key: str, response: _HeldResponse, *, routed: bool) -> None:
-    record = {"owner": owner, "record_key": key}
+async def _finish(
+    owner: str, key: str, claim: str, response: _HeldResponse, *, routed: bool
+) -> None:
+    record = {"owner": owner, "record_key": key, "held_claim": claim}
     async with database.engine.connect() as connection:
         # One statement: no transaction, no BEGIN and COMMIT round trips.
         await connection.execution_options(**AUTOCOMMIT)

@@ -235,3 +235,46 @@ async def test_a_change_whose_answer_was_lost_is_not_made_again(
     retry = await client.post(path, json=body, headers=headers)
     assert (retry.status_code, retry.json()["code"]) == (409, "idempotency_answer_lost")
     assert await count(Payment) == 1
+
+
+async def test_a_slow_request_whose_claim_was_taken_over_applies_nothing(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A payment waits on its loan's row lock past the claim's lock; its retry takes the claim
+    over and waits too. Both ran once the lock was released, and one key recorded two payments
+    (a tester's, holding the lock 75 s). The slow one's commit names a claim it no longer
+    holds: it rolls back."""
+    monkeypatch.setattr(get_settings(), "idempotency_lock_seconds", 1)
+    w = await world(client)
+    loan = await w.loan()
+    path, body = f"/v1/loans/{loan['id']}/payments", {"amount": "9.00", "channel": "pos"}
+    headers = {**w.merchant, "Idempotency-Key": "slow-pay"}
+    blocker = await asyncpg.connect(TEST_DSN)
+    try:
+        locked = blocker.transaction()
+        await locked.start()
+        await blocker.execute("SELECT id FROM loan WHERE id = $1 FOR UPDATE", loan["id"])
+        slow = asyncio.create_task(client.post(path, json=body, headers=headers))
+        await asyncio.sleep(0.3)
+        in_progress = await client.post(path, json=body, headers=headers)
+        assert (in_progress.status_code, in_progress.json()["code"]) == (
+            409, "idempotency_request_in_progress",
+        )  # fmt: skip
+        await asyncio.sleep(1.2)  # the claim's lock runs out while the first still waits
+        retry = asyncio.create_task(client.post(path, json=body, headers=headers))
+        await asyncio.sleep(0.3)
+        await locked.commit()
+        answers = sorted([await slow, await retry], key=lambda r: r.status_code)
+    finally:
+        await blocker.close()
+    assert [a.status_code for a in answers] == [201, 409]
+    assert answers[1].json()["code"] == "idempotency_request_in_progress"
+    assert await count(Payment) == 1
+    async with session_scope() as session:
+        received = await session.scalar(
+            select(func.count()).select_from(Event).where(Event.type == "payment.received")
+        )
+    assert received == 1
+    replay = await client.post(path, json=body, headers=headers)
+    assert replay.headers["idempotent-replayed"] == "true"
+    assert replay.json() == answers[0].json()
