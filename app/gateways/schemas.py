@@ -76,7 +76,8 @@ class Notification(BaseModel):
 class NotificationResult(BaseModel):
     status: str = Field(
         description="processed; ignored (a debit.failed on a loan that owes nothing: paid off "
-        "or cancelled); or duplicate for a webhook-id seen before"
+        "or cancelled; a payment.charged_back of a payment reversed already); or duplicate "
+        "for a webhook-id seen before"
     )
     type: str
     result: dict[str, object]

@@ -31,7 +31,7 @@ from app.loans import service as loans_service
 from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor, parse_amount, payment_ceiling
 from app.payments import service as payments_service
-from app.payments.errors import PaymentNotFound
+from app.payments.errors import PaymentAlreadyReversed, PaymentNotFound
 from app.payments.models import Payment, ReversalReason
 from app.payments.schemas import payment_read
 from app.risk import service as risk
@@ -149,7 +149,7 @@ async def receive(
     elif notification.type is NotificationType.DEBIT_FAILED:
         status, result = await _record_failed_debit(session, system, gateway.name, notification)
     else:
-        result = await _charge_back(session, system, gateway.name, notification)
+        status, result = await _charge_back(session, system, gateway.name, notification)
     await session.execute(
         update(InboundNotification)
         .where(InboundNotification.gateway == gateway.name,
@@ -207,7 +207,8 @@ def _repeated(
 
 async def _charge_back(
     session: AsyncSession, system: Principal, gateway: str, notification: Notification
-) -> dict[str, Any]:
+) -> tuple[str, dict[str, Any]]:
+    """``processed`` and the payment reversed; or ``ignored``, on a payment reversed already."""
     data = notification.data
     # Only a payment this gateway collected: another's, or the POS's, is not its to take back,
     # and is answered as if it did not exist.
@@ -237,11 +238,19 @@ async def _charge_back(
             f"{format_minor(payment_minor, currency)}: partial chargebacks are not "
             "supported, a chargeback reverses the whole payment",
         )
-    view = await payments_service.reverse_payment(
-        session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK,
-        reversed_on=data.received_on, date_field="data.received_on",
-    )  # fmt: skip
-    return payment_read(view).model_dump(mode="json")
+    try:
+        view = await payments_service.reverse_payment(
+            session, system, payment_id=payment_id, reason=ReversalReason.CHARGEBACK,
+            reversed_on=data.received_on, date_field="data.received_on",
+        )  # fmt: skip
+    except PaymentAlreadyReversed:
+        # Taken back already (an admin's reversal of the bounce, the same chargeback under
+        # another webhook-id): there is nothing left to take. Answered 200, as a 409 was until
+        # the twenty-eighth session, which the gateway took for a failure and retried for days
+        # (a tester's).
+        view = await payments_service.get_payment(session, system, payment_id=payment_id)
+        return "ignored", payment_read(view).model_dump(mode="json")
+    return "processed", payment_read(view).model_dump(mode="json")
 
 
 async def _record_failed_debit(

@@ -306,6 +306,23 @@ async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient
     got = await w.get(f"/v1/payments/{paid['id']}")
     assert (got["status"], got["reversal_reason"]) == ("reversed", "chargeback")
     assert got["reversed_on"] == "2026-02-03"
+    # Taken back already (resent under another id; a bounce an admin reversed first): nothing
+    # more to take, answered 200, not a 409 the gateway would retry for days (a tester's).
+    resent = await post(client, *signed(secret, body, "msg_3_resent"))
+    assert resent.status_code == 200, resent.text
+    assert (resent.json()["status"], resent.json()["result"]["status"]) == ("ignored", "reversed")
+    bounced = await debited(client, secret, loan["id"], "20.00", "2026-01-21", external_ref="dd-2")
+    await w.post(f"/v1/payments/{bounced['id']}/reverse",
+                 {"reason": "nsf", "reversed_on": "2026-01-25"}, expect=200)  # fmt: skip
+    body = notification("payment.charged_back", loan["id"], amount="20.00",
+                        received_on="2026-02-03", external_ref="dd-2")  # fmt: skip
+    late = await post(client, *signed(secret, body, "msg_dd2_back"))
+    assert late.status_code == 200, late.text
+    assert (late.json()["status"], late.json()["result"]["reversal_reason"]) == ("ignored", "nsf")
+    reversed_events = await w.get("/v1/events?type=payment.reversed", headers=w.admin)
+    assert sorted(e["data"]["payment_id"] for e in reversed_events["items"]) == sorted(
+        [paid["id"], bounced["id"]]
+    )
     raw, headers = signed(secret, notification("payment.charged_back", loan["id"],
                                                external_ref="nope", amount="50.00",
                                                received_on="2026-02-03"), "msg_4")  # fmt: skip
