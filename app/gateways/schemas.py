@@ -58,6 +58,11 @@ class NotificationData(BaseModel):
     amount: MoneyStr
     received_on: IsoDate
     external_ref: Reference
+    # Optional, as SPEC.md's payload has none; when a gateway sends it, it must be the loan's:
+    # ignored with the other extra fields, 100.00 USD was recorded as 100.00 CNY (a tester's).
+    currency: str | None = Field(
+        default=None, pattern=r"^[A-Z]{3}$", description="ISO 4217; when given, the loan's"
+    )
     reason: str | None = Field(default=None, max_length=200)
 
 

@@ -28,6 +28,7 @@ from app.gateways.models import (
 from app.gateways.schemas import Notification, NotificationType
 from app.ids import new_id
 from app.loans import service as loans_service
+from app.loans.errors import CurrencyMismatch
 from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor, parse_amount, payment_ceiling
 from app.payments import service as payments_service
@@ -137,6 +138,8 @@ async def receive(
 
     system = Principal(api_key_id=f"gateway:{gateway.name}", role=Role.ADMIN)
     data = notification.data
+    if data.currency is not None:
+        await _check_currency(session, data.loan_id, data.currency)
     result: dict[str, Any]
     status = "processed"
     if notification.type is NotificationType.DEBIT_SUCCEEDED:
@@ -203,6 +206,16 @@ def _repeated(
             "notification under its own id"
         )
     return "duplicate", seen.type, dict(seen.result)
+
+
+async def _check_currency(session: AsyncSession, loan_id: str, currency: str) -> None:
+    """A notification's amount is in the loan's currency: one that says otherwise is refused
+    rather than recorded as if it were (an unknown loan is the type's own 404)."""
+    lent_in = await session.scalar(select(Loan.currency).where(Loan.id == loan_id))
+    if lent_in is not None and lent_in != currency:
+        raise CurrencyMismatch.field(
+            "data.currency", f"is {currency} but loan {loan_id} is in {lent_in}"
+        )
 
 
 async def _charge_back(

@@ -428,6 +428,34 @@ async def test_a_negative_or_too_large_amount_is_told_so_as_the_pos_is(
     assert await count(InboundNotification) == 0
 
 
+async def test_a_currency_the_gateway_names_must_be_the_loans(client: httpx.AsyncClient) -> None:
+    """SPEC's payload has no currency; a gateway that sends one had it ignored with its other
+    fields, and 100.00 USD was recorded as 100.00 CNY (a tester's)."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    for i, type_ in enumerate(["debit.succeeded", "debit.failed", "payment.charged_back"]):
+        body = notification(type_, loan["id"], amount="100.00", received_on="2026-02-10",
+                            currency="USD")  # fmt: skip
+        refused = await post(client, *signed(secret, body, f"msg_usd_{i}"))
+        assert (refused.status_code, refused.json()["code"]) == (422, "currency_mismatch")
+        assert [e["field"] for e in refused.json()["errors"]] == ["data.currency"]
+    body = notification("debit.succeeded", loan["id"], amount="100.00", received_on="2026-02-10",
+                        currency="cny")  # fmt: skip
+    malformed = await post(client, *signed(secret, body, "msg_lower"))
+    assert (malformed.status_code, malformed.json()["errors"][0]["field"]) == (
+        422, "data.currency",
+    )  # fmt: skip
+    assert await count(Payment) == 0
+    assert await count(FailedDebit) == 0
+    assert await count(InboundNotification) == 0
+    body = notification("debit.succeeded", loan["id"], amount="100.00", received_on="2026-02-10",
+                        currency="CNY")  # fmt: skip
+    named = await post(client, *signed(secret, body, "msg_cny"))
+    assert (named.status_code, named.json()["status"]) == (200, "processed")
+    assert await count(Payment) == 1
+
+
 async def test_a_webhook_id_reused_for_another_body_is_refused(client: httpx.AsyncClient) -> None:
     w = await world(client)
     secret = await gateway(w)
