@@ -33,6 +33,7 @@ from app.webhooks.models import (
     WebhookDelivery,
     WebhookEndpoint,
     WebhookSubscription,
+    WebhookSubscriptionPeriod,
 )
 
 __all__ = [
@@ -72,4 +73,5 @@ __all__ = [
     "WebhookDelivery",
     "WebhookEndpoint",
     "WebhookSubscription",
+    "WebhookSubscriptionPeriod",
 ]

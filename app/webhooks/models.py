@@ -46,6 +46,21 @@ class WebhookSubscription(Base):
     pattern: Mapped[str] = mapped_column(String(64), primary_key=True)
 
 
+class WebhookSubscriptionPeriod(Base):
+    """When an endpoint took up a pattern and when it dropped it: ``recover`` sends the events
+    the endpoint was subscribed to when they were written, not those its patterns of today
+    match (a tester's recovery sent payments written before the type was subscribed)."""
+
+    __tablename__ = "webhook_subscription_period"
+
+    endpoint_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_endpoint.id", ondelete="CASCADE"), primary_key=True
+    )
+    pattern: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subscribed_at: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"

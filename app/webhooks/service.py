@@ -39,6 +39,7 @@ from app.webhooks.models import (
     WebhookDelivery,
     WebhookEndpoint,
     WebhookSubscription,
+    WebhookSubscriptionPeriod,
 )
 
 
@@ -88,9 +89,17 @@ async def create_endpoint(
     )  # fmt: skip
     session.add(endpoint)
     await session.flush()
-    session.add_all([WebhookSubscription(endpoint_id=endpoint.id, pattern=p) for p in patterns])
+    _subscribe(session, endpoint.id, patterns, now)
     await session.flush()
     return EndpointView(endpoint, patterns)
+
+
+def _subscribe(session: AsyncSession, endpoint_id: str, patterns: list[str], now: datetime) -> None:
+    session.add_all([WebhookSubscription(endpoint_id=endpoint_id, pattern=p) for p in patterns])
+    session.add_all([
+        WebhookSubscriptionPeriod(endpoint_id=endpoint_id, pattern=p, subscribed_at=now)
+        for p in patterns
+    ])  # fmt: skip
 
 
 async def _load(session: AsyncSession, endpoint_id: str, *, lock: bool = False) -> EndpointView:
@@ -156,13 +165,27 @@ async def update_endpoint(
             endpoint.disabled_reason, endpoint.failing_since = None, None
             await _resume_deliveries(session, endpoint.id)
     patterns = view.event_types
+    now = utc_now()
     if "event_types" in changes:
         patterns = _patterns(changes["event_types"])
-        await session.execute(
-            delete(WebhookSubscription).where(WebhookSubscription.endpoint_id == endpoint.id)
-        )
-        session.add_all([WebhookSubscription(endpoint_id=endpoint.id, pattern=p) for p in patterns])
-    endpoint.updated_at = utc_now()
+        if dropped := set(view.event_types) - set(patterns):
+            await session.execute(
+                delete(WebhookSubscription).where(
+                    WebhookSubscription.endpoint_id == endpoint.id,
+                    WebhookSubscription.pattern.in_(dropped),
+                )
+            )
+            await session.execute(
+                update(WebhookSubscriptionPeriod)
+                .where(
+                    WebhookSubscriptionPeriod.endpoint_id == endpoint.id,
+                    WebhookSubscriptionPeriod.pattern.in_(dropped),
+                    WebhookSubscriptionPeriod.unsubscribed_at.is_(None),
+                )
+                .values(unsubscribed_at=now)
+            )
+        _subscribe(session, endpoint.id, sorted(set(patterns) - set(view.event_types)), now)
+    endpoint.updated_at = now
     await session.flush()
     return EndpointView(endpoint, patterns)
 
@@ -228,13 +251,15 @@ async def fan_out(
     high_position: int,
     *,
     only_endpoint: str | None = None,
+    as_subscribed_when_written: bool = False,
 ) -> None:
     """A pending delivery for each event in the position range and each enabled endpoint
-    subscribed to its type. Idempotent: an existing delivery is left as it is."""
-    key = (is_postgres(session), only_endpoint is not None)
+    subscribed to its type (now, or when the event was written). Idempotent: an existing
+    delivery is left as it is."""
+    key = (is_postgres(session), only_endpoint is not None, as_subscribed_when_written)
     statement = _fan_out_statements.get(key)
     if statement is None:
-        statement = _fan_out_statements[key] = _fan_out_statement(session, key[1])
+        statement = _fan_out_statements[key] = _fan_out_statement(session, *key[1:])
     params: dict[str, Any] = {"low": low_position, "high": high_position, "now": utc_now()}
     if only_endpoint is not None:
         params["endpoint_id"] = only_endpoint
@@ -248,21 +273,34 @@ async def fan_out(
 
 # Every event is fanned out in its writer's transaction: the statement is built once per
 # dialect and shape (building it, with its LIKE patterns, was most of its CPU per event).
-_fan_out_statements: dict[tuple[bool, bool], Executable] = {}
+_fan_out_statements: dict[tuple[bool, bool, bool], Executable] = {}
 
 
-def _addressed(event_type: Any, tested_endpoint_id: Any, endpoint_id: Any) -> Any:
-    """SQL: is the event one ``fan_out`` sends the endpoint? Of a type it subscribes to; a
-    test event is one endpoint's, whatever it subscribes to (the test asks whether it is
-    reachable and checks signatures), and whatever a recovery's range or a redelivery catches
-    it in."""
-    s = WebhookSubscription.__table__.c
-    subscribed = exists().where(s.endpoint_id == endpoint_id, _matches(event_type, s.pattern))
+def _addressed(
+    event_type: Any, tested_endpoint_id: Any, endpoint_id: Any, *, written_at: Any = None
+) -> Any:
+    """SQL: is the event one ``fan_out`` sends the endpoint? Of a type it subscribes to (with
+    ``written_at``: subscribed to when the event was written); a test event is one endpoint's,
+    whatever it subscribes to (the test asks whether it is reachable and checks signatures),
+    and whatever a recovery's range or a redelivery catches it in."""
+    if written_at is None:
+        s = WebhookSubscription.__table__.c
+        subscribed = exists().where(s.endpoint_id == endpoint_id, _matches(event_type, s.pattern))
+    else:
+        p = WebhookSubscriptionPeriod.__table__.c
+        subscribed = exists().where(
+            p.endpoint_id == endpoint_id,
+            _matches(event_type, p.pattern),
+            p.subscribed_at <= written_at,
+            or_(p.unsubscribed_at.is_(None), p.unsubscribed_at > written_at),
+        )
     test = event_type == "webhook.test"
     return or_(and_(~test, subscribed), and_(test, tested_endpoint_id == endpoint_id))
 
 
-def _fan_out_statement(session: AsyncSession, one_endpoint: bool) -> Executable:
+def _fan_out_statement(
+    session: AsyncSession, one_endpoint: bool, as_subscribed_when_written: bool
+) -> Executable:
     e, w = Event.__table__.c, WebhookEndpoint.__table__.c
     now = bindparam("now", type_=UTCDateTime())
     pairs = (
@@ -278,7 +316,12 @@ def _fan_out_statement(session: AsyncSession, one_endpoint: bool) -> Executable:
         .where(
             e.position.between(bindparam("low"), bindparam("high")),
             w.enabled,
-            _addressed(e.type, e.data["endpoint_id"].as_string(), w.id),
+            _addressed(
+                e.type,
+                e.data["endpoint_id"].as_string(),
+                w.id,
+                written_at=e.created_at if as_subscribed_when_written else None,
+            ),
         )
     )
     if one_endpoint:
@@ -398,7 +441,9 @@ async def recover(
     last = await session.scalar(select(Event.position).order_by(Event.position.desc()).limit(1))
     if first is None or last is None:
         return 0
-    await fan_out(session, first, last, only_endpoint=endpoint_id)
+    # As subscribed when each event was written: types subscribed since were not addressed
+    # to it, types dropped since were.
+    await fan_out(session, first, last, only_endpoint=endpoint_id, as_subscribed_when_written=True)
     result = await session.execute(
         update(WebhookDelivery)
         .where(

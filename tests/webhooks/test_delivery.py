@@ -525,6 +525,42 @@ async def test_test_event_redelivery_and_recovery(client: httpx.AsyncClient) -> 
         assert refused.json()["errors"][0]["field"] == "since"
 
 
+async def test_recovery_sends_what_the_endpoint_was_subscribed_to_when_written(
+    client: httpx.AsyncClient,
+) -> None:
+    """Recovery matched today's event types: payments written before the endpoint took up
+    payment.received were sent by it (a tester's). Each event now goes as the endpoint was
+    subscribed when it was written, across a pause while it was disabled."""
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url, ["loan.created"])
+        since = utc_now().isoformat()
+        loan = await w.loan()
+        await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "10.00"}, expect=201)
+        await deliver()
+        assert [r.verified(hook["secret"])["type"] for r in receiver.received] == ["loan.created"]
+        paused = await client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                                    json={"enabled": False,
+                                          "event_types": ["loan.created", "payment.received"]},
+                                    headers=w.admin)  # fmt: skip
+        assert paused.status_code == 200, paused.text
+        await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": "11.00"}, expect=201)
+        await w.loan()  # loan.created: dropped below before the recovery, subscribed when written
+        dropped = await client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                                     json={"enabled": True, "event_types": ["payment.received"]},
+                                     headers=w.admin)  # fmt: skip
+        assert dropped.status_code == 200, dropped.text
+        await w.loan()  # loan.created, no longer subscribed
+        recovered = await w.post(f"/v1/webhook-endpoints/{hook['id']}/recover",
+                                 {"since": since}, headers=w.admin, expect=202)  # fmt: skip
+        assert recovered.json()["deliveries"] == 2
+        await deliver()
+        sent = [r.verified(hook["secret"]) for r in receiver.received[1:]]
+        assert sorted((e["type"], e["data"].get("amount")) for e in sent) == [
+            ("loan.created", None), ("payment.received", "11.00"),
+        ]  # fmt: skip
+
+
 async def test_a_redelivery_is_accepted_only_where_it_will_be_sent(
     client: httpx.AsyncClient,
 ) -> None:
