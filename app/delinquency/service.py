@@ -170,7 +170,7 @@ def apply_delinquency(
     when its bucket or status moved (from ``status_before``, the loan's status by default).
     No I/O: origination applies it before the loan's INSERT."""
     due = [
-        (DueInstallment(i.seq, i.terms.due_date, i.left(as_of)), i.paid_on)
+        (DueInstallment(i.seq, i.terms.due_date, i.left(as_of)), i.missed_until)
         for i in position.installments
     ]
     tolerance = tolerance_minor(loan.currency)

@@ -96,6 +96,9 @@ class InstallmentPosition:
     paid_principal_minor: int = 0
     interest_waived_minor: int = 0
     paid_on: date | None = None
+    # The day a payment first left no more than the arrears tolerance unpaid (a replay's; not
+    # stored): from then the close counted it as not missed, though paid_on came later.
+    within_tolerance_on: date | None = None
     # What the replay withdrew of the late fees charged too soon (the installment was settled
     # by their night) or charged on more than was unpaid (a percent fee): not in ``terms``.
     late_fees_withdrawn: tuple[LateFee, ...] = ()
@@ -128,6 +131,13 @@ class InstallmentPosition:
     def settled_by(self, day: date) -> bool:
         return self.left(day) == 0
 
+    @property
+    def missed_until(self) -> date | None:
+        """The day the close stopped counting it missed: within the tolerance, or settled."""
+        return min(
+            (d for d in (self.within_tolerance_on, self.paid_on) if d is not None), default=None
+        )
+
     def owed_ahead_at_payoff(self, day: date) -> int:
         """What a payoff on ``day`` settles of an installment whose period has not begun: its
         principal and its scheduled fee, not its interest."""
@@ -140,6 +150,8 @@ class LoanPosition:
     allocations: list[Allocation] = field(default_factory=list)
     credit_balance_minor: int = 0
     paid_off_on: date | None = None
+    # What an installment may still owe and not be late (the replay's): dates within_tolerance_on.
+    arrears_tolerance_minor: int = 0
 
     @property
     def principal_outstanding_minor(self) -> int:
@@ -230,10 +242,13 @@ def replay(
     withdrawn = _late_fees_withdrawn(
         installments, payments, arrears_tolerance_minor, late_fee_for, grace_days
     )
-    position = LoanPosition([
-        InstallmentPosition(_less(t, withdrawn[t.seq]), late_fees_withdrawn=withdrawn[t.seq])
-        for t in installments
-    ])  # fmt: skip
+    position = LoanPosition(
+        [
+            InstallmentPosition(_less(t, withdrawn[t.seq]), late_fees_withdrawn=withdrawn[t.seq])
+            for t in installments
+        ],
+        arrears_tolerance_minor=arrears_tolerance_minor,
+    )
     for payment in payments:
         apply_payment(position, payment)
     return position
@@ -362,6 +377,10 @@ def _pay_installment(
         inst.paid_interest_minor += interest
         inst.paid_principal_minor += principal
         position.allocations.append(Allocation(payment.id, inst.seq, fees, interest, principal))
-    if inst.paid_on is None and inst.settled_by(day):
+    left = inst.left(day)
+    if inst.paid_on is None and left == 0:
         inst.paid_on = day
+    if inst.within_tolerance_on is None and (fees or interest or principal):
+        if left <= position.arrears_tolerance_minor:
+            inst.within_tolerance_on = day
     return remaining - fees - interest - principal

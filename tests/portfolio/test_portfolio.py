@@ -351,6 +351,27 @@ async def test_when_a_payment_was_recorded_does_not_change_the_vintage(
     assert curve(got["vintages"][0])[2] == (2, "1.0000")
 
 
+async def test_a_leftover_within_the_tolerance_paid_late_is_no_30_plus(
+    client: httpx.AsyncClient,
+) -> None:
+    """An installment paid on its due date but 0.50 short is not missed (the tolerance is
+    1.00): the loan is current. Its 0.50, paid 40 days later once the closes had passed, made
+    the replay read the installment as settled 40 days late, and the vintage counted the loan
+    30+ (a tester's, at month on book 2). A loan that did miss it for 40 days is counted."""
+    w = await world(client, amortization="interest_free", annual_interest_rate="0",
+                    grace_days=0)  # fmt: skip
+    short = await w.loan(principal="600.00", term=3, disbursed_on="2026-06-30")
+    missed = await w.loan(principal="600.00", term=3, disbursed_on="2026-06-30")
+    await w.pay(short["id"], "199.50", "2026-07-30")
+    await close(w, "2026-09-08")
+    for loan in (short, missed):
+        await w.pay(loan["id"], "200.00" if loan is missed else "0.50", "2026-09-08")
+    async with session_scope() as session:
+        ever = dict((await session.execute(select(Loan.id, Loan.ever_30_plus_on))).all())
+    assert ever[short["id"]] is None
+    assert ever[missed["id"]] == date(2026, 8, 30)
+
+
 async def fpd_alerts(w: World) -> list[dict[str, Any]]:
     alerts = (await w.get("/v1/portfolio/alerts?limit=200", w.admin))["items"]
     return [a for a in alerts if a["metric"] == "fpd_10"]
