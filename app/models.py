@@ -13,6 +13,7 @@ from app.merchants.models import Merchant
 from app.payments.models import Payment, PaymentAllocation
 from app.portfolio.models import (
     LoanSnapshot,
+    LoanSnapshotDay,
     PortfolioCollection,
     PortfolioDelta,
     PortfolioFlagCount,
@@ -50,6 +51,7 @@ __all__ = [
     "Loan",
     "LoanInstallment",
     "LoanSnapshot",
+    "LoanSnapshotDay",
     "Merchant",
     "Payment",
     "PaymentAllocation",

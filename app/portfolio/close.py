@@ -19,6 +19,7 @@ from app.db import (
     days_between,
     dialect_insert,
     execute_counting,
+    insert_for,
     is_postgres,
     month_of,
     months_between,
@@ -38,6 +39,7 @@ from app.loans.models import OPEN_STATUSES, Loan, LoanInstallment, LoanStatus
 from app.portfolio import positions
 from app.portfolio.models import (
     LoanSnapshot,
+    LoanSnapshotDay,
     RollRate,
     RollRatePair,
     SegmentAlert,
@@ -93,6 +95,10 @@ async def close_portfolio(
     """The whole-book work of the close for ``as_of``, in one consistent snapshot."""
     today = clock.today()
     since = min(as_of, today).replace(day=1) - relativedelta(months=1)
+    # Its snapshot is whole now (the snapshot step's chunks ran before this step).
+    await session.execute(
+        insert_for(session, LoanSnapshotDay.__table__).values(as_of=as_of).on_conflict_do_nothing()
+    )
     await positions.rebase(session, collections_since=since)
     vintages = await _recount_vintages(session, as_of)
     pairs = await _store_day_and_month_roll_rates(session, as_of)
@@ -137,13 +143,13 @@ async def _recount_vintages(session: AsyncSession, as_of: date) -> int:
 
 async def snapshot_dates(session: AsyncSession) -> list[date]:
     return list(
-        await session.scalars(select(LoanSnapshot.as_of).distinct().order_by(LoanSnapshot.as_of))
+        await session.scalars(select(LoanSnapshotDay.as_of).order_by(LoanSnapshotDay.as_of))
     )
 
 
 async def latest_snapshot_on_or_before(session: AsyncSession, day: date) -> date | None:
     return await session.scalar(
-        select(func.max(LoanSnapshot.as_of)).where(LoanSnapshot.as_of <= day)
+        select(func.max(LoanSnapshotDay.as_of)).where(LoanSnapshotDay.as_of <= day)
     )
 
 
@@ -210,6 +216,7 @@ async def _prune_snapshots(session: AsyncSession, as_of: date) -> int:
     drop = [d for d in dates if d not in month_ends.values()]
     if not drop:
         return 0
+    await session.execute(delete(LoanSnapshotDay).where(LoanSnapshotDay.as_of.in_(drop)))
     return await execute_counting(session, delete(LoanSnapshot).where(LoanSnapshot.as_of.in_(drop)))
 
 

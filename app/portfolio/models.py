@@ -104,6 +104,16 @@ class LoanSnapshot(Base):
     principal_minor: Mapped[int] = mapped_column(BigInteger)
 
 
+class LoanSnapshotDay(Base):
+    """A date whose snapshot the close took, open loans or none: roll rates compare the dates
+    closed, and a close of a book with no open loan wrote no snapshot row to show for itself
+    (a tester's roll rates refused it as "no close snapshot")."""
+
+    __tablename__ = "loan_snapshot_day"
+
+    as_of: Mapped[date] = mapped_column(Date, primary_key=True)
+
+
 class RollRate(Base):
     """Loans moving between buckets from one close to another, per merchant and product.
     The close stores the day-on-day and month-on-month pairs; other pairs are computed on

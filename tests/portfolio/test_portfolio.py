@@ -243,6 +243,11 @@ async def test_roll_rate_matrix_across_two_closes(client: httpx.AsyncClient) -> 
                                headers=w.admin)  # fmt: skip
     assert missing.status_code == 422
     assert missing.json()["errors"][0]["field"] == "from"
+    # The close of Jul 1 found no open loan and took an empty snapshot: it is a close to
+    # compare with, where nothing was open (refused as "no close snapshot", a tester's).
+    first = await w.get("/v1/portfolio/roll-rates?from=2026-07-01&to=2026-08-20", w.admin)
+    assert (first["from"], first["to"]) == ("2026-07-01", "2026-08-20")
+    assert {c["count"] for row in first["matrix"].values() for c in row.values()} == {0}
 
 
 def curve(vintage: dict[str, Any]) -> list[tuple[int, str]]:
