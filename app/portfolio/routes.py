@@ -112,8 +112,12 @@ async def alerts(
         session, principal, page=page, since=since, merchant_id=merchant_id,
         product_code=product_code, currency=currency,
     )  # fmt: skip
+    # Raised only by a close, as the other per-close figures are (it said no-cache, against
+    # the freshness docs/portfolio.md gives it: a tester's).
     return cached(
-        request, page_of(rows, page, lambda alert: AlertRead.model_validate(alert_event(alert)))
+        request,
+        page_of(rows, page, lambda alert: AlertRead.model_validate(alert_event(alert))),
+        PER_CLOSE,
     )
 
 
