@@ -51,3 +51,46 @@ def test_migrations_do_not_import_the_app(name: str) -> None:
     source = (migrate.MIGRATIONS / "versions" / name).read_text()
     assert "import app" not in source
     assert "from app" not in source
+
+
+def test_the_closes_of_an_empty_book_are_dates_snapshotted(tmp_path: Path) -> None:
+    """Migration 0035 keeps apart the dates the close snapshotted: from the snapshots, and from
+    the closes that found no open loan and left none, but not from closes whose snapshot the
+    retention pruned (older than 400 days, not their month's last)."""
+    import sqlite3
+
+    from alembic import command
+
+    path = tmp_path / "upgraded.db"
+    config = migrate.alembic_config(f"sqlite+aiosqlite:///{path}")
+    command.upgrade(config, "0034")
+    closed = {
+        "2024-01-15": False,  # a month with no snapshot: its book was empty
+        "2025-03-10": True,  # pruned, its month's last (Mar 31) kept
+        "2025-03-31": True,
+        "2026-07-31": False,  # within the retention: empty
+        "2026-08-31": True,
+        "2026-09-01": True,
+    }
+    with sqlite3.connect(path) as db:
+        for day, snapshotted in closed.items():
+            db.execute(
+                "INSERT INTO close_run (as_of, status, attempts, counts, steps) "
+                "VALUES (?, 'succeeded', 1, '{}', '{}')",
+                (day,),
+            )
+            if snapshotted and day != "2025-03-10":
+                db.execute(
+                    "INSERT INTO loan_snapshot (as_of, loan_id, merchant_id, product_code, "
+                    "currency, status, bucket, days_past_due, principal_minor) "
+                    "VALUES (?, 'loan_1', 'mer_1', 'P', 'CNY', 'active', 'current', 0, 100)",
+                    (day,),
+                )
+        db.execute(
+            "INSERT INTO close_run (as_of, status, attempts, counts, steps) "
+            "VALUES ('2026-09-02', 'failed', 1, '{}', '{}')"
+        )
+    command.upgrade(config, "head")
+    with sqlite3.connect(path) as db:
+        days = [d for (d,) in db.execute("SELECT as_of FROM loan_snapshot_day ORDER BY as_of")]
+    assert days == ["2024-01-15", "2025-03-31", "2026-07-31", "2026-08-31", "2026-09-01"]
