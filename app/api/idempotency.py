@@ -167,7 +167,9 @@ class IdempotencyMiddleware:
                     "it over; nothing of this request was applied: retry for the retry's answer"
                 )
 
-        before_commit.set(mark_applied)
+        # Reset after the request: a caller running requests in one context (a test's ASGI
+        # client) would otherwise mark the next request's commit with this claim.
+        marking = before_commit.set(mark_applied)
 
         async def hold_until_stored(message: Message) -> None:
             # The answer is stored before the client sees it, so a retry sent the moment the
@@ -197,6 +199,7 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, replay_body(body), hold_until_stored)
         finally:
+            before_commit.reset(marking)
             if not held.finished:
                 await _finish(owner, key, claim, held, routed=_routed(scope, held.status))
 

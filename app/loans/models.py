@@ -2,7 +2,18 @@ from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from sqlalchemy import BigInteger, Date, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, Rate, UTCDateTime, utc_now
@@ -42,7 +53,16 @@ class Loan(Base):
     every open loan's row, and the room keeps those updates off the indexes."""
 
     __tablename__ = "loan"
-    __table_args__ = (UniqueConstraint("merchant_id", "merchant_order_ref"),)
+    __table_args__ = (
+        UniqueConstraint("merchant_id", "merchant_order_ref"),
+        # The few loans whose flags wait, which the close's risk step releases in its chunks.
+        Index(
+            "ix_loan_flags_deferred",
+            "id",
+            postgresql_where=text("flags_deferred"),
+            sqlite_where=text("flags_deferred"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     borrower_id: Mapped[str] = mapped_column(ForeignKey("borrower.id"), index=True)
@@ -80,6 +100,9 @@ class Loan(Base):
     # Kept by the risk engine (app/risk/score.py) at each evaluation.
     risk_score: Mapped[int] = mapped_column(Integer, default=1000)
     risk_grade: Mapped[str] = mapped_column(String(1), default="A")
+    # Booked past due (a book brought in): its flags wait for the next close or risk run, and
+    # so do those of its payments, reversals and relief until then (app/risk/service.py).
+    flags_deferred: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     paid_off_on: Mapped[date | None] = mapped_column(Date)
     cancelled_on: Mapped[date | None] = mapped_column(Date)
     # The business date of the last approved term extension: such a loan is `restructured`

@@ -2,7 +2,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 from typing import Any, TypeVar, cast
 
@@ -264,20 +264,19 @@ async def create_loan(
     anchor_day = first_due_date.day if first_due_date else disbursed_on.day
     if disbursed_on > today:
         errors.add("disbursed_on", f"must not be after today ({today})")
-        # Nothing is measured from it: a month past 9999-12-01 is no date at all.
-    else:
-        if disbursed_on < (earliest := clock.earliest()):
-            errors.add("disbursed_on", f"must not be before {earliest}")
-        first_due_date = first_due_date or default_first_due_date(disbursed_on)
-        if not disbursed_on < first_due_date <= disbursed_on + timedelta(days=MAX_FIRST_DUE_DAYS):
-            errors.add(
-                "first_due_date",
-                f"must be after disbursed_on and within {MAX_FIRST_DUE_DAYS} days of it",
-            )
+    if disbursed_on < (earliest := clock.earliest()):
+        errors.add("disbursed_on", f"must not be before {earliest}")
+    if first_due_date is None:
+        # Not from a disbursement after today: a month past 9999-12-01 is no date at all.
+        first_due_date = default_first_due_date(min(disbursed_on, today))
+    elif not 0 < (first_due_date - disbursed_on).days <= MAX_FIRST_DUE_DAYS:
+        errors.add(
+            "first_due_date",
+            f"must be after disbursed_on and within {MAX_FIRST_DUE_DAYS} days of it",
+        )
     errors.raise_any()  # none left: both were found
     assert product is not None
     assert amount is not None
-    assert first_due_date is not None
 
     exposure_sum, taken, business_date = (
         await session.execute(
@@ -388,6 +387,7 @@ async def create_loan(
     # once. loan.created tells them as committed: a loan that never was current reports no
     # move out of current (a collections system reads the bucket it was booked in).
     delinquency.apply_delinquency(loan, position_of(installments), business_date or today)
+    loan.flags_deferred = loan.days_past_due > 0
     # Core INSERTs, and the loan object is never added to the session: the ORM flush of one
     # loan (unit of work, the portfolio listener's delta object) cost more CPU than every
     # other statement of origination (py-spy, bench/http_load.py); per-row ORM flushes of the

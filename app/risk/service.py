@@ -180,8 +180,8 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
     perfect (flags clear, windows run out, cleared flags fade), one whose installment ended
     its grace today (the last periods partial_payments looks at move on), one whose debit
     failed or payment was reversed today (counted from today), one whose promise or repayment
-    plan broke today and one with a payment received today (it counts from its date, whenever
-    it was recorded).
+    plan broke today, one with a payment received today (it counts from its date, whenever
+    it was recorded) and one booked past due since (its flags deferred).
     Every other loan's features are yesterday's, and so are its flags
     (tests/close/test_overnight.py).
     """
@@ -211,6 +211,7 @@ def _may_change_overnight(scope: Callable[[Any], Any]) -> Any:
         scope(loan.id),
         loan.status.in_(OPEN_STATUSES),
         or_(
+            loan.flags_deferred,  # booked past due: not evaluated yet, whatever it is now
             loan.days_past_due > 0,
             loan.risk_score != perfect.score,
             loan.risk_grade != perfect.grade,
@@ -824,6 +825,13 @@ async def evaluate_loans(
     # What is open now is what the rules want: the scores need not read it back.
     open_now = [(loan, code, severity.value) for (loan, code), (severity, _, _) in wanted.items()]
     await grades.score_loans(session, as_of, rows, open_now, flags_of)
+    if loan_id is None:
+        # Evaluated with the range: from now on their payments are evaluated at once.
+        await session.execute(
+            update(Loan)
+            .where(Loan.flags_deferred, delinquency.in_range(Loan.id, low, high))
+            .values(flags_deferred=False)
+        )
     return {"loans_evaluated": len(rows), "flags_raised": len(raised),
             "flags_cleared": len(cleared), "flags_changed": len(restated)}  # fmt: skip
 
@@ -1028,6 +1036,12 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     be for a date before today, when flags raised as of today would be cleared on a day before
     they were raised. The first close (or an on-demand run) evaluates every open loan."""
     if await delinquency.closing_date(session) is None:
+        return
+    if loan.flags_deferred:
+        # Booked past due, not evaluated since: a history brought in goes in payment by
+        # payment, and each step evaluated alone would flag, re-grade and cut the borrower on
+        # arrears the next one loaded ends (a tester's: five installments paid on their due
+        # dates left grade D and a ninth of the limit). The next close or run evaluates it.
         return
     # Never as of a day before the loan is reckoned as of (a cancellation or a promise after
     # today's payment): its flags would be cleared, or raised again, on the day before.
