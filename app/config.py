@@ -27,15 +27,22 @@ _ASYNC_DRIVERS = {
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
+# The largest amount a setting may give, in major units: a thousand billion, ten times of it (a
+# payment's ceiling) in minor units of three decimals still a 64-bit integer.
+LARGEST_SETTING = Decimal(10**12)
+
+
 class CreditPolicy(BaseModel):
     """Initial credit limit: a multiple of declared monthly income, capped.
 
     See docs/credit-policy.md.
     """
 
-    income_multiple: Decimal = Field(default=Decimal(3), ge=0)
-    limit_without_income: Decimal = Field(default=Decimal("3000.00"), ge=0)
-    max_limit: Decimal = Field(default=Decimal("50000.00"), ge=0)
+    # Bounded so that a limit fits the database's 64-bit minor units in every currency (1e400
+    # was taken, and every borrower's creation was a 500: a tester's).
+    income_multiple: Decimal = Field(default=Decimal(3), ge=0, le=1000)
+    limit_without_income: Decimal = Field(default=Decimal("3000.00"), ge=0, le=LARGEST_SETTING)
+    max_limit: Decimal = Field(default=Decimal("50000.00"), ge=0, le=LARGEST_SETTING)
 
 
 class CloseSettings(BaseModel):
@@ -47,7 +54,7 @@ class CloseSettings(BaseModel):
     # installment.due_soon goes out this many days before the due date.
     reminder_days: int = Field(default=3, ge=0)
     # An installment counts as missed only when more than this is unpaid (major units).
-    arrears_tolerance: Decimal = Field(default=Decimal("1.00"), ge=0)
+    arrears_tolerance: Decimal = Field(default=Decimal("1.00"), ge=0, le=LARGEST_SETTING)
     charge_off_after_days: int = Field(default=180, ge=91)
     # One request closes at most this many dates (a first close this far back, or a catch-up
     # after a long outage, goes in steps).
@@ -97,7 +104,7 @@ class Settings(BaseSettings):
     close: CloseSettings = Field(default_factory=CloseSettings)
     portfolio: PortfolioSettings = Field(default_factory=PortfolioSettings)
     # Largest principal or payment the API accepts, in major units of any currency.
-    max_amount: Decimal = Field(default=Decimal("100000000"), gt=0)
+    max_amount: Decimal = Field(default=Decimal("100000000"), gt=0, le=LARGEST_SETTING)
     # A promise to pay falls due at most this many days after the business date it is made on.
     promise_max_days: int = Field(default=90, ge=1, le=366)
     # How far ahead a repayment plan's last installment may fall.

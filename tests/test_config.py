@@ -2,6 +2,7 @@
 cannot use in a line, not a traceback (a tester's: an unknown time zone started the service,
 then answered 500)."""
 
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -21,12 +22,17 @@ from tests.processes import LOANWATCH, clean_env
         ("idempotency_ttl_hours", 1),  # SPEC: kept at least 24 h
         ("idempotency_lock_seconds", 0),
         ("log_level", "loud"),
+        # A limit beyond the database's 64-bit minor units made every borrower's creation a
+        # 500 (a tester's).
+        ("max_amount", "1e400"),
+        ("credit", {"max_limit": "1e20"}),
+        ("credit", {"income_multiple": "1e30"}),
     ],
 )
 def test_a_setting_out_of_bounds_is_refused(field: str, value: object) -> None:
     with pytest.raises(ValidationError) as refused:
         Settings(**{field: value})
-    assert [error["loc"] for error in refused.value.errors()] == [(field,)]
+    assert [error["loc"][0] for error in refused.value.errors()] == [field]
 
 
 def test_a_log_level_in_capitals_is_taken() -> None:
@@ -63,6 +69,23 @@ def test_the_command_names_the_database_it_cannot_use(tmp_path: Path) -> None:
     assert (done.returncode, done.stderr.splitlines()) == (
         2, ["error: LOANWATCH_DATABASE_URL: not a database URL"],
     )  # fmt: skip
+
+
+def test_a_nested_setting_that_is_not_json_and_a_newer_database_are_one_line(
+    tmp_path: Path,
+) -> None:
+    done = run(tmp_path, LOANWATCH_CREDIT="notjson")
+    assert (done.returncode, len(done.stderr.splitlines())) == (2, 1), done.stderr
+    assert 'field "credit"' in done.stderr
+    assert run(tmp_path).returncode == 0
+    with sqlite3.connect(tmp_path / "loanwatch.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    done = run(tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: the database at sqlite+aiosqlite:///./loanwatch.db: Can't locate revision "
+        "identified by '9999'; was it migrated by a newer Loanwatch?"
+    ]
 
 
 @pytest.mark.parametrize(
