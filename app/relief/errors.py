@@ -28,6 +28,13 @@ class NothingToDefer(Conflict):
     title = "No installment is still ahead"
 
 
+class HolidaysTooLong(Conflict):
+    """Approving a holiday after others were approved would pass the months a loan may have."""
+
+    code = "holidays_too_long"
+    title = "The loan's payment holidays would be too long"
+
+
 class TermTooLong(Conflict):
     """Approving an extension after another one was approved would pass the longest term."""
 

@@ -11,6 +11,9 @@ from app.relief.plans import PlanStatus, PromiseState, installments_of, progress
 
 MAX_PLAN_INSTALLMENTS = 24
 MAX_HOLIDAY_MONTHS = 3
+# Over a loan's life: holidays are interest-free, and one asked after another deferred it
+# without end (a tester approved 1 + 2 months at once, and could go on).
+MAX_HOLIDAY_MONTHS_PER_LOAN = 6
 MAX_EXTENSION_MONTHS = 24
 
 

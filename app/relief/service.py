@@ -37,6 +37,7 @@ from app.promises import service as promises
 from app.promises.models import Promise, PromiseStatus
 from app.relief.errors import (
     ExtensionDoesNotFit,
+    HolidaysTooLong,
     NoFeesToWaive,
     NothingToDefer,
     PlanExceedsPayoff,
@@ -47,7 +48,7 @@ from app.relief.errors import (
 )
 from app.relief.models import Restructure, RestructureKind, RestructureStatus
 from app.relief.plans import PlanInstallment, cumulative, installments_of, terms_of
-from app.relief.schemas import MAX_HOLIDAY_MONTHS
+from app.relief.schemas import MAX_HOLIDAY_MONTHS, MAX_HOLIDAY_MONTHS_PER_LOAN
 from app.risk import service as risk
 
 
@@ -93,6 +94,8 @@ async def request_restructure(
         if months > MAX_HOLIDAY_MONTHS:
             raise InvalidRequest.field("months", f"a payment_holiday is {MAX_HOLIDAY_MONTHS} "
                                        "months at most")  # fmt: skip
+        if (taken := await _holiday_months(session, loan)) + months > MAX_HOLIDAY_MONTHS_PER_LOAN:
+            raise InvalidRequest.field("months", _holidays_beyond(taken, months))
         await _check_something_ahead(session, loan, as_of)
         terms = {"months": months, "moved": None}
     else:
@@ -111,6 +114,25 @@ async def request_restructure(
     session.add(restructure)
     await session.flush()
     return restructure
+
+
+async def _holiday_months(session: AsyncSession, loan: Loan) -> int:
+    """The months of the loan's payment holidays approved so far."""
+    terms = await session.scalars(
+        select(Restructure.terms).where(
+            Restructure.loan_id == loan.id,
+            Restructure.kind == RestructureKind.PAYMENT_HOLIDAY,
+            Restructure.status == RestructureStatus.APPROVED,
+        )
+    )
+    return sum(int(t["months"]) for t in terms)
+
+
+def _holidays_beyond(taken: int, months: int) -> str:
+    return (
+        f"{months} more months of payment holiday would come to {taken + months}, beyond the "
+        f"{MAX_HOLIDAY_MONTHS_PER_LOAN} a loan may have ({taken} approved)"
+    )
 
 
 async def approve(
@@ -160,6 +182,9 @@ async def approve(
         }  # fmt: skip
     elif restructure.kind == RestructureKind.PAYMENT_HOLIDAY:
         months = restructure.terms["months"]
+        taken = await _holiday_months(session, loan)
+        if taken + months > MAX_HOLIDAY_MONTHS_PER_LOAN:  # another holiday came first
+            raise HolidaysTooLong(f"loan {loan.id}: {_holidays_beyond(taken, months)}")
         moved = await payments.defer_installments(
             session, loan, months=months, as_of=as_of, reckon_on=reckon_on
         )

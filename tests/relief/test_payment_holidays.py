@@ -129,3 +129,22 @@ async def test_malformed_holidays_are_refused(
     w, loan_id = await setup(client)
     body = {"kind": "payment_holiday", "reason": "r", "months": 1}
     await assert_refused(w, loan_id, body, override, field)
+
+
+async def test_a_loan_has_six_months_of_holidays_at_most(client: httpx.AsyncClient) -> None:
+    """Each holiday is 3 months at most, but several asked at once were each approved: an
+    interest-free deferral without end (a tester's). Over the loan's life, 6 months."""
+    w, loan_id = await setup(client)
+    body = {"kind": "payment_holiday", "reason": "r", "months": 3}
+    asked = [(await w.post(f"/v1/loans/{loan_id}/restructures", b, expect=201)).json()
+             for b in (body, body, {**body, "months": 1})]  # fmt: skip
+    for made in asked[:2]:
+        await w.post(f"/v1/restructures/{made['id']}/approve", {}, w.admin, 200)
+    late = await w.post(f"/v1/restructures/{asked[2]['id']}/approve", {}, w.admin)
+    assert (late.status_code, late.json()["code"]) == (409, "holidays_too_long")
+    assert "would come to 7, beyond the 6" in late.json()["detail"]
+    assert (await w.get(f"/v1/restructures/{asked[2]['id']}"))["status"] == "pending"
+    before = await stored()
+    refused = await w.post(f"/v1/loans/{loan_id}/restructures", {**body, "months": 1})
+    assert (refused.status_code, refused.json()["errors"][0]["field"]) == (422, "months")
+    assert await stored() == before
