@@ -42,8 +42,9 @@ class RestructureCreate(BaseModel):
         default=None,
         ge=1,
         le=MAX_EXTENSION_MONTHS,
-        description=f"payment_holiday: how many months (at most {MAX_HOLIDAY_MONTHS}) the "
-        "installments not yet due move; term_extension: how many installments the loan gains",
+        description=f"payment_holiday: how many months (at most {MAX_HOLIDAY_MONTHS}, and "
+        f"{MAX_HOLIDAY_MONTHS_PER_LOAN} over the loan's life) the installments not yet due "
+        "move; term_extension: how many installments the loan gains",
     )
 
 
