@@ -184,7 +184,9 @@ async def record_payment(
         session, loan, installments, position, fee_rows, as_of=as_of, changed_on=received_on,
         reckon=False,
     )  # fmt: skip
-    await events.emit(session, "payment.received", payment_event_data(loan, payment), loan=loan)
+    await events.emit(
+        session, "payment.received", payment_event_data(loan, payment, status_before), loan=loan
+    )
     await _reckon(session, loan, position, as_of, status_before)
     return PaymentView(payment, loan.currency, position.allocations_of(payment.id), view)
 
@@ -259,7 +261,7 @@ async def reverse_payment(
         session,
         "payment.reversed",
         {
-            **payment_event_data(loan, payment),
+            **payment_event_data(loan, payment, status_before),
             "reason": reason,
             "reversed_on": reversed_on.isoformat(),
         },
@@ -308,8 +310,13 @@ async def list_transactions(
     return loan, list(await session.scalars(query))
 
 
-def payment_event_data(loan: Loan, payment: Payment) -> dict[str, object]:
-    """The payment and the loan's balances after it (the caller has stored them)."""
+def payment_event_data(
+    loan: Loan, payment: Payment, loan_status: str | None = None
+) -> dict[str, object]:
+    """The payment and the loan's balances after it (the caller has stored them), with the
+    loan's status before the reckoning that follows (``loan_status``; the loan's by default):
+    that reckoning's events tell the move, a payoff's and a reopening's too (the payment said
+    paid_off already, and its loan.delinquency_changed from active: a tester's)."""
     return {
         "payment_id": payment.id,
         "loan_id": loan.id,
@@ -321,7 +328,7 @@ def payment_event_data(loan: Loan, payment: Payment) -> dict[str, object]:
         "channel": payment.channel,
         "external_ref": payment.external_ref,
         "status": payment.status,
-        "loan_status": loan.status,
+        "loan_status": loan_status or loan.status,
         "principal_outstanding": format_minor(loan.principal_outstanding_minor, loan.currency),
         "credit_balance": format_minor(loan.credit_balance_minor, loan.currency),
         "refund_due": format_minor(loan.refund_due_minor, loan.currency),

@@ -124,6 +124,15 @@ async def test_a_late_loan_paid_off_ends_out_of_every_bucket(client: httpx.Async
     assert (paid_off["status"], paid_off["days_past_due"], paid_off["bucket"]) == (
         "paid_off", 0, "current",
     )  # fmt: skip
+    # The payment tells the status before the move its reckoning then tells, as a cure's
+    # does: it said paid_off already, before a loan.delinquency_changed from delinquent (a
+    # tester's); its reversal likewise paid_off, before the reopening.
+    received = next(e["data"] for e in mine if e["type"] == "payment.received")
+    moved = [e["data"] for e in mine if e["type"] == "loan.delinquency_changed"][-1]
+    assert (received["loan_status"], moved["previous_status"]) == ("delinquent", "delinquent")
+    await w.post(f"/v1/payments/{received['payment_id']}/reverse", {"reason": "nsf"}, expect=200)
+    feed = (await w.get("/v1/events?type=payment.reversed", headers=w.admin))["items"]
+    assert feed[-1]["data"]["loan_status"] == "paid_off"
 
 
 async def test_payoff_waives_later_interest_and_pays_off(client: httpx.AsyncClient) -> None:
