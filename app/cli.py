@@ -216,8 +216,8 @@ async def _close(as_of: date) -> CloseRun:
         async with session_scope() as session:
             dates = await close_service.plan_close(session, as_of=as_of)
         await close_service.run_dates_in_process(dates)
-    except LoanwatchError:
-        raise
+    except (LoanwatchError, DBAPIError):
+        raise  # told in a line by main(); a database it cannot write records no run either
     except Exception as exc:
         # Also recorded on the failed run, printed below.
         typer.echo(f"close failed: {type(exc).__name__}: {exc}", err=True)

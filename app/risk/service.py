@@ -572,16 +572,20 @@ def _features_query(
     # lookup by borrower for those rows, whatever the planner thinks of the chunk's size. The
     # ids, not a count: the evidence names them.
     other = Loan.__table__.alias("other")
+    counted = [
+        other.c.borrower_id == loan.borrower_id,
+        other.c.days_past_due > 0,
+        other.c.status.in_(OPEN_STATUSES),
+    ]
+    if one_loan:
+        # Not another loan booked past due and not evaluated yet: the next imported payment
+        # may end its arrears, and counted here they cut the borrower's limit as its own
+        # evaluation would have (a re-verifier's). The close counts it, evaluating it too.
+        counted.append(or_(~other.c.flags_deferred, other.c.id == loan.id))
     delinquent = case(
         (
             loan.days_past_due > 0,
-            select(func.aggregate_strings(other.c.id, ","))
-            .where(
-                other.c.borrower_id == loan.borrower_id,
-                other.c.days_past_due > 0,
-                other.c.status.in_(OPEN_STATUSES),
-            )
-            .scalar_subquery(),
+            select(func.aggregate_strings(other.c.id, ",")).where(*counted).scalar_subquery(),
         ),
     )
     query = (

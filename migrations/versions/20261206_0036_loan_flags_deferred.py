@@ -1,6 +1,7 @@
 """loan.flags_deferred: a loan booked past due (a book brought in) has its flags, and those of
 its payments, reversals and relief, wait for the next close or risk run; evaluated after its
-first imported payment, the arrears still to load cut the borrower's limit
+first imported payment, the arrears still to load cut the borrower's limit. Loans past due
+that no close or run evaluated since their booking are marked
 
 Revision ID: 0036
 Revises: 0035
@@ -28,6 +29,16 @@ def upgrade() -> None:
             'ix_loan_flags_deferred', ['id'], unique=False,
             postgresql_where=sa.text('flags_deferred'), sqlite_where=sa.text('flags_deferred'),
         )
+    # Open loans past due that no close or risk run has evaluated since their booking: booked
+    # past due, their import may still be under way.
+    op.execute(
+        "UPDATE loan SET flags_deferred = true WHERE days_past_due > 0 "
+        "AND status IN ('active', 'delinquent', 'defaulted', 'charged_off', 'restructured') "
+        "AND NOT EXISTS (SELECT 1 FROM close_run c WHERE c.status = 'succeeded' "
+        "AND c.started_at > loan.created_at) "
+        "AND NOT EXISTS (SELECT 1 FROM risk_run r WHERE r.status = 'succeeded' "
+        "AND r.started_at > loan.created_at)"
+    )
 
 
 def downgrade() -> None:

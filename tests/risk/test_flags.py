@@ -445,6 +445,26 @@ async def test_multi_loan_delinquency(client: httpx.AsyncClient) -> None:
         assert flag["evidence"]["loan_ids"] == sorted([first, second])  # SPEC: names them
 
 
+async def test_an_imported_loan_not_yet_evaluated_counts_for_no_other_loan(
+    client: httpx.AsyncClient,
+) -> None:
+    """A borrower's loan is late; a loan of theirs is brought in, booked past due, its history
+    still to load. A payment on the first loan evaluated it at once and counted the imported
+    loan's arrears: multi_loan_delinquency, and the limit cut (a re-verifier's). The close,
+    which evaluates the imported loan too, counts both."""
+    w = await setup(client)
+    borrower = await w.borrower(monthly_income="20000.00")
+    first = await loan(w, borrower["id"])
+    await close(w, "2026-02-20")  # the first 10 days late
+    imported = await w.loan(borrower["id"], principal="1200.00", term=3,
+                            disbursed_on="2025-11-10")  # fmt: skip
+    await w.pay(first, "1.00", "2026-02-20")
+    assert "multi_loan_delinquency" not in await flags(w, first)
+    await close(w, "2026-02-21")
+    for loan_id in (first, imported["id"]):
+        assert "multi_loan_delinquency" in await flags(w, loan_id)
+
+
 async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     loan_id = await loan(w)
