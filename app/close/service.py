@@ -108,12 +108,17 @@ async def request_close(principal: Principal, *, as_of: date) -> tuple[CloseRun,
 
 
 async def close_yesterday() -> list[date]:
-    """The scheduled close: the day that just ended, after any day missed before it."""
+    """The scheduled close: the day that just ended, after any day missed before it; of a
+    backlog longer than a request may close, the oldest dates it may (the next night goes on:
+    asked for the day that ended, it was refused every night, and the closes stopped for good,
+    a tester's)."""
     as_of = clock.today() - timedelta(days=1)
     async with session_scope() as session:
         last = await delinquency.business_date(session)
         if last is not None and last >= as_of:
             return []
+        if last is not None:
+            as_of = min(as_of, last + timedelta(days=get_settings().close.max_dates_per_request))
         dates = await plan_close(session, as_of=as_of)
     return dates
 

@@ -195,6 +195,24 @@ async def test_the_nightly_close_gives_up_after_its_retries(
     assert await count(CloseRun) == 1  # only the manual one: tomorrow's close catches up
 
 
+async def test_the_nightly_close_catches_a_long_backlog_up_in_steps(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closes 9 dates behind, 3 allowed a request: the scheduled close asked for yesterday was
+    refused as too long a catch-up every night, and the closes stopped for good (a tester's).
+    It closes the oldest 3, and the next night the next 3."""
+    w = await world(client)
+    yesterday = clock.today() - timedelta(days=1)
+    start = yesterday - timedelta(days=9)
+    await w.post("/v1/close-runs", {"as_of": str(start)}, headers=w.admin, expect=201)
+    monkeypatch.setattr(get_settings().close, "max_dates_per_request", 3)
+    first = await scheduler.nightly_close()
+    assert first == [start + timedelta(days=n) for n in (1, 2, 3)]
+    assert await scheduler.nightly_close() == [start + timedelta(days=n) for n in (4, 5, 6)]
+    business = await w.get("/v1/business-date", headers=w.admin)
+    assert business["business_date"] == str(start + timedelta(days=6))
+
+
 async def age_beats(minutes: int, *, status: str | None = None) -> None:
     """The runs' heartbeats as they would be ``minutes`` later (time passing for a worker)."""
     async with session_scope() as session:
