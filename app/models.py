@@ -33,7 +33,6 @@ from app.webhooks.models import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
-    WebhookSubscription,
     WebhookSubscriptionPeriod,
 )
 
@@ -74,6 +73,5 @@ __all__ = [
     "WebhookAttempt",
     "WebhookDelivery",
     "WebhookEndpoint",
-    "WebhookSubscription",
     "WebhookSubscriptionPeriod",
 ]

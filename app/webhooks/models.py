@@ -35,21 +35,12 @@ class WebhookEndpoint(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)
 
 
-class WebhookSubscription(Base):
-    """One event-type pattern of an endpoint: an exact type, ``prefix.*`` or ``*``."""
-
-    __tablename__ = "webhook_subscription"
-
-    endpoint_id: Mapped[str] = mapped_column(
-        ForeignKey("webhook_endpoint.id", ondelete="CASCADE"), primary_key=True
-    )
-    pattern: Mapped[str] = mapped_column(String(64), primary_key=True)
-
-
 class WebhookSubscriptionPeriod(Base):
-    """When an endpoint took up a pattern and when it dropped it: ``recover`` sends the events
-    the endpoint was subscribed to when they were written, not those its patterns of today
-    match (a tester's recovery sent payments written before the type was subscribed)."""
+    """One event-type pattern of an endpoint (an exact type, ``prefix.*`` or ``*``), from when
+    the endpoint took it up until it dropped it: the open periods are its subscriptions now,
+    and ``recover`` sends the events the endpoint was subscribed to when they were written,
+    not those its patterns of today match (a tester's recovery sent payments written before
+    the type was subscribed)."""
 
     __tablename__ = "webhook_subscription_period"
 

@@ -11,7 +11,6 @@ from sqlalchemy import (
     Executable,
     and_,
     bindparam,
-    delete,
     exists,
     func,
     literal,
@@ -38,7 +37,6 @@ from app.webhooks.models import (
     WebhookAttempt,
     WebhookDelivery,
     WebhookEndpoint,
-    WebhookSubscription,
     WebhookSubscriptionPeriod,
 )
 
@@ -95,7 +93,6 @@ async def create_endpoint(
 
 
 def _subscribe(session: AsyncSession, endpoint_id: str, patterns: list[str], now: datetime) -> None:
-    session.add_all([WebhookSubscription(endpoint_id=endpoint_id, pattern=p) for p in patterns])
     session.add_all([
         WebhookSubscriptionPeriod(endpoint_id=endpoint_id, pattern=p, subscribed_at=now)
         for p in patterns
@@ -112,9 +109,12 @@ async def _load(session: AsyncSession, endpoint_id: str, *, lock: bool = False) 
     if endpoint is None:
         raise WebhookEndpointNotFound(f"webhook endpoint {endpoint_id} does not exist")
     patterns = await session.scalars(
-        select(WebhookSubscription.pattern)
-        .where(WebhookSubscription.endpoint_id == endpoint.id)
-        .order_by(WebhookSubscription.pattern)
+        select(WebhookSubscriptionPeriod.pattern)
+        .where(
+            WebhookSubscriptionPeriod.endpoint_id == endpoint.id,
+            WebhookSubscriptionPeriod.unsubscribed_at.is_(None),
+        )
+        .order_by(WebhookSubscriptionPeriod.pattern)
     )
     return EndpointView(endpoint, list(patterns))
 
@@ -135,8 +135,9 @@ async def list_endpoints(
         query = query.where(WebhookEndpoint.id > page.after_id)
     endpoints = list(await session.scalars(query))
     rows = await session.execute(
-        select(WebhookSubscription.endpoint_id, WebhookSubscription.pattern).where(
-            WebhookSubscription.endpoint_id.in_([e.id for e in endpoints])
+        select(WebhookSubscriptionPeriod.endpoint_id, WebhookSubscriptionPeriod.pattern).where(
+            WebhookSubscriptionPeriod.endpoint_id.in_([e.id for e in endpoints]),
+            WebhookSubscriptionPeriod.unsubscribed_at.is_(None),
         )
     )
     patterns: dict[str, list[str]] = {}
@@ -169,12 +170,6 @@ async def update_endpoint(
     if "event_types" in changes:
         patterns = _patterns(changes["event_types"])
         if dropped := set(view.event_types) - set(patterns):
-            await session.execute(
-                delete(WebhookSubscription).where(
-                    WebhookSubscription.endpoint_id == endpoint.id,
-                    WebhookSubscription.pattern.in_(dropped),
-                )
-            )
             await session.execute(
                 update(WebhookSubscriptionPeriod)
                 .where(
@@ -283,17 +278,16 @@ def _addressed(
     ``written_at``: subscribed to when the event was written); a test event is one endpoint's,
     whatever it subscribes to (the test asks whether it is reachable and checks signatures),
     and whatever a recovery's range or a redelivery catches it in."""
-    if written_at is None:
-        s = WebhookSubscription.__table__.c
-        subscribed = exists().where(s.endpoint_id == endpoint_id, _matches(event_type, s.pattern))
-    else:
-        p = WebhookSubscriptionPeriod.__table__.c
-        subscribed = exists().where(
-            p.endpoint_id == endpoint_id,
-            _matches(event_type, p.pattern),
+    p = WebhookSubscriptionPeriod.__table__.c
+    held = (
+        p.unsubscribed_at.is_(None)
+        if written_at is None
+        else and_(
             p.subscribed_at <= written_at,
             or_(p.unsubscribed_at.is_(None), p.unsubscribed_at > written_at),
         )
+    )
+    subscribed = exists().where(p.endpoint_id == endpoint_id, _matches(event_type, p.pattern), held)
     test = event_type == "webhook.test"
     return or_(and_(~test, subscribed), and_(test, tested_endpoint_id == endpoint_id))
 
