@@ -61,8 +61,10 @@ async def create_api_key(
 async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id: str) -> None:
     principal.require(Role.ADMIN)
     key = await session.get(ApiKey, key_id)
-    if key is None or key.revoked_at is not None:
+    if key is None:
         raise ApiKeyNotFound(f"API key {key_id} does not exist")
+    if key.revoked_at is not None:  # gone for its callers, so gone here too, but say why
+        raise ApiKeyNotFound(f"API key {key_id} was revoked at {key.revoked_at.isoformat()}")
     key.revoked_at = utc_now()
     principals.revoke(key.key_hash)
 
