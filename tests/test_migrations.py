@@ -94,3 +94,46 @@ def test_the_closes_of_an_empty_book_are_dates_snapshotted(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:
         days = [d for (d,) in db.execute("SELECT as_of FROM loan_snapshot_day ORDER BY as_of")]
     assert days == ["2024-01-15", "2025-03-31", "2026-07-31", "2026-08-31", "2026-09-01"]
+
+
+async def test_an_older_close_s_judgement_of_a_late_fee_stands_after_the_upgrade(
+    client: Any, postgres_database: str
+) -> None:
+    """Until the twenty-seventh session a close counted the payments received by its own date:
+    an installment settled after its grace but before that close owed no fee. Migration 0038
+    keeps that judgement; the current close, judging by the grace, charged it at the first
+    close after the upgrade (a tester's). An installment still unpaid is charged as before."""
+    from datetime import UTC, datetime
+
+    from alembic import command
+    from sqlalchemy import insert
+
+    from app.close.models import CloseRun
+    from app.db import session_scope
+    from tests.factories import world
+
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    await w.post("/v1/close-runs", {"as_of": "2026-01-10"}, headers=w.admin, expect=201)
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    await w.pay(loan["id"], "412.00", received_on="2026-02-15")  # due Feb 10, grace to Feb 13
+    # An older release closed through Feb 20 and, counting that payment, charged nothing.
+    now = datetime.now(UTC)
+    async with session_scope() as session:
+        await session.execute(insert(CloseRun).values(
+            as_of=datetime(2026, 2, 20).date(), status="succeeded", started_at=now,
+            finished_at=now, succeeded_at=now, attempts=1, counts={}, steps={},
+        ))  # fmt: skip
+    config = migrate.alembic_config(postgres_database)
+    await asyncio.to_thread(command.downgrade, config, "0037")
+    await asyncio.to_thread(command.upgrade, config, "head")
+
+    run = await w.post("/v1/close-runs", {"as_of": "2026-02-21"}, headers=w.admin, expect=201)
+    assert run.json()["counts"].get("late_fees_assessed", 0) == 0
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["balances"]["fees_outstanding"]) == (0, "0.00")
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    assert schedule["installments"][0]["status"] == "paid"
+
+    run = await w.post("/v1/close-runs", {"as_of": "2026-03-13"}, headers=w.admin, expect=201)
+    assert run.json()["counts"]["late_fees_assessed"] == 1  # March's, unpaid by its grace
