@@ -42,4 +42,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # Kept: a mark is an assessment of no fee, which the older schema reads as such too.
+    """The marks stay: each is an assessment of no fee, which the older schema reads so too."""
