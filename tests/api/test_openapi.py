@@ -172,3 +172,16 @@ async def test_the_rules_put_documents_both_bodies_it_takes(client: httpx.AsyncC
     w = await world(client)
     answer = await client.put("/v1/risk/rules", json={}, headers=w.admin)
     assert answer.status_code == 200, answer.text
+
+
+async def test_a_patch_offers_null_only_where_it_takes_it(client: httpx.AsyncClient) -> None:
+    """A webhook endpoint's url, event_types and enabled refuse null (left out, each is kept);
+    the document offered it, so a schema-valid request was refused (a tester's)."""
+    document = (await client.get("/openapi.json")).json()
+    fields = document["components"]["schemas"]["EndpointUpdate"]["properties"]
+
+    def nullable(field: dict[str, Any]) -> bool:
+        return {"type": "null"} in field.get("anyOf", [])
+
+    assert [name for name in fields if nullable(fields[name])] == ["description"]
+    assert (fields["event_types"]["minItems"], fields["event_types"]["maxItems"]) == (1, 50)
