@@ -116,7 +116,7 @@ async def test_an_older_close_s_judgement_of_a_late_fee_stands_after_the_upgrade
                     grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
     await w.post("/v1/close-runs", {"as_of": "2026-01-10"}, headers=w.admin, expect=201)
     loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
-    await w.pay(loan["id"], "412.00", received_on="2026-02-15")  # due Feb 10, grace to Feb 13
+    paid = await w.pay(loan["id"], "412.00", received_on="2026-02-15")  # due Feb 10, grace Feb 13
     # An older release closed through Feb 20 and, counting that payment, charged nothing.
     now = datetime.now(UTC)
     async with session_scope() as session:
@@ -134,6 +134,13 @@ async def test_an_older_close_s_judgement_of_a_late_fee_stands_after_the_upgrade
     assert (got["days_past_due"], got["balances"]["fees_outstanding"]) == (0, "0.00")
     schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
     assert schedule["installments"][0]["status"] == "paid"
+
+    # The payment bounces: the installment owes again, and is judged again by its grace.
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    run = await w.post("/v1/close-runs", {"as_of": "2026-02-22"}, headers=w.admin, expect=201)
+    assert run.json()["counts"]["late_fees_assessed"] == 1
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    assert schedule["installments"][0]["fees"] == "20.00"
 
     run = await w.post("/v1/close-runs", {"as_of": "2026-03-13"}, headers=w.admin, expect=201)
     assert run.json()["counts"]["late_fees_assessed"] == 1  # March's, unpaid by its grace

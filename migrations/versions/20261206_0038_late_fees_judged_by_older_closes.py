@@ -4,7 +4,8 @@ installment's last day of grace: an installment settled after its grace, before 
 owed nothing. The current close judges any uncharged installment by its grace, so the first
 close after an upgrade charged such installments, months late, and made them overdue again
 (a tester's). Each one settled after its grace, with no fee, whose grace a close since the
-loan's booking has passed, is marked assessed on its last day of grace with no fee.
+loan's booking has passed, is marked assessed on its last day of grace with no fee; a replay
+that leaves it owing again (a reversal) clears the mark, so the next close judges it again.
 
 Revision ID: 0038
 Revises: 0037
