@@ -1,7 +1,6 @@
 """The events feed's `after`: an event id, or an instant (naive meaning UTC, any offset;
 off-calendar is a 422)."""
 
-import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -9,6 +8,7 @@ from urllib.parse import quote
 import httpx
 from sqlalchemy import select, text
 
+from app.api.pagination import encode_cursor
 from app.db import session_scope
 from app.events.models import Event
 from app.events.service import emit
@@ -42,8 +42,8 @@ async def test_events_after_an_instant(client: httpx.AsyncClient) -> None:
 
 
 def cursor_of(path: str, key: str) -> str:
-    """A cursor as the API writes one (app/api/pagination.py), for a key of our choosing."""
-    return base64.urlsafe_b64encode(f"{path}\n{key}".encode()).decode().rstrip("=")
+    """A cursor as the API writes one, check included, for a key of our choosing."""
+    return encode_cursor(path, key)
 
 
 async def test_integer_cursors_outside_the_keys_are_refused(client: httpx.AsyncClient) -> None:

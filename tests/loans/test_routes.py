@@ -344,7 +344,12 @@ async def test_list_loans_filters_and_paginates(client: httpx.AsyncClient) -> No
     # A cursor is good only on the list that gave it, and made-up text is no cursor.
     other = (await w.get(f"/v1/borrowers/{borrower['id']}/loans?limit=2"))["next_cursor"]
     made_up = base64.urlsafe_b64encode(b"zzz").decode()
-    for cursor in (other, made_up):
+    # Nor is one cut short or altered: it read as another key, repeating rows or ending early.
+    returned = (await w.get("/v1/loans?limit=2"))["next_cursor"]
+    decoded = base64.urlsafe_b64decode(returned + "=" * (-len(returned) % 4))
+    altered = base64.urlsafe_b64encode(decoded.replace(b"\nloan_", b"\nloan_z", 1)).decode()
+    forged = base64.urlsafe_b64encode(b"/v1/loans\nzzz").decode()
+    for cursor in (other, made_up, returned[:-3], altered, forged):
         bad = await client.get(f"/v1/loans?cursor={cursor}", headers=w.merchant)
         assert bad.status_code == 422, cursor
         assert bad.json()["errors"][0]["field"] == "cursor"
