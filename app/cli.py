@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import re
 import socket
 from datetime import date
 from functools import partial
@@ -268,7 +269,12 @@ def main() -> None:
             typer.echo(f"error: {name}: {message}", err=True)
         raise SystemExit(2) from None
     except SettingsError as exc:  # a nested setting that is not JSON (LOANWATCH_CREDIT=x)
-        typer.echo(f"error: {exc}", err=True)
+        # pydantic-settings names the field, not the variable: say which, and the usual form.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"LOANWATCH_{field.group(1).upper()}" if field else "a setting"
+        typer.echo(
+            f"error: {name}: not a JSON object; set its parts as {name}__PART instead", err=True
+        )
         raise SystemExit(2) from None
     except CommandError as exc:
         # Its revision unknown here: a database a newer Loanwatch migrated.
