@@ -64,7 +64,8 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id:
     if key is None:
         raise ApiKeyNotFound(f"API key {key_id} does not exist")
     if key.revoked_at is not None:  # gone for its callers, so gone here too, but say why
-        raise ApiKeyNotFound(f"API key {key_id} was revoked at {key.revoked_at.isoformat()}")
+        revoked_at = key.revoked_at.isoformat().replace("+00:00", "Z")  # as responses write it
+        raise ApiKeyNotFound(f"API key {key_id} was revoked at {revoked_at}")
     key.revoked_at = utc_now()
     principals.revoke(key.key_hash)
 
