@@ -535,6 +535,7 @@ async def _send(
     def outcome(status: int | None, excerpt: str | None, error: str | None,
                 retry_after: timedelta | None = None) -> Outcome:  # fmt: skip
         latency = int((time.perf_counter() - started) * 1000)
+        excerpt, error = _storable(excerpt), _storable(error)
         return Outcome(claimed, attempted_at, status, latency, excerpt, error, retry_after)
 
     if refused is not None:
@@ -547,6 +548,9 @@ async def _send(
     headers = {
         "content-type": "application/json",
         "user-agent": "Loanwatch-Webhooks/1",
+        # The excerpt is read as sent: a compressed answer unpacked whole (a few hundred bytes
+        # of nested gzip made 300 MB) took the process's memory and its event loop (a tester's).
+        "accept-encoding": "identity",
         "webhook-id": event_id,
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signing.signature_header_for_keys(
@@ -565,11 +569,21 @@ async def _send(
     return outcome(status, excerpt, None, _retry_after(response) if status in (429, 503) else None)
 
 
+def _storable(text: str | None) -> str | None:
+    """The receiver's words as PostgreSQL's text can hold them, which is without NUL: an answer
+    with one failed the attempt log's write, and with it the drain (a tester's bomb of zeros)."""
+    return None if text is None else text.replace("\x00", "\ufffd")
+
+
 async def _excerpt(response: httpx.Response) -> str:
     """The start of the answer, for the attempt log: no more of it is read (a 30 MB answer was
-    read whole to keep its first 500 characters)."""
+    read whole to keep its first 500 characters), and never unpacked: a receiver that
+    compresses it all the same is told so instead."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return f"(a {encoding[:50]}-encoded answer, not read)"
     head = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         head += chunk
         if len(head) >= 4 * EXCERPT:  # EXCERPT characters of UTF-8 at most
             break

@@ -34,7 +34,7 @@ class Receiver:
     received: list[Received] = field(default_factory=list)
     # Each request takes the next answer: an HTTP status, ("hang", seconds), ("trickle",
     # seconds, n) (200 and n bytes, one every so many seconds), ("big", n) (200 and n
-    # bytes at once) or ("headers", status, {name: value}); then 200.
+    # bytes at once) or ("headers", status, {name: value}[, body]); then 200.
     script: list[Any] = field(default_factory=list)
     # Of the bytes of each "trickle" or "big" answer, how many the client took.
     written: list[int] = field(default_factory=list)
@@ -74,8 +74,9 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 self._answer_slowly(*answer)
                 return
             headers: dict[str, str] = {}
+            body = None
             if isinstance(answer, tuple) and answer[0] == "headers":
-                answer, headers = answer[1], answer[2]
+                answer, headers, body = answer[1], answer[2], (answer[3:] or (None,))[0]
             elif isinstance(answer, tuple):
                 time.sleep(answer[1])
                 answer = 200
@@ -85,8 +86,10 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             self.send_header("content-type", "text/plain")
             for name, value in headers.items():
                 self.send_header(name, value)
+            if body is not None:
+                self.send_header("content-length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"ok" if answer < 300 else b"nope")
+            self.wfile.write(body if body is not None else b"ok" if answer < 300 else b"nope")
 
         def _answer_slowly(self, kind: str, *how: Any) -> None:
             pause, length = (how[0], how[1]) if kind == "trickle" else (0.0, how[0])

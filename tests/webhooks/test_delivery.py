@@ -2,6 +2,7 @@
 independent standardwebhooks package."""
 
 import asyncio
+import gzip
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -659,6 +660,39 @@ async def test_only_the_start_of_a_large_answer_is_read(client: httpx.AsyncClien
         assert (attempt["status_code"], attempt["response_excerpt"]) == (200, "x" * 500)
         await until(lambda: receiver.written)
         assert receiver.written[0] < 64 * 1024 * 1024  # the client hung up
+
+
+async def test_a_compressed_answer_is_not_unpacked(client: httpx.AsyncClient) -> None:
+    """A few hundred bytes of nested gzip unpack to hundreds of megabytes: read whole, they took
+    the process's memory and its event loop (a tester's). Identity is asked for, and an answer
+    compressed all the same is logged as such."""
+    w = await world(client)
+    bomb = gzip.compress(gzip.compress(bytes(50 * 1024 * 1024)))
+    with receiving() as receiver:
+        receiver.script = [("headers", 200, {"content-encoding": "gzip, gzip"}, bomb)]
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        await deliver()
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        (attempt,) = log["items"][0]["attempt_log"]
+        assert (attempt["status_code"], attempt["response_excerpt"]) == (
+            200, "(a gzip, gzip-encoded answer, not read)",
+        )  # fmt: skip
+        assert receiver.arrived[0].headers["accept-encoding"] == "identity"
+
+
+async def test_an_answer_with_nul_characters_is_logged(client: httpx.AsyncClient) -> None:
+    """PostgreSQL's text holds no NUL: an answer with one failed the attempt log's write."""
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.script = [("headers", 200, {}, b"ok\x00\x00binary")]
+        hook = await endpoint(w, receiver.url)
+        await w.loan()
+        await deliver()
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        (delivery,) = log["items"]
+        assert delivery["status"] == "delivered"
+        assert delivery["attempt_log"][0]["response_excerpt"] == "ok\ufffd\ufffdbinary"
 
 
 async def test_a_drain_past_its_budget_hands_back_what_it_has_not_started(
