@@ -776,3 +776,26 @@ async def test_a_chargeback_before_its_debit_is_applied_when_resent_with_an_idem
     # Nor does a stored answer stand in for a signature.
     forged = await post(client, raw, {**headers, **with_keys, "webhook-signature": "v1,AAAA"})
     assert forged.status_code == 401, forged.text
+
+
+async def test_a_notification_giving_a_webhook_header_twice_is_refused(
+    client: httpx.AsyncClient,
+) -> None:
+    """Given twice, the last webhook-id was read: a notification could be told apart from its
+    retries, or verified, by a copy other than the one a proxy in front reads (a tester's)."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    raw, headers = signed(secret, body, "msg_twice")
+    for name, other in (("webhook-id", "msg_other"), ("webhook-timestamp", "1"),
+                        ("webhook-signature", "v1,AAAA")):  # fmt: skip
+        twice = httpx.Headers([(other_name, value) for other_name, value in headers.items()])
+        twice.update(httpx.Headers([(name, other), (name, headers[name])]))
+        got = await client.post("/v1/inbound/gateways/alipay", content=raw, headers=twice)
+        assert got.status_code == 422, (name, got.text)
+        assert got.json()["errors"] == [
+            {"field": name, "message": "given twice", "type": "repeated"}
+        ]
+    assert await count(Payment) == 0
+    assert (await post(client, raw, headers)).json()["status"] == "processed"
