@@ -73,8 +73,10 @@ def parse(url: str) -> tuple[str, int]:
 def _host_name(host: str) -> bool:
     """An IP address (an IPv6 one as urlsplit gives it: unbracketed, maybe with a zone) or a
     host name of valid labels, the root's trailing dot allowed."""
+    if _ipv6(host):
+        return True
     try:
-        ipaddress.ip_address(host.split("%")[0])
+        ipaddress.IPv4Address(host)  # a zone is IPv6's alone ("127.0.0.1%09" was let in)
     except ValueError:
         return all(_LABEL.match(label) for label in host.removesuffix(".").split("."))
     return True

@@ -958,12 +958,16 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
                          ("http://hooks.test/a\nb", control),
                          # IPvFuture literals and a C1 control (a tester's)
                          ("http://[v1.x]/", host), ("http://[v7.127.0.0.1]/h", host),
-                         ("http://hooks.test/\u0085x", control)):  # fmt: skip
+                         ("http://hooks.test/\u0085x", control),
+                         # a zone is IPv6's alone (a tester's)
+                         ("http://127.0.0.1%09/", host),
+                         ("http://10.0.0.1%25eth0/h", host)):  # fmt: skip
         refused = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert (refused.status_code, refused.json()["code"]) == (422, "webhook_url_not_allowed")
         assert refused.json()["errors"] == [{"field": "url", "message": message}], url
     for url in ("https://xn--9ca.test/h", "https://\u00e9.test/h", "https://hooks_1.a-b.test./h",
-                "http://[::1]:8080/h", "http://10.0.0.1/h"):  # fmt: skip
+                "http://[::1]:8080/h", "http://10.0.0.1/h",
+                "http://[fe80::1%25eth0]/h"):  # fmt: skip
         await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin, expect=201)
     hook = await endpoint(w, "https://hooks.test/h")
     scheme = "String should match pattern '^https?://'"
