@@ -23,8 +23,13 @@ class TargetNotAllowed(ValueError):
 
 # IPv6 prefixes that carry an IPv4 address in their last 32 bits, which a network that
 # translates them (NAT64, as on IPv6-only clouds) connects to: 64:ff9b::10.0.0.1 reaches
-# 10.0.0.1. IPv4-mapped (::ffff:0:0/96) and 6to4 (2002::/16) addresses ipaddress unwraps.
-_CARRY_IPV4 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("::/96"))
+# 10.0.0.1; so does SIIT's IPv4-translated ::ffff:0:a.b.c.d (RFC 2765, a tester's). IPv4-mapped
+# (::ffff:0:0/96) and 6to4 (2002::/16) addresses ipaddress unwraps.
+_CARRY_IPV4 = (
+    ipaddress.ip_network("64:ff9b::/96"),
+    ipaddress.ip_network("::/96"),
+    ipaddress.ip_network("::ffff:0:0:0/96"),
+)
 # Local-use NAT64 (RFC 8215): a site's own translator, which reaches its own IPv4 network.
 _LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 

@@ -56,13 +56,15 @@ async def test_private_targets_are_refused_unless_allowed(
 ) -> None:
     w = await world(client)
     monkeypatch.setattr(get_settings(), "webhook_allow_private_targets", False)
-    # The last seven carry a private IPv4 address that NAT64 (well-known and local-use),
-    # IPv4-compatible and 6to4 addresses reach on networks that translate them.
+    # The last eight carry a private IPv4 address that NAT64 (well-known and local-use),
+    # IPv4-compatible, 6to4 and SIIT's IPv4-translated addresses reach on networks that
+    # translate them.
     for url in ("http://127.0.0.1:9/x", "http://169.254.169.254/latest", "http://10.1.2.3/h",
                 "http://localhost:8080/h", "http://[::1]/h", "http://[64:ff9b::a9fe:a9fe]/m",
                 "http://[64:ff9b::a00:1]/h", "http://[::a9fe:a9fe]/h", "http://[::127.0.0.1]/h",
                 "http://[2002:a9fe:a9fe::]/h", "http://[2002:7f00:1::]/h",
-                "http://[64:ff9b:1:a9fe:a9:fe00::]/h"):  # fmt: skip
+                "http://[64:ff9b:1:a9fe:a9:fe00::]/h",
+                "http://[::ffff:0:a9fe:a9fe]/h"):  # fmt: skip
         response = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert response.status_code == 422, url
         assert response.json()["code"] == "webhook_url_not_allowed"
