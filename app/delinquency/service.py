@@ -36,6 +36,7 @@ from app import clock
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
 from app.db import (
+    UTCDateTime,
     add_days,
     days_between,
     execute_counting,
@@ -77,6 +78,9 @@ _paid_later, _paid_later_to = _payment.alias("paid_later"), _allocation.alias("p
 # they read), the date and the loan-id range bound at execution (``chunk_params``): built for
 # each chunk of each date, constructing them was most of the CPU of closing a small book.
 AS_OF = bindparam("as_of", type_=Date)
+# The late-fee step's: the last close before the date, and when it started (None before any).
+_JUDGED_THROUGH = bindparam("judged_through", type_=Date)
+_JUDGED_SINCE = bindparam("judged_since", type_=UTCDateTime())
 
 
 # Read on most requests: built once (construction and cache key cost CPU per call).
@@ -430,9 +434,16 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
     # older grace: a back-dated booking, a residual within the tolerance) one by one.
     judged_on = add_days(i.due_date, product.grace_days)
     settled_in_time = and_(i.paid_on.is_not(None), i.paid_on <= judged_on)
+    # A grace an earlier close of the loan already judged owing nothing, then left owing by a
+    # change since (a reversal, whose replay moves every later payment back an installment),
+    # owes the fee only while it is still unpaid: judged again by its grace, one bounce charged
+    # every installment the later payments had settled late, and their fees, each counted
+    # missed from its due date, charged the loan off overnight (a tester's).
+    judged_before = and_(judged_on <= _JUDGED_THROUGH, loan.created_at < _JUDGED_SINCE)
     unpaid = case(
         (settled_in_time, 0),
         (days_between(AS_OF, i.due_date) == product.grace_days, unpaid_as_of_sql()),
+        (judged_before, unpaid_as_of_sql()),
         else_=unpaid_now_sql() + _paid_after_each(judged_on),
     )
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
@@ -465,6 +476,14 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
     )
 
 
+_LAST_CLOSE_BEFORE = (
+    select(CloseRun.as_of, CloseRun.started_at)
+    .where(CloseRun.as_of < AS_OF, CloseRun.succeeded_at.is_not(None))
+    .order_by(CloseRun.as_of.desc())
+    .limit(1)
+)
+
+
 async def charge_late_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> list[Any]:
@@ -474,7 +493,12 @@ async def charge_late_fees(
     statement = _late_fees_statement(
         low is not None, high is not None, get_settings().close.arrears_tolerance
     )
-    fees = list((await session.execute(statement, chunk_params(as_of, low, high))).all())
+    last = (await session.execute(_LAST_CLOSE_BEFORE, {"as_of": as_of})).first()
+    judged = {"judged_through": last.as_of, "judged_since": last.started_at} if last else {}
+    params = {"judged_through": None, "judged_since": None, **judged}
+    fees = list(
+        (await session.execute(statement, {**chunk_params(as_of, low, high), **params})).all()
+    )
     if not fees:
         return []
     currency = {row.id: row.currency for row in await session.execute(

@@ -140,7 +140,6 @@ class LoanInstallment(Base):
     paid_on: Mapped[date | None] = mapped_column(Date)
     status: Mapped[str] = mapped_column(String(20))
     # Set once by the close that assessed this installment's late fee / sent its reminder:
-    # reruns and catch-ups never charge or remind twice. With no fee, by migration 0038, on an
-    # installment an older release's close judged to owe none, until it owes again.
+    # reruns and catch-ups never charge or remind twice.
     late_fee_assessed_on: Mapped[date | None] = mapped_column(Date)
     reminded_on: Mapped[date | None] = mapped_column(Date)

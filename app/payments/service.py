@@ -762,10 +762,6 @@ async def _store_position(
         row.interest_waived_minor = new.interest_waived_minor
         row.fees_waived_minor = new.late_fees_withdrawn_minor + fee_rows.waived.get(row.seq, 0)
         row.paid_on = new.paid_on
-        if new.paid_on is None and row.late_fee_assessed_on is not None and not row.late_fees_minor:
-            # An older close's judgement of no fee (migration 0038) holds while the installment
-            # stays settled; owing again (a reversal), it is judged again by its grace.
-            row.late_fee_assessed_on = None
         if new.paid_on is not None:
             row.status = InstallmentStatus.PAID
         elif new.paid_minor:

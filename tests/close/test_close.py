@@ -125,6 +125,62 @@ async def test_a_payment_the_day_after_grace_is_late_and_pays_the_fee(
     assert (await event_types())["loan.late_fee_assessed"] == 3
 
 
+async def test_a_bounce_months_later_charges_only_what_is_still_unpaid(
+    client: httpx.AsyncClient,
+) -> None:
+    """A payment bounced months later moves every later payment back an installment: the
+    installments they now settle were settled after their grace. Closes already judged those
+    graces; only what is unpaid now owes a fee. Judged again by their graces, one bounce
+    charged each a fee, and each fee, counted missed from its due date, took the loan to 90+
+    overnight (a tester's: 8 fees and a charge-off from one 202.15 bounce)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    await close(w, "2026-01-10")
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    paid = [await w.pay(loan["id"], "212.00", f"2026-{month:02}-10") for month in (2, 3, 4, 5)]
+    await close(w, "2026-05-20")
+    assert await late_fee_rows() == 0
+
+    await w.post(f"/v1/payments/{paid[0]['id']}/reverse", {"reason": "nsf"}, expect=200)
+    run = await close(w, "2026-05-21")
+    # Installments 1-3 are settled (late, by the later payments); 4 owes 200.00 since May 10.
+    assert run["counts"]["late_fees_assessed"] == 1
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"], got["status"]) == (11, "1-30", "delinquent")
+    assert got["balances"]["fees_outstanding"] == "20.00"
+    schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+    assert [i["fees"] for i in schedule[:4]] == ["0.00", "0.00", "0.00", "20.00"]
+
+
+async def test_an_older_release_s_judgement_of_a_late_fee_stands(
+    client: httpx.AsyncClient,
+) -> None:
+    """Until the twenty-seventh session a close counted the payments received by its own date:
+    an installment settled after its grace, before that close, owed nothing. The first close
+    after an upgrade judged it again by its grace, charged it months late and made it overdue
+    (a tester's). A grace an earlier close judged owes a fee only while it is unpaid."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    await close(w, "2026-01-10")
+    loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+    paid = await w.pay(loan["id"], "412.00", "2026-02-15")  # due Feb 10, grace to Feb 13
+    # The older release closed through Feb 20 and, counting that payment, charged nothing.
+    now = datetime.now(UTC)
+    async with session_scope() as session:
+        session.add(CloseRun(as_of=date(2026, 2, 20), status=CloseStatus.SUCCEEDED,
+                             started_at=now, finished_at=now, succeeded_at=now, attempts=1,
+                             counts={}, steps={}))  # fmt: skip
+    assert (await close(w, "2026-02-21"))["counts"]["late_fees_assessed"] == 0
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["balances"]["fees_outstanding"]) == (0, "0.00")
+
+    # The payment bounces: the installment owes again, and so owes the fee.
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert (await close(w, "2026-02-22"))["counts"]["late_fees_assessed"] == 1
+    schedule = await w.get(f"/v1/loans/{loan['id']}/schedule")
+    assert schedule["installments"][0]["fees"] == "20.00"
+
+
 async def test_a_payment_cures_at_once(client: httpx.AsyncClient) -> None:
     w, loan = await late_world(client)
     await close(w, "2026-02-20")
