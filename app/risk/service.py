@@ -313,10 +313,13 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
         behind_or_scored, _flagged_loans(scope), behind_or_paid_in_part, reversed_lately,
         failed_lately, broken_lately,
     ).subquery()  # fmt: skip
+    # Not a loan disbursed after the date, which the features query leaves out anyway: a
+    # catch-up of a book brought in back-dated listed every later loan for each early date,
+    # and their features took minutes a date on PostgreSQL (a tester's: 21,000 listed, 47 due).
     return (
         select(loan.id)
         .join(candidates, candidates.c.id == loan.id)
-        .where(scope(loan.id), loan.status.in_(OPEN_STATUSES))
+        .where(scope(loan.id), loan.status.in_(OPEN_STATUSES), loan.disbursed_on <= as_of)
     )
 
 
