@@ -82,7 +82,13 @@ async def test_events_after_an_event(client: httpx.AsyncClient) -> None:
     assert len(set(stamps)) < len(stamps)  # some events share their instant
     for n, event in enumerate(feed):
         page = await w.get(f"/v1/events?limit=200&after={event['id']}", headers=w.admin)
-        assert [e["id"] for e in page["items"]] == [e["id"] for e in feed[n + 1 :]]
+        listed = [e["id"] for e in page["items"]]
+        # Besides what follows it, the events of transactions running when it was written,
+        # which PostgreSQL counts over the whole cluster (another test's database too): those
+        # already read come again, as webhooks.md says; never the event itself.
+        read = {e["id"] for e in feed[: n + 1]}
+        assert [i for i in listed if i not in read] == [e["id"] for e in feed[n + 1 :]]
+        assert event["id"] not in listed
     unknown = await client.get("/v1/events?after=evt_nope", headers=w.admin)
     assert unknown.status_code == 422
     assert unknown.json()["errors"][0]["field"] == "after"

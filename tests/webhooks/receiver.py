@@ -89,7 +89,10 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             if body is not None:
                 self.send_header("content-length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body if body is not None else b"ok" if answer < 300 else b"nope")
+            try:
+                self.wfile.write(body if body is not None else b"ok" if answer < 300 else b"nope")
+            except OSError:  # the client hung up: a body it does not read (a compressed one)
+                pass
 
         def _answer_slowly(self, kind: str, *how: Any) -> None:
             pause, length = (how[0], how[1]) if kind == "trickle" else (0.0, how[0])
