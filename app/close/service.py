@@ -29,7 +29,7 @@ from app.close.errors import (
 )
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
-from app.db import is_postgres, session_scope, utc_now
+from app.db import database, is_postgres, session_scope, utc_now
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.loans.models import Loan
@@ -448,3 +448,4 @@ async def run_dates_in_process(dates: list[date]) -> None:
         except Exception as exc:
             await fail_run(as_of, f"{type(exc).__name__}: {exc}", attempt)
             raise
+    await database.refresh_statistics()
