@@ -78,7 +78,7 @@ _paid_later, _paid_later_to = _payment.alias("paid_later"), _allocation.alias("p
 # they read), the date and the loan-id range bound at execution (``chunk_params``): built for
 # each chunk of each date, constructing them was most of the CPU of closing a small book.
 AS_OF = bindparam("as_of", type_=Date)
-# The late-fee step's: the last close before the date, and when it started (None before any).
+# The late-fee step's: the last close that judged graces, and since when (None before any).
 _JUDGED_THROUGH = bindparam("judged_through", type_=Date)
 _JUDGED_SINCE = bindparam("judged_since", type_=UTCDateTime())
 
@@ -476,9 +476,11 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
     )
 
 
-_LAST_CLOSE_BEFORE = (
-    select(CloseRun.as_of, CloseRun.started_at)
-    .where(CloseRun.as_of < AS_OF, CloseRun.succeeded_at.is_not(None))
+# The last close that judged the book's graces up to the date: the date's own earlier run, or
+# the date before.
+_LAST_CLOSE = (
+    select(CloseRun.as_of, CloseRun.started_at, CloseRun.succeeded_at)
+    .where(CloseRun.as_of <= AS_OF, CloseRun.succeeded_at.is_not(None))
     .order_by(CloseRun.as_of.desc())
     .limit(1)
 )
@@ -493,9 +495,14 @@ async def charge_late_fees(
     statement = _late_fees_statement(
         low is not None, high is not None, get_settings().close.arrears_tolerance
     )
-    last = (await session.execute(_LAST_CLOSE_BEFORE, {"as_of": as_of})).first()
-    judged = {"judged_through": last.as_of, "judged_since": last.started_at} if last else {}
-    params = {"judged_through": None, "judged_since": None, **judged}
+    last = (await session.execute(_LAST_CLOSE, {"as_of": as_of})).first()
+    params: dict[str, Any] = {"judged_through": None, "judged_since": None}
+    if last is not None:
+        # A rerun of the date: its earlier run judged the loans booked before it succeeded
+        # (this attempt's start is now; the date before had not seen a loan booked since: a
+        # re-verifier's, the bounce's fees back on a rerun).
+        since = last.succeeded_at if last.as_of == as_of else last.started_at
+        params = {"judged_through": last.as_of, "judged_since": since}
     fees = list(
         (await session.execute(statement, {**chunk_params(as_of, low, high), **params})).all()
     )

@@ -152,6 +152,25 @@ async def test_a_bounce_months_later_charges_only_what_is_still_unpaid(
     assert [i["fees"] for i in schedule[:4]] == ["0.00", "0.00", "0.00", "20.00"]
 
 
+async def test_a_rerun_after_a_bounce_charges_only_what_is_still_unpaid(
+    client: httpx.AsyncClient,
+) -> None:
+    """The date's earlier run judged a loan booked after the close of the date before: its
+    rerun took the date before as the last judge, and charged the bounce's fees (a
+    re-verifier's: 5 fees, the loan to 90+)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    await close(w, "2026-05-20")
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    paid = [await w.pay(loan["id"], "212.00", f"2026-{month:02}-10") for month in (2, 3, 4, 5)]
+    assert (await close(w, "2026-05-21"))["counts"]["late_fees_assessed"] == 0
+    await w.post(f"/v1/payments/{paid[0]['id']}/reverse", {"reason": "nsf"}, expect=200)
+    rerun = await close(w, "2026-05-21")
+    assert rerun["counts"]["late_fees_assessed"] == 1  # installment 4, unpaid since May 10
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"]) == (11, "1-30")
+
+
 async def test_an_older_release_s_judgement_of_a_late_fee_stands(
     client: httpx.AsyncClient,
 ) -> None:
