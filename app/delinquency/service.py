@@ -442,8 +442,10 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
     judged_before = and_(judged_on <= _JUDGED_THROUGH, loan.created_at < _JUDGED_SINCE)
     unpaid = case(
         (settled_in_time, 0),
-        (days_between(AS_OF, i.due_date) == product.grace_days, unpaid_as_of_sql()),
-        (judged_before, unpaid_as_of_sql()),
+        (
+            or_(days_between(AS_OF, i.due_date) == product.grace_days, judged_before),
+            unpaid_as_of_sql(),
+        ),
         else_=unpaid_now_sql() + _paid_after_each(judged_on),
     )
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).

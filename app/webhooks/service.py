@@ -108,15 +108,23 @@ async def _load(session: AsyncSession, endpoint_id: str, *, lock: bool = False) 
     endpoint = await session.scalar(query)
     if endpoint is None:
         raise WebhookEndpointNotFound(f"webhook endpoint {endpoint_id} does not exist")
-    patterns = await session.scalars(
-        select(WebhookSubscriptionPeriod.pattern)
-        .where(
-            WebhookSubscriptionPeriod.endpoint_id == endpoint.id,
-            WebhookSubscriptionPeriod.unsubscribed_at.is_(None),
+    return (await _with_patterns(session, [endpoint]))[0]
+
+
+async def _with_patterns(
+    session: AsyncSession, endpoints: list[WebhookEndpoint]
+) -> list[EndpointView]:
+    """The endpoints with the patterns they subscribe to now: their open periods."""
+    period = WebhookSubscriptionPeriod
+    rows = await session.execute(
+        select(period.endpoint_id, period.pattern).where(
+            period.endpoint_id.in_([e.id for e in endpoints]), period.unsubscribed_at.is_(None)
         )
-        .order_by(WebhookSubscriptionPeriod.pattern)
     )
-    return EndpointView(endpoint, list(patterns))
+    patterns: dict[str, list[str]] = {}
+    for endpoint_id, pattern in rows:
+        patterns.setdefault(endpoint_id, []).append(pattern)
+    return [EndpointView(e, sorted(patterns.get(e.id, []))) for e in endpoints]
 
 
 async def get_endpoint(
@@ -133,17 +141,7 @@ async def list_endpoints(
     query = select(WebhookEndpoint).order_by(WebhookEndpoint.id).limit(page.limit + 1)
     if page.after_id:
         query = query.where(WebhookEndpoint.id > page.after_id)
-    endpoints = list(await session.scalars(query))
-    rows = await session.execute(
-        select(WebhookSubscriptionPeriod.endpoint_id, WebhookSubscriptionPeriod.pattern).where(
-            WebhookSubscriptionPeriod.endpoint_id.in_([e.id for e in endpoints]),
-            WebhookSubscriptionPeriod.unsubscribed_at.is_(None),
-        )
-    )
-    patterns: dict[str, list[str]] = {}
-    for endpoint_id, pattern in rows:
-        patterns.setdefault(endpoint_id, []).append(pattern)
-    return [EndpointView(e, sorted(patterns.get(e.id, []))) for e in endpoints]
+    return await _with_patterns(session, list(await session.scalars(query)))
 
 
 async def update_endpoint(
