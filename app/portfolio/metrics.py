@@ -5,14 +5,14 @@ from collections import Counter
 from datetime import UTC, datetime, time
 
 from prometheus_client.core import GaugeMetricFamily, Metric
-from sqlalchemy import select
+from sqlalchemy import select, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.close.models import CloseRun, CloseStatus
 from app.delinquency import service as delinquency
 from app.money import to_decimal
 from app.portfolio import positions
-from app.portfolio.models import PortfolioPosition
+from app.portfolio.models import PortfolioDelta, PortfolioPosition
 from app.portfolio.service import CLOSED_STATUSES
 from app.risk.models import RiskRun
 
@@ -30,7 +30,14 @@ async def read(session: AsyncSession) -> list[Metric]:
     open_flags = GaugeMetricFamily(
         "loanwatch_risk_open_flags", "Open early-warning flags by code", labels=["code"]
     )
-    currencies = list(await session.scalars(select(PortfolioPosition.currency).distinct()))
+    # A currency first lent since the last close (or a book never closed) has deltas only.
+    currencies = list(
+        await session.scalars(
+            union(select(PortfolioPosition.currency), select(PortfolioDelta.currency)).order_by(
+                "currency"
+            )
+        )
+    )
     flags: Counter[str] = Counter()  # over every currency
     for currency in currencies:
         scope = positions.Scope(currency=currency)

@@ -551,6 +551,30 @@ async def test_metrics_expose_the_portfolio_and_the_close(client: httpx.AsyncCli
     assert datetime.fromtimestamp(business_date, UTC).date() == date(2026, 9, 15)
 
 
+def portfolio_gauges(scrape: str) -> dict[str, float]:
+    return {name: float(value) for name, value in
+            (line.rsplit(" ", 1) for line in scrape.splitlines() if line and line[0] != "#")
+            if name.startswith("loanwatch_portfolio")}  # fmt: skip
+
+
+async def test_metrics_count_a_currency_no_close_has_seen(client: httpx.AsyncClient) -> None:
+    # Before any close the book is all deltas; so is a currency first lent since the last one.
+    w = await world(client)
+    await w.loan(principal="1000.00", term=6)
+    current = '{bucket="current",currency="%s"}'
+    gauges = portfolio_gauges((await client.get("/metrics")).text)
+    assert gauges[f"loanwatch_portfolio_loans{current % 'CNY'}"] == 1
+    assert gauges[f"loanwatch_portfolio_principal_outstanding{current % 'CNY'}"] == 1000
+    await close(w, clock.today().isoformat())
+    euro = World(w.client, w.admin, w.merchant_id, w.merchant,
+                 (await product(client, w.admin, currency="EUR"))["code"])  # fmt: skip
+    await euro.loan((await euro.borrower(currency="EUR"))["id"], principal="1200.00", term=6)
+    gauges = portfolio_gauges((await client.get("/metrics")).text)
+    assert gauges[f"loanwatch_portfolio_loans{current % 'CNY'}"] == 1
+    assert gauges[f"loanwatch_portfolio_loans{current % 'EUR'}"] == 1
+    assert gauges[f"loanwatch_portfolio_principal_outstanding{current % 'EUR'}"] == 1200
+
+
 async def test_the_dashboard_page_reads_the_summary(client: httpx.AsyncClient) -> None:
     page = await client.get("/dashboard")
     assert page.status_code == 200
