@@ -353,8 +353,12 @@ async def test_bad_signatures_and_stale_timestamps_record_nothing(
         assert response.json()["code"] == "invalid_signature"
     assert await count(Payment) == 0
     assert await count(InboundNotification) == 0
-    unknown = await client.post("/v1/inbound/gateways/nobody", content=raw, headers=headers)
-    assert unknown.status_code == 404
+    # An unknown gateway fails as a wrong signature does: which names exist is not told.
+    unknown = await post(client, raw, headers, "nobody")
+    assert (unknown.status_code, unknown.json()["code"]) == (401, "invalid_signature")
+    for raw_body, hdrs in cases[1:4]:
+        known, unknown = [await post(client, raw_body, hdrs, to) for to in ("alipay", "nobody")]
+        assert (unknown.status_code, unknown.json()) == (401, known.json())
 
 
 async def test_unknown_loans_and_malformed_bodies(client: httpx.AsyncClient) -> None:
