@@ -34,6 +34,9 @@ class Job:
     every_seconds: float | None = None
     # Local wall-clock time (Settings.timezone) for a daily job.
     daily_at: time | None = None
+    # Asks a run in progress to end soon, its work recorded, when the process stops; a job
+    # without one is cancelled where it stands.
+    wind_down: Callable[[], None] | None = None
 
     def seconds_until_next(self, now: datetime) -> float:
         if self.daily_at is None:
@@ -78,33 +81,57 @@ class WebhookDispatcher:
 
     def __init__(self) -> None:
         self.signal = asyncio.Event()
+        self.stopping = asyncio.Event()
         wakeup.attach(self.signal)
 
     async def run_once(self) -> object:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.signal.wait(), get_settings().webhook_sweep_seconds)
         self.signal.clear()
-        return await dispatcher.drain()
+        return await dispatcher.drain(stop=self.stopping)
+
+    def wind_down(self) -> None:
+        """The drain starts no attempt more and ends once those in flight are recorded."""
+        self.stopping.set()
+        self.signal.set()
 
 
 def default_jobs() -> tuple[Job, ...]:
     close_time = time.fromisoformat(get_settings().close.time)
+    webhooks = WebhookDispatcher()
     return (
         Job("purge-idempotency-keys", _purge_idempotency_keys, every_seconds=3600),
         Job("nightly-close", nightly_close, daily_at=close_time),
-        Job("webhook-dispatcher", WebhookDispatcher().run_once, every_seconds=0),
-    )
+        Job("webhook-dispatcher", webhooks.run_once, every_seconds=0,
+            wind_down=webhooks.wind_down),
+    )  # fmt: skip
 
 
 class InProcessScheduler:
     def __init__(self, jobs: tuple[Job, ...] | None = None) -> None:
         self._jobs = jobs if jobs is not None else default_jobs()
         self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[str] = set()
+        self._stopping = False
 
     def start(self) -> None:
+        self._stopping = False
         self._tasks = [asyncio.create_task(self._loop(job), name=job.name) for job in self._jobs]
 
     async def stop(self) -> None:
+        """Cancels the jobs, but lets a run that can wind down end first (within an attempt's
+        timeout): cancelled mid-drain, the dispatcher left the attempts it had sent unrecorded,
+        and a graceful restart sent them again once their lease ran out (a tester's)."""
+        self._stopping = True
+        winding = []
+        for job, task in zip(self._jobs, self._tasks, strict=True):
+            if job.wind_down is not None and job.name in self._running:
+                job.wind_down()
+                winding.append(task)
+            else:
+                task.cancel()
+        if winding:
+            await asyncio.wait(winding, timeout=get_settings().webhook_timeout_seconds + 1)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -116,10 +143,14 @@ class InProcessScheduler:
         zone = get_settings().zone
         if job.daily_at is not None:
             await asyncio.sleep(job.seconds_until_next(datetime.now(zone)))
-        while True:
+        while not self._stopping:
+            self._running.add(job.name)
             try:
                 await job.run()
             except Exception:
                 # A failed run is retried at the next tick; the scheduler itself keeps going.
                 log.exception("scheduled job %s failed", job.name)
-            await asyncio.sleep(job.seconds_until_next(datetime.now(zone)))
+            finally:
+                self._running.discard(job.name)
+            if not self._stopping:
+                await asyncio.sleep(job.seconds_until_next(datetime.now(zone)))

@@ -142,7 +142,9 @@ async def dispatch_due(*, now: datetime | None = None, limit: int | None = None)
     return await lanes.record(now)
 
 
-async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) -> int:
+async def drain(
+    *, now: datetime | None = None, budget_seconds: float = 20.0, stop: asyncio.Event | None = None
+) -> int:
     """Send what is due until nothing is or the time budget is spent, then end the attempts
     in flight and hand back the rest.
 
@@ -153,7 +155,9 @@ async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) ->
     not yet started are due again at once, for the next drain to claim with whatever fell
     due meanwhile: a slow endpoint's lane, sent to its end, kept this drain (and on the
     embedded default every other endpoint's new events) for as long as the lane took (a
-    tester's). Only this loop touches the database, so statements stay one at a time, as
+    tester's). Once ``stop`` is set (the process is stopping) every delivery not started is
+    handed back at once and the drain ends with the attempts in flight, recorded. Only this
+    loop touches the database, so statements stay one at a time, as
     SQLite's single connection needs. A failure stops every lane and leaves what it claimed
     to the lease.
     """
@@ -165,7 +169,7 @@ async def drain(*, now: datetime | None = None, budget_seconds: float = 20.0) ->
             sent += await lanes.record(now or utc_now())
             over = time.monotonic() - started >= budget_seconds
             slow = lanes.slow_endpoints()
-            if over and not lanes.waiting_on_slow():
+            if (stop is not None and stop.is_set()) or (over and not lanes.waiting_on_slow()):
                 await lanes.hand_back(now or utc_now())
             else:
                 # Past its budget the drain only waits out the slow attempts: none starts,

@@ -766,6 +766,40 @@ async def test_a_commit_wakes_the_in_process_dispatcher(
             await scheduler.stop()
 
 
+async def test_a_stopping_process_records_the_attempts_it_has_in_flight(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped mid-drain (a deploy's restart), the dispatcher lets the attempts it sent end and
+    records them: cancelled, it left them to their lease, and a healthy receiver got each
+    twice a minute later (a tester's). What it had claimed and not sent is due at once."""
+    monkeypatch.setattr(get_settings(), "webhook_sweep_seconds", 60)
+    webhooks = WebhookDispatcher()
+    scheduler = InProcessScheduler(
+        (Job("dispatch", webhooks.run_once, every_seconds=0, wind_down=webhooks.wind_down),)
+    )
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.delay = lambda _: 0.5
+        hook = await endpoint(w, receiver.url)
+        loan = await w.loan()
+        for _ in range(3):
+            await w.pay(loan["id"], "10.00")
+        scheduler.start()
+        try:
+            await until(lambda: receiver.arrived)
+        finally:
+            await scheduler.stop()
+        log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
+        delivered = [d for d in log["items"] if d["status"] == "delivered"]
+        assert len(delivered) == len(receiver.received) >= 1
+        async with session_scope() as session:
+            waiting = list(await session.scalars(
+                select(WebhookDelivery.next_attempt_at).where(WebhookDelivery.status == "pending")
+            ))  # fmt: skip
+        assert len(waiting) == 4 - len(delivered)
+        assert all(due <= utc_now() for due in waiting)  # not left to their lease
+
+
 async def test_metrics_show_the_backlog(client: httpx.AsyncClient) -> None:
     w = await world(client)
     await endpoint(w, f"http://127.0.0.1:{free_port()}/hooks")
