@@ -5,8 +5,10 @@ request has written nothing, not even an idempotency claim:
   a look-up by it fails), SQLite would store it;
 * a JSON body naming a key twice in one object: parsers disagree on which one counts (ours
   takes the last), and ``{"amount": "1.00", "amount": "2.00"}`` is not a payment of either;
-* a JSON body nested deeper than Python's parser recurses (about a thousand levels; no field
-  nests more than three): every later parse of it would fail with a RecursionError;
+* a JSON body nested more than ``MAX_DEPTH`` levels (no field nests more than three): Python's
+  parser recurses once per level, and a body it read here, nearer the top of the stack, failed
+  a later parse deeper in a route with a RecursionError (a 500 on a signed notification 950
+  levels deep: a tester's);
 * a JSON body holding an integer of more digits than Python reads (4300): every later parse
   of it would fail with a ValueError, which FastAPI took for bytes that are not text;
 * a query parameter given twice (``?status=active&status=delinquent``): no filter takes a
@@ -50,27 +52,41 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return dict(pairs)
 
 
-class TooDeeplyNested(ValueError):
-    pass
-
-
 def repeated_parameter(query_string: bytes) -> str | None:
     """A query parameter the query string names twice, if any."""
     names = [name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)]
     return next((name for name in names if names.count(name) > 1), None)
 
 
+MAX_DEPTH = 64
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+_NOT_A_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nests_too_deeply(body: bytes) -> bool:
+    """Whether the body's arrays and objects nest more than ``MAX_DEPTH`` levels, found without
+    recursing: its strings struck out, the brackets left lose their innermost pairs a level at
+    a time. A body whose brackets do not pair is not JSON, the route's to refuse."""
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH:
+        return False
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_A_BRACKET)
+    for _ in range(MAX_DEPTH):
+        brackets, removed = _INNERMOST.subn(b"", brackets)
+        if not removed:
+            return False
+    return bool(brackets)
+
+
 def duplicate_key(body: bytes) -> str | None:
     """A key some object of the JSON body names twice, if any (a body that is not JSON is
-    left to the route's own validation); ``TooDeeplyNested`` if it cannot be parsed at all."""
+    left to the route's own validation)."""
     try:
         json.loads(body, object_pairs_hook=_refuse_duplicates)
     except _DuplicateKey as exc:
         return str(exc)
     except ValueError:
         return None
-    except RecursionError:
-        raise TooDeeplyNested from None
     return None
 
 
@@ -95,9 +111,8 @@ def too_long_number(body: bytes) -> str | None:
         return None
     try:
         document = json.loads(body, parse_int=_read_int)
-    except (ValueError, RecursionError):
+    except ValueError:
         return None
-    # Iteratively: the body may nest almost as deeply as the parser recurses.
     stack: list[tuple[tuple[str, ...], Any]] = [((), document)]
     while stack:
         path, value = stack.pop()
@@ -166,13 +181,12 @@ def _refusal_of_head(
 def _refusal_of_body(body: bytes) -> _Refusal | None:
     if carries_nul(body):
         return _nul_in("body")
-    try:
-        duplicate = duplicate_key(body)
-    except TooDeeplyNested:
+    if nests_too_deeply(body):
         return _Refusal(
-            "the body nests arrays or objects too deeply to be read",
+            f"the body nests arrays or objects more than {MAX_DEPTH} levels deep",
             "body", "nested too deeply", "too_deep",
         )  # fmt: skip
+    duplicate = duplicate_key(body)
     if duplicate is not None:
         return _Refusal(
             f"the body names the key {duplicate!r} twice in one object",

@@ -3,14 +3,18 @@ and nothing stored, on PostgreSQL as on SQLite (tests/test_embedded.py fuzzes th
 server)."""
 
 import json
+import time
+from datetime import UTC, datetime
 
 import httpx
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from standardwebhooks import Webhook
 
 from app.api.idempotency import IdempotencyRecord
-from app.api.unambiguous import carries_nul, duplicate_key
+from app.api.unambiguous import MAX_DEPTH, carries_nul, duplicate_key, nests_too_deeply
 from app.db import session_scope
 from tests.api.test_validation import row_counts
 from tests.factories import world
@@ -87,24 +91,70 @@ async def test_a_key_given_twice_is_refused(client: httpx.AsyncClient) -> None:
         assert await session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
 
 
-async def test_a_body_nested_too_deeply_to_parse_is_refused(client: httpx.AsyncClient) -> None:
-    """Python's parser recurses once per level: a body nested a few thousand deep would fail
-    every later parse of it (a 500), with or without a key."""
+def depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    return 0
+
+
+nested = st.recursive(
+    st.text(alphabet='[]{}\\"ab') | st.integers() | st.none(),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=200,
+)
+
+
+@given(nested, st.integers(min_value=0, max_value=2 * MAX_DEPTH))
+def test_a_body_nests_too_deeply_exactly_when_its_depth_passes_the_bound(
+    value: object, wrapped: int
+) -> None:
+    # Wrapped in arrays and objects by turns, to reach past the bound; its strings hold
+    # brackets, quotes and backslashes that must not count.
+    for level in range(wrapped):
+        value = [value] if level % 2 else {"k[": value}
+    body = json.dumps(value, indent=1 if wrapped % 3 else None).encode()
+    assert nests_too_deeply(body) == (depth(value) > MAX_DEPTH)
+
+
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 950, 5000])
+async def test_a_body_nested_too_deeply_is_refused(client: httpx.AsyncClient, levels: int) -> None:
+    """Python's parser recurses once per level: a body the middleware could still read failed
+    a later parse deeper in the route, a 500 for a signed notification 950 deep (a tester's),
+    "not valid JSON" for a payment. A fixed bound, with or without a key."""
     w = await world(client)
+    loan = await w.loan()
+    gateway = await w.post("/v1/gateways", {"name": "alipay"}, headers=w.admin, expect=201)
+    notification = '{"type": "debit.failed", "x": ' + "[" * levels + "]" * levels + "}"
+    signed = Webhook(gateway.json()["secret"]).sign("msg_deep", datetime.now(UTC), notification)
     before = await row_counts()
-    body = '{"name": ' + "[" * 5000 + "]" * 5000 + "}"
-    for path, headers in (
-        ("/v1/merchants", {}),
-        ("/v1/merchants", w.admin),
-        ("/v1/merchants", {**w.admin, "Idempotency-Key": "deep-1"}),
-        ("/v1/inbound/gateways/nobody", {}),
-    ):
+    inner = "[" * (levels - 1) + "]" * (levels - 1)
+    for path, headers, body in (
+        ("/v1/merchants", {}, '{"name": ' + inner + "}"),
+        ("/v1/merchants", w.admin, '{"name": ' + inner + "}"),
+        ("/v1/merchants", {**w.admin, "Idempotency-Key": "deep-1"}, '{"name": ' + inner + "}"),
+        (f"/v1/loans/{loan['id']}/payments", w.merchant, '{"amount": "1.00", "x": ' + inner + "}"),
+        ("/v1/inbound/gateways/alipay",
+         {"webhook-id": "msg_deep", "webhook-timestamp": str(int(time.time())),
+          "webhook-signature": signed}, notification),
+    ):  # fmt: skip
         response = await client.post(
             path, content=body, headers={**headers, "content-type": "application/json"}
         )
         assert response.status_code == 422, response.text
         assert response.json()["errors"][0]["type"] == "too_deep"
     assert await row_counts() == before
+    # At the bound the body is read, and refused for what it says.
+    at_bound = '{"name": ' + "[" * (MAX_DEPTH - 1) + "]" * (MAX_DEPTH - 1) + "}"
+    response = await client.post(
+        "/v1/merchants", content=at_bound,
+        headers={**w.admin, "content-type": "application/json"},
+    )  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "name"
 
 
 async def test_a_number_too_long_to_read_is_refused_by_its_field(
