@@ -12,7 +12,7 @@ from operator import attrgetter
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from app.errors import InvalidRequest
 
@@ -72,9 +72,20 @@ def after_integer(page: PageParams) -> int | None:
     return int(page.after_id)
 
 
+_COUNT = re.compile(r"[0-9]{1,9}")
+
+
+def _plain_count(value: object) -> object:
+    """ASCII digits alone: the parser also reads "5_0" as 50 and " 5", "+5", "5.0" as 5, and a
+    typo in a limit is better refused than answered with another page size (a tester's)."""
+    if not _COUNT.fullmatch(str(value)):
+        raise ValueError("must be a whole number in ASCII digits")
+    return value
+
+
 def page_params(
     request: Request,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, BeforeValidator(_plain_count), Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> PageParams:
     path = request.url.path

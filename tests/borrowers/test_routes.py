@@ -55,10 +55,15 @@ async def test_external_id_and_merchants(client: httpx.AsyncClient) -> None:
 
 async def test_bad_list_parameters_are_refused(client: httpx.AsyncClient) -> None:
     w = await world(client)
-    for query in ("limit=0", "limit=201", "limit=x", "cursor=%%%"):
+    # A count in digits alone: the parser read "5_0" as 50 and a space or sign before it.
+    loose = ("limit=5_0", "limit=5.0", "limit=%2B5", "limit=%205", "limit=%E2%80%895")
+    for query in ("limit=0", "limit=201", "limit=x", "cursor=%%%", *loose):
         response = await client.get(f"/v1/borrowers?{query}", headers=w.merchant)
         assert response.status_code == 422, query
         assert response.headers["content-type"].startswith("application/problem+json")
+        if query in loose:
+            assert response.json()["errors"][0]["field"] == "limit", query
+    assert (await client.get("/v1/borrowers?limit=007", headers=w.merchant)).status_code == 200
 
 
 async def test_a_borrower_borrows_in_their_own_currency(client: httpx.AsyncClient) -> None:
