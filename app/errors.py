@@ -210,7 +210,7 @@ async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
-async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
+def _no_connection_free() -> JSONResponse:
     # No connection came free in time (a long close on the embedded default's one SQLite
     # connection, or an exhausted pool): a retry will do, nothing was written.
     return problem(
@@ -218,6 +218,34 @@ async def _database_busy(_: Request, exc: Exception) -> JSONResponse:
         "the database is busy; nothing was stored, retry the request shortly",
         headers={"Retry-After": "5"},
     )  # fmt: skip
+
+
+def _lost_race(request: Request, exc: Exception) -> JSONResponse:
+    # Lock orders keep these away (docs/architecture.md); should one come anyway, the request
+    # lost a race whose transaction was rolled back, and a retry will do. On SQLite: another
+    # process held the file past the busy timeout.
+    log.warning(
+        "%s %s lost a race in the database: %s",
+        request.method,
+        request.url.path,
+        getattr(exc, "orig", exc),
+    )
+    return problem(
+        503, "service_busy", "Service busy",
+        "a concurrent request held the same records; nothing was stored, retry the request",
+        headers={"Retry-After": "1"},
+    )  # fmt: skip
+
+
+def database_trouble(request: Request, exc: Exception) -> JSONResponse | None:
+    """The 503 for a database lost, unreachable or busy; None for any other error."""
+    if is_connection_lost(exc):
+        return database_unavailable(request, exc)
+    if isinstance(exc, PoolTimeout):
+        return _no_connection_free()
+    if is_transient(exc):
+        return _lost_race(request, exc)
+    return None
 
 
 def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -233,23 +261,10 @@ def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    if is_connection_lost(exc):
-        return database_unavailable(request, exc)
-    if not is_transient(exc):
+    answer = database_trouble(request, exc)
+    if answer is None:
         raise exc  # to the 500 below, logged with its traceback
-    # Lock orders keep these away (docs/architecture.md); should one come anyway, the request
-    # lost a race whose transaction was rolled back, and a retry will do.
-    log.warning(
-        "%s %s lost a race in the database: %s",
-        request.method,
-        request.url.path,
-        getattr(exc, "orig", exc),
-    )
-    return problem(
-        503, "service_busy", "Service busy",
-        "a concurrent request held the same records; nothing was stored, retry the request",
-        headers={"Retry-After": "1"},
-    )  # fmt: skip
+    return answer
 
 
 async def _driver_error(request: Request, exc: Exception) -> JSONResponse:
@@ -263,8 +278,9 @@ async def _driver_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Raised in a middleware, outside the handlers above (an answer that cannot be stored).
-    if is_connection_lost(exc):
-        return database_unavailable(request, exc)
+    answer = database_trouble(request, exc)
+    if answer is not None:
+        return answer
     return problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
 
 
@@ -273,7 +289,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
-    app.add_exception_handler(PoolTimeout, _database_busy)
+    app.add_exception_handler(PoolTimeout, _database_error)
     app.add_exception_handler(DBAPIError, _database_error)
     for driver_error in DRIVER_CONNECTION_ERRORS:
         app.add_exception_handler(driver_error, _driver_error)

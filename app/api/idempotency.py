@@ -38,6 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 from starlette.requests import Request
@@ -56,7 +57,7 @@ from app.db import (
     is_transient,
     utc_now,
 )
-from app.errors import Conflict, Unauthorized, database_unavailable, problem
+from app.errors import Conflict, Unauthorized, database_trouble, problem
 
 log = logging.getLogger("loanwatch.idempotency")
 
@@ -143,10 +144,12 @@ class IdempotencyMiddleware:
         try:
             rejection = await _claim(owner, key, fingerprint, claim)
         except Exception as exc:
-            if not _unreachable(exc):
+            # Nothing ran: the retry runs. Busy is not unreachable: a claim that waited out
+            # SQLite's busy timeout was told it may have been applied (a tester's).
+            answer = database_trouble(Request(scope), exc)
+            if answer is None:
                 raise
-            # Nothing ran: the retry runs.
-            await database_unavailable(Request(scope), exc)(scope, receive, send)
+            await answer(scope, receive, send)
             return
         if rejection is not None:
             await _send_stored_or_problem(rejection, scope, receive, send)
@@ -214,7 +217,7 @@ def _routed(scope: Scope, status: int) -> bool:
 
 def _unreachable(exc: Exception) -> bool:
     """The key's record could not be read or written: the database went away or was busy."""
-    return is_connection_lost(exc) or is_transient(exc)
+    return is_connection_lost(exc) or is_transient(exc) or isinstance(exc, PoolTimeout)
 
 
 @dataclass

@@ -45,6 +45,31 @@ async def test_a_payment_that_cannot_get_its_loans_lock_is_503_and_its_retry_suc
     )
 
 
+async def test_a_key_whose_claim_cannot_be_written_is_busy_not_lost(
+    client: httpx.AsyncClient, impatient_database: None
+) -> None:
+    """The Idempotency-Key's claim waited out a lock (on SQLite: another process holding the
+    file): nothing ran, so 503 service_busy, not database_unavailable's "the request may have
+    been applied" (a tester's); the retry runs."""
+    w = await world(client)
+    loan = await w.loan()
+    payments = f"/v1/loans/{loan['id']}/payments"
+    headers = {**w.merchant, "Idempotency-Key": "claim-while-busy"}
+    holder = await asyncpg.connect(TEST_DSN)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE idempotency_record IN ACCESS EXCLUSIVE MODE")
+            busy = await client.post(payments, json={"amount": "10.00"}, headers=headers)
+    finally:
+        await holder.close()
+    assert busy.status_code == 503, busy.text
+    assert (busy.json()["code"], busy.headers["retry-after"]) == ("service_busy", "1")
+    retried = await client.post(payments, json={"amount": "10.00"}, headers=headers)
+    assert retried.status_code == 201, retried.text
+    ledger = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [t["kind"] for t in ledger].count("payment") == 1
+
+
 async def test_a_request_whose_database_connection_is_lost_is_503(
     client: httpx.AsyncClient,
 ) -> None:
