@@ -88,12 +88,15 @@ class RequireJson:
                 # JSON is UTF-8 (RFC 8259 §8.1), and the body is read as such: a body declared
                 # in another encoding was read as UTF-8 all the same (a tester's repro).
                 declared = f"{media_type}; charset={charset}"
-            if not _is_json(media_type) or declared != media_type:
+            coding = _content_coding(scope)
+            if not _is_json(media_type) or declared != media_type or coding:
                 route = _route(scope)
                 if route is None:  # no such route: its 404 (or 405), not the body's media type
                     await self.app(scope, receive, send)
                     return
                 refusal = await _caller_refused(route, scope)
+                if refusal is None and coding and _is_json(media_type) and declared == media_type:
+                    refusal = _encoded(coding)
                 await (refusal or _not_json(scope["method"], declared))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -154,6 +157,29 @@ def _not_json(method: str, media_type: str) -> Response:
         f"the request body is {media_type or 'of no media type'}; send it as "
         "application/json (Content-Type: application/json)",
         headers={accept: "application/json"} if accept else None,
+    )  # fmt: skip
+
+
+def _content_coding(scope: Scope) -> str:
+    """The content codings declared on the body beyond ``identity`` ("" if none)."""
+    codings = [
+        coding.strip()
+        for name, value in scope["headers"]
+        if name == b"content-encoding"
+        for coding in bytes(value).decode("latin-1").lower().split(",")
+    ]
+    return ", ".join(c for c in codings if c and c != "identity")
+
+
+def _encoded(coding: str) -> Response:
+    # RFC 9110 §15.5.16 and §12.5.3: a coding the server does not apply is a 415 naming the
+    # codings it takes. Ignored, a gzip body was read as text ("contains U+0000") and a plain
+    # body declared gzip was taken as it came (a tester's).
+    return problem(
+        415, "unsupported_media_type", "Unsupported media type",
+        f"the request body is declared encoded as {coding}; send it unencoded "
+        "(no Content-Encoding)",
+        headers={"Accept-Encoding": "identity"},
     )  # fmt: skip
 
 

@@ -43,7 +43,8 @@ ERRORS = {
     "the same `Idempotency-Key` is still running (`idempotency_request_in_progress`) or was "
     "applied and its answer lost (`idempotency_answer_lost`)",
     "413": "The body is larger than `LOANWATCH_MAX_BODY_BYTES` (1 MiB; `payload_too_large`)",
-    "415": "The body is declared as something other than JSON (`unsupported_media_type`)",
+    "415": "The body is declared as something other than JSON, or encoded (`Content-Encoding`; "
+    "`unsupported_media_type`)",
     "422": "Invalid input; `errors` names each field (`validation_error`, or a domain code "
     "such as `credit_limit_exceeded`, `amount_exceeds_payoff`, `idempotency_key_reused`)",
     "503": "The database is busy (`service_busy`: nothing was stored) or unreachable "

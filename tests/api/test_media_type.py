@@ -1,6 +1,8 @@
 """A body declared as anything but JSON, or not declared at all, is refused with 415 before
 anything reads it (app/api/bodies.py); JSON and its +json forms are read."""
 
+import gzip
+
 import httpx
 import pytest
 
@@ -98,3 +100,24 @@ async def test_every_write_documents_415(client: httpx.AsyncClient) -> None:
     paths = (await client.get("/openapi.json")).json()["paths"]
     assert "415" in paths["/v1/loans"]["post"]["responses"]
     assert "415" not in paths["/v1/loans"]["get"]["responses"]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br, x-unknown", "GZIP", "identity, deflate"])
+async def test_a_body_declared_encoded_is_refused(client: httpx.AsyncClient, coding: str) -> None:
+    """No content coding is applied to a request body: declared gzip and sent plain, it was
+    taken as it came; sent gzip, it was read as text (a tester's). 415, the codings taken
+    named (RFC 9110 §12.5.3)."""
+    w = await world(client)
+    before = await row_counts()
+    for body in (BORROWER, gzip.compress(BORROWER)):
+        response = await client.post("/v1/borrowers", content=body, headers={
+            **w.merchant, "content-type": "application/json", "content-encoding": coding,
+        })  # fmt: skip
+        assert response.status_code == 415, response.text
+        assert response.headers["accept-encoding"] == "identity"
+        assert response.json()["code"] == "unsupported_media_type"
+        assert coding.lower().replace("identity, ", "") in response.json()["detail"]
+    assert await row_counts() == before
+    identity = {**w.merchant, "content-type": "application/json", "content-encoding": "identity"}
+    created = await client.post("/v1/borrowers", content=BORROWER, headers=identity)
+    assert created.status_code == 201, created.text
