@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 from standardwebhooks import Webhook
@@ -118,6 +118,26 @@ def test_a_body_nests_too_deeply_exactly_when_its_depth_passes_the_bound(
         value = [value] if level % 2 else {"k[": value}
     body = json.dumps(value, indent=1 if wrapped % 3 else None).encode()
     assert nests_too_deeply(body) == (depth(value) > MAX_DEPTH)
+
+
+pieces = st.lists(st.sampled_from(["[", '{"k":', "]", "}", '"', "\\", '\\"', ",", "1", " "]))
+
+
+deep = st.sampled_from([MAX_DEPTH, MAX_DEPTH + 1, 1000, 5000]) | st.integers(0, 5000)
+
+
+@given(pieces, deep, st.sampled_from(["[", '{"k":']), pieces)
+@example([], 5000, "[", [])
+@example([], 5000, '{"k":', ["[]"])
+@example(['"'], 5000, "[", ['"'])
+def test_a_body_the_depth_check_passes_never_makes_the_parser_recurse_too_deep(
+    before: list[str], opened: int, opener: str, after: list[str]
+) -> None:
+    """JSON or not, paired or not, strings closed or not: what passes is parsed without a
+    RecursionError (brackets opened a thousand times and never closed were a 500)."""
+    body = "".join([*before, opener * opened, *after]).encode()
+    if not nests_too_deeply(body):
+        duplicate_key(body)
 
 
 @pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 950, 5000])
