@@ -69,37 +69,44 @@ class LimitBodySize:
 
 
 class RequireJson:
-    """415 ``unsupported_media_type`` for a body declared as anything but JSON, before anything
-    reads it. FastAPI leaves such a body unparsed (also one of no declared type), so a form
-    post or ``text/plain`` was a 422 saying the body is no object, though it was one.
+    """415 ``unsupported_media_type`` for a body declared as anything but JSON, or declared
+    encoded (``Content-Encoding``), before anything reads it. FastAPI leaves a body of another
+    media type unparsed (also one of no declared type), so a form post or ``text/plain`` was
+    a 422 saying the body is no object, though it was one.
 
-    Gateways' notifications are exempt: the route reads their bytes as JSON, whatever they
-    are declared as, once their signature is checked, and a debit result must not be lost
-    to a sender that leaves the header out."""
+    Gateways' notifications are exempt from the media type: the route reads their bytes as
+    JSON, whatever they are declared as, once their signature is checked, and a debit result
+    must not be lost to a sender that leaves the header out. Not from the coding: a gzip
+    notification was refused as text holding U+0000 (a re-verifier's)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _has_body(scope) and not _is_inbound(scope["path"]):
-            media_type, charset = _content_type(scope)
-            declared = media_type
-            if charset not in (None, "utf-8", "utf8"):
-                # JSON is UTF-8 (RFC 8259 §8.1), and the body is read as such: a body declared
-                # in another encoding was read as UTF-8 all the same (a tester's repro).
-                declared = f"{media_type}; charset={charset}"
-            coding = _content_coding(scope)
-            if not _is_json(media_type) or declared != media_type or coding:
-                route = _route(scope)
-                if route is None:  # no such route: its 404 (or 405), not the body's media type
-                    await self.app(scope, receive, send)
-                    return
-                refusal = await _caller_refused(route, scope)
-                if refusal is None and coding and _is_json(media_type) and declared == media_type:
-                    refusal = _encoded(coding)
-                await (refusal or _not_json(scope["method"], declared))(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or not _has_body(scope):
+            await self.app(scope, receive, send)
+            return
+        media_type, charset = _content_type(scope)
+        declared = media_type
+        if charset not in (None, "utf-8", "utf8"):
+            # JSON is UTF-8 (RFC 8259 §8.1), and the body is read as such: a body declared in
+            # another encoding was read as UTF-8 all the same (a tester's repro).
+            declared = f"{media_type}; charset={charset}"
+        not_json = not _is_inbound(scope["path"]) and (
+            not _is_json(media_type) or declared != media_type
+        )
+        coding = _content_coding(scope)
+        if not (not_json or coding):
+            await self.app(scope, receive, send)
+            return
+        route = _route(scope)
+        if route is None:  # no such route: its 404 (or 405), not the body's media type
+            await self.app(scope, receive, send)
+            return
+        refusal = await _caller_refused(route, scope)
+        if refusal is None:
+            refusal = _not_json(scope["method"], declared, coding) if not_json else _encoded(coding)
+        await refusal(scope, receive, send)
 
 
 def _route(scope: Scope) -> BaseRoute | None:
@@ -149,14 +156,19 @@ def _is_json(media_type: str) -> bool:
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-def _not_json(method: str, media_type: str) -> Response:
-    # RFC 9110 §15.5.16: say which media type the resource takes (Accept-Post, Accept-Patch).
+def _not_json(method: str, media_type: str, coding: str) -> Response:
+    # RFC 9110 §15.5.16: say which media type the resource takes (Accept-Post, Accept-Patch),
+    # and the coding too when the body was declared encoded as well.
     accept = {"POST": "Accept-Post", "PATCH": "Accept-Patch"}.get(method)
+    headers = {accept: "application/json"} if accept else {}
+    if coding:
+        headers["Accept-Encoding"] = "identity"
     return problem(
         415, "unsupported_media_type", "Unsupported media type",
         f"the request body is {media_type or 'of no media type'}; send it as "
-        "application/json (Content-Type: application/json)",
-        headers={accept: "application/json"} if accept else None,
+        "application/json (Content-Type: application/json)"
+        + (f", unencoded (it is declared {coding})" if coding else ""),
+        headers=headers or None,
     )  # fmt: skip
 
 

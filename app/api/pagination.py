@@ -72,7 +72,7 @@ def after_integer(page: PageParams) -> int | None:
     return int(page.after_id)
 
 
-_COUNT = re.compile(r"[0-9]{1,9}")
+_COUNT = re.compile(r"[0-9]+")
 
 
 def _plain_count(value: object) -> object:

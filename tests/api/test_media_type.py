@@ -121,3 +121,29 @@ async def test_a_body_declared_encoded_is_refused(client: httpx.AsyncClient, cod
     identity = {**w.merchant, "content-type": "application/json", "content-encoding": "identity"}
     created = await client.post("/v1/borrowers", content=BORROWER, headers=identity)
     assert created.status_code == 201, created.text
+
+
+async def test_a_notification_declared_encoded_is_refused_whoever_it_names(
+    client: httpx.AsyncClient,
+) -> None:
+    """A gateway's notification may leave its media type out, not declare a coding: gzip was
+    refused as text holding U+0000 (a re-verifier's). The same 415 whether the name is
+    registered or not; and a body declared in another charset as well is told both."""
+    w = await world(client)
+    await w.post("/v1/gateways", {"name": "alipay"}, headers=w.admin, expect=201)
+    body = gzip.compress(b'{"type": "debit.failed", "data": {}}')
+    answers = [
+        await client.post(f"/v1/inbound/gateways/{name}", content=body,
+                          headers={"content-encoding": "gzip"})
+        for name in ("alipay", "nobody")
+    ]  # fmt: skip
+    assert [a.status_code for a in answers] == [415, 415]
+    assert answers[0].json() == answers[1].json()
+    assert answers[0].headers["accept-encoding"] == "identity"
+    latin = await client.post("/v1/borrowers", content=BORROWER, headers={
+        **w.merchant, "content-type": "application/json; charset=latin-1",
+        "content-encoding": "gzip",
+    })  # fmt: skip
+    assert latin.status_code == 415, latin.text
+    assert latin.headers["accept-encoding"] == "identity"
+    assert "gzip" in latin.json()["detail"]
