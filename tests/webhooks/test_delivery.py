@@ -51,6 +51,13 @@ async def until(condition: Callable[[], object], seconds: float = 5.0) -> None:
     assert condition()
 
 
+async def pending_due_times() -> list[datetime]:
+    async with session_scope() as session:
+        return list(await session.scalars(
+            select(WebhookDelivery.next_attempt_at).where(WebhookDelivery.status == "pending")
+        ))  # fmt: skip
+
+
 async def test_private_targets_are_refused_unless_allowed(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -713,12 +720,9 @@ async def test_a_drain_past_its_budget_hands_back_what_it_has_not_started(
             await w.pay(loan["id"], "10.00")
         first = await dispatcher.drain(budget_seconds=0.4)
         assert 1 <= first < 7
-        async with session_scope() as session:
-            waiting = list(await session.scalars(
-                select(WebhookDelivery.next_attempt_at).where(WebhookDelivery.status == "pending")
-            ))  # fmt: skip
+        waiting = await pending_due_times()
         assert len(waiting) == 7 - first
-        assert all(due <= utc_now() for due in waiting)  # not left to their lease
+        assert all(due <= utc_now() for due in waiting)  # handed back, not left to their lease
         total = first
         for _ in range(20):
             if total == 7:
@@ -792,12 +796,9 @@ async def test_a_stopping_process_records_the_attempts_it_has_in_flight(
         log = await w.get(f"/v1/webhook-endpoints/{hook['id']}/deliveries", headers=w.admin)
         delivered = [d for d in log["items"] if d["status"] == "delivered"]
         assert len(delivered) == len(receiver.received) >= 1
-        async with session_scope() as session:
-            waiting = list(await session.scalars(
-                select(WebhookDelivery.next_attempt_at).where(WebhookDelivery.status == "pending")
-            ))  # fmt: skip
+        waiting = await pending_due_times()
         assert len(waiting) == 4 - len(delivered)
-        assert all(due <= utc_now() for due in waiting)  # not left to their lease
+        assert all(due <= utc_now() for due in waiting)  # handed back, not left to their lease
 
 
 async def test_metrics_show_the_backlog(client: httpx.AsyncClient) -> None:
