@@ -27,6 +27,20 @@ async def read_body(receive: Receive, limit: int | None = None) -> bytes:
             return b"".join(chunks)
 
 
+async def _peek(receive: Receive) -> tuple[bool, Receive]:
+    """Whether a body sent in chunks holds a byte, and a ``receive`` that yields it whole."""
+    held: list[Message] = []
+    while True:
+        held.append(await receive())
+        if held[-1].get("body") or not held[-1].get("more_body", False):
+            break
+
+    async def replay() -> Message:
+        return held.pop(0) if held else await receive()
+
+    return bool(held[-1].get("body")), replay
+
+
 def replay_body(body: bytes) -> Receive:
     """A ``receive`` that yields ``body`` once, as the app downstream expects to read it."""
     sent = False
@@ -99,6 +113,11 @@ class RequireJson:
         if not (not_json or coding):
             await self.app(scope, receive, send)
             return
+        if not _framing(scope)[0]:  # chunked: an empty body may come so (a re-verifier's)
+            carries_bytes, receive = await _peek(receive)
+            if not carries_bytes:
+                await self.app(scope, receive, send)
+                return
         route = _route(scope)
         if route is None:  # no such route: its 404 (or 405), not the body's media type
             await self.app(scope, receive, send)

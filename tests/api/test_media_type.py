@@ -2,6 +2,7 @@
 anything reads it (app/api/bodies.py); JSON and its +json forms are read."""
 
 import gzip
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -147,3 +148,24 @@ async def test_a_notification_declared_encoded_is_refused_whoever_it_names(
     assert latin.status_code == 415, latin.text
     assert latin.headers["accept-encoding"] == "identity"
     assert "gzip" in latin.json()["detail"]
+
+
+async def test_an_empty_body_sent_in_chunks_is_no_body(client: httpx.AsyncClient) -> None:
+    """A POST with no body needs no media type, however the client frames the nothing it
+    sends: chunked and empty, a cancel was told its body was of no media type (a
+    re-verifier's). Chunked and not empty, it is a body like any other."""
+    w = await world(client)
+    loan = await w.loan()
+
+    async def chunks(*parts: bytes) -> AsyncIterator[bytes]:
+        for part in parts:
+            yield part
+
+    path = f"/v1/loans/{loan['id']}/cancel"
+    sent = await client.post(path, content=chunks(b"x"), headers=w.merchant)
+    assert sent.request.headers["transfer-encoding"] == "chunked"
+    assert sent.status_code == 415, sent.text
+    cancelled = await client.post(path, content=chunks(), headers=w.merchant)
+    assert cancelled.request.headers["transfer-encoding"] == "chunked"
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
