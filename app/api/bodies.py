@@ -1,7 +1,7 @@
 """Request bodies in plain ASGI middleware: read one whole, then hand it on unchanged; the
 one limit on their size; and the one media type they come in."""
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +19,8 @@ async def read_body(receive: Receive, limit: int | None = None) -> bytes:
     chunks, size = [], 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect  # a body cut short is no request to act on (RFC 9112 §8)
         chunks.append(message.get("body", b""))
         size += len(chunks[-1])
         if limit is not None and size > limit:
@@ -32,6 +34,8 @@ async def _peek(receive: Receive) -> tuple[bool, Receive]:
     held: list[Message] = []
     while True:
         held.append(await receive())
+        if held[-1]["type"] == "http.disconnect":
+            raise ClientDisconnect
         if held[-1].get("body") or not held[-1].get("more_body", False):
             break
 
@@ -79,6 +83,8 @@ class LimitBodySize:
             except BodyTooLarge:
                 await _too_large(limit)(scope, receive, send)
                 return
+            except ClientDisconnect:
+                return  # nobody to answer, and nothing to do
         await self.app(scope, receive, send)
 
 
@@ -114,7 +120,10 @@ class RequireJson:
             await self.app(scope, receive, send)
             return
         if not _framing(scope)[0]:  # chunked: an empty body may come so (a re-verifier's)
-            carries_bytes, receive = await _peek(receive)
+            try:
+                carries_bytes, receive = await _peek(receive)
+            except ClientDisconnect:
+                return
             if not carries_bytes:
                 await self.app(scope, receive, send)
                 return

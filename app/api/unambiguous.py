@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -225,7 +226,12 @@ class RefuseAmbiguousInput:
             return
         refusal = _refusal_of_head(scope["path"], scope["query_string"], scope["headers"])
         if refusal is None and scope["method"] in _WITH_BODY:
-            body = await read_body(receive)
+            try:
+                body = await read_body(receive)
+            except ClientDisconnect:
+                # Read whole before, a body cut short by a client hanging up was acted on:
+                # a cancel, a payment (a re-verifier's).
+                return
             refusal = _refusal_of_body(body)
             receive = replay_body(body)
         if refusal is None:
