@@ -7,6 +7,7 @@ The same functions serve the in-process runner (embedded default, CLI) and the C
 that fan chunks out across workers (workers/tasks/close.py).
 """
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
@@ -445,6 +446,12 @@ async def run_dates_in_process(dates: list[date]) -> None:
                     raise CloseInProgress(f"the close for {as_of} was taken over")
             if not await finish_run(as_of, attempt):
                 raise CloseInProgress(f"the close for {as_of} was taken over")
+        except asyncio.CancelledError:
+            # The process is stopping (the embedded default's scheduler cancels its close):
+            # left running, the run refused every request to close 409 until it went stale,
+            # 30 minutes on (a tester's). Recorded, a request may rerun it at once.
+            await fail_run(as_of, "cancelled: the process stopped", attempt)
+            raise
         except Exception as exc:
             await fail_run(as_of, f"{type(exc).__name__}: {exc}", attempt)
             raise

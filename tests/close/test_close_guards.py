@@ -263,3 +263,33 @@ async def test_a_failed_date_does_not_leave_its_catch_up_queued(
     assert (again["status"], again["dates"]) == (
         "succeeded", ["2026-02-06", "2026-02-07", "2026-02-08"],
     )  # fmt: skip
+
+
+async def test_a_close_cancelled_as_the_process_stops_is_failed_and_rerun_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """The embedded default's scheduler cancels its close when the server stops: left
+    running, the run refused every request to close 409 for the stale time (a tester's). It
+    is failed as it stops, with the dates after it, and a request reruns them at once."""
+    w = await world(client)
+    await close(w, str(clock.today() - timedelta(days=12)))
+    for _ in range(3):
+        await w.loan(disbursed_on=str(clock.today() - timedelta(days=40)))
+    async with session_scope() as session:
+        dates = await close_service.plan_close(session, as_of=clock.today() - timedelta(days=1))
+    closing = asyncio.create_task(close_service.run_dates_in_process(dates))
+    for _ in range(1000):  # until a date of the catch-up runs
+        async with session_scope() as session:
+            if await session.scalar(select(func.count()).where(CloseRun.status == "running")):
+                break
+        await asyncio.sleep(0.01)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    async with session_scope() as session:
+        runs = {r.as_of: r for r in await session.scalars(select(CloseRun))}
+    assert not [r for r in runs.values() if r.status in ("running", "pending")]
+    (cancelled,) = [r for r in runs.values() if r.error == "cancelled: the process stopped"]
+    assert cancelled.status == "failed"
+    rerun = await w.post("/v1/close-runs", {"as_of": str(dates[-1])}, headers=w.admin, expect=201)
+    assert rerun.json()["status"] == "succeeded"
