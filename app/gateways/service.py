@@ -178,6 +178,10 @@ async def _claim(
     return claimed == 1
 
 
+# What an unknown gateway name is verified against: a secret no sender holds.
+_NO_GATEWAY_SECRET = signing.generate_secret()
+
+
 def _secrets_in_force(gateway: Gateway | None) -> list[str]:
     """The gateway's secret, and the previous one until it expires. An unknown name gets a
     secret made up for this process, so that its notification fails as a wrong signature
@@ -189,9 +193,6 @@ def _secrets_in_force(gateway: Gateway | None) -> list[str]:
     if gateway.previous_secret and expires and expires > utc_now():
         in_force.append(gateway.previous_secret)
     return in_force
-
-
-_NO_GATEWAY_SECRET = signing.generate_secret()
 
 
 def _verify(in_force: list[str], body: bytes, headers: dict[str, str]) -> None:
