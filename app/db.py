@@ -30,7 +30,6 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import (
-    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -41,6 +40,7 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import Date, Integer, String, TypeDecorator
+from sqlalchemy.util import greenlet_spawn
 
 from app.config import Settings, get_settings
 
@@ -205,7 +205,7 @@ DRIVER_CONNECTION_ERRORS = (*_LOST_CONNECTION_ERRORS, asyncpg.exceptions.Operato
 def is_connection_lost(exc: BaseException) -> bool:
     """The database went away under the request, or could not be reached: whether a
     transaction committed is not known if it went away at the commit. Through SQLAlchemy
-    (which marks a disconnect) or straight from the driver (``driver_rows``, a refused
+    (which marks a disconnect) or straight from the driver (``Database.read_rows``, a refused
     connection)."""
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
@@ -253,7 +253,7 @@ def make_engine(settings: Settings) -> AsyncEngine:
         def _begin_immediate(connection: Connection) -> None:
             # Takes the file's write lock at once, as row locks would on PostgreSQL: processes
             # sharing the file run their transactions one after another, from their first read.
-            # Reads on read_connection() (AUTOCOMMIT) take no lock and begin nothing.
+            # Reads on read_rows() (AUTOCOMMIT) take no lock and begin nothing.
             if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
                 connection.exec_driver_sql("BEGIN IMMEDIATE")
 
@@ -283,6 +283,11 @@ def make_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
+# Statements read_rows has compiled for PostgreSQL, by id (the statement is kept alive here):
+# its SQL, and each positional parameter's fixed value or the name of the one to bind.
+_on_driver: dict[int, tuple[Select[Any], str, list[tuple[str, Any]]]] = {}
+
+
 class Database:
     """The process's engine and session factory, created lazily (after a worker forks)."""
 
@@ -303,12 +308,37 @@ class Database:
             self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         return self._sessions
 
-    def read_connection(self) -> AsyncConnection:
-        """A pooled connection without a transaction (AUTOCOMMIT: no BEGIN and COMMIT round
-        trips), for reads of one Core statement."""
-        if self._read_engine is None:
-            self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
-        return self._read_engine.connect()
+    async def read_rows(
+        self, statement: Select[Any], params: dict[str, Any]
+    ) -> Sequence[Sequence[Any]]:
+        """The rows of one read, in no transaction. On PostgreSQL straight from asyncpg on a
+        connection taken from the pool bare, the statement compiled once: SQLAlchemy's
+        execution and result processing of GET /v1/loans/{id}'s read cost about three times
+        the driver's own work, and a third of the whole request's CPU
+        (bench/request_profile.py), and its connection object a sixth of the rest. So the
+        columns are the driver's values: select none whose type processes results (Rate
+        does; UTCDateTime on PostgreSQL does not), or convert it yourself. On SQLite, through
+        SQLAlchemy, which turns its text dates into dates; AUTOCOMMIT takes no lock."""
+        if self.engine.dialect.name != "postgresql":
+            if self._read_engine is None:
+                self._read_engine = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            async with self._read_engine.connect() as connection:
+                return list((await connection.execute(statement, params)).all())
+        known = _on_driver.get(id(statement))
+        if known is None:
+            compiled = statement.compile(dialect=self.engine.dialect)
+            binds = [(name, compiled.binds[name].value) for name in compiled.positiontup or ()]
+            known = _on_driver[id(statement)] = (statement, str(compiled), binds)
+        _, sql, binds = known
+        values = (params[name] if name in params else value for name, value in binds)
+        # No transaction is begun on it, so handing it back rolls nothing back; in a greenlet
+        # all the same, as the pool may close it there (a disposed pool).
+        pooled = await self.engine.raw_connection()
+        try:
+            driver: Any = pooled.driver_connection
+            return cast(Sequence[Sequence[Any]], await driver.fetch(sql, *values))
+        finally:
+            await greenlet_spawn(pooled.close)
 
     def forget(self) -> None:
         """Drop (without closing) an engine inherited across fork: its sockets are the
@@ -337,34 +367,6 @@ class Database:
 
 
 database = Database()
-
-
-# Statements driver_rows has compiled for PostgreSQL, by id (the statement is kept alive here):
-# its SQL, and each positional parameter's fixed value or the name of the one to bind.
-_on_driver: dict[int, tuple[Select[Any], str, list[tuple[str, Any]]]] = {}
-
-
-async def driver_rows(
-    connection: AsyncConnection, statement: Select[Any], params: dict[str, Any]
-) -> Sequence[Sequence[Any]]:
-    """A read's rows straight from asyncpg on PostgreSQL, the statement compiled once:
-    SQLAlchemy's execution and result processing of GET /v1/loans/{id}'s read cost about three
-    times the driver's own work, and a third of the whole request's CPU
-    (bench/request_profile.py). So the columns are the driver's values: select none whose type
-    processes results (Rate does; UTCDateTime on PostgreSQL does not), or convert it yourself.
-    On SQLite, through SQLAlchemy, which turns its text dates into dates."""
-    if connection.dialect.name != "postgresql":
-        return list((await connection.execute(statement, params)).all())
-    known = _on_driver.get(id(statement))
-    if known is None:
-        compiled = statement.compile(dialect=connection.dialect)
-        binds = [(name, compiled.binds[name].value) for name in compiled.positiontup or ()]
-        known = _on_driver[id(statement)] = (statement, str(compiled), binds)
-    _, sql, binds = known
-    assert connection.sync_connection is not None  # connected: the caller holds it
-    driver: Any = connection.sync_connection.connection.driver_connection
-    values = (params[name] if name in params else value for name, value in binds)
-    return cast(Sequence[Sequence[Any]], await driver.fetch(sql, *values))
 
 
 @asynccontextmanager

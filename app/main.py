@@ -19,6 +19,7 @@ from app.db import database
 from app.errors import install_error_handlers
 from app.events.routes import router as events_router
 from app.gateways.routes import router as gateways_router
+from app.loans.read_lane import LoanReadLane
 from app.loans.routes import router as loans_router
 from app.merchants.routes import router as merchants_router
 from app.ops import metrics
@@ -96,6 +97,7 @@ def create_app() -> FastAPI:
     app.add_middleware(RequireJson)
     app.add_middleware(metrics.RequestMetrics)
     app.add_middleware(AnswerHeadAsGet)
+    app.add_middleware(LoanReadLane)  # outermost: it answers ahead of the rest
     for router in ROUTERS:
         # The routes themselves, not app.include_router(router): FastAPI matches an included
         # router's routes through a wrapper per router and per route, which cost a request

@@ -2,7 +2,7 @@
 behind: the app driven by httpx on its ASGI interface, one request at a time, with each service
 step of a payment timed (wall ms per payment, nested steps included in their callers), then a
 `GET /v1/loans/{id}`'s read taken apart (CPU ms per read: the pooled connection, the service's
-read with its checkout (on asyncpg itself since the fourteenth session, db.driver_rows), the
+read with its checkout (on asyncpg itself since the fourteenth session, Database.read_rows), the
 same SQL on a connection held, and the rendering).
 
     .venv/bin/python bench/http_load.py --duration 10          # once: the bench book
@@ -159,6 +159,8 @@ async def profile_payments(key: str, loan_ids: list[str], count: int) -> None:
 
 
 async def profile_reads(key: str, loan_ids: list[str], count: int) -> None:
+    from sqlalchemy.util import greenlet_spawn
+
     from app.api.deps import authenticate
     from app.api.responses import json_response
     from app.db import database
@@ -174,19 +176,17 @@ async def profile_reads(key: str, loan_ids: list[str], count: int) -> None:
         return (time.process_time() - started) / count * 1000
 
     async def checkout() -> None:
-        async with database.read_connection():
-            pass
+        pooled = await database.engine.raw_connection()
+        await greenlet_spawn(pooled.close)
 
     async def read() -> None:
-        async with database.read_connection() as connection:
-            await loans.read_loan(connection, principal, loan_id=random.choice(loan_ids))
+        await loans.read_loan(principal, loan_id=random.choice(loan_ids))
 
     async def read_and_render() -> None:
-        async with database.read_connection() as connection:
-            view = await loans.read_loan(connection, principal, loan_id=random.choice(loan_ids))
+        view = await loans.read_loan(principal, loan_id=random.choice(loan_ids))
         json_response(loan_read(view))
 
-    async with database.read_connection() as connection:
+    async with database.engine.connect() as connection:
         compiled = loans._LOAN_READ.compile(dialect=connection.dialect)
         values = {name: compiled.binds[name].value for name in compiled.positiontup or ()}
         driver = (await connection.get_raw_connection()).driver_connection

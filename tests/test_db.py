@@ -57,7 +57,7 @@ def test_sqlite_held_by_another_process_is_a_transient_error(tmp_path: Path) -> 
 
 async def test_a_session_the_server_ends_mid_statement_is_a_lost_connection() -> None:
     """What the driver raises when an operator or a failover ends the session, straight from
-    asyncpg (as ``driver_rows`` reads) and through SQLAlchemy, is a lost connection (503
+    asyncpg (as ``Database.read_rows`` reads) and through SQLAlchemy, is a lost connection (503
     database_unavailable), and a statement's own error is not."""
     engine = make_engine(get_settings())
     victim = await asyncpg.connect(TEST_DSN)

@@ -161,7 +161,7 @@ def _nul_in(where: str) -> _Refusal:
 
 
 # Lower-case, as ASGI gives them, with the spelling errors name them by.
-_SINGLE_VALUED = {b"authorization": "Authorization", b"idempotency-key": "Idempotency-Key",
+SINGLE_VALUED_HEADERS = {b"authorization": "Authorization", b"idempotency-key": "Idempotency-Key",
                   b"content-type": "Content-Type",
                   # A gateway's notification: its key against retries, and its signature.
                   b"webhook-id": "webhook-id", b"webhook-timestamp": "webhook-timestamp",
@@ -171,10 +171,10 @@ _SINGLE_VALUED = {b"authorization": "Authorization", b"idempotency-key": "Idempo
 def _refusal_of_head(
     path: str, query: bytes, headers: list[tuple[bytes, bytes]]
 ) -> _Refusal | None:
-    names = [name for name, _ in headers if name in _SINGLE_VALUED]
+    names = [name for name, _ in headers if name in SINGLE_VALUED_HEADERS]
     twice = next((name for name in names if names.count(name) > 1), None)
     if twice is not None:
-        header = _SINGLE_VALUED[twice]
+        header = SINGLE_VALUED_HEADERS[twice]
         return _Refusal(
             f"the request gives the header {header} more than once; it takes one value",
             header, "given twice", "repeated",

@@ -12,7 +12,6 @@ from app.api.deps import (
 from app.api.pagination import Page, page_of
 from app.api.responses import CREATED, POLLED, cached, json_response
 from app.api.routing import StrictRoute
-from app.db import database
 from app.delinquency.rules import Bucket
 from app.loans import service
 from app.loans.models import LoanStatus
@@ -98,18 +97,16 @@ async def list_borrower_loans(
 
 @router.get("/v1/loans/{loan_id}", response_model=LoanRead, responses=POLLED)
 async def get_loan(loan_id: str, request: Request, principal: ReaderPrincipal) -> Response:
-    # The read's connection is opened here rather than by a dependency: a generator
-    # dependency's exit stack was a tenth of this route's CPU (bench/http_load.py), and the
-    # connection goes back to the pool before the response is rendered.
-    async with database.read_connection() as connection:
-        view = await service.read_loan(connection, principal, loan_id=loan_id)
+    # No session dependency: a generator dependency's exit stack was a tenth of this route's
+    # CPU (bench/http_load.py), and the read's connection goes back to the pool before the
+    # response is rendered. app/loans/read_lane.py answers most of these requests first.
+    view = await service.read_loan(principal, loan_id=loan_id)
     return cached(request, loan_read(view))
 
 
 @router.get("/v1/loans/{loan_id}/schedule", response_model=ScheduleRead, responses=POLLED)
 async def get_schedule(loan_id: str, request: Request, principal: ReaderPrincipal) -> Response:
-    async with database.read_connection() as connection:
-        view = await service.read_loan(connection, principal, loan_id=loan_id)
+    view = await service.read_loan(principal, loan_id=loan_id)
     return cached(request, schedule_read(view))
 
 

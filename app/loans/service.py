@@ -7,14 +7,14 @@ from decimal import Decimal
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import BigInteger, Table, bindparam, select, type_coerce
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
 from app.api.auth import Principal
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
 from app.borrowers import service as borrowers_service
-from app.db import Rate, driver_rows, insert_together, utc_now
+from app.db import Rate, database, insert_together, utc_now
 from app.delinquency import service as delinquency
 from app.errors import FieldErrors, InvalidRequest
 from app.events import service as events
@@ -75,7 +75,7 @@ _installments = cast(Table, LoanInstallment.__table__)
 # The rate as stored, in parts per million, for the read below: the same on both databases.
 _RATE_PPM = type_coerce(_loans.c.annual_interest_rate, BigInteger).label("annual_interest_rate")
 # The loan, its installments and the business date in one round trip (a row per
-# installment), as plain columns: the busiest read, on the driver (db.driver_rows).
+# installment), as plain columns: the busiest read, on the driver (Database.read_rows).
 _LOAN_READ = (
     select(
         *(_RATE_PPM if name == _RATE_PPM.name else _loans.c[name] for name in LoanRecord._fields),
@@ -435,10 +435,10 @@ async def load_installments(session: AsyncSession, loan_id: str) -> list[LoanIns
     return list(await session.scalars(_INSTALLMENTS_OF_LOAN, {"loan_id": loan_id}))
 
 
-async def read_loan(connection: AsyncConnection, principal: Principal, *, loan_id: str) -> LoanView:
+async def read_loan(principal: Principal, *, loan_id: str) -> LoanView:
     """The loan and its installments as plain rows (no ORM instances): GET's whole read."""
     principal.require(Role.MERCHANT, Role.DASHBOARD)
-    rows = await driver_rows(connection, _LOAN_READ, {"loan_id": loan_id})
+    rows = await database.read_rows(_LOAN_READ, {"loan_id": loan_id})
     loan = _visible(principal, _loan_record(rows[0]) if rows else None, loan_id)
     installments = [
         InstallmentRecord._make(row[_LOAN_END:_INSTALLMENT_END])

@@ -80,8 +80,12 @@ class RequestMetrics:
         finally:
             # The router writes the matched route into this same scope.
             path = getattr(scope.get("route"), "path", "unmatched")
-            HTTP_REQUESTS.labels(scope["method"], path, str(status)).inc()
-            HTTP_LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
+            observe_request(scope["method"], path, status, time.perf_counter() - started)
+
+
+def observe_request(method: str, route: str, status: int, seconds: float) -> None:
+    HTTP_REQUESTS.labels(method, route, str(status)).inc()
+    HTTP_LATENCY.labels(method, route).observe(seconds)
 
 
 def shared_folder() -> Path | None:

@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import func, select
 
 from app import clock
-from app.db import database, driver_rows, session_scope
+from app.db import database, session_scope
 from app.events.models import Event
 from app.ledger.models import LedgerTransaction
 from app.loans import service as loans
@@ -389,15 +389,15 @@ async def test_installment_rows_are_stored_once(client: httpx.AsyncClient) -> No
 
 
 async def test_the_loan_read_on_the_driver_is_sqlalchemys(client: httpx.AsyncClient) -> None:
-    """GET /v1/loans/{id} reads on asyncpg itself (db.driver_rows), skipping SQLAlchemy's
+    """GET /v1/loans/{id} reads on asyncpg itself (Database.read_rows), skipping SQLAlchemy's
     result processing: the same rows, value for value and type for type, with every date set
     (a close's business date and delinquency date, an installment paid, a rate in ppm)."""
     w = await world(client, annual_interest_rate="0.1299")
     loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-15")
     await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
     await w.pay(loan["id"], "500.00")
-    async with database.read_connection() as connection:
-        on_driver = await driver_rows(connection, loans._LOAN_READ, {"loan_id": loan["id"]})
+    on_driver = await database.read_rows(loans._LOAN_READ, {"loan_id": loan["id"]})
+    async with database.engine.connect() as connection:
         through = (await connection.execute(loans._LOAN_READ, {"loan_id": loan["id"]})).all()
     assert len(on_driver) == 3
     assert [tuple(row) for row in on_driver] == [tuple(row) for row in through]
