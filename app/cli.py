@@ -68,7 +68,7 @@ def serve(
         )
     serving = partial(
         uvicorn.run,
-        "app.main:app",
+        "app.main:served",
         host=host,
         port=port,
         workers=workers,

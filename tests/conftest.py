@@ -109,7 +109,10 @@ def app(postgres_database: str):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
-    transport = httpx.ASGITransport(app=app)
+    """The app as `loanwatch serve` runs it, behind GET /v1/loans/{id}'s lane."""
+    from app.loans.read_lane import LoanReadLane
+
+    transport = httpx.ASGITransport(app=LoanReadLane(app))
     async with httpx.AsyncClient(transport=transport, base_url="http://loanwatch.test") as c:
         yield c
 

@@ -12,16 +12,13 @@ from starlette.types import Receive, Scope, Send
 from app.api.auth import Principal, hash_key, principals
 from app.api_keys.models import Role
 from app.loans.read_lane import LoanReadLane
-from app.main import create_app
 from app.ops.metrics import HTTP_REQUESTS
 from tests.factories import api_key, auth, world
 
 
 @pytest.fixture
-async def stack(postgres_database: str) -> AsyncIterator[httpx.AsyncClient]:
-    """The app as it was before the lane: its middlewares and routes, the lane taken out."""
-    app: FastAPI = create_app()
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not LoanReadLane]
+async def stack(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The app without the lane in front: its middlewares and routes."""
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://loanwatch.test") as c:
         yield c
