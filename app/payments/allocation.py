@@ -51,6 +51,8 @@ class InstallmentTerms:
     late_fees: tuple[LateFee, ...] = ()
 
     def fees_charged_by(self, day: date) -> int:
+        if not self.late_fees:  # nearly always, and every loan read asks it of each installment
+            return self.fees_minor
         return self.fees_minor + sum(f.amount_minor for f in self.late_fees if f.assessed_on <= day)
 
     def without_fees(self, waived_minor: int) -> "InstallmentTerms":
