@@ -366,3 +366,57 @@ def test_the_close_leaves_sqlite_its_planner_statistics(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "loanwatch.db") as db:
         analysed = {table for (table,) in db.execute("SELECT DISTINCT tbl FROM sqlite_stat1")}
     assert {"loan", "loan_installment"} <= analysed
+
+
+# Run by the test below in a process of its own, on the embedded default's SQLite file.
+_CANCEL_A_CATCH_UP = """
+import asyncio, gc, json
+from sqlalchemy import select
+from app.close import service
+from app.close.models import CloseRun
+from app.db import database, session_scope
+
+async def main():
+    gc.disable()  # what collects the cancelled statement is the fix's, not the collector's luck
+    dates = await service.close_yesterday()
+    closing = asyncio.create_task(service.run_dates_in_process(dates))
+    await asyncio.sleep(1.5)  # well into the catch-up, mid-statement: its time goes there
+    closing.cancel()
+    try:
+        await closing
+        ended = "finished"
+    except asyncio.CancelledError:
+        ended = "cancelled"
+    except Exception as exc:
+        ended = f"{type(exc).__name__}: {exc}"
+    async with session_scope() as session:
+        runs = (await session.scalars(select(CloseRun).order_by(CloseRun.as_of))).all()
+    print(json.dumps({"ended": ended, "dates": len(dates),
+                      "runs": [[str(r.as_of), r.status, r.error] for r in runs]}))
+    await database.dispose()
+
+asyncio.run(main())
+"""
+
+
+def test_a_close_cancelled_on_sqlite_is_failed_at_once(tmp_path: Path) -> None:
+    """A stop cancels the embedded default's close mid-statement: its run was left running,
+    and every request to close refused 409 for 30 minutes, after the stop itself had waited
+    30 s (a tester's, 6 stops of 8). The abandoned connection held SQLite's write lock until
+    the cancelled statement was collected, so recording the failure waited out the busy
+    timeout and failed."""
+    env = clean_env()
+    for command in (["migrate"], ["demo", "--loans", "2000", "--as-of", "2026-10-01"],
+                    ["close", "--as-of", "2026-10-01"]):  # fmt: skip
+        subprocess.run([LOANWATCH, *command], cwd=tmp_path, env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", _CANCEL_A_CATCH_UP], cwd=tmp_path, env=env,
+                          check=True, capture_output=True, text=True)  # fmt: skip
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["ended"] == "cancelled", result["ended"]
+    runs = {as_of: (status, error) for as_of, status, error in result["runs"]}
+    cancelled = [d for d, (_, error) in runs.items() if error == "cancelled: the process stopped"]
+    assert len(cancelled) == 1, runs
+    assert runs[cancelled[0]][0] == "failed"
+    assert not [d for d, (status, _) in runs.items() if status in ("running", "pending")], runs
+    assert len(runs) == result["dates"] + 1  # and the demo's close

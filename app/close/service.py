@@ -8,6 +8,7 @@ that fan chunks out across workers (workers/tasks/close.py).
 """
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
@@ -423,36 +424,48 @@ async def fail_run(as_of: date, error: str, attempt: int) -> None:
 # -- the in-process runner (embedded default, CLI, tests) --------------------------------
 
 
+async def _close_date(as_of: date, attempt: int) -> None:
+    # The ranges cover every loan id, whatever is originated meanwhile: one list serves every
+    # chunked step of the date.
+    loan_ranges = await chunks()
+    for step in STEPS:
+        bounds = await chunks(step) if step in WHOLE_BOOK_STEPS else loan_ranges
+        if not await begin_step(as_of, step, len(bounds), attempt):
+            raise CloseInProgress(f"the close for {as_of} was taken over")
+        last = len(bounds) - 1
+        results = [
+            await run_chunk(step, as_of, low, high, beat=n < last)
+            for n, (low, high) in enumerate(bounds)
+        ]
+        if not await finish_step(as_of, step, results, attempt):
+            raise CloseInProgress(f"the close for {as_of} was taken over")
+    if not await finish_run(as_of, attempt):
+        raise CloseInProgress(f"the close for {as_of} was taken over")
+
+
 async def run_dates_in_process(dates: list[date]) -> None:
     """Close each date in order, every step over every chunk, in this process."""
     for as_of in dates:
         attempt = await begin_run(as_of)
         if attempt is None:
             raise CloseInProgress(f"the close for {as_of} was started by another")
+        cancelled = False
         try:
-            # The ranges cover every loan id, whatever is originated meanwhile: one list serves
-            # every chunked step of the date.
-            loan_ranges = await chunks()
-            for step in STEPS:
-                bounds = await chunks(step) if step in WHOLE_BOOK_STEPS else loan_ranges
-                if not await begin_step(as_of, step, len(bounds), attempt):
-                    raise CloseInProgress(f"the close for {as_of} was taken over")
-                last = len(bounds) - 1
-                results = [
-                    await run_chunk(step, as_of, low, high, beat=n < last)
-                    for n, (low, high) in enumerate(bounds)
-                ]
-                if not await finish_step(as_of, step, results, attempt):
-                    raise CloseInProgress(f"the close for {as_of} was taken over")
-            if not await finish_run(as_of, attempt):
-                raise CloseInProgress(f"the close for {as_of} was taken over")
+            await _close_date(as_of, attempt)
         except asyncio.CancelledError:
-            # The process is stopping (the embedded default's scheduler cancels its close):
-            # left running, the run refused every request to close 409 until it went stale,
-            # 30 minutes on (a tester's). Recorded, a request may rerun it at once.
-            await fail_run(as_of, "cancelled: the process stopped", attempt)
-            raise
+            cancelled = True
         except Exception as exc:
             await fail_run(as_of, f"{type(exc).__name__}: {exc}", attempt)
             raise
+        if cancelled:
+            # The process is stopping (the embedded default's scheduler cancels its close):
+            # left running, the run refused every request to close 409 until it went stale,
+            # 30 minutes on (a tester's). Recorded, a request may rerun it at once. Recorded
+            # out of the except block and after a collection: on SQLite the statement the
+            # cancellation cut short, kept in a reference cycle by its traceback, held the
+            # abandoned connection open and its write lock with it, so the record waited out
+            # the busy timeout and failed (a tester's, 6 stops of 8).
+            gc.collect()
+            await fail_run(as_of, "cancelled: the process stopped", attempt)
+            raise asyncio.CancelledError
     await database.refresh_statistics()
