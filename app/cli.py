@@ -132,8 +132,7 @@ def demo(
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same loans.")] = 1,
 ) -> None:
-    """Generate a synthetic portfolio (borrowers, loans, payments, ledger) for demos and
-    benchmarks."""
+    """A synthetic portfolio (borrowers, loans, payments, ledger) for demos and benchmarks."""
     migrations.upgrade()
     try:
         summary = asyncio.run(demo_portfolio.run_demo(loans, as_of=as_of, seed=seed))
@@ -202,6 +201,9 @@ def create_api_key(
     description: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
 ) -> None:
     """Create an API key and print the secret alone on stdout."""
+    if merchant_id is not None and not merchant_id.strip():
+        typer.echo("error: --merchant-id is empty", err=True)
+        raise typer.Exit(2)
     migrations.upgrade()
     try:
         secret = asyncio.run(_create_key(role, merchant_id, description))

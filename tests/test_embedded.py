@@ -72,6 +72,15 @@ def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
     )  # fmt: skip
     assert refused.returncode != 0
     assert refused.stdout == ""
+    empty = subprocess.run(
+        [LOANWATCH, "api-keys", "create", "--role", "merchant", "--merchant-id", ""],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (empty.returncode, empty.stdout, empty.stderr) == (
+        2,
+        "",
+        "error: --merchant-id is empty\n",
+    )
 
 
 def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Path]) -> None:
