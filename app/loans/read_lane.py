@@ -11,7 +11,6 @@ so no check is written twice, and the lane can only be as right as the route."""
 import re
 import time
 
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -48,11 +47,14 @@ class LoanReadLane:
     async def _answered(self, scope: Scope, receive: Receive, send: Send, loan_id: str) -> bool:
         started = time.perf_counter()
         single: dict[bytes, bytes] = {}
+        if_none_match: list[str] = []
         for name, value in scope["headers"]:
             if name in _BODY_FRAMING or name in single:
                 return False
             if name in SINGLE_VALUED_HEADERS:
                 single[name] = value
+            elif name == b"if-none-match":
+                if_none_match.append(value.decode("latin-1"))
         authorization = single.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = authorization.partition(" ")
         principal = principals.get(hash_key(token.strip())) if scheme.lower() == "bearer" else None
@@ -61,7 +63,7 @@ class LoanReadLane:
         response: Response
         try:
             view = await service.read_loan(principal, loan_id=loan_id)
-            response = etagged(Headers(scope=scope), loan_read(view))
+            response = etagged(if_none_match, loan_read(view))
         except LoanwatchError:  # a refusal (404, 403): the stack answers it, as it would have
             return False
         except Exception as exc:

@@ -12,6 +12,7 @@ Two kinds, kept apart:
   scrape and built for it alone, so every replica reports the same numbers and two scrapes
   at once never add into one another's values."""
 
+import functools
 import os
 import shutil
 import tempfile
@@ -84,8 +85,16 @@ class RequestMetrics:
 
 
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    HTTP_REQUESTS.labels(method, route, str(status)).inc()
-    HTTP_LATENCY.labels(method, route).observe(seconds)
+    counted, timed = _series(method, route, status)
+    counted.inc()
+    timed.observe(seconds)
+
+
+# A request's two series, found once: ``labels`` checks and joins its values on every call.
+# Routes are templates and "unmatched", so the combinations are few.
+@functools.lru_cache(maxsize=4096)
+def _series(method: str, route: str, status: int) -> tuple[Counter, Histogram]:
+    return HTTP_REQUESTS.labels(method, route, str(status)), HTTP_LATENCY.labels(method, route)
 
 
 def shared_folder() -> Path | None:
