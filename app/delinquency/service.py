@@ -505,8 +505,11 @@ async def charge_late_fees(
         # re-verifier's, the bounce's fees back on a rerun).
         since = last.succeeded_at if last.as_of == as_of else last.started_at
         params = {"judged_through": last.as_of, "judged_since": since}
-    fees = list(
-        (await session.execute(statement, {**chunk_params(as_of, low, high), **params})).all()
+    # RETURNING comes in no set order: the ledger rows and events go by loan and installment,
+    # as a reader of a loan's transactions expects (installment 2 before 1 failed a test once).
+    fees = sorted(
+        (await session.execute(statement, {**chunk_params(as_of, low, high), **params})).all(),
+        key=lambda fee: (fee.loan_id, fee.seq),
     )
     if not fees:
         return []
