@@ -161,11 +161,13 @@ def _nul_in(where: str) -> _Refusal:
 
 
 # Lower-case, as ASGI gives them, with the spelling errors name them by.
-SINGLE_VALUED_HEADERS = {b"authorization": "Authorization", b"idempotency-key": "Idempotency-Key",
-                  b"content-type": "Content-Type",
-                  # A gateway's notification: its key against retries, and its signature.
-                  b"webhook-id": "webhook-id", b"webhook-timestamp": "webhook-timestamp",
-                  b"webhook-signature": "webhook-signature"}  # fmt: skip
+SINGLE_VALUED_HEADERS = {
+    b"authorization": "Authorization", b"idempotency-key": "Idempotency-Key",
+    b"content-type": "Content-Type",
+    # A gateway's notification: its key against retries, and its signature.
+    b"webhook-id": "webhook-id", b"webhook-timestamp": "webhook-timestamp",
+    b"webhook-signature": "webhook-signature",
+}  # fmt: skip
 
 
 def _refusal_of_head(
