@@ -188,9 +188,13 @@ def utc_now() -> datetime:
 _LOST_RACE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 
 
-# The server ended the session (terminated, shutting down) or the connection failed.
+# The server ended the session (terminated, shutting down) or the connection failed; or it
+# refused a new one: the database gone (3D000), not accepting connections (55000, ALTER
+# DATABASE ... ALLOW_CONNECTIONS false), the role's login refused (28000, 28P01). Until the
+# thirty-first session those three were a 500 (a re-verifier's).
 _CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", "08003",
-                                   "08004", "08006"})  # fmt: skip
+                                   "08004", "08006", "3D000", "55000", "28000",
+                                   "28P01"})  # fmt: skip
 # A refused or broken socket; asyncpg's own words for a connection that went away (its
 # protocol left in a state it cannot continue from: "cannot switch to state").
 _LOST_CONNECTION_ERRORS = (

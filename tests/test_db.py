@@ -85,3 +85,29 @@ async def test_a_session_the_server_ends_mid_statement_is_a_lost_connection() ->
         await admin.close()
         await engine.dispose()
     assert is_connection_lost(ConnectionRefusedError())
+
+
+async def test_a_database_that_refuses_new_connections_is_unavailable() -> None:
+    """Dropped, or closed to connections (ALTER DATABASE ... ALLOW_CONNECTIONS false): a 503
+    database_unavailable, as a lost connection is; a re-verifier's GET was answered 500."""
+    base = ADMIN_DSN.rsplit("/", 1)[0]
+    closed = f"{TEST_DB}_closed"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{closed}"')
+        await admin.execute(f'CREATE DATABASE "{closed}" ALLOW_CONNECTIONS false')
+        for name in (closed, f"{TEST_DB}_never_created"):
+            settings = get_settings().model_copy(
+                update={"database_url": f"postgresql+asyncpg://{base.split('://', 1)[1]}/{name}"}
+            )
+            engine = make_engine(settings)
+            try:
+                with pytest.raises(DBAPIError) as refused:
+                    async with engine.connect():
+                        pass
+            finally:
+                await engine.dispose()
+            assert is_connection_lost(refused.value), repr(refused.value)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{closed}"')
+        await admin.close()
