@@ -203,18 +203,22 @@ async def profile_reads(key: str, loan_ids: list[str], count: int) -> None:
     print(f"  the same SQL through asyncpg     {driver_ms:.3f} ms (connection held)")
     print(f"  read and render                  {await per_read(read_and_render):.3f} ms")
     print(f"  the whole request, 32 at a time  {await whole_requests(key, loan_ids, count):.3f} ms")
+    stack = await whole_requests(key, loan_ids, count, lane=False)
+    print(f"  the same, the lane left out      {stack:.3f} ms")
     await database.dispose()
 
 
-async def whole_requests(key: str, loan_ids: list[str], count: int) -> float:
-    """CPU ms per ``GET /v1/loans/{id}`` through the app's ASGI interface (routing, middleware,
-    authentication, read, rendering; no HTTP parsing), 32 in flight as wrk's connections."""
-    from app.main import app
+async def whole_requests(key: str, loan_ids: list[str], count: int, *, lane: bool = True) -> float:
+    """CPU ms per ``GET /v1/loans/{id}`` through the ASGI interface `loanwatch serve` runs (the
+    loan read's lane in front of the app; with ``lane=False`` the app alone: routing,
+    middleware, authentication, read, rendering; no HTTP parsing), 32 in flight as wrk's
+    connections."""
+    from app.main import app, served
 
     headers = [(b"authorization", f"Bearer {key}".encode()), (b"host", b"bench")]
     micros = await framework_floor.cpu_per_request(
-        app, count, path=lambda: f"/v1/loans/{random.choice(loan_ids)}", headers=headers,
-        in_flight=32,
+        served if lane else app, count, path=lambda: f"/v1/loans/{random.choice(loan_ids)}",
+        headers=headers, in_flight=32,
     )  # fmt: skip
     return micros / 1000
 

@@ -20,6 +20,15 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def bearer_key_hash(authorization: str | None) -> str | None:
+    """The hash of the key an ``Authorization: Bearer <api key>`` header carries; None for any
+    other header, or none."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return hash_key(token.strip())
+
+
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: the key's id, its role and, for merchant keys, the merchant."""

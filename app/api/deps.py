@@ -8,7 +8,7 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.auth import Principal, hash_key, principals
+from app.api.auth import Principal, bearer_key_hash, principals
 from app.api.pagination import PageParams, page_params
 from app.api_keys.models import ApiKey, Role
 from app.db import database
@@ -41,10 +41,9 @@ SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
 async def authenticate(authorization: str | None) -> Principal:
     """The caller named by an ``Authorization: Bearer <api key>`` header, or 401."""
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    key_hash = bearer_key_hash(authorization)
+    if key_hash is None:
         raise Unauthorized("send 'Authorization: Bearer <api key>'")
-    key_hash = hash_key(token.strip())
     principal = principals.get(key_hash)
     if principal is not None:
         return principal

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.auth import hash_key, principals
+from app.api.auth import bearer_key_hash, principals
 from app.api.responses import etagged
 from app.api.unambiguous import SINGLE_VALUED_HEADERS
 from app.errors import LoanwatchError, database_trouble
@@ -55,9 +55,8 @@ class LoanReadLane:
                 single[name] = value
             elif name == b"if-none-match":
                 if_none_match.append(value.decode("latin-1"))
-        authorization = single.get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = authorization.partition(" ")
-        principal = principals.get(hash_key(token.strip())) if scheme.lower() == "bearer" else None
+        key_hash = bearer_key_hash(single.get(b"authorization", b"").decode("latin-1"))
+        principal = principals.get(key_hash) if key_hash is not None else None
         if principal is None:
             return False
         response: Response

@@ -42,6 +42,15 @@ async def deliver(at: Any = None) -> int:
     return await dispatcher.drain(now=at)
 
 
+async def endpoint_and_a_lane(w: World, url: str, *, payments: int) -> dict[str, Any]:
+    """An endpoint, then a loan paid ``payments`` times: one lane of events for it, in order."""
+    hook = await endpoint(w, url)
+    loan = await w.loan()
+    for _ in range(payments):
+        await w.pay(loan["id"], "10.00")
+    return hook
+
+
 async def until(condition: Callable[[], object], seconds: float = 5.0) -> None:
     """Waits, a bounded time, for a drain running in the background to make this true."""
     for _ in range(int(seconds * 100)):
@@ -714,10 +723,7 @@ async def test_a_drain_past_its_budget_hands_back_what_it_has_not_started(
     w = await world(client)
     with receiving() as receiver:
         receiver.delay = lambda _: 0.3
-        hook = await endpoint(w, receiver.url)
-        loan = await w.loan()
-        for _ in range(6):
-            await w.pay(loan["id"], "10.00")
+        hook = await endpoint_and_a_lane(w, receiver.url, payments=6)
         first = await dispatcher.drain(budget_seconds=0.4)
         assert 1 <= first < 7
         waiting = await pending_due_times()
@@ -784,10 +790,7 @@ async def test_a_stopping_process_records_the_attempts_it_has_in_flight(
     w = await world(client)
     with receiving() as receiver:
         receiver.delay = lambda _: 0.5
-        hook = await endpoint(w, receiver.url)
-        loan = await w.loan()
-        for _ in range(3):
-            await w.pay(loan["id"], "10.00")
+        hook = await endpoint_and_a_lane(w, receiver.url, payments=3)
         scheduler.start()
         try:
             await until(lambda: receiver.arrived)
