@@ -319,7 +319,7 @@ class Database:
         connection taken from the pool bare, the statement compiled once: SQLAlchemy's
         execution and result processing of GET /v1/loans/{id}'s read cost about three times
         the driver's own work, and a third of the whole request's CPU
-        (bench/request_profile.py), and its connection object a sixth of the rest. So the
+        (bench/request_profile.py); its connection object is skipped too. So the
         columns are the driver's values: select none whose type processes results (Rate
         does; UTCDateTime on PostgreSQL does not), or convert it yourself. On SQLite, through
         SQLAlchemy, which turns its text dates into dates; AUTOCOMMIT takes no lock."""

@@ -110,6 +110,6 @@ def create_app() -> FastAPI:
 
 app = create_app()
 # What `loanwatch serve` runs: the app behind GET /v1/loans/{id}'s lane, outside even FastAPI's
-# own layers around the middlewares (its telemetry and error handling: 7 % of the lane's CPU,
-# bench/framework_floor.py's cpu_per_request, 17 of 260 us), which the lane needs none of.
+# own layers around the middlewares (its telemetry and error handling), which the lane needs
+# none of (bench/request_profile.py times the read both ways).
 served = LoanReadLane(app)
