@@ -197,6 +197,12 @@ def test_format_minor_always_has_exactly_the_minor_digits(
     assert format_minor(minor, currency) == text
 
 
+@given(currencies, st.integers(-(10**20), 10**20))
+def test_format_minor_writes_the_exact_decimal(currency: str, minor: int) -> None:
+    digits = minor_digits(currency)
+    assert format_minor(minor, currency) == f"{to_decimal(minor, currency):.{digits}f}"
+
+
 def test_to_decimal_is_exact() -> None:
     assert to_decimal(129900, "CNY") == Decimal("1299.00")
     assert to_decimal(1, "KWD") == Decimal("0.001")
