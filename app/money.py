@@ -68,6 +68,8 @@ def format_minor(minor: int, currency: str) -> str:
     In integers, not through Decimal: a loan read formats eight amounts, a schedule five per
     installment, and this is half the time of ``f"{to_decimal(...):.2f}"``."""
     digits = minor_digits(currency)
+    if not isinstance(minor, int):  # a Decimal: PostgreSQL sums bigints as numeric
+        return f"{to_decimal(minor, currency):.{digits}f}"
     if not digits:
         return str(minor)
     whole, fraction = divmod(abs(minor), 10**digits)
