@@ -398,10 +398,10 @@ async def finish_run(as_of: date, attempt: int) -> bool:
     return True
 
 
-_LATER_PENDING = (
+_PENDING_FROM = (
     update(_run)
-    .where(_run.c.as_of > bindparam("run_as_of"), _run.c.status == CloseStatus.PENDING)
-    .values(status=CloseStatus.FAILED, error=bindparam("later_error"), finished_at=bindparam("at"))
+    .where(_run.c.as_of >= bindparam("first"), _run.c.status == CloseStatus.PENDING)
+    .values(status=CloseStatus.FAILED, error=bindparam("reason"), finished_at=bindparam("at"))
 )
 
 
@@ -415,10 +415,17 @@ async def fail_run(as_of: date, error: str, attempt: int) -> None:
             await _update_run(session, as_of, status=CloseStatus.FAILED, error=error[:2000],
                               finished_at=now)  # fmt: skip
             await session.execute(
-                _LATER_PENDING,
-                {"run_as_of": as_of, "at": now,
-                 "later_error": f"not started: the close of {as_of}, before it, failed"},
+                _PENDING_FROM,
+                {"first": as_of + timedelta(days=1), "at": now,
+                 "reason": f"not started: the close of {as_of}, before it, failed"},
             )  # fmt: skip
+
+
+async def _fail_pending(first: date, error: str) -> None:
+    """Fail the dates from ``first`` still waiting to start: left pending, they answered
+    every request to close 409 until they went stale."""
+    async with session_scope() as session:
+        await session.execute(_PENDING_FROM, {"first": first, "at": utc_now(), "reason": error})
 
 
 # -- the in-process runner (embedded default, CLI, tests) --------------------------------
@@ -445,27 +452,35 @@ async def _close_date(as_of: date, attempt: int) -> None:
 
 async def run_dates_in_process(dates: list[date]) -> None:
     """Close each date in order, every step over every chunk, in this process."""
-    for as_of in dates:
-        attempt = await begin_run(as_of)
-        if attempt is None:
-            raise CloseInProgress(f"the close for {as_of} was started by another")
-        cancelled = False
-        try:
-            await _close_date(as_of, attempt)
-        except asyncio.CancelledError:
-            cancelled = True
-        except Exception as exc:
-            await fail_run(as_of, f"{type(exc).__name__}: {exc}", attempt)
-            raise
-        if cancelled:
-            # The process is stopping (the embedded default's scheduler cancels its close):
-            # left running, the run refused every request to close 409 until it went stale,
-            # 30 minutes on (a tester's). Recorded, a request may rerun it at once. Recorded
-            # out of the except block and after a collection: on SQLite the statement the
-            # cancellation cut short, kept in a reference cycle by its traceback, held the
-            # abandoned connection open and its write lock with it, so the record waited out
-            # the busy timeout and failed (a tester's, 6 stops of 8).
-            gc.collect()
-            await fail_run(as_of, "cancelled: the process stopped", attempt)
-            raise asyncio.CancelledError
+    # The date being started or closed, and its attempt once started.
+    current: date | None = None
+    attempt: int | None = None
+    cancelled = False
+    try:
+        for as_of in dates:
+            current, attempt = as_of, None
+            attempt = await begin_run(as_of)
+            if attempt is None:
+                raise CloseInProgress(f"the close for {as_of} was started by another")
+            try:
+                await _close_date(as_of, attempt)
+            except Exception as exc:
+                await fail_run(as_of, f"{type(exc).__name__}: {exc}", attempt)
+                raise
+    except asyncio.CancelledError:
+        cancelled = True
+    if cancelled:
+        # The process is stopping (the embedded default's scheduler cancels its close): left
+        # running or pending, the runs refused every request to close 409 until they went
+        # stale, 30 minutes on (a tester's). Recorded, a request may rerun them at once.
+        # Recorded out of the except block and after a collection: on SQLite the statement
+        # the cancellation cut short, kept in a reference cycle by its traceback, held the
+        # abandoned connection open and its write lock with it, so the record waited out the
+        # busy timeout and failed (a tester's, 6 stops of 8).
+        gc.collect()
+        if current is not None and attempt is not None:
+            await fail_run(current, "cancelled: the process stopped", attempt)
+        elif current is not None:  # as it started: still pending, unless begin_run committed
+            await _fail_pending(current, "not started: the process stopped")
+        raise asyncio.CancelledError
     await database.refresh_statistics()

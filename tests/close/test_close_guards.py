@@ -10,7 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import SAWarning
 
 from app import clock, scheduler
@@ -18,7 +18,7 @@ from app.close import service as close_service
 from app.close.errors import CloseInProgress
 from app.close.models import CloseRun
 from app.config import get_settings
-from app.db import session_scope, utc_now
+from app.db import database, session_scope, utc_now
 from app.risk.models import RiskRun
 from tests.close.test_close import close, late_world
 from tests.factories import world
@@ -262,6 +262,43 @@ async def test_a_failed_date_does_not_leave_its_catch_up_queued(
     again = await close(w, "2026-02-08")
     assert (again["status"], again["dates"]) == (
         "succeeded", ["2026-02-06", "2026-02-07", "2026-02-08"],
+    )  # fmt: skip
+
+
+async def test_a_catch_up_cancelled_as_its_next_date_starts_fails_the_dates_left(
+    client: httpx.AsyncClient,
+) -> None:
+    """Cancelled between two dates of a catch-up, as the next one started, the dates left
+    stayed pending and refused every request to close 409 for the stale time. They are failed
+    as the process stops, and a request reruns them at once."""
+    w = await world(client)
+    await w.loan(disbursed_on=str(clock.today() - timedelta(days=40)))
+    await close(w, str(clock.today() - timedelta(days=5)))
+    async with session_scope() as session:
+        dates = await close_service.plan_close(session, as_of=clock.today() - timedelta(days=1))
+    async with database.engine.connect() as holder:
+        # Another transaction holds the second date's run: its start waits on the row lock.
+        await holder.execute(select(CloseRun).where(CloseRun.as_of == dates[1]).with_for_update())
+        closing = asyncio.create_task(close_service.run_dates_in_process(dates))
+        waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+        for _ in range(1000):
+            async with database.engine.connect() as watcher:
+                if await watcher.scalar(waiting):
+                    break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the second date never waited for its run")
+        closing.cancel()
+        await holder.rollback()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    async with session_scope() as session:
+        runs = {r.as_of: (r.status, r.error) for r in await session.scalars(select(CloseRun))}
+    assert runs[dates[0]] == ("succeeded", None)
+    assert {runs[day] for day in dates[1:]} == {("failed", "not started: the process stopped")}
+    rerun = await w.post("/v1/close-runs", {"as_of": str(dates[-1])}, headers=w.admin, expect=201)
+    assert (rerun.json()["status"], rerun.json()["dates"]) == (
+        "succeeded", [str(day) for day in dates[1:]],
     )  # fmt: skip
 
 
