@@ -136,7 +136,7 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
     business date, then ``as_of``. Marks their runs pending."""
     today = clock.today()
     if as_of > today:
-        raise CloseDateInFuture(f"{as_of} has not begun yet (today is {today})")
+        raise CloseDateInFuture.field("as_of", f"{as_of} has not begun yet (today is {today})")
     if as_of < (earliest := clock.earliest()):
         raise InvalidRequest.field("as_of", f"must not be before {earliest}")
     await serialize_close_requests(session)
@@ -152,9 +152,10 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
         dates = [last + timedelta(days=n) for n in range(1, (as_of - last).days + 1)]
     limit = get_settings().close.max_dates_per_request
     if len(dates) > limit:
-        raise CloseCatchUpTooLong(
+        raise CloseCatchUpTooLong.field(
+            "as_of",
             f"closing {as_of} would close {len(dates)} dates from {dates[0]}; close at most "
-            f"{limit} at a time (first up to {dates[limit - 1]})"
+            f"{limit} at a time (first up to {dates[limit - 1]})",
         )
     for day in dates:
         run = await session.get(CloseRun, day, with_for_update=True)

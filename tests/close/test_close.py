@@ -528,6 +528,8 @@ async def test_dates_before_the_business_date_or_in_the_future_are_refused(
     assert past["code"] == "close_date_in_past"
     future = await close(w, "2999-01-01", expect=422)
     assert future["code"] == "close_date_in_future"
+    # Named as every other refused as_of is (a tester's: the code alone did not say which).
+    assert [e["field"] for e in future["errors"]] == ["as_of"]
     refused = await w.post("/v1/close-runs", {"as_of": "2026-02-02"})  # a merchant key
     assert refused.status_code == 403
     missing = await client.get("/v1/close-runs/2020-01-01", headers=w.admin)
@@ -677,5 +679,6 @@ async def test_a_catch_up_longer_than_the_limit_is_refused(
     monkeypatch.setattr(get_settings().close, "max_dates_per_request", 30)
     too_far = await close(w, "2026-02-10", expect=422)  # 31 dates
     assert too_far["code"] == "close_catch_up_too_long"
+    assert [e["field"] for e in too_far["errors"]] == ["as_of"]
     assert (await close(w, "2026-02-09"))["status"] == "succeeded"  # 30 dates
     assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-02-09"
