@@ -37,6 +37,9 @@ class Job:
     # Asks a run in progress to end soon, its work recorded, when the process stops; a job
     # without one is cancelled where it stands.
     wind_down: Callable[[], None] | None = None
+    # Whether a daily job should run as the process starts, before its time: work the last
+    # stop cut short.
+    due_at_start: Callable[[], Awaitable[bool]] | None = None
 
     def seconds_until_next(self, now: datetime) -> float:
         if self.daily_at is None:
@@ -101,7 +104,8 @@ def default_jobs() -> tuple[Job, ...]:
     webhooks = WebhookDispatcher()
     return (
         Job("purge-idempotency-keys", _purge_idempotency_keys, every_seconds=3600),
-        Job("nightly-close", nightly_close, daily_at=close_time),
+        Job("nightly-close", nightly_close, daily_at=close_time,
+            due_at_start=close_service.cut_short_by_a_stop),
         Job("webhook-dispatcher", webhooks.run_once, every_seconds=0,
             wind_down=webhooks.wind_down),
     )  # fmt: skip
@@ -141,7 +145,7 @@ class InProcessScheduler:
 
     async def _loop(self, job: Job) -> None:
         zone = get_settings().zone
-        if job.daily_at is not None:
+        if job.daily_at is not None and not await self._due_at_start(job):
             await asyncio.sleep(job.seconds_until_next(datetime.now(zone)))
         while not self._stopping:
             self._running.add(job.name)
@@ -154,3 +158,13 @@ class InProcessScheduler:
                 self._running.discard(job.name)
             if not self._stopping:
                 await asyncio.sleep(job.seconds_until_next(datetime.now(zone)))
+
+    @staticmethod
+    async def _due_at_start(job: Job) -> bool:
+        if job.due_at_start is None:
+            return False
+        try:
+            return await job.due_at_start()
+        except Exception:  # the database not there yet: the job waits for its time
+            log.exception("scheduled job %s: could not tell whether it is due", job.name)
+            return False

@@ -181,6 +181,44 @@ async def test_the_nightly_close_waits_for_a_manual_one(
     assert business["business_date"] == yesterday.isoformat()
 
 
+async def test_the_scheduler_closes_at_start_what_a_stop_cut_short(
+    client: httpx.AsyncClient,
+) -> None:
+    """A stop during the scheduled close left the book a day behind until the next night.
+    The embedded default's scheduler closes the dates a stop cut short as it starts again; a
+    close that failed of itself waits for a request or the night (run at every start, it
+    could fail at every start)."""
+    w = await world(client)
+    await w.loan(disbursed_on=str(clock.today() - timedelta(days=40)))
+    yesterday = clock.today() - timedelta(days=1)
+    await close(w, str(yesterday - timedelta(days=4)))
+    async with session_scope() as session:
+        dates = await close_service.plan_close(session, as_of=yesterday - timedelta(days=2))
+    attempt = await close_service.begin_run(dates[0])
+    assert attempt is not None
+    await close_service.fail_run(dates[0], "ConnectionError: the server closed", attempt)
+    assert not await close_service.cut_short_by_a_stop()
+    async with session_scope() as session:
+        await close_service.plan_close(session, as_of=dates[-1])
+    attempt = await close_service.begin_run(dates[0])
+    assert attempt is not None
+    await close_service.fail_run(dates[0], close_service.CANCELLED_BY_A_STOP, attempt)
+    assert await close_service.cut_short_by_a_stop()
+    nightly = next(job for job in scheduler.default_jobs() if job.name == "nightly-close")
+    started = scheduler.InProcessScheduler((nightly,))
+    started.start()
+    try:
+        for _ in range(600):  # a bound on a loaded machine, not a speed check
+            business = await w.get("/v1/business-date", headers=w.admin)
+            if business["business_date"] == str(yesterday):
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await started.stop()
+    assert business["business_date"] == str(yesterday)
+    assert not await close_service.cut_short_by_a_stop()
+
+
 async def test_the_nightly_close_gives_up_after_its_retries(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
