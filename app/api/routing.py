@@ -99,12 +99,19 @@ def _principal_dependencies(
     return found
 
 
+# A query of thousands of unknown names is answered with the first few, not a megabyte of
+# errors each repeating what the route takes (a tester's).
+_NAMED_AT_MOST = 20
+
+
 def _unknown_parameters(unknown: list[str], takes: frozenset[str]) -> InvalidRequest:
     known = f"it takes {', '.join(sorted(takes))}" if takes else "it takes none"
     message = f"not a query parameter of this operation ({known})"
+    named = unknown[:_NAMED_AT_MOST]
+    more = f" and {len(unknown) - len(named)} more" if len(unknown) > len(named) else ""
     return InvalidRequest(
         f"the query names parameters this operation does not take: "
-        f"{', '.join(repr(name) for name in unknown)}; {known}",
+        f"{', '.join(repr(name) for name in named)}{more}; {known}",
         errors=[{"field": name, "message": message, "type": "extra_forbidden"}
-                for name in unknown],
+                for name in named],
     )  # fmt: skip

@@ -50,6 +50,15 @@ async def test_a_filter_that_does_not_exist_is_refused(client: httpx.AsyncClient
     head = await client.head("/v1/loans?foo=bar", headers=w.admin)
     assert head.status_code == 422
 
+    # Thousands are answered with the first few, not a megabyte.
+    response = await client.get(
+        "/v1/loans?" + "&".join(f"p{n}=1" for n in range(5000)), headers=w.admin
+    )
+    assert response.status_code == 422
+    assert [e["field"] for e in response.json()["errors"]] == [f"p{n}" for n in range(20)]
+    assert "'p19' and 4980 more; it takes" in response.json()["detail"]
+    assert len(response.content) < 10_000
+
     # A write refused for its query has written nothing.
     before = await row_counts()
     borrower = {"external_id": "c-1", "name": "Li Wei", "phone": "+8613800138000"}
