@@ -2,7 +2,7 @@
 handling of a request leaves out.
 
 * A query parameter the route does not take is refused, 422 ``validation_error`` naming each
-  one: FastAPI ignores it, so a filter that does not exist (``GET /v1/borrowers?merchant_id=``)
+  one (the first 20 of more): FastAPI ignores it, so a filter that does not exist (``GET /v1/borrowers?merchant_id=``)
   answered unfiltered data as if it had been applied.
 * The caller is checked before the request is refused for its input (SPEC: a missing or
   invalid key is 401, a wrong role 403): FastAPI parses a JSON body before it runs any
