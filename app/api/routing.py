@@ -2,8 +2,8 @@
 handling of a request leaves out.
 
 * A query parameter the route does not take is refused, 422 ``validation_error`` naming each
-  one (the first 20 of more): FastAPI ignores it, so a filter that does not exist (``GET /v1/borrowers?merchant_id=``)
-  answered unfiltered data as if it had been applied.
+  one (the first 20 of more): FastAPI ignores it, so a filter that does not exist
+  (``GET /v1/borrowers?merchant_id=``) answered unfiltered data as if it had been applied.
 * The caller is checked before the request is refused for its input (SPEC: a missing or
   invalid key is 401, a wrong role 403): FastAPI parses a JSON body before it runs any
   dependency, so a body that is not JSON was a 422 to a caller with no key. Such a request,
