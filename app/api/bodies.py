@@ -127,7 +127,7 @@ class RequireJson:
             if not carries_bytes:
                 await self.app(scope, receive, send)
                 return
-        route = _route(scope)
+        route = matching_route(scope)
         if route is None:  # no such route: its 404 (or 405), not the body's media type
             await self.app(scope, receive, send)
             return
@@ -137,7 +137,8 @@ class RequireJson:
         await refusal(scope, receive, send)
 
 
-def _route(scope: Scope) -> BaseRoute | None:
+def matching_route(scope: Scope) -> BaseRoute | None:
+    """The route the request's method and path reach, if any."""
     return next((r for r in scope["app"].router.routes if r.matches(scope)[0] is Match.FULL), None)
 
 

@@ -2,6 +2,7 @@
 and nothing stored, on PostgreSQL as on SQLite (tests/test_embedded.py fuzzes the embedded
 server)."""
 
+import gzip
 import json
 import time
 from datetime import UTC, datetime
@@ -61,6 +62,18 @@ async def test_nul_in_a_body_query_or_path_is_refused(client: httpx.AsyncClient)
     created = await client.post("/v1/borrowers", json=literal, headers=w.merchant)
     assert created.status_code == 201, created.text
     assert created.json()["name"] == "Li \\u0000 Wei"
+
+
+async def test_a_body_to_no_route_is_answered_for_the_route(client: httpx.AsyncClient) -> None:
+    """No such path is 404 and no such method 405, whatever the body holds: a gzip body to an
+    unknown path was a 422 for holding U+0000 (a tester's)."""
+    w = await world(client)
+    json_headers = {**w.admin, "Content-Type": "application/json"}
+    for method, path, status in (("POST", "/v1/nothing-here", 404), ("PUT", "/v1/loans", 405)):
+        for body in (gzip.compress(b'{"a": 1}'), b'{"a": 1, "a": 2}', b'{"a": "\\u0000"}'):
+            response = await client.request(method, path, content=body, headers=json_headers)
+            assert response.status_code == status, (method, path, body, response.text)
+            assert response.headers["content-type"] == "application/problem+json"
 
 
 @given(st.recursive(st.text() | st.integers() | st.none(),
