@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+import signal
 import socket
 from datetime import date
 from functools import partial
@@ -32,6 +33,9 @@ from app.ops import metrics
 
 if TYPE_CHECKING:
     from celery import Celery
+
+# How long a stopping server lets the requests in flight finish before it cancels them.
+SHUTDOWN_GRACE_SECONDS = 5
 
 cli = typer.Typer(help="Loanwatch: loan servicing with early-warning alerts.", no_args_is_help=True)
 api_keys = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -74,6 +78,11 @@ def serve(
         workers=workers,
         log_level=settings.log_level,
         proxy_headers=True,
+        # A stop waits this long for the requests in flight, then cancels them: a catch-up a
+        # request started would otherwise close every date left before the process exits
+        # (minutes), past a supervisor's patience (Docker's 10 s), and a kill then left its
+        # runs running, every close refused 409 until they went stale (a tester's).
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         # A worker imports the whole app before it answers the supervisor's ping: 3.5 s on a
         # loaded 2-core machine, where the default 5 s killed the first at every start.
         timeout_worker_healthcheck=30,
@@ -113,6 +122,9 @@ def close(
     except LoanwatchError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
+    except asyncio.CancelledError:
+        typer.echo("close stopped (SIGTERM); run it again", err=True)
+        raise typer.Exit(128 + signal.SIGTERM) from None
     typer.echo(json.dumps(CloseRunRead.from_model(run).model_dump(mode="json"), indent=2))
     if run.status != "succeeded":
         raise typer.Exit(1)
@@ -215,6 +227,12 @@ def create_api_key(
 
 async def _close(as_of: date) -> CloseRun:
     system = Principal(api_key_id="cli", role=Role.ADMIN)
+    # SIGTERM (kill, timeout, systemd) stops the close as Ctrl-C does, its run recorded
+    # failed: it ended the process where it stood, the run left running and every close
+    # refused 409 until it went stale (a tester's).
+    closing = asyncio.current_task()
+    assert closing is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, closing.cancel)
     try:
         async with session_scope() as session:
             dates = await close_service.plan_close(session, as_of=as_of)

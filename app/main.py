@@ -13,6 +13,7 @@ from app.api.idempotency import IdempotencyMiddleware
 from app.api.unambiguous import RefuseAmbiguousInput
 from app.api_keys.routes import router as api_keys_router
 from app.borrowers.routes import router as borrowers_router
+from app.close import service as close_service
 from app.close.routes import router as close_router
 from app.config import get_settings
 from app.db import database
@@ -76,6 +77,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     finally:
         if scheduler:
             await scheduler.stop()
+        # A close a request started (the embedded default): recorded failed, not left
+        # running to refuse every close 409 until it goes stale.
+        await close_service.stop_closes_in_process(wait_seconds=10)
         await database.dispose()
 
 

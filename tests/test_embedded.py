@@ -4,12 +4,13 @@ file in the working folder, a live server, plain HTTP."""
 import asyncio
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -431,3 +432,74 @@ def test_a_close_cancelled_on_sqlite_is_failed_at_once(tmp_path: Path) -> None:
     assert runs[cancelled[0]][0] == "failed"
     assert not [d for d, (status, _) in runs.items() if status in ("running", "pending")], runs
     assert len(runs) == result["dates"] + 1  # and the demo's close
+
+
+def _close_runs(folder: Path) -> dict[str, tuple[str, str | None]]:
+    import sqlite3
+
+    with sqlite3.connect(folder / "loanwatch.db") as db:
+        rows = db.execute("SELECT as_of, status, error FROM close_run").fetchall()
+    return {as_of: (status, error) for as_of, status, error in rows}
+
+
+def test_sigterm_fails_the_close_of_a_request_and_of_the_cli(tmp_path: Path) -> None:
+    """SIGTERM (kill, timeout, systemd, Docker) stops a close as Ctrl-C does, its run failed
+    and a close possible at once. A server waited for a catch-up a request had started to
+    close every date left (minutes), and Docker's kill 10 s on left it running; `loanwatch
+    close` ended where it stood, its run left running: every close refused 409 until it went
+    stale (a tester's)."""
+    env = clean_env()
+    for command in (["migrate"], ["demo", "--loans", "5000", "--as-of", "2026-09-01"],
+                    ["close", "--as-of", "2026-09-01"]):  # fmt: skip
+        subprocess.run([LOANWATCH, *command], cwd=tmp_path, env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
+
+    created = subprocess.run([LOANWATCH, "api-keys", "create", "--role", "admin"], cwd=tmp_path,
+                             env=env, check=True, capture_output=True, text=True)  # fmt: skip
+    key = created.stdout.strip()
+    port = free_port()
+    serve = [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with (tmp_path / "serve.log").open("w") as log:
+        server = subprocess.Popen(serve, cwd=tmp_path, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT)  # fmt: skip
+
+    async def close_and_stop() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            for _ in range(100):
+                try:
+                    await client.get("/healthz")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            asked = asyncio.create_task(client.post(
+                "/v1/close-runs", json={"as_of": yesterday},
+                headers={"Authorization": f"Bearer {key}"},
+            ))  # fmt: skip
+            await asyncio.sleep(3)  # well into a catch-up of a minute or more
+            server.send_signal(signal.SIGTERM)
+            return await asked
+
+    try:
+        answer = asyncio.run(close_and_stop())
+        # Shut down, uvicorn ends by the signal it was sent.
+        assert server.wait(60) == -signal.SIGTERM
+    finally:
+        server.kill()
+    assert (answer.status_code, answer.json()["code"]) == (503, "service_busy"), answer.text
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
+    runs = _close_runs(tmp_path)
+    assert not [d for d, (status, _) in runs.items() if status in ("running", "pending")], runs
+    assert [error for _, error in runs.values()].count("cancelled: the process stopped") == 1
+
+    cli = subprocess.Popen([LOANWATCH, "close", "--as-of", yesterday], cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(3)
+    cli.send_signal(signal.SIGTERM)
+    _, err = cli.communicate(timeout=60)
+    assert cli.returncode == 143, err
+    assert "close stopped (SIGTERM)" in err
+    runs = _close_runs(tmp_path)
+    assert not [d for d, (status, _) in runs.items() if status in ("running", "pending")], runs
+    # The date it stopped at (the same as the server's, if it had not finished it).
+    assert [error for _, error in runs.values()].count("cancelled: the process stopped") == 1

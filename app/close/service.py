@@ -28,6 +28,7 @@ from app.close.errors import (
     CloseDateInPast,
     CloseInProgress,
     CloseRunNotFound,
+    CloseStopped,
 )
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
@@ -101,6 +102,13 @@ async def request_close(principal: Principal, *, as_of: date) -> tuple[CloseRun,
     if not celery:
         try:
             await run_dates_in_process(dates)
+        except asyncio.CancelledError:
+            # The server, stopping, cancelled the request after its grace: told as such, not
+            # as the server's plain-text 500 and a traceback.
+            raise CloseStopped(
+                "the service is stopping: the close was cancelled and its run recorded failed; "
+                "ask again once the service is back"
+            ) from None
         except Exception:
             pass
     async with session_scope() as session:
@@ -470,8 +478,35 @@ async def _close_date(as_of: date, attempt: int) -> None:
         raise CloseInProgress(f"the close for {as_of} was taken over")
 
 
+# The in-process closes running (a request's, the scheduler's): a stopping service cancels
+# them and waits for their runs to be recorded before it lets the database go.
+_running_here: set["asyncio.Task[Any]"] = set()
+
+
+async def stop_closes_in_process(wait_seconds: float) -> None:
+    """Cancel the closes running in this process (unless already cancelled: the server cancels
+    a request still running after its grace) and wait up to ``wait_seconds`` for their
+    runs to be recorded failed."""
+    running = [task for task in _running_here if not task.done()]
+    for task in running:
+        if not task.cancelling():
+            task.cancel()
+    if running:
+        await asyncio.wait(running, timeout=wait_seconds)
+
+
 async def run_dates_in_process(dates: list[date]) -> None:
     """Close each date in order, every step over every chunk, in this process."""
+    task = asyncio.current_task()
+    assert task is not None
+    _running_here.add(task)
+    try:
+        await _run_dates(dates)
+    finally:
+        _running_here.discard(task)
+
+
+async def _run_dates(dates: list[date]) -> None:
     # The date being started or closed, and its attempt once started.
     current: date | None = None
     attempt: int | None = None
