@@ -125,6 +125,9 @@ def close(
     except asyncio.CancelledError:
         typer.echo("close stopped (SIGTERM); run it again", err=True)
         raise typer.Exit(128 + signal.SIGTERM) from None
+    except KeyboardInterrupt:
+        typer.echo("close stopped (Ctrl-C); run it again", err=True)
+        raise typer.Exit(128 + signal.SIGINT) from None
     typer.echo(json.dumps(CloseRunRead.from_model(run).model_dump(mode="json"), indent=2))
     if run.status != "succeeded":
         raise typer.Exit(1)
@@ -232,7 +235,13 @@ async def _close(as_of: date) -> CloseRun:
     # refused 409 until it went stale (a tester's).
     closing = asyncio.current_task()
     assert closing is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, closing.cancel)
+
+    def stop() -> None:
+        # Once: a second SIGTERM cut the record of the first short (a re-verifier's).
+        if not closing.cancelling():
+            closing.cancel()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
     try:
         async with session_scope() as session:
             dates = await close_service.plan_close(session, as_of=as_of)

@@ -496,6 +496,8 @@ def test_sigterm_fails_the_close_of_a_request_and_of_the_cli(tmp_path: Path) -> 
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     time.sleep(3)
     cli.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    cli.send_signal(signal.SIGTERM)  # a second cut the record of the first short
     _, err = cli.communicate(timeout=60)
     assert cli.returncode == 143, err
     assert "close stopped (SIGTERM)" in err
