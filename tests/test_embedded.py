@@ -22,10 +22,11 @@ from standardwebhooks import Webhook
 from tests.processes import LOANWATCH, clean_env, free_port
 
 
-@contextmanager
-def serving(folder: Path, log_name: str = "serve.log") -> Iterator[str]:
-    """`loanwatch serve` in ``folder`` (its SQLite file) until the block ends; its base URL.
-    Its output goes to ``folder / log_name``."""
+def started_server(
+    folder: Path, log_name: str = "serve.log"
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`loanwatch serve` in ``folder`` (its SQLite file), once it answers; the process and its
+    base URL. Its output goes to ``folder / log_name``."""
     port = free_port()
     log = folder / log_name
     with log.open("w") as out:
@@ -34,15 +35,21 @@ def serving(folder: Path, log_name: str = "serve.log") -> Iterator[str]:
             cwd=folder, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    pytest.fail(log.read_text())
+
+
+@contextmanager
+def serving(folder: Path, log_name: str = "serve.log") -> Iterator[str]:
+    """``started_server`` until the block ends; its base URL."""
+    process, base = started_server(folder, log_name)
     try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(log.read_text())
         yield base
     finally:
         process.terminate()
@@ -457,24 +464,13 @@ def test_sigterm_fails_the_close_of_a_request_and_of_the_cli(tmp_path: Path) -> 
 
     created = subprocess.run([LOANWATCH, "api-keys", "create", "--role", "admin"], cwd=tmp_path,
                              env=env, check=True, capture_output=True, text=True)  # fmt: skip
-    key = created.stdout.strip()
-    port = free_port()
-    serve = [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with (tmp_path / "serve.log").open("w") as log:
-        server = subprocess.Popen(serve, cwd=tmp_path, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT)  # fmt: skip
+    server, base = started_server(tmp_path)
 
     async def close_and_stop() -> httpx.Response:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            for _ in range(100):
-                try:
-                    await client.get("/healthz")
-                    break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
             asked = asyncio.create_task(client.post(
                 "/v1/close-runs", json={"as_of": yesterday},
-                headers={"Authorization": f"Bearer {key}"},
+                headers={"Authorization": f"Bearer {created.stdout.strip()}"},
             ))  # fmt: skip
             await asyncio.sleep(3)  # well into a catch-up of a minute or more
             server.send_signal(signal.SIGTERM)
