@@ -1,7 +1,8 @@
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator
 
 from app.api.fields import Instant
 from app.events.types import EVENT_TYPES
@@ -10,7 +11,22 @@ from app.webhooks.service import DeliveryView, EndpointView
 EventPattern = Annotated[str, Field(min_length=1, max_length=64)]
 # No min_length: a short URL of another scheme ("ftp://x") was told it needs 8 characters,
 # not that it needs http(s). The service refuses an http(s) URL without a valid host.
-Url = Annotated[str, Field(max_length=2000, pattern=r"^https?://")]
+_HTTP_SCHEME = re.compile(r"https?://", re.IGNORECASE)
+
+
+def _http_scheme(url: str) -> str:
+    # A scheme is case-insensitive (RFC 3986): "HTTPS://h" is refused by no receiver. The
+    # document's pattern spells that out, as JSON Schema's patterns have no flag for it.
+    if not _HTTP_SCHEME.match(url):
+        raise ValueError("must start with http:// or https://")
+    return url
+
+
+Url = Annotated[
+    str,
+    Field(max_length=2000, json_schema_extra={"pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"}),
+    AfterValidator(_http_scheme),
+]
 
 
 class EndpointCreate(BaseModel):

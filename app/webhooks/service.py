@@ -47,7 +47,8 @@ class EndpointView:
     event_types: list[str]
 
 
-async def _check_url(url: str) -> None:
+async def _checked_url(url: str) -> str:
+    """The URL as it will be stored, its scheme in lower case ("HTTPS://h" is "https://h")."""
     try:
         await targets.check(
             url, allow_private=get_settings().webhook_allow_private_targets, must_resolve=False
@@ -57,6 +58,8 @@ async def _check_url(url: str) -> None:
         raise WebhookUrlNotAllowed(
             f"url {exc}", errors=[{"field": "url", "message": str(exc)}]
         ) from None
+    scheme, rest = url.split("://", 1)
+    return f"{scheme.lower()}://{rest}"
 
 
 def _patterns(event_types: Sequence[str]) -> list[str]:
@@ -79,7 +82,7 @@ async def create_endpoint(
 ) -> EndpointView:
     principal.require(Role.ADMIN)
     patterns = _patterns(event_types)
-    await _check_url(url)
+    url = await _checked_url(url)
     now = utc_now()
     endpoint = WebhookEndpoint(
         id=new_id("we"), url=url, description=description, enabled=enabled,
@@ -151,8 +154,7 @@ async def update_endpoint(
     view = await _load(session, endpoint_id, lock=True)
     endpoint = view.endpoint
     if "url" in changes:
-        await _check_url(changes["url"])
-        endpoint.url = changes["url"]
+        endpoint.url = await _checked_url(changes["url"])
     if "description" in changes:
         endpoint.description = changes["description"]
     if "enabled" in changes:

@@ -1010,7 +1010,7 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
                 "http://[fe80::1%25eth0]/h"):  # fmt: skip
         await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin, expect=201)
     hook = await endpoint(w, "https://hooks.test/h")
-    scheme = "String should match pattern '^https?://'"
+    scheme = "must start with http:// or https://"
     for url in ("ftp://x", "ftp://example.com/hook", ""):
         for sent in (w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin),
                      client.patch(f"/v1/webhook-endpoints/{hook['id']}", json={"url": url},
@@ -1026,6 +1026,22 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
     assert (await w.get(f"/v1/webhook-endpoints/{hook['id']}", headers=w.admin))["url"] == (
         "https://hooks.test/h"
     )
+
+
+async def test_a_scheme_in_capitals_is_taken_and_stored_in_lower_case(
+    client: httpx.AsyncClient,
+) -> None:
+    """A scheme is case-insensitive (RFC 3986); "HTTPS://" was refused 422 (a tester's)."""
+    w = await world(client)
+    created = await w.post("/v1/webhook-endpoints", {"url": "HTTPS://Hooks.test/A"},
+                           headers=w.admin, expect=201)  # fmt: skip
+    hook = created.json()
+    assert hook["url"] == "https://Hooks.test/A"
+    patched = await client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                                 json={"url": "Http://hooks.test/B"}, headers=w.admin)  # fmt: skip
+    assert (patched.status_code, patched.json()["url"]) == (200, "http://hooks.test/B")
+    document = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    assert document["EndpointCreate"]["properties"]["url"]["pattern"] == "^[Hh][Tt][Tt][Pp][Ss]?://"
 
 
 async def test_the_actions_without_fields_refuse_unknown_ones(client: httpx.AsyncClient) -> None:
