@@ -11,6 +11,9 @@ request has written nothing, not even an idempotency claim:
   levels deep: a tester's);
 * a JSON body holding an integer of more digits than Python reads (4300): every later parse
   of it would fail with a ValueError, which FastAPI took for bytes that are not text;
+* a JSON body holding ``NaN``, ``Infinity`` or ``-Infinity``: not JSON (RFC 8259), though
+  Python's parser reads them; a field that is not money took them as floats, and a field
+  the route ignores (a gateway's own) let them through;
 * a query parameter given twice (``?status=active&status=delinquent``): no filter takes a
   list, and keeping the last value answered a different question than the one asked;
 * a header that holds one value given twice (``Authorization``, ``Idempotency-Key``,
@@ -98,6 +101,28 @@ def duplicate_key(body: bytes) -> str | None:
     try:
         json.loads(body, object_pairs_hook=_refuse_duplicates)
     except _DuplicateKey as exc:
+        return str(exc)
+    except ValueError:
+        return None
+    return None
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_non_finite(constant: str) -> object:
+    raise _NonFinite(constant)
+
+
+def non_finite_number(body: bytes) -> str | None:
+    """``NaN``, ``Infinity`` or ``-Infinity`` if the JSON body holds one outside its strings
+    (a body that is not JSON is left to the route's own validation)."""
+    if b"NaN" not in body and b"Infinity" not in body:
+        return None
+    try:
+        json.loads(body, parse_constant=_refuse_non_finite)
+    except _NonFinite as exc:
         return str(exc)
     except ValueError:
         return None
@@ -207,6 +232,12 @@ def _refusal_of_body(body: bytes) -> _Refusal | None:
         return _Refusal(
             f"the body names the key {duplicate!r} twice in one object",
             duplicate, "given twice", "duplicate_key",
+        )  # fmt: skip
+    constant = non_finite_number(body)
+    if constant is not None:
+        return _Refusal(
+            f"the body holds {constant}, which is not a JSON number (RFC 8259)",
+            "body", f"{constant} is not JSON", "json_invalid",
         )  # fmt: skip
     too_long = too_long_number(body)
     if too_long is not None:
