@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from functools import lru_cache
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Integer, Row, Table, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,6 +48,7 @@ log = logging.getLogger("loanwatch.close")
 
 StepFunction = Callable[[AsyncSession, date, str | None, str | None], Awaitable[dict[str, int]]]
 Chunk = tuple[str | None, str | None]
+T = TypeVar("T")
 
 
 async def assess_late_fees(
@@ -414,20 +415,20 @@ _PENDING_FROM = (
 )
 
 
-async def fail_run(as_of: date, error: str, attempt: int) -> None:
+async def fail_run(as_of: date, error: str, attempt: int, *, later: str | None = None) -> None:
     """Mark the attempt failed, unless it has been replaced; and the later dates of its
-    catch-up, which will not start: left pending, they answered every request to close 409
-    until they went stale, 30 minutes on (a tester's, after a broker outage of 20 s)."""
+    catch-up, which will not start (with ``later`` as their error, or one naming this date):
+    left pending, they answered every request to close 409 until they went stale, 30 minutes
+    on (a tester's, after a broker outage of 20 s)."""
     async with session_scope() as session:
         if await _current(session, as_of, attempt, share=False) is not None:
             now = utc_now()
             await _update_run(session, as_of, status=CloseStatus.FAILED, error=error[:2000],
                               finished_at=now)  # fmt: skip
+            reason = later or f"not started: the close of {as_of}, before it, failed"
             await session.execute(
-                _PENDING_FROM,
-                {"first": as_of + timedelta(days=1), "at": now,
-                 "reason": f"not started: the close of {as_of}, before it, failed"},
-            )  # fmt: skip
+                _PENDING_FROM, {"first": as_of + timedelta(days=1), "at": now, "reason": reason}
+            )
 
 
 # What a stop of this process writes on the runs it cut short (run_dates_in_process).
@@ -506,6 +507,21 @@ async def run_dates_in_process(dates: list[date]) -> None:
         _running_here.discard(task)
 
 
+async def _to_the_end(work: Awaitable[T]) -> tuple[T, bool]:
+    """``work``'s result, awaited to its end through any cancellation of this task, and
+    whether one came: a run's start cut short after its commit, or its record of a stop cut
+    short by a second stop, left the run ``running`` until it went stale."""
+    task = asyncio.ensure_future(work)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if task.cancelled():  # the loop itself is closing: nothing to wait for
+                raise
+            cancelled = True
+
+
 async def _run_dates(dates: list[date]) -> None:
     # The date being started or closed, and its attempt once started.
     current: date | None = None
@@ -514,7 +530,9 @@ async def _run_dates(dates: list[date]) -> None:
     try:
         for as_of in dates:
             current, attempt = as_of, None
-            attempt = await begin_run(as_of)
+            attempt, stopped = await _to_the_end(begin_run(as_of))
+            if stopped:
+                raise asyncio.CancelledError
             if attempt is None:
                 raise CloseInProgress(f"the close for {as_of} was started by another")
             try:
@@ -534,8 +552,10 @@ async def _run_dates(dates: list[date]) -> None:
         # busy timeout and failed (a tester's, 6 stops of 8).
         gc.collect()
         if current is not None and attempt is not None:
-            await fail_run(current, CANCELLED_BY_A_STOP, attempt)
-        elif current is not None:  # as it started: still pending, unless begin_run committed
-            await _fail_pending(current, NOT_STARTED_FOR_A_STOP)
+            await _to_the_end(
+                fail_run(current, CANCELLED_BY_A_STOP, attempt, later=NOT_STARTED_FOR_A_STOP)
+            )
+        elif current is not None:  # its start found it taken: the dates after it
+            await _to_the_end(_fail_pending(current, NOT_STARTED_FOR_A_STOP))
         raise asyncio.CancelledError
     await database.refresh_statistics()

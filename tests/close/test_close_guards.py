@@ -308,7 +308,8 @@ async def test_a_catch_up_cancelled_as_its_next_date_starts_fails_the_dates_left
 ) -> None:
     """Cancelled between two dates of a catch-up, as the next one started, the dates left
     stayed pending and refused every request to close 409 for the stale time. They are failed
-    as the process stops, and a request reruns them at once."""
+    as the process stops, the one starting once its start is through (cut short after its
+    commit, it was left running), and a request reruns them at once."""
     w = await world(client)
     await w.loan(disbursed_on=str(clock.today() - timedelta(days=40)))
     await close(w, str(clock.today() - timedelta(days=5)))
@@ -333,11 +334,67 @@ async def test_a_catch_up_cancelled_as_its_next_date_starts_fails_the_dates_left
     async with session_scope() as session:
         runs = {r.as_of: (r.status, r.error) for r in await session.scalars(select(CloseRun))}
     assert runs[dates[0]] == ("succeeded", None)
-    assert {runs[day] for day in dates[1:]} == {("failed", "not started: the process stopped")}
+    assert runs[dates[1]] == ("failed", "cancelled: the process stopped")
+    assert {runs[day] for day in dates[2:]} == {("failed", "not started: the process stopped")}
     rerun = await w.post("/v1/close-runs", {"as_of": str(dates[-1])}, headers=w.admin, expect=201)
     assert (rerun.json()["status"], rerun.json()["dates"]) == (
         "succeeded", [str(day) for day in dates[1:]],
     )  # fmt: skip
+
+
+async def waiting_on(statement_ending: str) -> None:
+    """Until a backend waits on a lock running a statement that ends so."""
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND rtrim(query) LIKE '%' || :end"
+    )
+    for _ in range(1000):
+        async with database.engine.connect() as watcher:
+            if await watcher.scalar(waiting, {"end": statement_ending}):
+                return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"no statement ending {statement_ending!r} waited on a lock")
+
+
+async def test_a_second_stop_does_not_cut_short_the_record_of_the_first(
+    client: httpx.AsyncClient,
+) -> None:
+    """Cancelled again while it recorded the first cancellation, the close left its run
+    running until it went stale; the record is now seen through whatever comes."""
+    w = await world(client)
+    await close(w, str(clock.today() - timedelta(days=5)))
+    await w.loan(disbursed_on=str(clock.today() - timedelta(days=40)))
+    async with session_scope() as session:
+        dates = await close_service.plan_close(session, as_of=clock.today() - timedelta(days=1))
+    closing = asyncio.create_task(close_service.run_dates_in_process(dates))
+    running = select(CloseRun.as_of).where(CloseRun.status == "running").with_for_update()
+    async with database.engine.connect() as holder:
+        # Another transaction holds the row of the run running (locked while it still runs,
+        # so it is not done): the close's next step waits for it, and so does its record
+        # of the stop.
+        for _ in range(1000):
+            held = await holder.scalar(running)
+            if held is not None:
+                break
+            await holder.rollback()
+            await asyncio.sleep(0.005)
+        else:
+            pytest.fail("no date of the close ran")
+        closing.cancel()
+        await waiting_on("FOR UPDATE")  # the record's look at its run, not a step's
+        closing.cancel()
+        await asyncio.sleep(0.05)
+        await holder.rollback()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    async with session_scope() as session:
+        runs = {r.as_of: (r.status, r.error) for r in await session.scalars(select(CloseRun))}
+    cut_short = dates.index(held)
+    assert {runs[day] for day in dates[:cut_short]} <= {("succeeded", None)}
+    assert runs[held] == ("failed", "cancelled: the process stopped")
+    assert {runs[day] for day in dates[cut_short + 1 :]} <= {
+        ("failed", "not started: the process stopped")
+    }
 
 
 async def test_a_close_cancelled_as_the_process_stops_is_failed_and_rerun_at_once(
