@@ -4,6 +4,7 @@ from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.fields import NoFields
 from app.api.openapi import inlined_schema, required_header
 from app.api.pagination import Page, page_of
+from app.api.responses import POLLED, cached
 from app.api.routing import StrictRoute
 from app.api_keys.models import Role
 from app.gateways import service
@@ -51,12 +52,12 @@ async def register_gateway(
     return GatewayWithSecret.with_secret(gateway)
 
 
-@router.get("/v1/gateways", response_model=Page[GatewayRead])
+@router.get("/v1/gateways", response_model=Page[GatewayRead], responses=POLLED)
 async def list_gateways(
-    session: SessionDep, principal: DashboardPrincipal, page: PageDep
-) -> Page[GatewayRead]:
+    request: Request, session: SessionDep, principal: DashboardPrincipal, page: PageDep
+) -> Response:
     gateways = await service.list_gateways(session, principal, page=page)
-    return page_of(gateways, page, GatewayRead.from_model, key=lambda g: g.name)
+    return cached(request, page_of(gateways, page, GatewayRead.from_model, key=lambda g: g.name))
 
 
 @router.post("/v1/gateways/{name}/rotate-secret", response_model=GatewayWithSecret)

@@ -1,7 +1,8 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.pagination import Page, page_of
+from app.api.responses import POLLED, cached
 from app.api.routing import StrictRoute
 from app.merchants import service
 from app.merchants.schemas import MerchantCreate, MerchantRead
@@ -17,9 +18,9 @@ async def create_merchant(
     return MerchantRead.model_validate(merchant)
 
 
-@router.get("", response_model=Page[MerchantRead])
+@router.get("", response_model=Page[MerchantRead], responses=POLLED)
 async def list_merchants(
-    session: SessionDep, principal: DashboardPrincipal, page: PageDep
-) -> Page[MerchantRead]:
+    request: Request, session: SessionDep, principal: DashboardPrincipal, page: PageDep
+) -> Response:
     merchants = await service.list_merchants(session, principal, page=page)
-    return page_of(merchants, page, MerchantRead.model_validate)
+    return cached(request, page_of(merchants, page, MerchantRead.model_validate))

@@ -1,10 +1,10 @@
 from operator import attrgetter
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED
+from app.api.responses import CREATED, POLLED, cached
 from app.api.routing import StrictRoute
 from app.products import service
 from app.products.schemas import ProductCreate, ProductRead
@@ -21,14 +21,17 @@ async def create_product(
     return ProductRead.from_model(product)
 
 
-@router.get("", response_model=Page[ProductRead])
+@router.get("", response_model=Page[ProductRead], responses=POLLED)
 async def list_products(
-    session: SessionDep, principal: ReaderPrincipal, page: PageDep
-) -> Page[ProductRead]:
+    request: Request, session: SessionDep, principal: ReaderPrincipal, page: PageDep
+) -> Response:
     products = await service.list_products(session, principal, page=page)
-    return page_of(products, page, ProductRead.from_model, key=attrgetter("code"))
+    return cached(request, page_of(products, page, ProductRead.from_model, key=attrgetter("code")))
 
 
-@router.get("/{code}", response_model=ProductRead)
-async def get_product(code: str, session: SessionDep, principal: ReaderPrincipal) -> ProductRead:
-    return ProductRead.from_model(await service.get_product(session, principal, code=code))
+@router.get("/{code}", response_model=ProductRead, responses=POLLED)
+async def get_product(
+    code: str, request: Request, session: SessionDep, principal: ReaderPrincipal
+) -> Response:
+    product = await service.get_product(session, principal, code=code)
+    return cached(request, ProductRead.from_model(product))

@@ -29,10 +29,12 @@ from app.risk.schemas import (
 router = APIRouter(tags=["risk"], route_class=StrictRoute)
 
 
-@router.get("/v1/risk/rules", response_model=RulesRead)
-async def get_rules(session: SessionDep, principal: DashboardPrincipal) -> RulesRead:
+@router.get("/v1/risk/rules", response_model=RulesRead, responses=POLLED)
+async def get_rules(
+    request: Request, session: SessionDep, principal: DashboardPrincipal
+) -> Response:
     version, rules = await service.get_rules(session, principal)
-    return RulesRead(version=version, rules=rules)
+    return cached(request, RulesRead(version=version, rules=rules))
 
 
 @router.put("/v1/risk/rules", response_model=RulesRead)

@@ -37,20 +37,22 @@ async def create_endpoint(
     return EndpointWithSecret.with_secret(view)
 
 
-@router.get(PREFIX, response_model=Page[EndpointRead])
+@router.get(PREFIX, response_model=Page[EndpointRead], responses=POLLED)
 async def list_endpoints(
-    session: SessionDep, principal: DashboardPrincipal, page: PageDep
-) -> Page[EndpointRead]:
+    request: Request, session: SessionDep, principal: DashboardPrincipal, page: PageDep
+) -> Response:
     views = await service.list_endpoints(session, principal, page=page)
-    return page_of(views, page, EndpointRead.from_view, key=lambda v: v.endpoint.id)
+    return cached(
+        request, page_of(views, page, EndpointRead.from_view, key=lambda v: v.endpoint.id)
+    )
 
 
-@router.get(PREFIX + "/{endpoint_id}", response_model=EndpointRead)
+@router.get(PREFIX + "/{endpoint_id}", response_model=EndpointRead, responses=POLLED)
 async def get_endpoint(
-    endpoint_id: str, session: SessionDep, principal: DashboardPrincipal
-) -> EndpointRead:
+    endpoint_id: str, request: Request, session: SessionDep, principal: DashboardPrincipal
+) -> Response:
     view = await service.get_endpoint(session, principal, endpoint_id=endpoint_id)
-    return EndpointRead.from_view(view)
+    return cached(request, EndpointRead.from_view(view))
 
 
 @router.patch(PREFIX + "/{endpoint_id}", response_model=EndpointRead)

@@ -112,6 +112,9 @@ async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClien
               "/v1/close-runs/{as_of}", "/v1/borrowers", "/v1/borrowers/{borrower_id}/loans",
               "/v1/risk/runs/{run_id}",
               "/v1/webhook-endpoints/{endpoint_id}/deliveries",
+              # the configuration reads
+              "/v1/products", "/v1/products/{code}", "/v1/merchants", "/v1/gateways",
+              "/v1/webhook-endpoints", "/v1/webhook-endpoints/{endpoint_id}", "/v1/risk/rules",
               *(f"/v1/portfolio/{view}" for view in
                 ("summary", "roll-rates", "vintages", "segments", "alerts"))]  # fmt: skip
     for path in polled:

@@ -3,7 +3,7 @@ changed (SPEC.md, Polling)."""
 
 import httpx
 
-from tests.factories import World, world
+from tests.factories import World, product, world
 
 
 async def assert_polled(client: httpx.AsyncClient, w: World, path: str) -> str:
@@ -89,3 +89,29 @@ async def test_if_none_match_star_stands_alone(client: httpx.AsyncClient) -> Non
         response = await client.get(path, headers={**w.merchant, "If-None-Match": value})
         answers[value] = response.status_code
     assert answers == {"*": 304, " * ": 304, "W/*": 200, '"stale", W/*': 200}
+
+
+async def test_the_configuration_reads_carry_an_etag_too(client: httpx.AsyncClient) -> None:
+    """Products, merchants, gateways, webhook endpoints and the risk rules: a POS system
+    caching the product list revalidates it like any other read (they had no ETag)."""
+    w = await world(client)
+    await w.post("/v1/gateways", {"name": "alipay"}, headers=w.admin, expect=201)
+    hook = await w.post("/v1/webhook-endpoints", {"url": "https://hooks.test/h"},
+                        headers=w.admin, expect=201)  # fmt: skip
+    paths = ["/v1/products", f"/v1/products/{w.product_code}", "/v1/merchants", "/v1/gateways",
+             "/v1/webhook-endpoints", f"/v1/webhook-endpoints/{hook.json()['id']}",
+             "/v1/risk/rules"]  # fmt: skip
+    admin = World(client, w.admin, w.merchant_id, w.admin, w.product_code)
+    before = {path: await assert_polled(client, admin, path) for path in paths}
+    # A change to each moves its tag, and only its own.
+    await product(client, w.admin)
+    await w.post("/v1/merchants", {"name": "Other Appliances"}, headers=w.admin, expect=201)
+    await w.post("/v1/gateways", {"name": "wechat"}, headers=w.admin, expect=201)
+    await client.patch(f"/v1/webhook-endpoints/{hook.json()['id']}",
+                       json={"description": "the ledger's"}, headers=w.admin)  # fmt: skip
+    after = {path: await assert_polled(client, admin, path) for path in paths}
+    assert [path for path in paths if after[path] != before[path]] == [
+        paths[0], paths[2], paths[3], paths[4], paths[5],
+    ]  # fmt: skip
+    # A merchant key reads the products, with its own tag check.
+    await assert_polled(client, w, "/v1/products")
