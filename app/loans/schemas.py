@@ -122,7 +122,11 @@ def loan_read(view: "LoanView", *, with_schedule: bool = False) -> LoanRead:
 def balances_read(view: "LoanView") -> BalancesRead:
     loan, position, cur = view.loan, view.position, view.loan.currency
     closed = loan.status == LoanStatus.CANCELLED
-    today_fees = view.late_fees_of_today_minor
+    payoff = 0 if closed else position.payoff_minor(view.today) - view.late_fees_of_today_minor
+    # Never more than the payoff, which settles every arrear: a late fee of today's close
+    # that a payoff today withdraws stays in the arrears, and on a loan all but wholly overdue
+    # the arrears quoted came to more than the payoff, a payment refused (a tester's).
+    overdue = 0 if closed else min(position.overdue_minor(view.arrears_as_of), payoff)
     return BalancesRead(
         principal_outstanding=format_minor(loan.principal_outstanding_minor, cur),
         interest_outstanding=format_minor(
@@ -131,12 +135,8 @@ def balances_read(view: "LoanView") -> BalancesRead:
         fees_outstanding=format_minor(
             0 if closed else sum(i.fees_left(view.today) for i in position.installments), cur
         ),
-        overdue_amount=format_minor(
-            0 if closed else position.overdue_minor(view.arrears_as_of), cur
-        ),
-        payoff_amount=format_minor(
-            0 if closed else position.payoff_minor(view.today) - today_fees, cur
-        ),
+        overdue_amount=format_minor(overdue, cur),
+        payoff_amount=format_minor(payoff, cur),
         credit_balance=format_minor(loan.credit_balance_minor, cur),
         refund_due=format_minor(loan.refund_due_minor, cur),
     )

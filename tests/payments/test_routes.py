@@ -383,6 +383,29 @@ async def test_when_today_is_closed_the_payoff_leaves_out_the_fee_a_payoff_today
     await assert_ledger_invariant(paying_off["id"])
 
 
+async def test_the_arrears_quoted_never_ask_more_than_the_payoff(
+    client: httpx.AsyncClient,
+) -> None:
+    """A loan booked six months back, all of it overdue, then today closed: its six fees are
+    in the arrears quoted, and out of the payoff, which a payoff today withdraws. The arrears
+    came to more than the payoff (1,395.86 against 1,245.86), and paying them was refused
+    (a tester's). Quoted at most the payoff, they are paid, and the loan with them."""
+    w = await world(client, annual_interest_rate="0.1299", grace_days=3,
+                    late_fee={"kind": "fixed", "amount": "25.00"})  # fmt: skip
+    today = clock.today()
+    loan = await w.loan(principal="1200.00", term=6,
+                        disbursed_on=str(today - relativedelta(months=6, days=5)))  # fmt: skip
+    await w.post("/v1/close-runs", {"as_of": str(today)}, headers=w.admin, expect=201)
+    balances = (await w.get(f"/v1/loans/{loan['id']}"))["balances"]
+    assert balances["fees_outstanding"] == "150.00"
+    assert balances["overdue_amount"] == balances["payoff_amount"], balances
+    paid = await w.pay(loan["id"], balances["overdue_amount"])
+    assert (paid["loan"]["status"], paid["loan"]["balances"]["credit_balance"]) == (
+        "paid_off", "0.00",
+    )  # fmt: skip
+    await assert_ledger_invariant(loan["id"])
+
+
 async def test_a_payment_short_by_more_than_the_tolerance_keeps_the_late_fee(
     client: httpx.AsyncClient,
 ) -> None:
