@@ -1,5 +1,6 @@
 """The root error and the one problem+json (RFC 9457) renderer."""
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
@@ -103,6 +104,17 @@ class FieldErrors:
             raise InvalidRequest(_summary(self._errors), errors=self._errors)
 
 
+class ProblemResponse(JSONResponse):
+    media_type = "application/problem+json"
+
+    def render(self, content: Any) -> bytes:
+        # A problem may quote the request (a key it names twice), and JSON lets a string hold
+        # a lone surrogate ("\\ud800") that UTF-8 cannot: escaped as JSON would escape it,
+        # not a 500 from the encoder (a tester's).
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", "backslashreplace")
+
+
 def problem(
     status: int,
     code: str,
@@ -110,7 +122,7 @@ def problem(
     detail: str,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
-) -> JSONResponse:
+) -> ProblemResponse:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,
@@ -120,9 +132,7 @@ def problem(
     }
     if errors is not None:
         body["errors"] = errors
-    return JSONResponse(
-        body, status_code=status, media_type="application/problem+json", headers=headers
-    )
+    return ProblemResponse(body, status_code=status, headers=headers)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

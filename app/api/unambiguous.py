@@ -27,6 +27,7 @@ import json
 import re
 import sys
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -47,10 +48,6 @@ def carries_nul(body: bytes) -> bool:
     return b"\x00" in body or (b"\\u0000" in body and _ESCAPED_NUL.search(body) is not None)
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
 def _first_repeated(names: list[str]) -> str | None:
     # With a set: counting each name's occurrences took quadratic time, and 300 KB of keys
     # with no API key held the server 13 s (a re-verifier's).
@@ -62,11 +59,10 @@ def _first_repeated(names: list[str]) -> str | None:
     return None
 
 
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        raise _DuplicateKey(_first_repeated([name for name, _ in pairs]))
-    return found
+class _Repeating(dict[str, Any]):
+    """An object of the body that names ``repeated`` twice."""
+
+    repeated: str
 
 
 def repeated_parameter(query_string: bytes) -> str | None:
@@ -95,16 +91,44 @@ def nests_too_deeply(body: bytes) -> bool:
     return max(itertools.accumulate(array("b", brackets)), default=0) > MAX_DEPTH
 
 
+def _first_path(document: Any, found: Callable[[Any], tuple[str, ...] | None]) -> str | None:
+    """The path (``installments.1.due_on``; ``body`` at the top) of the first value of the
+    document, in its order, for which ``found`` gives the rest of the path (``()`` for the
+    value itself)."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((), document)]
+    while stack:
+        path, value = stack.pop()
+        rest = found(value)
+        if rest is not None:
+            return ".".join((*path, *rest)) or "body"
+        if isinstance(value, dict):
+            stack.extend(((*path, key), item) for key, item in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend(((*path, str(i)), item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
 def duplicate_key(body: bytes) -> str | None:
-    """A key some object of the JSON body names twice, if any (a body that is not JSON is
-    left to the route's own validation)."""
+    """The path of a key some object of the JSON body names twice, if any (a body that is
+    not JSON is left to the route's own validation)."""
+    repeating = False
+
+    def marking_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal repeating
+        found = dict(pairs)
+        if len(found) == len(pairs):
+            return found
+        marked, repeating = _Repeating(found), True
+        marked.repeated = _first_repeated([name for name, _ in pairs]) or ""
+        return marked
+
     try:
-        json.loads(body, object_pairs_hook=_refuse_duplicates)
-    except _DuplicateKey as exc:
-        return str(exc)
+        document = json.loads(body, object_pairs_hook=marking_duplicates)
     except ValueError:
         return None
-    return None
+    if not repeating:
+        return None
+    return _first_path(document, lambda v: (v.repeated,) if isinstance(v, _Repeating) else None)
 
 
 class _NonFinite(ValueError):
@@ -152,16 +176,8 @@ def too_long_number(body: bytes) -> str | None:
         document = json.loads(body, parse_int=_read_int)
     except ValueError:
         return None
-    stack: list[tuple[tuple[str, ...], Any]] = [((), document)]
-    while stack:
-        path, value = stack.pop()
-        if isinstance(value, _TooLong):
-            return ".".join(path) or "body"
-        if isinstance(value, dict):
-            stack.extend(((*path, key), item) for key, item in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend(((*path, str(i)), item) for i, item in reversed(list(enumerate(value))))
-    return None  # the digits were in a string
+    # None: the digits were in a string.
+    return _first_path(document, lambda v: () if isinstance(v, _TooLong) else None)
 
 
 @dataclass(frozen=True)
@@ -230,7 +246,7 @@ def _refusal_of_body(body: bytes) -> _Refusal | None:
     duplicate = duplicate_key(body)
     if duplicate is not None:
         return _Refusal(
-            f"the body names the key {duplicate!r} twice in one object",
+            f"the body gives {duplicate!r} twice (an object naming a key twice)",
             duplicate, "given twice", "duplicate_key",
         )  # fmt: skip
     constant = non_finite_number(body)

@@ -84,6 +84,9 @@ def test_a_body_has_a_duplicate_key_only_when_an_object_repeats_one(value: objec
     # The same object once more, inside an object that names "k" twice.
     repeated = f'{{"k": {body}, "other": 1, "k": {body}}}'
     assert duplicate_key(repeated.encode()) == "k"
+    # Named by its path, as a number too long to read is; the first in the body's order.
+    within = f'{{"k": {body}, "items": [{body}, {{"a": 1, "b": {repeated}, "a": 2}}]}}'
+    assert duplicate_key(within.encode()) == "items.1.a"
 
 
 async def test_a_key_given_twice_is_refused(client: httpx.AsyncClient) -> None:
@@ -102,6 +105,38 @@ async def test_a_key_given_twice_is_refused(client: httpx.AsyncClient) -> None:
     assert await row_counts() == before
     async with session_scope() as session:
         assert await session.scalar(select(func.count()).select_from(IdempotencyRecord)) == 0
+
+
+async def test_a_key_given_twice_is_named_by_its_path_whatever_it_holds(
+    client: httpx.AsyncClient,
+) -> None:
+    """A key repeated within a list was named bare ("due_on"); one holding a lone surrogate,
+    which JSON's escapes allow and UTF-8 cannot encode, was a 500 to a caller with no key
+    (a tester's), as was a number too long to read under such a key."""
+    w = await world(client)
+    loan = await w.loan()
+    before = await row_counts()
+    long = "9" * 5000
+    for path, headers, body, field in (
+        (f"/v1/loans/{loan['id']}/restructures", w.merchant,
+         '{"kind": "repayment_plan", "installments": [{"due_on": "2027-01-01"}, '
+         '{"due_on": "2027-02-01", "due_on": "2027-03-01"}]}', "installments.1.due_on"),
+        ("/v1/merchants", {}, '{"\\ud800": 1, "\\ud800": 2}', "\ud800"),
+        ("/v1/inbound/gateways/alipay", {"webhook-id": "x", "webhook-timestamp": "1",
+                                         "webhook-signature": "v1,AA"},
+         '{"a\\udfff": 1, "a\\udfff": 2}', "a\udfff"),
+        (f"/v1/loans/{loan['id']}/payments", w.merchant, '{"\\ud800": ' + long + "}", "\ud800"),
+    ):  # fmt: skip
+        response = await client.post(
+            path, content=body, headers={**headers, "content-type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == field
+        # Escaped as JSON escapes it, the bytes UTF-8.
+        assert field.isascii() or b'"field":"' + field.encode(errors="backslashreplace") in (
+            response.content
+        )
+    assert await row_counts() == before
 
 
 def depth(value: object) -> int:

@@ -1,6 +1,7 @@
 """Signed notifications from payment gateways: debit results and chargebacks."""
 
 import asyncio
+import codecs
 import json
 import time
 from datetime import datetime, timedelta
@@ -93,6 +94,22 @@ async def test_a_succeeded_debit_records_a_payment_once(client: httpx.AsyncClien
     assert again.status_code == 200
     assert again.json()["status"] == "duplicate"
     assert again.json()["result"]["id"] == first.json()["result"]["id"]
+    assert await count(Payment) == 1
+
+
+async def test_a_byte_order_mark_before_the_notification_is_ignored(
+    client: httpx.AsyncClient,
+) -> None:
+    """As every other route's JSON is read; the notification alone was refused 422 "not
+    valid JSON", and its gateway retried it for days (a tester's)."""
+    w = await world(client)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    body = notification("debit.succeeded", loan["id"], amount="10.00", received_on="2026-02-10")
+    raw, headers = signed_raw(secret, codecs.BOM_UTF8 + json.dumps(body).encode(), "msg_bom")
+    response = await post(client, raw, headers)
+    assert (response.status_code, response.json()["status"]) == (200, "processed"), response.text
+    assert (await post(client, raw, headers)).json()["status"] == "duplicate"
     assert await count(Payment) == 1
 
 
