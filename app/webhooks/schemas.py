@@ -11,7 +11,8 @@ from app.webhooks.service import DeliveryView, EndpointView
 EventPattern = Annotated[str, Field(min_length=1, max_length=64)]
 # No min_length: a short URL of another scheme ("ftp://x") was told it needs 8 characters,
 # not that it needs http(s). The service refuses an http(s) URL without a valid host.
-_HTTP_SCHEME = re.compile(r"https?://", re.IGNORECASE)
+# ASCII: with Unicode case folding the long s (U+017F) matched "s".
+_HTTP_SCHEME = re.compile(r"https?://", re.IGNORECASE | re.ASCII)
 
 
 def _http_scheme(url: str) -> str:

@@ -1011,7 +1011,7 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
         await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin, expect=201)
     hook = await endpoint(w, "https://hooks.test/h")
     scheme = "must start with http:// or https://"
-    for url in ("ftp://x", "ftp://example.com/hook", ""):
+    for url in ("ftp://x", "ftp://example.com/hook", "", "HTTP\u017f://hooks.test/h"):
         for sent in (w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin),
                      client.patch(f"/v1/webhook-endpoints/{hook['id']}", json={"url": url},
                                   headers=w.admin)):  # fmt: skip
