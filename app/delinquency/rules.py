@@ -94,6 +94,28 @@ def spell_past_due(
     the spell before; None if there was none): the history a payment or reversal rewrites.
     An installment still unpaid by no more than the tolerance counts as never missed (when it
     came within it is not kept)."""
+    merged = _spells(as_of, installments, tolerance_minor)
+    if not merged or merged[-1][1] < as_of:
+        return None, None
+    cured_on = merged[-2][1] + timedelta(days=1) if len(merged) > 1 else None
+    return merged[-1][0], cured_on
+
+
+def past_due_since(
+    day: date,
+    as_of: date,
+    installments: Iterable[tuple[DueInstallment, date | None]],
+    tolerance_minor: int,
+) -> bool:
+    """Whether the history (as ``spell_past_due`` reads it) has the loan past due on a day
+    from ``day`` to ``as_of``."""
+    return any(last >= day for _, last in _spells(as_of, installments, tolerance_minor))
+
+
+def _spells(
+    as_of: date, installments: Iterable[tuple[DueInstallment, date | None]], tolerance_minor: int
+) -> list[tuple[date, date]]:
+    """The loan's spells past due up to ``as_of`` (first and last day each), in order."""
     spells: list[tuple[date, date]] = []
     for installment, settled_on in installments:
         if installment.due_date >= as_of:
@@ -113,10 +135,7 @@ def spell_past_due(
             merged[-1] = (merged[-1][0], max(merged[-1][1], last))
         else:
             merged.append((first, last))
-    if not merged or merged[-1][1] < as_of:
-        return None, None
-    cured_on = merged[-2][1] + timedelta(days=1) if len(merged) > 1 else None
-    return merged[-1][0], cured_on
+    return merged
 
 
 def bucket_for(dpd: int) -> Bucket:

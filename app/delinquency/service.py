@@ -51,6 +51,7 @@ from app.delinquency.rules import (
     cure_date,
     days_past_due,
     first_past_30,
+    past_due_since,
     spell_past_due,
     status_for,
 )
@@ -195,7 +196,15 @@ def apply_delinquency(
     if bucket != loan.bucket and onwards:
         loan.previous_bucket = loan.bucket
         if bucket == Bucket.CURRENT:
-            loan.cured_on = cure_date(as_of, due)
+            # A payment in time reported late erases the spell it ends: the cure before that
+            # spell stands. Dated on the report, the cure made the next spell a relapse from
+            # a day the loan was never past due to (a tester's). Returned goods end a spell.
+            erased = (
+                loan.relapsed_on is not None
+                and status != LoanStatus.CANCELLED
+                and not past_due_since(loan.relapsed_on, as_of, due, tolerance)
+            )
+            loan.cured_on = loan.relapse_cured_on if erased else cure_date(as_of, due)
     if dpd > 0 and onwards:
         # From the history, which a payment or reversal may rewrite: a back-dated payment in
         # time erases a spell, a bounced one joins two (the close, which rewrites none, keeps

@@ -366,6 +366,30 @@ async def test_a_payment_in_time_reported_late_moves_the_relapse_it_erased(
     assert "cure_relapse" not in await flags(w, loan_id)
 
 
+async def test_a_payment_in_time_reported_late_is_no_cure_the_next_spell_relapses_from(
+    client: httpx.AsyncClient,
+) -> None:
+    """Past due from Feb 11; on Feb 20 the Feb 10 installment is reported paid on its due
+    date, and the loan is current: it never was past due. Past due from Mar 11, that is its
+    first spell, no relapse. The cure was dated on the report (Feb 20), and the close raised
+    cure_relapse 19 days after a cure that never was (a tester's)."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-02-20")
+    first = (await w.get(f"/v1/loans/{loan_id}/schedule"))["installments"][0]
+    await w.pay(loan_id, first["total"], "2026-02-10")
+    assert (await w.get(f"/v1/loans/{loan_id}"))["bucket"] == "current"
+    await close(w, "2026-03-14")
+    raised = await flags(w, loan_id)
+    assert "dpd_roll_forward" in raised
+    assert "cure_relapse" not in raised
+    # A cure that was one still counts: paid late, the Mar 10 installment cures on Mar 14.
+    second = (await w.get(f"/v1/loans/{loan_id}/schedule"))["installments"][1]
+    await w.pay(loan_id, second["total"], "2026-03-14")
+    await close(w, "2026-04-14")
+    assert (await flags(w, loan_id))["cure_relapse"]["evidence"]["cured_on"] == "2026-03-14"
+
+
 async def test_a_cure_paid_after_the_business_date_dates_from_its_payment(
     client: httpx.AsyncClient,
 ) -> None:
