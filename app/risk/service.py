@@ -1041,8 +1041,10 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
 
     Not before the first close: flags are raised on business dates, and the first close may
     be for a date before today, when flags raised as of today would be cleared on a day before
-    they were raised. The first close (or an on-demand run) evaluates every open loan."""
-    if await delinquency.closing_date(session) is None:
+    they were raised. The first close (or an on-demand run) evaluates every open loan. Unless
+    an on-demand run has flagged the borrower already, as of today: left alone, its flags
+    outlived the arrears paid, or the loan cancelled, and the grade with them (a tester's)."""
+    if await delinquency.closing_date(session) is None and not await _flagged(session, loan):
         return
     if loan.flags_deferred:
         # Booked past due, not evaluated since: a history brought in goes in payment by
@@ -1057,6 +1059,13 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     in_force = await current_rules(session)
     await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force, every_payment=True)
     await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id, rules=in_force[1])
+
+
+async def _flagged(session: AsyncSession, loan: Loan) -> bool:
+    flag = select(RiskFlag.id).where(
+        RiskFlag.borrower_id == loan.borrower_id, RiskFlag.status == FlagStatus.OPEN
+    )
+    return await session.scalar(flag.limit(1)) is not None
 
 
 async def list_flags(

@@ -7,6 +7,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import httpx
+from dateutil.relativedelta import relativedelta
 from standardwebhooks import Webhook
 
 from app import clock
@@ -388,6 +389,31 @@ async def test_a_payment_in_time_reported_late_is_no_cure_the_next_spell_relapse
     await w.pay(loan_id, second["total"], "2026-03-14")
     await close(w, "2026-04-14")
     assert (await flags(w, loan_id))["cure_relapse"]["evidence"]["cured_on"] == "2026-03-14"
+
+
+async def test_before_the_first_close_a_runs_flags_follow_a_payment_and_a_cancel(
+    client: httpx.AsyncClient,
+) -> None:
+    """No close yet; an on-demand run flags two borrowers' loans booked in arrears, and
+    grades both E. Paying one's arrears clears its flags; cancelling the other's loan clears
+    its flags and, with no open loan left, its grade. Both were left as the run had them
+    (a tester's)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    today = clock.today()
+    booked = {"principal": "1200.00", "term": 6,
+              "disbursed_on": str(today.replace(day=1) - relativedelta(months=3))}  # fmt: skip
+    paying, cancelling = await w.loan(**booked), await w.loan(**booked)
+    await w.post("/v1/risk/runs", {"as_of": str(today)}, headers=w.admin, expect=201)
+    assert "never_paid" in await flags(w, paying["id"])
+    assert (await w.get(f"/v1/borrowers/{cancelling['borrower_id']}"))["risk_grade"] == "E"
+    overdue = (await w.get(f"/v1/loans/{paying['id']}"))["balances"]["overdue_amount"]
+    await w.pay(paying["id"], overdue, str(today))
+    assert await flags(w, paying["id"]) == {}
+    await w.post(f"/v1/loans/{cancelling['id']}/cancel", {}, expect=200)
+    assert await flags(w, cancelling["id"]) == {}
+    got = await w.get(f"/v1/borrowers/{cancelling['borrower_id']}")
+    assert (got["risk_grade"], got["risk_score"]) == ("A", 1000), got
 
 
 async def test_a_cure_paid_after_the_business_date_dates_from_its_payment(
