@@ -19,6 +19,8 @@ from app.ids import new_id
 from app.loans.models import Loan, LoanInstallment
 from app.payments.allocation import InstallmentTerms, PaymentIn, replay
 from app.payments.models import Payment, PaymentAllocation
+from app.portfolio import service as portfolio
+from app.portfolio.positions import Scope
 
 AS_OF = date(2026, 6, 30)
 LOANS = 300
@@ -123,6 +125,13 @@ async def test_demo_portfolio_keeps_the_invariants_and_the_close_sees_the_mix() 
     assert await violations("SELECT count(*) FROM payment WHERE status = 'reversed'") != [(0,)]
 
     await assert_the_waterfall_agrees()
+    # The dashboards see the book before any close (they saw no loan: a tester's).
+    async with session_scope() as session:
+        book = await portfolio.summary(session, Scope(currency=demo.CURRENCY))
+    open_loans = await counted("SELECT 'open', count(*) FROM loan WHERE status = 'active'")
+    assert (book.loans.count, book.by_status["paid_off"].count) == (
+        open_loans["open"], outcomes[demo.PAID_OFF_EARLY] + outcomes[demo.PAID_OFF_AT_TERM],
+    )  # fmt: skip
 
     async with session_scope() as session:
         dates = await close_service.plan_close(session, as_of=AS_OF)
