@@ -172,8 +172,9 @@ async def drain(
             slow = lanes.slow_endpoints()
             # Past its budget by a timeout, the drain ends whatever is pending: an endpoint
             # that answers, slowly, could otherwise keep it going as long as its backlog.
+            lanes.over = over
             ending = over and (
-                not lanes.waiting_on_slow() or elapsed >= budget_seconds + lanes.timeout
+                not lanes.waiting_on_hanging() or elapsed >= budget_seconds + lanes.timeout
             )
             if (stop is not None and stop.is_set()) or ending:
                 await lanes.hand_back(now or utc_now())
@@ -193,7 +194,7 @@ async def drain(
                 # and a healthy endpoint's new event waited behind it for a minute and more
                 # (a tester's, on Celery, 4,000 deliveries behind). Slow now, or silent
                 # lately: one slow answer left a healthy endpoint, busy with its own lanes,
-                # out of most claims for 30 s (p50 2.7 s behind, bench of this session).
+                # out of most claims for 30 s.
                 leave_out |= {e for e in lanes.hanging() if lanes.busy[e]}
                 # A batch while less than one is held (but for slow endpoints, whose attempts
                 # may take a timeout): the lanes never run dry while the database works, and
@@ -242,6 +243,8 @@ class _Lanes:
         self.released: list[tuple[int, float]] = []
         self.refusals: dict[str, str | None] = {}
         self.sent: list[Outcome] = []  # not yet recorded
+        # Past the drain's budget: no attempt starts to an endpoint that hangs.
+        self.over = False
 
     @property
     def held(self) -> int:
@@ -277,9 +280,10 @@ class _Lanes:
         since = time.monotonic() - SLOW_SECONDS
         return [endpoint_id for endpoint_id, started in self.sending.values() if started < since]
 
-    def waiting_on_slow(self) -> bool:
-        """An attempt has been pending for SLOW_SECONDS."""
-        return bool(self._slow())
+    def waiting_on_hanging(self) -> bool:
+        """An attempt is pending to an endpoint that hangs (``hanging``)."""
+        hanging = self.hanging()
+        return any(endpoint_id in hanging for endpoint_id, _ in self.sending.values())
 
     def slow_endpoints(self) -> set[str]:
         """Those with an attempt pending for SLOW_SECONDS, or found slow lately."""
@@ -412,6 +416,17 @@ class _Lanes:
             # send the delivery beside it: the rest of the lane goes back to its leases, due
             # again in this order.
             if self.leases[claimed.delivery_id] - time.monotonic() < self.timeout:
+                log.warning(
+                    "%d deliveries to webhook endpoint %s waited out their lease: left to be "
+                    "claimed again", len(lane) + 1, claimed.endpoint.id,
+                )  # fmt: skip
+                self._release([claimed, *lane])
+                lane.clear()
+                return
+            # Nor, past the budget, to an endpoint that hangs: its lane went on after each
+            # timeout, and the drain, waiting out the new attempt, claimed nothing for another
+            # (a retry, a re-enabled endpoint's deliveries, a healthy endpoint's new events).
+            if self.over and claimed.endpoint.id in self.hanging():
                 self._release([claimed, *lane])
                 lane.clear()
                 return
@@ -437,13 +452,9 @@ class _Lanes:
             self.sent.append(outcome)
 
     def _release(self, claimed: Sequence[Claimed]) -> None:
+        """Left unsent: due again at the next record, if their lease has a second to spare."""
         for c in claimed:
             self.released.append((c.delivery_id, self.leases.pop(c.delivery_id)))
-        log.warning(
-            "%d deliveries to webhook endpoint %s waited out their lease: left to be claimed again",
-            len(claimed),
-            claimed[0].endpoint.id,
-        )
 
 
 _deliveries = cast(Table, WebhookDelivery.__table__)

@@ -1230,3 +1230,30 @@ async def test_past_its_budget_a_drain_sends_to_an_endpoint_that_answered_slowly
         finally:
             stuck.gate.set()
             await in_flight
+
+
+async def test_past_its_budget_a_drain_starts_no_attempt_more_to_a_hanging_endpoint(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hanging endpoint's lane went on after each timeout: the drain, waiting out each new
+    attempt, ended a timeout later each time and claimed nothing meanwhile (a tester's: a
+    retry and a re-enabled endpoint's deliveries waited for the next drain)."""
+    monkeypatch.setattr(dispatcher, "SLOW_SECONDS", 0.2)
+    monkeypatch.setattr(get_settings(), "webhook_timeout_seconds", 1.0)
+    w = await world(client)
+    with receiving() as stuck:
+        stuck.gate.clear()
+        await endpoint(w, stuck.url)
+        loan = await w.loan()
+        await w.pay(loan["id"], "10.00")  # a lane of several events of one loan
+        try:
+            sent = await dispatcher.drain(budget_seconds=0.3)
+        finally:
+            stuck.gate.set()
+    assert (sent, len(stuck.arrived)) == (1, 1)
+    async with session_scope() as session:
+        due = await session.scalar(
+            select(func.count()).where(WebhookDelivery.status == "pending",
+                                       WebhookDelivery.next_attempt_at <= utc_now())
+        )  # fmt: skip
+    assert due == 1  # the rest of the lane (its payment), handed back: due at once
