@@ -59,7 +59,7 @@ from app.portfolio import positions as portfolio
 from app.products.models import Product
 from app.promises.models import Promise, PromiseStatus
 from app.risk import grades
-from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion
+from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion, RiskRun
 from app.risk.rules import BrokenPromise, FlagCode, LoanFeatures, RiskRules, Severity, evaluate
 from app.risk.score import FADE_DAYS, FlagFact, Score, score_loan
 from app.risk.versions import current_rules
@@ -1041,10 +1041,11 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
 
     Not before the first close: flags are raised on business dates, and the first close may
     be for a date before today, when flags raised as of today would be cleared on a day before
-    they were raised. The first close (or an on-demand run) evaluates every open loan. Unless
-    an on-demand run has flagged the borrower already, as of today: left alone, its flags
-    outlived the arrears paid, or the loan cancelled, and the grade with them (a tester's)."""
-    if await delinquency.closing_date(session) is None and not await _flagged(session, loan):
+    they were raised. The first close (or an on-demand run) evaluates every open loan. Once an
+    on-demand run has, as of today, every change is evaluated as after a close: left alone,
+    the run's flags outlived the arrears paid, or the loan cancelled, and the grade with them;
+    and a bounce of that payment raised nothing (a tester's, then a re-verifier's)."""
+    if await delinquency.closing_date(session) is None and not await _evaluated_by_a_run(session):
         return
     if loan.flags_deferred:
         # Booked past due, not evaluated since: a history brought in goes in payment by
@@ -1061,11 +1062,9 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id, rules=in_force[1])
 
 
-async def _flagged(session: AsyncSession, loan: Loan) -> bool:
-    flag = select(RiskFlag.id).where(
-        RiskFlag.borrower_id == loan.borrower_id, RiskFlag.status == FlagStatus.OPEN
-    )
-    return await session.scalar(flag.limit(1)) is not None
+async def _evaluated_by_a_run(session: AsyncSession) -> bool:
+    started = select(RiskRun.id).where(RiskRun.started_at.is_not(None)).limit(1)
+    return await session.scalar(started) is not None
 
 
 async def list_flags(

@@ -395,9 +395,9 @@ async def test_before_the_first_close_a_runs_flags_follow_a_payment_and_a_cancel
     client: httpx.AsyncClient,
 ) -> None:
     """No close yet; an on-demand run flags two borrowers' loans booked in arrears, and
-    grades both E. Paying one's arrears clears its flags; cancelling the other's loan clears
-    its flags and, with no open loan left, its grade. Both were left as the run had them
-    (a tester's)."""
+    grades both E. Paying one's arrears clears its flags, and its bounce raises them again;
+    cancelling the other's loan clears its flags and, with no open loan left, its grade. All
+    were left as the run had them (a tester's, a re-verifier's)."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3)  # fmt: skip
     today = clock.today()
@@ -408,8 +408,11 @@ async def test_before_the_first_close_a_runs_flags_follow_a_payment_and_a_cancel
     assert "never_paid" in await flags(w, paying["id"])
     assert (await w.get(f"/v1/borrowers/{cancelling['borrower_id']}"))["risk_grade"] == "E"
     overdue = (await w.get(f"/v1/loans/{paying['id']}"))["balances"]["overdue_amount"]
-    await w.pay(paying["id"], overdue, str(today))
+    paid = await w.pay(paying["id"], overdue, str(today))
     assert await flags(w, paying["id"]) == {}
+    # Bounced, the arrears are back, and their flags with them (a re-verifier's: none was).
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    assert {"payment_reversal", "never_paid"} <= set(await flags(w, paying["id"]))
     await w.post(f"/v1/loans/{cancelling['id']}/cancel", {}, expect=200)
     assert await flags(w, cancelling["id"]) == {}
     got = await w.get(f"/v1/borrowers/{cancelling['borrower_id']}")
