@@ -168,11 +168,10 @@ async def drain(
         while True:
             sent += await lanes.record(now or utc_now())
             elapsed = time.monotonic() - started
-            over = elapsed >= budget_seconds
+            over = lanes.over = elapsed >= budget_seconds
             slow = lanes.slow_endpoints()
             # Past its budget by a timeout, the drain ends whatever is pending: an endpoint
             # that answers, slowly, could otherwise keep it going as long as its backlog.
-            lanes.over = over
             ending = over and (
                 not lanes.waiting_on_hanging() or elapsed >= budget_seconds + lanes.timeout
             )
