@@ -15,6 +15,7 @@ from app.delinquency.rules import (
     late_fee_due,
     late_fee_judged_on,
     late_fee_minor,
+    past_due_since,
     spell_past_due,
     status_for,
 )
@@ -146,3 +147,18 @@ def test_the_spell_past_due_and_the_cure_before_it_come_from_the_history() -> No
     assert spell_past_due(date(2026, 2, 15), [(due(1, feb), None)], 100) == (
         date(2026, 2, 11), None,
     )  # fmt: skip
+
+
+def test_a_spell_a_payment_in_time_erased_is_no_longer_in_the_history() -> None:
+    """Past due from Feb 11 as the loan was shown; Feb then reported paid on its due date:
+    the history has no day past due since Feb 11 (the payment's cure is no cure); paid on
+    Feb 20, it has, until Feb 19."""
+    feb, mar = date(2026, 2, 10), date(2026, 3, 10)
+    since = date(2026, 2, 11)
+    in_time = [(DueInstallment(1, feb, 0), feb), (DueInstallment(2, mar, 10_000), None)]
+    assert not past_due_since(since, date(2026, 2, 25), in_time, 100)
+    late = [(DueInstallment(1, feb, 0), date(2026, 2, 20)), in_time[1]]
+    assert past_due_since(since, date(2026, 2, 25), late, 100)
+    assert not past_due_since(date(2026, 2, 20), date(2026, 2, 25), late, 100)
+    # Mar unpaid past its due date: past due again from Mar 11.
+    assert past_due_since(since, date(2026, 3, 12), in_time, 100)
