@@ -235,13 +235,7 @@ async def _close(as_of: date) -> CloseRun:
     # refused 409 until it went stale (a tester's).
     closing = asyncio.current_task()
     assert closing is not None
-
-    def stop() -> None:
-        # Once: a second SIGTERM cut the record of the first short (a re-verifier's).
-        if not closing.cancelling():
-            closing.cancel()
-
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, closing.cancel)
     try:
         async with session_scope() as session:
             dates = await close_service.plan_close(session, as_of=as_of)

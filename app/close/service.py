@@ -485,13 +485,12 @@ _running_here: set["asyncio.Task[Any]"] = set()
 
 
 async def stop_closes_in_process(wait_seconds: float) -> None:
-    """Cancel the closes running in this process (unless already cancelled: the server cancels
-    a request still running after its grace) and wait up to ``wait_seconds`` for their
-    runs to be recorded failed."""
+    """Cancel the closes running in this process and wait up to ``wait_seconds`` for their
+    runs to be recorded failed (a second cancellation, the server's of a request still
+    running after its grace, does not cut that record short: ``_to_the_end``)."""
     running = [task for task in _running_here if not task.done()]
     for task in running:
-        if not task.cancelling():
-            task.cancel()
+        task.cancel()
     if running:
         await asyncio.wait(running, timeout=wait_seconds)
 
