@@ -73,6 +73,8 @@ class Claimed:
     # The event's sequence and loan: one loan's events reach an endpoint in sequence order.
     position: int
     loan_id: str | None
+    # When it fell due: what a hand-back restores, so it is claimed again in its turn.
+    due_at: datetime
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ async def drain(
                 not lanes.waiting_on_hanging() or elapsed >= budget_seconds + lanes.timeout
             )
             if (stop is not None and stop.is_set()) or ending:
-                await lanes.hand_back(now or utc_now())
+                await lanes.hand_back()
             else:
                 # Past its budget the drain only waits out the slow attempts: none starts to
                 # an endpoint with one pending or none answered lately, and meanwhile the
@@ -187,7 +189,7 @@ async def drain(
                 # waited out another's timeout at the end of every drain for 30 s (a
                 # tester's, on Celery: ~10 s, p90).
                 leave_out = lanes.hanging() if over else lanes.full()
-                await lanes.hand_back_lanes(leave_out, now or utc_now())
+                await lanes.hand_back_lanes(leave_out)
                 # Nor are more claimed for a slow endpoint with attempts pending: claimed
                 # first (they fell due first), a slow endpoint's backlog filled every batch,
                 # and a healthy endpoint's new event waited behind it for a minute and more
@@ -239,7 +241,7 @@ class _Lanes:
         # Claimed and not yet recorded: delivery id -> when its lease ends (monotonic).
         self.leases: dict[int, float] = {}
         # Left unsent with some lease to spare: due again at the next record.
-        self.released: list[tuple[int, float]] = []
+        self.released: list[tuple[Claimed, float]] = []
         self.refusals: dict[str, str | None] = {}
         self.sent: list[Outcome] = []  # not yet recorded
         # Past the drain's budget: no attempt starts to an endpoint that hangs.
@@ -307,14 +309,14 @@ class _Lanes:
         cap = self.cap()
         return {e for e in self._slow() if self.busy[e] >= cap}
 
-    async def hand_back_lanes(self, endpoints: set[str], now: datetime) -> None:
+    async def hand_back_lanes(self, endpoints: set[str]) -> None:
         """The lanes of ``endpoints`` not started: due again at once."""
-        waiting: list[int] = []
+        waiting: list[Claimed] = []
         for endpoint_id in endpoints & self.ready.keys():
             for key in self.ready.pop(endpoint_id):
-                waiting.extend(c.delivery_id for c in self.lanes.pop(key))
+                waiting.extend(self.lanes.pop(key))
         # One whose lease ran out while it waited may be another dispatcher's now.
-        await _due_at_once([d for d in waiting if self.leases.pop(d) > time.monotonic()], now)
+        await _due_again([c for c in waiting if self.leases.pop(c.delivery_id) > time.monotonic()])
 
     def _start_senders(self) -> None:
         # A sender that ran out of lanes is over, though only wait() drops it.
@@ -337,9 +339,7 @@ class _Lanes:
         for o in outcomes:
             del self.leases[o.claimed.delivery_id]
         released, self.released = self.released, []
-        await _due_at_once(
-            [d for d, lease_ends in released if lease_ends - time.monotonic() > 1.0], now
-        )
+        await _due_again([c for c, lease_ends in released if lease_ends - time.monotonic() > 1.0])
         return len(outcomes)
 
     async def wait(self, seconds: float) -> None:
@@ -366,15 +366,15 @@ class _Lanes:
         await asyncio.gather(*self.senders, return_exceptions=True)
         self.senders.clear()
 
-    async def hand_back(self, now: datetime) -> None:
+    async def hand_back(self) -> None:
         """The deliveries claimed and not yet started are due again at once, in their order;
         the lanes end with the attempts in flight."""
-        waiting = [c.delivery_id for lane in self.lanes.values() for c in lane]
+        waiting = [c for lane in self.lanes.values() for c in lane]
         for lane in self.lanes.values():
             lane.clear()
         self.ready.clear()
         # One whose lease ran out while it waited may be another dispatcher's now.
-        await _due_at_once([d for d in waiting if self.leases.pop(d) > time.monotonic()], now)
+        await _due_again([c for c in waiting if self.leases.pop(c.delivery_id) > time.monotonic()])
 
     def _enqueue(self, claimed: Claimed) -> None:
         key = (claimed.endpoint.id, claimed.loan_id or claimed.event_id)
@@ -453,7 +453,7 @@ class _Lanes:
     def _release(self, claimed: Sequence[Claimed]) -> None:
         """Left unsent: due again at the next record, if their lease has a second to spare."""
         for c in claimed:
-            self.released.append((c.delivery_id, self.leases.pop(c.delivery_id)))
+            self.released.append((c, self.leases.pop(c.delivery_id)))
 
 
 _deliveries = cast(Table, WebhookDelivery.__table__)
@@ -461,14 +461,23 @@ _events = cast(Table, Event.__table__)
 _endpoints = cast(Table, WebhookEndpoint.__table__)
 
 
-async def _due_at_once(delivery_ids: list[int], now: datetime) -> None:
-    """Deliveries this drain held and leaves unsent, for the next claim."""
-    if delivery_ids:
+# Due again when it first fell due, not at the hand-back: a loan's later event, written
+# while the drain held its earlier ones, fell due before the hand-back, and the next claim,
+# in order of due time, took it first (a tester saw a loan's sequence 834 sent 4 s before
+# 14 earlier events of the loan, as a drain ended beside a hanging endpoint).
+_DUE_AGAIN = (
+    update(_deliveries)
+    .where(_deliveries.c.id == bindparam("delivery_id"))
+    .values(next_attempt_at=bindparam("due_at"), leased_until=None)
+)
+
+
+async def _due_again(claimed: Sequence[Claimed]) -> None:
+    """Deliveries this drain held and leaves unsent, for the next claim, in their turn."""
+    if claimed:
         async with session_scope() as session:
             await session.execute(
-                update(_deliveries)
-                .where(_deliveries.c.id.in_(delivery_ids))
-                .values(next_attempt_at=now, leased_until=None)
+                _DUE_AGAIN, [{"delivery_id": c.delivery_id, "due_at": c.due_at} for c in claimed]
             )
 
 
@@ -476,7 +485,7 @@ async def _claim(now: datetime, limit: int, excluding: Collection[str]) -> list[
     d, w, e = _deliveries.c, _endpoints.c, _events.c
     async with session_scope() as session:
         due = (
-            select(d.id)
+            select(d.id, d.next_attempt_at)
             .join(_endpoints, w.id == d.endpoint_id)
             .where(d.status == DeliveryStatus.PENDING, d.next_attempt_at <= now, w.enabled)
             .where(d.endpoint_id.not_in(excluding) if excluding else true())
@@ -484,16 +493,17 @@ async def _claim(now: datetime, limit: int, excluding: Collection[str]) -> list[
             .limit(limit)
             .with_for_update(of=_deliveries, skip_locked=True)
         )
+        due_at = {r.id: r.next_attempt_at for r in await session.execute(due)}
+        if not due_at:
+            return []
         rows = (
             await session.execute(
                 update(_deliveries)
-                .where(d.id.in_(due.scalar_subquery()))
+                .where(d.id.in_(list(due_at)))
                 .values(next_attempt_at=now + LEASE, leased_until=now + LEASE)
                 .returning(d.id, d.attempts, d.event_position, d.endpoint_id)
             )
         ).all()
-        if not rows:
-            return []
         events = {
             r.position: r
             for r in await session.execute(
@@ -519,6 +529,7 @@ async def _claim(now: datetime, limit: int, excluding: Collection[str]) -> list[
         Claimed(
             r.id, r.attempts, events[r.event_position].id, bodies[r.event_position],
             endpoints[r.endpoint_id], r.event_position, events[r.event_position].loan_id,
+            due_at[r.id],
         )
         for r in rows
     ]  # fmt: skip

@@ -740,6 +740,35 @@ async def test_a_drain_past_its_budget_hands_back_what_it_has_not_started(
         assert sequences == sorted(sequences)
 
 
+async def test_what_a_drain_hands_back_is_claimed_before_the_loans_later_events(
+    client: httpx.AsyncClient,
+) -> None:
+    """A drain hands back a loan's events after a later one of the loan fell due (written
+    while the drain held them: here, the drain's clock is ahead). Due again at the hand-back,
+    they came after it in the next claim's order, and the later event reached the endpoint
+    first (a tester's, at a drain's end beside a hanging endpoint)."""
+    w = await world(client)
+    with receiving() as receiver:
+        receiver.delay = lambda _: 0.3
+        hook = await endpoint(w, receiver.url)
+        loan = await w.loan()
+        for _ in range(3):
+            await w.pay(loan["id"], "10.00")
+        handed_back_at = utc_now() + timedelta(minutes=5)
+        first = await dispatcher.drain(now=handed_back_at, budget_seconds=0.4)
+        assert 1 <= first < 4
+        await w.pay(loan["id"], "10.00")  # falls due before the hand-back's clock
+        claimed = await dispatcher._claim(handed_back_at, 1, ())
+        async with session_scope() as session:
+            pending = await session.scalars(
+                select(WebhookDelivery.event_position).where(WebhookDelivery.status == "pending")
+            )
+            assert [c.position for c in claimed] == [min(pending)]
+        assert await deliver(handed_back_at + dispatcher.LEASE + timedelta(seconds=1)) == 5 - first
+        sequences = [r.verified(hook["secret"])["data"]["sequence"] for r in receiver.received]
+        assert sequences == sorted(sequences)
+
+
 async def test_a_dispatcher_killed_mid_batch_loses_nothing(client: httpx.AsyncClient) -> None:
     w = await world(client)
     with receiving() as receiver:
