@@ -1232,3 +1232,22 @@ async def test_a_risk_run_lists_no_loan_disbursed_after_its_date(
             listed[as_of] = {row[0] for row in rows}
     assert listed[date(2026, 5, 1)] == {early["id"]}
     assert listed[date(2026, 8, 1)] == {early["id"], late["id"]}
+
+
+async def test_flags_cleared_together_are_told_in_the_order_they_were_raised(
+    client: httpx.AsyncClient,
+) -> None:
+    """A payoff clears a loan's flags in one statement, whose RETURNING has no order: a flag
+    acknowledged since (its row rewritten) came back last, and PostgreSQL and SQLite told the
+    same clearing in different orders (a tester's)."""
+    w = await setup(client)
+    loan_id = await loan(w)
+    await close(w, "2026-03-31")
+    raised = sorted(f["id"] for f in (await flags(w, loan_id)).values())
+    assert len(raised) >= 2
+    await w.post(f"/v1/risk/flags/{raised[0]}/acknowledge", {"note": "called"}, expect=200)
+    payoff = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["payoff_amount"]
+    await w.pay(loan_id, payoff, "2026-03-31")
+    events = await w.get("/v1/events?type=risk.flag_cleared", headers=w.admin)
+    told = [e["data"]["flag_id"] for e in events["items"] if e["data"]["loan_id"] == loan_id]
+    assert told == raised
