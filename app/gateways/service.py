@@ -33,8 +33,8 @@ from app.loans.errors import CurrencyMismatch
 from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor, parse_amount, payment_ceiling
 from app.payments import service as payments_service
-from app.payments.errors import PaymentAlreadyReversed, PaymentNotFound
-from app.payments.models import Payment, ReversalReason
+from app.payments.errors import PaymentAlreadyRecorded, PaymentAlreadyReversed, PaymentNotFound
+from app.payments.models import Payment, PaymentStatus, ReversalReason
 from app.payments.schemas import payment_read
 from app.risk import service as risk
 from app.webhooks import signing
@@ -145,11 +145,17 @@ async def receive(
     result: dict[str, Any]
     status = "processed"
     if notification.type is NotificationType.DEBIT_SUCCEEDED:
-        view = await payments_service.record_payment(
-            session, system, loan_id=data.loan_id, amount=data.amount,
-            received_on=data.received_on, channel="auto_debit", external_ref=data.external_ref,
-            gateway=gateway.name, field_prefix="data.",
-        )  # fmt: skip
+        try:
+            view = await payments_service.record_payment(
+                session, system, loan_id=data.loan_id, amount=data.amount,
+                received_on=data.received_on, channel="auto_debit",
+                external_ref=data.external_ref, gateway=gateway.name, field_prefix="data.",
+            )  # fmt: skip
+        except PaymentAlreadyRecorded as refused:
+            status, view = (
+                "duplicate",
+                await _debit_recorded_already(session, system, gateway.name, notification, refused),
+            )
         result = payment_read(view).model_dump(mode="json")
     elif notification.type is NotificationType.DEBIT_FAILED:
         status, result = await _record_failed_debit(session, system, gateway.name, notification)
@@ -232,6 +238,41 @@ async def _check_currency(session: AsyncSession, loan_id: str, currency: str) ->
         )
 
 
+async def _debit_recorded_already(
+    session: AsyncSession,
+    system: Principal,
+    gateway: str,
+    notification: Notification,
+    refused: PaymentAlreadyRecorded,
+) -> payments_service.PaymentView:
+    """The payment a debit's ``external_ref`` names, recorded already: by the POS at the till
+    (the same receipt, the same money) or by this gateway under another ``webhook-id``. Of
+    the same amount and still applied, it is this debit: answered 200 ``duplicate``, and the
+    POS's becomes this gateway's, which alone may charge it back. A 409 was retried by the
+    gateway for days, and its chargeback of the payment was refused 404 as the POS's, so
+    the money taken back stayed paid (a tester's). Another amount, another gateway's payment
+    or one reversed since is another matter: the 409 stands (``refused``)."""
+    data = notification.data
+    found = (
+        await session.execute(
+            select(Payment, Loan.currency)
+            .join(Loan, Loan.id == Payment.loan_id)
+            .where(Payment.loan_id == data.loan_id, Payment.external_ref == data.external_ref)
+        )
+    ).first()
+    assert found is not None  # record_payment found it, under the loan's lock
+    payment, currency = found
+    amount = parse_amount("data.amount", data.amount, currency, ceiling=payment_ceiling())
+    if (
+        payment.status != PaymentStatus.APPLIED
+        or payment.gateway not in (None, gateway)
+        or payment.amount_minor != amount
+    ):
+        raise refused
+    payment.gateway = gateway
+    return await payments_service.get_payment(session, system, payment_id=payment.id)
+
+
 async def _charge_back(
     session: AsyncSession, system: Principal, gateway: str, notification: Notification
 ) -> tuple[str, dict[str, Any]]:
@@ -306,14 +347,24 @@ async def _record_failed_debit(
             "detail": f"loan {loan.id} is {loan.status} and owes no debit: not recorded",
         }
     recorded = await session.scalar(
-        select(FailedDebit.id).where(
+        select(FailedDebit).where(
             FailedDebit.loan_id == loan.id, FailedDebit.external_ref == data.external_ref
         )
     )
     if recorded is not None:
-        raise FailedDebitAlreadyRecorded(
-            f"failed debit {recorded} with external_ref {data.external_ref} is already recorded"
-        )
+        # The same failure resent under another webhook-id (a gateway's replay from its own
+        # log): answered 200, as a retry is; a 409 was retried for days. Another failure
+        # under the reference would count twice toward the rule: refused.
+        if (recorded.gateway, recorded.amount_minor, recorded.attempted_on) != (
+            gateway,
+            amount,
+            attempted_on,
+        ):
+            raise FailedDebitAlreadyRecorded(
+                f"failed debit {recorded.id} with external_ref {data.external_ref} is already "
+                "recorded"
+            )
+        return "duplicate", _failed_debit_read(loan, recorded)
     debit = FailedDebit(
         id=new_id("fdb"), loan_id=loan.id, gateway=gateway, amount_minor=amount,
         attempted_on=attempted_on, reason=data.reason,
@@ -321,20 +372,24 @@ async def _record_failed_debit(
     )  # fmt: skip
     session.add(debit)
     await session.flush()
-    result = {
-        "failed_debit_id": debit.id,
-        "loan_id": loan.id,
-        "borrower_id": loan.borrower_id,
-        "merchant_id": loan.merchant_id,
-        "amount": format_minor(amount, loan.currency),
-        "currency": loan.currency,
-        "attempted_on": debit.attempted_on.isoformat(),
-        "reason": debit.reason,
-        "external_ref": debit.external_ref,
-        "gateway": gateway,
-    }
+    result = _failed_debit_read(loan, debit)
     await events.emit(session, "payment.debit_failed", result, loan=loan)
     await risk.refresh_loan(
         session, loan, await delinquency.change_date(session, loan, attempted_on)
     )
     return "processed", result
+
+
+def _failed_debit_read(loan: Loan, debit: FailedDebit) -> dict[str, Any]:
+    return {
+        "failed_debit_id": debit.id,
+        "loan_id": loan.id,
+        "borrower_id": loan.borrower_id,
+        "merchant_id": loan.merchant_id,
+        "amount": format_minor(debit.amount_minor, loan.currency),
+        "currency": loan.currency,
+        "attempted_on": debit.attempted_on.isoformat(),
+        "reason": debit.reason,
+        "external_ref": debit.external_ref,
+        "gateway": debit.gateway,
+    }

@@ -158,9 +158,18 @@ async def test_a_failed_debit_resent_under_another_id_counts_once(
     secret = await gateway(w)
     loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
     body = notification("debit.failed", loan["id"], amount="106.62", received_on="2026-02-10")
-    assert (await post(client, *signed(secret, body, "msg_first"))).status_code == 200
+    first = await post(client, *signed(secret, body, "msg_first"))
+    assert first.status_code == 200
+    # The same failure from the gateway's log under a new id: a 409 was retried for days.
     resent = await post(client, *signed(secret, body, "msg_resent"))
-    assert (resent.status_code, resent.json()["code"]) == (409, "failed_debit_already_recorded")
+    assert resent.status_code == 200, resent.text
+    assert (resent.json()["status"], resent.json()["result"]) == (
+        "duplicate", first.json()["result"],
+    )  # fmt: skip
+    # Another failure under its reference would count twice toward the rule.
+    body = notification("debit.failed", loan["id"], amount="99.00", received_on="2026-02-10")
+    other = await post(client, *signed(secret, body, "msg_other"))
+    assert (other.status_code, other.json()["code"]) == (409, "failed_debit_already_recorded")
     assert await count(FailedDebit) == 1
     # Nothing is owed on a cancelled loan, so no failure to count either; answered 200, as a
     # 409 would be retried for days (a tester's), and its retry is a duplicate.
@@ -177,7 +186,7 @@ async def test_a_failed_debit_resent_under_another_id_counts_once(
         "duplicate", ignored.json()["result"],
     )  # fmt: skip
     assert await count(FailedDebit) == 1
-    assert await count(InboundNotification) == 2
+    assert await count(InboundNotification) == 3  # the first, its resend and the ignored one
     debit_failed = await w.get("/v1/events?type=payment.debit_failed", headers=w.admin)
     assert len(debit_failed["items"]) == 1
     # Its date is still checked: an impossible one is the gateway's error to hear of.
@@ -663,6 +672,52 @@ async def test_a_gateway_charges_back_only_the_payments_it_collected(
     response = await post(client, *signed(other, body, "msg_mine"), to="wechat")
     assert response.status_code == 200, response.text
     assert (await w.get(f"/v1/payments/{by_wechat['id']}"))["status"] == "reversed"
+
+
+async def test_a_debit_the_pos_reported_already_is_the_gateways_to_charge_back(
+    client: httpx.AsyncClient,
+) -> None:
+    """The POS reports the payment at the till, the gateway its debit under the same
+    reference: the same money. It was refused 409 (retried for days), and the gateway's
+    chargeback then refused 404 as the POS's payment, so the money taken back stayed paid
+    (a tester's). Now the debit is a duplicate and the payment the gateway's."""
+    w = await world(client)
+    secret = await gateway(w)
+    other = await gateway(w, "wechat")
+    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
+    at_the_till = await w.pay(loan["id"], "100.00", "2026-01-20", external_ref="rcpt-9")
+    # Another amount under the reference is another payment: still refused.
+    body = notification("debit.succeeded", loan["id"], external_ref="rcpt-9", amount="99.00",
+                        received_on="2026-01-20")  # fmt: skip
+    conflict = await post(client, *signed(secret, body, "msg_other_amount"))
+    assert (conflict.status_code, conflict.json()["code"]) == (409, "payment_already_recorded")
+    body = notification("debit.succeeded", loan["id"], external_ref="rcpt-9", amount="100.00",
+                        received_on="2026-01-21")  # fmt: skip
+    debit = await post(client, *signed(secret, body, "msg_debit"))
+    assert debit.status_code == 200, debit.text
+    assert (debit.json()["status"], debit.json()["result"]["id"]) == (
+        "duplicate", at_the_till["id"],
+    )  # fmt: skip
+    assert await count(Payment) == 1
+    # Resent under yet another id, it is the same payment; another gateway's is not.
+    again = await post(client, *signed(secret, body, "msg_debit_resent"))
+    assert (again.json()["status"], again.json()["result"]["id"]) == (
+        "duplicate", at_the_till["id"],
+    )  # fmt: skip
+    by_wechat = await post(client, *signed(other, body, "msg_wechat"), to="wechat")
+    assert (by_wechat.status_code, by_wechat.json()["code"]) == (409, "payment_already_recorded")
+    body = notification("payment.charged_back", loan["id"], external_ref="rcpt-9",
+                        amount="100.00", received_on="2026-02-03")  # fmt: skip
+    charged_back = await post(client, *signed(secret, body, "msg_chargeback"))
+    assert charged_back.status_code == 200, charged_back.text
+    assert charged_back.json()["status"] == "processed"
+    reversed_payment = await w.get(f"/v1/payments/{at_the_till['id']}")
+    assert (reversed_payment["status"], reversed_payment["reversal_reason"]) == (
+        "reversed", "chargeback",
+    )  # fmt: skip
+    # Reversed, it is no longer the debit's payment: a debit under its reference is refused.
+    debit = await post(client, *signed(secret, body | {"type": "debit.succeeded"}, "msg_late"))
+    assert (debit.status_code, debit.json()["code"]) == (409, "payment_already_recorded")
 
 
 async def test_the_same_notification_serialised_again_is_a_duplicate(
