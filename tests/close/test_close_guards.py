@@ -319,14 +319,7 @@ async def test_a_catch_up_cancelled_as_its_next_date_starts_fails_the_dates_left
         # Another transaction holds the second date's run: its start waits on the row lock.
         await holder.execute(select(CloseRun).where(CloseRun.as_of == dates[1]).with_for_update())
         closing = asyncio.create_task(close_service.run_dates_in_process(dates))
-        waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-        for _ in range(1000):
-            async with database.engine.connect() as watcher:
-                if await watcher.scalar(waiting):
-                    break
-            await asyncio.sleep(0.01)
-        else:
-            pytest.fail("the second date never waited for its run")
+        await waiting_on("FOR UPDATE")
         closing.cancel()
         await holder.rollback()
     with pytest.raises(asyncio.CancelledError):
@@ -343,10 +336,11 @@ async def test_a_catch_up_cancelled_as_its_next_date_starts_fails_the_dates_left
 
 
 async def waiting_on(statement_ending: str) -> None:
-    """Until a backend waits on a lock running a statement that ends so."""
+    """Until a backend of this test's database waits on a lock running a statement that
+    ends so (the other xdist worker's database has lock waits of its own)."""
     waiting = text(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND rtrim(query) LIKE '%' || :end"
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND rtrim(query) LIKE '%' || :end"
     )
     for _ in range(1000):
         async with database.engine.connect() as watcher:
