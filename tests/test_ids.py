@@ -39,6 +39,7 @@ def test_ids_made_together_are_distinct_and_of_one_instant() -> None:
     assert len(set(ids)) == 5000
     assert all(i.startswith("flag_") and len(i) == 31 for i in ids)
     assert len({i[5:15] for i in ids}) == 1
+    assert ids == sorted(ids)  # rows written in their order sort by id in it
     assert ids[0][5:15] <= new_id("flag")[5:15]
     assert new_ids("evt", 0) == []
 
