@@ -167,6 +167,24 @@ async def test_an_extended_loan_is_restructured_while_current(client: httpx.Asyn
     assert (await w.get(f"/v1/loans/{loan_id}"))["status"] == "restructured"
 
 
+async def test_a_reminded_installment_is_reminded_again_of_its_new_amount(
+    client: httpx.AsyncClient,
+) -> None:
+    """The reminder before the extension asked what the date no longer asks."""
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    await w.pay(loan_id, "437.00", "2026-02-15")
+    await close(w, "2026-03-07")  # three days before Mar 10: reminded of 408.00
+    await extend(w, loan_id, months=3)
+    await close(w, "2026-03-08")
+    reminders = (await w.get("/v1/events?type=installment.due_soon", w.admin))["items"]
+    told = [(e["data"]["due_date"], e["data"]["amount_due"], e["data"]["days_until_due"])
+            for e in reminders if e["data"]["installment_seq"] == 2]  # fmt: skip
+    assert told == [("2026-03-10", "408.00", 3), ("2026-03-10", "168.00", 2)]
+    await close(w, "2026-03-09")  # once per amount
+    reminders = (await w.get("/v1/events?type=installment.due_soon", w.admin))["items"]
+    assert len([e for e in reminders if e["data"]["installment_seq"] == 2]) == 2
+
+
 async def test_the_close_follows_the_new_dates(client: httpx.AsyncClient) -> None:
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     await w.pay(loan_id, "437.00", "2026-02-16")
