@@ -2,6 +2,7 @@
 digits are checked by the service, which knows the currency."""
 
 import re
+import unicodedata
 from datetime import UTC, date, datetime
 from typing import Annotated
 
@@ -70,8 +71,13 @@ Reference = Annotated[
 
 
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must say something: not only spaces")
+    # isprintable() is False for control and format characters (U+0007, a zero-width space
+    # U+200B): a name of nothing else passed strip() and was shown to people as nothing (a
+    # tester's).
+    if not any(c.isprintable() and not c.isspace() for c in value):
+        raise ValueError("must say something: not only spaces or invisible characters")
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError("must not hold control characters")
     return value
 
 

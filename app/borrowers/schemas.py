@@ -1,15 +1,31 @@
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from app.api.fields import MoneyStr, Name, Reference
 from app.money import format_minor
+from app.risk.schemas import FlagRead
 
 if TYPE_CHECKING:
     from app.borrowers.service import BorrowerView
 
-Phone = Annotated[str, Field(min_length=5, max_length=32, pattern=r"^\+?[0-9][0-9 ()-]{3,30}$")]
+MIN_PHONE_DIGITS = 5
+
+
+def _enough_digits(phone: str) -> str:
+    if sum(c.isdigit() for c in phone) < MIN_PHONE_DIGITS:
+        raise ValueError(f"must have at least {MIN_PHONE_DIGITS} digits")
+    return phone
+
+
+# Digits, with spaces, brackets and dashes between them, never at the end: "1----" was a
+# phone number, and "+8613800138000   " another one beside "+8613800138000" (a tester's).
+Phone = Annotated[
+    str,
+    Field(min_length=5, max_length=32, pattern=r"^\+?[0-9][0-9 ()-]{2,29}[0-9]$"),
+    AfterValidator(_enough_digits),
+]
 
 
 class BorrowerCreate(BaseModel):
@@ -50,7 +66,7 @@ class BorrowerRead(BaseModel):
     risk_grade: str
     risk_score: int = Field(description="the worst open loan's score, as the grade is its grade")
     risk_reasons: list[str] = Field(description="the open flag codes behind the grade")
-    open_flags: list[dict[str, object]]
+    open_flags: list[FlagRead] = Field(description="each open flag in the flag's shape")
     created_at: datetime
 
     @classmethod
@@ -74,15 +90,6 @@ class BorrowerRead(BaseModel):
             risk_grade=b.risk_grade,
             risk_score=view.risk_score,
             risk_reasons=list(b.risk_reasons or []),
-            open_flags=[
-                {
-                    "id": f.id,
-                    "loan_id": f.loan_id,
-                    "code": f.code,
-                    "severity": f.severity,
-                    "raised_on": f.raised_on.isoformat(),
-                }
-                for f in view.open_flags
-            ],
+            open_flags=[FlagRead.from_model(f) for f in view.open_flags],
             created_at=b.created_at,
         )

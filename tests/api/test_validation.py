@@ -238,7 +238,13 @@ async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> Non
     good = {"external_id": "c", "name": "A", "phone": "+8613800138000"}
     for override in ({"phone": "call me"}, {"monthly_income": 8000}, {"monthly_income": "-1"},
                      {"external_id": ""}, {"external_id": "  "}, {"external_id": " c-1"},
-                     {"name": "x" * 300}, {"name": " \t "}):  # fmt: skip
+                     {"name": "x" * 300}, {"name": " \t "},
+                     # Invisible or control characters alone are no name (a tester's)
+                     {"name": "\u0007\u0008"}, {"name": "\u200b"}, {"name": "Li\u0007Wei"},
+                     # Nor is a digit among dashes a phone number, nor a number with
+                     # spaces after it another one
+                     {"phone": "1----"}, {"phone": "1 () -"}, {"phone": "+8613800138000   "},
+                     {"phone": "+1 (2) 3"}):  # fmt: skip
         response = await w.post("/v1/borrowers", {**good, **override})
         assert response.status_code == 422, (override, response.text)
     blank = await w.post("/v1/merchants", {"name": "  "}, headers=w.admin)

@@ -631,7 +631,8 @@ async def test_the_borrower_shows_its_open_flags(client: httpx.AsyncClient) -> N
     await close(w, "2026-02-20")
     borrower_id = (await w.get(f"/v1/loans/{loan_id}"))["borrower_id"]
     borrower = await w.get(f"/v1/borrowers/{borrower_id}")
-    assert {f["code"] for f in borrower["open_flags"]} == set(await flags(w, loan_id))
+    # Each in the flag's own shape (SPEC's), as GET /v1/risk/flags shows it.
+    assert {f["code"]: f for f in borrower["open_flags"]} == await flags(w, loan_id)
     assert borrower["open_flags"]
     # The same flags in the list and in the answer to an admin's change of the limit.
     listed = await w.get("/v1/borrowers")
