@@ -425,7 +425,9 @@ def without_secrets(body: bytes) -> bytes:
         for field in SECRET_FIELDS:
             if field in document:
                 document[field] = None
-    return json.dumps(document).encode()
+    # Written as the response was (FastAPI's JSONResponse): the replay's bytes are the
+    # original's but for the secret.
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def canonical(body: bytes) -> bytes:

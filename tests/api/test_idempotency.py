@@ -186,6 +186,10 @@ async def test_a_replay_of_a_secret_says_no_store_again(client: httpx.AsyncClien
         assert first.status_code < 300, first.text
         assert second.headers["idempotent-replayed"] == "true"
         assert first.headers["cache-control"] == second.headers["cache-control"] == "no-store"
+        # The same bytes but for the secret, shown once.
+        shown = first.json()
+        secret = next(field for field in ("key", "secret") if shown.get(field))
+        assert second.content == first.content.replace(f'"{shown[secret]}"'.encode(), b"null")
     assert gateway.status_code == 201
     plain = {**w.admin, "Idempotency-Key": "no-secret"}
     await client.post("/v1/merchants", json={"name": "B"}, headers=plain)
