@@ -52,7 +52,7 @@ class CloseSettings(BaseModel):
     time: str = Field(default="02:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     chunk_size: int = Field(default=20000, ge=1)
     # installment.due_soon goes out this many days before the due date.
-    reminder_days: int = Field(default=3, ge=0)
+    reminder_days: int = Field(default=3, ge=0, le=60)
     # An installment counts as missed only when more than this is unpaid (major units).
     arrears_tolerance: Decimal = Field(default=Decimal("1.00"), ge=0, le=LARGEST_SETTING)
     charge_off_after_days: int = Field(default=180, ge=91)
@@ -60,11 +60,11 @@ class CloseSettings(BaseModel):
     # after a long outage, goes in steps).
     max_dates_per_request: int = Field(default=400, ge=1)
     # A run still "running" without a heartbeat for this long is taken to have crashed.
-    stale_after_minutes: int = Field(default=30, ge=1)
+    stale_after_minutes: int = Field(default=30, ge=1, le=10_080)
     # The scheduled close meeting one already running (a manual close) tries again this often,
     # this many times (3 hours by default); after that the next night catches the date up.
-    nightly_retry_seconds: float = Field(default=300, gt=0)
-    nightly_retries: int = Field(default=36, ge=0)
+    nightly_retry_seconds: float = Field(default=300, gt=0, le=86_400)
+    nightly_retries: int = Field(default=36, ge=0, le=10_000)
 
 
 class PortfolioSettings(BaseModel):
@@ -87,10 +87,13 @@ class PortfolioSettings(BaseModel):
     # (due date + 10 or + 30 days) within this many days before the close.
     fpd_cohort_days: int = Field(default=30, ge=1, le=365)
     # Daily loan snapshots older than this are pruned; month-end snapshots are kept.
-    snapshot_retention_days: int = Field(default=400, ge=35)
+    snapshot_retention_days: int = Field(default=400, ge=35, le=36_600)
 
 
 class Settings(BaseSettings):
+    # Every number has a ceiling: past one, a setting that started cleanly overflowed a date or
+    # a timedelta later, on every request that used it or in every close (a tester's: a lock of
+    # 1e14 s made every POST with an Idempotency-Key a 500). Each ceiling is far beyond any use.
     model_config = SettingsConfigDict(
         env_prefix="LOANWATCH_", env_nested_delimiter="__", extra="ignore"
     )
@@ -112,22 +115,22 @@ class Settings(BaseSettings):
     # Largest request body the API reads: its largest, a repayment plan, is a few kilobytes.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # SPEC: keys are kept at least 24 hours.
-    idempotency_ttl_hours: int = Field(default=48, ge=24)
+    idempotency_ttl_hours: int = Field(default=48, ge=24, le=87_600)
     # An idempotency record still "in progress" after this long belongs to a crashed request.
-    idempotency_lock_seconds: int = Field(default=60, ge=1)
+    idempotency_lock_seconds: int = Field(default=60, ge=1, le=86_400)
     db_pool_size: int = Field(default=10, ge=1)
     # Webhooks: targets resolving to private, loopback or link-local addresses are refused
     # unless this is set (tests, on-premises receivers).
     webhook_allow_private_targets: bool = False
     # After a rotation the old secret still signs (an endpoint's) or verifies (a gateway's).
-    webhook_secret_overlap_hours: float = Field(default=24, ge=0)
-    webhook_disable_after_days: float = Field(default=5, gt=0)
+    webhook_secret_overlap_hours: float = Field(default=24, ge=0, le=8_760)
+    webhook_disable_after_days: float = Field(default=5, gt=0, le=365)
     # An attempt starts only while its delivery's 60 s lease (app/webhooks/dispatcher.py) has
     # a timeout's worth left: a longer timeout would leave deliveries waiting out leases.
     webhook_timeout_seconds: float = Field(default=10, gt=0, le=30)
     webhook_batch_size: int = Field(default=500, ge=1)
     # Seconds between sweeps for due retries (and anything a lost wake-up missed).
-    webhook_sweep_seconds: float = Field(default=2, gt=0)
+    webhook_sweep_seconds: float = Field(default=2, gt=0, le=3_600)
     # Scheduled work (nightly close, webhook dispatch) runs in the API process instead of on
     # Celery. Unset: in-process on SQLite (the embedded default), Celery on PostgreSQL.
     in_process_scheduler: bool | None = None
@@ -150,6 +153,28 @@ class Settings(BaseSettings):
                 "(postgresql+asyncpg://user@host/database) or SQLite (sqlite+aiosqlite:///file)"
             )
         return url.set(drivername=driver).render_as_string(hide_password=False)
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_file(cls, value: str) -> str:
+        """SQLite in memory is gone with its process, and the service's own processes (the
+        migration, the API, the CLI) each open it afresh: refused at start, not a traceback
+        of 150 lines from the engine's pool (a tester's)."""
+        url = make_url(value)
+        if url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:"):
+            raise ValueError("SQLite in memory keeps nothing between processes: give a file")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, value: str) -> str:
+        """The broker: checked at start, as the database is. "notaurl" made /readyz, the close
+        and risk runs 500s, and the worker a traceback about a module (a tester's)."""
+        scheme, separator, _ = value.partition("://")
+        # Both Celery's broker and redis-py read these two.
+        if not separator or scheme not in ("redis", "rediss"):
+            raise ValueError("not a Redis URL: redis://host:port/db (rediss:// for TLS)")
+        return value
 
     # Checked at start: an unknown zone or currency was a 500 on the first request that needed
     # it, and the in-process scheduler's loop died silently (a tester's).

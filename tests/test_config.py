@@ -27,6 +27,22 @@ from tests.processes import LOANWATCH, clean_env
         ("max_amount", "1e400"),
         ("credit", {"max_limit": "1e20"}),
         ("credit", {"income_multiple": "1e30"}),
+        # Past a ceiling, a setting that started cleanly overflowed a date or a timedelta
+        # later: every POST with an Idempotency-Key, every rotation, every close a 500 or a
+        # failure (a tester's).
+        ("idempotency_lock_seconds", 10**14),
+        ("idempotency_ttl_hours", 30_000_000),
+        ("webhook_secret_overlap_hours", "inf"),
+        ("webhook_secret_overlap_hours", "nan"),
+        ("webhook_disable_after_days", "1e12"),
+        ("close", {"reminder_days": 3_000_000}),
+        ("close", {"stale_after_minutes": 10**11}),
+        ("portfolio", {"snapshot_retention_days": 10**11}),
+        # Gone with its process, and each of the service's processes opens its own.
+        ("database_url", "sqlite:///:memory:"),
+        ("database_url", "sqlite://"),
+        ("redis_url", "notaurl"),
+        ("redis_url", "http://127.0.0.1:6379/8"),
     ],
 )
 def test_a_setting_out_of_bounds_is_refused(field: str, value: object) -> None:
