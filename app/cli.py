@@ -118,7 +118,7 @@ def close(
     """Run the nightly close for a date (and every missed date before it), in this process."""
     migrations.upgrade()
     try:
-        run = asyncio.run(_close(as_of))
+        run, failed = asyncio.run(_close(as_of))
     except LoanwatchError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
@@ -129,7 +129,7 @@ def close(
         typer.echo("close stopped (Ctrl-C); run it again", err=True)
         raise typer.Exit(128 + signal.SIGINT) from None
     typer.echo(json.dumps(CloseRunRead.from_model(run).model_dump(mode="json"), indent=2))
-    if run.status != "succeeded":
+    if failed or run.status != "succeeded":
         raise typer.Exit(1)
 
 
@@ -228,7 +228,10 @@ def create_api_key(
     print(secret)
 
 
-async def _close(as_of: date) -> CloseRun:
+async def _close(as_of: date) -> tuple[CloseRun, bool]:
+    """The date's run as recorded, and whether this close failed: a failure before its run was
+    written (a rerun of a date closed) left the last attempt's success to print, and the
+    command exited 0 after "close failed" (a tester's)."""
     system = Principal(api_key_id="cli", role=Role.ADMIN)
     # SIGTERM (kill, timeout, systemd) stops the close as Ctrl-C does, its run recorded
     # failed: it ended the process where it stood, the run left running and every close
@@ -236,6 +239,7 @@ async def _close(as_of: date) -> CloseRun:
     closing = asyncio.current_task()
     assert closing is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, closing.cancel)
+    failed = False
     try:
         async with session_scope() as session:
             dates = await close_service.plan_close(session, as_of=as_of)
@@ -245,9 +249,10 @@ async def _close(as_of: date) -> CloseRun:
     except Exception as exc:
         # Also recorded on the failed run, printed below.
         typer.echo(f"close failed: {type(exc).__name__}: {exc}", err=True)
+        failed = True
     try:
         async with session_scope() as session:
-            return await close_service.get_run(session, system, as_of=as_of)
+            return await close_service.get_run(session, system, as_of=as_of), failed
     finally:
         await database.dispose()
 

@@ -282,3 +282,24 @@ async def test_a_slow_request_whose_claim_was_taken_over_applies_nothing(
     replay = await client.post(path, json=body, headers=headers)
     assert replay.headers["idempotent-replayed"] == "true"
     assert replay.json() == answers[0].json()
+
+
+async def test_answers_before_the_router_are_counted_under_their_route(
+    client: httpx.AsyncClient,
+) -> None:
+    """A replay and a key reused are answered by the idempotency middleware, before the
+    router: they were counted as "unmatched", and a per-route alert missed them (a tester's)."""
+    w = await world(client)
+
+    async def counted(status: int) -> float:
+        text = (await client.get("/metrics")).text
+        series = f'method="POST",route="/v1/merchants",status="{status}"'
+        line = f"loanwatch_http_requests_total{{{series}}}"
+        found = [row.split()[-1] for row in text.splitlines() if row.startswith(line)]
+        return float(found[0]) if found else 0.0
+
+    created, refused = await counted(201), await counted(422)
+    headers = {**w.admin, "Idempotency-Key": "metrics-1"}
+    for name in ("m1", "m1", "m2"):  # created, replayed, the key reused
+        await client.post("/v1/merchants", json={"name": name}, headers=headers)
+    assert (await counted(201), await counted(422)) == (created + 2, refused + 1)
