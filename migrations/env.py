@@ -3,6 +3,7 @@
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -16,6 +17,10 @@ def _url() -> str:
     return context.config.get_main_option("sqlalchemy.url") or get_settings().database_url
 
 
+# Any number: the key of the lock every migration of a database takes.
+_MIGRATION_LOCK = 7_264_845_301
+
+
 def _configure(connection: Connection) -> None:
     context.configure(
         connection=connection,
@@ -24,6 +29,11 @@ def _configure(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # One migration at a time (two API replicas starting at once, each migrating
+            # first): the second waits, then finds the schema at head. Side by side, one
+            # failed creating the version table the other was creating (a tester's).
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         context.run_migrations()
 
 

@@ -1,6 +1,7 @@
 """The Alembic migrations build exactly the schema the models describe, on both engines."""
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,40 @@ def test_the_closes_of_an_empty_book_are_dates_snapshotted(tmp_path: Path) -> No
     with sqlite3.connect(path) as db:
         days = [d for (d,) in db.execute("SELECT as_of FROM loan_snapshot_day ORDER BY as_of")]
     assert days == ["2024-01-15", "2025-03-31", "2026-07-31", "2026-08-31", "2026-09-01"]
+
+
+def test_migrations_started_together_on_postgresql_run_one_at_a_time(
+    postgres_database: str,
+) -> None:
+    """Two API replicas starting at once each migrate first: on a fresh database one failed,
+    creating the version table the other was creating (a tester's)."""
+    import subprocess
+
+    import asyncpg
+
+    from tests.conftest import ADMIN_DSN
+    from tests.processes import LOANWATCH, clean_env
+
+    fresh = f"{postgres_database.rsplit('_', 1)[0]}_fresh_{os.getpid()}"
+    name = fresh.rsplit("/", 1)[1]
+
+    async def admin(sql: str) -> None:
+        connection = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        env = {**clean_env(), "LOANWATCH_DATABASE_URL": fresh}
+        both = [
+            subprocess.Popen([LOANWATCH, "migrate"], env=env, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        for process in both:
+            _, stderr = process.communicate(timeout=120)
+            assert process.returncode == 0, stderr
+        assert asyncio.run(schema_differences(fresh)) == []
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
