@@ -23,6 +23,7 @@ from app.api.auth import Principal
 from app.api.fields import IsoDate
 from app.api_keys import service as api_keys_service
 from app.api_keys.models import Role
+from app.api_keys.schemas import DESCRIPTION_MAX_LENGTH
 from app.close import service as close_service
 from app.close.models import CloseRun
 from app.close.schemas import CloseRunRead
@@ -157,13 +158,37 @@ def demo(
     typer.echo(summary.describe())
 
 
+# The queues the service publishes to: a worker on another consumes nothing, and one on
+# "bogus" never delivered a webhook, with no word of it (a tester's).
+WORKER_QUEUES = ("celery", "webhooks")
+
+
+def _queues(value: str) -> str:
+    names = [name.strip() for name in value.split(",")]
+    if not names or any(name not in WORKER_QUEUES for name in names):
+        raise typer.BadParameter("celery, webhooks, or celery,webhooks")
+    return ",".join(names)
+
+
 @cli.command()
 def worker(
-    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.", min=1, max=512)] = 2,
     queues: Annotated[
         str,
-        typer.Option(help="celery (the close, housekeeping), webhooks (delivery), or both."),
+        typer.Option(
+            help="celery (the close, housekeeping), webhooks (delivery), or both.",
+            callback=_queues,
+        ),
     ] = "celery,webhooks",
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "--hostname",
+            "-n",
+            help="The worker's node name (Celery's -n, e.g. webhooks@%h): two workers on one "
+            "host need their own.",
+        ),
+    ] = None,
     metrics_port: Annotated[
         int,
         typer.Option(
@@ -189,16 +214,23 @@ def worker(
             )
             raise typer.Exit(2)
         with metrics.counts_shared_between_processes():
-            start_http_server(metrics_port, addr=metrics_host, registry=metrics.counts())
-            _run_worker(celery, concurrency, queues)
+            try:
+                start_http_server(metrics_port, addr=metrics_host, registry=metrics.counts())
+            except OSError as exc:  # in use, or a host that does not resolve
+                typer.echo(
+                    f"error: --metrics-port {metrics_port} on {metrics_host}: {exc}", err=True
+                )
+                raise typer.Exit(2) from None
+            _run_worker(celery, concurrency, queues, hostname)
         return
-    _run_worker(celery, concurrency, queues)
+    _run_worker(celery, concurrency, queues, hostname)
 
 
-def _run_worker(celery: "Celery", concurrency: int, queues: str) -> None:
-    celery.worker_main(
-        ["worker", "--loglevel=info", f"--concurrency={concurrency}", f"--queues={queues}"]
-    )
+def _run_worker(celery: "Celery", concurrency: int, queues: str, hostname: str | None) -> None:
+    arguments = ["worker", "--loglevel=info", f"--concurrency={concurrency}", f"--queues={queues}"]
+    if hostname:
+        arguments.append(f"--hostname={hostname}")
+    celery.worker_main(arguments)
 
 
 @cli.command()
@@ -213,11 +245,18 @@ def beat() -> None:
 def create_api_key(
     role: Annotated[Role, typer.Option(help="admin, merchant, dashboard or gateway.")],
     merchant_id: Annotated[str | None, typer.Option(help="The merchant of a merchant key.")] = None,
-    description: Annotated[str | None, typer.Option(help="What the key is for.")] = None,
+    description: Annotated[
+        str | None, typer.Option(help="What the key is for (at most 200 characters).")
+    ] = None,
 ) -> None:
     """Create an API key and print the secret alone on stdout."""
     if merchant_id is not None and not merchant_id.strip():
         typer.echo("error: --merchant-id is empty", err=True)
+        raise typer.Exit(2)
+    if description is not None and len(description) > DESCRIPTION_MAX_LENGTH:
+        # As the API refuses it: SQLite stored 5,000 characters, PostgreSQL told a database
+        # error (a tester's).
+        typer.echo(f"error: --description is over {DESCRIPTION_MAX_LENGTH} characters", err=True)
         raise typer.Exit(2)
     migrations.upgrade()
     try:

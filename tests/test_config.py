@@ -124,3 +124,14 @@ def test_a_database_url_gets_the_driver_the_service_runs_on(given: str, taken: s
 def test_a_database_the_service_does_not_run_on_is_refused() -> None:
     with pytest.raises(ValidationError, match="mysql: the service runs on PostgreSQL"):
         Settings(database_url="mysql://u@db/book")
+
+
+def test_a_key_description_the_api_would_refuse_is_refused(tmp_path: Path) -> None:
+    """SQLite stored 5,000 characters, and PostgreSQL's refusal was told as the database's
+    failure (a tester's)."""
+    done = subprocess.run(
+        [LOANWATCH, "api-keys", "create", "--role", "admin", "--description", "x" * 201],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == ["error: --description is over 200 characters"]

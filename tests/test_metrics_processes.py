@@ -4,6 +4,7 @@ its pool made. Real processes on the test database, as an operator runs them."""
 
 import asyncio
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -116,6 +117,45 @@ def test_a_worker_metrics_port_needs_a_shared_folder(
     )  # fmt: skip
     assert done.returncode == 2
     assert "PROMETHEUS_MULTIPROC_DIR" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "told"),
+    [
+        # A queue nobody publishes to: the worker consumed nothing, and said nothing of it.
+        (["--queues", "bogus"], "celery, webhooks, or celery,webhooks"),
+        (["--queues", ""], "celery, webhooks, or celery,webhooks"),
+        (["--concurrency", "0"], "--concurrency"),
+        # Celery's own check was a traceback.
+        (["--concurrency", "-1"], "--concurrency"),
+    ],
+)
+def test_a_worker_is_told_an_option_it_cannot_use(
+    postgres_database: str, arguments: list[str], told: str
+) -> None:
+    done = subprocess.run(
+        [LOANWATCH, "worker", *arguments],
+        env=environment(postgres_database), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert told in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_worker_metrics_port_in_use_is_one_line(postgres_database: str, tmp_path: Path) -> None:
+    """It was a traceback of 83 lines; a host that does not resolve was blamed on the
+    database (a tester's)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [LOANWATCH, "worker", "--metrics-port", str(port)],
+            env=environment(postgres_database, PROMETHEUS_MULTIPROC_DIR=str(tmp_path)),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].startswith(f"error: --metrics-port {port} on 127.0.0.1:")
 
 
 async def test_a_celery_worker_serves_its_webhook_attempts(

@@ -4,13 +4,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.api_keys.models import Role
 
+# The column's length (api_key.description).
+DESCRIPTION_MAX_LENGTH = 200
+
 
 class ApiKeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role
     merchant_id: str | None = Field(default=None, max_length=40)
-    description: str | None = Field(default=None, max_length=200)
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_LENGTH)
 
 
 class ApiKeyRead(BaseModel):
