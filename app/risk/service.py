@@ -60,7 +60,15 @@ from app.products.models import Product
 from app.promises.models import Promise, PromiseStatus
 from app.risk import grades
 from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion, RiskRun
-from app.risk.rules import BrokenPromise, FlagCode, LoanFeatures, RiskRules, Severity, evaluate
+from app.risk.rules import (
+    STORED,
+    BrokenPromise,
+    FlagCode,
+    LoanFeatures,
+    RiskRules,
+    Severity,
+    evaluate,
+)
 from app.risk.score import FADE_DAYS, FlagFact, Score, score_loan
 from app.risk.versions import current_rules
 from app.webhooks import service as webhooks
@@ -86,12 +94,13 @@ async def get_rules(session: AsyncSession, principal: Principal) -> tuple[int, R
 async def put_rules(
     session: AsyncSession, principal: Principal, *, rules: RiskRules, made_from: int | None = None
 ) -> tuple[int, RiskRules]:
-    """A new version; it applies from the next evaluation (run, payment or close).
+    """A new version, unless the rules are those in force; it applies from the next evaluation
+    (run, payment or close).
 
     ``made_from``, when given, is the version the caller read and changed: if another change
     came since, storing this one would silently undo it."""
     principal.require(Role.ADMIN)
-    version, _ = await current_rules(session)
+    version, in_force = await current_rules(session)
     if made_from is not None and made_from > version:
         raise InvalidRequest.field(
             "version", f"there is no version {made_from}: the current version is {version}"
@@ -101,6 +110,10 @@ async def put_rules(
             f"the rules were changed since version {made_from}; the current version is "
             f"{version}: read them again and apply the change to those"
         )
+    if rules == in_force:
+        # No change, no version: a PUT sent twice made two, and each had the next close
+        # evaluate every open loan again (a tester's).
+        return version, in_force
     session.add(
         RiskRulesVersion(
             version=version + 1, rules=rules.model_dump(mode="json"), created_at=utc_now(),
@@ -336,7 +349,7 @@ def _features_query(
     scope shape, the dates, bounds and ids bound at execution (``_features_params``). Building
     it is most of a payment's CPU otherwise. ``every_payment``: payments received after the
     date count too (the real-time path, as delinquency's)."""
-    rules = RiskRules.model_validate_json(rules_json)
+    rules = RiskRules.model_validate_json(rules_json, context=STORED)
     i, loan, product = LoanInstallment.__table__.c, Loan.__table__.c, Product.__table__.c
     as_of_sql = bindparam("as_of", type_=Date)
     tolerance = delinquency.tolerance_sql(tolerance_setting)

@@ -5,7 +5,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.risk.models import RiskRulesVersion
-from app.risk.rules import RiskRules
+from app.risk.rules import STORED, RiskRules
 
 
 async def current_rules(session: AsyncSession) -> tuple[int, RiskRules]:
@@ -15,4 +15,4 @@ async def current_rules(session: AsyncSession) -> tuple[int, RiskRules]:
     )
     if latest is None:
         return 0, RiskRules()
-    return latest.version, RiskRules.model_validate(latest.rules)
+    return latest.version, RiskRules.model_validate(latest.rules, context=STORED)

@@ -14,7 +14,8 @@ from app import clock
 from app.db import session_scope, utc_now
 from app.ids import new_id
 from app.risk import runs
-from app.risk.models import RiskRun
+from app.risk.models import RiskRulesVersion, RiskRun
+from app.risk.rules import RiskRules
 from tests.factories import World, world
 
 
@@ -561,6 +562,33 @@ async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) 
     await close(w, "2026-02-15")  # 5 days late
     flag = (await flags(w, loan_id))["first_payment_default"]
     assert flag["rules_version"] == 1
+
+
+async def test_one_threshold_put_alone_is_checked_against_the_defaults_it_takes(
+    client: httpx.AsyncClient,
+) -> None:
+    """The others take their defaults, and an escalation left below its threshold was stored,
+    then failed every read of the rules: 500s on the rules, risk runs, closes and payments,
+    and no PUT could mend it (a tester's). A version so stored is still read, and replaced."""
+    w = await world(client)
+    for body, named in (
+        ({"consecutive_missed_count": 4}, "consecutive_missed_critical_count"),
+        ({"first_payment_default_days": 40}, "first_payment_default_high_days"),
+        ({"partial_payment_periods": 1}, "partial_payment_min_periods"),
+    ):
+        bad = await client.put("/v1/risk/rules", json=body, headers=w.admin)
+        assert bad.status_code == 422, bad.text
+        assert [e["field"] for e in bad.json()["errors"]] == [named]
+    assert (await w.get("/v1/risk/rules", headers=w.admin))["version"] == 0
+    async with session_scope() as session:  # as the release before this check stored it
+        stored = {**RiskRules().model_dump(mode="json"), "consecutive_missed_count": 4}
+        session.add(RiskRulesVersion(version=1, rules=stored, created_at=utc_now(),
+                                     created_by="an earlier release"))  # fmt: skip
+    read = await w.get("/v1/risk/rules", headers=w.admin)
+    assert (read["version"], read["rules"]["consecutive_missed_count"]) == (1, 4)
+    await w.post("/v1/risk/runs", {"as_of": str(clock.today())}, headers=w.admin, expect=201)
+    mended = await client.put("/v1/risk/rules", json={}, headers=w.admin)
+    assert (mended.status_code, mended.json()["version"]) == (200, 2)
 
 
 async def test_the_rules_read_can_be_changed_and_put_back(client: httpx.AsyncClient) -> None:
@@ -1258,3 +1286,16 @@ async def test_flags_cleared_together_are_told_in_the_order_they_were_raised(
     payoff = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["payoff_amount"]
     await w.pay(loan_id, payoff, "2026-04-30")
     assert await told("risk.flag_cleared") == raised
+
+
+async def test_a_put_of_the_rules_in_force_makes_no_version(client: httpx.AsyncClient) -> None:
+    """Each made the next close evaluate every open loan again (a tester's)."""
+    w = await world(client)
+    for _ in range(2):
+        put = await client.put("/v1/risk/rules", json={"late_drift_installments": 5},
+                               headers=w.admin)  # fmt: skip
+        assert (put.status_code, put.json()["version"]) == (200, 1)
+    same = {"version": 1, "rules": put.json()["rules"]}
+    unchanged = await client.put("/v1/risk/rules", json=same, headers=w.admin)
+    assert unchanged.json()["version"] == 1
+    assert (await client.put("/v1/risk/rules", json={}, headers=w.admin)).json()["version"] == 2
