@@ -50,20 +50,20 @@ class CloseSettings(BaseModel):
 
     # Local time (in ``Settings.timezone``) at which the day that just ended is closed.
     time: str = Field(default="02:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
-    chunk_size: int = Field(default=20000, ge=1)
+    chunk_size: int = Field(default=20000, ge=1, le=1_000_000)
     # installment.due_soon goes out this many days before the due date.
     reminder_days: int = Field(default=3, ge=0, le=60)
     # An installment counts as missed only when more than this is unpaid (major units).
     arrears_tolerance: Decimal = Field(default=Decimal("1.00"), ge=0, le=LARGEST_SETTING)
-    charge_off_after_days: int = Field(default=180, ge=91)
+    charge_off_after_days: int = Field(default=180, ge=91, le=3_660)
     # One request closes at most this many dates (a first close this far back, or a catch-up
     # after a long outage, goes in steps).
-    max_dates_per_request: int = Field(default=400, ge=1)
+    max_dates_per_request: int = Field(default=400, ge=1, le=3_660)
     # A run still "running" without a heartbeat for this long is taken to have crashed.
     stale_after_minutes: int = Field(default=30, ge=1, le=10_080)
     # The scheduled close meeting one already running (a manual close) tries again this often,
     # this many times (3 hours by default); after that the next night catches the date up.
-    nightly_retry_seconds: float = Field(default=300, gt=0, le=86_400)
+    nightly_retry_seconds: float = Field(default=300, ge=0.1, le=86_400)
     nightly_retries: int = Field(default=36, ge=0, le=10_000)
 
 
@@ -71,13 +71,13 @@ class PortfolioSettings(BaseModel):
     """Portfolio views and segment alerts (docs/portfolio.md)."""
 
     # A segment alert: the metric above this multiple of its trailing mean...
-    alert_multiple: Decimal = Field(default=Decimal("1.5"), gt=1)
+    alert_multiple: Decimal = Field(default=Decimal("1.5"), gt=1, le=100)
     # ...over at least this many loans (the metric's denominator)...
-    alert_min_loans: int = Field(default=50, ge=1)
+    alert_min_loans: int = Field(default=50, ge=1, le=10_000_000)
     # ...the mean taken over this many months of earlier closes, and at least this many of
     # them (a new segment has no norm yet)...
     alert_trailing_months: int = Field(default=6, ge=1, le=24)
-    alert_min_closes: int = Field(default=7, ge=1)
+    alert_min_closes: int = Field(default=7, ge=1, le=1_000)
     # ...and at least this much above it (a single default against a zero norm is no jump)...
     alert_min_increase: Decimal = Field(default=Decimal("0.02"), ge=0, lt=1)
     # ...once in this many days per segment and metric: one alert per episode, not one a night
@@ -91,9 +91,11 @@ class PortfolioSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    # Every number has a ceiling: past one, a setting that started cleanly overflowed a date or
-    # a timedelta later, on every request that used it or in every close (a tester's: a lock of
-    # 1e14 s made every POST with an Idempotency-Key a 500). Each ceiling is far beyond any use.
+    # Every number has a ceiling: past one, a setting that started cleanly overflowed a date,
+    # a timedelta or a database integer later, on every request that used it or in every close
+    # (testers': a lock of 1e14 s made every POST with an Idempotency-Key a 500, a chunk of
+    # 1e20 loans failed every close). Each ceiling is far beyond any use; the floors of the
+    # loops' intervals keep a core from spinning (a sweep every 1e-300 s took one whole).
     model_config = SettingsConfigDict(
         env_prefix="LOANWATCH_", env_nested_delimiter="__", extra="ignore"
     )
@@ -113,12 +115,12 @@ class Settings(BaseSettings):
     # How far ahead a repayment plan's last installment may fall.
     repayment_plan_max_days: int = Field(default=366, ge=1, le=1830)
     # Largest request body the API reads: its largest, a repayment plan, is a few kilobytes.
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=104_857_600)
     # SPEC: keys are kept at least 24 hours.
     idempotency_ttl_hours: int = Field(default=48, ge=24, le=87_600)
     # An idempotency record still "in progress" after this long belongs to a crashed request.
     idempotency_lock_seconds: int = Field(default=60, ge=1, le=86_400)
-    db_pool_size: int = Field(default=10, ge=1)
+    db_pool_size: int = Field(default=10, ge=1, le=1_000)
     # Webhooks: targets resolving to private, loopback or link-local addresses are refused
     # unless this is set (tests, on-premises receivers).
     webhook_allow_private_targets: bool = False
@@ -127,10 +129,10 @@ class Settings(BaseSettings):
     webhook_disable_after_days: float = Field(default=5, gt=0, le=365)
     # An attempt starts only while its delivery's 60 s lease (app/webhooks/dispatcher.py) has
     # a timeout's worth left: a longer timeout would leave deliveries waiting out leases.
-    webhook_timeout_seconds: float = Field(default=10, gt=0, le=30)
-    webhook_batch_size: int = Field(default=500, ge=1)
+    webhook_timeout_seconds: float = Field(default=10, ge=0.1, le=30)
+    webhook_batch_size: int = Field(default=500, ge=1, le=10_000)
     # Seconds between sweeps for due retries (and anything a lost wake-up missed).
-    webhook_sweep_seconds: float = Field(default=2, gt=0, le=3_600)
+    webhook_sweep_seconds: float = Field(default=2, ge=0.05, le=3_600)
     # Scheduled work (nightly close, webhook dispatch) runs in the API process instead of on
     # Celery. Unset: in-process on SQLite (the embedded default), Celery on PostgreSQL.
     in_process_scheduler: bool | None = None

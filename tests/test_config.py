@@ -38,6 +38,13 @@ from tests.processes import LOANWATCH, clean_env
         ("close", {"reminder_days": 3_000_000}),
         ("close", {"stale_after_minutes": 10**11}),
         ("portfolio", {"snapshot_retention_days": 10**11}),
+        ("close", {"chunk_size": 10**20}),  # beyond a database integer
+        ("close", {"charge_off_after_days": 10**20}),
+        ("close", {"max_dates_per_request": 999_999_999}),  # the nightly close's date overflowed
+        ("webhook_batch_size", 10**20),
+        ("portfolio", {"alert_multiple": "1e999999999"}),
+        # A sweep this often took a whole core doing nothing.
+        ("webhook_sweep_seconds", "1e-300"),
         # Gone with its process, and each of the service's processes opens its own.
         ("database_url", "sqlite:///:memory:"),
         ("database_url", "sqlite://"),

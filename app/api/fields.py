@@ -70,19 +70,49 @@ Reference = Annotated[
 ]
 
 
-def _not_blank(value: str) -> str:
+# Letters and symbols that draw nothing (Hangul fillers, the blank Braille pattern).
+_BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Bidirectional overrides and isolates: "Li\u202eieW" shows as "LiWei" (Trojan Source).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _visible(c: str) -> bool:
     # isprintable() is False for control and format characters (U+0007, a zero-width space
-    # U+200B): a name of nothing else passed strip() and was shown to people as nothing (a
-    # tester's).
-    if not any(c.isprintable() and not c.isspace() for c in value):
+    # U+200B); a combining mark draws on the character before it, not alone.
+    return (
+        c.isprintable()
+        and not c.isspace()
+        and unicodedata.category(c) not in ("Mn", "Me")
+        and c not in _BLANK_CHARACTERS
+    )
+
+
+def _not_blank(value: str) -> str:
+    """Text of nothing visible passed strip() and was shown to people as nothing (testers')."""
+    if not any(_visible(c) for c in value):
         raise ValueError("must say something: not only spaces or invisible characters")
-    if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ValueError("must not hold control characters")
+    return value
+
+
+def _a_name(value: str) -> str:
+    """A name is one line, shown as it reads (a reason or a note may run over lines)."""
+    _not_blank(value)
+    if any(unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS for c in value):
+        raise ValueError("must not hold control characters or bidirectional overrides")
     return value
 
 
 # A merchant's, a borrower's or a product's name, shown to people: blank is no name.
-Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_not_blank)]
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="at least one visible character; no control characters or bidirectional "
+        "overrides",
+    ),
+    AfterValidator(_a_name),
+]
 # Why relief was offered, kept with it for audit: blank is no reason.
 Reason = Annotated[str, Field(min_length=1, max_length=500), AfterValidator(_not_blank)]
 

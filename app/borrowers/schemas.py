@@ -23,7 +23,12 @@ def _enough_digits(phone: str) -> str:
 # phone number, and "+8613800138000   " another one beside "+8613800138000" (a tester's).
 Phone = Annotated[
     str,
-    Field(min_length=5, max_length=32, pattern=r"^\+?[0-9][0-9 ()-]{2,29}[0-9]$"),
+    Field(
+        min_length=5,
+        max_length=32,
+        pattern=r"^\+?[0-9][0-9 ()-]{2,29}[0-9]$",
+        description=f"at least {MIN_PHONE_DIGITS} digits",
+    ),
     AfterValidator(_enough_digits),
 ]
 

@@ -241,6 +241,9 @@ async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> Non
                      {"name": "x" * 300}, {"name": " \t "},
                      # Invisible or control characters alone are no name (a tester's)
                      {"name": "\u0007\u0008"}, {"name": "\u200b"}, {"name": "Li\u0007Wei"},
+                     # Blank letters, a mark alone, a bidirectional override (a re-verifier's)
+                     {"name": "\u3164"}, {"name": "\u2800"}, {"name": "\u034f"},
+                     {"name": "\u0301"}, {"name": "Li\u202eieW"},
                      # Nor is a digit among dashes a phone number, nor a number with
                      # spaces after it another one
                      {"phone": "1----"}, {"phone": "1 () -"}, {"phone": "+8613800138000   "},
