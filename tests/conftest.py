@@ -33,21 +33,26 @@ def _database_url() -> str:
     return f"{host}/{TEST_DB}"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def postgres_database() -> Iterator[str]:
+def as_admin(sql: str) -> None:
+    """One statement on the server's maintenance database (creating and dropping databases)."""
     import asyncio
 
-    async def admin(sql: str) -> None:
+    async def run() -> None:
         connection = await asyncpg.connect(ADMIN_DSN)
         try:
             await connection.execute(sql)
         finally:
             await connection.close()
 
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{TEST_DB}"'))
-    asyncio.run(admin(f'CREATE DATABASE "{TEST_DB}"'))
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_database() -> Iterator[str]:
+    as_admin(f'DROP DATABASE IF EXISTS "{TEST_DB}"')
+    as_admin(f'CREATE DATABASE "{TEST_DB}"')
     # Tests need no durability: not waiting for each commit's WAL flush saves minutes.
-    asyncio.run(admin(f'ALTER DATABASE "{TEST_DB}" SET synchronous_commit = off'))
+    as_admin(f'ALTER DATABASE "{TEST_DB}" SET synchronous_commit = off')
     url = _database_url()
     os.environ["LOANWATCH_DATABASE_URL"] = url
     # A Redis database of the tests' own (the Celery tests flush it).
@@ -59,7 +64,7 @@ def postgres_database() -> Iterator[str]:
 
     migrate.upgrade(url)
     yield url
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)'))
+    as_admin(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
 
 
 # The sequences TRUNCATE ... RESTART IDENTITY would restart: those of the tables' columns.

@@ -104,22 +104,12 @@ def test_migrations_started_together_on_postgresql_run_one_at_a_time(
     creating the version table the other was creating (a tester's)."""
     import subprocess
 
-    import asyncpg
-
-    from tests.conftest import ADMIN_DSN
+    from tests.conftest import as_admin
     from tests.processes import LOANWATCH, clean_env
 
     fresh = f"{postgres_database.rsplit('_', 1)[0]}_fresh_{os.getpid()}"
     name = fresh.rsplit("/", 1)[1]
-
-    async def admin(sql: str) -> None:
-        connection = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    as_admin(f'CREATE DATABASE "{name}"')
     try:
         env = {**clean_env(), "LOANWATCH_DATABASE_URL": fresh}
         both = [
@@ -131,4 +121,4 @@ def test_migrations_started_together_on_postgresql_run_one_at_a_time(
             assert process.returncode == 0, stderr
         assert asyncio.run(schema_differences(fresh)) == []
     finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
