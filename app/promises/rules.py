@@ -69,23 +69,37 @@ def assess_in_order(
     outcomes = []
     for commitment in commitments:
         starts_on = min(p.promised_on for p in commitment)
-        ends_on = max(p.due_on for p in commitment)
-        wanted = max(
-            p.amount_minor if p.settled_paid_minor is None else p.settled_paid_minor
-            for p in commitment
-        )
         counted: list[tuple[date, int]] = []  # (received_on, the running total counted)
         total = 0
         for n, receipt in enumerate(ordered):
-            if total == wanted:
-                break
-            if uncounted[n] and starts_on <= receipt.received_on <= ends_on:
-                taken = min(uncounted[n], wanted - total)
-                uncounted[n] -= taken
-                total += taken
-                counted.append((receipt.received_on, total))
+            if not uncounted[n] or receipt.received_on < starts_on:
+                continue
+            # Money received on a day goes only to what is still due by then: a plan broken
+            # on its first installment, the rest cancelled having counted nothing, took the
+            # next day's payment for its cancelled installment's window, and a promise taken
+            # after it counted nothing of it (a tester's).
+            wanted = _wanted_on(commitment, receipt.received_on)
+            if total >= wanted:
+                break  # what a commitment wants never grows with the date
+            taken = min(uncounted[n], wanted - total)
+            uncounted[n] -= taken
+            total += taken
+            counted.append((receipt.received_on, total))
         outcomes.append([_outcome(p, counted, as_of) for p in commitment])
     return outcomes
+
+
+def _wanted_on(commitment: Commitment, day: date) -> int:
+    """The running total the commitment's promises due on ``day`` or later may count: a
+    cancelled one what it had counted."""
+    return max(
+        (
+            p.amount_minor if p.settled_paid_minor is None else p.settled_paid_minor
+            for p in commitment
+            if p.due_on >= day
+        ),
+        default=0,
+    )
 
 
 def _outcome(terms: PromiseTerms, counted: Sequence[tuple[date, int]], as_of: date) -> Outcome:

@@ -75,6 +75,19 @@ def test_a_cancelled_promise_keeps_what_it_counted() -> None:
     assert second == Outcome(PromiseStatus.OPEN, 3000)
 
 
+def test_a_broken_plans_cancelled_rest_takes_no_money_after_the_break() -> None:
+    """Broken on its first installment, the rest cancelled having counted nothing: the next
+    day's payment was the plan's, for the cancelled installment's window, and a promise taken
+    after it counted nothing (a tester's)."""
+    plan = [PromiseTerms(20000, NOV, date(2026, 11, 15)),
+            PromiseTerms(40000, NOV, date(2026, 11, 25), settled_paid_minor=0)]  # fmt: skip
+    later = PromiseTerms(5000, date(2026, 11, 16), date(2026, 11, 25))
+    receipts = [Receipt(date(2026, 11, 16), 20000)]
+    (broken, _), (promise,) = assess_in_order([plan, [later]], receipts, date(2026, 11, 16))
+    assert broken == Outcome(PromiseStatus.BROKEN, 0)
+    assert promise == Outcome(PromiseStatus.KEPT, 5000, date(2026, 11, 16))
+
+
 def test_a_plans_installments_share_its_money() -> None:
     plan = [PromiseTerms(20000, NOV, date(2026, 11, 20)),
             PromiseTerms(41200, NOV, date(2026, 12, 5))]  # fmt: skip
