@@ -32,6 +32,13 @@ _CARRY_IPV4 = (
 )
 # Local-use NAT64 (RFC 8215): a site's own translator, which reaches its own IPv4 network.
 _LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
+# Not globally reachable by IANA's registries, though Python 3.11's is_global says they are:
+# IPv6 site-local, the IPv4 special-purpose block (its dummy address 192.0.0.8), the 6to4 relay
+# anycast, IPv6 documentation (RFC 9637) and SRv6 SIDs (a tester's).
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(prefix)
+    for prefix in ("fec0::/10", "192.0.0.0/24", "192.88.99.0/24", "3fff::/20", "5f00::/16")
+)
 
 
 def public(address: str) -> bool:
@@ -46,7 +53,10 @@ def public(address: str) -> bool:
             return False
         elif any(ip in prefix for prefix in _CARRY_IPV4):
             reached.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
-    return all(a.is_global and not a.is_multicast for a in reached)
+    return all(
+        a.is_global and not a.is_multicast and not any(a in prefix for prefix in _NOT_GLOBAL)
+        for a in reached
+    )
 
 
 def parse(url: str) -> tuple[str, int]:

@@ -80,7 +80,10 @@ async def test_private_targets_are_refused_unless_allowed(
                 "http://[64:ff9b::a00:1]/h", "http://[::a9fe:a9fe]/h", "http://[::127.0.0.1]/h",
                 "http://[2002:a9fe:a9fe::]/h", "http://[2002:7f00:1::]/h",
                 "http://[64:ff9b:1:a9fe:a9:fe00::]/h",
-                "http://[::ffff:0:a9fe:a9fe]/h"):  # fmt: skip
+                "http://[::ffff:0:a9fe:a9fe]/h",
+                # Not globally reachable, though Python's is_global says so (a tester's)
+                "http://[fec0::1]/a", "http://192.0.0.8/a", "http://[3fff::1]/a",
+                "http://[5f00::1]/a", "http://192.88.99.1/a"):  # fmt: skip
         response = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert response.status_code == 422, url
         assert response.json()["code"] == "webhook_url_not_allowed"
