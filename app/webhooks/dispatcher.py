@@ -772,9 +772,8 @@ async def _track_endpoint_health(
             reason = "the receiver answered 410 Gone"
         elif endpoint.failing_since <= now - timedelta(days=disable_after_days):
             error = o.error or f"HTTP {o.status_code}"
-            reason = (
-                f"every delivery failed since {endpoint.failing_since.isoformat()} (last: {error})"
-            )
+            since = endpoint.failing_since.isoformat().replace("+00:00", "Z")  # as the API writes
+            reason = f"every delivery failed since {since} (last: {error})"
         if reason:
             endpoint.enabled, endpoint.disabled_reason = False, reason
             endpoint.updated_at = now
