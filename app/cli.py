@@ -158,15 +158,15 @@ def demo(
     typer.echo(summary.describe())
 
 
-# The queues the service publishes to: a worker on another consumes nothing, and one on
-# "bogus" never delivered a webhook, with no word of it (a tester's).
-WORKER_QUEUES = ("celery", "webhooks")
-
-
 def _queues(value: str) -> str:
+    """Queues the service publishes to: a worker on another consumes nothing, and one on
+    "bogus" never delivered a webhook, with no word of it (a tester's)."""
+    from workers.celery_app import celery
+
+    known = [queue.name for queue in celery.conf.task_queues]
     names = [name.strip() for name in value.split(",")]
-    if not names or any(name not in WORKER_QUEUES for name in names):
-        raise typer.BadParameter("celery, webhooks, or celery,webhooks")
+    if any(name not in known for name in names):
+        raise typer.BadParameter(f"{', '.join(known)}, or {','.join(known)}")
     return ",".join(names)
 
 
