@@ -143,7 +143,10 @@ class Settings(BaseSettings):
     def _async_driver(cls, value: str) -> str:
         """The URL with the driver the service runs on: ``postgresql://`` (and Heroku's
         ``postgres://``) means asyncpg, ``sqlite://`` aiosqlite. Another driver was a traceback
-        of 160 lines about a module not installed (a re-verifier's)."""
+        of 160 lines about a module not installed (a re-verifier's). SQLite in memory is gone
+        with its process, and the service's processes (the migration, the API, the CLI) each
+        open it afresh: refused too, where it was a traceback from the engine's pool (a
+        tester's)."""
         try:
             url = make_url(value)
         except ArgumentError:
@@ -154,18 +157,9 @@ class Settings(BaseSettings):
                 f"{url.drivername}: the service runs on PostgreSQL "
                 "(postgresql+asyncpg://user@host/database) or SQLite (sqlite+aiosqlite:///file)"
             )
-        return url.set(drivername=driver).render_as_string(hide_password=False)
-
-    @field_validator("database_url")
-    @classmethod
-    def _a_file(cls, value: str) -> str:
-        """SQLite in memory is gone with its process, and the service's own processes (the
-        migration, the API, the CLI) each open it afresh: refused at start, not a traceback
-        of 150 lines from the engine's pool (a tester's)."""
-        url = make_url(value)
-        if url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:"):
+        if driver == "sqlite+aiosqlite" and url.database in (None, "", ":memory:"):
             raise ValueError("SQLite in memory keeps nothing between processes: give a file")
-        return value
+        return url.set(drivername=driver).render_as_string(hide_password=False)
 
     @field_validator("redis_url")
     @classmethod
