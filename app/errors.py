@@ -192,11 +192,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _allowed_methods(request: Request) -> str:
     """Every method of the path: Starlette names only the first route's, and FastAPI has a
-    route per method (RFC 9110 asks a 405 for all of them)."""
+    route per method (RFC 9110 asks a 405 for all of them). HEAD is answered wherever GET is
+    (``app.api.head``)."""
     methods: set[str] = set()
     for route in _routes(request.app.routes):
         if route.matches(request.scope)[0] is not Match.NONE:
             methods |= getattr(route, "methods", None) or set()
+    if "GET" in methods:
+        methods.add("HEAD")
     return ", ".join(sorted(methods))
 
 

@@ -617,6 +617,9 @@ async def test_a_redelivery_is_accepted_only_where_it_will_be_sent(
             "field": "endpoint_id",
             "message": f"webhook endpoint {risk['id']} does not subscribe to loan.created events",
         }]  # fmt: skip
+        # An empty id is a malformed request, not an endpoint that could not be found.
+        blank = await w.post(redeliver, {"endpoint_id": ""}, headers=w.admin, expect=422)
+        assert blank.json()["errors"][0]["field"] == "endpoint_id"
         assert await deliver() == 0
 
         everyone = await w.post(redeliver, None, headers=w.admin, expect=202)
