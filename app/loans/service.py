@@ -16,7 +16,7 @@ from app.api_keys.models import Role
 from app.borrowers import service as borrowers_service
 from app.db import Rate, database, insert_together, utc_now
 from app.delinquency import service as delinquency
-from app.errors import FieldErrors, InvalidRequest
+from app.errors import FieldErrors, Forbidden, InvalidRequest
 from app.events import service as events
 from app.ids import new_id
 from app.ledger import service as ledger
@@ -469,6 +469,9 @@ async def list_loans(
     principal.require(Role.MERCHANT, Role.DASHBOARD)
     query = select(Loan).order_by(Loan.id).limit(page.limit + 1)
     if principal.is_merchant:
+        # As on the portfolio: another merchant's id is a mistake to say so, not an empty page.
+        if merchant_id is not None and merchant_id != principal.merchant_id:
+            raise Forbidden("a merchant key sees its own merchant's loans only")
         query = query.where(Loan.merchant_id == principal.merchant_id)
     if borrower_id is not None:
         await borrowers_service.get_borrower(session, principal, borrower_id=borrower_id)

@@ -337,6 +337,12 @@ async def test_list_loans_filters_and_paginates(client: httpx.AsyncClient) -> No
     assert [x["id"] for x in active["items"]] == ids[1:]
     mine = await w.get(f"/v1/borrowers/{borrower['id']}/loans")
     assert len(mine["items"]) == 5
+    own = await w.get(f"/v1/loans?merchant_id={w.merchant_id}")
+    assert [x["id"] for x in own["items"]] == ids
+    # Another merchant's id is refused as on the portfolio, not answered with an empty page.
+    theirs = await client.get("/v1/loans?merchant_id=mer_other", headers=w.merchant)
+    assert theirs.status_code == 403, theirs.text
+    assert theirs.json()["code"] == "forbidden"
     bad = await client.get("/v1/loans?status=sleeping", headers=w.merchant)
     assert bad.status_code == 422
     bad = await client.get("/v1/loans?cursor=%%%", headers=w.merchant)
