@@ -2,7 +2,8 @@
 
 Start from 1000; subtract for days past due (3 points a day, at most 400) and for each open
 flag by severity (low 25, medium 75, high 150, critical 300). A flag cleared within the last
-six months still weighs, fading linearly to nothing. Grades: A >= 800, B >= 650, C >= 500,
+six months still weighs, fading linearly to nothing, unless a flag of its code is open again
+(that one weighs in full). Grades: A >= 800, B >= 650, C >= 500,
 D >= 300, E below. Every deduction is a reason (docs/risk.md).
 """
 
@@ -52,10 +53,19 @@ def _flag_points(flag: FlagFact, as_of: date) -> int:
     return round(points * (1 - age / FADE_DAYS)) if age < FADE_DAYS else 0
 
 
+def _weighed(flags: Iterable[FlagFact]) -> list[FlagFact]:
+    """The flags that weigh: a cleared one fades only while its code is not open again. A rules
+    change that clears a flag and a change back that raises it on the same day counted the one
+    behaviour twice, open and fading (a tester's)."""
+    flags = list(flags)
+    open_codes = {flag.code for flag in flags if flag.cleared_on is None}
+    return [flag for flag in flags if flag.cleared_on is None or flag.code not in open_codes]
+
+
 def score_value(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> int:
     """The score alone: the close scores every loan it evaluates, and needs no reasons."""
     deducted = _days_past_due_points(days_past_due)
-    for flag in flags:
+    for flag in _weighed(flags):
         deducted += _flag_points(flag, as_of)
     return max(PERFECT - deducted, 0)
 
@@ -66,7 +76,7 @@ def score_loan(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> Sc
     if points := _days_past_due_points(days_past_due):
         total -= points
         reasons.append({"code": "days_past_due", "days": days_past_due, "points": -points})
-    for flag in flags:
+    for flag in _weighed(flags):
         if points := _flag_points(flag, as_of):
             total -= points
             reasons.append({"code": flag.code, "severity": flag.severity,

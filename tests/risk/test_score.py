@@ -58,3 +58,19 @@ def test_a_cleared_flag_never_weighs_more_than_an_open_one(
     cleared it): a critical one weighed 302 (a tester's)."""
     opened = [FlagFact(f.code, f.severity, None) for f in flags]
     assert score_value(days_past_due, flags, AS_OF) >= score_value(days_past_due, opened, AS_OF)
+
+
+def test_a_cleared_flag_does_not_weigh_beside_an_open_one_of_its_code() -> None:
+    """Cleared by one rules change and raised again by the next, on one day, the behaviour
+    counted twice: open and fading (a tester's)."""
+    cleared_today = FlagFact("late_drift", "high", AS_OF)
+    raised_again = FlagFact("late_drift", "high", None)
+    other = FlagFact("payment_reversal", "medium", AS_OF - timedelta(FADE_DAYS // 2))
+    assert score_value(0, [cleared_today, raised_again], AS_OF) == 850
+    explained = score_loan(0, [cleared_today, raised_again, other], AS_OF)
+    assert explained.score == 850 - 38
+    assert [(r["code"], r["cleared"]) for r in explained.reasons] == [
+        ("late_drift", False), ("payment_reversal", True)
+    ]  # fmt: skip
+    # Once that one clears too, both episodes fade.
+    assert score_value(0, [cleared_today, FlagFact("late_drift", "high", AS_OF)], AS_OF) == 700
