@@ -10,6 +10,10 @@ EVENT_TYPES = (
     "installment.due_soon",
     "loan.delinquency_changed",
     "loan.late_fee_assessed",
+    # Beyond SPEC's list: a late fee a replay takes back (a payment found received in time)
+    # or charges again (that payment reversed), each a ledger row like the charge itself.
+    "loan.late_fee_forgiven",
+    "loan.late_fee_reinstated",
     "risk.flag_raised",
     "risk.flag_cleared",
     # Beyond SPEC's list: a flag whose severity moved while it stayed open (SPEC's "medium →

@@ -768,7 +768,6 @@ async def _store_position(
             row.status = InstallmentStatus.PARTIALLY_PAID
         else:
             row.status = InstallmentStatus.PENDING
-    _ledger_late_fees_forgiven(session, loan, position, fee_rows.forgiven, changed_on)
     await session.execute(_DELETE_ALLOCATIONS, {"loan_id": loan.id})
     await insert_rows(
         session,
@@ -782,6 +781,7 @@ async def _store_position(
     )  # fmt: skip
     loan.principal_outstanding_minor = position.principal_outstanding_minor
     loan.credit_balance_minor = position.credit_balance_minor
+    await _record_late_fees_forgiven(session, loan, position, fee_rows.forgiven, changed_on)
     status_before = loan.status
     if position.paid_off_on is not None:
         loan.status = LoanStatus.PAID_OFF
@@ -814,7 +814,7 @@ async def _reckon(
         await events.emit(session, "loan.paid_off", data, loan=loan)
 
 
-def _ledger_late_fees_forgiven(
+async def _record_late_fees_forgiven(
     session: AsyncSession,
     loan: Loan,
     position: LoanPosition,
@@ -824,7 +824,9 @@ def _ledger_late_fees_forgiven(
     """Bring the ledger to the late fees the replay withdraws (DESIGN decision 2: a charge
     taken back is a row too, or the ledger's late fees outrun the balances): withdrawn since
     the last replay, on the night each was charged; owed again, on the date of the change that
-    took back the payment that had settled the installment in time."""
+    took back the payment that had settled the installment in time. Each row is an event, as
+    the charge was (`loan.late_fee_assessed`): a subscriber adding up fees from events alone
+    counted a fee withdrawn as still owed (a tester's). ``loan`` holds the replayed balances."""
     now = utc_now()
     for seq, change in late_fee_changes(position, recorded).items():
         if change > 0:
@@ -837,6 +839,25 @@ def _ledger_late_fees_forgiven(
                 effective_on=effective_on, installment_seq=seq, created_at=now,
             )
         )  # fmt: skip
+        due_date = next(i for i in position.installments if i.seq == seq).terms.due_date
+        await events.emit(
+            session,
+            f"loan.{kind.value}",
+            {
+                "loan_id": loan.id,
+                "borrower_id": loan.borrower_id,
+                "merchant_id": loan.merchant_id,
+                "installment_seq": seq,
+                "due_date": due_date.isoformat(),
+                "currency": loan.currency,
+                "amount": format_minor(abs(change), loan.currency),
+                "effective_on": effective_on.isoformat(),
+                "principal_outstanding": format_minor(
+                    loan.principal_outstanding_minor, loan.currency
+                ),
+            },
+            loan=loan,
+        )
 
 
 def _ledger(

@@ -315,10 +315,22 @@ async def test_a_payment_in_time_reported_after_the_close_withdraws_the_late_fee
         ("late_fee_forgiven", "20.00", 1, "2026-02-18"),
     ]  # fmt: skip
     await assert_ledger_invariant(loan["id"])
-    await w.post(f"/v1/payments/{payoff['id']}/reverse", {"reason": "nsf"}, expect=200)
+    reversed_ = await w.post(f"/v1/payments/{payoff['id']}/reverse", {"reason": "nsf"},
+                             expect=200)  # fmt: skip
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert got["balances"]["fees_outstanding"] == "20.00"
     await assert_ledger_invariant(loan["id"])
+    # Each row is an event, as the charge was: a subscriber adding up the fees from events
+    # alone counted the withdrawn fee as owed (a tester's).
+    feed = (await w.get("/v1/events?type=loan.*&limit=100", headers=w.admin))["items"]
+    told = [(e["type"], e["data"]["amount"], e["data"].get("effective_on"),
+             e["data"]["principal_outstanding"])
+            for e in feed if e["type"].startswith("loan.late_fee")]  # fmt: skip
+    assert told == [
+        ("loan.late_fee_assessed", "20.00", None, "1200.00"),
+        ("loan.late_fee_forgiven", "20.00", "2026-02-18", "0.00"),
+        ("loan.late_fee_reinstated", "20.00", reversed_.json()["reversed_on"], "1200.00"),
+    ]
 
 
 async def test_a_payoff_dated_on_the_night_of_a_late_fee_is_told_the_payoff_without_it(
