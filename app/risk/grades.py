@@ -32,30 +32,30 @@ async def score_loans(
     session: AsyncSession,
     as_of: date,
     loans: Sequence[ScoredLoan],
-    open_flags: Iterable[tuple[str, str, str]],
+    open_flags: Iterable[tuple[str, str, str, date]],
     flags_of: Any,
 ) -> None:
     """Store each loan's score and grade from its days past due and its flags.
 
     ``loans`` carry the stored score and grade (the features query read them), so only the
-    changed ones are written. ``open_flags`` (loan id, code, severity) are these loans' open
-    flags, as the caller just left them; the flags cleared recently enough to still weigh
-    are read, ``flags_of`` narrowing them to these loans' (a loan-id range or one id, cheaper
-    than a list of tens of thousands of ids)."""
+    changed ones are written. ``open_flags`` (loan id, code, severity, raised on) are these
+    loans' open flags, as the caller just left them; the flags cleared recently enough to
+    still weigh are read, ``flags_of`` narrowing them to these loans' (a loan-id range or one
+    id, cheaper than a list of tens of thousands of ids)."""
     if not loans:
         return
     fading = date.fromordinal(as_of.toordinal() - FADE_DAYS)
     facts: dict[str, list[FlagFact]] = {loan.id: [] for loan in loans}
-    for loan_id, code, severity in open_flags:
-        facts[loan_id].append(FlagFact(code, severity, None))
+    for loan_id, code, severity, raised_on in open_flags:
+        facts[loan_id].append(FlagFact(code, severity, None, raised_on))
     flag = cast(Table, RiskFlag.__table__)
-    for loan_id, code, severity, cleared_on in await session.execute(
-        select(flag.c.loan_id, flag.c.code, flag.c.severity, flag.c.cleared_on).where(
-            flags_of, flag.c.status == FlagStatus.CLEARED.value, flag.c.cleared_on > fading
-        )
+    for loan_id, code, severity, cleared_on, raised_on in await session.execute(
+        select(
+            flag.c.loan_id, flag.c.code, flag.c.severity, flag.c.cleared_on, flag.c.raised_on
+        ).where(flags_of, flag.c.status == FlagStatus.CLEARED.value, flag.c.cleared_on > fading)
     ):
         if loan_id in facts:
-            facts[loan_id].append(FlagFact(code, severity, cleared_on))
+            facts[loan_id].append(FlagFact(code, severity, cleared_on, raised_on))
     changed = []
     for loan in loans:
         score = score_value(loan.days_past_due, facts[loan.id], as_of)

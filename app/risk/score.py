@@ -2,11 +2,12 @@
 
 Start from 1000; subtract for days past due (3 points a day, at most 400) and for each open
 flag by severity (low 25, medium 75, high 150, critical 300). A flag cleared within the last
-six months still weighs, fading linearly to nothing, unless a flag of its code is open again
-(that one weighs in full). Grades: A >= 800, B >= 650, C >= 500,
+six months still weighs, fading linearly to nothing, unless it goes on as a flag of its code
+raised on the day it cleared. Grades: A >= 800, B >= 650, C >= 500,
 D >= 300, E below. Every deduction is a reason (docs/risk.md).
 """
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
@@ -23,6 +24,7 @@ class FlagFact:
     code: str
     severity: str
     cleared_on: date | None
+    raised_on: date
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,18 @@ def _flag_points(flag: FlagFact, as_of: date) -> int:
 
 
 def _weighed(flags: Iterable[FlagFact]) -> list[FlagFact]:
-    """The flags that weigh: a cleared one fades only while its code is not open again. A rules
-    change that clears a flag and a change back that raises it on the same day counted the one
-    behaviour twice, open and fading (a tester's)."""
+    """The flags that weigh: a flag cleared on the day another of its code was raised goes on
+    as that one, which weighs in its place. A rules change that cleared a flag and a change
+    back that raised it again on one day counted the one behaviour twice, open and fading (a
+    tester's); a relapse on a later day is a second episode, and both weigh."""
     flags = list(flags)
-    open_codes = {flag.code for flag in flags if flag.cleared_on is None}
-    return [flag for flag in flags if flag.cleared_on is None or flag.code not in open_codes]
+    raised: Counter[tuple[str, date | None]] = Counter((f.code, f.raised_on) for f in flags)
+
+    def goes_on(flag: FlagFact) -> bool:
+        itself = flag.raised_on == flag.cleared_on
+        return raised[(flag.code, flag.cleared_on)] - itself > 0
+
+    return [flag for flag in flags if flag.cleared_on is None or not goes_on(flag)]
 
 
 def score_value(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> int:

@@ -846,7 +846,10 @@ async def evaluate_loans(
         segments={row.id: (row.merchant_id, row.product_code, row.currency) for row in rows},
     )
     # What is open now is what the rules want: the scores need not read it back.
-    open_now = [(loan, code, severity.value) for (loan, code), (severity, _, _) in wanted.items()]
+    open_now = [
+        (*key, severity.value, open_flags[key].raised_on if key in open_flags else as_of)
+        for key, (severity, _, _) in wanted.items()
+    ]
     await grades.score_loans(session, as_of, rows, open_now, flags_of)
     if loan_id is None:
         # Evaluated with the range: from now on their payments are evaluated at once.
@@ -1153,5 +1156,5 @@ async def loan_risk(
             select(RiskFlag).where(RiskFlag.loan_id == loan.id).order_by(RiskFlag.id.desc())
         )
     )
-    facts = [FlagFact(f.code, f.severity, f.cleared_on) for f in flags]
+    facts = [FlagFact(f.code, f.severity, f.cleared_on, f.raised_on) for f in flags]
     return as_of, score_loan(loan.days_past_due, facts, as_of), flags

@@ -14,6 +14,7 @@ FLAGS = st.lists(
         code=st.sampled_from(["never_paid", "late_drift", "payment_reversal"]),
         severity=st.sampled_from(["low", "medium", "high", "critical"]),
         cleared_on=st.none() | st.integers(0, 2 * FADE_DAYS).map(lambda d: AS_OF - timedelta(d)),
+        raised_on=st.integers(0, 3 * FADE_DAYS).map(lambda d: AS_OF - timedelta(d)),
     ),
     max_size=8,
 )
@@ -29,8 +30,8 @@ def test_the_score_alone_is_the_explained_score(days_past_due: int, flags: list[
 
 
 def test_a_flag_cleared_half_the_fade_ago_weighs_half() -> None:
-    half = FlagFact("never_paid", "critical", AS_OF - timedelta(FADE_DAYS // 2))
-    gone = FlagFact("never_paid", "critical", AS_OF - timedelta(FADE_DAYS))
+    half = FlagFact("never_paid", "critical", AS_OF - timedelta(FADE_DAYS // 2), date(2026, 1, 5))
+    gone = FlagFact("never_paid", "critical", AS_OF - timedelta(FADE_DAYS), date(2026, 1, 5))
     assert score_value(0, [half, gone], AS_OF) == 850
     assert score_value(10, [], AS_OF) == 970
     assert score_value(200, [], AS_OF) == 600
@@ -44,6 +45,7 @@ LATELY_CLEARED = st.lists(
         code=st.just("never_paid"),
         severity=st.sampled_from(["low", "medium", "high", "critical"]),
         cleared_on=st.integers(-3, 3).map(lambda d: AS_OF - timedelta(d)),
+        raised_on=st.just(AS_OF - timedelta(30)),
     ),
     min_size=1,
     max_size=4,
@@ -56,21 +58,40 @@ def test_a_cleared_flag_never_weighs_more_than_an_open_one(
 ) -> None:
     """Not even one cleared after the date scored (a payment dated after the business date
     cleared it): a critical one weighed 302 (a tester's)."""
-    opened = [FlagFact(f.code, f.severity, None) for f in flags]
+    opened = [FlagFact(f.code, f.severity, None, f.raised_on) for f in flags]
     assert score_value(days_past_due, flags, AS_OF) >= score_value(days_past_due, opened, AS_OF)
 
 
-def test_a_cleared_flag_does_not_weigh_beside_an_open_one_of_its_code() -> None:
+def test_a_flag_cleared_on_the_day_another_of_its_code_is_raised_goes_on_as_that_one() -> None:
     """Cleared by one rules change and raised again by the next, on one day, the behaviour
-    counted twice: open and fading (a tester's)."""
-    cleared_today = FlagFact("late_drift", "high", AS_OF)
-    raised_again = FlagFact("late_drift", "high", None)
-    other = FlagFact("payment_reversal", "medium", AS_OF - timedelta(FADE_DAYS // 2))
-    assert score_value(0, [cleared_today, raised_again], AS_OF) == 850
-    explained = score_loan(0, [cleared_today, raised_again, other], AS_OF)
+    counted twice, open and fading (a tester's); cleared again since, it still counts once.
+    A relapse on a later day is a second episode: both weigh, and it never scores better
+    than the cure before it (it did, by 100 points, when every cleared flag of an open code
+    was let off: a tester's)."""
+    raised, flip = AS_OF - timedelta(40), AS_OF - timedelta(20)
+    cleared_by_the_change = FlagFact("late_drift", "high", flip, raised)
+    raised_again = FlagFact("late_drift", "high", None, flip)
+    other = FlagFact("payment_reversal", "medium", AS_OF - timedelta(FADE_DAYS // 2), raised)
+    assert score_value(0, [cleared_by_the_change, raised_again], AS_OF) == 850
+    explained = score_loan(0, [cleared_by_the_change, raised_again, other], AS_OF)
     assert explained.score == 850 - 38
     assert [(r["code"], r["cleared"]) for r in explained.reasons] == [
         ("late_drift", False), ("payment_reversal", True)
     ]  # fmt: skip
-    # Once that one clears too, both episodes fade.
-    assert score_value(0, [cleared_today, FlagFact("late_drift", "high", AS_OF)], AS_OF) == 700
+    cleared_again = FlagFact("late_drift", "high", AS_OF, flip)
+    assert score_value(0, [cleared_by_the_change, cleared_again], AS_OF) == 850
+    cured = [FlagFact("late_drift", "high", AS_OF - timedelta(1), raised)]
+    relapsed = [*cured, FlagFact("late_drift", "high", None, AS_OF)]
+    assert score_value(3, relapsed, AS_OF) < score_value(0, cured, AS_OF) < 1000
+
+
+@given(st.integers(0, 400), FLAGS, FLAGS)
+def test_a_new_flag_never_raises_the_score(
+    days_past_due: int, flags: list[FlagFact], more: list[FlagFact]
+) -> None:
+    """Flags raised after every flag already there (a later episode) only ever cost points."""
+    latest = max([AS_OF - timedelta(3 * FADE_DAYS), *(f.cleared_on or f.raised_on for f in flags)])
+    later = [FlagFact(f.code, f.severity, None, latest + timedelta(1)) for f in more]
+    assert score_value(days_past_due, flags + later, AS_OF) <= score_value(
+        days_past_due, flags, AS_OF
+    )
