@@ -168,6 +168,7 @@ class LoanFeatures:
     partial_periods: int = 0  # of the last N due periods, paid something but too little
     broken_promises: int = 0  # promises broken within broken_promise_days
     broken_promise: BrokenPromise | None = None  # the latest of them
+    arrears_since: str | None = None  # the due date of the oldest installment past due
     plan_running: bool = False  # an approved repayment plan has an installment still open
     # For the evidence: what lies behind the counts above.
     cured_on: str | None = None  # the cure before the spell, and the spell's first day
@@ -283,9 +284,16 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
                  "last_settled_on": f.last_settled_on},
             )  # fmt: skip
     # A broken promise weighs while the arrears it was meant to settle remain: clearing them
-    # (or broken_promise_days passing) ends the episode.
+    # (or broken_promise_days passing) ends the episode. Arrears that fell due after its date
+    # are another matter: past due at all, the flag came back for a promise settled, or for
+    # one taken while nothing was past due (a tester's).
     promise = f.broken_promise
-    if promise is not None and f.days_past_due > 0:
+    if (
+        promise is not None
+        and f.arrears_since is not None
+        and f.days_past_due > 0
+        and f.arrears_since <= promise.due_on
+    ):
         flags[FlagCode.BROKEN_PROMISE] = (
             Severity.HIGH,
             {"promise_id": promise.promise_id, "restructure_id": promise.restructure_id,

@@ -759,6 +759,8 @@ async def evaluate_loans(
             drift_window_first_settled_on=_day(row.window_first_on),
             partial_periods=row.partial_periods, broken_promises=row.broken_promises,
             broken_promise=_broken_promise(row), plan_running=bool(row.plan_running),
+            arrears_since=_day(as_of - timedelta(days=row.days_past_due))
+            if row.days_past_due > 0 else None,
             cured_on=_day(row.relapse_cured_on), relapsed_on=_day(row.relapsed_on),
             last_reversed_payment_id=row.last_reversed_id,
             last_reversed_on=_day(row.last_reversed_on),

@@ -269,6 +269,26 @@ async def test_the_flag_clears_when_the_arrears_are_paid(client: httpx.AsyncClie
     assert got["status"] == "broken"  # paying late does not mend a broken promise
     await close(w, "2026-02-23")
     assert "broken_promise" not in await flags(w, loan_id)
+    # Past due again within the window, on an installment due after the promise's date: not
+    # the arrears the promise was about, so no broken promise (it came back: a tester's).
+    await close(w, "2026-03-14")
+    assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] == 4
+    assert "broken_promise" not in await flags(w, loan_id)
+
+
+async def test_a_promise_taken_while_nothing_is_past_due_flags_no_later_arrears(
+    client: httpx.AsyncClient,
+) -> None:
+    w, loan_id = await setup(client)
+    overdue = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["overdue_amount"]
+    await w.pay(loan_id, overdue, "2026-02-14")  # before the promise: it does not count
+    await promise(w, loan_id, "100.00", "2026-02-20")  # ahead of the March installment
+    await close(w, "2026-02-21")
+    assert len(await broken_events(w)) == 1
+    assert "broken_promise" not in await flags(w, loan_id)
+    await close(w, "2026-03-14")  # the March installment missed
+    assert (await w.get(f"/v1/loans/{loan_id}"))["days_past_due"] == 4
+    assert "broken_promise" not in await flags(w, loan_id)
 
 
 async def test_a_payment_in_time_recorded_after_the_break_mends_it(
