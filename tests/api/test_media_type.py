@@ -169,3 +169,22 @@ async def test_an_empty_body_sent_in_chunks_is_no_body(client: httpx.AsyncClient
     assert cancelled.request.headers["transfer-encoding"] == "chunked"
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate, chunked", "xyz, chunked"])
+async def test_a_body_in_a_transfer_coding_other_than_chunked_is_refused(
+    client: httpx.AsyncClient, coding: str
+) -> None:
+    """Only chunked is decoded, by the server: declared gzip and sent plain, a payment was
+    booked as it came (a tester's). 501 (RFC 9112 §6.1), before the caller or the route."""
+    w = await world(client)
+    before = await row_counts()
+    for headers in ({**w.merchant, "content-type": "application/json"}, {}):
+        response = await client.post(
+            "/v1/borrowers", content=BORROWER, headers={**headers, "transfer-encoding": coding}
+        )
+        assert response.status_code == 501, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "not_implemented"
+        assert coding.removesuffix(", chunked") in response.json()["detail"]
+    assert await row_counts() == before
