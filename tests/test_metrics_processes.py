@@ -16,9 +16,10 @@ import httpx
 import pytest
 import redis
 
+from app.api_keys.models import Role
 from app.config import get_settings
 from tests.conftest import REDIS_URL
-from tests.factories import world
+from tests.factories import api_key, auth, world
 from tests.processes import LOANWATCH, clean_env, free_port
 from tests.webhooks.receiver import receiving, wait_for
 
@@ -67,6 +68,7 @@ def sample(text: str, name: str) -> float:
 async def test_a_scrape_counts_the_requests_of_every_worker(
     postgres_database: str, tmp_path: Path
 ) -> None:
+    dashboard = auth(await api_key(Role.DASHBOARD))
     port, log = free_port(), tmp_path / "serve.log"
     command = [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     base = f"http://127.0.0.1:{port}"
@@ -86,15 +88,16 @@ async def test_a_scrape_counts_the_requests_of_every_worker(
                 break
         else:
             pytest.fail("one worker served every request")
-        async with httpx.AsyncClient(base_url=base) as c:
+        async with httpx.AsyncClient(base_url=base, headers=dashboard) as c:
             scrapes = [(await c.get("/metrics")).text for _ in range(6)]
         assert [sample(text, healthz) for text in scrapes] == [sent] * 6
     assert not folder.exists()  # made up for the workers, it goes with them
 
 
-def test_a_named_folder_is_emptied_of_an_earlier_start(
+async def test_a_named_folder_is_emptied_of_an_earlier_start(
     postgres_database: str, tmp_path: Path
 ) -> None:
+    dashboard = auth(await api_key(Role.DASHBOARD))
     folder = tmp_path / "metrics"
     folder.mkdir()
     (folder / "counter_1.db").write_bytes(b"left by a process of an earlier start")
@@ -102,8 +105,9 @@ def test_a_named_folder_is_emptied_of_an_earlier_start(
     command = [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
     env = environment(postgres_database, PROMETHEUS_MULTIPROC_DIR=str(folder))
     with started(command, env, log):
-        wait_until_up(f"http://127.0.0.1:{port}/healthz", log)
-        assert httpx.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+        await asyncio.to_thread(wait_until_up, f"http://127.0.0.1:{port}/healthz", log)
+        async with httpx.AsyncClient(headers=dashboard) as c:
+            assert (await c.get(f"http://127.0.0.1:{port}/metrics")).status_code == 200
         assert not (folder / "counter_1.db").exists()
     assert folder.is_dir()  # the operator's folder stays
 

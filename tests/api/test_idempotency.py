@@ -292,7 +292,7 @@ async def test_answers_before_the_router_are_counted_under_their_route(
     w = await world(client)
 
     async def counted(status: int) -> float:
-        text = (await client.get("/metrics")).text
+        text = (await client.get("/metrics", headers=w.admin)).text
         series = f'method="POST",route="/v1/merchants",status="{status}"'
         line = f"loanwatch_http_requests_total{{{series}}}"
         found = [row.split()[-1] for row in text.splitlines() if row.startswith(line)]

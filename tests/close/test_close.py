@@ -597,7 +597,7 @@ async def test_a_failed_rerun_keeps_the_business_date(
     assert (failed["status"], failed["attempts"]) == ("failed", 2)
     business = await w.get("/v1/business-date", headers=w.admin)
     assert business["business_date"] == "2026-02-14"
-    scraped = (await client.get("/metrics")).text
+    scraped = (await client.get("/metrics", headers=w.admin)).text
     (gauge,) = [line.split()[-1] for line in scraped.splitlines()
                 if line.startswith("loanwatch_business_date_timestamp_seconds ")]  # fmt: skip
     assert datetime.fromtimestamp(float(gauge), UTC).date() == date(2026, 2, 14)

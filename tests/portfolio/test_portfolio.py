@@ -525,9 +525,16 @@ async def test_segments_within_a_merchant_or_a_product(client: httpx.AsyncClient
 
 async def test_metrics_expose_the_portfolio_and_the_close(client: httpx.AsyncClient) -> None:
     w, _ = await book(client)
+    # The whole book's figures: a dashboard's or an admin's, as the portfolio is.
+    unnamed = await client.get("/metrics")
+    assert unnamed.status_code == 401
+    assert unnamed.headers["content-type"] == "application/problem+json"
+    assert (await client.get("/metrics", headers=w.merchant)).status_code == 403
+    dashboard = auth(await api_key(Role.DASHBOARD))
+    assert (await client.get("/metrics", headers=dashboard)).status_code == 200
     summary = await w.get("/v1/portfolio/summary", headers=w.admin)
     # Scrapes at once (two Prometheus servers) each read the book for themselves.
-    scrapes = await asyncio.gather(*(client.get("/metrics") for _ in range(3)))
+    scrapes = await asyncio.gather(*(client.get("/metrics", headers=w.admin) for _ in range(3)))
     read = [
         dict(line.rsplit(" ", 1) for line in s.text.splitlines() if line and line[0] != "#")
         for s in scrapes
@@ -562,14 +569,14 @@ async def test_metrics_count_a_currency_no_close_has_seen(client: httpx.AsyncCli
     w = await world(client)
     await w.loan(principal="1000.00", term=6)
     current = '{bucket="current",currency="%s"}'
-    gauges = portfolio_gauges((await client.get("/metrics")).text)
+    gauges = portfolio_gauges((await client.get("/metrics", headers=w.admin)).text)
     assert gauges[f"loanwatch_portfolio_loans{current % 'CNY'}"] == 1
     assert gauges[f"loanwatch_portfolio_principal_outstanding{current % 'CNY'}"] == 1000
     await close(w, clock.today().isoformat())
     euro = World(w.client, w.admin, w.merchant_id, w.merchant,
                  (await product(client, w.admin, currency="EUR"))["code"])  # fmt: skip
     await euro.loan((await euro.borrower(currency="EUR"))["id"], principal="1200.00", term=6)
-    gauges = portfolio_gauges((await client.get("/metrics")).text)
+    gauges = portfolio_gauges((await client.get("/metrics", headers=w.admin)).text)
     assert gauges[f"loanwatch_portfolio_loans{current % 'CNY'}"] == 1
     assert gauges[f"loanwatch_portfolio_loans{current % 'EUR'}"] == 1
     assert gauges[f"loanwatch_portfolio_principal_outstanding{current % 'EUR'}"] == 1200

@@ -844,7 +844,7 @@ async def test_metrics_show_the_backlog(client: httpx.AsyncClient) -> None:
     w = await world(client)
     await endpoint(w, f"http://127.0.0.1:{free_port()}/hooks")
     await w.loan()
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=w.admin)).text
     assert "loanwatch_webhook_backlog 1.0" in text
     assert "loanwatch_http_requests_total" in text
     async with session_scope() as session:
