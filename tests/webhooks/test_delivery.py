@@ -17,7 +17,7 @@ from app.config import get_settings
 from app.db import session_scope, utc_now
 from app.events.models import Event
 from app.scheduler import InProcessScheduler, Job, WebhookDispatcher
-from app.webhooks import dispatcher, transport
+from app.webhooks import dispatcher, retry, transport
 from app.webhooks.models import WebhookAttempt, WebhookDelivery
 from tests.conftest import TEST_DSN
 from tests.factories import World, world
@@ -1276,3 +1276,66 @@ async def test_past_its_budget_a_drain_starts_no_attempt_more_to_a_hanging_endpo
                                        WebhookDelivery.next_attempt_at <= utc_now())
         )  # fmt: skip
     assert due == 1  # the rest of the lane (its payment), handed back: due at once
+
+
+async def test_a_resend_by_hand_starts_the_retry_schedule_afresh(
+    client: httpx.AsyncClient,
+) -> None:
+    """A redelivery or a recovery is a new round of retries, not one more attempt of the spent
+    round: a dozen redeliveries to a receiver still down used up four days of schedule in
+    seconds, and a recovery gave a failed delivery one attempt, failed again at once, nothing
+    sent when the receiver came back (a tester's)."""
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        log = f"/v1/webhook-endpoints/{hook['id']}/deliveries"
+        receiver.script = [500] * 100
+        since = utc_now().isoformat()
+        await w.loan()
+        at = utc_now()
+        for delay in (timedelta(0), *retry.BACKOFF):  # the whole schedule, each when due
+            at += delay * 1.1 + timedelta(seconds=1)
+            assert await deliver(at) == 1
+        (spent,) = (await w.get(log, headers=w.admin))["items"]
+        assert (spent["status"], spent["attempts"]) == ("failed", retry.MAX_ATTEMPTS)
+        recovered = await w.post(f"/v1/webhook-endpoints/{hook['id']}/recover", {"since": since},
+                                 headers=w.admin, expect=202)  # fmt: skip
+        assert recovered.json() == {"deliveries": 1}
+        assert await deliver() == 1
+        (retrying,) = (await w.get(log, headers=w.admin))["items"]
+        assert (retrying["status"], retrying["attempts"]) == ("pending", 1)
+        redeliver = f"/v1/events/{spent['event_id']}/redeliver"
+        for _ in range(12):
+            await w.post(redeliver, {"endpoint_id": hook["id"]}, headers=w.admin, expect=202)
+            assert await deliver() == 1
+        (resent,) = (await w.get(log, headers=w.admin))["items"]
+        assert (resent["status"], resent["attempts"]) == ("pending", 1)
+        assert len(resent["attempt_log"]) == retry.MAX_ATTEMPTS + 13  # the log keeps them all
+        receiver.script = []  # back up: the next retry of the round delivers it
+        assert await deliver(utc_now() + retry.BACKOFF[0] * 1.1) == 1
+        (delivered,) = (await w.get(log, headers=w.admin))["items"]
+        assert (delivered["status"], delivered["attempts"]) == ("delivered", 2)
+
+
+async def test_an_endpoint_enabled_again_is_sent_a_loans_events_in_order(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deliveries already overdue kept their earlier due time when the endpoint was enabled
+    again, and went before a delivery made due then: a loan's payments before its creation,
+    in an earlier batch (a tester's, batches of 500 from a backlog of 2,000)."""
+    monkeypatch.setattr(get_settings(), "webhook_batch_size", 1)
+    w = await world(client)
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        receiver.script = [500]
+        loan = await w.loan()
+        assert await deliver() == 1  # loan.created failed: retried in 5 s
+        for _ in range(2):
+            await w.pay(loan["id"], "10.00")  # due at once
+        for enabled in (False, True):
+            patched = await client.patch(f"/v1/webhook-endpoints/{hook['id']}",
+                                         json={"enabled": enabled}, headers=w.admin)  # fmt: skip
+            assert patched.status_code == 200, patched.text
+        assert await deliver() == 3
+        sequences = [r.verified(hook["secret"])["data"]["sequence"] for r in receiver.received]
+        assert sequences[1:] == sorted(sequences[1:]), sequences
