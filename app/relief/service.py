@@ -162,6 +162,7 @@ async def approve(
         if loan.term + months > MAX_TERM:  # another extension came first
             raise TermTooLong(f"loan {loan.id}: the term would be {loan.term + months} months, "
                               f"beyond {MAX_TERM}")  # fmt: skip
+        await _cancel_promises_to_pay(session, loan, as_of)
         try:
             extension = await payments.extend_term(
                 session, loan, months=months, as_of=as_of, reckon_on=reckon_on
@@ -185,6 +186,7 @@ async def approve(
         taken = await _holiday_months(session, loan)
         if taken + months > MAX_HOLIDAY_MONTHS_PER_LOAN:  # another holiday came first
             raise HolidaysTooLong(f"loan {loan.id}: {_holidays_beyond(taken, months)}")
+        await _cancel_promises_to_pay(session, loan, as_of)
         moved = await payments.defer_installments(
             session, loan, months=months, as_of=as_of, reckon_on=reckon_on
         )
@@ -213,6 +215,23 @@ async def approve(
     await session.flush()
     await events.emit(session, "restructure.approved", approved_event(restructure, loan), loan=loan)
     return restructure
+
+
+async def _cancel_promises_to_pay(session: AsyncSession, loan: Loan, as_of: date) -> None:
+    """A payment holiday or a term extension is a new agreement on what is paid when: the open
+    promises to pay, made under the old dates, are cancelled (each keeps what it counted), as
+    a plan replaces them. Kept open, a promise for an installment the holiday moved broke on
+    its date with nothing due, and announced it (a tester's). A running plan's installments
+    stay: the plan is an agreement of its own."""
+    await session.execute(
+        update(Promise)
+        .where(
+            Promise.loan_id == loan.id,
+            Promise.status == PromiseStatus.OPEN,
+            Promise.restructure_id.is_(None),
+        )
+        .values(status=PromiseStatus.CANCELLED, cancelled_on=as_of)
+    )
 
 
 async def _start_plan(

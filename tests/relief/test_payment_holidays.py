@@ -148,3 +148,19 @@ async def test_a_loan_has_six_months_of_holidays_at_most(client: httpx.AsyncClie
     refused = await w.post(f"/v1/loans/{loan_id}/restructures", {**body, "months": 1})
     assert (refused.status_code, refused.json()["errors"][0]["field"]) == (422, "months")
     assert await stored() == before
+
+
+async def test_a_holiday_cancels_the_open_promises_to_pay(client: httpx.AsyncClient) -> None:
+    """A promise for an installment the holiday moved broke on its date with nothing due, and
+    announced it (a tester's): the holiday is the new agreement, as a plan is."""
+    w, loan_id = await setup(client)
+    await w.pay(loan_id, "437.00", "2026-02-14")  # nothing overdue, before the promise
+    body = {"amount": "100.00", "due_on": "2026-03-12"}
+    made = (await w.post(f"/v1/loans/{loan_id}/promises", body, expect=201)).json()
+    await holiday(w, loan_id)
+    (promise,) = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
+    assert (promise["id"], promise["status"], promise["cancelled_on"]) == (
+        made["id"], "cancelled", "2026-02-15",
+    )  # fmt: skip
+    await close(w, "2026-03-20")
+    assert (await w.get("/v1/events?type=promise.broken", w.admin))["items"] == []

@@ -338,3 +338,18 @@ async def test_malformed_extensions_are_refused(
     w, loan_id = await late_loan(client, late_fee=LATE_FEE)
     body = {"kind": "term_extension", "reason": "r", "months": 1}
     await assert_refused(w, loan_id, body, override, field)
+
+
+async def test_an_extension_cancels_the_open_promises_to_pay(client: httpx.AsyncClient) -> None:
+    """The new schedule is the new agreement, as a plan is: a promise made under the old one is
+    cancelled, keeping what it counted (docs/relief.md)."""
+    w, loan_id = await late_loan(client, late_fee=LATE_FEE)
+    promises = f"/v1/loans/{loan_id}/promises"
+    made = (await w.post(promises, {"amount": "437.00", "due_on": "2026-02-20"}, expect=201)).json()
+    await w.pay(loan_id, "100.00", "2026-02-15")
+    await extend(w, loan_id)
+    (promise,) = (await w.get(promises))["items"]
+    assert (promise["id"], promise["status"], promise["paid"], promise["cancelled_on"]) == (
+        made["id"], "cancelled", "100.00", "2026-02-15",
+    )  # fmt: skip
+    await w.post(promises, {"amount": "337.00", "due_on": "2026-02-20"}, expect=201)
