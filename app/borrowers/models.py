@@ -1,6 +1,6 @@
 from datetime import date, datetime
 
-from sqlalchemy import JSON, BigInteger, Date, ForeignKey, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Date, ForeignKey, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, UTCDateTime, utc_now
@@ -24,4 +24,7 @@ class Borrower(Base):
     risk_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
     limit_before_cut_minor: Mapped[int | None] = mapped_column(BigInteger)
     limit_changed_on: Mapped[date | None] = mapped_column(Date)
+    # An admin set the limit since the grade last fell to D or E: lent up to it even at D or E,
+    # to whom nothing more is lent otherwise (app/risk/limits.py).
+    limit_overridden: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

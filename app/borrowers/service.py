@@ -21,6 +21,7 @@ from app.loans.models import OPEN_STATUSES, Loan
 from app.merchants import service as merchants_service
 from app.money import format_minor, parse_amount, request_currency, setting_to_minor
 from app.products.models import Product
+from app.risk import limits as grade_limits
 from app.risk.models import FlagStatus, RiskFlag
 from app.risk.score import PERFECT
 
@@ -67,7 +68,10 @@ class BorrowerView:
 
     @property
     def available_minor(self) -> int:
-        return max(self.borrower.credit_limit_minor - self.exposure_minor, 0)
+        b = self.borrower
+        return grade_limits.available_minor(
+            b.credit_limit_minor, self.exposure_minor, b.risk_grade, b.limit_overridden
+        )
 
 
 def limit_policy(currency: str) -> LimitPolicy:
@@ -270,6 +274,7 @@ async def set_credit_limit(
     borrower = await get_borrower(session, principal, borrower_id=borrower_id, for_update=True)
     new_limit = parse_amount("credit_limit", credit_limit, borrower.currency, allow_zero=True)
     old_limit = borrower.credit_limit_minor
+    borrower.limit_overridden = True  # lent up to it even at D or E, until the next fall
     if new_limit != old_limit:
         borrower.credit_limit_minor = new_limit
         remembered = borrower.limit_before_cut_minor

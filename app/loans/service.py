@@ -51,6 +51,7 @@ from app.payments.allocation import InstallmentPosition, InstallmentTerms, LateF
 from app.portfolio import positions
 from app.products import service as products_service
 from app.promises import service as promises
+from app.risk import limits as grade_limits
 from app.risk import service as risk
 from app.risk.models import FlagStatus, RiskFlag
 
@@ -297,13 +298,21 @@ async def create_loan(
             f"(GET /v1/loans?merchant_order_ref={merchant_order_ref})"
         )
     exposure = int(exposure_sum)
-    available = max(borrower.credit_limit_minor - exposure, 0)
+    grade, overridden = borrower.risk_grade, borrower.limit_overridden
+    available = grade_limits.available_minor(
+        borrower.credit_limit_minor, exposure, grade, overridden
+    )
     if amount > available:
+        graded = (
+            f"; the borrower is graded {grade}, and nothing more is lent until every open "
+            "loan of theirs grades C or better"
+            if grade in grade_limits.LENDS_NOTHING and not overridden else ""
+        )  # fmt: skip
         raise CreditLimitExceeded(
             f"principal {format_minor(amount, product.currency)} exceeds the available limit "
             f"{format_minor(available, product.currency)} (credit limit "
             f"{format_minor(borrower.credit_limit_minor, product.currency)}, exposure "
-            f"{format_minor(exposure, product.currency)})"
+            f"{format_minor(exposure, product.currency)}{graded})"
         )
 
     terms = ScheduleTerms(

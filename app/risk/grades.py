@@ -14,7 +14,7 @@ from app.delinquency import service as delinquency
 from app.events import service as events
 from app.loans.models import OPEN_STATUSES, Loan
 from app.money import format_minor
-from app.risk.limits import next_limit
+from app.risk.limits import LENDS_NOTHING, next_limit
 from app.risk.models import FlagStatus, RiskFlag
 from app.risk.rules import RiskRules
 from app.risk.score import FADE_DAYS, FlagFact, grade_for, score_value
@@ -96,7 +96,8 @@ async def grade_borrowers(
                       "risk_reasons": row.risk_reasons,
                       "credit_limit_minor": row.credit_limit_minor,
                       "limit_before_cut_minor": row.limit_before_cut_minor,
-                      "limit_changed_on": row.limit_changed_on}  # fmt: skip
+                      "limit_changed_on": row.limit_changed_on,
+                      "limit_overridden": row.limit_overridden}  # fmt: skip
         codes = reasons.get(row.id, [])
         if codes != list(row.risk_reasons or []):
             update_row.update(risk_reasons=codes)
@@ -104,6 +105,9 @@ async def grade_borrowers(
         if row.new_grade != row.risk_grade:
             update_row.update(risk_grade=row.new_grade)
             updates[row.id] = update_row
+            # A fall to D or E ends an admin's override, as it cuts the limit.
+            if row.new_grade in LENDS_NOTHING and row.new_grade > row.risk_grade:
+                update_row.update(limit_overridden=False)
             grade_events.append(_event("risk.grade_changed", {
                 "borrower_id": row.id, "merchant_id": row.merchant_id,
                 "previous_grade": row.risk_grade, "grade": row.new_grade, "reasons": codes,

@@ -4,6 +4,7 @@ not, and one that clears it."""
 import json
 import time
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -967,6 +968,19 @@ async def test_grades_move_the_credit_limit(client: httpx.AsyncClient) -> None:
     assert [(e["data"]["credit_limit"], e["data"]["reason"]) for e in limits] == [
         ("1200.00", f"grade_{got['risk_grade']}"),
     ]
+    # A repayment under the cut limit frees no headroom while the grade stays D or E: a
+    # borrower 159 days past due borrowed again (a tester's).
+    await w.pay(loan_id, "100.00", "2026-03-12")
+    got = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert got["risk_grade"] in ("D", "E")
+    assert (got["credit_limit"], got["available_limit"]) == ("1200.00", "0.00")
+    assert Decimal(got["exposure"]) < Decimal("1200.00")
+    refused = await w.post("/v1/loans", {
+        "borrower_id": borrower["id"], "product_code": w.product_code, "principal": "10.00",
+        "term": 3, "merchant_order_ref": "more",
+    })  # fmt: skip
+    assert refused.json()["code"] == "credit_limit_exceeded"
+    assert f"graded {got['risk_grade']}" in refused.json()["detail"]
     # Everything paid: the grade recovers at once, the limit only after sustained good
     # behaviour (limit_recovery_clean_days without arrears), then a quarter at a time.
     rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
@@ -1041,6 +1055,14 @@ async def test_an_admin_override_stands_until_the_next_grade_change(
     got = await w.get(f"/v1/borrowers/{borrower['id']}")
     assert (got["risk_grade"], got["credit_limit"]) == ("E", "1192.00")
     assert (await limit_events(w, borrower["id"]))[2:] == [("1192.00", "grade_E")]
+    # The fall ended the override: a repayment frees no headroom at E.
+    await w.pay(loan_id, "10.00", "2026-04-14")
+    got = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (got["risk_grade"], got["available_limit"]) == ("E", "0.00")
+    # Set again by an admin, the limit is lent up to even at E: a decision to lend.
+    patched = await client.patch(f"/v1/borrowers/{borrower['id']}",
+                                 json={"credit_limit": "1192.00"}, headers=w.admin)  # fmt: skip
+    assert patched.json()["available_limit"] == "10.00"
 
 
 async def test_recovery_never_lowers_an_admin_override(client: httpx.AsyncClient) -> None:
