@@ -49,6 +49,12 @@ class Conflict(LoanwatchError):
     title = "Conflict"
 
 
+class PreconditionFailed(LoanwatchError):
+    status = 412
+    code = "precondition_failed"
+    title = "Precondition failed"
+
+
 class Unauthorized(LoanwatchError):
     status = 401
     code = "unauthorized"

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, cached
+from app.api.responses import CREATED, IF_MATCH, POLLED, PRECONDITION, cached, precondition
 from app.api.routing import StrictRoute
 from app.borrowers import service
 from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
@@ -49,11 +49,21 @@ async def get_borrower(
     return cached(request, BorrowerRead.from_view(view))
 
 
-@router.patch("/{borrower_id}", response_model=BorrowerRead)
+@router.patch(
+    "/{borrower_id}",
+    response_model=BorrowerRead,
+    responses=PRECONDITION,
+    openapi_extra={"parameters": [IF_MATCH]},
+)
 async def update_borrower(
-    borrower_id: str, body: BorrowerUpdate, session: SessionDep, principal: AdminPrincipal
+    borrower_id: str,
+    body: BorrowerUpdate,
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
 ) -> BorrowerRead:
     view = await service.set_credit_limit(
-        session, principal, borrower_id=borrower_id, credit_limit=body.credit_limit
-    )
+        session, principal, borrower_id=borrower_id, credit_limit=body.credit_limit,
+        precondition=precondition(request, BorrowerRead.from_view),
+    )  # fmt: skip
     return BorrowerRead.from_view(view)

@@ -1,4 +1,5 @@
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -265,13 +266,21 @@ async def list_borrowers(
 
 
 async def set_credit_limit(
-    session: AsyncSession, principal: Principal, *, borrower_id: str, credit_limit: str
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    borrower_id: str,
+    credit_limit: str,
+    precondition: Callable[[BorrowerView], None] | None = None,
 ) -> BorrowerView:
     """An admin's override. It may go below the exposure: then nothing more can be lent. It
     stands until the grade next falls to D or E; recovery after a cut climbs on from it, and
-    an override at or above the limit the cut remembered leaves nothing to restore."""
+    an override at or above the limit the cut remembered leaves nothing to restore.
+    ``precondition``: checked on the borrower as it stands, locked, before the change."""
     principal.require(Role.ADMIN)
     borrower = await get_borrower(session, principal, borrower_id=borrower_id, for_update=True)
+    if precondition is not None:
+        precondition(await _view(session, borrower))
     new_limit = parse_amount("credit_limit", credit_limit, borrower.currency, allow_zero=True)
     old_limit = borrower.credit_limit_minor
     borrower.limit_overridden = True  # lent up to it even at D or E, until the next fall

@@ -4,7 +4,7 @@ from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.fields import NoFields
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, cached
+from app.api.responses import CREATED, IF_MATCH, POLLED, PRECONDITION, cached, precondition
 from app.api.routing import StrictRoute
 from app.events.schemas import EventRead
 from app.webhooks import service
@@ -55,13 +55,23 @@ async def get_endpoint(
     return cached(request, EndpointRead.from_view(view))
 
 
-@router.patch(PREFIX + "/{endpoint_id}", response_model=EndpointRead)
+@router.patch(
+    PREFIX + "/{endpoint_id}",
+    response_model=EndpointRead,
+    responses=PRECONDITION,
+    openapi_extra={"parameters": [IF_MATCH]},
+)
 async def update_endpoint(
-    endpoint_id: str, body: EndpointUpdate, session: SessionDep, principal: AdminPrincipal
+    endpoint_id: str,
+    body: EndpointUpdate,
+    request: Request,
+    session: SessionDep,
+    principal: AdminPrincipal,
 ) -> EndpointRead:
     view = await service.update_endpoint(
-        session, principal, endpoint_id=endpoint_id, changes=body.model_dump(exclude_unset=True)
-    )
+        session, principal, endpoint_id=endpoint_id, changes=body.model_dump(exclude_unset=True),
+        precondition=precondition(request, EndpointRead.from_view),
+    )  # fmt: skip
     return EndpointRead.from_view(view)
 
 

@@ -1,7 +1,7 @@
 """Webhook endpoints, their subscriptions, and the outbox fan-out: every event gets one
 delivery row per subscribed endpoint, in the transaction that wrote the event."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -148,10 +148,18 @@ async def list_endpoints(
 
 
 async def update_endpoint(
-    session: AsyncSession, principal: Principal, *, endpoint_id: str, changes: dict[str, Any]
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    endpoint_id: str,
+    changes: dict[str, Any],
+    precondition: Callable[[EndpointView], None] | None = None,
 ) -> EndpointView:
+    """``precondition``: checked on the endpoint as it stands, locked, before the change."""
     principal.require(Role.ADMIN)
     view = await _load(session, endpoint_id, lock=True)
+    if precondition is not None:
+        precondition(view)
     endpoint = view.endpoint
     before = (endpoint.url, endpoint.description, endpoint.enabled)
     if "url" in changes:
