@@ -501,3 +501,50 @@ def test_sigterm_fails_the_close_of_a_request_and_of_the_cli(tmp_path: Path) -> 
     assert not [d for d, (status, _) in runs.items() if status in ("running", "pending")], runs
     # The date it stopped at (the same as the server's, if it had not finished it).
     assert [error for _, error in runs.values()].count("cancelled: the process stopped") == 1
+
+
+async def test_an_endpoint_created_under_load_is_sent_every_event_after_it(
+    embedded_server: tuple[str, str, Path],
+) -> None:
+    """Events are sent to the endpoints their transaction sees: an endpoint dated while its
+    request waited for SQLite's one connection missed the events written meanwhile, dated
+    after it, which `recover` then found owed (a tester's, about a second's each)."""
+    base, key, _ = embedded_server
+    ids = await asyncio.to_thread(a_book, base, key)
+    admin = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, headers=admin, timeout=60) as http:
+        paying = True
+
+        async def pay() -> None:
+            while paying:
+                answer = await http.post(f"/v1/loans/{ids['loan_id']}/payments",
+                                         json={"amount": "0.01"})  # fmt: skip
+                assert answer.status_code == 201, answer.text
+
+        payers = [asyncio.create_task(pay()) for _ in range(8)]
+        endpoints = []
+        for n in range(6):
+            await asyncio.sleep(0.3)
+            body = {"url": f"https://example.com/hooks/{n}", "event_types": ["payment.*"]}
+            made = await http.post("/v1/webhook-endpoints", json=body)
+            assert made.status_code == 201, made.text
+            endpoints.append(made.json())
+        await asyncio.sleep(0.5)
+        paying = False
+        await asyncio.gather(*payers)
+
+        async def every(path: str) -> list[dict[str, Any]]:
+            items, cursor = [], ""
+            while True:
+                page = (await http.get(f"{path}&cursor={cursor}")).json()
+                items += page["items"]
+                if not (cursor := page["next_cursor"]):
+                    return items
+
+        feed = await every("/v1/events?type=payment.received&limit=200")
+        for endpoint in endpoints:
+            owed = {e["id"] for e in feed if e["timestamp"] >= endpoint["created_at"]}
+            deliveries = f"/v1/webhook-endpoints/{endpoint['id']}/deliveries?limit=200"
+            queued = {d["event_id"] for d in await every(deliveries)}
+            assert owed, endpoint["created_at"]
+            assert not owed - queued, (endpoint["created_at"], len(owed - queued))
