@@ -421,10 +421,16 @@ async def fail_run(as_of: date, error: str, attempt: int, *, later: str | None =
     left pending, they answered every request to close 409 until they went stale, 30 minutes
     on (a tester's, after a broker outage of 20 s)."""
     async with session_scope() as session:
-        if await _current(session, as_of, attempt, share=False) is not None:
+        if (run := await _current(session, as_of, attempt, share=False)) is not None:
             now = utc_now()
+            # The step the failure cut short failed with it: its record read "running" in a
+            # run that had failed (a tester's, a stop during the grades step).
+            steps = {
+                name: {**entry, "status": "failed"} if entry.get("status") == "running" else entry
+                for name, entry in run.steps.items()
+            }
             await _update_run(session, as_of, status=CloseStatus.FAILED, error=error[:2000],
-                              finished_at=now)  # fmt: skip
+                              finished_at=now, steps=steps)  # fmt: skip
             reason = later or f"not started: the close of {as_of}, before it, failed"
             await session.execute(
                 _PENDING_FROM, {"first": as_of + timedelta(days=1), "at": now, "reason": reason}

@@ -595,6 +595,9 @@ async def test_a_failed_rerun_keeps_the_business_date(
     monkeypatch.setitem(close_service.STEPS, "risk", lost_connection)
     failed = await close(w, "2026-02-14")
     assert (failed["status"], failed["attempts"]) == ("failed", 2)
+    # The step cut short failed with the run; it read "running" (a tester's).
+    assert failed["steps"]["risk"]["status"] == "failed"
+    assert failed["steps"]["promises"]["status"] == "succeeded"
     business = await w.get("/v1/business-date", headers=w.admin)
     assert business["business_date"] == "2026-02-14"
     scraped = (await client.get("/metrics", headers=w.admin)).text
