@@ -229,9 +229,11 @@ async def _integrity_error(_: Request, exc: Exception) -> JSONResponse:
     )  # fmt: skip
 
 
-def _no_connection_free() -> JSONResponse:
+def _no_connection_free(request: Request) -> JSONResponse:
     # No connection came free in time (a long close on the embedded default's one SQLite
-    # connection, or an exhausted pool): a retry will do, nothing was written.
+    # connection, or an exhausted pool): a retry will do, nothing was written. Logged, as the
+    # lost races are: a burst answered 503 left only access lines (a tester's).
+    log.warning("%s %s waited out the connection pool", request.method, request.url.path)
     return problem(
         503, "service_busy", "Service busy",
         "the database is busy; nothing was stored, retry the request shortly",
@@ -261,7 +263,7 @@ def database_trouble(request: Request, exc: Exception) -> JSONResponse | None:
     if is_connection_lost(exc):
         return database_unavailable(request, exc)
     if isinstance(exc, PoolTimeout):
-        return _no_connection_free()
+        return _no_connection_free(request)
     if is_transient(exc):
         return _lost_race(request, exc)
     return None

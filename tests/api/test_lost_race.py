@@ -8,9 +8,12 @@ import asyncio
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.requests import Request
 
 from app.config import get_settings
 from app.db import database
+from app.errors import database_trouble
 from tests.conftest import TEST_DSN
 from tests.factories import world
 
@@ -137,3 +140,15 @@ async def test_a_database_that_refuses_connections_is_503_on_every_route(
         monkeypatch.undo()
         await database.dispose()
     assert (await w.get(f"/v1/loans/{loan['id']}"))["balances"] == loan["balances"]
+
+
+def test_a_request_that_waited_out_the_pool_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """As the lost races are: a burst on SQLite's one connection answered 503 with only the
+    access lines to tell (a tester's)."""
+    request = Request({"type": "http", "method": "DELETE", "path": "/v1/webhook-endpoints/we_1",
+                       "headers": [], "query_string": b""})  # fmt: skip
+    with caplog.at_level("WARNING"):
+        answer = database_trouble(request, PoolTimeout("QueuePool limit reached"))
+    assert answer is not None
+    assert (answer.status_code, answer.headers["retry-after"]) == (503, "5")
+    assert "DELETE /v1/webhook-endpoints/we_1 waited out the connection pool" in caplog.text
