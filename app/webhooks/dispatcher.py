@@ -472,12 +472,27 @@ _DUE_AGAIN = (
 )
 
 
+# A write of the drain's that lost a race in the database (a deadlock, a lock not granted in
+# time), written again in a new transaction.
+_again_if_transient = retrying(
+    retry=retry_if_exception(is_transient),
+    stop=stop_after_attempt(4),
+    wait=wait_exponential(multiplier=0.1, max=1.0),
+    reraise=True,
+)
+
+
+@_again_if_transient
 async def _due_again(claimed: Sequence[Claimed]) -> None:
-    """Deliveries this drain held and leaves unsent, for the next claim, in their turn."""
+    """Deliveries this drain held and leaves unsent, for the next claim, in their turn: in id
+    order, as the other writers of deliveries lock them, and again after a lost race. A
+    hand-back that deadlocked failed the drain, and its deliveries waited out their lease (a
+    tester's, 777 endpoints on PostgreSQL)."""
     if claimed:
         async with session_scope() as session:
+            in_order = sorted(claimed, key=lambda c: c.delivery_id)
             await session.execute(
-                _DUE_AGAIN, [{"delivery_id": c.delivery_id, "due_at": c.due_at} for c in claimed]
+                _DUE_AGAIN, [{"delivery_id": c.delivery_id, "due_at": c.due_at} for c in in_order]
             )
 
 
@@ -656,12 +671,7 @@ def _retry_after(response: httpx.Response) -> timedelta | None:
 # Sent deliveries whose record is lost are sent again once their lease runs out, and the
 # attempt log misses the first attempt: a record that lost a race in the database (a deadlock,
 # a lock not granted in time) is written again in a new transaction instead.
-@retrying(
-    retry=retry_if_exception(is_transient),
-    stop=stop_after_attempt(4),
-    wait=wait_exponential(multiplier=0.1, max=1.0),
-    reraise=True,
-)
+@_again_if_transient
 async def _record(outcomes: Sequence[Outcome], now: datetime) -> None:
     async with session_scope() as session:
         # An endpoint deleted while its deliveries were in flight took them with it: their
