@@ -69,6 +69,15 @@ IF_NONE_MATCH = {
     "schema": {"type": "string"},
     "description": "The `ETag` of the body you hold: 304 with no body while it is current",
 }
+# A write that honours it (a 412 documented: app.api.responses.PRECONDITION).
+IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": "The `ETag` of the object as you last read it: 412 `precondition_failed`, "
+    "nothing changed, when it has changed since",
+}
 ETAG = {
     "ETag": {
         "description": "A strong tag of this body, for `If-None-Match` on the next poll",
@@ -134,6 +143,11 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
                             "schema": {"$ref": "#/components/schemas/Problem"}
                         }
                     },
+                }
+            if "412" in responses:
+                operation.setdefault("parameters", []).append(IF_MATCH)
+                responses["412"]["content"] = {
+                    "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
                 }
             if "304" in responses:
                 operation.setdefault("parameters", []).append(IF_NONE_MATCH)

@@ -33,14 +33,6 @@ def json_response(model: BaseModel, status_code: int = 200) -> Response:
 
 
 # For the OpenAPI document of a write that honours ``If-Match`` (``precondition``).
-IF_MATCH = {
-    "name": "If-Match",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string"},
-    "description": "The `ETag` of the object as you last read it: 412 `precondition_failed`, "
-    "nothing changed, when it has changed since",
-}
 PRECONDITION: dict[int | str, dict[str, Any]] = {
     412: {"description": "The `If-Match` ETag is no longer current (`precondition_failed`)"}
 }

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, IF_MATCH, POLLED, PRECONDITION, cached, precondition
+from app.api.responses import CREATED, POLLED, PRECONDITION, cached, precondition
 from app.api.routing import StrictRoute
 from app.borrowers import service
 from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
@@ -53,7 +53,6 @@ async def get_borrower(
     "/{borrower_id}",
     response_model=BorrowerRead,
     responses=PRECONDITION,
-    openapi_extra={"parameters": [IF_MATCH]},
 )
 async def update_borrower(
     borrower_id: str,

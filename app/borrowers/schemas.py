@@ -6,6 +6,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from app.api.fields import MoneyStr, Name, Reference
 from app.money import format_minor
 from app.risk.schemas import FlagRead
+from app.risk.score import GRADE_LETTERS
 
 if TYPE_CHECKING:
     from app.borrowers.service import BorrowerView
@@ -68,7 +69,7 @@ class BorrowerRead(BaseModel):
     credit_limit: str
     exposure: str
     available_limit: str
-    risk_grade: str
+    risk_grade: str = Field(json_schema_extra={"enum": list(GRADE_LETTERS)})
     risk_score: int = Field(description="the worst open loan's score, as the grade is its grade")
     risk_reasons: list[str] = Field(description="the open flag codes behind the grade")
     open_flags: list[FlagRead] = Field(description="each open flag in the flag's shape")

@@ -1,14 +1,16 @@
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.events.types import EVENT_TYPES
 
 
 class EventRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    type: str
+    type: str = Field(json_schema_extra={"enum": list(EVENT_TYPES)})
     timestamp: datetime
     data: dict[str, Any]
 

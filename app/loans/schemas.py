@@ -74,7 +74,7 @@ class LoanRead(BaseModel):
     merchant_order_ref: str
     status: LoanStatus
     days_past_due: int
-    bucket: str
+    bucket: str = Field(json_schema_extra={"enum": [b.value for b in Bucket]})
     bucket_label: str = Field(description="M0 (current), M1 (1-30), M2, M3, M3+ (90+)")
     delinquency_as_of: date | None
     balances_as_of: date

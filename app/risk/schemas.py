@@ -4,8 +4,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, model_validator
 
 from app.api.fields import IsoDate
-from app.risk.models import RiskFlag
-from app.risk.rules import RiskRules
+from app.risk.models import FlagStatus, RiskFlag
+from app.risk.rules import FlagCode, RiskRules, Severity
 
 
 class RulesRead(BaseModel):
@@ -56,9 +56,9 @@ class FlagRead(BaseModel):
     id: str
     loan_id: str
     borrower_id: str
-    code: str
-    severity: str
-    status: str
+    code: str = Field(json_schema_extra={"enum": [c.value for c in FlagCode]})
+    severity: str = Field(json_schema_extra={"enum": [v.value for v in Severity]})
+    status: str = Field(json_schema_extra={"enum": [v.value for v in FlagStatus]})
     acknowledged: bool
     acknowledged_at: datetime | None
     acknowledged_note: str | None

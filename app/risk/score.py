@@ -17,6 +17,7 @@ SEVERITY_POINTS = {"low": 25, "medium": 75, "high": 150, "critical": 300}
 DPD_POINTS_PER_DAY, DPD_POINTS_MAX = 3, 400
 FADE_DAYS = 182
 GRADES = ((800, "A"), (650, "B"), (500, "C"), (300, "D"))
+GRADE_LETTERS = "ABCDE"
 
 
 @dataclass(frozen=True)

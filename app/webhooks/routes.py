@@ -4,7 +4,7 @@ from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.fields import NoFields
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, IF_MATCH, POLLED, PRECONDITION, cached, precondition
+from app.api.responses import CREATED, POLLED, PRECONDITION, cached, precondition
 from app.api.routing import StrictRoute
 from app.events.schemas import EventRead
 from app.webhooks import service
@@ -59,7 +59,6 @@ async def get_endpoint(
     PREFIX + "/{endpoint_id}",
     response_model=EndpointRead,
     responses=PRECONDITION,
-    openapi_extra={"parameters": [IF_MATCH]},
 )
 async def update_endpoint(
     endpoint_id: str,
