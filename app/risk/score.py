@@ -2,15 +2,15 @@
 
 Start from 1000; subtract for days past due (3 points a day, at most 400) and for each open
 flag by severity (low 25, medium 75, high 150, critical 300). A flag cleared within the last
-six months still weighs, fading linearly to nothing, unless it goes on as a flag of its code
-raised on the day it cleared. Grades: A >= 800, B >= 650, C >= 500,
+six months still weighs, fading linearly to nothing, unless it goes on as the next flag of
+its code, raised on the day it cleared. Grades: A >= 800, B >= 650, C >= 500,
 D >= 300, E below. Every deduction is a reason (docs/risk.md).
 """
 
-from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from itertools import pairwise
 
 PERFECT = 1000  # a loan with nothing against it, and a borrower with no open loan
 SEVERITY_POINTS = {"low": 25, "medium": 75, "high": 150, "critical": 300}
@@ -57,18 +57,25 @@ def _flag_points(flag: FlagFact, as_of: date) -> int:
 
 
 def _weighed(flags: Iterable[FlagFact]) -> list[FlagFact]:
-    """The flags that weigh: a flag cleared on the day another of its code was raised goes on
-    as that one, which weighs in its place. A rules change that cleared a flag and a change
-    back that raised it again on one day counted the one behaviour twice, open and fading (a
-    tester's); a relapse on a later day is a second episode, and both weigh."""
+    """The flags that weigh: a flag cleared on the day the next flag of its code was raised
+    goes on as that one, which weighs in its place; the last of such a chain weighs. A rules
+    change that cleared a flag and a change back that raised it again the same day counted the
+    one behaviour twice, open and fading, and a relapse on a later day is a second episode:
+    both weigh (a tester's each). Flags of one code never overlap (one is open at a time), so
+    ordered by when they were raised, each one's next is the one it may go on as."""
     flags = list(flags)
-    raised: Counter[tuple[str, date | None]] = Counter((f.code, f.raised_on) for f in flags)
-
-    def goes_on(flag: FlagFact) -> bool:
-        itself = flag.raised_on == flag.cleared_on
-        return raised[(flag.code, flag.cleared_on)] - itself > 0
-
-    return [flag for flag in flags if flag.cleared_on is None or not goes_on(flag)]
+    order = sorted(
+        range(len(flags)),
+        key=lambda n: (flags[n].code, flags[n].raised_on, flags[n].cleared_on or date.max),
+    )
+    going_on = {
+        before
+        for before, after in pairwise(order)
+        if flags[before].code == flags[after].code
+        and flags[before].cleared_on is not None
+        and flags[after].raised_on == flags[before].cleared_on
+    }
+    return [flag for n, flag in enumerate(flags) if n not in going_on]
 
 
 def score_value(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> int:

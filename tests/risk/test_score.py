@@ -80,6 +80,12 @@ def test_a_flag_cleared_on_the_day_another_of_its_code_is_raised_goes_on_as_that
     ]  # fmt: skip
     cleared_again = FlagFact("late_drift", "high", AS_OF, flip)
     assert score_value(0, [cleared_by_the_change, cleared_again], AS_OF) == 850
+    # Raised and cleared again on one day, a chain: the last of it weighs, once (each let
+    # the other off, and a loan with arrears behind it scored 1000: a re-verifier's).
+    day = AS_OF - timedelta(10)
+    same_day = [FlagFact("dpd_roll_forward", "low", day, AS_OF - timedelta(11)),
+                *[FlagFact("dpd_roll_forward", "low", day, day) for _ in range(3)]]  # fmt: skip
+    assert score_value(0, same_day, AS_OF) == 1000 - round(25 * (1 - 10 / FADE_DAYS))
     cured = [FlagFact("late_drift", "high", AS_OF - timedelta(1), raised)]
     relapsed = [*cured, FlagFact("late_drift", "high", None, AS_OF)]
     assert score_value(3, relapsed, AS_OF) < score_value(0, cured, AS_OF) < 1000
@@ -95,3 +101,28 @@ def test_a_new_flag_never_raises_the_score(
     assert score_value(days_past_due, flags + later, AS_OF) <= score_value(
         days_past_due, flags, AS_OF
     )
+
+
+# Raised and cleared within a few days of each other: chains of flags on one day.
+CHAINED = st.lists(
+    st.builds(
+        FlagFact,
+        code=st.sampled_from(["never_paid", "late_drift"]),
+        severity=st.sampled_from(["low", "medium", "high", "critical"]),
+        cleared_on=st.none() | st.integers(0, 3).map(lambda d: AS_OF - timedelta(d)),
+        raised_on=st.integers(0, 3).map(lambda d: AS_OF - timedelta(d)),
+    ),
+    max_size=6,
+)
+
+
+@given(st.integers(0, 400), CHAINED)
+def test_chained_flags_of_one_code_never_cancel_each_other_out(
+    days_past_due: int, flags: list[FlagFact]
+) -> None:
+    """However flags chain, a code with flags that still weigh takes off at least what one of
+    them would alone: chained episodes never cancel each other out."""
+    for code in {f.code for f in flags}:
+        own = [f for f in flags if f.code == code]
+        alone = max(score_value(days_past_due, [f], AS_OF) for f in own)
+        assert score_value(days_past_due, own, AS_OF) <= alone
