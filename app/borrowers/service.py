@@ -283,8 +283,10 @@ async def set_credit_limit(
         precondition(await _view(session, borrower))
     new_limit = parse_amount("credit_limit", credit_limit, borrower.currency, allow_zero=True)
     old_limit = borrower.credit_limit_minor
-    borrower.limit_overridden = True  # lent up to it even at D or E, until the next fall
+    # A PATCH of the limit in force changes nothing: as a decision to lend at D or E it went
+    # unseen, with no event (a re-verifier's).
     if new_limit != old_limit:
+        borrower.limit_overridden = True  # lent up to it even at D or E, until the next fall
         borrower.credit_limit_minor = new_limit
         remembered = borrower.limit_before_cut_minor
         if remembered is not None and new_limit >= remembered:

@@ -149,7 +149,7 @@ class RecoverRequest(BaseModel):
 class RedeliverRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint_id: str | None = Field(default=None, min_length=1, max_length=40)
+    endpoint_id: str | None = Field(default=None, min_length=1, max_length=40, pattern=r"^\S+$")
 
 
 class Queued(BaseModel):

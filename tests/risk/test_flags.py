@@ -1059,10 +1059,13 @@ async def test_an_admin_override_stands_until_the_next_grade_change(
     await w.pay(loan_id, "10.00", "2026-04-14")
     got = await w.get(f"/v1/borrowers/{borrower['id']}")
     assert (got["risk_grade"], got["available_limit"]) == ("E", "0.00")
-    # Set again by an admin, the limit is lent up to even at E: a decision to lend.
-    patched = await client.patch(f"/v1/borrowers/{borrower['id']}",
-                                 json={"credit_limit": "1192.00"}, headers=w.admin)  # fmt: skip
-    assert patched.json()["available_limit"] == "10.00"
+    # The limit in force sent again changes nothing (unseen, it unlocked lending: a
+    # re-verifier's); set anew by an admin, it is lent up to even at E: a decision to lend.
+    limit = f"/v1/borrowers/{borrower['id']}"
+    same = await client.patch(limit, json={"credit_limit": "1192.00"}, headers=w.admin)
+    assert same.json()["available_limit"] == "0.00"
+    patched = await client.patch(limit, json={"credit_limit": "1193.00"}, headers=w.admin)
+    assert patched.json()["available_limit"] == "11.00"
 
 
 async def test_recovery_never_lowers_an_admin_override(client: httpx.AsyncClient) -> None:

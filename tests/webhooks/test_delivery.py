@@ -618,8 +618,10 @@ async def test_a_redelivery_is_accepted_only_where_it_will_be_sent(
             "message": f"webhook endpoint {risk['id']} does not subscribe to loan.created events",
         }]  # fmt: skip
         # An empty id is a malformed request, not an endpoint that could not be found.
-        blank = await w.post(redeliver, {"endpoint_id": ""}, headers=w.admin, expect=422)
-        assert blank.json()["errors"][0]["field"] == "endpoint_id"
+        for blank_id in ("", " "):
+            blank = await w.post(redeliver, {"endpoint_id": blank_id}, headers=w.admin,
+                                 expect=422)  # fmt: skip
+            assert blank.json()["errors"][0]["field"] == "endpoint_id"
         assert await deliver() == 0
 
         everyone = await w.post(redeliver, None, headers=w.admin, expect=202)
