@@ -7,6 +7,7 @@ folder and the scheduled work in-process. Nested groups use ``__``, e.g.
 
 from decimal import Decimal
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -159,6 +160,11 @@ class Settings(BaseSettings):
             )
         if driver == "sqlite+aiosqlite" and url.database in (None, "", ":memory:"):
             raise ValueError("SQLite in memory keeps nothing between processes: give a file")
+        folder = Path(url.database or "").parent
+        if driver == "sqlite+aiosqlite" and not folder.is_dir():
+            # SQLite creates the file, not its folder: the driver's failure came with a
+            # traceback from its thread now and then (a tester's).
+            raise ValueError(f"{folder}: no such folder for the SQLite file")
         return url.set(drivername=driver).render_as_string(hide_password=False)
 
     @field_validator("redis_url")

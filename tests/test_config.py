@@ -48,6 +48,8 @@ from tests.processes import LOANWATCH, clean_env
         # Gone with its process, and each of the service's processes opens its own.
         ("database_url", "sqlite:///:memory:"),
         ("database_url", "sqlite://"),
+        # SQLite makes the file, not its folder.
+        ("database_url", "sqlite:////nonexistent/folder/loanwatch.db"),
         ("redis_url", "notaurl"),
         ("redis_url", "http://127.0.0.1:6379/8"),
     ],
