@@ -204,27 +204,25 @@ def _not_json(method: str, media_type: str, coding: str) -> Response:
     )  # fmt: skip
 
 
-def _content_coding(scope: Scope) -> str:
-    """The content codings declared on the body beyond ``identity`` ("" if none)."""
+def _codings_beyond(scope: Scope, header: bytes, understood: str) -> str:
+    """The codings the header declares on the body beyond the one understood ("" if none)."""
     codings = [
         coding.strip()
         for name, value in scope["headers"]
-        if name == b"content-encoding"
+        if name == header
         for coding in bytes(value).decode("latin-1").lower().split(",")
     ]
-    return ", ".join(c for c in codings if c and c != "identity")
+    return ", ".join(c for c in codings if c and c != understood)
+
+
+def _content_coding(scope: Scope) -> str:
+    """The content codings declared beyond ``identity``: none is applied to a request body."""
+    return _codings_beyond(scope, b"content-encoding", "identity")
 
 
 def _transfer_coding(scope: Scope) -> str:
-    """The transfer codings declared beyond ``chunked``, the one the server decodes ("" if
-    none)."""
-    codings = [
-        coding.strip()
-        for name, value in scope["headers"]
-        if name == b"transfer-encoding"
-        for coding in bytes(value).decode("latin-1").lower().split(",")
-    ]
-    return ", ".join(c for c in codings if c and c != "chunked")
+    """The transfer codings declared beyond ``chunked``, the one the server decodes."""
+    return _codings_beyond(scope, b"transfer-encoding", "chunked")
 
 
 def _unknown_transfer_coding(coding: str) -> Response:
