@@ -64,6 +64,8 @@ def _weighed(flags: Iterable[FlagFact]) -> list[FlagFact]:
     both weigh (a tester's each). Flags of one code never overlap (one is open at a time), so
     ordered by when they were raised, each one's next is the one it may go on as."""
     flags = list(flags)
+    if len(flags) < 2:
+        return flags  # most loans: the close scores every one it evaluates
     order = sorted(
         range(len(flags)),
         key=lambda n: (flags[n].code, flags[n].raised_on, flags[n].cleared_on or date.max),
