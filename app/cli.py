@@ -65,10 +65,12 @@ def serve(
         typer.echo("error: the embedded default (SQLite) serves with one worker", err=True)
         raise typer.Exit(2)
     migrations.upgrade()
-    secret = asyncio.run(_first_admin_key())
-    if secret is not None:
+    first = asyncio.run(_first_admin_key())
+    if first is not None:
+        key_id, secret = first
         typer.echo(
-            f"\nNo admin API key existed; created one. It is shown only now:\n\n    {secret}\n",
+            f"\nNo admin API key existed; created one. It is shown only now:\n\n    {secret}\n\n"
+            f"{_revocable(key_id)}\n",
             err=True,
         )
     serving = partial(
@@ -260,11 +262,30 @@ def create_api_key(
         raise typer.Exit(2)
     migrations.upgrade()
     try:
-        secret = asyncio.run(_create_key(role, merchant_id, description))
+        key_id, secret = asyncio.run(_create_key(role, merchant_id, description))
     except LoanwatchError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(2) from None
+    typer.echo(_revocable(key_id), err=True)
     print(secret)
+
+
+@api_keys.command("revoke")
+def revoke_api_key(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
+    """Revoke an API key: refused from then on, by every process within seconds."""
+    migrations.upgrade()
+    try:
+        asyncio.run(_revoke_key(key_id))
+    except LoanwatchError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{key_id} revoked", err=True)
+
+
+def _revocable(key_id: str) -> str:
+    # The secret alone goes to stdout for scripts; without its id no key the CLI made could be
+    # revoked, the first-start admin key included (a tester's).
+    return f"key id {key_id} (to revoke it: loanwatch api-keys revoke {key_id})"
 
 
 async def _close(as_of: date) -> tuple[CloseRun, bool]:
@@ -296,18 +317,29 @@ async def _close(as_of: date) -> tuple[CloseRun, bool]:
         await database.dispose()
 
 
-async def _create_key(role: Role, merchant_id: str | None, description: str | None) -> str:
+async def _create_key(
+    role: Role, merchant_id: str | None, description: str | None
+) -> tuple[str, str]:
     try:
         async with session_scope() as session:
-            _, secret = await api_keys_service.issue_key(
+            key, secret = await api_keys_service.issue_key(
                 session, role=role, merchant_id=merchant_id, description=description
             )
-        return secret
+        return key.id, secret
     finally:
         await database.dispose()
 
 
-async def _first_admin_key() -> str | None:
+async def _revoke_key(key_id: str) -> None:
+    system = Principal(api_key_id="cli", role=Role.ADMIN)
+    try:
+        async with session_scope() as session:
+            await api_keys_service.revoke_api_key(session, system, key_id=key_id)
+    finally:
+        await database.dispose()
+
+
+async def _first_admin_key() -> tuple[str, str] | None:
     try:
         async with session_scope() as session:
             # A write that changes nothing: a database the service can read but not write (a
@@ -316,10 +348,10 @@ async def _first_admin_key() -> str | None:
             await session.execute(text("UPDATE alembic_version SET version_num = version_num"))
             if await api_keys_service.has_admin_key(session):
                 return None
-            _, secret = await api_keys_service.issue_key(
+            key, secret = await api_keys_service.issue_key(
                 session, role=Role.ADMIN, description="created at first start"
             )
-            return secret
+            return key.id, secret
     finally:
         await database.dispose()
 

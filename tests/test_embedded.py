@@ -74,6 +74,15 @@ def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
     )  # fmt: skip
     assert re.fullmatch(r"lw_[A-Za-z0-9_-]{43}\n", result.stdout)
     assert (tmp_path / "loanwatch.db").exists()
+    # Its id beside it, on stderr: without it no key the CLI made could be revoked (a
+    # tester's). Revoked, it lets nothing in.
+    (key_id,) = re.findall(r"key id (key_\w+)", result.stderr)
+    revoke = [LOANWATCH, "api-keys", "revoke", key_id]
+    revoked = subprocess.run(revoke, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert (revoked.returncode, revoked.stderr) == (0, f"{key_id} revoked\n")
+    again = subprocess.run(revoke, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 2
+    assert again.stderr.startswith(f"error: API key {key_id} was revoked at ")
     refused = subprocess.run(
         [LOANWATCH, "api-keys", "create", "--role", "merchant"],
         cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -1,9 +1,11 @@
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from app.api.deps import AdminPrincipal, SessionDep
+from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
+from app.api.pagination import Page, page_of
+from app.api.responses import POLLED, cached
 from app.api.routing import StrictRoute
 from app.api_keys import service
-from app.api_keys.schemas import ApiKeyCreate, ApiKeyCreated
+from app.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyListed
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"], route_class=StrictRoute)
 
@@ -21,6 +23,14 @@ async def create_api_key(
         id=key.id, role=body.role, merchant_id=key.merchant_id, description=key.description,
         created_at=key.created_at, key=secret,
     )  # fmt: skip
+
+
+@router.get("", response_model=Page[ApiKeyListed], responses=POLLED)
+async def list_api_keys(
+    request: Request, session: SessionDep, principal: DashboardPrincipal, page: PageDep
+) -> Response:
+    keys = await service.list_api_keys(session, principal, page=page)
+    return cached(request, page_of(keys, page, ApiKeyListed.model_validate))
 
 
 @router.delete("/{key_id}", status_code=204)

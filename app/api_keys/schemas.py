@@ -26,6 +26,10 @@ class ApiKeyRead(BaseModel):
     created_at: datetime
 
 
+class ApiKeyListed(ApiKeyRead):
+    revoked_at: datetime | None
+
+
 class ApiKeyCreated(ApiKeyRead):
     key: str | None = Field(
         description="The secret, shown only in this response (null in an idempotent replay)"

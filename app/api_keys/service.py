@@ -2,6 +2,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal, generate_key, hash_key, principals
+from app.api.pagination import PageParams
 from app.api_keys.models import ApiKey, Role
 from app.db import utc_now
 from app.errors import InvalidRequest, NotFound
@@ -56,6 +57,19 @@ async def create_api_key(
         except merchants_service.MerchantNotFound:
             raise InvalidRequest.field("merchant_id", "no such merchant") from None
     return await issue_key(session, role=role, merchant_id=merchant_id, description=description)
+
+
+async def list_api_keys(
+    session: AsyncSession, principal: Principal, *, page: PageParams
+) -> list[ApiKey]:
+    """Every key, revoked ones included, without its secret (only its hash is stored): how an
+    admin finds the id of a key to revoke, the first-start one and those the CLI made too. A
+    dashboard reads it too, as it reads everything (SPEC)."""
+    principal.require(Role.DASHBOARD)
+    query = select(ApiKey).order_by(ApiKey.id).limit(page.limit + 1)
+    if page.after_id:
+        query = query.where(ApiKey.id > page.after_id)
+    return list(await session.scalars(query))
 
 
 async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id: str) -> None:

@@ -42,6 +42,29 @@ async def test_revoked_key_is_401(client: httpx.AsyncClient) -> None:
     assert detail.endswith("Z")
 
 
+async def test_an_admin_lists_the_keys_to_find_one_to_revoke(client: httpx.AsyncClient) -> None:
+    """Without a list, a key whose id was never shown (the CLI's, the first start's) could not
+    be revoked (a tester's). No secret is listed: only its hash is stored."""
+    w = await world(client)
+    made = (await client.post("/v1/api-keys", json={"role": "dashboard", "description": "wall"},
+                              headers=w.admin)).json()  # fmt: skip
+    await client.delete(f"/v1/api-keys/{made['id']}", headers=w.admin)
+    listed = await w.get("/v1/api-keys?limit=100", headers=w.admin)
+    by_id = {k["id"]: k for k in listed["items"]}
+    assert set(by_id[made["id"]]) == {
+        "id", "role", "merchant_id", "description", "created_at", "revoked_at",
+    }  # fmt: skip
+    assert (by_id[made["id"]]["description"], by_id[made["id"]]["revoked_at"] is None) == (
+        "wall", False,
+    )  # fmt: skip
+    merchant_keys = [k for k in listed["items"] if k["role"] == "merchant"]
+    assert [k["merchant_id"] for k in merchant_keys] == [w.merchant_id]
+    assert "lw_" not in str(listed)
+    assert (await client.get("/v1/api-keys", headers=w.merchant)).status_code == 403
+    dashboard = auth(await api_key(Role.DASHBOARD))
+    assert (await client.get("/v1/api-keys", headers=dashboard)).status_code == 200
+
+
 async def test_a_look_up_racing_the_revocation_does_not_keep_the_key(
     client: httpx.AsyncClient,
 ) -> None:
