@@ -158,6 +158,19 @@ Instant = Annotated[datetime, _rfc3339_text, AfterValidator(_in_utc)]
 Term = Annotated[int, Strict(), Field(ge=OFFERED_TERMS.start, le=OFFERED_TERMS.stop - 1)]
 
 
+class SecretRotation(BaseModel):
+    """The body of a secret's rotation, optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retire_previous: Annotated[bool, Strict()] = Field(
+        default=False,
+        description="true: the previous secret stops at once, for one that leaked; false (the "
+        "default): it stays in force beside the new one for "
+        "LOANWATCH_WEBHOOK_SECRET_OVERLAP_HOURS, so the other side can switch at leisure",
+    )
+
+
 class NoFields(BaseModel):
     """The body of an action that takes no fields: none, ``{}`` or ``null``. An unknown field
     is refused as on every other body; ignored, it would read as applied."""

@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep, authenticate
-from app.api.fields import NoFields
+from app.api.fields import SecretRotation
 from app.api.openapi import inlined_schema, required_header
 from app.api.pagination import Page, page_of
 from app.api.responses import POLLED, cached
@@ -66,12 +66,14 @@ async def rotate_secret(
     session: SessionDep,
     principal: AdminPrincipal,
     response: Response,
-    body: NoFields | None = None,
+    body: SecretRotation | None = None,
 ) -> GatewayWithSecret:
     """A new secret, shown once; the old one keeps verifying beside it for
-    ``LOANWATCH_WEBHOOK_SECRET_OVERLAP_HOURS``, as an endpoint's keeps signing."""
+    ``LOANWATCH_WEBHOOK_SECRET_OVERLAP_HOURS``, as an endpoint's keeps signing, unless
+    ``retire_previous`` stops it at once (it leaked)."""
     response.headers["Cache-Control"] = "no-store"
-    gateway = await service.rotate_secret(session, principal, name=name)
+    retire = body is not None and body.retire_previous
+    gateway = await service.rotate_secret(session, principal, name=name, retire_previous=retire)
     return GatewayWithSecret.with_secret(gateway)
 
 

@@ -2,7 +2,6 @@
 
 import codecs
 import hashlib
-from datetime import timedelta
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
@@ -15,7 +14,6 @@ from app.api.auth import Principal
 from app.api.idempotency import canonical
 from app.api.pagination import PageParams
 from app.api_keys.models import Role
-from app.config import get_settings
 from app.db import execute_counting, insert_for, insert_unless_taken, utc_now
 from app.delinquency import service as delinquency
 from app.errors import Conflict, InvalidRequest, NotFound, Unauthorized
@@ -80,16 +78,17 @@ async def register(session: AsyncSession, principal: Principal, *, name: str) ->
     return gateway
 
 
-async def rotate_secret(session: AsyncSession, principal: Principal, *, name: str) -> Gateway:
+async def rotate_secret(
+    session: AsyncSession, principal: Principal, *, name: str, retire_previous: bool
+) -> Gateway:
     """A new secret; the old one keeps verifying (beside the new) for the overlap period, so
-    the gateway can switch without a notification refused. The same period as an endpoint's
-    rotation: one setting for both directions."""
+    the gateway can switch without a notification refused, unless it is retired at once (it
+    leaked). The same period as an endpoint's rotation: one setting for both directions."""
     principal.require(Role.ADMIN)
     gateway = await session.get(Gateway, name, with_for_update=True)
     if gateway is None:
         raise GatewayNotFound(f"no gateway named {name}")
-    overlap = timedelta(hours=get_settings().webhook_secret_overlap_hours)
-    signing.rotate(gateway, utc_now(), overlap)
+    signing.rotate(gateway, utc_now(), None if retire_previous else signing.overlap())
     await session.flush()
     return gateway
 

@@ -1,7 +1,7 @@
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
-from app.api.fields import NoFields
+from app.api.fields import NoFields, SecretRotation
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
 from app.api.responses import CREATED, POLLED, PRECONDITION, cached, precondition
@@ -88,10 +88,13 @@ async def rotate_secret(
     session: SessionDep,
     principal: AdminPrincipal,
     response: Response,
-    body: NoFields | None = None,
+    body: SecretRotation | None = None,
 ) -> EndpointWithSecret:
     response.headers["Cache-Control"] = "no-store"
-    view = await service.rotate_secret(session, principal, endpoint_id=endpoint_id)
+    retire = body is not None and body.retire_previous
+    view = await service.rotate_secret(
+        session, principal, endpoint_id=endpoint_id, retire_previous=retire
+    )
     return EndpointWithSecret.with_secret(view)
 
 

@@ -3,7 +3,7 @@ delivery row per subscribed endpoint, in the transaction that wrote the event.""
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -243,15 +243,15 @@ async def delete_endpoint(session: AsyncSession, principal: Principal, *, endpoi
 
 
 async def rotate_secret(
-    session: AsyncSession, principal: Principal, *, endpoint_id: str
+    session: AsyncSession, principal: Principal, *, endpoint_id: str, retire_previous: bool
 ) -> EndpointView:
     """A new secret; the old one keeps signing (beside the new) for the overlap period, so
-    receivers can switch without losing a delivery."""
+    receivers can switch without losing a delivery, unless it is retired at once."""
     principal.require(Role.ADMIN)
     view = await _load(session, endpoint_id, lock=True)
     endpoint = view.endpoint
     now = utc_now()
-    signing.rotate(endpoint, now, timedelta(hours=get_settings().webhook_secret_overlap_hours))
+    signing.rotate(endpoint, now, None if retire_previous else signing.overlap())
     endpoint.updated_at = now
     return view
 

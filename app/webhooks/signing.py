@@ -11,6 +11,8 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from app.config import get_settings
+
 SECRET_PREFIX = "whsec_"
 
 
@@ -24,12 +26,19 @@ class HoldsSecret(Protocol):
     previous_secret_expires_at: datetime | None
 
 
-def rotate(holder: HoldsSecret, now: datetime, overlap: timedelta) -> None:
+def rotate(holder: HoldsSecret, now: datetime, overlap: timedelta | None) -> None:
     """A new secret for a webhook endpoint or a gateway; the old one stays in force beside it
-    for ``overlap``, so the other side can switch without a message refused."""
-    holder.previous_secret = holder.secret
-    holder.previous_secret_expires_at = now + overlap
+    for ``overlap``, so the other side can switch without a message refused. None: it stops at
+    once (it leaked: kept for the overlap, a forged notification signed with it was booked, a
+    tester's)."""
+    holder.previous_secret = holder.secret if overlap is not None else None
+    holder.previous_secret_expires_at = now + overlap if overlap is not None else now
     holder.secret = generate_secret()
+
+
+def overlap() -> timedelta:
+    """How long a rotated secret stays in force beside the new one, in both directions."""
+    return timedelta(hours=get_settings().webhook_secret_overlap_hours)
 
 
 def key(secret: str) -> bytes:

@@ -460,6 +460,15 @@ async def test_secret_rotation_signs_with_both_during_the_overlap(
         request.verified(rotated["secret"])
         with pytest.raises(Exception, match="signature"):
             request.verified(hook["secret"])
+        # Retired at once (it leaked), the old secret signs nothing more, overlap or not.
+        again = (await w.post(f"/v1/webhook-endpoints/{hook['id']}/rotate-secret",
+                              {"retire_previous": True}, headers=w.admin,
+                              expect=200)).json()  # fmt: skip
+        await w.loan()
+        await deliver()
+        request = receiver.received[-1]
+        assert len(request.headers["webhook-signature"].split(" ")) == 1
+        request.verified(again["secret"])
 
 
 async def test_event_type_filters(client: httpx.AsyncClient) -> None:

@@ -800,6 +800,19 @@ async def test_a_rotated_secret_replaces_the_old_one_after_the_overlap(
     assert (await post(client, *signed(new, debit(3), "msg_rot_3"))).status_code == 200
     empty = await w.post("/v1/gateways/alipay/rotate-secret", {}, headers=w.admin, expect=200)
     assert empty.json()["secret"] != new
+    # A secret that leaked stops at once: kept for the overlap, a notification forged with it
+    # was booked (a tester's).
+    leaked = empty.json()["secret"]
+    retired = await w.post("/v1/gateways/alipay/rotate-secret", {"retire_previous": True},
+                           headers=w.admin, expect=200)  # fmt: skip
+    forged = await post(client, *signed(leaked, debit(4), "msg_rot_4"))
+    assert (forged.status_code, forged.json()["code"]) == (401, "invalid_signature")
+    assert (
+        await post(client, *signed(retired.json()["secret"], debit(4), "msg_rot_4"))
+    ).status_code == 200
+    not_a_bool = await w.post("/v1/gateways/alipay/rotate-secret", {"retire_previous": "yes"},
+                              headers=w.admin, expect=422)  # fmt: skip
+    assert not_a_bool.json()["errors"][0]["field"] == "retire_previous"
 
 
 async def with_a_gateway_key(
