@@ -2,6 +2,9 @@
 the loans themselves (read through the API or straight SQL)."""
 
 import asyncio
+import base64
+import hashlib
+import re
 from collections import Counter, defaultdict
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -589,3 +592,15 @@ async def test_the_dashboard_page_reads_the_summary(client: httpx.AsyncClient) -
     assert "fetch(`/v1/portfolio/summary${query}`" in page.text
     # A book in several currencies is summed per currency: the page asks for the one chosen.
     assert "?currency=${encodeURIComponent(currency)}" in page.text
+    # It takes a key: no other site frames it, and it runs its own script and style alone
+    # (it came with no such headers: a tester's).
+    assert page.headers["x-frame-options"] == "DENY"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    policy = dict(
+        part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";")
+    )
+    assert (policy["default-src"], policy["frame-ancestors"]) == ("'none'", "'none'")
+    for tag in ("script", "style"):
+        (inline,) = re.findall(rf"<{tag}>(.*?)</{tag}>", page.text, re.DOTALL)
+        digest = base64.b64encode(hashlib.sha256(inline.encode()).digest()).decode()
+        assert policy[f"{tag}-src"] == f"'sha256-{digest}'"
