@@ -133,12 +133,24 @@ def problem(
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,
         "status": status,
-        "detail": detail,
+        "detail": _shown(detail),
         "code": code,
     }
     if errors is not None:
-        body["errors"] = errors
+        body["errors"] = [
+            {**error, "message": _shown(error["message"])} if "message" in error else error
+            for error in errors
+        ]
     return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def _shown(text: str) -> str:
+    """The text with its control and format characters (bidirectional overrides, zero-width
+    ones) written as escapes: a detail repeats what the request named, and "loan \u202e…"
+    turned the text around in a console showing it (a tester's)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -62,3 +62,19 @@ async def test_head_answers_as_get_without_the_body(client: httpx.AsyncClient) -
     cached = {**w.admin, "If-None-Match": got.headers["etag"]}
     assert (await client.head("/v1/portfolio/summary", headers=cached)).status_code == 304
     assert (await client.head("/v1/portfolio/summary")).status_code == 401
+
+
+async def test_a_detail_writes_control_and_format_characters_as_escapes(
+    client: httpx.AsyncClient,
+) -> None:
+    """A 404 repeats the id the request named: a right-to-left override in it turned the
+    detail around in a console showing it (a tester's)."""
+    w = await world(client)
+    for path, shown in (("/v1/loans/x%E2%80%AEy", "x\\u202ey"),
+                        ("/v1/borrowers/a%E2%80%8Bb", "a\\u200bb")):  # fmt: skip
+        answer = await client.get(path, headers=w.admin)
+        assert answer.status_code == 404, answer.text
+        assert shown in answer.json()["detail"], answer.json()["detail"]
+        assert answer.json()["detail"].isprintable()
+    plain = await client.get("/v1/loans/loan_42", headers=w.admin)
+    assert plain.json()["detail"] == "loan loan_42 does not exist"
