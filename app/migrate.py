@@ -1,9 +1,13 @@
 """Running the Alembic migrations from code (CLI, server start, tests)."""
 
+import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import make_url
+
+from app.config import get_settings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -18,4 +22,20 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 
 def upgrade(database_url: str | None = None) -> None:
+    _private_sqlite_file(database_url or get_settings().database_url)
     command.upgrade(alembic_config(database_url), "head")
+
+
+def _private_sqlite_file(database_url: str) -> None:
+    """The embedded default's file, made readable by its owner alone before SQLite creates it
+    (its journal and shared-memory files take its permissions): it holds the webhook and
+    gateway secrets as they must be to sign, and borrowers' phone numbers, and under the usual
+    umask it was readable by every user of the machine (a tester's). A file that exists keeps
+    the permissions its operator gave it."""
+    url = make_url(database_url)
+    if not url.drivername.startswith("sqlite") or not url.database:
+        return
+    try:
+        os.close(os.open(url.database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass

@@ -5,6 +5,7 @@ import asyncio
 import json
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -73,7 +74,8 @@ def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
         cwd=tmp_path, env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     assert re.fullmatch(r"lw_[A-Za-z0-9_-]{43}\n", result.stdout)
-    assert (tmp_path / "loanwatch.db").exists()
+    # It holds secrets as they must be to sign: its owner's alone (it was every user's).
+    assert stat.S_IMODE((tmp_path / "loanwatch.db").stat().st_mode) == 0o600
     # Its id beside it, on stderr: without it no key the CLI made could be revoked (a
     # tester's). Revoked, it lets nothing in.
     (key_id,) = re.findall(r"key id (key_\w+)", result.stderr)
