@@ -85,7 +85,9 @@ def _plain_count(value: object) -> object:
 
 def page_params(
     request: Request,
-    limit: Annotated[int, BeforeValidator(_plain_count), Query(ge=1, le=200)] = 50,
+    # Query first: after a validator its bounds reached the document as "ge" and "le", which
+    # JSON Schema does not know (a re-verifier's), instead of minimum and maximum.
+    limit: Annotated[int, Query(ge=1, le=200), BeforeValidator(_plain_count)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> PageParams:
     path = request.url.path

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, mo
 from app.api.fields import IsoDate
 from app.risk.models import FlagStatus, RiskFlag
 from app.risk.rules import FlagCode, RiskRules, Severity
+from app.risk.score import GRADE_LETTERS
 
 
 class RulesRead(BaseModel):
@@ -88,7 +89,7 @@ class LoanRiskRead(BaseModel):
     loan_id: str
     as_of: date
     score: int
-    grade: str
+    grade: str = Field(json_schema_extra={"enum": list(GRADE_LETTERS)})
     reasons: list[dict[str, Any]]
     flags: list[FlagRead] = Field(description="open flags")
     history: list[FlagRead] = Field(description="every flag of the loan, newest first")

@@ -127,6 +127,15 @@ async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClien
         assert "If-None-Match" in {p["name"] for p in operation["parameters"]}, path
     schemas = document["components"]["schemas"]
     assert set(schemas["DelinquencyRates"]["properties"]) == {"30_plus", "90_plus"}
+    # Bounds in JSON Schema's words: "ge" and "le" reached the document for every list's
+    # limit, which no validator or generator reads (a re-verifier's).
+    text = json.dumps(document)
+    assert '"ge":' not in text
+    assert '"le":' not in text
+    (limit,) = [p for p in document["paths"]["/v1/loans"]["get"]["parameters"]
+                if p["name"] == "limit"]  # fmt: skip
+    assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 200)
+    assert schemas["LoanRiskRead"]["properties"]["grade"]["enum"] == list("ABCDE")
     assert set(schemas["RollRatesRead"]["properties"]) == {"from", "to", "currency", "matrix"}
 
 
