@@ -164,7 +164,7 @@ class Settings(BaseSettings):
         if driver == "sqlite+aiosqlite" and not folder.is_dir():
             # SQLite creates the file, not its folder: the driver's failure came with a
             # traceback from its thread now and then (a tester's).
-            raise ValueError(f"{folder}: no such folder for the SQLite file")
+            raise ValueError(f"{folder}: not a folder, so the SQLite file cannot be made in it")
         return url.set(drivername=driver).render_as_string(hide_password=False)
 
     @field_validator("redis_url")

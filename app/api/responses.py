@@ -48,10 +48,12 @@ def precondition(request: Request, render: Callable[[V], BaseModel]) -> Callable
     shows it (its GET) has one of the tags; None when the request asks nothing. Ignored, a
     limit two admins set at once went to whichever came last, though each sent the tag it had
     read (a tester's)."""
-    asked = ",".join(request.headers.getlist("if-match"))
-    tags = [tag.strip() for tag in asked.split(",") if tag.strip()]
-    # "*": any current representation, which the object found is.
-    if not tags or tags == ["*"]:
+    fields = request.headers.getlist("if-match")
+    tags = [tag.strip() for tag in ",".join(fields).split(",") if tag.strip()]
+    # "*": any current representation, which the object found is. An empty field matches
+    # nothing: sent from an unset variable, it let the write through unchecked (a
+    # re-verifier's).
+    if not fields or tags == ["*"]:
         return None
 
     def check(current: V) -> None:
@@ -59,7 +61,8 @@ def precondition(request: Request, render: Callable[[V], BaseModel]) -> Callable
         etag = _tag(render(current).model_dump_json().encode())
         if etag not in tags:
             raise PreconditionFailed(
-                f"If-Match {', '.join(tags)} is not the current ETag {etag}: read it again"
+                f"If-Match {', '.join(tags) or '(empty)'} is not the current ETag {etag}: "
+                "read it again"
             )
 
     return check

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, PRECONDITION, cached, precondition
+from app.api.responses import CREATED, POLLED, PRECONDITION, cached, etagged, precondition
 from app.api.routing import StrictRoute
 from app.borrowers import service
 from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
@@ -60,9 +60,10 @@ async def update_borrower(
     request: Request,
     session: SessionDep,
     principal: AdminPrincipal,
-) -> BorrowerRead:
+) -> Response:
     view = await service.set_credit_limit(
         session, principal, borrower_id=borrower_id, credit_limit=body.credit_limit,
         precondition=precondition(request, BorrowerRead.from_view),
     )  # fmt: skip
-    return BorrowerRead.from_view(view)
+    # Its ETag, for the next conditional PATCH without a GET in between.
+    return etagged([], BorrowerRead.from_view(view))

@@ -4,7 +4,7 @@ from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.fields import NoFields, SecretRotation
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, PRECONDITION, cached, precondition
+from app.api.responses import CREATED, POLLED, PRECONDITION, cached, etagged, precondition
 from app.api.routing import StrictRoute
 from app.events.schemas import EventRead
 from app.webhooks import service
@@ -66,12 +66,13 @@ async def update_endpoint(
     request: Request,
     session: SessionDep,
     principal: AdminPrincipal,
-) -> EndpointRead:
+) -> Response:
     view = await service.update_endpoint(
         session, principal, endpoint_id=endpoint_id, changes=body.model_dump(exclude_unset=True),
         precondition=precondition(request, EndpointRead.from_view),
     )  # fmt: skip
-    return EndpointRead.from_view(view)
+    # Its ETag, for the next conditional PATCH without a GET in between.
+    return etagged([], EndpointRead.from_view(view))
 
 
 @router.delete(PREFIX + "/{endpoint_id}", status_code=204)
