@@ -183,6 +183,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def utc_text(moment: datetime) -> str:
+    """A UTC instant as the API writes one: RFC 3339 with ``Z``."""
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 # PostgreSQL's deadlock_detected, serialization_failure and lock_not_available: the
 # transaction lost a race to another one, and was rolled back.
 _LOST_RACE_SQLSTATES = frozenset({"40P01", "40001", "55P03"})

@@ -6,7 +6,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 from tenacity import (
     AsyncRetrying,
@@ -45,12 +45,14 @@ class Job:
         if self.daily_at is None:
             assert self.every_seconds is not None
             return self.every_seconds
-        next_run = now.replace(
-            hour=self.daily_at.hour, minute=self.daily_at.minute, second=0, microsecond=0
-        )
+        # On the zone's calendar, then told apart in UTC: datetimes of one zone subtract on the
+        # wall clock, and on a day the clocks moved the close ran an hour early or late (a
+        # tester's). A time the clocks skip runs at the offset before the change (fold 0).
+        at = time(self.daily_at.hour, self.daily_at.minute)
+        next_run = datetime.combine(now.date(), at, tzinfo=now.tzinfo)
         if next_run <= now:
-            next_run += timedelta(days=1)
-        return (next_run - now).total_seconds()
+            next_run = datetime.combine(now.date() + timedelta(days=1), at, tzinfo=now.tzinfo)
+        return (next_run.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
 
 
 async def _purge_idempotency_keys() -> object:

@@ -1,6 +1,10 @@
 """The embedded default's in-process scheduler (app/scheduler.py)."""
 
 import asyncio
+from datetime import datetime, time
+from zoneinfo import ZoneInfo
+
+import pytest
 
 from app.scheduler import InProcessScheduler, Job
 
@@ -33,3 +37,26 @@ async def test_a_stop_cancels_each_job_once() -> None:
     await asyncio.sleep(0.05)  # both running
     await scheduler.stop()
     assert recorded == ["failed"]
+
+
+@pytest.mark.parametrize(
+    ("zone", "now", "hours"),
+    [
+        # The nights the clocks go back: midnight to 02:00 is an hour more of real time.
+        ("Europe/London", datetime(2026, 10, 25, 0, 0), 3.0),
+        ("America/New_York", datetime(2026, 11, 1, 0, 30), 2.5),
+        # The nights they go forward: an hour less; where 02:00 itself is skipped (New York),
+        # the job runs as the clock reads 03:00, two hours after midnight.
+        ("Europe/London", datetime(2027, 3, 28, 0, 0), 1.0),
+        ("America/New_York", datetime(2027, 3, 14, 0, 0), 2.0),
+        # No change: a day, to the next day's 02:00.
+        ("Asia/Shanghai", datetime(2026, 12, 7, 2, 0), 24.0),
+    ],
+)
+def test_the_daily_job_waits_real_time_across_a_change_of_clocks(
+    zone: str, now: datetime, hours: float
+) -> None:
+    """Datetimes of one zone subtract on the wall clock: the close ran an hour early or late on
+    the nights the clocks moved (a tester's)."""
+    job = Job("close", lambda: asyncio.sleep(0), daily_at=time(2, 0))
+    assert job.seconds_until_next(now.replace(tzinfo=ZoneInfo(zone))) == hours * 3600

@@ -4,7 +4,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal, generate_key, hash_key, principals
 from app.api.pagination import PageParams
 from app.api_keys.models import ApiKey, Role
-from app.db import utc_now
+from app.db import utc_now, utc_text
 from app.errors import InvalidRequest, NotFound
 from app.ids import new_id
 from app.merchants import service as merchants_service
@@ -78,7 +78,7 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id:
     if key is None:
         raise ApiKeyNotFound(f"API key {key_id} does not exist")
     if key.revoked_at is not None:  # gone for its callers, so gone here too, but say why
-        revoked_at = key.revoked_at.isoformat().replace("+00:00", "Z")  # as responses write it
+        revoked_at = utc_text(key.revoked_at)
         raise ApiKeyNotFound(f"API key {key_id} was revoked at {revoked_at}")
     key.revoked_at = utc_now()
     principals.revoke(key.key_hash)

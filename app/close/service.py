@@ -32,7 +32,7 @@ from app.close.errors import (
 )
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
-from app.db import database, is_postgres, session_scope, utc_now
+from app.db import database, is_postgres, session_scope, utc_now, utc_text
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.loans.models import Loan
@@ -331,7 +331,8 @@ async def begin_step(as_of: date, step: str, chunk_count: int, attempt: int) -> 
         if (run := await _current(session, as_of, attempt, share=False)) is None:
             return False
         now = utc_now()
-        started = {"started_at": now.isoformat(), "chunks": chunk_count, "status": "running"}
+        # Z, as every other instant the API writes (it wrote +00:00 here: a tester's).
+        started = {"started_at": utc_text(now), "chunks": chunk_count, "status": "running"}
         await _update_run(session, as_of, steps={**run.steps, step: started}, heartbeat_at=now)
     return True
 
@@ -383,7 +384,7 @@ async def finish_step(as_of: date, step: str, results: list[dict[str, int]], att
         entry: dict[str, Any] = dict(run.steps.get(step, {}))
         finished = utc_now()
         started = entry.get("started_at")
-        entry.update(status="succeeded", finished_at=finished.isoformat(), counts=totals)
+        entry.update(status="succeeded", finished_at=utc_text(finished), counts=totals)
         if started:
             entry["seconds"] = round(
                 (finished - datetime.fromisoformat(started)).total_seconds(), 3

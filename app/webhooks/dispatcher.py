@@ -24,7 +24,7 @@ from tenacity import retry as retrying
 from tenacity import retry_if_exception, stop_after_attempt, wait_exponential
 
 from app.config import get_settings
-from app.db import is_transient, session_scope, utc_now
+from app.db import is_transient, session_scope, utc_now, utc_text
 from app.events.models import Event
 from app.webhooks import retry, signing, targets, transport
 from app.webhooks.models import DeliveryStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
@@ -126,7 +126,7 @@ def payload(event_type: str, created_at: datetime, data: dict[str, Any], positio
     """``{type, timestamp, data}``; ``data.sequence`` orders a loan's events for receivers."""
     body = {
         "type": event_type,
-        "timestamp": created_at.isoformat().replace("+00:00", "Z"),
+        "timestamp": utc_text(created_at),
         "data": {**data, "sequence": position},
     }
     return json.dumps(body, separators=(",", ":")).encode()
@@ -782,7 +782,7 @@ async def _track_endpoint_health(
             reason = "the receiver answered 410 Gone"
         elif endpoint.failing_since <= now - timedelta(days=disable_after_days):
             error = o.error or f"HTTP {o.status_code}"
-            since = endpoint.failing_since.isoformat().replace("+00:00", "Z")  # as the API writes
+            since = utc_text(endpoint.failing_since)
             reason = f"every delivery failed since {since} (last: {error})"
         if reason:
             endpoint.enabled, endpoint.disabled_reason = False, reason

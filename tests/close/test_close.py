@@ -598,6 +598,10 @@ async def test_a_failed_rerun_keeps_the_business_date(
     # The step cut short failed with the run; it read "running" (a tester's).
     assert failed["steps"]["risk"]["status"] == "failed"
     assert failed["steps"]["promises"]["status"] == "succeeded"
+    # Its times as every instant the API writes: with Z (they had +00:00: a tester's).
+    promises = failed["steps"]["promises"]
+    assert promises["started_at"].endswith("Z")
+    assert promises["finished_at"].endswith("Z")
     business = await w.get("/v1/business-date", headers=w.admin)
     assert business["business_date"] == "2026-02-14"
     scraped = (await client.get("/metrics", headers=w.admin)).text
