@@ -17,6 +17,7 @@ from pydantic_settings import SettingsError
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import DBAPIError
 
+from app import clock
 from app import demo as demo_portfolio
 from app import migrate as migrations
 from app.api.auth import Principal
@@ -29,6 +30,7 @@ from app.close.models import CloseRun
 from app.close.schemas import CloseRunRead
 from app.config import get_settings
 from app.db import database, session_scope
+from app.delinquency import service as delinquency
 from app.errors import LoanwatchError
 from app.ops import metrics
 
@@ -66,6 +68,14 @@ def serve(
         raise typer.Exit(2)
     migrations.upgrade()
     first = asyncio.run(_first_admin_key())
+    if (ahead := asyncio.run(_business_date_ahead())) is not None:
+        # Closes and risk runs are refused until the zone's calendar reaches it, and new loans
+        # and payments are dated before it: the zone changed under a book (a tester's).
+        typer.echo(
+            f"warning: the business date {ahead} is after today ({clock.today()}) in "
+            f"{settings.timezone}: was LOANWATCH_TIMEZONE changed? Closes wait until that date",
+            err=True,
+        )
     if first is not None:
         key_id, secret = first
         typer.echo(
@@ -335,6 +345,16 @@ async def _revoke_key(key_id: str) -> None:
     try:
         async with session_scope() as session:
             await api_keys_service.revoke_api_key(session, system, key_id=key_id)
+    finally:
+        await database.dispose()
+
+
+async def _business_date_ahead() -> date | None:
+    """The business date, when it is after today in the configured zone."""
+    try:
+        async with session_scope() as session:
+            business_date = await delinquency.business_date(session)
+        return business_date if business_date and business_date > clock.today() else None
     finally:
         await database.dispose()
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -559,3 +560,35 @@ async def test_an_endpoint_created_under_load_is_sent_every_event_after_it(
             queued = {d["event_id"] for d in await every(deliveries)}
             assert owed, endpoint["created_at"]
             assert not owed - queued, (endpoint["created_at"], len(owed - queued))
+
+
+def test_a_start_warns_of_a_business_date_after_today_in_the_zone(tmp_path: Path) -> None:
+    """A book closed through today in one zone, served in a zone still on yesterday: closes
+    are refused until the zone reaches that date, new loans dated before it. Nothing told the
+    operator the zone had changed (a tester's)."""
+    # 26 hours apart: whatever the hour, the second is on an earlier date than the first.
+    env = {**clean_env(), "LOANWATCH_TIMEZONE": "Pacific/Kiritimati"}
+    today_there = datetime.now(ZoneInfo("Pacific/Kiritimati")).date().isoformat()
+    closed = subprocess.run([LOANWATCH, "close", "--as-of", today_there], cwd=tmp_path,
+                            env=env, capture_output=True, text=True)  # fmt: skip
+    assert closed.returncode == 0, closed.stderr
+    for zone, warned in (("Pacific/Kiritimati", False), ("Etc/GMT+12", True)):
+        log = tmp_path / f"{zone.replace('/', '-')}.log"
+        port = free_port()
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
+                env={**env, "LOANWATCH_TIMEZONE": zone}, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            for _ in range(100):
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.1)
+        finally:
+            process.terminate()
+            process.wait(10)
+        said = f"warning: the business date {today_there} is after today" in log.read_text()
+        assert said is warned, log.read_text()
