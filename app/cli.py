@@ -79,8 +79,8 @@ def serve(
     if first is not None:
         key_id, secret = first
         typer.echo(
-            f"\nNo admin API key existed; created one. It is shown only now:\n\n    {secret}\n\n"
-            f"{_revocable(key_id)}\n",
+            "\nNo admin API key was in force; created one. It is shown only now:\n\n"
+            f"    {secret}\n\n{_revocable(key_id)}\n",
             err=True,
         )
     serving = partial(

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
@@ -138,19 +139,25 @@ def problem(
     }
     if errors is not None:
         body["errors"] = [
-            {**error, "message": _shown(error["message"])} if "message" in error else error
+            {key: _shown(value) if key in ("field", "message") else value
+             for key, value in error.items()}
             for error in errors
-        ]
+        ]  # fmt: skip
     return ProblemResponse(body, status_code=status, headers=headers)
 
 
+# Control and format characters (bidirectional overrides, zero-width ones) and the line and
+# paragraph separators; spaces of every kind are text (U+3000 in Chinese input).
+_HIDDEN = {"Cc", "Cf", "Zl", "Zp"}
+
+
 def _shown(text: str) -> str:
-    """The text with its control and format characters (bidirectional overrides, zero-width
-    ones) written as escapes: a detail repeats what the request named, and "loan \u202e…"
-    turned the text around in a console showing it (a tester's)."""
+    """The text with its control and format characters written as escapes: a detail repeats
+    what the request named, and "loan \u202e…" turned the text around in a console showing
+    it (a tester's)."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in _HIDDEN else c for c in text)
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -146,6 +146,7 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
                 }
             if "412" in responses:
                 operation.setdefault("parameters", []).append(IF_MATCH)
+                responses["200"].setdefault("headers", {}).update(ETAG)
                 responses["412"]["content"] = {
                     "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
                 }

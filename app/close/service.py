@@ -426,8 +426,9 @@ async def fail_run(as_of: date, error: str, attempt: int, *, later: str | None =
             now = utc_now()
             # The step the failure cut short failed with it: its record read "running" in a
             # run that had failed (a tester's, a stop during the grades step).
+            failed = {"status": "failed", "finished_at": utc_text(now)}
             steps = {
-                name: {**entry, "status": "failed"} if entry.get("status") == "running" else entry
+                name: {**entry, **failed} if entry.get("status") == "running" else entry
                 for name, entry in run.steps.items()
             }
             await _update_run(session, as_of, status=CloseStatus.FAILED, error=error[:2000],

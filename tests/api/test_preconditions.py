@@ -58,3 +58,4 @@ async def test_the_document_offers_if_match_where_it_is_honoured(
         patch = paths[path]["patch"]
         assert "If-Match" in {p["name"] for p in patch["parameters"]}, path
         assert "412" in patch["responses"], path
+        assert "ETag" in patch["responses"]["200"]["headers"], path

@@ -78,3 +78,9 @@ async def test_a_detail_writes_control_and_format_characters_as_escapes(
         assert answer.json()["detail"].isprintable()
     plain = await client.get("/v1/loans/loan_42", headers=w.admin)
     assert plain.json()["detail"] == "loan loan_42 does not exist"
+    # A space of any kind is text (U+3000 comes with Chinese input); a field named in errors
+    # is escaped as the message is (a re-verifier's).
+    spaced = await client.get("/v1/loans/a%E3%80%80b", headers=w.admin)
+    assert spaced.json()["detail"] == "loan a\u3000b does not exist"
+    named = await client.get("/v1/loans?%E2%80%AE=1", headers=w.admin)
+    assert named.json()["errors"][0]["field"] == "\\u202e"

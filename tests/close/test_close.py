@@ -597,6 +597,7 @@ async def test_a_failed_rerun_keeps_the_business_date(
     assert (failed["status"], failed["attempts"]) == ("failed", 2)
     # The step cut short failed with the run; it read "running" (a tester's).
     assert failed["steps"]["risk"]["status"] == "failed"
+    assert failed["steps"]["risk"]["finished_at"].endswith("Z")
     assert failed["steps"]["promises"]["status"] == "succeeded"
     # Its times as every instant the API writes: with Z (they had +00:00: a tester's).
     promises = failed["steps"]["promises"]
