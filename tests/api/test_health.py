@@ -40,6 +40,9 @@ async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
     for page in ("/docs", "/redoc"):
         html = await client.get(page)
         assert html.status_code == 200
+        # Swagger UI takes a key: no other site frames it (any could: a re-verifier's).
+        assert html.headers["x-frame-options"] == "DENY"
+        assert html.headers["content-security-policy"] == "frame-ancestors 'none'"
         # Every script and style sheet the page loads comes from the API itself: a lender's
         # internal network cannot reach a CDN.
         assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
@@ -49,3 +52,4 @@ async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
             served = await client.get(asset)
             assert served.status_code == 200, asset
             assert served.content
+    assert "x-frame-options" not in (await client.get("/openapi.json")).headers
