@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 # How long a stopping server lets the requests in flight finish before it cancels them.
 SHUTDOWN_GRACE_SECONDS = 5
 
+# Who a command acts as: the operator at the host, an admin.
+_OPERATOR = Principal(api_key_id="cli", role=Role.ADMIN)
+
 cli = typer.Typer(help="Loanwatch: loan servicing with early-warning alerts.", no_args_is_help=True)
 api_keys = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 cli.add_typer(api_keys, name="api-keys")
@@ -302,7 +305,6 @@ async def _close(as_of: date) -> tuple[CloseRun, bool]:
     """The date's run as recorded, and whether this close failed: a failure before its run was
     written (a rerun of a date closed) left the last attempt's success to print, and the
     command exited 0 after "close failed" (a tester's)."""
-    system = Principal(api_key_id="cli", role=Role.ADMIN)
     # SIGTERM (kill, timeout, systemd) stops the close as Ctrl-C does, its run recorded
     # failed: it ended the process where it stood, the run left running and every close
     # refused 409 until it went stale (a tester's).
@@ -322,7 +324,7 @@ async def _close(as_of: date) -> tuple[CloseRun, bool]:
         failed = True
     try:
         async with session_scope() as session:
-            return await close_service.get_run(session, system, as_of=as_of), failed
+            return await close_service.get_run(session, _OPERATOR, as_of=as_of), failed
     finally:
         await database.dispose()
 
@@ -341,10 +343,9 @@ async def _create_key(
 
 
 async def _revoke_key(key_id: str) -> None:
-    system = Principal(api_key_id="cli", role=Role.ADMIN)
     try:
         async with session_scope() as session:
-            await api_keys_service.revoke_api_key(session, system, key_id=key_id)
+            await api_keys_service.revoke_api_key(session, _OPERATOR, key_id=key_id)
     finally:
         await database.dispose()
 

@@ -8,7 +8,7 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import openapi
 from app.api.bodies import LimitBodySize, RequireJson
-from app.api.framing import NoFramingOfDocumentation
+from app.api.framing import not_framed
 from app.api.head import AnswerHeadAsGet
 from app.api.idempotency import IdempotencyMiddleware
 from app.api.unambiguous import RefuseAmbiguousInput
@@ -102,7 +102,6 @@ def create_app() -> FastAPI:
     app.add_middleware(RequireJson)
     app.add_middleware(metrics.RequestMetrics)
     app.add_middleware(AnswerHeadAsGet)
-    app.add_middleware(NoFramingOfDocumentation)
     for router in ROUTERS:
         # The routes themselves, not app.include_router(router): FastAPI matches an included
         # router's routes through a wrapper per router and per route, which cost a request
@@ -111,6 +110,7 @@ def create_app() -> FastAPI:
         app.router.routes.extend(router.routes)
     describe_deliveries(app)
     openapi.install(app)
+    not_framed(app)
     return app
 
 

@@ -4,7 +4,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -828,6 +828,7 @@ async def _record_late_fees_forgiven(
     the charge was (`loan.late_fee_assessed`): a subscriber adding up fees from events alone
     counted a fee withdrawn as still owed (a tester's). ``loan`` holds the replayed balances."""
     now = utc_now()
+    told: list[dict[str, Any]] = []
     for seq, change in late_fee_changes(position, recorded).items():
         if change > 0:
             kind, effective_on = TransactionKind.LATE_FEE_FORGIVEN, forgiven_on(position, seq)
@@ -840,24 +841,14 @@ async def _record_late_fees_forgiven(
             )
         )  # fmt: skip
         due_date = next(i for i in position.installments if i.seq == seq).terms.due_date
-        await events.emit(
-            session,
-            f"loan.{kind.value}",
-            {
-                "loan_id": loan.id,
-                "borrower_id": loan.borrower_id,
-                "merchant_id": loan.merchant_id,
-                "installment_seq": seq,
-                "due_date": due_date.isoformat(),
-                "currency": loan.currency,
-                "amount": format_minor(abs(change), loan.currency),
-                "effective_on": effective_on.isoformat(),
-                "principal_outstanding": format_minor(
-                    loan.principal_outstanding_minor, loan.currency
-                ),
-            },
-            loan=loan,
-        )
+        told.append({"type": f"loan.{kind.value}", "loan_id": loan.id, "data": {
+            "loan_id": loan.id, "borrower_id": loan.borrower_id, "merchant_id": loan.merchant_id,
+            "installment_seq": seq, "due_date": due_date.isoformat(), "currency": loan.currency,
+            "amount": format_minor(abs(change), loan.currency),
+            "effective_on": effective_on.isoformat(),
+            "principal_outstanding": format_minor(loan.principal_outstanding_minor, loan.currency),
+        }})  # fmt: skip
+    await events.emit_many(session, told)
 
 
 def _ledger(
