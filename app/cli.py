@@ -52,7 +52,17 @@ cli.add_typer(api_keys, name="api-keys")
 def migrate() -> None:
     """Apply the database migrations (alembic upgrade head)."""
     migrations.upgrade()
+    _warn_if_shared()
     typer.echo("database is at the latest schema", err=True)
+
+
+def _warn_if_shared() -> None:
+    if (path := migrations.shared_sqlite_file(get_settings().database_url)) is not None:
+        typer.echo(
+            f"warning: other users of this machine may read {path}, which holds signing "
+            f"secrets and phone numbers: chmod 600 {path}",
+            err=True,
+        )
 
 
 @cli.command()
@@ -70,6 +80,7 @@ def serve(
         typer.echo("error: the embedded default (SQLite) serves with one worker", err=True)
         raise typer.Exit(2)
     migrations.upgrade()
+    _warn_if_shared()
     first = asyncio.run(_first_admin_key())
     if (ahead := asyncio.run(_business_date_ahead())) is not None:
         # Closes and risk runs are refused until the zone's calendar reaches it, and new loans

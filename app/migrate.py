@@ -39,3 +39,17 @@ def _private_sqlite_file(database_url: str) -> None:
         os.close(os.open(url.database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         pass
+
+
+def shared_sqlite_file(database_url: str) -> str | None:
+    """The embedded default's file when users other than its owner may read or write it (mode
+    like 0644): one an older release made under the usual umask keeps its mode, and it holds
+    the signing secrets (a tester's). Said, not changed: the operator may mean it."""
+    url = make_url(database_url)
+    if not url.drivername.startswith("sqlite") or not url.database:
+        return None
+    try:
+        mode = os.stat(url.database).st_mode
+    except OSError:
+        return None
+    return url.database if mode & 0o077 else None

@@ -103,6 +103,20 @@ def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
     )
 
 
+def test_migrate_warns_of_a_file_other_users_may_read(tmp_path: Path) -> None:
+    """A file an older release made under the usual umask keeps its mode (the operator may
+    mean it), but it holds signing secrets: the start says so (a tester's)."""
+    env = clean_env()
+    quiet = subprocess.run([LOANWATCH, "migrate"], cwd=tmp_path, env=env,
+                           check=True, capture_output=True, text=True)  # fmt: skip
+    assert "warning" not in quiet.stderr
+    (tmp_path / "loanwatch.db").chmod(0o644)
+    warned = subprocess.run([LOANWATCH, "migrate"], cwd=tmp_path, env=env,
+                            check=True, capture_output=True, text=True)  # fmt: skip
+    assert "warning: other users of this machine may read ./loanwatch.db" in warned.stderr
+    assert stat.S_IMODE((tmp_path / "loanwatch.db").stat().st_mode) == 0o644
+
+
 def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Path]) -> None:
     base, admin_key, folder = embedded_server
     assert (folder / "loanwatch.db").exists()

@@ -97,6 +97,22 @@ def test_the_closes_of_an_empty_book_are_dates_snapshotted(tmp_path: Path) -> No
     assert days == ["2024-01-15", "2025-03-31", "2026-07-31", "2026-08-31", "2026-09-01"]
 
 
+async def test_a_database_an_unlanded_0038_stamped_gets_the_column_it_missed(
+    tmp_path: Path,
+) -> None:
+    """Three commits had a data-only revision 0038 that was withdrawn: a database they
+    migrated is stamped 0038 without borrower.limit_overridden, and every borrower read
+    failed after an upgrade (a tester's). Migration 0039 adds the column where it is missing."""
+    from alembic import command
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'unlanded.db'}"
+    config = migrate.alembic_config(url)
+    await asyncio.to_thread(command.upgrade, config, "0037")
+    await asyncio.to_thread(command.stamp, config, "0038")
+    await asyncio.to_thread(migrate.upgrade, url)
+    assert await schema_differences(url) == []
+
+
 def test_migrations_started_together_on_postgresql_run_one_at_a_time(
     postgres_database: str,
 ) -> None:

@@ -69,6 +69,10 @@ class BorrowerRead(BaseModel):
     credit_limit: str
     exposure: str
     available_limit: str
+    limit_overridden: bool = Field(
+        description="an admin set the limit since the grade last fell to D or E: it is lent up "
+        "to even at D or E"
+    )
     risk_grade: str = Field(json_schema_extra={"enum": list(GRADE_LETTERS)})
     risk_score: int = Field(description="the worst open loan's score, as the grade is its grade")
     risk_reasons: list[str] = Field(description="the open flag codes behind the grade")
@@ -93,6 +97,7 @@ class BorrowerRead(BaseModel):
             credit_limit=format_minor(b.credit_limit_minor, b.currency),
             exposure=format_minor(view.exposure_minor, b.currency),
             available_limit=format_minor(view.available_minor, b.currency),
+            limit_overridden=b.limit_overridden,
             risk_grade=b.risk_grade,
             risk_score=view.risk_score,
             risk_reasons=list(b.risk_reasons or []),

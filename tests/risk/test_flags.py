@@ -1038,9 +1038,11 @@ async def test_an_admin_override_stands_until_the_next_grade_change(
     await close(w, "2026-03-12")  # 30 days late, never paid: grade D
     graded = await w.get(f"/v1/borrowers/{borrower['id']}")
     assert (graded["risk_grade"], graded["credit_limit"]) == ("D", "1200.00")
+    assert graded["limit_overridden"] is False
     patched = await client.patch(f"/v1/borrowers/{borrower['id']}",
                                  json={"credit_limit": "20000.00"}, headers=w.admin)  # fmt: skip
     assert (patched.status_code, patched.json()["credit_limit"]) == (200, "20000.00")
+    assert patched.json()["limit_overridden"] is True
     # Interest, then principal: payments that move no grade move no limit.
     for _ in range(2):
         await w.pay(loan_id, "10.00", "2026-03-12")
@@ -1058,14 +1060,18 @@ async def test_an_admin_override_stands_until_the_next_grade_change(
     # The fall ended the override: a repayment frees no headroom at E.
     await w.pay(loan_id, "10.00", "2026-04-14")
     got = await w.get(f"/v1/borrowers/{borrower['id']}")
-    assert (got["risk_grade"], got["available_limit"]) == ("E", "0.00")
+    assert (got["risk_grade"], got["available_limit"], got["limit_overridden"]) == (
+        "E", "0.00", False,
+    )  # fmt: skip
     # The limit in force sent again changes nothing (unseen, it unlocked lending: a
     # re-verifier's); set anew by an admin, it is lent up to even at E: a decision to lend.
     limit = f"/v1/borrowers/{borrower['id']}"
     same = await client.patch(limit, json={"credit_limit": "1192.00"}, headers=w.admin)
-    assert same.json()["available_limit"] == "0.00"
+    assert (same.json()["available_limit"], same.json()["limit_overridden"]) == ("0.00", False)
     patched = await client.patch(limit, json={"credit_limit": "1193.00"}, headers=w.admin)
-    assert patched.json()["available_limit"] == "11.00"
+    assert (patched.json()["available_limit"], patched.json()["limit_overridden"]) == (
+        "11.00", True,
+    )  # fmt: skip
 
 
 async def test_recovery_never_lowers_an_admin_override(client: httpx.AsyncClient) -> None:
