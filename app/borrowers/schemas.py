@@ -3,7 +3,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from app.api.fields import MoneyStr, Name, Reference
+from app.api.fields import Currency, MoneyStr, Name, Reference
 from app.money import format_minor
 from app.risk.schemas import FlagRead
 from app.risk.score import GRADE_LETTERS
@@ -46,10 +46,10 @@ class BorrowerCreate(BaseModel):
     merchant_id: str | None = Field(
         default=None, max_length=40, description="Admin keys only; a merchant key implies its own."
     )
-    currency: str | None = Field(
-        default=None, pattern=r"^[A-Z]{3}$",
+    currency: Currency | None = Field(
+        default=None,
         description="ISO 4217, of the limit, the income and every loan (default: the service's)",
-    )  # fmt: skip
+    )
 
 
 class BorrowerUpdate(BaseModel):

@@ -3,11 +3,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import IsoDate, MoneyStr, Reference, Term
+from app.api.fields import IsoDate, MoneyStr, Reason, Reference, Term
 from app.delinquency.rules import Bucket
 from app.loans.models import InstallmentStatus, LoanStatus
 from app.loans.records import owed_minor, paid_minor
 from app.money import format_minor, format_rate
+from app.products.schemas import PRODUCT_CODE_MAX_LENGTH
 
 if TYPE_CHECKING:
     from app.loans.service import LoanView
@@ -17,7 +18,7 @@ class LoanCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     borrower_id: str = Field(min_length=1, max_length=40)
-    product_code: str = Field(min_length=1, max_length=64)
+    product_code: str = Field(min_length=1, max_length=PRODUCT_CODE_MAX_LENGTH)
     principal: MoneyStr
     term: Term
     disbursed_on: IsoDate | None = Field(default=None, description="default: today")
@@ -28,7 +29,7 @@ class LoanCreate(BaseModel):
 class LoanCancel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, max_length=200)
+    reason: Reason | None = None
 
 
 class InstallmentRead(BaseModel):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
 from app.api.deps import PageDep, ReaderPrincipal, SessionDep
-from app.api.fields import IsoDate
+from app.api.fields import Currency, IsoDate
 from app.api.pagination import Page, page_of
 from app.api.responses import LIVE, POLLED, cached
 from app.api.routing import StrictRoute
@@ -16,6 +16,7 @@ from app.portfolio import service
 from app.portfolio.close import alert_event
 from app.portfolio.positions import Scope
 from app.portfolio.schemas import AlertRead, RollRatesRead, SegmentsRead, SummaryRead, VintagesRead
+from app.products.schemas import PRODUCT_CODE_MAX_LENGTH
 
 router = APIRouter(tags=["portfolio"], route_class=StrictRoute)
 
@@ -23,9 +24,11 @@ router = APIRouter(tags=["portfolio"], route_class=StrictRoute)
 async def portfolio_scope(
     principal: ReaderPrincipal,
     merchant_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
-    product_code: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
+    product_code: Annotated[
+        str | None, Query(min_length=1, max_length=PRODUCT_CODE_MAX_LENGTH)
+    ] = None,
     currency: Annotated[
-        str | None, Query(pattern=r"^[A-Z]{3}$", description="Default: the configured currency")
+        Currency | None, Query(description="Default: the configured currency")
     ] = None,
 ) -> Scope:
     """The part of the book a view covers: the filters every portfolio view takes."""
@@ -104,8 +107,10 @@ async def alerts(
     page: PageDep,
     since: IsoDate | None = None,
     merchant_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
-    product_code: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
-    currency: Annotated[str | None, Query(pattern=r"^[A-Z]{3}$")] = None,
+    product_code: Annotated[
+        str | None, Query(min_length=1, max_length=PRODUCT_CODE_MAX_LENGTH)
+    ] = None,
+    currency: Annotated[Currency | None, Query()] = None,
 ) -> Response:
     """Segment alerts the closes raised (``risk.segment_alert``), oldest first: a merchant's
     (its own only, for a merchant key) or a product's with ``merchant_id`` or

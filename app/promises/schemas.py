@@ -2,7 +2,7 @@ from datetime import date, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import IsoDate, MoneyStr
+from app.api.fields import IsoDate, MoneyStr, Reason
 from app.money import format_minor
 from app.promises.models import Promise, PromiseStatus
 
@@ -12,7 +12,7 @@ class PromiseCreate(BaseModel):
 
     amount: MoneyStr
     due_on: IsoDate
-    note: str | None = Field(default=None, max_length=500)
+    note: Reason | None = None
 
 
 class PromiseRead(BaseModel):

@@ -51,7 +51,7 @@ class RestructureCreate(BaseModel):
 class RestructureDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: str | None = Field(default=None, max_length=500)
+    note: Reason | None = None
 
 
 class PlanInstallmentRead(BaseModel):

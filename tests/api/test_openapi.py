@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 
 from app.events.types import EVENT_TYPES
+from app.money import MINOR_DIGITS
 from app.webhooks.dispatcher import payload as payload_bytes
 from app.webhooks.schemas import WebhookPayload
 from tests.factories import world
@@ -197,3 +198,22 @@ async def test_a_patch_offers_null_only_where_it_takes_it(client: httpx.AsyncCli
 
     assert [name for name in fields if nullable(fields[name])] == ["description"]
     assert (fields["event_types"]["minItems"], fields["event_types"]["maxItems"]) == (1, 50)
+
+
+async def test_every_currency_field_lists_the_currencies_the_service_knows(
+    client: httpx.AsyncClient,
+) -> None:
+    """A valid ISO 4217 code outside them is refused: a client could not tell which ones
+    beforehand (a tester's)."""
+    document = (await client.get("/openapi.json")).json()
+    schemas = [
+        *(schema["properties"]["currency"] for schema in document["components"]["schemas"].values()
+          if "currency" in schema.get("properties", {}) and schema["title"].endswith(
+              ("Create", "Notification"))),
+        *(parameter["schema"] for _, _, operation in operations(document)
+          for parameter in operation.get("parameters", []) if parameter["name"] == "currency"),
+    ]  # fmt: skip
+    assert len(schemas) >= 7
+    for schema in schemas:
+        (text,) = [branch for branch in schema["anyOf"] if branch["type"] == "string"]
+        assert text["enum"] == sorted(MINOR_DIGITS), schema

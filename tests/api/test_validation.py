@@ -307,3 +307,57 @@ async def test_dates_in_queries_and_paths_are_text(client: httpx.AsyncClient) ->
     response = await w.post("/v1/close-runs", {"as_of": 1764633600}, headers=w.admin)
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "as_of"
+
+
+UNREADABLE_TEXT = [
+    "   ",
+    "\u200b",  # a zero-width space alone
+    "\n\n",
+    "paid\u0007",  # a bell
+    "refund \u202eroF",  # a right-to-left override: reads otherwise than it is
+]
+
+
+@pytest.mark.parametrize("text", UNREADABLE_TEXT)
+async def test_reasons_and_notes_must_read_as_they_are(
+    client: httpx.AsyncClient, text: str
+) -> None:
+    """A cancellation's reason, a promise's note and a decision's note are shown to people, as
+    relief's reason is: nothing visible, or a control character, or an override was stored
+    as sent and went to subscribers (a tester's)."""
+    w = await world(client)
+    loan_id = (await w.loan())["id"]
+    asked = await w.post(f"/v1/loans/{loan_id}/restructures",
+                         {"kind": "term_extension", "reason": "lost job", "months": 1},
+                         w.admin, 201)  # fmt: skip
+    before = await row_counts()
+    for path, body in [
+        (f"/v1/loans/{loan_id}/cancel", {"reason": text}),
+        (f"/v1/loans/{loan_id}/promises", {"amount": "10.00", "due_on": "2026-12-20",
+                                           "note": text}),
+        (f"/v1/restructures/{asked.json()['id']}/reject", {"note": text}),
+        (f"/v1/loans/{loan_id}/restructures",
+         {"kind": "term_extension", "reason": text, "months": 1}),
+    ]:  # fmt: skip
+        response = await w.post(path, body, w.admin)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["errors"][0]["field"] in ("reason", "note"), response.text
+    assert await row_counts() == before
+    # Lines and tabs are text.
+    note = "Called twice.\n\tAgreed to pay on the 20th."
+    rejected = await w.post(f"/v1/restructures/{asked.json()['id']}/reject", {"note": note},
+                            w.admin, 200)  # fmt: skip
+    assert rejected.json()["decision_note"] == note
+
+
+async def test_an_answer_names_the_first_hundred_fields_at_fault(client: httpx.AsyncClient) -> None:
+    """A 1 MiB body of 60,000 unknown keys was answered with 7.6 MB naming each key twice (a
+    tester's): the answer lists the first hundred and says how many more there were."""
+    w = await world(client)
+    body = {"name": "Acme", **{f"k{n}": 1 for n in range(150)}}
+    response = await client.post("/v1/merchants", json=body, headers=w.admin)
+    assert response.status_code == 422
+    problem = response.json()
+    assert [e["field"] for e in problem["errors"]] == [f"k{n}" for n in range(100)]
+    assert problem["detail"].startswith("k0: Extra inputs are not permitted; k1: ")
+    assert problem["detail"].endswith("; and 140 more (100 in errors)")
