@@ -327,8 +327,12 @@ async def _update_run(session: AsyncSession, as_of: date, **values: Any) -> None
 
 
 async def begin_step(as_of: date, step: str, chunk_count: int, attempt: int) -> bool:
+    """Record the step begun; False when ``attempt`` is over or began it already."""
     async with session_scope() as session:
         if (run := await _current(session, as_of, attempt, share=False)) is None:
+            return False
+        if step in run.steps:  # this attempt's steps only (begin_run clears them)
+            log.warning("close %s attempt %s began %s already: not again", as_of, attempt, step)
             return False
         now = utc_now()
         # Z, as every other instant the API writes (it wrote +00:00 here: a tester's).
@@ -376,12 +380,19 @@ def add_counts(results: list[dict[str, int]]) -> dict[str, int]:
 
 
 async def finish_step(as_of: date, step: str, results: list[dict[str, int]], attempt: int) -> bool:
-    """Record the step; False when ``attempt`` is over (its next step must not start)."""
+    """Record the step; False when ``attempt`` is over or recorded it already (its next step
+    must not start)."""
     totals = add_counts(results)
     async with session_scope() as session:
         if (run := await _current(session, as_of, attempt, share=False)) is None:
             return False
         entry: dict[str, Any] = dict(run.steps.get(step, {}))
+        # The broker hands a step's callback back when the worker's connection drops before
+        # its late acknowledgement: run twice, it counted the step twice and started every
+        # later step twice, chords racing each other (a tester's).
+        if entry.get("status") != "running":
+            log.warning("close %s attempt %s recorded %s already", as_of, attempt, step)
+            return False
         finished = utc_now()
         started = entry.get("started_at")
         entry.update(status="succeeded", finished_at=utc_text(finished), counts=totals)

@@ -65,6 +65,32 @@ async def test_an_attempt_replaced_does_nothing_when_its_tasks_come_back(
     assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-02-20"
 
 
+async def test_a_step_recorded_once_is_not_recorded_or_begun_again(
+    client: httpx.AsyncClient,
+) -> None:
+    """A worker whose broker connection drops before it acknowledges a step's callback gets
+    the callback back: run again, it counted the step twice and started every later step
+    twice (a tester's, on Celery). Within one attempt a step begins and ends once."""
+    await late_world(client)
+    day = close_service.date(2026, 2, 14)
+    async with session_scope() as session:
+        await close_service.plan_close(session, as_of=day)
+    attempt = await close_service.begin_run(day)
+    assert attempt is not None
+    assert await close_service.begin_step(day, "delinquency", 1, attempt)
+    assert not await close_service.begin_step(day, "delinquency", 1, attempt)
+    results = [await close_service.run_chunk("delinquency", day, None, None, attempt)]
+    assert any(results[0].values()), results
+    assert await close_service.finish_step(day, "delinquency", results, attempt)
+    assert not await close_service.finish_step(day, "delinquency", results, attempt)
+    assert not await close_service.begin_step(day, "delinquency", 1, attempt)
+    async with session_scope() as session:
+        run = await session.get(CloseRun, day)
+        assert run is not None
+        assert run.counts == close_service.add_counts(results)
+        assert list(run.steps) == ["delinquency"]
+
+
 async def count(model: type) -> int:
     async with session_scope() as session:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
