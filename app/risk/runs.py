@@ -76,7 +76,9 @@ async def start_run(principal: Principal, *, as_of: date) -> RiskRun:
 async def execute(run_id: str) -> None:
     """The whole run in this process, chunk after chunk (the embedded default)."""
     try:
-        as_of, bounds = await begin(run_id)
+        if (started := await begin(run_id)) is None:
+            return
+        as_of, bounds = started
         results = [await run_chunk(as_of, low, high) for low, high in bounds]
         results += [await grade_chunk(as_of, low, high) for low, high in bounds]
     except Exception as exc:
@@ -86,11 +88,16 @@ async def execute(run_id: str) -> None:
     await finish(run_id, results, chunks=len(bounds))
 
 
-async def begin(run_id: str) -> tuple[date, list[Chunk]]:
-    """Mark the run running; its chunks are the close's loan-id ranges."""
+async def begin(run_id: str) -> tuple[date, list[Chunk]] | None:
+    """Mark the run running; its chunks are the close's loan-id ranges. None when it is not
+    pending: a start the broker handed back (a worker's connection dropped before it
+    acknowledged) ran a finished run again, and failed it once the business date had moved."""
     async with session_scope() as session:
         run = await session.get(RiskRun, run_id, with_for_update=True)
         assert run is not None
+        if run.status != "pending":
+            log.warning("risk run %s is %s: not started again", run_id, run.status)
+            return None
         run.status, run.started_at = "running", utc_now()
         as_of = run.as_of
     return as_of, await close_service.chunks("risk")
@@ -135,6 +142,9 @@ async def finish(
     async with session_scope() as session:
         run = await session.get(RiskRun, run_id, with_for_update=True)
         assert run is not None
+        if run.status in ("succeeded", "failed"):  # a callback handed back: recorded already
+            log.warning("risk run %s is %s already", run_id, run.status)
+            return
         run.status, run.error = ("failed", error[:2000]) if error else ("succeeded", None)
         run.counts, run.chunks, run.finished_at = totals, chunks, utc_now()
         if run.started_at is not None:

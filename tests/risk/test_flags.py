@@ -699,6 +699,12 @@ async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient
     assert len(events_after) == len(events_before)
     got = await w.get(f"/v1/risk/runs/{run['id']}", headers=w.admin)
     assert got["id"] == run["id"]
+    # A start or an end the broker hands back (a worker's connection dropped before it
+    # acknowledged) changes nothing: the start ran the finished run again, and failed it once
+    # the business date had moved (a tester's, of the close's like it).
+    assert await runs.begin(run["id"]) is None
+    await runs.finish(run["id"], [{"loans_evaluated": 7}], chunks=1)
+    assert await w.get(f"/v1/risk/runs/{run['id']}", headers=w.admin) == got
     assert (await client.get("/v1/risk/runs/rrun_x", headers=w.admin)).status_code == 404
     assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
 

@@ -15,10 +15,13 @@ from workers.celery_app import celery
 @celery.task(name="risk.run", acks_late=True)
 def run(run_id: str) -> None:
     try:
-        as_of, bounds = runtime.run(runs.begin(run_id))
+        started = runtime.run(runs.begin(run_id))
     except Exception as exc:
         runtime.run(runs.fail(run_id, exc))
         raise
+    if started is None:
+        return
+    as_of, bounds = started
     header = [run_chunk.s(as_of.isoformat(), low, high) for low, high in bounds]
     chord(header)(grade.s(run_id, as_of.isoformat(), bounds).on_error(run_failed.s(run_id)))
 
