@@ -63,8 +63,8 @@ log = logging.getLogger("loanwatch.idempotency")
 
 HEADER = b"idempotency-key"
 MAX_KEY_LENGTH = 255
-# Responses worth replaying. A 5xx, a 401 or anything with Retry-After (a transient
-# conflict) is not stored: the retry should run again.
+# Responses worth replaying. A 5xx, a 401, anything with Retry-After (a transient conflict)
+# or a 422 validation_error is not stored: the retry should run again.
 UNSTORED_STATUSES = {401, 500, 502, 503, 504}
 SECRET_FIELDS = ("key", "secret")
 # A gateway's notifications carry their own idempotency key, the signed ``webhook-id``, which
@@ -236,6 +236,16 @@ class _HeldResponse:
                 return bytes(value).decode("latin-1")
         return None
 
+    @property
+    def malformed(self) -> bool:
+        """Refused for its shape (422 validation_error), which nothing was looked up for."""
+        if self.status != 422:
+            return False
+        try:
+            return bool(json.loads(b"".join(self.chunks)).get("code") == "validation_error")
+        except ValueError:
+            return False
+
     def stored_body(self) -> bytes:
         body = b"".join(self.chunks)
         if "no-store" in (self.header(b"cache-control") or ""):
@@ -358,7 +368,14 @@ async def _finish(
     async with database.engine.connect() as connection:
         # One statement: no transaction, no BEGIN and COMMIT round trips.
         await connection.execution_options(**AUTOCOMMIT)
-        unstored = response.status in UNSTORED_STATUSES or response.header(b"retry-after")
+        unstored = (
+            response.status in UNSTORED_STATUSES
+            or response.header(b"retry-after")
+            # A POS that corrects a malformed request retries it under its key (Stripe keeps
+            # no answer to a request that failed validation): refused as the key's reuse, it
+            # needed a new key for a request that had done nothing (a tester's).
+            or response.malformed
+        )
         if unstored or not routed:
             if _rowcount(await connection.execute(_FORGET, record)) == 0:
                 await connection.execute(_ANSWER_LOST, {**record, "now": utc_now()})

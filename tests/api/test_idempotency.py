@@ -65,6 +65,34 @@ async def test_same_key_different_body_is_422(client: httpx.AsyncClient) -> None
     assert await count(Payment) == 1
 
 
+async def test_a_malformed_request_corrected_runs_under_its_key(
+    client: httpx.AsyncClient,
+) -> None:
+    """A request refused for its shape did nothing: its answer is not kept, so the corrected
+    request runs under the same key (it was refused as the key's reuse: a tester's). A
+    refusal that looked at the book (over the limit, say) is kept and replayed."""
+    w = await world(client)
+    loan = await w.loan(principal="500.00", disbursed_on="2026-01-10")
+    path = f"/v1/loans/{loan['id']}/payments"
+    headers = {**w.merchant, "Idempotency-Key": "pay-fixed"}
+    malformed = await client.post(path, json={"amount": "1.5", "received_on": "2026-01-20"},
+                                  headers=headers)  # fmt: skip
+    assert (malformed.status_code, malformed.json()["code"]) == (422, "validation_error")
+    again = await client.post(path, json={"amount": "1.5", "received_on": "2026-01-20"},
+                              headers=headers)  # fmt: skip
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (422, None)
+    fixed = await client.post(path, json={"amount": "1.50", "received_on": "2026-01-20"},
+                              headers=headers)  # fmt: skip
+    assert fixed.status_code == 201, fixed.text
+    assert await count(Payment) == 1
+    too_much = {"amount": "9000.00", "received_on": "2026-01-20"}
+    headers = {**w.merchant, "Idempotency-Key": "pay-too-much"}
+    refused = await client.post(path, json=too_much, headers=headers)
+    assert (refused.status_code, refused.json()["code"]) == (422, "amount_exceeds_payoff")
+    replayed = await client.post(path, json=too_much, headers=headers)
+    assert replayed.headers.get("idempotent-replayed") == "true"
+
+
 async def test_keys_are_scoped_to_the_api_key(client: httpx.AsyncClient) -> None:
     w = await world(client)
     other_admin = auth(await api_key(Role.ADMIN))
