@@ -377,6 +377,11 @@ async def test_bad_signatures_and_stale_timestamps_record_nothing(
         response = await post(client, raw_body, hdrs)
         assert response.status_code == 401, response.text
         assert response.json()["code"] == "invalid_signature"
+    # A gateway keying the HMAC with the whole "whsec_…" string is told what the key is.
+    assert (
+        "keyed with the base64-decoded part of the secret after 'whsec_'"
+        in (response.json()["detail"])
+    )
     assert await count(Payment) == 0
     assert await count(InboundNotification) == 0
     # An unknown gateway fails as a wrong signature does: which names exist is not told.
