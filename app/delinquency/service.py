@@ -857,6 +857,9 @@ async def send_reminders(
                 facts[r.loan_id],
                 amount_due=format_minor(amount_due[r.loan_id, r.seq], facts[r.loan_id].currency),
                 days_until_due=(r.due_date - as_of).days,
+                # The date closed: a catch-up's reminder is sent after it (a subscriber
+                # messaging borrowers skips one whose due date has passed since).
+                as_of=as_of.isoformat(),
             )
             for r in reminded
         ],

@@ -503,8 +503,10 @@ async def test_an_installment_already_inside_the_reminder_window_is_reminded_at_
     await close(w, "2026-01-12")
     events = (await client.get("/v1/events?type=installment.due_soon",
                                headers=w.admin)).json()["items"]  # fmt: skip
-    assert [(e["data"]["loan_id"], e["data"]["due_date"], e["data"]["days_until_due"])
-            for e in events] == [(near["id"], "2026-01-12", 1)]  # fmt: skip
+    assert [(e["data"]["loan_id"], e["data"]["due_date"], e["data"]["days_until_due"],
+             e["data"]["as_of"]) for e in events] == [
+        (near["id"], "2026-01-12", 1, "2026-01-11"),
+    ]  # fmt: skip
 
 
 async def test_no_reminder_from_a_date_before_the_disbursement(client: httpx.AsyncClient) -> None:
