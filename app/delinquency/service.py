@@ -655,6 +655,10 @@ def _delinquency_statements(
         .where(
             loan.id == per_loan.c.loan_id,
             in_chunk(loan.id, has_low, has_high),
+            # The loan's own row, which PostgreSQL checks again when the statement waited on
+            # it: a loan a reversal reopened after the chunk's lock, and paid off again while
+            # the statement ran, took the bucket read before the payoff (a tester's).
+            loan.status.in_(OPEN_STATUSES),
             # A loan stored as of a later date (booked before the first close, which may be
             # for an earlier date) takes the close's date even when nothing moved: its next
             # move is then one in time (a roll, a cure), not the same loan seen earlier.

@@ -9,7 +9,7 @@ from sqlalchemy import Date, Table, and_, bindparam, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.borrowers.models import Borrower
-from app.db import update_rows
+from app.db import is_postgres, update_rows
 from app.delinquency import service as delinquency
 from app.events import service as events
 from app.loans.models import OPEN_STATUSES, Loan
@@ -86,7 +86,18 @@ async def grade_borrowers(
     bounds = {"borrower_id": borrower_id, "low": low, "high": high}
     params = {name: value for name, value in bounds.items() if value is not None}
     statement = _grading_statement(borrower_id is not None, low is not None, high is not None)
+    if borrower_id is not None:
+        # Held before the borrower's loans are read: two payments paying off two of one
+        # borrower's loans at once each read the other loan still open, in a snapshot taken
+        # before the other committed, and the borrower stayed at D or E with nothing owed
+        # (a tester's, on PostgreSQL).
+        await session.execute(_LOCK_BORROWER, {"borrower_id": borrower_id})
     rows = (await session.execute(statement, {**params, "as_of": as_of})).all()
+    if rows and borrower_id is None and is_postgres(session):
+        # Read again now that the borrowers are locked: a borrower whose lock the statement
+        # waited for (a payment grading it) was rechecked by PostgreSQL with the loans read
+        # before the wait, and graded on them.
+        rows = (await session.execute(statement, {**params, "as_of": as_of})).all()
     reasons = await _open_flag_codes(session, [row.id for row in rows])
     updates: dict[str, dict[str, Any]] = {}
     grade_events: list[dict[str, Any]] = []
@@ -137,6 +148,15 @@ async def grade_borrowers(
     # Grade changes first: a limit moves because of the grade it follows.
     await events.emit_many(session, [*grade_events, *limit_events])
     return {"grades_changed": len(grade_events), "limits_changed": len(limit_events)}
+
+
+_borrower = cast(Table, Borrower.__table__)
+# NO KEY UPDATE, as every borrower lock (app/borrowers/service.py).
+_LOCK_BORROWER = (
+    select(_borrower.c.id)
+    .where(_borrower.c.id == bindparam("borrower_id"))
+    .with_for_update(key_share=True)
+)
 
 
 @lru_cache(maxsize=8)
