@@ -9,6 +9,7 @@ from app.api.deps import (
     ReaderPrincipal,
     SessionDep,
 )
+from app.api.fields import Currency
 from app.api.pagination import Page, page_of
 from app.api.responses import CREATED, POLLED, cached, json_response
 from app.api.routing import StrictRoute
@@ -24,6 +25,8 @@ from app.loans.schemas import (
     schedule_read,
 )
 from app.loans.service import LoanView
+from app.money import request_currency
+from app.products.schemas import PRODUCT_CODE_MAX_LENGTH
 from app.risk.rules import FlagCode
 
 router = APIRouter(tags=["loans"], route_class=StrictRoute)
@@ -66,6 +69,10 @@ async def list_loans(
     merchant_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
     borrower_id: Annotated[str | None, Query(min_length=1, max_length=40)] = None,
     flag: Annotated[FlagCode | None, Query(description="loans with this flag open")] = None,
+    product_code: Annotated[
+        str | None, Query(min_length=1, max_length=PRODUCT_CODE_MAX_LENGTH)
+    ] = None,
+    currency: Annotated[Currency | None, Query()] = None,
     merchant_order_ref: Annotated[
         str | None,
         Query(min_length=1, max_length=100, description="the POS's order: its loan, if any"),
@@ -73,11 +80,14 @@ async def list_loans(
 ) -> Response:
     """Dashboards poll this by bucket or flag: ``ETag``, and 304 on ``If-None-Match``.
     ``bucket`` selects open loans only, the ones the portfolio summary's buckets count, so a
-    dashboard drills down from a bucket's count to the same loans."""
+    dashboard drills down from a bucket's count to the same loans, with the summary's own
+    ``merchant_id``, ``product_code`` and ``currency``."""
     bucket = _BY_LABEL.get(bucket, bucket) if bucket else None
     views = await service.list_loans(
         session, principal, page=page, status=status, bucket=bucket, merchant_id=merchant_id,
-        borrower_id=borrower_id, flag=flag, merchant_order_ref=merchant_order_ref,
+        borrower_id=borrower_id, flag=flag, product_code=product_code,
+        currency=None if currency is None else request_currency(currency),
+        merchant_order_ref=merchant_order_ref,
     )  # fmt: skip
     return cached(request, page_of(views, page, loan_read, key=_loan_id))
 

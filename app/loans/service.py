@@ -473,6 +473,8 @@ async def list_loans(
     merchant_id: str | None = None,
     borrower_id: str | None = None,
     flag: str | None = None,
+    product_code: str | None = None,
+    currency: str | None = None,
     merchant_order_ref: str | None = None,
 ) -> list[LoanView]:
     principal.require(Role.MERCHANT, Role.DASHBOARD)
@@ -489,6 +491,10 @@ async def list_loans(
         query = query.where(Loan.merchant_id == merchant_id)
     if merchant_order_ref is not None:
         query = query.where(Loan.merchant_order_ref == merchant_order_ref)
+    if product_code is not None:
+        query = query.where(Loan.product_code == product_code)
+    if currency is not None:
+        query = query.where(Loan.currency == currency)
     if status is not None:
         query = query.where(Loan.status == status)
     if bucket is not None:

@@ -13,7 +13,7 @@ from app.events.models import Event
 from app.ledger.models import LedgerTransaction
 from app.loans import service as loans
 from app.loans.models import Loan, LoanInstallment
-from tests.factories import world
+from tests.factories import product, world
 
 
 async def count(model: type) -> int:
@@ -386,6 +386,24 @@ async def test_the_bucket_filter_lists_the_open_loans_the_summary_counts(
     cancelled = (await w.get("/v1/loans?status=cancelled"))["items"]
     assert [(loan["id"], loan["bucket"]) for loan in cancelled] == [(ids[0], "current")]
     assert (await w.get("/v1/loans?status=paid_off&bucket=current"))["items"] == []
+
+
+async def test_the_bucket_filter_narrows_as_the_summary_does(client: httpx.AsyncClient) -> None:
+    """The summary counts one currency (and product, merchant); the list listed every
+    currency's loans in the bucket and could not be narrowed (a dashboard tester's)."""
+    w = await world(client)
+    cny = [(await w.loan(principal="100.00"))["id"] for _ in range(2)]
+    yen = await product(client, w.admin, currency="JPY")
+    borrower = await w.borrower(currency="JPY", monthly_income="300000")
+    await w.loan(borrower["id"], product_code=yen["code"], principal="30000")
+    listed = await w.get("/v1/loans?bucket=current&currency=CNY")
+    summary = await w.get("/v1/portfolio/summary?currency=CNY")
+    assert [loan["id"] for loan in listed["items"]] == cny
+    assert summary["by_bucket"]["current"]["count"] == len(cny)
+    by_product = await w.get(f"/v1/loans?bucket=current&product_code={yen['code']}")
+    assert [loan["currency"] for loan in by_product["items"]] == ["JPY"]
+    unknown = await client.get("/v1/loans?currency=CLF", headers=w.merchant)
+    assert (unknown.status_code, unknown.json()["errors"][0]["field"]) == (422, "currency")
 
 
 async def test_installment_rows_are_stored_once(client: httpx.AsyncClient) -> None:
