@@ -89,13 +89,14 @@ async def execute(run_id: str) -> None:
 
 
 async def begin(run_id: str) -> tuple[date, list[Chunk]] | None:
-    """Mark the run running; its chunks are the close's loan-id ranges. None when it is not
-    pending: a start the broker handed back (a worker's connection dropped before it
-    acknowledged) ran a finished run again, and failed it once the business date had moved."""
+    """Mark the run running; its chunks are the close's loan-id ranges. None when it has
+    finished: a start the broker handed back ran a finished run again, and failed it once the
+    business date had moved. A running one starts again: its start may be the one a killed
+    worker left, handed back (its evaluation is idempotent; it had stayed running for good)."""
     async with session_scope() as session:
         run = await session.get(RiskRun, run_id, with_for_update=True)
         assert run is not None
-        if run.status != "pending":
+        if run.status in ("succeeded", "failed"):
             log.warning("risk run %s is %s: not started again", run_id, run.status)
             return None
         run.status, run.started_at = "running", utc_now()

@@ -705,6 +705,15 @@ async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient
     assert await runs.begin(run["id"]) is None
     await runs.finish(run["id"], [{"loans_evaluated": 7}], chunks=1)
     assert await w.get(f"/v1/risk/runs/{run['id']}", headers=w.admin) == got
+    # A running run's start handed back (its worker killed as it started it) runs it: skipped,
+    # the run read "running" for good (a re-verifier's).
+    async with session_scope() as session:
+        stuck = await session.get(RiskRun, run["id"])
+        assert stuck is not None
+        stuck.status = "running"
+    await runs.execute(run["id"])
+    rerun = await w.get(f"/v1/risk/runs/{run['id']}", headers=w.admin)
+    assert (rerun["status"], rerun["counts"]["loans_evaluated"]) == ("succeeded", 1)
     assert (await client.get("/v1/risk/runs/rrun_x", headers=w.admin)).status_code == 404
     assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
 
