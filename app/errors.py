@@ -134,12 +134,12 @@ def problem(
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,
         "status": status,
-        "detail": _shown(detail),
+        "detail": shown(detail),
         "code": code,
     }
     if errors is not None:
         body["errors"] = [
-            {key: _shown(value) if key in ("field", "message") else value
+            {key: shown(value) if key in ("field", "message") else value
              for key, value in error.items()}
             for error in errors[:_LISTED_ERRORS]
         ]  # fmt: skip
@@ -151,7 +151,7 @@ def problem(
 _HIDDEN = {"Cc", "Cf", "Zl", "Zp"}
 
 
-def _shown(text: str) -> str:
+def shown(text: str) -> str:
     """The text with its control and format characters written as escapes: a detail repeats
     what the request named, and "loan \u202e…" turned the text around in a console showing
     it (a tester's)."""

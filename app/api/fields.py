@@ -16,6 +16,7 @@ from pydantic import (
     Strict,
 )
 
+from app.errors import shown
 from app.loans.schedule import OFFERED_TERMS
 from app.money import DECIMAL_STRING, MINOR_DIGITS, MONEY_PATTERN, RATE_PATTERN
 
@@ -137,18 +138,25 @@ def _free_text(value: str) -> str:
     return value
 
 
-# Why relief was offered or a loan cancelled, a promise's or a decision's note, kept for
-# people to read: blank is none.
-Reason = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=500,
-        description="at least one visible character; no control characters but line breaks "
-        "and tabs, no bidirectional overrides",
-    ),
-    AfterValidator(_free_text),
-]
+FREE_TEXT = AfterValidator(_free_text)
+FREE_TEXT_RULE = (
+    "at least one visible character; no control characters but line breaks and tabs, no "
+    "bidirectional overrides"
+)
+# Why relief was offered or a loan cancelled, a note on a promise, a decision or a flag, a
+# description, kept for people to read: blank is none.
+Reason = Annotated[str, Field(min_length=1, max_length=500, description=FREE_TEXT_RULE), FREE_TEXT]
+
+
+def _passed_on(value: str) -> str | None:
+    """A third party's text is passed on, never refused: a gateway refused for its reason
+    would send the same notification again and again, and the failed debit it reports would
+    be lost. Blank is none; control and format characters go on as escapes, as in problems."""
+    return shown(value) if any(_visible(c) for c in value) else None
+
+
+# A gateway's reason for a failed debit or a chargeback, on its way to subscribers.
+PassedOnText = Annotated[str, Field(max_length=200), AfterValidator(_passed_on)]
 
 
 # Pydantic takes a number, or a string of digits, for seconds since 1970: a POS sending

@@ -1,7 +1,9 @@
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.fields import FREE_TEXT, FREE_TEXT_RULE
 from app.api_keys.models import Role
 
 # The column's length (api_key.description).
@@ -13,7 +15,14 @@ class ApiKeyCreate(BaseModel):
 
     role: Role
     merchant_id: str | None = Field(default=None, max_length=40)
-    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_LENGTH)
+    description: (
+        Annotated[
+            str,
+            Field(min_length=1, max_length=DESCRIPTION_MAX_LENGTH, description=FREE_TEXT_RULE),
+            FREE_TEXT,
+        ]
+        | None
+    ) = None
 
 
 class ApiKeyRead(BaseModel):

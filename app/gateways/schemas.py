@@ -4,7 +4,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.api.fields import Currency, Instant, IsoDate, MoneyStr, Reference
+from app.api.fields import Currency, Instant, IsoDate, MoneyStr, PassedOnText, Reference
 from app.gateways.models import Gateway
 
 GatewayName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
@@ -61,7 +61,7 @@ class NotificationData(BaseModel):
     # Optional, as SPEC.md's payload has none; when a gateway sends it, it must be the loan's:
     # ignored with the other extra fields, 100.00 USD was recorded as 100.00 CNY (a tester's).
     currency: Currency | None = Field(default=None, description="ISO 4217; when given, the loan's")
-    reason: str | None = Field(default=None, max_length=200)
+    reason: PassedOnText | None = None
 
 
 class Notification(BaseModel):

@@ -3,7 +3,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ModelWrapValidatorHandler, model_validator
 
-from app.api.fields import IsoDate
+from app.api.fields import IsoDate, Reason
 from app.risk.models import FlagStatus, RiskFlag
 from app.risk.rules import FlagCode, RiskRules, Severity
 from app.risk.score import GRADE_LETTERS
@@ -82,7 +82,7 @@ class FlagRead(BaseModel):
 class Acknowledge(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    note: str | None = Field(default=None, max_length=500)
+    note: Reason | None = None
 
 
 class LoanRiskRead(BaseModel):

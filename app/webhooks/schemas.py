@@ -4,7 +4,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, field_validator
 
-from app.api.fields import Instant
+from app.api.fields import Instant, Reason
 from app.events.types import EVENT_TYPES
 from app.webhooks.service import DeliveryView, EndpointView
 
@@ -38,7 +38,7 @@ class EndpointCreate(BaseModel):
         default_factory=lambda: ["*"], min_length=1, max_length=50,
         description="Exact types, 'prefix.*' wildcards, or '*'",
     )  # fmt: skip
-    description: str | None = Field(default=None, max_length=500)
+    description: Reason | None = None
     enabled: Annotated[bool, Strict()] = True
 
 
@@ -59,7 +59,7 @@ class EndpointUpdate(BaseModel):
 
     url: Url | None = None
     event_types: list[EventPattern] | None = Field(default=None, min_length=1, max_length=50)
-    description: str | None = Field(default=None, max_length=500, description="null clears it")
+    description: Reason | None = Field(default=None, description="null clears it")
     enabled: Annotated[bool, Strict()] | None = None
 
     @field_validator(*_KEPT_WHEN_LEFT_OUT, mode="before")

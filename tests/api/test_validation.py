@@ -361,3 +361,19 @@ async def test_an_answer_names_the_first_hundred_fields_at_fault(client: httpx.A
     assert [e["field"] for e in problem["errors"]] == [f"k{n}" for n in range(100)]
     assert problem["detail"].startswith("k0: Extra inputs are not permitted; k1: ")
     assert problem["detail"].endswith("; and 140 more (100 in errors)")
+
+
+@pytest.mark.parametrize("text", ["   ", "a\u0007b", "a\u202eb"])
+async def test_descriptions_must_read_as_they_are(client: httpx.AsyncClient, text: str) -> None:
+    """An API key's and a webhook endpoint's description are read by people, as notes are
+    (a re-verifier's)."""
+    w = await world(client)
+    before = await row_counts()
+    for path, body in [
+        ("/v1/api-keys", {"role": "dashboard", "description": text}),
+        ("/v1/webhook-endpoints", {"url": "https://hooks.example.com/lw", "description": text}),
+    ]:
+        response = await w.post(path, body, w.admin)
+        assert response.status_code == 422, (path, response.text)
+        assert [e["field"] for e in response.json()["errors"]] == ["description"], response.text
+    assert await row_counts() == before

@@ -625,6 +625,10 @@ async def test_acknowledging_a_flag_and_the_loan_risk(client: httpx.AsyncClient)
     loan_id = await loan(w)
     await close(w, "2026-03-12")
     flag = (await flags(w, loan_id))["never_paid"]
+    # A note is read by people: nothing visible, or a bell, is refused (a re-verifier's).
+    for unreadable in ("   ", "a\u0007b"):
+        refused = await w.post(f"/v1/risk/flags/{flag['id']}/acknowledge", {"note": unreadable})
+        assert (refused.status_code, refused.json()["errors"][0]["field"]) == (422, "note")
     acked = await w.post(f"/v1/risk/flags/{flag['id']}/acknowledge", {"note": "called, no answer"},
                          expect=200)  # fmt: skip
     assert acked.json()["acknowledged"] is True

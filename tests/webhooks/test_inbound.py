@@ -149,6 +149,17 @@ async def test_a_failed_debit_is_recorded_with_an_event(client: httpx.AsyncClien
     events = (await client.get("/v1/events?type=payment.debit_failed",
                                headers=w.admin)).json()["items"]  # fmt: skip
     assert [e["data"]["loan_id"] for e in events] == [loan["id"]]
+    # A gateway's reason is passed on, never refused (the failed debit would be lost): blank
+    # is none, and a bell or an override goes on as an escape (a re-verifier's).
+    for n, (reason, passed_on) in enumerate(
+        [("   ", None), ("no\u0007funds", "no\\x07funds"), ("a\u202eb", "a\\u202eb")]
+    ):
+        body = notification("debit.failed", loan["id"], amount="1.00", reason=reason,
+                            received_on="2026-02-11", external_ref=f"dd-r{n}")  # fmt: skip
+        raw, headers = signed(secret, body, f"msg_r{n}")
+        response = await post(client, raw, headers)
+        assert response.status_code == 200, response.text
+        assert response.json()["result"]["reason"] == passed_on
 
 
 async def test_a_failed_debit_resent_under_another_id_counts_once(
