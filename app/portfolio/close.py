@@ -465,6 +465,13 @@ def alert_event(alert: SegmentAlert) -> dict[str, Any]:
         # Formatted, not str(): the setting is 1.5 in memory and 1.5000 once stored, and the
         # event and GET /v1/portfolio/alerts must say the same.
         "multiple": f"{Decimal(alert.multiple):.4f}",
+        # How far above its norm: "multiple" is the threshold it crossed, and read as this
+        # (a tester's).
+        "ratio": (
+            f"{Decimal(alert.value) / Decimal(alert.baseline):.4f}"
+            if Decimal(alert.baseline)
+            else None
+        ),
         "loans": alert.loans,
         "details": alert.details,
     }

@@ -121,8 +121,9 @@ class AlertRead(BaseModel):
     segment: str
     currency: str
     metric: str
-    value: str
-    baseline: str
-    multiple: str
-    loans: int
+    value: str = Field(description="the segment's rate at this close")
+    baseline: str = Field(description="its mean over the trailing closes")
+    multiple: str = Field(description="the threshold crossed: alert_multiple, in force then")
+    ratio: str | None = Field(description="value / baseline; null when the baseline is 0")
+    loans: int = Field(description="the rate's denominator")
     details: dict[str, Any]

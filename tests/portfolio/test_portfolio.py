@@ -446,6 +446,10 @@ async def test_segments_and_a_first_payment_default_alert(
     assert set(fpd) == {("merchant", "fpd_10"), ("product", "fpd_10")}
     assert fpd[("merchant", "fpd_10")]["value"] == "1.0000"
     assert fpd[("merchant", "fpd_10")]["baseline"] == "0.2500"
+    # How far above its norm, beside the threshold it crossed (read as this: a tester's).
+    assert (fpd[("merchant", "fpd_10")]["ratio"], fpd[("merchant", "fpd_10")]["multiple"]) == (
+        "4.0000", "1.5000",
+    )  # fmt: skip
     await close(w, "2026-03-24")  # a rerun raises nothing twice
     async with session_scope() as session:
         events = list(
