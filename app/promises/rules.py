@@ -12,7 +12,9 @@ never takes money from one taken before it (a promise already kept stays kept). 
 promise moves no money to another, so the close, which breaks promises without replaying
 payments, leaves every other promise as the last payment or reversal assessed it. A broken
 promise goes on counting its window's money up to its amount, so a payment received in time
-but recorded after the break keeps it; a cancelled one keeps what it had counted.
+but recorded after the break keeps it; a cancelled one keeps what it had counted, out of the
+money received by the day it was cancelled, and a reversal of that money takes it back: it
+never counts money received after (it took the next payment from a promise taken since).
 
 A repayment plan is one commitment of several promises (its installments, each for the plan's
 running total by its date, all made on the approval date): they share the plan's money, which
@@ -31,8 +33,10 @@ class PromiseTerms:
     amount_minor: int
     promised_on: date
     due_on: date
-    # A cancelled promise: the money it had counted, which stays counted toward it.
+    # A cancelled promise: the money it had counted, which stays counted toward it, out of
+    # the money received by the day it was cancelled.
     settled_paid_minor: int | None = None
+    cancelled_on: date | None = None
 
 
 @dataclass(frozen=True)
@@ -91,15 +95,16 @@ def assess_in_order(
 
 def _wanted_on(commitment: Commitment, day: date) -> int:
     """The running total the commitment's promises due on ``day`` or later may count: a
-    cancelled one what it had counted."""
-    return max(
-        (
-            p.amount_minor if p.settled_paid_minor is None else p.settled_paid_minor
-            for p in commitment
-            if p.due_on >= day
-        ),
-        default=0,
-    )
+    cancelled one what it had counted, until the day it was cancelled."""
+    return max((_wants(p, day) for p in commitment if p.due_on >= day), default=0)
+
+
+def _wants(terms: PromiseTerms, day: date) -> int:
+    if terms.settled_paid_minor is None:
+        return terms.amount_minor
+    if terms.cancelled_on is not None and day > terms.cancelled_on:
+        return 0
+    return terms.settled_paid_minor
 
 
 def _outcome(terms: PromiseTerms, counted: Sequence[tuple[date, int]], as_of: date) -> Outcome:

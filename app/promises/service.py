@@ -147,7 +147,11 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     mended_plans: set[str] = set()
     for promise, outcome in assessed:
         if promise.status == PromiseStatus.CANCELLED:
-            continue  # final: it keeps what it had counted
+            # Final: it keeps what it had counted, less what a reversal took back (it kept
+            # money that no longer was, and took a later payment from a newer promise, which
+            # then broke with the borrower paid: a tester's).
+            promise.paid_minor = min(promise.paid_minor, outcome.paid_minor)
+            continue
         promise.paid_minor = outcome.paid_minor
         if promise.status == PromiseStatus.BROKEN:
             if outcome.status is PromiseStatus.KEPT:
@@ -208,7 +212,7 @@ async def _assess_loan(
     """Every promise of the loan with its outcome from the loan's applied payments, in the
     order they take money (``rules.assess_in_order``); none when all are cancelled."""
     promises = list(await session.scalars(select(Promise).where(Promise.loan_id == loan_id)))
-    if all(p.status == PromiseStatus.CANCELLED for p in promises):
+    if all(p.status == PromiseStatus.CANCELLED and not p.paid_minor for p in promises):
         return []
     commitments = _commitments(promises)
     outcomes = assess_in_order(
@@ -267,6 +271,7 @@ def _terms(promise: Promise) -> PromiseTerms:
     return PromiseTerms(
         promise.amount_minor, promise.promised_on, promise.due_on,
         settled_paid_minor=promise.paid_minor if settled else None,
+        cancelled_on=promise.cancelled_on if settled else None,
     )  # fmt: skip
 
 

@@ -75,6 +75,17 @@ def test_a_cancelled_promise_keeps_what_it_counted() -> None:
     assert second == Outcome(PromiseStatus.OPEN, 3000)
 
 
+def test_a_cancelled_promise_counts_no_money_received_after_it_was_cancelled() -> None:
+    """Cancelled with 40.00 counted, whose payment was then reversed: the next payment was
+    its own again, and a promise taken since broke with the borrower paid (a tester's)."""
+    cancelled = PromiseTerms(10000, NOV, date(2026, 11, 10), settled_paid_minor=4000,
+                             cancelled_on=date(2026, 11, 5))  # fmt: skip
+    receipts = [Receipt(date(2026, 11, 6), 4000)]  # the one it counted, reversed, is gone
+    (lost,), (second,) = assess_in_order([[cancelled], [SECOND]], receipts, date(2026, 11, 12))
+    assert lost.paid_minor == 0
+    assert second == Outcome(PromiseStatus.OPEN, 4000)
+
+
 def test_a_broken_plans_cancelled_rest_takes_no_money_after_the_break() -> None:
     """Broken on its first installment, the rest cancelled having counted nothing: the next
     day's payment was the plan's, for the cancelled installment's window, and a promise taken

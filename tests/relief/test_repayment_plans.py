@@ -189,6 +189,32 @@ async def test_broken_by_the_close_once(client: httpx.AsyncClient) -> None:
     assert (await plan(w, made["id"]))["status"] == "broken"  # paying late mends nothing
 
 
+async def test_a_reversal_after_the_break_takes_back_what_the_plan_counted(
+    client: httpx.AsyncClient,
+) -> None:
+    """Broken with 50.00 counted, which then bounced: the cancelled installment kept the
+    50.00, and took the next payment from a promise taken since, which broke with the
+    borrower paid (a tester's)."""
+    w, loan_id = await setup(client)
+    made = await approve(w, await request(w, loan_id))
+    paid = await w.pay(loan_id, "50.00", "2026-02-18")
+    await close(w, "2026-02-21")
+    assert states(await plan(w, made["id"])) == [("broken", "50.00"), ("cancelled", "0.00")]
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    got = await plan(w, made["id"])
+    assert (got["paid"], states(got)) == ("0.00", [("broken", "0.00"), ("cancelled", "0.00")])
+    promise = (
+        await w.post(
+            f"/v1/loans/{loan_id}/promises", {"amount": "50.00", "due_on": "2026-02-28"}, expect=201
+        )
+    ).json()
+    await w.pay(loan_id, "50.00", "2026-02-21")
+    kept = await w.get(f"/v1/loans/{loan_id}/promises")
+    assert [(p["id"], p["status"], p["paid"]) for p in kept["items"]] == [
+        (promise["id"], "kept", "50.00"),
+    ]  # fmt: skip
+
+
 async def test_a_payment_in_time_recorded_after_the_break_resumes_the_plan(
     client: httpx.AsyncClient,
 ) -> None:
