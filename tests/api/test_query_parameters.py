@@ -34,7 +34,10 @@ async def test_a_filter_that_does_not_exist_is_refused(client: httpx.AsyncClient
     # Each unknown one is named, with what the route takes; the known ones pass.
     response = await client.get("/v1/loans?status=active&foo=1&bar=&limit=5", headers=w.admin)
     assert response.status_code == 422
-    takes = "borrower_id, bucket, cursor, flag, limit, merchant_id, merchant_order_ref, status"
+    takes = (
+        "borrower_id, bucket, currency, cursor, flag, limit, merchant_id, merchant_order_ref, "
+        "product_code, status"
+    )
     assert response.json()["errors"] == [
         {"field": name, "message": f"not a query parameter of this operation (it takes {takes})",
          "type": "extra_forbidden"}
