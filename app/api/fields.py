@@ -148,15 +148,19 @@ FREE_TEXT_RULE = (
 Reason = Annotated[str, Field(min_length=1, max_length=500, description=FREE_TEXT_RULE), FREE_TEXT]
 
 
+PASSED_ON_LENGTH = 200  # the column's (failed_debit.reason)
+
+
 def _passed_on(value: str) -> str | None:
     """A third party's text is passed on, never refused: a gateway refused for its reason
     would send the same notification again and again, and the failed debit it reports would
-    be lost. Blank is none; control and format characters go on as escapes, as in problems."""
-    return shown(value) if any(_visible(c) for c in value) else None
+    be lost. Blank is none; control and format characters go on as escapes, as in problems;
+    a longer one is cut to its first 200 characters."""
+    return shown(value)[:PASSED_ON_LENGTH] if any(_visible(c) for c in value) else None
 
 
 # A gateway's reason for a failed debit or a chargeback, on its way to subscribers.
-PassedOnText = Annotated[str, Field(max_length=200), AfterValidator(_passed_on)]
+PassedOnText = Annotated[str, AfterValidator(_passed_on)]
 
 
 # Pydantic takes a number, or a string of digits, for seconds since 1970: a POS sending

@@ -335,12 +335,18 @@ async def _claim_taken(
             )
         if record is None:
             return "idempotency_request_in_progress"
+        running = (
+            record.status_code is None
+            and record.locked_until is not None
+            and record.locked_until > now
+        )
         if record.fingerprint != fingerprint:
-            return "idempotency_key_reused"
+            # Not final while the first runs: refused for its shape, it keeps no answer, and
+            # the corrected request sent beside it runs once it is done (a re-verifier's).
+            return "idempotency_request_in_progress" if running else "idempotency_key_reused"
         if record.status_code is not None:
             return record
-        assert record.locked_until is not None
-        if record.locked_until > now:
+        if running:
             return "idempotency_request_in_progress"
         if record.applied_at is not None:
             return "idempotency_answer_lost"

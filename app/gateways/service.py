@@ -211,13 +211,16 @@ def _verify(in_force: list[str], body: bytes, headers: dict[str, str]) -> None:
             return
         except Exception as exc:  # the library raises several kinds for malformed headers
             failure = failure or exc
-    # The key is what gateways get wrong (SPEC names the HMAC, not its key): a gateway that
-    # keyed it with the whole "whsec_…" string was told only "No matching signature found".
-    raise InvalidSignature(
-        f"the webhook signature does not verify: {failure} (Standard Webhooks: base64 of the "
-        "HMAC-SHA256 of '{webhook-id}.{webhook-timestamp}.{body}', keyed with the base64-"
-        "decoded part of the secret after 'whsec_')"
-    )
+    detail = f"the webhook signature does not verify: {failure}"
+    if "No matching signature" in str(failure):
+        # The key is what gateways get wrong (SPEC names the HMAC, not its key): a gateway
+        # that keyed it with the whole "whsec_…" string was told no more than this.
+        detail += (
+            " (Standard Webhooks: base64 of the HMAC-SHA256 of "
+            "'{webhook-id}.{webhook-timestamp}.{body}', keyed with the base64-decoded part of "
+            "the secret after 'whsec_')"
+        )
+    raise InvalidSignature(detail)
 
 
 def _repeated(

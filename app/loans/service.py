@@ -430,7 +430,12 @@ async def get_loan(
     principal.require(Role.MERCHANT, Role.DASHBOARD)
     query = select(Loan).where(Loan.id == loan_id)
     if for_update:
-        query = query.with_for_update()
+        # NO KEY UPDATE, as a borrower's lock: writes to one loan still queue, and the close's
+        # chunk lock (FOR UPDATE) still waits for them, but the key-share lock of a row the
+        # close inserts for the loan (its ledger's foreign key) does not: a payment waiting
+        # for an installment the close had charged, while the close waited for the payment's
+        # loan lock, was a deadlock, answered 503 (a re-verifier's, during a catch-up).
+        query = query.with_for_update(key_share=True)
     return _visible(principal, await session.scalar(query), loan_id)
 
 

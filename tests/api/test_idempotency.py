@@ -1,16 +1,19 @@
 """Idempotency-Key: replay, reuse with another body, concurrency, scoping to the API key."""
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from app.api.auth import hash_key
+from app.api.idempotency import IdempotencyRecord
 from app.api_keys.models import Role
 from app.config import get_settings
-from app.db import session_scope
+from app.db import session_scope, utc_now
 from app.events.models import Event
 from app.loans.models import Loan
 from app.payments.models import Payment
@@ -91,6 +94,28 @@ async def test_a_malformed_request_corrected_runs_under_its_key(
     assert (refused.status_code, refused.json()["code"]) == (422, "amount_exceeds_payoff")
     replayed = await client.post(path, json=too_much, headers=headers)
     assert replayed.headers.get("idempotent-replayed") == "true"
+
+
+async def test_another_body_while_the_first_runs_is_told_to_wait(
+    client: httpx.AsyncClient,
+) -> None:
+    """The first request may yet be refused for its shape, which keeps no answer: while it
+    runs, another body under its key is told to retry (409), not that the key is used up (a
+    re-verifier's, a malformed request and its correction sent together)."""
+    w = await world(client)
+    secret = w.admin["Authorization"].removeprefix("Bearer ")
+    now = utc_now()
+    async with session_scope() as session:
+        session.add(IdempotencyRecord(scope=hash_key(secret), key="m-held", fingerprint="0" * 64,
+                                      created_at=now, locked_until=now + timedelta(seconds=60),
+                                      claim="held"))  # fmt: skip
+    headers = {**w.admin, "Idempotency-Key": "m-held"}
+    waiting = await client.post("/v1/merchants", json={"name": "Acme"}, headers=headers)
+    assert (waiting.status_code, waiting.json()["code"]) == (409, "idempotency_request_in_progress")
+    async with session_scope() as session:  # its holder died unanswered: the key is its
+        await session.execute(update(IdempotencyRecord).values(locked_until=now))
+    reused = await client.post("/v1/merchants", json={"name": "Acme"}, headers=headers)
+    assert (reused.status_code, reused.json()["code"]) == (422, "idempotency_key_reused")
 
 
 async def test_keys_are_scoped_to_the_api_key(client: httpx.AsyncClient) -> None:

@@ -5,7 +5,7 @@ import asyncio
 import logging
 import time
 import warnings
-from datetime import timedelta
+from datetime import date, timedelta
 
 import httpx
 import pytest
@@ -14,11 +14,16 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import SAWarning
 
 from app import clock, scheduler
+from app.api.auth import Principal
+from app.api_keys.models import Role
 from app.close import service as close_service
 from app.close.errors import CloseInProgress
 from app.close.models import CloseRun
 from app.config import get_settings
 from app.db import database, session_scope, utc_now
+from app.ledger.models import LedgerTransaction
+from app.loans import service as loans_service
+from app.loans.models import LoanInstallment
 from app.risk.models import RiskRun
 from tests.close.test_close import close, late_world
 from tests.factories import world
@@ -445,3 +450,35 @@ async def test_a_close_cancelled_as_the_process_stops_is_failed_and_rerun_at_onc
     assert cancelled.status == "failed"
     rerun = await w.post("/v1/close-runs", {"as_of": str(dates[-1])}, headers=w.admin, expect=201)
     assert rerun.json()["status"] == "succeeded"
+
+
+async def test_a_payment_and_the_close_on_one_loan_queue_without_a_deadlock(
+    client: httpx.AsyncClient,
+) -> None:
+    """A payment holds its loan and waits for an installment the close charged; the close
+    inserts the fee's ledger row, whose foreign key takes a key-share lock on the loan. Held
+    FOR UPDATE, the loan's lock made that a deadlock, answered 503 (a re-verifier's, during a
+    catch-up); NO KEY UPDATE lets the close finish, then the payment goes on."""
+    _, loan = await late_world(client)
+    installment = (LoanInstallment.loan_id == loan["id"]) & (LoanInstallment.seq == 1)
+    paid, fees = LoanInstallment.paid_principal_minor, LoanInstallment.late_fees_minor
+
+    async def payment() -> None:
+        async with session_scope() as session:
+            await loans_service.get_loan(session, Principal("test", Role.ADMIN),
+                                         loan_id=loan["id"], for_update=True)  # fmt: skip
+            await asyncio.sleep(0.3)  # the close charges the installment meanwhile
+            await session.execute(update(LoanInstallment).where(installment)
+                                  .values(paid_principal_minor=paid))  # fmt: skip
+
+    async def close_charging_a_fee() -> None:
+        await asyncio.sleep(0.1)
+        async with session_scope() as session:
+            await session.execute(update(LoanInstallment).where(installment)
+                                  .values(late_fees_minor=fees))  # fmt: skip
+            await asyncio.sleep(0.4)  # the payment now waits for this installment
+            session.add(LedgerTransaction(loan_id=loan["id"], kind="late_fee", amount_minor=0,
+                                          currency="CNY", effective_on=date(2026, 2, 14),
+                                          created_at=utc_now()))  # fmt: skip
+
+    await asyncio.gather(payment(), close_charging_a_fee())
