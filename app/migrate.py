@@ -32,11 +32,10 @@ def _private_sqlite_file(database_url: str) -> None:
     gateway secrets as they must be to sign, and borrowers' phone numbers, and under the usual
     umask it was readable by every user of the machine (a tester's). A file that exists keeps
     the permissions its operator gave it."""
-    url = make_url(database_url)
-    if not url.drivername.startswith("sqlite") or not url.database:
+    if (path := _sqlite_file(database_url)) is None:
         return
     try:
-        os.close(os.open(url.database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
     except FileExistsError:
         pass
 
@@ -45,11 +44,16 @@ def shared_sqlite_file(database_url: str) -> str | None:
     """The embedded default's file when users other than its owner may read or write it (mode
     like 0644): one an older release made under the usual umask keeps its mode, and it holds
     the signing secrets (a tester's). Said, not changed: the operator may mean it."""
-    url = make_url(database_url)
-    if not url.drivername.startswith("sqlite") or not url.database:
+    if (path := _sqlite_file(database_url)) is None:
         return None
     try:
-        mode = os.stat(url.database).st_mode
+        mode = os.stat(path).st_mode
     except OSError:
         return None
-    return url.database if mode & 0o077 else None
+    return path if mode & 0o077 else None
+
+
+def _sqlite_file(database_url: str) -> str | None:
+    """The file of a SQLite database URL; None for another database or an in-memory one."""
+    url = make_url(database_url)
+    return url.database if url.drivername.startswith("sqlite") and url.database else None

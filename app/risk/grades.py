@@ -86,14 +86,15 @@ async def grade_borrowers(
     bounds = {"borrower_id": borrower_id, "low": low, "high": high}
     params = {name: value for name, value in bounds.items() if value is not None}
     statement = _grading_statement(borrower_id is not None, low is not None, high is not None)
-    if borrower_id is not None:
+    postgres = is_postgres(session)
+    if borrower_id is not None and postgres:
         # Held before the borrower's loans are read: two payments paying off two of one
         # borrower's loans at once each read the other loan still open, in a snapshot taken
         # before the other committed, and the borrower stayed at D or E with nothing owed
-        # (a tester's, on PostgreSQL).
+        # (a tester's). SQLite's write lock already holds each transaction alone.
         await session.execute(_LOCK_BORROWER, {"borrower_id": borrower_id})
     rows = (await session.execute(statement, {**params, "as_of": as_of})).all()
-    if rows and borrower_id is None and is_postgres(session):
+    if rows and borrower_id is None and postgres:
         # Read again now that the borrowers are locked: a borrower whose lock the statement
         # waited for (a payment grading it) was rechecked by PostgreSQL with the loans read
         # before the wait, and graded on them.
