@@ -1,10 +1,12 @@
 """The events feed's `after`: an event id, or an instant (naive meaning UTC, any offset;
 off-calendar is a 422)."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import httpx
 from sqlalchemy import select, text
 
@@ -12,6 +14,7 @@ from app.api.pagination import encode_cursor
 from app.db import session_scope
 from app.events.models import Event
 from app.events.service import emit
+from tests.conftest import ADMIN_DSN
 from tests.factories import world
 
 
@@ -173,3 +176,40 @@ async def test_a_resume_after_a_delivered_event_lists_an_older_transaction_commi
     after = (await w.get(f"/v1/events?limit=200&after={resumed}", headers=w.admin))["items"]
     assert slow_id in [e["id"] for e in after]
     assert resumed not in [e["id"] for e in after]
+
+
+async def test_a_busy_database_beside_does_not_hide_committed_events(
+    client: httpx.AsyncClient,
+) -> None:
+    """A transaction of another database that ended between the feed's snapshot and its read
+    of the sessions was counted as this database's: it hid a just-committed event from about
+    3 reads in 100 while the other database's transactions came and went (a CI run's: the
+    other test worker's database)."""
+    w = await world(client)
+    stop = asyncio.Event()
+
+    async def write_elsewhere(hold: float) -> None:
+        neighbour = await asyncpg.connect(ADMIN_DSN)  # the server's maintenance database
+        try:
+            await neighbour.execute("CREATE TEMP TABLE scratch (n int)")
+            while not stop.is_set():
+                async with neighbour.transaction():  # takes a transaction id, ends soon
+                    await neighbour.execute("INSERT INTO scratch VALUES (1)")
+                    await asyncio.sleep(hold)
+        finally:
+            await neighbour.close()
+
+    writers = [asyncio.create_task(write_elsewhere(hold)) for hold in (0.002, 0.005, 0.01, 0.02)]
+    try:
+        hidden, last = 0, ""
+        for _ in range(300):
+            async with session_scope() as session:  # a neighbour's transaction may be older
+                event_id = await emit(session, "payment.received", {}, fan_out=False)
+                await session.commit()
+            feed = await w.get(f"/v1/events?limit=200{last}", headers=w.admin)
+            hidden += event_id not in [e["id"] for e in feed["items"]]
+            last = f"&after={event_id}"
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    assert hidden == 0
