@@ -46,6 +46,9 @@ class Promise(Base):
     kept_on: Mapped[date | None] = mapped_column(Date)
     broken_on: Mapped[date | None] = mapped_column(Date)
     cancelled_on: Mapped[date | None] = mapped_column(Date)
+    # When it was cancelled: it counts no money recorded after (null before migration 0040,
+    # whose cancelled promises are cut by ``cancelled_on``'s day).
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     note: Mapped[str | None] = mapped_column(String(500))
     created_by: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now)

@@ -13,8 +13,8 @@ promise moves no money to another, so the close, which breaks promises without r
 payments, leaves every other promise as the last payment or reversal assessed it. A broken
 promise goes on counting its window's money up to its amount, so a payment received in time
 but recorded after the break keeps it; a cancelled one keeps what it had counted, out of the
-money received by the day it was cancelled, and a reversal of that money takes it back: it
-never counts money received after (it took the next payment from a promise taken since).
+money recorded before it was cancelled, and a reversal of that money takes it back: it never
+counts money recorded after (it took the next payment from a promise taken since).
 
 A repayment plan is one commitment of several promises (its installments, each for the plan's
 running total by its date, all made on the approval date): they share the plan's money, which
@@ -23,7 +23,7 @@ they take together, the plan's place in the order being its approval.
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from app.promises.models import PromiseStatus
 
@@ -34,15 +34,18 @@ class PromiseTerms:
     promised_on: date
     due_on: date
     # A cancelled promise: the money it had counted, which stays counted toward it, out of
-    # the money received by the day it was cancelled.
+    # the money recorded before it was cancelled; by the day it was cancelled where the
+    # instant is not known (cancelled before migration 0040).
     settled_paid_minor: int | None = None
     cancelled_on: date | None = None
+    cancelled_at: datetime | None = None
 
 
 @dataclass(frozen=True)
 class Receipt:
     received_on: date
     amount_minor: int
+    recorded_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,11 @@ def assess_in_order(
             # on its first installment, the rest cancelled having counted nothing, took the
             # next day's payment for its cancelled installment's window, and a promise taken
             # after it counted nothing of it (a tester's).
-            wanted = _wanted_on(commitment, receipt.received_on)
+            wanted = _wanted(commitment, receipt)
             if total >= wanted:
-                break  # what a commitment wants never grows with the date
+                # A cancelled promise wants nothing of a payment recorded after it, yet may
+                # want one received before that but recorded earlier.
+                continue
             taken = min(uncounted[n], wanted - total)
             uncounted[n] -= taken
             total += taken
@@ -93,18 +98,21 @@ def assess_in_order(
     return outcomes
 
 
-def _wanted_on(commitment: Commitment, day: date) -> int:
-    """The running total the commitment's promises due on ``day`` or later may count: a
-    cancelled one what it had counted, until the day it was cancelled."""
-    return max((_wants(p, day) for p in commitment if p.due_on >= day), default=0)
+def _wanted(commitment: Commitment, receipt: Receipt) -> int:
+    """The running total the commitment's promises due on the receipt's day or later may count
+    of it: a cancelled one what it had counted, of money recorded before its cancellation."""
+    day = receipt.received_on
+    return max((_wants(p, receipt) for p in commitment if p.due_on >= day), default=0)
 
 
-def _wants(terms: PromiseTerms, day: date) -> int:
+def _wants(terms: PromiseTerms, receipt: Receipt) -> int:
     if terms.settled_paid_minor is None:
         return terms.amount_minor
-    if terms.cancelled_on is not None and day > terms.cancelled_on:
-        return 0
-    return terms.settled_paid_minor
+    if terms.cancelled_at is not None and receipt.recorded_at is not None:
+        after = receipt.recorded_at > terms.cancelled_at
+    else:
+        after = terms.cancelled_on is not None and receipt.received_on > terms.cancelled_on
+    return 0 if after else terms.settled_paid_minor
 
 
 def _outcome(terms: PromiseTerms, counted: Sequence[tuple[date, int]], as_of: date) -> Outcome:

@@ -162,13 +162,13 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
             continue  # still short: broken stays broken, a late payment does not mend it
         if promise.restructure_id in broken_plans:
             promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
-            promise.cancelled_on = as_of
+            promise.cancelled_on, promise.cancelled_at = as_of, utc_now()
         elif outcome.status is PromiseStatus.KEPT:
             promise.status, promise.kept_on = PromiseStatus.KEPT, outcome.kept_on
         elif loan.status not in OPEN_STATUSES:
             # Paid off (or otherwise closed) short of the promise: nothing is owed any more.
             promise.status, promise.kept_on = PromiseStatus.CANCELLED, None
-            promise.cancelled_on = as_of
+            promise.cancelled_on, promise.cancelled_at = as_of, utc_now()
         elif outcome.status is PromiseStatus.BROKEN:
             # Short after its date: a reversal took back the payment that kept it.
             await _break(session, loan, promise, outcome, as_of)
@@ -201,7 +201,7 @@ def _resume(assessed: Sequence[tuple[Promise, Outcome]], mended_plans: set[str])
             if p.status == PromiseStatus.CANCELLED:
                 # A broken plan has no installment left open for a payoff or a newer plan to
                 # cancel: its cancelled installments are the break's.
-                p.status, p.cancelled_on = PromiseStatus.OPEN, None
+                p.status, p.cancelled_on, p.cancelled_at = PromiseStatus.OPEN, None, None
                 resumed = True
     return resumed
 
@@ -272,12 +272,13 @@ def _terms(promise: Promise) -> PromiseTerms:
         promise.amount_minor, promise.promised_on, promise.due_on,
         settled_paid_minor=promise.paid_minor if settled else None,
         cancelled_on=promise.cancelled_on if settled else None,
+        cancelled_at=promise.cancelled_at if settled else None,
     )  # fmt: skip
 
 
 async def _receipts(session: AsyncSession, loan_id: str) -> list[Receipt]:
     rows = await session.execute(
-        select(Payment.received_on, Payment.amount_minor)
+        select(Payment.received_on, Payment.amount_minor, Payment.created_at)
         .where(Payment.loan_id == loan_id, Payment.status == PaymentStatus.APPLIED)
         # A day's payments in the order recorded (ids sort by creation), as the loan's replay.
         .order_by(Payment.received_on, Payment.id)
@@ -344,7 +345,7 @@ async def close_promises(
             delinquency.in_range(pr.loan_id, low, high),
             pr.loan_id.in_(loans_in_range.where(loan.status.not_in(OPEN_STATUSES))),
         )
-        .values(status=PromiseStatus.CANCELLED.value, cancelled_on=as_of),
+        .values(status=PromiseStatus.CANCELLED.value, cancelled_on=as_of, cancelled_at=utc_now()),
     )
     broken = (
         await session.execute(
@@ -371,7 +372,9 @@ async def close_promises(
             session,
             update(_promise)
             .where(pr.restructure_id.in_(broken_plans), pr.status == PromiseStatus.OPEN.value)
-            .values(status=PromiseStatus.CANCELLED.value, cancelled_on=as_of),
+            .values(
+                status=PromiseStatus.CANCELLED.value, cancelled_on=as_of, cancelled_at=utc_now()
+            ),
         )
     if broken:
         owners = {

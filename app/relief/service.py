@@ -230,7 +230,7 @@ async def _cancel_promises_to_pay(session: AsyncSession, loan: Loan, as_of: date
             Promise.status == PromiseStatus.OPEN,
             Promise.restructure_id.is_(None),
         )
-        .values(status=PromiseStatus.CANCELLED, cancelled_on=as_of)
+        .values(status=PromiseStatus.CANCELLED, cancelled_on=as_of, cancelled_at=utc_now())
     )
 
 
@@ -269,7 +269,9 @@ async def _start_plan(
         .where(Promise.loan_id == loan.id, Promise.status == PromiseStatus.OPEN)
         # What they had counted is the plan's to count (a re-verifier's: a promise cancelled
         # with 250.00 counted kept it from the plan, whose first installment it would meet).
-        .values(status=PromiseStatus.CANCELLED, cancelled_on=as_of, paid_minor=0)
+        .values(
+            status=PromiseStatus.CANCELLED, cancelled_on=as_of, cancelled_at=utc_now(), paid_minor=0
+        )
     )
     now = utc_now()
     session.add_all(

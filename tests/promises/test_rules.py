@@ -1,7 +1,7 @@
 """When a promise is kept or broken, from the payments in its window that no earlier promise
 counted: the pure rules."""
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -83,6 +83,24 @@ def test_a_cancelled_promise_counts_no_money_received_after_it_was_cancelled() -
     receipts = [Receipt(date(2026, 11, 6), 4000)]  # the one it counted, reversed, is gone
     (lost,), (second,) = assess_in_order([[cancelled], [SECOND]], receipts, date(2026, 11, 12))
     assert lost.paid_minor == 0
+    assert second == Outcome(PromiseStatus.OPEN, 4000)
+
+
+def test_a_cancelled_promise_counts_only_money_recorded_before_it_was_cancelled() -> None:
+    """Cut by the instant, not the day: a payment received on the cancellation's day but
+    recorded after is the next promise's, and a back-dated one recorded after does not stop
+    the cancelled promise counting one recorded before it."""
+    cancelled_at = datetime(2026, 11, 5, 12, tzinfo=UTC)
+    cancelled = PromiseTerms(10000, NOV, date(2026, 11, 10), settled_paid_minor=4000,
+                             cancelled_on=date(2026, 11, 5), cancelled_at=cancelled_at)  # fmt: skip
+    before, after = cancelled_at - timedelta(hours=1), cancelled_at + timedelta(hours=1)
+    receipts = [
+        Receipt(date(2026, 11, 4), 1000, after),  # back-dated, recorded after
+        Receipt(date(2026, 11, 5), 2500, before),  # what is left of what it had counted
+        Receipt(date(2026, 11, 5), 3000, after),  # the same day, recorded after
+    ]
+    (kept,), (second,) = assess_in_order([[cancelled], [SECOND]], receipts, date(2026, 11, 12))
+    assert kept.paid_minor == 2500
     assert second == Outcome(PromiseStatus.OPEN, 4000)
 
 

@@ -186,3 +186,25 @@ async def test_a_promise_the_holiday_cancelled_gives_back_a_bounced_payment(
     await w.pay(loan_id, "50.00", "2026-02-15")
     promises = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
     assert [(p["id"], p["status"]) for p in promises][1:] == [(made["id"], "kept")]
+
+
+async def test_money_recorded_after_the_holiday_is_not_the_cancelled_promises(
+    client: httpx.AsyncClient,
+) -> None:
+    """Cancelled with 50.00 counted, which bounced after a payment of the same day, recorded
+    after the holiday, had kept a promise taken since: cut by the day, the cancelled promise
+    took that payment back and the newer promise reopened with the borrower paid (a
+    re-verifier's)."""
+    w, loan_id = await setup(client)
+    await w.pay(loan_id, "437.00", "2026-02-14")
+    await w.post(f"/v1/loans/{loan_id}/promises", {"amount": "100.00", "due_on": "2026-03-12"},
+                 expect=201)  # fmt: skip
+    bounced = await w.pay(loan_id, "50.00", "2026-02-15")
+    await holiday(w, loan_id)
+    later = {"amount": "50.00", "due_on": "2026-03-01"}
+    made = (await w.post(f"/v1/loans/{loan_id}/promises", later, expect=201)).json()
+    await w.pay(loan_id, "50.00", "2026-02-15")  # the holiday's day, recorded after it
+    await w.post(f"/v1/payments/{bounced['id']}/reverse", {"reason": "nsf"}, expect=200)
+    cancelled, kept = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
+    assert (cancelled["status"], cancelled["paid"]) == ("cancelled", "0.00")
+    assert (kept["id"], kept["status"], kept["paid"]) == (made["id"], "kept", "50.00")
