@@ -251,6 +251,9 @@ async def reverse_payment(
     if loan.status == LoanStatus.CANCELLED:
         _take_back_from_refund(session, loan, payment, installments, reversed_on)
         await session.execute(_DELETE_PAYMENT_ALLOCATIONS, {"payment_id": payment.id})
+        # Its promises, cancelled with it, give the money back too: one went on reading the
+        # bounced payment as paid (a re-verifier's).
+        await promises.refresh_loan(session, loan, as_of)
     else:
         remaining = [p for p in await _applied_payments(session, loan.id) if p.id != payment.id]
         position = await _replay_and_store(

@@ -383,6 +383,22 @@ async def test_a_cancelled_loan_cancels_its_promise(client: httpx.AsyncClient) -
     assert await broken_events(w) == []
 
 
+async def test_a_reversal_on_the_cancelled_loan_takes_back_what_its_promise_counted(
+    client: httpx.AsyncClient,
+) -> None:
+    """Cancelled with the loan, having counted a payment that then bounced: it went on
+    reading the bounced money as paid (a re-verifier's)."""
+    w, loan_id = await setup(client)
+    await promise(w, loan_id)
+    payment = await w.pay(loan_id, "100.00", "2026-02-15")
+    await w.post(f"/v1/loans/{loan_id}/cancel", {"reason": "goods returned"}, expect=200)
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"]) == ("cancelled", "100.00")
+    await w.post(f"/v1/payments/{payment['id']}/reverse", {"reason": "nsf"}, expect=200)
+    (got,) = await promises(w, loan_id)
+    assert (got["status"], got["paid"]) == ("cancelled", "0.00")
+
+
 # -- money counts toward one promise at most ---------------------------------------------------
 
 
