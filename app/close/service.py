@@ -189,8 +189,8 @@ async def _refuse_closing_before_evaluated(session: AsyncSession, as_of: date) -
     if evaluated is not None and as_of < evaluated:
         raise CloseDateInPast(
             f"the book's risk was already evaluated as of {evaluated} (before any close, "
-            f"payments and risk runs evaluate as of today); the first close cannot be for "
-            f"{as_of}: close {evaluated} or later"
+            "payments, reversals, failed debits and risk runs evaluate as of today); the first "
+            f"close cannot be for {as_of}: close {evaluated} or later"
         )
 
 

@@ -59,7 +59,7 @@ from app.portfolio import positions as portfolio
 from app.products.models import Product
 from app.promises.models import Promise, PromiseStatus
 from app.risk import grades
-from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion, RiskRun
+from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion
 from app.risk.rules import (
     STORED,
     BrokenPromise,
@@ -1060,14 +1060,10 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     as its delinquency does: a borrower who paid today is not flagged, re-graded or cut on
     arrears their payment ended (tonight's close counts it the same way).
 
-    Not before the first close: flags are raised on business dates, and the first close may
-    be for a date before today, when flags raised as of today would be cleared on a day before
-    they were raised. The first close (or an on-demand run) evaluates every open loan. Once an
-    on-demand run has, as of today, every change is evaluated as after a close: left alone,
-    the run's flags outlived the arrears paid, or the loan cancelled, and the grade with them;
-    and a bounce of that payment raised nothing (a tester's, then a re-verifier's)."""
-    if await delinquency.closing_date(session) is None and not await _evaluated_by_a_run(session):
-        return
+    Before the first close too, as of today: a bounce on a new book raised nothing until
+    the first night, where the product promises a flag the moment behaviour turns abnormal
+    (an integrator's). A first close for a date before the flags raised so is refused
+    (``close.service``), as it would clear them on a day before they were raised."""
     if loan.flags_deferred:
         # Booked past due, not evaluated since: a history brought in goes in payment by
         # payment, and each step evaluated alone would flag, re-grade and cut the borrower on
@@ -1081,11 +1077,6 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     in_force = await current_rules(session)
     await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force, every_payment=True)
     await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id, rules=in_force[1])
-
-
-async def _evaluated_by_a_run(session: AsyncSession) -> bool:
-    started = select(RiskRun.id).where(RiskRun.started_at.is_not(None)).limit(1)
-    return await session.scalar(started) is not None
 
 
 async def list_flags(

@@ -722,10 +722,37 @@ async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient
     assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
 
 
-async def test_before_the_first_close_flags_wait_for_it(client: httpx.AsyncClient) -> None:
-    """Flags are raised on business dates. A payment before any close raises none (it would
-    raise them as of today), so a first close for an earlier date finds none to clear on a day
-    before they were raised, and dates each flag it raises."""
+async def test_before_the_first_close_a_bounce_is_flagged_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """A new book, never closed: a bounce raised nothing until the first night, where the
+    product flags behaviour the moment it turns abnormal (an integrator's). It is flagged as of
+    today; a first close for an earlier date would clear the flag on a day before it was
+    raised, and is refused; today's close keeps it, raised once."""
+    w = await world(client)
+    loan_id = (await w.loan(principal="1200.00"))["id"]
+    today = clock.today().isoformat()
+    paid = await w.pay(loan_id, "100.00", today)
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
+    flagged = await flags(w, loan_id)
+    assert [(code, f["raised_on"]) for code, f in flagged.items()] == [("payment_reversal", today)]
+    yesterday = (clock.today() - relativedelta(days=1)).isoformat()
+    refused = await w.post("/v1/close-runs", {"as_of": yesterday}, headers=w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "close_date_in_past")
+    await close(w, today)
+    kept = await flags(w, loan_id)
+    assert kept["payment_reversal"]["id"] == flagged["payment_reversal"]["id"]
+    raised = await w.get("/v1/events?type=risk.flag_raised", headers=w.admin)
+    assert [e["data"]["code"] for e in raised["items"]] == ["payment_reversal"]
+
+
+async def test_before_the_first_close_a_loan_booked_past_due_waits_for_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """Booked past due (back-dated), a loan is flagged by the first close or run, not by each
+    payment of the history brought in (it would raise flags as of today), so a first close
+    for an earlier date finds none to clear on a day before they were raised, and dates each
+    flag it raises."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3)  # fmt: skip
     loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-01"))["id"]
