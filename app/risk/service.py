@@ -1062,8 +1062,8 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
 
     Before the first close too, as of today: a bounce on a new book raised nothing until
     the first night, where the product promises a flag the moment behaviour turns abnormal
-    (an integrator's). A first close for a date before the flags raised so is refused
-    (``close.service``), as it would clear them on a day before they were raised."""
+    (an integrator's). A first close for an earlier date leaves the flags raised so to the
+    close of their own date (``evaluate_loans``), as it leaves those of a close behind."""
     if loan.flags_deferred:
         # Booked past due, not evaluated since: a history brought in goes in payment by
         # payment, and each step evaluated alone would flag, re-grade and cut the borrower on
