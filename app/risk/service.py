@@ -847,10 +847,20 @@ async def evaluate_loans(
         closed=[(f.loan_id, f.code) for f in cleared],
         segments={row.id: (row.merchant_id, row.product_code, row.currency) for row in rows},
     )
-    # What is open now is what the rules want: the scores need not read it back.
+    # What is open now is what the rules want, and the flags of a later date left as they are
+    # (a first close for a date before flags raised as of today): the scores need not read it
+    # back. Scored without the latter, a borrower graded E went back to A with them open, and
+    # was lent more (a re-verifier's).
     open_now = [
         (*key, severity.value, open_flags[key].raised_on if key in open_flags else as_of)
         for key, (severity, _, _) in wanted.items()
+        if key in settled or key not in open_flags
+    ]
+    evaluated = {row.id for row in rows}
+    open_now += [
+        (*key, f.severity, f.raised_on)
+        for key, f in open_flags.items()
+        if key not in settled and key[0] in evaluated
     ]
     await grades.score_loans(session, as_of, rows, open_now, flags_of)
     if loan_id is None:

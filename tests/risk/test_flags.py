@@ -771,17 +771,29 @@ async def test_a_first_close_before_a_run_leaves_its_flags_to_their_date(
     client: httpx.AsyncClient,
 ) -> None:
     """A run as of today before any close, then a first close for an earlier date: the run's
-    flags are today's, neither cleared nor raised again by it."""
+    flags are today's, neither cleared nor raised again by it, and they still weigh: scored
+    without them, the borrower graded E went back to A, and was lent more (a
+    re-verifier's)."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3)  # fmt: skip
-    loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-01"))["id"]
+    made = await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-01")
+    loan_id, borrower_id = made["id"], made["borrower_id"]
     today = clock.today().isoformat()
     await w.post("/v1/risk/runs", {"as_of": today}, headers=w.admin, expect=201)
     by_run = await flags(w, loan_id)
     assert {f["raised_on"] for f in by_run.values()} == {today}
+    graded = await w.get(f"/v1/borrowers/{borrower_id}")
+    assert graded["risk_grade"] == "E"
     await close(w, "2026-09-15")  # 14 days past the Sep 1 installment
     assert await flags(w, loan_id) == by_run
     assert await flags(w, loan_id, "cleared") == {}
+    risk = await w.get(f"/v1/loans/{loan_id}/risk")
+    after = await w.get(f"/v1/borrowers/{borrower_id}")
+    assert (risk["grade"], after["risk_grade"], after["risk_score"]) == (
+        "E", "E", graded["risk_score"],
+    )  # fmt: skip
+    changed = await w.get("/v1/events?type=risk.grade_changed", headers=w.admin)
+    assert [e["data"]["grade"] for e in changed["items"]] == ["E"]  # the run's, once
     assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-09-15"
 
 
