@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.api.auth import Principal
 from app.api_keys.models import Role
+from app.borrowers.models import Borrower
 from app.close.errors import (
     CloseCatchUpTooLong,
     CloseDateInFuture,
@@ -41,6 +42,7 @@ from app.promises import service as promises
 from app.queueing import BrokerUnavailable, require_broker, send
 from app.risk import grades as risk_grades
 from app.risk import service as risk
+from app.risk.models import RiskFlag
 
 log = logging.getLogger("loanwatch.close")
 
@@ -150,6 +152,8 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
     last = await delinquency.business_date(session)
     if last is not None and as_of < last:
         raise CloseDateInPast(f"the business date is already {last}; {as_of} cannot be closed")
+    if last is None:
+        await _refuse_closing_before_evaluated(session, as_of)
     await refuse_concurrent(session)
     if last is None or as_of == last:
         dates = [as_of]
@@ -172,6 +176,22 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
             run.status, run.error, run.heartbeat_at = CloseStatus.PENDING, None, utc_now()
             run.finished_at, run.steps = None, {}
     return dates
+
+
+async def _refuse_closing_before_evaluated(session: AsyncSession, as_of: date) -> None:
+    """Before any close, a payment, reversal, failed debit or risk run evaluates its loans'
+    flags, grades and limits as of today. A first close for an earlier date would clear those
+    flags on a day before they were raised, and weigh them as if still to come: it is refused,
+    as a date before the last close is."""
+    flagged_on = await session.scalar(select(func.max(RiskFlag.raised_on)))
+    limit_moved_on = await session.scalar(select(func.max(Borrower.limit_changed_on)))
+    evaluated = max((d for d in (flagged_on, limit_moved_on) if d is not None), default=None)
+    if evaluated is not None and as_of < evaluated:
+        raise CloseDateInPast(
+            f"the book's risk was already evaluated as of {evaluated} (before any close, "
+            f"payments and risk runs evaluate as of today); the first close cannot be for "
+            f"{as_of}: close {evaluated} or later"
+        )
 
 
 # Requests to close (and risk runs, which must not meet a close) take this lock in turn, so

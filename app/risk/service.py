@@ -59,7 +59,7 @@ from app.portfolio import positions as portfolio
 from app.products.models import Product
 from app.promises.models import Promise, PromiseStatus
 from app.risk import grades
-from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion
+from app.risk.models import FlagStatus, RiskFlag, RiskRulesVersion, RiskRun
 from app.risk.rules import (
     STORED,
     BrokenPromise,
@@ -847,20 +847,10 @@ async def evaluate_loans(
         closed=[(f.loan_id, f.code) for f in cleared],
         segments={row.id: (row.merchant_id, row.product_code, row.currency) for row in rows},
     )
-    # What is open now is what the rules want, and the flags of a later date left as they are
-    # (a first close for a date before flags raised as of today): the scores need not read it
-    # back. Scored without the latter, a borrower graded E went back to A with them open, and
-    # was lent more (a re-verifier's).
+    # What is open now is what the rules want: the scores need not read it back.
     open_now = [
         (*key, severity.value, open_flags[key].raised_on if key in open_flags else as_of)
         for key, (severity, _, _) in wanted.items()
-        if key in settled or key not in open_flags
-    ]
-    evaluated = {row.id for row in rows}
-    open_now += [
-        (*key, f.severity, f.raised_on)
-        for key, f in open_flags.items()
-        if key not in settled and key[0] in evaluated
     ]
     await grades.score_loans(session, as_of, rows, open_now, flags_of)
     if loan_id is None:
@@ -1070,10 +1060,14 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     as its delinquency does: a borrower who paid today is not flagged, re-graded or cut on
     arrears their payment ended (tonight's close counts it the same way).
 
-    Before the first close too, as of today: a bounce on a new book raised nothing until
-    the first night, where the product promises a flag the moment behaviour turns abnormal
-    (an integrator's). A first close for an earlier date leaves the flags raised so to the
-    close of their own date (``evaluate_loans``), as it leaves those of a close behind."""
+    Not before the first close: flags are raised on business dates, and the first close may
+    be for a date before today, when flags raised as of today would be cleared on a day before
+    they were raised. The first close (or an on-demand run) evaluates every open loan. Once an
+    on-demand run has, as of today, every change is evaluated as after a close: left alone,
+    the run's flags outlived the arrears paid, or the loan cancelled, and the grade with them;
+    and a bounce of that payment raised nothing (a tester's, then a re-verifier's)."""
+    if await delinquency.closing_date(session) is None and not await _evaluated_by_a_run(session):
+        return
     if loan.flags_deferred:
         # Booked past due, not evaluated since: a history brought in goes in payment by
         # payment, and each step evaluated alone would flag, re-grade and cut the borrower on
@@ -1087,6 +1081,11 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     in_force = await current_rules(session)
     await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force, every_payment=True)
     await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id, rules=in_force[1])
+
+
+async def _evaluated_by_a_run(session: AsyncSession) -> bool:
+    started = select(RiskRun.id).where(RiskRun.started_at.is_not(None)).limit(1)
+    return await session.scalar(started) is not None
 
 
 async def list_flags(

@@ -722,39 +722,10 @@ async def test_an_on_demand_run_is_idempotent_per_date(client: httpx.AsyncClient
     assert (await w.post("/v1/risk/runs", {"as_of": "2026-02-20"})).status_code == 403
 
 
-async def test_before_the_first_close_a_bounce_is_flagged_at_once(
-    client: httpx.AsyncClient,
-) -> None:
-    """A new book, never closed: a bounce raised nothing until the first night, where the
-    product flags behaviour the moment it turns abnormal (an integrator's). It is flagged as of
-    today; a first close for an earlier date, before the bounce, neither clears it nor raises
-    it again (a re-verifier's: refused, it stopped a book closed from its first date), and the
-    closes up to today keep it, raised once."""
-    w = await world(client)
-    day = clock.today()
-    booked_on, today = (day - relativedelta(days=10)).isoformat(), day.isoformat()
-    loan_id = (await w.loan(principal="1200.00", disbursed_on=booked_on))["id"]  # not yet due
-    paid = await w.pay(loan_id, "100.00", (day - relativedelta(days=5)).isoformat())
-    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "nsf"}, expect=200)
-    flagged = await flags(w, loan_id)
-    assert [(code, f["raised_on"]) for code, f in flagged.items()] == [("payment_reversal", today)]
-    await close(w, booked_on)  # before the payment: the bounce is still to come
-    assert await flags(w, loan_id) == flagged
-    await close(w, today)
-    kept = await flags(w, loan_id)
-    assert kept["payment_reversal"]["id"] == flagged["payment_reversal"]["id"]
-    assert await flags(w, loan_id, "cleared") == {}
-    raised = await w.get("/v1/events?type=risk.flag_raised", headers=w.admin)
-    assert [e["data"]["code"] for e in raised["items"]] == ["payment_reversal"]
-
-
-async def test_before_the_first_close_a_loan_booked_past_due_waits_for_it(
-    client: httpx.AsyncClient,
-) -> None:
-    """Booked past due (back-dated), a loan is flagged by the first close or run, not by each
-    payment of the history brought in (it would raise flags as of today), so a first close
-    for an earlier date finds none to clear on a day before they were raised, and dates each
-    flag it raises."""
+async def test_before_the_first_close_flags_wait_for_it(client: httpx.AsyncClient) -> None:
+    """Flags are raised on business dates. A payment before any close raises none (it would
+    raise them as of today), so a first close for an earlier date finds none to clear on a day
+    before they were raised, and dates each flag it raises."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3)  # fmt: skip
     loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-01"))["id"]
@@ -767,34 +738,19 @@ async def test_before_the_first_close_a_loan_booked_past_due_waits_for_it(
     assert await flags(w, loan_id, "cleared") == {}
 
 
-async def test_a_first_close_before_a_run_leaves_its_flags_to_their_date(
+async def test_a_first_close_before_a_run_that_raised_flags_is_refused(
     client: httpx.AsyncClient,
 ) -> None:
-    """A run as of today before any close, then a first close for an earlier date: the run's
-    flags are today's, neither cleared nor raised again by it, and they still weigh: scored
-    without them, the borrower graded E went back to A, and was lent more (a
-    re-verifier's)."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3)  # fmt: skip
-    made = await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-01")
-    loan_id, borrower_id = made["id"], made["borrower_id"]
+    loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-08-01"))["id"]
     today = clock.today().isoformat()
     await w.post("/v1/risk/runs", {"as_of": today}, headers=w.admin, expect=201)
-    by_run = await flags(w, loan_id)
-    assert {f["raised_on"] for f in by_run.values()} == {today}
-    graded = await w.get(f"/v1/borrowers/{borrower_id}")
-    assert graded["risk_grade"] == "E"
-    await close(w, "2026-09-15")  # 14 days past the Sep 1 installment
-    assert await flags(w, loan_id) == by_run
-    assert await flags(w, loan_id, "cleared") == {}
-    risk = await w.get(f"/v1/loans/{loan_id}/risk")
-    after = await w.get(f"/v1/borrowers/{borrower_id}")
-    assert (risk["grade"], after["risk_grade"], after["risk_score"]) == (
-        "E", "E", graded["risk_score"],
-    )  # fmt: skip
-    changed = await w.get("/v1/events?type=risk.grade_changed", headers=w.admin)
-    assert [e["data"]["grade"] for e in changed["items"]] == ["E"]  # the run's, once
-    assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-09-15"
+    assert {f["raised_on"] for f in (await flags(w, loan_id)).values()} == {today}
+    refused = await w.post("/v1/close-runs", {"as_of": "2026-09-15"}, headers=w.admin)
+    assert (refused.status_code, refused.json()["code"]) == (409, "close_date_in_past")
+    assert today in refused.json()["detail"]
+    assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] is None
 
 
 async def test_an_on_demand_run_regrades_the_borrowers_at_once(
