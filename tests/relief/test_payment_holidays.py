@@ -166,18 +166,26 @@ async def test_a_holiday_cancels_the_open_promises_to_pay(client: httpx.AsyncCli
     assert (await w.get("/v1/events?type=promise.broken", w.admin))["items"] == []
 
 
-async def test_a_promise_the_holiday_cancelled_gives_back_a_bounced_payment(
+async def cancelled_with_a_payment_to_bounce(
     client: httpx.AsyncClient,
-) -> None:
-    """Cancelled by the holiday with 50.00 counted, which then bounced: it read 50.00 paid,
-    and took the next payment from the promise taken after, which broke with the borrower
-    paid (a tester's)."""
+) -> tuple[World, str, dict[str, Any]]:
+    """A promise of 100.00 that counted a payment of 50.00, cancelled by a holiday."""
     w, loan_id = await setup(client)
     await w.pay(loan_id, "437.00", "2026-02-14")
     await w.post(f"/v1/loans/{loan_id}/promises", {"amount": "100.00", "due_on": "2026-03-12"},
                  expect=201)  # fmt: skip
     bounced = await w.pay(loan_id, "50.00", "2026-02-15")
     await holiday(w, loan_id)
+    return w, loan_id, bounced
+
+
+async def test_a_promise_the_holiday_cancelled_gives_back_a_bounced_payment(
+    client: httpx.AsyncClient,
+) -> None:
+    """Cancelled by the holiday with 50.00 counted, which then bounced: it read 50.00 paid,
+    and took the next payment from the promise taken after, which broke with the borrower
+    paid (a tester's)."""
+    w, loan_id, bounced = await cancelled_with_a_payment_to_bounce(client)
     await w.post(f"/v1/payments/{bounced['id']}/reverse", {"reason": "nsf"}, expect=200)
     (cancelled,) = (await w.get(f"/v1/loans/{loan_id}/promises"))["items"]
     assert (cancelled["status"], cancelled["paid"]) == ("cancelled", "0.00")
@@ -195,12 +203,7 @@ async def test_money_recorded_after_the_holiday_is_not_the_cancelled_promises(
     after the holiday, had kept a promise taken since: cut by the day, the cancelled promise
     took that payment back and the newer promise reopened with the borrower paid (a
     re-verifier's)."""
-    w, loan_id = await setup(client)
-    await w.pay(loan_id, "437.00", "2026-02-14")
-    await w.post(f"/v1/loans/{loan_id}/promises", {"amount": "100.00", "due_on": "2026-03-12"},
-                 expect=201)  # fmt: skip
-    bounced = await w.pay(loan_id, "50.00", "2026-02-15")
-    await holiday(w, loan_id)
+    w, loan_id, bounced = await cancelled_with_a_payment_to_bounce(client)
     later = {"amount": "50.00", "due_on": "2026-03-01"}
     made = (await w.post(f"/v1/loans/{loan_id}/promises", later, expect=201)).json()
     await w.pay(loan_id, "50.00", "2026-02-15")  # the holiday's day, recorded after it
