@@ -18,12 +18,19 @@ from app.events.models import Event
 from app.loans.models import Loan
 from app.payments.models import Payment
 from tests.conftest import TEST_DSN
-from tests.factories import api_key, auth, world
+from tests.factories import World, api_key, auth, world
 
 
 async def count(model: type) -> int:
     async with session_scope() as session:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+async def payments_of_a_loan(client: httpx.AsyncClient) -> tuple[World, str]:
+    """A world with a loan of 500.00 from 2026-01-10, and the path its payments are posted to."""
+    w = await world(client)
+    loan = await w.loan(principal="500.00", disbursed_on="2026-01-10")
+    return w, f"/v1/loans/{loan['id']}/payments"
 
 
 async def test_same_key_same_body_replays_the_stored_response(client: httpx.AsyncClient) -> None:
@@ -54,9 +61,7 @@ async def test_key_order_and_whitespace_do_not_make_another_request(
 
 
 async def test_same_key_different_body_is_422(client: httpx.AsyncClient) -> None:
-    w = await world(client)
-    loan = await w.loan(principal="500.00", disbursed_on="2026-01-10")
-    path = f"/v1/loans/{loan['id']}/payments"
+    w, path = await payments_of_a_loan(client)
     headers = {**w.merchant, "Idempotency-Key": "pay-1"}
     ok = await client.post(path, json={"amount": "10.00", "received_on": "2026-01-20"},
                            headers=headers)  # fmt: skip
@@ -74,9 +79,7 @@ async def test_a_malformed_request_corrected_runs_under_its_key(
     """A request refused for its shape did nothing: its answer is not kept, so the corrected
     request runs under the same key (it was refused as the key's reuse: a tester's). A
     refusal that looked at the book (over the limit, say) is kept and replayed."""
-    w = await world(client)
-    loan = await w.loan(principal="500.00", disbursed_on="2026-01-10")
-    path = f"/v1/loans/{loan['id']}/payments"
+    w, path = await payments_of_a_loan(client)
     headers = {**w.merchant, "Idempotency-Key": "pay-fixed"}
     malformed = await client.post(path, json={"amount": "1.5", "received_on": "2026-01-20"},
                                   headers=headers)  # fmt: skip

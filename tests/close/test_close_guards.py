@@ -70,6 +70,15 @@ async def test_an_attempt_replaced_does_nothing_when_its_tasks_come_back(
     assert (await w.get("/v1/business-date", headers=w.admin))["business_date"] == "2026-02-20"
 
 
+async def begun(day: date) -> int:
+    """The close of ``day`` planned and its first attempt begun, as a worker would."""
+    async with session_scope() as session:
+        await close_service.plan_close(session, as_of=day)
+    attempt = await close_service.begin_run(day)
+    assert attempt is not None
+    return attempt
+
+
 async def test_a_step_recorded_once_is_not_recorded_or_begun_again(
     client: httpx.AsyncClient,
 ) -> None:
@@ -78,10 +87,7 @@ async def test_a_step_recorded_once_is_not_recorded_or_begun_again(
     twice (a tester's, on Celery). Within one attempt a step begins and ends once."""
     await late_world(client)
     day = close_service.date(2026, 2, 14)
-    async with session_scope() as session:
-        await close_service.plan_close(session, as_of=day)
-    attempt = await close_service.begin_run(day)
-    assert attempt is not None
+    attempt = await begun(day)
     assert await close_service.begin_step(day, "delinquency", 1, attempt)
     assert not await close_service.begin_step(day, "delinquency", 1, attempt)
     results = [await close_service.run_chunk("delinquency", day, None, None, attempt)]
@@ -177,10 +183,7 @@ async def test_the_portfolio_step_of_an_attempt_reads_one_snapshot(
     could drop deltas committed while it recounts."""
     await late_world(client)
     day = close_service.date(2026, 1, 11)
-    async with session_scope() as session:
-        await close_service.plan_close(session, as_of=day)
-    attempt = await close_service.begin_run(day)
-    assert attempt is not None
+    attempt = await begun(day)
     with warnings.catch_warnings():
         warnings.simplefilter("error", SAWarning)
         await close_service.run_chunk("portfolio", day, None, None, attempt)
