@@ -305,15 +305,18 @@ def _first_payment_default_statement(days: int, tolerance: Decimal) -> Any:
 
 @cache
 def _current_cells_statement() -> Any:
-    """The loans current at the close ``month_ago``, and how many are delinquent now."""
+    """The loans current at the close ``month_ago`` and open now, and how many of them are
+    delinquent: the roll-rate matrix's current row, so a store's returns and early payoffs do
+    not dilute it."""
     loan, snap = _loan.c, _snapshot.c
     dims = _dims()
-    now_delinquent = and_(loan.status.in_(OPEN_STATUSES), loan.bucket != Bucket.CURRENT.value)
+    now_delinquent = loan.bucket != Bucket.CURRENT.value
     return (
         select(*dims, func.count(), func.sum(case((now_delinquent, 1), else_=0)))
         .select_from(_snapshot.join(_loan, loan.id == snap.loan_id))
         .where(snap.as_of == bindparam("month_ago", type_=Date),
-               snap.bucket == Bucket.CURRENT.value)
+               snap.bucket == Bucket.CURRENT.value,
+               loan.status.in_(OPEN_STATUSES))
         .group_by(*dims)
     )  # fmt: skip
 

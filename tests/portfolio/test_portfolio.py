@@ -478,6 +478,36 @@ async def test_segments_and_a_first_payment_default_alert(
     ).status_code == 422
 
 
+async def test_current_to_30_counts_the_loans_open_at_both_closes(
+    client: httpx.AsyncClient,
+) -> None:
+    """Of four loans current at the close a month ago, one misses its first installment, one
+    pays it, one is paid off and one (booked in June) cancelled: the rate is 1 in 2, as the
+    roll-rate matrix between the two closes says, and the cancelled loan's month, which has
+    no vintage, is no segment (counted in the base, they made it 1 in 4: a tester's)."""
+    w = await world(client)
+    await close(w, "2026-07-01")
+    missed, paid, paid_off = [await w.loan(disbursed_on="2026-07-01") for _ in range(3)]
+    returned = await w.loan(disbursed_on="2026-06-20")
+    await close(w, "2026-07-15")
+    schedule = (await w.get(f"/v1/loans/{paid['id']}/schedule"))["installments"]
+    await w.pay(paid["id"], schedule[0]["total"], "2026-08-01")
+    payoff = (await w.get(f"/v1/loans/{paid_off['id']}"))["balances"]["payoff_amount"]
+    await w.pay(paid_off["id"], payoff)
+    await w.post(f"/v1/loans/{returned['id']}/cancel", {"reason": "returned"}, expect=200)
+    await close(w, "2026-08-15")
+    assert (await w.get(f"/v1/loans/{missed['id']}"))["bucket"] == "1-30"
+
+    (store,) = (await w.get("/v1/portfolio/segments?by=merchant", w.admin))["segments"]
+    assert store["current_to_30"] == {"rate": "0.5000", "loans": 1, "base": 2}
+    rolled = await w.get("/v1/portfolio/roll-rates?from=2026-07-15&to=2026-08-15", w.admin)
+    current = {end: cell["count"] for end, cell in rolled["matrix"]["current"].items()}
+    assert {end: count for end, count in current.items() if count} == {"current": 1, "1-30": 1}
+    assert rolled["matrix"]["current"]["1-30"]["rate"] == store["current_to_30"]["rate"]
+    by_vintage = await w.get("/v1/portfolio/segments?by=vintage", w.admin)
+    assert [s["segment"] for s in by_vintage["segments"]] == ["2026-07"]
+
+
 async def test_segments_within_a_merchant_or_a_product(client: httpx.AsyncClient) -> None:
     """Two stores selling two products, booked in two months: each filter narrows the
     segments to the loans it names, and a store's key sees its own products and months."""
