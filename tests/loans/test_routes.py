@@ -355,7 +355,8 @@ async def test_list_loans_filters_and_paginates(client: httpx.AsyncClient) -> No
     decoded = base64.urlsafe_b64decode(returned + "=" * (-len(returned) % 4))
     altered = base64.urlsafe_b64encode(decoded.replace(b"\nloan_", b"\nloan_z", 1)).decode()
     forged = base64.urlsafe_b64encode(b"/v1/loans\nzzz").decode()
-    for cursor in (other, made_up, returned[:-3], altered, forged):
+    padded = returned + "=="  # read as the same cursor, though not the one returned
+    for cursor in (other, made_up, returned[:-3], altered, forged, padded):
         bad = await client.get(f"/v1/loans?cursor={cursor}", headers=w.merchant)
         assert bad.status_code == 422, cursor
         assert bad.json()["errors"][0]["field"] == "cursor"
