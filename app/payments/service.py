@@ -614,15 +614,18 @@ async def replay_paid_after_fees(
     """Replay the loans of the range the close charged a late fee as of ``as_of`` and that have
     a payment received on or after that date (a catch-up, or today's when yesterday is
     closed): the fee counts from ``as_of``, so that payment pays it first, as any later replay
-    would, where the stored allocations put the money elsewhere. The chunk holds the loans'
-    locks."""
-    i, p = LoanInstallment.__table__.c, Payment.__table__.c
+    would, where the stored allocations put the money elsewhere. Open loans only: the chunk
+    holds their locks, and a loan paid off or cancelled since an earlier run of the date
+    charged it is the close's no more (a rerun stored a cancelled loan paid off: a tester's)."""
+    i, p, loans = LoanInstallment.__table__.c, Payment.__table__.c, Loan.__table__.c
     loan_ids = await session.scalars(
         select(i.loan_id)
         .distinct()
         .join(Payment, p.loan_id == i.loan_id)
+        .join(Loan, loans.id == i.loan_id)
         .where(
             delinquency.in_range(i.loan_id, low, high),
+            loans.status.in_(OPEN_STATUSES),
             i.late_fee_assessed_on == as_of,
             p.received_on >= as_of,
             p.status == PaymentStatus.APPLIED.value,

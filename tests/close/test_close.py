@@ -1,7 +1,7 @@
 """The nightly close over HTTP: fees, delinquency, reminders, idempotency, catch-up, crashes."""
 
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -413,6 +413,31 @@ async def test_a_rerun_keeps_what_the_date_counted(client: httpx.AsyncClient) ->
     got = await w.get("/v1/close-runs/2026-02-13", headers=w.admin)
     assert {key: got["counts"].get(key) for key in counted} == counted
     assert got["steps"]["late_fees"]["counts"]["late_fees_assessed"] == 0  # this attempt's
+
+
+async def test_a_rerun_that_charges_a_fee_leaves_a_cancelled_loan_cancelled(
+    client: httpx.AsyncClient,
+) -> None:
+    """A loan charged today's fee, paid off today and cancelled: a rerun of today that charged
+    another loan's fee replayed every loan charged today with a payment since, the cancelled
+    one too (not locked by the chunk), and stored it paid off; a reversal then reopened it
+    as delinquent while its refund was still owed (a tester's)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    today = clock.today()
+    returned = await w.loan(principal="1200.00", term=3, disbursed_on=str(today - timedelta(48)))
+    assert (await close(w, str(today)))["counts"]["late_fees_assessed"] == 1
+    payoff = (await w.get(f"/v1/loans/{returned['id']}"))["balances"]["payoff_amount"]
+    paid = await w.pay(returned["id"], payoff, today)
+    await w.post(f"/v1/loans/{returned['id']}/cancel", {"reason": "returned"}, expect=200)
+    await w.loan(principal="1200.00", term=3, disbursed_on=str(today - timedelta(47)))
+    assert (await close(w, str(today)))["counts"]["late_fees_assessed"] == 2  # with the first
+
+    got = await w.get(f"/v1/loans/{returned['id']}")
+    assert (got["status"], got["balances"]["refund_due"]) == ("cancelled", payoff)
+    await w.post(f"/v1/payments/{paid['id']}/reverse", {"reason": "chargeback"}, expect=200)
+    got = await w.get(f"/v1/loans/{returned['id']}")
+    assert (got["status"], got["balances"]["refund_due"]) == ("cancelled", "0.00")
 
 
 async def test_a_catch_up_counts_only_payments_received_by_each_date(
