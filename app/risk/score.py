@@ -3,14 +3,13 @@
 Start from 1000; subtract for days past due (3 points a day, at most 400) and for each open
 flag by severity (low 25, medium 75, high 150, critical 300). A flag cleared within the last
 six months still weighs, fading linearly to nothing, unless it goes on as the next flag of
-its code, raised on the day it cleared. Grades: A >= 800, B >= 650, C >= 500,
+its code, raised by the day it cleared. Grades: A >= 800, B >= 650, C >= 500,
 D >= 300, E below. Every deduction is a reason (docs/risk.md).
 """
 
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
-from itertools import pairwise
 
 PERFECT = 1000  # a loan with nothing against it, and a borrower with no open loan
 SEVERITY_POINTS = {"low": 25, "medium": 75, "high": 150, "critical": 300}
@@ -56,13 +55,14 @@ def _flag_points(flag: FlagFact, as_of: date) -> int:
     return round(points * (1 - age / FADE_DAYS)) if age < FADE_DAYS else 0
 
 
-def _weighed(flags: Iterable[FlagFact]) -> list[FlagFact]:
-    """The flags that weigh: a flag cleared on the day the next flag of its code was raised
-    goes on as that one, which weighs in its place; the last of such a chain weighs. A rules
-    change that cleared a flag and a change back that raised it again the same day counted the
-    one behaviour twice, open and fading, and a relapse on a later day is a second episode:
-    both weigh (a tester's each). Flags of one code never overlap (one is open at a time), so
-    ordered by when they were raised, each one's next is the one it may go on as."""
+def _weighed(flags: Iterable[FlagFact], as_of: date) -> list[FlagFact]:
+    """The flags that weigh: one per episode of a code. A flag raised by the day the one before
+    it of its code cleared goes on as it: a rules change that cleared a flag and a change
+    back that raised it again the same day counted the one behaviour twice, open and fading,
+    and so did a rerun of a date that raised a flag again, dated within the one a payment had
+    cleared since (a tester's each). Of an episode the flag that weighs most weighs (of equals,
+    the last raised), so no flag added to an episode lowers its weight. A relapse on a later
+    day is a second episode: both weigh."""
     flags = list(flags)
     if len(flags) < 2:
         return flags  # most loans: the close scores every one it evaluates
@@ -70,20 +70,24 @@ def _weighed(flags: Iterable[FlagFact]) -> list[FlagFact]:
         range(len(flags)),
         key=lambda n: (flags[n].code, flags[n].raised_on, flags[n].cleared_on or date.max),
     )
-    going_on = {
-        before
-        for before, after in pairwise(order)
-        if flags[before].code == flags[after].code
-        and flags[before].cleared_on is not None
-        and flags[after].raised_on == flags[before].cleared_on
-    }
-    return [flag for n, flag in enumerate(flags) if n not in going_on]
+    weighing: list[int] = []
+    episode_end = date.min
+    for n in order:
+        flag, ends = flags[n], flags[n].cleared_on or date.max
+        if weighing and flags[weighing[-1]].code == flag.code and flag.raised_on <= episode_end:
+            if _flag_points(flag, as_of) >= _flag_points(flags[weighing[-1]], as_of):
+                weighing[-1] = n
+            episode_end = max(episode_end, ends)
+        else:
+            weighing.append(n)
+            episode_end = ends
+    return [flags[n] for n in sorted(weighing)]
 
 
 def score_value(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> int:
     """The score alone: the close scores every loan it evaluates, and needs no reasons."""
     deducted = _days_past_due_points(days_past_due)
-    for flag in _weighed(flags):
+    for flag in _weighed(flags, as_of):
         deducted += _flag_points(flag, as_of)
     return max(PERFECT - deducted, 0)
 
@@ -94,7 +98,7 @@ def score_loan(days_past_due: int, flags: Iterable[FlagFact], as_of: date) -> Sc
     if points := _days_past_due_points(days_past_due):
         total -= points
         reasons.append({"code": "days_past_due", "days": days_past_due, "points": -points})
-    for flag in _weighed(flags):
+    for flag in _weighed(flags, as_of):
         if points := _flag_points(flag, as_of):
             total -= points
             reasons.append({"code": flag.code, "severity": flag.severity,

@@ -815,6 +815,35 @@ async def test_a_loan_cured_after_the_business_date_is_scored_as_stored(
     assert all(-r["points"] == weights[r["severity"]] for r in risk["reasons"] if r["cleared"])
 
 
+async def test_a_rerun_after_a_cure_today_weighs_each_behaviour_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """Paid today, a never-paid loan's flags clear; a rerun of yesterday's close raises them
+    again, dated yesterday, and tonight's close clears those: each behaviour was scored
+    twice, fading, and the borrower stayed at E where one close a day left D (a tester's)."""
+    today = clock.today()
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    made = await w.loan(
+        principal="3000.00", term=6, disbursed_on=str(today - relativedelta(days=67))
+    )
+    loan_id = made["id"]
+    await close(w, str(today - relativedelta(days=6)))
+    await close(w, str(today - relativedelta(days=1)))
+    raised = set(await flags(w, loan_id))
+    assert {"never_paid", "first_payment_default"} <= raised
+    overdue = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["overdue_amount"]
+    await w.pay(loan_id, overdue)
+    await close(w, str(today - relativedelta(days=1)))  # the rerun raises them again
+    await close(w, str(today))
+    risk = await w.get(f"/v1/loans/{loan_id}/risk")
+    codes = [reason["code"] for reason in risk["reasons"]]
+    assert sorted(codes) == sorted(set(codes))  # one reason a behaviour
+    assert raised <= set(codes)
+    borrower = await w.get(f"/v1/borrowers/{made['borrower_id']}")
+    assert (borrower["risk_grade"], borrower["risk_score"]) == (risk["grade"], risk["score"])
+
+
 async def test_an_on_demand_run_is_as_of_the_business_date(client: httpx.AsyncClient) -> None:
     """A run for another date would re-evaluate the live flags against arrears the loans do
     not stand at: clearing flags of loans still late, or raising them for days not closed."""

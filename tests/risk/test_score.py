@@ -91,6 +91,22 @@ def test_a_flag_cleared_on_the_day_another_of_its_code_is_raised_goes_on_as_that
     assert score_value(3, relapsed, AS_OF) < score_value(0, cured, AS_OF) < 1000
 
 
+def test_a_flag_raised_again_within_one_a_payment_cleared_is_one_episode() -> None:
+    """A payment today cleared flags raised a week ago; a rerun of yesterday's close raised
+    them again, dated yesterday, and tonight's close cleared those: each behaviour weighed
+    twice, fading, and the borrower stayed at E where one close a day left D (a tester's)."""
+    week_ago, yesterday = AS_OF - timedelta(6), AS_OF - timedelta(1)
+    once = [FlagFact(code, "critical", AS_OF, week_ago) for code in ("never_paid", "late_drift")]
+    again = [FlagFact(f.code, f.severity, AS_OF, yesterday) for f in once]
+    assert score_value(0, once + again, AS_OF) == score_value(0, once, AS_OF) == 400
+    # One raised within the episode weighs only if it weighs more (a higher severity).
+    worse = FlagFact("never_paid", "high", None, yesterday)
+    lighter = FlagFact("never_paid", "low", None, yesterday)
+    first = FlagFact("never_paid", "medium", AS_OF - timedelta(1), week_ago)
+    assert score_value(0, [first, worse], AS_OF) == 850
+    assert score_value(0, [first, lighter], AS_OF) == 1000 - 75
+
+
 @given(st.integers(0, 400), FLAGS, FLAGS)
 def test_a_new_flag_never_raises_the_score(
     days_past_due: int, flags: list[FlagFact], more: list[FlagFact]
