@@ -100,9 +100,10 @@ async def request_close(principal: Principal, *, as_of: date) -> tuple[CloseRun,
                     f"the task queue refused the close ({type(exc).__name__}); nothing was "
                     "stored, retry the request"
                 ) from exc
+    finished = None
     if not celery:
         try:
-            await run_dates_in_process(dates)
+            finished = await run_dates_in_process(dates)
         except asyncio.CancelledError:
             # The server, stopping, cancelled the request after its grace: told as such, not
             # as the server's plain-text 500 and a traceback.
@@ -112,6 +113,9 @@ async def request_close(principal: Principal, *, as_of: date) -> tuple[CloseRun,
             ) from None
         except Exception:
             pass
+    if finished is not None:
+        # As it succeeded: read back, it could be another request's rerun, planned since.
+        return finished, dates
     async with session_scope() as session:
         run = await session.get(CloseRun, as_of)
         assert run is not None
@@ -409,15 +413,15 @@ async def finish_step(as_of: date, step: str, results: list[dict[str, int]], att
     return True
 
 
-async def finish_run(as_of: date, attempt: int) -> bool:
-    """Mark the run succeeded; False when ``attempt`` is over."""
+async def finish_run(as_of: date, attempt: int) -> CloseRun | None:
+    """Mark the run succeeded, and return it so; None when ``attempt`` is over."""
     async with session_scope() as session:
         if await _current(session, as_of, attempt, share=False) is None:
-            return False
+            return None
         now = utc_now()
         await _update_run(session, as_of, status=CloseStatus.SUCCEEDED, finished_at=now,
                           heartbeat_at=now, succeeded_at=now)  # fmt: skip
-    return True
+        return await session.get(CloseRun, as_of, populate_existing=True)
 
 
 _PENDING_FROM = (
@@ -479,7 +483,7 @@ async def _fail_pending(first: date, error: str) -> None:
 # -- the in-process runner (embedded default, CLI, tests) --------------------------------
 
 
-async def _close_date(as_of: date, attempt: int) -> None:
+async def _close_date(as_of: date, attempt: int) -> CloseRun:
     # The ranges cover every loan id, whatever is originated meanwhile: one list serves every
     # chunked step of the date.
     loan_ranges = await chunks()
@@ -494,8 +498,9 @@ async def _close_date(as_of: date, attempt: int) -> None:
         ]
         if not await finish_step(as_of, step, results, attempt):
             raise CloseInProgress(f"the close for {as_of} was taken over")
-    if not await finish_run(as_of, attempt):
+    if (finished := await finish_run(as_of, attempt)) is None:
         raise CloseInProgress(f"the close for {as_of} was taken over")
+    return finished
 
 
 # The in-process closes running (a request's, the scheduler's): a stopping service cancels
@@ -514,13 +519,14 @@ async def stop_closes_in_process(wait_seconds: float) -> None:
         await asyncio.wait(running, timeout=wait_seconds)
 
 
-async def run_dates_in_process(dates: list[date]) -> None:
-    """Close each date in order, every step over every chunk, in this process."""
+async def run_dates_in_process(dates: list[date]) -> CloseRun | None:
+    """Close each date in order, every step over every chunk, in this process; the last
+    date's run as it succeeded (None with no dates)."""
     task = asyncio.current_task()
     assert task is not None
     _running_here.add(task)
     try:
-        await _run_dates(dates)
+        return await _run_dates(dates)
     finally:
         _running_here.discard(task)
 
@@ -540,10 +546,11 @@ async def _to_the_end(work: Awaitable[T]) -> tuple[T, bool]:
             cancelled = True
 
 
-async def _run_dates(dates: list[date]) -> None:
+async def _run_dates(dates: list[date]) -> CloseRun | None:
     # The date being started or closed, and its attempt once started.
     current: date | None = None
     attempt: int | None = None
+    finished: CloseRun | None = None
     cancelled = False
     try:
         for as_of in dates:
@@ -554,7 +561,7 @@ async def _run_dates(dates: list[date]) -> None:
             if attempt is None:
                 raise CloseInProgress(f"the close for {as_of} was started by another")
             try:
-                await _close_date(as_of, attempt)
+                finished = await _close_date(as_of, attempt)
             except Exception as exc:
                 await fail_run(as_of, f"{type(exc).__name__}: {exc}", attempt)
                 raise
@@ -577,3 +584,4 @@ async def _run_dates(dates: list[date]) -> None:
             await _to_the_end(_fail_pending(current, NOT_STARTED_FOR_A_STOP))
         raise asyncio.CancelledError
     await database.refresh_statistics()
+    return finished

@@ -44,6 +44,29 @@ async def test_concurrent_requests_close_a_date_once(client: httpx.AsyncClient) 
     assert (await w.get(f"/v1/loans/{loan['id']}"))["days_past_due"] == 4
 
 
+async def test_a_rerun_planned_as_a_close_ends_does_not_answer_for_it(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the embedded default the request answers with its own close, succeeded (201): read
+    back, the run was already another admin's rerun, planned in between, and the answer was
+    202 `running` for a close that had finished (a tester's, 61 of 631 with two looping)."""
+    w, _ = await late_world(client)
+    await close(w, "2026-02-13")
+    finish = close_service.finish_run
+
+    async def and_another_plans_it_again(as_of: date, attempt: int) -> CloseRun | None:
+        finished = await finish(as_of, attempt)
+        async with session_scope() as session:
+            await close_service.plan_close(session, as_of=as_of)
+        return finished
+
+    monkeypatch.setattr(close_service, "finish_run", and_another_plans_it_again)
+    answer = await w.post("/v1/close-runs", {"as_of": "2026-02-14"}, headers=w.admin, expect=201)
+    assert (answer.json()["status"], answer.json()["attempts"]) == ("succeeded", 1)
+    planned = await w.get("/v1/close-runs/2026-02-14", headers=w.admin)
+    assert (planned["status"], planned["queued"], planned["attempts"]) == ("running", True, 1)
+
+
 async def test_an_attempt_replaced_does_nothing_when_its_tasks_come_back(
     client: httpx.AsyncClient,
 ) -> None:
