@@ -15,6 +15,7 @@ from app.borrowers.limits import LimitPolicy, initial_credit_limit
 from app.borrowers.models import Borrower
 from app.config import get_settings
 from app.db import utc_now
+from app.delinquency import service as delinquency
 from app.errors import Conflict, FieldErrors, Forbidden, NotFound
 from app.events import service as events
 from app.ids import new_id
@@ -300,6 +301,9 @@ async def set_credit_limit(
                 "previous_credit_limit": format_minor(old_limit, borrower.currency),
                 "credit_limit": format_minor(new_limit, borrower.currency),
                 "reason": "admin_override",
+                # As the grading's changes say them (both were null here: a tester's).
+                "grade": borrower.risk_grade,
+                "as_of": (await delinquency.delinquency_date(session)).isoformat(),
             },
         )
     return await _view(session, borrower)

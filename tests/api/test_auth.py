@@ -6,6 +6,7 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
+from app import clock
 from app.api.auth import Principal, PrincipalCache, hash_key, principals
 from app.api.deps import authenticate
 from app.api_keys import service as api_keys_service
@@ -215,6 +216,11 @@ async def test_admin_overrides_the_credit_limit(client: httpx.AsyncClient) -> No
     events = (await client.get("/v1/events?type=borrower.credit_limit_changed",
                                headers=w.admin)).json()["items"]  # fmt: skip
     assert [e["data"]["credit_limit"] for e in events] == ["500.00"]
+    # Dated and graded as the grading's changes are (both were missing: a tester's).
+    business = (await w.get("/v1/business-date", headers=w.admin))["business_date"]
+    assert (events[0]["data"]["grade"], events[0]["data"]["as_of"]) == (
+        "A", business or str(clock.today()),
+    )  # fmt: skip
 
 
 async def test_the_caller_is_checked_before_the_body(client: httpx.AsyncClient) -> None:
