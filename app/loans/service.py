@@ -305,7 +305,7 @@ async def create_loan(
     if amount > available:
         graded = (
             f"; the borrower is graded {grade}, and nothing more is lent until every open "
-            "loan of theirs grades C or better"
+            "loan of theirs grades C or better or an admin sets their credit limit"
             if grade in grade_limits.LENDS_NOTHING and not overridden else ""
         )  # fmt: skip
         raise CreditLimitExceeded(

@@ -1029,6 +1029,7 @@ async def test_grades_move_the_credit_limit(client: httpx.AsyncClient) -> None:
     })  # fmt: skip
     assert refused.json()["code"] == "credit_limit_exceeded"
     assert f"graded {got['risk_grade']}" in refused.json()["detail"]
+    assert "or an admin sets their credit limit" in refused.json()["detail"]  # the way out
     # Everything paid: the grade recovers at once, the limit only after sustained good
     # behaviour (limit_recovery_clean_days without arrears), then a quarter at a time.
     rules = (await w.get("/v1/risk/rules", headers=w.admin))["rules"]
