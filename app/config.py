@@ -9,10 +9,12 @@ from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis.connection import parse_url
 from sqlalchemy import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -158,8 +160,14 @@ class Settings(BaseSettings):
                 f"{url.drivername}: the service runs on PostgreSQL "
                 "(postgresql+asyncpg://user@host/database) or SQLite (sqlite+aiosqlite:///file)"
             )
+        if url.port is not None and not 0 < url.port < 65536:
+            # The driver's OverflowError came as a traceback of 500 lines (a tester's).
+            raise ValueError(f"port {url.port} is no TCP port (1-65535)")
         if driver == "sqlite+aiosqlite" and url.database in (None, "", ":memory:"):
             raise ValueError("SQLite in memory keeps nothing between processes: give a file")
+        if driver == "sqlite+aiosqlite" and (url.database or "").endswith("/"):
+            # SQLite dropped the slash and made the file, readable by every user (a tester's).
+            raise ValueError(f"{url.database}: names a folder; give the SQLite file's name")
         folder = Path(url.database or "").parent
         if driver == "sqlite+aiosqlite" and not folder.is_dir():
             # SQLite creates the file, not its folder: the driver's failure came with a
@@ -176,6 +184,15 @@ class Settings(BaseSettings):
         # Both Celery's broker and redis-py read these two.
         if not separator or scheme not in ("redis", "rediss"):
             raise ValueError("not a Redis URL: redis://host:port/db (rediss:// for TLS)")
+        # A port that is no port, or a database that is no number, passed too: /readyz and the
+        # close answered 500, or /readyz ok while the queue refused every close (a tester's).
+        try:
+            parse_url(value)  # type: ignore[no-untyped-call]  # redis-py reads the port
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL: {exc}") from None
+        database = urlsplit(value).path.lstrip("/")
+        if database and not (database.isascii() and database.isdigit()):
+            raise ValueError(f"{database!r} is no Redis database number: redis://host:port/0")
         return value
 
     # Checked at start: an unknown zone or currency was a 500 on the first request that needed

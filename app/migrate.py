@@ -36,7 +36,9 @@ def _private_sqlite_file(database_url: str) -> None:
         return
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except FileExistsError:
+    except OSError:
+        # There already; or not to be made (a folder's name, a read-only place): SQLite then
+        # says why in the command's one line, where this was a traceback (a tester's).
         pass
 
 

@@ -50,8 +50,15 @@ from tests.processes import LOANWATCH, clean_env
         ("database_url", "sqlite://"),
         # SQLite makes the file, not its folder.
         ("database_url", "sqlite:////nonexistent/folder/loanwatch.db"),
+        ("database_url", "sqlite:///./"),  # SQLite made "." less the slash, world-readable
         ("redis_url", "notaurl"),
         ("redis_url", "http://127.0.0.1:6379/8"),
+        # A port that is none, or a database that is no number: /readyz and the close were
+        # 500s, or /readyz ok while the queue refused every close (a tester's).
+        ("redis_url", "redis://127.0.0.1:abc/8"),
+        ("redis_url", "redis://127.0.0.1:99999/8"),
+        ("redis_url", "redis://127.0.0.1:6379/abc"),
+        ("database_url", "postgresql://u@db:99999/book"),  # a traceback of 500 lines
     ],
 )
 def test_a_setting_out_of_bounds_is_refused(field: str, value: object) -> None:
@@ -93,6 +100,13 @@ def test_the_command_names_the_database_it_cannot_use(tmp_path: Path) -> None:
     done = run(tmp_path, LOANWATCH_DATABASE_URL="not a url")
     assert (done.returncode, done.stderr.splitlines()) == (
         2, ["error: LOANWATCH_DATABASE_URL: not a database URL"],
+    )  # fmt: skip
+    # A file that cannot be made where its folder is (/proc takes none): a traceback of 33
+    # lines from making it private, before SQLite could say why (a tester's).
+    done = run(tmp_path, LOANWATCH_DATABASE_URL="sqlite+aiosqlite:////proc/loanwatch.db")
+    assert (done.returncode, done.stderr.splitlines()) == (
+        1, ["error: the database at sqlite+aiosqlite:////proc/loanwatch.db: unable to open "
+            "database file"],
     )  # fmt: skip
 
 
