@@ -160,6 +160,9 @@ class Settings(BaseSettings):
                 f"{url.drivername}: the service runs on PostgreSQL "
                 "(postgresql+asyncpg://user@host/database) or SQLite (sqlite+aiosqlite:///file)"
             )
+        if driver == "postgresql+asyncpg" and not url.database:
+            # The driver took the user's name: the tables went into `postgres` (a tester's).
+            raise ValueError("name the database: postgresql://user@host/database")
         if url.port is not None and not 0 < url.port < 65536:
             # The driver's OverflowError came as a traceback of 500 lines (a tester's).
             raise ValueError(f"port {url.port} is no TCP port (1-65535)")

@@ -59,6 +59,7 @@ from tests.processes import LOANWATCH, clean_env
         ("redis_url", "redis://127.0.0.1:99999/8"),
         ("redis_url", "redis://127.0.0.1:6379/abc"),
         ("database_url", "postgresql://u@db:99999/book"),  # a traceback of 500 lines
+        ("database_url", "postgresql://u@db:5432/"),  # into the database named as the user
     ],
 )
 def test_a_setting_out_of_bounds_is_refused(field: str, value: object) -> None:
