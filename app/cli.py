@@ -415,8 +415,12 @@ def main() -> None:
             err=True,
         )
         raise SystemExit(1) from None
-    except (DBAPIError, ConnectionError, socket.gaierror) as exc:
-        reason = str(exc.orig) if isinstance(exc, DBAPIError) else f"{type(exc).__name__}: {exc}"
+    except (DBAPIError, ConnectionError, socket.gaierror, migrations.SQLiteFileError) as exc:
+        reason = (
+            str(exc.orig) if isinstance(exc, DBAPIError)
+            else str(exc) if isinstance(exc, migrations.SQLiteFileError)
+            else f"{type(exc).__name__}: {exc}"
+        )  # fmt: skip
         url = make_url(get_settings().database_url).render_as_string(hide_password=True)
         typer.echo(f"error: the database at {url}: {reason.splitlines()[0]}", err=True)
         raise SystemExit(1) from None

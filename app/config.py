@@ -168,8 +168,11 @@ class Settings(BaseSettings):
             raise ValueError(f"port {url.port} is no TCP port (1-65535)")
         if driver == "sqlite+aiosqlite" and url.database in (None, "", ":memory:"):
             raise ValueError("SQLite in memory keeps nothing between processes: give a file")
-        if driver == "sqlite+aiosqlite" and (url.database or "").endswith("/"):
-            # SQLite dropped the slash and made the file, readable by every user (a tester's).
+        if driver == "sqlite+aiosqlite" and (
+            (url.database or "").endswith("/") or Path(url.database or "").is_dir()
+        ):
+            # SQLite dropped the slash and made the file, readable by every user; or its
+            # thread's failure came with a traceback after the one line (a tester's each).
             raise ValueError(f"{url.database}: names a folder; give the SQLite file's name")
         folder = Path(url.database or "").parent
         if driver == "sqlite+aiosqlite" and not folder.is_dir():

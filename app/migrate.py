@@ -36,10 +36,16 @@ def _private_sqlite_file(database_url: str) -> None:
         return
     try:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    except OSError:
-        # There already; or not to be made (a folder's name, a read-only place): SQLite then
-        # says why in the command's one line, where this was a traceback (a tester's).
+    except FileExistsError:
         pass
+    except OSError as exc:
+        # Told before SQLite tries: this was a traceback, and SQLite's own failure was
+        # followed by one from its driver's thread now and then (a tester's).
+        raise SQLiteFileError(f"cannot make the file: {exc.strerror}") from None
+
+
+class SQLiteFileError(Exception):
+    """The embedded default's file cannot be made where the URL puts it."""
 
 
 def shared_sqlite_file(database_url: str) -> str | None:

@@ -51,6 +51,7 @@ from tests.processes import LOANWATCH, clean_env
         # SQLite makes the file, not its folder.
         ("database_url", "sqlite:////nonexistent/folder/loanwatch.db"),
         ("database_url", "sqlite:///./"),  # SQLite made "." less the slash, world-readable
+        ("database_url", "sqlite:////tmp"),  # a folder: a traceback from the driver's thread
         ("redis_url", "notaurl"),
         ("redis_url", "http://127.0.0.1:6379/8"),
         # A port that is none, or a database that is no number: /readyz and the close were
@@ -103,11 +104,11 @@ def test_the_command_names_the_database_it_cannot_use(tmp_path: Path) -> None:
         2, ["error: LOANWATCH_DATABASE_URL: not a database URL"],
     )  # fmt: skip
     # A file that cannot be made where its folder is (/proc takes none): a traceback of 33
-    # lines from making it private, before SQLite could say why (a tester's).
+    # lines from making it private (a tester's).
     done = run(tmp_path, LOANWATCH_DATABASE_URL="sqlite+aiosqlite:////proc/loanwatch.db")
     assert (done.returncode, done.stderr.splitlines()) == (
-        1, ["error: the database at sqlite+aiosqlite:////proc/loanwatch.db: unable to open "
-            "database file"],
+        1, ["error: the database at sqlite+aiosqlite:////proc/loanwatch.db: cannot make the "
+            "file: No such file or directory"],
     )  # fmt: skip
 
 
