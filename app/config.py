@@ -163,6 +163,11 @@ class Settings(BaseSettings):
         if driver == "postgresql+asyncpg" and not url.database:
             # The driver took the user's name: the tables went into `postgres` (a tester's).
             raise ValueError("name the database: postgresql://user@host/database")
+        if driver == "postgresql+asyncpg" and "sslmode" in url.query:
+            # libpq's spelling, which hosted databases' URLs carry: asyncpg takes the same
+            # modes as `ssl`, and refused `sslmode` with a traceback (a re-verifier's).
+            mode = url.query["sslmode"]
+            url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
         if url.port is not None and not 0 < url.port < 65536:
             # The driver's OverflowError came as a traceback of 500 lines (a tester's).
             raise ValueError(f"port {url.port} is no TCP port (1-65535)")
@@ -193,9 +198,11 @@ class Settings(BaseSettings):
         # A port that is no port, or a database that is no number, passed too: /readyz and the
         # close answered 500, or /readyz ok while the queue refused every close (a tester's).
         try:
-            parse_url(value)  # type: ignore[no-untyped-call]  # redis-py reads the port
+            port = parse_url(value).get("port")  # type: ignore[no-untyped-call]
         except ValueError as exc:
             raise ValueError(f"not a Redis URL: {exc}") from None
+        if port == 0:
+            raise ValueError("port 0 is no TCP port (1-65535)")
         database = urlsplit(value).path.lstrip("/")
         if database and not (database.isascii() and database.isdigit()):
             raise ValueError(f"{database!r} is no Redis database number: redis://host:port/0")

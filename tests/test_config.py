@@ -59,6 +59,7 @@ from tests.processes import LOANWATCH, clean_env
         ("redis_url", "redis://127.0.0.1:abc/8"),
         ("redis_url", "redis://127.0.0.1:99999/8"),
         ("redis_url", "redis://127.0.0.1:6379/abc"),
+        ("redis_url", "redis://127.0.0.1:0/8"),
         ("database_url", "postgresql://u@db:99999/book"),  # a traceback of 500 lines
         ("database_url", "postgresql://u@db:5432/"),  # into the database named as the user
     ],
@@ -139,6 +140,8 @@ def test_a_nested_setting_that_is_not_json_and_a_newer_database_are_one_line(
         ("postgres://u@db/book", "postgresql+asyncpg://u@db/book"),
         ("sqlite:///./book.db", "sqlite+aiosqlite:///./book.db"),
         ("postgresql+asyncpg://u@db/book", "postgresql+asyncpg://u@db/book"),
+        # libpq's spelling, which asyncpg refused with a traceback.
+        ("postgres://u@db/book?sslmode=require", "postgresql+asyncpg://u@db/book?ssl=require"),
     ],
 )
 def test_a_database_url_gets_the_driver_the_service_runs_on(given: str, taken: str) -> None:
