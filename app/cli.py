@@ -388,6 +388,14 @@ async def _first_admin_key() -> tuple[str, str] | None:
         await database.dispose()
 
 
+def _database_failure(exc: Exception) -> str:
+    if isinstance(exc, DBAPIError):
+        return str(exc.orig)
+    if isinstance(exc, migrations.SQLiteFileError):
+        return str(exc)  # it says what failed
+    return f"{type(exc).__name__}: {exc}"
+
+
 def main() -> None:
     """The command, with a configuration or a database it cannot use told in a line or two
     rather than a traceback of hundreds."""
@@ -416,11 +424,7 @@ def main() -> None:
         )
         raise SystemExit(1) from None
     except (DBAPIError, ConnectionError, socket.gaierror, migrations.SQLiteFileError) as exc:
-        reason = (
-            str(exc.orig) if isinstance(exc, DBAPIError)
-            else str(exc) if isinstance(exc, migrations.SQLiteFileError)
-            else f"{type(exc).__name__}: {exc}"
-        )  # fmt: skip
+        reason = _database_failure(exc)
         url = make_url(get_settings().database_url).render_as_string(hide_password=True)
         typer.echo(f"error: the database at {url}: {reason.splitlines()[0]}", err=True)
         raise SystemExit(1) from None

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.connection import parse_url
-from sqlalchemy import make_url
+from sqlalchemy import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from app.money import MINOR_DIGITS
@@ -25,6 +25,33 @@ _ASYNC_DRIVERS = {
     "postgresql+asyncpg": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
 }  # fmt: skip
+
+
+def _postgres_url(url: URL) -> URL:
+    if not url.database:
+        # The driver took the user's name: the tables went into `postgres` (a tester's).
+        raise ValueError("name the database: postgresql://user@host/database")
+    if "sslmode" in url.query:
+        # libpq's spelling, which hosted databases' URLs carry: asyncpg takes the same modes
+        # as `ssl`, and refused `sslmode` with a traceback (a re-verifier's).
+        mode = url.query["sslmode"]
+        url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+    return url
+
+
+def _check_sqlite_file(database: str | None) -> None:
+    if not database or database == ":memory:":
+        raise ValueError("SQLite in memory keeps nothing between processes: give a file")
+    if database.endswith("/") or Path(database).is_dir():
+        # SQLite dropped the slash and made the file, readable by every user; or its thread's
+        # failure came with a traceback after the one line (a tester's each).
+        raise ValueError(f"{database}: names a folder; give the SQLite file's name")
+    folder = Path(database).parent
+    if not folder.is_dir():
+        # SQLite creates the file, not its folder: the driver's failure came with a traceback
+        # from its thread now and then (a tester's).
+        raise ValueError(f"{folder}: not a folder, so the SQLite file cannot be made in it")
+
 
 # uvicorn's levels, which the API logs at.
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
@@ -160,30 +187,12 @@ class Settings(BaseSettings):
                 f"{url.drivername}: the service runs on PostgreSQL "
                 "(postgresql+asyncpg://user@host/database) or SQLite (sqlite+aiosqlite:///file)"
             )
-        if driver == "postgresql+asyncpg" and not url.database:
-            # The driver took the user's name: the tables went into `postgres` (a tester's).
-            raise ValueError("name the database: postgresql://user@host/database")
-        if driver == "postgresql+asyncpg" and "sslmode" in url.query:
-            # libpq's spelling, which hosted databases' URLs carry: asyncpg takes the same
-            # modes as `ssl`, and refused `sslmode` with a traceback (a re-verifier's).
-            mode = url.query["sslmode"]
-            url = url.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+        url = _postgres_url(url) if driver == "postgresql+asyncpg" else url
         if url.port is not None and not 0 < url.port < 65536:
             # The driver's OverflowError came as a traceback of 500 lines (a tester's).
             raise ValueError(f"port {url.port} is no TCP port (1-65535)")
-        if driver == "sqlite+aiosqlite" and url.database in (None, "", ":memory:"):
-            raise ValueError("SQLite in memory keeps nothing between processes: give a file")
-        if driver == "sqlite+aiosqlite" and (
-            (url.database or "").endswith("/") or Path(url.database or "").is_dir()
-        ):
-            # SQLite dropped the slash and made the file, readable by every user; or its
-            # thread's failure came with a traceback after the one line (a tester's each).
-            raise ValueError(f"{url.database}: names a folder; give the SQLite file's name")
-        folder = Path(url.database or "").parent
-        if driver == "sqlite+aiosqlite" and not folder.is_dir():
-            # SQLite creates the file, not its folder: the driver's failure came with a
-            # traceback from its thread now and then (a tester's).
-            raise ValueError(f"{folder}: not a folder, so the SQLite file cannot be made in it")
+        if driver == "sqlite+aiosqlite":
+            _check_sqlite_file(url.database)
         return url.set(drivername=driver).render_as_string(hide_password=False)
 
     @field_validator("redis_url")

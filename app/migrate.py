@@ -26,6 +26,10 @@ def upgrade(database_url: str | None = None) -> None:
     command.upgrade(alembic_config(database_url), "head")
 
 
+class SQLiteFileError(Exception):
+    """The embedded default's file cannot be made where the URL puts it."""
+
+
 def _private_sqlite_file(database_url: str) -> None:
     """The embedded default's file, made readable by its owner alone before SQLite creates it
     (its journal and shared-memory files take its permissions): it holds the webhook and
@@ -42,10 +46,6 @@ def _private_sqlite_file(database_url: str) -> None:
         # Told before SQLite tries: this was a traceback, and SQLite's own failure was
         # followed by one from its driver's thread now and then (a tester's).
         raise SQLiteFileError(f"cannot make the file: {exc.strerror}") from None
-
-
-class SQLiteFileError(Exception):
-    """The embedded default's file cannot be made where the URL puts it."""
 
 
 def shared_sqlite_file(database_url: str) -> str | None:

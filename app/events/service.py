@@ -84,9 +84,8 @@ async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None
 # whose default isolation is higher keeps every transaction of the one snapshot. What is left
 # unplaced, running at the status check and not among the sessions (read before or after
 # it), is rare; the horizon is read again then. Re-reading alone still left a read short
-# once, in a local run of the suite beside a tester's load. With two CPUs busy, a single read
-# left 42 just-committed transactions of 3,000 above the horizon before the status check and
-# 6 after, and of 10,000 reads 113 needed a second one before and 1 after.
+# once, in a local run of the suite beside a tester's load (bench/feed_horizon.py measures
+# both: docs/benchmarks.md).
 _FEED_HORIZON = text(
     """WITH snapshot AS (SELECT pg_current_snapshot() AS s),
     running AS (SELECT x FROM snapshot, pg_snapshot_xip(s) AS x
