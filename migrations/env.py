@@ -1,11 +1,12 @@
 """Alembic environment: async engines for both PostgreSQL and SQLite (batch mode on SQLite)."""
 
 import asyncio
+from typing import Any
 
 from alembic import context
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from app.config import get_settings
 from app.models import Base
@@ -20,13 +21,39 @@ def _url() -> str:
 # Any number: the key of the lock every migration of a database takes.
 _MIGRATION_LOCK = 7_264_845_301
 
+# How long a migration of the embedded default's file waits for another one to finish.
+_SQLITE_WAIT_MS = 600_000
+
+
+def _one_sqlite_migration_at_a_time(engine: AsyncEngine) -> None:
+    """The whole upgrade as one SQLite transaction that holds the file's write lock from its
+    first statement: a second `migrate` (or a `serve` migrating at start) waits, then finds the
+    schema at head. Two at once interleaved their DDL, one failing on a table the other had
+    made and leaving batch mode's _alembic_tmp_ tables behind (a tester's)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _transactions_are_ours(dbapi_connection: Any, _record: Any) -> None:
+        # The driver would begin its own transactions at the first write and commit before
+        # DDL; the BEGIN below replaces them.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={_SQLITE_WAIT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _write_lock_first(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
 
 def _configure(connection: Connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
+        render_as_batch=sqlite,
         compare_type=True,
+        # SQLite's DDL is transactional; Alembic assumes it is not and commits each revision.
+        transactional_ddl=True if sqlite else None,
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":
@@ -39,11 +66,16 @@ def _configure(connection: Connection) -> None:
 
 async def _run_online() -> None:
     engine = create_async_engine(_url())
+    if engine.dialect.name == "sqlite":
+        _one_sqlite_migration_at_a_time(engine)
     async with engine.connect() as connection:
         await connection.run_sync(_configure)
         await connection.commit()
     await engine.dispose()
 
+
+# The lender's zone, for a backfill that derives a business date from an instant (0017's).
+context.config.attributes.setdefault("timezone", get_settings().timezone)
 
 if context.is_offline_mode():
     context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)

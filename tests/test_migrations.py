@@ -138,3 +138,104 @@ def test_migrations_started_together_on_postgresql_run_one_at_a_time(
         assert asyncio.run(schema_differences(fresh)) == []
     finally:
         as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migrations_started_together_on_sqlite_run_one_at_a_time(tmp_path: Path) -> None:
+    """Two `loanwatch migrate` (or a `serve` migrating at start beside one) on the embedded
+    default's file: their DDL interleaved, and one failed on a table the other had made,
+    leaving batch mode's _alembic_tmp_ tables in the file (a tester's, upgrading from 0010)."""
+    import sqlite3
+    import subprocess
+
+    from alembic import command
+
+    from tests.processes import LOANWATCH, clean_env
+
+    path = tmp_path / "embedded.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    command.upgrade(migrate.alembic_config(url), "0010")
+    env = {**clean_env(), "LOANWATCH_DATABASE_URL": url}
+    both = [
+        subprocess.Popen([LOANWATCH, "migrate"], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    for process in both:
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+    with sqlite3.connect(path) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
+    assert not [name for name in tables if name.startswith("_alembic_tmp")]
+    assert asyncio.run(schema_differences(url)) == []
+
+
+# Recorded at 01:30 on Dec 6 in Los Angeles (09:30 UTC) and at 17:30 on Dec 6 (01:30 UTC on
+# Dec 7): the second's UTC date is a day after the business date it was recorded on.
+_REVERSED_AT = {"pay_morning": "2026-12-06 09:30:00", "pay_evening": "2026-12-07 01:30:00"}
+
+
+async def _insert_reversed_payments(url: str) -> None:
+    from sqlalchemy import text
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                # Payments alone: their loans' foreign keys are not what is tested.
+                await connection.execute(text("SET LOCAL session_replication_role = replica"))
+            # Each engine's own text for an instant in UTC, as the models stored them.
+            offset = "+00" if connection.dialect.name == "postgresql" else ""
+            for payment_id, reversed_at in _REVERSED_AT.items():
+                await connection.execute(
+                    text(
+                        "INSERT INTO payment (id, loan_id, amount_minor, received_on, channel, "
+                        "status, reversal_reason, reversed_at, created_at) VALUES (:id, "
+                        "'loan_1', 10000, '2026-12-01', 'pos', 'reversed', 'nsf', "
+                        f"'{reversed_at}{offset}', '2026-12-01 02:00:00{offset}')"
+                    ),
+                    {"id": payment_id},
+                )
+    finally:
+        await engine.dispose()
+
+
+async def _reversed_on(url: str) -> dict[str, str]:
+    from sqlalchemy import text
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(text("SELECT id, reversed_on FROM payment"))
+            return {payment_id: str(day) for payment_id, day in rows}
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_a_reversal_recorded_before_0017_counts_from_its_business_date(
+    engine: str, postgres_database: str, tmp_path: Path
+) -> None:
+    """0017 dates each earlier reversal by its instant's date in the lender's zone, as the code
+    dates a reversal since. It took the UTC date: a day late for one recorded in Los Angeles'
+    evening (or Shanghai's morning), which then fell outside the payment_reversal window of
+    the day it was recorded on (a tester's)."""
+    from alembic import command
+
+    from tests.conftest import as_admin
+
+    if engine == "sqlite":
+        url, fresh = f"sqlite+aiosqlite:///{tmp_path / 'reversals.db'}", None
+    else:
+        url = f"{postgres_database.rsplit('_', 1)[0]}_reversals_{os.getpid()}"
+        fresh = url.rsplit("/", 1)[1]
+        as_admin(f'CREATE DATABASE "{fresh}"')
+    config = migrate.alembic_config(url)
+    config.attributes["timezone"] = "America/Los_Angeles"
+    try:
+        command.upgrade(config, "0016")
+        asyncio.run(_insert_reversed_payments(url))
+        command.upgrade(config, "0017")
+        reversed_on = asyncio.run(_reversed_on(url))
+    finally:
+        if fresh:
+            as_admin(f'DROP DATABASE IF EXISTS "{fresh}" WITH (FORCE)')
+    assert reversed_on == {"pay_morning": "2026-12-06", "pay_evening": "2026-12-06"}
