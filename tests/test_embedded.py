@@ -25,16 +25,18 @@ from tests.processes import LOANWATCH, clean_env, free_port
 
 
 def started_server(
-    folder: Path, log_name: str = "serve.log"
+    folder: Path, log_name: str = "serve.log", settings: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`loanwatch serve` in ``folder`` (its SQLite file), once it answers; the process and its
-    base URL. Its output goes to ``folder / log_name``."""
+    base URL. Its output goes to ``folder / log_name``; ``settings`` are added to its
+    environment."""
     port = free_port()
     log = folder / log_name
     with log.open("w") as out:
         process = subprocess.Popen(
             [LOANWATCH, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=folder, env=clean_env(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=folder, env={**clean_env(), **(settings or {})}, stdout=out,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     for _ in range(100):
@@ -48,9 +50,11 @@ def started_server(
 
 
 @contextmanager
-def serving(folder: Path, log_name: str = "serve.log") -> Iterator[str]:
+def serving(
+    folder: Path, log_name: str = "serve.log", settings: dict[str, str] | None = None
+) -> Iterator[str]:
     """``started_server`` until the block ends; its base URL."""
-    process, base = started_server(folder, log_name)
+    process, base = started_server(folder, log_name, settings)
     try:
         yield base
     finally:
@@ -606,3 +610,38 @@ def test_a_start_warns_of_a_business_date_after_today_in_the_zone(tmp_path: Path
             process.wait(10)
         said = f"warning: the business date {today_there} is after today" in log.read_text()
         assert said is warned, log.read_text()
+
+
+def test_an_endpoint_deleted_mid_attempt_holds_up_no_other_endpoint(tmp_path: Path) -> None:
+    """SQLite gave a deleted endpoint's last delivery id to the next delivery, another
+    endpoint's: the drain still waiting on the first attempt took the new delivery for the one
+    it held and left it unsent until its lease ran out, a minute (a tester's)."""
+    from tests.webhooks.receiver import receiving, wait_for
+
+    private = {"LOANWATCH_WEBHOOK_ALLOW_PRIVATE_TARGETS": "true"}
+    with (
+        receiving() as hanging,
+        receiving() as healthy,
+        serving(tmp_path, settings=private) as base,
+    ):
+        hanging.gate.clear()
+        key = re.search(r"\b(lw_[A-Za-z0-9_-]+)", (tmp_path / "serve.log").read_text())
+        assert key
+        http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key.group(1)}"})
+        endpoints = [
+            http.post("/v1/webhook-endpoints",
+                      json={"url": r.url, "event_types": ["webhook.test"]}).json()["id"]
+            for r in (hanging, healthy)
+        ]  # fmt: skip
+        assert http.post(f"/v1/webhook-endpoints/{endpoints[0]}/test").status_code == 202
+        for _ in range(100):
+            if hanging.arrived:
+                break
+            time.sleep(0.1)
+        assert hanging.arrived, "the first attempt never started"
+        assert http.delete(f"/v1/webhook-endpoints/{endpoints[0]}").status_code == 204
+        assert http.post(f"/v1/webhook-endpoints/{endpoints[1]}/test").status_code == 202
+        # Within the hanging attempt's timeout and well before a lease (60 s) runs out.
+        asyncio.run(wait_for(healthy, 1, 30))
+        delivery = http.get(f"/v1/webhook-endpoints/{endpoints[1]}/deliveries").json()
+        assert delivery["items"][0]["id"] != "1"  # the deleted endpoint's

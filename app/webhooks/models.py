@@ -67,6 +67,11 @@ class WebhookDelivery(Base):
     __table_args__ = (
         UniqueConstraint("event_position", "endpoint_id"),
         Index("ix_webhook_delivery_due", "status", "next_attempt_at"),
+        # Never reused on SQLite either, as a sequence's are not: a deleted endpoint's last
+        # delivery id went to the next delivery, which a drain still holding the first took
+        # for it and left unsent until its lease ran out (a tester's); clients saw one id
+        # name two deliveries.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(
@@ -89,6 +94,7 @@ class WebhookDelivery(Base):
 
 class WebhookAttempt(Base):
     __tablename__ = "webhook_attempt"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # as a delivery's
 
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), Identity(), primary_key=True
