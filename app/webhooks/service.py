@@ -53,7 +53,7 @@ async def _checked_url(url: str) -> str:
         await targets.check(
             url, allow_private=get_settings().webhook_allow_private_targets, must_resolve=False
         )
-        targets.refuse_credentials(url)
+        targets.refuse_at_registration(url)
     except targets.TargetNotAllowed as exc:
         raise WebhookUrlNotAllowed(
             f"url {exc}", errors=[{"field": "url", "message": str(exc)}]

@@ -93,7 +93,13 @@ def _host_name(host: str) -> bool:
     try:
         ipaddress.IPv4Address(host)  # a zone is IPv6's alone ("127.0.0.1%09" was let in)
     except ValueError:
-        return all(_LABEL.match(label) for label in host.removesuffix(".").split("."))
+        labels = host.removesuffix(".").split(".")
+        # A host ending in a number is an IPv4 address, as a browser reads it (WHATWG URL),
+        # and not one ("999.1.1.1", "192.168.1.1." with the root's dot) never resolves: a
+        # delivery to it would retry for days (a tester's).
+        if labels[-1].isdigit():
+            return False
+        return all(_LABEL.match(label) for label in labels)
     return True
 
 
@@ -105,9 +111,14 @@ def _ipv6(host: str) -> bool:
     return True
 
 
-def refuse_credentials(url: str) -> None:
-    """At registration: a URL may not carry a user or password. Every reader of the endpoint,
-    a dashboard key included, sees its URL; deliveries are authenticated by their signature."""
+def refuse_at_registration(url: str) -> None:
+    """What registration refuses beyond what delivery checks (an endpoint stored earlier is
+    still sent to): a user or password, which every reader of the endpoint, a dashboard key
+    included, would see (deliveries are authenticated by their signature), and spaces: sent
+    as it is, "/x " asks for "/x%20", a space pasted at the end that the receiver never
+    serves (a tester's)."""
+    if any(c.isspace() for c in url):
+        raise TargetNotAllowed("must not contain spaces (a space in a path is written %20)")
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         raise TargetNotAllowed(
@@ -130,6 +141,10 @@ async def check(url: str, *, allow_private: bool, must_resolve: bool) -> None:
     host, port = parse(url)
     if allow_private:
         return
+    # Loopback by definition (RFC 6761), whatever a resolver says: "localhost." and
+    # "x.localhost" did not resolve at registration and were let in (a tester's).
+    if host.removesuffix(".").rpartition(".")[2] == "localhost":
+        raise TargetNotAllowed(f"{host} is a loopback name")
     try:
         found = await addresses(host, port)
     except (OSError, UnicodeError):

@@ -83,7 +83,10 @@ async def test_private_targets_are_refused_unless_allowed(
                 "http://[::ffff:0:a9fe:a9fe]/h",
                 # Not globally reachable, though Python's is_global says so (a tester's)
                 "http://[fec0::1]/a", "http://192.0.0.8/a", "http://[3fff::1]/a",
-                "http://[5f00::1]/a", "http://192.88.99.1/a"):  # fmt: skip
+                "http://[5f00::1]/a", "http://192.88.99.1/a",
+                # loopback names by definition, resolved or not (a tester's)
+                "http://localhost./h", "http://LocalHost.:8080/x",
+                "http://foo.localhost/h"):  # fmt: skip
         response = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert response.status_code == 422, url
         assert response.json()["code"] == "webhook_url_not_allowed"
@@ -1043,6 +1046,7 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
     w = await world(client)
     host = "has an invalid host name"
     control = "must not contain control characters such as tabs or newlines"
+    spaces = "must not contain spaces (a space in a path is written %20)"
     for url, message in (("http://exa mple.com/", host), ("http://exa%20mple.test/h", host),
                          ("http://-edge.test/h", host), ("http://edge-.test/h", host),
                          ("http://a!b.test/h", host), ("http://ex\tample.test/h", control),
@@ -1052,7 +1056,11 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
                          ("http://hooks.test/\u0085x", control),
                          # a zone is IPv6's alone (a tester's)
                          ("http://127.0.0.1%09/", host),
-                         ("http://10.0.0.1%25eth0/h", host)):  # fmt: skip
+                         ("http://10.0.0.1%25eth0/h", host),
+                         # numbers that are no IPv4 address, and spaces (a tester's)
+                         ("https://999.1.1.1/", host), ("http://192.168.1.1./h", host),
+                         ("https://hooks.test/x ", spaces),
+                         ("https://hooks.test/a b", spaces)):  # fmt: skip
         refused = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert (refused.status_code, refused.json()["code"]) == (422, "webhook_url_not_allowed")
         assert refused.json()["errors"] == [{"field": "url", "message": message}], url
