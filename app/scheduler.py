@@ -47,12 +47,16 @@ class Job:
             return self.every_seconds
         # On the zone's calendar, then told apart in UTC: datetimes of one zone subtract on the
         # wall clock, and on a day the clocks moved the close ran an hour early or late (a
-        # tester's). A time the clocks skip runs at the offset before the change (fold 0).
+        # tester's). A time the clocks skip runs at the offset before the change (fold 0), and
+        # so does one they repeat: in the second pass of that hour it is past (compared on
+        # the wall clock it was ahead, and the close ran again at once: a tester's).
         at = time(self.daily_at.hour, self.daily_at.minute)
-        next_run = datetime.combine(now.date(), at, tzinfo=now.tzinfo)
-        if next_run <= now:
-            next_run = datetime.combine(now.date() + timedelta(days=1), at, tzinfo=now.tzinfo)
-        return (next_run.astimezone(UTC) - now.astimezone(UTC)).total_seconds()
+        now_utc = now.astimezone(UTC)
+        next_run = datetime.combine(now.date(), at, tzinfo=now.tzinfo).astimezone(UTC)
+        if next_run <= now_utc:
+            tomorrow = now.date() + timedelta(days=1)
+            next_run = datetime.combine(tomorrow, at, tzinfo=now.tzinfo).astimezone(UTC)
+        return (next_run - now_utc).total_seconds()
 
 
 async def _purge_idempotency_keys() -> object:

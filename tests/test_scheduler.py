@@ -60,3 +60,19 @@ def test_the_daily_job_waits_real_time_across_a_change_of_clocks(
     the nights the clocks moved (a tester's)."""
     job = Job("close", lambda: asyncio.sleep(0), daily_at=time(2, 0))
     assert job.seconds_until_next(now.replace(tzinfo=ZoneInfo(zone))) == hours * 3600
+
+
+@pytest.mark.parametrize(
+    ("now", "hours"),
+    [
+        (datetime(2026, 11, 1, 1, 15, fold=0), 0.25),  # the first 01:15 (EDT): 01:30 is next
+        # The second 01:15 (EST): the day's 01:30 was an hour ago, in the first pass (it
+        # was -0.75 h, and a server started then closed again at once: a tester's).
+        (datetime(2026, 11, 1, 1, 15, fold=1), 23.25 + 1),
+        (datetime(2026, 11, 1, 1, 45, fold=1), 22.75 + 1),
+    ],
+)
+def test_the_daily_job_runs_once_in_the_hour_the_clocks_repeat(now: datetime, hours: float) -> None:
+    job = Job("close", lambda: asyncio.sleep(0), daily_at=time(1, 30))
+    wait = job.seconds_until_next(now.replace(tzinfo=ZoneInfo("America/New_York")))
+    assert wait == hours * 3600
