@@ -143,8 +143,10 @@ def close(
     ],
 ) -> None:
     """Run the nightly close for a date (and every missed date before it), in this process."""
-    migrations.upgrade()
     try:
+        # Before the database is made: a mistyped date in an empty folder left a new file.
+        close_service.refuse_unclosable(as_of)
+        migrations.upgrade()
         run, failed = asyncio.run(_close(as_of))
     except LoanwatchError as exc:
         typer.echo(f"error: {exc.detail}", err=True)

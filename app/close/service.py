@@ -144,14 +144,19 @@ def enqueue(dates: list[date]) -> None:
     send("close.run_dates", [[d.isoformat() for d in dates]])
 
 
-async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
-    """The dates a request to close ``as_of`` runs, oldest first: every date missed since the
-    business date, then ``as_of``. Marks their runs pending."""
+def refuse_unclosable(as_of: date) -> None:
+    """A date no close can be for, whatever the book: one not yet begun, or too far back."""
     today = clock.today()
     if as_of > today:
         raise CloseDateInFuture.field("as_of", f"{as_of} has not begun yet (today is {today})")
     if as_of < (earliest := clock.earliest()):
         raise InvalidRequest.field("as_of", f"must not be before {earliest}")
+
+
+async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
+    """The dates a request to close ``as_of`` runs, oldest first: every date missed since the
+    business date, then ``as_of``. Marks their runs pending."""
+    refuse_unclosable(as_of)
     await serialize_close_requests(session)
     last = await delinquency.business_date(session)
     if last is not None and as_of < last:
