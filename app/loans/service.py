@@ -138,19 +138,13 @@ class LoanView:
         return position_of(self.installments)
 
     @property
-    def late_fees_of_today_minor(self) -> int:
-        """The late fees a close of today's date charged (today is closed). A payment dated
-        today counts as received by that close, which charges no paid-off loan, so a payoff
-        today withdraws them: what it takes to pay the loan off today leaves them out (the
-        payment would otherwise be refused as more than the payoff). The arrears quoted keep
-        them: a payment today withdraws a fee only when today was its installment's last day
-        of grace (a fee charged later, on a loan booked back-dated, stays), and paying a fee
-        it then withdraws pays ahead, where leaving it out left the loan past due."""
-        return sum(
-            max(i.late_fees_minor - i.fees_waived_minor, 0)
-            for i in self.installments
-            if i.late_fee_assessed_on == self.today
-        )
+    def payoff_minor(self) -> int:
+        """What settles the loan today (``payoff_on``). The arrears quoted keep the late fees
+        of a close of today: a payment today withdraws a fee only when today was its
+        installment's last day of grace (a fee charged later, on a loan booked back-dated,
+        stays), and paying a fee it then withdraws pays ahead, where leaving it out left the
+        loan past due."""
+        return payoff_on(self.installments, self.today)
 
     def installment_status(self, installment: InstallmentFields) -> InstallmentStatus:
         stored = InstallmentStatus(installment.status)
@@ -171,6 +165,20 @@ async def loan_view(
     if installments is None:
         installments = await load_installments(session, loan.id)
     return LoanView(loan, installments, clock.today(), await delinquency.business_date(session))
+
+
+def payoff_on(installments: Sequence[InstallmentFields], day: date) -> int:
+    """What a payment received on ``day`` takes to pay the loan off: its payoff amount that
+    day, less the late fees a close of ``day`` charged. That payment counts as received by the
+    close, which charges no paid-off loan, so a payoff on ``day`` withdraws them (quoted with
+    them, the payment was refused as more than the payoff; a plan or promise of that date was
+    allowed the fees on top: a tester's)."""
+    charged_that_night = sum(
+        max(i.late_fees_minor - i.fees_waived_minor, 0)
+        for i in installments
+        if i.late_fee_assessed_on == day
+    )
+    return position_of(installments).payoff_minor(day) - charged_that_night
 
 
 def position_of(installments: Sequence[InstallmentFields]) -> LoanPosition:

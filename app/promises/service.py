@@ -78,7 +78,7 @@ async def create_promise(
             "due_on", f"must be between {earliest} ({EARLIEST_DUE_ON}) and {horizon}"
         )
     installments = await loans_service.load_installments(session, loan.id)
-    payoff = loans_service.position_of(installments).payoff_minor(as_of)
+    payoff = loans_service.payoff_on(installments, as_of)
     if amount_minor > payoff:
         message = (
             f"must not exceed the loan's payoff amount {format_minor(payoff, loan.currency)} "

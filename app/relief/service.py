@@ -467,8 +467,7 @@ async def _total_and_payoff(
 ) -> tuple[int, int]:
     """What the plan asks in all, and what the loan would take to pay off on ``as_of``."""
     installments = await loans_service.load_installments(session, loan.id)
-    payoff = loans_service.position_of(installments).payoff_minor(as_of)
-    return sum(i.amount_minor for i in plan), payoff
+    return sum(i.amount_minor for i in plan), loans_service.payoff_on(installments, as_of)
 
 
 async def _check_total(
