@@ -177,8 +177,10 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed, the same loans.")] = 1,
 ) -> None:
     """A synthetic portfolio (borrowers, loans, payments, ledger) for demos and benchmarks."""
-    migrations.upgrade()
     try:
+        if as_of is not None:  # before the database is made, as for a close
+            demo_portfolio.refuse_as_of(as_of)
+        migrations.upgrade()
         summary = asyncio.run(demo_portfolio.run_demo(loans, as_of=as_of, seed=seed))
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)

@@ -253,9 +253,11 @@ def make_engine(settings: Settings) -> AsyncEngine:
             # payments. Transactions are begun by _begin_immediate instead.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
+            # The wait first: switching a new file to WAL needs it to itself, and another
+            # process writing failed it at once (a re-verifier's, three commands on a new file).
+            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
         @event.listens_for(engine.sync_engine, "begin")

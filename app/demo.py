@@ -623,6 +623,15 @@ def _batches(loans: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, loans)
 
 
+def refuse_as_of(as_of: date) -> None:
+    """A date the book cannot be as of: after today, or before the oldest date the API books
+    a loan on (a book of 1900 was generated, which no close could then be run over)."""
+    if as_of > (today := clock.today()):
+        raise ValueError(f"as_of {as_of} is after today ({today})")
+    if as_of < (earliest := clock.earliest()):
+        raise ValueError(f"as_of {as_of} is before {earliest}, ten years back")
+
+
 async def generate(
     loans: int,
     *,
@@ -638,10 +647,8 @@ async def generate(
     ``check_foreign_keys``; otherwise they always are."""
     if loans < 1:
         raise ValueError("loans must be at least 1")
-    today = clock.today()
-    as_of = as_of or today
-    if as_of > today:
-        raise ValueError(f"as_of {as_of} is after today ({today})")
+    as_of = as_of or clock.today()
+    refuse_as_of(as_of)
     started = time.perf_counter()
     engine = database.engine
     postgres = engine.dialect.name == "postgresql"

@@ -1,6 +1,8 @@
 """Alembic environment: async engines for both PostgreSQL and SQLite (batch mode on SQLite)."""
 
 import asyncio
+import sqlite3
+import time
 from typing import Any
 
 from alembic import context
@@ -38,11 +40,30 @@ def _one_sqlite_migration_at_a_time(engine: AsyncEngine) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout={_SQLITE_WAIT_MS}")
+        _write_ahead_log(cursor)
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _write_lock_first(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _write_ahead_log(cursor: Any) -> None:
+    """The file in WAL mode, as the service runs it, before any transaction of Loanwatch's:
+    switching needs the file to itself, and SQLite refuses it at once, without waiting, while
+    another connection writes. A file left in its first mode was switched by the first
+    process to connect, which failed "database is locked" beside another one writing (a
+    re-verifier's: `close`, `api-keys create` and `serve` started on a new folder). Tried
+    again here for as long as a migration waits for another."""
+    for _ in range(_SQLITE_WAIT_MS // 50):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.05)
+    cursor.execute("PRAGMA journal_mode=WAL")
 
 
 def _configure(connection: Connection) -> None:

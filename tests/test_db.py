@@ -55,6 +55,35 @@ def test_sqlite_held_by_another_process_is_a_transient_error(tmp_path: Path) -> 
         engine.dispose()
 
 
+async def test_a_new_sqlite_file_held_by_another_process_is_waited_for(tmp_path: Path) -> None:
+    """A file only migrations made was not yet in WAL mode; the first connection of a process
+    switched it, which needs the file to itself, and SQLite refuses that at once while
+    another process writes: "database is locked" (a re-verifier's: `close`, `api-keys
+    create` and `serve` started together on a new folder). Migrations leave it in WAL mode."""
+    import sqlite3
+    import threading
+
+    from app import migrate
+    from app.config import Settings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    with sqlite3.connect(tmp_path / "new.db") as made:
+        assert made.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    holder = sqlite3.connect(tmp_path / "new.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(1.0, lambda: holder.execute("COMMIT"))
+    release.start()
+    engine = make_engine(Settings(database_url=url))
+    try:
+        async with engine.connect() as connection:
+            assert (await connection.exec_driver_sql("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        release.join()
+        holder.close()
+        await engine.dispose()
+
+
 async def test_a_session_the_server_ends_mid_statement_is_a_lost_connection() -> None:
     """What the driver raises when an operator or a failover ends the session, straight from
     asyncpg (as ``Database.read_rows`` reads) and through SQLAlchemy, is a lost connection (503

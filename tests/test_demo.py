@@ -6,6 +6,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from datetime import date
+from itertools import product
 from pathlib import Path
 
 import pytest
@@ -260,11 +261,11 @@ def test_the_commands_take_dates_as_the_api_does(tmp_path: Path) -> None:
             assert "Invalid value for '--as-of'" in refused.stderr
     # A date no close can be for is refused before the database is made (it left a new,
     # migrated file behind: a tester's).
-    for as_of in ("2999-01-01", "2000-01-01"):
-        refused = subprocess.run([loanwatch, "close", "--as-of", as_of], cwd=tmp_path, env=env,
+    for command, as_of in product(("close", "demo"), ("2999-01-01", "2000-01-01")):
+        refused = subprocess.run([loanwatch, command, "--as-of", as_of], cwd=tmp_path, env=env,
                                  capture_output=True, text=True)  # fmt: skip
-        assert refused.returncode == 2, (as_of, refused.stdout)
-        assert refused.stderr.startswith("error: as_of: "), refused.stderr
+        assert refused.returncode == 2, (command, as_of, refused.stdout)
+        assert refused.stderr.startswith("error: as_of"), refused.stderr
     assert not (tmp_path / "loanwatch.db").exists()
 
 

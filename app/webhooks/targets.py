@@ -17,6 +17,9 @@ from urllib.parse import urlsplit
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?\Z")
 
 
+_NUMBER = re.compile(r"0[xX][0-9a-fA-F]*|[0-9]+")
+
+
 class TargetNotAllowed(ValueError):
     pass
 
@@ -94,10 +97,11 @@ def _host_name(host: str) -> bool:
         ipaddress.IPv4Address(host)  # a zone is IPv6's alone ("127.0.0.1%09" was let in)
     except ValueError:
         labels = host.removesuffix(".").split(".")
-        # A host ending in a number is an IPv4 address, as a browser reads it (WHATWG URL),
-        # and not one ("999.1.1.1", "192.168.1.1." with the root's dot) never resolves: a
-        # delivery to it would retry for days (a tester's).
-        if labels[-1].isdigit():
+        # A host ending in a number (decimal, or hexadecimal after 0x) is an IPv4 address, as
+        # a browser reads it (WHATWG URL), and not one in dotted decimal ("999.1.1.1",
+        # "192.168.1.1." with the root's dot, "example.0x1") never resolves, or resolves only
+        # as the C library reads it: a delivery would retry for days (a tester's).
+        if _NUMBER.fullmatch(labels[-1]):
             return False
         return all(_LABEL.match(label) for label in labels)
     return True
@@ -116,9 +120,12 @@ def refuse_at_registration(url: str) -> None:
     still sent to): a user or password, which every reader of the endpoint, a dashboard key
     included, would see (deliveries are authenticated by their signature), and spaces: sent
     as it is, "/x " asks for "/x%20", a space pasted at the end that the receiver never
-    serves (a tester's)."""
-    if any(c.isspace() for c in url):
-        raise TargetNotAllowed("must not contain spaces (a space in a path is written %20)")
+    serves (a tester's), and invisible characters (a zero-width space, a byte-order mark)
+    likewise."""
+    if any(c.isspace() or unicodedata.category(c) == "Cf" for c in url):
+        raise TargetNotAllowed(
+            "must not contain spaces or invisible characters (a space in a path is written %20)"
+        )
     parts = urlsplit(url)
     if parts.username is not None or parts.password is not None:
         raise TargetNotAllowed(

@@ -1046,7 +1046,7 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
     w = await world(client)
     host = "has an invalid host name"
     control = "must not contain control characters such as tabs or newlines"
-    spaces = "must not contain spaces (a space in a path is written %20)"
+    spaces = "must not contain spaces or invisible characters (a space in a path is written %20)"
     for url, message in (("http://exa mple.com/", host), ("http://exa%20mple.test/h", host),
                          ("http://-edge.test/h", host), ("http://edge-.test/h", host),
                          ("http://a!b.test/h", host), ("http://ex\tample.test/h", control),
@@ -1060,7 +1060,11 @@ async def test_a_url_needs_a_valid_host_name_and_is_told_its_scheme_first(
                          # numbers that are no IPv4 address, and spaces (a tester's)
                          ("https://999.1.1.1/", host), ("http://192.168.1.1./h", host),
                          ("https://hooks.test/x ", spaces),
-                         ("https://hooks.test/a b", spaces)):  # fmt: skip
+                         ("https://hooks.test/a b", spaces),
+                         ("https://hooks.test/zw\u200b", spaces),
+                         ("https://hooks.test/x\ufeff", spaces),
+                         ("http://0x7f.0x1/x", host), ("http://0x7f000001/x", host),
+                         ("http://example.0x1/x", host), ("http://127.1/x", host)):  # fmt: skip
         refused = await w.post("/v1/webhook-endpoints", {"url": url}, headers=w.admin)
         assert (refused.status_code, refused.json()["code"]) == (422, "webhook_url_not_allowed")
         assert refused.json()["errors"] == [{"field": "url", "message": message}], url
