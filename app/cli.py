@@ -93,7 +93,7 @@ def serve(
     if first is not None:
         key_id, secret = first
         typer.echo(
-            "\nNo admin API key was in force; created one. It is shown only now:\n\n"
+            "\nNo admin API key existed; created one. It is shown only now:\n\n"
             f"    {secret}\n\n{_revocable(key_id)}\n",
             err=True,
         )
@@ -382,7 +382,16 @@ async def _first_admin_key() -> tuple[str, str] | None:
             # read-only file, a standby) stops the start here, not every write later with a
             # 500 while /readyz says ok (a tester's).
             await session.execute(text("UPDATE alembic_version SET version_num = version_num"))
-            if await api_keys_service.has_admin_key(session):
+            made, in_force = await api_keys_service.admin_keys(session)
+            if made:
+                # Every admin key revoked is an operator's choice, not a first start: a key
+                # made then, unasked, went to the service's log at each restart (a tester's).
+                if not in_force:
+                    typer.echo(
+                        "warning: every admin API key is revoked; `loanwatch api-keys create "
+                        "--role admin` makes one",
+                        err=True,
+                    )
                 return None
             key, secret = await api_keys_service.issue_key(
                 session, role=Role.ADMIN, description="created at first start"

@@ -107,6 +107,19 @@ def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
     )
 
 
+def test_a_start_makes_no_admin_key_once_every_one_is_revoked(tmp_path: Path) -> None:
+    """The first start makes an admin key; revoked, it was made again at every start and
+    printed to the service's log, unasked (a tester's). Now the start says how to make one."""
+    with serving(tmp_path):
+        (key_id,) = re.findall(r"key id (key_\w+)", (tmp_path / "serve.log").read_text())
+    subprocess.run([LOANWATCH, "api-keys", "revoke", key_id], cwd=tmp_path, env=clean_env(),
+                   check=True, capture_output=True)  # fmt: skip
+    with serving(tmp_path, "again.log"):
+        log = (tmp_path / "again.log").read_text()
+    assert "lw_" not in log
+    assert "warning: every admin API key is revoked" in log
+
+
 def test_migrate_warns_of_a_file_other_users_may_read(tmp_path: Path) -> None:
     """A file an older release made under the usual umask keeps its mode (the operator may
     mean it), but it holds signing secrets: the start says so (a tester's)."""

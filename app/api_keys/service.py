@@ -84,10 +84,9 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id:
     principals.revoke(key.key_hash)
 
 
-async def has_admin_key(session: AsyncSession) -> bool:
-    count = await session.scalar(
-        select(func.count())
-        .select_from(ApiKey)
-        .where(ApiKey.role == Role.ADMIN, ApiKey.revoked_at.is_(None))
-    )
-    return bool(count)
+async def admin_keys(session: AsyncSession) -> tuple[int, int]:
+    """How many admin keys were ever made, and how many of them are in force."""
+    admin = select(func.count()).select_from(ApiKey).where(ApiKey.role == Role.ADMIN)
+    made = await session.scalar(admin) or 0
+    in_force = await session.scalar(admin.where(ApiKey.revoked_at.is_(None))) or 0
+    return made, in_force
