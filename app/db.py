@@ -24,6 +24,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy import cast as sql_cast
@@ -374,6 +375,20 @@ class Database:
         async with self.engine.begin() as connection:
             await connection.exec_driver_sql("PRAGMA optimize")
 
+    async def analyse_stale_tables(self) -> None:
+        """PostgreSQL's statistics of the tables never analysed, or changed more than their
+        size since: autovacuum keeps them, within a minute of a change, where it runs. Where
+        it is off, or a bulk load just ended, the close planned its statements for a new
+        database's empty tables: one UPDATE of a 20,000-loan book's installments ran for 10
+        minutes, holding the payments it locked (a tester's; 18 s for the close once
+        analysed). ANALYZE blocks no read or write."""
+        if self.engine.dialect.name != "postgresql":
+            return
+        async with self.engine.begin() as connection:
+            stale = await connection.execute(_STALE_TABLES)
+            for (name,) in stale.all():
+                await connection.execute(text(f'ANALYZE "{name}"'))
+
     async def dispose(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
@@ -381,6 +396,13 @@ class Database:
         self._sessions = None
         self._read_engine = None
 
+
+# Never analysed (reltuples -1), or more rows changed since than it had then.
+_STALE_TABLES = text(
+    "SELECT c.relname FROM pg_class c JOIN pg_stat_user_tables s ON s.relid = c.oid "
+    "WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' "
+    "AND (c.reltuples < 0 OR s.n_mod_since_analyze > greatest(c.reltuples, 1000))"
+)
 
 database = Database()
 

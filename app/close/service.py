@@ -293,7 +293,10 @@ async def begin_run(as_of: date) -> int | None:
         run.heartbeat_at, run.attempts, run.error = now, run.attempts + 1, None
         # The steps' timings are this attempt's; the counts stay the date's (finish_step).
         run.steps = {}
-        return run.attempts
+        attempt = run.attempts
+    # The close's plans need the book's size: a bulk load may not be analysed yet.
+    await database.analyse_stale_tables()
+    return attempt
 
 
 # The run's row in the steps of an attempt, read and written in Core: loading and flushing the
