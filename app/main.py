@@ -11,6 +11,7 @@ from app.api.bodies import LimitBodySize, RequireJson
 from app.api.framing import not_framed
 from app.api.head import AnswerHeadAsGet
 from app.api.idempotency import IdempotencyMiddleware
+from app.api.stopping import AnswerCancelledAs503
 from app.api.unambiguous import RefuseAmbiguousInput
 from app.api_keys.routes import router as api_keys_router
 from app.borrowers.routes import router as borrowers_router
@@ -102,6 +103,7 @@ def create_app() -> FastAPI:
     app.add_middleware(RequireJson)
     app.add_middleware(metrics.RequestMetrics)
     app.add_middleware(AnswerHeadAsGet)
+    app.add_middleware(AnswerCancelledAs503)  # outermost: whatever was cancelled inside
     for router in ROUTERS:
         # The routes themselves, not app.include_router(router): FastAPI matches an included
         # router's routes through a wrapper per router and per route, which cost a request

@@ -1,0 +1,42 @@
+"""A request the server cancels as it stops is answered 503, not 500.
+
+A stopping uvicorn lets the requests in flight finish for a grace period, then cancels them
+and answers those with nothing sent yet 500 Internal Server Error: payments waiting on rows a
+close held were told the server failed (a tester's). They were not applied (their
+transactions never committed) or, cancelled after the commit, their answer is kept under
+their Idempotency-Key: a retry does the right thing either way, which a 503 says."""
+
+import asyncio
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import problem
+
+
+class AnswerCancelledAs503:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def noting_the_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_the_start)
+        except asyncio.CancelledError:
+            if not started:
+                stopping = problem(
+                    503, "service_stopping", "Service stopping",
+                    "the server stopped before the request finished; retry it with the same "
+                    "Idempotency-Key, which runs it only if it was not applied",
+                    headers={"Retry-After": "5"},
+                )  # fmt: skip
+                await stopping(scope, receive, send)
+            raise
