@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Integer, Row, Table, bindparam, func, select, text, update
+from sqlalchemy import Integer, Row, Table, and_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -122,6 +122,16 @@ async def request_close(principal: Principal, *, as_of: date) -> tuple[CloseRun,
         return run, dates
 
 
+# What a stop of this process writes on the runs it cut short (run_dates_in_process), which a
+# start closes again.
+CANCELLED_BY_A_STOP = "cancelled: the process stopped"
+NOT_STARTED_FOR_A_STOP = "not started: the process stopped"
+_STOPPED = and_(
+    CloseRun.status == CloseStatus.FAILED,
+    CloseRun.error.in_((CANCELLED_BY_A_STOP, NOT_STARTED_FOR_A_STOP)),
+)
+
+
 async def close_yesterday() -> list[date]:
     """The scheduled close: the day that just ended, after any day missed before it; of a
     backlog longer than a request may close, the oldest dates it may (the next night goes on:
@@ -162,7 +172,13 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
     if last is not None and as_of < last:
         raise CloseDateInPast(f"the business date is already {last}; {as_of} cannot be closed")
     if last is None:
-        await _refuse_closing_before_evaluated(session, as_of)
+        evaluated = await _refuse_closing_before_evaluated(session, as_of)
+        # The first close a stop cut short is still the book's first date: a later one runs
+        # it and the dates after it. Closing only the later date, the restart's scheduled
+        # close left it unclosed, and then before the business date for good (a tester's).
+        first = await session.scalar(select(func.min(CloseRun.as_of)).where(_STOPPED))
+        if first is not None and first < as_of and (evaluated is None or first >= evaluated):
+            last = first - timedelta(days=1)
     await refuse_concurrent(session)
     if last is None or as_of == last:
         dates = [as_of]
@@ -187,11 +203,11 @@ async def plan_close(session: AsyncSession, *, as_of: date) -> list[date]:
     return dates
 
 
-async def _refuse_closing_before_evaluated(session: AsyncSession, as_of: date) -> None:
+async def _refuse_closing_before_evaluated(session: AsyncSession, as_of: date) -> date | None:
     """Before any close, a payment, reversal, failed debit or risk run evaluates its loans'
     flags, grades and limits as of today. A first close for an earlier date would clear those
     flags on a day before they were raised, and weigh them as if still to come: it is refused,
-    as a date before the last close is."""
+    as a date before the last close is. The date they were evaluated as of, if any."""
     flagged_on = await session.scalar(select(func.max(RiskFlag.raised_on)))
     limit_moved_on = await session.scalar(select(func.max(Borrower.limit_changed_on)))
     evaluated = max((d for d in (flagged_on, limit_moved_on) if d is not None), default=None)
@@ -201,6 +217,7 @@ async def _refuse_closing_before_evaluated(session: AsyncSession, as_of: date) -
             f"payments and risk runs evaluate as of today); the first close cannot be for "
             f"{as_of}: close {evaluated} or later"
         )
+    return evaluated
 
 
 # Requests to close (and risk runs, which must not meet a close) take this lock in turn, so
@@ -462,13 +479,9 @@ async def fail_run(as_of: date, error: str, attempt: int, *, later: str | None =
             )
 
 
-# What a stop of this process writes on the runs it cut short (run_dates_in_process).
-CANCELLED_BY_A_STOP = "cancelled: the process stopped"
-NOT_STARTED_FOR_A_STOP = "not started: the process stopped"
+# The dates a stop cut short that are still not closed.
 _CUT_SHORT = select(CloseRun.as_of).where(
-    CloseRun.status == CloseStatus.FAILED,
-    CloseRun.error.in_((CANCELLED_BY_A_STOP, NOT_STARTED_FOR_A_STOP)),
-    CloseRun.as_of > func.coalesce(delinquency.business_date_column(), date.min),
+    _STOPPED, CloseRun.as_of > func.coalesce(delinquency.business_date_column(), date.min)
 )
 
 

@@ -508,3 +508,22 @@ async def test_a_payment_and_the_close_on_one_loan_queue_without_a_deadlock(
                                           created_at=utc_now()))  # fmt: skip
 
     await asyncio.gather(payment(), close_charging_a_fee())
+
+
+async def test_a_first_close_a_stop_cut_short_is_closed_with_the_dates_after_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """The book's first close, cut short by a stop: the restart's scheduled close closed
+    yesterday alone, and the date it cut short was then before the business date, never to be
+    closed (a tester's). It stays the first date: yesterday's close runs it and the dates after."""
+    w = await world(client)
+    await w.loan(disbursed_on=str(clock.today() - timedelta(days=40)))
+    yesterday = clock.today() - timedelta(days=1)
+    first = yesterday - timedelta(days=3)
+    async with session_scope() as session:
+        assert await close_service.plan_close(session, as_of=first) == [first]
+    attempt = await close_service.begin_run(first)
+    assert attempt is not None
+    await close_service.fail_run(first, close_service.CANCELLED_BY_A_STOP, attempt)
+    assert await close_service.cut_short_by_a_stop()
+    assert await close_service.close_yesterday() == [first + timedelta(days=n) for n in range(4)]
