@@ -25,7 +25,7 @@ from app.gateways.routes import router as gateways_router
 from app.loans.read_lane import LoanReadLane
 from app.loans.routes import router as loans_router
 from app.merchants.routes import router as merchants_router
-from app.ops import metrics
+from app.ops import access_log, metrics
 from app.ops.routes import router as ops_router
 from app.payments.routes import router as payments_router
 from app.portfolio import positions  # noqa: F401 - before-flush listener keeping the counts
@@ -117,6 +117,7 @@ def create_app() -> FastAPI:
 
 
 app = create_app()
+access_log.install()
 # What `loanwatch serve` runs: the app behind GET /v1/loans/{id}'s lane, outside even FastAPI's
 # own layers around the middlewares (its telemetry and error handling), which the lane needs
 # none of (bench/request_profile.py times the read both ways).

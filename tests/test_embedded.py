@@ -658,3 +658,19 @@ def test_an_endpoint_deleted_mid_attempt_holds_up_no_other_endpoint(tmp_path: Pa
         asyncio.run(wait_for(healthy, 1, 30))
         delivery = http.get(f"/v1/webhook-endpoints/{endpoints[1]}/deliveries").json()
         assert delivery["items"][0]["id"] != "1"  # the deleted endpoint's
+
+
+def test_a_key_sent_in_a_query_string_is_not_logged(
+    embedded_server: tuple[str, str, Path],
+) -> None:
+    """Keys are read from the Authorization header alone: one sent as ?api_key= was refused,
+    and written verbatim to the access log (a tester's)."""
+    base, key, folder = embedded_server
+    for query in (f"api_key={key}&limit=5", f"limit=5&accessToken={key}"):
+        assert httpx.get(f"{base}/v1/merchants?{query}").status_code == 401
+    deadline = time.monotonic() + 10  # a bound, not a speed check: the line is written after
+    while "accessToken=REDACTED" not in (log := (folder / "serve.log").read_text()):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.1)
+    assert log.count(key) == 1  # as the first start showed it
+    assert "/v1/merchants?api_key=REDACTED&limit=5 " in log
