@@ -103,10 +103,11 @@ def _not_blank(value: str) -> str:
 
 
 def _a_name(value: str) -> str:
-    """A name is one line, shown as it reads (a reason or a note may run over lines)."""
+    """A name is one line, shown as it reads (a reason or a note may run over lines): the
+    Unicode line and paragraph separators (U+2028, U+2029) broke it too (a tester's)."""
     _not_blank(value)
-    if any(unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS for c in value):
-        raise ValueError("must not hold control characters or bidirectional overrides")
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in _BIDI_CONTROLS for c in value):
+        raise ValueError("must not hold control characters, line breaks or bidirectional overrides")
     return value
 
 
@@ -116,8 +117,8 @@ Name = Annotated[
     Field(
         min_length=1,
         max_length=200,
-        description="at least one visible character; no control characters or bidirectional "
-        "overrides",
+        description="at least one visible character; no control characters, line breaks or "
+        "bidirectional overrides",
     ),
     AfterValidator(_a_name),
 ]

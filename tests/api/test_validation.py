@@ -244,6 +244,8 @@ async def test_malformed_borrowers_are_refused(client: httpx.AsyncClient) -> Non
                      # Blank letters, a mark alone, a bidirectional override (a re-verifier's)
                      {"name": "\u3164"}, {"name": "\u2800"}, {"name": "\u034f"},
                      {"name": "\u0301"}, {"name": "Li\u202eieW"},
+                     # Nor does a name run over lines (a tester's)
+                     {"name": "Li\u2028Wei"}, {"name": "Li\u2029Wei"},
                      # Nor is a digit among dashes a phone number, nor a number with
                      # spaces after it another one
                      {"phone": "1----"}, {"phone": "1 () -"}, {"phone": "+8613800138000   "},
