@@ -118,42 +118,25 @@ def test_migrations_started_together_on_postgresql_run_one_at_a_time(
 ) -> None:
     """Two API replicas starting at once each migrate first: on a fresh database one failed,
     creating the version table the other was creating (a tester's)."""
-    import subprocess
 
     from tests.conftest import as_admin
-    from tests.processes import LOANWATCH, clean_env
 
     fresh = f"{postgres_database.rsplit('_', 1)[0]}_fresh_{os.getpid()}"
     name = fresh.rsplit("/", 1)[1]
     as_admin(f'CREATE DATABASE "{name}"')
     try:
-        env = {**clean_env(), "LOANWATCH_DATABASE_URL": fresh}
-        both = [
-            subprocess.Popen([LOANWATCH, "migrate"], env=env, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)
-        ]
-        for process in both:
-            _, stderr = process.communicate(timeout=120)
-            assert process.returncode == 0, stderr
+        _migrate_twice_at_once(fresh)
         assert asyncio.run(schema_differences(fresh)) == []
     finally:
         as_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_migrations_started_together_on_sqlite_run_one_at_a_time(tmp_path: Path) -> None:
-    """Two `loanwatch migrate` (or a `serve` migrating at start beside one) on the embedded
-    default's file: their DDL interleaved, and one failed on a table the other had made,
-    leaving batch mode's _alembic_tmp_ tables in the file (a tester's, upgrading from 0010)."""
-    import sqlite3
+def _migrate_twice_at_once(url: str) -> None:
+    """Two `loanwatch migrate` started together on the database at ``url``: both succeed."""
     import subprocess
-
-    from alembic import command
 
     from tests.processes import LOANWATCH, clean_env
 
-    path = tmp_path / "embedded.db"
-    url = f"sqlite+aiosqlite:///{path}"
-    command.upgrade(migrate.alembic_config(url), "0010")
     env = {**clean_env(), "LOANWATCH_DATABASE_URL": url}
     both = [
         subprocess.Popen([LOANWATCH, "migrate"], env=env, stderr=subprocess.PIPE, text=True)
@@ -162,6 +145,20 @@ def test_migrations_started_together_on_sqlite_run_one_at_a_time(tmp_path: Path)
     for process in both:
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
+
+
+def test_migrations_started_together_on_sqlite_run_one_at_a_time(tmp_path: Path) -> None:
+    """Two `loanwatch migrate` (or a `serve` migrating at start beside one) on the embedded
+    default's file: their DDL interleaved, and one failed on a table the other had made,
+    leaving batch mode's _alembic_tmp_ tables in the file (a tester's, upgrading from 0010)."""
+    import sqlite3
+
+    from alembic import command
+
+    path = tmp_path / "embedded.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    command.upgrade(migrate.alembic_config(url), "0010")
+    _migrate_twice_at_once(url)
     with sqlite3.connect(path) as db:
         tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
     assert not [name for name in tables if name.startswith("_alembic_tmp")]
