@@ -71,7 +71,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Uvicorn worker processes.", min=1)] = 1,
 ) -> None:
-    """Migrate, make sure an admin key exists, and serve the API."""
+    """Migrate, make an admin key at the first start (printed once), and serve the API."""
     import uvicorn
 
     settings = get_settings()

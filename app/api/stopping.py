@@ -7,10 +7,13 @@ transactions never committed) or, cancelled after the commit, their answer is ke
 their Idempotency-Key: a retry does the right thing either way, which a 503 says."""
 
 import asyncio
+import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import problem
+
+log = logging.getLogger("loanwatch.api")
 
 
 class AnswerCancelledAs503:
@@ -31,12 +34,16 @@ class AnswerCancelledAs503:
         try:
             await self.app(scope, receive, noting_the_start)
         except asyncio.CancelledError:
-            if not started:
-                stopping = problem(
-                    503, "service_stopping", "Service stopping",
-                    "the server stopped before the request finished; retry it with the same "
-                    "Idempotency-Key, which runs it only if it was not applied",
-                    headers={"Retry-After": "5"},
-                )  # fmt: skip
-                await stopping(scope, receive, send)
-            raise
+            if started:
+                raise  # half an answer: uvicorn closes the connection
+            log.warning("%s %s cut short by the stop: answered 503", scope["method"],
+                        scope["path"])  # fmt: skip
+            stopping = problem(
+                503, "service_stopping", "Service stopping",
+                "the server stopped before the request finished; retry it with the same "
+                "Idempotency-Key, which runs it only if it was not applied",
+                headers={"Retry-After": "5"},
+            )  # fmt: skip
+            # Answered, the request is over: raised on, the cancellation was logged by uvicorn
+            # as an error with its traceback, 127 lines per request (a re-verifier's).
+            await stopping(scope, receive, send)

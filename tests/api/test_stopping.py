@@ -7,7 +7,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 from starlette.types import ASGIApp, Message
 
 from tests.conftest import TEST_DSN
@@ -51,8 +50,7 @@ async def test_a_payment_cancelled_while_it_waits_for_its_loan_is_answered_503(
             await asyncio.sleep(0.5)
             assert not sent  # waiting for the row
             request.cancel()  # as a stopping uvicorn does once its grace period is over
-            with pytest.raises(asyncio.CancelledError):
-                await request
+            await request  # answered, over: not an error for uvicorn to log
     finally:
         await holder.close()
     assert sent[0]["type"] == "http.response.start"
