@@ -12,10 +12,12 @@ from urllib.parse import unquote_plus
 from app.api.auth import KEY_PREFIX
 from app.webhooks.signing import SECRET_PREFIX
 
-# Ours, whatever carries them: a bare parameter, a value under any name, a path segment.
-_OUR_SECRET = re.compile(rf"(?:{KEY_PREFIX}|{SECRET_PREFIX})[A-Za-z0-9_+/=%-]{{8,}}")
+# Ours, whatever carries them: a bare parameter, a value under any name, a path segment; in
+# any case and however percent-encoded (a re-verifier's: "%6Cw_…" was logged as sent).
+_OUR_SECRET = re.compile(rf"(?:{KEY_PREFIX}|{SECRET_PREFIX})[A-Za-z0-9_+/=-]{{8,}}", re.IGNORECASE)
 # A name holding one of these words, in any case: api_key, apiKey, access_token, secret…
 _SECRET_NAME = re.compile(r"key|token|secret|pass|pwd|auth|bearer|sig|cred", re.IGNORECASE)
+_SEGMENT = re.compile(r"[^/?&;=]+")
 _PARAMETER = re.compile(r"([^&;=]*)=([^&;]*)")
 
 
@@ -29,12 +31,27 @@ class RedactSecrets(logging.Filter):
 
 
 def redacted(target: str) -> str:
-    path, mark, query = _OUR_SECRET.sub("REDACTED", target).partition("?")
+    target = _SEGMENT.sub(_segment_unless_ours, target)
+    path, mark, query = target.partition("?")
     return path + mark + _PARAMETER.sub(_value_unless_secret, query)
 
 
+def _decoded(text: str) -> str:
+    """As a server would read it, encoded twice over included."""
+    for _ in range(3):
+        once = unquote_plus(text)
+        if once == text:
+            break
+        text = once
+    return text
+
+
+def _segment_unless_ours(segment: re.Match[str]) -> str:
+    return "REDACTED" if _OUR_SECRET.search(_decoded(segment[0])) else segment[0]
+
+
 def _value_unless_secret(parameter: re.Match[str]) -> str:
-    name = unquote_plus(parameter[1])  # "t%6Fken" is a token all the same
+    name = _decoded(parameter[1])  # "t%6Fken" is a token all the same
     return f"{parameter[1]}=REDACTED" if _SECRET_NAME.search(name) else parameter[0]
 
 
