@@ -20,6 +20,9 @@ from app.errors import problem
 
 log = logging.getLogger("loanwatch.api")
 
+# How long a cancelled request may take to answer itself before the stop answers for it.
+ITS_OWN_ANSWER_SECONDS = 2.0
+
 
 class AnswerCancelledAs503:
     def __init__(self, app: ASGIApp) -> None:
@@ -29,10 +32,12 @@ class AnswerCancelledAs503:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
+        started = answered = False
 
         async def noting_the_start(message: Message) -> None:
             nonlocal started
+            if answered:
+                return  # the stop's 503 went instead
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -42,10 +47,17 @@ class AnswerCancelledAs503:
             # being cancelled, clean-up included.
             await asyncio.shield(request)
         except asyncio.CancelledError:
-            request.cancel()  # its clean-up goes on without us
-            request.add_done_callback(_retrieved)
+            request.cancel()
+            request.add_done_callback(_retrieved)  # its clean-up may go on without us
+            # A moment for its own answer (a close records its run failed and answers 503
+            # service_busy); no longer: an Idempotency-Key's release waiting on a database the
+            # stop was closing held the answer until the process had gone (a re-verifier's).
+            await asyncio.wait({request}, timeout=ITS_OWN_ANSWER_SECONDS)
             if started:
+                if request.done():
+                    return  # answered: over, not an error for uvicorn to log with a traceback
                 raise  # half an answer: uvicorn closes the connection
+            answered = True
             log.warning("%s %s cut short by the stop: answered 503", scope["method"],
                         scope["path"])  # fmt: skip
             stopping = problem(
@@ -55,8 +67,6 @@ class AnswerCancelledAs503:
                 "in progress, wait a minute: the key stays claimed that long)",
                 headers={"Retry-After": "5"},
             )  # fmt: skip
-            # Answered, the request is over: raised on, the cancellation was logged by uvicorn
-            # as an error with its traceback, 127 lines per request (a re-verifier's).
             await stopping(scope, receive, send)
 
 
