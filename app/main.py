@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from app.api import openapi
+from app.api import openapi, stopping
 from app.api.bodies import LimitBodySize, RequireJson
 from app.api.framing import not_framed
 from app.api.head import AnswerHeadAsGet
@@ -77,6 +77,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await stopping.clean_ups_done(seconds=10)
         if scheduler:
             await scheduler.stop()
         # A close a request started (the embedded default): recorded failed, not left

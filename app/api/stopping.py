@@ -20,9 +20,6 @@ from app.errors import problem
 
 log = logging.getLogger("loanwatch.api")
 
-# How long a cancelled request may take to answer itself before the stop answers for it.
-ITS_OWN_ANSWER_SECONDS = 2.0
-
 
 class AnswerCancelledAs503:
     def __init__(self, app: ASGIApp) -> None:
@@ -47,27 +44,38 @@ class AnswerCancelledAs503:
             # being cancelled, clean-up included.
             await asyncio.shield(request)
         except asyncio.CancelledError:
+            # Answered now, not after its clean-up: the process may be gone by then (an
+            # Idempotency-Key's release waited on a database the stop was closing, and the
+            # client got no answer: a re-verifier's; waiting even 2 s for a request's own
+            # answer lost them all). Its clean-up goes on without us, its answer dropped.
             request.cancel()
-            request.add_done_callback(_retrieved)  # its clean-up may go on without us
-            # A moment for its own answer (a close records its run failed and answers 503
-            # service_busy); no longer: an Idempotency-Key's release waiting on a database the
-            # stop was closing held the answer until the process had gone (a re-verifier's).
-            await asyncio.wait({request}, timeout=ITS_OWN_ANSWER_SECONDS)
+            request.add_done_callback(_retrieved)
+            _cleaning_up.add(request)
+            request.add_done_callback(_cleaning_up.discard)
             if started:
-                if request.done():
-                    return  # answered: over, not an error for uvicorn to log with a traceback
                 raise  # half an answer: uvicorn closes the connection
             answered = True
             log.warning("%s %s cut short by the stop: answered 503", scope["method"],
                         scope["path"])  # fmt: skip
             stopping = problem(
                 503, "service_stopping", "Service stopping",
-                "the server stopped before the request finished; nothing of it was applied "
-                "unless its Idempotency-Key says so: retry it with the same key (told 409 "
-                "in progress, wait a minute: the key stays claimed that long)",
+                "the server stopped before the request finished; retry it with the same "
+                "Idempotency-Key, which runs it only if it was not applied",
                 headers={"Retry-After": "5"},
             )  # fmt: skip
             await stopping(scope, receive, send)
+
+
+# The requests the stop answered for, still running their clean-up (a transaction's rollback,
+# an Idempotency-Key's release).
+_cleaning_up: set["asyncio.Future[None]"] = set()
+
+
+async def clean_ups_done(seconds: float) -> None:
+    """Wait (at most ``seconds``) for the clean-up of the requests the stop answered for: the
+    database closed under them, their abandoned connections were reported with tracebacks."""
+    if _cleaning_up:
+        await asyncio.wait(set(_cleaning_up), timeout=seconds)
 
 
 def _retrieved(request: "asyncio.Future[None]") -> None:
