@@ -48,7 +48,8 @@ ERRORS = {
     "422": "Invalid input; `errors` names each field (`validation_error`, or a domain code "
     "such as `credit_limit_exceeded`, `amount_exceeds_payoff`, `idempotency_key_reused`)",
     "503": "The database is busy (`service_busy`: nothing was stored) or unreachable "
-    "(`database_unavailable`); retry after `Retry-After`, with the same `Idempotency-Key`",
+    "(`database_unavailable`), or the service stopped before the request finished "
+    "(`service_stopping`); retry after `Retry-After`, with the same `Idempotency-Key`",
 }
 
 IDEMPOTENCY_KEY = {

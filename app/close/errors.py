@@ -1,6 +1,4 @@
-from typing import ClassVar
-
-from app.errors import Conflict, InvalidRequest, LoanwatchError, NotFound
+from app.errors import Conflict, InvalidRequest, NotFound
 
 
 class CloseDateInPast(Conflict):
@@ -23,12 +21,3 @@ class CloseRunNotFound(NotFound):
 class CloseCatchUpTooLong(InvalidRequest):
     code = "close_catch_up_too_long"
     title = "Too many dates to close at once"
-
-
-class CloseStopped(LoanwatchError):
-    """A close a request ran in the service, cancelled as the service stops."""
-
-    status = 503
-    code = "service_busy"
-    title = "Service busy"
-    headers: ClassVar[dict[str, str] | None] = {"Retry-After": "30"}

@@ -28,7 +28,6 @@ from app.close.errors import (
     CloseDateInPast,
     CloseInProgress,
     CloseRunNotFound,
-    CloseStopped,
 )
 from app.close.models import CloseRun, CloseStatus
 from app.config import get_settings
@@ -102,15 +101,10 @@ async def request_close(principal: Principal, *, as_of: date) -> tuple[CloseRun,
                 ) from exc
     finished = None
     if not celery:
+        # Cancelled by a stopping server, the run is recorded failed and the request answered
+        # 503 service_stopping (app/api/stopping.py).
         try:
             finished = await run_dates_in_process(dates)
-        except asyncio.CancelledError:
-            # The server, stopping, cancelled the request after its grace: told as such, not
-            # as the server's plain-text 500 and a traceback.
-            raise CloseStopped(
-                "the service is stopping: the close was cancelled and its run recorded failed; "
-                "ask again once the service is back"
-            ) from None
         except Exception:
             pass
     if finished is not None:
