@@ -59,8 +59,9 @@ class AnswerCancelledAs503:
                         scope["path"])  # fmt: skip
             stopping = problem(
                 503, "service_stopping", "Service stopping",
-                "the server stopped before the request finished; retry it with the same "
-                "Idempotency-Key, which runs it only if it was not applied",
+                "the server stopped before the request finished; retry it once the service "
+                "is back (with its Idempotency-Key, if it had one: the key runs it only if it "
+                "was not applied)",
                 headers={"Retry-After": "5"},
             )  # fmt: skip
             await stopping(scope, receive, send)
