@@ -123,7 +123,7 @@ def loan_read(view: "LoanView", *, with_schedule: bool = False) -> LoanRead:
 def balances_read(view: "LoanView") -> BalancesRead:
     loan, position, cur = view.loan, view.position, view.loan.currency
     closed = loan.status == LoanStatus.CANCELLED
-    payoff = 0 if closed else view.payoff_minor
+    payoff = 0 if closed else view.payoff_minor(position)
     # Never more than the payoff, which settles every arrear: a late fee of today's close
     # that a payoff today withdraws stays in the arrears, and on a loan all but wholly overdue
     # the arrears quoted came to more than the payoff, a payment refused (a tester's).

@@ -137,14 +137,9 @@ class LoanView:
     def position(self) -> LoanPosition:
         return position_of(self.installments)
 
-    @property
-    def payoff_minor(self) -> int:
-        """What settles the loan today (``payoff_on``). The arrears quoted keep the late fees
-        of a close of today: a payment today withdraws a fee only when today was its
-        installment's last day of grace (a fee charged later, on a loan booked back-dated,
-        stays), and paying a fee it then withdraws pays ahead, where leaving it out left the
-        loan past due."""
-        return payoff_on(self.installments, self.today)
+    def payoff_minor(self, position: LoanPosition) -> int:
+        """What settles the loan today (``payoff_on``), from the position the caller has."""
+        return payoff_on(self.installments, self.today, position)
 
     def installment_status(self, installment: InstallmentFields) -> InstallmentStatus:
         stored = InstallmentStatus(installment.status)
@@ -167,18 +162,23 @@ async def loan_view(
     return LoanView(loan, installments, clock.today(), await delinquency.business_date(session))
 
 
-def payoff_on(installments: Sequence[InstallmentFields], day: date) -> int:
+def payoff_on(
+    installments: Sequence[InstallmentFields], day: date, position: LoanPosition | None = None
+) -> int:
     """What a payment received on ``day`` takes to pay the loan off: its payoff amount that
     day, less the late fees a close of ``day`` charged. That payment counts as received by the
     close, which charges no paid-off loan, so a payoff on ``day`` withdraws them (quoted with
     them, the payment was refused as more than the payoff; a plan or promise of that date was
-    allowed the fees on top: a tester's)."""
+    allowed the fees on top: a tester's). The arrears quoted keep them: a payment that day
+    withdraws a fee only when it was its installment's last day of grace (a fee charged later,
+    on a loan booked back-dated, stays). ``position``: the installments', if at hand."""
     charged_that_night = sum(
         max(i.late_fees_minor - i.fees_waived_minor, 0)
         for i in installments
         if i.late_fee_assessed_on == day
     )
-    return position_of(installments).payoff_minor(day) - charged_that_night
+    position = position or position_of(installments)
+    return position.payoff_minor(day) - charged_that_night
 
 
 def position_of(installments: Sequence[InstallmentFields]) -> LoanPosition:
