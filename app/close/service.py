@@ -55,11 +55,21 @@ async def assess_late_fees(
 ) -> dict[str, int]:
     """The fee step: the fees of the date, then the replay of the loans a payment received on
     or after it has already paid, so that payment pays the new fee first; then the fees'
-    events, with the principal the replay left."""
+    events, with the principal the replay left.
+
+    A close that charges a loan several fees at once (a back-dated book's first) judged the
+    installment whose grace ends that day by what that day's payments paid it before the fees
+    on older graces; paying those first, as closes run each night would have had them, may
+    leave it owing. Those loans are judged again until no more fees come (each round charges
+    another installment or ends), as the replay judges them (``allocation.replay``)."""
     fees = await delinquency.charge_late_fees(session, as_of, low, high)
-    if fees:
-        await payments.replay_paid_after_fees(session, as_of, low, high)
-        await session.flush()
+    paid_since = await payments.replay_paid_after_fees(session, as_of, low, high) if fees else []
+    while paid_since:
+        await session.flush()  # the replay's allocations, which the next round judges by
+        more = await delinquency.charge_late_fees(session, as_of, low, high, among=paid_since)
+        paid_since = sorted({fee.loan_id for fee in more})
+        await payments.replay_after_fees(session, paid_since, as_of)
+        fees = sorted([*fees, *more], key=lambda fee: (fee.loan_id, fee.seq))
     return await delinquency.announce_late_fees(session, fees, as_of)
 
 

@@ -432,8 +432,9 @@ async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[st
 
 
 @lru_cache(maxsize=16)
-def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> Any:
-    """The update charging the fees."""
+def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal, listed: bool) -> Any:
+    """The update charging the fees (``listed``: only to the loans of the parameter
+    ``loan_ids``)."""
     i, loan, product = _installment.c, _loan.c, _product.c
     # Judged on the last day of grace, by the close of that day: a payment received the day
     # after is late (before the twenty-seventh session the close of the day after charged it,
@@ -475,6 +476,7 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
             in_chunk(i.loan_id, has_low, has_high),
             # The same range on the loan side, or PostgreSQL scans every loan per chunk.
             in_chunk(loan.id, has_low, has_high),
+            i.loan_id.in_(bindparam("loan_ids", expanding=True)) if listed else literal(True),
             loan.status.in_(OPEN_STATUSES),
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
@@ -498,22 +500,30 @@ _LAST_CLOSE = (
 
 
 async def charge_late_fees(
-    session: AsyncSession, as_of: date, low: str | None, high: str | None
+    session: AsyncSession,
+    as_of: date,
+    low: str | None,
+    high: str | None,
+    among: Sequence[str] | None = None,
 ) -> list[Any]:
     """Charge each installment that owed more than the arrears tolerance after its last day of
     grace (``rules.late_fee_judged_on``) its product's late fee, once, at the close of that
-    day (or the first after it): the fees charged (loan_id, seq, due_date, late_fees_minor)."""
+    day (or the first after it): the fees charged (loan_id, seq, due_date, late_fees_minor).
+    ``among``: only the loans of the chunk listed."""
     statement = _late_fees_statement(
-        low is not None, high is not None, get_settings().close.arrears_tolerance
-    )
+        low is not None, high is not None, get_settings().close.arrears_tolerance,
+        among is not None,
+    )  # fmt: skip
     last = (await session.execute(_LAST_CLOSE, {"as_of": as_of})).first()
     params: dict[str, Any] = {"judged_through": None, "judged_since": None}
+    if among is not None:
+        params["loan_ids"] = list(among)
     if last is not None:
         # A rerun of the date: its earlier run judged the loans booked before it succeeded
         # (this attempt's start is now; the date before had not seen a loan booked since: a
         # re-verifier's, the bounce's fees back on a rerun).
         since = last.succeeded_at if last.as_of == as_of else last.started_at
-        params = {"judged_through": last.as_of, "judged_since": since}
+        params |= {"judged_through": last.as_of, "judged_since": since}
     # RETURNING comes in no set order: the ledger rows and events go by loan and installment,
     # as a reader of a loan's transactions expects (installment 2 before 1 failed a test once).
     fees = sorted(

@@ -268,21 +268,31 @@ def _late_fees_withdrawn(
     earlier nights as they stand and the payments received by that day, in the order the nights
     ran. The whole fee when the installment then owed no more than the tolerance; of a percent
     fee, what it charged beyond the fee on what was unpaid, what a waiver forgave of it already
-    counting against that fee."""
+    counting against that fee. Fees of one night (a close that charged several at once) are
+    judged in the order their graces ended."""
     withdrawn: dict[int, tuple[LateFee, ...]] = {t.seq: () for t in installments}
+    grace = timedelta(days=grace_days)
+    # Never after its night: should relief have moved the installment's due date since, the
+    # fee is judged as that night saw it.
     charged = sorted(
-        ((fee.assessed_on, t.seq, fee) for t in installments for fee in t.late_fees),
-        key=lambda night: night[:2],
+        [
+            (fee.assessed_on, min(t.due_date + grace, fee.assessed_on), t.seq, fee)
+            for t in installments
+            for fee in t.late_fees
+        ],
+        key=lambda charge: charge[:3],
     )
-    due_dates = {t.seq: t.due_date for t in installments}
-    for night, seq, fee in charged:
-        # Never after its night: should relief have moved the installment's due date since,
-        # the fee is judged as that night saw it.
-        judged_on = min(due_dates[seq] + timedelta(days=grace_days), night)
+    judged_ons = {(seq, fee.assessed_on): judged_on for _, judged_on, seq, fee in charged}
+    for night, judged_on, seq, fee in charged:
         standing = [_less(t, withdrawn[t.seq]) for t in installments]
+        # The fees of earlier nights, and those of this night on older graces: a close that
+        # charges several at once (a back-dated book's first) charges what closes run each
+        # night would have charged by then, so a payment of the night pays them first.
         seen = LoanPosition([
             InstallmentPosition(replace(t, late_fees=tuple(
-                f for f in t.late_fees if f.assessed_on < night
+                f for f in t.late_fees if f.assessed_on < night or (
+                    f.assessed_on == night and judged_ons[(t.seq, night)] < judged_on
+                )
             )))
             for t in standing
         ])  # fmt: skip

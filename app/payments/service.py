@@ -1,6 +1,7 @@
 """Payments and reversals: every change replays the loan's applied payments from the start."""
 
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -610,13 +611,14 @@ def _asked(installment: LoanInstallment) -> int:
 
 async def replay_paid_after_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
-) -> None:
+) -> list[str]:
     """Replay the loans of the range the close charged a late fee as of ``as_of`` and that have
     a payment received on or after that date (a catch-up, or today's when yesterday is
     closed): the fee counts from ``as_of``, so that payment pays it first, as any later replay
     would, where the stored allocations put the money elsewhere. Open loans only: the chunk
     holds their locks, and a loan paid off or cancelled since an earlier run of the date
-    charged it is the close's no more (a rerun stored a cancelled loan paid off: a tester's)."""
+    charged it is the close's no more (a rerun stored a cancelled loan paid off: a tester's).
+    The loans replayed."""
     i, p, loans = LoanInstallment.__table__.c, Payment.__table__.c, Loan.__table__.c
     loan_ids = await session.scalars(
         select(i.loan_id)
@@ -632,7 +634,15 @@ async def replay_paid_after_fees(
         )
         .order_by(i.loan_id)
     )
-    for loan_id in list(loan_ids):
+    replayed = list(loan_ids)
+    await replay_after_fees(session, replayed, as_of)
+    return replayed
+
+
+async def replay_after_fees(session: AsyncSession, loan_ids: Sequence[str], as_of: date) -> None:
+    """Replay the open loans ``loan_ids``, locked by the close, after it charged them late fees
+    as of ``as_of``."""
+    for loan_id in loan_ids:
         loan = await session.get_one(Loan, loan_id)
         installments = await loans_service.load_installments(session, loan_id)
         terms, fee_rows = await _terms(session, installments)

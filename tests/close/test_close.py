@@ -171,6 +171,37 @@ async def test_a_rerun_after_a_bounce_charges_only_what_is_still_unpaid(
     assert (got["days_past_due"], got["bucket"]) == (11, "1-30")
 
 
+async def test_a_first_close_charging_several_fees_judges_them_in_the_order_of_their_graces(
+    client: httpx.AsyncClient,
+) -> None:
+    """A book booked back-dated: its first close charges every fee it missed on its own date.
+    A payment of that day, covering the three installments due but not their fees, pays the
+    fees of the older graces first, as closes run each night would have had it, and leaves
+    the third owing: it owes its fee too. Judged before the fees of its own night, it was
+    charged nothing, and a rerun charged the fee and withdrew it at once (a re-verifier's:
+    two ledger rows and two events, net nothing)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    # Due the 10th from Feb: 212.00, 210.00, 208.00, then 206.00 ...
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    await w.pay(loan["id"], "630.00", "2026-04-13")  # the last day of the third's grace
+    run = await close(w, "2026-04-13")
+    assert run["counts"]["late_fees_assessed"] == 3
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    # 630.00 paid 20.00 + 212.00, 20.00 + 210.00, then the third's fee and 148.00 of it.
+    assert (got["balances"]["overdue_amount"], got["balances"]["fees_outstanding"]) == (
+        "60.00", "0.00",
+    )  # fmt: skip
+    schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+    assert [(i["fees"], i["status"]) for i in schedule[:3]] == [
+        ("20.00", "paid"), ("20.00", "paid"), ("20.00", "overdue"),
+    ]  # fmt: skip
+    before = (await event_types(), await late_fee_rows())
+    assert before[1] == 3
+    await close(w, "2026-04-13")
+    assert (await event_types(), await late_fee_rows()) == before
+
+
 async def test_an_older_release_s_judgement_of_a_late_fee_stands(
     client: httpx.AsyncClient,
 ) -> None:
