@@ -51,9 +51,14 @@ cli.add_typer(api_keys, name="api-keys")
 @cli.command()
 def migrate() -> None:
     """Apply the database migrations (alembic upgrade head)."""
-    migrations.upgrade()
+    applied = migrations.upgrade()
     _warn_if_shared()
-    typer.echo("database is at the latest schema", err=True)
+    if applied:
+        # A new database and one at the latest schema said the same (a tester's).
+        typer.echo(f"applied {len(applied)} migration{'s' * (len(applied) > 1)}: database "
+                   f"is at the latest schema, {applied[-1]}", err=True)  # fmt: skip
+    else:
+        typer.echo("database is at the latest schema: nothing to apply", err=True)
 
 
 def _warn_if_shared() -> None:

@@ -32,6 +32,13 @@ class LoanwatchError(Exception):
     title: str = "Bad request"
     headers: ClassVar[dict[str, str] | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A code of its own has a title of its own (RFC 9457: the title summarises the type):
+        # the code in words, unless the class words it better. Seventeen 409s were "Conflict".
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__ and "title" not in cls.__dict__:
+            cls.title = cls.code.replace("_", " ").capitalize()
+
     def __init__(self, detail: str, *, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail

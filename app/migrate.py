@@ -21,9 +21,13 @@ def alembic_config(database_url: str | None = None) -> Config:
     return config
 
 
-def upgrade(database_url: str | None = None) -> None:
+def upgrade(database_url: str | None = None) -> list[str]:
+    """Migrate to the latest schema: the revisions applied, oldest first (none when the
+    database was at it already)."""
     _private_sqlite_file(database_url or get_settings().database_url)
-    command.upgrade(alembic_config(database_url), "head")
+    config = alembic_config(database_url)
+    command.upgrade(config, "head")
+    return list(config.attributes.get("applied", []))
 
 
 class SQLiteFileError(Exception):

@@ -66,11 +66,17 @@ def _write_ahead_log(cursor: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
 
 
+def _record_applied(*, step: Any, **_: Any) -> None:
+    """For ``loanwatch migrate`` to say what it did (app/migrate.py)."""
+    context.config.attributes.setdefault("applied", []).append(step.up_revision_id)
+
+
 def _configure(connection: Connection) -> None:
     sqlite = connection.dialect.name == "sqlite"
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        on_version_apply=_record_applied,
         render_as_batch=sqlite,
         compare_type=True,
         # SQLite's DDL is transactional; Alembic assumes it is not and commits each revision.

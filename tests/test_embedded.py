@@ -19,8 +19,10 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from alembic.script import ScriptDirectory
 from standardwebhooks import Webhook
 
+from app.migrate import alembic_config
 from tests.processes import LOANWATCH, clean_env, free_port
 
 
@@ -127,10 +129,15 @@ def test_migrate_warns_of_a_file_other_users_may_read(tmp_path: Path) -> None:
     quiet = subprocess.run([LOANWATCH, "migrate"], cwd=tmp_path, env=env,
                            check=True, capture_output=True, text=True)  # fmt: skip
     assert "warning" not in quiet.stderr
+    # A new database and one at the latest schema said the same (a tester's).
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert re.search(rf"applied \d+ migrations: database is at the latest schema, {head}\n\Z",
+                     quiet.stderr)  # fmt: skip
     (tmp_path / "loanwatch.db").chmod(0o644)
     warned = subprocess.run([LOANWATCH, "migrate"], cwd=tmp_path, env=env,
                             check=True, capture_output=True, text=True)  # fmt: skip
     assert "warning: other users of this machine may read ./loanwatch.db" in warned.stderr
+    assert warned.stderr.endswith("database is at the latest schema: nothing to apply\n")
     assert stat.S_IMODE((tmp_path / "loanwatch.db").stat().st_mode) == 0o644
 
 

@@ -1,6 +1,7 @@
 """Field types shared by request schemas. The shape is checked here; the currency's minor
 digits are checked by the service, which knows the currency."""
 
+import json
 import re
 import unicodedata
 from datetime import UTC, date, datetime
@@ -33,17 +34,34 @@ def _money_shape(value: str) -> str:
         raise ValueError("must not be negative")
     if amount:  # parse_amount tells an amount of fewer digits the field's own maximum
         raise ValueError("is too large: more whole digits than any amount has (at most 15)")
-    # The currency is not known yet: no example, which would be another currency's form.
-    raise ValueError(
-        "must be a non-negative decimal string with the currency's decimal places (JSON "
-        "numbers are refused)"
-    )
+    raise ValueError(_NOT_MONEY)
+
+
+# The currency is not known yet: no example, which would be another currency's form.
+_NOT_MONEY = (
+    "must be a non-negative decimal string with the currency's decimal places (JSON numbers "
+    "are refused)"
+)
+_NOT_A_RATE = "must be a decimal string such as '0.1299' with at most 6 decimals"
 
 
 def _rate_shape(value: str) -> str:
     if not RATE_PATTERN.match(value):
-        raise ValueError("must be a decimal string such as '0.1299' with at most 6 decimals")
+        raise ValueError(_NOT_A_RATE)
     return value
+
+
+def _text_only(message: str) -> BeforeValidator:
+    """Refuse anything but a string with ``message``: "Input should be a valid string", for
+    the commonest mistake, a JSON number, did not say that money travels as text (a
+    tester's)."""
+
+    def check(value: object) -> object:
+        if not isinstance(value, str):
+            raise ValueError(message)
+        return value
+
+    return BeforeValidator(check)
 
 
 def _documented(pattern: re.Pattern[str]) -> dict[str, JsonValue]:
@@ -55,11 +73,13 @@ def _documented(pattern: re.Pattern[str]) -> dict[str, JsonValue]:
 MoneyStr = Annotated[
     str,
     Field(max_length=20, examples=["1299.00"], json_schema_extra=_documented(MONEY_PATTERN)),
+    _text_only(_NOT_MONEY),
     AfterValidator(_money_shape),
 ]
 RateStr = Annotated[
     str,
     Field(max_length=12, examples=["0.1299"], json_schema_extra=_documented(RATE_PATTERN)),
+    _text_only(f"{_NOT_A_RATE} (JSON numbers are refused)"),
     AfterValidator(_rate_shape),
 ]
 # A caller's own reference (external_id, merchant_order_ref, external_ref): printable ASCII
@@ -160,8 +180,15 @@ def _passed_on(value: str) -> str | None:
     return shown(value)[:PASSED_ON_LENGTH] if any(_visible(c) for c in value) else None
 
 
+def _as_text(value: object) -> object:
+    """A number (a card network's code), a flag or a structure, as its JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 # A gateway's reason for a failed debit or a chargeback, on its way to subscribers.
-PassedOnText = Annotated[str, AfterValidator(_passed_on)]
+PassedOnText = Annotated[str, BeforeValidator(_as_text), AfterValidator(_passed_on)]
 
 
 # Pydantic takes a number, or a string of digits, for seconds since 1970: a POS sending

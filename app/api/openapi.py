@@ -52,6 +52,10 @@ ERRORS = {
     "(`service_stopping`); retry after `Retry-After`, with the same `Idempotency-Key`",
 }
 
+# A gateway's notification is read as JSON whatever its Content-Type says (a payment must not
+# be lost to a header): only an encoded body is refused.
+SIGNED_BODY_ENCODED = "The body is encoded (`Content-Encoding`; `unsupported_media_type`)"
+
 IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -138,7 +142,9 @@ def complete(document: dict[str, Any]) -> dict[str, Any]:
             responses = operation["responses"]
             for status in _errors_of(document, path, method, operation):
                 responses[status] = {
-                    "description": ERRORS[status],
+                    "description": ERRORS[status]
+                    if by_api_key or status != "415"
+                    else SIGNED_BODY_ENCODED,
                     "content": {
                         "application/problem+json": {
                             "schema": {"$ref": "#/components/schemas/Problem"}

@@ -22,6 +22,7 @@ request has written nothing, not even an idempotency claim:
   from its retries, by a header other than the one a reader of it sees.
 """
 
+import codecs
 import itertools
 import json
 import re
@@ -235,7 +236,31 @@ def _refusal_of_head(
     return None
 
 
+def wide_encoding(body: bytes) -> str | None:
+    """UTF-16 or UTF-32, when the body is in one (by its byte order mark, or by where its
+    first characters have the NUL bytes of such an encoding, as RFC 4627 tells them)."""
+    if body.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "UTF-32"
+    if body.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16"
+    head = body[:4]
+    if len(head) < 4:
+        return None
+    if head[:3] == b"\0\0\0" or head[1:] == b"\0\0\0":
+        return "UTF-32"
+    if (head[0] == 0 and head[2] == 0) or (head[1] == 0 and head[3] == 0):
+        return "UTF-16"
+    return None
+
+
 def _refusal_of_body(body: bytes) -> _Refusal | None:
+    encoding = wide_encoding(body)
+    if encoding is not None:
+        # Its NUL bytes would be refused as the NUL character, which its sender never sent.
+        return _Refusal(
+            f"the body is in {encoding}: JSON between systems is UTF-8 (RFC 8259)",
+            "body", f"in {encoding}, not UTF-8", "json_invalid",
+        )  # fmt: skip
     if carries_nul(body):
         return _nul_in("body")
     if nests_too_deeply(body):

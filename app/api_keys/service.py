@@ -12,6 +12,7 @@ from app.merchants import service as merchants_service
 
 class ApiKeyNotFound(NotFound):
     code = "api_key_not_found"
+    title = "API key not found"
 
 
 async def issue_key(

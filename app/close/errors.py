@@ -3,6 +3,7 @@ from app.errors import Conflict, InvalidRequest, NotFound
 
 class CloseDateInPast(Conflict):
     code = "close_date_in_past"
+    title = "Close date in the past"
 
 
 class CloseDateInFuture(InvalidRequest):

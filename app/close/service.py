@@ -57,20 +57,46 @@ async def assess_late_fees(
     or after it has already paid, so that payment pays the new fee first; then the fees'
     events, with the principal the replay left.
 
-    A close that charges a loan several fees at once (a back-dated book's first) judged the
-    installment whose grace ends that day by what that day's payments paid it before the fees
-    on older graces; paying those first, as closes run each night would have had them, may
-    leave it owing. Those loans are judged again until no more fees come (each round charges
-    another installment or ends), as the replay judges them (``allocation.replay``)."""
-    fees = await delinquency.charge_late_fees(session, as_of, low, high)
-    paid_since = await payments.replay_paid_after_fees(session, as_of, low, high) if fees else []
-    while paid_since:
+    A close that charges a loan several fees at once (a back-dated book's first) judges them
+    in the order their graces ended, as closes run each night would have: the installment
+    whose grace ends that day by what that day's payments leave it after paying the older
+    fees. So on a loan such a payment has paid, the fees of its newest installment charged
+    wait until the older ones are booked and the loan replayed (judged again then, an older
+    grace's fee comes out the same: it is judged by the payments received by its grace), and
+    the loans replayed are judged again until no more fees come (each round charges another
+    installment or ends), as the replay judges them (``allocation.replay``)."""
+    charged = await delinquency.charge_late_fees(session, as_of, low, high)
+    paid_since = (
+        set(await payments.paid_after_fees(session, as_of, low, high)) if charged else set()
+    )
+    fees: list[Any] = []
+    while charged:
+        waiting = _newest_of_several(charged, paid_since)
+        await delinquency.uncharge_late_fees(session, waiting)
+        waits = {(fee.loan_id, fee.seq) for fee in waiting}
+        standing = [fee for fee in charged if (fee.loan_id, fee.seq) not in waits]
+        await delinquency.book_late_fees(session, standing, as_of)
+        fees += standing
+        replayed = sorted({fee.loan_id for fee in charged} & paid_since)
+        await payments.replay_after_fees(session, replayed, as_of)
+        if not replayed:
+            break
         await session.flush()  # the replay's allocations, which the next round judges by
-        more = await delinquency.charge_late_fees(session, as_of, low, high, among=paid_since)
-        paid_since = sorted({fee.loan_id for fee in more})
-        await payments.replay_after_fees(session, paid_since, as_of)
-        fees = sorted([*fees, *more], key=lambda fee: (fee.loan_id, fee.seq))
+        charged = await delinquency.charge_late_fees(session, as_of, low, high, among=replayed)
+    fees.sort(key=lambda fee: (fee.loan_id, fee.seq))
     return await delinquency.announce_late_fees(session, fees, as_of)
+
+
+def _newest_of_several(charged: list[Any], paid_since: set[str]) -> list[Any]:
+    """Of each loan in ``paid_since`` charged several fees, those on its newest installment."""
+    newest: dict[str, date] = {}
+    several: set[str] = set()
+    for fee in charged:
+        if fee.loan_id in paid_since:
+            if fee.loan_id in newest and newest[fee.loan_id] != fee.due_date:
+                several.add(fee.loan_id)
+            newest[fee.loan_id] = max(newest.get(fee.loan_id, fee.due_date), fee.due_date)
+    return [f for f in charged if f.loan_id in several and f.due_date == newest[f.loan_id]]
 
 
 # In order: fees first, so a fee assessed today counts in today's arrears; the risk engine

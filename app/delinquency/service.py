@@ -526,12 +526,29 @@ async def charge_late_fees(
         params |= {"judged_through": last.as_of, "judged_since": since}
     # RETURNING comes in no set order: the ledger rows and events go by loan and installment,
     # as a reader of a loan's transactions expects (installment 2 before 1 failed a test once).
-    fees = sorted(
+    return sorted(
         (await session.execute(statement, {**chunk_params(as_of, low, high), **params})).all(),
         key=lambda fee: (fee.loan_id, fee.seq),
     )
+
+
+async def uncharge_late_fees(session: AsyncSession, fees: Sequence[Any]) -> None:
+    """Take back ``fees`` charge_late_fees charged in this transaction, not yet booked: they
+    are judged again after the older fees are paid (close.service.assess_late_fees)."""
+    if fees:
+        await session.execute(
+            update(_installment)
+            .where(_installment.c.loan_id == bindparam("b_loan_id"),
+                   _installment.c.seq == bindparam("b_seq"))
+            .values(late_fees_minor=0, late_fee_assessed_on=None),
+            [{"b_loan_id": f.loan_id, "b_seq": f.seq} for f in fees],
+        )  # fmt: skip
+
+
+async def book_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: date) -> None:
+    """A ledger ``late_fee`` row for each fee charged."""
     if not fees:
-        return []
+        return
     currency = {row.id: row.currency for row in await session.execute(
         select(_loan.c.id, _loan.c.currency).where(_loan.c.id.in_({f.loan_id for f in fees}))
     )}  # fmt: skip
@@ -554,7 +571,6 @@ async def charge_late_fees(
             for f in fees
         ],
     )
-    return fees
 
 
 async def announce_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: date) -> Counts:

@@ -2,6 +2,7 @@
 
 import codecs
 import hashlib
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
@@ -278,7 +279,7 @@ async def _debit_recorded_already(
     ):
         raise refused
     payment.gateway = gateway
-    return await payments_service.get_payment(session, system, payment_id=payment.id)
+    return await _with_loan(session, system, payment.id)
 
 
 async def _charge_back(
@@ -324,9 +325,20 @@ async def _charge_back(
         # another webhook-id): there is nothing left to take. Answered 200, as a 409 was until
         # the twenty-eighth session, which the gateway took for a failure and retried for days
         # (a tester's).
-        view = await payments_service.get_payment(session, system, payment_id=payment_id)
+        view = await _with_loan(session, system, payment_id)
         return "ignored", payment_read(view).model_dump(mode="json")
     return "processed", payment_read(view).model_dump(mode="json")
+
+
+async def _with_loan(
+    session: AsyncSession, system: Principal, payment_id: str
+) -> payments_service.PaymentView:
+    """The payment, with its loan as it stands: every 200 about a payment shows the loan, as
+    the one that applied or reversed it does (a gateway reading ``result.loan`` met null on a
+    duplicate under another id: a tester's)."""
+    view = await payments_service.get_payment(session, system, payment_id=payment_id)
+    loan = await session.get_one(Loan, view.payment.loan_id)
+    return replace(view, loan=await loans_service.loan_view(session, loan))
 
 
 async def _record_failed_debit(

@@ -11,6 +11,7 @@ class LoanNotActive(Conflict):
 
 class DuplicateMerchantOrderRef(Conflict):
     code = "duplicate_merchant_order_ref"
+    title = "Merchant order reference used already"
 
 
 class CreditLimitExceeded(InvalidRequest):

@@ -609,16 +609,16 @@ def _asked(installment: LoanInstallment) -> int:
     )  # fmt: skip
 
 
-async def replay_paid_after_fees(
+async def paid_after_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> list[str]:
-    """Replay the loans of the range the close charged a late fee as of ``as_of`` and that have
-    a payment received on or after that date (a catch-up, or today's when yesterday is
-    closed): the fee counts from ``as_of``, so that payment pays it first, as any later replay
-    would, where the stored allocations put the money elsewhere. Open loans only: the chunk
-    holds their locks, and a loan paid off or cancelled since an earlier run of the date
-    charged it is the close's no more (a rerun stored a cancelled loan paid off: a tester's).
-    The loans replayed."""
+    """The loans of the range the close charged a late fee as of ``as_of`` and that have a
+    payment received on or after that date (a catch-up, or today's when yesterday is closed):
+    the fee counts from ``as_of``, so that payment pays it first, as any later replay would,
+    where the stored allocations put the money elsewhere (``replay_after_fees``). Open loans
+    only: the chunk holds their locks, and a loan paid off or cancelled since an earlier run
+    of the date charged it is the close's no more (a rerun stored a cancelled loan paid off:
+    a tester's)."""
     i, p, loans = LoanInstallment.__table__.c, Payment.__table__.c, Loan.__table__.c
     loan_ids = await session.scalars(
         select(i.loan_id)
@@ -634,9 +634,7 @@ async def replay_paid_after_fees(
         )
         .order_by(i.loan_id)
     )
-    replayed = list(loan_ids)
-    await replay_after_fees(session, replayed, as_of)
-    return replayed
+    return list(loan_ids)
 
 
 async def replay_after_fees(session: AsyncSession, loan_ids: Sequence[str], as_of: date) -> None:

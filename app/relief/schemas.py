@@ -1,7 +1,7 @@
 from datetime import date, datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationInfo, field_validator
 
 from app.api.fields import IsoDate, MoneyStr, Reason
 from app.money import format_minor
@@ -46,6 +46,25 @@ class RestructureCreate(BaseModel):
         f"{MAX_HOLIDAY_MONTHS_PER_LOAN} over the loan's life) the installments not yet due "
         "move; term_extension: how many installments the loan gains",
     )
+
+    @field_validator("installments", "amount", "months", mode="before")
+    @classmethod
+    def _of_the_kind(cls, value: object, info: ValidationInfo) -> object:
+        """Each kind takes its own field and refuses the others', before their shape is
+        checked: an empty plan on a holiday was told a plan needs an installment (a
+        tester's)."""
+        kind = info.data.get("kind")
+        if value is not None and kind is not None and info.field_name != FIELD_OF_KIND[kind]:
+            raise ValueError(f"is not a field of a {kind.value}")
+        return value
+
+
+FIELD_OF_KIND = {
+    RestructureKind.REPAYMENT_PLAN: "installments",
+    RestructureKind.FEE_WAIVER: "amount",
+    RestructureKind.PAYMENT_HOLIDAY: "months",
+    RestructureKind.TERM_EXTENSION: "months",
+}
 
 
 class RestructureDecision(BaseModel):

@@ -33,6 +33,7 @@ class RiskRunNotFound(NotFound):
 
 class NotTheBusinessDate(Conflict):
     code = "as_of_not_business_date"
+    title = "Not the business date"
 
 
 async def start_run(principal: Principal, *, as_of: date) -> RiskRun:

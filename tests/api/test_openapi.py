@@ -2,12 +2,17 @@
 Idempotency-Key, and errors as problem+json (tests/test_embedded.py holds live responses to it
 with Schemathesis)."""
 
+import importlib
 import json
+import pkgutil
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
+import app
+from app.errors import LoanwatchError
 from app.events.types import EVENT_TYPES
 from app.money import MINOR_DIGITS
 from app.webhooks.dispatcher import payload as payload_bytes
@@ -85,6 +90,9 @@ async def test_the_gateway_notification_documents_its_signed_body(
     ]  # fmt: skip
     assert "loan_id" in schema["properties"]["data"]["properties"]
     assert "$ref" not in str(schema)  # written in place: nothing outside it to resolve
+    # Read as JSON whatever its Content-Type: only an encoded body is a 415 (a tester's: the
+    # document said a body declared as something else was).
+    assert operation["responses"]["415"]["description"].startswith("The body is encoded")
 
 
 async def test_errors_have_the_documented_shape(client: httpx.AsyncClient) -> None:
@@ -103,6 +111,24 @@ async def test_errors_have_the_documented_shape(client: httpx.AsyncClient) -> No
         body = answer.json()
         assert {"type", "title", "status", "detail", "code"} <= set(body) <= documented
         assert body["status"] == answer.status_code
+    assert answers[0].json()["title"] == "Loan not found"
+
+
+def test_each_problem_code_has_a_title_of_its_own() -> None:
+    """RFC 9457's title summarises the problem type: seventeen 409s said only "Conflict", and
+    the 404s "Not found" (a tester's)."""
+    for module in pkgutil.walk_packages(app.__path__, "app."):
+        importlib.import_module(module.name)
+
+    def kinds(of: type[LoanwatchError]) -> Iterator[type[LoanwatchError]]:
+        for kind in of.__subclasses__():
+            yield kind
+            yield from kinds(kind)
+
+    titles = {kind.code: kind.title for kind in kinds(LoanwatchError)}
+    assert len(titles) > 50
+    assert len(set(titles.values())) == len(titles), titles
+    assert titles["close_date_in_past"] == "Close date in the past"
 
 
 async def test_polled_reads_document_their_body_and_304(client: httpx.AsyncClient) -> None:

@@ -76,6 +76,27 @@ async def test_a_body_to_no_route_is_answered_for_the_route(client: httpx.AsyncC
             assert response.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32",
+                                      "utf-32-le", "utf-32-be"])  # fmt: skip
+async def test_a_body_in_utf_16_or_32_is_refused_as_not_utf_8(
+    client: httpx.AsyncClient, encoding: str
+) -> None:
+    """RFC 8259: JSON between systems is UTF-8. A body in UTF-16 or 32 was told it held the
+    NUL character, which its sender never put there (a tester's)."""
+    w = await world(client)
+    before = await row_counts()
+    borrower = {"external_id": "c1", "name": "李伟", "phone": "+8613800138000"}
+    body = f" {json.dumps(borrower, ensure_ascii=False)}".encode(encoding)
+    headers = {**w.merchant, "content-type": "application/json"}
+    response = await client.post("/v1/borrowers", content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0] == {
+        "field": "body", "message": f"in {encoding[:6].upper()}, not UTF-8",
+        "type": "json_invalid",
+    }  # fmt: skip
+    assert await row_counts() == before
+
+
 @given(st.recursive(st.text() | st.integers() | st.none(),
                     lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))  # fmt: skip
 def test_a_body_has_a_duplicate_key_only_when_an_object_repeats_one(value: object) -> None:

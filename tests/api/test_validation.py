@@ -112,6 +112,25 @@ async def test_malformed_payments_are_refused(
     assert await row_counts() == before
 
 
+async def test_a_number_in_a_money_or_rate_field_is_told_they_travel_as_strings(
+    client: httpx.AsyncClient,
+) -> None:
+    """The commonest mistake was the one told least: "Input should be a valid string"."""
+    w = await world(client)
+    loan = await w.loan(principal="100.00", disbursed_on="2026-01-10")
+    paid = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": 10.0}, expect=422)
+    assert paid.json()["errors"][0]["message"].endswith("(JSON numbers are refused)")
+    product = {"code": "P-NUM", "name": "Numbers", "annual_interest_rate": 0.12,
+               "amortization": "equal_installment", "term_options": [12]}  # fmt: skip
+    refused = await w.post("/v1/products", product, headers=w.admin, expect=422)
+    assert refused.json()["errors"] == [{
+        "field": "annual_interest_rate",
+        "message": "must be a decimal string such as '0.1299' with at most 6 decimals (JSON "
+        "numbers are refused)",
+        "type": "value_error",
+    }]  # fmt: skip
+
+
 async def test_non_json_and_wrong_shapes(client: httpx.AsyncClient) -> None:
     w = await world(client)
     before = await row_counts()

@@ -202,6 +202,38 @@ async def test_a_first_close_charging_several_fees_judges_them_in_the_order_of_t
     assert (await event_types(), await late_fee_rows()) == before
 
 
+async def test_a_first_close_s_percent_fee_counts_what_the_older_fees_left_unpaid(
+    client: httpx.AsyncClient,
+) -> None:
+    """The percent fee of the installment whose grace ends on the first close's date is on
+    what that day's payment leaves it after paying the older fees, as nightly closes charge
+    it and as the same payment reported after the close leaves it. Charged before those fees
+    were paid, it was 6.80 where they give 8.38 (a re-verifier's)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=0, late_fee={"kind": "percent", "percent": "0.05",
+                                            "cap_per_installment": "100.00"})  # fmt: skip
+    # Due the 13th from Aug: 212.00, 210.00, 208.00, 206.00, ...
+    before, after = [await w.loan(principal="1200.00", term=6, disbursed_on="2026-07-13")
+                     for _ in range(2)]  # fmt: skip
+    await w.pay(before["id"], "700.00", "2026-11-13")
+    assert (await close(w, "2026-11-13"))["counts"]["late_fees_assessed"] == 8
+    await w.pay(after["id"], "700.00", "2026-11-13")
+    # 5 % of 212.00, 210.00, 208.00; and of 206.00 less what 700.00 left it after the three
+    # installments and their 31.50 of fees: 167.50.
+    for loan in (before, after):
+        schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+        assert [i["fees"] for i in schedule[:4]] == ["10.60", "10.50", "10.40", "8.38"]
+    got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (before, after)]
+    assert got[0]["balances"] == got[1]["balances"]
+    rows = (await w.get(f"/v1/loans/{before['id']}/transactions"))["items"]
+    assert [r["amount"] for r in rows if r["kind"].startswith("late_fee")] == [
+        "10.60", "10.50", "10.40", "8.38",
+    ]  # fmt: skip
+    snapshot = (await event_types(), await late_fee_rows())
+    await close(w, "2026-11-13")
+    assert (await event_types(), await late_fee_rows()) == snapshot
+
+
 async def test_an_older_release_s_judgement_of_a_late_fee_stands(
     client: httpx.AsyncClient,
 ) -> None:

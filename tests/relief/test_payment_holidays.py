@@ -131,6 +131,18 @@ async def test_malformed_holidays_are_refused(
     await assert_refused(w, loan_id, body, override, field)
 
 
+async def test_another_kind_s_field_is_refused_as_such_whatever_it_holds(
+    client: httpx.AsyncClient,
+) -> None:
+    """An empty plan on a holiday was told a plan needs an installment (a tester's)."""
+    w, loan_id = await setup(client)
+    body = {"kind": "payment_holiday", "reason": "r", "months": 2}
+    for other in ({"installments": []}, {"amount": 5}, {"installments": "x"}):
+        await assert_refused(w, loan_id, body, other, next(iter(other)))
+        refused = await w.post(f"/v1/loans/{loan_id}/restructures", {**body, **other})
+        assert refused.json()["errors"][0]["message"] == "is not a field of a payment_holiday"
+
+
 async def test_a_loan_has_six_months_of_holidays_at_most(client: httpx.AsyncClient) -> None:
     """Each holiday is 3 months at most, but several asked at once were each approved: an
     interest-free deferral without end (a tester's). Over the loan's life, 6 months."""

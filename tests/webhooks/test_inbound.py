@@ -150,15 +150,22 @@ async def test_a_failed_debit_is_recorded_with_an_event(client: httpx.AsyncClien
                                headers=w.admin)).json()["items"]  # fmt: skip
     assert [e["data"]["loan_id"] for e in events] == [loan["id"]]
     # A gateway's reason is passed on, never refused (the failed debit would be lost): blank
-    # is none, and a bell or an override goes on as an escape (a re-verifier's).
-    for n, (reason, passed_on) in enumerate(
-        [
-            ("   ", None),
-            ("no\u0007funds", "no\\x07funds"),
-            ("a\u202eb", "a\\u202eb"),
-            ("r" * 250, "r" * 200),
-        ]
-    ):
+    # is none, and a bell or an override goes on as an escape (a re-verifier's); a card
+    # network's code sent as a number, or any other JSON value, goes on as its JSON text (a
+    # tester's: "reason": 51 was refused 422, and the failure lost).
+    reasons: list[tuple[object, str | None]] = [
+        ("   ", None),
+        ("no\u0007funds", "no\\x07funds"),
+        ("a\u202eb", "a\\u202eb"),
+        ("r" * 250, "r" * 200),
+        (51, "51"),
+        (5.1, "5.1"),
+        (True, "true"),
+        ({"code": "51", "text": "资金不足"}, '{"code":"51","text":"资金不足"}'),
+        (["a"], '["a"]'),
+        (None, None),
+    ]
+    for n, (reason, passed_on) in enumerate(reasons):
         body = notification("debit.failed", loan["id"], amount="1.00", reason=reason,
                             received_on="2026-02-11", external_ref=f"dd-r{n}")  # fmt: skip
         raw, headers = signed(secret, body, f"msg_r{n}")
@@ -353,6 +360,10 @@ async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient
     resent = await post(client, *signed(secret, body, "msg_3_resent"))
     assert resent.status_code == 200, resent.text
     assert (resent.json()["status"], resent.json()["result"]["status"]) == ("ignored", "reversed")
+    assert (
+        resent.json()["result"]["loan"]["balances"]
+        == (await w.get(f"/v1/loans/{loan['id']}"))["balances"]
+    )
     bounced = await debited(client, secret, loan["id"], "20.00", "2026-01-21", external_ref="dd-2")
     await w.post(f"/v1/payments/{bounced['id']}/reverse",
                  {"reason": "nsf", "reversed_on": "2026-01-25"}, expect=200)  # fmt: skip
@@ -720,6 +731,11 @@ async def test_a_debit_the_pos_reported_already_is_the_gateways_to_charge_back(
     assert (debit.json()["status"], debit.json()["result"]["id"]) == (
         "duplicate", at_the_till["id"],
     )  # fmt: skip
+    # With the loan as it stands, as a processed one has it (it was null: a tester's).
+    standing = await w.get(f"/v1/loans/{loan['id']}")
+    assert debit.json()["result"]["loan"] == {
+        "status": standing["status"], "balances": standing["balances"],
+    }  # fmt: skip
     assert await count(Payment) == 1
     # Resent under yet another id, it is the same payment; another gateway's is not.
     again = await post(client, *signed(secret, body, "msg_debit_resent"))
