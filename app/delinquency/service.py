@@ -516,20 +516,22 @@ async def charge_late_fees(
     )  # fmt: skip
     last = (await session.execute(_LAST_CLOSE, {"as_of": as_of})).first()
     params: dict[str, Any] = {"judged_through": None, "judged_since": None}
-    if among is not None:
-        params["loan_ids"] = list(among)
     if last is not None:
         # A rerun of the date: its earlier run judged the loans booked before it succeeded
         # (this attempt's start is now; the date before had not seen a loan booked since: a
         # re-verifier's, the bounce's fees back on a rerun).
         since = last.succeeded_at if last.as_of == as_of else last.started_at
         params |= {"judged_through": last.as_of, "judged_since": since}
+    params |= chunk_params(as_of, low, high)
+    # The listed loans a slice at a time: each is a bound parameter, and drivers take 32,767.
+    batches = [{"loan_ids": among[n : n + 10_000]} for n in range(0, len(among), 10_000)] if (
+        among is not None
+    ) else [{}]  # fmt: skip
+    fees = [fee for batch in batches
+            for fee in (await session.execute(statement, {**params, **batch})).all()]  # fmt: skip
     # RETURNING comes in no set order: the ledger rows and events go by loan and installment,
     # as a reader of a loan's transactions expects (installment 2 before 1 failed a test once).
-    return sorted(
-        (await session.execute(statement, {**chunk_params(as_of, low, high), **params})).all(),
-        key=lambda fee: (fee.loan_id, fee.seq),
-    )
+    return sorted(fees, key=lambda fee: (fee.loan_id, fee.seq))
 
 
 async def uncharge_late_fees(session: AsyncSession, fees: Sequence[Any]) -> None:
