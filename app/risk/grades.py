@@ -73,12 +73,16 @@ async def grade_borrowers(
     *,
     borrower_id: str | None = None,
     rules: RiskRules | None = None,
+    because_of: str | None = None,
 ) -> dict[str, int]:
     """Re-grade the borrowers of the loans in the range (or one borrower): their grade is their
     worst open loan's, its reasons their open flags' codes; a change of grade is an event and
     may move the credit limit, a change of reasons alone is written without one (the flags'
     own events announced it). ``rules``: the thresholds in force, when the caller has read
-    them already.
+    them already. ``because_of``: the loan whose change (a payment, a reversal) graded the
+    borrower: the events go in that loan's lane, to each endpoint after the loan's own events
+    that led to them (they raced them, and a subscriber saw a grade fall before the reversal
+    behind it: a tester's).
 
     In bulk: a first close over a large book re-grades hundreds of thousands of borrowers."""
     if rules is None:
@@ -120,7 +124,7 @@ async def grade_borrowers(
             # A fall to D or E ends an admin's override, as it cuts the limit.
             if row.new_grade in LENDS_NOTHING and row.new_grade > row.risk_grade:
                 update_row.update(limit_overridden=False)
-            grade_events.append(_event("risk.grade_changed", {
+            grade_events.append(_event("risk.grade_changed", because_of, {
                 "borrower_id": row.id, "merchant_id": row.merchant_id,
                 "previous_grade": row.risk_grade, "grade": row.new_grade, "reasons": codes,
                 "as_of": as_of.isoformat()}))  # fmt: skip
@@ -139,7 +143,7 @@ async def grade_borrowers(
             limit_changed_on=as_of,
         )
         updates[row.id] = update_row
-        limit_events.append(_event("borrower.credit_limit_changed", {
+        limit_events.append(_event("borrower.credit_limit_changed", because_of, {
             "borrower_id": row.id, "merchant_id": row.merchant_id,
             "previous_credit_limit": format_minor(row.credit_limit_minor, row.currency),
             "credit_limit": format_minor(change.credit_limit_minor, row.currency),
@@ -239,8 +243,8 @@ def _clean_since(row: Any) -> date | None:
     return max(first, row.last_cured_on or first)
 
 
-def _event(type_: str, data: dict[str, Any]) -> dict[str, Any]:
-    return {"type": type_, "loan_id": None, "data": data}
+def _event(type_: str, loan_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": type_, "loan_id": loan_id, "data": data}
 
 
 async def _open_flag_codes(session: AsyncSession, borrower_ids: list[str]) -> dict[str, list[str]]:

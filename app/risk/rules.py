@@ -178,6 +178,9 @@ class LoanFeatures:
     last_failed_debit_id: str | None = None  # the latest of the failed debits counted
     last_failed_on: str | None = None
     last_partial_seq: int | None = None  # the newest of the partial periods
+    early_default_due_date: str | None = None  # the early default's installment's
+    latest_due_date: str | None = None  # the newest installment due past its grace
+    missed_since: str | None = None  # the due date of the first after the newest good one
     last_settled_seq: int | None = None  # the newest settled installment, and when
     last_settled_on: str | None = None
     drift_window_first_seq: int | None = None  # the oldest of the last N settled, and when
@@ -211,8 +214,9 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
     if f.early_default_seq is not None:
         flags[FlagCode.EARLY_PAYMENT_DEFAULT] = (
             Severity.HIGH,
-            {"installment_seq": f.early_default_seq, "days_past_due": f.days_past_due},
-        )
+            {"installment_seq": f.early_default_seq, "due_date": f.early_default_due_date,
+             "days_past_due": f.days_past_due},
+        )  # fmt: skip
     if f.latest_due_seq is not None:
         run = f.latest_due_seq - (f.last_good_seq or 0)
         if run >= rules.consecutive_missed_count:
@@ -220,14 +224,15 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
             flags[FlagCode.CONSECUTIVE_MISSED] = (
                 Severity.CRITICAL if critical else Severity.HIGH,
                 {"missed_installments": list(range(f.latest_due_seq - run + 1,
-                                                   f.latest_due_seq + 1))},
+                                                   f.latest_due_seq + 1)),
+                 "first_due_date": f.missed_since, "latest_due_date": f.latest_due_date},
             )  # fmt: skip
     bucket, previous = Bucket(f.bucket), Bucket(f.previous_bucket)
     if bucket.rank > previous.rank and bucket is not Bucket.CURRENT:
         flags[FlagCode.DPD_ROLL_FORWARD] = (
             ROLL_FORWARD_SEVERITY[bucket],
             {"from_bucket": previous.value, "to_bucket": bucket.value,
-             "days_past_due": f.days_past_due},
+             "days_past_due": f.days_past_due, "arrears_since": f.arrears_since},
         )  # fmt: skip
     if f.reversals >= 1:
         high = f.reversals >= rules.payment_reversal_high_count

@@ -386,6 +386,7 @@ def _features_query(
             func.count(paid_on).over(**newest_first).label("settled_rank"),
             func.sum(case((late > grace, 1), else_=0)).over(**newest_first).label("closed_rank"),
             func.lead(i.due_date).over(**newest_first).label("previous_due_date"),
+            func.lag(i.due_date).over(**newest_first).label("next_due_date"),
         )
         .select_from(
             LoanInstallment.__table__.join(Loan.__table__, loan.id == i.loan_id).join(
@@ -410,6 +411,12 @@ def _features_query(
     first = s.seq == 1
     closed = s.late > s.grace_days
     missed = and_(s.late > 0, s.unpaid > s.tolerance)
+    good = and_(closed, s.unpaid <= s.tolerance)
+    early_default = and_(
+        s.seq <= rules.early_payment_default_installments,
+        s.late >= rules.early_payment_default_days,
+        missed,
+    )
     # late_drift: lateness of the newest settled installment and of the Nth newest.
     drift_window = rules.late_drift_installments
 
@@ -425,20 +432,13 @@ def _features_query(
             func.max(case((first, s.due_date))).label("first_due_date"),
             func.max(case((and_(first, missed), s.late))).label("first_late"),
             func.max(case((first, s.unpaid), else_=0)).label("first_unpaid"),
-            func.min(
-                case(
-                    (
-                        and_(
-                            s.seq <= rules.early_payment_default_installments,
-                            s.late >= rules.early_payment_default_days,
-                            missed,
-                        ),
-                        s.seq,
-                    )
-                )
-            ).label("early_default_seq"),
+            func.min(case((early_default, s.seq))).label("early_default_seq"),
+            func.min(case((early_default, s.due_date))).label("early_default_due_date"),
             func.max(case((closed, s.seq))).label("latest_due_seq"),
-            func.max(case((and_(closed, s.unpaid <= s.tolerance), s.seq))).label("last_good_seq"),
+            func.max(case((closed, s.due_date))).label("latest_due_date"),
+            func.max(case((good, s.seq))).label("last_good_seq"),
+            # The due date of the installment after the newest good one: the missed run's first.
+            func.max(case((good, s.next_due_date))).label("after_good_due_date"),
             func.max(days_late_if(s.settled_rank == 1)).label("last_late"),
             func.max(days_late_if(s.settled_rank == drift_window)).label("first_late_of_window"),
             # The installments at both ends of the window and when each was settled.
@@ -623,8 +623,11 @@ def _features_query(
             per_loan.c.first_late,
             per_loan.c.first_unpaid,
             per_loan.c.early_default_seq,
+            per_loan.c.early_default_due_date,
             per_loan.c.latest_due_seq,
+            per_loan.c.latest_due_date,
             per_loan.c.last_good_seq,
+            per_loan.c.after_good_due_date,
             _whole(payments.c.settled).label("settled"),
             _whole(payments.c.reversals).label("reversals"),
             payments.c.reversed_ids,
@@ -750,6 +753,9 @@ async def evaluate_loans(
             first_installment_unpaid_minor=row.first_unpaid or 0, currency=row.currency,
             early_default_seq=row.early_default_seq, latest_due_seq=row.latest_due_seq,
             last_good_seq=row.last_good_seq, settled_payments=row.settled,
+            early_default_due_date=_day(row.early_default_due_date),
+            latest_due_date=_day(row.latest_due_date),
+            missed_since=_day(row.after_good_due_date or row.first_due_date),
             reversals=row.reversals, failed_debits=row.failed,
             borrower_delinquent_loans=len(delinquent_ids),
             last_settled_days_late=row.last_late,
@@ -1080,7 +1086,9 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
     await session.flush()
     in_force = await current_rules(session)
     await evaluate_loans(session, as_of, loan_id=loan.id, in_force=in_force, every_payment=True)
-    await grades.grade_borrowers(session, as_of, borrower_id=loan.borrower_id, rules=in_force[1])
+    await grades.grade_borrowers(
+        session, as_of, borrower_id=loan.borrower_id, rules=in_force[1], because_of=loan.id
+    )
 
 
 async def _evaluated_by_a_run(session: AsyncSession) -> bool:

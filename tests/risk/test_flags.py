@@ -119,7 +119,12 @@ async def test_early_payment_default(client: httpx.AsyncClient) -> None:
     await close(w, "2026-04-10")  # 59 days after Feb 10
     assert "early_payment_default" not in await flags(w, loan_id)
     await close(w, "2026-04-11")
-    assert (await flags(w, loan_id))["early_payment_default"]["severity"] == "high"
+    flag = (await flags(w, loan_id))["early_payment_default"]
+    assert flag["severity"] == "high"
+    # SPEC: evidence names the installments and the dates behind the flag.
+    assert (flag["evidence"]["installment_seq"], flag["evidence"]["due_date"]) == (
+        1, "2026-02-10",
+    )  # fmt: skip
     got = await w.get(f"/v1/loans/{loan_id}")
     await w.pay(loan_id, got["balances"]["overdue_amount"], "2026-04-11")
     assert "early_payment_default" not in await flags(w, loan_id)
@@ -149,13 +154,22 @@ async def test_a_payment_dated_after_the_business_date_counts_at_once(
 async def test_consecutive_missed(client: httpx.AsyncClient) -> None:
     w = await setup(client)
     loan_id = await loan(w)
+    paid_first = await loan(w)
+    await w.pay(paid_first, "412.00", "2026-02-10")
     await close(w, "2026-03-13")  # the second installment only 3 days late: in grace
     assert "consecutive_missed" not in await flags(w, loan_id)
     await close(w, "2026-03-14")
     flag = (await flags(w, loan_id))["consecutive_missed"]
     assert (flag["severity"], flag["evidence"]["missed_installments"]) == ("high", [1, 2])
+    assert (flag["evidence"]["first_due_date"], flag["evidence"]["latest_due_date"]) == (
+        "2026-02-10", "2026-03-10",
+    )  # fmt: skip
     await close(w, "2026-04-14")
     assert (await flags(w, loan_id))["consecutive_missed"]["severity"] == "critical"
+    # The run after a good installment starts at the one after it.
+    evidence = (await flags(w, paid_first))["consecutive_missed"]["evidence"]
+    assert evidence == {"missed_installments": [2, 3], "first_due_date": "2026-03-10",
+                        "latest_due_date": "2026-04-10", "as_of": "2026-04-14"}  # fmt: skip
     got = await w.get(f"/v1/loans/{loan_id}")
     await w.pay(loan_id, got["balances"]["overdue_amount"], "2026-04-14")
     assert "consecutive_missed" not in await flags(w, loan_id)
@@ -169,6 +183,7 @@ async def test_dpd_roll_forward(client: httpx.AsyncClient) -> None:
     await close(w, "2026-02-11")  # current -> 1-30
     flag = (await flags(w, loan_id))["dpd_roll_forward"]
     assert (flag["severity"], flag["evidence"]["to_bucket"]) == ("low", "1-30")
+    assert flag["evidence"]["arrears_since"] == "2026-02-10"
     await close(w, "2026-03-13")  # 31 days: 31-60
     assert (await flags(w, loan_id))["dpd_roll_forward"]["severity"] == "medium"
     got = await w.get(f"/v1/loans/{loan_id}")

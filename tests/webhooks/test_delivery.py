@@ -11,8 +11,10 @@ import asyncpg
 import httpcore
 import httpx
 import pytest
+from dateutil.relativedelta import relativedelta
 from sqlalchemy import func, select
 
+from app import clock
 from app.config import get_settings
 from app.db import session_scope, utc_now
 from app.events.models import Event
@@ -918,6 +920,34 @@ async def test_a_loans_events_reach_an_endpoint_in_sequence_order(
         assert sequences == sorted(sequences)
         # The other loan's creation did not wait behind the slow one.
         assert arrived[0]["data"]["loan_id"] == other["id"]
+
+
+async def test_a_borrowers_grade_a_loans_change_moved_comes_after_the_change(
+    client: httpx.AsyncClient,
+) -> None:
+    """A borrower's events (a grade, a limit) have no loan of their own: sent beside the loan's
+    events that led to them, they reached a subscriber first (a tester's: a grade fall 7 s
+    before the reversal behind it). Moved by one loan's change, they ride its lane: here a
+    cancellation, which leaves the borrower no open loan and so grade A."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    today = clock.today()
+    booked = str(today.replace(day=1) - relativedelta(months=3))
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on=booked)
+    await w.post("/v1/risk/runs", {"as_of": str(today)}, headers=w.admin, expect=201)
+    assert (await w.get(f"/v1/borrowers/{loan['borrower_id']}"))["risk_grade"] == "E"
+    with receiving() as receiver:
+        hook = await endpoint(w, receiver.url)
+        first = "loan.delinquency_changed"  # to cancelled: the first of the change's events
+        receiver.delay = lambda r: 0.5 if r.json["type"] == first else 0
+        await w.post(f"/v1/loans/{loan['id']}/cancel", {}, expect=200)
+        await deliver()
+        arrived = [r.verified(hook["secret"]) for r in receiver.received]
+    types = [p["type"] for p in arrived]
+    assert types[0] == first, types
+    assert "risk.grade_changed" in types, types
+    sequences = [p["data"]["sequence"] for p in arrived]
+    assert sequences == sorted(sequences)
 
 
 async def test_a_hanging_endpoint_holds_up_neither_others_nor_its_loans_order(
