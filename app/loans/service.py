@@ -426,7 +426,9 @@ async def create_loan(
             }],
         ),
     )  # fmt: skip
-    await events.emit(session, "loan.created", event_data(loan), loan=loan)
+    # Booked in arrears (back-dated), its days past due count as of this date.
+    reckoned = {"as_of": loan.delinquency_as_of.isoformat() if loan.delinquency_as_of else None}
+    await events.emit(session, "loan.created", {**event_data(loan), **reckoned}, loan=loan)
     return LoanView(loan, installments, today, business_date)
 
 

@@ -10,6 +10,7 @@ import asyncpg
 import httpx
 from sqlalchemy import select, text
 
+from app import clock
 from app.api.pagination import encode_cursor
 from app.db import session_scope
 from app.events.models import Event
@@ -213,3 +214,17 @@ async def test_a_busy_database_beside_does_not_hide_committed_events(
         stop.set()
         await asyncio.gather(*writers)
     assert hidden == 0
+
+
+async def test_a_loan_booked_in_arrears_is_announced_with_the_date_its_days_count_from(
+    client: httpx.AsyncClient,
+) -> None:
+    """Its days past due and bucket are as of the business date: without that date a
+    subscriber could not tell where they count from (a tester's)."""
+    w = await world(client)
+    today = clock.today()
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on=str(today - timedelta(days=45)))
+    created = (await w.get("/v1/events?type=loan.created", headers=w.admin))["items"][0]["data"]
+    assert created["loan_id"] == loan["id"]
+    assert (created["days_past_due"], created["as_of"]) == (loan["days_past_due"], str(today))
+    assert created["days_past_due"] > 0
