@@ -43,6 +43,8 @@ _NOT_MONEY = (
     "are refused)"
 )
 _NOT_A_RATE = "must be a decimal string such as '0.1299' with at most 6 decimals"
+_JSON_KINDS = ((bool, "true or false"), (int, "a JSON number"), (float, "a JSON number"),
+               (list, "an array"), (dict, "an object"))  # fmt: skip
 
 
 def _rate_shape(value: str) -> str:
@@ -52,14 +54,15 @@ def _rate_shape(value: str) -> str:
 
 
 def _text_only(message: str) -> BeforeValidator:
-    """Refuse anything but a string with ``message``: "Input should be a valid string", for
-    the commonest mistake, a JSON number, did not say that money travels as text (a
-    tester's)."""
+    """Refuse anything but a string with ``message`` and what it was: "Input should be a valid
+    string", for the commonest mistake, a JSON number, did not say that money travels as text
+    (a tester's)."""
 
     def check(value: object) -> object:
-        if not isinstance(value, str):
-            raise ValueError(message)
-        return value
+        if isinstance(value, str):
+            return value
+        kind = next((name for type_, name in _JSON_KINDS if isinstance(value, type_)), "null")
+        raise ValueError(f"{message}, not {kind}")
 
     return BeforeValidator(check)
 
@@ -73,13 +76,13 @@ def _documented(pattern: re.Pattern[str]) -> dict[str, JsonValue]:
 MoneyStr = Annotated[
     str,
     Field(max_length=20, examples=["1299.00"], json_schema_extra=_documented(MONEY_PATTERN)),
-    _text_only(_NOT_MONEY),
+    _text_only("must be a non-negative decimal string with the currency's decimal places"),
     AfterValidator(_money_shape),
 ]
 RateStr = Annotated[
     str,
     Field(max_length=12, examples=["0.1299"], json_schema_extra=_documented(RATE_PATTERN)),
-    _text_only(f"{_NOT_A_RATE} (JSON numbers are refused)"),
+    _text_only(_NOT_A_RATE),
     AfterValidator(_rate_shape),
 ]
 # A caller's own reference (external_id, merchant_order_ref, external_ref): printable ASCII

@@ -258,7 +258,8 @@ def _refusal_of_body(body: bytes) -> _Refusal | None:
     if encoding is not None:
         # Its NUL bytes would be refused as the NUL character, which its sender never sent.
         return _Refusal(
-            f"the body is in {encoding}: JSON between systems is UTF-8 (RFC 8259)",
+            f"body: not valid JSON (in {encoding}, where JSON between systems is UTF-8: "
+            "RFC 8259)",
             "body", f"in {encoding}, not UTF-8", "json_invalid",
         )  # fmt: skip
     if carries_nul(body):

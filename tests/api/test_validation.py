@@ -118,15 +118,20 @@ async def test_a_number_in_a_money_or_rate_field_is_told_they_travel_as_strings(
     """The commonest mistake was the one told least: "Input should be a valid string"."""
     w = await world(client)
     loan = await w.loan(principal="100.00", disbursed_on="2026-01-10")
-    paid = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": 10.0}, expect=422)
-    assert paid.json()["errors"][0]["message"].endswith("(JSON numbers are refused)")
+    kinds = [(10.0, "a JSON number"), (10, "a JSON number"), (True, "true or false"),
+             (["1.00"], "an array"), (None, "null")]  # fmt: skip
+    for amount, kind in kinds:
+        paid = await w.post(f"/v1/loans/{loan['id']}/payments", {"amount": amount}, expect=422)
+        assert paid.json()["errors"][0]["message"] == (
+            f"must be a non-negative decimal string with the currency's decimal places, not {kind}"
+        )
     product = {"code": "P-NUM", "name": "Numbers", "annual_interest_rate": 0.12,
                "amortization": "equal_installment", "term_options": [12]}  # fmt: skip
     refused = await w.post("/v1/products", product, headers=w.admin, expect=422)
     assert refused.json()["errors"] == [{
         "field": "annual_interest_rate",
-        "message": "must be a decimal string such as '0.1299' with at most 6 decimals (JSON "
-        "numbers are refused)",
+        "message": "must be a decimal string such as '0.1299' with at most 6 decimals, not a "
+        "JSON number",
         "type": "value_error",
     }]  # fmt: skip
 
