@@ -136,6 +136,7 @@ def problem(
     detail: str,
     errors: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
+    location: str | None = None,
 ) -> ProblemResponse:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
@@ -144,6 +145,8 @@ def problem(
         "detail": shown(detail),
         "code": code,
     }
+    if location is not None:
+        body["location"] = location
     if errors is not None:
         body["errors"] = [
             {key: shown(value) if key in ("field", "message") else value

@@ -33,6 +33,11 @@ class Problem(BaseModel):
     errors: list[FieldError] | None = Field(
         default=None, description="Each invalid field, on validation errors"
     )
+    location: str | None = Field(
+        default=None,
+        description="`idempotency_answer_lost`: the path of what the request created, when "
+        "it created something (GET it there)",
+    )
 
 
 ERRORS = {

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from app.api.idempotency import record_created
 from app.errors import PreconditionFailed
 
 V = TypeVar("V")
@@ -22,6 +23,14 @@ POLLED: dict[int | str, dict[str, Any]] = {
 LOCATION = {"Location": {"description": "The path of the object created (GET it there)",
                          "schema": {"type": "string"}}}  # fmt: skip
 CREATED: dict[int | str, dict[str, Any]] = {201: {"headers": LOCATION}}
+
+
+def locate(response: Response, path: str) -> None:
+    """Name the object created in the 201's ``Location`` (RFC 9110), and in the request's
+    Idempotency-Key record as its transaction commits: a retry told the answer was lost is
+    told where the object is."""
+    response.headers["Location"] = path
+    record_created(path)
 
 
 def json_response(model: BaseModel, status_code: int = 200) -> Response:

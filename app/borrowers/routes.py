@@ -4,7 +4,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, PRECONDITION, cached, etagged, precondition
+from app.api.responses import CREATED, POLLED, PRECONDITION, cached, etagged, locate, precondition
 from app.api.routing import StrictRoute
 from app.borrowers import service
 from app.borrowers.schemas import BorrowerCreate, BorrowerRead, BorrowerUpdate
@@ -20,7 +20,7 @@ async def create_borrower(
         session, principal, external_id=body.external_id, name=body.name, phone=body.phone,
         monthly_income=body.monthly_income, merchant_id=body.merchant_id, currency=body.currency,
     )  # fmt: skip
-    response.headers["Location"] = f"/v1/borrowers/{view.borrower.id}"
+    locate(response, f"/v1/borrowers/{view.borrower.id}")
     return BorrowerRead.from_view(view)
 
 

@@ -2,7 +2,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, DashboardPrincipal, ReaderPrincipal, SessionDep
 from app.api.fields import IsoDate
-from app.api.responses import CREATED, LOCATION, POLLED, cached
+from app.api.responses import CREATED, LOCATION, POLLED, cached, locate
 from app.api.routing import StrictRoute
 from app.close import service
 from app.close.models import CloseStatus
@@ -32,7 +32,7 @@ async def create_close_run(
     the embedded default the close runs before the answer (201); with Celery it is queued
     (202): poll ``GET /v1/close-runs/{as_of}``."""
     run, dates = await service.request_close(principal, as_of=body.as_of)
-    response.headers["Location"] = f"/v1/close-runs/{run.as_of.isoformat()}"
+    locate(response, f"/v1/close-runs/{run.as_of.isoformat()}")
     if run.status in (CloseStatus.PENDING, CloseStatus.RUNNING):
         response.status_code = 202
     return CloseRequestRead(**CloseRunRead.from_model(run).model_dump(), dates=dates)

@@ -11,7 +11,7 @@ from app.api.deps import (
 )
 from app.api.fields import Currency
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, cached, json_response
+from app.api.responses import CREATED, POLLED, cached, json_response, locate
 from app.api.routing import StrictRoute
 from app.delinquency.rules import Bucket
 from app.loans import service
@@ -54,7 +54,7 @@ async def create_loan(
         first_due_date=body.first_due_date, merchant_order_ref=body.merchant_order_ref,
     )  # fmt: skip
     created = json_response(loan_read(view, with_schedule=True), 201)
-    created.headers["Location"] = f"/v1/loans/{view.loan.id}"
+    locate(created, f"/v1/loans/{view.loan.id}")
     return created
 
 

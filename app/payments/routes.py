@@ -2,7 +2,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, cached
+from app.api.responses import CREATED, POLLED, cached, locate
 from app.api.routing import StrictRoute
 from app.payments import service
 from app.payments.schemas import (
@@ -31,7 +31,7 @@ async def record_payment(
         session, principal, loan_id=loan_id, amount=body.amount, received_on=body.received_on,
         channel=body.channel, external_ref=body.external_ref,
     )  # fmt: skip
-    response.headers["Location"] = f"/v1/payments/{view.payment.id}"
+    locate(response, f"/v1/payments/{view.payment.id}")
     return payment_read(view)
 
 

@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import AdminPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, cached
+from app.api.responses import CREATED, POLLED, cached, locate
 from app.api.routing import StrictRoute
 from app.products import service
 from app.products.schemas import ProductCreate, ProductRead
@@ -17,7 +17,7 @@ async def create_product(
     body: ProductCreate, session: SessionDep, principal: AdminPrincipal, response: Response
 ) -> ProductRead:
     product = await service.create_product(session, principal, spec=body)
-    response.headers["Location"] = f"/v1/products/{product.code}"  # codes are URL-safe
+    locate(response, f"/v1/products/{product.code}")  # codes are URL-safe
     return ProductRead.from_model(product)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal
 from app.api.deps import AdminPrincipal, MerchantPrincipal, PageDep, ReaderPrincipal, SessionDep
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, cached
+from app.api.responses import CREATED, POLLED, cached, locate
 from app.api.routing import StrictRoute
 from app.relief import service
 from app.relief.models import Restructure
@@ -42,7 +42,7 @@ async def request_restructure(
         installments=None if installments is None else [(i.due_on, i.amount) for i in installments],
         amount=body.amount, months=body.months,
     )  # fmt: skip
-    response.headers["Location"] = f"/v1/restructures/{restructure.id}"
+    locate(response, f"/v1/restructures/{restructure.id}")
     return await _read(session, restructure)
 
 

@@ -11,7 +11,7 @@ from app.api.deps import (
     SessionDep,
 )
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, LOCATION, POLLED, cached
+from app.api.responses import CREATED, LOCATION, POLLED, cached, locate
 from app.api.routing import StrictRoute
 from app.risk import runs, service
 from app.risk.models import FlagStatus
@@ -105,7 +105,7 @@ async def start_run(
     body: RiskRunCreate, principal: AdminPrincipal, response: Response
 ) -> RiskRunRead:
     run = await runs.start_run(principal, as_of=body.as_of)
-    response.headers["Location"] = f"/v1/risk/runs/{run.id}"
+    locate(response, f"/v1/risk/runs/{run.id}")
     if run.status == "pending":
         response.status_code = 202
     return RiskRunRead.model_validate(run)

@@ -4,7 +4,7 @@ from app.api.deps import AdminPrincipal, DashboardPrincipal, PageDep, SessionDep
 from app.api.fields import NoFields, SecretRotation
 from app.api.openapi import required_header
 from app.api.pagination import Page, page_of
-from app.api.responses import CREATED, POLLED, PRECONDITION, cached, etagged, precondition
+from app.api.responses import CREATED, POLLED, PRECONDITION, cached, etagged, locate, precondition
 from app.api.routing import StrictRoute
 from app.events.schemas import EventRead
 from app.webhooks import service
@@ -33,7 +33,7 @@ async def create_endpoint(
         session, principal, url=body.url, event_types=body.event_types,
         description=body.description, enabled=body.enabled,
     )  # fmt: skip
-    response.headers["Location"] = f"{PREFIX}/{view.endpoint.id}"
+    locate(response, f"{PREFIX}/{view.endpoint.id}")
     return EndpointWithSecret.with_secret(view)
 
 

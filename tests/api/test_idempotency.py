@@ -295,6 +295,13 @@ async def test_a_change_whose_answer_was_lost_is_not_made_again(
     retry = await client.post(path, json=body, headers=headers)
     assert (retry.status_code, retry.json()["code"]) == (409, "idempotency_answer_lost")
     assert await count(Payment) == 1
+    # It names what the request created, kept as its transaction committed: after a crash
+    # the POS could not tell which of a loan's identical payments was its key's (a tester's).
+    async with session_scope() as session:
+        paid = await session.scalar(select(Payment.id))
+    assert retry.json()["location"] == f"/v1/payments/{paid}"
+    assert f"GET /v1/payments/{paid} instead of retrying" in retry.json()["detail"]
+    assert (await client.get(retry.json()["location"], headers=w.merchant)).status_code == 200
 
 
 async def test_a_slow_request_whose_claim_was_taken_over_applies_nothing(
