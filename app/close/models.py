@@ -34,3 +34,5 @@ class CloseRun(Base):
     # nothing the date's close had not (a failed rerun set the business date back a day, and
     # the day before could then be closed again over the later book: a tester's).
     succeeded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The process running the attempt in process (``app.ops.processes``); None on Celery.
+    owner: Mapped[str | None] = mapped_column(String(200))

@@ -35,6 +35,7 @@ from app.db import database, is_postgres, session_scope, utc_now, utc_text
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.loans.models import Loan
+from app.ops import processes
 from app.payments import service as payments
 from app.portfolio import close as portfolio
 from app.promises import service as promises
@@ -156,9 +157,11 @@ async def request_close(principal: Principal, *, as_of: date) -> tuple[CloseRun,
 # start closes again.
 CANCELLED_BY_A_STOP = "cancelled: the process stopped"
 NOT_STARTED_FOR_A_STOP = "not started: the process stopped"
+# What a start or a request writes on a run whose process ended without a word (killed).
+ENDED_UNDER_IT = "cancelled: the process running it ended"
 _STOPPED = and_(
     CloseRun.status == CloseStatus.FAILED,
-    CloseRun.error.in_((CANCELLED_BY_A_STOP, NOT_STARTED_FOR_A_STOP)),
+    CloseRun.error.in_((CANCELLED_BY_A_STOP, NOT_STARTED_FOR_A_STOP, ENDED_UNDER_IT)),
 )
 
 
@@ -277,11 +280,40 @@ async def refuse_concurrent(session: AsyncSession) -> None:
     date tells whether it is alive (a tester's: a request during a catch-up longer than the
     stale time found its queued dates stale, planned them again beside it, and the two
     collided)."""
+    await fail_runs_whose_process_ended(session)
     busy, last_beat = (await session.execute(_IN_PROGRESS)).one()
     stale = utc_now() - timedelta(minutes=get_settings().close.stale_after_minutes)
     if busy is not None and last_beat is not None and last_beat > stale:
         # The oldest, the date running or next to run.
         raise CloseInProgress(f"the close for {busy} is still running")
+
+
+async def fail_runs_whose_process_ended(session: AsyncSession) -> None:
+    """Fail the runs left running by a process of this machine that has ended (killed
+    outright: a stop records its own), and the dates of its catch-up still waiting, as a stop
+    would have: a request may close them at once, and the embedded default's next start
+    closes them again. Left, they refused every request to close until they went stale, 30
+    minutes on, and nothing resumed them (a tester's)."""
+    running = await session.execute(
+        select(CloseRun.as_of, CloseRun.owner).where(
+            CloseRun.status == CloseStatus.RUNNING, CloseRun.owner.is_not(None)
+        )
+    )
+    now = utc_now()
+    for as_of, owner in running.all():
+        if owner is None or not processes.ended(owner):
+            continue
+        log.warning("close %s: the process running it (%s) ended; failed", as_of, owner)
+        await session.execute(
+            update(_run)
+            .where(_run.c.as_of == as_of, _run.c.status == CloseStatus.RUNNING,
+                   _run.c.owner == owner)
+            .values(status=CloseStatus.FAILED, error=ENDED_UNDER_IT, finished_at=now)
+        )  # fmt: skip
+        await session.execute(
+            _PENDING_FROM,
+            {"first": as_of + timedelta(days=1), "at": now, "reason": NOT_STARTED_FOR_A_STOP},
+        )
 
 
 async def get_run(session: AsyncSession, principal: Principal, *, as_of: date) -> CloseRun:
@@ -324,10 +356,11 @@ async def chunks(step: str | None = None) -> list[Chunk]:
     ]
 
 
-async def begin_run(as_of: date) -> int | None:
+async def begin_run(as_of: date, owner: str | None = None) -> int | None:
     """Start a pending run: its new attempt number, which every later piece of the attempt
     carries. None when the run is not pending (a start the broker redelivered after a
-    worker died, for a date closed since or started by another): nothing to do."""
+    worker died, for a date closed since or started by another): nothing to do. ``owner``:
+    the process running it in process (``processes.this_process()``)."""
     async with session_scope() as session:
         # The request that queued the task may not have committed its plan yet.
         await serialize_close_requests(session)
@@ -338,6 +371,7 @@ async def begin_run(as_of: date) -> int | None:
         now = utc_now()
         run.status, run.started_at, run.finished_at = CloseStatus.RUNNING, now, None
         run.heartbeat_at, run.attempts, run.error = now, run.attempts + 1, None
+        run.owner = owner
         # The steps' timings are this attempt's; the counts stay the date's (finish_step).
         run.steps = {}
         attempt = run.attempts
@@ -521,6 +555,8 @@ async def cut_short_by_a_stop() -> bool:
     day behind until the next night. A close that failed of itself is left to a request or
     the next night: run at every start, it could fail at every start."""
     async with session_scope() as session:
+        await serialize_close_requests(session)
+        await fail_runs_whose_process_ended(session)
         return await session.scalar(_CUT_SHORT.limit(1)) is not None
 
 
@@ -606,7 +642,7 @@ async def _run_dates(dates: list[date]) -> CloseRun | None:
     try:
         for as_of in dates:
             current, attempt = as_of, None
-            attempt, stopped = await _to_the_end(begin_run(as_of))
+            attempt, stopped = await _to_the_end(begin_run(as_of, processes.this_process()))
             if stopped:
                 raise asyncio.CancelledError
             if attempt is None:

@@ -3,6 +3,7 @@ attempt since replaced does nothing, and a request the task queue cannot take st
 
 import asyncio
 import logging
+import sys
 import time
 import warnings
 from datetime import date, timedelta
@@ -24,6 +25,7 @@ from app.db import database, session_scope, utc_now
 from app.ledger.models import LedgerTransaction
 from app.loans import service as loans_service
 from app.loans.models import LoanInstallment
+from app.ops import processes
 from app.risk.models import RiskRun
 from tests.close.test_close import close, late_world
 from tests.factories import world
@@ -527,3 +529,50 @@ async def test_a_first_close_a_stop_cut_short_is_closed_with_the_dates_after_it(
     await close_service.fail_run(first, close_service.CANCELLED_BY_A_STOP, attempt)
     assert await close_service.cut_short_by_a_stop()
     assert await close_service.close_yesterday() == [first + timedelta(days=n) for n in range(4)]
+
+
+async def a_process_that_ended() -> str:
+    """The identity of a process that has ended, as one killed outright leaves it on its run."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from app.ops.processes import this_process; print(this_process())",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await child.communicate()
+    return out.decode().strip()
+
+
+def test_a_process_is_known_to_have_ended_only_on_its_own_machine() -> None:
+    assert not processes.ended(processes.this_process())
+    host, boot, pid, started = processes.this_process().split(" ")
+    assert processes.ended(f"{host} {boot} {pid} {int(started) + 1}")  # its pid, reused
+    assert not processes.ended(f"elsewhere {boot} {pid} {int(started) + 1}")
+    assert not processes.ended(f"{host} another-boot {pid} {int(started) + 1}")
+
+
+async def test_a_close_whose_process_was_killed_is_resumed_at_once(
+    client: httpx.AsyncClient,
+) -> None:
+    """Killed outright during a catch-up (kill -9), the process left its date running and the
+    rest pending: every request to close was refused 409 for the stale time, 30 minutes, and
+    the embedded default's next start resumed nothing (a tester's). On its machine it is known
+    to have ended: its run fails as a stop's would, and the next start closes the dates."""
+    w, _loan = await late_world(client)
+    await close(w, "2026-02-05")
+    async with session_scope() as session:
+        dates = await close_service.plan_close(session, as_of=date(2026, 2, 8))
+    assert await close_service.begin_run(dates[0], processes.this_process()) is not None
+    refused = await close(w, "2026-02-08", expect=409)  # a live process's: in progress
+    assert refused["code"] == "close_in_progress"
+    async with session_scope() as session:
+        await session.execute(update(CloseRun).values(owner=await a_process_that_ended()))
+    assert await close_service.cut_short_by_a_stop()  # what a start asks
+    failed = await w.get("/v1/close-runs/2026-02-06", headers=w.admin)
+    assert (failed["status"], failed["error"]) == (
+        "failed", "cancelled: the process running it ended",
+    )  # fmt: skip
+    resumed = await close(w, "2026-02-08")
+    assert (resumed["status"], resumed["dates"]) == (
+        "succeeded", ["2026-02-06", "2026-02-07", "2026-02-08"],
+    )  # fmt: skip
