@@ -88,6 +88,17 @@ async def assess_late_fees(
     return await delinquency.announce_late_fees(session, fees, as_of)
 
 
+async def grade_borrowers(
+    session: AsyncSession, as_of: date, low: str | None, high: str | None
+) -> dict[str, int]:
+    """The grades step: on a rerun of the date, limits stay where its first run and what came
+    since put them. A rerun after a payment since restated the fall the payment had lifted,
+    and cut the limit once more, to the exposure the payment left, or ended an admin's
+    override set since (a re-verifier's each)."""
+    rerun = await session.scalar(select(CloseRun.succeeded_at).where(CloseRun.as_of == as_of))
+    return await risk_grades.grade_borrowers(session, as_of, low, high, move_limits=rerun is None)
+
+
 def _newest_of_several(charged: list[Any], paid_since: set[str]) -> list[Any]:
     """Of each loan in ``paid_since`` charged several fees, those on its newest installment."""
     newest: dict[str, date] = {}
@@ -107,7 +118,7 @@ STEPS: dict[str, StepFunction] = {
     "delinquency": delinquency.recompute_delinquency,
     "promises": promises.close_promises,
     "risk": risk.evaluate_overnight,
-    "grades": risk_grades.grade_borrowers,
+    "grades": grade_borrowers,
     "reminders": delinquency.send_reminders,
     "snapshot": portfolio.snapshot_loans,
     "portfolio": portfolio.close_portfolio,

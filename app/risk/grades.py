@@ -74,6 +74,7 @@ async def grade_borrowers(
     borrower_id: str | None = None,
     rules: RiskRules | None = None,
     because_of: str | None = None,
+    move_limits: bool = True,
 ) -> dict[str, int]:
     """Re-grade the borrowers of the loans in the range (or one borrower): their grade is their
     worst open loan's, its reasons their open flags' codes; a change of grade is an event and
@@ -82,7 +83,8 @@ async def grade_borrowers(
     them already. ``because_of``: the loan whose change (a payment, a reversal) graded the
     borrower: the events go in that loan's lane, to each endpoint after the loan's own events
     that led to them (they raced them, and a subscriber saw a grade fall before the reversal
-    behind it: a tester's).
+    behind it: a tester's). ``move_limits``: False grades without moving a limit or ending an
+    admin's override (a close's rerun: ``close.service.grade_borrowers``).
 
     In bulk: a first close over a large book re-grades hundreds of thousands of borrowers."""
     if rules is None:
@@ -122,12 +124,14 @@ async def grade_borrowers(
             update_row.update(risk_grade=row.new_grade)
             updates[row.id] = update_row
             # A fall to D or E ends an admin's override, as it cuts the limit.
-            if row.new_grade in LENDS_NOTHING and row.new_grade > row.risk_grade:
+            if move_limits and row.new_grade in LENDS_NOTHING and row.new_grade > row.risk_grade:
                 update_row.update(limit_overridden=False)
             grade_events.append(_event("risk.grade_changed", because_of, {
                 "borrower_id": row.id, "merchant_id": row.merchant_id,
                 "previous_grade": row.risk_grade, "grade": row.new_grade, "reasons": codes,
                 "as_of": as_of.isoformat()}))  # fmt: skip
+        if not move_limits:
+            continue
         change = next_limit(
             previous_grade=row.risk_grade, grade=row.new_grade,
             credit_limit_minor=row.credit_limit_minor, exposure_minor=row.exposure,

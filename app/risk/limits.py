@@ -56,12 +56,6 @@ def next_limit(
         # Grades are letters, worse later: E to D is a recovery, not a reason to cut again.
         if grade <= previous_grade or credit_limit_minor <= exposure_minor:
             return None
-        # Cut on this date or after already: this grading restates an earlier one (a rerun of
-        # the date, or yesterday's close after a payment today lifted the grade), and cut the
-        # limit once more, to the exposure the payment left (a re-verifier's: 2,000.00 where
-        # one close left 3,000.00).
-        if limit_before_cut_minor is not None and limit_changed_on and limit_changed_on >= as_of:
-            return None
         return LimitChange(
             exposure_minor, limit_before_cut_minor or credit_limit_minor, f"grade_{grade}"
         )

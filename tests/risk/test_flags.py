@@ -3,7 +3,7 @@ not, and one that clears it."""
 
 import json
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -1394,3 +1394,41 @@ async def test_a_put_of_the_rules_in_force_makes_no_version(client: httpx.AsyncC
     unchanged = await client.put("/v1/risk/rules", json=same, headers=w.admin)
     assert unchanged.json()["version"] == 1
     assert (await client.put("/v1/risk/rules", json={}, headers=w.admin)).json()["version"] == 2
+
+
+async def test_a_rerun_of_the_date_moves_no_limit(client: httpx.AsyncClient) -> None:
+    """Cut at E by yesterday's close, lifted to D by a payment today, the borrower fell back
+    to E in yesterday's rerun (as of yesterday the payment had not come), and the rerun cut
+    the limit once more, to the exposure the payment left (a re-verifier's); likewise it cut
+    an admin's limit set since. A rerun grades; the limit stays where the date and what came
+    since put it."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3)  # fmt: skip
+    today = clock.today()
+    yesterday = today - timedelta(days=1)
+    borrower = await w.borrower(monthly_income="10000.00")
+    made = await w.loan(borrower["id"], principal="1200.00", term=6,
+                        disbursed_on=str(yesterday - timedelta(days=80)))  # fmt: skip
+    await w.post("/v1/close-runs", {"as_of": str(yesterday)}, headers=w.admin, expect=201)
+    cut = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (cut["risk_grade"], cut["credit_limit"]) == ("E", "1200.00")
+    overdue = (await w.get(f"/v1/loans/{made['id']}"))["balances"]["overdue_amount"]
+    await w.pay(made["id"], overdue, str(today))
+    lifted = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert lifted["risk_grade"] == "D"
+    await w.post("/v1/close-runs", {"as_of": str(yesterday)}, headers=w.admin, expect=201)
+    rerun = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (rerun["risk_grade"], rerun["credit_limit"]) == ("E", "1200.00")
+    limits = await w.get("/v1/events?type=borrower.credit_limit_changed", headers=w.admin)
+    assert [e["data"]["credit_limit"] for e in limits["items"]] == ["1200.00"]
+    # An admin's limit at the remembered one, set since: the rerun left it and its override.
+    patched = await client.patch(f"/v1/borrowers/{borrower['id']}", headers=w.admin,
+                                 json={"credit_limit": "30000.00"})  # fmt: skip
+    assert patched.status_code == 200, patched.text
+    await w.pay(made["id"], "1.00", str(today))
+    assert (await w.get(f"/v1/borrowers/{borrower['id']}"))["risk_grade"] == "D"
+    await w.post("/v1/close-runs", {"as_of": str(yesterday)}, headers=w.admin, expect=201)
+    again = await w.get(f"/v1/borrowers/{borrower['id']}")
+    assert (again["risk_grade"], again["credit_limit"], again["limit_overridden"]) == (
+        "E", "30000.00", True,
+    )  # fmt: skip

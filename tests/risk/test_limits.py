@@ -28,17 +28,6 @@ def test_grade_d_or_e_cuts_to_exposure_and_remembers_the_limit() -> None:
     )  # fmt: skip
 
 
-def test_a_grading_that_restates_a_cut_already_made_cuts_nothing_more() -> None:
-    """Cut at E on the date, lifted to D by a payment since, then the date's close run again:
-    it restated the fall and cut to the exposure the payment left (a re-verifier's)."""
-    restated = {"previous_grade": "D", "grade": "E", "credit_limit_minor": 3_000,
-                "exposure_minor": 2_000, "limit_before_cut_minor": 10_000}  # fmt: skip
-    assert move(**restated, limit_changed_on=AS_OF) is None
-    assert move(**restated, limit_changed_on=date(2026, 10, 1)) is None  # a later date's
-    # Cut on an earlier date, at D: the fall to E now is a fall of its own.
-    assert move(**restated, limit_changed_on=date(2026, 9, 29)) == (2_000, 10_000, "grade_E")
-
-
 def test_only_the_fall_to_d_or_e_cuts() -> None:
     # The grade held: the limit (an admin's override, say) stays whatever the exposure.
     assert move(previous_grade="D", grade="D", credit_limit_minor=8_000) is None
