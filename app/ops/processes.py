@@ -38,11 +38,15 @@ def _boot_id() -> str:
 
 def _started(pid: int) -> str | None:
     """The process's start in clock ticks since boot (``/proc/<pid>/stat``, field 22); None when
-    there is no such process, or no ``/proc``."""
+    there is no such process, it has ended and waits for its parent to reap it (a zombie: a
+    killed close whose parent never waited stayed "running", a re-verifier's), or there is no
+    ``/proc``."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # After the command, which may hold spaces and brackets: the state is field 3.
     fields = stat.rpartition(")")[2].split()
-    return fields[19] if len(fields) > 19 else None
+    if len(fields) <= 19 or fields[0] in ("Z", "X"):
+        return None
+    return fields[19]

@@ -3,6 +3,7 @@ attempt since replaced does nothing, and a request the task queue cannot take st
 
 import asyncio
 import logging
+import subprocess
 import sys
 import time
 import warnings
@@ -541,6 +542,29 @@ async def a_process_that_ended() -> str:
     )
     out, _ = await child.communicate()
     return out.decode().strip()
+
+
+def test_a_killed_process_its_parent_has_not_reaped_has_ended() -> None:
+    """A zombie, until its parent waits for it: a killed close's run stayed "running" while
+    the parent that started it never waited (a re-verifier's)."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "from app.ops.processes import this_process; "
+         "print(this_process(), flush=True); import time; time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        owner = child.stdout.readline().strip()
+        assert not processes.ended(owner)
+        child.kill()
+        for _ in range(100):  # the kill lands
+            if processes.ended(owner):
+                break
+            time.sleep(0.01)
+        assert processes.ended(owner)
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_process_is_known_to_have_ended_only_on_its_own_machine() -> None:
