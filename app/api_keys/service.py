@@ -1,4 +1,4 @@
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.auth import Principal, generate_key, hash_key, principals
@@ -87,7 +87,8 @@ async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id:
 
 async def admin_keys(session: AsyncSession) -> tuple[int, int]:
     """How many admin keys were ever made, and how many of them are in force."""
-    admin = select(func.count()).select_from(ApiKey).where(ApiKey.role == Role.ADMIN)
-    made = await session.scalar(admin) or 0
-    in_force = await session.scalar(admin.where(ApiKey.revoked_at.is_(None))) or 0
-    return made, in_force
+    in_force = func.count(case((ApiKey.revoked_at.is_(None), 1)))
+    made, held = (
+        await session.execute(select(func.count(), in_force).where(ApiKey.role == Role.ADMIN))
+    ).one()
+    return made, held

@@ -403,7 +403,8 @@ async def create_loan(
     # A back-dated loan is booked with its arrears, set before the INSERT so the row is written
     # once. loan.created tells them as committed: a loan that never was current reports no
     # move out of current (a collections system reads the bucket it was booked in).
-    delinquency.apply_delinquency(loan, position_of(installments), business_date or today)
+    reckoned_on = business_date or today
+    delinquency.apply_delinquency(loan, position_of(installments), reckoned_on)
     loan.flags_deferred = loan.days_past_due > 0
     # Core INSERTs, and the loan object is never added to the session: the ORM flush of one
     # loan (unit of work, the portfolio listener's delta object) cost more CPU than every
@@ -427,8 +428,8 @@ async def create_loan(
         ),
     )  # fmt: skip
     # Booked in arrears (back-dated), its days past due count as of this date.
-    reckoned = {"as_of": loan.delinquency_as_of.isoformat() if loan.delinquency_as_of else None}
-    await events.emit(session, "loan.created", {**event_data(loan), **reckoned}, loan=loan)
+    created = {**event_data(loan), "as_of": reckoned_on.isoformat()}
+    await events.emit(session, "loan.created", created, loan=loan)
     return LoanView(loan, installments, today, business_date)
 
 
