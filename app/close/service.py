@@ -55,30 +55,32 @@ async def assess_late_fees(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> dict[str, int]:
     """The fee step: the fees of the date, then the replay of the loans a payment received on
-    or after it has already paid, so that payment pays the new fee first; then the fees'
-    events, with the principal the replay left.
+    or after a fee's date has already paid, so that payment pays the new fee first; then the
+    fees' events, with the principal the replay left.
 
-    A close that charges a loan several fees at once (a back-dated book's first) judges them
-    in the order their graces ended, as closes run each night would have: the installment
-    whose grace ends that day by what that day's payments leave it after paying the older
-    fees. So on a loan such a payment has paid, the fees of its newest installment charged
-    wait until the older ones are booked and the loan replayed (judged again then, an older
-    grace's fee comes out the same: it is judged by the payments received by its grace), and
-    the loans replayed are judged again until no more fees come (each round charges another
-    installment or ends), as the replay judges them (``allocation.replay``)."""
+    A close that charges a loan the fees of several graces (a back-dated book's first) charges
+    each on its own night, as closes run each night would have: an installment by what the
+    payments received by its grace left it after paying the older fees. A fee whose grace
+    follows a payment made after an older fee's was judged before the replay that pays that
+    fee first, so it waits: it is judged again after the older fees are booked and the loan
+    replayed, in rounds, until no more fees come (each round books the oldest fee of each loan
+    still in them, or ends), as the replay judges them (``allocation.replay``)."""
     charged = await delinquency.charge_late_fees(session, as_of, low, high)
-    paid_since = (
-        set(await payments.paid_after_fees(session, as_of, low, high)) if charged else set()
-    )
     fees: list[Any] = []
     while charged:
-        waiting = _newest_of_several(charged, paid_since)
+        oldest = _oldest_fee_dates(charged)
+        first_paid = await payments.first_paid_since(session, oldest)
+        waiting = [
+            fee for fee in charged
+            if fee.late_fee_assessed_on != oldest[fee.loan_id]
+            and fee.late_fee_assessed_on >= first_paid.get(fee.loan_id, date.max)
+        ]  # fmt: skip
         await delinquency.uncharge_late_fees(session, waiting)
         waits = {(fee.loan_id, fee.seq) for fee in waiting}
         standing = [fee for fee in charged if (fee.loan_id, fee.seq) not in waits]
-        await delinquency.book_late_fees(session, standing, as_of)
+        await delinquency.book_late_fees(session, standing)
         fees += standing
-        replayed = sorted({fee.loan_id for fee in charged} & paid_since)
+        replayed = sorted(first_paid)
         await payments.replay_after_fees(session, replayed, as_of)
         if not replayed:
             break
@@ -86,6 +88,14 @@ async def assess_late_fees(
         charged = await delinquency.charge_late_fees(session, as_of, low, high, among=replayed)
     fees.sort(key=lambda fee: (fee.loan_id, fee.seq))
     return await delinquency.announce_late_fees(session, fees, as_of)
+
+
+def _oldest_fee_dates(charged: list[Any]) -> dict[str, date]:
+    """Each loan's oldest date of the fees ``charged``."""
+    oldest: dict[str, date] = {}
+    for fee in charged:
+        oldest[fee.loan_id] = min(oldest.get(fee.loan_id, date.max), fee.late_fee_assessed_on)
+    return oldest
 
 
 async def grade_borrowers(
@@ -97,18 +107,6 @@ async def grade_borrowers(
     override set since (a re-verifier's each)."""
     rerun = await session.scalar(select(CloseRun.succeeded_at).where(CloseRun.as_of == as_of))
     return await risk_grades.grade_borrowers(session, as_of, low, high, move_limits=rerun is None)
-
-
-def _newest_of_several(charged: list[Any], paid_since: set[str]) -> list[Any]:
-    """Of each loan in ``paid_since`` charged several fees, those on its newest installment."""
-    newest: dict[str, date] = {}
-    several: set[str] = set()
-    for fee in charged:
-        if fee.loan_id in paid_since:
-            if fee.loan_id in newest and newest[fee.loan_id] != fee.due_date:
-                several.add(fee.loan_id)
-            newest[fee.loan_id] = max(newest.get(fee.loan_id, fee.due_date), fee.due_date)
-    return [f for f in charged if f.loan_id in several and f.due_date == newest[f.loan_id]]
 
 
 # In order: fees first, so a fee assessed today counts in today's arrears; the risk engine

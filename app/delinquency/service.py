@@ -450,6 +450,14 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal, list
     # every installment the later payments had settled late, and their fees, each counted
     # missed from its due date, charged the loan off overnight (a tester's).
     judged_before = and_(judged_on <= _JUDGED_THROUGH, loan.created_at < _JUDGED_SINCE)
+    # A fee counts from the night that charged it (allocation: a payment received that day or
+    # later pays it first). A grace no close judged yet (a back-dated book's first close, a loan
+    # booked back-dated since the last) is charged on its own night, as closes run each night
+    # would have; dated on the close's, the payments between did not pay it, and a loan they
+    # had settled showed its installments missed and its fees unpaid (a re-verifier's: 92 days
+    # past due and defaulted where nightly closes left it current). One a change since left
+    # owing is charged the night the close meets it: the payments between were judged then.
+    assessed_on = case((judged_before, AS_OF), else_=judged_on)
     unpaid = case(
         (settled_in_time, 0),
         (
@@ -484,8 +492,8 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal, list
             unpaid > tolerance_sql(tolerance),
             capped > 0,
         )
-        .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=AS_OF)
-        .returning(i.loan_id, i.seq, i.due_date, i.late_fees_minor)
+        .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=assessed_on)
+        .returning(i.loan_id, i.seq, i.due_date, i.late_fees_minor, i.late_fee_assessed_on)
     )
 
 
@@ -508,8 +516,9 @@ async def charge_late_fees(
 ) -> list[Any]:
     """Charge each installment that owed more than the arrears tolerance after its last day of
     grace (``rules.late_fee_judged_on``) its product's late fee, once, at the close of that
-    day (or the first after it): the fees charged (loan_id, seq, due_date, late_fees_minor).
-    ``among``: only the loans of the chunk listed."""
+    day (or the first after it, dated on that day unless a close judged it before): the fees
+    charged (loan_id, seq, due_date, late_fees_minor, late_fee_assessed_on). ``among``: only
+    the loans of the chunk listed."""
     statement = _late_fees_statement(
         low is not None, high is not None, get_settings().close.arrears_tolerance,
         among is not None,
@@ -547,8 +556,8 @@ async def uncharge_late_fees(session: AsyncSession, fees: Sequence[Any]) -> None
         )  # fmt: skip
 
 
-async def book_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: date) -> None:
-    """A ledger ``late_fee`` row for each fee charged."""
+async def book_late_fees(session: AsyncSession, fees: Sequence[Any]) -> None:
+    """A ledger ``late_fee`` row for each fee charged, effective on the night it counts from."""
     if not fees:
         return
     currency = {row.id: row.currency for row in await session.execute(
@@ -564,7 +573,7 @@ async def book_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: date
                 "kind": TransactionKind.LATE_FEE,
                 "amount_minor": f.late_fees_minor,
                 "currency": currency[f.loan_id],
-                "effective_on": as_of,
+                "effective_on": f.late_fee_assessed_on,
                 "installment_seq": f.seq,
                 "note": None,
                 "payment_id": None,
@@ -578,7 +587,8 @@ async def book_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: date
 async def announce_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: date) -> Counts:
     """``loan.late_fee_assessed`` for each fee charge_late_fees charged, with the loan's
     principal outstanding as the close leaves it: a payment already received on the fee's
-    date pays the fee first when replayed, so less of it is left for principal."""
+    date pays the fee first when replayed, so less of it is left for principal. ``as_of``: the
+    date closed; ``effective_on``: the night the fee counts from, the ledger row's date."""
     if not fees:
         return {"late_fees_assessed": 0}
     facts = await _loan_facts(session, [f.loan_id for f in fees])
@@ -593,6 +603,7 @@ async def announce_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: 
                 facts[f.loan_id],
                 amount=format_minor(f.late_fees_minor, facts[f.loan_id].currency),
                 as_of=as_of.isoformat(),
+                effective_on=f.late_fee_assessed_on.isoformat(),
                 principal_outstanding=format_minor(
                     facts[f.loan_id].principal_outstanding_minor, facts[f.loan_id].currency
                 ),

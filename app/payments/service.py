@@ -1,7 +1,7 @@
 """Payments and reversals: every change replays the loan's applied payments from the start."""
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -609,32 +609,30 @@ def _asked(installment: LoanInstallment) -> int:
     )  # fmt: skip
 
 
-async def paid_after_fees(
-    session: AsyncSession, as_of: date, low: str | None, high: str | None
-) -> list[str]:
-    """The loans of the range the close charged a late fee as of ``as_of`` and that have a
-    payment received on or after that date (a catch-up, or today's when yesterday is closed):
-    the fee counts from ``as_of``, so that payment pays it first, as any later replay would,
-    where the stored allocations put the money elsewhere (``replay_after_fees``). Open loans
-    only: the chunk holds their locks, and a loan paid off or cancelled since an earlier run
-    of the date charged it is the close's no more (a rerun stored a cancelled loan paid off:
-    a tester's)."""
-    i, p, loans = LoanInstallment.__table__.c, Payment.__table__.c, Loan.__table__.c
-    loan_ids = await session.scalars(
-        select(i.loan_id)
-        .distinct()
-        .join(Payment, p.loan_id == i.loan_id)
-        .join(Loan, loans.id == i.loan_id)
-        .where(
-            delinquency.in_range(i.loan_id, low, high),
-            loans.status.in_(OPEN_STATUSES),
-            i.late_fee_assessed_on == as_of,
-            p.received_on >= as_of,
-            p.status == PaymentStatus.APPLIED.value,
+async def first_paid_since(session: AsyncSession, since: Mapping[str, date]) -> dict[str, date]:
+    """Of the loans of ``since``, those with an applied payment received on or after the loan's
+    date: the day of the first such payment. The close's late fees count from their dates, so
+    such a payment pays them first, where the stored allocations put the money elsewhere
+    (``replay_after_fees``)."""
+    if not since:
+        return {}
+    p = Payment.__table__.c
+    loan_ids = sorted(since)
+    first: dict[str, date] = {}
+    # A slice of loans at a time: each is a bound parameter, and drivers take 32,767.
+    for n in range(0, len(loan_ids), 10_000):
+        batch = loan_ids[n : n + 10_000]
+        rows = await session.execute(
+            select(p.loan_id, p.received_on).where(
+                p.loan_id.in_(batch),
+                p.received_on >= min(since[loan_id] for loan_id in batch),
+                p.status == PaymentStatus.APPLIED.value,
+            )
         )
-        .order_by(i.loan_id)
-    )
-    return list(loan_ids)
+        for loan_id, received_on in rows:
+            if received_on >= since[loan_id] and received_on < first.get(loan_id, date.max):
+                first[loan_id] = received_on
+    return first
 
 
 async def replay_after_fees(session: AsyncSession, loan_ids: Sequence[str], as_of: date) -> None:

@@ -17,6 +17,7 @@ from app.db import session_scope
 from app.events.models import Event
 from app.ledger.models import LedgerTransaction
 from tests.factories import World, world
+from tests.payments.test_routes import assert_ledger_invariant
 
 
 async def close(w: World, as_of: str, expect: int = 201) -> dict[str, Any]:
@@ -150,6 +151,10 @@ async def test_a_bounce_months_later_charges_only_what_is_still_unpaid(
     assert got["balances"]["fees_outstanding"] == "20.00"
     schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
     assert [i["fees"] for i in schedule[:4]] == ["0.00", "0.00", "0.00", "20.00"]
+    # Its grace was judged settled on May 13: the fee counts from the night that met the
+    # bounce, not from that grace, so the payments between keep the allocation closes gave them.
+    rows = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [r["effective_on"] for r in rows if r["kind"] == "late_fee"] == ["2026-05-21"]
 
 
 async def test_a_rerun_after_a_bounce_charges_only_what_is_still_unpaid(
@@ -232,6 +237,107 @@ async def test_a_first_close_s_percent_fee_counts_what_the_older_fees_left_unpai
     snapshot = (await event_types(), await late_fee_rows())
     await close(w, "2026-11-13")
     assert (await event_types(), await late_fee_rows()) == snapshot
+
+
+async def test_a_first_close_dates_each_fee_on_its_grace_so_later_payments_pay_it_first(
+    client: httpx.AsyncClient,
+) -> None:
+    """A back-dated book's first close charges the fees of graces long past. Dated on the
+    close's own date, a payment between those graces and the close paid the installments and
+    not the fees: installments 1 and 2 each owed their fee, missed from their due dates, and a
+    loan nightly closes leave 10 days late was 69 (a re-verifier's: 92 days and defaulted).
+    Each fee counts from its grace: the payment pays the older fees first, and the third
+    installment, which it then leaves owing, is charged too."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    # Due the 10th from Feb: 212.00, 210.00, 208.00, then 206.00 ...
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    paid = await w.pay(loan["id"], "630.00", "2026-04-11")  # the three, not a fee
+    assert (await close(w, "2026-04-20"))["counts"]["late_fees_assessed"] == 3
+    rows = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [(r["installment_seq"], r["effective_on"]) for r in rows if r["kind"] == "late_fee"] == [
+        (1, "2026-02-13"), (2, "2026-03-13"), (3, "2026-04-13"),
+    ]  # fmt: skip
+    # 630.00 paid 20.00 + 212.00, 20.00 + 210.00, then 168.00 of the third: 40.00 short.
+    got = await w.get(f"/v1/payments/{paid['id']}")
+    assert [(a["installment_seq"], a["fees"]) for a in got["allocation"]] == [
+        (1, "20.00"), (2, "20.00"), (3, "0.00"),
+    ]  # fmt: skip
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"]) == (10, "1-30")
+    assert (got["balances"]["overdue_amount"], got["balances"]["fees_outstanding"]) == (
+        "60.00", "20.00",
+    )  # fmt: skip
+    fees = (await w.get("/v1/events?type=loan.late_fee_assessed", headers=w.admin))["items"]
+    assert [(e["data"]["as_of"], e["data"]["effective_on"]) for e in fees] == [
+        ("2026-04-20", "2026-02-13"), ("2026-04-20", "2026-03-13"), ("2026-04-20", "2026-04-13"),
+    ]  # fmt: skip
+    await assert_ledger_invariant(loan["id"])
+    snapshot = (await event_types(), await late_fee_rows())
+    await close(w, "2026-04-20")
+    assert (await event_types(), await late_fee_rows()) == snapshot
+
+
+async def test_a_book_brought_in_paid_late_each_month_is_late_from_its_newest_shortfall(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each installment paid in full 5 days after its due date, past its 3 days' grace. Nightly
+    closes charge each a fee that the next payment pays first, so the shortfall moves to the
+    newest installment: 10 days past due. Charged on the first close's date, the four fees
+    stayed unpaid on installments paid long ago, missed from the first due date: 99 days."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    for amount, day in (("212.00", "02-15"), ("210.00", "03-15"), ("208.00", "04-15"),
+                        ("206.00", "05-15")):  # fmt: skip
+        await w.pay(loan["id"], amount, f"2026-{day}")
+    assert (await close(w, "2026-05-20"))["counts"]["late_fees_assessed"] == 4
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"]) == (10, "1-30")
+    # Each payment paid the shortfall before it, then its installment's fee: 80.00 short.
+    assert (got["balances"]["overdue_amount"], got["balances"]["fees_outstanding"]) == (
+        "80.00", "0.00",
+    )  # fmt: skip
+    schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+    assert [i["status"] for i in schedule[:4]] == ["paid", "paid", "paid", "overdue"]
+    await assert_ledger_invariant(loan["id"])
+
+
+async def test_a_loan_booked_back_dated_is_charged_as_nightly_closes_charge_its_twin(
+    client: httpx.AsyncClient,
+) -> None:
+    """Twin loans with the same payments, between their graces: A met every night's close
+    (a catch-up closes each date by the payments received by it), B was booked back-dated
+    after those closes, so the next one charges all its fees at once. B's percent fees, each on
+    what the payments left unpaid after paying the older fees first, and its balances come out
+    as A's: a fee whose grace follows a payment made after an older one's waits for the replay
+    that pays that fee first (judged before it, the second fee was 5 % of 122.00, not of
+    132.60)."""
+    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
+                    grace_days=0, late_fee={"kind": "percent", "percent": "0.05",
+                                            "cap_per_installment": "100.00"})  # fmt: skip
+    await close(w, "2026-01-10")
+    history = [("300.00", "2026-02-20"), ("150.00", "2026-03-25"), ("100.00", "2026-04-12")]
+    a = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    for amount, day in history:
+        await w.pay(a["id"], amount, day)
+    await close(w, "2026-04-30")
+    b = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
+    for amount, day in history:
+        await w.pay(b["id"], amount, day)
+    assert (await close(w, "2026-05-01"))["counts"]["late_fees_assessed"] == 3
+
+    schedules = [(await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+                 for loan in (a, b)]  # fmt: skip
+    # 5 % of 212.00; of 132.60, what 300.00 left the second after 10.60 and 212.00; of
+    # 197.23, what 150.00 left the third after 6.63 and 132.60 (100.00 came after its grace).
+    assert [i["fees"] for i in schedules[0][:4]] == ["10.60", "6.63", "9.86", "0.00"]
+    assert schedules[0] == schedules[1]
+    got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (a, b)]
+    assert got[0]["balances"] == got[1]["balances"]
+    assert [(g["days_past_due"], g["status"]) for g in got] == [(21, "delinquent")] * 2
+    for loan in (a, b):
+        await assert_ledger_invariant(loan["id"])
 
 
 async def test_an_older_release_s_judgement_of_a_late_fee_stands(

@@ -327,7 +327,7 @@ async def test_a_payment_in_time_reported_after_the_close_withdraws_the_late_fee
              e["data"]["principal_outstanding"])
             for e in feed if e["type"].startswith("loan.late_fee")]  # fmt: skip
     assert told == [
-        ("loan.late_fee_assessed", "20.00", None, "1200.00"),
+        ("loan.late_fee_assessed", "20.00", "2026-02-18", "1200.00"),
         ("loan.late_fee_forgiven", "20.00", "2026-02-18", "0.00"),
         ("loan.late_fee_reinstated", "20.00", reversed_.json()["reversed_on"], "1200.00"),
     ]
@@ -548,8 +548,8 @@ async def test_a_back_dated_payoff_takes_back_the_late_fees_it_forgives_in_the_l
     items = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
     assert [(t["kind"], t["amount"], t["installment_seq"], t["effective_on"]) for t in items
             if t["kind"] == "late_fee_forgiven"] == [
-        ("late_fee_forgiven", "25.00", 1, "2026-12-03"),
-        ("late_fee_forgiven", "25.00", 2, "2026-12-03"),
+        ("late_fee_forgiven", "25.00", 1, "2026-10-18"),
+        ("late_fee_forgiven", "25.00", 2, "2026-11-18"),
     ]  # fmt: skip
     await assert_ledger_invariant(loan["id"])
 

@@ -537,14 +537,14 @@ async def test_a_reversal_on_a_past_due_loan_raises_no_flag_early(
 async def test_a_promise_or_plan_on_the_night_of_a_late_fee_is_held_to_the_payments_payoff(
     client: httpx.AsyncClient,
 ) -> None:
-    """The first close, of Feb 15, charged installment 1 its late fee, dated Feb 15: a payoff
-    dated Feb 15 withdraws it (that close counts the day's payments, and charges no paid-off
-    loan). A promise or a plan of that date was held to the payoff with the fee, 20.00 more
-    than a payment of the date may pay (a tester's)."""
+    """The close of Feb 13, the last day of installment 1's grace, charged it its late fee: a
+    payoff dated Feb 13 withdraws it (that close counts the day's payments, and charges no
+    paid-off loan). A promise or a plan of that date was held to the payoff with the fee,
+    20.00 more than a payment of the date may pay (a tester's)."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
     loan_id = (await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10"))["id"]
-    await close(w, "2026-02-15")
+    await close(w, "2026-02-13")
     assert (await w.get(f"/v1/loans/{loan_id}"))["balances"]["fees_outstanding"] == "20.00"
     promise = await w.post(f"/v1/loans/{loan_id}/promises",
                            {"amount": "1220.01", "due_on": "2026-02-20"})  # fmt: skip
@@ -556,9 +556,9 @@ async def test_a_promise_or_plan_on_the_night_of_a_late_fee_is_held_to_the_payme
         assert refused.status_code == 422, refused.text
         assert refused.json()["code"] == "amount_exceeds_payoff"
         assert [e["field"] for e in refused.json()["errors"]] == [field]
-        assert "payoff amount 1220.00 on 2026-02-15" in refused.json()["detail"]
+        assert "payoff amount 1220.00 on 2026-02-13" in refused.json()["detail"]
     payment = await w.post(f"/v1/loans/{loan_id}/payments",
-                           {"amount": "1220.01", "received_on": "2026-02-15"})  # fmt: skip
-    assert "the payoff amount 1220.00 on 2026-02-15" in payment.json()["detail"]
+                           {"amount": "1220.01", "received_on": "2026-02-13"})  # fmt: skip
+    assert "the payoff amount 1220.00 on 2026-02-13" in payment.json()["detail"]
     await w.post(f"/v1/loans/{loan_id}/promises", {"amount": "1220.00", "due_on": "2026-02-20"},
                  expect=201)  # fmt: skip
