@@ -1,7 +1,7 @@
 """Payments and reversals: every change replays the loan's applied payments from the start."""
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from functools import partial
@@ -637,17 +637,62 @@ async def first_paid_since(session: AsyncSession, since: Mapping[str, date]) -> 
 
 async def replay_after_fees(session: AsyncSession, loan_ids: Sequence[str], as_of: date) -> None:
     """Replay the open loans ``loan_ids``, locked by the close, after it charged them late fees
-    as of ``as_of``."""
-    for loan_id in loan_ids:
-        loan = await session.get_one(Loan, loan_id)
-        installments = await loans_service.load_installments(session, loan_id)
-        terms, fee_rows = await _terms(session, installments)
-        position = await _replay(session, loan, terms, await _applied_payments(session, loan_id))
-        # The close's next steps reckon the loan as of the date, and count what moves.
-        await _store_position(
-            session, loan, installments, position, fee_rows, as_of=as_of, changed_on=as_of,
-            reckon=False,
-        )  # fmt: skip
+    as of ``as_of``. A slice of loans at a time, each statement for the whole slice: a
+    back-dated book's first close replays every loan paid after a grace, tens of thousands, and
+    a loan's own reads and writes cost 4 ms a loan on PostgreSQL."""
+    for n in range(0, len(loan_ids), 1_000):
+        batch = list(loan_ids[n : n + 1_000])
+        params = {"loan_ids": batch}
+        loans = (await session.scalars(_LOANS_OF, params)).all()
+        installments = _by_loan(await session.scalars(_INSTALLMENTS_OF, params))
+        fee_rows = _by_loan(await session.execute(_FEE_ROWS, params))
+        payments = _by_loan(await session.execute(_APPLIED_PAYMENTS_OF, params))
+        # Looked up once: a get per loan flushed every loan's writes on its own.
+        codes = {"codes": sorted({loan.product_code for loan in loans})}
+        product = {p.code: p for p in await session.scalars(_PRODUCTS_OF, codes)}
+        allocations: list[dict[str, Any]] = []
+        for loan in loans:
+            terms, fees = _terms_of(installments[loan.id], fee_rows[loan.id])
+            applied = [PaymentIn(p.id, p.amount_minor, p.received_on) for p in payments[loan.id]]
+            position = _replay_on(loan, product[loan.product_code], terms, applied)
+            allocations += _allocation_rows(loan.id, position)
+            await _store_balances(
+                session, loan, installments[loan.id], position, fees, changed_on=as_of
+            )
+        await session.execute(_DELETE_ALLOCATIONS_OF, params)
+        await insert_rows(session, _allocations, allocations)
+
+
+# The close's replay reads and writes loans a slice at a time. The loans and installments are
+# read again as stored: the close changed them in bulk, beside the session's objects.
+_LOANS_OF = (
+    select(Loan)
+    .where(Loan.id.in_(bindparam("loan_ids", expanding=True)))
+    .execution_options(populate_existing=True)
+)
+_INSTALLMENTS_OF = (
+    select(LoanInstallment)
+    .where(LoanInstallment.loan_id.in_(bindparam("loan_ids", expanding=True)))
+    .order_by(LoanInstallment.loan_id, LoanInstallment.seq)
+    .execution_options(populate_existing=True)
+)
+_APPLIED_PAYMENTS_OF = (
+    select(Payment.loan_id, Payment.id, Payment.amount_minor, Payment.received_on)
+    .where(Payment.loan_id.in_(bindparam("loan_ids", expanding=True)), _APPLIED)
+    .order_by(Payment.loan_id, Payment.received_on, Payment.id)
+)
+_PRODUCTS_OF = select(Product).where(Product.code.in_(bindparam("codes", expanding=True)))
+_DELETE_ALLOCATIONS_OF = delete(_allocations).where(
+    _allocations.c.loan_id.in_(bindparam("loan_ids", expanding=True))
+)
+
+
+def _by_loan(rows: Iterable[Any]) -> defaultdict[str, list[Any]]:
+    """Rows (or objects) with a ``loan_id``, grouped by it, in the order given."""
+    grouped: defaultdict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        grouped[row.loan_id].append(row)
+    return grouped
 
 
 async def _replay_and_store(
@@ -677,10 +722,20 @@ async def _replay(
     """``payments`` replayed on ``terms``, a late fee on an installment settled in its grace
     withdrawn at the arrears tolerance the close charges by, and a percent one lowered to the
     product's fee on what the grace left unpaid."""
+    # The product only matters to a loan charged a late fee.
+    charged = any(t.late_fees for t in terms)
+    product = await session.get_one(Product, loan.product_code) if charged else None
+    return _replay_on(loan, product, terms, payments)
+
+
+def _replay_on(
+    loan: Loan, product: Product | None, terms: list[InstallmentTerms], payments: list[PaymentIn]
+) -> LoanPosition:
+    """``_replay`` with the loan's product at hand (needed when a late fee was charged)."""
     tolerance = delinquency.tolerance_minor(loan.currency)
     late_fee_for, grace_days = None, 0
-    if any(t.late_fees for t in terms):  # the product only matters to a loan charged one
-        product = await session.get_one(Product, loan.product_code)
+    if any(t.late_fees for t in terms):
+        assert product is not None
         grace_days = product.grace_days
         policy = products.late_fee_policy(product)
         if policy is not None and policy.kind == "percent":
@@ -707,33 +762,46 @@ async def _terms(
     """Each installment's amounts, with its late fees on the dates they were assessed and the
     fees waived on it forgiven as if never charged; and the ledger's other fee rows. All from
     the ledger, read only when the loan has fees at all."""
+    rows: list[Any] = []
+    if installments and any(i.late_fees_minor or i.fees_minor for i in installments):
+        rows = list(await session.execute(_FEE_ROWS, {"loan_ids": [installments[0].loan_id]}))
+    return _terms_of(installments, rows)
+
+
+# The loans' ledger rows on fees, in the order written: the ledger holds the fees' dates.
+_FEE_ROWS = (
+    select(
+        LedgerTransaction.loan_id,
+        LedgerTransaction.kind,
+        LedgerTransaction.installment_seq,
+        LedgerTransaction.effective_on,
+        LedgerTransaction.amount_minor,
+    )
+    .where(
+        LedgerTransaction.loan_id.in_(bindparam("loan_ids", expanding=True)),
+        LedgerTransaction.kind.in_(_FEE_KINDS),
+    )
+    .order_by(LedgerTransaction.id)
+)
+
+
+def _terms_of(
+    installments: list[LoanInstallment], fee_rows: Iterable[Any]
+) -> tuple[list[InstallmentTerms], _FeeRows]:
+    """``_terms`` from the loan's ledger rows on fees (``_FEE_ROWS``)."""
     late_fees: dict[int, list[LateFee]] = defaultdict(list)
     waived: dict[int, int] = defaultdict(int)
     forgiven: dict[int, int] = defaultdict(int)
-    if installments and any(i.late_fees_minor or i.fees_minor for i in installments):
-        rows = await session.execute(
-            select(
-                LedgerTransaction.kind,
-                LedgerTransaction.installment_seq,
-                LedgerTransaction.effective_on,
-                LedgerTransaction.amount_minor,
-            )
-            .where(
-                LedgerTransaction.loan_id == installments[0].loan_id,
-                LedgerTransaction.kind.in_(_FEE_KINDS),
-            )
-            .order_by(LedgerTransaction.id)
-        )
-        for kind, seq, effective_on, amount in rows:
-            assert seq is not None
-            if kind == TransactionKind.FEE_WAIVER:
-                waived[seq] += amount
-            elif kind == TransactionKind.LATE_FEE_FORGIVEN:
-                forgiven[seq] += amount
-            elif kind == TransactionKind.LATE_FEE_REINSTATED:
-                forgiven[seq] -= amount
-            else:
-                late_fees[seq].append(LateFee(effective_on, amount))
+    for _loan_id, kind, seq, effective_on, amount in fee_rows:
+        assert seq is not None
+        if kind == TransactionKind.FEE_WAIVER:
+            waived[seq] += amount
+        elif kind == TransactionKind.LATE_FEE_FORGIVEN:
+            forgiven[seq] += amount
+        elif kind == TransactionKind.LATE_FEE_REINSTATED:
+            forgiven[seq] -= amount
+        else:
+            late_fees[seq].append(LateFee(effective_on, amount))
     terms = [
         InstallmentTerms(
             seq=i.seq,
@@ -767,6 +835,35 @@ async def _store_position(
     them). ``fee_rows``: the fee waivers by installment, which the replay saw as
     fees never charged and the rows (charged as assessed) count as waived; and the late fees
     forgiven so far. ``changed_on``: the date of the change, for the ledger."""
+    await session.execute(_DELETE_ALLOCATIONS, {"loan_id": loan.id})
+    await insert_rows(session, _allocations, _allocation_rows(loan.id, position))
+    status_before = await _store_balances(
+        session, loan, installments, position, fee_rows, changed_on=changed_on
+    )
+    if reckon:
+        await _reckon(session, loan, position, as_of, status_before)
+
+
+def _allocation_rows(loan_id: str, position: LoanPosition) -> list[dict[str, Any]]:
+    return [
+        {"payment_id": a.payment_id, "installment_seq": a.installment_seq, "loan_id": loan_id,
+         "fees_minor": a.fees_minor, "interest_minor": a.interest_minor,
+         "principal_minor": a.principal_minor}
+        for a in position.allocations
+    ]  # fmt: skip
+
+
+async def _store_balances(
+    session: AsyncSession,
+    loan: Loan,
+    installments: list[LoanInstallment],
+    position: LoanPosition,
+    fee_rows: _FeeRows,
+    *,
+    changed_on: date,
+) -> str:
+    """``_store_position`` but the allocations and the reckoning: the installments, the loan's
+    balances and status, the late fees forgiven. The loan's status before."""
     for row, new in zip(installments, position.installments, strict=True):
         row.paid_fees_minor = new.paid_fees_minor
         row.paid_interest_minor = new.paid_interest_minor
@@ -780,17 +877,6 @@ async def _store_position(
             row.status = InstallmentStatus.PARTIALLY_PAID
         else:
             row.status = InstallmentStatus.PENDING
-    await session.execute(_DELETE_ALLOCATIONS, {"loan_id": loan.id})
-    await insert_rows(
-        session,
-        _allocations,
-        [
-            {"payment_id": a.payment_id, "installment_seq": a.installment_seq, "loan_id": loan.id,
-             "fees_minor": a.fees_minor, "interest_minor": a.interest_minor,
-             "principal_minor": a.principal_minor}
-            for a in position.allocations
-        ],
-    )  # fmt: skip
     loan.principal_outstanding_minor = position.principal_outstanding_minor
     loan.credit_balance_minor = position.credit_balance_minor
     await _record_late_fees_forgiven(session, loan, position, fee_rows.forgiven, changed_on)
@@ -802,8 +888,7 @@ async def _store_position(
         restructured = loan.restructured_on is not None
         loan.status = LoanStatus.RESTRUCTURED if restructured else LoanStatus.ACTIVE
         loan.paid_off_on = None
-    if reckon:
-        await _reckon(session, loan, position, as_of, status_before)
+    return status_before
 
 
 async def _reckon(
