@@ -59,43 +59,17 @@ async def assess_late_fees(
     fees' events, with the principal the replay left.
 
     A close that charges a loan the fees of several graces (a back-dated book's first) charges
-    each on its own night, as closes run each night would have: an installment by what the
-    payments received by its grace left it after paying the older fees. A fee whose grace
-    follows a payment made after an older fee's was judged before the replay that pays that
-    fee first, so it waits: it is judged again after the older fees are booked and the loan
-    replayed, in rounds, until no more fees come (each round books the oldest fee of each loan
-    still in them, or ends), as the replay judges them (``allocation.replay``)."""
-    charged = await delinquency.charge_late_fees(session, as_of, low, high)
-    fees: list[Any] = []
-    while charged:
-        oldest = _oldest_fee_dates(charged)
-        first_paid = await payments.first_paid_since(session, oldest)
-        waiting = [
-            fee for fee in charged
-            if fee.late_fee_assessed_on != oldest[fee.loan_id]
-            and fee.late_fee_assessed_on >= first_paid.get(fee.loan_id, date.max)
-        ]  # fmt: skip
-        await delinquency.uncharge_late_fees(session, waiting)
-        waits = {(fee.loan_id, fee.seq) for fee in waiting}
-        standing = [fee for fee in charged if (fee.loan_id, fee.seq) not in waits]
-        await delinquency.book_late_fees(session, standing)
-        fees += standing
-        replayed = sorted(first_paid)
-        await payments.replay_after_fees(session, replayed, as_of)
-        if not replayed:
-            break
-        await session.flush()  # the replay's allocations, which the next round judges by
-        charged = await delinquency.charge_late_fees(session, as_of, low, high, among=replayed)
-    fees.sort(key=lambda fee: (fee.loan_id, fee.seq))
-    return await delinquency.announce_late_fees(session, fees, as_of)
-
-
-def _oldest_fee_dates(charged: list[Any]) -> dict[str, date]:
-    """Each loan's oldest date of the fees ``charged``."""
+    each on its own night, as closes run each night would have, in one statement: whether an
+    installment is late, and by how much, does not depend on the older fees (what the payments
+    fell short of the installments due, late fees aside), so the replay that has the payments
+    pay them first changes no fee."""
+    fees = await delinquency.charge_late_fees(session, as_of, low, high)
+    await delinquency.book_late_fees(session, fees)
     oldest: dict[str, date] = {}
-    for fee in charged:
+    for fee in fees:
         oldest[fee.loan_id] = min(oldest.get(fee.loan_id, date.max), fee.late_fee_assessed_on)
-    return oldest
+    await payments.replay_after_fees(session, await payments.paid_since(session, oldest), as_of)
+    return await delinquency.announce_late_fees(session, fees, as_of)
 
 
 async def grade_borrowers(

@@ -432,9 +432,8 @@ async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[st
 
 
 @lru_cache(maxsize=16)
-def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal, listed: bool) -> Any:
-    """The update charging the fees (``listed``: only to the loans of the parameter
-    ``loan_ids``)."""
+def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> Any:
+    """The update charging the fees."""
     i, loan, product = _installment.c, _loan.c, _product.c
     # Judged on the last day of grace, by the close of that day: a payment received the day
     # after is late (before the twenty-seventh session the close of the day after charged it,
@@ -466,10 +465,18 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal, list
         ),
         else_=unpaid_now_sql() + _paid_after_each(judged_on),
     )
+    # No fee on an installment paid in full in time but for the late fees of older ones
+    # (pyramiding; the FTC's Credit Practices Rule forbids it): only what the payments received
+    # by its grace fell short of the installments due by then, late fees aside, is late. The
+    # payments pay those fees first, so a borrower who paid one installment late and each
+    # since in full and on time was charged a fee every month until the loan ended.
+    # Looked up only for an installment left owing (nearly every one past grace is settled).
+    shortfall = _due_through_sql() - _paid_by_sql(assessed_on)  # by the day it is judged
+    late = case(
+        (unpaid <= tolerance_sql(tolerance), 0), (unpaid < shortfall, unpaid), else_=shortfall
+    )
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
-    percent_fee = (
-        unpaid * type_coerce(product.late_fee_percent, BigInteger) + 500_000
-    ) // 1_000_000
+    percent_fee = (late * type_coerce(product.late_fee_percent, BigInteger) + 500_000) // 1_000_000
     fee = case((product.late_fee_kind == "fixed", product.late_fee_amount_minor), else_=percent_fee)
     capped = case(
         (and_(product.late_fee_cap_minor.is_not(None), product.late_fee_cap_minor < fee),
@@ -484,16 +491,48 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal, list
             in_chunk(i.loan_id, has_low, has_high),
             # The same range on the loan side, or PostgreSQL scans every loan per chunk.
             in_chunk(loan.id, has_low, has_high),
-            i.loan_id.in_(bindparam("loan_ids", expanding=True)) if listed else literal(True),
             loan.status.in_(OPEN_STATUSES),
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
             days_between(AS_OF, i.due_date) >= product.grace_days,
-            unpaid > tolerance_sql(tolerance),
+            late > tolerance_sql(tolerance),
             capped > 0,
         )
         .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=assessed_on)
         .returning(i.loan_id, i.seq, i.due_date, i.late_fees_minor, i.late_fee_assessed_on)
+    )
+
+
+def _due_through_sql() -> ScalarSelect[int]:
+    """What each installment's loan has due by its due date, late fees aside: the principal,
+    interest and scheduled fees of its installments due by then, less the scheduled fees waived
+    (a waiver forgives late fees first; the late fees withdrawn, also in ``fees_waived_minor``,
+    are not told apart here, so a scheduled fee waived beside them still counts as due)."""
+    i, earlier = _installment.c, _installment.alias("due_earlier").c
+    waived_beyond_late = case(
+        (earlier.fees_waived_minor > earlier.late_fees_minor,
+         earlier.fees_waived_minor - earlier.late_fees_minor),
+        else_=0,
+    )  # fmt: skip
+    due = earlier.principal_minor + earlier.interest_minor + earlier.fees_minor - waived_beyond_late
+    return (
+        select(sql_cast(func.coalesce(func.sum(due), 0), BigInteger))
+        .where(earlier.loan_id == i.loan_id, earlier.due_date <= i.due_date)
+        .scalar_subquery()
+    )
+
+
+def _paid_by_sql(day: ColumnElement[date]) -> ScalarSelect[int]:
+    """What each installment's loan was paid by ``day`` (an expression over its columns)."""
+    i, payment = _installment.c, _payment.alias("paid_by").c
+    return (
+        select(sql_cast(func.coalesce(func.sum(payment.amount_minor), 0), BigInteger))
+        .where(
+            payment.loan_id == i.loan_id,
+            payment.received_on <= day,
+            payment.status == PaymentStatus.APPLIED.value,
+        )
+        .scalar_subquery()
     )
 
 
@@ -512,17 +551,14 @@ async def charge_late_fees(
     as_of: date,
     low: str | None,
     high: str | None,
-    among: Sequence[str] | None = None,
 ) -> list[Any]:
     """Charge each installment that owed more than the arrears tolerance after its last day of
     grace (``rules.late_fee_judged_on``) its product's late fee, once, at the close of that
     day (or the first after it, dated on that day unless a close judged it before): the fees
-    charged (loan_id, seq, due_date, late_fees_minor, late_fee_assessed_on). ``among``: only
-    the loans of the chunk listed."""
+    charged (loan_id, seq, due_date, late_fees_minor, late_fee_assessed_on)."""
     statement = _late_fees_statement(
-        low is not None, high is not None, get_settings().close.arrears_tolerance,
-        among is not None,
-    )  # fmt: skip
+        low is not None, high is not None, get_settings().close.arrears_tolerance
+    )
     last = (await session.execute(_LAST_CLOSE, {"as_of": as_of})).first()
     params: dict[str, Any] = {"judged_through": None, "judged_since": None}
     if last is not None:
@@ -532,28 +568,10 @@ async def charge_late_fees(
         since = last.succeeded_at if last.as_of == as_of else last.started_at
         params |= {"judged_through": last.as_of, "judged_since": since}
     params |= chunk_params(as_of, low, high)
-    # The listed loans a slice at a time: each is a bound parameter, and drivers take 32,767.
-    batches = [{"loan_ids": among[n : n + 10_000]} for n in range(0, len(among), 10_000)] if (
-        among is not None
-    ) else [{}]  # fmt: skip
-    fees = [fee for batch in batches
-            for fee in (await session.execute(statement, {**params, **batch})).all()]  # fmt: skip
+    fees = (await session.execute(statement, params)).all()
     # RETURNING comes in no set order: the ledger rows and events go by loan and installment,
     # as a reader of a loan's transactions expects (installment 2 before 1 failed a test once).
     return sorted(fees, key=lambda fee: (fee.loan_id, fee.seq))
-
-
-async def uncharge_late_fees(session: AsyncSession, fees: Sequence[Any]) -> None:
-    """Take back ``fees`` charge_late_fees charged in this transaction, not yet booked: they
-    are judged again after the older fees are paid (close.service.assess_late_fees)."""
-    if fees:
-        await session.execute(
-            update(_installment)
-            .where(_installment.c.loan_id == bindparam("b_loan_id"),
-                   _installment.c.seq == bindparam("b_seq"))
-            .values(late_fees_minor=0, late_fee_assessed_on=None),
-            [{"b_loan_id": f.loan_id, "b_seq": f.seq} for f in fees],
-        )  # fmt: skip
 
 
 async def book_late_fees(session: AsyncSession, fees: Sequence[Any]) -> None:

@@ -266,10 +266,11 @@ def _late_fees_withdrawn(
     """What of each late fee a close would not have charged had it known every payment received
     by its installment's last day of grace: each replayed as that night saw it, the fees of
     earlier nights as they stand and the payments received by that day, in the order the nights
-    ran. The whole fee when the installment then owed no more than the tolerance; of a percent
-    fee, what it charged beyond the fee on what was unpaid, what a waiver forgave of it already
-    counting against that fee. Fees of one night (a close that charged several at once) are
-    judged in the order their graces ended."""
+    ran. The whole fee when the installment then owed no more than the tolerance, or the
+    payments fell no more short of the installments due by then, late fees aside; of a percent
+    fee, what it charged beyond the fee on the lesser of the two, what a waiver forgave of it
+    already counting against that fee. Fees of one night (a close that charged several at
+    once) are judged in the order their graces ended."""
     withdrawn: dict[int, tuple[LateFee, ...]] = {t.seq: () for t in installments}
     grace = timedelta(days=grace_days)
     # Never after its night: should relief have moved the installment's due date since, the
@@ -299,7 +300,13 @@ def _late_fees_withdrawn(
         for payment in payments:
             if payment.received_on <= judged_on:
                 apply_payment(seen, payment)
-        unpaid = next(i for i in seen.installments if i.seq == seq).left(night)
+        judged = next(i for i in seen.installments if i.seq == seq)
+        # Late is only what the payments fell short of the installments due by then, late fees
+        # aside: no fee for an installment the older fees alone left owing (no pyramiding).
+        due_through = sum(t.principal_minor + t.interest_minor + t.fees_minor for t in standing
+                          if t.due_date <= judged.terms.due_date)  # fmt: skip
+        paid_by = sum(p.amount_minor for p in payments if p.received_on <= judged_on)
+        unpaid = min(judged.left(night), due_through - paid_by)
         late = [p for p in payments if judged_on < p.received_on <= night]
         if unpaid > tolerance_minor and late:
             for payment in late:

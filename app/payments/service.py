@@ -609,16 +609,13 @@ def _asked(installment: LoanInstallment) -> int:
     )  # fmt: skip
 
 
-async def first_paid_since(session: AsyncSession, since: Mapping[str, date]) -> dict[str, date]:
+async def paid_since(session: AsyncSession, since: Mapping[str, date]) -> list[str]:
     """Of the loans of ``since``, those with an applied payment received on or after the loan's
-    date: the day of the first such payment. The close's late fees count from their dates, so
-    such a payment pays them first, where the stored allocations put the money elsewhere
-    (``replay_after_fees``)."""
-    if not since:
-        return {}
+    date. The close's late fees count from their dates, so such a payment pays them first,
+    where the stored allocations put the money elsewhere (``replay_after_fees``)."""
     p = Payment.__table__.c
     loan_ids = sorted(since)
-    first: dict[str, date] = {}
+    paid: set[str] = set()
     # A slice of loans at a time: each is a bound parameter, and drivers take 32,767.
     for n in range(0, len(loan_ids), 10_000):
         batch = loan_ids[n : n + 10_000]
@@ -629,10 +626,8 @@ async def first_paid_since(session: AsyncSession, since: Mapping[str, date]) -> 
                 p.status == PaymentStatus.APPLIED.value,
             )
         )
-        for loan_id, received_on in rows:
-            if received_on >= since[loan_id] and received_on < first.get(loan_id, date.max):
-                first[loan_id] = received_on
-    return first
+        paid.update(loan_id for loan_id, received_on in rows if received_on >= since[loan_id])
+    return sorted(paid)
 
 
 async def replay_after_fees(session: AsyncSession, loan_ids: Sequence[str], as_of: date) -> None:

@@ -156,7 +156,9 @@ async def unpaid_after_grace(
     installments: dict[str, list[LoanInstallment]], grace_days: dict[str, int]
 ) -> dict[tuple[str, int], int]:
     """What each installment owed after the payments received by its last day of grace, the
-    late fees charged on other installments by then paid first, as the close saw it."""
+    late fees charged on other installments by then paid first, as the close saw it; but no
+    more than those payments fell short of the installments due by then, late fees aside (no
+    pyramiding)."""
     unpaid = {}
     async with session_scope() as session:
         for loan_id, rows in installments.items():
@@ -173,7 +175,12 @@ async def unpaid_after_grace(
                 position = await payments_service._replay(
                     session, loan, before, [p for p in payments if p.received_on <= judged_on]
                 )
-                unpaid[(loan_id, row.seq)] = position.installments[n].left(judged_on)
+                due_through = sum(t.principal_minor + t.interest_minor + t.fees_minor
+                                  for t in terms if t.due_date <= row.due_date)  # fmt: skip
+                paid_by = sum(p.amount_minor for p in payments if p.received_on <= judged_on)
+                unpaid[(loan_id, row.seq)] = min(
+                    position.installments[n].left(judged_on), due_through - paid_by
+                )
     return unpaid
 
 

@@ -176,44 +176,34 @@ async def test_a_rerun_after_a_bounce_charges_only_what_is_still_unpaid(
     assert (got["days_past_due"], got["bucket"]) == (11, "1-30")
 
 
-async def test_a_first_close_charging_several_fees_judges_them_in_the_order_of_their_graces(
+async def test_an_installment_paid_on_time_but_for_older_fees_is_charged_none(
     client: httpx.AsyncClient,
 ) -> None:
-    """A book booked back-dated: its first close charges every fee it missed on its own date.
-    A payment of that day, covering the three installments due but not their fees, pays the
-    fees of the older graces first, as closes run each night would have had it, and leaves
-    the third owing: it owes its fee too. Judged before the fees of its own night, it was
-    charged nothing, and a rerun charged the fee and withdrew it at once (a re-verifier's:
-    two ledger rows and two events, net nothing)."""
-    w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
-                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
-    # Due the 10th from Feb: 212.00, 210.00, 208.00, then 206.00 ...
-    loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
-    await w.pay(loan["id"], "630.00", "2026-04-13")  # the last day of the third's grace
-    run = await close(w, "2026-04-13")
-    assert run["counts"]["late_fees_assessed"] == 3
+    """No pyramiding: installment 1 paid after its grace owes its fee; installment 2, paid in
+    full on its due date, is left short only because that payment paid the fee first, and is
+    charged none, nor is the third; the 20.00 stays owed, on the newest. Before, each later
+    installment was charged a fee of its own, every month until the loan ended."""
+    w, loan = await late_world(client)  # 412.00, 408.00, 404.00 due Feb 10, Mar 10, Apr 10
+    for amount, day in (("412.00", "02-16"), ("408.00", "03-10"), ("404.00", "04-10")):
+        await w.pay(loan["id"], amount, f"2026-{day}")
+        await close(w, f"2026-{day[:2]}-20")
+    assert await late_fee_rows() == 1
     got = await w.get(f"/v1/loans/{loan['id']}")
-    # 630.00 paid 20.00 + 212.00, 20.00 + 210.00, then the third's fee and 148.00 of it.
-    assert (got["balances"]["overdue_amount"], got["balances"]["fees_outstanding"]) == (
-        "60.00", "0.00",
-    )  # fmt: skip
+    assert (got["balances"]["overdue_amount"], got["days_past_due"]) == ("20.00", 10)
     schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
-    assert [(i["fees"], i["status"]) for i in schedule[:3]] == [
-        ("20.00", "paid"), ("20.00", "paid"), ("20.00", "overdue"),
+    assert [(i["fees"], i["status"]) for i in schedule] == [
+        ("20.00", "paid"), ("0.00", "paid"), ("0.00", "overdue"),
     ]  # fmt: skip
-    before = (await event_types(), await late_fee_rows())
-    assert before[1] == 3
-    await close(w, "2026-04-13")
-    assert (await event_types(), await late_fee_rows()) == before
+    await assert_ledger_invariant(loan["id"])
 
 
 async def test_a_first_close_s_percent_fee_counts_what_the_older_fees_left_unpaid(
     client: httpx.AsyncClient,
 ) -> None:
     """The percent fee of the installment whose grace ends on the first close's date is on
-    what that day's payment leaves it after paying the older fees, as nightly closes charge
-    it and as the same payment reported after the close leaves it. Charged before those fees
-    were paid, it was 6.80 where they give 8.38 (a re-verifier's)."""
+    what that day's payment fell short of the installments due, late fees aside, as nightly
+    closes charge it and as the same payment reported after the close leaves it: the older
+    fees the payment paid first do not raise it (no pyramiding)."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=0, late_fee={"kind": "percent", "percent": "0.05",
                                             "cap_per_installment": "100.00"})  # fmt: skip
@@ -223,16 +213,16 @@ async def test_a_first_close_s_percent_fee_counts_what_the_older_fees_left_unpai
     await w.pay(before["id"], "700.00", "2026-11-13")
     assert (await close(w, "2026-11-13"))["counts"]["late_fees_assessed"] == 8
     await w.pay(after["id"], "700.00", "2026-11-13")
-    # 5 % of 212.00, 210.00, 208.00; and of 206.00 less what 700.00 left it after the three
-    # installments and their 31.50 of fees: 167.50.
+    # 5 % of 212.00, 210.00, 208.00; and of 136.00, what 700.00 fell short of the 836.00 due
+    # (the payment paid the 31.50 of fees first, leaving the fourth 167.50 short).
     for loan in (before, after):
         schedule = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
-        assert [i["fees"] for i in schedule[:4]] == ["10.60", "10.50", "10.40", "8.38"]
+        assert [i["fees"] for i in schedule[:4]] == ["10.60", "10.50", "10.40", "6.80"]
     got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (before, after)]
     assert got[0]["balances"] == got[1]["balances"]
     rows = (await w.get(f"/v1/loans/{before['id']}/transactions"))["items"]
     assert [r["amount"] for r in rows if r["kind"].startswith("late_fee")] == [
-        "10.60", "10.50", "10.40", "8.38",
+        "10.60", "10.50", "10.40", "6.80",
     ]  # fmt: skip
     snapshot = (await event_types(), await late_fee_rows())
     await close(w, "2026-11-13")
@@ -246,17 +236,17 @@ async def test_a_first_close_dates_each_fee_on_its_grace_so_later_payments_pay_i
     close's own date, a payment between those graces and the close paid the installments and
     not the fees: installments 1 and 2 each owed their fee, missed from their due dates, and a
     loan nightly closes leave 10 days late was 69 (a re-verifier's: 92 days and defaulted).
-    Each fee counts from its grace: the payment pays the older fees first, and the third
-    installment, which it then leaves owing, is charged too."""
+    Each fee counts from its grace: the payment pays the older fees first, leaving the third
+    installment 40.00 short (charged no fee for it: no pyramiding)."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
     # Due the 10th from Feb: 212.00, 210.00, 208.00, then 206.00 ...
     loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-10")
     paid = await w.pay(loan["id"], "630.00", "2026-04-11")  # the three, not a fee
-    assert (await close(w, "2026-04-20"))["counts"]["late_fees_assessed"] == 3
+    assert (await close(w, "2026-04-20"))["counts"]["late_fees_assessed"] == 2
     rows = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
     assert [(r["installment_seq"], r["effective_on"]) for r in rows if r["kind"] == "late_fee"] == [
-        (1, "2026-02-13"), (2, "2026-03-13"), (3, "2026-04-13"),
+        (1, "2026-02-13"), (2, "2026-03-13"),
     ]  # fmt: skip
     # 630.00 paid 20.00 + 212.00, 20.00 + 210.00, then 168.00 of the third: 40.00 short.
     got = await w.get(f"/v1/payments/{paid['id']}")
@@ -266,11 +256,11 @@ async def test_a_first_close_dates_each_fee_on_its_grace_so_later_payments_pay_i
     got = await w.get(f"/v1/loans/{loan['id']}")
     assert (got["days_past_due"], got["bucket"]) == (10, "1-30")
     assert (got["balances"]["overdue_amount"], got["balances"]["fees_outstanding"]) == (
-        "60.00", "20.00",
+        "40.00", "0.00",
     )  # fmt: skip
     fees = (await w.get("/v1/events?type=loan.late_fee_assessed", headers=w.admin))["items"]
     assert [(e["data"]["as_of"], e["data"]["effective_on"]) for e in fees] == [
-        ("2026-04-20", "2026-02-13"), ("2026-04-20", "2026-03-13"), ("2026-04-20", "2026-04-13"),
+        ("2026-04-20", "2026-02-13"), ("2026-04-20", "2026-03-13"),
     ]  # fmt: skip
     await assert_ledger_invariant(loan["id"])
     snapshot = (await event_types(), await late_fee_rows())
@@ -308,11 +298,9 @@ async def test_a_loan_booked_back_dated_is_charged_as_nightly_closes_charge_its_
 ) -> None:
     """Twin loans with the same payments, between their graces: A met every night's close
     (a catch-up closes each date by the payments received by it), B was booked back-dated
-    after those closes, so the next one charges all its fees at once. B's percent fees, each on
-    what the payments left unpaid after paying the older fees first, and its balances come out
-    as A's: a fee whose grace follows a payment made after an older one's waits for the replay
-    that pays that fee first (judged before it, the second fee was 5 % of 122.00, not of
-    132.60)."""
+    after those closes, so the next one charges all its fees at once, on their graces' nights.
+    B's percent fees, each on what the payments fell short of the installments due by its
+    grace, and its balances come out as A's, the payments paying the older fees first."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
                     grace_days=0, late_fee={"kind": "percent", "percent": "0.05",
                                             "cap_per_installment": "100.00"})  # fmt: skip
@@ -329,9 +317,9 @@ async def test_a_loan_booked_back_dated_is_charged_as_nightly_closes_charge_its_
 
     schedules = [(await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
                  for loan in (a, b)]  # fmt: skip
-    # 5 % of 212.00; of 132.60, what 300.00 left the second after 10.60 and 212.00; of
-    # 197.23, what 150.00 left the third after 6.63 and 132.60 (100.00 came after its grace).
-    assert [i["fees"] for i in schedules[0][:4]] == ["10.60", "6.63", "9.86", "0.00"]
+    # 5 % of 212.00; of 122.00, what 300.00 fell short of 422.00; of 180.00, what 450.00 fell
+    # short of 630.00 (100.00 came after its grace).
+    assert [i["fees"] for i in schedules[0][:4]] == ["10.60", "6.10", "9.00", "0.00"]
     assert schedules[0] == schedules[1]
     got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (a, b)]
     assert got[0]["balances"] == got[1]["balances"]

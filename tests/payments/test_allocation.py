@@ -311,20 +311,22 @@ def test_a_later_nights_fee_is_judged_without_an_earlier_one_withdrawn() -> None
     assert [len(i.late_fees_withdrawn) for i in position.installments] == [1, 0, 0]
 
 
-def test_fees_charged_on_one_night_are_judged_in_the_order_of_their_graces() -> None:
+def test_an_installment_paid_but_for_the_older_fees_is_not_late() -> None:
     """A first close on Mar 31 charges installments 1 and 2 fees (graces over Feb 9 and Mar
     9) and 3, whose grace ends that day. A payment dated Mar 31 of the three installments but
-    not the fees, reported after that close, pays the older fees first and leaves 3 owing: it
-    was late, as closes run each night would have found it. Judged without the fees of its
-    own night, 3 was settled and its fee withdrawn, leaving it unpaid and fee-free."""
+    not the fees, reported after that close, pays the older fees first and leaves 3 owing
+    them: no fee of its own (no pyramiding), so its fee is withdrawn; the older ones stand."""
     night = LateFee(D("2025-03-31"), 300)
     # A fourth installment not due yet: paying the three is not the payoff.
     terms = [replace(t, late_fees=(night,)) for t in loan()]
     terms.append(InstallmentTerms(4, D("2025-04-30"), 10000, 400))
     three = 11500 + 10800 + 10600
     position = replay(terms, [pay("p1", three, "2025-03-31")], grace_days=0)
-    assert [i.late_fees_withdrawn for i in position.installments] == [(), (), (), ()]
-    assert position.installments[2].left(date.max) == 3 * 300
+    assert [i.late_fees_withdrawn for i in position.installments] == [(), (), (night,), ()]
+    assert position.installments[2].left(date.max) == 2 * 300
+    # A cent short of the three is late by that cent, above no tolerance: the fee stands.
+    short = replay(terms, [pay("p1", three - 1, "2025-03-31")], grace_days=0)
+    assert [i.late_fees_withdrawn for i in short.installments] == [(), (), (), ()]
     # Paid in the third's grace, the fees of the older graces did not yet exist to pay.
     in_grace = replay(terms, [pay("p1", three, "2025-03-30")], grace_days=1)
     assert [i.late_fees_withdrawn for i in in_grace.installments] == [(), (), (night,), ()]
