@@ -633,8 +633,8 @@ async def paid_since(session: AsyncSession, since: Mapping[str, date]) -> list[s
 async def replay_after_fees(session: AsyncSession, loan_ids: Sequence[str], as_of: date) -> None:
     """Replay the open loans ``loan_ids``, locked by the close, after it charged them late fees
     as of ``as_of``. A slice of loans at a time, each statement for the whole slice: a
-    back-dated book's first close replays every loan paid after a grace, tens of thousands, and
-    a loan's own reads and writes cost 4 ms a loan on PostgreSQL."""
+    back-dated book's first close replays every loan paid after a grace, and one loan at a time
+    its fee step took 37 s on a 100,000-loan book, against 15 s (docs/benchmarks.md)."""
     for n in range(0, len(loan_ids), 1_000):
         batch = list(loan_ids[n : n + 1_000])
         params = {"loan_ids": batch}
