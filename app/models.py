@@ -3,7 +3,7 @@
 from app.api.idempotency import IdempotencyRecord
 from app.api_keys.models import ApiKey
 from app.borrowers.models import Borrower
-from app.close.models import CloseRun
+from app.close.models import CloseRun, FeeReplayDue
 from app.db import Base
 from app.events.models import Event
 from app.gateways.models import FailedDebit, Gateway, InboundNotification
@@ -43,6 +43,7 @@ __all__ = [
     "CloseRun",
     "Event",
     "FailedDebit",
+    "FeeReplayDue",
     "Gateway",
     "IdempotencyRecord",
     "InboundNotification",

@@ -36,3 +36,15 @@ class CloseRun(Base):
     succeeded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The process running the attempt in process (``app.ops.processes``); None on Celery.
     owner: Mapped[str | None] = mapped_column(String(200))
+
+
+class FeeReplayDue(Base):
+    """An open loan charged late fees on several installments by a release before the
+    forty-first session, which pyramided them (docs/decisions.md, "No pyramiding."): the next
+    close's fee step replays it once, which withdraws such a fee as charged too soon. Until
+    then its payoff and arrears quotes counted those fees, and a payment of the quote was
+    refused as more than the payoff its replay found (a tester's)."""
+
+    __tablename__ = "fee_replay_due"
+
+    loan_id: Mapped[str] = mapped_column(String(40), primary_key=True)

@@ -15,7 +15,7 @@ from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Integer, Row, Table, and_, bindparam, func, select, text, update
+from sqlalchemy import Integer, Row, Table, and_, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app import clock
@@ -29,12 +29,12 @@ from app.close.errors import (
     CloseInProgress,
     CloseRunNotFound,
 )
-from app.close.models import CloseRun, CloseStatus
+from app.close.models import CloseRun, CloseStatus, FeeReplayDue
 from app.config import get_settings
 from app.db import database, is_postgres, session_scope, utc_now, utc_text
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
-from app.loans.models import Loan
+from app.loans.models import OPEN_STATUSES, Loan
 from app.ops import processes
 from app.payments import service as payments
 from app.portfolio import close as portfolio
@@ -68,8 +68,26 @@ async def assess_late_fees(
     oldest: dict[str, date] = {}
     for fee in fees:
         oldest[fee.loan_id] = min(oldest.get(fee.loan_id, date.max), fee.late_fee_assessed_on)
-    await payments.replay_after_fees(session, await payments.paid_since(session, oldest), as_of)
+    paid = await payments.paid_since(session, oldest)
+    due = await _take_fee_replays_due(session, low, high)
+    await payments.replay_after_fees(session, sorted({*paid, *due}), as_of)
     return await delinquency.announce_late_fees(session, fees, as_of)
+
+
+async def _take_fee_replays_due(
+    session: AsyncSession, low: str | None, high: str | None
+) -> list[str]:
+    """The open loans of the range an upgrade left to replay once (``FeeReplayDue``), taken
+    off the list: the chunk holds their locks (one paid off or cancelled since needs none)."""
+    in_range = delinquency.in_range(FeeReplayDue.loan_id, low, high)
+    due = await session.scalars(
+        select(FeeReplayDue.loan_id)
+        .join(Loan, Loan.id == FeeReplayDue.loan_id)
+        .where(in_range, Loan.status.in_(OPEN_STATUSES))
+    )
+    loan_ids = list(due)
+    await session.execute(delete(FeeReplayDue).where(in_range))
+    return loan_ids
 
 
 async def grade_borrowers(

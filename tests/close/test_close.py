@@ -7,15 +7,16 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from app import clock
 from app.close import service as close_service
-from app.close.models import CloseRun, CloseStatus
+from app.close.models import CloseRun, CloseStatus, FeeReplayDue
 from app.config import get_settings
 from app.db import session_scope
 from app.events.models import Event
-from app.ledger.models import LedgerTransaction
+from app.ledger.models import LedgerTransaction, TransactionKind
+from app.loans.models import LoanInstallment
 from tests.factories import World, world
 from tests.payments.test_routes import assert_ledger_invariant
 
@@ -326,6 +327,53 @@ async def test_a_loan_booked_back_dated_is_charged_as_nightly_closes_charge_its_
     assert [(g["days_past_due"], g["status"]) for g in got] == [(21, "delinquent")] * 2
     for loan in (a, b):
         await assert_ledger_invariant(loan["id"])
+
+
+async def test_fees_an_older_release_pyramided_are_withdrawn_by_the_next_close(
+    client: httpx.AsyncClient,
+) -> None:
+    """An older release charged an installment paid in full and on time a fee when its payment
+    paid an older installment's fee first (pyramiding). Until something replayed the loan, its
+    payoff quote counted that fee and a payment of it was refused as more than the payoff the
+    replay found (a tester's, upgrading). Migration 0043 lists such loans; the next close
+    replays each once, withdrawing the fee (a ledger row on its night, and its event)."""
+    w, loan = await late_world(client)  # 412.00, 408.00, 404.00 due Feb 10, Mar 10, Apr 10
+    await w.pay(loan["id"], "412.00", "2026-02-16")
+    await close(w, "2026-02-20")
+    await w.pay(loan["id"], "408.00", "2026-03-10")
+    await close(w, "2026-03-20")
+    # As the older release left it: installment 2 charged a fee too, and the loan listed.
+    async with session_scope() as session:
+        await session.execute(
+            update(LoanInstallment)
+            .where(LoanInstallment.loan_id == loan["id"], LoanInstallment.seq == 2)
+            .values(late_fees_minor=2000, late_fee_assessed_on=date(2026, 3, 13))
+        )
+        session.add_all([
+            LedgerTransaction(loan_id=loan["id"], kind=TransactionKind.LATE_FEE, amount_minor=2000,
+                              currency="CNY", effective_on=date(2026, 3, 13), installment_seq=2,
+                              created_at=datetime.now(UTC)),
+            FeeReplayDue(loan_id=loan["id"]),
+        ])  # fmt: skip
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["balances"]["fees_outstanding"] == "20.00"
+
+    await close(w, "2026-03-21")
+    rows = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
+    assert [(r["kind"], r["amount"], r["installment_seq"], r["effective_on"]) for r in rows
+            if r["kind"] == "late_fee_forgiven"] == [
+        ("late_fee_forgiven", "20.00", 2, "2026-03-13"),
+    ]  # fmt: skip
+    assert (await event_types(loan["id"]))["loan.late_fee_forgiven"] == 1
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    # Installment 1's fee stands, owed on installment 2, which its payment paid it first.
+    assert (got["balances"]["fees_outstanding"], got["balances"]["overdue_amount"]) == (
+        "0.00", "20.00",
+    )  # fmt: skip
+    paid = await w.pay(loan["id"], got["balances"]["payoff_amount"], "2026-03-21")
+    assert paid["loan"]["status"] == "paid_off"
+    await assert_ledger_invariant(loan["id"])
+    async with session_scope() as session:
+        assert await session.scalar(select(func.count()).select_from(FeeReplayDue)) == 0
 
 
 async def test_an_older_release_s_judgement_of_a_late_fee_stands(
