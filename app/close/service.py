@@ -70,8 +70,9 @@ async def assess_late_fees(
         oldest[fee.loan_id] = min(oldest.get(fee.loan_id, date.max), fee.late_fee_assessed_on)
     paid = await payments.paid_since(session, oldest)
     due = await _take_fee_replays_due(session, low, high)
-    await payments.replay_after_fees(session, sorted({*paid, *due}), as_of)
-    return await delinquency.announce_late_fees(session, fees, as_of)
+    withdrawn = await payments.replay_after_fees(session, sorted({*paid, *due}), as_of)
+    counts = await delinquency.announce_late_fees(session, fees, as_of)
+    return {**counts, "late_fees_withdrawn": withdrawn}
 
 
 async def _take_fee_replays_due(

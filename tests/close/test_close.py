@@ -357,7 +357,8 @@ async def test_fees_an_older_release_pyramided_are_withdrawn_by_the_next_close(
         ])  # fmt: skip
     assert (await w.get(f"/v1/loans/{loan['id']}"))["balances"]["fees_outstanding"] == "20.00"
 
-    await close(w, "2026-03-21")
+    run = await close(w, "2026-03-21")
+    assert (run["counts"]["late_fees_assessed"], run["counts"]["late_fees_withdrawn"]) == (0, 1)
     rows = (await w.get(f"/v1/loans/{loan['id']}/transactions"))["items"]
     assert [(r["kind"], r["amount"], r["installment_seq"], r["effective_on"]) for r in rows
             if r["kind"] == "late_fee_forgiven"] == [
