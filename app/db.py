@@ -134,6 +134,24 @@ def _add_days_sqlite(element: add_days, compiler: SQLCompiler, **kw: Any) -> str
     )
 
 
+class least(FunctionElement[int]):
+    """The smaller of two whole numbers (LEAST on PostgreSQL, the two-argument min() on SQLite),
+    each evaluated once, where a CASE comparing them repeats the larger's subquery."""
+
+    type = BigInteger()
+    inherit_cache = True
+
+
+@compiles(least, "postgresql")
+def _least_pg(element: least, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"LEAST({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(least, "sqlite")
+def _least_sqlite(element: least, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"min({compiler.process(element.clauses, **kw)})"
+
+
 class month_of(FunctionElement[str]):
     """A date's month as ``YYYY-MM``."""
 

@@ -42,6 +42,7 @@ from app.db import (
     execute_counting,
     insert_rows,
     is_postgres,
+    least,
     utc_now,
 )
 from app.delinquency.rules import (
@@ -472,9 +473,7 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
     # since in full and on time was charged a fee every month until the loan ended.
     # Looked up only for an installment left owing (nearly every one past grace is settled).
     shortfall = _due_through_sql() - _paid_by_sql(assessed_on)  # by the day it is judged
-    late = case(
-        (unpaid <= tolerance_sql(tolerance), 0), (unpaid < shortfall, unpaid), else_=shortfall
-    )
+    late = case((unpaid <= tolerance_sql(tolerance), 0), else_=least(unpaid, shortfall))
     # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
     percent_fee = (late * type_coerce(product.late_fee_percent, BigInteger) + 500_000) // 1_000_000
     fee = case((product.late_fee_kind == "fixed", product.late_fee_amount_minor), else_=percent_fee)

@@ -297,16 +297,15 @@ def _late_fees_withdrawn(
             )))
             for t in standing
         ])  # fmt: skip
-        for payment in payments:
-            if payment.received_on <= judged_on:
-                apply_payment(seen, payment)
+        by_then = [p for p in payments if p.received_on <= judged_on]
+        for payment in by_then:
+            apply_payment(seen, payment)
         judged = next(i for i in seen.installments if i.seq == seq)
         # Late is only what the payments fell short of the installments due by then, late fees
         # aside: no fee for an installment the older fees alone left owing (no pyramiding).
         due_through = sum(t.principal_minor + t.interest_minor + t.fees_minor for t in standing
                           if t.due_date <= judged.terms.due_date)  # fmt: skip
-        paid_by = sum(p.amount_minor for p in payments if p.received_on <= judged_on)
-        unpaid = min(judged.left(night), due_through - paid_by)
+        unpaid = min(judged.left(night), due_through - sum(p.amount_minor for p in by_then))
         late = [p for p in payments if judged_on < p.received_on <= night]
         if unpaid > tolerance_minor and late:
             for payment in late:
