@@ -568,24 +568,25 @@ async def insert_rows(
 
 
 async def update_rows(
-    session: AsyncSession, table: Table, key: str, rows: list[dict[str, Any]]
+    session: AsyncSession, table: Table, key: str | tuple[str, ...], rows: list[dict[str, Any]]
 ) -> None:
-    """Set each row's other columns where ``key`` matches: one ``UPDATE … FROM unnest`` on
-    PostgreSQL (see ``insert_rows``), an executemany on SQLite."""
+    """Set each row's other columns where its ``key`` column (or columns) match: one
+    ``UPDATE … FROM unnest`` on PostgreSQL (see ``insert_rows``), an executemany on SQLite."""
     if not rows:
         return
+    keys = (key,) if isinstance(key, str) else key
     columns = tuple(rows[0])
     dialect = session.get_bind().dialect.name
-    shape = ("update", dialect, table.name, columns, key)
+    shape = ("update", dialect, table.name, columns, keys)
     bulk = _bulk_statements.get(shape)
     if bulk is None:
         if is_postgres(session):
             v = _arrays(table, columns, "a_")
-            bulk = update(table).where(table.c[key] == v.c[key])
-            bulk = bulk.values({c: _unnested(table, v, c) for c in columns if c != key})
+            bulk = update(table).where(*(table.c[k] == v.c[k] for k in keys))
+            bulk = bulk.values({c: _unnested(table, v, c) for c in columns if c not in keys})
         else:
-            bulk = update(table).where(table.c[key] == bindparam(f"a_{key}"))
-            bulk = bulk.values({c: bindparam(f"a_{c}") for c in columns if c != key})
+            bulk = update(table).where(*(table.c[k] == bindparam(f"a_{k}") for k in keys))
+            bulk = bulk.values({c: bindparam(f"a_{c}") for c in columns if c not in keys})
         _bulk_statements[shape] = bulk
     if is_postgres(session):
         await session.execute(bulk, _as_arrays(table, rows, "a_"))

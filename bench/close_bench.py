@@ -335,6 +335,10 @@ def explain(loans: int, base: str, as_of: date, out: Path) -> str:
                                 + (f", executemany of {statement['rows']} rows"
                                    if statement["many"] else ""))  # fmt: skip
                         report.append(f"```\n{head}\n{shorten(sql)}\n")
+                        if sql.lstrip().upper().startswith("SET "):  # the risk step's planner
+                            await connection.execute(sql)  # settings, for the plans after them
+                            report.append("```\n")
+                            continue
                         if statement["many"] or sql.lstrip().upper().startswith("INSERT"):
                             report.append("```\n")
                             continue
