@@ -625,7 +625,7 @@ async def announce_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: 
                     facts[f.loan_id].principal_outstanding_minor, facts[f.loan_id].currency
                 ),
             )
-            for f in fees
+            for f in sorted(fees, key=lambda f: (f.loan_id, f.seq))
         ],
     )
     # Summed per currency: minor units of two currencies do not add up.
@@ -921,7 +921,7 @@ async def send_reminders(
                 # messaging borrowers skips one whose due date has passed since).
                 as_of=as_of.isoformat(),
             )
-            for r in reminded
+            for r in sorted(reminded, key=lambda r: (r.loan_id, r.seq))
         ],
     )
     return {"reminders_sent": len(reminded)}

@@ -55,9 +55,13 @@ async def emit(
 
 async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None:
     """Write many events at once (the close's set-based steps): each a dict of ``type``,
-    ``loan_id`` and ``data``."""
+    ``loan_id`` and ``data``. In the feed loan by loan (a borrower's events by borrower), each
+    one's in the order given: the steps build them from rows PostgreSQL and SQLite return in
+    different orders, and the two databases told a close's events in different orders (a
+    tester's)."""
     if not events:
         return
+    events = sorted(events, key=feed_order)
     now = utc_now()
     rows = [
         {"id": event_id, "type": event["type"], "loan_id": event.get("loan_id"),
@@ -66,6 +70,11 @@ async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None
     ]  # fmt: skip
     positions = await insert_rows(session, _events, rows, returning="position")
     await webhooks.fan_out(session, min(positions), max(positions))
+
+
+def feed_order(event: dict[str, Any]) -> tuple[str, str]:
+    """Where ``emit_many`` puts an event among the others it writes: by loan, else borrower."""
+    return event.get("loan_id") or "", event["data"].get("borrower_id") or ""
 
 
 # On PostgreSQL a position is drawn when its event is inserted and seen when it commits: a

@@ -986,6 +986,7 @@ async def _emit_flag_events(
     data is ``flag_event_data`` of the row."""
     if not changes:
         return
+    changes = sorted(changes, key=lambda change: change[1]["loan_id"])  # as events.emit_many
     if not is_postgres(session):
         merchants = await _merchants_of(session, {flag["loan_id"] for _, flag in changes})
         await events.emit_many(
@@ -1027,7 +1028,8 @@ async def _emit_severity_changes(
             }
             changed.append({"type": "risk.flag_severity_changed", "loan_id": row.loan_id,
                             "data": data})  # fmt: skip
-    await events.emit_many(session, changed)
+    # One loan's in the order of their codes: the rows come in the database's order.
+    await events.emit_many(session, sorted(changed, key=lambda e: e["data"]["code"]))
 
 
 async def _merchants_of(session: AsyncSession, loan_ids: set[str]) -> dict[str, str]:

@@ -14,7 +14,7 @@ from app import clock
 from app.api.pagination import encode_cursor
 from app.db import session_scope
 from app.events.models import Event
-from app.events.service import emit
+from app.events.service import emit, emit_many
 from tests.conftest import ADMIN_DSN
 from tests.factories import world
 
@@ -228,3 +228,31 @@ async def test_a_loan_booked_in_arrears_is_announced_with_the_date_its_days_coun
     assert created["loan_id"] == loan["id"]
     assert (created["days_past_due"], created["as_of"]) == (loan["days_past_due"], str(today))
     assert created["days_past_due"] > 0
+
+
+async def test_events_written_together_are_in_the_feed_loan_by_loan() -> None:
+    """The close's steps build their events from rows PostgreSQL and SQLite return in orders of
+    their own: written together, they go in the feed loan by loan (a borrower's by borrower),
+    each loan's in the order given, so both databases tell a close alike (a tester's)."""
+    given = [
+        ("loan_c", None, "x.one"),
+        ("loan_a", None, "x.one"),
+        ("loan_c", None, "x.two"),
+        (None, "bor_b", "x.grade"),
+        ("loan_b", None, "x.one"),
+        (None, "bor_a", "x.grade"),
+    ]
+    async with session_scope() as session:
+        await emit_many(session, [
+            {"type": type_, "loan_id": loan_id, "data": {"borrower_id": borrower_id}}
+            for loan_id, borrower_id, type_ in given
+        ])  # fmt: skip
+    async with session_scope() as session:
+        feed = await session.execute(
+            select(Event.loan_id, Event.data["borrower_id"].as_string(), Event.type)
+            .order_by(Event.position)
+        )  # fmt: skip
+        assert [tuple(row) for row in feed] == [
+            (None, "bor_a", "x.grade"), (None, "bor_b", "x.grade"), ("loan_a", None, "x.one"),
+            ("loan_b", None, "x.one"), ("loan_c", None, "x.one"), ("loan_c", None, "x.two"),
+        ]  # fmt: skip
