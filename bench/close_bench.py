@@ -322,7 +322,11 @@ def explain(loans: int, base: str, as_of: date, out: Path) -> str:
 
     async def analyse() -> list[str]:
         report = []
-        connection = await asyncpg.connect("postgresql://postgres@127.0.0.1/" + EXPLAIN_DB)
+        # As the service connects (app.db.make_engine): without JIT, whose compilation the
+        # plans' times would otherwise include.
+        connection = await asyncpg.connect(
+            "postgresql://postgres@127.0.0.1/" + EXPLAIN_DB, server_settings={"jit": "off"}
+        )
         try:
             async with connection.transaction():
                 for step, start, stop in marks:

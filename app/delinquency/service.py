@@ -466,24 +466,17 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
         ),
         else_=unpaid_now_sql() + _paid_after_each(judged_on),
     )
-    # No fee on an installment paid in full in time but for the late fees of older ones
-    # (pyramiding; the FTC's Credit Practices Rule forbids it): only what the payments received
-    # by its grace fell short of the installments due by then, late fees aside, is late. The
-    # payments pay those fees first, so a borrower who paid one installment late and each
-    # since in full and on time was charged a fee every month until the loan ended.
-    # Looked up only for an installment left owing (nearly every one past grace is settled).
-    shortfall = _due_through_sql() - _paid_by_sql(assessed_on)  # by the day it is judged
-    late = case((unpaid <= tolerance_sql(tolerance), 0), else_=least(unpaid, shortfall))
-    # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
-    percent_fee = (late * type_coerce(product.late_fee_percent, BigInteger) + 500_000) // 1_000_000
-    fee = case((product.late_fee_kind == "fixed", product.late_fee_amount_minor), else_=percent_fee)
-    capped = case(
-        (and_(product.late_fee_cap_minor.is_not(None), product.late_fee_cap_minor < fee),
-         product.late_fee_cap_minor),
-        else_=fee,
-    )  # fmt: skip
-    return (
-        update(_installment)
+    # Each installment past its grace is judged once, in two materialized steps: PostgreSQL
+    # evaluates an expression's subqueries at every place a statement names it, and the fee
+    # (its cap, its percent, the condition that there is one) named the lateness up to six
+    # times an installment.
+    owing = (
+        select(
+            i.loan_id, i.seq, i.due_date, assessed_on.label("assessed_on"),
+            unpaid.label("unpaid"), tolerance_sql(tolerance).label("tolerance"),
+            product.late_fee_kind, product.late_fee_amount_minor, product.late_fee_percent,
+            product.late_fee_cap_minor,
+        )
         .where(
             i.loan_id == loan.id,
             loan.product_code == product.code,
@@ -494,20 +487,51 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
             days_between(AS_OF, i.due_date) >= product.grace_days,
-            late > tolerance_sql(tolerance),
-            capped > 0,
         )
-        .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=assessed_on)
+        .cte("owing")
+        .prefix_with("MATERIALIZED")
+    )  # fmt: skip
+    o = owing.c
+    # No fee on an installment paid in full in time but for the late fees of older ones
+    # (pyramiding; the FTC's Credit Practices Rule forbids it): only what the payments received
+    # by its grace fell short of the installments due by then, late fees aside, is late. The
+    # payments pay those fees first, so a borrower who paid one installment late and each
+    # since in full and on time was charged a fee every month until the loan ended.
+    # Looked up only for an installment left owing (nearly every one past grace is settled).
+    shortfall = _due_through_sql(o.loan_id, o.due_date) - _paid_by_sql(o.loan_id, o.assessed_on)
+    late = (
+        select(
+            o.loan_id, o.seq, o.assessed_on, o.tolerance, least(o.unpaid, shortfall).label("late"),
+            o.late_fee_kind, o.late_fee_amount_minor, o.late_fee_percent, o.late_fee_cap_minor,
+        )
+        .where(o.unpaid > o.tolerance)
+        .cte("late")
+        .prefix_with("MATERIALIZED")
+    )  # fmt: skip
+    lt = late.c
+    # Integer arithmetic, half up, as rules.late_fee_minor (SQLAlchemy's / is true division).
+    percent_fee = (lt.late * type_coerce(lt.late_fee_percent, BigInteger) + 500_000) // 1_000_000
+    fee = case((lt.late_fee_kind == "fixed", lt.late_fee_amount_minor), else_=percent_fee)
+    capped = case(
+        (and_(lt.late_fee_cap_minor.is_not(None), lt.late_fee_cap_minor < fee),
+         lt.late_fee_cap_minor),
+        else_=fee,
+    )  # fmt: skip
+    return (
+        update(_installment)
+        .where(i.loan_id == lt.loan_id, i.seq == lt.seq, lt.late > lt.tolerance, capped > 0)
+        .values(late_fees_minor=i.late_fees_minor + capped, late_fee_assessed_on=lt.assessed_on)
         .returning(i.loan_id, i.seq, i.due_date, i.late_fees_minor, i.late_fee_assessed_on)
     )
 
 
-def _due_through_sql() -> ScalarSelect[int]:
-    """What each installment's loan has due by its due date, late fees aside: the principal,
-    interest and scheduled fees of its installments due by then, less the scheduled fees waived
-    (a waiver forgives late fees first; the late fees withdrawn, also in ``fees_waived_minor``,
-    are not told apart here, so a scheduled fee waived beside them still counts as due)."""
-    i, earlier = _installment.c, _installment.alias("due_earlier").c
+def _due_through_sql(loan_id: ColumnElement[str], due_date: ColumnElement[date]) -> Any:
+    """What the installment's loan (``loan_id``, due on ``due_date``) has due by its due date,
+    late fees aside: the principal, interest and scheduled fees of its installments due by
+    then, less the scheduled fees waived (a waiver forgives late fees first; the late fees
+    withdrawn, also in ``fees_waived_minor``, are not told apart here, so a scheduled fee
+    waived beside them still counts as due)."""
+    earlier = _installment.alias("due_earlier").c
     waived_beyond_late = case(
         (earlier.fees_waived_minor > earlier.late_fees_minor,
          earlier.fees_waived_minor - earlier.late_fees_minor),
@@ -516,18 +540,18 @@ def _due_through_sql() -> ScalarSelect[int]:
     due = earlier.principal_minor + earlier.interest_minor + earlier.fees_minor - waived_beyond_late
     return (
         select(sql_cast(func.coalesce(func.sum(due), 0), BigInteger))
-        .where(earlier.loan_id == i.loan_id, earlier.due_date <= i.due_date)
+        .where(earlier.loan_id == loan_id, earlier.due_date <= due_date)
         .scalar_subquery()
     )
 
 
-def _paid_by_sql(day: ColumnElement[date]) -> ScalarSelect[int]:
-    """What each installment's loan was paid by ``day`` (an expression over its columns)."""
-    i, payment = _installment.c, _payment.alias("paid_by").c
+def _paid_by_sql(loan_id: ColumnElement[str], day: ColumnElement[date]) -> Any:
+    """What the loan ``loan_id`` was paid by ``day``."""
+    payment = _payment.alias("paid_by").c
     return (
         select(sql_cast(func.coalesce(func.sum(payment.amount_minor), 0), BigInteger))
         .where(
-            payment.loan_id == i.loan_id,
+            payment.loan_id == loan_id,
             payment.received_on <= day,
             payment.status == PaymentStatus.APPLIED.value,
         )
@@ -625,7 +649,7 @@ async def announce_late_fees(session: AsyncSession, fees: Sequence[Any], as_of: 
                     facts[f.loan_id].principal_outstanding_minor, facts[f.loan_id].currency
                 ),
             )
-            for f in sorted(fees, key=lambda f: (f.loan_id, f.seq))
+            for f in fees
         ],
     )
     # Summed per currency: minor units of two currencies do not add up.
