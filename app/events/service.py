@@ -61,7 +61,7 @@ async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None
     tester's)."""
     if not events:
         return
-    events = sorted(events, key=feed_order)
+    events = sorted(events, key=_feed_order)
     now = utc_now()
     rows = [
         {"id": event_id, "type": event["type"], "loan_id": event.get("loan_id"),
@@ -72,7 +72,7 @@ async def emit_many(session: AsyncSession, events: list[dict[str, Any]]) -> None
     await webhooks.fan_out(session, min(positions), max(positions))
 
 
-def feed_order(event: dict[str, Any]) -> tuple[str, str]:
+def _feed_order(event: dict[str, Any]) -> tuple[str, str]:
     """Where ``emit_many`` puts an event among the others it writes: by loan, else borrower."""
     return event.get("loan_id") or "", event["data"].get("borrower_id") or ""
 

@@ -154,7 +154,8 @@ async def grade_borrowers(
             "reason": change.reason, "grade": row.new_grade,
             "as_of": as_of.isoformat()}))  # fmt: skip
     await _write(session, list(updates.values()))
-    # Grade changes first: a limit moves because of the grade it follows.
+    # A borrower's grade change before its limit's (emit_many keeps each borrower's order): a
+    # limit moves because of the grade it follows.
     await events.emit_many(session, [*grade_events, *limit_events])
     return {"grades_changed": len(grade_events), "limits_changed": len(limit_events)}
 
