@@ -675,6 +675,7 @@ async def replay_after_fees(session: AsyncSession, loan_ids: Sequence[str], as_o
 _LOANS_OF = (
     select(Loan)
     .where(Loan.id.in_(bindparam("loan_ids", expanding=True)))
+    .order_by(Loan.id)  # each loan's withdrawn fees are told as it is replayed
     .execution_options(populate_existing=True)
 )
 _INSTALLMENTS_OF = (
