@@ -1,9 +1,9 @@
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Self
+from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
 
 from app.api.fields import Currency, MoneyStr, Name, RateStr, Term
 from app.loans.schedule import OFFERED_TERMS, Amortization, FeeCollection
@@ -48,25 +48,22 @@ class FeeKind(StrEnum):
 
 
 class _FeeAmount(BaseModel):
+    """A fixed fee gives its ``amount``, a percent fee its ``percent`` (checked with the values,
+    each field named: ``products.service``)."""
+
     model_config = ConfigDict(extra="forbid")
 
     kind: FeeKind
     amount: MoneyStr | None = None
     percent: RateStr | None = Field(default=None, description="of the amount it applies to")
 
-    @model_validator(mode="after")
-    def _amount_matches_kind(self) -> Self:
-        if self.kind is FeeKind.FIXED and (self.amount is None or self.percent is not None):
-            raise ValueError("a fixed fee gives 'amount' and no 'percent'")
-        if self.kind is FeeKind.PERCENT and (self.percent is None or self.amount is not None):
-            raise ValueError("a percent fee gives 'percent' and no 'amount'")
-        return self
-
 
 class LateFeePolicy(_FeeAmount):
     """Charged per overdue installment after the grace days, at most once per installment."""
 
-    cap_per_installment: MoneyStr | None = None
+    cap_per_installment: MoneyStr | None = Field(
+        default=None, description="required of a percent fee; a fixed fee's at least its amount"
+    )
 
 
 class OriginationFee(_FeeAmount):

@@ -205,6 +205,35 @@ async def test_malformed_products_are_refused(
     assert await row_counts() == before
 
 
+@pytest.mark.parametrize(("fee", "fields"), [
+    ({"late_fee": {"kind": "fixed"}}, ["late_fee.amount"]),
+    ({"late_fee": {"kind": "fixed", "amount": "5.00", "percent": "0.05"}}, ["late_fee.percent"]),
+    ({"late_fee": {"kind": "percent", "percent": None, "cap_per_installment": "10.00"}},
+     ["late_fee.percent"]),
+    ({"late_fee": {"kind": "percent", "percent": "0.05", "amount": "1.00",
+                   "cap_per_installment": "10.00"}}, ["late_fee.amount"]),
+    # A percent fee grows with the installment: SPEC's late_fee has a cap, and without one a
+    # 5 % fee on a 100,000.00 installment was 5,000.00 (a tester's).
+    ({"late_fee": {"kind": "percent", "percent": "0.05"}}, ["late_fee.cap_per_installment"]),
+    ({"origination_fee": {"kind": "percent", "percent": None}}, ["origination_fee.percent"]),
+    ({"origination_fee": {"kind": "fixed", "percent": "0.01"}},
+     ["origination_fee.amount", "origination_fee.percent"]),
+])  # fmt: skip
+async def test_a_fee_names_the_field_its_kind_needs(
+    client: httpx.AsyncClient, fee: dict[str, Any], fields: list[str]
+) -> None:
+    """Told of the whole fee ("a percent fee gives 'percent' and no 'amount'", on `late_fee`),
+    a client that sent no amount looked for one (a tester's)."""
+    w = await world(client)
+    before = await row_counts()
+    body = {"code": "FEE", "name": "n", "annual_interest_rate": "0.12",
+            "amortization": "equal_installment", "term_options": [12], **fee}  # fmt: skip
+    response = await client.post("/v1/products", json=body, headers=w.admin)
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == fields
+    assert await row_counts() == before
+
+
 async def test_one_answer_names_every_field_at_fault(client: httpx.AsyncClient) -> None:
     """A rate above 100 % and a repeated term were told only once the other fields were
     right, one request at a time (a tester's)."""

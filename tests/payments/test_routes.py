@@ -449,7 +449,8 @@ async def test_a_percent_late_fee_is_lowered_to_the_fee_on_what_its_night_left_u
     0.60. 20.00 is withdrawn on that night, in the ledger too; reversing the payment owes it
     again."""
     w = await world(client, amortization="equal_principal", annual_interest_rate="0.12",
-                    late_fee={"kind": "percent", "percent": "0.05"})  # fmt: skip
+                    late_fee={"kind": "percent", "percent": "0.05",
+                              "cap_per_installment": "100.00"})  # fmt: skip
     await w.post("/v1/close-runs", {"as_of": "2026-01-15"}, headers=w.admin, expect=201)
     loan = await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-15")
     await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)

@@ -168,7 +168,9 @@ async def test_a_waiver_still_counts_when_a_back_dated_payment_lowers_the_fee(
     date comes in: the fee should have been 5 % of 12.00, 0.60, and the waiver takes that off
     too. It left 0.60 owed, as if no waiver had been granted, while the waiver still said
     10.00 (a tester's)."""
-    w, loan_id = await late_loan(client, late_fee={"kind": "percent", "percent": "0.05"})
+    w, loan_id = await late_loan(
+        client, late_fee={"kind": "percent", "percent": "0.05", "cap_per_installment": "100.00"}
+    )
     assert (await balances(w, loan_id))["fees_outstanding"] == "20.60"
     assert (await waive(w, loan_id, amount="10.00"))["waiver"]["waived"] == "10.00"
     await w.pay(loan_id, "400.00", "2026-02-10")
