@@ -190,19 +190,24 @@ BAD_PRODUCTS: list[tuple[dict[str, Any], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("override", "field"), BAD_PRODUCTS)
-async def test_malformed_products_are_refused(
-    client: httpx.AsyncClient, override: dict[str, Any], field: str
-) -> None:
+async def product_refused(client: httpx.AsyncClient, override: dict[str, Any]) -> list[str]:
+    """A product with ``override`` is refused 422, nothing stored: the fields it names."""
     w = await world(client)
     before = await row_counts()
     body = {"code": "NEW", "name": "n", "annual_interest_rate": "0.12",
             "amortization": "equal_installment", "term_options": [12], **override}  # fmt: skip
     response = await client.post("/v1/products", json=body, headers=w.admin)
     assert response.status_code == 422, response.text
-    fields = [e["field"] for e in response.json()["errors"]]
-    assert any(f.startswith(field) for f in fields), fields
     assert await row_counts() == before
+    return [e["field"] for e in response.json()["errors"]]
+
+
+@pytest.mark.parametrize(("override", "field"), BAD_PRODUCTS)
+async def test_malformed_products_are_refused(
+    client: httpx.AsyncClient, override: dict[str, Any], field: str
+) -> None:
+    fields = await product_refused(client, override)
+    assert any(f.startswith(field) for f in fields), fields
 
 
 @pytest.mark.parametrize(("fee", "fields"), [
@@ -224,14 +229,7 @@ async def test_a_fee_names_the_field_its_kind_needs(
 ) -> None:
     """Told of the whole fee ("a percent fee gives 'percent' and no 'amount'", on `late_fee`),
     a client that sent no amount looked for one (a tester's)."""
-    w = await world(client)
-    before = await row_counts()
-    body = {"code": "FEE", "name": "n", "annual_interest_rate": "0.12",
-            "amortization": "equal_installment", "term_options": [12], **fee}  # fmt: skip
-    response = await client.post("/v1/products", json=body, headers=w.admin)
-    assert response.status_code == 422, response.text
-    assert [e["field"] for e in response.json()["errors"]] == fields
-    assert await row_counts() == before
+    assert await product_refused(client, fee) == fields
 
 
 async def test_one_answer_names_every_field_at_fault(client: httpx.AsyncClient) -> None:
