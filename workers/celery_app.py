@@ -77,3 +77,18 @@ celery.conf.update(
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     runtime.reset_after_fork()
+
+
+class _QuietDispatch(logging.Filter):
+    """Drops the worker's INFO lines on ``webhooks.dispatch`` (received, succeeded): beat
+    sweeps every ``webhook_sweep_seconds`` (2), and at the compose file's log level those
+    lines were two every 2 s, 938 in a quarter of an hour (a tester's). A dispatch that
+    fails still logs its error; the dispatcher's metrics count what it delivered."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = record.args.get("name") if isinstance(record.args, dict) else None
+        return task != "webhooks.dispatch" or record.levelno > logging.INFO
+
+
+for _logger in ("celery.worker.strategy", "celery.app.trace"):
+    logging.getLogger(_logger).addFilter(_QuietDispatch())
