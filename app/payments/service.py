@@ -695,7 +695,7 @@ _DELETE_ALLOCATIONS_OF = delete(_allocations).where(
 
 
 def _by_loan(rows: Iterable[Any]) -> defaultdict[str, list[Any]]:
-    """Rows (or objects) with a ``loan_id``, grouped by it, in the order given."""
+    """Rows with a ``loan_id``, grouped by it, in the order given."""
     grouped: defaultdict[str, list[Any]] = defaultdict(list)
     for row in rows:
         grouped[row.loan_id].append(row)
@@ -844,9 +844,10 @@ async def _store_position(
     forgiven so far. ``changed_on``: the date of the change, for the ledger."""
     await session.execute(_DELETE_ALLOCATIONS, {"loan_id": loan.id})
     await insert_rows(session, _allocations, _allocation_rows(loan.id, position))
-    status_before = await _store_balances(
-        session, loan, installments, position, fee_rows, changed_on=changed_on
-    )
+    for row, columns in zip(installments, _installment_columns(position, fee_rows), strict=True):
+        for name, value in columns.items():
+            setattr(row, name, value)
+    status_before = await _store_loan(session, loan, position, fee_rows, changed_on=changed_on)
     if reckon:
         await _reckon(session, loan, position, as_of, status_before)
 
@@ -858,23 +859,6 @@ def _allocation_rows(loan_id: str, position: LoanPosition) -> list[dict[str, Any
          "principal_minor": a.principal_minor}
         for a in position.allocations
     ]  # fmt: skip
-
-
-async def _store_balances(
-    session: AsyncSession,
-    loan: Loan,
-    installments: list[LoanInstallment],
-    position: LoanPosition,
-    fee_rows: _FeeRows,
-    *,
-    changed_on: date,
-) -> str:
-    """``_store_position`` but the allocations and the reckoning: the installments, the loan's
-    balances and status, the late fees forgiven. The loan's status before."""
-    for row, columns in zip(installments, _installment_columns(position, fee_rows), strict=True):
-        for name, value in columns.items():
-            setattr(row, name, value)
-    return await _store_loan(session, loan, position, fee_rows, changed_on=changed_on)
 
 
 def _installment_columns(position: LoanPosition, fee_rows: _FeeRows) -> list[dict[str, Any]]:
