@@ -101,6 +101,15 @@ def spell_past_due(
     return merged[-1][0], cured_on
 
 
+def last_cure(
+    as_of: date, installments: Iterable[tuple[DueInstallment, date | None]], tolerance_minor: int
+) -> date | None:
+    """The day the loan last left a spell past due that ended before ``as_of`` (as
+    ``spell_past_due`` reads the history); None if none did."""
+    ended = [last for _, last in _spells(as_of, installments, tolerance_minor) if last < as_of]
+    return ended[-1] + timedelta(days=1) if ended else None
+
+
 def past_due_since(
     day: date,
     as_of: date,

@@ -52,6 +52,7 @@ from app.delinquency.rules import (
     cure_date,
     days_past_due,
     first_past_30,
+    last_cure,
     past_due_since,
     spell_past_due,
     status_for,
@@ -175,10 +176,7 @@ def apply_delinquency(
     """Set one loan's days past due, bucket and status as of ``as_of``; the change to report
     when its bucket or status moved (from ``status_before``, the loan's status by default).
     No I/O: origination applies it before the loan's INSERT."""
-    due = [
-        (DueInstallment(i.seq, i.terms.due_date, i.left(as_of)), i.missed_until)
-        for i in position.installments
-    ]
+    due = _history(position, as_of)
     tolerance = tolerance_minor(loan.currency)
     if loan.status in (LoanStatus.PAID_OFF, LoanStatus.CANCELLED):
         dpd = 0
@@ -228,6 +226,34 @@ def apply_delinquency(
         loan.principal_outstanding_minor, as_of, dpd, previous[0], bucket,
         status_before or previous[1], status,
     )  # fmt: skip
+
+
+def restate_history(loan: Loan, position: LoanPosition, as_of: date) -> None:
+    """After the close's replay rewrote a loan's history (a back-dated book's first close
+    charges fees on their graces' nights, which the payments after them pay first, so
+    installments settle later), what a payment's reckoning reads from the history: the day
+    the loan first went past 30 days (vintages); for a loan past due, its spell and the cure
+    before it; for one stored current, its last cure, from which the close's delinquency step
+    dates the relapse when it moves the loan out of current. The bucket and status are that
+    step's. Read from what the closes had stored, such a loan was 30+ and relapsed only where
+    nightly closes of the same history made it so (a tester's: vintages and `cure_relapse`)."""
+    due = _history(position, as_of)
+    tolerance = tolerance_minor(loan.currency)
+    loan.ever_30_plus_on = first_past_30(as_of, due, tolerance)
+    if loan.delinquency_as_of is not None and loan.delinquency_as_of > as_of:
+        return  # stored as of a later date: the same loan seen earlier (apply_delinquency)
+    if loan.bucket == Bucket.CURRENT:
+        loan.cured_on = last_cure(as_of, due, tolerance)
+    elif days_past_due(as_of, [installment for installment, _ in due], tolerance) > 0:
+        loan.relapsed_on, loan.relapse_cured_on = spell_past_due(as_of, due, tolerance)
+
+
+def _history(position: LoanPosition, as_of: date) -> list[tuple[DueInstallment, date | None]]:
+    """Each installment as due on ``as_of`` and the day it stopped counting as missed."""
+    return [
+        (DueInstallment(i.seq, i.terms.due_date, i.left(as_of)), i.missed_until)
+        for i in position.installments
+    ]
 
 
 @dataclass(frozen=True)

@@ -664,6 +664,7 @@ async def replay_after_fees(session: AsyncSession, loan_ids: Sequence[str], as_o
                 if any(getattr(row, name) != value for name, value in columns.items()):
                     changed.append({"loan_id": loan.id, "seq": row.seq, **columns})
             await _store_loan(session, loan, position, fees, changed_on=as_of)
+            delinquency.restate_history(loan, position, as_of)
         await update_rows(session, _installments, ("loan_id", "seq"), changed)
         await session.execute(_DELETE_ALLOCATIONS_OF, params)
         await insert_rows(session, _allocations, allocations)

@@ -16,7 +16,7 @@ from app.config import get_settings
 from app.db import session_scope
 from app.events.models import Event
 from app.ledger.models import LedgerTransaction, TransactionKind
-from app.loans.models import LoanInstallment
+from app.loans.models import Loan, LoanInstallment
 from tests.factories import World, world
 from tests.payments.test_routes import assert_ledger_invariant
 
@@ -327,6 +327,70 @@ async def test_a_loan_booked_back_dated_is_charged_as_nightly_closes_charge_its_
     assert [(g["days_past_due"], g["status"]) for g in got] == [(21, "delinquent")] * 2
     for loan in (a, b):
         await assert_ledger_invariant(loan["id"])
+
+
+async def twins(
+    w: World, history: list[tuple[str, str]], first_close: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two loans of 1200.00 over 6 months from 2026-01-15 (200.00 due the 15th from Feb) with
+    the same payments: A met every night's close, B was booked back-dated after them, and
+    ``first_close`` (the next date) charges all its fees at once, on their graces' nights."""
+    await close(w, "2026-01-15")
+    a = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-15")
+    for amount, day in history:
+        await w.pay(a["id"], amount, day)
+    await close(w, str(date.fromisoformat(first_close) - timedelta(days=1)))
+    b = await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-15")
+    for amount, day in history:
+        await w.pay(b["id"], amount, day)
+    await close(w, first_close)
+    return a, b
+
+
+async def test_a_loan_booked_back_dated_went_past_30_days_when_its_twin_did(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each installment paid in full 5 days late, past its 3 days' grace: each payment pays the
+    fee and the shortfall before it first, so the first installment, short its fee's 20.00,
+    was settled only on Mar 20, 33 days after its due date. Nightly closes saw the loan past
+    30 days on Mar 18; the first close of the twin booked back-dated, which finds it 5 days
+    past due, had left it never 30+ (a tester's: vintage curves of a migrated book at 0)."""
+    w = await world(client, amortization="interest_free", annual_interest_rate="0",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    history = [("200.00", f"2026-{month:02}-20") for month in range(2, 6)]
+    a, b = await twins(w, history, "2026-05-20")
+    async with session_scope() as session:
+        ever = dict((await session.execute(select(Loan.id, Loan.ever_30_plus_on))).all())
+    assert ever[a["id"]] == ever[b["id"]] == date(2026, 3, 18)
+    got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (a, b)]
+    assert [(g["days_past_due"], g["balances"]["overdue_amount"]) for g in got] == [
+        (5, "80.00"), (5, "80.00"),
+    ]  # fmt: skip
+    vintage = (await w.get("/v1/portfolio/vintages", w.admin))["vintages"][0]
+    assert (vintage["origination_month"], vintage["loans"]) == ("2026-01", 2)
+    # Both went 30+ in their third month on book (Mar 15 to Apr 14).
+    assert [p["ever_30_plus_rate"] for p in vintage["curve"]][:3] == ["0.0000", "0.0000", "1.0000"]
+
+
+async def test_a_loan_booked_back_dated_relapses_where_its_twin_did(
+    client: httpx.AsyncClient,
+) -> None:
+    """The second installment paid 10 days late: its 20.00 fee, paid first, leaves each later
+    installment 20.00 short until the next payment, so the loan is cured on each due date
+    and past due again the day after: the relapse of Jun 16, a day after the cure of Jun 15,
+    raises `cure_relapse` on both twins (the twin booked back-dated had it only at its next
+    payment, a tester's)."""
+    w = await world(client, amortization="interest_free", annual_interest_rate="0",
+                    grace_days=5, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    history = [("200.00", "2026-02-15"), ("200.00", "2026-03-25"), ("200.00", "2026-04-15"),
+               ("200.00", "2026-05-15"), ("200.00", "2026-06-15")]  # fmt: skip
+    a, b = await twins(w, history, "2026-06-20")
+    relapses = []
+    for loan in (a, b):
+        page = await w.get(f"/v1/risk/flags?loan_id={loan['id']}&status=open", headers=w.admin)
+        flag = {f["code"]: f for f in page["items"]}["cure_relapse"]
+        relapses.append((flag["evidence"]["cured_on"], flag["evidence"]["relapsed_on"]))
+    assert relapses == [("2026-06-15", "2026-06-16")] * 2
 
 
 async def test_fees_an_older_release_pyramided_are_withdrawn_by_the_next_close(
