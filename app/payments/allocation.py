@@ -140,11 +140,6 @@ class InstallmentPosition:
             (d for d in (self.within_tolerance_on, self.paid_on) if d is not None), default=None
         )
 
-    def owed_ahead_at_payoff(self, day: date) -> int:
-        """What a payoff on ``day`` settles of an installment whose period has not begun: its
-        principal and its scheduled fee, not its interest."""
-        return self.fees_left(day) + self.principal_left()
-
 
 @dataclass
 class LoanPosition:
@@ -176,11 +171,12 @@ class LoanPosition:
         total = 0
         current_seen = False
         for inst in self.installments:
-            if inst.terms.due_date <= as_of or not current_seen:
-                total += inst.left(as_of)
-                current_seen = current_seen or inst.terms.due_date > as_of
-            else:
-                total += inst.owed_ahead_at_payoff(as_of)
+            # Of a period not begun, its principal and scheduled fee, not its interest.
+            total += inst.fees_left(as_of) + inst.principal_left()
+            due_date = inst.terms.due_date
+            if due_date <= as_of or not current_seen:
+                total += inst.interest_left()
+                current_seen = current_seen or due_date > as_of
         return total
 
     def allocations_of(self, payment_id: str) -> list[Allocation]:
@@ -289,14 +285,8 @@ def _late_fees_withdrawn(
         # The fees of earlier nights, and those of this night on older graces: a close that
         # charges several at once (a back-dated book's first) charges what closes run each
         # night would have charged by then, so a payment of the night pays them first.
-        seen = LoanPosition([
-            InstallmentPosition(replace(t, late_fees=tuple(
-                f for f in t.late_fees if f.assessed_on < night or (
-                    f.assessed_on == night and judged_ons[(t.seq, night)] < judged_on
-                )
-            )))
-            for t in standing
-        ])  # fmt: skip
+        seen = LoanPosition([InstallmentPosition(_fees_by(t, night, judged_on, judged_ons))
+                             for t in standing])  # fmt: skip
         by_then = [p for p in payments if p.received_on <= judged_on]
         for payment in by_then:
             apply_payment(seen, payment)
@@ -322,6 +312,24 @@ def _late_fees_withdrawn(
         if due < fee.amount_minor:
             withdrawn[seq] = (*withdrawn[seq], LateFee(night, fee.amount_minor - due))
     return withdrawn
+
+
+def _fees_by(
+    terms: InstallmentTerms,
+    night: date,
+    judged_on: date,
+    judged_ons: dict[tuple[int, date], date],
+) -> InstallmentTerms:
+    """The terms with the late fees a close of ``night`` judging a grace that ended on
+    ``judged_on`` had charged: those of earlier nights, and of that night on older graces."""
+    if not terms.late_fees:  # most installments: the replay judges each fee of the loan
+        return terms
+    late_fees = tuple(
+        f for f in terms.late_fees if f.assessed_on < night or (
+            f.assessed_on == night and judged_ons[(terms.seq, night)] < judged_on
+        )
+    )  # fmt: skip
+    return terms if len(late_fees) == len(terms.late_fees) else replace(terms, late_fees=late_fees)
 
 
 def _less(terms: InstallmentTerms, withdrawn: tuple[LateFee, ...]) -> InstallmentTerms:
@@ -386,16 +394,20 @@ def _pay_installment(
     not_begun: bool = False,
 ) -> int:
     day = payment.received_on
-    fees = min(remaining, inst.fees_left(day))
+    # Each part's balance read once: the replay pays each installment for each payment.
+    fees_left = inst.fees_left(day)
+    interest_left = inst.interest_left()
+    principal_left = inst.principal_left()
+    fees = min(remaining, fees_left)
     # A period not begun owes no interest: a payoff would forgive it.
-    interest = 0 if not_begun else min(remaining - fees, inst.interest_left())
-    principal = min(remaining - fees - interest, inst.principal_left())
+    interest = 0 if not_begun else min(remaining - fees, interest_left)
+    principal = min(remaining - fees - interest, principal_left)
     if fees or interest or principal:
         inst.paid_fees_minor += fees
         inst.paid_interest_minor += interest
         inst.paid_principal_minor += principal
         position.allocations.append(Allocation(payment.id, inst.seq, fees, interest, principal))
-    left = inst.left(day)
+    left = fees_left + interest_left + principal_left - fees - interest - principal
     if inst.paid_on is None and left == 0:
         inst.paid_on = day
     if inst.within_tolerance_on is None and (fees or interest or principal):
