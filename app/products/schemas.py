@@ -3,7 +3,15 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationInfo,
+    field_validator,
+)
 
 from app.api.fields import Currency, MoneyStr, Name, RateStr, Term
 from app.loans.schedule import OFFERED_TERMS, Amortization, FeeCollection
@@ -48,8 +56,7 @@ class FeeKind(StrEnum):
 
 
 class _FeeAmount(BaseModel):
-    """A fixed fee gives its ``amount``, a percent fee its ``percent`` (checked with the values,
-    each field named: ``products.service``)."""
+    """A fixed fee charges its ``amount``, a percent fee its ``percent``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,6 +79,42 @@ class OriginationFee(_FeeAmount):
     collection: FeeCollection = FeeCollection.UPFRONT
 
 
+def _of_the_kind(value: object, info: ValidationInfo) -> object:
+    """A fixed fee gives its amount, a percent fee its percent, and not the other; a percent
+    late fee its cap. Checked with the body's other fields, each named, so one answer names
+    every field at fault (checked after them, these waited for a second request: a tester's)."""
+    kind = info.data.get("kind")
+    if kind is None:
+        return value  # the kind is at fault, and named
+    field, gives = info.field_name, "amount" if kind is FeeKind.FIXED else "percent"
+    if field == gives and value is None:
+        raise ValueError(f"a {kind} fee gives its {gives}")
+    if field in ("amount", "percent") and field != gives and value is not None:
+        raise ValueError(f"a {kind} fee gives no {field}")
+    if field == "cap_per_installment" and kind is FeeKind.PERCENT and value is None:
+        raise ValueError(
+            "a percent fee grows with what is unpaid: give the most one installment is charged"
+        )
+    return value
+
+
+class LateFeeIn(LateFeePolicy):
+    """A late fee as a product is created with it (products stored before a percent fee's cap
+    was required are read as they are)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    _of_the_kind = field_validator("amount", "percent", "cap_per_installment", mode="before")(
+        _of_the_kind
+    )
+
+
+class OriginationFeeIn(OriginationFee):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    _of_the_kind = field_validator("amount", "percent", mode="before")(_of_the_kind)
+
+
 class ProductCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -84,8 +127,8 @@ class ProductCreate(BaseModel):
     rounding: Rounding = Rounding.HALF_EVEN
     installment_multiple_of: MoneyStr | None = None
     grace_days: Annotated[int, Strict()] = Field(default=0, ge=0, le=90)
-    late_fee: LateFeePolicy | None = None
-    origination_fee: OriginationFee | None = None
+    late_fee: LateFeeIn | None = None
+    origination_fee: OriginationFeeIn | None = None
 
 
 class ProductRead(BaseModel):

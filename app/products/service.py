@@ -19,8 +19,7 @@ from app.money import (
     round_minor,
 )
 from app.products.models import Product
-from app.products.schemas import FeeKind, OriginationFee, ProductCreate
-from app.products.schemas import LateFeePolicy as LateFeeSpec
+from app.products.schemas import FeeKind, ProductCreate
 
 READERS = (Role.MERCHANT, Role.DASHBOARD)
 
@@ -68,12 +67,6 @@ async def create_product(
         grace_days=spec.grace_days,
     )
     if late := spec.late_fee:
-        _check_fee_fields(errors, "late_fee", late)
-        if late.kind is FeeKind.PERCENT and late.cap_per_installment is None:
-            errors.add(
-                "late_fee.cap_per_installment",
-                "a percent fee grows with what is unpaid: give the most one installment is charged",
-            )
         product.late_fee_kind = late.kind
         product.late_fee_amount_minor = amount("late_fee.amount", late.amount)
         product.late_fee_percent = errors.check(
@@ -84,7 +77,6 @@ async def create_product(
         )
         errors.check(lambda: _check_late_fee_cap(product))
     if origination := spec.origination_fee:
-        _check_fee_fields(errors, "origination_fee", origination)
         product.origination_fee_kind = origination.kind
         product.origination_fee_amount_minor = amount("origination_fee.amount", origination.amount)
         product.origination_fee_percent = errors.check(
@@ -95,16 +87,6 @@ async def create_product(
     if not await insert_unless_taken(session, product):
         raise ProductCodeTaken(f"a product with code {spec.code} exists")
     return product
-
-
-def _check_fee_fields(errors: FieldErrors, name: str, fee: LateFeeSpec | OriginationFee) -> None:
-    """A fee gives what its kind charges by (a fixed fee its ``amount``, a percent fee its
-    ``percent``) and not the other, each field named on its own."""
-    given, other = ("amount", "percent") if fee.kind is FeeKind.FIXED else ("percent", "amount")
-    if getattr(fee, given) is None:
-        errors.add(f"{name}.{given}", f"a {fee.kind} fee gives its {given}")
-    if getattr(fee, other) is not None:
-        errors.add(f"{name}.{other}", f"a {fee.kind} fee gives no {other}")
 
 
 def _check_late_fee_cap(product: Product) -> None:

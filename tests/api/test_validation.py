@@ -172,7 +172,10 @@ BAD_PRODUCTS: list[tuple[dict[str, Any], str]] = [
     ({"currency": "XXX"}, "currency"),
     ({"currency": "JPY", "installment_multiple_of": "1.50"}, "installment_multiple_of"),
     ({"late_fee": {"kind": "fixed"}}, "late_fee"),
-    ({"late_fee": {"kind": "percent", "percent": "0"}}, "late_fee.percent"),
+    (
+        {"late_fee": {"kind": "percent", "percent": "0", "cap_per_installment": "10.00"}},
+        "late_fee.percent",
+    ),
     ({"amortization": "interest_free", "annual_interest_rate": "0.10"}, "annual_interest_rate"),
     # Equal principal has no level installment to round: the setting would be ignored.
     (
@@ -242,6 +245,14 @@ async def test_one_answer_names_every_field_at_fault(client: httpx.AsyncClient) 
     assert response.status_code == 422
     assert [e["field"] for e in response.json()["errors"]] == [
         "code", "annual_interest_rate", "term_options",
+    ]  # fmt: skip
+    # A fee's fields are named with them: they waited for the rest to be right (a tester's).
+    body |= {"late_fee": {"kind": "percent", "amount": "1.00"},
+             "origination_fee": {"kind": "fixed"}}  # fmt: skip
+    response = await client.post("/v1/products", json=body, headers=w.admin)
+    assert [e["field"] for e in response.json()["errors"]] == [
+        "code", "annual_interest_rate", "term_options", "late_fee.amount", "late_fee.percent",
+        "late_fee.cap_per_installment", "origination_fee.amount",
     ]  # fmt: skip
 
 
