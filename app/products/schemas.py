@@ -1,7 +1,7 @@
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -98,11 +98,25 @@ def _of_the_kind(value: object, info: ValidationInfo) -> object:
     return value
 
 
+def _required_by_kind(percent_fee_gives: list[str]) -> dict[str, Any]:
+    """What each kind requires, in the document too (JSON Schema's if/then): the fields read
+    optional to a client generating its types from it."""
+    return {"allOf": [
+        {"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]},
+         "then": {"required": gives}}
+        for kind, gives in ((FeeKind.FIXED, ["amount"]), (FeeKind.PERCENT, percent_fee_gives))
+    ]}  # fmt: skip
+
+
 class LateFeeIn(LateFeePolicy):
     """A late fee as a product is created with it (products stored before a percent fee's cap
     was required are read as they are)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_default=True,
+        json_schema_extra=_required_by_kind(["percent", "cap_per_installment"]),
+    )
 
     _of_the_kind = field_validator("amount", "percent", "cap_per_installment", mode="before")(
         _of_the_kind
@@ -110,7 +124,9 @@ class LateFeeIn(LateFeePolicy):
 
 
 class OriginationFeeIn(OriginationFee):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_default=True, json_schema_extra=_required_by_kind(["percent"])
+    )
 
     _of_the_kind = field_validator("amount", "percent", mode="before")(_of_the_kind)
 

@@ -226,6 +226,23 @@ async def test_a_patch_offers_null_only_where_it_takes_it(client: httpx.AsyncCli
     assert (fields["event_types"]["minItems"], fields["event_types"]["maxItems"]) == (1, 50)
 
 
+async def test_a_fee_s_kind_states_the_fields_it_requires(client: httpx.AsyncClient) -> None:
+    """A percent late fee without its cap is refused; the document showed every fee field
+    optional (a tester's). Each kind's requirement is a JSON Schema if/then."""
+    schemas = (await client.get("/openapi.json")).json()["components"]["schemas"]
+    product = schemas["ProductCreate"]["properties"]
+
+    def required_by_kind(fee: str) -> dict[str, list[str]]:
+        name = product[fee]["anyOf"][0]["$ref"].rsplit("/", 1)[1]
+        return {rule["if"]["properties"]["kind"]["const"]: rule["then"]["required"]
+                for rule in schemas[name]["allOf"]}  # fmt: skip
+
+    assert required_by_kind("late_fee") == {
+        "fixed": ["amount"], "percent": ["percent", "cap_per_installment"],
+    }  # fmt: skip
+    assert required_by_kind("origination_fee") == {"fixed": ["amount"], "percent": ["percent"]}
+
+
 async def test_every_currency_field_lists_the_currencies_the_service_knows(
     client: httpx.AsyncClient,
 ) -> None:
