@@ -34,6 +34,7 @@ from app.config import get_settings
 from app.db import database, is_postgres, session_scope, utc_now, utc_text
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
+from app.events import service as events
 from app.loans.models import OPEN_STATUSES, Loan
 from app.ops import processes
 from app.payments import service as payments
@@ -70,9 +71,11 @@ async def assess_late_fees(
         oldest[fee.loan_id] = min(oldest.get(fee.loan_id, date.max), fee.late_fee_assessed_on)
     paid = await payments.paid_since(session, oldest)
     due = await _take_fee_replays_due(session, low, high)
-    withdrawn = await payments.replay_after_fees(session, sorted({*paid, *due}), as_of)
+    replayed = await payments.replay_after_fees(session, sorted({*paid, *due}), as_of)
     counts = await delinquency.announce_late_fees(session, fees, as_of)
-    return {**counts, "late_fees_withdrawn": withdrawn}
+    # After the fees that reopened them: a subscriber reads why before the move.
+    await events.emit_many(session, replayed.reopened)
+    return {**counts, "late_fees_withdrawn": replayed.withdrawn}
 
 
 async def _take_fee_replays_due(

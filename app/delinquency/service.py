@@ -86,6 +86,21 @@ _JUDGED_THROUGH = bindparam("judged_through", type_=Date)
 _JUDGED_SINCE = bindparam("judged_since", type_=UTCDateTime())
 
 
+def _no_close_met(loan: Any) -> ColumnElement[bool]:
+    """A loan booked since the last close (or before any): no close judged its graces."""
+    return or_(_JUDGED_SINCE.is_(None), loan.created_at >= _JUDGED_SINCE)
+
+
+def _charged(loan: Any) -> ColumnElement[bool]:
+    """The loans the fee step charges: the open ones, and one paid off before any close met
+    it (a back-dated history recorded whole, its payoff too), which owes the fees of the graces
+    it missed as its twin that met each night's close does, and is open again if the payments
+    that paid it off pay those fees first (a tester's: the same history, one order of
+    recording, left 0.00 or 90.00 owed)."""
+    paid_off_unjudged = and_(loan.status == LoanStatus.PAID_OFF.value, _no_close_met(loan))
+    return or_(loan.status.in_(OPEN_STATUSES), paid_off_unjudged)
+
+
 # Read on most requests: built once (construction and cache key cost CPU per call).
 _BUSINESS_DATE = select(func.max(CloseRun.as_of)).where(CloseRun.succeeded_at.is_not(None))
 
@@ -438,6 +453,20 @@ def _lock_statement(has_low: bool, has_high: bool) -> Any:
     )
 
 
+@lru_cache(maxsize=4)
+def _lock_paid_off_unjudged(has_low: bool, has_high: bool) -> Any:
+    loan = _loan.c
+    return (
+        select(loan.id)
+        .where(
+            in_chunk(loan.id, has_low, has_high),
+            loan.status == LoanStatus.PAID_OFF.value,
+            _no_close_met(loan),
+        )
+        .with_for_update()
+    )
+
+
 async def lock_chunk(session: AsyncSession, low: str | None, high: str | None) -> None:
     """Lock the chunk's open loans so payments wait for the step instead of racing it."""
     await session.execute(
@@ -509,7 +538,7 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
             in_chunk(i.loan_id, has_low, has_high),
             # The same range on the loan side, or PostgreSQL scans every loan per chunk.
             in_chunk(loan.id, has_low, has_high),
-            loan.status.in_(OPEN_STATUSES),
+            _charged(loan),
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
             days_between(AS_OF, i.due_date) >= product.grace_days,
@@ -605,9 +634,8 @@ async def charge_late_fees(
     grace (``rules.late_fee_judged_on``) its product's late fee, once, at the close of that
     day (or the first after it, dated on that day unless a close judged it before): the fees
     charged (loan_id, seq, due_date, late_fees_minor, late_fee_assessed_on)."""
-    statement = _late_fees_statement(
-        low is not None, high is not None, get_settings().close.arrears_tolerance
-    )
+    has_low, has_high = low is not None, high is not None
+    statement = _late_fees_statement(has_low, has_high, get_settings().close.arrears_tolerance)
     last = (await session.execute(_LAST_CLOSE, {"as_of": as_of})).first()
     params: dict[str, Any] = {"judged_through": None, "judged_since": None}
     if last is not None:
@@ -617,6 +645,8 @@ async def charge_late_fees(
         since = last.succeeded_at if last.as_of == as_of else last.started_at
         params |= {"judged_through": last.as_of, "judged_since": since}
     params |= chunk_params(as_of, low, high)
+    # The chunk's lock took its open loans; a paid-off one the step may reopen waits too.
+    await session.execute(_lock_paid_off_unjudged(has_low, has_high), params)
     fees = (await session.execute(statement, params)).all()
     # RETURNING comes in no set order: the ledger rows and events go by loan and installment,
     # as a reader of a loan's transactions expects (installment 2 before 1 failed a test once).

@@ -393,6 +393,57 @@ async def test_a_loan_booked_back_dated_relapses_where_its_twin_did(
     assert relapses == [("2026-06-15", "2026-06-16")] * 2
 
 
+async def test_a_loan_booked_back_dated_and_paid_off_owes_the_fees_its_twin_owes(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each installment paid 10 days late, past its 3 days' grace. Twin A met each night's
+    close: each fee, charged on its grace's night, is paid first by the next payment, and the
+    last leaves the loan 60.00 short. Twin B, booked back-dated with the same payments, was
+    paid off by them before any close met it, and the close charged a paid-off loan nothing:
+    one order of recording left 0.00 owed, the other 60.00 (a tester's). Its first close
+    charges the three fees on their nights; the payments pay them first, and the loan is open
+    again, told from `paid_off` after the fees."""
+    w = await world(client, amortization="interest_free", annual_interest_rate="0",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    await close(w, "2026-01-15")
+    history = [("200.00", date(2026, month, 25)) for month in (2, 3, 4)]
+    a = await w.loan(principal="600.00", term=3, disbursed_on="2026-01-15")
+    for amount, day in history:
+        await close(w, str(day - timedelta(days=1)))
+        await w.pay(a["id"], amount, day)
+    await close(w, "2026-04-30")
+    b = await w.loan(principal="600.00", term=3, disbursed_on="2026-01-15")
+    for amount, day in history:
+        await w.pay(b["id"], amount, day)
+    assert (await w.get(f"/v1/loans/{b['id']}"))["status"] == "paid_off"
+    assert (await close(w, "2026-05-01"))["counts"]["late_fees_assessed"] == 3
+
+    got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (a, b)]
+    assert [(g["status"], g["days_past_due"], g["paid_off_on"]) for g in got] == [
+        ("delinquent", 16, None), ("delinquent", 16, None),
+    ]  # fmt: skip
+    assert got[0]["balances"] == got[1]["balances"]
+    assert got[1]["balances"]["overdue_amount"] == "60.00"
+    schedules = [(await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]
+                 for loan in (a, b)]  # fmt: skip
+    assert schedules[0] == schedules[1]
+    async with session_scope() as session:
+        told = (await session.execute(select(Event.type, Event.data).where(
+            Event.loan_id == b["id"]).order_by(Event.position))).all()  # fmt: skip
+    moves = [(kind, data.get("previous_status"), data.get("status"))
+             for kind, data in told if kind.startswith("loan.")]  # fmt: skip
+    assert moves[-5:] == [
+        ("loan.paid_off", None, "paid_off"),
+        *[("loan.late_fee_assessed", None, None)] * 3,
+        ("loan.delinquency_changed", "paid_off", "delinquent"),
+    ]
+    for loan in (a, b):
+        await assert_ledger_invariant(loan["id"])
+    snapshot = (await event_types(), await late_fee_rows())
+    await close(w, "2026-05-01")
+    assert (await event_types(), await late_fee_rows()) == snapshot
+
+
 async def test_fees_an_older_release_pyramided_are_withdrawn_by_the_next_close(
     client: httpx.AsyncClient,
 ) -> None:
