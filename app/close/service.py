@@ -63,7 +63,7 @@ async def assess_late_fees(
     each on its own night, as closes run each night would have, in one statement: whether an
     installment is late, and by how much, does not depend on the older fees (what the payments
     fell short of the installments due, late fees aside), so the replay that has the payments
-    pay them first changes no fee."""
+    pay them first changes no fee; but for a loan it opens again, judged again after it."""
     fees = await delinquency.charge_late_fees(session, as_of, low, high)
     await delinquency.book_late_fees(session, fees)
     oldest: dict[str, date] = {}
@@ -72,10 +72,21 @@ async def assess_late_fees(
     paid = await payments.paid_since(session, oldest)
     due = await _take_fee_replays_due(session, low, high)
     replayed = await payments.replay_after_fees(session, sorted({*paid, *due}), as_of)
+    withdrawn = replayed.withdrawn
+    # A loan open again owes the interest its payoff had forgiven: an installment the payoff
+    # had settled in time may now fall short by its grace, and is judged again, as a twin
+    # that met each night's close was (a re-verifier's: its last fee missing).
+    judge_again = sorted(event["loan_id"] for event in replayed.reopened)
+    while judge_again:
+        more = await delinquency.charge_late_fees(session, as_of, low, high, judge_again)
+        await delinquency.book_late_fees(session, more)
+        judge_again = sorted({fee.loan_id for fee in more})
+        withdrawn += (await payments.replay_after_fees(session, judge_again, as_of)).withdrawn
+        fees = sorted([*fees, *more], key=lambda fee: (fee.loan_id, fee.seq))
     counts = await delinquency.announce_late_fees(session, fees, as_of)
     # After the fees that reopened them: a subscriber reads why before the move.
     await events.emit_many(session, replayed.reopened)
-    return {**counts, "late_fees_withdrawn": replayed.withdrawn}
+    return {**counts, "late_fees_withdrawn": withdrawn}
 
 
 async def _take_fee_replays_due(

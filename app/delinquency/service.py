@@ -86,19 +86,24 @@ _JUDGED_THROUGH = bindparam("judged_through", type_=Date)
 _JUDGED_SINCE = bindparam("judged_since", type_=UTCDateTime())
 
 
-def _no_close_met(loan: Any) -> ColumnElement[bool]:
-    """A loan booked since the last close (or before any): no close judged its graces."""
-    return or_(_JUDGED_SINCE.is_(None), loan.created_at >= _JUDGED_SINCE)
+def _paid_off_unjudged(loan: Any) -> ColumnElement[bool]:
+    """A loan paid off before the closes judged the graces its payoff came after: booked since
+    the last close (or before any), or paid off on a date after the last close's."""
+    unjudged = or_(
+        _JUDGED_SINCE.is_(None),
+        loan.created_at >= _JUDGED_SINCE,
+        loan.paid_off_on > _JUDGED_THROUGH,
+    )
+    return and_(loan.status == LoanStatus.PAID_OFF.value, unjudged)
 
 
 def _charged(loan: Any) -> ColumnElement[bool]:
-    """The loans the fee step charges: the open ones, and one paid off before any close met
-    it (a back-dated history recorded whole, its payoff too), which owes the fees of the graces
-    it missed as its twin that met each night's close does, and is open again if the payments
-    that paid it off pay those fees first (a tester's: the same history, one order of
-    recording, left 0.00 or 90.00 owed)."""
-    paid_off_unjudged = and_(loan.status == LoanStatus.PAID_OFF.value, _no_close_met(loan))
-    return or_(loan.status.in_(OPEN_STATUSES), paid_off_unjudged)
+    """The loans the fee step charges: the open ones, and one paid off before the closes
+    judged the graces its payoff came after (a back-dated history recorded whole, its payoff
+    too; a payoff recorded while the closes are behind), which owes their fees as a twin that
+    met each night's close does, and is open again if the payments that paid it off pay those
+    fees first (a tester's: one history, two orders of recording, 0.00 or 90.00 owed)."""
+    return or_(loan.status.in_(OPEN_STATUSES), _paid_off_unjudged(loan))
 
 
 # Read on most requests: built once (construction and cache key cost CPU per call).
@@ -255,11 +260,17 @@ def restate_history(loan: Loan, position: LoanPosition, as_of: date) -> None:
     due = _history(position, as_of)
     tolerance = tolerance_minor(loan.currency)
     loan.ever_30_plus_on = first_past_30(as_of, due, tolerance)
-    if loan.delinquency_as_of is not None and loan.delinquency_as_of > as_of:
-        return  # stored as of a later date: the same loan seen earlier (apply_delinquency)
-    if loan.bucket == Bucket.CURRENT:
+    # The delinquency step moves a loan stored current as of this date or before out of
+    # current with a spell from its last cure. A loan stored as of a later date (booked before
+    # the first close, of an earlier date) it only restates: its spell is the history's, not
+    # the one its booking read from payments that had not paid the fees first (a
+    # re-verifier's: a relapse the loan's twin never had).
+    onwards = loan.delinquency_as_of is None or loan.delinquency_as_of <= as_of
+    moved_by_the_step = onwards and loan.bucket == Bucket.CURRENT
+    if moved_by_the_step or not onwards:
         loan.cured_on = last_cure(as_of, due, tolerance)
-    elif days_past_due(as_of, [installment for installment, _ in due], tolerance) > 0:
+    past_due = days_past_due(as_of, [installment for installment, _ in due], tolerance) > 0
+    if past_due and not moved_by_the_step:
         loan.relapsed_on, loan.relapse_cured_on = spell_past_due(as_of, due, tolerance)
 
 
@@ -458,11 +469,7 @@ def _lock_paid_off_unjudged(has_low: bool, has_high: bool) -> Any:
     loan = _loan.c
     return (
         select(loan.id)
-        .where(
-            in_chunk(loan.id, has_low, has_high),
-            loan.status == LoanStatus.PAID_OFF.value,
-            _no_close_met(loan),
-        )
+        .where(in_chunk(loan.id, has_low, has_high), _paid_off_unjudged(loan))
         .with_for_update()
     )
 
@@ -488,9 +495,18 @@ async def _loan_facts(session: AsyncSession, loan_ids: Sequence[str]) -> dict[st
 
 
 @lru_cache(maxsize=16)
-def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> Any:
-    """The update charging the fees."""
+def _late_fees_statement(
+    has_low: bool, has_high: bool, tolerance: Decimal, of_loans: bool = False
+) -> Any:
+    """The update charging the fees: of the chunk's loans, or with ``of_loans`` of the loans
+    bound as ``loan_ids``."""
     i, loan, product = _installment.c, _loan.c, _product.c
+    if of_loans:
+        loan_ids: Any = bindparam("loan_ids", expanding=True)
+        which = and_(i.loan_id.in_(loan_ids), loan.id.in_(loan_ids))
+    else:
+        # The same range on the loan side, or PostgreSQL scans every loan per chunk.
+        which = and_(in_chunk(i.loan_id, has_low, has_high), in_chunk(loan.id, has_low, has_high))
     # Judged on the last day of grace, by the close of that day: a payment received the day
     # after is late (before the twenty-seventh session the close of the day after charged it,
     # counting that day's payments, so a fee came only a day past grace + 1). An installment
@@ -535,9 +551,7 @@ def _late_fees_statement(has_low: bool, has_high: bool, tolerance: Decimal) -> A
         .where(
             i.loan_id == loan.id,
             loan.product_code == product.code,
-            in_chunk(i.loan_id, has_low, has_high),
-            # The same range on the loan side, or PostgreSQL scans every loan per chunk.
-            in_chunk(loan.id, has_low, has_high),
+            which,
             _charged(loan),
             i.late_fee_assessed_on.is_(None),
             product.late_fee_kind.is_not(None),
@@ -629,13 +643,17 @@ async def charge_late_fees(
     as_of: date,
     low: str | None,
     high: str | None,
+    loan_ids: Sequence[str] | None = None,
 ) -> list[Any]:
     """Charge each installment that owed more than the arrears tolerance after its last day of
     grace (``rules.late_fee_judged_on``) its product's late fee, once, at the close of that
     day (or the first after it, dated on that day unless a close judged it before): the fees
-    charged (loan_id, seq, due_date, late_fees_minor, late_fee_assessed_on)."""
+    charged (loan_id, seq, due_date, late_fees_minor, late_fee_assessed_on). With
+    ``loan_ids``, of those loans of the chunk only (locked already)."""
     has_low, has_high = low is not None, high is not None
-    statement = _late_fees_statement(has_low, has_high, get_settings().close.arrears_tolerance)
+    statement = _late_fees_statement(
+        has_low, has_high, get_settings().close.arrears_tolerance, loan_ids is not None
+    )
     last = (await session.execute(_LAST_CLOSE, {"as_of": as_of})).first()
     params: dict[str, Any] = {"judged_through": None, "judged_since": None}
     if last is not None:
@@ -645,8 +663,11 @@ async def charge_late_fees(
         since = last.succeeded_at if last.as_of == as_of else last.started_at
         params |= {"judged_through": last.as_of, "judged_since": since}
     params |= chunk_params(as_of, low, high)
-    # The chunk's lock took its open loans; a paid-off one the step may reopen waits too.
-    await session.execute(_lock_paid_off_unjudged(has_low, has_high), params)
+    if loan_ids is None:
+        # The chunk's lock took its open loans; a paid-off one the step may reopen waits too.
+        await session.execute(_lock_paid_off_unjudged(has_low, has_high), params)
+    else:
+        params["loan_ids"] = list(loan_ids)
     fees = (await session.execute(statement, params)).all()
     # RETURNING comes in no set order: the ledger rows and events go by loan and installment,
     # as a reader of a loan's transactions expects (installment 2 before 1 failed a test once).

@@ -12,7 +12,6 @@ from app.errors import Conflict, FieldErrors, InvalidRequest, NotFound
 from app.loans.schedule import Amortization
 from app.money import (
     Rounding,
-    format_minor,
     parse_amount,
     parse_rate,
     request_currency,
@@ -75,7 +74,6 @@ async def create_product(
         product.late_fee_cap_minor = amount(
             "late_fee.cap_per_installment", late.cap_per_installment
         )
-        errors.check(lambda: _check_late_fee_cap(product))
     if origination := spec.origination_fee:
         product.origination_fee_kind = origination.kind
         product.origination_fee_amount_minor = amount("origination_fee.amount", origination.amount)
@@ -87,20 +85,6 @@ async def create_product(
     if not await insert_unless_taken(session, product):
         raise ProductCodeTaken(f"a product with code {spec.code} exists")
     return product
-
-
-def _check_late_fee_cap(product: Product) -> None:
-    """A fixed late fee is charged at most once per installment, so its cap can only ever lower
-    it: a cap below the amount would charge a fee other than the one the product states."""
-    cap, amount = product.late_fee_cap_minor, product.late_fee_amount_minor
-    if product.late_fee_kind != FeeKind.FIXED or cap is None or amount is None or cap >= amount:
-        return
-    raise InvalidRequest.field(
-        "late_fee.cap_per_installment",
-        f"a fixed fee is charged at most once per installment, so a cap of "
-        f"{format_minor(cap, product.currency)} below its amount "
-        f"{format_minor(amount, product.currency)} would silently lower it",
-    )
 
 
 def _fee_percent(field: str, percent: str | None) -> Decimal | None:

@@ -254,6 +254,13 @@ async def test_one_answer_names_every_field_at_fault(client: httpx.AsyncClient) 
         "code", "annual_interest_rate", "term_options", "late_fee.amount", "late_fee.percent",
         "late_fee.cap_per_installment", "origination_fee.amount",
     ]  # fmt: skip
+    # So is a fixed fee's cap below its amount (a re-verifier's).
+    body["late_fee"] = {"kind": "fixed", "amount": "20.00", "cap_per_installment": "15.00"}
+    response = await client.post("/v1/products", json=body, headers=w.admin)
+    assert [e["field"] for e in response.json()["errors"]] == [
+        "code", "annual_interest_rate", "term_options", "late_fee.cap_per_installment",
+        "origination_fee.amount",
+    ]  # fmt: skip
 
 
 async def test_one_answer_names_every_field_the_service_finds_at_fault(

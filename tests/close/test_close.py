@@ -1,5 +1,6 @@
 """The nightly close over HTTP: fees, delinquency, reminders, idempotency, catch-up, crashes."""
 
+import re
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -393,6 +394,36 @@ async def test_a_loan_booked_back_dated_relapses_where_its_twin_did(
     assert relapses == [("2026-06-15", "2026-06-16")] * 2
 
 
+async def test_a_book_s_first_close_of_an_earlier_date_reads_spells_with_the_fees_paid_first(
+    client: httpx.AsyncClient,
+) -> None:
+    """A book brought in before any close, its first close for a date before the booking: its
+    loans are reckoned as of the booking, which had read their spells from payments that paid
+    no fee. Relapsed, the first loan is cured on each due date and short again the day after
+    (the twins above); the second, paid 7 days late each month past its 5 days' grace, was
+    never cured once its fees are paid first, where the booking's history had it cured on May
+    22 and relapsed on Jun 16 (a re-verifier's: `cure_relapse` missing on one, raised on the
+    other)."""
+    w = await world(client, amortization="interest_free", annual_interest_rate="0",
+                    grace_days=5, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    relapsed, never_cured = [
+        await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-15") for _ in range(2)
+    ]
+    for day in ("02-15", "03-25", "04-15", "05-15", "06-15"):
+        await w.pay(relapsed["id"], "200.00", f"2026-{day}")
+    for month in range(2, 6):
+        await w.pay(never_cured["id"], "200.00", f"2026-{month:02}-22")
+    await close(w, "2026-06-20")
+    flags = []
+    for loan in (relapsed, never_cured):
+        page = await w.get(f"/v1/risk/flags?loan_id={loan['id']}&status=open", headers=w.admin)
+        flags.append({f["code"]: f["evidence"] for f in page["items"]})
+    assert (flags[0]["cure_relapse"]["cured_on"], flags[0]["cure_relapse"]["relapsed_on"]) == (
+        "2026-06-15", "2026-06-16",
+    )  # fmt: skip
+    assert "cure_relapse" not in flags[1]
+
+
 async def test_a_loan_booked_back_dated_and_paid_off_owes_the_fees_its_twin_owes(
     client: httpx.AsyncClient,
 ) -> None:
@@ -441,6 +472,74 @@ async def test_a_loan_booked_back_dated_and_paid_off_owes_the_fees_its_twin_owes
         await assert_ledger_invariant(loan["id"])
     snapshot = (await event_types(), await late_fee_rows())
     await close(w, "2026-05-01")
+    assert (await event_types(), await late_fee_rows()) == snapshot
+
+
+async def test_a_payoff_recorded_while_the_closes_are_behind_owes_the_fee_of_its_grace(
+    client: httpx.AsyncClient,
+) -> None:
+    """The first installment's grace ends Feb 18; the closes stop at Feb 17, and a payment of
+    the whole 600.00 on Feb 25 pays the loan off before the close of Feb 18 runs. Closed on
+    time, that close charges the fee, and the same payment pays it first, leaving 20.00 owed;
+    the catch-up charged a paid-off loan nothing (a re-verifier's, until the forty-third
+    session a known limit). Now it charges the fee on its night and the loan is open again."""
+    w = await world(client, amortization="interest_free", annual_interest_rate="0",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    await close(w, "2026-01-15")
+    behind, on_time = [await w.loan(principal="600.00", term=3, disbursed_on="2026-01-15")
+                       for _ in range(2)]  # fmt: skip
+    await close(w, "2026-02-17")
+    await w.pay(behind["id"], "600.00", "2026-02-25")
+    assert (await w.get(f"/v1/loans/{behind['id']}"))["status"] == "paid_off"
+    await close(w, "2026-02-24")
+    await w.pay(on_time["id"], "600.00", "2026-02-25")  # after the fee: it pays it first
+    await close(w, "2026-02-28")
+    got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (on_time, behind)]
+    assert got[0]["balances"] == got[1]["balances"]
+    assert [(g["status"], g["balances"]["fees_outstanding"]) for g in got] == [
+        ("active", "0.00"), ("active", "0.00"),
+    ]  # fmt: skip
+    await assert_ledger_invariant(behind["id"])
+
+
+async def test_a_loan_open_again_owes_the_fees_of_installments_its_payoff_had_settled(
+    client: httpx.AsyncClient,
+) -> None:
+    """Installment 1 of 6 paid 10 days late, installment 2 on time, then the payoff quoted for
+    Apr 10 before any fee was charged, which forgives the interest of the periods after the
+    third. Paid first, the fee leaves the loan short, and open again it owes that interest:
+    the last installment, which the payoff had settled, falls short by its grace and owes its
+    fee, as the twin that met each night's close does (a re-verifier's: that fee missing, then
+    charged by a rerun, dated on the rerun's date)."""
+    w = await world(client, amortization="equal_installment", annual_interest_rate="0.12",
+                    grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
+    await close(w, "2026-01-15")
+    terms = {"principal": "1200.00", "term": 6, "disbursed_on": "2026-01-15"}
+    probe, a = [await w.loan(**terms) for _ in range(2)]
+    level = (await w.get(f"/v1/loans/{probe['id']}/schedule"))["installments"][0]["total"]
+    for loan in (probe, a):
+        await w.pay(loan["id"], level, "2026-02-25")
+        await w.pay(loan["id"], level, "2026-03-15")
+    too_much = {"amount": "99999.00", "received_on": "2026-04-10"}
+    refused = await w.post(f"/v1/loans/{probe['id']}/payments", too_much, expect=422)
+    quote = re.search(r"payoff amount ([0-9.]+)", refused.json()["detail"])
+    assert quote is not None
+    history = [(level, "2026-02-25"), (level, "2026-03-15"), (quote.group(1), "2026-04-10")]
+    await w.pay(a["id"], *history[2])
+    await close(w, "2026-07-30")  # a catch-up: each date closed by the payments received by it
+    b = await w.loan(**terms)
+    for amount, day in history:
+        await w.pay(b["id"], amount, day)
+    assert (await w.get(f"/v1/loans/{b['id']}"))["status"] == "paid_off"
+    await close(w, "2026-07-31")
+    fees = [[i["fees"] for i in (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"]]
+            for loan in (a, b)]  # fmt: skip
+    assert fees[0] == fees[1]
+    assert (fees[1][0], fees[1][-1]) == ("20.00", "20.00")
+    got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (a, b)]
+    assert got[0]["balances"] == got[1]["balances"]
+    snapshot = (await event_types(), await late_fee_rows())
+    await close(w, "2026-07-31")
     assert (await event_types(), await late_fee_rows()) == snapshot
 
 
