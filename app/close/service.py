@@ -86,7 +86,8 @@ async def assess_late_fees(
     counts = await delinquency.announce_late_fees(session, fees, as_of)
     # After the fees that reopened them: a subscriber reads why before the move.
     await events.emit_many(session, replayed.reopened)
-    return {**counts, "late_fees_withdrawn": withdrawn}
+    return {**counts, "late_fees_withdrawn": withdrawn,
+            "delinquency_changes": len(replayed.reopened)}  # fmt: skip
 
 
 async def _take_fee_replays_due(

@@ -679,8 +679,9 @@ async def replay_after_fees(
                 change = delinquency.apply_delinquency(loan, position, as_of, status_before)
                 assert change is not None  # its status moved
                 reopened.append(change.event())
-            else:
-                delinquency.restate_history(loan, position, as_of)
+            # After the reckoning of a loan open again too: reckoned as of a date before its
+            # booking, it keeps the spell its booking read (a re-verifier's).
+            delinquency.restate_history(loan, position, as_of)
         await update_rows(session, _installments, ("loan_id", "seq"), changed)
         await session.execute(_DELETE_ALLOCATIONS_OF, params)
         await insert_rows(session, _allocations, allocations)

@@ -403,25 +403,37 @@ async def test_a_book_s_first_close_of_an_earlier_date_reads_spells_with_the_fee
     (the twins above); the second, paid 7 days late each month past its 5 days' grace, was
     never cured once its fees are paid first, where the booking's history had it cured on May
     22 and relapsed on Jun 16 (a re-verifier's: `cure_relapse` missing on one, raised on the
-    other)."""
+    other). The same holds for a loan the close opens again, paid off by its history (a
+    re-verifier's: no flags at all)."""
     w = await world(client, amortization="interest_free", annual_interest_rate="0",
                     grace_days=5, late_fee={"kind": "fixed", "amount": "20.00"})  # fmt: skip
-    relapsed, never_cured = [
-        await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-15") for _ in range(2)
+    relapsed, paid_off, never_cured = [
+        await w.loan(principal="1200.00", term=6, disbursed_on="2026-01-15") for _ in range(3)
     ]
     for day in ("02-15", "03-25", "04-15", "05-15", "06-15"):
         await w.pay(relapsed["id"], "200.00", f"2026-{day}")
+        # The same, its last payment the payoff: open again once the fee is paid first.
+        await w.pay(paid_off["id"], "400.00" if day == "06-15" else "200.00", f"2026-{day}")
     for month in range(2, 6):
         await w.pay(never_cured["id"], "200.00", f"2026-{month:02}-22")
-    await close(w, "2026-06-20")
+    assert (await w.get(f"/v1/loans/{paid_off['id']}"))["status"] == "paid_off"
+    run = await close(w, "2026-07-20")
     flags = []
-    for loan in (relapsed, never_cured):
+    for loan in (relapsed, paid_off, never_cured):
         page = await w.get(f"/v1/risk/flags?loan_id={loan['id']}&status=open", headers=w.admin)
         flags.append({f["code"]: f["evidence"] for f in page["items"]})
-    assert (flags[0]["cure_relapse"]["cured_on"], flags[0]["cure_relapse"]["relapsed_on"]) == (
-        "2026-06-15", "2026-06-16",
-    )  # fmt: skip
-    assert "cure_relapse" not in flags[1]
+    spells = [(f["cure_relapse"]["cured_on"], f["cure_relapse"]["relapsed_on"]) for f in flags[:2]]
+    # The payoff paid installment 5 in full and the last one all but its 20.00.
+    assert spells == [("2026-06-15", "2026-06-16"), ("2026-06-15", "2026-07-16")]
+    assert "cure_relapse" not in flags[2]
+    # The reopening is one of the close's delinquency changes (a re-verifier's: counted 0).
+    assert (await w.get(f"/v1/loans/{paid_off['id']}"))["status"] == "delinquent"
+    async with session_scope() as session:
+        told = await session.scalar(
+            select(func.count()).where(Event.type == "loan.delinquency_changed",
+                                       Event.data["as_of"].as_string() == "2026-07-20")
+        )  # fmt: skip
+    assert run["counts"]["delinquency_changes"] == told
 
 
 async def test_a_loan_booked_back_dated_and_paid_off_owes_the_fees_its_twin_owes(
