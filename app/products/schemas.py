@@ -95,11 +95,11 @@ def _of_the_kind(value: object, info: ValidationInfo) -> object:
         raise ValueError(
             "a percent fee grows with what is unpaid: give the most one installment is charged"
         )
-    amount = info.data.get("amount")
-    if field == "cap_per_installment" and kind is FeeKind.FIXED and isinstance(value, str):
+    amount = info.data.get("amount")  # a fixed fee's, when valid
+    if field == "cap_per_installment" and isinstance(value, str) and amount is not None:
         # A fixed fee is charged at most once per installment, so its cap can only lower it.
         try:
-            below = amount is not None and Decimal(value) < Decimal(amount)
+            below = Decimal(value) < Decimal(amount)
         except ArithmeticError:
             return value  # not an amount: its own check names it
         if below:
