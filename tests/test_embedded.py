@@ -499,6 +499,16 @@ def _close_runs(folder: Path) -> dict[str, tuple[str, str | None]]:
     return {as_of: (status, error) for as_of, status, error in rows}
 
 
+def _wait_for_a_running_close(folder: Path) -> None:
+    # A signal sent after a fixed sleep could come before the close began on a busy machine:
+    # the CLI then died by it (-15) before its handler was installed.
+    for _ in range(600):
+        if any(status == "running" for status, _ in _close_runs(folder).values()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no close started: {_close_runs(folder)}")
+
+
 def test_sigterm_fails_the_close_of_a_request_and_of_the_cli(tmp_path: Path) -> None:
     """SIGTERM (kill, timeout, systemd, Docker) stops a close as Ctrl-C does, its run failed
     and a close possible at once. A server waited for a catch-up a request had started to
@@ -522,7 +532,7 @@ def test_sigterm_fails_the_close_of_a_request_and_of_the_cli(tmp_path: Path) -> 
                 "/v1/close-runs", json={"as_of": yesterday},
                 headers={"Authorization": f"Bearer {created.stdout.strip()}"},
             ))  # fmt: skip
-            await asyncio.sleep(3)  # well into a catch-up of a minute or more
+            await asyncio.to_thread(_wait_for_a_running_close, tmp_path)
             server.send_signal(signal.SIGTERM)
             return await asked
 
@@ -542,7 +552,7 @@ def test_sigterm_fails_the_close_of_a_request_and_of_the_cli(tmp_path: Path) -> 
 
     cli = subprocess.Popen([LOANWATCH, "close", "--as-of", yesterday], cwd=tmp_path, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    time.sleep(3)
+    _wait_for_a_running_close(tmp_path)
     cli.send_signal(signal.SIGTERM)
     time.sleep(0.05)
     cli.send_signal(signal.SIGTERM)  # a second cut the record of the first short
