@@ -174,13 +174,18 @@ def build_schedule(
         and bool(terms.installment_multiple_of_minor)
     )
     step = terms.installment_multiple_of_minor or 1
+    fees = _fee_parts(terms)
     if level and step > 1:
         parts = _multiple_parts(terms, step)
+    elif (
+        terms.amortization is Amortization.INTEREST_FREE
+        and terms.fee_collection is FeeCollection.SPREAD
+    ):
+        parts = _interest_free_parts(terms, fees) or _equal_principal_parts(terms)
     elif level:
         parts = _equal_installment_parts(terms)
     else:
         parts = _equal_principal_parts(terms)
-    fees = _fee_parts(terms)
     return [
         ScheduledInstallment(seq, due, principal, interest, fee)
         for seq, (due, (principal, interest), fee) in enumerate(
@@ -391,6 +396,21 @@ def _equal_principal_parts(terms: ScheduleTerms) -> list[tuple[int, int]]:
         parts.append((principal, _period_interest(outstanding, terms, seq)))
         outstanding -= principal
     return parts
+
+
+def _interest_free_parts(terms: ScheduleTerms, fees: Sequence[int]) -> list[tuple[int, int]] | None:
+    """An interest-free loan whose origination fee is spread: what the borrower pays each
+    month is level, the fee's share inside it, the last the residual. Rounded apart, the
+    principal's and the fee's shares could each gain half a minor unit: 3,333.33 with 116.67
+    spread over 6 months was 575.01 five times and 574.95, not 575.00 six times (a tester's).
+    None where the level sum leaves a principal part negative (a fee far larger than the
+    principal): then the principal is shared evenly, as without a fee."""
+    level = _even_share(terms.principal_minor + sum(fees), terms.term, terms.rounding)
+    principals = [level - fee for fee in fees[:-1]]
+    last = terms.principal_minor - sum(principals)
+    if min(principals, default=0) < 0 or last < 0:
+        return None
+    return [(principal, 0) for principal in [*principals, last]]
 
 
 def _period_interest(outstanding_minor: int, terms: ScheduleTerms, seq: int) -> int:

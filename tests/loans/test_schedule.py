@@ -498,6 +498,57 @@ def test_interest_free_example() -> None:
     assert [i.total_minor for i in installments] == [102967, 99967, 99966]
 
 
+@given(principals, term_lengths, roundings, st.integers(0, 10_000_000))
+def test_an_interest_free_loan_with_a_spread_fee_is_paid_in_level_sums(
+    principal: int, term: int, rounding: Rounding, fee: int
+) -> None:
+    """What the borrower pays each month is level, the fee's share inside it, the last the
+    residual. A fee so much larger than the principal that a level sum would leave a principal
+    part negative shares the principal evenly instead, as without a fee."""
+    terms = ScheduleTerms(
+        principal, Decimal(0), term, Amortization.INTEREST_FREE, rounding, None, fee,
+        FeeCollection.SPREAD,
+    )  # fmt: skip
+    installments = build_schedule(terms, FIRST_DUE)
+    assert_sound(installments, terms)
+    # A multiple of one minor unit rounds nothing (decisions.md, "Terms").
+    assert (
+        build_schedule(replace(terms, installment_multiple_of_minor=1), FIRST_DUE) == installments
+    )
+    spread = schedule(principal, "0.1299", term, rounding=rounding, origination_fee_minor=fee,
+                      fee_collection=FeeCollection.SPREAD)  # fmt: skip
+    assert [i.fees_minor for i in installments] == [i.fees_minor for i in spread]
+    *body, last = [i.total_minor for i in installments]
+    level = exact_round(Fraction(principal + fee, term), rounding)
+    if level * (term - 1) > principal + fee:
+        level = (principal + fee) // term
+    if body != [level] * (term - 1):
+        even = schedule(principal, "0", term, Amortization.EQUAL_PRINCIPAL, rounding=rounding)
+        assert [i.principal_minor for i in installments] == [i.principal_minor for i in even]
+        # Each level sum's principal part is the principal's share within two minor units.
+        assert principal < 2 * term * term
+        return
+    assert last == principal + fee - level * (term - 1)
+
+
+@pytest.mark.parametrize(
+    ("principal", "fee", "term", "totals"),
+    [
+        # 3.5 % of 3,333.33 spread: 575.01 five times and 574.95, rounded apart (a tester's).
+        (333333, 11667, 6, [57500] * 6),
+        (150000, 5250, 12, [12938] * 11 + [12932]),
+        (100000, 3000, 12, [8583] * 11 + [8587]),
+    ],
+)
+def test_interest_free_spread_fee_examples(
+    principal: int, fee: int, term: int, totals: list[int]
+) -> None:
+    installments = schedule(principal, "0", term, Amortization.INTEREST_FREE,
+                            rounding=Rounding.HALF_UP, origination_fee_minor=fee,
+                            fee_collection=FeeCollection.SPREAD)  # fmt: skip
+    assert [i.total_minor for i in installments] == totals
+
+
 # --- origination fee ------------------------------------------------------------------------
 
 
