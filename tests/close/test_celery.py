@@ -3,9 +3,12 @@ chunks fan out as a chord, one worker process runs many tasks on its one event l
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,15 +23,22 @@ from app.config import get_settings
 from app.db import session_scope
 from tests.conftest import REDIS_URL
 from tests.factories import World, world
+from tests.processes import free_port
 
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 
 @pytest.fixture
 def celery_worker(postgres_database: str, tmp_path: Path) -> Iterator[Path]:
+    with _worker(postgres_database, tmp_path) as log:
+        yield log
+
+
+@contextmanager
+def _worker(database_url: str, tmp_path: Path) -> Iterator[Path]:
     redis.Redis.from_url(REDIS_URL).flushdb()
     log = tmp_path / "worker.log"
-    env = {**os.environ, "LOANWATCH_DATABASE_URL": postgres_database,
+    env = {**os.environ, "LOANWATCH_DATABASE_URL": database_url,
            "LOANWATCH_REDIS_URL": REDIS_URL, "LOANWATCH_CLOSE__CHUNK_SIZE": "1",
            "LOANWATCH_CLOSE__NIGHTLY_RETRY_SECONDS": "0.2"}  # fmt: skip
     with log.open("w") as out:
@@ -130,3 +140,103 @@ async def test_the_nightly_task_waits_for_a_manual_close(
             break
         await asyncio.sleep(0.1)
     assert (run["status"], run["attempts"]) == ("succeeded", 1), run
+
+
+class DatabaseRelay:
+    """A TCP relay to PostgreSQL that can be cut and restored, as a worker sees a database
+    restart or a network cut: its connections dropped, new ones refused until it is back."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.port = target, free_port()
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+
+    def start(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=True)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        assert self._listener is not None
+        # Shut down first: closed alone, a socket another thread waits to accept on listens on.
+        with suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        for connection in list(self._open):
+            with suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+        self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            server = socket.create_connection(self.target)
+            self._open |= {client, server}
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+async def test_a_close_on_celery_waits_out_a_database_cut(
+    client: httpx.AsyncClient,
+    postgres_database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A close whose worker lost the database for a second, as it started or in its middle,
+    finishes once it is back. Its run's start raised, unretried, and its run stayed `running`
+    with no error, refusing every close 409 for the stale time (10 minutes): a tester's."""
+    monkeypatch.setattr(get_settings(), "in_process_scheduler", False)
+    relay = DatabaseRelay(("127.0.0.1", 5432))
+    relay.start()
+    assert ":5432/" in postgres_database
+    with _worker(postgres_database.replace(":5432/", f":{relay.port}/"), tmp_path) as log:
+        w = await world(client, grace_days=3, late_fee={"kind": "fixed", "amount": "20.00"})
+        loans = [await w.loan(principal="1200.00", term=3, disbursed_on="2026-01-10")
+                 for _ in range(12)]  # fmt: skip
+
+        relay.cut()  # down as the close starts
+        await w.post("/v1/close-runs", {"as_of": "2026-02-12"}, headers=w.admin, expect=202)
+        await asyncio.sleep(1)
+        relay.start()
+        first = await wait_for_the_run(w, "2026-02-12")
+        assert (first["status"], first["attempts"]) == ("succeeded", 1), first
+
+        await w.post("/v1/close-runs", {"as_of": "2026-02-13"}, headers=w.admin, expect=202)
+        for _ in range(1200):  # cut in its middle: 12 chunks a step, one loan each
+            run = await w.get("/v1/close-runs/2026-02-13", headers=w.admin)
+            if "late_fees" in run["steps"]:
+                break
+            await asyncio.sleep(0.02)
+        relay.cut()
+        await asyncio.sleep(1)
+        relay.start()
+        second = await wait_for_the_run(w, "2026-02-13")
+        assert (second["status"], second["attempts"]) == ("succeeded", 1), second
+        assert second["counts"]["late_fees_assessed"] == 12  # each chunk's, once
+        for loan in loans:
+            got = await w.get(f"/v1/loans/{loan['id']}")
+            assert got["balances"]["fees_outstanding"] == "20.00"
+        text = await asyncio.to_thread(log.read_text)
+    assert text.count("lost the database") >= 2, text
+    relay.cut()
+
+
+async def wait_for_the_run(w: World, as_of: str) -> dict[str, Any]:
+    for _ in range(1200):  # a bound on a loaded machine, not a speed check
+        run = await w.get(f"/v1/close-runs/{as_of}", headers=w.admin)
+        if run["status"] in ("succeeded", "failed"):
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"close {as_of} did not finish: {run}")

@@ -5,9 +5,17 @@ Nothing here blocks a worker waiting for others, so N workers share one close. E
 idempotent, so a chunk redelivered after a worker died does no harm; and every task carries
 its run's attempt number, so one the broker hands back after that attempt was replaced (a
 rerun once the run went stale) does nothing (`close_service.begin_run`, `_current`).
+
+A database lost for a moment (a restart, a failover, a network cut) is waited out: a task
+that lost it before it changed anything (a run's start, a chunk, a step's record) runs again
+once the database is back, and a failure is recorded once it can be. Before, the task raised
+and the run stayed `running`, with no error, refusing every close 409 for the stale time (a
+tester's, the database cut for seconds).
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from typing import Any
 
@@ -16,12 +24,26 @@ from celery import chord
 from app.close import service as close_service
 from app.close.errors import CloseInProgress
 from app.config import get_settings
+from app.db import is_connection_lost
 from workers import runtime
 from workers.celery_app import celery
 
 STEP_NAMES = list(close_service.STEPS)
 
 log = logging.getLogger("loanwatch.close")
+
+# Waits of 2, 4, 8 ... then 60 s: about 15 minutes in all, past the stale time (10), after which
+# a request to close starts a new attempt anyway.
+_WAITS_FOR_THE_DATABASE = 20
+
+
+def _again_when_the_database_is_back(task: Any, exc: Exception) -> None:
+    """Raise Celery's retry of ``task`` if ``exc`` is the database lost or refused; else
+    return, for the caller to raise ``exc``."""
+    if is_connection_lost(exc):
+        log.warning("%s lost the database (%s): again shortly", task.name, exc)
+        countdown = min(60, 2 ** (task.request.retries + 1))
+        raise task.retry(exc=exc, countdown=countdown, max_retries=_WAITS_FOR_THE_DATABASE)
 
 
 @celery.task(name="close.nightly", acks_late=True, bind=True)
@@ -36,49 +58,88 @@ def nightly(self: Any) -> list[str]:
         raise self.retry(
             countdown=settings.nightly_retry_seconds, max_retries=settings.nightly_retries
         ) from None
+    except Exception as exc:
+        _again_when_the_database_is_back(self, exc)
+        raise
     if dates:
-        _start_date(dates)
+        run_dates.delay(dates)
     return dates
 
 
-@celery.task(name="close.run_dates", acks_late=True)
-def run_dates(dates: list[str]) -> None:
+@celery.task(name="close.run_dates", acks_late=True, bind=True)
+def run_dates(self: Any, dates: list[str]) -> None:
     """Close these dates (already marked pending), oldest first."""
-    _start_date(dates)
+    try:
+        attempt = runtime.run(close_service.begin_run(date.fromisoformat(dates[0])))
+    except Exception as exc:
+        _again_when_the_database_is_back(self, exc)
+        raise
+    if attempt is not None:
+        with _failing_the_run(dates[0], attempt):
+            _start_step(dates, 0, attempt)
 
 
-@celery.task(name="close.chunk", acks_late=True, ignore_result=False)
+@celery.task(name="close.chunk", acks_late=True, ignore_result=False, bind=True)
 def run_chunk(
-    step: str, as_of: str, low: str | None, high: str | None, attempt: int
+    self: Any, step: str, as_of: str, low: str | None, high: str | None, attempt: int
 ) -> dict[str, int]:
     day = date.fromisoformat(as_of)
-    return runtime.run(close_service.run_chunk(step, day, low, high, attempt))
+    try:
+        return runtime.run(close_service.run_chunk(step, day, low, high, attempt))
+    except Exception as exc:
+        _again_when_the_database_is_back(self, exc)
+        raise
 
 
-@celery.task(name="close.step_done", acks_late=True)
-def step_done(results: list[dict[str, int]], dates: list[str], index: int, attempt: int) -> None:
+@celery.task(name="close.step_done", acks_late=True, bind=True)
+def step_done(
+    self: Any, results: list[dict[str, int]], dates: list[str], index: int, attempt: int
+) -> None:
     as_of = date.fromisoformat(dates[0])
-    if not runtime.run(close_service.finish_step(as_of, STEP_NAMES[index], results, attempt)):
+    try:
+        recorded = runtime.run(
+            close_service.finish_step(as_of, STEP_NAMES[index], results, attempt)
+        )
+    except Exception as exc:
+        _again_when_the_database_is_back(self, exc)
+        raise
+    if not recorded:
         return
-    if index + 1 < len(STEP_NAMES):
-        _start_step(dates, index + 1, attempt)
-        return
-    if runtime.run(close_service.finish_run(as_of, attempt)) and len(dates) > 1:
-        _start_date(dates[1:])
+    # The step is recorded: run again, this task would start nothing more.
+    with _failing_the_run(dates[0], attempt):
+        if index + 1 < len(STEP_NAMES):
+            _start_step(dates, index + 1, attempt)
+            return
+        if runtime.run(close_service.finish_run(as_of, attempt)) and len(dates) > 1:
+            run_dates.delay(dates[1:])
 
 
 @celery.task(name="close.failed")
 def run_failed(
     request: object, exc: BaseException, traceback: object, as_of: str, attempt: int
 ) -> None:
-    error = f"{type(exc).__name__}: {exc}"
-    runtime.run(close_service.fail_run(date.fromisoformat(as_of), error, attempt))
+    record_failure.delay(as_of, f"{type(exc).__name__}: {exc}", attempt)
 
 
-def _start_date(dates: list[str]) -> None:
-    attempt = runtime.run(close_service.begin_run(date.fromisoformat(dates[0])))
-    if attempt is not None:
-        _start_step(dates, 0, attempt)
+@celery.task(name="close.record_failure", acks_late=True, bind=True)
+def record_failure(self: Any, as_of: str, error: str, attempt: int) -> None:
+    """Record the attempt failed (nothing if it is over), once the database can be written."""
+    try:
+        runtime.run(close_service.fail_run(date.fromisoformat(as_of), error, attempt))
+    except Exception as exc:
+        _again_when_the_database_is_back(self, exc)
+        raise
+
+
+@contextmanager
+def _failing_the_run(as_of: str, attempt: int) -> Iterator[None]:
+    """Record the run failed by what the block raises: run again, the task that began the
+    step or the run would start nothing (both are recorded begun)."""
+    try:
+        yield
+    except Exception as exc:
+        log.exception("close %s attempt %s failed", as_of, attempt)
+        record_failure.delay(as_of, f"{type(exc).__name__}: {exc}", attempt)
 
 
 def _start_step(dates: list[str], index: int, attempt: int) -> None:
