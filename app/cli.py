@@ -269,11 +269,19 @@ def _run_worker(celery: "Celery", concurrency: int, queues: str, hostname: str |
 
 
 @cli.command()
-def beat() -> None:
+def beat(
+    schedule: Annotated[
+        str,
+        typer.Option(
+            help="The file in which beat keeps each job's last run (Celery's --schedule), in "
+            "a folder it may write.",
+        ),
+    ] = "celerybeat-schedule",
+) -> None:
     """Run Celery beat: the nightly close and periodic jobs."""
     from workers.celery_app import celery
 
-    celery.start(["beat", "--loglevel=info"])
+    celery.start(["beat", "--loglevel=info", f"--schedule={schedule}"])
 
 
 @api_keys.command("create")
