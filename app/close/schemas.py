@@ -23,6 +23,11 @@ class CloseRunRead(BaseModel):
     )
     started_at: datetime | None
     finished_at: datetime | None
+    heartbeat_at: datetime | None = Field(
+        description="the run's last sign of life (a catch-up's dates still queued keep their "
+        "planning's): a close running without one for LOANWATCH_CLOSE__STALE_AFTER_MINUTES "
+        "(10) is taken for crashed, and a request to close starts it again"
+    )
     attempts: int
     counts: dict[str, int]
     steps: dict[str, Any]
@@ -34,8 +39,8 @@ class CloseRunRead(BaseModel):
         return cls(
             as_of=run.as_of,
             status="running" if queued else CloseStatus(run.status).value,
-            queued=queued, started_at=run.started_at,
-            finished_at=run.finished_at, attempts=run.attempts, counts=run.counts or {},
+            queued=queued, started_at=run.started_at, finished_at=run.finished_at,
+            heartbeat_at=run.heartbeat_at, attempts=run.attempts, counts=run.counts or {},
             steps=run.steps or {}, error=run.error,
         )  # fmt: skip
 

@@ -299,10 +299,16 @@ async def refuse_concurrent(session: AsyncSession) -> None:
     collided)."""
     await fail_runs_whose_process_ended(session)
     busy, last_beat = (await session.execute(_IN_PROGRESS)).one()
-    stale = utc_now() - timedelta(minutes=get_settings().close.stale_after_minutes)
-    if busy is not None and last_beat is not None and last_beat > stale:
-        # The oldest, the date running or next to run.
-        raise CloseInProgress(f"the close for {busy} is still running")
+    stale_after = timedelta(minutes=get_settings().close.stale_after_minutes)
+    if busy is not None and last_beat is not None and last_beat > utc_now() - stale_after:
+        # The oldest, the date running or next to run. When it may be closed again, if it
+        # has died: an operator could not tell a live close from a dead worker's (a tester's).
+        last, stale = (utc_text(moment.replace(microsecond=0)) for moment in
+                       (last_beat, last_beat + stale_after))  # fmt: skip
+        raise CloseInProgress(
+            f"the close for {busy} is still running (its last heartbeat at {last}; if it "
+            f"beats no more, taken for crashed from {stale}, and a close possible again)"
+        )
 
 
 async def fail_runs_whose_process_ended(session: AsyncSession) -> None:
