@@ -311,13 +311,17 @@ def database_trouble(request: Request, exc: Exception) -> JSONResponse | None:
 def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("%s %s lost its database connection: %s", request.method, request.url.path,
                 getattr(exc, "orig", exc))  # fmt: skip
-    return problem(
-        503, "database_unavailable", "Database unavailable",
-        "the connection to the database was lost or refused; had it been lost as the request "
-        "committed, the request may have been applied: retry it with the same "
-        "Idempotency-Key, which runs it only if it was not",
-        headers={"Retry-After": "5"},
-    )  # fmt: skip
+    if request.method in ("GET", "HEAD"):
+        # A read changes nothing: a key to retry it with means nothing (a tester's).
+        detail = "the connection to the database was lost or refused; retry the request"
+    else:
+        detail = (
+            "the connection to the database was lost or refused; had it been lost as the "
+            "request committed, the request may have been applied: retry it with the same "
+            "Idempotency-Key, which runs it only if it was not"
+        )
+    return problem(503, "database_unavailable", "Database unavailable", detail,
+                   headers={"Retry-After": "5"})  # fmt: skip
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:

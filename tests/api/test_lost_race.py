@@ -136,6 +136,9 @@ async def test_a_database_that_refuses_connections_is_503_on_every_route(
             assert response.status_code == 503, response.text
             assert response.json()["code"] == "database_unavailable"
             assert response.headers["retry-after"] == "5"
+            # A read is retried as it is: a key to retry it with means nothing (a tester's).
+            keyed = "Idempotency-Key" in response.json()["detail"]
+            assert keyed == (response.request.method == "POST"), response.text
     finally:
         monkeypatch.undo()
         await database.dispose()
