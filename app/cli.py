@@ -1,13 +1,14 @@
 """The ``loanwatch`` command."""
 
 import asyncio
+import copy
 import json
 import re
 import signal
 import socket
 from datetime import date
 from functools import partial
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from alembic.util.exc import CommandError
@@ -109,6 +110,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=settings.log_level,
+        log_config=_log_config(),
         proxy_headers=True,
         # A stop waits this long for the requests in flight, then cancels them: a catch-up a
         # request started would otherwise close every date left before the process exits
@@ -125,6 +127,31 @@ def serve(
     # The workers are new interpreters started inside the block: each inherits the folder.
     with metrics.counts_shared_between_processes():
         serving()
+
+
+def _log_config() -> dict[str, Any]:
+    """uvicorn's logging, each line dated, and Loanwatch's own lines with their level and
+    logger: they came bare ("GET /v1/business-date lost its database connection: ...") and
+    nothing in the server's log was dated, so an operator could not place a line (a
+    tester's)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    formatters = config["formatters"]
+    formatters["loanwatch"] = {
+        **formatters["default"],
+        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+    }
+    for formatter in formatters.values():
+        formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
+        formatter["datefmt"] = "%Y-%m-%dT%H:%M:%S%z"
+    config["handlers"]["loanwatch"] = {**config["handlers"]["default"], "formatter": "loanwatch"}
+    config["loggers"]["loanwatch"] = {
+        "handlers": ["loanwatch"],
+        "level": "INFO",
+        "propagate": False,
+    }
+    return config
 
 
 _ISO_DATE: TypeAdapter[date] = TypeAdapter(IsoDate)

@@ -223,6 +223,12 @@ def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Pa
         assert [e["type"] for e in events if e["type"] in shown] == [
             "loan.created", "payment.received", "payment.reversed",
         ]  # fmt: skip
+    # Every line of the server's log is dated, the access log's too: none was (a tester's).
+    served = (folder / "serve.log").read_text()
+    dated = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4} INFO: +"
+    assert re.search(rf"^{dated}Uvicorn running on ", served, re.MULTILINE), served
+    assert re.search(rf'^{dated}127.0.0.1:\d+ - "POST /v1/merchants HTTP/1.1" 201', served,
+                     re.MULTILINE), served  # fmt: skip
 
 
 def test_gateway_notifications_on_the_embedded_default(
