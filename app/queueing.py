@@ -2,12 +2,15 @@
 before it stores anything, and is answered 503 rather than a 500 after kombu's reconnect
 attempts (about 19 s) with a run left pending that nothing will ever pick up."""
 
+import logging
 from typing import Any, ClassVar
 
 import redis.asyncio as redis
 
 from app.config import get_settings
 from app.errors import LoanwatchError
+
+log = logging.getLogger("loanwatch.queueing")
 
 
 class BrokerUnavailable(LoanwatchError):
@@ -23,6 +26,8 @@ async def broker_failure() -> str | None:
     try:
         await client.ping()
     except Exception as exc:  # any failure to reach it: refused, connection, timeout, auth
+        # The answer names the class alone (/readyz is open to anyone); the log, the reason.
+        log.warning("the broker does not answer: %s: %s", type(exc).__name__, exc)
         return type(exc).__name__
     finally:
         await client.aclose()

@@ -1,5 +1,6 @@
 """Liveness and readiness for load balancers and orchestrators."""
 
+import logging
 from typing import Literal
 
 from fastapi import APIRouter
@@ -15,6 +16,7 @@ from app.ops import metrics
 from app.queueing import broker_failure
 
 router = APIRouter(tags=["operations"], route_class=StrictRoute)
+log = logging.getLogger("loanwatch.ops")
 
 
 @router.get("/healthz")
@@ -52,6 +54,8 @@ async def readyz() -> JSONResponse:
             await connection.execute(text("SELECT 1"))
         checks["database"] = "ok"
     except Exception as exc:
+        # The answer names the class alone (it is open to anyone); the log, the reason.
+        log.warning("not ready: the database does not answer: %s: %s", type(exc).__name__, exc)
         checks["database"] = f"unavailable: {type(exc).__name__}"
     settings = get_settings()
     if settings.uses_celery:
