@@ -62,6 +62,20 @@ def migrate() -> None:
         typer.echo("database is at the latest schema: nothing to apply", err=True)
 
 
+def _upgrade() -> None:
+    """Migrate before a command's work, and say so when that upgraded a database in use: an
+    admin command run with a new release installed upgraded the schema under the old
+    processes without a word (a tester's). A new database is made silently."""
+    applied = migrations.upgrade()
+    if applied and applied[0] != _FIRST_REVISION:
+        which = applied[0] if len(applied) == 1 else f"{applied[0]} to {applied[-1]}"
+        typer.echo(f"upgraded the database: applied migrations {which}", err=True)
+
+
+# The revision a new database begins with (migrations/versions).
+_FIRST_REVISION = "0001"
+
+
 def _warn_if_shared() -> None:
     if (path := migrations.shared_sqlite_file(get_settings().database_url)) is not None:
         typer.echo(
@@ -85,7 +99,7 @@ def serve(
         # One SQLite writer and one in-process scheduler: more processes would race both.
         typer.echo("error: the embedded default (SQLite) serves with one worker", err=True)
         raise typer.Exit(2)
-    migrations.upgrade()
+    _upgrade()
     _warn_if_shared()
     first = asyncio.run(_first_admin_key())
     if (ahead := asyncio.run(_business_date_ahead())) is not None:
@@ -178,7 +192,7 @@ def close(
     try:
         # Before the database is made: a mistyped date in an empty folder left a new file.
         close_service.refuse_unclosable(as_of)
-        migrations.upgrade()
+        _upgrade()
         run, failed = asyncio.run(_close(as_of))
     except LoanwatchError as exc:
         typer.echo(f"error: {exc.detail}", err=True)
@@ -212,7 +226,7 @@ def demo(
     try:
         if as_of is not None:  # before the database is made, as for a close
             demo_portfolio.refuse_as_of(as_of)
-        migrations.upgrade()
+        _upgrade()
         summary = asyncio.run(demo_portfolio.run_demo(loans, as_of=as_of, seed=seed))
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -328,7 +342,7 @@ def create_api_key(
         # error (a tester's).
         typer.echo(f"error: --description is over {DESCRIPTION_MAX_LENGTH} characters", err=True)
         raise typer.Exit(2)
-    migrations.upgrade()
+    _upgrade()
     try:
         key_id, secret = asyncio.run(_create_key(role, merchant_id, description))
     except LoanwatchError as exc:
@@ -341,7 +355,7 @@ def create_api_key(
 @api_keys.command("revoke")
 def revoke_api_key(key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")]) -> None:
     """Revoke an API key: refused from then on, by every process within seconds."""
-    migrations.upgrade()
+    _upgrade()
     try:
         asyncio.run(_revoke_key(key_id))
     except LoanwatchError as exc:

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
+from alembic import command as alembic
 from alembic.script import ScriptDirectory
 from standardwebhooks import Webhook
 
@@ -107,6 +108,29 @@ def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
         "",
         "error: --merchant-id is empty\n",
     )
+
+
+def test_an_admin_command_says_it_upgraded_the_database(tmp_path: Path) -> None:
+    """A command run with a new release installed migrates the database before its work:
+    said, as the database in use changes under the processes of the old (it upgraded it
+    without a word, a tester's). A new database is made silently."""
+    env = clean_env()
+    create = [LOANWATCH, "api-keys", "create", "--role", "dashboard"]
+    made = subprocess.run(create, cwd=tmp_path, env=env, check=True, capture_output=True,
+                          text=True)  # fmt: skip
+    assert "upgraded" not in made.stderr
+    config = alembic_config(f"sqlite+aiosqlite:///{tmp_path / 'loanwatch.db'}")
+    alembic.downgrade(config, "-2")
+    upgraded = subprocess.run(create, cwd=tmp_path, env=env, check=True, capture_output=True,
+                              text=True)  # fmt: skip
+    script = ScriptDirectory.from_config(config)
+    head = script.get_revision(script.get_current_head())
+    assert head is not None
+    expected = f"upgraded the database: applied migrations {head.down_revision} to {head.revision}"
+    assert expected in upgraded.stderr
+    again = subprocess.run(create, cwd=tmp_path, env=env, check=True, capture_output=True,
+                           text=True)  # fmt: skip
+    assert "upgraded" not in again.stderr
 
 
 def test_a_start_makes_no_admin_key_once_every_one_is_revoked(tmp_path: Path) -> None:
