@@ -24,8 +24,8 @@ from app import migrate as migrations
 from app.api.auth import Principal
 from app.api.fields import IsoDate
 from app.api_keys import service as api_keys_service
-from app.api_keys.models import Role
-from app.api_keys.schemas import DESCRIPTION_MAX_LENGTH
+from app.api_keys.models import ApiKey, Role
+from app.api_keys.schemas import DESCRIPTION_MAX_LENGTH, ApiKeyListed
 from app.close import service as close_service
 from app.close.models import CloseRun
 from app.close.schemas import CloseRunRead
@@ -346,10 +346,21 @@ def create_api_key(
     try:
         key_id, secret = asyncio.run(_create_key(role, merchant_id, description))
     except LoanwatchError as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
+        # The API's field is the command's option (it named merchant_id: a tester's).
+        detail = re.sub(r"\bmerchant_id\b", "--merchant-id", exc.detail)
+        typer.echo(f"error: {detail}", err=True)
         raise typer.Exit(2) from None
     typer.echo(_revocable(key_id), err=True)
     print(secret)
+
+
+@api_keys.command("list")
+def list_api_keys() -> None:
+    """Every key, revoked ones too, a JSON object a line (id, role, merchant_id, description,
+    created_at, revoked_at): never a secret, which is not stored."""
+    _upgrade()
+    for key in asyncio.run(_every_key()):
+        print(ApiKeyListed.model_validate(key).model_dump_json())
 
 
 @api_keys.command("revoke")
@@ -407,6 +418,14 @@ async def _create_key(
                 session, role=role, merchant_id=merchant_id, description=description
             )
         return key.id, secret
+    finally:
+        await database.dispose()
+
+
+async def _every_key() -> list[ApiKey]:
+    try:
+        async with session_scope() as session:
+            return await api_keys_service.every_api_key(session)
     finally:
         await database.dispose()
 

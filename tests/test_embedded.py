@@ -90,6 +90,14 @@ def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
     revoke = [LOANWATCH, "api-keys", "revoke", key_id]
     revoked = subprocess.run(revoke, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert (revoked.returncode, revoked.stderr) == (0, f"{key_id} revoked\n")
+    # Listed at the host too, a JSON object a line, revoked or not, never a secret (only the
+    # API listed keys: a tester's).
+    listed = subprocess.run([LOANWATCH, "api-keys", "list"], cwd=tmp_path, env=env, check=True,
+                            capture_output=True, text=True)  # fmt: skip
+    (key,) = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert (key["id"], key["role"]) == (key_id, "admin")
+    assert key["revoked_at"] is not None
+    assert result.stdout.strip() not in listed.stdout
     again = subprocess.run(revoke, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 2
     assert again.stderr.startswith(f"error: API key {key_id} was revoked at ")
@@ -97,8 +105,9 @@ def test_cli_creates_a_key_and_prints_it_alone(tmp_path: Path) -> None:
         [LOANWATCH, "api-keys", "create", "--role", "merchant"],
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )  # fmt: skip
-    assert refused.returncode != 0
-    assert refused.stdout == ""
+    assert (refused.returncode, refused.stdout) == (2, "")
+    # The option it lacks, as the command names it (it said merchant_id: a tester's).
+    assert refused.stderr == "error: --merchant-id: a merchant key needs a --merchant-id\n"
     empty = subprocess.run(
         [LOANWATCH, "api-keys", "create", "--role", "merchant", "--merchant-id", ""],
         cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -73,6 +73,11 @@ async def list_api_keys(
     return list(await session.scalars(query))
 
 
+async def every_api_key(session: AsyncSession) -> list[ApiKey]:
+    """Every key, revoked ones included, by id: for the operator at the host (the CLI)."""
+    return list(await session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
 async def revoke_api_key(session: AsyncSession, principal: Principal, *, key_id: str) -> None:
     principal.require(Role.ADMIN)
     key = await session.get(ApiKey, key_id)
