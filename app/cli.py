@@ -3,6 +3,7 @@
 import asyncio
 import copy
 import json
+import os
 import re
 import signal
 import socket
@@ -320,6 +321,11 @@ def beat(
     ] = "celerybeat-schedule",
 ) -> None:
     """Run Celery beat: the nightly close and periodic jobs."""
+    folder = os.path.dirname(os.path.abspath(schedule))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        # Celery's own answer was a 555-line traceback (a re-verifier's).
+        typer.echo(f"error: --schedule: cannot write in {folder}", err=True)
+        raise typer.Exit(2)
     from workers.celery_app import celery
 
     celery.start(["beat", "--loglevel=info", f"--schedule={schedule}"])

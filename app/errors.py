@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Match
 
 from app.db import DRIVER_CONNECTION_ERRORS, is_connection_lost, is_transient
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("loanwatch.errors")
 
 PROBLEM_TYPE_BASE = "https://loanwatch.dev/problems/"
 

@@ -31,7 +31,14 @@ from app.close.errors import (
 )
 from app.close.models import CloseRun, CloseStatus, FeeReplayDue
 from app.config import get_settings
-from app.db import database, is_postgres, session_scope, utc_now, utc_text
+from app.db import (
+    database,
+    is_connection_lost,
+    is_postgres,
+    session_scope,
+    utc_now,
+    utc_text,
+)
 from app.delinquency import service as delinquency
 from app.errors import InvalidRequest
 from app.events import service as events
@@ -481,8 +488,16 @@ async def run_chunk(
             await delinquency.lock_chunk(session, low, high)
         counts = await STEPS[step](session, as_of, low, high)
     if beat:
-        async with session_scope() as session:
-            await _update_run(session, as_of, heartbeat_at=utc_now())
+        try:
+            async with session_scope() as session:
+                await _update_run(session, as_of, heartbeat_at=utc_now())
+        except Exception as exc:
+            # The chunk committed: a heartbeat lost with the database is skipped, not the
+            # chunk run again, whose second run counts nothing (a re-verifier's: a cut there
+            # left the step's counts short of what it did). The next chunk beats.
+            if not is_connection_lost(exc):
+                raise
+            log.warning("close %s: a heartbeat lost the database: %s", as_of, exc)
     return counts
 
 

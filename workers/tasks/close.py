@@ -14,10 +14,9 @@ tester's, the database cut for seconds).
 """
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import chord
 
@@ -29,6 +28,7 @@ from workers import runtime
 from workers.celery_app import celery
 
 STEP_NAMES = list(close_service.STEPS)
+T = TypeVar("T")
 
 log = logging.getLogger("loanwatch.close")
 
@@ -38,12 +38,23 @@ _WAITS_FOR_THE_DATABASE = 20
 
 
 def _again_when_the_database_is_back(task: Any, exc: Exception) -> None:
-    """Raise Celery's retry of ``task`` if ``exc`` is the database lost or refused; else
-    return, for the caller to raise ``exc``."""
-    if is_connection_lost(exc):
+    """Raise Celery's retry of ``task`` if ``exc`` is the database lost or refused and it may
+    wait longer; else return, for the caller to record the failure or raise ``exc``."""
+    if is_connection_lost(exc) and task.request.retries < _WAITS_FOR_THE_DATABASE:
         log.warning("%s lost the database (%s): again shortly", task.name, exc)
         countdown = min(60, 2 ** (task.request.retries + 1))
         raise task.retry(exc=exc, countdown=countdown, max_retries=_WAITS_FOR_THE_DATABASE)
+
+
+def _or_fail_the_run(task: Any, as_of: str, attempt: int, work: Callable[[], T]) -> T:
+    """``work``'s result; on the database lost, ``task`` again shortly; on any other failure
+    (or the database away too long), the attempt recorded failed, then the error raised."""
+    try:
+        return work()
+    except Exception as exc:
+        _again_when_the_database_is_back(task, exc)
+        record_failure.delay(as_of, f"{type(exc).__name__}: {exc}", attempt)
+        raise
 
 
 @celery.task(name="close.nightly", acks_late=True, bind=True)
@@ -66,6 +77,13 @@ def nightly(self: Any) -> list[str]:
     return dates
 
 
+# Each move of a close (a date begun, a step begun, a step recorded, a date ended) is a task of
+# its own, which the next one's sending ends: a task that lost the database runs again from
+# its start, which a task that had recorded its move and then lost the database on the next
+# could not (it would find the move done and start nothing: a re-verifier's, the cut between
+# two steps failed the close eight times in eight).
+
+
 @celery.task(name="close.run_dates", acks_late=True, bind=True)
 def run_dates(self: Any, dates: list[str]) -> None:
     """Close these dates (already marked pending), oldest first."""
@@ -75,8 +93,13 @@ def run_dates(self: Any, dates: list[str]) -> None:
         _again_when_the_database_is_back(self, exc)
         raise
     if attempt is not None:
-        with _failing_the_run(dates[0], attempt):
-            _start_step(dates, 0, attempt)
+        start_step.delay(dates, 0, attempt)
+
+
+@celery.task(name="close.start_step", acks_late=True, bind=True)
+def start_step(self: Any, dates: list[str], index: int, attempt: int) -> None:
+    """Begin the step: its chunks fan out as a chord whose callback records it."""
+    _or_fail_the_run(self, dates[0], attempt, lambda: _start_step(dates, index, attempt))
 
 
 @celery.task(name="close.chunk", acks_late=True, ignore_result=False, bind=True)
@@ -88,30 +111,35 @@ def run_chunk(
         return runtime.run(close_service.run_chunk(step, day, low, high, attempt))
     except Exception as exc:
         _again_when_the_database_is_back(self, exc)
-        raise
+        raise  # to the chord's error callback, which records the failure
 
 
 @celery.task(name="close.step_done", acks_late=True, bind=True)
 def step_done(
     self: Any, results: list[dict[str, int]], dates: list[str], index: int, attempt: int
 ) -> None:
+    """Record the step, then the next one, or the date's end."""
     as_of = date.fromisoformat(dates[0])
-    try:
-        recorded = runtime.run(
-            close_service.finish_step(as_of, STEP_NAMES[index], results, attempt)
-        )
-    except Exception as exc:
-        _again_when_the_database_is_back(self, exc)
-        raise
+    recorded = _or_fail_the_run(self, dates[0], attempt, lambda: runtime.run(
+        close_service.finish_step(as_of, STEP_NAMES[index], results, attempt)
+    ))  # fmt: skip
     if not recorded:
         return
-    # The step is recorded: run again, this task would start nothing more.
-    with _failing_the_run(dates[0], attempt):
-        if index + 1 < len(STEP_NAMES):
-            _start_step(dates, index + 1, attempt)
-            return
-        if runtime.run(close_service.finish_run(as_of, attempt)) and len(dates) > 1:
-            run_dates.delay(dates[1:])
+    if index + 1 < len(STEP_NAMES):
+        start_step.delay(dates, index + 1, attempt)
+    else:
+        end_run.delay(dates, attempt)
+
+
+@celery.task(name="close.end_run", acks_late=True, bind=True)
+def end_run(self: Any, dates: list[str], attempt: int) -> None:
+    """Record the date closed, then the next date of the catch-up."""
+    as_of = date.fromisoformat(dates[0])
+    ended = _or_fail_the_run(
+        self, dates[0], attempt, lambda: runtime.run(close_service.finish_run(as_of, attempt))
+    )
+    if ended and len(dates) > 1:
+        run_dates.delay(dates[1:])
 
 
 @celery.task(name="close.failed")
@@ -129,17 +157,6 @@ def record_failure(self: Any, as_of: str, error: str, attempt: int) -> None:
     except Exception as exc:
         _again_when_the_database_is_back(self, exc)
         raise
-
-
-@contextmanager
-def _failing_the_run(as_of: str, attempt: int) -> Iterator[None]:
-    """Record the run failed by what the block raises: run again, the task that began the
-    step or the run would start nothing (both are recorded begun)."""
-    try:
-        yield
-    except Exception as exc:
-        log.exception("close %s attempt %s failed", as_of, attempt)
-        record_failure.delay(as_of, f"{type(exc).__name__}: {exc}", attempt)
 
 
 def _start_step(dates: list[str], index: int, attempt: int) -> None:
