@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.auth import Principal, bearer_key_hash, principals
 from app.api.pagination import PageParams, page_params
 from app.api_keys.models import ApiKey, Role
-from app.db import database
+from app.db import commit_to_the_end, database
 from app.errors import Unauthorized
 
 # What the request's transaction writes last, before it commits: its Idempotency-Key marked
@@ -28,7 +28,7 @@ async def get_session() -> AsyncIterator[AsyncSession]:
             yield session
             if (last := before_commit.get()) is not None:
                 await last(session)
-            await session.commit()
+            await commit_to_the_end(session)
         except BaseException:
             await session.rollback()
             raise

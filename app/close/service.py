@@ -641,8 +641,8 @@ async def stop_closes_in_process(wait_seconds: float) -> None:
     for task in running:
         # A request's close the stop has cancelled already is still cleaning up (a statement
         # SQLite is finishing, then the rollback): cancelled again, its rollback could be cut
-        # short and its connection left to the garbage collector, whose reset logs a
-        # traceback (a likely cause of one CI saw once, not reproduced). It is waited for.
+        # short. It is waited for. (The pool's traceback CI saw now and then came from a
+        # cancellation as a transaction committed: db.commit_to_the_end.)
         if not task.cancelling():
             task.cancel()
     if running:
