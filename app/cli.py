@@ -125,7 +125,7 @@ def serve(
         port=port,
         workers=workers,
         log_level=settings.log_level,
-        log_config=_log_config(),
+        log_config=_log_config(settings.log_level),
         proxy_headers=True,
         # A stop waits this long for the requests in flight, then cancels them: a catch-up a
         # request started would otherwise close every date left before the process exits
@@ -144,11 +144,11 @@ def serve(
         serving()
 
 
-def _log_config() -> dict[str, Any]:
-    """uvicorn's logging, each line dated, and Loanwatch's own lines with their level and
-    logger: they came bare ("GET /v1/business-date lost its database connection: ...") and
-    nothing in the server's log was dated, so an operator could not place a line (a
-    tester's)."""
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, each line dated, and Loanwatch's own lines, from ``level`` (uvicorn's
+    names), with their level and logger: they came bare ("GET /v1/business-date lost its
+    database connection: ...") and nothing in the server's log was dated, so an operator
+    could not place a line (a tester's)."""
     from uvicorn.config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
@@ -163,7 +163,8 @@ def _log_config() -> dict[str, Any]:
     config["handlers"]["loanwatch"] = {**config["handlers"]["default"], "formatter": "loanwatch"}
     config["loggers"]["loanwatch"] = {
         "handlers": ["loanwatch"],
-        "level": "INFO",
+        # uvicorn's trace is below the standard library's levels.
+        "level": "DEBUG" if level == "trace" else level.upper(),
         "propagate": False,
     }
     return config
