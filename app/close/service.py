@@ -36,6 +36,7 @@ from app.db import (
     is_connection_lost,
     is_postgres,
     session_scope,
+    to_the_end,
     utc_now,
     utc_text,
 )
@@ -636,7 +637,7 @@ _running_here: set["asyncio.Task[Any]"] = set()
 async def stop_closes_in_process(wait_seconds: float) -> None:
     """Cancel the closes running in this process and wait up to ``wait_seconds`` for their
     runs to be recorded failed (a second cancellation, the server's of a request still
-    running after its grace, does not cut that record short: ``_to_the_end``)."""
+    running after its grace, does not cut that record short: ``to_the_end``)."""
     running = [task for task in _running_here if not task.done()]
     for task in running:
         # A request's close the stop has cancelled already is still cleaning up (a statement
@@ -661,21 +662,6 @@ async def run_dates_in_process(dates: list[date]) -> CloseRun | None:
         _running_here.discard(task)
 
 
-async def _to_the_end(work: Awaitable[T]) -> tuple[T, bool]:
-    """``work``'s result, awaited to its end through any cancellation of this task, and
-    whether one came: a run's start cut short after its commit, or its record of a stop cut
-    short by a second stop, left the run ``running`` until it went stale."""
-    task = asyncio.ensure_future(work)
-    cancelled = False
-    while True:
-        try:
-            return await asyncio.shield(task), cancelled
-        except asyncio.CancelledError:
-            if task.cancelled():  # the loop itself is closing: nothing to wait for
-                raise
-            cancelled = True
-
-
 async def _run_dates(dates: list[date]) -> CloseRun | None:
     # The date being started or closed, and its attempt once started.
     current: date | None = None
@@ -685,7 +671,7 @@ async def _run_dates(dates: list[date]) -> CloseRun | None:
     try:
         for as_of in dates:
             current, attempt = as_of, None
-            attempt, stopped = await _to_the_end(begin_run(as_of, processes.this_process()))
+            attempt, stopped = await to_the_end(begin_run(as_of, processes.this_process()))
             if stopped:
                 raise asyncio.CancelledError
             if attempt is None:
@@ -707,11 +693,11 @@ async def _run_dates(dates: list[date]) -> CloseRun | None:
         # busy timeout and failed (a tester's, 6 stops of 8).
         gc.collect()
         if current is not None and attempt is not None:
-            await _to_the_end(
+            await to_the_end(
                 fail_run(current, CANCELLED_BY_A_STOP, attempt, later=NOT_STARTED_FOR_A_STOP)
             )
         elif current is not None:  # its start found it taken: the dates after it
-            await _to_the_end(_fail_pending(current, NOT_STARTED_FOR_A_STOP))
+            await to_the_end(_fail_pending(current, NOT_STARTED_FOR_A_STOP))
         raise asyncio.CancelledError
     await database.refresh_statistics()
     return finished

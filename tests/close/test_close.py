@@ -44,6 +44,13 @@ async def late_fee_rows() -> int:
         )  # fmt: skip
 
 
+async def assert_a_rerun_adds_nothing(w: World, as_of: str) -> None:
+    """A rerun of the date charges no fee and tells no event more."""
+    before = (await event_types(), await late_fee_rows())
+    await close(w, as_of)
+    assert (await event_types(), await late_fee_rows()) == before
+
+
 async def late_world(client: httpx.AsyncClient) -> tuple[World, dict[str, Any]]:
     """A loan of 1200.00 over 3 months from 2026-01-10 (due Feb 10, Mar 10, Apr 10), with a
     20.00 late fee after 3 days' grace; the business date pinned at disbursement."""
@@ -226,9 +233,7 @@ async def test_a_first_close_s_percent_fee_counts_what_the_older_fees_left_unpai
     assert [r["amount"] for r in rows if r["kind"].startswith("late_fee")] == [
         "10.60", "10.50", "10.40", "6.80",
     ]  # fmt: skip
-    snapshot = (await event_types(), await late_fee_rows())
-    await close(w, "2026-11-13")
-    assert (await event_types(), await late_fee_rows()) == snapshot
+    await assert_a_rerun_adds_nothing(w, "2026-11-13")
 
 
 async def test_a_first_close_dates_each_fee_on_its_grace_so_later_payments_pay_it_first(
@@ -265,9 +270,7 @@ async def test_a_first_close_dates_each_fee_on_its_grace_so_later_payments_pay_i
         ("2026-04-20", "2026-02-13"), ("2026-04-20", "2026-03-13"),
     ]  # fmt: skip
     await assert_ledger_invariant(loan["id"])
-    snapshot = (await event_types(), await late_fee_rows())
-    await close(w, "2026-04-20")
-    assert (await event_types(), await late_fee_rows()) == snapshot
+    await assert_a_rerun_adds_nothing(w, "2026-04-20")
 
 
 async def test_a_book_brought_in_paid_late_each_month_is_late_from_its_newest_shortfall(
@@ -482,9 +485,7 @@ async def test_a_loan_booked_back_dated_and_paid_off_owes_the_fees_its_twin_owes
     ]
     for loan in (a, b):
         await assert_ledger_invariant(loan["id"])
-    snapshot = (await event_types(), await late_fee_rows())
-    await close(w, "2026-05-01")
-    assert (await event_types(), await late_fee_rows()) == snapshot
+    await assert_a_rerun_adds_nothing(w, "2026-05-01")
 
 
 async def test_a_payoff_recorded_while_the_closes_are_behind_owes_the_fee_of_its_grace(
@@ -550,9 +551,7 @@ async def test_a_loan_open_again_owes_the_fees_of_installments_its_payoff_had_se
     assert (fees[1][0], fees[1][-1]) == ("20.00", "20.00")
     got = [await w.get(f"/v1/loans/{loan['id']}") for loan in (a, b)]
     assert got[0]["balances"] == got[1]["balances"]
-    snapshot = (await event_types(), await late_fee_rows())
-    await close(w, "2026-07-31")
-    assert (await event_types(), await late_fee_rows()) == snapshot
+    await assert_a_rerun_adds_nothing(w, "2026-07-31")
 
 
 async def test_fees_an_older_release_pyramided_are_withdrawn_by_the_next_close(
