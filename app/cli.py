@@ -155,12 +155,19 @@ def _log_config(level: str) -> dict[str, Any]:
     formatters = config["formatters"]
     formatters["loanwatch"] = {
         **formatters["default"],
-        "fmt": "%(levelprefix)s %(name)s: %(message)s",
+        "fmt": "%(levelprefix)s %(name)s%(request)s: %(message)s",
     }
+    for name in ("default", "access"):
+        formatters[name]["fmt"] += "%(request)s"
     for formatter in formatters.values():
         formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
         formatter["datefmt"] = "%Y-%m-%dT%H:%M:%S%z"
-    config["handlers"]["loanwatch"] = {**config["handlers"]["default"], "formatter": "loanwatch"}
+    handlers = config["handlers"]
+    handlers["loanwatch"] = {**handlers["default"], "formatter": "loanwatch"}
+    # The request's id (X-Request-ID) in its lines: app/api/stamps.py.
+    config["filters"] = {"request": {"()": "app.api.stamps.WithRequestId"}}
+    for handler in handlers.values():
+        handler["filters"] = ["request"]
     config["loggers"]["loanwatch"] = {
         "handlers": ["loanwatch"],
         # uvicorn's trace is below the standard library's levels.

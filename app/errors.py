@@ -15,6 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
+from app.api.stamps import request_id
 from app.db import DRIVER_CONNECTION_ERRORS, is_connection_lost, is_transient
 
 log = logging.getLogger("loanwatch.errors")
@@ -345,7 +346,9 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     answer = database_trouble(request, exc)
     if answer is not None:
         return answer
-    return problem(500, "internal_error", "Internal error", "An unexpected error occurred.")
+    # The id finds the traceback in the server's log: app/api/stamps.py.
+    detail = f"An unexpected error occurred (request {request_id.get()})."
+    return problem(500, "internal_error", "Internal error", detail)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -5,12 +5,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.types import ASGIApp
 
 from app.api import openapi, stopping
 from app.api.bodies import LimitBodySize, RequireJson
 from app.api.framing import not_framed
 from app.api.head import AnswerHeadAsGet
 from app.api.idempotency import IdempotencyMiddleware
+from app.api.stamps import StampResponses
 from app.api.stopping import AnswerCancelledAs503
 from app.api.unambiguous import RefuseAmbiguousInput
 from app.api_keys.routes import router as api_keys_router
@@ -117,9 +119,13 @@ def create_app() -> FastAPI:
     return app
 
 
+def as_served(app: FastAPI) -> ASGIApp:
+    """The app behind GET /v1/loans/{id}'s lane, outside even FastAPI's own layers around the
+    middlewares (its telemetry and error handling), which the lane needs none of
+    (bench/request_profile.py times the read both ways); every answer stamped."""
+    return StampResponses(LoanReadLane(app))
+
+
 app = create_app()
 access_log.install()
-# What `loanwatch serve` runs: the app behind GET /v1/loans/{id}'s lane, outside even FastAPI's
-# own layers around the middlewares (its telemetry and error handling), which the lane needs
-# none of (bench/request_profile.py times the read both ways).
-served = LoanReadLane(app)
+served = as_served(app)  # what `loanwatch serve` runs

@@ -115,9 +115,9 @@ def app(postgres_database: str):  # type: ignore[no-untyped-def]
 @pytest.fixture
 async def client(app) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
     """The app as `loanwatch serve` runs it, behind GET /v1/loans/{id}'s lane."""
-    from app.loans.read_lane import LoanReadLane
+    from app.main import as_served
 
-    transport = httpx.ASGITransport(app=LoanReadLane(app))
+    transport = httpx.ASGITransport(app=as_served(app))
     async with httpx.AsyncClient(transport=transport, base_url="http://loanwatch.test") as c:
         yield c
 

@@ -736,3 +736,20 @@ def test_a_key_sent_in_a_query_string_is_not_logged(
     for logged in ("?api_key=REDACTED&limit=5 ", "?limit=5&accessToken=REDACTED ",
                    "?x=1&REDACTED ", "?t%6Fken=REDACTED ", "?q=REDACTED "):  # fmt: skip
         assert f"/v1/merchants{logged}" in log
+
+
+def test_a_request_is_logged_with_its_id(embedded_server: tuple[str, str, Path]) -> None:
+    """The id an answer names (X-Request-ID) finds the request's lines in the server's log."""
+    base, key, folder = embedded_server
+    headers = {"Authorization": f"Bearer {key}", "X-Request-ID": "pos-trace-42"}
+    assert httpx.get(f"{base}/v1/merchants", headers=headers).status_code == 200
+    made_up = httpx.get(f"{base}/v1/loans/nope", headers={**headers, "X-Request-ID": "a b"})
+    assert made_up.status_code == 404
+    lines = {
+        '"GET /v1/merchants HTTP/1.1" 200 OK request=pos-trace-42\n',
+        f'"GET /v1/loans/nope HTTP/1.1" 404 Not Found request={made_up.headers["x-request-id"]}\n',
+    }
+    deadline = time.monotonic() + 10  # a bound, not a speed check: the line is written after
+    while not all(line in (log := (folder / "serve.log").read_text()) for line in lines):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.1)

@@ -24,7 +24,6 @@ def _with_headers(page: ASGIApp) -> ASGIApp:
                 headers = MutableHeaders(scope=message)
                 headers["X-Frame-Options"] = "DENY"
                 headers["Content-Security-Policy"] = "frame-ancestors 'none'"
-                headers["X-Content-Type-Options"] = "nosniff"
             await send(message)
 
         await page(scope, receive, with_headers)

@@ -146,7 +146,6 @@ DASHBOARD_HEADERS = {
         "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
     ),
     "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
 
