@@ -71,12 +71,15 @@ class PrincipalCache:
 
     def get(self, key_hash: str) -> Principal | None:
         entry = self._entries.get(key_hash)
-        if entry is None:
-            return None
-        if entry[0] <= self._clock():
-            self._entries.pop(key_hash, None)
+        if entry is None or entry[0] <= self._clock():
             return None
         return entry[1]
+
+    def last_known(self, key_hash: str) -> Principal | None:
+        """The key's principal however long ago it was looked up (expired entries are kept
+        until replaced): for what may be answered while the database cannot be asked."""
+        entry = self._entries.get(key_hash)
+        return entry[1] if entry is not None and key_hash not in self._revoked else None
 
     def put(self, key_hash: str, principal: Principal) -> None:
         if key_hash in self._revoked:

@@ -13,6 +13,7 @@ Two kinds, kept apart:
   at once never add into one another's values."""
 
 import functools
+import logging
 import os
 import shutil
 import tempfile
@@ -37,11 +38,12 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.db import database, utc_now
+from app.db import database, is_connection_lost, utc_now
 from app.portfolio import metrics as portfolio_metrics
 from app.webhooks.models import DeliveryStatus, WebhookDelivery
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+log = logging.getLogger("loanwatch.ops")
 
 HTTP_REQUESTS = Counter(
     "loanwatch_http_requests_total", "HTTP requests", ["method", "route", "status"]
@@ -158,6 +160,26 @@ class _Snapshot:
 
 
 async def render() -> Response:
+    try:
+        gauges = [*await _book_gauges(), _database_up(1)]
+    except Exception as exc:
+        if not is_connection_lost(exc):
+            raise
+        # The counts are this process's own: a scrape during an outage, when they matter
+        # most, gets them and the outage, not a 503 (the closing notes').
+        log.warning("/metrics without the book's gauges: the database does not answer: %s", exc)
+        gauges = [_database_up(0)]
+    body = generate_latest(counts()) + generate_latest(_Snapshot(gauges))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _database_up(up: int) -> Metric:
+    return GaugeMetricFamily(
+        "loanwatch_database_up", "1 if the database answered this scrape, else 0", value=up
+    )
+
+
+async def _book_gauges() -> list[Metric]:
     async with database.sessions() as session:
         backlog, oldest = (
             await session.execute(
@@ -167,7 +189,7 @@ async def render() -> Response:
             )
         ).one()
         book = await portfolio_metrics.read(session)
-    gauges = [
+    return [
         GaugeMetricFamily(
             "loanwatch_webhook_backlog", "Webhook deliveries not yet delivered", value=backlog
         ),
@@ -178,5 +200,3 @@ async def render() -> Response:
         ),
         *book,
     ]
-    body = generate_latest(counts()) + generate_latest(_Snapshot(gauges))
-    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,10 +1,15 @@
 import logging
 import re
+import time
 
 import httpx
 import pytest
 
+from app.api.auth import principals
+from app.api_keys.models import Role
 from app.config import get_settings
+from app.db import database
+from tests.factories import api_key, auth, world
 
 
 async def test_healthz(client: httpx.AsyncClient) -> None:
@@ -59,3 +64,40 @@ async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
             assert served.status_code == 200, asset
             assert served.content
     assert "x-frame-options" not in (await client.get("/openapi.json")).headers
+
+
+async def test_metrics_are_served_through_a_database_outage(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A scrape during an outage, when the counts matter most, was answered 503: its key could
+    not be looked up once the principal cache's 5 s had passed, nor the book's gauges read. A
+    key this process has seen is taken as it was then; the outage is a gauge of its own."""
+    w = await world(client)
+    dashboard = auth(await api_key(Role.DASHBOARD))
+    never_used = auth(await api_key(Role.DASHBOARD))
+    before = await client.get("/metrics", headers=dashboard)
+    assert "loanwatch_database_up 1.0" in before.text
+    assert (await client.get("/metrics", headers=w.merchant)).status_code == 403
+    try:
+        monkeypatch.setattr(get_settings(), "database_url",
+                            "postgresql+asyncpg://postgres@127.0.0.1:1/gone")  # fmt: skip
+        await database.dispose()
+        monkeypatch.setattr(principals, "_clock", lambda: time.monotonic() + 3600)
+        with caplog.at_level(logging.WARNING, logger="loanwatch"):
+            during = await client.get("/metrics", headers=dashboard)
+        assert during.status_code == 200, during.text
+        assert "loanwatch_database_up 0.0" in during.text
+        assert 'loanwatch_http_requests_total{method="GET",route="/metrics",status="200"}' in (
+            during.text
+        )
+        assert "loanwatch_webhook_backlog" not in during.text
+        assert "/metrics without the book's gauges: the database does not answer" in caplog.text
+        # Neither a key unknown to this process nor a role that may not read it.
+        unknown = await client.get("/metrics", headers=never_used)
+        assert (unknown.status_code, unknown.json()["code"]) == (503, "database_unavailable")
+        assert (await client.get("/metrics", headers=w.merchant)).status_code == 403
+        assert (await client.get("/v1/loans", headers=dashboard)).status_code == 503
+    finally:
+        monkeypatch.undo()
+        await database.dispose()
+    assert "loanwatch_database_up 1.0" in (await client.get("/metrics", headers=dashboard)).text
