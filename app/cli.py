@@ -157,8 +157,10 @@ def _log_config(level: str) -> dict[str, Any]:
         **formatters["default"],
         "fmt": "%(levelprefix)s %(name)s%(request)s: %(message)s",
     }
-    for name in ("default", "access"):
-        formatters[name]["fmt"] += "%(request)s"
+    # Before uvicorn's own message, which may end in a line break ("Exception in ASGI
+    # application\n"); after the access line's.
+    formatters["default"]["fmt"] = "%(levelprefix)s%(request)s %(message)s"
+    formatters["access"]["fmt"] += "%(request)s"
     for formatter in formatters.values():
         formatter["fmt"] = "%(asctime)s " + formatter["fmt"]
         formatter["datefmt"] = "%Y-%m-%dT%H:%M:%S%z"

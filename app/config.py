@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     # An idempotency record still "in progress" after this long belongs to a crashed request.
     idempotency_lock_seconds: int = Field(default=60, ge=1, le=86_400)
     db_pool_size: int = Field(default=10, ge=1, le=1_000)
+    # A new PostgreSQL connection not made by then fails (503 database_unavailable): a host
+    # that does not answer held each request 60 s, asyncpg's default, then a 500 (a tester's).
+    db_connect_timeout_seconds: float = Field(default=5, gt=0, le=300)
     # Webhooks: targets resolving to private, loopback or link-local addresses are refused
     # unless this is set (tests, on-premises receivers).
     webhook_allow_private_targets: bool = False

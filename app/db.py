@@ -221,9 +221,13 @@ _CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08001", 
                                    "08004", "08006", "3D000", "55000", "28000",
                                    "28P01"})  # fmt: skip
 # A refused or broken socket; asyncpg's own words for a connection that went away (its
-# protocol left in a state it cannot continue from: "cannot switch to state").
+# protocol left in a state it cannot continue from: "cannot switch to state"); a connection
+# not made within db_connect_timeout_seconds (asyncpg raises the builtin TimeoutError, which
+# SQLAlchemy passes on as it is: a 500 until the forty-fifth session). Nothing else a request
+# runs lets a TimeoutError out (the webhook sends catch theirs).
 _LOST_CONNECTION_ERRORS = (
     ConnectionError,
+    TimeoutError,
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.InternalClientError,
 )
@@ -299,7 +303,10 @@ def make_engine(settings: Settings) -> AsyncEngine:
         max_overflow=0,
         # No JIT: it compiled each close chunk's statements afresh (about 0.4 s per risk
         # chunk, bench/close_bench.py --explain) and never pays back on queries this size.
-        connect_args={"server_settings": {"jit": "off"}},
+        connect_args={
+            "server_settings": {"jit": "off"},
+            "timeout": settings.db_connect_timeout_seconds,
+        },
     )
 
     @event.listens_for(engine.sync_engine, "checkout")

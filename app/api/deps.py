@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -72,7 +73,7 @@ async def get_principal(request: Request) -> Principal:
 # The dependencies that name the caller. app/api/routing.py calls a route's itself before it
 # answers a refusal that came before FastAPI ran them (a body that is not JSON, a query
 # parameter the route does not take), so a caller without a valid key or role hears 401 or 403.
-PRINCIPAL_DEPENDENCIES: set[Callable[[Request], Awaitable[Principal]]] = {get_principal}
+PRINCIPAL_DEPENDENCIES: set[Callable[[Request], Awaitable[object]]] = {get_principal}
 
 
 CurrentPrincipal = Annotated[Principal, Depends(get_principal, scope="function")]
@@ -100,25 +101,33 @@ DashboardPrincipal = Annotated[
 ]
 
 
-async def _metrics_reader(request: Request) -> Principal:
+@dataclass(frozen=True)
+class MetricsReader:
+    principal: Principal
+    # False when looking the key up found the database gone: the scrape then reads nothing
+    # more from it (a host that does not answer would hold it a connect timeout again).
+    database_answered: bool
+
+
+async def _metrics_reader(request: Request) -> MetricsReader:
     """A dashboard or admin key, as ``DashboardPrincipal``; while the database does not answer,
     a key this process has looked up before is taken as it was then (a key revoked since then
     by another process, too): /metrics answered 503 through an outage, when it was needed."""
     authorization = request.headers.get("authorization")
     try:
-        principal = await authenticate(authorization)
+        reader = MetricsReader(await authenticate(authorization), database_answered=True)
     except Exception as exc:
         key_hash = bearer_key_hash(authorization)
         last_known = principals.last_known(key_hash) if key_hash else None
         if not is_connection_lost(exc) or last_known is None:
             raise
-        principal = last_known
-    principal.require(Role.DASHBOARD)
-    return principal
+        reader = MetricsReader(last_known, database_answered=False)
+    reader.principal.require(Role.DASHBOARD)
+    return reader
 
 
 PRINCIPAL_DEPENDENCIES.add(_metrics_reader)
-MetricsReader = Annotated[Principal, Depends(_metrics_reader, scope="function")]
+MetricsReaderDep = Annotated[MetricsReader, Depends(_metrics_reader, scope="function")]
 ReaderPrincipal = Annotated[
     Principal, Depends(_principal_with(Role.MERCHANT, Role.DASHBOARD), scope="function")
 ]

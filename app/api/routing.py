@@ -28,7 +28,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from app.api.auth import Principal
 from app.api.deps import PRINCIPAL_DEPENDENCIES
 from app.errors import InvalidRequest
 
@@ -88,8 +87,8 @@ def query_parameters(route: APIRoute) -> frozenset[str]:
 
 def _principal_dependencies(
     dependant: Dependant,
-) -> list[Callable[[Request], Awaitable[Principal]]]:
-    found: list[Callable[[Request], Awaitable[Principal]]] = []
+) -> list[Callable[[Request], Awaitable[object]]]:
+    found: list[Callable[[Request], Awaitable[object]]] = []
     pending = list(dependant.dependencies)
     while pending:
         sub = pending.pop()

@@ -31,8 +31,9 @@ class StampResponses:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = next((value for name, value in scope["headers"] if name == HEADER), b"")
-        this_request = given if _PLAIN.fullmatch(given) else secrets.token_hex(8).encode()
+        given = [value for name, value in scope["headers"] if name == HEADER]
+        plain = len(given) == 1 and _PLAIN.fullmatch(given[0])  # given twice: which one?
+        this_request = given[0] if plain else secrets.token_hex(8).encode()
         stamps = [(HEADER, this_request), _NOSNIFF]
 
         async def stamped(message: Message) -> None:

@@ -39,7 +39,8 @@ def _a_bucket(value: str) -> str:
     if value in _BUCKETS:
         return value
     # curl's unencoded ?bucket=90+ arrives as "90 ": a 422 that did not say why (a tester's).
-    bare_plus = " (a + in a URL is %2B: sent bare, it arrives as a space)" if " " in value else ""
+    sent_bare = value.replace(" ", "+") in _BUCKETS
+    bare_plus = " (a + in a URL is %2B: sent bare, it arrives as a space)" if sent_bare else ""
     raise ValueError(f"is not a bucket: give one of {', '.join(_BUCKETS)}{bare_plus}")
 
 

@@ -159,16 +159,20 @@ class _Snapshot:
         return iter(self.metrics)
 
 
-async def render() -> Response:
-    try:
-        gauges = [*await _book_gauges(), _database_up(1)]
-    except Exception as exc:
-        if not is_connection_lost(exc):
-            raise
-        # The counts are this process's own: a scrape during an outage, when they matter
-        # most, gets them and the outage, not a 503 (the closing notes').
-        log.warning("/metrics without the book's gauges: the database does not answer: %s", exc)
-        gauges = [_database_up(0)]
+async def render(*, read_the_book: bool) -> Response:
+    """The counts are this process's own: a scrape during an outage, when they matter most,
+    gets them and the outage, not a 503 (the closing notes')."""
+    gauges = [_database_up(0)]
+    if not read_the_book:
+        log.warning("/metrics without the book's gauges: the key's look-up lost the database")
+    else:
+        try:
+            gauges = [*await _book_gauges(), _database_up(1)]
+        except Exception as exc:
+            if not is_connection_lost(exc):
+                raise
+            log.warning("/metrics without the book's gauges: the database does not answer: "
+                        "%s: %s", type(exc).__name__, exc)  # fmt: skip
     body = generate_latest(counts()) + generate_latest(_Snapshot(gauges))
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import text
 
-from app.api.deps import MetricsReader
+from app.api.deps import MetricsReaderDep
 from app.api.routing import StrictRoute
 from app.config import get_settings
 from app.db import database
@@ -25,11 +25,11 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics_endpoint(_: MetricsReader) -> Response:
+async def metrics_endpoint(reader: MetricsReaderDep) -> Response:
     """For a dashboard or admin key: the gauges are the whole book's (loans and principal by
     bucket, open flags), which SPEC's roles show no merchant; open, the API's port told them
     to anyone who could reach it (a tester's)."""
-    return await metrics.render()
+    return await metrics.render(read_the_book=reader.database_answered)
 
 
 class Readiness(BaseModel):

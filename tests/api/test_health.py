@@ -1,6 +1,8 @@
 import logging
 import re
+import socket
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -66,8 +68,23 @@ async def test_openapi_and_docs_are_served(client: httpx.AsyncClient) -> None:
     assert "x-frame-options" not in (await client.get("/openapi.json")).headers
 
 
+@pytest.fixture(params=["refused", "silent"])
+def unanswering_database(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database URL whose host refuses connections, or takes them and never answers (a
+    host gone from the network: asyncpg waited 60 s and SQLAlchemy passed its TimeoutError
+    on, a 500; a re-verifier's)."""
+    if request.param == "refused":
+        yield "postgresql+asyncpg://postgres@127.0.0.1:1/gone"
+        return
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # listens, never accepts
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{silent.getsockname()[1]}/gone"
+
+
 async def test_metrics_are_served_through_a_database_outage(
-    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    unanswering_database: str,
 ) -> None:
     """A scrape during an outage, when the counts matter most, was answered 503: its key could
     not be looked up once the principal cache's 5 s had passed, nor the book's gauges read. A
@@ -79,24 +96,28 @@ async def test_metrics_are_served_through_a_database_outage(
     assert "loanwatch_database_up 1.0" in before.text
     assert (await client.get("/metrics", headers=w.merchant)).status_code == 403
     try:
-        monkeypatch.setattr(get_settings(), "database_url",
-                            "postgresql+asyncpg://postgres@127.0.0.1:1/gone")  # fmt: skip
+        monkeypatch.setattr(get_settings(), "database_url", unanswering_database)
+        monkeypatch.setattr(get_settings(), "db_connect_timeout_seconds", 0.5)
         await database.dispose()
-        monkeypatch.setattr(principals, "_clock", lambda: time.monotonic() + 3600)
         with caplog.at_level(logging.WARNING, logger="loanwatch"):
-            during = await client.get("/metrics", headers=dashboard)
-        assert during.status_code == 200, during.text
-        assert "loanwatch_database_up 0.0" in during.text
-        assert 'loanwatch_http_requests_total{method="GET",route="/metrics",status="200"}' in (
-            during.text
-        )
-        assert "loanwatch_webhook_backlog" not in during.text
+            cached = await client.get("/metrics", headers=dashboard)  # the key still cached
+            monkeypatch.setattr(principals, "_clock", lambda: time.monotonic() + 3600)
+            looked_up = await client.get("/metrics", headers=dashboard)
+        for during in (cached, looked_up):
+            assert during.status_code == 200, during.text
+            assert "loanwatch_database_up 0.0" in during.text
+            assert 'loanwatch_http_requests_total{method="GET",route="/metrics",status="200"}' in (
+                during.text
+            )
+            assert "loanwatch_webhook_backlog" not in during.text
         assert "/metrics without the book's gauges: the database does not answer" in caplog.text
+        assert "/metrics without the book's gauges: the key's look-up lost" in caplog.text
         # Neither a key unknown to this process nor a role that may not read it.
         unknown = await client.get("/metrics", headers=never_used)
         assert (unknown.status_code, unknown.json()["code"]) == (503, "database_unavailable")
         assert (await client.get("/metrics", headers=w.merchant)).status_code == 403
-        assert (await client.get("/v1/loans", headers=dashboard)).status_code == 503
+        elsewhere = await client.get("/v1/loans", headers=dashboard)
+        assert (elsewhere.status_code, elsewhere.json()["code"]) == (503, "database_unavailable")
     finally:
         monkeypatch.undo()
         await database.dispose()

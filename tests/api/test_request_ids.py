@@ -58,6 +58,13 @@ async def test_an_id_that_is_not_plain_is_replaced(client: httpx.AsyncClient, gi
     assert re.fullmatch("[0-9a-f]{16}", replaced)
 
 
+async def test_an_id_given_twice_is_replaced(client: httpx.AsyncClient) -> None:
+    """Which of the two would be the client's? The first was kept (a re-verifier's)."""
+    given = [("X-Request-ID", "one"), ("X-Request-ID", "two")]
+    replaced = request_id_of(await client.get("/v1/business-date", headers=given))
+    assert re.fullmatch("[0-9a-f]{16}", replaced)
+
+
 async def test_an_unexpected_error_names_its_request() -> None:
     """The 500's detail quotes the id its log lines carry (none expected: this route raises)."""
     app: FastAPI = create_app()

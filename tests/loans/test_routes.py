@@ -385,6 +385,8 @@ async def test_the_bucket_filter_lists_the_open_loans_the_summary_counts(
     bare_plus = await client.get("/v1/loans?bucket=90+", headers=w.merchant)  # "90 " arrives
     assert bare_plus.status_code == 422
     assert "a + in a URL is %2B" in bare_plus.json()["errors"][0]["message"]
+    spaced = await client.get("/v1/loans?bucket=current%20", headers=w.merchant)  # no + meant
+    assert "%2B" not in spaced.json()["errors"][0]["message"]
     summary = await w.get("/v1/portfolio/summary")
     assert summary["by_bucket"]["current"]["count"] == len(current["items"]) == 2
     # The closed loans are still listed by status, bucket and all.
