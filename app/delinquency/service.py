@@ -384,6 +384,13 @@ def paid_after_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
     return case((i.loan_id.in_(payers), _paid_after_each(as_of)), else_=0)
 
 
+def unpaid_each_sql(as_of: ColumnElement[date]) -> ColumnElement[int]:
+    """``unpaid_sql`` with its look-up made for each installment: ``as_of`` may be an
+    expression over the statement's columns (the installment's due date, its product's grace),
+    which ``unpaid_sql``'s one set of paying loans cannot be. For the few rows it is needed."""
+    return unpaid_now_sql() + _paid_after_each(as_of)
+
+
 def _paid_after_each(as_of: ColumnElement[date]) -> ScalarSelect[int]:
     """``paid_after_sql`` looked up for each installment, ``as_of`` a date or an expression
     over the columns of the statement it is in (the installment's, its product's)."""
@@ -535,7 +542,7 @@ def _late_fees_statement(
             or_(days_between(AS_OF, i.due_date) == product.grace_days, judged_before),
             unpaid_as_of_sql(),
         ),
-        else_=unpaid_now_sql() + _paid_after_each(judged_on),
+        else_=unpaid_each_sql(judged_on),
     )
     # Each installment past its grace is judged once, in two materialized steps: PostgreSQL
     # evaluates an expression's subqueries at every place a statement names it, and the fee

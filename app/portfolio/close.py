@@ -19,7 +19,6 @@ from sqlalchemy import (
     delete,
     func,
     insert,
-    or_,
     select,
     text,
 )
@@ -28,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app import clock
 from app.config import get_settings
 from app.db import (
+    add_days,
     days_between,
     dialect_insert,
     execute_counting,
@@ -43,7 +43,8 @@ from app.delinquency.service import (
     chunk_params,
     in_chunk,
     tolerance_sql,
-    unpaid_as_of_sql,
+    unpaid_each_sql,
+    unpaid_now_sql,
 )
 from app.events import service as events
 from app.ids import new_id
@@ -303,13 +304,20 @@ def _open_cells_statement() -> Any:
 @lru_cache(maxsize=16)
 def _first_payment_default_statement(days: int, tolerance: Decimal) -> Any:
     """The cohort of first installments due after ``due_after`` and by ``due_by`` (at least
-    ``days`` ago), and how many of them were more than ``days`` late."""
+    ``days`` ago), and how many of them were more than ``days`` late: more than the arrears
+    tolerance still unpaid by the close of their ``days``-th day past due, as the flags judge
+    an installment missed. By the day it was settled in full, 1.00 left over and paid with
+    the next installment was a default, and raised a store's alert (a tester's)."""
     loan, inst = _loan.c, _installment.c
     dims = _dims()
-    defaulted = or_(
-        and_(inst.paid_on.is_(None), unpaid_as_of_sql() > tolerance_sql(tolerance)),
-        days_between(inst.paid_on, inst.due_date) > days,
+    judged_on = add_days(inst.due_date, days)
+    unpaid_then = case(
+        (and_(inst.paid_on.is_not(None), inst.paid_on <= judged_on), 0),
+        # Whatever was paid later, at least this much was unpaid then: no look-up.
+        (unpaid_now_sql() > tolerance_sql(tolerance), unpaid_now_sql()),
+        else_=unpaid_each_sql(judged_on),
     )
+    defaulted = unpaid_then > tolerance_sql(tolerance)
     return (
         select(*dims, func.count(), func.sum(case((defaulted, 1), else_=0)))
         .select_from(_installment.join(_loan, loan.id == inst.loan_id))

@@ -426,6 +426,31 @@ async def a_store_with_a_bad_february(client: httpx.AsyncClient) -> World:
     return w
 
 
+async def test_a_first_payment_default_is_a_miss_past_the_tolerance_by_its_day(
+    client: httpx.AsyncClient,
+) -> None:
+    """fpd_10 counts a first installment more than the arrears tolerance (1.00) short by the
+    close of its 10th day past due, as the flags count a miss. By the day it was settled in
+    full, 1.00 left over and paid with the next installment was a default, and raised a good
+    store's alert (a tester's)."""
+    w = await world(client)
+    await close(w, "2026-01-09")
+    loans = [await w.loan(principal="600.00", term=3, disbursed_on="2026-01-10")
+             for _ in range(5)]  # fmt: skip
+    first, second = (await w.get(f"/v1/loans/{loans[0]['id']}/schedule"))["installments"][:2]
+    total, due = Decimal(first["total"]), first["due_date"]
+    assert due == "2026-02-10"
+    short_by = {0: Decimal("1.00"), 1: Decimal("1.01")}
+    for n, left in short_by.items():  # settled with the second installment
+        await w.pay(loans[n]["id"], f"{total - left}", due)
+        await w.pay(loans[n]["id"], f"{left + Decimal(second['total'])}", second["due_date"])
+    await w.pay(loans[2]["id"], f"{total}", "2026-02-20")  # 10 days late: not more than 10
+    await w.pay(loans[3]["id"], f"{total}", "2026-02-21")  # 11 days late
+    await close(w, "2026-03-15")  # loans[4] never paid
+    (store,) = (await w.get("/v1/portfolio/segments?by=merchant", w.admin))["segments"]
+    assert store["fpd_10"] == {"rate": "0.6000", "loans": 3, "cohort": 5}
+
+
 @pytest.mark.parametrize(
     ("setting", "value"),
     [("alert_min_increase", Decimal("0.80")), ("alert_min_closes", 200)],
