@@ -766,15 +766,26 @@ def _delinquency_per_loan(has_low: bool, has_high: bool, tolerance: Decimal) -> 
 
 def _new_values(per_loan: Any, charge_off: int) -> tuple[Any, Any, Any]:
     dpd = func.coalesce(days_between(AS_OF, per_loan.c.oldest_missed), 0)
-    bucket = case(
+    status = case(
+        (_loan.c.status.not_in(DELINQUENCY_STATUSES), _loan.c.status),
+        else_=status_by_days_sql(dpd, charge_off),
+    )
+    return dpd, bucket_sql(dpd), status
+
+
+def bucket_sql(dpd: ColumnElement[int]) -> ColumnElement[str]:
+    return case(
         (dpd <= 0, Bucket.CURRENT.value),
         (dpd <= 30, Bucket.DPD_1_30.value),
         (dpd <= 60, Bucket.DPD_31_60.value),
         (dpd <= 90, Bucket.DPD_61_90.value),
         else_=Bucket.DPD_90_PLUS.value,
     )
-    status = case(
-        (_loan.c.status.not_in(DELINQUENCY_STATUSES), _loan.c.status),
+
+
+def status_by_days_sql(dpd: ColumnElement[int], charge_off: int) -> ColumnElement[str]:
+    """``status_for`` in SQL, of the loan in the statement (``_loan``)."""
+    return case(
         (
             dpd <= 0,
             case(
@@ -786,7 +797,36 @@ def _new_values(per_loan: Any, charge_off: int) -> tuple[Any, Any, Any]:
         (dpd <= charge_off, LoanStatus.DEFAULTED.value),
         else_=LoanStatus.CHARGED_OFF.value,
     )
-    return dpd, bucket, status
+
+
+def days_past_due_sql(tolerance: Decimal) -> ScalarSelect[int]:
+    """The days past due as of ``AS_OF`` of the loan in the statement (``_loan``), looked up
+    for it alone: for the few loans the delinquency step does not judge."""
+    i = _installment.c
+    missed = and_(i.due_date < AS_OF, unpaid_as_of_sql() > tolerance_sql(tolerance))
+    return (
+        select(func.coalesce(days_between(AS_OF, func.min(i.due_date)), 0))
+        .where(i.loan_id == _loan.c.id, missed)
+        .correlate(_loan)
+        .scalar_subquery()
+    )
+
+
+def principal_paid_after_sql() -> ColumnElement[int]:
+    """The principal that applied payments received after ``AS_OF`` paid on the loan in the
+    statement (``_loan``): a look-up only for a loan with such a payment (a day or so of them,
+    found by the index on ``received_on``), one hashed set probe for the rest."""
+    payment, allocation = _paid_later, _paid_later_to
+    later = and_(payment.c.received_on > AS_OF, payment.c.status == PaymentStatus.APPLIED.value)
+    payers = select(payment.c.loan_id).where(later).correlate(None)
+    paid = (
+        select(sql_cast(func.coalesce(func.sum(allocation.c.principal_minor), 0), BigInteger))
+        .select_from(allocation.join(payment, payment.c.id == allocation.c.payment_id))
+        .where(allocation.c.loan_id == _loan.c.id, later)
+        .correlate(_loan)
+        .scalar_subquery()
+    )
+    return case((_loan.c.id.in_(payers), paid), else_=0)
 
 
 @lru_cache(maxsize=32)

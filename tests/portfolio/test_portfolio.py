@@ -486,7 +486,8 @@ async def test_segments_and_a_first_payment_default_alert(
     (store,) = segments["segments"]
     assert store["segment"] == w.merchant_id
     assert store["fpd_10"] == {"rate": "1.0000", "loans": 4, "cohort": 4}
-    assert store["loans"] == 5  # three of January's loans are paid off
+    # Three of January's loans are paid off now, by payments received Apr 10: open on Mar 24.
+    assert store["loans"] == 8
     fpd = {(a["dimension"], a["metric"]): a for a in await fpd_alerts(w)}
     assert set(fpd) == {("merchant", "fpd_10"), ("product", "fpd_10")}
     assert fpd[("merchant", "fpd_10")]["value"] == "1.0000"
@@ -537,10 +538,15 @@ async def test_current_to_30_counts_the_loans_open_at_both_closes(
     await close(w, "2026-07-15")
     schedule = (await w.get(f"/v1/loans/{paid['id']}/schedule"))["installments"]
     await w.pay(paid["id"], schedule[0]["total"], "2026-08-01")
-    payoff = (await w.get(f"/v1/loans/{paid_off['id']}"))["balances"]["payoff_amount"]
-    await w.pay(paid_off["id"], payoff)
+    # Paid off before the close, on Aug 1: the refusal of too much names that day's payoff.
+    too_much = await w.post(f"/v1/loans/{paid_off['id']}/payments",
+                            {"amount": "9999.00", "received_on": "2026-08-01"})  # fmt: skip
+    payoff = re.search(r"the payoff amount ([0-9.]+) on", too_much.json()["detail"])
+    assert payoff, too_much.text
+    await w.pay(paid_off["id"], payoff[1], "2026-08-01")
     await w.post(f"/v1/loans/{returned['id']}/cancel", {"reason": "returned"}, expect=200)
     await close(w, "2026-08-15")
+    assert (await w.get(f"/v1/loans/{paid_off['id']}"))["status"] == "paid_off"
     assert (await w.get(f"/v1/loans/{missed['id']}"))["bucket"] == "1-30"
 
     (store,) = (await w.get("/v1/portfolio/segments?by=merchant", w.admin))["segments"]
@@ -551,6 +557,45 @@ async def test_current_to_30_counts_the_loans_open_at_both_closes(
     assert rolled["matrix"]["current"]["1-30"]["rate"] == store["current_to_30"]["rate"]
     by_vintage = await w.get("/v1/portfolio/segments?by=vintage", w.admin)
     assert [s["segment"] for s in by_vintage["segments"]] == ["2026-07"]
+
+
+async def test_a_close_counts_the_loans_open_on_its_date_though_paid_off_since(
+    client: httpx.AsyncClient,
+) -> None:
+    """A catch-up to Mar 15 of a book whose payments were recorded first: one loan paid every
+    installment on its due date (paid off Apr 10), one missed February's and paid off on
+    Mar 20, one never paid. On Mar 14 and 15 all three were open, as they stood then: loans
+    paid off by payments received after a close's date were out of its snapshot, its roll
+    rates and its segments (a tester's: a store's good loans paid off weeks later were out of
+    its current -> 30 base, which read 100 %)."""
+    w = await world(client)
+    await close(w, "2026-01-09")
+    booked = [await w.loan(principal="600.00", term=3, disbursed_on="2026-01-10")
+              for _ in range(3)]  # fmt: skip
+    on_time, late = booked[:2]  # the third never pays
+    schedule = (await w.get(f"/v1/loans/{on_time['id']}/schedule"))["installments"]
+    for installment in schedule:
+        await w.pay(on_time["id"], installment["total"], installment["due_date"])
+    too_much = await w.post(f"/v1/loans/{late['id']}/payments",
+                            {"amount": "9999.00", "received_on": "2026-03-20"})  # fmt: skip
+    payoff = re.search(r"the payoff amount ([0-9.]+) on", too_much.json()["detail"])
+    assert payoff, too_much.text
+    await w.pay(late["id"], payoff[1], "2026-03-20")
+    for loan in (on_time, late):
+        assert (await w.get(f"/v1/loans/{loan['id']}"))["status"] == "paid_off"
+    await close(w, "2026-03-15")
+
+    rolled = await w.get("/v1/portfolio/roll-rates?from=2026-03-14&to=2026-03-15", w.admin)
+    cells = {(start, end): (cell["count"], cell["principal_outstanding"])
+             for start, row in rolled["matrix"].items() for end, cell in row.items()
+             if cell["count"]}  # fmt: skip
+    # On time: two installments' principal paid by Mar 15; the others: none of it.
+    left = Decimal("600.00") - sum(Decimal(i["principal"]) for i in schedule[:2])
+    assert cells == {("current", "current"): (1, f"{left}"),
+                     ("31-60", "31-60"): (2, "1200.00")}  # fmt: skip
+    (store,) = (await w.get("/v1/portfolio/segments?by=merchant", w.admin))["segments"]
+    assert (store["loans"], store["principal_outstanding"]) == (3, f"{left + 1200}")
+    assert store["dpd_30_plus_rate"] == "0.6667"
 
 
 async def test_segments_within_a_merchant_or_a_product(client: httpx.AsyncClient) -> None:
