@@ -26,6 +26,7 @@ EVENT_TYPES = (
     "promise.broken",
     "webhook.test",
 )
+TEST_EVENT = "webhook.test"
 
 
 def matching(patterns: list[str]) -> list[str]:

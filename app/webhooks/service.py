@@ -28,7 +28,7 @@ from app.config import get_settings
 from app.db import UTCDateTime, execute_counting, insert_for, is_postgres, utc_now
 from app.errors import InvalidRequest
 from app.events.models import Event
-from app.events.types import matching, valid_pattern
+from app.events.types import TEST_EVENT, matching, valid_pattern
 from app.ids import new_id
 from app.webhooks import signing, targets
 from app.webhooks.errors import EventNotFound, WebhookEndpointNotFound, WebhookUrlNotAllowed
@@ -68,6 +68,15 @@ def _patterns(event_types: Sequence[str]) -> list[str]:
         raise InvalidRequest.field(
             "event_types", f"unknown event type or pattern: {', '.join(bad)}"
         )
+    # It goes to the endpoint tested alone, whatever it subscribes to: an endpoint subscribed
+    # to it alone was subscribed to nothing, and accepted (a tester's).
+    test_only = [p for p in event_types if matching([p]) == [TEST_EVENT]]
+    if test_only:
+        raise InvalidRequest.field(
+            "event_types", f"{', '.join(test_only)}: {TEST_EVENT} is sent to the endpoint "
+            "tested (POST /v1/webhook-endpoints/{id}/test) whatever it subscribes to; it is "
+            "not a type to subscribe to",
+        )  # fmt: skip
     return sorted(set(event_types))
 
 
@@ -315,7 +324,7 @@ def _addressed(
         )
     )
     subscribed = exists().where(p.endpoint_id == endpoint_id, _matches(event_type, p.pattern), held)
-    test = event_type == "webhook.test"
+    test = event_type == TEST_EVENT
     return or_(and_(~test, subscribed), and_(test, tested_endpoint_id == endpoint_id))
 
 
@@ -377,7 +386,7 @@ async def send_test_event(
         raise InvalidRequest.field("enabled", "enable the endpoint before testing it")
     event_id = await events.emit(
         session,
-        "webhook.test",
+        TEST_EVENT,
         {"endpoint_id": view.endpoint.id, "message": "Loanwatch webhook test"},
         fan_out=False,
     )
@@ -432,7 +441,7 @@ def _check_addressed(event: Event, view: EndpointView) -> None:
     """The event is one ``fan_out`` sends the endpoint: of a type it subscribes to, or the
     test sent to it."""
     endpoint_id = view.endpoint.id
-    if event.type == "webhook.test":
+    if event.type == TEST_EVENT:
         if event.data.get("endpoint_id") != endpoint_id:
             raise InvalidRequest.field(
                 "endpoint_id", f"the test event {event.id} was sent to another endpoint"

@@ -106,6 +106,13 @@ async def test_private_targets_are_refused_unless_allowed(
                            {"url": "https://x.test/h", "event_types": ["loan.exploded"]},
                            headers=w.admin)  # fmt: skip
     assert unknown.status_code == 422
+    # webhook.test goes to the endpoint tested alone: subscribed to it, one got nothing.
+    for test_only in (["webhook.test"], ["loan.*", "webhook.*"]):
+        refused = await w.post("/v1/webhook-endpoints",
+                               {"url": "https://x.test/h", "event_types": test_only},
+                               headers=w.admin)  # fmt: skip
+        assert refused.status_code == 422, refused.text
+        assert "not a type to subscribe to" in refused.json()["errors"][0]["message"]
     assert (await w.post("/v1/webhook-endpoints", {"url": "https://x.test/h"})).status_code == 403
 
 
