@@ -524,6 +524,15 @@ async def test_segments_and_a_first_payment_default_alert(
     ).status_code == 422
 
 
+async def payoff_on(w: World, loan_id: str, day: str) -> str:
+    """The payoff amount of a payment received on ``day``, as the refusal of too much names it."""
+    too_much = await w.post(f"/v1/loans/{loan_id}/payments",
+                            {"amount": "9999.00", "received_on": day})  # fmt: skip
+    payoff = re.search(r"the payoff amount ([0-9.]+) on", too_much.json()["detail"])
+    assert payoff, too_much.text
+    return payoff[1]
+
+
 async def test_current_to_30_counts_the_loans_open_at_both_closes(
     client: httpx.AsyncClient,
 ) -> None:
@@ -538,12 +547,7 @@ async def test_current_to_30_counts_the_loans_open_at_both_closes(
     await close(w, "2026-07-15")
     schedule = (await w.get(f"/v1/loans/{paid['id']}/schedule"))["installments"]
     await w.pay(paid["id"], schedule[0]["total"], "2026-08-01")
-    # Paid off before the close, on Aug 1: the refusal of too much names that day's payoff.
-    too_much = await w.post(f"/v1/loans/{paid_off['id']}/payments",
-                            {"amount": "9999.00", "received_on": "2026-08-01"})  # fmt: skip
-    payoff = re.search(r"the payoff amount ([0-9.]+) on", too_much.json()["detail"])
-    assert payoff, too_much.text
-    await w.pay(paid_off["id"], payoff[1], "2026-08-01")
+    await w.pay(paid_off["id"], await payoff_on(w, paid_off["id"], "2026-08-01"), "2026-08-01")
     await w.post(f"/v1/loans/{returned['id']}/cancel", {"reason": "returned"}, expect=200)
     await close(w, "2026-08-15")
     assert (await w.get(f"/v1/loans/{paid_off['id']}"))["status"] == "paid_off"
@@ -576,11 +580,7 @@ async def test_a_close_counts_the_loans_open_on_its_date_though_paid_off_since(
     schedule = (await w.get(f"/v1/loans/{on_time['id']}/schedule"))["installments"]
     for installment in schedule:
         await w.pay(on_time["id"], installment["total"], installment["due_date"])
-    too_much = await w.post(f"/v1/loans/{late['id']}/payments",
-                            {"amount": "9999.00", "received_on": "2026-03-20"})  # fmt: skip
-    payoff = re.search(r"the payoff amount ([0-9.]+) on", too_much.json()["detail"])
-    assert payoff, too_much.text
-    await w.pay(late["id"], payoff[1], "2026-03-20")
+    await w.pay(late["id"], await payoff_on(w, late["id"], "2026-03-20"), "2026-03-20")
     for loan in (on_time, late):
         assert (await w.get(f"/v1/loans/{loan['id']}"))["status"] == "paid_off"
     await close(w, "2026-03-15")
