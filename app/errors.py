@@ -310,8 +310,9 @@ def database_trouble(request: Request, exc: Exception) -> JSONResponse | None:
 
 
 def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s %s lost its database connection: %s", request.method, request.url.path,
-                getattr(exc, "orig", exc))  # fmt: skip
+    cause = getattr(exc, "orig", exc)  # named: a connect's TimeoutError has no words
+    log.warning("%s %s lost its database connection: %s: %s", request.method,
+                request.url.path, type(cause).__name__, cause)  # fmt: skip
     if request.method in ("GET", "HEAD"):
         # A read changes nothing: a key to retry it with means nothing (a tester's).
         detail = "the connection to the database was lost or refused; retry the request"

@@ -20,7 +20,7 @@ from app.api import idempotency
 from app.close import service as close_service
 from app.close.errors import CloseInProgress
 from app.config import get_settings
-from app.db import session_scope
+from app.db import is_connection_lost, session_scope
 from app.webhooks import dispatcher
 from app.webhooks.wakeup import wakeup
 
@@ -161,9 +161,13 @@ class InProcessScheduler:
             self._running.add(job.name)
             try:
                 await job.run()
-            except Exception:
+            except Exception as exc:
                 # A failed run is retried at the next tick; the scheduler itself keeps going.
-                log.exception("scheduled job %s failed", job.name)
+                if is_connection_lost(exc):  # a line each tick of an outage, not a traceback
+                    log.warning("scheduled job %s: the database does not answer: %s: %s",
+                                job.name, type(exc).__name__, exc)  # fmt: skip
+                else:
+                    log.exception("scheduled job %s failed", job.name)
             finally:
                 self._running.discard(job.name)
             if not self._stopping:

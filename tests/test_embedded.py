@@ -699,9 +699,9 @@ def test_an_endpoint_deleted_mid_attempt_holds_up_no_other_endpoint(tmp_path: Pa
         key = re.search(r"\b(lw_[A-Za-z0-9_-]+)", (tmp_path / "serve.log").read_text())
         assert key
         http = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key.group(1)}"})
-        endpoints = [
+        endpoints = [  # nothing of their types is written here: tests alone are sent
             http.post("/v1/webhook-endpoints",
-                      json={"url": r.url, "event_types": ["webhook.test"]}).json()["id"]
+                      json={"url": r.url, "event_types": ["promise.broken"]}).json()["id"]
             for r in (hanging, healthy)
         ]  # fmt: skip
         assert http.post(f"/v1/webhook-endpoints/{endpoints[0]}/test").status_code == 202

@@ -124,6 +124,18 @@ class ClaimTakenOver(Conflict):
     title = "Request in progress"
 
 
+async def _database_trouble_or_raise(
+    exc: Exception, scope: Scope, receive: Receive, send: Send
+) -> None:
+    """Before the request ran: its 503 if the database failed, told that a retry runs it.
+    Busy is not unreachable: a claim that waited out SQLite's busy timeout was told it may
+    have been applied (a tester's)."""
+    answer = database_trouble(Request(scope), exc)
+    if answer is None:
+        raise exc
+    await answer(scope, receive, send)
+
+
 class IdempotencyMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -155,6 +167,11 @@ class IdempotencyMiddleware:
         except Unauthorized:
             await self.app(scope, replay_body(body), send)
             return
+        except Exception as exc:
+            # Answered here, as the claim's below: raised on, the 503 came with a traceback
+            # in the log (a re-verifier's, the database gone).
+            await _database_trouble_or_raise(exc, scope, receive, send)
+            return
         owner = hash_key(token.decode("latin-1"))
         fingerprint = hashlib.sha256(
             b"\n".join([scope["path"].encode(), scope.get("query_string", b""), canonical(body)])
@@ -164,12 +181,7 @@ class IdempotencyMiddleware:
         try:
             rejection = await _claim(owner, key, fingerprint, claim)
         except Exception as exc:
-            # Nothing ran: the retry runs. Busy is not unreachable: a claim that waited out
-            # SQLite's busy timeout was told it may have been applied (a tester's).
-            answer = database_trouble(Request(scope), exc)
-            if answer is None:
-                raise
-            await answer(scope, receive, send)
+            await _database_trouble_or_raise(exc, scope, receive, send)
             return
         if rejection is not None:
             await _send_stored_or_problem(rejection, scope, receive, send)

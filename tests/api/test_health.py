@@ -122,3 +122,27 @@ async def test_metrics_are_served_through_a_database_outage(
         monkeypatch.undo()
         await database.dispose()
     assert "loanwatch_database_up 1.0" in (await client.get("/metrics", headers=dashboard)).text
+
+
+async def test_a_write_with_an_idempotency_key_meets_an_outage_with_a_503(
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    unanswering_database: str,
+) -> None:
+    """The key is looked up before the claim: its failure went on up the stack, whose 503
+    came with a traceback in the log (a re-verifier's). Nothing ran, so a retry runs."""
+    admin = auth(await api_key(Role.ADMIN))
+    try:
+        monkeypatch.setattr(get_settings(), "database_url", unanswering_database)
+        monkeypatch.setattr(get_settings(), "db_connect_timeout_seconds", 0.5)
+        monkeypatch.setattr(principals, "_clock", lambda: time.monotonic() + 3600)
+        await database.dispose()
+        with caplog.at_level(logging.WARNING, logger="loanwatch"):
+            answer = await client.post("/v1/merchants", json={"name": "Acme"},
+                                       headers={**admin, "Idempotency-Key": "m-1"})  # fmt: skip
+        assert (answer.status_code, answer.json()["code"]) == (503, "database_unavailable")
+        assert "POST /v1/merchants lost its database connection: " in caplog.text
+    finally:
+        monkeypatch.undo()
+        await database.dispose()
