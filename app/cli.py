@@ -239,6 +239,8 @@ def demo(
             demo_portfolio.refuse_as_of(as_of)
         _upgrade()
         summary = asyncio.run(demo_portfolio.run_demo(loans, as_of=as_of, seed=seed))
+    except ValidationError:
+        raise  # a setting it cannot use: main() names it in a line
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
