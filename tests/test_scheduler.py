@@ -1,6 +1,7 @@
 """The embedded default's in-process scheduler (app/scheduler.py)."""
 
 import asyncio
+import logging
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
@@ -37,6 +38,35 @@ async def test_a_stop_cancels_each_job_once() -> None:
     await asyncio.sleep(0.05)  # both running
     await scheduler.stop()
     assert recorded == ["failed"]
+
+
+async def test_a_job_that_finds_the_database_gone_logs_a_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each tick of an outage logged an ERROR with a whole traceback: thirteen in a minute and
+    a half of the webhook dispatcher's (a re-verifier's). A line says it; another failure
+    keeps its traceback."""
+    failures = [ConnectionRefusedError("connect refused"), TimeoutError(), RuntimeError("bug")]
+    last_raised = asyncio.Event()
+
+    async def fails() -> None:
+        if len(failures) == 1:
+            last_raised.set()  # its line is written before this waiter runs
+        raise failures.pop(0)
+
+    scheduler = InProcessScheduler((Job("dispatcher", fails, every_seconds=0.01),))
+    with caplog.at_level(logging.WARNING, logger="loanwatch.scheduler"):
+        scheduler.start()
+        await last_raised.wait()
+        await scheduler.stop()
+    lines = [(r.levelname, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    assert lines[:3] == [
+        ("WARNING", "scheduled job dispatcher: the database does not answer: "
+                    "ConnectionRefusedError: connect refused", False),
+        ("WARNING", "scheduled job dispatcher: the database does not answer: TimeoutError: ",
+         False),
+        ("ERROR", "scheduled job dispatcher failed", True),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
