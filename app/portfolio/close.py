@@ -92,20 +92,28 @@ def _snapshot_statements(
     # nightly close of yesterday that meets today's payoff). Left out, such loans were missing
     # from the roll rates and the segments: a store's good loans, paid off weeks later, were out
     # of its current -> 30 base, which read 100 % (a tester's). The delinquency step judges
-    # open loans alone: these have their days past due looked up here.
+    # open loans alone: these have their days past due looked up here, once each (materialized:
+    # PostgreSQL evaluates a subquery at every place a statement names it, and the bucket and
+    # the status name the days up to eight times).
     paid_off_since = and_(loan.status == LoanStatus.PAID_OFF.value, loan.paid_off_on > AS_OF)
-    days = case((paid_off_since, days_past_due_sql(tolerance)), else_=loan.days_past_due)
-    status = case((paid_off_since, status_by_days_sql(days, charge_off)), else_=loan.status)
+    # A loan booked back-dated to after the date (a catch-up) was not on the book yet.
+    on_the_book = and_(in_chunk(loan.id, has_low, has_high), loan.disbursed_on <= AS_OF)
+    then = (
+        select(loan.id.label("loan_id"), days_past_due_sql(tolerance).label("days"))
+        .where(on_the_book, paid_off_since)
+        .cte("paid_off_since")
+        .prefix_with("MATERIALIZED")
+    )
+    days = func.coalesce(then.c.days, loan.days_past_due)
     take = insert(_snapshot).from_select(
         ["as_of", "loan_id", "merchant_id", "product_code", "currency", "status", "bucket",
          "days_past_due", "principal_minor"],
-        select(AS_OF, loan.id, loan.merchant_id, loan.product_code, loan.currency, status,
+        select(AS_OF, loan.id, loan.merchant_id, loan.product_code, loan.currency,
+               case((paid_off_since, status_by_days_sql(days, charge_off)), else_=loan.status),
                case((paid_off_since, bucket_sql(days)), else_=loan.bucket), days,
                loan.principal_outstanding_minor + principal_paid_after_sql())
-        # A loan booked back-dated to after the date (a catch-up) was not on the book yet.
-        .where(in_chunk(loan.id, has_low, has_high),
-               or_(loan.status.in_(OPEN_STATUSES), paid_off_since),
-               loan.disbursed_on <= AS_OF),
+        .select_from(_loan.outerjoin(then, then.c.loan_id == loan.id))
+        .where(on_the_book, or_(loan.status.in_(OPEN_STATUSES), paid_off_since)),
     )  # fmt: skip
     return drop, take
 
