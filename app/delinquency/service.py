@@ -23,6 +23,7 @@ from sqlalchemy import (
     case,
     func,
     literal,
+    not_,
     or_,
     select,
     type_coerce,
@@ -829,6 +830,19 @@ def principal_paid_after_sql() -> ColumnElement[int]:
     return case((_loan.c.id.in_(payers), paid), else_=0)
 
 
+# Closes run date after date, so a loan disbursed on or before the latest date closed before
+# this one has been reckoned by a close.
+_LAST_CLOSED_BEFORE = select(func.max(CloseRun.as_of)).where(
+    CloseRun.succeeded_at.is_not(None), CloseRun.as_of < AS_OF
+)
+
+
+def _never_reckoned(disbursed_on: Any) -> Any:
+    """Whether no close before this one has reckoned a loan disbursed on ``disbursed_on``."""
+    last_closed = _LAST_CLOSED_BEFORE.scalar_subquery()
+    return or_(last_closed.is_(None), last_closed < disbursed_on)
+
+
 @lru_cache(maxsize=32)
 def _delinquency_statements(
     has_low: bool, has_high: bool, postgres: bool, charge_off: int, tolerance: Decimal
@@ -874,9 +888,15 @@ def _delinquency_statements(
             status=status,
             delinquency_as_of=AS_OF,
             # SET reads the row as it was: remember the bucket left and the day of a cure
-            # (not when the row was evaluated as of a later date: see apply_delinquency).
+            # (not when the row was evaluated as of a later date: see apply_delinquency). A
+            # loan no close has reckoned is compared with its origination: the buckets its
+            # booking and payments read as of a later date, without the fees this close may
+            # charge, are not where it was at a previous close (a tester's: paid short and
+            # late, a loan 31-60 on the date was no roll, its unpaid twin one).
             previous_bucket=case(
-                (and_(bucket != loan.bucket, onwards), loan.bucket), else_=loan.previous_bucket
+                (and_(bucket != loan.bucket, onwards), loan.bucket),
+                (and_(not_(onwards), _never_reckoned(loan.disbursed_on)), Bucket.CURRENT.value),
+                else_=loan.previous_bucket,
             ),
             cured_on=case(
                 (
@@ -935,13 +955,6 @@ def _delinquency_statements(
         .where(moved, in_chunk(loan.id, has_low, has_high))
     )
     return update_loans, changes
-
-
-# Closes run date after date, so a loan disbursed on or before the latest date closed before
-# this one has been reckoned by a close.
-_LAST_CLOSED_BEFORE = select(func.max(CloseRun.as_of)).where(
-    CloseRun.succeeded_at.is_not(None), CloseRun.as_of < bindparam("as_of", type_=Date)
-)
 
 
 async def recompute_delinquency(

@@ -488,6 +488,37 @@ async def test_a_first_close_before_the_booking_date_sees_the_next_roll(
         == ("2026-07-02", "current", "1-30")  # fmt: skip
 
 
+async def test_a_first_close_compares_a_loan_with_its_origination(
+    client: httpx.AsyncClient,
+) -> None:
+    """Booked back-dated before the first close, one loan unpaid and its twin paid short and
+    late (346.00 of 346.08), which left it 1-30 as of today until the close charged the late
+    fee. Both are 31-60 on the close's date, both rolled there since their origination: both
+    are flagged. The paid one was not: its stored previous bucket was the 31-60 its booking
+    read, so the close's 31-60 was no roll (a tester's)."""
+    w = await world(client, annual_interest_rate="0.1299", grace_days=3,
+                    late_fee={"kind": "fixed", "amount": "25.00"})  # fmt: skip
+    closed_on = clock.today() - timedelta(days=1)
+    first_due = closed_on - timedelta(days=36)
+    disbursed_on = first_due - relativedelta(months=1)
+    terms = {"principal": "2000.00", "term": 6, "first_due_date": str(first_due)}
+    twins = [await w.loan(disbursed_on=str(disbursed_on), **terms) for _ in range(2)]
+    unpaid, paid = (made["id"] for made in twins)
+    assert twins[1]["schedule"]["installments"][0]["total"] == "346.08"
+    await w.pay(paid, "346.00", first_due + timedelta(days=19))
+    assert (await w.get(f"/v1/loans/{paid}"))["bucket"] == "1-30"
+
+    await close(w, str(closed_on))
+    for loan_id in (unpaid, paid):
+        got = await w.get(f"/v1/loans/{loan_id}")
+        assert (got["bucket"], got["delinquency_as_of"]) == ("31-60", str(closed_on))
+        flag = (await flags(w, loan_id))["dpd_roll_forward"]
+        assert (flag["severity"], flag["raised_on"]) == ("medium", str(closed_on))
+        assert (flag["evidence"]["from_bucket"], flag["evidence"]["to_bucket"]) == (
+            "current", "31-60",
+        )  # fmt: skip
+
+
 async def test_cure_relapse_outside_the_window(client: httpx.AsyncClient) -> None:
     w = await setup(client, first_close="2026-01-10")
     await w.post("/v1/close-runs", {"as_of": "2026-01-11"}, headers=w.admin, expect=201)
