@@ -217,6 +217,7 @@ def test_walkthrough_on_the_embedded_default(embedded_server: tuple[str, str, Pa
         run = http.post("/v1/close-runs", json={"as_of": "2026-03-10"}, headers=admin)
         assert run.status_code == 201, run.text
         assert run.json()["status"] == "succeeded"
+        assert run.json()["counts"]["loans_snapshotted"] == 1  # -1 on SQLite (a tester's)
         got = http.get(f"/v1/loans/{loan_id}", headers=pos).json()
         assert (got["days_past_due"], got["bucket"], got["status"]) == (10, "1-30", "delinquent")
         assert got["delinquency_as_of"] == "2026-03-10"
