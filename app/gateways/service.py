@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any, ClassVar
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from standardwebhooks import Webhook
 
@@ -291,23 +291,29 @@ async def _charge_back(
     # and is answered as if it did not exist.
     found = (
         await session.execute(
-            select(Payment.id, Payment.amount_minor, Loan.currency)
-            .join(Loan, Loan.id == Payment.loan_id)
-            .where(
-                Payment.loan_id == data.loan_id,
-                Payment.external_ref == data.external_ref,
-                Payment.gateway == gateway,
+            select(Loan.currency, Payment.id, Payment.amount_minor)
+            .outerjoin(
+                Payment,
+                and_(
+                    Payment.loan_id == Loan.id,
+                    Payment.external_ref == data.external_ref,
+                    Payment.gateway == gateway,
+                ),
             )
+            .where(Loan.id == data.loan_id)
         )
     ).first()
+    missing = f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
     if found is None:
-        raise PaymentNotFound(
-            f"no payment with external_ref {data.external_ref} on loan {data.loan_id}"
-        )
-    payment_id, payment_minor, currency = found
+        raise PaymentNotFound(missing)
+    currency, payment_id, payment_minor = found
+    # Read in the loan's currency before the payment is looked for: a malformed amount is a
+    # 422 as in a debit, whether or not the payment exists (it was a 404: a tester's).
+    amount = parse_amount("data.amount", data.amount, currency, ceiling=payment_ceiling())
+    if payment_id is None:
+        raise PaymentNotFound(missing)
     # A reversal takes back the whole payment: reversing 535.88 for a chargeback of 100.00
     # would take 435.88 from the borrower that nobody charged back.
-    amount = parse_amount("data.amount", data.amount, currency, ceiling=payment_ceiling())
     if amount != payment_minor:
         raise ChargebackAmountMismatch.field(
             "data.amount",

@@ -382,6 +382,13 @@ async def test_a_chargeback_reverses_the_named_payment(client: httpx.AsyncClient
     missing = await post(client, raw, headers)
     assert missing.status_code == 404
     assert missing.json()["code"] == "payment_not_found"
+    # A malformed amount is refused as in a debit, whether or not the payment exists.
+    raw, headers = signed(secret, notification("payment.charged_back", loan["id"],
+                                               external_ref="nope", amount="50",
+                                               received_on="2026-02-03"), "msg_5")  # fmt: skip
+    malformed = await post(client, raw, headers)
+    assert malformed.status_code == 422, malformed.text
+    assert malformed.json()["errors"][0]["field"] == "data.amount"
 
 
 async def test_bad_signatures_and_stale_timestamps_record_nothing(
