@@ -507,9 +507,11 @@ def main() -> None:
         cli()
     except ValidationError as exc:
         for error in exc.errors():
-            name = "LOANWATCH_" + "__".join(str(part) for part in error["loc"]).upper()
+            # A check across settings has no place of its own: its message names them.
+            name = "__".join(str(part) for part in error["loc"]).upper()
             message = error["msg"].removeprefix("Value error, ")
-            typer.echo(f"error: {name}: {message}", err=True)
+            line = f"error: LOANWATCH_{name}: {message}" if name else f"error: {message}"
+            typer.echo(line, err=True)
         raise SystemExit(2) from None
     except SettingsError as exc:  # a nested setting that is not JSON (LOANWATCH_CREDIT=x)
         # pydantic-settings names the field, not the variable: say which, and the usual form.

@@ -12,7 +12,7 @@ from typing import Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis.connection import parse_url
 from sqlalchemy import URL, make_url
@@ -245,6 +245,16 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_case_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _limits_within_amounts(self) -> "Settings":
+        # An initial limit above what an admin may set it to could not be set back (a tester's).
+        if self.credit.max_limit > self.max_amount:
+            raise ValueError(
+                f"LOANWATCH_CREDIT__MAX_LIMIT ({self.credit.max_limit}) is above "
+                f"LOANWATCH_MAX_AMOUNT ({self.max_amount}), the largest limit an admin may set"
+            )
+        return self
 
     @property
     def is_sqlite(self) -> bool:

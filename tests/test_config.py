@@ -99,6 +99,19 @@ def test_the_command_names_the_setting_it_cannot_use(
     assert not (tmp_path / "loanwatch.db").exists()
 
 
+def test_an_initial_limit_cap_an_admin_could_not_set_is_refused(tmp_path: Path) -> None:
+    """A cap above the largest amount gave borrowers a limit that, once changed, could not be
+    set back (a tester's)."""
+    done = run(tmp_path, LOANWATCH_CREDIT__MAX_LIMIT="1000000000000")
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: LOANWATCH_CREDIT__MAX_LIMIT (1000000000000) is above LOANWATCH_MAX_AMOUNT "
+        "(100000000), the largest limit an admin may set"
+    ]
+    assert not (tmp_path / "loanwatch.db").exists()
+    assert Settings(credit={"max_limit": "100000000"}).credit.max_limit == 100_000_000
+
+
 def test_the_command_names_the_database_it_cannot_use(tmp_path: Path) -> None:
     url = "postgresql+asyncpg://postgres:secret@127.0.0.1:5432/loanwatch_no_such_database"
     done = run(tmp_path, LOANWATCH_DATABASE_URL=url)
