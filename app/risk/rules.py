@@ -56,6 +56,9 @@ def _decimal_text(value: object) -> object:
     # Written as every rate of the API: "1E-30" or 23 decimals is no ratio anyone meant.
     if isinstance(value, Decimal) or (isinstance(value, str) and RATE_PATTERN.match(value)):
         return value
+    if isinstance(value, str) and value.startswith("-") and RATE_PATTERN.match(value[1:]):
+        # A decimal string all the same: told what is wrong with it (a tester's).
+        raise ValueError("Input should be greater than 0")
     raise ValueError(
         "must be a decimal string such as '0.8' with at most 6 decimals (JSON numbers are refused)"
     )

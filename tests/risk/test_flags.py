@@ -603,6 +603,10 @@ async def test_rules_changes_apply_from_the_next_run(client: httpx.AsyncClient) 
         bad = await client.put("/v1/risk/rules", json={**rules, field: value}, headers=w.admin)
         assert bad.status_code == 422, (field, bad.text)
         assert bad.json()["errors"][0]["field"] == field
+    # A negative ratio is a decimal string: told it is below 0, not that it is no decimal.
+    bad = await client.put("/v1/risk/rules", json={**rules, "partial_payment_ratio": "-0.1"},
+                           headers=w.admin)  # fmt: skip
+    assert bad.json()["errors"][0]["message"] == "Input should be greater than 0", bad.text
     assert (await w.get("/v1/risk/rules", headers=w.admin))["version"] == 0
     put = await client.put("/v1/risk/rules", json=rules, headers=w.admin)
     assert put.json()["version"] == 1
