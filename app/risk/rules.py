@@ -294,7 +294,7 @@ def evaluate(f: LoanFeatures, rules: RiskRules) -> Evaluation:
     # A broken promise weighs while the arrears it was meant to settle remain: clearing them
     # (or broken_promise_days passing) ends the episode. Arrears that fell due after its date
     # are another matter: past due at all, the flag came back for a promise settled, or for
-    # one taken while nothing was past due (a tester's).
+    # one taken while nothing was past due whose date no installment fell due by (a tester's).
     promise = f.broken_promise
     if (
         promise is not None

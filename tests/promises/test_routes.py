@@ -291,6 +291,21 @@ async def test_a_promise_taken_while_nothing_is_past_due_flags_no_later_arrears(
     assert "broken_promise" not in await flags(w, loan_id)
 
 
+async def test_a_promise_taken_ahead_of_the_installment_it_covers_is_flagged_broken(
+    client: httpx.AsyncClient,
+) -> None:
+    """Taken while nothing was past due, for the installment due on its date: left unpaid,
+    those are the arrears it was about (a tester read the docs as saying otherwise)."""
+    w, loan_id = await setup(client)
+    overdue = (await w.get(f"/v1/loans/{loan_id}"))["balances"]["overdue_amount"]
+    await w.pay(loan_id, overdue, "2026-02-14")
+    await promise(w, loan_id, "408.00", "2026-03-10")  # the March installment, on its date
+    await close(w, "2026-03-11")
+    assert [e["data"]["paid"] for e in await broken_events(w)] == ["0.00"]
+    flag = (await flags(w, loan_id))["broken_promise"]
+    assert (flag["raised_on"], flag["evidence"]["due_on"]) == ("2026-03-11", "2026-03-10")
+
+
 async def test_a_payment_in_time_recorded_after_the_break_mends_it(
     client: httpx.AsyncClient,
 ) -> None:
