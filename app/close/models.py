@@ -39,11 +39,14 @@ class CloseRun(Base):
 
 
 class FeeReplayDue(Base):
-    """An open loan charged late fees on several installments by a release before the
-    forty-first session, which pyramided them (docs/decisions.md, "No pyramiding."): the next
-    close's fee step replays it once, which withdraws such a fee as charged too soon. Until
-    then its payoff and arrears quotes counted those fees, and a payment of the quote was
-    refused as more than the payoff its replay found (a tester's)."""
+    """An open loan an upgrade left for the next close's fee step to replay once:
+    - charged late fees on several installments by a release before the forty-first session,
+      which pyramided them (docs/decisions.md, "No pyramiding."): the replay withdraws such a
+      fee as charged too soon. Until then its payoff and arrears quotes counted those fees,
+      and a payment of the quote was refused as more than the payoff its replay found (a
+      tester's) (migration 0043);
+    - with an installment settled late over several payments, which may have come within the
+      arrears tolerance before it was paid: the replay dates its ``settled_on`` (0044)."""
 
     __tablename__ = "fee_replay_due"
 

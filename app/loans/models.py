@@ -138,6 +138,11 @@ class LoanInstallment(Base):
     interest_waived_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     fees_waived_minor: Mapped[int] = mapped_column(BigInteger, default=0)
     paid_on: Mapped[date | None] = mapped_column(Date)
+    # The day it stopped counting as missed: paid, or no more than the arrears tolerance left
+    # unpaid (the replay's, with the tolerance in force then). How late it was settled counts
+    # to this day (late_drift): a borrower 0.50 short, who paid the rest with the next
+    # installment, was not a month late (a tester's: paid_on read so, and raised the flag).
+    settled_on: Mapped[date | None] = mapped_column(Date)
     status: Mapped[str] = mapped_column(String(20))
     # Set once by the close that assessed this installment's late fee / sent its reminder:
     # reruns and catch-ups never charge or remind twice.

@@ -896,6 +896,7 @@ def _installment_columns(position: LoanPosition, fee_rows: _FeeRows) -> list[dic
             "interest_waived_minor": new.interest_waived_minor,
             "fees_waived_minor": new.late_fees_withdrawn_minor + fee_rows.waived.get(new.seq, 0),
             "paid_on": new.paid_on,
+            "settled_on": new.missed_until,
             "status": status.value,
         })  # fmt: skip
     return columns

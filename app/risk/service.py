@@ -283,7 +283,7 @@ def _may_be_flagged(scope: Callable[[Any], Any]) -> Any:
     # the ratio of its installment holds only payments under that ratio, so under the ratio
     # of the loan's largest installment.
     missed_or_paid_late = or_(
-        and_(i.due_date < as_of, delinquency.unpaid_sql(as_of) > 0), i.paid_on > i.due_date
+        and_(i.due_date < as_of, delinquency.unpaid_sql(as_of) > 0), i.settled_on > i.due_date
     )
     installments = (
         select(
@@ -357,9 +357,10 @@ def _features_query(
     # today's when yesterday is closed) has not settled anything yet. Counting every payment,
     # arrears paid today are no longer unpaid (the flags they raised clear), but how late an
     # installment was settled counts from the settlement's date (late_drift is raised on it,
-    # not the day before, as tonight's close and a catch-up raise it).
+    # not the day before, as tonight's close and a catch-up raise it). Settled: no more than
+    # the arrears tolerance left unpaid, as for a miss.
     unpaid = delinquency.unpaid_now_sql() if every_payment else delinquency.unpaid_sql(as_of_sql)
-    paid_on = case((i.paid_on <= as_of_sql, i.paid_on))
+    settled_on = case((i.settled_on <= as_of_sql, i.settled_on))
     late = days_between(as_of_sql, i.due_date)
     one_loan = scope_kind == "loan"
     scope = _scope(scope_kind, has_low, has_high)
@@ -376,14 +377,14 @@ def _features_query(
             i.loan_id,
             i.seq,
             i.due_date,
-            paid_on.label("paid_on"),
+            settled_on.label("settled_on"),
             grace.label("grace_days"),
             late.label("late"),
             unpaid.label("unpaid"),
             tolerance.label("tolerance"),
             (i.principal_minor + i.interest_minor + i.fees_minor).label("due_amount"),
             # Rank among the settled installments, and among those past their grace.
-            func.count(paid_on).over(**newest_first).label("settled_rank"),
+            func.count(settled_on).over(**newest_first).label("settled_rank"),
             func.sum(case((late > grace, 1), else_=0)).over(**newest_first).label("closed_rank"),
             func.lead(i.due_date).over(**newest_first).label("previous_due_date"),
             func.lag(i.due_date).over(**newest_first).label("next_due_date"),
@@ -421,9 +422,12 @@ def _features_query(
     drift_window = rules.late_drift_installments
 
     def days_late_if(condition: Any) -> Any:
-        paid_late = days_between(s.paid_on, s.due_date)
+        settled_late = days_between(s.settled_on, s.due_date)
         return case(
-            (and_(condition, s.paid_on.is_not(None)), case((paid_late > 0, paid_late), else_=0))
+            (
+                and_(condition, s.settled_on.is_not(None)),
+                case((settled_late > 0, settled_late), else_=0),
+            )
         )
 
     per_loan = (
@@ -443,9 +447,9 @@ def _features_query(
             func.max(days_late_if(s.settled_rank == drift_window)).label("first_late_of_window"),
             # The installments at both ends of the window and when each was settled.
             func.max(case((s.settled_rank == 1, s.seq))).label("last_settled_seq"),
-            func.max(case((s.settled_rank == 1, s.paid_on))).label("last_settled_on"),
+            func.max(case((s.settled_rank == 1, s.settled_on))).label("last_settled_on"),
             func.max(case((s.settled_rank == drift_window, s.seq))).label("window_first_seq"),
-            func.max(case((s.settled_rank == drift_window, s.paid_on))).label("window_first_on"),
+            func.max(case((s.settled_rank == drift_window, s.settled_on))).label("window_first_on"),
         )
         .group_by(s.loan_id)
         .subquery()

@@ -2,22 +2,29 @@
 not, and one that clears it."""
 
 import json
+import runpy
 import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 from dateutil.relativedelta import relativedelta
+from sqlalchemy import func, select, text
 from standardwebhooks import Webhook
 
 from app import clock
+from app.close.models import FeeReplayDue
 from app.db import session_scope, utc_now
 from app.ids import new_id
+from app.loans.models import LoanInstallment
 from app.risk import runs
 from app.risk.models import RiskRulesVersion, RiskRun
 from app.risk.rules import RiskRules
 from tests.factories import World, world
+
+MIGRATIONS = Path(__file__).parents[2] / "migrations" / "versions"
 
 
 async def setup(
@@ -1007,6 +1014,60 @@ async def test_late_drift_paid_after_the_business_date_is_raised_on_its_date(
     assert "late_drift" not in await flags(w, loan_id, "cleared")
     await close(w, "2026-05-16")
     assert (await flags(w, loan_id))["late_drift"] == flag
+
+
+async def test_late_drift_counts_an_installment_settled_within_the_tolerance(
+    client: httpx.AsyncClient,
+) -> None:
+    """Each installment on its date, the third 0.50 short: each payment after pays the 0.50
+    left first and leaves the next installment 0.50 short. None was ever missed (the loan is
+    current throughout), so none was settled late, though each was paid in full a month on:
+    late_drift read those days and was raised (a tester's)."""
+    w = await setup(client)
+    loan_id = await six_month_loan(w)
+    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-10"),
+                        ("207.50", "2026-04-10"), ("206.00", "2026-05-10"),
+                        ("204.00", "2026-06-10")):  # fmt: skip
+        await w.pay(loan_id, amount, day)
+    await close(w, "2026-06-14")
+    got = await w.get(f"/v1/loans/{loan_id}")
+    assert (got["days_past_due"], got["balances"]["overdue_amount"]) == (0, "0.50")
+    paid_on = [i["paid_on"] for i in (await w.get(f"/v1/loans/{loan_id}/schedule"))["installments"]]
+    assert paid_on[2:4] == ["2026-05-10", "2026-06-10"]  # paid in full a month on
+    assert "late_drift" not in await flags(w, loan_id)
+    assert "late_drift" not in await flags(w, loan_id, "cleared")
+
+
+async def test_an_upgrade_dates_the_settlements_it_could_not_read(
+    client: httpx.AsyncClient,
+) -> None:
+    """Migration 0044 takes each installment as settled when paid, and lists for the next
+    close's replay the open loans with an installment settled late over several payments: the
+    replay dates when each came within the tolerance, and the flag those dates raised clears."""
+    w = await setup(client)
+    short, on_time = await six_month_loan(w), await six_month_loan(w)
+    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-10"),
+                        ("207.50", "2026-04-10"), ("206.00", "2026-05-10"),
+                        ("204.00", "2026-06-10")):  # fmt: skip
+        await w.pay(short, amount, day)
+    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-10")):
+        await w.pay(on_time, amount, day)
+    upgrade = runpy.run_path(str(MIGRATIONS / "20261208_0044_installment_settled_on.py"))
+    async with session_scope() as session:  # the database as 0044 leaves an older one
+        await session.execute(text(upgrade["SETTLED_WHEN_PAID"]))
+        await session.execute(text(upgrade["REPLAY_SETTLED_LATE_IN_PARTS"]))
+        listed = set(await session.scalars(select(FeeReplayDue.loan_id)))
+    assert listed == {short}
+    await close(w, "2026-06-14")
+    assert "late_drift" not in await flags(w, short)
+    async with session_scope() as session:
+        settled = await session.scalars(
+            select(LoanInstallment.settled_on)
+            .where(LoanInstallment.loan_id == short)
+            .order_by(LoanInstallment.seq)
+        )
+        assert list(settled)[2:4] == [date(2026, 4, 10), date(2026, 5, 10)]
+        assert await session.scalar(select(func.count()).select_from(FeeReplayDue)) == 0
 
 
 async def test_late_drift_narrowly_not(client: httpx.AsyncClient) -> None:
