@@ -1016,6 +1016,15 @@ async def test_late_drift_paid_after_the_business_date_is_raised_on_its_date(
     assert (await flags(w, loan_id))["late_drift"] == flag
 
 
+async def pay_each_on_its_date_the_third_short(w: World, loan_id: str) -> None:
+    """A six-month loan's installments on their dates to June, the third 0.50 short: each
+    payment after pays the 0.50 left first and leaves its own installment 0.50 short."""
+    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-10"),
+                        ("207.50", "2026-04-10"), ("206.00", "2026-05-10"),
+                        ("204.00", "2026-06-10")):  # fmt: skip
+        await w.pay(loan_id, amount, day)
+
+
 async def test_late_drift_counts_an_installment_settled_within_the_tolerance(
     client: httpx.AsyncClient,
 ) -> None:
@@ -1025,10 +1034,7 @@ async def test_late_drift_counts_an_installment_settled_within_the_tolerance(
     late_drift read those days and was raised (a tester's)."""
     w = await setup(client)
     loan_id = await six_month_loan(w)
-    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-10"),
-                        ("207.50", "2026-04-10"), ("206.00", "2026-05-10"),
-                        ("204.00", "2026-06-10")):  # fmt: skip
-        await w.pay(loan_id, amount, day)
+    await pay_each_on_its_date_the_third_short(w, loan_id)
     await close(w, "2026-06-14")
     got = await w.get(f"/v1/loans/{loan_id}")
     assert (got["days_past_due"], got["balances"]["overdue_amount"]) == (0, "0.50")
@@ -1046,10 +1052,7 @@ async def test_an_upgrade_dates_the_settlements_it_could_not_read(
     replay dates when each came within the tolerance, and the flag those dates raised clears."""
     w = await setup(client)
     short, on_time = await six_month_loan(w), await six_month_loan(w)
-    for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-10"),
-                        ("207.50", "2026-04-10"), ("206.00", "2026-05-10"),
-                        ("204.00", "2026-06-10")):  # fmt: skip
-        await w.pay(short, amount, day)
+    await pay_each_on_its_date_the_third_short(w, short)
     for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-10")):
         await w.pay(on_time, amount, day)
     upgrade = runpy.run_path(str(MIGRATIONS / "20261208_0044_installment_settled_on.py"))
