@@ -21,6 +21,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     func,
     literal,
     not_,
@@ -837,10 +838,18 @@ _LAST_CLOSED_BEFORE = select(func.max(CloseRun.as_of)).where(
 )
 
 
-def _never_reckoned(disbursed_on: Any) -> Any:
-    """Whether no close before this one has reckoned a loan disbursed on ``disbursed_on``."""
-    last_closed = _LAST_CLOSED_BEFORE.scalar_subquery()
-    return or_(last_closed.is_(None), last_closed < disbursed_on)
+def _never_reckoned() -> Any:
+    """Whether no close before this one has reckoned the loan: none of a date from its
+    disbursement on has started since it was booked (a loan booked back-dated after the last
+    close, of a date after its disbursement, is no more reckoned than one booked before the
+    first). After the cheaper tests of a condition, so that few loans look it up."""
+    loan = _loan.c
+    return ~exists().where(
+        CloseRun.succeeded_at.is_not(None),
+        CloseRun.as_of < AS_OF,
+        CloseRun.as_of >= loan.disbursed_on,
+        CloseRun.started_at > loan.created_at,
+    )
 
 
 @lru_cache(maxsize=32)
@@ -889,13 +898,16 @@ def _delinquency_statements(
             delinquency_as_of=AS_OF,
             # SET reads the row as it was: remember the bucket left and the day of a cure
             # (not when the row was evaluated as of a later date: see apply_delinquency). A
-            # loan no close has reckoned is compared with its origination: the buckets its
-            # booking and payments read as of a later date, without the fees this close may
-            # charge, are not where it was at a previous close (a tester's: paid short and
-            # late, a loan 31-60 on the date was no roll, its unpaid twin one).
+            # loan no close has reckoned, moved or seen as of an earlier date, is compared
+            # with its origination: the buckets its booking and payments read, without the
+            # fees this close may charge, are not where it was at a previous close (a tester's:
+            # paid short and late, a loan 31-60 on the date was no roll, its unpaid twin one).
             previous_bucket=case(
+                (
+                    and_(or_(bucket != loan.bucket, not_(onwards)), _never_reckoned()),
+                    Bucket.CURRENT.value,
+                ),
                 (and_(bucket != loan.bucket, onwards), loan.bucket),
-                (and_(not_(onwards), _never_reckoned(loan.disbursed_on)), Bucket.CURRENT.value),
                 else_=loan.previous_bucket,
             ),
             cured_on=case(

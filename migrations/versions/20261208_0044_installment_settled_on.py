@@ -22,22 +22,27 @@ OPEN_STATUSES = "'active', 'delinquent', 'defaulted', 'charged_off', 'restructur
 
 
 SETTLED_WHEN_PAID = "UPDATE loan_installment SET settled_on = paid_on"
-# Only an installment paid in more than one payment can have come within the tolerance before
-# it was paid; only one paid after its due date is late by a day that may move.
-REPLAY_SETTLED_LATE_IN_PARTS = (
+# The installments that may have come within the tolerance on another day than their
+# paid_on: one paid in part and not in full (maybe within it, and so settled, a re-verifier's),
+# and one paid late in more than one payment (maybe within it before it was paid; one paid in
+# time is not late however it is dated).
+REPLAY_SETTLED_IN_PARTS = (
     "INSERT INTO fee_replay_due (loan_id) "
     "SELECT DISTINCT i.loan_id FROM loan_installment i JOIN loan l ON l.id = i.loan_id "
-    f"WHERE l.status IN ({OPEN_STATUSES}) AND i.paid_on > i.due_date "
-    "AND (SELECT COUNT(DISTINCT a.payment_id) FROM payment_allocation a "
-    "     WHERE a.loan_id = i.loan_id AND a.installment_seq = i.seq) > 1 "
-    "AND i.loan_id NOT IN (SELECT loan_id FROM fee_replay_due)"
+    f"WHERE l.status IN ({OPEN_STATUSES}) AND ("
+    "  (i.paid_on IS NULL AND i.paid_principal_minor + i.paid_interest_minor"
+    "   + i.paid_fees_minor > 0)"
+    "  OR (i.paid_on > i.due_date"
+    "      AND (SELECT COUNT(DISTINCT a.payment_id) FROM payment_allocation a"
+    "           WHERE a.loan_id = i.loan_id AND a.installment_seq = i.seq) > 1)"
+    ") AND i.loan_id NOT IN (SELECT loan_id FROM fee_replay_due)"
 )
 
 
 def upgrade() -> None:
     op.add_column('loan_installment', sa.Column('settled_on', sa.Date(), nullable=True))
     op.execute(SETTLED_WHEN_PAID)
-    op.execute(REPLAY_SETTLED_LATE_IN_PARTS)
+    op.execute(REPLAY_SETTLED_IN_PARTS)
 
 
 def downgrade() -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from dateutil.relativedelta import relativedelta
 from sqlalchemy import func, select, text
 from standardwebhooks import Webhook
@@ -495,18 +496,27 @@ async def test_a_first_close_before_the_booking_date_sees_the_next_roll(
         == ("2026-07-02", "current", "1-30")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("days_ago", "closed_before"),
+    [(1, False), (0, False), (1, True)],
+    ids=["yesterday", "today", "booked-after-a-close"],
+)
 async def test_a_first_close_compares_a_loan_with_its_origination(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient, days_ago: int, closed_before: bool
 ) -> None:
     """Booked back-dated before the first close, one loan unpaid and its twin paid short and
     late (346.00 of 346.08), which left it 1-30 as of today until the close charged the late
     fee. Both are 31-60 on the close's date, both rolled there since their origination: both
-    are flagged. The paid one was not: its stored previous bucket was the 31-60 its booking
-    read, so the close's 31-60 was no roll (a tester's)."""
+    are flagged, from current. The paid one was not, closed yesterday: its stored previous
+    bucket was the 31-60 its booking read, so the close's 31-60 was no roll; closed today, its
+    roll was from the 1-30 no close had seen (a tester's, and a re-verifier's). The same for
+    loans booked back-dated after a close of a date after their disbursement."""
     w = await world(client, annual_interest_rate="0.1299", grace_days=3,
                     late_fee={"kind": "fixed", "amount": "25.00"})  # fmt: skip
-    closed_on = clock.today() - timedelta(days=1)
-    first_due = closed_on - timedelta(days=36)
+    closed_on = clock.today() - timedelta(days=days_ago)
+    if closed_before:
+        await close(w, str(closed_on - timedelta(days=1)))
+    first_due = clock.today() - timedelta(days=37)
     disbursed_on = first_due - relativedelta(months=1)
     terms = {"principal": "2000.00", "term": 6, "first_due_date": str(first_due)}
     twins = [await w.loan(disbursed_on=str(disbursed_on), **terms) for _ in range(2)]
@@ -1051,25 +1061,31 @@ async def test_an_upgrade_dates_the_settlements_it_could_not_read(
     close's replay the open loans with an installment settled late over several payments: the
     replay dates when each came within the tolerance, and the flag those dates raised clears."""
     w = await setup(client)
-    short, on_time = await six_month_loan(w), await six_month_loan(w)
+    short, last_short, on_time = [await six_month_loan(w) for _ in range(3)]
     await pay_each_on_its_date_the_third_short(w, short)
     for amount, day in (("212.00", "2026-02-10"), ("210.00", "2026-03-10")):
         await w.pay(on_time, amount, day)
+        await w.pay(last_short, amount, day)
+    await w.pay(last_short, "207.50", "2026-04-10")  # within the tolerance, not paid
     upgrade = runpy.run_path(str(MIGRATIONS / "20261208_0044_installment_settled_on.py"))
     async with session_scope() as session:  # the database as 0044 leaves an older one
         await session.execute(text(upgrade["SETTLED_WHEN_PAID"]))
-        await session.execute(text(upgrade["REPLAY_SETTLED_LATE_IN_PARTS"]))
+        await session.execute(text(upgrade["REPLAY_SETTLED_IN_PARTS"]))
         listed = set(await session.scalars(select(FeeReplayDue.loan_id)))
-    assert listed == {short}
+    assert listed == {short, last_short}
     await close(w, "2026-06-14")
     assert "late_drift" not in await flags(w, short)
     async with session_scope() as session:
-        settled = await session.scalars(
-            select(LoanInstallment.settled_on)
-            .where(LoanInstallment.loan_id == short)
-            .order_by(LoanInstallment.seq)
-        )
-        assert list(settled)[2:4] == [date(2026, 4, 10), date(2026, 5, 10)]
+        settled = [
+            list(await session.scalars(
+                select(LoanInstallment.settled_on)
+                .where(LoanInstallment.loan_id == loan_id)
+                .order_by(LoanInstallment.seq)
+            ))
+            for loan_id in (short, last_short)
+        ]  # fmt: skip
+        assert settled[0][2:4] == [date(2026, 4, 10), date(2026, 5, 10)]
+        assert settled[1][2] == date(2026, 4, 10)
         assert await session.scalar(select(func.count()).select_from(FeeReplayDue)) == 0
 
 
