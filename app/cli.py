@@ -30,7 +30,7 @@ from app.api_keys.schemas import DESCRIPTION_MAX_LENGTH, ApiKeyListed
 from app.close import service as close_service
 from app.close.models import CloseRun
 from app.close.schemas import CloseRunRead
-from app.config import get_settings
+from app.config import get_settings, unknown_variables
 from app.db import database, session_scope
 from app.delinquency import service as delinquency
 from app.errors import LoanwatchError
@@ -503,6 +503,9 @@ def _database_failure(exc: Exception) -> str:
 def main() -> None:
     """The command, with a configuration or a database it cannot use told in a line or two
     rather than a traceback of hundreds."""
+    for name, meant in unknown_variables(os.environ):
+        hint = f" (did you mean {meant}?)" if meant else ""
+        typer.echo(f"warning: {name} is no setting and is ignored{hint}", err=True)
     try:
         cli()
     except ValidationError as exc:

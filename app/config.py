@@ -5,7 +5,9 @@ folder and the scheduled work in-process. Nested groups use ``__``, e.g.
 ``LOANWATCH_CREDIT__INCOME_MULTIPLE=4``.
 """
 
+from collections.abc import Mapping
 from decimal import Decimal
+from difflib import get_close_matches
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -121,6 +123,9 @@ class PortfolioSettings(BaseModel):
     snapshot_retention_days: int = Field(default=400, ge=35, le=36_600)
 
 
+ENV_PREFIX = "LOANWATCH_"
+
+
 class Settings(BaseSettings):
     # Every number has a ceiling: past one, a setting that started cleanly overflowed a date,
     # a timedelta or a database integer later, on every request that used it or in every close
@@ -128,7 +133,7 @@ class Settings(BaseSettings):
     # 1e20 loans failed every close). Each ceiling is far beyond any use; the floors of the
     # loops' intervals keep a core from spinning (a sweep every 1e-300 s took one whole).
     model_config = SettingsConfigDict(
-        env_prefix="LOANWATCH_", env_nested_delimiter="__", extra="ignore"
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore"
     )
 
     database_url: str = "sqlite+aiosqlite:///./loanwatch.db"
@@ -274,3 +279,31 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each ``LOANWATCH_`` variable that names no setting, with the setting it likely meant:
+    pydantic-settings ignores them, and a misspelt one left its setting at its default without
+    a word (a tester's: LOANWATCH_CLOSE__CHARGEOFF)."""
+    known = _setting_names(Settings, "")
+    unknown = [
+        name for name in sorted(environ)
+        if name.upper().startswith(ENV_PREFIX) and name.upper()[len(ENV_PREFIX):] not in known
+    ]  # fmt: skip
+    return [(name, _likely(name.upper()[len(ENV_PREFIX) :], known)) for name in unknown]
+
+
+def _likely(name: str, known: set[str]) -> str | None:
+    meant = get_close_matches(name, known, n=1)
+    return ENV_PREFIX + meant[0] if meant else None
+
+
+def _setting_names(model: type[BaseModel], prefix: str) -> set[str]:
+    """The variables of a model's settings; a nested group is one too (its parts as JSON)."""
+    names = set()
+    for field, info in model.model_fields.items():
+        name = prefix + field.upper()
+        names.add(name)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+            names |= _setting_names(info.annotation, name + "__")
+    return names

@@ -112,6 +112,19 @@ def test_an_initial_limit_cap_an_admin_could_not_set_is_refused(tmp_path: Path) 
     assert Settings(credit={"max_limit": "100000000"}).credit.max_limit == 100_000_000
 
 
+def test_a_variable_that_names_no_setting_is_told(tmp_path: Path) -> None:
+    """pydantic-settings ignores it: misspelt, its setting kept its default without a word
+    (a tester's)."""
+    done = run(tmp_path, ("api-keys", "list"), LOANWATCH_CLOSE__CHARGEOFF="1",
+               LOANWATCH_BOGUS="1", LOANWATCH_TIMEZONE="UTC")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[:2] == [
+        "warning: LOANWATCH_BOGUS is no setting and is ignored",
+        "warning: LOANWATCH_CLOSE__CHARGEOFF is no setting and is ignored (did you mean "
+        "LOANWATCH_CLOSE__CHARGE_OFF_AFTER_DAYS?)",
+    ]
+
+
 def test_the_command_names_the_database_it_cannot_use(tmp_path: Path) -> None:
     url = "postgresql+asyncpg://postgres:secret@127.0.0.1:5432/loanwatch_no_such_database"
     done = run(tmp_path, LOANWATCH_DATABASE_URL=url)
