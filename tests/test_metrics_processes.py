@@ -181,6 +181,17 @@ async def test_a_celery_worker_serves_its_webhook_attempts(
     w = await world(client)
     with receiving() as receiver, started(command, env, log):
         await asyncio.to_thread(wait_until_up, f"http://127.0.0.1:{port}/metrics", log)
+        # At 0 before any attempt, once the pool's processes have started: an alert on their
+        # rate read "no data" (a tester's).
+        at_zero = [f'loanwatch_webhook_attempts_total{{outcome="{outcome}"}} 0.0'
+                   for outcome in ("delivered", "failed")]  # fmt: skip
+        async with httpx.AsyncClient() as c:
+            for _ in range(300):
+                text = (await c.get(f"http://127.0.0.1:{port}/metrics")).text
+                if all(line in text for line in at_zero):
+                    break
+                await asyncio.sleep(0.1)
+        assert all(line in text for line in at_zero), text
         await w.post("/v1/webhook-endpoints", {"url": receiver.url}, headers=w.admin, expect=201)
         for _ in range(3):
             await w.loan()  # each commit wakes the worker

@@ -10,6 +10,7 @@ from kombu.entity import Queue
 
 import app.models  # noqa: F401 - every table mapped, as in the API process
 from app.config import get_settings
+from app.ops import metrics
 from app.portfolio import positions  # noqa: F401 - before-flush listener keeping the counts
 from app.webhooks import wakeup  # noqa: F401 - wakes the dispatcher after commits with events
 from workers import runtime
@@ -77,6 +78,7 @@ celery.conf.update(
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     runtime.reset_after_fork()
+    metrics.webhook_attempts_from_zero()
 
 
 class _QuietDispatch(logging.Filter):

@@ -56,6 +56,16 @@ WEBHOOK_ATTEMPTS = Counter(
 )
 
 
+def webhook_attempts_from_zero() -> None:
+    """Each outcome's series at 0 in this process before its first attempt: an alert on their
+    rate read "no data" until then (a tester's). A forked worker process writes its own."""
+    for outcome in ("delivered", "failed"):
+        WEBHOOK_ATTEMPTS.labels(outcome=outcome).inc(0)
+
+
+webhook_attempts_from_zero()
+
+
 class RequestMetrics:
     """Counts and times every HTTP request by method, route template and status.
 
