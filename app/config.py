@@ -286,16 +286,13 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     pydantic-settings ignores them, and a misspelt one left its setting at its default without
     a word (a tester's: LOANWATCH_CLOSE__CHARGEOFF)."""
     known = _setting_names(Settings, "")
-    unknown = [
-        name for name in sorted(environ)
-        if name.upper().startswith(ENV_PREFIX) and name.upper()[len(ENV_PREFIX):] not in known
-    ]  # fmt: skip
-    return [(name, _likely(name.upper()[len(ENV_PREFIX) :], known)) for name in unknown]
-
-
-def _likely(name: str, known: set[str]) -> str | None:
-    meant = get_close_matches(name, known, n=1)
-    return ENV_PREFIX + meant[0] if meant else None
+    unknown = []
+    for name in sorted(environ):
+        setting = name.upper().removeprefix(ENV_PREFIX)
+        if name.upper().startswith(ENV_PREFIX) and setting not in known:
+            meant = get_close_matches(setting, known, n=1)
+            unknown.append((name, ENV_PREFIX + meant[0] if meant else None))
+    return unknown
 
 
 def _setting_names(model: type[BaseModel], prefix: str) -> set[str]:

@@ -45,8 +45,9 @@ class FeeReplayDue(Base):
       fee as charged too soon. Until then its payoff and arrears quotes counted those fees,
       and a payment of the quote was refused as more than the payoff its replay found (a
       tester's) (migration 0043);
-    - with an installment settled late over several payments, which may have come within the
-      arrears tolerance before it was paid: the replay dates its ``settled_on`` (0044)."""
+    - with an installment paid in part, or paid late over several payments, which may have
+      come within the arrears tolerance before (or without) being paid in full: the replay
+      dates its ``settled_on`` (0044)."""
 
     __tablename__ = "fee_replay_due"
 
