@@ -196,8 +196,9 @@ def apply_delinquency(
     loan: Loan, position: LoanPosition, as_of: date, status_before: str | None = None
 ) -> "DelinquencyChange | None":
     """Set one loan's days past due, bucket and status as of ``as_of``; the change to report
-    when its bucket or status moved (from ``status_before``, the loan's status by default).
-    No I/O: origination applies it before the loan's INSERT."""
+    when its bucket or status moved (from ``status_before``, the loan's status by default), or
+    its days past due otherwise than by the days since it was reckoned. No I/O: origination
+    applies it before the loan's INSERT."""
     due = _history(position, as_of)
     tolerance = tolerance_minor(loan.currency)
     if loan.status in (LoanStatus.PAID_OFF, LoanStatus.CANCELLED):
@@ -210,6 +211,7 @@ def apply_delinquency(
         charge_off = get_settings().close.charge_off_after_days
         status = status_for(dpd, charge_off, restructured=loan.restructured_on is not None)
     previous = (loan.bucket, loan.status, loan.days_past_due)
+    grown = _days_past_due_grown(loan, as_of)
     # Stored as of a later date (a loan booked before the first close, which may be for an
     # earlier date): this is the same loan seen earlier, not a move in time, so no cure and
     # no bucket left behind.
@@ -241,13 +243,26 @@ def apply_delinquency(
     # loan by these events kept a reopened, current loan paid off (a tester's), and then saw
     # it reopened from a paid_off its chain never reached, when a current loan was paid off.
     settled_or_reopened = status_before is not None and status_before != status
-    if (previous[0], previous[1]) == (bucket, status) and not settled_or_reopened:
+    # Within a bucket too: a payment of the oldest installment of two a month apart took a
+    # loan 90+ from 124 days to 94, and a subscriber counting a day a day from the last event
+    # had 125 (a tester's).
+    days_moved = grown is not None and dpd != grown
+    if (previous[0], previous[1]) == (bucket, status) and not (settled_or_reopened or days_moved):
         return None
     return DelinquencyChange(
         loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
         loan.principal_outstanding_minor, as_of, dpd, previous[0], bucket,
         status_before or previous[1], status,
     )  # fmt: skip
+
+
+def _days_past_due_grown(loan: Loan, as_of: date) -> int | None:
+    """A loan past due as reckoned, that many days more by ``as_of``; None for one not past
+    due, or reckoned as of a later date (seen earlier: no move in time)."""
+    reckoned = loan.delinquency_as_of
+    if not loan.days_past_due or reckoned is None or reckoned > as_of:
+        return None
+    return loan.days_past_due + (as_of - reckoned).days
 
 
 def restate_history(loan: Loan, position: LoanPosition, as_of: date) -> None:

@@ -684,7 +684,9 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     """Sixty days late on the business date (11-04), the borrower pays the oldest installment
     on 11-05: on that date the next one is 31 days late, still 31-60. Reckoned as of 11-04 with
     11-05's money, the loan showed 30 days (1-30), a day that never was, and tonight's close
-    moved it back to 31-60, raising dpd_roll_forward anew (a tester's repro)."""
+    moved it back to 31-60, raising dpd_roll_forward anew (a tester's repro). The move from 60
+    days to 31 is announced, though the bucket stays (a tester's: a subscriber counting a day
+    a day from the last event was a month out)."""
     w = await world(client, grace_days=3, late_fee={"kind": "fixed", "amount": "25.00"})
     loan = await w.loan(principal="3000.00", term=6, disbursed_on="2026-08-05",
                         first_due_date="2026-09-05")  # fmt: skip
@@ -703,7 +705,11 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     assert second["status"] == "overdue"
     assert Decimal(paid["balances"]["overdue_amount"]) >= Decimal(second["total"])
     moved = await event_types(loan["id"])
-    assert moved["loan.delinquency_changed"] == events_before["loan.delinquency_changed"]
+    assert moved["loan.delinquency_changed"] == events_before["loan.delinquency_changed"] + 1
+    feed = (await w.get("/v1/events?type=loan.delinquency_changed&limit=200", w.admin))["items"]
+    announced = [e["data"] for e in feed if e["data"]["loan_id"] == loan["id"]][-1]
+    assert (announced["as_of"], announced["days_past_due"], announced["previous_bucket"],
+            announced["bucket"]) == ("2026-11-05", 31, "31-60", "31-60")  # fmt: skip
     # A payment dated the business date, recorded after: the loan stays reckoned as of 11-05.
     small = await w.pay(loan["id"], "10.00", "2026-11-04")
     again = await w.get(f"/v1/loans/{loan['id']}")
@@ -726,7 +732,7 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     closed = await w.get(f"/v1/loans/{loan['id']}")
     assert (closed["days_past_due"], closed["bucket"]) == (31, "31-60")
     after = await event_types(loan["id"])
-    assert after["loan.delinquency_changed"] == events_before["loan.delinquency_changed"]
+    assert after["loan.delinquency_changed"] == moved["loan.delinquency_changed"]
     assert after["risk.flag_raised"] == moved["risk.flag_raised"]
 
 
