@@ -561,9 +561,7 @@ async def cancel_loan(
         # a limit recovery waits for (docs/risk.md), starts now, not at the disbursement.
         loan.cured_on = reckoned
     # A returned purchase owes nothing: it leaves every bucket and arrears view.
-    # As of the day it ends, as its events say (it kept the date of its last reckoning: a
-    # subscriber's mirror read two dates for one loan, a tester's).
-    loan.days_past_due, loan.bucket, loan.delinquency_as_of = 0, "current", today
+    loan.days_past_due, loan.bucket = 0, "current"
     loan.principal_outstanding_minor = 0
     loan.refund_due_minor = refund
     if refund:

@@ -317,19 +317,6 @@ async def test_cancel_after_payments_states_the_refund(client: httpx.AsyncClient
     assert event.data["refund_due"] == "150.00"
 
 
-async def test_a_cancelled_loan_stands_as_of_its_cancellation(client: httpx.AsyncClient) -> None:
-    """Cancelled while the closes are behind: the loan, like its events, is as of the day it
-    ended, not of its last close."""
-    w = await world(client)
-    loan = await w.loan(principal="1200.00", disbursed_on="2026-01-10")
-    await w.post("/v1/close-runs", {"as_of": "2026-03-01"}, headers=w.admin, expect=201)
-    assert (await w.get(f"/v1/loans/{loan['id']}"))["delinquency_as_of"] == "2026-03-01"
-    body = (await w.post(f"/v1/loans/{loan['id']}/cancel", None, expect=200)).json()
-    assert (body["delinquency_as_of"], body["days_past_due"]) == (body["cancelled_on"], 0)
-    feed = (await w.get("/v1/events?type=loan.delinquency_changed", w.admin))["items"]
-    assert feed[-1]["data"]["as_of"] == body["cancelled_on"]
-
-
 async def test_list_loans_filters_and_paginates(client: httpx.AsyncClient) -> None:
     w = await world(client)
     borrower = await w.borrower()
