@@ -965,6 +965,7 @@ def _delinquency_statements(
             loan.days_past_due,
             loan.bucket.label("new_bucket"),
             loan.status.label("new_status"),
+            _days_moved(before.c, loan.days_past_due).label("days_moved"),
         )
         return returning, None
     # SQLite's RETURNING cannot read the FROM side: the changes first, then the update.
@@ -977,18 +978,34 @@ def _delinquency_statements(
             dpd.label("days_past_due"),
             bucket.label("new_bucket"),
             status.label("new_status"),
+            _days_moved(loan, dpd).label("days_moved"),
         )
         .select_from(_loan.join(per_loan, per_loan.c.loan_id == loan.id))
-        .where(moved, in_chunk(loan.id, has_low, has_high))
+        .where(or_(moved, _days_moved(loan, dpd)), in_chunk(loan.id, has_low, has_high))
     )
     return update_loans, changes
+
+
+def _days_moved(before: Any, dpd: Any) -> Any:
+    """Whether a loan past due, and still, has ``dpd`` days past due as of the date closed
+    otherwise than the days since it was reckoned make of its stored ones: a payment recorded
+    as of a later date, which the close of this date does not count, set back (a subscriber
+    adding the days since the last event was a month out: a re-verifier's)."""
+    grown = before.days_past_due + days_between(AS_OF, before.delinquency_as_of)
+    return and_(
+        before.days_past_due > 0,
+        dpd > 0,
+        before.delinquency_as_of.is_not(None),
+        dpd != grown,
+    )
 
 
 async def recompute_delinquency(
     session: AsyncSession, as_of: date, low: str | None, high: str | None
 ) -> Counts:
     """Days past due, bucket and status of every open loan in the range, as of ``as_of``;
-    ``loan.delinquency_changed`` for each loan whose bucket or status moves."""
+    ``loan.delinquency_changed`` for each loan whose bucket or status moves, or whose days
+    past due move otherwise than a day a day."""
     settings = get_settings().close
     update_loans, select_changes = _delinquency_statements(
         low is not None, high is not None, is_postgres(session),
@@ -999,7 +1016,7 @@ async def recompute_delinquency(
         updated = (await session.execute(update_loans, params)).all()
         changes: Sequence[Any] = [
             row for row in updated
-            if (row.bucket, row.status) != (row.new_bucket, row.new_status)
+            if (row.bucket, row.status) != (row.new_bucket, row.new_status) or row.days_moved
         ]  # fmt: skip
         loans_updated = len(updated)
     else:

@@ -736,6 +736,38 @@ async def test_a_partial_payment_dated_after_the_business_date_counts_as_of_its_
     assert after["risk.flag_raised"] == moved["risk.flag_raised"]
 
 
+async def test_a_close_that_sets_days_past_due_back_within_the_bucket_announces_it(
+    client: httpx.AsyncClient,
+) -> None:
+    """149 days late on the business date (09-01), the borrower pays the oldest installment on
+    09-03: the payment reckons the loan as of 09-02, the next date to close, at 120 days. The
+    close of 09-02 counts no payment after it: 150 days, then 121 with the payment at 09-03's,
+    all in 90+. Both closes told it; the first was silent, and a subscriber adding the days
+    since the last event read 120 where the loan showed 150 (a re-verifier's)."""
+    w = await world(client, grace_days=3, late_fee={"kind": "fixed", "amount": "25.00"})
+    loan = await w.loan(principal="3000.00", term=12, disbursed_on="2026-03-05")
+    await close(w, "2026-09-01")
+    first = (await w.get(f"/v1/loans/{loan['id']}/schedule"))["installments"][0]
+    await w.pay(loan["id"], str(Decimal(first["total"]) - Decimal(first["paid"])), "2026-09-03")
+
+    async def announced() -> list[tuple[str, int, str, str]]:
+        feed = await w.get("/v1/events?type=loan.delinquency_changed&limit=200", w.admin)
+        return [(e["data"]["as_of"], e["data"]["days_past_due"], e["data"]["bucket"],
+                 e["data"]["previous_bucket"]) for e in feed["items"]
+                if e["data"]["loan_id"] == loan["id"]]  # fmt: skip
+
+    assert (await announced())[-1] == ("2026-09-02", 120, "90+", "90+")
+    for day, days in (("2026-09-02", 150), ("2026-09-03", 121)):
+        run = await close(w, day)
+        got = await w.get(f"/v1/loans/{loan['id']}")
+        assert (got["days_past_due"], got["delinquency_as_of"]) == (days, day)
+        assert (await announced())[-1] == (day, days, "90+", "90+")
+        assert run["counts"]["delinquency_changes"] == 1
+    seen = len(await announced())
+    await close(w, "2026-09-04")  # a day a day: nothing to tell
+    assert len(await announced()) == seen
+
+
 async def test_a_payment_during_the_close_that_the_close_sets_back_is_announced(
     client: httpx.AsyncClient,
 ) -> None:
