@@ -864,10 +864,15 @@ async def evaluate_loans(
     ]
     await grades.score_loans(session, as_of, rows, open_now, flags_of)
     if loan_id is None:
-        # Evaluated with the range: from now on their payments are evaluated at once.
+        # Evaluated with the range: from now on their payments are evaluated at once. Not one
+        # disbursed after the date, which no rule has looked at yet.
         await session.execute(
             update(Loan)
-            .where(Loan.flags_deferred, delinquency.in_range(Loan.id, low, high))
+            .where(
+                Loan.flags_deferred,
+                Loan.disbursed_on <= as_of,
+                delinquency.in_range(Loan.id, low, high),
+            )
             .values(flags_deferred=False)
         )
     return {"loans_evaluated": len(rows), "flags_raised": len(raised),
@@ -1085,6 +1090,13 @@ async def refresh_loan(session: AsyncSession, loan: Loan, as_of: date) -> None:
         # payment, and each step evaluated alone would flag, re-grade and cut the borrower on
         # arrears the next one loaded ends (a tester's: five installments paid on their due
         # dates left grade D and a ninth of the limit). The next close or run evaluates it.
+        return
+    if loan.delinquency_as_of is not None and loan.delinquency_as_of > as_of + timedelta(days=1):
+        # Reckoned as of a date beyond the next one to close (booked before the first close,
+        # disbursed after the dates closed so far): the flags of that date would be raised on
+        # a day the closes reach only later, and none before it could clear them (a tester's:
+        # a failed debit raised five on a loan the closes then found 5 days past due). The
+        # close of its dates evaluates it.
         return
     # Never as of a day before the loan is reckoned as of (a cancellation or a promise after
     # today's payment): its flags would be cleared, or raised again, on the day before.

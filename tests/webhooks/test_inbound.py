@@ -933,3 +933,29 @@ async def test_a_notification_giving_a_webhook_header_twice_is_refused(
         ]
     assert await count(Payment) == 0
     assert (await post(client, raw, headers)).json()["status"] == "processed"
+
+
+async def test_a_failed_debit_before_the_closes_reach_its_loan_raises_nothing_ahead(
+    client: httpx.AsyncClient,
+) -> None:
+    """Booked back-dated before the first close, and disbursed after the date it closed, the
+    loan is reckoned as of today, long past due. A failed debit evaluated it as of today and
+    raised five flags on a day the closes reach only later, so none could clear them: the
+    closes then found it 5 days past due, its grade E (a tester's). The closes evaluate it."""
+    w = await world(client, grace_days=3)
+    secret = await gateway(w)
+    loan = await w.loan(principal="1200.00", term=6, disbursed_on="2026-06-15")
+    assert (await w.get(f"/v1/loans/{loan['id']}"))["days_past_due"] > 90
+    await w.post("/v1/close-runs", {"as_of": "2026-06-14"}, headers=w.admin, expect=201)
+    body = notification("debit.failed", loan["id"], amount="50.00", received_on="2026-07-15",
+                        reason="nsf")  # fmt: skip
+    failed = await post(client, *signed(secret, body, "msg_failed_ahead"))
+    assert (failed.status_code, failed.json()["status"]) == (200, "processed"), failed.text
+    flags = f"/v1/risk/flags?loan_id={loan['id']}&status=open"
+    assert (await w.get(flags, headers=w.admin))["items"] == []
+    await w.post("/v1/close-runs", {"as_of": "2026-07-20"}, headers=w.admin, expect=201)
+    got = await w.get(f"/v1/loans/{loan['id']}")
+    assert (got["days_past_due"], got["bucket"]) == (5, "1-30")
+    raised = (await w.get(flags, headers=w.admin))["items"]
+    assert {f["code"] for f in raised} == {"dpd_roll_forward"}
+    assert all(f["raised_on"] <= "2026-07-20" for f in raised)
