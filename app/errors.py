@@ -181,6 +181,9 @@ async def _loanwatch_error(_: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status, exc.code, exc.title, exc.detail, exc.errors, exc.headers)
 
 
+_NOT_AN_OBJECT = {"model_type", "model_attributes_type", "dict_type"}
+
+
 def _field_error(error: Any) -> dict[str, Any]:
     if error["type"] == "json_invalid":
         # FastAPI puts the character position where a field name would be; Pydantic's own
@@ -189,6 +192,10 @@ def _field_error(error: Any) -> dict[str, Any]:
         return {"field": "body", "message": f"not valid JSON{at}", "type": "json_invalid"}
     # Our own validators' messages are written for the client: without Pydantic's prefix.
     message = error["msg"].removeprefix("Value error, ")
+    if error["type"] in _NOT_AN_OBJECT:
+        # Pydantic's "valid dictionary or object to extract fields from" speaks Python; a
+        # client sent an origination fee as "0.00" where an object is asked (a tester's).
+        message = "must be a JSON object (its fields are in /openapi.json)"
     return {"field": _field_path(tuple(error["loc"])) or "body", "message": message,
             "type": error["type"]}  # fmt: skip
 

@@ -39,6 +39,22 @@ async def test_a_fixed_late_fee_capped_below_its_amount_is_refused(
     assert await product_count() == before
 
 
+async def test_a_fee_sent_as_an_amount_is_told_it_is_an_object(client: httpx.AsyncClient) -> None:
+    """Pydantic's "a valid dictionary or object to extract fields from" spoke Python (a
+    tester's, for an origination fee of "0.00")."""
+    w = await world(client)
+    before = await product_count()
+    for field in ("origination_fee", "late_fee"):
+        response = await client.post("/v1/products", json=body(**{field: "0.00"}),
+                                     headers=w.admin)  # fmt: skip
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"] == [{
+            "field": field, "message": "must be a JSON object (its fields are in /openapi.json)",
+            "type": "model_attributes_type",
+        }]  # fmt: skip
+    assert await product_count() == before
+
+
 async def test_a_late_fee_cap_that_can_bind_is_accepted(client: httpx.AsyncClient) -> None:
     w = await world(client)
     for code, late_fee in [
