@@ -846,13 +846,6 @@ def principal_paid_after_sql() -> ColumnElement[int]:
     return case((_loan.c.id.in_(payers), paid), else_=0)
 
 
-# Closes run date after date, so a loan disbursed on or before the latest date closed before
-# this one has been reckoned by a close.
-_LAST_CLOSED_BEFORE = select(func.max(CloseRun.as_of)).where(
-    CloseRun.succeeded_at.is_not(None), CloseRun.as_of < AS_OF
-)
-
-
 def _never_reckoned() -> Any:
     """Whether no close before this one has reckoned the loan: none of a date from its
     disbursement on has started since it was booked (a loan booked back-dated after the last
@@ -950,7 +943,7 @@ def _delinquency_statements(
         )
     )
     reported = (loan.id, loan.borrower_id, loan.merchant_id, loan.currency,
-                loan.principal_outstanding_minor, loan.disbursed_on)  # fmt: skip
+                loan.principal_outstanding_minor)  # fmt: skip
     if postgres:
         # One pass over the installments: RETURNING reads the old bucket and status from the
         # row as the statement found it (a self-join), the new ones from the row written.
@@ -959,31 +952,42 @@ def _delinquency_statements(
             before.c.id == loan.id, in_chunk(before.c.id, has_low, has_high)
         ).returning(
             *reported,
-            before.c.delinquency_as_of,
             before.c.bucket,
             before.c.status,
             loan.days_past_due,
             loan.bucket.label("new_bucket"),
             loan.status.label("new_status"),
             _days_moved(before.c, loan.days_past_due).label("days_moved"),
+            _restated(before.c).label("restated"),
         )
         return returning, None
     # SQLite's RETURNING cannot read the FROM side: the changes first, then the update.
     changes = (
         select(
             *reported,
-            loan.delinquency_as_of,
             loan.bucket,
             loan.status,
             dpd.label("days_past_due"),
             bucket.label("new_bucket"),
             status.label("new_status"),
             _days_moved(loan, dpd).label("days_moved"),
+            _restated(loan).label("restated"),
         )
         .select_from(_loan.join(per_loan, per_loan.c.loan_id == loan.id))
         .where(or_(moved, _days_moved(loan, dpd)), in_chunk(loan.id, has_low, has_high))
     )
     return update_loans, changes
+
+
+def _restated(before: Any) -> Any:
+    """Whether the close sees a loan no close has reckoned yet (booked before the first close,
+    which may be for an earlier date, or disbursed after the dates closed so far) as of an
+    earlier date than it is stored at: no move in time, announced as ``restated`` (a tester
+    heard a delinquent loan cure, a charged-off one default again; kept silent, the next event
+    named a previous status no event had told: two testers'). One a close reckoned before and
+    a payment during this close (or its catch-up) reckoned as of a later date is set back:
+    that is a move, as when the payment came before the close."""
+    return and_(before.delinquency_as_of > AS_OF, _never_reckoned())
 
 
 def _days_moved(before: Any, dpd: Any) -> Any:
@@ -1022,22 +1026,6 @@ async def recompute_delinquency(
     else:
         changes = (await session.execute(select_changes, params)).all()
         loans_updated = await execute_counting(session, update_loans, params)
-    # A loan no close has reckoned yet (booked before the first close, which may be for an
-    # earlier date, or disbursed after the dates closed so far) is reckoned as of a later
-    # date and seen here as it stood then: no move in time, announced as ``restated`` (a
-    # tester heard a delinquent loan cure, a charged-off one default again; kept silent, the
-    # next event named a previous status no event had told: two testers'). A loan an earlier
-    # close reckoned and that is reckoned as of a later date was moved there by a payment
-    # during this close (or the catch-up it is part of): set back to this date, that is a
-    # move, as when the payment came before the close.
-    restated: set[str] = set()
-    seen_later = {c.id for c in changes if c.delinquency_as_of and c.delinquency_as_of > as_of}
-    if seen_later:  # nearly never: no query on an ordinary night
-        last_closed = await session.scalar(_LAST_CLOSED_BEFORE, {"as_of": as_of})
-        restated = {
-            c.id for c in changes
-            if c.id in seen_later and (last_closed is None or last_closed < c.disbursed_on)
-        }  # fmt: skip
     await events.emit_many(
         session,
         [
@@ -1053,7 +1041,7 @@ async def recompute_delinquency(
                 c.new_bucket,
                 c.status,
                 c.new_status,
-                restated=c.id in restated,
+                restated=bool(c.restated),
             ).event()
             for c in changes
         ],
